@@ -1,0 +1,41 @@
+# Aliases for the common tasks, plus setup / demo / test. Every target but
+# setup depends on setup; none is a second implementation of a task.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+INV     := $(VENV)/bin/inv
+STAMP   := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_HOME = $(abspath $(DEMO_DIR))
+REPO    ?=
+
+# Commands run by the targets (and the repos' own tests) see the venv first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test status scan build test-repo test-all sync-all clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) scripts/make_demo_workspace.py $(DEMO_DIR)
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv scan'
+	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) scan
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv status'
+	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) status
+
+test: setup
+	$(PY) -m pytest -q
+
+status: setup
+	$(INV) status
+
+scan: setup
+	$(INV) scan
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

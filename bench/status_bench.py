@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Benchmark `scan` against raw git (status --porcelain=v2 --branch + log -1 per repo, 4 shells).
+
+    python bench/status_bench.py [--sizes 200 500] [--runs 10] [--jobs 0] [--keep DIR]
+
+Makes workspaces with the project's own generator (the one behind `make demo`),
+then alternates the two commands and prints median wall times and their ratio.
+Start-up is included: ours runs as `python3 scripts/scan_all_repos.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.demo import bench_specs, generate  # noqa: E402
+from lib.views import plain_table  # noqa: E402
+
+ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()}")
+    return elapsed
+
+
+def bench(size: int, runs: int, jobs: int, workdir: Path) -> list[object]:
+    home = workdir / f"ws-{size}"
+    t0 = time.perf_counter()
+    config = generate(home, bench_specs(size))
+    made = time.perf_counter() - t0
+    repos = sorted((home / "repos").iterdir())
+    (home / "repos.txt").write_text("".join(f"{p}\n" for p in repos))
+    # Settle every index once so the first timed run is not a racy-git outlier.
+    timed(["sh", str(ROOT / "bench" / "raw_git_status.sh"), str(home), "4"], ENV)
+    raw_cmd = ["sh", str(ROOT / "bench" / "raw_git_status.sh"), str(home), "4"]
+    scan_cmd = [sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")] + (["--jobs", str(jobs)] if jobs else [])
+    scan_env = {**ENV, "ORCHESTRATOR_HOME": str(home)}
+    raw_times, scan_times = [], []
+    for _ in range(runs):
+        raw_times.append(timed(raw_cmd, ENV))
+        scan_times.append(timed(scan_cmd, scan_env))
+    raw, ours = statistics.median(raw_times), statistics.median(scan_times)
+    print(f"  {size} repos: generated in {made:.1f}s ({config})", file=sys.stderr)
+    return [size, f"{raw * 1000:.0f}", f"{ours * 1000:.0f}", f"{ours / raw:.2f}", f"{ours / size * 1000:.2f}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 500])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=0, help="scan --jobs (default: the tool's default)")
+    parser.add_argument("--keep", type=Path, help="build the workspaces here and keep them")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="status-bench-") as tmp:
+        workdir = args.keep or Path(tmp)
+        rows = [bench(size, args.runs, args.jobs, workdir) for size in args.sizes]
+    print(f"median of {args.runs} alternated runs, {os.cpu_count()} cores")
+    print(plain_table(rows, ["repos", "raw git ms", "scan ms", "ratio", "scan ms/repo"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""Read and validate config/repos.json (the original system's format, plus optional additions)."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lib.errors import ConfigError, UnknownRepoError
+
+LANGUAGES = ("go", "javascript", "python", "rust", "make", "unknown")
+
+# Marker files that identify a repo's language when `language` is omitted;
+# the first match wins, so the order is a priority.
+LANGUAGE_MARKERS = (
+    ("go.mod", "go"),
+    ("package.json", "javascript"),
+    ("pyproject.toml", "python"),
+    ("setup.py", "python"),
+    ("Cargo.toml", "rust"),
+    ("Makefile", "make"),
+)
+
+# Field name -> (JSON type, description used in error messages).
+REPO_FIELDS: dict[str, tuple[type, str]] = {
+    "name": (str, "a string"),
+    "platform": (str, "a string"),
+    "remote": (str, "a string"),
+    "local": (str, "a string"),
+    "default_branch": (str, "a string"),
+    "language": (str, "a string"),
+    "has_claude_md": (bool, "true or false"),
+    "tags": (list, "a list of strings"),
+    "description": (str, "a string"),
+    "host": (str, "a string"),
+}
+TOP_LEVEL_FIELDS = {"repositories", "workspace"}
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Repo:
+    name: str
+    local: Path
+    platform: str = ""
+    remote: str = ""
+    default_branch: str = "main"
+    language: str = "unknown"
+    language_detected: bool = False
+    has_claude_md: bool = False
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    host: str | None = None
+
+    def field_value(self, name: str) -> Any:
+        """A config field by its repos.json name (for templates and conditions)."""
+        if name not in REPO_FIELDS:
+            raise KeyError(name)
+        value = getattr(self, name)
+        return str(value) if isinstance(value, Path) else value
+
+
+@dataclass(frozen=True)
+class Workspace:
+    config_file: Path
+    repos: tuple[Repo, ...] = field(default_factory=tuple)
+
+    def get(self, name: str) -> Repo:
+        for repo in self.repos:
+            if repo.name == name:
+                return repo
+        names = [r.name for r in self.repos]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known repos: {', '.join(names) or 'none'}"
+        raise UnknownRepoError(f"unknown repo {name!r} in {self.config_file}{hint}")
+
+    def select(self, tags: list[str] | None = None, only: list[str] | None = None) -> list[Repo]:
+        """Repos in config order, restricted to those carrying any of `tags` and named in `only`."""
+        chosen = [self.get(name) for name in only] if only else list(self.repos)
+        if tags:
+            wanted = set(tags)
+            chosen = [r for r in chosen if wanted.intersection(r.tags)]
+        order = {r.name: i for i, r in enumerate(self.repos)}
+        return sorted(set(chosen), key=lambda r: order[r.name])
+
+
+def detect_language(path: Path) -> str:
+    for marker, language in LANGUAGE_MARKERS:
+        if (path / marker).is_file():
+            return language
+    return "unknown"
+
+
+def load_workspace(config_file: Path) -> Workspace:
+    """Load repos.json; every problem found is reported at once, one line each."""
+    if not config_file.exists():
+        raise ConfigError(
+            f"{config_file}: not found; create it with "
+            '{"repositories": [{"name": "myrepo", "local": "/path/to/myrepo"}]} '
+            "(see README, Configuration) or set ORCHESTRATOR_HOME to a directory that has config/repos.json"
+        )
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{config_file}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{config_file}: cannot read: {err}") from None
+    return parse_workspace(data, config_file)
+
+
+def parse_workspace(data: Any, config_file: Path) -> Workspace:
+    problems: list[str] = []
+
+    def problem(where: str, what: str) -> None:
+        problems.append(f"{config_file}: {where}: {what}")
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file}: top level: must be an object with a \"repositories\" list")
+    for key in sorted(set(data) - TOP_LEVEL_FIELDS):
+        problem(key, f"unknown key (allowed: {', '.join(sorted(TOP_LEVEL_FIELDS))})")
+    workspace_dir = config_file.parent.parent
+    if "workspace" in data:
+        if isinstance(data["workspace"], str) and data["workspace"].strip():
+            workspace_dir = workspace_dir / Path(data["workspace"]).expanduser()
+        else:
+            problem("workspace", "must be a non-empty string (a directory)")
+    entries = data.get("repositories")
+    if not isinstance(entries, list):
+        problem("repositories", "must be a list of repository objects")
+        entries = []
+
+    repos: list[Repo] = []
+    first_seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"repositories[{index}]"
+        if not isinstance(entry, dict):
+            problem(where, "must be an object")
+            continue
+        if isinstance(entry.get("name"), str):
+            where += f" ({entry['name']})"
+        before = len(problems)
+        for key in sorted(set(entry) - set(REPO_FIELDS)):
+            problem(f"{where}.{key}", f"unknown key (allowed: {', '.join(REPO_FIELDS)})")
+        for key, (kind, described) in REPO_FIELDS.items():
+            value = entry.get(key)
+            if key in entry and not isinstance(value, kind):
+                problem(f"{where}.{key}", f"must be {described}, got {json.dumps(value)}")
+        if isinstance(entry.get("tags"), list) and not all(isinstance(t, str) for t in entry["tags"]):
+            problem(f"{where}.tags", "must be a list of strings")
+        name = entry.get("name")
+        if "name" not in entry:
+            problem(f"{where}.name", "missing")
+        elif isinstance(name, str):
+            if not NAME_RE.match(name):
+                problem(f"{where}.name", f"{name!r} must use only A-Z a-z 0-9 . _ - and not start with . or -")
+            elif name in first_seen:
+                problem(f"{where}.name", f"duplicate name {name!r} (also repositories[{first_seen[name]}])")
+            else:
+                first_seen[name] = index
+        local = entry.get("local")
+        if "local" not in entry:
+            problem(f"{where}.local", "missing (the repo's path)")
+        elif isinstance(local, str) and not local.strip():
+            problem(f"{where}.local", "must not be empty")
+        elif isinstance(local, str) and not os.path.isabs(os.path.expanduser(local)):
+            normalized = os.path.normpath(local)
+            if normalized == ".." or normalized.startswith("../"):
+                problem(f"{where}.local", f"{local!r} escapes the workspace ({workspace_dir}); use an absolute path")
+        language = entry.get("language")
+        if isinstance(language, str) and language not in LANGUAGES:
+            problem(f"{where}.language", f"{language!r} is not one of {', '.join(LANGUAGES)}")
+        if len(problems) > before:
+            continue
+        repos.append(_make_repo(entry, workspace_dir))
+
+    if problems:
+        raise ConfigError(problems)
+    return Workspace(config_file=config_file, repos=tuple(repos))
+
+
+def _make_repo(entry: dict[str, Any], workspace_dir: Path) -> Repo:
+    local = Path(os.path.expanduser(entry["local"]))
+    if not local.is_absolute():
+        local = workspace_dir / local
+    local = Path(os.path.normpath(local))
+    language = entry.get("language")
+    detected = language is None
+    if language is None:
+        language = detect_language(local)
+    return Repo(
+        name=entry["name"],
+        local=local,
+        platform=entry.get("platform", ""),
+        remote=entry.get("remote", ""),
+        default_branch=entry.get("default_branch") or "main",
+        language=language,
+        language_detected=detected,
+        has_claude_md=entry.get("has_claude_md", False),
+        tags=tuple(entry.get("tags", ())),
+        description=entry.get("description", ""),
+        host=entry.get("host"),
+    )

@@ -1,0 +1,231 @@
+"""Repo status for many repos at once: one porcelain-v2 `git status` and one `git log -1` each.
+
+Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from time import perf_counter
+from typing import Any, Callable, Sequence
+
+from lib.config import Repo
+from lib.errors import OrchestratorError
+
+# No credential or editor prompt may ever block a scan; C locale keeps git's
+# messages parseable; optional locks off so a scan never blocks a user's git.
+GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
+
+
+def git_env() -> dict[str, str]:
+    return {**os.environ, **GIT_ENV_OVERRIDES}
+
+
+def default_jobs() -> int:
+    # Process start-up is the main cost and it is CPU work: two workers per
+    # core keep the cores busy; more only adds contention (see bench/README.md).
+    return min(32, 2 * (os.cpu_count() or 2))
+
+
+@dataclass
+class LastCommit:
+    sha: str
+    subject: str
+    author: str
+    date: str
+
+
+@dataclass
+class Porcelain:
+    head: str | None = None
+    branch: str | None = None
+    upstream: str | None = None
+    ahead: int | None = None
+    behind: int | None = None
+    staged: int = 0
+    modified: int = 0
+    untracked: int = 0
+    conflicted: int = 0
+    dirty: int = 0
+
+
+@dataclass
+class RepoStatus:
+    name: str
+    path: str
+    exists: bool
+    clean: bool
+    language: str
+    branch: str | None = None
+    detached: bool = False
+    head: str | None = None
+    upstream: str | None = None
+    ahead: int | None = None
+    behind: int | None = None
+    staged: int | None = None
+    modified: int | None = None
+    untracked: int | None = None
+    conflicted: int | None = None
+    dirty: int | None = None
+    last_commit: LastCommit | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScanReport:
+    generated_at: str
+    duration_s: float
+    repos: list[RepoStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
+
+    @property
+    def errors(self) -> list[RepoStatus]:
+        return [r for r in self.repos if r.error]
+
+    def summary_line(self) -> str:
+        clean = sum(1 for r in self.repos if r.clean)
+        dirty = sum(1 for r in self.repos if not r.error and r.dirty)
+        parts = [f"{clean} clean", f"{dirty} dirty"]
+        behind = sum(1 for r in self.repos if r.behind)
+        if behind:
+            parts.append(f"{behind} behind")
+        if self.errors:
+            parts.append(f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}")
+        return f"scanned {len(self.repos)} repos in {self.duration_s:.2f}s: {', '.join(parts)}"
+
+
+def parse_porcelain_v2(data: bytes) -> Porcelain:
+    """Parse `git status --porcelain=v2 --branch -z` output."""
+    status = Porcelain()
+    records = data.split(b"\0")
+    i = 0
+    while i < len(records):
+        record = records[i]
+        i += 1
+        if not record:
+            continue
+        kind = record[:1]
+        if kind == b"#":
+            key, _, value = record[2:].decode("utf-8", "replace").partition(" ")
+            if key == "branch.oid":
+                status.head = None if value == "(initial)" else value
+            elif key == "branch.head":
+                status.branch = None if value == "(detached)" else value
+            elif key == "branch.upstream":
+                status.upstream = value
+            elif key == "branch.ab":
+                ahead, behind = value.split()
+                status.ahead, status.behind = int(ahead), -int(behind)
+            continue
+        if kind in (b"1", b"2"):
+            index_change, worktree_change = record[2:3], record[3:4]
+            status.staged += index_change != b"."
+            status.modified += worktree_change != b"."
+            if kind == b"2":
+                i += 1  # a rename's original path is the next NUL-separated field
+        elif kind == b"u":
+            status.conflicted += 1
+        elif kind == b"?":
+            status.untracked += 1
+        else:
+            continue  # "!" ignored entries are not shown by default
+        status.dirty += 1
+    return status
+
+
+def _git(git: str, env: dict[str, str], path: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [git, "--no-optional-locks", "-C", path, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        check=False,
+    )
+
+
+def _first_error_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[0] if lines else "git failed"
+
+
+def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
+    path = repo.local
+    status = RepoStatus(name=repo.name, path=str(path), exists=path.exists(), clean=False, language=repo.language)
+    if not status.exists:
+        status.error = "path does not exist"
+        return status
+    if not path.is_dir():
+        status.error = "path is not a directory"
+        return status
+    # A plain directory inside some other checkout would report that checkout's
+    # status; a repo's own top level always has a .git entry (dir or file).
+    if not (path / ".git").exists():
+        status.error = "not a git repository (no .git)"
+        return status
+    result = _git(git, env, str(path), "status", "--porcelain=v2", "--branch", "-z")
+    if result.returncode != 0:
+        status.error = _first_error_line(result.stderr)
+        return status
+    porcelain = parse_porcelain_v2(result.stdout)
+    status.branch = porcelain.branch
+    status.detached = porcelain.branch is None
+    status.head = porcelain.head
+    status.upstream = porcelain.upstream
+    status.ahead, status.behind = porcelain.ahead, porcelain.behind
+    status.staged, status.modified = porcelain.staged, porcelain.modified
+    status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
+    status.dirty = porcelain.dirty
+    if porcelain.head is None:
+        status.error = "no commits yet"
+        return status
+    log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
+    if log.returncode != 0:
+        status.error = _first_error_line(log.stderr)
+        return status
+    fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
+    if len(fields) == 4:
+        status.last_commit = LastCommit(*fields)
+    status.clean = status.dirty == 0
+    return status
+
+
+def find_git() -> str:
+    git = shutil.which("git")
+    if git is None:
+        raise OrchestratorError("git not found on PATH; install git first")
+    return git
+
+
+def scan(
+    repos: Sequence[Repo],
+    jobs: int = 0,
+    on_result: Callable[[RepoStatus], None] | None = None,
+) -> ScanReport:
+    """Status of every repo, concurrently, in config order; one bad repo never stops the scan."""
+    git, env = find_git(), git_env()
+    started = perf_counter()
+    generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results: dict[str, RepoStatus] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs or default_jobs())) as pool:
+        futures = {pool.submit(repo_status, repo, git, env): repo for repo in repos}
+        for future in as_completed(futures):
+            repo = futures[future]
+            try:
+                status = future.result()
+            except OSError as err:
+                status = RepoStatus(repo.name, str(repo.local), repo.local.exists(), False, repo.language, error=str(err))
+            results[repo.name] = status
+            if on_result is not None:
+                on_result(status)
+    return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])

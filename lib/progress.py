@@ -1,0 +1,85 @@
+"""Progress of work over many repos: one live line on a terminal, plain lines otherwise."""
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from time import monotonic
+from typing import TextIO
+
+
+class Progress:
+    """Thread-safe: workers call start() and finish(); the live line redraws itself."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None,
+                 live: bool | None = None, item_lines: bool = True) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.item_lines = item_lines
+        self.done = 0
+        self.failed = 0
+        self.running: dict[str, float] = {}
+        self.started_at = monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if self.live and total:
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
+
+    def start(self, name: str) -> None:
+        with self._lock:
+            self.running[name] = monotonic()
+            self._redraw()
+
+    def finish(self, name: str, line: str, failed: bool = False) -> None:
+        with self._lock:
+            self.running.pop(name, None)
+            self.done += 1
+            self.failed += failed
+            if self.item_lines:
+                self._clear()
+                self.stream.write(f"[{self.done}/{self.total}] {line}\n")
+            self._redraw()
+            self.stream.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        with self._lock:
+            self._clear()
+            self.stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                self._redraw()
+                self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+
+    def _redraw(self) -> None:
+        if not self.live or self._stop.is_set():
+            return
+        now = monotonic()
+        running = ", ".join(f"{name} {now - t:.0f}s" for name, t in sorted(self.running.items(), key=lambda kv: kv[1]))
+        failed = f", {self.failed} failed" if self.failed else ""
+        line = f"{self.label} {self.done}/{self.total}{failed} ({now - self.started_at:.0f}s)"
+        if running:
+            line += f" running: {running}"
+        self.stream.write("\r\x1b[K" + line[: self._width()])
+
+    @staticmethod
+    def _width() -> int:
+        return max(20, shutil.get_terminal_size((100, 20)).columns - 1)

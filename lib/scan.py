@@ -1,0 +1,23 @@
+"""The scan use case: configured repos -> their status -> state/repo-status.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lib.config import Workspace, load_workspace
+from lib.gitstatus import ScanReport, scan
+from lib.paths import Paths
+from lib.progress import Progress
+from lib.statefile import write_json
+
+
+def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None) -> ScanReport:
+    repos = workspace.select(tags=tags)
+    # One live counter line on a terminal; nothing per repo (500 lines would bury the summary).
+    with Progress("scanning", len(repos), item_lines=False) as progress:
+        return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)))
+
+
+def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None) -> tuple[ScanReport, Path]:
+    report = scan_workspace(load_workspace(paths.repos_file), jobs, tags)
+    write_json(paths.repo_status_file, report.to_json())
+    return report, paths.repo_status_file

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Scan every configured repo and write state/repo-status.json (standard library only)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.paths import Paths  # noqa: E402
+from lib.scan import scan_and_save  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=0, help="repos scanned at once (default: 2 per core)")
+    parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        report, state_file = scan_and_save(Paths.from_env(), args.jobs, args.tag)
+    except OrchestratorError as err:
+        print(error_lines(err), file=sys.stderr)
+        return 2
+    for status in report.errors:
+        print(f"{status.name}: {status.error} ({status.path})", file=sys.stderr)
+    print(f"{report.summary_line()} -> {state_file}")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
