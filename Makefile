@@ -27,6 +27,10 @@ demo: setup
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) scan
 	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv status'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) status
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv test-all    # deploy-tools fails on purpose: exit 1 expected'
+	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) test-all || [ $$? -eq 1 ]
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv sync-all --dry-run'
+	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) sync-all --dry-run
 
 test: setup
 	$(PY) -m pytest -q
@@ -36,6 +40,20 @@ status: setup
 
 scan: setup
 	$(INV) scan
+
+build: setup
+	@test -n "$(REPO)" || { echo "error: usage: make build REPO=name" >&2; exit 2; }
+	$(INV) build $(REPO)
+
+test-repo: setup
+	@test -n "$(REPO)" || { echo "error: usage: make test-repo REPO=name" >&2; exit 2; }
+	$(INV) test $(REPO)
+
+test-all: setup
+	$(INV) test-all
+
+sync-all: setup
+	$(INV) sync-all
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -6,6 +6,7 @@ need them, so `inv --list` stays fast.
 from __future__ import annotations
 
 import json as jsonlib
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -67,4 +68,190 @@ def scan(c, jobs=0, tag=None):
         raise Exit(code=1)
 
 
-namespace = Collection(status, scan)
+def _split(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _print_plan(plan) -> None:
+    if plan.skip_reason:
+        print(f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}")
+        return
+    print(f"{plan.repo.name}: would run {plan.workflow} (log: {plan.log})")
+    for command in plan.commands:
+        print(f"  cd {command.cwd} && {command.command}")
+
+
+class _TextToBytes:
+    """A binary view of a text stream that has no .buffer (a captured stdout)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _run_on_repo(workflow, repo, timeout, dry_run, echo):
+    """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
+    import sys
+
+    from lib.batch import plan_workflow, run_and_record, tail
+    from lib.config import load_workspace
+    from lib.views import headline
+
+    try:
+        paths = Paths.from_env()
+        workspace = load_workspace(paths.repos_file)
+        plans = plan_workflow(paths, workflow, [workspace.get(repo)])
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if dry_run:
+        _print_plan(plans[0])
+        return
+    print(f"log: {plans[0].log}", flush=True)
+    outcome = run_and_record(paths, workspace, plans, 1, timeout or None,
+                             echo=getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout) if echo else None)[0]
+    print(headline(workflow, outcome))
+    if outcome.failing and not echo:
+        print(f"--- last 50 lines of {outcome.log} ---")
+        print(tail(Path(outcome.log), 50))
+    if outcome.failing:
+        raise Exit(code=1)
+
+
+RUN_HELP = {
+    "repo": "repo name from config/repos.json",
+    "timeout": "seconds before the whole process group is killed (0: no limit)",
+    "dry_run": "print the rendered commands and log path; run nothing",
+}
+
+
+@task(help=RUN_HELP)
+def build(c, repo, timeout=1800.0, dry_run=False):
+    """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
+    _run_on_repo("build", repo, timeout, dry_run, echo=False)
+
+
+@task(help=RUN_HELP)
+def test(c, repo, timeout=1800.0, dry_run=False):
+    """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
+    _run_on_repo("test", repo, timeout, dry_run, echo=False)
+
+
+@task(
+    iterable=["tag"],
+    help={
+        "jobs": "repos tested at once (default: one per core)",
+        "timeout": "seconds per repo before its process group is killed (0: no limit)",
+        "junit_xml": "also write a JUnit XML report to this path (for CI)",
+        "tag": "only repos with this tag (repeatable)",
+        "only": "only these repos, comma-separated (any language)",
+        "failed": "rerun only the repos that failed or timed out last time",
+        "dry_run": "print what would run; run nothing",
+    },
+)
+def test_all(c, jobs=0, timeout=1800.0, junit_xml="", tag=None, only="", failed=False, dry_run=False):
+    """Test every repo with a known language, concurrently."""
+    from lib.config import load_workspace
+    from lib.testall import plan_test_all, run_test_all
+    from lib.views import outcomes_table
+
+    try:
+        paths = Paths.from_env()
+        workspace = load_workspace(paths.repos_file)
+        plans = plan_test_all(workspace, paths, tag, _split(only), failed)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if not plans:
+        print("nothing to test" + (" (nothing failed last time)" if failed else ""))
+        return
+    if dry_run:
+        for plan in plans:
+            _print_plan(plan)
+        return
+    report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None)
+    print(outcomes_table(report.outcomes))
+    print(f"{report.summary_line()} -> {report.state_file}")
+    if report.failing:
+        raise Exit(code=1)
+
+
+@task(
+    help={
+        "name": "workflow name from config/workflows.json (build, test, status, pull, review, or your own)",
+        "repo": "repo name from config/repos.json",
+        "timeout": "seconds before the whole process group is killed (0: no limit)",
+        "dry_run": "print the rendered commands; run nothing",
+    },
+)
+def workflow(c, name, repo, timeout=1800.0, dry_run=False):
+    """Run any workflow of config/workflows.json on one repo, showing its output."""
+    _run_on_repo(name, repo, timeout, dry_run, echo=True)
+
+
+@task(
+    help={
+        "name": "workflow name from config/workflows.json",
+        "jobs": "repos at once (default: one per core)",
+        "timeout": "seconds per repo before its process group is killed (0: no limit)",
+        "dry_run": "print the rendered commands; run nothing",
+    },
+)
+def workflow_all(c, name, jobs=0, timeout=1800.0, dry_run=False):
+    """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
+    from lib.batch import plan_workflow, run_and_record
+    from lib.config import load_workspace
+    from lib.progress import Progress
+    from lib.testall import default_jobs
+    from lib.views import outcomes_table
+
+    try:
+        paths = Paths.from_env()
+        workspace = load_workspace(paths.repos_file)
+        plans = plan_workflow(paths, name, workspace.repos)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if dry_run:
+        for plan in plans:
+            _print_plan(plan)
+        return
+    with Progress(name, len(plans)) as progress:
+        outcomes = run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout or None,
+                                  on_start=lambda p: progress.start(p.repo.name),
+                                  on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+    print(outcomes_table(outcomes))
+    if any(o.failing for o in outcomes):
+        raise Exit(code=1)
+
+
+@task(
+    iterable=["tag"],
+    help={
+        "net_jobs": "repos fetched at once (default 4: ssh servers refuse floods)",
+        "timeout": "seconds per fetch or clone before it is killed",
+        "clone_missing": "clone repos whose path does not exist from their `remote`",
+        "tag": "only repos with this tag (repeatable)",
+        "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
+    },
+)
+def sync_all(c, net_jobs=4, timeout=300.0, clone_missing=False, tag=None, dry_run=False):
+    """Fetch every repo and fast-forward its default branch when that is safe."""
+    from lib.config import load_workspace
+    from lib.sync import run_sync
+    from lib.views import sync_table
+
+    try:
+        paths = Paths.from_env()
+        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout, clone_missing, dry_run)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(sync_table(report.outcomes))
+    print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    if report.failing:
+        raise Exit(code=1)
+
+
+namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from lib.gitstatus import RepoStatus
+
+if TYPE_CHECKING:
+    from lib.batch import Outcome
+    from lib.sync import SyncOutcome
 
 
 def cut(text: str, width: int) -> str:
@@ -63,3 +67,28 @@ def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str
     from tabulate import tabulate
 
     return tabulate(rows, headers=list(headers), tablefmt="simple")
+
+
+def outcomes_table(outcomes: Iterable["Outcome"]) -> str:
+    rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(o.reason or "", 40), o.log]
+            for o in outcomes]
+    return plain_table(rows, ["REPO", "LANGUAGE", "STATUS", "TIME", "DETAIL", "LOG"])
+
+
+def headline(workflow: str, outcome: "Outcome") -> str:
+    """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`."""
+    word = workflow.upper()
+    time = f"{outcome.duration_s:.1f}s"
+    if outcome.status == "passed":
+        return f"{word} PASSED ({time})"
+    if outcome.status == "failed":
+        return f"{word} FAILED (exit {outcome.exit_code}, {time})"
+    return f"{word} {outcome.status.upper()} ({outcome.reason}, {time})"
+
+
+def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:
+    rows = []
+    for o in outcomes:
+        moved = f"{o.before[:7]} -> {o.after[:7]}" if o.before and o.after and o.before != o.after else ""
+        rows.append([o.repo, o.branch or "-", o.status + (f": {cut(o.reason, 60)}" if o.reason else ""), moved])
+    return plain_table(rows, ["REPO", "BRANCH", "OUTCOME", "MOVED"])

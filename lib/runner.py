@@ -1,0 +1,150 @@
+"""Run a shell command in its own process group, output streamed to a log, killable as a whole.
+
+Invoke's `c.run(timeout=)` kills only the shell and keeps all output in
+memory; builds and tests need their grandchildren killed and their output on
+disk, whatever its size or encoding.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from time import monotonic, sleep
+from typing import BinaryIO
+
+GRACE_S = 5.0
+CHUNK = 64 * 1024
+
+# Process groups started here and still running: an interrupted run kills them.
+_active_groups: set[int] = set()
+_active_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    exit_code: int | None
+    timed_out: bool
+    duration_s: float
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, read from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    # Zombies still count for killpg(pgid, 0); where no init reaps them, only
+    # /proc tells a finished group from a running one.
+    if os.path.isdir("/proc/self"):
+        return bool(group_members(pgid))
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_group(pgid: int, grace: float = GRACE_S) -> None:
+    """SIGTERM the whole group, give it `grace` seconds, then SIGKILL what is left."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = monotonic() + grace
+    while monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def terminate_all(grace: float = GRACE_S) -> None:
+    """Kill every group still running (on Ctrl-C: their new sessions did not get it)."""
+    with _active_lock:
+        groups = list(_active_groups)
+    for pgid in groups:
+        kill_group(pgid, grace)
+
+
+def _copy(source: BinaryIO, sinks: list[BinaryIO]) -> None:
+    fd = source.fileno()
+    while chunk := os.read(fd, CHUNK):
+        for sink in sinks:
+            sink.write(chunk)
+            sink.flush()
+
+
+def run_in_group(
+    command: str,
+    cwd: Path,
+    log: BinaryIO,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+    echo: BinaryIO | None = None,
+    grace: float = GRACE_S,
+) -> ProcessResult:
+    """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
+
+    On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
+    command leaves behind in its group are killed when it ends, so nothing
+    outlives the step that started it.
+    """
+    started = monotonic()
+    log.flush()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if echo is not None else log.fileno(),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pgid = proc.pid
+    with _active_lock:
+        _active_groups.add(pgid)
+    copier = None
+    if echo is not None and proc.stdout is not None:
+        copier = threading.Thread(target=_copy, args=(proc.stdout, [log, echo]), daemon=True)
+        copier.start()
+    timed_out = False
+    try:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(pgid, grace)
+            proc.wait()
+        if group_alive(pgid):
+            kill_group(pgid, grace)
+    except BaseException:
+        kill_group(pgid, grace)
+        proc.wait()
+        raise
+    finally:
+        with _active_lock:
+            _active_groups.discard(pgid)
+        if copier is not None:
+            copier.join()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return ProcessResult(None if timed_out else proc.returncode, timed_out, monotonic() - started)

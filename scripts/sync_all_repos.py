@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Fetch every repo and fast-forward its default branch when safe (same as `inv sync-all`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lib.config import load_workspace  # noqa: E402
+from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.paths import Paths  # noqa: E402
+from lib.sync import run_sync  # noqa: E402
+from lib.views import sync_table  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--net-jobs", type=int, default=4, help="repos fetched at once (default 4)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per fetch or clone")
+    parser.add_argument("--clone-missing", action="store_true", help="clone repos whose path does not exist")
+    parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="fetch nothing, change nothing")
+    args = parser.parse_args(argv)
+    try:
+        paths = Paths.from_env()
+        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout,
+                          args.clone_missing, args.dry_run)
+    except OrchestratorError as err:
+        print(error_lines(err), file=sys.stderr)
+        return 2
+    print(sync_table(report.outcomes))
+    print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    return 1 if report.failing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The process-group runner: real shells, real grandchildren, real signals."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lib.runner import group_members, run_in_group
+from tests.conftest import ROOT
+
+
+def run(command: str, tmp_path: Path, timeout: float | None = 10, grace: float = 0.5, echo=None):
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        result = run_in_group(command, tmp_path, log, timeout, grace=grace, echo=echo)
+    return result, log_path.read_bytes()
+
+
+def test_exit_code_and_output_go_to_the_log(tmp_path):
+    result, out = run("echo hello; echo oops >&2; exit 3", tmp_path)
+    assert result.exit_code == 3 and not result.timed_out
+    assert out == b"hello\noops\n"
+
+
+def test_timeout_kills_the_whole_group_even_a_grandchild_that_ignores_sigterm(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    command = (f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; while :; do sleep 0.1; done' & "
+               "sleep 60")
+    started = time.monotonic()
+    result, out = run(command, tmp_path, timeout=1, grace=0.5)
+    assert result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 10
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(grandchild):
+        time.sleep(0.05)
+    assert not _alive(grandchild), "a grandchild survived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_background_leftovers_do_not_outlive_the_command(tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    result, _ = run(f"sleep 30 & echo $! > {pidfile}", tmp_path, grace=0.5)
+    assert result.exit_code == 0
+    pid = int(pidfile.read_text())
+    assert not _alive(pid)
+
+
+def test_invalid_utf8_output_is_kept_as_bytes(tmp_path):
+    result, out = run("printf 'ok \\377\\376 bytes\\n'", tmp_path)
+    assert result.exit_code == 0 and out == b"ok \xff\xfe bytes\n"
+
+
+def test_echo_copies_output_to_the_terminal_stream_and_the_log(tmp_path):
+    echo = io.BytesIO()
+    result, out = run("printf 'a\\nb\\n'", tmp_path, echo=echo)
+    assert result.exit_code == 0 and out == echo.getvalue() == b"a\nb\n"
+
+
+def test_huge_output_streams_to_disk_without_growing_memory(tmp_path):
+    """300 MB of output: the parent's peak memory stays small (measured in a fresh process)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, %r)\n"
+        "from pathlib import Path\n"
+        "from lib.runner import run_in_group\n"
+        "log = open(%r, 'wb')\n"
+        "r = run_in_group('head -c 300000000 /dev/zero', Path(%r), log, 60)\n"
+        "log.close()\n"
+        "print(r.exit_code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    ) % (str(ROOT), str(tmp_path / "big.log"), str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    exit_code, peak_kb = out.stdout.split()
+    assert exit_code == "0", out.stderr
+    assert (tmp_path / "big.log").stat().st_size == 300_000_000
+    assert int(peak_kb) < 100_000, f"peak RSS {peak_kb} kB"
+
+
+def test_no_group_members_left_after_a_normal_run(tmp_path):
+    pidfile = tmp_path / "pgid"
+    result, _ = run(f"echo $$ > {pidfile}; sleep 0.2", tmp_path)
+    assert result.exit_code == 0
+    assert group_members(int(pidfile.read_text())) == []

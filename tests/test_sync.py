@@ -1,0 +1,212 @@
+"""sync-all on real repos with real bare remotes: each case ends with one outcome and loses nothing."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import git, run_script
+
+
+def snapshot(repo) -> dict:
+    refs = dict(line.split(" ", 1)[::-1] for line in
+                repo.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").splitlines())
+    return {"refs": refs, "status": repo.git("status", "--porcelain=v1", "--untracked-files=all"),
+            "head": repo.git("rev-parse", "HEAD"), "symbolic": _symbolic(repo)}
+
+
+def _symbolic(repo) -> str | None:
+    result = subprocess.run(["git", "-C", str(repo.path), "symbolic-ref", "-q", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def assert_nothing_lost(repo, before: dict) -> None:
+    after = snapshot(repo)
+    for ref, old in before["refs"].items():
+        new = after["refs"].get(ref)
+        assert new is not None, f"{ref} was deleted"
+        ancestor = subprocess.run(["git", "-C", str(repo.path), "merge-base", "--is-ancestor", old, new])
+        assert ancestor.returncode == 0, f"{ref} lost commit {old}"
+
+
+def outcome_of(home, name: str) -> dict:
+    return next(r for r in home.state("sync-results.json")["results"] if r["repo"] == name)
+
+
+def test_behind_repo_is_fast_forwarded_without_a_merge_commit(home, make_repo, inv, tmp_path):
+    repo = make_repo("behind")
+    upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = snapshot(repo)
+    home.add(repo)
+    result = inv("sync-all")
+    assert result.code == 0, result.out + result.err
+    assert repo.head() == upstream
+    assert repo.git("rev-list", "--parents", "-n", "1", "HEAD").count(" ") == 1, "a merge commit was made"
+    assert (repo.path / "new.txt").read_text() == "1"
+    assert outcome_of(home, "behind")["status"] == "updated"
+    assert_nothing_lost(repo, before)
+    assert home.state("repo-status.json")["repos"][0]["behind"] == 0, "scan state refreshed after sync"
+    assert (Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-sync-behind.log").exists()
+
+
+def test_ahead_repo_is_up_to_date_and_keeps_its_commits(home, make_repo, inv):
+    repo = make_repo("ahead")
+    mine = repo.commit({"mine.txt": "1"}, "unpushed")
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert repo.head() == mine
+    o = outcome_of(home, "ahead")
+    assert o["status"] == "up to date" and o["reason"] == "ahead 1, not pushed"
+
+
+def test_diverged_repo_is_skipped_and_both_histories_stay(home, make_repo, inv, tmp_path):
+    repo = make_repo("diverged")
+    theirs = repo.push_from_elsewhere(tmp_path, {"theirs.txt": "1"})
+    mine = repo.commit({"mine.txt": "1"}, "mine")
+    home.add(repo)
+    result = inv("sync-all")
+    assert result.code == 0
+    assert "skipped: diverged: ahead 1, behind 1" in result.out
+    assert repo.head() == mine and repo.remote_ref() == theirs
+
+
+def test_dirty_repo_is_skipped_and_its_edits_untouched(home, make_repo, inv, tmp_path):
+    repo = make_repo("dirty", {"README.md": "old\n"})
+    repo.push_from_elsewhere(tmp_path, {"README.md": "theirs\n"})
+    (repo.path / "README.md").write_text("my edit\n")
+    before = snapshot(repo)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert (repo.path / "README.md").read_text() == "my edit\n"
+    assert snapshot(repo) == before
+    assert outcome_of(home, "dirty")["reason"] == "dirty: uncommitted changes on main"
+
+
+def test_untracked_file_counts_as_dirty_on_the_default_branch(home, make_repo, inv, tmp_path):
+    repo = make_repo("untracked")
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "theirs\n"})
+    (repo.path / "new.txt").write_text("mine, untracked\n")
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert (repo.path / "new.txt").read_text() == "mine, untracked\n"
+    assert outcome_of(home, "untracked")["status"] == "skipped"
+
+
+def test_detached_head_is_skipped(home, make_repo, inv, tmp_path):
+    repo = make_repo("detached")
+    repo.git("checkout", "-q", "--detach")
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    before = snapshot(repo)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert outcome_of(home, "detached")["reason"] == "detached HEAD"
+    assert snapshot(repo) == before
+
+
+def test_other_branch_checked_out_moves_only_the_default_ref(home, make_repo, inv, tmp_path):
+    repo = make_repo("feature")
+    repo.git("checkout", "-q", "-b", "feature/x")
+    repo.commit({"feature.txt": "wip\n"}, "wip")
+    (repo.path / "feature.txt").write_text("uncommitted edit\n")
+    (repo.path / "scratch.txt").write_text("untracked\n")
+    upstream = repo.push_from_elsewhere(tmp_path, {"upstream.txt": "1"})
+    before = snapshot(repo)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert repo.git("rev-parse", "refs/heads/main") == upstream
+    after = snapshot(repo)
+    assert after["symbolic"] == "refs/heads/feature/x" and after["status"] == before["status"]
+    assert (repo.path / "feature.txt").read_text() == "uncommitted edit\n"
+    assert not (repo.path / "upstream.txt").exists()
+    assert_nothing_lost(repo, before)
+    assert outcome_of(home, "feature")["status"] == "updated"
+
+
+def test_default_branch_checked_out_in_another_worktree_is_skipped(home, make_repo, inv, tmp_path):
+    repo = make_repo("wt")
+    repo.git("checkout", "-q", "-b", "other")
+    repo.git("worktree", "add", "-q", str(tmp_path / "wt-main"), "main")
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    before = snapshot(repo)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert "checked out in worktree" in outcome_of(home, "wt")["reason"]
+    assert snapshot(repo)["refs"] == before["refs"]
+
+
+def test_merge_in_progress_is_skipped(home, make_repo, inv, tmp_path):
+    repo = make_repo("merging", {"f.txt": "base\n"})
+    repo.git("checkout", "-q", "-b", "side")
+    repo.commit({"f.txt": "side\n"}, "side")
+    repo.git("checkout", "-q", "main")
+    repo.commit({"f.txt": "main\n"}, "main change")
+    subprocess.run(["git", "-C", str(repo.path), "merge", "side"], capture_output=True)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert outcome_of(home, "merging")["reason"] == "a merge is in progress"
+    assert (repo.path / ".git" / "MERGE_HEAD").exists()
+
+
+def test_no_upstream_is_skipped(home, make_repo, inv):
+    repo = make_repo("local-only", push=False)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert outcome_of(home, "local-only")["reason"] == "main has no upstream"
+
+
+def test_unreachable_remote_fails_fast_and_touches_nothing(home, make_repo, inv, tmp_path):
+    ok, broken, sshy = make_repo("ok"), make_repo("broken"), make_repo("sshy")
+    broken.git("remote", "set-url", "origin", str(tmp_path / "no-such-remote.git"))
+    sshy.git("remote", "set-url", "origin", "ssh://nobody@127.0.0.1:1/repo.git")
+    before = snapshot(broken)
+    home.add(ok, broken, sshy)
+    started = time.monotonic()
+    result = inv("sync-all")
+    assert time.monotonic() - started < 30
+    assert result.code == 1
+    assert outcome_of(home, "broken")["status"] == "failed"
+    assert outcome_of(home, "broken")["reason"].startswith("fetch failed:")
+    assert outcome_of(home, "sshy")["status"] == "failed"
+    assert outcome_of(home, "ok")["status"] == "up to date"
+    assert snapshot(broken) == before
+
+
+def test_missing_path_is_skipped_or_cloned(home, make_repo, inv, tmp_path):
+    source = make_repo("source")
+    target = tmp_path / "elsewhere" / "fresh"
+    home.write_repos([{"name": "fresh", "local": str(target), "remote": str(source.remote)}])
+    result = inv("sync-all")
+    assert result.code == 0 and "path missing (--clone-missing clones it)" in result.out
+    assert not target.exists()
+    result = inv("sync-all", "--clone-missing")
+    assert result.code == 0, result.out
+    assert outcome_of(home, "fresh")["status"] == "cloned"
+    assert git(target, "rev-parse", "HEAD") == source.head()
+
+
+def test_clone_missing_without_a_remote_fails(home, inv, tmp_path):
+    home.write_repos([{"name": "ghost", "local": str(tmp_path / "ghost"), "remote": "unknown"}])
+    assert inv("sync-all", "--clone-missing").code == 1
+    assert "no remote to clone from" in outcome_of(home, "ghost")["reason"]
+
+
+def test_dry_run_fetches_nothing_and_changes_nothing(home, make_repo, inv, tmp_path):
+    repo = make_repo("behind")
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    repo.git("fetch", "-q")
+    before = snapshot(repo)
+    home.add(repo)
+    result = inv("sync-all", "--dry-run")
+    assert result.code == 0 and "would update" in result.out
+    assert snapshot(repo) == before
+    assert not (home.path / "state" / "sync-results.json").exists()
+
+
+def test_sync_script_runs_from_another_directory(home, make_repo, tmp_path):
+    repo = make_repo("behind")
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    home.add(repo)
+    result = run_script("sync_all_repos.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert repo.head() == upstream and "1 updated" in result.stdout
