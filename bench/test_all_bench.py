@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Benchmark test-all's wall time against the sum of its repos' test times and the slowest one.
+
+    python bench/test_all_bench.py [--repos 8] [--jobs 8]
+
+Each generated make repo's `make test` sleeps a different time (0.5 s to 2.5 s,
+I/O-like waiting, as most test suites' network and disk waits are). A serial
+run costs the sum; test-all should approach the slowest repo.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.demo import RepoSpec, generate  # noqa: E402
+from lib.views import plain_table  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repos", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=8)
+    args = parser.parse_args(argv)
+    durations = [round(0.5 + 2.0 * i / max(1, args.repos - 1), 2) for i in range(args.repos)]
+    specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
+                      {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="test-all-bench-") as tmp:
+        home = Path(tmp) / "ws"
+        generate(home, specs)
+        env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_LOG_DIR": str(Path(tmp) / "logs")}
+        for jobs in sorted({1, args.jobs}):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", str(jobs)],
+                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            results = json.loads((home / "state" / "test-results.json").read_text())["results"]
+            assert all(r["status"] == "passed" for r in results)
+            rows.append([args.repos, jobs, f"{sum(durations):.1f}", f"{max(durations):.1f}", f"{wall:.2f}",
+                         f"{wall / max(durations):.2f}"])
+    print(plain_table(rows, ["repos", "jobs", "sum s", "slowest s", "wall s", "wall/slowest"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
