@@ -52,6 +52,17 @@ class Outcome:
         return f"{self.repo}: {self.status}{detail} in {self.duration_s:.1f}s"
 
 
+# Set when we run under `make test-all`; a repo's own make must not inherit our
+# make's level or jobserver (it would print "make[1]: ..." or warn about it).
+PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
+def command_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PARENT_MAKE_VARS}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
 def _header(log: BinaryIO, plan: Plan) -> None:
     log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()}\n".encode())
 
@@ -80,7 +91,7 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
         if plan.skip_reason:
             log.write(f"skipped: {plan.skip_reason}\n".encode())
             return outcome("skipped", reason=plan.skip_reason)
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+        env = command_env()
         for command in plan.commands:
             remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
             log.write(f"$ cd {command.cwd}\n$ {command.command}\n".encode())

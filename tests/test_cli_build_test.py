@@ -36,7 +36,10 @@ def test_build_passes_prints_log_path_and_verdict_and_records_state(home, make_r
     assert entry["command"] == "make" and entry["log"] == str(log)
 
 
-def test_failed_test_shows_exit_code_and_the_last_50_lines(home, make_repo, inv):
+def test_failed_test_shows_exit_code_and_the_last_50_lines(home, make_repo, inv, monkeypatch):
+    # As under `make test-all`: the repo's own make must not inherit our make's level.
+    monkeypatch.setenv("MAKELEVEL", "1")
+    monkeypatch.setenv("MAKEFLAGS", "w")
     home.write_repos([{"name": "ledger", "local": str(make_repo("ledger", FAILING).path), "language": "make"}])
     result = inv("test", "ledger")
     assert result.code == 1
