@@ -54,6 +54,12 @@ def locked(path: Path) -> Iterator[None]:
 def update_json(path: Path, change: Callable[[Any], Any], default: Any = None) -> Any:
     """Read, change and rewrite a state file atomically with respect to other updaters."""
     with locked(path):
-        document = change(read_json(path, default))
+        try:
+            current = read_json(path, default)
+        except OrchestratorError:
+            # Generated state that no longer parses: keep it aside, start afresh.
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            current = default
+        document = change(current)
         write_json(path, document)
         return document

@@ -50,14 +50,29 @@ def test_failed_test_shows_exit_code_and_the_last_50_lines(home, make_repo, inv,
     assert home.state("test-results.json")["results"][0]["status"] == "failed"
 
 
-def test_timeout_kills_the_build_and_records_timeout(home, make_repo, inv):
-    repo = make_repo("slow", {"Makefile": "all:\n\t@echo start; sleep 60\n"})
+def test_timeout_kills_the_build_and_its_sigterm_ignoring_grandchild(home, make_repo, inv, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    repo = make_repo("slow", {"Makefile": "all:\n\t@echo start\n"
+                              f"\t@sh -c 'trap \"\" TERM; echo $$$$ > {pidfile}; while :; do sleep 0.1; done' & sleep 60\n"})
     home.write_repos([{"name": "slow", "local": str(repo.path), "language": "make"}])
     started = time.monotonic()
     result = inv("build", "slow", "--timeout", "1")
     assert time.monotonic() - started < 15
     assert result.code == 1 and "BUILD TIMEOUT (timed out after 1s" in result.out
     assert home.state("build-results.json")["results"][0]["status"] == "timeout"
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and is_running(grandchild):
+        time.sleep(0.05)
+    assert not is_running(grandchild), "the grandchild that ignores SIGTERM survived"
+
+
+def is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_unknown_repo_is_exit_2_with_close_matches(home, make_repo, inv):
@@ -154,7 +169,8 @@ def slow_repo(make_repo, name, seconds, ok=True):
 
 
 def test_test_all_runs_concurrently_records_json_and_junit(home, make_repo, inv, tmp_path):
-    repos = [slow_repo(make_repo, f"r{i}", 1.5) for i in range(3)] + [slow_repo(make_repo, "bad", 0.1, ok=False)]
+    bad = make_repo("bad", {"Makefile": "test:\n\t@printf '\\033[31mred\\033[0m \\001 failure\\n'; false\n"})
+    repos = [slow_repo(make_repo, f"r{i}", 1.5) for i in range(3)] + [bad]
     home.write_repos([{"name": r.path.name, "local": str(r.path), "language": "make"} for r in repos]
                      + [{"name": "docs", "local": str(make_repo("docs").path), "language": "unknown"}])
     junit = tmp_path / "junit.xml"
@@ -172,6 +188,8 @@ def test_test_all_runs_concurrently_records_json_and_junit(home, make_repo, inv,
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     assert suite.get("tests") == "4" and suite.get("failures") == "1"
     assert {case.get("name") for case in suite.iter("testcase")} == {"r0", "r1", "r2", "bad"}
+    failure = next(c for c in suite.iter("testcase") if c.get("name") == "bad").find("failure")
+    assert "red" in failure.text and "failure" in failure.text, "the log tail (escape codes and all) is in the report"
 
 
 def test_test_all_failed_reruns_only_what_failed(home, make_repo, inv):

@@ -1,0 +1,55 @@
+"""State files: atomic writes, and concurrent updaters that lose nothing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from lib.statefile import read_json, write_json
+from tests.conftest import ROOT
+
+RECORDER = """
+import sys; sys.path.insert(0, %r)
+from pathlib import Path
+from lib.batch import Outcome, record
+state, worker = Path(sys.argv[1]), sys.argv[2]
+names = {f"w{w}-r{i}" for w in range(4) for i in range(15)}
+for i in range(15):
+    record(state, [Outcome(f"w{worker}-r{i}", "make", "passed", 0, 0.0, "make test", "/dev/null", None, "now")], names)
+"""
+
+
+def test_concurrent_recorders_in_separate_processes_lose_no_result(tmp_path):
+    state = tmp_path / "state" / "test-results.json"
+    procs = [subprocess.Popen([sys.executable, "-c", RECORDER % str(ROOT), str(state), str(w)]) for w in range(4)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    doc = json.loads(state.read_text())
+    assert len(doc["results"]) == 60 and doc["summary"]["passed"] == 60
+
+
+def test_write_json_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "s" / "x.json"
+    write_json(target, {"a": 1})
+    write_json(target, {"b": 2})
+    assert read_json(target) == {"b": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_corrupt_state_file_is_a_clear_error(tmp_path):
+    import pytest
+
+    from lib.errors import OrchestratorError
+
+    target = tmp_path / "x.json"
+    target.write_text("{half")
+    with pytest.raises(OrchestratorError, match="not valid JSON.*delete it and run again"):
+        read_json(target)
+
+
+def test_update_moves_a_corrupt_file_aside_and_starts_afresh(tmp_path):
+    from lib.statefile import update_json
+
+    target = tmp_path / "x.json"
+    target.write_text("{half")
+    assert update_json(target, lambda doc: {**doc, "n": 1}, default={}) == {"n": 1}
+    assert (tmp_path / "x.json.corrupt").read_text() == "{half"
