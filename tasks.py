@@ -14,6 +14,37 @@ from lib.errors import OrchestratorError, error_lines
 from lib.paths import Paths
 
 
+class Count(int):
+    """An argument kind for whole numbers: a bad value is a one-line usage error (exit 2).
+
+    Invoke casts a flag's value with the type of its default and lets a
+    ValueError escape as a traceback; raising Exit here goes through its own
+    error path instead.
+    """
+
+    def __new__(cls, value: object = 0) -> "Count":
+        try:
+            number = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise Exit(f"error: expected a whole number, got {value!r}", code=2) from None
+        if number < 0:
+            raise Exit(f"error: expected a number >= 0, got {value!r}", code=2)
+        return super().__new__(cls, number)
+
+
+class Seconds(float):
+    """An argument kind for durations in seconds (0: no limit); bad values exit 2."""
+
+    def __new__(cls, value: object = 0.0) -> "Seconds":
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise Exit(f"error: expected a number of seconds, got {value!r}", code=2) from None
+        if number < 0 or number != number:
+            raise Exit(f"error: expected a number of seconds >= 0, got {value!r}", code=2)
+        return super().__new__(cls, number)
+
+
 def _fail(err: OrchestratorError) -> Exit:
     return Exit(error_lines(err), code=err.exit_code)
 
@@ -24,10 +55,10 @@ def _fail(err: OrchestratorError) -> Exit:
         "json": "print the status document (same shape as state/repo-status.json) instead of a table",
         "tag": "only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
-        "jobs": "repos checked at once (default: 2 per core)",
+        "jobs": "N: repos checked at once (default: 2 per core)",
     },
 )
-def status(c, json=False, tag=None, dirty=False, jobs=0):
+def status(c, json=False, tag=None, dirty=False, jobs=Count(0)):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
     from lib.scan import scan_workspace
@@ -51,9 +82,9 @@ def status(c, json=False, tag=None, dirty=False, jobs=0):
 
 @task(
     iterable=["tag"],
-    help={"jobs": "repos scanned at once (default: 2 per core)", "tag": "only repos with this tag (repeatable)"},
+    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "only repos with this tag (repeatable)"},
 )
-def scan(c, jobs=0, tag=None):
+def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
     from lib.scan import scan_and_save
 
@@ -124,19 +155,19 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
 
 RUN_HELP = {
     "repo": "repo name from config/repos.json",
-    "timeout": "seconds before the whole process group is killed (0: no limit)",
+    "timeout": "SECONDS before the whole process group is killed (0: no limit)",
     "dry_run": "print the rendered commands and log path; run nothing",
 }
 
 
 @task(help=RUN_HELP)
-def build(c, repo, timeout=1800.0, dry_run=False):
+def build(c, repo, timeout=Seconds(1800), dry_run=False):
     """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
     _run_on_repo("build", repo, timeout, dry_run, echo=False)
 
 
 @task(help=RUN_HELP)
-def test(c, repo, timeout=1800.0, dry_run=False):
+def test(c, repo, timeout=Seconds(1800), dry_run=False):
     """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
     _run_on_repo("test", repo, timeout, dry_run, echo=False)
 
@@ -144,8 +175,8 @@ def test(c, repo, timeout=1800.0, dry_run=False):
 @task(
     iterable=["tag"],
     help={
-        "jobs": "repos tested at once (default: one per core)",
-        "timeout": "seconds per repo before its process group is killed (0: no limit)",
+        "jobs": "N: repos tested at once (default: one per core)",
+        "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "junit_xml": "also write a JUnit XML report to this path (for CI)",
         "tag": "only repos with this tag (repeatable)",
         "only": "only these repos, comma-separated (any language)",
@@ -153,7 +184,8 @@ def test(c, repo, timeout=1800.0, dry_run=False):
         "dry_run": "print what would run; run nothing",
     },
 )
-def test_all(c, jobs=0, timeout=1800.0, junit_xml="", tag=None, only="", failed=False, dry_run=False):
+def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
+             dry_run=False):
     """Test every repo with a known language, concurrently."""
     from lib.config import load_workspace
     from lib.testall import plan_test_all, run_test_all
@@ -183,11 +215,11 @@ def test_all(c, jobs=0, timeout=1800.0, junit_xml="", tag=None, only="", failed=
     help={
         "name": "workflow name from config/workflows.json (build, test, status, pull, review, or your own)",
         "repo": "repo name from config/repos.json",
-        "timeout": "seconds before the whole process group is killed (0: no limit)",
+        "timeout": "SECONDS before the whole process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
     },
 )
-def workflow(c, name, repo, timeout=1800.0, dry_run=False):
+def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
     """Run any workflow of config/workflows.json on one repo, showing its output."""
     _run_on_repo(name, repo, timeout, dry_run, echo=True)
 
@@ -195,12 +227,12 @@ def workflow(c, name, repo, timeout=1800.0, dry_run=False):
 @task(
     help={
         "name": "workflow name from config/workflows.json",
-        "jobs": "repos at once (default: one per core)",
-        "timeout": "seconds per repo before its process group is killed (0: no limit)",
+        "jobs": "N: repos at once (default: one per core)",
+        "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
     },
 )
-def workflow_all(c, name, jobs=0, timeout=1800.0, dry_run=False):
+def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
     from lib.batch import plan_workflow, run_and_record
     from lib.config import load_workspace
@@ -230,14 +262,14 @@ def workflow_all(c, name, jobs=0, timeout=1800.0, dry_run=False):
 @task(
     iterable=["tag"],
     help={
-        "net_jobs": "repos fetched at once (default 4: ssh servers refuse floods)",
-        "timeout": "seconds per fetch or clone before it is killed",
+        "net_jobs": "N: repos fetched at once (default 4: ssh servers refuse floods)",
+        "timeout": "SECONDS per fetch or clone before it is killed (0: no limit)",
         "clone_missing": "clone repos whose path does not exist from their `remote`",
         "tag": "only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
     },
 )
-def sync_all(c, net_jobs=4, timeout=300.0, clone_missing=False, tag=None, dry_run=False):
+def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
     from lib.sync import run_sync
@@ -245,7 +277,8 @@ def sync_all(c, net_jobs=4, timeout=300.0, clone_missing=False, tag=None, dry_ru
 
     try:
         paths = Paths.from_env()
-        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout, clone_missing, dry_run)
+        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
+                          dry_run)
     except OrchestratorError as err:
         raise _fail(err) from None
     print(sync_table(report.outcomes))

@@ -38,7 +38,7 @@ REPO_FIELDS: dict[str, tuple[type, str]] = {
     "host": (str, "a string"),
 }
 TOP_LEVEL_FIELDS = {"repositories", "workspace"}
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
             problem(where, "must be an object")
             continue
         if isinstance(entry.get("name"), str):
-            where += f" ({entry['name']})"
+            shown = entry["name"]
+            where += f" ({shown})" if NAME_RE.fullmatch(shown) else f" ({shown!r})"
         before = len(problems)
         for key in sorted(set(entry) - set(REPO_FIELDS)):
             problem(f"{where}.{key}", f"unknown key (allowed: {', '.join(REPO_FIELDS)})")
@@ -154,7 +155,7 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
         if "name" not in entry:
             problem(f"{where}.name", "missing")
         elif isinstance(name, str):
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 problem(f"{where}.name", f"{name!r} must use only A-Z a-z 0-9 . _ - and not start with . or -")
             elif name in first_seen:
                 problem(f"{where}.name", f"duplicate name {name!r} (also repositories[{first_seen[name]}])")

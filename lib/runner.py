@@ -7,6 +7,7 @@ disk, whatever its size or encoding.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -85,12 +86,45 @@ def terminate_all(grace: float = GRACE_S) -> None:
         kill_group(pgid, grace)
 
 
-def _copy(source: BinaryIO, sinks: list[BinaryIO]) -> None:
-    fd = source.fileno()
-    while chunk := os.read(fd, CHUNK):
-        for sink in sinks:
-            sink.write(chunk)
-            sink.flush()
+class _Copier(threading.Thread):
+    """Copy a pipe to the log and the echo stream until EOF, or until told to stop.
+
+    A process that left our group (setsid, a daemon) can hold the pipe open
+    forever; once the group is gone we drain what is there and stop. A closed
+    echo stream (`| head`) stops the echo, never the logging.
+    """
+
+    def __init__(self, source: BinaryIO, log: BinaryIO, echo: BinaryIO) -> None:
+        super().__init__(daemon=True)
+        self.fd = source.fileno()
+        self.log = log
+        self.echo: BinaryIO | None = echo
+        self.stopping = threading.Event()
+        self.drain_until = 0.0
+
+    def stop(self, drain_s: float = 1.0) -> None:
+        """Read what is already there (up to `drain_s`), then return even if the pipe stays open."""
+        self.drain_until = monotonic() + drain_s
+        self.stopping.set()
+
+    def run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.1)
+            if self.stopping.is_set() and (not ready or monotonic() > self.drain_until):
+                return
+            if not ready:
+                continue
+            chunk = os.read(self.fd, CHUNK)
+            if not chunk:
+                return
+            self.log.write(chunk)
+            self.log.flush()
+            if self.echo is not None:
+                try:
+                    self.echo.write(chunk)
+                    self.echo.flush()
+                except (BrokenPipeError, ValueError, OSError):
+                    self.echo = None
 
 
 def run_in_group(
@@ -124,7 +158,7 @@ def run_in_group(
         _active_groups.add(pgid)
     copier = None
     if echo is not None and proc.stdout is not None:
-        copier = threading.Thread(target=_copy, args=(proc.stdout, [log, echo]), daemon=True)
+        copier = _Copier(proc.stdout, log, echo)
         copier.start()
     timed_out = False
     try:
@@ -144,6 +178,7 @@ def run_in_group(
         with _active_lock:
             _active_groups.discard(pgid)
         if copier is not None:
+            copier.stop()
             copier.join()
             if proc.stdout is not None:
                 proc.stdout.close()

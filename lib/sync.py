@@ -63,7 +63,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, **NO_PROMPT_ENV}
 
 
-def _run_git(args: list[str], cwd: Path, log: BinaryIO, timeout: float) -> runner.ProcessResult:
+def _run_git(args: list[str], cwd: Path, log: BinaryIO, timeout: float | None) -> runner.ProcessResult:
     command = " ".join(shlex.quote(a) for a in ["git", *args])
     log.write(f"$ {command}\n".encode())
     return runner.run_in_group(command, cwd, log, timeout, _env())
@@ -74,7 +74,7 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float, dry_run: bool) -> SyncOutcome:
+def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
     if not repo.remote or repo.remote == "unknown":
         raise _Skip("failed", f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
     if dry_run:
@@ -108,7 +108,7 @@ def _other_worktree_with(repo_obj: Any, branch: str) -> str | None:
     return None
 
 
-def sync_repo(repo: Repo, log_dir: Path, timeout: float = NET_TIMEOUT_S, clone_missing: bool = False,
+def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
@@ -128,7 +128,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float = NET_TIMEOUT_S, clone_m
     return outcome
 
 
-def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float, clone_missing: bool,
+def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
           dry_run: bool) -> SyncOutcome:
     import git
 
@@ -141,23 +141,25 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float, clone_missi
         raise _Skip("failed", "not a git repository")
     branch = repo.default_branch
     with git.Repo(path) as r:
+        local = r.heads[branch] if branch in r.heads else None
+        upstream = local.tracking_branch() if local is not None else None
+        if not dry_run:
+            # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
+            args = ["fetch", upstream.remote_name] if upstream is not None else ["fetch", "--all"]
+            result = _run_git(args, path, log, timeout)
+            if result.timed_out:
+                raise _Skip("failed", f"fetch timed out after {timeout:g}s")
+            if result.exit_code != 0:
+                raise _Skip("failed", f"fetch failed: {_last_line(log_path)}")
         what = _in_progress(Path(r.git_dir))
         if what:
             raise _Skip("skipped", f"{what} is in progress")
         if r.head.is_detached:
             raise _Skip("skipped", "detached HEAD")
-        if branch not in r.heads:
+        if local is None:
             raise _Skip("skipped", f"no local branch {branch!r}")
-        local = r.heads[branch]
-        upstream = local.tracking_branch()
         if upstream is None:
             raise _Skip("skipped", f"{branch} has no upstream")
-        if not dry_run:
-            result = _run_git(["fetch", upstream.remote_name], path, log, timeout)
-            if result.timed_out:
-                raise _Skip("failed", f"fetch timed out after {timeout:g}s")
-            if result.exit_code != 0:
-                raise _Skip("failed", f"fetch failed: {_last_line(log_path)}")
         if not upstream.is_valid():
             raise _Skip("skipped", f"upstream {upstream.name} does not exist")
         before, target = local.commit.hexsha, upstream.commit.hexsha
@@ -180,16 +182,22 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float, clone_missi
             return SyncOutcome(repo.name, "would update", f"{how}: {behind} commit(s)", branch, before, target,
                                str(log_path))
         if checked_out:
-            log.write(f"$ git merge --ff-only {target}\n".encode())
-            log.write((r.git.merge("--ff-only", target) + "\n").encode())
+            # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
+            # tracks makes the merge stop instead of being overwritten.
+            args = ["merge", "--ff-only", "--no-overwrite-ignore", target]
         else:
-            log.write(f"$ git update-ref refs/heads/{branch} {target} {before}\n".encode())
-            # The old value makes the move atomic: if the branch moved meanwhile, nothing happens.
-            r.git.update_ref("-m", "orchestrator sync: fast-forward", f"refs/heads/{branch}", target, before)
-        return SyncOutcome(repo.name, "updated", f"{how}: {behind} commit(s)", branch, before, target, str(log_path))
+            # Fetching into our own branch refuses anything but a fast-forward, and refuses
+            # a branch that is checked out anywhere, both checked by git at the moment it moves.
+            args = ["fetch", "--no-write-fetch-head", ".", f"{target}:refs/heads/{branch}"]
+        result = _run_git(args, path, log, timeout)
+        if result.exit_code != 0:
+            problem = "timed out" if result.timed_out else _last_line(log_path)
+            raise _Skip("failed", f"fast-forward refused, nothing changed: {problem}")
+        after = r.git.rev_parse(f"refs/heads/{branch}")
+        return SyncOutcome(repo.name, "updated", f"{how}: {behind} commit(s)", branch, before, after, str(log_path))
 
 
-def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float = NET_TIMEOUT_S,
+def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
              on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
@@ -242,7 +250,8 @@ class SyncReport:
 
 
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
-             timeout: float = NET_TIMEOUT_S, clone_missing: bool = False, dry_run: bool = False) -> SyncReport:
+             timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
+             dry_run: bool = False) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state."""
     from lib.scan import scan_and_save
 

@@ -66,36 +66,59 @@ class Plan:
 def _check_template(text: str, where: str, in_shell: bool, problems: list[str]) -> None:
     for match in PLACEHOLDER_RE.finditer(text):
         variable = match.group(1)
-        if variable == "log_dir":
-            pass
-        elif variable.startswith("repo.") and variable[5:] in REPO_FIELDS:
-            pass
-        else:
+        if variable != "log_dir" and not (variable.startswith("repo.") and variable[5:] in REPO_FIELDS):
             problems.append(f"{where}: unknown variable {{{{{variable}}}}} "
                             f"(use {{{{log_dir}}}} or {{{{repo.FIELD}}}} with FIELD one of {', '.join(REPO_FIELDS)})")
             continue
-        if in_shell and _inside_quotes(text, match.start()):
-            problems.append(f"{where}: {{{{{variable}}}}} is inside quotes; remove them: values are shell-quoted for you")
+        unsafe = _unsafe_spot(text, match.start(), match.end()) if in_shell else None
+        if unsafe:
+            problems.append(f"{where}: {{{{{variable}}}}} {unsafe}")
     if "{{" in PLACEHOLDER_RE.sub("", text):
         problems.append(f"{where}: unclosed '{{{{' in {text!r}")
 
 
-def _inside_quotes(text: str, position: int) -> bool:
-    """Whether `position` of a shell command lies inside '...' or "..." quotes."""
+def _unsafe_spot(text: str, start: int, end: int) -> str | None:
+    """Why a placeholder at text[start:end] would not stay one quoted word, or None.
+
+    Substituted values are shell-quoted, which holds only where the shell reads
+    them as a plain word: not inside quotes, not glued to a quoted word or a `$`,
+    not in a here-document (whose body expands $(...) even within quotes).
+    """
     quote = None
+    in_comment = False
+    heredoc = False
     i = 0
-    while i < position:
+    while i < start:
         char = text[i]
-        if quote is None and char == "\\":
-            i += 2
-            continue
-        if quote == '"' and char == "\\":
-            i += 2
-            continue
-        if char in "'\"" and quote in (None, char):
-            quote = None if quote == char else char
+        if in_comment:
+            in_comment = char != "\n"
+        elif quote == "'":
+            quote = None if char == "'" else quote
+        elif char == "\\":
+            i += 1
+        elif quote == '"':
+            quote = None if char == '"' else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or text[i - 1] in " \t\n;&|()"):
+            in_comment = True
+        elif text.startswith("<<<", i):
+            i += 2  # a here-string takes one ordinary word
+        elif text.startswith("<<", i):
+            heredoc = True
+            i += 1
         i += 1
-    return quote is not None
+    if in_comment:
+        return None
+    if quote:
+        return "is inside quotes; remove them: values are shell-quoted for you"
+    if heredoc:
+        return "follows a here-document (<<), where quoting does not protect values"
+    before = text[start - 1] if start else ""
+    after = text[end] if end < len(text) else ""
+    if before in ("'", '"', "$") or after in ("'", '"'):
+        return "is joined to a quoted word or a $; leave it a separate word"
+    return None
 
 
 def parse_workflows(data: Any, source: Path) -> dict[str, Workflow]:
@@ -112,7 +135,7 @@ def parse_workflows(data: Any, source: Path) -> dict[str, Workflow]:
     for name, spec in data["workflows"].items():
         where = f"workflows.{name}"
         before = len(problems)
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             problem(where, "workflow names use only A-Z a-z 0-9 . _ - and do not start with . or -")
         if not isinstance(spec, dict):
             problem(where, "must be an object with description and steps")

@@ -18,14 +18,14 @@ from lib.views import sync_table  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--net-jobs", type=int, default=4, help="repos fetched at once (default 4)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per fetch or clone")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per fetch or clone (0: no limit)")
     parser.add_argument("--clone-missing", action="store_true", help="clone repos whose path does not exist")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="fetch nothing, change nothing")
     args = parser.parse_args(argv)
     try:
         paths = Paths.from_env()
-        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout,
+        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout or None,
                           args.clone_missing, args.dry_run)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)

@@ -59,6 +59,7 @@ BAD = [
     ({"repositories": [{"name": "../etc", "local": "/x"}]}, "must use only"),
     ({"repositories": [{"name": ".hidden", "local": "/x"}]}, "must use only"),
     ({"repositories": [{"name": "-rf", "local": "/x"}]}, "must use only"),
+    ({"repositories": [{"name": "ok\n", "local": "/x"}]}, "'ok\\n' must use only"),
     ({"repositories": [{"name": "a", "local": ""}]}, "repositories[0] (a).local: must not be empty"),
     ({"repositories": [{"name": "a"}]}, "repositories[0] (a).local: missing"),
     ({"repositories": [{"name": "a", "local": "../../outside"}]}, "repositories[0] (a).local: '../../outside' escapes the workspace"),

@@ -90,3 +90,49 @@ def test_no_group_members_left_after_a_normal_run(tmp_path):
     result, _ = run(f"echo $$ > {pidfile}; sleep 0.2", tmp_path)
     assert result.exit_code == 0
     assert group_members(int(pidfile.read_text())) == []
+
+
+def test_echo_returns_when_a_detached_process_keeps_the_pipe_open(tmp_path):
+    """A daemon that left the group (setsid) must not hold the run hostage."""
+    pidfile = tmp_path / "daemon.pid"
+    started = time.monotonic()
+    result, out = run(f"setsid sh -c 'echo $$ > {pidfile}; sleep 30' & echo started", tmp_path,
+                      timeout=20, echo=io.BytesIO())
+    elapsed = time.monotonic() - started
+    try:
+        assert result.exit_code == 0 and not result.timed_out
+        assert elapsed < 10, f"took {elapsed:.1f}s"
+        assert b"started" in out
+    finally:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(int(pidfile.read_text()), 9)
+
+
+class ClosedPipe(io.RawIOBase):
+    def write(self, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_closed_echo_stream_stops_the_echo_not_the_command_or_its_log(tmp_path):
+    result, out = run("seq 1 200000", tmp_path, timeout=20, echo=ClosedPipe())
+    assert result.exit_code == 0 and not result.timed_out
+    assert out.endswith(b"199999\n200000\n")
+
+
+def test_echo_path_streams_huge_output_without_growing_memory(tmp_path):
+    code = (
+        "import resource, sys; sys.path.insert(0, %r)\n"
+        "from pathlib import Path\n"
+        "from lib.runner import run_in_group\n"
+        "log, sink = open(%r, 'wb'), open('/dev/null', 'wb')\n"
+        "r = run_in_group('head -c 200000000 /dev/zero', Path(%r), log, 60, echo=sink)\n"
+        "log.close()\n"
+        "print(r.exit_code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    ) % (str(ROOT), str(tmp_path / "big.log"), str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    exit_code, peak_kb = out.stdout.split()
+    assert exit_code == "0", out.stderr
+    assert (tmp_path / "big.log").stat().st_size == 200_000_000
+    assert int(peak_kb) < 100_000, f"peak RSS {peak_kb} kB"

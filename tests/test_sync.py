@@ -93,15 +93,39 @@ def test_untracked_file_counts_as_dirty_on_the_default_branch(home, make_repo, i
     assert outcome_of(home, "untracked")["status"] == "skipped"
 
 
-def test_detached_head_is_skipped(home, make_repo, inv, tmp_path):
+def test_detached_head_is_fetched_but_skipped(home, make_repo, inv, tmp_path):
     repo = make_repo("detached")
     repo.git("checkout", "-q", "--detach")
-    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
     before = snapshot(repo)
     home.add(repo)
     assert inv("sync-all").code == 0
     assert outcome_of(home, "detached")["reason"] == "detached HEAD"
     assert snapshot(repo) == before
+    assert repo.git("rev-parse", "refs/remotes/origin/main") == upstream, "fetched all the same"
+
+
+def test_ignored_local_file_is_never_overwritten_by_a_fast_forward(home, make_repo, inv, tmp_path):
+    repo = make_repo("ignored", {".gitignore": "secret.env\n"})
+    (repo.path / "secret.env").write_text("MY LOCAL SECRET\n")
+    repo.push_from_elsewhere(tmp_path, {".gitignore": "", "secret.env": "UPSTREAM VERSION\n"})
+    before = snapshot(repo)
+    home.add(repo)
+    result = inv("sync-all")
+    assert (repo.path / "secret.env").read_text() == "MY LOCAL SECRET\n"
+    assert result.code == 1
+    outcome = outcome_of(home, "ignored")
+    assert outcome["status"] == "failed" and "fast-forward refused, nothing changed" in outcome["reason"]
+    assert snapshot(repo) == before
+    assert "secret.env" in Path(outcome["log"]).read_text(), "git's own reason is in the sync log"
+
+
+def test_timeout_zero_means_no_limit(home, make_repo, inv, tmp_path):
+    repo = make_repo("behind")
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    home.add(repo)
+    assert inv("sync-all", "--timeout", "0").code == 0
+    assert repo.head() == upstream
 
 
 def test_other_branch_checked_out_moves_only_the_default_ref(home, make_repo, inv, tmp_path):
@@ -148,11 +172,15 @@ def test_merge_in_progress_is_skipped(home, make_repo, inv, tmp_path):
     assert (repo.path / ".git" / "MERGE_HEAD").exists()
 
 
-def test_no_upstream_is_skipped(home, make_repo, inv):
+def test_no_upstream_is_fetched_but_skipped(home, make_repo, inv, tmp_path):
     repo = make_repo("local-only", push=False)
+    colleague = tmp_path / "colleague"
+    git(tmp_path, "clone", "-q", str(repo.path), str(colleague))
+    git(colleague, "push", "-q", str(repo.remote), "HEAD:refs/heads/shared")
     home.add(repo)
     assert inv("sync-all").code == 0
     assert outcome_of(home, "local-only")["reason"] == "main has no upstream"
+    assert repo.git("rev-parse", "refs/remotes/origin/shared") == repo.head(), "fetched all the same"
 
 
 def test_unreachable_remote_fails_fast_and_touches_nothing(home, make_repo, inv, tmp_path):

@@ -43,3 +43,10 @@ def test_start_up_imports_no_heavy_library():
            "print(sorted(m for m in ('tabulate', 'git', 'fabric', 'libtmux', 'paramiko') if m in sys.modules))" % str(ROOT)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_bad_numbers_are_one_line_usage_errors(inv, home):
+    for args in (["status", "--jobs", "abc"], ["test-all", "--timeout", "soon"], ["sync-all", "--net-jobs", "-1"]):
+        result = inv(*args)
+        assert result.code == 2, args
+        assert result.err.startswith("error: expected") and len(result.err.strip().splitlines()) == 1, result.err

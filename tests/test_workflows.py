@@ -102,6 +102,13 @@ BAD = [
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo {{env.HOME}}"}]}}}, "unknown variable {{env.HOME}}"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo {{repo.name"}]}}}, "unclosed '{{'"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo '{{repo.name}}'"}]}}}, "is inside quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "true # it's fine\necho \"x' {{repo.description}}\""}]}}},
+     "is inside quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "cat <<EOF\n{{repo.description}}\nEOF"}]}}},
+     "follows a here-document"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "sh -c 'echo '{{repo.description}}"}]}}},
+     "is joined to a quoted word"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo ${{repo.name}}"}]}}}, "joined to a quoted word or a $"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "x", "condition": "repo.language = 'go'"}]}}},
      "workflows.w.steps[0].condition: \"repo.language = 'go'\" unexpected character"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "x", "condition": "os.system('x')"}]}}}, "unknown word"),
@@ -122,6 +129,17 @@ def test_bad_workflow_files_fail_at_load_with_one_line_each(home, doc, expected)
     lines = str(caught.value).splitlines()
     assert any(expected in line for line in lines), lines
     assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+@pytest.mark.parametrize("command", [
+    "echo {{repo.name}} # a note with an apostrophe: it's {{repo.description}}",
+    "cat <<< {{repo.description}}",
+    "printf '%s\\n' {{repo.description}}",
+    "git log origin/{{repo.default_branch}}..HEAD",
+])
+def test_placeholders_that_stay_one_quoted_word_are_accepted(home, command):
+    write_workflows(home, {"workflows": {"w": {"steps": [{"action": "run", "command": command}]}}})
+    assert "w" in load_workflows(Paths.from_env())
 
 
 def test_malformed_json(home):
