@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,9 +11,9 @@ from typing import Any, BinaryIO, Callable, Sequence
 from xml.etree import ElementTree
 
 from lib import runner
-from lib.statefile import read_json, update_json
 from lib.config import Repo, Workspace
 from lib.paths import Paths
+from lib.statefile import read_json, update_json
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
@@ -111,31 +110,7 @@ def execute_many(plans: Sequence[Plan], jobs: int, timeout: float | None,
                  on_start: Callable[[Plan], None] | None = None,
                  on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Run plans concurrently (bounded); outcomes come back in plan order."""
-    results: dict[str, Outcome] = {}
-    futures: dict[Any, Plan] = {}
-
-    def one(plan: Plan) -> Outcome:
-        if on_start is not None:
-            on_start(plan)
-        return execute(plan, timeout)
-
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    try:
-        futures = {pool.submit(one, plan): plan for plan in plans}
-        for future in as_completed(futures):
-            outcome = future.result()
-            results[outcome.repo] = outcome
-            if on_done is not None:
-                on_done(outcome)
-    except BaseException:
-        # Ctrl-C reaches only us: the commands run in their own sessions.
-        for future in futures:
-            future.cancel()
-        runner.terminate_all()
-        raise
-    finally:
-        pool.shutdown(wait=True)
-    return [results[p.repo.name] for p in plans]
+    return runner.run_each(plans, lambda plan: execute(plan, timeout), jobs, on_start, on_done)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:

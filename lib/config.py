@@ -102,13 +102,17 @@ def load_workspace(config_file: Path) -> Workspace:
             '{"repositories": [{"name": "myrepo", "local": "/path/to/myrepo"}]} '
             "(see README, Configuration) or set ORCHESTRATOR_HOME to a directory that has config/repos.json"
         )
+    return parse_workspace(read_config_json(config_file), config_file)
+
+
+def read_config_json(path: Path) -> Any:
+    """A config file's JSON, or a ConfigError naming the file, line and column."""
     try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{config_file}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
+        raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{config_file}: cannot read: {err}") from None
-    return parse_workspace(data, config_file)
+        raise ConfigError(f"{path}: cannot read: {err}") from None
 
 
 def parse_workspace(data: Any, config_file: Path) -> Workspace:

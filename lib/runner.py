@@ -11,11 +11,14 @@ import select
 import signal
 import subprocess
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic, sleep
-from typing import BinaryIO
+from typing import IO, BinaryIO, Callable, Sequence, TypeVar
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 GRACE_S = 5.0
 CHUNK = 64 * 1024
 
@@ -94,7 +97,7 @@ class _Copier(threading.Thread):
     echo stream (`| head`) stops the echo, never the logging.
     """
 
-    def __init__(self, source: BinaryIO, log: BinaryIO, echo: BinaryIO) -> None:
+    def __init__(self, source: IO[bytes], log: BinaryIO, echo: BinaryIO) -> None:
         super().__init__(daemon=True)
         self.fd = source.fileno()
         self.log = log
@@ -183,3 +186,37 @@ def run_in_group(
             if proc.stdout is not None:
                 proc.stdout.close()
     return ProcessResult(None if timed_out else proc.returncode, timed_out, monotonic() - started)
+
+
+def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
+             on_start: Callable[[Item], None] | None = None,
+             on_done: Callable[[Result], None] | None = None) -> list[Result]:
+    """`work(item)` for every item on a pool of `jobs` threads; results in item order.
+
+    On Ctrl-C (or any error) queued items are cancelled and every running
+    process group is killed: they run in their own sessions, so the terminal's
+    SIGINT reaches only us.
+    """
+
+    def one(item: Item) -> Result:
+        if on_start is not None:
+            on_start(item)
+        return work(item)
+
+    results: dict[int, Result] = {}
+    futures: dict[Future[Result], int] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {pool.submit(one, item): index for index, item in enumerate(items)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if on_done is not None:
+                on_done(results[futures[future]])
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        terminate_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return [results[i] for i in range(len(items))]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from time import monotonic
@@ -121,7 +120,9 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
         except _Skip as stop:
             outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, None, None, str(log_path))
         except Exception as err:  # GitPython raises many kinds; the run goes on with the next repo
-            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}",
+            first_line = (str(err).strip().splitlines() or [repr(err)])[0]
+            log.write(f"error: {err}\n".encode())
+            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {first_line}",
                                   repo.default_branch, None, None, str(log_path))
         log.write(f"outcome: {outcome.line()}\n".encode())
     outcome.duration_s = round(monotonic() - started, 3)
@@ -201,27 +202,8 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
              on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
-    results: dict[str, SyncOutcome] = {}
-
-    def one(repo: Repo) -> SyncOutcome:
-        if on_start is not None:
-            on_start(repo)
-        return sync_repo(repo, log_dir, timeout, clone_missing, dry_run)
-
-    with ThreadPoolExecutor(max_workers=max(1, net_jobs)) as pool:
-        futures = {pool.submit(one, repo): repo for repo in repos}
-        try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                results[outcome.repo] = outcome
-                if on_done is not None:
-                    on_done(outcome)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            runner.terminate_all()
-            raise
-    return [results[r.name] for r in repos]
+    return runner.run_each(repos, lambda repo: sync_repo(repo, log_dir, timeout, clone_missing, dry_run),
+                           net_jobs, on_start, on_done)
 
 
 def save(state_file: Path, outcomes: Sequence[SyncOutcome]) -> None:

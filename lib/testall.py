@@ -24,7 +24,7 @@ class TestAllReport:
         return [o for o in self.outcomes if o.failing]
 
     def summary_line(self) -> str:
-        counts = {}
+        counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         parts = ", ".join(f"{n} {status}" for status, n in counts.items())

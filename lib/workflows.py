@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.conditions import ConditionError, Node, as_text, evaluate, parse_condition
-from lib.config import NAME_RE, REPO_FIELDS, Repo
+from lib.config import NAME_RE, REPO_FIELDS, Repo, read_config_json
 from lib.errors import ConfigError, UnknownWorkflowError
 from lib.paths import SHIPPED_CONFIG_DIR, Paths
 
@@ -199,13 +199,7 @@ def _parse_step(raw: Any, where: str, source: Path, problem, problems: list[str]
 
 
 def _load_file(path: Path) -> dict[str, Workflow]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from None
-    return parse_workflows(data, path)
+    return parse_workflows(read_config_json(path), path)
 
 
 def load_workflows(paths: Paths) -> dict[str, Workflow]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,22 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("ORCHESTRATOR_LOG_DIR", str(tmp_path_factory.mktemp("logs")))
     monkeypatch.delenv("ORCHESTRATOR_HOME", raising=False)
     monkeypatch.setenv("SHELL", "/bin/sh")
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (zombies linger where no init reaps them)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process_running(pid):
+        time.sleep(0.05)
+    return not process_running(pid)
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from tests.conftest import require_tool, run_script
+from tests.conftest import require_tool, run_script, wait_gone
 
 PASSING = {"Makefile": "all:\n\t@echo built ok\ntest:\n\t@echo all tests passed\n"}
 FAILING = {"Makefile": "all:\n\t@echo compile error; exit 2\ntest:\n" + "".join(
@@ -60,19 +60,7 @@ def test_timeout_kills_the_build_and_its_sigterm_ignoring_grandchild(home, make_
     assert time.monotonic() - started < 15
     assert result.code == 1 and "BUILD TIMEOUT (timed out after 1s" in result.out
     assert home.state("build-results.json")["results"][0]["status"] == "timeout"
-    grandchild = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and is_running(grandchild):
-        time.sleep(0.05)
-    assert not is_running(grandchild), "the grandchild that ignores SIGTERM survived"
-
-
-def is_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
+    assert wait_gone(int(pidfile.read_text())), "the grandchild that ignores SIGTERM survived"
 
 
 def test_unknown_repo_is_exit_2_with_close_matches(home, make_repo, inv):
@@ -170,15 +158,19 @@ def slow_repo(make_repo, name, seconds, ok=True):
 
 def test_test_all_runs_concurrently_records_json_and_junit(home, make_repo, inv, tmp_path):
     bad = make_repo("bad", {"Makefile": "test:\n\t@printf '\\033[31mred\\033[0m \\001 failure\\n'; false\n"})
-    repos = [slow_repo(make_repo, f"r{i}", 1.5) for i in range(3)] + [bad]
+    # Each suite notes when it starts and ends; running concurrently means the spans overlap.
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    repos = [make_repo(f"r{i}", {"Makefile": f"test:\n\t@date +%s.%N > {spans}/r{i}.start; sleep 1; "
+                                             f"date +%s.%N > {spans}/r{i}.end\n"}) for i in range(3)] + [bad]
     home.write_repos([{"name": r.path.name, "local": str(r.path), "language": "make"} for r in repos]
                      + [{"name": "docs", "local": str(make_repo("docs").path), "language": "unknown"}])
     junit = tmp_path / "junit.xml"
-    started = time.monotonic()
     result = inv("test-all", "--jobs", "4", "--junit-xml", str(junit))
-    elapsed = time.monotonic() - started
     assert result.code == 1
-    assert elapsed < 4.0, f"took {elapsed:.1f}s: the repos did not run concurrently"
+    starts = [float((spans / f"r{i}.start").read_text()) for i in range(3)]
+    ends = [float((spans / f"r{i}.end").read_text()) for i in range(3)]
+    assert max(starts) < min(ends), "the three suites did not run at the same time"
     doc = home.state("test-results.json")
     assert set(doc) == {"generated_at", "summary", "results"}
     assert doc["summary"]["passed"] == 3 and doc["summary"]["failed"] == 1 and doc["summary"]["total"] == 4

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import subprocess
+import sys
 
 from tests.conftest import ROOT
-
 
 DEMO_REPOS = {"staking", "explorer", "reports", "deploy-tools", "wallet", "ledger", "genesis"}
 
