@@ -6,6 +6,7 @@ need them, so `inv --list` stays fast.
 from __future__ import annotations
 
 import json as jsonlib
+import shlex
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -109,7 +110,7 @@ def _print_plan(plan) -> None:
         return
     print(f"{plan.repo.name}: would run {plan.workflow} (log: {plan.log})")
     for command in plan.commands:
-        print(f"  cd {command.cwd} && {command.command}")
+        print(f"  cd {shlex.quote(str(command.cwd))} && {command.command}")
 
 
 class _TextToBytes:
