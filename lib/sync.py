@@ -148,10 +148,11 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
             args = ["fetch", upstream.remote_name] if upstream is not None else ["fetch", "--all"]
             result = _run_git(args, path, log, timeout)
+            # A failed fetch changed nothing; issue #3 lists it among the skips (not failures).
             if result.timed_out:
-                raise _Skip("failed", f"fetch timed out after {timeout:g}s")
+                raise _Skip("skipped", f"fetch timed out after {timeout:g}s")
             if result.exit_code != 0:
-                raise _Skip("failed", f"fetch failed: {_last_line(log_path)}")
+                raise _Skip("skipped", f"fetch failed: {_last_line(log_path)}")
         what = _in_progress(Path(r.git_dir))
         if what:
             raise _Skip("skipped", f"{what} is in progress")
@@ -228,6 +229,9 @@ class SyncReport:
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+        unfetched = sum(1 for o in self.outcomes if (o.reason or "").startswith("fetch "))
+        if unfetched:
+            parts += f" ({unfetched} could not be fetched: see their logs)"
         return f"synced {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts or 'nothing to do'}"
 
 
