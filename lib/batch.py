@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 from xml.etree import ElementTree
 
 from lib import runner
@@ -111,6 +111,18 @@ def execute_many(plans: Sequence[Plan], jobs: int, timeout: float | None,
                  on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """Run plans concurrently (bounded); outcomes come back in plan order."""
     return runner.run_each(plans, lambda plan: execute(plan, timeout), jobs, on_start, on_done)
+
+
+def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
+    """How many of each status, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "nothing to do"
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:

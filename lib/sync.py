@@ -13,7 +13,7 @@ from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import runner
-from lib.batch import now_iso, tail
+from lib.batch import count_statuses, counts_text, now_iso, tail
 from lib.config import Repo, Workspace
 from lib.paths import Paths
 from lib.progress import Progress
@@ -208,9 +208,7 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
 
 
 def save(state_file: Path, outcomes: Sequence[SyncOutcome]) -> None:
-    counts: dict[str, int] = {"total": len(outcomes)}
-    for o in outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
+    counts = {"total": len(outcomes), **count_statuses(o.status for o in outcomes)}
     write_json(state_file, {"generated_at": now_iso(), "summary": counts, "results": [o.to_json() for o in outcomes]})
 
 
@@ -225,14 +223,11 @@ class SyncReport:
         return [o for o in self.outcomes if o.failing]
 
     def summary_line(self) -> str:
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            counts[o.status] = counts.get(o.status, 0) + 1
-        parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+        parts = counts_text(count_statuses(o.status for o in self.outcomes))
         unfetched = sum(1 for o in self.outcomes if (o.reason or "").startswith("fetch "))
         if unfetched:
             parts += f" ({unfetched} could not be fetched: see their logs)"
-        return f"synced {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts or 'nothing to do'}"
+        return f"synced {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
 
 
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 
-from lib.batch import Outcome, plan_workflow, previously_failing, run_and_record, write_junit
+from lib.batch import (
+    Outcome,
+    count_statuses,
+    counts_text,
+    plan_workflow,
+    previously_failing,
+    run_and_record,
+    write_junit,
+)
 from lib.config import Repo, Workspace
 from lib.paths import Paths
 from lib.progress import Progress
@@ -24,11 +32,8 @@ class TestAllReport:
         return [o for o in self.outcomes if o.failing]
 
     def summary_line(self) -> str:
-        counts: dict[str, int] = {}
-        for o in self.outcomes:
-            counts[o.status] = counts.get(o.status, 0) + 1
-        parts = ", ".join(f"{n} {status}" for status, n in counts.items())
-        return f"tested {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts or 'nothing to do'}"
+        parts = counts_text(count_statuses(o.status for o in self.outcomes))
+        return f"tested {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
 
 
 def default_jobs() -> int:
