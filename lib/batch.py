@@ -97,7 +97,8 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
             if not command.cwd.is_dir():
                 log.write(f"error: directory does not exist: {command.cwd}\n".encode())
                 return outcome("error", reason=f"directory does not exist: {command.cwd}")
-            result = runner.run_in_group(command.command, command.cwd, log, remaining, env, echo, grace)
+            result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
+                                         echo, grace)
             if result.timed_out:
                 log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
                 return outcome("timeout", reason=f"timed out after {timeout:g}s")

@@ -25,6 +25,7 @@ CHUNK = 64 * 1024
 # Process groups started here and still running: an interrupted run kills them.
 _active_groups: set[int] = set()
 _active_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -64,29 +65,47 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def kill_group(pgid: int, grace: float = GRACE_S) -> None:
-    """SIGTERM the whole group, give it `grace` seconds, then SIGKILL what is left."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def kill_groups(pgids: Sequence[int], grace: float = GRACE_S) -> None:
+    """SIGTERM every group at once, give them `grace` seconds together, then SIGKILL what is left."""
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = monotonic() + grace
-    while monotonic() < deadline:
-        if not group_alive(pgid):
-            return
+    while monotonic() < deadline and any(group_alive(pgid) for pgid in pgids):
         sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_group(pgid: int, grace: float = GRACE_S) -> None:
+    kill_groups([pgid], grace)
+
+
+class Interrupted(Exception):
+    """Raised instead of starting a command once the run is being stopped."""
 
 
 def terminate_all(grace: float = GRACE_S) -> None:
-    """Kill every group still running (on Ctrl-C: their new sessions did not get it)."""
-    with _active_lock:
-        groups = list(_active_groups)
-    for pgid in groups:
-        kill_group(pgid, grace)
+    """Stop starting commands and kill every group still running.
+
+    On Ctrl-C only we get the signal (the commands run in their own sessions).
+    A second Ctrl-C while this runs is ignored, so no group is left orphaned.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        with _active_lock:
+            _stopping.set()
+            groups = list(_active_groups)
+        kill_groups(groups, grace)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 class _Copier(threading.Thread):
@@ -105,22 +124,24 @@ class _Copier(threading.Thread):
         self.stopping = threading.Event()
         self.drain_until = 0.0
 
-    def stop(self, drain_s: float = 1.0) -> None:
-        """Read what is already there (up to `drain_s`), then return even if the pipe stays open."""
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Read until the pipe is empty (for `drain_s` at most), then return even if it stays open."""
         self.drain_until = monotonic() + drain_s
         self.stopping.set()
 
     def run(self) -> None:
         while True:
             ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if self.stopping.is_set() and (not ready or monotonic() > self.drain_until):
-                return
             if not ready:
+                if self.stopping.is_set():
+                    return  # the group is gone and the pipe is empty: all output is in
                 continue
+            if self.stopping.is_set() and monotonic() > self.drain_until:
+                return  # something outside the group keeps writing: stop listening
             chunk = os.read(self.fd, CHUNK)
             if not chunk:
                 return
-            self.log.write(chunk)
+            self.log.write(chunk)  # the log first: a slow or closed echo never costs the log
             self.log.flush()
             if self.echo is not None:
                 try:
@@ -147,17 +168,20 @@ def run_in_group(
     """
     started = monotonic()
     log.flush()
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", command],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if echo is not None else log.fileno(),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    pgid = proc.pid
+    # Start and register under the lock, so terminate_all() either sees this group or stops it starting.
     with _active_lock:
+        if _stopping.is_set():
+            raise Interrupted("the run is being stopped")
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if echo is not None else log.fileno(),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        pgid = proc.pid
         _active_groups.add(pgid)
     copier = None
     if echo is not None and proc.stdout is not None:
@@ -182,15 +206,16 @@ def run_in_group(
             _active_groups.discard(pgid)
         if copier is not None:
             copier.stop()
-            copier.join()
-            if proc.stdout is not None:
+            # Bounded: a reader of the echo that never reads must not hang the run forever.
+            copier.join(timeout=30)
+            if proc.stdout is not None and not copier.is_alive():
                 proc.stdout.close()
     return ProcessResult(None if timed_out else proc.returncode, timed_out, monotonic() - started)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
              on_start: Callable[[Item], None] | None = None,
-             on_done: Callable[[Result], None] | None = None) -> list[Result]:
+             on_done: Callable[[Result], None] | None = None, grace: float = GRACE_S) -> list[Result]:
     """`work(item)` for every item on a pool of `jobs` threads; results in item order.
 
     On Ctrl-C (or any error) queued items are cancelled and every running
@@ -203,6 +228,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
             on_start(item)
         return work(item)
 
+    _stopping.clear()
     results: dict[int, Result] = {}
     futures: dict[Future[Result], int] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
@@ -215,7 +241,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     except BaseException:
         for future in futures:
             future.cancel()
-        terminate_all()
+        terminate_all(grace)
         raise
     finally:
         pool.shutdown(wait=True)

@@ -69,8 +69,10 @@ def _run_git(args: list[str], cwd: Path, log: BinaryIO, timeout: float | None) -
 
 
 def _last_line(path: Path) -> str:
-    lines = [ln for ln in tail(path, 5).splitlines() if ln.strip() and not ln.startswith("$ ")]
-    return lines[-1].strip() if lines else "no output"
+    """Git's reason for a failure: its last error/fatal line, else the last line it printed."""
+    lines = [ln.strip() for ln in tail(path, 20).splitlines() if ln.strip() and not ln.startswith("$ ")]
+    errors = [ln for ln in lines if ln.startswith(("error:", "fatal:"))]
+    return (errors or lines or ["no output"])[-1]
 
 
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
@@ -94,16 +96,29 @@ def _in_progress(git_dir: Path) -> str | None:
     return None
 
 
-def _other_worktree_with(repo_obj: Any, branch: str) -> str | None:
-    """The path of another worktree that has `branch` checked out, if any."""
-    listing = repo_obj.git.worktree("list", "--porcelain")
-    path = None
+def _branch_in_use_elsewhere(repo_obj: Any, branch: str) -> str | None:
+    """Another worktree that has `branch` checked out, or is rebasing or bisecting it."""
     own = os.path.realpath(repo_obj.working_tree_dir)
-    for line in listing.splitlines():
+    path = None
+    for line in repo_obj.git.worktree("list", "--porcelain").splitlines():
         if line.startswith("worktree "):
             path = line[len("worktree "):]
         elif line == f"branch refs/heads/{branch}" and path and os.path.realpath(path) != own:
-            return path
+            return f"checked out in worktree {path}"
+    # A worktree mid-rebase shows as detached; its admin dir still names the branch.
+    common = Path(repo_obj.common_dir)
+    own_admin = Path(repo_obj.git_dir).resolve()
+    for admin in [common, *sorted((common / "worktrees").glob("*"))]:
+        if admin.resolve() == own_admin:
+            continue
+        for marker, what in (("rebase-merge/head-name", "rebased"), ("rebase-apply/head-name", "rebased"),
+                             ("BISECT_START", "bisected")):
+            try:
+                named = (admin / marker).read_text().strip()
+            except OSError:
+                continue
+            if named in (branch, f"refs/heads/{branch}"):
+                return f"being {what} in another worktree ({admin})"
     return None
 
 
@@ -176,9 +191,9 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         if checked_out and r.is_dirty(untracked_files=True):
             raise _Skip("skipped", f"dirty: uncommitted changes on {branch}")
         if not checked_out:
-            elsewhere = _other_worktree_with(r, branch)
+            elsewhere = _branch_in_use_elsewhere(r, branch)
             if elsewhere:
-                raise _Skip("skipped", f"{branch} is checked out in worktree {elsewhere}")
+                raise _Skip("skipped", f"{branch} is {elsewhere}")
         how = "fast-forward" if checked_out else f"move {branch} (work tree on {r.active_branch.name} untouched)"
         if dry_run:
             return SyncOutcome(repo.name, "would update", f"{how}: {behind} commit(s)", branch, before, target,
@@ -188,9 +203,9 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             # tracks makes the merge stop instead of being overwritten.
             args = ["merge", "--ff-only", "--no-overwrite-ignore", target]
         else:
-            # Fetching into our own branch refuses anything but a fast-forward, and refuses
-            # a branch that is checked out anywhere, both checked by git at the moment it moves.
-            args = ["fetch", "--no-write-fetch-head", ".", f"{target}:refs/heads/{branch}"]
+            # A compare-and-swap: the ref moves only if it still is `before` (and `target`
+            # descends from it: ahead is 0). The work tree is not involved.
+            args = ["update-ref", "-m", "orchestrator sync: fast-forward", f"refs/heads/{branch}", target, before]
         result = _run_git(args, path, log, timeout)
         if result.exit_code != 0:
             problem = "timed out" if result.timed_out else _last_line(log_path)

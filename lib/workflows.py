@@ -1,8 +1,9 @@
 """config/workflows.json: load and check templated workflows, and plan one for a repo.
 
 Everything that can be wrong with a workflow file is found when it is loaded,
-not halfway through a run. Values substituted into a `run` command are
-shell-quoted; a `cd` target or `log_file` is a path and never meets a shell.
+not halfway through a run. A value in a `run` command reaches the shell as a
+quoted variable (never as code); a `cd` target or `log_file` is a path and
+never meets a shell.
 """
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ from lib.paths import SHIPPED_CONFIG_DIR, Paths
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 WORKFLOW_KEYS = {"description", "steps", "log_file"}
 STEP_KEYS = {"cd": {"action", "target", "condition"}, "run": {"action", "command", "condition"}}
-# First words a shell runs itself: nothing to look up on PATH.
-SHELL_WORDS = {"cd", "exit", "true", "false", "test", "[", "echo", "printf", "export", "set", "unset",
-               "if", "for", "while", "until", "case", "{", "(", "!", "exec", "source", ".", ":", "eval"}
+# First words a shell runs itself (POSIX built-ins and reserved words, plus
+# common bash ones): nothing to look up on PATH.
+SHELL_WORDS = {
+    "!", "{", "(", ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "echo", "eval",
+    "exec", "exit", "export", "false", "fc", "fg", "for", "getopts", "hash", "if", "jobs", "kill", "local",
+    "printf", "pwd", "read", "readonly", "return", "set", "shift", "source", "test", "times", "trap", "true",
+    "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,18 @@ class Workflow:
 
 @dataclass(frozen=True)
 class Command:
+    """One `run` step for one repo.
+
+    `script` is what /bin/sh runs: each placeholder became `"${ORCH_...}"` and its
+    value travels in `env`, so the shell expands it as one word and never parses
+    it as code. `command` is the same line with the values shell-quoted in
+    place: what dry runs, logs and state files show.
+    """
+
     cwd: Path
     command: str
+    script: str = ""
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,46 +94,50 @@ def _check_template(text: str, where: str, in_shell: bool, problems: list[str]) 
 
 
 def _unsafe_spot(text: str, start: int, end: int) -> str | None:
-    """Why a placeholder at text[start:end] would not stay one quoted word, or None.
+    """Why a placeholder at text[start:end] would not work as one word, or None.
 
-    Substituted values are shell-quoted, which holds only where the shell reads
-    them as a plain word: not inside quotes, not glued to a quoted word or a `$`,
-    not in a here-document (whose body expands $(...) even within quotes).
+    A placeholder runs as `"${ORCH_...}"`, which the shell expands without
+    parsing the value. It would stay literal text inside single quotes, and
+    it would be parsed again as code by a nested shell (`sh -c '...'{{x}}`)
+    or in arithmetic (`$(( ))`). Best effort: `eval`, `sh -c {{x}}` and
+    `ssh host {{x}}` parse their arguments again whatever we check.
     """
     quote = None
     in_comment = False
-    heredoc = False
+    word_start = True  # a `#` starts a comment only where a word could start
     i = 0
     while i < start:
         char = text[i]
         if in_comment:
             in_comment = char != "\n"
+            word_start = True
         elif quote == "'":
             quote = None if char == "'" else quote
         elif char == "\\":
             i += 1
+            word_start = False
         elif quote == '"':
             quote = None if char == '"' else quote
         elif char in "'\"":
             quote = char
-        elif char == "#" and (i == 0 or text[i - 1] in " \t\n;&|()"):
+            word_start = False
+        elif char == "#" and word_start:
             in_comment = True
-        elif text.startswith("<<<", i):
-            i += 2  # a here-string takes one ordinary word
-        elif text.startswith("<<", i):
-            heredoc = True
-            i += 1
+        else:
+            word_start = char in " \t\n;&|()<>"
         i += 1
     if in_comment:
         return None
-    if quote:
-        return "is inside quotes; remove them: values are shell-quoted for you"
-    if heredoc:
-        return "follows a here-document (<<), where quoting does not protect values"
+    if quote == "'":
+        return "is inside single quotes, where it would not be expanded"
+    if quote == '"':
+        return "is inside double quotes; remove them: each value is passed as one word already"
+    if "$((" in text[:start] and "))" in text[end:]:
+        return "is inside $(( )), which evaluates its text as code"
     before = text[start - 1] if start else ""
     after = text[end] if end < len(text) else ""
-    if before in ("'", '"', "$") or after in ("'", '"'):
-        return "is joined to a quoted word or a $; leave it a separate word"
+    if quote is None and (before in ("'", '"', "$") or after in ("'", '"')):
+        return "is joined to a quoted word or a $ (a nested shell would parse it); leave it a separate word"
     return None
 
 
@@ -218,17 +238,31 @@ def get_workflow(workflows: dict[str, Workflow], name: str) -> Workflow:
     return workflows[name]
 
 
-def render(template: str, repo: Repo, log_dir: Path, shell: bool) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        variable = match.group(1)
-        value: Any = str(log_dir) if variable == "log_dir" else repo.field_value(variable[5:])
-        if not shell:
-            return as_text(value)
-        if isinstance(value, (list, tuple)):
-            return " ".join(shlex.quote(str(v)) for v in value) or "''"
-        return shlex.quote(as_text(value))
+def _value(variable: str, repo: Repo, log_dir: Path) -> str:
+    return str(log_dir) if variable == "log_dir" else as_text(repo.field_value(variable[5:]))
 
-    return PLACEHOLDER_RE.sub(substitute, template)
+
+def env_name(variable: str) -> str:
+    """`repo.default_branch` -> `ORCH_REPO_DEFAULT_BRANCH`, `log_dir` -> `ORCH_LOG_DIR`."""
+    return "ORCH_" + variable.replace(".", "_").upper()
+
+
+def render_path(template: str, repo: Repo, log_dir: Path) -> str:
+    """A cd target or log_file: values pasted as text (a path never meets a shell)."""
+    return PLACEHOLDER_RE.sub(lambda m: _value(m.group(1), repo, log_dir), template)
+
+
+def render_command(template: str, repo: Repo, log_dir: Path, cwd: Path) -> Command:
+    env: dict[str, str] = {}
+
+    def to_variable(match: re.Match[str]) -> str:
+        name = env_name(match.group(1))
+        env[name] = _value(match.group(1), repo, log_dir)
+        return f'"${{{name}}}"'
+
+    script = PLACEHOLDER_RE.sub(to_variable, template)
+    shown = PLACEHOLDER_RE.sub(lambda m: shlex.quote(_value(m.group(1), repo, log_dir)), template)
+    return Command(cwd, shown, script, tuple(sorted(env.items())))
 
 
 def missing_tool(command: str, cwd: Path) -> str | None:
@@ -253,11 +287,11 @@ def plan_for(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
         if step.condition is not None and not evaluate(step.condition, repo.field_value):
             continue
         if step.action == "cd":
-            cwd = Path(os.path.normpath(cwd / render(step.template, repo, log_dir, shell=False)))
+            cwd = Path(os.path.normpath(cwd / render_path(step.template, repo, log_dir)))
         else:
-            commands.append(Command(cwd, render(step.template, repo, log_dir, shell=True)))
+            commands.append(render_command(step.template, repo, log_dir, cwd))
     if workflow.log_file:
-        log = Path(render(workflow.log_file, repo, log_dir, shell=False)).expanduser()
+        log = Path(render_path(workflow.log_file, repo, log_dir)).expanduser()
     else:
         log = log_dir / f"orchestrator-{workflow.name}-{repo.name}.log"
     skip = None

@@ -113,6 +113,34 @@ def test_shell_metacharacters_in_repo_fields_are_quoted_not_executed(home, make_
     assert f"x; touch {marker}; $(touch {marker}) `touch {marker}`" in log
 
 
+INJECTION_TEMPLATES = [
+    "echo {{repo.description}}",
+    "cat <<EOF\n{{repo.description}}\nEOF",
+    "echo `echo {{repo.description}}`",
+    "echo $(echo {{repo.description}})",
+    "echo ${UNSET_VAR:-{{repo.description}}}",
+    "x={{repo.description}}; echo \"$x\"",
+    "printf '%s' {{repo.tags}} {{repo.remote}}",
+]
+
+
+def test_no_accepted_template_runs_a_repo_field_as_code(home, make_repo, inv, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"$(touch {marker}) `touch {marker}` ; touch {marker} # '$(touch {marker})' \\"
+    repo = make_repo("target", PASSING)
+    (home.path / "config").mkdir(parents=True, exist_ok=True)
+    workflows = {f"t{i}": {"description": "", "steps": [{"action": "run", "command": t}]}
+                 for i, t in enumerate(INJECTION_TEMPLATES)}
+    (home.path / "config" / "workflows.json").write_text(json.dumps({"workflows": workflows}))
+    home.write_repos([{"name": "target", "local": str(repo.path), "language": "make", "description": payload,
+                       "remote": payload, "tags": [payload, "x"]}])
+    for name in workflows:
+        result = inv("workflow", name, "target")
+        assert result.code == 0, (name, result.out, result.err)
+        assert not marker.exists(), f"{workflows[name]['steps'][0]['command']!r} ran the payload"
+    assert f"touch {marker}" in result.out, "the value itself reached the command's output"
+
+
 def test_workflow_review_shows_commits_ahead_of_the_default_branch(home, make_repo, inv):
     repo = make_repo("wallet")
     repo.commit({"a.txt": "1"}, "unpushed work")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -110,3 +111,51 @@ def test_closed_echo_stream_stops_the_echo_not_the_command_or_its_log(tmp_path):
     result, out = run("seq 1 200000", tmp_path, timeout=20, echo=ClosedPipe())
     assert result.exit_code == 0 and not result.timed_out
     assert out.endswith(b"199999\n200000\n")
+
+
+class SlowEcho(io.RawIOBase):
+    """A terminal that stops reading for a while (a pager, Ctrl-S)."""
+
+    def __init__(self):
+        self.stalled = False
+
+    def write(self, data):
+        if not self.stalled:
+            self.stalled = True
+            time.sleep(2)
+        return len(data)
+
+
+def test_a_stalled_echo_reader_costs_nothing_in_the_log(tmp_path):
+    result, out = run("seq 1 30000; echo last line", tmp_path, timeout=30, echo=SlowEcho())
+    assert result.exit_code == 0
+    assert out.endswith(b"30000\nlast line\n")
+
+
+INTERRUPTED_RUN = """
+import sys, time; sys.path.insert(0, %r)
+from pathlib import Path
+from lib.runner import run_each, run_in_group
+tmp = Path(%r)
+def work(i):
+    with open(tmp / f"log{i}", "wb") as log:
+        return run_in_group(f"trap '' TERM; echo $$ > {tmp}/pid{i}; while :; do sleep 0.1; done", tmp, log, 60)
+run_each(list(range(3)), work, jobs=2, grace=1.0)
+"""
+
+
+def test_ctrl_c_kills_every_running_group_at_once_and_starts_no_more(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN % (str(ROOT), str(tmp_path))],
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(list(tmp_path.glob("pid*"))) < 2:
+        time.sleep(0.05)
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
+    assert len(pids) == 2
+    started = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    child.wait(timeout=15)
+    assert time.monotonic() - started < 4, "groups were not killed together within one grace period"
+    assert b"KeyboardInterrupt" in child.stderr.read()
+    assert all(wait_gone(pid, 2) for pid in pids)
+    assert not (tmp_path / "pid2").exists(), "a queued command started after Ctrl-C"

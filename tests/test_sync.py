@@ -159,6 +159,22 @@ def test_default_branch_checked_out_in_another_worktree_is_skipped(home, make_re
     assert snapshot(repo)["refs"] == before["refs"]
 
 
+def test_default_branch_being_rebased_in_another_worktree_is_skipped(home, make_repo, inv, tmp_path):
+    repo = make_repo("rebasing")
+    repo.git("checkout", "-q", "-b", "other")
+    wt = tmp_path / "wt-main"
+    repo.git("worktree", "add", "-q", str(wt), "main")
+    # Stop an interactive rebase of main at its first commit: that worktree is now detached.
+    git(wt, "-c", "sequence.editor=sed -i s/^pick/edit/", "rebase", "-q", "-i", "--root")
+    assert git(wt, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    before = snapshot(repo)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert "being rebased in another worktree" in outcome_of(home, "rebasing")["reason"]
+    assert snapshot(repo)["refs"] == before["refs"]
+
+
 def test_merge_in_progress_is_skipped(home, make_repo, inv, tmp_path):
     repo = make_repo("merging", {"f.txt": "base\n"})
     repo.git("checkout", "-q", "-b", "side")

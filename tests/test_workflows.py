@@ -87,13 +87,14 @@ def test_cd_steps_change_the_directory_of_later_steps(home):
     assert plan.commands[0].cwd == repo.local / "docs"
 
 
-def test_values_in_run_commands_are_shell_quoted(home):
+def test_values_in_run_commands_are_shown_quoted_and_passed_as_variables(home):
     write_workflows(home, {"workflows": {"show": {"description": "", "steps": [
         {"action": "run", "command": "printf '%s\\n' {{repo.description}} {{repo.tags}}"}]}}})
     repo = repo_named(home, description="x; touch pwned $(id) `id`", tags=["a b", "c"])
-    plan = plan_for(get_workflow(load_workflows(Paths.from_env()), "show"), repo, Path("/logs"))
-    words = shlex.split(plan.commands[0].command)
-    assert words == ["printf", "%s\\n", "x; touch pwned $(id) `id`", "a b", "c"]
+    command = plan_for(get_workflow(load_workflows(Paths.from_env()), "show"), repo, Path("/logs")).commands[0]
+    assert shlex.split(command.command) == ["printf", "%s\\n", "x; touch pwned $(id) `id`", "a b,c"]
+    assert command.script == "printf '%s\\n' \"${ORCH_REPO_DESCRIPTION}\" \"${ORCH_REPO_TAGS}\""
+    assert dict(command.env) == {"ORCH_REPO_DESCRIPTION": "x; touch pwned $(id) `id`", "ORCH_REPO_TAGS": "a b,c"}
 
 
 BAD = [
@@ -101,11 +102,14 @@ BAD = [
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo {{repo.colour}}"}]}}}, "unknown variable {{repo.colour}}"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo {{env.HOME}}"}]}}}, "unknown variable {{env.HOME}}"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo {{repo.name"}]}}}, "unclosed '{{'"),
-    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo '{{repo.name}}'"}]}}}, "is inside quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo '{{repo.name}}'"}]}}}, "is inside single quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo \"x {{repo.name}}\""}]}}}, "is inside double quotes"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "true # it's fine\necho \"x' {{repo.description}}\""}]}}},
-     "is inside quotes"),
-    ({"workflows": {"w": {"steps": [{"action": "run", "command": "cat <<EOF\n{{repo.description}}\nEOF"}]}}},
-     "follows a here-document"),
+     "is inside double quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo \\ # \"{{repo.description}}\""}]}}},
+     "is inside double quotes"),
+    ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo $(( {{repo.description}} + 1 ))"}]}}},
+     "is inside $(( ))"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "sh -c 'echo '{{repo.description}}"}]}}},
      "is joined to a quoted word"),
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "echo ${{repo.name}}"}]}}}, "joined to a quoted word or a $"),
@@ -134,6 +138,7 @@ def test_bad_workflow_files_fail_at_load_with_one_line_each(home, doc, expected)
 @pytest.mark.parametrize("command", [
     "echo {{repo.name}} # a note with an apostrophe: it's {{repo.description}}",
     "cat <<< {{repo.description}}",
+    "cat <<EOF\n{{repo.description}}\nEOF",
     "printf '%s\\n' {{repo.description}}",
     "git log origin/{{repo.default_branch}}..HEAD",
 ])
