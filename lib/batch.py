@@ -18,7 +18,6 @@ from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
 FAILING = {"failed", "timeout", "error"}
-DEFAULT_TIMEOUT_S = 1800.0
 # Characters XML 1.0 cannot carry (terminal escapes in a test log, say).
 XML_INVALID_RE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 

@@ -49,8 +49,8 @@ class SyncOutcome:
         return asdict(self)
 
 
-class _Skip(Exception):
-    """Stop syncing this repo; the repo is left exactly as it was."""
+class _Stop(Exception):
+    """Stop syncing this repo with an outcome (skipped or failed); the repo is left as it was."""
 
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
@@ -77,15 +77,15 @@ def _last_line(path: Path) -> str:
 
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
     if not repo.remote or repo.remote == "unknown":
-        raise _Skip("failed", f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
+        raise _Stop("failed", f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
     if dry_run:
-        raise _Skip("would clone", f"from {repo.remote}")
+        raise _Stop("would clone", f"from {repo.remote}")
     repo.local.parent.mkdir(parents=True, exist_ok=True)
     result = _run_git(["clone", "--", repo.remote, str(repo.local)], repo.local.parent, log, timeout)
     if result.timed_out:
-        raise _Skip("failed", f"clone timed out after {timeout:g}s")
+        raise _Stop("failed", f"clone timed out after {timeout:g}s")
     if result.exit_code != 0:
-        raise _Skip("failed", f"clone failed: {_last_line(log_path)}")
+        raise _Stop("failed", f"clone failed: {_last_line(log_path)}")
     return SyncOutcome(repo.name, "cloned", f"from {repo.remote}", None, None, None, str(log_path))
 
 
@@ -132,7 +132,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
         log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
         try:
             outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run)
-        except _Skip as stop:
+        except _Stop as stop:
             outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, None, None, str(log_path))
         except Exception as err:  # GitPython raises many kinds; the run goes on with the next repo
             first_line = (str(err).strip().splitlines() or [repr(err)])[0]
@@ -152,9 +152,9 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     if not path.exists():
         if clone_missing:
             return _clone(repo, log, log_path, timeout, dry_run)
-        raise _Skip("skipped", "path missing (--clone-missing clones it)")
+        raise _Stop("skipped", "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
-        raise _Skip("failed", "not a git repository")
+        raise _Stop("failed", "not a git repository")
     branch = repo.default_branch
     with git.Repo(path) as r:
         local = r.heads[branch] if branch in r.heads else None
@@ -165,20 +165,20 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             result = _run_git(args, path, log, timeout)
             # A failed fetch changed nothing; issue #3 lists it among the skips (not failures).
             if result.timed_out:
-                raise _Skip("skipped", f"fetch timed out after {timeout:g}s")
+                raise _Stop("skipped", f"fetch timed out after {timeout:g}s")
             if result.exit_code != 0:
-                raise _Skip("skipped", f"fetch failed: {_last_line(log_path)}")
+                raise _Stop("skipped", f"fetch failed: {_last_line(log_path)}")
         what = _in_progress(Path(r.git_dir))
         if what:
-            raise _Skip("skipped", f"{what} is in progress")
+            raise _Stop("skipped", f"{what} is in progress")
         if r.head.is_detached:
-            raise _Skip("skipped", "detached HEAD")
+            raise _Stop("skipped", "detached HEAD")
         if local is None:
-            raise _Skip("skipped", f"no local branch {branch!r}")
+            raise _Stop("skipped", f"no local branch {branch!r}")
         if upstream is None:
-            raise _Skip("skipped", f"{branch} has no upstream")
+            raise _Stop("skipped", f"{branch} has no upstream")
         if not upstream.is_valid():
-            raise _Skip("skipped", f"upstream {upstream.name} does not exist")
+            raise _Stop("skipped", f"upstream {upstream.name} does not exist")
         before, target = local.commit.hexsha, upstream.commit.hexsha
         ahead, behind = (int(n) for n in r.git.rev_list("--left-right", "--count", f"{before}...{target}").split())
         log.write(f"{branch} {before[:12]}, {upstream.name} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
@@ -186,14 +186,14 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             note = f"ahead {ahead}, not pushed" if ahead else None
             return SyncOutcome(repo.name, "up to date", note, branch, before, before, str(log_path))
         if ahead:
-            raise _Skip("skipped", f"diverged: ahead {ahead}, behind {behind}")
+            raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
         checked_out = r.active_branch.name == branch
         if checked_out and r.is_dirty(untracked_files=True):
-            raise _Skip("skipped", f"dirty: uncommitted changes on {branch}")
+            raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
         if not checked_out:
             elsewhere = _branch_in_use_elsewhere(r, branch)
             if elsewhere:
-                raise _Skip("skipped", f"{branch} is {elsewhere}")
+                raise _Stop("skipped", f"{branch} is {elsewhere}")
         how = "fast-forward" if checked_out else f"move {branch} (work tree on {r.active_branch.name} untouched)"
         if dry_run:
             return SyncOutcome(repo.name, "would update", f"{how}: {behind} commit(s)", branch, before, target,
@@ -209,7 +209,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         result = _run_git(args, path, log, timeout)
         if result.exit_code != 0:
             problem = "timed out" if result.timed_out else _last_line(log_path)
-            raise _Skip("failed", f"fast-forward refused, nothing changed: {problem}")
+            raise _Stop("failed", f"fast-forward refused, nothing changed: {problem}")
         after = r.git.rev_parse(f"refs/heads/{branch}")
         return SyncOutcome(repo.name, "updated", f"{how}: {behind} commit(s)", branch, before, after, str(log_path))
 
