@@ -6,6 +6,7 @@ need them, so `inv --list` stays fast.
 from __future__ import annotations
 
 import json as jsonlib
+import math
 import shlex
 from pathlib import Path
 
@@ -41,8 +42,8 @@ class Seconds(float):
             number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise Exit(f"error: expected a number of seconds, got {value!r}", code=2) from None
-        if number < 0 or number != number:
-            raise Exit(f"error: expected a number of seconds >= 0, got {value!r}", code=2)
+        if number < 0 or not math.isfinite(number):
+            raise Exit(f"error: expected a finite number of seconds >= 0, got {value!r}", code=2)
         return super().__new__(cls, number)
 
 

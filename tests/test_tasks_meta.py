@@ -46,7 +46,8 @@ def test_start_up_imports_no_heavy_library():
 
 
 def test_bad_numbers_are_one_line_usage_errors(inv, home):
-    for args in (["status", "--jobs", "abc"], ["test-all", "--timeout", "soon"], ["sync-all", "--net-jobs", "-1"]):
+    for args in (["status", "--jobs", "abc"], ["test-all", "--timeout", "soon"], ["sync-all", "--net-jobs", "-1"],
+                 ["build", "x", "--timeout", "inf"], ["test", "x", "--timeout", "nan"]):
         result = inv(*args)
         assert result.code == 2, args
         assert result.err.startswith("error: expected") and len(result.err.strip().splitlines()) == 1, result.err
