@@ -236,10 +236,8 @@ def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
 )
 def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
-    from lib.batch import plan_workflow, run_and_record
+    from lib.batch import plan_workflow, run_with_progress
     from lib.config import load_workspace
-    from lib.progress import Progress
-    from lib.testall import default_jobs
     from lib.views import outcomes_table
 
     try:
@@ -252,10 +250,7 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
         for plan in plans:
             _print_plan(plan)
         return
-    with Progress(name, len(plans)) as progress:
-        outcomes = run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout or None,
-                                  on_start=lambda p: progress.start(p.repo.name),
-                                  on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+    outcomes = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
     print(outcomes_table(outcomes))
     if any(o.failing for o in outcomes):
         raise Exit(code=1)

@@ -13,6 +13,7 @@ from xml.etree import ElementTree
 from lib import runner
 from lib.config import Repo, Workspace
 from lib.paths import Paths
+from lib.progress import Progress
 from lib.statefile import read_json, update_json
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
@@ -126,9 +127,8 @@ def counts_text(counts: dict[str, int]) -> str:
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
-    summary = {"total": len(results)}
-    summary.update({status: sum(1 for r in results if r["status"] == status) for status in STATUSES})
-    return summary
+    """The state files' summary: a total and a count for every status, zeros included."""
+    return {"total": len(results), **dict.fromkeys(STATUSES, 0), **count_statuses(r["status"] for r in results)}
 
 
 def record(state_file: Path, outcomes: Sequence[Outcome], known_repos: set[str]) -> dict[str, Any]:
@@ -194,6 +194,20 @@ def plan_workflow(paths: Paths, workflow: str, repos: Sequence[Repo]) -> list[Pl
     """Plans for `repos`; loading workflows.json is where every config error surfaces."""
     chosen = get_workflow(load_workflows(paths), workflow)
     return [plan_for(chosen, repo, paths.log_dir) for repo in repos]
+
+
+def default_jobs() -> int:
+    """Builds and tests are CPU work: one repo per core."""
+    return os.cpu_count() or 2
+
+
+def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
+                      timeout: float | None, label: str) -> list[Outcome]:
+    """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
+    with Progress(label, len(plans)) as progress:
+        return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
+                              on_start=lambda plan: progress.start(plan.repo.name),
+                              on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
 
 
 def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int, timeout: float | None,

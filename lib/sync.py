@@ -13,7 +13,7 @@ from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import runner
-from lib.batch import count_statuses, counts_text, now_iso, tail
+from lib.batch import command_env, count_statuses, counts_text, now_iso, tail
 from lib.config import Repo, Workspace
 from lib.paths import Paths
 from lib.progress import Progress
@@ -59,7 +59,7 @@ class _Stop(Exception):
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, **NO_PROMPT_ENV}
+    return {**command_env(), **NO_PROMPT_ENV}
 
 
 def _run_git(args: list[str], cwd: Path, log: BinaryIO, timeout: float | None) -> runner.ProcessResult:

@@ -1,7 +1,6 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -12,12 +11,11 @@ from lib.batch import (
     counts_text,
     plan_workflow,
     previously_failing,
-    run_and_record,
+    run_with_progress,
     write_junit,
 )
 from lib.config import Repo, Workspace
 from lib.paths import Paths
-from lib.progress import Progress
 from lib.workflows import Plan
 
 
@@ -34,10 +32,6 @@ class TestAllReport:
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))
         return f"tested {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
-
-
-def default_jobs() -> int:
-    return os.cpu_count() or 2
 
 
 def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, only: list[str] | None,
@@ -60,10 +54,7 @@ def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = N
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
                  junit_xml: Path | None = None) -> TestAllReport:
     started = monotonic()
-    with Progress("testing", len(plans)) as progress:
-        outcomes = run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
-                                  on_start=lambda plan: progress.start(plan.repo.name),
-                                  on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+    outcomes = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
     if junit_xml is not None:
         write_junit(junit_xml, outcomes)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file)
