@@ -74,8 +74,12 @@ def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
     blocks. The file is emptied, never removed: removing it would let a third
     run lock a new file while a second still holds the old one.
     """
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8") as lock:
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
+    with open(fd, "r+", encoding="utf-8") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

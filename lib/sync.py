@@ -267,6 +267,8 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     git = _Git(path, log, log_path)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
+    if git.read("check-ref-format", local_ref).returncode != 0:
+        raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
     # Read before anything runs: every later claim about what moved compares with this.
     before = state["before"] = git.rev(local_ref)
     head = git.read("symbolic-ref", "-q", "HEAD").stdout.strip()
@@ -350,8 +352,10 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     lock = git_dir / "index.lock"
     left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
     left += [f"{lock} left behind"] if here and lock.exists() else []
-    if result.exit_code == 0 and after == target and not left:
-        return "updated", done
+    if result.exit_code == 0:
+        # Done; a post-merge hook may still have moved the branch or touched the tree.
+        moved = [f"then {local_ref.removeprefix('refs/heads/')} moved to {_short(after)}"] if after != target else []
+        return "updated", done + (f" ({'; '.join(moved + left)})" if moved or left else "")
     problem = git.failure(result, None)
     if after == target and not left:
         return "updated", f"{done} ({problem} after the fast-forward)"

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 from tests.conftest import git, run_script
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
 
 def snapshot(repo) -> dict:
-    refs = dict(line.split(" ", 1)[::-1] for line in
-                repo.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").splitlines())
-    return {"refs": refs, "status": repo.git("status", "--porcelain=v1", "--untracked-files=all"),
-            "head": repo.git("rev-parse", "HEAD"), "symbolic": _symbolic(repo)}
+    """All refs but remote-tracking ones (a fetch may move those), stashes, index, status, HEAD."""
+    full = outside_remote_tracking(full_snapshot(repo.path))
+    refs = dict(line.split(" ", 1)[::-1] for line in full["refs"].splitlines())
+    return {**full, "refs": refs, "commit": repo.git("rev-parse", "HEAD"), "symbolic": _symbolic(repo)}
 
 
 def _symbolic(repo) -> str | None:

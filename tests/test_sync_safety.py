@@ -150,6 +150,41 @@ def test_status_scan_and_workflow_with_inherited_git_dir_read_the_configured_rep
     assert "## target-branch" in result.out and "intruder" not in result.out
 
 
+def test_sync_started_from_a_git_hook_in_a_linked_worktree_syncs_the_configured_repo(home, make_repo, tmp_path):
+    # A hook in a linked worktree runs with an absolute GIT_DIR and GIT_INDEX_FILE.
+    repo, host = make_repo("target"), make_repo("host")
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    host.push_from_elsewhere(tmp_path, {"host-upstream": "1"})
+    host.git("fetch", "-q")
+    linked = tmp_path / "host-linked"
+    host.git("worktree", "add", "-q", "-b", "topic", str(linked), "main")
+    host.git("checkout", "-q", "-b", "parked")
+    home.add(repo)
+    out = tmp_path / "hook-output.txt"
+    add_hook(host.path, "pre-commit", f"env | grep ^GIT_ > {tmp_path / 'hook-env.txt'}; "
+             f"{sys.executable} {ROOT / 'scripts' / 'sync_all_repos.py'} > {out} 2>&1")
+    before_host = full_snapshot(host.path)
+    (linked / "staged.txt").write_text("staged\n")
+    git(linked, "add", "staged.txt")
+    git(linked, "commit", "-q", "-m", "runs the hook")
+    assert f"GIT_DIR={host.path}/.git/worktrees/" in (tmp_path / "hook-env.txt").read_text()
+    assert "1 updated" in out.read_text(), out.read_text()
+    assert ref(repo.path, "refs/heads/main") == upstream
+    host_refs = [ln for ln in full_snapshot(host.path)["refs"].splitlines() if not ln.endswith("refs/heads/topic")]
+    assert host_refs == [ln for ln in before_host["refs"].splitlines() if not ln.endswith("refs/heads/topic")]
+    assert git(linked, "log", "-1", "--format=%s") == "runs the hook"
+
+
+def test_demo_generator_with_inherited_git_dir_builds_its_own_repos(tmp_path, intruder, monkeypatch):
+    from lib.demo import RepoSpec, generate
+
+    snap = full_snapshot(intruder.path)
+    point_git_at(monkeypatch, intruder)
+    generate(tmp_path / "demo", [RepoSpec("solo", "make", "clean", {"Makefile": "all:\n"})], jobs=1)
+    assert ref(tmp_path / "demo" / "repos" / "solo", "HEAD")
+    assert full_snapshot(intruder.path) == snap
+
+
 def test_our_list_of_repo_local_variables_covers_gits_own():
     from lib.gitstatus import REPO_LOCAL_GIT_VARS
 
@@ -318,3 +353,53 @@ def test_table_names_the_default_branch_and_shows_the_checked_out_one(home, make
     assert header.split()[:3] == ["REPO", "DEFAULT", "BRANCH"]
     assert "main (on feat)" in row and "skipped: main has no upstream" in row
     assert outcome_of(home, "feat-repo")["checked_out"] == "feat"
+
+
+# Hostile corners around the items above.
+def test_tags_follow_the_fetch_and_local_tags_survive_prune_tags_config(home, make_repo, inv, tmp_path):
+    repo = make_repo("tags")
+    repo.git("tag", "only-mine")
+    repo.git("config", "fetch.pruneTags", "true")
+    repo.git("config", "remote.origin.prune", "true")
+    colleague = tmp_path / "tagger"
+    git(tmp_path, "clone", "-q", str(repo.remote), str(colleague))
+    git(colleague, "commit", "-q", "--allow-empty", "-m", "release")
+    git(colleague, "tag", "v2")
+    git(colleague, "push", "-q", "origin", "main", "v2")
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    assert ref(repo.path, "refs/tags/only-mine") and ref(repo.path, "refs/tags/v2")
+    assert outcome_of(home, "tags")["status"] == "updated"
+
+
+def test_clone_that_times_out_leaves_nothing_behind(home, inv, tmp_path):
+    git(tmp_path, "config", "--global", "core.sshCommand", "sleep 30; :")
+    target = tmp_path / "made" / "for" / "slow"
+    home.write_repos([{"name": "slow", "local": str(target), "remote": "ssh://example.invalid/slow.git"}])
+    result = inv("sync-all", "--clone-missing", "--timeout", "1")
+    assert result.code == 1
+    assert outcome_of(home, "slow")["reason"] == "clone failed: timed out after 1s"
+    assert not (tmp_path / "made").exists()
+
+
+def test_hook_that_moves_the_branch_after_the_fast_forward_is_reported(home, make_repo, inv, tmp_path):
+    repo = make_repo("rewriting-hook")
+    add_hook(repo.path, "post-merge", "git commit -q --allow-empty -m 'hook commit'")
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    o = outcome_of(home, "rewriting-hook")
+    hook_commit = ref(repo.path, "refs/heads/main")
+    assert hook_commit != upstream and ref(repo.path, "refs/heads/main~1") == upstream
+    assert o["status"] == "updated" and o["after"] == hook_commit
+    assert f"then main moved to {hook_commit[:7]}" in o["reason"]
+
+
+def test_default_branch_that_is_not_a_branch_name_fails_and_moves_nothing(home, make_repo, inv):
+    repo = make_repo("odd-branch")
+    repo.commit({"x": "1"}, "second")
+    before = full_snapshot(repo.path)
+    home.add(repo, default_branch="main~1")
+    assert inv("sync-all").code == 1
+    assert outcome_of(home, "odd-branch")["reason"] == "default_branch 'main~1' is not a valid branch name"
+    assert full_snapshot(repo.path) == before
