@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
@@ -253,6 +254,37 @@ def _remote_default_branch(git: _Git, remote: str, timeout: float | None) -> str
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class _Before:
+    """The repo as it was before anything ran: every later claim about what moved compares with this."""
+
+    tip: str | None  # the default branch's commit
+    head: str  # HEAD's symbolic ref, "" when detached
+    git_dir: Path
+    common_dir: Path
+    remotes: tuple[str, ...]
+
+    @property
+    def checked_out(self) -> str | None:
+        return self.head.removeprefix("refs/heads/") if self.head.startswith("refs/heads/") else None
+
+
+def _read_before(git: _Git, local_ref: str) -> _Before:
+    return _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
+                   Path(git.out("rev-parse", "--absolute-git-dir")),
+                   (git.path / git.out("rev-parse", "--git-common-dir")).resolve(), tuple(git.out("remote").split()))
+
+
+def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str] | None:
+    """(remote, branch there) that `branch` tracks, or None when it tracks nothing."""
+    remote, merge = git.config(f"branch.{branch}.remote"), git.config(f"branch.{branch}.merge")
+    if not remote or not merge:
+        return None
+    if remote not in remotes or not merge.startswith("refs/heads/"):
+        raise _Stop("skipped", f"{branch}'s upstream ({remote} {merge}) is not a branch of a configured remote")
+    return remote, merge.removeprefix("refs/heads/")
+
+
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
           dry_run: bool, state: dict[str, str | None]) -> SyncOutcome:
     path = repo.local
@@ -269,62 +301,64 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     local_ref = f"refs/heads/{branch}"
     if git.read("check-ref-format", local_ref).returncode != 0:
         raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
-    # Read before anything runs: every later claim about what moved compares with this.
-    before = state["before"] = git.rev(local_ref)
-    head = git.read("symbolic-ref", "-q", "HEAD").stdout.strip()
-    checked_out = state["checked_out"] = head.removeprefix("refs/heads/") if head.startswith("refs/heads/") else None
-    git_dir = Path(git.out("rev-parse", "--absolute-git-dir"))
-    common_dir = (path / git.out("rev-parse", "--git-common-dir")).resolve()
-    remotes = git.out("remote").split()
-    remote, merge = git.config(f"branch.{branch}.remote"), git.config(f"branch.{branch}.merge")
-    has_upstream = bool(before and remote and merge)
-    if has_upstream and (remote not in remotes or not (merge or "").startswith("refs/heads/")):
-        raise _Stop("skipped", f"{branch}'s upstream ({remote} {merge}) is not a branch of a configured remote")
-    upstream_name = (merge or "").removeprefix("refs/heads/")
+    seen = _read_before(git, local_ref)
+    state["before"], state["checked_out"] = seen.tip, seen.checked_out
+    upstream = _upstream(git, branch, seen.remotes)
     if not dry_run:
         # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
-        for name in [remote] if has_upstream and remote else remotes:
-            _fetch(git, name, timeout)
+        for remote in [upstream[0]] if upstream else seen.remotes:
+            _fetch(git, remote, timeout)
         now = git.rev(local_ref)
-        if now != before:
-            raise _Stop("skipped", f"{branch} moved during the fetch ({_short(before)} -> {_short(now)}): "
+        if now != seen.tip:
+            raise _Stop("skipped", f"{branch} moved during the fetch ({_short(seen.tip)} -> {_short(now)}): "
                         "someone else is working here", after=now)
-    what = _in_progress(git_dir)
+    what = _in_progress(seen.git_dir)
     if what:
         raise _Stop("skipped", f"{what} is in progress")
-    if not head:
+    if not seen.head:
         raise _Stop("skipped", "detached HEAD")
-    if before is None:
+    if seen.tip is None:
         raise _Stop("skipped", f"no local branch {branch!r}")
-    if not has_upstream:
+    if upstream is None:
         raise _Stop("skipped", f"{branch} has no upstream")
-    tracking = f"{remote}/{upstream_name}"
+    remote, upstream_branch = upstream
+    tracking = f"{remote}/{upstream_branch}"
     target = git.rev(f"refs/remotes/{tracking}")
     if target is None:
         gone = f"upstream gone: {tracking} no longer exists"
-        renamed = None if dry_run or not remote else _remote_default_branch(git, remote, timeout)
-        if renamed and renamed != upstream_name:
+        renamed = None if dry_run else _remote_default_branch(git, remote, timeout)
+        if renamed and renamed != upstream_branch:
             gone += f"; {remote}'s default branch is now {renamed}"
         raise _Stop("skipped", gone)
+    before = seen.tip
     ahead, behind = (int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
     log.write(f"{branch} {before[:12]}, {tracking} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
+    outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
+                      checked_out=seen.checked_out)
     if behind == 0:
-        note = f"ahead {ahead}, not pushed" if ahead else None
-        return SyncOutcome(repo.name, "up to date", note, branch, before, before, str(log_path),
-                           checked_out=checked_out)
+        return outcome("up to date", f"ahead {ahead}, not pushed" if ahead else None, after=before)
     if ahead:
         raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
-    here = checked_out == branch
+    here = seen.checked_out == branch
     if here and git.out("--no-optional-locks", "status", "--porcelain"):
         raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
-    elsewhere = _branch_in_use_elsewhere(git, branch, git_dir, common_dir)
+    elsewhere = _branch_in_use_elsewhere(git, branch, seen.git_dir, seen.common_dir)
     if elsewhere:
         raise _Stop("skipped", f"{branch} is {elsewhere}")
-    how = "fast-forward" if here else f"move {branch} (work tree on {checked_out} untouched)"
+    how = "fast-forward" if here else f"move {branch} (work tree on {seen.checked_out} untouched)"
+    done = f"{how}: {behind} commit(s)"
     if dry_run:
-        return SyncOutcome(repo.name, "would update", f"{how}: {behind} commit(s)", branch, before, target,
-                           str(log_path), checked_out=checked_out)
+        return outcome("would update", done, after=target)
+    status, reason = _fast_forward(git, local_ref, before, target, seen, done)
+    return outcome(status, reason, after=git.rev(local_ref))
+
+
+def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before, done: str) -> tuple[str, str]:
+    """Move the default branch from `before` to `target`; (status, reason) as read back from the repo."""
+    here = seen.checked_out == local_ref.removeprefix("refs/heads/")
     if here:
+        if git.read("symbolic-ref", "-q", "HEAD").stdout.strip() != seen.head:
+            raise _Stop("skipped", "HEAD moved to another branch while syncing: left alone")
         # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
         # tracks makes the merge stop instead of being overwritten.
         args = ["merge", "--ff-only", "--no-overwrite-ignore", target]
@@ -335,9 +369,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     # A local step is not bound by the network timeout: a slow hook or checkout filter
     # (git-lfs) must finish, or the branch moves while the work tree is half checked out.
     result = git.step(args, None)
-    done = f"{how}: {behind} commit(s)"
-    return SyncOutcome(repo.name, *_read_back(git, result, local_ref, before, target, done, here, git_dir),
-                       branch, before, git.rev(local_ref), str(log_path), checked_out=checked_out)
+    return _read_back(git, result, local_ref, before, target, done, here, seen.git_dir)
 
 
 def _short(sha: str | None) -> str:
@@ -347,21 +379,22 @@ def _short(sha: str | None) -> str:
 def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: str, target: str, done: str,
                here: bool, git_dir: Path) -> tuple[str, str]:
     """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
+    branch = local_ref.removeprefix("refs/heads/")
     after = git.rev(local_ref)
     changed = git.read("--no-optional-locks", "status", "--porcelain").stdout.splitlines() if here else []
     lock = git_dir / "index.lock"
     left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
     left += [f"{lock} left behind"] if here and lock.exists() else []
-    if result.exit_code == 0:
+    if result.exit_code == 0 and after != before:
         # Done; a post-merge hook may still have moved the branch or touched the tree.
-        moved = [f"then {local_ref.removeprefix('refs/heads/')} moved to {_short(after)}"] if after != target else []
+        moved = [f"then {branch} moved to {_short(after)}"] if after != target else []
         return "updated", done + (f" ({'; '.join(moved + left)})" if moved or left else "")
-    problem = git.failure(result, None)
+    problem = git.failure(result, None) if result.exit_code != 0 else f"git succeeded but {branch} did not move"
     if after == target and not left:
         return "updated", f"{done} ({problem} after the fast-forward)"
     if after == before and not left:
         return "failed", f"fast-forward refused, nothing changed: {problem}"
-    where = f"{local_ref.removeprefix('refs/heads/')} at {_short(after)} (was {_short(before)}, upstream {_short(target)})"
+    where = f"{branch} at {_short(after)} (was {_short(before)}, upstream {_short(target)})"
     return "failed", f"fast-forward interrupted ({problem}): {'; '.join([where, *left])}: check `git status` there"
 
 
