@@ -359,6 +359,9 @@ def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Be
     if here:
         if git.read("symbolic-ref", "-q", "HEAD").stdout.strip() != seen.head:
             raise _Stop("skipped", "HEAD moved to another branch while syncing: left alone")
+        if (seen.git_dir / "index.lock").exists():
+            raise _Stop("skipped", f"{seen.git_dir / 'index.lock'} exists: another git is running here "
+                        "(or one was killed: then remove it)")
         # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
         # tracks makes the merge stop instead of being overwritten.
         args = ["merge", "--ff-only", "--no-overwrite-ignore", target]

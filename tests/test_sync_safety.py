@@ -23,11 +23,12 @@ def start_sync_script(*args: str, cwd: Path) -> subprocess.Popen[str]:
 
 
 # 1. A mirror-style fetch refspec must not let the fetch overwrite a local branch.
-def test_mirror_fetch_refspec_cannot_overwrite_an_unpushed_local_branch(home, make_repo, inv, tmp_path):
+@pytest.mark.parametrize("refspec", ["+refs/heads/*:refs/heads/*", "+refs/*:refs/*"])
+def test_mirror_fetch_refspec_cannot_overwrite_an_unpushed_local_branch(home, make_repo, inv, tmp_path, refspec):
     repo = make_repo("mirror")
     mine = repo.commit({"mine.txt": "1"}, "unpushed on main")
     repo.git("checkout", "-q", "-b", "feature")
-    repo.git("config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
+    repo.git("config", "remote.origin.fetch", refspec)
     theirs = repo.push_from_elsewhere(tmp_path, {"theirs.txt": "1"})
     before = full_snapshot(repo.path)
     home.add(repo)
@@ -403,3 +404,16 @@ def test_default_branch_that_is_not_a_branch_name_fails_and_moves_nothing(home, 
     assert inv("sync-all").code == 1
     assert outcome_of(home, "odd-branch")["reason"] == "default_branch 'main~1' is not a valid branch name"
     assert full_snapshot(repo.path) == before
+
+
+def test_index_lock_left_by_a_killed_git_is_a_skip_that_names_it(home, make_repo, inv, tmp_path):
+    repo = make_repo("locked")
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    lock = repo.path / ".git" / "index.lock"
+    lock.write_text("")
+    before = full_snapshot(repo.path)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    o = outcome_of(home, "locked")
+    assert o["status"] == "skipped" and f"{lock} exists" in o["reason"]
+    assert outside_remote_tracking(full_snapshot(repo.path)) == outside_remote_tracking(before) and lock.exists()
