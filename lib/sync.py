@@ -124,12 +124,12 @@ class _Git:
         result = self.read("config", "--get", key)
         return result.stdout.strip() if result.returncode == 0 else None
 
-    def step(self, args: list[str], timeout: float | None, cwd: Path | None = None) -> runner.ProcessResult:
+    def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
         command = " ".join(shlex.quote(a) for a in ["git", *args])
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
-        return runner.run_in_group(command, cwd or self.path, self.log, timeout, self.env)
+        return runner.run_in_group(command, self.path, self.log, timeout, self.env)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
@@ -205,7 +205,7 @@ def _branch_in_use_elsewhere(git: _Git, branch: str, git_dir: Path, common_dir: 
     return None
 
 
-def log_name(repo: Repo, dry_run: bool) -> str:
+def _log_name(repo: Repo, dry_run: bool) -> str:
     # A dry run never replaces the log that state/sync-results.json points to.
     return f"orchestrator-sync-{repo.name}{'.dry-run' if dry_run else ''}.log"
 
@@ -214,7 +214,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
               dry_run: bool = False) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
-    log_path = log_dir / log_name(repo, dry_run)
+    log_path = log_dir / _log_name(repo, dry_run)
     log_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, str | None] = {}
     with open(log_path, "wb") as log:

@@ -417,3 +417,13 @@ def test_index_lock_left_by_a_killed_git_is_a_skip_that_names_it(home, make_repo
     o = outcome_of(home, "locked")
     assert o["status"] == "skipped" and f"{lock} exists" in o["reason"]
     assert outside_remote_tracking(full_snapshot(repo.path)) == outside_remote_tracking(before) and lock.exists()
+
+
+def test_broken_symlink_as_local_path_is_not_cloned_through(home, make_repo, inv, tmp_path):
+    source = make_repo("source")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere" / "target")
+    home.write_repos([{"name": "linked", "local": str(link), "remote": str(source.remote)}])
+    assert inv("sync-all", "--clone-missing").code == 1
+    assert outcome_of(home, "linked")["reason"] == "path is a broken symlink"
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
