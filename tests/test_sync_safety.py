@@ -48,7 +48,7 @@ def test_slow_post_merge_hook_is_not_killed_by_the_network_timeout(home, make_re
     add_hook(repo.path, "post-merge", "sleep 3")
     upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
     home.add(repo)
-    result = inv("sync-all", "--timeout", "1.5")
+    result = inv("sync-all", "--timeout", "2")
     assert result.code == 0, result.out
     assert repo.head() == upstream and repo.git("status", "--porcelain") == ""
     assert outcome_of(home, "hooked")["status"] == "updated"
@@ -60,7 +60,7 @@ def test_slow_checkout_filter_is_not_killed_by_the_network_timeout(home, make_re
     repo.git("config", "filter.slow.clean", "cat")
     upstream = repo.push_from_elsewhere(tmp_path, {"big.dat": "payload\n"})
     home.add(repo)
-    result = inv("sync-all", "--timeout", "1.5")
+    result = inv("sync-all", "--timeout", "2")
     assert result.code == 0, result.out
     assert repo.head() == upstream and (repo.path / "big.dat").read_text() == "payload\n"
     assert repo.git("status", "--porcelain") == ""
