@@ -17,9 +17,18 @@ def outcome_of(home, name: str) -> dict:
     return next(r for r in home.state("sync-results.json")["results"] if r["repo"] == name)
 
 
-def start_sync_script(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def sync_killing_the_group_of(pid_file: Path, cwd: Path) -> tuple[int, str]:
+    """Run the sync script, SIGKILL the git step whose hook/filter writes `pid_file`; (exit code, output)."""
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        kill_group_of(pid_file)
+        out, _ = sync.communicate(timeout=60)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.communicate()
+    return sync.returncode, out
 
 
 # 1. A mirror-style fetch refspec must not let the fetch overwrite a local branch.
@@ -73,12 +82,10 @@ def test_fast_forward_killed_after_the_ref_moved_is_reported_as_what_happened(ho
     add_hook(repo.path, "post-merge", f"echo $$ > {pids}; sleep 60")
     upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
     home.add(repo)
-    sync = start_sync_script(cwd=tmp_path)
-    kill_group_of(pids)
-    out, err = sync.communicate(timeout=60)
+    code, out = sync_killing_the_group_of(pids, tmp_path)
     assert repo.head() == upstream
     o = outcome_of(home, "killed-hook")
-    assert o["status"] == "updated" and o["after"] == upstream, out + err
+    assert code == 0 and o["status"] == "updated" and o["after"] == upstream, out
     assert "killed" in o["reason"] and "nothing changed" not in o["reason"]
 
 
@@ -90,10 +97,8 @@ def test_fast_forward_killed_mid_checkout_names_the_left_over_lock(home, make_re
     before = repo.head()
     repo.push_from_elsewhere(tmp_path, {"a.dat": "a\n", "b.dat": "b\n"})
     home.add(repo)
-    sync = start_sync_script(cwd=tmp_path)
-    kill_group_of(pids)
-    out, err = sync.communicate(timeout=60)
-    assert sync.returncode == 1, out + err
+    code, out = sync_killing_the_group_of(pids, tmp_path)
+    assert code == 1, out
     o = outcome_of(home, "killed-filter")
     assert o["status"] == "failed" and "nothing changed" not in o["reason"]
     assert o["after"] == repo.git("rev-parse", "refs/heads/main") == before
@@ -214,7 +219,8 @@ def test_a_second_sync_refuses_while_one_runs_and_names_it(home, make_repo, inv,
     pids = tmp_path / "upload.pid"
     repo.git("config", "remote.origin.uploadpack", f"echo $$ > {pids}; sleep 60; git-upload-pack")
     home.add(repo)
-    first = start_sync_script(cwd=tmp_path)
+    first = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_file(pids)
         before = full_snapshot(repo.path)
