@@ -12,6 +12,7 @@ from xml.etree import ElementTree
 
 from lib import runner
 from lib.config import Repo, Workspace
+from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import read_json, update_json
@@ -57,7 +58,7 @@ PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
 def command_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PARENT_MAKE_VARS}
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 
@@ -131,15 +132,16 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {"total": len(results), **dict.fromkeys(STATUSES, 0), **count_statuses(r["status"] for r in results)}
 
 
-def record(state_file: Path, outcomes: Sequence[Outcome], known_repos: set[str]) -> dict[str, Any]:
-    """Merge outcomes into a results file by repo (a rerun replaces its repo's entry)."""
+def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
+           summary: Callable[[Sequence[dict[str, Any]]], dict[str, int]] = summarize) -> dict[str, Any]:
+    """Merge outcomes (anything with `repo` and `to_json()`) into a results file by repo (a rerun replaces its repo's entry)."""
 
     def merge(document: Any) -> dict[str, Any]:
         previous = document.get("results", []) if isinstance(document, dict) else []
         by_repo = {r["repo"]: r for r in previous if isinstance(r, dict) and r.get("repo") in known_repos}
         by_repo.update({o.repo: o.to_json() for o in outcomes})
         results = sorted(by_repo.values(), key=lambda r: r["repo"])
-        return {"generated_at": now_iso(), "summary": summarize(results), "results": results}
+        return {"generated_at": now_iso(), "summary": summary(results), "results": results}
 
     return update_json(state_file, merge, default={})
 

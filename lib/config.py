@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lib.errors import ConfigError, UnknownRepoError
 
@@ -137,6 +137,7 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
         entries = []
 
     repos: list[Repo] = []
+    wheres: list[str] = []
     first_seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
         where = f"repositories[{index}]"
@@ -180,10 +181,23 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
         if len(problems) > before:
             continue
         repos.append(_make_repo(entry, workspace_dir))
+        wheres.append(where)
+    _same_directory_problems(repos, wheres, problem)
 
     if problems:
         raise ConfigError(problems)
     return Workspace(config_file=config_file, repos=tuple(repos))
+
+
+def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> None:
+    """Two entries for one directory (`/x/r` and `/x/r/`, a symlink) would be synced against themselves."""
+    seen: dict[str, str] = {}
+    for repo, where in zip(repos, wheres):
+        real = os.path.realpath(repo.local)
+        if real in seen:
+            problem(f"{where}.local", f"same directory as {seen[real]} ({real}); each repo needs its own entry")
+        else:
+            seen[real] = where
 
 
 def _make_repo(entry: dict[str, Any], workspace_dir: Path) -> Repo:

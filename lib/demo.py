@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from lib.errors import OrchestratorError
+from lib.gitstatus import git_env
 
 # Fixed identity and dates: generated histories do not depend on the user's git config.
 GIT_ENV = {
@@ -44,7 +45,7 @@ class RepoSpec:
 
 
 def _git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV, **(env or {})},
+    result = subprocess.run(["git", *args], cwd=cwd, env={**git_env(), **GIT_ENV, **(env or {})},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if result.returncode != 0:
         raise OrchestratorError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.decode(errors='replace').strip()}")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from time import perf_counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
@@ -22,8 +22,23 @@ GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_
 LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
 
 
+# Repo-local variables (`git rev-parse --local-env-vars`, git 2.39). Inherited from a
+# git hook or an exported GIT_DIR, they point every git we start at another repo.
+REPO_LOCAL_GIT_VARS = (
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+)
+
+
+def without_repo_local_git_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` minus the variables that would redirect git (or a build's git) away from the repo it runs in."""
+    return {k: v for k, v in env.items() if k not in REPO_LOCAL_GIT_VARS}
+
+
 def git_env() -> dict[str, str]:
-    return {**os.environ, **GIT_ENV_OVERRIDES}
+    return {**without_repo_local_git_vars(os.environ), **GIT_ENV_OVERRIDES}
 
 
 def default_jobs() -> int:

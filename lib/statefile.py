@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -63,3 +64,34 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None) -
         document = change(current)
         write_json(path, document)
         return document
+
+
+@contextmanager
+def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold `lock_file` for the whole run, or refuse naming the run that holds it.
+
+    flock is released when its holder dies, so a file left by a killed run never
+    blocks. The file is emptied, never removed: removing it would let a third
+    run lock a new file while a second still holds the old one.
+    """
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
+    with open(fd, "r+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read().strip() or "another process"
+            raise OrchestratorError(f"{what} is already running in this workspace ({holder}; lock {lock_file}): "
+                                    "wait for it to finish") from None
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} started {started}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()

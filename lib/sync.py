@@ -1,23 +1,29 @@
 """Sync every repo safely: fetch, then fast-forward the default branch only when nothing can be lost.
 
 Never a merge commit, never a reset, never a touched dirty tree. A repo that
-cannot be fast-forwarded safely is skipped with the reason.
+cannot be fast-forwarded safely is skipped with the reason. Every git call runs
+in the configured repo with inherited repo-local variables (GIT_DIR, ...)
+removed, and every outcome is read back from the repo, never assumed.
 """
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import runner
-from lib.batch import command_env, count_statuses, counts_text, now_iso, tail
+from lib.batch import command_env, count_statuses, counts_text, now_iso, record
 from lib.config import Repo, Workspace
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.statefile import write_json
+from lib.statefile import one_run_at_a_time
 
 NET_TIMEOUT_S = 300.0
 # An unattended sync must fail fast instead of waiting for a password.
@@ -25,6 +31,7 @@ NO_PROMPT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "SSH_AS
                  "LC_ALL": "C"}
 IN_PROGRESS = (("MERGE_HEAD", "a merge"), ("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or am"),
                ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_LOG", "a bisect"))
+FILES_NAMED = 3  # a refusal names this many of the files git listed
 
 
 @dataclass
@@ -32,11 +39,12 @@ class SyncOutcome:
     repo: str
     status: str  # updated, up to date, cloned, skipped, failed (with --dry-run: would update, would clone)
     reason: str | None
-    branch: str | None
+    branch: str | None  # the default branch, the one sync moves
     before: str | None
     after: str | None
     log: str
     duration_s: float = 0.0
+    checked_out: str | None = None  # the branch the work tree is on (None: detached or unknown)
 
     @property
     def failing(self) -> bool:
@@ -50,43 +58,120 @@ class SyncOutcome:
 
 
 class _Stop(Exception):
-    """Stop syncing this repo with an outcome (skipped or failed); the repo is left as it was."""
+    """Stop syncing this repo with an outcome (skipped or failed) that `reason` explains."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, after: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.after = after
 
 
 def _env() -> dict[str, str]:
+    # command_env() has no repo-local variables: an exported GIT_DIR cannot redirect us.
     return {**command_env(), **NO_PROMPT_ENV}
 
 
-def _run_git(args: list[str], cwd: Path, log: BinaryIO, timeout: float | None) -> runner.ProcessResult:
-    command = " ".join(shlex.quote(a) for a in ["git", *args])
-    log.write(f"$ {command}\n".encode())
-    return runner.run_in_group(command, cwd, log, timeout, _env())
+def _git_says(output: str) -> str:
+    """Git's reason for a failure: its first error/fatal line (with the files it listed), else its last line."""
+    lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()]
+    errors = [i for i, ln in enumerate(lines) if ln.startswith(("error:", "fatal:"))]
+    if not errors:
+        return (lines or ["no output"])[-1].strip()
+    first = errors[0]
+    if first > 0 and lines[first] == "fatal: Could not read from remote repository.":
+        return lines[first - 1].strip()  # ssh's own line ("ssh: connect to host ...") says why
+    if lines[first].endswith(":"):
+        # "error: The following untracked working tree files would be overwritten by merge:" + a tab-indented list
+        listed = []
+        for ln in lines[first + 1:]:
+            if not ln.startswith(("\t", " ")):
+                break
+            listed.append(ln.strip())
+        if listed:
+            more = f" and {len(listed) - FILES_NAMED} more" if len(listed) > FILES_NAMED else ""
+            header = lines[first].removeprefix("error: ").removeprefix("The following ")
+            return f"{header} {', '.join(listed[:FILES_NAMED])}{more}"
+    return lines[first].strip()
 
 
-def _last_line(path: Path) -> str:
-    """Git's reason for a failure: its last error/fatal line, else the last line it printed."""
-    lines = [ln.strip() for ln in tail(path, 20).splitlines() if ln.strip() and not ln.startswith("$ ")]
-    errors = [ln for ln in lines if ln.startswith(("error:", "fatal:"))]
-    return (errors or lines or ["no output"])[-1]
+class _Git:
+    """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
+
+    def __init__(self, path: Path, log: BinaryIO, log_path: Path) -> None:
+        self.path = path
+        self.log = log
+        self.log_path = log_path
+        self.env = _env()
+        self.step_output_at = 0
+
+    def read(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", env=self.env, check=False)
+
+    def out(self, *args: str) -> str:
+        result = self.read(*args)
+        if result.returncode != 0:
+            problem = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            raise _Stop("failed", f"git {args[0]} failed: {problem}")
+        return result.stdout.strip()
+
+    def rev(self, name: str) -> str | None:
+        result = self.read("rev-parse", "-q", "--verify", f"{name}^{{commit}}")
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def config(self, key: str) -> str | None:
+        result = self.read("config", "--get", key)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
+        command = " ".join(shlex.quote(a) for a in ["git", *args])
+        self.log.write(f"$ {command}\n".encode())
+        self.log.flush()
+        self.step_output_at = self.log.tell()
+        return runner.run_in_group(command, self.path, self.log, timeout, self.env)
+
+    def step_output(self) -> str:
+        """What the last step printed (it writes straight into the log file)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.step_output_at)
+            return log.read(256 * 1024).decode("utf-8", "replace")
+
+    def failure(self, result: runner.ProcessResult, timeout: float | None) -> str:
+        if result.timed_out:
+            return f"timed out after {timeout:g}s"
+        code = result.exit_code
+        if code is not None and (code < 0 or code > 128):
+            return f"git was killed (signal {-code if code < 0 else code - 128})"
+        return _git_says(self.step_output())
 
 
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
+    path = repo.local
     if not repo.remote or repo.remote == "unknown":
         raise _Stop("failed", f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
     if dry_run:
         raise _Stop("would clone", f"from {repo.remote}")
-    repo.local.parent.mkdir(parents=True, exist_ok=True)
-    result = _run_git(["clone", "--", repo.remote, str(repo.local)], repo.local.parent, log, timeout)
-    if result.timed_out:
-        raise _Stop("failed", f"clone timed out after {timeout:g}s")
+    created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
+    path.parent.mkdir(parents=True, exist_ok=True)
+    git = _Git(path.parent, log, log_path)
+    result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
-        raise _Stop("failed", f"clone failed: {_last_line(log_path)}")
-    return SyncOutcome(repo.name, "cloned", f"from {repo.remote}", None, None, None, str(log_path))
+        problem = git.failure(result, timeout)
+        # Only what did not exist before is removed: the clone's own directory and the parents made for it.
+        if path in created and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        for directory in created[1:]:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise _Stop("failed", f"clone failed: {problem}")
+    reason = f"from {repo.remote}"
+    enclosing = git.read("rev-parse", "--show-toplevel")
+    if enclosing.returncode == 0 and enclosing.stdout.strip():
+        reason += f"; inside the work tree of {enclosing.stdout.strip()} (it shows there as untracked unless ignored)"
+    return SyncOutcome(repo.name, "cloned", reason, None, None, _Git(path, log, log_path).rev("HEAD"), str(log_path))
 
 
 def _in_progress(git_dir: Path) -> str | None:
@@ -96,20 +181,18 @@ def _in_progress(git_dir: Path) -> str | None:
     return None
 
 
-def _branch_in_use_elsewhere(repo_obj: Any, branch: str) -> str | None:
+def _branch_in_use_elsewhere(git: _Git, branch: str, git_dir: Path, common_dir: Path) -> str | None:
     """Another worktree that has `branch` checked out, or is rebasing or bisecting it."""
-    own = os.path.realpath(repo_obj.working_tree_dir)
+    own = os.path.realpath(git.path)
     path = None
-    for line in repo_obj.git.worktree("list", "--porcelain").splitlines():
+    for line in git.out("worktree", "list", "--porcelain").splitlines():
         if line.startswith("worktree "):
             path = line[len("worktree "):]
         elif line == f"branch refs/heads/{branch}" and path and os.path.realpath(path) != own:
             return f"checked out in worktree {path}"
     # A worktree mid-rebase shows as detached; its admin dir still names the branch.
-    common = Path(repo_obj.common_dir)
-    own_admin = Path(repo_obj.git_dir).resolve()
-    for admin in [common, *sorted((common / "worktrees").glob("*"))]:
-        if admin.resolve() == own_admin:
+    for admin in [common_dir, *sorted((common_dir / "worktrees").glob("*"))]:
+        if admin.resolve() == git_dir.resolve():
             continue
         for marker, what in (("rebase-merge/head-name", "rebased"), ("rebase-apply/head-name", "rebased"),
                              ("BISECT_START", "bisected")):
@@ -122,96 +205,200 @@ def _branch_in_use_elsewhere(repo_obj: Any, branch: str) -> str | None:
     return None
 
 
+def _log_name(repo: Repo, dry_run: bool) -> str:
+    # A dry run never replaces the log that state/sync-results.json points to.
+    return f"orchestrator-sync-{repo.name}{'.dry-run' if dry_run else ''}.log"
+
+
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
-    log_path = log_dir / f"orchestrator-sync-{repo.name}.log"
+    log_path = log_dir / _log_name(repo, dry_run)
     log_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, str | None] = {}
     with open(log_path, "wb") as log:
         log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
         try:
-            outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run)
+            outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
         except _Stop as stop:
-            outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, None, None, str(log_path))
-        except Exception as err:  # GitPython raises many kinds; the run goes on with the next repo
-            first_line = (str(err).strip().splitlines() or [repr(err)])[0]
+            outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
+                                  stop.after or state.get("before"), str(log_path),
+                                  checked_out=state.get("checked_out"))
+        except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
             log.write(f"error: {err}\n".encode())
-            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {first_line}",
-                                  repo.default_branch, None, None, str(log_path))
+            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
+                                  state.get("before"), state.get("before"), str(log_path))
         log.write(f"outcome: {outcome.line()}\n".encode())
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
 
-def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool) -> SyncOutcome:
-    import git
+def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
+    # The explicit refspec and an empty --refmap ignore configured fetch refspecs (a mirror-style
+    # `+refs/heads/*:refs/heads/*` would force-move local branches): only refs/remotes/<remote>/*
+    # changes, pruned so a deleted upstream branch shows as gone. Tags follow as usual but are never
+    # pruned; submodules are not fetched (their own refspecs could move their branches).
+    result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
+                       f"+refs/heads/*:refs/remotes/{remote}/*"], timeout)
+    if result.exit_code != 0:
+        raise _Stop("failed", f"fetch failed: {git.failure(result, timeout)}")
 
+
+def _remote_default_branch(git: _Git, remote: str, timeout: float | None) -> str | None:
+    """The branch the remote's HEAD names now (one ls-remote), or None when that cannot be told."""
+    result = git.step(["ls-remote", "--symref", remote, "HEAD"], timeout)
+    if result.exit_code != 0:
+        return None
+    found = re.findall(r"^ref: refs/heads/(\S+)\s+HEAD$", git.step_output(), re.MULTILINE)
+    return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class _Before:
+    """The repo as it was before anything ran: every later claim about what moved compares with this."""
+
+    tip: str | None  # the default branch's commit
+    head: str  # HEAD's symbolic ref, "" when detached
+    git_dir: Path
+    common_dir: Path
+    remotes: tuple[str, ...]
+
+    @property
+    def checked_out(self) -> str | None:
+        return self.head.removeprefix("refs/heads/") if self.head.startswith("refs/heads/") else None
+
+
+def _read_before(git: _Git, local_ref: str) -> _Before:
+    return _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
+                   Path(git.out("rev-parse", "--absolute-git-dir")),
+                   (git.path / git.out("rev-parse", "--git-common-dir")).resolve(), tuple(git.out("remote").split()))
+
+
+def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str] | None:
+    """(remote, branch there) that `branch` tracks, or None when it tracks nothing."""
+    remote, merge = git.config(f"branch.{branch}.remote"), git.config(f"branch.{branch}.merge")
+    if not remote or not merge:
+        return None
+    if remote not in remotes or not merge.startswith("refs/heads/"):
+        raise _Stop("skipped", f"{branch}'s upstream ({remote} {merge}) is not a branch of a configured remote")
+    return remote, merge.removeprefix("refs/heads/")
+
+
+def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
+          dry_run: bool, state: dict[str, str | None]) -> SyncOutcome:
     path = repo.local
     if not path.exists():
+        if os.path.lexists(path):
+            raise _Stop("failed", "path is a broken symlink")
         if clone_missing:
             return _clone(repo, log, log_path, timeout, dry_run)
         raise _Stop("skipped", "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop("failed", "not a git repository")
+    git = _Git(path, log, log_path)
     branch = repo.default_branch
-    with git.Repo(path) as r:
-        local = r.heads[branch] if branch in r.heads else None
-        upstream = local.tracking_branch() if local is not None else None
-        if not dry_run:
-            # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
-            args = ["fetch", upstream.remote_name] if upstream is not None else ["fetch", "--all"]
-            result = _run_git(args, path, log, timeout)
-            # A failed fetch changed nothing; issue #3 lists it among the skips (not failures).
-            if result.timed_out:
-                raise _Stop("skipped", f"fetch timed out after {timeout:g}s")
-            if result.exit_code != 0:
-                raise _Stop("skipped", f"fetch failed: {_last_line(log_path)}")
-        what = _in_progress(Path(r.git_dir))
-        if what:
-            raise _Stop("skipped", f"{what} is in progress")
-        if r.head.is_detached:
-            raise _Stop("skipped", "detached HEAD")
-        if local is None:
-            raise _Stop("skipped", f"no local branch {branch!r}")
-        if upstream is None:
-            raise _Stop("skipped", f"{branch} has no upstream")
-        if not upstream.is_valid():
-            raise _Stop("skipped", f"upstream {upstream.name} does not exist")
-        before, target = local.commit.hexsha, upstream.commit.hexsha
-        ahead, behind = (int(n) for n in r.git.rev_list("--left-right", "--count", f"{before}...{target}").split())
-        log.write(f"{branch} {before[:12]}, {upstream.name} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
-        if behind == 0:
-            note = f"ahead {ahead}, not pushed" if ahead else None
-            return SyncOutcome(repo.name, "up to date", note, branch, before, before, str(log_path))
-        if ahead:
-            raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
-        checked_out = r.active_branch.name == branch
-        if checked_out and r.is_dirty(untracked_files=True):
-            raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
-        if not checked_out:
-            elsewhere = _branch_in_use_elsewhere(r, branch)
-            if elsewhere:
-                raise _Stop("skipped", f"{branch} is {elsewhere}")
-        how = "fast-forward" if checked_out else f"move {branch} (work tree on {r.active_branch.name} untouched)"
-        if dry_run:
-            return SyncOutcome(repo.name, "would update", f"{how}: {behind} commit(s)", branch, before, target,
-                               str(log_path))
-        if checked_out:
-            # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
-            # tracks makes the merge stop instead of being overwritten.
-            args = ["merge", "--ff-only", "--no-overwrite-ignore", target]
-        else:
-            # A compare-and-swap: the ref moves only if it still is `before` (and `target`
-            # descends from it: ahead is 0). The work tree is not involved.
-            args = ["update-ref", "-m", "orchestrator sync: fast-forward", f"refs/heads/{branch}", target, before]
-        result = _run_git(args, path, log, timeout)
-        if result.exit_code != 0:
-            problem = "timed out" if result.timed_out else _last_line(log_path)
-            raise _Stop("failed", f"fast-forward refused, nothing changed: {problem}")
-        after = r.git.rev_parse(f"refs/heads/{branch}")
-        return SyncOutcome(repo.name, "updated", f"{how}: {behind} commit(s)", branch, before, after, str(log_path))
+    local_ref = f"refs/heads/{branch}"
+    if git.read("check-ref-format", local_ref).returncode != 0:
+        raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
+    seen = _read_before(git, local_ref)
+    state["before"], state["checked_out"] = seen.tip, seen.checked_out
+    upstream = _upstream(git, branch, seen.remotes)
+    if not dry_run:
+        # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
+        for remote in [upstream[0]] if upstream else seen.remotes:
+            _fetch(git, remote, timeout)
+        now = git.rev(local_ref)
+        if now != seen.tip:
+            raise _Stop("skipped", f"{branch} moved during the fetch ({_short(seen.tip)} -> {_short(now)}): "
+                        "someone else is working here", after=now)
+    what = _in_progress(seen.git_dir)
+    if what:
+        raise _Stop("skipped", f"{what} is in progress")
+    if not seen.head:
+        raise _Stop("skipped", "detached HEAD")
+    if seen.tip is None:
+        raise _Stop("skipped", f"no local branch {branch!r}")
+    if upstream is None:
+        raise _Stop("skipped", f"{branch} has no upstream")
+    remote, upstream_branch = upstream
+    tracking = f"{remote}/{upstream_branch}"
+    target = git.rev(f"refs/remotes/{tracking}")
+    if target is None:
+        gone = f"upstream gone: {tracking} no longer exists"
+        renamed = None if dry_run else _remote_default_branch(git, remote, timeout)
+        if renamed and renamed != upstream_branch:
+            gone += f"; {remote}'s default branch is now {renamed}"
+        raise _Stop("skipped", gone)
+    before = seen.tip
+    ahead, behind = (int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
+    log.write(f"{branch} {before[:12]}, {tracking} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
+    outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
+                      checked_out=seen.checked_out)
+    if behind == 0:
+        return outcome("up to date", f"ahead {ahead}, not pushed" if ahead else None, after=before)
+    if ahead:
+        raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
+    here = seen.checked_out == branch
+    if here and git.out("--no-optional-locks", "status", "--porcelain"):
+        raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
+    elsewhere = _branch_in_use_elsewhere(git, branch, seen.git_dir, seen.common_dir)
+    if elsewhere:
+        raise _Stop("skipped", f"{branch} is {elsewhere}")
+    how = "fast-forward" if here else f"move {branch} (work tree on {seen.checked_out} untouched)"
+    done = f"{how}: {behind} commit(s)"
+    if dry_run:
+        return outcome("would update", done, after=target)
+    status, reason = _fast_forward(git, local_ref, before, target, seen, done)
+    return outcome(status, reason, after=git.rev(local_ref))
+
+
+def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before, done: str) -> tuple[str, str]:
+    """Move the default branch from `before` to `target`; (status, reason) as read back from the repo."""
+    here = seen.checked_out == local_ref.removeprefix("refs/heads/")
+    if here:
+        if git.read("symbolic-ref", "-q", "HEAD").stdout.strip() != seen.head:
+            raise _Stop("skipped", "HEAD moved to another branch while syncing: left alone")
+        if (seen.git_dir / "index.lock").exists():
+            raise _Stop("skipped", f"{seen.git_dir / 'index.lock'} exists: another git is running here "
+                        "(or one was killed: then remove it)")
+        # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
+        # tracks makes the merge stop instead of being overwritten.
+        args = ["merge", "--ff-only", "--no-overwrite-ignore", target]
+    else:
+        # A compare-and-swap: the ref moves only if it still is `before` (and `target`
+        # descends from it: ahead is 0). The work tree is not involved.
+        args = ["update-ref", "-m", "orchestrator sync: fast-forward", local_ref, target, before]
+    # A local step is not bound by the network timeout: a slow hook or checkout filter
+    # (git-lfs) must finish, or the branch moves while the work tree is half checked out.
+    result = git.step(args, None)
+    return _read_back(git, result, local_ref, before, target, done, here, seen.git_dir)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:7] if sha else "none"
+
+
+def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: str, target: str, done: str,
+               here: bool, git_dir: Path) -> tuple[str, str]:
+    """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
+    branch = local_ref.removeprefix("refs/heads/")
+    after = git.rev(local_ref)
+    changed = git.read("--no-optional-locks", "status", "--porcelain").stdout.splitlines() if here else []
+    lock = git_dir / "index.lock"
+    left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
+    left += [f"{lock} left behind"] if here and lock.exists() else []
+    if result.exit_code == 0 and after != before:
+        # Done; a post-merge hook may still have moved the branch or touched the tree.
+        moved = [f"then {branch} moved to {_short(after)}"] if after != target else []
+        return "updated", done + (f" ({'; '.join(moved + left)})" if moved or left else "")
+    problem = git.failure(result, None) if result.exit_code != 0 else f"git succeeded but {branch} did not move"
+    if after == target and not left:
+        return "updated", f"{done} ({problem} after the fast-forward)"
+    if after == before and not left:
+        return "failed", f"fast-forward refused, nothing changed: {problem}"
+    where = f"{branch} at {_short(after)} (was {_short(before)}, upstream {_short(target)})"
+    return "failed", f"fast-forward interrupted ({problem}): {'; '.join([where, *left])}: check `git status` there"
 
 
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
@@ -222,9 +409,13 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
                            net_jobs, on_start, on_done)
 
 
-def save(state_file: Path, outcomes: Sequence[SyncOutcome]) -> None:
-    counts = {"total": len(outcomes), **count_statuses(o.status for o in outcomes)}
-    write_json(state_file, {"generated_at": now_iso(), "summary": counts, "results": [o.to_json() for o in outcomes]})
+def _summary(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {"total": len(results), **count_statuses(r["status"] for r in results)}
+
+
+def save(state_file: Path, outcomes: Sequence[SyncOutcome], known_repos: set[str]) -> None:
+    """Merge outcomes by repo: a --tag run keeps the other repos' last results."""
+    record(state_file, outcomes, known_repos, _summary)
 
 
 @dataclass
@@ -239,7 +430,7 @@ class SyncReport:
 
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))
-        unfetched = sum(1 for o in self.outcomes if (o.reason or "").startswith("fetch "))
+        unfetched = sum(1 for o in self.outcomes if (o.reason or "").startswith("fetch failed"))
         if unfetched:
             parts += f" ({unfetched} could not be fetched: see their logs)"
         return f"synced {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
@@ -248,17 +439,21 @@ class SyncReport:
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
              dry_run: bool = False) -> SyncReport:
-    """Sync the selected repos, record state/sync-results.json, then refresh the scan state."""
+    """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
+
+    One sync per workspace at a time: two would race for the same refs, logs and state.
+    """
     from lib.scan import scan_and_save
 
     started = monotonic()
     repos = workspace.select(tags=tags)
-    with Progress("syncing", len(repos)) as progress:
-        outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                            on_start=lambda repo: progress.start(repo.name),
-                            on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
-    if dry_run:
-        return SyncReport(outcomes, monotonic() - started, None)
-    save(paths.sync_results_file, outcomes)
-    scan_and_save(paths, tags=None)
+    with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
+        with Progress("syncing", len(repos)) as progress:
+            outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
+                                on_start=lambda repo: progress.start(repo.name),
+                                on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+        if dry_run:
+            return SyncReport(outcomes, monotonic() - started, None)
+        save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        scan_and_save(paths, tags=None)
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)

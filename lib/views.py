@@ -90,5 +90,7 @@ def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:
     rows = []
     for o in outcomes:
         moved = f"{o.before[:7]} -> {o.after[:7]}" if o.before and o.after and o.before != o.after else ""
-        rows.append([o.repo, o.branch or "-", o.status + (f": {cut(o.reason, 60)}" if o.reason else ""), moved])
-    return plain_table(rows, ["REPO", "BRANCH", "OUTCOME", "MOVED"])
+        branch = (o.branch or "-") + (f" (on {o.checked_out})" if o.checked_out and o.checked_out != o.branch else "")
+        rows.append([o.repo, branch, o.status + (f": {cut(o.reason, 60)}" if o.reason else ""), moved])
+    # The branch sync moves is the default one; the checked-out one is shown beside it where it differs.
+    return plain_table(rows, ["REPO", "DEFAULT BRANCH", "OUTCOME", "MOVED"])

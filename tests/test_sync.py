@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 from tests.conftest import git, run_script
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
 
 def snapshot(repo) -> dict:
-    refs = dict(line.split(" ", 1)[::-1] for line in
-                repo.git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").splitlines())
-    return {"refs": refs, "status": repo.git("status", "--porcelain=v1", "--untracked-files=all"),
-            "head": repo.git("rev-parse", "HEAD"), "symbolic": _symbolic(repo)}
+    """All refs but remote-tracking ones (a fetch may move those), stashes, index, status, HEAD."""
+    full = outside_remote_tracking(full_snapshot(repo.path))
+    refs = dict(line.split(" ", 1)[::-1] for line in full["refs"].splitlines())
+    return {**full, "refs": refs, "commit": repo.git("rev-parse", "HEAD"), "symbolic": _symbolic(repo)}
 
 
 def _symbolic(repo) -> str | None:
@@ -199,7 +200,7 @@ def test_no_upstream_is_fetched_but_skipped(home, make_repo, inv, tmp_path):
     assert repo.git("rev-parse", "refs/remotes/origin/shared") == repo.head(), "fetched all the same"
 
 
-def test_unreachable_remote_is_skipped_fast_and_touches_nothing(home, make_repo, inv, tmp_path):
+def test_unreachable_remote_fails_fast_and_touches_nothing(home, make_repo, inv, tmp_path):
     ok, broken, sshy = make_repo("ok"), make_repo("broken"), make_repo("sshy")
     broken.git("remote", "set-url", "origin", str(tmp_path / "no-such-remote.git"))
     sshy.git("remote", "set-url", "origin", "ssh://nobody@127.0.0.1:1/repo.git")
@@ -208,12 +209,13 @@ def test_unreachable_remote_is_skipped_fast_and_touches_nothing(home, make_repo,
     started = time.monotonic()
     result = inv("sync-all")
     assert time.monotonic() - started < 30
-    assert result.code == 0, "a failed fetch is a skip (issue #3), not a failure"
-    assert outcome_of(home, "broken")["status"] == "skipped"
-    assert outcome_of(home, "broken")["reason"].startswith("fetch failed:")
-    assert outcome_of(home, "sshy")["status"] == "skipped"
+    assert result.code == 1, "a failed fetch is a failure: cron and CI must hear of it (issue 10)"
+    assert outcome_of(home, "broken")["status"] == "failed"
+    assert outcome_of(home, "broken")["reason"].startswith("fetch failed: fatal: ")
+    assert outcome_of(home, "sshy")["status"] == "failed"
+    assert outcome_of(home, "sshy")["reason"].startswith("fetch failed: ssh: connect to host 127.0.0.1 port 1")
     assert outcome_of(home, "ok")["status"] == "up to date"
-    assert "(2 could not be fetched: see their logs)" in result.out
+    assert "2 failed (2 could not be fetched: see their logs)" in result.out
     assert snapshot(broken) == before
 
 
