@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from lib.gitstatus import RepoStatus
 
 if TYPE_CHECKING:
+    from datetime import date
+
+    from lib.backlog import Task
     from lib.batch import Outcome
     from lib.sync import SyncOutcome
 
@@ -92,3 +95,12 @@ def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:
         moved = f"{o.before[:7]} -> {o.after[:7]}" if o.before and o.after and o.before != o.after else ""
         rows.append([o.repo, o.branch or "-", o.status + (f": {cut(o.reason, 60)}" if o.reason else ""), moved])
     return plain_table(rows, ["REPO", "BRANCH", "OUTCOME", "MOVED"])
+
+
+def tasks_table(tasks: Iterable["Task"], today: "date") -> str:
+    rows = []
+    for t in tasks:
+        age = t.age_days(today)
+        rows.append([t.id, cut(t.title, 50), t.get("repo") or "-", t.get("priority") or "-", t.state,
+                     "-" if age is None else f"{age}d"])
+    return plain_table(rows, ["ID", "TITLE", "REPO", "PRIORITY", "STATE", "AGE"])
