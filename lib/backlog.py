@@ -48,7 +48,7 @@ FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 TASK_HEADING_RE = re.compile(r"^\[(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\][ \t]+(?P<title>\S.*)$")
 BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
 FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:[ \t]*(?P<value>.*?)[ \t]*$")
-ID_NUMBER_RE = re.compile(r"^task-(\d+)$")
+ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 DATE_FIELDS = ("created", "started", "completed")
 
 
@@ -281,7 +281,19 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _replace(path: Path, data: bytes, step: str) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+
+    A symlinked task file stays a symlink: the file it points to is replaced.
+    """
+    path = path.resolve()
+    try:
+        _write_and_rename(path, data, step)
+    except OSError as err:
+        raise TaskFileError(f"{path}: cannot write: {err.strerror} (the next command finishes "
+                            "or undoes the move)") from None
+
+
+def _write_and_rename(path: Path, data: bytes, step: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -310,8 +322,12 @@ class TaskStore:
     @contextmanager
     def locked(self) -> Iterator[dict[str, TaskFile]]:
         """Take the lock, finish any interrupted move, and yield the files as they now are."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / LOCK_NAME, "a") as lock:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / LOCK_NAME, "a")
+        except OSError as err:
+            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             _crash_point("locked")
             self._recover()

@@ -296,3 +296,20 @@ def test_store_stamps_with_the_injected_day(tmp_path):
     store = TaskStore(tmp_path / "tasks", today=lambda: date(2026, 1, 5))
     moved = store.move("start", "task-003")
     assert moved.get("started") == "2026-01-05" and moved.age_days(date(2026, 1, 7)) == 2
+
+
+def test_a_symlinked_task_file_stays_a_symlink_to_the_users_file(home, inv, tmp_path):
+    tasks = write_tasks(home.path)
+    real = tmp_path / "dotfiles" / "backlog.md"
+    real.parent.mkdir()
+    (tasks / "backlog.md").rename(real)
+    (tasks / "backlog.md").symlink_to(real)
+    assert inv("task.start", "task-001").code == 0
+    assert (tasks / "backlog.md").is_symlink()
+    assert b"task-001" not in real.read_bytes() and b"### [task-002]" in real.read_bytes()
+
+
+def test_a_tasks_path_that_is_not_a_directory_is_one_line_exit_2(home, inv):
+    (home.path / "tasks").write_text("not a directory")
+    result = inv("task.list")
+    assert result.code == 2 and result.err.count("\n") == 1 and "cannot take the task lock" in result.err, result.err
