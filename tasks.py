@@ -330,13 +330,13 @@ def _move(verb: str, task_id: str) -> None:
 
 @task(name="start", help={"id": "task id, e.g. task-007 (must be in tasks/backlog.md)"})
 def task_start(c, id):
-    """Move a task from backlog.md to active.md and stamp `- **started**: DATE`."""
+    """Move a task from backlog.md to active.md, stamping its started date."""
     _move("start", id)
 
 
 @task(name="complete", help={"id": "task id, e.g. task-007 (must be in tasks/active.md)"})
 def task_complete(c, id):
-    """Move a task from active.md to completed.md and stamp `- **completed**: DATE`."""
+    """Move a task from active.md to completed.md, stamping its completed date."""
     _move("complete", id)
 
 
@@ -344,13 +344,13 @@ def task_complete(c, id):
     name="add",
     help={
         "title": "short title (one line)",
-        "repo": "repo the task is about (a name from config/repos.json, not checked)",
-        "priority": "high, medium or low (any word; a matching `## High Priority` section receives it)",
+        "repo": "repo the task is about (required; a name from config/repos.json, not checked)",
+        "priority": "high, medium or low (required; any word: a matching `## High Priority` section receives it)",
         "type": "bug-fix, feature, refactor, docs, infra, ...",
         "description": "what needs to be done (one line)",
     },
 )
-def task_add(c, title, repo, priority, type="", description=""):
+def task_add(c, title, repo="", priority="", type="", description=""):
     """Add a task to backlog.md with the next free task-NNN id across all three files."""
     try:
         added = _task_store().add(title, repo, priority, type, description)

@@ -127,6 +127,8 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
     fence: tuple[str, int] | None = None
     current: Task | None = None
     for number, (start, line, end) in enumerate(_lines(text), 1):
+        if start == 0:
+            line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first heading
         if fence:
             match = FENCE_RE.match(line)
             if match and match.group(1)[0] == fence[0][0] and len(match.group(1)) >= len(fence[0]) \
@@ -351,22 +353,36 @@ class TaskStore:
         except (OSError, ValueError) as err:
             raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); "
                                 "check the task files by hand, then delete it") from None
-        for entry in journal["files"]:
-            path = self.dir / entry["name"]
-            current = path.read_bytes().decode(*ENCODING) if path.exists() else None
-            if _digest(current) == entry["after_sha256"]:
+        try:
+            task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
+                                                 for e in journal["files"]]
+        except (KeyError, TypeError):
+            entries, task_id = [("?", None, None, None)], "?"
+        for name, before, after_digest, after in entries:
+            if name not in FILES.values():
+                raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
+                                    "check the task files by hand, then delete it")
+            path = self.dir / name
+            current = _digest(path.read_bytes().decode(*ENCODING) if path.exists() else None)
+            if current == after_digest:
                 continue
-            if _digest(current) != entry["before_sha256"]:
-                raise TaskFileError(f"{path}: changed since an interrupted move of {journal['task']} "
+            if current != before:
+                raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
                                     f"(journal {journal_path}); check that the task is in exactly one file, "
                                     "then delete the journal")
-            _replace(path, entry["after"].encode(*ENCODING), "recover")
+            _replace(path, after.encode(*ENCODING), "recover")
         journal_path.unlink()
         _fsync_dir(self.dir)
 
     def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
         """Write changed files: with a journal first when more than one file changes."""
         journal_path = self.dir / JOURNAL_NAME
+        for file, _ in changes:
+            # An editor that saved a task file while we worked: never write over its save.
+            now = file.path.read_bytes().decode(*ENCODING) if file.path.exists() else None
+            if now != (file.text if file.exists else None):
+                raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was written, "
+                                    "run the command again")
         if len(changes) > 1:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
@@ -413,8 +429,9 @@ class TaskStore:
                             ("description", description)):
             if "\n" in value or "\r" in value:
                 raise OrchestratorError(f"--{name}: must be one line")
-        if not title.strip():
-            raise OrchestratorError("title: must not be empty")
+        for name, value in (("title", title), ("repo", repo), ("priority", priority)):
+            if not value.strip():
+                raise OrchestratorError(f"--{name}: required, and must not be empty")
         with self.locked() as files:
             numbers = [int(m.group(1)) for f in files.values() for t in f.tasks if (m := ID_NUMBER_RE.match(t.id))]
             task_id = f"task-{max(numbers, default=0) + 1:03d}"
@@ -429,6 +446,7 @@ class TaskStore:
             text = backlog.text if backlog.exists else DEFAULT_PREAMBLES["backlog"]
             if not backlog.exists:
                 backlog = parse("backlog", backlog.path, text)
+                backlog.exists = False
             newline = _newline_of(text, 0)
             block = newline.join(lines) + newline
             after = insert_block(text, backlog_insert_offset(backlog, priority), block)

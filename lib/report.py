@@ -35,9 +35,19 @@ def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> 
     return tabulate([[cell(v) for v in row] for row in rows], headers=list(headers), tablefmt="github")
 
 
-def repo_statuses(document: Any) -> str:
+def from_state(path: Path, render: Callable[[Any], str], missing: str) -> str:
+    """A state file rendered, `missing` without one; a file of another shape is a one-line error."""
+    document = read_json(path)
     if document is None:
-        return "_No scan yet: run `inv scan`._"
+        return missing
+    try:
+        return render(document)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        raise OrchestratorError(f"{path}: not the shape this tool writes (an older tool's file?); "
+                                "run the command that writes it again") from None
+
+
+def repo_statuses(document: Any) -> str:
     rows = []
     for repo in document.get("repos", []):
         if repo.get("error"):
@@ -60,8 +70,6 @@ def repo_statuses(document: Any) -> str:
 
 
 def test_results(document: Any) -> str:
-    if document is None:
-        return "_No test run yet: run `inv test-all`._"
     rows = [[r.get("repo"), r.get("status"), f"{r.get('duration_s') or 0:.1f}s", r.get("reason"),
              (r.get("finished_at") or "")[:16]] for r in document.get("results", [])]
     summary = document.get("summary", {})
@@ -127,10 +135,11 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
     by_state = {state: [t for t in tasks if t.state == state] for state in STATES}
     values: dict[str, Callable[[], str]] = {
         "date": day.isoformat,
-        "repo_statuses": lambda: repo_statuses(read_json(paths.repo_status_file)),
+        "repo_statuses": lambda: from_state(paths.repo_status_file, repo_statuses, "_No scan yet: run `inv scan`._"),
         "active_tasks": lambda: active_tasks(by_state["active"], day),
         "completed_tasks": lambda: completed_tasks(by_state["completed"], since, day),
-        "test_results": lambda: test_results(read_json(paths.test_results_file)),
+        "test_results": lambda: from_state(paths.test_results_file, test_results,
+                                           "_No test run yet: run `inv test-all`._"),
         "notes": lambda: notes.strip() or "_No notes._",
     }
     return fill(template, values, str(template_path))

@@ -156,6 +156,8 @@ def test_show_prints_the_block_as_it_stands(home, inv):
     (b"# B\n\n### [task-001] A\n\n```\n### [task-002] hidden\n", ACTIVE, ["task.list"],
      "backlog.md:5: code fence ``` is never closed"),
     (BACKLOG, ACTIVE, ["task.add", "two\nlines", "--repo", "r", "--priority", "low"], "--title: must be one line"),
+    (BACKLOG, ACTIVE, ["task.add", "No repo given", "--priority", "low"], "--repo: required"),
+    (BACKLOG, ACTIVE, ["task.add", " ", "--repo", "r", "--priority", "low"], "--title: required"),
 ])
 def test_bad_input_is_one_line_naming_file_and_line_exit_2_files_untouched(home, inv, backlog, active, args, message):
     tasks = write_tasks(home.path, backlog=backlog, active=active)
@@ -313,3 +315,28 @@ def test_a_tasks_path_that_is_not_a_directory_is_one_line_exit_2(home, inv):
     (home.path / "tasks").write_text("not a directory")
     result = inv("task.list")
     assert result.code == 2 and result.err.count("\n") == 1 and "cannot take the task lock" in result.err, result.err
+
+
+def test_a_file_saved_by_an_editor_during_a_move_is_never_written_over(home, monkeypatch):
+    tasks = write_tasks(home.path)
+    store = TaskStore(tasks)
+    import lib.backlog as backlog
+
+    real_parse = backlog.read_all
+
+    def read_then_editor_saves(directory):
+        files = real_parse(directory)
+        with open(tasks / "active.md", "ab") as editor:
+            editor.write(b"\nnotes typed while the tool ran\n")
+        return files
+
+    monkeypatch.setattr(backlog, "read_all", read_then_editor_saves)
+    with pytest.raises(backlog.TaskFileError, match="active.md: changed while task-001 was being moved"):
+        store.move("start", "task-001")
+    assert (tasks / "backlog.md").read_bytes() == BACKLOG
+    assert (tasks / "active.md").read_bytes() == ACTIVE + b"\nnotes typed while the tool ran\n"
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_task():
+    parsed = parse("backlog", Path("backlog.md"), "\ufeff### [task-001] First\n- **repo**: r\n")
+    assert [t.id for t in parsed.tasks] == ["task-001"]

@@ -102,3 +102,14 @@ def test_default_period_is_the_seven_days_up_to_the_report_date(home, inv):
           f"### [task-002] Seven days ago\n- **completed**: {(today - timedelta(days=7)).isoformat()}\n")
     report = Path(inv("report").out.strip()).read_text()
     assert report.count("task-001") == 1 and "task-002" not in report
+
+
+def test_the_original_systems_state_files_are_one_line_errors_not_tracebacks(home, inv):
+    write(home.path / "state" / "repo-status.json", '[{"name": "staking", "branch": "main", "clean": true}]')
+    result = inv("report")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert "repo-status.json: not the shape this tool writes" in result.err
+    (home.path / "state" / "repo-status.json").unlink()
+    write(home.path / "state" / "test-results.json", '{"results": "staking: PASS"}')
+    result = inv("report")
+    assert result.code == 2 and "test-results.json: not the shape this tool writes" in result.err
