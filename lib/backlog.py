@@ -99,7 +99,7 @@ class TaskFile:
     path: Path
     text: str
     tasks: list[Task]
-    headings: list[tuple[int, int, str, int]]  # (offset, level, text, end of the line) of every heading
+    headings: list[tuple[int, int, str]]  # (offset, level, text) of every heading
     exists: bool = True
 
 
@@ -123,7 +123,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
     silently stop being tasks.
     """
     tasks: list[Task] = []
-    headings: list[tuple[int, int, str, int]] = []
+    headings: list[tuple[int, int, str]] = []
     fence: tuple[str, int] | None = None
     current: Task | None = None
     for number, (start, line, end) in enumerate(_lines(text), 1):
@@ -145,7 +145,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
                 current.end = start
                 current = None
             level, heading_text = len(heading.group(1)), (heading.group(2) or "").strip()
-            headings.append((start, level, heading_text, end))
+            headings.append((start, level, heading_text))
             current = _task_heading(state, path, number, level, heading_text, start)
             if current:
                 current.last_field_end = end
@@ -254,9 +254,9 @@ def remove_block(file: TaskFile, task: Task) -> str:
 def backlog_insert_offset(file: TaskFile, priority: str) -> int:
     """Where a new task goes: the end of a `## High Priority`-style section that matches, else the end."""
     wanted = f"{priority.strip().lower()} priority"
-    for index, (_, level, text, _) in enumerate(file.headings):
+    for index, (_, level, text) in enumerate(file.headings):
         if text.lower() == wanted:
-            for offset, other_level, _, _ in file.headings[index + 1:]:
+            for offset, other_level, _ in file.headings[index + 1:]:
                 if other_level <= level:
                     return offset
             break

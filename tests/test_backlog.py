@@ -340,3 +340,14 @@ def test_a_file_saved_by_an_editor_during_a_move_is_never_written_over(home, mon
 def test_a_byte_order_mark_does_not_hide_the_first_task():
     parsed = parse("backlog", Path("backlog.md"), "\ufeff### [task-001] First\n- **repo**: r\n")
     assert [t.id for t in parsed.tasks] == ["task-001"]
+
+
+@pytest.mark.parametrize("step, added", [("target-temp", False), ("target", True)])
+def test_an_add_killed_mid_write_leaves_the_backlog_old_or_new_and_no_temp_file(home, step, added):
+    tasks = write_tasks(home.path)
+    assert run_inv(home.path, "task.add", "Killed", "--repo", "r", "--priority", "low",
+                   env={CRASH_ENV: step}).returncode == -9
+    assert run_inv(home.path, "task.list").returncode == 0
+    backlog = (tasks / "backlog.md").read_bytes()
+    assert backlog.startswith(BACKLOG) and ((b"### [task-004] Killed" in backlog) == added)
+    assert not list(tasks.glob(".orchestrator-*"))
