@@ -45,6 +45,8 @@ CRASH_STEPS = ("locked", "journal-temp", "journal", "target-temp", "target", "so
 ENCODING = ("utf-8", "surrogateescape")  # decodes any bytes and encodes them back unchanged
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
 FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+COMMENT_OPEN_RE = re.compile(r"^ {0,3}<!--")
+COMMENT_CLOSE = "-->"
 TASK_HEADING_RE = re.compile(r"^\[(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\][ \t]+(?P<title>\S.*)$")
 BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
 FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:[ \t]*(?P<value>.*?)[ \t]*$")
@@ -118,26 +120,25 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
 
     A block runs from its `### [id] title` heading to the next heading of any
     level or the end of the file. Lines inside fenced code blocks (``` or ~~~)
-    are never headings, so a `# comment` in a user's snippet does not end a
-    block; an unclosed fence is an error, because everything after it would
-    silently stop being tasks.
+    and multi-line HTML comments (<!-- ... -->) are never headings: a
+    `# comment` in a user's snippet does not end a block, and a task shown in a
+    fence or commented out is not a task. An unclosed fence or comment is an
+    error, because everything after it would silently stop being tasks.
     """
     tasks: list[Task] = []
     headings: list[tuple[int, int, str]] = []
-    fence: tuple[str, int] | None = None
+    opaque: tuple[str, int] | None = None  # (what closes it: a fence or "-->", the line it opened on)
     current: Task | None = None
     for number, (start, line, end) in enumerate(_lines(text), 1):
         if start == 0:
             line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first heading
-        if fence:
-            match = FENCE_RE.match(line)
-            if match and match.group(1)[0] == fence[0][0] and len(match.group(1)) >= len(fence[0]) \
-                    and not line.strip().lstrip(fence[0][0]):
-                fence = None
+        if opaque:
+            if _closes(opaque[0], line):
+                opaque = None
             continue
-        match = FENCE_RE.match(line)
-        if match and not (match.group(1)[0] == "`" and "`" in line[match.end():]):
-            fence = (match.group(1), number)
+        opener = _opens(line)
+        if opener:
+            opaque = (opener, number)
             continue
         heading = HEADING_RE.match(line)
         if heading:
@@ -158,8 +159,9 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
                 current.last_field_end = end
     if current:
         current.end = len(text)
-    if fence:
-        raise TaskFileError(f"{path}:{fence[1]}: code fence {fence[0]} is never closed "
+    if opaque:
+        what = "HTML comment <!--" if opaque[0] == COMMENT_CLOSE else f"code fence {opaque[0]}"
+        raise TaskFileError(f"{path}:{opaque[1]}: {what} is never closed "
                             "(the tasks after it would be hidden); close it")
     seen: dict[str, Task] = {}
     for task in tasks:
@@ -167,6 +169,25 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
             raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
         seen[task.id] = task
     return TaskFile(state, path, text, tasks, headings)
+
+
+def _opens(line: str) -> str | None:
+    """What closes the fence or multi-line HTML comment this line opens (None: it opens neither)."""
+    fence = FENCE_RE.match(line)
+    if fence and not (fence.group(1)[0] == "`" and "`" in line[fence.end():]):
+        return fence.group(1)
+    comment = COMMENT_OPEN_RE.match(line)
+    if comment and COMMENT_CLOSE not in line[comment.end():]:
+        return COMMENT_CLOSE
+    return None
+
+
+def _closes(closer: str, line: str) -> bool:
+    if closer == COMMENT_CLOSE:
+        return COMMENT_CLOSE in line
+    fence = FENCE_RE.match(line)
+    return bool(fence) and fence.group(1)[0] == closer[0] and len(fence.group(1)) >= len(closer) \
+        and not line.strip().lstrip(closer[0])
 
 
 def _task_heading(state: str, path: Path, number: int, level: int, text: str, start: int) -> Task | None:

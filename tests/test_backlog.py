@@ -155,6 +155,7 @@ def test_show_prints_the_block_as_it_stands(home, inv):
     (b"# B\n\n#### [task-004] Too deep\n", ACTIVE, ["task.list"], "backlog.md:3: malformed task heading"),
     (b"# B\n\n### [task-001] A\n\n```\n### [task-002] hidden\n", ACTIVE, ["task.list"],
      "backlog.md:5: code fence ``` is never closed"),
+    (b"# B\n\n<!-- parked\n### [task-001] A\n", ACTIVE, ["task.list"], "backlog.md:3: HTML comment <!-- is never closed"),
     (BACKLOG, ACTIVE, ["task.add", "two\nlines", "--repo", "r", "--priority", "low"], "--title: must be one line"),
     (BACKLOG, ACTIVE, ["task.add", "No repo given", "--priority", "low"], "--repo: required"),
     (BACKLOG, ACTIVE, ["task.add", " ", "--repo", "r", "--priority", "low"], "--title: required"),
@@ -169,8 +170,9 @@ def test_bad_input_is_one_line_naming_file_and_line_exit_2_files_untouched(home,
     assert snapshot(tasks) == before, "files untouched"
 
 
-def test_ordinary_headings_and_fenced_examples_are_not_tasks():
-    text = ("# Backlog\n### Notes\n```markdown\n### [task-NNN] Short title\n```\n"
+def test_ordinary_headings_fenced_examples_and_commented_out_tasks_are_not_tasks():
+    text = ("# Backlog\n### Notes\n```markdown\n### [task-NNN] Short title\n```\n<!-- one-line comment -->\n"
+            "<!-- parked:\n### [task-004] Commented out\n-->\n"
             "### [task-005] Real\n~~~\n# shell comment\n~~~\n- **repo**: r\n## Next\n")
     parsed = parse("backlog", Path("backlog.md"), text)
     assert [(t.id, t.fields) for t in parsed.tasks] == [("task-005", {"repo": "r"})]
