@@ -362,12 +362,19 @@ def task_add(c, title, repo="", priority="", type="", description=""):
 @task(name="show", help={"id": "task id, e.g. task-007"})
 def task_show(c, id):
     """Print one task's block as it stands in its file, with its state, file and line."""
+    import sys
+
     try:
         found, text = _task_store().show(id)
     except OrchestratorError as err:
         raise _fail(err) from None
-    print(f"# {found.state}: {found.path}:{found.line}")
-    print(text.rstrip("\r\n"))
+    print(f"# {found.state}: {found.path}:{found.line}", flush=True)
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:  # a captured stdout without bytes
+        print(text.decode("utf-8", "replace").rstrip("\r\n"))
+    else:
+        out.write(text.rstrip(b"\r\n") + b"\n")
+        out.flush()
 
 
 task_collection = Collection("task", task_list, task_start, task_complete, task_add, task_show)

@@ -105,6 +105,11 @@ class TaskFile:
     exists: bool = True
 
 
+def readable(text: str) -> str:
+    """A value for tables and JSON: bytes that are not UTF-8 become U+FFFD (the file keeps them)."""
+    return text.encode(*ENCODING).decode("utf-8", "replace")
+
+
 def _lines(text: str) -> Iterator[tuple[int, str, int]]:
     """(start offset, line without its line ending, offset after the line ending) for each line."""
     pos = 0
@@ -155,7 +160,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
         if current:
             found = FIELD_RE.match(line)
             if found:
-                current.fields[found.group("key").lower()] = found.group("value")
+                current.fields[found.group("key").lower()] = readable(found.group("value"))
                 current.last_field_end = end
     if current:
         current.end = len(text)
@@ -198,7 +203,7 @@ def _task_heading(state: str, path: Path, number: int, level: int, text: str, st
         if not match:
             raise TaskFileError(f"{where}: malformed task heading {'### ' + text!r}: "
                                 "expected `### [task-001] Short title` (id: letters, digits, . _ -)")
-        return Task(match.group("id"), match.group("title").strip(), state, path, number, start, start)
+        return Task(match.group("id"), readable(match.group("title").strip()), state, path, number, start, start)
     if BARE_TASK_ID_RE.match(text):
         raise TaskFileError(f"{where}: malformed task heading {'#' * level + ' ' + text!r}: "
                             "a task heading is `### [task-001] Short title` (level 3, id in brackets)")
@@ -425,10 +430,11 @@ class TaskStore:
             return [t for s in STATES if not state or s == state for t in files[s].tasks
                     if not repo or t.get("repo") == repo]
 
-    def show(self, task_id: str) -> tuple[Task, str]:
+    def show(self, task_id: str) -> tuple[Task, bytes]:
+        """The task and its block's bytes exactly as they are in the file."""
         with self.locked() as files:
             task, file = _find(files, task_id)
-            return task, file.text[task.start:task.end]
+            return task, file.text[task.start:task.end].encode(*ENCODING)
 
     def move(self, verb: str, task_id: str) -> Task:
         """`start` (backlog -> active) or `complete` (active -> completed), stamping today's date."""

@@ -353,3 +353,25 @@ def test_an_add_killed_mid_write_leaves_the_backlog_old_or_new_and_no_temp_file(
     backlog = (tasks / "backlog.md").read_bytes()
     assert backlog.startswith(BACKLOG) and ((b"### [task-004] Killed" in backlog) == added)
     assert not list(tasks.glob(".orchestrator-*"))
+
+
+def test_bytes_that_are_not_utf8_show_as_replacement_characters_and_stay_in_the_file(home, inv):
+    tasks = write_tasks(home.path, backlog=b"# B\n\n### [task-001] Caf\xe9 \xff\n- **repo**: r\xff\n")
+    listed = inv("task.list")
+    assert listed.code == 0 and "Caf\ufffd \ufffd" in listed.out
+    assert json.loads(inv("task.list", "--json").out)["tasks"][0]["repo"] == "r\ufffd"
+    shown = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "task.show", "task-001"],
+                           env={**os.environ, "ORCHESTRATOR_HOME": str(home.path)}, capture_output=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.endswith(b"Caf\xe9 \xff\n- **repo**: r\xff\n"), shown.stderr
+    assert inv("report").code == 0
+    assert inv("task.start", "task-001").code == 0
+    assert (tasks / "active.md").read_bytes().endswith(
+        b"### [task-001] Caf\xe9 \xff\n- **repo**: r\xff\n" + f"- **started**: {TODAY}\n".encode())
+
+
+def test_show_prints_the_blocks_bytes_exactly(home):
+    write_tasks(home.path)
+    shown = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "task.show", "task-001"],
+                           env={**os.environ, "ORCHESTRATOR_HOME": str(home.path)}, capture_output=True, timeout=60)
+    assert shown.returncode == 0
+    assert shown.stdout.split(b"\n", 1)[1] == block(BACKLOG, b"### [task-001]", b"## Medium").rstrip(b"\n") + b"\n"
