@@ -76,7 +76,9 @@ def test_results(document: Any) -> str:
     counts = ", ".join(f"{summary[k]} {k}" for k in ("passed", "failed", "timeout", "skipped", "error")
                        if summary.get(k))
     table = markdown_table(rows, ["Repo", "Status", "Time", "Detail", "Finished"])
-    return f"{summary.get('total', len(rows))} repos: {counts or 'none'} (run {document.get('generated_at', '?')}).\n\n{table}"
+    total = summary.get("total", len(rows))
+    return f"{total} repo{'' if total == 1 else 's'}: {counts or 'none'} " \
+           f"(run {document.get('generated_at', '?')}).\n\n{table}"
 
 
 def active_tasks(tasks: list[Task], today: date) -> str:

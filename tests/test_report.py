@@ -52,7 +52,7 @@ def test_report_tabulates_a_real_scan_a_real_test_run_and_the_tasks_of_the_perio
     assert repos[2].split("|")[1:5] == [" Repo   ", " Branch   ", " Status   ", " Ahead/Behind   "]
     assert repos[4].split("|")[1:5] == [" builds ", " main     ", " clean    ", " +0/-0          "]
     tests = section(report, "Test Results").splitlines()
-    assert tests[0].startswith("1 repos: 1 passed")
+    assert tests[0].startswith("1 repo: 1 passed")
     assert tests[4].split("|")[1:3] == [" builds ", " passed   "]
     active = section(report, "Active Tasks").splitlines()
     assert active[2].replace(r"\|", "PIPE").split("|")[1:8] == [
