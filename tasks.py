@@ -285,3 +285,122 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
 
 
 namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)
+
+
+# --- the task lifecycle: tasks/backlog.md -> active.md -> completed.md ---
+
+def _task_store():
+    from lib.backlog import TaskStore
+
+    return TaskStore(Paths.from_env().tasks_dir)
+
+
+@task(
+    name="list",
+    help={
+        "state": "only tasks in this state: backlog, active or completed",
+        "repo": "only tasks whose `repo` field is this",
+        "json": "print {\"tasks\": [...]} (every field, file and line, age_days) instead of a table",
+    },
+)
+def task_list(c, state="", repo="", json=False):
+    """List tasks: id, title, repo, priority, state, age (days since created/started/completed)."""
+    from datetime import date
+
+    from lib.views import tasks_table
+
+    try:
+        found = _task_store().list(state, repo)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    today = date.today()
+    if json:
+        print(jsonlib.dumps({"tasks": [t.to_json(today) for t in found]}, indent=2))
+    else:
+        print(tasks_table(found, today) if found else "no tasks" + (f" in {state}" if state else ""))
+
+
+def _move(verb: str, task_id: str) -> None:
+    try:
+        moved = _task_store().move(verb, task_id)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(f"{moved.id} {moved.title}: now {moved.state} ({moved.path})")
+
+
+@task(name="start", help={"id": "task id, e.g. task-007 (must be in tasks/backlog.md)"})
+def task_start(c, id):
+    """Move a task from backlog.md to active.md, stamping its started date."""
+    _move("start", id)
+
+
+@task(name="complete", help={"id": "task id, e.g. task-007 (must be in tasks/active.md)"})
+def task_complete(c, id):
+    """Move a task from active.md to completed.md, stamping its completed date."""
+    _move("complete", id)
+
+
+@task(
+    name="add",
+    help={
+        "title": "short title (one line)",
+        "repo": "repo the task is about (required; a name from config/repos.json, not checked)",
+        "priority": "high, medium or low (required; any word: a matching `## High Priority` section receives it)",
+        "type": "bug-fix, feature, refactor, docs, infra, ...",
+        "description": "what needs to be done (one line)",
+    },
+)
+def task_add(c, title, repo="", priority="", type="", description=""):
+    """Add a task to backlog.md with the next free task-NNN id across all three files."""
+    try:
+        added = _task_store().add(title, repo, priority, type, description)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(f"{added.id} {added.title}: added to {added.path}")
+
+
+@task(name="show", help={"id": "task id, e.g. task-007"})
+def task_show(c, id):
+    """Print one task's block as it stands in its file, with its state, file and line."""
+    import sys
+
+    try:
+        found, text = _task_store().show(id)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(f"# {found.state}: {found.path}:{found.line}", flush=True)
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:  # a captured stdout without bytes
+        print(text.decode("utf-8", "replace").rstrip("\r\n"))
+    else:
+        out.write(text.rstrip(b"\r\n") + b"\n")
+        out.flush()
+
+
+task_collection = Collection("task", task_list, task_start, task_complete, task_add, task_show)
+namespace.add_collection(task_collection)
+
+
+@task(
+    help={
+        "date": "YYYY-MM-DD: the report's date and file name (default: today)",
+        "since": "YYYY-MM-DD: first day of the period for completed tasks (default: 6 days before --date)",
+        "notes": "text for the {{notes}} placeholder",
+    },
+)
+def report(c, date="", since="", notes=""):
+    """Write reports/weekly-status-DATE.md from reports/templates/weekly-status.md; prints its path."""
+    import sys
+
+    from lib.report import write_report
+
+    try:
+        path, warnings = write_report(Paths.from_env(), date, since, notes)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(path)
+
+
+namespace.add_task(report)

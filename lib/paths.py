@@ -53,3 +53,11 @@ class Paths:
     @property
     def sync_results_file(self) -> Path:
         return self.state_dir / "sync-results.json"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.home / "tasks"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from lib.gitstatus import RepoStatus
 
 if TYPE_CHECKING:
+    from datetime import date
+
+    from lib.backlog import Task
     from lib.batch import Outcome
     from lib.sync import SyncOutcome
 
@@ -94,3 +97,12 @@ def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:
         rows.append([o.repo, branch, o.status + (f": {cut(o.reason, 60)}" if o.reason else ""), moved])
     # The branch sync moves is the default one; the checked-out one is shown beside it where it differs.
     return plain_table(rows, ["REPO", "DEFAULT BRANCH", "OUTCOME", "MOVED"])
+
+
+def tasks_table(tasks: Iterable["Task"], today: "date") -> str:
+    rows = []
+    for t in tasks:
+        age = t.age_days(today)
+        rows.append([t.id, cut(t.title, 50), t.get("repo") or "-", t.get("priority") or "-", t.state,
+                     "-" if age is None else f"{age}d"])
+    return plain_table(rows, ["ID", "TITLE", "REPO", "PRIORITY", "STATE", "AGE"])

@@ -1,0 +1,490 @@
+"""Task files (tasks/backlog.md, active.md, completed.md): parse, move, add; locked, atomic, crash-safe.
+
+The files are the user's: the tool owns only the task blocks it moves and the
+stamp lines it adds. Everything else (preamble, comments, odd headings, blank
+lines, line endings, invalid UTF-8) is kept byte for byte, so a file is parsed
+into spans with exact offsets and a change splices text, never re-renders it.
+
+A move touches two files. It runs under a lock (tasks/.lock, fcntl) and writes
+a journal (tasks/.move-journal.json: both files' contents before and after)
+before replacing each file atomically. A move that was killed half way is
+finished by the next command that takes the lock (see `_recover`).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lib.errors import OrchestratorError
+
+STATES = ("backlog", "active", "completed")
+FILES = {state: f"{state}.md" for state in STATES}
+MOVES = {"start": ("backlog", "active", "started"), "complete": ("active", "completed", "completed")}
+DEFAULT_PREAMBLES = {
+    "backlog": "# Backlog\n\nPrioritized work items waiting to be started.\n",
+    "active": "# Active Tasks\n\nCurrently in-progress work.\n",
+    "completed": "# Completed Tasks\n\nFinished work (append-only log).\n",
+}
+LOCK_NAME = ".lock"
+JOURNAL_NAME = ".move-journal.json"
+TEMP_PREFIX = ".orchestrator-"
+# Test hook: the process SIGKILLs itself when it reaches this step (see CRASH_STEPS).
+CRASH_ENV = "ORCHESTRATOR_TASKS_CRASH_AT"
+CRASH_STEPS = ("locked", "journal-temp", "journal", "target-temp", "target", "source-temp", "source", "done")
+
+ENCODING = ("utf-8", "surrogateescape")  # decodes any bytes and encodes them back unchanged
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
+FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+COMMENT_OPEN_RE = re.compile(r"^ {0,3}<!--")
+COMMENT_CLOSE = "-->"
+TASK_HEADING_RE = re.compile(r"^\[(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\][ \t]+(?P<title>\S.*)$")
+BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
+FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:[ \t]*(?P<value>.*?)[ \t]*$")
+ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
+DATE_FIELDS = ("created", "started", "completed")
+
+
+class TaskFileError(OrchestratorError):
+    """A task file that cannot be used as it is (malformed heading, duplicate id, unclosed fence)."""
+
+
+class TaskStateError(OrchestratorError):
+    """An unknown id, or a task in the wrong file for the command."""
+
+
+@dataclass
+class Task:
+    id: str
+    title: str
+    state: str
+    path: Path
+    line: int  # 1-based line of the heading
+    start: int  # character offsets of the block in the file's text
+    end: int
+    fields: dict[str, str] = field(default_factory=dict)
+    last_field_end: int = 0  # offset just after the last `- **key**: value` line (0: none)
+
+    def get(self, key: str) -> str:
+        return self.fields.get(key, "")
+
+    def stamp_date(self, key: str) -> date | None:
+        try:
+            return date.fromisoformat(self.get(key)[:10])
+        except ValueError:
+            return None
+
+    def age_days(self, today: date) -> int | None:
+        key = {"backlog": "created", "active": "started", "completed": "completed"}[self.state]
+        when = self.stamp_date(key)
+        return (today - when).days if when else None
+
+    def to_json(self, today: date) -> dict[str, object]:
+        return {"id": self.id, "title": self.title, "state": self.state, "file": str(self.path), "line": self.line,
+                **{k: self.fields.get(k) for k in ("repo", "type", "priority", "assigned", "description", "branch",
+                                                   "created", "started", "completed")},
+                "age_days": self.age_days(today), "fields": dict(self.fields)}
+
+
+@dataclass
+class TaskFile:
+    state: str
+    path: Path
+    text: str
+    tasks: list[Task]
+    headings: list[tuple[int, int, str]]  # (offset, level, text) of every heading
+    exists: bool = True
+
+
+def readable(text: str) -> str:
+    """A value for tables and JSON: bytes that are not UTF-8 become U+FFFD (the file keeps them)."""
+    return text.encode(*ENCODING).decode("utf-8", "replace")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str, int]]:
+    """(start offset, line without its line ending, offset after the line ending) for each line."""
+    pos = 0
+    while pos < len(text):
+        nl = text.find("\n", pos)
+        end = len(text) if nl < 0 else nl + 1
+        yield pos, text[pos:end].rstrip("\r\n"), end
+        pos = end
+
+
+def parse(state: str, path: Path, text: str) -> TaskFile:
+    """Split a task file into its tasks; raise TaskFileError (file:line) for what cannot be a task file.
+
+    A block runs from its `### [id] title` heading to the next heading of any
+    level or the end of the file. Lines inside fenced code blocks (``` or ~~~)
+    and multi-line HTML comments (<!-- ... -->) are never headings: a
+    `# comment` in a user's snippet does not end a block, and a task shown in a
+    fence or commented out is not a task. An unclosed fence or comment is an
+    error, because everything after it would silently stop being tasks.
+    """
+    tasks: list[Task] = []
+    headings: list[tuple[int, int, str]] = []
+    opaque: tuple[str, int] | None = None  # (what closes it: a fence or "-->", the line it opened on)
+    current: Task | None = None
+    for number, (start, line, end) in enumerate(_lines(text), 1):
+        if start == 0:
+            line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first heading
+        if opaque:
+            if _closes(opaque[0], line):
+                opaque = None
+            continue
+        opener = _opens(line)
+        if opener:
+            opaque = (opener, number)
+            continue
+        heading = HEADING_RE.match(line)
+        if heading:
+            if current:
+                current.end = start
+                current = None
+            level, heading_text = len(heading.group(1)), (heading.group(2) or "").strip()
+            headings.append((start, level, heading_text))
+            current = _task_heading(state, path, number, level, heading_text, start)
+            if current:
+                current.last_field_end = end
+                tasks.append(current)
+            continue
+        if current:
+            found = FIELD_RE.match(line)
+            if found:
+                current.fields[found.group("key").lower()] = readable(found.group("value"))
+                current.last_field_end = end
+    if current:
+        current.end = len(text)
+    if opaque:
+        what = "HTML comment <!--" if opaque[0] == COMMENT_CLOSE else f"code fence {opaque[0]}"
+        raise TaskFileError(f"{path}:{opaque[1]}: {what} is never closed "
+                            "(the tasks after it would be hidden); close it")
+    seen: dict[str, Task] = {}
+    for task in tasks:
+        if task.id in seen:
+            raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
+        seen[task.id] = task
+    return TaskFile(state, path, text, tasks, headings)
+
+
+def _opens(line: str) -> str | None:
+    """What closes the fence or multi-line HTML comment this line opens (None: it opens neither)."""
+    fence = FENCE_RE.match(line)
+    if fence and not (fence.group(1)[0] == "`" and "`" in line[fence.end():]):
+        return fence.group(1)
+    comment = COMMENT_OPEN_RE.match(line)
+    if comment and COMMENT_CLOSE not in line[comment.end():]:
+        return COMMENT_CLOSE
+    return None
+
+
+def _closes(closer: str, line: str) -> bool:
+    if closer == COMMENT_CLOSE:
+        return COMMENT_CLOSE in line
+    fence = FENCE_RE.match(line)
+    return bool(fence) and fence.group(1)[0] == closer[0] and len(fence.group(1)) >= len(closer) \
+        and not line.strip().lstrip(closer[0])
+
+
+def _task_heading(state: str, path: Path, number: int, level: int, text: str, start: int) -> Task | None:
+    """The task a heading opens, None for an ordinary heading; TaskFileError for a broken task heading."""
+    where = f"{path}:{number}"
+    if level == 3 and text.startswith("["):
+        match = TASK_HEADING_RE.match(text)
+        if not match:
+            raise TaskFileError(f"{where}: malformed task heading {'### ' + text!r}: "
+                                "expected `### [task-001] Short title` (id: letters, digits, . _ -)")
+        return Task(match.group("id"), readable(match.group("title").strip()), state, path, number, start, start)
+    if BARE_TASK_ID_RE.match(text):
+        raise TaskFileError(f"{where}: malformed task heading {'#' * level + ' ' + text!r}: "
+                            "a task heading is `### [task-001] Short title` (level 3, id in brackets)")
+    return None
+
+
+def read_file(tasks_dir: Path, state: str) -> TaskFile:
+    path = tasks_dir / FILES[state]
+    try:
+        text = path.read_bytes().decode(*ENCODING)
+    except FileNotFoundError:
+        return TaskFile(state, path, "", [], [], exists=False)
+    except OSError as err:
+        raise TaskFileError(f"{path}: cannot read: {err.strerror}") from None
+    return parse(state, path, text)
+
+
+def read_all(tasks_dir: Path) -> dict[str, TaskFile]:
+    """All three files, checked together: an id may appear only once across them."""
+    files = {state: read_file(tasks_dir, state) for state in STATES}
+    seen: dict[str, Task] = {}
+    for state in STATES:
+        for task in files[state].tasks:
+            if task.id in seen:
+                other = seen[task.id]
+                raise TaskFileError(f"{task.path}:{task.line}: duplicate task id {task.id} "
+                                    f"(also in {other.path}:{other.line})")
+            seen[task.id] = task
+    return files
+
+
+# --- splicing ---------------------------------------------------------------------------------------------
+
+def _newline_of(text: str, offset: int) -> str:
+    """The line ending the file uses at this point (CRLF files keep CRLF)."""
+    nl = text.find("\n", offset)
+    return "\r\n" if nl > 0 and text[nl - 1] == "\r" else "\n"
+
+
+def with_stamp(file: TaskFile, task: Task, key: str, value: str) -> str:
+    """The task's block with `- **key**: value` after its last field line (else after its heading)."""
+    block = file.text[task.start:task.end]
+    newline = _newline_of(file.text, task.start)
+    cut = task.last_field_end - task.start
+    head, tail = block[:cut], block[cut:]
+    if not head.endswith("\n"):
+        head += newline
+    return f"{head}- **{key}**: {value}{newline}{tail}"
+
+
+def insert_block(text: str, offset: int, block: str) -> str:
+    """Insert a block at `offset` (a line start or the end) with a blank line before it and after it."""
+    newline = _newline_of(text, 0) if "\n" in text else _newline_of(block, 0)
+    before, after = text[:offset], text[offset:]
+    if before and not before.endswith("\n"):
+        before += newline
+    if before and not before.endswith(("\n\n", "\n\r\n")):
+        before += newline
+    if not block.endswith("\n"):
+        block += newline
+    if after and not block.endswith(("\n\n", "\n\r\n")):
+        block += newline
+    return before + block + after
+
+
+def append_block(text: str, block: str) -> str:
+    return insert_block(text, len(text), block)
+
+
+def remove_block(file: TaskFile, task: Task) -> str:
+    return file.text[:task.start] + file.text[task.end:]
+
+
+def backlog_insert_offset(file: TaskFile, priority: str) -> int:
+    """Where a new task goes: the end of a `## High Priority`-style section that matches, else the end."""
+    wanted = f"{priority.strip().lower()} priority"
+    for index, (_, level, text) in enumerate(file.headings):
+        if text.lower() == wanted:
+            for offset, other_level, _ in file.headings[index + 1:]:
+                if other_level <= level:
+                    return offset
+            break
+    return len(file.text)
+
+
+# --- the locked store -------------------------------------------------------------------------------------
+
+def _crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _digest(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode(*ENCODING)).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace(path: Path, data: bytes, step: str) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+
+    A symlinked task file stays a symlink: the file it points to is replaced.
+    """
+    path = path.resolve()
+    try:
+        _write_and_rename(path, data, step)
+    except OSError as err:
+        raise TaskFileError(f"{path}: cannot write: {err.strerror} (the next command finishes "
+                            "or undoes the move)") from None
+
+
+def _write_and_rename(path: Path, data: bytes, step: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        _crash_point(f"{step}-temp")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    _crash_point(step)
+
+
+class TaskStore:
+    """The three task files of one home, changed only under its lock."""
+
+    def __init__(self, tasks_dir: Path, today: Callable[[], date] = date.today) -> None:
+        self.dir = tasks_dir
+        self.today = today
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, TaskFile]]:
+        """Take the lock, finish any interrupted move, and yield the files as they now are."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / LOCK_NAME, "a")
+        except OSError as err:
+            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _crash_point("locked")
+            self._recover()
+            yield read_all(self.dir)
+
+    def _recover(self) -> None:
+        """Finish a move a crash interrupted; remove temp files a crash left behind.
+
+        The journal holds each file's text before and after the move. A file
+        still as it was before is written as it should be after; a file already
+        written is left alone; a file that is neither was edited by hand since
+        the crash, and is not overwritten: the journal stays and the user is told.
+        """
+        for leftover in self.dir.glob(f"{TEMP_PREFIX}*.tmp"):
+            leftover.unlink(missing_ok=True)
+        journal_path = self.dir / JOURNAL_NAME
+        try:
+            journal = json.loads(journal_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as err:
+            raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); "
+                                "check the task files by hand, then delete it") from None
+        try:
+            task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
+                                                 for e in journal["files"]]
+        except (KeyError, TypeError):
+            entries, task_id = [("?", None, None, None)], "?"
+        for name, before, after_digest, after in entries:
+            if name not in FILES.values():
+                raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
+                                    "check the task files by hand, then delete it")
+            path = self.dir / name
+            current = _digest(path.read_bytes().decode(*ENCODING) if path.exists() else None)
+            if current == after_digest:
+                continue
+            if current != before:
+                raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
+                                    f"(journal {journal_path}); check that the task is in exactly one file, "
+                                    "then delete the journal")
+            _replace(path, after.encode(*ENCODING), "recover")
+        journal_path.unlink()
+        _fsync_dir(self.dir)
+
+    def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
+        """Write changed files: with a journal first when more than one file changes."""
+        journal_path = self.dir / JOURNAL_NAME
+        for file, _ in changes:
+            # An editor that saved a task file while we worked: never write over its save.
+            now = file.path.read_bytes().decode(*ENCODING) if file.path.exists() else None
+            if now != (file.text if file.exists else None):
+                raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was written, "
+                                    "run the command again")
+        if len(changes) > 1:
+            journal = {"task": task_id, "files": [
+                {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
+                 "after_sha256": _digest(after), "after": after} for f, after in changes]}
+            _replace(journal_path, json.dumps(journal).encode(), "journal")
+        for (file, after), step in zip(changes, ("target", "source")):
+            _replace(file.path, after.encode(*ENCODING), step)
+        if len(changes) > 1:
+            journal_path.unlink()
+            _fsync_dir(self.dir)
+        _crash_point("done")
+
+    # --- commands ---
+
+    def list(self, state: str = "", repo: str = "") -> list[Task]:
+        if state and state not in STATES:
+            raise OrchestratorError(f"--state {state!r}: expected one of {', '.join(STATES)}")
+        with self.locked() as files:
+            return [t for s in STATES if not state or s == state for t in files[s].tasks
+                    if not repo or t.get("repo") == repo]
+
+    def show(self, task_id: str) -> tuple[Task, bytes]:
+        """The task and its block's bytes exactly as they are in the file."""
+        with self.locked() as files:
+            task, file = _find(files, task_id)
+            return task, file.text[task.start:task.end].encode(*ENCODING)
+
+    def move(self, verb: str, task_id: str) -> Task:
+        """`start` (backlog -> active) or `complete` (active -> completed), stamping today's date."""
+        source_state, target_state, stamp = MOVES[verb]
+        with self.locked() as files:
+            task, file = _find(files, task_id)
+            if task.state != source_state:
+                raise TaskStateError(f"{task.path}:{task.line}: {task_id} is {task.state}, not {source_state}: "
+                                     f"task.{verb} moves {source_state} -> {target_state}")
+            target = files[target_state]
+            target_text = target.text if target.exists else DEFAULT_PREAMBLES[target_state]
+            moved = append_block(target_text, with_stamp(file, task, stamp, self.today().isoformat()))
+            self._commit(task_id, [(target, moved), (file, remove_block(file, task))])
+            return _find({target_state: parse(target_state, target.path, moved)}, task_id)[0]
+
+    def add(self, title: str, repo: str, priority: str, type_: str = "", description: str = "") -> Task:
+        """A new task with the next free `task-NNN` id across all three files, in the backlog."""
+        for name, value in (("title", title), ("repo", repo), ("priority", priority), ("type", type_),
+                            ("description", description)):
+            if "\n" in value or "\r" in value:
+                raise OrchestratorError(f"--{name}: must be one line")
+        for name, value in (("title", title), ("repo", repo), ("priority", priority)):
+            if not value.strip():
+                raise OrchestratorError(f"--{name}: required, and must not be empty")
+        with self.locked() as files:
+            numbers = [int(m.group(1)) for f in files.values() for t in f.tasks if (m := ID_NUMBER_RE.match(t.id))]
+            task_id = f"task-{max(numbers, default=0) + 1:03d}"
+            lines = [f"### [{task_id}] {title.strip()}", f"- **repo**: {repo}"]
+            if type_:
+                lines.append(f"- **type**: {type_}")
+            lines += [f"- **priority**: {priority}", "- **assigned**: unassigned"]
+            if description:
+                lines.append(f"- **description**: {description}")
+            lines.append(f"- **created**: {self.today().isoformat()}")
+            backlog = files["backlog"]
+            text = backlog.text if backlog.exists else DEFAULT_PREAMBLES["backlog"]
+            if not backlog.exists:
+                backlog = parse("backlog", backlog.path, text)
+                backlog.exists = False
+            newline = _newline_of(text, 0)
+            block = newline.join(lines) + newline
+            after = insert_block(text, backlog_insert_offset(backlog, priority), block)
+            self._commit(task_id, [(backlog, after)])
+            return _find({"backlog": parse("backlog", backlog.path, after)}, task_id)[0]
+
+
+def _find(files: dict[str, TaskFile], task_id: str) -> tuple[Task, TaskFile]:
+    for file in files.values():
+        for task in file.tasks:
+            if task.id == task_id:
+                return task, file
+    directory = next(iter(files.values())).path.parent
+    raise TaskStateError(f"{task_id}: no such task in {directory}/ ({', '.join(FILES.values())})")

@@ -1,0 +1,160 @@
+"""The weekly status report: fill reports/templates/weekly-status.md from state/ and the task files."""
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lib.backlog import STATES, Task, TaskStore
+from lib.errors import OrchestratorError
+from lib.paths import CHECKOUT_ROOT, Paths
+from lib.statefile import read_json
+
+TEMPLATE = Path("templates") / "weekly-status.md"
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+PERIOD_DAYS = 7
+
+
+def parse_day(value: str, flag: str, default: date) -> date:
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise OrchestratorError(f"{flag} {value!r}: expected a date like 2026-11-26") from None
+
+
+def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table; a `|` or line break inside a cell cannot break the table."""
+    from tabulate import tabulate
+
+    def cell(value: object) -> str:
+        return " ".join(str("-" if value is None or value == "" else value).split()).replace("|", "\\|")
+
+    return tabulate([[cell(v) for v in row] for row in rows], headers=list(headers), tablefmt="github")
+
+
+def from_state(path: Path, render: Callable[[Any], str], missing: str) -> str:
+    """A state file rendered, `missing` without one; a file of another shape is a one-line error."""
+    document = read_json(path)
+    if document is None:
+        return missing
+    try:
+        return render(document)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        raise OrchestratorError(f"{path}: not the shape this tool writes (an older tool's file?); "
+                                "run the command that writes it again") from None
+
+
+def repo_statuses(document: Any) -> str:
+    rows = []
+    for repo in document.get("repos", []):
+        if repo.get("error"):
+            state = f"error: {repo['error']}"
+        else:
+            state = "clean" if repo.get("clean") else f"{repo.get('dirty')} changed"
+        if repo.get("upstream") is None:
+            ahead_behind = "no upstream"
+        elif repo.get("ahead") is None:
+            ahead_behind = "upstream gone"
+        else:
+            ahead_behind = f"+{repo['ahead']}/-{repo['behind']}"
+        last = repo.get("last_commit") or {}
+        rows.append([repo.get("name"), repo.get("branch") or ("(detached)" if repo.get("detached") else None),
+                     state, ahead_behind,
+                     f"{last.get('sha', '')[:7]} {last.get('subject', '')} ({last.get('date', '')[:10]})"
+                     if last else None])
+    table = markdown_table(rows, ["Repo", "Branch", "Status", "Ahead/Behind", "Last commit"])
+    return f"Scanned {document.get('generated_at', '?')}.\n\n{table}"
+
+
+def test_results(document: Any) -> str:
+    rows = [[r.get("repo"), r.get("status"), f"{r.get('duration_s') or 0:.1f}s", r.get("reason"),
+             (r.get("finished_at") or "")[:16]] for r in document.get("results", [])]
+    summary = document.get("summary", {})
+    counts = ", ".join(f"{summary[k]} {k}" for k in ("passed", "failed", "timeout", "skipped", "error")
+                       if summary.get(k))
+    table = markdown_table(rows, ["Repo", "Status", "Time", "Detail", "Finished"])
+    total = summary.get("total", len(rows))
+    return f"{total} repo{'' if total == 1 else 's'}: {counts or 'none'} " \
+           f"(run {document.get('generated_at', '?')}).\n\n{table}"
+
+
+def active_tasks(tasks: list[Task], today: date) -> str:
+    if not tasks:
+        return "_No active tasks._"
+    return markdown_table([[t.id, t.title, t.get("repo"), t.get("priority"), t.get("assigned"), t.get("started"),
+                            None if t.age_days(today) is None else f"{t.age_days(today)}d"] for t in tasks],
+                          ["ID", "Title", "Repo", "Priority", "Assigned", "Started", "Age"])
+
+
+def completed_tasks(tasks: list[Task], since: date, until: date) -> str:
+    done = [t for t in tasks if (when := t.stamp_date("completed")) and since <= when <= until]
+    period = f"{since.isoformat()} to {until.isoformat()}"
+    if not done:
+        return f"_No tasks completed from {period}._"
+    table = markdown_table([[t.id, t.title, t.get("repo"), t.get("type"), t.get("completed")] for t in done],
+                           ["ID", "Title", "Repo", "Type", "Completed"])
+    return f"{len(done)} completed from {period}.\n\n{table}"
+
+
+def find_template(paths: Paths) -> Path:
+    """The home's template if it has one, else the shipped one."""
+    own = paths.reports_dir / TEMPLATE
+    return own if own.exists() else CHECKOUT_ROOT / "reports" / TEMPLATE
+
+
+def fill(template: str, values: dict[str, Callable[[], str]], where: str) -> tuple[str, list[str]]:
+    """Replace every known {{name}}; leave unknown ones as they are and say where each one is."""
+    warnings = []
+    for match in PLACEHOLDER_RE.finditer(template):
+        if match.group(1) not in values:
+            line = template.count("\n", 0, match.start()) + 1
+            warnings.append(f"{where}:{line}: unknown placeholder {match.group(0)} left as is "
+                            f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+    cache: dict[str, str] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            return match.group(0)
+        if name not in cache:
+            cache[name] = values[name]()
+        return cache[name]
+
+    return PLACEHOLDER_RE.sub(replace, template), warnings
+
+
+def build_report(paths: Paths, day: date, since: date, notes: str, template_path: Path) -> tuple[str, list[str]]:
+    if since > day:
+        raise OrchestratorError(f"--since {since.isoformat()} is after the report date {day.isoformat()}")
+    try:
+        template = template_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise OrchestratorError(f"{template_path}: cannot read the report template ({err})") from None
+    tasks = TaskStore(paths.tasks_dir).list()
+    by_state = {state: [t for t in tasks if t.state == state] for state in STATES}
+    values: dict[str, Callable[[], str]] = {
+        "date": day.isoformat,
+        "repo_statuses": lambda: from_state(paths.repo_status_file, repo_statuses, "_No scan yet: run `inv scan`._"),
+        "active_tasks": lambda: active_tasks(by_state["active"], day),
+        "completed_tasks": lambda: completed_tasks(by_state["completed"], since, day),
+        "test_results": lambda: from_state(paths.test_results_file, test_results,
+                                           "_No test run yet: run `inv test-all`._"),
+        "notes": lambda: notes.strip() or "_No notes._",
+    }
+    return fill(template, values, str(template_path))
+
+
+def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: str = "",
+                 today: date | None = None) -> tuple[Path, list[str]]:
+    """Write reports/weekly-status-DATE.md under the home; returns its path and the warnings."""
+    from lib.statefile import write_text
+
+    day = parse_day(day_text, "--date", today or date.today())
+    since = parse_day(since_text, "--since", day - timedelta(days=PERIOD_DAYS - 1))
+    text, warnings = build_report(paths, day, since, notes, find_template(paths))
+    out = paths.reports_dir / f"weekly-status-{day.isoformat()}.md"
+    write_text(out, text)
+    return out, warnings

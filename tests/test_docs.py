@@ -1,0 +1,259 @@
+"""The docs cannot drift from the code: every command in README, CLAUDE.md and the playbooks exists.
+
+Each `inv ...`, `make ...` and `python scripts/...` command, in code blocks
+(shell sessions, CI YAML) and in inline code, is checked against the real
+thing: Invoke's own parser over tasks.py's collection (task names, flags,
+positional arguments), `make -n` on the Makefile, and each script's argparse
+options (from its `--help`).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+FENCE_RE = re.compile(r"^\s*(```|~~~)")
+INLINE_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+# What may precede a command on a code line: YAML list items and keys, a shell prompt.
+LINE_PREFIX_RE = re.compile(r"^\s*(?:-\s+)?(?:(?:run|script):\s*)?(?:\|\s*)?(?:\$\s+)?")
+PYTHON_RE = re.compile(r"^(?:\S*/)?python3?$")
+PLACEHOLDER_RE = re.compile(r"<([^<>\n]+)>")
+SEPARATORS = {"&&", "||", "|", ";", "&", "(", ")"}
+
+
+@dataclass(frozen=True)
+class Command:
+    where: str
+    words: tuple[str, ...]
+    mention: bool = False  # `inv build` in prose names a task; it need not carry its arguments
+    flag_only: bool = False  # ("inv", TASK, FLAG): a flag listed beside the task, its value left out
+
+    def __str__(self) -> str:
+        return f"{self.where}: {' '.join(self.words)}"
+
+
+def doc_files() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "CLAUDE.md", *sorted((ROOT / "playbooks").glob("*.md"))]
+
+
+def split_segments(text: str) -> list[list[str]]:
+    """Shell words of a line, cut at &&, ||, |, ; and parentheses; a `<placeholder>` is one word."""
+    text = PLACEHOLDER_RE.sub(lambda m: "PLACEHOLDER-" + re.sub(r"\W", "-", m.group(1)), text)
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    try:
+        words = list(lexer)
+    except ValueError:
+        return []
+    segments: list[list[str]] = [[]]
+    for word in words:
+        if word in SEPARATORS or set(word) <= set("&|;()"):
+            segments.append([])
+        else:
+            segments[-1].append(word)
+    return [s for s in segments if s]
+
+
+def command_of(words: list[str]) -> tuple[str, ...] | None:
+    """The inv/make/python-scripts command in a segment, without env assignments and doc brackets."""
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        words = words[1:]
+    cleaned = tuple(w.strip("[]") for w in words if w.strip("[]") and w != "...")
+    if not cleaned:
+        return None
+    first = cleaned[0]
+    if first in ("inv", "invoke", "make") and len(cleaned) > 1:
+        return cleaned
+    if PYTHON_RE.match(first) and len(cleaned) > 1 and cleaned[1].startswith("scripts/") \
+            and not cleaned[1].endswith("/..."):
+        return ("python", *cleaned[1:])
+    return None
+
+
+def extract_commands(path: Path, text: str | None = None) -> list[Command]:
+    text = path.read_text() if text is None else text
+    found: list[Command] = []
+    in_fence = False
+    pending = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if FENCE_RE.match(line):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            line = pending + line
+            if line.endswith("\\"):
+                pending = line[:-1] + " "
+                continue
+            pending = ""
+            candidates = [LINE_PREFIX_RE.sub("", line, count=1)]
+        else:
+            candidates = INLINE_RE.findall(line)
+        on_line = []
+        for candidate in candidates:
+            for segment in split_segments(candidate):
+                command = command_of(segment)
+                if command:
+                    on_line.append(Command(f"{path.name}:{number}", command, not in_fence and len(command) == 2))
+        found += on_line
+        # A table row listing `--flag` spans after its first `inv TASK` documents that task's flags.
+        inv_here = [c for c in on_line if c.words[0] == "inv" and not c.words[1].startswith("-")]
+        if not in_fence and inv_here and line.lstrip().startswith("|"):
+            first = next(i for i, span in enumerate(candidates) if span.startswith(f"inv {inv_here[0].words[1]}"))
+            for span in candidates[first + 1:]:
+                if span.startswith("--"):
+                    found.append(Command(f"{path.name}:{number}", ("inv", inv_here[0].words[1], span.split()[0]),
+                                         flag_only=True))
+    return found
+
+
+# --- checking against the real thing -----------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def invoke_parser():
+    from invoke import Collection, Program
+    from invoke.parser import Parser, ParserContext
+
+    import tasks
+
+    program = Program(namespace=Collection.from_module(tasks), name="inv", binary="inv")
+    collection = Collection.from_module(tasks)
+    return Parser(initial=ParserContext(args=program.core_args() + program.task_args()),
+                  contexts=collection.to_contexts())
+
+
+def check_inv(words: tuple[str, ...], mention: bool = False) -> str | None:
+    from invoke.exceptions import ParseError
+
+    try:
+        result = invoke_parser().parse_argv(list(words[1:]))
+    except ParseError as err:
+        if mention and "did not receive required positional arguments" in str(err):
+            return None
+        return str(err)
+    tasks_named = [ctx for ctx in result[1:]]
+    core = result[0]
+    if not tasks_named and not any(arg.got_value for arg in core.args.values()):
+        return "no task named"
+    for ctx in tasks_named:
+        missing = [name for name, arg in ctx.args.items() if arg.positional and not arg.got_value
+                   and arg.default is None]
+        if missing and not core.args["help"].got_value:
+            return f"{ctx.name}: missing {', '.join(missing)}"
+    return None
+
+
+def check_flag(task_name: str, flag: str) -> str | None:
+    contexts = {name: ctx for ctx in invoke_parser().contexts.values() for name in (ctx.name, *ctx.aliases)}
+    if task_name not in contexts:
+        return f"no task {task_name!r}"
+    return None if flag in contexts[task_name].flags else f"{task_name} has no flag {flag}"
+
+
+def check_make(words: tuple[str, ...]) -> str | None:
+    args = [w for w in words[1:] if not w.startswith("-")]
+    result = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["make -n failed"])[-1]
+
+
+@lru_cache(maxsize=None)
+def script_options(script: str) -> frozenset[str] | None:
+    path = ROOT / script
+    if not path.is_file():
+        return None
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        return None
+    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", result.stdout))
+
+
+def check_script(words: tuple[str, ...]) -> str | None:
+    script = words[1]
+    options = script_options(script)
+    if options is None:
+        return f"{script}: no such script (or its --help fails)"
+    unknown = [w.split("=", 1)[0] for w in words[2:] if w.startswith("-") and w.split("=", 1)[0] not in options]
+    return f"{script}: unknown option(s) {', '.join(unknown)}" if unknown else None
+
+
+def check(command: Command) -> str | None:
+    first = command.words[0]
+    if command.flag_only:
+        return check_flag(command.words[1], command.words[2])
+    if first in ("inv", "invoke"):
+        return check_inv(command.words, command.mention)
+    if first == "make":
+        return check_make(command.words)
+    return check_script(command.words)
+
+
+# --- the tests ---------------------------------------------------------------------------------------------
+
+def test_every_documented_command_exists_with_every_flag_it_uses():
+    commands = [c for path in doc_files() for c in extract_commands(path)]
+    problems = [f"{command}  ->  {problem}" for command in commands if (problem := check(command))]
+    assert not problems, "commands in the docs that the code does not have:\n" + "\n".join(problems)
+
+
+def test_the_docs_cover_the_whole_command_surface():
+    commands = {" ".join(c.words[:2]) for path in doc_files() for c in extract_commands(path)}
+    for expected in ("inv task.list", "inv task.start", "inv task.complete", "inv task.add", "inv task.show",
+                     "inv report", "make demo", "make test-all", "python scripts/scan_all_repos.py",
+                     "python scripts/run_all_tests.py"):
+        assert expected in commands, expected
+
+
+def test_every_playbook_is_listed_in_the_playbook_index():
+    index = (ROOT / "playbooks" / "README.md").read_text()
+    for playbook in (ROOT / "playbooks").glob("*.md"):
+        if playbook.name != "README.md":
+            assert f"]({playbook.name})" in index, playbook.name
+
+
+def test_the_ci_jobs_run_the_scan_and_test_all_and_publish_the_junit_report():
+    readme = (ROOT / "README.md").read_text()
+    ci = readme.split("## In CI", 1)[1].split("\n## ", 1)[0]
+    github, gitlab = ci.split("GitLab CI", 1)
+    for job in (github, gitlab):
+        commands = [" ".join(c.words) for c in extract_commands(Path("README.md"), job)]
+        assert "python scripts/scan_all_repos.py" in commands
+        assert "python scripts/run_all_tests.py --junit-xml reports/junit.xml" in commands
+    assert "report_paths: reports/junit.xml" in github and "junit: reports/junit.xml" in gitlab
+
+
+@pytest.mark.parametrize("doc, problem", [
+    ("Run `inv task.list --bogus` to see it.", "--bogus"),
+    ("```sh\n$ inv task.start\n```", "did not receive required positional arguments: 'id'"),
+    ("`inv task.start`, a mention, is fine; `inv task.begin` is not", "task.begin"),
+    ("```sh\ninv no-such-task\n```", "no-such-task"),
+    ("```yaml\n  - run: make no-such-target\n```", "no-such-target"),
+    ("`python scripts/run_all_tests.py --jobs 2 --colour`", "--colour"),
+    ("```sh\nORCHESTRATOR_HOME=demo python3 scripts/no_such.py\n```", "no such script"),
+    ("`inv report --date D --since D --notes TEXT --width 3`", "--width"),
+    ("| test all | `inv test-all` / `make test-all` (`--jobs N`, `--parallel`) |", "test-all has no flag --parallel"),
+])
+def test_the_checker_catches_a_made_up_command_or_flag(tmp_path, doc, problem):
+    commands = extract_commands(tmp_path / "doc.md", doc)
+    assert commands, "the command was extracted"
+    problems = [p for c in commands if (p := check(c))]
+    assert problems and problem in problems[0], problems
+
+
+def test_the_extractor_reads_sessions_yaml_continuations_and_chains(tmp_path):
+    doc = ("```sh\n$ inv status --json | jq .\nmake demo && \\\n  inv task.list --state active\n"
+           "# inv not-a-command in a comment\n```\n"
+           "```yaml\n      - run: .venv/bin/python scripts/run_all_tests.py --junit-xml x.xml\n```\n"
+           "Prose with `inv task.add \"<title>\" --repo R --priority P [--type T]` and `git status`.\n")
+    assert [" ".join(c.words) for c in extract_commands(tmp_path / "doc.md", doc)] == [
+        "inv status --json", "make demo", "inv task.list --state active",
+        "python scripts/run_all_tests.py --junit-xml x.xml",
+        "inv task.add PLACEHOLDER-title --repo R --priority P --type T"]
