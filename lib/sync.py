@@ -254,9 +254,14 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with Progress("syncing", len(repos)) as progress:
-        outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                            on_start=lambda repo: progress.start(repo.name),
-                            on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+        try:
+            outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
+                                on_start=lambda repo: progress.start(repo.name),
+                                on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+        except runner.RunInterrupted as stop:  # keep what the repos that finished did
+            if not dry_run and stop.results:
+                save(paths.sync_results_file, stop.results)
+            raise
     if dry_run:
         return SyncReport(outcomes, monotonic() - started, None)
     save(paths.sync_results_file, outcomes)
