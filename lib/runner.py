@@ -2,7 +2,8 @@
 
 Invoke's `c.run(timeout=)` kills only the shell and keeps all output in
 memory; builds and tests need their grandchildren killed and their output on
-disk, whatever its size or encoding.
+disk, whatever its size or encoding. Nothing a step starts outlives it, not
+even what left its group, and a signal to the tool stops every step.
 """
 from __future__ import annotations
 
@@ -200,20 +201,17 @@ def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float 
     _reap_orphans(list(pids))
 
 
-def kill_groups(pgids: Sequence[int], grace: float = GRACE_S) -> None:
-    kill_processes(pgids, (), grace)
-
-
 def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
 
 
-def _stop_step(pgid: int, marker: str, grace: float) -> list[int]:
-    """Kill what is left of a step: its group and the processes that left it; returns the latter."""
+def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
+    """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
     escaped = escaped_processes(marker, pgid)
+    names = tuple(_describe(pid) for pid in escaped)
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
-    return escaped
+    return names
 
 
 class Stopping(Exception):
@@ -372,8 +370,6 @@ def run_in_group(
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
-    escaped: list[int] = []
-    escaped_names: tuple[str, ...] = ()
     deadline = None if timeout is None else started + timeout
     try:
         while True:
@@ -387,7 +383,6 @@ def run_in_group(
             elif deadline is not None and monotonic() >= deadline:
                 timed_out = True
                 kill_group(pgid, grace)
-        escaped_names = tuple(_describe(pid) for pid in escaped_processes(marker, pgid))
         escaped = _stop_step(pgid, marker, grace)
     except BaseException:
         _stop_step(pgid, marker, grace)
@@ -405,7 +400,7 @@ def run_in_group(
     signum = -code if code is not None and code < 0 else None
     exit_code = None if timed_out else (128 + signum if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
-                         copier.log_error, escaped_names if escaped else ())
+                         copier.log_error, escaped)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,

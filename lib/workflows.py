@@ -24,7 +24,7 @@ from lib.paths import SHIPPED_CONFIG_DIR, Paths
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 # `<<EOF`, `<<-EOF`, `<< 'EOF'`, `<<"EOF"`, `<<\EOF` (not `<<<`, a here-string: one word).
 HEREDOC_RE = re.compile(r"""<<(-?)[ \t]*(?:'([^'\n]*)'|"([^"\n]*)"|\\?([^\s;&|<>()'"]+))""")
-SUBSCRIPT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]\s]*$")
+SUBSCRIPT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*$")
 SUBSTRING_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?:(?![-=?+])[^}]*$")
 ARITHMETIC_TEST_RE = re.compile(r"\s-(eq|ne|lt|le|gt|ge)\s")
 ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -121,6 +121,7 @@ def _unsafe_spot(text: str, start: int, end: int) -> str | None:
     in_comment = False
     word_start = True  # a `#` starts a comment only where a word could start
     pending: list[tuple[bool, str]] = []  # here-documents whose body starts at the next newline
+    plain = [" "] * start  # the text before the placeholder with quoted, commented and here-document parts blanked
     i = 0
     while i < start:
         char = text[i]
@@ -154,6 +155,7 @@ def _unsafe_spot(text: str, start: int, end: int) -> str | None:
                 continue
         else:
             word_start = char in " \t\n;&|()<>"
+            plain[i] = char
         if char == "\n" and pending and quote is None:
             body_end = _here_documents_end(text, i + 1, pending)
             pending = []
@@ -170,7 +172,7 @@ def _unsafe_spot(text: str, start: int, end: int) -> str | None:
         return "is inside single quotes, where it would not be expanded"
     if quote == '"':
         return "is inside double quotes; remove them: each value is passed as one word already"
-    arithmetic = _arithmetic_context(text, start, end)
+    arithmetic = _arithmetic_context("".join(plain), text, start, end)
     if arithmetic:
         return (f"is inside {arithmetic}: bash evaluates the value there as an arithmetic expression, "
                 "which can run code")
@@ -196,9 +198,11 @@ def _here_documents_end(text: str, index: int, pending: list[tuple[bool, str]]) 
     return index
 
 
-def _arithmetic_context(text: str, start: int, end: int) -> str | None:
-    """The arithmetic construct a placeholder at text[start:end] sits in, or None."""
-    before = text[:start]
+def _arithmetic_context(before: str, text: str, start: int, end: int) -> str | None:
+    """The arithmetic construct a placeholder at text[start:end] sits in, or None.
+
+    `before` is text[:start] with quoted parts blanked, so `echo '(('` opens nothing.
+    """
     opened = before.rfind("((")
     if opened >= 0 and "))" not in before[opened:]:
         return "$(( ))" if before[opened - 1:opened] == "$" else "(( ))"

@@ -142,6 +142,7 @@ BAD = [
     ("local -i n={{repo.description}}", "arithmetic"),
     ("echo $[ {{repo.description}} + 1 ]", "arithmetic"),
     ("echo ${arr[{{repo.description}}]}", "arithmetic"),
+    ("echo ${arr[ 1 + {{repo.description}} ]}", "arithmetic"),
     ("arr[{{repo.description}}]=1", "arithmetic"),
     ("echo ${PATH:{{repo.description}}}", "arithmetic"),
     ("echo ${PATH:1:{{repo.description}}}", "arithmetic"),
@@ -176,6 +177,8 @@ def test_bad_workflow_files_fail_at_load_with_one_line_each(home, doc, expected)
     "[ -n {{repo.name}} ] && test 1 -eq 1",
     "echo ${UNSET:-{{repo.description}}}",
     "declare -r x={{repo.description}}",
+    "echo '((' {{repo.description}} \"let [[\"",
+    "echo ${arr[1]} {{repo.description}}",
     "git log origin/{{repo.default_branch}}..HEAD",
 ])
 def test_placeholders_that_stay_one_quoted_word_are_accepted(home, command):
