@@ -59,10 +59,17 @@ class Outcome:
 # Set when we run under `make test-all`; a repo's own make must not inherit our
 # make's level or jobserver (it would print "make[1]: ..." or warn about it).
 PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+# `git rev-parse --local-env-vars`: set when we run from a git hook or under another repo's git,
+# they would point every repo's git commands at that repo (git clears them for submodules too).
+GIT_LOCAL_VARS = ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
+                  "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+                  "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
+                  "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR")
 
 
 def command_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PARENT_MAKE_VARS}
+    """The environment of a repo's commands: ours, minus what belongs to our make or another repo's git."""
+    env = {k: v for k, v in os.environ.items() if k not in PARENT_MAKE_VARS and k not in GIT_LOCAL_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 

@@ -295,3 +295,19 @@ def test_a_signal_during_sync_all_kills_the_fetches_and_keeps_finished_results(h
     assert all(wait_gone(int(p.read_text()), 2) for p in tmp_path.glob("ssh-*.pid"))
     results = json.loads((home.path / "state" / "sync-results.json").read_text())["results"]
     assert [(r["repo"], r["status"]) for r in results] == [("quick", "up to date")]
+
+
+# ---------------------------------------------------------------- hostile environment: an inherited GIT_DIR
+
+def test_an_inherited_git_dir_does_not_point_a_repo_command_at_another_repo(home, make_repo, inv, monkeypatch):
+    """Run from a git hook (GIT_DIR, GIT_INDEX_FILE set), `review` must still show the repo's own commits."""
+    other = make_repo("other")
+    other.commit({"o.txt": "1"}, "commit of the other repo")
+    repo = make_repo("wallet")
+    repo.commit({"a.txt": "1"}, "unpushed work in wallet")
+    home.add(repo)
+    monkeypatch.setenv("GIT_DIR", str(other.path / ".git"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other.path / ".git" / "index"))
+    result = inv("workflow", "review", "wallet")
+    assert result.code == 0, result.out
+    assert "unpushed work in wallet" in result.out and "commit of the other repo" not in result.out
