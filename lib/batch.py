@@ -225,12 +225,14 @@ def tail(path: Path, lines: int = 50, max_bytes: int = 256 * 1024, line_chars: i
 
     Bounded whatever the log holds: `lines` lines of at most `line_chars` characters (plus the cut mark).
     """
+    if not path.is_file():
+        return ""  # a device or a pipe as log_file (/dev/full, /dev/zero) has no tail to show
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
             size = log.tell()
             log.seek(max(0, size - max_bytes))
-            data = log.read(max_bytes)  # a device (/dev/zero as log_file) never ends
+            data = log.read(max_bytes)
     except OSError:
         return ""
     return "\n".join(cut_line(line, line_chars) for line in data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -251,7 +251,8 @@ def _ignore_stop_signals() -> dict[int, Any]:
 
 def _restore(handlers: dict[int, Any]) -> None:
     for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+        if handler is not None:  # None: a handler not set from Python, which we cannot put back
+            signal.signal(signum, handler)
 
 
 def terminate_all(grace: float = GRACE_S) -> int:
@@ -446,8 +447,10 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
         terminate_all(grace)
         raise
     finally:
-        pool.shutdown(wait=True)
-        _restore(previous)
+        try:
+            pool.shutdown(wait=True)
+        finally:
+            _restore(previous)
     return [results[i] for i in range(len(items))]
 
 

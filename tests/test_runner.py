@@ -116,7 +116,7 @@ def test_leftovers_of_other_concurrent_steps_are_not_touched(tmp_path):
     pidfile = tmp_path / "other.pid"
     other_log = open(tmp_path / "other.log", "wb")
     other = threading.Thread(target=run_in_group, args=(
-        f"setsid sh -c 'echo $$ > {pidfile}; sleep 30' & sleep 3", tmp_path, other_log, 10), kwargs={"grace": 0.5})
+        f"setsid sh -c 'echo $$ > {pidfile}; sleep 30' & sleep 4", tmp_path, other_log, 10), kwargs={"grace": 0.5})
     other.start()
     try:
         deadline = time.monotonic() + 5
