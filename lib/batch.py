@@ -1,6 +1,7 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
@@ -96,9 +97,12 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
 
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "wb")
+        log = open(plan.log, "ab")  # not "wb": truncate only once the log is ours
     except OSError as err:
         return log_failed(err.strerror or str(err))
+    if not _claim(log):
+        log.close()
+        return outcome("error", reason=f"log {plan.log} is in use by another run")
     result: Outcome | None = None
     try:
         with log:
@@ -107,6 +111,19 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
         # Closing flushes the last bytes: a full disk can refuse them too.
         return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
     return result
+
+
+def _claim(log: BinaryIO) -> bool:
+    """Lock the log for this run and empty it; False when another run is writing it (its output stays whole)."""
+    try:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass  # a file system or device without locks: nothing to guard
+    if os.path.isfile(log.name):
+        log.truncate(0)
+    return True
 
 
 def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,

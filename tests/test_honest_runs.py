@@ -311,3 +311,22 @@ def test_an_inherited_git_dir_does_not_point_a_repo_command_at_another_repo(home
     result = inv("workflow", "review", "wallet")
     assert result.code == 0, result.out
     assert "unpushed work in wallet" in result.out and "commit of the other repo" not in result.out
+
+
+# ---------------------------------------------------------------- concurrent runs: one log, one writer
+
+def test_a_second_run_does_not_truncate_the_log_of_a_run_still_writing_it(home, make_repo, inv, tmp_path):
+    pidfile = tmp_path / "hang.pid"
+    home.add(hanging_repo(make_repo, "slow", pidfile), language="make")
+    child, err = start(inv_command("test", "slow", "--timeout", "30"), tmp_path)
+    try:
+        wait_for(pidfile.exists)
+        log = log_dir() / "orchestrator-test-slow.log"
+        before = log.read_text()
+        result = inv("test", "slow", "--timeout", "2")
+        assert result.code == 1 and f"TEST ERROR (log {log} is in use by another run" in result.out
+        assert log.read_text() == before, "the running test's log was truncated"
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+    assert wait_gone(int(pidfile.read_text()), 2)
