@@ -95,6 +95,8 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
         return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
 
+    if plan.log.is_fifo():
+        return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(plan.log, "ab")  # not "wb": truncate only once the log is ours

@@ -330,3 +330,18 @@ def test_a_second_run_does_not_truncate_the_log_of_a_run_still_writing_it(home, 
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=30)
     assert wait_gone(int(pidfile.read_text()), 2)
+
+
+def test_a_named_pipe_as_log_file_is_an_error_not_a_hang(home, make_repo, inv, tmp_path):
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    write_workflows(home, {"test": one_step("true", log_file=str(fifo))})
+    home.add(make_repo("a"), language="make")
+    child = subprocess.Popen(inv_command("test", "a"), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 1 and f"TEST ERROR (cannot write log {fifo}: it is a named pipe" in out
