@@ -26,6 +26,7 @@ FAILING = {"failed", "timeout", "error"}
 # A failed run shows its log's last lines: each cut to this many characters (the log keeps every byte).
 TAIL_LINE_CHARS = 500
 MAX_PROBLEMS = 20
+NAMED = 5  # leftover processes named in an outcome
 XML_INVALID_RE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -153,8 +154,9 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
             if result.log_error:
                 return log_failed(result.log_error, result.exit_code)
             if result.escaped:
+                more = f" and {len(result.escaped) - NAMED} more" if len(result.escaped) > NAMED else ""
                 notes.append(f"killed {len(result.escaped)} process(es) that had left the command's process group: "
-                             + ", ".join(result.escaped))
+                             + ", ".join(result.escaped[:NAMED]) + more)
                 log.write(f"\nnote: {notes[-1]}\n".encode())
             if result.timed_out:
                 log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
