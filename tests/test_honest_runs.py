@@ -68,6 +68,18 @@ def test_state_of_the_wrong_shape_is_set_aside_with_one_line_before_anything_run
         assert home.state("test-results.json")["results"][0]["repo"] == "a"
 
 
+def test_state_that_is_not_json_is_set_aside_with_one_line_too(home, make_repo, inv):
+    home.add(make_repo("a", PASSING), language="make")
+    state = home.path / "state" / "test-results.json"
+    state.parent.mkdir()
+    state.write_text('{"results": [')
+    result = inv("test-all", "--failed")
+    assert result.code == 0 and "Traceback" not in result.err
+    assert result.err.strip() == (f"warning: {state}: not valid JSON; set aside as test-results.json.corrupt, "
+                                  "a fresh one will be written")
+    assert (state.parent / "test-results.json.corrupt").read_text() == '{"results": ['
+
+
 def test_unwritable_state_is_one_line_after_the_verdict(home, make_repo, inv):
     home.add(make_repo("a", PASSING), language="make")
     (home.path / "state").write_text("a file where the state directory should be")
