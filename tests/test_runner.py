@@ -204,3 +204,12 @@ def test_ctrl_c_kills_every_running_group_at_once_and_starts_no_more(tmp_path):
     assert b"RunInterrupted: interrupted: stopped 2 running commands (SIGINT)" in child.stderr.read()
     assert all(wait_gone(pid, 2) for pid in pids)
     assert not (tmp_path / "pid2").exists(), "a queued command started after Ctrl-C"
+
+
+def test_orphans_of_a_step_are_reparented_to_the_tool_not_to_init(tmp_path):
+    """The tool is a child subreaper: a process whose parent exits stays ours to find and kill."""
+    result, out = run("(sleep 5 & echo $! > orphan.pid); sleep 0.3; "
+                      "awk '{print $4}' /proc/$(cat orphan.pid)/stat", tmp_path, grace=0.5)
+    assert result.exit_code == 0
+    assert out.decode().strip() == str(os.getpid())
+    assert wait_gone(int((tmp_path / "orphan.pid").read_text()), 2)
