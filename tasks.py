@@ -51,6 +51,19 @@ def _fail(err: OrchestratorError) -> Exit:
     return Exit(error_lines(err), code=err.exit_code)
 
 
+def _warn(lines: list[str]) -> None:
+    import sys
+
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _interrupted(stop) -> Exit:
+    """A run stopped by Ctrl-C, SIGTERM or SIGHUP: what was recorded is said, exit 128 + the signal."""
+    _warn(stop.notes)
+    return Exit(str(stop), code=stop.exit_code)
+
+
 @task(
     iterable=["tag"],
     help={
@@ -131,8 +144,9 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
-    from lib.batch import plan_workflow, run_and_record, tail
+    from lib.batch import check_state, plan_workflow, run_and_record, tail
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.views import headline
 
     try:
@@ -144,13 +158,19 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
     if dry_run:
         _print_plan(plans[0])
         return
+    _warn(check_state(paths, workflow))
     print(f"log: {plans[0].log}", flush=True)
-    outcome = run_and_record(paths, workspace, plans, 1, timeout or None,
-                             echo=getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout) if echo else None)[0]
+    try:
+        run = run_and_record(paths, workspace, plans, 1, timeout or None,
+                             echo=getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout) if echo else None)
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
+    outcome = run.outcomes[0]
     print(headline(workflow, outcome))
     if outcome.failing and not echo:
         print(f"--- last 50 lines of {outcome.log} ---")
         print(tail(Path(outcome.log), 50))
+    _warn(run.notes)
     if outcome.failing:
         raise Exit(code=1)
 
@@ -189,14 +209,18 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False):
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
              dry_run=False):
     """Test every repo with a known language, concurrently."""
+    from lib.batch import check_state
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.testall import plan_test_all, run_test_all
     from lib.views import outcomes_table
 
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        plans = plan_test_all(workspace, paths, tag, _split(only), failed)
+        if not dry_run:
+            _warn(check_state(paths, "test"))
+        plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
     except OrchestratorError as err:
         raise _fail(err) from None
     if not plans:
@@ -206,9 +230,13 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         for plan in plans:
             _print_plan(plan)
         return
-    report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None)
+    try:
+        report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None)
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
+    _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
 
@@ -236,8 +264,9 @@ def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
 )
 def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
-    from lib.batch import plan_workflow, run_with_progress
+    from lib.batch import check_state, plan_workflow, run_with_progress
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.views import outcomes_table
 
     try:
@@ -250,9 +279,14 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
         for plan in plans:
             _print_plan(plan)
         return
-    outcomes = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
-    print(outcomes_table(outcomes))
-    if any(o.failing for o in outcomes):
+    _warn(check_state(paths, name))
+    try:
+        run = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
+    print(outcomes_table(run.outcomes))
+    _warn(run.notes)
+    if run.failing:
         raise Exit(code=1)
 
 
@@ -269,6 +303,7 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
 def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.sync import run_sync
     from lib.views import sync_table
 
@@ -278,6 +313,8 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
                           dry_run)
     except OrchestratorError as err:
         raise _fail(err) from None
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     if report.failing:

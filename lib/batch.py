@@ -1,8 +1,10 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,15 +14,20 @@ from xml.etree import ElementTree
 
 from lib import runner
 from lib.config import Repo, Workspace
+from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.statefile import read_json, update_json
+from lib.statefile import read_json, set_aside_if_bad, update_json
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
 FAILING = {"failed", "timeout", "error"}
 # Characters XML 1.0 cannot carry (terminal escapes in a test log, say).
+# A failed run shows its log's last lines: each cut to this many characters (the log keeps every byte).
+TAIL_LINE_CHARS = 500
+MAX_PROBLEMS = 20
+NAMED = 5  # leftover processes named in an outcome
 XML_INVALID_RE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -58,6 +65,7 @@ PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
 def command_env() -> dict[str, str]:
+    """The environment of a repo's commands: ours, minus what belongs to our make or another repo's git."""
     env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
@@ -69,19 +77,57 @@ def _header(log: BinaryIO, plan: Plan) -> None:
 
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
             grace: float = runner.GRACE_S) -> Outcome:
-    """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake."""
+    """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake.
+
+    A log that cannot be written (disk full, read-only) is the outcome `error:
+    cannot write log PATH: why`; the command is stopped rather than run blind.
+    """
     started = monotonic()
 
     def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso())
 
+    def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
+        return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
+
+    if plan.log.is_fifo():
+        return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "wb")
+        log = open(plan.log, "ab")  # not "wb": truncate only once the log is ours
     except OSError as err:
-        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror}")
-    with log:
+        return log_failed(err.strerror or str(err))
+    if not _claim(log):
+        log.close()
+        return outcome("error", reason=f"log {plan.log} is in use by another run")
+    result: Outcome | None = None
+    try:
+        with log:
+            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed)
+    except OSError as err:
+        # Closing flushes the last bytes: a full disk can refuse them too.
+        return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
+    return result
+
+
+def _claim(log: BinaryIO) -> bool:
+    """Lock the log for this run and empty it; False when another run is writing it (its output stays whole)."""
+    try:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass  # a file system or device without locks: nothing to guard
+    if os.path.isfile(log.name):
+        log.truncate(0)
+    return True
+
+
+def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,
+                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome]) -> Outcome:
+    notes: list[str] = []
+    try:
         _header(log, plan)
         path = plan.repo.local
         problem = None if path.is_dir() else ("path does not exist" if not path.exists() else "path is not a directory")
@@ -100,19 +146,24 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
                 return outcome("error", reason=f"directory does not exist: {command.cwd}")
             result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
                                          echo, grace)
+            if result.log_error:
+                return log_failed(result.log_error, result.exit_code)
+            if result.escaped:
+                more = f" and {len(result.escaped) - NAMED} more" if len(result.escaped) > NAMED else ""
+                notes.append(f"killed {len(result.escaped)} process(es) that had left the command's process group: "
+                             + ", ".join(result.escaped[:NAMED]) + more)
+                log.write(f"\nnote: {notes[-1]}\n".encode())
             if result.timed_out:
                 log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
                 return outcome("timeout", reason=f"timed out after {timeout:g}s")
+            if result.killed_by:
+                log.write(f"\nkilled by {result.killed_by}\n".encode())
+                return outcome("failed", result.exit_code, f"killed by {result.killed_by}")
             if result.exit_code != 0:
                 return outcome("failed", result.exit_code, f"exit {result.exit_code}")
-        return outcome("passed", 0)
-
-
-def execute_many(plans: Sequence[Plan], jobs: int, timeout: float | None,
-                 on_start: Callable[[Plan], None] | None = None,
-                 on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run plans concurrently (bounded); outcomes come back in plan order."""
-    return runner.run_each(plans, lambda plan: execute(plan, timeout), jobs, on_start, on_done)
+        return outcome("passed", 0, "; ".join(notes) or None)
+    except OSError as err:
+        return log_failed(err.strerror or str(err))
 
 
 def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
@@ -132,6 +183,32 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     return {"total": len(results), **dict.fromkeys(STATUSES, 0), **count_statuses(r["status"] for r in results)}
 
 
+def results_problem(document: Any) -> str | None:
+    """What makes a results file unusable (wrong shape), or None: `{"results": [{"repo": ...}, ...]}`."""
+    if not isinstance(document, dict):
+        return f"not a results document (top level is {type(document).__name__}, not an object)"
+    results = document.get("results", [])
+    if not isinstance(results, list):
+        return "not a results document (\"results\" is not a list)"
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or not isinstance(result.get("repo"), str) \
+                or not isinstance(result.get("status", ""), str):
+            return f"not a results document (results[{index}] has no repo name or status)"
+    return None
+
+
+def check_state(paths: Paths, workflow: str) -> list[str]:
+    """Before a run: set aside a results file that cannot be read or has the wrong shape; one line each."""
+    state_file = results_file(paths, workflow)
+    if state_file is None:
+        return []
+    try:
+        note = set_aside_if_bad(state_file, results_problem)
+    except OSError:
+        return []  # unreadable or unwritable state is reported when the results are recorded
+    return [f"warning: {note}"] if note else []
+
+
 def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
            summary: Callable[[Sequence[dict[str, Any]]], dict[str, int]] = summarize) -> dict[str, Any]:
     """Merge outcomes (anything with `repo` and `to_json()`) into a results file by repo (a rerun replaces its repo's entry)."""
@@ -143,25 +220,51 @@ def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
         results = sorted(by_repo.values(), key=lambda r: r["repo"])
         return {"generated_at": now_iso(), "summary": summary(results), "results": results}
 
-    return update_json(state_file, merge, default={})
+    return update_json(state_file, merge, default={}, problem=results_problem)
 
 
 def previously_failing(state_file: Path) -> list[str]:
     document = read_json(state_file, default={}) or {}
+    if results_problem(document):
+        return []
     return [r["repo"] for r in document.get("results", []) if r.get("status") in ("failed", "timeout")]
 
 
-def tail(path: Path, lines: int = 50, max_bytes: int = 256 * 1024) -> str:
-    """The last lines of a log, read from its end (logs can be huge and not UTF-8)."""
+def cut_line(line: str, limit: int = TAIL_LINE_CHARS) -> str:
+    """A line of at most `limit` characters, with a visible mark where it was cut."""
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit]}[... {len(line) - limit} more characters cut; the log has them all]"
+
+
+def tail(path: Path, lines: int = 50, max_bytes: int = 256 * 1024, line_chars: int = TAIL_LINE_CHARS) -> str:
+    """The last lines of a log, read from its end (logs can be huge and not UTF-8), each cut to `line_chars`.
+
+    Bounded whatever the log holds: `lines` lines of at most `line_chars` characters (plus the cut mark).
+    """
+    if not path.is_file():
+        return ""  # a device or a pipe as log_file (/dev/full, /dev/zero) has no tail to show
     try:
         with open(path, "rb") as log:
             log.seek(0, os.SEEK_END)
             size = log.tell()
             log.seek(max(0, size - max_bytes))
-            data = log.read()
+            data = log.read(max_bytes)
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    return "\n".join(cut_line(line, line_chars) for line in data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def check_report_path(path: Path) -> None:
+    """Fail before running (exit 2) when a report could not be written at `path`."""
+    if path.is_dir():
+        raise OrchestratorError(f"--junit-xml {path}: is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise OrchestratorError(f"--junit-xml {path}: cannot write there: {err.strerror or err}") from None
 
 
 def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all") -> None:
@@ -193,9 +296,26 @@ def results_file(paths: Paths, workflow: str) -> Path | None:
 
 
 def plan_workflow(paths: Paths, workflow: str, repos: Sequence[Repo]) -> list[Plan]:
-    """Plans for `repos`; loading workflows.json is where every config error surfaces."""
+    """Plans for `repos`; loading workflows.json is where every config error surfaces.
+
+    Two repos whose `log_file` renders to one path would overwrite each
+    other's log (and JUnit text): a config error, before anything runs.
+    """
     chosen = get_workflow(load_workflows(paths), workflow)
-    return [plan_for(chosen, repo, paths.log_dir) for repo in repos]
+    plans = [plan_for(chosen, repo, paths.log_dir) for repo in repos]
+    first_user: dict[str, str] = {}
+    problems = []
+    for plan in plans:
+        key = os.path.realpath(plan.log)
+        if key in first_user:
+            problems.append(f"{chosen.source}: workflows.{workflow}.log_file: repos {first_user[key]} and "
+                            f"{plan.repo.name} would both log to {plan.log}; put {{{{repo.name}}}} in it")
+        else:
+            first_user[key] = plan.repo.name
+    if problems:
+        raise ConfigError(problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
+                                                     if len(problems) > MAX_PROBLEMS else []))
+    return plans
 
 
 def default_jobs() -> int:
@@ -203,8 +323,21 @@ def default_jobs() -> int:
     return os.cpu_count() or 2
 
 
+@dataclass
+class BatchRun:
+    """The outcomes of a run, where they were recorded, and lines to print after the verdict."""
+
+    outcomes: list[Outcome]
+    state_file: Path | None
+    notes: list[str]
+
+    @property
+    def failing(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failing]
+
+
 def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
-                      timeout: float | None, label: str) -> list[Outcome]:
+                      timeout: float | None, label: str) -> BatchRun:
     """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
     with Progress(label, len(plans)) as progress:
         return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
@@ -215,12 +348,22 @@ def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan],
 def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int, timeout: float | None,
                    on_start: Callable[[Plan], None] | None = None,
                    on_done: Callable[[Outcome], None] | None = None,
-                   echo: BinaryIO | None = None) -> list[Outcome]:
-    if len(plans) == 1 and echo is not None:
-        outcomes = [execute(plans[0], timeout, echo)]
-    else:
-        outcomes = execute_many(plans, jobs, timeout, on_start, on_done)
+                   echo: BinaryIO | None = None) -> BatchRun:
+    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded."""
     state_file = results_file(paths, plans[0].workflow) if plans else None
-    if state_file is not None:
-        record(state_file, outcomes, {r.name for r in workspace.repos})
-    return outcomes
+
+    def keep(outcomes: Sequence[Outcome]) -> list[str]:
+        if state_file is None or not outcomes:
+            return []
+        try:
+            record(state_file, outcomes, {r.name for r in workspace.repos})
+        except OSError as err:
+            return [f"warning: results not recorded in {state_file}: {err.strerror or err}"]
+        return []
+
+    try:
+        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo), jobs, on_start, on_done)
+    except runner.RunInterrupted as stop:
+        stop.notes += keep(stop.results)
+        raise
+    return BatchRun(outcomes, state_file, keep(outcomes))

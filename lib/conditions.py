@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from lib.errors import clip
+
 TOKEN_RE = re.compile(
     r"""\s*(?:
         (?P<op>==|!=|\(|\))
@@ -24,6 +26,8 @@ TOKEN_RE = re.compile(
     re.VERBOSE,
 )
 KEYWORDS = {"and", "or", "not"}
+# Parentheses and `not`s deeper than this are a config error (Python's own recursion limit is ~1000).
+MAX_DEPTH = 50
 
 
 class ConditionError(ValueError):
@@ -80,7 +84,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
         value = match.group(kind)
         if kind == "word":
             if value not in KEYWORDS:
-                raise ConditionError(f"unknown word {value!r} (use repo.FIELD, 'text', ==, !=, and, or, not)")
+                raise ConditionError(f"unknown word {clip(repr(value))} (use repo.FIELD, 'text', ==, !=, and, or, not)")
             kind = value
         elif kind == "other":
             raise ConditionError(f"unexpected character {value!r}")
@@ -93,6 +97,7 @@ class _Parser:
         self.tokens = _tokenize(text)
         self.pos = 0
         self.fields = fields
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.tokens[self.pos][0] if self.pos < len(self.tokens) else None
@@ -109,7 +114,7 @@ class _Parser:
             raise ConditionError("is empty")
         node = self.or_()
         if self.pos != len(self.tokens):
-            raise ConditionError(f"unexpected {self.tokens[self.pos][1]!r}")
+            raise ConditionError(f"unexpected {clip(repr(self.tokens[self.pos][1]))}")
         return node
 
     def or_(self) -> Node:
@@ -127,22 +132,33 @@ class _Parser:
         return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
 
     def not_(self) -> Node:
-        if self.peek() == "not":
-            self.take()
+        if self.peek() == "not" or (self.peek() == "op" and self.tokens[self.pos][1] == "("):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ConditionError(f"is nested more than {MAX_DEPTH} deep (parentheses and not)")
+            try:
+                return self.nested()
+            finally:
+                self.depth -= 1
+        return self.comparison()
+
+    def nested(self) -> Node:
+        if self.take()[0] == "not":
             return Not(self.not_())
-        if self.peek() == "op" and self.tokens[self.pos][1] == "(":
-            self.take()
-            node = self.or_()
-            kind, value = self.take()
-            if value != ")":
-                raise ConditionError(f"expected ')' but found {value!r}")
-            return node
+        node = self.or_()
+        kind, value = self.take()
+        if value != ")":
+            raise ConditionError(f"expected ')' but found {clip(repr(value))}")
+        return node
+
+    def comparison(self) -> Node:
         left = self.operand()
         if self.peek() == "op" and self.tokens[self.pos][1] in ("==", "!="):
             _, op = self.take()
             return Compare(left, op, self.operand())
         if isinstance(left, Literal):
-            raise ConditionError(f"a bare string ({left.value!r}) is not a condition; compare it with == or !=")
+            raise ConditionError(f"a bare string ({clip(repr(left.value))}) is not a condition; "
+                                 "compare it with == or !=")
         return left
 
     def operand(self) -> Field | Literal:
@@ -152,9 +168,9 @@ class _Parser:
         if kind == "field":
             name = value.split(".", 1)[1]
             if name not in self.fields:
-                raise ConditionError(f"unknown field {value!r} (fields: {', '.join(sorted(self.fields))})")
+                raise ConditionError(f"unknown field {clip(repr(value))} (fields: {', '.join(sorted(self.fields))})")
             return Field(name)
-        raise ConditionError(f"expected repo.FIELD or a quoted string but found {value!r}")
+        raise ConditionError(f"expected repo.FIELD or a quoted string but found {clip(repr(value))}")
 
 
 def parse_condition(text: str, fields: set[str]) -> Node:

@@ -27,3 +27,10 @@ class UnknownWorkflowError(OrchestratorError):
 def error_lines(err: Exception) -> str:
     """The message as front doors print it: one `error: ...` line per problem."""
     return "\n".join(f"error: {line}" for line in str(err).splitlines() or ["unknown error"])
+
+
+def clip(text: str, limit: int = 120) -> str:
+    """A value as error lines show it: at most `limit` characters, with a visible mark where it was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters cut]"

@@ -2,37 +2,89 @@
 
 Invoke's `c.run(timeout=)` kills only the shell and keeps all output in
 memory; builds and tests need their grandchildren killed and their output on
-disk, whatever its size or encoding.
+disk, whatever its size or encoding. Nothing a step starts outlives it, not
+even what left its group, and a signal to the tool stops every step.
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic, sleep
-from typing import IO, BinaryIO, Callable, Sequence, TypeVar
+from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 GRACE_S = 5.0
 CHUNK = 64 * 1024
+PR_SET_CHILD_SUBREAPER = 36
+# Every step's processes carry this variable (value unique per step): how we find the
+# ones that left its process group (setsid, daemons) to kill them with the step.
+STEP_VAR = "ORCHESTRATOR_STEP"
+# The signals that stop a run over many repos: Ctrl-C, `kill`/CI cancel/docker stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-# Process groups started here and still running: an interrupted run kills them.
-_active_groups: set[int] = set()
+# Steps started here and still running (process group -> step marker): an interrupted run kills them.
+_active_groups: dict[int, str] = {}
 _active_lock = threading.Lock()
 _stopping = threading.Event()
+_step_numbers = itertools.count(1)
+_subreaper_set = False
 
 
 @dataclass(frozen=True)
 class ProcessResult:
+    """How a command ended. Killed by a signal: `exit_code` is 128 + the signal (the shell's convention)."""
+
     exit_code: int | None
     timed_out: bool
     duration_s: float
+    signum: int | None = None
+    log_error: str | None = None  # the log could not be written (the command was stopped): why
+    escaped: tuple[str, ...] = ()  # processes that had left the group, killed with the step ("pid name")
+
+    @property
+    def killed_by(self) -> str | None:
+        return signal_name(self.signum) if self.signum else None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (a `setsid cmd &` whose parent ended) get reparented to us, not to init.
+
+    So they stay ours to find, kill and reap. Linux only; elsewhere a no-op.
+    """
+    global _subreaper_set
+    if _subreaper_set or not sys.platform.startswith("linux"):
+        return
+    _subreaper_set = True
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _proc_stat(pid: str) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def group_members(pgid: int) -> list[int]:
@@ -41,14 +93,40 @@ def group_members(pgid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
+        fields = _proc_stat(entry.name)
+        if fields and int(fields[2]) == pgid and fields[0] != b"Z":
             members.append(int(entry.name))
     return members
+
+
+def escaped_processes(marker: str, pgid: int) -> list[int]:
+    """Live processes of the step `marker` that are no longer in its process group `pgid`."""
+    needle = b"\0" + f"{STEP_VAR}={marker}".encode() + b"\0"
+    found = []
+    if not os.path.isdir("/proc/self"):
+        return found
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(entry.name)
+        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                if needle in b"\0" + environ.read() + b"\0":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().split(b"\0")
+        return f"{pid} {b' '.join(w for w in words if w).decode('utf-8', 'replace')[:80]}"
+    except OSError:
+        return str(pid)
 
 
 def group_alive(pgid: int) -> bool:
@@ -65,62 +143,153 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def kill_groups(pgids: Sequence[int], grace: float = GRACE_S) -> None:
-    """SIGTERM every group at once, give them `grace` seconds together, then SIGKILL what is left."""
-    for pgid in pgids:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+def _alive(pid: int) -> bool:
+    fields = _proc_stat(str(pid))
+    if fields is not None:
+        return fields[0] != b"Z"
+    return not os.path.isdir("/proc/self") and _signal_ok(pid, 0)
+
+
+def _leads_group(pid: int) -> bool:
+    fields = _proc_stat(str(pid))
+    return fields is not None and int(fields[2]) == pid
+
+
+def _signal_ok(pid: int, signum: int, group: bool = False) -> bool:
+    try:
+        (os.killpg if group else os.kill)(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap_orphans(pids: Sequence[int]) -> None:
+    """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
+    me = os.getpid()
+    for pid in pids:
+        fields = _proc_stat(str(pid))
+        if fields is None or int(fields[1]) != me:
+            continue
+        for _ in range(20):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            sleep(0.01)
+
+
+def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float = GRACE_S) -> None:
+    """SIGTERM every group and process at once, give them `grace` seconds together, then SIGKILL what is left.
+
+    `pids` are processes that left their group; a session leader among them takes its own group along.
+    """
+    groups = list(pgids) + [pid for pid in pids if _leads_group(pid)]
+    singles = [pid for pid in pids if pid not in groups]
+
+    def send(signum: int) -> None:
+        for pgid in groups:
+            _signal_ok(pgid, signum, group=True)
+        for pid in singles:
+            _signal_ok(pid, signum)
+
+    send(signal.SIGTERM)
     deadline = monotonic() + grace
-    while monotonic() < deadline and any(group_alive(pgid) for pgid in pgids):
+    while monotonic() < deadline and (any(group_alive(g) for g in groups) or any(_alive(p) for p in singles)):
         sleep(0.05)
-    for pgid in pgids:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    send(signal.SIGKILL)
+    _reap_orphans(list(pids))
 
 
 def kill_group(pgid: int, grace: float = GRACE_S) -> None:
-    kill_groups([pgid], grace)
+    kill_processes([pgid], (), grace)
 
 
-class Interrupted(Exception):
+def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
+    """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
+    escaped = escaped_processes(marker, pgid)
+    names = tuple(_describe(pid) for pid in escaped)
+    if escaped or group_alive(pgid):
+        kill_processes([pgid], escaped, grace)
+    return names
+
+
+class Stopping(Exception):
     """Raised instead of starting a command once the run is being stopped."""
 
 
-def terminate_all(grace: float = GRACE_S) -> None:
-    """Stop starting commands and kill every group still running.
 
-    On Ctrl-C only we get the signal (the commands run in their own sessions).
-    A second Ctrl-C while this runs is ignored, so no group is left orphaned.
+class RunInterrupted(Exception):
+    """A run over many items stopped by a signal: every running command was killed.
+
+    `results` are those of the items that finished before the signal, in item
+    order; front doors record them, print this message and exit `exit_code`.
     """
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+
+    def __init__(self, signum: int, results: list[Any], stopped: int) -> None:
+        self.signum = signum
+        self.results = results
+        self.stopped = stopped
+        self.exit_code = 128 + signum
+        self.notes: list[str] = []
+        super().__init__(f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
+                         f"({signal_name(signum)})")
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _ignore_stop_signals() -> dict[int, Any]:
+    """Ignore further stop signals (the run is already being stopped); returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:  # None: a handler not set from Python, which we cannot put back
+            signal.signal(signum, handler)
+
+
+def terminate_all(grace: float = GRACE_S) -> int:
+    """Stop starting commands and kill every step still running; returns how many were running.
+
+    The commands run in their own sessions, so a Ctrl-C reaches only us. A
+    second signal while this runs is ignored, so no group is left orphaned.
+    """
+    previous = _ignore_stop_signals()
     try:
         with _active_lock:
             _stopping.set()
-            groups = list(_active_groups)
-        kill_groups(groups, grace)
+            steps = dict(_active_groups)
+        escaped = [pid for pgid, marker in steps.items() for pid in escaped_processes(marker, pgid)]
+        kill_processes(list(steps), escaped, grace)
+        return len(steps)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        _restore(previous)
 
 
 class _Copier(threading.Thread):
-    """Copy a pipe to the log and the echo stream until EOF, or until told to stop.
+    """Copy a pipe to the log (and the echo stream) until EOF, or until told to stop.
 
     A process that left our group (setsid, a daemon) can hold the pipe open
     forever; once the group is gone we drain what is there and stop. A closed
-    echo stream (`| head`) stops the echo, never the logging.
+    echo stream (`| head`) stops the echo, never the logging. A log that
+    cannot be written (disk full) sets `log_error` and the pipe keeps being
+    drained, so the command never blocks on a full pipe.
     """
 
-    def __init__(self, source: IO[bytes], log: BinaryIO, echo: BinaryIO) -> None:
+    def __init__(self, source: IO[bytes], log: BinaryIO, echo: BinaryIO | None) -> None:
         super().__init__(daemon=True)
         self.fd = source.fileno()
-        self.log = log
+        self.log: BinaryIO | None = log
         self.echo: BinaryIO | None = echo
+        self.log_error: str | None = None
+        self.log_failed = threading.Event()
         self.stopping = threading.Event()
         self.drain_until = 0.0
 
@@ -141,14 +310,24 @@ class _Copier(threading.Thread):
             chunk = os.read(self.fd, CHUNK)
             if not chunk:
                 return
-            self.log.write(chunk)  # the log first: a slow or closed echo never costs the log
-            self.log.flush()
+            self._to_log(chunk)  # the log first: a slow or closed echo never costs the log
             if self.echo is not None:
                 try:
                     self.echo.write(chunk)
                     self.echo.flush()
                 except (BrokenPipeError, ValueError, OSError):
                     self.echo = None
+
+    def _to_log(self, chunk: bytes) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.write(chunk)
+            self.log.flush()
+        except (OSError, ValueError) as err:
+            self.log = None
+            self.log_error = getattr(err, "strerror", None) or str(err)
+            self.log_failed.set()
 
 
 def run_in_group(
@@ -163,54 +342,66 @@ def run_in_group(
     """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
 
     On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
-    command leaves behind in its group are killed when it ends, so nothing
-    outlives the step that started it.
+    command leaves behind, in its group or having left it, are killed when it
+    ends, so nothing outlives the step that started it. A log that cannot be
+    written stops the command (`log_error`). Raises OSError only when the log
+    cannot be written before the command starts.
     """
+    become_subreaper()
     started = monotonic()
     log.flush()
+    marker = f"{os.getpid()}-{next(_step_numbers)}"
+    step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
     # Start and register under the lock, so terminate_all() either sees this group or stops it starting.
     with _active_lock:
         if _stopping.is_set():
-            raise Interrupted("the run is being stopped")
+            raise Stopping("the run is being stopped")
         proc = subprocess.Popen(
             ["/bin/sh", "-c", command],
             cwd=cwd,
-            env=env,
+            env=step_env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if echo is not None else log.fileno(),
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         pgid = proc.pid
-        _active_groups.add(pgid)
-    copier = None
-    if echo is not None and proc.stdout is not None:
-        copier = _Copier(proc.stdout, log, echo)
-        copier.start()
+        _active_groups[pgid] = marker
+    assert proc.stdout is not None
+    copier = _Copier(proc.stdout, log, echo)
+    copier.start()
     timed_out = False
+    deadline = None if timeout is None else started + timeout
     try:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            kill_group(pgid, grace)
-            proc.wait()
-        if group_alive(pgid):
-            kill_group(pgid, grace)
+        while True:
+            try:
+                proc.wait(timeout=0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if copier.log_failed.is_set():
+                kill_group(pgid, grace)
+            elif deadline is not None and monotonic() >= deadline:
+                timed_out = True
+                kill_group(pgid, grace)
+        escaped = _stop_step(pgid, marker, grace)
     except BaseException:
-        kill_group(pgid, grace)
+        _stop_step(pgid, marker, grace)
         proc.wait()
         raise
     finally:
         with _active_lock:
-            _active_groups.discard(pgid)
-        if copier is not None:
-            copier.stop()
-            # Bounded: a reader of the echo that never reads must not hang the run forever.
-            copier.join(timeout=30)
-            if proc.stdout is not None and not copier.is_alive():
-                proc.stdout.close()
-    return ProcessResult(None if timed_out else proc.returncode, timed_out, monotonic() - started)
+            _active_groups.pop(pgid, None)
+        copier.stop()
+        # Bounded: a reader of the echo that never reads must not hang the run forever.
+        copier.join(timeout=30)
+        if not copier.is_alive():
+            proc.stdout.close()
+    code = proc.returncode
+    signum = -code if code is not None and code < 0 else None
+    exit_code = None if timed_out else (128 + signum if signum else code)
+    return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
+                         copier.log_error, escaped)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
@@ -218,9 +409,11 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
              on_done: Callable[[Result], None] | None = None, grace: float = GRACE_S) -> list[Result]:
     """`work(item)` for every item on a pool of `jobs` threads; results in item order.
 
-    On Ctrl-C (or any error) queued items are cancelled and every running
-    process group is killed: they run in their own sessions, so the terminal's
-    SIGINT reaches only us.
+    On SIGINT, SIGTERM or SIGHUP queued items are cancelled, every running
+    process group (and what left it) is killed, and RunInterrupted carries
+    the results of the items that had finished. They run in their own
+    sessions, so the terminal's SIGINT reaches only us. On any other error
+    the same kill happens and the error goes on.
     """
 
     def one(item: Item) -> Result:
@@ -231,6 +424,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     _stopping.clear()
     results: dict[int, Result] = {}
     futures: dict[Future[Result], int] = {}
+    previous = _catch_stop_signals()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {pool.submit(one, item): index for index, item in enumerate(items)}
@@ -238,11 +432,39 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
             results[futures[future]] = future.result()
             if on_done is not None:
                 on_done(results[futures[future]])
+    except (KeyboardInterrupt, _Signalled) as stop:
+        _ignore_stop_signals()
+        finished = [results[i] for i in sorted(results)]
+        for future in futures:
+            future.cancel()
+        stopped = terminate_all(grace)
+        pool.shutdown(wait=True)
+        signum = stop.signum if isinstance(stop, _Signalled) else signal.SIGINT
+        raise RunInterrupted(int(signum), finished, stopped) from None
     except BaseException:
         for future in futures:
             future.cancel()
         terminate_all(grace)
         raise
     finally:
-        pool.shutdown(wait=True)
+        try:
+            pool.shutdown(wait=True)
+        finally:
+            _restore(previous)
     return [results[i] for i in range(len(items))]
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """Turn the stop signals into an exception in the main thread (unless they are ignored, as under nohup)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
+    return previous

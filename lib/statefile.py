@@ -5,12 +5,16 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from lib.errors import OrchestratorError
+
+_ABSENT = object()
+_umask_lock = threading.Lock()
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -23,6 +27,7 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; state files are plain files
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
@@ -36,6 +41,21 @@ def write_text(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask() sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -56,15 +76,44 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
-def update_json(path: Path, change: Callable[[Any], Any], default: Any = None) -> Any:
-    """Read, change and rewrite a state file atomically with respect to other updaters."""
+def _aside(path: Path) -> Path:
+    return path.with_name(path.name + ".corrupt")
+
+
+def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = None) -> str | None:
+    """Move a state file that does not parse (or whose shape `problem` rejects) aside; say so in one line.
+
+    State is generated: a fresh file replaces it, and the old one is kept as
+    `NAME.corrupt` for a look. Returns None when the file is fine or absent.
+    """
     with locked(path):
-        try:
-            current = read_json(path, default)
-        except OrchestratorError:
-            # Generated state that no longer parses: keep it aside, start afresh.
-            os.replace(path, path.with_name(path.name + ".corrupt"))
-            current = default
+        why = _problem_of(path, problem)
+        if why is None:
+            return None
+        os.replace(path, _aside(path))
+        return f"{path}: {why}; set aside as {_aside(path).name}, a fresh one will be written"
+
+
+def _problem_of(path: Path, problem: Callable[[Any], str | None] | None) -> str | None:
+    try:
+        document = read_json(path, _ABSENT)
+    except OrchestratorError:
+        return "not valid JSON"
+    if document is _ABSENT or problem is None:
+        return None
+    return problem(document)
+
+
+def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
+                problem: Callable[[Any], str | None] | None = None) -> Any:
+    """Read, change and rewrite a state file atomically with respect to other updaters.
+
+    Generated state that no longer parses (or that `problem` rejects) is kept aside; `change` starts afresh.
+    """
+    with locked(path):
+        if _problem_of(path, problem) is not None:
+            os.replace(path, _aside(path))
+        current = read_json(path, default)
         document = change(current)
         write_json(path, document)
         return document

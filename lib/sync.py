@@ -449,9 +449,14 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
         with Progress("syncing", len(repos)) as progress:
-            outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                on_start=lambda repo: progress.start(repo.name),
-                                on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+            try:
+                outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
+                                    on_start=lambda repo: progress.start(repo.name),
+                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+            except runner.RunInterrupted as stop:  # keep what the repos that finished did
+                if not dry_run and stop.results:
+                    save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
+                raise
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)
         save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})

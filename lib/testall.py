@@ -1,12 +1,13 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
 
 from lib.batch import (
     Outcome,
+    check_report_path,
     count_statuses,
     counts_text,
     plan_workflow,
@@ -16,6 +17,7 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.paths import Paths
+from lib.runner import RunInterrupted
 from lib.workflows import Plan
 
 
@@ -24,6 +26,7 @@ class TestAllReport:
     outcomes: list[Outcome]
     duration_s: float
     state_file: Path
+    notes: list[str] = field(default_factory=list)  # printed after the table: what could not be written
 
     @property
     def failing(self) -> list[Outcome]:
@@ -47,14 +50,31 @@ def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, onl
 
 
 def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = None,
-                  only: list[str] | None = None, failed: bool = False) -> list[Plan]:
+                  only: list[str] | None = None, failed: bool = False, junit_xml: Path | None = None) -> list[Plan]:
+    """Everything that can be wrong is found here, before anything runs (exit 2)."""
+    if junit_xml is not None:
+        check_report_path(junit_xml)
     return plan_workflow(paths, "test", choose_repos(workspace, paths, tags, only, failed))
 
 
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
                  junit_xml: Path | None = None) -> TestAllReport:
+    """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported."""
     started = monotonic()
-    outcomes = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
-    if junit_xml is not None:
+    try:
+        run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
+    except RunInterrupted as stop:
+        stop.notes += _report(junit_xml, stop.results)
+        raise
+    notes = run.notes + _report(junit_xml, run.outcomes)
+    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file, notes)
+
+
+def _report(junit_xml: Path | None, outcomes: list[Outcome]) -> list[str]:
+    if junit_xml is None:
+        return []
+    try:
         write_junit(junit_xml, outcomes)
-    return TestAllReport(outcomes, monotonic() - started, paths.test_results_file)
+    except OSError as err:
+        return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
+    return []

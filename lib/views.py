@@ -85,7 +85,7 @@ def headline(workflow: str, outcome: "Outcome") -> str:
     if outcome.status == "passed":
         return f"{word} PASSED ({time})"
     if outcome.status == "failed":
-        return f"{word} FAILED (exit {outcome.exit_code}, {time})"
+        return f"{word} FAILED ({outcome.reason or f'exit {outcome.exit_code}'}, {time})"
     return f"{word} {outcome.status.upper()} ({outcome.reason}, {time})"
 
 

@@ -18,20 +18,33 @@ from typing import Any
 
 from lib.conditions import ConditionError, Node, as_text, evaluate, parse_condition
 from lib.config import NAME_RE, REPO_FIELDS, Repo, read_config_json
-from lib.errors import ConfigError, UnknownWorkflowError
+from lib.errors import ConfigError, UnknownWorkflowError, clip
 from lib.paths import SHIPPED_CONFIG_DIR, Paths
 
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+# `<<EOF`, `<<-EOF`, `<< 'EOF'`, `<<"EOF"`, `<<\EOF` (not `<<<`, a here-string: one word).
+HEREDOC_RE = re.compile(r"""<<(-?)[ \t]*(?:'([^'\n]*)'|"([^"\n]*)"|\\?([^\s;&|<>()'"]+))""")
+SUBSCRIPT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[[^\]]*$")
+SUBSTRING_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?:(?![-=?+])[^}]*$")
+ARITHMETIC_TEST_RE = re.compile(r"\s-(eq|ne|lt|le|gt|ge)\s")
+ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+LEADING_WORDS = {"!", "{", "if", "then", "do", "else", "elif", "while", "until", "time", "command", "builtin"}
+DECLARE_WORDS = {"declare", "typeset", "local", "readonly", "export"}
 WORKFLOW_KEYS = {"description", "steps", "log_file"}
 STEP_KEYS = {"cd": {"action", "target", "condition"}, "run": {"action", "command", "condition"}}
 # First words a shell runs itself (POSIX built-ins and reserved words, plus
 # common bash ones): nothing to look up on PATH.
 SHELL_WORDS = {
-    "!", "{", "(", ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "echo", "eval",
-    "exec", "exit", "export", "false", "fc", "fg", "for", "getopts", "hash", "if", "jobs", "kill", "local",
-    "printf", "pwd", "read", "readonly", "return", "set", "shift", "source", "test", "times", "trap", "true",
-    "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+    "!", "{", "}", "(", ")", ".", ":", "[", "[[", "]]", "alias", "bg", "bind", "break", "builtin", "caller",
+    "case", "cd", "command", "compgen", "complete", "continue", "coproc", "declare", "dirs", "disown", "do",
+    "done", "echo", "elif", "else", "enable", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg",
+    "fi", "for", "function", "getopts", "hash", "help", "history", "if", "in", "jobs", "kill", "let", "local",
+    "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "select",
+    "set", "shift", "shopt", "source", "suspend", "test", "then", "time", "times", "trap", "true", "type",
+    "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
 }
+# A name PATH lookup applies to: no path, no expansion, no quoting.
+BARE_COMMAND_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
 @dataclass(frozen=True)
@@ -83,28 +96,32 @@ def _check_template(text: str, where: str, in_shell: bool, problems: list[str]) 
     for match in PLACEHOLDER_RE.finditer(text):
         variable = match.group(1)
         if variable != "log_dir" and not (variable.startswith("repo.") and variable[5:] in REPO_FIELDS):
-            problems.append(f"{where}: unknown variable {{{{{variable}}}}} "
+            problems.append(f"{where}: unknown variable {{{{{clip(variable)}}}}} "
                             f"(use {{{{log_dir}}}} or {{{{repo.FIELD}}}} with FIELD one of {', '.join(REPO_FIELDS)})")
             continue
         unsafe = _unsafe_spot(text, match.start(), match.end()) if in_shell else None
         if unsafe:
-            problems.append(f"{where}: {{{{{variable}}}}} {unsafe}")
+            problems.append(f"{where}: {{{{{clip(variable)}}}}} {unsafe}")
     if "{{" in PLACEHOLDER_RE.sub("", text):
-        problems.append(f"{where}: unclosed '{{{{' in {text!r}")
+        problems.append(f"{where}: unclosed '{{{{' in {clip(repr(text))}")
 
 
 def _unsafe_spot(text: str, start: int, end: int) -> str | None:
     """Why a placeholder at text[start:end] would not work as one word, or None.
 
     A placeholder runs as `"${ORCH_...}"`, which the shell expands without
-    parsing the value. It would stay literal text inside single quotes, and
-    it would be parsed again as code by a nested shell (`sh -c '...'{{x}}`)
-    or in arithmetic (`$(( ))`). Best effort: `eval`, `sh -c {{x}}` and
-    `ssh host {{x}}` parse their arguments again whatever we check.
+    parsing the value. It would stay literal text inside single quotes or a
+    here-document, it would be parsed again as code by a nested shell
+    (`sh -c '...'{{x}}`), and bash evaluates it as code in arithmetic
+    (`(( ))`, `let`, `[[ -eq ]]`, `declare -i`, subscripts). Best effort:
+    `eval`, `sh -c {{x}}`, `ssh host {{x}}` and a variable later used in
+    arithmetic parse the value again whatever we check.
     """
     quote = None
     in_comment = False
     word_start = True  # a `#` starts a comment only where a word could start
+    pending: list[tuple[bool, str]] = []  # here-documents whose body starts at the next newline
+    plain = [" "] * start  # the text before the placeholder with quoted, commented and here-document parts blanked
     i = 0
     while i < start:
         char = text[i]
@@ -123,8 +140,31 @@ def _unsafe_spot(text: str, start: int, end: int) -> str | None:
             word_start = False
         elif char == "#" and word_start:
             in_comment = True
+        elif text.startswith("<<<", i):
+            i += 3  # a here-string: its word is an ordinary word
+            word_start = True
+            continue
+        elif text.startswith("<<", i):
+            match = HEREDOC_RE.match(text, i)
+            if match:
+                if match.end() > start:
+                    return "is a here-document's delimiter; use a fixed word"
+                pending.append((bool(match.group(1)), next(g for g in match.groups()[1:] if g is not None)))
+                i = match.end()
+                word_start = False
+                continue
         else:
             word_start = char in " \t\n;&|()<>"
+            plain[i] = char
+        if char == "\n" and pending and quote is None:
+            body_end = _here_documents_end(text, i + 1, pending)
+            pending = []
+            if body_end > start:
+                return ("is inside a here-document, where it would stay literal text; pass it as an argument "
+                        "(printf '%s\\n' {{...}} | cmd) instead")
+            i = body_end
+            word_start = True
+            continue
         i += 1
     if in_comment:
         return None
@@ -132,12 +172,59 @@ def _unsafe_spot(text: str, start: int, end: int) -> str | None:
         return "is inside single quotes, where it would not be expanded"
     if quote == '"':
         return "is inside double quotes; remove them: each value is passed as one word already"
-    if "$((" in text[:start] and "))" in text[end:]:
-        return "is inside $(( )), which evaluates its text as code"
+    arithmetic = _arithmetic_context("".join(plain), text, start, end)
+    if arithmetic:
+        return (f"is inside {arithmetic}: bash evaluates the value there as an arithmetic expression, "
+                "which can run code")
     before = text[start - 1] if start else ""
     after = text[end] if end < len(text) else ""
     if quote is None and (before in ("'", '"', "$") or after in ("'", '"')):
         return "is joined to a quoted word or a $ (a nested shell would parse it); leave it a separate word"
+    return None
+
+
+def _here_documents_end(text: str, index: int, pending: list[tuple[bool, str]]) -> int:
+    """Where the bodies of `pending` here-documents, starting at `index`, end (past the last delimiter line)."""
+    for strip_tabs, delimiter in pending:
+        while index < len(text):
+            newline = text.find("\n", index)
+            line_end = len(text) if newline < 0 else newline
+            line = text[index:line_end]
+            index = line_end + 1
+            if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                break
+        else:
+            return len(text) + 1
+    return index
+
+
+def _arithmetic_context(before: str, text: str, start: int, end: int) -> str | None:
+    """The arithmetic construct a placeholder at text[start:end] sits in, or None.
+
+    `before` is text[:start] with quoted parts blanked, so `echo '(('` opens nothing.
+    """
+    opened = before.rfind("((")
+    if opened >= 0 and "))" not in before[opened:]:
+        return "$(( ))" if before[opened - 1:opened] == "$" else "(( ))"
+    bracket = before.rfind("$[")
+    if bracket >= 0 and "]" not in before[bracket:]:
+        return "$[ ]"
+    if SUBSCRIPT_RE.search(before):
+        return "an array subscript"
+    if SUBSTRING_RE.search(before):
+        return "a ${var:offset:length}"
+    test = before.rfind("[[")
+    if test >= 0 and "]]" not in before[test:]:
+        closing = text.find("]]", end)
+        if ARITHMETIC_TEST_RE.search(text[test:closing if closing >= 0 else len(text)]):
+            return "[[ ... -eq ... ]] (-eq, -ne, -lt, -le, -gt and -ge compare arithmetic expressions)"
+    words = re.split(r"[;&|()\n]", before)[-1].split()
+    while words and (words[0] in LEADING_WORDS or ASSIGNMENT_RE.match(words[0])):
+        words = words[1:]
+    if words and words[0] == "let":
+        return "let"
+    if words and words[0] in DECLARE_WORDS and any(w.startswith("-") and "i" in w for w in words[1:]):
+        return f"{words[0]} -i"
     return None
 
 
@@ -150,10 +237,10 @@ def parse_workflows(data: Any, source: Path) -> dict[str, Workflow]:
     if not isinstance(data, dict) or not isinstance(data.get("workflows"), dict):
         raise ConfigError(f"{source}: top level: must be an object with a \"workflows\" object")
     for key in sorted(set(data) - {"workflows"}):
-        problem(key, "unknown key (allowed: workflows)")
+        problem(clip(key), "unknown key (allowed: workflows)")
     workflows: dict[str, Workflow] = {}
     for name, spec in data["workflows"].items():
-        where = f"workflows.{name}"
+        where = f"workflows.{clip(name)}"
         before = len(problems)
         if not NAME_RE.fullmatch(name):
             problem(where, "workflow names use only A-Z a-z 0-9 . _ - and do not start with . or -")
@@ -161,7 +248,7 @@ def parse_workflows(data: Any, source: Path) -> dict[str, Workflow]:
             problem(where, "must be an object with description and steps")
             continue
         for key in sorted(set(spec) - WORKFLOW_KEYS):
-            problem(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(WORKFLOW_KEYS))})")
+            problem(f"{where}.{clip(key)}", f"unknown key (allowed: {', '.join(sorted(WORKFLOW_KEYS))})")
         description = spec.get("description", "")
         if not isinstance(description, str):
             problem(f"{where}.description", "must be a string")
@@ -194,10 +281,10 @@ def _parse_step(raw: Any, where: str, source: Path, problem, problems: list[str]
         return None
     action = raw.get("action")
     if action not in STEP_KEYS:
-        problem(f"{where}.action", f"unknown action {json.dumps(action)} (allowed: cd, run)")
+        problem(f"{where}.action", f"unknown action {clip(json.dumps(action))} (allowed: cd, run)")
         return None
     for key in sorted(set(raw) - STEP_KEYS[action]):
-        problem(f"{where}.{key}", f"unknown key for a {action} step (allowed: {', '.join(sorted(STEP_KEYS[action]))})")
+        problem(f"{where}.{clip(key)}", f"unknown key for a {action} step (allowed: {', '.join(sorted(STEP_KEYS[action]))})")
     value_key = "target" if action == "cd" else "command"
     template = raw.get(value_key)
     if not isinstance(template, str) or not template.strip():
@@ -213,7 +300,7 @@ def _parse_step(raw: Any, where: str, source: Path, problem, problems: list[str]
         try:
             condition = parse_condition(text, set(REPO_FIELDS))
         except ConditionError as err:
-            problem(f"{where}.condition", f"{text!r} {err}")
+            problem(f"{where}.condition", f"{clip(repr(text))} {err}")
             return None
     return Step(action, template, condition)
 
@@ -234,7 +321,7 @@ def load_workflows(paths: Paths) -> dict[str, Workflow]:
 
 def get_workflow(workflows: dict[str, Workflow], name: str) -> Workflow:
     if name not in workflows:
-        raise UnknownWorkflowError(f"unknown workflow {name!r}; defined: {', '.join(sorted(workflows))}")
+        raise UnknownWorkflowError(f"unknown workflow {clip(repr(name))}; defined: {', '.join(sorted(workflows))}")
     return workflows[name]
 
 
@@ -266,17 +353,23 @@ def render_command(template: str, repo: Repo, log_dir: Path, cwd: Path) -> Comma
 
 
 def missing_tool(command: str, cwd: Path) -> str | None:
-    """The command's first word when it is not on PATH (a missing toolchain), else None."""
+    """The command's first word when it is a bare command name not on PATH (a missing toolchain), else None.
+
+    Only a plain name can be looked up: a path (`./x`, `~/bin/x`), anything
+    the shell expands (`$HOME/bin/x`), a keyword or a builtin runs, and
+    fails honestly if it is missing.
+    """
     try:
-        words = shlex.split(command)
+        words = shlex.split(command, comments=True)
     except ValueError:
         words = command.split()
-    words = [w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
-    if not words or words[0] in SHELL_WORDS:
+    words = [w for w in words if not ASSIGNMENT_RE.match(w)]
+    raw_words = [w for w in command.split() if not ASSIGNMENT_RE.match(w)]
+    if not words or not raw_words:
         return None
     tool = words[0]
-    if "/" in tool:
-        return None if os.access(cwd / tool, os.X_OK) else tool
+    if tool in SHELL_WORDS or raw_words[0] != tool or not BARE_COMMAND_RE.fullmatch(tool):
+        return None
     return None if shutil.which(tool) else tool
 
 
@@ -291,7 +384,7 @@ def plan_for(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
         else:
             commands.append(render_command(step.template, repo, log_dir, cwd))
     if workflow.log_file:
-        log = Path(render_path(workflow.log_file, repo, log_dir)).expanduser()
+        log = log_dir / Path(render_path(workflow.log_file, repo, log_dir)).expanduser()  # relative: in log_dir
     else:
         log = log_dir / f"orchestrator-{workflow.name}-{repo.name}.log"
     skip = None

@@ -8,9 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
+from lib.runner import RunInterrupted  # noqa: E402
 from lib.testall import plan_test_all, run_test_all  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
@@ -28,17 +30,28 @@ def main(argv: list[str] | None = None) -> int:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         only = [n.strip() for n in args.only.split(",") if n.strip()]
-        plans = plan_test_all(workspace, paths, args.tag, only, args.failed)
+        warn(check_state(paths, "test"))
+        plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if args.failed else ""))
         return 0
-    report = run_test_all(workspace, paths, plans, args.jobs, args.timeout or None, args.junit_xml)
+    try:
+        report = run_test_all(workspace, paths, plans, args.jobs, args.timeout or None, args.junit_xml)
+    except RunInterrupted as stop:
+        warn([*stop.notes, str(stop)])
+        return stop.exit_code
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
+    warn(report.notes)
     return 1 if report.failing else 0
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

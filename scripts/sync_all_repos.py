@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.config import load_workspace  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
+from lib.runner import RunInterrupted  # noqa: E402
 from lib.sync import run_sync  # noqa: E402
 from lib.views import sync_table  # noqa: E402
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print("\n".join([*stop.notes, str(stop)]), file=sys.stderr)
+        return stop.exit_code
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     return 1 if report.failing else 0

@@ -115,7 +115,7 @@ def test_shell_metacharacters_in_repo_fields_are_quoted_not_executed(home, make_
 
 INJECTION_TEMPLATES = [
     "echo {{repo.description}}",
-    "cat <<EOF\n{{repo.description}}\nEOF",
+    "cat <<'EOF'\nfixed text\nEOF\necho {{repo.description}}",
     "echo `echo {{repo.description}}`",
     "echo $(echo {{repo.description}})",
     "echo ${UNSET_VAR:-{{repo.description}}}",

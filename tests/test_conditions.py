@@ -47,3 +47,26 @@ def test_conditions_evaluate(text, expected):
 def test_bad_conditions_say_why(text, message):
     with pytest.raises(ConditionError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_condition(text, FIELDS)
+
+
+@pytest.mark.parametrize("text", [
+    "(" * 400 + "repo.name" + ")" * 400,
+    "not " * 400 + "repo.name",
+    "(not " * 300 + "repo.name" + ")" * 300,
+], ids=["parentheses", "not", "mixed"])
+def test_deep_nesting_is_a_condition_error_not_a_crash(text):
+    with pytest.raises(ConditionError, match=r"nested more than \d+ deep"):
+        parse_condition(text, FIELDS)
+
+
+def test_nesting_within_the_limit_still_works():
+    assert evaluate(parse_condition("(" * 30 + "not not repo.name" + ")" * 30, FIELDS), REPO.get) is True
+
+
+def test_a_huge_value_in_an_error_is_cut_with_a_mark():
+    with pytest.raises(ConditionError) as caught:
+        parse_condition("repo.name == 'x' '" + "y" * 1_000_000 + "'", FIELDS)
+    with pytest.raises(ConditionError) as caught_word:
+        parse_condition("repo.name == " + "w" * 1_000_000, FIELDS)
+    for err in (caught.value, caught_word.value):
+        assert len(str(err)) < 400 and "characters cut]" in str(err)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lib.runner import group_members, run_in_group
-from tests.conftest import ROOT, wait_gone
+from tests.conftest import ROOT, process_running, wait_gone
 
 
 def run(command: str, tmp_path: Path, timeout: float | None = 10, grace: float = 0.5, echo=None):
@@ -84,22 +84,67 @@ def test_no_group_members_left_after_a_normal_run(tmp_path):
     assert group_members(int(pidfile.read_text())) == []
 
 
-def test_echo_returns_when_a_detached_process_keeps_the_pipe_open(tmp_path):
-    """A daemon that left the group (setsid) must not hold the run hostage."""
+@pytest.mark.parametrize("echo", [None, io.BytesIO()], ids=["to-log", "to-log-and-echo"])
+def test_a_process_that_left_the_group_is_killed_with_the_step_and_named(tmp_path, echo):
+    """`setsid sleep 1000 &` must neither outlive the step nor hold the run hostage."""
     pidfile = tmp_path / "daemon.pid"
     started = time.monotonic()
     # The command waits for the daemon to have left the group, so the group kill cannot race it.
-    result, out = run(f"setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; sleep 30' & "
+    result, out = run(f"setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
+                      f"while :; do echo still here; sleep 0.1; done' & "
                       f"while [ ! -s {pidfile} ]; do sleep 0.05; done; echo started", tmp_path,
-                      timeout=20, echo=io.BytesIO())
-    elapsed = time.monotonic() - started
+                      timeout=20, echo=echo)
+    daemon = int(pidfile.read_text())
     try:
         assert result.exit_code == 0 and not result.timed_out
-        assert elapsed < 10, f"took {elapsed:.1f}s"
+        assert time.monotonic() - started < 10
         assert b"started" in out
+        assert wait_gone(daemon, 2), "the process that left the group outlived the step"
+        assert str(daemon) in [name.split()[0] for name in result.escaped]
+        size = (tmp_path / "run.log").stat().st_size
+        time.sleep(0.3)
+        assert (tmp_path / "run.log").stat().st_size == size, "something still writes to the log"
     finally:
-        if pidfile.exists():
-            os.killpg(int(pidfile.read_text()), 9)
+        if process_running(daemon):
+            os.kill(daemon, 9)
+
+
+def test_leftovers_of_other_concurrent_steps_are_not_touched(tmp_path):
+    """Each step kills only its own escaped processes, not those of a step still running."""
+    import threading
+
+    pidfile = tmp_path / "other.pid"
+    other_log = open(tmp_path / "other.log", "wb")
+    other = threading.Thread(target=run_in_group, args=(
+        f"setsid sh -c 'echo $$ > {pidfile}; sleep 30' & sleep 4", tmp_path, other_log, 10), kwargs={"grace": 0.5})
+    other.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result, _ = run("setsid sleep 0.1 & sleep 0.3", tmp_path, grace=0.5)
+        assert result.exit_code == 0
+        assert process_running(int(pidfile.read_text())), "a step killed another step's process"
+    finally:
+        other.join()
+        other_log.close()
+    assert wait_gone(int(pidfile.read_text()), 2), "the other step's escaped process outlived it"
+
+
+def test_killed_by_a_signal_is_128_plus_the_signal(tmp_path):
+    result, _ = run("kill -9 $$", tmp_path)
+    assert result.exit_code == 137 and result.signum == signal.SIGKILL and result.killed_by == "SIGKILL"
+    assert not result.timed_out
+
+
+@pytest.mark.parametrize("echo", [None, io.BytesIO()], ids=["to-log", "to-log-and-echo"])
+def test_a_log_that_cannot_be_written_stops_the_command_with_the_reason(tmp_path, echo):
+    started = time.monotonic()
+    with open("/dev/full", "wb", buffering=0) as log:
+        result = run_in_group("echo first; sleep 30", tmp_path, log, 60, grace=0.5, echo=echo)
+    assert time.monotonic() - started < 10, "the command ran on although nothing could be logged"
+    assert result.log_error == "No space left on device"
 
 
 class ClosedPipe(io.RawIOBase):
@@ -156,6 +201,15 @@ def test_ctrl_c_kills_every_running_group_at_once_and_starts_no_more(tmp_path):
     child.send_signal(signal.SIGINT)
     child.wait(timeout=15)
     assert time.monotonic() - started < 4, "groups were not killed together within one grace period"
-    assert b"KeyboardInterrupt" in child.stderr.read()
+    assert b"RunInterrupted: interrupted: stopped 2 running commands (SIGINT)" in child.stderr.read()
     assert all(wait_gone(pid, 2) for pid in pids)
     assert not (tmp_path / "pid2").exists(), "a queued command started after Ctrl-C"
+
+
+def test_orphans_of_a_step_are_reparented_to_the_tool_not_to_init(tmp_path):
+    """The tool is a child subreaper: a process whose parent exits stays ours to find and kill."""
+    result, out = run("(sleep 5 & echo $! > orphan.pid); sleep 0.3; "
+                      "awk '{print $4}' /proc/$(cat orphan.pid)/stat", tmp_path, grace=0.5)
+    assert result.exit_code == 0
+    assert out.decode().strip() == str(os.getpid())
+    assert wait_gone(int((tmp_path / "orphan.pid").read_text()), 2)

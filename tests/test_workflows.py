@@ -122,10 +122,40 @@ BAD = [
     ({"workflows": {"w": {"steps": [{"action": "run", "command": "x"}], "log_file": ""}}}, "log_file: must be a non-empty string"),
     ({"workflows": {"../evil": {"steps": [{"action": "run", "command": "x"}]}}}, "workflow names use only"),
     ({"flows": {}}, "must be an object with a \"workflows\" object"),
-]
+] + [({"workflows": {"w": {"steps": [{"action": "run", "command": command}]}}}, message) for command, message in [
+    # A here-document's body is neither a word nor quoted: the value would be printed literally ("${ORCH_...}").
+    ("cat <<EOF\n{{repo.description}}\nEOF", "is inside a here-document"),
+    ("cat <<-'EOF'\n\tbranch={{repo.default_branch}}\n\tEOF", "is inside a here-document"),
+    ("cat <<EOF >x; echo {{repo.name}}\nbody\nEOF", None),
+    ("cat << \"END\" | sh\necho {{repo.name}}\nEND", "is inside a here-document"),
+    ("cat <<EOF\na\nEOF\ncat <<EOF\n{{repo.name}}\nEOF", "is inside a here-document"),
+    # Arithmetic evaluates the value as an expression: `a[$(cmd)]` runs cmd under bash.
+    ("(( {{repo.description}} > 1 ))", "arithmetic"),
+    ("if ((1 + {{repo.description}})); then :; fi", "arithmetic"),
+    ("for ((i = 0; i < {{repo.description}}; i++)); do :; done", "arithmetic"),
+    ("let n={{repo.description}}+1", "arithmetic"),
+    ("true && let n={{repo.description}}", "arithmetic"),
+    ("[[ {{repo.description}} -eq 1 ]]", "arithmetic"),
+    ("[[ 1 -lt {{repo.description}} ]] && echo yes", "arithmetic"),
+    ("declare -i n={{repo.description}}", "arithmetic"),
+    ("typeset -ri n={{repo.description}}", "arithmetic"),
+    ("local -i n={{repo.description}}", "arithmetic"),
+    ("echo $[ {{repo.description}} + 1 ]", "arithmetic"),
+    ("echo ${arr[{{repo.description}}]}", "arithmetic"),
+    ("echo ${arr[ 1 + {{repo.description}} ]}", "arithmetic"),
+    ("arr[{{repo.description}}]=1", "arithmetic"),
+    ("echo ${PATH:{{repo.description}}}", "arithmetic"),
+    ("echo ${PATH:1:{{repo.description}}}", "arithmetic"),
+] if message]
 
 
-@pytest.mark.parametrize("doc,expected", BAD, ids=[b[1][:45] for b in BAD])
+def test_a_placeholder_after_a_here_document_line_is_still_checked(home):
+    write_workflows(home, {"workflows": {"w": {"steps": [{"action": "run",
+                                                           "command": "cat <<EOF >x; echo {{repo.name}}\nbody\nEOF"}]}}})
+    assert "w" in load_workflows(Paths.from_env()), "a placeholder on the here-document's own line is a word"
+
+
+@pytest.mark.parametrize("doc,expected", BAD, ids=[f"{i}-{b[1][:40]}" for i, b in enumerate(BAD)])
 def test_bad_workflow_files_fail_at_load_with_one_line_each(home, doc, expected):
     path = write_workflows(home, doc)
     with pytest.raises(ConfigError) as caught:
@@ -138,8 +168,17 @@ def test_bad_workflow_files_fail_at_load_with_one_line_each(home, doc, expected)
 @pytest.mark.parametrize("command", [
     "echo {{repo.name}} # a note with an apostrophe: it's {{repo.description}}",
     "cat <<< {{repo.description}}",
-    "cat <<EOF\n{{repo.description}}\nEOF",
+    "cat <<'EOF'\nliteral $x\nEOF\necho {{repo.description}}",
     "printf '%s\\n' {{repo.description}}",
+    "echo $((1 + 2)) {{repo.description}}",
+    "(( 1 > 0 )) && echo {{repo.description}}",
+    "let n=1; echo {{repo.description}}",
+    "[[ {{repo.name}} == svc ]] && echo {{repo.description}}",
+    "[ -n {{repo.name}} ] && test 1 -eq 1",
+    "echo ${UNSET:-{{repo.description}}}",
+    "declare -r x={{repo.description}}",
+    "echo '((' {{repo.description}} \"let [[\"",
+    "echo ${arr[1]} {{repo.description}}",
     "git log origin/{{repo.default_branch}}..HEAD",
 ])
 def test_placeholders_that_stay_one_quoted_word_are_accepted(home, command):
@@ -156,3 +195,49 @@ def test_malformed_json(home):
 def test_unknown_workflow_name_lists_the_defined_ones(home):
     with pytest.raises(UnknownWorkflowError, match="unknown workflow 'deploy'; defined: build, pull, review, status, test"):
         get_workflow(load_workflows(Paths.from_env()), "deploy")
+
+
+def test_a_huge_value_is_cut_in_error_lines(home):
+    huge = "x" * 1_000_000
+    write_workflows(home, {"workflows": {"w": {"steps": [
+        {"action": "run", "command": "x", "condition": f"repo.name == '{huge}' and"},
+        {"action": huge}, {"action": "run", "command": "echo {{" + huge}]}}})
+    with pytest.raises(ConfigError) as caught:
+        load_workflows(Paths.from_env())
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3
+    assert all(len(line) < 600 and "characters cut]" in line for line in lines), [len(line) for line in lines]
+
+
+def test_deeply_nested_condition_is_a_config_error(home):
+    write_workflows(home, {"workflows": {"w": {"steps": [
+        {"action": "run", "command": "x", "condition": "(" * 400 + "repo.name" + ")" * 400}]}}})
+    with pytest.raises(ConfigError, match=r"workflows.w.steps\[0\].condition: .*nested more than"):
+        load_workflows(Paths.from_env())
+
+
+@pytest.mark.parametrize("command,skipped", [
+    ("no-such-tool-xyz test", True),
+    ("FOO=1 no-such-tool-xyz test", True),
+    ("~/bin/no-such-tool-xyz", False),
+    ("$HOME/bin/no-such-tool-xyz", False),
+    ("${TOOLS}/run", False),
+    ("[[ -f x ]] && make", False),
+    ("./no-such-script", False),
+    ("declare -x A=1; make", False),
+    ("function f { :; }; f", False),
+    ("time make", False),
+])
+def test_only_a_bare_missing_first_word_is_a_missing_tool(home, command, skipped):
+    write_workflows(home, {"workflows": {"w": {"steps": [{"action": "run", "command": command}]}}})
+    plan = plan_for(get_workflow(load_workflows(Paths.from_env()), "w"), repo_named(home), Path("/logs"))
+    assert (plan.skip_reason is not None) is skipped, plan.skip_reason
+    if skipped:
+        assert plan.skip_reason == "no-such-tool-xyz not found on PATH"
+
+
+def test_a_relative_log_file_is_under_the_log_dir(home):
+    write_workflows(home, {"workflows": {"w": {"steps": [{"action": "run", "command": "make"}],
+                                               "log_file": "runs/{{repo.name}}.log"}}})
+    plan = plan_for(get_workflow(load_workflows(Paths.from_env()), "w"), repo_named(home), Path("/logs"))
+    assert plan.log == Path("/logs/runs/svc.log")
