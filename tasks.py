@@ -127,7 +127,7 @@ class _TextToBytes:
         self.stream.flush()
 
 
-def _run_on_repo(workflow, repo, timeout, dry_run, echo):
+def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False):
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
@@ -138,15 +138,24 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        plans = plan_workflow(paths, workflow, [workspace.get(repo)])
+        chosen = workspace.get(repo)
+        plans = plan_workflow(paths, workflow, [chosen])
+        on_host = _host_for(paths, chosen, host)
     except OrchestratorError as err:
         raise _fail(err) from None
+    stream = (getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout)) if echo else None
+    if dry_run and on_host is not None:
+        print(f"{chosen.name}: would run {workflow} on host {on_host.name} ({on_host.address}) "
+              f"in {shlex.quote(on_host.repo_dir(chosen.name))}")
+        return
     if dry_run:
         _print_plan(plans[0])
         return
-    print(f"log: {plans[0].log}", flush=True)
-    outcome = run_and_record(paths, workspace, plans, 1, timeout or None,
-                             echo=getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout) if echo else None)[0]
+    print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""), flush=True)
+    if on_host is not None:
+        outcome = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
+    else:
+        outcome = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream)[0]
     print(headline(workflow, outcome))
     if outcome.failing and not echo:
         print(f"--- last 50 lines of {outcome.log} ---")
@@ -155,23 +164,46 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
         raise Exit(code=1)
 
 
+def _host_for(paths, repo, flag):
+    """The build host a repo runs on: --host, else the repo's `host` in repos.json; None for here."""
+    from lib.fleet import Fleet
+    from lib.hosts import LOCAL
+
+    name = flag or repo.host or LOCAL
+    return None if name == LOCAL else Fleet.load(paths).get(name)
+
+
+def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
+    from lib.fleet import Fleet, run_distributed
+
+    try:
+        return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1,
+                               timeout or None, accept_new_host_key, echo=echo)[0]
+    except OrchestratorError as err:
+        raise _fail(err) from None
+
+
 RUN_HELP = {
     "repo": "repo name from config/repos.json",
     "timeout": "SECONDS before the whole process group is killed (0: no limit)",
     "dry_run": "print the rendered commands and log path; run nothing",
+    "host": "NAME: run on this build host of config/hosts.toml (default: the repo's `host`, else here; "
+            "`local`: here)",
+    "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new); "
+                           "a changed key is always refused",
 }
 
 
 @task(help=RUN_HELP)
-def build(c, repo, timeout=Seconds(1800), dry_run=False):
+def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
-    _run_on_repo("build", repo, timeout, dry_run, echo=False)
+    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(help=RUN_HELP)
-def test(c, repo, timeout=Seconds(1800), dry_run=False):
+def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
-    _run_on_repo("test", repo, timeout, dry_run, echo=False)
+    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(
@@ -184,12 +216,17 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False):
         "only": "only these repos, comma-separated (any language)",
         "failed": "rerun only the repos that failed or timed out last time",
         "dry_run": "print what would run; run nothing",
+        "hosts": "NAMES: spread the repos over these build hosts of config/hosts.toml, comma-separated; "
+                 "`local` is this machine (default: each repo on its `host`, else here)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False):
+             dry_run=False, hosts="", accept_new_host_key=False):
     """Test every repo with a known language, concurrently."""
     from lib.config import load_workspace
+    from lib.fleet import plan_groups, test_all_on_hosts
+    from lib.hosts import LOCAL
     from lib.testall import plan_test_all, run_test_all
     from lib.views import outcomes_table
 
@@ -197,16 +234,27 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         plans = plan_test_all(workspace, paths, tag, _split(only), failed)
+        fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
     except OrchestratorError as err:
         raise _fail(err) from None
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if failed else ""))
         return
+    remote = set(groups) != {LOCAL}
     if dry_run:
         for plan in plans:
-            _print_plan(plan)
+            where = next(name for name, repos in groups.items() if plan.repo in repos)
+            if where == LOCAL:
+                _print_plan(plan)
+            else:
+                print(f"{plan.repo.name}: would test on host {where} in "
+                      f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
         return
-    report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None)
+    junit = Path(junit_xml) if junit_xml else None
+    if remote:
+        report = test_all_on_hosts(paths, workspace, fleet, groups, jobs, timeout or None, junit, accept_new_host_key)
+    else:
+        report = run_test_all(workspace, paths, plans, jobs, timeout or None, junit)
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
     if report.failing:
@@ -219,11 +267,13 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         "repo": "repo name from config/repos.json",
         "timeout": "SECONDS before the whole process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
+        "host": RUN_HELP["host"],
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
-def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
+def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Run any workflow of config/workflows.json on one repo, showing its output."""
-    _run_on_repo(name, repo, timeout, dry_run, echo=True)
+    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(

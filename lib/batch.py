@@ -38,6 +38,7 @@ class Outcome:
     log: str
     reason: str | None
     finished_at: str
+    host: str = "local"  # a hosts.toml name when it ran on a build host
 
     @property
     def failing(self) -> bool:
@@ -180,7 +181,7 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}"
+        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}\nhost: {o.host}"
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 

@@ -265,8 +265,8 @@ def render_command(template: str, repo: Repo, log_dir: Path, cwd: Path) -> Comma
     return Command(cwd, shown, script, tuple(sorted(env.items())))
 
 
-def missing_tool(command: str, cwd: Path) -> str | None:
-    """The command's first word when it is not on PATH (a missing toolchain), else None."""
+def first_tool(command: str) -> str | None:
+    """The program a command line starts (after any VAR=value), or None for a shell built-in."""
     try:
         words = shlex.split(command)
     except ValueError:
@@ -274,7 +274,14 @@ def missing_tool(command: str, cwd: Path) -> str | None:
     words = [w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)]
     if not words or words[0] in SHELL_WORDS:
         return None
-    tool = words[0]
+    return words[0]
+
+
+def missing_tool(command: str, cwd: Path) -> str | None:
+    """The command's first word when it is not on PATH (a missing toolchain), else None."""
+    tool = first_tool(command)
+    if tool is None:
+        return None
     if "/" in tool:
         return None if os.access(cwd / tool, os.X_OK) else tool
     return None if shutil.which(tool) else tool

@@ -1,0 +1,189 @@
+"""Build hosts over a real OpenSSH server on 127.0.0.1: build, test, test-all, host keys, dead hosts, timeouts."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tests.conftest import git, wait_gone
+from tests.sshd_fixtures import free_port, sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+
+PASSING = {"Makefile": "all:\n\t@echo built on $$(hostname) in $$(pwd)\ntest:\n\t@echo all tests passed\n"}
+FAILING = {"Makefile": "all:\n\t@echo compile error; exit 2\ntest:\n\t@echo 1 test failed; exit 3\n"}
+
+
+def log_dir() -> Path:
+    return Path(os.environ["ORCHESTRATOR_LOG_DIR"])
+
+
+def clone_to(workspace: Path, handle) -> Path:
+    """The repo as it sits on the build host: a clone in the host's workspace."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    git(workspace, "clone", "-q", str(handle.remote), handle.path.name)
+    return workspace / handle.path.name
+
+
+def test_build_runs_in_the_repo_on_the_host_and_logs_locally(home, make_repo, inv, sshd, tmp_path):
+    remote_ws = tmp_path / "remote-ws"
+    repo = make_repo("staking", PASSING)
+    clone_to(remote_ws, repo)
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "not-here"), "language": "make"}])
+    result = inv("build", "staking", "--host", "builder")
+    assert result.code == 0, result.out + result.err
+    assert "BUILD PASSED (" in result.out
+    log = (log_dir() / "orchestrator-build-staking.log").read_text()
+    assert f"in {remote_ws / 'staking'}" in log and "on host builder" in log
+    entry = home.state("build-results.json")["results"][0]
+    assert entry["status"] == "passed" and entry["host"] == "builder" and entry["exit_code"] == 0
+
+
+def test_failed_test_on_the_host_exits_1_with_the_remote_exit_code(home, make_repo, inv, sshd, tmp_path):
+    remote_ws = tmp_path / "remote-ws"
+    clone_to(remote_ws, make_repo("ledger", FAILING))
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
+    home.write_repos([{"name": "ledger", "local": str(tmp_path / "nowhere"), "language": "make", "host": "builder"}])
+    result = inv("test", "ledger")  # the repo's own `host` in repos.json
+    assert result.code == 1
+    assert "TEST FAILED (exit 2, " in result.out  # make's exit code, as locally
+    assert "1 test failed" in result.out
+    assert home.state("test-results.json")["results"][0]["host"] == "builder"
+
+
+def test_repo_fields_reach_the_remote_shell_as_data_never_as_code(home, make_repo, inv, sshd, tmp_path):
+    marker = tmp_path / "pwned"
+    remote_ws = tmp_path / "remote-ws"
+    clone_to(remote_ws, make_repo("quoted", PASSING))
+    (home.path / "config").mkdir(parents=True, exist_ok=True)
+    (home.path / "config" / "workflows.json").write_text(json.dumps({"workflows": {"describe": {
+        "description": "echo the fields", "steps": [
+            {"action": "run", "command": "printf '%s|%s|%s\\n' {{repo.description}} {{repo.remote}} \"$PWD\""}]}}}))
+    payload = f"x; touch {marker}; $(touch {marker}) `touch {marker}` \"'\\ $HOME"
+    home.write_repos([{"name": "quoted", "local": str(tmp_path / "nowhere"), "language": "make",
+                       "description": payload, "remote": f"' && touch {marker} && echo '"}])
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
+    result = inv("workflow", "describe", "quoted", "--host", "builder")
+    assert result.code == 0, result.out + result.err
+    assert not marker.exists()
+    expected = f"{payload}|' && touch {marker} && echo '|{remote_ws / 'quoted'}"
+    assert expected in result.out  # echoed as it ran
+    assert expected in (log_dir() / "orchestrator-describe-quoted.log").read_text()
+
+
+def test_missing_repo_directory_on_the_host_is_an_error(home, inv, sshd, tmp_path):
+    write_hosts(home.path, {"builder": sshd.host_entry(tmp_path / "empty-ws")})
+    home.write_repos([{"name": "ghost", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    result = inv("build", "ghost", "--host", "builder")
+    assert result.code == 1
+    assert f"BUILD ERROR (directory does not exist on the host: {tmp_path / 'empty-ws' / 'ghost'}" in result.out
+
+
+def test_unknown_host_key_is_refused_then_accepted_with_the_flag(home, make_repo, inv, sshd, tmp_path):
+    remote_ws = tmp_path / "remote-ws"
+    clone_to(remote_ws, make_repo("staking", PASSING))
+    known_hosts = tmp_path / "empty" / "known_hosts"
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws, known_hosts=str(known_hosts))})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    refused = inv("build", "staking", "--host", "builder")
+    assert refused.code == 1
+    assert "unknown host key for [127.0.0.1]:" in refused.out and "--accept-new-host-key" in refused.out
+    assert not known_hosts.exists() and not (log_dir() / "orchestrator-build-staking.log").read_text().count("$ make")
+    accepted = inv("build", "staking", "--host", "builder", "--accept-new-host-key")
+    assert accepted.code == 0, accepted.out
+    assert known_hosts.read_text().split()[1:] == sshd.host_key_pub.split()
+    assert inv("build", "staking", "--host", "builder").code == 0  # remembered
+
+
+def test_a_changed_host_key_is_refused_even_with_accept_new(home, make_repo, inv, sshd, tmp_path):
+    remote_ws = tmp_path / "remote-ws"
+    clone_to(remote_ws, make_repo("staking", PASSING))
+    other = tmp_path / "other_key"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    known_hosts = tmp_path / "known_hosts"
+    key_type, key = (other.with_suffix(".pub")).read_text().split()[:2]
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key}\n")
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws, known_hosts=str(known_hosts))})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    before = known_hosts.read_text()
+    result = inv("build", "staking", "--host", "builder", "--accept-new-host-key")
+    assert result.code == 1 and "host key CHANGED" in result.out
+    assert known_hosts.read_text() == before
+
+
+def test_timeout_kills_the_whole_remote_process_group(home, make_repo, inv, sshd, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    remote_ws = tmp_path / "remote-ws"
+    hung = {"Makefile": "all:\n\t@echo start\n"
+            f"\t@sh -c 'trap \"\" TERM; echo $$$$ > {pidfile}; while :; do sleep 0.1; done' & sleep 60\n"}
+    clone_to(remote_ws, make_repo("slow", hung))
+    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
+    home.write_repos([{"name": "slow", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    started = time.monotonic()
+    result = inv("build", "slow", "--host", "builder", "--timeout", "1")
+    assert time.monotonic() - started < 20
+    assert result.code == 1 and "BUILD TIMEOUT (timed out after 1s" in result.out
+    assert home.state("build-results.json")["results"][0]["status"] == "timeout"
+    assert wait_gone(int(pidfile.read_text())), "the remote grandchild that ignores SIGTERM survived"
+
+
+def test_a_closed_port_fails_fast_with_the_reason(home, inv, sshd, tmp_path):
+    write_hosts(home.path, {"dead": sshd.host_entry(tmp_path / "ws", port=free_port())})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    started = time.monotonic()
+    result = inv("build", "staking", "--host", "dead")
+    assert time.monotonic() - started < 10
+    assert result.code == 1 and "BUILD ERROR (host unreachable: dead (" in result.out
+    assert "cannot connect: Connection refused" in result.out
+
+
+def test_test_all_spreads_repos_over_two_hosts_and_here_one_results_file(home, make_repo, inv, sshd, tmp_path):
+    ws_a, ws_b = tmp_path / "ws-a", tmp_path / "ws-b"
+    handles = [make_repo(name, FAILING if name == "r4" else PASSING) for name in ("r1", "r2", "r3", "r4", "r5")]
+    for handle in handles:  # every host has every repo; where each runs is test-all's choice
+        clone_to(ws_a, handle)
+        clone_to(ws_b, handle)
+    write_hosts(home.path, {"a": sshd.host_entry(ws_a, jobs=2), "b": sshd.host_entry(ws_b, jobs=1)})
+    home.write_repos([{"name": h.path.name, "local": str(h.path), "language": "make",
+                       **({"host": "b"} if h.path.name == "r5" else {})} for h in handles])
+    junit = tmp_path / "junit.xml"
+    result = inv("test-all", "--hosts", "a,b,local", "--jobs", "1", "--junit-xml", str(junit))
+    assert result.code == 1, result.out + result.err  # r4 fails
+    doc = home.state("test-results.json")
+    where = {r["repo"]: r["host"] for r in doc["results"]}
+    assert set(where.values()) == {"a", "b", "local"} and where["r5"] == "b"
+    assert {r["repo"]: r["status"] for r in doc["results"]} == {
+        "r1": "passed", "r2": "passed", "r3": "passed", "r4": "failed", "r5": "passed"}
+    assert doc["summary"]["total"] == 5 and doc["summary"]["failed"] == 1
+    assert "HOST" in result.out and junit.read_text().count("<testcase") == 5
+    for name, host in where.items():
+        log = (log_dir() / f"orchestrator-test-{name}.log").read_text()
+        assert (f"on host {host} " in log) == (host != "local")
+
+
+def test_test_all_an_unreachable_host_fails_its_repos_and_the_others_carry_on(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    handles = [make_repo(name, PASSING) for name in ("r1", "r2", "r3", "r4")]
+    for handle in handles:
+        clone_to(ws, handle)
+    write_hosts(home.path, {"up": sshd.host_entry(ws), "down": sshd.host_entry(ws, port=free_port())})
+    home.write_repos([{"name": h.path.name, "local": str(h.path), "language": "make"} for h in handles])
+    result = inv("test-all", "--hosts", "up,down")
+    assert result.code == 1
+    results = home.state("test-results.json")["results"]
+    by_host: dict[str, list[dict]] = {}
+    for r in results:
+        by_host.setdefault(r["host"], []).append(r)
+    assert {r["status"] for r in by_host["up"]} == {"passed"} and len(by_host["up"]) == 2
+    assert [r["status"] for r in by_host["down"]] == ["error", "error"]
+    assert all("host unreachable: down (" in r["reason"] and "Connection refused" in r["reason"]
+               for r in by_host["down"])
+
+
+def test_unknown_host_name_is_a_usage_error(home, make_repo, inv, tmp_path):
+    home.write_repos([{"name": "staking", "local": str(make_repo("staking", PASSING).path), "language": "make"}])
+    result = inv("test-all", "--hosts", "nope,local")
+    assert result.code == 2
+    assert result.err.strip() == (f"error: unknown host 'nope' in {home.path / 'config' / 'hosts.toml'}; "
+                                  "defined: none (add one with `inv host.add` or edit "
+                                  f"{home.path / 'config' / 'hosts.toml'})")
