@@ -334,4 +334,87 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise Exit(code=1)
 
 
+@task(
+    name="check",
+    help={
+        "name": "only this host (default: every host of config/hosts.toml)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+    },
+)
+def host_check(c, name="", accept_new_host_key=False):
+    """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
+    from lib.fleet import Fleet
+    from lib.remote import PROBE_TOOLS, check_hosts
+    from lib.views import plain_table
+
+    try:
+        fleet = Fleet.load(Paths.from_env())
+        hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if not hosts:
+        print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
+        return
+    checks = check_hosts(hosts, accept_new_host_key)
+    rows = []
+    for check in checks:
+        problems = check.problems
+        verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
+        rows.append([check.host.name, check.host.address, verdict, check.workspace or "-"])
+    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "WORKSPACE"]))
+    for check in checks:
+        if check.tools:
+            print(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))
+    if any(check.problems for check in checks):
+        raise Exit(code=1)
+
+
+@task(
+    name="add",
+    help={
+        "name": "the host's name in config/hosts.toml (used by --host NAME)",
+        "host": "its address or DNS name",
+        "workspace": "directory on the host that holds the repos (<workspace>/<repo name>); relative: to the login dir",
+        "user": "ssh user (default: yours)",
+        "port": "ssh port (default 22)",
+        "key_file": "private key to log in with (default: ssh-agent and ~/.ssh/id_*)",
+        "jobs": "repos tested there at once by test-all --hosts (default 2)",
+        "known_hosts": "known_hosts file to check its key against (default ~/.ssh/known_hosts)",
+        "connect_timeout": "SECONDS for the TCP connect, the SSH banner and auth each (default 10)",
+    },
+)
+def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", jobs=Count(2), known_hosts="",
+             connect_timeout=Seconds(10)):
+    """Add a build host to config/hosts.toml (comments and other hosts are kept)."""
+    from lib.hosts import add_host, hosts_file
+
+    path = hosts_file(Paths.from_env())
+    fields = {"host": host, "user": user or None, "port": int(port), "key_file": key_file or None,
+              "workspace": workspace, "jobs": int(jobs), "known_hosts": known_hosts or None,
+              "connect_timeout": float(connect_timeout)}
+    try:
+        added = add_host(path, name, fields)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(f"added host {added.name} ({added.address}, workspace {added.workspace}) to {path}; "
+          f"try it: inv host.check --name {added.name}")
+
+
+@task(name="list")
+def host_list(c):
+    """List the build hosts of config/hosts.toml."""
+    from lib.fleet import Fleet
+    from lib.views import plain_table
+
+    try:
+        fleet = Fleet.load(Paths.from_env())
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    rows = [[h.name, h.address, h.workspace, h.jobs, h.key_file or "agent / ~/.ssh", h.known_hosts or "~/.ssh/known_hosts"]
+            for h in fleet.hosts.values()]
+    print(plain_table(rows, ["HOST", "ADDRESS", "WORKSPACE", "JOBS", "KEY", "KNOWN HOSTS"]) if rows
+          else f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
+
+
 namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)
+namespace.add_collection(Collection("host", host_check, host_add, host_list))

@@ -147,6 +147,8 @@ def run_with_progress(paths: Paths, workspace: Workspace, workflow_name: str, gr
 
 def plan_groups(paths: Paths, repos: Sequence[Repo], hosts_text: str, jobs: int) -> tuple[Fleet, dict[str, list[Repo]]]:
     """Where each repo runs for `--hosts a,b,local` (or, without it, on its own `host`)."""
+    if not hosts_text and not any(repo.host for repo in repos):
+        return Fleet({}, hosts_file(paths)), {LOCAL: list(repos)}  # all here: hosts.toml is not even read
     fleet = Fleet.load(paths)
     chosen = parse_host_list(hosts_text, fleet) if hosts_text else None
     return fleet, assign(repos, fleet, chosen, jobs or batch.default_jobs())

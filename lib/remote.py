@@ -346,3 +346,57 @@ def run_on_host(host: Host, work: Callable[[Any], Sequence[Outcome]], accept_new
         return list(work(connection))
     finally:
         connection.close()
+
+
+PROBE_TOOLS = ("git", "make", "go", "node", "python3", "cargo", "setsid")
+PROBE = """for tool in git make go node python3 cargo setsid; do
+  if ! command -v "$tool" >/dev/null 2>&1; then version=missing
+  elif [ "$tool" = go ]; then version=$(go version 2>&1 | head -n 1)
+  elif [ "$tool" = setsid ]; then version=found
+  else version=$("$tool" --version 2>&1 | head -n 1); fi
+  printf '%s=%s\\n' "$tool" "$version"
+done
+if [ -d "$1" ]; then echo workspace=found; else echo workspace=missing; fi"""
+
+
+@dataclass
+class HostCheck:
+    host: Host
+    reachable: bool
+    reason: str | None = None
+    workspace: str | None = None
+    tools: dict[str, str] | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """What stops builds on a reachable host: no workspace, no git, no setsid."""
+        if not self.reachable or self.tools is None:
+            return [self.reason or "unreachable"]
+        found = [] if self.tools.get("workspace") == "found" else [f"workspace {self.workspace} does not exist"]
+        return found + [f"{tool} missing" for tool in ("git", "setsid") if self.tools.get(tool) == "missing"]
+
+
+def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
+    """Connect, then report the workspace and the versions of git and the toolchains found there."""
+    try:
+        connection = connect(host, accept_new_host_key)
+    except HostUnreachable as err:
+        return HostCheck(host, False, str(err))
+    try:
+        workspace = resolve_workspace(connection, host)
+        code, out, err = capture(connection, " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", PROBE, "probe",
+                                                                               workspace]))
+        if code != 0:
+            return HostCheck(host, True, f"probe failed: {err.decode('utf-8', 'replace').strip() or code}",
+                             workspace)
+        tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
+        return HostCheck(host, True, None, workspace, tools)
+    except Exception as err:  # the connection died halfway: as good as unreachable
+        return HostCheck(host, False, f"{host.name}: {type(err).__name__}: {err}")
+    finally:
+        connection.close()
+
+
+def check_hosts(hosts: Sequence[Host], accept_new_host_key: bool = False) -> list[HostCheck]:
+    """Every host at once (a dead one costs its connect timeout, never more)."""
+    return runner.run_each(hosts, lambda h: check_host(h, accept_new_host_key), max(1, min(16, len(hosts))))

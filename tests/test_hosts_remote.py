@@ -187,3 +187,18 @@ def test_unknown_host_name_is_a_usage_error(home, make_repo, inv, tmp_path):
     assert result.err.strip() == (f"error: unknown host 'nope' in {home.path / 'config' / 'hosts.toml'}; "
                                   "defined: none (add one with `inv host.add` or edit "
                                   f"{home.path / 'config' / 'hosts.toml'})")
+
+
+def test_host_check_reports_versions_and_the_exact_reason_for_a_dead_host(home, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_hosts(home.path, {"up": sshd.host_entry(ws), "down": sshd.host_entry(ws, port=free_port()),
+                            "stranger": sshd.host_entry(ws, known_hosts=str(tmp_path / "none"))})
+    result = inv("host.check")
+    assert result.code == 1
+    rows = {line.split()[0]: line for line in result.out.splitlines() if line.split()}
+    assert " ok " in rows["up"] and str(ws) in rows["up"]
+    assert "unreachable: down (" in rows["down"] and "Connection refused" in rows["down"]
+    assert "unknown host key" in rows["stranger"]
+    assert "up: git git version 2." in result.out and "setsid found" in result.out
+    assert inv("host.check", "--name", "up").code == 0
