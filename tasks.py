@@ -58,21 +58,31 @@ def _fail(err: OrchestratorError) -> Exit:
         "tag": "only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 2 per core)",
+        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
+        "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
-def status(c, json=False, tag=None, dirty=False, jobs=Count(0)):
+def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
     from lib.scan import scan_workspace
 
     try:
-        report = scan_workspace(load_workspace(Paths.from_env().repos_file), jobs, tag)
+        paths = Paths.from_env()
+        workspace = load_workspace(paths.repos_file)
+        if host:
+            from lib.fleet import Fleet
+            from lib.remote_status import scan_host
+
+            report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
+        else:
+            report = scan_workspace(workspace, jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
-        print(jsonlib.dumps(report.to_json(), indent=2))
+        print(jsonlib.dumps({**report.to_json(), **({"host": host} if host else {})}, indent=2))
     else:
         from lib.views import status_table
 

@@ -92,8 +92,19 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
             return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
         if len(plans) == 1 and echo is not None:
             return [remote.execute_remote(plans[0], host, connection, timeout, echo)]
-        return runner.run_each(plans, lambda plan: remote.execute_remote(plan, host, connection, timeout),
-                               host.jobs, on_start, on_done)
+        connections = remote.Connections(host, connection, accept_new_host_key)
+
+        def execute(plan: Plan) -> batch.Outcome:
+            taken = connections.take()
+            try:
+                return remote.execute_remote(plan, host, taken, timeout)
+            finally:
+                connections.give(taken)
+
+        try:
+            return runner.run_each(plans, execute, host.jobs, on_start, on_done)
+        finally:
+            connections.close()
 
     return remote.run_on_host(host, work, accept_new_host_key)
 

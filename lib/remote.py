@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import runner
 from lib.batch import Outcome, now_iso
@@ -24,6 +24,7 @@ from lib.config import LANGUAGE_MARKERS, Repo
 from lib.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
+Done = TypeVar("Done")
 CHUNK = 64 * 1024
 PGID_RE = re.compile(rb"orchestrator-pgid (\d+)\n")
 NO_DIR = b"orchestrator-no-such-directory\n"
@@ -128,13 +129,22 @@ def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int |
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
         deadline = monotonic() + timeout
-        while not (channel.exit_status_ready() and channel.eof_received):
+        while not _finished(channel):
             if monotonic() > deadline:
                 return None, bytes(out), bytes(err)
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
         return channel.recv_exit_status(), bytes(out), bytes(err)
+
+
+def _finished(channel: Any) -> bool:
+    """The command has exited and its output is all in, or the connection is gone (then it raises)."""
+    if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+        if channel.exit_status_ready() and channel.recv_exit_status() != -1 or channel.eof_received:
+            return True
+        raise ConnectionError("the connection to the host was lost")
+    return channel.exit_status_ready() and channel.eof_received
 
 
 def _read_ready(channel: Any, on_out: Callable[[bytes], Any], on_err: Callable[[bytes], Any]) -> None:
@@ -230,7 +240,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env}))
         exited_at: float | None = None
         try:
-            while not (channel.exit_status_ready() and channel.eof_received):
+            while not _finished(channel):
                 if timeout is not None and monotonic() - started > timeout:
                     problem = kill_remote_group(connection, pgid, grace) if pgid else "no process group reported"
                     return RemoteResult(None, timed_out=True, problem=problem)
@@ -336,7 +346,7 @@ def reset_stop() -> None:
     _stopping.clear()
 
 
-def run_on_host(host: Host, work: Callable[[Any], Sequence[Outcome]], accept_new_host_key: bool) -> list[Outcome]:
+def run_on_host(host: Host, work: Callable[[Any], Sequence[Done]], accept_new_host_key: bool) -> list[Done]:
     """Connect once, run `work(connection)` (or `work(HostUnreachable)` so every repo says why), disconnect."""
     try:
         connection = connect(host, accept_new_host_key)
@@ -400,3 +410,37 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
 def check_hosts(hosts: Sequence[Host], accept_new_host_key: bool = False) -> list[HostCheck]:
     """Every host at once (a dead one costs its connect timeout, never more)."""
     return runner.run_each(hosts, lambda h: check_host(h, accept_new_host_key), max(1, min(16, len(hosts))))
+
+
+class Connections:
+    """One SSH connection per job slot on a host: sshd caps the sessions of one connection (MaxSessions,
+    default 10), and each running command may need two (itself and its kill)."""
+
+    def __init__(self, host: Host, first: Any, accept_new_host_key: bool) -> None:
+        self.host = host
+        self.accept_new_host_key = accept_new_host_key
+        self.idle = [first]
+        self.opened: list[Any] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> Any:
+        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+        try:
+            connection = connect(self.host, self.accept_new_host_key)
+        except HostUnreachable as err:
+            return err
+        with self.lock:
+            self.opened.append(connection)
+        return connection
+
+    def give(self, connection: Any) -> None:
+        if not isinstance(connection, HostUnreachable):
+            with self.lock:
+                self.idle.append(connection)
+
+    def close(self) -> None:
+        for connection in self.opened:
+            connection.close()

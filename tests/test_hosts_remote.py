@@ -202,3 +202,69 @@ def test_host_check_reports_versions_and_the_exact_reason_for_a_dead_host(home, 
     assert "unknown host key" in rows["stranger"]
     assert "up: git git version 2." in result.out and "setsid found" in result.out
     assert inv("host.check", "--name", "up").code == 0
+
+
+def test_status_on_a_host_reads_the_repos_there(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    clean = clone_to(ws, make_repo("clean-one"))
+    dirty = clone_to(ws, make_repo("dirty-one"))
+    (dirty / "new file.txt").write_text("x")
+    (dirty / "README.md").write_text("changed\n")
+    behind = make_repo("behind-one")
+    clone_to(ws, behind)
+    behind.push_from_elsewhere(tmp_path, {"up.txt": "1"})
+    git(ws / "behind-one", "fetch", "-q")
+    (ws / "plain").mkdir()
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "here" / n)}
+                      for n in ("clean-one", "dirty-one", "behind-one", "plain", "gone")])
+    result = inv("status", "--host", "builder", "--json")
+    assert result.code == 1  # plain and gone are errors, as locally
+    doc = json.loads(result.out)
+    assert doc["host"] == "builder"
+    repos = {r["name"]: r for r in doc["repos"]}
+    assert repos["clean-one"]["clean"] and repos["clean-one"]["head"] == git(clean, "rev-parse", "HEAD")
+    assert repos["clean-one"]["path"] == str(ws / "clean-one")
+    assert (repos["dirty-one"]["modified"], repos["dirty-one"]["untracked"], repos["dirty-one"]["dirty"]) == (1, 1, 2)
+    assert repos["behind-one"]["behind"] == 1 and repos["behind-one"]["upstream"] == "origin/main"
+    assert repos["behind-one"]["last_commit"]["subject"] == "initial"
+    assert repos["plain"]["error"] == "not a git repository (no .git)"
+    assert repos["gone"]["error"] == "path does not exist" and not repos["gone"]["exists"]
+    table = inv("status", "--host", "builder")
+    assert "1 modified, 1 untracked" in table.out and "+0/-1" in table.out
+
+
+def test_status_on_an_unreachable_host_is_an_error_per_repo(home, inv, sshd, tmp_path):
+    write_hosts(home.path, {"down": sshd.host_entry(tmp_path, port=free_port())})
+    home.write_repos([{"name": "r1", "local": str(tmp_path / "r1")}])
+    result = inv("status", "--host", "down")
+    assert result.code == 1 and "error: host unreachable: down (" in result.out
+
+
+def test_a_host_with_more_jobs_than_sshd_sessions_per_connection_runs_them_all(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    slow = {"Makefile": "all:\n\t@true\ntest:\n\t@sleep 0.5; echo ok\n"}
+    names = [f"r{i}" for i in range(12)]
+    for name in names:
+        clone_to(ws, make_repo(name, slow))
+    write_hosts(home.path, {"big": sshd.host_entry(ws, jobs=12)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"} for n in names])
+    result = inv("test-all", "--hosts", "big")
+    assert result.code == 0, result.out + result.err
+    assert home.state("test-results.json")["summary"]["passed"] == 12
+
+
+def test_language_is_detected_on_the_host_and_a_tool_missing_there_is_a_skip(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("tool", {"Makefile": "all:\n\t@true\n"}))
+    (home.path / "config").mkdir(parents=True, exist_ok=True)
+    (home.path / "config" / "workflows.json").write_text(json.dumps({"workflows": {"build": {
+        "description": "b", "steps": [{"action": "run", "command": "no-such-tool-xyz --version",
+                                       "condition": "repo.language == 'make'"}]}}}))
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "tool", "local": str(tmp_path / "nowhere")}])  # no language: unknown here
+    result = inv("build", "tool", "--host", "builder")
+    assert result.code == 0, result.out
+    assert "BUILD SKIPPED (no-such-tool-xyz not found on PATH on the host" in result.out
+    entry = home.state("build-results.json")["results"][0]
+    assert entry["language"] == "make" and entry["status"] == "skipped"
