@@ -67,7 +67,7 @@ def _policies(known_hosts: Path, accept_new: bool) -> Any:
         never reaches a policy (paramiko raises BadHostKeyException), so it stays refused."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Appended, never rewritten: the file may hold lines paramiko cannot parse.
             with open(known_hosts, "a", encoding="utf-8") as out:
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -289,7 +289,7 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
     with log:
         log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
                   f"({host.address})\n".encode())
-        if connection is None or isinstance(connection, HostUnreachable):
+        if isinstance(connection, HostUnreachable):
             reason = f"host unreachable: {connection}"
             log.write(f"error: {reason}\n".encode())
             return outcome("error", reason=reason)

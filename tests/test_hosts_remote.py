@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.conftest import git, wait_gone
+from tests.conftest import ROOT, git, wait_gone
 from tests.sshd_fixtures import free_port, sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 
 PASSING = {"Makefile": "all:\n\t@echo built on $$(hostname) in $$(pwd)\ntest:\n\t@echo all tests passed\n"}
@@ -268,3 +271,43 @@ def test_language_is_detected_on_the_host_and_a_tool_missing_there_is_a_skip(hom
     assert "BUILD SKIPPED (no-such-tool-xyz not found on PATH on the host" in result.out
     entry = home.state("build-results.json")["results"][0]
     assert entry["language"] == "make" and entry["status"] == "skipped"
+
+
+def test_a_process_left_behind_on_the_host_is_killed_when_the_command_ends(home, make_repo, inv, sshd, tmp_path):
+    pidfile = tmp_path / "daemon.pid"
+    ws = tmp_path / "ws"
+    leaves = {"Makefile": f"all:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60' >/dev/null 2>&1 &\n"
+                          f"\t@sh -c 'while [ ! -s {pidfile} ]; do sleep 0.05; done; echo started'\n"}
+    clone_to(ws, make_repo("leaves", leaves))
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "leaves", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    result = inv("build", "leaves", "--host", "builder")
+    assert result.code == 0, result.out
+    assert wait_gone(int(pidfile.read_text())), "the process the build left running on the host survived"
+
+
+def test_big_binary_output_reaches_the_local_log_byte_for_byte(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("noisy", {"Makefile": "all:\n\t@head -c 3000000 /dev/zero | tr '\\0' '\\377'\n"}))
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "noisy", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    assert inv("build", "noisy", "--host", "builder").code == 0
+    log = (log_dir() / "orchestrator-build-noisy.log").read_bytes()
+    assert log.count(b"\xff") == 3_000_000
+
+
+def test_ctrl_c_kills_the_remote_process_group(home, make_repo, sshd, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("slow", {"Makefile": f"all:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60'\n"}))
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "slow", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build", "slow",
+                             "--host", "builder"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert wait_gone(int(pidfile.read_text())), "the remote command survived Ctrl-C"
