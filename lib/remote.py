@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import runner
 from lib.batch import Outcome, now_iso
-from lib.config import LANGUAGE_MARKERS, Repo
+from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
 from lib.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
@@ -159,7 +159,8 @@ def resolve_workspace(connection: Any, host: Host) -> str:
     if host.workspace.startswith("/"):
         return host.workspace
     code, out, err = capture(connection, "pwd")
-    login_dir = out.decode("utf-8", "replace").strip()
+    # The last line: a chatty shell start-up file may print before it.
+    login_dir = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
     if code != 0 or not login_dir.startswith("/"):
         raise HostUnreachable(f"{host.name}: cannot find the login directory: {err.decode('utf-8', 'replace')}")
     return f"{login_dir.rstrip('/')}/{host.workspace}"
@@ -172,8 +173,8 @@ def remote_repo(connection: Any, repo: Repo, workspace: str) -> Repo:
     if repo.language_detected:
         tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
         code, out, _ = capture(connection, f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}")
-        found = out.decode("utf-8", "replace").strip()
-        language = found if code == 0 and found else "unknown"
+        found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
+        language = found if code == 0 and found in LANGUAGES else "unknown"
     return replace(repo, local=Path(path), language=language)
 
 
@@ -233,12 +234,13 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         nonlocal pgid
         private.extend(data)
         match = PGID_RE.search(private)
-        if match and pgid is None:
+        if match and pgid is None and int(match.group(1)) > 1:  # `kill -TERM -1` would hit every process
             pgid = int(match.group(1))
 
     with channel:
         channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env}))
         exited_at: float | None = None
+        reaped = False
         try:
             while not _finished(channel):
                 if timeout is not None and monotonic() - started > timeout:
@@ -246,16 +248,16 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                     return RemoteResult(None, timed_out=True, problem=problem)
                 if _stopping.is_set():
                     raise runner.Interrupted("the run is being stopped")
-                if channel.exit_status_ready() and pgid is not None:
+                if channel.exit_status_ready() and pgid is not None and not reaped:
                     # The command is done but something it started still holds its output: end the group.
                     exited_at = exited_at or monotonic()
                     if monotonic() - exited_at > 0.5:
                         kill_remote_group(connection, pgid, grace)
-                        exited_at = float("inf")
+                        reaped = True
                 select.select([channel], [], [], 0.1)
                 _read_ready(channel, write, read_private)
             _read_ready(channel, write, read_private)
-            if pgid is not None and exited_at != float("inf"):
+            if pgid is not None and not reaped:
                 kill_remote_group(connection, pgid, grace)  # nothing it started outlives it, as locally
         except BaseException:
             if pgid is not None:

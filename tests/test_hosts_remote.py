@@ -311,3 +311,17 @@ def test_ctrl_c_kills_the_remote_process_group(home, make_repo, sshd, tmp_path):
     proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert wait_gone(int(pidfile.read_text())), "the remote command survived Ctrl-C"
+
+
+def test_a_chatty_login_shell_does_not_confuse_a_relative_workspace(home, make_repo, inv, sshd, tmp_path):
+    login_dir = Path(os.path.expanduser(f"~{sshd.user}"))  # sshd starts sessions in the user's passwd home
+    (sshd.remote_home / ".bashrc").write_text("echo 'welcome to the build farm'\n")
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("staking", PASSING))
+    relative = os.path.relpath(ws, login_dir)
+    write_hosts(home.path, {"builder": sshd.host_entry(Path(relative))})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere")}])  # language detected there
+    result = inv("build", "staking", "--host", "builder")
+    assert result.code == 0, result.out
+    log = (log_dir() / "orchestrator-build-staking.log").read_text()
+    assert f"$ cd {ws / 'staking'}" in log and "welcome to the build farm" in log
