@@ -11,6 +11,7 @@ from typing import Any
 from lib.config import NAME_RE
 from lib.errors import ConfigError, OrchestratorError
 from lib.paths import Paths
+from lib.statefile import locked
 
 LOCAL = "local"  # the name --hosts uses for this machine; no host may take it
 DEFAULT_JOBS = 2
@@ -159,21 +160,22 @@ def add_host(path: Path, name: str, fields: dict[str, Any]) -> Host:
     """Append a [hosts.NAME] table to hosts.toml (comments and other hosts are kept as they are)."""
     import tomli_w
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from None
-    existing = parse_hosts(_parse_toml(text, path), path)
-    if name in existing:
-        raise ConfigError(f"{path}: hosts.{name}: already defined; edit the file to change it")
-    spec = {k: v for k, v in fields.items() if v is not None}
-    table = tomli_w.dumps({"hosts": {name: spec}})
-    new_text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text.strip() else "") + table
-    hosts = parse_hosts(_parse_toml(new_text, path), path)
-    _write_atomically(path, new_text)
-    return hosts[name]
+    with locked(path):  # two `host.add` at once: each sees the other's host
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read: {err}") from None
+        existing = parse_hosts(_parse_toml(text, path), path)
+        if name in existing:
+            raise ConfigError(f"{path}: hosts.{name}: already defined; edit the file to change it")
+        spec = {k: v for k, v in fields.items() if v is not None}
+        table = tomli_w.dumps({"hosts": {name: spec}})
+        new_text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text.strip() else "") + table
+        hosts = parse_hosts(_parse_toml(new_text, path), path)
+        _write_atomically(path, new_text)
+        return hosts[name]
 
 
 def _write_atomically(path: Path, text: str) -> None:

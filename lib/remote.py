@@ -117,6 +117,11 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     except socket.gaierror as err:
         raise HostUnreachable(f"{where}: cannot resolve {host.host}: {err.strerror}") from None
     except (paramiko.SSHException, OSError, EOFError) as err:
+        transport = connection.client.get_transport()
+        if transport is not None and not transport.remote_version:
+            # paramiko then reports "No existing session" or the like; the truth is that nothing spoke SSH.
+            raise HostUnreachable(f"{where}: no SSH banner within {timeout:g}s (is an SSH server on that port?)") \
+                from None
         raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
     connection.transport.set_keepalive(15)
     return connection

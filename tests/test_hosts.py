@@ -120,3 +120,15 @@ def test_host_add_creates_the_file_when_there_is_none(home, inv):
     result = inv("host.add", "b1", "--host", "h", "--workspace", "src")
     assert result.code == 0, result.err
     assert set(load_hosts(home.path / "config" / "hosts.toml")) == {"b1"}
+
+
+def test_concurrent_host_adds_lose_no_host(home):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lib.hosts import add_host
+
+    path = home.path / "config" / "hosts.toml"
+    names = [f"b{i}" for i in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda n: add_host(path, n, {"host": "h", "workspace": "w"}), names))
+    assert set(load_hosts(path)) == set(names)

@@ -325,3 +325,30 @@ def test_a_chatty_login_shell_does_not_confuse_a_relative_workspace(home, make_r
     assert result.code == 0, result.out
     log = (log_dir() / "orchestrator-build-staking.log").read_text()
     assert f"$ cd {ws / 'staking'}" in log and "welcome to the build farm" in log
+
+
+def test_a_host_that_accepts_but_never_speaks_ssh_times_out(home, inv, sshd, tmp_path):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes the handshake; nobody ever answers
+    try:
+        write_hosts(home.path, {"mute": sshd.host_entry(tmp_path, port=silent.getsockname()[1], connect_timeout=1)})
+        home.write_repos([{"name": "r", "local": str(tmp_path / "r"), "language": "make"}])
+        started = time.monotonic()
+        result = inv("build", "r", "--host", "mute")
+        assert time.monotonic() - started < 10
+        assert result.code == 1 and "host unreachable: mute (" in result.out
+        assert "no SSH banner within 1s" in result.out
+    finally:
+        silent.close()
+
+
+def test_a_key_the_host_does_not_accept_is_an_authentication_failure(home, inv, sshd, tmp_path):
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    write_hosts(home.path, {"builder": sshd.host_entry(tmp_path, key_file=str(stranger))})
+    result = inv("host.check")
+    assert result.code == 1
+    assert "unreachable: builder (" in result.out and "authentication failed with key" in result.out
