@@ -115,6 +115,17 @@ def _split(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
+def _print_plans(plans, fleet, groups) -> None:
+    """Dry run over many repos: each one's commands here, or the host and directory it would run in."""
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        if where in fleet.hosts:
+            print(f"{plan.repo.name}: would run {plan.workflow} on host {where} in "
+                  f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
+        else:
+            _print_plan(plan)
+
+
 def _print_plan(plan) -> None:
     if plan.skip_reason:
         print(f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}")
@@ -250,18 +261,11 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if failed else ""))
         return
-    remote = set(groups) != {LOCAL}
     if dry_run:
-        for plan in plans:
-            where = next(name for name, repos in groups.items() if plan.repo in repos)
-            if where == LOCAL:
-                _print_plan(plan)
-            else:
-                print(f"{plan.repo.name}: would test on host {where} in "
-                      f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
+        _print_plans(plans, fleet, groups)
         return
     junit = Path(junit_xml) if junit_xml else None
-    if remote:
+    if set(groups) != {LOCAL}:
         report = test_all_on_hosts(paths, workspace, fleet, groups, jobs, timeout or None, junit, accept_new_host_key)
     else:
         report = run_test_all(workspace, paths, plans, jobs, timeout or None, junit)
@@ -292,25 +296,34 @@ def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accep
         "jobs": "N: repos at once (default: one per core)",
         "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
+        "hosts": "NAMES: spread the repos over these build hosts, comma-separated; `local` is this machine "
+                 "(default: each repo on its `host`, else here)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
-def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
+def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, hosts="", accept_new_host_key=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
+    from lib import fleet as fleets
     from lib.batch import plan_workflow, run_with_progress
     from lib.config import load_workspace
+    from lib.hosts import LOCAL
     from lib.views import outcomes_table
 
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         plans = plan_workflow(paths, name, workspace.repos)
+        fleet, groups = fleets.plan_groups(paths, workspace.repos, hosts, jobs)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dry_run:
-        for plan in plans:
-            _print_plan(plan)
+        _print_plans(plans, fleet, groups)
         return
-    outcomes = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
+    if set(groups) != {LOCAL}:
+        outcomes = fleets.run_with_progress(paths, workspace, name, groups, fleet, jobs, timeout or None,
+                                            accept_new_host_key, name)
+    else:
+        outcomes = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
     print(outcomes_table(outcomes))
     if any(o.failing for o in outcomes):
         raise Exit(code=1)

@@ -352,3 +352,20 @@ def test_a_key_the_host_does_not_accept_is_an_authentication_failure(home, inv, 
     result = inv("host.check")
     assert result.code == 1
     assert "unreachable: builder (" in result.out and "authentication failed with key" in result.out
+
+
+def test_workflow_all_runs_each_repo_on_its_own_host(home, make_repo, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    there, here = make_repo("there", PASSING), make_repo("here", PASSING)
+    clone_to(ws, there)
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "there", "local": str(tmp_path / "nowhere"), "language": "make", "host": "builder"},
+                      {"name": "here", "local": str(here.path), "language": "make"}])
+    dry = inv("workflow-all", "build", "--dry-run")
+    assert f"there: would run build on host builder in {ws / 'there'}" in dry.out
+    assert f"cd {here.path} && make" in dry.out
+    result = inv("workflow-all", "build")
+    assert result.code == 0, result.out + result.err
+    rows = {line.split()[0]: line.split()[2] for line in result.out.splitlines()[2:] if line.strip()}
+    assert rows == {"there": "builder", "here": "local"}
+    assert f"in {ws / 'there'}" in (log_dir() / "orchestrator-build-there.log").read_text()
