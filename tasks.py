@@ -337,13 +337,9 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
         "clone_missing": "clone repos whose path does not exist from their `remote`",
         "tag": "only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
-        "host": "NAME: sync the repos on this build host of config/hosts.toml (<workspace>/<repo name>), "
-                "same rules",
-        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
-def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False, host="",
-             accept_new_host_key=False):
+def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
     from lib.sync import run_sync
@@ -351,15 +347,8 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
 
     try:
         paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        if host:
-            from lib.fleet import Fleet
-            from lib.remote_sync import run_sync_on_host
-
-            report = run_sync_on_host(paths, Fleet.load(paths).get(host), workspace.select(tags=tag), net_jobs,
-                                      timeout or None, clone_missing, dry_run, accept_new_host_key)
-        else:
-            report = run_sync(paths, workspace, tag, net_jobs, timeout or None, clone_missing, dry_run)
+        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
+                          dry_run)
     except OrchestratorError as err:
         raise _fail(err) from None
     print(sync_table(report.outcomes))
