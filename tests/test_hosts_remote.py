@@ -27,12 +27,18 @@ def clone_to(workspace: Path, handle) -> Path:
     return workspace / handle.path.name
 
 
+def only_on_host(home, sshd, make_repo, tmp_path, name: str, files: dict[str, str], host_fields=None,
+                 **repo_fields) -> Path:
+    """A repo that exists only on the build host `builder`; returns that host's workspace (tmp_path/remote-ws)."""
+    workspace = tmp_path / "remote-ws"
+    clone_to(workspace, make_repo(name, files))
+    write_hosts(home.path, {"builder": sshd.host_entry(workspace, **(host_fields or {}))})
+    home.write_repos([{"name": name, "local": str(tmp_path / "nowhere" / name), "language": "make", **repo_fields}])
+    return workspace
+
+
 def test_build_runs_in_the_repo_on_the_host_and_logs_locally(home, make_repo, inv, sshd, tmp_path):
-    remote_ws = tmp_path / "remote-ws"
-    repo = make_repo("staking", PASSING)
-    clone_to(remote_ws, repo)
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
-    home.write_repos([{"name": "staking", "local": str(tmp_path / "not-here"), "language": "make"}])
+    remote_ws = only_on_host(home, sshd, make_repo, tmp_path, "staking", PASSING)
     result = inv("build", "staking", "--host", "builder")
     assert result.code == 0, result.out + result.err
     assert "BUILD PASSED (" in result.out
@@ -43,10 +49,7 @@ def test_build_runs_in_the_repo_on_the_host_and_logs_locally(home, make_repo, in
 
 
 def test_failed_test_on_the_host_exits_1_with_the_remote_exit_code(home, make_repo, inv, sshd, tmp_path):
-    remote_ws = tmp_path / "remote-ws"
-    clone_to(remote_ws, make_repo("ledger", FAILING))
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
-    home.write_repos([{"name": "ledger", "local": str(tmp_path / "nowhere"), "language": "make", "host": "builder"}])
+    only_on_host(home, sshd, make_repo, tmp_path, "ledger", FAILING, host="builder")
     result = inv("test", "ledger")  # the repo's own `host` in repos.json
     assert result.code == 1
     assert "TEST FAILED (exit 2, " in result.out  # make's exit code, as locally
@@ -56,16 +59,12 @@ def test_failed_test_on_the_host_exits_1_with_the_remote_exit_code(home, make_re
 
 def test_repo_fields_reach_the_remote_shell_as_data_never_as_code(home, make_repo, inv, sshd, tmp_path):
     marker = tmp_path / "pwned"
-    remote_ws = tmp_path / "remote-ws"
-    clone_to(remote_ws, make_repo("quoted", PASSING))
-    (home.path / "config").mkdir(parents=True, exist_ok=True)
+    payload = f"x; touch {marker}; $(touch {marker}) `touch {marker}` \"'\\ $HOME\n-n *"
+    remote_ws = only_on_host(home, sshd, make_repo, tmp_path, "quoted", PASSING, description=payload,
+                             remote=f"' && touch {marker} && echo '")
     (home.path / "config" / "workflows.json").write_text(json.dumps({"workflows": {"describe": {
         "description": "echo the fields", "steps": [
             {"action": "run", "command": "printf '%s|%s|%s\\n' {{repo.description}} {{repo.remote}} \"$PWD\""}]}}}))
-    payload = f"x; touch {marker}; $(touch {marker}) `touch {marker}` \"'\\ $HOME"
-    home.write_repos([{"name": "quoted", "local": str(tmp_path / "nowhere"), "language": "make",
-                       "description": payload, "remote": f"' && touch {marker} && echo '"}])
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
     result = inv("workflow", "describe", "quoted", "--host", "builder")
     assert result.code == 0, result.out + result.err
     assert not marker.exists()
@@ -83,11 +82,8 @@ def test_missing_repo_directory_on_the_host_is_an_error(home, inv, sshd, tmp_pat
 
 
 def test_unknown_host_key_is_refused_then_accepted_with_the_flag(home, make_repo, inv, sshd, tmp_path):
-    remote_ws = tmp_path / "remote-ws"
-    clone_to(remote_ws, make_repo("staking", PASSING))
     known_hosts = tmp_path / "empty" / "known_hosts"
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws, known_hosts=str(known_hosts))})
-    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    only_on_host(home, sshd, make_repo, tmp_path, "staking", PASSING, {"known_hosts": str(known_hosts)})
     refused = inv("build", "staking", "--host", "builder")
     assert refused.code == 1
     assert "unknown host key for [127.0.0.1]:" in refused.out and "--accept-new-host-key" in refused.out
@@ -99,15 +95,12 @@ def test_unknown_host_key_is_refused_then_accepted_with_the_flag(home, make_repo
 
 
 def test_a_changed_host_key_is_refused_even_with_accept_new(home, make_repo, inv, sshd, tmp_path):
-    remote_ws = tmp_path / "remote-ws"
-    clone_to(remote_ws, make_repo("staking", PASSING))
     other = tmp_path / "other_key"
-    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     known_hosts = tmp_path / "known_hosts"
     key_type, key = (other.with_suffix(".pub")).read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key}\n")
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws, known_hosts=str(known_hosts))})
-    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    only_on_host(home, sshd, make_repo, tmp_path, "staking", PASSING, {"known_hosts": str(known_hosts)})
     before = known_hosts.read_text()
     result = inv("build", "staking", "--host", "builder", "--accept-new-host-key")
     assert result.code == 1 and "host key CHANGED" in result.out
@@ -116,12 +109,9 @@ def test_a_changed_host_key_is_refused_even_with_accept_new(home, make_repo, inv
 
 def test_timeout_kills_the_whole_remote_process_group(home, make_repo, inv, sshd, tmp_path):
     pidfile = tmp_path / "grandchild.pid"
-    remote_ws = tmp_path / "remote-ws"
     hung = {"Makefile": "all:\n\t@echo start\n"
             f"\t@sh -c 'trap \"\" TERM; echo $$$$ > {pidfile}; while :; do sleep 0.1; done' & sleep 60\n"}
-    clone_to(remote_ws, make_repo("slow", hung))
-    write_hosts(home.path, {"builder": sshd.host_entry(remote_ws)})
-    home.write_repos([{"name": "slow", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    only_on_host(home, sshd, make_repo, tmp_path, "slow", hung)
     started = time.monotonic()
     result = inv("build", "slow", "--host", "builder", "--timeout", "1")
     assert time.monotonic() - started < 20
@@ -275,22 +265,17 @@ def test_language_is_detected_on_the_host_and_a_tool_missing_there_is_a_skip(hom
 
 def test_a_process_left_behind_on_the_host_is_killed_when_the_command_ends(home, make_repo, inv, sshd, tmp_path):
     pidfile = tmp_path / "daemon.pid"
-    ws = tmp_path / "ws"
     leaves = {"Makefile": f"all:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60' >/dev/null 2>&1 &\n"
                           f"\t@sh -c 'while [ ! -s {pidfile} ]; do sleep 0.05; done; echo started'\n"}
-    clone_to(ws, make_repo("leaves", leaves))
-    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
-    home.write_repos([{"name": "leaves", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    only_on_host(home, sshd, make_repo, tmp_path, "leaves", leaves)
     result = inv("build", "leaves", "--host", "builder")
     assert result.code == 0, result.out
     assert wait_gone(int(pidfile.read_text())), "the process the build left running on the host survived"
 
 
 def test_big_binary_output_reaches_the_local_log_byte_for_byte(home, make_repo, inv, sshd, tmp_path):
-    ws = tmp_path / "ws"
-    clone_to(ws, make_repo("noisy", {"Makefile": "all:\n\t@head -c 3000000 /dev/zero | tr '\\0' '\\377'\n"}))
-    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
-    home.write_repos([{"name": "noisy", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    noisy = {"Makefile": "all:\n\t@head -c 3000000 /dev/zero | tr '\\0' '\\377'\n"}
+    only_on_host(home, sshd, make_repo, tmp_path, "noisy", noisy)
     assert inv("build", "noisy", "--host", "builder").code == 0
     log = (log_dir() / "orchestrator-build-noisy.log").read_bytes()
     assert log.count(b"\xff") == 3_000_000
@@ -298,10 +283,8 @@ def test_big_binary_output_reaches_the_local_log_byte_for_byte(home, make_repo, 
 
 def test_ctrl_c_kills_the_remote_process_group(home, make_repo, sshd, tmp_path):
     pidfile = tmp_path / "child.pid"
-    ws = tmp_path / "ws"
-    clone_to(ws, make_repo("slow", {"Makefile": f"all:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60'\n"}))
-    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
-    home.write_repos([{"name": "slow", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    sleeper = {"Makefile": f"all:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60'\n"}
+    only_on_host(home, sshd, make_repo, tmp_path, "slow", sleeper)
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "build", "slow",
                              "--host", "builder"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
