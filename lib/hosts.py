@@ -114,8 +114,9 @@ def parse_hosts(data: dict[str, Any], source: Path) -> dict[str, Host]:
                 problem(f"{where}.{key}", f"must be {described}, got {value!r}")
             elif isinstance(value, str) and (not value.strip() or "\n" in value or "\0" in value):
                 problem(f"{where}.{key}", f"must be {described} on one line, got {value!r}")
-        if isinstance(spec.get("host"), str) and spec["host"].startswith("-"):
-            problem(f"{where}.host", f"{spec['host']!r} must not start with '-'")
+        address = spec.get("host")
+        if isinstance(address, str) and (address.startswith("-") or any(c.isspace() for c in address)):
+            problem(f"{where}.host", f"{address!r} must be one name or address (no spaces, not starting with '-')")
         port = spec.get("port", 22)
         if isinstance(port, int) and not isinstance(port, bool) and not 1 <= port <= 65535:
             problem(f"{where}.port", f"must be {HOST_FIELDS['port'][1]}, got {port}")

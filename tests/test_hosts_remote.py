@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, git, wait_gone
 from tests.sshd_fixtures import free_port, sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 
@@ -118,16 +120,6 @@ def test_timeout_kills_the_whole_remote_process_group(home, make_repo, inv, sshd
     assert result.code == 1 and "BUILD TIMEOUT (timed out after 1s" in result.out
     assert home.state("build-results.json")["results"][0]["status"] == "timeout"
     assert wait_gone(int(pidfile.read_text())), "the remote grandchild that ignores SIGTERM survived"
-
-
-def test_a_closed_port_fails_fast_with_the_reason(home, inv, sshd, tmp_path):
-    write_hosts(home.path, {"dead": sshd.host_entry(tmp_path / "ws", port=free_port())})
-    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
-    started = time.monotonic()
-    result = inv("build", "staking", "--host", "dead")
-    assert time.monotonic() - started < 10
-    assert result.code == 1 and "BUILD ERROR (host unreachable: dead (" in result.out
-    assert "cannot connect: Connection refused" in result.out
 
 
 def test_test_all_spreads_repos_over_two_hosts_and_here_one_results_file(home, make_repo, inv, sshd, tmp_path):
@@ -310,22 +302,28 @@ def test_a_chatty_login_shell_does_not_confuse_a_relative_workspace(home, make_r
     assert f"$ cd {ws / 'staking'}" in log and "welcome to the build farm" in log
 
 
-def test_a_host_that_accepts_but_never_speaks_ssh_times_out(home, inv, sshd, tmp_path):
+@pytest.fixture
+def silent_port():
+    """A port where the kernel completes the TCP handshake and nobody ever speaks."""
     import socket
 
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)  # the kernel completes the handshake; nobody ever answers
-    try:
-        write_hosts(home.path, {"mute": sshd.host_entry(tmp_path, port=silent.getsockname()[1], connect_timeout=1)})
-        home.write_repos([{"name": "r", "local": str(tmp_path / "r"), "language": "make"}])
-        started = time.monotonic()
-        result = inv("build", "r", "--host", "mute")
-        assert time.monotonic() - started < 10
-        assert result.code == 1 and "host unreachable: mute (" in result.out
-        assert "no SSH banner within 1s" in result.out
-    finally:
-        silent.close()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        yield silent.getsockname()[1]
+
+
+@pytest.mark.parametrize("dead,reason", [("closed", "cannot connect: Connection refused"),
+                                         ("silent", "no SSH banner within 1s")])
+def test_a_dead_host_fails_fast_with_the_exact_reason(dead, reason, home, inv, sshd, tmp_path, silent_port):
+    port = free_port() if dead == "closed" else silent_port
+    write_hosts(home.path, {"dead": sshd.host_entry(tmp_path, port=port, connect_timeout=1)})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere"), "language": "make"}])
+    started = time.monotonic()
+    result = inv("build", "staking", "--host", "dead")
+    assert time.monotonic() - started < 10
+    assert result.code == 1 and "BUILD ERROR (host unreachable: dead (" in result.out
+    assert reason in result.out
 
 
 def test_a_key_the_host_does_not_accept_is_an_authentication_failure(home, inv, sshd, tmp_path):
