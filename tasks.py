@@ -246,9 +246,8 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
              dry_run=False, hosts="", accept_new_host_key=False):
     """Test every repo with a known language, concurrently."""
     from lib.config import load_workspace
-    from lib.fleet import plan_groups, test_all_on_hosts
-    from lib.hosts import LOCAL
-    from lib.testall import plan_test_all, run_test_all
+    from lib.fleet import plan_groups, test_all_in_groups
+    from lib.testall import plan_test_all
     from lib.views import outcomes_table
 
     try:
@@ -264,11 +263,8 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     if dry_run:
         _print_plans(plans, fleet, groups)
         return
-    junit = Path(junit_xml) if junit_xml else None
-    if set(groups) != {LOCAL}:
-        report = test_all_on_hosts(paths, workspace, fleet, groups, jobs, timeout or None, junit, accept_new_host_key)
-    else:
-        report = run_test_all(workspace, paths, plans, jobs, timeout or None, junit)
+    report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
+                                Path(junit_xml) if junit_xml else None, accept_new_host_key)
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
     if report.failing:

@@ -165,12 +165,16 @@ def plan_groups(paths: Paths, repos: Sequence[Repo], hosts_text: str, jobs: int)
     return fleet, assign(repos, fleet, chosen, jobs or batch.default_jobs())
 
 
-def test_all_on_hosts(paths: Paths, workspace: Workspace, fleet: Fleet, groups: dict[str, list[Repo]], jobs: int,
-                      timeout: float | None, junit_xml: Path | None, accept_new_host_key: bool) -> Any:
+def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan], fleet: Fleet,
+                       groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
+                       accept_new_host_key: bool = False) -> Any:
+    """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
     from time import monotonic
 
-    from lib.testall import TestAllReport
+    from lib.testall import TestAllReport, run_test_all
 
+    if set(groups) <= {LOCAL}:
+        return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
     started = monotonic()
     outcomes = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
                                  "testing")

@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lib.config import load_workspace  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.testall import plan_test_all, run_test_all  # noqa: E402
+from lib.fleet import plan_groups, test_all_in_groups  # noqa: E402
+from lib.testall import plan_test_all  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
 
@@ -23,19 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--only", default="", help="only these repos, comma-separated")
     parser.add_argument("--failed", action="store_true", help="rerun only what failed or timed out last time")
+    parser.add_argument("--hosts", default="", help="spread the repos over these build hosts of config/hosts.toml, "
+                        "comma-separated; `local` is this machine (default: each repo on its `host`, else here)")
+    parser.add_argument("--accept-new-host-key", action="store_true",
+                        help="trust and remember a host key never seen before; a changed key is always refused")
     args = parser.parse_args(argv)
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         plans = plan_test_all(workspace, paths, args.tag, only, args.failed)
+        fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if args.failed else ""))
         return 0
-    report = run_test_all(workspace, paths, plans, args.jobs, args.timeout or None, args.junit_xml)
+    report = test_all_in_groups(paths, workspace, plans, fleet, groups, args.jobs, args.timeout or None,
+                                args.junit_xml, args.accept_new_host_key)
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
     return 1 if report.failing else 0

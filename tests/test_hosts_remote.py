@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git, wait_gone
+from tests.conftest import ROOT, git, run_script, wait_gone
 from tests.sshd_fixtures import free_port, sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 
 PASSING = {"Makefile": "all:\n\t@echo built on $$(hostname) in $$(pwd)\ntest:\n\t@echo all tests passed\n"}
@@ -350,3 +350,18 @@ def test_workflow_all_runs_each_repo_on_its_own_host(home, make_repo, inv, sshd,
     rows = {line.split()[0]: line.split()[2] for line in result.out.splitlines()[2:] if line.strip()}
     assert rows == {"there": "builder", "here": "local"}
     assert f"in {ws / 'there'}" in (log_dir() / "orchestrator-build-there.log").read_text()
+
+
+def test_the_test_all_script_spreads_over_hosts_like_inv(home, make_repo, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("there", PASSING))
+    here = make_repo("here", PASSING)
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "there", "local": str(tmp_path / "nowhere"), "language": "make", "host": "builder"},
+                      {"name": "here", "local": str(here.path), "language": "make"}])
+    result = run_script("run_all_tests.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {r["repo"]: r["host"] for r in home.state("test-results.json")["results"]} == {
+        "there": "builder", "here": "local"}
+    bad = run_script("run_all_tests.py", "--hosts", "nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "error: unknown host 'nope'" in bad.stderr
