@@ -87,7 +87,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
         from lib.views import status_table
 
         print(status_table(report.repos))
-        print(report.summary_line())
+        print(report.summary_line() + (f" (on host {host})" if host else ""))
     if report.errors:
         raise Exit(code=1)
 

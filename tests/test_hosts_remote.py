@@ -216,7 +216,7 @@ def test_status_on_a_host_reads_the_repos_there(home, make_repo, inv, sshd, tmp_
     assert repos["plain"]["error"] == "not a git repository (no .git)"
     assert repos["gone"]["error"] == "path does not exist" and not repos["gone"]["exists"]
     table = inv("status", "--host", "builder")
-    assert "1 modified, 1 untracked" in table.out and "+0/-1" in table.out
+    assert "1 modified, 1 untracked" in table.out and "+0/-1" in table.out and "(on host builder)" in table.out
 
 
 def test_status_on_an_unreachable_host_is_an_error_per_repo(home, inv, sshd, tmp_path):
