@@ -71,26 +71,36 @@ def _interrupted(stop) -> Exit:
         "tag": "only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 2 per core)",
+        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
+        "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
-def status(c, json=False, tag=None, dirty=False, jobs=Count(0)):
+def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
     from lib.scan import scan_workspace
 
     try:
-        report = scan_workspace(load_workspace(Paths.from_env().repos_file), jobs, tag)
+        paths = Paths.from_env()
+        workspace = load_workspace(paths.repos_file)
+        if host:
+            from lib.fleet import Fleet
+            from lib.remote_status import scan_host
+
+            report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
+        else:
+            report = scan_workspace(workspace, jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
-        print(jsonlib.dumps(report.to_json(), indent=2))
+        print(jsonlib.dumps({**report.to_json(), **({"host": host} if host else {})}, indent=2))
     else:
         from lib.views import status_table
 
         print(status_table(report.repos))
-        print(report.summary_line())
+        print(report.summary_line() + (f" (on host {host})" if host else ""))
     if report.errors:
         raise Exit(code=1)
 
@@ -118,6 +128,17 @@ def _split(names: str) -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()]
 
 
+def _print_plans(plans, fleet, groups) -> None:
+    """Dry run over many repos: each one's commands here, or the host and directory it would run in."""
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        if where in fleet.hosts:
+            print(f"{plan.repo.name}: would run {plan.workflow} on host {where} in "
+                  f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
+        else:
+            _print_plan(plan)
+
+
 def _print_plan(plan) -> None:
     if plan.skip_reason:
         print(f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}")
@@ -140,7 +161,7 @@ class _TextToBytes:
         self.stream.flush()
 
 
-def _run_on_repo(workflow, repo, timeout, dry_run, echo):
+def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False):
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
@@ -152,17 +173,26 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        plans = plan_workflow(paths, workflow, [workspace.get(repo)])
+        chosen = workspace.get(repo)
+        plans = plan_workflow(paths, workflow, [chosen])
+        on_host = _host_for(paths, chosen, host)
     except OrchestratorError as err:
         raise _fail(err) from None
+    stream = (getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout)) if echo else None
+    if dry_run and on_host is not None:
+        print(f"{chosen.name}: would run {workflow} on host {on_host.name} ({on_host.address}) "
+              f"in {shlex.quote(on_host.repo_dir(chosen.name))}")
+        return
     if dry_run:
         _print_plan(plans[0])
         return
     _warn(check_state(paths, workflow))
-    print(f"log: {plans[0].log}", flush=True)
+    print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""), flush=True)
     try:
-        run = run_and_record(paths, workspace, plans, 1, timeout or None,
-                             echo=getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout) if echo else None)
+        if on_host is not None:
+            run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
+        else:
+            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     outcome = run.outcomes[0]
@@ -175,23 +205,46 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo):
         raise Exit(code=1)
 
 
+def _host_for(paths, repo, flag):
+    """The build host a repo runs on: --host, else the repo's `host` in repos.json; None for here."""
+    from lib.fleet import Fleet
+    from lib.hosts import LOCAL
+
+    name = flag or repo.host or LOCAL
+    return None if name == LOCAL else Fleet.load(paths).get(name)
+
+
+def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
+    from lib.fleet import Fleet, run_distributed
+
+    try:
+        return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1,
+                               timeout or None, accept_new_host_key, echo=echo)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+
+
 RUN_HELP = {
     "repo": "repo name from config/repos.json",
     "timeout": "SECONDS before the whole process group is killed (0: no limit)",
     "dry_run": "print the rendered commands and log path; run nothing",
+    "host": "NAME: run on this build host of config/hosts.toml (default: the repo's `host`, else here; "
+            "`local`: here)",
+    "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new); "
+                           "a changed key is always refused",
 }
 
 
 @task(help=RUN_HELP)
-def build(c, repo, timeout=Seconds(1800), dry_run=False):
+def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
-    _run_on_repo("build", repo, timeout, dry_run, echo=False)
+    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(help=RUN_HELP)
-def test(c, repo, timeout=Seconds(1800), dry_run=False):
+def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
-    _run_on_repo("test", repo, timeout, dry_run, echo=False)
+    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(
@@ -204,15 +257,19 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False):
         "only": "only these repos, comma-separated (any language)",
         "failed": "rerun only the repos that failed or timed out last time",
         "dry_run": "print what would run; run nothing",
+        "hosts": "NAMES: spread the repos over these build hosts of config/hosts.toml, comma-separated; "
+                 "`local` is this machine (default: each repo on its `host`, else here)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False):
+             dry_run=False, hosts="", accept_new_host_key=False):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
+    from lib.fleet import plan_groups, test_all_in_groups
     from lib.runner import RunInterrupted
-    from lib.testall import plan_test_all, run_test_all
+    from lib.testall import plan_test_all
     from lib.views import outcomes_table
 
     try:
@@ -221,17 +278,18 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         if not dry_run:
             _warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
+        fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
     except OrchestratorError as err:
         raise _fail(err) from None
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if failed else ""))
         return
     if dry_run:
-        for plan in plans:
-            _print_plan(plan)
+        _print_plans(plans, fleet, groups)
         return
     try:
-        report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None)
+        report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
+                                    Path(junit_xml) if junit_xml else None, accept_new_host_key)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     print(outcomes_table(report.outcomes))
@@ -247,11 +305,13 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         "repo": "repo name from config/repos.json",
         "timeout": "SECONDS before the whole process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
+        "host": RUN_HELP["host"],
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
-def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
+def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
     """Run any workflow of config/workflows.json on one repo, showing its output."""
-    _run_on_repo(name, repo, timeout, dry_run, echo=True)
+    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key)
 
 
 @task(
@@ -260,12 +320,17 @@ def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False):
         "jobs": "N: repos at once (default: one per core)",
         "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "dry_run": "print the rendered commands; run nothing",
+        "hosts": "NAMES: spread the repos over these build hosts, comma-separated; `local` is this machine "
+                 "(default: each repo on its `host`, else here)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
     },
 )
-def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
+def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, hosts="", accept_new_host_key=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
+    from lib import fleet as fleets
     from lib.batch import check_state, plan_workflow, run_with_progress
     from lib.config import load_workspace
+    from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.views import outcomes_table
 
@@ -273,15 +338,19 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         plans = plan_workflow(paths, name, workspace.repos)
+        fleet, groups = fleets.plan_groups(paths, workspace.repos, hosts, jobs)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dry_run:
-        for plan in plans:
-            _print_plan(plan)
+        _print_plans(plans, fleet, groups)
         return
     _warn(check_state(paths, name))
     try:
-        run = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
+        if set(groups) != {LOCAL}:
+            run = fleets.run_with_progress(paths, workspace, name, groups, fleet, jobs, timeout or None,
+                                           accept_new_host_key, name)
+        else:
+            run = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     print(outcomes_table(run.outcomes))
@@ -321,7 +390,90 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise Exit(code=1)
 
 
+@task(
+    name="check",
+    help={
+        "name": "only this host (default: every host of config/hosts.toml)",
+        "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+    },
+)
+def host_check(c, name="", accept_new_host_key=False):
+    """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
+    from lib.fleet import Fleet
+    from lib.remote import PROBE_TOOLS, check_hosts
+    from lib.views import plain_table
+
+    try:
+        fleet = Fleet.load(Paths.from_env())
+        hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if not hosts:
+        print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
+        return
+    checks = check_hosts(hosts, accept_new_host_key)
+    rows = []
+    for check in checks:
+        problems = check.problems
+        verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
+        rows.append([check.host.name, check.host.address, verdict, check.workspace or "-"])
+    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "WORKSPACE"]))
+    for check in checks:
+        if check.tools:
+            print(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))
+    if any(check.problems for check in checks):
+        raise Exit(code=1)
+
+
+@task(
+    name="add",
+    help={
+        "name": "the host's name in config/hosts.toml (used by --host NAME)",
+        "host": "its address or DNS name",
+        "workspace": "directory on the host that holds the repos (<workspace>/<repo name>); relative: to the login dir",
+        "user": "ssh user (default: yours)",
+        "port": "ssh port (default 22)",
+        "key_file": "private key to log in with (default: ssh-agent and ~/.ssh/id_*)",
+        "jobs": "repos tested there at once by test-all --hosts (default 2)",
+        "known_hosts": "known_hosts file to check its key against (default ~/.ssh/known_hosts)",
+        "connect_timeout": "SECONDS for the TCP connect, the SSH banner and auth each (default 10)",
+    },
+)
+def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", jobs=Count(2), known_hosts="",
+             connect_timeout=Seconds(10)):
+    """Add a build host to config/hosts.toml (comments and other hosts are kept)."""
+    from lib.hosts import add_host, hosts_file
+
+    path = hosts_file(Paths.from_env())
+    fields = {"host": host, "user": user or None, "port": int(port), "key_file": key_file or None,
+              "workspace": workspace, "jobs": int(jobs), "known_hosts": known_hosts or None,
+              "connect_timeout": float(connect_timeout)}
+    try:
+        added = add_host(path, name, fields)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    print(f"added host {added.name} ({added.address}, workspace {added.workspace}) to {path}; "
+          f"try it: inv host.check --name {added.name}")
+
+
+@task(name="list")
+def host_list(c):
+    """List the build hosts of config/hosts.toml."""
+    from lib.fleet import Fleet
+    from lib.views import plain_table
+
+    try:
+        fleet = Fleet.load(Paths.from_env())
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    rows = [[h.name, h.address, h.workspace, h.jobs, h.key_file or "agent / ~/.ssh", h.known_hosts or "~/.ssh/known_hosts"]
+            for h in fleet.hosts.values()]
+    print(plain_table(rows, ["HOST", "ADDRESS", "WORKSPACE", "JOBS", "KEY", "KNOWN HOSTS"]) if rows
+          else f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
+
+
 namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)
+namespace.add_collection(Collection("host", host_check, host_add, host_list))
 
 
 # --- the task lifecycle: tasks/backlog.md -> active.md -> completed.md ---

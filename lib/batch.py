@@ -46,6 +46,7 @@ class Outcome:
     log: str
     reason: str | None
     finished_at: str
+    host: str = "local"  # a hosts.toml name when it ran on a build host
 
     @property
     def failing(self) -> bool:
@@ -285,7 +286,7 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}"
+        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}\nhost: {o.host}"
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
@@ -351,19 +352,20 @@ def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jo
                    echo: BinaryIO | None = None) -> BatchRun:
     """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded."""
     state_file = results_file(paths, plans[0].workflow) if plans else None
-
-    def keep(outcomes: Sequence[Outcome]) -> list[str]:
-        if state_file is None or not outcomes:
-            return []
-        try:
-            record(state_file, outcomes, {r.name for r in workspace.repos})
-        except OSError as err:
-            return [f"warning: results not recorded in {state_file}: {err.strerror or err}"]
-        return []
-
     try:
         outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo), jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
-        stop.notes += keep(stop.results)
+        stop.notes += keep_results(state_file, stop.results, workspace)
         raise
-    return BatchRun(outcomes, state_file, keep(outcomes))
+    return BatchRun(outcomes, state_file, keep_results(state_file, outcomes, workspace))
+
+
+def keep_results(state_file: Path | None, outcomes: Sequence[Outcome], workspace: Workspace) -> list[str]:
+    """Record outcomes (finished or interrupted runs alike); a state file we cannot write is a line, not a crash."""
+    if state_file is None or not outcomes:
+        return []
+    try:
+        record(state_file, outcomes, {r.name for r in workspace.repos})
+    except OSError as err:
+        return [f"warning: results not recorded in {state_file}: {err.strerror or err}"]
+    return []

@@ -219,6 +219,11 @@ class Stopping(Exception):
 
 
 
+def stopping() -> bool:
+    """Whether the run is being stopped (a signal, or an error in another item): start nothing new."""
+    return _stopping.is_set()
+
+
 class RunInterrupted(Exception):
     """A run over many items stopped by a signal: every running command was killed.
 
@@ -421,7 +426,8 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
             on_start(item)
         return work(item)
 
-    _stopping.clear()
+    if threading.current_thread() is threading.main_thread():
+        _stopping.clear()  # a new run; a nested run (in a worker thread) must not undo a stop under way
     results: dict[int, Result] = {}
     futures: dict[Future[Result], int] = {}
     previous = _catch_stop_signals()

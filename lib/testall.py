@@ -64,13 +64,14 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     try:
         run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
     except RunInterrupted as stop:
-        stop.notes += _report(junit_xml, stop.results)
+        stop.notes += junit_notes(junit_xml, stop.results)
         raise
-    notes = run.notes + _report(junit_xml, run.outcomes)
+    notes = run.notes + junit_notes(junit_xml, run.outcomes)
     return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file, notes)
 
 
-def _report(junit_xml: Path | None, outcomes: list[Outcome]) -> list[str]:
+def junit_notes(junit_xml: Path | None, outcomes: list[Outcome]) -> list[str]:
+    """Write the JUnit report if asked; a path we cannot write is a line after the table, not a crash."""
     if junit_xml is None:
         return []
     try:

@@ -73,9 +73,14 @@ def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str
 
 
 def outcomes_table(outcomes: Iterable["Outcome"]) -> str:
+    outcomes = list(outcomes)
     rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(o.reason or "", 40), o.log]
             for o in outcomes]
-    return plain_table(rows, ["REPO", "LANGUAGE", "STATUS", "TIME", "DETAIL", "LOG"])
+    headers = ["REPO", "LANGUAGE", "STATUS", "TIME", "DETAIL", "LOG"]
+    if any(o.host != "local" for o in outcomes):  # a HOST column only when some ran on a build host
+        rows = [[*row[:2], o.host, *row[2:]] for row, o in zip(rows, outcomes)]
+        headers.insert(2, "HOST")
+    return plain_table(rows, headers)
 
 
 def headline(workflow: str, outcome: "Outcome") -> str:

@@ -352,8 +352,8 @@ def render_command(template: str, repo: Repo, log_dir: Path, cwd: Path) -> Comma
     return Command(cwd, shown, script, tuple(sorted(env.items())))
 
 
-def missing_tool(command: str, cwd: Path) -> str | None:
-    """The command's first word when it is a bare command name not on PATH (a missing toolchain), else None.
+def first_tool(command: str) -> str | None:
+    """The bare command name a command line starts with (after any VAR=value), else None.
 
     Only a plain name can be looked up: a path (`./x`, `~/bin/x`), anything
     the shell expands (`$HOME/bin/x`), a keyword or a builtin runs, and
@@ -370,7 +370,13 @@ def missing_tool(command: str, cwd: Path) -> str | None:
     tool = words[0]
     if tool in SHELL_WORDS or raw_words[0] != tool or not BARE_COMMAND_RE.fullmatch(tool):
         return None
-    return None if shutil.which(tool) else tool
+    return tool
+
+
+def missing_tool(command: str, cwd: Path) -> str | None:
+    """The command's first word when it is a bare command name not on PATH (a missing toolchain), else None."""
+    tool = first_tool(command)
+    return None if tool is None or shutil.which(tool) else tool
 
 
 def plan_for(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:

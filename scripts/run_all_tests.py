@@ -12,8 +12,9 @@ from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
+from lib.fleet import plan_groups, test_all_in_groups  # noqa: E402
 from lib.runner import RunInterrupted  # noqa: E402
-from lib.testall import plan_test_all, run_test_all  # noqa: E402
+from lib.testall import plan_test_all  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--only", default="", help="only these repos, comma-separated")
     parser.add_argument("--failed", action="store_true", help="rerun only what failed or timed out last time")
+    parser.add_argument("--hosts", default="", help="spread the repos over these build hosts of config/hosts.toml, "
+                        "comma-separated; `local` is this machine (default: each repo on its `host`, else here)")
+    parser.add_argument("--accept-new-host-key", action="store_true",
+                        help="trust and remember a host key never seen before; a changed key is always refused")
     args = parser.parse_args(argv)
     try:
         paths = Paths.from_env()
@@ -32,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
+        fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to test" + (" (nothing failed last time)" if args.failed else ""))
         return 0
     try:
-        report = run_test_all(workspace, paths, plans, args.jobs, args.timeout or None, args.junit_xml)
+        report = test_all_in_groups(paths, workspace, plans, fleet, groups, args.jobs, args.timeout or None,
+                                    args.junit_xml, args.accept_new_host_key)
     except RunInterrupted as stop:
         warn([*stop.notes, str(stop)])
         return stop.exit_code

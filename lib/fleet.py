@@ -1,0 +1,189 @@
+"""Workflows across build hosts: each repo on its host or here, each host its own bounded pool, one record."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Sequence
+
+from lib import batch, remote, runner
+from lib.config import Repo, Workspace
+from lib.errors import OrchestratorError
+from lib.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
+from lib.paths import Paths
+from lib.progress import Progress
+from lib.workflows import Plan, Workflow, get_workflow, load_workflows
+
+
+@dataclass
+class Fleet:
+    """The hosts of hosts.toml and the file they came from (for error messages)."""
+
+    hosts: dict[str, Host]
+    source: Path
+
+    @classmethod
+    def load(cls, paths: Paths) -> Fleet:
+        return cls(load_hosts(hosts_file(paths)), hosts_file(paths))
+
+    def get(self, name: str) -> Host:
+        return get_host(self.hosts, name, self.source)
+
+
+def parse_host_list(text: str, fleet: Fleet) -> list[str]:
+    """`a,b,local` -> the names, each checked (an unknown one is a usage error)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise OrchestratorError("--hosts needs at least one name (a host of hosts.toml, or local)")
+    for name in names:
+        if name != LOCAL:
+            fleet.get(name)
+    return list(dict.fromkeys(names))
+
+
+def assign(repos: Sequence[Repo], fleet: Fleet, chosen: list[str] | None, local_jobs: int) -> dict[str, list[Repo]]:
+    """Which repos run where. Without `chosen`, each repo on its own `host` (or here).
+
+    With `chosen`, a repo whose `host` is among them goes there; the others are
+    dealt in turn to the host with the least work per job slot, so a host with
+    more `jobs` gets more repos.
+    """
+    groups: dict[str, list[Repo]] = {}
+    if chosen is None:
+        for repo in repos:
+            name = repo.host or LOCAL
+            if name != LOCAL:
+                fleet.get(name)
+            groups.setdefault(name, []).append(repo)
+        return groups
+    groups = {name: [] for name in chosen}
+    slots = {name: local_jobs if name == LOCAL else fleet.get(name).jobs for name in chosen}
+    for repo in repos:
+        if repo.host in groups:
+            groups[repo.host].append(repo)
+    for repo in repos:
+        if repo.host not in groups:
+            name = min(chosen, key=lambda n: len(groups[n]) / slots[n])
+            groups[name].append(repo)
+    return {name: group for name, group in groups.items() if group}
+
+
+def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_dir: Path, timeout: float | None,
+                       accept_new_host_key: bool, on_start: Callable[[Plan], None] | None,
+                       on_done: Callable[[batch.Outcome], None] | None,
+                       echo: BinaryIO | None) -> list[batch.Outcome]:
+    def work(connection: Any) -> list[batch.Outcome]:
+        if isinstance(connection, remote.HostUnreachable):
+            # Every repo of this host fails with the reason; nothing is planned against a host we cannot see.
+            plans = [remote.plan_on_host(workflow, repo, log_dir) for repo in repos]
+            outcomes = []
+            for plan in plans:
+                if on_start is not None:
+                    on_start(plan)
+                outcomes.append(remote.execute_remote(plan, host, connection, timeout))
+                if on_done is not None:
+                    on_done(outcomes[-1])
+            return outcomes
+        try:
+            workspace = remote.resolve_workspace(connection, host)
+            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, repo, workspace), log_dir)
+                     for repo in repos]
+        except Exception as err:  # the host went away while we looked around
+            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
+        if len(plans) == 1 and echo is not None:
+            return [remote.execute_remote(plans[0], host, connection, timeout, echo)]
+        connections = remote.Connections(host, connection, accept_new_host_key)
+
+        def execute(plan: Plan) -> batch.Outcome:
+            taken = connections.take()
+            try:
+                return remote.execute_remote(plan, host, taken, timeout)
+            finally:
+                connections.give(taken)
+
+        try:
+            return runner.run_each(plans, execute, host.jobs, on_start, on_done)
+        finally:
+            connections.close()
+
+    return remote.run_on_host(host, work, accept_new_host_key)
+
+
+def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, groups: dict[str, list[Repo]],
+                    fleet: Fleet, jobs: int, timeout: float | None, accept_new_host_key: bool = False,
+                    on_start: Callable[[Plan], None] | None = None,
+                    on_done: Callable[[batch.Outcome], None] | None = None,
+                    echo: BinaryIO | None = None) -> list[batch.Outcome]:
+    """Run a workflow on every group at once (here: `jobs` at a time; a host: its `jobs`); record the outcomes."""
+    workflow = get_workflow(load_workflows(paths), workflow_name)
+
+    def run_group(name: str) -> list[batch.Outcome]:
+        repos = groups[name]
+        if name == LOCAL:
+            plans = batch.plan_workflow(paths, workflow_name, repos)
+            if len(plans) == 1 and echo is not None:
+                return [batch.execute(plans[0], timeout, echo)]
+            return batch.execute_many(plans, jobs or batch.default_jobs(), timeout, on_start, on_done)
+        return _run_group_on_host(fleet.get(name), workflow, repos, paths.log_dir, timeout, accept_new_host_key,
+                                  on_start, on_done, echo)
+
+    remote.reset_stop()
+    state_file = batch.results_file(paths, workflow_name)
+    order = {repo.name: i for i, repo in enumerate(workspace.repos)}
+
+    def in_config_order(per_group: Sequence[list[batch.Outcome]]) -> list[batch.Outcome]:
+        return sorted((o for group in per_group for o in group), key=lambda o: order.get(o.repo, len(order)))
+
+    # One thread per group under runner.run_each, so a signal is handled as in a local run: every
+    # command (local groups and, through remote.stop_all, remote ones) is stopped and what finished is kept.
+    try:
+        per_group = runner.run_each(list(groups), run_group, max(1, len(groups)))
+    except runner.RunInterrupted as stop:
+        remote.stop_all()
+        stop.results = in_config_order(stop.results)
+        stop.notes += batch.keep_results(state_file, stop.results, workspace)
+        raise
+    except BaseException:
+        remote.stop_all()
+        raise
+    outcomes = in_config_order(per_group)
+    return batch.BatchRun(outcomes, state_file, batch.keep_results(state_file, outcomes, workspace))
+
+
+def run_with_progress(paths: Paths, workspace: Workspace, workflow_name: str, groups: dict[str, list[Repo]],
+                      fleet: Fleet, jobs: int, timeout: float | None, accept_new_host_key: bool,
+                      label: str) -> batch.BatchRun:
+    total = sum(len(g) for g in groups.values())
+    with Progress(label, total) as progress:
+        return run_distributed(paths, workspace, workflow_name, groups, fleet, jobs, timeout, accept_new_host_key,
+                               on_start=lambda plan: progress.start(plan.repo.name),
+                               on_done=lambda o: progress.finish(o.repo, f"{o.line()} [{o.host}]", o.failing))
+
+
+def plan_groups(paths: Paths, repos: Sequence[Repo], hosts_text: str, jobs: int) -> tuple[Fleet, dict[str, list[Repo]]]:
+    """Where each repo runs for `--hosts a,b,local` (or, without it, on its own `host`)."""
+    if not hosts_text and not any(repo.host for repo in repos):
+        return Fleet({}, hosts_file(paths)), {LOCAL: list(repos)}  # all here: hosts.toml is not even read
+    fleet = Fleet.load(paths)
+    chosen = parse_host_list(hosts_text, fleet) if hosts_text else None
+    return fleet, assign(repos, fleet, chosen, jobs or batch.default_jobs())
+
+
+def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan], fleet: Fleet,
+                       groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
+                       accept_new_host_key: bool = False) -> Any:
+    """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
+    from time import monotonic
+
+    from lib.testall import TestAllReport, junit_notes, run_test_all
+
+    if set(groups) <= {LOCAL}:
+        return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
+    started = monotonic()
+    try:
+        run = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
+                                "testing")
+    except runner.RunInterrupted as stop:
+        stop.notes += junit_notes(junit_xml, stop.results)
+        raise
+    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
+                         run.notes + junit_notes(junit_xml, run.outcomes))

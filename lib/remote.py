@@ -1,0 +1,453 @@
+"""Run plans on a build host over SSH (Fabric): host keys checked, timeouts bounded, the remote process group killable.
+
+Fabric opens and authenticates the connection. Commands run on a channel of
+that connection (`Connection.create_session`) rather than `Connection.run`,
+which, like Invoke's, keeps all output in memory as text and on timeout only
+closes its end: here the output streams to the local log as bytes, and a
+timed-out command's whole process group is killed on the host.
+"""
+from __future__ import annotations
+
+import re
+import select
+import shlex
+import socket
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from time import monotonic
+from typing import Any, BinaryIO, Callable, Sequence, TypeVar
+
+from lib import runner
+from lib.batch import Outcome, now_iso
+from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
+from lib.hosts import Host
+from lib.workflows import Plan, Workflow, first_tool, plan_for
+
+Done = TypeVar("Done")
+CHUNK = 64 * 1024
+PGID_RE = re.compile(rb"orchestrator-pgid (\d+)\n")
+NO_DIR = b"orchestrator-no-such-directory\n"
+# Run by /bin/sh on the host inside its own session (setsid): the group id goes
+# to our private stderr channel, the command's stdout and stderr both to stdout.
+WRAPPER = """echo "orchestrator-pgid $$" >&2
+cd -- "$1" 2>/dev/null || { echo orchestrator-no-such-directory >&2; exit 1; }
+script=$2; shift 2
+exec env "$@" /bin/sh -c "$script" </dev/null 2>&1"""
+# Waits for the group to go after SIGTERM (in tenths of a second), then SIGKILLs what is left.
+KILL_SCRIPT = """pg=$1; tenths=$2; kill -TERM -$pg 2>/dev/null || exit 0
+while [ "$tenths" -gt 0 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; tenths=$((tenths - 1)); done
+kill -KILL -$pg 2>/dev/null; exit 0"""
+REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+
+_stopping = threading.Event()
+
+
+class HostUnreachable(Exception):
+    """The host could not be reached or refused us; the message says exactly why."""
+
+
+class UnknownHostKey(Exception):
+    def __init__(self, name: str, key: Any, known_hosts: Path) -> None:
+        super().__init__(f"unknown host key for {name} ({key.get_name()} {key.fingerprint}), not in {known_hosts}; "
+                         "verify it and rerun with --accept-new-host-key, or add it to that file")
+
+
+def _policies(known_hosts: Path, accept_new: bool) -> Any:
+    from paramiko import MissingHostKeyPolicy
+
+    class Refuse(MissingHostKeyPolicy):
+        """Unknown keys are refused (Fabric's default, AutoAddPolicy, would accept any)."""
+
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            raise UnknownHostKey(hostname, key, known_hosts)
+
+    class AcceptNew(MissingHostKeyPolicy):
+        """Like ssh's accept-new: a host never seen is trusted and remembered. A changed key
+        never reaches a policy (paramiko raises BadHostKeyException), so it stays refused."""
+
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Appended, never rewritten: the file may hold lines paramiko cannot parse.
+            with open(known_hosts, "a", encoding="utf-8") as out:
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+    return AcceptNew() if accept_new else Refuse()
+
+
+def known_hosts_file(host: Host) -> Path:
+    return host.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+
+def connect(host: Host, accept_new_host_key: bool = False) -> Any:
+    """An open, authenticated fabric.Connection, or HostUnreachable with the exact reason."""
+    import paramiko
+    from fabric import Config, Connection
+
+    # lazy: no ~/.fabric.yaml, no ~/.ssh/config; everything comes from hosts.toml.
+    config = Config(lazy=True, overrides={"load_ssh_configs": False})
+    timeout = host.connect_timeout
+    kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
+                              "channel_timeout": timeout}
+    if host.key_file is not None:
+        kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
+    connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
+    known_hosts = known_hosts_file(host)
+    if known_hosts.is_file():
+        connection.client.load_system_host_keys(str(known_hosts))
+    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key))
+    where = f"{host.name} ({host.address})"
+    try:
+        connection.open()
+    except UnknownHostKey as err:
+        raise HostUnreachable(f"{where}: {err}") from None
+    except paramiko.BadHostKeyException as err:
+        raise HostUnreachable(
+            f"{where}: host key CHANGED ({err.key.get_name()} {err.key.fingerprint}, {known_hosts} has "
+            f"{err.expected_key.fingerprint}); refusing to connect: if the host really was reinstalled, "
+            f"remove its old line from {known_hosts}") from None
+    except paramiko.AuthenticationException as err:
+        raise HostUnreachable(f"{where}: authentication failed"
+                              f"{f' with key {host.key_file}' if host.key_file else ''}: {err}") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as err:
+        reasons = {e.strerror or str(e) for e in err.errors.values()}
+        raise HostUnreachable(f"{where}: cannot connect: {'; '.join(sorted(reasons))}") from None
+    except (socket.timeout, TimeoutError):
+        raise HostUnreachable(f"{where}: connection timed out after {timeout:g}s") from None
+    except socket.gaierror as err:
+        raise HostUnreachable(f"{where}: cannot resolve {host.host}: {err.strerror}") from None
+    except (paramiko.SSHException, OSError, EOFError) as err:
+        transport = connection.client.get_transport()
+        if transport is not None and not transport.remote_version:
+            # paramiko then reports "No existing session" or the like; the truth is that nothing spoke SSH.
+            raise HostUnreachable(f"{where}: no SSH banner within {timeout:g}s (is an SSH server on that port?)") \
+                from None
+        raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
+    connection.transport.set_keepalive(15)
+    return connection
+
+
+def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int | None, bytes, bytes]:
+    """Run a short command on the host; (exit code or None on timeout, stdout, stderr)."""
+    channel = connection.create_session()
+    with channel:
+        channel.exec_command(command)
+        out, err = bytearray(), bytearray()
+        deadline = monotonic() + timeout
+        while not _finished(channel):
+            if monotonic() > deadline:
+                return None, bytes(out), bytes(err)
+            select.select([channel], [], [], 0.1)
+            _read_ready(channel, out.extend, err.extend)
+        _read_ready(channel, out.extend, err.extend)
+        return channel.recv_exit_status(), bytes(out), bytes(err)
+
+
+def _finished(channel: Any) -> bool:
+    """The command has exited and its output is all in, or the connection is gone (then it raises)."""
+    if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+        if channel.exit_status_ready() and channel.recv_exit_status() != -1 or channel.eof_received:
+            return True
+        raise ConnectionError("the connection to the host was lost")
+    return channel.exit_status_ready() and channel.eof_received
+
+
+def _read_ready(channel: Any, on_out: Callable[[bytes], Any], on_err: Callable[[bytes], Any]) -> None:
+    while channel.recv_ready():
+        on_out(channel.recv(CHUNK))
+    while channel.recv_stderr_ready():
+        on_err(channel.recv_stderr(CHUNK))
+
+
+def resolve_workspace(connection: Any, host: Host) -> str:
+    """The host's workspace as an absolute path (a relative one starts in the login directory)."""
+    if host.workspace.startswith("/"):
+        return host.workspace
+    code, out, err = capture(connection, "pwd")
+    # The last line: a chatty shell start-up file may print before it.
+    login_dir = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
+    if code != 0 or not login_dir.startswith("/"):
+        raise HostUnreachable(f"{host.name}: cannot find the login directory: {err.decode('utf-8', 'replace')}")
+    return f"{login_dir.rstrip('/')}/{host.workspace}"
+
+
+def remote_repo(connection: Any, repo: Repo, workspace: str) -> Repo:
+    """The repo as it is on the host: its path there, and its language detected there when not configured."""
+    path = f"{workspace.rstrip('/')}/{repo.name}"
+    language = repo.language
+    if repo.language_detected:
+        tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
+        code, out, _ = capture(connection, f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}")
+        found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
+        language = found if code == 0 and found in LANGUAGES else "unknown"
+    return replace(repo, local=Path(path), language=language)
+
+
+def plan_on_host(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
+    """A plan for the repo as it is on the host; whether its tools exist is checked there, when it runs."""
+    plan = plan_for(workflow, repo, log_dir)
+    return replace(plan, skip_reason=None if plan.commands else plan.skip_reason)
+
+
+def remote_command(cwd: str, script: str, env: dict[str, str]) -> str:
+    """One line for the login shell: every value a single-quoted word, so nothing in it is parsed as code."""
+    words = ["exec", "setsid", "-w", "/bin/sh", "-c", WRAPPER, "orchestrator", cwd, script,
+             *(f"{k}={v}" for k, v in env.items())]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@dataclass
+class RemoteResult:
+    exit_code: int | None
+    timed_out: bool = False
+    no_directory: bool = False
+    problem: str | None = None  # the wrapper could not start the command (no setsid, say)
+
+
+def kill_remote_group(connection: Any, pgid: int, grace: float) -> str | None:
+    """SIGTERM the group on the host, SIGKILL it after `grace` seconds; the problem, if it could not be done."""
+    command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid),
+                                                 str(max(0, int(grace * 10)))])
+    try:
+        code, _, err = capture(connection, command, timeout=grace + 30)
+    except Exception as error:  # the connection died: the host is out of our reach
+        return f"{type(error).__name__}: {error}"
+    return None if code == 0 else (err.decode("utf-8", "replace").strip() or f"kill exited {code}")
+
+
+def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log: BinaryIO, timeout: float | None,
+               echo: BinaryIO | None = None, grace: float = runner.GRACE_S) -> RemoteResult:
+    """Run one command in its own process group on the host, output streamed to `log` (and `echo`)."""
+    if _stopping.is_set() or runner.stopping():
+        raise runner.Interrupted("the run is being stopped")
+    log.flush()
+    started = monotonic()
+    channel = connection.create_session()
+    private = bytearray()
+    pgid: int | None = None
+
+    def write(data: bytes) -> None:
+        log.write(data)
+        if echo is not None:
+            try:
+                echo.write(data)
+                echo.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                pass
+
+    def read_private(data: bytes) -> None:
+        nonlocal pgid
+        private.extend(data)
+        match = PGID_RE.search(private)
+        if match and pgid is None and int(match.group(1)) > 1:  # `kill -TERM -1` would hit every process
+            pgid = int(match.group(1))
+
+    with channel:
+        channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env}))
+        exited_at: float | None = None
+        reaped = False
+        try:
+            while not _finished(channel):
+                if timeout is not None and monotonic() - started > timeout:
+                    problem = kill_remote_group(connection, pgid, grace) if pgid else "no process group reported"
+                    return RemoteResult(None, timed_out=True, problem=problem)
+                if _stopping.is_set() or runner.stopping():
+                    raise runner.Interrupted("the run is being stopped")
+                if channel.exit_status_ready() and pgid is not None and not reaped:
+                    # The command is done but something it started still holds its output: end the group.
+                    exited_at = exited_at or monotonic()
+                    if monotonic() - exited_at > 0.5:
+                        kill_remote_group(connection, pgid, grace)
+                        reaped = True
+                select.select([channel], [], [], 0.1)
+                _read_ready(channel, write, read_private)
+            _read_ready(channel, write, read_private)
+            if pgid is not None and not reaped:
+                kill_remote_group(connection, pgid, grace)  # nothing it started outlives it, as locally
+        except BaseException:
+            if pgid is not None:
+                kill_remote_group(connection, pgid, grace)
+            raise
+        code = channel.recv_exit_status()
+    if NO_DIR in private:
+        return RemoteResult(None, no_directory=True)
+    if pgid is None:
+        stray = private.decode("utf-8", "replace").strip()
+        return RemoteResult(None, problem=f"could not start the command on the host (needs /bin/sh and setsid): "
+                                          f"{stray or f'exit {code}'}")
+    # A command killed by a signal reports no exit status over ssh (paramiko: -1).
+    return RemoteResult(None if code == -1 else code)
+
+
+def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
+                   grace: float = runner.GRACE_S) -> Outcome:
+    """batch.execute's twin for a host: same steps, same outcomes, the log written locally."""
+    started = monotonic()
+
+    def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
+        return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
+                       plan.command_line, str(plan.log), reason, now_iso(), host.name)
+
+    try:
+        plan.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(plan.log, "wb")
+    except OSError as err:
+        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror}")
+    with log:
+        log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
+                  f"({host.address})\n".encode())
+        if isinstance(connection, HostUnreachable):
+            reason = f"host unreachable: {connection}"
+            log.write(f"error: {reason}\n".encode())
+            return outcome("error", reason=reason)
+        if plan.skip_reason:
+            log.write(f"skipped: {plan.skip_reason}\n".encode())
+            return outcome("skipped", reason=plan.skip_reason)
+        try:
+            return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
+        except runner.Interrupted:
+            raise
+        except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+            reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+            log.write(f"\nerror: {reason}\n".encode())
+            return outcome("error", reason=reason)
+
+
+def _run_commands(plan: Plan, connection: Any, log: BinaryIO, timeout: float | None, echo: BinaryIO | None,
+                  grace: float, started: float, outcome: Callable[..., Outcome]) -> Outcome:
+    for command in plan.commands:
+        cwd = str(command.cwd)
+        tool = first_tool(command.command)
+        if tool is not None and "/" not in tool:
+            probe = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
+            if capture(connection, probe)[0] != 0:
+                reason = f"{tool} not found on PATH on the host"
+                log.write(f"skipped: {reason}\n".encode())
+                return outcome("skipped", reason=reason)
+        remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
+        log.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n".encode())
+        result = run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace)
+        if result.no_directory:
+            log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
+            return outcome("error", reason=f"directory does not exist on the host: {cwd}")
+        if result.timed_out:
+            log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
+            if result.problem:
+                log.write(f"warning: the remote process group may still run: {result.problem}\n".encode())
+            return outcome("timeout", reason=f"timed out after {timeout:g}s")
+        if result.problem:
+            log.write(f"error: {result.problem}\n".encode())
+            return outcome("error", reason=result.problem)
+        if result.exit_code != 0:
+            shown = "killed by a signal" if result.exit_code is None else f"exit {result.exit_code}"
+            return outcome("failed", result.exit_code, shown)
+    return outcome("passed", 0)
+
+
+def stop_all() -> None:
+    """Ctrl-C in a multi-host run: every remote command kills its group and stops."""
+    _stopping.set()
+
+
+def reset_stop() -> None:
+    _stopping.clear()
+
+
+def run_on_host(host: Host, work: Callable[[Any], Sequence[Done]], accept_new_host_key: bool) -> list[Done]:
+    """Connect once, run `work(connection)` (or `work(HostUnreachable)` so every repo says why), disconnect."""
+    try:
+        connection = connect(host, accept_new_host_key)
+    except HostUnreachable as err:
+        return list(work(err))
+    try:
+        return list(work(connection))
+    finally:
+        connection.close()
+
+
+PROBE_TOOLS = ("git", "make", "go", "node", "python3", "cargo", "setsid")
+PROBE = """for tool in git make go node python3 cargo setsid; do
+  if ! command -v "$tool" >/dev/null 2>&1; then version=missing
+  elif [ "$tool" = go ]; then version=$(go version 2>&1 | head -n 1)
+  elif [ "$tool" = setsid ]; then version=found
+  else version=$("$tool" --version 2>&1 | head -n 1); fi
+  printf '%s=%s\\n' "$tool" "$version"
+done
+if [ -d "$1" ]; then echo workspace=found; else echo workspace=missing; fi"""
+
+
+@dataclass
+class HostCheck:
+    host: Host
+    reachable: bool
+    reason: str | None = None
+    workspace: str | None = None
+    tools: dict[str, str] | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """What stops builds on a reachable host: no workspace, no git, no setsid."""
+        if not self.reachable or self.tools is None:
+            return [self.reason or "unreachable"]
+        found = [] if self.tools.get("workspace") == "found" else [f"workspace {self.workspace} does not exist"]
+        return found + [f"{tool} missing" for tool in ("git", "setsid") if self.tools.get(tool) == "missing"]
+
+
+def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
+    """Connect, then report the workspace and the versions of git and the toolchains found there."""
+    try:
+        connection = connect(host, accept_new_host_key)
+    except HostUnreachable as err:
+        return HostCheck(host, False, str(err))
+    try:
+        workspace = resolve_workspace(connection, host)
+        code, out, err = capture(connection, " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", PROBE, "probe",
+                                                                               workspace]))
+        if code != 0:
+            return HostCheck(host, True, f"probe failed: {err.decode('utf-8', 'replace').strip() or code}",
+                             workspace)
+        tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
+        return HostCheck(host, True, None, workspace, tools)
+    except Exception as err:  # the connection died halfway: as good as unreachable
+        return HostCheck(host, False, f"{host.name}: {type(err).__name__}: {err}")
+    finally:
+        connection.close()
+
+
+def check_hosts(hosts: Sequence[Host], accept_new_host_key: bool = False) -> list[HostCheck]:
+    """Every host at once (a dead one costs its connect timeout, never more)."""
+    return runner.run_each(hosts, lambda h: check_host(h, accept_new_host_key), max(1, min(16, len(hosts))))
+
+
+class Connections:
+    """One SSH connection per job slot on a host: sshd caps the sessions of one connection (MaxSessions,
+    default 10), and each running command may need two (itself and its kill)."""
+
+    def __init__(self, host: Host, first: Any, accept_new_host_key: bool) -> None:
+        self.host = host
+        self.accept_new_host_key = accept_new_host_key
+        self.idle = [first]
+        self.opened: list[Any] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> Any:
+        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+        try:
+            connection = connect(self.host, self.accept_new_host_key)
+        except HostUnreachable as err:
+            return err
+        with self.lock:
+            self.opened.append(connection)
+        return connection
+
+    def give(self, connection: Any) -> None:
+        if not isinstance(connection, HostUnreachable):
+            with self.lock:
+                self.idle.append(connection)
+
+    def close(self) -> None:
+        for connection in self.opened:
+            connection.close()

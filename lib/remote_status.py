@@ -1,0 +1,71 @@
+"""`inv status --host NAME`: each repo's status on a build host, git's porcelain v2 parsed as locally."""
+from __future__ import annotations
+
+import shlex
+from datetime import datetime, timezone
+from time import perf_counter
+from typing import Any, Sequence
+
+from lib import remote, runner
+from lib.config import Repo
+from lib.gitstatus import LOG_FORMAT, LastCommit, RepoStatus, ScanReport, parse_porcelain_v2
+from lib.hosts import Host
+
+SEPARATOR = b"\n--orchestrator-last-commit--\n"
+# One round trip per repo: status, then the last commit (a subject is one line,
+# so the separator, split from the right, cannot be forged by a commit).
+STATUS_SCRIPT = f"""cd -- "$1" 2>/dev/null || {{ echo "path does not exist" >&2; exit 3; }}
+[ -e .git ] || {{ echo "not a git repository (no .git)" >&2; exit 3; }}
+git --no-optional-locks status --porcelain=v2 --branch -z || exit 4
+printf '{SEPARATOR.decode().replace(chr(10), chr(92) + 'n')}'
+git --no-optional-locks log -1 --no-show-signature --format='{LOG_FORMAT}' 2>/dev/null
+exit 0"""
+GIT_ENV = ("LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0")
+
+
+def remote_repo_status(connection: Any, repo: Repo, path: str) -> RepoStatus:
+    status = RepoStatus(name=repo.name, path=path, exists=True, clean=False, language=repo.language)
+    command = " ".join(shlex.quote(w) for w in ["env", *GIT_ENV, "/bin/sh", "-c", STATUS_SCRIPT, "status", path])
+    code, out, err = remote.capture(connection, command)
+    message = (err.decode("utf-8", "replace").strip().splitlines() or [f"git exited {code}"])[0]
+    if code is None:
+        status.error = "timed out on the host"
+        return status
+    if code == 3:
+        status.exists = message != "path does not exist"
+        status.error = message
+        return status
+    if code != 0:
+        status.error = message
+        return status
+    porcelain_data, _, log_data = out.rpartition(SEPARATOR)
+    porcelain = parse_porcelain_v2(porcelain_data)
+    status.branch, status.detached, status.head = porcelain.branch, porcelain.branch is None, porcelain.head
+    status.upstream, status.ahead, status.behind = porcelain.upstream, porcelain.ahead, porcelain.behind
+    status.staged, status.modified = porcelain.staged, porcelain.modified
+    status.untracked, status.conflicted, status.dirty = porcelain.untracked, porcelain.conflicted, porcelain.dirty
+    if porcelain.head is None:
+        status.error = "no commits yet"
+        return status
+    fields = log_data.decode("utf-8", "replace").rstrip("\n").split("\0")
+    if len(fields) == 4:
+        status.last_commit = LastCommit(*fields)
+    status.clean = status.dirty == 0
+    return status
+
+
+def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
+    """Every repo's status under the host's workspace; an unreachable host is one error per repo."""
+    started = perf_counter()
+    generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def work(connection: Any) -> list[RepoStatus]:
+        if isinstance(connection, remote.HostUnreachable):
+            return [RepoStatus(r.name, host.repo_dir(r.name), False, False, r.language,
+                               error=f"host unreachable: {connection}") for r in repos]
+        workspace = remote.resolve_workspace(connection, host)
+        return runner.run_each(repos, lambda r: remote_repo_status(connection, r, f"{workspace.rstrip('/')}/{r.name}"),
+                               jobs or 8)
+
+    statuses = remote.run_on_host(host, work, accept_new_host_key)
+    return ScanReport(generated_at, perf_counter() - started, statuses)

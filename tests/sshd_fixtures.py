@@ -1,0 +1,138 @@
+"""A real OpenSSH server on 127.0.0.1 for the remote-host tests: own host key, own authorized key, own known_hosts.
+
+Nothing here reads or writes the user's ~/.ssh: keys, known_hosts and the
+server's config live in tmp_path, and the server's sessions get a HOME in
+tmp_path too.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import tomli_w
+
+from tests.conftest import REQUIRE_SYSTEM
+
+SSHD = "/usr/sbin/sshd"
+PRIVSEP_DIR = Path("/run/sshd")
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_SYSTEM:
+        pytest.fail(f"{reason} (ORCHESTRATOR_REQUIRE_SYSTEM_TESTS=1)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "orchestrator-test", "-f", str(path)],
+                   check=True, stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class Sshd:
+    root: Path
+    port: int
+    user: str
+    client_key: Path
+    known_hosts: Path
+    host_key_pub: str
+    remote_home: Path
+    log: Path
+
+    def host_entry(self, workspace: Path, **fields: object) -> dict[str, object]:
+        """A hosts.toml table for this server."""
+        entry: dict[str, object] = {"host": "127.0.0.1", "port": self.port, "user": self.user,
+                                    "key_file": str(self.client_key), "known_hosts": str(self.known_hosts),
+                                    "workspace": str(workspace), "connect_timeout": 5}
+        entry.update(fields)
+        return entry
+
+
+def write_hosts(home_path: Path, hosts: dict[str, dict[str, object]]) -> Path:
+    path = home_path / "config" / "hosts.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps({"hosts": hosts}))
+    return path
+
+
+def _server_command(config: Path) -> list[str]:
+    """sshd needs its privilege separation dir; without one, give it a private /run (root only)."""
+    command = [SSHD, "-D", "-e", "-f", str(config)]
+    if PRIVSEP_DIR.is_dir():
+        return command
+    unshare = shutil.which("unshare")
+    if os.geteuid() == 0 and unshare:
+        probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True)
+        if probe.returncode == 0:
+            script = f"mount -t tmpfs orchestrator-test /run && mkdir -m 0755 {PRIVSEP_DIR} && exec \"$@\""
+            return [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *command]
+    _unavailable(f"sshd needs {PRIVSEP_DIR} (mkdir -p -m 0755 {PRIVSEP_DIR}, as .ci/run does)")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    if not os.access(SSHD, os.X_OK) or shutil.which("ssh-keygen") is None:
+        _unavailable(f"OpenSSH server not installed ({SSHD})")
+    root = tmp_path / "sshd"
+    root.mkdir()
+    for name in ("host_key", "client_key"):
+        _keygen(root / name)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    remote_home = tmp_path / "remote-home"
+    remote_home.mkdir()
+    port = free_port()
+    config = root / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'host_key'}", f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
+        "PermitRootLogin prohibit-password", "PermitUserRC no", "PrintMotd no", "PrintLastLog no",
+        "MaxStartups 50",  # MaxSessions stays at its default (10), as on a real host
+        f"SetEnv HOME={remote_home} GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL={remote_home / '.gitconfig'}",
+        "",
+    ]))
+    host_key_pub = (root / "host_key.pub").read_text().split()
+    known_hosts = root / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key_pub[0]} {host_key_pub[1]}\n")
+    log = root / "sshd.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(_server_command(config), stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"sshd exited with {proc.returncode}: {log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"sshd did not answer on port {port}: {log.read_text()}")
+            time.sleep(0.05)
+        yield Sshd(root, port, getpass.getuser(), root / "client_key", known_hosts,
+                   " ".join(host_key_pub[:2]), remote_home, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
