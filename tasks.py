@@ -66,7 +66,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0)):
     from lib.scan import scan_workspace
 
     try:
-        report = scan_workspace(load_workspace(Paths.from_env().repos_file), jobs, tag)
+        paths = Paths.from_env()
+        report = scan_workspace(load_workspace(paths.repos_file), jobs, tag, paths.repo_status_file)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dirty:
@@ -101,8 +102,10 @@ def scan(c, jobs=Count(0), tag=None):
         raise Exit(code=1)
 
 
-def _split(names: str) -> list[str]:
-    return [n.strip() for n in names.split(",") if n.strip()]
+def _split(names: str) -> list[str] | None:
+    from lib.config import split_names
+
+    return split_names(names)
 
 
 def _print_plan(plan) -> None:

@@ -1,9 +1,10 @@
-"""Repo status for many repos at once: one porcelain-v2 `git status` and one `git log -1` each.
+"""Repo status for many repos at once: one porcelain-v2 `git status` each, plus `git log -1` when HEAD moved.
 
 Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from time import perf_counter
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
@@ -19,11 +21,36 @@ from lib.errors import OrchestratorError
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
 GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+# `git rev-parse --local-env-vars`: inherited from a git hook or a user's shell,
+# they would point every repo's git at one repository.
+REPO_LOCAL_ENV = (
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+)
+# Explicit so a repo's config cannot change the counts: status.showUntrackedFiles
+# (`no` hid untracked files; `all` counts each file of an untracked directory),
+# status.renames / diff.renames (a staged rename counted as two entries).
+# `normal` is git's default and cheaper than `all`: an untracked directory is one entry.
+STATUS_ARGS = ("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal", "--renames")
 LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
+# Files in a (per-worktree) git dir that mean an operation is under way, in git's
+# own order of precedence (wt_status_get_state): the first present wins.
+OPERATION_MARKERS = (
+    ("rebase-merge", "rebase"),
+    ("rebase-apply", "rebase"),  # or `am`: see _operation
+    ("MERGE_HEAD", "merge"),
+    ("CHERRY_PICK_HEAD", "cherry-pick"),
+    ("REVERT_HEAD", "revert"),
+    ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see _operation
+    ("BISECT_LOG", "bisect"),
+)
 
 
 def git_env() -> dict[str, str]:
-    return {**os.environ, **GIT_ENV_OVERRIDES}
+    env = {k: v for k, v in os.environ.items() if k not in REPO_LOCAL_ENV}
+    return {**env, **GIT_ENV_OVERRIDES}
 
 
 def default_jobs() -> int:
@@ -73,6 +100,8 @@ class RepoStatus:
     conflicted: int | None = None
     dirty: int | None = None
     last_commit: LastCommit | None = None
+    operation: str | None = None
+    index_lock: str | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +113,7 @@ class ScanReport:
     generated_at: str
     duration_s: float
     repos: list[RepoStatus]
+    reused: int = 0  # last commits taken from the previous scan instead of `git log -1`
 
     def to_json(self) -> dict[str, Any]:
         return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
@@ -159,7 +189,84 @@ def _first_error_line(stderr: bytes) -> str:
     return lines[0] if lines else "git failed"
 
 
-def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
+def git_dir_of(worktree: Path) -> Path | None:
+    """The repo's own git dir without starting git: `.git` itself, or where a `.git` file points.
+
+    Linked worktrees and submodules have a `.git` file (`gitdir: ...`); their
+    per-worktree state (MERGE_HEAD, index.lock, ...) lives there.
+    """
+    dot_git = worktree / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    try:
+        first = dot_git.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+    except OSError:
+        return None
+    if not first.startswith("gitdir: "):
+        return None
+    return worktree / first[len("gitdir: "):].strip()
+
+
+def _operation(git_dir: Path, entries: set[str]) -> str | None:
+    for marker, operation in OPERATION_MARKERS:
+        if marker not in entries:
+            continue
+        if marker == "rebase-apply" and (git_dir / marker / "applying").exists():
+            return "am"
+        if marker == "sequencer":
+            if not (git_dir / marker / "todo").exists():
+                continue  # left behind after the last pick: nothing under way
+            try:
+                with open(git_dir / marker / "todo", encoding="utf-8", errors="replace") as todo:
+                    first = todo.readline().split(" ", 1)[0]
+            except OSError:
+                first = ""
+            return "revert" if first in ("revert", "r") else "cherry-pick"
+        return operation
+    return None
+
+
+def _git_running_in(*dirs: Path) -> bool:
+    """Whether a live git process has its working directory in one of `dirs` (read from /proc)."""
+    roots = [os.path.realpath(d) for d in dirs]
+    try:
+        entries = os.scandir("/proc")
+    except OSError:
+        return True  # cannot tell: do not call the lock stale
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as comm:
+                    if not comm.read().startswith("git"):
+                        continue
+                cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            except OSError:
+                continue
+            if any(cwd == root or cwd.startswith(root + "/") for root in roots):
+                return True
+    return False
+
+
+def operation_and_lock(worktree: Path) -> tuple[str | None, str | None]:
+    """(operation in progress, index.lock state) from the git dir's entries: a few stats, no process."""
+    git_dir = git_dir_of(worktree)
+    if git_dir is None:
+        return None, None
+    try:
+        entries = set(os.listdir(git_dir))
+    except OSError:
+        return None, None
+    lock = None
+    if "index.lock" in entries:
+        lock = "held" if _git_running_in(worktree, git_dir) else "stale"
+    return _operation(git_dir, entries), lock
+
+
+def repo_status(repo: Repo, git: str, env: dict[str, str],
+                known_commits: Mapping[str, LastCommit] | None = None) -> RepoStatus:
+    """One repo's status; `known_commits` (sha -> last commit) spares `git log -1` for a HEAD seen before."""
     path = repo.local
     status = RepoStatus(name=repo.name, path=str(path), exists=path.exists(), clean=False, language=repo.language)
     if not status.exists:
@@ -173,7 +280,7 @@ def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
     if not (path / ".git").exists():
         status.error = "not a git repository (no .git)"
         return status
-    result = _git(git, env, str(path), "status", "--porcelain=v2", "--branch", "-z")
+    result = _git(git, env, str(path), *STATUS_ARGS)
     if result.returncode != 0:
         status.error = _first_error_line(result.stderr)
         return status
@@ -186,18 +293,51 @@ def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
     status.staged, status.modified = porcelain.staged, porcelain.modified
     status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
     status.dirty = porcelain.dirty
+    status.operation, status.index_lock = operation_and_lock(path)
     if porcelain.head is None:
         status.error = "no commits yet"
         return status
-    log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
-    if log.returncode != 0:
-        status.error = _first_error_line(log.stderr)
-        return status
-    fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
-    if len(fields) == 4:
-        status.last_commit = LastCommit(*fields)
+    # A commit never changes: the one recorded for this sha is what `git log -1` would print.
+    known = (known_commits or {}).get(porcelain.head)
+    if known is not None:
+        status.last_commit = LastCommit(**asdict(known))
+    else:
+        log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
+        if log.returncode != 0:
+            status.error = _first_error_line(log.stderr)
+            return status
+        fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
+        if len(fields) == 4:
+            status.last_commit = LastCommit(*fields)
     status.clean = status.dirty == 0
     return status
+
+
+def known_commits(document: Any) -> dict[str, LastCommit]:
+    """sha -> last commit from a previous scan's document; anything malformed is left out, never an error."""
+    found: dict[str, LastCommit] = {}
+    entries = document.get("repos") if isinstance(document, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        commit = entry.get("last_commit") if isinstance(entry, dict) else None
+        if not isinstance(commit, dict) or set(commit) != {"sha", "subject", "author", "date"}:
+            continue
+        if not all(isinstance(v, str) for v in commit.values()):
+            continue
+        if commit["sha"] == entry.get("head") and _is_sha(commit["sha"]):
+            found[commit["sha"]] = LastCommit(**commit)
+    return found
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def read_known_commits(state_file: Path) -> dict[str, LastCommit]:
+    """The last commits recorded in a state file; missing, unreadable or foreign means none (a cold scan)."""
+    try:
+        return known_commits(json.loads(state_file.read_bytes()))
+    except (OSError, ValueError, RecursionError):
+        return {}
 
 
 def find_git() -> str:
@@ -211,14 +351,19 @@ def scan(
     repos: Sequence[Repo],
     jobs: int = 0,
     on_result: Callable[[RepoStatus], None] | None = None,
+    known: Mapping[str, LastCommit] | None = None,
 ) -> ScanReport:
-    """Status of every repo, concurrently, in config order; one bad repo never stops the scan."""
+    """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
+
+    `known` (sha -> last commit, from the previous scan) makes it a warm scan:
+    the same document, with `git log -1` run only for repos whose HEAD moved.
+    """
     git, env = find_git(), git_env()
     started = perf_counter()
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results: dict[str, RepoStatus] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs or default_jobs())) as pool:
-        futures = {pool.submit(repo_status, repo, git, env): repo for repo in repos}
+        futures = {pool.submit(repo_status, repo, git, env, known): repo for repo in repos}
         for future in as_completed(futures):
             repo = futures[future]
             try:
@@ -228,4 +373,5 @@ def scan(
             results[repo.name] = status
             if on_result is not None:
                 on_result(status)
-    return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])
+    reused = sum(1 for s in results.values() if s.last_commit is not None and s.head in (known or {}))
+    return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos], reused)

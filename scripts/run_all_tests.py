@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.config import load_workspace  # noqa: E402
+from lib.config import load_workspace, split_names  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.testall import plan_test_all, run_test_all  # noqa: E402
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        only = [n.strip() for n in args.only.split(",") if n.strip()]
+        only = split_names(args.only)
         plans = plan_test_all(workspace, paths, args.tag, only, args.failed)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
