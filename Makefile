@@ -11,7 +11,7 @@ REPO    ?=
 # Commands run by the targets (and the repos' own tests) see the venv first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test status scan build test-repo test-all sync-all clean
+.PHONY: setup demo test status scan build test-repo test-all sync-all foreach clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,12 @@ test-all: setup
 
 sync-all: setup
 	$(INV) sync-all
+
+# $(value CMD) is the text as typed ($ signs and quotes untouched), single-quoted
+# for the shell: make foreach CMD='git log -1 --format=%s'
+foreach: setup
+	@$(if $(value CMD),true,{ echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; })
+	$(INV) foreach --command='$(subst ','\'',$(value CMD))'
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -287,4 +287,47 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise Exit(code=1)
 
 
-namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)
+@task(
+    positional=["command"],
+    iterable=["tag"],
+    help={
+        "command": "shell command run with /bin/sh -c in each repo's directory (repo fields in $ORCH_REPO_*)",
+        "jobs": "N: repos at once (default: one per core)",
+        "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
+        "tag": "only repos with this tag (repeatable)",
+        "only": "only these repos, comma-separated",
+        "dirty": "only repos with uncommitted changes (from a fresh status)",
+        "json": "print {command, results: [{repo, exit_code, status, duration_s, output, log}]} instead",
+    },
+)
+def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, only="", dirty=False, json=False):
+    """Run one shell command in every selected repo, concurrently; output per repo in config order."""
+    from lib.config import load_workspace
+    from lib.foreach import choose_repos, run_foreach
+
+    def show(result) -> None:
+        print(f"=== {result.outcome.line()} ===")
+        print(result.output, end="" if result.output.endswith("\n") or not result.output else "\n", flush=True)
+
+    try:
+        paths = Paths.from_env()
+        command = command or ""
+        if not command.strip():
+            raise OrchestratorError('foreach: no command given (usage: inv foreach "git status -s")')
+        repos = choose_repos(load_workspace(paths.repos_file), paths, tag, _split(only), dirty)
+        if not repos:
+            why = "no selected repo is dirty" if dirty else "no repo matches both --tag and --only"
+            print(jsonlib.dumps({"command": command, "results": []}) if json else f"nothing to do: {why}")
+            return
+        report = run_foreach(paths, repos, command, jobs, timeout or None, on_result=None if json else show)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    if json:
+        print(jsonlib.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary_line())
+    if report.failing:
+        raise Exit(code=1)
+
+
+namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all, foreach)
