@@ -10,8 +10,9 @@ import math
 import shlex
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
+from lib.cli import task
 from lib.errors import OrchestratorError, error_lines
 from lib.paths import Paths
 
@@ -55,7 +56,7 @@ def _fail(err: OrchestratorError) -> Exit:
     iterable=["tag"],
     help={
         "json": "print the status document (same shape as state/repo-status.json) instead of a table",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 2 per core)",
     },
@@ -85,7 +86,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0)):
 
 @task(
     iterable=["tag"],
-    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "only repos with this tag (repeatable)"},
+    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "TAG: only repos with this tag (repeatable)"},
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
@@ -183,7 +184,7 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False):
         "jobs": "N: repos tested at once (default: one per core)",
         "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "junit_xml": "also write a JUnit XML report to this path (for CI)",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "only": "only these repos, comma-separated (any language)",
         "failed": "rerun only the repos that failed or timed out last time",
         "dry_run": "print what would run; run nothing",
@@ -265,7 +266,7 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False):
         "net_jobs": "N: repos fetched at once (default 4: ssh servers refuse floods)",
         "timeout": "SECONDS per fetch or clone before it is killed (0: no limit)",
         "clone_missing": "clone repos whose path does not exist from their `remote`",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
     },
 )
@@ -294,7 +295,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         "command": "shell command run with /bin/sh -c in each repo's directory (repo fields in $ORCH_REPO_*)",
         "jobs": "N: repos at once (default: one per core)",
         "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "only": "only these repos, comma-separated",
         "dirty": "only repos with uncommitted changes (from a fresh status)",
         "json": "print {command, results: [{repo, exit_code, status, duration_s, output, log}]} instead",
