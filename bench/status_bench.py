@@ -41,7 +41,10 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 def bench(size: int, runs: int, jobs: int, workdir: Path) -> list[object]:
     home = workdir / f"ws-{size}"
     t0 = time.perf_counter()
-    config = generate(home, bench_specs(size))
+    if (home / "config" / "repos.json").exists():  # kept from an earlier run (--keep)
+        config = home / "config" / "repos.json"
+    else:
+        config = generate(home, bench_specs(size))
     made = time.perf_counter() - t0
     repos = sorted((home / "repos").iterdir())
     (home / "repos.txt").write_text("".join(f"{p}\n" for p in repos))
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 500])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=0, help="scan --jobs (default: the tool's default)")
-    parser.add_argument("--keep", type=Path, help="build the workspaces here and keep them")
+    parser.add_argument("--keep", type=Path, help="build the workspaces here and keep them (reused when there)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="status-bench-") as tmp:
         workdir = args.keep or Path(tmp)

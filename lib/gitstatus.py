@@ -113,7 +113,6 @@ class ScanReport:
     generated_at: str
     duration_s: float
     repos: list[RepoStatus]
-    reused: int = 0  # last commits taken from the previous scan instead of `git log -1`
 
     def to_json(self) -> dict[str, Any]:
         return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
@@ -335,6 +334,8 @@ def _is_sha(text: str) -> bool:
 def read_known_commits(state_file: Path) -> dict[str, LastCommit]:
     """The last commits recorded in a state file; missing, unreadable or foreign means none (a cold scan)."""
     try:
+        if not state_file.is_file():  # a FIFO or a device would hang or never end the read
+            return {}
         return known_commits(json.loads(state_file.read_bytes()))
     except (OSError, ValueError, RecursionError):
         return {}
@@ -373,5 +374,4 @@ def scan(
             results[repo.name] = status
             if on_result is not None:
                 on_result(status)
-    reused = sum(1 for s in results.values() if s.last_commit is not None and s.head in (known or {}))
-    return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos], reused)
+    return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])

@@ -133,5 +133,8 @@ def test_make_foreach_passes_the_command_through_untouched(home, make_repo, tmp_
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "IT'S ALPHA" in result.stdout
+    unexpanded = subprocess.run(["make", "-s", "-C", str(ROOT), "foreach", "CMD=true $(info MAKE-EXPANDED)"],
+                                capture_output=True, text=True, env=env, timeout=120)
+    assert "MAKE-EXPANDED" not in unexpanded.stdout + unexpanded.stderr, "make expanded the command itself"
     missing = subprocess.run(["make", "-s", "-C", str(ROOT), "foreach"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "usage: make foreach CMD=" in missing.stderr

@@ -86,6 +86,15 @@ def test_corrupt_or_foreign_state_means_a_cold_scan_never_an_error(home, make_re
     assert home.state("repo-status.json")["repos"][0]["last_commit"]["sha"] == repo.head()
 
 
+def test_a_state_path_that_is_a_fifo_or_a_directory_is_a_cold_scan_not_a_hang(home, make_repo, inv, tmp_path):
+    home.add(make_repo("alpha"))
+    state = home.path / "state" / "repo-status.json"
+    state.parent.mkdir()
+    os.mkfifo(state)
+    result = inv("status", "--json")
+    assert result.code == 0 and json.loads(result.out)["repos"][0]["last_commit"]["subject"] == "initial"
+
+
 def test_a_forged_entry_is_not_trusted_for_another_sha(home, make_repo, inv):
     """A recorded commit is reused only under its own sha, never because a name or path matches."""
     repo = make_repo("alpha")
