@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,13 +30,20 @@ from lib.views import plain_table  # noqa: E402
 ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run; CPU counts every process it waited for (git included),
+    which a busy machine inflates far less than wall time."""
+    start, cpu_start = time.perf_counter(), children_cpu()
     result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, children_cpu() - cpu_start
     if result.returncode not in (0, 1):
         raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()}")
-    return elapsed
+    return elapsed, cpu
 
 
 def bench(size: int, runs: int, jobs: int, workdir: Path) -> list[object]:
@@ -49,21 +57,23 @@ def bench(size: int, runs: int, jobs: int, workdir: Path) -> list[object]:
     repos = sorted((home / "repos").iterdir())
     (home / "repos.txt").write_text("".join(f"{p}\n" for p in repos))
     # Settle every index once so the first timed run is not a racy-git outlier.
-    timed(["sh", str(ROOT / "bench" / "raw_git_status.sh"), str(home), "4"], ENV)
     raw_cmd = ["sh", str(ROOT / "bench" / "raw_git_status.sh"), str(home), "4"]
+    timed(raw_cmd, ENV)
     scan_cmd = [sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")] + (["--jobs", str(jobs)] if jobs else [])
     scan_env = {**ENV, "ORCHESTRATOR_HOME": str(home)}
     state_file = home / "state" / "repo-status.json"
-    raw_times, cold_times, warm_times = [], [], []
+    times: dict[str, list[tuple[float, float]]] = {"raw": [], "cold": [], "warm": []}
     for _ in range(runs):
-        raw_times.append(timed(raw_cmd, ENV))
+        times["raw"].append(timed(raw_cmd, ENV))
         state_file.unlink(missing_ok=True)
-        cold_times.append(timed(scan_cmd, scan_env))
-        warm_times.append(timed(scan_cmd, scan_env))  # the cold scan's state file makes it warm
-    raw, cold, warm = (statistics.median(t) for t in (raw_times, cold_times, warm_times))
+        times["cold"].append(timed(scan_cmd, scan_env))
+        times["warm"].append(timed(scan_cmd, scan_env))  # the cold scan's state file makes it warm
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     print(f"  {size} repos: generated in {made:.1f}s ({config})", file=sys.stderr)
-    return [[size, "cold", f"{raw * 1000:.0f}", f"{cold * 1000:.0f}", f"{cold / raw:.2f}", f"{cold / size * 1000:.2f}"],
-            [size, "warm", f"{raw * 1000:.0f}", f"{warm * 1000:.0f}", f"{warm / raw:.2f}", f"{warm / size * 1000:.2f}"]]
+    return [[size, kind, f"{wall['raw'] * 1000:.0f}", f"{wall[kind] * 1000:.0f}", f"{wall[kind] / wall['raw']:.2f}",
+             f"{cpu['raw'] * 1000:.0f}", f"{cpu[kind] * 1000:.0f}", f"{cpu[kind] / cpu['raw']:.2f}"]
+            for kind in ("cold", "warm")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.keep or Path(tmp)
         rows = [row for size in args.sizes for row in bench(size, args.runs, args.jobs, workdir)]
     print(f"median of {args.runs} alternated runs, {os.cpu_count()} cores")
-    print(plain_table(rows, ["repos", "scan", "raw git ms", "scan ms", "ratio", "scan ms/repo"]))
+    print(plain_table(rows, ["repos", "scan", "raw git ms", "scan ms", "ratio", "raw cpu ms", "scan cpu ms", "cpu ratio"]))
     return 0
 
 
