@@ -138,3 +138,14 @@ def test_make_foreach_passes_the_command_through_untouched(home, make_repo, tmp_
     assert "MAKE-EXPANDED" not in unexpanded.stdout + unexpanded.stderr, "make expanded the command itself"
     missing = subprocess.run(["make", "-s", "-C", str(ROOT), "foreach"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "usage: make foreach CMD=" in missing.stderr
+
+
+def test_git_in_each_repo_acts_on_that_repo_even_from_a_git_hook(home, make_repo, inv, monkeypatch):
+    """A hook's GIT_DIR would make `git` in every repo act on the hook's repo."""
+    alpha, beta = make_repo("alpha"), make_repo("beta")
+    beta.commit({"x": "1"}, "second in beta")
+    home.add(alpha, beta)
+    monkeypatch.setenv("GIT_DIR", str(alpha.path / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(alpha.path))
+    result = inv("foreach", "--json", "git log -1 --format=%s")
+    assert [r["output"] for r in json.loads(result.out)["results"]] == ["initial\n", "second in beta\n"]
