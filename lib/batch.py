@@ -12,6 +12,7 @@ from xml.etree import ElementTree
 
 from lib import runner
 from lib.config import Repo, Workspace
+from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import read_json, update_json
@@ -57,7 +58,7 @@ PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
 def command_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PARENT_MAKE_VARS}
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute_many
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
-from lib.gitstatus import REPO_LOCAL_ENV, read_known_commits, scan
+from lib.gitstatus import read_known_commits, scan
 from lib.paths import Paths
 from lib.workflows import Command, Plan, render_command
 
@@ -64,15 +64,10 @@ def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, onl
     return repos
 
 
-# Inherited from a git hook (GIT_DIR, GIT_WORK_TREE, ...), these would point every
-# repo's git at one repository: `inv foreach "git pull"` would pull there N times.
-UNSET_REPO_LOCAL_ENV = f"unset {' '.join(REPO_LOCAL_ENV)}\n"
-
-
 def plan_for(command: str, repo: Repo, log_dir: Path) -> Plan:
     """Run `command` as written (no placeholders: `{{` may be the command's own text) with the repo's ORCH_* env."""
     env = render_command(ALL_VARIABLES, repo, log_dir, repo.local).env
-    return Plan(NAME, repo, (Command(repo.local, command, UNSET_REPO_LOCAL_ENV + command, env),),
+    return Plan(NAME, repo, (Command(repo.local, command, command, env),),
                 log_dir / f"orchestrator-{NAME}-{repo.name}.log")
 
 

@@ -11,8 +11,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from time import perf_counter
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Callable, Mapping, Sequence
 
 from lib.config import Repo
@@ -21,20 +21,33 @@ from lib.errors import OrchestratorError
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
 GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
-# `git rev-parse --local-env-vars`: inherited from a git hook or a user's shell,
-# they would point every repo's git at one repository.
-REPO_LOCAL_ENV = (
+LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
+
+
+# Repo-local variables (`git rev-parse --local-env-vars`, git 2.39). Inherited from a
+# git hook or an exported GIT_DIR, they point every git we start at another repo.
+REPO_LOCAL_GIT_VARS = (
     "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
     "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
     "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
     "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
 )
+
+
+def without_repo_local_git_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` minus the variables that would redirect git (or a build's git) away from the repo it runs in."""
+    return {k: v for k, v in env.items() if k not in REPO_LOCAL_GIT_VARS}
+
+
+def git_env() -> dict[str, str]:
+    return {**without_repo_local_git_vars(os.environ), **GIT_ENV_OVERRIDES}
+
+
 # Explicit so a repo's config cannot change the counts: status.showUntrackedFiles
 # (`no` hid untracked files; `all` counts each file of an untracked directory),
 # status.renames / diff.renames (a staged rename counted as two entries).
 # `normal` is git's default and cheaper than `all`: an untracked directory is one entry.
 STATUS_ARGS = ("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal", "--renames")
-LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
 # Files in a (per-worktree) git dir that mean an operation is under way, in git's
 # own order of precedence (wt_status_get_state): the first present wins.
 OPERATION_MARKERS = (
@@ -46,11 +59,6 @@ OPERATION_MARKERS = (
     ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see _operation
     ("BISECT_LOG", "bisect"),
 )
-
-
-def git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in REPO_LOCAL_ENV}
-    return {**env, **GIT_ENV_OVERRIDES}
 
 
 def default_jobs() -> int:
