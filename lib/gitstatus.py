@@ -52,11 +52,11 @@ STATUS_ARGS = ("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=
 # own order of precedence (wt_status_get_state): the first present wins.
 OPERATION_MARKERS = (
     ("rebase-merge", "rebase"),
-    ("rebase-apply", "rebase"),  # or `am`: see _operation
+    ("rebase-apply", "rebase"),  # or `am`: see operation_in
     ("MERGE_HEAD", "merge"),
     ("CHERRY_PICK_HEAD", "cherry-pick"),
     ("REVERT_HEAD", "revert"),
-    ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see _operation
+    ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see operation_in
     ("BISECT_LOG", "bisect"),
 )
 
@@ -214,7 +214,13 @@ def git_dir_of(worktree: Path) -> Path | None:
     return worktree / first[len("gitdir: "):].strip()
 
 
-def _operation(git_dir: Path, entries: set[str]) -> str | None:
+def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
+    """The operation under way in a work tree's own git dir (`entries`: its listing, if already read)."""
+    if entries is None:
+        try:
+            entries = set(os.listdir(git_dir))
+        except OSError:
+            return None
     for marker, operation in OPERATION_MARKERS:
         if marker not in entries:
             continue
@@ -268,7 +274,7 @@ def operation_and_lock(worktree: Path) -> tuple[str | None, str | None]:
     lock = None
     if "index.lock" in entries:
         lock = "held" if _git_running_in(worktree, git_dir) else "stale"
-    return _operation(git_dir, entries), lock
+    return operation_in(git_dir, entries), lock
 
 
 def repo_status(repo: Repo, git: str, env: dict[str, str],
