@@ -92,10 +92,11 @@ def test_selection_by_tag_and_dirty(home, make_repo, inv):
     assert by_tag.code == 0 and "alpha" in by_tag.out and "gamma" in by_tag.out and "beta" not in by_tag.out
     dirty = inv("foreach", "--dirty", "--json", "true")
     assert [r["repo"] for r in json.loads(dirty.out)["results"]] == ["beta", "gamma"]
-    (beta.path / "README.md").write_text(f"# beta\n")
+    (beta.path / "README.md").write_text("# beta\n")
     (gamma.path / "new.txt").unlink()
     nothing = inv("foreach", "--dirty", "true")
     assert nothing.code == 0 and "no selected repo is dirty" in nothing.out
+    assert json.loads(inv("foreach", "--dirty", "--json", "true").out) == {"command": "true", "results": []}
 
 
 def test_bad_usage_is_exit_2_with_one_line(home, make_repo, inv):
