@@ -11,7 +11,7 @@ REPO    ?=
 # Commands run by the targets (and the repos' own tests) see the venv first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test status scan build test-repo test-all sync-all foreach clean
+.PHONY: setup demo test status scan build test-repo test-all sync-all clean
 
 setup: $(STAMP)
 
@@ -52,15 +52,16 @@ test-repo: setup
 test-all: setup
 	$(INV) test-all
 
-sync-all: setup
-	$(INV) sync-all
-
+.PHONY: foreach
 # $(value CMD) is the text as typed ($ signs and quotes untouched), single-quoted
 # for the shell: make foreach CMD='git log -1 --format=%s'
 unexport CMD  # exporting would expand it: make functions in the text would run
 foreach: setup
 	@$(if $(value CMD),true,{ echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; })
 	$(INV) foreach --command='$(subst ','\'',$(value CMD))'
+
+sync-all: setup
+	$(INV) sync-all
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

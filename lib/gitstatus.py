@@ -43,6 +43,12 @@ def git_env() -> dict[str, str]:
     return {**without_repo_local_git_vars(os.environ), **GIT_ENV_OVERRIDES}
 
 
+def default_jobs() -> int:
+    # Process start-up is the main cost and it is CPU work: two workers per
+    # core keep the cores busy; more only adds contention (see bench/README.md).
+    return min(32, 2 * (os.cpu_count() or 2))
+
+
 # Explicit so a repo's config cannot change the counts: status.showUntrackedFiles
 # (`no` hid untracked files; `all` counts each file of an untracked directory),
 # status.renames / diff.renames (a staged rename counted as two entries).
@@ -59,12 +65,6 @@ OPERATION_MARKERS = (
     ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see operation_in
     ("BISECT_LOG", "bisect"),
 )
-
-
-def default_jobs() -> int:
-    # Process start-up is the main cost and it is CPU work: two workers per
-    # core keep the cores busy; more only adds contention (see bench/README.md).
-    return min(32, 2 * (os.cpu_count() or 2))
 
 
 @dataclass
