@@ -1,10 +1,14 @@
 """`inv foreach`: one shell command in each selected repo, concurrently, through the same runner as build/test."""
 from __future__ import annotations
 
+import fcntl
+import os
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute_many
 from lib.config import REPO_FIELDS, Repo, Workspace
@@ -91,6 +95,35 @@ def command_output(plan: Plan) -> str:
     return text
 
 
+@contextmanager
+def logs_reserved(log_dir: Path, repos: Sequence[Repo]) -> Iterator[None]:
+    """Keep a second `inv foreach` off these repos' logs while this one runs.
+
+    Two runs over one repo would truncate each other's log, and each would show
+    the other's output as its own. One lock file per log dir, one byte-range
+    lock per repo (at a hash of its name): one file descriptor however many repos.
+    """
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log_dir / f".orchestrator-{NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield  # no lock where the logs cannot be written either: each repo's outcome says so
+        return
+    try:
+        busy = []
+        for repo in repos:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(repo.name.encode()))
+            except OSError:
+                busy.append(repo.name)
+        if busy:
+            raise OrchestratorError(f"foreach: already running in {', '.join(busy)} (another `inv foreach`; "
+                                    f"its logs in {log_dir} would be overwritten): wait for it or use --only")
+        yield
+    finally:
+        os.close(fd)  # releases every range
+
+
 def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0, timeout: float | None = None,
                 on_result: Callable[[ForeachResult], None] | None = None) -> ForeachReport:
     """Run `command` in every repo; `on_result` gets each result in config order as soon as it can."""
@@ -111,5 +144,6 @@ def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0
                 on_result(done[shown])
             shown += 1
 
-    execute_many(plans, jobs or default_jobs(), timeout, on_done=finished)
+    with logs_reserved(paths.log_dir, repos):
+        execute_many(plans, jobs or default_jobs(), timeout, on_done=finished)
     return ForeachReport(command, [done[i] for i in range(len(plans))], monotonic() - started)

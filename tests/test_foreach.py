@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 from tests.conftest import ROOT, process_running, wait_gone
 
@@ -150,3 +151,25 @@ def test_git_in_each_repo_acts_on_that_repo_even_from_a_git_hook(home, make_repo
     monkeypatch.setenv("GIT_WORK_TREE", str(alpha.path))
     result = inv("foreach", "--json", "git log -1 --format=%s")
     assert [r["output"] for r in json.loads(result.out)["results"]] == ["initial\n", "second in beta\n"]
+
+
+def test_a_second_foreach_over_the_same_repo_is_refused_not_mixed_into_the_first(home, make_repo, inv, tmp_path):
+    """Both would write orchestrator-foreach-<repo>.log, and each would show the other's output as its own."""
+    alpha, beta = make_repo("alpha"), make_repo("beta")
+    home.add(alpha, beta)
+    started = tmp_path / "started"
+    first = subprocess.Popen([str(ROOT / ".venv" / "bin" / "inv"), "--search-root", str(ROOT), "foreach", "--only",
+                              "alpha", "--json", f"touch {started}; sleep 2; echo first"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = inv("foreach", "echo second")
+        assert second.code == 2 and "already running in alpha" in second.err, second
+        disjoint = inv("foreach", "--only", "beta", "echo beside")
+        assert disjoint.code == 0, disjoint.err
+    finally:
+        out, _ = first.communicate(timeout=60)
+    assert json.loads(out)["results"][0]["output"] == "first\n"
+    assert inv("foreach", "echo later").code == 0
