@@ -304,7 +304,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
 def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, only="", dirty=False, json=False):
     """Run one shell command in every selected repo, concurrently; output per repo in config order."""
     from lib.config import load_workspace
-    from lib.foreach import choose_repos, run_foreach
+    from lib.foreach import check_command, choose_repos, run_foreach
 
     def show(result) -> None:
         print(f"=== {result.outcome.line()} ===")
@@ -312,9 +312,7 @@ def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, onl
 
     try:
         paths = Paths.from_env()
-        command = command or ""
-        if not command.strip():
-            raise OrchestratorError('foreach: no command given (usage: inv foreach "git status -s")')
+        command = check_command(command)
         repos = choose_repos(load_workspace(paths.repos_file), paths, tag, _split(only), dirty)
         if not repos:
             why = "no selected repo is dirty" if dirty else "no repo matches both --tag and --only"

@@ -48,13 +48,20 @@ class ForeachReport:
 
     def summary_line(self) -> str:
         counts = counts_text(count_statuses(r.outcome.status for r in self.results))
-        line = f"foreach: {len(self.results)} repos in {self.duration_s:.1f}s: {counts}"
+        count = len(self.results)
+        line = f"foreach: {count} repo{'' if count == 1 else 's'} in {self.duration_s:.1f}s: {counts}"
         if self.failing:
             line += "; failing: " + ", ".join(f"{o.repo} ({o.reason})" for o in self.failing)
         return line
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "results": [r.to_json() for r in self.results]}
+
+
+def check_command(command: str | None) -> str:
+    if not (command or "").strip():
+        raise OrchestratorError('foreach: no command given (usage: inv foreach "git status -s")')
+    return command or ""
 
 
 def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, only: list[str] | None,
@@ -127,8 +134,7 @@ def logs_reserved(log_dir: Path, repos: Sequence[Repo]) -> Iterator[None]:
 def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0, timeout: float | None = None,
                 on_result: Callable[[ForeachResult], None] | None = None) -> ForeachReport:
     """Run `command` in every repo; `on_result` gets each result in config order as soon as it can."""
-    if not command.strip():
-        raise OrchestratorError('foreach: no command given (usage: inv foreach "git status -s")')
+    check_command(command)
     started = monotonic()
     plans = [plan_for(command, repo, paths.log_dir) for repo in repos]
     index = {plan.repo.name: i for i, plan in enumerate(plans)}
