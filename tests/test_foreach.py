@@ -74,15 +74,17 @@ def test_timeout_kills_the_whole_group_and_counts_as_a_failure(home, make_repo, 
 
 
 def test_jobs_run_repos_at_the_same_time(home, make_repo, inv, tmp_path):
+    """A barrier, not a stopwatch: each command waits until all three have started (only concurrency gets there)."""
     three_repos(home, make_repo)
     spans = tmp_path / "spans"
     spans.mkdir()
-    result = inv("foreach", "--jobs", "3", f'echo "$(date +%s.%N)" > {spans}/"$ORCH_REPO_NAME".start; sleep 0.4; '
-                 f'echo "$(date +%s.%N)" > {spans}/"$ORCH_REPO_NAME".end')
-    assert result.code == 0
-    starts = [float((spans / f"{n}.start").read_text()) for n in ("alpha", "beta", "gamma")]
-    ends = [float((spans / f"{n}.end").read_text()) for n in ("alpha", "beta", "gamma")]
-    assert max(starts) < min(ends), "with --jobs 3 all three ran at once"
+    barrier = (f'touch {spans}/"$ORCH_REPO_NAME"; i=0; '
+               f'while [ "$(ls {spans} | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -lt 200 ] || exit 9; sleep 0.05; done')
+    assert inv("foreach", "--jobs", "3", "--json", barrier).code == 0
+    for started in spans.iterdir():
+        started.unlink()
+    serial = inv("foreach", "--jobs", "1", "--only", "alpha,beta", "--timeout", "1", barrier)
+    assert serial.code == 1, "one at a time, the barrier is never reached"
 
 
 def test_selection_by_tag_and_dirty(home, make_repo, inv):
