@@ -67,9 +67,9 @@ def test_a_failure_is_exit_1_and_the_summary_names_it(home, make_repo, inv):
 def test_timeout_kills_the_whole_group_and_counts_as_a_failure(home, make_repo, inv, tmp_path):
     home.add(make_repo("alpha"))
     pid_file = tmp_path / "grandchild.pid"
-    result = inv("foreach", "--timeout", "0.5", f"sh -c 'echo $$ > {pid_file}; sleep 60' & wait")
+    result = inv("foreach", "--timeout", "1.5", f"sh -c 'echo $$ > {pid_file}; sleep 60' & wait")
     assert result.code == 1
-    assert "alpha: timeout" in result.out and "failing: alpha (timed out after 0.5s)" in result.out
+    assert "alpha: timeout" in result.out and "failing: alpha (timed out after 1.5s)" in result.out
     assert wait_gone(int(pid_file.read_text())), "the grandchild outlived the timeout"
 
 
@@ -159,9 +159,10 @@ def test_a_second_foreach_over_the_same_repo_is_refused_not_mixed_into_the_first
     """Both would write orchestrator-foreach-<repo>.log, and each would show the other's output as its own."""
     alpha, beta = make_repo("alpha"), make_repo("beta")
     home.add(alpha, beta)
-    started = tmp_path / "started"
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold = f"touch {started}; i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done"
     first = subprocess.Popen([str(ROOT / ".venv" / "bin" / "inv"), "--search-root", str(ROOT), "foreach", "--only",
-                              "alpha", "--json", f"touch {started}; sleep 2; echo first"],
+                              "alpha", "--json", f"{hold}; echo first"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 30
@@ -172,6 +173,7 @@ def test_a_second_foreach_over_the_same_repo_is_refused_not_mixed_into_the_first
         disjoint = inv("foreach", "--only", "beta", "echo beside")
         assert disjoint.code == 0, disjoint.err
     finally:
+        release.touch()
         out, _ = first.communicate(timeout=60)
     assert json.loads(out)["results"][0]["output"] == "first\n"
     assert inv("foreach", "echo later").code == 0
