@@ -10,7 +10,8 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
-from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute_many
+from lib import runner
+from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import read_known_commits, scan
@@ -151,5 +152,5 @@ def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0
             shown += 1
 
     with logs_reserved(paths.log_dir, repos):
-        execute_many(plans, jobs or default_jobs(), timeout, on_done=finished)
+        runner.run_each(plans, lambda plan: execute(plan, timeout), jobs or default_jobs(), on_done=finished)
     return ForeachReport(command, [done[i] for i in range(len(plans))], monotonic() - started)
