@@ -65,6 +65,14 @@ test-repo: setup
 test-all: setup
 	$(INV) test-all
 
+.PHONY: foreach
+# $(value CMD) is the text as typed ($ signs and quotes untouched), single-quoted
+# for the shell: make foreach CMD='git log -1 --format=%s'
+unexport CMD  # exporting would expand it: make functions in the text would run
+foreach: setup
+	@$(if $(value CMD),true,{ echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; })
+	$(INV) foreach --command='$(subst ','\'',$(value CMD))'
+
 sync-all: setup
 	$(INV) sync-all
 

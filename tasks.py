@@ -10,8 +10,9 @@ import math
 import shlex
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
+from lib.cli import task
 from lib.errors import OrchestratorError, error_lines
 from lib.paths import Paths
 
@@ -68,7 +69,7 @@ def _interrupted(stop) -> Exit:
     iterable=["tag"],
     help={
         "json": "print the status document (same shape as state/repo-status.json) instead of a table",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 2 per core)",
         "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
@@ -89,7 +90,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 
             report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
         else:
-            report = scan_workspace(workspace, jobs, tag)
+            report = scan_workspace(workspace, jobs, tag, paths.repo_status_file)
     except OrchestratorError as err:
         raise _fail(err) from None
     if dirty:
@@ -107,7 +108,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 
 @task(
     iterable=["tag"],
-    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "only repos with this tag (repeatable)"},
+    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "TAG: only repos with this tag (repeatable)"},
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
@@ -124,8 +125,10 @@ def scan(c, jobs=Count(0), tag=None):
         raise Exit(code=1)
 
 
-def _split(names: str) -> list[str]:
-    return [n.strip() for n in names.split(",") if n.strip()]
+def _split(names: str) -> list[str] | None:
+    from lib.config import split_names
+
+    return split_names(names)
 
 
 def _print_plans(plans, fleet, groups) -> None:
@@ -253,7 +256,7 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
         "jobs": "N: repos tested at once (default: one per core)",
         "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
         "junit_xml": "also write a JUnit XML report to this path (for CI)",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "only": "only these repos, comma-separated (any language)",
         "failed": "rerun only the repos that failed or timed out last time",
         "dry_run": "print what would run; run nothing",
@@ -365,7 +368,7 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
         "net_jobs": "N: repos fetched at once (default 4: ssh servers refuse floods)",
         "timeout": "SECONDS per fetch or clone before it is killed (0: no limit)",
         "clone_missing": "clone repos whose path does not exist from their `remote`",
-        "tag": "only repos with this tag (repeatable)",
+        "tag": "TAG: only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
     },
 )
@@ -386,6 +389,50 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise _interrupted(stop) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    if report.failing:
+        raise Exit(code=1)
+
+
+@task(
+    positional=["command"],
+    iterable=["tag"],
+    help={
+        "command": "shell command run with /bin/sh -c in each repo's directory (repo fields in $ORCH_REPO_*)",
+        "jobs": "N: repos at once (default: one per core)",
+        "timeout": "SECONDS per repo before its process group is killed (0: no limit)",
+        "tag": "TAG: only repos with this tag (repeatable)",
+        "only": "only these repos, comma-separated",
+        "dirty": "only repos with uncommitted changes (from a fresh status)",
+        "json": "print {command, results: [{repo, exit_code, status, duration_s, output, log}]} instead",
+    },
+)
+def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, only="", dirty=False, json=False):
+    """Run one shell command in every selected repo, concurrently; output per repo in config order."""
+    from lib.config import load_workspace
+    from lib.foreach import check_command, choose_repos, run_foreach
+    from lib.runner import RunInterrupted
+
+    def show(result) -> None:
+        print(f"=== {result.outcome.line()} ===")
+        print(result.output, end="" if result.output.endswith("\n") or not result.output else "\n", flush=True)
+
+    try:
+        paths = Paths.from_env()
+        command = check_command(command)
+        repos = choose_repos(load_workspace(paths.repos_file), paths, tag, _split(only), dirty)
+        if not repos:
+            why = "no selected repo is dirty" if dirty else "no repo matches both --tag and --only"
+            print(jsonlib.dumps({"command": command, "results": []}) if json else f"nothing to do: {why}")
+            return
+        report = run_foreach(paths, repos, command, jobs, timeout or None, on_result=None if json else show)
+    except OrchestratorError as err:
+        raise _fail(err) from None
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
+    if json:
+        print(jsonlib.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary_line())
     if report.failing:
         raise Exit(code=1)
 
@@ -472,7 +519,7 @@ def host_list(c):
           else f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
 
 
-namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)
+namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all, foreach)
 namespace.add_collection(Collection("host", host_check, host_add, host_list))
 
 

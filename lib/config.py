@@ -72,19 +72,56 @@ class Workspace:
         for repo in self.repos:
             if repo.name == name:
                 return repo
+        raise UnknownRepoError(self._unknown_repo_line(name))
+
+    def _unknown_repo_line(self, name: str) -> str:
         names = [r.name for r in self.repos]
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known repos: {', '.join(names) or 'none'}"
-        raise UnknownRepoError(f"unknown repo {name!r} in {self.config_file}{hint}")
+        return f"unknown repo {name!r} in {self.config_file}{_hint(name, names, 'repos')}"
 
     def select(self, tags: list[str] | None = None, only: list[str] | None = None) -> list[Repo]:
-        """Repos in config order, restricted to those carrying any of `tags` and named in `only`."""
-        chosen = [self.get(name) for name in only] if only else list(self.repos)
+        """Repos in config order, restricted to those carrying any of `tags` and named in `only`.
+
+        A selection that names nothing real is an error, never an empty run: every
+        unknown `only` name and every tag no repo carries is reported, and
+        `only=[]` (`--only ,,,`) is an error, not "everything".
+        """
+        problems: list[str] = []
+        by_name = {r.name: r for r in self.repos}
+        if only is not None:
+            if not only:
+                problems.append("--only: no repo names given (a comma-separated list like a,b)")
+            problems += [self._unknown_repo_line(name) for name in dict.fromkeys(only) if name not in by_name]
+        known_tags = sorted({t for r in self.repos for t in r.tags})
+        for tag in dict.fromkeys(tags or ()):
+            if tag not in known_tags:
+                problems.append(f"no repo has tag {tag!r} in {self.config_file}{_hint(tag, known_tags, 'tags')}")
+        if problems:
+            raise UnknownRepoError("\n".join(problems))
+        chosen = [r for r in self.repos if only is None or r.name in only]
         if tags:
             wanted = set(tags)
             chosen = [r for r in chosen if wanted.intersection(r.tags)]
-        order = {r.name: i for i, r in enumerate(self.repos)}
-        return sorted(set(chosen), key=lambda r: order[r.name])
+        return chosen
+
+
+def split_names(text: str | None) -> list[str] | None:
+    """`--only a,b` -> ["a", "b"]; not given -> None; `--only ,,,` -> [] (which select() rejects)."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+MAX_SUGGESTIONS = 3
+MAX_LISTED = 10
+
+
+def _hint(name: str, known: list[str], what: str) -> str:
+    """`; did you mean a, b?` or a short list of what exists (capped: a workspace may hold thousands)."""
+    close = difflib.get_close_matches(name, known, n=MAX_SUGGESTIONS, cutoff=0.5)
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    if not known:
+        return f"; there are no {what}"
+    shown = ", ".join(known[:MAX_LISTED])
+    return f"; known {what}: {shown}" + (f", ... ({len(known)} {what})" if len(known) > MAX_LISTED else "")
 
 
 def detect_language(path: Path) -> str:

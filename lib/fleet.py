@@ -122,7 +122,8 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
             plans = batch.plan_workflow(paths, workflow_name, repos)
             if len(plans) == 1 and echo is not None:
                 return [batch.execute(plans[0], timeout, echo)]
-            return batch.execute_many(plans, jobs or batch.default_jobs(), timeout, on_start, on_done)
+            return runner.run_each(plans, lambda plan: batch.execute(plan, timeout), jobs or batch.default_jobs(),
+                                  on_start, on_done)
         return _run_group_on_host(fleet.get(name), workflow, repos, paths.log_dir, timeout, accept_new_host_key,
                                   on_start, on_done, echo)
 

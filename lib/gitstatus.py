@@ -1,15 +1,17 @@
-"""Repo status for many repos at once: one porcelain-v2 `git status` and one `git log -1` each.
+"""Repo status for many repos at once: one porcelain-v2 `git status` each, plus `git log -1` when HEAD moved.
 
 Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,6 +47,24 @@ def default_jobs() -> int:
     # Process start-up is the main cost and it is CPU work: two workers per
     # core keep the cores busy; more only adds contention (see bench/README.md).
     return min(32, 2 * (os.cpu_count() or 2))
+
+
+# Explicit so a repo's config cannot change the counts: status.showUntrackedFiles
+# (`no` hid untracked files; `all` counts each file of an untracked directory),
+# status.renames / diff.renames (a staged rename counted as two entries).
+# `normal` is git's default and cheaper than `all`: an untracked directory is one entry.
+STATUS_ARGS = ("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal", "--renames")
+# Files in a (per-worktree) git dir that mean an operation is under way, in git's
+# own order of precedence (wt_status_get_state): the first present wins.
+OPERATION_MARKERS = (
+    ("rebase-merge", "rebase"),
+    ("rebase-apply", "rebase"),  # or `am`: see operation_in
+    ("MERGE_HEAD", "merge"),
+    ("CHERRY_PICK_HEAD", "cherry-pick"),
+    ("REVERT_HEAD", "revert"),
+    ("sequencer", "cherry-pick"),  # a stopped multi-commit pick or revert: see operation_in
+    ("BISECT_LOG", "bisect"),
+)
 
 
 @dataclass
@@ -88,6 +108,8 @@ class RepoStatus:
     conflicted: int | None = None
     dirty: int | None = None
     last_commit: LastCommit | None = None
+    operation: str | None = None
+    index_lock: str | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -174,7 +196,90 @@ def _first_error_line(stderr: bytes) -> str:
     return lines[0] if lines else "git failed"
 
 
-def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
+def git_dir_of(worktree: Path) -> Path | None:
+    """The repo's own git dir without starting git: `.git` itself, or where a `.git` file points.
+
+    Linked worktrees and submodules have a `.git` file (`gitdir: ...`); their
+    per-worktree state (MERGE_HEAD, index.lock, ...) lives there.
+    """
+    dot_git = worktree / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    try:
+        first = dot_git.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+    except OSError:
+        return None
+    if not first.startswith("gitdir: "):
+        return None
+    return worktree / first[len("gitdir: "):].strip()
+
+
+def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
+    """The operation under way in a work tree's own git dir (`entries`: its listing, if already read)."""
+    if entries is None:
+        try:
+            entries = set(os.listdir(git_dir))
+        except OSError:
+            return None
+    for marker, operation in OPERATION_MARKERS:
+        if marker not in entries:
+            continue
+        if marker == "rebase-apply" and (git_dir / marker / "applying").exists():
+            return "am"
+        if marker == "sequencer":
+            if not (git_dir / marker / "todo").exists():
+                continue  # left behind after the last pick: nothing under way
+            try:
+                with open(git_dir / marker / "todo", encoding="utf-8", errors="replace") as todo:
+                    first = todo.readline().split(" ", 1)[0]
+            except OSError:
+                first = ""
+            return "revert" if first in ("revert", "r") else "cherry-pick"
+        return operation
+    return None
+
+
+def _git_running_in(*dirs: Path) -> bool:
+    """Whether a live git process has its working directory in one of `dirs` (read from /proc)."""
+    roots = [os.path.realpath(d) for d in dirs]
+    try:
+        entries = os.scandir("/proc")
+    except OSError:
+        return True  # cannot tell: do not call the lock stale
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as comm:
+                    if not comm.read().startswith("git"):
+                        continue
+                cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            except OSError:
+                continue
+            if any(cwd == root or cwd.startswith(root + "/") for root in roots):
+                return True
+    return False
+
+
+def operation_and_lock(worktree: Path) -> tuple[str | None, str | None]:
+    """(operation in progress, index.lock state) from the git dir's entries: a few stats, no process."""
+    git_dir = git_dir_of(worktree)
+    if git_dir is None:
+        return None, None
+    try:
+        entries = set(os.listdir(git_dir))
+    except OSError:
+        return None, None
+    lock = None
+    if "index.lock" in entries:
+        lock = "held" if _git_running_in(worktree, git_dir) else "stale"
+    return operation_in(git_dir, entries), lock
+
+
+def repo_status(repo: Repo, git: str, env: dict[str, str],
+                known_commits: Mapping[str, LastCommit] | None = None) -> RepoStatus:
+    """One repo's status; `known_commits` (sha -> last commit) spares `git log -1` for a HEAD seen before."""
     path = repo.local
     status = RepoStatus(name=repo.name, path=str(path), exists=path.exists(), clean=False, language=repo.language)
     if not status.exists:
@@ -188,7 +293,7 @@ def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
     if not (path / ".git").exists():
         status.error = "not a git repository (no .git)"
         return status
-    result = _git(git, env, str(path), "status", "--porcelain=v2", "--branch", "-z")
+    result = _git(git, env, str(path), *STATUS_ARGS)
     if result.returncode != 0:
         status.error = _first_error_line(result.stderr)
         return status
@@ -201,18 +306,53 @@ def repo_status(repo: Repo, git: str, env: dict[str, str]) -> RepoStatus:
     status.staged, status.modified = porcelain.staged, porcelain.modified
     status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
     status.dirty = porcelain.dirty
+    status.operation, status.index_lock = operation_and_lock(path)
     if porcelain.head is None:
         status.error = "no commits yet"
         return status
-    log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
-    if log.returncode != 0:
-        status.error = _first_error_line(log.stderr)
-        return status
-    fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
-    if len(fields) == 4:
-        status.last_commit = LastCommit(*fields)
+    # A commit never changes: the one recorded for this sha is what `git log -1` would print.
+    known = (known_commits or {}).get(porcelain.head)
+    if known is not None:
+        status.last_commit = LastCommit(**asdict(known))
+    else:
+        log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
+        if log.returncode != 0:
+            status.error = _first_error_line(log.stderr)
+            return status
+        fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
+        if len(fields) == 4:
+            status.last_commit = LastCommit(*fields)
     status.clean = status.dirty == 0
     return status
+
+
+def known_commits(document: Any) -> dict[str, LastCommit]:
+    """sha -> last commit from a previous scan's document; anything malformed is left out, never an error."""
+    found: dict[str, LastCommit] = {}
+    entries = document.get("repos") if isinstance(document, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        commit = entry.get("last_commit") if isinstance(entry, dict) else None
+        if not isinstance(commit, dict) or set(commit) != {"sha", "subject", "author", "date"}:
+            continue
+        if not all(isinstance(v, str) for v in commit.values()):
+            continue
+        if commit["sha"] == entry.get("head") and _is_sha(commit["sha"]):
+            found[commit["sha"]] = LastCommit(**commit)
+    return found
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
+
+
+def read_known_commits(state_file: Path) -> dict[str, LastCommit]:
+    """The last commits recorded in a state file; missing, unreadable or foreign means none (a cold scan)."""
+    try:
+        if not state_file.is_file():  # a FIFO or a device would hang or never end the read
+            return {}
+        return known_commits(json.loads(state_file.read_bytes()))
+    except (OSError, ValueError, RecursionError):
+        return {}
 
 
 def find_git() -> str:
@@ -226,14 +366,19 @@ def scan(
     repos: Sequence[Repo],
     jobs: int = 0,
     on_result: Callable[[RepoStatus], None] | None = None,
+    known: Mapping[str, LastCommit] | None = None,
 ) -> ScanReport:
-    """Status of every repo, concurrently, in config order; one bad repo never stops the scan."""
+    """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
+
+    `known` (sha -> last commit, from the previous scan) makes it a warm scan:
+    the same document, with `git log -1` run only for repos whose HEAD moved.
+    """
     git, env = find_git(), git_env()
     started = perf_counter()
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results: dict[str, RepoStatus] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs or default_jobs())) as pool:
-        futures = {pool.submit(repo_status, repo, git, env): repo for repo in repos}
+        futures = {pool.submit(repo_status, repo, git, env, known): repo for repo in repos}
         for future in as_completed(futures):
             repo = futures[future]
             try:

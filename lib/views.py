@@ -34,13 +34,19 @@ def commit_age(iso_date: str, now: datetime | None = None) -> str:
 
 
 def status_cell(status: RepoStatus) -> str:
+    """`clean`, or the counts; an operation under way first, a stale index.lock last."""
     if status.error:
         return f"error: {status.error}"
+    parts = [f"{status.operation} in progress"] if status.operation else []
     if status.clean:
-        return "clean"
-    counts = (("staged", status.staged), ("modified", status.modified),
-              ("untracked", status.untracked), ("conflicted", status.conflicted))
-    return ", ".join(f"{n} {label}" for label, n in counts if n)
+        parts.append("clean")
+    else:
+        counts = (("staged", status.staged), ("modified", status.modified),
+                  ("untracked", status.untracked), ("conflicted", status.conflicted))
+        parts.append(", ".join(f"{n} {label}" for label, n in counts if n))
+    if status.index_lock == "stale":
+        parts.append("stale index.lock")
+    return "; ".join(parts)
 
 
 def ahead_behind_cell(status: RepoStatus) -> str:
@@ -54,22 +60,21 @@ def ahead_behind_cell(status: RepoStatus) -> str:
 
 
 def status_table(statuses: Iterable[RepoStatus], now: datetime | None = None, width: int = 40) -> str:
-    from tabulate import tabulate
-
     rows = []
     for s in statuses:
         branch = s.branch or (f"(detached {s.head[:7]})" if s.head else "-")
         last = "-"
         if s.last_commit:
             last = f"{s.last_commit.sha[:7]} {cut(s.last_commit.subject, width)} ({commit_age(s.last_commit.date, now)})"
-        rows.append([s.name, cut(branch, 30), cut(status_cell(s), width), ahead_behind_cell(s), last])
-    return tabulate(rows, headers=["REPO", "BRANCH", "STATUS", "AHEAD/BEHIND", "LAST COMMIT"], tablefmt="simple")
+        rows.append([s.name, cut(branch, 30), cut(status_cell(s), width + 20), ahead_behind_cell(s), last])
+    return plain_table(rows, ["REPO", "BRANCH", "STATUS", "AHEAD/BEHIND", "LAST COMMIT"])
 
 
 def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A simple table that shows every cell as given (a branch `1.10` stays `1.10`, a repo `007` stays `007`)."""
     from tabulate import tabulate
 
-    return tabulate(rows, headers=list(headers), tablefmt="simple")
+    return tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
 
 
 def outcomes_table(outcomes: Iterable["Outcome"]) -> str:

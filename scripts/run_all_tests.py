@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.batch import check_state  # noqa: E402
-from lib.config import load_workspace  # noqa: E402
+from lib.config import load_workspace, split_names  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.fleet import plan_groups, test_all_in_groups  # noqa: E402
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        only = [n.strip() for n in args.only.split(",") if n.strip()]
+        only = split_names(args.only)
         warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
         fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)

@@ -47,7 +47,8 @@ def test_status_dirty_filter_tag_filter_and_json(home, make_repo, inv):
     assert [r["name"] for r in tagged["repos"]] == ["a"]
     assert set(tagged["repos"][0]) == {"name", "path", "exists", "clean", "language", "branch", "detached",
                                        "head", "upstream", "ahead", "behind", "staged", "modified",
-                                       "untracked", "conflicted", "dirty", "last_commit", "error"}
+                                       "untracked", "conflicted", "dirty", "last_commit", "operation", "index_lock",
+                                       "error"}
     assert set(tagged["repos"][0]["last_commit"]) == {"sha", "subject", "author", "date"}
 
 

@@ -1,0 +1,141 @@
+"""Warm scans: a repo whose HEAD is unchanged costs one git process; the document is the cold scan's."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import git, run_script
+
+
+@pytest.fixture
+def git_calls(tmp_path, monkeypatch):
+    """Put a logging `git` first on PATH; returns a function giving (and clearing) the calls since last asked."""
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    log = tmp_path / "git-calls.log"
+    real = shutil.which("git")
+    (shim_dir / "git").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    (shim_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ['PATH']}")
+
+    def calls() -> list[str]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        log.write_text("")
+        return lines
+
+    return calls
+
+
+def without_time(doc):
+    return {**doc, "generated_at": None}
+
+
+def mixed_workspace(home, make_repo, tmp_path):
+    repos = {name: make_repo(name) for name in ("steady", "dirty", "moves", "amended", "detached")}
+    repos["detached"].commit({"x": "1"}, "second")
+    repos["detached"].git("checkout", "-q", "--detach", "HEAD~1")
+    (repos["dirty"].path / "README.md").write_text("edited\n")
+    unborn = tmp_path / "repos" / "unborn"
+    git(tmp_path, "init", "-q", "-b", "main", str(unborn))
+    entries = [{"name": n, "local": str(r.path)} for n, r in repos.items()]
+    entries += [{"name": "unborn", "local": str(unborn)}, {"name": "gone", "local": str(tmp_path / "gone")}]
+    home.write_repos(entries)
+    return repos
+
+
+def test_warm_scan_runs_one_git_per_unchanged_repo_and_writes_the_cold_document(home, make_repo, inv, tmp_path,
+                                                                                 git_calls):
+    repos = mixed_workspace(home, make_repo, tmp_path)
+    assert inv("scan").code == 1  # `gone` and `unborn` are error rows
+    repos["moves"].commit({"new": "1"}, "a new commit")
+    repos["amended"].git("commit", "-q", "--amend", "-m", "amended subject")
+    git_calls()
+    assert inv("scan").code == 1
+    calls = git_calls()
+    warm = home.state("repo-status.json")
+    logs = sorted(c for c in calls if c.split()[3:4] == ["log"])
+    assert len([c for c in calls if " status " in f" {c} "]) == 6
+    assert len(logs) == 2 and all(c.split()[2].endswith(("moves", "amended")) for c in logs), calls
+    by_name = {r["name"]: r for r in warm["repos"]}
+    assert by_name["moves"]["last_commit"]["subject"] == "a new commit"
+    assert by_name["amended"]["last_commit"]["subject"] == "amended subject"
+
+    (home.path / "state" / "repo-status.json").unlink()
+    assert inv("scan").code == 1
+    cold = home.state("repo-status.json")
+    assert len([c for c in git_calls() if " log " in f" {c} "]) == 5  # every repo with commits
+    assert without_time(warm) == without_time(cold)
+
+
+@pytest.mark.parametrize("content", [
+    "not json at all {", "[1, 2, 3]", '{"repos": null}', '{"repos": [null, 7, "x"]}',
+    '{"repos": [{"head": "HEAD", "last_commit": {"sha": "HEAD", "subject": 1}}]}', "\udcff", "",
+    "[" * 100000,
+])
+def test_corrupt_or_foreign_state_means_a_cold_scan_never_an_error(home, make_repo, inv, content):
+    repo = make_repo("alpha")
+    home.add(repo)
+    state = home.path / "state" / "repo-status.json"
+    state.parent.mkdir()
+    state.write_bytes(content.encode("utf-8", "surrogateescape"))
+    result = inv("scan")
+    assert result.code == 0, result.err
+    assert home.state("repo-status.json")["repos"][0]["last_commit"]["sha"] == repo.head()
+
+
+def test_a_state_path_that_is_a_fifo_or_a_directory_is_a_cold_scan_not_a_hang(home, make_repo, inv, tmp_path):
+    home.add(make_repo("alpha"))
+    state = home.path / "state" / "repo-status.json"
+    state.parent.mkdir()
+    os.mkfifo(state)
+    result = inv("status", "--json")
+    assert result.code == 0 and json.loads(result.out)["repos"][0]["last_commit"]["subject"] == "initial"
+
+
+def test_a_forged_entry_is_not_trusted_for_another_sha(home, make_repo, inv):
+    """A recorded commit is reused only under its own sha, never because a name or path matches."""
+    repo = make_repo("alpha")
+    home.add(repo)
+    inv("scan")
+    doc = home.state("repo-status.json")
+    doc["repos"][0]["last_commit"]["subject"] = "forged"
+    doc["repos"][0]["last_commit"]["sha"] = "0" * 40
+    (home.path / "state" / "repo-status.json").write_text(json.dumps(doc))
+    inv("scan")
+    assert home.state("repo-status.json")["repos"][0]["last_commit"]["subject"] == "initial"
+
+
+def test_status_reads_the_state_but_never_writes_it(home, make_repo, inv, git_calls):
+    repo = make_repo("alpha")
+    home.add(repo)
+    inv("scan")
+    state = home.path / "state" / "repo-status.json"
+    before = (state.read_bytes(), state.stat().st_mtime_ns)
+    repo.commit({"x": "1"}, "after the scan")
+    git_calls()
+    assert inv("status").code == 0
+    assert len([c for c in git_calls() if " log " in f" {c} "]) == 1  # HEAD moved: looked up
+    (repo.path / "x").write_text("edited\n")
+    git_calls()
+    result = inv("status", "--json")
+    assert json.loads(result.out)["repos"][0]["last_commit"]["subject"] == "after the scan"
+    assert (state.read_bytes(), state.stat().st_mtime_ns) == before
+    assert not list(state.parent.glob("*.tmp"))
+
+
+def test_status_without_a_state_dir_creates_none(home, make_repo, inv):
+    home.add(make_repo("alpha"))
+    assert inv("status").code == 0
+    assert not (home.path / "state").exists()
+
+
+def test_scan_script_is_warm_too(home, make_repo, tmp_path, git_calls):
+    home.add(make_repo("alpha"), make_repo("beta"))
+    assert run_script("scan_all_repos.py", cwd=tmp_path).returncode == 0
+    git_calls()
+    assert run_script("scan_all_repos.py", cwd=tmp_path).returncode == 0
+    calls = git_calls()
+    assert len(calls) == 2 and all(" status " in f" {c} " for c in calls), calls
