@@ -115,12 +115,14 @@ def scan(c, jobs=Count(0), tag=None):
     from lib.scan import scan_and_save
 
     try:
-        report, state_file = scan_and_save(Paths.from_env(), jobs, tag)
+        report, state_file, not_written = scan_and_save(Paths.from_env(), jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
     for repo in report.errors:
         print(f"{repo.name}: {repo.error} ({repo.path})")
-    print(f"{report.summary_line()} -> {state_file}")
+    print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
+    if not_written:
+        raise Exit(not_written, code=2)
     if report.errors:
         raise Exit(code=1)
 

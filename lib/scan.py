@@ -25,7 +25,13 @@ def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None =
                     known=known)
 
 
-def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None) -> tuple[ScanReport, Path]:
+def scan_and_save(paths: Paths, jobs: int = 0,
+                  tags: list[str] | None = None) -> tuple[ScanReport, Path, str | None]:
+    """Scan and write the state file; the third item says why it could not be written (None: written)."""
     report = scan_workspace(load_workspace(paths.repos_file), jobs, tags, paths.repo_status_file)
-    write_json(paths.repo_status_file, report.to_json())
-    return report, paths.repo_status_file
+    try:
+        write_json(paths.repo_status_file, report.to_json())
+    except OSError as err:
+        return report, paths.repo_status_file, (f"error: cannot write {paths.repo_status_file}: "
+                                                f"{err.strerror or err}; the scan was not recorded")
+    return report, paths.repo_status_file, None

@@ -19,13 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     args = parser.parse_args(argv)
     try:
-        report, state_file = scan_and_save(Paths.from_env(), args.jobs, args.tag)
+        report, state_file, not_written = scan_and_save(Paths.from_env(), args.jobs, args.tag)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
     for status in report.errors:
         print(f"{status.name}: {status.error} ({status.path})", file=sys.stderr)
-    print(f"{report.summary_line()} -> {state_file}")
+    print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
+    if not_written:
+        print(not_written, file=sys.stderr)
+        return 2
     return 1 if report.errors else 0
 
 

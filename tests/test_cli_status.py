@@ -115,3 +115,17 @@ def test_scan_script_exit_codes(home, tmp_path):
     result = run_script("scan_all_repos.py", cwd=tmp_path)
     assert result.returncode == 1
     assert "gone: path does not exist" in result.stderr
+
+
+def test_scan_with_an_unwritable_state_dir_prints_the_summary_then_one_line_exit_2(home, make_repo, inv, tmp_path):
+    home.add(make_repo("a"))
+    (home.path / "state").write_text("a file where the state directory should be")
+    result = inv("scan")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "scanned 1 repos" in result.out and "->" not in result.out, "the summary must not claim a write"
+    assert result.err.strip().splitlines() == [
+        f"error: cannot write {home.path / 'state' / 'repo-status.json'}: File exists; the scan was not recorded"]
+    script = run_script("scan_all_repos.py", cwd=tmp_path)
+    assert script.returncode == 2 and "Traceback" not in script.stderr
+    assert "scanned 1 repos" in script.stdout
+    assert script.stderr.strip().endswith("the scan was not recorded")
