@@ -43,13 +43,15 @@ CRASH_ENV = "ORCHESTRATOR_TASKS_CRASH_AT"
 CRASH_STEPS = ("locked", "journal-temp", "journal", "target-temp", "target", "source-temp", "source", "done")
 
 ENCODING = ("utf-8", "surrogateescape")  # decodes any bytes and encodes them back unchanged
-HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t](.*))?$")  # its text: see _heading_text
+CLOSING_HASHES_RE = re.compile(r"(?:^|[ \t])#+$")
 FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 COMMENT_OPEN_RE = re.compile(r"^ {0,3}<!--")
 COMMENT_CLOSE = "-->"
-TASK_HEADING_RE = re.compile(r"^\[(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\][ \t]+(?P<title>\S.*)$")
+TASK_HEADING_RE = re.compile(r"^\[(?P<id>[^\]\s](?:[^\]]*[^\]\s])?)\][ \t]+(?P<title>\S.*)$")
+LINK_HEADING_RE = re.compile(r"^\[[^\]]*\]\(")  # `### [Roadmap](https://...)`: a link, not a task
 BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
-FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:[ \t]*(?P<value>.*?)[ \t]*$")
+FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  # value: strip blanks
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 DATE_FIELDS = ("created", "started", "completed")
 
@@ -135,8 +137,8 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
     opaque: tuple[str, int] | None = None  # (what closes it: a fence or "-->", the line it opened on)
     current: Task | None = None
     for number, (start, line, end) in enumerate(_lines(text), 1):
-        if start == 0:
-            line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first heading
+        if start == 0 and line.startswith("\ufeff"):
+            line, start = line[1:], 1  # a byte-order mark is not part of the first heading, nor of its block
         if opaque:
             if _closes(opaque[0], line):
                 opaque = None
@@ -150,7 +152,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
             if current:
                 current.end = start
                 current = None
-            level, heading_text = len(heading.group(1)), (heading.group(2) or "").strip()
+            level, heading_text = len(heading.group(1)), _heading_text(heading.group(2) or "")
             headings.append((start, level, heading_text))
             current = _task_heading(state, path, number, level, heading_text, start)
             if current:
@@ -160,7 +162,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
         if current:
             found = FIELD_RE.match(line)
             if found:
-                current.fields[found.group("key").lower()] = readable(found.group("value"))
+                current.fields[found.group("key").lower()] = readable(found.group("value").strip(" \t"))
                 current.last_field_end = end
     if current:
         current.end = len(text)
@@ -174,6 +176,15 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
             raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
         seen[task.id] = task
     return TaskFile(state, path, text, tasks, headings)
+
+
+def _heading_text(text: str) -> str:
+    """A heading's text without blanks around it or a closing `#` run (`## High Priority ##`); linear time."""
+    text = text.strip(" \t")
+    body = text.rstrip("#")
+    if body != text and (not body or body[-1] in " \t"):
+        text = body.rstrip(" \t")
+    return text
 
 
 def _opens(line: str) -> str | None:
@@ -198,11 +209,11 @@ def _closes(closer: str, line: str) -> bool:
 def _task_heading(state: str, path: Path, number: int, level: int, text: str, start: int) -> Task | None:
     """The task a heading opens, None for an ordinary heading; TaskFileError for a broken task heading."""
     where = f"{path}:{number}"
-    if level == 3 and text.startswith("["):
+    if level == 3 and text.startswith("[") and not LINK_HEADING_RE.match(text):
         match = TASK_HEADING_RE.match(text)
         if not match:
             raise TaskFileError(f"{where}: malformed task heading {'### ' + text!r}: "
-                                "expected `### [task-001] Short title` (id: letters, digits, . _ -)")
+                                "expected `### [task-001] Short title` (id: any text but `]`)")
         return Task(match.group("id"), readable(match.group("title").strip()), state, path, number, start, start)
     if BARE_TASK_ID_RE.match(text):
         raise TaskFileError(f"{where}: malformed task heading {'#' * level + ' ' + text!r}: "
@@ -367,10 +378,13 @@ class TaskStore:
         The journal holds each file's text before and after the move. A file
         still as it was before is written as it should be after; a file already
         written is left alone; a file that is neither was edited by hand since
-        the crash, and is not overwritten: the journal stays and the user is told.
+        the crash: then nothing is written (the files stay as the crash left them),
+        the journal stays and the user is told.
         """
-        for leftover in self.dir.glob(f"{TEMP_PREFIX}*.tmp"):
-            leftover.unlink(missing_ok=True)
+        # A symlinked task file is replaced beside the file it points to: look for leftovers there too.
+        for directory in {self.dir, *((self.dir / name).resolve().parent for name in FILES.values())}:
+            for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
+                leftover.unlink(missing_ok=True)
         journal_path = self.dir / JOURNAL_NAME
         try:
             journal = json.loads(journal_path.read_text(encoding="utf-8"))
@@ -384,7 +398,8 @@ class TaskStore:
                                                  for e in journal["files"]]
         except (KeyError, TypeError):
             entries, task_id = [("?", None, None, None)], "?"
-        for name, before, after_digest, after in entries:
+        to_write = []
+        for name, before, after_digest, after in entries:  # check every file before writing any
             if name not in FILES.values():
                 raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
                                     "check the task files by hand, then delete it")
@@ -396,6 +411,8 @@ class TaskStore:
                 raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
                                     f"(journal {journal_path}); check that the task is in exactly one file, "
                                     "then delete the journal")
+            to_write.append((path, after))
+        for path, after in to_write:
             _replace(path, after.encode(*ENCODING), "recover")
         journal_path.unlink()
         _fsync_dir(self.dir)
@@ -409,6 +426,9 @@ class TaskStore:
             if now != (file.text if file.exists else None):
                 raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was written, "
                                     "run the command again")
+            if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
+                raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
+                                    f"change {task_id})")
         if len(changes) > 1:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
@@ -462,7 +482,10 @@ class TaskStore:
         with self.locked() as files:
             numbers = [int(m.group(1)) for f in files.values() for t in f.tasks if (m := ID_NUMBER_RE.match(t.id))]
             task_id = f"task-{max(numbers, default=0) + 1:03d}"
-            lines = [f"### [{task_id}] {title.strip()}", f"- **repo**: {repo}"]
+            heading = f"### [{task_id}] {title.strip()}"
+            if CLOSING_HASHES_RE.search(heading):
+                heading += " #"  # a closing sequence, so that the title's own trailing #s stay in the title
+            lines = [heading, f"- **repo**: {repo}"]
             if type_:
                 lines.append(f"- **type**: {type_}")
             lines += [f"- **priority**: {priority}", "- **assigned**: unassigned"]
