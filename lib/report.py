@@ -14,6 +14,7 @@ from lib.statefile import read_json
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PERIOD_DAYS = 7
+MISSING = object()  # a state file that does not exist (a file holding `null` is one of the wrong shape)
 
 
 def parse_day(value: str, flag: str, default: date) -> date:
@@ -37,8 +38,11 @@ def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> 
 
 def from_state(path: Path, render: Callable[[Any], str], missing: str) -> str:
     """A state file rendered, `missing` without one; a file of another shape is a one-line error."""
-    document = read_json(path)
-    if document is None:
+    try:
+        document = read_json(path, default=MISSING)
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot read: {err.strerror}") from None
+    if document is MISSING:
         return missing
     try:
         return render(document)
@@ -153,8 +157,15 @@ def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: 
     from lib.statefile import write_text
 
     day = parse_day(day_text, "--date", today or date.today())
-    since = parse_day(since_text, "--since", day - timedelta(days=PERIOD_DAYS - 1))
+    try:
+        since = parse_day(since_text, "--since", day) if since_text else day - timedelta(days=PERIOD_DAYS - 1)
+    except OverflowError:
+        raise OrchestratorError(f"--date {day.isoformat()}: its {PERIOD_DAYS}-day period would start before "
+                                "year 1 (give --since)") from None
     text, warnings = build_report(paths, day, since, notes, find_template(paths))
     out = paths.reports_dir / f"weekly-status-{day.isoformat()}.md"
-    write_text(out, text)
+    try:
+        write_text(out, text)
+    except OSError as err:
+        raise OrchestratorError(f"{out}: cannot write the report: {err.strerror}") from None
     return out, warnings
