@@ -53,6 +53,7 @@ LINK_HEADING_RE = re.compile(r"^\[[^\]]*\]\(")  # `### [Roadmap](https://...)`: 
 BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
 FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  # value: strip blanks
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
+LONE_CR_RE = re.compile(r"\r(?!\n)")
 DATE_FIELDS = ("created", "started", "completed")
 
 
@@ -132,6 +133,10 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
     fence or commented out is not a task. An unclosed fence or comment is an
     error, because everything after it would silently stop being tasks.
     """
+    lone_cr = LONE_CR_RE.search(text)
+    if lone_cr:  # markdown ends a line there too: splitting at \n only would hide the headings after it
+        raise TaskFileError(f"{path}:{text.count(chr(10), 0, lone_cr.start()) + 1}: a carriage return that does "
+                            "not end a CRLF (old Mac line endings?); use LF or CRLF line endings")
     tasks: list[Task] = []
     headings: list[tuple[int, int, str]] = []
     opaque: tuple[str, int] | None = None  # (what closes it: a fence or "-->", the line it opened on)

@@ -102,3 +102,14 @@ def test_a_line_with_a_megabyte_of_blanks_does_not_hang_the_parser(home):
     task = json.loads(listed.stdout)["tasks"][0]
     assert task["title"] == f"A{blanks}B" and task["repo"] == f"r{blanks}x"
     assert where_is_each_task(tasks) == {"task-001": ["backlog"]}
+
+
+def test_old_mac_line_endings_are_refused_not_read_as_a_file_without_tasks(home, inv):
+    # Markdown ends a line at a lone CR too: read as one long line, task-001 was invisible and add made another.
+    tasks = write_tasks(home.path, backlog=b"# Backlog\r\r### [task-001] A\r- **repo**: r\r")
+    before = snapshot(tasks)
+    for args in (["task.list"], ["task.add", "New", "--repo", "r", "--priority", "low"]):
+        result = inv(*args)
+        assert result.code == 2 and "backlog.md:1: a carriage return that does not end a CRLF" in result.err, \
+            result.err
+    assert snapshot(tasks) == before
