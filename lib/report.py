@@ -148,7 +148,10 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
                                            "_No test run yet: run `inv test-all`._"),
         "notes": lambda: notes.strip() or "_No notes._",
     }
-    return fill(template, values, str(template_path))
+    text, warnings = fill(template, values, str(template_path))
+    unreadable = [t for t in by_state["completed"] if t.get("completed") and not t.stamp_date("completed")]
+    return text, warnings + [f"{t.path}:{t.line}: {t.id} has completed {t.get('completed')!r}, not a YYYY-MM-DD "
+                             "date: left out of the report" for t in unreadable]
 
 
 def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: str = "",

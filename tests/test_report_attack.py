@@ -38,3 +38,14 @@ def test_a_state_file_holding_null_is_not_reported_as_no_scan_yet(home, inv):
     (home.path / "state" / "test-results.json").write_text("null\n")
     result = inv("report")
     assert result.code == 2 and "test-results.json: not the shape this tool writes" in result.err, result.err
+
+
+def test_a_completed_task_whose_date_cannot_be_read_is_warned_about_not_silently_left_out(home, inv):
+    tasks = home.path / "tasks"
+    tasks.mkdir()
+    (tasks / "completed.md").write_text("# Completed\n\n### [task-001] Shipped\n- **completed**: 2026/11/25\n\n"
+                                        "### [task-002] Old, moved by hand\n- **repo**: r\n")
+    result = inv("report", "--date", "2026-11-27")
+    assert result.code == 0, result.err
+    assert result.err == (f"warning: {tasks / 'completed.md'}:3: task-001 has completed '2026/11/25', "
+                          "not a YYYY-MM-DD date: left out of the report\n"), "no stamp at all: nothing to say"
