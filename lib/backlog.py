@@ -324,20 +324,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace(path: Path, data: bytes, step: str) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] = lambda: None) -> None:
+    """Replace each (path, text, step) atomically: temp file in the same directory, fsync, rename.
 
-    A symlinked task file stays a symlink: the file it points to is replaced.
+    Every temp file is written and fsynced first, then `check` runs (it raises
+    to replace nothing), then the renames follow back to back: a file someone
+    writes while the tool fsyncs is seen by `check`, not written over. A
+    symlinked task file stays a symlink: the file it points to is replaced.
     """
-    path = path.resolve()
+    staged: list[tuple[Path, str, str]] = []
+    renamed = 0
+    current = Path()
     try:
-        _write_and_rename(path, data, step)
+        for path, text, step in writes:
+            current = path.resolve()
+            staged.append((current, _write_temp(current, text.encode(*ENCODING)), step))
+            _crash_point(f"{step}-temp")
+        check()
+        for current, tmp, step in staged:
+            os.replace(tmp, current)
+            renamed += 1
+            _crash_point(step)
     except OSError as err:
-        raise TaskFileError(f"{path}: cannot write: {err.strerror} (the next command finishes "
+        raise TaskFileError(f"{current}: cannot write: {err.strerror} (the next command finishes "
                             "or undoes the move)") from None
+    finally:
+        for _, tmp, _ in staged[renamed:]:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    for directory in {real.parent for real, _, _ in staged}:
+        _fsync_dir(directory)
 
 
-def _write_and_rename(path: Path, data: bytes, step: str) -> None:
+def _write_temp(path: Path, data: bytes) -> str:
+    """A fsynced temp file beside `path`, with its mode; the caller renames or removes it."""
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -346,14 +366,14 @@ def _write_and_rename(path: Path, data: bytes, step: str) -> None:
             os.fsync(out.fileno())
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o7777)
-        _crash_point(f"{step}-temp")
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-    _crash_point(step)
+    return tmp
+
+
+def _current_text(path: Path) -> str | None:
+    return path.read_bytes().decode(*ENCODING) if path.exists() else None
 
 
 class TaskStore:
@@ -409,16 +429,22 @@ class TaskStore:
                 raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
                                     "check the task files by hand, then delete it")
             path = self.dir / name
-            current = _digest(path.read_bytes().decode(*ENCODING) if path.exists() else None)
+            current = _digest(_current_text(path))
             if current == after_digest:
                 continue
             if current != before:
                 raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
                                     f"(journal {journal_path}); check that the task is in exactly one file, "
                                     "then delete the journal")
-            to_write.append((path, after))
-        for path, after in to_write:
-            _replace(path, after.encode(*ENCODING), "recover")
+            to_write.append((path, after, before))
+
+        def still_as_before() -> None:
+            for path, _, before in to_write:
+                if _digest(_current_text(path)) != before:
+                    raise TaskFileError(f"{path}: changed while an interrupted move of {task_id} was being "
+                                        "finished; nothing was written, run the command again")
+
+        _replace_all([(path, after, "recover") for path, after, _ in to_write], still_as_before)
         journal_path.unlink()
         _fsync_dir(self.dir)
 
@@ -426,11 +452,6 @@ class TaskStore:
         """Write changed files: with a journal first when more than one file changes."""
         journal_path = self.dir / JOURNAL_NAME
         for file, _ in changes:
-            # An editor that saved a task file while we worked: never write over its save.
-            now = file.path.read_bytes().decode(*ENCODING) if file.path.exists() else None
-            if now != (file.text if file.exists else None):
-                raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was written, "
-                                    "run the command again")
             if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
                 raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
                                     f"change {task_id})")
@@ -438,9 +459,19 @@ class TaskStore:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
                  "after_sha256": _digest(after), "after": after} for f, after in changes]}
-            _replace(journal_path, json.dumps(journal).encode(), "journal")
-        for (file, after), step in zip(changes, ("target", "source")):
-            _replace(file.path, after.encode(*ENCODING), step)
+            _replace_all([(journal_path, json.dumps(journal), "journal")])
+
+        def unchanged_since_read() -> None:
+            # An editor that saved a task file while we worked: never write over its save.
+            for file, _ in changes:
+                if _current_text(file.path) != (file.text if file.exists else None):
+                    if len(changes) > 1:
+                        journal_path.unlink()  # nothing was replaced: there is no move to finish
+                    raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was "
+                                        "written, run the command again")
+
+        _replace_all([(file.path, after, step) for (file, after), step in zip(changes, ("target", "source"))],
+                     unchanged_since_read)
         if len(changes) > 1:
             journal_path.unlink()
             _fsync_dir(self.dir)

@@ -113,3 +113,24 @@ def test_old_mac_line_endings_are_refused_not_read_as_a_file_without_tasks(home,
         assert result.code == 2 and "backlog.md:1: a carriage return that does not end a CRLF" in result.err, \
             result.err
     assert snapshot(tasks) == before
+
+
+@pytest.mark.parametrize("step", ["journal", "target-temp", "source-temp"])
+def test_an_append_made_while_the_move_writes_its_files_is_never_written_over(home, monkeypatch, step):
+    # An editor or `echo >>` writing in place while the tool fsyncs its journal and temp files (milliseconds).
+    import lib.backlog as backlog
+
+    tasks = write_tasks(home.path)
+
+    def edit_by_hand_at(reached: str) -> None:
+        if reached == step:
+            with open(tasks / "backlog.md", "ab") as editor:
+                editor.write(b"\nnote typed while the tool wrote\n")
+
+    monkeypatch.setattr(backlog, "_crash_point", edit_by_hand_at)
+    with pytest.raises(backlog.TaskFileError, match="backlog.md: changed while task-001 was being moved"):
+        backlog.TaskStore(tasks).move("start", "task-001")
+    assert (tasks / "backlog.md").read_bytes() == BACKLOG + b"\nnote typed while the tool wrote\n"
+    assert (tasks / "active.md").read_bytes() == ACTIVE
+    assert sorted(p.name for p in tasks.iterdir()) == [".lock", "active.md", "backlog.md", "completed.md"], \
+        "no journal (nothing to finish) and no temp file"
