@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.backlog import STATES, Task, TaskStore
+from lib.backlog import STATES, Task, TaskStore, readable
 from lib.errors import OrchestratorError
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.statefile import read_json
@@ -146,7 +146,7 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
         "completed_tasks": lambda: completed_tasks(by_state["completed"], since, day),
         "test_results": lambda: from_state(paths.test_results_file, test_results,
                                            "_No test run yet: run `inv test-all`._"),
-        "notes": lambda: notes.strip() or "_No notes._",
+        "notes": lambda: readable(notes.strip()) or "_No notes._",  # argv bytes that are not UTF-8: U+FFFD
     }
     text, warnings = fill(template, values, str(template_path))
     unreadable = [t for t in by_state["completed"] if t.get("completed") and not t.stamp_date("completed")]

@@ -49,3 +49,9 @@ def test_a_completed_task_whose_date_cannot_be_read_is_warned_about_not_silently
     assert result.code == 0, result.err
     assert result.err == (f"warning: {tasks / 'completed.md'}:3: task-001 has completed '2026/11/25', "
                           "not a YYYY-MM-DD date: left out of the report\n"), "no stamp at all: nothing to say"
+
+
+def test_notes_given_in_a_non_utf8_locale_are_written_not_a_traceback(home, inv):
+    result = inv("report", "--date", "2026-11-27", "--notes", "caf\udce9")  # argv byte 0xE9, as Python decodes it
+    assert result.code == 0, result.err
+    assert "caf\ufffd" in (home.path / "reports" / "weekly-status-2026-11-27.md").read_text()
