@@ -54,6 +54,7 @@ BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
 FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  # value: strip blanks
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 LONE_CR_RE = re.compile(r"\r(?!\n)")
+MAX_ID_DIGITS = 100
 DATE_FIELDS = ("created", "started", "completed")
 
 
@@ -516,7 +517,13 @@ class TaskStore:
             if not value.strip():
                 raise OrchestratorError(f"--{name}: required, and must not be empty")
         with self.locked() as files:
-            numbers = [int(m.group(1)) for f in files.values() for t in f.tasks if (m := ID_NUMBER_RE.match(t.id))]
+            numbers = []
+            for task in (t for f in files.values() for t in f.tasks):
+                if match := ID_NUMBER_RE.match(task.id):
+                    if len(match.group(1)) > MAX_ID_DIGITS:  # int() refuses past 4300 digits
+                        raise TaskFileError(f"{task.path}:{task.line}: {task.id[:24]}...: an id number of "
+                                            f"{len(match.group(1))} digits; give it a shorter id")
+                    numbers.append(int(match.group(1)))
             task_id = f"task-{max(numbers, default=0) + 1:03d}"
             heading = f"### [{task_id}] {title.strip()}"
             if CLOSING_HASHES_RE.search(heading):

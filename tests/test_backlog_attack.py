@@ -134,3 +134,12 @@ def test_an_append_made_while_the_move_writes_its_files_is_never_written_over(ho
     assert (tasks / "active.md").read_bytes() == ACTIVE
     assert sorted(p.name for p in tasks.iterdir()) == [".lock", "active.md", "backlog.md", "completed.md"], \
         "no journal (nothing to finish) and no temp file"
+
+
+def test_add_after_an_id_with_thousands_of_digits_is_one_line_not_a_traceback(home, inv):
+    tasks = write_tasks(home.path, backlog=b"# B\n\n### [task-" + b"9" * 5000 + b"] Huge\n")
+    before = snapshot(tasks)
+    result = inv("task.add", "x", "--repo", "r", "--priority", "low")
+    assert result.code == 2 and "backlog.md:3: task-99" in result.err and "5000 digits" in result.err, result.err
+    assert snapshot(tasks) == before
+    assert inv("task.list").code == 0, "listing does not need the number"
