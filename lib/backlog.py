@@ -44,7 +44,6 @@ CRASH_STEPS = ("locked", "journal-temp", "journal", "target-temp", "target", "so
 
 ENCODING = ("utf-8", "surrogateescape")  # decodes any bytes and encodes them back unchanged
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t](.*))?$")  # its text: see _heading_text
-CLOSING_HASHES_RE = re.compile(r"(?:^|[ \t])#+$")
 FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 COMMENT_OPEN_RE = re.compile(r"^ {0,3}<!--")
 COMMENT_CLOSE = "-->"
@@ -385,8 +384,15 @@ class TaskStore:
         self.today = today
 
     @contextmanager
-    def locked(self) -> Iterator[dict[str, TaskFile]]:
-        """Take the lock, finish any interrupted move, and yield the files as they now are."""
+    def locked(self, create: bool = True) -> Iterator[dict[str, TaskFile]]:
+        """Take the lock, finish any interrupted move, and yield the files as they now are.
+
+        Without `create`, a home that has no tasks/ yet is only looked at: no
+        directory and no lock file appear in it (there is no move to finish).
+        """
+        if not create and not os.path.lexists(self.dir):
+            yield read_all(self.dir)
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.dir / LOCK_NAME, "a")
@@ -483,13 +489,13 @@ class TaskStore:
     def list(self, state: str = "", repo: str = "") -> list[Task]:
         if state and state not in STATES:
             raise OrchestratorError(f"--state {state!r}: expected one of {', '.join(STATES)}")
-        with self.locked() as files:
+        with self.locked(create=False) as files:
             return [t for s in STATES if not state or s == state for t in files[s].tasks
                     if not repo or t.get("repo") == repo]
 
     def show(self, task_id: str) -> tuple[Task, bytes]:
         """The task and its block's bytes exactly as they are in the file."""
-        with self.locked() as files:
+        with self.locked(create=False) as files:
             task, file = _find(files, task_id)
             return task, file.text[task.start:task.end].encode(*ENCODING)
 
@@ -526,7 +532,7 @@ class TaskStore:
                     numbers.append(int(match.group(1)))
             task_id = f"task-{max(numbers, default=0) + 1:03d}"
             heading = f"### [{task_id}] {title.strip()}"
-            if CLOSING_HASHES_RE.search(heading):
+            if _heading_text(title.strip()) != title.strip():
                 heading += " #"  # a closing sequence, so that the title's own trailing #s stay in the title
             lines = [heading, f"- **repo**: {repo}"]
             if type_:

@@ -143,3 +143,11 @@ def test_add_after_an_id_with_thousands_of_digits_is_one_line_not_a_traceback(ho
     assert result.code == 2 and "backlog.md:3: task-99" in result.err and "5000 digits" in result.err, result.err
     assert snapshot(tasks) == before
     assert inv("task.list").code == 0, "listing does not need the number"
+
+
+def test_listing_or_reporting_in_a_home_without_tasks_creates_nothing_there(home, inv):
+    assert not (home.path / "tasks").exists()
+    assert inv("task.list").out.strip() == "no tasks"
+    assert inv("task.show", "task-001").code == 2
+    assert inv("report").code == 0
+    assert not (home.path / "tasks").exists(), "a read-only look leaves no tasks/.lock behind"
