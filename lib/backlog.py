@@ -54,6 +54,7 @@ FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 LONE_CR_RE = re.compile(r"\r(?!\n)")
 MAX_ID_DIGITS = 100
+CONTROL_CHARACTERS = {c: "\ufffd" for c in (*range(0x20), *range(0x7f, 0xa0)) if c != 0x09}
 DATE_FIELDS = ("created", "started", "completed")
 
 
@@ -109,8 +110,9 @@ class TaskFile:
 
 
 def readable(text: str) -> str:
-    """A value for tables and JSON: bytes that are not UTF-8 become U+FFFD (the file keeps them)."""
-    return text.encode(*ENCODING).decode("utf-8", "replace")
+    """A value for tables and JSON: bytes that are not UTF-8, and control characters that would drive the
+    terminal (ESC, BEL, CSI, ...; a tab stays), become U+FFFD. The file keeps them."""
+    return text.encode(*ENCODING).decode("utf-8", "replace").translate(CONTROL_CHARACTERS)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str, int]]:
@@ -219,6 +221,9 @@ def _task_heading(state: str, path: Path, number: int, level: int, text: str, st
         if not match:
             raise TaskFileError(f"{where}: malformed task heading {'### ' + text!r}: "
                                 "expected `### [task-001] Short title` (id: any text but `]`)")
+        if readable(match.group("id")) != match.group("id"):
+            raise TaskFileError(f"{where}: malformed task heading {readable('### ' + text)!r}: its id has a "
+                                "byte that is not UTF-8 or a control character")
         return Task(match.group("id"), readable(match.group("title").strip()), state, path, number, start, start)
     if BARE_TASK_ID_RE.match(text):
         raise TaskFileError(f"{where}: malformed task heading {'#' * level + ' ' + text!r}: "

@@ -151,3 +151,23 @@ def test_listing_or_reporting_in_a_home_without_tasks_creates_nothing_there(home
     assert inv("task.show", "task-001").code == 2
     assert inv("report").code == 0
     assert not (home.path / "tasks").exists(), "a read-only look leaves no tasks/.lock behind"
+
+
+@pytest.mark.parametrize("raw_id", [b"caf\xe9", b"esc\x1b[2Kid"])
+def test_an_id_that_cannot_be_printed_is_a_malformed_heading(home, inv, raw_id):
+    # Ids are echoed in tables, messages and the report: a byte that is not UTF-8 crashed the report.
+    tasks = write_tasks(home.path, backlog=b"# B\n\n### [" + raw_id + b"] X\n")
+    before = snapshot(tasks)
+    for args in (["task.list"], ["report"]):
+        result = inv(*args)
+        assert result.code == 2 and "backlog.md:3: malformed task heading" in result.err, result.err
+    assert snapshot(tasks) == before
+
+
+def test_control_characters_in_a_title_cannot_drive_the_terminal(home, inv):
+    # "\x1b[1A\x1b[2K" moves up and erases a line: a shared backlog could hide a row of task.list.
+    tasks = write_tasks(home.path, backlog=b"# B\n\n### [task-001] Hide\x1b[1A\x1b[2K\xc2\x9b2K\n- **repo**: r\x07\n")
+    listed = inv("task.list")
+    assert listed.code == 0 and "\x1b" not in listed.out and "\x9b" not in listed.out and "\x07" not in listed.out
+    assert "Hide\ufffd[1A\ufffd[2K\ufffd2K" in listed.out
+    assert b"Hide\x1b[1A\x1b[2K\xc2\x9b2K" in (tasks / "backlog.md").read_bytes(), "the file keeps its bytes"
