@@ -171,3 +171,23 @@ def test_control_characters_in_a_title_cannot_drive_the_terminal(home, inv):
     assert listed.code == 0 and "\x1b" not in listed.out and "\x9b" not in listed.out and "\x07" not in listed.out
     assert "Hide\ufffd[1A\ufffd[2K\ufffd2K" in listed.out
     assert b"Hide\x1b[1A\x1b[2K\xc2\x9b2K" in (tasks / "backlog.md").read_bytes(), "the file keeps its bytes"
+
+
+def test_an_append_made_while_recovery_writes_is_never_written_over(home, monkeypatch):
+    import lib.backlog as backlog
+
+    tasks = write_tasks(home.path)
+    assert run_inv(home.path, "task.start", "task-001", env={CRASH_ENV: "journal"}).returncode == -9
+
+    def edit_by_hand_at(reached: str) -> None:
+        if reached == "recover-temp" and b"recovered" not in (tasks / "backlog.md").read_bytes():
+            with open(tasks / "backlog.md", "ab") as editor:
+                editor.write(b"\nnote typed while the tool recovered\n")
+
+    monkeypatch.setattr(backlog, "_crash_point", edit_by_hand_at)
+    with pytest.raises(backlog.TaskFileError, match="backlog.md: changed while an interrupted move of task-001"):
+        backlog.TaskStore(tasks).list()
+    assert (tasks / "backlog.md").read_bytes() == BACKLOG + b"\nnote typed while the tool recovered\n"
+    assert (tasks / "active.md").read_bytes() == ACTIVE, "nothing written: task-001 only in backlog.md"
+    assert sorted(p.name for p in tasks.iterdir()) == [".lock", ".move-journal.json", "active.md", "backlog.md",
+                                                       "completed.md"], "the journal stays for the next command"
