@@ -43,14 +43,18 @@ CRASH_ENV = "ORCHESTRATOR_TASKS_CRASH_AT"
 CRASH_STEPS = ("locked", "journal-temp", "journal", "target-temp", "target", "source-temp", "source", "done")
 
 ENCODING = ("utf-8", "surrogateescape")  # decodes any bytes and encodes them back unchanged
-HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t](.*))?$")  # its text: see _heading_text
 FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 COMMENT_OPEN_RE = re.compile(r"^ {0,3}<!--")
 COMMENT_CLOSE = "-->"
-TASK_HEADING_RE = re.compile(r"^\[(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)\][ \t]+(?P<title>\S.*)$")
+TASK_HEADING_RE = re.compile(r"^\[(?P<id>[^\]\s](?:[^\]]*[^\]\s])?)\][ \t]+(?P<title>\S.*)$")
+LINK_HEADING_RE = re.compile(r"^\[[^\]]*\]\(")  # `### [Roadmap](https://...)`: a link, not a task
 BARE_TASK_ID_RE = re.compile(r"^\[?task-\d+\b", re.IGNORECASE)
-FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:[ \t]*(?P<value>.*?)[ \t]*$")
+FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  # value: strip blanks
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
+LONE_CR_RE = re.compile(r"\r(?!\n)")
+MAX_ID_DIGITS = 100
+CONTROL_CHARACTERS = {c: "\ufffd" for c in (*range(0x20), *range(0x7f, 0xa0)) if c != 0x09}
 DATE_FIELDS = ("created", "started", "completed")
 
 
@@ -106,8 +110,9 @@ class TaskFile:
 
 
 def readable(text: str) -> str:
-    """A value for tables and JSON: bytes that are not UTF-8 become U+FFFD (the file keeps them)."""
-    return text.encode(*ENCODING).decode("utf-8", "replace")
+    """A value for tables and JSON: bytes that are not UTF-8, and control characters that would drive the
+    terminal (ESC, BEL, CSI, ...; a tab stays), become U+FFFD. The file keeps them."""
+    return text.encode(*ENCODING).decode("utf-8", "replace").translate(CONTROL_CHARACTERS)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str, int]]:
@@ -130,13 +135,17 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
     fence or commented out is not a task. An unclosed fence or comment is an
     error, because everything after it would silently stop being tasks.
     """
+    lone_cr = LONE_CR_RE.search(text)
+    if lone_cr:  # markdown ends a line there too: splitting at \n only would hide the headings after it
+        raise TaskFileError(f"{path}:{text.count(chr(10), 0, lone_cr.start()) + 1}: a carriage return that does "
+                            "not end a CRLF (old Mac line endings?); use LF or CRLF line endings")
     tasks: list[Task] = []
     headings: list[tuple[int, int, str]] = []
     opaque: tuple[str, int] | None = None  # (what closes it: a fence or "-->", the line it opened on)
     current: Task | None = None
     for number, (start, line, end) in enumerate(_lines(text), 1):
-        if start == 0:
-            line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the first heading
+        if start == 0 and line.startswith("\ufeff"):
+            line, start = line[1:], 1  # a byte-order mark is not part of the first heading, nor of its block
         if opaque:
             if _closes(opaque[0], line):
                 opaque = None
@@ -150,7 +159,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
             if current:
                 current.end = start
                 current = None
-            level, heading_text = len(heading.group(1)), (heading.group(2) or "").strip()
+            level, heading_text = len(heading.group(1)), _heading_text(heading.group(2) or "")
             headings.append((start, level, heading_text))
             current = _task_heading(state, path, number, level, heading_text, start)
             if current:
@@ -160,7 +169,7 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
         if current:
             found = FIELD_RE.match(line)
             if found:
-                current.fields[found.group("key").lower()] = readable(found.group("value"))
+                current.fields[found.group("key").lower()] = readable(found.group("value").strip(" \t"))
                 current.last_field_end = end
     if current:
         current.end = len(text)
@@ -174,6 +183,15 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
             raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
         seen[task.id] = task
     return TaskFile(state, path, text, tasks, headings)
+
+
+def _heading_text(text: str) -> str:
+    """A heading's text without blanks around it or a closing `#` run (`## High Priority ##`); linear time."""
+    text = text.strip(" \t")
+    body = text.rstrip("#")
+    if body != text and (not body or body[-1] in " \t"):
+        text = body.rstrip(" \t")
+    return text
 
 
 def _opens(line: str) -> str | None:
@@ -198,11 +216,14 @@ def _closes(closer: str, line: str) -> bool:
 def _task_heading(state: str, path: Path, number: int, level: int, text: str, start: int) -> Task | None:
     """The task a heading opens, None for an ordinary heading; TaskFileError for a broken task heading."""
     where = f"{path}:{number}"
-    if level == 3 and text.startswith("["):
+    if level == 3 and text.startswith("[") and not LINK_HEADING_RE.match(text):
         match = TASK_HEADING_RE.match(text)
         if not match:
             raise TaskFileError(f"{where}: malformed task heading {'### ' + text!r}: "
-                                "expected `### [task-001] Short title` (id: letters, digits, . _ -)")
+                                "expected `### [task-001] Short title` (id: any text but `]`)")
+        if readable(match.group("id")) != match.group("id"):
+            raise TaskFileError(f"{where}: malformed task heading {readable('### ' + text)!r}: its id has a "
+                                "byte that is not UTF-8 or a control character")
         return Task(match.group("id"), readable(match.group("title").strip()), state, path, number, start, start)
     if BARE_TASK_ID_RE.match(text):
         raise TaskFileError(f"{where}: malformed task heading {'#' * level + ' ' + text!r}: "
@@ -308,20 +329,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace(path: Path, data: bytes, step: str) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] = lambda: None) -> None:
+    """Replace each (path, text, step) atomically: temp file in the same directory, fsync, rename.
 
-    A symlinked task file stays a symlink: the file it points to is replaced.
+    Every temp file is written and fsynced first, then `check` runs (it raises
+    to replace nothing), then the renames follow back to back: a file someone
+    writes while the tool fsyncs is seen by `check`, not written over. A
+    symlinked task file stays a symlink: the file it points to is replaced.
     """
-    path = path.resolve()
+    staged: list[tuple[Path, str, str]] = []
+    renamed = 0
+    current = Path()
     try:
-        _write_and_rename(path, data, step)
+        for path, text, step in writes:
+            current = path.resolve()
+            staged.append((current, _write_temp(current, text.encode(*ENCODING)), step))
+            _crash_point(f"{step}-temp")
+        check()
+        for current, tmp, step in staged:
+            os.replace(tmp, current)
+            renamed += 1
+            _crash_point(step)
     except OSError as err:
-        raise TaskFileError(f"{path}: cannot write: {err.strerror} (the next command finishes "
+        raise TaskFileError(f"{current}: cannot write: {err.strerror} (the next command finishes "
                             "or undoes the move)") from None
+    finally:
+        for _, tmp, _ in staged[renamed:]:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    for directory in {real.parent for real, _, _ in staged}:
+        _fsync_dir(directory)
 
 
-def _write_and_rename(path: Path, data: bytes, step: str) -> None:
+def _write_temp(path: Path, data: bytes) -> str:
+    """A fsynced temp file beside `path`, with its mode; the caller renames or removes it."""
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -330,14 +371,14 @@ def _write_and_rename(path: Path, data: bytes, step: str) -> None:
             os.fsync(out.fileno())
         if path.exists():
             os.chmod(tmp, path.stat().st_mode & 0o7777)
-        _crash_point(f"{step}-temp")
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-    _crash_point(step)
+    return tmp
+
+
+def _current_text(path: Path) -> str | None:
+    return path.read_bytes().decode(*ENCODING) if path.exists() else None
 
 
 class TaskStore:
@@ -348,8 +389,15 @@ class TaskStore:
         self.today = today
 
     @contextmanager
-    def locked(self) -> Iterator[dict[str, TaskFile]]:
-        """Take the lock, finish any interrupted move, and yield the files as they now are."""
+    def locked(self, create: bool = True) -> Iterator[dict[str, TaskFile]]:
+        """Take the lock, finish any interrupted move, and yield the files as they now are.
+
+        Without `create`, a home that has no tasks/ yet is only looked at: no
+        directory and no lock file appear in it (there is no move to finish).
+        """
+        if not create and not os.path.lexists(self.dir):
+            yield read_all(self.dir)
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.dir / LOCK_NAME, "a")
@@ -367,10 +415,13 @@ class TaskStore:
         The journal holds each file's text before and after the move. A file
         still as it was before is written as it should be after; a file already
         written is left alone; a file that is neither was edited by hand since
-        the crash, and is not overwritten: the journal stays and the user is told.
+        the crash: then nothing is written (the files stay as the crash left them),
+        the journal stays and the user is told.
         """
-        for leftover in self.dir.glob(f"{TEMP_PREFIX}*.tmp"):
-            leftover.unlink(missing_ok=True)
+        # A symlinked task file is replaced beside the file it points to: look for leftovers there too.
+        for directory in {self.dir, *((self.dir / name).resolve().parent for name in FILES.values())}:
+            for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
+                leftover.unlink(missing_ok=True)
         journal_path = self.dir / JOURNAL_NAME
         try:
             journal = json.loads(journal_path.read_text(encoding="utf-8"))
@@ -384,19 +435,28 @@ class TaskStore:
                                                  for e in journal["files"]]
         except (KeyError, TypeError):
             entries, task_id = [("?", None, None, None)], "?"
-        for name, before, after_digest, after in entries:
+        to_write = []
+        for name, before, after_digest, after in entries:  # check every file before writing any
             if name not in FILES.values():
                 raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
                                     "check the task files by hand, then delete it")
             path = self.dir / name
-            current = _digest(path.read_bytes().decode(*ENCODING) if path.exists() else None)
+            current = _digest(_current_text(path))
             if current == after_digest:
                 continue
             if current != before:
                 raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
                                     f"(journal {journal_path}); check that the task is in exactly one file, "
                                     "then delete the journal")
-            _replace(path, after.encode(*ENCODING), "recover")
+            to_write.append((path, after, before))
+
+        def still_as_before() -> None:
+            for path, _, before in to_write:
+                if _digest(_current_text(path)) != before:
+                    raise TaskFileError(f"{path}: changed while an interrupted move of {task_id} was being "
+                                        "finished; nothing was written, run the command again")
+
+        _replace_all([(path, after, "recover") for path, after, _ in to_write], still_as_before)
         journal_path.unlink()
         _fsync_dir(self.dir)
 
@@ -404,18 +464,26 @@ class TaskStore:
         """Write changed files: with a journal first when more than one file changes."""
         journal_path = self.dir / JOURNAL_NAME
         for file, _ in changes:
-            # An editor that saved a task file while we worked: never write over its save.
-            now = file.path.read_bytes().decode(*ENCODING) if file.path.exists() else None
-            if now != (file.text if file.exists else None):
-                raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was written, "
-                                    "run the command again")
+            if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
+                raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
+                                    f"change {task_id})")
         if len(changes) > 1:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
                  "after_sha256": _digest(after), "after": after} for f, after in changes]}
-            _replace(journal_path, json.dumps(journal).encode(), "journal")
-        for (file, after), step in zip(changes, ("target", "source")):
-            _replace(file.path, after.encode(*ENCODING), step)
+            _replace_all([(journal_path, json.dumps(journal), "journal")])
+
+        def unchanged_since_read() -> None:
+            # An editor that saved a task file while we worked: never write over its save.
+            for file, _ in changes:
+                if _current_text(file.path) != (file.text if file.exists else None):
+                    if len(changes) > 1:
+                        journal_path.unlink()  # nothing was replaced: there is no move to finish
+                    raise TaskFileError(f"{file.path}: changed while {task_id} was being moved; nothing was "
+                                        "written, run the command again")
+
+        _replace_all([(file.path, after, step) for (file, after), step in zip(changes, ("target", "source"))],
+                     unchanged_since_read)
         if len(changes) > 1:
             journal_path.unlink()
             _fsync_dir(self.dir)
@@ -426,13 +494,13 @@ class TaskStore:
     def list(self, state: str = "", repo: str = "") -> list[Task]:
         if state and state not in STATES:
             raise OrchestratorError(f"--state {state!r}: expected one of {', '.join(STATES)}")
-        with self.locked() as files:
+        with self.locked(create=False) as files:
             return [t for s in STATES if not state or s == state for t in files[s].tasks
                     if not repo or t.get("repo") == repo]
 
     def show(self, task_id: str) -> tuple[Task, bytes]:
         """The task and its block's bytes exactly as they are in the file."""
-        with self.locked() as files:
+        with self.locked(create=False) as files:
             task, file = _find(files, task_id)
             return task, file.text[task.start:task.end].encode(*ENCODING)
 
@@ -460,9 +528,18 @@ class TaskStore:
             if not value.strip():
                 raise OrchestratorError(f"--{name}: required, and must not be empty")
         with self.locked() as files:
-            numbers = [int(m.group(1)) for f in files.values() for t in f.tasks if (m := ID_NUMBER_RE.match(t.id))]
+            numbers = []
+            for task in (t for f in files.values() for t in f.tasks):
+                if match := ID_NUMBER_RE.match(task.id):
+                    if len(match.group(1)) > MAX_ID_DIGITS:  # int() refuses past 4300 digits
+                        raise TaskFileError(f"{task.path}:{task.line}: {task.id[:24]}...: an id number of "
+                                            f"{len(match.group(1))} digits; give it a shorter id")
+                    numbers.append(int(match.group(1)))
             task_id = f"task-{max(numbers, default=0) + 1:03d}"
-            lines = [f"### [{task_id}] {title.strip()}", f"- **repo**: {repo}"]
+            heading = f"### [{task_id}] {title.strip()}"
+            if _heading_text(title.strip()) != title.strip():
+                heading += " #"  # a closing sequence, so that the title's own trailing #s stay in the title
+            lines = [heading, f"- **repo**: {repo}"]
             if type_:
                 lines.append(f"- **type**: {type_}")
             lines += [f"- **priority**: {priority}", "- **assigned**: unassigned"]

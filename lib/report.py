@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.backlog import STATES, Task, TaskStore
+from lib.backlog import STATES, Task, TaskStore, readable
 from lib.errors import OrchestratorError
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.statefile import read_json
@@ -14,6 +14,7 @@ from lib.statefile import read_json
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PERIOD_DAYS = 7
+MISSING = object()  # a state file that does not exist (a file holding `null` is one of the wrong shape)
 
 
 def parse_day(value: str, flag: str, default: date) -> date:
@@ -37,8 +38,11 @@ def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> 
 
 def from_state(path: Path, render: Callable[[Any], str], missing: str) -> str:
     """A state file rendered, `missing` without one; a file of another shape is a one-line error."""
-    document = read_json(path)
-    if document is None:
+    try:
+        document = read_json(path, default=MISSING)
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot read: {err.strerror}") from None
+    if document is MISSING:
         return missing
     try:
         return render(document)
@@ -142,9 +146,12 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
         "completed_tasks": lambda: completed_tasks(by_state["completed"], since, day),
         "test_results": lambda: from_state(paths.test_results_file, test_results,
                                            "_No test run yet: run `inv test-all`._"),
-        "notes": lambda: notes.strip() or "_No notes._",
+        "notes": lambda: readable(notes.strip()) or "_No notes._",  # argv bytes that are not UTF-8: U+FFFD
     }
-    return fill(template, values, str(template_path))
+    text, warnings = fill(template, values, str(template_path))
+    unreadable = [t for t in by_state["completed"] if t.get("completed") and not t.stamp_date("completed")]
+    return text, warnings + [f"{t.path}:{t.line}: {t.id} has completed {t.get('completed')!r}, not a YYYY-MM-DD "
+                             "date: left out of the report" for t in unreadable]
 
 
 def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: str = "",
@@ -153,8 +160,15 @@ def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: 
     from lib.statefile import write_text
 
     day = parse_day(day_text, "--date", today or date.today())
-    since = parse_day(since_text, "--since", day - timedelta(days=PERIOD_DAYS - 1))
+    try:
+        since = parse_day(since_text, "--since", day) if since_text else day - timedelta(days=PERIOD_DAYS - 1)
+    except OverflowError:
+        raise OrchestratorError(f"--date {day.isoformat()}: its {PERIOD_DAYS}-day period would start before "
+                                "year 1 (give --since)") from None
     text, warnings = build_report(paths, day, since, notes, find_template(paths))
     out = paths.reports_dir / f"weekly-status-{day.isoformat()}.md"
-    write_text(out, text)
+    try:
+        write_text(out, text)
+    except OSError as err:
+        raise OrchestratorError(f"{out}: cannot write the report: {err.strerror}") from None
     return out, warnings

@@ -1,6 +1,6 @@
 """The docs cannot drift from the code: every command in README, CLAUDE.md and the playbooks exists.
 
-Each `inv ...`, `make ...` and `python scripts/...` command, in code blocks
+Each `inv ...`, `make ...` and `python scripts/...` command, in code blocks (fenced or indented)
 (shell sessions, CI YAML) and in inline code, is checked against the real
 thing: Invoke's own parser over tasks.py's collection (task names, flags,
 positional arguments), `make -n` on the Makefile, and each script's argparse
@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-FENCE_RE = re.compile(r"^\s*(```|~~~)")
+FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
+INDENTED_CODE_RE = re.compile(r"^(?: {4}|\t)\s*\S")
 INLINE_RE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 # What may precede a command on a code line: YAML list items and keys, a shell prompt.
 LINE_PREFIX_RE = re.compile(r"^\s*(?:-\s+)?(?:(?:run|script):\s*)?(?:\|\s*)?(?:\$\s+)?")
@@ -82,12 +83,22 @@ def command_of(words: list[str]) -> tuple[str, ...] | None:
 def extract_commands(path: Path, text: str | None = None) -> list[Command]:
     text = path.read_text() if text is None else text
     found: list[Command] = []
-    in_fence = False
+    fence = ""  # the open fence: closed by a run of its character at least as long, with nothing after it
     pending = ""
+    indented_code, blank_before = False, True
     for number, line in enumerate(text.splitlines(), 1):
-        if FENCE_RE.match(line):
-            in_fence = not in_fence
+        opener = FENCE_RE.match(line)
+        if opener and not fence:
+            fence = opener.group(1)
             continue
+        if opener and opener.group(1)[0] == fence[0] and len(opener.group(1)) >= len(fence) \
+                and not opener.group(2).strip():
+            fence = ""
+            continue
+        # An indented code block (4 spaces after a blank line) holds commands just as a fence does.
+        indented_code = not fence and bool(INDENTED_CODE_RE.match(line)) and (blank_before or indented_code)
+        blank_before = not line.strip()
+        in_fence = bool(fence) or indented_code
         if in_fence:
             line = pending + line
             if line.endswith("\\"):
@@ -240,6 +251,8 @@ def test_the_ci_jobs_run_the_scan_and_test_all_and_publish_the_junit_report():
     ("```sh\nORCHESTRATOR_HOME=demo python3 scripts/no_such.py\n```", "no such script"),
     ("`inv report --date D --since D --notes TEXT --width 3`", "--width"),
     ("| test all | `inv test-all` / `make test-all` (`--jobs N`, `--parallel`) |", "test-all has no flag --parallel"),
+    ("An indented block:\n\n    inv task.complete task-001 --force\n", "--force"),
+    ("````markdown\nA fence opens with\n```sh\n````\n\n```sh\ninv task.list --stat active\n```", "--stat"),
 ])
 def test_the_checker_catches_a_made_up_command_or_flag(tmp_path, doc, problem):
     commands = extract_commands(tmp_path / "doc.md", doc)
