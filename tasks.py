@@ -624,16 +624,17 @@ namespace.add_collection(task_collection)
         "date": "YYYY-MM-DD: the report's date and file name (default: today)",
         "since": "YYYY-MM-DD: first day of the period for completed tasks (default: 6 days before --date)",
         "notes": "text for the {{notes}} placeholder",
+        "force": "replace a report of that date even if it was edited by hand since it was written",
     },
 )
-def report(c, date="", since="", notes=""):
+def report(c, date="", since="", notes="", force=False):
     """Write reports/weekly-status-DATE.md from reports/templates/weekly-status.md; prints its path."""
     import sys
 
     from lib.report import write_report
 
     try:
-        path, warnings = write_report(Paths.from_env(), date, since, notes)
+        path, warnings = write_report(Paths.from_env(), date, since, notes, force=force)
     except OrchestratorError as err:
         raise _fail(err) from None
     for warning in warnings:

@@ -1,6 +1,7 @@
 """The weekly status report: fill reports/templates/weekly-status.md from state/ and the task files."""
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -154,10 +155,30 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
                              "date: left out of the report" for t in unreadable]
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _edited_by_hand(out: Path, written: Path) -> bool:
+    """Whether `out` exists with bytes other than the ones this tool last wrote there (a user's edits)."""
+    try:
+        current = _digest(out.read_bytes())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False  # a directory or unreadable file: the write below says what is wrong
+    record = read_json(written, default={})
+    return not (isinstance(record, dict) and record.get(out.name) == current)
+
+
 def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: str = "",
-                 today: date | None = None) -> tuple[Path, list[str]]:
-    """Write reports/weekly-status-DATE.md under the home; returns its path and the warnings."""
-    from lib.statefile import write_text
+                 today: date | None = None, force: bool = False) -> tuple[Path, list[str]]:
+    """Write reports/weekly-status-DATE.md under the home; returns its path and the warnings.
+
+    A report of that date that was changed since this tool wrote it (a user's
+    notes added by hand) is never replaced without `force`.
+    """
+    from lib.statefile import update_json, write_text
 
     day = parse_day(day_text, "--date", today or date.today())
     try:
@@ -167,8 +188,18 @@ def write_report(paths: Paths, day_text: str = "", since_text: str = "", notes: 
                                 "year 1 (give --since)") from None
     text, warnings = build_report(paths, day, since, notes, find_template(paths))
     out = paths.reports_dir / f"weekly-status-{day.isoformat()}.md"
+    written = paths.state_dir / "reports-written.json"
+    if not force and _edited_by_hand(out, written):
+        raise OrchestratorError(f"{out}: exists and was changed since `inv report` wrote it (or was not written "
+                                "by it); not replaced: move it away, or pass --force to replace it")
     try:
         write_text(out, text)
     except OSError as err:
         raise OrchestratorError(f"{out}: cannot write the report: {err.strerror}") from None
+    try:
+        update_json(written, lambda record: {**(record if isinstance(record, dict) else {}),
+                                             out.name: _digest(text.encode())}, default={})
+    except OSError as err:
+        warnings.append(f"{written}: cannot record the report's checksum ({err.strerror}); "
+                        "the next `inv report` of this date will need --force")
     return out, warnings

@@ -113,3 +113,26 @@ def test_the_original_systems_state_files_are_one_line_errors_not_tracebacks(hom
     write(home.path / "state" / "test-results.json", '{"results": "staking: PASS"}')
     result = inv("report")
     assert result.code == 2 and "test-results.json: not the shape this tool writes" in result.err
+
+
+def test_a_report_edited_by_hand_is_never_replaced_without_force(home, inv):
+    first = inv("report", "--date", "2026-11-27", "--notes", "first")
+    assert first.code == 0, first.err
+    out = home.path / "reports" / "weekly-status-2026-11-27.md"
+    again = inv("report", "--date", "2026-11-27", "--notes", "second")
+    assert again.code == 0, "a report the tool wrote itself is simply regenerated"
+    assert "second" in out.read_text()
+    out.write_text(out.read_text() + "\nMy own analysis, typed by hand.\n")
+    edited = out.read_bytes()
+    refused = inv("report", "--date", "2026-11-27", "--notes", "third")
+    assert refused.code == 2 and "Traceback" not in refused.err
+    assert refused.err.startswith(f"error: {out}: exists and was changed since") and "--force" in refused.err
+    assert out.read_bytes() == edited, "the user's edit is kept byte for byte"
+    forced = inv("report", "--date", "2026-11-27", "--notes", "third", "--force")
+    assert forced.code == 0 and "third" in out.read_text() and "My own analysis" not in out.read_text()
+
+
+def test_a_report_file_the_tool_did_not_write_is_not_replaced(home, inv):
+    out = write(home.path / "reports" / "weekly-status-2026-11-27.md", "a report written some other way\n")
+    result = inv("report", "--date", "2026-11-27")
+    assert result.code == 2 and out.read_text() == "a report written some other way\n"
