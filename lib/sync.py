@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 from lib import runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record
 from lib.config import Repo, Workspace
+from lib.gitstatus import confined_to
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -98,11 +99,12 @@ def _git_says(output: str) -> str:
 class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
-    def __init__(self, path: Path, log: BinaryIO, log_path: Path) -> None:
+    def __init__(self, path: Path, log: BinaryIO, log_path: Path, confined: bool = True) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
-        self.env = _env()
+        # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
+        self.env = confined_to(path, _env()) if confined else _env()
         self.step_output_at = 0
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -113,7 +115,8 @@ class _Git:
         result = self.read(*args)
         if result.returncode != 0:
             problem = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-            raise _Stop("failed", f"git {args[0]} failed: {problem}")
+            command = next((a for a in args if not a.startswith("-")), args[0])
+            raise _Stop("failed", f"git {command} failed: {problem}")
         return result.stdout.strip()
 
     def rev(self, name: str) -> str | None:
@@ -154,7 +157,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop("would clone", f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    git = _Git(path.parent, log, log_path)
+    git = _Git(path.parent, log, log_path, confined=False)  # it asks for the work tree around the clone
     result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
