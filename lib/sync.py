@@ -218,21 +218,29 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
-    log_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, str | None] = {}
-    with open(log_path, "wb") as log:
-        log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
-        try:
-            outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
-        except _Stop as stop:
-            outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
-                                  stop.after or state.get("before"), str(log_path),
-                                  checked_out=state.get("checked_out"))
-        except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
-            log.write(f"error: {err}\n".encode())
-            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
-                                  state.get("before"), state.get("before"), str(log_path))
-        log.write(f"outcome: {outcome.line()}\n".encode())
+    outcome: SyncOutcome | None = None
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
+            try:
+                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
+            except _Stop as stop:
+                outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
+                                      stop.after or state.get("before"), str(log_path),
+                                      checked_out=state.get("checked_out"))
+            except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
+                log.write(f"error: {err}\n".encode())
+                outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
+                                      state.get("before"), state.get("before"), str(log_path))
+            log.write(f"outcome: {outcome.line()}\n".encode())
+    except OSError as err:  # the log cannot be written (a full disk, a log dir that is a file): say so
+        problem = f"log {log_path} not written: {err.strerror or err}"
+        if outcome is None:  # nothing ran: the log is opened before any git
+            outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
+        else:  # the outcome stands, read from the repo as always
+            outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 

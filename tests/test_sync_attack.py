@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from tests.sync_fixtures import full_snapshot, ref
 
@@ -43,3 +45,34 @@ def test_a_broken_git_dir_inside_another_repo_is_never_mistaken_for_that_repo(ho
     assert full_snapshot(outer.path) == before, "the enclosing repo was fetched or moved"
     status = json.loads(inv("status", "--json").out)["repos"][0]
     assert status["branch"] is None and "not a git repository" in status["error"], status
+
+
+def test_a_log_dir_that_cannot_be_written_fails_each_repo_in_one_line(home, make_repo, inv, tmp_path, monkeypatch):
+    repo = make_repo("unlogged")
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = full_snapshot(repo.path)
+    home.add(repo)
+    not_a_dir = tmp_path / "logs-is-a-file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("ORCHESTRATOR_LOG_DIR", str(not_a_dir))
+    result = inv("sync-all")
+    assert result.code == 1 and "Traceback" not in result.out + result.err, result.out + result.err
+    o = outcome_of(home, "unlogged")
+    assert o["status"] == "failed" and "log" in o["reason"] and str(not_a_dir) in o["reason"], o
+    assert full_snapshot(repo.path) == before
+
+
+def test_a_full_disk_under_one_log_costs_that_repo_only_and_is_said(home, make_repo, inv, tmp_path):
+    full, fine = make_repo("full"), make_repo("fine")
+    full.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    upstream = fine.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = full_snapshot(full.path)
+    home.add(full, fine)
+    log_dir = Path(os.environ["ORCHESTRATOR_LOG_DIR"])
+    (log_dir / "orchestrator-sync-full.log").symlink_to("/dev/full")  # every write: ENOSPC
+    result = inv("sync-all")
+    assert result.code == 1 and "Traceback" not in result.out + result.err, result.out + result.err
+    o = outcome_of(home, "full")
+    assert o["status"] == "failed" and "No space left on device" in o["reason"], o
+    assert full_snapshot(full.path) == before
+    assert ref(fine.path, "refs/heads/main") == upstream and outcome_of(home, "fine")["status"] == "updated"
