@@ -245,13 +245,22 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     return outcome
 
 
+def _tracking_refspecs(git: _Git, remote: str) -> list[str]:
+    """The remote's configured fetch refspecs that write only into refs/remotes/<remote>/ (and negative ones)."""
+    configured = git.read("config", "--get-all", f"remote.{remote}.fetch").stdout.split()
+    own = f"refs/remotes/{remote}/"
+    return [spec for spec in configured if spec.startswith("^") or spec.partition(":")[2].startswith(own)]
+
+
 def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
-    # The explicit refspec and an empty --refmap ignore configured fetch refspecs (a mirror-style
-    # `+refs/heads/*:refs/heads/*` would force-move local branches): only refs/remotes/<remote>/*
-    # changes, pruned so a deleted upstream branch shows as gone. Tags follow as usual but are never
-    # pruned; submodules are not fetched (their own refspecs could move their branches).
+    # The explicit refspecs and an empty --refmap ignore configured fetch refspecs that write elsewhere
+    # (a mirror-style `+refs/heads/*:refs/heads/*` would force-move local branches): only
+    # refs/remotes/<remote>/* changes, pruned so a deleted upstream branch shows as gone. The configured
+    # ones that write there (pull request refs, say) are fetched too, so the prune keeps what still exists.
+    # Tags follow as usual but are never pruned; submodules are not fetched (their own refspecs could
+    # move their branches).
     result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
-                       f"+refs/heads/*:refs/remotes/{remote}/*"], timeout)
+                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout)
     if result.exit_code != 0:
         raise _Stop("failed", f"fetch failed: {git.failure(result, timeout)}")
 

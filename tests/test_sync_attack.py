@@ -76,3 +76,20 @@ def test_a_full_disk_under_one_log_costs_that_repo_only_and_is_said(home, make_r
     assert o["status"] == "failed" and "No space left on device" in o["reason"], o
     assert full_snapshot(full.path) == before
     assert ref(fine.path, "refs/heads/main") == upstream and outcome_of(home, "fine")["status"] == "updated"
+
+
+def test_configured_tracking_refs_beside_the_branches_survive_the_pruning_fetch(home, make_repo, inv, tmp_path):
+    # GitHub's pull request refs, fetched by the user's own refspec into refs/remotes/origin/pr/*: the
+    # pruning fetch with only the branch refspec deleted them while they still exist upstream.
+    repo = make_repo("reviews")
+    side = repo.commit({"pr.txt": "proposal"}, "a pull request")
+    repo.git("push", "-q", "origin", f"{side}:refs/pull/7/head")
+    repo.git("reset", "-q", "--hard", "HEAD~1")
+    repo.git("config", "--add", "remote.origin.fetch", "+refs/pull/*/head:refs/remotes/origin/pr/*")
+    repo.git("fetch", "-q", "origin")
+    upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    home.add(repo)
+    result = inv("sync-all")
+    assert result.code == 0, result.out + result.err
+    assert ref(repo.path, "refs/remotes/origin/pr/7") == side, "a pull request ref that exists upstream was pruned"
+    assert ref(repo.path, "refs/heads/main") == upstream
