@@ -33,6 +33,8 @@ NO_PROMPT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "SSH_AS
 IN_PROGRESS = (("MERGE_HEAD", "a merge"), ("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or am"),
                ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_LOG", "a bisect"))
 FILES_NAMED = 3  # a refusal names this many of the files git listed
+# What "dirty" means here, whatever status.showUntrackedFiles or a submodule's `ignore` say.
+STATUS = ("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=none")
 
 
 @dataclass
@@ -360,7 +362,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     if ahead:
         raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
     here = seen.checked_out == branch
-    if here and git.out("--no-optional-locks", "status", "--porcelain"):
+    if here and git.out(*STATUS):
         raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
     elsewhere = _branch_in_use_elsewhere(git, branch, seen.git_dir, seen.common_dir)
     if elsewhere:
@@ -404,7 +406,7 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
     branch = local_ref.removeprefix("refs/heads/")
     after = git.rev(local_ref)
-    changed = git.read("--no-optional-locks", "status", "--porcelain").stdout.splitlines() if here else []
+    changed = git.read(*STATUS).stdout.splitlines() if here else []
     lock = git_dir / "index.lock"
     left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
     left += [f"{lock} left behind"] if here and lock.exists() else []

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.sync_fixtures import full_snapshot, ref
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking, ref
 
 
 def outcome_of(home, name: str) -> dict:
@@ -93,3 +93,16 @@ def test_configured_tracking_refs_beside_the_branches_survive_the_pruning_fetch(
     assert result.code == 0, result.out + result.err
     assert ref(repo.path, "refs/remotes/origin/pr/7") == side, "a pull request ref that exists upstream was pruned"
     assert ref(repo.path, "refs/heads/main") == upstream
+
+
+def test_untracked_files_count_as_dirty_whatever_status_showuntrackedfiles_says(home, make_repo, inv, tmp_path):
+    repo = make_repo("quiet")
+    repo.git("config", "status.showUntrackedFiles", "no")
+    (repo.path / "notes.txt").write_text("mine\n")
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = full_snapshot(repo.path)
+    home.add(repo)
+    assert inv("sync-all").code == 0
+    o = outcome_of(home, "quiet")
+    assert (o["status"], o["reason"]) == ("skipped", "dirty: uncommitted changes on main"), o
+    assert outside_remote_tracking(full_snapshot(repo.path)) == outside_remote_tracking(before)
