@@ -345,6 +345,9 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop("skipped", "detached HEAD")
     if seen.tip is None:
         raise _Stop("skipped", f"no local branch {branch!r}")
+    alias = git.read("symbolic-ref", "-q", local_ref).stdout.strip()
+    if alias:  # moving it moves the branch it names, maybe under its own work tree
+        raise _Stop("skipped", f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
     if upstream is None:
         raise _Stop("skipped", f"{branch} has no upstream")
     remote, upstream_branch = upstream

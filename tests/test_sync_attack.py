@@ -139,3 +139,19 @@ def test_ctrl_c_prints_and_records_what_each_started_repo_really_did(home, make_
     assert "interrupted" in out and "quick" in out.split("interrupted")[-1], out
     assert ref(quick.path, "refs/heads/main") != quick_up, "a repo was started after Ctrl-C"
     assert "quick" not in {r["repo"] for r in home.state("sync-results.json")["results"]}
+
+
+def test_a_default_branch_that_is_an_alias_of_the_checked_out_branch_is_skipped(home, make_repo, inv, tmp_path):
+    # `master` kept as a symbolic ref to `main` after a rename: update-ref on master moved main under its
+    # own work tree (reported "work tree on main untouched"), leaving upstream's commits staged as reverted.
+    repo = make_repo("renamed")
+    repo.git("symbolic-ref", "refs/heads/master", "refs/heads/main")
+    repo.git("config", "branch.master.remote", "origin")
+    repo.git("config", "branch.master.merge", "refs/heads/main")
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = full_snapshot(repo.path)
+    home.add(repo, default_branch="master")
+    assert inv("sync-all").code == 0
+    o = outcome_of(home, "renamed")
+    assert o["status"] == "skipped" and "symbolic ref to refs/heads/main" in o["reason"], o
+    assert outside_remote_tracking(full_snapshot(repo.path)) == outside_remote_tracking(before)
