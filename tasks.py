@@ -280,8 +280,8 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise _fail(err) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
-    if report.interrupted or report.failing:
-        raise Exit(code=130 if report.interrupted else 1)
+    if report.failing:
+        raise Exit(code=1)
 
 
 namespace = Collection(status, scan, build, test, test_all, sync_all, workflow, workflow_all)

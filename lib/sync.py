@@ -12,7 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from time import monotonic
@@ -232,10 +232,6 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
                                       checked_out=state.get("checked_out"))
-            except runner.Interrupted:  # Ctrl-C before this repo's next step: only tracking refs may have moved
-                outcome = SyncOutcome(repo.name, "skipped", "interrupted (Ctrl-C) before the next step",
-                                      repo.default_branch, state.get("before"), state.get("before"), str(log_path),
-                                      checked_out=state.get("checked_out"))
             except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
                 log.write(f"error: {err}\n".encode())
                 outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
@@ -430,30 +426,12 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     return "failed", f"fast-forward interrupted ({problem}): {'; '.join([where, *left])}: check `git status` there"
 
 
-class SyncInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the outcomes of the repos that had started, each read back from its repo, in config order."""
-
-    def __init__(self, outcomes: list[SyncOutcome]) -> None:
-        super().__init__()
-        self.outcomes = outcomes
-
-
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
              on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
-    finished: list[SyncOutcome] = []  # kept by the workers themselves: a Ctrl-C loses none of them
-
-    def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run))
-        return finished[-1]
-
-    try:
-        return runner.run_each(repos, work, net_jobs, on_start, on_done)
-    except KeyboardInterrupt:
-        # run_each killed the running steps and waited for their repos to read back what happened.
-        order = {repo.name: index for index, repo in enumerate(repos)}
-        raise SyncInterrupted(sorted(finished, key=lambda o: order[o.repo])) from None
+    return runner.run_each(repos, lambda repo: sync_repo(repo, log_dir, timeout, clone_missing, dry_run),
+                           net_jobs, on_start, on_done)
 
 
 def _summary(results: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -470,8 +448,6 @@ class SyncReport:
     outcomes: list[SyncOutcome]
     duration_s: float
     state_file: Path | None
-    not_started: list[str] = field(default_factory=list)  # with Ctrl-C: the repos it stopped before
-    interrupted: bool = False
 
     @property
     def failing(self) -> list[SyncOutcome]:
@@ -482,9 +458,6 @@ class SyncReport:
         unfetched = sum(1 for o in self.outcomes if (o.reason or "").startswith("fetch failed"))
         if unfetched:
             parts += f" ({unfetched} could not be fetched: see their logs)"
-        if self.interrupted:
-            parts += f"; interrupted (Ctrl-C): {len(self.not_started)} not started"
-            parts += f" ({', '.join(self.not_started)})" if self.not_started else ""
         return f"synced {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
 
 
@@ -499,19 +472,13 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
     started = monotonic()
     repos = workspace.select(tags=tags)
-    interrupted = False
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
         with Progress("syncing", len(repos)) as progress:
-            try:
-                outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name),
-                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
-            except SyncInterrupted as stop:  # what did happen is shown and recorded like any run's
-                outcomes, interrupted = stop.outcomes, True
-        synced = {o.repo for o in outcomes}
-        not_started = [r.name for r in repos if r.name not in synced]
+            outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
+                                on_start=lambda repo: progress.start(repo.name),
+                                on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
         if dry_run:
-            return SyncReport(outcomes, monotonic() - started, None, not_started, interrupted)
+            return SyncReport(outcomes, monotonic() - started, None)
         save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
         scan_and_save(paths, tags=None)
-    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, not_started, interrupted)
+    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
-    return 130 if report.interrupted else 1 if report.failing else 0
+    return 1 if report.failing else 0
 
 
 if __name__ == "__main__":
