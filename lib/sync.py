@@ -7,6 +7,7 @@ removed, and every outcome is read back from the repo, never assumed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -215,6 +216,20 @@ def _log_name(repo: Repo, dry_run: bool) -> str:
     return f"orchestrator-sync-{repo.name}{'.dry-run' if dry_run else ''}.log"
 
 
+def _open_log(path: Path) -> BinaryIO:
+    """Open a log to write, never through a symlink and never waiting on a FIFO found at its path.
+
+    The default log dir is the shared temp dir: another user can plant either there.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        why = {errno.ELOOP: "it is a symlink (not followed)", errno.ENXIO: "it is a FIFO nobody reads"}.get(err.errno)
+        raise OSError(err.errno, why) if why else err from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")
+
+
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
@@ -224,7 +239,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     outcome: SyncOutcome | None = None
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log:
+        with _open_log(log_path) as log:
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
                 outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.sync_fixtures import full_snapshot, outside_remote_tracking, ref
+import pytest
+
+from tests.conftest import ROOT
+from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking, ref
 
 
 def outcome_of(home, name: str) -> dict:
@@ -62,20 +69,45 @@ def test_a_log_dir_that_cannot_be_written_fails_each_repo_in_one_line(home, make
     assert full_snapshot(repo.path) == before
 
 
-def test_a_full_disk_under_one_log_costs_that_repo_only_and_is_said(home, make_repo, inv, tmp_path):
-    full, fine = make_repo("full"), make_repo("fine")
-    full.push_from_elsewhere(tmp_path, {"new.txt": "1"})
-    upstream = fine.push_from_elsewhere(tmp_path, {"new.txt": "1"})
-    before = full_snapshot(full.path)
-    home.add(full, fine)
-    log_dir = Path(os.environ["ORCHESTRATOR_LOG_DIR"])
-    (log_dir / "orchestrator-sync-full.log").symlink_to("/dev/full")  # every write: ENOSPC
+def test_a_log_that_fills_the_disk_keeps_the_outcome_read_from_the_repo(home, make_repo, tmp_path):
+    # A hook's output fills the log to the file size limit (as a full disk would): the fast-forward
+    # happened, so the repo is `updated`, with the lost log said, never a traceback.
+    repo = make_repo("noisy")
+    add_hook(repo.path, "post-merge", "head -c 40000 /dev/zero | tr '\\0' x")
+    upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    home.add(repo)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                            capture_output=True, text=True, preexec_fn=small_files, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert ref(repo.path, "refs/heads/main") == upstream
+    o = outcome_of(home, "noisy")
+    assert o["status"] == "updated" and "not written: File too large" in o["reason"], o
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_file_planted_at_a_log_path_in_the_shared_temp_dir_is_neither_followed_nor_waited_on(
+        home, make_repo, inv, tmp_path, planted):
+    # The default log dir is the shared temp dir: another user can plant a symlink to one of your files
+    # (the sync overwrote it with its log) or a FIFO (the sync waited forever for a reader).
+    repo = make_repo("planted")
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    before = full_snapshot(repo.path)
+    home.add(repo)
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-sync-planted.log"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("your work\n")
+    log.symlink_to(precious) if planted == "symlink" else os.mkfifo(log)
     result = inv("sync-all")
-    assert result.code == 1 and "Traceback" not in result.out + result.err, result.out + result.err
-    o = outcome_of(home, "full")
-    assert o["status"] == "failed" and "No space left on device" in o["reason"], o
-    assert full_snapshot(full.path) == before
-    assert ref(fine.path, "refs/heads/main") == upstream and outcome_of(home, "fine")["status"] == "updated"
+    assert result.code == 1, result.out + result.err
+    assert precious.read_text() == "your work\n"
+    o = outcome_of(home, "planted")
+    assert o["status"] == "failed" and f"log {log} not written: it is a {planted}" in o["reason"].replace("FIFO", "fifo"), o
+    assert full_snapshot(repo.path) == before
 
 
 def test_configured_tracking_refs_beside_the_branches_survive_the_pruning_fetch(home, make_repo, inv, tmp_path):
