@@ -31,6 +31,10 @@ REPO_LOCAL_GIT_VARS = (
     "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE", "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE",
     "GIT_INDEX_FILE", "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
     "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+    # Not listed by git, but set for a server's hooks: they change which refs (a namespace
+    # hides the remote's branches, so a pruning fetch deletes every tracking ref) and
+    # which objects a git sees.
+    "GIT_NAMESPACE", "GIT_QUARANTINE_PATH",
 )
 
 
@@ -41,6 +45,15 @@ def without_repo_local_git_vars(env: Mapping[str, str]) -> dict[str, str]:
 
 def git_env() -> dict[str, str]:
     return {**without_repo_local_git_vars(os.environ), **GIT_ENV_OVERRIDES}
+
+
+def confined_to(path: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for git run in `path` only: git never walks up from it to an enclosing repo.
+
+    A `.git` that is no repository (an empty directory, say) would otherwise make git
+    use the repo around `path`, and report or move that one.
+    """
+    return {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(os.path.realpath(path))}
 
 
 def default_jobs() -> int:
@@ -293,6 +306,7 @@ def repo_status(repo: Repo, git: str, env: dict[str, str],
     if not (path / ".git").exists():
         status.error = "not a git repository (no .git)"
         return status
+    env = confined_to(path, env)
     result = _git(git, env, str(path), *STATUS_ARGS)
     if result.returncode != 0:
         status.error = _first_error_line(result.stderr)

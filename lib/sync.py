@@ -7,6 +7,7 @@ removed, and every outcome is read back from the repo, never assumed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -21,6 +22,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 from lib import runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record
 from lib.config import Repo, Workspace
+from lib.gitstatus import confined_to
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -32,6 +34,8 @@ NO_PROMPT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "SSH_AS
 IN_PROGRESS = (("MERGE_HEAD", "a merge"), ("rebase-merge", "a rebase"), ("rebase-apply", "a rebase or am"),
                ("CHERRY_PICK_HEAD", "a cherry-pick"), ("REVERT_HEAD", "a revert"), ("BISECT_LOG", "a bisect"))
 FILES_NAMED = 3  # a refusal names this many of the files git listed
+# What "dirty" means here, whatever status.showUntrackedFiles or a submodule's `ignore` say.
+STATUS = ("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=none")
 
 
 @dataclass
@@ -98,11 +102,12 @@ def _git_says(output: str) -> str:
 class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
-    def __init__(self, path: Path, log: BinaryIO, log_path: Path) -> None:
+    def __init__(self, path: Path, log: BinaryIO, log_path: Path, confined: bool = True) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
-        self.env = _env()
+        # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
+        self.env = confined_to(path, _env()) if confined else _env()
         self.step_output_at = 0
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -113,7 +118,8 @@ class _Git:
         result = self.read(*args)
         if result.returncode != 0:
             problem = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
-            raise _Stop("failed", f"git {args[0]} failed: {problem}")
+            command = next((a for a in args if not a.startswith("-")), args[0])
+            raise _Stop("failed", f"git {command} failed: {problem}")
         return result.stdout.strip()
 
     def rev(self, name: str) -> str | None:
@@ -154,7 +160,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop("would clone", f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    git = _Git(path.parent, log, log_path)
+    git = _Git(path.parent, log, log_path, confined=False)  # it asks for the work tree around the clone
     result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
@@ -210,37 +216,68 @@ def _log_name(repo: Repo, dry_run: bool) -> str:
     return f"orchestrator-sync-{repo.name}{'.dry-run' if dry_run else ''}.log"
 
 
+def _open_log(path: Path) -> BinaryIO:
+    """Open a log to write, never through a symlink and never waiting on a FIFO found at its path.
+
+    The default log dir is the shared temp dir: another user can plant either there.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        why = {errno.ELOOP: "it is a symlink (not followed)", errno.ENXIO: "it is a FIFO nobody reads"}.get(err.errno)
+        raise OSError(err.errno, why) if why else err from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "wb")
+
+
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
-    log_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, str | None] = {}
-    with open(log_path, "wb") as log:
-        log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
-        try:
-            outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
-        except _Stop as stop:
-            outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
-                                  stop.after or state.get("before"), str(log_path),
-                                  checked_out=state.get("checked_out"))
-        except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
-            log.write(f"error: {err}\n".encode())
-            outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
-                                  state.get("before"), state.get("before"), str(log_path))
-        log.write(f"outcome: {outcome.line()}\n".encode())
+    outcome: SyncOutcome | None = None
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with _open_log(log_path) as log:
+            log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
+            try:
+                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
+            except _Stop as stop:
+                outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
+                                      stop.after or state.get("before"), str(log_path),
+                                      checked_out=state.get("checked_out"))
+            except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
+                log.write(f"error: {err}\n".encode())
+                outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
+                                      state.get("before"), state.get("before"), str(log_path))
+            log.write(f"outcome: {outcome.line()}\n".encode())
+    except OSError as err:  # the log cannot be written (a full disk, a log dir that is a file): say so
+        problem = f"log {log_path} not written: {err.strerror or err}"
+        if outcome is None:  # nothing ran: the log is opened before any git
+            outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
+        else:  # the outcome stands, read from the repo as always
+            outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
 
+def _tracking_refspecs(git: _Git, remote: str) -> list[str]:
+    """The remote's configured fetch refspecs that write only into refs/remotes/<remote>/ (and negative ones)."""
+    configured = git.read("config", "--get-all", f"remote.{remote}.fetch").stdout.split()
+    own = f"refs/remotes/{remote}/"
+    return [spec for spec in configured if spec.startswith("^") or spec.partition(":")[2].startswith(own)]
+
+
 def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
-    # The explicit refspec and an empty --refmap ignore configured fetch refspecs (a mirror-style
-    # `+refs/heads/*:refs/heads/*` would force-move local branches): only refs/remotes/<remote>/*
-    # changes, pruned so a deleted upstream branch shows as gone. Tags follow as usual but are never
-    # pruned; submodules are not fetched (their own refspecs could move their branches).
+    # The explicit refspecs and an empty --refmap ignore configured fetch refspecs that write elsewhere
+    # (a mirror-style `+refs/heads/*:refs/heads/*` would force-move local branches): only
+    # refs/remotes/<remote>/* changes, pruned so a deleted upstream branch shows as gone. The configured
+    # ones that write there (pull request refs, say) are fetched too, so the prune keeps what still exists.
+    # Tags follow as usual but are never pruned; submodules are not fetched (their own refspecs could
+    # move their branches).
     result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
-                       f"+refs/heads/*:refs/remotes/{remote}/*"], timeout)
+                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout)
     if result.exit_code != 0:
         raise _Stop("failed", f"fetch failed: {git.failure(result, timeout)}")
 
@@ -319,6 +356,9 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop("skipped", "detached HEAD")
     if seen.tip is None:
         raise _Stop("skipped", f"no local branch {branch!r}")
+    alias = git.read("symbolic-ref", "-q", local_ref).stdout.strip()
+    if alias:  # moving it moves the branch it names, maybe under its own work tree
+        raise _Stop("skipped", f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
     if upstream is None:
         raise _Stop("skipped", f"{branch} has no upstream")
     remote, upstream_branch = upstream
@@ -340,7 +380,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     if ahead:
         raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
     here = seen.checked_out == branch
-    if here and git.out("--no-optional-locks", "status", "--porcelain"):
+    if here and git.out(*STATUS):
         raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
     elsewhere = _branch_in_use_elsewhere(git, branch, seen.git_dir, seen.common_dir)
     if elsewhere:
@@ -384,7 +424,7 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
     branch = local_ref.removeprefix("refs/heads/")
     after = git.rev(local_ref)
-    changed = git.read("--no-optional-locks", "status", "--porcelain").stdout.splitlines() if here else []
+    changed = git.read(*STATUS).stdout.splitlines() if here else []
     lock = git_dir / "index.lock"
     left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
     left += [f"{lock} left behind"] if here and lock.exists() else []
