@@ -445,8 +445,22 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
              on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
-    return runner.run_each(repos, lambda repo: sync_repo(repo, log_dir, timeout, clone_missing, dry_run),
-                           net_jobs, on_start, on_done)
+    finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
+
+    def work(repo: Repo) -> SyncOutcome:
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run))
+        return finished[-1]
+
+    try:
+        return runner.run_each(repos, work, net_jobs, on_start, on_done)
+    except runner.RunInterrupted as stop:
+        # run_each took its results before killing the running steps: a repo whose branch a killed
+        # fast-forward had already moved (read back from the repo since) is recorded too.
+        recorded = {o.repo for o in stop.results}
+        moved = [o for o in finished if o.repo not in recorded and o.after != o.before]
+        order = {repo.name: index for index, repo in enumerate(repos)}
+        stop.results = sorted([*stop.results, *moved], key=lambda o: order[o.repo])
+        raise
 
 
 def _summary(results: Sequence[dict[str, Any]]) -> dict[str, int]:

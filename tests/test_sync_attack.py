@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking, ref
+from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking, ref, wait_for_file
 
 
 def outcome_of(home, name: str) -> dict:
@@ -154,3 +154,29 @@ def test_a_default_branch_that_is_an_alias_of_the_checked_out_branch_is_skipped(
     o = outcome_of(home, "renamed")
     assert o["status"] == "skipped" and "symbolic ref to refs/heads/main" in o["reason"], o
     assert outside_remote_tracking(full_snapshot(repo.path)) == outside_remote_tracking(before)
+
+
+def test_ctrl_c_records_what_each_started_repo_really_did(home, make_repo, tmp_path):
+    # Ctrl-C while a post-merge hook runs: run_each took its results before killing the hook, so the
+    # repo it had just fast-forwarded was missing from state/sync-results.json (no state file at all here).
+    slow, quick = make_repo("slow"), make_repo("quick")
+    add_hook(slow.path, "post-merge", f"echo $$ > {tmp_path / 'hook.pid'}; sleep 30")
+    slow_up = slow.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    quick_up = quick.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    home.add(slow, quick)
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), "--net-jobs", "1"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(tmp_path / "hook.pid")
+        sync.send_signal(signal.SIGINT)
+        out, _ = sync.communicate(timeout=60)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.communicate()
+    assert sync.returncode == 130 and "Traceback" not in out, out
+    assert ref(slow.path, "refs/heads/main") == slow_up
+    o = outcome_of(home, "slow")
+    assert o["status"] == "updated" and o["after"] == slow_up and "killed" in o["reason"], o
+    assert ref(quick.path, "refs/heads/main") != quick_up, "a repo was started after Ctrl-C"
+    assert "quick" not in {r["repo"] for r in home.state("sync-results.json")["results"]}
