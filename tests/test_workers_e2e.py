@@ -53,3 +53,132 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
     for entry in journal:
         snapshots, state, settings, actions = cycle_from_json(entry)
         assert decide(snapshots, state, settings) == actions
+
+
+def _monitor_process(extra_env: dict[str, str] | None = None):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "0.2", "--no-delay"],
+                            cwd=ROOT / "scripts" / "proof-workers", env=monitor_env(extra_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_of_the_monitor_mid_run_then_a_new_monitor_finishes_without_losing_or_repeating_work(
+        project, tmp_path):
+    """The monitor dies hard after the first push; a second one reconciles and completes every issue:
+    no issue lost, no stage run twice, nothing pushed twice. An inherited GIT_DIR misleads none of it."""
+    import os
+    import signal
+
+    from conftest import git
+
+    proj = project([{"number": n, "title": f"issue {n}", "wave": 1 if n < 3 else 2} for n in (1, 2, 3)],
+                   script={n: ["slow"] * 3 for n in (1, 2, 3)})
+    decoy = tmp_path / "decoy"
+    git(tmp_path, "init", "-q", str(decoy))
+    first = _monitor_process({"GIT_DIR": str(decoy / ".git"), "GIT_WORK_TREE": str(decoy)})
+    try:
+        retry_until(lambda: any(e["action"] == "push" for e in proj.events()), seconds=30)
+        second = _monitor_process()
+        out, err = second.communicate(timeout=30)
+        assert second.returncode == 2 and "another monitor is running for demo" in err, err
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.kill()
+        first.communicate()
+    resumed = _monitor_process({"GIT_DIR": str(decoy / ".git")})
+    out, err = resumed.communicate(timeout=90)
+    assert resumed.returncode == 0, err
+    assert all(i["status"] == "completed" for i in proj.doc()["issues"])
+    events = proj.events()
+    for n in (1, 2, 3):
+        assert proj.remote_commits(f"feature/issue-{n}") == [f"review #{n}", f"write_tests #{n}", f"implement #{n}"]
+        assert (proj.script.parent / "runs" / f"{n}.count").read_text() == "3"
+        assert sum(1 for e in events if e.get("new_issue") == n and e["action"] == "reassign") == 1
+        assert sum(1 for e in events if e["action"] == "mark_complete" and e["issue"] == n) == 1
+    assert not list(decoy.glob("*.txt"))
+
+
+def test_launch_creates_the_session_and_its_monitor_runs_every_issue_to_completion(project, tmux_socket):
+    """launch: windows orchestrator, worker-1..N, dashboard; the monitor in window 0 finishes the run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two", "depends_on": [1]}],
+                   pipeline=["implement"])
+    package = ROOT / "scripts" / "proof-workers"
+    dry = subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--dry-run", "--json"], cwd=package,
+                         env=monitor_env(), capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["windows"] == ["orchestrator", "worker-1", "worker-2", "dashboard"]
+    assert plan["assignments"] == [{"worker": 1, "issue": 1, "project": "demo", "title": "one",
+                                    "branch": "feature/issue-1", "worktree": str(proj.root / "worktrees" / "issue-1")}]
+    assert not (proj.root / "worktrees").exists() and not tmux_socket.sessions
+    launched = subprocess.run([sys.executable, "-m", "orchestrator", "launch"], cwd=package, env=monitor_env(),
+                              capture_output=True, text=True, timeout=60)
+    assert launched.returncode == 0, launched.stderr
+    assert [w.window_name for w in tmux_socket.sessions.get(session_name="proof-test").windows] == plan["windows"]
+    retry_until(lambda: any(e["action"] == "shutdown" for e in proj.events()), seconds=60)
+    status = subprocess.run([sys.executable, "-m", "orchestrator", "status", "--json"], cwd=package,
+                            env=monitor_env(), capture_output=True, text=True, timeout=60)
+    doc = json.loads(status.stdout)
+    assert [i["state"] for i in doc["projects"][0]["issues"]] == ["completed", "completed"] and doc["done"]
+    again = subprocess.run([sys.executable, "-m", "orchestrator", "launch"], cwd=package, env=monitor_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_unverified_stages_never_complete_and_a_failed_push_is_retried_before_completion(project, tmp_path):
+    """exit 0 without a commit fails the try (then the issue); uncommitted edits get one restart told to
+    commit; an agent whose wrapper vanishes is restarted; a rejected push is shown and retried, and the
+    issue completes only after it lands. Repository hooks never run for the orchestrator's git calls."""
+    import threading
+
+    from conftest import git
+
+    proj = project([{"number": n, "title": f"issue {n}"} for n in (1, 2, 3, 4)],
+                   script={1: ["nocommit", "nocommit"], 2: ["dirty", "ok"], 3: ["vanish", "ok"]},
+                   pipeline=["implement"], max_retries=1, num_workers=2)
+    marker = tmp_path / "hook-ran"
+    for hook in ("pre-push", "post-checkout"):  # hooks only our git calls would fire
+        path = proj.repo / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+        path.chmod(0o755)
+    gate = tmp_path / "reject-pushes"
+    gate.write_text("closed")
+    hook = proj.remote / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nif [ -e {gate} ]; then echo 'remote says no' >&2; exit 1; fi\n")
+    hook.chmod(0o755)
+    run = open_run()
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(monitor(run, cycle=0.2, no_delay=True,
+                                                                   say=lambda _: None)))
+    worker.start()
+    try:
+        failed_push = retry_until(lambda: next((e for e in proj.events() if e["action"] == "push_failed"), None),
+                                  seconds=30)
+        assert "remote says no" in failed_push["error"]
+        assert proj.issue(failed_push["issue"]).get("status") != "completed"
+        retry_until(lambda: sum(1 for e in proj.events() if e["action"] == "push_failed") >= 2, seconds=30)
+        assert not any(e["action"] == "mark_complete" for e in proj.events())
+    finally:
+        gate.unlink()
+        worker.join(timeout=60)
+    assert result == [1]
+    statuses = {i["number"]: i["status"] for i in proj.doc()["issues"]}
+    assert statuses == {1: "failed", 2: "completed", 3: "completed", 4: "completed"}
+    assert "exit 0 without a new commit" in next(e for e in proj.events() if e["action"] == "skip")["reason"]
+    assert "COMMIT them" in proj.prompts(2)[1]
+    assert "agent gone without an exit code" in proj.prompts(3)[1]
+    assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
+    for n in (2, 3, 4):
+        assert proj.remote_commits(f"feature/issue-{n}") == [f"implement #{n}"]
+    assert not marker.exists(), marker.read_text()

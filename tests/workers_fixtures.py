@@ -56,7 +56,10 @@ if behaviour == "dirty":
     Path(f"work-{number}.txt").open("a").write(f"{stage} (uncommitted)\n")
     sys.exit(0)
 if behaviour == "vanish":
-    os.kill(os.getppid(), signal.SIGKILL)  # the wrapper dies: no exit code is ever written
+    pid = os.getppid()  # find the wrapper among our ancestors and kill it: no exit code is ever written
+    while b"wrapper.py" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(pid, signal.SIGKILL)
     sys.exit(0)
 if behaviour == "slow":
     time.sleep(0.8)

@@ -45,7 +45,8 @@ def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TI
     except (FileNotFoundError, NotADirectoryError):
         raise GitFailed(f"git {' '.join(args)}: directory {cwd} does not exist") from None
     if check and result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip() and not line.startswith("hint:")]
+        detail = " / ".join(lines)[-400:] or "failed"
         raise GitFailed(f"git {' '.join(args)} in {cwd}: {detail}")
     return result.stdout if check or result.returncode == 0 else ""
 
