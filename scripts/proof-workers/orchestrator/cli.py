@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="one report of workers and issues")
     _with_config(status)
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    clean = verbs.add_parser("cleanup", help="kill the session and agents; remove worktrees that are clean and pushed")
+    _with_config(clean)
+    clean.add_argument("--keep-worktrees", action="store_true", help="kill the session only")
+    clean.add_argument("--force", action="store_true",
+                       help="also remove worktrees with unsaved work, after saving it on a backup ref")
+    clean.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    dash = verbs.add_parser("dashboard", help="live read-only view of workers and issues (Ctrl-C quits)")
+    _with_config(dash)
+    dash.add_argument("--interval", type=_seconds, default=2.0, help="seconds between redraws")
+    dash.add_argument("--once", action="store_true", help="draw one frame and exit")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
     add.add_argument("number", type=_count)
     add.add_argument("--title", required=True)
@@ -129,8 +139,45 @@ def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator.cleanup import cleanup, report_lines
+    from orchestrator.run import open_run
+
+    report = cleanup(open_run(args.config, args.config_dir, args.workers, args.session), args.keep_worktrees,
+                     args.force)
+    if args.json:
+        out(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in report_lines(report):
+            out(line)
+    return 1 if report.refused else 0
+
+
+def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from rich.console import Console
+
+    from orchestrator.dashboard import render, run_dashboard
+    from orchestrator.report import status_document
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+
+    def load() -> dict:
+        try:
+            run.reload()
+        except OrchestratorError:
+            pass  # mid-edit: show the last good config
+        return status_document(run)
+
+    if args.once:
+        Console().print(render(load()))
+    else:
+        run_dashboard(load, max(args.interval, 0.2))
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
-    "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue,
+    "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
 }
 
 

@@ -36,10 +36,11 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
+def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S,
+        env: dict[str, str] | None = None) -> str:
     try:
         result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True,
-                                env=clean_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+                                env=clean_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git {' '.join(args)} in {cwd}: timed out after {timeout:.0f}s") from None
     except (FileNotFoundError, NotADirectoryError):
