@@ -146,3 +146,14 @@ def test_agent_command_values_are_shell_quoted():
     line = render_agent_command("agent --prompt {{prompt_file}} --dir={{worktree}}",
                                 {"prompt_file": nasty, "worktree": "a b"})
     assert shlex.split(line) == ["agent", "--prompt", nasty, "--dir=a b"]
+
+
+def test_launch_dry_run_checks_the_repository_and_changes_nothing(tmp_path):
+    path = write(tmp_path, {**ORIGINAL, "repo_path": str(tmp_path / "missing")})
+    result = cli("launch", "--dry-run", "--config", str(path), home=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr and len(result.stderr.splitlines()) == 1
+    (tmp_path / "plain").mkdir()
+    path = write(tmp_path, {**ORIGINAL, "repo_path": str(tmp_path / "plain")})
+    result = cli("launch", "--dry-run", "--config", str(path), home=tmp_path)
+    assert result.returncode == 2 and "is not a git repository" in result.stderr
+    assert not (tmp_path / "state").exists()

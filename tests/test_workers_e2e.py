@@ -182,3 +182,33 @@ def test_unverified_stages_never_complete_and_a_failed_push_is_retried_before_co
     for n in (2, 3, 4):
         assert proj.remote_commits(f"feature/issue-{n}") == [f"implement #{n}"]
     assert not marker.exists(), marker.read_text()
+
+
+def test_config_dir_free_workers_take_the_best_issue_across_projects(project, make_repo, home):
+    """--config-dir loads every *-issues.json; each issue runs in its own project's repo and status lands
+    in its own file."""
+    proj = project([{"number": 1, "title": "alpha one", "priority": 2}], pipeline=["implement"])
+    other = make_repo("other")
+    lead = proj.doc()
+    second = {**lead, "project": "beta", "repo_path": str(other.path),
+              "worktree_base": str(proj.root / "beta-worktrees"), "branch_prefix": "beta-",
+              "issues": [{"number": 1, "title": "beta one", "priority": 1},
+                         {"number": 2, "title": "beta two", "priority": 3, "depends_on": [1]}]}
+    (proj.config.parent / "beta-issues.json").write_text(json.dumps(second))
+    proj.config.rename(proj.config.parent / "alpha-issues.json")
+    run = open_run(config_dir=proj.config.parent)
+    assert [c.project for c in run.configs] == ["demo", "beta"]
+
+    assert monitor(run, cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    alpha = json.loads((proj.config.parent / "alpha-issues.json").read_text())
+    beta = json.loads((proj.config.parent / "beta-issues.json").read_text())
+    assert [i["status"] for i in alpha["issues"]] == ["completed"]
+    assert [i["status"] for i in beta["issues"]] == ["completed", "completed"]
+    from conftest import git
+
+    assert git(other.remote, "log", "--format=%s", "main..refs/heads/beta-2") == "implement #2"
+    assert git(proj.remote, "log", "--format=%s", "main..refs/heads/feature/issue-1") == "implement #1"
+    events = [e["event"] for e in read_lines(proj.home / "state" / "demo" / "orchestrator-log.jsonl")]
+    first = [e for e in events if e["action"] == "reassign"][:2]
+    assert [(e["project"], e["new_issue"]) for e in first] == [("beta", 1), ("demo", 1)]

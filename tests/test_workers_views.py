@@ -48,3 +48,20 @@ def test_status_shows_blocked_waiting_and_next_eligible_and_the_dashboard_draws_
     assert len(calls) == 4 and "worker-2" in frames.getvalue()
     once = orchestrator("dashboard", "--once")
     assert once.returncode == 0 and "not markup" in once.stdout
+
+
+def test_inv_workers_tasks_call_the_same_code(project, inv):
+    proj = project([{"number": 1, "title": "one"}])
+    result = inv("workers.add-issue", "7", "--title", "from inv; $(x)", "--priority", "3", "--depends-on", "1")
+    assert result.code == 0, result.err
+    assert proj.issue(7) == {"number": 7, "title": "from inv; $(x)", "priority": 3, "depends_on": [1], "wave": 1,
+                             "status": "pending", "assigned_worker": None}
+    again = inv("workers.add-issue", "7", "--title", "dup")
+    assert again.code == 2 and "issue #7 already exists" in again.err
+    plan = inv("workers.launch", "--dry-run", "--json", "--workers", "3")
+    assert plan.code == 0, plan.err
+    assert json.loads(plan.out)["windows"] == ["orchestrator", "worker-1", "worker-2", "worker-3", "dashboard"]
+    status = inv("workers.status", "--json")
+    assert [i["number"] for i in json.loads(status.out)["projects"][0]["issues"]] == [1, 7]
+    bad = inv("workers.monitor", "--cycle", "soon")
+    assert bad.code == 2 and bad.err.startswith("error: expected")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.errors import OrchestratorError
+from lib.errors import ConfigError, OrchestratorError
 from lib.paths import Paths
 from orchestrator import tmux, worktrees
 from orchestrator.act import worker_window
@@ -52,8 +52,29 @@ class LaunchPlan:
         return out
 
 
+def check_repos(run: Run) -> None:
+    """Every repo is a git repository with an origin that has its default branch (read-only checks)."""
+    problems = []
+    for cfg in run.configs:
+        for name, repo in cfg.repos.items():
+            field = f"repo {name}"
+            if not repo.path.is_dir():
+                problems.append(f"{cfg.path}: {field}: {repo.path} does not exist")
+            elif not worktrees.ok(repo.path, "rev-parse", "--git-dir"):
+                problems.append(f"{cfg.path}: {field}: {repo.path} is not a git repository")
+            elif not worktrees.ok(repo.path, "rev-parse", "--verify", "-q",
+                                  f"refs/remotes/origin/{repo.default_branch}"):
+                problems.append(f"{cfg.path}: default_branch: origin/{repo.default_branch} not found in {repo.path} "
+                                "(add the origin remote and fetch)")
+            elif worktrees.inside(repo.path, repo.worktree_base) or repo.path.resolve() == repo.worktree_base.resolve():
+                problems.append(f"{cfg.path}: worktree_base: {repo.worktree_base} holds the repository itself")
+    if problems:
+        raise ConfigError(problems)
+
+
 def plan_launch(run: Run) -> LaunchPlan:
     """What launch would do, computed by the same decide the monitor runs (nothing is changed)."""
+    check_repos(run)
     records = run.files.load_workers(run.num_workers)
     state = State(worker_views(records), issue_views(run, records))
     assignments = []
