@@ -11,7 +11,7 @@ REPO    ?=
 # Commands run by the targets (and the repos' own tests) see the venv first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test status scan build test-repo test-all sync-all clean
+.PHONY: setup demo demo-workers test status scan build test-repo test-all sync-all clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,23 @@ demo: setup
 	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) test-all || [ $$? -eq 1 ]
 	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv sync-all --dry-run'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) sync-all --dry-run
+
+# Proof workers on a demo project with a scripted agent, on a private tmux socket:
+# launch, wait for the run to finish, show status, clean up (worktrees are pushed, so removed).
+WORKERS_DEMO_DIR ?= demo-workers
+WORKERS_DEMO_HOME = $(abspath $(WORKERS_DEMO_DIR))/home
+ORCHESTRATOR_TMUX_SOCKET ?= orchestrator-demo
+WORKERS = cd scripts/proof-workers && ORCHESTRATOR_HOME=$(WORKERS_DEMO_HOME) ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(abspath $(PY)) -m orchestrator
+
+demo-workers: setup
+	$(PY) scripts/make_workers_demo.py $(WORKERS_DEMO_DIR)
+	@echo; echo '$$ python3 -m orchestrator launch    # attach: tmux -L $(ORCHESTRATOR_TMUX_SOCKET) attach -t proof-demo'
+	$(WORKERS) launch
+	$(PY) scripts/make_workers_demo.py --wait 120 $(WORKERS_DEMO_DIR) || { $(WORKERS) status; $(WORKERS) cleanup --keep-worktrees; exit 1; }
+	@echo; echo '$$ python3 -m orchestrator status'
+	$(WORKERS) status
+	@echo; echo '$$ python3 -m orchestrator cleanup'
+	$(WORKERS) cleanup
 
 test: setup
 	$(PY) -m pytest -q
@@ -56,4 +73,4 @@ sync-all: setup
 	$(INV) sync-all
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(WORKERS_DEMO_DIR) .pytest_cache

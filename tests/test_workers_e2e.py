@@ -212,3 +212,19 @@ def test_config_dir_free_workers_take_the_best_issue_across_projects(project, ma
     events = [e["event"] for e in read_lines(proj.home / "state" / "demo" / "orchestrator-log.jsonl")]
     first = [e for e in events if e["action"] == "reassign"][:2]
     assert [(e["project"], e["new_issue"]) for e in first] == [("beta", 1), ("demo", 1)]
+
+
+def test_make_demo_workers_runs_the_demo_to_completion(tmp_path, tmux_socket):
+    """The issue's 'done when': make demo-workers launches, finishes, status shows every issue complete."""
+    import subprocess
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    result = subprocess.run(["make", "-s", "demo-workers", f"WORKERS_DEMO_DIR={tmp_path / 'demo'}"], cwd=ROOT,
+                            env=monitor_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = result.stdout.split("$ python3 -m orchestrator status", 1)[1].split("$ python3 -m orchestrator cleanup")[0]
+    assert status.count("completed") == 4 + 1  # four issue rows and the summary line
+    assert "removed: " in result.stdout and "kept" not in result.stdout
+    assert f"tmux -L {tmux_socket.socket_name} attach -t proof-demo" in result.stdout

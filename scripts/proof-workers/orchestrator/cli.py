@@ -100,7 +100,12 @@ def _launch(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if not args.dry_run:
         apply_launch(run, plan)
         if not args.json:
-            socket = f" -L {run.lead.tmux_socket}" if run.lead.tmux_socket else ""
+            import os
+
+            from orchestrator.tmux import SOCKET_ENV
+
+            chosen = os.environ.get(SOCKET_ENV) or run.lead.tmux_socket
+            socket = (f" -S {chosen}" if "/" in chosen else f" -L {chosen}") if chosen else ""
             out(f"launched: tmux{socket} attach -t {run.session}")
     return 0
 
