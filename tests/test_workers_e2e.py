@@ -22,7 +22,7 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
          {"number": 3, "title": "hangs", "wave": 1, "priority": 3},
          {"number": 4, "title": TRICKY, "wave": 2, "depends_on": [1], "description": "tricky; $(id)"},
          {"number": 5, "title": "after the hang", "wave": 2, "depends_on": [3]}],
-        script={2: ["crash"], 3: ["hang", "hang", "hang"]}, num_workers=3)
+        script={2: ["crash"], 3: ["hang", "hang", "hang"]}, num_workers=3, stall_timeout=2)
     lines: list[str] = []
     run = open_run()
 

@@ -150,7 +150,7 @@ def project(tmp_path: Path, make_repo, home, tmux_socket) -> Callable[..., Proje
             "branch_prefix": "feature/issue-", "default_branch": "main",
             "pipeline": ["implement", "write_tests", "review"],
             "project_context": {"language": "python", "commit_prefix": "demo"},
-            "issues": issues, "num_workers": 2, "cycle_interval": 0.2, "max_retries": 2, "stall_timeout": 1.5,
+            "issues": issues, "num_workers": 2, "cycle_interval": 0.2, "max_retries": 2, "stall_timeout": 10,
             "wall_clock_timeout": 60, "stagger_delay": 0, "tmux_session": "proof-test",
             "agent_command": command, "custom_key": {"kept": True},
         }
