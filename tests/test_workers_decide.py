@@ -112,3 +112,14 @@ def test_decide_is_deterministic_and_calls_no_model_or_process():
     source = inspect.getsource(decide_module)
     for forbidden in ("subprocess", "import os", "claude", "time.", "random"):
         assert forbidden not in source
+
+
+def test_a_push_that_keeps_failing_fails_the_issue_after_a_bounded_number_of_attempts():
+    from orchestrator.decide import MAX_PUSH_ATTEMPTS
+
+    worker = WorkerView(1, ref(1), 0, 0, False, True, 1, MAX_PUSH_ATTEMPTS - 1)
+    state = State((worker,), (issue(1, "in_progress"),))
+    assert [a.kind for a in decide([snap(exit_code=0, commits=1)], state, SETTINGS)] == ["push", "advance_stage"]
+    stuck = State((WorkerView(1, ref(1), 0, 0, False, True, 1, MAX_PUSH_ATTEMPTS),), (issue(1, "in_progress"),))
+    [skip, idle] = decide([snap(exit_code=0, commits=1)], stuck, SETTINGS)
+    assert skip.kind == "skip" and "push failed" in skip.reason and idle.kind == "idle"

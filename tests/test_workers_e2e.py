@@ -32,6 +32,11 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
     statuses = {i["number"]: i.get("status", "pending") for i in proj.doc()["issues"]}
     assert statuses == {1: "completed", 2: "completed", 3: "failed", 4: "completed", 5: "pending"}
     assert proj.doc()["custom_key"] == {"kept": True}
+    from orchestrator.report import status_document
+
+    run.reload()
+    issues = status_document(run)["projects"][0]["issues"]
+    assert [(i["number"], i["state"]) for i in issues if i["state"] == "blocked"] == [(5, "blocked")]
     for number in (1, 2, 4):
         assert proj.remote_commits(f"feature/issue-{number}") == [
             f"review #{number}", f"write_tests #{number}", f"implement #{number}"]
@@ -228,3 +233,30 @@ def test_make_demo_workers_runs_the_demo_to_completion(tmp_path, tmux_socket):
     assert status.count("completed") == 4 + 1  # four issue rows and the summary line
     assert "removed: " in result.stdout and "kept" not in result.stdout
     assert f"tmux -L {tmux_socket.socket_name} attach -t proof-demo" in result.stdout
+
+
+def test_resume_starts_a_prepared_try_without_counting_it_and_releases_workers_beyond_the_count(project):
+    """State left by a crash: worker-1 prepared a try of #2 but never started it; worker-5 (a run with more
+    workers) holds #1. The monitor starts worker-1's try as it is, and puts #1 back in the queue."""
+    from conftest import git
+
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    proj = project([{"number": 1, "title": "held by a gone worker", "status": "in_progress", "assigned_worker": 5},
+                    {"number": 2, "title": "prepared", "status": "in_progress", "assigned_worker": 1}],
+                   pipeline=["implement"])
+    files = RunFiles(proj.home / "state" / "demo")
+    base = git(proj.repo, "rev-parse", "origin/main")
+    files.save_worker(WorkerRecord(1, "running", "demo", 2, "feature/issue-2", str(proj.root / "worktrees" / "issue-2"),
+                                   0, "implement", try_id=4, launched=False, stage_base=base, started_at=0))
+    files.save_worker(WorkerRecord(5, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
+                                   0, "implement", try_id=9, launched=True, stage_base=base, started_at=0))
+    git(proj.repo, "branch", "feature/issue-2", "main")
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+    assert files.load_worker(5).issue_number is None
+    assert not any(e["action"] == "restart" for e in proj.events())
+    assert (files.root / "signals" / "worker-1-try-4.exit").read_text().strip() == "0"
+    assert proj.remote_commits("feature/issue-2") == ["implement #2"]

@@ -157,12 +157,16 @@ class Executor:
             worktrees.push(worktree, branch)
         except worktrees.GitFailed as err:
             self.stopped.add(action.worker)
-            record.last_reason = f"push failed (will retry): {err}"
+            record.push_failures += 1
+            record.last_reason = f"push failed (attempt {record.push_failures}, will retry): {err}"
             self.run.files.save_worker(record)
             self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
                                       "error": str(err)})
             self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {err}")
             return
+        if record.push_failures:
+            record.push_failures = 0
+            self.run.files.save_worker(record)
         self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
                                   "branch": branch, "sha": head})
         self.say(f"worker {action.worker}: pushed {branch}")
@@ -174,6 +178,7 @@ class Executor:
         record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
         record.retry_count = 0
         record.nudged = False
+        record.push_failures = 0
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         configs.set_issue(cfg.path, issue.number, pipeline_stage=record.stage_index)

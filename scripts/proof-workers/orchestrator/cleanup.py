@@ -123,7 +123,7 @@ def _wait_for_monitor_to_stop(run: Run, seconds: float = 3.0) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with monitor_lock(run.project_files()):
+            with monitor_lock(run.locks()):
                 return
         except MonitorBusy as err:
             if time.monotonic() > deadline:

@@ -10,6 +10,10 @@ from typing import Any, Sequence
 
 from orchestrator.queue import IssueRef, IssueView, next_issue
 
+# A verified stage whose push keeps failing (remote down, branch rewritten) fails the
+# issue after this many attempts, one per cycle; its commits stay on the local branch.
+MAX_PUSH_ATTEMPTS = 10
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -35,6 +39,7 @@ class WorkerView:
     nudged: bool = False
     launched: bool = True
     try_id: int = 0
+    push_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
             if snap.dirty and not worker.nudged:
                 return failed_try("exit 0 with uncommitted changes and no commit", nudge=True)
             return failed_try("exit 0 without a new commit in this stage")
+        if worker.push_failures >= MAX_PUSH_ATTEMPTS:
+            return [Action("skip", wid, ref, f"push failed {worker.push_failures} times; the commits stay on the "
+                                             "local branch")]
         stages = issue.stage_count if issue else 1
         done = [Action("push", wid, ref, f"{snap.new_commits} new commit(s) in this stage")]
         if worker.stage_index + 1 < stages:

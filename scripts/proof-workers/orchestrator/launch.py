@@ -106,7 +106,7 @@ def _verb_line(verb: str, run: Run, *extra: str) -> str:
 def apply_launch(run: Run, plan: LaunchPlan) -> None:
     if tmux.session_exists(run.server, run.session):
         raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
-    with monitor_lock(run.project_files()):  # refuses while a monitor runs for any of these projects
+    with monitor_lock(run.locks()):  # refuses while a monitor runs for any of these projects
         pass
     for a in plan.assignments:
         cfg = run.config_of(a.project)

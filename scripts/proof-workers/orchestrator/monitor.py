@@ -39,11 +39,20 @@ def settings_of(run: Run) -> Settings:
 def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
     return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
                             if r.project and r.issue_number is not None else None,
-                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id) for r in records)
+                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures)
+                 for r in records)
 
 
 def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
     """Make records, config and panes agree after a crash or kill -9 (run at monitor start)."""
+    for extra in (n for n in run.files.recorded_workers() if n > run.num_workers):
+        record = run.files.load_worker(extra)
+        if record.issue_number is not None:
+            # A previous run had more workers: stop this one's agent, its issue goes back to the queue.
+            kill_try(run, record)
+            say(f"worker {extra} is beyond --workers {run.num_workers}: #{record.issue_number} goes back to the queue")
+            record.__dict__.update(WorkerRecord(extra, try_id=record.try_id).__dict__)
+            run.files.save_worker(record)
     records = run.files.load_workers(run.num_workers)
     for record in records:
         if record.issue_number is None or not record.project:
@@ -83,14 +92,16 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
                 configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()
-    if tmux.session_exists(run.server, run.session):
-        for n in range(1, run.num_workers + 1):
-            tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
-    else:
-        tmux.create_session(run.server, run.session, "orchestrator", None)
-        for n in range(1, run.num_workers + 1):
-            tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
+    ensure_session(run)
     return records
+
+
+def ensure_session(run: Run) -> None:
+    """The session and every worker window exist (re-created if someone killed them)."""
+    if not tmux.session_exists(run.server, run.session):
+        tmux.create_session(run.server, run.session, "orchestrator", None)
+    for n in range(1, run.num_workers + 1):
+        tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
 
 
 def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
@@ -102,6 +113,8 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     records = run.files.load_workers(run.num_workers)
     now = run.clock()
     panes = tmux.panes(run.server, run.session)
+    if len(panes) <= run.num_workers:  # a window or the whole session is gone
+        ensure_session(run)
     table = probe.process_table()
     snapshots: list[Snapshot] = []
     for record in records:
@@ -133,7 +146,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
             say: Callable[[str], None] = print) -> int:
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
     interval = cycle if cycle is not None else run.lead.cycle_interval
-    with monitor_lock(run.project_files()):
+    with monitor_lock(run.locks()):
         reconcile(run, say)
         if not no_delay and not once:
             run.sleep(min(interval, 60.0))

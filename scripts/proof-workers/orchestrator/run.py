@@ -45,8 +45,15 @@ class Run:
                 return cfg
         raise ConfigError(f"project {project!r} is no longer in the configs ({', '.join(str(s) for s in self.sources)})")
 
-    def project_files(self) -> list[RunFiles]:
-        return [RunFiles(self.state_root / cfg.project) for cfg in self.configs]
+    def locks(self) -> list[tuple[str, Path]]:
+        """The monitor's locks: one per project, and one for the tmux session it drives."""
+        import os
+
+        from orchestrator.tmux import SOCKET_ENV
+
+        socket = (os.environ.get(SOCKET_ENV) or self.lead.tmux_socket or "default").replace("/", "%")
+        return [(cfg.project, RunFiles(self.state_root / cfg.project).lock) for cfg in self.configs] + [
+            (f"tmux session {self.session}", self.state_root / f".session-{socket}-{self.session}.lock")]
 
     def reload(self) -> None:
         """Re-read the configs (add-issue and status writes land there); a broken edit keeps the last good one."""

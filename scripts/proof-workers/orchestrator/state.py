@@ -4,7 +4,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ class WorkerRecord:
     last_fingerprint: str = ""
     last_progress_at: float | None = None
     last_reason: str = ""
+    push_failures: int = 0  # consecutive failed pushes of this stage's verified work
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
@@ -95,6 +95,15 @@ class RunFiles:
     def load_workers(self, count: int) -> list[WorkerRecord]:
         return [self.load_worker(n) for n in range(1, count + 1)]
 
+    def recorded_workers(self) -> list[int]:
+        """Worker ids with a state file (a run with more workers may have left some)."""
+        ids = []
+        for path in (self.root / "workers").glob("worker-*.json"):
+            number = path.stem.removeprefix("worker-")
+            if number.isdigit():
+                ids.append(int(number))
+        return sorted(ids)
+
     def read_signal(self, worker: int, try_id: int) -> int | None:
         """This try's exit code; a half-written or garbled file reads as no signal yet."""
         try:
@@ -143,21 +152,20 @@ class MonitorBusy(OrchestratorError):
 
 
 @contextmanager
-def monitor_lock(files: list[RunFiles]) -> Iterator[None]:
-    """One monitor per project: a non-blocking flock per project (freed by the kernel on kill -9)."""
+def monitor_lock(locks: list[tuple[str, Path]]) -> Iterator[None]:
+    """One monitor per project (and per tmux session): non-blocking flocks, freed by the kernel on kill -9."""
     handles = []
     try:
-        for run in files:
-            run.lock.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(run.lock, "a+")
+        for label, path in locks:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
                 handle.close()
-                raise MonitorBusy(f"another monitor is running for {run.root.name} (pid {holder}; lock "
-                                  f"{run.lock})") from None
+                raise MonitorBusy(f"another monitor is running for {label} (pid {holder}; lock {path})") from None
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))
@@ -167,7 +175,3 @@ def monitor_lock(files: list[RunFiles]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.close()
-
-
-def monotonic_now() -> float:
-    return time.time()
