@@ -53,11 +53,24 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
     assert sum(1 for e in events if e["action"] == "restart" and e["issue"] == 3) == 2
     assert not any(e.get("new_issue") == 5 for e in events)
 
+    from pathlib import Path
+
+    agent_dir = str(proj.script.parent).encode()
+    survivors = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(agent_dir) >= 0]
+    assert survivors == [], "a skipped agent's process group outlived it"
+
     journal = read_lines(proj.state / "journal.jsonl")
     assert journal
     for entry in journal:
         snapshots, state, settings, actions = cycle_from_json(entry)
         assert decide(snapshots, state, settings) == actions
+
+
+def _cmdline(proc) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _monitor_process(extra_env: dict[str, str] | None = None):

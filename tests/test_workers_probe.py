@@ -56,3 +56,14 @@ def test_one_monitor_per_project_and_per_tmux_session(tmp_path, monkeypatch):
             pass
     with monitor_lock(same_session.locks()):
         pass
+
+
+def test_a_try_seen_running_or_finished_counts_as_started_even_if_the_monitor_died_before_recording_it(tmp_path):
+    files = RunFiles(tmp_path)
+    record = WorkerRecord(1, "running", "p", 1, "b", None, try_id=3, launched=False, started_at=0)
+    snapshot(record, None, {}, files, now=1)
+    assert not record.launched
+    files.signal(1, 3).parent.mkdir(parents=True, exist_ok=True)
+    files.signal(1, 3).write_text("0\n")
+    snapshot(record, None, {}, files, now=2)
+    assert record.launched

@@ -6,14 +6,12 @@ issue status follows the record (reconcile repairs the gap).
 """
 from __future__ import annotations
 
-import os
 import shlex
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
+from lib import runner
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
@@ -38,25 +36,14 @@ def worker_window(worker: int) -> str:
 
 
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
-    """Kill this try's agent process group (TERM, then KILL after `grace`)."""
+    """Kill this try's agent process group (TERM, then KILL after `grace`), as recorded by its wrapper."""
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
-    if group is None or group <= 1:
+    if group is None or group <= 1 or not runner.group_alive(group):
         return
     try:
-        os.killpg(group, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        runner.kill_group(group, grace)
+    except PermissionError:
+        pass  # the id now belongs to someone else's process: not ours to kill
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

@@ -93,6 +93,8 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
     alive = agent_alive(table, pane, files, record)
     # Read the signal after the processes: a wrapper seen dead has already written it.
     exit_code = files.read_signal(record.worker_id, record.try_id)
+    if not record.launched and (alive or exit_code is not None):
+        record.launched = True  # the monitor died after starting this try, before recording it: never start it twice
     worktree = Path(record.worktree or "")
     head, changes, new = None, "", 0
     if record.worktree and worktree.is_dir() and record.branch:
