@@ -106,7 +106,8 @@ def test_an_unreadable_config_is_one_line_and_exit_2(tmp_path, raw, message):
 
 def test_bad_flags_are_usage_errors(tmp_path):
     path = write(tmp_path, ORIGINAL)
-    for args in (["monitor", "--cycle", "inf", "--config", str(path)], ["launch", "--workers", "x"],
+    for args in (["monitor", "--cycle", "inf", "--config", str(path)], ["monitor", "--cycle", "0", "--config", str(path)],
+                 ["launch", "--workers", "x"],
                  ["add-issue", "7", "--title", "t", "--depends-on", "3,x", "--config", str(path)]):
         result = cli(*args, home=tmp_path)
         assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr

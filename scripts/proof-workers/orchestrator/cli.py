@@ -114,6 +114,8 @@ def _monitor(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
 
+    if args.cycle is not None and args.cycle <= 0:
+        raise OrchestratorError("monitor: --cycle must be more than 0 seconds")
     run = open_run(args.config, args.config_dir, args.workers, args.session)
     failed = monitor(run, cycle=args.cycle, once=args.once, no_delay=args.no_delay, say=out)
     return 1 if failed else 0
