@@ -273,3 +273,27 @@ def test_resume_starts_a_prepared_try_without_counting_it_and_releases_workers_b
     assert not any(e["action"] == "restart" for e in proj.events())
     assert (files.root / "signals" / "worker-1-try-4.exit").read_text().strip() == "0"
     assert proj.remote_commits("feature/issue-2") == ["implement #2"]
+
+
+def test_odd_user_git_config_changes_nothing(project, tmp_path):
+    """A global config with a hooks path, untracked files hidden from status, forced colour and
+    push.default=nothing: the run still verifies, nudges and pushes exactly as usual."""
+    import os
+
+    proj = project([{"number": 1, "title": "one"}], script={1: ["dirty", "ok"]}, pipeline=["implement"])
+    hooks = tmp_path / "global-hooks"
+    hooks.mkdir()
+    marker = tmp_path / "global-hook-ran"
+    for hook in ("pre-push", "post-checkout"):
+        (hooks / hook).write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+        (hooks / hook).chmod(0o755)
+    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as config:
+        config.write(f"[core]\n\thooksPath = {hooks}\n[status]\n\tshowUntrackedFiles = no\n"
+                     "[color]\n\tui = always\n[push]\n\tdefault = nothing\n")
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert "COMMIT them" in proj.prompts(1)[1]
+    assert "\x1b[" not in proj.prompts(1)[1]
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    assert not marker.exists()
