@@ -297,3 +297,29 @@ def test_odd_user_git_config_changes_nothing(project, tmp_path):
     assert "\x1b[" not in proj.prompts(1)[1]
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
     assert not marker.exists()
+
+
+def test_an_issue_failed_by_hand_mid_run_frees_its_worker_and_kills_its_agent(project):
+    import threading
+
+    from orchestrator.config import set_issue
+
+    proj = project([{"number": 1, "title": "hangs until the user gives up"}], script={1: ["hang"]},
+                   pipeline=["implement"])
+    run = open_run()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(monitor(run, cycle=0.2, no_delay=True,
+                                                                   say=lambda _: None)))
+    thread.start()
+    try:
+        retry_until(lambda: (proj.script.parent / "runs" / "1.count").exists(), seconds=30)
+        set_issue(proj.config, 1, status="failed")
+    finally:
+        thread.join(timeout=30)
+    assert result == [1]
+    release = next(e for e in proj.events() if e["action"] == "release")
+    assert release["issue"] == 1 and release["status"] == "failed"
+    from pathlib import Path
+
+    agent_dir = str(proj.script.parent).encode()
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and agent_dir in _cmdline(p)]

@@ -27,12 +27,14 @@ def test_status_shows_blocked_waiting_and_next_eligible_and_the_dashboard_draws_
              {"number": 2, "title": "broke", "status": "failed"},
              {"number": 3, "title": TITLE, "depends_on": [2]},
              {"number": 4, "title": "ready", "depends_on": [1]},
-             {"number": 5, "title": "later", "depends_on": [4]}])
+             {"number": 5, "title": "later", "depends_on": [4]},
+             {"number": 6, "title": "behind the blocked one", "depends_on": [3, 4]}])
     result = orchestrator("status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     states = {i["number"]: i["state"] for i in doc["projects"][0]["issues"]}
-    assert states == {1: "completed", 2: "failed", 3: "blocked", 4: "pending", 5: "waiting"}
+    assert states == {1: "completed", 2: "failed", 3: "blocked", 4: "pending", 5: "waiting", 6: "blocked"}
+    assert doc["projects"][0]["issues"][5]["blocked_by"] == [2]
     assert doc["projects"][0]["issues"][2]["blocked_by"] == [2]
     assert doc["next_eligible"] == [{"project": "demo", "number": 4}] and not doc["done"]
     text = orchestrator("status")
@@ -40,7 +42,7 @@ def test_status_shows_blocked_waiting_and_next_eligible_and_the_dashboard_draws_
     screen = io.StringIO()
     Console(file=screen, width=200, color_system=None).print(render(doc))
     drawn = screen.getvalue()
-    assert "[bold red]not markup[/]" in drawn and "2/5 done" in drawn and "next eligible: #4" in drawn
+    assert "[bold red]not markup[/]" in drawn and "2/6 done" in drawn and "next eligible: #4" in drawn
     frames = io.StringIO()
     calls = []
     run_dashboard(lambda: calls.append(1) or doc, interval=0.01,

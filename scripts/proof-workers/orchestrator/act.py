@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from lib import runner
-from lib.errors import OrchestratorError
+from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
 from orchestrator import prompts, tmux, worktrees
@@ -93,13 +93,8 @@ def _next_try(run: Run, record: WorkerRecord) -> None:
     record.last_fingerprint = ""
 
 
-def _reset(record: WorkerRecord) -> None:
-    """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
-    record.__dict__.update(WorkerRecord(record.worker_id, try_id=record.try_id).__dict__)
-
-
 def _free(run: Run, record: WorkerRecord) -> None:
-    _reset(record)
+    record.reset()
     run.files.save_worker(record)
 
 
@@ -132,7 +127,7 @@ class Executor:
         cfg = self.run.config_of(ref.project)
         issue = cfg.issue(ref.number)
         if issue is None:
-            raise worktrees.GitFailed(f"issue {ref} is no longer in {cfg.path}")
+            raise ConfigError(f"{cfg.path}: issue #{ref.number} is no longer in the issue list")
         return cfg, issue
 
     def do_push(self, action: Action, record: WorkerRecord) -> None:
@@ -232,7 +227,7 @@ class Executor:
                                       "reason": f"worktree: {err}"})
             self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
             return
-        _reset(record)
+        record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
         record.branch, record.worktree = branch, str(path)
         record.stage_index = issue.pipeline_stage

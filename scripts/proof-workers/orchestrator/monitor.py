@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from lib.errors import OrchestratorError
 from orchestrator import config as configs
-from orchestrator import probe, tmux
+from orchestrator import probe, tmux, worktrees
 from orchestrator.act import Executor, kill_try, worker_window
 from orchestrator.decide import Settings, Snapshot, State, WorkerView, cycle_to_json, decide
 from orchestrator.queue import IssueRef, IssueView, next_issue
@@ -43,6 +44,25 @@ def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
                  for r in records)
 
 
+def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str], None]) -> None:
+    """Free workers whose issue was completed, failed or removed behind their back (a crash, a user's edit)."""
+    for record in records:
+        if record.issue_number is None or not record.project:
+            continue
+        try:
+            issue = run.config_of(record.project).issue(record.issue_number)
+        except OrchestratorError:
+            issue = None
+        if issue is not None and issue.status not in ("completed", "failed"):
+            continue
+        kill_try(run, record)
+        say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
+        run.files.log_event({"action": "release", "worker": record.worker_id, "issue": record.issue_number,
+                             "status": issue.status if issue else "gone"})
+        record.reset()
+        run.files.save_worker(record)
+
+
 def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
     """Make records, config and panes agree after a crash or kill -9 (run at monitor start)."""
     for extra in (n for n in run.files.recorded_workers() if n > run.num_workers):
@@ -51,34 +71,21 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
             # A previous run had more workers: stop this one's agent, its issue goes back to the queue.
             kill_try(run, record)
             say(f"worker {extra} is beyond --workers {run.num_workers}: #{record.issue_number} goes back to the queue")
-            record.__dict__.update(WorkerRecord(extra, try_id=record.try_id).__dict__)
+            record.reset()
             run.files.save_worker(record)
     records = run.files.load_workers(run.num_workers)
+    release_finished(run, records, say)
     for record in records:
         if record.issue_number is None or not record.project:
             continue
-        try:
-            cfg = run.config_of(record.project)
-        except OrchestratorError:
-            cfg = None
-        issue = cfg.issue(record.issue_number) if cfg else None
-        if cfg is None or issue is None or issue.status in ("completed", "failed"):
-            # The issue finished (or vanished) while the monitor was down: the worker is free.
-            kill_try(run, record)
-            say(f"worker {record.worker_id}: releases #{record.issue_number} (now "
-                f"{issue.status if issue else 'gone'})")
-            record.__dict__.update(WorkerRecord(record.worker_id, try_id=record.try_id).__dict__)
-            run.files.save_worker(record)
-            continue
+        cfg = run.config_of(record.project)
+        issue = cfg.issue(record.issue_number)
+        assert issue is not None
         if issue.status != "in_progress" or issue.assigned_worker != record.worker_id or \
                 issue.pipeline_stage != record.stage_index:
             configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=record.worker_id,
                               pipeline_stage=record.stage_index)
         if record.worktree and record.branch:
-            from pathlib import Path
-
-            from orchestrator import worktrees
-
             repo = cfg.repo_for(issue)
             try:
                 worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
@@ -111,6 +118,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
         say(f"config error, keeping the last good config: {err}")
         run.files.log_event({"action": "config_error", "error": str(err)})
     records = run.files.load_workers(run.num_workers)
+    release_finished(run, records, say)
     now = run.clock()
     panes = tmux.panes(run.server, run.session)
     if len(panes) <= run.num_workers:  # a window or the whole session is gone

@@ -31,9 +31,22 @@ def completed(issues: Iterable[IssueView]) -> set[IssueRef]:
 
 
 def blocked(issue: IssueView, issues: Iterable[IssueView]) -> list[int]:
-    """The dependencies of `issue` that failed (it can never run while they stay failed)."""
-    failed = {i.ref for i in issues if i.status == "failed"}
-    return [d for d in issue.depends_on if IssueRef(issue.ref.project, d) in failed]
+    """The failed issues `issue` waits on, directly or through its dependencies (it cannot run while they stay
+    failed)."""
+    by_ref = {i.ref: i for i in issues}
+    found: set[int] = set()
+    seen: set[IssueRef] = set()
+    todo = [IssueRef(issue.ref.project, d) for d in issue.depends_on]
+    while todo:
+        ref = todo.pop()
+        if ref in seen or ref not in by_ref:
+            continue
+        seen.add(ref)
+        if by_ref[ref].status == "failed":
+            found.add(ref.number)
+        else:
+            todo.extend(IssueRef(ref.project, d) for d in by_ref[ref].depends_on)
+    return sorted(found)
 
 
 def eligible(issues: Iterable[IssueView], claimed: set[IssueRef]) -> list[IssueView]:

@@ -43,8 +43,8 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
             state = view.status
+            failed_deps = blocked(view, views)
             if state == "pending":
-                failed_deps = blocked(view, views)
                 if failed_deps:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
@@ -53,7 +53,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": blocked(view, views) or None})
+                           "blocked_by": failed_deps or None})
         counts: dict[str, int] = {}
         for item in issues:
             counts[item["state"]] = counts.get(item["state"], 0) + 1

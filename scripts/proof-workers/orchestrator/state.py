@@ -35,6 +35,10 @@ class WorkerRecord:
     last_reason: str = ""
     push_failures: int = 0  # consecutive failed pushes of this stage's verified work
 
+    def reset(self) -> None:
+        """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
+        self.__dict__.update(WorkerRecord(self.worker_id, try_id=self.try_id).__dict__)
+
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}
