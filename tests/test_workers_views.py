@@ -67,3 +67,15 @@ def test_inv_workers_tasks_call_the_same_code(project, inv):
     assert [i["number"] for i in json.loads(status.out)["projects"][0]["issues"]] == [1, 7]
     bad = inv("workers.monitor", "--cycle", "soon")
     assert bad.code == 2 and bad.err.startswith("error: expected")
+
+
+def test_without_tmux_on_path_launch_is_one_line_not_a_traceback(project, tmp_path):
+    import shutil
+
+    project([{"number": 1, "title": "one"}])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "launch"], cwd=PACKAGE,
+                            env={**monitor_env(), "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr == "error: tmux is not installed (needed to run workers)\n"

@@ -104,26 +104,27 @@ def _verb_line(verb: str, run: Run, *extra: str) -> str:
 
 
 def apply_launch(run: Run, plan: LaunchPlan) -> None:
-    if tmux.session_exists(run.server, run.session):
-        raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
-    with monitor_lock(run.locks()):  # refuses while a monitor runs for any of these projects
-        pass
-    for a in plan.assignments:
-        cfg = run.config_of(a.project)
-        issue = cfg.issue(a.issue)
-        assert issue is not None
-        repo = cfg.repo_for(issue)
-        worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
-    env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
-    if os.environ.get(tmux.SOCKET_ENV):
-        env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]
-    cwd = str(PACKAGE_DIR)
-    # Every window exists before the monitor starts in window 0 (it would create missing ones itself).
-    tmux.create_session(run.server, run.session, "orchestrator", None, cwd)
-    tmux.set_keep_dead(run.server, run.session, "orchestrator")
-    for n in range(1, run.num_workers + 1):
-        tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
-    tmux.ensure_window(run.server, run.session, "dashboard", _verb_line("dashboard", run), cwd=cwd, env=env,
-                       keep_dead=True)
+    """Worktrees, then the session and its windows (under the monitor lock, so two launches cannot race),
+    then the monitor in window 0 once the lock is free for it."""
+    with monitor_lock(run.locks()):  # refuses while a monitor (or another launch) runs for these projects
+        if tmux.session_exists(run.server, run.session):
+            raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
+        for a in plan.assignments:
+            cfg = run.config_of(a.project)
+            issue = cfg.issue(a.issue)
+            assert issue is not None
+            repo = cfg.repo_for(issue)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
+        env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
+        if os.environ.get(tmux.SOCKET_ENV):
+            env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]
+        cwd = str(PACKAGE_DIR)
+        # Every window exists before the monitor starts in window 0 (it would create missing ones itself).
+        tmux.create_session(run.server, run.session, "orchestrator", None, cwd)
+        tmux.set_keep_dead(run.server, run.session, "orchestrator")
+        for n in range(1, run.num_workers + 1):
+            tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
+        tmux.ensure_window(run.server, run.session, "dashboard", _verb_line("dashboard", run), cwd=cwd, env=env,
+                           keep_dead=True)
     monitor_pane = tmux.panes(run.server, run.session)["orchestrator"]
     tmux.respawn(run.server, monitor_pane.pane_id, _verb_line("monitor", run, "--no-delay"), cwd=cwd, env=env)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lib.errors import OrchestratorError
 
@@ -15,6 +15,16 @@ SOCKET_ENV = "ORCHESTRATOR_TMUX_SOCKET"
 
 class TmuxFailed(OrchestratorError):
     exit_code = 1
+
+
+def call(srv: libtmux.Server, *args: str) -> Any:
+    """One tmux command; a missing tmux binary is a one-line error, not a traceback."""
+    from libtmux.exc import TmuxCommandNotFound
+
+    try:
+        return srv.cmd(*args)
+    except TmuxCommandNotFound:
+        raise OrchestratorError("tmux is not installed (needed to run workers)") from None
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ def server(socket: str | None = None) -> libtmux.Server:
 
 
 def _cmd(srv: libtmux.Server, *args: str) -> list[str]:
-    result = srv.cmd(*args)
+    result = call(srv, *args)
     if result.returncode != 0:
         raise TmuxFailed(f"tmux {args[0]}: {' '.join(result.stderr) or 'failed'}")
     return list(result.stdout)
@@ -46,14 +56,12 @@ def _cmd(srv: libtmux.Server, *args: str) -> list[str]:
 
 def session_exists(srv: libtmux.Server, name: str) -> bool:
     # `=name` makes tmux match the whole name, never a prefix.
-    return srv.cmd("has-session", "-t", f"={name}").returncode == 0
+    return call(srv, "has-session", "-t", f"={name}").returncode == 0
 
 
 def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
     """Every pane of the session by window name, in one tmux call ({} when the session is gone)."""
-    if not srv.is_alive():
-        return {}
-    result = srv.cmd("list-panes", "-s", "-t", f"={session}", "-F",
+    result = call(srv, "list-panes", "-s", "-t", f"={session}", "-F",
                      "#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}")
     if result.returncode != 0:
         return {}
@@ -69,8 +77,9 @@ def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
 
 def create_session(srv: libtmux.Server, name: str, first_window: str, command: str | None,
                    cwd: str | None = None) -> None:
-    srv.new_session(session_name=name, window_name=first_window, window_command=command, attach=False,
-                    start_directory=cwd)
+    """A detached session; `-t`-free, so no name matching is involved (tmux refuses a duplicate name)."""
+    _cmd(srv, "new-session", "-d", "-s", name, "-n", first_window, *(["-c", cwd] if cwd else []),
+         *([command] if command else []))
 
 
 def _options(cwd: str | None, env: dict[str, str] | None) -> list[str]:
