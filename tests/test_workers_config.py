@@ -158,3 +158,11 @@ def test_launch_dry_run_checks_the_repository_and_changes_nothing(tmp_path):
     result = cli("launch", "--dry-run", "--config", str(path), home=tmp_path)
     assert result.returncode == 2 and "is not a git repository" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_symlinked_config_stays_a_symlink_when_status_is_written(tmp_path):
+    target = write(tmp_path, ORIGINAL, "real-issues.json")
+    link = tmp_path / "proof-issues.json"
+    link.symlink_to(target)
+    set_issue(link, 1, status="in_progress")
+    assert link.is_symlink() and json.loads(target.read_text())["issues"][0]["status"] == "in_progress"

@@ -123,3 +123,11 @@ def test_a_push_that_keeps_failing_fails_the_issue_after_a_bounded_number_of_att
     stuck = State((WorkerView(1, ref(1), 0, 0, False, True, 1, MAX_PUSH_ATTEMPTS),), (issue(1, "in_progress"),))
     [skip, idle] = decide([snap(exit_code=0, commits=1)], stuck, SETTINGS)
     assert skip.kind == "skip" and "push failed" in skip.reason and idle.kind == "idle"
+
+
+def test_a_try_that_cannot_be_started_is_resumed_a_bounded_number_of_times():
+    assert [a.kind for a in decide([snap()], State((WorkerView(1, ref(1), launched=False, try_id=1, start_failures=1),),
+                                                   (issue(1, "in_progress"),)), SETTINGS)] == ["resume"]
+    [skip, idle] = decide([snap()], State((WorkerView(1, ref(1), launched=False, try_id=1, start_failures=2),),
+                                          (issue(1, "in_progress"),)), SETTINGS)
+    assert skip.kind == "skip" and "could not be started" in skip.reason

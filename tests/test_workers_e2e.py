@@ -323,3 +323,12 @@ def test_an_issue_failed_by_hand_mid_run_frees_its_worker_and_kills_its_agent(pr
 
     agent_dir = str(proj.script.parent).encode()
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and agent_dir in _cmdline(p)]
+
+
+def test_an_agent_that_deletes_its_worktree_gets_it_back_for_the_next_try(project):
+    proj = project([{"number": 1, "title": "one"}], script={1: ["selfdelete"]}, pipeline=["implement"])
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert len(proj.prompts(1)) == 2 and "exit code 1" in proj.prompts(1)[1]
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]

@@ -67,6 +67,10 @@ if behaviour == "slow":
     git("add", "-A")
     git("commit", "-q", "-m", f"{stage} #{number}")
     sys.exit(0)
+if behaviour == "selfdelete":
+    import shutil
+    shutil.rmtree(os.getcwd())
+    sys.exit(1)
 if behaviour == "hang":
     time.sleep(3600)
 '''

@@ -82,6 +82,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     record.launched = True
+    record.start_failures = 0
     files.save_worker(record)
 
 
@@ -118,6 +119,8 @@ class Executor:
             except OrchestratorError as err:
                 self.stopped.add(action.worker)
                 record.last_reason = str(err)
+                if record.issue_number is not None and not record.launched:
+                    record.start_failures += 1  # decide stops resuming a try that never starts
                 self.run.files.save_worker(record)
                 self.run.files.log_event({"action": "error", "worker": action.worker, "issue": _num(action.issue),
                                           "during": action.kind, "error": str(err)})
@@ -190,20 +193,35 @@ class Executor:
 
     def do_resume(self, action: Action, record: WorkerRecord) -> None:
         self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
+        self._restore_worktree(action, record)
         start_try(self.run, record)
+
+    def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
+        """An agent may delete its own worktree: bring it back from its branch before the next try."""
+        if record.worktree and not Path(record.worktree).is_dir():
+            cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+            repo = cfg.repo_for(issue)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
+                                      record.branch or cfg.branch_for(issue))
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        kill_try(self.run, record)
-        continuation = ""
-        if action.continuation:
-            commits, stat = worktrees.continuation_facts(Path(record.worktree or ""), cfg.repo_for(issue).default_branch,
-                                                         record.branch or "")
-            continuation = prompts.continuation_text(action.reason, commits, stat,
-                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
+        # Counted before anything can fail: a restart that breaks halfway still used one retry.
         record.retry_count += 1
         record.nudged = record.nudged or action.nudge
         record.last_reason = action.reason
+        self.run.files.save_worker(record)
+        kill_try(self.run, record)
+        self._restore_worktree(action, record)
+        continuation = ""
+        if action.continuation:
+            try:
+                commits, stat = worktrees.continuation_facts(Path(record.worktree or ""),
+                                                             cfg.repo_for(issue).default_branch, record.branch or "")
+            except worktrees.GitFailed as err:
+                commits, stat = f"(unavailable: {err})", ""
+            continuation = prompts.continuation_text(action.reason, commits, stat,
+                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,

@@ -353,6 +353,7 @@ def load_configs(files: list[Path]) -> list[ProjectConfig]:
 
 def update_issues(path: Path, change: Callable[[list[dict[str, Any]]], None]) -> None:
     """Change the issues list of a config file under its lock, atomically, keeping every other key."""
+    path = Path(path).resolve()  # a symlinked config stays a symlink: its target is what changes
     with locked(path):
         raw = read_raw(path)
         issues = raw.setdefault("issues", [])

@@ -40,6 +40,7 @@ class WorkerView:
     launched: bool = True
     try_id: int = 0
     push_failures: int = 0
+    start_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     ref = worker.issue
     wid = worker.worker_id
     if not worker.launched:
+        if worker.start_failures >= max(settings.max_retries, 1):
+            return [Action("skip", wid, ref, f"the agent could not be started ({worker.start_failures} attempts)")]
         return [Action("resume", wid, ref, "this try was prepared but never started")]
 
     def failed_try(reason: str, continuation: bool = True, nudge: bool = False) -> list[Action]:

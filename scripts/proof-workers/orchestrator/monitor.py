@@ -40,7 +40,8 @@ def settings_of(run: Run) -> Settings:
 def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
     return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
                             if r.project and r.issue_number is not None else None,
-                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures)
+                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
+                            r.start_failures)
                  for r in records)
 
 

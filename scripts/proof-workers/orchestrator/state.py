@@ -34,6 +34,7 @@ class WorkerRecord:
     last_progress_at: float | None = None
     last_reason: str = ""
     push_failures: int = 0  # consecutive failed pushes of this stage's verified work
+    start_failures: int = 0  # consecutive tries that could not even be started (tmux, worktree, files)
 
     def reset(self) -> None:
         """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
