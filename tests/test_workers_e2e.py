@@ -43,6 +43,10 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
     assert proj.issue(4)["title"] == TRICKY
     assert TRICKY in proj.prompts(4)[0]
     assert not (proj.root / "agent" / "pwned").exists()
+    started = run.server.cmd("list-panes", "-a", "-F", "#{window_name}\t#{pane_start_command}").stdout
+    workers = [line.split("\t", 1)[1].strip("\"") for line in started if line.startswith("worker-")]
+    assert len(workers) == 3 and all(cmd.startswith("exec ") and "wrapper.py" in cmd for cmd in workers)
+    assert not any(word in cmd for cmd in workers for word in ("quoted", "pwned", "ünïcødé", "rm -rf"))
     crash_retry = proj.prompts(2)[1]
     assert "Continue from an earlier try" in crash_retry and "exit code 137" in crash_retry
     events = proj.events()
@@ -64,6 +68,17 @@ def test_two_waves_through_a_three_stage_pipeline_with_a_crash_and_a_hang(projec
     for entry in journal:
         snapshots, state, settings, actions = cycle_from_json(entry)
         assert decide(snapshots, state, settings) == actions
+
+
+def _monitor_in_thread():
+    """The monitor in a thread (the test acts while it runs); its return value lands in the list."""
+    import threading
+
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(monitor(open_run(), cycle=0.2, no_delay=True,
+                                                                   say=lambda _: None)))
+    thread.start()
+    return thread, result
 
 
 def _cmdline(proc) -> bytes:
@@ -158,8 +173,6 @@ def test_unverified_stages_never_complete_and_a_failed_push_is_retried_before_co
     """exit 0 without a commit fails the try (then the issue); uncommitted edits get one restart told to
     commit; an agent whose wrapper vanishes is restarted; a rejected push is shown and retried, and the
     issue completes only after it lands. Repository hooks never run for the orchestrator's git calls."""
-    import threading
-
     from conftest import git
 
     proj = project([{"number": n, "title": f"issue {n}"} for n in (1, 2, 3, 4)],
@@ -175,11 +188,7 @@ def test_unverified_stages_never_complete_and_a_failed_push_is_retried_before_co
     hook = proj.remote / "hooks" / "pre-receive"
     hook.write_text(f"#!/bin/sh\nif [ -e {gate} ]; then echo 'remote says no' >&2; exit 1; fi\n")
     hook.chmod(0o755)
-    run = open_run()
-    result: list[int] = []
-    worker = threading.Thread(target=lambda: result.append(monitor(run, cycle=0.2, no_delay=True,
-                                                                   say=lambda _: None)))
-    worker.start()
+    worker, result = _monitor_in_thread()
     try:
         failed_push = retry_until(lambda: next((e for e in proj.events() if e["action"] == "push_failed"), None),
                                   seconds=30)
@@ -300,17 +309,11 @@ def test_odd_user_git_config_changes_nothing(project, tmp_path):
 
 
 def test_an_issue_failed_by_hand_mid_run_frees_its_worker_and_kills_its_agent(project):
-    import threading
-
     from orchestrator.config import set_issue
 
     proj = project([{"number": 1, "title": "hangs until the user gives up"}], script={1: ["hang"]},
                    pipeline=["implement"])
-    run = open_run()
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(monitor(run, cycle=0.2, no_delay=True,
-                                                                   say=lambda _: None)))
-    thread.start()
+    thread, result = _monitor_in_thread()
     try:
         retry_until(lambda: (proj.script.parent / "runs" / "1.count").exists(), seconds=30)
         set_issue(proj.config, 1, status="failed")
