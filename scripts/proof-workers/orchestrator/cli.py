@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lib.errors import OrchestratorError, error_lines
 
@@ -169,7 +169,7 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
     run = open_run(args.config, args.config_dir, args.workers, args.session)
 
-    def load() -> dict:
+    def load() -> dict[str, Any]:
         try:
             run.reload()
         except OrchestratorError:

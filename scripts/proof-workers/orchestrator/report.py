@@ -37,9 +37,9 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "retries": r.retry_count, "try": r.try_id,
             "seconds": round(now - r.started_at, 1) if r.started_at and issue else None,
             "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
-    projects = []
+    projects: list[dict[str, Any]] = []
     for cfg in run.configs:
-        issues = []
+        issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
             state = view.status

@@ -56,7 +56,7 @@ def _cmd(srv: libtmux.Server, *args: str) -> list[str]:
 
 def session_exists(srv: libtmux.Server, name: str) -> bool:
     # `=name` makes tmux match the whole name, never a prefix.
-    return call(srv, "has-session", "-t", f"={name}").returncode == 0
+    return bool(call(srv, "has-session", "-t", f"={name}").returncode == 0)
 
 
 def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
