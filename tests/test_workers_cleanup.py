@@ -77,3 +77,15 @@ def test_cleanup_keep_worktrees_kills_the_session_only(project, tmux_socket):
     result = orchestrator("cleanup", "--keep-worktrees")
     assert result.returncode == 0 and "session killed" in result.stdout
     assert path.exists() and not tmux_socket.sessions
+
+
+def test_cleanup_refuses_while_a_monitor_outside_the_session_still_runs(project, tmux_socket):
+    from orchestrator.run import open_run
+    from orchestrator.state import monitor_lock
+
+    proj = project([{"number": 1, "title": "t"}])
+    path = add_worktree(proj, 1)
+    with monitor_lock(open_run().locks()):
+        result = orchestrator("cleanup")
+    assert result.returncode == 2 and "another monitor is running for demo" in result.stderr
+    assert "stop it before cleanup" in result.stderr and path.exists()
