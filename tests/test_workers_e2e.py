@@ -132,7 +132,7 @@ def test_kill_9_of_the_monitor_mid_run_then_a_new_monitor_finishes_without_losin
     assert len(pushes) == len(set(pushes)) == 9  # three stages of three issues, each pushed once
     for n in (1, 2, 3):
         assert proj.remote_commits(f"feature/issue-{n}") == [f"review #{n}", f"write_tests #{n}", f"implement #{n}"]
-        assert (proj.script.parent / "runs" / f"{n}.count").read_text() == "3"
+        assert (proj.script.parent / "runs" / f"{n}.count").read_text() == "3", "\n".join([out] + [json.dumps(e) for e in events])
         assert sum(1 for e in events if e.get("new_issue") == n and e["action"] == "reassign") == 1
         assert sum(1 for e in events if e["action"] == "mark_complete" and e["issue"] == n) == 1
     assert not list(decoy.glob("*.txt"))
@@ -337,3 +337,18 @@ def test_an_agent_that_deletes_its_worktree_gets_it_back_for_the_next_try(projec
 
     assert len(proj.prompts(1)) == 2 and "exit code 1" in proj.prompts(1)[1]
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+
+
+def test_add_issue_while_the_monitor_runs_is_picked_up_and_completed(project):
+    from orchestrator.config import add_issue
+
+    proj = project([{"number": 1, "title": "slow one"}], script={1: ["slow"]}, pipeline=["implement"])
+    thread, result = _monitor_in_thread()
+    try:
+        retry_until(lambda: (proj.script.parent / "runs" / "1.count").exists(), seconds=30)
+        add_issue(proj.config, 2, "added mid-run; \"quoted\"", depends_on=[1])
+    finally:
+        thread.join(timeout=60)
+    assert result == [0]
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+    assert proj.remote_commits("feature/issue-2") == ["implement #2"]

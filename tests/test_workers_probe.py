@@ -67,3 +67,25 @@ def test_a_try_seen_running_or_finished_counts_as_started_even_if_the_monitor_di
     files.signal(1, 3).write_text("0\n")
     snapshot(record, None, {}, files, now=2)
     assert record.launched
+
+
+def test_a_tmux_listing_that_fails_is_an_error_not_an_empty_session():
+    from orchestrator.tmux import TmuxFailed, panes
+
+    class Result:
+        def __init__(self, code, stderr):
+            self.returncode, self.stderr, self.stdout = code, stderr, []
+
+    class Server:
+        def __init__(self, result):
+            self.result = result
+
+        def cmd(self, *args):
+            return self.result
+
+    assert panes(Server(Result(1, ["can't find session: =x"])), "x") == {}
+    assert panes(Server(Result(1, ["no server running on /tmp/tmux-0/s"])), "x") == {}
+    assert panes(Server(Result(1, ["error connecting to /tmp/tmux-0/s (No such file or directory)"])), "x") == {}
+    for transient in ("lost server", "error connecting to /tmp/tmux-0/s (Resource temporarily unavailable)"):
+        with pytest.raises(TmuxFailed, match=transient.split(" (")[0]):
+            panes(Server(Result(1, [transient])), "x")

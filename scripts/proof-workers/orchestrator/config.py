@@ -56,7 +56,7 @@ class ProjectConfig:
     issues: tuple[Issue, ...]
     num_workers: int = 5
     cycle_interval: float = 60.0
-    max_retries: int = 3
+    max_retries: int = 10
     stall_timeout: float = 900.0
     wall_clock_timeout: float = 1800.0
     stagger_delay: float = 30.0
@@ -287,7 +287,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
         if value <= minimum:
             check.bad(key, f"must be {'> 0' if minimum == 0 else '>= 0'} seconds, got {value}")
         timings[key] = float(value)
-    retries = check.get(raw, "max_retries", "int", 3)
+    retries = check.get(raw, "max_retries", "int", 10)
     if retries < 0:
         check.bad("max_retries", f"must be >= 0, got {retries}")
     session = check.get(raw, "tmux_session", "str", "proof-orchestrator")

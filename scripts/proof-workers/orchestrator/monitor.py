@@ -121,9 +121,15 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     records = run.files.load_workers(run.num_workers)
     release_finished(run, records, say)
     now = run.clock()
-    panes = tmux.panes(run.server, run.session)
-    if len(panes) <= run.num_workers:  # a window or the whole session is gone
-        ensure_session(run)
+    try:
+        panes = tmux.panes(run.server, run.session)
+        if len(panes) <= run.num_workers:  # a window or the whole session is gone
+            ensure_session(run)
+    except OrchestratorError as err:
+        # Deciding on a failed listing would restart every healthy agent: skip this cycle instead.
+        say(f"tmux did not answer, cycle skipped: {err}")
+        run.files.log_event({"action": "probe_failed", "error": str(err)})
+        return CycleResult(0, finished=False)
     table = probe.process_table()
     snapshots: list[Snapshot] = []
     for record in records:

@@ -60,11 +60,20 @@ def session_exists(srv: libtmux.Server, name: str) -> bool:
 
 
 def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
-    """Every pane of the session by window name, in one tmux call ({} when the session is gone)."""
+    """Every pane of the session by window name, in one tmux call ({} when the session or server is gone).
+
+    Any other failure raises: an unanswered listing must never read as "every agent is gone".
+    """
     result = call(srv, "list-panes", "-s", "-t", f"={session}", "-F",
                      "#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}")
     if result.returncode != 0:
-        return {}
+        message = " ".join(result.stderr)
+        # Only these mean "not there"; a busy or interrupted server ("Resource temporarily unavailable",
+        # "lost server") is an error to retry next cycle.
+        if any(gone in message for gone in ("can't find", "no server running", "No such file or directory",
+                                            "Connection refused")):
+            return {}
+        raise TmuxFailed(f"tmux list-panes: {message or 'failed'}")
     table: dict[str, Pane] = {}
     for line in result.stdout:
         parts = line.split("\t")
