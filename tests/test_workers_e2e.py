@@ -129,7 +129,9 @@ def test_kill_9_of_the_monitor_mid_run_then_a_new_monitor_finishes_without_losin
     assert all(i["status"] == "completed" for i in proj.doc()["issues"])
     events = proj.events()
     pushes = [(e["issue"], e["sha"]) for e in events if e["action"] == "push"]
-    assert len(pushes) == len(set(pushes)) == 9  # three stages of three issues, each pushed once
+    # No branch head pushed twice (a push whose event line the kill cut off is found on the remote and
+    # not repeated, so there may be fewer than nine lines).
+    assert len(pushes) == len(set(pushes)) and 8 <= len(pushes) <= 9
     for n in (1, 2, 3):
         assert proj.remote_commits(f"feature/issue-{n}") == [f"review #{n}", f"write_tests #{n}", f"implement #{n}"]
         assert (proj.script.parent / "runs" / f"{n}.count").read_text() == "3", "\n".join([out] + [json.dumps(e) for e in events])
