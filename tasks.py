@@ -643,3 +643,94 @@ def report(c, date="", since="", notes="", force=False):
 
 
 namespace.add_task(report)
+
+
+# --- workers: the proof-worker orchestrator (scripts/proof-workers), same code as `python3 -m orchestrator` ---
+
+WORKERS_CONFIG_HELP = {
+    "config": "a proof-issues.json (default: config/proof-issues.json under ORCHESTRATOR_HOME)",
+    "config_dir": "use every *-issues.json in this directory",
+    "workers": "N: number of workers (default: the config's num_workers)",
+    "session": "tmux session name (default: the config's tmux_session)",
+}
+
+
+def _workers_cli(verb: str, *args: object, config: str = "", config_dir: str = "", workers: int = 0,
+                 session: str = "") -> None:
+    """Run one verb of the orchestrator package in-process; its exit code becomes ours."""
+    import sys
+
+    package = str(Path(__file__).resolve().parent / "scripts" / "proof-workers")
+    if package not in sys.path:
+        sys.path.insert(0, package)
+    from orchestrator.cli import main
+
+    argv = [verb, *(str(a) for a in args if a is not None and a is not False)]
+    for flag, value in (("--config", config), ("--config-dir", config_dir), ("--workers", workers),
+                        ("--session", session)):
+        if value:
+            argv += [flag, str(value)]
+    code = main(argv)
+    if code:
+        raise Exit(code=code)
+
+
+def _flag(enabled: bool, name: str) -> str | None:
+    return name if enabled else None
+
+
+@task(name="launch", help={**WORKERS_CONFIG_HELP, "dry_run": "validate and print the plan; change nothing",
+                           "json": "print the plan as JSON"})
+def workers_launch(c, config="", config_dir="", workers=Count(0), session="", dry_run=False, json=False):
+    """Launch the tmux session: monitor (window 0), worker-1..N, dashboard."""
+    _workers_cli("launch", _flag(dry_run, "--dry-run"), _flag(json, "--json"), config=config,
+                 config_dir=config_dir, workers=workers, session=session)
+
+
+@task(name="monitor", help={**WORKERS_CONFIG_HELP, "cycle": "SECONDS between cycles (0: the config's cycle_interval)",
+                            "no_delay": "skip the initial wait", "once": "run one cycle and exit"})
+def workers_monitor(c, config="", config_dir="", workers=Count(0), session="", cycle=Seconds(0), no_delay=False,
+                    once=False):
+    """Run the monitor loop (launch starts it in window 0)."""
+    _workers_cli("monitor", *(["--cycle", cycle] if cycle else []), _flag(no_delay, "--no-delay"),
+                 _flag(once, "--once"), config=config, config_dir=config_dir, workers=workers, session=session)
+
+
+@task(name="status", help={**WORKERS_CONFIG_HELP, "json": "print the status document as JSON"})
+def workers_status(c, config="", config_dir="", workers=Count(0), session="", json=False):
+    """Show workers, issues, waves, next eligible and failures once."""
+    _workers_cli("status", _flag(json, "--json"), config=config, config_dir=config_dir, workers=workers,
+                 session=session)
+
+
+@task(name="dashboard", help={**WORKERS_CONFIG_HELP, "interval": "SECONDS between redraws",
+                              "once": "draw one frame and exit"})
+def workers_dashboard(c, config="", config_dir="", workers=Count(0), session="", interval=Seconds(2), once=False):
+    """Live read-only view of the workers (Ctrl-C quits)."""
+    _workers_cli("dashboard", "--interval", interval, _flag(once, "--once"), config=config, config_dir=config_dir,
+                 workers=workers, session=session)
+
+
+@task(name="cleanup", help={**WORKERS_CONFIG_HELP, "keep_worktrees": "kill the session only",
+                            "force": "also remove worktrees with unsaved work, after saving it on a backup ref",
+                            "json": "print the outcome as JSON"})
+def workers_cleanup(c, config="", config_dir="", workers=Count(0), session="", keep_worktrees=False, force=False,
+                    json=False):
+    """Kill the session and agents; remove worktrees that are clean and pushed (exit 1 if any is kept)."""
+    _workers_cli("cleanup", _flag(keep_worktrees, "--keep-worktrees"), _flag(force, "--force"),
+                 _flag(json, "--json"), config=config, config_dir=config_dir, workers=workers, session=session)
+
+
+@task(name="add-issue", help={"number": "the new issue's number", "title": "its title",
+                              "priority": "lower runs first (default 1)", "wave": "wave number (default 1)",
+                              "depends_on": "issue numbers it waits for, comma-separated",
+                              "description": "what the agent should do", "config": WORKERS_CONFIG_HELP["config"]})
+def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depends_on="", description="", config=""):
+    """Append an issue to the config (a running monitor picks it up)."""
+    _workers_cli("add-issue", number, "--title", title, "--priority", priority, "--wave", wave,
+                 *(["--depends-on", depends_on] if depends_on else []),
+                 *(["--description", description] if description else []), config=config)
+
+
+namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
+                                    workers_cleanup, workers_add_issue))

@@ -1,0 +1,1 @@
+"""Proof workers: parallel coding agents in tmux, driven by a deterministic monitor."""

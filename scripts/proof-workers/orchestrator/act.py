@@ -1,0 +1,265 @@
+"""Carry out decided actions: worktrees, pushes, issue status, and tries started or killed in tmux panes.
+
+Every step is written so that a monitor killed between two steps resumes
+correctly: the worker record changes before the pane does, and the config's
+issue status follows the record (reconcile repairs the gap).
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from lib import runner
+from lib.errors import ConfigError, OrchestratorError
+from lib.statefile import write_json
+from orchestrator import config as configs
+from orchestrator import prompts, tmux, worktrees
+from orchestrator.config import Issue, ProjectConfig
+from orchestrator.decide import Action
+from orchestrator.probe import read_pid
+from orchestrator.queue import IssueRef
+from orchestrator.run import Run
+from orchestrator.state import WorkerRecord
+
+WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
+
+
+def render_agent_command(template: str, values: dict[str, str]) -> str:
+    """The agent_command with every placeholder replaced by its shell-quoted value (data, never code)."""
+    return configs.PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), template)
+
+
+def worker_window(worker: int) -> str:
+    return f"worker-{worker}"
+
+
+def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
+    """Kill this try's agent process group (TERM, then KILL after `grace`), as recorded by its wrapper."""
+    group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
+    if group is None or group <= 1 or not runner.group_alive(group):
+        return
+    try:
+        runner.kill_group(group, grace)
+    except PermissionError:
+        pass  # the id now belongs to someone else's process: not ours to kill
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, 2) - 8192))
+            return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
+    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
+    cfg = run.config_of(record.project or "")
+    issue = cfg.issue(record.issue_number or 0)
+    assert issue is not None and record.worktree and record.branch
+    files, w, t = run.files, record.worker_id, record.try_id
+    prompt = files.prompt(w, t)
+    prompt.parent.mkdir(parents=True, exist_ok=True)
+    prompt.write_text(prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation),
+                      encoding="utf-8")
+    files.signal(w, t).unlink(missing_ok=True)
+    files.pid_file(w, t).unlink(missing_ok=True)
+    command = render_agent_command(cfg.agent_command, {
+        "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
+        "stage": record.stage})
+    spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
+            "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
+            "pid_file": str(files.pid_file(w, t)),
+            "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
+                    "ORCHESTRATOR_STAGE": record.stage}}
+    write_json(files.try_spec(w, t), spec)
+    window = worker_window(w)
+    tmux.ensure_window(run.server, run.session, window, keep_dead=True)
+    pane = tmux.panes(run.server, run.session)[window]
+    line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
+    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
+    record.launched = True
+    record.start_failures = 0
+    files.save_worker(record)
+
+
+def _next_try(run: Run, record: WorkerRecord) -> None:
+    record.try_id += 1
+    record.launched = False
+    record.started_at = run.clock()
+    record.last_progress_at = run.clock()
+    record.last_fingerprint = ""
+
+
+def _free(run: Run, record: WorkerRecord) -> None:
+    record.reset()
+    run.files.save_worker(record)
+
+
+class Executor:
+    """Runs one cycle's actions in order; a failed push stops the rest of that worker's actions."""
+
+    def __init__(self, run: Run, records: dict[int, WorkerRecord], say: Callable[[str], None]) -> None:
+        self.run = run
+        self.records = records
+        self.say = say
+        self.stopped: set[int] = set()
+        self.launched = 0
+
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if action.worker in self.stopped:
+                continue
+            record = self.records[action.worker]
+            try:
+                getattr(self, f"do_{action.kind}")(action, record)
+            except OrchestratorError as err:
+                self.stopped.add(action.worker)
+                record.last_reason = str(err)
+                if record.issue_number is not None and not record.launched:
+                    record.start_failures += 1  # decide stops resuming a try that never starts
+                self.run.files.save_worker(record)
+                self.run.files.log_event({"action": "error", "worker": action.worker, "issue": _num(action.issue),
+                                          "during": action.kind, "error": str(err)})
+                self.say(f"worker {action.worker}: {action.kind} failed: {err}")
+
+    def _issue(self, ref: IssueRef) -> tuple[ProjectConfig, Issue]:
+        cfg = self.run.config_of(ref.project)
+        issue = cfg.issue(ref.number)
+        if issue is None:
+            raise ConfigError(f"{cfg.path}: issue #{ref.number} is no longer in the issue list")
+        return cfg, issue
+
+    def do_push(self, action: Action, record: WorkerRecord) -> None:
+        worktree, branch = Path(record.worktree or ""), record.branch or ""
+        head = worktrees.branch_head(worktree, branch)
+        if head and worktrees.remote_head(worktree, branch) == head:
+            return  # already there (a resumed monitor): nothing is pushed twice
+        try:
+            worktrees.push(worktree, branch)
+        except worktrees.GitFailed as err:
+            self.stopped.add(action.worker)
+            record.push_failures += 1
+            record.last_reason = f"push failed (attempt {record.push_failures}, will retry): {err}"
+            self.run.files.save_worker(record)
+            self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
+                                      "error": str(err)})
+            self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {err}")
+            return
+        if record.push_failures:
+            record.push_failures = 0
+            self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
+                                  "branch": branch, "sha": head})
+        self.say(f"worker {action.worker}: pushed {branch}")
+
+    def do_advance_stage(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        record.stage_index += 1
+        record.stage = cfg.pipeline[record.stage_index]
+        record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
+        record.retry_count = 0
+        record.nudged = False
+        record.push_failures = 0
+        _next_try(self.run, record)
+        self.run.files.save_worker(record)
+        configs.set_issue(cfg.path, issue.number, pipeline_stage=record.stage_index)
+        self.run.files.log_event({"action": "advance_stage", "worker": action.worker, "issue": issue.number,
+                                  "stage": record.stage})
+        self.say(f"worker {action.worker}: #{issue.number} advances to {record.stage}")
+        start_try(self.run, record)
+
+    def do_mark_complete(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        configs.set_issue(cfg.path, issue.number, status="completed")
+        _free(self.run, record)
+        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number})
+        self.say(f"worker {action.worker}: #{issue.number} completed")
+
+    def do_skip(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        kill_try(self.run, record)
+        configs.set_issue(cfg.path, issue.number, status="failed")
+        _free(self.run, record)
+        self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
+                                  "reason": action.reason})
+        self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
+
+    def do_idle(self, action: Action, record: WorkerRecord) -> None:
+        self.run.files.log_event({"action": "idle", "worker": action.worker})
+
+    def do_resume(self, action: Action, record: WorkerRecord) -> None:
+        self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
+        self._restore_worktree(action, record)
+        start_try(self.run, record)
+
+    def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
+        """An agent may delete its own worktree: bring it back from its branch before the next try."""
+        if record.worktree and not Path(record.worktree).is_dir():
+            cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+            repo = cfg.repo_for(issue)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
+                                      record.branch or cfg.branch_for(issue))
+
+    def do_restart(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        # Counted before anything can fail: a restart that breaks halfway still used one retry.
+        record.retry_count += 1
+        record.nudged = record.nudged or action.nudge
+        record.last_reason = action.reason
+        self.run.files.save_worker(record)
+        kill_try(self.run, record)
+        self._restore_worktree(action, record)
+        continuation = ""
+        if action.continuation:
+            try:
+                commits, stat = worktrees.continuation_facts(Path(record.worktree or ""),
+                                                             cfg.repo_for(issue).default_branch, record.branch or "")
+            except worktrees.GitFailed as err:
+                commits, stat = f"(unavailable: {err})", ""
+            continuation = prompts.continuation_text(action.reason, commits, stat,
+                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
+        _next_try(self.run, record)
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
+                                  "retry_count": record.retry_count, "reason": action.reason,
+                                  "continuation": action.continuation})
+        self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
+        start_try(self.run, record, continuation)
+
+    def do_reassign(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        if self.launched and cfg.stagger_delay:
+            self.run.sleep(cfg.stagger_delay)
+        repo = cfg.repo_for(issue)
+        branch, path = cfg.branch_for(issue), cfg.worktree_for(issue)
+        try:
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch)
+        except worktrees.GitFailed as err:
+            # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
+            configs.set_issue(cfg.path, issue.number, status="failed")
+            self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
+                                      "reason": f"worktree: {err}"})
+            self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
+            return
+        record.reset()
+        record.status, record.project, record.issue_number = "running", cfg.project, issue.number
+        record.branch, record.worktree = branch, str(path)
+        record.stage_index = issue.pipeline_stage
+        record.stage = cfg.pipeline[issue.pipeline_stage]
+        record.stage_base = worktrees.branch_head(path, branch)
+        _next_try(self.run, record)
+        self.run.files.save_worker(record)
+        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker)
+        self.run.files.log_event({"action": "reassign", "worker": action.worker, "new_issue": issue.number,
+                                  "project": cfg.project, "branch": branch})
+        self.say(f"worker {action.worker}: takes #{issue.number} ({record.stage})")
+        start_try(self.run, record)
+        self.launched += 1
+
+
+def _num(ref: IssueRef | None) -> int | None:
+    return ref.number if ref else None

@@ -1,0 +1,166 @@
+"""cleanup: kill the session (exact name) and the agents, remove worktrees only when nothing can be lost.
+
+Any doubt keeps a worktree: uncommitted or untracked files, commits not on the
+remote, a process still working in it, a path that is the main repository or
+outside worktree_base. `--force` first saves the work on a backup ref
+(refs/orchestrator-backup/...). Branches are never deleted.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import tmux, worktrees
+from orchestrator.act import kill_try
+from orchestrator.config import RepoConfig
+from orchestrator.run import Run
+from orchestrator.state import MonitorBusy, monitor_lock
+
+
+@dataclass
+class Verdict:
+    path: str
+    branch: str | None
+    outcome: str  # removed, kept, pruned, removed after backup
+    reasons: list[str]
+    backup_ref: str | None = None
+
+
+@dataclass
+class CleanupReport:
+    session_killed: bool
+    verdicts: list[Verdict]
+
+    @property
+    def refused(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.outcome == "kept" and v.reasons]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"session_killed": self.session_killed, "worktrees": [asdict(v) for v in self.verdicts]}
+
+
+def processes_in(path: Path) -> list[int]:
+    """Processes whose working directory is inside `path`."""
+    found = []
+    root = str(path.resolve())
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+def doubts(repo: RepoConfig, path: Path) -> list[str]:
+    """Every reason this worktree cannot be removed without losing something (empty: safe)."""
+    if path.resolve() == repo.path.resolve():
+        return ["it is the main repository"]
+    if not worktrees.inside(path, repo.worktree_base):
+        return [f"it is outside worktree_base {repo.worktree_base}"]
+    reasons = []
+    busy = processes_in(path)
+    if busy:
+        reasons.append(f"process {', '.join(map(str, busy[:5]))} is running in it")
+    try:
+        if worktrees.porcelain(path).strip():
+            reasons.append("uncommitted or untracked changes")
+    except worktrees.GitFailed as err:
+        reasons.append(f"cannot read its status: {err}")
+    try:
+        worktrees.git(path, "fetch", "-q", "origin")
+        unpushed = worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
+        if unpushed != "0":
+            reasons.append(f"{unpushed} commit(s) not on the remote")
+    except worktrees.GitFailed as err:
+        reasons.append(f"cannot check the remote: {err}")
+    return reasons
+
+
+def backup(path: Path, branch: str | None) -> str:
+    """A commit of everything in the worktree (staged, unstaged, untracked) on a backup ref; returns the ref."""
+    with tempfile.TemporaryDirectory() as tmp:
+        index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        worktrees.git(path, "read-tree", "HEAD", env=index)
+        worktrees.git(path, "add", "-A", env=index)
+        tree = worktrees.git(path, "write-tree", env=index).strip()
+    commit = worktrees.git(path, "commit-tree", tree, "-p", "HEAD", "-m",
+                           f"orchestrator backup of {path} before cleanup --force").strip()
+    name = (branch or path.name).replace("/", "-")
+    ref = f"refs/orchestrator-backup/{name}/{time.strftime('%Y%m%dT%H%M%S')}"
+    worktrees.git(path, "update-ref", ref, commit)
+    return ref
+
+
+def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> CleanupReport:
+    for record in run.files.load_workers(run.num_workers):
+        if record.issue_number is not None:
+            kill_try(run, record)
+    killed = tmux.kill_session(run.server, run.session)
+    _wait_for_monitor_to_stop(run)
+    verdicts: list[Verdict] = []
+    if keep_worktrees:
+        return CleanupReport(killed, verdicts)
+    seen: set[Path] = set()
+    for cfg in run.configs:
+        for repo in cfg.repos.values():
+            if repo.path in seen or not repo.path.is_dir():
+                continue
+            seen.add(repo.path)
+            verdicts.extend(_clean_repo(repo, force))
+    return CleanupReport(killed, verdicts)
+
+
+def _wait_for_monitor_to_stop(run: Run, seconds: float = 3.0) -> None:
+    """The monitor dies with its session; one running elsewhere would start agents again: refuse."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with monitor_lock(run.locks()):
+                return
+        except MonitorBusy as err:
+            if time.monotonic() > deadline:
+                raise MonitorBusy(f"{err}: stop it before cleanup") from None
+            time.sleep(0.1)
+
+
+def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
+    out = []
+    listed = worktrees.registered(repo.path)
+    for entry in listed[1:]:  # the first is the main worktree
+        if not worktrees.inside(entry.path, repo.worktree_base):
+            continue  # not ours: never touched, not reported
+        if entry.prunable or not entry.path.is_dir():
+            worktrees.git(repo.path, "worktree", "prune")
+            out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))
+            continue
+        reasons = doubts(repo, entry.path)
+        if not reasons:
+            worktrees.git(repo.path, "worktree", "remove", str(entry.path))
+            out.append(Verdict(str(entry.path), entry.branch, "removed", []))
+        elif force:
+            ref = backup(entry.path, entry.branch)
+            worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))
+            out.append(Verdict(str(entry.path), entry.branch, "removed after backup", reasons, ref))
+        else:
+            out.append(Verdict(str(entry.path), entry.branch, "kept", reasons))
+    return out
+
+
+def report_lines(report: CleanupReport) -> list[str]:
+    lines = ["session killed" if report.session_killed else "no session to kill"]
+    for v in report.verdicts:
+        why = f" ({'; '.join(v.reasons)})" if v.reasons else ""
+        saved = f" -> work saved on {v.backup_ref}" if v.backup_ref else ""
+        lines.append(f"{v.outcome}: {v.path} [{v.branch or 'detached'}]{why}{saved}")
+    if report.refused:
+        lines.append(f"{len(report.refused)} worktree(s) kept; branches are never deleted. Push or commit the work, "
+                     "or use --force (saves it on a backup ref first).")
+    return lines

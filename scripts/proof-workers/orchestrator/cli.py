@@ -1,0 +1,202 @@
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard. One-line errors; exit 2 usage/config, 1 work failed."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.errors import OrchestratorError, error_lines
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise OrchestratorError(f"{self.prog}: {message}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected issue numbers like 3,4, got {text!r}") from None
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a proof-issues.json (default: $ORCHESTRATOR_HOME/config/proof-issues.json)")
+    parser.add_argument("--config-dir", type=Path, help="use every *-issues.json in this directory")
+    parser.add_argument("--workers", type=_count, default=0, help="number of workers (default: num_workers)")
+    parser.add_argument("--session", default="", help="tmux session name (default: tmux_session)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="orchestrator", description="Parallel coding agents in tmux with a deterministic monitor.")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    launch = verbs.add_parser("launch", help="create the tmux session: monitor, workers, dashboard")
+    _with_config(launch)
+    launch.add_argument("--dry-run", action="store_true", help="validate and print the plan; change nothing")
+    launch.add_argument("--json", action="store_true", help="print the plan as JSON (with --dry-run)")
+    monitor = verbs.add_parser("monitor", help="run the monitor loop (launch starts it in window 0)")
+    _with_config(monitor)
+    monitor.add_argument("--cycle", type=_seconds, help="seconds between cycles (default: cycle_interval)")
+    monitor.add_argument("--no-delay", action="store_true", help="skip the initial wait")
+    monitor.add_argument("--once", action="store_true", help="run one cycle and exit")
+    status = verbs.add_parser("status", help="one report of workers and issues")
+    _with_config(status)
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    clean = verbs.add_parser("cleanup", help="kill the session and agents; remove worktrees that are clean and pushed")
+    _with_config(clean)
+    clean.add_argument("--keep-worktrees", action="store_true", help="kill the session only")
+    clean.add_argument("--force", action="store_true",
+                       help="also remove worktrees with unsaved work, after saving it on a backup ref")
+    clean.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    dash = verbs.add_parser("dashboard", help="live read-only view of workers and issues (Ctrl-C quits)")
+    _with_config(dash)
+    dash.add_argument("--interval", type=_seconds, default=2.0, help="seconds between redraws")
+    dash.add_argument("--once", action="store_true", help="draw one frame and exit")
+    add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
+    add.add_argument("number", type=_count)
+    add.add_argument("--title", required=True)
+    add.add_argument("--priority", type=_count, default=1)
+    add.add_argument("--wave", type=_count, default=1)
+    add.add_argument("--depends-on", type=_numbers, default=[])
+    add.add_argument("--description", default="")
+    add.add_argument("--config", type=Path, help="the config file to append to")
+    return parser
+
+
+def _launch(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator.launch import apply_launch, plan_launch
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    plan = plan_launch(run)
+    if args.json:
+        out(json.dumps({**plan.to_json(), "dry_run": args.dry_run}, indent=2, ensure_ascii=False))
+    else:
+        for line in plan.lines():
+            out(("(dry run) " if args.dry_run else "") + line)
+    if not args.dry_run:
+        apply_launch(run, plan)
+        if not args.json:
+            import os
+
+            from orchestrator.tmux import SOCKET_ENV
+
+            chosen = os.environ.get(SOCKET_ENV) or run.lead.tmux_socket
+            socket = (f" -S {chosen}" if "/" in chosen else f" -L {chosen}") if chosen else ""
+            out(f"launched: tmux{socket} attach -t {run.session}")
+    return 0
+
+
+def _monitor(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    if args.cycle is not None and args.cycle <= 0:
+        raise OrchestratorError("monitor: --cycle must be more than 0 seconds")
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    failed = monitor(run, cycle=args.cycle, once=args.once, no_delay=args.no_delay, say=out)
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator.report import status_document, status_lines
+    from orchestrator.run import open_run
+
+    doc = status_document(open_run(args.config, args.config_dir, args.workers, args.session))
+    if args.json:
+        out(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        for line in status_lines(doc):
+            out(line)
+    return 0
+
+
+def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from lib.paths import Paths
+    from orchestrator.config import add_issue, config_files
+
+    if args.number <= 0:
+        raise OrchestratorError("add-issue: the issue number must be positive")
+    path = config_files(args.config, None, Paths.from_env().home)[0]
+    add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description)
+    out(f"added #{args.number} to {path}")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator.cleanup import cleanup, report_lines
+    from orchestrator.run import open_run
+
+    report = cleanup(open_run(args.config, args.config_dir, args.workers, args.session), args.keep_worktrees,
+                     args.force)
+    if args.json:
+        out(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in report_lines(report):
+            out(line)
+    return 1 if report.refused else 0
+
+
+def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from rich.console import Console
+
+    from orchestrator.dashboard import render, run_dashboard
+    from orchestrator.report import status_document
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+
+    def load() -> dict[str, Any]:
+        try:
+            run.reload()
+        except OrchestratorError:
+            pass  # mid-edit: show the last good config
+        return status_document(run)
+
+    if args.once:
+        Console().print(render(load()))
+    else:
+        run_dashboard(load, max(args.interval, 0.2))
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
+    "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        return VERBS[args.verb](args, out)
+    except OrchestratorError as err:
+        print(error_lines(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,388 @@
+"""proof-issues.json: load and validate (one line per problem), locked atomic issue updates."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.errors import ConfigError
+from lib.statefile import locked, write_json
+
+VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
+                "validate", "review")
+STATUSES = ("pending", "in_progress", "completed", "failed")
+AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
+# Claude Code in print mode, reading the prompt from its file (never typed, never on a command line).
+DEFAULT_AGENT_COMMAND = "claude -p --dangerously-skip-permissions < {{prompt_file}}"
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    name: str
+    path: Path
+    default_branch: str
+    worktree_base: Path
+    branch_prefix: str
+    platform: str = "gitlab"
+
+
+@dataclass(frozen=True)
+class Issue:
+    number: int
+    title: str
+    priority: int = 1
+    depends_on: tuple[int, ...] = ()
+    wave: int = 1
+    status: str = "pending"
+    assigned_worker: int | None = None
+    repo: str = ""
+    pipeline_stage: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    path: Path
+    project: str
+    repos: dict[str, RepoConfig]
+    pipeline: tuple[str, ...]
+    project_context: dict[str, Any]
+    issues: tuple[Issue, ...]
+    num_workers: int = 5
+    cycle_interval: float = 60.0
+    max_retries: int = 10
+    stall_timeout: float = 900.0
+    wall_clock_timeout: float = 1800.0
+    stagger_delay: float = 30.0
+    tmux_session: str = "proof-orchestrator"
+    tmux_socket: str | None = None
+    agent_command: str = DEFAULT_AGENT_COMMAND
+    prompts: dict[str, str] = field(default_factory=dict)
+
+    def issue(self, number: int) -> Issue | None:
+        return next((i for i in self.issues if i.number == number), None)
+
+    def repo_for(self, issue: Issue) -> RepoConfig:
+        return self.repos[issue.repo] if issue.repo else next(iter(self.repos.values()))
+
+    def branch_for(self, issue: Issue) -> str:
+        return f"{self.repo_for(issue).branch_prefix}{issue.number}"
+
+    def worktree_for(self, issue: Issue) -> Path:
+        return self.repo_for(issue).worktree_base / f"issue-{issue.number}"
+
+
+class _Checker:
+    """Collects `file: field: problem` lines; reads typed values with defaults."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def bad(self, where: str, what: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {what}")
+
+    def get(self, doc: dict[str, Any], key: str, kind: str, default: Any, where: str = "") -> Any:
+        label = f"{where}{key}"
+        if key not in doc or (doc[key] is None and kind == "int?"):
+            return default
+        value = doc[key]
+        checks: dict[str, Callable[[Any], bool]] = {
+            "str": lambda v: isinstance(v, str),
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "int?": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "num": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"),
+            "list": lambda v: isinstance(v, list),
+            "dict": lambda v: isinstance(v, dict),
+        }
+        if not checks[kind](value):
+            names = {"str": "a string", "int": "a whole number", "int?": "a whole number or null",
+                     "num": "a finite number", "list": "a list", "dict": "an object"}
+            self.bad(label, f"must be {names[kind]}, got {json.dumps(value)[:60]}")
+            return default
+        return value
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read ({err})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a JSON object at the top level")
+    return raw
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return (base / Path(value).expanduser()).resolve() if value else base
+
+
+def _template_problem(template: str, allowed: tuple[str, ...]) -> str | None:
+    unknown = sorted({m.group(1) for m in PLACEHOLDER.finditer(template)} - set(allowed))
+    if unknown:
+        return f"unknown placeholder {{{{{unknown[0]}}}}} (known: {', '.join(allowed)})"
+    if "{{" in PLACEHOLDER.sub("", template) or "}}" in PLACEHOLDER.sub("", template):
+        return "unbalanced {{ or }}"
+    return None
+
+
+def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoConfig]:
+    def one(name: str, doc: dict[str, Any], where: str, path_key: str) -> RepoConfig | None:
+        path = check.get(doc, path_key, "str", "", where)
+        prefix = check.get(doc, "branch_prefix", "str", "", where)
+        branch = check.get(doc, "default_branch", "str", "main", where)
+        base_dir = check.get(doc, "worktree_base", "str", "", where)
+        platform = check.get(doc, "platform", "str", "gitlab", where)
+        if not path:
+            check.bad(f"{where}{path_key}", "missing: the repository's path")
+            return None
+        if not prefix or BAD_REF.search(prefix):
+            check.bad(f"{where}branch_prefix", f"must be a non-empty branch name prefix, got {prefix!r}")
+        if not branch or BAD_REF.search(branch):
+            check.bad(f"{where}default_branch", f"not a branch name: {branch!r}")
+        repo_path = _resolve(base, path)
+        worktree_base = _resolve(base, base_dir) if base_dir else repo_path.with_name(repo_path.name + "-worktrees")
+        return RepoConfig(name, repo_path, branch, worktree_base, prefix, platform)
+
+    repos: dict[str, RepoConfig] = {}
+    if "repos" in raw:
+        table = check.get(raw, "repos", "dict", {})
+        for name, doc in table.items():
+            if not isinstance(doc, dict):
+                check.bad(f"repos.{name}", "must be an object")
+                continue
+            repo = one(name, doc, f"repos.{name}.", "path")
+            if repo:
+                repos[name] = repo
+        if not table:
+            check.bad("repos", "must name at least one repository")
+    else:
+        name = check.get(raw, "repo", "str", "default")
+        repo = one(name, raw, "", "repo_path")
+        if repo:
+            repos[name] = repo
+    return repos
+
+
+def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], stages: int) -> tuple[Issue, ...]:
+    items = check.get(raw, "issues", "list", [])
+    issues: list[Issue] = []
+    seen: set[int] = set()
+    for index, doc in enumerate(items):
+        where = f"issues[{index}]."
+        if not isinstance(doc, dict):
+            check.bad(f"issues[{index}]", "must be an object")
+            continue
+        if "number" not in doc:
+            check.bad(f"{where}number", "missing")
+            continue
+        number = check.get(doc, "number", "int", None, where)
+        if number is None:
+            continue
+        where = f"issues[{index}] (#{number})."
+        if number <= 0:
+            check.bad(f"{where}number", "must be positive")
+        if number in seen:
+            check.bad(f"{where}number", f"duplicate issue number {number}")
+        seen.add(number)
+        depends = check.get(doc, "depends_on", "list", [], where)
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in depends):
+            check.bad(f"{where}depends_on", "must be a list of issue numbers")
+            depends = []
+        status = check.get(doc, "status", "str", "pending", where)
+        if status not in STATUSES:
+            check.bad(f"{where}status", f"unknown status {status!r} (known: {', '.join(STATUSES)})")
+            status = "pending"
+        repo = check.get(doc, "repo", "str", "", where)
+        if repo and repo not in repos and repos:
+            check.bad(f"{where}repo", f"unknown repo {repo!r} (known: {', '.join(repos)})")
+        if not repo and len(repos) > 1:
+            check.bad(f"{where}repo", "required when the config has several repos")
+        stage = check.get(doc, "pipeline_stage", "int", 0, where)
+        if not 0 <= stage < max(stages, 1):
+            check.bad(f"{where}pipeline_stage", f"must be 0..{max(stages, 1) - 1}, got {stage}")
+            stage = 0
+        issues.append(Issue(
+            number=number,
+            title=check.get(doc, "title", "str", "", where),
+            priority=check.get(doc, "priority", "int", 1, where),
+            depends_on=tuple(depends),
+            wave=check.get(doc, "wave", "int", 1, where),
+            status=status,
+            assigned_worker=check.get(doc, "assigned_worker", "int?", None, where),
+            repo=repo,
+            pipeline_stage=stage,
+            description=check.get(doc, "description", "str", "", where),
+        ))
+    _check_dependencies(issues, check)
+    return tuple(issues)
+
+
+def _check_dependencies(issues: list[Issue], check: _Checker) -> None:
+    numbers = {i.number for i in issues}
+    for issue in issues:
+        for dep in issue.depends_on:
+            if dep == issue.number:
+                check.bad(f"issue #{issue.number}.depends_on", "depends on itself")
+            elif dep not in numbers:
+                check.bad(f"issue #{issue.number}.depends_on", f"#{dep} is not in the issue list")
+    graph = {i.number: [d for d in i.depends_on if d in numbers and d != i.number] for i in issues}
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: int, path: list[int]) -> list[int] | None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep] if dep in path else [node, dep]
+            if dep not in state:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for number in sorted(graph):
+        if number not in state:
+            cycle = visit(number, [number])
+            if cycle:
+                check.bad("issues", "dependency cycle: " + " -> ".join(f"#{n}" for n in cycle))
+                return
+
+
+def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
+    """Validate a parsed config; every problem becomes one `file: field: what` line."""
+    check = _Checker(path)
+    base = path.parent
+    project = check.get(raw, "project", "str", "") or path.stem.removesuffix("-issues")
+    if not NAME.match(project):
+        check.bad("project", f"must be a plain name (letters, digits, . _ -), got {project!r}")
+    repos = _repos(raw, check, base)
+    pipeline = check.get(raw, "pipeline", "list", ["implement"])
+    for stage in pipeline:
+        if stage not in VALID_STAGES:
+            check.bad("pipeline", f"unknown stage {stage!r} (known: {', '.join(VALID_STAGES)})")
+    if not pipeline:
+        check.bad("pipeline", "must list at least one stage")
+    issues = _issues(raw, check, repos, len(pipeline))
+    context = check.get(raw, "project_context", "dict", {})
+    workers = check.get(raw, "num_workers", "int", 5)
+    if not 1 <= workers <= MAX_WORKERS:
+        check.bad("num_workers", f"must be 1..{MAX_WORKERS}, got {workers}")
+    timings = {}
+    for key, default, minimum in (("cycle_interval", 60.0, 0.0), ("stall_timeout", 900.0, 0.0),
+                                  ("wall_clock_timeout", 1800.0, 0.0), ("stagger_delay", 30.0, -1.0)):
+        value = check.get(raw, key, "num", default)
+        if value <= minimum:
+            check.bad(key, f"must be {'> 0' if minimum == 0 else '>= 0'} seconds, got {value}")
+        timings[key] = float(value)
+    retries = check.get(raw, "max_retries", "int", 10)
+    if retries < 0:
+        check.bad("max_retries", f"must be >= 0, got {retries}")
+    session = check.get(raw, "tmux_session", "str", "proof-orchestrator")
+    if not NAME.match(session) or "." in session:
+        check.bad("tmux_session", f"must be a plain name (letters, digits, _ -), got {session!r}")
+    socket = check.get(raw, "tmux_socket", "str", "") or None
+    agent = check.get(raw, "agent_command", "str", DEFAULT_AGENT_COMMAND)
+    problem = _template_problem(agent, AGENT_PLACEHOLDERS)
+    if problem or not agent.strip():
+        check.bad("agent_command", problem or "must not be empty")
+    prompts = check.get(raw, "prompts", "dict", {})
+    for stage, template in prompts.items():
+        if stage not in VALID_STAGES:
+            check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES)})")
+        elif not isinstance(template, str):
+            check.bad(f"prompts.{stage}", "must be a string")
+    if check.problems:
+        raise ConfigError(check.problems)
+    return ProjectConfig(
+        path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
+        issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
+        agent_command=agent, prompts=dict(prompts), **timings)
+
+
+def load_config(path: Path) -> ProjectConfig:
+    path = Path(path).expanduser().resolve()
+    return parse_config(path, read_raw(path))
+
+
+def config_files(config: Path | None, config_dir: Path | None, home: Path) -> list[Path]:
+    """The config files a run uses: one file, every *-issues.json of a directory, or the default."""
+    if config and config_dir:
+        raise ConfigError("give --config or --config-dir, not both")
+    if config_dir:
+        directory = Path(config_dir).expanduser().resolve()
+        if not directory.is_dir():
+            raise ConfigError(f"{directory}: not a directory")
+        files = sorted(directory.glob("*-issues.json"))
+        if not files:
+            raise ConfigError(f"{directory}: no *-issues.json files")
+        return files
+    return [Path(config).expanduser().resolve() if config else home / "config" / "proof-issues.json"]
+
+
+def load_configs(files: list[Path]) -> list[ProjectConfig]:
+    """Load every file (all problems reported together); projects must be distinct."""
+    configs: list[ProjectConfig] = []
+    problems: list[str] = []
+    for path in files:
+        try:
+            configs.append(load_config(path))
+        except ConfigError as err:
+            problems.extend(err.problems)
+    seen: dict[str, Path] = {}
+    for cfg in configs:
+        if cfg.project in seen:
+            problems.append(f"{cfg.path}: project: {cfg.project!r} is also the project of {seen[cfg.project]}")
+        seen[cfg.project] = cfg.path
+    if problems:
+        raise ConfigError(problems)
+    return configs
+
+
+def update_issues(path: Path, change: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Change the issues list of a config file under its lock, atomically, keeping every other key."""
+    path = Path(path).resolve()  # a symlinked config stays a symlink: its target is what changes
+    with locked(path):
+        raw = read_raw(path)
+        issues = raw.setdefault("issues", [])
+        change(issues)
+        parse_config(path, raw)  # never write a file that no longer loads
+        write_json(path, raw)
+
+
+def set_issue(path: Path, number: int, **fields: Any) -> None:
+    def change(issues: list[dict[str, Any]]) -> None:
+        for doc in issues:
+            if isinstance(doc, dict) and doc.get("number") == number:
+                doc.update(fields)
+                return
+        raise ConfigError(f"{path}: issue #{number} is not in the issue list")
+
+    update_issues(path, change)
+
+
+def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int = 1,
+              depends_on: list[int] | None = None, description: str = "") -> None:
+    def change(issues: list[dict[str, Any]]) -> None:
+        if any(isinstance(doc, dict) and doc.get("number") == number for doc in issues):
+            raise ConfigError(f"{path}: issue #{number} already exists")
+        doc: dict[str, Any] = {"number": number, "title": title, "priority": priority,
+                               "depends_on": list(depends_on or []), "wave": wave, "status": "pending",
+                               "assigned_worker": None}
+        if description:
+            doc["description"] = description
+        issues.append(doc)
+
+    update_issues(path, change)

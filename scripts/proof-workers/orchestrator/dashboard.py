@@ -1,0 +1,59 @@
+"""dashboard: a live, read-only view (rich Live) of the same document `status --json` prints."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
+               "pending": "white", "waiting": "dim"}
+
+
+def render(doc: dict[str, Any]) -> Group:
+    """One frame. Every title, log line and reason is a Text (never parsed as markup)."""
+    workers = Table(title=f"session {doc['session']}", expand=True)
+    for column in ("worker", "issue", "stage", "status", "time", "retries", "last log line"):
+        workers.add_column(column, overflow="ellipsis", no_wrap=column != "last log line")
+    for w in doc["workers"]:
+        workers.add_row(f"worker-{w['worker']}", Text(f"#{w['issue']} {w['title'] or ''}" if w["issue"] else "-"),
+                        w["stage"] or "-", w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-",
+                        str(w["retries"]), Text(w["last_log_line"] or ""))
+    parts: list[Any] = [workers]
+    for project in doc["projects"]:
+        done = project["counts"].get("completed", 0) + project["counts"].get("failed", 0)
+        issues = Table(expand=True, show_edge=False)
+        for column in ("issue", "title", "state", "stage", "wave", "depends on"):
+            issues.add_column(column, overflow="ellipsis", no_wrap=True)
+        for i in project["issues"]:
+            issues.add_row(f"#{i['number']}", Text(i["title"].replace("\n", " ")),
+                           Text(i["state"], style=STATE_STYLE.get(i["state"], "")), i["stage"], str(i["wave"]),
+                           ",".join(f"#{d}" for d in i["depends_on"]) or "-")
+        header = Text(f"{project['project']}: {done}/{project['total']} done   pipeline: "
+                      + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"])))
+        parts.append(Panel(Group(header, ProgressBar(total=max(project["total"], 1), completed=done), issues)))
+    if doc["next_eligible"]:
+        parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
+    for failure in doc["failures"]:
+        parts.append(Text(f"failure #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}",
+                          style="red"))
+    return Group(*parts)
+
+
+def run_dashboard(load: Callable[[], dict[str, Any]], interval: float = 2.0, console: Console | None = None,
+                  frames: int | None = None) -> None:
+    """Redraw every `interval` seconds until Ctrl-C (or `frames` redraws, for tests)."""
+    shown = 0
+    try:
+        with Live(render(load()), console=console, refresh_per_second=4, screen=False) as live:
+            while frames is None or shown < frames:
+                time.sleep(interval)
+                live.update(render(load()))
+                shown += 1
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,158 @@
+"""decide(snapshots, state, settings) -> actions: the monitor's whole judgement, pure and replayable.
+
+No clock, no files, no tmux, no model call: the same inputs always give the same
+actions, so a journal of (snapshots, state, settings, actions) replays exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from orchestrator.queue import IssueRef, IssueView, next_issue
+
+# A verified stage whose push keeps failing (remote down, branch rewritten) fails the
+# issue after this many attempts, one per cycle; its commits stay on the local branch.
+MAX_PUSH_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One worker as probed this cycle. Three probes kept apart: pane, agent process, progress."""
+
+    worker_id: int
+    try_id: int
+    pane_exists: bool
+    agent_alive: bool
+    exit_code: int | None  # from this try's own signal file; None: no signal yet
+    new_commits: int  # commits made in the current stage (since its base)
+    dirty: bool  # uncommitted or untracked changes in the worktree
+    idle_seconds: float  # since the log or the worktree last changed
+    elapsed_seconds: float  # since this try started
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    worker_id: int
+    issue: IssueRef | None = None
+    stage_index: int = 0
+    retry_count: int = 0
+    nudged: bool = False
+    launched: bool = True
+    try_id: int = 0
+    push_failures: int = 0
+    start_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_retries: int
+    stall_timeout: float
+    wall_clock_timeout: float
+
+
+@dataclass(frozen=True)
+class State:
+    workers: tuple[WorkerView, ...]
+    issues: tuple[IssueView, ...]
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume
+    worker: int
+    issue: IssueRef | None = None
+    reason: str = ""
+    continuation: bool = False
+    nudge: bool = False
+
+
+def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
+    """Actions for this cycle, per worker in id order, then assignments of free workers."""
+    by_worker = {s.worker_id: s for s in snapshots}
+    issues = {i.ref: i for i in state.issues}
+    claimed = {w.issue for w in state.workers if w.issue is not None}
+    actions: list[Action] = []
+    free: list[tuple[int, bool]] = []  # (worker, freed this cycle)
+    for worker in sorted(state.workers, key=lambda w: w.worker_id):
+        if worker.issue is None:
+            free.append((worker.worker_id, False))
+            continue
+        snapshot = by_worker.get(worker.worker_id)
+        if snapshot is None or snapshot.try_id != worker.try_id:
+            continue  # nothing known of this try: never judge it on another try's evidence
+        judged = _judge(worker, snapshot, issues.get(worker.issue), settings)
+        actions.extend(judged)
+        if any(a.kind in ("mark_complete", "skip") for a in judged):
+            free.append((worker.worker_id, True))
+    # An issue completed in this cycle does not unblock its dependents until the
+    # next one: its push may still fail, and then it is not complete.
+    for worker_id, freed in free:
+        issue = next_issue(state.issues, claimed)
+        if issue is not None:
+            claimed.add(issue.ref)
+            actions.append(Action("reassign", worker_id, issue.ref,
+                                  f"next eligible (wave {issue.wave}, priority {issue.priority})"))
+        elif freed:
+            actions.append(Action("idle", worker_id, reason="no eligible issue"))
+    return actions
+
+
+def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings: Settings) -> list[Action]:
+    ref = worker.issue
+    wid = worker.worker_id
+    if not worker.launched:
+        if worker.start_failures >= max(settings.max_retries, 1):
+            return [Action("skip", wid, ref, f"the agent could not be started ({worker.start_failures} attempts)")]
+        return [Action("resume", wid, ref, "this try was prepared but never started")]
+
+    def failed_try(reason: str, continuation: bool = True, nudge: bool = False) -> list[Action]:
+        if worker.retry_count < settings.max_retries:
+            return [Action("restart", wid, ref, f"{reason}; retry {worker.retry_count + 1}/{settings.max_retries}",
+                           continuation=continuation, nudge=nudge)]
+        return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
+
+    if snap.exit_code is not None:
+        if snap.exit_code != 0:
+            return failed_try(f"exit code {snap.exit_code}")
+        if snap.new_commits == 0:
+            if snap.dirty and not worker.nudged:
+                return failed_try("exit 0 with uncommitted changes and no commit", nudge=True)
+            return failed_try("exit 0 without a new commit in this stage")
+        if worker.push_failures >= MAX_PUSH_ATTEMPTS:
+            return [Action("skip", wid, ref, f"push failed {worker.push_failures} times; the commits stay on the "
+                                             "local branch")]
+        stages = issue.stage_count if issue else 1
+        done = [Action("push", wid, ref, f"{snap.new_commits} new commit(s) in this stage")]
+        if worker.stage_index + 1 < stages:
+            return done + [Action("advance_stage", wid, ref, f"stage {worker.stage_index + 1}/{stages} verified")]
+        return done + [Action("mark_complete", wid, ref, "all pipeline stages done")]
+    if not snap.agent_alive:
+        where = "" if snap.pane_exists else " (its pane is gone)"
+        return failed_try(f"agent gone without an exit code{where}")
+    if snap.idle_seconds >= settings.stall_timeout:
+        return failed_try(f"stalled: no log or worktree change for {snap.idle_seconds:.0f}s")
+    if snap.elapsed_seconds >= settings.wall_clock_timeout:
+        return failed_try(f"past wall_clock_timeout ({snap.elapsed_seconds:.0f}s)")
+    return []
+
+
+# --- journal form: plain JSON both ways, so a recorded cycle can be replayed ---------------------
+
+def _ref(value: Any) -> IssueRef | None:
+    return IssueRef(**value) if value else None
+
+
+def cycle_to_json(snapshots: Sequence[Snapshot], state: State, settings: Settings,
+                  actions: Sequence[Action]) -> dict[str, Any]:
+    return {"snapshots": [asdict(s) for s in snapshots], "state": asdict(state), "settings": asdict(settings),
+            "actions": [asdict(a) for a in actions]}
+
+
+def cycle_from_json(doc: dict[str, Any]) -> tuple[list[Snapshot], State, Settings, list[Action]]:
+    snapshots = [Snapshot(**s) for s in doc["snapshots"]]
+    state = State(
+        workers=tuple(WorkerView(**{**w, "issue": _ref(w["issue"])}) for w in doc["state"]["workers"]),
+        issues=tuple(IssueView(**{**i, "ref": IssueRef(**i["ref"]), "depends_on": tuple(i["depends_on"])})
+                     for i in doc["state"]["issues"]))
+    actions = [Action(**{**a, "issue": _ref(a["issue"])}) for a in doc["actions"]]
+    return snapshots, state, Settings(**doc["settings"]), actions

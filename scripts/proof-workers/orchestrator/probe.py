@@ -1,0 +1,117 @@
+"""Snapshots of every worker: pane exists, agent process alive, progress (three probes, never conflated).
+
+Per cycle: one tmux listing for all panes, one read of /proc for all processes,
+and per busy worker two or three cheap git calls in its worktree.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import worktrees
+from orchestrator.decide import Snapshot
+from orchestrator.state import RunFiles, WorkerRecord
+from orchestrator.tmux import Pane
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+
+
+def process_table() -> dict[int, Proc]:
+    """Every live (non-zombie) process, from one pass over /proc."""
+    table: dict[int, Proc] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
+    return table
+
+
+def descendants(table: dict[int, Proc], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def agent_alive(table: dict[int, Proc], pane: Pane | None, files: RunFiles, record: WorkerRecord) -> bool:
+    """This try's wrapper runs in the pane, or its agent's group still has a process under the pane."""
+    if pane is None or pane.pid is None or pane.pid not in table:
+        return False
+    under_pane = descendants(table, pane.pid) | ({pane.pid} if not pane.dead else set())
+    spec = str(files.try_spec(record.worker_id, record.try_id)).encode()
+    for pid in under_pane:
+        try:
+            if spec in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    group = read_pid(files.pid_file(record.worker_id, record.try_id))
+    return group is not None and any(p.pgid == group and p.pid in under_pane for p in table.values())
+
+
+def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes: str) -> str:
+    log = files.log(record.worker_id)
+    try:
+        stat = log.stat()
+        log_part = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        log_part = "-"
+    return hashlib.sha1(f"{log_part}|{head}|{changes}".encode()).hexdigest()
+
+
+def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
+             now: float) -> Snapshot:
+    """Probe one busy worker; updates the record's progress marks (the caller saves it)."""
+    alive = agent_alive(table, pane, files, record)
+    # Read the signal after the processes: a wrapper seen dead has already written it.
+    exit_code = files.read_signal(record.worker_id, record.try_id)
+    if not record.launched and (alive or exit_code is not None):
+        record.launched = True  # the monitor died after starting this try, before recording it: never start it twice
+    worktree = Path(record.worktree or "")
+    head, changes, new = None, "", 0
+    if record.worktree and worktree.is_dir() and record.branch:
+        head = worktrees.branch_head(worktree, record.branch)
+        try:
+            changes = worktrees.porcelain(worktree)
+        except worktrees.GitFailed:
+            changes = ""
+        if head and record.stage_base and head != record.stage_base:
+            new = worktrees.commits_since(worktree, record.stage_base, record.branch)
+    mark = fingerprint(files, record, head, changes)
+    if mark != record.last_fingerprint or record.last_progress_at is None:
+        record.last_fingerprint = mark
+        record.last_progress_at = now
+    started = record.started_at if record.started_at is not None else now
+    return Snapshot(
+        worker_id=record.worker_id, try_id=record.try_id, pane_exists=pane is not None, agent_alive=alive,
+        exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
+        idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
+        elapsed_seconds=round(max(0.0, now - started), 3))

@@ -1,0 +1,182 @@
+"""Run state under state/<project>/: worker records, per-try files, event log, journal, the monitor lock."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from lib.errors import OrchestratorError
+from lib.statefile import write_json
+
+
+@dataclass
+class WorkerRecord:
+    worker_id: int
+    status: str = "idle"  # idle | running
+    project: str | None = None
+    issue_number: int | None = None
+    branch: str | None = None
+    worktree: str | None = None
+    stage_index: int = 0
+    stage: str = ""
+    try_id: int = 0  # grows with every launch of this worker: each try has its own files
+    launched: bool = False  # the pane was given this try (False after a crash between prepare and start)
+    retry_count: int = 0  # restarts in the current stage
+    nudged: bool = False  # the one "commit your changes" restart of this stage was used
+    stage_base: str | None = None  # HEAD when the stage began: progress counts commits after it
+    started_at: float | None = None  # this try
+    last_fingerprint: str = ""
+    last_progress_at: float | None = None
+    last_reason: str = ""
+    push_failures: int = 0  # consecutive failed pushes of this stage's verified work
+    start_failures: int = 0  # consecutive tries that could not even be started (tmux, worktree, files)
+
+    def reset(self) -> None:
+        """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
+        self.__dict__.update(WorkerRecord(self.worker_id, try_id=self.try_id).__dict__)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+class RunFiles:
+    """Every path of one run, under state/<project>/ (never a shared /tmp path)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir
+
+    def worker_file(self, worker: int) -> Path:
+        return self.root / "workers" / f"worker-{worker}.json"
+
+    def log(self, worker: int) -> Path:
+        return self.root / "logs" / f"worker-{worker}.log"
+
+    def try_stem(self, worker: int, try_id: int) -> str:
+        return f"worker-{worker}-try-{try_id}"
+
+    def signal(self, worker: int, try_id: int) -> Path:
+        return self.root / "signals" / f"{self.try_stem(worker, try_id)}.exit"
+
+    def pid_file(self, worker: int, try_id: int) -> Path:
+        return self.root / "signals" / f"{self.try_stem(worker, try_id)}.pid"
+
+    def prompt(self, worker: int, try_id: int) -> Path:
+        return self.root / "prompts" / f"{self.try_stem(worker, try_id)}.md"
+
+    def try_spec(self, worker: int, try_id: int) -> Path:
+        return self.root / "tries" / f"{self.try_stem(worker, try_id)}.json"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "orchestrator-log.jsonl"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "monitor.lock"
+
+    def load_worker(self, worker: int) -> WorkerRecord:
+        path = self.worker_file(worker)
+        try:
+            return WorkerRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return WorkerRecord(worker)
+        except (ValueError, TypeError) as err:
+            raise OrchestratorError(f"{path}: unreadable worker state ({err}); fix or remove it") from None
+
+    def save_worker(self, record: WorkerRecord) -> None:
+        write_json(self.worker_file(record.worker_id), asdict(record))
+
+    def load_workers(self, count: int) -> list[WorkerRecord]:
+        return [self.load_worker(n) for n in range(1, count + 1)]
+
+    def recorded_workers(self) -> list[int]:
+        """Worker ids with a state file (a run with more workers may have left some)."""
+        ids = []
+        for path in (self.root / "workers").glob("worker-*.json"):
+            number = path.stem.removeprefix("worker-")
+            if number.isdigit():
+                ids.append(int(number))
+        return sorted(ids)
+
+    def read_signal(self, worker: int, try_id: int) -> int | None:
+        """This try's exit code; a half-written or garbled file reads as no signal yet."""
+        try:
+            return int(self.signal(worker, try_id).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        append_line(self.events, {"timestamp": now_iso(), "event": event})
+
+    def record_cycle(self, doc: dict[str, Any]) -> None:
+        append_line(self.journal, {"timestamp": now_iso(), **doc})
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def append_line(path: Path, doc: dict[str, Any]) -> None:
+    """Append one JSON line with a single write (O_APPEND: concurrent writers never interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    return out
+
+
+class MonitorBusy(OrchestratorError):
+    """Another monitor (or launch) holds this project's lock."""
+
+
+@contextmanager
+def monitor_lock(locks: list[tuple[str, Path]]) -> Iterator[None]:
+    """One monitor per project (and per tmux session): non-blocking flocks, freed by the kernel on kill -9."""
+    handles = []
+    try:
+        for label, path in locks:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise MonitorBusy(f"another monitor is running for {label} (pid {holder}; lock {path})") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            handles.append(handle)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()

@@ -1,0 +1,133 @@
+"""decide() over a table of snapshots: the original's cases and every fault the issue says not to repeat."""
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))
+
+from orchestrator import decide as decide_module  # noqa: E402
+from orchestrator.decide import Action, Settings, Snapshot, State, WorkerView, decide  # noqa: E402
+from orchestrator.queue import IssueRef, IssueView  # noqa: E402
+
+SETTINGS = Settings(max_retries=2, stall_timeout=100, wall_clock_timeout=1000)
+
+
+def ref(n: int) -> IssueRef:
+    return IssueRef("p", n)
+
+
+def issue(n: int, status: str = "pending", wave: int = 1, priority: int = 1, deps: tuple[int, ...] = (),
+          stages: int = 3) -> IssueView:
+    return IssueView(ref(n), status, wave, priority, deps, stages)
+
+
+def busy(worker: int = 1, n: int = 1, stage: int = 0, retries: int = 0, nudged: bool = False, launched: bool = True,
+         try_id: int = 1) -> WorkerView:
+    return WorkerView(worker, ref(n), stage, retries, nudged, launched, try_id)
+
+
+def snap(worker: int = 1, try_id: int = 1, pane: bool = True, alive: bool = False, exit_code: int | None = None,
+         commits: int = 0, dirty: bool = False, idle: float = 0, elapsed: float = 0) -> Snapshot:
+    return Snapshot(worker, try_id, pane, alive, exit_code, commits, dirty, idle, elapsed)
+
+
+def kinds(actions: list[Action]) -> list[tuple[str, int, int | None]]:
+    return [(a.kind, a.worker, a.issue.number if a.issue else None) for a in actions]
+
+
+def test_idle_workers_take_the_best_eligible_issues_by_wave_priority_number_never_the_same_one():
+    issues = (issue(9, wave=2, priority=1), issue(5, priority=2), issue(4, priority=2), issue(7, priority=1),
+              issue(8, deps=(1,)), issue(1, status="in_progress"))
+    state = State((WorkerView(1), WorkerView(2), WorkerView(3), busy(4, 1)), issues)
+    actions = decide([snap(4, alive=True)], state, SETTINGS)
+    assert kinds(actions) == [("reassign", 1, 7), ("reassign", 2, 4), ("reassign", 3, 5)]
+
+
+CASES = [
+    # (name, worker, snapshot, issue stages, expected kinds)
+    ("running and making progress: nothing to do", busy(), snap(alive=True, idle=5, elapsed=50), 3, []),
+    ("exit 0 with a commit, more stages: push then advance", busy(), snap(exit_code=0, commits=1), 3,
+     ["push", "advance_stage"]),
+    ("exit 0 with commits in the last stage: push then complete", busy(stage=2), snap(exit_code=0, commits=2), 3,
+     ["push", "mark_complete", "idle"]),
+    ("exit 0 without a commit is a failed try, never an advance", busy(), snap(exit_code=0), 3, ["restart"]),
+    ("exit 0 without a commit at max retries: skip", busy(retries=2), snap(exit_code=0), 3, ["skip", "idle"]),
+    ("exit 0 leaving uncommitted edits: one nudge restart", busy(), snap(exit_code=0, dirty=True), 3, ["restart"]),
+    ("uncommitted edits again after the nudge: plain failed try", busy(retries=1, nudged=True),
+     snap(exit_code=0, dirty=True), 3, ["restart"]),
+    ("non-zero exit: restart", busy(), snap(exit_code=1, commits=1), 3, ["restart"]),
+    ("non-zero exit with progress at max retries: skip (no endless restarts)", busy(retries=2),
+     snap(exit_code=1, commits=3), 3, ["skip", "idle"]),
+    ("retries ran out in stage 1 of 3: the issue fails, never advances", busy(stage=0, retries=2),
+     snap(exit_code=0, dirty=False), 3, ["skip", "idle"]),
+    ("agent gone without a signal, commits present: restart, not an unverified push", busy(),
+     snap(alive=False, commits=2), 3, ["restart"]),
+    ("pane gone: restart", busy(), snap(pane=False, alive=False), 3, ["restart"]),
+    ("stalled: restart", busy(), snap(alive=True, idle=100), 3, ["restart"]),
+    ("stalled at max retries: skip", busy(retries=2), snap(alive=True, idle=500), 3, ["skip", "idle"]),
+    ("past wall clock: restart", busy(), snap(alive=True, idle=1, elapsed=1000), 3, ["restart"]),
+    ("a snapshot of another try never decides", busy(try_id=4), snap(try_id=3, exit_code=0, commits=1), 3, []),
+    ("a try prepared but never started is resumed, not counted", busy(launched=False), snap(), 3, ["resume"]),
+]
+
+
+@pytest.mark.parametrize("name,worker,snapshot,stages,expected", CASES, ids=[c[0] for c in CASES])
+def test_decide_table(name, worker, snapshot, stages, expected):
+    state = State((worker,), (issue(1, "in_progress", stages=stages),))
+    assert [a.kind for a in decide([snapshot], state, SETTINGS)] == expected
+
+
+def test_restart_says_why_and_carries_continuation_and_nudge():
+    state = State((busy(),), (issue(1, "in_progress"),))
+    [action] = decide([snap(exit_code=0, dirty=True)], state, SETTINGS)
+    assert action.nudge and action.continuation and "uncommitted" in action.reason and "retry 1/2" in action.reason
+
+
+def test_a_completed_issue_unblocks_its_dependents_only_next_cycle_after_its_push_held():
+    issues = (issue(1, "in_progress", stages=1), issue(2, deps=(1,)))
+    state = State((busy(1, 1), WorkerView(2)), issues)
+    assert kinds(decide([snap(1, exit_code=0, commits=1)], state, SETTINGS)) == [
+        ("push", 1, 1), ("mark_complete", 1, 1), ("idle", 1, None)]
+    after = State((WorkerView(1), WorkerView(2)), (issue(1, "completed", stages=1), issue(2, deps=(1,))))
+    assert kinds(decide([], after, SETTINGS)) == [("reassign", 1, 2)]
+
+
+def test_a_skipped_issue_blocks_its_dependents_and_frees_the_worker_for_other_work():
+    issues = (issue(1, "in_progress"), issue(2, deps=(1,)), issue(3, wave=2))
+    state = State((busy(1, 1, retries=2),), issues)
+    assert kinds(decide([snap(exit_code=3)], state, SETTINGS)) == [("skip", 1, 1), ("reassign", 1, 3)]
+    failed = State((WorkerView(1),), (issue(1, "failed"), issue(2, deps=(1,))))
+    assert decide([], failed, SETTINGS) == []
+
+
+def test_decide_is_deterministic_and_calls_no_model_or_process():
+    state = State((busy(),), (issue(1, "in_progress"),))
+    first = decide([snap(exit_code=0, commits=1)], state, SETTINGS)
+    assert first == decide([snap(exit_code=0, commits=1)], state, SETTINGS)
+    source = inspect.getsource(decide_module)
+    for forbidden in ("subprocess", "import os", "claude", "time.", "random"):
+        assert forbidden not in source
+
+
+def test_a_push_that_keeps_failing_fails_the_issue_after_a_bounded_number_of_attempts():
+    from orchestrator.decide import MAX_PUSH_ATTEMPTS
+
+    worker = WorkerView(1, ref(1), 0, 0, False, True, 1, MAX_PUSH_ATTEMPTS - 1)
+    state = State((worker,), (issue(1, "in_progress"),))
+    assert [a.kind for a in decide([snap(exit_code=0, commits=1)], state, SETTINGS)] == ["push", "advance_stage"]
+    stuck = State((WorkerView(1, ref(1), 0, 0, False, True, 1, MAX_PUSH_ATTEMPTS),), (issue(1, "in_progress"),))
+    [skip, idle] = decide([snap(exit_code=0, commits=1)], stuck, SETTINGS)
+    assert skip.kind == "skip" and "push failed" in skip.reason and idle.kind == "idle"
+
+
+def test_a_try_that_cannot_be_started_is_resumed_a_bounded_number_of_times():
+    assert [a.kind for a in decide([snap()], State((WorkerView(1, ref(1), launched=False, try_id=1, start_failures=1),),
+                                                   (issue(1, "in_progress"),)), SETTINGS)] == ["resume"]
+    [skip, idle] = decide([snap()], State((WorkerView(1, ref(1), launched=False, try_id=1, start_failures=2),),
+                                          (issue(1, "in_progress"),)), SETTINGS)
+    assert skip.kind == "skip" and "could not be started" in skip.reason
