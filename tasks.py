@@ -444,9 +444,12 @@ def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", job
     """Add a build host to config/hosts.toml (comments and other hosts are kept)."""
     from lib.hosts import add_host, hosts_file
 
+    def typed_here(local: str) -> str | None:  # as the user meant it: relative to where they typed it
+        return str(Path(local).expanduser().absolute()) if local else None
+
     path = hosts_file(Paths.from_env())
-    fields = {"host": host, "user": user or None, "port": int(port), "key_file": key_file or None,
-              "workspace": workspace, "jobs": int(jobs), "known_hosts": known_hosts or None,
+    fields = {"host": host, "user": user or None, "port": int(port), "key_file": typed_here(key_file),
+              "workspace": workspace, "jobs": int(jobs), "known_hosts": typed_here(known_hosts),
               "connect_timeout": float(connect_timeout)}
     try:
         added = add_host(path, name, fields)
