@@ -30,6 +30,7 @@ Done = TypeVar("Done")
 CHUNK = 64 * 1024
 PGID_RE = re.compile(rb"orchestrator-pgid (\d+)\n")
 NO_DIR = b"orchestrator-no-such-directory\n"
+BEGIN = b"orchestrator-output-begins\n"  # capture(): what comes before it is the login shell's, not ours
 # Run by /bin/sh on the host inside its own session (setsid): the group id goes
 # to our private stderr channel, the command's stdout and stderr both to stdout.
 WRAPPER = """echo "orchestrator-pgid $$" >&2
@@ -64,13 +65,53 @@ class UnknownHostKey(Exception):
                          "verify it and rerun with --accept-new-host-key, or add it to that file")
 
 
-def _policies(known_hosts: Path, accept_new: bool) -> Any:
+class RevokedHostKey(Exception):
+    def __init__(self, name: str, key: Any, known_hosts: Path) -> None:
+        super().__init__(f"host key for {name} ({key.get_name()} {key.fingerprint}) is REVOKED in {known_hosts}; "
+                         "refusing to connect")
+
+
+def load_known_hosts(client: Any, known_hosts: Path) -> set[str]:
+    """The file's keys into the client, read as OpenSSH reads it; returns the keys of its @revoked lines.
+
+    paramiko's own loader stops at a line it cannot parse (a @cert-authority
+    line, say, common in a user's known_hosts) and knows nothing of @revoked;
+    here such lines are skipped, and a revoked key is never trusted.
+    """
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+    from paramiko.ssh_exception import SSHException
+
+    revoked: set[str] = set()
+    entries = []
+    for number, line in enumerate(known_hosts.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if line.startswith("@revoked ") and len(line.split()) >= 4:
+            revoked.add(line.split()[3])
+        if not line or line.startswith(("#", "@")):  # @cert-authority: paramiko has no host certificates
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, SSHException, ValueError):
+            continue
+        if entry is not None:
+            entries.append(entry)
+    keys = client.get_host_keys()
+    for entry in entries:
+        if entry.key.get_base64() not in revoked:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
+def _policies(known_hosts: Path, accept_new: bool, revoked: set[str]) -> Any:
     from paramiko import MissingHostKeyPolicy
 
     class Refuse(MissingHostKeyPolicy):
         """Unknown keys are refused (Fabric's default, AutoAddPolicy, would accept any)."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if key.get_base64() in revoked:
+                raise RevokedHostKey(hostname, key, known_hosts)
             raise UnknownHostKey(hostname, key, known_hosts)
 
     class AcceptNew(MissingHostKeyPolicy):
@@ -78,6 +119,8 @@ def _policies(known_hosts: Path, accept_new: bool) -> Any:
         never reaches a policy (paramiko raises BadHostKeyException), so it stays refused."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if key.get_base64() in revoked:
+                raise RevokedHostKey(hostname, key, known_hosts)
             known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Appended, never rewritten: the file may hold lines paramiko cannot parse.
             with open(known_hosts, "a", encoding="utf-8") as out:
@@ -104,13 +147,17 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
     known_hosts = known_hosts_file(host)
-    if known_hosts.is_file():
-        connection.client.load_system_host_keys(str(known_hosts))
-    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key))
     where = f"{host.name} ({host.address})"
+    revoked: set[str] = set()
+    if known_hosts.is_file():
+        try:
+            revoked = load_known_hosts(connection.client, known_hosts)
+        except OSError as err:
+            raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
+    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key, revoked))
     try:
         connection.open()
-    except UnknownHostKey as err:
+    except (UnknownHostKey, RevokedHostKey) as err:
         raise HostUnreachable(f"{where}: {err}") from None
     except paramiko.BadHostKeyException as err:
         raise HostUnreachable(
@@ -139,19 +186,29 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
 
 
 def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int | None, bytes, bytes]:
-    """Run a short command on the host; (exit code or None on timeout, stdout, stderr)."""
+    """Run a short command on the host; (exit code or None on timeout, stdout, stderr).
+
+    What a chatty login shell prints first (a .bashrc `printf` with no newline, say) is cut off at
+    a marker the command prints on both streams before anything else.
+    """
+    begin = BEGIN.decode().strip()
     channel = connection.create_session()
     with channel:
-        channel.exec_command(command)
+        channel.exec_command(f"echo {begin}; echo {begin} >&2; {command}")
         out, err = bytearray(), bytearray()
         deadline = monotonic() + timeout
         while not _finished(channel):
             if monotonic() > deadline:
-                return None, bytes(out), bytes(err)
+                return None, _after_begin(out), _after_begin(err)
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
-        return channel.recv_exit_status(), bytes(out), bytes(err)
+        return channel.recv_exit_status(), _after_begin(out), _after_begin(err)
+
+
+def _after_begin(data: bytearray) -> bytes:
+    _, found, rest = bytes(data).partition(BEGIN)
+    return rest if found else bytes(data)
 
 
 def _finished(channel: Any) -> bool:

@@ -145,3 +145,58 @@ def test_host_add_takes_relative_paths_from_where_they_were_typed(home, inv, tmp
     assert result.code == 0, result.err
     host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
     assert (host.key_file, host.known_hosts) == (tmp_path / "keys" / "id", tmp_path / "kh")
+
+
+def test_a_login_shell_that_prints_without_a_newline_changes_no_verdict(home, make_repo, inv, sshd, tmp_path):
+    (sshd.remote_home / ".bashrc").write_text("printf 'Welcome!'; printf 'Last login: never' >&2\n")
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("staking", PASSING))
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": "staking", "local": str(tmp_path / "nowhere")},  # language detected there
+                      {"name": "gone", "local": str(tmp_path / "nowhere-too")}])
+    built = inv("build", "staking", "--host", "builder")
+    assert built.code == 0 and "BUILD PASSED" in built.out, built.out
+    checked = inv("host.check")
+    assert checked.code == 0 and "builder: git git version 2." in checked.out, checked.out
+    status = inv("status", "--host", "builder", "--json")
+    repos = {r["name"]: r for r in __import__("json").loads(status.out)["repos"]}
+    assert repos["staking"]["clean"] and repos["staking"]["error"] is None, repos["staking"]
+    assert repos["gone"]["error"] == "path does not exist" and not repos["gone"]["exists"]
+
+
+def test_known_hosts_lines_paramiko_cannot_parse_are_skipped_as_openssh_does(home, inv, sshd, tmp_path):
+    """A user's known_hosts often has @cert-authority lines; one odd line must not make every host unreachable."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("@cert-authority *.example.com " + sshd.host_key_pub + "\n"
+                           f"[127.0.0.1]:{sshd.port} ssh-ed25519 !!!not-base64\n" + sshd.known_hosts.read_text())
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, known_hosts=str(known_hosts))})
+    result = inv("host.check")
+    assert result.code == 0, result.out + result.err
+
+
+@pytest.mark.parametrize("flags", [(), ("--accept-new-host-key",)], ids=["refuse", "accept-new"])
+def test_a_revoked_host_key_is_refused_even_when_also_listed_or_with_accept_new(home, inv, sshd, tmp_path, flags):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts.read_text() + "@revoked " + sshd.known_hosts.read_text())
+    before = known_hosts.read_text()
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, known_hosts=str(known_hosts))})
+    result = inv("host.check", *flags)
+    assert result.code == 1 and "is REVOKED in " in result.out, result.out
+    assert known_hosts.read_text() == before
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("host", "ci@build1", "hosts.b1.host: 'ci@build1' must be one name or address: put the user in `user`"),
+    ("host", "build1:2222", "hosts.b1.host: 'build1:2222' must be one name or address: put the port in `port`"),
+    ("workspace", "~ci/src", "hosts.b1.workspace: '~ci/src': only ~ and ~/ are understood (the login directory)"),
+])
+def test_a_host_entry_fabric_would_read_differently_is_refused(home, inv, field, value, message):
+    (home.path / "config").mkdir(parents=True, exist_ok=True)
+    (home.path / "config" / "hosts.toml").write_text(
+        '[hosts.b1]\n' + "".join(f'{k} = "{v}"\n' for k, v in {"host": "build1", "workspace": "w", field: value}.items()))
+    result = inv("host.check")
+    assert (result.code, result.err.strip()) == (2, f"error: {home.path / 'config' / 'hosts.toml'}: {message}")
