@@ -8,6 +8,7 @@ timed-out command's whole process group is killed on the host.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import select
@@ -123,8 +124,13 @@ def _policies(known_hosts: Path, accept_new: bool, revoked: set[str]) -> Any:
                 raise RevokedHostKey(hostname, key, known_hosts)
             known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Appended, never rewritten: the file may hold lines paramiko cannot parse.
-            with open(known_hosts, "a", encoding="utf-8") as out:
-                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            with open(known_hosts, "ab+") as out:
+                fcntl.flock(out, fcntl.LOCK_EX)  # another run accepting at once appends after us, not inside
+                if out.seek(0, os.SEEK_END):
+                    out.seek(-1, os.SEEK_END)
+                    if out.read(1) != b"\n":  # a hand-edited last line without one stays a line of its own
+                        out.write(b"\n")
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
 
     return AcceptNew() if accept_new else Refuse()
 

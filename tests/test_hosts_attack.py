@@ -200,3 +200,15 @@ def test_a_host_entry_fabric_would_read_differently_is_refused(home, inv, field,
         '[hosts.b1]\n' + "".join(f'{k} = "{v}"\n' for k, v in {"host": "build1", "workspace": "w", field: value}.items()))
     result = inv("host.check")
     assert (result.code, result.err.strip()) == (2, f"error: {home.path / 'config' / 'hosts.toml'}: {message}")
+
+
+def test_accept_new_keeps_a_last_line_that_has_no_newline(home, inv, sshd, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    known_hosts = tmp_path / "known_hosts"
+    other = "other.example.com " + sshd.host_key_pub
+    known_hosts.write_text(other)  # hand-edited: no newline at the end
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, known_hosts=str(known_hosts))})
+    assert inv("host.check", "--accept-new-host-key").code == 0
+    assert known_hosts.read_text().splitlines() == [other, f"[127.0.0.1]:{sshd.port} {sshd.host_key_pub}"]
+    assert inv("host.check").code == 0
