@@ -521,16 +521,27 @@ class Connections:
         self.idle = [first]
         self.opened: list[Any] = []
         self.lock = threading.Lock()
+        self.opening = threading.Lock()
+        self.failed: HostUnreachable | None = None
 
     def take(self) -> Any:
         """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
         with self.lock:
             if self.idle:
                 return self.idle.pop()
-        try:
-            connection = connect(self.host, self.accept_new_host_key)
-        except HostUnreachable as err:
-            return err
+        # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
+        # A host that failed a connection once fails the rest at once, not one connect timeout each.
+        with self.opening:
+            with self.lock:
+                if self.idle:  # one came back while we waited
+                    return self.idle.pop()
+            if self.failed is not None:
+                return self.failed
+            try:
+                connection = connect(self.host, self.accept_new_host_key)
+            except HostUnreachable as err:
+                self.failed = err
+                return err
         with self.lock:
             self.opened.append(connection)
         return connection

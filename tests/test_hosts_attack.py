@@ -212,3 +212,36 @@ def test_accept_new_keeps_a_last_line_that_has_no_newline(home, inv, sshd, tmp_p
     assert inv("host.check", "--accept-new-host-key").code == 0
     assert known_hosts.read_text().splitlines() == [other, f"[127.0.0.1]:{sshd.port} {sshd.host_key_pub}"]
     assert inv("host.check").code == 0
+
+
+def test_a_host_with_more_jobs_than_sshd_lets_authenticate_at_once_runs_every_repo(home, make_repo, inv, sshd,
+                                                                                   tmp_path):
+    """sshd drops connections beyond MaxStartups that are still authenticating (default 10:30:100, so
+    any host with jobs > 10): opening one per job slot all at once failed repos of a reachable host."""
+    config = sshd.root / "sshd_config"
+    config.write_text(config.read_text().replace("MaxStartups 50", "MaxStartups 2"))
+    os.kill(int((sshd.root / "sshd.pid").read_text()), signal.SIGHUP)  # sshd re-reads its config
+    wait_for(lambda: sshd.log.read_text().count("Server listening on") == 2)
+    ws = tmp_path / "ws"
+    names = [f"r{i}" for i in range(6)]
+    for name in names:
+        clone_to(ws, make_repo(name, {"Makefile": "test:\n\t@sleep 0.3; echo ok\n"}))
+    write_hosts(home.path, {"big": sshd.host_entry(ws, jobs=6)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"} for n in names])
+    result = inv("test-all", "--hosts", "big")
+    assert result.code == 0, result.out
+    assert home.state("test-results.json")["summary"]["passed"] == 6
+
+
+def test_a_host_that_refused_a_new_connection_fails_the_next_ones_without_trying_again(tmp_path):
+    from lib.hosts import Host
+    from lib.remote import Connections, HostUnreachable
+    from tests.sshd_fixtures import free_port
+
+    host = Host("gone", "127.0.0.1", str(tmp_path), port=free_port(), connect_timeout=1,
+                known_hosts=tmp_path / "known_hosts")
+    connections = Connections(host, first=object(), accept_new_host_key=False)
+    connections.take()  # the idle first connection
+    refused = connections.take()
+    assert isinstance(refused, HostUnreachable) and "Connection refused" in str(refused)
+    assert connections.take() is refused  # a silent host would otherwise cost connect_timeout per repo
