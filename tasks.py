@@ -78,6 +78,7 @@ def _interrupted(stop) -> Exit:
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.scan import scan_workspace
 
     try:
@@ -92,6 +93,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
             report = scan_workspace(workspace, jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
@@ -401,6 +404,7 @@ def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
     from lib.fleet import Fleet
     from lib.remote import PROBE_TOOLS, check_hosts
+    from lib.runner import RunInterrupted
     from lib.views import plain_table
 
     try:
@@ -411,7 +415,10 @@ def host_check(c, name="", accept_new_host_key=False):
     if not hosts:
         print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
         return
-    checks = check_hosts(hosts, accept_new_host_key)
+    try:
+        checks = check_hosts(hosts, accept_new_host_key)
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     rows = []
     for check in checks:
         problems = check.problems

@@ -9,6 +9,7 @@ timed-out command's whole process group is killed on the host.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import select
@@ -51,6 +52,9 @@ done
 exit 0"""
 DRAIN_S = 2.0  # after the command and its group are gone, how long output still held open is read
 REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+# paramiko logs a dead host's errors, tracebacks and all, from its own threads to stderr (logging's
+# last resort); the reason reaches the user once, as one line of ours.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _stopping = threading.Event()
 _stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")

@@ -245,3 +245,50 @@ def test_a_host_that_refused_a_new_connection_fails_the_next_ones_without_trying
     refused = connections.take()
     assert isinstance(refused, HostUnreachable) and "Connection refused" in str(refused)
     assert connections.take() is refused  # a silent host would otherwise cost connect_timeout per repo
+
+
+@pytest.mark.parametrize("command", [("host.check",), ("status", "--host", "silent")], ids=["host.check", "status"])
+def test_ctrl_c_while_connecting_is_an_interrupted_line_not_a_traceback(home, tmp_path, command):
+    import socket
+
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        write_hosts(home.path, {"silent": {"host": "127.0.0.1", "port": silent.getsockname()[1],
+                                           "workspace": str(tmp_path), "connect_timeout": 3,
+                                           "known_hosts": str(tmp_path / "known_hosts")}})
+        home.write_repos([{"name": "r1", "local": str(tmp_path / "r1")}])
+        child, err = start(inv_command(*command), tmp_path)
+        try:
+            wait_for(lambda: child.poll() is None and established(silent.getsockname()[1]))
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    text = err.read_text()
+    assert child.returncode == 130 and "Traceback" not in text, text
+    assert text.splitlines()[-1].startswith("interrupted"), text
+
+
+def established(port: int) -> bool:
+    """A connection to 127.0.0.1:port is open (read from /proc/net/tcp, no extra dependency)."""
+    wanted = f"0100007F:{port:04X}"
+    return any(line.split()[2] == wanted and line.split()[3] == "01"
+               for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+
+
+def test_a_silent_host_is_one_line_on_stderr_never_paramikos_traceback(home, tmp_path):
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        write_hosts(home.path, {"silent": {"host": "127.0.0.1", "port": silent.getsockname()[1],
+                                           "workspace": str(tmp_path), "connect_timeout": 1,
+                                           "known_hosts": str(tmp_path / "known_hosts")}})
+        home.write_repos([{"name": "r1", "local": str(tmp_path / "r1"), "language": "make"}])
+        child, err = start(inv_command("build", "r1", "--host", "silent"), tmp_path)
+        out, _ = child.communicate(timeout=30)
+    assert child.returncode == 1 and b"no SSH banner within 1s" in out
+    assert err.read_text() == ""
