@@ -299,14 +299,20 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     """Run one command in its own process group on the host, output streamed to `log` (and `echo`)."""
     if _stopping.is_set() or runner.stopping():
         raise runner.Stopping("the run is being stopped")
-    log.flush()
+    try:
+        log.flush()
+    except OSError as err:
+        raise LogWriteError(err.errno, err.strerror) from None
     started = monotonic()
     channel = connection.create_session()
     private = bytearray()
     pgid: int | None = None
 
     def write(data: bytes) -> None:
-        log.write(data)
+        try:
+            log.write(data)
+        except OSError as err:
+            raise LogWriteError(err.errno, err.strerror) from None
         if echo is not None:
             try:
                 echo.write(data)
@@ -366,6 +372,10 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     return RemoteResult(None if code == -1 else code)
 
 
+class LogWriteError(OSError):
+    """The local log refused a write while a remote command ran (the command is then stopped, as locally)."""
+
+
 def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
                    grace: float = runner.GRACE_S) -> Outcome:
     """batch.execute's twin for a host: same steps, same outcomes, the log written locally."""
@@ -377,27 +387,32 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
 
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "wb")
-    except OSError as err:
-        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror}")
-    with log:
-        log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
-                  f"({host.address})\n".encode())
-        if isinstance(connection, HostUnreachable):
-            reason = f"host unreachable: {connection}"
-            log.write(f"error: {reason}\n".encode())
-            return outcome("error", reason=reason)
-        if plan.skip_reason:
-            log.write(f"skipped: {plan.skip_reason}\n".encode())
-            return outcome("skipped", reason=plan.skip_reason)
-        try:
-            return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
-        except runner.Stopping:
-            raise
-        except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-            reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
-            log.write(f"\nerror: {reason}\n".encode())
-            return outcome("error", reason=reason)
+        with open(plan.log, "wb") as log:
+            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome)
+    except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
+        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
+
+
+def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
+                    echo: BinaryIO | None, grace: float, started: float,
+                    outcome: Callable[..., Outcome]) -> Outcome:
+    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
+              f"({host.address})\n".encode())
+    if isinstance(connection, HostUnreachable):
+        reason = f"host unreachable: {connection}"
+        log.write(f"error: {reason}\n".encode())
+        return outcome("error", reason=reason)
+    if plan.skip_reason:
+        log.write(f"skipped: {plan.skip_reason}\n".encode())
+        return outcome("skipped", reason=plan.skip_reason)
+    try:
+        return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
+    except (runner.Stopping, LogWriteError):
+        raise
+    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+        log.write(f"\nerror: {reason}\n".encode())
+        return outcome("error", reason=reason)
 
 
 def _run_commands(plan: Plan, connection: Any, log: BinaryIO, timeout: float | None, echo: BinaryIO | None,

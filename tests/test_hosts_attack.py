@@ -292,3 +292,20 @@ def test_a_silent_host_is_one_line_on_stderr_never_paramikos_traceback(home, tmp
         out, _ = child.communicate(timeout=30)
     assert child.returncode == 1 and b"no SSH banner within 1s" in out
     assert err.read_text() == ""
+
+
+@pytest.mark.parametrize("output", ["small", "big"])
+def test_a_log_that_cannot_be_written_is_said_as_such_never_a_lost_connection(home, make_repo, inv, sshd, tmp_path,
+                                                                             output):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    pidfile = tmp_path / "cmd.pid"
+    noisy = "head -c 1000000 /dev/zero" if output == "big" else "echo ok"
+    one_on_host(home, sshd, make_repo, tmp_path, "full", {"Makefile": f"test:\n\t@echo $$$$ > {pidfile}; {noisy}\n"})
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-test-full.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.symlink_to("/dev/full")  # a full disk
+    result = inv("test", "full")
+    assert result.code == 1, result.out + result.err
+    assert f"TEST ERROR (cannot write log {log}: No space left on device" in result.out, result.out
+    assert not pidfile.exists() or wait_gone(int(pidfile.read_text()), 2), "the command ran on, unlogged"
