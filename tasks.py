@@ -79,6 +79,7 @@ def _interrupted(stop) -> Exit:
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
+    from lib.runner import RunInterrupted
     from lib.scan import scan_workspace
 
     try:
@@ -93,6 +94,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
             report = scan_workspace(workspace, jobs, tag, paths.repo_status_file)
     except OrchestratorError as err:
         raise _fail(err) from None
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
@@ -450,6 +453,7 @@ def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
     from lib.fleet import Fleet
     from lib.remote import PROBE_TOOLS, check_hosts
+    from lib.runner import RunInterrupted
     from lib.views import plain_table
 
     try:
@@ -460,7 +464,10 @@ def host_check(c, name="", accept_new_host_key=False):
     if not hosts:
         print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
         return
-    checks = check_hosts(hosts, accept_new_host_key)
+    try:
+        checks = check_hosts(hosts, accept_new_host_key)
+    except RunInterrupted as stop:
+        raise _interrupted(stop) from None
     rows = []
     for check in checks:
         problems = check.problems
@@ -493,9 +500,12 @@ def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", job
     """Add a build host to config/hosts.toml (comments and other hosts are kept)."""
     from lib.hosts import add_host, hosts_file
 
+    def typed_here(local: str) -> str | None:  # as the user meant it: relative to where they typed it
+        return str(Path(local).expanduser().absolute()) if local else None
+
     path = hosts_file(Paths.from_env())
-    fields = {"host": host, "user": user or None, "port": int(port), "key_file": key_file or None,
-              "workspace": workspace, "jobs": int(jobs), "known_hosts": known_hosts or None,
+    fields = {"host": host, "user": user or None, "port": int(port), "key_file": typed_here(key_file),
+              "workspace": workspace, "jobs": int(jobs), "known_hosts": typed_here(known_hosts),
               "connect_timeout": float(connect_timeout)}
     try:
         added = add_host(path, name, fields)

@@ -112,9 +112,17 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
                     fleet: Fleet, jobs: int, timeout: float | None, accept_new_host_key: bool = False,
                     on_start: Callable[[Plan], None] | None = None,
                     on_done: Callable[[batch.Outcome], None] | None = None,
-                    echo: BinaryIO | None = None) -> list[batch.Outcome]:
+                    echo: BinaryIO | None = None) -> batch.BatchRun:
     """Run a workflow on every group at once (here: `jobs` at a time; a host: its `jobs`); record the outcomes."""
     workflow = get_workflow(load_workflows(paths), workflow_name)
+    finished: list[batch.Outcome] = []
+
+    def done(outcome: batch.Outcome) -> None:
+        if runner.stopping():  # ended by the stop: neither shown nor recorded, as in a local run
+            return
+        finished.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
 
     def run_group(name: str) -> list[batch.Outcome]:
         repos = groups[name]
@@ -123,9 +131,9 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
             if len(plans) == 1 and echo is not None:
                 return [batch.execute(plans[0], timeout, echo)]
             return runner.run_each(plans, lambda plan: batch.execute(plan, timeout), jobs or batch.default_jobs(),
-                                  on_start, on_done)
+                                   on_start, done)
         return _run_group_on_host(fleet.get(name), workflow, repos, paths.log_dir, timeout, accept_new_host_key,
-                                  on_start, on_done, echo)
+                                  on_start, done, echo)
 
     remote.reset_stop()
     state_file = batch.results_file(paths, workflow_name)
@@ -140,9 +148,12 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
         per_group = runner.run_each(list(groups), run_group, max(1, len(groups)))
     except runner.RunInterrupted as stop:
         remote.stop_all()
-        stop.results = in_config_order(stop.results)
-        stop.notes += batch.keep_results(state_file, stop.results, workspace)
-        raise
+        # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
+        # and the remote commands the stop ended are counted with the local ones.
+        interrupted = runner.RunInterrupted(stop.signum, in_config_order([finished]),
+                                            stop.stopped + remote.stopped_count())
+        interrupted.notes = stop.notes + batch.keep_results(state_file, interrupted.results, workspace)
+        raise interrupted from None
     except BaseException:
         remote.stop_all()
         raise

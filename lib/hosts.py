@@ -117,6 +117,14 @@ def parse_hosts(data: dict[str, Any], source: Path) -> dict[str, Host]:
         address = spec.get("host")
         if isinstance(address, str) and (address.startswith("-") or any(c.isspace() for c in address)):
             problem(f"{where}.host", f"{address!r} must be one name or address (no spaces, not starting with '-')")
+        elif isinstance(address, str) and "@" in address:  # Fabric would take the user from it
+            problem(f"{where}.host", f"{address!r} must be one name or address: put the user in `user`")
+        elif isinstance(address, str) and address.count(":") == 1:  # Fabric would take a port (IPv6 has more)
+            problem(f"{where}.host", f"{address!r} must be one name or address: put the port in `port`")
+        workspace = spec.get("workspace")
+        if isinstance(workspace, str) and workspace.startswith("~") and workspace != "~" \
+                and not workspace.startswith("~/"):
+            problem(f"{where}.workspace", f"{workspace!r}: only ~ and ~/ are understood (the login directory)")
         port = spec.get("port", 22)
         if isinstance(port, int) and not isinstance(port, bool) and not 1 <= port <= 65535:
             problem(f"{where}.port", f"must be {HOST_FIELDS['port'][1]}, got {port}")

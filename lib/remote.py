@@ -8,11 +8,15 @@ timed-out command's whole process group is killed on the host.
 """
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import re
 import select
 import shlex
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from time import monotonic
@@ -28,19 +32,32 @@ Done = TypeVar("Done")
 CHUNK = 64 * 1024
 PGID_RE = re.compile(rb"orchestrator-pgid (\d+)\n")
 NO_DIR = b"orchestrator-no-such-directory\n"
+BEGIN = b"orchestrator-output-begins\n"  # capture(): what comes before it is the login shell's, not ours
 # Run by /bin/sh on the host inside its own session (setsid): the group id goes
 # to our private stderr channel, the command's stdout and stderr both to stdout.
 WRAPPER = """echo "orchestrator-pgid $$" >&2
 cd -- "$1" 2>/dev/null || { echo orchestrator-no-such-directory >&2; exit 1; }
 script=$2; shift 2
 exec env "$@" /bin/sh -c "$script" </dev/null 2>&1"""
-# Waits for the group to go after SIGTERM (in tenths of a second), then SIGKILLs what is left.
-KILL_SCRIPT = """pg=$1; tenths=$2; kill -TERM -$pg 2>/dev/null || exit 0
-while [ "$tenths" -gt 0 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; tenths=$((tenths - 1)); done
-kill -KILL -$pg 2>/dev/null; exit 0"""
+# Waits for the group to go after SIGTERM (in tenths of a second), then SIGKILLs what is left, and
+# what left the group (setsid, a daemon) but still carries the step's marker in its environment.
+KILL_SCRIPT = """pg=$1; tenths=$2; marker=$3
+if kill -TERM -$pg 2>/dev/null; then
+  while [ "$tenths" -gt 0 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; tenths=$((tenths - 1)); done
+  kill -KILL -$pg 2>/dev/null
+fi
+for e in $(grep -lzxF -- "$marker" /proc/[0-9]*/environ 2>/dev/null); do
+  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null && echo "${p%/environ}"
+done
+exit 0"""
+DRAIN_S = 2.0  # after the command and its group are gone, how long output still held open is read
 REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+# paramiko logs a dead host's errors, tracebacks and all, from its own threads to stderr (logging's
+# last resort); the reason reaches the user once, as one line of ours.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _stopping = threading.Event()
+_stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")
 
 
 class HostUnreachable(Exception):
@@ -53,13 +70,53 @@ class UnknownHostKey(Exception):
                          "verify it and rerun with --accept-new-host-key, or add it to that file")
 
 
-def _policies(known_hosts: Path, accept_new: bool) -> Any:
+class RevokedHostKey(Exception):
+    def __init__(self, name: str, key: Any, known_hosts: Path) -> None:
+        super().__init__(f"host key for {name} ({key.get_name()} {key.fingerprint}) is REVOKED in {known_hosts}; "
+                         "refusing to connect")
+
+
+def load_known_hosts(client: Any, known_hosts: Path) -> set[str]:
+    """The file's keys into the client, read as OpenSSH reads it; returns the keys of its @revoked lines.
+
+    paramiko's own loader stops at a line it cannot parse (a @cert-authority
+    line, say, common in a user's known_hosts) and knows nothing of @revoked;
+    here such lines are skipped, and a revoked key is never trusted.
+    """
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+    from paramiko.ssh_exception import SSHException
+
+    revoked: set[str] = set()
+    entries = []
+    for number, line in enumerate(known_hosts.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if line.startswith("@revoked ") and len(line.split()) >= 4:
+            revoked.add(line.split()[3])
+        if not line or line.startswith(("#", "@")):  # @cert-authority: paramiko has no host certificates
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, SSHException, ValueError):
+            continue
+        if entry is not None:
+            entries.append(entry)
+    keys = client.get_host_keys()
+    for entry in entries:
+        if entry.key.get_base64() not in revoked:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
+def _policies(known_hosts: Path, accept_new: bool, revoked: set[str]) -> Any:
     from paramiko import MissingHostKeyPolicy
 
     class Refuse(MissingHostKeyPolicy):
         """Unknown keys are refused (Fabric's default, AutoAddPolicy, would accept any)."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if key.get_base64() in revoked:
+                raise RevokedHostKey(hostname, key, known_hosts)
             raise UnknownHostKey(hostname, key, known_hosts)
 
     class AcceptNew(MissingHostKeyPolicy):
@@ -67,10 +124,17 @@ def _policies(known_hosts: Path, accept_new: bool) -> Any:
         never reaches a policy (paramiko raises BadHostKeyException), so it stays refused."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if key.get_base64() in revoked:
+                raise RevokedHostKey(hostname, key, known_hosts)
             known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Appended, never rewritten: the file may hold lines paramiko cannot parse.
-            with open(known_hosts, "a", encoding="utf-8") as out:
-                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            with open(known_hosts, "ab+") as out:
+                fcntl.flock(out, fcntl.LOCK_EX)  # another run accepting at once appends after us, not inside
+                if out.seek(0, os.SEEK_END):
+                    out.seek(-1, os.SEEK_END)
+                    if out.read(1) != b"\n":  # a hand-edited last line without one stays a line of its own
+                        out.write(b"\n")
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
 
     return AcceptNew() if accept_new else Refuse()
 
@@ -93,13 +157,17 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
     known_hosts = known_hosts_file(host)
-    if known_hosts.is_file():
-        connection.client.load_system_host_keys(str(known_hosts))
-    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key))
     where = f"{host.name} ({host.address})"
+    revoked: set[str] = set()
+    if known_hosts.is_file():
+        try:
+            revoked = load_known_hosts(connection.client, known_hosts)
+        except OSError as err:
+            raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
+    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key, revoked))
     try:
         connection.open()
-    except UnknownHostKey as err:
+    except (UnknownHostKey, RevokedHostKey) as err:
         raise HostUnreachable(f"{where}: {err}") from None
     except paramiko.BadHostKeyException as err:
         raise HostUnreachable(
@@ -128,19 +196,29 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
 
 
 def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int | None, bytes, bytes]:
-    """Run a short command on the host; (exit code or None on timeout, stdout, stderr)."""
+    """Run a short command on the host; (exit code or None on timeout, stdout, stderr).
+
+    What a chatty login shell prints first (a .bashrc `printf` with no newline, say) is cut off at
+    a marker the command prints on both streams before anything else.
+    """
+    begin = BEGIN.decode().strip()
     channel = connection.create_session()
     with channel:
-        channel.exec_command(command)
+        channel.exec_command(f"echo {begin}; echo {begin} >&2; {command}")
         out, err = bytearray(), bytearray()
         deadline = monotonic() + timeout
         while not _finished(channel):
             if monotonic() > deadline:
-                return None, bytes(out), bytes(err)
+                return None, _after_begin(out), _after_begin(err)
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
-        return channel.recv_exit_status(), bytes(out), bytes(err)
+        return channel.recv_exit_status(), _after_begin(out), _after_begin(err)
+
+
+def _after_begin(data: bytearray) -> bytes:
+    _, found, rest = bytes(data).partition(BEGIN)
+    return rest if found else bytes(data)
 
 
 def _finished(channel: Any) -> bool:
@@ -204,10 +282,11 @@ class RemoteResult:
     problem: str | None = None  # the wrapper could not start the command (no setsid, say)
 
 
-def kill_remote_group(connection: Any, pgid: int, grace: float) -> str | None:
-    """SIGTERM the group on the host, SIGKILL it after `grace` seconds; the problem, if it could not be done."""
+def kill_remote_group(connection: Any, pgid: int, grace: float, marker: str) -> str | None:
+    """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by its
+    `marker` in /proc); the problem, if it could not be done."""
     command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid),
-                                                 str(max(0, int(grace * 10)))])
+                                                 str(max(0, int(grace * 10))), f"{runner.STEP_VAR}={marker}"])
     try:
         code, _, err = capture(connection, command, timeout=grace + 30)
     except Exception as error:  # the connection died: the host is out of our reach
@@ -219,15 +298,21 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                echo: BinaryIO | None = None, grace: float = runner.GRACE_S) -> RemoteResult:
     """Run one command in its own process group on the host, output streamed to `log` (and `echo`)."""
     if _stopping.is_set() or runner.stopping():
-        raise runner.Interrupted("the run is being stopped")
-    log.flush()
+        raise runner.Stopping("the run is being stopped")
+    try:
+        log.flush()
+    except OSError as err:
+        raise LogWriteError(err.errno, err.strerror) from None
     started = monotonic()
     channel = connection.create_session()
     private = bytearray()
     pgid: int | None = None
 
     def write(data: bytes) -> None:
-        log.write(data)
+        try:
+            log.write(data)
+        except OSError as err:
+            raise LogWriteError(err.errno, err.strerror) from None
         if echo is not None:
             try:
                 echo.write(data)
@@ -242,31 +327,39 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         if match and pgid is None and int(match.group(1)) > 1:  # `kill -TERM -1` would hit every process
             pgid = int(match.group(1))
 
+    marker = f"{os.getpid()}-{uuid.uuid4().hex}"
     with channel:
-        channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env}))
+        channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env, runner.STEP_VAR: marker}))
         exited_at: float | None = None
         reaped = False
         try:
             while not _finished(channel):
                 if timeout is not None and monotonic() - started > timeout:
-                    problem = kill_remote_group(connection, pgid, grace) if pgid else "no process group reported"
+                    problem = kill_remote_group(connection, pgid, grace, marker) if pgid else "no process group reported"
                     return RemoteResult(None, timed_out=True, problem=problem)
                 if _stopping.is_set() or runner.stopping():
-                    raise runner.Interrupted("the run is being stopped")
+                    _stopped.append(pgid or 0)
+                    raise runner.Stopping("the run is being stopped")
                 if channel.exit_status_ready() and pgid is not None and not reaped:
                     # The command is done but something it started still holds its output: end the group.
                     exited_at = exited_at or monotonic()
                     if monotonic() - exited_at > 0.5:
-                        kill_remote_group(connection, pgid, grace)
+                        kill_remote_group(connection, pgid, grace, marker)
                         reaped = True
+                if reaped and monotonic() - (exited_at or 0) > 0.5 + DRAIN_S:
+                    # Something we could not kill (no marker, no /proc) still holds the output: the verdict stands.
+                    _read_ready(channel, write, read_private)
+                    write(b"\nwarning: a process the command started still holds its output on the host; "
+                          b"it was not killed and its later output is not logged\n")
+                    break
                 select.select([channel], [], [], 0.1)
                 _read_ready(channel, write, read_private)
             _read_ready(channel, write, read_private)
             if pgid is not None and not reaped:
-                kill_remote_group(connection, pgid, grace)  # nothing it started outlives it, as locally
+                kill_remote_group(connection, pgid, grace, marker)  # nothing it started outlives it, as locally
         except BaseException:
             if pgid is not None:
-                kill_remote_group(connection, pgid, grace)
+                kill_remote_group(connection, pgid, grace, marker)
             raise
         code = channel.recv_exit_status()
     if NO_DIR in private:
@@ -277,6 +370,10 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                                           f"{stray or f'exit {code}'}")
     # A command killed by a signal reports no exit status over ssh (paramiko: -1).
     return RemoteResult(None if code == -1 else code)
+
+
+class LogWriteError(OSError):
+    """The local log refused a write while a remote command ran (the command is then stopped, as locally)."""
 
 
 def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
@@ -290,27 +387,32 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
 
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "wb")
-    except OSError as err:
-        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror}")
-    with log:
-        log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
-                  f"({host.address})\n".encode())
-        if isinstance(connection, HostUnreachable):
-            reason = f"host unreachable: {connection}"
-            log.write(f"error: {reason}\n".encode())
-            return outcome("error", reason=reason)
-        if plan.skip_reason:
-            log.write(f"skipped: {plan.skip_reason}\n".encode())
-            return outcome("skipped", reason=plan.skip_reason)
-        try:
-            return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
-        except runner.Interrupted:
-            raise
-        except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-            reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
-            log.write(f"\nerror: {reason}\n".encode())
-            return outcome("error", reason=reason)
+        with open(plan.log, "wb") as log:
+            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome)
+    except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
+        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
+
+
+def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
+                    echo: BinaryIO | None, grace: float, started: float,
+                    outcome: Callable[..., Outcome]) -> Outcome:
+    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
+              f"({host.address})\n".encode())
+    if isinstance(connection, HostUnreachable):
+        reason = f"host unreachable: {connection}"
+        log.write(f"error: {reason}\n".encode())
+        return outcome("error", reason=reason)
+    if plan.skip_reason:
+        log.write(f"skipped: {plan.skip_reason}\n".encode())
+        return outcome("skipped", reason=plan.skip_reason)
+    try:
+        return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
+    except (runner.Stopping, LogWriteError):
+        raise
+    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+        log.write(f"\nerror: {reason}\n".encode())
+        return outcome("error", reason=reason)
 
 
 def _run_commands(plan: Plan, connection: Any, log: BinaryIO, timeout: float | None, echo: BinaryIO | None,
@@ -331,9 +433,12 @@ def _run_commands(plan: Plan, connection: Any, log: BinaryIO, timeout: float | N
             log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
             return outcome("error", reason=f"directory does not exist on the host: {cwd}")
         if result.timed_out:
+            if result.problem:  # never "killed" when the kill did not reach the host
+                log.write(f"\ntimeout: after {timeout:g}s; could not kill it on the host, it may still run: "
+                          f"{result.problem}\n".encode())
+                return outcome("timeout", reason=f"timed out after {timeout:g}s; may still run on the host "
+                                                 f"(kill failed: {result.problem})")
             log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
-            if result.problem:
-                log.write(f"warning: the remote process group may still run: {result.problem}\n".encode())
             return outcome("timeout", reason=f"timed out after {timeout:g}s")
         if result.problem:
             log.write(f"error: {result.problem}\n".encode())
@@ -351,6 +456,12 @@ def stop_all() -> None:
 
 def reset_stop() -> None:
     _stopping.clear()
+    _stopped.clear()
+
+
+def stopped_count() -> int:
+    """How many running remote commands the stop ended since reset_stop()."""
+    return len(_stopped)
 
 
 def run_on_host(host: Host, work: Callable[[Any], Sequence[Done]], accept_new_host_key: bool) -> list[Done]:
@@ -429,16 +540,27 @@ class Connections:
         self.idle = [first]
         self.opened: list[Any] = []
         self.lock = threading.Lock()
+        self.opening = threading.Lock()
+        self.failed: HostUnreachable | None = None
 
     def take(self) -> Any:
         """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
         with self.lock:
             if self.idle:
                 return self.idle.pop()
-        try:
-            connection = connect(self.host, self.accept_new_host_key)
-        except HostUnreachable as err:
-            return err
+        # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
+        # A host that failed a connection once fails the rest at once, not one connect timeout each.
+        with self.opening:
+            with self.lock:
+                if self.idle:  # one came back while we waited
+                    return self.idle.pop()
+            if self.failed is not None:
+                return self.failed
+            try:
+                connection = connect(self.host, self.accept_new_host_key)
+            except HostUnreachable as err:
+                self.failed = err
+                return err
         with self.lock:
             self.opened.append(connection)
         return connection

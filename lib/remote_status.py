@@ -64,8 +64,14 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
             return [RepoStatus(r.name, host.repo_dir(r.name), False, False, r.language,
                                error=f"host unreachable: {connection}") for r in repos]
         workspace = remote.resolve_workspace(connection, host)
-        return runner.run_each(repos, lambda r: remote_repo_status(connection, r, f"{workspace.rstrip('/')}/{r.name}"),
-                               jobs or 8)
 
-    statuses = remote.run_on_host(host, work, accept_new_host_key)
+        def one(repo: Repo) -> RepoStatus:
+            if runner.stopping():
+                raise runner.Stopping("the scan is being stopped")
+            return remote_repo_status(connection, repo, f"{workspace.rstrip('/')}/{repo.name}")
+
+        return runner.run_each(repos, one, jobs or 8)
+
+    # Under run_each, so Ctrl-C or SIGTERM (even while connecting) is runner.RunInterrupted, as everywhere.
+    statuses = runner.run_each([host], lambda h: remote.run_on_host(h, work, accept_new_host_key), 1)[0]
     return ScanReport(generated_at, perf_counter() - started, statuses)
