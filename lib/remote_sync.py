@@ -99,6 +99,8 @@ def python_problem(found: str, host_name: str) -> str | None:
 
 def _check_python(connection: Any, host: Host) -> None:
     code, out, _ = remote.capture(connection, PYTHON_VERSION)
+    if code is None:
+        raise _HostFailed(f"python3 on host {host.name} did not answer within 30s")
     found = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if code == 0 else ""
     problem = python_problem(found, host.name)
     if problem:

@@ -210,3 +210,11 @@ def test_ctrl_c_here_kills_the_sync_running_on_the_host(home, make_repo, sshd, t
     assert "Traceback" not in err
     assert wait_gone(hung, 10), "the fetch on the host outlived the run"
     assert outside_remote_tracking(full_snapshot(workspace / "slow")) == outside_remote_tracking(before)
+
+
+def test_an_unknown_host_name_is_one_line_exit_2(home, make_repo, inv, sshd, tmp_path):
+    setup(home, sshd, tmp_path, [make_repo("staking")])
+    result = inv("sync-all", "--host", "nosuch")
+    assert result.code == 2
+    assert result.err.startswith("error: unknown host 'nosuch'") and "defined: builder" in result.err
+    assert not (home.path / "state" / "sync-results.json").exists()
