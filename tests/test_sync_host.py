@@ -83,7 +83,7 @@ def test_the_hosts_logs_land_in_the_local_log_dir(home, make_repo, inv, sshd, tm
     assert results(home)["ledger"]["log"] == str(log)
 
 
-def test_unknown_host_key_is_refused_and_nothing_runs(home, make_repo, inv, sshd, tmp_path):
+def test_unknown_host_key_is_refused_and_nothing_runs_until_accepted(home, make_repo, inv, sshd, tmp_path):
     handle = make_repo("staking")
     empty_known_hosts = tmp_path / "empty_known_hosts"
     empty_known_hosts.write_text("")
@@ -97,6 +97,9 @@ def test_unknown_host_key_is_refused_and_nothing_runs(home, make_repo, inv, sshd
     assert full_snapshot(workspace / "staking") == before  # not even fetched
     assert not (workspace / ".orchestrator").exists() and not (sshd.remote_home / ".cache").exists()
     assert empty_known_hosts.read_text() == ""
+    assert inv("sync-all", "--host", "builder", "--accept-new-host-key").code == 0  # the user's opt-in
+    assert results(home)["staking"]["status"] == "updated"
+    assert sshd.host_key_pub in empty_known_hosts.read_text()
 
 
 def test_closed_port_fails_every_repo_with_the_reason(home, make_repo, tmp_path, sshd):
