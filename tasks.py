@@ -375,9 +375,12 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
         "clone_missing": "clone repos whose path does not exist from their `remote`",
         "tag": "TAG: only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
+        "host": "NAME: sync the repos in this build host's workspace (<workspace>/<repo name>), same rules",
+        "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
-def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False):
+def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False, host="",
+             accept_new_host_key=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
@@ -386,8 +389,14 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
 
     try:
         paths = Paths.from_env()
-        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
-                          dry_run)
+        if host:
+            from lib.remote_sync import sync_on_host
+
+            report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
+                                  accept_new_host_key)
+        else:
+            report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None,
+                              clone_missing, dry_run)
     except OrchestratorError as err:
         raise _fail(err) from None
     except RunInterrupted as stop:

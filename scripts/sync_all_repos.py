@@ -23,11 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clone-missing", action="store_true", help="clone repos whose path does not exist")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="fetch nothing, change nothing")
+    parser.add_argument("--host", default="", help="sync the repos in this build host's workspace instead")
+    parser.add_argument("--accept-new-host-key", action="store_true", help="trust a host key never seen before")
     args = parser.parse_args(argv)
     try:
         paths = Paths.from_env()
-        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout or None,
-                          args.clone_missing, args.dry_run)
+        if args.host:
+            from lib.remote_sync import sync_on_host
+
+            report = sync_on_host(paths, args.host, args.tag, args.net_jobs, args.timeout or None,
+                                  args.clone_missing, args.dry_run, args.accept_new_host_key)
+        else:
+            report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs,
+                              args.timeout or None, args.clone_missing, args.dry_run)
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2

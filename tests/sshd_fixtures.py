@@ -102,6 +102,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "UsePAM no",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
         "PermitRootLogin prohibit-password", "PermitUserRC no", "PrintMotd no", "PrintLastLog no",
+        "Subsystem sftp internal-sftp",  # as on a real host (sync-all --host uploads lib/ with it)
         "MaxStartups 50",  # MaxSessions stays at its default (10), as on a real host
         f"SetEnv HOME={remote_home} GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL={remote_home / '.gitconfig'}",
         "",
