@@ -1,6 +1,6 @@
 """Invoke tasks: the orchestrator's front door. Thin: parse arguments, call lib/, print.
 
-Heavy imports (tabulate, GitPython, fabric, libtmux) happen inside the tasks that
+Heavy imports (tabulate, fabric, libtmux, rich) happen inside the tasks that
 need them, so `inv --list` stays fast.
 """
 from __future__ import annotations

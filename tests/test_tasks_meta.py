@@ -40,7 +40,7 @@ def test_every_task_has_a_docstring_and_help_for_each_argument():
 
 def test_start_up_imports_no_heavy_library():
     code = "import sys; sys.path.insert(0, %r); import tasks; " \
-           "print(sorted(m for m in ('tabulate', 'git', 'fabric', 'libtmux', 'paramiko') if m in sys.modules))" % str(ROOT)
+           "print(sorted(m for m in ('tabulate', 'git', 'fabric', 'libtmux', 'paramiko', 'rich') if m in sys.modules))" % str(ROOT)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 

@@ -99,6 +99,9 @@ def tmux_socket(monkeypatch: pytest.MonkeyPatch):
     yield server
     if server.is_alive():
         server.kill()
+    # tmux leaves its socket file behind when killed: do not litter the user's tmux directory.
+    socket_file = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / name
+    socket_file.unlink(missing_ok=True)
 
 
 @dataclass
