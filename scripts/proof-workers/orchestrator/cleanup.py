@@ -1,5 +1,6 @@
 """cleanup: kill the session (exact name) and the agents, remove worktrees only when nothing can be lost.
 
+Only the worktrees it creates (`<worktree_base>/issue-N`) are its to remove.
 Any doubt keeps a worktree: uncommitted or untracked files, commits not on the
 remote, a process still working in it, a path that is the main repository or
 outside worktree_base. `--force` first saves the work on a backup ref
@@ -75,7 +76,8 @@ def doubts(repo: RepoConfig, path: Path) -> list[str]:
     except worktrees.GitFailed as err:
         reasons.append(f"cannot read its status: {err}")
     try:
-        worktrees.git(path, "fetch", "-q", "origin")
+        # --prune: a remote-tracking ref the remote no longer has (stale or forged) proves nothing is pushed.
+        worktrees.git(path, "fetch", "-q", "--prune", "origin")
         unpushed = worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
         if unpushed != "0":
             reasons.append(f"{unpushed} commit(s) not on the remote")
@@ -135,8 +137,8 @@ def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
     out = []
     listed = worktrees.registered(repo.path)
     for entry in listed[1:]:  # the first is the main worktree
-        if not worktrees.inside(entry.path, repo.worktree_base):
-            continue  # not ours: never touched, not reported
+        if not worktrees.created_by_us(entry.path, repo.worktree_base):
+            continue  # not ours (a user's own worktree, even under worktree_base): never touched, not reported
         if entry.prunable or not entry.path.is_dir():
             worktrees.git(repo.path, "worktree", "prune")
             out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))
