@@ -2,29 +2,18 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 from conftest import git
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 
+from test_workers_cleanup import add_worktree, commit
+from test_workers_e2e import _monitor_in_thread
+
 from orchestrator import worktrees
 from orchestrator.cleanup import cleanup
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
-
-
-def add_worktree(proj, number: int) -> Path:
-    path = proj.root / "worktrees" / f"issue-{number}"
-    worktrees.ensure_worktree(proj.repo, "main", proj.root / "worktrees", path, f"feature/issue-{number}")
-    return path
-
-
-def commit(path: Path, name: str) -> str:
-    (path / name).write_text(name)
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", name)
-    return git(path, "rev-parse", "HEAD")
 
 
 def verdicts(report) -> dict[str, dict]:
@@ -39,7 +28,8 @@ def test_cleanup_keeps_amended_after_push_detached_commits_and_leaves_stashes(pr
     git(amended, "push", "-q", "origin", "feature/issue-1")
     git(amended, "commit", "-q", "--amend", "-m", "amended")
     git(detached, "checkout", "-q", "--detach")
-    lone = commit(detached, "detached.txt")
+    commit(detached, "detached.txt")
+    lone = git(detached, "rev-parse", "HEAD")
     (stashed / "README.md").write_text("stashed work")
     git(stashed, "stash", "-q")
 
@@ -58,7 +48,8 @@ def test_cleanup_never_trusts_a_remote_tracking_ref_the_remote_does_not_have(pro
     proj = project([{"number": 1, "title": "t"}])
     path = add_worktree(proj, 1)
     git(path, "checkout", "-q", "--detach")
-    lone = commit(path, "only-here.txt")
+    commit(path, "only-here.txt")
+    lone = git(path, "rev-parse", "HEAD")
     git(path, "update-ref", "refs/remotes/origin/looks-pushed", lone)
 
     seen = verdicts(cleanup(open_run()))
@@ -99,10 +90,7 @@ def test_a_push_url_rewritten_mid_run_is_never_reported_as_pushed(project, tmp_p
     proj = project([{"number": 1, "title": "one"}], script={1: ["slow"]}, pipeline=["implement"])
     elsewhere = tmp_path / "elsewhere.git"
     git(tmp_path, "init", "-q", "--bare", str(elsewhere))
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(monitor(open_run(), cycle=0.1, no_delay=True,
-                                                                   say=lambda _: None)))
-    thread.start()
+    thread, result = _monitor_in_thread()
     try:
         retry_until(lambda: (proj.script.parent / "runs" / "1.count").exists(), seconds=30)
         git(proj.repo, "config", "remote.origin.pushurl", str(elsewhere))
@@ -118,3 +106,65 @@ def test_a_push_url_rewritten_mid_run_is_never_reported_as_pushed(project, tmp_p
     failed = next(e for e in proj.events() if e["action"] == "push_failed")
     assert "changed since the issue was assigned" in failed["error"]
 
+
+
+def test_a_config_replaced_by_invalid_json_mid_run_is_never_overwritten_and_the_run_resumes(project):
+    """Held: the monitor keeps its last good config, writes nothing over the user's half-done edit, and
+    finishes once the file is valid again."""
+    proj = project([{"number": 1, "title": "one"}], script={1: ["slow"]}, pipeline=["implement"])
+    thread, result = _monitor_in_thread()
+    try:
+        retry_until(lambda: (proj.script.parent / "runs" / "1.count").exists(), seconds=30)
+        good, log = proj.config.read_text(), proj.state / "orchestrator-log.jsonl"
+        events = lambda: [json.loads(line)["event"] for line in log.read_text().splitlines()]  # noqa: E731
+        proj.config.write_text('{"project": "demo", "issues": [  <- the user is still typing')
+        retry_until(lambda: any(e["action"] == "error" and e["during"] == "mark_complete" for e in events()),
+                    seconds=30)
+        assert proj.config.read_text().endswith("still typing")
+        proj.config.write_text(good)
+    finally:
+        thread.join(timeout=60)
+    assert result == [0] and proj.issue(1)["status"] == "completed"
+    assert any(e["action"] == "config_error" for e in proj.events())
+
+
+def test_a_one_megabyte_hostile_title_stays_data_in_the_prompt_and_the_status(project, tmp_path):
+    """Held: quotes, ;, $(...), backticks and newlines in a 1 MB title reach the agent's prompt as text."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    title = "x\"'; $(touch pwned) `touch pwned2`\n" * 30000
+    proj = project([{"number": 1, "title": title, "description": title}], pipeline=["implement"])
+    assert monitor(open_run(), cycle=0.1, no_delay=True, say=lambda _: None) == 0
+    assert title in proj.prompts(1)[0]
+    status = subprocess.run([sys.executable, "-m", "orchestrator", "status"], cwd=ROOT / "scripts" / "proof-workers",
+                            env=monitor_env(), capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "Traceback" not in status.stderr
+    assert not list(tmp_path.rglob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+
+
+def test_no_monitor_can_start_while_cleanup_weighs_and_removes_worktrees(project, tmux_socket, monkeypatch):
+    """Broke: cleanup only checked that no monitor ran, then let go of the lock; a monitor (or a second
+    cleanup) starting meanwhile could launch an agent into a worktree being judged safe and removed."""
+    from orchestrator import cleanup as cleanups
+    from orchestrator.state import MonitorBusy, monitor_lock
+
+    proj = project([{"number": 1, "title": "t"}])
+    add_worktree(proj, 1)
+    could_start: list[bool] = []
+    judge = cleanups.doubts
+
+    def doubts_while_a_monitor_tries_to_start(repo, path):
+        try:
+            with monitor_lock(open_run().locks()):
+                could_start.append(True)
+        except MonitorBusy:
+            could_start.append(False)
+        return judge(repo, path)
+
+    monkeypatch.setattr(cleanups, "doubts", doubts_while_a_monitor_tries_to_start)
+    cleanup(open_run())
+    assert could_start == [False]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from orchestrator import tmux, worktrees
 from orchestrator.act import kill_try
@@ -106,31 +107,35 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
         if record.issue_number is not None:
             kill_try(run, record)
     killed = tmux.kill_session(run.server, run.session)
-    _wait_for_monitor_to_stop(run)
     verdicts: list[Verdict] = []
-    if keep_worktrees:
-        return CleanupReport(killed, verdicts)
-    seen: set[Path] = set()
-    for cfg in run.configs:
-        for repo in cfg.repos.values():
-            if repo.path in seen or not repo.path.is_dir():
-                continue
-            seen.add(repo.path)
-            verdicts.extend(_clean_repo(repo, force))
+    # Held to the end: no monitor (or second cleanup) starts agents in a worktree being judged and removed.
+    with _monitor_stopped(run):
+        if keep_worktrees:
+            return CleanupReport(killed, verdicts)
+        seen: set[Path] = set()
+        for cfg in run.configs:
+            for repo in cfg.repos.values():
+                if repo.path in seen or not repo.path.is_dir():
+                    continue
+                seen.add(repo.path)
+                verdicts.extend(_clean_repo(repo, force))
     return CleanupReport(killed, verdicts)
 
 
-def _wait_for_monitor_to_stop(run: Run, seconds: float = 3.0) -> None:
+@contextmanager
+def _monitor_stopped(run: Run, seconds: float = 3.0) -> Iterator[None]:
     """The monitor dies with its session; one running elsewhere would start agents again: refuse."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with monitor_lock(run.locks()):
-                return
-        except MonitorBusy as err:
-            if time.monotonic() > deadline:
-                raise MonitorBusy(f"{err}: stop it before cleanup") from None
-            time.sleep(0.1)
+    with ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(monitor_lock(run.locks()))
+                break
+            except MonitorBusy as err:
+                if time.monotonic() > deadline:
+                    raise MonitorBusy(f"{err}: stop it before cleanup") from None
+                time.sleep(0.1)
+        yield
 
 
 def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
