@@ -136,9 +136,10 @@ class Executor:
     def do_push(self, action: Action, record: WorkerRecord) -> None:
         worktree, branch = Path(record.worktree or ""), record.branch or ""
         head = worktrees.branch_head(worktree, branch)
-        if head and worktrees.remote_head(worktree, branch) == head:
-            return  # already there (a resumed monitor): nothing is pushed twice
         try:
+            worktrees.check_push_url(worktree, record.push_url)
+            if head and worktrees.remote_head(worktree, branch) == head:
+                return  # already there (a resumed monitor): nothing is pushed twice
             worktrees.push(worktree, branch)
         except worktrees.GitFailed as err:
             self.stopped.add(action.worker)
@@ -248,6 +249,7 @@ class Executor:
         record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
         record.branch, record.worktree = branch, str(path)
+        record.push_url = worktrees.push_url(repo.path)
         record.stage_index = issue.pipeline_stage
         record.stage = cfg.pipeline[issue.pipeline_stage]
         record.stage_base = worktrees.branch_head(path, branch)

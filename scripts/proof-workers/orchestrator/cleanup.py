@@ -1,5 +1,6 @@
 """cleanup: kill the session (exact name) and the agents, remove worktrees only when nothing can be lost.
 
+Only the worktrees it creates (`<worktree_base>/issue-N`) are its to remove.
 Any doubt keeps a worktree: uncommitted or untracked files, commits not on the
 remote, a process still working in it, a path that is the main repository or
 outside worktree_base. `--force` first saves the work on a backup ref
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from orchestrator import tmux, worktrees
 from orchestrator.act import kill_try
@@ -75,7 +77,8 @@ def doubts(repo: RepoConfig, path: Path) -> list[str]:
     except worktrees.GitFailed as err:
         reasons.append(f"cannot read its status: {err}")
     try:
-        worktrees.git(path, "fetch", "-q", "origin")
+        # --prune: a remote-tracking ref the remote no longer has (stale or forged) proves nothing is pushed.
+        worktrees.git(path, "fetch", "-q", "--prune", "origin")
         unpushed = worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
         if unpushed != "0":
             reasons.append(f"{unpushed} commit(s) not on the remote")
@@ -104,39 +107,43 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
         if record.issue_number is not None:
             kill_try(run, record)
     killed = tmux.kill_session(run.server, run.session)
-    _wait_for_monitor_to_stop(run)
     verdicts: list[Verdict] = []
-    if keep_worktrees:
-        return CleanupReport(killed, verdicts)
-    seen: set[Path] = set()
-    for cfg in run.configs:
-        for repo in cfg.repos.values():
-            if repo.path in seen or not repo.path.is_dir():
-                continue
-            seen.add(repo.path)
-            verdicts.extend(_clean_repo(repo, force))
+    # Held to the end: no monitor (or second cleanup) starts agents in a worktree being judged and removed.
+    with _monitor_stopped(run):
+        if keep_worktrees:
+            return CleanupReport(killed, verdicts)
+        seen: set[Path] = set()
+        for cfg in run.configs:
+            for repo in cfg.repos.values():
+                if repo.path in seen or not repo.path.is_dir():
+                    continue
+                seen.add(repo.path)
+                verdicts.extend(_clean_repo(repo, force))
     return CleanupReport(killed, verdicts)
 
 
-def _wait_for_monitor_to_stop(run: Run, seconds: float = 3.0) -> None:
+@contextmanager
+def _monitor_stopped(run: Run, seconds: float = 3.0) -> Iterator[None]:
     """The monitor dies with its session; one running elsewhere would start agents again: refuse."""
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with monitor_lock(run.locks()):
-                return
-        except MonitorBusy as err:
-            if time.monotonic() > deadline:
-                raise MonitorBusy(f"{err}: stop it before cleanup") from None
-            time.sleep(0.1)
+    with ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(monitor_lock(run.locks()))
+                break
+            except MonitorBusy as err:
+                if time.monotonic() > deadline:
+                    raise MonitorBusy(f"{err}: stop it before cleanup") from None
+                time.sleep(0.1)
+        yield
 
 
 def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
     out = []
     listed = worktrees.registered(repo.path)
     for entry in listed[1:]:  # the first is the main worktree
-        if not worktrees.inside(entry.path, repo.worktree_base):
-            continue  # not ours: never touched, not reported
+        if not worktrees.created_by_us(entry.path, repo.worktree_base):
+            continue  # not ours (a user's own worktree, even under worktree_base): never touched, not reported
         if entry.prunable or not entry.path.is_dir():
             worktrees.git(repo.path, "worktree", "prune")
             out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))

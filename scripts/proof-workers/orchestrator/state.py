@@ -35,6 +35,7 @@ class WorkerRecord:
     last_reason: str = ""
     push_failures: int = 0  # consecutive failed pushes of this stage's verified work
     start_failures: int = 0  # consecutive tries that could not even be started (tmux, worktree, files)
+    push_url: str | None = None  # origin's push url when the issue was assigned: pushes go there or nowhere
 
     def reset(self) -> None:
         """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""

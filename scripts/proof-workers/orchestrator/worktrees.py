@@ -8,6 +8,7 @@ os.environ and cannot unset an inherited GIT_DIR.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,12 @@ def inside(path: Path, base: Path) -> bool:
         return False
 
 
+def created_by_us(path: Path, base: Path) -> bool:
+    """`<base>/issue-N`, the only shape of worktree the orchestrator creates (see ProjectConfig.worktree_for)."""
+    return re.fullmatch(r"issue-\d+", path.name) is not None and path.resolve().parent == base.resolve() \
+        and inside(path, base)
+
+
 def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path, branch: str) -> Path:
     """The issue's worktree on its branch, created from origin/<default> when new; reused when it exists.
 
@@ -135,13 +142,29 @@ def porcelain(worktree: Path) -> str:
     return git(worktree, "status", "--porcelain", "--untracked-files=all")
 
 
+def check_push_url(worktree: Path, expected: str | None) -> None:
+    """Refuse when origin now pushes elsewhere than when the issue was assigned (None: nothing recorded).
+
+    An agent can rewrite the shared .git/config: work pushed to its remote must never count as pushed.
+    """
+    if expected is not None and (now := push_url(worktree)) != expected:
+        raise GitFailed(f"origin's push url changed since the issue was assigned ({expected} -> {now}); "
+                        "not pushing: put it back to resume")
+
+
 def push(worktree: Path, branch: str) -> None:
     """Push the branch to origin (never forced); raises GitFailed with git's reason."""
     git(worktree, "push", "-q", "origin", f"refs/heads/{branch}:refs/heads/{branch}")
 
 
+def push_url(repo: Path) -> str:
+    """Where a push to origin really goes (url, pushurl and insteadOf rewrites applied)."""
+    return git(repo, "remote", "get-url", "--push", "origin").strip()
+
+
 def remote_head(repo: Path, branch: str) -> str | None:
-    out = git(repo, "ls-remote", "origin", f"refs/heads/{branch}", check=False).split()
+    """The branch's commit where pushes go (the push url: a fetch url pointed elsewhere cannot vouch for it)."""
+    out = git(repo, "ls-remote", push_url(repo), f"refs/heads/{branch}", check=False).split()
     return out[0] if out else None
 
 
