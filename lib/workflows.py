@@ -373,7 +373,7 @@ def first_tool(command: str) -> str | None:
     return tool
 
 
-def missing_tool(command: str, cwd: Path) -> str | None:
+def missing_tool(command: str) -> str | None:
     """The command's first word when it is a bare command name not on PATH (a missing toolchain), else None."""
     tool = first_tool(command)
     return None if tool is None or shutil.which(tool) else tool
@@ -398,7 +398,7 @@ def plan_for(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
         skip = f"no step of {workflow.name!r} applies (language {repo.language})"
     else:
         for command in commands:
-            tool = missing_tool(command.command, command.cwd)
+            tool = missing_tool(command.command)
             if tool:
                 skip = f"{tool} not found on PATH"
                 break

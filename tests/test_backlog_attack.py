@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-from pathlib import Path
 
 import pytest
 
-from lib.backlog import CRASH_ENV, parse
-from tests.test_backlog import ACTIVE, BACKLOG, COMPLETED, TODAY, run_inv, snapshot, where_is_each_task, write_tasks
+from lib.backlog import CRASH_ENV
+from tests.test_backlog import ACTIVE, BACKLOG, TODAY, run_inv, snapshot, where_is_each_task, write_tasks
 
 
 def test_a_first_task_right_after_a_byte_order_mark_moves_without_the_mark_and_stays_visible(home, inv):

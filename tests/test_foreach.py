@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from tests.conftest import ROOT, process_running, wait_gone
+from tests.conftest import ROOT, wait_gone
 
 
 def three_repos(home, make_repo, **extra):

@@ -11,7 +11,6 @@ import pytest
 
 from lib.config import load_workspace
 from lib.gitstatus import scan
-from tests.conftest import git
 
 
 def status_of(home, *handles):
