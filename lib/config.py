@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import ConfigError, UnknownRepoError
+from lib.paths import real_paths
 
 LANGUAGES = ("go", "javascript", "python", "rust", "make", "unknown")
 
@@ -229,8 +230,7 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
 def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> None:
     """Two entries for one directory (`/x/r` and `/x/r/`, a symlink) would be synced against themselves."""
     seen: dict[str, str] = {}
-    for repo, where in zip(repos, wheres):
-        real = os.path.realpath(repo.local)
+    for repo, where, real in zip(repos, wheres, real_paths(repo.local for repo in repos)):
         if real in seen:
             problem(f"{where}.local", f"same directory as {seen[real]} ({real}); each repo needs its own entry")
         else:

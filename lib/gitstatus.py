@@ -7,21 +7,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+import select
+import signal
+import tempfile
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
+from lib.paths import real_paths
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
 GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
 LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
+LOG_ARGS = ("log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
 
 
 # Repo-local variables (`git rev-parse --local-env-vars`, git 2.39). Inherited from a
@@ -126,7 +131,10 @@ class RepoStatus:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = dict(self.__dict__)  # the fields in declaration order; asdict's deep copy cost more than the scan's parsing
+        if self.last_commit is not None:
+            document["last_commit"] = dict(self.last_commit.__dict__)
+        return document
 
 
 @dataclass
@@ -137,6 +145,16 @@ class ScanReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
+
+    def json_text(self) -> str:
+        """`to_json()` as the state file's text: one repo per line, readable and diffable.
+
+        Not `json.dumps(indent=2)`: any indent switches json to its pure-Python
+        encoder, which took longer than the rest of a warm scan's own Python work.
+        """
+        repos = ",\n".join(f"    {json.dumps(r.to_json())}" for r in self.repos)
+        body = f"[\n{repos}\n  ]" if self.repos else "[]"
+        return f'{{\n  "generated_at": {json.dumps(self.generated_at)},\n  "repos": {body}\n}}\n'
 
     @property
     def errors(self) -> list[RepoStatus]:
@@ -193,15 +211,121 @@ def parse_porcelain_v2(data: bytes) -> Porcelain:
     return status
 
 
-def _git(git: str, env: dict[str, str], path: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [git, "--no-optional-locks", "-C", path, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        check=False,
-    )
+class GitResult(NamedTuple):
+    returncode: int
+    stdout: bytes
+    stderr: bytes  # kept only when git failed
+
+
+Done = Callable[[GitResult], None]
+
+
+class GitPool:
+    """Runs many short gits at once from one thread: `os.posix_spawn` and `poll`, no thread per git.
+
+    A scan starts hundreds of gits whose start-up is most of their cost; Popen's
+    bookkeeping in a thread pool cost more Python time per repo than the rest of
+    the scan together, and threads contend for the interpreter (bench/README.md).
+    Each child: stdin /dev/null, stdout a pipe read as it fills, stderr a scratch
+    file of its slot (read only when git fails, so nothing can fill up and block),
+    SIGPIPE/SIGXFSZ back at their defaults as subprocess would do, and its own
+    process group (a terminal's Ctrl-C reaches us; `close` stops the groups).
+    `done` callbacks run in the loop and may `submit` more work (it queues first).
+    """
+
+    def __init__(self, git: str, size: int) -> None:
+        self._git = git
+        self._size = max(1, size)
+        self._queue: deque[tuple[str, dict[str, str], tuple[str, ...], Done]] = deque()
+        self._live: dict[int, tuple[int, list[bytes], BinaryIO, Done]] = {}  # stdout fd -> child
+        self._free: list[BinaryIO] = []
+        self._poll = select.poll()
+
+    def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
+        job = (path, env, args, done)
+        self._queue.appendleft(job) if first else self._queue.append(job)
+
+    def run(self) -> None:
+        """Run everything submitted (and whatever the callbacks submit) to the end."""
+        while self._queue or self._live:
+            while self._queue and len(self._live) < self._size:
+                self._spawn(*self._queue.popleft())
+            if self._live:
+                self._step()
+
+    def close(self) -> None:
+        """Stop whatever still runs (an interrupted scan): a status or log writes nothing, so a kill loses nothing.
+
+        Each git leads its own process group, so what it started (a submodule's
+        status, a hook) goes with it.
+        """
+        for fd, (pid, _, stderr, _) in list(self._live.items()):
+            with suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            with suppress(OSError):
+                os.waitpid(pid, 0)
+            os.close(fd)
+            stderr.close()
+        self._live.clear()
+        for stderr in self._free:
+            stderr.close()
+        self._free.clear()
+
+    def __enter__(self) -> GitPool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _spawn(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done) -> None:
+        stderr = self._free.pop() if self._free else _scratch_file()
+        read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
+        try:
+            pid = os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
+                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                               (os.POSIX_SPAWN_DUP2, write_end, 1),
+                                               (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
+                                 setsigdef=_DEFAULT_IN_CHILD, setpgroup=0)
+        except OSError as err:  # E2BIG, EMFILE, git removed meanwhile: this repo's error, not the scan's
+            os.close(read_end)
+            self._free.append(stderr)
+            done(GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
+            return
+        finally:
+            os.close(write_end)
+        self._live[read_end] = (pid, [], stderr, done)
+        self._poll.register(read_end, select.POLLIN)
+
+    def _step(self) -> None:
+        for fd, _ in self._poll.poll():
+            pid, chunks, stderr, done = self._live[fd]
+            chunk = os.read(fd, 65536)
+            if chunk:
+                chunks.append(chunk)
+                continue
+            self._poll.unregister(fd)
+            os.close(fd)
+            del self._live[fd]
+            _, wait_status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(wait_status)
+            errors = b""
+            if stderr.tell():  # the child's writes moved the offset this file shares with it
+                if code != 0:
+                    stderr.seek(0)
+                    errors = stderr.read(65536)
+                stderr.seek(0)
+                stderr.truncate()
+            self._free.append(stderr)
+            done(GitResult(code, b"".join(chunks), errors))
+
+
+def _scratch_file() -> BinaryIO:
+    if hasattr(os, "memfd_create"):  # Linux: no file system involved
+        return os.fdopen(os.memfd_create("git-stderr", os.MFD_CLOEXEC), "rb+", buffering=0)
+    return tempfile.TemporaryFile(buffering=0)
+
+
+_DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
 def _first_error_line(stderr: bytes) -> str:
@@ -275,9 +399,8 @@ def _git_running_in(*dirs: Path) -> bool:
     return False
 
 
-def operation_and_lock(worktree: Path) -> tuple[str | None, str | None]:
+def operation_and_lock(worktree: Path, git_dir: Path | None) -> tuple[str | None, str | None]:
     """(operation in progress, index.lock state) from the git dir's entries: a few stats, no process."""
-    git_dir = git_dir_of(worktree)
     if git_dir is None:
         return None, None
     try:
@@ -290,54 +413,66 @@ def operation_and_lock(worktree: Path) -> tuple[str | None, str | None]:
     return operation_in(git_dir, entries), lock
 
 
-def repo_status(repo: Repo, git: str, env: dict[str, str],
-                known_commits: Mapping[str, LastCommit] | None = None) -> RepoStatus:
-    """One repo's status; `known_commits` (sha -> last commit) spares `git log -1` for a HEAD seen before."""
+def _unscannable(repo: Repo) -> RepoStatus:
+    """The repo's row, with `error` set when git must not even start there (answered from a stat)."""
     path = repo.local
     status = RepoStatus(name=repo.name, path=str(path), exists=path.exists(), clean=False, language=repo.language)
     if not status.exists:
         status.error = "path does not exist"
-        return status
-    if not path.is_dir():
+    elif not path.is_dir():
         status.error = "path is not a directory"
-        return status
     # A plain directory inside some other checkout would report that checkout's
     # status; a repo's own top level always has a .git entry (dir or file).
-    if not (path / ".git").exists():
+    elif not (path / ".git").exists():
         status.error = "not a git repository (no .git)"
-        return status
-    env = confined_to(path, env)
-    result = _git(git, env, str(path), *STATUS_ARGS)
-    if result.returncode != 0:
-        status.error = _first_error_line(result.stderr)
-        return status
-    porcelain = parse_porcelain_v2(result.stdout)
-    status.branch = porcelain.branch
-    status.detached = porcelain.branch is None
-    status.head = porcelain.head
-    status.upstream = porcelain.upstream
-    status.ahead, status.behind = porcelain.ahead, porcelain.behind
-    status.staged, status.modified = porcelain.staged, porcelain.modified
-    status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
-    status.dirty = porcelain.dirty
-    status.operation, status.index_lock = operation_and_lock(path)
-    if porcelain.head is None:
-        status.error = "no commits yet"
-        return status
-    # A commit never changes: the one recorded for this sha is what `git log -1` would print.
-    known = (known_commits or {}).get(porcelain.head)
-    if known is not None:
-        status.last_commit = LastCommit(**asdict(known))
-    else:
-        log = _git(git, env, str(path), "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
-        if log.returncode != 0:
-            status.error = _first_error_line(log.stderr)
-            return status
-        fields = log.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
+    return status
+
+
+class _RepoScan:
+    """One repo through the pool: `git status`, then the last commit (recorded, read, or `git log -1`)."""
+
+    def __init__(self, status: RepoStatus, path: Path, pool: GitPool, env: dict[str, str],
+                 known: Mapping[str, LastCommit], finish: Callable[[RepoStatus], None]) -> None:
+        self.status, self.path, self.pool, self.env, self.known, self.finish = status, path, pool, env, known, finish
+        pool.submit(str(path), self.env, STATUS_ARGS, self.on_status)
+
+    def on_status(self, result: GitResult) -> None:
+        status = self.status
+        if result.returncode != 0:
+            status.error = _first_error_line(result.stderr)
+            return self.finish(status)
+        porcelain = parse_porcelain_v2(result.stdout)
+        status.branch = porcelain.branch
+        status.detached = porcelain.branch is None
+        status.head = porcelain.head
+        status.upstream = porcelain.upstream
+        status.ahead, status.behind = porcelain.ahead, porcelain.behind
+        status.staged, status.modified = porcelain.staged, porcelain.modified
+        status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
+        status.dirty = porcelain.dirty
+        git_dir = git_dir_of(self.path)
+        status.operation, status.index_lock = operation_and_lock(self.path, git_dir)
+        if porcelain.head is None:
+            status.error = "no commits yet"
+            return self.finish(status)
+        status.clean = status.dirty == 0
+        # A commit never changes: the one recorded for this sha is what `git log -1` would print.
+        known = self.known.get(porcelain.head)
+        if known is not None:
+            status.last_commit = LastCommit(known.sha, known.subject, known.author, known.date)
+            return self.finish(status)
+        self.pool.submit(str(self.path), self.env, LOG_ARGS, self.on_log, first=True)
+
+    def on_log(self, result: GitResult) -> None:
+        status = self.status
+        if result.returncode != 0:
+            status.error = _first_error_line(result.stderr)
+            status.clean = False
+            return self.finish(status)
+        fields = result.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
         if len(fields) == 4:
             status.last_commit = LastCommit(*fields)
-    status.clean = status.dirty == 0
-    return status
+        self.finish(status)
 
 
 def known_commits(document: Any) -> dict[str, LastCommit]:
@@ -381,25 +516,36 @@ def scan(
     jobs: int = 0,
     on_result: Callable[[RepoStatus], None] | None = None,
     known: Mapping[str, LastCommit] | None = None,
+    git: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> ScanReport:
     """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
 
     `known` (sha -> last commit, from the previous scan) makes it a warm scan:
     the same document, with `git log -1` run only for repos whose HEAD moved.
     """
-    git, env = find_git(), git_env()
+    git = git or find_git()
+    env = env if env is not None else git_env()
     started = perf_counter()
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results: dict[str, RepoStatus] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs or default_jobs())) as pool:
-        futures = {pool.submit(repo_status, repo, git, env, known): repo for repo in repos}
-        for future in as_completed(futures):
-            repo = futures[future]
+
+    def finish(status: RepoStatus) -> None:
+        results[status.name] = status
+        if on_result is not None:
+            on_result(status)
+
+    with GitPool(git, jobs or default_jobs()) as pool:
+        for repo, real in zip(repos, real_paths(repo.local for repo in repos)):
             try:
-                status = future.result()
-            except OSError as err:
-                status = RepoStatus(repo.name, str(repo.local), repo.local.exists(), False, repo.language, error=str(err))
-            results[repo.name] = status
-            if on_result is not None:
-                on_result(status)
+                status = _unscannable(repo)
+            except OSError as err:  # a stat git could not have done either (EACCES, ...)
+                status = RepoStatus(repo.name, str(repo.local), True, False, repo.language, error=str(err))
+            if status.error:
+                finish(status)
+            else:
+                # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
+                confined = {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(real)}
+                _RepoScan(status, repo.local, pool, confined, known or {}, finish)
+        pool.run()
     return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])

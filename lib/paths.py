@@ -5,6 +5,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG_DIR = CHECKOUT_ROOT / "config"
@@ -61,3 +62,23 @@ class Paths:
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+
+def real_paths(paths: Iterable[os.PathLike[str] | str]) -> list[str]:
+    """`os.path.realpath` of each path, resolving each parent directory once.
+
+    Hundreds of repos share a parent; realpath would lstat every component of
+    every path again. A path whose last component is a symlink (or `..`) is
+    resolved in full.
+    """
+    parents: dict[str, str] = {}
+    resolved = []
+    for path in map(os.fspath, paths):
+        head, name = os.path.split(path)
+        if not os.path.isabs(path) or name in ("", ".", "..") or os.path.islink(path):
+            resolved.append(os.path.realpath(path))
+            continue
+        if head not in parents:
+            parents[head] = os.path.realpath(head)
+        resolved.append(os.path.join(parents[head], name))
+    return resolved

@@ -11,7 +11,7 @@ from lib.config import Workspace, load_workspace
 from lib.gitstatus import ScanReport, read_known_commits, scan
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.statefile import write_json
+from lib.statefile import write_text
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
@@ -30,7 +30,7 @@ def scan_and_save(paths: Paths, jobs: int = 0,
     """Scan and write the state file; the third item says why it could not be written (None: written)."""
     report = scan_workspace(load_workspace(paths.repos_file), jobs, tags, paths.repo_status_file)
     try:
-        write_json(paths.repo_status_file, report.to_json())
+        write_text(paths.repo_status_file, report.json_text())
     except OSError as err:
         return report, paths.repo_status_file, (f"error: cannot write {paths.repo_status_file}: "
                                                 f"{err.strerror or err}; the scan was not recorded")
