@@ -80,6 +80,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
+    from lib.gitstatus import read_state
     from lib.scan import scan_workspace
 
     try:
@@ -91,7 +92,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 
             report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
         else:
-            report = scan_workspace(workspace, jobs, tag, paths.repo_status_file)
+            report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
     except OrchestratorError as err:
         raise _fail(err) from None
     except RunInterrupted as stop:

@@ -147,14 +147,8 @@ class ScanReport:
         return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
 
     def json_text(self) -> str:
-        """`to_json()` as the state file's text: one repo per line, readable and diffable.
-
-        Not `json.dumps(indent=2)`: any indent switches json to its pure-Python
-        encoder, which took longer than the rest of a warm scan's own Python work.
-        """
-        repos = ",\n".join(f"    {json.dumps(r.to_json())}" for r in self.repos)
-        body = f"[\n{repos}\n  ]" if self.repos else "[]"
-        return f'{{\n  "generated_at": {json.dumps(self.generated_at)},\n  "repos": {body}\n}}\n'
+        """`to_json()` as the state file's text (see `state_text`)."""
+        return state_text(self.generated_at, [r.to_json() for r in self.repos])
 
     @property
     def errors(self) -> list[RepoStatus]:
@@ -170,6 +164,17 @@ class ScanReport:
         if self.errors:
             parts.append(f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''}")
         return f"scanned {len(self.repos)} repos in {self.duration_s:.2f}s: {', '.join(parts)}"
+
+
+def state_text(generated_at: str, rows: Sequence[dict[str, Any]]) -> str:
+    """state/repo-status.json's text: one repo per line, readable and diffable.
+
+    Not `json.dumps(indent=2)`: any indent switches json to its pure-Python
+    encoder, which took longer than the rest of a warm scan's own Python work.
+    """
+    repos = ",\n".join(f"    {json.dumps(row)}" for row in rows)
+    body = f"[\n{repos}\n  ]" if rows else "[]"
+    return f'{{\n  "generated_at": {json.dumps(generated_at)},\n  "repos": {body}\n}}\n'
 
 
 def parse_porcelain_v2(data: bytes) -> Porcelain:
@@ -494,14 +499,19 @@ def _is_sha(text: str) -> bool:
     return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
-def read_known_commits(state_file: Path) -> dict[str, LastCommit]:
-    """The last commits recorded in a state file; missing, unreadable or foreign means none (a cold scan)."""
+def read_state(state_file: Path) -> Any:
+    """A previous scan's document, or None when missing, unreadable or not JSON (never an error)."""
     try:
         if not state_file.is_file():  # a FIFO or a device would hang or never end the read
-            return {}
-        return known_commits(json.loads(state_file.read_bytes()))
+            return None
+        return json.loads(state_file.read_bytes())
     except (OSError, ValueError, RecursionError):
-        return {}
+        return None
+
+
+def read_known_commits(state_file: Path) -> dict[str, LastCommit]:
+    """The last commits recorded in a state file; missing, unreadable or foreign means none (a cold scan)."""
+    return known_commits(read_state(state_file))
 
 
 def find_git() -> str:

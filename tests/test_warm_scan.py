@@ -139,3 +139,37 @@ def test_scan_script_is_warm_too(home, make_repo, tmp_path, git_calls):
     assert run_script("scan_all_repos.py", cwd=tmp_path).returncode == 0
     calls = git_calls()
     assert len(calls) == 2 and all(" status " in f" {c} " for c in calls), calls
+
+
+def test_a_tag_scan_refreshes_its_repos_and_keeps_the_other_rows(home, make_repo, inv, tmp_path):
+    alpha, beta, gamma = make_repo("alpha"), make_repo("beta"), make_repo("gamma")
+    home.write_repos([{"name": "alpha", "local": str(alpha.path), "tags": ["x"]},
+                      {"name": "beta", "local": str(beta.path), "tags": ["y"]},
+                      {"name": "gamma", "local": str(gamma.path), "tags": ["y"]}])
+    assert inv("scan").code == 0
+    before = {r["name"]: r for r in home.state("repo-status.json")["repos"]}
+    alpha.commit({"x": "1"}, "alpha moved")
+    (beta.path / "README.md").write_text("edited, not rescanned\n")
+    assert inv("scan", "--tag", "x").code == 0
+    after = home.state("repo-status.json")["repos"]
+    assert [r["name"] for r in after] == ["alpha", "beta", "gamma"]  # config order, nothing lost
+    assert after[0]["last_commit"]["subject"] == "alpha moved"
+    assert after[1] == before["beta"] and after[1]["clean"]  # not rescanned: its last scan's row
+    # gamma moved to another directory: its old row describes another repo and goes.
+    moved = tmp_path / "gamma-elsewhere"
+    gamma.path.rename(moved)
+    home.write_repos([{"name": "alpha", "local": str(alpha.path), "tags": ["x"]},
+                      {"name": "gamma", "local": str(moved), "tags": ["y"]}])
+    assert inv("scan", "--tag", "x").code == 0
+    assert [r["name"] for r in home.state("repo-status.json")["repos"]] == ["alpha"]  # beta left the config
+
+
+def test_a_tag_scan_over_a_corrupt_state_writes_its_own_rows(home, make_repo, inv):
+    alpha, beta = make_repo("alpha"), make_repo("beta")
+    home.write_repos([{"name": "alpha", "local": str(alpha.path), "tags": ["x"]},
+                      {"name": "beta", "local": str(beta.path)}])
+    state = home.path / "state" / "repo-status.json"
+    state.parent.mkdir()
+    state.write_text('{"generated_at": 1, "repos": [{"name": ["beta"]}, {"name": "beta"}, 7]}')
+    assert inv("scan", "--tag", "x").code == 0
+    assert [r["name"] for r in home.state("repo-status.json")["repos"]] == ["alpha"]
