@@ -1,7 +1,6 @@
 """Read and validate config/repos.json (the original system's format, plus optional additions)."""
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -116,6 +115,8 @@ MAX_LISTED = 10
 
 def _hint(name: str, known: list[str], what: str) -> str:
     """`; did you mean a, b?` or a short list of what exists (capped: a workspace may hold thousands)."""
+    import difflib  # only on an error: every scan imports this module
+
     close = difflib.get_close_matches(name, known, n=MAX_SUGGESTIONS, cutoff=0.5)
     if close:
         return f"; did you mean {', '.join(close)}?"

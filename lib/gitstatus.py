@@ -1,4 +1,4 @@
-"""Repo status for many repos at once: one porcelain-v2 `git status` each, plus `git log -1` when HEAD moved.
+"""Repo status for many repos at once: one porcelain-v2 `git status` each, and the HEAD commit read, not logged.
 
 Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
 """
@@ -20,13 +20,17 @@ from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
+from lib.gitobjects import read_commit
 from lib.paths import real_paths
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
 GIT_ENV_OVERRIDES = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
 LOG_FORMAT = "%H%x00%s%x00%an%x00%cI"
-LOG_ARGS = ("log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
+# When the commit cannot be read directly (lib.gitobjects): the same fields, on the same
+# terms (replace refs not applied, UTF-8 whatever i18n.logOutputEncoding says).
+LOG_ARGS = ("--no-replace-objects", "-c", "i18n.logOutputEncoding=UTF-8",
+            "log", "-1", "--no-show-signature", f"--format={LOG_FORMAT}")
 
 
 # Repo-local variables (`git rev-parse --local-env-vars`, git 2.39). Inherited from a
@@ -466,6 +470,11 @@ class _RepoScan:
         if known is not None:
             status.last_commit = LastCommit(known.sha, known.subject, known.author, known.date)
             return self.finish(status)
+        # Else read it from the object store (no process); git only when the reader is in any doubt.
+        commit = read_commit(git_dir, porcelain.head) if git_dir is not None else None
+        if commit is not None:
+            status.last_commit = LastCommit(porcelain.head, *commit)
+            return self.finish(status)
         self.pool.submit(str(self.path), self.env, LOG_ARGS, self.on_log, first=True)
 
     def on_log(self, result: GitResult) -> None:
@@ -474,10 +483,20 @@ class _RepoScan:
             status.error = _first_error_line(result.stderr)
             status.clean = False
             return self.finish(status)
-        fields = result.stdout.decode("utf-8", "replace").rstrip("\n").split("\0")
-        if len(fields) == 4:
-            status.last_commit = LastCommit(*fields)
+        status.last_commit = last_commit_of(result.stdout)
         self.finish(status)
+
+
+def last_commit_of(log_output: bytes) -> LastCommit | None:
+    """The fields of `git log -1 --format=LOG_FORMAT`, the date in one form whatever git's version.
+
+    git 2.45 and later print a UTC `%cI` as `Z`; older ones (and lib.gitobjects) as `+00:00`.
+    """
+    fields = log_output.decode("utf-8", "replace").rstrip("\n").split("\0")
+    if len(fields) != 4:
+        return None
+    sha, subject, author, date = fields
+    return LastCommit(sha, subject, author, date[:-1] + "+00:00" if date.endswith("Z") else date)
 
 
 def known_commits(document: Any) -> dict[str, LastCommit]:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from lib.config import load_workspace
-from lib.gitstatus import parse_porcelain_v2, scan
+from lib.gitstatus import LastCommit, last_commit_of, parse_porcelain_v2, scan
 from tests.conftest import git
 
 
@@ -144,3 +144,14 @@ def test_porcelain_parser_handles_rename_with_nul_separated_origin():
     p = parse_porcelain_v2(data)
     assert (p.staged, p.modified, p.untracked, p.dirty) == (1, 0, 1, 2)
     assert p.branch == "main" and p.upstream is None
+
+
+@pytest.mark.parametrize("date, stored", [
+    ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00+00:00"),  # git 2.45+
+    ("2026-11-20T10:00:00+00:00", "2026-11-20T10:00:00+00:00"),  # older gits, and lib.gitobjects
+    ("2026-11-20T10:00:00-08:00", "2026-11-20T10:00:00-08:00"),
+])
+def test_a_logged_utc_date_is_stored_in_one_form_whatever_git_prints(date, stored):
+    commit = last_commit_of(f"{'a' * 40}\0subject\0Ann\0{date}\n".encode())
+    assert commit == LastCommit("a" * 40, "subject", "Ann", stored)
+    assert last_commit_of(b"truncated\0output\n") is None

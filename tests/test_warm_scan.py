@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -46,8 +47,9 @@ def mixed_workspace(home, make_repo, tmp_path):
     return repos
 
 
-def test_warm_scan_runs_one_git_per_unchanged_repo_and_writes_the_cold_document(home, make_repo, inv, tmp_path,
-                                                                                 git_calls):
+def test_every_scan_runs_one_git_per_repo_and_warm_writes_the_cold_document(home, make_repo, inv, tmp_path,
+                                                                            git_calls):
+    """The last commit comes from the last scan (same sha) or the object store; `git log` never runs here."""
     repos = mixed_workspace(home, make_repo, tmp_path)
     assert inv("scan").code == 1  # `gone` and `unborn` are error rows
     repos["moves"].commit({"new": "1"}, "a new commit")
@@ -56,9 +58,7 @@ def test_warm_scan_runs_one_git_per_unchanged_repo_and_writes_the_cold_document(
     assert inv("scan").code == 1
     calls = git_calls()
     warm = home.state("repo-status.json")
-    logs = sorted(c for c in calls if c.split()[3:4] == ["log"])
-    assert len([c for c in calls if " status " in f" {c} "]) == 6
-    assert len(logs) == 2 and all(c.split()[2].endswith(("moves", "amended")) for c in logs), calls
+    assert len(calls) == 6 and all(" status " in f" {c} " for c in calls), calls
     by_name = {r["name"]: r for r in warm["repos"]}
     assert by_name["moves"]["last_commit"]["subject"] == "a new commit"
     assert by_name["amended"]["last_commit"]["subject"] == "amended subject"
@@ -66,8 +66,43 @@ def test_warm_scan_runs_one_git_per_unchanged_repo_and_writes_the_cold_document(
     (home.path / "state" / "repo-status.json").unlink()
     assert inv("scan").code == 1
     cold = home.state("repo-status.json")
-    assert len([c for c in git_calls() if " log " in f" {c} "]) == 5  # every repo with commits
+    assert len(git_calls()) == 6  # cold too: one `git status` per repo that has a .git
     assert without_time(warm) == without_time(cold)
+    for name in ("steady", "moves", "amended", "detached", "dirty"):  # what `git log -1` says
+        sha, subject, author, date = repos[name].git("log", "-1", "--format=%H%x00%s%x00%an%x00%cI").split("\0")
+        assert by_name[name]["last_commit"] == {"sha": sha, "subject": subject, "author": author, "date": date}
+
+
+def test_a_commit_the_reader_doubts_is_asked_of_git_log_once(home, make_repo, inv, git_calls):
+    """A latin-1 `encoding` header: git re-encodes the message, so the scan asks git; the next scan reuses it."""
+    repo = make_repo("alpha")
+    home.add(repo)
+    tree = repo.git("rev-parse", "HEAD^{tree}")
+    body = (f"tree {tree}\nparent {repo.head()}\nauthor J\xf6rg <j@example.com> 1700000000 +0100\n"
+            f"committer J\xf6rg <j@example.com> 1700000000 +0100\nencoding ISO-8859-1\n\nGr\xfc\xdfe\n")
+    sha = subprocess.run(["git", "hash-object", "-t", "commit", "-w", "--stdin"], cwd=repo.path, check=True,
+                         input=body.encode("latin-1"), capture_output=True).stdout.decode().strip()
+    repo.git("reset", "-q", "--hard", sha)
+    git_calls()
+    assert inv("scan").code == 0
+    assert len([c for c in git_calls() if " log " in f" {c} "]) == 1
+    commit = home.state("repo-status.json")["repos"][0]["last_commit"]
+    assert commit == {"sha": sha, "subject": "Grüße", "author": "Jörg", "date": "2023-11-14T23:13:20+01:00"}
+    assert inv("scan").code == 0
+    assert not [c for c in git_calls() if " log " in f" {c} "]  # warm: recorded under its sha
+
+
+def test_a_cloned_repo_reads_its_packed_head_commit(home, make_repo, inv, tmp_path, git_calls):
+    origin = make_repo("origin")
+    origin.commit({"a": "1"}, "packed   subject  \n\nbody")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--no-local", str(origin.path), str(clone))
+    assert not list((clone / ".git" / "objects").glob("??/*"))  # everything is in the pack
+    home.write_repos([{"name": "clone", "local": str(clone)}])
+    git_calls()
+    assert inv("scan").code == 0
+    assert not [c for c in git_calls() if " log " in f" {c} "]
+    assert home.state("repo-status.json")["repos"][0]["last_commit"]["subject"] == "packed   subject"
 
 
 @pytest.mark.parametrize("content", [
@@ -116,8 +151,8 @@ def test_status_reads_the_state_but_never_writes_it(home, make_repo, inv, git_ca
     before = (state.read_bytes(), state.stat().st_mtime_ns)
     repo.commit({"x": "1"}, "after the scan")
     git_calls()
-    assert inv("status").code == 0
-    assert len([c for c in git_calls() if " log " in f" {c} "]) == 1  # HEAD moved: looked up
+    result = inv("status", "--json")
+    assert json.loads(result.out)["repos"][0]["last_commit"]["subject"] == "after the scan"  # HEAD moved: read
     (repo.path / "x").write_text("edited\n")
     git_calls()
     result = inv("status", "--json")
