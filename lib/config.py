@@ -187,7 +187,7 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
             shown = entry["name"]
             where += f" ({shown})" if NAME_RE.fullmatch(shown) else f" ({shown!r})"
         before = len(problems)
-        for key in sorted(set(entry) - set(REPO_FIELDS)):
+        for key in sorted(set(entry).difference(REPO_FIELDS)):
             problem(f"{where}.{key}", f"unknown key (allowed: {', '.join(REPO_FIELDS)})")
         for key, (kind, described) in REPO_FIELDS.items():
             value = entry.get(key)
@@ -239,9 +239,8 @@ def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Call
 
 
 def _make_repo(entry: dict[str, Any], workspace_dir: Path) -> Repo:
-    local = Path(os.path.expanduser(entry["local"]))
-    if not local.is_absolute():
-        local = workspace_dir / local
+    # String operations and one Path: a config of hundreds of repos is read by every command.
+    local = os.path.join(workspace_dir, os.path.expanduser(entry["local"]))  # an absolute `local` wins
     local = Path(os.path.normpath(local))
     language = entry.get("language")
     detected = language is None

@@ -1,7 +1,6 @@
 """A commit's subject, author and date read from the object store without starting git (stdlib only: scan path)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -35,6 +34,7 @@ def read_commit(git_dir: Path, sha: str) -> tuple[str, str, str] | None:
     """
     if not isinstance(sha, str) or not SHA1_HEX.fullmatch(sha):
         return None
+    import hashlib  # here, not at the top: a warm scan never reads a commit, and hashlib loads OpenSSL
     try:
         objects = _common_dir(git_dir) / "objects"
         try:

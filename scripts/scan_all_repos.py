@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,4 +34,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `| head`: the reader left (the state file is already written)
+        code = 1
+    # Skip the interpreter's teardown: it frees the scan's objects one by one, ~20 ms
+    # after 500 repos (a tenth of a warm scan's own Python time), and this script needs
+    # none of it (the state file is closed and fsynced, nothing registered at exit).
+    os._exit(code)

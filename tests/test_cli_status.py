@@ -117,6 +117,18 @@ def test_scan_script_exit_codes(home, tmp_path):
     assert "gone: path does not exist" in result.stderr
 
 
+def test_scan_script_into_a_closed_pipe_records_the_scan_and_exits_1_without_a_traceback(home, make_repo, tmp_path):
+    """`scan_all_repos.py | head -0`: the reader is gone before the summary line is printed."""
+    home.add(make_repo("a"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "wb") as closed_pipe:
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], cwd=tmp_path,
+                                stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert home.state("repo-status.json")["repos"][0]["name"] == "a"
+
+
 def test_scan_with_an_unwritable_state_dir_prints_the_summary_then_one_line_exit_2(home, make_repo, inv, tmp_path):
     home.add(make_repo("a"))
     (home.path / "state").write_text("a file where the state directory should be")
