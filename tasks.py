@@ -71,7 +71,7 @@ def _interrupted(stop) -> Exit:
         "json": "print the status document (same shape as state/repo-status.json) instead of a table",
         "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
-        "jobs": "N: repos checked at once (default: 2 per core)",
+        "jobs": "N: repos checked at once (default: 4 per core)",
         "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
@@ -112,7 +112,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 
 @task(
     iterable=["tag"],
-    help={"jobs": "N: repos scanned at once (default: 2 per core)", "tag": "TAG: only repos with this tag (repeatable)"},
+    help={"jobs": "N: repos scanned at once (default: 4 per core)", "tag": "TAG: only repos with this tag (repeatable)"},
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""

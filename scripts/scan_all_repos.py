@@ -16,7 +16,7 @@ from lib.scan import scan_and_save  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=0, help="repos scanned at once (default: 2 per core)")
+    parser.add_argument("--jobs", type=int, default=0, help="repos scanned at once (default: 4 per core)")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     args = parser.parse_args(argv)
     try:
