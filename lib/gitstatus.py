@@ -10,6 +10,7 @@ import shutil
 import select
 import signal
 import tempfile
+import warnings
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
@@ -243,11 +244,13 @@ class GitPool:
     `done` callbacks run in the loop and may `submit` more work (it queues first).
     """
 
-    def __init__(self, git: str, size: int) -> None:
+    def __init__(self, git: str, size: int, group: int = 0) -> None:
         self._git = git
         self._size = max(1, size)
+        self._group = group  # 0: each git leads its own process group; else the group they join
         self._queue: deque[tuple[str, dict[str, str], tuple[str, ...], Done]] = deque()
         self._live: dict[int, tuple[int, list[bytes], BinaryIO, Done]] = {}  # stdout fd -> child
+        self._feeds: dict[int, tuple[bytearray, Callable[[bytes], None], Callable[[], None]]] = {}
         self._free: list[BinaryIO] = []
         self._poll = select.poll()
 
@@ -255,12 +258,17 @@ class GitPool:
         job = (path, env, args, done)
         self._queue.appendleft(job) if first else self._queue.append(job)
 
+    def watch(self, fd: int, on_line: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        """Also read `fd` in the loop, a line at a time, until it ends (a helper's results)."""
+        self._feeds[fd] = (bytearray(), on_line, on_end)
+        self._poll.register(fd, select.POLLIN)
+
     def run(self) -> None:
-        """Run everything submitted (and whatever the callbacks submit) to the end."""
-        while self._queue or self._live:
+        """Run everything submitted (and whatever the callbacks submit) to the end, and read the feeds out."""
+        while self._queue or self._live or self._feeds:
             while self._queue and len(self._live) < self._size:
                 self._spawn(*self._queue.popleft())
-            if self._live:
+            if self._live or self._feeds:
                 self._step()
 
     def close(self) -> None:
@@ -271,15 +279,24 @@ class GitPool:
         """
         for fd, (pid, _, stderr, _) in list(self._live.items()):
             with suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL) if self._group == 0 else os.kill(pid, signal.SIGKILL)
             with suppress(OSError):
                 os.waitpid(pid, 0)
             os.close(fd)
             stderr.close()
         self._live.clear()
+        for fd in self._feeds:
+            os.close(fd)
+        self._feeds.clear()
         for stderr in self._free:
             stderr.close()
         self._free.clear()
+
+    def forget_feeds(self) -> None:
+        """Close the feeds without reading them (a forked helper's copies of its parent's)."""
+        for fd in self._feeds:
+            os.close(fd)
+        self._feeds.clear()
 
     def __enter__(self) -> GitPool:
         return self
@@ -295,7 +312,7 @@ class GitPool:
                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                                (os.POSIX_SPAWN_DUP2, write_end, 1),
                                                (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
-                                 setsigdef=_DEFAULT_IN_CHILD, setpgroup=0)
+                                 setsigdef=_DEFAULT_IN_CHILD, setpgroup=self._group)
         except OSError as err:  # E2BIG, EMFILE, git removed meanwhile: this repo's error, not the scan's
             os.close(read_end)
             self._free.append(stderr)
@@ -308,6 +325,9 @@ class GitPool:
 
     def _step(self) -> None:
         for fd, _ in self._poll.poll():
+            if fd in self._feeds:
+                self._read_feed(fd)
+                continue
             pid, chunks, stderr, done = self._live[fd]
             chunk = os.read(fd, 65536)
             if chunk:
@@ -327,6 +347,21 @@ class GitPool:
                 stderr.truncate()
             self._free.append(stderr)
             done(GitResult(code, b"".join(chunks), errors))
+
+
+    def _read_feed(self, fd: int) -> None:
+        pending, on_line, on_end = self._feeds[fd]
+        chunk = os.read(fd, 65536)
+        pending += chunk
+        *lines, rest = pending.split(b"\n")
+        pending[:] = rest
+        for line in lines:
+            on_line(bytes(line))
+        if not chunk:
+            self._poll.unregister(fd)
+            os.close(fd)
+            del self._feeds[fd]
+            on_end()
 
 
 def _scratch_file() -> BinaryIO:
@@ -547,6 +582,21 @@ def find_git() -> str:
     return git
 
 
+# Repos per process before another process starts gits too: a fork is cheap, but not free.
+MIN_SHARE = 32
+
+
+def scan_processes(repos: int, jobs: int) -> int:
+    """How many processes start the scan's gits: one per core, when there is work enough.
+
+    One thread cannot start gits fast enough to keep two cores busy: each start
+    waits for the child's exec, which waits for a core that running gits hold
+    (bench/README.md). A forked helper per extra core starts its share in parallel.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, jobs, repos // MIN_SHARE))
+
+
 def scan(
     repos: Sequence[Repo],
     jobs: int = 0,
@@ -554,34 +604,130 @@ def scan(
     known: Mapping[str, LastCommit] | None = None,
     git: str | None = None,
     env: dict[str, str] | None = None,
+    processes: int = 0,
 ) -> ScanReport:
     """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
 
     `known` (sha -> last commit, from the previous scan) makes it a warm scan:
     the same document, with `git log -1` run only for repos whose HEAD moved.
+    `processes` (default: `scan_processes`) splits the repos between this process
+    and forked helpers, which send their rows back one line of JSON each; a row a
+    helper never sent (it died) is scanned here, so a helper can lose nothing.
     """
     git = git or find_git()
     env = env if env is not None else git_env()
+    known = known or {}
     started = perf_counter()
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results: dict[str, RepoStatus] = {}
+    names = {repo.name for repo in repos}
 
     def finish(status: RepoStatus) -> None:
         results[status.name] = status
         if on_result is not None:
             on_result(status)
 
-    with GitPool(git, jobs or default_jobs()) as pool:
-        for repo, real in zip(repos, real_paths(repo.local for repo in repos)):
-            try:
-                status = _unscannable(repo)
-            except OSError as err:  # a stat git could not have done either (EACCES, ...)
-                status = RepoStatus(repo.name, str(repo.local), True, False, repo.language, error=str(err))
-            if status.error:
-                finish(status)
-            else:
-                # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
-                confined = {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(real)}
-                _RepoScan(status, repo.local, pool, confined, known or {}, finish)
-        pool.run()
+    def from_helper(line: bytes) -> None:
+        status = _status_from_json(line)
+        if status is not None and status.name in names and status.name not in results:
+            finish(status)
+
+    jobs = jobs or default_jobs()
+    processes = processes or scan_processes(len(repos), jobs)
+    per_process = -(-jobs // processes)  # jobs / processes, rounded up
+    helpers: set[int] = set()  # started and not reaped yet: only these may be killed (a reaped pid is reused)
+
+    def reap(pid: int) -> None:
+        with suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        helpers.discard(pid)
+
+    try:
+        with GitPool(git, per_process) as pool:
+            for share in (repos[i::processes] for i in range(1, processes)):
+                try:
+                    pid, results_fd = _start_helper(share, git, env, known, per_process, pool)
+                except OSError:  # no fork or pipe to be had (a process limit): scanned here below
+                    continue
+                helpers.add(pid)
+                pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid))
+            _scan_share(repos[0::processes], pool, env, known, finish)
+            pool.run()
+            missing = [repo for repo in repos if repo.name not in results]
+            if missing:  # a helper that died before sending these, or never started
+                _scan_share(missing, pool, env, known, finish)
+                pool.run()
+    finally:
+        for pid in list(helpers):  # interrupted: the helper and every git it started go at once
+            with suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            reap(pid)
     return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])
+
+
+def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known: Mapping[str, LastCommit],
+                finish: Callable[[RepoStatus], None]) -> None:
+    """Answer what a stat can, and queue a `git status` for every other repo."""
+    for repo, real in zip(repos, real_paths(repo.local for repo in repos)):
+        try:
+            status = _unscannable(repo)
+        except OSError as err:  # a stat git could not have done either (EACCES, ...)
+            status = RepoStatus(repo.name, str(repo.local), True, False, repo.language, error=str(err))
+        if status.error:
+            finish(status)
+        else:
+            # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
+            confined = {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(real)}
+            _RepoScan(status, repo.local, pool, confined, known, finish)
+
+
+def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: Mapping[str, LastCommit],
+                  jobs: int, parent_pool: GitPool) -> tuple[int, int]:
+    """Fork a process that scans `share` and writes one JSON row per repo to the returned fd.
+
+    The helper leads its own process group and puts its gits in it, so the
+    parent stops all of it with one killpg. It touches nothing it shares with
+    the parent (no progress, no printing) and leaves by os._exit, never by
+    returning into the caller's code: that makes forking from a process with
+    other threads (a progress ticker) safe here.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns of threads: see above
+            pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            parent_pool.forget_feeds()
+            os.setpgid(0, 0)
+            with open(write_end, "w", encoding="utf-8") as out, GitPool(git, jobs, group=os.getpid()) as pool:
+                def send(status: RepoStatus) -> None:
+                    out.write(json.dumps(status.to_json()) + "\n")
+                    out.flush()
+                _scan_share(share, pool, env, known, send)
+                pool.run()
+            code = 0
+        finally:
+            os._exit(code)
+    with suppress(OSError):
+        os.setpgid(pid, pid)  # also here: a killpg right after the fork must find the group
+    os.close(write_end)
+    return pid, read_end
+
+
+def _status_from_json(line: bytes) -> RepoStatus | None:
+    """A helper's row back into a RepoStatus; anything malformed is None (that repo is scanned again)."""
+    try:
+        fields = json.loads(line)
+        commit = fields.pop("last_commit")
+        status = RepoStatus(**fields)
+        status.last_commit = LastCommit(**commit) if commit is not None else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return status

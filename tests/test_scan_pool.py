@@ -9,7 +9,7 @@ import pytest
 
 from lib.config import Repo
 from lib.gitstatus import GitPool, GitResult, git_env, scan
-from tests.conftest import process_running
+from tests.conftest import wait_gone
 
 REAL_GIT = shutil.which("git")
 
@@ -53,22 +53,38 @@ def test_a_git_that_cannot_start_is_an_error_row_per_repo_not_a_crash(make_repo,
     assert [r.error for r in report.repos] == [f"cannot run {missing}: No such file or directory"] * 2
 
 
+def sleeping_gits(tmp_path):
+    """A `git` that records its pid (and its parent's), and for a `slow*` repo sleeps 30 s in a child it records."""
+    pids = tmp_path / "pids"
+    git = wrapper(tmp_path, f'echo "git $$ $PPID" >> "{pids}"; '
+                            f'case "$PWD $*" in *slow*) sleep 30 & echo "sleep $!" >> "{pids}"; wait;; esac')
+
+    def recorded(kind: str) -> list[int]:
+        lines = pids.read_text().splitlines() if pids.exists() else []
+        return [int(pid) for line in lines if line.split()[0] == kind for pid in line.split()[1:]]
+
+    def interrupt_once_sleeping(count: int):
+        """A progress callback that waits until `count` slow repos sleep, then acts as a Ctrl-C."""
+        def interrupt(_status):
+            deadline = time.monotonic() + 10
+            while len(recorded("sleep")) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        return interrupt
+
+    return git, recorded, interrupt_once_sleeping
+
+
 def test_an_interrupted_scan_leaves_no_git_running(make_repo, tmp_path):
     """A Ctrl-C (here: an exception from the progress callback) kills every git still running, and what it started."""
-    pids = tmp_path / "pids"
-    slow = wrapper(tmp_path, f'echo $$ >> "{pids}"; case "$PWD $*" in *slow*) sleep 30 & echo $! >> "{pids}"; wait;; esac')
+    git, recorded, interrupt = sleeping_gits(tmp_path)
     repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(3)]
-
-    def interrupt(_status):
-        raise KeyboardInterrupt
-
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        scan(repos, jobs=4, on_result=interrupt, git=slow)
-    assert time.monotonic() - started < 10
-    recorded = [int(line) for line in pids.read_text().split()]
-    assert len(recorded) >= 7  # the fast repo's gits, 3 slow ones and their `sleep`s
-    assert not any(process_running(pid) for pid in recorded)  # killed (and reaped): not even zombies
+        scan(repos, jobs=4, processes=1, on_result=interrupt(3), git=git)
+    assert time.monotonic() - started < 15
+    assert len(recorded("sleep")) == 3
+    assert all(wait_gone(pid) for pid in recorded("git") + recorded("sleep") if pid != os.getpid())
 
 
 def test_callbacks_may_queue_more_work_and_the_pool_runs_it(make_repo):
@@ -88,4 +104,64 @@ def test_the_pool_leaves_no_descriptor_open(make_repo):
     repos = [repo_of(make_repo(f"r{i}")) for i in range(6)]
     before = set(os.listdir("/proc/self/fd"))
     scan(repos, jobs=3)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def mixed_repos(make_repo, count: int) -> list[Repo]:
+    """Repos in several states, so a row that went wrong or went missing shows."""
+    repos = []
+    for i in range(count):
+        handle = make_repo(f"r{i:02d}")
+        if i % 3 == 1:
+            (handle.path / "README.md").write_text("edited\n")
+        if i % 3 == 2:
+            handle.commit({f"f{i}": "x"}, f"commit {i}")
+        repos.append(repo_of(handle))
+    return repos
+
+
+def rows(report) -> list[dict]:
+    return [status.to_json() for status in report.repos]
+
+
+def test_helper_processes_give_the_same_rows_as_one_process(make_repo, tmp_path):
+    repos = mixed_repos(make_repo, 9) + [Repo(name="gone", local=tmp_path / "gone")]
+    alone = scan(repos, jobs=4, processes=1)
+    shared = scan(repos, jobs=4, processes=3)
+    assert rows(shared) == rows(alone)
+    assert [r.name for r in shared.repos] == [r.name for r in repos]
+    assert shared.repos[-1].error == "path does not exist"
+
+
+def test_a_helper_that_dies_loses_no_row_its_repos_are_scanned_again(make_repo, tmp_path):
+    """A helper killed mid-scan (here: by the git it started) leaves nothing missing or wrong."""
+    repos = mixed_repos(make_repo, 8)
+    killer = wrapper(tmp_path, f'[ "$PPID" != "{os.getpid()}" ] && kill -9 $PPID; sleep 0.2')
+    report = scan(repos, jobs=4, processes=2, git=killer)
+    assert rows(report) == rows(scan(repos, jobs=4, processes=1))
+
+
+def test_an_interrupted_scan_with_helpers_leaves_no_process(make_repo, tmp_path):
+    """Helpers run in their own process groups: the interrupted parent kills each group, helper and gits."""
+    git, recorded, interrupt = sleeping_gits(tmp_path)
+    repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(5)]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        scan(repos, jobs=6, processes=3, on_result=interrupt(5), git=git)
+    assert time.monotonic() - started < 15
+    everything = set(recorded("git") + recorded("sleep")) - {os.getpid()}
+    assert len(everything) >= 2 + 6 + 5  # two helpers, six gits, five sleeps
+    assert all(wait_gone(pid) for pid in everything)
+
+
+def test_when_no_helper_can_be_forked_this_process_scans_every_repo(make_repo, monkeypatch):
+    repos = mixed_repos(make_repo, 4)
+    expected = rows(scan(repos, jobs=2, processes=1))
+    before = set(os.listdir("/proc/self/fd"))
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert rows(scan(repos, jobs=2, processes=2)) == expected
     assert set(os.listdir("/proc/self/fd")) <= before
