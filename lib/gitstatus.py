@@ -274,8 +274,9 @@ class GitPool:
     def close(self) -> None:
         """Stop whatever still runs (an interrupted scan): a status or log writes nothing, so a kill loses nothing.
 
-        Each git leads its own process group, so what it started (a submodule's
-        status, a hook) goes with it.
+        A git that leads its own process group goes with what it started (a
+        submodule's status, a hook); a helper's gits share the helper's group,
+        which its parent kills whole.
         """
         for fd, (pid, _, stderr, _) in list(self._live.items()):
             with suppress(OSError):
@@ -347,7 +348,6 @@ class GitPool:
                 stderr.truncate()
             self._free.append(stderr)
             done(GitResult(code, b"".join(chunks), errors))
-
 
     def _read_feed(self, fd: int) -> None:
         pending, on_line, on_end = self._feeds[fd]
