@@ -75,16 +75,22 @@ def sleeping_gits(tmp_path):
     return git, recorded, interrupt_once_sleeping
 
 
-def test_an_interrupted_scan_leaves_no_git_running(make_repo, tmp_path):
-    """A Ctrl-C (here: an exception from the progress callback) kills every git still running, and what it started."""
+@pytest.mark.parametrize("processes, slow", [(1, 3), (3, 5)])
+def test_an_interrupted_scan_leaves_no_process(make_repo, tmp_path, processes, slow):
+    """A Ctrl-C (here: an exception from the progress callback) kills every git still running and what it started.
+
+    With helpers, each runs in its own process group with its gits: the parent kills each group whole.
+    """
     git, recorded, interrupt = sleeping_gits(tmp_path)
-    repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(3)]
+    repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(slow)]
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        scan(repos, jobs=4, processes=1, on_result=interrupt(3), git=git)
+        scan(repos, jobs=slow + 1, processes=processes, on_result=interrupt(slow), git=git)
     assert time.monotonic() - started < 15
-    assert len(recorded("sleep")) == 3
-    assert all(wait_gone(pid) for pid in recorded("git") + recorded("sleep") if pid != os.getpid())
+    everything = set(recorded("git") + recorded("sleep")) - {os.getpid()}
+    assert len(recorded("sleep")) == slow
+    assert len(everything) >= (processes - 1) + (slow + 1) + slow  # helpers, gits, sleeps
+    assert all(wait_gone(pid) for pid in everything)
 
 
 def test_callbacks_may_queue_more_work_and_the_pool_runs_it(make_repo):
@@ -139,19 +145,6 @@ def test_a_helper_that_dies_loses_no_row_its_repos_are_scanned_again(make_repo, 
     killer = wrapper(tmp_path, f'[ "$PPID" != "{os.getpid()}" ] && kill -9 $PPID; sleep 0.2')
     report = scan(repos, jobs=4, processes=2, git=killer)
     assert rows(report) == rows(scan(repos, jobs=4, processes=1))
-
-
-def test_an_interrupted_scan_with_helpers_leaves_no_process(make_repo, tmp_path):
-    """Helpers run in their own process groups: the interrupted parent kills each group, helper and gits."""
-    git, recorded, interrupt = sleeping_gits(tmp_path)
-    repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(5)]
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        scan(repos, jobs=6, processes=3, on_result=interrupt(5), git=git)
-    assert time.monotonic() - started < 15
-    everything = set(recorded("git") + recorded("sleep")) - {os.getpid()}
-    assert len(everything) >= 2 + 6 + 5  # two helpers, six gits, five sleeps
-    assert all(wait_gone(pid) for pid in everything)
 
 
 def test_when_no_helper_can_be_forked_this_process_scans_every_repo(make_repo, monkeypatch):
