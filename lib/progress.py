@@ -7,6 +7,10 @@ import threading
 from time import monotonic
 from typing import TextIO
 
+# A count-only line (no item lines) is redrawn at most this often: a scan finishes
+# hundreds of repos a second, and a terminal that draws every one slows the scan.
+REDRAW_EVERY = 0.1
+
 
 class Progress:
     """Thread-safe: workers call start() and finish(); the live line redraws itself."""
@@ -22,6 +26,7 @@ class Progress:
         self.failed = 0
         self.running: dict[str, float] = {}
         self.started_at = monotonic()
+        self._drawn_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -42,6 +47,8 @@ class Progress:
             if self.item_lines:
                 self._clear()
                 self.stream.write(f"[{self.done}/{self.total}] {line}\n")
+            elif monotonic() - self._drawn_at < REDRAW_EVERY:
+                return
             self._redraw()
             self.stream.flush()
 
@@ -72,7 +79,7 @@ class Progress:
     def _redraw(self) -> None:
         if not self.live or self._stop.is_set():
             return
-        now = monotonic()
+        now = self._drawn_at = monotonic()
         running = ", ".join(f"{name} {now - t:.0f}s" for name, t in sorted(self.running.items(), key=lambda kv: kv[1]))
         failed = f", {self.failed} failed" if self.failed else ""
         line = f"{self.label} {self.done}/{self.total}{failed} ({now - self.started_at:.0f}s)"
