@@ -63,7 +63,18 @@ def confined_to(path: Path, env: Mapping[str, str]) -> dict[str, str]:
     A `.git` that is no repository (an empty directory, say) would otherwise make git
     use the repo around `path`, and report or move that one.
     """
-    return {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(os.path.realpath(path))}
+    return {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(os.path.realpath(path))}
+
+
+def ceiling_for(real_path: str) -> str:
+    """GIT_CEILING_DIRECTORIES for a git started in `real_path` (a realpath): git looks in it and no higher.
+
+    The variable is colon-separated with no escape, so a parent with a `:` would
+    confine nothing; git resolves each entry's symlinks from the directory `-C` took
+    it to, and /proc/self/cwd/.. is that directory's parent, whatever its name.
+    """
+    parent = os.path.dirname(real_path)
+    return "/proc/self/cwd/.." if ":" in parent else parent
 
 
 def default_jobs() -> int:
@@ -677,7 +688,7 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
             finish(status)
         else:
             # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
-            confined = {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(real)}
+            confined = {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real)}
             _RepoScan(status, repo.local, pool, confined, known, finish)
 
 
