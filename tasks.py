@@ -116,12 +116,14 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
-    from lib.scan import scan_and_save
+    from lib.scan import ScanStopped, scan_and_save
 
     try:
         report, state_file, not_written = scan_and_save(Paths.from_env(), jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
+    except ScanStopped as stop:
+        raise Exit(str(stop), code=stop.exit_code) from None
     for repo in report.errors:
         print(f"{repo.name}: {repo.error} ({repo.path})")
     print(report.summary_line() + ("" if not_written else f" -> {state_file}"))

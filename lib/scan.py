@@ -5,14 +5,56 @@ there reuses the recorded last commit (a warm scan writes the same document).
 """
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lib.config import Workspace, load_workspace
 from lib.gitstatus import ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import write_text
+
+
+# What a terminal's Ctrl-C, a `kill`, a CI cancel or a closed terminal sends.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class ScanStopped(Exception):
+    """The scan was stopped by a signal: its gits and helpers are gone and the state file was left as it was."""
+
+    def __init__(self, signum: int, state_file: Path) -> None:
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted: scan stopped ({signal.Signals(signum).name}); {state_file} not written")
+
+
+class _Stop(BaseException):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Each stop signal becomes an exception, so the scan's cleanup (kill its gits and helpers) runs.
+
+    Left alone, SIGTERM and SIGHUP end the process at once and leave every git
+    it started (each in its own process group) running on.
+    """
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signum)
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup) stays ignored
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    except KeyboardInterrupt:  # a SIGINT that arrived before the handler was in place
+        raise _Stop(signal.SIGINT) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
@@ -29,12 +71,18 @@ def scan_and_save(paths: Paths, jobs: int = 0,
                   tags: list[str] | None = None) -> tuple[ScanReport, Path, str | None]:
     """Scan and write the state file; the third item says why it could not be written (None: written).
 
+    Raises ScanStopped when a signal stops the scan (the state file is not touched).
+
     A `--tag` scan refreshes its repos' rows and keeps the other configured
     repos' rows from the last scan, as a `--tag` sync keeps their results.
     """
     workspace = load_workspace(paths.repos_file)
     previous = read_state(paths.repo_status_file)
-    report = scan_workspace(workspace, jobs, tags, previous)
+    try:
+        with _stop_signals_raise():
+            report = scan_workspace(workspace, jobs, tags, previous)
+    except _Stop as stop:
+        raise ScanStopped(stop.signum, paths.repo_status_file) from None
     rows = [status.to_json() for status in report.repos]
     if tags:
         rows = _merged(workspace, rows, previous)

@@ -1,9 +1,17 @@
 """The scan attacked as a hostile user would: odd paths, signals, concurrent runs. It must never lie or leave things behind."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
 from lib.config import load_workspace
 from lib.gitstatus import scan
-from tests.conftest import git
+from tests.conftest import ROOT, git, wait_gone
 
 
 def test_a_broken_repo_under_a_directory_with_a_colon_never_reports_the_repo_around_it(home, make_repo, tmp_path):
@@ -25,3 +33,34 @@ def test_a_repo_under_a_directory_with_a_colon_still_scans(home, make_repo, tmp_
     home.write_repos([{"name": "repo", "local": str(parent / "repo")}])
     row = scan(load_workspace(home.repos_file).repos, jobs=1).repos[0]
     assert row.error is None and row.last_commit.subject == "in x:y"
+
+
+def hanging_git(tmp_path):
+    """(env, pid file): a `git` first on PATH that records its pid and hangs (a status stuck on a hook or a dead mount)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    pids = tmp_path / "git-pids"
+    (shim / "git").write_text(f'#!/bin/sh\necho $$ >> "{pids}"\nexec sleep 60\n')
+    (shim / "git").chmod(0o755)
+    return {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}, pids
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_scan_script_says_so_in_one_line_and_leaves_no_git(home, make_repo, tmp_path, signum, code):
+    home.add(make_repo("a"), make_repo("b"))
+    env, pids = hanging_git(tmp_path)
+    scan_script = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, start_new_session=True,  # as a terminal's Ctrl-C: the signal goes to the script's group
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 10
+    while not (pids.exists() and len(pids.read_text().split()) == 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(scan_script.pid, signum)
+    out, err = scan_script.communicate(timeout=10)
+    gits = [int(pid) for pid in pids.read_text().split()]
+    assert all(wait_gone(pid, 2) for pid in gits), "a git outlived the stopped scan"
+    assert scan_script.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"interrupted: scan stopped ({signal.Signals(signum).name}); {home.path / 'state' / 'repo-status.json'} not written"]
+    assert not (home.path / "state" / "repo-status.json").exists()
