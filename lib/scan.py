@@ -14,7 +14,7 @@ from lib.config import Workspace, load_workspace
 from lib.gitstatus import ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.statefile import write_text
+from lib.statefile import locked, write_text
 
 
 # What a terminal's Ctrl-C, a `kill`, a CI cancel or a closed terminal sends.
@@ -84,10 +84,11 @@ def scan_and_save(paths: Paths, jobs: int = 0,
     except _Stop as stop:
         raise ScanStopped(stop.signum, paths.repo_status_file) from None
     rows = [status.to_json() for status in report.repos]
-    if tags:
-        rows = _merged(workspace, rows, previous)
     try:
-        write_text(paths.repo_status_file, state_text(report.generated_at, rows))
+        with locked(paths.repo_status_file):
+            if tags:  # merged into the file as it is now: another scan may have written it meanwhile
+                rows = _merged(workspace, rows, read_state(paths.repo_status_file))
+            write_text(paths.repo_status_file, state_text(report.generated_at, rows))
     except OSError as err:
         return report, paths.repo_status_file, (f"error: cannot write {paths.repo_status_file}: "
                                                 f"{err.strerror or err}; the scan was not recorded")

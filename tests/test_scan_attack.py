@@ -9,8 +9,10 @@ import time
 
 import pytest
 
+import lib.scan
 from lib.config import load_workspace
 from lib.gitstatus import scan
+from lib.paths import Paths
 from tests.conftest import ROOT, git, wait_gone
 
 
@@ -64,3 +66,26 @@ def test_a_stopped_scan_script_says_so_in_one_line_and_leaves_no_git(home, make_
     assert "Traceback" not in err and err.strip().splitlines() == [
         f"interrupted: scan stopped ({signal.Signals(signum).name}); {home.path / 'state' / 'repo-status.json'} not written"]
     assert not (home.path / "state" / "repo-status.json").exists()
+
+
+def test_two_tag_scans_at_once_keep_each_others_fresh_rows(home, make_repo, monkeypatch):
+    """`scan --tag x` and `scan --tag y` finishing at the same time: neither may put back the other's old row."""
+    alpha, beta = make_repo("alpha"), make_repo("beta")
+    home.write_repos([{"name": "alpha", "local": str(alpha.path), "tags": ["x"]},
+                      {"name": "beta", "local": str(beta.path), "tags": ["y"]}])
+    paths = Paths.from_env()
+    lib.scan.scan_and_save(paths)
+    alpha.commit({"a": "1"}, "alpha moved")
+    beta.commit({"b": "1"}, "beta moved")
+    real_scan = lib.scan.scan_workspace
+
+    def scan_while_the_other_one_saves(workspace, jobs, tags, previous):
+        report = real_scan(workspace, jobs, tags, previous)
+        if tags == ["x"]:  # the y scan writes its rows after ours read the old file
+            lib.scan.scan_and_save(paths, tags=["y"])
+        return report
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", scan_while_the_other_one_saves)
+    lib.scan.scan_and_save(paths, tags=["x"])
+    subjects = {r["name"]: r["last_commit"]["subject"] for r in home.state("repo-status.json")["repos"]}
+    assert subjects == {"alpha": "alpha moved", "beta": "beta moved"}
