@@ -4,6 +4,7 @@ Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -316,8 +317,15 @@ class GitPool:
         self.close()
 
     def _spawn(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done) -> None:
-        stderr = self._free.pop() if self._free else _scratch_file()
-        read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
+        try:
+            stderr = self._free.pop() if self._free else _scratch_file()
+        except OSError as err:
+            return self._no_descriptors(err, (path, env, args, done))
+        try:
+            read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
+        except OSError as err:
+            self._free.append(stderr)
+            return self._no_descriptors(err, (path, env, args, done))
         try:
             pid = os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -333,6 +341,14 @@ class GitPool:
             os.close(write_end)
         self._live[read_end] = (pid, [], stderr, done)
         self._poll.register(read_end, select.POLLIN)
+
+    def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
+        """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
+        if err.errno in (errno.EMFILE, errno.ENFILE) and self._live:
+            self._size = len(self._live)
+            self._queue.appendleft(job)
+        else:  # none left even for one git: this repo's error, as when git cannot start
+            job[3](GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
 
     def _step(self) -> None:
         for fd, _ in self._poll.poll():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import pytest
 
 import lib.scan
-from lib.config import load_workspace
+from lib.config import Repo, load_workspace
 from lib.gitstatus import scan
 from lib.paths import Paths
 from tests.conftest import ROOT, git, wait_gone
@@ -89,3 +90,15 @@ def test_two_tag_scans_at_once_keep_each_others_fresh_rows(home, make_repo, monk
     lib.scan.scan_and_save(paths, tags=["x"])
     subjects = {r["name"]: r["last_commit"]["subject"] for r in home.state("repo-status.json")["repos"]}
     assert subjects == {"alpha": "alpha moved", "beta": "beta moved"}
+
+
+def test_more_jobs_than_descriptors_run_fewer_gits_at_once_not_a_traceback(make_repo):
+    """`--jobs 1000` under a small `ulimit -n`: the pool waits for a git to end instead of failing the scan."""
+    repos = [Repo(name=h.path.name, local=h.path) for h in (make_repo(f"r{i}") for i in range(8))]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 6, hard))
+    try:
+        report = scan(repos, jobs=1000, processes=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [(r.error, r.last_commit.subject) for r in report.repos] == [(None, "initial")] * 8
