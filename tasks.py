@@ -81,7 +81,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
-    from lib.scan import scan_workspace
+    from lib.scan import ScanStopped, scan_workspace
 
     try:
         paths = Paths.from_env()
@@ -97,6 +97,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
         raise _fail(err) from None
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
+    except ScanStopped as stop:
+        raise Exit(str(stop), code=stop.exit_code) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:

@@ -24,9 +24,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class ScanStopped(Exception):
     """The scan was stopped by a signal: its gits and helpers are gone and the state file was left as it was."""
 
-    def __init__(self, signum: int, state_file: Path) -> None:
-        self.exit_code = 128 + signum
-        super().__init__(f"interrupted: scan stopped ({signal.Signals(signum).name}); {state_file} not written")
+    def __init__(self, signum: int, state_file: Path | None = None) -> None:
+        self.signum, self.exit_code = signum, 128 + signum
+        unwritten = f"; {state_file} not written" if state_file is not None else ""
+        super().__init__(f"interrupted: scan stopped ({signal.Signals(signum).name}){unwritten}")
 
 
 class _Stop(BaseException):
@@ -59,12 +60,18 @@ def _stop_signals_raise() -> Iterator[None]:
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
                    previous: Any = None) -> ScanReport:
-    """Status of the selected repos; `previous` is the last scan's document (read, never written here)."""
+    """Status of the selected repos; `previous` is the last scan's document (read, never written here).
+
+    Raises ScanStopped when a signal stops the scan (its gits and helpers are stopped first).
+    """
     repos = workspace.select(tags=tags)
     # One live counter line on a terminal; nothing per repo (500 lines would bury the summary).
-    with Progress("scanning", len(repos), item_lines=False) as progress:
-        return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
-                    known=known_commits(previous))
+    try:
+        with _stop_signals_raise(), Progress("scanning", len(repos), item_lines=False) as progress:
+            return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
+                        known=known_commits(previous))
+    except _Stop as stop:
+        raise ScanStopped(stop.signum) from None
 
 
 def scan_and_save(paths: Paths, jobs: int = 0,
@@ -79,9 +86,8 @@ def scan_and_save(paths: Paths, jobs: int = 0,
     workspace = load_workspace(paths.repos_file)
     previous = read_state(paths.repo_status_file)
     try:
-        with _stop_signals_raise():
-            report = scan_workspace(workspace, jobs, tags, previous)
-    except _Stop as stop:
+        report = scan_workspace(workspace, jobs, tags, previous)
+    except ScanStopped as stop:
         raise ScanStopped(stop.signum, paths.repo_status_file) from None
     rows = [status.to_json() for status in report.repos]
     try:

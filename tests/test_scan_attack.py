@@ -48,25 +48,34 @@ def hanging_git(tmp_path):
     return {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}, pids
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_stopped_scan_script_says_so_in_one_line_and_leaves_no_git(home, make_repo, tmp_path, signum, code):
+SCAN_SCRIPT = [sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")]
+INV = [sys.executable, "-m", "invoke", "--search-root", str(ROOT)]
+
+
+@pytest.mark.parametrize("command, signum, writes_state", [
+    (SCAN_SCRIPT, signal.SIGINT, True), (SCAN_SCRIPT, signal.SIGTERM, True),
+    (INV + ["scan"], signal.SIGINT, True), (INV + ["status"], signal.SIGTERM, False)])
+def test_a_stopped_scan_says_so_in_one_line_and_leaves_no_git(home, make_repo, tmp_path, command, signum,
+                                                              writes_state):
     home.add(make_repo("a"), make_repo("b"))
     env, pids = hanging_git(tmp_path)
-    scan_script = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, start_new_session=True,  # as a terminal's Ctrl-C: the signal goes to the script's group
+    scanning = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        text=True, env=env, start_new_session=True,  # as a terminal's Ctrl-C: the signal goes to the whole group
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 10
     while not (pids.exists() and len(pids.read_text().split()) == 2) and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(scan_script.pid, signum)
-    out, err = scan_script.communicate(timeout=10)
+    os.killpg(scanning.pid, signum)
+    out, err = scanning.communicate(timeout=10)
     gits = [int(pid) for pid in pids.read_text().split()]
     assert all(wait_gone(pid, 2) for pid in gits), "a git outlived the stopped scan"
-    assert scan_script.returncode == code, err
+    assert scanning.returncode == 128 + signum, err
+    state = home.path / "state" / "repo-status.json"
+    unwritten = f"; {state} not written" if writes_state else ""
     assert "Traceback" not in err and err.strip().splitlines() == [
-        f"interrupted: scan stopped ({signal.Signals(signum).name}); {home.path / 'state' / 'repo-status.json'} not written"]
-    assert not (home.path / "state" / "repo-status.json").exists()
+        f"interrupted: scan stopped ({signal.Signals(signum).name}){unwritten}"]
+    assert not state.exists()
 
 
 def test_two_tag_scans_at_once_keep_each_others_fresh_rows(home, make_repo, monkeypatch):
