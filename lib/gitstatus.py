@@ -265,6 +265,7 @@ class GitPool:
         self._feeds: dict[int, tuple[bytearray, Callable[[bytes], None], Callable[[], None]]] = {}
         self._free: list[BinaryIO] = []
         self._poll = select.poll()
+        _fill_standard_descriptors()
 
     def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
         job = (path, env, args, done)
@@ -389,6 +390,19 @@ class GitPool:
             os.close(fd)
             del self._feeds[fd]
             on_end()
+
+
+def _fill_standard_descriptors() -> None:
+    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
+
+    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
+    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def _scratch_file() -> BinaryIO:

@@ -1,6 +1,7 @@
 """The scan attacked as a hostile user would: odd paths, signals, concurrent runs. It must never lie or leave things behind."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -111,3 +112,30 @@ def test_more_jobs_than_descriptors_run_fewer_gits_at_once_not_a_traceback(make_
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [(r.error, r.last_commit.subject) for r in report.repos] == [(None, "initial")] * 8
+
+
+SCAN_ONE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from lib.config import Repo
+from lib.gitstatus import scan
+row = scan([Repo(name="r", local=Path(sys.argv[2]))], jobs=1, processes=1).repos[0]
+Path(sys.argv[3]).write_text(json.dumps(row.to_json()))
+"""
+
+
+@pytest.mark.parametrize("closed", [(1,), (0, 1)])
+def test_a_scan_started_with_closed_standard_descriptors_keeps_gits_output_apart(make_repo, tmp_path, closed):
+    """Run from cron or with `>&-`: a git's stderr (here an fsmonitor hook's noise) must not land in its stdout."""
+    repo = make_repo("r")
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text("#!/bin/sh\necho fsmonitor noise >&2\nexit 1\n")
+    hook.chmod(0o755)
+    repo.git("config", "core.fsmonitor", str(hook))
+    (repo.path / "README.md").write_text("edited\n")
+    out = tmp_path / "row.json"
+    subprocess.run([sys.executable, "-c", SCAN_ONE, str(ROOT), str(repo.path), str(out)], check=True, timeout=30,
+                   preexec_fn=lambda: [os.close(fd) for fd in closed])
+    row = json.loads(out.read_text())
+    assert (row["error"], row["head"], row["modified"]) == (None, repo.head(), 1)
