@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         code = main()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that descriptor closed (`>&-`)
+                stream.flush()
     except BrokenPipeError:  # `| head`: the reader left (the state file is already written)
+        code = 1
+    except OSError as err:  # stdout on a full disk, say: the state file is already written
+        with suppress(OSError):
+            os.write(2, f"error: cannot print the summary: {err.strerror or err}\n".encode())
         code = 1
     except KeyboardInterrupt:  # Ctrl-C before or after the scan itself (which says ScanStopped)
         print("interrupted (SIGINT)", file=sys.stderr)

@@ -139,3 +139,16 @@ def test_a_scan_started_with_closed_standard_descriptors_keeps_gits_output_apart
                    preexec_fn=lambda: [os.close(fd) for fd in closed])
     row = json.loads(out.read_text())
     assert (row["error"], row["head"], row["modified"]) == (None, repo.head(), 1)
+
+
+@pytest.mark.parametrize("stdout, code", [("full", 1), ("closed", 0)])
+def test_the_scan_script_with_nowhere_to_print_records_the_scan_without_a_traceback(home, make_repo, tmp_path,
+                                                                                    stdout, code):
+    home.add(make_repo("a"))
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(SCAN_SCRIPT, cwd=tmp_path, stderr=subprocess.PIPE, text=True, timeout=60,
+                              stdout=full if stdout == "full" else None,
+                              preexec_fn=None if stdout == "full" else lambda: os.close(1))
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == code  # "full": one line saying why
+    assert [r["name"] for r in home.state("repo-status.json")["repos"]] == ["a"]
