@@ -389,6 +389,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
+    from lib.scan import ScanStopped
     from lib.sync import run_sync
     from lib.views import sync_table
 
@@ -406,6 +407,8 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise _fail(err) from None
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
+    except ScanStopped as stop:  # in the scan after the sync, whose results are recorded
+        raise Exit(str(stop), code=stop.exit_code) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     if report.failing:

@@ -6,6 +6,7 @@ there reuses the recorded last commit (a warm scan writes the same document).
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,7 +47,7 @@ def _stop_signals_raise() -> Iterator[None]:
         raise _Stop(signum)
 
     previous = {}
-    for signum in STOP_SIGNALS:
+    for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ():
         if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup) stays ignored
             previous[signum] = signal.signal(signum, stop)
     try:

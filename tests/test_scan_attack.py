@@ -152,3 +152,17 @@ def test_the_scan_script_with_nowhere_to_print_records_the_scan_without_a_traceb
     assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.splitlines()) == code  # "full": one line saying why
     assert [r["name"] for r in home.state("repo-status.json")["repos"]] == ["a"]
+
+
+def test_sync_all_stopped_in_its_closing_scan_says_so_in_one_line(home, make_repo, inv, monkeypatch):
+    home.add(make_repo("a"))
+
+    def stopped(*args, **kwargs):
+        raise lib.scan.ScanStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", stopped)
+    result = inv("sync-all")
+    state = home.path / "state" / "repo-status.json"
+    assert result.code == 143 and "Traceback" not in result.err
+    assert result.err.strip().splitlines()[-1] == f"interrupted: scan stopped (SIGTERM); {state} not written"
+    assert home.state("sync-results.json")  # the sync itself was recorded
