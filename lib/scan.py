@@ -44,9 +44,11 @@ def _stop_signals_raise() -> Iterator[None]:
     it started (each in its own process group) running on.
     """
     def stop(signum: int, frame: object) -> None:
+        for other in previous:  # a second Ctrl-C must not cut short the killing of the gits
+            signal.signal(other, signal.SIG_IGN)
         raise _Stop(signum)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ():
         if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup) stays ignored
             previous[signum] = signal.signal(signum, stop)

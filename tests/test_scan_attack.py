@@ -166,3 +166,21 @@ def test_sync_all_stopped_in_its_closing_scan_says_so_in_one_line(home, make_rep
     assert result.code == 143 and "Traceback" not in result.err
     assert result.err.strip().splitlines()[-1] == f"interrupted: scan stopped (SIGTERM); {state} not written"
     assert home.state("sync-results.json")  # the sync itself was recorded
+
+
+def test_a_second_stop_signal_does_not_cut_the_cleanup_of_the_first_short():
+    """An impatient second Ctrl-C must not interrupt the killing of the gits the first one started."""
+    cleaned = []
+    with pytest.raises(lib.scan.ScanStopped):
+        try:
+            with lib.scan._stop_signals_raise():
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # the scan, waiting on its gits
+                finally:  # GitPool.close and the helpers' killpg run here
+                    os.kill(os.getpid(), signal.SIGINT)
+                    cleaned.append(True)
+        except lib.scan._Stop as stop:
+            raise lib.scan.ScanStopped(stop.signum) from None
+    assert cleaned == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handlers are back
