@@ -81,7 +81,7 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
-    from lib.scan import scan_workspace
+    from lib.scan import ScanStopped, scan_workspace
 
     try:
         paths = Paths.from_env()
@@ -97,6 +97,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
         raise _fail(err) from None
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
+    except ScanStopped as stop:
+        raise Exit(str(stop), code=stop.exit_code) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
@@ -116,12 +118,14 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
-    from lib.scan import scan_and_save
+    from lib.scan import ScanStopped, scan_and_save
 
     try:
         report, state_file, not_written = scan_and_save(Paths.from_env(), jobs, tag)
     except OrchestratorError as err:
         raise _fail(err) from None
+    except ScanStopped as stop:
+        raise Exit(str(stop), code=stop.exit_code) from None
     for repo in report.errors:
         print(f"{repo.name}: {repo.error} ({repo.path})")
     print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
@@ -385,6 +389,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
     from lib.runner import RunInterrupted
+    from lib.scan import ScanStopped
     from lib.sync import run_sync
     from lib.views import sync_table
 
@@ -402,6 +407,8 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise _fail(err) from None
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
+    except ScanStopped as stop:  # in the scan after the sync, whose results are recorded
+        raise Exit(str(stop), code=stop.exit_code) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     if report.failing:

@@ -4,6 +4,7 @@ Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -63,7 +64,18 @@ def confined_to(path: Path, env: Mapping[str, str]) -> dict[str, str]:
     A `.git` that is no repository (an empty directory, say) would otherwise make git
     use the repo around `path`, and report or move that one.
     """
-    return {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(os.path.realpath(path))}
+    return {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(os.path.realpath(path))}
+
+
+def ceiling_for(real_path: str) -> str:
+    """GIT_CEILING_DIRECTORIES for a git started in `real_path` (a realpath): git looks in it and no higher.
+
+    The variable is colon-separated with no escape, so a parent with a `:` would
+    confine nothing; git resolves each entry's symlinks from the directory `-C` took
+    it to, and /proc/self/cwd/.. is that directory's parent, whatever its name.
+    """
+    parent = os.path.dirname(real_path)
+    return "/proc/self/cwd/.." if ":" in parent else parent
 
 
 def default_jobs() -> int:
@@ -253,6 +265,7 @@ class GitPool:
         self._feeds: dict[int, tuple[bytearray, Callable[[bytes], None], Callable[[], None]]] = {}
         self._free: list[BinaryIO] = []
         self._poll = select.poll()
+        _fill_standard_descriptors()
 
     def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
         job = (path, env, args, done)
@@ -306,8 +319,15 @@ class GitPool:
         self.close()
 
     def _spawn(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done) -> None:
-        stderr = self._free.pop() if self._free else _scratch_file()
-        read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
+        try:
+            stderr = self._free.pop() if self._free else _scratch_file()
+        except OSError as err:
+            return self._no_descriptors(err, (path, env, args, done))
+        try:
+            read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
+        except OSError as err:
+            self._free.append(stderr)
+            return self._no_descriptors(err, (path, env, args, done))
         try:
             pid = os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -323,6 +343,14 @@ class GitPool:
             os.close(write_end)
         self._live[read_end] = (pid, [], stderr, done)
         self._poll.register(read_end, select.POLLIN)
+
+    def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
+        """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
+        if err.errno in (errno.EMFILE, errno.ENFILE) and self._live:
+            self._size = len(self._live)
+            self._queue.appendleft(job)
+        else:  # none left even for one git: this repo's error, as when git cannot start
+            job[3](GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
 
     def _step(self) -> None:
         for fd, _ in self._poll.poll():
@@ -362,6 +390,19 @@ class GitPool:
             os.close(fd)
             del self._feeds[fd]
             on_end()
+
+
+def _fill_standard_descriptors() -> None:
+    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
+
+    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
+    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 def _scratch_file() -> BinaryIO:
@@ -677,7 +718,7 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
             finish(status)
         else:
             # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
-            confined = {**env, "GIT_CEILING_DIRECTORIES": os.path.dirname(real)}
+            confined = {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real)}
             _RepoScan(status, repo.local, pool, confined, known, finish)
 
 

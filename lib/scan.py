@@ -5,41 +5,99 @@ there reuses the recorded last commit (a warm scan writes the same document).
 """
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lib.config import Workspace, load_workspace
 from lib.gitstatus import ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.statefile import write_text
+from lib.statefile import locked, write_text
+
+
+# What a terminal's Ctrl-C, a `kill`, a CI cancel or a closed terminal sends.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class ScanStopped(Exception):
+    """The scan was stopped by a signal: its gits and helpers are gone and the state file was left as it was."""
+
+    def __init__(self, signum: int, state_file: Path | None = None) -> None:
+        self.signum, self.exit_code = signum, 128 + signum
+        unwritten = f"; {state_file} not written" if state_file is not None else ""
+        super().__init__(f"interrupted: scan stopped ({signal.Signals(signum).name}){unwritten}")
+
+
+class _Stop(BaseException):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Each stop signal becomes an exception, so the scan's cleanup (kill its gits and helpers) runs.
+
+    Left alone, SIGTERM and SIGHUP end the process at once and leave every git
+    it started (each in its own process group) running on.
+    """
+    def stop(signum: int, frame: object) -> None:
+        for other in previous:  # a second Ctrl-C must not cut short the killing of the gits
+            signal.signal(other, signal.SIG_IGN)
+        raise _Stop(signum)
+
+    previous: dict[int, Any] = {}
+    for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ():
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup) stays ignored
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    except KeyboardInterrupt:  # a SIGINT that arrived before the handler was in place
+        raise _Stop(signal.SIGINT) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
                    previous: Any = None) -> ScanReport:
-    """Status of the selected repos; `previous` is the last scan's document (read, never written here)."""
+    """Status of the selected repos; `previous` is the last scan's document (read, never written here).
+
+    Raises ScanStopped when a signal stops the scan (its gits and helpers are stopped first).
+    """
     repos = workspace.select(tags=tags)
     # One live counter line on a terminal; nothing per repo (500 lines would bury the summary).
-    with Progress("scanning", len(repos), item_lines=False) as progress:
-        return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
-                    known=known_commits(previous))
+    try:
+        with _stop_signals_raise(), Progress("scanning", len(repos), item_lines=False) as progress:
+            return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
+                        known=known_commits(previous))
+    except _Stop as stop:
+        raise ScanStopped(stop.signum) from None
 
 
 def scan_and_save(paths: Paths, jobs: int = 0,
                   tags: list[str] | None = None) -> tuple[ScanReport, Path, str | None]:
     """Scan and write the state file; the third item says why it could not be written (None: written).
 
+    Raises ScanStopped when a signal stops the scan (the state file is not touched).
+
     A `--tag` scan refreshes its repos' rows and keeps the other configured
     repos' rows from the last scan, as a `--tag` sync keeps their results.
     """
     workspace = load_workspace(paths.repos_file)
     previous = read_state(paths.repo_status_file)
-    report = scan_workspace(workspace, jobs, tags, previous)
-    rows = [status.to_json() for status in report.repos]
-    if tags:
-        rows = _merged(workspace, rows, previous)
     try:
-        write_text(paths.repo_status_file, state_text(report.generated_at, rows))
+        report = scan_workspace(workspace, jobs, tags, previous)
+    except ScanStopped as stop:
+        raise ScanStopped(stop.signum, paths.repo_status_file) from None
+    rows = [status.to_json() for status in report.repos]
+    try:
+        with locked(paths.repo_status_file):
+            if tags:  # merged into the file as it is now: another scan may have written it meanwhile
+                rows = _merged(workspace, rows, read_state(paths.repo_status_file))
+            write_text(paths.repo_status_file, state_text(report.generated_at, rows))
     except OSError as err:
         return report, paths.repo_status_file, (f"error: cannot write {paths.repo_status_file}: "
                                                 f"{err.strerror or err}; the scan was not recorded")

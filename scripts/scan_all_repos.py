@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.scan import scan_and_save  # noqa: E402
+from lib.scan import ScanStopped, scan_and_save  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except OrchestratorError as err:
         print(error_lines(err), file=sys.stderr)
         return 2
+    except ScanStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_code
     for status in report.errors:
         print(f"{status.name}: {status.error} ({status.path})", file=sys.stderr)
     print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
@@ -36,10 +40,18 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         code = main()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that descriptor closed (`>&-`)
+                stream.flush()
     except BrokenPipeError:  # `| head`: the reader left (the state file is already written)
         code = 1
+    except OSError as err:  # stdout on a full disk, say: the state file is already written
+        with suppress(OSError):
+            os.write(2, f"error: cannot print the summary: {err.strerror or err}\n".encode())
+        code = 1
+    except KeyboardInterrupt:  # Ctrl-C before or after the scan itself (which says ScanStopped)
+        print("interrupted (SIGINT)", file=sys.stderr)
+        code = 130
     # Skip the interpreter's teardown: it frees the scan's objects one by one, ~20 ms
     # after 500 repos (a tenth of a warm scan's own Python time), and this script needs
     # none of it (the state file is closed and fsynced, nothing registered at exit).
