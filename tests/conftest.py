@@ -5,12 +5,14 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -56,6 +58,22 @@ def wait_gone(pid: int, seconds: float = 5.0) -> bool:
     while time.monotonic() < deadline and process_running(pid):
         time.sleep(0.05)
     return not process_running(pid)
+
+
+def stop_when(child: subprocess.Popen, ready: Callable[[], object], signum: int = signal.SIGINT,
+              seconds: float = 20.0) -> tuple[Any, Any]:
+    """Once `ready()` holds, send `signum` to `child` and return its (stdout, stderr); it never outlives the test."""
+    try:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            assert time.monotonic() < deadline, "timed out waiting to send the signal"
+            time.sleep(0.05)
+        child.send_signal(signum)
+        return child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 
 from lib.statefile import write_json
-from tests.conftest import ROOT, process_running, wait_gone
+from tests.conftest import ROOT, process_running, stop_when, wait_gone
 
 PASSING = {"Makefile": "all:\n\t@echo built ok\ntest:\n\t@echo all tests passed\n"}
 
@@ -248,13 +248,7 @@ def test_a_signal_during_test_all_kills_every_group_keeps_finished_results_and_e
     args = (inv_command("test-all", "--jobs", "3") if entry == "inv"
             else [sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", "3"])
     child, err = start(args, tmp_path)
-    try:
-        wait_for(lambda: all(p.exists() for p in pids) and b"quick: passed" in err.read_bytes())
-        child.send_signal(signum)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    stop_when(child, lambda: all(p.exists() for p in pids) and b"quick: passed" in err.read_bytes(), signum)
     assert child.returncode == 128 + signum
     lines = err.read_text().splitlines()
     assert lines[-1] == f"interrupted: stopped 2 running commands ({signal.Signals(signum).name})"
@@ -268,13 +262,7 @@ def test_a_signal_during_workflow_all_is_handled_the_same_way(home, make_repo, t
     home.add(make_repo("quick", PASSING), *(hanging_repo(make_repo, f"hang{i}", p) for i, p in enumerate(pids)),
              language="make")
     child, err = start(inv_command("workflow-all", "test", "--jobs", "3"), tmp_path)
-    try:
-        wait_for(lambda: all(p.exists() for p in pids) and b"quick: passed" in err.read_bytes())
-        child.send_signal(signal.SIGTERM)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    stop_when(child, lambda: all(p.exists() for p in pids) and b"quick: passed" in err.read_bytes(), signal.SIGTERM)
     assert child.returncode == 143
     assert err.read_text().splitlines()[-1] == "interrupted: stopped 2 running commands (SIGTERM)"
     assert all(wait_gone(int(p.read_text()), 2) for p in pids)
@@ -295,13 +283,7 @@ def test_a_signal_during_sync_all_kills_the_fetches_and_keeps_finished_results(h
     args = (inv_command("sync-all", "--net-jobs", "3") if entry == "inv"
             else [sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), "--net-jobs", "3"])
     child, err = start(args, tmp_path, {"GIT_SSH_COMMAND": str(fake_ssh)})
-    try:
-        wait_for(lambda: len(list(tmp_path.glob("ssh-*.pid"))) == 2 and b"quick: up to date" in err.read_bytes())
-        child.send_signal(signal.SIGINT)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    stop_when(child, lambda: len(list(tmp_path.glob("ssh-*.pid"))) == 2 and b"quick: up to date" in err.read_bytes())
     assert child.returncode == 130, err.read_text()
     assert err.read_text().splitlines()[-1] == "interrupted: stopped 2 running commands (SIGINT)"
     assert all(wait_gone(int(p.read_text()), 2) for p in tmp_path.glob("ssh-*.pid"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_when
 from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking, ref, wait_for_file
 
 
@@ -166,14 +166,7 @@ def test_ctrl_c_records_what_each_started_repo_really_did(home, make_repo, tmp_p
     home.add(slow, quick)
     sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), "--net-jobs", "1"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_file(tmp_path / "hook.pid")
-        sync.send_signal(signal.SIGINT)
-        out, _ = sync.communicate(timeout=60)
-    finally:
-        if sync.poll() is None:
-            sync.kill()
-            sync.communicate()
+    out, _ = stop_when(sync, lambda: wait_for_file(tmp_path / "hook.pid"))
     assert sync.returncode == 130 and "Traceback" not in out, out
     assert ref(slow.path, "refs/heads/main") == slow_up
     o = outcome_of(home, "slow")

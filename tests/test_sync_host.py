@@ -185,11 +185,10 @@ def test_the_driver_runs_sync_with_the_standard_library_alone(make_repo, tmp_pat
 
 
 def test_ctrl_c_here_kills_the_sync_running_on_the_host(home, make_repo, sshd, tmp_path):
-    import signal
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, wait_gone
+    from tests.conftest import ROOT, stop_when, wait_gone
     from tests.sync_fixtures import wait_for_file
 
     handle = make_repo("slow")
@@ -201,14 +200,8 @@ def test_ctrl_c_here_kills_the_sync_running_on_the_host(home, make_repo, sshd, t
     before = full_snapshot(workspace / "slow")
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), "--host", "builder"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        hung = int(wait_for_file(pid_file).split()[0])
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    out, err = stop_when(proc, lambda: wait_for_file(pid_file))
+    hung = int(pid_file.read_text().split()[0])
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     assert wait_gone(hung, 10), "the fetch on the host outlived the run"
