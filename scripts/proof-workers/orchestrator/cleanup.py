@@ -103,13 +103,15 @@ def backup(path: Path, branch: str | None) -> str:
 
 
 def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> CleanupReport:
-    for record in run.files.load_workers(run.num_workers):
-        if record.issue_number is not None:
-            kill_try(run, record)
-    killed = tmux.kill_session(run.server, run.session)
     verdicts: list[Verdict] = []
-    # Held to the end: no monitor (or second cleanup) starts agents in a worktree being judged and removed.
+    # Taken first and held to the end: a running monitor makes cleanup refuse before it kills
+    # anything (else the monitor restarts every agent, each restart a retry used up), and no
+    # monitor (or second cleanup) starts agents in a worktree being judged and removed.
     with _monitor_stopped(run):
+        for record in run.files.load_workers(run.num_workers):
+            if record.issue_number is not None:
+                kill_try(run, record)
+        killed = tmux.kill_session(run.server, run.session)
         if keep_worktrees:
             return CleanupReport(killed, verdicts)
         seen: set[Path] = set()

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.errors import OrchestratorError
+from lib.gitstatus import REPO_LOCAL_GIT_VARS
 
 SAFE_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "color.ui=false")
-# Variables that would point our git (or an agent's) at another repository, index or config.
-REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-            "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CEILING_DIRECTORIES", "GIT_CONFIG",
-            "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_QUARANTINE_PATH")
+# Variables that would point our git (or an agent's) at another repository, index or config:
+# lib.gitstatus's list (one list, so the monitor and the scan never drift apart), plus two that
+# change where git looks for the repository at all.
+REPO_ENV = (*REPO_LOCAL_GIT_VARS, "GIT_CEILING_DIRECTORIES", "GIT_DISCOVERY_ACROSS_FILESYSTEM")
 GIT_TIMEOUT_S = 120.0
 
 
