@@ -164,10 +164,6 @@ class ScanReport:
     def to_json(self) -> dict[str, Any]:
         return {"generated_at": self.generated_at, "repos": [r.to_json() for r in self.repos]}
 
-    def json_text(self) -> str:
-        """`to_json()` as the state file's text (see `state_text`)."""
-        return state_text(self.generated_at, [r.to_json() for r in self.repos])
-
     @property
     def errors(self) -> list[RepoStatus]:
         return [r for r in self.repos if r.error]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from lib import remote, runner
 from lib.config import Repo
-from lib.gitstatus import LOG_FORMAT, LastCommit, RepoStatus, ScanReport, parse_porcelain_v2
+from lib.gitstatus import LOG_FORMAT, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
 from lib.hosts import Host
 
 SEPARATOR = b"\n--orchestrator-last-commit--\n"
@@ -47,9 +47,7 @@ def remote_repo_status(connection: Any, repo: Repo, path: str) -> RepoStatus:
     if porcelain.head is None:
         status.error = "no commits yet"
         return status
-    fields = log_data.decode("utf-8", "replace").rstrip("\n").split("\0")
-    if len(fields) == 4:
-        status.last_commit = LastCommit(*fields)
+    status.last_commit = last_commit_of(log_data)  # the local scan's reading, `Z` dates included
     status.clean = status.dirty == 0
     return status
 

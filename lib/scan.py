@@ -58,7 +58,8 @@ def _stop_signals_raise() -> Iterator[None]:
         raise _Stop(signal.SIGINT) from None
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, handler)
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
