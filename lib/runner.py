@@ -99,9 +99,10 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def escaped_processes(marker: str, pgid: int) -> list[int]:
-    """Live processes of the step `marker` that are no longer in its process group `pgid`."""
-    needle = b"\0" + f"{STEP_VAR}={marker}".encode() + b"\0"
+def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix: bool = False) -> list[int]:
+    """Live processes whose environment has `var`=`marker` (a value starting with it, with `prefix`)
+    and that are not in process group `pgid` (None: in any group)."""
+    needle = b"\0" + f"{var}={marker}".encode() + (b"" if prefix else b"\0")
     found = []
     if not os.path.isdir("/proc/self"):
         return found

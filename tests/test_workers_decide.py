@@ -32,8 +32,10 @@ def busy(worker: int = 1, n: int = 1, stage: int = 0, retries: int = 0, nudged: 
 
 
 def snap(worker: int = 1, try_id: int = 1, pane: bool = True, alive: bool = False, exit_code: int | None = None,
-         commits: int = 0, dirty: bool = False, idle: float = 0, elapsed: float = 0) -> Snapshot:
-    return Snapshot(worker, try_id, pane, alive, exit_code, commits, dirty, idle, elapsed)
+         commits: int = 0, dirty: bool = False, idle: float = 0, elapsed: float = 0,
+         lost: bool | None = None) -> Snapshot:
+    return Snapshot(worker, try_id, pane, alive, exit_code, commits, dirty, idle, elapsed,
+                    pane_lost=not pane if lost is None else lost)
 
 
 def kinds(actions: list[Action]) -> list[tuple[str, int, int | None]]:
@@ -131,3 +133,27 @@ def test_a_try_that_cannot_be_started_is_resumed_a_bounded_number_of_times():
     [skip, idle] = decide([snap()], State((WorkerView(1, ref(1), launched=False, try_id=1, start_failures=2),),
                                           (issue(1, "in_progress"),)), SETTINGS)
     assert skip.kind == "skip" and "could not be started" in skip.reason
+
+
+LOST_CASES = [
+    # (name, worker, snapshot, expected (kind, counted))
+    ("the pane is gone and the try left no exit code (tmux killed): restarted, not counted",
+     busy(retries=2), snap(pane=False), [("restart", False)]),
+    ("the pane was re-created (a new tmux server) and the try hung up: restarted, not counted",
+     busy(retries=2), snap(lost=True, exit_code=129), [("restart", False)]),
+    ("a hang-up in a pane that is still the try's own: a failed try like any other",
+     busy(), snap(exit_code=129), [("restart", True)]),
+    ("the pane is gone but the try exited 0 with a commit first: its work counts",
+     busy(), snap(pane=False, exit_code=0, commits=1), [("push", True), ("advance_stage", True)]),
+    ("the pane is gone and the try failed on its own (exit 1): counted",
+     busy(), snap(pane=False, exit_code=1), [("restart", True)]),
+    ("tries lost to tmux again and again (an agent killing its own pane): counted past the bound",
+     WorkerView(1, ref(1), 0, 2, False, True, 1, lost_tries=decide_module.MAX_LOST_TRIES), snap(pane=False),
+     [("skip", True), ("idle", True)]),
+]
+
+
+@pytest.mark.parametrize("name,worker,snapshot,expected", LOST_CASES, ids=[c[0] for c in LOST_CASES])
+def test_a_try_lost_to_tmux_or_the_machine_uses_nobodys_retries(name, worker, snapshot, expected):
+    state = State((worker,), (issue(1, "in_progress"),))
+    assert [(a.kind, a.counted) for a in decide([snapshot], state, SETTINGS)] == expected

@@ -42,7 +42,12 @@ def test_status_shows_blocked_waiting_and_next_eligible_and_the_dashboard_draws_
     screen = io.StringIO()
     Console(file=screen, width=200, color_system=None).print(render(doc))
     drawn = screen.getvalue()
-    assert "[bold red]not markup[/]" in drawn and "2/6 done" in drawn and "next eligible: #4" in drawn
+    assert "[bold red]not markup[/]" in drawn and "next eligible: #4" in drawn
+    # Every state counted apart (a failed or blocked issue is never "done"), and the issue table's header row drawn.
+    assert "demo: 1 completed, 1 failed, 2 blocked, 1 waiting, 1 pending of 6" in drawn
+    assert "demo: 1 completed, 1 failed, 2 blocked, 1 waiting, 1 pending of 6" in text.stdout
+    header = next(line for line in drawn.splitlines() if " issue " in line and " title " in line and "wave" in line)
+    assert "depends on" in header
     frames = io.StringIO()
     calls = []
     run_dashboard(lambda: calls.append(1) or doc, interval=0.01,

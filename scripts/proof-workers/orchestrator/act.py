@@ -22,6 +22,7 @@ from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
+from orchestrator.wrapper import TRY_VAR
 
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 
@@ -35,15 +36,28 @@ def worker_window(worker: int) -> str:
     return f"worker-{worker}"
 
 
+def try_tag(run: Run, worker: int, try_id: int) -> str:
+    """The value of ORCHESTRATOR_TRY in every process of this try: unique to the run (its state dir)."""
+    return f"{run.files.root}/worker-{worker}/try-{try_id}"
+
+
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
-    """Kill this try's agent process group (TERM, then KILL after `grace`), as recorded by its wrapper."""
+    """Kill this try's agent process group, as recorded by its wrapper, and every process carrying the try's
+    tag (what left the group: `setsid cmd &`, daemons): TERM, then KILL after `grace`."""
+    tagged = runner.escaped_processes(try_tag(run, record.worker_id, record.try_id), None, var=TRY_VAR)
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
-    if group is None or group <= 1 or not runner.group_alive(group):
-        return
-    try:
-        runner.kill_group(group, grace)
-    except PermissionError:
-        pass  # the id now belongs to someone else's process: not ours to kill
+    # The pid file may be hours old: its group is killed only while a member still carries this try's tag.
+    groups = [group] if group is not None and group > 1 and set(runner.group_members(group)) & set(tagged) else []
+    if groups or tagged:
+        runner.kill_processes(groups, [p for p in tagged if p not in groups], grace)
+
+
+def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
+    """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
+    tagged = runner.escaped_processes(f"{run.files.root}/worker-", None, var=TRY_VAR, prefix=True)
+    if tagged:
+        runner.kill_processes([], tagged, grace)
+    return tagged
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -74,13 +88,14 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)),
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
-                    "ORCHESTRATOR_STAGE": record.stage}}
+                    "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)}}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)
     pane = tmux.panes(run.server, run.session)[window]
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
+    record.pane = pane.identity
     record.launched = True
     record.start_failures = 0
     files.save_worker(record)
@@ -163,6 +178,7 @@ class Executor:
         record.stage = cfg.pipeline[record.stage_index]
         record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
         record.retry_count = 0
+        record.lost_tries = 0
         record.nudged = False
         record.push_failures = 0
         _next_try(self.run, record)
@@ -208,7 +224,10 @@ class Executor:
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         # Counted before anything can fail: a restart that breaks halfway still used one retry.
-        record.retry_count += 1
+        if action.counted:
+            record.retry_count += 1
+        else:
+            record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
         record.nudged = record.nudged or action.nudge
         record.last_reason = action.reason
         self.run.files.save_worker(record)
@@ -226,7 +245,8 @@ class Executor:
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
-                                  "retry_count": record.retry_count, "reason": action.reason,
+                                  "retry_count": record.retry_count, "counted": action.counted,
+                                  "reason": action.reason,
                                   "continuation": action.continuation})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
         start_try(self.run, record, continuation)

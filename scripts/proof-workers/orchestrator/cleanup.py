@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator import tmux, worktrees
-from orchestrator.act import kill_try
+from lib import runner
+from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
 from orchestrator.run import Run
 from orchestrator.state import MonitorBusy, monitor_lock
+
+
+KILL_GRACE_S = 2.0
 
 
 @dataclass
@@ -58,6 +62,19 @@ def processes_in(path: Path) -> list[int]:
             continue
         if cwd == root or cwd.startswith(root + "/"):
             found.append(int(entry.name))
+    return found
+
+
+def _ourselves() -> set[int]:
+    """This process and its ancestors (the user's shell may sit in a worktree): never killed by cleanup."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
     return found
 
 
@@ -112,6 +129,7 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
             if record.issue_number is not None:
                 kill_try(run, record)
         killed = tmux.kill_session(run.server, run.session)
+        kill_run_processes(run)  # what any try of this run left (daemons, setsid): found by its tag
         if keep_worktrees:
             return CleanupReport(killed, verdicts)
         seen: set[Path] = set()
@@ -156,6 +174,9 @@ def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))
         elif force:
             ref = backup(entry.path, entry.branch)
+            busy = [pid for pid in processes_in(entry.path) if pid not in _ourselves()]
+            if busy:  # nothing keeps running in a removed directory
+                runner.kill_processes([], busy, KILL_GRACE_S)
             worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed after backup", reasons, ref))
         else:

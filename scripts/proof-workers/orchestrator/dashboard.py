@@ -11,13 +11,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.heartbeat import monitor_line
+from orchestrator.report import count_text
+
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
                "pending": "white", "waiting": "dim"}
 
 
 def render(doc: dict[str, Any]) -> Group:
     """One frame. Every title, log line and reason is a Text (never parsed as markup)."""
-    workers = Table(title=f"session {doc['session']}", expand=True)
+    monitor = doc["monitor"]
+    workers = Table(title=Text(f"session {doc['session']}   " + monitor_line(monitor, time.time()),
+                               style="" if monitor["running"] else "bold red"), expand=True)
     for column in ("worker", "issue", "stage", "status", "time", "retries", "last log line"):
         workers.add_column(column, overflow="ellipsis", no_wrap=column != "last log line")
     for w in doc["workers"]:
@@ -26,7 +31,7 @@ def render(doc: dict[str, Any]) -> Group:
                         str(w["retries"]), Text(w["last_log_line"] or ""))
     parts: list[Any] = [workers]
     for project in doc["projects"]:
-        done = project["counts"].get("completed", 0) + project["counts"].get("failed", 0)
+        finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
         issues = Table(expand=True, show_edge=False)
         for column in ("issue", "title", "state", "stage", "wave", "depends on"):
             issues.add_column(column, overflow="ellipsis", no_wrap=True)
@@ -34,9 +39,12 @@ def render(doc: dict[str, Any]) -> Group:
             issues.add_row(f"#{i['number']}", Text(i["title"].replace("\n", " ")),
                            Text(i["state"], style=STATE_STYLE.get(i["state"], "")), i["stage"], str(i["wave"]),
                            ",".join(f"#{d}" for d in i["depends_on"]) or "-")
-        header = Text(f"{project['project']}: {done}/{project['total']} done   pipeline: "
+        header = Text(f"{project['project']}: {count_text(project)}   pipeline: "
                       + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"])))
-        parts.append(Panel(Group(header, ProgressBar(total=max(project["total"], 1), completed=done), issues)))
+        # A bare ProgressBar ends without a line break, and the table's header row was drawn over by it.
+        bar = Table.grid(expand=True)
+        bar.add_row(ProgressBar(total=max(project["total"], 1), completed=finished))
+        parts.append(Panel(Group(header, bar, issues)))
     if doc["next_eligible"]:
         parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
     for failure in doc["failures"]:

@@ -13,6 +13,10 @@ from orchestrator.queue import IssueRef, IssueView, next_issue
 # A verified stage whose push keeps failing (remote down, branch rewritten) fails the
 # issue after this many attempts, one per cycle; its commits stay on the local branch.
 MAX_PUSH_ATTEMPTS = 10
+# A try lost because tmux or the machine went away is started again without using a retry,
+# this many times per stage; past that each loss counts (a pane an agent keeps killing is its fault).
+MAX_LOST_TRIES = 5
+SIGHUP_EXIT = 129  # the wrapper's code when its terminal (the tmux pane) hung up
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Snapshot:
     dirty: bool  # uncommitted or untracked changes in the worktree
     idle_seconds: float  # since the log or the worktree last changed
     elapsed_seconds: float  # since this try started
+    pane_lost: bool = False  # the pane this try was started in is gone or was re-created (tmux died)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class WorkerView:
     try_id: int = 0
     push_failures: int = 0
     start_failures: int = 0
+    lost_tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Action:
     reason: str = ""
     continuation: bool = False
     nudge: bool = False
+    counted: bool = True  # a restart uses one of max_retries (not when tmux or the machine went away)
 
 
 def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
@@ -111,6 +118,12 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                            continuation=continuation, nudge=nudge)]
         return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
 
+    tmux_went_away = snap.pane_lost and (snap.exit_code == SIGHUP_EXIT or
+                                         (snap.exit_code is None and not snap.agent_alive))
+    if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:
+        how = "hung up" if snap.exit_code == SIGHUP_EXIT else "gone without an exit code"
+        return [Action("restart", wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
+                                            "not counted as a retry", continuation=True, counted=False)]
     if snap.exit_code is not None:
         if snap.exit_code != 0:
             return failed_try(f"exit code {snap.exit_code}")

@@ -115,16 +115,25 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
             assert issue is not None
             repo = cfg.repo_for(issue)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
-        env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
-        if os.environ.get(tmux.SOCKET_ENV):
-            env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]
-        cwd = str(PACKAGE_DIR)
         # Every window exists before the monitor starts in window 0 (it would create missing ones itself).
-        tmux.create_session(run.server, run.session, "orchestrator", None, cwd)
+        tmux.create_session(run.server, run.session, "orchestrator", None, str(PACKAGE_DIR))
         tmux.set_keep_dead(run.server, run.session, "orchestrator")
         for n in range(1, run.num_workers + 1):
             tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
-        tmux.ensure_window(run.server, run.session, "dashboard", _verb_line("dashboard", run), cwd=cwd, env=env,
-                           keep_dead=True)
+        ensure_dashboard(run)
     monitor_pane = tmux.panes(run.server, run.session)["orchestrator"]
-    tmux.respawn(run.server, monitor_pane.pane_id, _verb_line("monitor", run, "--no-delay"), cwd=cwd, env=env)
+    tmux.respawn(run.server, monitor_pane.pane_id, _verb_line("monitor", run, "--no-delay"), cwd=str(PACKAGE_DIR),
+                 env=_window_env())
+
+
+def _window_env() -> dict[str, str]:
+    env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
+    if os.environ.get(tmux.SOCKET_ENV):
+        env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]
+    return env
+
+
+def ensure_dashboard(run: Run) -> None:
+    """The dashboard window, running the dashboard verb (created when missing: a session re-made after tmux died)."""
+    tmux.ensure_window(run.server, run.session, "dashboard", _verb_line("dashboard", run), cwd=str(PACKAGE_DIR),
+                       env=_window_env(), keep_dead=True)

@@ -10,6 +10,7 @@ from orchestrator import config as configs
 from orchestrator import probe, tmux, worktrees
 from orchestrator.act import Executor, kill_try, worker_window
 from orchestrator.decide import Settings, Snapshot, State, WorkerView, cycle_to_json, decide
+from orchestrator.heartbeat import Heartbeat
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, monitor_lock
@@ -41,7 +42,7 @@ def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
     return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
                             if r.project and r.issue_number is not None else None,
                             r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
-                            r.start_failures)
+                            r.start_failures, r.lost_tries)
                  for r in records)
 
 
@@ -110,6 +111,9 @@ def ensure_session(run: Run) -> None:
         tmux.create_session(run.server, run.session, "orchestrator", None)
     for n in range(1, run.num_workers + 1):
         tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
+    from orchestrator.launch import ensure_dashboard  # launch imports this module
+
+    ensure_dashboard(run)
 
 
 def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
@@ -162,18 +166,32 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
     interval = cycle if cycle is not None else run.lead.cycle_interval
     with monitor_lock(run.locks()):
-        reconcile(run, say)
-        if not no_delay and not once:
-            run.sleep(min(interval, 60.0))
-        number = 0
-        while True:
-            number += 1
-            result = run_cycle(run, number, say)
-            if result.finished:
-                run.files.log_event({"action": "shutdown", "reason": "all_done"})
-                say("nothing left to run: monitor exits")
-                break
-            if once:
-                break
-            run.sleep(interval)
-    return sum(1 for cfg in run.configs for i in cfg.issues if i.status == "failed")
+        beat = Heartbeat.start(run.files.monitor, run.clock())
+        code = 1  # what an unexpected exception leaves in the heartbeat
+        try:
+            reconcile(run, say)
+            if not no_delay and not once:
+                run.sleep(min(interval, 60.0))
+            number = 0
+            while True:
+                number += 1
+                result = run_cycle(run, number, say)
+                beat.cycle(run.files.monitor, run.clock())
+                if result.finished:
+                    run.files.log_event({"action": "shutdown", "reason": "all_done"})
+                    say("nothing left to run: monitor exits")
+                    break
+                if once:
+                    break
+                run.sleep(interval)
+            failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == "failed")
+            code = 1 if failed else 0
+        except OrchestratorError as err:
+            code = err.exit_code
+            raise
+        except KeyboardInterrupt:
+            code = 130
+            raise
+        finally:
+            beat.exit(run.files.monitor, run.clock(), code)
+    return failed

@@ -114,4 +114,5 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         worker_id=record.worker_id, try_id=record.try_id, pane_exists=pane is not None, agent_alive=alive,
         exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
-        elapsed_seconds=round(max(0.0, now - started), 3))
+        elapsed_seconds=round(max(0.0, now - started), 3),
+        pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane))

@@ -4,10 +4,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from lib import runner
+from orchestrator import heartbeat
 from orchestrator.monitor import issue_views
+from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef, blocked, completed, eligible
 from orchestrator.run import Run
-from orchestrator.state import read_lines
+from orchestrator.state import WorkerRecord, read_lines
 
 
 def _last_line(run: Run, worker: int) -> str:
@@ -20,6 +23,26 @@ def _last_line(run: Run, worker: int) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def _try_state(run: Run, record: WorkerRecord) -> tuple[str, int | None, float | None]:
+    """What this worker's try is really doing, from its own files and processes (never the record alone):
+    (status, exit code, when it ended). A try with an exit signal is never running."""
+    if record.issue_number is None:
+        return "idle", None, None
+    code = run.files.read_signal(record.worker_id, record.try_id)
+    if code is not None:
+        try:
+            ended = run.files.signal(record.worker_id, record.try_id).stat().st_mtime
+        except OSError:
+            ended = None
+        return "exited", code, ended
+    group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
+    if group is None:
+        return ("starting" if record.launched else "waiting"), None, None
+    if runner.group_alive(group):
+        return "running", None, None
+    return "gone", None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
+
+
 def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     records = run.files.load_workers(run.num_workers)
@@ -30,12 +53,14 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     for r in records:
         cfg = next((c for c in run.configs if c.project == r.project), None)
         issue = cfg.issue(r.issue_number) if cfg and r.issue_number is not None else None
+        status, exit_code, ended = _try_state(run, r)
+        until = ended if ended is not None else now
         workers.append({
-            "worker": r.worker_id, "status": r.status, "project": r.project, "issue": r.issue_number,
-            "title": issue.title if issue else None, "stage": r.stage or None,
+            "worker": r.worker_id, "status": status, "exit_code": exit_code, "project": r.project,
+            "issue": r.issue_number, "title": issue.title if issue else None, "stage": r.stage or None,
             "stage_index": r.stage_index if issue else None, "branch": r.branch, "worktree": r.worktree,
             "retries": r.retry_count, "try": r.try_id,
-            "seconds": round(now - r.started_at, 1) if r.started_at and issue else None,
+            "seconds": round(max(0.0, until - r.started_at), 1) if r.started_at and issue else None,
             "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
     projects: list[dict[str, Any]] = []
     for cfg in run.configs:
@@ -64,12 +89,23 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     failures = [e["event"] for e in read_lines(run.files.events)[-200:]
                 if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
     return {
-        "session": run.session, "state_dir": str(run.files.root), "workers": workers, "projects": projects,
+        "session": run.session, "state_dir": str(run.files.root),
+        "monitor": heartbeat.monitor_status(run.files.monitor), "workers": workers, "projects": projects,
         "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
         "failures": failures[-10:],
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held,
     }
+
+
+STATE_ORDER = ("completed", "failed", "blocked", "in_progress", "waiting", "pending")
+
+
+def count_text(project: dict[str, Any]) -> str:
+    """`5 completed, 3 failed, 1 blocked of 9`: every state counted apart (failed is never "done")."""
+    counts = project["counts"]
+    order = [s for s in STATE_ORDER if s in counts] + sorted(s for s in counts if s not in STATE_ORDER)
+    return ", ".join(f"{counts[s]} {s}" for s in order) + f" of {project['total']}"
 
 
 def status_lines(doc: dict[str, Any]) -> list[str]:
@@ -79,11 +115,11 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
              w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-", w["retries"],
              (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
     lines = [f"session {doc['session']}  (state: {doc['state_dir']})",
+             heartbeat.monitor_line(doc["monitor"], time.time()),
              tabulate(rows, headers=["worker", "issue", "stage", "status", "time", "retries", "last log line"])]
     for project in doc["projects"]:
-        counts = ", ".join(f"{n} {state}" for state, n in sorted(project["counts"].items()))
         lines.append("")
-        lines.append(f"{project['project']}: {counts} of {project['total']}  pipeline: "
+        lines.append(f"{project['project']}: {count_text(project)}  pipeline: "
                      + " -> ".join(project["pipeline"]))
         lines.append(tabulate([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"], i["priority"],
                                 ",".join(f"#{d}" for d in i["depends_on"]) or "-"] for i in project["issues"]],

@@ -36,6 +36,8 @@ class WorkerRecord:
     push_failures: int = 0  # consecutive failed pushes of this stage's verified work
     start_failures: int = 0  # consecutive tries that could not even be started (tmux, worktree, files)
     push_url: str | None = None  # origin's push url when the issue was assigned: pushes go there or nowhere
+    pane: str | None = None  # the tmux pane this try was started in (server and pane id): a new one means tmux died
+    lost_tries: int = 0  # tries of this stage lost to tmux or the machine going away (not retries)
 
     def reset(self) -> None:
         """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
@@ -85,6 +87,11 @@ class RunFiles:
     @property
     def lock(self) -> Path:
         return self.root / "monitor.lock"
+
+    @property
+    def monitor(self) -> Path:
+        """The monitor's heartbeat: pid, start, last cycle, and how it exited."""
+        return self.root / "monitor.json"
 
     def load_worker(self, worker: int) -> WorkerRecord:
         path = self.worker_file(worker)

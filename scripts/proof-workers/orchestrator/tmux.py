@@ -33,6 +33,12 @@ class Pane:
     pane_id: str
     pid: int | None
     dead: bool
+    server: str = ""  # the tmux server's pid and start time: pane ids start again at %0 in a new server
+
+    @property
+    def identity(self) -> str:
+        """Names this pane and no later one: a pane re-created after tmux died has another identity."""
+        return f"{self.server}/{self.pane_id}"
 
 
 def server(socket: str | None = None) -> libtmux.Server:
@@ -65,7 +71,7 @@ def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
     Any other failure raises: an unanswered listing must never read as "every agent is gone".
     """
     result = call(srv, "list-panes", "-s", "-t", f"={session}", "-F",
-                     "#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}")
+                     "#{window_name}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}\t#{pid}@#{start_time}")
     if result.returncode != 0:
         message = " ".join(result.stderr)
         # Only these mean "not there"; a busy or interrupted server ("Resource temporarily unavailable",
@@ -77,10 +83,10 @@ def panes(srv: libtmux.Server, session: str) -> dict[str, Pane]:
     table: dict[str, Pane] = {}
     for line in result.stdout:
         parts = line.split("\t")
-        if len(parts) != 4:
+        if len(parts) != 5:
             continue
-        window, pane_id, pid, dead = parts
-        table.setdefault(window, Pane(window, pane_id, int(pid) if pid.isdigit() else None, dead == "1"))
+        window, pane_id, pid, dead, server = parts
+        table.setdefault(window, Pane(window, pane_id, int(pid) if pid.isdigit() else None, dead == "1", server))
     return table
 
 

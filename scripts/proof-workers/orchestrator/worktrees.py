@@ -33,7 +33,9 @@ class GitFailed(OrchestratorError):
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in REPO_ENV and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    # GIT_OPTIONAL_LOCKS=0: our `git status` must not take the worktree's index.lock to refresh the
+    # index, or the agent's own `git add`/`git commit` at that moment fails ("index.lock exists").
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"})
     env.update(extra or {})
     return env
 
