@@ -27,18 +27,20 @@ demo: setup
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) scan
 	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv status'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) status
-	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv test-all    # deploy-tools fails on purpose: exit 1 expected'
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) ORCHESTRATOR_LOG_DIR=$(DEMO_DIR)/logs inv test-all    # deploy-tools fails on purpose: exit 1 expected'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) test-all || [ $$? -eq 1 ]
-	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv sync-all --dry-run'
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) ORCHESTRATOR_LOG_DIR=$(DEMO_DIR)/logs inv sync-all --dry-run'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) ORCHESTRATOR_LOG_DIR=$(DEMO_HOME)/logs $(INV) sync-all --dry-run
 	@mkdir -p $(DEMO_HOME)/tasks && cp tasks/backlog.md tasks/active.md tasks/completed.md $(DEMO_HOME)/tasks/
 	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.add ...    # three demo tasks into the demo home'"'"'s backlog'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.add "Fix reward rounding" --repo staking --priority high --type bug-fix --description "Rewards are off by one unit"
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.add "Explorer dark mode" --repo explorer --priority medium --type feature
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.add "Deploy manifest lists a host twice" --repo deploy-tools --priority high --type bug-fix
-	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.start task-001 && inv task.start task-003 && inv task.complete task-001'
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.start task-001'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.start task-001
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.start task-003'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.start task-003
+	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.complete task-001'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.complete task-001
 	@echo; echo '$$ ORCHESTRATOR_HOME=$(DEMO_DIR) inv task.list'
 	ORCHESTRATOR_HOME=$(DEMO_HOME) $(INV) task.list
@@ -52,17 +54,19 @@ demo: setup
 WORKERS_DEMO_DIR ?= demo-workers
 WORKERS_DEMO_HOME = $(abspath $(WORKERS_DEMO_DIR))/home
 ORCHESTRATOR_TMUX_SOCKET ?= orchestrator-demo
-WORKERS = cd scripts/proof-workers && ORCHESTRATOR_HOME=$(WORKERS_DEMO_HOME) ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(abspath $(PY)) -m orchestrator
+# The echoed lines are the commands that run, ready to copy (with .venv/bin on PATH).
+WORKERS_ENV = ORCHESTRATOR_HOME=$(WORKERS_DEMO_DIR)/home ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET)
+WORKERS = ORCHESTRATOR_HOME=$(WORKERS_DEMO_HOME) ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(INV) workers.
 
 demo-workers: setup
 	$(PY) scripts/make_workers_demo.py $(WORKERS_DEMO_DIR)
-	@echo; echo '$$ python3 -m orchestrator launch    # attach: tmux -L $(ORCHESTRATOR_TMUX_SOCKET) attach -t proof-demo'
-	$(WORKERS) launch
-	$(PY) scripts/make_workers_demo.py --wait 120 $(WORKERS_DEMO_DIR) || { $(WORKERS) status; $(WORKERS) cleanup --keep-worktrees; exit 1; }
-	@echo; echo '$$ python3 -m orchestrator status'
-	$(WORKERS) status
-	@echo; echo '$$ python3 -m orchestrator cleanup'
-	$(WORKERS) cleanup
+	@echo; echo '$$ $(WORKERS_ENV) inv workers.launch    # attach: tmux -L $(ORCHESTRATOR_TMUX_SOCKET) attach -t proof-demo'
+	$(WORKERS)launch
+	$(PY) scripts/make_workers_demo.py --wait 120 $(WORKERS_DEMO_DIR) || { $(WORKERS)status; $(WORKERS)cleanup --keep-worktrees; exit 1; }
+	@echo; echo '$$ $(WORKERS_ENV) inv workers.status'
+	$(WORKERS)status
+	@echo; echo '$$ $(WORKERS_ENV) inv workers.cleanup'
+	$(WORKERS)cleanup
 
 test: setup
 	$(PY) -m pytest -q
@@ -85,12 +89,14 @@ test-all: setup
 	$(INV) test-all
 
 .PHONY: foreach
-# $(value CMD) is the text as typed ($ signs and quotes untouched), single-quoted
-# for the shell: make foreach CMD='git log -1 --format=%s'
+# The command reaches inv through the environment as typed: $(value CMD) keeps its $ signs,
+# quotes and line breaks (on the command line a line break would end the recipe line).
+# make foreach CMD='git log -1 --format=%s'
 unexport CMD  # exporting would expand it: make functions in the text would run
+foreach: export ORCH_FOREACH_COMMAND = $(value CMD)
 foreach: setup
-	@$(if $(value CMD),true,{ echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; })
-	$(INV) foreach --command='$(subst ','\'',$(value CMD))'
+	@test -n "$$ORCH_FOREACH_COMMAND" || { echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; }
+	$(INV) foreach --command="$$ORCH_FOREACH_COMMAND"
 
 sync-all: setup
 	$(INV) sync-all

@@ -28,11 +28,14 @@ def parse_day(value: str, flag: str, default: date) -> date:
 
 
 def markdown_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    """A GitHub-flavoured markdown table; a `|` or line break inside a cell cannot break the table."""
+    """A GitHub-flavoured markdown table; a `|` or line break inside a cell cannot break the table, and a
+    control character (ESC, BEL, ...) shows escaped instead of driving the terminal that prints the report."""
     from tabulate import tabulate
 
+    from lib.views import visible
+
     def cell(value: object) -> str:
-        return " ".join(str("-" if value is None or value == "" else value).split()).replace("|", "\\|")
+        return visible(" ".join(str("-" if value is None or value == "" else value).split())).replace("|", "\\|")
 
     return tabulate([[cell(v) for v in row] for row in rows], headers=list(headers), tablefmt="github")
 

@@ -14,6 +14,19 @@ if TYPE_CHECKING:
     from lib.sync import SyncOutcome
 
 
+# Characters that would drive the terminal (ESC, BEL, CSI, backspace, line breaks, DEL) or reorder what
+# it shows (bidi overrides): a table shows them escaped, as Python writes them; JSON keeps the raw text.
+_INVISIBLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_INVISIBLE.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a), 0x200e, 0x200f,
+                                               0x061c)})
+_INVISIBLE.update({0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"})
+
+
+def visible(text: str) -> str:
+    """`text` with every control or bidi character written as an escape (`\\x1b`, `\\n`, `\\u202e`)."""
+    return text.translate(_INVISIBLE)
+
+
 def cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
 
@@ -71,10 +84,12 @@ def status_table(statuses: Iterable[RepoStatus], now: datetime | None = None, wi
 
 
 def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    """A simple table that shows every cell as given (a branch `1.10` stays `1.10`, a repo `007` stays `007`)."""
+    """A simple table that shows every cell as given (a branch `1.10` stays `1.10`, a repo `007` stays `007`),
+    control characters escaped (a commit subject cannot drive the terminal)."""
     from tabulate import tabulate
 
-    return tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
+    shown = [[visible(cell) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    return tabulate(shown, headers=[visible(h) for h in headers], tablefmt="simple", disable_numparse=True)
 
 
 def outcomes_table(outcomes: Iterable["Outcome"]) -> str:

@@ -255,7 +255,7 @@ def test_make_demo_workers_runs_the_demo_to_completion(tmp_path, tmux_socket):
     result = subprocess.run(["make", "-s", "demo-workers", f"WORKERS_DEMO_DIR={tmp_path / 'demo'}"], cwd=ROOT,
                             env=monitor_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    status = result.stdout.split("$ python3 -m orchestrator status", 1)[1].split("$ python3 -m orchestrator cleanup")[0]
+    status = result.stdout.split(" inv workers.status", 1)[1].split(" inv workers.cleanup")[0]
     assert status.count("completed") == 4 + 1  # four issue rows and the summary line
     assert "removed: " in result.stdout and "kept" not in result.stdout
     assert f"tmux -L {tmux_socket.socket_name} attach -t proof-demo" in result.stdout
