@@ -57,3 +57,4 @@ def test_status_on_a_host_escapes_control_characters(home, make_repo, inv, sshd,
     assert_escaped(table.out)
     doc = json.loads(inv("status", "--host", "builder", "--json").out)
     assert doc["repos"][0]["last_commit"]["subject"] == HOSTILE
+

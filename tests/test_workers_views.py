@@ -84,3 +84,17 @@ def test_without_tmux_on_path_launch_is_one_line_not_a_traceback(project, tmp_pa
     result = subprocess.run([sys.executable, "-m", "orchestrator", "launch"], cwd=PACKAGE,
                             env={**monitor_env(), "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr == "error: tmux is not installed (needed to run workers)\n"
+
+
+def test_workers_status_and_dashboard_escape_control_characters_from_titles(project):
+    """Before: a title with ESC/BEL reached the terminal raw through `status` (the dashboard kept ESC too)."""
+    hostile = "\x1b]0;owned\x07\x1b[2Jfix"
+    project([{"number": 1, "title": hostile}])
+    text = orchestrator("status")
+    assert text.returncode == 0, text.stderr
+    assert "\x1b" not in text.stdout and "\x07" not in text.stdout and "\\x1b]0;owned\\x07" in text.stdout
+    doc = json.loads(orchestrator("status", "--json").stdout)
+    assert doc["projects"][0]["issues"][0]["title"] == hostile
+    screen = io.StringIO()
+    Console(file=screen, width=200, color_system=None).print(render(doc))
+    assert "\x1b" not in screen.getvalue() and "\\x1b]0;owned" in screen.getvalue()

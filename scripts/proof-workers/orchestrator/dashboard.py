@@ -11,6 +11,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from lib.views import visible
 from orchestrator.heartbeat import monitor_line
 from orchestrator.report import count_text
 
@@ -26,9 +27,10 @@ def render(doc: dict[str, Any]) -> Group:
     for column in ("worker", "issue", "stage", "status", "time", "retries", "last log line"):
         workers.add_column(column, overflow="ellipsis", no_wrap=column != "last log line")
     for w in doc["workers"]:
-        workers.add_row(f"worker-{w['worker']}", Text(f"#{w['issue']} {w['title'] or ''}" if w["issue"] else "-"),
+        workers.add_row(f"worker-{w['worker']}",
+                        Text(visible(f"#{w['issue']} {w['title'] or ''}") if w["issue"] else "-"),
                         w["stage"] or "-", w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-",
-                        str(w["retries"]), Text(w["last_log_line"] or ""))
+                        str(w["retries"]), Text(visible(w["last_log_line"] or "")))
     parts: list[Any] = [workers]
     for project in doc["projects"]:
         finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
@@ -36,7 +38,7 @@ def render(doc: dict[str, Any]) -> Group:
         for column in ("issue", "title", "state", "stage", "wave", "depends on"):
             issues.add_column(column, overflow="ellipsis", no_wrap=True)
         for i in project["issues"]:
-            issues.add_row(f"#{i['number']}", Text(i["title"].replace("\n", " ")),
+            issues.add_row(f"#{i['number']}", Text(visible(i["title"].replace("\n", " "))),
                            Text(i["state"], style=STATE_STYLE.get(i["state"], "")), i["stage"], str(i["wave"]),
                            ",".join(f"#{d}" for d in i["depends_on"]) or "-")
         header = Text(f"{project['project']}: {count_text(project)}   pipeline: "
@@ -48,8 +50,8 @@ def render(doc: dict[str, Any]) -> Group:
     if doc["next_eligible"]:
         parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
     for failure in doc["failures"]:
-        parts.append(Text(f"failure #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}",
-                          style="red"))
+        reason = failure.get("reason") or failure.get("error")
+        parts.append(Text(visible(f"failure #{failure.get('issue')}: {reason}"), style="red"))
     return Group(*parts)
 
 

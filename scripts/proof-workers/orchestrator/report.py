@@ -5,6 +5,7 @@ import time
 from typing import Any
 
 from lib import runner
+from lib.views import plain_table, visible
 from orchestrator import heartbeat
 from orchestrator.monitor import issue_views
 from orchestrator.probe import read_pid
@@ -109,23 +110,25 @@ def count_text(project: dict[str, Any]) -> str:
 
 
 def status_lines(doc: dict[str, Any]) -> list[str]:
-    from tabulate import tabulate
-
+    """The status document as text; every table cell and free text shows control characters escaped
+    (a title or an agent's log line cannot drive the terminal)."""
     rows = [[f"worker-{w['worker']}", f"#{w['issue']}" if w["issue"] is not None else "-", w["stage"] or "-",
              w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-", w["retries"],
              (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
-    lines = [f"session {doc['session']}  (state: {doc['state_dir']})",
+    lines = [visible(f"session {doc['session']}  (state: {doc['state_dir']})"),
              heartbeat.monitor_line(doc["monitor"], time.time()),
-             tabulate(rows, headers=["worker", "issue", "stage", "status", "time", "retries", "last log line"])]
+             plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "last log line"])]
     for project in doc["projects"]:
         lines.append("")
-        lines.append(f"{project['project']}: {count_text(project)}  pipeline: "
-                     + " -> ".join(project["pipeline"]))
-        lines.append(tabulate([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"], i["priority"],
-                                ",".join(f"#{d}" for d in i["depends_on"]) or "-"] for i in project["issues"]],
-                              headers=["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
+        lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
+                             + " -> ".join(project["pipeline"])))
+        lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
+                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-"]
+                                  for i in project["issues"]],
+                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
-        lines.append(f"failure: #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}")
+        reason = failure.get("reason") or failure.get("error")
+        lines.append(visible(f"failure: #{failure.get('issue')}: {reason}"))
     return lines
