@@ -185,3 +185,26 @@ def test_the_monitors_git_status_never_takes_the_index_lock_an_agents_git_add_ne
     before = index.stat().st_mtime_ns
     worktrees.porcelain(repo)
     assert index.stat().st_mtime_ns == before
+
+
+def test_a_stale_pid_file_naming_someone_elses_process_group_is_not_a_running_try(project):
+    """The record says worker-1 runs #1 and its pid file names a live group, but that group is not the
+    try's (no process of it carries the run's tag): `gone`, never `running`."""
+    project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"])
+    run = open_run()
+    from orchestrator.state import WorkerRecord
+
+    run.files.save_worker(WorkerRecord(1, status="running", project="demo", issue_number=1, try_id=3,
+                                       launched=True, started_at=time.time(), stage="implement"))
+    stranger = subprocess.Popen(["sleep", "3604"], start_new_session=True)
+    try:
+        pid_file = run.files.pid_file(1, 3)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(str(stranger.pid))
+        worker = status()["workers"][0]
+        assert worker["status"] == "gone" and worker["exit_code"] is None
+        orchestrator("cleanup", "--keep-worktrees")
+        assert process_running(stranger.pid), "cleanup killed a group that was not the run's"
+    finally:
+        stranger.kill()
+        stranger.wait()

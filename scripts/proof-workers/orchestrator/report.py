@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from lib import runner
 from lib.views import plain_table, visible
@@ -12,6 +12,7 @@ from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
+from orchestrator.wrapper import TRY_VAR
 
 
 def _last_line(run: Run, worker: int) -> str:
@@ -24,9 +25,10 @@ def _last_line(run: Run, worker: int) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def _try_state(run: Run, record: WorkerRecord) -> tuple[str, int | None, float | None]:
+def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> tuple[str, int | None, float | None]:
     """What this worker's try is really doing, from its own files and processes (never the record alone):
-    (status, exit code, when it ended). A try with an exit signal is never running."""
+    (status, exit code, when it ended). A try with an exit signal is never running; a group is this try's
+    only while a member carries this run's tag (a pid file can be hours old, its id someone else's)."""
     if record.issue_number is None:
         return "idle", None, None
     code = run.files.read_signal(record.worker_id, record.try_id)
@@ -39,7 +41,7 @@ def _try_state(run: Run, record: WorkerRecord) -> tuple[str, int | None, float |
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     if group is None:
         return ("starting" if record.launched else "waiting"), None, None
-    if runner.group_alive(group):
+    if set(runner.group_members(group)) & ours():
         return "running", None, None
     return "gone", None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
 
@@ -47,6 +49,15 @@ def _try_state(run: Run, record: WorkerRecord) -> tuple[str, int | None, float |
 def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     records = run.files.load_workers(run.num_workers)
+    tagged: list[set[int]] = []
+
+    def ours() -> set[int]:
+        """Every process of any try of this run, from one pass over /proc, made only if some try needs it."""
+        if not tagged:
+            tagged.append(set(runner.escaped_processes(f"{run.files.root}/worker-", None, var=TRY_VAR,
+                                                       prefix=True)))
+        return tagged[0]
+
     views = issue_views(run, records)
     done = completed(views)
     by_ref = {v.ref: v for v in views}
@@ -54,7 +65,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     for r in records:
         cfg = next((c for c in run.configs if c.project == r.project), None)
         issue = cfg.issue(r.issue_number) if cfg and r.issue_number is not None else None
-        status, exit_code, ended = _try_state(run, r)
+        status, exit_code, ended = _try_state(run, r, ours)
         until = ended if ended is not None else now
         workers.append({
             "worker": r.worker_id, "status": status, "exit_code": exit_code, "project": r.project,
