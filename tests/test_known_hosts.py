@@ -51,6 +51,8 @@ CASES = [
     Case("a negation alone names nothing", "!other.example.com {other}\n", "unknown"),
     Case("a comma list", "a.example.com,{here},b.example.com {other}\n", "changed"),
     Case("an empty pattern in a list", "a.example.com,,{here} {other}\n", "changed"),
+    Case("a pattern of 1022 characters", "{here},{long_1022} {other}\n", "changed"),
+    Case("a pattern of 1023 characters drops the line", "{here},{long_1023} {other}\n", "unknown"),
     Case("hashed, the server's key", "{here} {key}\n", "known", hashed=True),
     Case("hashed, another key", "{here} {other}\n", "changed", hashed=True),
     Case("hashed, another host", "other.example.com {other}\n", "unknown", hashed=True),
@@ -121,7 +123,7 @@ def keys(tmp_path_factory) -> dict[str, str]:
             "cert": " ".join((folder / "ecdsa-cert.pub").read_text().split()[:2]),
             "other_truncated": base64.b64encode(other_blob[:-1]).decode(),
             "other_padded": base64.b64encode(other_blob + b"junk").decode(),
-            "salt": base64.b64encode(b"short salt").decode()}
+            "salt": base64.b64encode(b"short salt").decode(), "long_1022": "x" * 1022, "long_1023": "x" * 1023}
 
 
 def placeholders(sshd, keys: dict[str, str]) -> dict[str, str]:
