@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,21 @@ def test_accept_new_decides_again_under_the_lock_and_appends_nothing_then(sshd, 
     file.write_text("* {other}\n".format(**values))
     assert known_hosts.accept_new(file, name, presented(sshd)).status == "changed"
     assert file.read_text() == "* {other}\n".format(**values)
+
+
+def test_runs_accepting_the_same_new_host_at_once_append_one_line(sshd, tmp_path):
+    file = tmp_path / "known_hosts"
+    name = f"[127.0.0.1]:{sshd.port}"
+    start = threading.Barrier(8)
+
+    def accept() -> str:
+        start.wait()
+        return known_hosts.accept_new(file, name, presented(sshd)).status
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(lambda _: accept(), range(8)))
+    assert statuses == ["known"] * 7 + ["unknown"]
+    assert file.read_text() == f"{name} {sshd.host_key_pub}\n"
 
 
 @pytest.mark.parametrize("name", ["*", "a,b", "!x", "|1|x", "#x", "@x", "a b"])
