@@ -308,3 +308,14 @@ def test_what_accept_new_appends_ssh_reads_as_known(home, inv, sshd, tmp_path):
     assert file.read_text().splitlines()[1] == f"[localhost]:{sshd.port} {sshd.host_key_pub}"
     assert ssh_verdict(sshd, file, "localhost", None) == "known"
     assert inv("host.check").code == 0
+
+
+def test_a_known_hosts_that_is_a_directory_stops_the_host_before_connecting(home, inv, sshd, tmp_path):
+    folder = tmp_path / "known_hosts"
+    folder.mkdir()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, known_hosts=str(folder))})
+    result = inv("host.check", "--accept-new-host-key")
+    assert result.code == 1 and f"cannot read {folder}: not a regular file" in result.out, result.out
+    assert list(folder.iterdir()) == []
