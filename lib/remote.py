@@ -8,7 +8,6 @@ timed-out command's whole process group is killed on the host.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
+from lib import known_hosts as host_keys
 from lib import runner
 from lib.batch import Outcome, now_iso
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
@@ -64,79 +64,68 @@ class HostUnreachable(Exception):
     """The host could not be reached or refused us; the message says exactly why."""
 
 
-class UnknownHostKey(Exception):
-    def __init__(self, name: str, key: Any, known_hosts: Path) -> None:
-        super().__init__(f"unknown host key for {name} ({key.get_name()} {key.fingerprint}), not in {known_hosts}; "
-                         "verify it and rerun with --accept-new-host-key, or add it to that file")
+class HostKeyRefused(Exception):
+    """The host's key is not trusted (unknown, changed, revoked) or could not be recorded; the message says why."""
 
 
-class RevokedHostKey(Exception):
-    def __init__(self, name: str, key: Any, known_hosts: Path) -> None:
-        super().__init__(f"host key for {name} ({key.get_name()} {key.fingerprint}) is REVOKED in {known_hosts}; "
-                         "refusing to connect")
+def _refusal(verdict: host_keys.Verdict, key: Any, known_hosts: Path) -> HostKeyRefused:
+    shown = f"{key.get_name()} {key.fingerprint}"
+    if verdict.status == "revoked":
+        return HostKeyRefused(f"host key for {verdict.name} ({shown}) is REVOKED in {known_hosts} "
+                              f"({verdict.describe_lines()}); refusing to connect")
+    if verdict.status == "changed":
+        return HostKeyRefused(
+            f"host key CHANGED for {verdict.name} ({shown}; {known_hosts} has another key for it: "
+            f"{verdict.describe_lines()}); refusing to connect: if the host really was reinstalled, "
+            f"remove those lines from {known_hosts}")
+    return HostKeyRefused(f"unknown host key for {verdict.name} ({shown}), not in {known_hosts}; "
+                          "verify it and rerun with --accept-new-host-key, or add it to that file")
 
 
-def load_known_hosts(client: Any, known_hosts: Path) -> set[str]:
-    """The file's keys into the client, read as OpenSSH reads it; returns the keys of its @revoked lines.
-
-    paramiko's own loader stops at a line it cannot parse (a @cert-authority
-    line, say, common in a user's known_hosts) and knows nothing of @revoked;
-    here such lines are skipped, and a revoked key is never trusted.
-    """
-    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
-    from paramiko.ssh_exception import SSHException
-
-    revoked: set[str] = set()
-    entries = []
-    for number, line in enumerate(known_hosts.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        line = line.strip()
-        if line.startswith("@revoked ") and len(line.split()) >= 4:
-            revoked.add(line.split()[3])
-        if not line or line.startswith(("#", "@")):  # @cert-authority: paramiko has no host certificates
-            continue
-        try:
-            entry = HostKeyEntry.from_line(line, number)
-        except (InvalidHostKey, SSHException, ValueError):
-            continue
-        if entry is not None:
-            entries.append(entry)
-    keys = client.get_host_keys()
-    for entry in entries:
-        if entry.key.get_base64() not in revoked:
-            for name in entry.hostnames:
-                keys.add(name, entry.key.get_name(), entry.key)
-    return revoked
-
-
-def _policies(known_hosts: Path, accept_new: bool, revoked: set[str]) -> Any:
+def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool) -> Any:
     from paramiko import MissingHostKeyPolicy
 
-    class Refuse(MissingHostKeyPolicy):
-        """Unknown keys are refused (Fabric's default, AutoAddPolicy, would accept any)."""
+    class CheckHostKey(MissingHostKeyPolicy):
+        """Judges every server key by lib.known_hosts, right after the handshake and before we authenticate.
+
+        paramiko is given no host keys of its own (its lookup knows neither patterns nor @revoked), so it
+        asks this policy for every connection. With accept_new, like ssh's accept-new, a host no line
+        names is trusted and appended; a changed or revoked key is refused all the same."""
 
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            if key.get_base64() in revoked:
-                raise RevokedHostKey(hostname, key, known_hosts)
-            raise UnknownHostKey(hostname, key, known_hosts)
+            verdict = host_keys.verdict(known, key)
+            if verdict.status == "unknown" and accept_new:
+                try:
+                    verdict = host_keys.accept_new(known_hosts, known.name, key)
+                except OSError as err:
+                    raise HostKeyRefused(f"cannot add the host key for {known.name} to {known_hosts}: "
+                                         f"{err.strerror or err}; refusing to connect") from None
+                if verdict.status == "unknown":  # appended
+                    return
+            if verdict.status != "known":
+                raise _refusal(verdict, key, known_hosts)
 
-    class AcceptNew(MissingHostKeyPolicy):
-        """Like ssh's accept-new: a host never seen is trusted and remembered. A changed key
-        never reaches a policy (paramiko raises BadHostKeyException), so it stays refused."""
+    return CheckHostKey()
 
-        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-            if key.get_base64() in revoked:
-                raise RevokedHostKey(hostname, key, known_hosts)
-            known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Appended, never rewritten: the file may hold lines paramiko cannot parse.
-            with open(known_hosts, "ab+") as out:
-                fcntl.flock(out, fcntl.LOCK_EX)  # another run accepting at once appends after us, not inside
-                if out.seek(0, os.SEEK_END):
-                    out.seek(-1, os.SEEK_END)
-                    if out.read(1) != b"\n":  # a hand-edited last line without one stays a line of its own
-                        out.write(b"\n")
-                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
 
-    return AcceptNew() if accept_new else Refuse()
+def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any]:
+    """A transport factory for paramiko that, as ssh does, asks the host first for the key types the file
+    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key."""
+    from paramiko import Transport
+
+    preferred = known.key_types()
+
+    def rank(algorithm: str) -> int:
+        key_type = host_keys.BLOB_TYPES.get(algorithm, algorithm)
+        return preferred.index(key_type) if key_type in preferred else len(preferred)
+
+    def factory(sock: Any, **kwargs: Any) -> Any:
+        transport = Transport(sock, **kwargs)
+        options = transport.get_security_options()
+        options.key_types = sorted(options.key_types, key=rank)
+        return transport
+
+    return factory
 
 
 def known_hosts_file(host: Host) -> Path:
@@ -155,25 +144,20 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
                               "channel_timeout": timeout}
     if host.key_file is not None:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
-    connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
     known_hosts = known_hosts_file(host)
     where = f"{host.name} ({host.address})"
-    revoked: set[str] = set()
-    if known_hosts.is_file():
-        try:
-            revoked = load_known_hosts(connection.client, known_hosts)
-        except OSError as err:
-            raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
-    connection.client.set_missing_host_key_policy(_policies(known_hosts, accept_new_host_key, revoked))
+    try:
+        known = host_keys.read(known_hosts, host_keys.host_name(host.host, host.port))
+    except OSError as err:
+        raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
+    kwargs["transport_factory"] = _offering_known_key_types_first(known)
+    connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
+    connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, accept_new_host_key))
     try:
         connection.open()
-    except (UnknownHostKey, RevokedHostKey) as err:
+    except HostKeyRefused as err:
+        connection.client.close()  # the handshake's transport is still up
         raise HostUnreachable(f"{where}: {err}") from None
-    except paramiko.BadHostKeyException as err:
-        raise HostUnreachable(
-            f"{where}: host key CHANGED ({err.key.get_name()} {err.key.fingerprint}, {known_hosts} has "
-            f"{err.expected_key.fingerprint}); refusing to connect: if the host really was reinstalled, "
-            f"remove its old line from {known_hosts}") from None
     except paramiko.AuthenticationException as err:
         raise HostUnreachable(f"{where}: authentication failed"
                               f"{f' with key {host.key_file}' if host.key_file else ''}: {err}") from None
