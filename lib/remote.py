@@ -70,19 +70,20 @@ class HostKeyRefused(Exception):
 
 def _refusal(verdict: host_keys.Verdict, key: Any, known_hosts: Path) -> HostKeyRefused:
     shown = f"{key.get_name()} {key.fingerprint}"
+    files = " and ".join(dict.fromkeys(entry.source or str(known_hosts) for entry in verdict.lines))
     if verdict.status == "revoked":
-        return HostKeyRefused(f"host key for {verdict.name} ({shown}) is REVOKED in {known_hosts} "
+        return HostKeyRefused(f"host key for {verdict.name} ({shown}) is REVOKED in {files} "
                               f"({verdict.describe_lines()}); refusing to connect")
     if verdict.status == "changed":
         return HostKeyRefused(
-            f"host key CHANGED for {verdict.name} ({shown}; {known_hosts} has another key for it: "
+            f"host key CHANGED for {verdict.name} ({shown}; {files} has another key for it: "
             f"{verdict.describe_lines()}); refusing to connect: if the host really was reinstalled, "
-            f"remove those lines from {known_hosts}")
+            f"remove those lines from {files}")
     return HostKeyRefused(f"unknown host key for {verdict.name} ({shown}), not in {known_hosts}; "
                           "verify it and rerun with --accept-new-host-key, or add it to that file")
 
 
-def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool) -> Any:
+def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_keys.Known, accept_new: bool) -> Any:
     from paramiko import MissingHostKeyPolicy
 
     class CheckHostKey(MissingHostKeyPolicy):
@@ -96,7 +97,7 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool
             verdict = host_keys.verdict(known, key)
             if verdict.status == "unknown" and accept_new:
                 try:
-                    verdict = host_keys.accept_new(known_hosts, known.name, key)
+                    verdict = host_keys.accept_new(known_hosts, known.name, key, also=system)
                 except OSError as err:
                     raise HostKeyRefused(f"cannot add the host key for {known.name} to {known_hosts}: "
                                          f"{err.strerror or err}; refusing to connect") from None
@@ -146,13 +147,21 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
     known_hosts = known_hosts_file(host)
     where = f"{host.name} ({host.address})"
+    name = host_keys.host_name(host.host, host.port)
     try:
-        known = host_keys.read(known_hosts, host_keys.host_name(host.host, host.port))
+        own = host_keys.read(known_hosts, name)
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
+    try:
+        system = host_keys.read_global(name)  # as ssh does, whatever file hosts.toml names
+    except OSError as err:
+        raise HostUnreachable(f"{where}: cannot read {err.filename or 'a global known_hosts file'}: "
+                              f"{err.strerror or err}") from None
+    known = host_keys.merged(own, system)
     kwargs["transport_factory"] = _offering_known_key_types_first(known)
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
-    connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, accept_new_host_key))
+    connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
+                                                                   accept_new_host_key))
     try:
         connection.open()
     except HostKeyRefused as err:
