@@ -160,6 +160,39 @@ def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project
     assert {i["number"]: i["status"] for i in proj.doc()["issues"]} == {1: "completed", 2: "completed"}
 
 
+def _config(tmp_path: Path, **extra):
+    from orchestrator.config import parse_config
+
+    doc = {"project": "p", "repo_path": str(tmp_path / "repo"), "branch_prefix": "feature/issue-",
+           "pipeline": ["implement", "review"], "issues": [{"number": 7, "title": "t"}], **extra}
+    return parse_config(tmp_path / "p-issues.json", doc)
+
+
+def test_every_stage_prompt_states_what_the_agent_may_and_may_not_do(tmp_path_factory):
+    from orchestrator import prompts
+
+    cfg = _config(tmp_path_factory.mktemp("prompts"))
+    text = prompts.render(cfg, cfg.issue(7), 1, "/w/issue-7", "feature/issue-7")
+    for rule in ("Commit on the branch feature/issue-7 only",
+                 "Never push: the orchestrator pushes your commits itself.",
+                 "Never change git config",
+                 "Never write outside your worktree /w/issue-7"):
+        assert rule in text
+    assert "uncommitted work is lost" not in text
+    assert ("Work left uncommitted is not lost (it stays in the worktree, and cleanup keeps it), but it does "
+            "not count: a stage ends only with at least one new commit on this branch.") in text
+
+
+def test_a_custom_stage_prompt_keeps_the_rules(tmp_path_factory):
+    from orchestrator import prompts
+
+    cfg = _config(tmp_path_factory.mktemp("prompts"), prompts={"implement": "Do {{issue.title}}.", "review": "Review.\n{{rules}}\nBye."})
+    custom = prompts.render(cfg, cfg.issue(7), 0, "/w/issue-7", "feature/issue-7")
+    assert custom.startswith("Do t.") and custom.count("Never push") == 1
+    placed = prompts.render(cfg, cfg.issue(7), 1, "/w/issue-7", "feature/issue-7")
+    assert placed.startswith("Review.\n") and placed.endswith("Bye.") and placed.count("Never push") == 1
+
+
 def test_a_worktree_whose_git_file_points_elsewhere_gets_no_sandboxed_agent(project, tmp_path):
     from lib.errors import OrchestratorError
     from orchestrator.config import load_config
