@@ -149,7 +149,7 @@ def test_dry_run_says_whether_bwrap_runs_here_and_a_bwrap_sandbox_where_it_canno
     assert "sandbox: \"bwrap\" cannot be used here: bwrap is not installed" in missing.stderr
 
     sandboxed = launch("--dry-run")
-    assert sandboxed.returncode == 0 and "(dry run) sandbox (demo): bwrap: agents write their worktree" in sandboxed.stdout
+    assert sandboxed.returncode == 0 and "(dry run) sandbox (demo): bwrap: agents write their worktree, the git dir's objects" in sandboxed.stdout
 
 
 BAD_SANDBOX = [
@@ -178,6 +178,21 @@ def test_a_writable_path_that_would_open_the_repository_or_the_worktrees_is_refu
         result = launch("--dry-run")
         assert result.returncode == 2, result.stderr
         assert f"sandbox_writable[0]: {entry!r} would make {what} (" in result.stderr
+
+
+def test_a_writable_path_that_would_open_the_orchestrators_own_state_is_refused(project):
+    """The monitor trusts each try's exit-code file under ORCHESTRATOR_HOME: no agent may write there."""
+    require_tool("bwrap")
+    proj = project([{"number": 1, "title": "one"}], sandbox="bwrap")
+    doc = proj.doc()
+    doc["sandbox_writable"] = [str(proj.home / "state")]
+    proj.config.write_text(json.dumps(doc))
+
+    result = launch("--dry-run")
+
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {proj.config}: sandbox_writable: {str(proj.home / 'state')!r} would make "
+                             f"ORCHESTRATOR_HOME ({proj.home}) writable to agents\n")
 
 
 def test_the_default_writable_paths_follow_the_agent_kind(tmp_path, monkeypatch):

@@ -194,6 +194,8 @@ def preflight(run: Run) -> Preflight:
     agents = [check for cfg in run.configs if (check := check_agent(cfg, problems))]
     bwrap_problem = sandbox.bwrap_problem()
     for cfg in run.configs:
+        if cfg.sandbox != "none":
+            problems += sandbox.writable_problems(cfg)
         if cfg.sandbox == "bwrap" and bwrap_problem:
             problems.append(f"{cfg.path}: sandbox: \"bwrap\" cannot be used here: {bwrap_problem}")
     if problems:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import OrchestratorError
+from lib.paths import Paths
 from orchestrator import worktrees
 from orchestrator.config import ProjectConfig
 from orchestrator.wrapper import BWRAP_BASE
@@ -42,6 +43,18 @@ def bwrap_problem() -> str | None:
     return None
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def writable_problems(cfg: ProjectConfig) -> list[str]:
+    """sandbox_writable entries that would let an agent write the orchestrator's home (its state: the exit-code
+    files the monitor trusts, the config). The repositories and worktrees are checked when the config loads."""
+    home = Path(os.path.realpath(Paths.from_env().home))
+    return [f"{cfg.path}: sandbox_writable: {str(path)!r} would make ORCHESTRATOR_HOME ({home}) writable to agents"
+            for path in cfg.sandbox_writable if _overlaps(Path(os.path.realpath(path)), home)]
+
+
 def _git_path(worktree: Path, option: str) -> Path:
     return Path(worktrees.git(worktree, "rev-parse", "--path-format=absolute", option).strip())
 
@@ -50,6 +63,9 @@ def try_sandbox(cfg: ProjectConfig, repo: Path, worktree: Path, branch: str, pro
     """The try spec's `sandbox` (None: no sandbox); refuses a worktree whose git dir is not its repository's."""
     if cfg.sandbox == "none":
         return None
+    problems = writable_problems(cfg)
+    if problems:
+        raise OrchestratorError(problems[0])
     common = _git_path(repo, "--git-common-dir").resolve()
     admin = _git_path(worktree, "--git-dir").resolve()
     dot_git = worktree / ".git"
@@ -62,6 +78,9 @@ def try_sandbox(cfg: ProjectConfig, repo: Path, worktree: Path, branch: str, pro
             or not points_back:
         raise OrchestratorError(f"worktree {worktree}: its git dir {admin} is not one of {repo}'s worktrees; "
                                 "not starting a sandboxed agent there")
+    if (common / "reftable").exists():
+        raise OrchestratorError(f"{repo} keeps its refs in one reftable: a sandbox cannot let an agent update its "
+                                "branch without every other ref; use sandbox \"none\" for it")
     parts = branch.split("/")[:-1]
     refs_dir = common.joinpath("refs", "heads", *parts)
     logs_dir = common.joinpath("logs", "refs", "heads", *parts)
@@ -83,8 +102,8 @@ def describe(cfg: ProjectConfig) -> str:
         return (f"sandbox ({cfg.project}): none: agents can write the main checkout, sibling worktrees, "
                 "the shared .git/config, and push (see README: Proof workers, Safety)")
     state = ", ".join(_home_relative(p) for p in cfg.sandbox_writable) or "nothing else"
-    return (f"sandbox ({cfg.project}): bwrap: agents write their worktree, their branch in the git dir, "
-            f"a private /tmp and {state}")
+    return (f"sandbox ({cfg.project}): bwrap: agents write their worktree, the git dir's objects and their "
+            f"branch's ref directory, a private /tmp and {state}")
 
 
 def _home_relative(path: Path) -> str:
