@@ -75,6 +75,7 @@ if number == "1":
     attempt("ssh agent socket", lambda: connect(targets["agent_socket"]))
     attempt("ssh key", read_key)
     attempt("the monitor process", kill_monitor)
+    attempt("the tmux server's socket", lambda: connect(targets["tmux_socket"]))
     attempt("remount / writable", lambda: subprocess.run(["mount", "-o", "remount,rw", "/"], check=True,
                                                          capture_output=True))
     results["env"] = {k: os.environ.get(k) for k in ("SSH_AUTH_SOCK", "GIT_ASKPASS", "TMUX")}
@@ -89,7 +90,8 @@ results_file.write_text(json.dumps(results, indent=1))
 ESCAPES = ["sibling worktree", "sibling's HEAD",
            ".git/config by git", ".git/config by hand", "a hook", "own .git file", "own commondir",
            "main branch ref", "push to origin", "push to a file:// url", "the remote by hand",
-           "ssh agent socket", "ssh key", "the monitor process", "remount / writable"]
+           "ssh agent socket", "ssh key", "the monitor process", "the tmux server's socket",
+           "remount / writable"]
 
 
 @pytest.fixture(params=["under /tmp", "outside /tmp"])
@@ -102,7 +104,8 @@ def tmp_path(request, tmp_path_factory):
     return base
 
 
-def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project, tmp_path, monkeypatch):
+def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project, tmp_path, tmux_socket,
+                                                                         monkeypatch):
     require_tool("bwrap")
     state = tmp_path / "agent-state"  # the agent's own state dir: writable, holds its script and results
     state.mkdir()
@@ -119,6 +122,8 @@ def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project
     agent_socket.listen(1)
     monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
     monkeypatch.setenv("GIT_ASKPASS", "/bin/echo")
+    (tmp_path / "tmux").mkdir()  # the tmux server's socket outside /tmp too in the second layout
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path / "tmux"))
     command = " ".join([shlex.quote(sys.executable), shlex.quote(str(state / "attacker.py")),
                         shlex.quote(str(state)) + "/results-{{issue.number}}.json",
                         shlex.quote(str(state / "targets.json")), "{{issue.number}}"])
@@ -131,7 +136,8 @@ def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project
         "main": str(proj.repo), "sibling": str(sibling), "sibling_head": str(git_dir / "worktrees" / "issue-2" / "HEAD"),
         "config": str(git_dir / "config"), "hooks": str(git_dir / "hooks"),
         "commondir": str(git_dir / "worktrees" / "issue-1" / "commondir"), "remote": str(proj.remote),
-        "agent_socket": str(tmp_path / "agent.sock"), "ssh_key": str(ssh / "id_test"), "monitor_pid": os.getpid()}))
+        "agent_socket": str(tmp_path / "agent.sock"), "ssh_key": str(ssh / "id_test"), "monitor_pid": os.getpid(),
+        "tmux_socket": f"{os.environ.get('TMUX_TMPDIR', '/tmp')}/tmux-{os.getuid()}/{tmux_socket.socket_name}"}))
     config_before = (git_dir / "config").read_bytes()
     main_before = git(proj.repo, "rev-parse", "refs/heads/main")
 
@@ -208,4 +214,20 @@ def test_a_worktree_whose_git_file_points_elsewhere_gets_no_sandboxed_agent(proj
     (mine / ".git").write_text((other / ".git").read_text())  # an earlier, unsandboxed try did this
 
     with pytest.raises(OrchestratorError, match="is not one of .*'s worktrees; not starting a sandboxed agent"):
+        try_sandbox(cfg, proj.repo, mine, "feature/issue-1", tmp_path / "p.md")
+
+
+def test_a_monitor_started_by_hand_still_refuses_a_writable_orchestrator_home(project, tmp_path):
+    """launch's preflight refuses it too; a monitor started without launch must not start such a try."""
+    from dataclasses import replace
+
+    from lib.errors import OrchestratorError
+    from orchestrator.config import load_config
+    from orchestrator.sandbox import try_sandbox
+
+    proj = project([{"number": 1, "title": "one"}], sandbox="bwrap")
+    cfg = replace(load_config(proj.config), sandbox_writable=(proj.home,))
+    base = tmp_path / "worktrees"
+    mine = worktrees.ensure_worktree(proj.repo, "main", base, base / "issue-1", "feature/issue-1")
+    with pytest.raises(OrchestratorError, match="would make ORCHESTRATOR_HOME .* writable to agents"):
         try_sandbox(cfg, proj.repo, mine, "feature/issue-1", tmp_path / "p.md")
