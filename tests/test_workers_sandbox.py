@@ -231,3 +231,20 @@ def test_a_monitor_started_by_hand_still_refuses_a_writable_orchestrator_home(pr
     mine = worktrees.ensure_worktree(proj.repo, "main", base, base / "issue-1", "feature/issue-1")
     with pytest.raises(OrchestratorError, match="would make ORCHESTRATOR_HOME .* writable to agents"):
         try_sandbox(cfg, proj.repo, mine, "feature/issue-1", tmp_path / "p.md")
+
+
+def test_a_monitor_where_bwrap_cannot_run_starts_no_unsandboxed_agent_and_says_why(project, tmp_path, monkeypatch):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], sandbox="bwrap")
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    (broken / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+
+    assert failed == 1 and proj.issue(1)["status"] == "failed"
+    errors = [e for e in proj.events() if e["action"] == "error"]
+    assert errors and all("sandbox \"bwrap\" cannot be used here" in e["error"] and
+                          "No permissions to creating new namespace" in e["error"] for e in errors)
+    assert not (proj.script.parent / "runs").exists(), "an agent ran although its sandbox could not be made"

@@ -66,6 +66,9 @@ def try_sandbox(cfg: ProjectConfig, repo: Path, worktree: Path, branch: str, pro
     problems = writable_problems(cfg)
     if problems:
         raise OrchestratorError(problems[0])
+    problem = bwrap_problem()  # launch checked it; a monitor started by hand, or elsewhere, has not
+    if problem:
+        raise OrchestratorError(f"sandbox \"bwrap\" cannot be used here: {problem}")
     common = _git_path(repo, "--git-common-dir").resolve()
     admin = _git_path(worktree, "--git-dir").resolve()
     dot_git = worktree / ".git"
