@@ -248,3 +248,17 @@ def test_a_monitor_where_bwrap_cannot_run_starts_no_unsandboxed_agent_and_says_w
     assert errors and all("sandbox \"bwrap\" cannot be used here" in e["error"] and
                           "No permissions to creating new namespace" in e["error"] for e in errors)
     assert not (proj.script.parent / "runs").exists(), "an agent ran although its sandbox could not be made"
+
+
+def test_the_readme_lists_everything_the_sandbox_hides_drops_and_sets():
+    from conftest import ROOT
+    from orchestrator import wrapper
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    section = readme[readme.index("*What an agent can reach.*"):readme.index("## Development")]
+    for name in wrapper.SANDBOX_DROPPED_ENV:
+        assert f"`{name}`" in section, name
+    for name in wrapper.SANDBOX_HIDDEN_HOME:
+        assert f"`~/{name}`" in section, name
+    for key, value in wrapper.SANDBOX_GIT_CONFIG:
+        assert f"`{key}={value}`" in section, key

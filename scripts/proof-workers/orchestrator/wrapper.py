@@ -24,13 +24,15 @@ REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"
 # processes, every capability dropped (bwrap keeps them when started by root). The network stays.
 BWRAP_BASE = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
               "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")
-# What would let a sandboxed agent push, or reach the tmux server that drives every pane: not passed in.
+# What would let a sandboxed agent push, or reach the tmux server that drives every pane or the desktop
+# session: not passed in.
 SANDBOX_DROPPED_ENV = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_SSH", "GIT_SSH_COMMAND",
                        "GH_TOKEN", "GITHUB_TOKEN", "GH_ENTERPRISE_TOKEN", "GITLAB_TOKEN", "GL_TOKEN", "CI_JOB_TOKEN",
-                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "TMUX_TMPDIR", "GPG_AGENT_INFO")
+                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "TMUX_TMPDIR", "GPG_AGENT_INFO",
+                       "DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY")
 # Files and directories under $HOME with keys or credentials: hidden (an empty directory, or /dev/null).
 SANDBOX_HIDDEN_HOME = (".ssh", ".gnupg", ".git-credentials", ".config/git/credentials", ".netrc", ".config/gh",
-                       ".config/glab-cli", ".docker", ".aws", ".kube")
+                       ".config/glab-cli", ".docker", ".aws", ".kube", ".Xauthority")
 # git config for every git the agent starts: no credential helper (an empty value clears the list), no
 # automatic gc or maintenance (they would rewrite the read-only shared parts of the git dir), no signing
 # (the keys are hidden).
