@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import project, tmux_socket  # noqa: F401
 
 from conftest import git, require_tool
 from orchestrator import worktrees
