@@ -15,7 +15,7 @@ from lib import runner
 from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import prompts, tmux, worktrees
+from orchestrator import prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -88,7 +88,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)),
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
-                    "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)}}
+                    "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
+            "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
+                                           prompt)}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +22,16 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
 MAX_WORKERS = 64
+SANDBOXES = ("none", "bwrap")
+AGENT_KINDS = ("claude", "codex", "gemini")
+# What each known agent writes outside its worktree (its login, settings, sessions): writable in the sandbox.
+AGENT_STATE_PATHS = {
+    "claude": ("~/.claude", "~/.claude.json", "~/.local/state/claude"),
+    "codex": ("~/.codex",),
+    "gemini": ("~/.gemini",),
+}
+PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its value is known only per try
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class ProjectConfig:
     tmux_socket: str | None = None
     agent_command: str = DEFAULT_AGENT_COMMAND
     prompts: dict[str, str] = field(default_factory=dict)
+    sandbox: str = "none"
+    sandbox_writable: tuple[Path, ...] = ()
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -136,6 +150,59 @@ def _template_problem(template: str, allowed: tuple[str, ...]) -> str | None:
     if "{{" in PLACEHOLDER.sub("", template) or "}}" in PLACEHOLDER.sub("", template):
         return "unbalanced {{ or }}"
     return None
+
+
+def agent_words(command: str) -> tuple[dict[str, str], list[str]]:
+    """The agent_command's leading `NAME=value` assignments and the words after them (placeholders as words).
+
+    Raises ValueError when the shell could not split it either (an unclosed quote).
+    """
+    words = shlex.split(PLACEHOLDER.sub(PLACEHOLDER_WORD, command))
+    assignments: dict[str, str] = {}
+    while words and ASSIGNMENT.match(words[0]):
+        name, value = words.pop(0).split("=", 1)
+        assignments[name] = value
+    if words[:1] == ["exec"]:
+        words.pop(0)
+    return assignments, words
+
+
+def agent_kind(command: str) -> str | None:
+    """claude, codex or gemini when the agent_command runs that CLI (by its first word's name), else None."""
+    try:
+        words = agent_words(command)[1]
+    except ValueError:
+        return None
+    name = os.path.basename(words[0]) if words else ""
+    return name if name in AGENT_KINDS else None
+
+
+def _sandbox(raw: dict[str, Any], check: _Checker, agent: str, repos: dict[str, RepoConfig]) -> tuple[str, tuple[Path, ...]]:
+    kind = check.get(raw, "sandbox", "str", "none")
+    if kind not in SANDBOXES:
+        check.bad("sandbox", f"unknown sandbox {kind!r} (known: {', '.join(SANDBOXES)})")
+    default = list(AGENT_STATE_PATHS.get(agent_kind(agent) or "", ()))
+    entries = check.get(raw, "sandbox_writable", "list", default)
+    paths: list[Path] = []
+    for index, entry in enumerate(entries):
+        where = f"sandbox_writable[{index}]"
+        if not isinstance(entry, str) or not entry.strip():
+            check.bad(where, f"must be a path, got {json.dumps(entry)[:60]}")
+            continue
+        path = Path(os.path.normpath(Path(entry).expanduser()))
+        if not path.is_absolute():
+            check.bad(where, f"must be an absolute path or start with ~/, got {entry!r}")
+            continue
+        guarded = [(f"repo {r.name}", r.path) for r in repos.values()] + \
+            [(f"repo {r.name}'s worktree_base", r.worktree_base) for r in repos.values()]
+        real = Path(os.path.realpath(path))
+        for what, target in guarded:
+            if real == target or real in target.parents or target in real.parents:
+                check.bad(where, f"{entry!r} would make {what} ({target}) writable to every agent")
+                break
+        else:
+            paths.append(path)
+    return kind, tuple(paths)
 
 
 def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoConfig]:
@@ -298,6 +365,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     problem = _template_problem(agent, AGENT_PLACEHOLDERS)
     if problem or not agent.strip():
         check.bad("agent_command", problem or "must not be empty")
+    sandbox, sandbox_writable = _sandbox(raw, check, agent, repos)
     prompts = check.get(raw, "prompts", "dict", {})
     for stage, template in prompts.items():
         if stage not in VALID_STAGES:
@@ -309,7 +377,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), **timings)
+        agent_command=agent, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

@@ -31,6 +31,24 @@ TRY_VAR = "ORCHESTRATOR_TRY"
 LEFTOVER_GRACE_S = 2.0
 REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
             "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
+# The sandbox: bubblewrap with the root read-only, /dev, /proc and /tmp of its own, no view of other
+# processes, every capability dropped (bwrap keeps them when started by root). The network stays.
+BWRAP_BASE = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+              "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")
+# What would let a sandboxed agent push, or reach the tmux server that drives every pane or the desktop
+# session: not passed in.
+SANDBOX_DROPPED_ENV = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_SSH", "GIT_SSH_COMMAND",
+                       "GH_TOKEN", "GITHUB_TOKEN", "GH_ENTERPRISE_TOKEN", "GITLAB_TOKEN", "GL_TOKEN", "CI_JOB_TOKEN",
+                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "TMUX_TMPDIR", "GPG_AGENT_INFO",
+                       "DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY")
+# Files and directories under $HOME with keys or credentials: hidden (an empty directory, or /dev/null).
+SANDBOX_HIDDEN_HOME = (".ssh", ".gnupg", ".git-credentials", ".config/git/credentials", ".netrc", ".config/gh",
+                       ".config/glab-cli", ".docker", ".aws", ".kube", ".Xauthority")
+# git config for every git the agent starts: no credential helper (an empty value clears the list), no
+# automatic gc or maintenance (they would rewrite the read-only shared parts of the git dir), no signing
+# (the keys are hidden).
+SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance.auto", "false"),
+                      ("commit.gpgSign", "false"), ("tag.gpgSign", "false"))
 
 
 def _stamp() -> str:
@@ -43,6 +61,56 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The bwrap command line (ending in `--`) for a try spec's `sandbox`, for an agent started with `env`.
+
+    Order matters, later mounts cover earlier ones: the read-only root and a private /tmp; the git dir and
+    the prompt made visible again (they may live under /tmp); the writable parts (the agent's state dirs,
+    then the worktree and what a commit on its branch writes in the git dir); read-only on top of those
+    the files that tie the worktree to its repository; last the secrets, hidden even inside writable parts.
+    """
+    argv = list(BWRAP_BASE)
+    runtime = f"/run/user/{os.getuid()}"  # agent sockets (gpg, ssh, keyrings)
+    if os.path.isdir(runtime):
+        argv += ["--tmpfs", runtime]
+    for path in box.get("visible", []):
+        argv += ["--ro-bind-try", path, path]
+    for path in box.get("state", []):
+        argv += ["--bind-try", path, path]
+    for path in box.get("writable", []):
+        argv += ["--bind", path, path]
+    for path in box.get("read_only", []):
+        argv += ["--ro-bind-try", path, path]
+    home = env.get("HOME", "")
+    hidden = [os.path.join(home, name) for name in SANDBOX_HIDDEN_HOME] if home.startswith("/") else []
+    for var in ("SSH_AUTH_SOCK", "TMUX"):  # $TMUX is "socket,pid,session"
+        value = env.get(var, "").split(",")[0]
+        if value.startswith("/"):
+            hidden.append(value)
+    if env.get("TMUX_TMPDIR", "").startswith("/"):
+        hidden.append(os.path.join(env["TMUX_TMPDIR"], f"tmux-{os.getuid()}"))
+    keep = [os.path.realpath(p) for p in (box["worktree"], *box.get("visible", []), *box.get("writable", []))]
+    for path in dict.fromkeys(os.path.realpath(p) for p in hidden):  # where a symlink leads is what to hide
+        if any(k == path or k.startswith(path.rstrip("/") + "/") for k in keep):
+            continue  # never cover the worktree or the git dir (a link from ~/.ssh to a parent of them)
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+        elif os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
+    return argv + ["--chdir", box["worktree"], "--"]
+
+
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment a sandboxed agent gets: no agent sockets, askpass programs, tokens or tmux handles."""
+    env = {k: v for k, v in env.items() if k not in SANDBOX_DROPPED_ENV
+           and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env["GIT_CONFIG_COUNT"] = str(len(SANDBOX_GIT_CONFIG))
+    for index, (key, value) in enumerate(SANDBOX_GIT_CONFIG):
+        env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    env["TMPDIR"] = "/tmp"
+    return env
+
+
 def run(spec: dict[str, Any]) -> int:
     log_path, signal_path = Path(spec["log"]), Path(spec["signal"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,11 +118,16 @@ def run(spec: dict[str, Any]) -> int:
     label = f"worker-{spec['worker']} try {spec['try']} issue #{spec['issue']} stage {spec['stage']}"
     env = {k: v for k, v in os.environ.items() if k not in REPO_ENV}
     env.update(spec.get("env", {}))
+    argv = ["/bin/sh", "-c", spec["command"]]
+    box = spec.get("sandbox")
+    if box:
+        argv = sandbox_argv(box, env) + argv  # before sandbox_env drops the sockets it hides
+        env = sandbox_env(env)
     with open(log_path, "ab") as log:
         log.write(f"=== START {label} at {_stamp()} ===\n".encode())
         log.flush()
         try:
-            agent = subprocess.Popen(["/bin/sh", "-c", spec["command"]], cwd=spec["cwd"], env=env,
+            agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         except OSError as err:
