@@ -20,6 +20,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
 MAX_WORKERS = 64
+ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ProjectConfig:
     tmux_socket: str | None = None
     agent_command: str = DEFAULT_AGENT_COMMAND
     prompts: dict[str, str] = field(default_factory=dict)
+    on_alert: str = "warn"
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -304,12 +306,15 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
             check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES)})")
         elif not isinstance(template, str):
             check.bad(f"prompts.{stage}", "must be a string")
+    on_alert = check.get(raw, "on_alert", "str", "warn")
+    if on_alert not in ON_ALERT:
+        check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), **timings)
+        agent_command=agent, prompts=dict(prompts), on_alert=on_alert, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

@@ -11,6 +11,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.report import alert_line, paused_line
+
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
                "pending": "white", "waiting": "dim"}
 
@@ -36,12 +38,18 @@ def render(doc: dict[str, Any]) -> Group:
                            ",".join(f"#{d}" for d in i["depends_on"]) or "-")
         header = Text(f"{project['project']}: {done}/{project['total']} done   pipeline: "
                       + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"])))
-        parts.append(Panel(Group(header, ProgressBar(total=max(project["total"], 1), completed=done), issues)))
+        paused = [Text(f"{project['project']} " + paused_line(project["paused"]), style="bold yellow")
+                  ] if project.get("paused") else []
+        paused += [Text(f"#{i['number']} " + paused_line(i["paused"]), style="yellow")
+                   for i in project["issues"] if i.get("paused")]
+        parts.append(Panel(Group(header, *paused, ProgressBar(total=max(project["total"], 1), completed=done),
+                                 issues)))
     if doc["next_eligible"]:
         parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
     for failure in doc["failures"]:
         parts.append(Text(f"failure #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}",
                           style="red"))
+    parts += [Text(alert_line(alert), style="bold red") for alert in doc.get("alerts", [])[-10:]]
     return Group(*parts)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from orchestrator.monitor import issue_views
+from lib.errors import OrchestratorError, clip
+from orchestrator import alerts, pauses
+from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.queue import IssueRef, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import read_lines
+
+MAX_ALERT_LINES = 20
 
 
 def _last_line(run: Run, worker: int) -> str:
@@ -39,6 +43,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
     projects: list[dict[str, Any]] = []
     for cfg in run.configs:
+        paused = _pauses_of(run, cfg.project, now)
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
@@ -53,13 +58,13 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None})
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, [])})
         counts: dict[str, int] = {}
         for item in issues:
             counts[item["state"]] = counts.get(item["state"], 0) + 1
         projects.append({"project": cfg.project, "config": str(cfg.path), "pipeline": list(cfg.pipeline),
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
-                         "counts": counts, "issues": issues})
+                         "counts": counts, "issues": issues, "paused": paused.get(None, [])})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
     failures = [e["event"] for e in read_lines(run.files.events)[-200:]
                 if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
@@ -67,9 +72,26 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         "session": run.session, "state_dir": str(run.files.root), "workers": workers, "projects": projects,
         "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
         "failures": failures[-10:],
+        "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
-                    for p in projects for i in p["issues"]) and not held,
+                    for p in projects for i in p["issues"]) and not held
+                and not pause_holds_run(active_pauses(run, now), views),
     }
+
+
+def _pauses_of(run: Run, project: str, now: float) -> dict[int | None, list[dict[str, Any]]]:
+    """The reasons that hold now, as {reason, since, until, detail}: None -> the project's, N -> issue N's."""
+    try:
+        held = pauses.active(pauses.read(pauses.pause_file(run.state_root, project)), now)
+    except OrchestratorError as err:
+        return {None: [{"reason": "user", "since": None, "until": None, "detail": str(err)}]}
+    return {key: [{k: e.get(k) for k in ("reason", "since", "until", "detail")} for e in entries]
+            for key, entries in held.items()}
+
+
+def paused_line(entries: list[dict[str, Any]]) -> str:
+    return "; ".join(f"paused: {e['reason']}" + (f" until {e['until']}" if e.get("until") else "")
+                     + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
 
 
 def status_lines(doc: dict[str, Any]) -> list[str]:
@@ -85,11 +107,23 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append(f"{project['project']}: {counts} of {project['total']}  pipeline: "
                      + " -> ".join(project["pipeline"]))
+        if project["paused"]:
+            lines.append(paused_line(project["paused"]))
         lines.append(tabulate([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"], i["priority"],
                                 ",".join(f"#{d}" for d in i["depends_on"]) or "-"] for i in project["issues"]],
                               headers=["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
+        lines += [f"#{i['number']} {paused_line(i['paused'])}" for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
         lines.append(f"failure: #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}")
+    if len(doc["alerts"]) > MAX_ALERT_LINES:
+        lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
+    lines += [alert_line(a) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    where = f"#{alert.get('issue')}" if alert.get("issue") is not None else str(alert.get("project"))
+    worker = f" worker-{alert['worker']}" if alert.get("worker") is not None else ""
+    return f"alert: {alert.get('kind')} {where}{worker} at {alert.get('at')}: {clip(str(alert.get('detail')), 200)}"

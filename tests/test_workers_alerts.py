@@ -1,0 +1,358 @@
+"""Alerts and pauses: agents that reach outside their worktree and branch are seen, said, and (on_alert=pause) held.
+
+Real tmux on a private socket, real git with a bare remote, and a scripted rogue agent whose every try is a
+list of shell steps run in its worktree. The monitor is stepped one cycle at a time (`once`), so "no next try
+starts until resume" is asserted on cycles, not on time.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import ROOT, git
+from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+
+from orchestrator.decide import cycle_from_json, decide
+from orchestrator.monitor import monitor
+from orchestrator.run import open_run
+from orchestrator.state import read_lines
+
+PACKAGE = ROOT / "scripts" / "proof-workers"
+
+ROGUE_AGENT = r'''
+"""A scripted agent: try N of issue I runs the shell steps script[I][N] in its worktree; COMMIT commits its work."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+script_file, number, stage = sys.argv[1], sys.argv[2], sys.argv[3]
+script = json.loads(Path(script_file).read_text())
+runs = Path(script_file).parent / "runs"
+runs.mkdir(exist_ok=True)
+count_file = runs / f"{number}.count"
+attempt = int(count_file.read_text()) if count_file.exists() else 0
+count_file.write_text(str(attempt + 1))
+plan = script.get(number, [])
+steps = plan[attempt] if attempt < len(plan) else ["COMMIT"]
+os.environ.update({"GIT_AUTHOR_NAME": "Rogue", "GIT_AUTHOR_EMAIL": "rogue@example.com",
+                   "GIT_COMMITTER_NAME": "Rogue", "GIT_COMMITTER_EMAIL": "rogue@example.com",
+                   "MAIN": str(Path(subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                                                   capture_output=True, text=True).stdout.strip()).parent)})
+print(f"rogue agent: issue {number} stage {stage} try {attempt}: {steps}", flush=True)
+for step in steps:
+    if step == "COMMIT":
+        Path(f"work-{number}.txt").open("a").write(f"{stage}\n")
+        subprocess.run(["git", "add", f"work-{number}.txt"], check=True)
+        subprocess.run(["git", "commit", "-q", "-m", f"{stage} #{number}"], check=True)
+    else:
+        subprocess.run(step, shell=True, check=True)
+'''
+
+
+def rogue(project_factory, issues: list[dict[str, Any]], script: dict[int, list[list[str]]], **settings: Any):
+    proj = project_factory(issues, **{"pipeline": ["implement"], "num_workers": 1, **settings})
+    agent = proj.root / "rogue" / "agent.py"
+    agent.parent.mkdir()
+    agent.write_text(ROGUE_AGENT)
+    proj.script = agent.parent / "script.json"
+    proj.script.write_text(json.dumps({str(k): v for k, v in script.items()}))
+    doc = proj.doc()
+    doc["agent_command"] = " ".join([*map(shlex.quote, (sys.executable, str(agent), str(proj.script))),
+                                     "{{issue.number}}", "{{stage}}"])
+    proj.config.write_text(json.dumps(doc, indent=2))
+    return proj
+
+
+def cycle(lines: list[str] | None = None) -> int:
+    """One monitor cycle (reconcile first, as every monitor start does)."""
+    return monitor(open_run(), once=True, say=(lines.append if lines is not None else lambda _: None))
+
+
+def try_ended(proj, worker: int, try_id: int) -> None:
+    signal = proj.state / "signals" / f"worker-{worker}-try-{try_id}.exit"
+    retry_until(signal.exists, seconds=60)
+
+
+def runs(proj, number: int) -> int:
+    count = proj.script.parent / "runs" / f"{number}.count"
+    return int(count.read_text()) if count.exists() else 0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def status() -> dict[str, Any]:
+    result = cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def logged_alerts(proj) -> list[dict[str, Any]]:
+    return [e for e in proj.events() if e["action"] == "alert"]
+
+
+def assert_journal_replays(proj) -> None:
+    journal = read_lines(proj.state / "journal.jsonl")
+    assert journal
+    for entry in journal:
+        snapshots, state, settings, actions = cycle_from_json(entry)
+        assert decide(snapshots, state, settings) == actions
+
+
+def test_an_agent_that_rewrites_the_shared_git_config_is_reported_and_the_run_goes_on_under_warn(project):
+    """on_alert defaults to warn: the alert is recorded (status --json, text status, jsonl log) and work goes on."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["git config core.hooksPath /tmp/agent-hooks", "git config url.file:///elsewhere/.insteadOf "
+                       "https://example.com/", "COMMIT"]]})
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    doc = status()
+    [alert] = doc["alerts"]
+    assert alert["kind"] == "git_config_changed" and alert["project"] == "demo" and alert["issue"] is None
+    assert "core.hookspath = /tmp/agent-hooks" in alert["detail"] and "insteadof" in alert["detail"]
+    assert set(alert) >= {"kind", "issue", "worker", "detail", "at"}
+    [logged] = logged_alerts(proj)
+    assert logged["kind"] == "git_config_changed" and logged["paused"] is False
+    assert doc["done"] and doc["projects"][0]["paused"] == []
+    text = cli("status").stdout
+    assert "alert: git_config_changed demo" in text and "core.hookspath" in text
+
+
+def test_with_on_alert_pause_a_config_change_holds_the_verified_stage_until_resume(project):
+    """The stage verified while the project is paused is neither pushed nor advanced; no next try starts over
+    several cycles; done stays false; resume lets it go on. Every decision replays from the journal."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["git config remote.origin.pushurl /tmp/nowhere.git", "git config --unset "
+                       "remote.origin.pushurl", "git config core.bare false", "git config core.autocrlf true",
+                       "COMMIT"]]},
+                 pipeline=["implement", "review"], on_alert="pause")
+    cycle()  # assigns #1
+    try_ended(proj, 1, 1)
+    lines: list[str] = []
+    for _ in range(3):
+        cycle(lines)
+    assert any("ALERT git_config_changed" in line for line in lines), lines
+    assert runs(proj, 1) == 1 and git(proj.remote, "branch", "--list", "feature/issue-1") == ""
+    doc = status()
+    [paused] = doc["projects"][0]["paused"]
+    assert paused["reason"] == "alert" and "git_config_changed" in paused["detail"] and paused["until"] is None
+    assert paused["since"] and not doc["done"]
+    assert "paused: alert" in cli("status").stdout
+    assert [a["kind"] for a in logged_alerts(proj)] == ["git_config_changed"]
+    assert logged_alerts(proj)[0]["paused"] is True
+
+    resumed = cli("resume")
+    assert resumed.returncode == 0 and "resumed demo: alert" in resumed.stdout, resumed.stderr
+    cycle()  # push, advance, the review try starts
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    try_ended(proj, 1, 2)
+    cycle()
+    assert proj.issue(1)["status"] == "completed" and runs(proj, 1) == 2
+    assert [a["kind"] for a in logged_alerts(proj)] == ["git_config_changed"], "an alert is raised once per run"
+    assert_journal_replays(proj)
+
+
+def test_an_agent_that_pushes_to_main_is_caught_when_its_stage_ends_and_paused_before_completion(project):
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["COMMIT", "git push -q origin HEAD:main"]]}, on_alert="pause")
+    before = git(proj.remote, "rev-parse", "main")
+    cycle()
+    try_ended(proj, 1, 1)
+    cycle()
+    cycle()
+    assert git(proj.remote, "rev-parse", "main") != before
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "default_branch_moved" and before[:12] in alert["detail"] and "main" in alert["detail"]
+    assert proj.issue(1)["status"] == "in_progress", "reported completed while main was moved behind our back"
+    assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
+    assert cli("resume", "--project", "demo").returncode == 0
+    cycle()
+    assert proj.issue(1)["status"] == "completed"
+    assert [a["kind"] for a in logged_alerts(proj)] == ["default_branch_moved"]
+
+
+def test_an_agent_that_switches_branch_is_named_and_its_retry_runs_on_the_issue_branch(project):
+    """The try ends on a rogue branch: the reason says which (never 'without a new commit'); under pause the
+    retry waits for resume; before it the worktree is put back on its branch; the rogue branch keeps its
+    commit and the untracked file the agent left stays."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["git switch -q -c rogue-branch", "COMMIT", "echo notes > left-behind.txt"], ["COMMIT"]]},
+                 on_alert="pause")
+    cycle()
+    try_ended(proj, 1, 1)
+    cycle()
+    cycle()
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "branch_switched" and alert["issue"] == 1 and alert["worker"] == 1
+    assert "rogue-branch" in alert["detail"]
+    doc = status()
+    assert doc["projects"][0]["paused"] == [] and doc["projects"][0]["issues"][0]["paused"][0]["reason"] == "alert"
+    assert "#1 paused: alert" in cli("status").stdout
+    assert runs(proj, 1) == 1
+    worktree = proj.root / "worktrees" / "issue-1"
+    rogue_head = git(worktree, "rev-parse", "rogue-branch")
+
+    assert cli("resume", "--project", "demo", "--issue", "1").returncode == 0
+    cycle()  # the retry: put back first
+    try_ended(proj, 1, 2)
+    cycle()
+    restart = next(e for e in proj.events() if e["action"] == "restart")
+    assert "rogue-branch" in restart["reason"] and "without a new commit" not in restart["reason"]
+    assert any(e["action"] == "branch_restored" and e["was_on"] == "rogue-branch" for e in proj.events())
+    assert proj.issue(1)["status"] == "completed"
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    assert git(worktree, "rev-parse", "rogue-branch") == rogue_head  # kept for inspection
+    assert git(worktree, "log", "-1", "--format=%s", "rogue-branch") == "implement #1"
+    assert (worktree / "left-behind.txt").read_text() == "notes\n"
+    assert git(worktree, "branch", "--show-current") == "feature/issue-1"
+
+
+def test_an_agent_that_commits_into_a_finished_siblings_worktree_is_a_foreign_write(project):
+    proj = rogue(project, [{"number": 1, "title": "one"}, {"number": 2, "title": "two", "depends_on": [1]}],
+                 {2: [["echo sneaky > ../issue-1/sneaky.txt", "git -C ../issue-1 add sneaky.txt",
+                       "git -C ../issue-1 commit -q -m sneaky", "COMMIT"]]}, on_alert="pause")
+    cycle()
+    try_ended(proj, 1, 1)
+    cycle()  # #1 pushed and completed
+    assert proj.issue(1)["status"] == "completed"
+    cycle()  # its dependent #2 is taken a cycle later
+    try_ended(proj, 1, 2)
+    cycle()
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "foreign_write" and alert["issue"] == 1 and "feature/issue-1" in alert["detail"]
+    assert "sneaky" in alert["detail"]
+    [logged] = logged_alerts(proj)
+    assert logged["issue"] == 1 and logged["paused"] is True
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]  # the sneaky commit was never pushed
+    assert proj.issue(2)["status"] == "completed"  # #2's own work is not held by #1's pause
+
+
+def test_an_agent_that_commits_in_the_main_checkout_pauses_the_project(project):
+    proj = rogue(project, [{"number": 1, "title": "one"}, {"number": 2, "title": "two"}],
+                 {1: [["echo x > \"$MAIN/stray.txt\"", "git -C \"$MAIN\" add stray.txt",
+                       "git -C \"$MAIN\" commit -q -m stray", "COMMIT"]]}, on_alert="pause")
+    cycle()
+    try_ended(proj, 1, 1)
+    cycle()
+    cycle()
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "foreign_write" and alert["issue"] is None and str(proj.repo) in alert["detail"]
+    assert "HEAD" in alert["detail"]
+    assert proj.issue(1)["status"] == "in_progress" and runs(proj, 2) == 0, "no try starts while paused"
+    assert not status()["done"]
+    assert cli("resume").returncode == 0
+    cycle()
+    try_ended(proj, 1, 2)
+    cycle()
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+
+
+def test_a_user_pause_lets_the_running_try_finish_and_starts_nothing_until_resume(project, inv):
+    proj = rogue(project, [{"number": 1, "title": "one"}, {"number": 2, "title": "two"}],
+                 {1: [["sleep 1", "COMMIT"]]})
+    cycle()
+    paused = inv("workers.pause", "--detail", "lunch")
+    assert paused.code == 0 and "paused demo" in paused.out, paused.err
+    try_ended(proj, 1, 1)  # the running try finished
+    cycle()
+    cycle()
+    assert proj.issue(1)["status"] == "in_progress" and runs(proj, 2) == 0
+    doc = status()
+    assert doc["projects"][0]["paused"][0]["reason"] == "user" and doc["projects"][0]["paused"][0]["detail"] == "lunch"
+    assert not doc["done"] and doc["alerts"] == []
+    assert "paused: user" in cli("status").stdout
+    again = inv("workers.resume")
+    assert again.code == 0 and "resumed demo: user" in again.out
+    assert "nothing to resume" in inv("workers.resume").out
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+    assert_journal_replays(proj)
+
+
+def test_a_rate_limit_until_a_time_lapses_by_itself_and_resume_does_not_clear_it(project):
+    from orchestrator import pauses
+
+    proj = rogue(project, [{"number": 1, "title": "one"}], {})
+    path = pauses.pause_file(proj.home / "state", "demo")
+    pauses.add(path, "rate_limit", "429", now=1000.0, until=4_000_000_000.0)
+    pauses.add(path, "budget", "spent", now=1000.0, issue=1, until=1500.0)  # lapsed long ago
+    result = cli("resume")
+    assert result.returncode == 0 and "still paused demo: rate_limit until 2096" in result.stdout
+    cycle()
+    assert runs(proj, 1) == 0 and proj.issue(1).get("status", "pending") == "pending"
+    doc = status()
+    [held] = doc["projects"][0]["paused"]
+    assert held["until"].startswith("2096") and doc["projects"][0]["issues"][0]["paused"] == []
+    assert "paused: rate_limit until 2096" in cli("status").stdout
+
+
+def test_pause_and_resume_refuse_bad_input_in_one_line_with_exit_2(project):
+    project([{"number": 1, "title": "one"}])
+    for args, words in ((["resume", "--project", "nope"], "unknown project 'nope'"),
+                        (["pause", "--issue", "9"], "issue #9 is not in the issue list"),
+                        (["resume", "--issue", "x"], "expected a whole number")):
+        result = cli(*args)
+        assert result.returncode == 2 and words in result.stderr and len(result.stderr.splitlines()) == 1, result
+
+
+def test_on_alert_must_be_warn_or_pause(project):
+    proj = project([{"number": 1, "title": "one"}], on_alert="panic")
+    result = cli("status")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {proj.config}: on_alert: must be one of warn, pause, got 'panic'"
+
+
+def test_a_corrupt_pause_file_holds_the_project_until_resume_starts_it_afresh(project):
+    proj = project([{"number": 1, "title": "one"}])
+    path = proj.home / "state" / "demo" / "paused.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{half")
+    cycle()
+    assert proj.issue(1).get("status", "pending") == "pending"
+    doc = status()
+    [held] = doc["projects"][0]["paused"]
+    assert held["reason"] == "user" and "paused.json" in held["detail"]
+    assert cli("resume").returncode == 0
+    assert (path.parent / "paused.json.corrupt").read_text() == "{half"
+    assert status()["projects"][0]["paused"] == []
+
+
+def test_putting_a_worktree_back_keeps_a_detached_commit_and_refuses_to_overwrite_uncommitted_work(make_repo,
+                                                                                                  tmp_path):
+    from orchestrator import alerts, worktrees
+
+    handle = make_repo("app")
+    base = tmp_path / "worktrees"
+    detached = worktrees.ensure_worktree(handle.path, "main", base, base / "issue-1", "feature/issue-1")
+    git(detached, "checkout", "-q", "--detach")
+    (detached / "only-here.txt").write_text("x")
+    git(detached, "add", "only-here.txt")
+    git(detached, "commit", "-q", "-m", "only here")
+    lone = git(detached, "rev-parse", "HEAD")
+    (detached / "notes.txt").write_text("uncommitted")
+
+    assert alerts.put_back_on_branch(detached, "feature/issue-1") == "a detached HEAD"
+
+    assert git(detached, "branch", "--show-current") == "feature/issue-1"
+    assert git(handle.path, "for-each-ref", "--format=%(objectname)", "refs/orchestrator-rogue/") == lone
+    assert (detached / "notes.txt").read_text() == "uncommitted"
+    assert alerts.put_back_on_branch(detached, "feature/issue-1") is None  # already there: nothing done
+
+    clash = worktrees.ensure_worktree(handle.path, "main", base, base / "issue-2", "feature/issue-2")
+    git(clash, "switch", "-q", "-c", "rogue")
+    (clash / "README.md").write_text("changed on rogue\n")
+    git(clash, "commit", "-q", "-am", "rogue change")
+    (clash / "README.md").write_text("uncommitted on top\n")
+    import pytest
+
+    with pytest.raises(worktrees.GitFailed, match="cannot put .* back on feature/issue-2 from rogue"):
+        alerts.put_back_on_branch(clash, "feature/issue-2")
+    assert git(clash, "branch", "--show-current") == "rogue"
+    assert (clash / "README.md").read_text() == "uncommitted on top\n"
