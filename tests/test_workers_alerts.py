@@ -6,6 +6,7 @@ starts until resume" is asserted on cycles, not on time.
 """
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import subprocess
@@ -16,6 +17,9 @@ from typing import Any
 from conftest import ROOT, git
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
 
+from rich.console import Console
+
+from orchestrator.dashboard import render
 from orchestrator.decide import cycle_from_json, decide
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
@@ -104,6 +108,24 @@ def assert_journal_replays(proj) -> None:
         assert decide(snapshots, state, settings) == actions
 
 
+def test_an_honest_run_with_failed_tries_and_worktrees_inside_the_repository_raises_no_alert(project):
+    """No alert lies: restarts, pushes, stage after stage on two workers, the worktrees under the main checkout
+    (created by the run, not written by an agent) and branches created by the run are all the run's own doing."""
+    proj = rogue(project, [{"number": n, "title": f"issue {n}", "depends_on": [1] if n == 3 else []}
+                           for n in (1, 2, 3)],
+                 {1: [["exit 3"], ["COMMIT"]], 2: [["COMMIT", "exit 4"]]},
+                 pipeline=["implement", "review"], num_workers=2, on_alert="pause")
+    doc = proj.doc()
+    doc["worktree_base"] = str(proj.repo / ".worktrees")
+    proj.config.write_text(json.dumps(doc))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed"] * 3
+    assert status()["alerts"] == [] and logged_alerts(proj) == []
+    assert sum(1 for e in proj.events() if e["action"] == "restart") == 2
+
+
 def test_an_agent_that_rewrites_the_shared_git_config_is_reported_and_the_run_goes_on_under_warn(project):
     """on_alert defaults to warn: the alert is recorded (status --json, text status, jsonl log) and work goes on."""
     proj = rogue(project, [{"number": 1, "title": "one"}],
@@ -145,6 +167,9 @@ def test_with_on_alert_pause_a_config_change_holds_the_verified_stage_until_resu
     assert paused["reason"] == "alert" and "git_config_changed" in paused["detail"] and paused["until"] is None
     assert paused["since"] and not doc["done"]
     assert "paused: alert" in cli("status").stdout
+    screen = io.StringIO()
+    Console(file=screen, width=200, color_system=None).print(render(doc))
+    assert "demo paused: alert" in screen.getvalue() and "alert: git_config_changed demo" in screen.getvalue()
     assert [a["kind"] for a in logged_alerts(proj)] == ["git_config_changed"]
     assert logged_alerts(proj)[0]["paused"] is True
 
@@ -356,3 +381,13 @@ def test_putting_a_worktree_back_keeps_a_detached_commit_and_refuses_to_overwrit
         alerts.put_back_on_branch(clash, "feature/issue-2")
     assert git(clash, "branch", "--show-current") == "rogue"
     assert (clash / "README.md").read_text() == "uncommitted on top\n"
+
+
+def test_launch_dry_run_of_a_paused_project_plans_no_assignment(project):
+    project([{"number": 1, "title": "one"}])
+    assert cli("pause", "--project", "demo").returncode == 0
+    plan = cli("launch", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["assignments"] == []
+    assert cli("resume").returncode == 0
+    assert [a["issue"] for a in json.loads(cli("launch", "--dry-run", "--json").stdout)["assignments"]] == [1]

@@ -42,7 +42,10 @@ def load(root: Path) -> dict[str, Any] | None:
         doc = read_json(run_file(root))
     except Exception:  # noqa: BLE001 - generated state: never let it stop the monitor or status
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("alerts"), list) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list) or not isinstance(doc.get("repos"), dict):
+        return None
+    doc["alerts"] = [a for a in doc["alerts"] if isinstance(a, dict)]
+    return doc
 
 
 def current(root: Path, configs: list[ProjectConfig], now: float) -> dict[str, Any]:
@@ -288,11 +291,15 @@ class Checks:
 
     def git_config(self, key: str, snap: dict[str, Any]) -> None:
         config_file = Path(snap["common_dir"]) / "config"
+        stat = _stat_mark(config_file)
+        if stat == snap.get("config_stat"):
+            return  # unchanged since the last look: not even read
+        snap["config_stat"] = stat
+        self.changed = True
         mark = _digest(_read_bytes(config_file))
         if mark == snap.get("config_seen", snap["config_mark"]):
             return
         snap["config_seen"] = mark
-        self.changed = True
         try:
             diff = _config_diff(snap["config"], config_entries(config_file))
         except worktrees.GitFailed as err:

@@ -13,7 +13,7 @@ from lib.paths import Paths
 from orchestrator import tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.decide import State, decide
-from orchestrator.monitor import issue_views, settings_of, worker_views
+from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
 from orchestrator.state import monitor_lock
 
@@ -76,7 +76,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     """What launch would do, computed by the same decide the monitor runs (nothing is changed)."""
     check_repos(run)
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records))
+    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
     assignments = []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:
