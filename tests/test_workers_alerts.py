@@ -391,3 +391,24 @@ def test_launch_dry_run_of_a_paused_project_plans_no_assignment(project):
     assert json.loads(plan.stdout)["assignments"] == []
     assert cli("resume").returncode == 0
     assert [a["issue"] for a in json.loads(cli("launch", "--dry-run", "--json").stdout)["assignments"]] == [1]
+
+
+def test_a_commit_into_a_held_worktree_whose_try_has_ended_is_a_foreign_write(project, tmp_path):
+    """#1's try ended (its verdict waits under a user pause); #2's agent then commits into #1's worktree. The
+    alert names #1 and no worker (who did it is not known), and says #1's try had ended."""
+    gate = tmp_path / "gate"
+    proj = rogue(project, [{"number": 1, "title": "one"}, {"number": 2, "title": "two"}],
+                 {2: [[f"while [ ! -e {gate} ]; do sleep 0.05; done", "echo x > ../issue-1/sneaky.txt",
+                       "git -C ../issue-1 add sneaky.txt", "git -C ../issue-1 commit -q -m sneaky", "COMMIT"]]},
+                 num_workers=2)
+    cycle()
+    assert cli("pause", "--issue", "1").returncode == 0
+    try_ended(proj, 1, 1)
+    cycle()  # #1's try is seen ended; its verdict waits
+    gate.write_text("go")
+    try_ended(proj, 2, 1)
+    cycle()
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "foreign_write" and alert["issue"] == 1 and alert["worker"] is None
+    assert "worker 1's try had ended" in alert["detail"] and "sneaky" in alert["detail"]
+    assert proj.issue(2)["status"] == "completed"

@@ -443,7 +443,8 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
                 stage_end.setdefault(key, f"#{record.issue_number}'s stage {record.stage} ended")
         snap = doc["repos"].get(key)
         if snap is not None and record.branch:
-            moved_since(key, ref, snap, record.worker_id, record.branch, f"worker {record.worker_id}'s try had ended")
+            # Who moved it is unknown (its own worker's try had ended): the alert names no worker.
+            moved_since(key, ref, snap, None, record.branch, f"worker {record.worker_id}'s try had ended")
     for ref, repo in repo_of.items():  # worktrees no worker holds: nobody's try may move their branch
         snap = doc["repos"].get(str(repo.path))
         if ref in held or snap is None:

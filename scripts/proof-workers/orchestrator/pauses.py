@@ -43,7 +43,10 @@ def _shape_problem(doc: Any) -> str | None:
 
 def read(path: Path) -> dict[str, Any]:
     """The pause document; a file that does not parse raises (the monitor then treats the project as paused)."""
-    doc = read_json(path, None)
+    try:
+        doc = read_json(path, None)
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot read ({err.strerror})") from None
     if doc is None:
         return _empty()
     problem = _shape_problem(doc)
