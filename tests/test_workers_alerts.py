@@ -412,3 +412,33 @@ def test_a_commit_into_a_held_worktree_whose_try_has_ended_is_a_foreign_write(pr
     assert alert["kind"] == "foreign_write" and alert["issue"] == 1 and alert["worker"] is None
     assert "worker 1's try had ended" in alert["detail"] and "sneaky" in alert["detail"]
     assert proj.issue(2)["status"] == "completed"
+
+
+def test_a_config_change_undone_and_made_again_is_a_new_alert_and_a_quiet_cycle_starts_no_git(make_repo, tmp_path,
+                                                                                               monkeypatch):
+    from orchestrator import alerts, worktrees
+    from orchestrator.config import parse_config
+
+    handle = make_repo("app")
+    cfg = parse_config(tmp_path / "p-issues.json", {"project": "p", "repo_path": str(handle.path),
+                                                    "branch_prefix": "f-", "issues": [{"number": 1, "title": "t"}]})
+    state = tmp_path / "state"
+    doc = alerts.current(state, [cfg], 1000.0)
+
+    def look() -> list[str]:
+        _, found, _ = alerts.check(doc, [cfg], [], [], 1001.0, lambda _: None, lambda text: None)
+        return [a["detail"] for a in found]
+
+    assert look() == []
+    calls: list[tuple] = []
+    real = worktrees.git
+    monkeypatch.setattr(worktrees, "git", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert look() == [] and calls == [], "a quiet cycle starts git"
+    git(handle.path, "config", "remote.origin.url", "/elsewhere.git")
+    assert ["remote.origin.url: " in d and "-> /elsewhere.git" in d for d in look()] == [True]
+    assert look() == []
+    git(handle.path, "config", "remote.origin.url", str(handle.remote))
+    assert look() == []
+    git(handle.path, "config", "remote.origin.url", "/elsewhere.git")
+    assert len(look()) == 1
+    assert len(doc["alerts"]) == 2

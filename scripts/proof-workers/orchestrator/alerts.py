@@ -286,6 +286,13 @@ class Checks:
         self.found.append(alert)
         self.changed = True
 
+    def forget(self, prefix: str) -> None:
+        """Back as at launch: the same change made again is a new alert."""
+        if any(sig.startswith(prefix) for sig in self.seen):
+            self.seen = {sig for sig in self.seen if not sig.startswith(prefix)}
+            self.doc["seen"] = [sig for sig in self.doc.get("seen", []) if not sig.startswith(prefix)]
+            self.changed = True
+
     def projects_of(self, repo_key: str) -> list[str]:
         return [cfg.project for cfg in self.configs for repo in cfg.repos.values() if str(repo.path) == repo_key]
 
@@ -304,11 +311,13 @@ class Checks:
             diff = _config_diff(snap["config"], config_entries(config_file))
         except worktrees.GitFailed as err:
             diff = [f"it no longer reads: {err}"]
-        if diff:
-            for project in self.projects_of(key):
-                self.raise_once(f"git_config_changed:{project}:{key}:{_digest(chr(10).join(diff))}",
-                                "git_config_changed", project, None, None,
-                                f"{config_file} differs from its snapshot at launch: " + "; ".join(diff))
+        for project in self.projects_of(key):
+            if not diff:
+                self.forget(f"git_config_changed:{project}:{key}:")
+                continue
+            self.raise_once(f"git_config_changed:{project}:{key}:{_digest(chr(10).join(diff))}",
+                            "git_config_changed", project, None, None,
+                            f"{config_file} differs from its snapshot at launch: " + "; ".join(diff))
 
     def main_checkout(self, key: str, snap: dict[str, Any], force: bool) -> None:
         mark = _main_mark(snap)
@@ -318,6 +327,8 @@ class Checks:
         self.changed = True
         head, status = _main_state(Path(key), snap.get("exclude"))
         if head == snap["head"] and _digest(status) == snap["status"]:
+            for project in self.projects_of(key):
+                self.forget(f"foreign_write:{project}:{key}:")
             return
         what = []
         if head != snap["head"]:
