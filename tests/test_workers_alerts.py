@@ -196,6 +196,7 @@ def test_an_agent_that_pushes_to_main_is_caught_when_its_stage_ends_and_paused_b
     [alert] = status()["alerts"]
     assert alert["kind"] == "default_branch_moved" and before[:12] in alert["detail"] and "main" in alert["detail"]
     assert proj.issue(1)["status"] == "in_progress", "reported completed while main was moved behind our back"
+    assert [(a["kind"], a["paused"]) for a in logged_alerts(proj)] == [("default_branch_moved", True)]
     assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
     assert cli("resume", "--project", "demo").returncode == 0
     cycle()
@@ -220,7 +221,8 @@ def test_an_agent_that_switches_branch_is_named_and_its_retry_runs_on_the_issue_
     doc = status()
     assert doc["projects"][0]["paused"] == [] and doc["projects"][0]["issues"][0]["paused"][0]["reason"] == "alert"
     assert "#1 paused: alert" in cli("status").stdout
-    assert runs(proj, 1) == 1
+    assert runs(proj, 1) == 1, "the retry started while the issue was paused"
+    assert [(a["kind"], a["issue"], a["paused"]) for a in logged_alerts(proj)] == [("branch_switched", 1, True)]
     worktree = proj.root / "worktrees" / "issue-1"
     rogue_head = git(worktree, "rev-parse", "rogue-branch")
 
@@ -270,6 +272,7 @@ def test_an_agent_that_commits_in_the_main_checkout_pauses_the_project(project):
     [alert] = status()["alerts"]
     assert alert["kind"] == "foreign_write" and alert["issue"] is None and str(proj.repo) in alert["detail"]
     assert "HEAD" in alert["detail"]
+    assert [(a["kind"], a["issue"], a["paused"]) for a in logged_alerts(proj)] == [("foreign_write", None, True)]
     assert proj.issue(1)["status"] == "in_progress" and runs(proj, 2) == 0, "no try starts while paused"
     assert not status()["done"]
     assert cli("resume").returncode == 0
