@@ -445,3 +445,27 @@ def test_a_config_change_undone_and_made_again_is_a_new_alert_and_a_quiet_cycle_
     git(handle.path, "config", "remote.origin.url", "/elsewhere.git")
     assert len(look()) == 1
     assert len(doc["alerts"]) == 2
+
+
+def test_a_remote_unreachable_at_launch_takes_its_first_answer_as_the_baseline(make_repo, tmp_path):
+    """Never 'moved' against a head that was never read: the first answer is the baseline, later moves alert."""
+    from orchestrator import alerts
+    from orchestrator.config import parse_config
+
+    handle = make_repo("app")
+    cfg = parse_config(tmp_path / "p-issues.json", {"project": "p", "repo_path": str(handle.path),
+                                                    "branch_prefix": "f-", "issues": []})
+    away = handle.remote.with_name("away.git")
+    handle.remote.rename(away)
+    doc = alerts.current(tmp_path / "state", [cfg], 1000.0)
+    handle.remote.with_name("away.git").rename(handle.remote)
+    key, snap = next(iter(doc["repos"].items()))
+    assert snap["default_unknown"] is True
+
+    checks = alerts.Checks(doc, [cfg], 1001.0)
+    checks.default_branch(key, snap, "a stage ended")
+    assert checks.found == [] and snap["default_head"] == git(handle.remote, "rev-parse", "main")
+    handle.commit({"new.txt": "x"}, "moved")
+    handle.git("push", "-q", "origin", "main")
+    checks.default_branch(key, snap, "a stage ended")
+    assert [a["kind"] for a in checks.found] == ["default_branch_moved"]

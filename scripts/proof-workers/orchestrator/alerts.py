@@ -256,7 +256,11 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig) -> dict[str, Any] | 
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
         snap["main_mark"] = _main_mark(snap)
-        snap["default_head"] = _remote_head(url, repo.default_branch)
+        try:
+            snap["default_head"] = _remote_head(url, repo.default_branch)
+        except worktrees.GitFailed:
+            snap["default_unknown"] = True  # remote unreachable now: its first answer becomes the baseline
+            snap["default_head"] = None
     except worktrees.GitFailed:
         return None  # tried again next cycle; the monitor's own checks report a broken repository
     doc["repos"][key] = snap
@@ -344,6 +348,10 @@ class Checks:
     def default_branch(self, key: str, snap: dict[str, Any], trigger: str) -> None:
         url = watched_url(snap)
         now = _remote_head(url, snap["default_branch"])
+        if snap.get("default_unknown"):
+            snap["default_head"], snap["default_unknown"] = now, False
+            self.changed = True
+            return
         if now == snap["default_head"]:
             return
         for project in self.projects_of(key):
