@@ -462,10 +462,18 @@ def test_a_remote_unreachable_at_launch_takes_its_first_answer_as_the_baseline(m
     key, snap = next(iter(doc["repos"].items()))
     assert snap["default_unknown"] is True
 
-    checks = alerts.Checks(doc, [cfg], 1001.0)
+    checks = alerts.Checks(doc, [cfg])
     checks.default_branch(key, snap, "a stage ended")
     assert checks.found == [] and snap["default_head"] == git(handle.remote, "rev-parse", "main")
     handle.commit({"new.txt": "x"}, "moved")
     handle.git("push", "-q", "origin", "main")
     checks.default_branch(key, snap, "a stage ended")
     assert [a["kind"] for a in checks.found] == ["default_branch_moved"]
+
+
+def test_the_readme_names_every_alert_kind_and_pause_reason():
+    from orchestrator import alerts, pauses
+
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"`{kind}`" in readme for kind in alerts.KINDS)
+    assert all(f"`{reason}`" in readme for reason in pauses.REASONS)

@@ -272,8 +272,8 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig) -> dict[str, Any] | 
 class Checks:
     """One cycle's checks over the run document; `found` collects the new alerts (each raised once per run)."""
 
-    def __init__(self, doc: dict[str, Any], configs: list[ProjectConfig], now: float) -> None:
-        self.doc, self.configs, self.now = doc, configs, now
+    def __init__(self, doc: dict[str, Any], configs: list[ProjectConfig]) -> None:
+        self.doc, self.configs = doc, configs
         self.found: list[dict[str, Any]] = []
         self.changed = False
         self.seen = set(doc.get("seen", []))
@@ -398,7 +398,7 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
           on_error: Callable[[str], None]) -> tuple[list[Snapshot], list[dict[str, Any]], bool]:
     """Run this cycle's checks. Returns the snapshots (with `switched_to` filled in for ended tries), the new
     alerts, and whether the run document changed (the caller saves it)."""
-    checks = Checks(doc, configs, now)
+    checks = Checks(doc, configs)
     by_worker = {s.worker_id: s for s in snapshots}
     repo_of: dict[IssueRef, RepoConfig] = {}
     branch_of: dict[IssueRef, str] = {}
