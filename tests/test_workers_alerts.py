@@ -477,3 +477,25 @@ def test_the_readme_names_every_alert_kind_and_pause_reason():
     readme = (ROOT / "README.md").read_text()
     assert all(f"`{kind}`" in readme for kind in alerts.KINDS)
     assert all(f"`{reason}`" in readme for reason in pauses.REASONS)
+
+
+def test_an_inherited_git_dir_and_odd_user_config_neither_hide_an_alert_nor_make_one_up(project, tmp_path):
+    import os
+
+    proj = rogue(project, [{"number": 1, "title": "one"}, {"number": 2, "title": "two"}],
+                 {2: [["git config core.sshCommand 'ssh -o ProxyCommand=evil'", "COMMIT"]]}, num_workers=2)
+    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as config:
+        config.write("[status]\n\tshowUntrackedFiles = no\n[color]\n\tui = always\n[core]\n\tquotePath = true\n"
+                     "[log]\n\tshowSignature = true\n")
+    decoy = tmp_path / "decoy"
+    git(tmp_path, "init", "-q", str(decoy))
+    monitor_run = subprocess.run([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "0.2", "--no-delay"],
+                                 cwd=PACKAGE, env=monitor_env({"GIT_DIR": str(decoy / ".git"),
+                                                               "GIT_WORK_TREE": str(decoy)}),
+                                 capture_output=True, text=True, timeout=120)
+    assert monitor_run.returncode == 0, monitor_run.stderr
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+    [alert] = status()["alerts"]
+    assert alert["kind"] == "git_config_changed" and "core.sshcommand = ssh -o ProxyCommand=evil" in alert["detail"]
+    assert "ALERT git_config_changed" in monitor_run.stdout
+    assert not (decoy / ".git" / "refs" / "orchestrator-rogue").exists() and git(decoy, "status", "--short") == ""
