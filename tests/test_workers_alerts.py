@@ -294,7 +294,7 @@ def test_a_user_pause_lets_the_running_try_finish_and_starts_nothing_until_resum
     assert proj.issue(1)["status"] == "in_progress" and runs(proj, 2) == 0
     doc = status()
     assert doc["projects"][0]["paused"][0]["reason"] == "user" and doc["projects"][0]["paused"][0]["detail"] == "lunch"
-    assert not doc["done"] and doc["alerts"] == []
+    assert not doc["done"] and doc["alerts"] == [] and doc["next_eligible"] == []
     assert "paused: user" in cli("status").stdout
     again = inv("workers.resume")
     assert again.code == 0 and "resumed demo: user" in again.out

@@ -7,7 +7,8 @@ from typing import Any
 from lib.errors import OrchestratorError, clip
 from orchestrator import alerts, pauses
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
-from orchestrator.queue import IssueRef, blocked, completed, eligible
+from orchestrator.decide import Pause
+from orchestrator.queue import IssueRef, IssueView, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import read_lines
 
@@ -66,17 +67,26 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
                          "counts": counts, "issues": issues, "paused": paused.get(None, [])})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
+    holding = active_pauses(run, now)
     failures = [e["event"] for e in read_lines(run.files.events)[-200:]
                 if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
     return {
         "session": run.session, "state_dir": str(run.files.root), "workers": workers, "projects": projects,
-        "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
+        "next_eligible": [{"project": v.ref.project, "number": v.ref.number}
+                          for v in eligible(views, held | _paused_refs(holding, views))[:5]],
         "failures": failures[-10:],
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held
-                and not pause_holds_run(active_pauses(run, now), views),
+                and not pause_holds_run(holding, views),
     }
+
+
+def _paused_refs(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> set[IssueRef]:
+    """Issues no worker may take now: of a paused project, or paused themselves."""
+    projects = {p.project for p in paused if p.issue is None}
+    issues = {IssueRef(p.project, p.issue) for p in paused if p.issue is not None}
+    return {v.ref for v in views if v.ref.project in projects or v.ref in issues}
 
 
 def _pauses_of(run: Run, project: str, now: float) -> dict[int | None, list[dict[str, Any]]]:
