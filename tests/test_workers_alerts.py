@@ -499,3 +499,25 @@ def test_an_inherited_git_dir_and_odd_user_config_neither_hide_an_alert_nor_make
     assert alert["kind"] == "git_config_changed" and "core.sshcommand = ssh -o ProxyCommand=evil" in alert["detail"]
     assert "ALERT git_config_changed" in monitor_run.stdout
     assert not (decoy / ".git" / "refs" / "orchestrator-rogue").exists() and git(decoy, "status", "--short") == ""
+
+
+def test_a_fifo_planted_as_git_files_never_hangs_the_checks(make_repo, tmp_path):
+    import os
+
+    from orchestrator import alerts, worktrees
+    from orchestrator.config import parse_config
+
+    handle = make_repo("app")
+    base = tmp_path / "worktrees"
+    path = worktrees.ensure_worktree(handle.path, "main", base, base / "issue-1", "f-1")
+    (path / ".git").unlink()
+    os.mkfifo(path / ".git")
+    assert alerts.current_branch(path) is None and alerts.put_back_on_branch(path, "f-1") is None
+    cfg = parse_config(tmp_path / "p-issues.json", {"project": "p", "repo_path": str(handle.path),
+                                                    "branch_prefix": "f-", "issues": [{"number": 1, "title": "t"}]})
+    doc = alerts.current(tmp_path / "state", [cfg], 1000.0)
+    reflog = handle.path / ".git" / "logs" / "refs" / "heads" / "f-1"
+    reflog.unlink()
+    os.mkfifo(reflog)
+    _, found, _ = alerts.check(doc, [cfg], [], [], 1001.0, lambda _: None, lambda _: None)
+    assert found == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -75,11 +76,22 @@ def end(root: Path) -> None:
 
 # --- reading git state cheaply -------------------------------------------------------------------------------
 
-def _read_bytes(path: Path) -> bytes | None:
+def _read_bytes(path: Path, limit: int = 16 << 20) -> bytes | None:
+    """A regular file's bytes; None for anything else (an agent's FIFO must not hang the monitor) or too big."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _stat_mark(path: Path) -> str:
@@ -141,7 +153,10 @@ def current_branch(worktree: Path) -> str | None:
     Read from the HEAD file (no git started); git answers when the file is not the usual `ref: refs/heads/X`.
     """
     head = _head_file(worktree)
-    text = (_read_bytes(head) or b"").decode("utf-8", "replace").strip() if head else ""
+    data = _read_bytes(head) if head else None
+    if data is None:
+        return None  # no readable HEAD (gone, or not a file): git would fare no better, or hang on a FIFO
+    text = data.decode("utf-8", "replace").strip()
     if text.startswith("ref: refs/heads/"):
         return text.removeprefix("ref: refs/heads/")
     if len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text):
@@ -181,9 +196,9 @@ def _reflog_after(common_dir: Path, branch: str, since: float) -> list[tuple[int
     try:
         if path.stat().st_mtime <= since:
             return []
-        text = path.read_bytes().decode("utf-8", "replace")
     except OSError:
         return []
+    text = (_read_bytes(path, 256 << 20) or b"").decode("utf-8", "replace")
     found = []
     for line in text.splitlines():
         head, _, message = line.partition("\t")
