@@ -521,3 +521,8 @@ def test_a_fifo_planted_as_git_files_never_hangs_the_checks(make_repo, tmp_path)
     os.mkfifo(reflog)
     _, found, _ = alerts.check(doc, [cfg], [], [], 1001.0, lambda _: None, lambda _: None)
     assert found == []
+    config = handle.path / ".git" / "config"
+    config.unlink()
+    os.mkfifo(config)
+    _, found, _ = alerts.check(doc, [cfg], [], [], 1002.0, lambda _: None, lambda _: None)
+    assert [a["kind"] for a in found] == ["git_config_changed"] and "no longer reads" in found[0]["detail"]

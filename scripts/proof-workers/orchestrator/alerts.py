@@ -322,11 +322,14 @@ class Checks:
             return  # unchanged since the last look: not even read
         snap["config_stat"] = stat
         self.changed = True
-        mark = _digest(_read_bytes(config_file))
+        data = _read_bytes(config_file)
+        mark = _digest(data)
         if mark == snap.get("config_seen", snap["config_mark"]):
             return
         snap["config_seen"] = mark
         try:
+            if data is None:  # gone, or no longer a regular file (git would hang on a FIFO)
+                raise worktrees.GitFailed("not a readable regular file")
             diff = _config_diff(snap["config"], config_entries(config_file))
         except worktrees.GitFailed as err:
             diff = [f"it no longer reads: {err}"]
