@@ -759,5 +759,23 @@ def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depend
                  *(["--description", description] if description else []), config=config)
 
 
+@task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                          "issue": "only this issue (0: the project and all its issues)",
+                          "detail": "why, shown by status"})
+def workers_pause(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0), detail=""):
+    """Pause the project(s) or one issue (reason user): no try starts; running tries finish."""
+    _workers_cli("pause", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
+                 *(["--detail", detail] if detail else []), config=config, config_dir=config_dir, workers=workers,
+                 session=session)
+
+
+@task(name="resume", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                           "issue": "only this issue (0: the project and all its issues)"})
+def workers_resume(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0)):
+    """Clear the user, alert and auth pauses of the project(s), or of one issue."""
+    _workers_cli("resume", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
+                 config=config, config_dir=config_dir, workers=workers, session=session)
+
+
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
-                                    workers_cleanup, workers_add_issue))
+                                    workers_cleanup, workers_add_issue, workers_pause, workers_resume))

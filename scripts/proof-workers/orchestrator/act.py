@@ -15,7 +15,7 @@ from lib import runner
 from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import prompts, sandbox, tmux, worktrees
+from orchestrator import alerts, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -216,12 +216,20 @@ class Executor:
         start_try(self.run, record)
 
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
-        """An agent may delete its own worktree: bring it back from its branch before the next try."""
+        """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
+        back from its branch, or put it back on its branch (the other branch is kept for inspection)."""
         if record.worktree and not Path(record.worktree).is_dir():
             cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
             repo = cfg.repo_for(issue)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
+        elif record.worktree and record.branch:
+            was_on = alerts.put_back_on_branch(Path(record.worktree), record.branch)
+            if was_on is not None:
+                self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
+                                          "issue": _num(action.issue), "branch": record.branch, "was_on": was_on})
+                self.say(f"worker {action.worker}: worktree put back on {record.branch} (it was on {was_on}, "
+                         "which is kept)")
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard. One-line errors; exit 2 usage/config, 1 work failed."""
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume. One-line errors; exit 2
+usage/config, 1 work failed."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(dash)
     dash.add_argument("--interval", type=_seconds, default=2.0, help="seconds between redraws")
     dash.add_argument("--once", action="store_true", help="draw one frame and exit")
+    for verb, what in (("pause", "pause the project(s) or one issue (reason user): no try starts, running ones "
+                                 "finish"),
+                       ("resume", "clear the user, alert and auth pauses of the project(s), or of one issue")):
+        sub = verbs.add_parser(verb, help=what)
+        _with_config(sub)
+        sub.add_argument("--project", default="", help="only this project (default: every project of the run)")
+        sub.add_argument("--issue", type=_count, help="only this issue (default: the project and all its issues)")
+        if verb == "pause":
+            sub.add_argument("--detail", default="", help="why, shown by status")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
     add.add_argument("number", type=_count)
     add.add_argument("--title", required=True)
@@ -146,6 +156,20 @@ def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _pause_or_resume(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator import pauses
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    if args.verb == "pause":
+        lines = pauses.pause(run.state_root, run.configs, args.project, args.issue, args.detail)
+    else:
+        lines = pauses.resume(run.state_root, run.configs, args.project, args.issue)
+    for line in lines:
+        out(line)
+    return 0
+
+
 def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from orchestrator.cleanup import cleanup, report_lines
     from orchestrator.run import open_run
@@ -185,6 +209,7 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
+    "pause": _pause_or_resume, "resume": _pause_or_resume,
 }
 
 

@@ -32,6 +32,7 @@ AGENT_STATE_PATHS = {
 }
 PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its value is known only per try
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ProjectConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     sandbox: str = "none"
     sandbox_writable: tuple[Path, ...] = ()
+    on_alert: str = "warn"
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -372,12 +374,16 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
             check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES)})")
         elif not isinstance(template, str):
             check.bad(f"prompts.{stage}", "must be a string")
+    on_alert = check.get(raw, "on_alert", "str", "warn")
+    if on_alert not in ON_ALERT:
+        check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable, **timings)
+        agent_command=agent, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
+        on_alert=on_alert, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

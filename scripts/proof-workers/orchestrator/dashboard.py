@@ -13,7 +13,7 @@ from rich.text import Text
 
 from lib.views import visible
 from orchestrator.heartbeat import monitor_line
-from orchestrator.report import count_text
+from orchestrator.report import alert_line, count_text, paused_line
 
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
                "pending": "white", "waiting": "dim"}
@@ -43,15 +43,20 @@ def render(doc: dict[str, Any]) -> Group:
                            ",".join(f"#{d}" for d in i["depends_on"]) or "-")
         header = Text(f"{project['project']}: {count_text(project)}   pipeline: "
                       + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"])))
+        paused = [Text(visible(f"{project['project']} " + paused_line(project["paused"])), style="bold yellow")
+                  ] if project.get("paused") else []
+        paused += [Text(visible(f"#{i['number']} " + paused_line(i["paused"])), style="yellow")
+                   for i in project["issues"] if i.get("paused")]
         # A bare ProgressBar ends without a line break, and the table's header row was drawn over by it.
         bar = Table.grid(expand=True)
         bar.add_row(ProgressBar(total=max(project["total"], 1), completed=finished))
-        parts.append(Panel(Group(header, bar, issues)))
+        parts.append(Panel(Group(header, *paused, bar, issues)))
     if doc["next_eligible"]:
         parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
     for failure in doc["failures"]:
         reason = failure.get("reason") or failure.get("error")
         parts.append(Text(visible(f"failure #{failure.get('issue')}: {reason}"), style="red"))
+    parts += [Text(visible(alert_line(alert)), style="bold red") for alert in doc.get("alerts", [])[-10:]]
     return Group(*parts)
 
 

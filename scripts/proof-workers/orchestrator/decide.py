@@ -33,6 +33,7 @@ class Snapshot:
     idle_seconds: float  # since the log or the worktree last changed
     elapsed_seconds: float  # since this try started
     pane_lost: bool = False  # the pane this try was started in is gone or was re-created (tmux died)
+    switched_to: str = ""  # the try ended with the worktree on this other branch ("": on its own branch)
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,19 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A pause reason that holds this cycle (the monitor leaves out lapsed ones): under it no try starts."""
+
+    project: str
+    issue: int | None  # None: the whole project
+    reason: str  # user | alert | rate_limit | auth | budget
+
+
+@dataclass(frozen=True)
 class State:
     workers: tuple[WorkerView, ...]
     issues: tuple[IssueView, ...]
+    paused: tuple[Pause, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,15 +85,27 @@ class Action:
 
 
 def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
-    """Actions for this cycle, per worker in id order, then assignments of free workers."""
+    """Actions for this cycle, per worker in id order, then assignments of free workers.
+
+    A paused issue (or an issue of a paused project) starts no try: a free worker does not take it, and the
+    worker holding it is not judged (its running try finishes; its verdict, push included, waits for resume).
+    """
     by_worker = {s.worker_id: s for s in snapshots}
     issues = {i.ref: i for i in state.issues}
-    claimed = {w.issue for w in state.workers if w.issue is not None}
+    paused_projects = {p.project for p in state.paused if p.issue is None}
+    paused_issues = {IssueRef(p.project, p.issue) for p in state.paused if p.issue is not None}
+
+    def paused(ref: IssueRef) -> bool:
+        return ref.project in paused_projects or ref in paused_issues
+
+    claimed = {w.issue for w in state.workers if w.issue is not None} | {i.ref for i in state.issues if paused(i.ref)}
     actions: list[Action] = []
     free: list[tuple[int, bool]] = []  # (worker, freed this cycle)
     for worker in sorted(state.workers, key=lambda w: w.worker_id):
         if worker.issue is None:
             free.append((worker.worker_id, False))
+            continue
+        if paused(worker.issue):
             continue
         snapshot = by_worker.get(worker.worker_id)
         if snapshot is None or snapshot.try_id != worker.try_id:
@@ -124,6 +147,9 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
         how = "hung up" if snap.exit_code == SIGHUP_EXIT else "gone without an exit code"
         return [Action("restart", wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
                                             "not counted as a retry", continuation=True, counted=False)]
+    if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):
+        return failed_try(f"the try ended with the worktree on {snap.switched_to}, not on its branch (put back for "
+                          "the next try; that branch is kept)")
     if snap.exit_code is not None:
         if snap.exit_code != 0:
             return failed_try(f"exit code {snap.exit_code}")
@@ -166,6 +192,7 @@ def cycle_from_json(doc: dict[str, Any]) -> tuple[list[Snapshot], State, Setting
     state = State(
         workers=tuple(WorkerView(**{**w, "issue": _ref(w["issue"])}) for w in doc["state"]["workers"]),
         issues=tuple(IssueView(**{**i, "ref": IssueRef(**i["ref"]), "depends_on": tuple(i["depends_on"])})
-                     for i in doc["state"]["issues"]))
+                     for i in doc["state"]["issues"]),
+        paused=tuple(Pause(**p) for p in doc["state"].get("paused", [])))
     actions = [Action(**{**a, "issue": _ref(a["issue"])}) for a in doc["actions"]]
     return snapshots, state, Settings(**doc["settings"]), actions

@@ -17,7 +17,7 @@ from orchestrator import sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
-from orchestrator.monitor import issue_views, settings_of, worker_views
+from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
 from orchestrator.state import monitor_lock
 
@@ -208,7 +208,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     check_repos(run)
     checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records))
+    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
     assignments = []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:

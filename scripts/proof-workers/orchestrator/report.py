@@ -5,14 +5,18 @@ import time
 from typing import Any, Callable
 
 from lib import runner
+from lib.errors import OrchestratorError, clip
 from lib.views import plain_table, visible
-from orchestrator import heartbeat
-from orchestrator.monitor import issue_views
+from orchestrator import alerts, heartbeat, pauses
+from orchestrator.decide import Pause
+from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.probe import read_pid
-from orchestrator.queue import IssueRef, blocked, completed, eligible
+from orchestrator.queue import IssueRef, IssueView, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
 from orchestrator.wrapper import TRY_VAR
+
+MAX_ALERT_LINES = 20
 
 
 def _last_line(run: Run, worker: int) -> str:
@@ -76,6 +80,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
     projects: list[dict[str, Any]] = []
     for cfg in run.configs:
+        paused = _pauses_of(run, cfg.project, now)
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
@@ -90,24 +95,50 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None})
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, [])})
         counts: dict[str, int] = {}
         for item in issues:
             counts[item["state"]] = counts.get(item["state"], 0) + 1
         projects.append({"project": cfg.project, "config": str(cfg.path), "pipeline": list(cfg.pipeline),
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
-                         "counts": counts, "issues": issues})
+                         "counts": counts, "issues": issues, "paused": paused.get(None, [])})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
+    holding = active_pauses(run, now)
     failures = [e["event"] for e in read_lines(run.files.events)[-200:]
                 if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
     return {
         "session": run.session, "state_dir": str(run.files.root),
         "monitor": heartbeat.monitor_status(run.files.monitor), "workers": workers, "projects": projects,
-        "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
+        "next_eligible": [{"project": v.ref.project, "number": v.ref.number}
+                          for v in eligible(views, held | _paused_refs(holding, views))[:5]],
         "failures": failures[-10:],
+        "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
-                    for p in projects for i in p["issues"]) and not held,
+                    for p in projects for i in p["issues"]) and not held
+                and not pause_holds_run(holding, views),
     }
+
+
+def _paused_refs(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> set[IssueRef]:
+    """Issues no worker may take now: of a paused project, or paused themselves."""
+    projects = {p.project for p in paused if p.issue is None}
+    issues = {IssueRef(p.project, p.issue) for p in paused if p.issue is not None}
+    return {v.ref for v in views if v.ref.project in projects or v.ref in issues}
+
+
+def _pauses_of(run: Run, project: str, now: float) -> dict[int | None, list[dict[str, Any]]]:
+    """The reasons that hold now, as {reason, since, until, detail}: None -> the project's, N -> issue N's."""
+    try:
+        held = pauses.active(pauses.read(pauses.pause_file(run.state_root, project)), now)
+    except OrchestratorError as err:
+        return {None: [{"reason": "user", "since": None, "until": None, "detail": str(err)}]}
+    return {key: [{k: e.get(k) for k in ("reason", "since", "until", "detail")} for e in entries]
+            for key, entries in held.items()}
+
+
+def paused_line(entries: list[dict[str, Any]]) -> str:
+    return "; ".join(f"paused: {e['reason']}" + (f" until {e['until']}" if e.get("until") else "")
+                     + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
 
 
 STATE_ORDER = ("completed", "failed", "blocked", "in_progress", "waiting", "pending")
@@ -133,13 +164,25 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append("")
         lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
                              + " -> ".join(project["pipeline"])))
+        if project["paused"]:
+            lines.append(visible(paused_line(project["paused"])))
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
                                    i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-"]
                                   for i in project["issues"]],
                                  ["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
+        lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
         reason = failure.get("reason") or failure.get("error")
         lines.append(visible(f"failure: #{failure.get('issue')}: {reason}"))
+    if len(doc["alerts"]) > MAX_ALERT_LINES:
+        lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
+    lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    where = f"#{alert.get('issue')}" if alert.get("issue") is not None else str(alert.get("project"))
+    worker = f" worker-{alert['worker']}" if alert.get("worker") is not None else ""
+    return f"alert: {alert.get('kind')} {where}{worker} at {alert.get('at')}: {clip(str(alert.get('detail')), 200)}"
