@@ -1,0 +1,188 @@
+"""`sync-all --host` and `status --host` when things go wrong: a stop halfway, a damaged lib cache, `--host local`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, git, wait_gone
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking, ref
+from tests.test_sync_host import push_new_commit, results, setup
+
+COMPARED = ("status", "reason", "branch", "before", "after", "checked_out")
+
+
+def inv_subprocess(cwd: Path, *args: str, stderr: Path) -> subprocess.Popen:
+    """The real `inv` in its own process, its stderr in a file the test can read while it runs."""
+    with open(stderr, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args], cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+
+
+def wait_until(condition, seconds: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def hang_fetch(path: Path, pid_file: Path) -> None:
+    """The repo's fetch on the host hangs in its upload-pack, which writes its pid first."""
+    git(path, "config", "remote.origin.uploadpack", f"echo $$ > '{pid_file}'; exec sleep 120 #")
+
+
+def test_ctrl_c_records_what_the_host_finished_and_counts_what_it_stopped(home, make_repo, sshd, tmp_path):
+    fast = [make_repo(f"fast{i}") for i in range(3)]
+    slow = [make_repo(f"slow{i}") for i in range(2)]
+    workspace = setup(home, sshd, tmp_path, [*slow, *fast])
+    for handle in [*slow, *fast]:
+        push_new_commit(handle)
+    pid_files = [tmp_path / f"{h.path.name}.pid" for h in slow]
+    for handle, pid_file in zip(slow, pid_files):
+        hang_fetch(workspace / handle.path.name, pid_file)
+    before = {h.path.name: outside_remote_tracking(full_snapshot(workspace / h.path.name)) for h in slow}
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        # Each outcome is shown as the host reports it: the fast repos' lines come while the slow ones hang.
+        wait_until(lambda: all(f"fast{i}: updated" in err_file.read_text() for i in range(3))
+                   and all(p.exists() and p.read_text().strip() for p in pid_files), what="the fast repos' lines")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = err_file.read_text()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    # Two fetches were running on the host when it was stopped.
+    assert "interrupted: stopped 2 running commands (SIGINT)" in err, err
+    hung = [int(p.read_text().split()[0]) for p in pid_files]
+    assert all(wait_gone(pid, 30) for pid in hung), "a fetch on the host outlived the run"
+    # Recorded here exactly as the host recorded them in its own state.
+    here = results(home)
+    there = {r["repo"]: r for r in json.loads((workspace / ".orchestrator" / "state" / "sync-results.json")
+                                               .read_text())["results"]}
+    assert set(here) == set(there) == {"fast0", "fast1", "fast2"}
+    for name in there:
+        assert {k: here[name][k] for k in COMPARED} == {k: there[name][k] for k in COMPARED}, name
+        assert here[name]["host"] == "builder" and here[name]["status"] == "updated"
+        assert "outcome: " + name + ": updated" in Path(here[name]["log"]).read_text()
+    for handle in slow:
+        name = handle.path.name
+        assert outside_remote_tracking(full_snapshot(workspace / name)) == before[name]
+
+
+def host_lib_cache(sshd) -> Path:
+    copies = [p for p in (sshd.remote_home / ".cache" / "orchestrator").iterdir() if p.name.startswith("lib-")]
+    assert len(copies) == 1, copies
+    return copies[0]
+
+
+def assert_cache_whole(sshd) -> None:
+    """The host's copy of lib/ is this checkout's, byte for byte, and nothing else is left in the cache."""
+    cache = host_lib_cache(sshd)
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+    here = {p.name: p.read_bytes() for p in (ROOT / "lib").glob("*.py")}
+    assert {p.name: p.read_bytes() for p in (cache / "lib").iterdir()} == here
+
+
+def cut_short(lib: Path) -> None:
+    data = (lib / "sync.py").read_bytes()
+    (lib / "sync.py").write_bytes(data[:len(data) // 2])
+
+
+def deleted(lib: Path) -> None:
+    (lib / "gitstatus.py").unlink()
+
+
+def replaced(lib: Path) -> None:
+    size = (lib / "config.py").stat().st_size
+    (lib / "config.py").write_bytes(b"#" * (size - 1) + b"\n")  # same size, other bytes
+
+
+def emptied(lib: Path) -> None:
+    for path in lib.iterdir():
+        path.unlink()
+
+
+def a_fifo(lib: Path) -> None:
+    (lib / "runner.py").unlink()
+    os.mkfifo(lib / "runner.py")
+
+
+def stray_module(lib: Path) -> None:
+    (lib / "json.py").write_text("raise SystemExit('a module that is not ours')\n")
+
+
+@pytest.mark.parametrize("damage", [cut_short, deleted, replaced, emptied, a_fifo, stray_module])
+def test_a_damaged_lib_cache_on_the_host_is_replaced_and_the_sync_runs(home, make_repo, inv, sshd, tmp_path, damage):
+    handle = make_repo("staking")
+    workspace = setup(home, sshd, tmp_path, [handle])
+    assert inv("sync-all", "--host", "builder").code == 0
+    damage(host_lib_cache(sshd) / "lib")
+    target = push_new_commit(handle)
+    result = inv("sync-all", "--host", "builder")
+    assert result.code == 0, result.out + result.err
+    assert results(home)["staking"]["status"] == "updated"
+    assert ref(workspace / "staking", "refs/heads/main") == target
+    assert_cache_whole(sshd)
+
+
+def test_a_lib_cache_that_cannot_be_made_whole_is_named_and_nothing_runs(home, make_repo, inv, sshd, tmp_path,
+                                                                         monkeypatch):
+    """The manifest is checked on the host: a copy that still differs after a fresh upload fails every repo."""
+    from lib import remote_sync
+
+    handle = make_repo("staking")
+    workspace = setup(home, sshd, tmp_path, [handle])
+    push_new_commit(handle)
+    before = full_snapshot(workspace / "staking")
+    real = remote_sync.LibSnapshot.read()
+
+    class Lying(remote_sync.LibSnapshot):
+        @property
+        def manifest(self) -> dict[str, str]:
+            return {**real.manifest, "sync.py": "0" * 64}
+
+    monkeypatch.setattr(remote_sync.LibSnapshot, "read", classmethod(lambda cls: Lying(real.files)))
+    result = inv("sync-all", "--host", "builder")
+    assert result.code == 1, result.out + result.err
+    cache = host_lib_cache(sshd)
+    reason = results(home)["staking"]["reason"]
+    assert reason.startswith(f"the lib cache {cache} on the host still differs from this checkout"), reason
+    assert "sync.py differs" in reason and "Traceback" not in result.err
+    assert full_snapshot(workspace / "staking") == before
+
+
+def test_what_is_uploaded_is_exactly_what_was_hashed(home, make_repo, sshd, tmp_path):
+    """A lib/ file edited after it was read is not stored under the old content's hash."""
+    from lib import remote_sync
+    from lib.hosts import load_hosts
+    from lib.remote import connect
+
+    edited = tmp_path / "lib"
+    edited.mkdir()
+    for path in (ROOT / "lib").glob("*.py"):
+        (edited / path.name).write_bytes(path.read_bytes())
+    snapshot = remote_sync.LibSnapshot.read(edited)
+    (edited / "sync.py").write_text("# edited after it was read\n")
+    setup(home, sshd, tmp_path, [make_repo("staking")])
+    connection = connect(load_hosts(home.path / "config" / "hosts.toml")["builder"])
+    try:
+        cache = remote_sync._cache_dir(connection)
+        final = f"{cache}/lib-{snapshot.key}"
+        remote_sync._install_lib(connection, snapshot, cache, final, replace=False)
+    finally:
+        connection.close()
+    stored = {p.name: p.read_bytes() for p in (Path(final) / "lib").iterdir()}
+    assert stored == snapshot.files and stored["sync.py"] == (ROOT / "lib" / "sync.py").read_bytes()
