@@ -186,3 +186,26 @@ def test_what_is_uploaded_is_exactly_what_was_hashed(home, make_repo, sshd, tmp_
         connection.close()
     stored = {p.name: p.read_bytes() for p in (Path(final) / "lib").iterdir()}
     assert stored == snapshot.files and stored["sync.py"] == (ROOT / "lib" / "sync.py").read_bytes()
+
+
+def test_host_local_is_this_machine_for_status_and_sync_all(home, make_repo, inv, tmp_path):
+    """As for build and test, `--host local` means here; hosts.toml is not needed (nor read)."""
+    handle = make_repo("staking")
+    home.add(handle)
+    (home.path / "config" / "hosts.toml").write_text("this is not toml [")  # never read for `local`
+    target = handle.push_from_elsewhere(tmp_path, {"up.txt": "1"})
+    status = inv("status", "--host", "local", "--json")
+    assert status.code == 0, status.out + status.err
+    doc = json.loads(status.out)
+    assert "host" not in doc and doc["repos"][0]["name"] == "staking" and doc["repos"][0]["behind"] == 0
+    table = inv("status", "--host", "local")
+    assert table.code == 0 and "(on host" not in table.out
+    synced = inv("sync-all", "--host", "local")
+    assert synced.code == 0, synced.out + synced.err
+    entry = results(home)["staking"]
+    assert entry["status"] == "updated" and "host" not in entry
+    assert handle.head() == target
+    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py"), "--host", "local"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stdout + script.stderr
+    assert results(home)["staking"]["status"] == "up to date"
