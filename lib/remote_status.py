@@ -8,17 +8,22 @@ from typing import Any, Sequence
 
 from lib import remote, runner
 from lib.config import Repo
-from lib.gitstatus import LOG_FORMAT, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
+from lib.gitstatus import LOG_ARGS, STATUS_ARGS, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
 from lib.hosts import Host
 
 SEPARATOR = b"\n--orchestrator-last-commit--\n"
 # One round trip per repo: status, then the last commit (a subject is one line,
-# so the separator, split from the right, cannot be forged by a commit).
+# so the separator, split from the right, cannot be forged by a commit). The same
+# git arguments as the local scan's, and git confined to the repo as there (a
+# parent with a `:` cannot be listed in GIT_CEILING_DIRECTORIES: see ceiling_for).
 STATUS_SCRIPT = f"""cd -- "$1" 2>/dev/null || {{ echo "path does not exist" >&2; exit 3; }}
 [ -e .git ] || {{ echo "not a git repository (no .git)" >&2; exit 3; }}
-git --no-optional-locks status --porcelain=v2 --branch -z || exit 4
+here=$(pwd -P) && parent=${{here%/*}}
+case $parent in *:*) parent=/proc/self/cwd/.. ;; "") parent=/ ;; esac
+export GIT_CEILING_DIRECTORIES="$parent"
+git --no-optional-locks {shlex.join(STATUS_ARGS)} || exit 4
 printf '{SEPARATOR.decode().replace(chr(10), chr(92) + 'n')}'
-git --no-optional-locks log -1 --no-show-signature --format='{LOG_FORMAT}' 2>/dev/null
+git --no-optional-locks {shlex.join(LOG_ARGS)} 2>/dev/null
 exit 0"""
 GIT_ENV = ("LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0")
 

@@ -209,3 +209,36 @@ def test_host_local_is_this_machine_for_status_and_sync_all(home, make_repo, inv
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stdout + script.stderr
     assert results(home)["staking"]["status"] == "up to date"
+
+
+def test_status_on_a_host_reads_each_repo_as_the_local_scan_does(home, make_repo, inv, sshd, tmp_path):
+    """Same repo, same row: replace refs not applied, the subject in UTF-8 whatever the repo's encoding, untracked
+    files counted whatever status.showUntrackedFiles says, and a `.git` that is no repo never the repo around it."""
+    from tests.test_hosts_remote import clone_to
+
+    ws = tmp_path / "ws"
+    replaced = clone_to(ws, make_repo("replaced"))
+    other = git(replaced, "commit-tree", "-m", "a replacement subject", "HEAD^{tree}")
+    git(replaced, "replace", "HEAD", other)
+    encoded = clone_to(ws, make_repo("encoded"))
+    git(encoded, "commit", "-q", "--allow-empty", "-m", "café crème")
+    git(encoded, "config", "i18n.logOutputEncoding", "ISO-8859-1")
+    hiding = clone_to(ws, make_repo("hiding"))
+    (hiding / "new.txt").write_text("untracked\n")
+    git(hiding, "config", "status.showUntrackedFiles", "no")
+    git(ws, "init", "-q")  # the workspace is a repo; `hollow/.git` is an empty directory in it
+    (ws / "hollow" / ".git").mkdir(parents=True)
+    names = ("replaced", "encoded", "hiding", "hollow")
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": name, "local": str(ws / name)} for name in names])
+    here = {r["name"]: r for r in json.loads(inv("status", "--json").out)["repos"]}
+    there = inv("status", "--host", "builder", "--json")
+    assert there.code == 1, there.out + there.err  # hollow is an error, as here
+    rows = {r["name"]: r for r in json.loads(there.out)["repos"]}
+    for name in names:
+        for key in ("head", "branch", "last_commit", "untracked", "dirty", "clean"):
+            assert rows[name][key] == here[name][key], (name, key)
+    assert rows["encoded"]["last_commit"]["subject"] == "café crème"
+    assert rows["replaced"]["last_commit"]["subject"] == "initial"
+    assert rows["hiding"]["untracked"] == 1
+    assert "not a git repository" in rows["hollow"]["error"] and "not a git repository" in here["hollow"]["error"]
