@@ -393,15 +393,24 @@ def _in_order(outcomes: list[HostSyncOutcome], repos: Sequence[Repo]) -> list[Ho
     return sorted(outcomes, key=lambda o: order[o.repo])
 
 
+def _unless_stopping() -> None:
+    """Between steps: runner.Stopping once the run is being stopped (Ctrl-C here), so nothing more starts."""
+    if runner.stopping():
+        raise runner.Stopping("the run is being stopped")
+
+
 def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, settings: _Settings,
              run: _HostRun, show: Callable[[HostSyncOutcome], None]) -> list[HostSyncOutcome]:
     _check_python(connection, host)
     workspace = remote.resolve_workspace(connection, host)
     lib = LibSnapshot.read()
+    _unless_stopping()
     cache = _cache_dir(connection)
     lib_root = f"{cache}/lib-{lib.key}"
     if not _exists(_sftp(connection), lib_root):
+        _unless_stopping()
         _install_lib(connection, lib, cache, lib_root, replace=False)
+    _unless_stopping()
     home = _prepare_home(connection, workspace, repos)
     selected = {r.name: r for r in repos}
     report_file = f"{home}/state/.host-sync-{uuid.uuid4().hex}.json"

@@ -38,7 +38,8 @@ def hang_fetch(path: Path, pid_file: Path) -> None:
     git(path, "config", "remote.origin.uploadpack", f"echo $$ > '{pid_file}'; exec sleep 120 #")
 
 
-def test_ctrl_c_records_what_the_host_finished_and_counts_what_it_stopped(home, make_repo, sshd, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_records_what_the_host_finished_and_counts_what_it_stopped(home, make_repo, sshd, tmp_path, signum):
     fast = [make_repo(f"fast{i}") for i in range(3)]
     slow = [make_repo(f"slow{i}") for i in range(2)]
     workspace = setup(home, sshd, tmp_path, [*slow, *fast])
@@ -55,17 +56,17 @@ def test_ctrl_c_records_what_the_host_finished_and_counts_what_it_stopped(home, 
         wait_until(lambda: all(f"fast{i}: updated" in err_file.read_text() for i in range(3))
                    and all(p.exists() and p.read_text().strip() for p in pid_files), what="the fast repos' lines")
         assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     err = err_file.read_text()
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == 128 + signum, out + err
     assert "Traceback" not in err
     # Two fetches were running on the host when it was stopped.
-    assert "interrupted: stopped 2 running commands (SIGINT)" in err, err
+    assert f"interrupted: stopped 2 running commands ({signal.Signals(signum).name})" in err, err
     hung = [int(p.read_text().split()[0]) for p in pid_files]
     assert all(wait_gone(pid, 30) for pid in hung), "a fetch on the host outlived the run"
     # Recorded here exactly as the host recorded them in its own state.
@@ -242,3 +243,49 @@ def test_status_on_a_host_reads_each_repo_as_the_local_scan_does(home, make_repo
     assert rows["replaced"]["last_commit"]["subject"] == "initial"
     assert rows["hiding"]["untracked"] == 1
     assert "not a git repository" in rows["hollow"]["error"] and "not a git repository" in here["hollow"]["error"]
+
+
+def driver_pids(workspace: Path) -> list[int]:
+    """The sync drivers for `workspace` running on the host (this machine; other tests' are left alone)."""
+    wanted = (b"orchestrator-sync-", json.dumps(str(workspace / ".orchestrator"))[1:-1].encode())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"python3") and any(all(w in a for w in wanted) for a in argv[1:]):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sync_stopped_on_the_host_records_what_it_finished_and_fails_the_rest(home, make_repo, sshd, tmp_path):
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast])
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        for pid in driver_pids(workspace):  # someone on the host stops the sync there
+            os.kill(pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = err_file.read_text()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    entries = results(home)
+    assert entries["fast"]["status"] == "updated"
+    assert entries["slow"]["status"] == "failed"
+    assert entries["slow"]["reason"] == "the sync on host builder was stopped there (SIGTERM) before this repo finished"
+    assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+    assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
