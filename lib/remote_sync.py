@@ -436,7 +436,7 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
                 run.outcomes = with_logs(list(run.reported.values()))
             elif report is not None:
                 stopped = report.get("stopped")
-                run.stopped_there = stopped if isinstance(stopped, int) else None
+                run.stopped_there = stopped if type(stopped) is int and stopped >= 0 else None
                 if report.get("scan_stopped"):
                     run.notes.append(f"on host {host.name} every repo had synced; its closing scan was stopped")
                 run.outcomes = with_logs(report["outcomes"])

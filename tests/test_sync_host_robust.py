@@ -289,3 +289,31 @@ def test_a_sync_stopped_on_the_host_records_what_it_finished_and_fails_the_rest(
     assert entries["slow"]["reason"] == "the sync on host builder was stopped there (SIGTERM) before this repo finished"
     assert wait_gone(int(pid_file.read_text().split()[0]), 30)
     assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
+
+
+def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, sshd, tmp_path):
+    """Every repo had synced there; the scan after it was stopped: all are recorded here, and it is said."""
+    handle = make_repo("steady")
+    workspace = setup(home, sshd, tmp_path, [handle])
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    git(workspace / "steady", "config", "core.fsmonitor", str(hook))  # only `git status` runs it: the scan's
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the host's closing scan")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = err_file.read_text()
+    assert proc.returncode == 130, out + err
+    assert "on host builder every repo had synced; its closing scan was stopped" in err, err
+    assert "interrupted: stopped 0 running commands (SIGINT)" in err and "Traceback" not in err
+    entry = results(home)["steady"]
+    assert entry["status"] == "up to date" and entry["host"] == "builder"
+    assert wait_gone(int(pid_file.read_text().split()[0]), 30)
