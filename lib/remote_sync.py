@@ -126,7 +126,7 @@ class HostSyncOutcome(SyncOutcome):
 
 
 class _HostFailed(Exception):
-    """Nothing was synced on the host: every selected repo fails with this reason."""
+    """The sync on the host could not run (or end) as it should: every repo it did not report fails with this."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class LibSnapshot:
 class _HostRun:
     """What one host sync has done so far, kept where a stop (in another thread) can read it."""
 
-    reported: dict[str, dict[str, Any]] = field(default_factory=dict)  # repo -> outcome, as the host printed it
+    reported: dict[str, Any] = field(default_factory=dict)  # repo -> its outcome, as the host printed it
     outcomes: list[HostSyncOutcome] = field(default_factory=list)  # the outcomes to record
     stopped_there: int | None = None  # the host's own count of the commands a stop ended
     notes: list[str] = field(default_factory=list)
@@ -229,7 +229,10 @@ def _install_lib(connection: Any, lib: LibSnapshot, cache: str, final: str, repl
         why = getattr(err, "strerror", None) or str(err) or type(err).__name__
         raise _HostFailed(f"cannot store lib/ in {final} on the host: {clip(why)}") from None
     finally:
-        _sh(connection, "rm", "-rf", "--", temporary, aside)
+        try:
+            _sh(connection, "rm", "-rf", "--", temporary, aside)
+        except Exception:  # noqa: BLE001  left-overs in our own cache; the error that matters is the one above
+            pass
 
 
 def _sftp(connection: Any) -> Any:
@@ -312,7 +315,7 @@ class _HostOutput:
         kind, _, text = line[len(mark):].partition(b" ")
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # a line cut short by a stop: the host's report says what it finished
         if kind == b"outcome":
             self.on_outcome(value)
@@ -353,7 +356,8 @@ def _copy_log(connection: Any, remote_log: Any, local: Path) -> str | None:
         with _open_log(local) as out:
             connection.get(remote_log, local=out)
     except Exception as err:  # a missing file, a lost connection (paramiko's own errors too)
-        return f"log {local} not copied from the host: {getattr(err, 'strerror', None) or err or type(err).__name__}"
+        why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        return f"log {local} not copied from the host: {clip(why)}"
     return None
 
 
