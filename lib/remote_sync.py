@@ -478,25 +478,33 @@ def _reported_then_failed(run: _HostRun, repos: Sequence[Repo], host: Host, reas
     """What the host reported (logs copied when `with_logs` can), every other repo failed with `reason`."""
     if with_logs is not None:
         outcomes = with_logs(list(run.reported.values()))
-    else:
+    else:  # the connection cannot be trusted: the local log says so, never shows an earlier run's
         outcomes = [o for o in (_outcome(d, {r.name: r for r in repos}, host, log_dir, dry_run)
                                 for d in run.reported.values()) if o is not None]
+        for outcome in outcomes:
+            problem = f"log {outcome.log} not copied from the host: {reason}"
+            _write_local_log(Path(outcome.log), host, outcome.repo, f"outcome as the host reported it: "
+                             f"{outcome.line()}\n{problem}")
+            outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
     said = {o.repo for o in outcomes}
     outcomes += _all_failed([r for r in repos if r.name not in said], host, reason, log_dir, dry_run)
     return _in_order(outcomes, repos)
+
+
+def _write_local_log(local: Path, host: Host, repo: str, text: str) -> None:
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with _open_log(local) as log:
+            log.write(f"# orchestrator sync {repo} on host {host.name} ({host.address})\n{text}\n".encode())
+    except OSError:
+        pass  # the reason is in the outcome either way
 
 
 def _all_failed(repos: Sequence[Repo], host: Host, reason: str, log_dir: Path, dry_run: bool) -> list[HostSyncOutcome]:
     outcomes = []
     for repo in repos:
         local = log_dir / _log_name(repo, dry_run)
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            with _open_log(local) as log:
-                log.write(f"# orchestrator sync {repo.name} on host {host.name} ({host.address})\n"
-                          f"error: {reason}\n".encode())
-        except OSError:
-            pass  # the reason is in the outcome either way
+        _write_local_log(local, host, repo.name, f"error: {reason}")
         outcomes.append(HostSyncOutcome(repo.name, "failed", reason, repo.default_branch, None, None, str(local),
                                         host=host.name))
     return outcomes

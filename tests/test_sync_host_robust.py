@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git, wait_gone
+from tests.conftest import ROOT, git, process_running, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking, ref
 from tests.test_sync_host import push_new_commit, results, setup
@@ -317,3 +317,57 @@ def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, ss
     entry = results(home)["steady"]
     assert entry["status"] == "up to date" and entry["host"] == "builder"
     assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+
+
+def children_of_sshd(sshd) -> list[int]:
+    """The session processes of this test's sshd (children of its listener)."""
+    config = str(sshd.root / "sshd_config").encode()
+    listeners, parents = set(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parents[int(entry.name)] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if config in cmdline and b"[listener]" in cmdline:
+            listeners.add(int(entry.name))
+    return [pid for pid, parent in parents.items() if parent in listeners]
+
+
+def test_a_lost_connection_keeps_what_the_host_reported_and_fails_the_rest(home, make_repo, sshd, tmp_path):
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast])
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    stale = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-sync-fast.log"
+    stale.write_text("a log from an earlier run\n")
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+                   and pid_file.read_text().strip(), what="the fast repo's line")
+        wait_until(lambda: children_of_sshd(sshd), what="the sshd session")
+        for pid in children_of_sshd(sshd):  # the connection drops
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        hung = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        if hung is not None and process_running(hung):  # the host's sync is no concern of this test
+            os.killpg(os.getpgid(hung), signal.SIGKILL)
+    err = err_file.read_text()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    entries = results(home)
+    assert entries["fast"]["status"] == "updated", entries["fast"]
+    assert entries["fast"]["reason"].startswith("fast-forward: 1 commit(s); log ")
+    assert "not copied from the host: sync on host builder failed: " in entries["fast"]["reason"]
+    assert "a log from an earlier run" not in stale.read_text()  # never the old run's log under this outcome
+    assert entries["slow"]["status"] == "failed" and entries["slow"]["reason"].startswith("sync on host builder"), \
+        entries["slow"]
