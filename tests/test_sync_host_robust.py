@@ -245,6 +245,51 @@ def test_status_on_a_host_reads_each_repo_as_the_local_scan_does(home, make_repo
     assert "not a git repository" in rows["hollow"]["error"] and "not a git repository" in here["hollow"]["error"]
 
 
+def test_status_on_a_host_shows_an_operation_under_way_and_a_stale_lock_as_locally(home, make_repo, inv, sshd,
+                                                                                  tmp_path):
+    from tests.test_hosts_remote import clone_to
+
+    ws = tmp_path / "ws"
+    merging = clone_to(ws, make_repo("merging", {"f.txt": "base\n"}))
+    git(merging, "checkout", "-q", "-b", "side")
+    (merging / "f.txt").write_text("side\n")
+    git(merging, "commit", "-q", "-am", "side")
+    git(merging, "checkout", "-q", "main")
+    (merging / "f.txt").write_text("main\n")
+    git(merging, "commit", "-q", "-am", "main")
+    subprocess.run(["git", "merge", "-q", "side"], cwd=merging, capture_output=True)  # stops on the conflict
+    picking = clone_to(ws, make_repo("picking", {"g.txt": "base\n"}))
+    git(picking, "checkout", "-q", "-b", "other")
+    for n in (1, 2):
+        (picking / "g.txt").write_text(f"other {n}\n")
+        git(picking, "commit", "-q", "-am", f"other {n}")
+    git(picking, "checkout", "-q", "main")
+    (picking / "g.txt").write_text("main\n")
+    git(picking, "commit", "-q", "-am", "main")
+    subprocess.run(["git", "revert", "--no-edit", "other~1", "other"], cwd=picking, capture_output=True)
+    locked = clone_to(ws, make_repo("locked"))
+    (locked / ".git" / "index.lock").write_text("")  # left by a killed git
+    linked = ws / "linked"
+    git(locked, "worktree", "add", "-q", str(linked), "-b", "wt")
+    git(linked, "bisect", "start")
+    busy = clone_to(ws, make_repo("busy"))
+    (busy / ".git" / "index.lock").write_text("")
+    names = ("merging", "picking", "locked", "linked", "busy")
+    write_hosts(home.path, {"builder": sshd.host_entry(ws)})
+    home.write_repos([{"name": name, "local": str(ws / name)} for name in names])
+    running = subprocess.Popen(["git", "hash-object", "--stdin"], cwd=busy, stdin=subprocess.PIPE)  # holds it
+    try:
+        here = {r["name"]: r for r in json.loads(inv("status", "--json").out)["repos"]}
+        there = {r["name"]: r for r in json.loads(inv("status", "--host", "builder", "--json").out)["repos"]}
+    finally:
+        running.communicate(b"")
+    assert {n: (r["operation"], r["index_lock"]) for n, r in there.items()} == \
+        {n: (r["operation"], r["index_lock"]) for n, r in here.items()}
+    assert here["merging"]["operation"] == "merge" and here["picking"]["operation"] == "revert"
+    assert here["locked"]["index_lock"] == "stale" and here["linked"]["operation"] == "bisect"
+    assert here["busy"]["index_lock"] == "held"
+
+
 def driver_pids(workspace: Path) -> list[int]:
     """The sync drivers for `workspace` running on the host (this machine; other tests' are left alone)."""
     wanted = (b"orchestrator-sync-", json.dumps(str(workspace / ".orchestrator"))[1:-1].encode())
