@@ -432,18 +432,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         output = _HostOutput(reported)
         try:
             result = _run_driver(connection, lib, lib_root, home, report_file, settings, output)
-        except runner.Stopping:  # stopped here: the driver was stopped there and its report waits in a file
-            report = _take_report(connection, report_file)
-            if report is None and remote.stopped_count():  # it was running, and was killed before it wrote one
-                run.notes.append(f"the sync on host {host.name} ended before it said what it had finished; "
-                                 f"recorded the {len(run.reported)} repo(s) it had reported")
-                run.outcomes = with_logs(list(run.reported.values()))
-            elif report is not None:
-                stopped = report.get("stopped")
-                run.stopped_there = stopped if type(stopped) is int and stopped >= 0 else None
-                if report.get("scan_stopped"):
-                    run.notes.append(f"on host {host.name} every repo had synced; its closing scan was stopped")
-                run.outcomes = with_logs(report["outcomes"])
+        except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
+            _keep_what_was_done(run, host, _take_report(connection, report_file) or output.result, with_logs)
             raise
         if output.damaged is None:
             break
@@ -470,6 +460,25 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
+
+
+def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,
+                        with_logs: Callable[[Sequence[Any]], list[HostSyncOutcome]]) -> None:
+    """After a stop here, `run` gets what the driver finished and how many commands the stop ended there.
+
+    `report` is the driver's whole word: the file a stopped driver leaves, or the result it had already
+    printed (it was done when the stop came). Without one, what it had reported is kept.
+    """
+    if report is not None and isinstance(report.get("outcomes"), list):
+        stopped = report.get("stopped", 0)
+        run.stopped_there = stopped if type(stopped) is int and stopped >= 0 else None
+        if report.get("scan_stopped"):
+            run.notes.append(f"on host {host.name} every repo had synced; its closing scan was stopped")
+        run.outcomes = with_logs(report["outcomes"])
+    elif remote.stopped_count():  # it was running, and was killed before it wrote a report
+        run.notes.append(f"the sync on host {host.name} ended before it said what it had finished; "
+                         f"recorded the {len(run.reported)} repo(s) it had reported")
+        run.outcomes = with_logs(list(run.reported.values()))
 
 
 def _reported_then_failed(run: _HostRun, repos: Sequence[Repo], host: Host, reason: str, log_dir: Path,
