@@ -231,7 +231,7 @@ def _install_lib(connection: Any, lib: LibSnapshot, cache: str, final: str, repl
     finally:
         try:
             _sh(connection, "rm", "-rf", "--", temporary, aside)
-        except Exception:  # noqa: BLE001  left-overs in our own cache; the error that matters is the one above
+        except Exception:  # left-overs in our own cache; the error that matters is the one above
             pass
 
 
@@ -368,7 +368,8 @@ def _text(value: Any) -> str | None:
 def _outcome(data: Any, selected: dict[str, Repo], host: Host, log_dir: Path,
              dry_run: bool) -> HostSyncOutcome | None:
     """An outcome as the host reported it, its log under the usual local name; None for anything else."""
-    if not isinstance(data, dict) or data.get("repo") not in selected or not isinstance(data.get("status"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("repo"), str) or data["repo"] not in selected \
+            or not isinstance(data.get("status"), str):
         return None
     known = {f.name for f in fields(SyncOutcome)} - {"repo", "status", "log", "duration_s"}
     duration = data.get("duration_s")

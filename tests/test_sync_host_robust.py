@@ -416,3 +416,41 @@ def test_a_lost_connection_keeps_what_the_host_reported_and_fails_the_rest(home,
     assert "a log from an earlier run" not in stale.read_text()  # never the old run's log under this outcome
     assert entries["slow"]["status"] == "failed" and entries["slow"]["reason"].startswith("sync on host builder"), \
         entries["slow"]
+
+
+def test_the_hosts_output_is_read_line_by_line_and_only_our_marked_lines_count(monkeypatch):
+    """Lines split across reads, lines without this run's mark, cut or odd JSON: none is a traceback or a lie."""
+    from lib import remote_sync
+    from lib.config import Repo
+    from lib.hosts import Host
+    from lib.remote_sync import _HostOutput, _outcome
+
+    monkeypatch.setattr(remote_sync, "MAX_LINE", 1024)
+
+    seen = []
+    output = _HostOutput(seen.append)
+    mark = output.mark.encode()
+    outcome = {"repo": "api", "status": "updated", "reason": None, "branch": "main", "before": "a", "after": "b",
+               "log": "/host/log", "duration_s": 1.5, "checked_out": "main"}
+    line = mark + b" outcome " + json.dumps(outcome).encode() + b"\n"
+    for chunk in (line[:10], line[10:], b"[1/2] api: updated\n"):  # the host's own progress line is not ours
+        output.write(chunk)
+    output.write(b"orchestrator-sync-0000 outcome " + json.dumps({**outcome, "repo": "forged"}).encode() + b"\n")
+    output.write(mark + b" outcome {\"repo\": \"web\", \"stat\n")  # cut short by a stop
+    output.write(mark + b" outcome " + b"[" * 100_000 + b"\n")  # nested past the parser's depth
+    output.write(mark + b" result [1, 2]\n" + mark + b" damaged {\"no\": 1}\n")
+    output.write(b"x" * 4096)  # a line too long to keep (its start is dropped)
+    output.write(b"\n" + mark + b" result {\"outcomes\": []}\n")
+    assert seen == [outcome]
+    assert output.result == {"outcomes": []} and output.damaged is None
+    assert list(output.tail)[0] == "[1/2] api: updated"
+    host = Host("b1", "h", "ws")
+    selected = {"api": Repo("api", Path("x"))}
+    made = _outcome(outcome, selected, host, Path("/logs"), False)
+    assert (made.repo, made.status, made.after, made.host, made.log) == \
+        ("api", "updated", "b", "b1", "/logs/orchestrator-sync-api.log")
+    for odd in ([1], {"repo": ["api"], "status": "updated"}, {"repo": "other", "status": "updated"},
+                {"repo": "api", "status": 3}, {"repo": "api"}):
+        assert _outcome(odd, selected, host, Path("/logs"), False) is None, odd
+    assert _outcome({"repo": "api", "status": "failed", "reason": {"a": 1}, "duration_s": "x"}, selected, host,
+                    Path("/logs"), False).reason == "{'a': 1}"
