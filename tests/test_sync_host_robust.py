@@ -121,11 +121,17 @@ def a_fifo(lib: Path) -> None:
     os.mkfifo(lib / "runner.py")
 
 
+def lib_dir_gone(lib: Path) -> None:
+    for path in lib.iterdir():
+        path.unlink()
+    lib.rmdir()
+
+
 def stray_module(lib: Path) -> None:
     (lib / "json.py").write_text("raise SystemExit('a module that is not ours')\n")
 
 
-@pytest.mark.parametrize("damage", [cut_short, deleted, replaced, emptied, a_fifo, stray_module])
+@pytest.mark.parametrize("damage", [cut_short, deleted, replaced, emptied, a_fifo, stray_module, lib_dir_gone])
 def test_a_damaged_lib_cache_on_the_host_is_replaced_and_the_sync_runs(home, make_repo, inv, sshd, tmp_path, damage):
     handle = make_repo("staking")
     workspace = setup(home, sshd, tmp_path, [handle])
