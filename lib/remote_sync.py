@@ -157,6 +157,7 @@ class _HostRun:
     reported: dict[str, Any] = field(default_factory=dict)  # repo -> its outcome, as the host printed it
     outcomes: list[HostSyncOutcome] = field(default_factory=list)  # the outcomes to record
     stopped_there: int | None = None  # the host's own count of the commands a stop ended
+    unanswered: str | None = None  # set once the host stops answering: nothing more is asked of it
     notes: list[str] = field(default_factory=list)
 
 
@@ -334,7 +335,14 @@ def _run_driver(connection: Any, lib: LibSnapshot, lib_root: str, home: str, rep
     return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S)
 
 
-def _take_report(connection: Any, report_file: str) -> dict[str, Any] | None:
+def _unanswered(err: BaseException) -> bool:
+    """The host stopped answering (a timeout, a closed connection): nothing more is asked of it."""
+    from paramiko import SSHException
+
+    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
+
+
+def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, Any] | None:
     """The report a stopped driver left in its file (then removed), or None."""
     try:
         sftp = _sftp(connection)
@@ -342,14 +350,18 @@ def _take_report(connection: Any, report_file: str) -> dict[str, Any] | None:
             data = report.read(MAX_REPORT)
         sftp.remove(report_file)
         found = json.loads(data)
-    except Exception:  # no file (killed before it wrote one), a lost connection, a cut file: nothing to go by
+    except Exception as err:  # no file (killed before it wrote one), a lost connection, a cut file: nothing to go by
+        if _unanswered(err):
+            run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(str(err))})"
         return None
     return found if isinstance(found, dict) and isinstance(found.get("outcomes"), list) else None
 
 
-def _copy_log(connection: Any, remote_log: Any, local: Path) -> str | None:
+def _copy_log(connection: Any, remote_log: Any, local: Path, run: _HostRun) -> str | None:
     """The host's log copied to `local` (never through a symlink); the problem, if it could not be."""
     try:
+        if run.unanswered:
+            raise ValueError(run.unanswered)  # after a stop, one wait for a silent host is enough
         if not isinstance(remote_log, str):
             raise ValueError("the host named no log")
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -357,6 +369,8 @@ def _copy_log(connection: Any, remote_log: Any, local: Path) -> str | None:
             connection.get(remote_log, local=out)
     except Exception as err:  # a missing file, a lost connection (paramiko's own errors too)
         why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        if _unanswered(err):
+            run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(why)})"
         return f"log {local} not copied from the host: {clip(why)}"
     return None
 
@@ -379,14 +393,14 @@ def _outcome(data: Any, selected: dict[str, Repo], host: Host, log_dir: Path,
 
 
 def _with_logs(connection: Any, entries: Sequence[Any], selected: dict[str, Repo], host: Host, log_dir: Path,
-               dry_run: bool) -> list[HostSyncOutcome]:
+               dry_run: bool, run: _HostRun) -> list[HostSyncOutcome]:
     """The host's outcomes (one per selected repo), each with its log copied back here."""
     outcomes: dict[str, HostSyncOutcome] = {}
     for data in entries:
         outcome = _outcome(data, selected, host, log_dir, dry_run)
         if outcome is None:
             continue
-        problem = _copy_log(connection, data.get("log"), Path(outcome.log))
+        problem = _copy_log(connection, data.get("log"), Path(outcome.log), run)
         if problem:
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
         outcomes[outcome.repo] = outcome
@@ -427,14 +441,14 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             show(outcome)
 
     def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
-        return _in_order(_with_logs(connection, entries, selected, host, log_dir, settings.dry_run), repos)
+        return _in_order(_with_logs(connection, entries, selected, host, log_dir, settings.dry_run, run), repos)
 
     for replaced in (False, True):
         output = _HostOutput(reported)
         try:
             result = _run_driver(connection, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
-            _keep_what_was_done(run, host, _take_report(connection, report_file) or output.result, with_logs)
+            _keep_what_was_done(run, host, _take_report(connection, report_file, run) or output.result, with_logs)
             raise
         if output.damaged is None:
             break
@@ -454,7 +468,7 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     for data in outcomes if isinstance(outcomes, list) else []:
         reported(data)
     if "signal" in output.result:  # stopped on the host, not from here: its report file is not needed
-        _take_report(connection, report_file)
+        _take_report(connection, report_file, run)
         signum = output.result["signal"]
         how = runner.signal_name(signum) if isinstance(signum, int) else clip(str(signum))
         reason = f"the sync on host {host.name} was stopped there ({how}) before this repo finished"
