@@ -434,9 +434,10 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     selected = {r.name: r for r in repos}
     report_file = f"{home}/state/.host-sync-{uuid.uuid4().hex}.json"
 
-    def reported(data: Any) -> None:
+    def reported(data: Any, final: bool = False) -> None:
+        """An outcome the host printed as its repo finished (shown now), or one of its result (the last word)."""
         outcome = _outcome(data, selected, host, log_dir, settings.dry_run)
-        if outcome is not None and outcome.repo not in run.reported:
+        if outcome is not None and (final or outcome.repo not in run.reported):
             run.reported[outcome.repo] = data
             show(outcome)
 
@@ -464,9 +465,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         lines = str(output.result["error"]).splitlines() or ["unknown error"]
         raise OrchestratorError("\n".join(f"on host {host.name}: {clip(line, 1000)}" for line in lines))
     outcomes = output.result.get("outcomes")
-    run.reported = {}  # the result is the host's whole word
     for data in outcomes if isinstance(outcomes, list) else []:
-        reported(data)
+        reported(data, final=True)
     if "signal" in output.result:  # stopped on the host, not from here: its report file is not needed
         _take_report(connection, report_file, run)
         signum = output.result["signal"]
