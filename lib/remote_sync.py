@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shlex
 import uuid
 from collections import deque
@@ -41,11 +42,20 @@ DRIVER_GRACE_S = 3 * runner.GRACE_S
 SFTP_TIMEOUT_S = 60.0  # a host that stops answering must not hang the run (or its Ctrl-C) forever
 MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memory
 MAX_REPORT = 64 * 1024 * 1024
+RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
+PROGRESS_LINE = re.compile(rb"\[\d+/\d+\] ")  # lib.progress's line for a finished repo, printed there too
+# A driver killed before it could stop its gits (they run in sessions of their own) leaves them
+# running: they are found by the run's mark in their environment and killed.
+SWEEP_SCRIPT = """for e in $(grep -lzxF -- "$1" /proc/[0-9]*/environ 2>/dev/null); do
+  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null
+done
+exit 0"""
 # Run by python3 -I -B on the host with one JSON argument (see _driver_args). It checks the cached lib/
 # against the manifest before importing anything from it, then runs lib.sync.run_sync; each line it
 # prints for us starts with a mark made for this run, so nothing else on the host can pass for one.
 DRIVER = """import hashlib, json, os, signal, stat, sys
 args = json.loads(sys.argv[1])
+os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see SWEEP_SCRIPT
 
 
 def say(kind, data):
@@ -310,7 +320,7 @@ class _HostOutput:
     def _line(self, line: bytes) -> None:
         mark = f"{self.mark} ".encode()
         if not line.startswith(mark):
-            if line.strip():
+            if line.strip() and not PROGRESS_LINE.match(line):  # the tail is for what went wrong
                 self.tail.append(clip(line.decode("utf-8", "replace").strip()))
             return
         kind, _, text = line[len(mark):].partition(b" ")
@@ -328,9 +338,9 @@ class _HostOutput:
 
 def _run_driver(connection: Any, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
                 settings: _Settings, output: _HostOutput) -> remote.RemoteResult:
-    args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "report": report_file,
-            "net_jobs": settings.net_jobs, "timeout": settings.timeout, "clone_missing": settings.clone_missing,
-            "dry_run": settings.dry_run}
+    args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "run_var": RUN_VAR,
+            "report": report_file, "net_jobs": settings.net_jobs, "timeout": settings.timeout,
+            "clone_missing": settings.clone_missing, "dry_run": settings.dry_run}
     script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
     return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S)
 
@@ -340,6 +350,14 @@ def _unanswered(err: BaseException) -> bool:
     from paramiko import SSHException
 
     return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
+
+
+def _sweep(connection: Any, mark: str) -> None:
+    """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
+    try:
+        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]))
+    except Exception:  # the connection is gone: nothing more can be done from here
+        pass
 
 
 def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, Any] | None:
@@ -449,7 +467,10 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         try:
             result = _run_driver(connection, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
-            _keep_what_was_done(run, host, _take_report(connection, report_file, run) or output.result, with_logs)
+            report = _take_report(connection, report_file, run) or output.result
+            if report is None and not run.unanswered:
+                _sweep(connection, output.mark)  # killed before it had stopped its gits, maybe
+            _keep_what_was_done(run, host, report, with_logs)
             raise
         if output.damaged is None:
             break
@@ -457,7 +478,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             raise _HostFailed(f"the lib cache {lib_root} on the host still differs from this checkout after "
                               f"replacing it: {clip(', '.join(output.damaged))}")
         _install_lib(connection, lib, cache, lib_root, replace=True)
-    if output.result is None:
+    if output.result is None:  # it died (killed, out of memory): what it started must not outlive it
+        _sweep(connection, output.mark)
         problem = result.problem or "; ".join(output.tail) or f"exit {result.exit_code}"
         return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {clip(problem)}",
                                      log_dir, settings.dry_run, with_logs)

@@ -176,6 +176,7 @@ def test_the_driver_runs_sync_with_the_standard_library_alone(make_repo, tmp_pat
                "            raise ImportError('blocked third-party import: ' + name)\n"
                "sys.meta_path.insert(0, Block())\n")
     args = {"root": str(ROOT), "manifest": LibSnapshot.read().manifest, "home": str(home), "mark": "MARK",
+            "run_var": "ORCHESTRATOR_SYNC_RUN",
             "report": str(tmp_path / "report.json"), "net_jobs": 2, "timeout": 30, "clone_missing": False,
             "dry_run": False}
     result = subprocess.run([sys.executable, "-I", "-B", "-c", blocker + DRIVER, json.dumps(args)],

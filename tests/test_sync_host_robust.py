@@ -449,7 +449,7 @@ def test_the_hosts_output_is_read_line_by_line_and_only_our_marked_lines_count(m
     output.write(b"\n" + mark + b" result {\"outcomes\": []}\n")
     assert seen == [outcome]
     assert output.result == {"outcomes": []} and output.damaged is None
-    assert list(output.tail)[0] == "[1/2] api: updated"
+    assert "[1/2] api: updated" not in output.tail  # the host's progress line is no problem to report
     host = Host("b1", "h", "ws")
     selected = {"api": Repo("api", Path("x"))}
     made = _outcome(outcome, selected, host, Path("/logs"), False)
@@ -460,3 +460,87 @@ def test_the_hosts_output_is_read_line_by_line_and_only_our_marked_lines_count(m
         assert _outcome(odd, selected, host, Path("/logs"), False) is None, odd
     assert _outcome({"repo": "api", "status": "failed", "reason": {"a": 1}, "duration_s": "x"}, selected, host,
                     Path("/logs"), False).reason == "{'a': 1}"
+
+
+def test_a_driver_killed_before_it_reports_keeps_what_it_reported_and_leaves_no_git_behind(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """The sync there takes longer to stop than we wait: it is killed, and the git it had not stopped yet too."""
+    import threading
+
+    from lib import remote_sync
+
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast])
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    # The host's fetch ignores SIGTERM: the host's runner waits runner.GRACE_S before its SIGKILL.
+    git(workspace / "slow", "config", "remote.origin.uploadpack",
+        f"trap '' TERM HUP INT; echo $$ > '{pid_file}'; exec sleep 120 #")
+    monkeypatch.setattr(remote_sync, "DRIVER_GRACE_S", 0.5)  # we wait less than that
+    shown = threading.Event()
+
+    class Watched(remote_sync.Progress):
+        def finish(self, name, line, failed=False):
+            super().finish(name, line, failed)
+            if name == "fast":
+                shown.set()
+
+    monkeypatch.setattr(remote_sync, "Progress", Watched)
+
+    def interrupt_when_ready() -> None:
+        wait_until(lambda: shown.is_set() and pid_file.exists() and pid_file.read_text().strip(),
+                   what="the fast repo's outcome")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    stopper = threading.Thread(target=interrupt_when_ready)
+    stopper.start()
+    try:
+        result = inv("sync-all", "--host", "builder")
+    finally:
+        stopper.join()
+    hung = int(pid_file.read_text().split()[0])
+    try:
+        assert result.code == 130, result.out + result.err
+        assert "the sync on host builder ended before it said what it had finished; recorded the 1 repo(s)" \
+            in result.err and "interrupted: stopped 1 running command (SIGINT)" in result.err, result.err
+        assert results(home).keys() == {"fast"} and results(home)["fast"]["status"] == "updated"
+        assert wait_gone(hung, 30), "the host's fetch outlived the sync that started it"
+    finally:
+        if process_running(hung):
+            os.kill(hung, signal.SIGKILL)
+
+
+def test_a_driver_killed_on_the_host_keeps_what_it_reported_and_leaves_no_git_behind(home, make_repo, sshd,
+                                                                                      tmp_path):
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast])
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        for pid in driver_pids(workspace):  # the OOM killer, say
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = err_file.read_text()
+    hung = int(pid_file.read_text().split()[0])
+    try:
+        assert proc.returncode == 1, out + err
+        assert "Traceback" not in err
+        entries = results(home)
+        assert entries["fast"]["status"] == "updated"
+        assert entries["slow"]["status"] == "failed"
+        assert entries["slow"]["reason"].startswith("sync on host builder gave no result"), entries["slow"]
+        assert wait_gone(hung, 30), "the host's fetch outlived the sync that started it"
+    finally:
+        if process_running(hung):
+            os.kill(hung, signal.SIGKILL)
