@@ -72,17 +72,20 @@ def _interrupted(stop) -> Exit:
         "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 4 per core)",
-        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
+        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>); "
+                "`local` is this machine",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
+    from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
     from lib.scan import ScanStopped, scan_workspace
 
+    host = "" if host == LOCAL else host  # this machine, as for build and test
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
@@ -380,7 +383,8 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
         "clone_missing": "clone repos whose path does not exist from their `remote`",
         "tag": "TAG: only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
-        "host": "NAME: sync the repos in this build host's workspace (<workspace>/<repo name>), same rules",
+        "host": "NAME: sync the repos in this build host's workspace (<workspace>/<repo name>), same rules; "
+                "`local` is this machine",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )

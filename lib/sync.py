@@ -492,10 +492,11 @@ class SyncReport:
 
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-             dry_run: bool = False) -> SyncReport:
+             dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
 
     One sync per workspace at a time: two would race for the same refs, logs and state.
+    `on_done` gets each outcome as its repo finishes (sync-all --host streams them back).
     """
     from lib.scan import scan_and_save
 
@@ -503,10 +504,15 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
         with Progress("syncing", len(repos)) as progress:
+
+            def finished(outcome: SyncOutcome) -> None:
+                progress.finish(outcome.repo, outcome.line(), outcome.failing)
+                if on_done is not None:
+                    on_done(outcome)
+
             try:
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name),
-                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+                                    on_start=lambda repo: progress.start(repo.name), on_done=finished)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 if not dry_run and stop.results:
                     save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
