@@ -20,6 +20,58 @@ def _last_line(run: Run, worker: int) -> str:
     return lines[-1][:200] if lines else ""
 
 
+EVENTS_SHOWN = 20
+
+
+def _about(event: dict[str, Any], project: str, number: int) -> bool:
+    """Whether an event line is about this issue (lines written before events named their project match any)."""
+    return event.get("issue") == number and event.get("project", project) == project
+
+
+def failures(projects: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One current reason per failed or blocked issue: the last `skip` that failed it (with the last push error
+    when it failed for want of a push); a blocked issue names the failed issues it waits on."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for project in projects:
+        for issue in project["issues"]:
+            if issue["state"] != "failed":
+                continue
+            name, number = project["project"], issue["number"]
+            reason, at, push_error = f"failed (no reason recorded; status set in {project['config']})", None, None
+            for line in events:
+                event = line.get("event")
+                if not isinstance(event, dict):
+                    continue
+                if event.get("action") == "reassign" and event.get("new_issue") == number \
+                        and event.get("project", name) == name:
+                    push_error = None  # a new run of the issue: an older push error is not its reason
+                elif not _about(event, name, number):
+                    continue
+                elif event.get("action") == "push_failed":
+                    push_error = event.get("error")
+                elif event.get("action") == "skip":
+                    reason, at = str(event.get("reason") or "failed"), line.get("timestamp")
+                    if push_error and push_error not in reason:
+                        reason += f" (last push error: {push_error})"
+            found[(name, number)] = {"project": name, "issue": number, "state": "failed", "reason": reason, "at": at}
+    out = list(found.values())
+    for project in projects:
+        for issue in project["issues"]:
+            if issue["state"] == "blocked":
+                deps = [found.get((project["project"], d)) for d in issue["blocked_by"] or []]
+                times = [d["at"] for d in deps if d and d["at"]]
+                out.append({"project": project["project"], "issue": issue["number"], "state": "blocked",
+                            "reason": "waits on failed " + ", ".join(f"#{d}" for d in issue["blocked_by"] or []),
+                            "at": max(times) if times else None})
+    return out
+
+
+def recent_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The event log's last lines, oldest first: `{"at", "action", ...}`."""
+    return [{"at": line.get("timestamp"), **line["event"]} for line in events[-EVENTS_SHOWN:]
+            if isinstance(line.get("event"), dict)]
+
+
 def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     records = run.files.load_workers(run.num_workers)
@@ -61,12 +113,11 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
                          "counts": counts, "issues": issues})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
-    failures = [e["event"] for e in read_lines(run.files.events)[-200:]
-                if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
+    events = read_lines(run.files.events)
     return {
         "session": run.session, "state_dir": str(run.files.root), "workers": workers, "projects": projects,
         "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
-        "failures": failures[-10:],
+        "failures": failures(projects, events), "events": recent_events(events),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held,
     }
@@ -91,5 +142,5 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
-        lines.append(f"failure: #{failure.get('issue')}: {failure.get('reason') or failure.get('error')}")
+        lines.append(f"{failure['state']}: {failure['project']} #{failure['issue']}: {failure['reason']}")
     return lines

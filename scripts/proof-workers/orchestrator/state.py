@@ -86,6 +86,11 @@ class RunFiles:
     def lock(self) -> Path:
         return self.root / "monitor.lock"
 
+    @property
+    def pins(self) -> Path:
+        """Where each repo's work is pushed, pinned before its first agent ran (orchestrator.pins)."""
+        return self.root / "push-pins.json"
+
     def load_worker(self, worker: int) -> WorkerRecord:
         path = self.worker_file(worker)
         try:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.gitstatus import REPO_LOCAL_GIT_VARS
 
 SAFE_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "color.ui=false")
@@ -143,30 +147,136 @@ def porcelain(worktree: Path) -> str:
     return git(worktree, "status", "--porcelain", "--untracked-files=all")
 
 
-def check_push_url(worktree: Path, expected: str | None) -> None:
-    """Refuse when origin now pushes elsewhere than when the issue was assigned (None: nothing recorded).
-
-    An agent can rewrite the shared .git/config: work pushed to its remote must never count as pushed.
-    """
-    if expected is not None and (now := push_url(worktree)) != expected:
-        raise GitFailed(f"origin's push url changed since the issue was assigned ({expected} -> {now}); "
-                        "not pushing: put it back to resume")
-
-
-def push(worktree: Path, branch: str) -> None:
-    """Push the branch to origin (never forced); raises GitFailed with git's reason."""
-    git(worktree, "push", "-q", "origin", f"refs/heads/{branch}:refs/heads/{branch}")
-
-
 def push_url(repo: Path) -> str:
-    """Where a push to origin really goes (url, pushurl and insteadOf rewrites applied)."""
+    """Where a push to origin goes now (url, pushurl and insteadOf rewrites applied): what a pin records."""
     return git(repo, "remote", "get-url", "--push", "origin").strip()
 
 
-def remote_head(repo: Path, branch: str) -> str | None:
-    """The branch's commit where pushes go (the push url: a fetch url pointed elsewhere cannot vouch for it)."""
-    out = git(repo, "ls-remote", push_url(repo), f"refs/heads/{branch}", check=False).split()
-    return out[0] if out else None
+# A pinned push reads no git config but its own: no system or global file (an agent can write ~/.gitconfig),
+# and it runs in a throwaway bare repository whose objects are the real one's (alternates), so no
+# url.*.insteadOf, pushInsteadOf, pushurl, core.sshCommand or include in the shared .git/config applies.
+PINNED_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_SYSTEM": os.devnull, "GIT_CONFIG_GLOBAL": os.devnull}
+# Failures worth another try: the network, not the remote's answer. Anything else will not change by itself.
+NETWORK_ERROR = re.compile(
+    r"could not resolve (host|hostname)|name or service not known|temporary failure in name resolution|"
+    r"connection refused|connection timed out|operation timed out|timed out after|connection reset|"
+    r"network is unreachable|no route to host|remote end hung up|early eof|failed to connect|"
+    r"returned error: 50[234]", re.IGNORECASE)
+LASTING_ERROR = re.compile(
+    r"\[(remote )?rejected\]|non-fast-forward|fetch first|permission denied|does not appear to be a git repository|"
+    r"repository not found|authentication failed|access denied|hook declined", re.IGNORECASE)
+
+
+def is_network_error(text: str) -> bool:
+    """Whether git's complaint is a network failure that a later try may not meet.
+
+    >>> is_network_error("ssh: connect to host example.com port 22: Connection refused")
+    True
+    >>> is_network_error("fatal: unable to access 'https://x/': Could not resolve host: x")
+    True
+    >>> is_network_error("fatal: the remote end hung up unexpectedly")
+    True
+    >>> is_network_error("! [rejected] feature/issue-1 (non-fast-forward)")
+    False
+    >>> is_network_error("! [remote rejected] b -> b (pre-receive hook declined)")
+    False
+    >>> is_network_error("Permission denied (publickey). fatal: the remote end hung up unexpectedly")
+    False
+    >>> is_network_error("fatal: '/srv/gone.git' does not appear to be a git repository")
+    False
+    """
+    return NETWORK_ERROR.search(text) is not None and LASTING_ERROR.search(text) is None
+
+
+class PushFailed(GitFailed):
+    """A pinned push or its check failed; `retry` says whether another cycle may succeed (a network error)."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@contextmanager
+def _pinned_git_dir(repo: Path | None) -> Iterator[Path]:
+    """A throwaway bare repository with our config only; it reads `repo`'s objects when one is given."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-push-") as tmp:
+        shim = Path(tmp) / "pinned.git"
+        (shim / "objects" / "info").mkdir(parents=True)
+        (shim / "refs").mkdir()
+        (shim / "HEAD").write_text("ref: refs/heads/unused\n")
+        config = "[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
+        if repo is not None:
+            common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+            if git(repo, "rev-parse", "--show-object-format").strip() == "sha256":
+                config = "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = sha256\n"
+            (shim / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
+        (shim / "config").write_text(config)
+        yield shim
+
+
+def _run_pinned(shim: Path, what: str, *args: str) -> str:
+    """Run git in the pinned git dir, in a process group of its own (a hung ssh is killed with it, never left
+    holding our pipes); raise PushFailed (retry only on a network error or a timeout) when it fails."""
+    proc = subprocess.Popen(["git", f"--git-dir={shim}", *SAFE_GIT, *args], cwd=shim, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(PINNED_ENV),
+                            start_new_session=True)
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        if proc.returncode is None:  # timed out, or we are being stopped: what git started (ssh) goes with it
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+    if timed_out:
+        raise PushFailed(f"{what}: timed out after {GIT_TIMEOUT_S:.0f}s", retry=True)
+    if proc.returncode != 0:
+        said = [line.strip() for line in (err + "\n" + out).splitlines()
+                if line.strip() and not line.startswith(("hint:", "To ", "Done"))]
+        detail = clip(" / ".join(said), 400) or f"exit {proc.returncode}"
+        raise PushFailed(f"{what}: {detail}", retry=is_network_error(detail))
+    return out
+
+
+def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
+    ref = f"refs/heads/{branch}"
+    for line in _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, ref).splitlines():
+        sha, _, name = line.partition("\t")
+        if name == ref:  # ls-remote's pattern also matches refs/heads/x/refs/heads/<branch>
+            return sha
+    return None
+
+
+def remote_head(url: str, branch: str) -> str | None:
+    """The branch's commit at `url`, read with no git config at all (for a pinned url); None when absent."""
+    with _pinned_git_dir(None) as shim:
+        return _remote_sha(shim, url, branch)
+
+
+def push_pinned(repo: Path, branch: str, url: str) -> tuple[str, bool]:
+    """Push exactly the local branch's commit to `url`'s refs/heads/<branch> (never forced, no config read),
+    then check that `url` has it. Returns (sha, whether a push was needed); raises PushFailed."""
+    try:
+        sha = branch_head(repo, branch)
+        if sha is None:
+            raise PushFailed(f"branch {branch} is gone from {repo}", retry=False)
+        with _pinned_git_dir(repo) as shim:
+            if _remote_sha(shim, url, branch) == sha:
+                return sha, False  # already there (a resumed monitor): nothing is pushed twice
+            _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
+                        f"{sha}:refs/heads/{branch}")
+            there = _remote_sha(shim, url, branch)
+    except PushFailed:
+        raise
+    except GitFailed as err:  # the repository itself (gone, not a repository): no later cycle fixes that
+        raise PushFailed(str(err), retry=False) from None
+    except OSError as err:  # the temporary directory (a full disk): maybe the next cycle
+        raise PushFailed(f"cannot prepare the push of {branch}: {err}", retry=True) from None
+    if there != sha:
+        raise PushFailed(f"pushed {sha[:12]} to {clip(url)}, but its {branch} is {there or 'missing'}", retry=False)
+    return sha, True
 
 
 def continuation_facts(worktree: Path, base_branch: str, branch: str) -> tuple[str, str]:

@@ -1,0 +1,252 @@
+"""Pushes go to the repo's pinned url whatever an agent does to git config, and a failed push says why once."""
+from __future__ import annotations
+
+import doctest
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import git, require_tool
+from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
+
+from test_workers_e2e import _monitor_in_thread
+
+from orchestrator import cli, pins, worktrees
+from orchestrator.monitor import monitor
+from orchestrator.report import status_document
+from orchestrator.run import open_run
+
+# An agent that runs the test's shell commands for its issue in its worktree, then commits (or exits as told).
+AGENT = r'''
+import json, subprocess, sys
+from pathlib import Path
+
+script, number, stage = sys.argv[1], sys.argv[2], sys.argv[3]
+plan = json.loads(Path(script).read_text()).get(number, {})
+for command in plan.get("run", []):
+    subprocess.run(command, shell=True, check=True)
+if "exit" in plan:
+    sys.exit(plan["exit"])
+Path(f"work-{number}.txt").open("a").write(f"{stage}\n")
+subprocess.run(["git", "add", "-A"], check=True)
+subprocess.run(["git", "-c", "user.name=Agent", "-c", "user.email=agent@example.com", "commit", "-q", "-m",
+                f"{stage} #{number}"], check=True)
+'''
+
+
+def scripted(proj, plans: dict[int, dict]) -> None:
+    """Give the project our agent, doing `plans[n]` for issue n."""
+    agent = proj.root / "agent" / "push_agent.py"
+    agent.write_text(AGENT)
+    plan_file = proj.root / "agent" / "plans.json"
+    plan_file.write_text(json.dumps({str(n): plan for n, plan in plans.items()}))
+    doc = proj.doc()
+    doc["agent_command"] = " ".join([shlex.quote(sys.executable), shlex.quote(str(agent)), shlex.quote(str(plan_file)),
+                                     "{{issue.number}}", "{{stage}}"])
+    proj.config.write_text(json.dumps(doc, indent=2))
+
+
+def gate(proj) -> tuple[Path, str]:
+    """A file the agent waits for (a command for its plan): the test decides when it commits."""
+    path = proj.root / "agent" / "go"
+    return path, f"while [ ! -e {shlex.quote(str(path))} ]; do sleep 0.05; done"
+
+
+def heads(bare: Path) -> dict[str, str]:
+    out = git(bare, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/")
+    return dict(line.split() for line in out.splitlines())
+
+
+def evil_mirror(proj) -> Path:
+    """A copy of the real remote (an agent's own server): fetching from it works, so only pushes tell."""
+    evil = proj.root / "evil.git"
+    git(proj.root, "clone", "-q", "--bare", str(proj.remote), str(evil))
+    return evil
+
+
+REDIRECTS = {
+    "pushurl": "git config remote.origin.pushurl {evil}",
+    "url": "git config remote.origin.url {evil}",
+    "insteadOf": "git config url.{evil}.insteadOf {real}",
+    "pushInsteadOf": "git config url.{evil}.pushInsteadOf {real}",
+    "renamed remote": "git remote rename origin real && git remote add origin {evil}",
+    "global config in HOME": "git config --global url.{evil}.insteadOf {real}",
+}
+
+
+@pytest.mark.parametrize("how", list(REDIRECTS))
+def test_an_agent_redirecting_origin_never_moves_where_any_issue_is_pushed(project, how):
+    """Broke: #1's agent pointed origin at its own server; #2, assigned after that, was pushed there and
+    reported completed while the real remote never got it. Now both land on the pinned remote, the
+    agent's server gets nothing, and status says done with no failure."""
+    proj = project([{"number": 1, "title": "redirects"}, {"number": 2, "title": "after"}],
+                   pipeline=["implement"], num_workers=1)
+    evil = evil_mirror(proj)
+    command = REDIRECTS[how].format(evil=shlex.quote(str(evil)), real=shlex.quote(str(proj.remote)))
+    scripted(proj, {1: {"run": [command]}})
+    before = heads(evil)
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert git(proj.repo, "remote", "get-url", "--push", "origin") == str(evil)  # plain git would push there
+    local = {b: git(proj.repo, "rev-parse", f"refs/heads/{b}") for b in ("feature/issue-1", "feature/issue-2")}
+    real = heads(proj.remote)
+    assert {b: real.get(f"refs/heads/{b}") for b in local} == local
+    assert heads(evil) == before
+    assert [proj.issue(n)["status"] for n in (1, 2)] == ["completed", "completed"]
+    pushes = [e for e in proj.events() if e["action"] == "push"]
+    assert [(e["issue"], e["url"]) for e in pushes] == [(1, str(proj.remote)), (2, str(proj.remote))]
+    doc = status_document(open_run())
+    assert doc["done"] is True and doc["failures"] == []
+    assert json.loads((proj.state / "push-pins.json").read_text())["repos"]["default"]["url"] == str(proj.remote)
+
+
+def test_repos_json_remote_is_the_pin_when_given(project, home):
+    """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    mirror = evil_mirror(proj)
+    home.write_repos([{"name": "app", "local": str(proj.repo), "remote": str(mirror)}])
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    local = git(proj.repo, "rev-parse", "refs/heads/feature/issue-1")
+    assert heads(mirror).get("refs/heads/feature/issue-1") == local
+    assert "refs/heads/feature/issue-1" not in heads(proj.remote)
+    pin = json.loads((proj.state / "push-pins.json").read_text())["repos"]["default"]
+    assert (pin["url"], pin["source"]) == (str(mirror), "repos.json")
+
+
+def test_a_rejected_push_fails_the_issue_at_once_and_status_says_why_once(project):
+    """A pre-receive hook's 'no' will not change: #1 fails on its first push (one push_failed, no retries),
+    its dependent #2 is blocked, #3 completes; status lists one reason per failed or blocked issue."""
+    proj = project([{"number": 1, "title": "rejected"}, {"number": 2, "title": "needs 1", "depends_on": [1]},
+                    {"number": 3, "title": "fine"}], pipeline=["implement"], num_workers=1)
+    scripted(proj, {})
+    hook = proj.remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nwhile read old new ref; do\n"
+                    "  [ \"$ref\" = refs/heads/feature/issue-1 ] && { echo 'remote says no' >&2; exit 1; }\n"
+                    "done\nexit 0\n")
+    hook.chmod(0o755)
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 1
+
+    assert [proj.issue(n).get("status") for n in (1, 2, 3)] == ["failed", None, "completed"]
+    failed = [e for e in proj.events() if e["action"] == "push_failed"]
+    assert len(failed) == 1 and failed[0]["retry"] is False and "remote says no" in failed[0]["error"]
+    doc = status_document(open_run())
+    assert [(f["project"], f["issue"], f["state"]) for f in doc["failures"]] == [("demo", 1, "failed"),
+                                                                                 ("demo", 2, "blocked")]
+    assert "remote says no" in doc["failures"][0]["reason"] and doc["failures"][0]["at"]
+    assert doc["failures"][1]["reason"] == "waits on failed #1"
+    assert {"push_failed", "skip", "mark_complete"} <= {e["action"] for e in doc["events"]}
+    assert git(proj.repo, "rev-parse", "refs/heads/feature/issue-1")  # the work stays on the local branch
+
+
+def test_network_errors_are_retried_and_a_repin_lets_the_push_land(project, capsys):
+    """The pinned url is unreachable (connection refused): the push is retried each cycle and the issue
+    stays in progress; status shows another issue's failure, not the retry lines. The user points origin
+    back and runs `repin`: the next cycle's push lands."""
+    require_tool("ssh")
+    proj = project([{"number": 1, "title": "network"}, {"number": 2, "title": "exits 7"}],
+                   pipeline=["implement"], num_workers=2, max_retries=0)
+    go, wait = gate(proj)
+    scripted(proj, {1: {"run": [wait]}, 2: {"exit": 7}})
+    git(proj.repo, "config", "remote.origin.pushurl", "ssh://127.0.0.1:1/nowhere.git")
+    assert cli.main(["repin"]) == 0
+    assert "pushes to ssh://127.0.0.1:1/nowhere.git (from origin; first pin)" in capsys.readouterr().out
+
+    def cycle() -> None:
+        monitor(open_run(), once=True, no_delay=True, say=lambda _: None)
+
+    retry_until(lambda: cycle() or proj.issue(2).get("status") == "failed", seconds=60, interval=0.2)
+    go.touch()  # #1 commits now: its pushes start once #2 has failed
+    retry_until(lambda: cycle() or sum(1 for e in proj.events() if e["action"] == "push_failed") >= 3,
+                seconds=60, interval=0.2)
+    failed = [e for e in proj.events() if e["action"] == "push_failed"]
+    assert all(e["retry"] is True and "Connection refused" in e["error"] for e in failed)
+    assert proj.issue(1)["status"] == "in_progress"
+    doc = status_document(open_run())
+    assert [(f["issue"], f["state"]) for f in doc["failures"]] == [(2, "failed")]
+    assert "exit code 7" in doc["failures"][0]["reason"]
+
+    git(proj.repo, "config", "--unset", "remote.origin.pushurl")
+    assert cli.main(["repin", "--repo", "default"]) == 0
+    assert f"pushes to {proj.remote} (from origin; was ssh://127.0.0.1:1/nowhere.git)" in capsys.readouterr().out
+    retry_until(lambda: cycle() or proj.issue(1)["status"] == "completed", seconds=60, interval=0.2)
+    assert heads(proj.remote)["refs/heads/feature/issue-1"] == git(proj.repo, "rev-parse", "feature/issue-1")
+
+
+def test_an_unreadable_pin_file_stops_pushes_and_is_never_remade_silently(project):
+    """A pin file that does not parse is not replaced by origin's url of the moment: the push fails with a
+    one-line reason naming `repin`, and the file stays as it was."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    go, wait = gate(proj)
+    scripted(proj, {1: {"run": [wait]}})
+    thread, result = _monitor_in_thread()
+    try:
+        retry_until(lambda: proj.issue(1).get("status") == "in_progress", seconds=30)
+        (proj.state / "push-pins.json").write_text("{not json")
+    finally:
+        go.touch()
+        thread.join(timeout=60)
+    assert result == [1] and proj.issue(1)["status"] == "failed"
+    assert (proj.state / "push-pins.json").read_text() == "{not json"
+    skip = next(e for e in proj.events() if e["action"] == "skip")
+    assert "unreadable push pins" in skip["reason"] and "repin" in skip["reason"]
+    assert "refs/heads/feature/issue-1" not in heads(proj.remote)
+
+
+def test_repin_rejects_an_unknown_repo_in_one_line(project, capsys):
+    project([{"number": 1, "title": "one"}])
+    assert cli.main(["repin", "--repo", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown repo 'nope'" in err and "default" in err
+
+
+def test_inv_workers_repin_pins_and_prints(project, inv):
+    proj = project([{"number": 1, "title": "one"}])
+    result = inv("workers.repin", "--json")
+    assert result.code == 0, result.err
+    [entry] = json.loads(result.out)
+    assert entry["repo"] == "default" and entry["new"]["url"] == str(proj.remote) and entry["old"] is None
+    assert pins.load(proj.state / "push-pins.json")["default"].url == str(proj.remote)
+
+
+def test_remote_head_reads_the_url_itself_whatever_global_config_rewrites(make_repo, tmp_path):
+    """For the alert code: the branch at a pinned url, read with no config (a global insteadOf is ignored)."""
+    handle = make_repo("app")
+    other = tmp_path / "other.git"
+    git(tmp_path, "init", "-q", "--bare", str(other))
+    git(handle.path, "config", "--global", f"url.{other}.insteadOf", str(handle.remote))
+    assert worktrees.remote_head(str(handle.remote), "main") == handle.head()
+    assert worktrees.remote_head(str(handle.remote), "absent") is None
+
+
+def test_a_hung_transport_times_out_as_a_network_error_and_leaves_nothing_running(make_repo, tmp_path, monkeypatch):
+    """A push whose ssh never answers (and started a child of its own) is killed with its whole group at the
+    timeout and counted as a network error (retried), not left holding the monitor."""
+    from conftest import process_running
+
+    handle = make_repo("app")
+    pid_file = tmp_path / "ssh.pid"
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {shlex.quote(str(pid_file))}\nwait\n")
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(fake_ssh))
+    monkeypatch.setattr(worktrees, "GIT_TIMEOUT_S", 2.0)
+
+    with pytest.raises(worktrees.PushFailed) as failed:
+        worktrees.push_pinned(handle.path, "main", "ssh://git.example.invalid/app.git")
+
+    assert failed.value.retry and "timed out after 2s" in str(failed.value)
+    sleeper = int(retry_until(lambda: pid_file.exists() and pid_file.read_text().strip()))
+    retry_until(lambda: not process_running(sleeper), seconds=10)
+
+
+def test_network_error_predicate_examples():
+    assert doctest.testmod(worktrees).failed == 0
+    assert worktrees.is_network_error("ssh: Could not resolve hostname gitlab.example: Name or service not known")
+    assert not worktrees.is_network_error("remote: HTTP Basic: Access denied / fatal: Authentication failed")
