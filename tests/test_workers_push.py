@@ -104,6 +104,25 @@ def test_an_agent_redirecting_origin_never_moves_where_any_issue_is_pushed(proje
     assert json.loads((proj.state / "push-pins.json").read_text())["repos"]["default"]["url"] == str(proj.remote)
 
 
+def test_a_forged_origin_main_is_never_the_base_of_the_next_issue(project):
+    """Broke: #1's agent pointed origin at its server, whose main (and our origin/main) held a commit of its
+    own; #2's branch started there and that commit was pushed to the real remote as #2's work. Now a new
+    branch starts where the pinned remote's main is."""
+    proj = project([{"number": 1, "title": "forges"}, {"number": 2, "title": "after"}],
+                   pipeline=["implement"], num_workers=1)
+    evil = shlex.quote(str(evil_mirror(proj)))
+    forge = ("sha=$(git -c user.name=A -c user.email=a@example.com commit-tree 'HEAD^{tree}' -p HEAD -m 'evil base')"
+             f" && git push -q {evil} $sha:refs/heads/main && git config remote.origin.url {evil}"
+             " && git update-ref refs/remotes/origin/main $sha")
+    scripted(proj, {1: {"run": [forge]}})
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert git(proj.repo, "log", "-1", "--format=%s", "refs/remotes/origin/main") == "evil base"
+    assert proj.remote_commits("feature/issue-2") == ["implement #2"]
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+
+
 def test_repos_json_remote_is_the_pin_when_given(project, home):
     """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
@@ -146,23 +165,38 @@ def test_a_rejected_push_fails_the_issue_at_once_and_status_says_why_once(projec
 
 
 def test_network_errors_are_retried_and_a_repin_lets_the_push_land(project, capsys):
-    """The pinned url is unreachable (connection refused): the push is retried each cycle and the issue
-    stays in progress; status shows another issue's failure, not the retry lines. The user points origin
-    back and runs `repin`: the next cycle's push lands."""
+    """The pinned url is unreachable (connection refused): no issue starts (its base would be a guess), and
+    a push is retried each cycle with the issue in progress; status shows another issue's failure, not the
+    retry lines. The user points origin back and runs `repin`: the next cycle's push lands."""
     require_tool("ssh")
     proj = project([{"number": 1, "title": "network"}, {"number": 2, "title": "exits 7"}],
                    pipeline=["implement"], num_workers=2, max_retries=0)
     go, wait = gate(proj)
     scripted(proj, {1: {"run": [wait]}, 2: {"exit": 7}})
-    git(proj.repo, "config", "remote.origin.pushurl", "ssh://127.0.0.1:1/nowhere.git")
-    assert cli.main(["repin"]) == 0
-    assert "pushes to ssh://127.0.0.1:1/nowhere.git (from origin; first pin)" in capsys.readouterr().out
+    unreachable = "ssh://127.0.0.1:1/nowhere.git"
 
     def cycle() -> None:
         monitor(open_run(), once=True, no_delay=True, say=lambda _: None)
 
+    def pin_to(url: str | None) -> str:
+        if url:
+            git(proj.repo, "config", "remote.origin.pushurl", url)
+        else:
+            git(proj.repo, "config", "--unset", "remote.origin.pushurl")
+        assert cli.main(["repin"]) == 0
+        return capsys.readouterr().out
+
+    assert f"pushes to {unreachable} (from origin; first pin)" in pin_to(unreachable)
+    cycle()
+    assert [proj.issue(n).get("status") for n in (1, 2)] == [None, None]
+    assert all("Connection refused" in e["error"] for e in proj.events() if e["action"] == "error")
+    assert any(e["action"] == "error" and e["during"] == "reassign" for e in proj.events())
+
+    assert f"pushes to {proj.remote} (from origin; was {unreachable})" in pin_to(None)
     retry_until(lambda: cycle() or proj.issue(2).get("status") == "failed", seconds=60, interval=0.2)
-    go.touch()  # #1 commits now: its pushes start once #2 has failed
+    assert proj.issue(1)["status"] == "in_progress"
+    pin_to(unreachable)
+    go.touch()  # #1 commits now: its pushes meet the unreachable pin
     retry_until(lambda: cycle() or sum(1 for e in proj.events() if e["action"] == "push_failed") >= 3,
                 seconds=60, interval=0.2)
     failed = [e for e in proj.events() if e["action"] == "push_failed"]
@@ -172,9 +206,7 @@ def test_network_errors_are_retried_and_a_repin_lets_the_push_land(project, caps
     assert [(f["issue"], f["state"]) for f in doc["failures"]] == [(2, "failed")]
     assert "exit code 7" in doc["failures"][0]["reason"]
 
-    git(proj.repo, "config", "--unset", "remote.origin.pushurl")
-    assert cli.main(["repin", "--repo", "default"]) == 0
-    assert f"pushes to {proj.remote} (from origin; was ssh://127.0.0.1:1/nowhere.git)" in capsys.readouterr().out
+    assert f"pushes to {proj.remote} (from origin; was {unreachable})" in pin_to(None)
     retry_until(lambda: cycle() or proj.issue(1)["status"] == "completed", seconds=60, interval=0.2)
     assert heads(proj.remote)["refs/heads/feature/issue-1"] == git(proj.repo, "rev-parse", "feature/issue-1")
 

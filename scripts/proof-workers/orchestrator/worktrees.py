@@ -101,11 +101,14 @@ def created_by_us(path: Path, base: Path) -> bool:
         and inside(path, base)
 
 
-def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path, branch: str) -> Path:
+def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path, branch: str,
+                    start: str | None = None) -> Path:
     """The issue's worktree on its branch, created from origin/<default> when new; reused when it exists.
 
     Reconciles with what is there: a registered worktree whose directory is gone
     is pruned; a local branch (or one only on the remote) is checked out as it is.
+    With `start` (a sha read from the pinned url: `pinned_start`), a new branch starts
+    exactly there, never at a remote-tracking ref the shared .git/config can forge.
     """
     if not inside(path, base_dir):
         raise GitFailed(f"worktree {path} is not inside worktree_base {base_dir}")
@@ -125,6 +128,11 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
     base_dir.mkdir(parents=True, exist_ok=True)
     if ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}"):
         git(repo, "worktree", "add", "-q", str(path), branch)
+    elif start is not None:
+        if not ok(repo, "cat-file", "-e", f"{start}^{{commit}}"):
+            raise GitFailed(f"commit {start[:12]} (where the pinned remote's {branch} or {default_branch} is) is "
+                            f"not in {repo} after fetching origin: does origin still fetch from the pinned url?")
+        git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), start)
     elif ok(repo, "rev-parse", "--verify", "-q", f"refs/remotes/origin/{branch}"):
         git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), f"origin/{branch}")
     else:
@@ -247,6 +255,15 @@ def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
         if name == ref:  # ls-remote's pattern also matches refs/heads/x/refs/heads/<branch>
             return sha
     return None
+
+
+def pinned_start(url: str, default_branch: str, branch: str) -> str:
+    """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
+    with _pinned_git_dir(None) as shim:
+        found = _remote_sha(shim, url, branch) or _remote_sha(shim, url, default_branch)
+    if found is None:
+        raise PushFailed(f"{clip(url)} has neither {branch} nor {default_branch}", retry=False)
+    return found
 
 
 def remote_head(url: str, branch: str) -> str | None:
