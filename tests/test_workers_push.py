@@ -123,6 +123,61 @@ def test_a_forged_origin_main_is_never_the_base_of_the_next_issue(project):
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
 
 
+def _orchestrator(*args: str):
+    import subprocess
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT / "scripts" / "proof-workers",
+                          env=monitor_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_launch_pins_first_and_starts_new_branches_at_the_pinned_remote(project, tmux_socket):
+    """A second launch after an agent of the first run pointed origin at a server with its own main: the
+    first worktree launch creates starts at the pinned remote's main, and the work lands there."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    scripted(proj, {})
+    assert _orchestrator("launch", "--dry-run").returncode == 0
+    assert not (proj.state / "push-pins.json").exists()  # a dry run pins nothing
+    assert cli.main(["repin"]) == 0  # as the first run's launch did
+    evil = evil_mirror(proj)
+    git(proj.repo, "commit", "-q", "--allow-empty", "-m", "evil base")
+    git(proj.repo, "push", "-q", str(evil), "HEAD:refs/heads/main")
+    git(proj.repo, "reset", "-q", "--hard", "HEAD~1")
+    git(proj.repo, "config", "remote.origin.url", str(evil))
+
+    launched = _orchestrator("launch")
+
+    assert launched.returncode == 0, launched.stderr
+    retry_until(lambda: any(e["action"] == "shutdown" for e in proj.events()), seconds=60)
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    assert heads(evil).get("refs/heads/feature/issue-1") is None
+
+
+def test_launch_that_cannot_pin_refuses_in_one_line_and_creates_nothing(project, home, tmux_socket):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"])
+    home.write_repos([], raw="{not json")
+
+    launched = _orchestrator("launch")
+
+    assert launched.returncode == 2 and launched.stderr.count("\n") == 1, launched.stderr
+    assert "cannot pin the push target of repo default" in launched.stderr and "repos.json" in launched.stderr
+    assert not (proj.root / "worktrees").exists() and not tmux_socket.sessions
+    assert not (proj.state / "push-pins.json").exists()
+
+
+def test_a_relative_origin_path_is_pinned_as_the_directory_it_names(project):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    scripted(proj, {})
+    git(proj.repo, "remote", "set-url", "origin", "../../remotes/app.git")
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+    assert pins.load(proj.state / "push-pins.json")["default"].url == str(proj.remote)
+
+
 def test_repos_json_remote_is_the_pin_when_given(project, home):
     """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
@@ -279,6 +334,6 @@ def test_a_hung_transport_times_out_as_a_network_error_and_leaves_nothing_runnin
 
 
 def test_network_error_predicate_examples():
-    assert doctest.testmod(worktrees).failed == 0
+    assert doctest.testmod(worktrees).failed == 0 and doctest.testmod(pins).failed == 0
     assert worktrees.is_network_error("ssh: Could not resolve hostname gitlab.example: Name or service not known")
     assert not worktrees.is_network_error("remote: HTTP Basic: Access denied / fatal: Authentication failed")

@@ -256,11 +256,9 @@ class Executor:
         unpinned = pins.ensure(self.run.configs, self.run.state_root, Paths.from_env().home)
         reason = f"push target: {unpinned[(cfg.project, repo.name)]}" if (cfg.project, repo.name) in unpinned else ""
         if not reason:
-            url = pins.pinned(self.run.state_root, cfg.project, repo.name).url
             try:
                 # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
-                start = None if worktrees.branch_head(repo.path, branch) else \
-                    worktrees.pinned_start(url, repo.default_branch, branch)
+                start = pins.start_for(self.run.state_root, cfg, repo, branch)
                 worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
             except worktrees.PushFailed as err:
                 if err.retry:

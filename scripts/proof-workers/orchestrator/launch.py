@@ -10,7 +10,7 @@ from typing import Any
 
 from lib.errors import ConfigError, OrchestratorError
 from lib.paths import Paths
-from orchestrator import tmux, worktrees
+from orchestrator import pins, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.decide import State, decide
 from orchestrator.monitor import issue_views, settings_of, worker_views
@@ -109,12 +109,16 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
     with monitor_lock(run.locks()):  # refuses while a monitor (or another launch) runs for these projects
         if tmux.session_exists(run.server, run.session):
             raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
+        unpinned = pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # before any agent runs
+        if unpinned:
+            raise ConfigError(sorted(set(unpinned.values())))
         for a in plan.assignments:
             cfg = run.config_of(a.project)
             issue = cfg.issue(a.issue)
             assert issue is not None
             repo = cfg.repo_for(issue)
-            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch,
+                                      pins.start_for(run.state_root, cfg, repo, a.branch))
         env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
         if os.environ.get(tmux.SOCKET_ENV):
             env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,7 +73,29 @@ def target_now(repo: RepoConfig, home: Path) -> Pin:
         url = worktrees.push_url(repo.path)
     except worktrees.GitFailed as err:
         raise ConfigError(f"cannot pin the push target of repo {repo.name}: no origin push url ({err})") from None
-    return Pin(url, "origin", now_iso())
+    return Pin(absolute_if_local(url, repo.path), "origin", now_iso())
+
+
+def absolute_if_local(url: str, base: Path) -> str:
+    """A relative local path (`../app.git`) as git would resolve it from `base`: pushes run elsewhere.
+
+    >>> absolute_if_local("../app.git", Path("/src/app"))
+    '/src/app.git'
+    >>> [absolute_if_local(u, Path("/src/app")) for u in ("git@host:org/app.git", "ssh://h/x", "/srv/x.git")]
+    ['git@host:org/app.git', 'ssh://h/x', '/srv/x.git']
+    """
+    scp_like = ":" in url and "/" not in url.split(":", 1)[0]
+    if "://" in url or scp_like or url.startswith("/"):
+        return url
+    return os.path.normpath(base / url)
+
+
+def start_for(state_root: Path, cfg: ProjectConfig, repo: RepoConfig, branch: str) -> str | None:
+    """Where a new issue branch starts (the pinned url's branch, else its default branch); None when the
+    branch exists here already. Raises PushFailed (`retry` on a network error) or ConfigError (no pin)."""
+    if worktrees.branch_head(repo.path, branch):
+        return None
+    return worktrees.pinned_start(pinned(state_root, cfg.project, repo.name).url, repo.default_branch, branch)
 
 
 def ensure(configs: list[ProjectConfig], state_root: Path, home: Path) -> dict[tuple[str, str], str]:
