@@ -333,6 +333,32 @@ def test_a_hung_transport_times_out_as_a_network_error_and_leaves_nothing_runnin
     retry_until(lambda: not process_running(sleeper), seconds=10)
 
 
+def test_the_pins_ssh_command_is_used_and_one_written_later_into_git_config_is_not(make_repo, tmp_path):
+    """core.sshCommand (like credential.helper) is taken with the pin; an agent's later one is never run."""
+    handle = make_repo("app")
+
+    def fake_ssh(name: str) -> tuple[Path, Path]:
+        script, marker = tmp_path / name, tmp_path / f"{name}.ran"
+        script.write_text(f"#!/bin/sh\ntouch {shlex.quote(str(marker))}\n"
+                          "echo 'ssh: connect to host git.example.invalid port 22: Connection refused' >&2\nexit 255\n")
+        script.chmod(0o755)
+        return script, marker
+
+    (good, good_ran), (evil, evil_ran) = fake_ssh("good-ssh"), fake_ssh("evil-ssh")
+    url = "ssh://git.example.invalid/app.git"
+    git(handle.path, "config", "--global", "core.sshCommand", str(good))
+    settings = worktrees.pinned_settings(handle.path)
+    assert settings == {"core.sshCommand": [str(good)]}
+    git(handle.path, "config", "core.sshCommand", str(evil))
+    git(handle.path, "config", "--global", "core.sshCommand", str(evil))
+
+    with pytest.raises(worktrees.PushFailed) as failed:
+        worktrees.push_pinned(handle.path, "main", url, settings)
+
+    assert failed.value.retry and "Connection refused" in str(failed.value)
+    assert good_ran.exists() and not evil_ran.exists()
+
+
 def test_network_error_predicate_examples():
     assert doctest.testmod(worktrees).failed == 0 and doctest.testmod(pins).failed == 0
     assert worktrees.is_network_error("ssh: Could not resolve hostname gitlab.example: Name or service not known")

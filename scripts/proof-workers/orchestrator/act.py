@@ -145,7 +145,7 @@ class Executor:
                 raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
                                            retry=False)
             pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
-            sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url)
+            sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
         except (worktrees.PushFailed, ConfigError) as err:
             retry = getattr(err, "retry", False)  # a pin to fix (ConfigError) will not fix itself
             self._push_failed(action, record, branch, str(err), retry)

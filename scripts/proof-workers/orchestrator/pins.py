@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lib.errors import ConfigError, OrchestratorError, clip
@@ -19,6 +19,7 @@ class Pin:
     url: str
     source: str  # "repos.json" (its `remote`) or "origin" (origin's push url when pinned)
     pinned_at: str
+    settings: dict[str, list[str]] = field(default_factory=dict)  # worktrees.PINNED_SETTINGS as they were
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ def load(path: Path) -> dict[str, Pin]:
     for name, entry in doc["repos"].items():
         if not (isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry["url"]):
             raise ConfigError(f"{path}: repos.{clip(str(name))}: no url; fix it or run `repin`")
-        pins[name] = Pin(entry["url"], str(entry.get("source", "")), str(entry.get("pinned_at", "")))
+        settings = entry.get("settings", {})
+        if not (isinstance(settings, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                                   for v in settings.values())):
+            raise ConfigError(f"{path}: repos.{clip(str(name))}.settings: not an object of string lists; "
+                              "fix it or run `repin`")
+        pins[name] = Pin(entry["url"], str(entry.get("source", "")), str(entry.get("pinned_at", "")), settings)
     return pins
 
 
@@ -57,7 +63,9 @@ def _save(path: Path, pins: dict[str, Pin]) -> None:
 
 
 def target_now(repo: RepoConfig, home: Path) -> Pin:
-    """Where this repo's work should go: repos.json's `remote` for the same directory, else origin's push url."""
+    """Where this repo's work should go: repos.json's `remote` for the same directory, else origin's push url;
+    with the settings git would use to reach it now."""
+    remote = ""
     repos_file = Paths(home=home, log_dir=home).repos_file
     if repos_file.exists():
         from lib.config import load_workspace
@@ -66,14 +74,14 @@ def target_now(repo: RepoConfig, home: Path) -> Pin:
             workspace = load_workspace(repos_file)
         except OrchestratorError as err:
             raise ConfigError(f"cannot pin the push target of repo {repo.name}: {err}") from None
-        for entry in workspace.repos:
-            if entry.remote and entry.local.resolve() == repo.path.resolve():
-                return Pin(entry.remote, "repos.json", now_iso())
+        remote = next((entry.remote for entry in workspace.repos
+                       if entry.remote and entry.local.resolve() == repo.path.resolve()), "")
     try:
-        url = worktrees.push_url(repo.path)
+        url = remote or absolute_if_local(worktrees.push_url(repo.path), repo.path)
+        settings = worktrees.pinned_settings(repo.path)
     except worktrees.GitFailed as err:
         raise ConfigError(f"cannot pin the push target of repo {repo.name}: no origin push url ({err})") from None
-    return Pin(absolute_if_local(url, repo.path), "origin", now_iso())
+    return Pin(url, "repos.json" if remote else "origin", now_iso(), settings)
 
 
 def absolute_if_local(url: str, base: Path) -> str:
@@ -95,7 +103,8 @@ def start_for(state_root: Path, cfg: ProjectConfig, repo: RepoConfig, branch: st
     branch exists here already. Raises PushFailed (`retry` on a network error) or ConfigError (no pin)."""
     if worktrees.branch_head(repo.path, branch):
         return None
-    return worktrees.pinned_start(pinned(state_root, cfg.project, repo.name).url, repo.default_branch, branch)
+    pin = pinned(state_root, cfg.project, repo.name)
+    return worktrees.pinned_start(pin.url, repo.default_branch, branch, pin.settings)
 
 
 def ensure(configs: list[ProjectConfig], state_root: Path, home: Path) -> dict[tuple[str, str], str]:

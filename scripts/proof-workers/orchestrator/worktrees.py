@@ -155,6 +155,16 @@ def porcelain(worktree: Path) -> str:
     return git(worktree, "status", "--porcelain", "--untracked-files=all")
 
 
+def pinned_settings(repo: Path) -> dict[str, list[str]]:
+    """The values of PINNED_SETTINGS that git would use in `repo` now (system, global and local config)."""
+    found = {}
+    for key in PINNED_SETTINGS:
+        values = git(repo, "config", "--get-all", key, check=False).splitlines()
+        if values:
+            found[key] = values
+    return found
+
+
 def push_url(repo: Path) -> str:
     """Where a push to origin goes now (url, pushurl and insteadOf rewrites applied): what a pin records."""
     return git(repo, "remote", "get-url", "--push", "origin").strip()
@@ -164,6 +174,8 @@ def push_url(repo: Path) -> str:
 # and it runs in a throwaway bare repository whose objects are the real one's (alternates), so no
 # url.*.insteadOf, pushInsteadOf, pushurl, core.sshCommand or include in the shared .git/config applies.
 PINNED_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_SYSTEM": os.devnull, "GIT_CONFIG_GLOBAL": os.devnull}
+# How to reach and log in to the remote, taken with the pin (before any agent ran) and given to pinned gits.
+PINNED_SETTINGS = ("core.sshCommand", "credential.helper", "credential.useHttpPath", "http.proxy", "http.sslCAInfo")
 # Failures worth another try: the network, not the remote's answer. Anything else will not change by itself.
 NETWORK_ERROR = re.compile(
     r"could not resolve (host|hostname)|name or service not known|temporary failure in name resolution|"
@@ -205,8 +217,9 @@ class PushFailed(GitFailed):
 
 
 @contextmanager
-def _pinned_git_dir(repo: Path | None) -> Iterator[Path]:
-    """A throwaway bare repository with our config only; it reads `repo`'s objects when one is given."""
+def _pinned_git_dir(repo: Path | None, settings: dict[str, list[str]] | None = None) -> Iterator[Path]:
+    """A throwaway bare repository with our config only (plus the pin's `settings`); it reads `repo`'s objects
+    when one is given."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-push-") as tmp:
         shim = Path(tmp) / "pinned.git"
         (shim / "objects" / "info").mkdir(parents=True)
@@ -219,6 +232,10 @@ def _pinned_git_dir(repo: Path | None) -> Iterator[Path]:
                 config = "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = sha256\n"
             (shim / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
         (shim / "config").write_text(config)
+        for key, values in (settings or {}).items():
+            for value in values:
+                subprocess.run(["git", "config", "--file", str(shim / "config"), "--add", key, value], check=True,
+                               env=clean_env(PINNED_ENV), capture_output=True, stdin=subprocess.DEVNULL)
         yield shim
 
 
@@ -257,29 +274,29 @@ def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
     return None
 
 
-def pinned_start(url: str, default_branch: str, branch: str) -> str:
+def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str, list[str]] | None = None) -> str:
     """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
-    with _pinned_git_dir(None) as shim:
+    with _pinned_git_dir(None, settings) as shim:
         found = _remote_sha(shim, url, branch) or _remote_sha(shim, url, default_branch)
     if found is None:
         raise PushFailed(f"{clip(url)} has neither {branch} nor {default_branch}", retry=False)
     return found
 
 
-def remote_head(url: str, branch: str) -> str | None:
-    """The branch's commit at `url`, read with no git config at all (for a pinned url); None when absent."""
-    with _pinned_git_dir(None) as shim:
+def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
+    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
+    with _pinned_git_dir(None, settings) as shim:
         return _remote_sha(shim, url, branch)
 
 
-def push_pinned(repo: Path, branch: str, url: str) -> tuple[str, bool]:
+def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]] | None = None) -> tuple[str, bool]:
     """Push exactly the local branch's commit to `url`'s refs/heads/<branch> (never forced, no config read),
     then check that `url` has it. Returns (sha, whether a push was needed); raises PushFailed."""
     try:
         sha = branch_head(repo, branch)
         if sha is None:
             raise PushFailed(f"branch {branch} is gone from {repo}", retry=False)
-        with _pinned_git_dir(repo) as shim:
+        with _pinned_git_dir(repo, settings) as shim:
             if _remote_sha(shim, url, branch) == sha:
                 return sha, False  # already there (a resumed monitor): nothing is pushed twice
             _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
