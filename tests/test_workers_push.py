@@ -193,7 +193,7 @@ def test_repos_json_remote_is_the_pin_when_given(project, home):
     assert (pin["url"], pin["source"]) == (str(mirror), "repos.json")
 
 
-def test_a_rejected_push_fails_the_issue_at_once_and_status_says_why_once(project):
+def test_a_rejected_push_fails_the_issue_at_once_and_status_says_why_once(project, capsys):
     """A pre-receive hook's 'no' will not change: #1 fails on its first push (one push_failed, no retries),
     its dependent #2 is blocked, #3 completes; status lists one reason per failed or blocked issue."""
     proj = project([{"number": 1, "title": "rejected"}, {"number": 2, "title": "needs 1", "depends_on": [1]},
@@ -217,6 +217,10 @@ def test_a_rejected_push_fails_the_issue_at_once_and_status_says_why_once(projec
     assert doc["failures"][1]["reason"] == "waits on failed #1"
     assert {"push_failed", "skip", "mark_complete"} <= {e["action"] for e in doc["events"]}
     assert git(proj.repo, "rev-parse", "refs/heads/feature/issue-1")  # the work stays on the local branch
+    assert cli.main(["status"]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("failed:", "blocked:"))]
+    assert len(shown) == 2 and shown[0].startswith("failed: demo #1: push failed: ") and "remote says no" in shown[0]
+    assert shown[1] == "blocked: demo #2: waits on failed #1"
 
 
 def test_network_errors_are_retried_and_a_repin_lets_the_push_land(project, capsys):
@@ -357,6 +361,41 @@ def test_the_pins_ssh_command_is_used_and_one_written_later_into_git_config_is_n
 
     assert failed.value.retry and "Connection refused" in str(failed.value)
     assert good_ran.exists() and not evil_ran.exists()
+
+
+def test_failures_take_each_issue_s_last_reason_and_name_the_push_error_behind_a_give_up():
+    """Table: the event lines of two projects (and old lines without a project) give one reason per issue."""
+    from orchestrator.report import failures
+
+    def line(at: str, **event) -> dict:
+        return {"timestamp": at, "event": event}
+
+    events = [
+        line("t1", action="skip", issue=1, reason="exit code 7; retries exhausted (2)"),  # before projects were named
+        line("t2", action="reassign", worker=1, new_issue=1, project="a"),
+        line("t3", action="push_failed", issue=1, project="a", error="ssh: Connection refused", retry=True),
+        line("t4", action="skip", issue=1, project="a", reason="push failed 10 times; the commits stay"),
+        line("t5", action="push_failed", issue=1, project="b", error="b's own error", retry=True),
+        line("t6", action="skip", issue=1, project="b", reason="stalled"),
+        line("t7", action="reassign", worker=1, new_issue=2, project="a"),
+        line("t8", action="push_failed", issue=2, project="a", error="old error", retry=True),
+        line("t9", action="reassign", worker=1, new_issue=2, project="a"),
+        line("t10", action="skip", issue=2, project="a", reason="exit code 1"),
+    ]
+    projects = [{"project": "a", "config": "a.json", "issues": [
+                    {"number": 1, "state": "failed"}, {"number": 2, "state": "failed"},
+                    {"number": 3, "state": "failed"}, {"number": 4, "state": "blocked", "blocked_by": [1, 3]}]},
+                {"project": "b", "config": "b.json", "issues": [{"number": 1, "state": "failed"}]}]
+
+    got = {(f["project"], f["issue"]): (f["state"], f["reason"], f["at"]) for f in failures(projects, events)}
+
+    assert got == {
+        ("a", 1): ("failed", "push failed 10 times; the commits stay (last push error: ssh: Connection refused)", "t4"),
+        ("a", 2): ("failed", "exit code 1", "t10"),
+        ("a", 3): ("failed", "failed (no reason recorded; status set in a.json)", None),
+        ("a", 4): ("blocked", "waits on failed #1, #3", "t4"),
+        ("b", 1): ("failed", "stalled", "t6"),
+    }
 
 
 def test_network_error_predicate_examples():

@@ -23,45 +23,54 @@ def _last_line(run: Run, worker: int) -> str:
 EVENTS_SHOWN = 20
 
 
-def _about(event: dict[str, Any], project: str, number: int) -> bool:
-    """Whether an event line is about this issue (lines written before events named their project match any)."""
-    return event.get("issue") == number and event.get("project", project) == project
+def _last_reasons(names: list[str], events: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[str, Any]]:
+    """(project, issue) -> (reason, at) of its last `skip`, in one pass over the event lines; a line without a
+    project (written before lines named it) counts for every project. When pushes were given up, the reason
+    gets the last push error since the issue was (re)assigned or last pushed."""
+    push_errors: dict[tuple[str, int], str | None] = {}
+    reasons: dict[tuple[str, int], tuple[str, Any]] = {}
+    for line in events:
+        event = line.get("event")
+        if not isinstance(event, dict):
+            continue
+        action = event.get("action")
+        number = event.get("new_issue") if action == "reassign" else event.get("issue")
+        if not isinstance(number, int):
+            continue
+        for key in [(event["project"], number)] if isinstance(event.get("project"), str) else \
+                [(name, number) for name in names]:
+            if action in ("reassign", "push"):
+                push_errors[key] = None
+            elif action == "push_failed":
+                push_errors[key] = str(event.get("error"))
+            elif action == "skip":
+                reason, error = str(event.get("reason") or "failed"), push_errors.get(key)
+                if error and reason.startswith("push failed") and error not in reason:
+                    reason += f" (last push error: {error})"  # decide gave up: say on what
+                reasons[key] = (reason, line.get("timestamp"))
+    return reasons
 
 
 def failures(projects: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One current reason per failed or blocked issue: the last `skip` that failed it (with the last push error
-    when it failed for want of a push); a blocked issue names the failed issues it waits on."""
-    found: dict[tuple[str, int], dict[str, Any]] = {}
+    """One current reason per failed or blocked issue: `{"project", "issue", "state", "reason", "at"}`; a blocked
+    issue names the failed issues it waits on."""
+    reasons = _last_reasons([p["project"] for p in projects], events)
+    out: list[dict[str, Any]] = []
     for project in projects:
+        name = project["project"]
         for issue in project["issues"]:
-            if issue["state"] != "failed":
-                continue
-            name, number = project["project"], issue["number"]
-            reason, at, push_error = f"failed (no reason recorded; status set in {project['config']})", None, None
-            for line in events:
-                event = line.get("event")
-                if not isinstance(event, dict):
-                    continue
-                if event.get("action") == "reassign" and event.get("new_issue") == number \
-                        and event.get("project", name) == name:
-                    push_error = None  # a new run of the issue: an older push error is not its reason
-                elif not _about(event, name, number):
-                    continue
-                elif event.get("action") == "push_failed":
-                    push_error = event.get("error")
-                elif event.get("action") == "skip":
-                    reason, at = str(event.get("reason") or "failed"), line.get("timestamp")
-                    if push_error and push_error not in reason:
-                        reason += f" (last push error: {push_error})"
-            found[(name, number)] = {"project": name, "issue": number, "state": "failed", "reason": reason, "at": at}
-    out = list(found.values())
+            if issue["state"] == "failed":
+                reason, at = reasons.get((name, issue["number"]),
+                                         (f"failed (no reason recorded; status set in {project['config']})", None))
+                out.append({"project": name, "issue": issue["number"], "state": "failed", "reason": reason, "at": at})
+    failed_at = {(f["project"], f["issue"]): f["at"] for f in out}
     for project in projects:
         for issue in project["issues"]:
             if issue["state"] == "blocked":
-                deps = [found.get((project["project"], d)) for d in issue["blocked_by"] or []]
-                times = [d["at"] for d in deps if d and d["at"]]
+                deps = issue["blocked_by"] or []
+                times = [t for d in deps if (t := failed_at.get((project["project"], d)))]
                 out.append({"project": project["project"], "issue": issue["number"], "state": "blocked",
-                            "reason": "waits on failed " + ", ".join(f"#{d}" for d in issue["blocked_by"] or []),
+                            "reason": "waits on failed " + ", ".join(f"#{d}" for d in deps),
                             "at": max(times) if times else None})
     return out
 
