@@ -178,6 +178,27 @@ def test_a_relative_origin_path_is_pinned_as_the_directory_it_names(project):
     assert pins.load(proj.state / "push-pins.json")["default"].url == str(proj.remote)
 
 
+def test_an_agent_pushing_to_main_itself_is_visible_to_the_alert_code_and_never_pushed_by_us(project):
+    """Our push sends only the issue's branch; what an agent pushed itself (`git push origin HEAD:main`) and
+    an origin changed behind the pin are facts the alert code reads from pins."""
+    proj = project([{"number": 1, "title": "pushes main"}], pipeline=["implement"], num_workers=1)
+    main_before = git(proj.remote, "rev-parse", "refs/heads/main")
+    evil = evil_mirror(proj)
+    scripted(proj, {1: {"run": ["git -c user.name=A -c user.email=a@example.com commit -q --allow-empty -m sneaky"
+                                " && git push -q origin HEAD:main && git push -q origin HEAD:refs/heads/extra",
+                                f"git config remote.origin.pushurl {shlex.quote(str(evil))}"]}})
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    run = open_run()
+    sneaky = pins.pinned_remote_head(run.state_root, "demo", "default", "main")
+    assert sneaky != main_before and git(proj.remote, "log", "-1", "--format=%s", sneaky) == "sneaky"
+    assert pins.origin_drift(run.state_root, "demo", run.lead.repos["default"]) == str(evil)
+    pushed = [e for e in proj.events() if e["action"] == "push"]
+    assert [(e["branch"], e["url"]) for e in pushed] == [("feature/issue-1", str(proj.remote))]
+    assert heads(evil) == {"refs/heads/main": main_before}
+
+
 def test_repos_json_remote_is_the_pin_when_given(project, home):
     """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)

@@ -162,3 +162,23 @@ def repin(configs: list[ProjectConfig], state_root: Path, home: Path, only: str 
                 done.append(Repinned(cfg.project, repo.name, old.url if old else None, pins[repo.name]))
             _save(path, pins)
     return done
+
+
+# For the alert code: facts about a pinned repo, read the same way pushes read them.
+
+def pinned_remote_head(state_root: Path, project: str, repo: str, branch: str) -> str | None:
+    """`branch`'s commit at the repo's pinned url (e.g. the default branch, to see an agent's own push to it);
+    raises ConfigError (no pin) or worktrees.PushFailed (`retry`: the network)."""
+    pin = pinned(state_root, project, repo)
+    return worktrees.remote_head(pin.url, branch, pin.settings)
+
+
+def origin_drift(state_root: Path, project: str, repo: RepoConfig) -> str | None:
+    """Where origin would push now when that is not the pinned url (the shared config was changed), else None.
+    Pushes are not affected; this only says that someone changed it."""
+    pin = pinned(state_root, project, repo.name)
+    try:
+        now = absolute_if_local(worktrees.push_url(repo.path), repo.path)
+    except worktrees.GitFailed as err:
+        return f"origin cannot be read: {err}"
+    return None if pin.source != "origin" or now == pin.url else now
