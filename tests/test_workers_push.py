@@ -419,6 +419,25 @@ def test_failures_take_each_issue_s_last_reason_and_name_the_push_error_behind_a
     }
 
 
+def test_a_push_that_cannot_even_be_prepared_is_a_failure_never_a_crash(make_repo, tmp_path, monkeypatch):
+    """No temporary directory (a full disk): retried. The repository gone: lasting. Neither escapes as an
+    exception the monitor does not expect."""
+    import tempfile
+
+    handle = make_repo("app")
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+        with pytest.raises(worktrees.PushFailed) as no_tmp:
+            worktrees.push_pinned(handle.path, "main", str(handle.remote))
+        assert no_tmp.value.retry and "cannot prepare the push of main" in str(no_tmp.value)
+        with pytest.raises(worktrees.PushFailed) as no_tmp:
+            worktrees.pinned_start(str(handle.remote), "main", "feature/x")
+        assert no_tmp.value.retry
+    with pytest.raises(worktrees.PushFailed) as gone:
+        worktrees.push_pinned(tmp_path / "gone", "main", str(handle.remote))
+    assert not gone.value.retry and "does not exist" in str(gone.value)
+
+
 def test_network_error_predicate_examples():
     assert doctest.testmod(worktrees).failed == 0 and doctest.testmod(pins).failed == 0
     assert worktrees.is_network_error("ssh: Could not resolve hostname gitlab.example: Name or service not known")

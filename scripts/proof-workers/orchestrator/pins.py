@@ -50,10 +50,10 @@ def load(path: Path) -> dict[str, Pin]:
         if not (isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry["url"]):
             raise ConfigError(f"{path}: repos.{clip(str(name))}: no url; fix it or run `repin`")
         settings = entry.get("settings", {})
-        if not (isinstance(settings, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
-                                                   for v in settings.values())):
-            raise ConfigError(f"{path}: repos.{clip(str(name))}.settings: not an object of string lists; "
-                              "fix it or run `repin`")
+        if not (isinstance(settings, dict) and set(settings) <= set(worktrees.PINNED_SETTINGS)
+                and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in settings.values())):
+            raise ConfigError(f"{path}: repos.{clip(str(name))}.settings: not an object of string lists with keys "
+                              f"from {', '.join(worktrees.PINNED_SETTINGS)}; fix it or run `repin`")
         pins[name] = Pin(entry["url"], str(entry.get("source", "")), str(entry.get("pinned_at", "")), settings)
     return pins
 

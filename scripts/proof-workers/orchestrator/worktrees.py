@@ -234,9 +234,22 @@ def _pinned_git_dir(repo: Path | None, settings: dict[str, list[str]] | None = N
         (shim / "config").write_text(config)
         for key, values in (settings or {}).items():
             for value in values:
-                subprocess.run(["git", "config", "--file", str(shim / "config"), "--add", key, value], check=True,
-                               env=clean_env(PINNED_ENV), capture_output=True, stdin=subprocess.DEVNULL)
+                git(shim, "config", "--file", str(shim / "config"), "--add", key, value, env=PINNED_ENV)
         yield shim
+
+
+@contextmanager
+def _push_failures(what: str) -> Iterator[None]:
+    """Everything but PushFailed as PushFailed: the repository itself (gone, not one) will not come back by
+    itself; the temporary directory (a full disk) may next cycle."""
+    try:
+        yield
+    except PushFailed:
+        raise
+    except GitFailed as err:
+        raise PushFailed(str(err), retry=False) from None
+    except OSError as err:
+        raise PushFailed(f"cannot prepare {what}: {err}", retry=True) from None
 
 
 def _run_pinned(shim: Path, what: str, *args: str) -> str:
@@ -276,7 +289,7 @@ def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
 
 def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str, list[str]] | None = None) -> str:
     """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
-    with _pinned_git_dir(None, settings) as shim:
+    with _push_failures(f"the start of {branch}"), _pinned_git_dir(None, settings) as shim:
         found = _remote_sha(shim, url, branch) or _remote_sha(shim, url, default_branch)
     if found is None:
         raise PushFailed(f"{clip(url)} has neither {branch} nor {default_branch}", retry=False)
@@ -285,14 +298,14 @@ def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str,
 
 def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
     """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
-    with _pinned_git_dir(None, settings) as shim:
+    with _push_failures(f"reading {branch}"), _pinned_git_dir(None, settings) as shim:
         return _remote_sha(shim, url, branch)
 
 
 def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]] | None = None) -> tuple[str, bool]:
     """Push exactly the local branch's commit to `url`'s refs/heads/<branch> (never forced, no config read),
     then check that `url` has it. Returns (sha, whether a push was needed); raises PushFailed."""
-    try:
+    with _push_failures(f"the push of {branch}"):
         sha = branch_head(repo, branch)
         if sha is None:
             raise PushFailed(f"branch {branch} is gone from {repo}", retry=False)
@@ -302,12 +315,6 @@ def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]
             _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
                         f"{sha}:refs/heads/{branch}")
             there = _remote_sha(shim, url, branch)
-    except PushFailed:
-        raise
-    except GitFailed as err:  # the repository itself (gone, not a repository): no later cycle fixes that
-        raise PushFailed(str(err), retry=False) from None
-    except OSError as err:  # the temporary directory (a full disk): maybe the next cycle
-        raise PushFailed(f"cannot prepare the push of {branch}: {err}", retry=True) from None
     if there != sha:
         raise PushFailed(f"pushed {sha[:12]} to {clip(url)}, but its {branch} is {there or 'missing'}", retry=False)
     return sha, True
