@@ -199,6 +199,25 @@ def test_an_agent_pushing_to_main_itself_is_visible_to_the_alert_code_and_never_
     assert heads(evil) == {"refs/heads/main": main_before}
 
 
+def test_a_repo_that_cannot_be_pinned_holds_its_issues_pending_never_fails_them(project, home):
+    """A monitor started without launch, with a broken repos.json: no issue starts and none is failed for it
+    (each cycle says why); once repos.json is fixed the run goes on."""
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], pipeline=["implement"],
+                   num_workers=1)
+    scripted(proj, {})
+    home.write_repos([], raw="{not json")
+
+    monitor(open_run(), once=True, no_delay=True, say=lambda _: None)
+
+    assert [proj.issue(n).get("status") for n in (1, 2)] == [None, None]
+    [error] = [e for e in proj.events() if e["action"] == "error"]
+    assert error["during"] == "reassign" and "push target: cannot pin the push target of repo default" in error["error"]
+    assert not (proj.root / "worktrees").exists() and not (proj.state / "push-pins.json").exists()
+    home.repos_file.unlink()
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert [proj.issue(n)["status"] for n in (1, 2)] == ["completed", "completed"]
+
+
 def test_repos_json_remote_is_the_pin_when_given(project, home):
     """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)

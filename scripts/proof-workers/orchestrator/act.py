@@ -254,24 +254,21 @@ class Executor:
         branch, path = cfg.branch_for(issue), cfg.worktree_for(issue)
         # Before this issue's agent (or the run's first) starts: later edits of .git/config cannot move the pin.
         unpinned = pins.ensure(self.run.configs, self.run.state_root, Paths.from_env().home)
-        reason = f"push target: {unpinned[(cfg.project, repo.name)]}" if (cfg.project, repo.name) in unpinned else ""
-        if not reason:
-            try:
-                # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
-                start = pins.start_for(self.run.state_root, cfg, repo, branch)
-                worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
-            except worktrees.PushFailed as err:
-                if err.retry:
-                    raise  # the network: the issue stays pending and the next cycle tries again
-                reason = f"worktree: {err}"
-            except worktrees.GitFailed as err:
-                reason = f"worktree: {err}"
-        if reason:
+        if (cfg.project, repo.name) in unpinned:
+            # Not this issue's fault: it stays pending (an error each cycle) until the pin can be made or repinned.
+            raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
+        try:
+            # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
+            start = pins.start_for(self.run.state_root, cfg, repo, branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
+        except worktrees.GitFailed as err:
+            if isinstance(err, worktrees.PushFailed) and err.retry:
+                raise  # the network: the issue stays pending and the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
             configs.set_issue(cfg.path, issue.number, status="failed")
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                      "project": cfg.project, "reason": reason})
-            self.say(f"worker {action.worker}: #{issue.number} failed: cannot start it: {reason}")
+                                      "project": cfg.project, "reason": f"worktree: {err}"})
+            self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
             return
         record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
