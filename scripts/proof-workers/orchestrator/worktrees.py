@@ -278,19 +278,26 @@ def _run_pinned(shim: Path, what: str, *args: str) -> str:
     return out
 
 
-def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
-    ref = f"refs/heads/{branch}"
-    for line in _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, ref).splitlines():
+def _remote_shas(shim: Path, url: str, *branches: str) -> dict[str, str]:
+    """branch -> commit at `url`, for those of `branches` it has (one ls-remote)."""
+    refs = {f"refs/heads/{b}": b for b in branches}
+    found = {}
+    for line in _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
         sha, _, name = line.partition("\t")
-        if name == ref:  # ls-remote's pattern also matches refs/heads/x/refs/heads/<branch>
-            return sha
-    return None
+        if name in refs:  # a pattern also matches refs/heads/x/refs/heads/<branch>: only exact names count
+            found[refs[name]] = sha
+    return found
+
+
+def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
+    return _remote_shas(shim, url, branch).get(branch)
 
 
 def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str, list[str]] | None = None) -> str:
     """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
     with _push_failures(f"the start of {branch}"), _pinned_git_dir(None, settings) as shim:
-        found = _remote_sha(shim, url, branch) or _remote_sha(shim, url, default_branch)
+        heads = _remote_shas(shim, url, branch, default_branch)
+    found = heads.get(branch) or heads.get(default_branch)
     if found is None:
         raise PushFailed(f"{clip(url)} has neither {branch} nor {default_branch}", retry=False)
     return found
