@@ -152,13 +152,13 @@ def test_no_monitor_can_start_while_cleanup_weighs_and_removes_worktrees(project
     could_start: list[bool] = []
     judge = cleanups.doubts
 
-    def doubts_while_a_monitor_tries_to_start(repo, path):
+    def doubts_while_a_monitor_tries_to_start(repo, path, *pin):
         try:
             with monitor_lock(open_run().locks()):
                 could_start.append(True)
         except MonitorBusy:
             could_start.append(False)
-        return judge(repo, path)
+        return judge(repo, path, *pin)
 
     monkeypatch.setattr(cleanups, "doubts", doubts_while_a_monitor_tries_to_start)
     cleanup(open_run())

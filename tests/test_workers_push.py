@@ -218,6 +218,31 @@ def test_a_repo_that_cannot_be_pinned_holds_its_issues_pending_never_fails_them(
     assert [proj.issue(n)["status"] for n in (1, 2)] == ["completed", "completed"]
 
 
+def test_cleanup_counts_a_commit_as_pushed_only_when_the_pinned_remote_has_it(project, tmux_socket):
+    """Broke: an agent pointed origin at its own server holding its detached commit; cleanup fetched origin,
+    saw the commit 'on the remote' and removed the worktree: the commit was then reachable from nothing here."""
+    from orchestrator.cleanup import cleanup
+    from test_workers_cleanup import add_worktree, commit
+
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}])
+    assert cli.main(["repin"]) == 0
+    kept, removed = add_worktree(proj, 1), add_worktree(proj, 2)
+    git(kept, "checkout", "-q", "--detach")
+    commit(kept, "only-here.txt")
+    lone = git(kept, "rev-parse", "HEAD")
+    commit(removed, "pushed.txt")
+    git(removed, "push", "-q", "origin", "feature/issue-2")
+    evil = evil_mirror(proj)
+    git(kept, "push", "-q", str(evil), "HEAD:refs/heads/looks-pushed")
+    git(proj.repo, "config", "remote.origin.url", str(evil))
+
+    seen = {Path(v["path"]).name: v for v in cleanup(open_run()).to_json()["worktrees"]}
+
+    assert seen["issue-1"]["outcome"] == "kept" and "1 commit(s) not on the remote" in seen["issue-1"]["reasons"]
+    assert kept.exists() and git(proj.repo, "cat-file", "-t", lone) == "commit"
+    assert seen["issue-2"]["outcome"] == "removed"
+
+
 def test_repos_json_remote_is_the_pin_when_given(project, home):
     """A repo listed in repos.json with a `remote` is pushed there, not to whatever origin says."""
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)

@@ -309,6 +309,16 @@ def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = N
         return _remote_sha(shim, url, branch)
 
 
+def unpushed(path: Path, url: str, settings: dict[str, list[str]] | None = None) -> int:
+    """Commits of HEAD in `path` that no branch at `url` holds, the url read as pushes read it. A branch
+    commit we do not have here counts for nothing, so in doubt more commits count as unpushed."""
+    with _push_failures(f"the check of {path}"), _pinned_git_dir(None, settings) as shim:
+        listed = _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--heads", "--", url)
+        shas = [line.split("\t", 1)[0] for line in listed.splitlines() if "\t" in line]
+        count = git(path, "rev-list", "--count", "--ignore-missing", "HEAD", "--not", *shas).strip()
+    return int(count)
+
+
 def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]] | None = None) -> tuple[str, bool]:
     """Push exactly the local branch's commit to `url`'s refs/heads/<branch> (never forced, no config read),
     then check that `url` has it. Returns (sha, whether a push was needed); raises PushFailed."""
