@@ -78,7 +78,7 @@ REDIRECTS = {
 
 
 @pytest.mark.parametrize("how", list(REDIRECTS))
-def test_an_agent_redirecting_origin_never_moves_where_any_issue_is_pushed(project, how):
+def test_an_agent_redirecting_origin_never_moves_where_any_issue_is_pushed(project, how, capsys):
     """Broke: #1's agent pointed origin at its own server; #2, assigned after that, was pushed there and
     reported completed while the real remote never got it. Now both land on the pinned remote, the
     agent's server gets nothing, and status says done with no failure."""
@@ -99,7 +99,9 @@ def test_an_agent_redirecting_origin_never_moves_where_any_issue_is_pushed(proje
     assert [proj.issue(n)["status"] for n in (1, 2)] == ["completed", "completed"]
     pushes = [e for e in proj.events() if e["action"] == "push"]
     assert [(e["issue"], e["url"]) for e in pushes] == [(1, str(proj.remote)), (2, str(proj.remote))]
-    doc = status_document(open_run())
+    capsys.readouterr()
+    assert cli.main(["status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     assert doc["done"] is True and doc["failures"] == []
     assert json.loads((proj.state / "push-pins.json").read_text())["repos"]["default"]["url"] == str(proj.remote)
 
@@ -480,6 +482,23 @@ def test_a_push_that_cannot_even_be_prepared_is_a_failure_never_a_crash(make_rep
     with pytest.raises(worktrees.PushFailed) as gone:
         worktrees.push_pinned(tmp_path / "gone", "main", str(handle.remote))
     assert not gone.value.retry and "does not exist" in str(gone.value)
+
+
+def test_git_config_in_the_monitor_s_environment_never_rewrites_a_pinned_push(make_repo, tmp_path, monkeypatch):
+    handle = make_repo("app")
+    git(handle.path, "switch", "-q", "-c", "feature/x")
+    sha = handle.commit({"x.txt": "x"}, "x")
+    evil = tmp_path / "evil.git"
+    git(tmp_path, "init", "-q", "--bare", str(evil))
+    rewrite = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{evil}.insteadOf",
+               "GIT_CONFIG_VALUE_0": str(handle.remote),
+               "GIT_CONFIG_PARAMETERS": f"'url.{evil}.pushinsteadof'='{handle.remote}'"}
+    for name, value in rewrite.items():
+        monkeypatch.setenv(name, value)
+
+    assert worktrees.push_pinned(handle.path, "feature/x", str(handle.remote)) == (sha, True)
+
+    assert handle.remote_ref("feature/x") == sha and heads(evil) == {}
 
 
 def test_network_error_predicate_examples():
