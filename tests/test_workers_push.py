@@ -357,6 +357,25 @@ def test_an_unreadable_pin_file_stops_pushes_and_is_never_remade_silently(projec
     assert "refs/heads/feature/issue-1" not in heads(proj.remote)
 
 
+def test_ensure_pins_every_repo_it_can_and_says_why_not_for_the_others(project, make_repo):
+    proj = project([{"number": 1, "title": "one"}])
+    lonely = make_repo("lonely")
+    git(lonely.path, "remote", "remove", "origin")
+    doc = proj.doc()
+    doc["issues"][0]["repo"] = "app"
+    doc["repos"] = {"app": {"path": doc.pop("repo_path"), "branch_prefix": "app-", "default_branch": "main"},
+                    "lonely": {"path": str(lonely.path), "branch_prefix": "lonely-", "default_branch": "main"}}
+    proj.config.write_text(json.dumps(doc))
+    run = open_run()
+
+    problems = pins.ensure(run.configs, run.state_root, proj.home)
+
+    assert list(problems) == [("demo", "lonely")] and "no origin push url" in problems[("demo", "lonely")]
+    assert {name: pin.url for name, pin in pins.load(proj.state / "push-pins.json").items()} == {
+        "app": str(proj.remote)}
+    assert pins.ensure(run.configs, run.state_root, proj.home) == problems  # asked again, still refused
+
+
 def test_repin_rejects_an_unknown_repo_in_one_line(project, capsys):
     project([{"number": 1, "title": "one"}])
     assert cli.main(["repin", "--repo", "nope"]) == 2

@@ -118,13 +118,14 @@ def ensure(configs: list[ProjectConfig], state_root: Path, home: Path) -> dict[t
                 continue
             with locked(path):
                 pins = load(path)
-                missing = [repo for name, repo in cfg.repos.items() if name not in pins]
-                for repo in missing:
+                added = False
+                for repo in (repo for name, repo in cfg.repos.items() if name not in pins):
                     try:
                         pins[repo.name] = target_now(repo, home)
+                        added = True
                     except ConfigError as err:
                         problems[(cfg.project, repo.name)] = str(err)
-                if len(pins) > len(cfg.repos) - len(missing):
+                if added:
                     _save(path, pins)
         except ConfigError as err:  # the project's pin file itself
             problems.update({(cfg.project, name): str(err) for name in cfg.repos})
