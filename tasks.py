@@ -752,6 +752,14 @@ def workers_cleanup(c, config="", config_dir="", workers=Count(0), session="", k
                  _flag(json, "--json"), config=config, config_dir=config_dir, workers=workers, session=session)
 
 
+@task(name="repin", help={**WORKERS_CONFIG_HELP, "repo": "only this repo (a name from the config's repos)",
+                          "json": "print what was pinned as JSON"})
+def workers_repin(c, config="", config_dir="", workers=Count(0), session="", repo="", json=False):
+    """Pin each repo's push target again (repos.json remote, else origin's push url now)."""
+    _workers_cli("repin", *(["--repo", repo] if repo else []), _flag(json, "--json"), config=config,
+                 config_dir=config_dir, workers=workers, session=session)
+
+
 @task(name="add-issue", help={"number": "the new issue's number", "title": "its title",
                               "priority": "lower runs first (default 1)", "wave": "wave number (default 1)",
                               "depends_on": "issue numbers it waits for, comma-separated",
@@ -782,4 +790,5 @@ def workers_resume(c, config="", config_dir="", workers=Count(0), session="", pr
 
 
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
-                                    workers_cleanup, workers_add_issue, workers_pause, workers_resume))
+                                    workers_cleanup, workers_repin, workers_add_issue, workers_pause,
+                                    workers_resume))

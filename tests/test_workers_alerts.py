@@ -136,12 +136,17 @@ def test_an_agent_that_rewrites_the_shared_git_config_is_reported_and_the_run_go
 
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
     doc = status()
-    [alert] = doc["alerts"]
-    assert alert["kind"] == "git_config_changed" and alert["project"] == "demo" and alert["issue"] is None
-    assert "core.hookspath = /tmp/agent-hooks" in alert["detail"] and "insteadof" in alert["detail"]
-    assert set(alert) >= {"kind", "issue", "worker", "detail", "at"}
-    [logged] = logged_alerts(proj)
-    assert logged["kind"] == "git_config_changed" and logged["paused"] is False
+    # One alert per distinct change the monitor saw: one, or two when a cycle fell between the agent's two
+    # `git config` commands (a busy machine); together they name both changes.
+    found = doc["alerts"]
+    assert 1 <= len(found) <= 2 and all(a["kind"] == "git_config_changed" and a["project"] == "demo"
+                                        and a["issue"] is None for a in found)
+    details = " ".join(a["detail"] for a in found)
+    assert "core.hookspath = /tmp/agent-hooks" in details and "insteadof" in found[-1]["detail"]
+    assert all(set(a) >= {"kind", "issue", "worker", "detail", "at"} for a in found)
+    logged = logged_alerts(proj)
+    assert len(logged) == len(found) and all(a["kind"] == "git_config_changed" and a["paused"] is False
+                                             for a in logged)
     assert doc["done"] and doc["projects"][0]["paused"] == []
     text = cli("status").stdout
     assert "alert: git_config_changed demo" in text and "core.hookspath" in text

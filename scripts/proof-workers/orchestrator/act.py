@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from lib import runner
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, OrchestratorError, clip
+from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import alerts, prompts, sandbox, tmux, worktrees
+from orchestrator import alerts, pins, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -151,28 +152,42 @@ class Executor:
         return cfg, issue
 
     def do_push(self, action: Action, record: WorkerRecord) -> None:
-        worktree, branch = Path(record.worktree or ""), record.branch or ""
-        head = worktrees.branch_head(worktree, branch)
+        """Push the issue's own branch to its repo's pinned url (never where .git/config points now), then check
+        the url has the local commit. A network error is retried next cycle; any other failure fails the issue."""
+        branch = record.branch or ""
         try:
-            worktrees.check_push_url(worktree, record.push_url)
-            if head and worktrees.remote_head(worktree, branch) == head:
-                return  # already there (a resumed monitor): nothing is pushed twice
-            worktrees.push(worktree, branch)
-        except worktrees.GitFailed as err:
-            self.stopped.add(action.worker)
-            record.push_failures += 1
-            record.last_reason = f"push failed (attempt {record.push_failures}, will retry): {err}"
-            self.run.files.save_worker(record)
-            self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
-                                      "error": str(err)})
-            self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {err}")
+            cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+            repo = cfg.repo_for(issue)
+            if branch != cfg.branch_for(issue):
+                raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
+                                           retry=False)
+            pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
+            sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
+        except (worktrees.PushFailed, ConfigError) as err:
+            retry = getattr(err, "retry", False)  # a pin to fix (ConfigError) will not fix itself
+            self._push_failed(action, record, branch, str(err), retry)
             return
         if record.push_failures:
             record.push_failures = 0
             self.run.files.save_worker(record)
-        self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
-                                  "branch": branch, "sha": head})
-        self.say(f"worker {action.worker}: pushed {branch}")
+        if pushed:
+            self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
+                                      "project": cfg.project, "branch": branch, "sha": sha, "url": pin.url})
+            self.say(f"worker {action.worker}: pushed {branch} to {clip(pin.url)}")
+
+    def _push_failed(self, action: Action, record: WorkerRecord, branch: str, error: str, retry: bool) -> None:
+        self.stopped.add(action.worker)
+        record.push_failures += 1
+        record.last_reason = (f"push failed (attempt {record.push_failures}, will retry): {error}" if retry
+                              else f"push failed: {error}")
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
+                                  "project": action.issue.project if action.issue else None, "error": error,
+                                  "retry": retry})
+        if retry:
+            self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {error}")
+        else:
+            self.do_skip(Action("skip", action.worker, action.issue, f"push failed: {error}"), record)
 
     def do_advance_stage(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -204,7 +219,7 @@ class Executor:
         configs.set_issue(cfg.path, issue.number, status="failed")
         _free(self.run, record)
         self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                  "reason": action.reason})
+                                  "project": cfg.project, "reason": action.reason})
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
 
     def do_idle(self, action: Action, record: WorkerRecord) -> None:
@@ -267,19 +282,28 @@ class Executor:
             self.run.sleep(cfg.stagger_delay)
         repo = cfg.repo_for(issue)
         branch, path = cfg.branch_for(issue), cfg.worktree_for(issue)
+        # Before this issue's agent (or the run's first) starts: later edits of .git/config cannot move the pin.
+        unpinned = pins.ensure(self.run.configs, self.run.state_root, Paths.from_env().home)
+        if (cfg.project, repo.name) in unpinned:
+            # Not this issue's fault: it stays pending (an error each cycle) until the pin can be made or repinned.
+            raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
         try:
-            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch)
+            # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
+            start = pins.start_for(self.run.state_root, cfg, repo, branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
         except worktrees.GitFailed as err:
+            if isinstance(err, worktrees.PushFailed) and err.retry:
+                raise  # the network: the issue stays pending and the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
             configs.set_issue(cfg.path, issue.number, status="failed")
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                      "reason": f"worktree: {err}"})
+                                      "project": cfg.project, "reason": f"worktree: {err}"})
             self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
             return
         record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
         record.branch, record.worktree = branch, str(path)
-        record.push_url = worktrees.push_url(repo.path)
+        record.push_url = pins.pinned(self.run.state_root, cfg.project, repo.name).url
         record.stage_index = issue.pipeline_stage
         record.stage = cfg.pipeline[issue.pipeline_stage]
         record.stage_base = worktrees.branch_head(path, branch)

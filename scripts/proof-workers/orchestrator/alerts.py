@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import clip
+from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json, write_json
 from orchestrator import worktrees
 from orchestrator.config import ProjectConfig, RepoConfig
@@ -61,7 +61,7 @@ def current(root: Path, configs: list[ProjectConfig], now: float) -> dict[str, A
            "repos": {}, "alerts": [], "seen": [], "quiet": {}}
     for cfg in configs:
         for repo in cfg.repos.values():
-            _ensure_snapshot(doc, repo)
+            _ensure_snapshot(doc, repo, _pinned_url(root, repo, configs))
     write_json(run_file(root), doc)
     return doc
 
@@ -231,11 +231,25 @@ def _main_state(repo: Path, exclude: str | None) -> tuple[str | None, str]:
 
 
 def watched_url(snap: dict[str, Any]) -> str:
-    """The url whose default branch is watched: origin's push url at launch.
-
-    (Where push pinning records a pinned push url in the state dir, that url is the one to watch.)
-    """
+    """The url whose default branch is watched: where the work is pushed (the repo's pinned push url when it
+    was pinned at the snapshot, else origin's push url then)."""
     return str(snap["url"])
+
+
+def _pinned_url(root: Path, repo: RepoConfig, configs: list[ProjectConfig]) -> str | None:
+    """The push url pinned for this repository by a project of the run (None: not pinned, or unreadable)."""
+    from orchestrator import pins
+
+    for cfg in configs:
+        for name, candidate in cfg.repos.items():
+            if candidate.path == repo.path:
+                try:
+                    pin = pins.load(pins.pins_file(root.parent, cfg.project)).get(name)
+                except OrchestratorError:
+                    continue
+                if pin is not None:
+                    return pin.url
+    return None
 
 
 def _absolute_url(url: str, repo: Path) -> str:
@@ -251,7 +265,7 @@ def _remote_head(url: str, branch: str) -> str | None:
     return out[0] if out else None
 
 
-def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig) -> dict[str, Any] | None:
+def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig, pinned: str | None = None) -> dict[str, Any] | None:
     key = str(repo.path)
     if key in doc["repos"]:
         return doc["repos"][key]
@@ -263,7 +277,7 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig) -> dict[str, Any] | 
         exclude = None
         if worktrees.inside(repo.worktree_base, repo.path):
             exclude = str(repo.worktree_base.resolve().relative_to(repo.path.resolve()))
-        url = _absolute_url(worktrees.push_url(repo.path), repo.path)
+        url = pinned or _absolute_url(worktrees.push_url(repo.path), repo.path)
         snap: dict[str, Any] = {
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
             "config": config_entries(config_file), "config_mark": _digest(_read_bytes(config_file)),

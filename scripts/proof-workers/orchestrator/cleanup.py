@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator import tmux, worktrees
 from lib import runner
+from orchestrator import pins, tmux, worktrees
 from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
+from orchestrator.pins import Pin
 from orchestrator.run import Run
 from orchestrator.state import MonitorBusy, monitor_lock
 
@@ -78,8 +79,9 @@ def _ourselves() -> set[int]:
     return found
 
 
-def doubts(repo: RepoConfig, path: Path) -> list[str]:
-    """Every reason this worktree cannot be removed without losing something (empty: safe)."""
+def doubts(repo: RepoConfig, path: Path, pin: Pin | None = None) -> list[str]:
+    """Every reason this worktree cannot be removed without losing something (empty: safe). With the repo's
+    push pin, "pushed" means on the pinned url (where origin points now proves nothing: an agent can set it)."""
     if path.resolve() == repo.path.resolve():
         return ["it is the main repository"]
     if not worktrees.inside(path, repo.worktree_base):
@@ -96,7 +98,8 @@ def doubts(repo: RepoConfig, path: Path) -> list[str]:
     try:
         # --prune: a remote-tracking ref the remote no longer has (stale or forged) proves nothing is pushed.
         worktrees.git(path, "fetch", "-q", "--prune", "origin")
-        unpushed = worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
+        unpushed = str(worktrees.unpushed(path, pin.url, pin.settings)) if pin else \
+            worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
         if unpushed != "0":
             reasons.append(f"{unpushed} commit(s) not on the remote")
     except worktrees.GitFailed as err:
@@ -125,6 +128,7 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
     # anything (else the monitor restarts every agent, each restart a retry used up), and no
     # monitor (or second cleanup) starts agents in a worktree being judged and removed.
     with _monitor_stopped(run):
+        pinned = {cfg.project: pins.load(pins.pins_file(run.state_root, cfg.project)) for cfg in run.configs}
         for record in run.files.load_workers(run.num_workers):
             if record.issue_number is not None:
                 kill_try(run, record)
@@ -138,7 +142,7 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
                 if repo.path in seen or not repo.path.is_dir():
                     continue
                 seen.add(repo.path)
-                verdicts.extend(_clean_repo(repo, force))
+                verdicts.extend(_clean_repo(repo, force, pinned[cfg.project].get(repo.name)))
     return CleanupReport(killed, verdicts)
 
 
@@ -158,7 +162,7 @@ def _monitor_stopped(run: Run, seconds: float = 3.0) -> Iterator[None]:
         yield
 
 
-def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
+def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None) -> list[Verdict]:
     out = []
     listed = worktrees.registered(repo.path)
     for entry in listed[1:]:  # the first is the main worktree
@@ -168,7 +172,7 @@ def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
             worktrees.git(repo.path, "worktree", "prune")
             out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))
             continue
-        reasons = doubts(repo, entry.path)
+        reasons = doubts(repo, entry.path, pin)
         if not reasons:
             worktrees.git(repo.path, "worktree", "remove", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))

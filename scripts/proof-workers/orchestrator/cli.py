@@ -1,5 +1,5 @@
-"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume. One-line errors; exit 2
-usage/config, 1 work failed."""
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, repin. One-line errors;
+exit 2 usage/config, 1 work failed."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--issue", type=_count, help="only this issue (default: the project and all its issues)")
         if verb == "pause":
             sub.add_argument("--detail", default="", help="why, shown by status")
+    pin = verbs.add_parser("repin", help="pin each repo's push target again: repos.json's remote, else origin's "
+                                         "push url now (pushes never follow .git/config by themselves)")
+    _with_config(pin)
+    pin.add_argument("--repo", help="only this repo (a name from the config's repos)")
+    pin.add_argument("--json", action="store_true", help="print what was pinned as JSON")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
     add.add_argument("number", type=_count)
     add.add_argument("--title", required=True)
@@ -184,6 +189,23 @@ def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 1 if report.refused else 0
 
 
+def _repin(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from dataclasses import asdict
+
+    from lib.paths import Paths
+    from orchestrator.pins import repin
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    done = repin(run.configs, run.state_root, Paths.from_env().home, args.repo)
+    if args.json:
+        out(json.dumps([{**asdict(r), "new": asdict(r.new)} for r in done], indent=2, ensure_ascii=False))
+    for r in [] if args.json else done:
+        was = "unchanged" if r.old == r.new.url else f"was {r.old}" if r.old else "first pin"
+        out(f"{r.project}: repo {r.repo} pushes to {r.new.url} (from {r.new.source}; {was})")
+    return 0
+
+
 def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from rich.console import Console
 
@@ -210,6 +232,7 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
     "pause": _pause_or_resume, "resume": _pause_or_resume,
+    "repin": _repin,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from orchestrator import sandbox, tmux, worktrees
+from orchestrator import pins, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
@@ -242,12 +242,16 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
     with monitor_lock(run.locks()):  # refuses while a monitor (or another launch) runs for these projects
         if tmux.session_exists(run.server, run.session):
             raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
+        unpinned = pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # before any agent runs
+        if unpinned:
+            raise ConfigError(sorted(set(unpinned.values())))
         for a in plan.assignments:
             cfg = run.config_of(a.project)
             issue = cfg.issue(a.issue)
             assert issue is not None
             repo = cfg.repo_for(issue)
-            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch,
+                                      pins.start_for(run.state_root, cfg, repo, a.branch))
         # Every window exists before the monitor starts in window 0 (it would create missing ones itself).
         tmux.create_session(run.server, run.session, "orchestrator", None, str(PACKAGE_DIR))
         tmux.set_keep_dead(run.server, run.session, "orchestrator")

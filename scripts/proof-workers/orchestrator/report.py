@@ -50,6 +50,67 @@ def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> 
     return "gone", None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
 
 
+EVENTS_SHOWN = 20
+
+
+def _last_reasons(names: list[str], events: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[str, Any]]:
+    """(project, issue) -> (reason, at) of its last `skip`, in one pass over the event lines; a line without a
+    project (written before lines named it) counts for every project. When pushes were given up, the reason
+    gets the last push error since the issue was (re)assigned or last pushed."""
+    push_errors: dict[tuple[str, int], str | None] = {}
+    reasons: dict[tuple[str, int], tuple[str, Any]] = {}
+    for line in events:
+        event = line.get("event")
+        if not isinstance(event, dict):
+            continue
+        action = event.get("action")
+        number = event.get("new_issue") if action == "reassign" else event.get("issue")
+        if not isinstance(number, int):
+            continue
+        for key in [(event["project"], number)] if isinstance(event.get("project"), str) else \
+                [(name, number) for name in names]:
+            if action in ("reassign", "push"):
+                push_errors[key] = None
+            elif action == "push_failed":
+                push_errors[key] = str(event.get("error"))
+            elif action == "skip":
+                reason, error = str(event.get("reason") or "failed"), push_errors.get(key)
+                if error and reason.startswith("push failed") and error not in reason:
+                    reason += f" (last push error: {error})"  # decide gave up: say on what
+                reasons[key] = (reason, line.get("timestamp"))
+    return reasons
+
+
+def failures(projects: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One current reason per failed or blocked issue: `{"project", "issue", "state", "reason", "at"}`; a blocked
+    issue names the failed issues it waits on."""
+    reasons = _last_reasons([p["project"] for p in projects], events)
+    out: list[dict[str, Any]] = []
+    for project in projects:
+        name = project["project"]
+        for issue in project["issues"]:
+            if issue["state"] == "failed":
+                reason, at = reasons.get((name, issue["number"]),
+                                         (f"failed (no reason recorded; status set in {project['config']})", None))
+                out.append({"project": name, "issue": issue["number"], "state": "failed", "reason": reason, "at": at})
+    failed_at = {(f["project"], f["issue"]): f["at"] for f in out}
+    for project in projects:
+        for issue in project["issues"]:
+            if issue["state"] == "blocked":
+                deps = issue["blocked_by"] or []
+                times = [t for d in deps if (t := failed_at.get((project["project"], d)))]
+                out.append({"project": project["project"], "issue": issue["number"], "state": "blocked",
+                            "reason": "waits on failed " + ", ".join(f"#{d}" for d in deps),
+                            "at": max(times) if times else None})
+    return out
+
+
+def recent_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The event log's last lines, oldest first: `{"at", "action", ...}`."""
+    return [{"at": line.get("timestamp"), **line["event"]} for line in events[-EVENTS_SHOWN:]
+            if isinstance(line.get("event"), dict)]
+
+
 def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     records = run.files.load_workers(run.num_workers)
@@ -104,14 +165,13 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                          "counts": counts, "issues": issues, "paused": paused.get(None, [])})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
     holding = active_pauses(run, now)
-    failures = [e["event"] for e in read_lines(run.files.events)[-200:]
-                if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
+    events = read_lines(run.files.events)
     return {
         "session": run.session, "state_dir": str(run.files.root),
         "monitor": heartbeat.monitor_status(run.files.monitor), "workers": workers, "projects": projects,
         "next_eligible": [{"project": v.ref.project, "number": v.ref.number}
                           for v in eligible(views, held | _paused_refs(holding, views))[:5]],
-        "failures": failures[-10:],
+        "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held
@@ -174,8 +234,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
-        reason = failure.get("reason") or failure.get("error")
-        lines.append(visible(f"failure: #{failure.get('issue')}: {reason}"))
+        lines.append(visible(f"{failure['state']}: {failure['project']} #{failure['issue']}: {failure['reason']}"))
     if len(doc["alerts"]) > MAX_ALERT_LINES:
         lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
     lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]

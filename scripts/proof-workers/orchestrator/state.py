@@ -93,6 +93,11 @@ class RunFiles:
         """The monitor's heartbeat: pid, start, last cycle, and how it exited."""
         return self.root / "monitor.json"
 
+    @property
+    def pins(self) -> Path:
+        """Where each repo's work is pushed, pinned before its first agent ran (orchestrator.pins)."""
+        return self.root / "push-pins.json"
+
     def load_worker(self, worker: int) -> WorkerRecord:
         path = self.worker_file(worker)
         try:
