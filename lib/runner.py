@@ -334,6 +334,10 @@ def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
             sleep(0.1)
 
 
+def _joined(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    return names + tuple(name for name in more if name not in names)
+
+
 class Stopping(Exception):
     """Raised instead of starting a command once the run is being stopped."""
 
@@ -499,6 +503,7 @@ def run_in_group(
     copier.start()
     timed_out = False
     deadline = None if timeout is None else started + timeout
+    escaped: tuple[str, ...] = ()
     try:
         while True:
             try:
@@ -506,12 +511,11 @@ def run_in_group(
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if copier.log_failed.is_set():
-                kill_group(pgid, grace)
-            elif deadline is not None and monotonic() >= deadline:
-                timed_out = True
-                kill_group(pgid, grace)
-        escaped = _stop_step(pgid, marker, grace)
+            timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
+            if copier.log_failed.is_set() or timed_out:
+                # The group and what left it, in one grace: one after the other would cost it twice.
+                escaped = _joined(escaped, _stop_step(pgid, marker, grace))
+        escaped = _joined(escaped, _stop_step(pgid, marker, grace))
     except BaseException:
         _stop_step(pgid, marker, grace)
         proc.wait()
