@@ -1,9 +1,9 @@
 """`inv foreach`: one shell command in each selected repo, concurrently, through the same runner as build/test."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,27 +109,65 @@ def logs_reserved(log_dir: Path, repos: Sequence[Repo]) -> Iterator[None]:
 
     Two runs over one repo would truncate each other's log, and each would show
     the other's output as its own. One lock file per log dir, one byte-range
-    lock per repo (at a hash of its name): one file descriptor however many repos.
+    lock per repo: one file descriptor however many repos. A repo's byte is its
+    line in the file, which lists every name that ever ran there (so two names
+    never share one, as they could share a hash).
     """
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log_dir / f".orchestrator-{NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(log_dir / f".orchestrator-{NAME}.locks", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield  # no lock where the logs cannot be written either: each repo's outcome says so
         return
     try:
+        try:
+            slots = _slots(fd, [repo.name for repo in repos])
+        except OSError:
+            slots = {}  # a file system without locks, or a full one: nothing to guard with
         busy = []
         for repo in repos:
+            if repo.name not in slots:
+                continue
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(repo.name.encode()))
-            except OSError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + slots[repo.name])
+            except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by another run
                 busy.append(repo.name)
+            except OSError:
+                pass  # no locks to be had here (ENOLCK): nothing to guard with
         if busy:
             raise OrchestratorError(f"foreach: already running in {', '.join(busy)} (another `inv foreach`; "
                                     f"its logs in {log_dir} would be overwritten): wait for it or use --only")
         yield
     finally:
         os.close(fd)  # releases every range
+
+
+def _slots(fd: int, names: Sequence[str]) -> dict[str, int]:
+    """Each name's line in the lock file (byte 1 + line is its lock); names not listed yet are added.
+
+    Byte 0 is held while the file is read and added to, so two runs never give two names one line.
+    """
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+    try:
+        size = os.fstat(fd).st_size
+        listed = os.pread(fd, size, 0).decode("utf-8", "replace").split("\n") if size else []
+        if listed and listed[-1] == "":
+            listed.pop()
+        elif listed:  # a line cut short (a full disk): it keeps its slot, ours start after it
+            os.pwrite(fd, b"\n", size)
+            size += 1
+        slots: dict[str, int] = {}
+        for line, name in enumerate(listed):
+            slots.setdefault(name, line)
+        new = [name for name in dict.fromkeys(names) if name not in slots]
+        if new:
+            added = "".join(f"{name}\n" for name in new).encode()
+            if os.pwrite(fd, added, size) != len(added):
+                raise OSError(errno.ENOSPC, "short write")  # half a list would give a name two lines
+            slots.update((name, len(listed) + i) for i, name in enumerate(new))
+        return slots
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
 
 
 def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0, timeout: float | None = None,

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+import zlib
 
 from tests.conftest import ROOT, wait_gone
 
@@ -177,3 +179,26 @@ def test_a_second_foreach_over_the_same_repo_is_refused_not_mixed_into_the_first
         out, _ = first.communicate(timeout=60)
     assert json.loads(out)["results"][0]["output"] == "first\n"
     assert inv("foreach", "echo later").code == 0
+
+
+def test_repos_whose_names_share_a_crc32_do_not_block_each_other(home, make_repo, inv, tmp_path):
+    """`plumless` and `buckeroo` have one CRC32: a lock keyed by it took one for the other."""
+    assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")
+    home.add(make_repo("plumless"), make_repo("buckeroo"))
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold = f"touch {started}; i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done"
+    first = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "foreach", "--only",
+                              "plumless", hold], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        beside = inv("foreach", "--only", "buckeroo", "echo beside")
+        assert beside.code == 0, beside.err
+        again = inv("foreach", "--only", "plumless", "echo again")
+        assert again.code == 2 and "already running in plumless" in again.err, again
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+    assert first.returncode == 0
