@@ -158,3 +158,27 @@ def test_when_no_helper_can_be_forked_this_process_scans_every_repo(make_repo, m
     monkeypatch.setattr(os, "fork", no_fork)
     assert rows(scan(repos, jobs=2, processes=2)) == expected
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_stop_right_after_a_git_started_still_kills_it(make_repo, tmp_path, monkeypatch):
+    """A signal's handler runs between bytecodes: here, after posix_spawn returned and before the pool noted the pid.
+
+    Under load that window is wide enough for a Ctrl-C to land in it: the git must not outlive the stopped scan.
+    """
+    git, recorded, _ = sleeping_gits(tmp_path)
+    spawned = []
+    real_spawn = os.posix_spawn
+
+    def spawn_then_stop(*args, **kwargs):
+        spawned.append(real_spawn(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "posix_spawn", spawn_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        scan([repo_of(make_repo("slow"))], jobs=1, processes=1, git=git)
+    monkeypatch.undo()
+    assert len(spawned) == 1
+    assert wait_gone(spawned[0]), "a git started just before the stop outlived the scan"
+    assert all(wait_gone(pid) for pid in recorded("sleep"))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(spawned[0], os.WNOHANG)  # and it was reaped, not left a zombie
