@@ -19,8 +19,11 @@ from lib.paths import Paths
 from lib.workflows import Command, Plan, render_command
 
 NAME = "foreach"
-# What --json and the blocks carry of a repo's output; the log keeps every byte.
-MAX_OUTPUT_BYTES = 1024 * 1024
+# What --json and the blocks carry of a repo's output: all of it up to 1 MiB, else its first
+# and its last 512 KiB (where a failing command says why) around a mark; the log keeps every byte.
+HEAD_BYTES = TAIL_BYTES = 512 * 1024
+# A cut moves to a line's end when one is this close, so the mark gets a line of its own.
+LINE_SLACK = 64 * 1024
 # Every variable a workflow's run step can use, as placeholders: rendering them
 # gives the same ORCH_* environment a workflow step gets (one place builds it).
 ALL_VARIABLES = " ".join(["{{log_dir}}", *(f"{{{{repo.{field}}}}}" for field in REPO_FIELDS)])
@@ -34,7 +37,7 @@ class ForeachResult:
     def to_json(self) -> dict[str, Any]:
         o = self.outcome
         return {"repo": o.repo, "exit_code": o.exit_code, "status": o.status, "duration_s": o.duration_s,
-                "output": self.output, "log": o.log}
+                "reason": None if o.status == "passed" else o.reason, "output": self.output, "log": o.log}
 
 
 @dataclass
@@ -84,23 +87,36 @@ def plan_for(command: str, repo: Repo, log_dir: Path) -> Plan:
 
 
 def command_output(plan: Plan) -> str:
-    """What the command printed: its log after the lines the runner writes before it (at most MAX_OUTPUT_BYTES)."""
+    """What the command printed: its log after the lines the runner writes before it.
+
+    Over HEAD_BYTES + TAIL_BYTES, the middle is left out and a line says how
+    many bytes and where they are: a chatty command's last words are kept.
+    """
     command = plan.commands[0]
+    marker = f"$ cd {command.cwd}\n$ {command.command}\n".encode()
     try:
         with open(plan.log, "rb") as log:
-            head = log.read(MAX_OUTPUT_BYTES + 4096)
-            marker = f"$ cd {command.cwd}\n$ {command.command}\n".encode()
-            start = head.find(marker)
+            start = log.read(len(marker) + 8192).find(marker)
             if start < 0:
                 return ""
-            log.seek(start + len(marker))
-            data = log.read(MAX_OUTPUT_BYTES + 1)
+            start += len(marker)
+            size = os.fstat(log.fileno()).st_size
+            log.seek(start)
+            if size - start <= HEAD_BYTES + TAIL_BYTES:
+                return log.read().decode("utf-8", "replace")
+            head = log.read(HEAD_BYTES)
+            log.seek(size - TAIL_BYTES)
+            tail = log.read(TAIL_BYTES)
     except OSError:
         return ""
-    text = data[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
-    if len(data) > MAX_OUTPUT_BYTES:
-        text += f"\n[output cut at {MAX_OUTPUT_BYTES} bytes; the log has all of it: {plan.log}]\n"
-    return text
+    line_end = head.rfind(b"\n", len(head) - LINE_SLACK)
+    head = head[:line_end + 1] if line_end >= 0 else head
+    line_start = tail.find(b"\n", 0, LINE_SLACK)
+    tail = tail[line_start + 1:] if line_start >= 0 else tail
+    cut = size - start - len(head) - len(tail)
+    mark = f"[... {cut} bytes cut here; the log has all of them: {plan.log}]\n"
+    return head.decode("utf-8", "replace") + ("" if head.endswith(b"\n") else "\n") + mark \
+        + tail.decode("utf-8", "replace")
 
 
 @contextmanager

@@ -51,8 +51,9 @@ def test_json_document_and_the_log_per_repo(home, make_repo, inv):
     assert doc["command"] == 'echo out; echo err >&2; [ "$ORCH_REPO_NAME" = alpha ]'
     assert [r["repo"] for r in doc["results"]] == ["alpha", "gamma"]
     alpha, gamma = doc["results"]
-    assert set(alpha) == {"repo", "exit_code", "status", "duration_s", "output", "log"}
+    assert set(alpha) == {"repo", "exit_code", "status", "duration_s", "output", "log", "reason"}
     assert (alpha["status"], alpha["exit_code"], gamma["status"], gamma["exit_code"]) == ("passed", 0, "failed", 1)
+    assert (alpha["reason"], gamma["reason"]) == (None, "exit 1")
     assert alpha["output"] == "out\nerr\n"  # combined output, without the runner's header lines
     assert alpha["log"].endswith("orchestrator-foreach-alpha.log")
     assert "out\nerr\n" in open(alpha["log"]).read()
@@ -202,3 +203,31 @@ def test_repos_whose_names_share_a_crc32_do_not_block_each_other(home, make_repo
         release.touch()
         first.communicate(timeout=60)
     assert first.returncode == 0
+
+
+def test_a_chatty_failing_commands_last_lines_survive_the_cut_on_screen_and_in_json(home, make_repo, inv):
+    """3 MiB of noise, then the line that says why: the head and the tail are kept, with a mark where the middle was."""
+    home.add(make_repo("alpha"))
+    chatty = "echo first line; yes 'noise noise noise' | head -c 3000000; echo; echo 'error: the real cause'; exit 4"
+    doc = json.loads(inv("foreach", "--json", chatty).out)
+    result = doc["results"][0]
+    output = result["output"]
+    assert (result["status"], result["exit_code"], result["reason"]) == ("failed", 4, "exit 4")
+    assert output.startswith("first line\nnoise noise")
+    assert output.endswith("noise \nerror: the real cause\n")
+    assert len(output.encode()) <= 1024 * 1024 + 200
+    marks = [line for line in output.splitlines() if line.startswith("[... ")]
+    assert len(marks) == 1 and marks[0].endswith(f"bytes cut here; the log has all of them: {result['log']}]")
+    cut = int(marks[0].split()[1])
+    assert len(output.encode()) - len(marks[0]) - 1 + cut == len("first line\n") + 3000000 + len(
+        "\nerror: the real cause\n")  # nothing lost or made up: kept + cut is the whole output
+    screen = inv("foreach", chatty)
+    assert screen.code == 1 and "error: the real cause" in screen.out and "bytes cut here" in screen.out
+
+
+def test_failed_timeout_and_error_results_say_why_in_json(home, make_repo, inv, tmp_path):
+    home.write_repos([{"name": "alpha", "local": str(make_repo("alpha").path)},
+                      {"name": "gone", "local": str(tmp_path / "gone")}])
+    doc = json.loads(inv("foreach", "--json", "--timeout", "1", "sleep 30").out)
+    assert [(r["repo"], r["status"], r["reason"]) for r in doc["results"]] == [
+        ("alpha", "timeout", "timed out after 1s"), ("gone", "error", "path does not exist")]
