@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.runner import group_members, run_in_group
+from lib.runner import group_members, processes_tagged, run_in_group
 from tests.conftest import ROOT, process_running, wait_gone
 
 
@@ -230,3 +230,24 @@ def test_a_timeout_gives_the_group_and_what_left_it_one_grace_together(tmp_path)
     assert result.timed_out and len(result.escaped) >= 1
     assert verdict.read_text() == "together\n"
     assert wait_gone(int(daemon_pid.read_text()), 2)
+
+
+def test_processes_tagged_finds_a_process_by_its_environment_exactly_or_by_prefix(tmp_path):
+    """The /proc lookup the runner's watchdog (and the proof workers) rely on; a zombie is not a process."""
+    tag = f"T{os.getpid()}x"
+    exact = subprocess.Popen(["sleep", "60"], env={**os.environ, "H3_TAG": tag})
+    longer = subprocess.Popen(["sleep", "60"], env={**os.environ, "H3_TAG": tag + "-more"})
+    try:
+        assert processes_tagged("H3_TAG", tag) == [exact.pid]
+        assert sorted(processes_tagged("H3_TAG", tag, prefix=True)) == sorted([exact.pid, longer.pid])
+        assert processes_tagged("H3_TA", tag) == [] and processes_tagged("H3_TAG", tag[:-1]) == []
+        exact.kill()
+        deadline = time.monotonic() + 30
+        while process_running(exact.pid):  # a zombie until we reap it below
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert processes_tagged("H3_TAG", tag, prefix=True) == [longer.pid]
+    finally:
+        for child in (exact, longer):
+            child.kill()
+            child.wait()
