@@ -263,10 +263,6 @@ def start_watchdog() -> None:
         if _watchdog_owner == os.getpid() or not os.path.isdir("/proc/self") or not sys.executable:
             return
         _watchdog_owner = os.getpid()  # also when it fails: one try per process
-        if _watchdog_fd is not None:  # a forked child's copy of its parent's pipe: it must not keep it open
-            with suppress(OSError):
-                os.close(_watchdog_fd)
-            _watchdog_fd = None
         try:
             read_end, write_end = os.pipe()
         except OSError:
@@ -283,6 +279,19 @@ def start_watchdog() -> None:
             os.close(read_end)
         os.set_blocking(write_end, False)  # a stuck watchdog must never hold up a run
         _watchdog_fd = write_end
+
+
+def _forget_watchdog() -> None:
+    """In a forked child (a scan's helper): close our copy of the pipe, or the watchdog would wait for us too."""
+    global _watchdog_fd
+    if _watchdog_fd is not None:
+        with suppress(OSError):
+            os.close(_watchdog_fd)
+        _watchdog_fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchdog)
 
 
 def _tell_watchdog(line: str) -> None:

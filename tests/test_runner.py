@@ -251,3 +251,28 @@ def test_processes_tagged_finds_a_process_by_its_environment_exactly_or_by_prefi
         for child in (exact, longer):
             child.kill()
             child.wait()
+
+
+def test_a_forked_child_does_not_hold_the_watchdogs_pipe_open(tmp_path):
+    """The watchdog acts on end of file: a fork (a scan's helper) keeping a copy would make it wait for that child."""
+    import lib.runner
+
+    run("true", tmp_path)  # this process's watchdog is running now
+    pipe = os.readlink(f"/proc/self/fd/{lib.runner._watchdog_fd}")
+    answer_read, answer_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        held = b"0"
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held = b"1" if os.readlink(f"/proc/self/fd/{fd}") == pipe else held
+            except OSError:
+                pass
+        os.write(answer_write, held)
+        os._exit(0)
+    os.close(answer_write)
+    try:
+        assert os.read(answer_read, 1) == b"0", "a forked child kept the watchdog's pipe open"
+    finally:
+        os.close(answer_read)
+        os.waitpid(pid, 0)
