@@ -425,8 +425,14 @@ def _scratch_file() -> BinaryIO:
 _DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
-def _first_error_line(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _git_error(result: GitResult) -> str:
+    """A failed git's first line on stderr; a git killed by a signal says so (its stderr may be anyone's noise)."""
+    if result.returncode < 0:
+        try:
+            return f"git killed by {signal.Signals(-result.returncode).name}"
+        except ValueError:
+            return f"git killed by signal {-result.returncode}"
+    lines = [ln.strip() for ln in result.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[0] if lines else "git failed"
 
 
@@ -542,7 +548,7 @@ class _RepoScan:
     def on_status(self, result: GitResult) -> None:
         status = self.status
         if result.returncode != 0:
-            status.error = _first_error_line(result.stderr)
+            status.error = _git_error(result)
             return self.finish(status)
         porcelain = parse_porcelain_v2(result.stdout)
         status.branch = porcelain.branch
@@ -574,7 +580,7 @@ class _RepoScan:
     def on_log(self, result: GitResult) -> None:
         status = self.status
         if result.returncode != 0:
-            status.error = _first_error_line(result.stderr)
+            status.error = _git_error(result)
             status.clean = False
             return self.finish(status)
         status.last_commit = last_commit_of(result.stdout)

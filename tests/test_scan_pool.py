@@ -182,3 +182,11 @@ def test_a_stop_right_after_a_git_started_still_kills_it(make_repo, tmp_path, mo
     assert all(wait_gone(pid) for pid in recorded("sleep"))
     with pytest.raises(ChildProcessError):
         os.waitpid(spawned[0], os.WNOHANG)  # and it was reaped, not left a zombie
+
+
+def test_a_git_killed_by_a_signal_is_that_repos_error_and_says_so(make_repo, tmp_path):
+    """Not "git failed": a kill (the OOM killer, a hook killing its group) is named, so the row does not mislead."""
+    killed = wrapper(tmp_path, 'case "$PWD $*" in *bad*) kill -9 $$;; esac')
+    report = scan([repo_of(make_repo("bad")), repo_of(make_repo("good"))], git=killed, processes=1)
+    assert report.repos[0].error == "git killed by SIGKILL" and not report.repos[0].clean
+    assert report.repos[1].error is None
