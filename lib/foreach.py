@@ -22,6 +22,7 @@ NAME = "foreach"
 # What --json and the blocks carry of a repo's output: all of it up to 1 MiB, else its first
 # and its last 512 KiB (where a failing command says why) around a mark; the log keeps every byte.
 HEAD_BYTES = TAIL_BYTES = 512 * 1024
+MAX_LOCK_LIST_BYTES = 16 * 1024 * 1024
 # A cut moves to a line's end when one is this close, so the mark gets a line of its own.
 LINE_SLACK = 64 * 1024
 # Every variable a workflow's run step can use, as placeholders: rendering them
@@ -166,6 +167,8 @@ def _slots(fd: int, names: Sequence[str]) -> dict[str, int]:
     fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
     try:
         size = os.fstat(fd).st_size
+        if size > MAX_LOCK_LIST_BYTES:  # not a list we wrote (a million names): nothing to guard with
+            raise OSError(errno.EFBIG, "lock file too big")
         listed = os.pread(fd, size, 0).decode("utf-8", "replace").split("\n") if size else []
         if listed and listed[-1] == "":
             listed.pop()
