@@ -13,12 +13,12 @@ import signal
 import tempfile
 import warnings
 from collections import deque
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic, perf_counter, sleep
-from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
@@ -700,28 +700,28 @@ def scan(
             os.waitpid(pid, 0)
         helpers.discard(pid)
 
-    keeper = _start_keeper() if repos else None
-    group = keeper.pid if keeper else 0
+    keeper: _Keeper | None = None
     try:
-        with GitPool(git, per_process, group) as pool:
-            try:
-                for share in (repos[i::processes] for i in range(1, processes)):
+        with _stop_signals_held():  # a stop lands once the keeper is known, never between its fork and here
+            keeper = _start_keeper() if repos else None
+        with GitPool(git, per_process, keeper.pid if keeper else 0) as pool:
+            for share in (repos[i::processes] for i in range(1, processes)):
+                with _stop_signals_held():  # likewise for each helper
                     try:
                         pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper)
                     except OSError:  # no fork or pipe to be had (a process limit): scanned here below
                         continue
                     helpers.add(pid)
                     pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid))
-                _scan_share(repos[0::processes], pool, env, known, finish)
+            _scan_share(repos[0::processes], pool, env, known, finish)
+            pool.run()
+            missing = [repo for repo in repos if repo.name not in results]
+            if missing:  # a helper that died before sending these, or never started
+                _scan_share(missing, pool, env, known, finish)
                 pool.run()
-                missing = [repo for repo in repos if repo.name not in results]
-                if missing:  # a helper that died before sending these, or never started
-                    _scan_share(missing, pool, env, known, finish)
-                    pool.run()
-            finally:
-                if keeper:  # done or stopped: the group goes whole (helpers, gits, what they started)
-                    keeper.stop()
     finally:
+        if keeper:  # done or stopped: the group goes whole (helpers, gits, what they started)
+            keeper.stop()
         for pid in list(helpers):  # interrupted: the helper and every git it started go at once
             if not keeper:
                 with suppress(OSError):
@@ -776,6 +776,7 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
             if keeper:
                 os.close(keeper.alive_fd)  # only the scan itself may hold the keeper's pipe open
             os.setpgid(0, keeper.pid if keeper else 0)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent while it forked us
             with open(write_end, "w", encoding="utf-8") as out, \
                     GitPool(git, jobs, group=keeper.pid if keeper else os.getpid()) as pool:
                 def send(status: RepoStatus) -> None:
@@ -792,6 +793,23 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
     return pid, read_end
 
 
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals (they wait, pending) while a process is forked and noted.
+
+    A signal's Python handler runs between any two bytecodes, so a stop could
+    otherwise land after the fork and before its pid is kept: a process no
+    cleanup knows of. Children forked meanwhile start with the signals held.
+    """
+    held = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else set()
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @dataclass
 class _Keeper:
     """The forked process whose group holds a scan's gits and helpers; `alive_fd` is our end of its pipe."""
@@ -803,8 +821,10 @@ class _Keeper:
         """Kill the group whole (the keeper included) and close our end of the pipe."""
         with suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
-        with suppress(OSError):
-            os.close(self.alive_fd)
+        if self.alive_fd >= 0:
+            with suppress(OSError):
+                os.close(self.alive_fd)
+            self.alive_fd = -1
 
     def reap(self) -> None:
         """Collect the keeper and every child of ours left in its group (a git whose pid a signal kept from the pool).
@@ -834,6 +854,7 @@ def _start_keeper() -> _Keeper | None:
     each git joins the group in its posix_spawn (`setpgroup`), as it would
     have made one of its own.
     """
+    _fill_standard_descriptors()  # else the pipe could be fd 0, 1 or 2, which the keeper points at /dev/null
     try:
         read_end, write_end = os.pipe()
     except OSError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import pytest
@@ -190,3 +191,28 @@ def test_a_git_killed_by_a_signal_is_that_repos_error_and_says_so(make_repo, tmp
     report = scan([repo_of(make_repo("bad")), repo_of(make_repo("good"))], git=killed, processes=1)
     assert report.repos[0].error == "git killed by SIGKILL" and not report.repos[0].clean
     assert report.repos[1].error is None
+
+
+@pytest.mark.parametrize("forked", ["_start_keeper", "_start_helper"])
+def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp_path, monkeypatch, forked):
+    """A Ctrl-C that arrives as the keeper or a helper is forked, before the scan noted it: it must not be lost."""
+    import lib.gitstatus
+
+    git, recorded, _ = sleeping_gits(tmp_path)
+    children = []
+    real = getattr(lib.gitstatus, forked)
+
+    def fork_then_ctrl_c(*args, **kwargs):
+        child = real(*args, **kwargs)
+        children.append(child.pid if forked == "_start_keeper" else child[0])
+        os.kill(os.getpid(), signal.SIGINT)
+        return child
+
+    monkeypatch.setattr(lib.gitstatus, forked, fork_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        scan([repo_of(make_repo("slow0")), repo_of(make_repo("slow1"))], jobs=2, processes=2, git=git)
+    assert len(children) == 1
+    assert wait_gone(children[0]), f"the process of {forked} outlived the stopped scan"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(children[0], os.WNOHANG)  # reaped, not left a zombie
+    assert all(wait_gone(pid) for pid in recorded("git") + recorded("sleep"))
