@@ -800,6 +800,8 @@ def _stop_signals_held() -> Iterator[None]:
     A signal's Python handler runs between any two bytecodes, so a stop could
     otherwise land after the fork and before its pid is kept: a process no
     cleanup knows of. Children forked meanwhile start with the signals held.
+    The progress line's ticker thread holds them for good, or the kernel would
+    hand a held signal to it and its handler would run here all the same.
     """
     held = hasattr(signal, "pthread_sigmask")
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else set()

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from lib.config import Repo
 from lib.gitstatus import GitPool, GitResult, git_env, scan
-from tests.conftest import wait_gone
+from tests.conftest import ROOT, wait_gone
 
 REAL_GIT = shutil.which("git")
 
@@ -193,26 +194,49 @@ def test_a_git_killed_by_a_signal_is_that_repos_error_and_says_so(make_repo, tmp
     assert report.repos[1].error is None
 
 
+FORK_THEN_CTRL_C = """
+import io, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import lib.gitstatus
+from lib.config import Repo
+from lib.progress import Progress
+forked, git, paths = sys.argv[2], sys.argv[3], sys.argv[4:]
+real = getattr(lib.gitstatus, forked)
+children = []
+
+def fork_then_ctrl_c(*args, **kwargs):
+    child = real(*args, **kwargs)
+    children.append(child.pid if forked == "_start_keeper" else child[0])
+    os.kill(os.getpid(), signal.SIGINT)
+    return child
+
+setattr(lib.gitstatus, forked, fork_then_ctrl_c)
+with Progress("scanning", 2, stream=io.StringIO(), live=True):  # a terminal's ticker thread, as in `inv scan`
+    try:
+        lib.gitstatus.scan([Repo(name=Path(p).name, local=Path(p)) for p in paths], jobs=2, processes=2, git=git)
+    except KeyboardInterrupt:
+        pass
+try:
+    os.waitpid(children[0], os.WNOHANG)
+    print(children[0], "not reaped")
+except ChildProcessError:
+    print(children[0], "reaped")
+"""
+
+
 @pytest.mark.parametrize("forked", ["_start_keeper", "_start_helper"])
-def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp_path, monkeypatch, forked):
-    """A Ctrl-C that arrives as the keeper or a helper is forked, before the scan noted it: it must not be lost."""
-    import lib.gitstatus
+def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp_path, forked):
+    """A Ctrl-C that arrives as the keeper or a helper is forked, before the scan noted it: it must not be lost.
 
+    In a fresh process with a live progress line, whose ticker thread the signal could be delivered to.
+    """
     git, recorded, _ = sleeping_gits(tmp_path)
-    children = []
-    real = getattr(lib.gitstatus, forked)
-
-    def fork_then_ctrl_c(*args, **kwargs):
-        child = real(*args, **kwargs)
-        children.append(child.pid if forked == "_start_keeper" else child[0])
-        os.kill(os.getpid(), signal.SIGINT)
-        return child
-
-    monkeypatch.setattr(lib.gitstatus, forked, fork_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        scan([repo_of(make_repo("slow0")), repo_of(make_repo("slow1"))], jobs=2, processes=2, git=git)
-    assert len(children) == 1
-    assert wait_gone(children[0]), f"the process of {forked} outlived the stopped scan"
-    with pytest.raises(ChildProcessError):
-        os.waitpid(children[0], os.WNOHANG)  # reaped, not left a zombie
+    repos = [make_repo("slow0").path, make_repo("slow1").path]
+    done = subprocess.run([sys.executable, "-c", FORK_THEN_CTRL_C, str(ROOT), forked, git, *map(str, repos)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid, reaped = done.stdout.split(maxsplit=1)
+    assert wait_gone(int(pid)), f"the process of {forked} outlived the stopped scan"
+    assert reaped.strip() == "reaped"
     assert all(wait_gone(pid) for pid in recorded("git") + recorded("sleep"))
