@@ -246,7 +246,7 @@ def run_tag() -> str:
 
 
 def start_watchdog() -> None:
-    """Start, once per process, the watchdog that kills our steps if we die without stopping them.
+    """Start, once per process (again if it was killed), the watchdog that kills our steps if we die first.
 
     SIGKILL, the OOM killer or a hard CI cancel give us no chance to run
     `terminate_all`, and every step runs in a session of its own, so nothing
@@ -260,9 +260,14 @@ def start_watchdog() -> None:
     """
     global _watchdog_fd, _watchdog_owner, _watchdog_process
     with _watchdog_lock:
-        if _watchdog_owner == os.getpid() or not os.path.isdir("/proc/self") or not sys.executable:
+        if not os.path.isdir("/proc/self") or not sys.executable:
             return
-        _watchdog_owner = os.getpid()  # also when it fails: one try per process
+        if _watchdog_owner == os.getpid():
+            if _watchdog_process is None or _watchdog_process.poll() is None:
+                return  # running, or it could not start: one try per process
+            _forget_watchdog()  # killed by someone: another one takes over (it finds the steps by their tag)
+        _watchdog_owner = os.getpid()
+        _watchdog_process = None
         try:
             read_end, write_end = os.pipe()
         except OSError:
@@ -282,7 +287,8 @@ def start_watchdog() -> None:
 
 
 def _forget_watchdog() -> None:
-    """In a forked child (a scan's helper): close our copy of the pipe, or the watchdog would wait for us too."""
+    """Close our end of the pipe: in a forked child (a scan's helper), whose copy would make the
+    watchdog wait for it too, and when the watchdog is gone."""
     global _watchdog_fd
     if _watchdog_fd is not None:
         with suppress(OSError):

@@ -276,3 +276,16 @@ def test_a_forked_child_does_not_hold_the_watchdogs_pipe_open(tmp_path):
     finally:
         os.close(answer_read)
         os.waitpid(pid, 0)
+
+
+def test_a_killed_watchdog_is_replaced_by_the_next_step(tmp_path):
+    """Killed by someone (a `kill`, the OOM killer): the next command starts another, which finds every step by tag."""
+    import lib.runner
+
+    run("true", tmp_path)
+    first = lib.runner._watchdog_process
+    first.kill()
+    first.wait()
+    run("true", tmp_path)
+    second = lib.runner._watchdog_process
+    assert second is not first and second.poll() is None
