@@ -332,8 +332,8 @@ class GitPool:
         try:
             try:
                 pid = self._posix_spawn(path, args, env, write_end, stderr)
-            except PermissionError:
-                if not self._group:
+            except OSError as err:
+                if err.errno != errno.EPERM or not self._group:
                     raise
                 self._group = 0  # the shared group is gone (its keeper was killed): each git leads its own
                 pid = self._posix_spawn(path, args, env, write_end, stderr)

@@ -240,3 +240,38 @@ def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp
     assert wait_gone(int(pid)), f"the process of {forked} outlived the stopped scan"
     assert reaped.strip() == "reaped"
     assert all(wait_gone(pid) for pid in recorded("git") + recorded("sleep"))
+
+
+def test_a_git_that_may_not_be_run_keeps_the_pool_in_the_scans_group(tmp_path):
+    """EACCES is this repo's error; only a vanished group (EPERM) makes the gits lead groups of their own."""
+    import lib.gitstatus
+
+    not_executable = tmp_path / "git"
+    not_executable.write_text("#!/bin/sh\n")
+    keeper = lib.gitstatus._start_keeper()
+    try:
+        seen = []
+        with GitPool(str(not_executable), 1, keeper.pid) as pool:
+            pool.submit(str(tmp_path), git_env(), ("status",), seen.append)
+            pool.run()
+            assert seen[0].returncode == 127 and b"Permission denied" in seen[0].stderr
+            assert pool._group == keeper.pid
+    finally:
+        keeper.stop()
+        keeper.reap()
+
+
+def test_a_killed_keeper_costs_no_repo_its_gits_lead_groups_of_their_own(make_repo):
+    """Someone kills the keeper mid-scan: joining its empty group fails (EPERM), so the next git starts a group."""
+    import lib.gitstatus
+
+    handle = make_repo("alpha")
+    keeper = lib.gitstatus._start_keeper()
+    keeper.stop()
+    keeper.reap()
+    seen = []
+    with GitPool(REAL_GIT, 1, keeper.pid) as pool:
+        pool.submit(str(handle.path), git_env(), ("rev-parse", "HEAD"), seen.append)
+        pool.run()
+        assert pool._group == 0
+    assert (seen[0].returncode, seen[0].stdout.strip()) == (0, handle.head().encode())
