@@ -276,7 +276,9 @@ def start_watchdog() -> None:
             _watchdog_process = subprocess.Popen(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
-                start_new_session=True)
+                start_new_session=True,
+                # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
+                env={k: v for k, v in os.environ.items() if k != STEP_VAR})
         except OSError:
             os.close(write_end)
             return

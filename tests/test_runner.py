@@ -289,3 +289,30 @@ def test_a_killed_watchdog_is_replaced_by_the_next_step(tmp_path):
     run("true", tmp_path)
     second = lib.runner._watchdog_process
     assert second is not first and second.poll() is None
+
+
+WATCHED_RUN = """
+import sys; sys.path.insert(0, %r)
+from pathlib import Path
+import lib.runner
+with open(%r, "wb") as log:
+    lib.runner.run_in_group("true", Path(%r), log, 10)
+print(lib.runner._watchdog_process.pid, flush=True)
+sys.stdin.read()  # until the test lets us end
+"""
+
+
+def test_the_watchdog_of_a_nested_run_is_not_the_outer_steps_and_ends_with_its_run(tmp_path):
+    """inv run inside another run's step: the outer run must neither name the watchdog a leftover nor kill it early."""
+    outer = {**os.environ, "ORCHESTRATOR_STEP": f"outer-{os.getpid()}"}
+    script = WATCHED_RUN % (str(ROOT), str(tmp_path / "log"), str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env=outer, text=True)
+    try:
+        watchdog = int(child.stdout.readline())
+        assert process_running(watchdog)
+        assert watchdog not in processes_tagged("ORCHESTRATOR_STEP", outer["ORCHESTRATOR_STEP"])
+        assert child.pid in processes_tagged("ORCHESTRATOR_STEP", outer["ORCHESTRATOR_STEP"])
+    finally:
+        child.communicate("", timeout=60)
+    assert wait_gone(watchdog, 30), "the watchdog outlived the run it watched"
