@@ -177,6 +177,17 @@ def test_a_stalled_echo_reader_costs_nothing_in_the_log(tmp_path):
     assert out.endswith(b"30000\nlast line\n")
 
 
+# A step that, on SIGTERM, notes whether every other step still lives, and ends once both have looked.
+# (Alive: in /proc and not a zombie; a killed step can linger as one, and `kill -0` would count it.)
+TOGETHER_STEP = """trap 'for f in "$2"/pid*; do
+  case "$(sed "s/.*) //" "/proc/$(cat "$f")/stat" 2>/dev/null)" in ""|Z*) echo after;; esac
+done > "$2/verdict$1.tmp"
+echo seen >> "$2/verdict$1.tmp"; mv "$2/verdict$1.tmp" "$2/verdict$1"
+while [ ! -e "$2/verdict0" ] || [ ! -e "$2/verdict1" ]; do sleep 0.05; done; exit 0' TERM
+echo $$ > "$2/pid$1.tmp"; mv "$2/pid$1.tmp" "$2/pid$1"
+while :; do sleep 0.1; done
+"""
+
 INTERRUPTED_RUN = """
 import sys, time; sys.path.insert(0, %r)
 from pathlib import Path
@@ -184,25 +195,32 @@ from lib.runner import run_each, run_in_group
 tmp = Path(%r)
 def work(i):
     with open(tmp / f"log{i}", "wb") as log:
-        return run_in_group(f"trap '' TERM; echo $$ > {tmp}/pid{i}; while :; do sleep 0.1; done", tmp, log, 60)
-run_each(list(range(3)), work, jobs=2, grace=1.0)
+        return run_in_group(f"sh {tmp}/step.sh {i} {tmp}", tmp, log, 600)
+run_each(list(range(3)), work, jobs=2, grace=60.0)
 """
 
 
 def test_ctrl_c_kills_every_running_group_at_once_and_starts_no_more(tmp_path):
+    """Both steps get SIGTERM before either is gone (one at a time would cost a grace each), and none starts after."""
+    (tmp_path / "step.sh").write_text(TOGETHER_STEP)
     child = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN % (str(ROOT), str(tmp_path))],
                              stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and len(list(tmp_path.glob("pid*"))) < 2:
-        time.sleep(0.05)
-    pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
-    assert len(pids) == 2
-    started = time.monotonic()
-    child.send_signal(signal.SIGINT)
-    child.wait(timeout=15)
-    assert time.monotonic() - started < 4, "groups were not killed together within one grace period"
-    assert b"RunInterrupted: interrupted: stopped 2 running commands (SIGINT)" in child.stderr.read()
-    assert all(wait_gone(pid, 2) for pid in pids)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("pid?"))) < 2:
+            assert time.monotonic() < deadline, "the steps never started"
+            time.sleep(0.05)
+        pids = [int(p.read_text()) for p in tmp_path.glob("pid?")]
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert b"RunInterrupted: interrupted: stopped 2 running commands (SIGINT)" in err
+    assert [(tmp_path / f"verdict{i}").read_text() for i in (0, 1)] == ["seen\n"] * 2, \
+        "a step was gone before the other got its SIGTERM"
+    assert all(wait_gone(pid, 10) for pid in pids)
     assert not (tmp_path / "pid2").exists(), "a queued command started after Ctrl-C"
 
 
