@@ -177,10 +177,11 @@ def test_a_stalled_echo_reader_costs_nothing_in_the_log(tmp_path):
     assert out.endswith(b"30000\nlast line\n")
 
 
-# A step that, on SIGTERM, notes whether every other step still lives, and ends once both have looked.
-# (Alive: in /proc and not a zombie; a killed step can linger as one, and `kill -0` would count it.)
-TOGETHER_STEP = """trap 'for f in "$2"/pid*; do
-  case "$(sed "s/.*) //" "/proc/$(cat "$f")/stat" 2>/dev/null)" in ""|Z*) echo after;; esac
+# A step that, on its first SIGTERM, notes whether every other step still lives, and ends once both have
+# looked. (Alive: in /proc and not a zombie; a killed step can linger as one, and `kill -0` would count it.)
+TOGETHER_STEP = """trap 'trap "" TERM
+for f in "$2"/pid*; do
+  case "$(sed "s/.*) //" "/proc/$(cat "$f")/stat" 2>/dev/null)" in ""|Z*) echo "after $f";; esac
 done > "$2/verdict$1.tmp"
 echo seen >> "$2/verdict$1.tmp"; mv "$2/verdict$1.tmp" "$2/verdict$1"
 while [ ! -e "$2/verdict0" ] || [ ! -e "$2/verdict1" ]; do sleep 0.05; done; exit 0' TERM
