@@ -39,7 +39,7 @@ def test_a_full_disk_for_the_log_is_an_error_outcome_not_a_traceback_or_a_hang(h
     home.add(make_repo("full"), language="make")
     started = time.monotonic()
     result = inv(*(["test", "full"] if task == "test" else ["workflow", "test", "full"]), "--timeout", "20")
-    assert time.monotonic() - started < 10, "the command ran on (or hung) with nowhere to log"
+    assert time.monotonic() - started < 19, "the command ran on (or hung) with nowhere to log"  # --timeout 20
     assert result.code == 1 and "Traceback" not in result.err
     assert "TEST ERROR (cannot write log /dev/full: No space left on device" in result.out
     entry = home.state("test-results.json")["results"][0]

@@ -35,7 +35,7 @@ def test_timeout_kills_the_whole_group_even_a_grandchild_that_ignores_sigterm(tm
     started = time.monotonic()
     result, out = run(command, tmp_path, timeout=1, grace=0.5)
     assert result.timed_out and result.exit_code is None
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 50, "the run waited for the 60 s sleep"
     assert wait_gone(int(pidfile.read_text())), "a grandchild survived the timeout"
 
 
@@ -88,7 +88,6 @@ def test_no_group_members_left_after_a_normal_run(tmp_path):
 def test_a_process_that_left_the_group_is_killed_with_the_step_and_named(tmp_path, echo):
     """`setsid sleep 1000 &` must neither outlive the step nor hold the run hostage."""
     pidfile = tmp_path / "daemon.pid"
-    started = time.monotonic()
     # The command waits for the daemon to have left the group, so the group kill cannot race it.
     result, out = run(f"setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
                       f"while :; do echo still here; sleep 0.1; done' & "
@@ -96,8 +95,7 @@ def test_a_process_that_left_the_group_is_killed_with_the_step_and_named(tmp_pat
                       timeout=20, echo=echo)
     daemon = int(pidfile.read_text())
     try:
-        assert result.exit_code == 0 and not result.timed_out
-        assert time.monotonic() - started < 10
+        assert result.exit_code == 0 and not result.timed_out  # held hostage, it would have timed out
         assert b"started" in out
         assert wait_gone(daemon, 2), "the process that left the group outlived the step"
         assert str(daemon) in [name.split()[0] for name in result.escaped]
@@ -143,7 +141,7 @@ def test_a_log_that_cannot_be_written_stops_the_command_with_the_reason(tmp_path
     started = time.monotonic()
     with open("/dev/full", "wb", buffering=0) as log:
         result = run_in_group("echo first; sleep 30", tmp_path, log, 60, grace=0.5, echo=echo)
-    assert time.monotonic() - started < 10, "the command ran on although nothing could be logged"
+    assert time.monotonic() - started < 25, "the command ran on (its 30 s sleep) although nothing could be logged"
     assert result.log_error == "No space left on device"
 
 
