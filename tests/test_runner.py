@@ -111,20 +111,22 @@ def test_leftovers_of_other_concurrent_steps_are_not_touched(tmp_path):
     """Each step kills only its own escaped processes, not those of a step still running."""
     import threading
 
-    pidfile = tmp_path / "other.pid"
+    pidfile, release = tmp_path / "other.pid", tmp_path / "release"
     other_log = open(tmp_path / "other.log", "wb")
     other = threading.Thread(target=run_in_group, args=(
-        f"setsid sh -c 'echo $$ > {pidfile}; sleep 30' & sleep 4", tmp_path, other_log, 10), kwargs={"grace": 0.5})
+        f"setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; sleep 300' & "
+        f"while [ ! -e {release} ]; do sleep 0.05; done", tmp_path, other_log, 600), kwargs={"grace": 0.5})
     other.start()
     try:
-        deadline = time.monotonic() + 5
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert time.monotonic() < deadline
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert time.monotonic() < deadline, "the other step never started"
             time.sleep(0.05)
         result, _ = run("setsid sleep 0.1 & sleep 0.3", tmp_path, grace=0.5)
         assert result.exit_code == 0
         assert process_running(int(pidfile.read_text())), "a step killed another step's process"
     finally:
+        release.touch()
         other.join()
         other_log.close()
     assert wait_gone(int(pidfile.read_text()), 2), "the other step's escaped process outlived it"
