@@ -82,7 +82,7 @@ def test_jobs_run_repos_at_the_same_time(home, make_repo, inv, tmp_path):
     spans = tmp_path / "spans"
     spans.mkdir()
     barrier = (f'touch {spans}/"$ORCH_REPO_NAME"; i=0; '
-               f'while [ "$(ls {spans} | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -lt 200 ] || exit 9; sleep 0.05; done')
+               f'while [ "$(ls {spans} | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -lt 1200 ] || exit 9; sleep 0.05; done')
     assert inv("foreach", "--jobs", "3", "--json", barrier).code == 0
     for started in spans.iterdir():
         started.unlink()
