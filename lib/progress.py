@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import threading
 from time import monotonic
@@ -67,6 +68,9 @@ class Progress:
         self.close()
 
     def _tick(self) -> None:
+        # Stop signals go to the main thread, which handles them (and holds them while it forks a scan's helper).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         while not self._stop.wait(0.5):
             with self._lock:
                 self._redraw()

@@ -3,7 +3,8 @@
 Invoke's `c.run(timeout=)` kills only the shell and keeps all output in
 memory; builds and tests need their grandchildren killed and their output on
 disk, whatever its size or encoding. Nothing a step starts outlives it, not
-even what left its group, and a signal to the tool stops every step.
+even what left its group, and a signal to the tool stops every step. Killed
+outright (SIGKILL, the OOM killer), the tool leaves the job to its watchdog.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic, sleep
@@ -38,6 +40,12 @@ _active_lock = threading.Lock()
 _stopping = threading.Event()
 _step_numbers = itertools.count(1)
 _subreaper_set = False
+# The watchdog (see `start_watchdog`): its pipe's write end, and which process it watches (a fork is not it).
+_watchdog_lock = threading.Lock()
+_watchdog_fd: int | None = None
+_watchdog_owner = 0
+_watchdog_process: subprocess.Popen[bytes] | None = None
+_tag = ""
 
 
 @dataclass(frozen=True)
@@ -99,26 +107,36 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix: bool = False) -> list[int]:
-    """Live processes whose environment has `var`=`marker` (a value starting with it, with `prefix`)
-    and that are not in process group `pgid` (None: in any group)."""
-    needle = b"\0" + f"{var}={marker}".encode() + (b"" if prefix else b"\0")
-    found = []
+def processes_tagged(name: str, value: str, prefix: bool = False) -> list[int]:
+    """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
+
+    Read from /proc/PID/environ: the environment a process was started with,
+    which it inherits from whoever started it and keeps across setsid and
+    daemonizing. Processes of other users are not readable and never listed.
+    """
+    needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
+    found: list[int] = []
     if not os.path.isdir("/proc/self"):
         return found
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        fields = _proc_stat(entry.name)
-        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid:
-            continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as environ:
-                if needle in b"\0" + environ.read() + b"\0":
-                    found.append(int(entry.name))
+                if needle not in b"\0" + environ.read() + b"\0":
+                    continue
         except OSError:
             continue
+        fields = _proc_stat(entry.name)
+        if fields and fields[0] != b"Z":
+            found.append(int(entry.name))
     return found
+
+
+def escaped_processes(marker: str, pgid: int) -> list[int]:
+    """Live processes of the step `marker` that are no longer in its process group `pgid`."""
+    return [pid for pid in processes_tagged(STEP_VAR, marker)
+            if (fields := _proc_stat(str(pid))) is not None and int(fields[2]) != pgid]
 
 
 def _describe(pid: int) -> str:
@@ -213,6 +231,128 @@ def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
     return names
+
+
+def run_tag() -> str:
+    """The start of every ORCHESTRATOR_STEP value this process gives: its pid and a random word.
+
+    The random word keeps a later process that gets the same pid from ever
+    being taken for this one (by the watchdog, for one).
+    """
+    global _tag
+    if not _tag.startswith(f"{os.getpid()}-"):  # first use, or a forked child
+        _tag = f"{os.getpid()}-{os.urandom(4).hex()}-"
+    return _tag
+
+
+def start_watchdog() -> None:
+    """Start, once per process (again if it was killed), the watchdog that kills our steps if we die first.
+
+    SIGKILL, the OOM killer or a hard CI cancel give us no chance to run
+    `terminate_all`, and every step runs in a session of its own, so nothing
+    else would stop them. The watchdog is a small Python process in a session
+    of its own, reading a pipe only we hold open (every other descriptor we
+    make is close-on-exec): each step's process group is announced on it.
+    End of file means we are gone; it then kills the announced groups and
+    every process whose ORCHESTRATOR_STEP is one of ours, as a timeout does
+    (SIGTERM, SIGKILL after GRACE_S). One process per run, not per command.
+    Where it cannot start (no /proc, no process to spare) runs go on without it.
+    """
+    global _watchdog_fd, _watchdog_owner, _watchdog_process
+    with _watchdog_lock:
+        if not os.path.isdir("/proc/self") or not sys.executable:
+            return
+        if _watchdog_owner == os.getpid():
+            if _watchdog_process is None or _watchdog_process.poll() is None:
+                return  # running, or it could not start: one try per process
+            _forget_watchdog()  # killed by someone: another one takes over (it finds the steps by their tag)
+        _watchdog_owner = os.getpid()
+        _watchdog_process = None
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return
+        try:
+            _watchdog_process = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                start_new_session=True,
+                # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
+                env={k: v for k, v in os.environ.items() if k != STEP_VAR})
+        except OSError:
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)  # a stuck watchdog must never hold up a run
+        _watchdog_fd = write_end
+
+
+def _forget_watchdog() -> None:
+    """Close our end of the pipe: in a forked child (a scan's helper), whose copy would make the
+    watchdog wait for it too, and when the watchdog is gone."""
+    global _watchdog_fd
+    if _watchdog_fd is not None:
+        with suppress(OSError):
+            os.close(_watchdog_fd)
+        _watchdog_fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchdog)
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog_fd is None or _watchdog_owner != os.getpid():
+        return
+    try:
+        os.write(_watchdog_fd, line.encode())
+    except OSError:
+        pass  # gone or not reading: the tagged processes are still found by their environment
+
+
+WATCHDOG_ARG = "--watch-steps-of"
+WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
+
+
+def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
+    """The watchdog's life: note the groups announced on `source` until it ends, then kill what is left of them.
+
+    "+PGID" starts a step's group, "-PGID" ends it. After end of file (the
+    parent is gone, or has finished and left nothing), every announced group
+    and every process whose ORCHESTRATOR_STEP starts with `tag` gets SIGTERM,
+    SIGKILL after `grace`; what they start meanwhile is killed in later rounds.
+    """
+    groups: set[int] = set()
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(source, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line[:1] in (b"+", b"-") and line[1:].isdigit():
+                (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    quiet_rounds = 0
+    for _ in range(WATCHDOG_ROUNDS):
+        tagged = processes_tagged(STEP_VAR, tag, prefix=True)
+        live = [pgid for pgid in groups if group_alive(pgid)]
+        if tagged or live:
+            quiet_rounds = 0
+            kill_processes(live, tagged, grace)
+            grace = 0.5  # newcomers (started on the SIGTERM) go sooner
+        else:
+            quiet_rounds += 1
+            if quiet_rounds == 2:  # nothing twice, 0.1 s apart: a command between fork and exec is caught too
+                return
+            sleep(0.1)
+
+
+def _joined(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    return names + tuple(name for name in more if name not in names)
 
 
 class Stopping(Exception):
@@ -354,9 +494,10 @@ def run_in_group(
     cannot be written before the command starts.
     """
     become_subreaper()
+    start_watchdog()
     started = monotonic()
     log.flush()
-    marker = f"{os.getpid()}-{next(_step_numbers)}"
+    marker = f"{run_tag()}{next(_step_numbers)}"
     step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
     # Start and register under the lock, so terminate_all() either sees this group or stops it starting.
     with _active_lock:
@@ -373,11 +514,13 @@ def run_in_group(
         )
         pgid = proc.pid
         _active_groups[pgid] = marker
+        _tell_watchdog(f"+{pgid}\n")
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
     deadline = None if timeout is None else started + timeout
+    escaped: tuple[str, ...] = ()
     try:
         while True:
             try:
@@ -385,12 +528,11 @@ def run_in_group(
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if copier.log_failed.is_set():
-                kill_group(pgid, grace)
-            elif deadline is not None and monotonic() >= deadline:
-                timed_out = True
-                kill_group(pgid, grace)
-        escaped = _stop_step(pgid, marker, grace)
+            timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
+            if copier.log_failed.is_set() or timed_out:
+                # The group and what left it, in one grace: one after the other would cost it twice.
+                escaped = _joined(escaped, _stop_step(pgid, marker, grace))
+        escaped = _joined(escaped, _stop_step(pgid, marker, grace))
     except BaseException:
         _stop_step(pgid, marker, grace)
         proc.wait()
@@ -398,6 +540,7 @@ def run_in_group(
     finally:
         with _active_lock:
             _active_groups.pop(pgid, None)
+            _tell_watchdog(f"-{pgid}\n")
         copier.stop()
         # Bounded: a reader of the echo that never reads must not hang the run forever.
         copier.join(timeout=30)
@@ -475,3 +618,7 @@ def _catch_stop_signals() -> dict[int, Any]:
         if current is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, stop)
     return previous
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:
+    watch_steps_of(sys.argv[2])

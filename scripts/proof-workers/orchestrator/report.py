@@ -119,8 +119,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     def ours() -> set[int]:
         """Every process of any try of this run, from one pass over /proc, made only if some try needs it."""
         if not tagged:
-            tagged.append(set(runner.escaped_processes(f"{run.files.root}/worker-", None, var=TRY_VAR,
-                                                       prefix=True)))
+            tagged.append(set(runner.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)))
         return tagged[0]
 
     views = issue_views(run, records)

@@ -165,8 +165,9 @@ def run(spec: dict[str, Any]) -> int:
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     """Kill what is left of the agent's group and every process with this try's tag; returns the tagged ones
     found outside the group. A group leader that has exited no longer counts its group, hence the tag."""
-    outside = runner.escaped_processes(tag, pgid, var=TRY_VAR) if tag else []
-    if runner.group_alive(pgid) or outside:
+    members = set(runner.group_members(pgid))
+    outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
+    if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
     return outside
 
