@@ -8,7 +8,9 @@ into spans with exact offsets and a change splices text, never re-renders it.
 A move touches two files. It runs under a lock (tasks/.lock, fcntl) and writes
 a journal (tasks/.move-journal.json: both files' contents before and after)
 before replacing each file atomically. A move that was killed half way is
-finished by the next command that takes the lock (see `_recover`).
+finished by the next command that takes the lock (see `_recover`). Reading
+takes no lock (a read-only tasks/ can be listed): a reader reads everything
+twice and shows a move in progress, or killed, where its journal says it ends.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lib.errors import OrchestratorError
+from lib.statefile import MAX_FILE_BYTES, TooDeep, UnreadableFile, loads, read_regular
 
 STATES = ("backlog", "active", "completed")
 FILES = {state: f"{state}.md" for state in STATES}
@@ -54,6 +57,8 @@ FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 LONE_CR_RE = re.compile(r"\r(?!\n)")
 MAX_ID_DIGITS = 100
+# A journal holds two files' text after the move, as JSON: each byte is at most 6 characters (\udcff).
+JOURNAL_MAX_BYTES = 2 * 6 * MAX_FILE_BYTES + 64 * 1024
 CONTROL_CHARACTERS = {c: "\ufffd" for c in (*range(0x20), *range(0x7f, 0xa0)) if c != 0x09}
 DATE_FIELDS = ("created", "started", "completed")
 
@@ -231,20 +236,31 @@ def _task_heading(state: str, path: Path, number: int, level: int, text: str, st
     return None
 
 
-def read_file(tasks_dir: Path, state: str) -> TaskFile:
-    path = tasks_dir / FILES[state]
+def _read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """A regular file's bytes (None: absent); a FIFO, a device or a huge file is a TaskFileError, not a hang."""
     try:
-        text = path.read_bytes().decode(*ENCODING)
-    except FileNotFoundError:
+        return read_regular(path, limit)
+    except UnreadableFile as err:
+        raise TaskFileError(str(err)) from None
+
+
+def read_file(tasks_dir: Path, state: str) -> TaskFile:
+    return _parsed(tasks_dir, state, _read_bytes(tasks_dir / FILES[state]))
+
+
+def _parsed(tasks_dir: Path, state: str, data: bytes | None) -> TaskFile:
+    path = tasks_dir / FILES[state]
+    if data is None:
         return TaskFile(state, path, "", [], [], exists=False)
-    except OSError as err:
-        raise TaskFileError(f"{path}: cannot read: {err.strerror}") from None
-    return parse(state, path, text)
+    return parse(state, path, data.decode(*ENCODING))
 
 
-def read_all(tasks_dir: Path) -> dict[str, TaskFile]:
-    """All three files, checked together: an id may appear only once across them."""
-    files = {state: read_file(tasks_dir, state) for state in STATES}
+def read_all(tasks_dir: Path, contents: dict[str, bytes | None] | None = None) -> dict[str, TaskFile]:
+    """All three files (or `contents`, their bytes as already read), checked together: an id may appear only
+    once across them."""
+    if contents is None:
+        contents = {state: _read_bytes(tasks_dir / FILES[state]) for state in STATES}
+    files = {state: _parsed(tasks_dir, state, contents[state]) for state in STATES}
     seen: dict[str, Task] = {}
     for state in STATES:
         for task in files[state].tasks:
@@ -378,7 +394,49 @@ def _write_temp(path: Path, data: bytes) -> str:
 
 
 def _current_text(path: Path) -> str | None:
-    return path.read_bytes().decode(*ENCODING) if path.exists() else None
+    data = _read_bytes(path)
+    return None if data is None else data.decode(*ENCODING)
+
+
+def _journal_entries(journal_path: Path, data: bytes) -> tuple[str, list[tuple[str, str | None, str | None, str]]]:
+    """The moved task's id and (file name, digest before, digest after, text after) of each file it changes."""
+    advice = "check the task files by hand, then delete it"
+    try:
+        journal = loads(data.decode("utf-8"))
+    except TooDeep as err:
+        raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); {advice}") from None
+    except ValueError as err:
+        raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); {advice}") from None
+    try:
+        task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
+                                             for e in journal["files"]]
+    except (KeyError, TypeError):
+        entries, task_id = [("?", None, None, "")], "?"
+    if not isinstance(task_id, str) or any(name not in FILES.values() or not isinstance(after, str)
+                                           for name, _, _, after in entries):
+        raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; {advice}")
+    return task_id, entries
+
+
+def _still_to_write(journal_path: Path, data: bytes, current: Callable[[str], str | None]) -> list[tuple[str, str, str | None]]:
+    """(file name, text after, digest before) of each file an interrupted move has yet to write.
+
+    A file already as it should be after the move needs nothing; a file still
+    as it was before needs its text after; a file that is neither was edited by
+    hand since: a TaskFileError, for the user to check.
+    """
+    task_id, entries = _journal_entries(journal_path, data)
+    to_write = []
+    for name, before, after_digest, after in entries:  # check every file before writing any
+        now = _digest(current(name))
+        if now == after_digest:
+            continue
+        if now != before:
+            raise TaskFileError(f"{journal_path.parent / name}: changed since an interrupted move of "
+                                f"{readable(task_id)} (journal {journal_path}); check that the task is in exactly "
+                                "one file, then delete the journal")
+        to_write.append((name, after, before))
+    return to_write
 
 
 class TaskStore:
@@ -388,16 +446,45 @@ class TaskStore:
         self.dir = tasks_dir
         self.today = today
 
-    @contextmanager
-    def locked(self, create: bool = True) -> Iterator[dict[str, TaskFile]]:
-        """Take the lock, finish any interrupted move, and yield the files as they now are.
+    def read(self) -> dict[str, TaskFile]:
+        """The files as they are, or will be once an unfinished move is done; no lock, nothing written.
 
-        Without `create`, a home that has no tasks/ yet is only looked at: no
-        directory and no lock file appear in it (there is no move to finish).
+        Everything (journal and files) is read twice: a move that renamed a
+        file in between shows as a difference, and the reading starts again
+        (once). A journal found both times is a move under way or killed: each
+        file is shown as the journal says it ends up; the next command that
+        writes finishes the move on disk.
         """
-        if not create and not os.path.lexists(self.dir):
-            yield read_all(self.dir)
-            return
+        if os.path.lexists(self.dir) and not self.dir.is_dir():
+            raise TaskFileError(f"{self.dir}: not a directory (the task files belong in it)")
+        first = self._read_everything()
+        for _ in range(2):
+            second = self._read_everything()
+            if second == first:
+                break
+            first = second
+        else:
+            raise TaskFileError(f"{self.dir}: the task files changed while they were read (a move under way?); "
+                                "run the command again")
+        journal, contents = first
+        if journal is not None:
+            by_name = {FILES[state]: state for state in STATES}
+
+            def text_of(name: str) -> str | None:
+                data = contents[by_name[name]]
+                return None if data is None else data.decode(*ENCODING)
+
+            for name, after, _ in _still_to_write(self.dir / JOURNAL_NAME, journal, text_of):
+                contents[by_name[name]] = after.encode(*ENCODING)
+        return read_all(self.dir, contents)
+
+    def _read_everything(self) -> tuple[bytes | None, dict[str, bytes | None]]:
+        journal = _read_bytes(self.dir / JOURNAL_NAME, JOURNAL_MAX_BYTES)
+        return journal, {state: _read_bytes(self.dir / FILES[state]) for state in STATES}
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, TaskFile]]:
+        """Take the lock, finish any interrupted move, and yield the files as they now are."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.dir / LOCK_NAME, "a")
@@ -423,32 +510,13 @@ class TaskStore:
             for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
                 leftover.unlink(missing_ok=True)
         journal_path = self.dir / JOURNAL_NAME
-        try:
-            journal = json.loads(journal_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        data = _read_bytes(journal_path, JOURNAL_MAX_BYTES)
+        if data is None:
             return
-        except (OSError, ValueError) as err:
-            raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); "
-                                "check the task files by hand, then delete it") from None
-        try:
-            task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
-                                                 for e in journal["files"]]
-        except (KeyError, TypeError):
-            entries, task_id = [("?", None, None, None)], "?"
-        to_write = []
-        for name, before, after_digest, after in entries:  # check every file before writing any
-            if name not in FILES.values():
-                raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
-                                    "check the task files by hand, then delete it")
-            path = self.dir / name
-            current = _digest(_current_text(path))
-            if current == after_digest:
-                continue
-            if current != before:
-                raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
-                                    f"(journal {journal_path}); check that the task is in exactly one file, "
-                                    "then delete the journal")
-            to_write.append((path, after, before))
+        task_id = readable(_journal_entries(journal_path, data)[0])
+        to_write = [(self.dir / name, after, before)
+                    for name, after, before in _still_to_write(journal_path, data,
+                                                               lambda name: _current_text(self.dir / name))]
 
         def still_as_before() -> None:
             for path, _, before in to_write:
@@ -494,15 +562,14 @@ class TaskStore:
     def list(self, state: str = "", repo: str = "") -> list[Task]:
         if state and state not in STATES:
             raise OrchestratorError(f"--state {state!r}: expected one of {', '.join(STATES)}")
-        with self.locked(create=False) as files:
-            return [t for s in STATES if not state or s == state for t in files[s].tasks
-                    if not repo or t.get("repo") == repo]
+        files = self.read()
+        return [t for s in STATES if not state or s == state for t in files[s].tasks
+                if not repo or t.get("repo") == repo]
 
     def show(self, task_id: str) -> tuple[Task, bytes]:
         """The task and its block's bytes exactly as they are in the file."""
-        with self.locked(create=False) as files:
-            task, file = _find(files, task_id)
-            return task, file.text[task.start:task.end].encode(*ENCODING)
+        task, file = _find(self.read(), task_id)
+        return task, file.text[task.start:task.end].encode(*ENCODING)
 
     def move(self, verb: str, task_id: str) -> Task:
         """`start` (backlog -> active) or `complete` (active -> completed), stamping today's date."""

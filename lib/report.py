@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -10,7 +11,7 @@ from typing import Any, Callable, Sequence
 from lib.backlog import STATES, Task, TaskStore, readable
 from lib.errors import OrchestratorError
 from lib.paths import CHECKOUT_ROOT, Paths
-from lib.statefile import read_json
+from lib.statefile import UnreadableFile, read_json, read_regular
 
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
@@ -135,8 +136,13 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
     if since > day:
         raise OrchestratorError(f"--since {since.isoformat()} is after the report date {day.isoformat()}")
     try:
-        template = template_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = read_regular(template_path)  # a FIFO would hang the report, /dev/zero fill the memory
+        if data is None:
+            raise OrchestratorError(f"{template_path}: cannot read the report template: not found")
+        template = data.decode("utf-8")
+    except UnreadableFile as err:
+        raise OrchestratorError(f"{err} (the report template)") from None
+    except UnicodeDecodeError as err:
         raise OrchestratorError(f"{template_path}: cannot read the report template ({err})") from None
     tasks = TaskStore(paths.tasks_dir).list()
     by_state = {state: [t for t in tasks if t.state == state] for state in STATES}
@@ -162,11 +168,17 @@ def _digest(data: bytes) -> str:
 def _edited_by_hand(out: Path, written: Path) -> bool:
     """Whether `out` exists with bytes other than the ones this tool last wrote there (a user's edits)."""
     try:
-        current = _digest(out.read_bytes())
-    except FileNotFoundError:
-        return False
+        if stat.S_ISDIR(out.stat().st_mode):
+            return False  # the write below says what is wrong
     except OSError:
-        return False  # a directory or unreadable file: the write below says what is wrong
+        return False  # absent, or a path that cannot exist (reports/ is a file): the write below says so
+    try:
+        data = read_regular(out)
+    except UnreadableFile:
+        return True  # a FIFO, a device, a huge or unreadable file: not the report this tool wrote
+    if data is None:
+        return False
+    current = _digest(data)
     record = read_json(written, default={})
     return not (isinstance(record, dict) and record.get(out.name) == current)
 
