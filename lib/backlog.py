@@ -21,7 +21,8 @@ import os
 import re
 import signal
 import tempfile
-from contextlib import contextmanager
+import unicodedata
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -114,6 +115,13 @@ class TaskFile:
     exists: bool = True
 
 
+def same_id(task_id: str) -> str:
+    """The form ids are compared in: `tâche-1` typed composed (NFC) or decomposed (NFD) is one id.
+
+    The files keep whichever bytes the user wrote."""
+    return unicodedata.normalize("NFC", task_id)
+
+
 def readable(text: str) -> str:
     """A value for tables and JSON: bytes that are not UTF-8, and control characters that would drive the
     terminal (ESC, BEL, CSI, ...; a tab stays), become U+FFFD. The file keeps them."""
@@ -184,9 +192,10 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
                             "(the tasks after it would be hidden); close it")
     seen: dict[str, Task] = {}
     for task in tasks:
-        if task.id in seen:
-            raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
-        seen[task.id] = task
+        if same_id(task.id) in seen:
+            raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} "
+                                f"(also at line {seen[same_id(task.id)].line})")
+        seen[same_id(task.id)] = task
     return TaskFile(state, path, text, tasks, headings)
 
 
@@ -264,11 +273,11 @@ def read_all(tasks_dir: Path, contents: dict[str, bytes | None] | None = None) -
     seen: dict[str, Task] = {}
     for state in STATES:
         for task in files[state].tasks:
-            if task.id in seen:
-                other = seen[task.id]
+            if same_id(task.id) in seen:
+                other = seen[same_id(task.id)]
                 raise TaskFileError(f"{task.path}:{task.line}: duplicate task id {task.id} "
                                     f"(also in {other.path}:{other.line})")
-            seen[task.id] = task
+            seen[same_id(task.id)] = task
     return files
 
 
@@ -484,17 +493,32 @@ class TaskStore:
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, TaskFile]]:
-        """Take the lock, finish any interrupted move, and yield the files as they now are."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.dir / LOCK_NAME, "a")
-        except OSError as err:
-            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        """Take the lock, finish any interrupted move, and yield the files as they now are.
+
+        The lock sits beside the real files: two homes whose task files are
+        symlinks to one set take turns on it (a `.lock` in each home would let
+        both move at once). Files in several directories: each one's lock, in
+        one order for everyone.
+        """
+        with ExitStack() as held:
+            for directory in self._real_dirs():
+                lock_path = directory / LOCK_NAME
+                try:
+                    lock = held.enter_context(open(lock_path, "a"))
+                except OSError as err:
+                    raise TaskFileError(f"{lock_path}: cannot take the task lock: {err.strerror}") from None
+                fcntl.flock(lock, fcntl.LOCK_EX)
             _crash_point("locked")
             self._recover()
             yield read_all(self.dir)
+
+    def _real_dirs(self) -> list[Path]:
+        """The directories the task files really are in (symlinks followed), sorted; tasks/ is made if missing."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
+        return sorted({(self.dir / name).resolve().parent for name in FILES.values()})
 
     def _recover(self) -> None:
         """Finish a move a crash interrupted; remove temp files a crash left behind.
@@ -628,7 +652,7 @@ class TaskStore:
 def _find(files: dict[str, TaskFile], task_id: str) -> tuple[Task, TaskFile]:
     for file in files.values():
         for task in file.tasks:
-            if task.id == task_id:
+            if same_id(task.id) == same_id(task_id):
                 return task, file
     directory = next(iter(files.values())).path.parent
     raise TaskStateError(f"{task_id}: no such task in {directory}/ ({', '.join(FILES.values())})")

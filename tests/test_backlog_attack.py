@@ -62,7 +62,8 @@ def test_a_crash_while_replacing_a_symlinked_file_leaves_no_temp_file_beside_its
     assert run_inv(home.path, "task.start", "task-001", env={CRASH_ENV: "source-temp"}).returncode == -9
     assert finish_with_a_writer(home.path).returncode == 2
     assert where_is_each_task(tasks)["task-001"] == ["active"]
-    assert sorted(p.name for p in real.parent.iterdir()) == ["backlog.md"], "no .orchestrator-*.tmp left behind"
+    assert sorted(p.name for p in real.parent.iterdir()) == [".lock", "backlog.md"], \
+        "no .orchestrator-*.tmp left behind (the lock sits beside the real file)"
 
 
 @pytest.mark.parametrize("task_id", ["PROJ-12", "#42", "bug:7", "fix/login", "JIRA 123", "tâche-1"])

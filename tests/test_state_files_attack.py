@@ -271,3 +271,54 @@ def test_a_fifo_in_place_of_a_state_file_is_set_aside_or_ignored_or_one_line_nev
     assert [r["repo"] for r in home.state("test-results.json")["results"]] == ["r"]
     assert home.state("repo-status.json")["repos"][0]["name"] == "r", "sync-all's scan replaced the FIFO"
     assert (home.path / "state" / "test-results.json.corrupt").is_fifo()
+
+
+# --- item 12 (part): ids by normalized form; one lock for one set of files -----------------------------------
+
+NFC_ID, NFD_ID = "t\u00e2che-1", "ta\u0302che-1"
+
+
+def test_ids_that_differ_only_by_unicode_normalization_are_one_task_and_keep_their_bytes(home, inv):
+    tasks = write_tasks(home.path, backlog=f"# B\n\n### [{NFD_ID}] Decomposed\n- **repo**: r\n".encode())
+    shown = run_inv(home.path, "task.show", NFC_ID)
+    assert shown.returncode == 0 and f"[{NFD_ID}] Decomposed" in shown.stdout, shown.stderr
+    assert inv("task.start", NFC_ID).code == 0
+    assert f"### [{NFD_ID}] Decomposed".encode() in (tasks / "active.md").read_bytes(), "the file keeps its bytes"
+    before = snapshot(tasks)
+    with open(tasks / "backlog.md", "ab") as out:
+        out.write(f"\n### [{NFC_ID}] Composed\n".encode())
+    for args in (["task.list"], ["task.add", "x", "--repo", "r", "--priority", "low"]):
+        result = inv(*args)
+        assert result.code == 2 and f"active.md:7: duplicate task id {NFD_ID} (also in " in result.err, result.err
+    assert snapshot(tasks)["active.md"] == before["active.md"]
+
+
+HOLD_LOCK = """
+import sys; sys.path.insert(0, {root!r})
+from pathlib import Path
+from lib.backlog import TaskStore
+with TaskStore(Path({tasks!r})).locked():
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_two_homes_whose_task_files_are_symlinks_to_one_set_take_turns_on_one_lock(home, tmp_path):
+    import fcntl
+
+    shared = write_tasks(tmp_path / "shared")
+    other = home.path / "tasks"
+    other.mkdir()
+    for name in ("backlog.md", "active.md", "completed.md"):
+        (other / name).symlink_to(shared / name)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=str(ROOT), tasks=str(other))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with open(shared / ".lock", "a") as lock:
+            with pytest.raises(BlockingIOError):  # the shared files' own home must wait for the other home
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    assert not (other / ".lock").exists(), "the lock sits beside the real files"
