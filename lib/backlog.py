@@ -367,7 +367,7 @@ def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] 
     current = Path()
     try:
         for path, text, step in writes:
-            current = path.resolve()
+            current = _real(path)
             staged.append((current, _write_temp(current, text.encode(*ENCODING)), step))
             _crash_point(f"{step}-temp")
         check()
@@ -384,6 +384,12 @@ def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] 
                 os.unlink(tmp)
     for directory in {real.parent for real, _, _ in staged}:
         _fsync_dir(directory)
+
+
+def _real(path: Path) -> Path:
+    """Where a path really leads (symlinks followed). A symlink loop is left for the read to report in one
+    line (Path.resolve raises RuntimeError on it before Python 3.13)."""
+    return Path(os.path.realpath(path))
 
 
 def _write_temp(path: Path, data: bytes) -> str:
@@ -518,7 +524,7 @@ class TaskStore:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
-        return sorted({(self.dir / name).resolve().parent for name in FILES.values()})
+        return sorted({_real(self.dir / name).parent for name in FILES.values()})
 
     def _recover(self) -> None:
         """Finish a move a crash interrupted; remove temp files a crash left behind.
@@ -530,7 +536,7 @@ class TaskStore:
         the journal stays and the user is told.
         """
         # A symlinked task file is replaced beside the file it points to: look for leftovers there too.
-        for directory in {self.dir, *((self.dir / name).resolve().parent for name in FILES.values())}:
+        for directory in {self.dir, *self._real_dirs()}:
             for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
                 leftover.unlink(missing_ok=True)
         journal_path = self.dir / JOURNAL_NAME
@@ -555,10 +561,13 @@ class TaskStore:
     def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
         """Write changed files: with a journal first when more than one file changes."""
         journal_path = self.dir / JOURNAL_NAME
-        for file, _ in changes:
+        for file, after in changes:
             if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
                 raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
                                     f"change {task_id})")
+            if len(after.encode(*ENCODING)) > MAX_FILE_BYTES:  # it could not be read back
+                raise TaskFileError(f"{file.path}: would grow past {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit "
+                                    f"for task files; nothing was written (move old tasks to another file first)")
         if len(changes) > 1:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),

@@ -172,6 +172,18 @@ def _aside(path: Path) -> Path:
     return path.with_name(path.name + ".corrupt")
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to NAME.corrupt (replacing an older one); a name of its own when that cannot be replaced
+    (a directory at either end)."""
+    aside = _aside(path)
+    try:
+        os.replace(path, aside)
+    except OSError:
+        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")
+        os.replace(path, aside)
+    return aside
+
+
 def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = None) -> str | None:
     """Move a state file that does not parse (or whose shape `problem` rejects) aside; say so in one line.
 
@@ -182,8 +194,8 @@ def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = N
         why = _problem_of(path, problem)
         if why is None:
             return None
-        os.replace(path, _aside(path))
-        return f"{path}: {why}; set aside as {_aside(path).name}, a fresh one will be written"
+        aside = _set_aside(path)
+        return f"{path}: {why}; set aside as {aside.name}, a fresh one will be written"
 
 
 def _problem_of(path: Path, problem: Callable[[Any], str | None] | None) -> str | None:
@@ -204,7 +216,7 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
     """
     with locked(path):
         if _problem_of(path, problem) is not None:
-            os.replace(path, _aside(path))
+            _set_aside(path)
         current = read_json(path, default)
         document = change(current)
         write_json(path, document)

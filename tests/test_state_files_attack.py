@@ -322,3 +322,37 @@ def test_two_homes_whose_task_files_are_symlinks_to_one_set_take_turns_on_one_lo
         holder.communicate("", timeout=60)
     assert holder.returncode == 0
     assert not (other / ".lock").exists(), "the lock sits beside the real files"
+
+
+# --- found by attacking the above ---------------------------------------------------------------------------
+
+def test_a_task_file_that_is_a_symlink_loop_is_one_line_for_readers_and_writers(home):
+    tasks = write_tasks(home.path)
+    (tasks / "completed.md").unlink()
+    (tasks / "completed.md").symlink_to("completed.md")
+    for args in (["task.list"], ["task.start", "task-001"], ["task.add", "x", "--repo", "r", "--priority", "low"]):
+        one_error_line(run_inv(home.path, *args), "completed.md: cannot read: Too many levels of symbolic links")
+    assert (tasks / "backlog.md").read_bytes() == BACKLOG and (tasks / "active.md").read_bytes() == ACTIVE
+
+
+def test_a_move_that_would_grow_a_task_file_past_the_limit_writes_nothing(home, inv):
+    tasks = write_tasks(home.path, active=ACTIVE + b"x" * (16 * 1024 * 1024 - len(ACTIVE) - 10))
+    before = snapshot(tasks)
+    result = inv("task.start", "task-001")
+    assert result.code == 2 and "active.md: would grow past 16 MiB" in result.err, result.err
+    assert snapshot(tasks) == before
+    assert inv("task.list").code == 0, "what was written can be read back"
+
+
+def test_a_results_directory_whose_set_aside_name_is_taken_is_still_set_aside_and_the_run_recorded(home, make_repo,
+                                                                                                   inv):
+    home.add(make_repo("r", PASSING), language="make")
+    state = home.path / "state" / "test-results.json"
+    (state / "inside").mkdir(parents=True)
+    (state.parent / "test-results.json.corrupt").write_text("an older bad file")
+    result = inv("test-all")
+    assert result.code == 0, result.err
+    assert "test-results.json: cannot read: it is a directory, not a regular file; set aside as " \
+           "test-results.json.corrupt-" in result.err, result.err
+    assert [r["repo"] for r in home.state("test-results.json")["results"]] == ["r"]
+    assert (state.parent / "test-results.json.corrupt").read_text() == "an older bad file"
