@@ -489,12 +489,12 @@ class TaskStore:
                 data = contents[by_name[name]]
                 return None if data is None else data.decode(*ENCODING)
 
-            for name, after, _ in _still_to_write(self.dir / JOURNAL_NAME, journal, text_of):
+            for name, after, _ in _still_to_write(self._journal_path(), journal, text_of):
                 contents[by_name[name]] = after.encode(*ENCODING)
         return read_all(self.dir, contents)
 
     def _read_everything(self) -> tuple[bytes | None, dict[str, bytes | None]]:
-        journal = _read_bytes(self.dir / JOURNAL_NAME, JOURNAL_MAX_BYTES)
+        journal = _read_bytes(self._journal_path(), JOURNAL_MAX_BYTES)
         return journal, {state: _read_bytes(self.dir / FILES[state]) for state in STATES}
 
     @contextmanager
@@ -506,6 +506,10 @@ class TaskStore:
         both move at once). Files in several directories: each one's lock, in
         one order for everyone.
         """
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
         with ExitStack() as held:
             for directory in self._real_dirs():
                 lock_path = directory / LOCK_NAME
@@ -519,12 +523,14 @@ class TaskStore:
             yield read_all(self.dir)
 
     def _real_dirs(self) -> list[Path]:
-        """The directories the task files really are in (symlinks followed), sorted; tasks/ is made if missing."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
+        """The directories the task files really are in (symlinks followed), sorted."""
         return sorted({_real(self.dir / name).parent for name in FILES.values()})
+
+    def _journal_path(self) -> Path:
+        """Beside the real files when they are in one directory, so every home sharing them sees a move cut
+        short; files spread over several directories: in this home's tasks/."""
+        directories = self._real_dirs()
+        return directories[0] / JOURNAL_NAME if len(directories) == 1 else self.dir / JOURNAL_NAME
 
     def _recover(self) -> None:
         """Finish a move a crash interrupted; remove temp files a crash left behind.
@@ -539,7 +545,7 @@ class TaskStore:
         for directory in {self.dir, *self._real_dirs()}:
             for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
                 leftover.unlink(missing_ok=True)
-        journal_path = self.dir / JOURNAL_NAME
+        journal_path = self._journal_path()
         data = _read_bytes(journal_path, JOURNAL_MAX_BYTES)
         if data is None:
             return
@@ -556,11 +562,11 @@ class TaskStore:
 
         _replace_all([(path, after, "recover") for path, after, _ in to_write], still_as_before)
         journal_path.unlink()
-        _fsync_dir(self.dir)
+        _fsync_dir(journal_path.parent)
 
     def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
         """Write changed files: with a journal first when more than one file changes."""
-        journal_path = self.dir / JOURNAL_NAME
+        journal_path = self._journal_path()
         for file, after in changes:
             if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
                 raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
@@ -587,7 +593,7 @@ class TaskStore:
                      unchanged_since_read)
         if len(changes) > 1:
             journal_path.unlink()
-            _fsync_dir(self.dir)
+            _fsync_dir(journal_path.parent)
         _crash_point("done")
 
     # --- commands ---

@@ -356,3 +356,22 @@ def test_a_results_directory_whose_set_aside_name_is_taken_is_still_set_aside_an
            "test-results.json.corrupt-" in result.err, result.err
     assert [r["repo"] for r in home.state("test-results.json")["results"]] == ["r"]
     assert (state.parent / "test-results.json.corrupt").read_text() == "an older bad file"
+
+
+def test_a_move_cut_short_in_one_home_is_seen_and_finished_from_another_home_sharing_the_files(home, tmp_path):
+    from lib.backlog import CRASH_ENV
+
+    owner = tmp_path / "shared"
+    shared = write_tasks(owner)
+    other = home.path / "tasks"
+    other.mkdir()
+    for name in ("backlog.md", "active.md", "completed.md"):
+        (other / name).symlink_to(shared / name)
+    assert run_inv(home.path, "task.start", "task-001", env={CRASH_ENV: "target"}).returncode == -9
+    assert (shared / ".move-journal.json").exists() and not (other / ".move-journal.json").exists()
+    listed = run_inv(owner, "task.list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {t["id"]: t["state"] for t in json.loads(listed.stdout)["tasks"]}["task-001"] == "active"
+    finished = run_inv(owner, "task.start", "task-002")
+    assert finished.returncode == 0, finished.stderr
+    assert where_is_each_task(shared) == {"task-001": ["active"], "task-002": ["active"], "task-003": ["backlog"]}
