@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lib.errors import OrchestratorError
-from lib.statefile import MAX_FILE_BYTES, TooDeep, UnreadableFile, loads, read_regular
+from lib.statefile import MAX_FILE_BYTES, TooDeep, UnreadableFile, loads, open_lock, read_regular
 
 STATES = ("backlog", "active", "completed")
 FILES = {state: f"{state}.md" for state in STATES}
@@ -514,7 +514,7 @@ class TaskStore:
             for directory in self._real_dirs():
                 lock_path = directory / LOCK_NAME
                 try:
-                    lock = held.enter_context(open(lock_path, "a"))
+                    lock = held.enter_context(os.fdopen(open_lock(lock_path), "w"))
                 except OSError as err:
                     raise TaskFileError(f"{lock_path}: cannot take the task lock: {err.strerror}") from None
                 fcntl.flock(lock, fcntl.LOCK_EX)

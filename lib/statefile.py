@@ -1,6 +1,7 @@
 """State files under state/: JSON written atomically, read-modify-write under a lock."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -163,9 +164,19 @@ def read_json(path: Path, default: Any = None) -> Any:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside `path` (two runs updating one state file take turns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
+    with os.fdopen(open_lock(path.parent / f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file at `path` (made if missing) to flock; OSError when something other than
+    a regular file is there (opening a FIFO to write would wait for a reader forever)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)")
+    return fd
 
 
 def _aside(path: Path) -> Path:
@@ -233,7 +244,7 @@ def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
     """
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(lock_file)
     except OSError as err:
         raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
     with open(fd, "r+", encoding="utf-8") as lock:

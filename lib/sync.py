@@ -516,6 +516,9 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
                 raise
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)
-        save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        try:
+            save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        except OSError as err:  # the repos are synced: say so in the table, and that the record failed
+            notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
         scan_and_save(paths, tags=None)
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)

@@ -375,3 +375,23 @@ def test_a_move_cut_short_in_one_home_is_seen_and_finished_from_another_home_sha
     finished = run_inv(owner, "task.start", "task-002")
     assert finished.returncode == 0, finished.stderr
     assert where_is_each_task(shared) == {"task-001": ["active"], "task-002": ["active"], "task-003": ["backlog"]}
+
+
+@pytest.mark.parametrize("lock", ["tasks/.lock", "state/.test-results.json.lock", "state/.sync-results.json.lock",
+                                  "state/sync.lock"])
+def test_a_fifo_where_a_lock_file_belongs_is_a_line_not_a_hang(home, make_repo, lock):
+    home.add(make_repo("r", PASSING), language="make")
+    write_tasks(home.path)
+    fifo(home.path / lock)
+    if lock.startswith("tasks/"):
+        one_error_line(run_inv(home.path, "task.start", "task-001"), "cannot take the task lock: not a regular file")
+        assert where_is_each_task(home.path / "tasks") == {t: ["backlog"] for t in ("task-001", "task-002",
+                                                                                      "task-003")}
+    elif "test-results" in lock:
+        tested = run_inv(home.path, "test-all")
+        assert tested.returncode == 0 and "warning: results not recorded in" in tested.stderr, tested.stderr
+    elif "sync-results" in lock:
+        synced = run_inv(home.path, "sync-all")
+        assert synced.returncode == 0 and "warning: results not recorded in" in synced.stderr, synced.stderr
+    else:
+        one_error_line(run_inv(home.path, "sync-all"), "sync.lock: cannot open the sync-all lock: not a regular file")
