@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import ConfigError, UnknownRepoError
+from lib.errors import ConfigError, UnknownRepoError, clip
 from lib.paths import real_paths
 from lib.statefile import NESTED, TooDeep, UnreadableFile, loads, read_regular
 
@@ -164,6 +164,8 @@ def read_config_json(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid JSON: {NESTED}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
+    except ValueError as err:  # a number of more than 4300 digits
+        raise ConfigError(f"{path}: invalid JSON: {clip(str(err))}") from None
 
 
 def parse_workspace(data: Any, config_file: Path) -> Workspace:

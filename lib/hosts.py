@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lib.config import NAME_RE
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import MAX_DEPTH, NESTED, UnreadableFile, locked, nested_deeper_than, read_regular
 
@@ -82,6 +82,8 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except ValueError as err:  # a number of more than 4300 digits
+        raise ConfigError(f"{path}: invalid TOML: {clip(str(err))}") from None
     except RecursionError:  # tomllib's parser recurses once per nested array or inline table
         document = None
     if document is None or nested_deeper_than(document, MAX_DEPTH):

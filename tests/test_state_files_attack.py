@@ -395,3 +395,14 @@ def test_a_fifo_where_a_lock_file_belongs_is_a_line_not_a_hang(home, make_repo, 
         assert synced.returncode == 0 and "warning: results not recorded in" in synced.stderr, synced.stderr
     else:
         one_error_line(run_inv(home.path, "sync-all"), "sync.lock: cannot open the sync-all lock: not a regular file")
+
+
+@pytest.mark.parametrize("name, text, command", [
+    ("repos.json", '{"repositories": ' + "1" * 5000 + "}", ["status"]),
+    ("workflows.json", '{"workflows": ' + "1" * 5000 + "}", ["test-all"]),
+    ("hosts.toml", "x = " + "1" * 5000 + "\n", ["host.list"]),
+])
+def test_a_config_number_of_thousands_of_digits_is_one_line(home, make_repo, inv, name, text, command):
+    home.add(make_repo("r", PASSING), language="make")
+    (home.path / "config" / name).write_text(text)
+    one_error_line(inv(*command), name, "4300 digits")
