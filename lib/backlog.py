@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lib.errors import OrchestratorError
-from lib.statefile import MAX_FILE_BYTES, TooDeep, UnreadableFile, loads, open_lock, read_regular
+from lib.statefile import MAX_FILE_BYTES, UnreadableFile, loads, open_lock, read_regular
 
 STATES = ("backlog", "active", "completed")
 FILES = {state: f"{state}.md" for state in STATES}
@@ -418,9 +418,7 @@ def _journal_entries(journal_path: Path, data: bytes) -> tuple[str, list[tuple[s
     advice = "check the task files by hand, then delete it"
     try:
         journal = loads(data.decode("utf-8"))
-    except TooDeep as err:
-        raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); {advice}") from None
-    except ValueError as err:
+    except ValueError as err:  # not UTF-8, not JSON, nested too deep
         raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); {advice}") from None
     try:
         task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
@@ -433,7 +431,8 @@ def _journal_entries(journal_path: Path, data: bytes) -> tuple[str, list[tuple[s
     return task_id, entries
 
 
-def _still_to_write(journal_path: Path, data: bytes, current: Callable[[str], str | None]) -> list[tuple[str, str, str | None]]:
+def _still_to_write(journal_path: Path, data: bytes,
+                    current: Callable[[str], str | None]) -> list[tuple[str, str, str | None]]:
     """(file name, text after, digest before) of each file an interrupted move has yet to write.
 
     A file already as it should be after the move needs nothing; a file still

@@ -263,8 +263,8 @@ def test_a_fifo_in_place_of_a_state_file_is_set_aside_or_ignored_or_one_line_nev
     assert run_inv(home.path, "status").returncode == 0, "the last scan is only a cache: ignored"
     one_error_line(run_inv(home.path, "report"), "repo-status.json: cannot read: it is a named pipe (FIFO)")
     tested = run_inv(home.path, "test-all")
-    assert tested.returncode == 0 and "test-results.json: cannot read: it is a named pipe (FIFO), not a regular file; set aside" \
-        in tested.stderr, tested.stderr
+    assert tested.returncode == 0 and ("test-results.json: cannot read: it is a named pipe (FIFO), not a regular "
+                                       "file; set aside") in tested.stderr, tested.stderr
     synced = run_inv(home.path, "sync-all")
     assert synced.returncode == 0 and "sync-results.json.corrupt" in synced.stderr, synced.stderr
     assert [r["repo"] for r in home.state("sync-results.json")["results"]] == ["r"]
