@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.backlog import STATES, Task, TaskStore, readable
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.statefile import UnreadableFile, read_json, read_regular
 
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PERIOD_DAYS = 7
+MAX_WARNINGS = 20  # unknown placeholders named one by one
+MAX_REPORT_CHARS = 64 * 2 ** 20
 MISSING = object()  # a state file that does not exist (a file holding `null` is one of the wrong shape)
 
 
@@ -114,19 +116,31 @@ def find_template(paths: Paths) -> Path:
 def fill(template: str, values: dict[str, Callable[[], str]], where: str) -> tuple[str, list[str]]:
     """Replace every known {{name}}; leave unknown ones as they are and say where each one is."""
     warnings = []
+    unknown, line, counted = 0, 1, 0
     for match in PLACEHOLDER_RE.finditer(template):
         if match.group(1) not in values:
-            line = template.count("\n", 0, match.start()) + 1
-            warnings.append(f"{where}:{line}: unknown placeholder {match.group(0)} left as is "
-                            f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+            unknown += 1
+            if unknown <= MAX_WARNINGS:
+                line += template.count("\n", counted, match.start())  # counted once: linear in the template
+                counted = match.start()
+                warnings.append(f"{where}:{line}: unknown placeholder {clip(match.group(0))} left as is "
+                                f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+    if unknown > MAX_WARNINGS:
+        warnings.append(f"{where}: ... and {unknown - MAX_WARNINGS} more unknown placeholders left as they are")
     cache: dict[str, str] = {}
+    size = len(template)
 
     def replace(match: re.Match[str]) -> str:
+        nonlocal size
         name = match.group(1)
         if name not in values:
             return match.group(0)
         if name not in cache:
             cache[name] = values[name]()
+        size += len(cache[name]) - len(match.group(0))
+        if size > MAX_REPORT_CHARS:  # a placeholder repeated a million times must not fill the memory
+            raise OrchestratorError(f"{where}: the report would be larger than {MAX_REPORT_CHARS // 2 ** 20} M "
+                                    f"characters ({{{{{name}}}}} and others repeated); shorten the template")
         return cache[name]
 
     return PLACEHOLDER_RE.sub(replace, template), warnings

@@ -406,3 +406,24 @@ def test_a_config_number_of_thousands_of_digits_is_one_line(home, make_repo, inv
     home.add(make_repo("r", PASSING), language="make")
     (home.path / "config" / name).write_text(text)
     one_error_line(inv(*command), name, "4300 digits")
+
+
+def test_a_template_that_repeats_a_placeholder_a_million_times_is_one_line_not_all_the_memory(home):
+    template = home.path / "reports" / "templates" / "weekly-status.md"
+    template.parent.mkdir(parents=True)
+    template.write_text("{{notes}}" * 1_000_000)  # 9 MB of template, a thousand times that of report
+    result = run_inv(home.path, "report", "--date", "2026-11-27", "--notes", "n" * 1000)
+    one_error_line(result, "weekly-status.md: the report would be larger than 64 M characters ({{notes}}")
+    assert not (home.path / "reports" / "weekly-status-2026-11-27.md").exists()
+
+
+def test_a_template_with_a_million_unknown_placeholders_warns_twenty_times_and_says_how_many_more(home):
+    template = home.path / "reports" / "templates" / "weekly-status.md"
+    template.parent.mkdir(parents=True)
+    template.write_text("{{date}}\n" + "{{owner}}\n" * 1_000_000)
+    result = run_inv(home.path, "report", "--date", "2026-11-27")
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 21 and warnings[0].startswith(f"warning: {template}:2: unknown placeholder {{{{owner}}}}")
+    assert warnings[19].startswith(f"warning: {template}:21: ")
+    assert warnings[20] == f"warning: {template}: ... and 999980 more unknown placeholders left as they are"
