@@ -415,6 +415,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise Exit(str(stop), code=stop.exit_code) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
 

@@ -201,12 +201,16 @@ def results_problem(document: Any) -> str | None:
 def check_state(paths: Paths, workflow: str) -> list[str]:
     """Before a run: set aside a results file that cannot be read or has the wrong shape; one line each."""
     state_file = results_file(paths, workflow)
-    if state_file is None:
-        return []
+    return [] if state_file is None else set_aside_bad_results(state_file)
+
+
+def set_aside_bad_results(state_file: Path) -> list[str]:
+    """Move a results file that cannot be read (not JSON, nested too deep, a FIFO, ...) or has the wrong shape
+    aside, so that the run's outcomes are recorded in a fresh one; a `warning:` line when it did."""
     try:
         note = set_aside_if_bad(state_file, results_problem)
     except OSError:
-        return []  # unreadable or unwritable state is reported when the results are recorded
+        return []  # unwritable state is reported when the results are recorded
     return [f"warning: {note}"] if note else []
 
 
@@ -225,7 +229,10 @@ def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
 
 
 def previously_failing(state_file: Path) -> list[str]:
-    document = read_json(state_file, default={}) or {}
+    try:
+        document = read_json(state_file, default={}) or {}
+    except OrchestratorError:
+        return []  # a results file that cannot be read has no failures to rerun (check_state set it aside)
     if results_problem(document):
         return []
     return [r["repo"] for r in document.get("results", []) if r.get("status") in ("failed", "timeout")]

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import ConfigError, UnknownRepoError
+from lib.errors import ConfigError, UnknownRepoError, clip
 from lib.paths import real_paths
+from lib.statefile import NESTED, TooDeep, UnreadableFile, loads, read_regular
 
 LANGUAGES = ("go", "javascript", "python", "rust", "make", "unknown")
 
@@ -145,13 +146,26 @@ def load_workspace(config_file: Path) -> Workspace:
 
 
 def read_config_json(path: Path) -> Any:
-    """A config file's JSON, or a ConfigError naming the file, line and column."""
+    """A config file's JSON, or a ConfigError naming the file, line and column.
+
+    Only a regular file of sane size is read (a FIFO would hang the command), and
+    a document nested deeper than any config needs is refused (never a RecursionError).
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = read_regular(path)
+        if data is None:
+            raise ConfigError(f"{path}: cannot read: not found")
+        return loads(data.decode("utf-8"))
+    except UnreadableFile as err:
+        raise ConfigError(str(err)) from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except TooDeep:
+        raise ConfigError(f"{path}: invalid JSON: {NESTED}") from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
+    except ValueError as err:  # a number of more than 4300 digits
+        raise ConfigError(f"{path}: invalid JSON: {clip(str(err))}") from None
 
 
 def parse_workspace(data: Any, config_file: Path) -> Workspace:

@@ -24,6 +24,7 @@ from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import read_commit
 from lib.paths import real_paths
+from lib.statefile import loads, read_regular
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
@@ -621,10 +622,9 @@ def _is_sha(text: str) -> bool:
 def read_state(state_file: Path) -> Any:
     """A previous scan's document, or None when missing, unreadable or not JSON (never an error)."""
     try:
-        if not state_file.is_file():  # a FIFO or a device would hang or never end the read
-            return None
-        return json.loads(state_file.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = read_regular(state_file)  # a FIFO or a device would hang or never end the read
+        return None if data is None else loads(data)
+    except (OrchestratorError, ValueError):
         return None
 
 

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.backlog import STATES, Task, TaskStore, readable
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.paths import CHECKOUT_ROOT, Paths
-from lib.statefile import read_json
+from lib.statefile import UnreadableFile, read_json, read_regular
 
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PERIOD_DAYS = 7
+MAX_WARNINGS = 20  # unknown placeholders named one by one
+MAX_REPORT_CHARS = 64 * 2 ** 20
 MISSING = object()  # a state file that does not exist (a file holding `null` is one of the wrong shape)
 
 
@@ -116,19 +119,31 @@ def find_template(paths: Paths) -> Path:
 def fill(template: str, values: dict[str, Callable[[], str]], where: str) -> tuple[str, list[str]]:
     """Replace every known {{name}}; leave unknown ones as they are and say where each one is."""
     warnings = []
+    unknown, line, counted = 0, 1, 0
     for match in PLACEHOLDER_RE.finditer(template):
         if match.group(1) not in values:
-            line = template.count("\n", 0, match.start()) + 1
-            warnings.append(f"{where}:{line}: unknown placeholder {match.group(0)} left as is "
-                            f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+            unknown += 1
+            if unknown <= MAX_WARNINGS:
+                line += template.count("\n", counted, match.start())  # counted once: linear in the template
+                counted = match.start()
+                warnings.append(f"{where}:{line}: unknown placeholder {clip(match.group(0))} left as is "
+                                f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+    if unknown > MAX_WARNINGS:
+        warnings.append(f"{where}: ... and {unknown - MAX_WARNINGS} more unknown placeholders left as they are")
     cache: dict[str, str] = {}
+    size = len(template)
 
     def replace(match: re.Match[str]) -> str:
+        nonlocal size
         name = match.group(1)
         if name not in values:
             return match.group(0)
         if name not in cache:
             cache[name] = values[name]()
+        size += len(cache[name]) - len(match.group(0))
+        if size > MAX_REPORT_CHARS:  # a placeholder repeated a million times must not fill the memory
+            raise OrchestratorError(f"{where}: the report would be larger than {MAX_REPORT_CHARS // 2 ** 20} M "
+                                    f"characters ({{{{{name}}}}} and others repeated); shorten the template")
         return cache[name]
 
     return PLACEHOLDER_RE.sub(replace, template), warnings
@@ -138,8 +153,13 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
     if since > day:
         raise OrchestratorError(f"--since {since.isoformat()} is after the report date {day.isoformat()}")
     try:
-        template = template_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = read_regular(template_path)  # a FIFO would hang the report, /dev/zero fill the memory
+        if data is None:
+            raise OrchestratorError(f"{template_path}: cannot read the report template: not found")
+        template = data.decode("utf-8")
+    except UnreadableFile as err:
+        raise OrchestratorError(f"{err} (the report template)") from None
+    except UnicodeDecodeError as err:
         raise OrchestratorError(f"{template_path}: cannot read the report template ({err})") from None
     tasks = TaskStore(paths.tasks_dir).list()
     by_state = {state: [t for t in tasks if t.state == state] for state in STATES}
@@ -165,11 +185,17 @@ def _digest(data: bytes) -> str:
 def _edited_by_hand(out: Path, written: Path) -> bool:
     """Whether `out` exists with bytes other than the ones this tool last wrote there (a user's edits)."""
     try:
-        current = _digest(out.read_bytes())
-    except FileNotFoundError:
-        return False
+        if stat.S_ISDIR(out.stat().st_mode):
+            return False  # the write below says what is wrong
     except OSError:
-        return False  # a directory or unreadable file: the write below says what is wrong
+        return False  # absent, or a path that cannot exist (reports/ is a file): the write below says so
+    try:
+        data = read_regular(out)
+    except UnreadableFile:
+        return True  # a FIFO, a device, a huge or unreadable file: not the report this tool wrote
+    if data is None:
+        return False
+    current = _digest(data)
     record = read_json(written, default={})
     return not (isinstance(record, dict) and record.get(out.name) == current)
 

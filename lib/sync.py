@@ -13,14 +13,14 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import runner
-from lib.batch import command_env, count_statuses, counts_text, now_iso, record
+from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
 from lib.gitstatus import confined_to
 from lib.paths import Paths
@@ -477,6 +477,7 @@ class SyncReport:
     outcomes: list[SyncOutcome]
     duration_s: float
     state_file: Path | None
+    notes: list[str] = field(default_factory=list)  # warning lines to print after the table
 
     @property
     def failing(self) -> list[SyncOutcome]:
@@ -503,6 +504,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
+        # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
+        notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
         with Progress("syncing", len(repos)) as progress:
 
             def finished(outcome: SyncOutcome) -> None:
@@ -519,6 +522,9 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
                 raise
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)
-        save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        try:
+            save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        except OSError as err:  # the repos are synced: say so in the table, and that the record failed
+            notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
         scan_and_save(paths, tags=None)
-    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)
+    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)
