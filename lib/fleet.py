@@ -98,7 +98,7 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
         def execute(plan: Plan) -> batch.Outcome:
             taken = connections.take()
             try:
-                return remote.execute_remote(plan, host, taken, timeout)
+                return remote.execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)
             finally:
                 connections.give(taken)
 

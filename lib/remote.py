@@ -56,7 +56,7 @@ if [ "$pg" -gt 1 ] 2>/dev/null && kill -TERM -$pg 2>/dev/null; then
 fi
 for e in $(grep -lzxF -- "$marker" /proc/[0-9]*/environ 2>/dev/null); do
   p=${e#/proc/}; p=${p%/environ}
-  [ "$p" != $$ ] && kill -KILL "$p" 2>/dev/null && echo "$p"
+  [ "$p" != $$ ] && kill -KILL "$p" 2>/dev/null
 done
 exit 0"""
 DRAIN_S = 2.0  # after the command and its group are gone, how long output still held open is read
@@ -314,6 +314,8 @@ def _signal(channel: Any, name: str) -> None:
     from paramiko import Message
     from paramiko.common import cMSG_CHANNEL_REQUEST
 
+    if channel.closed:  # a request on a channel the host has closed would be a protocol error
+        return
     message = Message()
     message.add_byte(cMSG_CHANNEL_REQUEST)
     message.add_int(channel.remote_chanid)
@@ -492,7 +494,10 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     silent_after = None if host is None else answer_within(host)
 
     def silent() -> bool:
-        return pulse is not None and silent_after is not None and pulse.unanswered() > silent_after
+        if host is None or pulse is None or silent_after is None or pulse.unanswered() <= silent_after:
+            return False
+        # One more question first: when inv itself was stopped (Ctrl-Z), the answer may be there, unread.
+        return not answers(connection.transport, host.connect_timeout)
 
     def kill() -> str | None:
         return _kill_anywhere(connection, host, pgid, grace, marker, connection.is_connected and not silent())
@@ -553,8 +558,9 @@ class LogWriteError(OSError):
 
 
 def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
-                   grace: float = runner.GRACE_S) -> Outcome:
-    """batch.execute's twin for a host: same steps, same outcomes, the log written locally."""
+                   grace: float = runner.GRACE_S, on_stalled: Callable[[HostStalled], None] | None = None) -> Outcome:
+    """batch.execute's twin for a host: same steps, same outcomes, the log written locally.
+    `on_stalled` hears of a host that stopped answering (the pool then spares the next repos the wait)."""
     started = monotonic()
 
     def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
@@ -564,14 +570,14 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
         with open(plan.log, "wb") as log:
-            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome)
+            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
     except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
         return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
 
 
 def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                    echo: BinaryIO | None, grace: float, started: float,
-                    outcome: Callable[..., Outcome]) -> Outcome:
+                    echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., Outcome],
+                    on_stalled: Callable[[HostStalled], None] | None) -> Outcome:
     log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
               f"({host.address})\n".encode())
     if isinstance(connection, HostUnreachable):
@@ -586,6 +592,8 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, time
     except (runner.Stopping, LogWriteError):
         raise
     except HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
+        if on_stalled is not None:
+            on_stalled(err)
         log.write(f"error: {err}\n".encode())
         return outcome("error", reason=str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
@@ -733,10 +741,14 @@ class Connections:
         self.lock = threading.Lock()
         self.opening = threading.Lock()
         self.failed: HostUnreachable | None = None
+        self.stalled: HostStalled | None = None
 
     def take(self) -> Any:
-        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
+        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails,
+        or once the host stopped answering (a hung login shell hangs every login: no repo waits for it again)."""
         with self.lock:
+            if self.stalled is not None:
+                return self.stalled
             if self.idle:
                 return self.idle.pop()
         # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
@@ -755,6 +767,9 @@ class Connections:
         with self.lock:
             self.opened.append(connection)
         return connection
+
+    def stall(self, err: HostStalled) -> None:
+        self.stalled = err
 
     def give(self, connection: Any) -> None:
         """Back to the pool; one that was lost or given up (gone silent) is dropped, the next take() opens anew."""

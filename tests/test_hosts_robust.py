@@ -195,3 +195,50 @@ def test_host_check_names_a_hung_login_shell_and_says_how_long_a_login_took(home
     assert header.split() == ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]
     login = float(re.fullmatch(r"(\d+\.\d)s", row.split()[3]).group(1))
     assert 0.5 <= login < 3, slow.out
+
+
+def test_a_host_whose_login_shell_hangs_fails_its_other_repos_without_a_login_each(home, make_repo, inv, sshd,
+                                                                                   tmp_path):
+    """Every login waits on the same stale lock: one repo finds out, the others say the same at once."""
+    ws = tmp_path / "ws"
+    names = [f"r{i}" for i in range(4)]
+    for name in names:
+        clone_to(ws, make_repo(name, {"Makefile": "test:\n\t@true\n"}))
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=1, jobs=1)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"} for n in names])
+    lock, logins = tmp_path / "stale.lock", tmp_path / "logins"
+    lock.touch()
+    (sshd.remote_home / ".bashrc").write_text(f"echo login >> {logins}\nwhile [ -e {lock} ]; do sleep 0.1; done\n")
+    result = inv("test-all", "--hosts", "b1")
+    assert result.code == 1, result.out
+    reasons = {r["repo"]: r["reason"] for r in home.state("test-results.json")["results"]}
+    assert reasons == {n: "host b1: the login shell did not answer within 3 s" for n in names}, reasons
+    assert logins.read_text().count("login") == 1
+    lock.unlink()
+    assert nothing_left_on_the_host(sshd)
+
+
+def test_a_connection_silent_for_less_than_the_limit_is_not_given_up(home, make_repo, inv, sshd, tmp_path):
+    """A host that stalls for a moment (under 3 x connect_timeout) gets its command's verdict, not an error."""
+    started, go = tmp_path / "started", tmp_path / "go"
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("pause", {"Makefile": (
+        f"test:\n\t@touch {started}; while [ ! -e {go} ]; do sleep 0.1; done; echo finished\n")}))
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, connect_timeout=2)})
+    home.write_repos([{"name": "pause", "local": str(tmp_path / "nowhere"), "language": "make", "host": "h1"}])
+
+    def stall_briefly() -> None:
+        wait_for(started.exists, 60)
+        stopped = stop_the_sessions(sshd)
+        time.sleep(3)  # silent for 3 s of the 6 s allowed
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        go.touch()
+
+    thread = threading.Thread(target=stall_briefly)
+    thread.start()
+    try:
+        result = inv("test", "pause")
+    finally:
+        thread.join()
+    assert result.code == 0 and "TEST PASSED" in result.out, result.out
