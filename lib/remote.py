@@ -535,7 +535,10 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 if pgid is not None and not reaped:
                     kill_remote_group(connection, pgid, grace, marker)  # nothing it started outlives it, as locally
             except ConnectionError:  # lost mid-run: the host may be fine and the command running there
-                return RemoteResult(None, lost="was lost", problem=kill())
+                problem = kill()
+                if host is None:  # a caller that cannot reconnect hears of it as before
+                    raise
+                return RemoteResult(None, lost="was lost", problem=problem)
             except BaseException:
                 kill()
                 raise

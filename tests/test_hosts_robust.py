@@ -242,3 +242,22 @@ def test_a_connection_silent_for_less_than_the_limit_is_not_given_up(home, make_
     finally:
         thread.join()
     assert result.code == 0 and "TEST PASSED" in result.out, result.out
+
+
+def test_ctrl_c_while_the_connection_is_silent_kills_the_command_over_a_new_one(home, make_repo, sshd, tmp_path):
+    pidfile = hanging_on_host(home, sshd, make_repo, tmp_path, connect_timeout=2)
+    child, err = start(inv_command("test", "hang"), tmp_path)
+    stopped: list[int] = []
+    try:
+        wait_for(lambda: pidfile.exists() or child.poll() is not None, 60)
+        stopped = stop_the_sessions(sshd)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+        assert wait_gone(int(pidfile.read_text()), 30), "Ctrl-C left the command running behind a silent connection"
+    finally:
+        if child.poll() is None:
+            child.kill()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert child.returncode == 130, err.read_text()
+    assert nothing_left_on_the_host(sshd)
