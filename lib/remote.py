@@ -381,8 +381,8 @@ def remote_repo(connection: Any, host: Host, repo: Repo, workspace: str) -> Repo
     language = repo.language
     if repo.language_detected:
         tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
-        code, out, _ = probe(connection, host, f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}",
-                             "the language check")
+        check = f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}"
+        code, out, _ = probe(connection, host, check, "the language check")
         found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
         language = found if code == 0 and found in LANGUAGES else "unknown"
     return replace(repo, local=Path(path), language=language)
@@ -436,7 +436,8 @@ def _kill_anywhere(connection: Any, host: Host | None, pgid: int | None, grace: 
     """kill_remote_group over the command's connection, or, when that is lost, silent or fails, over a new one
     (a dead link must not leave the command running: the host may be fine)."""
     within = 30.0 if host is None else answer_within(host)
-    problem = kill_remote_group(connection, pgid, grace, marker, within) if healthy else "the connection is lost"
+    problem = (kill_remote_group(connection, pgid, grace, marker, within) if healthy
+               else "its own connection is lost or silent")
     if problem is None or host is None:
         return problem
     connection.close()  # never used again: the Connections pool drops it

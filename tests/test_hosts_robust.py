@@ -261,3 +261,27 @@ def test_ctrl_c_while_the_connection_is_silent_kills_the_command_over_a_new_one(
             os.kill(pid, signal.SIGCONT)
     assert child.returncode == 130, err.read_text()
     assert nothing_left_on_the_host(sshd)
+
+
+def test_a_connection_lost_mid_run_is_an_error_and_the_command_is_killed_over_a_new_one(home, make_repo, inv, sshd,
+                                                                                         tmp_path):
+    pidfile = hanging_on_host(home, sshd, make_repo, tmp_path)
+
+    def cut() -> None:
+        wait_for(pidfile.exists, 60)
+        listener = int((sshd.root / "sshd.pid").read_text())
+        for pid in sshd_processes(sshd):
+            if pid != listener:
+                os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=cut)
+    thread.start()
+    try:
+        result = inv("test", "hang")
+    finally:
+        thread.join()
+    assert result.code == 1, result.out
+    assert ("TEST ERROR (connection to h1 was lost; the command was killed on the host over a new connection, "
+            in result.out), result.out
+    assert wait_gone(int(pidfile.read_text()), 30)
+    assert nothing_left_on_the_host(sshd)
