@@ -184,6 +184,8 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
             f"{err.expected_key.fingerprint}); refusing to connect: if the host really was reinstalled, "
             f"remove its old line from {known_hosts}") from None
     except paramiko.AuthenticationException as err:
+        if str(err) == "Authentication timeout.":  # paramiko's words when the host never answered: no refusal
+            raise HostUnreachable(f"{where}: no answer to the authentication within {timeout:g}s") from None
         raise HostUnreachable(f"{where}: authentication failed"
                               f"{f' with key {host.key_file}' if host.key_file else ''}: {err}") from None
     except paramiko.ssh_exception.NoValidConnectionsError as err:
@@ -262,18 +264,18 @@ class Pulse:
 
 def answers(transport: Any, within: float) -> bool:
     """Whether the host answers a keepalive over this connection within `within` seconds."""
-    answered = threading.Event()
+    done, answered = threading.Event(), []
 
     def ask() -> None:
-        try:
+        try:  # returns at once when the transport is (or gets) closed
             transport.global_request("keepalive@openssh.com", wait=True)
+            answered.append(transport.is_active())
         except Exception:
-            return
-        if transport.is_active():
-            answered.set()
+            pass
+        done.set()
 
     threading.Thread(target=ask, name="orchestrator-ask", daemon=True).start()
-    return answered.wait(within)
+    return done.wait(within) and answered == [True]
 
 
 def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int | None, bytes, bytes]:

@@ -285,3 +285,57 @@ def test_a_connection_lost_mid_run_is_an_error_and_the_command_is_killed_over_a_
             in result.out), result.out
     assert wait_gone(int(pidfile.read_text()), 30)
     assert nothing_left_on_the_host(sshd)
+
+
+@pytest.fixture
+def mute_at_auth(sshd):
+    """An SSH server (paramiko's, with the fixture's host key) that finishes the key exchange and then never
+    answers the authentication; its port, with the key in the fixture's known_hosts."""
+    import paramiko
+
+    host_key = paramiko.Ed25519Key(filename=str(sshd.root / "host_key"))
+    release = threading.Event()
+
+    class Mute(paramiko.ServerInterface):
+        def get_allowed_auths(self, username: str) -> str:
+            return "publickey"
+
+        def check_auth_publickey(self, username: str, key) -> int:
+            release.wait(60)  # holds the server's thread: no answer goes out
+            return paramiko.AUTH_FAILED
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    transports = []
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            transport = paramiko.Transport(peer)
+            transport.add_server_key(host_key)
+            transport.start_server(server=Mute())
+            transports.append(transport)
+
+    threading.Thread(target=serve, daemon=True).start()
+    with open(sshd.known_hosts, "a") as known:
+        known.write(f"[127.0.0.1]:{port} {sshd.host_key_pub}\n")
+    yield port
+    release.set()
+    server.close()
+    for transport in transports:
+        transport.close()
+
+
+def test_a_host_that_never_answers_the_authentication_is_not_said_to_refuse_the_key(home, inv, sshd, tmp_path,
+                                                                                     mute_at_auth):
+    write_hosts(home.path, {"mute": sshd.host_entry(tmp_path, port=mute_at_auth, connect_timeout=1)})
+    result = inv("host.check")
+    assert result.code == 1
+    assert "unreachable: mute (" in result.out and "): no answer to the authentication within 1s" in result.out, \
+        result.out
+    assert "authentication failed" not in result.out
