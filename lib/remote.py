@@ -493,7 +493,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
             pgid = int(match.group(1))
 
     marker = f"{os.getpid()}-{uuid.uuid4().hex}"
-    pulse = None if host is None else Pulse(connection.transport, host.connect_timeout)
+    pulse = None if host is None else Pulse(connection.transport, max(1.0, host.connect_timeout))
     silent_after = None if host is None else answer_within(host)
 
     def silent() -> bool:
@@ -603,6 +603,7 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, time
         log.write(f"error: {err}\n".encode())
         return outcome("error", reason=str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+        connection.close()  # and never used again: the pool opens a new one for the next repo
         reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
         log.write(f"\nerror: {reason}\n".encode())
         return outcome("error", reason=reason)

@@ -340,3 +340,31 @@ def test_a_host_that_never_answers_the_authentication_is_not_said_to_refuse_the_
     assert "unreachable: mute (" in result.out and "): no answer to the authentication within 1s" in result.out, \
         result.out
     assert "authentication failed" not in result.out
+
+
+def test_after_a_connection_went_silent_the_next_repo_runs_over_a_new_one(home, make_repo, inv, sshd, tmp_path):
+    pidfile = tmp_path / "hang.pid"
+    ws = tmp_path / "ws"
+    clone_to(ws, hanging_repo(make_repo, "a-hang", pidfile))
+    clone_to(ws, make_repo("b-quick", {"Makefile": "test:\n\t@echo quick\n"}))
+    write_hosts(home.path, {"h1": sshd.host_entry(ws, connect_timeout=2, jobs=1)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"}
+                      for n in ("a-hang", "b-quick")])
+    stopped: list[int] = []
+
+    def go_silent() -> None:
+        wait_for(pidfile.exists, 60)
+        stopped.extend(stop_the_sessions(sshd))
+
+    thread = threading.Thread(target=go_silent)
+    thread.start()
+    try:
+        result = inv("test-all", "--hosts", "h1")
+    finally:
+        thread.join()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    statuses = {r["repo"]: (r["status"], r["reason"]) for r in home.state("test-results.json")["results"]}
+    assert statuses["a-hang"][0] == "error" and "went silent" in statuses["a-hang"][1], statuses
+    assert statuses["b-quick"] == ("passed", None), statuses
+    assert nothing_left_on_the_host(sshd)
