@@ -494,8 +494,9 @@ def host_check(c, name="", accept_new_host_key=False):
     for check in checks:
         problems = check.problems
         verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
-        rows.append([check.host.name, check.host.address, verdict, check.workspace or "-"])
-    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "WORKSPACE"]))
+        login = "-" if check.login_s is None else f"{check.login_s:.1f}s"
+        rows.append([check.host.name, check.host.address, verdict, login, check.workspace or "-"])
+    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]))
     for check in checks:
         if check.tools:
             print(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))

@@ -85,8 +85,10 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
             return outcomes
         try:
             workspace = remote.resolve_workspace(connection, host)
-            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, repo, workspace), log_dir)
+            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, host, repo, workspace), log_dir)
                      for repo in repos]
+        except remote.HostUnreachable as err:  # a hung login shell, say: its own words
+            return work(err)
         except Exception as err:  # the host went away while we looked around
             return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
         if len(plans) == 1 and echo is not None:
@@ -96,7 +98,7 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
         def execute(plan: Plan) -> batch.Outcome:
             taken = connections.take()
             try:
-                return remote.execute_remote(plan, host, taken, timeout)
+                return remote.execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)
             finally:
                 connections.give(taken)
 
