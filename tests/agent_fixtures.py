@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,11 @@ def claude_env(api: FakeAnthropic, home: Path, max_retries: int = 2) -> dict[str
     if os.getuid() == 0:
         env["IS_SANDBOX"] = "1"  # the CLI refuses to skip permissions as root otherwise
     return env
+
+
+def claude_command(api: FakeAnthropic, home: Path, max_retries: int = 2, extra: str = "") -> str:
+    """An agent_command running the pinned CLI against the stand-in (assignments in the command: the panes' shell
+    may not have the test's environment)."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in claude_env(api, home, max_retries).items())
+    return (f"{env} {shlex.quote(str(require_claude()))} -p --output-format stream-json --verbose "
+            f"--dangerously-skip-permissions {extra}< {{{{prompt_file}}}}")

@@ -58,6 +58,7 @@ class FakeAnthropic:
 
     def __init__(self) -> None:
         self.answers: list[Answer] = []
+        self.by_marker: dict[str, list[Answer]] = {}
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         fake = self
@@ -94,7 +95,7 @@ class FakeAnthropic:
                     return
                 # The CLI's side calls (a title, a quota check) carry no tools: they never take a scripted answer.
                 with fake.lock:
-                    answer = fake.answers.pop(0) if body.get("tools") and fake.answers else None
+                    answer = fake.take(body) if body.get("tools") else None
                 if answer is None:
                     answer = text("done.")
                 if answer.status != 200:
@@ -144,6 +145,19 @@ class FakeAnthropic:
     def queue(self, *answers: Answer) -> None:
         with self.lock:
             self.answers.extend(answers)
+
+    def queue_for(self, marker: str, *answers: Answer) -> None:
+        """Answers for the conversations whose first message holds `marker` (e.g. "# Issue #3:")."""
+        with self.lock:
+            self.by_marker.setdefault(marker, []).extend(answers)
+
+    def take(self, body: dict[str, Any]) -> Answer | None:
+        messages = body.get("messages") or [{}]
+        first = json.dumps(messages[0])
+        for marker, answers in self.by_marker.items():
+            if json.dumps(marker)[1:-1] in first:
+                return answers.pop(0) if answers else None
+        return self.answers.pop(0) if self.answers else None
 
     def model_calls(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -15,7 +15,7 @@ from lib import runner
 from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import alerts, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -69,6 +69,13 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def agent_log(run: Run, record: WorkerRecord) -> Path:
+    """Where this try's agent output reads as text: its own log (an agent with events), else the worker's log."""
+    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+        return run.files.try_log(record.worker_id, record.try_id, record.issue_number)
+    return run.files.log(record.worker_id)
+
+
 def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
     cfg = run.config_of(record.project or "")
@@ -81,12 +88,15 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
                       encoding="utf-8")
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
+    files.agent_events(w, t).unlink(missing_ok=True)
+    record.agent, record.events_offset = agents.new_state(cfg.agent), 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
     spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
-            "pid_file": str(files.pid_file(w, t)),
+            "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
+            "events": str(files.agent_events(w, t)), "try_log": str(files.try_log(w, t, issue.number)),
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
@@ -250,8 +260,8 @@ class Executor:
                                                              cfg.repo_for(issue).default_branch, record.branch or "")
             except worktrees.GitFailed as err:
                 commits, stat = f"(unavailable: {err})", ""
-            continuation = prompts.continuation_text(action.reason, commits, stat,
-                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
+            continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(agent_log(self.run, record)),
+                                                     action.nudge)
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,

@@ -11,13 +11,15 @@ from typing import Any, Callable
 
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
+from orchestrator.agents import DEFAULT_COMMANDS, KINDS
 
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review")
 STATUSES = ("pending", "in_progress", "completed", "failed")
 AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
-# Claude Code in print mode, reading the prompt from its file (never typed, never on a command line).
-DEFAULT_AGENT_COMMAND = "claude -p --dangerously-skip-permissions < {{prompt_file}}"
+# Claude Code in print mode with structured output, reading the prompt from its file (never typed, never on a
+# command line): what runs when the config names neither `agent` nor `agent_command`.
+DEFAULT_AGENT_COMMAND = DEFAULT_COMMANDS["claude"]
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
@@ -76,6 +78,7 @@ class ProjectConfig:
     tmux_session: str = "proof-orchestrator"
     tmux_socket: str | None = None
     agent_command: str = DEFAULT_AGENT_COMMAND
+    agent: str = "claude"  # how the try's output reads: claude | codex | gemini (events) or command (text)
     prompts: dict[str, str] = field(default_factory=dict)
     sandbox: str = "none"
     sandbox_writable: tuple[Path, ...] = ()
@@ -363,7 +366,13 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if not NAME.match(session) or "." in session:
         check.bad("tmux_session", f"must be a plain name (letters, digits, _ -), got {session!r}")
     socket = check.get(raw, "tmux_socket", "str", "") or None
-    agent = check.get(raw, "agent_command", "str", DEFAULT_AGENT_COMMAND)
+    kind = check.get(raw, "agent", "str", "claude" if "agent_command" not in raw else "command")
+    if kind not in KINDS:
+        check.bad("agent", f"unknown agent {kind!r} (known: {', '.join(KINDS)})")
+        kind = "command"
+    if kind == "command" and "agent_command" not in raw:
+        check.bad("agent", "\"command\" needs an agent_command")
+    agent = check.get(raw, "agent_command", "str", DEFAULT_COMMANDS.get(kind, DEFAULT_AGENT_COMMAND))
     problem = _template_problem(agent, AGENT_PLACEHOLDERS)
     if problem or not agent.strip():
         check.bad("agent_command", problem or "must not be empty")
@@ -382,7 +391,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
+        agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
         on_alert=on_alert, **timings)
 
 

@@ -1,0 +1,98 @@
+"""Proof workers with the real Claude Code CLI against the stand-in Messages API: events, logs, status, budgets."""
+from __future__ import annotations
+
+import json
+
+import fake_anthropic as fa
+from agent_fixtures import claude_command, fake_api, require_claude  # noqa: F401
+from workers_fixtures import project, tmux_socket  # noqa: F401
+
+from orchestrator.monitor import monitor
+from orchestrator.report import status_document
+from orchestrator.run import open_run
+
+COMMIT = "echo {n} >> work.txt && git add work.txt && git commit -q -m 'agent: issue {n}'"
+
+
+def _run(proj):
+    lines: list[str] = []
+    run = open_run()
+    failed = monitor(run, cycle=0.2, no_delay=True, say=lines.append)
+    run.reload()
+    return failed, run, lines
+
+
+def test_a_claude_try_keeps_its_events_a_readable_log_and_shows_turns_cost_and_session(project, fake_api, tmp_path):
+    require_claude()
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=claude_command(fake_api, tmp_path / "agent-home"))
+    fake_api.queue_for("# Issue #1:", fa.bash(COMMIT.format(n=1), say="Committing the work."),
+                       fa.text("Done: committed."))
+
+    failed, run, lines = _run(proj)
+
+    assert failed == 0, lines
+    assert proj.issue(1)["status"] == "completed"
+    assert proj.remote_commits("feature/issue-1") == ["agent: issue 1"]
+    events = [json.loads(line) for line in (proj.state / "tries" / "worker-1-try-1.events.jsonl").read_text()
+              .splitlines()]
+    assert events[0]["type"] == "system" and events[0]["subtype"] == "init"
+    assert events[-1]["type"] == "result" and events[-1]["is_error"] is False
+    try_log = proj.state / "logs" / "issue-1" / "worker-1-try-1.log"
+    text = try_log.read_text()
+    assert "assistant: Committing the work." in text
+    assert "tool Bash: " + COMMIT.format(n=1) in text
+    assert "RESULT success" in text
+    worker_log = (proj.state / "logs" / "worker-1.log").read_text()
+    assert f"log {try_log}" in worker_log.splitlines()[0] and "=== EXIT code 0" in worker_log
+    assert "Committing" not in worker_log  # the agent's output lives in the try's log
+
+    doc = status_document(run)
+    agent = doc["workers"][0]["agent"]
+    assert agent is None  # the worker is idle again: its agent object went with the try
+    project_doc = doc["projects"][0]
+    issue = project_doc["issues"][0]
+    assert issue["turns"] == 2 and issue["cost_usd"] > 0
+    assert project_doc["turns"] == 2 and project_doc["cost_usd"] == issue["cost_usd"]
+    usage = json.loads((proj.state / "usage.json").read_text())["tries"]["worker-1-try-1"]
+    assert usage["session_id"] == events[0]["session_id"] and usage["turns"] == 2
+
+
+def test_a_rate_limited_call_shows_while_the_cli_retries_and_clears_after_the_next_good_call(project, fake_api,
+                                                                                              tmp_path):
+    """Three 429s, then the model answers: status shows RATE LIMITED with the CLI's attempt and maximum until the
+    next successful call; the try is not counted as failed and the issue completes."""
+    require_claude()
+    import threading
+
+    from rich.console import Console
+
+    from orchestrator.dashboard import render
+    from workers_fixtures import retry_until
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   stall_timeout=120, agent_command=claude_command(fake_api, tmp_path / "agent-home", max_retries=10))
+    fake_api.queue_for("# Issue #1:", *[fa.status(429, retry_after=1)] * 3, fa.bash(COMMIT.format(n=1)),
+                       fa.text("Done."))
+    run = open_run()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(monitor(run, cycle=0.2, no_delay=True,
+                                                                   say=lambda _: None)))
+    thread.start()
+    try:
+        limited = retry_until(lambda: (status_document(open_run())["workers"][0]["agent"] or {})
+                              .get("rate_limited"), seconds=120)
+        assert limited["status"] == 429 and limited["max"] == 10 and limited["attempt"] >= 1
+        doc = status_document(open_run())
+        console = Console(record=True, width=200)
+        console.print(render(doc))
+        assert f"RATE LIMITED (attempt {doc['workers'][0]['agent']['rate_limited']['attempt']}/10)" in \
+            console.export_text()
+        cleared = retry_until(lambda: (lambda a: a if a and a["turns"] >= 1 else None)(
+            status_document(open_run())["workers"][0]["agent"]), seconds=120)
+        assert cleared["rate_limited"] is None
+    finally:
+        thread.join(timeout=300)
+    assert result == [0]
+    assert proj.issue(1)["status"] == "completed"
+    assert not any(e["action"] == "restart" for e in proj.events())
