@@ -96,3 +96,71 @@ def test_a_rate_limited_call_shows_while_the_cli_retries_and_clears_after_the_ne
     assert result == [0]
     assert proj.issue(1)["status"] == "completed"
     assert not any(e["action"] == "restart" for e in proj.events())
+
+
+def _cycles_until(check, seconds=180.0, clock=None):
+    """Monitor cycles (each call reconciles and runs one) until `check()` holds."""
+    from workers_fixtures import retry_until
+
+    def step():
+        run = open_run()
+        if clock is not None:
+            run.clock = clock
+        monitor(run, cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+        return check()
+
+    return retry_until(step, seconds=seconds, interval=0.1)
+
+
+def _pauses(proj):
+    path = proj.state / "paused.json"
+    return json.loads(path.read_text())["project"] if path.exists() else []
+
+
+def test_a_try_that_ends_rate_limited_pauses_the_project_and_is_retried_later_without_using_a_retry(
+        project, fake_api, tmp_path):
+    require_claude()
+    import time
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   max_retries=0, agent_command=claude_command(fake_api, tmp_path / "agent-home", max_retries=1))
+    fake_api.queue_for("# Issue #1:", fa.status(429, retry_after=0), fa.status(429, retry_after=0),
+                       fa.bash(COMMIT.format(n=1)), fa.text("Done."))
+    shift = [0.0]
+
+    [pause] = _cycles_until(lambda: _pauses(proj), clock=lambda: time.time() + shift[0])
+
+    assert pause["reason"] == "rate_limit" and "429" in pause["detail"]
+    from orchestrator.pauses import _parse
+    assert _parse(pause["until"]) - _parse(pause["since"]) == 60  # no reset time given: the first backoff
+    assert proj.issue(1)["status"] == "in_progress"  # max_retries 0, and still not failed
+    hold = next(e for e in proj.events() if e["action"] == "hold")
+    assert hold["issue"] == 1 and hold["reason"].startswith("rate_limit")
+    shift[0] = 61.0  # the pause lapses: the issue is tried again
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", clock=lambda: time.time() + shift[0])
+    assert proj.remote_commits("feature/issue-1") == ["agent: issue 1"]
+    assert not any(e["action"] in ("restart", "skip") for e in proj.events())
+
+
+def test_an_agent_that_is_not_logged_in_pauses_the_project_for_auth_instead_of_failing_each_issue(
+        project, fake_api, tmp_path):
+    require_claude()
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], pipeline=["implement"],
+                   num_workers=1, agent="claude", max_retries=0,
+                   agent_command=claude_command(fake_api, tmp_path / "agent-home", max_retries=1))
+    fake_api.queue(*[fa.status(401)] * 10)
+
+    [pause] = _cycles_until(lambda: _pauses(proj))
+
+    assert pause["reason"] == "auth" and pause["detail"] == "agent not logged in: run claude /login"
+    assert pause["until"] is None
+    assert [proj.issue(n).get("status", "pending") for n in (1, 2)] == ["in_progress", "pending"]
+    from orchestrator.pauses import resume
+
+    run = open_run()
+    assert resume(run.state_root, run.configs) == ["resumed demo: auth (agent not logged in: run claude /login)"]
+    fake_api.queue_for("# Issue #1:", fa.bash(COMMIT.format(n=1)), fa.text("Done."))
+    fake_api.queue_for("# Issue #2:", fa.bash(COMMIT.format(n=2)), fa.text("Done."))
+    with fake_api.lock:
+        fake_api.answers.clear()
+    _cycles_until(lambda: all(proj.issue(n)["status"] == "completed" for n in (1, 2)))

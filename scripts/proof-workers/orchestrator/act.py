@@ -15,7 +15,7 @@ from lib import runner
 from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, pauses, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -25,6 +25,8 @@ from orchestrator.state import WorkerRecord
 from orchestrator.wrapper import TRY_VAR
 
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
+RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
+MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
 
 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
@@ -109,6 +111,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     record.pane = pane.identity
     record.launched = True
+    # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
+    record.started_at = record.last_progress_at = run.clock()
     record.start_failures = 0
     files.save_worker(record)
 
@@ -270,6 +274,37 @@ class Executor:
                                   "continuation": action.continuation})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
         start_try(self.run, record, continuation)
+
+    def do_hold(self, action: Action, record: WorkerRecord) -> None:
+        """The try ended on a rate limit or a missing login: pause the project (rate_limit until the reset the
+        agent gave, else a backoff; auth until resume) and prepare the next try, started once the pause lapses.
+        No retry is used."""
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        now = self.run.clock()
+        path = pauses.pause_file(self.run.state_root, cfg.project)
+        kind = record.agent.get("kind") or cfg.agent
+        if action.reason.startswith("rate_limit"):
+            record.rate_limits += 1
+            reset = agents.reset_at(record.agent)
+            first, longest = RATE_LIMIT_BACKOFF
+            wait = reset - now if reset and 0 < reset - now <= MAX_RESET_WAIT else \
+                min(first * 2 ** (record.rate_limits - 1), longest)
+            until = now + wait
+            pauses.add(path, "rate_limit", f"worker {record.worker_id} #{issue.number}: {action.reason}", now,
+                       until=until)
+            said = f"rate limited: project {cfg.project} paused for {wait:.0f}s"
+        else:
+            until = None
+            pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
+                       now)
+            said = f"agent not logged in: project {cfg.project} paused until resume"
+        record.last_reason = action.reason
+        kill_try(self.run, record)
+        _next_try(self.run, record)  # not launched: decide resumes it when the pause no longer holds
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "hold", "worker": action.worker, "issue": issue.number,
+                                  "reason": action.reason, "until": pauses.stamp(until) if until else None})
+        self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
 
     def do_reassign(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]

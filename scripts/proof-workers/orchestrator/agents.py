@@ -8,6 +8,7 @@ error, result). A line that is not a JSON object is kept as `{"type": "stdout", 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 KINDS = ("claude", "codex", "gemini", "command")
@@ -21,6 +22,9 @@ DEFAULT_COMMANDS = {
 RATE_STATUSES = (429, 529)
 AUTH_STATUSES = (401, 403)
 LINE_CLIP = 300
+LOGIN_HINTS = {"claude": "run claude /login", "codex": "run codex login", "gemini": "run gemini and sign in"}
+# A usage limit's reset time as Claude Code reports it: "... usage limit reached|<epoch seconds>".
+RESET_EPOCH = re.compile(r"limit reached\|(\d{9,11})\b")
 
 
 def new_state(kind: str) -> dict[str, Any]:
@@ -314,3 +318,27 @@ def _fold_gemini(state: dict[str, Any], event: dict[str, Any]) -> None:
             state["error_status"] = _limit_text(text) or state.get("error_status")
         state["result"] = {"subtype": event.get("status"), "is_error": failed,
                            "terminal_reason": "error" if failed else "completed"}
+
+
+def stop_of(state: dict[str, Any]) -> tuple[str, str]:
+    """How the try's agent says it stopped: (rate_limit | auth | error | "", its words). Judged when the try ended:
+    a result is a success only when its is_error is false; a rate limit and a missing login both end in an API
+    error and are told apart by the retries' status and the text."""
+    result = state.get("result") or {}
+    status, text = state.get("error_status"), str(state.get("error_text") or "")
+    lowered = text.lower()
+    if status in AUTH_STATUSES or "not logged in" in lowered or "failed to authenticate" in lowered \
+            or "invalid api key" in lowered:
+        return "auth", text
+    if status in RATE_STATUSES or any(word in lowered for word in ("rate limit", "rate_limit", "usage limit",
+                                                                   "overloaded", "(429)", "(529)")):
+        return "rate_limit", text
+    if result.get("is_error"):
+        return "error", text
+    return "", ""
+
+
+def reset_at(state: dict[str, Any]) -> float | None:
+    """When the limit lifts, if the agent said so (epoch seconds)."""
+    found = RESET_EPOCH.search(str(state.get("error_text") or ""))
+    return float(found.group(1)) if found else None

@@ -159,8 +159,14 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         if head and record.stage_base and head != record.stage_base:
             new = worktrees.commits_since(worktree, record.stage_base, record.branch)
     before = {key: record.agent.get(key) for key in USAGE_KEYS}
-    if read_events(files, record, now) and before != {key: record.agent.get(key) for key in USAGE_KEYS}:
+    read = read_events(files, record, now)
+    while exit_code is not None and read:  # the try is over: judge it on every event it wrote
+        read = read_events(files, record, now)
+    if before != {key: record.agent.get(key) for key in USAGE_KEYS}:
         record_usage(files, record)
+    if record.rate_limits and record.agent.get("turns") and not record.agent.get("rate_limited"):
+        record.rate_limits = 0  # a model call went through: the next limit backs off from the start
+    stop, detail = agents.stop_of(record.agent) if exit_code is not None else ("", "")
     mark = fingerprint(files, record, head, changes)
     if mark != record.last_fingerprint or record.last_progress_at is None:
         record.last_fingerprint = mark
@@ -171,4 +177,5 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
         elapsed_seconds=round(max(0.0, now - started), 3),
-        pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane))
+        pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane),
+        agent_stop=stop, agent_detail=detail[:200])
