@@ -164,3 +164,37 @@ def test_an_agent_that_is_not_logged_in_pauses_the_project_for_auth_instead_of_f
     with fake_api.lock:
         fake_api.answers.clear()
     _cycles_until(lambda: all(proj.issue(n)["status"] == "completed" for n in (1, 2)))
+
+
+def test_a_costly_try_past_its_issues_budget_fails_the_issue_and_the_project_budget_pauses_the_project(
+        project, fake_api, tmp_path):
+    """#1 costs more than its own max_cost_usd: it fails. #2 has no budget of its own, but with it the project
+    passes max_total_cost_usd: the project pauses (#2's verdict waits, #3 does not start) until the limit is
+    raised."""
+    require_claude()
+    proj = project([{"number": 1, "title": "costly", "max_cost_usd": 0.1},
+                    {"number": 2, "title": "pricey"}, {"number": 3, "title": "after the budget"}],
+                   pipeline=["implement"], num_workers=1, agent="claude", max_turns=40, max_total_cost_usd=1.0,
+                   agent_command=claude_command(fake_api, tmp_path / "agent-home"))
+    fake_api.queue_for("# Issue #1:", fa.bash(COMMIT.format(n=1), output_tokens=20_000), fa.text("Done."))
+    fake_api.queue_for("# Issue #2:", fa.bash(COMMIT.format(n=2), output_tokens=60_000), fa.text("Done."))
+    fake_api.queue_for("# Issue #3:", fa.bash(COMMIT.format(n=3)), fa.text("Done."))
+
+    [pause] = _cycles_until(lambda: _pauses(proj))
+
+    spec = json.loads((proj.state / "tries" / "worker-1-try-1.json").read_text())
+    assert "--max-budget-usd 0.1000 --max-turns 40" in spec["command"]
+    skip = next(e for e in proj.events() if e["action"] == "skip")
+    assert skip["issue"] == 1 and skip["reason"].startswith("budget: $") and skip["reason"].endswith(" of $0.1000")
+    assert proj.issue(1)["status"] == "failed"
+    assert pause["reason"] == "budget" and pause["detail"].endswith(" of $1.0000")
+    assert proj.issue(2)["status"] == "in_progress" and proj.issue(3).get("status", "pending") == "pending"
+    doc = status_document(open_run())
+    assert doc["projects"][0]["cost_usd"] >= 1.0 and doc["done"] is False
+    assert doc["projects"][0]["cost_usd"] == round(sum(i["cost_usd"] for i in doc["projects"][0]["issues"]), 6)
+
+    config = proj.doc()
+    config["max_total_cost_usd"] = 100.0
+    proj.config.write_text(json.dumps(config))
+    _cycles_until(lambda: proj.issue(3)["status"] == "completed")
+    assert proj.issue(2)["status"] == "completed" and _pauses(proj) == []

@@ -139,3 +139,22 @@ def test_the_agent_kind_follows_the_config_and_the_original_config_runs_claude_w
         with pytest.raises(ConfigError) as err:
             parse_config(tmp_path / "c.json", {**base, **doc})
         assert any(p.endswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_budgets_read_as_project_defaults_with_each_issues_own_and_bad_values_are_config_errors(tmp_path: Path):
+    from lib.errors import ConfigError
+    from orchestrator.config import parse_config
+
+    base = {"project": "p", "repo_path": str(tmp_path), "branch_prefix": "f-", "max_cost_usd": 2, "max_turns": 30,
+            "max_total_cost_usd": 9.5, "issues": [{"number": 1}, {"number": 2, "max_cost_usd": 0.25,
+                                                                   "max_tokens": 1000}]}
+    cfg = parse_config(tmp_path / "c.json", base)
+    assert dict(cfg.issue(1).budget) == {"max_cost_usd": 2, "max_turns": 30}
+    assert dict(cfg.issue(2).budget) == {"max_cost_usd": 0.25, "max_turns": 30, "max_tokens": 1000}
+    assert cfg.max_total_cost_usd == 9.5
+    with pytest.raises(ConfigError) as err:
+        parse_config(tmp_path / "c.json", {**base, "max_turns": 0, "max_total_cost_usd": "lots",
+                                           "issues": [{"number": 1, "max_cost_usd": -1}]})
+    assert sorted(p.split(": ", 1)[1] for p in err.value.problems) == [
+        "issues[0] (#1).max_cost_usd: must be > 0, got -1", "max_total_cost_usd: must be a finite number, got \"lots\"",
+        "max_turns: must be > 0, got 0"]

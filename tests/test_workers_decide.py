@@ -236,6 +236,12 @@ AGENT_CASES = [
      Snapshot(1, 1, True, False, 0, 1, False, 0, 0, agent_stop="error"), [("restart", True)]),
     ("still running while rate limited: nothing", busy(),
      Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="rate_limit"), []),
+    ("over its budget while running: stopped, the issue fails (no retry can help)", busy(),
+     Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="budget", agent_detail="budget: $2.10 of $2.00"),
+     [("skip", True), ("idle", True)]),
+    ("over its budget when it ended, even with a commit: fails", busy(),
+     Snapshot(1, 1, True, False, 0, 1, False, 5, 50, agent_stop="budget", agent_detail="budget: 12 of 10 turns"),
+     [("skip", True), ("idle", True)]),
 ]
 
 
@@ -246,6 +252,8 @@ def test_decide_on_what_the_agent_reported(name, worker, snapshot, expected):
     assert [(a.kind, a.counted) for a in actions] == expected
     if actions and actions[0].kind == "hold":
         assert actions[0].reason.startswith(snapshot.agent_stop)
+    if actions and snapshot.agent_stop == "budget":
+        assert actions[0].reason == snapshot.agent_detail
 
 
 def test_an_old_journal_without_agent_fields_replays():

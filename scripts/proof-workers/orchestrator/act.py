@@ -15,7 +15,7 @@ from lib import runner
 from lib.errors import ConfigError, OrchestratorError
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, pauses, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -95,6 +95,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
+    used = budgets.issue_spent(budgets.usage_by_try(files), cfg.project, issue.number, but=files.try_stem(w, t))
+    command += budgets.agent_flags(cfg, issue, used)
     spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,

@@ -59,6 +59,7 @@ class Issue:
     repo: str = ""
     pipeline_stage: int = 0
     description: str = ""
+    budget: tuple[tuple[str, float], ...] = ()  # (max_cost_usd | max_turns | max_tokens, limit): own or the default
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class ProjectConfig:
     sandbox: str = "none"
     sandbox_writable: tuple[Path, ...] = ()
     on_alert: str = "warn"
+    max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -248,8 +250,26 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
     return repos
 
 
+BUDGET_KEYS = ("max_cost_usd", "max_turns", "max_tokens")
+
+
+def _budget(doc: dict[str, Any], check: _Checker, where: str = "") -> dict[str, float]:
+    """The budget keys `doc` sets (an issue's own, or the project's default for every issue): positive numbers."""
+    out: dict[str, float] = {}
+    for key in BUDGET_KEYS:
+        value = check.get(doc, key, "num" if key == "max_cost_usd" else "int", None, where)
+        if value is None:
+            continue
+        if value <= 0:
+            check.bad(f"{where}{key}", f"must be > 0, got {value}")
+            continue
+        out[key] = value
+    return out
+
+
 def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], stages: int) -> tuple[Issue, ...]:
     items = check.get(raw, "issues", "list", [])
+    defaults = _budget(raw, check)
     issues: list[Issue] = []
     seen: set[int] = set()
     for index, doc in enumerate(items):
@@ -297,6 +317,7 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             repo=repo,
             pipeline_stage=stage,
             description=check.get(doc, "description", "str", "", where),
+            budget=tuple({**defaults, **_budget(doc, check, where)}.items()),
         ))
     _check_dependencies(issues, check)
     return tuple(issues)
@@ -386,13 +407,16 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     on_alert = check.get(raw, "on_alert", "str", "warn")
     if on_alert not in ON_ALERT:
         check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
+    total = check.get(raw, "max_total_cost_usd", "num", None)
+    if total is not None and total <= 0:
+        check.bad("max_total_cost_usd", f"must be > 0, got {total}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, **timings)
+        on_alert=on_alert, max_total_cost_usd=total, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

@@ -154,6 +154,8 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):
         return failed_try(f"the try ended with the worktree on {snap.switched_to}, not on its branch (put back for "
                           "the next try; that branch is kept)")
+    if snap.agent_stop == "budget":
+        return [Action("skip", wid, ref, snap.agent_detail or "budget")]  # more tries would only cost more
     if snap.exit_code is not None and snap.agent_stop in ("rate_limit", "auth"):
         # Nobody's fault and no retry's: the project waits (a rate limit until its reset or a backoff, a login
         # until resume), then the issue is tried again.
