@@ -198,3 +198,48 @@ def test_a_costly_try_past_its_issues_budget_fails_the_issue_and_the_project_bud
     proj.config.write_text(json.dumps(config))
     _cycles_until(lambda: proj.issue(3)["status"] == "completed")
     assert proj.issue(2)["status"] == "completed" and _pauses(proj) == []
+
+
+KILL_CLAUDE = """import os, signal
+pid = os.getppid()  # up from the Bash tool's shell to the CLI itself (its binary is claude.exe)
+while pid > 1 and not os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("claude"):
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+if pid > 1:
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def test_a_killed_try_resumes_its_session_with_a_short_prompt_and_a_new_stage_starts_a_fresh_one(
+        project, fake_api, tmp_path):
+    """Try 1 is killed mid-session (its Bash call kills the CLI): try 2 runs `--resume <its session>` with only a
+    continuation prompt, and the model sees the conversation so far; the next stage starts a new session."""
+    require_claude()
+    killer = tmp_path / "kill_claude.py"
+    killer.write_text(KILL_CLAUDE)
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement", "review"], num_workers=1,
+                   agent="claude", agent_command=claude_command(fake_api, tmp_path / "agent-home"))
+    fake_api.queue_for("# Issue #1:", fa.bash(f"python3 {killer}"), fa.bash(COMMIT.format(n=1)), fa.text("Done."),
+                       fa.bash(COMMIT.format(n=1)), fa.text("Reviewed."))
+
+    failed, run, lines = _run(proj)
+
+    assert failed == 0, lines
+    assert proj.issue(1)["status"] == "completed"
+    restart = next(e for e in proj.events() if e["action"] == "restart")
+    assert "exit code 137" in restart["reason"] and restart["session"]
+    spec = json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())
+    assert spec["command"].endswith(f" --resume {restart['session']}")
+    prompt = (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert prompt.startswith("Continue the task of this session") and "# Issue #1:" not in prompt
+    assert "exit code 137" in prompt
+    calls = fake_api.model_calls()
+    resumed = calls[1]["body"]["messages"]
+    assert len(resumed) > 1 and "Continue the task of this session" in json.dumps(resumed)
+    review = json.loads((proj.state / "tries" / "worker-1-try-3.json").read_text())
+    assert "--resume" not in review["command"]
+    assert not (proj.state / "prompts" / "worker-1-try-3.md").read_text().startswith("Continue")
+    sessions = {json.loads(l).get("session_id") for n in (1, 3)
+                for l in (proj.state / "tries" / f"worker-1-try-{n}.events.jsonl").read_text().splitlines()[:1]}
+    assert len(sessions) == 2
+    issue = status_document(run)["projects"][0]["issues"][0]
+    assert issue["turns"] >= 4  # summed over the killed try, the resumed one and the review

@@ -27,6 +27,8 @@ from orchestrator.wrapper import TRY_VAR
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
+                 "Finish the work and commit it.\n\n")
 
 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
@@ -78,16 +80,20 @@ def agent_log(run: Run, record: WorkerRecord) -> Path:
     return run.files.log(record.worker_id)
 
 
-def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
-    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
+def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: str = "") -> None:
+    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only). With a
+    `session`, the agent continues it and the prompt is only the continuation."""
     cfg = run.config_of(record.project or "")
     issue = cfg.issue(record.issue_number or 0)
     assert issue is not None and record.worktree and record.branch
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
-    prompt.write_text(prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation),
-                      encoding="utf-8")
+    resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
+        configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
+    text = (RESUME_PROMPT + continuation if resume else
+            prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
+    prompt.write_text(text, encoding="utf-8")
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
@@ -97,6 +103,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
         "stage": record.stage})
     used = budgets.issue_spent(budgets.usage_by_try(files), cfg.project, issue.number, but=files.try_stem(w, t))
     command += budgets.agent_flags(cfg, issue, used)
+    if resume:
+        command += " " + shlex.join(resume)
     spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
@@ -268,14 +276,16 @@ class Executor:
                 commits, stat = f"(unavailable: {err})", ""
             continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(agent_log(self.run, record)),
                                                      action.nudge)
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
+        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
                                   "retry_count": record.retry_count, "counted": action.counted,
                                   "reason": action.reason,
-                                  "continuation": action.continuation})
+                                  "continuation": action.continuation, "session": session or None})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
-        start_try(self.run, record, continuation)
+        start_try(self.run, record, continuation, session)
 
     def do_hold(self, action: Action, record: WorkerRecord) -> None:
         """The try ended on a rate limit or a missing login: pause the project (rate_limit until the reset the

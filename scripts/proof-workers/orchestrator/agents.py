@@ -19,6 +19,7 @@ DEFAULT_COMMANDS = {
     "codex": "codex exec --json --full-auto - < {{prompt_file}}",
     "gemini": "gemini --output-format stream-json --yolo < {{prompt_file}}",
 }
+RESUMABLE_KINDS = ("claude",)  # `--resume <session_id>` continues a session in print mode
 RATE_STATUSES = (429, 529)
 AUTH_STATUSES = (401, 403)
 LINE_CLIP = 300
@@ -342,3 +343,12 @@ def reset_at(state: dict[str, Any]) -> float | None:
     """When the limit lifts, if the agent said so (epoch seconds)."""
     found = RESET_EPOCH.search(str(state.get("error_text") or ""))
     return float(found.group(1)) if found else None
+
+
+def plain_command(command: str) -> bool:
+    """An agent_command flags may be appended to: one command, no `;`, `&`, `|`, backquote or `$(`."""
+    return not any(c in command for c in (";", "&", "|", "`", "$("))
+
+
+def resume_flags(kind: str, session_id: str) -> list[str]:
+    return ["--resume", session_id] if kind == "claude" and session_id else []

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from lib.errors import OrchestratorError
 from lib.statefile import read_json
-from orchestrator import pauses
+from orchestrator import agents, pauses
 from orchestrator.config import Issue, ProjectConfig, agent_kind
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
@@ -68,8 +68,7 @@ def agent_flags(cfg: ProjectConfig, issue: Issue, used: dict[str, float]) -> str
     """What is left of the issue's budget as the agent's own flags (Claude only: the others have none), appended
     to an agent_command that is a plain `claude ...` command (no `;`, `&`, `|`: never to a shell pipeline)."""
     budget = dict(issue.budget)
-    if cfg.agent != "claude" or agent_kind(cfg.agent_command) != "claude" or \
-            any(c in cfg.agent_command for c in ";&|`$("):
+    if cfg.agent != "claude" or agent_kind(cfg.agent_command) != "claude" or not agents.plain_command(cfg.agent_command):
         return ""
     args = []
     if "max_cost_usd" in budget:

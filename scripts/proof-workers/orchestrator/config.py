@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
-from orchestrator.agents import DEFAULT_COMMANDS, KINDS
+from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
 
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review")
@@ -85,6 +85,7 @@ class ProjectConfig:
     sandbox_writable: tuple[Path, ...] = ()
     on_alert: str = "warn"
     max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
+    resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -407,6 +408,11 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     on_alert = check.get(raw, "on_alert", "str", "warn")
     if on_alert not in ON_ALERT:
         check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
+    resume_sessions = raw.get("resume_sessions", kind == "claude")
+    if not isinstance(resume_sessions, bool):
+        check.bad("resume_sessions", f"must be true or false, got {json.dumps(resume_sessions)[:60]}")
+    elif resume_sessions and kind not in RESUMABLE_KINDS:
+        check.bad("resume_sessions", f"agent {kind!r} cannot resume a session here (only: {', '.join(RESUMABLE_KINDS)})")
     total = check.get(raw, "max_total_cost_usd", "num", None)
     if total is not None and total <= 0:
         check.bad("max_total_cost_usd", f"must be > 0, got {total}")
@@ -416,7 +422,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, max_total_cost_usd=total, **timings)
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:
