@@ -15,11 +15,12 @@ message_delta (stop_reason, usage), message_stop.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -59,6 +60,7 @@ class FakeAnthropic:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.by_marker: dict[str, list[Answer]] = {}
+        self.autopilot: Callable[[dict[str, Any]], Answer] | None = None  # answers when nothing is scripted
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         fake = self
@@ -97,7 +99,7 @@ class FakeAnthropic:
                 with fake.lock:
                     answer = fake.take(body) if body.get("tools") else None
                 if answer is None:
-                    answer = text("done.")
+                    answer = fake.autopilot(body) if fake.autopilot and body.get("tools") else text("done.")
                 if answer.status != 200:
                     self._error(answer)
                 elif body.get("stream"):
@@ -205,3 +207,18 @@ def _events(answer: Answer, model: str) -> list[tuple[str, dict[str, Any]]]:
                                   "usage": {"output_tokens": answer.usage["output_tokens"]}}))
     out.append(("message_stop", {"type": "message_stop"}))
     return out
+
+
+def demo_answer(body: dict[str, Any]) -> Answer:
+    """The demo's model: a new conversation gets a Bash call that commits this stage's work (issue and stage
+    read from the prompt's first lines); a conversation that already ran it gets a short closing text."""
+    messages = body.get("messages") or []
+    if '"tool_result"' in json.dumps(messages):
+        return text("Committed this stage's work.")
+    first = json.dumps(messages[0] if messages else {})
+    issue = re.search(r"# Issue #(\d+)", first)
+    stage = re.search(r"Stage: ([a-z_]+)", first)
+    number, name = (issue.group(1) if issue else "0"), (stage.group(1) if stage else "work")
+    return bash(f"echo {name} >> work-{number}.txt && git add work-{number}.txt && "
+                f"git -c user.name='Demo Model' -c user.email=model@example.com commit -q -m '{name} #{number}'",
+                say=f"Working on issue #{number}, stage {name}.")

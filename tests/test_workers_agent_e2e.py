@@ -243,3 +243,18 @@ def test_a_killed_try_resumes_its_session_with_a_short_prompt_and_a_new_stage_st
     assert len(sessions) == 2
     issue = status_document(run)["projects"][0]["issues"][0]
     assert issue["turns"] >= 4  # summed over the killed try, the resumed one and the review
+
+
+def test_the_claude_demo_runs_four_issues_through_three_stages_with_the_real_cli(tmp_path, tmux_socket):
+    require_claude()
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_workers_demo.py"), "--claude", "--wait", "240",
+                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=300, env=monitor_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "staking-demo: 4 completed of 4" in done.stdout and "24 turns" in done.stdout
+    assert "run finished: 24 model calls answered" in done.stdout
