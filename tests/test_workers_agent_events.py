@@ -158,3 +158,17 @@ def test_budgets_read_as_project_defaults_with_each_issues_own_and_bad_values_ar
     assert sorted(p.split(": ", 1)[1] for p in err.value.problems) == [
         "issues[0] (#1).max_cost_usd: must be > 0, got -1", "max_total_cost_usd: must be a finite number, got \"lots\"",
         "max_turns: must be > 0, got 0"]
+
+
+def test_a_burst_of_events_is_taken_over_several_cycles_and_a_finished_try_is_read_to_its_end(tmp_path: Path):
+    files = RunFiles(tmp_path)
+    record = WorkerRecord(1, project="p", issue_number=7, try_id=1, agent=agents.new_state("claude"))
+    stream = files.agent_events(1, 1)
+    stream.parent.mkdir(parents=True)
+    turns = [{**CLAUDE[2], "message": {**CLAUDE[2]["message"], "id": f"m{i}"}} for i in range(1000)]
+    stream.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in [*turns, CLAUDE[3]] * 1))
+    assert probe.read_events(files, record, 0.0) == probe.MAX_EVENTS_PER_CYCLE
+    assert record.agent["turns"] == probe.MAX_EVENTS_PER_CYCLE
+    while probe.read_events(files, record, 0.0):
+        pass
+    assert record.agent["turns"] == 1000 and record.events_offset == stream.stat().st_size

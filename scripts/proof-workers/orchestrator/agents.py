@@ -43,6 +43,15 @@ def public(state: dict[str, Any]) -> dict[str, Any]:
     return {key: state.get(key) for key in PUBLIC_KEYS}
 
 
+# Lines that start so change no tally (Claude's tool results echo whole files): the probe skips them unparsed.
+UNTALLIED_PREFIXES = {"claude": (b'{"type":"user"', b'{"type": "user"'), "gemini": (b'{"type":"tool_result"',
+                                                                                   b'{"type": "tool_result"')}
+
+
+def tallied(kind: str, line: bytes) -> bool:
+    return not line.startswith(UNTALLIED_PREFIXES.get(kind, ()))
+
+
 def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     """One line of the agent's stdout as (event, whether the line was a JSON object): its object, or a `stdout`
     event holding the text."""

@@ -81,9 +81,13 @@ def agent_alive(table: dict[int, Proc], pane: Pane | None, files: RunFiles, reco
     return group is not None and any(p.pgid == group and p.pid in under_pane for p in table.values())
 
 
-# Read at most this much of a try's event stream per cycle (the wrapper keeps every line under 4 MiB): a burst
-# of events is taken over a few cycles instead of stalling one.
-MAX_EVENTS_READ = 16 * 1024 * 1024
+# Read about this much of a try's event stream per cycle (more only to finish a line: the wrapper keeps every
+# line under 4 MiB): a burst of events is taken over a few cycles instead of stalling one.
+MAX_EVENTS_READ = 1024 * 1024
+MAX_EVENT_LINE = 4 * 1024 * 1024
+# Events taken into the tally per worker per cycle (the rest wait for the next cycle): a cycle's cost stays
+# bounded however much an agent wrote since the last one. A try that ended is read to its end at once.
+MAX_EVENTS_PER_CYCLE = 400
 USAGE_KEYS = ("cost_usd", "turns", "tokens_in", "tokens_out", "session_id")
 
 
@@ -113,17 +117,24 @@ def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
         with open(files.agent_events(record.worker_id, record.try_id), "rb") as stream:
             stream.seek(record.events_offset)
             chunk = stream.read(MAX_EVENTS_READ)
+            if b"\n" not in chunk and len(chunk) == MAX_EVENTS_READ:
+                chunk += stream.read(MAX_EVENT_LINE)
     except OSError:
         return 0
     end = chunk.rfind(b"\n")
     if end < 0:
         return 0  # nothing new, or a line still being written
     at = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    lines = chunk[:end + 1].splitlines()
-    for line in lines:
-        agents.fold(record.agent, agents.parse_line(line)[0], at)
-    record.events_offset += end + 1
-    return len(lines)
+    kind, read, folded = record.agent["kind"], 0, 0
+    for line in chunk[:end + 1].splitlines(keepends=True):
+        if folded >= MAX_EVENTS_PER_CYCLE:
+            break
+        read += 1
+        record.events_offset += len(line)
+        if agents.tallied(kind, line):  # else parsing it would change nothing (a tool's output): skipped unread
+            agents.fold(record.agent, agents.parse_line(line)[0], at)
+            folded += 1
+    return read
 
 
 def record_usage(files: RunFiles, record: WorkerRecord) -> None:
