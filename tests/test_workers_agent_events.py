@@ -172,3 +172,31 @@ def test_a_burst_of_events_is_taken_over_several_cycles_and_a_finished_try_is_re
     while probe.read_events(files, record, 0.0):
         pass
     assert record.agent["turns"] == 1000 and record.events_offset == stream.stat().st_size
+
+
+def test_how_a_try_stopped_is_told_from_its_last_errors_and_a_success_is_a_success():
+    def stop(events, kind="claude"):
+        return agents.stop_of(_fold(kind, events)[0])[0]
+
+    retried = {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 2, "retry_delay_ms": 500,
+               "error_status": 429, "error": "rate_limit"}
+    failed = {"type": "result", "subtype": "success", "is_error": True, "num_turns": 1, "total_cost_usd": 0,
+              "terminal_reason": "api_error", "api_error_status": 429,
+              "result": "API Error: Request rejected (429) · rate limited"}
+    assert stop([retried, *CLAUDE[2:]]) == ""  # retried, then went through: a success
+    assert stop([retried, failed]) == "rate_limit"
+    assert stop([{**retried, "error_status": 401, "error": "authentication_failed"},
+                 {**failed, "api_error_status": 401, "result": "Failed to authenticate. API Error: 401"}]) == "auth"
+    assert stop([{"type": "stdout", "text": "Not logged in · Please run /login"}]) == "auth"
+    assert stop([{**failed, "api_error_status": 500, "result": "API Error: 500 boom"}]) == "error"
+    assert stop([retried, CLAUDE[2]]) == ""  # killed after a good call: no limit holds it
+    assert stop([retried]) == "rate_limit"  # killed while still retrying a 429
+
+
+def test_a_lying_or_broken_stream_never_makes_a_cost_negative_or_nan():
+    state, _ = _fold("claude", [{"type": "result", "subtype": "success", "is_error": False, "num_turns": -5,
+                                 "total_cost_usd": float("nan"), "usage": {"input_tokens": "many", "output_tokens": -1}},
+                                {"type": "assistant", "message": {"id": 3, "content": "not a list", "usage": []}}])
+    assert (state["cost_usd"], state["tokens_in"], state["tokens_out"]) == (0.0, 0, 0) and state["turns"] >= 0
+    state, _ = _fold("claude", [{"type": "result", "is_error": False, "total_cost_usd": -3.0}])
+    assert state["cost_usd"] == 0.0

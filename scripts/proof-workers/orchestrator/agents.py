@@ -84,11 +84,14 @@ def _tool(name: Any, arguments: Any) -> str:
 
 
 def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    """A count or cost as reported: a finite number >= 0, else 0 (NaN, a negative cost or a string count no tally)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value)
+    return 0.0
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def describe(kind: str, event: dict[str, Any]) -> list[str]:
@@ -225,7 +228,8 @@ def _fold_claude(state: dict[str, Any], event: dict[str, Any]) -> None:
             state["error_text"] = _one_line(event.get("error"), 200)
             return
         message = event.get("message") if isinstance(event.get("message"), dict) else {}
-        state["rate_limited"] = None  # a model call went through
+        # a model call went through: earlier retries and their errors are over
+        state["rate_limited"] = state["error_status"] = state["error_text"] = None
         if message.get("id") != state.get("last_message"):
             state["last_message"] = message.get("id")
             state["turns"] += 1
@@ -335,6 +339,8 @@ def stop_of(state: dict[str, Any]) -> tuple[str, str]:
     a result is a success only when its is_error is false; a rate limit and a missing login both end in an API
     error and are told apart by the retries' status and the text."""
     result = state.get("result") or {}
+    if result and result.get("is_error") is False:
+        return "", ""  # the agent's own verdict: a success (whatever it retried on the way)
     status, text = state.get("error_status"), str(state.get("error_text") or "")
     lowered = text.lower()
     if status in AUTH_STATUSES or "not logged in" in lowered or "failed to authenticate" in lowered \
