@@ -200,3 +200,23 @@ def test_a_lying_or_broken_stream_never_makes_a_cost_negative_or_nan():
     assert (state["cost_usd"], state["tokens_in"], state["tokens_out"]) == (0.0, 0, 0) and state["turns"] >= 0
     state, _ = _fold("claude", [{"type": "result", "is_error": False, "total_cost_usd": -3.0}])
     assert state["cost_usd"] == 0.0
+
+
+def test_the_wrapper_keeps_raw_events_and_readable_lines_and_never_blocks_the_agent_when_it_cannot_write(
+        tmp_path: Path):
+    import io
+
+    from orchestrator import wrapper
+
+    out = b"".join(json.dumps(e).encode() + b"\n" for e in CLAUDE) + b"Not logged in\n" + b"x" * 100
+    wrapper._events(io.BufferedReader(io.BytesIO(out)), "claude", tmp_path / "t" / "e.jsonl", tmp_path / "l" / "t.log")
+    kept = [json.loads(line) for line in (tmp_path / "t" / "e.jsonl").read_text().splitlines()]
+    assert kept[:5] == CLAUDE and kept[5:] == [{"type": "stdout", "text": "Not logged in"},
+                                               {"type": "stdout", "text": "x" * 100}]
+    log = (tmp_path / "l" / "t.log").read_text()
+    assert "tool Bash: git commit -m x" in log and "API retry 4/10" in log and log.count("\n") == 7
+    blocked = tmp_path / "nowhere"
+    blocked.write_text("a file where the directory should be")
+    source = io.BufferedReader(io.BytesIO(out * 1000))
+    wrapper._events(source, "claude", blocked / "e.jsonl", blocked / "t.log")
+    assert source.read() == b""  # drained to its end

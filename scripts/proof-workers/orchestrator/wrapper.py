@@ -205,6 +205,15 @@ def _tee(source: Any, log: Any) -> None:
 def _events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
     """Keep the agent's raw event stream (a line that is not JSON becomes a `stdout` event) and write a readable
     line per event to the try's log and the pane."""
+    try:
+        _keep_events(source, kind, events_path, log_path)
+    except OSError:
+        pass
+    for _ in iter(lambda: source.read1(65536), b""):
+        pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
+
+
+def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
     events_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
