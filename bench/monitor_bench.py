@@ -82,7 +82,8 @@ def make_project(base: Path, workers: int, events: int = 0) -> None:
         "project": "bench", "repo_path": str(repo), "worktree_base": str(base / "worktrees"),
         "branch_prefix": "bench-", "pipeline": ["implement"], "num_workers": workers, "cycle_interval": 1,
         "stall_timeout": 3600, "wall_clock_timeout": 3600, "stagger_delay": 0, "tmux_session": "bench",
-        "agent_command": agent, "agent": "claude" if events else "command", "issues": [{"number": n, "title": f"issue {n}"} for n in range(1, workers + 1)]}))
+        "agent_command": agent, "agent": "claude" if events else "command",
+        "issues": [{"number": n, "title": f"issue {n}"} for n in range(1, workers + 1)]}))
 
 
 def main(argv: list[str] | None = None) -> int:

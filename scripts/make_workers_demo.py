@@ -72,7 +72,8 @@ def run_claude_demo(target: Path, wait: float) -> int:
     with FakeAnthropic() as api:
         api.autopilot = demo_answer
         agent_home = target.resolve() / "agent-home"
-        env = {"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "demo", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        env = {"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": "demo",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                "CLAUDE_CODE_MAX_RETRIES": "2", "HOME": str(agent_home), "DISABLE_AUTOUPDATER": "1",
                **({"IS_SANDBOX": "1"} if os.getuid() == 0 else {})}
         command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" {shlex.quote(str(CLAUDE))} -p " \

@@ -195,7 +195,8 @@ def test_how_a_try_stopped_is_told_from_its_last_errors_and_a_success_is_a_succe
 
 def test_a_lying_or_broken_stream_never_makes_a_cost_negative_or_nan():
     state, _ = _fold("claude", [{"type": "result", "subtype": "success", "is_error": False, "num_turns": -5,
-                                 "total_cost_usd": float("nan"), "usage": {"input_tokens": "many", "output_tokens": -1}},
+                                 "total_cost_usd": float("nan"),
+                                 "usage": {"input_tokens": "many", "output_tokens": -1}},
                                 {"type": "assistant", "message": {"id": 3, "content": "not a list", "usage": []}}])
     assert (state["cost_usd"], state["tokens_in"], state["tokens_out"]) == (0.0, 0, 0) and state["turns"] >= 0
     state, _ = _fold("claude", [{"type": "result", "is_error": False, "total_cost_usd": -3.0}])

@@ -274,8 +274,8 @@ class Executor:
                                                              cfg.repo_for(issue).default_branch, record.branch or "")
             except worktrees.GitFailed as err:
                 commits, stat = f"(unavailable: {err})", ""
-            continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(agent_log(self.run, record)),
-                                                     action.nudge)
+            continuation = prompts.continuation_text(action.reason, commits, stat,
+                                                     _log_tail(agent_log(self.run, record)), action.nudge)
         # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
         session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
         _next_try(self.run, record)

@@ -68,7 +68,8 @@ def agent_flags(cfg: ProjectConfig, issue: Issue, used: dict[str, float]) -> str
     """What is left of the issue's budget as the agent's own flags (Claude only: the others have none), appended
     to an agent_command that is a plain `claude ...` command (no `;`, `&`, `|`: never to a shell pipeline)."""
     budget = dict(issue.budget)
-    if cfg.agent != "claude" or agent_kind(cfg.agent_command) != "claude" or not agents.plain_command(cfg.agent_command):
+    if cfg.agent != "claude" or agent_kind(cfg.agent_command) != "claude" or \
+            not agents.plain_command(cfg.agent_command):
         return ""
     args = []
     if "max_cost_usd" in budget:

@@ -412,7 +412,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if not isinstance(resume_sessions, bool):
         check.bad("resume_sessions", f"must be true or false, got {json.dumps(resume_sessions)[:60]}")
     elif resume_sessions and kind not in RESUMABLE_KINDS:
-        check.bad("resume_sessions", f"agent {kind!r} cannot resume a session here (only: {', '.join(RESUMABLE_KINDS)})")
+        check.bad("resume_sessions",
+                  f"agent {kind!r} cannot resume a session here (only: {', '.join(RESUMABLE_KINDS)})")
     total = check.get(raw, "max_total_cost_usd", "num", None)
     if total is not None and total <= 0:
         check.bad("max_total_cost_usd", f"must be > 0, got {total}")
