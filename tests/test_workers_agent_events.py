@@ -221,3 +221,10 @@ def test_the_wrapper_keeps_raw_events_and_readable_lines_and_never_blocks_the_ag
     source = io.BufferedReader(io.BytesIO(out * 1000))
     wrapper._events(source, "claude", blocked / "e.jsonl", blocked / "t.log")
     assert source.read() == b""  # drained to its end
+
+
+@pytest.mark.parametrize("session,expected", [("8520f49f-112a-464b-9ad1-f40f6cf8fb14", True), ("--dangerous", False),
+                                              ("../../x", False), ("a b", False), ("", False), ("x" * 200, False)])
+def test_only_a_plain_session_id_from_the_agents_output_becomes_a_resume_flag(session, expected):
+    assert agents.resume_flags("claude", session) == (["--resume", session] if expected else [])
+    assert agents.resume_flags("codex", session) == []

@@ -365,5 +365,10 @@ def plain_command(command: str) -> bool:
     return not any(c in command for c in (";", "&", "|", "`", "$("))
 
 
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
 def resume_flags(kind: str, session_id: str) -> list[str]:
-    return ["--resume", session_id] if kind == "claude" and session_id else []
+    """The flags that continue `session_id`; none for an id that is no plain id (it comes from the agent's output:
+    never a flag or a path)."""
+    return ["--resume", session_id] if kind == "claude" and SESSION_ID.match(session_id or "") else []
