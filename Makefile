@@ -11,7 +11,7 @@ REPO    ?=
 # Commands run by the targets (and the repos' own tests) see the venv first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo demo-workers test status scan build test-repo test-all sync-all clean report
+.PHONY: setup demo demo-workers demo-workers-claude test status scan build test-repo test-all sync-all clean report
 
 setup: $(STAMP)
 
@@ -67,6 +67,11 @@ demo-workers: setup
 	$(WORKERS)status
 	@echo; echo '$$ $(WORKERS_ENV) inv workers.cleanup'
 	$(WORKERS)cleanup
+
+# The same demo with the real Claude Code CLI (the pinned one .ci/run installs into .tools/) against a stand-in
+# model on 127.0.0.1: a Bash call that commits each stage.
+demo-workers-claude: setup
+	ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(PY) scripts/make_workers_demo.py --claude --wait 300 $(WORKERS_DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest -q

@@ -222,3 +222,44 @@ def test_a_freed_worker_takes_no_paused_issue_and_the_pause_is_replayed_from_the
     without = {**doc, "state": {k: v for k, v in doc["state"].items() if k != "paused"}}
     snapshots = [{k: v for k, v in s.items() if k != "switched_to"} for s in doc["snapshots"]]
     assert cycle_from_json({**without, "snapshots": snapshots})[1].paused == ()  # journals written before pauses
+
+
+AGENT_CASES = [
+    # (name, worker, snapshot, expected (kind, counted)): what the agent's own events say about how a try ended
+    ("ended on a rate limit: hold (pause the project), not a retry", busy(),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="rate_limit"), [("hold", False)]),
+    ("ended on a rate limit with every retry used: still held, never failed", busy(retries=2),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="rate_limit"), [("hold", False)]),
+    ("ended not logged in: hold for auth", busy(),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="auth"), [("hold", False)]),
+    ("exit 0 with a commit but the result is an error: a failed try", busy(),
+     Snapshot(1, 1, True, False, 0, 1, False, 0, 0, agent_stop="error"), [("restart", True)]),
+    ("still running while rate limited: nothing", busy(),
+     Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="rate_limit"), []),
+    ("over its budget while running: stopped, the issue fails (no retry can help)", busy(),
+     Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="budget", agent_detail="budget: $2.10 of $2.00"),
+     [("skip", True), ("idle", True)]),
+    ("over its budget when it ended, even with a commit: fails", busy(),
+     Snapshot(1, 1, True, False, 0, 1, False, 5, 50, agent_stop="budget", agent_detail="budget: 12 of 10 turns"),
+     [("skip", True), ("idle", True)]),
+]
+
+
+@pytest.mark.parametrize("name,worker,snapshot,expected", AGENT_CASES, ids=[c[0] for c in AGENT_CASES])
+def test_decide_on_what_the_agent_reported(name, worker, snapshot, expected):
+    state = State((worker,), (issue(1, "in_progress"),))
+    actions = decide([snapshot], state, SETTINGS)
+    assert [(a.kind, a.counted) for a in actions] == expected
+    if actions and actions[0].kind == "hold":
+        assert actions[0].reason.startswith(snapshot.agent_stop)
+    if actions and snapshot.agent_stop == "budget":
+        assert actions[0].reason == snapshot.agent_detail
+
+
+def test_an_old_journal_without_agent_fields_replays():
+    doc = cycle_to_json([snap(exit_code=1)], State((busy(),), (issue(1, "in_progress"),)), SETTINGS,
+                        decide([snap(exit_code=1)], State((busy(),), (issue(1, "in_progress"),)), SETTINGS))
+    for s in doc["snapshots"]:
+        s.pop("agent_stop")
+    snapshots, state, settings, actions = cycle_from_json(doc)
+    assert decide(snapshots, state, settings) == actions

@@ -16,7 +16,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import alerts, pins, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -26,6 +26,10 @@ from orchestrator.state import WorkerRecord
 from orchestrator.wrapper import TRY_VAR
 
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
+RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
+MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
+                 "Finish the work and commit it.\n\n")
 
 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
@@ -70,24 +74,42 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
-    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
+def agent_log(run: Run, record: WorkerRecord) -> Path:
+    """Where this try's agent output reads as text: its own log (an agent with events), else the worker's log."""
+    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+        return run.files.try_log(record.worker_id, record.try_id, record.issue_number)
+    return run.files.log(record.worker_id)
+
+
+def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: str = "") -> None:
+    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only). With a
+    `session`, the agent continues it and the prompt is only the continuation."""
     cfg = run.config_of(record.project or "")
     issue = cfg.issue(record.issue_number or 0)
     assert issue is not None and record.worktree and record.branch
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
-    prompt.write_text(prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation),
-                      encoding="utf-8")
+    resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
+        configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
+    text = (RESUME_PROMPT + continuation if resume else
+            prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
+    prompt.write_text(text, encoding="utf-8")
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
+    files.agent_events(w, t).unlink(missing_ok=True)
+    record.agent, record.events_offset = agents.new_state(cfg.agent), 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
+    used = budgets.issue_spent(budgets.usage_by_try(files), cfg.project, issue.number, but=files.try_stem(w, t))
+    command += budgets.agent_flags(cfg, issue, used)
+    if resume:
+        command += " " + shlex.join(resume)
     spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
-            "pid_file": str(files.pid_file(w, t)),
+            "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
+            "events": str(files.agent_events(w, t)), "try_log": str(files.try_log(w, t, issue.number)),
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
@@ -100,6 +122,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     record.pane = pane.identity
     record.launched = True
+    # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
+    record.started_at = record.last_progress_at = run.clock()
     record.start_failures = 0
     files.save_worker(record)
 
@@ -266,15 +290,48 @@ class Executor:
             except worktrees.GitFailed as err:
                 commits, stat = f"(unavailable: {err})", ""
             continuation = prompts.continuation_text(action.reason, commits, stat,
-                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
+                                                     _log_tail(agent_log(self.run, record)), action.nudge)
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
+        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
                                   "retry_count": record.retry_count, "counted": action.counted,
                                   "reason": action.reason,
-                                  "continuation": action.continuation})
+                                  "continuation": action.continuation, "session": session or None})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
-        start_try(self.run, record, continuation)
+        start_try(self.run, record, continuation, session)
+
+    def do_hold(self, action: Action, record: WorkerRecord) -> None:
+        """The try ended on a rate limit or a missing login: pause the project (rate_limit until the reset the
+        agent gave, else a backoff; auth until resume) and prepare the next try, started once the pause lapses.
+        No retry is used."""
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        now = self.run.clock()
+        path = pauses.pause_file(self.run.state_root, cfg.project)
+        kind = record.agent.get("kind") or cfg.agent
+        if action.reason.startswith("rate_limit"):
+            record.rate_limits += 1
+            reset = agents.reset_at(record.agent)
+            first, longest = RATE_LIMIT_BACKOFF
+            wait = reset - now if reset and 0 < reset - now <= MAX_RESET_WAIT else \
+                min(first * 2 ** (record.rate_limits - 1), longest)
+            until = now + wait
+            pauses.add(path, "rate_limit", f"worker {record.worker_id} #{issue.number}: {action.reason}", now,
+                       until=until)
+            said = f"rate limited: project {cfg.project} paused for {wait:.0f}s"
+        else:
+            until = None
+            pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
+                       now)
+            said = f"agent not logged in: project {cfg.project} paused until resume"
+        record.last_reason = action.reason
+        kill_try(self.run, record)
+        _next_try(self.run, record)  # not launched: decide resumes it when the pause no longer holds
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "hold", "worker": action.worker, "issue": issue.number,
+                                  "reason": action.reason, "until": pauses.stamp(until) if until else None})
+        self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
 
     def do_reassign(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]

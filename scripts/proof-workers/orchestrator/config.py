@@ -11,13 +11,15 @@ from typing import Any, Callable
 
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
+from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
 
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review")
 STATUSES = ("pending", "in_progress", "completed", "failed")
 AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
-# Claude Code in print mode, reading the prompt from its file (never typed, never on a command line).
-DEFAULT_AGENT_COMMAND = "claude -p --dangerously-skip-permissions < {{prompt_file}}"
+# Claude Code in print mode with structured output, reading the prompt from its file (never typed, never on a
+# command line): what runs when the config names neither `agent` nor `agent_command`.
+DEFAULT_AGENT_COMMAND = DEFAULT_COMMANDS["claude"]
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
@@ -57,6 +59,7 @@ class Issue:
     repo: str = ""
     pipeline_stage: int = 0
     description: str = ""
+    budget: tuple[tuple[str, float], ...] = ()  # (max_cost_usd | max_turns | max_tokens, limit): own or the default
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,13 @@ class ProjectConfig:
     tmux_session: str = "proof-orchestrator"
     tmux_socket: str | None = None
     agent_command: str = DEFAULT_AGENT_COMMAND
+    agent: str = "claude"  # how the try's output reads: claude | codex | gemini (events) or command (text)
     prompts: dict[str, str] = field(default_factory=dict)
     sandbox: str = "none"
     sandbox_writable: tuple[Path, ...] = ()
     on_alert: str = "warn"
+    max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
+    resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -245,8 +251,26 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
     return repos
 
 
+BUDGET_KEYS = ("max_cost_usd", "max_turns", "max_tokens")
+
+
+def _budget(doc: dict[str, Any], check: _Checker, where: str = "") -> dict[str, float]:
+    """The budget keys `doc` sets (an issue's own, or the project's default for every issue): positive numbers."""
+    out: dict[str, float] = {}
+    for key in BUDGET_KEYS:
+        value = check.get(doc, key, "num" if key == "max_cost_usd" else "int", None, where)
+        if value is None:
+            continue
+        if value <= 0:
+            check.bad(f"{where}{key}", f"must be > 0, got {value}")
+            continue
+        out[key] = value
+    return out
+
+
 def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], stages: int) -> tuple[Issue, ...]:
     items = check.get(raw, "issues", "list", [])
+    defaults = _budget(raw, check)
     issues: list[Issue] = []
     seen: set[int] = set()
     for index, doc in enumerate(items):
@@ -294,6 +318,7 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             repo=repo,
             pipeline_stage=stage,
             description=check.get(doc, "description", "str", "", where),
+            budget=tuple({**defaults, **_budget(doc, check, where)}.items()),
         ))
     _check_dependencies(issues, check)
     return tuple(issues)
@@ -363,7 +388,13 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if not NAME.match(session) or "." in session:
         check.bad("tmux_session", f"must be a plain name (letters, digits, _ -), got {session!r}")
     socket = check.get(raw, "tmux_socket", "str", "") or None
-    agent = check.get(raw, "agent_command", "str", DEFAULT_AGENT_COMMAND)
+    kind = check.get(raw, "agent", "str", "claude" if "agent_command" not in raw else "command")
+    if kind not in KINDS:
+        check.bad("agent", f"unknown agent {kind!r} (known: {', '.join(KINDS)})")
+        kind = "command"
+    if kind == "command" and "agent_command" not in raw:
+        check.bad("agent", "\"command\" needs an agent_command")
+    agent = check.get(raw, "agent_command", "str", DEFAULT_COMMANDS.get(kind, DEFAULT_AGENT_COMMAND))
     problem = _template_problem(agent, AGENT_PLACEHOLDERS)
     if problem or not agent.strip():
         check.bad("agent_command", problem or "must not be empty")
@@ -377,13 +408,22 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     on_alert = check.get(raw, "on_alert", "str", "warn")
     if on_alert not in ON_ALERT:
         check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
+    resume_sessions = raw.get("resume_sessions", kind == "claude")
+    if not isinstance(resume_sessions, bool):
+        check.bad("resume_sessions", f"must be true or false, got {json.dumps(resume_sessions)[:60]}")
+    elif resume_sessions and kind not in RESUMABLE_KINDS:
+        check.bad("resume_sessions",
+                  f"agent {kind!r} cannot resume a session here (only: {', '.join(RESUMABLE_KINDS)})")
+    total = check.get(raw, "max_total_cost_usd", "num", None)
+    if total is not None and total <= 0:
+        check.bad("max_total_cost_usd", f"must be > 0, got {total}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, **timings)
+        agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

@@ -34,6 +34,10 @@ class Snapshot:
     elapsed_seconds: float  # since this try started
     pane_lost: bool = False  # the pane this try was started in is gone or was re-created (tmux died)
     switched_to: str = ""  # the try ended with the worktree on this other branch ("": on its own branch)
+    # What the agent's own events say stopped it: rate_limit (429/529/usage limit), auth (not logged in, 401),
+    # error (its result says is_error), budget (over max_cost_usd/max_turns/max_tokens), "" (nothing).
+    agent_stop: str = ""
+    agent_detail: str = ""  # the agent's words for it (its result or error text)
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class State:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume
+    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold
     worker: int
     issue: IssueRef | None = None
     reason: str = ""
@@ -150,9 +154,18 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):
         return failed_try(f"the try ended with the worktree on {snap.switched_to}, not on its branch (put back for "
                           "the next try; that branch is kept)")
+    if snap.agent_stop == "budget":
+        return [Action("skip", wid, ref, snap.agent_detail or "budget")]  # more tries would only cost more
+    if snap.exit_code is not None and snap.agent_stop in ("rate_limit", "auth"):
+        # Nobody's fault and no retry's: the project waits (a rate limit until its reset or a backoff, a login
+        # until resume), then the issue is tried again.
+        detail = f": {snap.agent_detail}" if snap.agent_detail else ""
+        return [Action("hold", wid, ref, f"{snap.agent_stop}{detail}", counted=False)]
     if snap.exit_code is not None:
         if snap.exit_code != 0:
             return failed_try(f"exit code {snap.exit_code}")
+        if snap.agent_stop == "error":
+            return failed_try(f"the agent's result is an error{': ' + snap.agent_detail if snap.agent_detail else ''}")
         if snap.new_commits == 0:
             if snap.dirty and not worker.nudged:
                 return failed_try("exit 0 with uncommitted changes and no commit", nudge=True)

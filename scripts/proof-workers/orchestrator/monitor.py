@@ -7,7 +7,7 @@ from typing import Callable
 
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
-from orchestrator import alerts, pauses, probe, tmux, worktrees
+from orchestrator import alerts, budgets, pauses, probe, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.act import Executor, kill_try, worker_window
 from orchestrator.decide import Pause, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
@@ -193,6 +193,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
             snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files, now))
             run.files.save_worker(record)
     snapshots = watch(run, records, snapshots, now, say)
+    snapshots = budgets.check(run, records, snapshots, now, say)
     state = State(worker_views(records), issue_views(run, records), active_pauses(run, now))
     settings = settings_of(run)
     actions = decide(snapshots, state, settings)

@@ -6,8 +6,10 @@ from typing import Any, Callable
 
 from lib import runner
 from lib.errors import OrchestratorError, clip
+from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import alerts, heartbeat, pauses
+from orchestrator import agents, alerts, heartbeat, pauses
+from orchestrator.act import agent_log
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.probe import read_pid
@@ -19,9 +21,9 @@ from orchestrator.wrapper import TRY_VAR
 MAX_ALERT_LINES = 20
 
 
-def _last_line(run: Run, worker: int) -> str:
+def _last_line(run: Run, record: WorkerRecord) -> str:
     try:
-        with open(run.files.log(worker), "rb") as log:
+        with open(agent_log(run, record), "rb") as log:
             log.seek(max(0, log.seek(0, 2) - 4096))
             lines = [l for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
     except OSError:
@@ -137,8 +139,10 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "stage_index": r.stage_index if issue else None, "branch": r.branch, "worktree": r.worktree,
             "retries": r.retry_count, "try": r.try_id,
             "seconds": round(max(0.0, until - r.started_at), 1) if r.started_at and issue else None,
-            "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
+            "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r),
+            "agent": agents.public(r.agent) if r.agent and issue else None})
     projects: list[dict[str, Any]] = []
+    usage = usage_totals(run)
     for cfg in run.configs:
         paused = _pauses_of(run, cfg.project, now)
         issues: list[dict[str, Any]] = []
@@ -155,13 +159,16 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, [])})
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
+                           **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
             counts[item["state"]] = counts.get(item["state"], 0) + 1
         projects.append({"project": cfg.project, "config": str(cfg.path), "pipeline": list(cfg.pipeline),
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
-                         "counts": counts, "issues": issues, "paused": paused.get(None, [])})
+                         "counts": counts, "issues": issues, "paused": paused.get(None, []),
+                         "cost_usd": round(sum(i["cost_usd"] for i in issues), 6),
+                         "turns": sum(i["turns"] for i in issues)})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
     holding = active_pauses(run, now)
     events = read_lines(run.files.events)
@@ -176,6 +183,24 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),
     }
+
+
+def usage_totals(run: Run) -> dict[tuple[str, int], dict[str, Any]]:
+    """(project, issue) -> {cost_usd, turns} summed over every try (and resumed session) in usage.json."""
+    try:
+        doc = read_json(run.files.usage, {})
+    except (OSError, OrchestratorError):
+        doc = {}
+    tries = doc.get("tries") if isinstance(doc, dict) else None
+    totals: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in (tries.values() if isinstance(tries, dict) else []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("issue"), int):
+            continue
+        total = totals.setdefault((str(entry.get("project")), entry["issue"]), {"cost_usd": 0.0, "turns": 0})
+        cost, turns = entry.get("cost_usd"), entry.get("turns")
+        total["cost_usd"] = round(total["cost_usd"] + (cost if isinstance(cost, (int, float)) else 0.0), 6)
+        total["turns"] += turns if isinstance(turns, int) else 0
+    return totals
 
 
 def _paused_refs(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> set[IssueRef]:
@@ -210,25 +235,44 @@ def count_text(project: dict[str, Any]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order) + f" of {project['total']}"
 
 
+def usage_text(item: dict[str, Any]) -> str:
+    """A project's or an issue's `12 turns $0.4321` so far (every try and resumed session)."""
+    return f"{item.get('turns', 0)} turns ${item.get('cost_usd', 0.0):.4f}"
+
+
+def agent_text(agent: dict[str, Any] | None) -> str:
+    """`3 turns $0.0123 Bash: git commit ...`, led by `RATE LIMITED (attempt 4/10)` while the agent waits."""
+    if not agent or agent.get("kind") == "command":
+        return "-"
+    parts = []
+    limited = agent.get("rate_limited")
+    if limited:
+        parts.append(f"RATE LIMITED (attempt {limited.get('attempt')}/{limited.get('max') or '?'})")
+    parts.append(f"{agent.get('turns') or 0} turns ${agent.get('cost_usd') or 0:.4f}")
+    if agent.get("last_tool"):
+        parts.append(str(agent["last_tool"]))
+    return " ".join(parts)
+
+
 def status_lines(doc: dict[str, Any]) -> list[str]:
     """The status document as text; every table cell and free text shows control characters escaped
     (a title or an agent's log line cannot drive the terminal)."""
     rows = [[f"worker-{w['worker']}", f"#{w['issue']}" if w["issue"] is not None else "-", w["stage"] or "-",
              w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-", w["retries"],
-             (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
+             agent_text(w.get("agent"))[:60], (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
     lines = [visible(f"session {doc['session']}  (state: {doc['state_dir']})"),
              heartbeat.monitor_line(doc["monitor"], time.time()),
-             plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "last log line"])]
+             plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "agent", "last log line"])]
     for project in doc["projects"]:
         lines.append("")
         lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
-                             + " -> ".join(project["pipeline"])))
+                             + " -> ".join(project["pipeline"]) + f"  {usage_text(project)}"))
         if project["paused"]:
             lines.append(visible(paused_line(project["paused"])))
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
-                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-"]
+                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
                                   for i in project["issues"]],
-                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
+                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import runner  # noqa: E402
+from orchestrator import agents  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
@@ -49,6 +51,14 @@ SANDBOX_HIDDEN_HOME = (".ssh", ".gnupg", ".git-credentials", ".config/git/creden
 # (the keys are hidden).
 SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance.auto", "false"),
                       ("commit.gpgSign", "false"), ("tag.gpgSign", "false"))
+
+
+# An agent with structured output: its raw event stream and the readable log of a try are capped (a runaway
+# agent cannot fill the disk); past the cap a result or system event is still kept (what the monitor judges by).
+EVENTS_CAP = 100 * 1024 * 1024
+TRY_LOG_CAP = 10 * 1024 * 1024
+MAX_EVENT_LINE = 4 * 1024 * 1024  # a longer line (a huge tool result) is left out of the stream, with a note
+KEPT_PAST_CAP = (b'"type":"result"', b'"type": "result"', b'"type":"system"', b'"type": "system"')
 
 
 def _stamp() -> str:
@@ -123,6 +133,10 @@ def run(spec: dict[str, Any]) -> int:
     if box:
         argv = sandbox_argv(box, env) + argv  # before sandbox_env drops the sockets it hides
         env = sandbox_env(env)
+    kind = spec.get("agent", "command")
+    structured = kind in agents.STRUCTURED and spec.get("events") and spec.get("try_log")
+    if structured:
+        label += f" (agent {kind}; log {spec['try_log']})"
     with open(log_path, "ab") as log:
         log.write(f"=== START {label} at {_stamp()} ===\n".encode())
         log.flush()
@@ -147,7 +161,11 @@ def run(spec: dict[str, Any]) -> int:
 
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, stop)
-            pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
+            if structured:
+                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]),
+                                                              Path(spec["try_log"])), daemon=True)
+            else:
+                pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
             pump.start()
             code = agent.wait()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
@@ -183,6 +201,56 @@ def _tee(source: Any, log: Any) -> None:
                 screen.flush()
             except OSError:
                 screen = None
+
+
+def _events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+    """Keep the agent's raw event stream (a line that is not JSON becomes a `stdout` event) and write a readable
+    line per event to the try's log and the pane."""
+    try:
+        _keep_events(source, kind, events_path, log_path)
+    except OSError:
+        pass
+    for _ in iter(lambda: source.read1(65536), b""):
+        pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
+
+
+def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    screen = getattr(sys.stdout, "buffer", None)
+    with open(events_path, "ab") as events, open(log_path, "ab") as log:
+        written, logged = events.tell(), log.tell()
+        while True:
+            line = source.readline(MAX_EVENT_LINE)
+            if not line:
+                break
+            if not line.endswith(b"\n"):
+                if len(line) >= MAX_EVENT_LINE:  # the rest of an overlong line is read and dropped
+                    while (rest := source.readline(MAX_EVENT_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                    line = json.dumps({"type": "stdout", "text": f"(an event of over {MAX_EVENT_LINE} bytes "
+                                                                  "was left out)"}).encode() + b"\n"
+                else:
+                    line += b"\n"
+            event, was_json = agents.parse_line(line)
+            raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
+            if written < EVENTS_CAP or (len(raw) < 65536 and any(k in raw[:200] for k in KEPT_PAST_CAP)):
+                events.write(raw)
+                events.flush()
+                written += len(raw)
+            text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
+            if text and logged < TRY_LOG_CAP:
+                log.write(text)
+                if logged + len(text) >= TRY_LOG_CAP:
+                    log.write(b"(log capped: the raw events keep going in the .events.jsonl file)\n")
+                log.flush()
+                logged += len(text)
+            if text and screen is not None:
+                try:
+                    screen.write(text)
+                    screen.flush()
+                except OSError:
+                    screen = None
 
 
 def main(argv: list[str] | None = None) -> int:
