@@ -8,7 +8,7 @@ DEMO_DIR ?= demo
 DEMO_HOME = $(abspath $(DEMO_DIR))
 REPO    ?=
 
-# Commands run by the targets (and the repos' own tests) see the venv first.
+# The targets find inv in the venv; the repos' commands get PATH without it (lib.batch.command_env).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup demo demo-workers test status scan build test-repo test-all sync-all clean report

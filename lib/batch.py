@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from lib import runner
 from lib.config import Repo, Workspace
 from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
-from lib.paths import Paths
+from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
 from lib.statefile import read_json, set_aside_if_bad, update_json
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
@@ -65,11 +66,34 @@ class Outcome:
 PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
+# What our own Python puts in the environment (an activated venv, make's PATH): a repo's
+# `python3` or `pytest` must be its own, never the orchestrator's.
+OUR_PYTHON_VARS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+
+
 def command_env() -> dict[str, str]:
-    """The environment of a repo's commands: ours, minus what belongs to our make or another repo's git."""
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
+    """The environment of a repo's commands: ours, minus what belongs to our make, our Python or another repo's git."""
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
+           if k not in PARENT_MAKE_VARS and k not in OUR_PYTHON_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
+    if "PATH" in env:
+        env["PATH"] = without_our_venv(env["PATH"])
     return env
+
+
+def our_venv_bins() -> set[str]:
+    """Real paths of the bin directories of this tool's virtualenv: the one running us and the checkout's .venv."""
+    bins = {os.path.realpath(CHECKOUT_ROOT / ".venv" / "bin")}
+    if sys.prefix != sys.base_prefix:
+        bins.add(os.path.realpath(os.path.join(sys.prefix, "bin")))
+    return bins
+
+
+def without_our_venv(path: str) -> str:
+    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order."""
+    ours = our_venv_bins()
+    return os.pathsep.join(entry for entry in path.split(os.pathsep)
+                           if not entry or os.path.realpath(entry) not in ours)
 
 
 def _header(log: BinaryIO, plan: Plan) -> None:
