@@ -46,3 +46,87 @@ def test_our_venv_and_python_variables_never_reach_a_repos_commands(home, make_r
         assert not ours & {os.path.realpath(e) for e in entries if e}, (args, seen["PATH"])
         assert str(elsewhere) in entries, args  # every other entry stays
         assert (seen["VIRTUAL_ENV"], seen["PYTHONPATH"], seen["PYTHONHOME"]) == ("unset",) * 3, (args, seen)
+
+
+PYTEST_SITE = str(Path(__import__("pytest").__file__).resolve().parent.parent)
+USES_DEP = {"test_dep.py": "import mydep\n\n\ndef test_dep():\n    assert mydep.VALUE == 42\n",
+            "pyproject.toml": "[project]\nname = 'uses-dep'\nversion = '0'\n",
+            ".gitignore": ".venv/\nvenv/\n"}
+
+
+def make_venv(repo: Path, name: str = ".venv") -> Path:
+    """A repo's own virtualenv: a real `python -m venv`, pytest reachable through a .pth, `mydep` only here."""
+    venv = repo / name
+    subprocess.run([os.path.join(sys.base_prefix, "bin", "python3"), "-m", "venv", "--without-pip", str(venv)],
+                   check=True, capture_output=True, timeout=120)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "outer.pth").write_text(PYTEST_SITE + "\n")
+    (site / "mydep.py").write_text("VALUE = 42\n")
+    return venv
+
+
+def on_path_first(monkeypatch, *dirs: str) -> None:
+    monkeypatch.setenv("PATH", os.pathsep.join([*dirs, os.environ["PATH"]]))
+
+
+def test_python_tests_run_in_the_repos_own_venv_and_the_log_says_why(home, make_repo, inv, monkeypatch):
+    on_path_first(monkeypatch, str(ROOT / ".venv" / "bin"))  # as make does
+    dotvenv = make_repo("dotvenv", USES_DEP)
+    plainvenv = make_repo("plainvenv", USES_DEP)
+    make_venv(dotvenv.path)
+    make_venv(plainvenv.path, "venv")
+    home.add(dotvenv, plainvenv)
+    result = inv("test-all")
+    assert result.code == 0, result.out + result.err
+    assert "# python: .venv/bin/python -m pytest (the repo has .venv)" in (
+        log_dir() / "orchestrator-test-dotvenv.log").read_text()
+    plain_log = (log_dir() / "orchestrator-test-plainvenv.log").read_text()
+    assert "# python: venv/bin/python -m pytest (the repo has venv)" in plain_log and "1 passed" in plain_log
+    assert {r["status"] for r in home.state("test-results.json")["results"]} == {"passed"}
+
+
+def test_python_without_venv_uses_uv_with_uv_lock_else_python3(home, make_repo, inv, monkeypatch, tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "uv").write_text("#!/bin/sh\necho \"uv called with: $*\"\n")
+    (tools / "uv").chmod(0o755)
+    plain = {"test_x.py": "def test_x():\n    assert True\n", "pyproject.toml": "[project]\nname = 'x'\n"}
+    locked = make_repo("locked", {**plain, "uv.lock": "version = 1\n"})
+    bare = make_repo("bare", plain)
+    home.add(locked, bare)
+    on_path_first(monkeypatch, str(tools))
+    assert inv("test-all").code == 0
+    locked_log = (log_dir() / "orchestrator-test-locked.log").read_text()
+    assert "# python: uv run pytest (the repo has uv.lock and uv is on PATH)" in locked_log
+    assert "uv called with: run pytest -q" in locked_log
+    bare_log = (log_dir() / "orchestrator-test-bare.log").read_text()
+    assert "# python: python3 -m pytest (no .venv, no venv, no uv.lock with uv on PATH)" in bare_log
+    (tools / "uv").unlink()  # uv.lock without uv: python3
+    assert inv("test", "locked").code == 0
+    assert "# python: python3 -m pytest" in (log_dir() / "orchestrator-test-locked.log").read_text()
+
+
+NODE_SUITE = {"package.json": json.dumps({"name": "js", "version": "1.0.0", "scripts": {"test": "node --test"}}),
+              "test/a.test.js": "const test = require('node:test');\nconst assert = require('node:assert');\n"
+                                "test('a', () => assert.ok(true));\ntest('b', () => assert.ok(true));\n"
+                                "test('c', {skip: true}, () => {});\n",
+              ".gitignore": "node_modules/\n"}
+LOCK = json.dumps({"name": "js", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
+                   "packages": {"": {"name": "js", "version": "1.0.0"}}})
+
+
+def test_javascript_runs_npm_ci_only_when_node_modules_is_missing(home, make_repo, inv):
+    require_tool("node")
+    require_tool("npm")
+    installed = make_repo("installed", {**NODE_SUITE, "package-lock.json": LOCK})
+    (installed.path / "node_modules").mkdir()
+    fresh = make_repo("fresh", {**NODE_SUITE, "package-lock.json": LOCK})
+    unlocked = make_repo("unlocked", NODE_SUITE)
+    home.add(installed, fresh, unlocked)
+    result = inv("test-all")
+    assert result.code == 0, result.out + result.err
+    logs = {name: (log_dir() / f"orchestrator-test-{name}.log").read_text() for name in ("installed", "fresh", "unlocked")}
+    assert "# javascript: node_modules present, no install" in logs["installed"]
+    assert "# javascript: node_modules missing: npm ci" in logs["fresh"]
+    assert "no package-lock.json: npm test without installing" in logs["unlocked"]
+    assert all("# pass 2" in text for text in logs.values())
