@@ -130,3 +130,41 @@ def test_javascript_runs_npm_ci_only_when_node_modules_is_missing(home, make_rep
     assert "# javascript: node_modules missing: npm ci" in logs["fresh"]
     assert "no package-lock.json: npm test without installing" in logs["unlocked"]
     assert all("# pass 2" in text for text in logs.values())
+
+
+def test_a_repos_own_commands_replace_the_workflows_run_steps(home, make_repo, inv):
+    special = make_repo("special", {"Makefile": "test:\n\t@echo the make test step; exit 9\n",
+                                    "check.sh": "echo \"own test of $1\"\n"})
+    usual = make_repo("usual", {"Makefile": "test:\n\t@echo usual make test\nall:\n\t@true\n"})
+    home.write_repos([{"name": "special", "local": str(special.path), "language": "make",
+                       "description": "x'; touch pwned; '",
+                       "commands": {"test": "sh check.sh {{repo.description}} && echo {{repo.name}} done",
+                                    "build": "echo own build"}},
+                      {"name": "usual", "local": str(usual.path), "language": "make"}])
+    result = inv("test-all")
+    assert result.code == 0, result.out + result.err
+    log = (log_dir() / "orchestrator-test-special.log").read_text()
+    assert "own test of x'; touch pwned; '" in log and "special done" in log and "the make test step" not in log
+    assert not (special.path / "pwned").exists()
+    assert "usual make test" in (log_dir() / "orchestrator-test-usual.log").read_text()
+    entry = next(r for r in home.state("test-results.json")["results"] if r["repo"] == "special")
+    assert entry["command"].startswith("sh check.sh ") and entry["status"] == "passed"
+    dry = inv("build", "special", "--dry-run")
+    assert f"cd {special.path} && echo own build" in dry.out
+    assert inv("workflow", "status", "special").code == 0  # a workflow it names no command for: the steps
+
+
+def test_bad_per_repo_commands_are_config_errors_before_anything_runs(home, make_repo, inv):
+    repo = make_repo("r")
+    for commands, expected in (
+            ("make test", "repositories[0] (r).commands: must be an object like"),
+            ({"test": ""}, "repositories[0] (r).commands.test: must be a non-empty string"),
+            ({"test": ["make"]}, "repositories[0] (r).commands.test: must be a non-empty string"),
+            ({"-x": "make"}, "is not a workflow name"),
+            ({"test": "make {{repo.nope}}"}, "commands.test: unknown variable {{repo.nope}}"),
+            ({"test": "echo '{{repo.name}}'"}, "commands.test: {{repo.name}} is inside single quotes")):
+        home.write_repos([{"name": "r", "local": str(repo.path), "language": "make", "commands": commands}])
+        result = inv("test-all")
+        assert result.code == 2, (commands, result.out, result.err)
+        assert expected in result.err and result.err.startswith("error: "), (commands, result.err)
+        assert not (log_dir() / "orchestrator-test-r.log").exists()
