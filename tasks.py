@@ -273,10 +273,11 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
         "hosts": "NAMES: spread the repos over these build hosts of config/hosts.toml, comma-separated; "
                  "`local` is this machine (default: each repo on its `host`, else here)",
         "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+        "json": "print {summary, results} (each result as in state/test-results.json) instead of the table",
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False, hosts="", accept_new_host_key=False):
+             dry_run=False, hosts="", accept_new_host_key=False, json=False):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
@@ -305,8 +306,11 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
                                     Path(junit_xml) if junit_xml else None, accept_new_host_key)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
-    print(outcomes_table(report.outcomes))
-    print(f"{report.summary_line()} -> {report.state_file}")
+    if json:
+        print(jsonlib.dumps(report.to_json(), indent=2))
+    else:
+        print(outcomes_table(report.outcomes))
+        print(f"{report.summary_line()} -> {report.state_file}")
     _warn(report.notes)
     if report.failing:
         raise Exit(code=1)

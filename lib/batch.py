@@ -20,6 +20,7 @@ from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
 from lib.statefile import read_json, set_aside_if_bad, update_json
+from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
@@ -48,6 +49,7 @@ class Outcome:
     reason: str | None
     finished_at: str
     host: str = "local"  # a hosts.toml name when it ran on a build host
+    counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
 
     @property
     def failing(self) -> bool:
@@ -133,7 +135,14 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     except OSError as err:
         # Closing flushes the last bytes: a full disk can refuse them too.
         return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
-    return result
+    return with_counts(result)
+
+
+def with_counts(outcome: Outcome) -> Outcome:
+    """A command that ran gets its test runner's counts from the end of its log (None: no summary there)."""
+    if outcome.status in ("passed", "failed", "timeout"):
+        outcome.counts = read_counts(Path(outcome.log))
+    return outcome
 
 
 def _claim(log: BinaryIO) -> bool:
@@ -303,6 +312,10 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
+        if o.counts is not None:
+            properties = ElementTree.SubElement(case, "properties")
+            for key, value in o.counts.items():
+                ElementTree.SubElement(properties, "property", name=key, value=str(value))
         if o.status in ("failed", "timeout"):
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
+from typing import Any
 
 from lib.batch import (
     Outcome,
@@ -13,6 +14,7 @@ from lib.batch import (
     plan_workflow,
     previously_failing,
     run_with_progress,
+    summarize,
     write_junit,
 )
 from lib.config import Repo, Workspace
@@ -31,6 +33,11 @@ class TestAllReport:
     @property
     def failing(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.failing]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `inv test-all --json` prints: the summary and every outcome as the results file keeps it."""
+        results = [o.to_json() for o in self.outcomes]
+        return {"duration_s": round(self.duration_s, 3), "summary": summarize(results), "results": results}
 
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))

@@ -168,3 +168,67 @@ def test_bad_per_repo_commands_are_config_errors_before_anything_runs(home, make
         assert result.code == 2, (commands, result.out, result.err)
         assert expected in result.err and result.err.startswith("error: "), (commands, result.err)
         assert not (log_dir() / "orchestrator-test-r.log").exists()
+
+
+COUNT_CASES = {
+    "pytest -q": ("....F\n1 failed, 615 passed, 3 skipped, 2 warnings in 12.30s\n", (615, 1, 3, 0)),
+    "pytest framed": ("= 2 failed, 5 passed, 1 xfailed, 1 xpassed, 1 error in 123.45s (0:02:03) =\n", (6, 2, 1, 1)),
+    "pytest colored": ("\x1b[31m\x1b[1m2 errors\x1b[0m\x1b[31m in 0.05s\x1b[0m\n", (0, 0, 0, 2)),
+    "pytest nothing": ("no tests ran in 0.01s\n", (0, 0, 0, 0)),
+    "jest": ("Test Suites: 1 failed, 1 passed, 2 total\nTests:       1 failed, 1 skipped, 1 todo, 3 passed, 6 total\n"
+             "Snapshots:   0 total\nTime:        1.2 s\nRan all test suites.\n", (3, 1, 2, 0)),
+    "vitest": (" Test Files  1 failed | 1 passed (2)\n      Tests  1 failed | 3 passed | 1 skipped (5)\n"
+               "   Start at  12:00:00\n   Duration  1.23s\n", (3, 1, 1, 0)),
+    "node tap": ("# tests 4\n# suites 0\n# pass 2\n# fail 1\n# cancelled 1\n# skipped 0\n# todo 0\n"
+                 "# duration_ms 30.1\n", (2, 1, 0, 1)),
+    "node spec": ("ℹ tests 3\nℹ suites 0\nℹ pass 3\nℹ fail 0\nℹ cancelled 0\nℹ skipped 0\nℹ todo 0\n", (3, 0, 0, 0)),
+    "cargo, summed": ("test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.17s\n"
+                      "\nerror: test failed\n"
+                      "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n",
+                      (5, 1, 1, 0)),
+    "go -v": ("=== RUN   TestA\n--- PASS: TestA (0.00s)\n=== RUN   TestB\n    --- FAIL: TestB/sub (0.00s)\n"
+              "--- FAIL: TestB (0.00s)\n--- SKIP: TestC (0.00s)\nFAIL\nFAIL\texample.com/x\t0.01s\n", (1, 2, 1, 0)),
+    "go without -v": ("--- FAIL: TestB (0.00s)\nFAIL\texample.com/x\t0.01s\n", None),
+    "make": ("running checks\n1 of 3 checks failed\nmake: *** [Makefile:7: test] Error 1\n", None),
+    "a summary-like line mid-log, then pytest": ("1 passed in 0.1s\nmore\n= 3 passed in 0.2s =\n", (3, 0, 0, 0)),
+}
+
+
+def test_counts_are_read_from_each_runners_own_summary():
+    from lib.testcounts import parse_counts
+
+    for name, (text, expected) in COUNT_CASES.items():
+        counts = parse_counts(text)
+        got = None if counts is None else (counts["passed"], counts["failed"], counts["skipped"], counts["errors"])
+        assert got == expected, name
+    assert parse_counts(COUNT_CASES["cargo, summed"][0], whole=False) is None  # a sum needs every line
+
+
+def test_pytest_and_node_counts_reach_the_results_file_json_table_and_junit(home, make_repo, inv, tmp_path):
+    suite = {"test_x.py": "import pytest\n\n" + "".join(f"def test_ok{i}():\n    pass\n\n" for i in range(3))
+             + "def test_bad1():\n    assert 1 == 2\n\ndef test_bad2():\n    assert 0\n\n"
+             + "@pytest.mark.skip\ndef test_skip():\n    pass\n",
+             "pyproject.toml": "[project]\nname = 'x'\n", ".gitignore": ".venv/\n"}
+    py = make_repo("py", suite)
+    make_venv(py.path)
+    plain = make_repo("plain", {"Makefile": "test:\n\t@echo fine\n"})
+    repos = [{"name": "py", "local": str(py.path)}, {"name": "plain", "local": str(plain.path), "language": "make"}]
+    if __import__("shutil").which("node"):
+        repos.append({"name": "js", "local": str(make_repo("js", {**NODE_SUITE, "package-lock.json": LOCK}).path)})
+    home.write_repos(repos)
+    junit = tmp_path / "junit.xml"
+    table = inv("test-all", "--junit-xml", str(junit))
+    assert table.code == 1
+    row = next(line for line in table.out.splitlines() if line.startswith("py "))
+    assert "2 failed, 3 passed, 1 skipped; exit 1" in row
+    results = {r["repo"]: r for r in home.state("test-results.json")["results"]}
+    assert results["py"]["counts"] == {"passed": 3, "failed": 2, "skipped": 1, "errors": 0}
+    assert results["plain"]["counts"] is None
+    if "js" in results:
+        assert results["js"]["counts"] == {"passed": 2, "failed": 0, "skipped": 1, "errors": 0}
+    cases = {c.get("name"): c for c in __import__("xml.etree.ElementTree").etree.ElementTree.parse(junit).iter("testcase")}
+    assert {p.get("name"): p.get("value") for p in cases["py"].iter("property")} == {
+        "passed": "3", "failed": "2", "skipped": "1", "errors": "0"}
+    assert cases["plain"].find("properties") is None
+    as_json = json.loads(inv("test-all", "--only", "py", "--json").out)
+    assert as_json["results"][0]["counts"]["failed"] == 2 and as_json["summary"]["failed"] == 1
