@@ -301,14 +301,21 @@ def check_report_path(path: Path) -> None:
         raise OrchestratorError(f"--junit-xml {path}: cannot write there: {err.strerror or err}") from None
 
 
-def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all") -> None:
+def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all", wall_s: float | None = None,
+                interrupted: str | None = None) -> None:
+    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal."""
     failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
     errors = sum(1 for o in outcomes if o.status == "error")
     skipped = sum(1 for o in outcomes if o.status == "skipped")
     root = ElementTree.Element("testsuites")
-    tests = ElementTree.SubElement(root, "testsuite", name=f"orchestrator {suite}", tests=str(len(outcomes)),
+    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "")
+    seconds = sum(o.duration_s for o in outcomes) if wall_s is None else wall_s
+    tests = ElementTree.SubElement(root, "testsuite", name=name, tests=str(len(outcomes)),
                                    failures=str(failures), errors=str(errors), skipped=str(skipped),
-                                   time=f"{sum(o.duration_s for o in outcomes):.3f}", timestamp=now_iso())
+                                   time=f"{seconds:.3f}", timestamp=now_iso())
+    if interrupted:
+        suite_properties = ElementTree.SubElement(tests, "properties")
+        ElementTree.SubElement(suite_properties, "property", name="interrupted", value=interrupted)
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
@@ -375,11 +382,18 @@ class BatchRun:
 
 
 def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
-                      timeout: float | None, label: str) -> BatchRun:
+                      timeout: float | None, label: str,
+                      on_start: Callable[[Plan], None] | None = None) -> BatchRun:
     """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
+
+    def started(plan: Plan) -> None:
+        if on_start is not None:
+            on_start(plan)
+        progress.start(plan.repo.name)
+
     with Progress(label, len(plans)) as progress:
         return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
-                              on_start=lambda plan: progress.start(plan.repo.name),
+                              on_start=started,
                               on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
 
 

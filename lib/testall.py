@@ -11,6 +11,7 @@ from lib.batch import (
     check_report_path,
     count_statuses,
     counts_text,
+    now_iso,
     plan_workflow,
     previously_failing,
     run_with_progress,
@@ -19,7 +20,7 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.paths import Paths
-from lib.runner import RunInterrupted
+from lib.runner import RunInterrupted, signal_name
 from lib.workflows import Plan
 
 
@@ -68,21 +69,42 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
                  junit_xml: Path | None = None) -> TestAllReport:
     """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported."""
     started = monotonic()
+    begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
-        run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
+        run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing",
+                                on_start=lambda plan: begun.setdefault(plan.repo.name, monotonic()))
     except RunInterrupted as stop:
-        stop.notes += junit_notes(junit_xml, stop.results)
+        everything = stopped_outcomes(plans, stop.results, begun)
+        stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    notes = run.notes + junit_notes(junit_xml, run.outcomes)
+    notes = run.notes + junit_notes(junit_xml, run.outcomes, monotonic() - started)
     return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file, notes)
 
 
-def junit_notes(junit_xml: Path | None, outcomes: list[Outcome]) -> list[str]:
+def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float]) -> list[Outcome]:
+    """Every planned repo of a stopped run, in plan order: its outcome, else `error: interrupted` (killed
+    while running) or `skipped: not run: interrupted` (never started). For the report only, never recorded."""
+    done = {o.repo: o for o in finished}
+    now = monotonic()
+    outcomes = []
+    for plan in plans:
+        if plan.repo.name in done:
+            outcomes.append(done[plan.repo.name])
+            continue
+        status, reason = ("error", "interrupted") if plan.repo.name in begun else ("skipped", "not run: interrupted")
+        ran = round(now - begun[plan.repo.name], 3) if plan.repo.name in begun else 0.0
+        outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
+                                str(plan.log), reason, now_iso()))
+    return outcomes
+
+
+def junit_notes(junit_xml: Path | None, outcomes: list[Outcome], wall_s: float | None = None,
+                interrupted: str | None = None) -> list[str]:
     """Write the JUnit report if asked; a path we cannot write is a line after the table, not a crash."""
     if junit_xml is None:
         return []
     try:
-        write_junit(junit_xml, outcomes)
+        write_junit(junit_xml, outcomes, wall_s=wall_s, interrupted=interrupted)
     except OSError as err:
         return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
     return []

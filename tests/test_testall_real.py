@@ -232,3 +232,52 @@ def test_pytest_and_node_counts_reach_the_results_file_json_table_and_junit(home
     assert cases["plain"].find("properties") is None
     as_json = json.loads(inv("test-all", "--only", "py", "--json").out)
     assert as_json["results"][0]["counts"]["failed"] == 2 and as_json["summary"]["failed"] == 1
+
+
+def test_a_stopped_runs_junit_names_the_killed_and_the_never_started_repos(home, make_repo, tmp_path):
+    import signal
+    import time
+    from xml.etree import ElementTree
+
+    from tests.conftest import stop_when
+
+    hang = {"Makefile": "test:\n\t@touch $(CURDIR).started; exec sleep 60\n"}
+    repos = [make_repo("quick", {"Makefile": "test:\n\t@echo ok\n"}),
+             *(make_repo(f"hang{i}", hang) for i in range(3))]
+    home.add(*repos, language="make")
+    junit = tmp_path / "junit.xml"
+    err = tmp_path / "stderr.txt"
+    began = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "test-all", "--jobs", "2",
+                              "--junit-xml", str(junit)], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=open(err, "wb"))
+    started = [Path(f"{r.path}.started") for r in repos[1:]]
+    stop_when(child, lambda: sum(p.exists() for p in started) == 2 and b"quick: passed" in err.read_bytes())
+    wall = time.monotonic() - began
+    assert child.returncode == 130, err.read_text()
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    assert suite.get("name") == "orchestrator test-all (interrupted by SIGINT)"
+    assert {p.get("name"): p.get("value") for p in suite.find("properties")} == {"interrupted": "SIGINT"}
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "0", "2", "1")
+    assert 0 < float(suite.get("time")) <= wall
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    killed = [name for name, c in cases.items() if c.find("error") is not None]
+    never = [name for name, c in cases.items() if c.find("skipped") is not None]
+    assert sorted(killed + never) == ["hang0", "hang1", "hang2"] and len(killed) == 2
+    assert all(cases[n].find("error").get("message") == "interrupted" for n in killed)
+    assert cases[never[0]].find("skipped").get("message") == "not run: interrupted"
+    assert not Path(f"{repos[1].path.parent / never[0]}.started").exists()
+    assert cases["quick"].find("error") is None and cases["quick"].find("skipped") is None
+    assert [r["repo"] for r in home.state("test-results.json")["results"]] == ["quick"]  # only what finished
+
+
+def test_junit_time_is_the_runs_wall_time_not_the_sum(home, make_repo, inv, tmp_path):
+    from xml.etree import ElementTree
+
+    slow = {"Makefile": "test:\n\t@sleep 1\n"}
+    home.add(*(make_repo(f"s{i}", slow) for i in range(3)), language="make")
+    junit = tmp_path / "junit.xml"
+    assert inv("test-all", "--jobs", "3", "--junit-xml", str(junit)).code == 0
+    suite = ElementTree.parse(junit).getroot().find("testsuite")
+    total = sum(float(c.get("time")) for c in suite.iter("testcase"))
+    assert float(suite.get("time")) < total  # three 1 s repos side by side: about 1 s, not 3
