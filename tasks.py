@@ -200,7 +200,9 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
         _print_plan(plans[0])
         return
     _warn(check_state(paths, workflow))
-    print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""), flush=True)
+    if on_host is not None or not plans[0].skip_reason:  # a skipped repo writes no log
+        print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""),
+              flush=True)
     try:
         if on_host is not None:
             run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)

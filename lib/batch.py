@@ -45,7 +45,7 @@ class Outcome:
     exit_code: int | None
     duration_s: float
     command: str
-    log: str
+    log: str | None  # None: nothing ran, no log was written (a skipped repo)
     reason: str | None
     finished_at: str
     host: str = "local"  # a hosts.toml name when it ran on a build host
@@ -118,6 +118,8 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
         return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
 
+    if plan.skip_reason and plan.repo.local.is_dir():
+        return skipped_without_log(outcome("skipped", reason=plan.skip_reason))
     if plan.log.is_fifo():
         return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
@@ -138,9 +140,15 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     return with_counts(result)
 
 
+def skipped_without_log(outcome: Outcome) -> Outcome:
+    """Nothing ran, so nothing is logged: `log` is null (a log at the usual path is an earlier run's)."""
+    outcome.log = None
+    return outcome
+
+
 def with_counts(outcome: Outcome) -> Outcome:
     """A command that ran gets its test runner's counts from the end of its log (None: no summary there)."""
-    if outcome.status in ("passed", "failed", "timeout"):
+    if outcome.status in ("passed", "failed", "timeout") and outcome.log:
         outcome.counts = read_counts(Path(outcome.log))
     return outcome
 
@@ -330,7 +338,7 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}\nhost: {o.host}"
+        ElementTree.SubElement(case, "system-out").text = f"log: {o.log or 'none'}\ncommand: {o.command}\nhost: {o.host}"
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 

@@ -281,3 +281,44 @@ def test_junit_time_is_the_runs_wall_time_not_the_sum(home, make_repo, inv, tmp_
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     total = sum(float(c.get("time")) for c in suite.iter("testcase"))
     assert float(suite.get("time")) < total  # three 1 s repos side by side: about 1 s, not 3
+
+
+def test_a_skipped_repo_writes_no_log_and_every_command_reads_dev_null(home, make_repo, inv, tmp_path):
+    skipped = make_repo("skipped", {"README.md": "x"})
+    reader = make_repo("reader", {"Makefile": "test:\n\t@cat; echo stdin=$$(readlink /proc/self/fd/0)\n"})
+    home.write_repos([{"name": "skipped", "local": str(skipped.path), "language": "make",
+                       "commands": {"test": "no-such-tool-here --run"}},
+                      {"name": "reader", "local": str(reader.path), "language": "make"}])
+    for args in (("test-all",), ("test", "skipped")):
+        result = inv(*args)
+        assert result.code == 0, result.out + result.err
+        assert not (log_dir() / "orchestrator-test-skipped.log").exists(), args
+        assert "log: " not in result.out
+    entry = next(r for r in home.state("test-results.json")["results"] if r["repo"] == "skipped")
+    assert entry["status"] == "skipped" and entry["log"] is None
+    assert "stdin=/dev/null" in (log_dir() / "orchestrator-test-reader.log").read_text()
+    junit = tmp_path / "junit.xml"
+    inv("test-all", "--junit-xml", str(junit))
+    assert "log: none" in junit.read_text()
+
+
+def test_make_targets_pass_args_through(home, make_repo, tmp_path):
+    require_tool("make")
+    home.add(make_repo("alpha", {"Makefile": "test:\n\t@echo alpha tested\n"}), language="make",
+             tags=["x"])
+    env = {**os.environ, "ORCHESTRATOR_HOME": str(home.path)}
+    junit = tmp_path / "out.xml"
+
+    def make(*args: str) -> subprocess.CompletedProcess[str]:
+        # -o: this checkout's venv is shared and set up already; make must not try to rebuild it.
+        return subprocess.run(["make", "-s", "-o", ".venv/.installed", "-C", str(ROOT), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    result = make("test-all", f"ARGS=--tag x --junit-xml {junit}")
+    assert result.returncode == 0, result.stderr
+    assert junit.is_file() and "alpha" in result.stdout
+    result = make("sync-all", "ARGS=--tag x --dry-run")
+    assert result.returncode == 0 and "(dry run)" in result.stdout, result.stdout + result.stderr
+    result = make("foreach", "CMD=echo hi from $ORCH_REPO_NAME", "ARGS=--tag x")
+    assert result.returncode == 0 and "hi from alpha" in result.stdout, result.stderr
+    assert make("test-all", "ARGS=--tag nope").returncode == 2
