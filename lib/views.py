@@ -57,6 +57,8 @@ def status_cell(status: RepoStatus) -> str:
         counts = (("staged", status.staged), ("modified", status.modified),
                   ("untracked", status.untracked), ("conflicted", status.conflicted))
         parts.append(", ".join(f"{n} {label}" for label, n in counts if n))
+    if status.stashes:
+        parts.append(f"{status.stashes} stashed")
     if status.index_lock == "stale":
         parts.append("stale index.lock")
     return "; ".join(parts)

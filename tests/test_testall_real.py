@@ -322,3 +322,40 @@ def test_make_targets_pass_args_through(home, make_repo, tmp_path):
     result = make("foreach", "CMD=echo hi from $ORCH_REPO_NAME", "ARGS=--tag x")
     assert result.returncode == 0 and "hi from alpha" in result.stdout, result.stderr
     assert make("test-all", "ARGS=--tag nope").returncode == 2
+
+
+def stash_list_count(path: Path) -> int:
+    out = subprocess.run(["git", "stash", "list"], cwd=path, capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+def test_status_and_scan_count_stashes_as_git_stash_list_does(home, make_repo, inv, tmp_path):
+    repo = make_repo("stashy")
+    plain = make_repo("plain")
+    for i in range(3):
+        (repo.path / "README.md").write_text(f"change {i}\n")
+        repo.git("stash", "push", "-q", "-m", f"wip {i}")
+    repo.git("stash", "drop", "-q", "stash@{1}")
+    linked = tmp_path / "linked"
+    repo.git("worktree", "add", "-q", str(linked), "-b", "side")
+    home.write_repos([{"name": "stashy", "local": str(repo.path)}, {"name": "plain", "local": str(plain.path)},
+                      {"name": "linked", "local": str(linked)}])
+    assert inv("scan").code == 0
+    rows = {r["name"]: r for r in home.state("repo-status.json")["repos"]}
+    assert rows["stashy"]["stashes"] == stash_list_count(repo.path) == 2
+    assert rows["linked"]["stashes"] == stash_list_count(linked) == 2  # a worktree sees its repo's stash
+    assert rows["plain"]["stashes"] == stash_list_count(plain.path) == 0
+    table = inv("status").out
+    assert "clean; 2 stashed" in next(line for line in table.splitlines() if line.startswith("stashy"))
+    assert "stashed" not in next(line for line in table.splitlines() if line.startswith("plain"))
+    repo.git("stash", "clear")
+    assert inv("scan").code == 0
+    assert home.state("repo-status.json")["repos"][0]["stashes"] == stash_list_count(repo.path) == 0
+    reflog = repo.path / ".git" / "logs" / "refs" / "stash"
+    (repo.path / "README.md").write_text("x\n")
+    repo.git("stash", "push", "-q", "-m", "again")
+    reflog.unlink()  # a stash ref without its reflog: in doubt, no number
+    os.mkfifo(plain.path / ".git" / "logs" / "refs" / "stash")  # a FIFO never blocks the scan
+    assert inv("scan").code == 0
+    rows = {r["name"]: r for r in home.state("repo-status.json")["repos"]}
+    assert rows["stashy"]["stashes"] is None and rows["plain"]["stashes"] is None
