@@ -276,16 +276,19 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
                  "`local` is this machine (default: each repo on its `host`, else here)",
         "accept_new_host_key": RUN_HELP["accept_new_host_key"],
         "json": "print {summary, results} (each result as in state/test-results.json) instead of the table",
+        "changed": "report a repo passed without running it when its HEAD, clean tree, command and host are "
+                   "those of its last passed run",
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False, hosts="", accept_new_host_key=False, json=False):
+             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
     from lib.fleet import plan_groups, test_all_in_groups
+    from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
-    from lib.testall import plan_test_all
+    from lib.testall import plan_test_all, run_test_all
     from lib.views import outcomes_table
 
     try:
@@ -295,6 +298,8 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
             _warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
         fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
+        if changed and set(groups) - {LOCAL}:
+            raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
     except OrchestratorError as err:
         raise _fail(err) from None
     if not plans:
@@ -304,8 +309,12 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         _print_plans(plans, fleet, groups)
         return
     try:
-        report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
-                                    Path(junit_xml) if junit_xml else None, accept_new_host_key)
+        if changed:
+            report = run_test_all(workspace, paths, plans, jobs, timeout or None,
+                                  Path(junit_xml) if junit_xml else None, changed=True)
+        else:
+            report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
+                                        Path(junit_xml) if junit_xml else None, accept_new_host_key)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     if json:

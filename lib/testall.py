@@ -11,16 +11,22 @@ from lib.batch import (
     check_report_path,
     count_statuses,
     counts_text,
+    keep_results,
     now_iso,
     plan_workflow,
     previously_failing,
+    results_problem,
     run_with_progress,
     summarize,
     write_junit,
 )
 from lib.config import Repo, Workspace
+from lib.errors import OrchestratorError
+from lib.gitstatus import scan
+from lib.hosts import LOCAL
 from lib.paths import Paths
 from lib.runner import RunInterrupted, signal_name
+from lib.statefile import read_json
 from lib.workflows import Plan
 
 
@@ -66,19 +72,93 @@ def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = N
 
 
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
-                 junit_xml: Path | None = None) -> TestAllReport:
-    """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported."""
+                 junit_xml: Path | None = None, changed: bool = False) -> TestAllReport:
+    """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.
+
+    `changed`: a repo whose HEAD, clean tree, command and host are those of its last
+    passed run is reported passed (`cached`) without running.
+    """
     started = monotonic()
+    before = tree_states([plan.repo for plan in plans])
+    previous = previous_results(paths.test_results_file)
+    cached: list[Outcome] = []
+    to_run: list[Plan] = []
+    for plan in plans:
+        since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) if changed else None
+        if since is None:
+            to_run.append(plan)
+        else:
+            cached.append(cached_outcome(plan, previous[plan.repo.name], since))
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
-        run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing",
+        run = run_with_progress(paths, workspace, to_run, jobs, timeout, "testing",
                                 on_start=lambda plan: begun.setdefault(plan.repo.name, monotonic()))
     except RunInterrupted as stop:
-        everything = stopped_outcomes(plans, stop.results, begun)
+        everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    notes = run.notes + junit_notes(junit_xml, run.outcomes, monotonic() - started)
-    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file, notes)
+    trusted = mark_last_passed(run.outcomes, before, tree_states([plan.repo for plan in to_run]))
+    notes = run.notes + (keep_results(run.state_file, trusted + cached, workspace) if trusted or cached else [])
+    outcomes = in_plan_order(plans, run.outcomes + cached)
+    notes += junit_notes(junit_xml, outcomes, monotonic() - started)
+    return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
+
+
+def tree_states(repos: list[Repo]) -> dict[str, tuple[str, bool]]:
+    """Repo name -> (HEAD, clean work tree), from one status scan; a repo git cannot read is left out."""
+    if not repos:
+        return {}
+    return {s.name: (s.head, bool(s.clean)) for s in scan(repos).repos if s.head and not s.error}
+
+
+def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
+    """The results file's entries by repo; a file that is missing or malformed has none."""
+    try:
+        document = read_json(state_file, default={}) or {}
+    except (OSError, ValueError, OrchestratorError):
+        return {}
+    if results_problem(document):
+        return {}
+    return {r["repo"]: r for r in document.get("results", [])}
+
+
+def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str, Any] | None) -> str | None:
+    """When the repo's last passed run was, if its HEAD, clean tree, command and host are the same now; else None."""
+    if state is None or entry is None or plan.skip_reason or entry.get("status") != "passed":
+        return None
+    head, clean = state
+    last = entry.get("last_passed")
+    if not clean or not isinstance(last, dict) or not isinstance(last.get("at"), str):
+        return None
+    if (last.get("head"), last.get("command"), last.get("host")) != (head, plan.command_line, LOCAL):
+        return None
+    return last["at"]
+
+
+def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
+    counts = entry.get("counts")
+    log = entry.get("log")
+    return Outcome(plan.repo.name, plan.repo.language, "passed", 0, 0.0, plan.command_line,
+                   log if isinstance(log, str) else None, f"unchanged since {since}", now_iso(), LOCAL,
+                   counts if isinstance(counts, dict) else None, cached=True, last_passed=entry["last_passed"])
+
+
+def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
+                     after: dict[str, tuple[str, bool]]) -> list[Outcome]:
+    """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
+    trusted = []
+    for outcome in outcomes:
+        state = before.get(outcome.repo)
+        if outcome.status == "passed" and outcome.host == LOCAL and state and state[1] and after.get(outcome.repo) == state:
+            outcome.last_passed = {"head": state[0], "command": outcome.command, "host": LOCAL,
+                                   "at": outcome.finished_at}
+            trusted.append(outcome)
+    return trusted
+
+
+def in_plan_order(plans: list[Plan], outcomes: list[Outcome]) -> list[Outcome]:
+    by_repo = {o.repo: o for o in outcomes}
+    return [by_repo[plan.repo.name] for plan in plans if plan.repo.name in by_repo]
 
 
 def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float]) -> list[Outcome]:

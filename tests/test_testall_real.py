@@ -359,3 +359,56 @@ def test_status_and_scan_count_stashes_as_git_stash_list_does(home, make_repo, i
     assert inv("scan").code == 0
     rows = {r["name"]: r for r in home.state("repo-status.json")["repos"]}
     assert rows["stashy"]["stashes"] is None and rows["plain"]["stashes"] is None
+
+
+def test_changed_skips_only_what_is_unchanged_since_its_last_passed_run(home, make_repo, inv, tmp_path):
+    counter = tmp_path / "runs"
+    counter.mkdir()
+    suite = {"Makefile": f"test:\n\t@touch {counter}/$$(basename $(CURDIR)).$$$$; echo '1 passed in 0.01s'\n",
+             ".gitignore": "ignored.txt\n"}
+    a, b, c, d = (make_repo(n, suite) for n in "abcd")
+    home.add(a, b, c, d, language="make")
+
+    def runs(name: str) -> int:
+        return len(list(counter.glob(f"{name}.*")))
+
+    assert inv("test-all", "--changed").code == 0  # nothing known yet: everything runs
+    assert [runs(n) for n in "abcd"] == [1, 1, 1, 1]
+    first = {r["repo"]: r for r in home.state("test-results.json")["results"]}
+    assert first["a"]["last_passed"] == {"head": a.head(), "command": "make test", "host": "local",
+                                         "at": first["a"]["finished_at"]}
+    b.commit({"new.txt": "x"}, "a new commit")            # another HEAD
+    (c.path / "README.md").write_text("edited\n")         # a dirty tree
+    (d.path / "ignored.txt").write_text("ignored\n")      # ignored files do not count
+    result = inv("test-all", "--changed", "--json")
+    assert result.code == 0, result.err
+    results = {r["repo"]: r for r in json.loads(result.out)["results"]}
+    assert [runs(n) for n in "abcd"] == [1, 2, 2, 1]
+    assert results["a"]["cached"] and results["d"]["cached"] and not results["b"]["cached"]
+    assert results["a"]["reason"] == f"unchanged since {first['a']['finished_at']}"
+    assert results["a"]["counts"] == {"passed": 1, "failed": 0, "skipped": 0, "errors": 0}
+    assert results["c"]["last_passed"] is None  # passed on a dirty tree: nothing to trust
+    table = inv("test-all", "--changed").out
+    assert "unchanged since" in next(line for line in table.splitlines() if line.startswith("a "))
+    assert [runs(n) for n in "abcd"] == [1, 2, 3, 1]
+    state = {r["repo"]: r for r in home.state("test-results.json")["results"]}
+    assert state["a"]["cached"] and state["a"]["last_passed"] == first["a"]["last_passed"]
+    # Another command: runs. Without --changed: everything runs.
+    home.write_repos([{"name": n, "local": str(h.path), "language": "make",
+                       **({"commands": {"test": "make test V=1"}} if n == "a" else {})}
+                      for n, h in zip("abcd", (a, b, c, d))])
+    inv("test-all", "--changed")
+    assert runs("a") == 2 and runs("d") == 1
+    inv("test-all")
+    assert [runs(n) for n in "abcd"] == [3, 3, 5, 2]
+
+
+def test_a_failure_drops_what_changed_trusts(home, make_repo, inv, tmp_path):
+    flag = tmp_path / "fail"
+    repo = make_repo("r", {"Makefile": f"test:\n\t@test ! -e {flag}\n"})
+    home.add(repo, language="make")
+    assert inv("test-all").code == 0
+    flag.touch()  # something outside the repo broke it: the last verdict stands, --changed reruns
+    assert inv("test-all").code == 1
+    assert home.state("test-results.json")["results"][0]["last_passed"] is None
+    assert inv("test-all", "--changed").code == 1
