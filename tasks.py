@@ -288,6 +288,7 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     from lib.fleet import plan_groups, test_all_in_groups
     from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
+    from lib.scan import ScanStopped
     from lib.testall import plan_test_all, run_test_all
     from lib.views import outcomes_table
 
@@ -317,6 +318,8 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
                                         Path(junit_xml) if junit_xml else None, accept_new_host_key)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
+    except ScanStopped as stop:  # in the status read before or after the tests (what --changed compares)
+        raise Exit(str(stop), code=stop.exit_code) from None
     if json:
         print(jsonlib.dumps(report.to_json(), indent=2))
     else:

@@ -22,10 +22,10 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
-from lib.gitstatus import scan
 from lib.hosts import LOCAL
 from lib.paths import Paths
 from lib.runner import RunInterrupted, signal_name
+from lib.scan import scan_workspace
 from lib.statefile import read_json
 from lib.workflows import Plan
 
@@ -79,7 +79,7 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     passed run is reported passed (`cached`) without running.
     """
     started = monotonic()
-    before = tree_states([plan.repo for plan in plans])
+    before = tree_states(workspace, [plan.repo for plan in plans])
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
     to_run: list[Plan] = []
@@ -97,18 +97,22 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    trusted = mark_last_passed(run.outcomes, before, tree_states([plan.repo for plan in to_run]))
+    trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]))
     notes = run.notes + (keep_results(run.state_file, trusted + cached, workspace) if trusted or cached else [])
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
 
 
-def tree_states(repos: list[Repo]) -> dict[str, tuple[str, bool]]:
-    """Repo name -> (HEAD, clean work tree), from one status scan; a repo git cannot read is left out."""
+def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str, bool]]:
+    """Repo name -> (HEAD, clean work tree), from one status scan; a repo git cannot read is left out.
+
+    A stop signal during it is lib.scan.ScanStopped (its gits are killed first).
+    """
     if not repos:
         return {}
-    return {s.name: (s.head, bool(s.clean)) for s in scan(repos).repos if s.head and not s.error}
+    report = scan_workspace(Workspace(workspace.config_file, tuple(repos)))
+    return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
 
 
 def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
