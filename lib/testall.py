@@ -89,6 +89,7 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
             to_run.append(plan)
         else:
             cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    to_run = longest_first(to_run, previous)
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
         run = run_with_progress(paths, workspace, to_run, jobs, timeout, "testing",
@@ -102,6 +103,22 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
+
+
+def longest_first(plans: list[Plan], previous: dict[str, dict[str, Any]]) -> list[Plan]:
+    """Start order: repos never timed first (they may be the slowest), then by last duration, longest first.
+
+    The slowest repo then never starts last, so the wall time approaches
+    max(slowest repo, sum / jobs). A cached entry's 0 s is not a duration: unknown.
+    """
+    def key(plan: Plan) -> tuple[int, float]:
+        entry = previous.get(plan.repo.name) or {}
+        seconds = entry.get("duration_s")
+        if entry.get("cached") or isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return (0, 0.0)
+        return (1, -float(seconds))
+
+    return sorted(plans, key=key)  # stable: config order among equals
 
 
 def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str, bool]]:

@@ -412,3 +412,24 @@ def test_a_failure_drops_what_changed_trusts(home, make_repo, inv, tmp_path):
     assert inv("test-all").code == 1
     assert home.state("test-results.json")["results"][0]["last_passed"] is None
     assert inv("test-all", "--changed").code == 1
+
+
+def test_repos_start_longest_known_first_and_unknown_before_all(home, make_repo, inv, tmp_path):
+    order = tmp_path / "order.txt"
+    record = {"Makefile": f"test:\n\t@echo $$(basename $(CURDIR)) >> {order}\n"}
+    names = ["quick", "slow", "middle", "new"]
+    repos = {n: make_repo(n, record) for n in names}
+    home.add(*(repos[n] for n in names[:3]), language="make")
+    assert inv("test-all", "--jobs", "1").code == 0
+    assert order.read_text().split() == ["quick", "slow", "middle"]  # nothing known yet: config order
+    state = home.state("test-results.json")
+    for entry, seconds in zip(state["results"], (5.0, 1.0, 9.0)):  # sorted by name: middle, quick, slow
+        entry["duration_s"] = seconds
+    (home.path / "state" / "test-results.json").write_text(json.dumps(state))
+    home.add(*(repos[n] for n in names), language="make")
+    order.unlink()
+    result = inv("test-all", "--jobs", "1")
+    assert result.code == 0
+    assert order.read_text().split() == ["new", "slow", "middle", "quick"]
+    table = [line.split()[0] for line in result.out.splitlines()[2:6]]
+    assert table == names  # the table stays in config order
