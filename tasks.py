@@ -278,10 +278,11 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
         "json": "print {summary, results} (each result as in state/test-results.json) instead of the table",
         "changed": "report a repo passed without running it when its HEAD, clean tree, command and host are "
                    "those of its last passed run",
+        "matrix": "print the selected repos as a CI matrix, {\"include\": [{repo, language, host}]}; run nothing",
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False):
+             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False, matrix=False):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
@@ -289,13 +290,13 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.scan import ScanStopped
-    from lib.testall import plan_test_all, run_test_all
+    from lib.testall import ci_matrix, plan_test_all, run_test_all
     from lib.views import outcomes_table
 
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        if not dry_run:
+        if not dry_run and not matrix:
             _warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
         fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
@@ -303,6 +304,9 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
             raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
     except OrchestratorError as err:
         raise _fail(err) from None
+    if matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
+        print(jsonlib.dumps(ci_matrix(plans, groups)))
+        return
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if failed else ""))
         return

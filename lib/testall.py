@@ -71,6 +71,14 @@ def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = N
     return plan_workflow(paths, "test", choose_repos(workspace, paths, tags, only, failed))
 
 
+def ci_matrix(plans: list[Plan], groups: dict[str, list[Repo]]) -> dict[str, Any]:
+    """The selected repos as a CI matrix (GitHub's `strategy.matrix` shape): one entry per repo to fan out,
+    with the host it would be tested on (`local`, or a build host: see lib.fleet.plan_groups)."""
+    host_of = {repo.name: host for host, repos in groups.items() for repo in repos}
+    return {"include": [{"repo": p.repo.name, "language": p.repo.language, "host": host_of.get(p.repo.name, LOCAL)}
+                        for p in plans]}
+
+
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
                  junit_xml: Path | None = None, changed: bool = False) -> TestAllReport:
     """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.

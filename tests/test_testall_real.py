@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -433,3 +434,79 @@ def test_repos_start_longest_known_first_and_unknown_before_all(home, make_repo,
     assert order.read_text().split() == ["new", "slow", "middle", "quick"]
     table = [line.split()[0] for line in result.out.splitlines()[2:6]]
     assert table == names  # the table stays in config order
+
+
+def test_matrix_prints_the_selected_repos_for_ci_and_runs_nothing(home, make_repo, inv, tmp_path):
+    marker = tmp_path / "ran"
+    repos = [make_repo(n, {"Makefile": f"test:\n\t@touch {marker}\n"}) for n in ("a", "b")]
+    home.write_repos([{"name": "a", "local": str(repos[0].path), "language": "make", "tags": ["x"]},
+                      {"name": "b", "local": str(repos[1].path), "language": "make"}])
+    result = inv("test-all", "--matrix")
+    assert result.code == 0 and len(result.out.splitlines()) == 1
+    assert json.loads(result.out) == {"include": [{"repo": "a", "language": "make", "host": "local"},
+                                                  {"repo": "b", "language": "make", "host": "local"}]}
+    assert json.loads(inv("test-all", "--matrix", "--tag", "x").out)["include"] == [
+        {"repo": "a", "language": "make", "host": "local"}]
+    assert not marker.exists() and not (home.path / "state" / "test-results.json").exists()
+
+
+def yaml_python() -> str:
+    """A Python with PyYAML (a system package; never a dependency of ours), else the test is skipped."""
+    from lib.batch import without_our_venv
+
+    candidates = ["/usr/bin/python3", __import__("shutil").which("python3", path=without_our_venv(os.environ["PATH"]))]
+    for python in filter(None, candidates):
+        if subprocess.run([python, "-c", "import yaml"], capture_output=True).returncode == 0:
+            return python
+    require_tool("python3-with-PyYAML")
+    raise AssertionError("unreachable")
+
+
+def strings_in(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in strings_in(key) + strings_in(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in strings_in(item)]
+    return []
+
+
+INV_IN_TEXT = re.compile(r'''(?:^|(?<=[\s"'(\[]))(?:\.venv/bin/)?(inv|make) ((?:[^"'\n)>]|(?<=\s)"[^"\n]*")*)''', re.M)
+SCRIPT_IN_TEXT = re.compile(r'''(scripts/\w+\.py)((?:[^"'\n)>]|(?<=\s)"[^"\n]*")*)''')
+
+
+def test_the_readmes_ci_yaml_parses_and_names_only_real_commands_and_options():
+    import shlex
+
+    from tests.test_docs import check_inv, check_make, check_script
+
+    readme = (ROOT / "README.md").read_text()
+    ci = readme.split("## In CI", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", ci, re.S)
+    assert len(blocks) == 4
+    parsed = json.loads(subprocess.run(
+        [yaml_python(), "-c", "import json, sys, yaml; print(json.dumps([yaml.safe_load(b) for b in "
+                              "json.load(sys.stdin)]))"], input=json.dumps(blocks), capture_output=True,
+        text=True, check=True).stdout)
+    github, gitlab = parsed[2], parsed[3]
+    assert github["jobs"]["test"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert gitlab["test"]["trigger"]["include"][0]["artifact"] == "child-pipeline.json"
+    problems, checked = [], []
+    for text in (s for document in parsed for s in strings_in(document)):
+        text = re.sub(r"\$\{\{[^}]*\}\}|\{repo\}", "REPO", text)
+        for match in INV_IN_TEXT.finditer(text):
+            words = (match.group(1), *shlex.split(match.group(2)))
+            problem = check_inv(words) if words[0] == "inv" else check_make(words)
+            checked.append(" ".join(words))
+            if problem:
+                problems.append(f"{' '.join(words)}: {problem}")
+        for match in SCRIPT_IN_TEXT.finditer(text):
+            words = ("python", match.group(1), *shlex.split(match.group(2)))
+            checked.append(" ".join(words))
+            if problem := check_script(words):
+                problems.append(problem)
+    assert not problems, problems
+    assert "inv test-all --matrix" in checked
+    assert "inv test-all --only REPO --junit-xml reports/junit.xml" in checked
+    assert "inv test-all --only REPO --junit-xml reports/junit-REPO.xml" in checked
