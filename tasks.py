@@ -174,7 +174,7 @@ class _TextToBytes:
         self.stream.flush()
 
 
-def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False):
+def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False, grace=10.0):
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
@@ -207,7 +207,7 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
         if on_host is not None:
             run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
         else:
-            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream)
+            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     outcome = run.outcomes[0]
@@ -247,19 +247,23 @@ RUN_HELP = {
             "`local`: here)",
     "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new); "
                            "a changed key is always refused",
+    "grace": "SECONDS a timed-out command has after SIGINT to print where it hung, before SIGTERM "
+             "(then SIGKILL 5 s later); default 10",
 }
 
 
 @task(help=RUN_HELP)
-def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False, grace=Seconds(10)):
     """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
-    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(help=RUN_HELP)
-def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False, grace=Seconds(10)):
     """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
-    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(
@@ -279,10 +283,12 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
         "changed": "report a repo passed without running it when its HEAD, clean tree, command and host are "
                    "those of its last passed run",
         "matrix": "print the selected repos as a CI matrix, {\"include\": [{repo, language, host}]}; run nothing",
+        "grace": RUN_HELP["grace"] + " (repos tested here)",
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False, matrix=False):
+             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False, matrix=False,
+             grace=Seconds(10)):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
@@ -314,9 +320,9 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         _print_plans(plans, fleet, groups)
         return
     try:
-        if changed:
+        if changed or set(groups) <= {LOCAL}:
             report = run_test_all(workspace, paths, plans, jobs, timeout or None,
-                                  Path(junit_xml) if junit_xml else None, changed=True)
+                                  Path(junit_xml) if junit_xml else None, changed=changed, grace=grace)
         else:
             report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
                                         Path(junit_xml) if junit_xml else None, accept_new_host_key)
@@ -342,11 +348,14 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         "dry_run": "print the rendered commands; run nothing",
         "host": RUN_HELP["host"],
         "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+        "grace": RUN_HELP["grace"],
     },
 )
-def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False,
+             grace=Seconds(10)):
     """Run any workflow of config/workflows.json on one repo, showing its output."""
-    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(

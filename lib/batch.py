@@ -105,7 +105,7 @@ def _header(log: BinaryIO, plan: Plan) -> None:
 
 
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
-            grace: float = runner.GRACE_S) -> Outcome:
+            grace: float = runner.GRACE_S, interrupt_grace: float | None = None) -> Outcome:
     """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake.
 
     A log that cannot be written (disk full, read-only) is the outcome `error:
@@ -135,7 +135,7 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     result: Outcome | None = None
     try:
         with log:
-            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed)
+            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed, interrupt_grace)
     except OSError as err:
         # Closing flushes the last bytes: a full disk can refuse them too.
         return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
@@ -169,7 +169,8 @@ def _claim(log: BinaryIO) -> bool:
 
 
 def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,
-                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome]) -> Outcome:
+                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome],
+                interrupt_grace: float | None = None) -> Outcome:
     notes: list[str] = []
     try:
         _header(log, plan)
@@ -189,7 +190,7 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                 log.write(f"error: directory does not exist: {command.cwd}\n".encode())
                 return outcome("error", reason=f"directory does not exist: {command.cwd}")
             result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
-                                         echo, grace)
+                                         echo, grace, interrupt_grace)
             if result.log_error:
                 return log_failed(result.log_error, result.exit_code)
             if result.escaped:
@@ -198,7 +199,8 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                              + ", ".join(result.escaped[:NAMED]) + more)
                 log.write(f"\nnote: {notes[-1]}\n".encode())
             if result.timed_out:
-                log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
+                how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
+                log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
                 return outcome("timeout", reason=f"timed out after {timeout:g}s")
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
@@ -393,7 +395,8 @@ class BatchRun:
 
 def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
                       timeout: float | None, label: str,
-                      on_start: Callable[[Plan], None] | None = None) -> BatchRun:
+                      on_start: Callable[[Plan], None] | None = None,
+                      interrupt_grace: float | None = None) -> BatchRun:
     """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
 
     def started(plan: Plan) -> None:
@@ -403,18 +406,22 @@ def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan],
 
     with Progress(label, len(plans)) as progress:
         return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
-                              on_start=started,
+                              on_start=started, interrupt_grace=interrupt_grace,
                               on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
 
 
 def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int, timeout: float | None,
                    on_start: Callable[[Plan], None] | None = None,
                    on_done: Callable[[Outcome], None] | None = None,
-                   echo: BinaryIO | None = None) -> BatchRun:
-    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded."""
+                   echo: BinaryIO | None = None, interrupt_grace: float | None = None) -> BatchRun:
+    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded.
+
+    `interrupt_grace`: a timeout sends SIGINT first and waits that long (runner.interrupt_then_kill).
+    """
     state_file = results_file(paths, plans[0].workflow) if plans else None
     try:
-        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo), jobs, on_start, on_done)
+        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo, interrupt_grace=interrupt_grace),
+                                   jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
         stop.notes += keep_results(state_file, stop.results, workspace)
         raise

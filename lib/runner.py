@@ -50,6 +50,7 @@ class ProcessResult:
     signum: int | None = None
     log_error: str | None = None  # the log could not be written (the command was stopped): why
     escaped: tuple[str, ...] = ()  # processes that had left the group, killed with the step ("pid name")
+    stopped_with: str | None = None  # a timeout with interrupt_grace: the signals it took (interrupt_then_kill)
 
     @property
     def killed_by(self) -> str | None:
@@ -206,6 +207,23 @@ def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
 
 
+def interrupt_then_kill(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
+    """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
+    what ran and what passed), `interrupt_grace` seconds, then SIGTERM and SIGKILL `grace` later.
+
+    Returns the signals it took: `SIGINT`, or `SIGINT, then SIGTERM/SIGKILL`.
+    """
+    if not _signal_ok(pgid, signal.SIGINT, group=True):
+        return "SIGINT"
+    deadline = monotonic() + interrupt_grace
+    while monotonic() < deadline and group_alive(pgid):
+        sleep(0.05)
+    if not group_alive(pgid):
+        return "SIGINT"
+    kill_group(pgid, grace)
+    return f"SIGINT, then SIGTERM after {interrupt_grace:g}s (SIGKILL {grace:g}s later if still running)"
+
+
 def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
     """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
     escaped = escaped_processes(marker, pgid)
@@ -344,10 +362,12 @@ def run_in_group(
     env: dict[str, str] | None = None,
     echo: BinaryIO | None = None,
     grace: float = GRACE_S,
+    interrupt_grace: float | None = None,
 ) -> ProcessResult:
     """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
 
-    On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
+    On timeout the group gets SIGTERM, then SIGKILL after `grace` (with
+    `interrupt_grace`: SIGINT first, see interrupt_then_kill). Processes the
     command leaves behind, in its group or having left it, are killed when it
     ends, so nothing outlives the step that started it. A log that cannot be
     written stops the command (`log_error`). Raises OSError only when the log
@@ -377,6 +397,7 @@ def run_in_group(
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
+    stopped_with = None
     deadline = None if timeout is None else started + timeout
     try:
         while True:
@@ -389,7 +410,10 @@ def run_in_group(
                 kill_group(pgid, grace)
             elif deadline is not None and monotonic() >= deadline:
                 timed_out = True
-                kill_group(pgid, grace)
+                if interrupt_grace is None:
+                    kill_group(pgid, grace)
+                else:
+                    stopped_with = interrupt_then_kill(pgid, interrupt_grace, grace)
         escaped = _stop_step(pgid, marker, grace)
     except BaseException:
         _stop_step(pgid, marker, grace)
@@ -407,7 +431,7 @@ def run_in_group(
     signum = -code if code is not None and code < 0 else None
     exit_code = None if timed_out else (128 + signum if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
-                         copier.log_error, escaped)
+                         copier.log_error, escaped, stopped_with)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,

@@ -30,6 +30,10 @@ from lib.statefile import read_json
 from lib.workflows import Plan
 
 
+# A timeout sends SIGINT first (pytest, go test and node then print where they hung), SIGTERM this much later.
+INTERRUPT_GRACE_S = 10.0
+
+
 @dataclass
 class TestAllReport:
     outcomes: list[Outcome]
@@ -80,7 +84,8 @@ def ci_matrix(plans: list[Plan], groups: dict[str, list[Repo]]) -> dict[str, Any
 
 
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
-                 junit_xml: Path | None = None, changed: bool = False) -> TestAllReport:
+                 junit_xml: Path | None = None, changed: bool = False,
+                 grace: float = INTERRUPT_GRACE_S) -> TestAllReport:
     """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.
 
     `changed`: a repo whose HEAD, clean tree, command and host are those of its last
@@ -101,7 +106,8 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
         run = run_with_progress(paths, workspace, to_run, jobs, timeout, "testing",
-                                on_start=lambda plan: begun.setdefault(plan.repo.name, monotonic()))
+                                on_start=lambda plan: begun.setdefault(plan.repo.name, monotonic()),
+                                interrupt_grace=grace)
     except RunInterrupted as stop:
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))

@@ -510,3 +510,50 @@ def test_the_readmes_ci_yaml_parses_and_names_only_real_commands_and_options():
     assert "inv test-all --matrix" in checked
     assert "inv test-all --only REPO --junit-xml reports/junit.xml" in checked
     assert "inv test-all --only REPO --junit-xml reports/junit-REPO.xml" in checked
+
+
+TRAPS = ("trap 'echo got INT, was at step $i; exit 3' INT; trap 'echo got TERM; exit 4' TERM; "
+         "i=0; while :; do i=$((i+1)); sleep 0.1; done")
+
+
+def test_a_timeout_sends_sigint_first_so_the_suite_can_say_where_it_hung(home, make_repo, inv):
+    repo = make_repo("hangs")
+    home.write_repos([{"name": "hangs", "local": str(repo.path), "language": "make", "commands": {"test": TRAPS}}])
+    result = inv("test-all", "--timeout", "2")
+    assert result.code == 1
+    log = (log_dir() / "orchestrator-test-hangs.log").read_text()
+    assert re.search(r"^got INT, was at step \d+$", log, re.M) and not re.search("^got TERM", log, re.M), log
+    assert "timeout: stopped with SIGINT after 2s" in log
+    assert home.state("test-results.json")["results"][0]["status"] == "timeout"
+
+
+def test_a_command_that_ignores_sigint_gets_sigterm_after_the_grace(home, make_repo, inv):
+    repo = make_repo("deaf")
+    deaf = "trap '' INT; trap 'echo got TERM; exit 4' TERM; while :; do sleep 0.1; done"
+    home.write_repos([{"name": "deaf", "local": str(repo.path), "language": "make", "commands": {"test": deaf}}])
+    result = inv("test", "deaf", "--timeout", "1", "--grace", "1")
+    assert result.code == 1 and "TEST TIMEOUT" in result.out
+    log = (log_dir() / "orchestrator-test-deaf.log").read_text()
+    assert re.search("^got TERM$", log, re.M) and "timeout: stopped with SIGINT, then SIGTERM after 1s" in log
+
+
+def test_foreach_timeouts_keep_sigterm(home, make_repo, inv):
+    home.add(make_repo("r"))
+    result = inv("foreach", "--timeout", "2", TRAPS)
+    assert result.code == 1
+    log = (log_dir() / "orchestrator-foreach-r.log").read_text()
+    assert re.search("^got TERM$", log, re.M) and not re.search("^got INT", log, re.M), log
+
+
+def test_a_hung_pytest_prints_what_passed_when_its_timeout_comes(home, make_repo, inv):
+    repo = make_repo("stuck", {"test_a.py": "def test_quick():\n    pass\n",
+                               "test_b.py": "import time\n\n\ndef test_hangs():\n    time.sleep(600)\n",
+                               "pyproject.toml": "[project]\nname = 'stuck'\n", ".gitignore": ".venv/\n"})
+    make_venv(repo.path)
+    home.add(repo)
+    result = inv("test-all", "--timeout", "20")  # generous: pytest must have started on a busy machine
+    assert result.code == 1
+    log = (log_dir() / "orchestrator-test-stuck.log").read_text()
+    assert "KeyboardInterrupt" in log and "test_b.py" in log and "1 passed" in log
+    entry = home.state("test-results.json")["results"][0]
+    assert entry["status"] == "timeout" and entry["counts"]["passed"] == 1
