@@ -342,7 +342,8 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log or 'none'}\ncommand: {o.command}\nhost: {o.host}"
+        ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
+                                                           f"host: {o.host}")
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 

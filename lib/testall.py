@@ -113,7 +113,10 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
     trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]))
-    notes = run.notes + (keep_results(run.state_file, trusted + cached, workspace) if trusted or cached else [])
+    # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
+    if trusted or cached:
+        run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
+    notes = run.notes
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
@@ -184,7 +187,8 @@ def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]
     trusted = []
     for outcome in outcomes:
         state = before.get(outcome.repo)
-        if outcome.status == "passed" and outcome.host == LOCAL and state and state[1] and after.get(outcome.repo) == state:
+        held = state is not None and state[1] and after.get(outcome.repo) == state
+        if outcome.status == "passed" and outcome.host == LOCAL and held:
             outcome.last_passed = {"head": state[0], "command": outcome.command, "host": LOCAL,
                                    "at": outcome.finished_at}
             trusted.append(outcome)

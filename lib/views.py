@@ -96,7 +96,7 @@ def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str
 
 def outcomes_table(outcomes: Iterable["Outcome"]) -> str:
     outcomes = list(outcomes)
-    rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(detail_cell(o), 60), o.log or "-"]
+    rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(detail_cell(o), 80), o.log or "-"]
             for o in outcomes]
     headers = ["REPO", "LANGUAGE", "STATUS", "TIME", "DETAIL", "LOG"]
     if any(o.host != "local" for o in outcomes):  # a HOST column only when some ran on a build host

@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
 
 from tests.conftest import ROOT, require_tool
 
@@ -49,7 +53,7 @@ def test_our_venv_and_python_variables_never_reach_a_repos_commands(home, make_r
         assert (seen["VIRTUAL_ENV"], seen["PYTHONPATH"], seen["PYTHONHOME"]) == ("unset",) * 3, (args, seen)
 
 
-PYTEST_SITE = str(Path(__import__("pytest").__file__).resolve().parent.parent)
+PYTEST_SITE = str(Path(pytest.__file__).resolve().parent.parent)
 USES_DEP = {"test_dep.py": "import mydep\n\n\ndef test_dep():\n    assert mydep.VALUE == 42\n",
             "pyproject.toml": "[project]\nname = 'uses-dep'\nversion = '0'\n",
             ".gitignore": ".venv/\nvenv/\n"}
@@ -126,7 +130,8 @@ def test_javascript_runs_npm_ci_only_when_node_modules_is_missing(home, make_rep
     home.add(installed, fresh, unlocked)
     result = inv("test-all")
     assert result.code == 0, result.out + result.err
-    logs = {name: (log_dir() / f"orchestrator-test-{name}.log").read_text() for name in ("installed", "fresh", "unlocked")}
+    logs = {name: (log_dir() / f"orchestrator-test-{name}.log").read_text()
+            for name in ("installed", "fresh", "unlocked")}
     assert "# javascript: node_modules present, no install" in logs["installed"]
     assert "# javascript: node_modules missing: npm ci" in logs["fresh"]
     assert "no package-lock.json: npm test without installing" in logs["unlocked"]
@@ -182,8 +187,10 @@ COUNT_CASES = {
                "   Start at  12:00:00\n   Duration  1.23s\n", (3, 1, 1, 0)),
     "node tap": ("# tests 4\n# suites 0\n# pass 2\n# fail 1\n# cancelled 1\n# skipped 0\n# todo 0\n"
                  "# duration_ms 30.1\n", (2, 1, 0, 1)),
-    "node spec": ("ℹ tests 3\nℹ suites 0\nℹ pass 3\nℹ fail 0\nℹ cancelled 0\nℹ skipped 0\nℹ todo 0\n", (3, 0, 0, 0)),
-    "cargo, summed": ("test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.17s\n"
+    "node spec": ("ℹ tests 3\nℹ suites 0\nℹ pass 3\nℹ fail 0\nℹ cancelled 0\nℹ skipped 0\nℹ todo 0\n",
+                  (3, 0, 0, 0)),
+    "cargo, summed": ("test result: FAILED. 1 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; "
+                      "finished in 0.17s\n"
                       "\nerror: test failed\n"
                       "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n",
                       (5, 1, 1, 0)),
@@ -214,7 +221,7 @@ def test_pytest_and_node_counts_reach_the_results_file_json_table_and_junit(home
     make_venv(py.path)
     plain = make_repo("plain", {"Makefile": "test:\n\t@echo fine\n"})
     repos = [{"name": "py", "local": str(py.path)}, {"name": "plain", "local": str(plain.path), "language": "make"}]
-    if __import__("shutil").which("node"):
+    if shutil.which("node"):
         repos.append({"name": "js", "local": str(make_repo("js", {**NODE_SUITE, "package-lock.json": LOCK}).path)})
     home.write_repos(repos)
     junit = tmp_path / "junit.xml"
@@ -227,7 +234,7 @@ def test_pytest_and_node_counts_reach_the_results_file_json_table_and_junit(home
     assert results["plain"]["counts"] is None
     if "js" in results:
         assert results["js"]["counts"] == {"passed": 2, "failed": 0, "skipped": 1, "errors": 0}
-    cases = {c.get("name"): c for c in __import__("xml.etree.ElementTree").etree.ElementTree.parse(junit).iter("testcase")}
+    cases = {c.get("name"): c for c in ElementTree.parse(junit).iter("testcase")}
     assert {p.get("name"): p.get("value") for p in cases["py"].iter("property")} == {
         "passed": "3", "failed": "2", "skipped": "1", "errors": "0"}
     assert cases["plain"].find("properties") is None
@@ -236,9 +243,7 @@ def test_pytest_and_node_counts_reach_the_results_file_json_table_and_junit(home
 
 
 def test_a_stopped_runs_junit_names_the_killed_and_the_never_started_repos(home, make_repo, tmp_path):
-    import signal
     import time
-    from xml.etree import ElementTree
 
     from tests.conftest import stop_when
 
@@ -259,7 +264,7 @@ def test_a_stopped_runs_junit_names_the_killed_and_the_never_started_repos(home,
     suite = ElementTree.parse(junit).getroot().find("testsuite")
     assert suite.get("name") == "orchestrator test-all (interrupted by SIGINT)"
     assert {p.get("name"): p.get("value") for p in suite.find("properties")} == {"interrupted": "SIGINT"}
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "0", "2", "1")
+    assert [suite.get(key) for key in ("tests", "failures", "errors", "skipped")] == ["4", "0", "2", "1"]
     assert 0 < float(suite.get("time")) <= wall
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     killed = [name for name, c in cases.items() if c.find("error") is not None]
@@ -273,8 +278,6 @@ def test_a_stopped_runs_junit_names_the_killed_and_the_never_started_repos(home,
 
 
 def test_junit_time_is_the_runs_wall_time_not_the_sum(home, make_repo, inv, tmp_path):
-    from xml.etree import ElementTree
-
     slow = {"Makefile": "test:\n\t@sleep 1\n"}
     home.add(*(make_repo(f"s{i}", slow) for i in range(3)), language="make")
     junit = tmp_path / "junit.xml"
@@ -389,8 +392,14 @@ def test_changed_skips_only_what_is_unchanged_since_its_last_passed_run(home, ma
     assert results["a"]["reason"] == f"unchanged since {first['a']['finished_at']}"
     assert results["a"]["counts"] == {"passed": 1, "failed": 0, "skipped": 0, "errors": 0}
     assert results["c"]["last_passed"] is None  # passed on a dirty tree: nothing to trust
-    table = inv("test-all", "--changed").out
-    assert "unchanged since" in next(line for line in table.splitlines() if line.startswith("a "))
+    state = home.state("test-results.json")
+    next(r for r in state["results"] if r["repo"] == "a")["cached"] = False
+    (home.path / "state" / "test-results.json").write_text(json.dumps(state))
+    table = inv("test-all", "--changed", "--only", "a").out  # only cached repos: still recorded
+    assert f"unchanged since {first['a']['finished_at']}" in next(line for line in table.splitlines()
+                                                                  if line.startswith("a "))
+    assert next(r for r in home.state("test-results.json")["results"] if r["repo"] == "a")["cached"]
+    inv("test-all", "--changed")
     assert [runs(n) for n in "abcd"] == [1, 2, 3, 1]
     state = {r["repo"]: r for r in home.state("test-results.json")["results"]}
     assert state["a"]["cached"] and state["a"]["last_passed"] == first["a"]["last_passed"]
@@ -454,7 +463,7 @@ def yaml_python() -> str:
     """A Python with PyYAML (a system package; never a dependency of ours), else the test is skipped."""
     from lib.batch import without_our_venv
 
-    candidates = ["/usr/bin/python3", __import__("shutil").which("python3", path=without_our_venv(os.environ["PATH"]))]
+    candidates = ["/usr/bin/python3", shutil.which("python3", path=without_our_venv(os.environ["PATH"]))]
     for python in filter(None, candidates):
         if subprocess.run([python, "-c", "import yaml"], capture_output=True).returncode == 0:
             return python
