@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 KEYS = ("passed", "failed", "skipped", "errors")
@@ -34,14 +35,20 @@ GO_WORDS = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}
 
 def read_counts(log: Path) -> dict[str, int] | None:
     """The counts of the last test summary in `log`, or None when it has none (or cannot be read)."""
-    try:
-        with open(log, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            size = stream.tell()
-            stream.seek(max(0, size - WINDOW))
-            data = stream.read(WINDOW)
+    try:  # non-blocking and regular files only: a log_file that is a FIFO or a terminal must never hang us
+        fd = os.open(log, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        size = info.st_size
+        data = os.pread(fd, WINDOW, max(0, size - WINDOW))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return parse_counts(data.decode("utf-8", "replace"), whole=size <= WINDOW)
 
 

@@ -105,7 +105,8 @@ def test_python_without_venv_uses_uv_with_uv_lock_else_python3(home, make_repo, 
     assert "# python: uv run pytest (the repo has uv.lock and uv is on PATH)" in locked_log
     assert "uv called with: run pytest -q" in locked_log
     bare_log = (log_dir() / "orchestrator-test-bare.log").read_text()
-    assert "# python: python3 -m pytest (no .venv, no venv, no uv.lock with uv on PATH)" in bare_log
+    assert "# python: python3 -m pytest (no runnable .venv/bin/python or venv/bin/python, no uv.lock with uv on PATH)" \
+        in bare_log
     (tools / "uv").unlink()  # uv.lock without uv: python3
     assert inv("test", "locked").code == 0
     assert "# python: python3 -m pytest" in (log_dir() / "orchestrator-test-locked.log").read_text()
@@ -202,8 +203,14 @@ COUNT_CASES = {
 }
 
 
-def test_counts_are_read_from_each_runners_own_summary():
-    from lib.testcounts import parse_counts
+def test_counts_are_read_from_each_runners_own_summary(tmp_path):
+    from lib.testcounts import parse_counts, read_counts
+
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    assert read_counts(fifo) is None and read_counts(tmp_path / "missing.log") is None  # never blocks
+    (tmp_path / "big.log").write_bytes(b"x" * (2 << 20) + b"\n= 3 passed in 0.2s =\n")
+    assert read_counts(tmp_path / "big.log")["passed"] == 3
 
     for name, (text, expected) in COUNT_CASES.items():
         counts = parse_counts(text)
