@@ -2,9 +2,10 @@
 
 Known summaries: pytest (`2 failed, 615 passed in 3.1s`), jest (`Tests: 1 failed,
 2 passed, 3 total`), vitest (`Tests  1 failed | 2 passed (3)`), node's test runner
-(`# pass 2` / `ℹ pass 2`), cargo test (every `test result:` line, summed) and
-go test -v (every `--- PASS/FAIL/SKIP` line). No summary found, or a log too big
-to hold every line a sum needs: None, never a guess.
+(`# pass 2` / `ℹ pass 2`), python -m unittest (`Ran 3 tests` and `FAILED
+(failures=1)`), cargo test (every `test result:` line, summed) and go test -v
+(every `--- PASS/FAIL/SKIP` line). No summary found, or a log too big to hold
+every line a sum needs: None, never a guess.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ VITEST_WORDS = {"passed": "passed", "failed": "failed", "skipped": "skipped", "t
 NODE_RE = re.compile(r"^(?:#|ℹ) (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) (\d+(?:\.\d+)?)$")
 NODE_WORDS = {"pass": "passed", "fail": "failed", "cancelled": "errors", "skipped": "skipped", "todo": "skipped"}
 CARGO_RE = re.compile(r"^test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored;")
+UNITTEST_RAN_RE = re.compile(r"^Ran (\d+) tests? in [\d.]+s$")
+UNITTEST_END_RE = re.compile(r"^(?:OK|FAILED)(?: \(([a-z =0-9,]*)\))?$")
+UNITTEST_WORDS = {"failures": "failed", "unexpected successes": "failed", "errors": "errors",
+                  "skipped": "skipped", "expected failures": "skipped"}
 GO_RE = re.compile(r"^\s*--- (PASS|FAIL|SKIP): ")
 GO_WORDS = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}
 
@@ -58,7 +63,7 @@ def parse_counts(text: str, whole: bool = True) -> dict[str, int] | None:
     for index in range(len(lines) - 1, -1, -1):
         line = lines[index]
         found = _pytest(line) or _words(JEST_RE, line, ", ", JEST_WORDS) \
-            or _words(VITEST_RE, line, " | ", VITEST_WORDS) or _node(lines, index)
+            or _words(VITEST_RE, line, " | ", VITEST_WORDS) or _node(lines, index) or _unittest(lines, index)
         if found is not None:
             return found
     if not whole:
@@ -91,6 +96,21 @@ def _words(pattern: re.Pattern[str], line: str, separator: str, words: dict[str,
         number, _, word = part.strip().partition(" ")
         if word in words:
             counts[words[word]] += int(number)
+    return counts
+
+
+def _unittest(lines: list[str], index: int) -> dict[str, int] | None:
+    """python -m unittest: `Ran 3 tests in 0.01s`, a blank line, `FAILED (failures=1, skipped=1)` or `OK`."""
+    end = UNITTEST_END_RE.match(lines[index])
+    ran = UNITTEST_RAN_RE.match(lines[index - 2]) if index >= 2 and not lines[index - 1] else None
+    if not end or not ran:
+        return None
+    counts = _empty()
+    for part in (end.group(1) or "").split(","):
+        word, _, number = part.strip().partition("=")
+        if word in UNITTEST_WORDS and number.isdigit():
+            counts[UNITTEST_WORDS[word]] += int(number)
+    counts["passed"] = max(0, int(ran.group(1)) - counts["failed"] - counts["errors"] - counts["skipped"])
     return counts
 
 

@@ -195,6 +195,9 @@ COUNT_CASES = {
                       "\nerror: test failed\n"
                       "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n",
                       (5, 1, 1, 0)),
+    "unittest": ("..F.s\n---\nRan 5 tests in 0.012s\n\nFAILED (failures=1, errors=1, skipped=1, "
+                 "expected failures=1)\n", (1, 1, 2, 1)),
+    "unittest ok": ("Ran 1 test in 0.000s\n\nOK\n", (1, 0, 0, 0)),
     "go -v": ("=== RUN   TestA\n--- PASS: TestA (0.00s)\n=== RUN   TestB\n    --- FAIL: TestB/sub (0.00s)\n"
               "--- FAIL: TestB (0.00s)\n--- SKIP: TestC (0.00s)\nFAIL\nFAIL\texample.com/x\t0.01s\n", (1, 2, 1, 0)),
     "go without -v": ("--- FAIL: TestB (0.00s)\nFAIL\texample.com/x\t0.01s\n", None),
