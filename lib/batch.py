@@ -94,10 +94,13 @@ def our_venv_bins() -> set[str]:
 
 
 def without_our_venv(path: str) -> str:
-    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order."""
+    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order.
+
+    A relative entry (`.venv/bin`) is looked up from each repo's directory, so it is the repo's: kept.
+    """
     ours = our_venv_bins()
     return os.pathsep.join(entry for entry in path.split(os.pathsep)
-                           if not entry or os.path.realpath(entry) not in ours)
+                           if not os.path.isabs(entry) or os.path.realpath(entry) not in ours)
 
 
 def _header(log: BinaryIO, plan: Plan) -> None:
