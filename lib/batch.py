@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -16,9 +17,10 @@ from lib import runner
 from lib.config import Repo, Workspace
 from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
-from lib.paths import Paths
+from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
 from lib.statefile import read_json, set_aside_if_bad, update_json
+from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
@@ -43,10 +45,13 @@ class Outcome:
     exit_code: int | None
     duration_s: float
     command: str
-    log: str
+    log: str | None  # None: nothing ran, no log was written (a skipped repo)
     reason: str | None
     finished_at: str
     host: str = "local"  # a hosts.toml name when it ran on a build host
+    counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
+    cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
+    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "at"} of the run --changed trusts
 
     @property
     def failing(self) -> bool:
@@ -65,11 +70,37 @@ class Outcome:
 PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
+# What our own Python puts in the environment (an activated venv, make's PATH): a repo's
+# `python3` or `pytest` must be its own, never the orchestrator's.
+OUR_PYTHON_VARS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+
+
 def command_env() -> dict[str, str]:
-    """The environment of a repo's commands: ours, minus what belongs to our make or another repo's git."""
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
+    """The environment of a repo's commands: ours, minus what belongs to our make, our Python or another repo's git."""
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
+           if k not in PARENT_MAKE_VARS and k not in OUR_PYTHON_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
+    if "PATH" in env:
+        env["PATH"] = without_our_venv(env["PATH"])
     return env
+
+
+def our_venv_bins() -> set[str]:
+    """Real paths of the bin directories of this tool's virtualenv: the one running us and the checkout's .venv."""
+    bins = {os.path.realpath(CHECKOUT_ROOT / ".venv" / "bin")}
+    if sys.prefix != sys.base_prefix:
+        bins.add(os.path.realpath(os.path.join(sys.prefix, "bin")))
+    return bins
+
+
+def without_our_venv(path: str) -> str:
+    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order.
+
+    A relative entry (`.venv/bin`) is looked up from each repo's directory, so it is the repo's: kept.
+    """
+    ours = our_venv_bins()
+    return os.pathsep.join(entry for entry in path.split(os.pathsep)
+                           if not os.path.isabs(entry) or os.path.realpath(entry) not in ours)
 
 
 def _header(log: BinaryIO, plan: Plan) -> None:
@@ -77,7 +108,7 @@ def _header(log: BinaryIO, plan: Plan) -> None:
 
 
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
-            grace: float = runner.GRACE_S) -> Outcome:
+            grace: float = runner.GRACE_S, interrupt_grace: float | None = None) -> Outcome:
     """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake.
 
     A log that cannot be written (disk full, read-only) is the outcome `error:
@@ -92,6 +123,8 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
         return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
 
+    if plan.skip_reason and plan.repo.local.is_dir():
+        return skipped_without_log(outcome("skipped", reason=plan.skip_reason))
     if plan.log.is_fifo():
         return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
@@ -105,11 +138,24 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     result: Outcome | None = None
     try:
         with log:
-            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed)
+            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed, interrupt_grace)
     except OSError as err:
         # Closing flushes the last bytes: a full disk can refuse them too.
         return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
-    return result
+    return with_counts(result)
+
+
+def skipped_without_log(outcome: Outcome) -> Outcome:
+    """Nothing ran, so nothing is logged: `log` is null (a log at the usual path is an earlier run's)."""
+    outcome.log = None
+    return outcome
+
+
+def with_counts(outcome: Outcome) -> Outcome:
+    """A command that ran gets its test runner's counts from the end of its log (None: no summary there)."""
+    if outcome.status in ("passed", "failed", "timeout") and outcome.log:
+        outcome.counts = read_counts(Path(outcome.log))
+    return outcome
 
 
 def _claim(log: BinaryIO) -> bool:
@@ -126,7 +172,8 @@ def _claim(log: BinaryIO) -> bool:
 
 
 def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,
-                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome]) -> Outcome:
+                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome],
+                interrupt_grace: float | None = None) -> Outcome:
     notes: list[str] = []
     try:
         _header(log, plan)
@@ -146,7 +193,7 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                 log.write(f"error: directory does not exist: {command.cwd}\n".encode())
                 return outcome("error", reason=f"directory does not exist: {command.cwd}")
             result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
-                                         echo, grace)
+                                         echo, grace, interrupt_grace)
             if result.log_error:
                 return log_failed(result.log_error, result.exit_code)
             if result.escaped:
@@ -155,7 +202,8 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                              + ", ".join(result.escaped[:NAMED]) + more)
                 log.write(f"\nnote: {notes[-1]}\n".encode())
             if result.timed_out:
-                log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
+                how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
+                log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
                 return outcome("timeout", reason=f"timed out after {timeout:g}s")
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
@@ -275,17 +323,28 @@ def check_report_path(path: Path) -> None:
         raise OrchestratorError(f"--junit-xml {path}: cannot write there: {err.strerror or err}") from None
 
 
-def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all") -> None:
+def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all", wall_s: float | None = None,
+                interrupted: str | None = None) -> None:
+    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal."""
     failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
     errors = sum(1 for o in outcomes if o.status == "error")
     skipped = sum(1 for o in outcomes if o.status == "skipped")
     root = ElementTree.Element("testsuites")
-    tests = ElementTree.SubElement(root, "testsuite", name=f"orchestrator {suite}", tests=str(len(outcomes)),
+    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "")
+    seconds = sum(o.duration_s for o in outcomes) if wall_s is None else wall_s
+    tests = ElementTree.SubElement(root, "testsuite", name=name, tests=str(len(outcomes)),
                                    failures=str(failures), errors=str(errors), skipped=str(skipped),
-                                   time=f"{sum(o.duration_s for o in outcomes):.3f}", timestamp=now_iso())
+                                   time=f"{seconds:.3f}", timestamp=now_iso())
+    if interrupted:
+        suite_properties = ElementTree.SubElement(tests, "properties")
+        ElementTree.SubElement(suite_properties, "property", name="interrupted", value=interrupted)
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
+        if o.counts is not None:
+            properties = ElementTree.SubElement(case, "properties")
+            for key, value in o.counts.items():
+                ElementTree.SubElement(properties, "property", name=key, value=str(value))
         if o.status in ("failed", "timeout"):
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))
@@ -293,7 +352,8 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}\nhost: {o.host}"
+        ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
+                                                           f"host: {o.host}")
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
@@ -345,22 +405,34 @@ class BatchRun:
 
 
 def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
-                      timeout: float | None, label: str) -> BatchRun:
+                      timeout: float | None, label: str,
+                      on_start: Callable[[Plan], None] | None = None,
+                      interrupt_grace: float | None = None) -> BatchRun:
     """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
+
+    def started(plan: Plan) -> None:
+        if on_start is not None:
+            on_start(plan)
+        progress.start(plan.repo.name)
+
     with Progress(label, len(plans)) as progress:
         return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
-                              on_start=lambda plan: progress.start(plan.repo.name),
+                              on_start=started, interrupt_grace=interrupt_grace,
                               on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
 
 
 def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int, timeout: float | None,
                    on_start: Callable[[Plan], None] | None = None,
                    on_done: Callable[[Outcome], None] | None = None,
-                   echo: BinaryIO | None = None) -> BatchRun:
-    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded."""
+                   echo: BinaryIO | None = None, interrupt_grace: float | None = None) -> BatchRun:
+    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded.
+
+    `interrupt_grace`: a timeout sends SIGINT first and waits that long (runner.interrupt_first).
+    """
     state_file = results_file(paths, plans[0].workflow) if plans else None
     try:
-        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo), jobs, on_start, on_done)
+        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo, interrupt_grace=interrupt_grace),
+                                   jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
         stop.notes += keep_results(state_file, stop.results, workspace)
         raise

@@ -10,6 +10,7 @@ import os
 import shutil
 import select
 import signal
+import stat
 import tempfile
 import warnings
 from collections import deque
@@ -22,7 +23,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, NamedTuple, Seque
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
-from lib.gitobjects import read_commit
+from lib.gitobjects import _common_dir, read_commit
 from lib.paths import real_paths
 from lib.statefile import loads, read_regular
 
@@ -147,6 +148,7 @@ class RepoStatus:
     last_commit: LastCommit | None = None
     operation: str | None = None
     index_lock: str | None = None
+    stashes: int | None = None  # entries of `git stash list`, from the stash reflog; None when in doubt
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -480,6 +482,44 @@ def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
     return None
 
 
+MAX_STASH_LOG = 16 * 1024 * 1024
+
+
+def stash_count(git_dir: Path) -> int | None:
+    """How many entries `git stash list` shows, without starting git: the lines of the stash reflog.
+
+    The stash lives in the common dir (a linked worktree sees its main repo's).
+    No reflog and no refs/stash: 0. Anything odd (a refs/stash without its
+    reflog, a reflog that is no regular file or is huge, a read error): None.
+    """
+    try:
+        common = _common_dir(git_dir)
+        fd = os.open(common / "logs" / "refs" / "stash", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None if os.path.lexists(_common_dir_or(git_dir) / "refs" / "stash") else 0
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STASH_LOG:
+            return None
+        data = b""
+        while chunk := os.read(fd, 1024 * 1024):
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def _common_dir_or(git_dir: Path) -> Path:
+    try:
+        return _common_dir(git_dir)
+    except (OSError, ValueError):
+        return git_dir
+
+
 def _git_running_in(*dirs: Path) -> bool:
     """Whether a live git process has its working directory in one of `dirs` (read from /proc)."""
     roots = [os.path.realpath(d) for d in dirs]
@@ -562,6 +602,7 @@ class _RepoScan:
         status.dirty = porcelain.dirty
         git_dir = git_dir_of(self.path)
         status.operation, status.index_lock = operation_and_lock(self.path, git_dir)
+        status.stashes = stash_count(git_dir) if git_dir is not None else None
         if porcelain.head is None:
             status.error = "no commits yet"
             return self.finish(status)

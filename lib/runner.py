@@ -58,6 +58,7 @@ class ProcessResult:
     signum: int | None = None
     log_error: str | None = None  # the log could not be written (the command was stopped): why
     escaped: tuple[str, ...] = ()  # processes that had left the group, killed with the step ("pid name")
+    stopped_with: str | None = None  # a timeout with interrupt_grace: the signals it took (interrupt_first)
 
     @property
     def killed_by(self) -> str | None:
@@ -222,6 +223,20 @@ def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float 
 
 def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
+
+
+def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
+    """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
+    what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is
+    left SIGTERM and SIGKILL `grace` later (_stop_step). Returns the signals it took, as the log says them."""
+    if not _signal_ok(pgid, signal.SIGINT, group=True):
+        return "SIGINT"
+    deadline = monotonic() + interrupt_grace
+    while monotonic() < deadline and group_alive(pgid):
+        sleep(0.05)
+    if not group_alive(pgid):
+        return "SIGINT"
+    return f"SIGINT, then SIGTERM after {interrupt_grace:g}s (SIGKILL {grace:g}s later if still running)"
 
 
 def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
@@ -484,10 +499,12 @@ def run_in_group(
     env: dict[str, str] | None = None,
     echo: BinaryIO | None = None,
     grace: float = GRACE_S,
+    interrupt_grace: float | None = None,
 ) -> ProcessResult:
     """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
 
-    On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
+    On timeout the group gets SIGTERM, then SIGKILL after `grace` (with
+    `interrupt_grace`: SIGINT first, see interrupt_first). Processes the
     command leaves behind, in its group or having left it, are killed when it
     ends, so nothing outlives the step that started it. A log that cannot be
     written stops the command (`log_error`). Raises OSError only when the log
@@ -519,6 +536,7 @@ def run_in_group(
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
+    stopped_with = None
     deadline = None if timeout is None else started + timeout
     escaped: tuple[str, ...] = ()
     try:
@@ -529,6 +547,8 @@ def run_in_group(
             except subprocess.TimeoutExpired:
                 pass
             timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
+            if timed_out and interrupt_grace is not None and stopped_with is None:
+                stopped_with = interrupt_first(pgid, interrupt_grace, grace)
             if copier.log_failed.is_set() or timed_out:
                 # The group and what left it, in one grace: one after the other would cost it twice.
                 escaped = _joined(escaped, _stop_step(pgid, marker, grace))
@@ -550,7 +570,7 @@ def run_in_group(
     signum = -code if code is not None and code < 0 else None
     exit_code = None if timed_out else (128 + signum if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
-                         copier.log_error, escaped)
+                         copier.log_error, escaped, stopped_with)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,

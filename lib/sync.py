@@ -376,7 +376,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
     if behind == 0:
-        return outcome("up to date", f"ahead {ahead}, not pushed" if ahead else None, after=before)
+        return outcome("up to date", _ahead_reason(git, before, ahead, tracking) if ahead else None, after=before)
     if ahead:
         raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
     here = seen.checked_out == branch
@@ -391,6 +391,33 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         return outcome("would update", done, after=target)
     status, reason = _fast_forward(git, local_ref, before, target, seen, done)
     return outcome(status, reason, after=git.rev(local_ref))
+
+
+REFLOG_NAMED = 500  # earlier values of the upstream's remote-tracking ref looked at
+
+
+def _ahead_reason(git: _Git, before: str, ahead: int, tracking: str) -> str:
+    """Why a branch is ahead: `not pushed` only for commits on no remote-tracking ref.
+
+    Commits the upstream held before a force-push rewound it (its reflog has
+    them) were pushed; commits on another remote-tracking ref are there. In
+    doubt (a git read fails) the reason claims nothing.
+    """
+    unpushed = _count(git, before, "--not", "--remotes")
+    if unpushed is None:
+        return f"ahead {ahead}"
+    if unpushed == 0:
+        return f"ahead {ahead}, all on other remote-tracking refs"
+    earlier = git.read("log", "-g", "--format=%H", "-n", str(REFLOG_NAMED), f"refs/remotes/{tracking}")
+    shas = earlier.stdout.split() if earlier.returncode == 0 else []
+    if shas and _count(git, before, "--not", "--remotes", *shas) == 0:
+        return f"ahead {ahead}: pushed, but {tracking} was rewound since"
+    return f"ahead {ahead}, not pushed" if unpushed == ahead else f"ahead {ahead}, {unpushed} not pushed"
+
+
+def _count(git: _Git, *revisions: str) -> int | None:
+    result = git.read("rev-list", "--count", *revisions)
+    return int(result.stdout) if result.returncode == 0 and result.stdout.strip().isdigit() else None
 
 
 def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before, done: str) -> tuple[str, str]:
