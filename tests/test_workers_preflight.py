@@ -206,3 +206,20 @@ def test_the_default_writable_paths_follow_the_agent_kind(tmp_path, monkeypatch)
         path = tmp_path / "p-issues.json"
         path.write_text(json.dumps({**base, "agent_command": command}))
         assert load_config(path).sandbox_writable == tuple(tmp_path / e for e in expected), command
+
+
+def test_a_sandboxed_agent_under_tmp_is_one_line_before_anything_is_made(project, tmp_path):
+    """Before: an agent (or the virtualenv it runs from) under /tmp was hidden by the sandbox's private /tmp,
+    and every try failed with `not found` (exit 127) until retries ran out."""
+    require_tool("bwrap")
+    agent = fake_program(Path("/tmp") / f"orch-preflight-{os.getpid()}", "my-agent", "exit 0")
+    try:
+        proj = project([{"number": 1, "title": "one"}], agent_command=f"{agent} {{{{prompt_file}}}}",
+                       sandbox="bwrap")
+        result = launch("--dry-run")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"agent_command: {agent} is under /tmp, which the sandbox replaces with a private /tmp" \
+            in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert nothing_made(proj)
+    finally:
+        shutil.rmtree(agent.parent, ignore_errors=True)

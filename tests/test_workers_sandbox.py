@@ -124,7 +124,9 @@ def test_a_sandboxed_agent_commits_on_its_branch_and_writes_nothing_else(project
     monkeypatch.setenv("GIT_ASKPASS", "/bin/echo")
     (tmp_path / "tmux").mkdir()  # the tmux server's socket outside /tmp too in the second layout
     monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path / "tmux"))
-    command = " ".join([shlex.quote(sys.executable), shlex.quote(str(state / "attacker.py")),
+    # The interpreter itself, not a venv's link to it: a checkout (and its .venv) under /tmp is hidden by the
+    # sandbox's private /tmp (preflight says so for a real agent_command).
+    command = " ".join([shlex.quote(os.path.realpath(sys.executable)), shlex.quote(str(state / "attacker.py")),
                         shlex.quote(str(state)) + "/results-{{issue.number}}.json",
                         shlex.quote(str(state / "targets.json")), "{{issue.number}}"])
     proj = project([{"number": 1, "title": "escape"}, {"number": 2, "title": "sibling"}],

@@ -151,6 +151,15 @@ def _resolve_command(word: str, env: dict[str, str]) -> str | None:
     return found if result.returncode == 0 and found else None
 
 
+def _under_private_tmp(path: str, cfg: ProjectConfig) -> bool:
+    """Whether the sandbox hides this program: under /tmp (as it is named) and in no writable path it binds."""
+    if not path.startswith("/"):
+        return False  # a shell builtin
+    inside = lambda p, base: p == base or p.startswith(base.rstrip("/") + "/")  # noqa: E731
+    return inside(os.path.abspath(path), "/tmp") and not any(
+        inside(os.path.abspath(path), str(w)) for w in cfg.sandbox_writable)
+
+
 def check_agent(cfg: ProjectConfig, problems: list[str]) -> AgentCheck | None:
     """The agent_command's program is there (and a known agent CLI answers --version); root + claude's
     skip-permissions flag without IS_SANDBOX=1 is reported with its fix. Problems are appended."""
@@ -171,6 +180,10 @@ def check_agent(cfg: ProjectConfig, problems: list[str]) -> AgentCheck | None:
     if path is None:
         problems.append(f"{where}: {clip(words[0])!r} not found on PATH" if "/" not in words[0]
                         else f"{where}: {clip(words[0])!r} is not an executable file")
+        return None
+    if cfg.sandbox == "bwrap" and _under_private_tmp(path, cfg):
+        problems.append(f"{where}: {clip(path)} is under /tmp, which the sandbox replaces with a private /tmp: "
+                        "the agent would not be found there; install it (or the virtualenv it is in) elsewhere")
         return None
     kind, version = agent_kind(cfg.agent_command), ""
     if kind:
