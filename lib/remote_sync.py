@@ -192,9 +192,8 @@ def python_problem(found: str, host_name: str) -> str | None:
 
 
 def _check_python(connection: Any, host: Host) -> None:
-    code, out, _ = remote.capture(connection, PYTHON_VERSION)
-    if code is None:
-        raise _HostFailed(f"python3 on host {host.name} did not answer within 30s")
+    """The first command of a sync: a hung login shell or a silent link is remote.HostStalled, as for build."""
+    code, out, _ = remote.probe(connection, host, PYTHON_VERSION, "python3's version")
     found = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if code == 0 else ""
     problem = python_problem(found, host.name)
     if problem:
