@@ -335,13 +335,15 @@ class _HostOutput:
             self.damaged = [str(v) for v in value]
 
 
-def _run_driver(connection: Any, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
+def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
                 settings: _Settings, output: _HostOutput) -> remote.RemoteResult:
+    """The driver on the host; a connection that goes silent or is lost is given up and the driver killed
+    over a new one (RemoteResult.lost, .problem)."""
     args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "run_var": RUN_VAR,
             "report": report_file, "net_jobs": settings.net_jobs, "timeout": settings.timeout,
             "clone_missing": settings.clone_missing, "dry_run": settings.dry_run}
     script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
-    return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S)
+    return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
 
 
 def _unanswered(err: BaseException) -> bool:
@@ -351,10 +353,11 @@ def _unanswered(err: BaseException) -> bool:
     return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
 
 
-def _sweep(connection: Any, mark: str) -> None:
+def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
     """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
     try:
-        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]))
+        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]),
+                       within)
     except Exception:  # the connection is gone: nothing more can be done from here
         pass
 
@@ -464,13 +467,15 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     for replaced in (False, True):
         output = _HostOutput(reported)
         try:
-            result = _run_driver(connection, lib, lib_root, home, report_file, settings, output)
+            result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
             report = _take_report(connection, report_file, run) or output.result
             if report is None and not run.unanswered:
                 _sweep(connection, output.mark)  # killed before it had stopped its gits, maybe
             _keep_what_was_done(run, host, report, with_logs)
             raise
+        if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
+            return _given_up(host, result, output.mark, run, repos, log_dir, settings.dry_run)
         if output.damaged is None:
             break
         if replaced:
@@ -496,6 +501,30 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
+
+
+def _given_up(host: Host, result: remote.RemoteResult, mark: str, run: _HostRun, repos: Sequence[Repo],
+              log_dir: Path, dry_run: bool) -> list[HostSyncOutcome]:
+    """The driver's connection went silent or was lost; run_remote killed the driver over a new connection
+    (or says why it could not). What the driver started outside its group is swept over another new one;
+    what the host had reported is kept (its logs cannot be trusted to that connection), the rest failed."""
+    _sweep_fresh(host, mark)  # best effort either way: the reason says whether the sync itself was killed
+    done = ("the sync was killed on the host over a new connection" if result.problem is None else
+            f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
+    reason = f"connection to host {host.name} {result.lost}; {done}"
+    return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
+
+
+def _sweep_fresh(host: Host, mark: str) -> None:
+    """_sweep over a connection of its own (never over one that went silent: it would wait on it)."""
+    try:
+        fresh = remote.connect(host)
+    except remote.HostUnreachable:  # the host is gone too: nothing more can be done from here
+        return
+    try:
+        _sweep(fresh, mark, remote.answer_within(host))
+    finally:
+        fresh.close()
 
 
 def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,

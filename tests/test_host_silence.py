@@ -5,13 +5,89 @@ The "host" is this machine (the sshd fixture): what a run leaves there shows in 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
+from tests.conftest import wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
-from tests.sync_fixtures import full_snapshot
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 from tests.test_hosts_remote import clone_to
-from tests.test_hosts_robust import host_processes, nothing_left_on_the_host
+from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import push_new_commit, results, setup
+from tests.test_sync_host_robust import driver_pids, hang_fetch, inv_subprocess, wait_until
+
+
+def test_a_sync_whose_connection_goes_silent_is_killed_over_a_new_one_and_keeps_what_the_host_reported(
+        home, make_repo, sshd, tmp_path):
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast], connect_timeout=2)
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    before = outside_remote_tracking(full_snapshot(workspace / "slow"))
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    stopped: list[int] = []
+    try:
+        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        stopped = stop_the_sessions(sshd)  # the connection goes silent, not closed
+        out, _ = proc.communicate(timeout=90)  # before: no end at all
+        hung = int(pid_file.read_text().split()[0])
+        # Gone while the session that started them is still frozen: the kill came over a new connection.
+        assert wait_gone(hung, 30), "the host's fetch outlived the silent connection"
+        assert nothing_left_on_the_host(sshd), [Path(f"/proc/{p}/cmdline").read_bytes() for p in host_processes(sshd)]
+        assert not driver_pids(workspace)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    err = err_file.read_text()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    entries = results(home)
+    assert entries["fast"]["status"] == "updated" and entries["fast"]["host"] == "builder", entries["fast"]
+    said = ("connection to host builder went silent (no answer for 6s); "
+            "the sync was killed on the host over a new connection")
+    assert entries["slow"]["status"] == "failed" and entries["slow"]["reason"] == said, entries["slow"]
+    assert f"slow: failed: {said}" in err, err
+    assert said in Path(entries["slow"]["log"]).read_text()
+    assert outside_remote_tracking(full_snapshot(workspace / "slow")) == before
+    assert nothing_left_on_the_host(sshd)
+
+
+def test_ctrl_c_while_the_sync_connection_is_silent_kills_the_sync_over_a_new_one(home, make_repo, sshd, tmp_path):
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast], connect_timeout=2)
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    stopped: list[int] = []
+    try:
+        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        stopped = stop_the_sessions(sshd)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+        assert wait_gone(int(pid_file.read_text().split()[0]), 30), "Ctrl-C left the host's fetch running"
+        assert nothing_left_on_the_host(sshd), [Path(f"/proc/{p}/cmdline").read_bytes() for p in host_processes(sshd)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    err = err_file.read_text()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert results(home)["fast"]["status"] == "updated"
 
 
 def hang_logins_counted(sshd, lock: Path, logins: Path) -> None:
