@@ -475,7 +475,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             _keep_what_was_done(run, host, report, with_logs)
             raise
         if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
-            return _given_up(host, result, output.mark, run, repos, log_dir, settings.dry_run)
+            return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
+                             reported, selected)
         if output.damaged is None:
             break
         if replaced:
@@ -503,26 +504,31 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
 
 
-def _given_up(host: Host, result: remote.RemoteResult, mark: str, run: _HostRun, repos: Sequence[Repo],
-              log_dir: Path, dry_run: bool) -> list[HostSyncOutcome]:
-    """The driver's connection went silent or was lost; run_remote killed the driver over a new connection
-    (or says why it could not). What the driver started outside its group is swept over another new one;
-    what the host had reported is kept (its logs cannot be trusted to that connection), the rest failed."""
-    _sweep_fresh(host, mark)  # best effort either way: the reason says whether the sync itself was killed
+def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,
+              repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
+              selected: dict[str, Repo]) -> list[HostSyncOutcome]:
+    """The driver's connection went silent or was lost, and is never used again; run_remote killed the driver
+    over a new connection (or says why it could not). Over another new one, what the driver started outside
+    its group is swept and the report a stopped driver leaves is taken: what the host finished is recorded
+    with its log, the rest failed."""
     done = ("the sync was killed on the host over a new connection" if result.problem is None else
             f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
     reason = f"connection to host {host.name} {result.lost}; {done}"
-    return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
-
-
-def _sweep_fresh(host: Host, mark: str) -> None:
-    """_sweep over a connection of its own (never over one that went silent: it would wait on it)."""
     try:
         fresh = remote.connect(host)
-    except remote.HostUnreachable:  # the host is gone too: nothing more can be done from here
-        return
+    except remote.HostUnreachable:  # the host is gone too: what it had reported is all there is
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
     try:
         _sweep(fresh, mark, remote.answer_within(host))
+        report = _take_report(fresh, report_file, run)
+        outcomes = report.get("outcomes") if report is not None else None
+        for data in outcomes if isinstance(outcomes, list) else []:
+            reported(data, final=True)
+
+        def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
+            return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
+
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, with_logs)
     finally:
         fresh.close()
 

@@ -56,6 +56,8 @@ def test_a_sync_whose_connection_goes_silent_is_killed_over_a_new_one_and_keeps_
     assert entries["slow"]["status"] == "failed" and entries["slow"]["reason"] == said, entries["slow"]
     assert f"slow: failed: {said}" in err, err
     assert said in Path(entries["slow"]["log"]).read_text()
+    assert "outcome: fast: updated" in Path(entries["fast"]["log"]).read_text()  # copied over a new connection
+    assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))  # its report taken, removed
     assert outside_remote_tracking(full_snapshot(workspace / "slow")) == before
     assert nothing_left_on_the_host(sshd)
 
