@@ -40,6 +40,7 @@ MIN_PYTHON = (3, 11)
 # Stopped, the driver stops its gits (runner.GRACE_S at most) and reports what it finished before it is killed.
 DRIVER_GRACE_S = 3 * runner.GRACE_S
 SFTP_TIMEOUT_S = 60.0  # a host that stops answering must not hang the run (or its Ctrl-C) forever
+PYTHON_CHECK_S = 30.0  # for python3 to print its version once the login shell ran it (a cold start on a busy host)
 MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memory
 MAX_REPORT = 64 * 1024 * 1024
 RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
@@ -193,7 +194,7 @@ def python_problem(found: str, host_name: str) -> str | None:
 
 def _check_python(connection: Any, host: Host) -> None:
     """The first command of a sync: a hung login shell or a silent link is remote.HostStalled, as for build."""
-    code, out, _ = remote.probe(connection, host, PYTHON_VERSION, "python3's version")
+    code, out, _ = remote.probe(connection, host, PYTHON_VERSION, "python3's version", PYTHON_CHECK_S)
     found = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if code == 0 else ""
     problem = python_problem(found, host.name)
     if problem:

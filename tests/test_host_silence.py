@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.conftest import wait_gone
+from tests.conftest import git, process_running, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 from tests.test_hosts_remote import clone_to
@@ -139,3 +139,31 @@ def test_sync_on_a_host_whose_login_shell_hangs_names_the_timeout_and_runs_nothi
     assert logins.read_text().count("login") == 1
     assert {h.path.name: full_snapshot(workspace / h.path.name) for h in handles} == before
     assert not (sshd.remote_home / ".cache" / "orchestrator").exists()  # nothing was uploaded
+
+
+def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_read(home, make_repo, inv, sshd,
+                                                                                   tmp_path, monkeypatch):
+    """The login shell ran it and the link answers: the host is fine, only this repo's git is slow."""
+    from lib import remote_status
+
+    monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 4.0)
+    ws = tmp_path / "ws"
+    for name in ("a-slow", "b-quick"):
+        clone_to(ws, make_repo(name))
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    git(ws / "a-slow", "config", "core.fsmonitor", str(hook))  # `git status` runs it and waits
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=1)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in ("a-slow", "b-quick")])
+    try:
+        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip():
+            hung = int(pid_file.read_text())
+            if process_running(hung):  # what sshd does with a session we gave up on is no concern here
+                os.kill(hung, signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    errors = {r["name"]: r["error"] for r in json.loads(result.out)["repos"]}
+    assert errors == {"a-slow": "git status did not finish within 4 s on the host", "b-quick": None}, errors
