@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 from tests.conftest import git, process_running, wait_gone
@@ -146,7 +147,7 @@ def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_re
     """The login shell ran it and the link answers: the host is fine, only this repo's git is slow."""
     from lib import remote_status
 
-    monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 4.0)
+    monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 8.0)
     ws = tmp_path / "ws"
     for name in ("a-slow", "b-quick"):
         clone_to(ws, make_repo(name))
@@ -155,7 +156,7 @@ def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_re
     hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
     hook.chmod(0o755)
     git(ws / "a-slow", "config", "core.fsmonitor", str(hook))  # `git status` runs it and waits
-    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=1)})
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=2)})
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in ("a-slow", "b-quick")])
     try:
         result = inv("status", "--host", "b1", "--json", "--jobs", "1")
@@ -166,4 +167,41 @@ def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_re
                 os.kill(hung, signal.SIGKILL)
     assert result.code == 1, result.out + result.err
     errors = {r["name"]: r["error"] for r in json.loads(result.out)["repos"]}
-    assert errors == {"a-slow": "git status did not finish within 4 s on the host", "b-quick": None}, errors
+    assert errors == {"a-slow": "git status did not finish within 8 s on the host", "b-quick": None}, errors
+
+
+def test_status_on_a_host_whose_connection_goes_silent_says_so_for_every_repo_without_a_wait_each(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    from lib import remote_status
+
+    monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 20.0)  # the freeze comes well within it
+    ws = tmp_path / "ws"
+    names = ["a-first", "b-next", "c-last"]
+    for name in names:
+        clone_to(ws, make_repo(name))
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    git(ws / "a-first", "config", "core.fsmonitor", str(hook))  # holds the first repo's status open
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=2)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+    stopped: list[int] = []
+
+    def go_silent() -> None:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the first repo's status")
+        stopped.extend(stop_the_sessions(sshd))
+
+    thread = threading.Thread(target=go_silent)
+    thread.start()
+    try:
+        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+    finally:
+        thread.join()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    errors = {r["name"]: r["error"] for r in json.loads(result.out)["repos"]}
+    assert errors == {n: "host b1: the connection went silent (no answer for 6s)" for n in names}, errors
