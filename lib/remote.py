@@ -224,6 +224,10 @@ class HostStalled(HostUnreachable):
     """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link."""
 
 
+class CommandStalled(HostStalled):
+    """The login shell ran the command and the link answers, but the command did not finish in time."""
+
+
 class Pulse:
     """Asks the host for an answer over the connection every `every` seconds, as ssh's ServerAliveInterval
     does (paramiko's keepalive asks for none): a connection that stops answering is silent, not idle."""
@@ -281,17 +285,23 @@ def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int |
     return code, out, err
 
 
-def _capture(connection: Any, command: str, timeout: float) -> tuple[int | None, bytes, bytes, bool]:
-    """capture(), and whether the command began (the login shell got as far as running it)."""
+def _capture(connection: Any, command: str, timeout: float,
+             login_within: float | None = None) -> tuple[int | None, bytes, bytes, bool]:
+    """capture(), and whether the command began (the login shell got as far as running it); given up
+    after `login_within` seconds too when it has not begun by then."""
     begin = BEGIN.decode().strip()
     channel = connection.create_session()
     with channel:
         # `|| exit`: a shell that ignores SIGPIPE must not run the command once we have gone.
         channel.exec_command(f"echo {begin} || exit 1; echo {begin} >&2 || exit 1; {command}")
         out, err = bytearray(), bytearray()
-        deadline = monotonic() + timeout
+        started = monotonic()
+        deadline = started + timeout
+        began = login_within is None
         while not _finished(channel):
-            if monotonic() > deadline:
+            now = monotonic()
+            began = began or BEGIN in out
+            if now > deadline or not began and now - started > (login_within or 0.0):
                 _signal(channel, "KILL")
                 return None, _after_begin(out), _after_begin(err), BEGIN in out
             select.select([channel], [], [], 0.1)
@@ -323,10 +333,12 @@ def _signal(channel: Any, name: str) -> None:
         pass
 
 
-def probe(connection: Any, host: Host, command: str, what: str) -> tuple[int, bytes, bytes]:
-    """capture() for a command that answers at once; HostStalled, saying which part did not, if none came."""
+def probe(connection: Any, host: Host, command: str, what: str,
+          timeout: float | None = None) -> tuple[int, bytes, bytes]:
+    """capture() for a command that answers at once (or within `timeout` seconds once the login shell has
+    run it: a `git status`); HostStalled, saying which part did not, if no answer came."""
     within = answer_within(host)
-    code, out, err, began = _capture(connection, command, within)
+    code, out, err, began = _capture(connection, command, max(within, timeout or 0.0), login_within=within)
     if code is not None:
         return code, out, err
     if not answers(connection.transport, within):
@@ -334,7 +346,7 @@ def probe(connection: Any, host: Host, command: str, what: str) -> tuple[int, by
         raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")
     if not began:
         raise HostStalled(f"host {host.name}: the login shell did not answer within {within:g} s")
-    raise HostStalled(f"host {host.name}: {what} did not finish within {within:g} s")
+    raise CommandStalled(f"host {host.name}: {what} did not finish within {max(within, timeout or 0.0):g} s")
 
 
 def _after_begin(data: bytearray) -> bytes:

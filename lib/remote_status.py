@@ -59,16 +59,19 @@ printf '{SEPARATOR.decode().replace(chr(10), chr(92) + 'n')}'
 git --no-optional-locks {shlex.join(LOG_ARGS)} 2>/dev/null
 exit 0"""
 GIT_ENV = ("LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0")
+STATUS_TIMEOUT_S = 30.0  # for one repo's git status once the login shell has run it (a big repo is slow)
 
 
-def remote_repo_status(connection: Any, repo: Repo, path: str) -> RepoStatus:
+def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> RepoStatus:
+    """The repo's status read on the host; HostStalled when the host (its login shell, the link) did not answer."""
     status = RepoStatus(name=repo.name, path=path, exists=True, clean=False, language=repo.language)
     command = " ".join(shlex.quote(w) for w in ["env", *GIT_ENV, "/bin/sh", "-c", STATUS_SCRIPT, "status", path])
-    code, out, err = remote.capture(connection, command)
-    message = (err.decode("utf-8", "replace").strip().splitlines() or [f"git exited {code}"])[0]
-    if code is None:
-        status.error = "timed out on the host"
+    try:
+        code, out, err = remote.probe(connection, host, command, "git status", STATUS_TIMEOUT_S)
+    except remote.CommandStalled:  # this repo's git is slow (a huge tree, a hook): the host is fine
+        status.error = f"git status did not finish within {STATUS_TIMEOUT_S:g} s on the host"
         return status
+    message = (err.decode("utf-8", "replace").strip().splitlines() or [f"git exited {code}"])[0]
     if code == 3:
         status.exists = message != "path does not exist"
         status.error = message
@@ -100,16 +103,28 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
     started = perf_counter()
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+    def failed(reason: str) -> list[RepoStatus]:
+        return [RepoStatus(r.name, host.repo_dir(r.name), False, False, r.language, error=reason) for r in repos]
+
     def work(connection: Any) -> list[RepoStatus]:
         if isinstance(connection, remote.HostUnreachable):
-            return [RepoStatus(r.name, host.repo_dir(r.name), False, False, r.language,
-                               error=f"host unreachable: {connection}") for r in repos]
-        workspace = remote.resolve_workspace(connection, host)
+            return failed(f"host unreachable: {connection}")
+        try:
+            workspace = remote.resolve_workspace(connection, host)
+        except remote.HostStalled as err:
+            return failed(str(err))
+        stalled: list[remote.HostStalled] = []  # a hung login shell hangs every login: one wait is enough
 
         def one(repo: Repo) -> RepoStatus:
             if runner.stopping():
                 raise runner.Stopping("the scan is being stopped")
-            return remote_repo_status(connection, repo, f"{workspace.rstrip('/')}/{repo.name}")
+            path = f"{workspace.rstrip('/')}/{repo.name}"
+            if not stalled:
+                try:
+                    return remote_repo_status(connection, host, repo, path)
+                except remote.HostStalled as err:
+                    stalled.append(err)
+            return RepoStatus(repo.name, path, False, False, repo.language, error=str(stalled[0]))
 
         return runner.run_each(repos, one, jobs or 8)
 

@@ -40,6 +40,7 @@ MIN_PYTHON = (3, 11)
 # Stopped, the driver stops its gits (runner.GRACE_S at most) and reports what it finished before it is killed.
 DRIVER_GRACE_S = 3 * runner.GRACE_S
 SFTP_TIMEOUT_S = 60.0  # a host that stops answering must not hang the run (or its Ctrl-C) forever
+PYTHON_CHECK_S = 30.0  # for python3 to print its version once the login shell ran it (a cold start on a busy host)
 MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memory
 MAX_REPORT = 64 * 1024 * 1024
 RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
@@ -192,9 +193,8 @@ def python_problem(found: str, host_name: str) -> str | None:
 
 
 def _check_python(connection: Any, host: Host) -> None:
-    code, out, _ = remote.capture(connection, PYTHON_VERSION)
-    if code is None:
-        raise _HostFailed(f"python3 on host {host.name} did not answer within 30s")
+    """The first command of a sync: a hung login shell or a silent link is remote.HostStalled, as for build."""
+    code, out, _ = remote.probe(connection, host, PYTHON_VERSION, "python3's version", PYTHON_CHECK_S)
     found = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if code == 0 else ""
     problem = python_problem(found, host.name)
     if problem:
@@ -336,13 +336,15 @@ class _HostOutput:
             self.damaged = [str(v) for v in value]
 
 
-def _run_driver(connection: Any, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
+def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
                 settings: _Settings, output: _HostOutput) -> remote.RemoteResult:
+    """The driver on the host; a connection that goes silent or is lost is given up and the driver killed
+    over a new one (RemoteResult.lost, .problem)."""
     args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "run_var": RUN_VAR,
             "report": report_file, "net_jobs": settings.net_jobs, "timeout": settings.timeout,
             "clone_missing": settings.clone_missing, "dry_run": settings.dry_run}
     script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
-    return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S)
+    return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
 
 
 def _unanswered(err: BaseException) -> bool:
@@ -352,10 +354,11 @@ def _unanswered(err: BaseException) -> bool:
     return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
 
 
-def _sweep(connection: Any, mark: str) -> None:
+def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
     """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
     try:
-        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]))
+        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]),
+                       within)
     except Exception:  # the connection is gone: nothing more can be done from here
         pass
 
@@ -465,13 +468,16 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     for replaced in (False, True):
         output = _HostOutput(reported)
         try:
-            result = _run_driver(connection, lib, lib_root, home, report_file, settings, output)
+            result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
             report = _take_report(connection, report_file, run) or output.result
             if report is None and not run.unanswered:
                 _sweep(connection, output.mark)  # killed before it had stopped its gits, maybe
             _keep_what_was_done(run, host, report, with_logs)
             raise
+        if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
+            return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
+                             reported, selected)
         if output.damaged is None:
             break
         if replaced:
@@ -497,6 +503,35 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
+
+
+def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,
+              repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
+              selected: dict[str, Repo]) -> list[HostSyncOutcome]:
+    """The driver's connection went silent or was lost, and is never used again; run_remote killed the driver
+    over a new connection (or says why it could not). Over another new one, what the driver started outside
+    its group is swept and the report a stopped driver leaves is taken: what the host finished is recorded
+    with its log, the rest failed."""
+    done = ("the sync was killed on the host over a new connection" if result.problem is None else
+            f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
+    reason = f"connection to host {host.name} {result.lost}; {done}"
+    try:
+        fresh = remote.connect(host)
+    except remote.HostUnreachable:  # the host is gone too: what it had reported is all there is
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
+    try:
+        _sweep(fresh, mark, remote.answer_within(host))
+        report = _take_report(fresh, report_file, run)
+        outcomes = report.get("outcomes") if report is not None else None
+        for data in outcomes if isinstance(outcomes, list) else []:
+            reported(data, final=True)
+
+        def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
+            return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
+
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, with_logs)
+    finally:
+        fresh.close()
 
 
 def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,
