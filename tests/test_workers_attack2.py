@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from conftest import process_running, wait_gone
-from workers_fixtures import project, tmux_socket  # noqa: F401
+from conftest import ROOT, git, process_running, wait_gone
+from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
 
+from orchestrator import worktrees
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
+
+PACKAGE = ROOT / "scripts" / "proof-workers"
+
+
+def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
+                          capture_output=True, text=True, timeout=120)
 
 # An agent that starts a daemon the way `env -i setsid sh -c 'cmd &'` does: the daemon drops the whole
 # environment (so the try's ORCHESTRATOR_TRY tag too), leaves the agent's process group and session, and
@@ -54,3 +64,52 @@ def test_a_daemon_that_drops_its_environment_and_double_forks_does_not_outlive_i
         assert wait_gone(daemon, 20), "a double-forked daemon without the try's tag outlived its try"
     finally:
         _kill_listed(pids_file)
+
+
+def _refs(repo: Path) -> dict[str, str]:
+    lines = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/").splitlines()
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def _commit(path: Path, name: str) -> str:
+    (path / f"{name}.txt").write_text(f"{name}\n")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=U", "-c", "user.email=u@example.com", "commit", "-q", "-m", name)
+    return git(path, "rev-parse", "HEAD")
+
+
+def test_a_fetch_refspec_into_local_branches_never_makes_cleanup_delete_or_move_a_branch(project):
+    """An agent (or a user's odd config) sets origin's fetch refspec to `+refs/heads/*:refs/heads/*`. Before,
+    cleanup's `git fetch --prune origin` then deleted every local branch the remote lacks: the user's own
+    branch in the main checkout and a failed issue's unpushed work, all the while "branches are never deleted"."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"])
+    git(proj.repo, "checkout", "-q", "-b", "mine")
+    _commit(proj.repo, "users-own-work")
+    worktree = proj.root / "worktrees" / "issue-1"
+    worktrees.ensure_worktree(proj.repo, "main", proj.root / "worktrees", worktree, "feature/issue-1")
+    _commit(worktree, "unpushed-issue-work")
+    git(proj.repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
+    before = _refs(proj.repo)
+    result = orchestrator("cleanup")
+    assert _refs(proj.repo) == before, result.stdout + result.stderr
+    assert result.returncode == 1 and "1 commit(s) not on the remote" in result.stdout and worktree.is_dir()
+
+
+def test_recreating_a_deleted_worktree_never_rewinds_its_branch_to_the_remote_under_a_forged_refspec(project):
+    """The agent deletes its worktree and maps origin's branches onto local ones; the worktree is brought
+    back from its branch, which keeps the stage's unpushed commit (before: fetch forced it to the remote's)."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"])
+    git(proj.repo, "checkout", "-q", "--detach")
+    base = proj.root / "worktrees"
+    worktree = base / "issue-1"
+    worktrees.ensure_worktree(proj.repo, "main", base, worktree, "feature/issue-1")
+    _commit(worktree, "pushed-stage")
+    git(worktree, "push", "-q", "origin", "feature/issue-1")
+    unpushed = _commit(worktree, "unpushed-stage")
+    git(proj.repo, "config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
+    shutil.rmtree(worktree)
+    try:
+        worktrees.ensure_worktree(proj.repo, "main", base, worktree, "feature/issue-1")
+    except worktrees.GitFailed:
+        pass  # refusing is fine; rewinding is not
+    assert _refs(proj.repo)["refs/heads/feature/issue-1"] == unpushed

@@ -126,7 +126,7 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
         git(repo, "worktree", "prune")
     if path.exists():
         raise GitFailed(f"{path} exists but is not a registered worktree of {repo}; move it away")
-    git(repo, "fetch", "-q", "origin")
+    fetch_origin(repo)
     base_dir.mkdir(parents=True, exist_ok=True)
     if ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}"):
         git(repo, "worktree", "add", "-q", str(path), branch)
@@ -140,6 +140,14 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
     else:
         git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), f"origin/{default_branch}")
     return path
+
+
+def fetch_origin(path: Path, prune: bool = False) -> None:
+    """Fetch origin's branches into refs/remotes/origin/ only: an explicit refspec and an empty --refmap, so a
+    configured `remote.origin.fetch` (an agent's or a user's `+refs/heads/*:refs/heads/*`) can neither move
+    nor, with --prune, delete a local branch."""
+    git(path, "fetch", "-q", *(["--prune"] if prune else []), "--refmap=", "--no-recurse-submodules", "origin",
+        "+refs/heads/*:refs/remotes/origin/*")
 
 
 def branch_head(worktree: Path, branch: str) -> str | None:
