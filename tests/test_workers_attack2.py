@@ -8,9 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from conftest import ROOT, git, process_running, wait_gone
+import pytest
+
+from conftest import ROOT, git, process_running, require_tool, wait_gone
 from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
 
 from orchestrator import worktrees
@@ -113,3 +116,31 @@ def test_recreating_a_deleted_worktree_never_rewinds_its_branch_to_the_remote_un
     except worktrees.GitFailed:
         pass  # refusing is fine; rewinding is not
     assert _refs(proj.repo)["refs/heads/feature/issue-1"] == unpushed
+
+
+@pytest.fixture
+def outside_tmp(request):
+    """A directory outside /tmp (the sandbox's private /tmp would hide anything under it)."""
+    base = Path(tempfile.mkdtemp(prefix="orch-attack2-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    return base
+
+
+def test_a_sandboxed_agent_cannot_read_credentials_where_xdg_config_home_puts_them(outside_tmp):
+    """git's credential store and gh read `$XDG_CONFIG_HOME/git/credentials` and `$XDG_CONFIG_HOME/gh/`; with
+    XDG_CONFIG_HOME set elsewhere than ~/.config, before, a sandboxed agent read the token and could push."""
+    require_tool("bwrap")
+    tmp_path = outside_tmp
+    from orchestrator.wrapper import sandbox_argv, sandbox_env
+
+    home, xdg, worktree = tmp_path / "home", tmp_path / "xdg", tmp_path / "wt"
+    for path in (home, xdg / "git", xdg / "gh", worktree):
+        path.mkdir(parents=True)
+    (xdg / "git" / "credentials").write_text("https://agent:SECRET@example.com\n")
+    (xdg / "gh" / "hosts.yml").write_text("github.com:\n  oauth_token: SECRET\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(xdg)}
+    box = {"worktree": str(worktree), "visible": [], "writable": [str(worktree)]}
+    for secret in (xdg / "git" / "credentials", xdg / "gh" / "hosts.yml"):
+        read = subprocess.run([*sandbox_argv(box, env), "cat", str(secret)], env=sandbox_env(env),
+                              capture_output=True, text=True, timeout=60)
+        assert "SECRET" not in read.stdout, f"{secret} is readable in the sandbox"

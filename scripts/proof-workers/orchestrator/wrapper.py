@@ -83,6 +83,10 @@ def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
         argv += ["--ro-bind-try", path, path]
     home = env.get("HOME", "")
     hidden = [os.path.join(home, name) for name in SANDBOX_HIDDEN_HOME] if home.startswith("/") else []
+    xdg = env.get("XDG_CONFIG_HOME", "")  # git's credential store and gh read there when it is set
+    if xdg.startswith("/"):
+        hidden += [os.path.join(xdg, name.removeprefix(".config/")) for name in SANDBOX_HIDDEN_HOME
+                   if name.startswith(".config/")]
     for var in ("SSH_AUTH_SOCK", "TMUX"):  # $TMUX is "socket,pid,session"
         value = env.get(var, "").split(",")[0]
         if value.startswith("/"):
