@@ -2,6 +2,7 @@
 or lie. Real tmux on a private socket, real git with a bare remote, scripted agents."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -144,3 +145,16 @@ def test_a_sandboxed_agent_cannot_read_credentials_where_xdg_config_home_puts_th
         read = subprocess.run([*sandbox_argv(box, env), "cat", str(secret)], env=sandbox_env(env),
                               capture_output=True, text=True, timeout=60)
         assert "SECRET" not in read.stdout, f"{secret} is readable in the sandbox"
+
+
+def test_two_projects_whose_issues_would_share_a_branch_and_worktree_are_a_config_error(project):
+    """Two configs of one run on the same repo, both numbering from 1 with the same branch_prefix: before,
+    demo #1 and beta #1 ran in one worktree on one branch, and each was `completed` with the other's commits."""
+    proj = project([{"number": 1, "title": "demo one"}], pipeline=["implement"])
+    second = {**proj.doc(), "project": "beta", "issues": [{"number": 1, "title": "beta one"}]}
+    (proj.config.parent / "beta-issues.json").write_text(json.dumps(second))
+    proj.config.rename(proj.config.parent / "demo-issues.json")
+    result = orchestrator("status", "--config-dir", str(proj.config.parent))
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = result.stderr.strip().splitlines()[0]
+    assert line.startswith("error: ") and "beta" in line and "feature/issue-1" in line, result.stderr
