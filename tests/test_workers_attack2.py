@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, git, process_running, require_tool, wait_gone
-from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
+from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
 
 from orchestrator import worktrees
+from orchestrator.act import Executor
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
 
@@ -158,3 +159,30 @@ def test_two_projects_whose_issues_would_share_a_branch_and_worktree_are_a_confi
     assert result.returncode == 2, result.stdout + result.stderr
     line = result.stderr.strip().splitlines()[0]
     assert line.startswith("error: ") and "beta" in line and "feature/issue-1" in line, result.stderr
+
+
+def test_a_monitor_killed_in_the_middle_of_a_restart_never_counts_that_retry_twice(project, monkeypatch):
+    """The monitor dies after a restart counted its retry but before the next try was recorded. Before: the
+    next monitor judged the same ended try again and counted a second retry, so the issue failed after two
+    tries of three (max_retries 2)."""
+    proj = project([{"number": 1, "title": "fails"}], script={1: ["fail", "fail", "fail", "ok"]},
+                   pipeline=["implement"], num_workers=1, max_retries=2)
+    quiet = {"say": lambda _: None}
+    monitor(open_run(), once=True, no_delay=True, **quiet)
+    retry_until((proj.state / "signals" / "worker-1-try-1.exit").exists, seconds=60)
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt  # where a kill -9 would stop it: between two steps of the restart
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Executor, "_restore_worktree", killed)
+        with pytest.raises(KeyboardInterrupt):
+            monitor(open_run(), once=True, no_delay=True, **quiet)
+
+    def over() -> bool:
+        monitor(open_run(), once=True, no_delay=True, **quiet)
+        return proj.issue(1)["status"] == "failed"
+
+    retry_until(over, seconds=120, interval=0.3)
+    tries = int((proj.script.parent / "runs" / "1.count").read_text())
+    assert tries == 3, [e for e in proj.events() if e["action"] in ("restart", "skip")]

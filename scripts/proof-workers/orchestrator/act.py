@@ -248,15 +248,18 @@ class Executor:
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        # Counted before anything can fail: a restart that breaks halfway still used one retry.
+        kill_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
+        # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
+        # judges the ended try again, so never counts it twice.
         if action.counted:
             record.retry_count += 1
         else:
             record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
         record.nudged = record.nudged or action.nudge
         record.last_reason = action.reason
+        _next_try(self.run, record)
         self.run.files.save_worker(record)
-        kill_try(self.run, record)
         self._restore_worktree(action, record)
         continuation = ""
         if action.continuation:
@@ -267,8 +270,6 @@ class Executor:
                 commits, stat = f"(unavailable: {err})", ""
             continuation = prompts.continuation_text(action.reason, commits, stat,
                                                      _log_tail(self.run.files.log(record.worker_id)), action.nudge)
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
                                   "retry_count": record.retry_count, "counted": action.counted,
                                   "reason": action.reason,
