@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, git, process_running, require_tool, wait_gone
+from test_workers_alerts import rogue
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
 
 from orchestrator import worktrees
@@ -186,3 +187,28 @@ def test_a_monitor_killed_in_the_middle_of_a_restart_never_counts_that_retry_twi
     retry_until(over, seconds=120, interval=0.3)
     tries = int((proj.script.parent / "runs" / "1.count").read_text())
     assert tries == 3, [e for e in proj.events() if e["action"] in ("restart", "skip")]
+
+
+def test_an_agent_that_deletes_its_branch_never_gets_an_unrelated_history_pushed_and_completed(project):
+    """The agent commits, then deletes its own branch ref (`git update-ref -d`): before, its retry committed
+    on an unborn branch, and a root commit without any of main's history was pushed and `completed`."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["COMMIT", "git update-ref -d refs/heads/feature/issue-1"]]})
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    main = git(proj.remote, "rev-parse", "refs/heads/main")
+    assert git(proj.remote, "merge-base", main, "refs/heads/feature/issue-1") == main
+    assert "branch_restored" in [e["action"] for e in proj.events()]
+
+
+def test_a_branch_replaced_by_an_unrelated_history_is_never_pushed_as_the_stage(project):
+    """The agent replaces its branch with an orphan history (`checkout --orphan`, then renames it over its
+    branch): before, that root commit was pushed and the issue `completed`."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["git checkout -q --orphan scratch", "git commit -q -m unrelated",
+                       "git branch -M scratch feature/issue-1"]]}, max_retries=0)
+    monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    assert proj.issue(1)["status"] == "failed"
+    assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
+    skip = [e for e in proj.events() if e["action"] == "skip"][-1]
+    assert "no longer contains" in skip["reason"], skip

@@ -161,6 +161,11 @@ class Executor:
             if branch != cfg.branch_for(issue):
                 raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
                                            retry=False)
+            if record.stage_base and not worktrees.ok(repo.path, "merge-base", "--is-ancestor", record.stage_base,
+                                                      f"refs/heads/{branch}"):
+                # Its commits count from the stage's base, so a replaced history (an orphan branch) would pass.
+                raise worktrees.PushFailed(f"{branch} no longer contains {record.stage_base[:12]}, where this stage "
+                                           "began: its history was replaced or rewritten", retry=False)
             pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
             sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
         except (worktrees.PushFailed, ConfigError) as err:
@@ -239,7 +244,18 @@ class Executor:
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
         elif record.worktree and record.branch:
-            was_on = alerts.put_back_on_branch(Path(record.worktree), record.branch)
+            worktree = Path(record.worktree)
+            if record.stage_base and worktrees.branch_head(worktree, record.branch) is None:
+                # The agent deleted its branch: a retry on an unborn branch would commit a root commit, an
+                # unrelated history. Back where the stage began ("" as the old value: only if still absent).
+                worktrees.git(worktree, "update-ref", "-m", "orchestrator: branch deleted by the agent",
+                              f"refs/heads/{record.branch}", record.stage_base, "")
+                self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
+                                          "issue": _num(action.issue), "branch": record.branch, "was_on": None,
+                                          "recreated_at": record.stage_base})
+                self.say(f"worker {action.worker}: {record.branch} was deleted; recreated where its stage began "
+                         f"({record.stage_base[:12]})")
+            was_on = alerts.put_back_on_branch(worktree, record.branch)
             if was_on is not None:
                 self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
                                           "issue": _num(action.issue), "branch": record.branch, "was_on": was_on})
