@@ -212,3 +212,22 @@ def test_a_branch_replaced_by_an_unrelated_history_is_never_pushed_as_the_stage(
     assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
     skip = [e for e in proj.events() if e["action"] == "skip"][-1]
     assert "no longer contains" in skip["reason"], skip
+
+
+# A push that lands while git reports it rejected: what a second push racing the first (a killed monitor's
+# push still running when the next monitor pushes the same commit) sees. The hook puts the ref in place
+# itself, so receive-pack's own update then fails with "[remote rejected] ... (failed to update ref)".
+RACED_PUSH_HOOK = """#!/bin/sh
+while read old new ref; do env -u GIT_QUARANTINE_PATH git update-ref "$ref" "$new"; done
+"""
+
+
+def test_a_push_reported_rejected_while_the_pinned_url_has_the_commit_completes_the_stage(project):
+    """Before: the rejection failed the issue at once although the pinned url held exactly its commit."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    hook = proj.remote / "hooks" / "pre-receive"
+    hook.write_text(RACED_PUSH_HOOK)
+    hook.chmod(0o755)
+    monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    assert proj.issue(1)["status"] == "completed", [e for e in proj.events() if "push" in e["action"]]
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]

@@ -339,8 +339,14 @@ def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]
         with _pinned_git_dir(repo, settings) as shim:
             if _remote_sha(shim, url, branch) == sha:
                 return sha, False  # already there (a resumed monitor): nothing is pushed twice
-            _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
-                        f"{sha}:refs/heads/{branch}")
+            try:
+                _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
+                            f"{sha}:refs/heads/{branch}")
+            except PushFailed:
+                # A push racing ours (a killed monitor's, still running) can land the very commit while ours
+                # is refused: only a url without it makes this a failure.
+                if _remote_sha(shim, url, branch) != sha:
+                    raise
             there = _remote_sha(shim, url, branch)
     if there != sha:
         raise PushFailed(f"pushed {sha[:12]} to {clip(url)}, but its {branch} is {there or 'missing'}", retry=False)
