@@ -231,3 +231,18 @@ def test_a_push_reported_rejected_while_the_pinned_url_has_the_commit_completes_
     monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
     assert proj.issue(1)["status"] == "completed", [e for e in proj.events() if "push" in e["action"]]
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+
+
+def test_an_origin_that_refuses_the_fetch_at_assignment_keeps_the_issue_pending_not_failed(project):
+    """origin fetches from a host that refuses the connection for a while (its push url, the pinned one, is
+    fine). Before: the worktree's fetch failed the issue for good; a network error must only delay it."""
+    require_tool("ssh")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    git(proj.repo, "config", "remote.origin.pushurl", str(proj.remote))
+    git(proj.repo, "config", "remote.origin.url", "ssh://127.0.0.1:1/refused.git")
+    lines: list[str] = []
+    monitor(open_run(), once=True, no_delay=True, say=lines.append)
+    assert proj.issue(1).get("status", "pending") == "pending", lines
+    git(proj.repo, "config", "remote.origin.url", str(proj.remote))  # the network is back
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"

@@ -309,8 +309,9 @@ class Executor:
             start = pins.start_for(self.run.state_root, cfg, repo, branch)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
         except worktrees.GitFailed as err:
-            if isinstance(err, worktrees.PushFailed) and err.retry:
-                raise  # the network: the issue stays pending and the next cycle tries again
+            if isinstance(err, worktrees.PushFailed) and err.retry or \
+                    not isinstance(err, worktrees.PushFailed) and worktrees.is_network_error(str(err)):
+                raise  # the network (the pinned url's, or origin's fetch): pending, the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
             configs.set_issue(cfg.path, issue.number, status="failed")
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
