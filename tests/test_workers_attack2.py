@@ -246,3 +246,26 @@ def test_an_origin_that_refuses_the_fetch_at_assignment_keeps_the_issue_pending_
     git(proj.repo, "config", "remote.origin.url", str(proj.remote))  # the network is back
     assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
     assert proj.issue(1)["status"] == "completed"
+
+
+@pytest.mark.xfail(strict=True, reason="the sandbox binds the shared objects/ writable (a commit needs it), so an "
+                   "agent can delete or replace any object of the repository: a private object dir per try, "
+                   "imported by the monitor, would be needed (README says so; too large for this review)")
+def test_a_sandboxed_agent_cannot_destroy_the_users_unpushed_commits_in_the_shared_object_store(project,
+                                                                                               outside_tmp):
+    require_tool("bwrap")
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [['sha=$(git rev-parse refs/heads/mine) && '
+                       'rm -f "$MAIN/.git/objects/$(echo $sha | cut -c1-2)/$(echo $sha | cut -c3-)"', "COMMIT"]]},
+                 sandbox="bwrap", sandbox_writable=[str(outside_tmp)])
+    for name in ("agent.py", "script.json"):  # where the sandbox shows them (the host's /tmp is hidden)
+        shutil.copy(proj.script.parent / name, outside_tmp / name)
+    doc = proj.doc()
+    doc["agent_command"] = doc["agent_command"].replace(str(proj.script.parent), str(outside_tmp))
+    proj.config.write_text(json.dumps(doc))
+    git(proj.repo, "checkout", "-q", "-b", "mine")
+    mine = _commit(proj.repo, "users-unpushed-work")
+    git(proj.repo, "checkout", "-q", "main")
+    monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    assert proj.issue(1)["status"] == "completed", (proj.state / "logs" / "worker-1.log").read_text()
+    assert subprocess.run(["git", "cat-file", "-e", mine], cwd=proj.repo).returncode == 0
