@@ -199,6 +199,7 @@ def test_an_agent_that_deletes_its_branch_never_gets_an_unrelated_history_pushed
     main = git(proj.remote, "rev-parse", "refs/heads/main")
     assert git(proj.remote, "merge-base", main, "refs/heads/feature/issue-1") == main
     assert "branch_restored" in [e["action"] for e in proj.events()]
+    assert not [e for e in proj.events() if e["action"] == "alert" and e["kind"] == "foreign_write"]  # ours
 
 
 def test_a_branch_replaced_by_an_unrelated_history_is_never_pushed_as_the_stage(project):
@@ -269,3 +270,15 @@ def test_a_sandboxed_agent_cannot_destroy_the_users_unpushed_commits_in_the_shar
     monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
     assert proj.issue(1)["status"] == "completed", (proj.state / "logs" / "worker-1.log").read_text()
     assert subprocess.run(["git", "cat-file", "-e", mine], cwd=proj.repo).returncode == 0
+
+
+def test_an_agent_that_kills_the_tmux_server_costs_no_retry_and_the_run_completes(project, tmux_socket):
+    """`tmux kill-server` from inside its pane (an unsandboxed agent reaches the server through $TMUX)."""
+    require_tool("tmux")
+    proj = rogue(project, [{"number": 1, "title": "one"}], {1: [["tmux kill-server; sleep 30"]]}, max_retries=0)
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    restarts = [e for e in proj.events() if e["action"] == "restart"]
+    assert len(restarts) == 1 and restarts[0]["counted"] is False, restarts
+    assert tmux_socket.cmd("list-windows", "-t", "=proof-test", "-F", "#{window_name}").stdout == [
+        "orchestrator", "worker-1", "dashboard"]
