@@ -282,3 +282,24 @@ def test_an_agent_that_kills_the_tmux_server_costs_no_retry_and_the_run_complete
     assert len(restarts) == 1 and restarts[0]["counted"] is False, restarts
     assert tmux_socket.cmd("list-windows", "-t", "=proof-test", "-F", "#{window_name}").stdout == [
         "orchestrator", "worker-1", "dashboard"]
+
+
+def test_a_worktree_deleted_while_the_monitor_probes_it_never_stops_the_monitor(project, monkeypatch):
+    """The agent's `rm -rf` of its worktree lands between the probe's look at the directory and its git call.
+    Before: that git's GitFailed escaped the cycle and the monitor died, leaving every agent unjudged."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    quiet = {"say": lambda _: None}
+    monitor(open_run(), once=True, no_delay=True, **quiet)
+    retry_until((proj.state / "signals" / "worker-1-try-1.exit").exists, seconds=60)
+    real = worktrees.branch_head
+
+    def racing(worktree: Path, branch: str) -> str | None:
+        shutil.rmtree(worktree, ignore_errors=True)  # what the agent's rm -rf does at this very moment
+        return real(worktree, branch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(worktrees, "branch_head", racing)
+        monitor(open_run(), once=True, no_delay=True, **quiet)
+    assert monitor(open_run(), cycle=0.2, no_delay=True, **quiet) == 0
+    assert proj.issue(1)["status"] == "completed"
+    assert proj.remote_commits("feature/issue-1")
