@@ -303,3 +303,13 @@ def test_a_worktree_deleted_while_the_monitor_probes_it_never_stops_the_monitor(
     assert monitor(open_run(), cycle=0.2, no_delay=True, **quiet) == 0
     assert proj.issue(1)["status"] == "completed"
     assert proj.remote_commits("feature/issue-1")
+
+
+def test_is_ancestor_tells_yes_no_and_cannot_tell_apart(make_repo):
+    """The push's base check: a missing commit is an error (the push fails with it), never a quiet "no"."""
+    repo = make_repo("app").path
+    base = git(repo, "rev-parse", "HEAD")
+    top = _commit(repo, "top")
+    assert worktrees.is_ancestor(repo, base, "HEAD") and not worktrees.is_ancestor(repo, top, base)
+    with pytest.raises(worktrees.GitFailed, match="merge-base"):
+        worktrees.is_ancestor(repo, "1" * 40, "HEAD")

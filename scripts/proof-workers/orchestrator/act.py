@@ -161,11 +161,15 @@ class Executor:
             if branch != cfg.branch_for(issue):
                 raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
                                            retry=False)
-            if record.stage_base and not worktrees.ok(repo.path, "merge-base", "--is-ancestor", record.stage_base,
-                                                      f"refs/heads/{branch}"):
+            try:
+                kept_base = not record.stage_base or worktrees.is_ancestor(repo.path, record.stage_base,
+                                                                           f"refs/heads/{branch}")
+            except worktrees.GitFailed as err:
+                raise worktrees.PushFailed(str(err), retry=worktrees.is_network_error(str(err))) from None
+            if not kept_base:
                 # Its commits count from the stage's base, so a replaced history (an orphan branch) would pass.
-                raise worktrees.PushFailed(f"{branch} no longer contains {record.stage_base[:12]}, where this stage "
-                                           "began: its history was replaced or rewritten", retry=False)
+                raise worktrees.PushFailed(f"{branch} no longer contains {str(record.stage_base)[:12]}, where this "
+                                           "stage began: its history was replaced or rewritten", retry=False)
             pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
             sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
         except (worktrees.PushFailed, ConfigError) as err:

@@ -429,13 +429,16 @@ def load_configs(files: list[Path]) -> list[ProjectConfig]:
 def _shared_branches(configs: list[ProjectConfig]) -> list[str]:
     """Issues of two projects that would work on one branch of one repo, or in one worktree (both number from 1):
     one line per pair of projects."""
+    if len(configs) < 2:
+        return []
     owners: dict[tuple[str, str], tuple[ProjectConfig, int]] = {}
     clashes: dict[tuple[str, str], list[str]] = {}
+    real = {p: os.path.realpath(p) for cfg in configs for r in cfg.repos.values() for p in (r.path, r.worktree_base)}
     for cfg in configs:
         for issue in cfg.issues:
             repo, branch, worktree = cfg.repo_for(issue), cfg.branch_for(issue), cfg.worktree_for(issue)
-            for key, what in (((os.path.realpath(repo.path), branch), f"branch {branch} of {repo.path}"),
-                              (("", os.path.realpath(worktree)), f"worktree {worktree}")):
+            for key, what in (((real[repo.path], branch), f"branch {branch} of {repo.path}"),
+                              (("", os.path.join(real[repo.worktree_base], worktree.name)), f"worktree {worktree}")):
                 other, number = owners.setdefault(key, (cfg, issue.number))
                 if other.project != cfg.project:
                     clashes.setdefault((other.project, cfg.project), []).append(

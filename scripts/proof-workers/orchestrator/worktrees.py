@@ -150,6 +150,22 @@ def fetch_origin(path: Path, prune: bool = False) -> None:
         "+refs/heads/*:refs/remotes/origin/*")
 
 
+def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
+    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
+    try:
+        result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
+                                capture_output=True, text=True, env=clean_env(), timeout=GIT_TIMEOUT_S,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise GitFailed(f"git merge-base: directory {cwd} does not exist") from None
+    if result.returncode in (0, 1):
+        return result.returncode == 0
+    detail = " / ".join(line.strip() for line in result.stderr.splitlines() if line.strip())[-400:]
+    raise GitFailed(f"git merge-base --is-ancestor {ancestor[:12]} {ref} in {cwd}: {detail or 'failed'}")
+
+
 def branch_head(worktree: Path, branch: str) -> str | None:
     out = git(worktree, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip()
     return out or None
