@@ -313,3 +313,17 @@ def test_is_ancestor_tells_yes_no_and_cannot_tell_apart(make_repo):
     assert worktrees.is_ancestor(repo, base, "HEAD") and not worktrees.is_ancestor(repo, top, base)
     with pytest.raises(worktrees.GitFailed, match="merge-base"):
         worktrees.is_ancestor(repo, "1" * 40, "HEAD")
+
+
+
+def test_a_file_name_that_is_not_utf8_never_stops_the_monitor_or_cleanup(project):
+    """With core.quotePath=false (a common setting where file names are not English), `git status` prints
+    names as raw bytes. The agent leaves a file whose name is not UTF-8. Before: decoding that output raised
+    in the probe and the monitor died at every start; cleanup died with a traceback."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [["printf x > \"$(printf 'caf\\351.txt')\"", "COMMIT"]]})
+    git(proj.repo, "config", "core.quotePath", "false")
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    kept = orchestrator("cleanup")
+    assert kept.returncode == 1 and "uncommitted or untracked changes" in kept.stdout, kept.stdout + kept.stderr

@@ -47,7 +47,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S,
         env: dict[str, str] | None = None) -> str:
     try:
-        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True,
+        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True, errors="replace",
                                 env=clean_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git {' '.join(args)} in {cwd}: timed out after {timeout:.0f}s") from None
@@ -154,8 +154,8 @@ def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
     """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
     try:
         result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
-                                capture_output=True, text=True, env=clean_env(), timeout=GIT_TIMEOUT_S,
-                                stdin=subprocess.DEVNULL)
+                                capture_output=True, text=True, errors="replace", env=clean_env(),
+                                timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
     except (FileNotFoundError, NotADirectoryError):
@@ -282,8 +282,8 @@ def _run_pinned(shim: Path, what: str, *args: str) -> str:
     """Run git in the pinned git dir, in a process group of its own (a hung ssh is killed with it, never left
     holding our pipes); raise PushFailed (retry only on a network error or a timeout) when it fails."""
     proc = subprocess.Popen(["git", f"--git-dir={shim}", *SAFE_GIT, *args], cwd=shim, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(PINNED_ENV),
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            env=clean_env(PINNED_ENV), start_new_session=True)
     timed_out = False
     try:
         out, err = proc.communicate(timeout=GIT_TIMEOUT_S)
