@@ -327,3 +327,19 @@ def test_a_file_name_that_is_not_utf8_never_stops_the_monitor_or_cleanup(project
     assert proj.issue(1)["status"] == "completed"
     kept = orchestrator("cleanup")
     assert kept.returncode == 1 and "uncommitted or untracked changes" in kept.stdout, kept.stdout + kept.stderr
+
+
+def test_a_worktree_replaced_by_a_link_to_the_main_checkout_never_gets_the_main_checkout_switched(project):
+    """The agent detaches its worktree's HEAD, then replaces its worktree with a symlink to the main checkout
+    and fails. Before: the restart 'put the worktree back on its branch' by switching the main checkout to the
+    issue branch, and the next try ran in the main checkout."""
+    proj = rogue(project, [{"number": 1, "title": "one"}],
+                 {1: [['sha=$(git rev-parse HEAD) && echo $sha > "$MAIN/.git/worktrees/issue-1/HEAD" && cd .. && '
+                       'rm -rf issue-1 && '
+                       'ln -s "$MAIN" issue-1 && exit 1']]}, max_retries=1)
+    monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    assert git(proj.repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert git(proj.repo, "status", "--porcelain") == ""
+    assert proj.issue(1)["status"] == "failed"
+    assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
+    assert "symlink" in [e for e in proj.events() if e["action"] == "error"][-1]["error"]

@@ -6,6 +6,7 @@ issue status follows the record (reconcile repairs the gap).
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -70,11 +71,21 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def check_worktree(cfg: ProjectConfig, issue: Issue, worktree: Path) -> None:
+    """Refuse a worktree path an agent has replaced by a symlink (to the main checkout, a sibling): nothing of
+    ours runs there, no branch is switched there, no agent is started there."""
+    base = cfg.repo_for(issue).worktree_base
+    if worktree.is_symlink() or (worktree.exists() and not worktrees.inside(worktree, base)):
+        raise worktrees.GitFailed(f"worktree {worktree} is now a symlink or lies outside {base} (to "
+                                  f"{os.path.realpath(worktree)}): not starting or switching anything there")
+
+
 def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
     cfg = run.config_of(record.project or "")
     issue = cfg.issue(record.issue_number or 0)
     assert issue is not None and record.worktree and record.branch
+    check_worktree(cfg, issue, Path(record.worktree))
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +253,8 @@ class Executor:
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
         back from its branch, or put it back on its branch (the other branch is kept for inspection)."""
+        if record.worktree:
+            check_worktree(*self._issue(action.issue), Path(record.worktree))  # type: ignore[arg-type]
         if record.worktree and not Path(record.worktree).is_dir():
             cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
             repo = cfg.repo_for(issue)
