@@ -343,3 +343,17 @@ def test_a_worktree_replaced_by_a_link_to_the_main_checkout_never_gets_the_main_
     assert proj.issue(1)["status"] == "failed"
     assert git(proj.remote, "branch", "--list", "feature/issue-1") == ""
     assert "symlink" in [e for e in proj.events() if e["action"] == "error"][-1]["error"]
+
+
+def test_a_local_tag_that_differs_from_origins_never_fails_an_issue_when_origin_fetches_all_tags(project):
+    """remote.origin.tagOpt=--tags and a local tag moved since it was pushed (a user's re-tag): before, the
+    worktree's fetch failed with "would clobber existing tag" and every new issue failed with it."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    git(proj.repo, "tag", "v1")
+    git(proj.repo, "push", "-q", "origin", "v1")
+    _commit(proj.repo, "retagged")
+    git(proj.repo, "tag", "-f", "v1")
+    git(proj.repo, "config", "remote.origin.tagOpt", "--tags")
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    assert git(proj.repo, "rev-parse", "v1") == git(proj.repo, "rev-parse", "HEAD")  # the user's tag stays

@@ -145,9 +145,10 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
 def fetch_origin(path: Path, prune: bool = False) -> None:
     """Fetch origin's branches into refs/remotes/origin/ only: an explicit refspec and an empty --refmap, so a
     configured `remote.origin.fetch` (an agent's or a user's `+refs/heads/*:refs/heads/*`) can neither move
-    nor, with --prune, delete a local branch."""
-    git(path, "fetch", "-q", *(["--prune"] if prune else []), "--refmap=", "--no-recurse-submodules", "origin",
-        "+refs/heads/*:refs/remotes/origin/*")
+    nor, with --prune, delete a local branch; no tags (`remote.origin.tagOpt=--tags` fails the whole fetch on
+    a local tag that differs from origin's)."""
+    git(path, "fetch", "-q", *(["--prune"] if prune else []), "--no-tags", "--refmap=", "--no-recurse-submodules",
+        "origin", "+refs/heads/*:refs/remotes/origin/*")
 
 
 def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
