@@ -6,6 +6,7 @@ issue status follows the record (reconcile repairs the gap).
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -81,12 +82,22 @@ def agent_log(run: Run, record: WorkerRecord) -> Path:
     return run.files.log(record.worker_id)
 
 
+def check_worktree(cfg: ProjectConfig, issue: Issue, worktree: Path) -> None:
+    """Refuse a worktree path an agent has replaced by a symlink (to the main checkout, a sibling): nothing of
+    ours runs there, no branch is switched there, no agent is started there."""
+    base = cfg.repo_for(issue).worktree_base
+    if worktree.is_symlink() or (worktree.exists() and not worktrees.inside(worktree, base)):
+        raise worktrees.GitFailed(f"worktree {worktree} is now a symlink or lies outside {base} (to "
+                                  f"{os.path.realpath(worktree)}): not starting or switching anything there")
+
+
 def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: str = "") -> None:
     """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only). With a
     `session`, the agent continues it and the prompt is only the continuation."""
     cfg = run.config_of(record.project or "")
     issue = cfg.issue(record.issue_number or 0)
     assert issue is not None and record.worktree and record.branch
+    check_worktree(cfg, issue, Path(record.worktree))
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +196,15 @@ class Executor:
             if branch != cfg.branch_for(issue):
                 raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
                                            retry=False)
+            try:
+                kept_base = not record.stage_base or worktrees.is_ancestor(repo.path, record.stage_base,
+                                                                           f"refs/heads/{branch}")
+            except worktrees.GitFailed as err:
+                raise worktrees.PushFailed(str(err), retry=worktrees.is_network_error(str(err))) from None
+            if not kept_base:
+                # Its commits count from the stage's base, so a replaced history (an orphan branch) would pass.
+                raise worktrees.PushFailed(f"{branch} no longer contains {str(record.stage_base)[:12]}, where this "
+                                           "stage began: its history was replaced or rewritten", retry=False)
             pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
             sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
         except (worktrees.PushFailed, ConfigError) as err:
@@ -257,13 +277,26 @@ class Executor:
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
         back from its branch, or put it back on its branch (the other branch is kept for inspection)."""
+        if record.worktree:
+            check_worktree(*self._issue(action.issue), Path(record.worktree))  # type: ignore[arg-type]
         if record.worktree and not Path(record.worktree).is_dir():
             cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
             repo = cfg.repo_for(issue)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
         elif record.worktree and record.branch:
-            was_on = alerts.put_back_on_branch(Path(record.worktree), record.branch)
+            worktree = Path(record.worktree)
+            if record.stage_base and worktrees.branch_head(worktree, record.branch) is None:
+                # The agent deleted its branch: a retry on an unborn branch would commit a root commit, an
+                # unrelated history. Back where the stage began ("" as the old value: only if still absent).
+                worktrees.git(worktree, "update-ref", "-m", "orchestrator: branch deleted by the agent",
+                              f"refs/heads/{record.branch}", record.stage_base, "")
+                self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
+                                          "issue": _num(action.issue), "branch": record.branch, "was_on": None,
+                                          "recreated_at": record.stage_base})
+                self.say(f"worker {action.worker}: {record.branch} was deleted; recreated where its stage began "
+                         f"({record.stage_base[:12]})")
+            was_on = alerts.put_back_on_branch(worktree, record.branch)
             if was_on is not None:
                 self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
                                           "issue": _num(action.issue), "branch": record.branch, "was_on": was_on})
@@ -272,15 +305,21 @@ class Executor:
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        # Counted before anything can fail: a restart that breaks halfway still used one retry.
+        kill_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
+        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
+        # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
+        # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
+        # judges the ended try again, so never counts it twice.
         if action.counted:
             record.retry_count += 1
         else:
             record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
         record.nudged = record.nudged or action.nudge
         record.last_reason = action.reason
+        _next_try(self.run, record)
         self.run.files.save_worker(record)
-        kill_try(self.run, record)
         self._restore_worktree(action, record)
         continuation = ""
         if action.continuation:
@@ -289,12 +328,8 @@ class Executor:
                                                              cfg.repo_for(issue).default_branch, record.branch or "")
             except worktrees.GitFailed as err:
                 commits, stat = f"(unavailable: {err})", ""
-            continuation = prompts.continuation_text(action.reason, commits, stat,
-                                                     _log_tail(agent_log(self.run, record)), action.nudge)
-        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
-        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
+            continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(ended_log),
+                                                     action.nudge)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
                                   "retry_count": record.retry_count, "counted": action.counted,
                                   "reason": action.reason,
@@ -349,8 +384,9 @@ class Executor:
             start = pins.start_for(self.run.state_root, cfg, repo, branch)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
         except worktrees.GitFailed as err:
-            if isinstance(err, worktrees.PushFailed) and err.retry:
-                raise  # the network: the issue stays pending and the next cycle tries again
+            if isinstance(err, worktrees.PushFailed) and err.retry or \
+                    not isinstance(err, worktrees.PushFailed) and worktrees.is_network_error(str(err)):
+                raise  # the network (the pinned url's, or origin's fetch): pending, the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
             configs.set_issue(cfg.path, issue.number, status="failed")
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,

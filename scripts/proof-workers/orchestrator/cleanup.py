@@ -97,7 +97,7 @@ def doubts(repo: RepoConfig, path: Path, pin: Pin | None = None) -> list[str]:
         reasons.append(f"cannot read its status: {err}")
     try:
         # --prune: a remote-tracking ref the remote no longer has (stale or forged) proves nothing is pushed.
-        worktrees.git(path, "fetch", "-q", "--prune", "origin")
+        worktrees.fetch_origin(path, prune=True)
         unpushed = str(worktrees.unpushed(path, pin.url, pin.settings)) if pin else \
             worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
         if unpushed != "0":

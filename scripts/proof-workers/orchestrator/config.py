@@ -460,9 +460,33 @@ def load_configs(files: list[Path]) -> list[ProjectConfig]:
         if cfg.project in seen:
             problems.append(f"{cfg.path}: project: {cfg.project!r} is also the project of {seen[cfg.project]}")
         seen[cfg.project] = cfg.path
+    problems += _shared_branches(configs)
     if problems:
         raise ConfigError(problems)
     return configs
+
+
+def _shared_branches(configs: list[ProjectConfig]) -> list[str]:
+    """Issues of two projects that would work on one branch of one repo, or in one worktree (both number from 1):
+    one line per pair of projects."""
+    if len(configs) < 2:
+        return []
+    owners: dict[tuple[str, str], tuple[ProjectConfig, int]] = {}
+    clashes: dict[tuple[str, str], list[str]] = {}
+    real = {p: os.path.realpath(p) for cfg in configs for r in cfg.repos.values() for p in (r.path, r.worktree_base)}
+    for cfg in configs:
+        for issue in cfg.issues:
+            repo, branch, worktree = cfg.repo_for(issue), cfg.branch_for(issue), cfg.worktree_for(issue)
+            for key, what in (((real[repo.path], branch), f"branch {branch} of {repo.path}"),
+                              (("", os.path.join(real[repo.worktree_base], worktree.name)), f"worktree {worktree}")):
+                other, number = owners.setdefault(key, (cfg, issue.number))
+                if other.project != cfg.project:
+                    clashes.setdefault((other.project, cfg.project), []).append(
+                        f"{cfg.path}: issue #{issue.number} would share {what} with project {other.project}'s "
+                        f"#{number}")
+                    break
+    return [f"{found[0]}{f' (and {len(found) - 1} more)' if len(found) > 1 else ''}; give one of the projects "
+            "another branch_prefix and worktree_base" for found in clashes.values()]
 
 
 def update_issues(path: Path, change: Callable[[list[dict[str, Any]]], None]) -> None:

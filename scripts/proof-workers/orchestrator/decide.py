@@ -17,6 +17,7 @@ MAX_PUSH_ATTEMPTS = 10
 # this many times per stage; past that each loss counts (a pane an agent keeps killing is its fault).
 MAX_LOST_TRIES = 5
 SIGHUP_EXIT = 129  # the wrapper's code when its terminal (the tmux pane) hung up
+SIGTERM_EXIT = 143  # ... when it was terminated: with its pane gone too, the machine shut down
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,11 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                            continuation=continuation, nudge=nudge)]
         return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
 
-    tmux_went_away = snap.pane_lost and (snap.exit_code == SIGHUP_EXIT or
+    tmux_went_away = snap.pane_lost and (snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or
                                          (snap.exit_code is None and not snap.agent_alive))
     if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:
-        how = "hung up" if snap.exit_code == SIGHUP_EXIT else "gone without an exit code"
+        how = {SIGHUP_EXIT: "hung up", SIGTERM_EXIT: "was terminated"}.get(snap.exit_code or 0,
+                                                                           "gone without an exit code")
         return [Action("restart", wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
                                             "not counted as a retry", continuation=True, counted=False)]
     if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):

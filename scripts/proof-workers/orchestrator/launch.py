@@ -144,7 +144,8 @@ def _resolve_command(word: str, env: dict[str, str]) -> str | None:
     """What /bin/sh would run for this first word (a path, or the name of a builtin), or None."""
     try:
         result = subprocess.run(["/bin/sh", "-c", 'command -v -- "$1"', "sh", word], capture_output=True,
-                                text=True, env=env, timeout=VERSION_TIMEOUT_S, stdin=subprocess.DEVNULL)
+                                text=True, errors="replace", env=env, timeout=VERSION_TIMEOUT_S,
+                                stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     found = result.stdout.strip()

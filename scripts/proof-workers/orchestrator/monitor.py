@@ -190,7 +190,16 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     snapshots: list[Snapshot] = []
     for record in records:
         if record.issue_number is not None:
-            snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files, now))
+            try:
+                snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files,
+                                                now))
+            except OrchestratorError as err:
+                # Its git failed (the worktree removed under it, a timeout): this worker is not judged this
+                # cycle (decide never judges without a snapshot), and the monitor goes on for the others.
+                say(f"worker {record.worker_id}: not judged this cycle: {err}")
+                run.files.log_event({"action": "probe_failed", "worker": record.worker_id,
+                                     "issue": record.issue_number, "error": str(err)})
+                continue
             run.files.save_worker(record)
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)

@@ -31,7 +31,7 @@ def bwrap_problem() -> str | None:
     """
     argv = [*BWRAP_BASE, "true"]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+        result = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
                                 stdin=subprocess.DEVNULL, env=worktrees.clean_env())
     except FileNotFoundError:
         return "bwrap is not installed (apt-get install bubblewrap)"

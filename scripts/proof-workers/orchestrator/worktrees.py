@@ -47,7 +47,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S,
         env: dict[str, str] | None = None) -> str:
     try:
-        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True,
+        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True, errors="replace",
                                 env=clean_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git {' '.join(args)} in {cwd}: timed out after {timeout:.0f}s") from None
@@ -126,7 +126,7 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
         git(repo, "worktree", "prune")
     if path.exists():
         raise GitFailed(f"{path} exists but is not a registered worktree of {repo}; move it away")
-    git(repo, "fetch", "-q", "origin")
+    fetch_origin(repo)
     base_dir.mkdir(parents=True, exist_ok=True)
     if ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}"):
         git(repo, "worktree", "add", "-q", str(path), branch)
@@ -140,6 +140,31 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
     else:
         git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), f"origin/{default_branch}")
     return path
+
+
+def fetch_origin(path: Path, prune: bool = False) -> None:
+    """Fetch origin's branches into refs/remotes/origin/ only: an explicit refspec and an empty --refmap, so a
+    configured `remote.origin.fetch` (an agent's or a user's `+refs/heads/*:refs/heads/*`) can neither move
+    nor, with --prune, delete a local branch; no tags (`remote.origin.tagOpt=--tags` fails the whole fetch on
+    a local tag that differs from origin's)."""
+    git(path, "fetch", "-q", *(["--prune"] if prune else []), "--no-tags", "--refmap=", "--no-recurse-submodules",
+        "origin", "+refs/heads/*:refs/remotes/origin/*")
+
+
+def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
+    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
+    try:
+        result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
+                                capture_output=True, text=True, errors="replace", env=clean_env(),
+                                timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise GitFailed(f"git merge-base: directory {cwd} does not exist") from None
+    if result.returncode in (0, 1):
+        return result.returncode == 0
+    detail = " / ".join(line.strip() for line in result.stderr.splitlines() if line.strip())[-400:]
+    raise GitFailed(f"git merge-base --is-ancestor {ancestor[:12]} {ref} in {cwd}: {detail or 'failed'}")
 
 
 def branch_head(worktree: Path, branch: str) -> str | None:
@@ -258,8 +283,8 @@ def _run_pinned(shim: Path, what: str, *args: str) -> str:
     """Run git in the pinned git dir, in a process group of its own (a hung ssh is killed with it, never left
     holding our pipes); raise PushFailed (retry only on a network error or a timeout) when it fails."""
     proc = subprocess.Popen(["git", f"--git-dir={shim}", *SAFE_GIT, *args], cwd=shim, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(PINNED_ENV),
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            env=clean_env(PINNED_ENV), start_new_session=True)
     timed_out = False
     try:
         out, err = proc.communicate(timeout=GIT_TIMEOUT_S)
@@ -331,8 +356,14 @@ def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]
         with _pinned_git_dir(repo, settings) as shim:
             if _remote_sha(shim, url, branch) == sha:
                 return sha, False  # already there (a resumed monitor): nothing is pushed twice
-            _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
-                        f"{sha}:refs/heads/{branch}")
+            try:
+                _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
+                            f"{sha}:refs/heads/{branch}")
+            except PushFailed:
+                # A push racing ours (a killed monitor's, still running) can land the very commit while ours
+                # is refused: only a url without it makes this a failure.
+                if _remote_sha(shim, url, branch) != sha:
+                    raise
             there = _remote_sha(shim, url, branch)
     if there != sha:
         raise PushFailed(f"pushed {sha[:12]} to {clip(url)}, but its {branch} is {there or 'missing'}", retry=False)

@@ -93,6 +93,10 @@ def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
         argv += ["--ro-bind-try", path, path]
     home = env.get("HOME", "")
     hidden = [os.path.join(home, name) for name in SANDBOX_HIDDEN_HOME] if home.startswith("/") else []
+    xdg = env.get("XDG_CONFIG_HOME", "")  # git's credential store and gh read there when it is set
+    if xdg.startswith("/"):
+        hidden += [os.path.join(xdg, name.removeprefix(".config/")) for name in SANDBOX_HIDDEN_HOME
+                   if name.startswith(".config/")]
     for var in ("SSH_AUTH_SOCK", "TMUX"):  # $TMUX is "socket,pid,session"
         value = env.get(var, "").split(",")[0]
         if value.startswith("/"):
@@ -129,6 +133,9 @@ def run(spec: dict[str, Any]) -> int:
     env = {k: v for k, v in os.environ.items() if k not in REPO_ENV}
     env.update(spec.get("env", {}))
     argv = ["/bin/sh", "-c", spec["command"]]
+    # Orphans of the agent's tree (a double fork, `env -i setsid cmd &`: no tag, no group) become our children,
+    # so kill_leftovers finds them by descent when their tag is gone.
+    runner.become_subreaper()
     box = spec.get("sandbox")
     if box:
         argv = sandbox_argv(box, env) + argv  # before sandbox_env drops the sockets it hides
@@ -181,13 +188,45 @@ def run(spec: dict[str, Any]) -> int:
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
-    """Kill what is left of the agent's group and every process with this try's tag; returns the tagged ones
-    found outside the group. A group leader that has exited no longer counts its group, hence the tag."""
+    """Kill what is left of the agent's group, every process with this try's tag and every process still below
+    the wrapper (orphans reparented to it, tag or not); returns those found outside the group. A group leader
+    that has exited no longer counts its group, hence the tag and the descent."""
     members = set(runner.group_members(pgid))
     outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
+    outside += [pid for pid in _descendants(os.getpid()) if pid not in outside and pid not in members]
     if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
     return outside
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
+def _group_of(pid: int) -> int | None:
+    fields = _stat_fields(str(pid))
+    return int(fields[2]) if fields else None
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (not zombie) processes below `root`, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields and fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
 
 
 def _tee(source: Any, log: Any) -> None:
