@@ -118,11 +118,10 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_key
     return CheckHostKey()
 
 
-def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any]:
+def _offering_known_key_types_first(known: host_keys.Known, make: Callable[..., Any]) -> Callable[..., Any]:
     """A transport factory for paramiko that, as ssh does, asks the host first for the key types the file
-    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key."""
-    from paramiko import Transport
-
+    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key.
+    `make` makes the transport (`_transport_factory`: its handshake bounded by connect_timeout)."""
     preferred = known.key_types()
 
     def rank(algorithm: str) -> int:
@@ -130,7 +129,7 @@ def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any
         return preferred.index(key_type) if key_type in preferred else len(preferred)
 
     def factory(sock: Any, **kwargs: Any) -> Any:
-        transport = Transport(sock, **kwargs)
+        transport = make(sock, **kwargs)
         options = transport.get_security_options()
         options.key_types = sorted(options.key_types, key=rank)
         return transport
@@ -167,7 +166,7 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         raise HostUnreachable(f"{where}: cannot read {err.filename or 'a global known_hosts file'}: "
                               f"{err.strerror or err}") from None
     known = host_keys.merged(own, system)
-    kwargs["transport_factory"] = _offering_known_key_types_first(known)
+    kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
     connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
                                                                    accept_new_host_key))
