@@ -141,6 +141,14 @@ def known_hosts_file(host: Host) -> Path:
     return host.known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
 
+def read_only_known_hosts_files(host: Host) -> list[Path]:
+    """The files read besides known_hosts_file, never written: ssh's global ones and, when hosts.toml names no
+    known_hosts, ~/.ssh/known_hosts2 (ssh's default UserKnownHostsFile is `~/.ssh/known_hosts
+    ~/.ssh/known_hosts2`)."""
+    user = [] if host.known_hosts else [Path("~/.ssh/known_hosts2").expanduser()]
+    return [*user, *host_keys.GLOBAL_FILES]
+
+
 def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     """An open, authenticated fabric.Connection, or HostUnreachable with the exact reason."""
     import paramiko
@@ -161,7 +169,7 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
     try:
-        system = host_keys.read_global(name)  # as ssh does, whatever file hosts.toml names
+        system = host_keys.read_global(name, read_only_known_hosts_files(host))  # as ssh does
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {err.filename or 'a global known_hosts file'}: "
                               f"{err.strerror or err}") from None

@@ -1,12 +1,20 @@
 """A second hostile pass over issue 20 as it landed: each test reproduces a defect found in it."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import time
+from pathlib import Path
 
-from lib import remote
+from lib import known_hosts, remote
 from lib.hosts import Host
 from lib.remote import HostUnreachable
+from tests.conftest import require_tool
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_hosts_remote import only_on_host
 from tests.test_hosts_robust import banner_only_port  # noqa: F401  (a fixture)
+from tests.test_known_hosts import TOUCHING
 
 
 def test_a_stalled_handshake_waits_the_hosts_connect_timeout_not_paramikos_15s(tmp_path, banner_only_port):
@@ -22,3 +30,33 @@ def test_a_stalled_handshake_waits_the_hosts_connect_timeout_not_paramikos_15s(t
     waited = time.monotonic() - started
     assert "host sent its banner, then nothing for 20s" in message
     assert waited >= 19.5, f"gave up after {waited:.1f}s, not the host's 20s"
+
+
+def test_without_a_known_hosts_in_hosts_toml_a_key_in_known_hosts2_counts_as_ssh_counts_it(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """ssh's default UserKnownHostsFile is `~/.ssh/known_hosts ~/.ssh/known_hosts2` (`ssh -G` says so): a
+    host recorded in known_hosts2 with another key is CHANGED for ssh. Before, only known_hosts was read:
+    the host was unknown, and --accept-new-host-key trusted the impostor, ran the build and appended it."""
+    require_tool("ssh")
+    defaults = subprocess.run(["ssh", "-F", "/dev/null", "-G", "example.com"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL).stdout
+    assert re.search(r"^userknownhostsfile \S+/\.ssh/known_hosts \S+/\.ssh/known_hosts2$", defaults, re.M), defaults
+    monkeypatch.setattr(known_hosts, "GLOBAL_FILES", (tmp_path / "etc" / "absent",))
+    ssh_dir = Path(os.environ["HOME"]) / ".ssh"  # the tests' own HOME (conftest), never the real one
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    other = ssh_dir / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(other)], check=True,
+                   stdin=subprocess.DEVNULL)
+    (ssh_dir / "known_hosts2").write_text(f"* {other.with_suffix('.pub').read_text().split(' ', 2)[0]} "
+                                          f"{other.with_suffix('.pub').read_text().split()[1]}\n")
+    workspace = tmp_path / "remote-ws"
+    only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    entry = sshd.host_entry(workspace)
+    del entry["known_hosts"]
+    write_hosts(home.path, {"builder": entry})
+    result = inv("build", "staking", "--host", "builder", "--accept-new-host-key")
+    assert result.code == 1, result.out + result.err
+    assert f"host key CHANGED for [127.0.0.1]:{sshd.port}" in result.out, result.out
+    assert f"{ssh_dir / 'known_hosts2'} has another key for it" in result.out, result.out
+    assert not (workspace / "ran-on-host").exists()
+    assert not (ssh_dir / "known_hosts").exists()
