@@ -60,3 +60,15 @@ def test_without_a_known_hosts_in_hosts_toml_a_key_in_known_hosts2_counts_as_ssh
     assert f"{ssh_dir / 'known_hosts2'} has another key for it" in result.out, result.out
     assert not (workspace / "ran-on-host").exists()
     assert not (ssh_dir / "known_hosts").exists()
+
+
+def test_sync_alls_progress_lines_escape_a_config_values_control_characters(home, make_repo, inv):
+    """A git config value (here branch.main.merge) reaches the reason of a sync outcome: the table at the
+    end escaped it, the progress line printed as each repo finishes wrote ESC and BEL raw to the terminal."""
+    repo = make_repo("staking")
+    repo.git("config", "branch.main.merge", "refs/tags/\x1b]0;pwned\x07\u202e")
+    home.write_repos([{"name": "staking", "local": str(repo.path), "remote": str(repo.remote)}])
+    result = inv("sync-all")
+    assert "staking: skipped: main's upstream (origin refs/tags/\\x1b]0;pwned\\x07\\u202e)" in result.err, result.err
+    for shown in (result.out, result.err):
+        assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown, shown
