@@ -72,3 +72,20 @@ def test_sync_alls_progress_lines_escape_a_config_values_control_characters(home
     assert "staking: skipped: main's upstream (origin refs/tags/\\x1b]0;pwned\\x07\\u202e)" in result.err, result.err
     for shown in (result.out, result.err):
         assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown, shown
+
+
+def test_host_check_shows_a_hosts_tool_versions_escaped(home, inv, sshd, tmp_path):
+    """The versions host.check prints come from the host (`make --version`): a host, or a tool on it,
+    that prints ESC/BEL/bidi there must not drive our terminal (they were printed raw)."""
+    tools = tmp_path / "host-tools"
+    tools.mkdir()
+    (tools / "make").write_text("#!/bin/sh\nprintf 'GNU Make \\033]0;pwned\\007\\342\\200\\256 4.3\\n'\n")
+    (tools / "make").chmod(0o755)
+    (sshd.remote_home / ".bashrc").write_text(f"PATH={tools}:$PATH\n")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    result = inv("host.check")
+    assert result.code == 0, result.out + result.err
+    assert "make GNU Make \\x1b]0;pwned\\x07\\u202e 4.3;" in result.out, result.out
+    assert "\x1b" not in result.out and "\x07" not in result.out and "\u202e" not in result.out
