@@ -25,6 +25,7 @@ from lib import known_hosts as host_keys
 from lib import runner
 from lib.batch import Outcome, now_iso
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
+from lib.errors import clip
 from lib.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
@@ -228,7 +229,8 @@ def answer_within(host: Host) -> float:
 
 
 class HostStalled(HostUnreachable):
-    """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link."""
+    """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link;
+    or a login shell that ends before it runs our command (a start-up file's `exit`)."""
 
 
 class Pulse:
@@ -300,11 +302,12 @@ def _capture(connection: Any, command: str, timeout: float) -> tuple[int | None,
         while not _finished(channel):
             if monotonic() > deadline:
                 _signal(channel, "KILL")
-                return None, _after_begin(out), _after_begin(err), BEGIN in out
+                return None, _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
-        return channel.recv_exit_status(), _after_begin(out), _after_begin(err), True
+        # No marker on either stream: the login shell ended (a start-up file's `exit`) before our command.
+        return channel.recv_exit_status(), _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
 
 
 def _signal(channel: Any, name: str) -> None:
@@ -334,8 +337,12 @@ def probe(connection: Any, host: Host, command: str, what: str) -> tuple[int, by
     """capture() for a command that answers at once; HostStalled, saying which part did not, if none came."""
     within = answer_within(host)
     code, out, err, began = _capture(connection, command, within)
-    if code is not None:
+    if code is not None and began:
         return code, out, err
+    if code is not None:  # its exit code is the login shell's, not the command's: never "not found"
+        said = err.decode("utf-8", "replace").strip().splitlines()
+        raise HostStalled(f"host {host.name}: the login shell ended (exit {code}) before running {what}"
+                          f"{f': {clip(said[-1])}' if said else ''}")
     if not answers(connection.transport, within):
         connection.close()  # never used again: what still waits on it returns
         raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")

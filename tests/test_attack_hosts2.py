@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from lib import known_hosts, remote
 from lib.hosts import Host
 from lib.remote import HostUnreachable
@@ -89,3 +91,21 @@ def test_host_check_shows_a_hosts_tool_versions_escaped(home, inv, sshd, tmp_pat
     assert result.code == 0, result.out + result.err
     assert "make GNU Make \\x1b]0;pwned\\x07\\u202e 4.3;" in result.out, result.out
     assert "\x1b" not in result.out and "\x07" not in result.out and "\u202e" not in result.out
+
+
+@pytest.mark.parametrize("code", [1, 0])
+def test_a_login_shell_that_ends_before_our_command_is_an_error_never_a_missing_tool(home, make_repo, inv, sshd,
+                                                                                    tmp_path, code):
+    """A start-up file that ends every login (`exit 1`, a broken .bashrc) ran none of our checks: it was
+    `BUILD SKIPPED (make not found on PATH on the host)`, exit 0; with `exit 0` every check "passed"."""
+    workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    (sshd.remote_home / ".bashrc").write_text(f"printf 'profile broken\\n' >&2; exit {code}\n")
+    result = inv("build", "staking", "--host", "builder")
+    assert result.code == 1, result.out
+    assert (f"BUILD ERROR (host builder: the login shell ended (exit {code}) before running the check for make: "
+            "profile broken, ") in result.out, result.out
+    assert not (workspace / "ran-on-host").exists()
+    check = inv("host.check")
+    assert check.code == 1
+    assert f"host builder: the login shell ended (exit {code}) before running true: profile broken" in check.out, \
+        check.out
