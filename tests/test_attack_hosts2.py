@@ -1,9 +1,11 @@
 """A second hostile pass over issue 20 as it landed: each test reproduces a defect found in it."""
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +111,38 @@ def test_a_login_shell_that_ends_before_our_command_is_an_error_never_a_missing_
     assert check.code == 1
     assert f"host builder: the login shell ended (exit {code}) before running true: profile broken" in check.out, \
         check.out
+
+
+def test_a_run_on_a_host_does_not_truncate_the_log_of_a_run_still_writing_it(home, make_repo, inv, sshd, tmp_path):
+    """Local runs lock their log (one writer); a run on a host opened it with "wb", emptying the log a local
+    run of the same repo and workflow (same log name) was still writing."""
+    workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-staking.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as running:  # another run, writing its log under the lock
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        running.write(b"the other run's output\n")
+        running.flush()
+        result = inv("build", "staking", "--host", "builder")
+    assert result.code == 1, result.out
+    assert f"BUILD ERROR (log {log} is in use by another run" in result.out, result.out
+    assert log.read_bytes() == b"the other run's output\n"
+    assert not (workspace / "ran-on-host").exists()
+
+
+def test_a_named_pipe_as_the_log_of_a_run_on_a_host_is_an_error_not_a_hang(home, make_repo, inv, sshd, tmp_path):
+    only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-staking.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(log)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(inv("build", "staking", "--host", "builder")))
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # blocked opening the pipe: a reader lets it go on, so the test can end
+        with open(log, "rb") as reader:
+            reader.read()
+        thread.join()
+        pytest.fail("the run waited for a reader of its log")
+    assert results[0].code == 1, results[0].out
+    assert "BUILD ERROR (cannot write log " in results[0].out and "named pipe" in results[0].out, results[0].out
