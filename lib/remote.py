@@ -161,10 +161,13 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     timeout = host.connect_timeout
     kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
                               "channel_timeout": timeout, "transport_factory": _transport_factory(timeout)}
+    where = f"{host.name} ({host.address})"
     if host.key_file is not None:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
+    elif not _agent_answers(timeout):
+        raise HostUnreachable(f"{where}: the SSH agent ({clip(os.environ.get('SSH_AUTH_SOCK', ''))}) did not answer "
+                              f"within {timeout:g}s; fix it, unset SSH_AUTH_SOCK, or give the host a key_file")
     known_hosts = known_hosts_file(host)
-    where = f"{host.name} ({host.address})"
     name = host_keys.host_name(host.host, host.port)
     try:
         own = host_keys.read(known_hosts, name)
@@ -210,6 +213,31 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
     connection.transport.set_keepalive(15)
     return connection
+
+
+def _agent_answers(timeout: float) -> bool:
+    """False when SSH_AUTH_SOCK names an agent that takes the connection but does not answer a request for its
+    keys within `timeout` (paramiko would wait for it without end). No agent, or one that refuses: True
+    (paramiko then does without it)."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return True
+    with socket.socket(socket.AF_UNIX) as agent:
+        agent.settimeout(timeout)
+        try:
+            agent.connect(path)
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+        try:
+            agent.sendall(b"\0\0\0\1\x0b")  # SSH_AGENTC_REQUEST_IDENTITIES (draft-miller-ssh-agent)
+            agent.recv(5)  # an answer, or the agent hung up: either way, it does not hold paramiko
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
 
 
 def _transport_factory(timeout: float) -> Callable[..., Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -146,3 +147,73 @@ def test_a_named_pipe_as_the_log_of_a_run_on_a_host_is_an_error_not_a_hang(home,
         pytest.fail("the run waited for a reader of its log")
     assert results[0].code == 1, results[0].out
     assert "BUILD ERROR (cannot write log " in results[0].out and "named pipe" in results[0].out, results[0].out
+
+
+@pytest.fixture
+def mute_agent(tmp_path):
+    """An SSH agent socket that takes connections and never answers (a frozen forwarded agent, say)."""
+    path = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield path
+    server.close()
+    for peer in accepted:
+        peer.close()
+
+
+def test_an_ssh_agent_that_never_answers_costs_the_connect_timeout_not_forever(home, make_repo, inv, sshd, tmp_path,
+                                                                               mute_agent, monkeypatch):
+    """An inherited SSH_AUTH_SOCK whose agent never answers hung every connection of a host without key_file:
+    paramiko asks the agent with no timeout at all."""
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(mute_agent))
+    workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    entry = sshd.host_entry(workspace, connect_timeout=2)
+    del entry["key_file"]
+    write_hosts(home.path, {"builder": entry})
+    results = []
+    thread = threading.Thread(target=lambda: results.append(inv("build", "staking", "--host", "builder")))
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # the fixture's end closes the agent's connections, and lets it go on
+        pytest.fail("the connection waited for the agent without end")
+    assert results[0].code == 1, results[0].out
+    assert f"the SSH agent ({mute_agent}) did not answer within 2s" in results[0].out, results[0].out
+    assert not (workspace / "ran-on-host").exists()
+
+
+def test_a_working_ssh_agent_still_logs_in_a_host_without_key_file(home, make_repo, inv, sshd, tmp_path,
+                                                                     monkeypatch):
+    """The other side of the agent check: an agent that answers is used as before."""
+    require_tool("ssh-agent")
+    require_tool("ssh-add")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True)
+        workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+        entry = sshd.host_entry(workspace)
+        del entry["key_file"]
+        write_hosts(home.path, {"builder": entry})
+        result = inv("build", "staking", "--host", "builder")
+        assert result.code == 0, result.out
+        assert (workspace / "ran-on-host").exists()
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
