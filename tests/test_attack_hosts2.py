@@ -217,3 +217,20 @@ def test_a_working_ssh_agent_still_logs_in_a_host_without_key_file(home, make_re
     finally:
         agent.terminate()
         agent.wait(timeout=60)
+
+
+def test_a_hosts_words_in_a_runs_verdict_line_are_shown_escaped(home, make_repo, inv, sshd, tmp_path):
+    """`BUILD ERROR (could not start the command on the host ...: <what the host said>)`: the host's stderr
+    reached the terminal raw in the verdict line (the outcomes table escaped it)."""
+    tools = tmp_path / "host-tools"
+    tools.mkdir()
+    (tools / "setsid").write_text("#!/bin/sh\nprintf 'no setsid \\033]0;pwned\\007\\n' >&2; exit 1\n")
+    (tools / "setsid").chmod(0o755)
+    workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
+    (sshd.remote_home / ".bashrc").write_text(f"PATH={tools}:$PATH\n")
+    result = inv("build", "staking", "--host", "builder")
+    assert result.code == 1, result.out
+    verdict = next(line for line in result.out.splitlines() if line.startswith("BUILD "))
+    assert verdict.startswith("BUILD ERROR (could not start the command on the host (needs /bin/sh and setsid): "
+                              "no setsid \\x1b]0;pwned\\x07, "), result.out
+    assert not (workspace / "ran-on-host").exists()
