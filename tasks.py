@@ -507,7 +507,7 @@ def host_check(c, name="", accept_new_host_key=False):
     from lib.fleet import Fleet
     from lib.remote import PROBE_TOOLS, check_hosts
     from lib.runner import RunInterrupted
-    from lib.views import plain_table
+    from lib.views import plain_table, visible
 
     try:
         fleet = Fleet.load(Paths.from_env())
@@ -530,7 +530,9 @@ def host_check(c, name="", accept_new_host_key=False):
     print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]))
     for check in checks:
         if check.tools:
-            print(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))
+            # The versions are the host's words: escaped, as in the table.
+            versions = "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS)
+            print(visible(f"{check.host.name}: {versions}"))
     if any(check.problems for check in checks):
         raise Exit(code=1)
 

@@ -8,6 +8,8 @@ import threading
 from time import monotonic
 from typing import TextIO
 
+from lib.views import visible
+
 # A count-only line (no item lines) is redrawn at most this often: a scan finishes
 # hundreds of repos a second, and a terminal that draws every one slows the scan.
 REDRAW_EVERY = 0.1
@@ -47,7 +49,9 @@ class Progress:
             self.failed += failed
             if self.item_lines:
                 self._clear()
-                self.stream.write(f"[{self.done}/{self.total}] {line}\n")
+                # A line carries reasons made of git output, config values, a host's report: shown escaped,
+                # as tables show them (a control character there must not drive the terminal).
+                self.stream.write(f"[{self.done}/{self.total}] {visible(line)}\n")
             elif monotonic() - self._drawn_at < REDRAW_EVERY:
                 return
             self._redraw()

@@ -24,7 +24,9 @@ from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 from lib import known_hosts as host_keys
 from lib import runner
 from lib.batch import Outcome, now_iso
+from lib.batch import _claim as claim_log  # one writer per log, here as locally
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
+from lib.errors import clip
 from lib.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
@@ -118,11 +120,10 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_key
     return CheckHostKey()
 
 
-def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any]:
+def _offering_known_key_types_first(known: host_keys.Known, make: Callable[..., Any]) -> Callable[..., Any]:
     """A transport factory for paramiko that, as ssh does, asks the host first for the key types the file
-    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key."""
-    from paramiko import Transport
-
+    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key.
+    `make` makes the transport (`_transport_factory`: its handshake bounded by connect_timeout)."""
     preferred = known.key_types()
 
     def rank(algorithm: str) -> int:
@@ -130,7 +131,7 @@ def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any
         return preferred.index(key_type) if key_type in preferred else len(preferred)
 
     def factory(sock: Any, **kwargs: Any) -> Any:
-        transport = Transport(sock, **kwargs)
+        transport = make(sock, **kwargs)
         options = transport.get_security_options()
         options.key_types = sorted(options.key_types, key=rank)
         return transport
@@ -140,6 +141,14 @@ def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any
 
 def known_hosts_file(host: Host) -> Path:
     return host.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+
+def read_only_known_hosts_files(host: Host) -> list[Path]:
+    """The files read besides known_hosts_file, never written: ssh's global ones and, when hosts.toml names no
+    known_hosts, ~/.ssh/known_hosts2 (ssh's default UserKnownHostsFile is `~/.ssh/known_hosts
+    ~/.ssh/known_hosts2`)."""
+    user = [] if host.known_hosts else [Path("~/.ssh/known_hosts2").expanduser()]
+    return [*user, *host_keys.GLOBAL_FILES]
 
 
 def connect(host: Host, accept_new_host_key: bool = False) -> Any:
@@ -152,22 +161,25 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     timeout = host.connect_timeout
     kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
                               "channel_timeout": timeout, "transport_factory": _transport_factory(timeout)}
+    where = f"{host.name} ({host.address})"
     if host.key_file is not None:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
+    elif not _agent_answers(timeout):
+        raise HostUnreachable(f"{where}: the SSH agent ({clip(os.environ.get('SSH_AUTH_SOCK', ''))}) did not answer "
+                              f"within {timeout:g}s; fix it, unset SSH_AUTH_SOCK, or give the host a key_file")
     known_hosts = known_hosts_file(host)
-    where = f"{host.name} ({host.address})"
     name = host_keys.host_name(host.host, host.port)
     try:
         own = host_keys.read(known_hosts, name)
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
     try:
-        system = host_keys.read_global(name)  # as ssh does, whatever file hosts.toml names
+        system = host_keys.read_global(name, read_only_known_hosts_files(host))  # as ssh does
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {err.filename or 'a global known_hosts file'}: "
                               f"{err.strerror or err}") from None
     known = host_keys.merged(own, system)
-    kwargs["transport_factory"] = _offering_known_key_types_first(known)
+    kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
     connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
                                                                    accept_new_host_key))
@@ -203,6 +215,31 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     return connection
 
 
+def _agent_answers(timeout: float) -> bool:
+    """False when SSH_AUTH_SOCK names an agent that takes the connection but does not answer a request for its
+    keys within `timeout` (paramiko would wait for it without end). No agent, or one that refuses: True
+    (paramiko then does without it)."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return True
+    with socket.socket(socket.AF_UNIX) as agent:
+        agent.settimeout(timeout)
+        try:
+            agent.connect(path)
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+        try:
+            agent.sendall(b"\0\0\0\1\x0b")  # SSH_AGENTC_REQUEST_IDENTITIES (draft-miller-ssh-agent)
+            agent.recv(5)  # an answer, or the agent hung up: either way, it does not hold paramiko
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+
+
 def _transport_factory(timeout: float) -> Callable[..., Any]:
     """paramiko's Transport with the whole handshake bounded by `timeout` (its own default: 15 s)."""
     from paramiko import Transport
@@ -221,7 +258,8 @@ def answer_within(host: Host) -> float:
 
 
 class HostStalled(HostUnreachable):
-    """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link."""
+    """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link;
+    or a login shell that ends before it runs our command (a start-up file's `exit`)."""
 
 
 class CommandStalled(HostStalled):
@@ -303,11 +341,12 @@ def _capture(connection: Any, command: str, timeout: float,
             began = began or BEGIN in out
             if now > deadline or not began and now - started > (login_within or 0.0):
                 _signal(channel, "KILL")
-                return None, _after_begin(out), _after_begin(err), BEGIN in out
+                return None, _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
-        return channel.recv_exit_status(), _after_begin(out), _after_begin(err), True
+        # No marker on either stream: the login shell ended (a start-up file's `exit`) before our command.
+        return channel.recv_exit_status(), _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
 
 
 def _signal(channel: Any, name: str) -> None:
@@ -339,8 +378,12 @@ def probe(connection: Any, host: Host, command: str, what: str,
     run it: a `git status`); HostStalled, saying which part did not, if no answer came."""
     within = answer_within(host)
     code, out, err, began = _capture(connection, command, max(within, timeout or 0.0), login_within=within)
-    if code is not None:
+    if code is not None and began:
         return code, out, err
+    if code is not None:  # its exit code is the login shell's, not the command's: never "not found"
+        said = err.decode("utf-8", "replace").strip().splitlines()
+        raise HostStalled(f"host {host.name}: the login shell ended (exit {code}) before running {what}"
+                          f"{f': {clip(said[-1])}' if said else ''}")
     if not answers(connection.transport, within):
         connection.close()  # never used again: what still waits on it returns
         raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")
@@ -578,9 +621,14 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso(), host.name)
 
+    if plan.log.is_fifo():
+        return outcome("error", reason=f"cannot write log {plan.log}: it is a named pipe (opening it would wait "
+                                       "for a reader)")
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(plan.log, "wb") as log:
+        with open(plan.log, "ab") as log:  # not "wb": emptied only once it is ours, as a local run's
+            if not claim_log(log):
+                return outcome("error", reason=f"log {plan.log} is in use by another run")
             return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
     except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
         return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")

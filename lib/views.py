@@ -113,14 +113,15 @@ def detail_cell(outcome: "Outcome") -> str:
 
 
 def headline(workflow: str, outcome: "Outcome") -> str:
-    """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`."""
+    """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`; control characters
+    in the reason (a build host's words) escaped, as in the tables."""
     word = workflow.upper()
     time = f"{outcome.duration_s:.1f}s"
     if outcome.status == "passed":
         return f"{word} PASSED ({time})"
     if outcome.status == "failed":
-        return f"{word} FAILED ({outcome.reason or f'exit {outcome.exit_code}'}, {time})"
-    return f"{word} {outcome.status.upper()} ({outcome.reason}, {time})"
+        return f"{word} FAILED ({visible(outcome.reason or f'exit {outcome.exit_code}')}, {time})"
+    return f"{word} {outcome.status.upper()} ({visible(str(outcome.reason))}, {time})"
 
 
 def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:
