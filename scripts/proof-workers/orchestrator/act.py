@@ -234,7 +234,8 @@ class Executor:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         configs.set_issue(cfg.path, issue.number, status="completed")
         _free(self.run, record)
-        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number})
+        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project})
         self.say(f"worker {action.worker}: #{issue.number} completed")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
