@@ -54,11 +54,13 @@ SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance
 
 
 # An agent with structured output: its raw event stream and the readable log of a try are capped (a runaway
-# agent cannot fill the disk); past the cap a result or system event is still kept (what the monitor judges by).
+# agent cannot fill the disk); past the cap the events the monitor judges by (KEPT_PAST_CAP) are still kept.
 EVENTS_CAP = 100 * 1024 * 1024
 TRY_LOG_CAP = 10 * 1024 * 1024
 MAX_EVENT_LINE = 4 * 1024 * 1024  # a longer line (a huge tool result) is left out of the stream, with a note
-KEPT_PAST_CAP = (b'"type":"result"', b'"type": "result"', b'"type":"system"', b'"type": "system"')
+# The event types kept past the cap (judged on the parsed event: the real CLI writes "type" late in its result
+# line): Claude's and Gemini's result, init and system events, Codex's turn ends, errors and session start.
+KEPT_PAST_CAP = ("result", "system", "init", "error", "turn.completed", "turn.failed", "thread.started")
 
 
 def _stamp() -> str:
@@ -234,7 +236,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
                     line += b"\n"
             event, was_json = agents.parse_line(line)
             raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
-            if written < EVENTS_CAP or (len(raw) < 65536 and any(k in raw[:200] for k in KEPT_PAST_CAP)):
+            if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
                 events.write(raw)
                 events.flush()
                 written += len(raw)

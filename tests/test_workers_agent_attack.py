@@ -1,0 +1,64 @@
+"""Attacks on the proof workers' agent handling (issue 16): what a real agent's output can make the monitor
+believe. Each test reproduces a defect first found by attacking; most run the real Claude Code CLI against the
+stand-in Messages API."""
+from __future__ import annotations
+
+import io
+import json
+
+import fake_anthropic as fa
+from agent_fixtures import claude_command, fake_api, require_claude  # noqa: F401
+from workers_fixtures import project, tmux_socket  # noqa: F401
+
+from orchestrator import wrapper
+from orchestrator.monitor import monitor
+from orchestrator.report import status_document
+from orchestrator.run import open_run
+
+COMMIT = "echo {n} >> work.txt && git add work.txt && git commit -q -m 'agent: issue {n}'"
+
+# The final line of the pinned CLI's stream (shortened): "type" comes after some 1,400 bytes of other fields.
+REAL_RESULT = json.dumps({"duration_api_ms": 20, "stop_reason": "end_turn", "session_id": "s-1",
+                          "padding": "x" * 1400, "is_error": True, "num_turns": 3, "subtype": "success",
+                          "api_error_status": 429, "result": "API Error: Request rejected (429) · rate limited",
+                          "type": "result", "total_cost_usd": 0.5, "terminal_reason": "api_error"}).encode()
+
+
+def test_past_the_events_cap_the_real_clis_result_line_is_still_kept(tmp_path, monkeypatch):
+    """The stream is capped, but the result (what the monitor judges a try by: its cost, a rate limit) must
+    survive the cap; the real CLI writes "type" late in that line, not in its first 200 bytes."""
+    monkeypatch.setattr(wrapper, "EVENTS_CAP", 4096)
+    noise = b"".join(json.dumps({"type": "assistant", "message": {"id": f"m{n}", "content": [
+        {"type": "text", "text": "y" * 500}]}}).encode() + b"\n" for n in range(20))
+    events, log = tmp_path / "events.jsonl", tmp_path / "try.log"
+    wrapper._keep_events(io.BufferedReader(io.BytesIO(noise + REAL_RESULT + b"\n")), "claude", events, log)
+    kept = [json.loads(line) for line in events.read_bytes().splitlines()]
+    assert events.stat().st_size < 4096 + len(REAL_RESULT) + 1024  # the cap holds for the noise
+    assert kept[-1].get("type") == "result" and kept[-1]["total_cost_usd"] == 0.5
+
+
+def test_a_resumed_session_is_not_charged_twice_for_what_it_cost_before(project, fake_api, tmp_path):
+    """The real CLI's total_cost_usd of a resumed session includes what the session cost before the resume: an
+    issue's cost summed over its tries must count that part once (else its budget trips at half the spend)."""
+    require_claude()
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=claude_command(fake_api, tmp_path / "agent-home"))
+    fake_api.queue_for("# Issue #1:", fa.text("Thinking hard, no commit yet.", input_tokens=50000,
+                                              output_tokens=50000),
+                       fa.bash(COMMIT.format(n=1)), fa.text("Done."))
+    run = open_run()
+    lines: list[str] = []
+    assert monitor(run, cycle=0.2, no_delay=True, say=lines.append) == 0, lines
+    run.reload()
+    assert proj.issue(1)["status"] == "completed"
+    spec = json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())
+    assert " --resume " in spec["command"]  # the retry continued try 1's session
+
+    def result(n: int) -> dict:
+        stream = (proj.state / "tries" / f"worker-1-try-{n}.events.jsonl").read_text().splitlines()
+        return next(e for e in map(json.loads, stream) if e.get("type") == "result")
+
+    first, second = result(1)["total_cost_usd"], result(2)["total_cost_usd"]
+    assert second > first > 0  # the CLI's session total went on from where try 1 left it
+    issue = status_document(run)["projects"][0]["issues"][0]
+    assert abs(issue["cost_usd"] - second) < 1e-6, (issue["cost_usd"], first, second)
