@@ -98,7 +98,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
-    record.agent, record.events_offset = agents.new_state(cfg.agent), 0
+    record.agent = agents.resumed_state(cfg.agent, record.agent or {}) if resume else agents.new_state(cfg.agent)
+    record.events_offset = 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})

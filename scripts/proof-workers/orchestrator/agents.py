@@ -244,7 +244,12 @@ def _fold_claude(state: dict[str, Any], event: dict[str, Any]) -> None:
     if kind_of == "result":
         usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
         state["turns"] = _int(event.get("num_turns")) or state["turns"]
-        state["cost_usd"] = round(_num(event.get("total_cost_usd")), 6)
+        # A resumed session's total_cost_usd goes on from what it cost before the resume (cost_base, already
+        # counted in the earlier tries): this try's own cost is the rest. A total below the base is a session
+        # whose earlier cost the CLI did not restore: all of it is this try's.
+        total, base = _num(event.get("total_cost_usd")), _num(state.get("cost_base"))
+        state["session_cost_usd"] = round(total, 6)
+        state["cost_usd"] = round(total - base if total >= base else total, 6)
         if usage:
             state["tokens_in"] = _int(usage.get("input_tokens")) + _int(usage.get("cache_read_input_tokens")) + \
                 _int(usage.get("cache_creation_input_tokens"))
@@ -366,6 +371,14 @@ def plain_command(command: str) -> bool:
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def resumed_state(kind: str, before: dict[str, Any]) -> dict[str, Any]:
+    """A new try's agent that resumes the session of `before` (the last try's agent): it knows what the session
+    had cost, so that the session total its result reports is not counted twice."""
+    state = new_state(kind)
+    state["cost_base"] = max(_num(before.get("cost_base")), _num(before.get("session_cost_usd")))
+    return state
 
 
 def resume_flags(kind: str, session_id: str) -> list[str]:
