@@ -62,3 +62,23 @@ def test_a_resumed_session_is_not_charged_twice_for_what_it_cost_before(project,
     assert second > first > 0  # the CLI's session total went on from where try 1 left it
     issue = status_document(run)["projects"][0]["issues"][0]
     assert abs(issue["cost_usd"] - second) < 1e-6, (issue["cost_usd"], first, second)
+
+
+def test_an_agent_past_both_caps_still_shows_activity(tmp_path, monkeypatch):
+    """Past the events cap and the try log's cap an agent that keeps working writes nothing the probe sees grow;
+    the monitor must not take it for stalled (and kill it): the events file's mtime moves with what is dropped."""
+    import os
+
+    monkeypatch.setattr(wrapper, "EVENTS_CAP", 1024)
+    monkeypatch.setattr(wrapper, "TRY_LOG_CAP", 1024)
+    events, log = tmp_path / "events.jsonl", tmp_path / "try.log"
+    events.write_bytes(b"{}\n" * 1000)  # both already past their caps
+    log.write_bytes(b"x\n" * 1000)
+    for path in (events, log):
+        os.utime(path, ns=(0, 0))
+    work = b"".join(json.dumps({"type": "assistant", "message": {"id": f"m{n}", "content": [
+        {"type": "tool_use", "name": "Bash", "input": {"command": f"make step{n}"}}]}}).encode() + b"\n"
+        for n in range(50))
+    wrapper._keep_events(io.BufferedReader(io.BytesIO(work)), "claude", events, log)
+    assert events.stat().st_size == 3000 and log.stat().st_size == 2000  # the caps hold
+    assert events.stat().st_mtime_ns != 0  # yet the probe's fingerprint (size:mtime) changes: activity

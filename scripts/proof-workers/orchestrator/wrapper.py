@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
     with open(events_path, "ab") as events, open(log_path, "ab") as log:
-        written, logged = events.tell(), log.tell()
+        written, logged, touched = events.tell(), log.tell(), float("-inf")
         while True:
             line = source.readline(MAX_EVENT_LINE)
             if not line:
@@ -240,6 +241,10 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
                 events.write(raw)
                 events.flush()
                 written += len(raw)
+            elif time.monotonic() - touched >= 1.0:
+                # dropped past the cap: the file's mtime still moves, so the probe sees activity, not a stall
+                os.utime(events.fileno())
+                touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
             if text and logged < TRY_LOG_CAP:
                 log.write(text)
