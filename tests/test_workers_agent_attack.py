@@ -82,3 +82,25 @@ def test_an_agent_past_both_caps_still_shows_activity(tmp_path, monkeypatch):
     wrapper._keep_events(io.BufferedReader(io.BytesIO(work)), "claude", events, log)
     assert events.stat().st_size == 3000 and log.stat().st_size == 2000  # the caps hold
     assert events.stat().st_mtime_ns != 0  # yet the probe's fingerprint (size:mtime) changes: activity
+
+
+def test_the_rate_limit_backoff_grows_while_the_held_try_waits(tmp_path):
+    """A try that had good turns and then ended on a 429 that came with no api_retry events (the CLI's retries
+    set to 0, or a usage limit without a reset time): the held, not yet started next try still shows the last
+    try's tally. That old tally is no model call that went through: the backoff must keep growing (60 s, 120 s,
+    ...) instead of starting again from 60 s each time."""
+    from orchestrator import agents, probe
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    files = RunFiles(tmp_path / "state")
+    held = agents.new_state("claude")
+    for line in (b'{"type":"assistant","message":{"id":"m1","content":[{"type":"text","text":"working"}]}}',
+                 b'{"type":"result","subtype":"success","is_error":true,"num_turns":2,"total_cost_usd":0.1,'
+                 b'"api_error_status":429,"terminal_reason":"api_error",'
+                 b'"result":"API Error: Request rejected (429) \xc2\xb7 rate limited"}'):
+        agents.fold(held, agents.parse_line(line)[0], "2026-12-06T00:00:00Z")
+    assert agents.stop_of(held)[0] == "rate_limit" and held["turns"] and held["rate_limited"] is None
+    record = WorkerRecord(1, project="demo", issue_number=1, try_id=2, launched=False, agent=held, rate_limits=1)
+    probe.snapshot(record, None, {}, files, 1000.0)  # the monitor's next cycles, the pause still holding
+    probe.snapshot(record, None, {}, files, 1001.0)
+    assert record.rate_limits == 1
