@@ -104,3 +104,25 @@ def test_the_rate_limit_backoff_grows_while_the_held_try_waits(tmp_path):
     probe.snapshot(record, None, {}, files, 1000.0)  # the monitor's next cycles, the pause still holding
     probe.snapshot(record, None, {}, files, 1001.0)
     assert record.rate_limits == 1
+
+
+def result_line(session: str, cost: float) -> bytes:
+    return json.dumps({"session_id": session, "is_error": False, "num_turns": 1, "subtype": "success",
+                       "type": "result", "total_cost_usd": cost, "terminal_reason": "completed"}).encode()
+
+
+def test_a_resume_that_started_a_new_session_is_charged_in_full_and_the_chain_follows_the_session():
+    """`--resume A` that could not continue A (its agent started session B): B's total is all new cost, and a
+    later resume of B takes B's total as its base, never A's."""
+    from orchestrator import agents
+
+    at = "2026-12-06T00:00:00Z"
+    first = agents.new_state("claude")
+    agents.fold(first, agents.parse_line(result_line("A", 1.0))[0], at)
+    second = agents.resumed_state("claude", first)
+    agents.fold(second, agents.parse_line(result_line("B", 1.5))[0], at)
+    assert second["cost_usd"] == 1.5  # B is no continuation of A: nothing of it was counted before
+    third = agents.resumed_state("claude", second)
+    agents.fold(third, agents.parse_line(result_line("B", 1.75))[0], at)
+    assert third["cost_usd"] == 0.25
+    assert first["cost_usd"] + second["cost_usd"] + third["cost_usd"] == 2.75  # A's 1.0 and B's 1.75, once each

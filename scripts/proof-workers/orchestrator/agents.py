@@ -247,7 +247,9 @@ def _fold_claude(state: dict[str, Any], event: dict[str, Any]) -> None:
         # A resumed session's total_cost_usd goes on from what it cost before the resume (cost_base, already
         # counted in the earlier tries): this try's own cost is the rest. A total below the base is a session
         # whose earlier cost the CLI did not restore: all of it is this try's.
-        total, base = _num(event.get("total_cost_usd")), _num(state.get("cost_base"))
+        total = _num(event.get("total_cost_usd"))
+        # the base holds only for the session it was taken from (a resume that started a new session is all new)
+        base = _num(state.get("cost_base")) if state.get("base_session") == event.get("session_id") else 0.0
         state["session_cost_usd"] = round(total, 6)
         state["cost_usd"] = round(total - base if total >= base else total, 6)
         if usage:
@@ -376,8 +378,9 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 def resumed_state(kind: str, before: dict[str, Any]) -> dict[str, Any]:
     """A new try's agent that resumes the session of `before` (the last try's agent): it knows what the session
     had cost, so that the session total its result reports is not counted twice."""
-    state = new_state(kind)
-    state["cost_base"] = max(_num(before.get("cost_base")), _num(before.get("session_cost_usd")))
+    state, session = new_state(kind), before.get("session_id")
+    prior = _num(before.get("cost_base")) if before.get("base_session") == session else 0.0
+    state["cost_base"], state["base_session"] = max(prior, _num(before.get("session_cost_usd"))), session
     return state
 
 
