@@ -75,3 +75,13 @@ def test_the_report_reads_files_and_never_imports_tmux_or_the_workers_package():
 
     source = Path(lib.report.__file__).read_text()
     assert "libtmux" not in source and "from orchestrator" not in source and "import orchestrator" not in source
+
+
+def test_an_event_log_that_is_a_fifo_is_one_line_exit_2_not_a_hang(home, inv):
+    import os
+
+    log = home.path / "state" / "alpha" / "orchestrator-log.jsonl"
+    log.parent.mkdir(parents=True)
+    os.mkfifo(log)
+    result = inv("report", "--date", "2026-11-27")
+    assert result.code == 2 and result.err.count("\n") == 1 and "FIFO" in result.err and str(log) in result.err
