@@ -126,3 +126,20 @@ def test_a_resume_that_started_a_new_session_is_charged_in_full_and_the_chain_fo
     agents.fold(third, agents.parse_line(result_line("B", 1.75))[0], at)
     assert third["cost_usd"] == 0.25
     assert first["cost_usd"] + second["cost_usd"] + third["cost_usd"] == 2.75  # A's 1.0 and B's 1.75, once each
+
+
+def test_a_crash_whose_output_names_some_login_url_is_no_missing_login():
+    """Only the CLI's own words ("Not logged in", "Please run /login") mean a missing login; a crash whose
+    stderr names some /login path is a failed try (a retry), not an `auth` pause of the whole project."""
+    from orchestrator import agents
+
+    at = "2026-12-06T00:00:00Z"
+    crashed = agents.new_state("claude")
+    agents.fold(crashed, agents.parse_line(b"Error: GET http://127.0.0.1:8080/login failed: ECONNREFUSED\n")[0], at)
+    assert agents.stop_of(crashed)[0] != "auth"
+    logged_out = agents.new_state("claude")
+    agents.fold(logged_out, agents.parse_line("Not logged in · Please run /login\n".encode())[0], at)
+    assert agents.stop_of(logged_out)[0] == "auth"
+    bad_key = agents.new_state("claude")
+    agents.fold(bad_key, agents.parse_line("Invalid API key · Please run /login\n".encode())[0], at)
+    assert agents.stop_of(bad_key)[0] == "auth"

@@ -196,7 +196,7 @@ def fold(state: dict[str, Any], event: dict[str, Any], at: str) -> None:
     kind = state.get("kind")
     if event.get("type") == "stdout":
         text = str(event.get("text", ""))
-        if "Not logged in" in text or "/login" in text:
+        if "Not logged in" in text or "Please run /login" in text:  # the CLI's words, not any /login path
             state["error_status"], state["error_text"] = 401, _one_line(text, 200)
         return
     if kind == "claude":
