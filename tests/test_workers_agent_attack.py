@@ -167,3 +167,18 @@ def test_a_killed_claude_try_still_counts_what_its_model_calls_cost(project, fak
     usage = json.loads((proj.state / "usage.json").read_text())["tries"]
     assert usage["worker-1-try-1"]["turns"] >= 1  # the probe saw the costly call
     assert usage["worker-1-try-1"]["cost_usd"] > 0
+
+
+def test_an_issue_done_in_exactly_its_max_turns_completes(project, fake_api, tmp_path):
+    """max_turns: 2 allows two turns (as the CLI's own --max-turns 2 does): an agent that commits and finishes
+    in its second turn has done its issue within budget; failing it would throw the finished work away."""
+    require_claude()
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=claude_command(fake_api, tmp_path / "agent-home"), max_turns=2)
+    fake_api.queue_for("# Issue #1:", fa.bash(COMMIT.format(n=1)), fa.text("Done."))
+    run = open_run()
+    lines: list[str] = []
+    failed = monitor(run, cycle=0.2, no_delay=True, say=lines.append)
+    run.reload()
+    assert (failed, proj.issue(1)["status"]) == (0, "completed"), lines
+    assert proj.remote_commits("feature/issue-1") == ["agent: issue 1"]
