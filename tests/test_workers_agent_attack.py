@@ -182,3 +182,16 @@ def test_an_issue_done_in_exactly_its_max_turns_completes(project, fake_api, tmp
     run.reload()
     assert (failed, proj.issue(1)["status"]) == (0, "completed"), lines
     assert proj.remote_commits("feature/issue-1") == ["agent: issue 1"]
+
+
+def test_a_deeply_nested_event_line_neither_kills_the_pump_nor_the_probe(tmp_path):
+    """A line nested 100,000 deep (json.loads raises RecursionError, no ValueError) is kept as text; the pump
+    goes on to the result (else it dies, the agent blocks on a full pipe and the try looks stalled)."""
+    from orchestrator import agents
+
+    deep = b'{"type":"assistant","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    event, was_json = agents.parse_line(deep)
+    assert not was_json and event["type"] == "stdout"
+    events, log = tmp_path / "events.jsonl", tmp_path / "try.log"
+    wrapper._keep_events(io.BufferedReader(io.BytesIO(deep + REAL_RESULT + b"\n")), "claude", events, log)
+    assert json.loads(events.read_bytes().splitlines()[-1])["type"] == "result"

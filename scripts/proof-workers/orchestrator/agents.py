@@ -59,7 +59,7 @@ def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     if text.startswith("{"):
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep for json: kept as text, never a dead pump
             doc = None
         if isinstance(doc, dict):
             return doc, True
