@@ -115,7 +115,7 @@ def _worker_events(path: Path) -> list[tuple[str, int, str, int, str]]:
     for index, line in enumerate((data or b"").decode("utf-8", "replace").splitlines()):
         try:
             doc = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # cut by a crash, or nested too deep for json
             continue
         event = doc.get("event") if isinstance(doc, dict) else None
         if not isinstance(event, dict):

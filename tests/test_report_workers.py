@@ -85,3 +85,11 @@ def test_an_event_log_that_is_a_fifo_is_one_line_exit_2_not_a_hang(home, inv):
     os.mkfifo(log)
     result = inv("report", "--date", "2026-11-27")
     assert result.code == 2 and result.err.count("\n") == 1 and "FIFO" in result.err and str(log) in result.err
+
+
+def test_an_event_line_nested_too_deep_is_skipped_like_a_cut_one(home, inv):
+    files = RunFiles(home.path / "state" / "alpha")
+    files.log_event({"action": "mark_complete", "worker": 1, "issue": 1, "project": "alpha"})
+    with open(files.events, "a") as log:
+        log.write('{"event": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert "| alpha" in section(report_of(home, inv), "Proof Workers")
