@@ -195,3 +195,15 @@ def test_a_deeply_nested_event_line_neither_kills_the_pump_nor_the_probe(tmp_pat
     events, log = tmp_path / "events.jsonl", tmp_path / "try.log"
     wrapper._keep_events(io.BufferedReader(io.BytesIO(deep + REAL_RESULT + b"\n")), "claude", events, log)
     assert json.loads(events.read_bytes().splitlines()[-1])["type"] == "result"
+
+
+def test_status_reads_an_event_log_with_a_line_nested_too_deep(tmp_path):
+    """status and the dashboard read orchestrator-log.jsonl with read_lines: a line nested too deep for json
+    (a hand edit, a disk error) is skipped like a cut one, never a traceback of every status call."""
+    from orchestrator.state import RunFiles, read_lines
+
+    files = RunFiles(tmp_path)
+    files.log_event({"action": "idle", "worker": 1})
+    with open(files.events, "a") as log:
+        log.write('{"event": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert [line["event"]["action"] for line in read_lines(files.events)] == ["idle"]
