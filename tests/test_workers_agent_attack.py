@@ -207,3 +207,21 @@ def test_status_reads_an_event_log_with_a_line_nested_too_deep(tmp_path):
     with open(files.events, "a") as log:
         log.write('{"event": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     assert [line["event"]["action"] for line in read_lines(files.events)] == ["idle"]
+
+
+def test_agent_claude_with_a_text_mode_claude_command_is_a_config_error(tmp_path):
+    """`"agent": "claude"` with the original's text-mode `claude -p ...` as agent_command: no event would ever
+    come, so status would show $0 and no turns while money is spent, and no cost or turn budget could hold.
+    That is a one-line config error naming the missing flags, not a run that lies."""
+    from lib.errors import ConfigError
+    from orchestrator.config import parse_config
+
+    base = {"project": "p", "repo_path": str(tmp_path), "branch_prefix": "f-", "issues": [{"number": 1}],
+            "agent": "claude"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(tmp_path / "c.json", {**base, "agent_command": "claude -p < {{prompt_file}}"})
+    assert any("--output-format stream-json" in p for p in err.value.problems), err.value.problems
+    cfg = parse_config(tmp_path / "c.json", {**base, "agent_command": "claude -p --output-format stream-json "
+                                                                      "--verbose < {{prompt_file}}"})
+    assert cfg.agent == "claude"
+    assert parse_config(tmp_path / "c.json", {**base, "agent_command": "my-agent.sh {{prompt_file}}"}).agent == "claude"
