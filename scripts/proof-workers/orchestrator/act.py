@@ -109,7 +109,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
-    record.agent, record.events_offset = agents.new_state(cfg.agent), 0
+    record.agent = agents.resumed_state(cfg.agent, record.agent or {}) if resume else agents.new_state(cfg.agent)
+    record.events_offset = 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
@@ -254,7 +255,8 @@ class Executor:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         configs.set_issue(cfg.path, issue.number, status="completed")
         _free(self.run, record)
-        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number})
+        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project})
         self.say(f"worker {action.worker}: #{issue.number} completed")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:

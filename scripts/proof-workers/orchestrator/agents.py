@@ -59,7 +59,7 @@ def parse_line(line: bytes) -> tuple[dict[str, Any], bool]:
     if text.startswith("{"):
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep for json: kept as text, never a dead pump
             doc = None
         if isinstance(doc, dict):
             return doc, True
@@ -196,7 +196,7 @@ def fold(state: dict[str, Any], event: dict[str, Any], at: str) -> None:
     kind = state.get("kind")
     if event.get("type") == "stdout":
         text = str(event.get("text", ""))
-        if "Not logged in" in text or "/login" in text:
+        if "Not logged in" in text or "Please run /login" in text:  # the CLI's words, not any /login path
             state["error_status"], state["error_text"] = 401, _one_line(text, 200)
         return
     if kind == "claude":
@@ -244,7 +244,14 @@ def _fold_claude(state: dict[str, Any], event: dict[str, Any]) -> None:
     if kind_of == "result":
         usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
         state["turns"] = _int(event.get("num_turns")) or state["turns"]
-        state["cost_usd"] = round(_num(event.get("total_cost_usd")), 6)
+        # A resumed session's total_cost_usd goes on from what it cost before the resume (cost_base, already
+        # counted in the earlier tries): this try's own cost is the rest. A total below the base is a session
+        # whose earlier cost the CLI did not restore: all of it is this try's.
+        total = _num(event.get("total_cost_usd"))
+        # the base holds only for the session it was taken from (a resume that started a new session is all new)
+        base = _num(state.get("cost_base")) if state.get("base_session") == event.get("session_id") else 0.0
+        state["session_cost_usd"] = round(total, 6)
+        state["cost_usd"] = round(total - base if total >= base else total, 6)
         if usage:
             state["tokens_in"] = _int(usage.get("input_tokens")) + _int(usage.get("cache_read_input_tokens")) + \
                 _int(usage.get("cache_creation_input_tokens"))
@@ -366,6 +373,15 @@ def plain_command(command: str) -> bool:
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def resumed_state(kind: str, before: dict[str, Any]) -> dict[str, Any]:
+    """A new try's agent that resumes the session of `before` (the last try's agent): it knows what the session
+    had cost, so that the session total its result reports is not counted twice."""
+    state, session = new_state(kind), before.get("session_id")
+    prior = _num(before.get("cost_base")) if before.get("base_session") == session else 0.0
+    state["cost_base"], state["base_session"] = max(prior, _num(before.get("session_cost_usd"))), session
+    return state
 
 
 def resume_flags(kind: str, session_id: str) -> list[str]:

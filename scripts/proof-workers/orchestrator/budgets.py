@@ -46,10 +46,10 @@ def issue_spent(usage: dict[str, dict[str, Any]], project: str, issue: int, but:
 
 
 def over(issue: Issue, used: dict[str, float]) -> str:
-    """`budget: $X of $Y` (or turns, tokens) when the issue has reached one of its limits, else ""."""
+    """`budget: $X of $Y` (or turns, tokens) when the issue has gone past one of its limits (a limit may be used in full), else ""."""
     for key, limit in issue.budget:
         value = used[USED_KEYS[key]]
-        if value >= limit if key != "max_cost_usd" else value > limit:
+        if value > limit:  # a limit is what may be used: max_turns 2 allows two turns (as the CLI's --max-turns)
             if key == "max_cost_usd":
                 return f"budget: ${value:.4f} of ${limit:.4f}"
             return f"budget: {value:.0f} of {limit:.0f} {USED_KEYS[key]}"

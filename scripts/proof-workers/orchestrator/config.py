@@ -395,6 +395,9 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if kind == "command" and "agent_command" not in raw:
         check.bad("agent", "\"command\" needs an agent_command")
     agent = check.get(raw, "agent_command", "str", DEFAULT_COMMANDS.get(kind, DEFAULT_AGENT_COMMAND))
+    if kind == "claude" and agent_kind(agent) == "claude" and "stream-json" not in agent:
+        check.bad("agent_command", "agent \"claude\" reads the CLI's events: add --output-format stream-json "
+                                   "--verbose (or set \"agent\": \"command\" for text output)")
     problem = _template_problem(agent, AGENT_PLACEHOLDERS)
     if problem or not agent.strip():
         check.bad("agent_command", problem or "must not be empty")

@@ -175,8 +175,10 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         read = read_events(files, record, now)
     if before != {key: record.agent.get(key) for key in USAGE_KEYS}:
         record_usage(files, record)
-    if record.rate_limits and record.agent.get("turns") and not record.agent.get("rate_limited"):
-        record.rate_limits = 0  # a model call went through: the next limit backs off from the start
+    if record.rate_limits and record.launched and record.agent.get("turns") and not record.agent.get("rate_limited"):
+        # a model call of this try went through: the next limit backs off from the start (a held try not yet
+        # started still shows the last try's tally, whose turns came before its limit)
+        record.rate_limits = 0
     stop, detail = agents.stop_of(record.agent) if exit_code is not None else ("", "")
     mark = fingerprint(files, record, head, changes)
     if mark != record.last_fingerprint or record.last_progress_at is None:

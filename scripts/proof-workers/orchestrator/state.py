@@ -176,8 +176,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
+        except (ValueError, RecursionError):
+            continue  # a line cut by a crash (or nested too deep for json)
     return out
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,13 @@ SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance
 
 
 # An agent with structured output: its raw event stream and the readable log of a try are capped (a runaway
-# agent cannot fill the disk); past the cap a result or system event is still kept (what the monitor judges by).
+# agent cannot fill the disk); past the cap the events the monitor judges by (KEPT_PAST_CAP) are still kept.
 EVENTS_CAP = 100 * 1024 * 1024
 TRY_LOG_CAP = 10 * 1024 * 1024
 MAX_EVENT_LINE = 4 * 1024 * 1024  # a longer line (a huge tool result) is left out of the stream, with a note
-KEPT_PAST_CAP = (b'"type":"result"', b'"type": "result"', b'"type":"system"', b'"type": "system"')
+# The event types kept past the cap (judged on the parsed event: the real CLI writes "type" late in its result
+# line): Claude's and Gemini's result, init and system events, Codex's turn ends, errors and session start.
+KEPT_PAST_CAP = ("result", "system", "init", "error", "turn.completed", "turn.failed", "thread.started")
 
 
 def _stamp() -> str:
@@ -247,7 +250,7 @@ def _events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
     line per event to the try's log and the pane."""
     try:
         _keep_events(source, kind, events_path, log_path)
-    except OSError:
+    except Exception:  # noqa: BLE001 (a full disk, or an event nothing foresaw: the drain below must still run)
         pass
     for _ in iter(lambda: source.read1(65536), b""):
         pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
@@ -258,7 +261,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
     with open(events_path, "ab") as events, open(log_path, "ab") as log:
-        written, logged = events.tell(), log.tell()
+        written, logged, touched = events.tell(), log.tell(), float("-inf")
         while True:
             line = source.readline(MAX_EVENT_LINE)
             if not line:
@@ -273,10 +276,14 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
                     line += b"\n"
             event, was_json = agents.parse_line(line)
             raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
-            if written < EVENTS_CAP or (len(raw) < 65536 and any(k in raw[:200] for k in KEPT_PAST_CAP)):
+            if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
                 events.write(raw)
                 events.flush()
                 written += len(raw)
+            elif time.monotonic() - touched >= 1.0:
+                # dropped past the cap: the file's mtime still moves, so the probe sees activity, not a stall
+                os.utime(events.fileno())
+                touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
             if text and logged < TRY_LOG_CAP:
                 log.write(text)
