@@ -96,6 +96,44 @@ def _proc_stat(pid: str) -> list[bytes] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+
+
+def process_table() -> dict[int, Proc]:
+    """Every live (non-zombie) process, from one pass over /proc."""
+    table: dict[int, Proc] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
+    return table
+
+
+def descendants(table: dict[int, Proc], root: int) -> set[int]:
+    """Every process below `root` in the table (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group, read from /proc."""
     members = []

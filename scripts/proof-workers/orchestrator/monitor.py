@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lib import runner
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import alerts, budgets, pauses, probe, tmux, worktrees
@@ -186,7 +187,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
         say(f"tmux did not answer, cycle skipped: {err}")
         run.files.log_event({"action": "probe_failed", "error": str(err)})
         return CycleResult(0, finished=False)
-    table = probe.process_table()
+    table = runner.process_table()
     snapshots: list[Snapshot] = []
     for record in records:
         if record.issue_number is not None:

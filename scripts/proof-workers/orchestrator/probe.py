@@ -8,53 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lib.runner import Proc, descendants
 from lib.statefile import update_json
 from orchestrator import agents, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    pgid: int
-
-
-def process_table() -> dict[int, Proc]:
-    """Every live (non-zombie) process, from one pass over /proc."""
-    table: dict[int, Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] in (b"Z", b"X"):
-            continue
-        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(table: dict[int, Proc], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def read_pid(path: Path) -> int | None:

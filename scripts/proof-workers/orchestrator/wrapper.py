@@ -196,40 +196,11 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     that has exited no longer counts its group, hence the tag and the descent."""
     members = set(runner.group_members(pgid))
     outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
-    outside += [pid for pid in _descendants(os.getpid()) if pid not in outside and pid not in members]
+    outside += [pid for pid in runner.descendants(runner.process_table(), os.getpid())
+                if pid not in outside and pid not in members]
     if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
     return outside
-
-
-def _stat_fields(pid: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].decode().split()
-    except (OSError, IndexError):
-        return None
-
-
-def _group_of(pid: int) -> int | None:
-    fields = _stat_fields(str(pid))
-    return int(fields[2]) if fields else None
-
-
-def _descendants(root: int) -> list[int]:
-    """Live (not zombie) processes below `root`, from one pass over /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
-        if fields and fields[0] not in ("Z", "X"):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
 
 
 def _tee(source: Any, log: Any) -> None:
