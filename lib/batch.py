@@ -51,7 +51,7 @@ class Outcome:
     host: str = "local"  # a hosts.toml name when it ran on a build host
     counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
     cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
-    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "at"} of the run --changed trusts
+    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"} of the run --changed trusts
 
     @property
     def failing(self) -> bool:

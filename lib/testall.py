@@ -1,6 +1,7 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
@@ -168,9 +169,15 @@ def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str,
     last = entry.get("last_passed")
     if not clean or not isinstance(last, dict) or not isinstance(last.get("at"), str):
         return None
-    if (last.get("head"), last.get("command"), last.get("host")) != (head, plan.command_line, LOCAL):
-        return None
+    if (last.get("head"), last.get("command"), last.get("host"), last.get("machine")) != (
+            head, plan.command_line, LOCAL, this_machine()):
+        return None  # "local" is every machine's name for itself: a results file copied from another one runs
     return last["at"]
+
+
+def this_machine() -> str:
+    """The name of the machine a pass was recorded on (its host name): a cache from another machine never counts."""
+    return socket.gethostname()
 
 
 def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
@@ -190,7 +197,7 @@ def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]
         held = state is not None and state[1] and after.get(outcome.repo) == state
         if outcome.status == "passed" and outcome.host == LOCAL and held:
             outcome.last_passed = {"head": state[0], "command": outcome.command, "host": LOCAL,
-                                   "at": outcome.finished_at}
+                                   "machine": this_machine(), "at": outcome.finished_at}
             trusted.append(outcome)
     return trusted
 
