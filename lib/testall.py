@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
@@ -23,10 +24,11 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
+from lib.gitstatus import confined_to, git_env
 from lib.hosts import LOCAL
 from lib.paths import Paths
 from lib.runner import RunInterrupted, signal_name
-from lib.scan import scan_workspace
+from lib.scan import scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
 from lib.workflows import Plan
 
@@ -147,7 +149,35 @@ def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str,
     if not repos:
         return {}
     report = scan_workspace(Workspace(workspace.config_file, tuple(repos)))
-    return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
+    paths = {repo.name: repo.local for repo in repos}
+    with stoppable_git_reads():
+        return {s.name: (s.head, bool(s.clean) and not hides_changes(paths[s.name]))
+                for s in report.repos if s.head and not s.error}
+
+
+# What `git status` may be told not to show, yet is code the tests run: a submodule's changes
+# (`ignore` in .gitmodules, `diff.ignoreSubmodules`) and index entries marked assume-unchanged
+# (ls-files -v: a lowercase tag) or skip-worktree (`S`), whose edits git never looks at.
+HIDDEN_CHECK_TIMEOUT_S = 300.0
+
+
+def hides_changes(path: Path) -> bool:
+    """True when git status could call `path` clean while its files differ from HEAD (or git cannot tell)."""
+    env = confined_to(path, git_env())
+
+    def git(*args: str) -> bytes | None:
+        try:
+            result = subprocess.run(["git", "-C", str(path), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                                    env=env, timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    status = git("status", "--porcelain=v2", "-z", "--ignore-submodules=none", "--untracked-files=normal")
+    entries = git("ls-files", "-v", "-z")
+    if status is None or entries is None or status:
+        return True
+    return any(entry[:1].islower() or entry[:1] == b"S" for entry in entries.split(b"\0") if entry)
 
 
 def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
