@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic
@@ -52,13 +52,18 @@ class Outcome:
     counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
     cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
     last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"} of the run --changed trusts
+    # Not recorded: the runner was killed (SIGTERM/SIGKILL, not a SIGINT it ended on) before it could say its
+    # summary, so a summary line in its log is an earlier one's (another suite's, a test's print): no counts.
+    killed_untold: bool = field(default=False, repr=False, compare=False)
 
     @property
     def failing(self) -> bool:
         return self.status in FAILING
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        del document["killed_untold"]
+        return document
 
     def line(self) -> str:
         detail = f" ({self.reason})" if self.reason else ""
@@ -152,8 +157,11 @@ def skipped_without_log(outcome: Outcome) -> Outcome:
 
 
 def with_counts(outcome: Outcome) -> Outcome:
-    """A command that ran gets its test runner's counts from the end of its log (None: no summary there)."""
-    if outcome.status in ("passed", "failed", "timeout") and outcome.log:
+    """A command that ran gets its test runner's counts from the end of its log (None: no summary there).
+
+    A runner killed before it could print its summary has none: a summary line in its log is someone else's.
+    """
+    if outcome.status in ("passed", "failed", "timeout") and outcome.log and not outcome.killed_untold:
         outcome.counts = read_counts(Path(outcome.log))
     return outcome
 
@@ -204,10 +212,14 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
             if result.timed_out:
                 how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
                 log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
-                return outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped = outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped.killed_untold = result.stopped_with != "SIGINT"  # only a SIGINT lets a runner say its end
+                return stopped
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
-                return outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed = outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed.killed_untold = result.killed_by != "SIGINT"
+                return killed
             if result.exit_code != 0:
                 return outcome("failed", result.exit_code, f"exit {result.exit_code}")
         return outcome("passed", 0, "; ".join(notes) or None)

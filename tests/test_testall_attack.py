@@ -5,7 +5,7 @@ import json
 import socket
 import subprocess
 
-from tests.conftest import ROOT  # noqa: F401  (the fixtures come from conftest)
+from tests.test_testall_real import log_dir
 
 COUNTING = "test:\n\t@touch {runs}/$$$$; echo '1 passed in 0.01s'\n"
 
@@ -69,3 +69,52 @@ def test_changed_sees_a_dirty_submodule_whatever_the_config_says(home, make_repo
     result = inv("test-all", "--changed", "--json")
     assert not json.loads(result.out)["results"][0]["cached"]
     assert len(list(runs.iterdir())) == 2
+
+
+def results_entry(home) -> dict:
+    return home.state("test-results.json")["results"][0]
+
+
+# An earlier suite's summary, then a runner that is deaf to SIGINT (or dies outright) before it prints its own.
+EARLIER_SUITE = "echo '========== 615 passed in 3.10s =========='; "
+
+
+def test_a_runner_killed_before_its_summary_has_no_counts_not_an_earlier_suites(home, make_repo, inv):
+    repo = make_repo("deaf")
+    deaf = EARLIER_SUITE + "trap '' INT; while :; do sleep 0.1; done"
+    home.write_repos([{"name": "deaf", "local": str(repo.path), "language": "make", "commands": {"test": deaf}}])
+    result = inv("test-all", "--timeout", "1", "--grace", "1", "--json")
+    assert result.code == 1
+    assert "SIGTERM" in (log_dir() / "orchestrator-test-deaf.log").read_text()
+    entry = results_entry(home)
+    assert entry["status"] == "timeout" and entry["counts"] is None, entry
+    assert json.loads(result.out)["results"][0]["counts"] is None
+
+
+def test_a_runner_killed_by_a_signal_has_no_counts_not_an_earlier_suites(home, make_repo, inv):
+    repo = make_repo("oom")
+    home.write_repos([{"name": "oom", "local": str(repo.path), "language": "make",
+                       "commands": {"test": EARLIER_SUITE + "kill -9 $$"}}])
+    assert inv("test-all").code == 1
+    entry = results_entry(home)
+    assert entry["status"] == "failed" and "killed by SIGKILL" in entry["reason"] and entry["counts"] is None, entry
+
+
+def test_a_summary_cut_at_the_start_of_the_read_window_is_not_read(tmp_path):
+    from lib.testcounts import WINDOW, read_counts
+    log = tmp_path / "big.log"
+    tail = b"\nTraceback (most recent call last):\nMemoryError\n"
+    # An earlier suite's "12 passed in 0.01s", cut so that the window read starts at "2 passed in 0.01s".
+    cut = b"2 passed in 0.01s"
+    log.write_bytes(b"x" * 100 + b"\n1" + cut + b"\n" + b"y" * (WINDOW - len(cut) - 1 - len(tail)) + tail)
+    assert log.read_bytes()[-WINDOW:].startswith(cut + b"\n")
+    assert read_counts(log) is None
+
+
+def test_a_summary_that_starts_the_read_window_whole_is_read(tmp_path):
+    from lib.testcounts import WINDOW, read_counts
+    log = tmp_path / "big.log"
+    summary = b"12 passed in 0.01s\n"
+    log.write_bytes(b"x" * 100 + b"\n" + summary + b"y" * (WINDOW - len(summary) - 1) + b"\n")
+    assert log.read_bytes()[-WINDOW:].startswith(summary)
+    assert read_counts(log) == {"passed": 12, "failed": 0, "skipped": 0, "errors": 0}
