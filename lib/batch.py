@@ -1,6 +1,7 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -336,13 +337,18 @@ def check_report_path(path: Path) -> None:
 
 
 def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all", wall_s: float | None = None,
-                interrupted: str | None = None) -> None:
-    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal."""
+                interrupted: str | None = None, unfinished: bool = False) -> None:
+    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal.
+
+    `unfinished`: the report a run writes before it starts, replaced by its real one when it ends; a run
+    killed outright (SIGKILL) leaves this one, never an earlier run's green report. Written atomically.
+    """
     failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
     errors = sum(1 for o in outcomes if o.status == "error")
     skipped = sum(1 for o in outcomes if o.status == "skipped")
     root = ElementTree.Element("testsuites")
-    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "")
+    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "") \
+        + (" (did not finish)" if unfinished else "")
     seconds = sum(o.duration_s for o in outcomes) if wall_s is None else wall_s
     tests = ElementTree.SubElement(root, "testsuite", name=name, tests=str(len(outcomes)),
                                    failures=str(failures), errors=str(errors), skipped=str(skipped),
@@ -367,7 +373,16 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
         ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
                                                            f"host: {o.host}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's file is the owner's only)
+        with os.fdopen(fd, "wb") as out:
+            ElementTree.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def results_file(paths: Paths, workflow: str) -> Path | None:

@@ -95,6 +95,7 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     passed run is reported passed (`cached`) without running.
     """
     started = monotonic()
+    notes = unfinished_junit(junit_xml, plans)
     before = tree_states(workspace, [plan.repo for plan in plans])
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
@@ -119,7 +120,7 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
     if trusted or cached:
         run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
-    notes = run.notes
+    notes += run.notes
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
@@ -252,6 +253,26 @@ def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str
         outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
                                 str(plan.log), reason, now_iso()))
     return outcomes
+
+
+UNFINISHED = "did not finish: the run was killed before it wrote its report"
+
+
+def unfinished_junit(junit_xml: Path | None, plans: list[Plan]) -> list[str]:
+    """Before anything runs: a report whose every repo is an error, which the run's own report replaces.
+
+    A run killed outright (SIGKILL, the OOM killer, a hard CI cancel) then leaves a red report at the path
+    CI reads, never the green one of an earlier run.
+    """
+    if junit_xml is None:
+        return []
+    outcomes = [Outcome(plan.repo.name, plan.repo.language, "error", None, 0.0, plan.command_line, None,
+                        UNFINISHED, now_iso()) for plan in plans]
+    try:
+        write_junit(junit_xml, outcomes, wall_s=0.0, unfinished=True)
+    except OSError as err:
+        return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
+    return []
 
 
 def junit_notes(junit_xml: Path | None, outcomes: list[Outcome], wall_s: float | None = None,

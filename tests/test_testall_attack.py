@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from xml.etree import ElementTree
 
 from tests.test_testall_real import log_dir
 
@@ -118,3 +119,30 @@ def test_a_summary_that_starts_the_read_window_whole_is_read(tmp_path):
     log.write_bytes(b"x" * 100 + b"\n" + summary + b"y" * (WINDOW - len(summary) - 1) + b"\n")
     assert log.read_bytes()[-WINDOW:].startswith(summary)
     assert read_counts(log) == {"passed": 12, "failed": 0, "skipped": 0, "errors": 0}
+
+
+def test_inv_killed_outright_mid_run_leaves_no_green_junit_behind(home, make_repo, tmp_path):
+    # CI reads the JUnit path whatever happened: an earlier run's green report must not stand for a run that
+    # was SIGKILLed (the OOM killer, a hard cancel) before it could write its own.
+    from tests.test_honest_runs import hanging_repo, inv_command, wait_for
+    from lib.runner import STEP_VAR, processes_tagged
+
+    pidfile = tmp_path / "hang.pid"
+    home.add(hanging_repo(make_repo, "hangs", pidfile), language="make")
+    report = tmp_path / "out.xml"
+    report.write_text('<?xml version="1.0"?><testsuites><testsuite name="orchestrator test-all" tests="1" '
+                      'failures="0" errors="0" skipped="0"><testcase name="hangs"/></testsuite></testsuites>')
+    child = subprocess.Popen(inv_command("test-all", "--junit-xml", str(report)), cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pidfile.exists(), 60)
+        child.kill()
+        child.wait(timeout=30)
+        wait_for(lambda: not processes_tagged(STEP_VAR, f"{child.pid}-", prefix=True), 60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    suite = ElementTree.parse(report).getroot().find("testsuite")
+    assert int(suite.get("errors")) + int(suite.get("failures")) > 0, ElementTree.tostring(suite)
+    assert "did not finish" in suite.get("name")
