@@ -52,7 +52,7 @@ class Outcome:
     host: str = "local"  # a hosts.toml name when it ran on a build host
     counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
     cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
-    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"} of the run --changed trusts
+    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"}: what --changed trusts
     # Not recorded: the runner was killed (SIGTERM/SIGKILL, not a SIGINT it ended on) before it could say its
     # summary, so a summary line in its log is an earlier one's (another suite's, a test's print): no counts.
     killed_untold: bool = field(default=False, repr=False, compare=False)

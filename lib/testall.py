@@ -1,6 +1,8 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import os
+import shlex
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -116,7 +118,8 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]))
+    trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]),
+                               {plan.repo.name: command_text(plan) for plan in to_run})
     # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
     if trusted or cached:
         run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
@@ -201,7 +204,7 @@ def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str,
     if not clean or not isinstance(last, dict) or not isinstance(last.get("at"), str):
         return None
     if (last.get("head"), last.get("command"), last.get("host"), last.get("machine")) != (
-            head, plan.command_line, LOCAL, this_machine()):
+            head, command_text(plan), LOCAL, this_machine()):
         return None  # "local" is every machine's name for itself: a results file copied from another one runs
     return last["at"]
 
@@ -219,16 +222,26 @@ def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
                    counts if isinstance(counts, dict) else None, cached=True, last_passed=entry["last_passed"])
 
 
+def command_text(plan: Plan) -> str:
+    """The command text --changed compares: each command, with the directory it runs in when that is not the
+    repo's own (a workflow's `cd` step moves the same command to another suite)."""
+    parts = []
+    for command in plan.commands:
+        where = os.path.relpath(command.cwd, plan.repo.local)
+        parts.append(command.command if where == "." else f"cd {shlex.quote(where)} && {command.command}")
+    return " && ".join(parts)
+
+
 def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
-                     after: dict[str, tuple[str, bool]]) -> list[Outcome]:
+                     after: dict[str, tuple[str, bool]], commands: dict[str, str]) -> list[Outcome]:
     """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
     trusted = []
     for outcome in outcomes:
         state = before.get(outcome.repo)
         held = state is not None and state[1] and after.get(outcome.repo) == state
         if outcome.status == "passed" and outcome.host == LOCAL and held:
-            outcome.last_passed = {"head": state[0], "command": outcome.command, "host": LOCAL,
-                                   "machine": this_machine(), "at": outcome.finished_at}
+            outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
+                                   "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
             trusted.append(outcome)
     return trusted
 

@@ -146,3 +146,26 @@ def test_inv_killed_outright_mid_run_leaves_no_green_junit_behind(home, make_rep
     suite = ElementTree.parse(report).getroot().find("testsuite")
     assert int(suite.get("errors")) + int(suite.get("failures")) > 0, ElementTree.tostring(suite)
     assert "did not finish" in suite.get("name")
+
+
+def test_changed_reruns_when_a_workflow_cd_moves_the_same_command_to_another_directory(home, make_repo, inv, tmp_path):
+    # `cd unit` + `make -s test`, then `cd slow` + `make -s test`: the command text is the same, the suite is not.
+    from tests.test_honest_runs import write_workflows
+
+    suite = "test:\n\t@touch {runs}/$$(basename $(CURDIR)).$$$$; echo '1 passed in 0.01s'\n"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    repo = make_repo("r", {"unit/Makefile": suite.format(runs=runs), "slow/Makefile": suite.format(runs=runs)})
+    home.add(repo, language="make")
+
+    def workflow(directory: str) -> None:
+        write_workflows(home, {"test": {"description": "", "steps": [{"action": "cd", "target": directory},
+                                                                      {"action": "run", "command": "make -s test"}]}})
+
+    workflow("unit")
+    assert inv("test-all", "--changed").code == 0
+    workflow("slow")
+    result = inv("test-all", "--changed", "--json")
+    assert result.code == 0, result.err
+    assert not json.loads(result.out)["results"][0]["cached"]
+    assert sorted(p.name.split(".")[0] for p in runs.iterdir()) == ["slow", "unit"]
