@@ -359,10 +359,12 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
-        if o.counts is not None:
+        if o.counts is not None or o.cached:
             properties = ElementTree.SubElement(case, "properties")
-            for key, value in o.counts.items():
+            for key, value in (o.counts or {}).items():
                 ElementTree.SubElement(properties, "property", name=key, value=str(value))
+            if o.cached:  # test-all --changed: nothing ran now; the counts are those of the run it trusts
+                ElementTree.SubElement(properties, "property", name="cached", value=o.reason or "cached")
         if o.status in ("failed", "timeout"):
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))
@@ -371,7 +373,8 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
         ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
-                                                           f"host: {o.host}")
+                                                           f"host: {o.host}"
+                                                           + (f"\nnot run: {o.reason}" if o.cached else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -169,3 +169,18 @@ def test_changed_reruns_when_a_workflow_cd_moves_the_same_command_to_another_dir
     assert result.code == 0, result.err
     assert not json.loads(result.out)["results"][0]["cached"]
     assert sorted(p.name.split(".")[0] for p in runs.iterdir()) == ["slow", "unit"]
+
+
+def test_a_cached_repo_in_junit_says_it_did_not_run(home, make_repo, inv, tmp_path):
+    # CI shows the JUnit report: a repo --changed did not run must not read as tests that ran and passed now.
+    repo, runs = counted_repo(make_repo, tmp_path)
+    home.add(repo, language="make")
+    assert inv("test-all").code == 0
+    report = tmp_path / "out.xml"
+    assert inv("test-all", "--changed", "--junit-xml", str(report)).code == 0
+    assert len(list(runs.iterdir())) == 1
+    case = ElementTree.parse(report).getroot().find("testsuite/testcase")
+    since = results_entry(home)["last_passed"]["at"]
+    properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert properties.get("cached") == f"unchanged since {since}", properties
+    assert f"not run: unchanged since {since}" in case.find("system-out").text
