@@ -102,12 +102,14 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
     to_run: list[Plan] = []
-    for plan in plans:
-        since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) if changed else None
-        if since is None:
-            to_run.append(plan)
-        else:
-            cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+        for plan in plans:
+            since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
+                if changed else None
+            if since is None or hides_changes(plan.repo.local):
+                to_run.append(plan)
+            else:
+                cached.append(cached_outcome(plan, previous[plan.repo.name], since))
     to_run = longest_first(to_run, previous)
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
@@ -118,8 +120,10 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]),
-                               {plan.repo.name: command_text(plan) for plan in to_run})
+    after = tree_states(workspace, [plan.repo for plan in to_run])
+    with stoppable_git_reads():
+        trusted = mark_last_passed(run.outcomes, before, after, {plan.repo.name: command_text(plan) for plan in to_run},
+                                   {plan.repo.name: plan.repo.local for plan in to_run})
     # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
     if trusted or cached:
         run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
@@ -153,10 +157,7 @@ def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str,
     if not repos:
         return {}
     report = scan_workspace(Workspace(workspace.config_file, tuple(repos)))
-    paths = {repo.name: repo.local for repo in repos}
-    with stoppable_git_reads():
-        return {s.name: (s.head, bool(s.clean) and not hides_changes(paths[s.name]))
-                for s in report.repos if s.head and not s.error}
+    return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
 
 
 # What `git status` may be told not to show, yet is code the tests run: a submodule's changes
@@ -233,13 +234,15 @@ def command_text(plan: Plan) -> str:
 
 
 def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
-                     after: dict[str, tuple[str, bool]], commands: dict[str, str]) -> list[Outcome]:
+                     after: dict[str, tuple[str, bool]], commands: dict[str, str],
+                     paths: dict[str, Path]) -> list[Outcome]:
     """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
     trusted = []
     for outcome in outcomes:
         state = before.get(outcome.repo)
         held = state is not None and state[1] and after.get(outcome.repo) == state
-        if outcome.status == "passed" and outcome.host == LOCAL and held:
+        # What git status hides is asked after the run only (a git or two per passed repo, not per repo twice).
+        if outcome.status == "passed" and outcome.host == LOCAL and held and not hides_changes(paths[outcome.repo]):
             outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
                                    "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
             trusted.append(outcome)

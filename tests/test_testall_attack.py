@@ -54,6 +54,8 @@ def test_changed_sees_edits_git_status_was_told_to_hide(home, make_repo, inv, tm
     assert result.code == 0, result.err
     assert [r["cached"] for r in json.loads(result.out)["results"]] == [False, False]
     assert len(list(hidden_runs.iterdir())) == len(list(skipped_runs.iterdir())) == 2
+    # Passed with the hidden edit in place: nothing --changed may trust.
+    assert [r["last_passed"] for r in home.state("test-results.json")["results"]] == [None, None]
 
 
 def test_changed_sees_a_dirty_submodule_whatever_the_config_says(home, make_repo, inv, tmp_path):
