@@ -6,6 +6,8 @@ import socket
 import subprocess
 from xml.etree import ElementTree
 
+import pytest
+
 from tests.test_testall_real import log_dir
 
 COUNTING = "test:\n\t@touch {runs}/$$$$; echo '1 passed in 0.01s'\n"
@@ -186,3 +188,14 @@ def test_a_cached_repo_in_junit_says_it_did_not_run(home, make_repo, inv, tmp_pa
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert properties.get("cached") == f"unchanged since {since}", properties
     assert f"not run: unchanged since {since}" in case.find("system-out").text
+
+
+@pytest.mark.xfail(strict=True, reason="open: a log with several runs' summaries (tox envs, a make target running "
+                                       "pytest twice) reports the last run's counts only; summing or null is a "
+                                       "design choice (nested pytester output in captured sections looks the same)")
+def test_a_log_with_two_suites_does_not_report_only_the_last_ones_counts():
+    from lib.testcounts import parse_counts
+    log = ("py311: commands[0]> pytest\n1 failed, 10 passed in 1.00s\npy311: exit 1\n"
+           "py312: commands[0]> pytest\n11 passed in 1.00s\npy312: OK\n")
+    counts = parse_counts(log)
+    assert counts is None or counts["failed"] == 1, counts  # the repo failed: "11 passed" is not its suite's word
