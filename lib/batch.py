@@ -1,12 +1,13 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic
@@ -51,14 +52,19 @@ class Outcome:
     host: str = "local"  # a hosts.toml name when it ran on a build host
     counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
     cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
-    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "at"} of the run --changed trusts
+    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"}: what --changed trusts
+    # Not recorded: the runner was killed (SIGTERM/SIGKILL, not a SIGINT it ended on) before it could say its
+    # summary, so a summary line in its log is an earlier one's (another suite's, a test's print): no counts.
+    killed_untold: bool = field(default=False, repr=False, compare=False)
 
     @property
     def failing(self) -> bool:
         return self.status in FAILING
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        del document["killed_untold"]
+        return document
 
     def line(self) -> str:
         detail = f" ({self.reason})" if self.reason else ""
@@ -152,8 +158,11 @@ def skipped_without_log(outcome: Outcome) -> Outcome:
 
 
 def with_counts(outcome: Outcome) -> Outcome:
-    """A command that ran gets its test runner's counts from the end of its log (None: no summary there)."""
-    if outcome.status in ("passed", "failed", "timeout") and outcome.log:
+    """A command that ran gets its test runner's counts from the end of its log (None: no summary there).
+
+    A runner killed before it could print its summary has none: a summary line in its log is someone else's.
+    """
+    if outcome.status in ("passed", "failed", "timeout") and outcome.log and not outcome.killed_untold:
         outcome.counts = read_counts(Path(outcome.log))
     return outcome
 
@@ -204,10 +213,14 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
             if result.timed_out:
                 how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
                 log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
-                return outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped = outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped.killed_untold = result.stopped_with != "SIGINT"  # only a SIGINT lets a runner say its end
+                return stopped
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
-                return outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed = outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed.killed_untold = result.killed_by != "SIGINT"
+                return killed
             if result.exit_code != 0:
                 return outcome("failed", result.exit_code, f"exit {result.exit_code}")
         return outcome("passed", 0, "; ".join(notes) or None)
@@ -324,13 +337,18 @@ def check_report_path(path: Path) -> None:
 
 
 def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all", wall_s: float | None = None,
-                interrupted: str | None = None) -> None:
-    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal."""
+                interrupted: str | None = None, unfinished: bool = False) -> None:
+    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal.
+
+    `unfinished`: the report a run writes before it starts, replaced by its real one when it ends; a run
+    killed outright (SIGKILL) leaves this one, never an earlier run's green report. Written atomically.
+    """
     failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
     errors = sum(1 for o in outcomes if o.status == "error")
     skipped = sum(1 for o in outcomes if o.status == "skipped")
     root = ElementTree.Element("testsuites")
-    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "")
+    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "") \
+        + (" (did not finish)" if unfinished else "")
     seconds = sum(o.duration_s for o in outcomes) if wall_s is None else wall_s
     tests = ElementTree.SubElement(root, "testsuite", name=name, tests=str(len(outcomes)),
                                    failures=str(failures), errors=str(errors), skipped=str(skipped),
@@ -341,10 +359,12 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
-        if o.counts is not None:
+        if o.counts is not None or o.cached:
             properties = ElementTree.SubElement(case, "properties")
-            for key, value in o.counts.items():
+            for key, value in (o.counts or {}).items():
                 ElementTree.SubElement(properties, "property", name=key, value=str(value))
+            if o.cached:  # test-all --changed: nothing ran now; the counts are those of the run it trusts
+                ElementTree.SubElement(properties, "property", name="cached", value=o.reason or "cached")
         if o.status in ("failed", "timeout"):
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))
@@ -353,9 +373,19 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
         ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
-                                                           f"host: {o.host}")
+                                                           f"host: {o.host}"
+                                                           + (f"\nnot run: {o.reason}" if o.cached else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
-    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's file is the owner's only)
+        with os.fdopen(fd, "wb") as out:
+            ElementTree.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def results_file(paths: Paths, workflow: str) -> Path | None:

@@ -188,11 +188,12 @@ def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan]
     """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
     from time import monotonic
 
-    from lib.testall import TestAllReport, junit_notes, run_test_all
+    from lib.testall import TestAllReport, junit_notes, run_test_all, unfinished_junit
 
     if set(groups) <= {LOCAL}:
         return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
     started = monotonic()
+    notes = unfinished_junit(junit_xml, list(plans))  # what a run killed outright leaves: red, not an old green
     try:
         run = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
                                 "testing")
@@ -200,4 +201,4 @@ def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan]
         stop.notes += junit_notes(junit_xml, stop.results)
         raise
     return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
-                         run.notes + junit_notes(junit_xml, run.outcomes))
+                         notes + run.notes + junit_notes(junit_xml, run.outcomes))

@@ -1,6 +1,10 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import os
+import shlex
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
@@ -22,10 +26,11 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
+from lib.gitstatus import confined_to, git_env
 from lib.hosts import LOCAL
 from lib.paths import Paths
 from lib.runner import RunInterrupted, signal_name
-from lib.scan import scan_workspace
+from lib.scan import scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
 from lib.workflows import Plan
 
@@ -92,16 +97,19 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     passed run is reported passed (`cached`) without running.
     """
     started = monotonic()
+    notes = unfinished_junit(junit_xml, plans)
     before = tree_states(workspace, [plan.repo for plan in plans])
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
     to_run: list[Plan] = []
-    for plan in plans:
-        since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) if changed else None
-        if since is None:
-            to_run.append(plan)
-        else:
-            cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+        for plan in plans:
+            since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
+                if changed else None
+            if since is None or hides_changes(plan.repo.local):
+                to_run.append(plan)
+            else:
+                cached.append(cached_outcome(plan, previous[plan.repo.name], since))
     to_run = longest_first(to_run, previous)
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
@@ -112,11 +120,14 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    trusted = mark_last_passed(run.outcomes, before, tree_states(workspace, [plan.repo for plan in to_run]))
+    after = tree_states(workspace, [plan.repo for plan in to_run])
+    with stoppable_git_reads():
+        trusted = mark_last_passed(run.outcomes, before, after, {plan.repo.name: command_text(plan) for plan in to_run},
+                                   {plan.repo.name: plan.repo.local for plan in to_run})
     # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
     if trusted or cached:
         run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
-    notes = run.notes
+    notes += run.notes
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
     return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
@@ -149,6 +160,31 @@ def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str,
     return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
 
 
+# What `git status` may be told not to show, yet is code the tests run: a submodule's changes
+# (`ignore` in .gitmodules, `diff.ignoreSubmodules`) and index entries marked assume-unchanged
+# (ls-files -v: a lowercase tag) or skip-worktree (`S`), whose edits git never looks at.
+HIDDEN_CHECK_TIMEOUT_S = 300.0
+
+
+def hides_changes(path: Path) -> bool:
+    """True when git status could call `path` clean while its files differ from HEAD (or git cannot tell)."""
+    env = confined_to(path, git_env())
+
+    def git(*args: str) -> bytes | None:
+        try:
+            result = subprocess.run(["git", "-C", str(path), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                                    env=env, timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    status = git("status", "--porcelain=v2", "-z", "--ignore-submodules=none", "--untracked-files=normal")
+    entries = git("ls-files", "-v", "-z")
+    if status is None or entries is None or status:
+        return True
+    return any(entry[:1].islower() or entry[:1] == b"S" for entry in entries.split(b"\0") if entry)
+
+
 def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
     """The results file's entries by repo; a file that is missing or malformed has none."""
     try:
@@ -168,9 +204,15 @@ def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str,
     last = entry.get("last_passed")
     if not clean or not isinstance(last, dict) or not isinstance(last.get("at"), str):
         return None
-    if (last.get("head"), last.get("command"), last.get("host")) != (head, plan.command_line, LOCAL):
-        return None
+    if (last.get("head"), last.get("command"), last.get("host"), last.get("machine")) != (
+            head, command_text(plan), LOCAL, this_machine()):
+        return None  # "local" is every machine's name for itself: a results file copied from another one runs
     return last["at"]
+
+
+def this_machine() -> str:
+    """The name of the machine a pass was recorded on (its host name): a cache from another machine never counts."""
+    return socket.gethostname()
 
 
 def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
@@ -181,16 +223,28 @@ def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
                    counts if isinstance(counts, dict) else None, cached=True, last_passed=entry["last_passed"])
 
 
+def command_text(plan: Plan) -> str:
+    """The command text --changed compares: each command, with the directory it runs in when that is not the
+    repo's own (a workflow's `cd` step moves the same command to another suite)."""
+    parts = []
+    for command in plan.commands:
+        where = os.path.relpath(command.cwd, plan.repo.local)
+        parts.append(command.command if where == "." else f"cd {shlex.quote(where)} && {command.command}")
+    return " && ".join(parts)
+
+
 def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
-                     after: dict[str, tuple[str, bool]]) -> list[Outcome]:
+                     after: dict[str, tuple[str, bool]], commands: dict[str, str],
+                     paths: dict[str, Path]) -> list[Outcome]:
     """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
     trusted = []
     for outcome in outcomes:
         state = before.get(outcome.repo)
         held = state is not None and state[1] and after.get(outcome.repo) == state
-        if outcome.status == "passed" and outcome.host == LOCAL and held:
-            outcome.last_passed = {"head": state[0], "command": outcome.command, "host": LOCAL,
-                                   "at": outcome.finished_at}
+        # What git status hides is asked after the run only (a git or two per passed repo, not per repo twice).
+        if outcome.status == "passed" and outcome.host == LOCAL and held and not hides_changes(paths[outcome.repo]):
+            outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
+                                   "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
             trusted.append(outcome)
     return trusted
 
@@ -215,6 +269,26 @@ def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str
         outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
                                 str(plan.log), reason, now_iso()))
     return outcomes
+
+
+UNFINISHED = "did not finish: the run was killed before it wrote its report"
+
+
+def unfinished_junit(junit_xml: Path | None, plans: list[Plan]) -> list[str]:
+    """Before anything runs: a report whose every repo is an error, which the run's own report replaces.
+
+    A run killed outright (SIGKILL, the OOM killer, a hard CI cancel) then leaves a red report at the path
+    CI reads, never the green one of an earlier run.
+    """
+    if junit_xml is None:
+        return []
+    outcomes = [Outcome(plan.repo.name, plan.repo.language, "error", None, 0.0, plan.command_line, None,
+                        UNFINISHED, now_iso()) for plan in plans]
+    try:
+        write_junit(junit_xml, outcomes, wall_s=0.0, unfinished=True)
+    except OSError as err:
+        return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
+    return []
 
 
 def junit_notes(junit_xml: Path | None, outcomes: list[Outcome], wall_s: float | None = None,

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -390,7 +391,7 @@ def test_changed_skips_only_what_is_unchanged_since_its_last_passed_run(home, ma
     assert [runs(n) for n in "abcd"] == [1, 1, 1, 1]
     first = {r["repo"]: r for r in home.state("test-results.json")["results"]}
     assert first["a"]["last_passed"] == {"head": a.head(), "command": "make test", "host": "local",
-                                         "at": first["a"]["finished_at"]}
+                                         "machine": socket.gethostname(), "at": first["a"]["finished_at"]}
     b.commit({"new.txt": "x"}, "a new commit")            # another HEAD
     (c.path / "README.md").write_text("edited\n")         # a dirty tree
     (d.path / "ignored.txt").write_text("ignored\n")      # ignored files do not count
