@@ -16,24 +16,19 @@ from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 from tests.test_hosts_remote import clone_to
 from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import push_new_commit, results, setup
-from tests.test_sync_host_robust import driver_pids, hang_fetch, inv_subprocess, wait_until
+from tests.test_sync_host_robust import (driver_pids, fast_and_hung_slow, inv_subprocess, until_fast_is_done,
+                                         wait_until)
 
 
 def test_a_sync_whose_connection_goes_silent_is_killed_over_a_new_one_and_keeps_what_the_host_reported(
         home, make_repo, sshd, tmp_path):
-    fast, slow = make_repo("fast"), make_repo("slow")
-    workspace = setup(home, sshd, tmp_path, [slow, fast], connect_timeout=2)
-    push_new_commit(fast)
-    push_new_commit(slow)
-    pid_file = tmp_path / "slow.pid"
-    hang_fetch(workspace / "slow", pid_file)
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
     before = outside_remote_tracking(full_snapshot(workspace / "slow"))
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
     stopped: list[int] = []
     try:
-        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
-                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        until_fast_is_done(err_file, pid_file, workspace)
         stopped = stop_the_sessions(sshd)  # the connection goes silent, not closed
         out, _ = proc.communicate(timeout=90)  # before: no end at all
         hung = int(pid_file.read_text().split()[0])
@@ -64,18 +59,12 @@ def test_a_sync_whose_connection_goes_silent_is_killed_over_a_new_one_and_keeps_
 
 
 def test_ctrl_c_while_the_sync_connection_is_silent_kills_the_sync_over_a_new_one(home, make_repo, sshd, tmp_path):
-    fast, slow = make_repo("fast"), make_repo("slow")
-    workspace = setup(home, sshd, tmp_path, [slow, fast], connect_timeout=2)
-    push_new_commit(fast)
-    push_new_commit(slow)
-    pid_file = tmp_path / "slow.pid"
-    hang_fetch(workspace / "slow", pid_file)
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
     stopped: list[int] = []
     try:
-        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
-                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        until_fast_is_done(err_file, pid_file, workspace)
         stopped = stop_the_sessions(sshd)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)

@@ -38,6 +38,25 @@ def hang_fetch(path: Path, pid_file: Path) -> None:
     git(path, "config", "remote.origin.uploadpack", f"echo $$ > '{pid_file}'; exec sleep 120 #")
 
 
+def fast_and_hung_slow(home, make_repo, sshd, tmp_path: Path, **host_fields) -> tuple[Path, Path]:
+    """A host workspace of `fast` and `slow`, both behind their remotes, `slow`'s fetch hanging on the host;
+    returns (workspace, the file the hung fetch writes its pid to)."""
+    fast, slow = make_repo("fast"), make_repo("slow")
+    workspace = setup(home, sshd, tmp_path, [slow, fast], **host_fields)
+    push_new_commit(fast)
+    push_new_commit(slow)
+    pid_file = tmp_path / "slow.pid"
+    hang_fetch(workspace / "slow", pid_file)
+    return workspace, pid_file
+
+
+def until_fast_is_done(err_file: Path, pid_file: Path, workspace: Path | None = None) -> None:
+    """Wait until the host has reported `fast` and `slow`'s fetch hangs (with `workspace`: its driver runs)."""
+    wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
+               and pid_file.read_text().strip() and (workspace is None or driver_pids(workspace)),
+               what="the fast repo's line")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_records_what_the_host_finished_and_counts_what_it_stopped(home, make_repo, sshd, tmp_path, signum):
     fast = [make_repo(f"fast{i}") for i in range(3)]
@@ -313,17 +332,11 @@ def driver_pids(workspace: Path) -> list[int]:
 
 
 def test_a_sync_stopped_on_the_host_records_what_it_finished_and_fails_the_rest(home, make_repo, sshd, tmp_path):
-    fast, slow = make_repo("fast"), make_repo("slow")
-    workspace = setup(home, sshd, tmp_path, [slow, fast])
-    push_new_commit(fast)
-    push_new_commit(slow)
-    pid_file = tmp_path / "slow.pid"
-    hang_fetch(workspace / "slow", pid_file)
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
     try:
-        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
-                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        until_fast_is_done(err_file, pid_file, workspace)
         for pid in driver_pids(workspace):  # someone on the host stops the sync there
             os.kill(pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
@@ -388,19 +401,13 @@ def children_of_sshd(sshd) -> list[int]:
 
 
 def test_a_lost_connection_keeps_what_the_host_reported_and_fails_the_rest(home, make_repo, sshd, tmp_path):
-    fast, slow = make_repo("fast"), make_repo("slow")
-    workspace = setup(home, sshd, tmp_path, [slow, fast])
-    push_new_commit(fast)
-    push_new_commit(slow)
-    pid_file = tmp_path / "slow.pid"
-    hang_fetch(workspace / "slow", pid_file)
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
     stale = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-sync-fast.log"
     stale.write_text("a log from an earlier run\n")
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
     try:
-        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
-                   and pid_file.read_text().strip(), what="the fast repo's line")
+        until_fast_is_done(err_file, pid_file)
         wait_until(lambda: children_of_sshd(sshd), what="the sshd session")
         for pid in children_of_sshd(sshd):  # the connection drops
             os.kill(pid, signal.SIGKILL)
@@ -513,17 +520,11 @@ def test_a_driver_killed_before_it_reports_keeps_what_it_reported_and_leaves_no_
 
 def test_a_driver_killed_on_the_host_keeps_what_it_reported_and_leaves_no_git_behind(home, make_repo, sshd,
                                                                                       tmp_path):
-    fast, slow = make_repo("fast"), make_repo("slow")
-    workspace = setup(home, sshd, tmp_path, [slow, fast])
-    push_new_commit(fast)
-    push_new_commit(slow)
-    pid_file = tmp_path / "slow.pid"
-    hang_fetch(workspace / "slow", pid_file)
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
     try:
-        wait_until(lambda: "fast: updated" in err_file.read_text() and pid_file.exists()
-                   and pid_file.read_text().strip() and driver_pids(workspace), what="the fast repo's line")
+        until_fast_is_done(err_file, pid_file, workspace)
         for pid in driver_pids(workspace):  # the OOM killer, say
             os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=90)
