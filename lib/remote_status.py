@@ -79,8 +79,9 @@ def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> Re
     if code != 0:
         status.error = message
         return status
-    state, _, out = out.partition(b"\n")
-    if state.startswith(STATE_MARK):
+    state, _, rest = out.partition(b"\n")
+    if state.startswith(STATE_MARK):  # only the state line is taken off: the -z status has no line breaks
+        out = rest
         operation, _, lock = state[len(STATE_MARK):].decode("ascii", "replace").partition(" ")
         status.operation = None if operation in ("", "-") else operation
         status.index_lock = None if lock in ("", "-") else lock

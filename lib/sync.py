@@ -544,8 +544,13 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
                                     on_start=lambda repo: progress.start(repo.name), on_done=finished)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
+                stop.notes += notes
                 if not dry_run and stop.results:
-                    save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
+                    try:
+                        save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
+                    except OSError as err:  # the stop's exit code and notes stand; say the record failed
+                        stop.notes.append(f"warning: results not recorded in {paths.sync_results_file}: "
+                                          f"{err.strerror or err}")
                 raise
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)

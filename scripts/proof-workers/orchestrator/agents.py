@@ -368,8 +368,8 @@ def reset_at(state: dict[str, Any]) -> float | None:
 
 
 def plain_command(command: str) -> bool:
-    """An agent_command flags may be appended to: one command, no `;`, `&`, `|`, backquote or `$(`."""
-    return not any(c in command for c in (";", "&", "|", "`", "$("))
+    """An agent_command flags may be appended to: one command, no `;`, `&`, `|`, backquote, `$(` or line break."""
+    return not any(c in command for c in (";", "&", "|", "`", "$(", "\n"))
 
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")

@@ -431,7 +431,6 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
     """Run this cycle's checks. Returns the snapshots (with `switched_to` filled in for ended tries), the new
     alerts, and whether the run document changed (the caller saves it)."""
     checks = Checks(doc, configs)
-    by_worker = {s.worker_id: s for s in snapshots}
     repo_of: dict[IssueRef, RepoConfig] = {}
     branch_of: dict[IssueRef, str] = {}
     for cfg in configs:

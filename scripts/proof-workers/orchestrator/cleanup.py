@@ -128,7 +128,6 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
     # anything (else the monitor restarts every agent, each restart a retry used up), and no
     # monitor (or second cleanup) starts agents in a worktree being judged and removed.
     with _monitor_stopped(run):
-        pinned = {cfg.project: pins.load(pins.pins_file(run.state_root, cfg.project)) for cfg in run.configs}
         for record in run.files.load_workers(run.num_workers):
             if record.issue_number is not None:
                 kill_try(run, record)
@@ -136,6 +135,8 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
         kill_run_processes(run)  # what any try of this run left (daemons, setsid): found by its tag
         if keep_worktrees:
             return CleanupReport(killed, verdicts)
+        # Read once everything is killed: a pin file that cannot be read never leaves an agent running.
+        pinned = {cfg.project: pins.load(pins.pins_file(run.state_root, cfg.project)) for cfg in run.configs}
         seen: set[Path] = set()
         for cfg in run.configs:
             for repo in cfg.repos.values():
@@ -178,7 +179,8 @@ def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None) -> list[Verdict]
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))
         elif force:
             ref = backup(entry.path, entry.branch)
-            busy = [pid for pid in processes_in(entry.path) if pid not in _ourselves()]
+            mine = _ourselves()
+            busy = [pid for pid in processes_in(entry.path) if pid not in mine]
             if busy:  # nothing keeps running in a removed directory
                 runner.kill_processes([], busy, KILL_GRACE_S)
             worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))

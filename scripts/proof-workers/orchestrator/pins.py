@@ -1,14 +1,13 @@
 """Push targets, pinned once per repo before any agent runs: no later .git/config edit changes where work goes."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from lib.statefile import locked, write_json
+from lib.statefile import UnreadableFile, locked, read_json, write_json
 from orchestrator import worktrees
 from orchestrator.config import ProjectConfig, RepoConfig
 from orchestrator.state import RunFiles, now_iso
@@ -37,12 +36,10 @@ def pins_file(run_root: Path, project: str) -> Path:
 def load(path: Path) -> dict[str, Pin]:
     """The pins of one project ({} before the first); a file we cannot trust stops every push (never re-made
     silently: `repin` replaces it)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise ConfigError(f"{path}: unreadable push pins ({clip(str(err))}); fix it or run `repin`") from None
+    try:  # the shared reader: a FIFO, a huge or a deeply nested file is an error, never a hang or a traceback
+        doc = read_json(path, default={"repos": {}})
+    except UnreadableFile as err:
+        raise ConfigError(f"{path}: unreadable push pins ({clip(err.why)}); fix it or run `repin`") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("repos"), dict):
         raise ConfigError(f"{path}: unreadable push pins (no \"repos\" object); fix it or run `repin`")
     pins = {}

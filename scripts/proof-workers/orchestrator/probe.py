@@ -7,7 +7,6 @@ agent wrote since the last cycle (read from the offset reached, never the whole 
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

@@ -27,13 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout roo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import runner  # noqa: E402
+from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
 LEFTOVER_GRACE_S = 2.0
-REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-            "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
 # The sandbox: bubblewrap with the root read-only, /dev, /proc and /tmp of its own, no view of other
 # processes, every capability dropped (bwrap keeps them when started by root). The network stays.
 BWRAP_BASE = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
@@ -133,7 +132,9 @@ def run(spec: dict[str, Any]) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     signal_path.parent.mkdir(parents=True, exist_ok=True)
     label = f"worker-{spec['worker']} try {spec['try']} issue #{spec['issue']} stage {spec['stage']}"
-    env = {k: v for k, v in os.environ.items() if k not in REPO_ENV}
+    # Nothing inherited may point the agent's git at another repository, index or config (lib.gitstatus's list).
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
+           if not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
     env.update(spec.get("env", {}))
     argv = ["/bin/sh", "-c", spec["command"]]
     # Orphans of the agent's tree (a double fork, `env -i setsid cmd &`: no tag, no group) become our children,
