@@ -36,6 +36,7 @@ class Assignment:
     title: str
     branch: str
     worktree: str
+    stage: str  # the pipeline stage its first try works on
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,17 @@ class LaunchPlan:
     configs: list[str]
     preflight: Preflight | None = None
     sandbox_lines: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the configs' own (config.ProjectConfig.warnings)
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session, "windows": self.windows, "state_dir": self.state_dir,
                 "configs": self.configs, "assignments": [asdict(a) for a in self.assignments],
-                "preflight": self.preflight.to_json() if self.preflight else None}
+                "warnings": list(self.warnings), "preflight": self.preflight.to_json() if self.preflight else None}
 
     def lines(self) -> list[str]:
-        out = [f"session: {self.session}", "windows: " + ", ".join(f"{n}:{w}" for n, w in enumerate(self.windows)),
-               f"state: {self.state_dir}"]
+        out = [f"warning: {w}" for w in self.warnings]
+        out += [f"session: {self.session}", "windows: " + ", ".join(f"{n}:{w}" for n, w in enumerate(self.windows)),
+                f"state: {self.state_dir}"]
         if self.preflight:
             out += [a.line() for a in self.preflight.agents]
             problem = self.preflight.bwrap_problem
@@ -88,7 +91,7 @@ class LaunchPlan:
         if not self.assignments:
             out.append("nothing eligible to run")
         for a in self.assignments:
-            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} on {a.branch} in {a.worktree}")
+            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} ({a.stage}) on {a.branch} in {a.worktree}")
         return out
 
 
@@ -231,10 +234,11 @@ def plan_launch(run: Run) -> LaunchPlan:
         issue = cfg.issue(action.issue.number)
         assert issue is not None
         assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, cfg.branch_for(issue),
-                                      str(cfg.worktree_for(issue))))
+                                      str(cfg.worktree_for(issue)), cfg.pipeline[issue.pipeline_stage]))
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
-                      checked, tuple(sandbox.describe(cfg) for cfg in run.configs))
+                      checked, tuple(sandbox.describe(cfg) for cfg in run.configs),
+                      tuple(w for cfg in run.configs for w in cfg.warnings))
 
 
 def _verb_line(verb: str, run: Run, *extra: str) -> str:

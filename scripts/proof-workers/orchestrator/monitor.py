@@ -32,6 +32,8 @@ def issue_views(run: Run, records: list[WorkerRecord]) -> tuple[IssueView, ...]:
         for issue in cfg.issues:
             ref = IssueRef(cfg.project, issue.number)
             status = "pending" if issue.status == "in_progress" and ref not in held else issue.status
+            if status == "pending" and cfg.stages_done(issue):
+                status = "completed"  # pipeline_stage past the last stage: every stage is done (a config warning)
             views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline)))
     return tuple(views)
 

@@ -157,7 +157,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                     state = "waiting"
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
-                           "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
+                           "pipeline_stage": issue.pipeline_stage, "stage": cfg.stage_name(issue),
                            "assigned_worker": issue.assigned_worker,
                            "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
@@ -269,8 +269,8 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
                              + " -> ".join(project["pipeline"]) + f"  {usage_text(project)}"))
         if project["paused"]:
             lines.append(visible(paused_line(project["paused"])))
-        lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
-                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
+        lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"] or "all done",
+                                   i["wave"], i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
                                   for i in project["issues"]],
                                  ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
