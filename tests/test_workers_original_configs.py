@@ -25,28 +25,32 @@ from orchestrator.agents import DEFAULT_COMMANDS  # noqa: E402
 PACKAGE = ROOT / "scripts" / "proof-workers"
 FIXTURES = ROOT / "tests" / "fixtures" / "original_configs"
 
-# file -> (first tries of the plan: (worker, issue, stage), words a warning must hold (None: no warning),
-#          issue counts by state in status)
+# file -> (first tries of the plan: (worker, issue, stage, resumed from), words a warning must hold (None: no
+#          warning), issue counts by state in status). An issue in_progress on a worker is resumed first, by that
+#          worker; in these throwaway repos nothing of it is left, so it starts over from its first stage ("fresh").
+I, F = "implement", "fresh"
 EXPECTED = {
     "config/proof-issues.json": ([], None, {"failed": 5, "blocked": 15}),
-    "config/aisynth-issues.json": ([(1, 43, "implement")], None, {"pending": 1, "waiting": 3}),
+    "config/aisynth-issues.json": ([(1, 43, I, F)], None, {"in_progress": 1, "waiting": 3}),
     "config/aisynth-only/aisynth-issues.json": (
-        [(1, 21, "implement"), (2, 1, "implement"), (3, 3, "implement"), (4, 4, "implement")],
+        [(1, 21, I, F), (2, 1, I, F), (4, 3, I, F), (5, 4, I, F)],  # worker 3's #2 is done: worker 3 idles
         "(#2).pipeline_stage: 1 is past the last stage of the pipeline: all stages are done",
-        {"completed": 19, "pending": 4, "waiting": 23}),
-    "config/dtrules-issues.json": ([(1, 36, "implement"), (2, 40, "optimize"), (3, 69, "implement")], None,
-                                   {"completed": 20, "pending": 3, "waiting": 28}),
+        {"completed": 19, "in_progress": 4, "waiting": 23}),
+    # #36 and #40 are both on worker 2: #40 waits for it; nothing fresh is eligible
+    "config/dtrules-issues.json": ([(2, 36, I, F), (3, 69, I, F)], None,
+                                   {"completed": 20, "in_progress": 3, "waiting": 28}),
     "config/staking-docs/staking-docs-issues.json": ([], None, {"completed": 1}),
     "config/staking-docs/staking-issues.json": ([], None, {"completed": 6}),
     "internal/orchestrator/testutil/testdata/config/basic-issues.json": (
-        [(1, 1, "implement"), (2, 2, "implement")], None, {"pending": 2, "waiting": 1}),
+        [(1, 1, I, None), (2, 2, I, None)], None, {"pending": 2, "waiting": 1}),
     "internal/orchestrator/testutil/testdata/config/multi-repo-issues.json": (
-        [(1, 10, "implement")], None, {"pending": 1, "waiting": 1}),
+        [(1, 10, I, None)], None, {"pending": 1, "waiting": 1}),
     "internal/orchestrator/testutil/testdata/config/pipeline-issues.json": (
-        [(1, 100, "implement")], None, {"pending": 1, "waiting": 1}),
+        [(1, 100, I, None)], None, {"pending": 1, "waiting": 1}),
+    # #28 (in_progress on worker 1) first, then the best fresh ones
     "scripts/proof-workers/tests/fixtures/test-issues.json": (
-        [(1, 1, "implement"), (2, 2, "implement"), (3, 3, "implement"), (4, 4, "implement"), (5, 5, "implement")],
-        None, {"pending": 14, "waiting": 23, "completed": 1, "failed": 1, "blocked": 1}),
+        [(1, 28, I, F), (2, 1, I, None), (3, 2, I, None), (4, 3, I, None), (5, 4, I, None)],
+        None, {"pending": 13, "waiting": 23, "completed": 1, "failed": 1, "blocked": 1, "in_progress": 1}),
 }
 
 
@@ -91,7 +95,7 @@ def test_an_original_config_plans_its_launch_as_it_is(rel, tmp_path, make_repo, 
     result = dry_run(path, home.path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
-    assert [(a["worker"], a["issue"], a["stage"]) for a in plan["assignments"]] == tries
+    assert [(a["worker"], a["issue"], a["stage"], a["resume"]) for a in plan["assignments"]] == tries
     if warning is None:
         assert plan["warnings"] == []
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from orchestrator import pins, sandbox, tmux, worktrees
+from orchestrator import pins, resume, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
@@ -37,6 +37,7 @@ class Assignment:
     branch: str
     worktree: str
     stage: str  # the pipeline stage its first try works on
+    resume: str | None = None  # an in_progress issue resumed from: worktree, branch or fresh (orchestrator.resume)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ class LaunchPlan:
         if not self.assignments:
             out.append("nothing eligible to run")
         for a in self.assignments:
-            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} ({a.stage}) on {a.branch} in {a.worktree}")
+            how = {None: "", "worktree": ", resumed in its worktree", "branch": ", resumed on its branch",
+                   "fresh": ", resumed from scratch: nothing of it is left"}[a.resume]
+            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} ({a.stage}{how}) on {a.branch} in {a.worktree}")
         return out
 
 
@@ -233,8 +236,12 @@ def plan_launch(run: Run) -> LaunchPlan:
         cfg = run.config_of(action.issue.project)
         issue = cfg.issue(action.issue.number)
         assert issue is not None
-        assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, cfg.branch_for(issue),
-                                      str(cfg.worktree_for(issue)), cfg.pipeline[issue.pipeline_stage]))
+        branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
+        source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
+            if issue.status == "in_progress" else None
+        stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]
+        assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, branch, str(worktree),
+                                      stage, source))
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
                       checked, tuple(sandbox.describe(cfg) for cfg in run.configs),
