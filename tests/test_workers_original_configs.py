@@ -96,6 +96,7 @@ def test_an_original_config_plans_its_launch_as_it_is(rel, tmp_path, make_repo, 
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert [(a["worker"], a["issue"], a["stage"], a["resume"]) for a in plan["assignments"]] == tries
+    assert plan["idle"] == len(plan["windows"]) - 2 - len(tries)  # no worker holds anything yet
     if warning is None:
         assert plan["warnings"] == []
     else:

@@ -120,3 +120,71 @@ def test_a_real_run_resumes_the_issue_first_on_its_worker_and_keeps_its_commits(
     else:
         assert "Stage: write_tests" in proj.prompts(3)[0]
         assert proj.remote_commits("feature/issue-3") == ["review #3", "write_tests #3", "implement #3 (earlier run)"]
+
+
+# --- item 8: --workers 0, idle workers, worktree_base inside a repository -----------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_workers_0_is_a_usage_error_and_no_flag_keeps_the_configs_number_in_both_front_doors(project, inv):
+    project([{"number": 1, "title": "one"}], num_workers=3)
+    for verb in ("launch", "status", "monitor"):
+        for bad in ("0", "65"):
+            result = cli(verb, "--workers", bad, *(["--dry-run"] if verb == "launch" else []))
+            assert result.returncode == 2, (verb, bad, result.stdout, result.stderr)
+            assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+            assert "--workers" in result.stderr and "num_workers" in result.stderr
+    bad = inv("workers.launch", "--dry-run", "--workers", "0")
+    assert bad.code == 2 and "--workers" in bad.err and "num_workers" in bad.err, (bad.out, bad.err)
+    windows = lambda out: json.loads(out)["windows"]  # noqa: E731
+    assert windows(cli("launch", "--dry-run", "--json").stdout) == ["orchestrator", "worker-1", "worker-2",
+                                                                    "worker-3", "dashboard"]
+    default = inv("workers.launch", "--dry-run", "--json")
+    assert default.code == 0 and windows(default.out)[1:-1] == ["worker-1", "worker-2", "worker-3"]
+    two = inv("workers.launch", "--dry-run", "--json", "--workers", "2")
+    assert two.code == 0 and windows(two.out)[1:-1] == ["worker-1", "worker-2"]
+
+
+def test_the_plan_says_how_many_workers_will_idle(project):
+    project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}, {"number": 3, "title": "after one",
+                                                                            "depends_on": [1]}], num_workers=5)
+    text = cli("launch", "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert [line for line in text.stdout.splitlines() if "idle" in line] == [
+        "(dry run) 3 of 5 workers will idle: no other issue is eligible for them now"]
+    assert json.loads(cli("launch", "--dry-run", "--json").stdout)["idle"] == 3
+    busy = cli("launch", "--dry-run", "--workers", "2")
+    assert busy.returncode == 0 and "idle" not in busy.stdout
+
+
+@pytest.mark.parametrize("layout", ["inside", "through a symlink", "inside another repo of the map"])
+def test_a_worktree_base_inside_a_repository_is_a_config_error(project, make_repo, layout):
+    proj = project([{"number": 1, "title": "one"}])
+    doc = proj.doc()
+    if layout == "inside":
+        doc["worktree_base"] = str(proj.repo / "worktrees")
+    elif layout == "through a symlink":
+        alias = proj.root / "alias"
+        alias.symlink_to(proj.repo)
+        doc["worktree_base"] = str(alias / "sub" / "worktrees")
+    else:
+        other = make_repo("lib")
+        for key in ("repo_path", "worktree_base", "branch_prefix", "default_branch"):
+            doc.pop(key)
+        doc["repos"] = {"app": {"path": str(proj.repo), "branch_prefix": "app-",
+                                "worktree_base": str(other.path / ".wt")},
+                        "lib": {"path": str(other.path), "branch_prefix": "lib-"}}
+        doc["issues"][0]["repo"] = "app"
+    proj.config.write_text(json.dumps(doc))
+
+    result = cli("launch", "--dry-run")
+
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {proj.config}: ") and "worktree_base" in lines[0]
+    assert "untracked" in lines[0], lines
+    assert not (proj.repo / "worktrees").exists()

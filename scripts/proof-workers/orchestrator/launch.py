@@ -74,11 +74,13 @@ class LaunchPlan:
     preflight: Preflight | None = None
     sandbox_lines: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()  # the configs' own (config.ProjectConfig.warnings)
+    idle: int = 0  # free workers left without an issue: fewer eligible issues than workers
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session, "windows": self.windows, "state_dir": self.state_dir,
                 "configs": self.configs, "assignments": [asdict(a) for a in self.assignments],
-                "warnings": list(self.warnings), "preflight": self.preflight.to_json() if self.preflight else None}
+                "warnings": list(self.warnings), "idle": self.idle,
+                "preflight": self.preflight.to_json() if self.preflight else None}
 
     def lines(self) -> list[str]:
         out = [f"warning: {w}" for w in self.warnings]
@@ -95,12 +97,33 @@ class LaunchPlan:
             how = {None: "", "worktree": ", resumed in its worktree", "branch": ", resumed on its branch",
                    "fresh": ", resumed from scratch: nothing of it is left"}[a.resume]
             out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} ({a.stage}{how}) on {a.branch} in {a.worktree}")
+        if self.idle:
+            out.append(f"{self.idle} of {len(self.windows) - 2} workers will idle: no other issue is eligible for "
+                       "them now")
         return out
 
 
-def check_repos(run: Run) -> None:
-    """Every repo is a git repository with an origin that has its default branch (read-only checks)."""
+def nested_worktree_bases(run: Run) -> list[str]:
+    """A worktree_base inside a repository of the run (its own or another's; symlinks resolved): its worktrees
+    would show in that checkout as untracked files (and an agent's `git add -A` there would take them)."""
+    checkouts = [(name, os.path.realpath(repo.path)) for cfg in run.configs for name, repo in cfg.repos.items()]
     problems = []
+    for cfg in run.configs:
+        for repo in cfg.repos.values():
+            base = os.path.realpath(repo.worktree_base)
+            for name, checkout in checkouts:
+                if base == checkout or base.startswith(checkout.rstrip("/") + "/"):
+                    problems.append(f"{cfg.path}: worktree_base: {repo.worktree_base} is inside the checkout of repo "
+                                    f"{name} ({checkout}): its worktrees would show there as untracked files; put "
+                                    "it beside the repository (default: <repo path>-worktrees)")
+                    break
+    return problems
+
+
+def check_repos(run: Run) -> None:
+    """Every repo is a git repository with an origin that has its default branch, and no worktree_base lies inside
+    a repository (read-only checks)."""
+    problems = nested_worktree_bases(run)
     for cfg in run.configs:
         for name, repo in cfg.repos.items():
             field = f"repo {name}"
@@ -243,9 +266,10 @@ def plan_launch(run: Run) -> LaunchPlan:
         assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, branch, str(worktree),
                                       stage, source))
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
+    free = sum(1 for w in state.workers if w.issue is None)
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
                       checked, tuple(sandbox.describe(cfg) for cfg in run.configs),
-                      tuple(w for cfg in run.configs for w in cfg.warnings))
+                      tuple(w for cfg in run.configs for w in cfg.warnings), free - len(assignments))
 
 
 def _verb_line(verb: str, run: Run, *extra: str) -> str:
