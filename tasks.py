@@ -828,7 +828,8 @@ def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depend
 @task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
                           "issue": "only this issue (0: the project and all its issues)",
                           "detail": "why, shown by status"})
-def workers_pause(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0), detail=""):
+def workers_pause(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0),
+                  detail=""):
     """Pause the project(s) or one issue (reason user): no try starts; running tries finish."""
     _workers_cli("pause", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
                  *(["--detail", detail] if detail else []), config=config, config_dir=config_dir, workers=workers,

@@ -83,8 +83,8 @@ def localize(rel: str, tmp_path: Path, make_repo, monkeypatch: pytest.MonkeyPatc
 
 
 def dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--dry-run", "--json", "--config", str(path)],
-                          cwd=PACKAGE, capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--dry-run", "--json", "--config",
+                           str(path)], cwd=PACKAGE, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ORCHESTRATOR_HOME": str(home)})
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, git
-from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
 
 from orchestrator.decide import Action, Pause, Settings, Snapshot, State, WorkerView, decide  # noqa: E402
 from orchestrator.queue import IssueRef, IssueView  # noqa: E402
@@ -161,12 +161,15 @@ def test_the_plan_says_how_many_workers_will_idle(project):
     assert busy.returncode == 0 and "idle" not in busy.stdout
 
 
-@pytest.mark.parametrize("layout", ["inside", "through a symlink", "inside another repo of the map"])
+@pytest.mark.parametrize("layout", ["inside", "the repository itself", "through a symlink",
+                                    "inside another repo of the map"])
 def test_a_worktree_base_inside_a_repository_is_a_config_error(project, make_repo, layout):
     proj = project([{"number": 1, "title": "one"}])
     doc = proj.doc()
     if layout == "inside":
         doc["worktree_base"] = str(proj.repo / "worktrees")
+    elif layout == "the repository itself":
+        doc["worktree_base"] = str(proj.repo)
     elif layout == "through a symlink":
         alias = proj.root / "alias"
         alias.symlink_to(proj.repo)

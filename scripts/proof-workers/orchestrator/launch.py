@@ -135,7 +135,7 @@ def check_repos(run: Run) -> None:
                                   f"refs/remotes/origin/{repo.default_branch}"):
                 problems.append(f"{cfg.path}: default_branch: origin/{repo.default_branch} not found in {repo.path} "
                                 "(add the origin remote and fetch)")
-            elif worktrees.inside(repo.path, repo.worktree_base) or repo.path.resolve() == repo.worktree_base.resolve():
+            elif worktrees.inside(repo.path, repo.worktree_base):  # the other way round: nested_worktree_bases
                 problems.append(f"{cfg.path}: worktree_base: {repo.worktree_base} holds the repository itself")
     if problems:
         raise ConfigError(problems)

@@ -272,7 +272,8 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         if project["paused"]:
             lines.append(visible(paused_line(project["paused"])))
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], state_text(i), i["stage"] or "all done",
-                                   i["wave"], i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
+                                   i["wave"], i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-",
+                                   usage_text(i)]
                                   for i in project["issues"]],
                                  ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
