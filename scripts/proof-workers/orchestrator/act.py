@@ -384,6 +384,10 @@ class Executor:
             raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
         # An issue the config says is in_progress (a restart) continues from what is left of it (orchestrator.resume).
         source = resume_from.left_behind(repo, path, branch) if issue.status == "in_progress" else None
+        if source == resume_from.FRESH and issue.pipeline_stage:
+            # Said first: a monitor killed once the worktree exists must not take that new worktree for the
+            # earlier work and run only the later stages on it.
+            configs.set_issue(cfg.path, issue.number, pipeline_stage=0)
         try:
             # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
             start = pins.start_for(self.run.state_root, cfg, repo, branch)
