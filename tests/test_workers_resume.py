@@ -191,3 +191,18 @@ def test_a_worktree_base_inside_a_repository_is_a_config_error(project, make_rep
     assert len(lines) == 1 and lines[0].startswith(f"error: {proj.config}: ") and "worktree_base" in lines[0]
     assert "untracked" in lines[0], lines
     assert not (proj.repo / "worktrees").exists()
+
+
+def test_launch_itself_resumes_an_issue_with_nothing_left_from_its_first_stage(project, tmux_socket):
+    """Broke: launch made the planned worktrees before the monitor started, so the monitor found a worktree for
+    #3 (made just now, empty) and ran only its later stages on it: an issue completed without its first stage."""
+    from workers_fixtures import retry_until
+
+    proj = _left_on_worker_2(project, "fresh")
+    launched = cli("launch")
+    assert launched.returncode == 0, launched.stderr
+    retry_until(lambda: any(e["action"] == "shutdown" for e in proj.events()), seconds=90)
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed"] * 3
+    resumed = next(e for e in proj.events() if e["action"] == "reassign" and e["new_issue"] == 3)
+    assert (resumed["worker"], resumed["resumed"]) == (2, "fresh")
+    assert proj.remote_commits("feature/issue-3") == ["review #3", "write_tests #3", "implement #3"]

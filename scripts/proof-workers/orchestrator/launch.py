@@ -294,7 +294,8 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
         unpinned = pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # before any agent runs
         if unpinned:
             raise ConfigError(sorted(set(unpinned.values())))
-        for a in plan.assignments:
+        # A resumed issue's worktree is the monitor's to make: it judges what is left of the issue by what is there.
+        for a in (a for a in plan.assignments if a.resume is None):
             cfg = run.config_of(a.project)
             issue = cfg.issue(a.issue)
             assert issue is not None
