@@ -65,7 +65,8 @@ def test_a_resume_is_said_in_the_action_reason():
 
 def _left_on_worker_2(project, where: str):
     """#1 and #2 fresh in wave 1; #3 in_progress on worker 2 at stage write_tests (wave 2), its implement commit on
-    its branch (where: "worktree" left in place, "branch" only, or "fresh": nothing left)."""
+    its branch (where: "worktree" left in place, "branch" only, "pushed": the branch only at the remote, or
+    "fresh": nothing left)."""
     proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"},
                     {"number": 3, "title": "left mid-run", "wave": 2, "priority": 3, "status": "in_progress",
                      "assigned_worker": 2, "pipeline_stage": 1}])
@@ -75,8 +76,11 @@ def _left_on_worker_2(project, where: str):
         (worktree / "earlier.txt").write_text("implemented before the restart\n")
         git(worktree, "add", "-A")
         git(worktree, "commit", "-q", "-m", "implement #3 (earlier run)")
-    if where == "branch":
+    if where in ("branch", "pushed"):
         git(proj.repo, "worktree", "remove", str(worktree))
+    if where == "pushed":  # only the remote has it now
+        git(proj.repo, "push", "-q", "origin", "feature/issue-3")
+        git(proj.repo, "branch", "-q", "-D", "feature/issue-3")
     return proj
 
 
@@ -98,7 +102,7 @@ def test_status_and_the_plan_show_the_issue_resuming_at_its_stage(project):
         (1, 1, "implement", None), (2, 3, "write_tests", "worktree")]
 
 
-@pytest.mark.parametrize("where", ["worktree", "branch", "fresh"])
+@pytest.mark.parametrize("where", ["worktree", "branch", "pushed", "fresh"])
 def test_a_real_run_resumes_the_issue_first_on_its_worker_and_keeps_its_commits(project, where):
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
@@ -110,7 +114,7 @@ def test_a_real_run_resumes_the_issue_first_on_its_worker_and_keeps_its_commits(
 
     reassigns = [e for e in proj.events() if e["action"] == "reassign"]
     assert [(e["worker"], e["new_issue"]) for e in reassigns[:2]] == [(1, 1), (2, 3)], reassigns
-    assert reassigns[1]["resumed"] == where
+    assert reassigns[1]["resumed"] == {"pushed": "branch"}.get(where, where)
     assert [i["status"] for i in proj.doc()["issues"]] == ["completed"] * 3
     if where == "fresh":
         assert any("resumes #3 from its first stage (implement): neither its worktree nor its branch is left" in s
