@@ -35,6 +35,25 @@ class Count(int):
         return super().__new__(cls, number)
 
 
+class Workers(Count):
+    """--workers N of the workers tasks: 1 or more when given (0 used to mean the config's number, silently; the
+    upper bound is the orchestrator's own check). Left out, it is UNSET_WORKERS, the default invoke never casts:
+    the config's num_workers."""
+
+    def __new__(cls, value: object = 0) -> "Workers":
+        number = super().__new__(cls, value)
+        if number < 1:
+            raise Exit(f"error: --workers: expected 1 or more workers, got {value!r} (leave --workers out for the "
+                       "config's num_workers)", code=2)
+        return number
+
+    def __deepcopy__(self, memo: dict) -> "Workers":
+        return self  # immutable; invoke deep-copies defaults, and a copy made through __new__ would refuse 0
+
+
+UNSET_WORKERS = int.__new__(Workers, 0)
+
+
 class Seconds(float):
     """An argument kind for durations in seconds (0: no limit); bad values exit 2."""
 
@@ -716,7 +735,7 @@ namespace.add_task(report)
 WORKERS_CONFIG_HELP = {
     "config": "a proof-issues.json (default: config/proof-issues.json under ORCHESTRATOR_HOME)",
     "config_dir": "use every *-issues.json in this directory",
-    "workers": "N: number of workers (default: the config's num_workers)",
+    "workers": "N >= 1: number of workers (default: the config's num_workers)",
     "session": "tmux session name (default: the config's tmux_session)",
 }
 
@@ -747,7 +766,7 @@ def _flag(enabled: bool, name: str) -> str | None:
 
 @task(name="launch", help={**WORKERS_CONFIG_HELP, "dry_run": "validate and print the plan; change nothing",
                            "json": "print the plan as JSON"})
-def workers_launch(c, config="", config_dir="", workers=Count(0), session="", dry_run=False, json=False):
+def workers_launch(c, config="", config_dir="", workers=UNSET_WORKERS, session="", dry_run=False, json=False):
     """Launch the tmux session: monitor (window 0), worker-1..N, dashboard."""
     _workers_cli("launch", _flag(dry_run, "--dry-run"), _flag(json, "--json"), config=config,
                  config_dir=config_dir, workers=workers, session=session)
@@ -755,7 +774,7 @@ def workers_launch(c, config="", config_dir="", workers=Count(0), session="", dr
 
 @task(name="monitor", help={**WORKERS_CONFIG_HELP, "cycle": "SECONDS between cycles (0: the config's cycle_interval)",
                             "no_delay": "skip the initial wait", "once": "run one cycle and exit"})
-def workers_monitor(c, config="", config_dir="", workers=Count(0), session="", cycle=Seconds(0), no_delay=False,
+def workers_monitor(c, config="", config_dir="", workers=UNSET_WORKERS, session="", cycle=Seconds(0), no_delay=False,
                     once=False):
     """Run the monitor loop (launch starts it in window 0)."""
     _workers_cli("monitor", *(["--cycle", cycle] if cycle else []), _flag(no_delay, "--no-delay"),
@@ -763,7 +782,7 @@ def workers_monitor(c, config="", config_dir="", workers=Count(0), session="", c
 
 
 @task(name="status", help={**WORKERS_CONFIG_HELP, "json": "print the status document as JSON"})
-def workers_status(c, config="", config_dir="", workers=Count(0), session="", json=False):
+def workers_status(c, config="", config_dir="", workers=UNSET_WORKERS, session="", json=False):
     """Show workers, issues, waves, next eligible and failures once."""
     _workers_cli("status", _flag(json, "--json"), config=config, config_dir=config_dir, workers=workers,
                  session=session)
@@ -771,7 +790,7 @@ def workers_status(c, config="", config_dir="", workers=Count(0), session="", js
 
 @task(name="dashboard", help={**WORKERS_CONFIG_HELP, "interval": "SECONDS between redraws",
                               "once": "draw one frame and exit"})
-def workers_dashboard(c, config="", config_dir="", workers=Count(0), session="", interval=Seconds(2), once=False):
+def workers_dashboard(c, config="", config_dir="", workers=UNSET_WORKERS, session="", interval=Seconds(2), once=False):
     """Live read-only view of the workers (Ctrl-C quits)."""
     _workers_cli("dashboard", "--interval", interval, _flag(once, "--once"), config=config, config_dir=config_dir,
                  workers=workers, session=session)
@@ -780,7 +799,7 @@ def workers_dashboard(c, config="", config_dir="", workers=Count(0), session="",
 @task(name="cleanup", help={**WORKERS_CONFIG_HELP, "keep_worktrees": "kill the session only",
                             "force": "also remove worktrees with unsaved work, after saving it on a backup ref",
                             "json": "print the outcome as JSON"})
-def workers_cleanup(c, config="", config_dir="", workers=Count(0), session="", keep_worktrees=False, force=False,
+def workers_cleanup(c, config="", config_dir="", workers=UNSET_WORKERS, session="", keep_worktrees=False, force=False,
                     json=False):
     """Kill the session and agents; remove worktrees that are clean and pushed (exit 1 if any is kept)."""
     _workers_cli("cleanup", _flag(keep_worktrees, "--keep-worktrees"), _flag(force, "--force"),
@@ -789,7 +808,7 @@ def workers_cleanup(c, config="", config_dir="", workers=Count(0), session="", k
 
 @task(name="repin", help={**WORKERS_CONFIG_HELP, "repo": "only this repo (a name from the config's repos)",
                           "json": "print what was pinned as JSON"})
-def workers_repin(c, config="", config_dir="", workers=Count(0), session="", repo="", json=False):
+def workers_repin(c, config="", config_dir="", workers=UNSET_WORKERS, session="", repo="", json=False):
     """Pin each repo's push target again (repos.json remote, else origin's push url now)."""
     _workers_cli("repin", *(["--repo", repo] if repo else []), _flag(json, "--json"), config=config,
                  config_dir=config_dir, workers=workers, session=session)
@@ -809,7 +828,8 @@ def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depend
 @task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
                           "issue": "only this issue (0: the project and all its issues)",
                           "detail": "why, shown by status"})
-def workers_pause(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0), detail=""):
+def workers_pause(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0),
+                  detail=""):
     """Pause the project(s) or one issue (reason user): no try starts; running tries finish."""
     _workers_cli("pause", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
                  *(["--detail", detail] if detail else []), config=config, config_dir=config_dir, workers=workers,
@@ -818,7 +838,7 @@ def workers_pause(c, config="", config_dir="", workers=Count(0), session="", pro
 
 @task(name="resume", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
                            "issue": "only this issue (0: the project and all its issues)"})
-def workers_resume(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0)):
+def workers_resume(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0)):
     """Clear the user, alert and auth pauses of the project(s), or of one issue."""
     _workers_cli("resume", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
                  config=config, config_dir=config_dir, workers=workers, session=session)

@@ -157,7 +157,8 @@ def test_launch_creates_the_session_and_its_monitor_runs_every_issue_to_completi
     plan = json.loads(dry.stdout)
     assert plan["windows"] == ["orchestrator", "worker-1", "worker-2", "dashboard"]
     assert plan["assignments"] == [{"worker": 1, "issue": 1, "project": "demo", "title": "one",
-                                    "branch": "feature/issue-1", "worktree": str(proj.root / "worktrees" / "issue-1")}]
+                                    "branch": "feature/issue-1", "worktree": str(proj.root / "worktrees" / "issue-1"),
+                                    "stage": "implement", "resume": None}]
     assert not (proj.root / "worktrees").exists() and not tmux_socket.sessions
     launched = subprocess.run([sys.executable, "-m", "orchestrator", "launch"], cwd=package, env=monitor_env(),
                               capture_output=True, text=True, timeout=60)

@@ -18,6 +18,7 @@ from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
 from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
+from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -381,10 +382,17 @@ class Executor:
         if (cfg.project, repo.name) in unpinned:
             # Not this issue's fault: it stays pending (an error each cycle) until the pin can be made or repinned.
             raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
+        # An issue the config says is in_progress (a restart) continues from what is left of it (orchestrator.resume).
+        source = resume_from.left_behind(repo, path, branch) if issue.status == "in_progress" else None
+        if source == resume_from.FRESH and issue.pipeline_stage:
+            # Said first: a monitor killed once the worktree exists must not take that new worktree for the
+            # earlier work and run only the later stages on it.
+            configs.set_issue(cfg.path, issue.number, pipeline_stage=0)
         try:
             # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
             start = pins.start_for(self.run.state_root, cfg, repo, branch)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
+            source = source and resume_from.checked_out(repo, path, branch, source)
         except worktrees.GitFailed as err:
             if isinstance(err, worktrees.PushFailed) and err.retry or \
                     not isinstance(err, worktrees.PushFailed) and worktrees.is_network_error(str(err)):
@@ -399,15 +407,18 @@ class Executor:
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
         record.branch, record.worktree = branch, str(path)
         record.push_url = pins.pinned(self.run.state_root, cfg.project, repo.name).url
-        record.stage_index = issue.pipeline_stage
-        record.stage = cfg.pipeline[issue.pipeline_stage]
+        # A resumed issue with nothing left of it starts over from its first stage.
+        record.stage_index = 0 if source == resume_from.FRESH else issue.pipeline_stage
+        record.stage = cfg.pipeline[record.stage_index]
         record.stage_base = worktrees.branch_head(path, branch)
         _next_try(self.run, record)
         self.run.files.save_worker(record)
-        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker)
+        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker,
+                          pipeline_stage=record.stage_index)
         self.run.files.log_event({"action": "reassign", "worker": action.worker, "new_issue": issue.number,
-                                  "project": cfg.project, "branch": branch})
-        self.say(f"worker {action.worker}: takes #{issue.number} ({record.stage})")
+                                  "project": cfg.project, "branch": branch, "resumed": source})
+        self.say(f"worker {action.worker}: " + (resume_from.say(issue.number, record.stage, source) if source else
+                                                 f"takes #{issue.number} ({record.stage})"))
         start_try(self.run, record)
         self.launched += 1
 

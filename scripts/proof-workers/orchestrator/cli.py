@@ -37,6 +37,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    """--workers N: 1..MAX_WORKERS when given (0 used to mean the config's number, silently); absent: 0, unset."""
+    from orchestrator.config import MAX_WORKERS
+
+    value = _count(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} workers, got {text!r} (leave --workers out "
+                                         "for the config's num_workers)")
+    return value
+
+
 def _numbers(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -47,7 +58,8 @@ def _numbers(text: str) -> list[int]:
 def _with_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a proof-issues.json (default: $ORCHESTRATOR_HOME/config/proof-issues.json)")
     parser.add_argument("--config-dir", type=Path, help="use every *-issues.json in this directory")
-    parser.add_argument("--workers", type=_count, default=0, help="number of workers (default: num_workers)")
+    parser.add_argument("--workers", type=_workers, default=0, help="number of workers, 1 or more (default: "
+                                                                     "num_workers)")
     parser.add_argument("--session", default="", help="tmux session name (default: tmux_session)")
 
 

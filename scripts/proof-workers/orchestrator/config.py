@@ -13,8 +13,9 @@ from lib.errors import ConfigError
 from lib.statefile import locked, write_json
 from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
 
+# The original's stages, and the Go rewrite's `test` (a stage without a built-in prompt gets a generic one).
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
-                "validate", "review")
+                "validate", "review", "test")
 STATUSES = ("pending", "in_progress", "completed", "failed")
 AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
 # Claude Code in print mode with structured output, reading the prompt from its file (never typed, never on a
@@ -86,6 +87,7 @@ class ProjectConfig:
     on_alert: str = "warn"
     max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
     resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
+    warnings: tuple[str, ...] = ()  # what loads but deserves a word (launch prints them): `file: field: what`
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -99,6 +101,14 @@ class ProjectConfig:
     def worktree_for(self, issue: Issue) -> Path:
         return self.repo_for(issue).worktree_base / f"issue-{issue.number}"
 
+    def stages_done(self, issue: Issue) -> bool:
+        """pipeline_stage one past the last stage (the original wrote it after a last stage): nothing left to run."""
+        return issue.pipeline_stage >= len(self.pipeline)
+
+    def stage_name(self, issue: Issue) -> str | None:
+        """The issue's current stage, None once all stages are done."""
+        return None if self.stages_done(issue) else self.pipeline[issue.pipeline_stage]
+
 
 class _Checker:
     """Collects `file: field: problem` lines; reads typed values with defaults."""
@@ -106,9 +116,13 @@ class _Checker:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
+        self.warnings: list[str] = []
 
     def bad(self, where: str, what: str) -> None:
         self.problems.append(f"{self.path}: {where}: {what}")
+
+    def warn(self, where: str, what: str) -> None:
+        self.warnings.append(f"{self.path}: {where}: {what}")
 
     def get(self, doc: dict[str, Any], key: str, kind: str, default: Any, where: str = "") -> Any:
         label = f"{where}{key}"
@@ -304,9 +318,14 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
         if not repo and len(repos) > 1:
             check.bad(f"{where}repo", "required when the config has several repos")
         stage = check.get(doc, "pipeline_stage", "int", 0, where)
-        if not 0 <= stage < max(stages, 1):
-            check.bad(f"{where}pipeline_stage", f"must be 0..{max(stages, 1) - 1}, got {stage}")
+        if not 0 <= stage <= max(stages, 1):  # one past the last stage: all done (the original wrote that)
+            check.bad(f"{where}pipeline_stage", f"must be 0..{max(stages, 1) - 1} (or {max(stages, 1)}: all stages "
+                                                f"done), got {stage}")
             stage = 0
+        elif stage == stages and status in ("pending", "in_progress"):
+            check.warn(f"{where}pipeline_stage", f"{stage} is past the last stage of the pipeline: all stages are "
+                                                 f"done, so #{number} counts as completed and is not run again "
+                                                 "(set its status to completed to silence this)")
         issues.append(Issue(
             number=number,
             title=check.get(doc, "title", "str", "", where),
@@ -426,7 +445,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, **timings)
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True,
+        warnings=tuple(check.warnings), **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

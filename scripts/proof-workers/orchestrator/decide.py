@@ -121,11 +121,14 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
             free.append((worker.worker_id, True))
     # An issue completed in this cycle does not unblock its dependents until the
     # next one: its push may still fail, and then it is not complete.
+    ids = [w.worker_id for w in state.workers]
     for worker_id, freed in free:
-        issue = next_issue(state.issues, claimed)
+        issue = next_issue(state.issues, claimed, worker_id, ids)
         if issue is not None:
             claimed.add(issue.ref)
             actions.append(Action("reassign", worker_id, issue.ref,
+                                  f"resumes #{issue.ref.number} (in_progress on worker {issue.resume_worker} in the "
+                                  "config)" if issue.resuming else
                                   f"next eligible (wave {issue.wave}, priority {issue.priority})"))
         elif freed:
             actions.append(Action("idle", worker_id, reason="no eligible issue"))

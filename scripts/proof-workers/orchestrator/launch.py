@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from orchestrator import pins, sandbox, tmux, worktrees
+from orchestrator import pins, resume, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
@@ -36,6 +36,8 @@ class Assignment:
     title: str
     branch: str
     worktree: str
+    stage: str  # the pipeline stage its first try works on
+    resume: str | None = None  # an in_progress issue resumed from: worktree, branch or fresh (orchestrator.resume)
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,19 @@ class LaunchPlan:
     configs: list[str]
     preflight: Preflight | None = None
     sandbox_lines: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # the configs' own (config.ProjectConfig.warnings)
+    idle: int = 0  # free workers left without an issue: fewer eligible issues than workers
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session, "windows": self.windows, "state_dir": self.state_dir,
                 "configs": self.configs, "assignments": [asdict(a) for a in self.assignments],
+                "warnings": list(self.warnings), "idle": self.idle,
                 "preflight": self.preflight.to_json() if self.preflight else None}
 
     def lines(self) -> list[str]:
-        out = [f"session: {self.session}", "windows: " + ", ".join(f"{n}:{w}" for n, w in enumerate(self.windows)),
-               f"state: {self.state_dir}"]
+        out = [f"warning: {w}" for w in self.warnings]
+        out += [f"session: {self.session}", "windows: " + ", ".join(f"{n}:{w}" for n, w in enumerate(self.windows)),
+                f"state: {self.state_dir}"]
         if self.preflight:
             out += [a.line() for a in self.preflight.agents]
             problem = self.preflight.bwrap_problem
@@ -88,13 +94,36 @@ class LaunchPlan:
         if not self.assignments:
             out.append("nothing eligible to run")
         for a in self.assignments:
-            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} on {a.branch} in {a.worktree}")
+            how = {None: "", "worktree": ", resumed in its worktree", "branch": ", resumed on its branch",
+                   "fresh": ", resumed from scratch: nothing of it is left"}[a.resume]
+            out.append(f"worker-{a.worker}: #{a.issue} {a.title!r} ({a.stage}{how}) on {a.branch} in {a.worktree}")
+        if self.idle:
+            out.append(f"{self.idle} of {len(self.windows) - 2} workers will idle: no other issue is eligible for "
+                       "them now")
         return out
 
 
-def check_repos(run: Run) -> None:
-    """Every repo is a git repository with an origin that has its default branch (read-only checks)."""
+def nested_worktree_bases(run: Run) -> list[str]:
+    """A worktree_base inside a repository of the run (its own or another's; symlinks resolved): its worktrees
+    would show in that checkout as untracked files (and an agent's `git add -A` there would take them)."""
+    checkouts = [(name, os.path.realpath(repo.path)) for cfg in run.configs for name, repo in cfg.repos.items()]
     problems = []
+    for cfg in run.configs:
+        for repo in cfg.repos.values():
+            base = os.path.realpath(repo.worktree_base)
+            for name, checkout in checkouts:
+                if base == checkout or base.startswith(checkout.rstrip("/") + "/"):
+                    problems.append(f"{cfg.path}: worktree_base: {repo.worktree_base} is inside the checkout of repo "
+                                    f"{name} ({checkout}): its worktrees would show there as untracked files; put "
+                                    "it beside the repository (default: <repo path>-worktrees)")
+                    break
+    return problems
+
+
+def check_repos(run: Run) -> None:
+    """Every repo is a git repository with an origin that has its default branch, and no worktree_base lies inside
+    a repository (read-only checks)."""
+    problems = nested_worktree_bases(run)
     for cfg in run.configs:
         for name, repo in cfg.repos.items():
             field = f"repo {name}"
@@ -106,7 +135,7 @@ def check_repos(run: Run) -> None:
                                   f"refs/remotes/origin/{repo.default_branch}"):
                 problems.append(f"{cfg.path}: default_branch: origin/{repo.default_branch} not found in {repo.path} "
                                 "(add the origin remote and fetch)")
-            elif worktrees.inside(repo.path, repo.worktree_base) or repo.path.resolve() == repo.worktree_base.resolve():
+            elif worktrees.inside(repo.path, repo.worktree_base):  # the other way round: nested_worktree_bases
                 problems.append(f"{cfg.path}: worktree_base: {repo.worktree_base} holds the repository itself")
     if problems:
         raise ConfigError(problems)
@@ -230,11 +259,17 @@ def plan_launch(run: Run) -> LaunchPlan:
         cfg = run.config_of(action.issue.project)
         issue = cfg.issue(action.issue.number)
         assert issue is not None
-        assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, cfg.branch_for(issue),
-                                      str(cfg.worktree_for(issue))))
+        branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
+        source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
+            if issue.status == "in_progress" else None
+        stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]
+        assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, branch, str(worktree),
+                                      stage, source))
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
+    free = sum(1 for w in state.workers if w.issue is None)
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
-                      checked, tuple(sandbox.describe(cfg) for cfg in run.configs))
+                      checked, tuple(sandbox.describe(cfg) for cfg in run.configs),
+                      tuple(w for cfg in run.configs for w in cfg.warnings), free - len(assignments))
 
 
 def _verb_line(verb: str, run: Run, *extra: str) -> str:
@@ -259,7 +294,8 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
         unpinned = pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # before any agent runs
         if unpinned:
             raise ConfigError(sorted(set(unpinned.values())))
-        for a in plan.assignments:
+        # A resumed issue's worktree is the monitor's to make: it judges what is left of the issue by what is there.
+        for a in (a for a in plan.assignments if a.resume is None):
             cfg = run.config_of(a.project)
             issue = cfg.issue(a.issue)
             assert issue is not None

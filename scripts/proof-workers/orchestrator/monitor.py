@@ -25,14 +25,23 @@ class CycleResult:
 
 
 def issue_views(run: Run, records: list[WorkerRecord]) -> tuple[IssueView, ...]:
-    """Issues as decide sees them: an in_progress issue no worker holds is pending again (no issue lost)."""
+    """Issues as decide sees them: an in_progress issue no worker holds is resumed first by the worker the config
+    names (queue.IssueView.resume_worker), or is pending again when it names none (no issue lost)."""
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
     views = []
     for cfg in run.configs:
         for issue in cfg.issues:
             ref = IssueRef(cfg.project, issue.number)
-            status = "pending" if issue.status == "in_progress" and ref not in held else issue.status
-            views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline)))
+            status, resume_worker = issue.status, None
+            if status == "in_progress" and ref not in held:
+                if issue.assigned_worker is not None and not cfg.stages_done(issue):
+                    resume_worker = issue.assigned_worker
+                else:
+                    status = "pending"
+            if status == "pending" and cfg.stages_done(issue):
+                status = "completed"  # pipeline_stage past the last stage: every stage is done (a config warning)
+            views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline),
+                                   resume_worker))
     return tuple(views)
 
 
@@ -150,7 +159,8 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
     held = {(r.project, r.issue_number) for r in records if r.issue_number is not None}
     for cfg in run.configs:
         for issue in cfg.issues:
-            if issue.status == "in_progress" and (cfg.project, issue.number) not in held:
+            if issue.status == "in_progress" and (cfg.project, issue.number) not in held and \
+                    (issue.assigned_worker is None or cfg.stages_done(issue)):  # else resumed first (issue_views)
                 configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()

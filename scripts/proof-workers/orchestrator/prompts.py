@@ -17,6 +17,9 @@ STAGE_TASKS = {
     "validate": "Check the work on this branch against the issue; fix what is wrong and commit.",
     "review": "Review the changes on this branch against the issue; fix what you find and commit.",
 }
+# A stage with no task of its own above (the Go rewrite's `test`): the stage's name says what to do.
+GENERIC_TASK = ("This is the {stage} stage of the pipeline {pipeline}: do the {stage} work this issue and branch "
+                "need at this point, keeping the earlier stages' work; fix what it shows is wrong and commit.")
 TEMPLATE = """# Issue #{{issue.number}}: {{issue.title}}
 
 Stage: {{stage}} ({{stage_position}} of the pipeline {{pipeline}})
@@ -67,7 +70,7 @@ def render(cfg: ProjectConfig, issue: Issue, stage_index: int, worktree: str, br
         "issue.description": issue.description or "(no description: work from the title)",
         "stage": stage, "stage_position": f"{stage_index + 1}/{len(cfg.pipeline)}",
         "pipeline": " -> ".join(cfg.pipeline), "project": cfg.project, "worktree": worktree, "branch": branch,
-        "task": STAGE_TASKS.get(stage, STAGE_TASKS["implement"]),
+        "task": STAGE_TASKS.get(stage) or GENERIC_TASK.format(stage=stage, pipeline=" -> ".join(cfg.pipeline)),
         "commit_rule": f"Commit messages: `{prefix}: <what> (#{issue.number})`." if prefix else "",
         "project_context": _context(cfg.project_context),
         "rules": RULES.format(branch=branch, worktree=worktree),

@@ -1,4 +1,5 @@
-"""Which issue a free worker takes: pending, unclaimed, every dependency completed; (wave, priority, number)."""
+"""Which issue a free worker takes: an in_progress issue left on it first, then pending ones; unclaimed, every
+dependency completed; (wave, priority, number)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ class IssueView:
     priority: int = 1
     depends_on: tuple[int, ...] = ()
     stage_count: int = 1
+    # in_progress in the config on this worker, but held by no worker record (a restart, an original's file):
+    # resumed first, by that worker (by any worker when the run has no such worker)
+    resume_worker: int | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.status == "in_progress" and self.resume_worker is not None
 
 
 def completed(issues: Iterable[IssueView]) -> set[IssueRef]:
@@ -54,11 +62,14 @@ def eligible(issues: Iterable[IssueView], claimed: set[IssueRef]) -> list[IssueV
     issues = list(issues)
     done = completed(issues)
     ready = [i for i in issues
-             if i.status == "pending" and i.ref not in claimed
+             if (i.status == "pending" or i.resuming) and i.ref not in claimed
              and all(IssueRef(i.ref.project, d) in done for d in i.depends_on)]
-    return sorted(ready, key=lambda i: (i.wave, i.priority, i.ref.number, i.ref.project))
+    return sorted(ready, key=lambda i: (not i.resuming, i.wave, i.priority, i.ref.number, i.ref.project))
 
 
-def next_issue(issues: Iterable[IssueView], claimed: set[IssueRef]) -> IssueView | None:
-    ready = eligible(issues, claimed)
-    return ready[0] if ready else None
+def next_issue(issues: Iterable[IssueView], claimed: set[IssueRef], worker: int | None = None,
+               workers: Iterable[int] = ()) -> IssueView | None:
+    """The best issue for `worker` (None: for any worker): an issue left on another of the run's `workers` waits
+    for that one."""
+    others = set(workers) - {worker} if worker is not None else set()
+    return next((i for i in eligible(issues, claimed) if not (i.resuming and i.resume_worker in others)), None)

@@ -155,9 +155,11 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
                     state = "waiting"
+            resuming_at = cfg.stage_name(issue) if view.resuming else None  # taken first by its worker
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
+                           "resuming_at": resuming_at,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
-                           "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
+                           "pipeline_stage": issue.pipeline_stage, "stage": cfg.stage_name(issue),
                            "assigned_worker": issue.assigned_worker,
                            "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
@@ -269,8 +271,9 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
                              + " -> ".join(project["pipeline"]) + f"  {usage_text(project)}"))
         if project["paused"]:
             lines.append(visible(paused_line(project["paused"])))
-        lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
-                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
+        lines.append(plain_table([[f"#{i['number']}", i["title"][:50], state_text(i), i["stage"] or "all done",
+                                   i["wave"], i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-",
+                                   usage_text(i)]
                                   for i in project["issues"]],
                                  ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
@@ -282,6 +285,12 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
     lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def state_text(issue: dict[str, Any]) -> str:
+    """An issue's state; `in_progress (resuming at write_tests)` for one left in progress that its worker takes
+    first."""
+    return f"{issue['state']} (resuming at {issue['resuming_at']})" if issue.get("resuming_at") else issue["state"]
 
 
 def alert_line(alert: dict[str, Any]) -> str:
