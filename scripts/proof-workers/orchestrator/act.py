@@ -76,8 +76,8 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def agent_log(run: Run, record: WorkerRecord) -> Path:
-    """Where this try's agent output reads as text: its own log (an agent with events), else the worker's log."""
-    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+    """Where this try's agent output reads as text: its own log (logs/issue-N/worker-W-try-T.log)."""
+    if record.issue_number is not None:
         return run.files.try_log(record.worker_id, record.try_id, record.issue_number)
     return run.files.log(record.worker_id)
 
@@ -122,6 +122,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
             "events": str(files.agent_events(w, t)), "try_log": str(files.try_log(w, t, issue.number)),
+            "max_log_bytes": cfg.max_log_bytes, "project": cfg.project,
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
