@@ -20,8 +20,8 @@ MARK = re.compile(r"^\[\.\.\. (\d+) bytes cut here \(the log's first (\d+) bytes
                   r"(\d+) bytes, max_log_bytes\)\]$", re.M)
 
 # An agent that prints FLOOD_MB of numbered lines at full speed, then its last words; then as the script says for
-# this issue and try: "fail" (exit 3, nothing committed), "commit" (commit and exit 0), "hang" (print a line a
-# second until killed), "quiet" (commit without the flood).
+# this issue and try: "fail" (exit 3, nothing committed), "commit" (commit and exit 0), "wait" (commit, then
+# print a line every 0.2 s until the file stop-N is there), "quiet" (commit without the flood).
 FLOOD_AGENT = r'''
 import os, subprocess, sys, time
 from pathlib import Path
@@ -48,29 +48,30 @@ out.flush()
 if behaviour == "fail":
     print("error: the real cause", flush=True)
     sys.exit(3)
-if behaviour == "hang":
-    n = 0
-    while True:
-        print(f"still working {n}", flush=True)
-        n += 1
-        time.sleep(0.2)
 Path(f"work-{number}.txt").open("a").write(f"{stage}\n")
 git = ["git", "-c", "user.name=Agent", "-c", "user.email=agent@example.com"]
 subprocess.run([*git, "add", "-A"], check=True)
 subprocess.run([*git, "commit", "-q", "-m", f"{stage} #{number}"], check=True)
+if behaviour == "wait":
+    n = 0
+    while not (Path(script).parent / f"stop-{number}").exists():
+        print(f"still working {n}", flush=True)
+        n += 1
+        time.sleep(0.2)
+    print("stopping now", flush=True)
 '''
 
 
-def flood_project(project, tmp_path: Path, plan: list[str], mb: float = 80, **settings):
+def flood_project(project, tmp_path: Path, plan: list[str], mb: float = 80, issues=None, **settings):
     agent = tmp_path / "flood_agent.py"
     agent.write_text(FLOOD_AGENT)
     script = tmp_path / "flood-plan.txt"
     script.write_text(" ".join(plan))
     command = (f"FLOOD_MB={mb} exec {shlex.quote(os.path.realpath(sys.executable))} {shlex.quote(str(agent))} "
                f"{shlex.quote(str(script))} {{{{issue.number}}}} {{{{stage}}}}")
-    return project([{"number": 1, "title": "flood"}], agent_command=command, agent="command", num_workers=1,
+    return project(issues or [{"number": 1, "title": "flood"}], agent_command=command, agent="command",
                    **{"pipeline": ["implement", "review"], "stall_timeout": 60, "wall_clock_timeout": 600,
-                      **settings})
+                      "num_workers": 1, **settings})
 
 
 def kept_and_cut(text: str) -> tuple[int, int]:
@@ -145,6 +146,40 @@ def test_a_line_that_looks_like_the_mark_is_not_taken_for_it(tmp_path):
     assert len(text.encode()) - length + cut == total
 
 
+def test_a_follower_reads_a_capped_log_across_its_cuts_without_losing_or_repeating_a_byte(tmp_path):
+    """Read as it is written (a read between writes), a log cut many times reads as exactly what was written;
+    read rarely, what was cut before it could be read shows as the log's mark, and the end is never lost."""
+    from orchestrator.show import Follower
+
+    for every in (1, 5000):
+        path = tmp_path / f"every-{every}.log"
+        got: list[str] = []
+        follower = Follower(path, logcut.MIN_LOG_CAP, got.append)
+        written = []
+        with logcut.CappedLog(path, logcut.MIN_LOG_CAP) as log:
+            for n in range(20000):
+                line = f"line {n}\n"
+                log.write(line.encode())
+                written.append(line)
+                if n % every == 0:
+                    follower.pump()
+        follower.pump()
+        text = "".join(got)
+        if every == 1:
+            assert text == "".join(written)
+        else:
+            assert text.endswith("line 19998\nline 19999\n") and text.startswith("line 0\nline 1\n")
+            marks = re.findall(r"^\[\.\.\. (\d+) bytes cut here \(cut from the log before it could be shown\)\]$",
+                               text, re.M)
+            assert marks and "line 19000\n" in text
+            shown_and_cut = len(text.encode()) - sum(len(m) + 66 for m in marks) + sum(map(int, marks))
+            # all that was written (and a newline before each mark that cut into a line)
+            assert 0 <= shown_and_cut - len("".join(written).encode()) <= len(marks)
+            whole = re.sub(r"[^\n]*\n\[\.\.\. .*\n", "", text)  # the line a mark cut into is not whole
+            numbers = [int(x) for x in re.findall(r"^line (\d+)$", whole, re.M)]
+            assert numbers == sorted(set(numbers))  # in order, never twice
+
+
 # --- the wrapper's logs in a run ---------------------------------------------------------------------------------
 
 def test_an_agent_printing_80_mb_per_stage_leaves_capped_logs_per_issue_and_try_and_loses_nothing_else(
@@ -207,3 +242,239 @@ def test_max_log_bytes_is_validated_and_used_by_every_try(project, tmp_path, cap
         assert path.stat().st_size <= 64 * 1024
         kept, cut = kept_and_cut(path.read_text())
         assert kept + cut > 1024 * 1024
+
+
+# --- the verbs: logs, diff, attach -------------------------------------------------------------------------------
+
+def _orchestrator(*args: str, **popen):
+    """`python3 -m orchestrator ARGS` as a user runs it (a process of its own)."""
+    import subprocess
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=ROOT / "scripts" / "proof-workers",
+                            env=monitor_env(popen.pop("env", None)), **popen)
+
+
+def _monitor():
+    import subprocess
+
+    return _orchestrator("monitor", "--cycle", "0.2", "--no-delay", stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+
+
+def _waiting(proj, number: int, worker: int | None = None) -> bool:
+    logs = list((proj.state / "logs" / f"issue-{number}").glob("*.log"))
+    return any("still working 2" in p.read_text(errors="replace") for p in logs)
+
+
+def test_logs_and_diff_of_an_issue_with_a_running_monitor_then_without_one(project, tmp_path, inv):
+    """While the monitor runs: `logs 1` prints the running try's log under its name, `logs 1 --follow` keeps
+    printing and ends by itself when the try ends, `diff 1 [--stat]` shows the branch's commit. After the run,
+    with no monitor (and no tmux): the same, from the files and git alone."""
+    import subprocess
+
+    from conftest import git
+
+    proj = flood_project(project, tmp_path, ["wait"], mb=0.5, pipeline=["implement"],
+                         issues=[{"number": 1, "title": "waits"},
+                                 {"number": 2, "title": "done before", "status": "completed"}])
+    monitor = _monitor()
+    try:
+        retry_until(lambda: _waiting(proj, 1), seconds=60)
+        shown = inv("workers.logs", "1")
+        assert shown.code == 0, shown.err
+        path = proj.state / "logs" / "issue-1" / "worker-1-try-1.log"
+        assert shown.out.startswith(f"==> {path} <==\n=== START worker-1 try 1 issue #1 stage implement")
+        assert "implement try 0 flood line 000000000" in shown.out and "still working 2" in shown.out
+        stat = inv("workers.diff", "1", "--stat")
+        assert stat.code == 0, stat.err
+        assert "work-1.txt | 1 +" in stat.out and "1 file changed" in stat.out
+        follow_out = tmp_path / "follow.out"
+        with open(follow_out, "wb") as sink:
+            follower = _orchestrator("logs", "1", "--follow", stdout=sink, stderr=subprocess.PIPE)
+        try:
+            retry_until(lambda: "still working" in follow_out.read_text(errors="replace").split("following")[-1],
+                        seconds=30)
+            (tmp_path / "stop-1").touch()
+            _, err = follower.communicate(timeout=60)  # ends by itself: the try ended
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        assert follower.returncode == 0, err
+        followed = follow_out.read_text()
+        assert followed.startswith(f"==> {path} <== (following until the try ends; Ctrl-C stops)\n")
+        assert "stopping now\n" in followed and "=== EXIT code 0 worker-1 try 1 issue #1" in followed
+        assert monitor.wait(timeout=60) == 0
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+    assert proj.issue(1)["status"] == "completed"
+
+    # No monitor now; its tmux server is gone too.
+    from orchestrator.run import open_run
+
+    open_run().server.kill()
+    shown = inv("workers.logs", "1")
+    assert shown.code == 0 and shown.out == f"==> {path} <==\n" + path.read_text()
+    gone = inv("workers.attach", "1")
+    assert gone.code == 1 and gone.err == "error: issue #1 has no worker now (not running): `logs 1` shows its tries\n"
+    after = inv("workers.logs", "1", "--follow")
+    assert after.code == 0 and after.out.endswith("(#1 has no running try: nothing to follow)\n")
+    base = next(e["base"] for e in proj.events() if e["action"] == "reassign")
+    # #1 is merged into main: the merge-base now is its own tip, yet its diff is still what it did since assigned.
+    git(proj.repo, "merge", "-q", "--ff-only", "feature/issue-1")
+    git(proj.repo, "push", "-q", "origin", "main")
+    assert git(proj.repo, "merge-base", "origin/main", "feature/issue-1") != base
+    full = inv("workers.diff", "1")
+    assert full.code == 0, full.err
+    assert full.out.strip() == git(proj.repo, "diff", base, "feature/issue-1")
+    assert "+implement" in full.out and full.err == ""
+
+
+def test_bad_input_is_one_line_and_exit_2(project, tmp_path, inv, capsys):
+    """An unknown issue, an issue never assigned, a number that is none: one `error:` line, exit 2, all verbs."""
+    from orchestrator.cli import main
+
+    flood_project(project, tmp_path, ["quiet"], mb=0, issues=[{"number": 1, "title": "never started"}])
+    for verb in ("logs", "diff", "attach"):
+        for number, words in (("99", "issue #99 is not in"), ("1", "was never assigned")):
+            result = inv(f"workers.{verb}", number)
+            assert result.code == 2 and result.out == "", result
+            assert len(result.err.strip().splitlines()) == 1 and words in result.err, result.err
+        for bad in ("0", "x1", "-3"):
+            assert main([verb, bad]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert main([verb, "1", "--project", "nope"]) == 2
+        assert "no project 'nope' in this run" in capsys.readouterr().err
+
+
+def test_logs_follow_stops_on_ctrl_c_with_exit_130_and_no_traceback(project, tmp_path):
+    import signal
+    import subprocess
+
+    proj = flood_project(project, tmp_path, ["wait"], mb=0, pipeline=["implement"])
+    monitor = _monitor()
+    try:
+        retry_until(lambda: _waiting(proj, 1), seconds=60)
+        from conftest import stop_when
+
+        sink = tmp_path / "follow.out"
+        with open(sink, "wb") as out:
+            follower = _orchestrator("logs", "1", "--follow", stdout=out, stderr=subprocess.PIPE)
+        _, err = stop_when(follower, lambda: "still working" in sink.read_text().split("following until")[-1],
+                           signum=signal.SIGINT)
+        assert follower.returncode == 130 and b"Traceback" not in err, err
+        assert proj.issue(1)["status"] == "in_progress"  # the try goes on: only the viewer stopped
+    finally:
+        (tmp_path / "stop-1").touch()
+        try:
+            monitor.wait(timeout=60)
+        finally:
+            if monitor.poll() is None:
+                monitor.kill()
+
+
+class Terminal:
+    """A pseudo-terminal running a command (a tmux client needs one); its output is read and dropped."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        import fcntl
+        import pty
+        import struct
+        import subprocess
+        import termios
+        import threading
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
+                                        start_new_session=True)
+        os.close(slave)
+        self.master = master
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self.master, 65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> int | None:
+        try:
+            self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _clients(server) -> list[str]:
+    return sorted(server.cmd("list-clients", "-F", "#{session_name} #{window_name}").stdout)
+
+
+def _holder(proj, number: int) -> int:
+    import json
+
+    for path in (proj.state / "workers").glob("worker-*.json"):
+        doc = json.loads(path.read_text())
+        if doc.get("issue_number") == number:
+            return doc["worker_id"]
+    raise AssertionError(f"no worker holds #{number}")
+
+
+def test_attach_selects_the_issues_worker_window_from_a_terminal_and_from_inside_tmux_with_and_without_a_monitor(
+        project, tmp_path, tmux_socket):
+    """Two issues run on two workers. `attach 2` from a terminal attaches a tmux client on the run's socket with
+    #2's worker window selected; from inside a pane of that tmux server, it switches that client there (no nested
+    tmux). After the monitor is killed, the agents still run in their windows and attach still finds them."""
+    import signal
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    proj = flood_project(project, tmp_path, ["wait"], mb=0, pipeline=["implement"], num_workers=2,
+                         issues=[{"number": 1, "title": "a"}, {"number": 2, "title": "b"}])
+    env = {k: v for k, v in monitor_env({"TERM": "xterm"}).items() if k not in ("TMUX", "TMUX_PANE")}
+    package = ROOT / "scripts" / "proof-workers"
+    attach = [sys.executable, "-m", "orchestrator", "attach"]
+    monitor = _monitor()
+    try:
+        retry_until(lambda: _waiting(proj, 1) and _waiting(proj, 2), seconds=60)
+        first, second = _holder(proj, 1), _holder(proj, 2)
+        assert first != second
+        for number, worker in ((2, second), (1, first)):
+            terminal = Terminal([*attach, str(number)], env, package)
+            retry_until(lambda: _clients(tmux_socket) == [f"proof-test worker-{worker}"], seconds=30)
+            tmux_socket.cmd("detach-client", "-s", "=proof-test")
+            assert terminal.close() == 0
+
+        # Inside tmux: a client sits on another session; `attach 2` run in its pane moves that client.
+        tmux_socket.cmd("new-session", "-d", "-s", "elsewhere", "-x", "80", "-y", "24")
+        client = Terminal(["tmux", "-L", tmux_socket.socket_name, "attach-session", "-t", "=elsewhere"], env)
+        retry_until(lambda: [c.split()[0] for c in _clients(tmux_socket)] == ["elsewhere"], seconds=30)
+        line = f"cd {shlex.quote(str(package))} && exec {shlex.join([*attach, '2'])} > {tmp_path / 'inside.out'} 2>&1"
+        tmux_socket.cmd("new-window", "-t", "=elsewhere:", "-e", f"ORCHESTRATOR_HOME={env['ORCHESTRATOR_HOME']}",
+                        "-e", f"ORCHESTRATOR_TMUX_SOCKET={tmux_socket.socket_name}", line)
+        retry_until(lambda: _clients(tmux_socket) == [f"proof-test worker-{second}"], seconds=30)
+        assert (tmp_path / "inside.out").read_text() == ""
+        tmux_socket.cmd("detach-client", "-a")
+        tmux_socket.cmd("detach-client", "-s", "=proof-test")
+        client.close()
+
+        monitor.send_signal(signal.SIGKILL)
+        monitor.wait(timeout=30)
+        terminal = Terminal([*attach, "1"], env, package)
+        retry_until(lambda: _clients(tmux_socket) == [f"proof-test worker-{first}"], seconds=30)
+        tmux_socket.cmd("detach-client", "-s", "=proof-test")
+        assert terminal.close() == 0
+    finally:
+        for number in (1, 2):
+            (tmp_path / f"stop-{number}").touch()
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait()

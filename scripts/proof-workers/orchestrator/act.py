@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, show, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -406,8 +406,10 @@ class Executor:
         _next_try(self.run, record)
         self.run.files.save_worker(record)
         configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker)
+        # Where the branch forked from the default branch, before its agent runs: what `diff ISSUE` shows against.
+        base = show.merge_base(repo.path, branch, repo.default_branch)
         self.run.files.log_event({"action": "reassign", "worker": action.worker, "new_issue": issue.number,
-                                  "project": cfg.project, "branch": branch})
+                                  "project": cfg.project, "branch": branch, "base": base})
         self.say(f"worker {action.worker}: takes #{issue.number} ({record.stage})")
         start_try(self.run, record)
         self.launched += 1
