@@ -87,10 +87,11 @@ class CappedLog:
         self.keep = (self.cap - head_budget(self.cap) - MARK_ROOM) // 2  # the tail a cut keeps: half the room
         self.slack = min(LINE_SLACK, self.cap // 8)
         self.lock = threading.Lock()
-        self.file = open(self.path, "ab")
-        self.size = self.file.tell()
-        with open(self.path, "rb") as log:
-            self.layout = read_layout(log, self.cap) if self.size > head_budget(self.cap) else None
+        self.file = _open_log(self.path)
+        self.size = self.file.seek(0, os.SEEK_END)
+        self.layout = read_layout(self.file, self.cap) if self.size > head_budget(self.cap) else None
+        if self.size > self.cap:  # written with a larger cap before
+            self._cut()
 
     def write(self, data: bytes) -> None:
         with self.lock:
@@ -106,6 +107,10 @@ class CappedLog:
                 view = view[len(piece):]
             self.file.flush()
 
+    def flush(self) -> None:
+        with self.lock:
+            self.file.flush()
+
     def close(self) -> None:
         with self.lock:
             self.file.close()
@@ -119,7 +124,20 @@ class CappedLog:
     def _cut(self) -> None:
         self.file.flush()
         temp = self.path.with_name(f".{self.path.name}.cut")
-        with open(self.path, "rb") as source, open(temp, "wb") as target:
+        temp.unlink(missing_ok=True)  # a cut killed halfway
+        try:
+            layout = self._write_cut(temp)
+            os.replace(temp, self.path)
+        except BaseException:
+            temp.unlink(missing_ok=True)  # a full disk: the log stays as it was, nothing half-made beside it
+            raise
+        self.file.close()
+        self.file = _open_log(self.path)
+        self.size, self.layout = self.file.seek(0, os.SEEK_END), layout
+
+    def _write_cut(self, temp: Path) -> tuple[int, int, int]:
+        source = self.file  # read through the descriptor written: never whatever the path names now
+        with open(temp, "xb", opener=_no_follow) as target:
             end = os.fstat(source.fileno()).st_size
             if self.layout:
                 head_end, mark_length, cut = self.layout
@@ -134,12 +152,23 @@ class CappedLog:
             copy_range(source, target, 0, head_end)
             target.write(line)
             copy_range(source, target, tail_start, end)
-            size = target.tell()
-        os.replace(temp, self.path)
-        self.file.close()
-        self.file = open(self.path, "ab")
-        self.size, self.layout = size, (head_end, len(line), cut)
+        return head_end, len(line), cut
 
     def _mark(self, cut: int, head_end: int, after_line: bool) -> bytes:
         return mark(cut, f" (the log's first {head_end} bytes, then its last ones: capped at {self.cap} bytes, "
                          "max_log_bytes)", after_line)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """The log to append to and read from; a symlink put at its path is replaced, never written through."""
+    try:
+        return open(path, "a+b", opener=_no_follow)
+    except OSError as err:
+        if not path.is_symlink():
+            raise err from None
+    path.unlink()
+    return open(path, "a+b", opener=_no_follow)

@@ -478,3 +478,56 @@ def test_attach_selects_the_issues_worker_window_from_a_terminal_and_from_inside
         if monitor.poll() is None:
             monitor.kill()
             monitor.wait()
+
+
+def test_a_hostile_try_log_path_is_never_written_through_and_the_exit_code_always_lands(tmp_path):
+    """A symlink planted at the try's log (to a file of the user's) is replaced, not written through; a log that
+    cannot be made at all (a directory there) still lets the agent run and its exit code reach the signal file."""
+    import json
+
+    from orchestrator import wrapper
+
+    victim = tmp_path / "bashrc"
+    victim.write_text("keep me\n")
+    logs = tmp_path / "state" / "logs"
+    (logs / "issue-1").mkdir(parents=True)
+    (logs / "issue-1" / "worker-1-try-1.log").symlink_to(victim)
+    (logs / "issue-1" / ".worker-1-try-1.log.cut").symlink_to(victim)  # where a cut writes first
+    (logs / "issue-1" / "worker-1-try-2.log").mkdir()
+
+    def spec(try_id: int) -> dict:
+        return {"worker": 1, "try": try_id, "issue": 1, "stage": "implement", "cwd": str(tmp_path),
+                "command": "head -c 200000 /dev/zero | tr '\\0' 'z'; echo; echo done; exit 4",
+                "log": str(logs / "worker-1.log"), "signal": str(tmp_path / f"signal-{try_id}"),
+                "pid_file": str(tmp_path / f"pid-{try_id}"), "agent": "command", "max_log_bytes": 65536,
+                "try_log": str(logs / "issue-1" / f"worker-1-try-{try_id}.log")}
+
+    for try_id in (1, 2):
+        path = tmp_path / f"try-{try_id}.json"
+        path.write_text(json.dumps(spec(try_id)))
+        assert wrapper.main([str(path)]) == 4
+        assert (tmp_path / f"signal-{try_id}").read_text() == "4\n"
+    assert victim.read_text() == "keep me\n"
+    kept = logs / "issue-1" / "worker-1-try-1.log"
+    assert not kept.is_symlink() and kept.stat().st_size <= 65536 and kept.read_text().endswith(
+        "done\n" + kept.read_text().splitlines()[-1] + "\n")
+    index = (logs / "worker-1.log").read_text()
+    assert "wrapper: cannot write the try's log" in index and index.count("=== EXIT code 4") == 2
+
+
+def test_logs_skip_a_fifo_put_at_a_try_log_and_escape_what_drives_the_terminal(project, tmp_path):
+    """A FIFO where a try's log should be is skipped (reading it would wait forever for a writer); an agent's
+    escape sequences are shown escaped, never sent to the terminal raw."""
+    import subprocess
+
+    proj = flood_project(project, tmp_path, ["quiet"], mb=0)
+    folder = proj.state / "logs" / "issue-1"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "worker-1-try-1.log")
+    (folder / "worker-1-try-2.log").write_bytes(
+        b"=== START worker-1 try 2 issue #1 stage implement at 2026-12-06T10:00:00Z ===\n\x1b]0;owned\x07\x1b[2Jok\n")
+    shown = _orchestrator("logs", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = shown.communicate(timeout=60)
+    assert shown.returncode == 0, err
+    assert out.decode() == (f"==> {folder / 'worker-1-try-2.log'} <==\n=== START worker-1 try 2 issue #1 stage "
+                            "implement at 2026-12-06T10:00:00Z ===\n\\x1b]0;owned\\x07\\x1b[2Jok\n")

@@ -6,6 +6,7 @@ import codecs
 import json
 import os
 import re
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import BinaryIO, Callable
 
 from lib import logcut, runner
 from lib.errors import OrchestratorError
+from lib.statefile import read_regular
 from orchestrator import worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.probe import read_pid
@@ -75,10 +77,22 @@ def find_issue(run: Run, number: int, project: str = "") -> tuple[ProjectConfig,
 
 def _spec(run: Run, worker: int, try_id: int) -> dict:
     try:
-        doc = json.loads(run.files.try_spec(worker, try_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        doc = json.loads(read_regular(run.files.try_spec(worker, try_id)) or b"{}")
+    except (OrchestratorError, ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def open_regular(path: Path) -> BinaryIO | None:
+    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
@@ -99,11 +113,9 @@ def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
 
 def _started(path: Path) -> str:
     """The START line's time (ISO, sorts as text); a log without one sorts by its own time."""
-    try:
-        with open(path, "rb") as log:
-            first = log.readline(4096).decode("utf-8", "replace")
-    except OSError:
-        first = ""
+    log = open_regular(path)
+    with log or open(os.devnull, "rb") as source:
+        first = source.readline(4096).decode("utf-8", "replace")
     found = re.search(r" at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", first)
     if found:
         return found.group(1)
@@ -150,8 +162,11 @@ def show_logs(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     for entry in logs:
         if (entry.worker, entry.try_id) == running:
             continue
+        log = open_regular(entry.path)
+        if log is None:
+            continue
         write(f"==> {entry.path} <==\n")
-        with open(entry.path, "rb") as log:
+        with log:
             _copy(log, write, codecs.getincrementaldecoder("utf-8")("replace"))
     if running is None:
         if follow:
@@ -217,9 +232,8 @@ class Follower:
         self.at_line_start = True
 
     def _open(self) -> BinaryIO | None:
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
+        handle = open_regular(self.path)
+        if handle is None:
             return None
         self.layout = logcut.read_layout(handle, self.cap)
         handle.seek(0)

@@ -153,10 +153,9 @@ def run(spec: dict[str, Any]) -> int:
     label += f" ({f'agent {kind}; ' if structured else ''}log {try_log})"
     try_log.parent.mkdir(parents=True, exist_ok=True)
     cap = spec.get("max_log_bytes") or logcut.DEFAULT_LOG_CAP
-    with open(log_path, "ab") as index, logcut.CappedLog(try_log, cap) as log:
+    with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
-        index.write(start)
-        index.flush()
+        _note(index, start)
         _note(log, start)
         try:
             agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
@@ -195,17 +194,42 @@ def run(spec: dict[str, Any]) -> int:
             code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
         _note(log, end)
-        index.write(end)
+        _note(index, end)
     _write_atomic(signal_path, f"{code}\n")
     return code
 
 
-def _note(log: logcut.CappedLog, line: bytes) -> None:
-    """A line of ours in the try's log; a log that cannot be written (a full disk) never costs the exit code."""
+def _note(log: Any, line: bytes) -> None:
+    """A line of ours in a log; a log that cannot be written (a full disk) never costs the exit code."""
     try:
         log.write(line)
-    except OSError:
+        log.flush()
+    except (OSError, ValueError):
         pass
+
+
+class _Nowhere:
+    """The try's log when it cannot be opened: the agent runs anyway, its output only in the pane."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def __enter__(self) -> _Nowhere:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _try_log(path: Path, cap: int, index: Any) -> Any:
+    try:
+        return logcut.CappedLog(path, cap)
+    except OSError as err:
+        _note(index, f"wrapper: cannot write the try's log {path}: {err}\n".encode())
+        return _Nowhere()
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
