@@ -187,10 +187,29 @@ def test_an_agent_printing_80_mb_per_stage_leaves_capped_logs_per_issue_and_try_
     """#1's first try floods 80 MiB and fails, its retry floods and commits, its review floods and commits: each
     try has its own log under logs/issue-1/, within the cap, with its head, one mark and its tail (the EXIT line
     with the exit code); the worker's log only indexes them; the retry's prompt has the failed try's last words."""
+    import threading
+
     proj = flood_project(project, tmp_path, ["fail", "commit", "commit"])
     lines: list[str] = []
+    largest, done = [0], threading.Event()
 
-    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    def sample() -> None:  # the cap holds while the agent writes, not only once it is done
+        while not done.is_set():
+            for path in (proj.state / "logs").glob("**/*"):
+                try:
+                    largest[0] = max(largest[0], path.stat().st_size)
+                except OSError:
+                    pass
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    finally:
+        done.set()
+        sampler.join()
+    assert 0 < largest[0] <= logcut.DEFAULT_LOG_CAP
 
     assert failed == 0, lines
     assert proj.issue(1)["status"] == "completed"

@@ -201,6 +201,7 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
     (its wrapper was killed outright) for GONE_GRACE_S."""
     tag = f"{run.files.root}/worker-{record.worker_id}/try-{record.try_id}"
     gone_since: list[float] = []
+    looked = [0.0]
 
     def check() -> bool:
         if run.files.read_signal(record.worker_id, record.try_id) is not None:
@@ -208,6 +209,9 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
         now = run.files.load_worker(record.worker_id)
         if (now.project, now.issue_number, now.try_id) != (record.project, record.issue_number, record.try_id):
             return True
+        if time.monotonic() - looked[0] < 1.0:
+            return False  # the process table is read at most once a second
+        looked[0] = time.monotonic()
         group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
         alive = runner.processes_tagged(TRY_VAR, tag) or (group is not None and runner.group_members(group))
         if alive or not now.launched:
