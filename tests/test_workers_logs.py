@@ -550,3 +550,36 @@ def test_logs_skip_a_fifo_put_at_a_try_log_and_escape_what_drives_the_terminal(p
     assert shown.returncode == 0, err
     assert out.decode() == (f"==> {folder / 'worker-1-try-2.log'} <==\n=== START worker-1 try 2 issue #1 stage "
                             "implement at 2026-12-06T10:00:00Z ===\n\\x1b]0;owned\\x07\\x1b[2Jok\n")
+
+
+def test_two_projects_with_the_same_issue_number_need_project_and_show_only_their_own_tries(
+        make_repo, home, tmp_path, capsys):
+    """Both projects of a run number from 1 and their tries' logs share logs/issue-1/ (the lead's state dir): the
+    number alone is refused (which one?), and --project shows that project's tries only (their spec says whose)."""
+    import json
+
+    from orchestrator.cli import main
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("alpha", "beta"):
+        repo = make_repo(name)
+        (configs / f"{name}-issues.json").write_text(json.dumps({
+            "project": name, "repo_path": str(repo.path), "worktree_base": str(tmp_path / f"wt-{name}"),
+            "branch_prefix": f"{name}/issue-", "default_branch": "main", "pipeline": ["implement"],
+            "agent": "command", "agent_command": "true", "issues": [{"number": 1, "title": f"{name} one"}]}))
+    state = home.path / "state" / "alpha"  # the lead's
+    for try_id, name in ((1, "alpha"), (2, "beta")):
+        (state / "tries").mkdir(parents=True, exist_ok=True)
+        (state / "tries" / f"worker-1-try-{try_id}.json").write_text(json.dumps({"project": name}))
+        log = state / "logs" / "issue-1" / f"worker-1-try-{try_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"=== START worker-1 try {try_id} issue #1 stage implement at 2026-12-06T10:0{try_id}:00Z ===\n"
+                       f"{name}'s work\n")
+
+    assert main(["logs", "1", "--config-dir", str(configs)]) == 2
+    assert "issue #1 is in several projects (alpha, beta): give --project" in capsys.readouterr().err
+    for name in ("alpha", "beta"):
+        assert main(["logs", "1", "--config-dir", str(configs), "--project", name]) == 0
+        out = capsys.readouterr().out
+        assert f"{name}'s work" in out and out.count("==> ") == 1
