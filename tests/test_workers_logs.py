@@ -583,3 +583,40 @@ def test_two_projects_with_the_same_issue_number_need_project_and_show_only_thei
         assert main(["logs", "1", "--config-dir", str(configs), "--project", name]) == 0
         out = capsys.readouterr().out
         assert f"{name}'s work" in out and out.count("==> ") == 1
+
+
+def test_logs_follow_without_a_monitor_ends_when_the_try_is_killed_outright(project, tmp_path, tmux_socket):
+    """The monitor is gone (kill -9), then the try's wrapper and agent are killed outright: no exit code will ever
+    be written, yet `logs --follow` ends once none of the try's processes is left, with what the log had."""
+    import signal
+    import subprocess
+
+    from lib import runner
+
+    proj = flood_project(project, tmp_path, ["wait"], mb=0, pipeline=["implement"])
+    monitor = _monitor()
+    try:
+        retry_until(lambda: _waiting(proj, 1), seconds=60)
+        monitor.send_signal(signal.SIGKILL)
+        monitor.wait(timeout=30)
+        sink = tmp_path / "follow.out"
+        with open(sink, "wb") as out:
+            follower = _orchestrator("logs", "1", "--follow", stdout=out, stderr=subprocess.PIPE)
+        try:
+            retry_until(lambda: "still working" in sink.read_text().split("following until")[-1], seconds=30)
+            pane_pid = int(tmux_socket.cmd("list-panes", "-t", "=proof-test:=worker-1", "-F",
+                                           "#{pane_pid}").stdout[0])
+            group = int((proj.state / "signals" / "worker-1-try-1.pid").read_text())
+            os.kill(pane_pid, signal.SIGKILL)  # the wrapper: it never writes the exit code now
+            os.killpg(group, signal.SIGKILL)
+            retry_until(lambda: not runner.group_members(group), seconds=30)
+            _, err = follower.communicate(timeout=60)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        assert follower.returncode == 0, err
+        assert not (proj.state / "signals" / "worker-1-try-1.exit").exists()
+        assert "still working" in sink.read_text() and "=== EXIT" not in sink.read_text()
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()

@@ -199,7 +199,9 @@ def _copy(log: BinaryIO, write: Callable, decoder: codecs.IncrementalDecoder | N
 def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
     """Whether the try has ended: its exit code is written, the worker moved on, or no process of it is left
     (its wrapper was killed outright) for GONE_GRACE_S."""
-    tag = f"{run.files.root}/worker-{record.worker_id}/try-{record.try_id}"
+    from orchestrator.act import try_tag  # act records assignments through this module: imported when used
+
+    tag = try_tag(run, record.worker_id, record.try_id)
     gone_since: list[float] = []
     looked = [0.0]
 
