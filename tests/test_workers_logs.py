@@ -620,3 +620,42 @@ def test_logs_follow_without_a_monitor_ends_when_the_try_is_killed_outright(proj
     finally:
         if monitor.poll() is None:
             monitor.kill()
+
+
+def test_an_agent_with_events_gets_the_same_capped_try_log_with_its_result_and_exit_at_the_end(tmp_path):
+    """Claude-style events, 20 MB of them: the readable try log is the same capped log (head, mark, tail), its
+    tail has the RESULT line and the EXIT line; the raw stream keeps the result event."""
+    import json
+
+    from orchestrator import wrapper
+
+    agent = tmp_path / "events_agent.py"
+    agent.write_text(
+        "import json, sys\n"
+        "out = sys.stdout\n"
+        "for n in range(60000):\n"
+        "    out.write(json.dumps({'type': 'assistant', 'message': {'id': f'm{n}', 'content': [\n"
+        "        {'type': 'text', 'text': f'thinking step {n} ' + 'z' * 300}]}}) + '\\n')\n"
+        "out.write(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 3,\n"
+        "                      'total_cost_usd': 0.25, 'result': 'done'}) + '\\n')\n")
+    logs = tmp_path / "state" / "logs"
+    spec = {"worker": 1, "try": 1, "issue": 7, "stage": "implement", "cwd": str(tmp_path),
+            "command": f"{shlex.quote(sys.executable)} {shlex.quote(str(agent))}", "agent": "claude",
+            "log": str(logs / "worker-1.log"), "signal": str(tmp_path / "signal"), "pid_file": str(tmp_path / "pid"),
+            "events": str(tmp_path / "state" / "tries" / "worker-1-try-1.events.jsonl"),
+            "try_log": str(logs / "issue-7" / "worker-1-try-1.log"), "max_log_bytes": 1024 * 1024}
+    (tmp_path / "try.json").write_text(json.dumps(spec))
+
+    assert wrapper.main([str(tmp_path / "try.json")]) == 0
+
+    log = logs / "issue-7" / "worker-1-try-1.log"
+    text = log.read_text()
+    assert log.stat().st_size <= 1024 * 1024
+    assert "assistant: thinking step 0 " in text.splitlines()[1]
+    kept, cut = kept_and_cut(text)
+    assert cut > 10 * MiB
+    ending = text.splitlines()[-3:]
+    assert "thinking step 59999" in ending[0] and "RESULT success" in ending[1] and ending[2].startswith(
+        "=== EXIT code 0 worker-1 try 1 issue #7 stage implement (agent claude; log ")
+    raw = (tmp_path / "state" / "tries" / "worker-1-try-1.events.jsonl").read_text().splitlines()
+    assert json.loads(raw[-1])["type"] == "result"
