@@ -844,6 +844,31 @@ def workers_resume(c, config="", config_dir="", workers=UNSET_WORKERS, session="
                  config=config, config_dir=config_dir, workers=workers, session=session)
 
 
+WORKERS_ISSUE_HELP = {**WORKERS_CONFIG_HELP, "issue": "the issue's number",
+                      "project": "the issue's project (needed when several have the number)"}
+
+
+@task(name="attach", help=WORKERS_ISSUE_HELP)
+def workers_attach(c, issue, config="", config_dir="", workers=Count(0), session="", project=""):
+    """Show the tmux window of the worker running an issue (attach, or switch inside tmux)."""
+    _workers_cli("attach", issue, *(["--project", project] if project else []), config=config,
+                 config_dir=config_dir, workers=workers, session=session)
+
+
+@task(name="logs", help={**WORKERS_ISSUE_HELP, "follow": "keep printing the running try's log until it ends"})
+def workers_logs(c, issue, config="", config_dir="", workers=Count(0), session="", project="", follow=False):
+    """Print an issue's try logs in order (no monitor needed)."""
+    _workers_cli("logs", issue, *(["--project", project] if project else []), _flag(follow, "--follow"),
+                 config=config, config_dir=config_dir, workers=workers, session=session)
+
+
+@task(name="diff", help={**WORKERS_ISSUE_HELP, "stat": "only the diffstat"})
+def workers_diff(c, issue, config="", config_dir="", workers=Count(0), session="", project="", stat=False):
+    """An issue's branch against its merge-base with the default branch, recorded when it was assigned."""
+    _workers_cli("diff", issue, *(["--project", project] if project else []), _flag(stat, "--stat"),
+                 config=config, config_dir=config_dir, workers=workers, session=session)
+
+
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
                                     workers_cleanup, workers_repin, workers_add_issue, workers_pause,
-                                    workers_resume))
+                                    workers_resume, workers_attach, workers_logs, workers_diff))

@@ -10,7 +10,7 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
-from lib import runner
+from lib import logcut, runner
 from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
@@ -23,8 +23,6 @@ NAME = "foreach"
 # and its last 512 KiB (where a failing command says why) around a mark; the log keeps every byte.
 HEAD_BYTES = TAIL_BYTES = 512 * 1024
 MAX_LOCK_LIST_BYTES = 16 * 1024 * 1024
-# A cut moves to a line's end when one is this close, so the mark gets a line of its own.
-LINE_SLACK = 64 * 1024
 # Every variable a workflow's run step can use, as placeholders: rendering them
 # gives the same ORCH_* environment a workflow step gets (one place builds it).
 ALL_VARIABLES = " ".join(["{{log_dir}}", *(f"{{{{repo.{field}}}}}" for field in REPO_FIELDS)])
@@ -105,19 +103,15 @@ def command_output(plan: Plan) -> str:
             log.seek(start)
             if size - start <= HEAD_BYTES + TAIL_BYTES:
                 return log.read().decode("utf-8", "replace")
-            head = log.read(HEAD_BYTES)
-            log.seek(size - TAIL_BYTES)
-            tail = log.read(TAIL_BYTES)
+            head_end, tail_start = logcut.cut_points(log, start, size, HEAD_BYTES, TAIL_BYTES)
+            log.seek(start)
+            head = log.read(head_end - start)
+            log.seek(tail_start)
+            tail = log.read(size - tail_start)
     except OSError:
         return ""
-    line_end = head.rfind(b"\n", len(head) - LINE_SLACK)
-    head = head[:line_end + 1] if line_end >= 0 else head
-    line_start = tail.find(b"\n", 0, LINE_SLACK)
-    tail = tail[line_start + 1:] if line_start >= 0 else tail
-    cut = size - start - len(head) - len(tail)
-    mark = f"[... {cut} bytes cut here; the log has all of them: {plan.log}]\n"
-    return head.decode("utf-8", "replace") + ("" if head.endswith(b"\n") else "\n") + mark \
-        + tail.decode("utf-8", "replace")
+    line = logcut.mark(tail_start - head_end, f"; the log has all of them: {plan.log}", head.endswith(b"\n"))
+    return (head + line + tail).decode("utf-8", "replace")
 
 
 @contextmanager

@@ -67,12 +67,14 @@ def test_a_resumed_session_is_not_charged_twice_for_what_it_cost_before(project,
 
 
 def test_an_agent_past_both_caps_still_shows_activity(tmp_path, monkeypatch):
-    """Past the events cap and the try log's cap an agent that keeps working writes nothing the probe sees grow;
-    the monitor must not take it for stalled (and kill it): the events file's mtime moves with what is dropped."""
+    """Past the events cap an agent that keeps working writes nothing the probe sees grow there; the monitor must
+    not take it for stalled (and kill it): the events file's mtime moves with what is dropped, and the try's log
+    (capped at its head and tail) keeps changing."""
     import os
 
+    from lib import logcut
+
     monkeypatch.setattr(wrapper, "EVENTS_CAP", 1024)
-    monkeypatch.setattr(wrapper, "TRY_LOG_CAP", 1024)
     events, log = tmp_path / "events.jsonl", tmp_path / "try.log"
     events.write_bytes(b"{}\n" * 1000)  # both already past their caps
     log.write_bytes(b"x\n" * 1000)
@@ -81,8 +83,10 @@ def test_an_agent_past_both_caps_still_shows_activity(tmp_path, monkeypatch):
     work = b"".join(json.dumps({"type": "assistant", "message": {"id": f"m{n}", "content": [
         {"type": "tool_use", "name": "Bash", "input": {"command": f"make step{n}"}}]}}).encode() + b"\n"
         for n in range(50))
-    wrapper._keep_events(io.BufferedReader(io.BytesIO(work)), "claude", events, log)
-    assert events.stat().st_size == 3000 and log.stat().st_size == 2000  # the caps hold
+    with logcut.CappedLog(log, logcut.MIN_LOG_CAP) as capped:
+        wrapper._keep_events(io.BufferedReader(io.BytesIO(work)), "claude", events, capped)
+    assert events.stat().st_size == 3000 and 2000 < log.stat().st_size <= logcut.MIN_LOG_CAP  # the caps hold
+    assert log.read_text().endswith("tool Bash: make step49\n")
     assert events.stat().st_mtime_ns != 0  # yet the probe's fingerprint (size:mtime) changes: activity
 
 

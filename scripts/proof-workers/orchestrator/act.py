@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, show, tmux, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
@@ -77,8 +77,8 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def agent_log(run: Run, record: WorkerRecord) -> Path:
-    """Where this try's agent output reads as text: its own log (an agent with events), else the worker's log."""
-    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+    """Where this try's agent output reads as text: its own log (logs/issue-N/worker-W-try-T.log)."""
+    if record.issue_number is not None:
         return run.files.try_log(record.worker_id, record.try_id, record.issue_number)
     return run.files.log(record.worker_id)
 
@@ -123,6 +123,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
             "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
             "events": str(files.agent_events(w, t)), "try_log": str(files.try_log(w, t, issue.number)),
+            "max_log_bytes": cfg.max_log_bytes, "project": cfg.project,
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
@@ -415,8 +416,10 @@ class Executor:
         self.run.files.save_worker(record)
         configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker,
                           pipeline_stage=record.stage_index)
+        # Where the branch forked from the default branch, before its agent runs: what `diff ISSUE` shows against.
+        base = show.merge_base(repo.path, branch, repo.default_branch)
         self.run.files.log_event({"action": "reassign", "worker": action.worker, "new_issue": issue.number,
-                                  "project": cfg.project, "branch": branch, "resumed": source})
+                                  "project": cfg.project, "branch": branch, "resumed": source, "base": base})
         self.say(f"worker {action.worker}: " + (resume_from.say(issue.number, record.stage, source) if source else
                                                  f"takes #{issue.number} ({record.stage})"))
         start_try(self.run, record)

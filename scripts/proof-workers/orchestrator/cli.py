@@ -1,5 +1,5 @@
-"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, repin. One-line errors;
-exit 2 usage/config, 1 work failed."""
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, repin, attach, logs, diff.
+One-line errors; exit 2 usage/config, 1 work failed."""
 from __future__ import annotations
 
 import argparse
@@ -110,7 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--depends-on", type=_numbers, default=[])
     add.add_argument("--description", default="")
     add.add_argument("--config", type=Path, help="the config file to append to")
+    for verb, what in (("attach", "show the tmux window of the worker running the issue (select it and attach, or "
+                                  "switch this client when inside the run's tmux)"),
+                       ("logs", "print the issue's try logs in order, each under its file name"),
+                       ("diff", "the issue's branch against its merge-base with the default branch, recorded when "
+                                "it was assigned")):
+        sub = verbs.add_parser(verb, help=what)
+        sub.add_argument("issue", type=_issue_number, help="the issue's number")
+        sub.add_argument("--project", default="", help="the issue's project (needed when several have the number)")
+        _with_config(sub)
+        if verb == "logs":
+            sub.add_argument("--follow", action="store_true",
+                             help="keep printing the running try's log until that try ends (Ctrl-C stops)")
+        if verb == "diff":
+            sub.add_argument("--stat", action="store_true", help="only the diffstat")
     return parser
+
+
+def _issue_number(text: str) -> int:
+    value = _count(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an issue number > 0, got {text!r}")
+    return value
 
 
 def _launch(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -241,10 +262,46 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    import subprocess
+
+    from orchestrator import show
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    cfg, _ = show.find_issue(run, args.issue, args.project)
+    if args.verb == "attach":
+        plan = show.attach_plan(run, cfg, args.issue)
+        code = 0
+        for command in plan.commands:
+            code = subprocess.call(command, env=plan.env)
+            if code:
+                break
+        return code
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        if args.verb == "logs":
+            show.show_logs(run, cfg, args.issue, write, follow=args.follow)
+        else:
+            note = show.show_diff(run, cfg, args.issue, write, stat=args.stat)
+            if note:
+                print(note, file=sys.stderr)
+    except BrokenPipeError:  # `logs 3 | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
     "pause": _pause_or_resume, "resume": _pause_or_resume,
     "repin": _repin,
+    "attach": _show, "logs": _show, "diff": _show,
 }
 
 

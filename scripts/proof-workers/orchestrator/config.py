@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import ConfigError
+from lib.logcut import DEFAULT_LOG_CAP, MIN_LOG_CAP
 from lib.statefile import locked, write_json
 from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
 
@@ -88,6 +89,7 @@ class ProjectConfig:
     max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
     resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
     warnings: tuple[str, ...] = ()  # what loads but deserves a word (launch prints them): `file: field: what`
+    max_log_bytes: int = DEFAULT_LOG_CAP  # each try's log: past it, its head, a cut mark and its tail
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -439,6 +441,9 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     total = check.get(raw, "max_total_cost_usd", "num", None)
     if total is not None and total <= 0:
         check.bad("max_total_cost_usd", f"must be > 0, got {total}")
+    max_log_bytes = check.get(raw, "max_log_bytes", "int", DEFAULT_LOG_CAP)
+    if max_log_bytes < MIN_LOG_CAP:
+        check.bad("max_log_bytes", f"must be at least {MIN_LOG_CAP} (64 KiB), got {max_log_bytes}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
@@ -446,7 +451,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
         on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True,
-        warnings=tuple(check.warnings), **timings)
+        warnings=tuple(check.warnings), max_log_bytes=max_log_bytes, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:

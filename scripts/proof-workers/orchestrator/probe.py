@@ -65,9 +65,10 @@ def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes
     """What changes when the try makes progress: its logs (the worker's, and an agent's events and its readable
     log: growth of either is activity) and the worktree."""
     parts = [_size_mark(files.log(record.worker_id))]
+    if record.issue_number is not None:  # the try's own log: the agent's output (a cut at its cap changes it too)
+        parts.append(_size_mark(files.try_log(record.worker_id, record.try_id, record.issue_number)))
     if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
-        parts += [_size_mark(files.agent_events(record.worker_id, record.try_id)),
-                  _size_mark(files.try_log(record.worker_id, record.try_id, record.issue_number))]
+        parts.append(_size_mark(files.agent_events(record.worker_id, record.try_id)))
     return hashlib.sha1(f"{'|'.join(parts)}|{head}|{changes}".encode()).hexdigest()
 
 

@@ -1,4 +1,5 @@
-"""Runs one try of an agent: START/EXIT markers to the worker log, the exit code to this try's signal file.
+"""Runs one try of an agent: its output to the try's capped log, START/EXIT lines to the worker's log (the index of
+its tries) and the try's log, the exit code to this try's signal file.
 
 Started in a worker's pane as `python3 wrapper.py TRY.json` (paths only: no
 prompt, title or command text is ever typed into a pane). Standard library
@@ -26,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
-from lib import runner  # noqa: E402
+from lib import logcut, runner  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents  # noqa: E402
 
@@ -53,10 +54,10 @@ SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance
                       ("commit.gpgSign", "false"), ("tag.gpgSign", "false"))
 
 
-# An agent with structured output: its raw event stream and the readable log of a try are capped (a runaway
-# agent cannot fill the disk); past the cap the events the monitor judges by (KEPT_PAST_CAP) are still kept.
+# An agent with structured output: its raw event stream is capped (a runaway agent cannot fill the disk); past
+# the cap the events the monitor judges by (KEPT_PAST_CAP) are still kept. Its readable log is capped as any
+# try's log is (max_log_bytes: head, mark, tail).
 EVENTS_CAP = 100 * 1024 * 1024
-TRY_LOG_CAP = 10 * 1024 * 1024
 MAX_EVENT_LINE = 4 * 1024 * 1024  # a longer line (a huge tool result) is left out of the stream, with a note
 # The event types kept past the cap (judged on the parsed event: the real CLI writes "type" late in its result
 # line): Claude's and Gemini's result, init and system events, Codex's turn ends, errors and session start.
@@ -146,17 +147,22 @@ def run(spec: dict[str, Any]) -> int:
         env = sandbox_env(env)
     kind = spec.get("agent", "command")
     structured = kind in agents.STRUCTURED and spec.get("events") and spec.get("try_log")
-    if structured:
-        label += f" (agent {kind}; log {spec['try_log']})"
-    with open(log_path, "ab") as log:
-        log.write(f"=== START {label} at {_stamp()} ===\n".encode())
-        log.flush()
+    # The try's own log (capped: its head, a mark, its tail) holds what the agent printed, or for an agent with
+    # events a line per event; the worker's log is the index of its tries: START and EXIT lines naming them.
+    try_log = Path(spec.get("try_log") or log_path.with_name(f"{log_path.stem}-try-{spec['try']}.log"))
+    label += f" ({f'agent {kind}; ' if structured else ''}log {try_log})"
+    try_log.parent.mkdir(parents=True, exist_ok=True)
+    cap = spec.get("max_log_bytes") or logcut.DEFAULT_LOG_CAP
+    with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
+        start = f"=== START {label} at {_stamp()} ===\n".encode()
+        _note(index, start)
+        _note(log, start)
         try:
             agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         except OSError as err:
-            log.write(f"wrapper: cannot start the agent: {err}\n".encode())
+            _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
             code = 127
         else:
             _write_atomic(Path(spec["pid_file"]), str(agent.pid))
@@ -173,22 +179,57 @@ def run(spec: dict[str, Any]) -> int:
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, stop)
             if structured:
-                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]),
-                                                              Path(spec["try_log"])), daemon=True)
+                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]), log),
+                                        daemon=True)
             else:
                 pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
             pump.start()
             code = agent.wait()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
-            if leftovers:
-                log.write(f"wrapper: killed {len(leftovers)} process(es) the agent left behind: "
-                          f"{', '.join(map(str, leftovers[:10]))}\n".encode())
             pump.join(timeout=5)
+            if leftovers:
+                _note(log, f"wrapper: killed {len(leftovers)} process(es) the agent left behind: "
+                           f"{', '.join(map(str, leftovers[:10]))}\n".encode())
             # Stopped by a signal: say which (129 is a hang-up: tmux or the terminal went away).
             code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
-        log.write(f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode())
+        end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
+        _note(log, end)
+        _note(index, end)
     _write_atomic(signal_path, f"{code}\n")
     return code
+
+
+def _note(log: Any, line: bytes) -> None:
+    """A line of ours in a log; a log that cannot be written (a full disk) never costs the exit code."""
+    try:
+        log.write(line)
+        log.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _Nowhere:
+    """The try's log when it cannot be opened: the agent runs anyway, its output only in the pane."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def __enter__(self) -> _Nowhere:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _try_log(path: Path, cap: int, index: Any) -> Any:
+    try:
+        return logcut.CappedLog(path, cap)
+    except OSError as err:
+        _note(index, f"wrapper: cannot write the try's log {path}: {err}\n".encode())
+        return _Nowhere()
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
@@ -204,36 +245,43 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     return outside
 
 
-def _tee(source: Any, log: Any) -> None:
+def _tee(source: Any, log: logcut.CappedLog) -> None:
     screen = getattr(sys.stdout, "buffer", None)
-    for chunk in iter(lambda: source.read1(65536), b""):
-        log.write(chunk)
-        log.flush()
-        if screen is not None:
-            try:
-                screen.write(chunk)
-                screen.flush()
-            except OSError:
-                screen = None
+    try:
+        for chunk in iter(lambda: source.read1(65536), b""):
+            log.write(chunk)
+            if screen is not None:
+                try:
+                    screen.write(chunk)
+                    screen.flush()
+                except OSError:
+                    screen = None
+    except Exception:  # noqa: BLE001 (a full disk: the drain below must still run)
+        pass
+    for _ in iter(lambda: source.read1(65536), b""):
+        pass  # the log cannot be written: the agent's output is drained, never left to block it
 
 
-def _events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+def _events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path) -> None:
     """Keep the agent's raw event stream (a line that is not JSON becomes a `stdout` event) and write a readable
     line per event to the try's log and the pane."""
     try:
-        _keep_events(source, kind, events_path, log_path)
+        _keep_events(source, kind, events_path, log)
     except Exception:  # noqa: BLE001 (a full disk, or an event nothing foresaw: the drain below must still run)
         pass
     for _ in iter(lambda: source.read1(65536), b""):
         pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
 
 
-def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path) -> None:
+    if isinstance(log, Path):  # a log of the default cap at that path
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with logcut.CappedLog(log) as capped:
+            return _keep_events(source, kind, events_path, capped)
     events_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
-    with open(events_path, "ab") as events, open(log_path, "ab") as log:
-        written, logged, touched = events.tell(), log.tell(), float("-inf")
+    with open(events_path, "ab") as events:
+        written, touched = events.tell(), float("-inf")
         while True:
             line = source.readline(MAX_EVENT_LINE)
             if not line:
@@ -257,12 +305,8 @@ def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> N
                 os.utime(events.fileno())
                 touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
-            if text and logged < TRY_LOG_CAP:
+            if text:
                 log.write(text)
-                if logged + len(text) >= TRY_LOG_CAP:
-                    log.write(b"(log capped: the raw events keep going in the .events.jsonl file)\n")
-                log.flush()
-                logged += len(text)
             if text and screen is not None:
                 try:
                     screen.write(text)
