@@ -12,6 +12,8 @@ from typing import Any, Callable
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
 from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
+from orchestrator.worktree_setup import WorktreeSetup
+from orchestrator.worktree_setup import parse as parse_setup
 
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review")
@@ -45,6 +47,7 @@ class RepoConfig:
     worktree_base: Path
     branch_prefix: str
     platform: str = "gitlab"
+    setup: WorktreeSetup | None = None  # worktree_setup: the repo's own, else the config's top-level one
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,9 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
             check.bad(f"{where}default_branch", f"not a branch name: {branch!r}")
         repo_path = _resolve(base, path)
         worktree_base = _resolve(base, base_dir) if base_dir else repo_path.with_name(repo_path.name + "-worktrees")
-        return RepoConfig(name, repo_path, branch, worktree_base, prefix, platform)
+        setup = parse_setup(doc.get("worktree_setup", raw.get("worktree_setup")), repo_path, check.bad,
+                            f"{where}worktree_setup" if "worktree_setup" in doc else "worktree_setup")
+        return RepoConfig(name, repo_path, branch, worktree_base, prefix, platform, setup)
 
     repos: dict[str, RepoConfig] = {}
     if "repos" in raw:
