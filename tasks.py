@@ -798,12 +798,18 @@ def workers_repin(c, config="", config_dir="", workers=Count(0), session="", rep
 @task(name="add-issue", help={"number": "the new issue's number", "title": "its title",
                               "priority": "lower runs first (default 1)", "wave": "wave number (default 1)",
                               "depends_on": "issue numbers it waits for, comma-separated",
-                              "description": "what the agent should do", "config": WORKERS_CONFIG_HELP["config"]})
-def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depends_on="", description="", config=""):
+                              "description": "what the agent should do",
+                              "repo": "its repo, a name from the config's repos (required when it has several; "
+                                      "with --config-dir it also picks the config)",
+                              "config": WORKERS_CONFIG_HELP["config"],
+                              "config_dir": "a directory of *-issues.json: append to the one with --repo"})
+def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depends_on="", description="", repo="",
+                      config="", config_dir=""):
     """Append an issue to the config (a running monitor picks it up)."""
     _workers_cli("add-issue", number, "--title", title, "--priority", priority, "--wave", wave,
                  *(["--depends-on", depends_on] if depends_on else []),
-                 *(["--description", description] if description else []), config=config)
+                 *(["--description", description] if description else []), *(["--repo", repo] if repo else []),
+                 config=config, config_dir=config_dir)
 
 
 @task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",

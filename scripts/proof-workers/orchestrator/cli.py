@@ -91,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--repo", help="only this repo (a name from the config's repos)")
     pin.add_argument("--json", action="store_true", help="print what was pinned as JSON")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
-    add.add_argument("number", type=_count)
-    add.add_argument("--title", required=True)
-    add.add_argument("--priority", type=_count, default=1)
-    add.add_argument("--wave", type=_count, default=1)
-    add.add_argument("--depends-on", type=_numbers, default=[])
-    add.add_argument("--description", default="")
-    add.add_argument("--config", type=Path, help="the config file to append to")
+    add.add_argument("number", type=_count, help="the new issue's number (unique in its config)")
+    add.add_argument("--title", required=True, help="its title")
+    add.add_argument("--priority", type=_count, default=1, help="lower runs first among eligible issues (default 1)")
+    add.add_argument("--wave", type=_count, default=1, help="its wave: waits for every earlier wave (default 1)")
+    add.add_argument("--depends-on", type=_numbers, default=[], help="issue numbers it waits for, like 3,4")
+    add.add_argument("--description", default="", help="what the agent should do (goes into its prompt)")
+    add.add_argument("--repo", default="", help="its repo, a name from the config's repos (required when it has "
+                                                "several; with --config-dir it also picks the config)")
+    add.add_argument("--config", type=Path, help="the config file to append to (default: "
+                                                 "$ORCHESTRATOR_HOME/config/proof-issues.json)")
+    add.add_argument("--config-dir", type=Path, help="a directory of *-issues.json: append to the one with --repo")
     return parser
 
 
@@ -151,13 +155,14 @@ def _status(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from lib.paths import Paths
-    from orchestrator.config import add_issue, config_files
+    from orchestrator.config import add_issue
+    from orchestrator.starter import add_issue_target
 
     if args.number <= 0:
         raise OrchestratorError("add-issue: the issue number must be positive")
-    path = config_files(args.config, None, Paths.from_env().home)[0]
-    add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description)
-    out(f"added #{args.number} to {path}")
+    path, repo = add_issue_target(args.config, args.config_dir, args.repo, Paths.from_env().home)
+    add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description, repo)
+    out(f"added #{args.number}{f' (repo {repo})' if repo else ''} to {path}")
     return 0
 
 

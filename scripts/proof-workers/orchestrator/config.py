@@ -520,7 +520,7 @@ def set_issue(path: Path, number: int, **fields: Any) -> None:
 
 
 def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int = 1,
-              depends_on: list[int] | None = None, description: str = "") -> None:
+              depends_on: list[int] | None = None, description: str = "", repo: str = "") -> None:
     def change(issues: list[dict[str, Any]]) -> None:
         if any(isinstance(doc, dict) and doc.get("number") == number for doc in issues):
             raise ConfigError(f"{path}: issue #{number} already exists")
@@ -529,6 +529,8 @@ def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int 
                                "assigned_worker": None}
         if description:
             doc["description"] = description
+        if repo:
+            doc["repo"] = repo
         issues.append(doc)
 
     update_issues(path, change)
