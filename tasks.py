@@ -833,3 +833,18 @@ def workers_resume(c, config="", config_dir="", workers=Count(0), session="", pr
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
                                     workers_cleanup, workers_repin, workers_add_issue, workers_pause,
                                     workers_resume))
+
+
+@task(name="init", help={"repo": "the repo: a name from config/repos.json",
+                         "pipeline": "its stages, comma-separated (empty: implement)",
+                         "config": "where to write (empty: config/proof-issues.json under ORCHESTRATOR_HOME); never "
+                                   "overwritten",
+                         "agent_command": "the agent_command to write (empty: none, Claude Code with structured "
+                                          "output)"})
+def workers_init(c, repo="", pipeline="", config="", agent_command=""):
+    """Write a starter proof-issues.json for a repo of repos.json (refuses to overwrite)."""
+    _workers_cli("init", *(["--repo", repo] if repo else []), *(["--pipeline", pipeline] if pipeline else []),
+                 *(["--agent-command", agent_command] if agent_command else []), config=config)
+
+
+namespace.collections["workers"].add_task(workers_init)

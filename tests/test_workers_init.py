@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from workers_fixtures import project, tmux_socket  # noqa: F401
 
 sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))
 
@@ -159,3 +160,168 @@ def test_every_option_of_every_inv_workers_task_has_help():
             if not (arg.help or "").strip():
                 missing.append(f"workers.{name} --{arg.name}")
     assert missing == []
+
+
+# --- init ---
+
+def python_repo(make_repo, home, **fields):
+    handle = make_repo("app", files={"pyproject.toml": "[project]\nname = 'app'\n", "README.md": "# app\n"})
+    home.add(handle, remote="git@example.com:org/app.git", **fields)
+    return handle
+
+
+def test_init_writes_a_starter_config_from_repos_json_that_loads(make_repo, home, capsys):
+    from orchestrator.config import load_config
+
+    handle = python_repo(make_repo, home, default_branch="trunk")
+
+    code, out, err = run_cli(capsys, "init", "--repo", "app", "--pipeline", "implement,review")
+
+    path = home.path / "config" / "proof-issues.json"
+    assert (code, err) == (0, "") and out.splitlines()[0] == f"wrote {path}"
+    doc = json.loads(path.read_text())
+    assert (doc["repo_path"], doc["default_branch"], doc["remote"]) == (str(handle.path), "trunk",
+                                                                        "git@example.com:org/app.git")
+    assert doc["pipeline"] == ["implement", "review"] and len(doc["issues"]) == 1
+    context = doc["project_context"]
+    assert context["language"] == "python" and "compileall" in context["build_command"]
+    assert "pytest" in context["test_command"]
+    cfg = load_config(path)
+    assert cfg.repos["app"].path == handle.path and cfg.repos["app"].default_branch == "trunk"
+    assert not str(cfg.repos["app"].worktree_base).startswith(str(handle.path) + "/")
+
+
+def test_init_takes_a_repos_own_commands(make_repo, home, capsys):
+    python_repo(make_repo, home, commands={"build": "make -j4", "test": "tox -e py311"})
+
+    assert run_cli(capsys, "init", "--repo", "app")[0] == 0
+
+    context = json.loads((home.path / "config" / "proof-issues.json").read_text())["project_context"]
+    assert (context["build_command"], context["test_command"]) == ("make -j4", "tox -e py311")
+
+
+def test_init_never_overwrites_a_config(make_repo, home, capsys):
+    python_repo(make_repo, home)
+    path = home.path / "config" / "proof-issues.json"
+    path.write_text('{"mine": true}')
+
+    code, out, err = run_cli(capsys, "init", "--repo", "app")
+
+    assert code == 2 and out == "" and err.strip() == (f"error: init: {path} exists; not overwriting it (move it "
+                                                       "away, or give --config another file)")
+    assert path.read_text() == '{"mine": true}'
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--repo", "nope"), "unknown repo 'nope'"),
+    (("--repo", "app", "--pipeline", "implement,deploy"), "error: init: --pipeline: unknown stage 'deploy'"),
+    (("--repo", "app", "--pipeline", ","), "error: init: --pipeline: name at least one stage"),
+])
+def test_init_refuses_an_unknown_repo_or_stage_and_writes_nothing(make_repo, home, capsys, args, message):
+    python_repo(make_repo, home)
+
+    code, _, err = run_cli(capsys, "init", *args)
+
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (home.path / "config" / "proof-issues.json").exists()
+
+
+def test_launch_dry_run_accepts_what_init_wrote(make_repo, home, capsys, tmp_path):
+    python_repo(make_repo, home)
+    agent = f"{sys.executable} -c pass {{{{prompt_file}}}}"
+    assert run_cli(capsys, "init", "--repo", "app", "--agent-command", agent)[0] == 0
+
+    code, out, err = run_cli(capsys, "launch", "--dry-run", "--json")
+
+    assert (code, err) == (0, "")
+    plan = json.loads(out)
+    assert [(a["issue"], a["branch"]) for a in plan["assignments"]] == [(1, "proof/issue-1")]
+
+
+def test_launch_dry_run_of_the_default_claude_starter_asks_only_what_the_machine_needs(
+        make_repo, home, capsys, tmp_path, monkeypatch):
+    """With no agent_command the starter runs Claude Code: a claude that answers --version is all a normal user
+    needs; root is told to add IS_SANDBOX=1 (never written for them)."""
+    import os
+
+    python_repo(make_repo, home)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "claude").write_text("#!/bin/sh\necho '2.0.0 (Claude Code)'\n")
+    (bin_dir / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert run_cli(capsys, "init", "--repo", "app")[0] == 0
+
+    code, _, err = run_cli(capsys, "launch", "--dry-run")
+
+    if os.geteuid() == 0:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "IS_SANDBOX=1" in err
+    else:
+        assert (code, err) == (0, "")
+
+
+def test_inv_workers_init_writes_the_starter(make_repo, home, inv):
+    python_repo(make_repo, home)
+    result = inv("workers.init", "--repo", "app", "--pipeline", "implement,write_tests")
+    assert result.code == 0, result.err
+    assert json.loads((home.path / "config" / "proof-issues.json").read_text())["pipeline"] == [
+        "implement", "write_tests"]
+
+
+def _fill(parser: argparse.ArgumentParser, verb: str) -> list[str]:
+    """argv for `verb` with every required argument given a value."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    argv = [verb]
+    for action in sub._actions:
+        if not action.option_strings:
+            argv.append("1")
+        elif action.required:
+            argv += [action.option_strings[0], "1"]
+    return argv
+
+
+def test_every_verb_with_no_config_names_init(home, capsys, inv):
+    parser = cli.build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    path = home.path / "config" / "proof-issues.json"
+    for verb in sorted(set(verbs) - {"init"}):
+        code, _, err = run_cli(capsys, *_fill(parser, verb))
+        assert code == 2, verb
+        assert err.strip() == (f"error: {path}: not found; write a starter one with: python3 -m orchestrator init "
+                               "--repo NAME (or inv workers.init --repo NAME)"), verb
+    result = inv("workers.status")
+    assert result.code == 2 and "inv workers.init --repo NAME" in result.err
+    empty = home.path / "configs"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "status", "--config-dir", str(empty))
+    assert code == 2 and "python3 -m orchestrator init --repo NAME" in err
+
+
+def test_the_playbook_shows_the_attach_line_as_launch_prints_it(project, tmux_socket, monkeypatch, capsys):
+    """The real launch on a private socket; the playbook's line is the same with the starter's socket and
+    session names."""
+    import re
+
+    from orchestrator.starter import starter
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   tmux_socket=tmux_socket.socket_name)
+    monkeypatch.delenv("ORCHESTRATOR_TMUX_SOCKET")
+    try:
+        code, out, err = run_cli(capsys, "launch")
+        assert (code, err) == (0, "")
+        printed = next(line for line in out.splitlines() if line.startswith("launched: "))
+    finally:
+        run_cli(capsys, "cleanup", "--keep-worktrees")
+    playbook = (ROOT / "playbooks" / "parallel-proof-work.md").read_text()
+    shown = re.search(r"launched: tmux -L (\S+) attach -t ([^\s`]+)", playbook)
+    assert shown, "the playbook shows no attach line"
+    socket, session = shown.groups()
+    doc = proj.doc()
+    assert printed == shown.group(0).replace(f"-L {socket}", f"-L {tmux_socket.socket_name}").replace(
+        f"-t {session}", f"-t {doc['tmux_session']}")
+    from lib.config import Repo
+    from lib.paths import Paths
+
+    defaults = starter(Repo("app", proj.repo), ("implement",), Paths.from_env())
+    assert (defaults["tmux_socket"], defaults["tmux_session"]) == (socket, session)

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--config", type=Path, help="the config file to append to (default: "
                                                  "$ORCHESTRATOR_HOME/config/proof-issues.json)")
     add.add_argument("--config-dir", type=Path, help="a directory of *-issues.json: append to the one with --repo")
+    init = verbs.add_parser("init", help="write a starter config/proof-issues.json for a repo of repos.json")
+    init.add_argument("--repo", required=True, help="the repo: a name from config/repos.json")
+    init.add_argument("--pipeline", default="", help="its stages, comma-separated (default: implement)")
+    init.add_argument("--config", type=Path, help="where to write (default: "
+                                                  "$ORCHESTRATOR_HOME/config/proof-issues.json); never overwritten")
+    init.add_argument("--agent-command", default="", help="the agent_command to write (default: none, so Claude "
+                                                          "Code runs with structured output)")
     return parser
 
 
@@ -163,6 +170,17 @@ def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     path, repo = add_issue_target(args.config, args.config_dir, args.repo, Paths.from_env().home)
     add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description, repo)
     out(f"added #{args.number}{f' (repo {repo})' if repo else ''} to {path}")
+    return 0
+
+
+def _init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from lib.paths import Paths
+    from orchestrator.starter import init
+
+    path = init(Paths.from_env(), args.repo, args.pipeline, args.config, args.agent_command)
+    out(f"wrote {path}")
+    out("next: edit its example issue (and project_context), then: python3 -m orchestrator launch --dry-run"
+        + (f" --config {path}" if args.config else ""))
     return 0
 
 
@@ -239,6 +257,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "pause": _pause_or_resume, "resume": _pause_or_resume,
     "repin": _repin,
 }
+VERBS["init"] = _init
 
 
 def main(argv: list[str] | None = None) -> int:

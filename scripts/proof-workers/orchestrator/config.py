@@ -37,6 +37,7 @@ AGENT_STATE_PATHS = {
 PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its value is known only per try
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
+INIT_HINT = "python3 -m orchestrator init --repo NAME (or inv workers.init --repo NAME)"
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def read_raw(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
+        raise ConfigError(f"{path}: not found; write a starter one with: {INIT_HINT}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read ({err})") from None
     try:
@@ -449,7 +450,8 @@ def config_files(config: Path | None, config_dir: Path | None, home: Path) -> li
             raise ConfigError(f"{directory}: not a directory")
         files = sorted(directory.glob("*-issues.json"))
         if not files:
-            raise ConfigError(f"{directory}: no *-issues.json files")
+            raise ConfigError(f"{directory}: no *-issues.json files; write a starter one with: {INIT_HINT} "
+                              f"--config {directory}/NAME-issues.json")
         return files
     return [Path(config).expanduser().resolve() if config else home / "config" / "proof-issues.json"]
 
