@@ -12,6 +12,8 @@ from typing import Any, Callable
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
 from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
+from orchestrator.hooks import Hook
+from orchestrator.hooks import parse as parse_hook
 from orchestrator.worktree_setup import WorktreeSetup
 from orchestrator.worktree_setup import parse as parse_setup
 
@@ -90,6 +92,7 @@ class ProjectConfig:
     on_alert: str = "warn"
     max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
     resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
+    on_event: Hook | None = None  # run with one event-log line on stdin (orchestrator.hooks)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -426,13 +429,15 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     total = check.get(raw, "max_total_cost_usd", "num", None)
     if total is not None and total <= 0:
         check.bad("max_total_cost_usd", f"must be > 0, got {total}")
+    on_event = parse_hook(raw.get("on_event"), check.bad)
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, **timings)
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, on_event=on_event,
+        **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:
