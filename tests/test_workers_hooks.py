@@ -143,3 +143,48 @@ def test_a_bad_on_event_is_a_config_error(tmp_path, value, expected):
     with pytest.raises(ConfigError) as err:
         load_config(config)
     assert any(expected in line for line in err.value.problems), err.value.problems
+
+
+def test_a_giant_event_line_is_skipped_and_holds_up_none_after_it(project, tmp_path, monkeypatch):
+    out = tmp_path / "hook-out"
+    out.mkdir()
+    monkeypatch.setenv("HOOK_OUT", str(out))
+    proj = project([{"number": 1, "title": "one"}], on_event='cat > "$HOOK_OUT/$ORCHESTRATOR_EVENT-$$.json"')
+    run = open_run()
+    dispatcher = hooks.Dispatcher(run)
+    dispatcher.cycle(time.time())
+
+    run.files.log_event({"action": "alert", "project": "demo", "detail": "x" * (hooks.READ_AT_MOST + 10)})
+    run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
+    for _ in range(3):
+        dispatcher.cycle(time.time())
+    dispatcher.close()
+
+    delivered = _delivered(out)
+    assert [kind for kind, _ in delivered] == ["completed"]
+    assert delivered[0][1] == _log_lines(proj)[-1]
+
+
+def test_a_monitor_killed_outright_takes_its_hung_hooks_with_it(project, tmp_path):
+    """kill -9 of the monitor: the runner's watchdog kills the hook it left (found by its step tag)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    out = tmp_path / "hook-out"
+    out.mkdir()
+    project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+            on_event={"run": 'echo $$ > "$HOOK_OUT/pid"; exec sleep 3600', "timeout": 600})
+    monitor_process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "monitor", "--cycle", "0.2", "--no-delay"],
+        cwd=ROOT / "scripts" / "proof-workers", env=monitor_env({"HOOK_OUT": str(out)}),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        hook = int(retry_until(lambda: (out / "pid").exists() and (out / "pid").read_text().strip(), seconds=60))
+        assert process_running(hook)
+    finally:
+        monitor_process.kill()
+        monitor_process.wait()
+    retry_until(lambda: not process_running(hook), seconds=30)

@@ -178,6 +178,8 @@ def test_a_copy_entry_that_is_a_symlink_out_of_the_checkout_is_refused_at_load_w
 
 
 def _worktree(repo, tmp_path: Path) -> Path:
+    """A worktree of `repo` whose .gitignore ignores .env and config/local.yml."""
+    repo.commit({".gitignore": ".env\nconfig/local.yml\n"}, "ignore local files")
     path = tmp_path / "wt" / "issue-1"
     repo.git("worktree", "add", "-q", "-b", "f/1", str(path))
     return path
@@ -236,3 +238,15 @@ def test_a_fifo_in_the_main_checkout_fails_the_setup_instead_of_hanging_it(make_
 
     with pytest.raises(worktree_setup.SetupFailed, match="copy .env: not a regular file"):
         worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+
+
+def test_a_file_git_would_not_ignore_in_the_worktree_is_never_copied(make_repo, tmp_path):
+    """Copied but not ignored, the agent's `git add -A` would commit a secret and the monitor push it."""
+    repo = make_repo("app")
+    worktree = _worktree(repo, tmp_path)
+    (repo.path / "secrets.txt").write_text("TOKEN=1\n")
+    setup = worktree_setup.parse({"copy": ["secrets.txt"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
+
+    with pytest.raises(worktree_setup.SetupFailed, match="copy secrets.txt: git does not ignore it in the worktree"):
+        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+    assert not (worktree / "secrets.txt").exists()

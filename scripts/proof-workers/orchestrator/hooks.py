@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import uuid
@@ -83,6 +84,7 @@ class Dispatcher:
         self.waiting = 0
         self.running: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = threading.Event()
+        self.skipping = False  # inside a line longer than READ_AT_MOST
         self.inode, self.offset = self._position()
 
     def _position(self) -> tuple[int, int]:
@@ -91,7 +93,10 @@ class Dispatcher:
             info = self.run.files.events.stat()
         except OSError:
             return 0, 0
-        saved = read_json(self.position_file, None)
+        try:
+            saved = read_json(self.position_file, None)
+        except (OrchestratorError, OSError):
+            saved = None  # unreadable: start at the end, as a first monitor does
         if isinstance(saved, dict) and saved.get("inode") == info.st_ino and \
                 isinstance(saved.get("offset"), int) and 0 <= saved["offset"] <= info.st_size:
             return info.st_ino, saved["offset"]
@@ -144,19 +149,30 @@ class Dispatcher:
         self.pauses = current
 
     def _new_lines(self) -> list[tuple[bytes, dict[str, Any]]]:
-        """Complete lines written since the last read (a line being written waits for the next cycle)."""
+        """Complete lines written since the last read (a line being written waits for the next cycle; one longer
+        than READ_AT_MOST is skipped)."""
         try:
-            with open(self.run.files.events, "rb") as log:
-                info = os.fstat(log.fileno())
-                if info.st_ino != self.inode or info.st_size < self.offset:
-                    self.inode, self.offset = info.st_ino, 0  # a new or cut log: read it from its start
-                log.seek(self.offset)
-                data = log.read(READ_AT_MOST)
+            fd = os.open(self.run.files.events, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never hangs
         except OSError:
             return []
+        with os.fdopen(fd, "rb") as log:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return []
+            if info.st_ino != self.inode or info.st_size < self.offset:
+                self.inode, self.offset, self.skipping = info.st_ino, 0, False  # a new or cut log: from its start
+            log.seek(self.offset)
+            data = log.read(READ_AT_MOST)
         end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) == READ_AT_MOST:
+            self.offset += len(data)  # a giant line: no hook for it, and the lines after it are not held up
+            self.skipping = True
+            return []
         out = []
-        for raw in data[:end].splitlines():
+        lines = data[:end].split(b"\n")[:-1]
+        if self.skipping and lines:
+            lines, self.skipping = lines[1:], False  # the end of the giant line
+        for raw in lines:
             try:
                 doc = json.loads(raw)
             except (ValueError, RecursionError):

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -112,6 +113,22 @@ def done(worktree: Path) -> bool:
     return marker is not None and marker.is_file()
 
 
+def _ignored(worktree: Path, rel: str) -> bool:
+    """Whether git ignores `rel` in the worktree (a tracked file never is)."""
+    from orchestrator.worktrees import SAFE_GIT, clean_env
+
+    try:
+        result = subprocess.run(["git", *SAFE_GIT, "check-ignore", "-q", "--", rel], cwd=worktree,
+                                env=confined_to(worktree, clean_env()), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SetupFailed(f"copy {rel}: git check-ignore failed: {err}") from None
+    if result.returncode not in (0, 1):
+        said = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SetupFailed(f"copy {rel}: git check-ignore failed: {clip(said[-1] if said else str(result.returncode))}")
+    return result.returncode == 0
+
+
 def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) -> None:
     source = repo / rel
     outside = _escapes(repo, rel)
@@ -140,6 +157,9 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
         check_parent()
         if target.is_symlink() or (target.exists() and not target.is_file()):
             raise SetupFailed(f"copy {rel}: the worktree has a symlink or a directory there; not writing through it")
+        if not _ignored(worktree, rel):
+            raise SetupFailed(f"copy {rel}: git does not ignore it in the worktree, so the agent's commits could "
+                              "take it (and push it): ignore it in .gitignore or drop it from copy")
         if target.is_file():
             same = filecmp.cmp(source, target, shallow=False)
             log(f"copy {rel}: " + ("already there" if same else
