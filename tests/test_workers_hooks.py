@@ -188,3 +188,25 @@ def test_a_monitor_killed_outright_takes_its_hung_hooks_with_it(project, tmp_pat
         monitor_process.kill()
         monitor_process.wait()
     retry_until(lambda: not process_running(hook), seconds=30)
+
+
+def test_a_restarted_monitor_delivers_what_was_logged_while_none_ran_and_a_first_one_replays_nothing(
+        project, tmp_path, monkeypatch):
+    out = tmp_path / "hook-out"
+    out.mkdir()
+    monkeypatch.setenv("HOOK_OUT", str(out))
+    project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}],
+            on_event='cat > "$HOOK_OUT/$ORCHESTRATOR_EVENT-$ORCHESTRATOR_PROJECT-$$.json"')
+    run = open_run()
+    run.files.log_event({"action": "skip", "project": "demo", "issue": 1, "reason": "an earlier run's"})
+    first = hooks.Dispatcher(run)
+    first.cycle(time.time())
+    first.close()
+    assert _delivered(out) == []
+
+    run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 2})  # no monitor runs
+    second = hooks.Dispatcher(open_run())
+    second.cycle(time.time())
+    second.close()
+
+    assert [json.loads(line)["event"]["issue"] for _, line in _delivered(out)] == [2]

@@ -250,7 +250,8 @@ def test_launch_dry_run_of_the_default_claude_starter_asks_only_what_the_machine
     (bin_dir / "claude").write_text("#!/bin/sh\necho '2.0.0 (Claude Code)'\n")
     (bin_dir / "claude").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    assert run_cli(capsys, "init", "--repo", "app")[0] == 0
+    code, out, _ = run_cli(capsys, "init", "--repo", "app")
+    assert code == 0 and ("IS_SANDBOX=1" in out) == (os.geteuid() == 0)
 
     code, _, err = run_cli(capsys, "launch", "--dry-run")
 

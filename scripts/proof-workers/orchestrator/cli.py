@@ -175,10 +175,12 @@ def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 def _init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from lib.paths import Paths
-    from orchestrator.starter import init
+    from orchestrator.starter import init, init_notes
 
     path = init(Paths.from_env(), args.repo, args.pipeline, args.config, args.agent_command)
     out(f"wrote {path}")
+    for note in init_notes(args.agent_command):
+        out(note)
     out("next: edit its example issue (and project_context), then: python3 -m orchestrator launch --dry-run"
         + (f" --config {path}" if args.config else ""))
     return 0

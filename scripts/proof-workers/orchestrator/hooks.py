@@ -86,6 +86,7 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.skipping = False  # inside a line longer than READ_AT_MOST
         self.inode, self.offset = self._position()
+        self.saved: tuple[int, int] | None = None
 
     def _position(self) -> tuple[int, int]:
         """Where the last monitor stopped reading; a first monitor starts at the end (no replay of old runs)."""
@@ -126,7 +127,9 @@ class Dispatcher:
             hook = self._hook_of(event.get("project")) if kind else None
             if hook and kind in hook.events:
                 self._submit(hook, kind, str(event.get("project") or self.run.lead.project), line)
-        write_json(self.position_file, {"inode": self.inode, "offset": self.offset})
+        if (self.inode, self.offset) != self.saved:
+            write_json(self.position_file, {"inode": self.inode, "offset": self.offset})
+            self.saved = (self.inode, self.offset)
 
     def _position_at_end(self) -> tuple[int, int]:
         try:

@@ -134,3 +134,11 @@ def init(paths: Paths, repo_name: str, pipeline: str = "", config: Path | None =
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def init_notes(agent_command: str) -> list[str]:
+    """What the user should know about the file just written, on this machine."""
+    if not agent_command and os.geteuid() == 0:
+        return ["note: running as root, Claude Code refuses --dangerously-skip-permissions: launch will ask for "
+                "IS_SANDBOX=1 at the start of agent_command (give it with --agent-command, or run as a user)"]
+    return []
