@@ -250,3 +250,14 @@ def test_a_file_git_would_not_ignore_in_the_worktree_is_never_copied(make_repo, 
     with pytest.raises(worktree_setup.SetupFailed, match="copy secrets.txt: git does not ignore it in the worktree"):
         worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
     assert not (worktree / "secrets.txt").exists()
+
+
+def test_a_setup_log_that_cannot_be_written_fails_the_setup_not_the_monitor(make_repo, tmp_path):
+    repo = make_repo("app")
+    worktree = _worktree(repo, tmp_path)
+    (tmp_path / "logs").write_text("a file where the log directory should be")
+    setup = worktree_setup.parse({"run": "true"}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
+
+    with pytest.raises(worktree_setup.SetupFailed, match="cannot write its log"):
+        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "logs" / "issue-1" / "setup.log", {})
+    assert not worktree_setup.done(worktree)

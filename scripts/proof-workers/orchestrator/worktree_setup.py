@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -181,9 +182,13 @@ def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env
     """Copy the listed files, then run the command in the worktree (its own process group, killed with its
     leftovers at the timeout, git variables of ours scrubbed), appending to `log_file`. Records success in the
     worktree's git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
-    with open(log_file, "a+b") as log:
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_file, "a+b")
+    except OSError as err:
+        raise SetupFailed(f"cannot write its log {log_file}: {err.strerror or err}") from None
+    with log:
         def say(line: str) -> None:
             log.write(f"=== {line}\n".encode("utf-8", "replace"))
             log.flush()
@@ -233,7 +238,8 @@ def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env
                 raise SetupFailed(reason)
         marker = marker_path(worktree)
         if marker is not None:
-            marker.write_text(json.dumps({"at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "copy": list(setup.copy),
-                                          "run": setup.run}) + "\n", encoding="utf-8")
+            record = {"at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "copy": list(setup.copy), "run": setup.run}
+            with suppress(OSError):  # not recorded: the next worker that takes the issue sets it up again
+                marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
         say("setup done")
     return took
