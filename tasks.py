@@ -817,12 +817,18 @@ def workers_repin(c, config="", config_dir="", workers=UNSET_WORKERS, session=""
 @task(name="add-issue", help={"number": "the new issue's number", "title": "its title",
                               "priority": "lower runs first (default 1)", "wave": "wave number (default 1)",
                               "depends_on": "issue numbers it waits for, comma-separated",
-                              "description": "what the agent should do", "config": WORKERS_CONFIG_HELP["config"]})
-def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depends_on="", description="", config=""):
+                              "description": "what the agent should do",
+                              "repo": "its repo, a name from the config's repos (required when it has several; "
+                                      "with --config-dir it also picks the config)",
+                              "config": WORKERS_CONFIG_HELP["config"],
+                              "config_dir": "a directory of *-issues.json: append to the one with --repo"})
+def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depends_on="", description="", repo="",
+                      config="", config_dir=""):
     """Append an issue to the config (a running monitor picks it up)."""
     _workers_cli("add-issue", number, "--title", title, "--priority", priority, "--wave", wave,
                  *(["--depends-on", depends_on] if depends_on else []),
-                 *(["--description", description] if description else []), config=config)
+                 *(["--description", description] if description else []), *(["--repo", repo] if repo else []),
+                 config=config, config_dir=config_dir)
 
 
 @task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
@@ -849,26 +855,41 @@ WORKERS_ISSUE_HELP = {**WORKERS_CONFIG_HELP, "issue": "the issue's number",
 
 
 @task(name="attach", help=WORKERS_ISSUE_HELP)
-def workers_attach(c, issue, config="", config_dir="", workers=Count(0), session="", project=""):
+def workers_attach(c, issue, config="", config_dir="", workers=UNSET_WORKERS, session="", project=""):
     """Show the tmux window of the worker running an issue (attach, or switch inside tmux)."""
     _workers_cli("attach", issue, *(["--project", project] if project else []), config=config,
                  config_dir=config_dir, workers=workers, session=session)
 
 
 @task(name="logs", help={**WORKERS_ISSUE_HELP, "follow": "keep printing the running try's log until it ends"})
-def workers_logs(c, issue, config="", config_dir="", workers=Count(0), session="", project="", follow=False):
+def workers_logs(c, issue, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", follow=False):
     """Print an issue's try logs in order (no monitor needed)."""
     _workers_cli("logs", issue, *(["--project", project] if project else []), _flag(follow, "--follow"),
                  config=config, config_dir=config_dir, workers=workers, session=session)
 
 
 @task(name="diff", help={**WORKERS_ISSUE_HELP, "stat": "only the diffstat"})
-def workers_diff(c, issue, config="", config_dir="", workers=Count(0), session="", project="", stat=False):
+def workers_diff(c, issue, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", stat=False):
     """An issue's branch against its merge-base with the default branch, recorded when it was assigned."""
     _workers_cli("diff", issue, *(["--project", project] if project else []), _flag(stat, "--stat"),
                  config=config, config_dir=config_dir, workers=workers, session=session)
 
 
+@task(name="init", help={"repo": "the repo: a name from config/repos.json",
+                         "pipeline": "its stages, comma-separated (empty: implement)",
+                         "config": "where to write (empty: config/proof-issues.json under ORCHESTRATOR_HOME); never "
+                                   "overwritten",
+                         "agent_command": "the agent_command to write (empty: none, Claude Code with structured "
+                                          "output)"})
+def workers_init(c, repo="", pipeline="", config="", agent_command=""):
+    """Write a starter proof-issues.json for a repo of repos.json (refuses to overwrite)."""
+    _workers_cli("init", *(["--repo", repo] if repo else []), *(["--pipeline", pipeline] if pipeline else []),
+                 *(["--agent-command", agent_command] if agent_command else []), config=config)
+
+
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
                                     workers_cleanup, workers_repin, workers_add_issue, workers_pause,
-                                    workers_resume, workers_attach, workers_logs, workers_diff))
+                                    workers_resume, workers_attach, workers_logs, workers_diff, workers_init))
+
+
+

@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, show, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, show, tmux, worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
@@ -275,12 +275,13 @@ class Executor:
 
     def do_resume(self, action: Action, record: WorkerRecord) -> None:
         self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
-        self._restore_worktree(action, record)
-        start_try(self.run, record)
+        if self._restore_worktree(action, record):
+            start_try(self.run, record)
 
-    def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
+    def _restore_worktree(self, action: Action, record: WorkerRecord) -> bool:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
-        back from its branch, or put it back on its branch (the other branch is kept for inspection)."""
+        back from its branch (and set it up again), or put it back on its branch (the other branch is kept for
+        inspection). False: the set-up failed and so did the issue."""
         if record.worktree:
             check_worktree(*self._issue(action.issue), Path(record.worktree))  # type: ignore[arg-type]
         if record.worktree and not Path(record.worktree).is_dir():
@@ -288,6 +289,10 @@ class Executor:
             repo = cfg.repo_for(issue)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
+            if not self._set_up(action, cfg, issue, Path(record.worktree)):
+                kill_try(self.run, record)  # the issue failed in _set_up: the worker is free again
+                _free(self.run, record)
+                return False
         elif record.worktree and record.branch:
             worktree = Path(record.worktree)
             if record.stage_base and worktrees.branch_head(worktree, record.branch) is None:
@@ -306,6 +311,32 @@ class Executor:
                                           "issue": _num(action.issue), "branch": record.branch, "was_on": was_on})
                 self.say(f"worker {action.worker}: worktree put back on {record.branch} (it was on {was_on}, "
                          "which is kept)")
+        return True
+
+    def _set_up(self, action: Action, cfg: ProjectConfig, issue: Issue, path: Path) -> bool:
+        """Run the repo's worktree_setup in a new worktree; a failure fails the issue (no try, no retry used)
+        and keeps the worktree. True when there is nothing to set up or it went well."""
+        setup = cfg.repo_for(issue).setup
+        if setup is None:
+            return True
+        log = worktree_setup.log_path(self.run.files.root, issue.number)
+        self.say(f"worker {action.worker}: setting up the worktree of #{issue.number} (log {log})")
+        try:
+            took = worktree_setup.set_up(setup, cfg.repo_for(issue).path, path, log, {
+                "ORCHESTRATOR_WORKER": str(action.worker), "ORCHESTRATOR_ISSUE": str(issue.number),
+                "ORCHESTRATOR_PROJECT": cfg.project})
+        except worktree_setup.SetupFailed as err:
+            reason = f"setup failed: {err}"
+            configs.set_issue(cfg.path, issue.number, status="failed")
+            self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
+                                      "project": cfg.project, "reason": reason, "setup_log": str(log),
+                                      "worktree": str(path)})
+            self.say(f"worker {action.worker}: #{issue.number} failed: {reason} (worktree kept: {path})")
+            return False
+        self.run.files.log_event({"action": "setup", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project, "worktree": str(path), "copied": list(setup.copy),
+                                  "run": setup.run or None, "duration_s": round(took, 1), "setup_log": str(log)})
+        return True
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -324,7 +355,8 @@ class Executor:
         record.last_reason = action.reason
         _next_try(self.run, record)
         self.run.files.save_worker(record)
-        self._restore_worktree(action, record)
+        if not self._restore_worktree(action, record):
+            return
         continuation = ""
         if action.continuation:
             try:
@@ -403,6 +435,8 @@ class Executor:
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "reason": f"worktree: {err}"})
             self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
+            return
+        if not worktree_setup.done(path) and not self._set_up(action, cfg, issue, path):
             return
         record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number

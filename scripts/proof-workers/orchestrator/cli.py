@@ -103,13 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--repo", help="only this repo (a name from the config's repos)")
     pin.add_argument("--json", action="store_true", help="print what was pinned as JSON")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
-    add.add_argument("number", type=_count)
-    add.add_argument("--title", required=True)
-    add.add_argument("--priority", type=_count, default=1)
-    add.add_argument("--wave", type=_count, default=1)
-    add.add_argument("--depends-on", type=_numbers, default=[])
-    add.add_argument("--description", default="")
-    add.add_argument("--config", type=Path, help="the config file to append to")
+    add.add_argument("number", type=_count, help="the new issue's number (unique in its config)")
+    add.add_argument("--title", required=True, help="its title")
+    add.add_argument("--priority", type=_count, default=1, help="lower runs first among eligible issues (default 1)")
+    add.add_argument("--wave", type=_count, default=1, help="its wave: waits for every earlier wave (default 1)")
+    add.add_argument("--depends-on", type=_numbers, default=[], help="issue numbers it waits for, like 3,4")
+    add.add_argument("--description", default="", help="what the agent should do (goes into its prompt)")
+    add.add_argument("--repo", default="", help="its repo, a name from the config's repos (required when it has "
+                                                "several; with --config-dir it also picks the config)")
+    add.add_argument("--config", type=Path, help="the config file to append to (default: "
+                                                 "$ORCHESTRATOR_HOME/config/proof-issues.json)")
+    add.add_argument("--config-dir", type=Path, help="a directory of *-issues.json: append to the one with --repo")
+    init = verbs.add_parser("init", help="write a starter config/proof-issues.json for a repo of repos.json")
+    init.add_argument("--repo", required=True, help="the repo: a name from config/repos.json")
+    init.add_argument("--pipeline", default="", help="its stages, comma-separated (default: implement)")
+    init.add_argument("--config", type=Path, help="where to write (default: "
+                                                  "$ORCHESTRATOR_HOME/config/proof-issues.json); never overwritten")
+    init.add_argument("--agent-command", default="", help="the agent_command to write (default: none, so Claude "
+                                                          "Code runs with structured output)")
     for verb, what in (("attach", "show the tmux window of the worker running the issue (select it and attach, or "
                                   "switch this client when inside the run's tmux)"),
                        ("logs", "print the issue's try logs in order, each under its file name"),
@@ -184,13 +195,27 @@ def _status(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from lib.paths import Paths
-    from orchestrator.config import add_issue, config_files
+    from orchestrator.config import add_issue
+    from orchestrator.starter import add_issue_target
 
     if args.number <= 0:
         raise OrchestratorError("add-issue: the issue number must be positive")
-    path = config_files(args.config, None, Paths.from_env().home)[0]
-    add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description)
-    out(f"added #{args.number} to {path}")
+    path, repo = add_issue_target(args.config, args.config_dir, args.repo, Paths.from_env().home)
+    add_issue(path, args.number, args.title, args.priority, args.wave, args.depends_on, args.description, repo)
+    out(f"added #{args.number}{f' (repo {repo})' if repo else ''} to {path}")
+    return 0
+
+
+def _init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from lib.paths import Paths
+    from orchestrator.starter import init, init_notes
+
+    path = init(Paths.from_env(), args.repo, args.pipeline, args.config, args.agent_command)
+    out(f"wrote {path}")
+    for note in init_notes(args.agent_command):
+        out(note)
+    out("next: edit its example issue (and project_context), then: python3 -m orchestrator launch --dry-run"
+        + (f" --config {path}" if args.config else ""))
     return 0
 
 
@@ -301,7 +326,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
     "pause": _pause_or_resume, "resume": _pause_or_resume,
     "repin": _repin,
-    "attach": _show, "logs": _show, "diff": _show,
+    "attach": _show, "logs": _show, "diff": _show, "init": _init,
 }
 
 

@@ -13,6 +13,10 @@ from lib.errors import ConfigError
 from lib.logcut import DEFAULT_LOG_CAP, MIN_LOG_CAP
 from lib.statefile import locked, write_json
 from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
+from orchestrator.hooks import Hook
+from orchestrator.hooks import parse as parse_hook
+from orchestrator.worktree_setup import WorktreeSetup
+from orchestrator.worktree_setup import parse as parse_setup
 
 # The original's stages, and the Go rewrite's `test` (a stage without a built-in prompt gets a generic one).
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
@@ -37,6 +41,7 @@ AGENT_STATE_PATHS = {
 PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its value is known only per try
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
+INIT_HINT = "python3 -m orchestrator init --repo NAME (or inv workers.init --repo NAME)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class RepoConfig:
     worktree_base: Path
     branch_prefix: str
     platform: str = "gitlab"
+    setup: WorktreeSetup | None = None  # worktree_setup: the repo's own, else the config's top-level one
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class ProjectConfig:
     resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
     warnings: tuple[str, ...] = ()  # what loads but deserves a word (launch prints them): `file: field: what`
     max_log_bytes: int = DEFAULT_LOG_CAP  # each try's log: past it, its head, a cut mark and its tail
+    on_event: Hook | None = None  # run with one event-log line on stdin (orchestrator.hooks)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -151,7 +158,7 @@ def read_raw(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
+        raise ConfigError(f"{path}: not found; write a starter one with: {INIT_HINT}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read ({err})") from None
     try:
@@ -245,7 +252,9 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
             check.bad(f"{where}default_branch", f"not a branch name: {branch!r}")
         repo_path = _resolve(base, path)
         worktree_base = _resolve(base, base_dir) if base_dir else repo_path.with_name(repo_path.name + "-worktrees")
-        return RepoConfig(name, repo_path, branch, worktree_base, prefix, platform)
+        setup = parse_setup(doc.get("worktree_setup", raw.get("worktree_setup")), repo_path, check.bad,
+                            f"{where}worktree_setup" if "worktree_setup" in doc else "worktree_setup")
+        return RepoConfig(name, repo_path, branch, worktree_base, prefix, platform, setup)
 
     repos: dict[str, RepoConfig] = {}
     if "repos" in raw:
@@ -444,13 +453,14 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     max_log_bytes = check.get(raw, "max_log_bytes", "int", DEFAULT_LOG_CAP)
     if max_log_bytes < MIN_LOG_CAP:
         check.bad("max_log_bytes", f"must be at least {MIN_LOG_CAP} (64 KiB), got {max_log_bytes}")
+    on_event = parse_hook(raw.get("on_event"), check.bad)
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
-        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True,
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, on_event=on_event,
         warnings=tuple(check.warnings), max_log_bytes=max_log_bytes, **timings)
 
 
@@ -469,7 +479,8 @@ def config_files(config: Path | None, config_dir: Path | None, home: Path) -> li
             raise ConfigError(f"{directory}: not a directory")
         files = sorted(directory.glob("*-issues.json"))
         if not files:
-            raise ConfigError(f"{directory}: no *-issues.json files")
+            raise ConfigError(f"{directory}: no *-issues.json files; write a starter one with: {INIT_HINT} "
+                              f"--config {directory}/NAME-issues.json")
         return files
     return [Path(config).expanduser().resolve() if config else home / "config" / "proof-issues.json"]
 
@@ -540,7 +551,7 @@ def set_issue(path: Path, number: int, **fields: Any) -> None:
 
 
 def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int = 1,
-              depends_on: list[int] | None = None, description: str = "") -> None:
+              depends_on: list[int] | None = None, description: str = "", repo: str = "") -> None:
     def change(issues: list[dict[str, Any]]) -> None:
         if any(isinstance(doc, dict) and doc.get("number") == number for doc in issues):
             raise ConfigError(f"{path}: issue #{number} already exists")
@@ -549,6 +560,8 @@ def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int 
                                "assigned_worker": None}
         if description:
             doc["description"] = description
+        if repo:
+            doc["repo"] = repo
         issues.append(doc)
 
     update_issues(path, change)

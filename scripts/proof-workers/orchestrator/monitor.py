@@ -8,7 +8,7 @@ from typing import Callable
 from lib import runner
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
-from orchestrator import alerts, budgets, pauses, probe, tmux, worktrees
+from orchestrator import alerts, budgets, hooks, pauses, probe, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.act import Executor, kill_try, worker_window
 from orchestrator.decide import Pause, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
@@ -251,6 +251,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
         alerts.current(run.files.root, run.configs, run.clock())  # a new run snapshots its repositories now
         beat = Heartbeat.start(run.files.monitor, run.clock())
         code = 1  # what an unexpected exception leaves in the heartbeat
+        events = hooks.Dispatcher(run)  # on_event: in the background, never waited for by a cycle
         try:
             reconcile(run, say)
             if not no_delay and not once:
@@ -260,6 +261,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                 number += 1
                 result = run_cycle(run, number, say)
                 beat.cycle(run.files.monitor, run.clock())
+                events.cycle(run.clock())
                 if result.finished:
                     run.files.log_event({"action": "shutdown", "reason": "all_done"})
                     alerts.end(run.files.root)
@@ -277,5 +279,6 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
             code = 130
             raise
         finally:
+            events.close(kill=code != 0 and code != 1)  # a stopped monitor stops its hooks; a done one lets them end
             beat.exit(run.files.monitor, run.clock(), code)
     return failed

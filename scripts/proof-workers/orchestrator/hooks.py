@@ -1,0 +1,260 @@
+"""on_event: run the config's command for completed, failed, paused, resumed and alert lines of the event log.
+
+The monitor hands each new line of orchestrator-log.jsonl whose action is one
+of those to the command of its project, in the background: a few at a time,
+each in its own process group, fed that one line on stdin, killed with what it
+started at its timeout. A cycle never waits for one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import uuid
+from contextlib import suppress
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from lib import runner
+from lib.errors import OrchestratorError, clip
+from lib.statefile import read_json, write_json
+
+if TYPE_CHECKING:
+    from orchestrator.decide import Pause
+    from orchestrator.run import Run
+
+KINDS = {"mark_complete": "completed", "skip": "failed", "paused": "paused", "resumed": "resumed", "alert": "alert"}
+EVENTS = ("completed", "failed", "paused", "resumed", "alert")
+DEFAULT_TIMEOUT_S = 30.0
+MAX_RUNNING = 4  # hooks at once; more wait their turn
+MAX_WAITING = 100  # past this a hook is not run (and that is logged): a hook slower than the events never piles up
+READ_AT_MOST = 4 * 1024 * 1024  # bytes of new log read per cycle (the rest next cycle)
+KEYS = ("run", "timeout", "events")
+
+
+@dataclass(frozen=True)
+class Hook:
+    run: str
+    timeout: float = DEFAULT_TIMEOUT_S
+    events: tuple[str, ...] = EVENTS
+
+
+def parse(doc: Any, bad: Callable[[str, str], None]) -> Hook | None:
+    """`on_event`: a command, or {"run": command, "timeout": seconds, "events": [...]}; None when absent."""
+    if doc is None:
+        return None
+    where = "on_event" if isinstance(doc, str) else "on_event.run"
+    if isinstance(doc, str):
+        doc = {"run": doc}
+    if not isinstance(doc, dict):
+        bad("on_event", f"must be a command or an object with run, timeout, events; got {json.dumps(doc)[:60]}")
+        return None
+    for key in sorted(set(doc) - set(KEYS)):
+        bad(f"on_event.{key}", f"unknown key (known: {', '.join(KEYS)})")
+    command = doc.get("run")
+    if not isinstance(command, str) or not command.strip():
+        bad(where, "must be a non-empty shell command")
+        return None
+    timeout = doc.get("timeout", DEFAULT_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        bad("on_event.timeout", f"must be a number of seconds > 0, got {json.dumps(timeout)[:60]}")
+        timeout = DEFAULT_TIMEOUT_S
+    events = doc.get("events", list(EVENTS))
+    if not isinstance(events, list) or not events or any(e not in EVENTS for e in events):
+        bad("on_event.events", f"must list some of {', '.join(EVENTS)}, got {json.dumps(events)[:60]}")
+        events = list(EVENTS)
+    return Hook(command, float(timeout), tuple(events))
+
+
+class Dispatcher:
+    """Owned by one monitor: `cycle()` after each cycle, `close()` when it stops."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.position_file = run.files.root / "hooks.json"
+        self.log = run.files.root / "logs" / "hooks.log"
+        self.pauses: set[Pause] | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.running: dict[int, subprocess.Popen[bytes]] = {}
+        self.stopping = threading.Event()
+        self.skipping = False  # inside a line longer than READ_AT_MOST
+        self.inode, self.offset = self._position()
+        self.saved: tuple[int, int] | None = None
+
+    def _position(self) -> tuple[int, int]:
+        """Where the last monitor stopped reading; a first monitor starts at the end (no replay of old runs)."""
+        try:
+            info = self.run.files.events.stat()
+        except OSError:
+            return 0, 0
+        try:
+            saved = read_json(self.position_file, None)
+        except (OrchestratorError, OSError):
+            saved = None  # unreadable: start at the end, as a first monitor does
+        if isinstance(saved, dict) and saved.get("inode") == info.st_ino and \
+                isinstance(saved.get("offset"), int) and 0 <= saved["offset"] <= info.st_size:
+            return info.st_ino, saved["offset"]
+        return info.st_ino, info.st_size
+
+    def _hook_of(self, project: Any) -> Hook | None:
+        for cfg in self.run.configs:
+            if cfg.project == project:
+                return cfg.on_event
+        return self.run.lead.on_event
+
+    def cycle(self, now: float) -> None:
+        try:
+            self._cycle(now)
+        except (OSError, OrchestratorError) as err:  # the monitor goes on; the lines wait for the next cycle
+            with suppress(OSError):
+                self.run.files.log_event({"action": "hook_failed", "error": clip(f"on_event: {err}", 300)})
+
+    def _cycle(self, now: float) -> None:
+        if not any(cfg.on_event for cfg in self.run.configs):
+            self.pauses = None
+            self.inode, self.offset = self._position_at_end()
+            return
+        self._log_pause_changes(now)
+        for line, event in self._new_lines():
+            kind = KINDS.get(str(event.get("action")))
+            hook = self._hook_of(event.get("project")) if kind else None
+            if hook and kind in hook.events:
+                self._submit(hook, kind, str(event.get("project") or self.run.lead.project), line)
+        if (self.inode, self.offset) != self.saved:
+            write_json(self.position_file, {"inode": self.inode, "offset": self.offset})
+            self.saved = (self.inode, self.offset)
+
+    def _position_at_end(self) -> tuple[int, int]:
+        try:
+            info = self.run.files.events.stat()
+        except OSError:
+            return 0, 0
+        return info.st_ino, info.st_size
+
+    def _log_pause_changes(self, now: float) -> None:
+        """A `paused` / `resumed` line when a pause reason starts or stops holding, whatever set or cleared it
+        (a user, an alert, a rate limit and its lapse, a budget, a login)."""
+        from orchestrator.monitor import active_pauses  # the monitor imports this module
+
+        current = set(active_pauses(self.run, now))
+        if self.pauses is not None:
+            for action, changed in (("paused", current - self.pauses), ("resumed", self.pauses - current)):
+                for pause in sorted(changed, key=lambda p: (p.project, p.issue or 0, p.reason)):
+                    self.run.files.log_event({"action": action, "project": pause.project, "issue": pause.issue,
+                                              "reason": pause.reason})
+        self.pauses = current
+
+    def _new_lines(self) -> list[tuple[bytes, dict[str, Any]]]:
+        """Complete lines written since the last read (a line being written waits for the next cycle; one longer
+        than READ_AT_MOST is skipped)."""
+        try:
+            fd = os.open(self.run.files.events, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never hangs
+        except OSError:
+            return []
+        with os.fdopen(fd, "rb") as log:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return []
+            if info.st_ino != self.inode or info.st_size < self.offset:
+                self.inode, self.offset, self.skipping = info.st_ino, 0, False  # a new or cut log: from its start
+            log.seek(self.offset)
+            data = log.read(READ_AT_MOST)
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) == READ_AT_MOST:
+            self.offset += len(data)  # a giant line: no hook for it, and the lines after it are not held up
+            self.skipping = True
+            return []
+        out = []
+        lines = data[:end].split(b"\n")[:-1]
+        if self.skipping and lines:
+            lines, self.skipping = lines[1:], False  # the end of the giant line
+        for raw in lines:
+            try:
+                doc = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("event"), dict):
+                out.append((raw + b"\n", doc["event"]))
+        self.offset += end
+        return out
+
+    def _submit(self, hook: Hook, kind: str, project: str, line: bytes) -> None:
+        with self.lock:
+            if self.waiting >= MAX_WAITING:
+                self.run.files.log_event({"action": "hook_dropped", "project": project, "hook_event": kind,
+                                          "reason": f"{MAX_WAITING} hooks already waiting"})
+                return
+            self.waiting += 1
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=MAX_RUNNING, thread_name_prefix="on_event")
+        self.pool.submit(self._run_one, hook, kind, project, line)
+
+    def _run_one(self, hook: Hook, kind: str, project: str, line: bytes) -> None:
+        try:
+            if not self.stopping.is_set():
+                self._run(hook, kind, project, line)
+        except Exception as err:  # a thread's failure is logged, never lost silently, never the monitor's
+            self.run.files.log_event({"action": "hook_failed", "project": project, "hook_event": kind,
+                                      "error": clip(f"{type(err).__name__}: {err}", 300)})
+        finally:
+            with self.lock:
+                self.waiting -= 1
+
+    def _run(self, hook: Hook, kind: str, project: str, line: bytes) -> None:
+        from lib.batch import command_env
+        from orchestrator.worktrees import REPO_ENV
+
+        # Tagged as one of our steps: found and killed with it even outside its group, and by the runner's
+        # watchdog when the monitor itself is killed outright.
+        runner.start_watchdog()
+        tag = f"{runner.run_tag()}hook-{uuid.uuid4().hex}"
+        env = {k: v for k, v in command_env().items() if k not in REPO_ENV}
+        env.update({"ORCHESTRATOR_EVENT": kind, "ORCHESTRATOR_PROJECT": project, runner.STEP_VAR: tag})
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            out.write(f"=== on_event {kind} ({project}): {hook.run}\n".encode("utf-8", "replace"))
+            out.flush()
+            proc = subprocess.Popen(["/bin/sh", "-c", hook.run], cwd=self.run.files.root, stdin=subprocess.PIPE,
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            with self.lock:
+                self.running[proc.pid] = proc
+            timed_out = False
+            try:
+                proc.communicate(line, timeout=hook.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # The group and whatever left it (setsid, a daemon): nothing of a hook outlives it.
+                left = runner.processes_tagged(runner.STEP_VAR, tag)
+                if left or runner.group_alive(proc.pid):
+                    runner.kill_processes([proc.pid], left, 1.0)
+                proc.wait()
+                with self.lock:
+                    self.running.pop(proc.pid, None)
+        code = proc.returncode
+        if timed_out or code != 0:
+            said = (f"timed out after {hook.timeout:g}s" if timed_out else
+                    f"killed by {runner.signal_name(-code)}" if code < 0 else f"exit {code}")
+            self.run.files.log_event({"action": "hook_failed", "project": project, "hook_event": kind,
+                                      "error": f"{clip(hook.run)}: {said}", "log": str(self.log)})
+
+    def close(self, kill: bool = False) -> None:
+        """Let the running hooks finish (each within its timeout), or with `kill` stop them now."""
+        if kill:
+            self.stopping.set()
+            with self.lock:
+                groups = list(self.running)
+            for pgid in groups:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=kill)

@@ -1,0 +1,245 @@
+"""worktree_setup: copy the main checkout's ignored files into a new worktree, then run its set-up command."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from lib import runner
+from lib.batch import command_env, tail
+from lib.errors import OrchestratorError, clip
+from lib.gitstatus import confined_to
+
+DEFAULT_TIMEOUT_S = 600.0
+KEYS = ("copy", "run", "timeout")
+MARKER = "orchestrator-setup.json"  # in the worktree's own git dir: gone with the worktree, so a new one sets up
+
+
+@dataclass(frozen=True)
+class WorktreeSetup:
+    copy: tuple[str, ...] = ()  # paths relative to the main checkout, copied to the same place in the worktree
+    run: str = ""  # a /bin/sh command run in the worktree after the copies ("" : none)
+    timeout: float = DEFAULT_TIMEOUT_S
+
+
+class SetupFailed(OrchestratorError):
+    """A worktree's set-up failed: the issue fails with `setup failed: <last line>` (exit 1: a repo problem)."""
+
+    exit_code = 1
+
+
+def _path_problem(entry: Any) -> str | None:
+    """Why a copy entry can never be a file inside the checkout (None when it can)."""
+    if not isinstance(entry, str) or not entry.strip() or "\0" in entry:
+        return f"must be a relative path, got {json.dumps(entry)[:60]}"
+    path = PurePosixPath(entry)
+    if path.is_absolute() or entry.startswith("~"):
+        return f"must be relative to the main checkout, got the absolute path {entry!r}"
+    if ".." in path.parts:
+        return f"must stay inside the main checkout, got {entry!r} (a .. part)"
+    if ".git" in path.parts or path == PurePosixPath("."):
+        return f"must name a file of the checkout, not {entry!r}"
+    return None
+
+
+def _escapes(repo: Path, rel: str) -> str | None:
+    """Where `repo/rel` really leads when a symlink takes it out of the checkout (None: it stays inside)."""
+    real = os.path.realpath(repo / rel)
+    root = os.path.realpath(repo)
+    return None if os.path.commonpath([real, root]) == root else real
+
+
+def parse(doc: Any, repo: Path, bad: Callable[[str, str], None], where: str) -> WorktreeSetup | None:
+    """The `worktree_setup` object of a config (None when absent); each problem goes to `bad(field, what)`."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        bad(where, f"must be an object like {{\"copy\": [\".env\"], \"run\": \"npm ci\", \"timeout\": 600}}, "
+                   f"got {json.dumps(doc)[:60]}")
+        return None
+    for key in sorted(set(doc) - set(KEYS)):
+        bad(f"{where}.{key}", f"unknown key (known: {', '.join(KEYS)})")
+    entries = doc.get("copy", [])
+    copies: list[str] = []
+    if not isinstance(entries, list):
+        bad(f"{where}.copy", "must be a list of paths relative to the main checkout")
+        entries = []
+    for index, entry in enumerate(entries):
+        problem = _path_problem(entry)
+        outside = None if problem else _escapes(repo, entry)
+        if problem or outside:
+            bad(f"{where}.copy[{index}]", problem or f"{entry!r} is a symlink that leads out of the main checkout "
+                                                     f"(to {clip(outside or '')})")
+        else:
+            copies.append(os.path.normpath(entry))
+    command = doc.get("run", "")
+    if not isinstance(command, str) or ("run" in doc and not command.strip()):
+        bad(f"{where}.run", f"must be a non-empty shell command, got {json.dumps(command)[:60]}")
+        command = ""
+    timeout = doc.get("timeout", DEFAULT_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        bad(f"{where}.timeout", f"must be a number of seconds > 0, got {json.dumps(timeout)[:60]}")
+        timeout = DEFAULT_TIMEOUT_S
+    return WorktreeSetup(tuple(copies), command, float(timeout))
+
+
+def log_path(state_dir: Path, issue: int) -> Path:
+    """The issue's set-up log (beside its tries' logs)."""
+    return state_dir / "logs" / f"issue-{issue}" / "setup.log"
+
+
+def marker_path(worktree: Path) -> Path | None:
+    """Where the set-up of this very worktree is recorded: a file in its own git dir (None: not a worktree)."""
+    try:
+        text = (worktree / ".git").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir: "):
+        return None
+    gitdir = Path(text.removeprefix("gitdir: "))
+    return (gitdir if gitdir.is_absolute() else worktree / gitdir) / MARKER
+
+
+def done(worktree: Path) -> bool:
+    marker = marker_path(worktree)
+    return marker is not None and marker.is_file()
+
+
+def _ignored(worktree: Path, rel: str) -> bool:
+    """Whether git ignores `rel` in the worktree (a tracked file never is)."""
+    from orchestrator.worktrees import SAFE_GIT, clean_env
+
+    try:
+        result = subprocess.run(["git", *SAFE_GIT, "check-ignore", "-q", "--", rel], cwd=worktree,
+                                env=confined_to(worktree, clean_env()), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SetupFailed(f"copy {rel}: git check-ignore failed: {err}") from None
+    if result.returncode not in (0, 1):
+        said = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SetupFailed(f"copy {rel}: git check-ignore failed: {clip(said[-1] if said else str(result.returncode))}")
+    return result.returncode == 0
+
+
+def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) -> None:
+    source = repo / rel
+    outside = _escapes(repo, rel)
+    if outside:
+        raise SetupFailed(f"copy {rel}: a symlink in the main checkout leads out of it (to {clip(outside)})")
+    try:  # opened before it is judged (O_NONBLOCK: a FIFO put there never hangs the monitor)
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise SetupFailed(f"copy {rel}: not found in the main checkout {repo}") from None
+    except OSError as err:
+        raise SetupFailed(f"copy {rel}: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SetupFailed(f"copy {rel}: not a regular file in the main checkout")
+        target = worktree / rel
+        # A tracked symlink on the way (config -> /elsewhere) must not carry the copy out of the worktree.
+        parent = target.parent
+        def check_parent() -> None:
+            real = os.path.realpath(parent)
+            if os.path.commonpath([real, os.path.realpath(worktree)]) != os.path.realpath(worktree):
+                raise SetupFailed(f"copy {rel}: {parent} leads out of the worktree (to {clip(real)})")
+
+        check_parent()  # before mkdir makes anything through a symlink, and after (a race)
+        parent.mkdir(parents=True, exist_ok=True)
+        check_parent()
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise SetupFailed(f"copy {rel}: the worktree has a symlink or a directory there; not writing through it")
+        if not _ignored(worktree, rel):
+            raise SetupFailed(f"copy {rel}: git does not ignore it in the worktree, so the agent's commits could "
+                              "take it (and push it): ignore it in .gitignore or drop it from copy")
+        if target.is_file():
+            same = filecmp.cmp(source, target, shallow=False)
+            log(f"copy {rel}: " + ("already there" if same else
+                                   "kept the worktree's own (it differs; not overwritten)"))
+            return
+        fd_out, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".setup")
+        try:
+            with os.fdopen(fd_out, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.chmod(tmp, stat.S_IMODE(info.st_mode))
+            os.rename(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    log(f"copy {rel}: copied ({info.st_size} bytes)")
+
+
+def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env: dict[str, str]) -> float:
+    """Copy the listed files, then run the command in the worktree (its own process group, killed with its
+    leftovers at the timeout, git variables of ours scrubbed), appending to `log_file`. Records success in the
+    worktree's git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
+    started = datetime.now(timezone.utc)
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_file, "a+b")
+    except OSError as err:
+        raise SetupFailed(f"cannot write its log {log_file}: {err.strerror or err}") from None
+    with log:
+        def say(line: str) -> None:
+            log.write(f"=== {line}\n".encode("utf-8", "replace"))
+            log.flush()
+
+        say(f"setup of {worktree} at {started.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        try:
+            for rel in setup.copy:
+                _copy_one(repo, worktree, rel, say)
+        except OSError as err:
+            failed = SetupFailed(f"copy: {err.strerror or err}")
+            say(str(failed))
+            raise failed from None
+        except SetupFailed as err:
+            say(str(err))
+            raise
+        took = 0.0
+        if setup.run:
+            say(f"run: {setup.run} (timeout {setup.timeout:g}s)")
+            before = log.tell()
+            from orchestrator.worktrees import REPO_ENV
+
+            step_env = {k: v for k, v in command_env().items() if k not in REPO_ENV}
+            step_env = confined_to(worktree, {**step_env, **env, "ORCHESTRATOR_MAIN_CHECKOUT": str(repo),
+                                              "ORCHESTRATOR_WORKTREE": str(worktree)})
+            try:
+                result = runner.run_in_group(setup.run, worktree, log, setup.timeout, env=step_env)
+            except OSError as err:
+                raise SetupFailed(f"cannot run {clip(setup.run)}: {err.strerror or err}") from None
+            took = result.duration_s
+            log.flush()
+            wrote = log.tell() > before
+            if wrote:
+                log.seek(-1, os.SEEK_END)
+                if log.read(1) != b"\n":  # "a+b": every write still appends
+                    log.write(b"\n")
+            last = tail(log_file, lines=1) if wrote else ""
+            if result.timed_out:
+                reason = f"{clip(setup.run)} timed out after {setup.timeout:g}s" + (f" ({clip(last, 200)})"
+                                                                                  if last else "")
+            elif result.exit_code != 0:
+                reason = clip(last, 300) if last.strip() else f"{clip(setup.run)} exited {result.exit_code}"
+            else:
+                reason = ""
+            say(f"exit {result.exit_code if not result.timed_out else 'timeout'} after {took:.1f}s"
+                + (f"; killed what it left: {', '.join(result.escaped)}" if result.escaped else ""))
+            if reason:
+                raise SetupFailed(reason)
+        marker = marker_path(worktree)
+        if marker is not None:
+            record = {"at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "copy": list(setup.copy), "run": setup.run}
+            with suppress(OSError):  # not recorded: the next worker that takes the issue sets it up again
+                marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        say("setup done")
+    return took
