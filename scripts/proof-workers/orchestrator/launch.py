@@ -222,7 +222,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     check_repos(run)
     checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
+    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()))
     assignments = []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:

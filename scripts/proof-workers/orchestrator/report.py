@@ -8,7 +8,7 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses
+from orchestrator import agents, alerts, heartbeat, pauses, pulls
 from orchestrator.act import agent_log
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
@@ -145,6 +145,9 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     usage = usage_totals(run)
     for cfg in run.configs:
         paused = _pauses_of(run, cfg.project, now)
+        prs = pulls.pr_states(run.state_root, cfg.project,
+                              {i.number: by_ref[IssueRef(cfg.project, i.number)].status for i in cfg.issues},
+                              {r.issue_number for r in records if r.project == cfg.project and r.pr})
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
@@ -155,11 +158,12 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
                     state = "waiting"
+            state, pr = prs.get(issue.number, (state, None))
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []), "pr": pr,
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
@@ -225,7 +229,8 @@ def paused_line(entries: list[dict[str, Any]]) -> str:
                      + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
 
 
-STATE_ORDER = ("completed", "failed", "blocked", "in_progress", "waiting", "pending")
+STATE_ORDER = ("completed", "merged", "failed", "blocked", "in_progress", "pr_open", "ci_failed", "changes_requested",
+               "waiting", "pending")
 
 
 def count_text(project: dict[str, Any]) -> str:
