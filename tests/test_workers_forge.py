@@ -142,3 +142,9 @@ def test_garbage_instead_of_json_is_one_error_line(pushed, fake_forge):
 
 def test_body_has_the_description_and_a_line_per_stage():
     assert forge.pr_body("Do it", ["implement", "review"]) == "Do it\n\n- implement: done\n- review: done"
+
+
+def test_the_forge_modules_examples_hold():
+    import doctest
+
+    assert doctest.testmod(forge).failed == 0

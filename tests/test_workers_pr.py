@@ -186,6 +186,9 @@ def test_a_failing_check_is_fixed_by_a_fix_ci_stage_then_the_pr_is_merged(projec
     assert first["state"] == "merged" and first["pr"] == {"url": prs[0]["url"], "number": 1, "state": "merged",
                                                           "checks": "passing"}
     assert doc["alerts"] == [] and doc["done"] is True
+    from lib.report import proof_workers
+
+    assert "Pull requests: 2 merged, 0 open." in proof_workers(proj.home / "state")
     # The dependent started only after #1 was merged.
     events = proj.events()
     merged_at = next(n for n, e in enumerate(events) if e["action"] == "pr_merged" and e["issue"] == 1)
@@ -243,3 +246,71 @@ def test_a_pr_closed_by_a_human_fails_the_issue(project, fake_forge):
     failed, _ = _run(proj)
     assert failed == 1 and proj.issue(1)["status"] == "failed"
     assert any(e["action"] == "skip" and e["reason"] == "pr closed" for e in proj.events())
+
+
+def test_cleanup_keeps_the_worktree_of_an_issue_whose_pr_is_open(project, fake_forge):
+    """Manual merge: the issue completes with its PR open and green; cleanup keeps its worktree (a later fix or
+    review round works there) even though everything in it is pushed."""
+    proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "manual", "poll_seconds": 0.2})
+    fake_forge(proj.remote, [PASS])
+    failed, lines = _run(proj)
+    assert failed == 0, lines
+    from orchestrator.report import status_document
+
+    doc = status_document(open_run())
+    issue = doc["projects"][0]["issues"][0]
+    assert issue["state"] == "completed" and issue["pr"]["state"] == "open" and issue["pr"]["checks"] == "passing"
+    from orchestrator.report import status_lines
+
+    assert any("#1 open, checks passing https://github.com/org/app/pull/1" in line for line in status_lines(doc))
+    from rich.console import Console
+
+    from orchestrator.dashboard import render
+
+    console = Console(record=True, width=300)
+    console.print(render(doc))
+    assert "#1 open, checks passing" in console.export_text()
+    from orchestrator.cleanup import cleanup
+
+    report = cleanup(open_run())
+    [verdict] = report.verdicts
+    assert verdict.outcome == "kept" and verdict.reasons == ["its pull request is open (https://github.com/org/app/pull/1)"]
+    assert (proj.root / "worktrees" / "issue-1").is_dir()
+
+
+@pytest.mark.parametrize("platform,auth,path_kept,fix", [
+    ("github", False, True, "run `gh auth login`"),
+    ("gitlab", False, True, "run `glab auth login`"),
+    ("github", True, False, "install the GitHub CLI"),
+])
+def test_launch_refuses_without_a_logged_in_cli_in_one_line_naming_the_fix(project, fake_forge, platform, auth,
+                                                                          path_kept, fix):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform=platform,
+                   review={"open": "pr"})
+    fake = fake_forge(proj.remote, auth=auth)
+    env = monitor_env()
+    if not path_kept:
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(fake.bin_dir))
+        if any(os.access(os.path.join(p, "gh"), os.X_OK) for p in env["PATH"].split(os.pathsep)):
+            pytest.skip("a real gh is installed here")
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--dry-run"],
+                            cwd=ROOT / "scripts" / "proof-workers", env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = [l for l in result.stderr.splitlines() if "review.open" in l]
+    assert line.startswith("error: ") and fix in line, result.stderr
+    assert not (proj.root / "worktrees").exists()
+    fake.update(auth=True)  # logged in: launch goes on
+    if path_kept:
+        again = subprocess.run([sys.executable, "-m", "orchestrator", "launch", "--dry-run"],
+                               cwd=ROOT / "scripts" / "proof-workers", env=env, capture_output=True, text=True,
+                               timeout=120)
+        assert again.returncode == 0, again.stderr

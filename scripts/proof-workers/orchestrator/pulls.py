@@ -72,6 +72,26 @@ def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float 
     return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout)
 
 
+def preflight_problems(state_root: Path, cfg: ProjectConfig, home: Path) -> list[str]:
+    """With review.open "pr": gh or glab is installed and logged in for each repository's forge (one line naming
+    the fix per problem). The forge is the one of the pinned url, or of the url that would be pinned now."""
+    problems: list[str] = []
+    asked: set[tuple[str, str]] = set()
+    for repo in cfg.repos.values():
+        try:
+            pin = pins.load(pins.pins_file(state_root, cfg.project)).get(repo.name) or pins.target_now(repo, home)
+        except OrchestratorError:
+            continue  # no push target yet: launch's pinning reports it
+        where = forge.forge_repo(repo.platform, pin.url)
+        if (where.platform, where.host) in asked:
+            continue
+        asked.add((where.platform, where.host))
+        problem = forge.forge_for(where, repo.path, POLL_TIMEOUT_S).auth_problem()
+        if problem:
+            problems.append(f"{cfg.path}: review.open \"pr\": {problem}")
+    return problems
+
+
 def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list[WorkerRecord], now: float,
          save_record: Callable[[WorkerRecord], None], say: Callable[[str], None]) -> tuple[PrView, ...]:
     """Poll each watched PR whose poll_seconds have passed (each call bounded); the rest wait for later cycles."""

@@ -240,6 +240,13 @@ def count_text(project: dict[str, Any]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order) + f" of {project['total']}"
 
 
+def pr_text(pr: dict[str, Any] | None) -> str:
+    """An issue's pull request as a cell: `#7 open, checks failing <url>` (- when it has none)."""
+    if not pr:
+        return "-"
+    return f"#{pr.get('number')} {pr.get('state')}, checks {pr.get('checks')} {pr.get('url') or ''}".strip()
+
+
 def usage_text(item: dict[str, Any]) -> str:
     """A project's or an issue's `12 turns $0.4321` so far (every try and resumed session)."""
     return f"{item.get('turns', 0)} turns ${item.get('cost_usd', 0.0):.4f}"
@@ -276,8 +283,10 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
             lines.append(visible(paused_line(project["paused"])))
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
                                    i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
+                                  + ([pr_text(i.get("pr"))] if any(j.get("pr") for j in project["issues"]) else [])
                                   for i in project["issues"]],
-                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
+                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]
+                                 + (["pr"] if any(j.get("pr") for j in project["issues"]) else [])))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
