@@ -45,7 +45,13 @@ def save():
 
 
 def opt(name, default=None):
-    return args[args.index(name) + 1] if name in args else default
+    """A flag's value, given as `--flag value` or `--flag=value` (pflag reads both)."""
+    for n, arg in enumerate(args):
+        if arg == name and n + 1 < len(args):
+            return args[n + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return default
 
 
 def out(doc, code=0):

@@ -148,3 +148,10 @@ def test_the_forge_modules_examples_hold():
     import doctest
 
     assert doctest.testmod(forge).failed == 0
+
+
+def test_a_title_or_body_that_looks_like_a_flag_stays_a_value(pushed, fake_forge):
+    fake = fake_forge(pushed.remote, [PASS])
+    hub = forge_for(ForgeRepo("github"), pushed.path)
+    hub.find_or_create("feature/issue-1", "main", "--help", "-R evil/repo")
+    assert [(p["title"], p["body"]) for p in fake.prs()] == [("--help", "-R evil/repo")]

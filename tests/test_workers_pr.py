@@ -154,14 +154,16 @@ def _prs_file(proj):
     return json.loads((proj.state / "pull-requests.json").read_text())["issues"]
 
 
-def test_a_failing_check_is_fixed_by_a_fix_ci_stage_then_the_pr_is_merged(project, fake_forge):
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_failing_check_is_fixed_by_a_fix_ci_stage_then_the_pr_is_merged(project, fake_forge, platform):
     """PR opened; the check fails; a fix_ci stage gets the failed check and its log, commits; the checks pass;
     the monitor merges (auto) and the issue is merged. The merge moving main is recorded, never alerted."""
     proj = project([{"number": 1, "title": "Add feature", "description": "Make it work."},
                     {"number": 2, "title": "after it", "depends_on": [1]}],
-                   pipeline=["implement"], platform="github",
+                   pipeline=["implement"], platform=platform,
                    review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
     fake = fake_forge(proj.remote, [{**FAIL, "pending_polls": 1}, {**PASS, "pending_polls": 1}])
+    tool = {"github": "gh", "gitlab": "glab"}[platform]
 
     failed, lines = _run(proj)
 
@@ -193,6 +195,7 @@ def test_a_failing_check_is_fixed_by_a_fix_ci_stage_then_the_pr_is_merged(projec
     events = proj.events()
     merged_at = next(n for n, e in enumerate(events) if e["action"] == "pr_merged" and e["issue"] == 1)
     assert next(n for n, e in enumerate(events) if e.get("new_issue") == 2) > merged_at
+    assert fake.calls(tool) and not fake.calls({"gh": "glab", "glab": "gh"}[tool])
     for entry in read_lines(proj.state / "journal.jsonl"):
         snapshots, state, settings, actions = cycle_from_json(entry)
         assert decide(snapshots, state, settings) == actions
@@ -314,3 +317,63 @@ def test_launch_refuses_without_a_logged_in_cli_in_one_line_naming_the_fix(proje
                                cwd=ROOT / "scripts" / "proof-workers", env=env, capture_output=True, text=True,
                                timeout=120)
         assert again.returncode == 0, again.stderr
+
+
+def test_polls_no_check_on_a_repo_with_ci_is_never_green_and_a_foreign_head_counts_after_three_polls(
+        project, fake_forge, tmp_path):
+    from conftest import git
+    from lib.paths import Paths
+    from orchestrator import pins, pulls
+    from orchestrator.config import load_config
+    from orchestrator.state import WorkerRecord
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "poll_seconds": 5})
+    cfg = load_config(proj.config)
+    state_root = proj.home / "state"
+    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, [PASS, {"checks": []}])
+
+    def push(name: str) -> str:
+        git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
+        (proj.repo / name).write_text(name)
+        git(proj.repo, "add", "-A")
+        git(proj.repo, "commit", "-q", "-m", name)
+        git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
+        return git(proj.repo, "rev-parse", "HEAD")
+
+    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
+    first = push("a")
+    assert pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0) is True  # opened, not adopted
+    record.pr["head"] = first
+    said: list[str] = []
+
+    def poll(now: float):
+        return pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)
+
+    assert poll(1.0) == ()  # not due yet: poll_seconds
+    [seen] = poll(10.0)
+    assert seen.checks == "passing" and seen.head == first
+    record.pr["head"] = push("b")  # our next push: no check reported on it (yet)
+    for now in (20.0, 30.0, 40.0):
+        [seen] = poll(now)
+        assert seen.checks == "none" and seen.quiet_polls == 0  # this PR had checks: never green by silence
+    ours = record.pr["head"]
+    foreign = push("c")  # someone else pushes to the PR's branch
+    record.pr["head"] = ours
+    for now in (50.0, 60.0):
+        poll(now)
+        assert record.pr["head"] == ours
+    poll(70.0)
+    assert record.pr["head"] == foreign and "its checks count from now" in said[-1]
+    assert len(fake.prs()) == 1
+
+
+def test_a_watched_pr_stays_judged_when_the_config_turns_prs_off(tmp_path):
+    from orchestrator import pulls
+    from orchestrator.state import WorkerRecord
+
+    cfg = _config(tmp_path)  # review.open "none"
+    record = WorkerRecord(1, project="demo", issue_number=1, pr={"watching": True, "number": 3})
+    assert pulls.work_of(cfg, record).watching
+    assert pulls.work_of(cfg, WorkerRecord(1, project="demo", issue_number=1)) is None

@@ -252,8 +252,9 @@ class GitHub(Forge):
         return PullRequest(int(best["number"]), str(best["url"]), str(best["state"]).lower())
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
-        self.checked(["pr", "create", "--head", head, "--base", base, "--title", title or head,
-                      "--body", body[:BODY_LIMIT]])
+        # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
+        self.checked(["pr", "create", f"--head={head}", f"--base={base}", f"--title={title or head}",
+                      f"--body={body[:BODY_LIMIT]}"])
 
     def observe(self, number: int) -> Observation:
         view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
@@ -315,8 +316,8 @@ class GitLab(Forge):
         return PullRequest(int(best["iid"]), str(best["web_url"]), _mr_state(best.get("state")))
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
-        self.checked(["mr", "create", "--source-branch", head, "--target-branch", base, "--title", title or head,
-                      "--description", body[:BODY_LIMIT], "--yes"])
+        self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
+                      f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
     def observe(self, number: int) -> Observation:
         view = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--output", "json"]))

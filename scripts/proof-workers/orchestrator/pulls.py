@@ -55,8 +55,8 @@ def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
     """The PR loop's state as decide sees it (None: the project opens no PRs)."""
-    if cfg.review.open != "pr":
-        return None
+    if cfg.review.open != "pr" and not (record.pr.get("watching") or record.pr.get("in_stage")):
+        return None  # (a loop already under way goes on when the config turns PRs off: never left unjudged)
     pr = record.pr
     return PrWork(watching=bool(pr.get("watching")), in_stage=bool(pr.get("in_stage")),
                   ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
@@ -111,12 +111,26 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         try:
             seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(int(pr["number"]))
         except (ForgeError, OrchestratorError) as err:
+            record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
             say(f"worker {record.worker_id}: #{issue.number}: PR poll failed, tried again later: {err}")
             views.append(PrView(record.worker_id, int(pr.get("number") or 0), str(pr.get("url") or ""),
                                 error=str(err)))
             continue
+        if seen.checks != "none":
+            pr["ever_checked"] = True  # a repository with CI: no check reported is never green here
         pr["quiet_polls"] = int(pr.get("quiet_polls") or 0) + 1 if seen.checks == "none" else 0
+        if pr.get("head") and seen.head and seen.head != pr["head"]:
+            # Someone else pushed to the PR's branch: after 3 polls its head is the one whose checks count.
+            pr["foreign_polls"] = int(pr.get("foreign_polls") or 0) + 1
+            if pr["foreign_polls"] >= 3:
+                say(f"worker {record.worker_id}: #{issue.number}: the PR's head is {seen.head[:12]}, not our "
+                    f"{str(pr['head'])[:12]}: its checks count from now")
+                pr["head"], pr["foreign_polls"] = seen.head, 0
+        else:
+            pr["foreign_polls"] = 0
+        record.last_reason = f"PR {seen.state}, checks {seen.checks}" + (f", review {seen.review}" if seen.review
+                                                                        else "")
         pr["last"] = {"checks": seen.checks, "failed": [list(f) for f in seen.failed], "review": seen.review,
                       "comments": list(seen.comments), "review_id": seen.review_id, "head": seen.head}
         save_record(record)
@@ -125,7 +139,7 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
              **({"phase": "merged"} if seen.state == "merged" else {}))
         views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
                             tuple(name for name, _ in seen.failed), seen.review, seen.review_id,
-                            int(pr["quiet_polls"])))
+                            0 if pr.get("ever_checked") else int(pr["quiet_polls"])))
     return tuple(views)
 
 
