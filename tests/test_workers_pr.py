@@ -377,3 +377,38 @@ def test_a_watched_pr_stays_judged_when_the_config_turns_prs_off(tmp_path):
     record = WorkerRecord(1, project="demo", issue_number=1, pr={"watching": True, "number": 3})
     assert pulls.work_of(cfg, record).watching
     assert pulls.work_of(cfg, WorkerRecord(1, project="demo", issue_number=1)) is None
+
+
+def test_a_monitor_restarted_at_every_cycle_adopts_its_pr_and_neither_repeats_nor_loses_a_round(project, fake_forge):
+    """Each `monitor --once` is a new monitor (reconcile first): through a fix_ci round and the merge, with a
+    PR someone opened for the branch before the run: it is adopted, never duplicated."""
+    proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [FAIL, PASS], next_number=8, prs=[
+        {"number": 7, "url": "https://github.com/org/app/pull/7", "head": "feature/issue-1", "base": "main",
+         "title": "by hand", "body": "", "state": "OPEN"}])
+
+    def one_cycle() -> bool:
+        monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+        return proj.issue(1).get("status") == "completed"
+
+    retry_until(one_cycle, seconds=120, interval=0.2)
+    assert [(p["number"], p["state"]) for p in fake.prs()] == [(7, "MERGED")]
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert kinds.count("pr_adopted") == 1 and "pr_opened" not in kinds
+    assert kinds.count("fix_ci") == 1 and kinds.count("pr_merged") == 1
+    assert _git_log(proj, "main")[:2] == ["fix_ci #1", "implement #1"]
+
+
+def test_a_record_without_a_pr_number_is_a_failed_poll_not_a_crash(project, fake_forge):
+    from orchestrator import pulls
+    from orchestrator.config import load_config
+    from orchestrator.state import WorkerRecord
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr"})
+    cfg = load_config(proj.config)
+    record = WorkerRecord(1, project="demo", issue_number=1, pr={"watching": True, "number": "7; rm -rf /"})
+    [seen] = pulls.poll(proj.home / "state", lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
+    assert "names no PR number" in seen.error and "PR poll failed" in record.last_reason
+    assert _decide(_watching(), PrView(1, error=seen.error)) == []

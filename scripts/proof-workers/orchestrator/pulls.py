@@ -105,17 +105,21 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         except OrchestratorError:
             continue
         issue = cfg.issue(record.issue_number)
-        if issue is None or now - float(pr.get("polled_at") or 0) < cfg.review.poll_seconds:
+        polled_at = pr.get("polled_at")
+        if issue is None or (isinstance(polled_at, (int, float)) and now - polled_at < cfg.review.poll_seconds):
             continue
         pr["polled_at"] = now
         try:
-            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(int(pr["number"]))
+            number = pr.get("number")
+            if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+                raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
+            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number)
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
             say(f"worker {record.worker_id}: #{issue.number}: PR poll failed, tried again later: {err}")
-            views.append(PrView(record.worker_id, int(pr.get("number") or 0), str(pr.get("url") or ""),
-                                error=str(err)))
+            views.append(PrView(record.worker_id, number if isinstance(number, int) else 0,
+                                str(pr.get("url") or ""), error=str(err)))
             continue
         if seen.checks != "none":
             pr["ever_checked"] = True  # a repository with CI: no check reported is never green here
