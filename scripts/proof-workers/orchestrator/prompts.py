@@ -72,7 +72,7 @@ def render(cfg: ProjectConfig, issue: Issue, stage_index: int, worktree: str, br
     values = {
         "issue.number": str(issue.number), "issue.title": issue.title,
         "issue.description": issue.description or "(no description: work from the title)",
-        "stage": stage, "stage_position": "after all" if pr_stage else f"{stage_index + 1}/{len(cfg.pipeline)}",
+        "stage": stage, "stage_position": "after all stages" if pr_stage else f"{stage_index + 1}/{len(cfg.pipeline)}",
         "pipeline": " -> ".join(cfg.pipeline), "project": cfg.project, "worktree": worktree, "branch": branch,
         "task": STAGE_TASKS.get(stage, STAGE_TASKS["implement"]) + (f"\n\n{pr_task}" if pr_stage else ""),
         "pr_task": pr_task,
@@ -99,4 +99,3 @@ def continuation_text(reason: str, commits: str, diff_stat: str, errors: str, nu
     if errors:
         parts.append("Last lines of its log:\n" + errors)
     return "\n\n".join(parts)
-
