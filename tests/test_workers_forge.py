@@ -155,3 +155,21 @@ def test_a_title_or_body_that_looks_like_a_flag_stays_a_value(pushed, fake_forge
     hub = forge_for(ForgeRepo("github"), pushed.path)
     hub.find_or_create("feature/issue-1", "main", "--help", "-R evil/repo")
     assert [(p["title"], p["body"]) for p in fake.prs()] == [("--help", "-R evil/repo")]
+
+
+@pytest.mark.parametrize("listing,view", [('[{"nope": 1, "headRefName": "feature/issue-1"}]', None),
+                                          (None, '{"number": "x"}'), (None, '[1, 2]')])
+def test_json_of_another_shape_is_one_error_line_never_a_traceback(pushed, fake_forge, listing, view):
+    fake = fake_forge(pushed.remote, [PASS])
+    real = forge_for(ForgeRepo("github"), pushed.path)
+    pr, _ = real.find_or_create("feature/issue-1", "main", "t", "b")
+    script = (fake.bin_dir / "gh").read_text()
+    canned = listing if listing is not None else view
+    command = "list" if listing is not None else "view"
+    # The fake answers that one command with the canned JSON; everything else as before.
+    script = script.replace("key = \" \".join(args[:2])",
+                            f"key = \" \".join(args[:2])\nif args[:2] == ['pr', {command!r}]:\n"
+                            f"    print({canned!r}); sys.exit(0)")
+    (fake.bin_dir / "gh").write_text(script)
+    with pytest.raises(ForgeError, match="unexpected JSON"):
+        real.find("feature/issue-1") if listing is not None else real.observe(pr.number)

@@ -12,10 +12,10 @@ import os
 import re
 import signal
 import subprocess
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from lib.errors import OrchestratorError, clip
@@ -191,23 +191,36 @@ class Forge:
 
     repo_flag = "--repo"
 
-    # The interface; each platform implements it.
+    # The interface; each platform implements the underscored forms. JSON of another shape than documented
+    # (a field missing, a list for an object) is one ForgeError, never a traceback in the monitor.
     def auth(self) -> None:
-        raise NotImplementedError
-
-    def find(self, head: str) -> PullRequest | None:
         raise NotImplementedError
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         raise NotImplementedError
 
-    def observe(self, number: int) -> Observation:
-        raise NotImplementedError
-
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         raise NotImplementedError
 
+    def find(self, head: str) -> PullRequest | None:
+        with _shape(f"{self.tool}: the PR list"):
+            return self._find(head)
+
+    def observe(self, number: int) -> Observation:
+        with _shape(f"{self.tool}: PR {number}"):
+            return self._observe(number)
+
     def merge(self, number: int) -> None:
+        with _shape(f"{self.tool}: merging PR {number}"):
+            self._merge(number)
+
+    def _find(self, head: str) -> PullRequest | None:
+        raise NotImplementedError
+
+    def _observe(self, number: int) -> Observation:
+        raise NotImplementedError
+
+    def _merge(self, number: int) -> None:
         raise NotImplementedError
 
     def find_or_create(self, head: str, base: str, title: str, body: str) -> tuple[PullRequest, bool]:
@@ -231,6 +244,14 @@ class Forge:
         return None
 
 
+@contextmanager
+def _shape(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise ForgeError(f"{what}: unexpected JSON ({clip(f'{type(err).__name__}: {err}')})") from None
+
+
 def _tail_lines(text: str, lines: int) -> str:
     return "\n".join(clip(line, 400) for line in text.splitlines()[-lines:])
 
@@ -242,7 +263,7 @@ class GitHub(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str) -> PullRequest | None:
         called = self.checked(["pr", "list", "--head", head, "--state", "all", "--json",
                                "number,url,state,headRefName"])
         found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head]
@@ -256,7 +277,7 @@ class GitHub(Forge):
         self.checked(["pr", "create", f"--head={head}", f"--base={base}", f"--title={title or head}",
                       f"--body={body[:BODY_LIMIT]}"])
 
-    def observe(self, number: int) -> Observation:
+    def _observe(self, number: int) -> Observation:
         view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
                                                  "number,url,state,headRefOid,reviewDecision,reviews"]))
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
@@ -289,7 +310,7 @@ class GitHub(Forge):
             out.append(_tail_lines(called.out if called.code == 0 else f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def merge(self, number: int) -> None:
+    def _merge(self, number: int) -> None:
         # Without a method gh refuses when not interactive: the first the repository allows, in GitHub's order.
         allowed = _json("gh repo view", self.checked(
             ["repo", "view", *([self.repo.named] if self.repo.named else []), "--json",
@@ -307,7 +328,7 @@ class GitLab(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str) -> PullRequest | None:
         called = self.checked(["mr", "list", "--source-branch", head, "--all", "--output", "json"])
         found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head]
         if not found:
@@ -319,7 +340,7 @@ class GitLab(Forge):
         self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
                       f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
-    def observe(self, number: int) -> Observation:
+    def _observe(self, number: int) -> Observation:
         view = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--output", "json"]))
         pipeline = view.get("head_pipeline") or {}
         status = str(pipeline.get("status") or "")
@@ -351,7 +372,7 @@ class GitLab(Forge):
                                                           f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def merge(self, number: int) -> None:
+    def _merge(self, number: int) -> None:
         self.checked(["mr", "merge", str(number), "--yes"])
 
 
