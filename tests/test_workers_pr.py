@@ -388,11 +388,19 @@ def test_a_monitor_restarted_at_every_cycle_adopts_its_pr_and_neither_repeats_no
         {"number": 7, "url": "https://github.com/org/app/pull/7", "head": "feature/issue-1", "base": "main",
          "title": "by hand", "body": "", "state": "OPEN"}])
 
+    from orchestrator.report import status_document
+
+    seen: set[tuple[str, str]] = set()
+
     def one_cycle() -> bool:
         monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+        doc = status_document(open_run())
+        seen.add((doc["workers"][0]["status"], doc["projects"][0]["issues"][0]["state"]))
         return proj.issue(1).get("status") == "completed"
 
     retry_until(one_cycle, seconds=120, interval=0.2)
+    assert {("watching_pr", "pr_open"), ("idle", "merged")} <= seen
+    assert any(state == "ci_failed" for _, state in seen), seen
     assert [(p["number"], p["state"]) for p in fake.prs()] == [(7, "MERGED")]
     kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
     assert kinds.count("pr_adopted") == 1 and "pr_opened" not in kinds
@@ -412,3 +420,27 @@ def test_a_record_without_a_pr_number_is_a_failed_poll_not_a_crash(project, fake
     [seen] = pulls.poll(proj.home / "state", lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
     assert "names no PR number" in seen.error and "PR poll failed" in record.last_reason
     assert _decide(_watching(), PrView(1, error=seen.error)) == []
+
+
+def test_a_hung_forge_delays_a_cycle_by_its_poll_budget_and_the_other_prs_are_polled_next_cycle(project, fake_forge):
+    import time
+
+    from lib.paths import Paths
+    from orchestrator import pins, pulls
+    from orchestrator.config import load_config
+    from orchestrator.state import WorkerRecord
+
+    proj = project([{"number": 1, "title": "a"}, {"number": 2, "title": "b"}], pipeline=["implement"],
+                   platform="github", review={"open": "pr", "poll_seconds": 5})
+    cfg = load_config(proj.config)
+    assert pins.ensure([cfg], proj.home / "state", Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, hang=["pr view"])
+    records = [WorkerRecord(n, project="demo", issue_number=n, pr={"watching": True, "number": n,
+                                                                    "polled_at": float(n)}) for n in (1, 2)]
+    started = time.monotonic()
+    views = pulls.poll(proj.home / "state", lambda _: cfg, records, 100.0, lambda r: None, lambda _: None,
+                       timeout=1.0, budget=0.5)
+    assert time.monotonic() - started < 30
+    assert [(v.worker_id, "timed out" in v.error) for v in views] == [(1, True)]  # the longest waiting first
+    assert records[1].pr["polled_at"] == 2.0  # still due: polled next cycle
+    assert [c[:2] for c in fake.calls("gh")] == [["pr", "view"]]

@@ -6,6 +6,7 @@ holds the issue, in its record's `pr`.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ from orchestrator.decide import PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
 
-POLL_TIMEOUT_S = 30.0  # one gh/glab call of a poll: a slow forge delays a cycle by this much at most
+POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
+POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
 MAX_MERGE_ATTEMPTS = 3
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
@@ -93,10 +95,18 @@ def preflight_problems(state_root: Path, cfg: ProjectConfig, home: Path) -> list
 
 
 def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list[WorkerRecord], now: float,
-         save_record: Callable[[WorkerRecord], None], say: Callable[[str], None]) -> tuple[PrView, ...]:
-    """Poll each watched PR whose poll_seconds have passed (each call bounded); the rest wait for later cycles."""
+         save_record: Callable[[WorkerRecord], None], say: Callable[[str], None],
+         timeout: float = POLL_TIMEOUT_S, budget: float = POLL_BUDGET_S) -> tuple[PrView, ...]:
+    """Poll each watched PR whose poll_seconds have passed, the longest waiting first; each call is bounded by
+    `timeout`, and once polls took `budget` seconds this cycle the rest wait for the next one (a slow forge never
+    keeps the monitor from judging the tries for long)."""
     views = []
-    for record in records:
+    started = time.monotonic()
+    waiting = [r for r in records if r.pr.get("watching")]
+    for record in sorted(waiting, key=lambda r: r.pr.get("polled_at") if isinstance(r.pr.get("polled_at"),
+                                                                                 (int, float)) else 0.0):
+        if time.monotonic() - started >= budget:
+            break
         pr = record.pr
         if not pr.get("watching") or record.issue_number is None or not record.project:
             continue
@@ -113,7 +123,7 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
                 raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
-            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number)
+            seen = forge_of(state_root, cfg, issue, timeout).observe(number)
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)

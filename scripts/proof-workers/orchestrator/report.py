@@ -37,6 +37,8 @@ def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> 
     only while a member carries this run's tag (a pid file can be hours old, its id someone else's)."""
     if record.issue_number is None:
         return "idle", None, None
+    if record.pr.get("watching"):
+        return "watching_pr", None, None  # no try runs: its PR is watched (orchestrator.pulls)
     code = run.files.read_signal(record.worker_id, record.try_id)
     if code is not None:
         try:
