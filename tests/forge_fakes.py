@@ -8,7 +8,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   bucket: pass | fail | pending), `pending_polls` (polls of that head answered "pending" first), `review`
   (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
 - `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
-  never answer), `close` (a human closes the PR without merging at the next view).
+  never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
+  that do their work, then fail as if the connection dropped).
 
 Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
 from the bare remote (`remote` in the state), so a push by the orchestrator is what starts a new round.
@@ -187,6 +188,8 @@ if tool == "gh":
         pr = find(args[2])
         merge(pr)
         save()
+        if "pr merge" in state.get("lost_answer", []):  # merged, but the answer never came back
+            die("Post \"https://api.github.com/graphql\": read tcp: connection reset by peer")
         print("\u2713 Merged pull request #%d" % pr["number"])
         sys.exit(0)
 else:

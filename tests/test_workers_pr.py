@@ -444,3 +444,21 @@ def test_a_hung_forge_delays_a_cycle_by_its_poll_budget_and_the_other_prs_are_po
     assert [(v.worker_id, "timed out" in v.error) for v in views] == [(1, True)]  # the longest waiting first
     assert records[1].pr["polled_at"] == 2.0  # still due: polled next cycle
     assert [c[:2] for c in fake.calls("gh")] == [["pr", "view"]]
+
+
+def test_a_merge_whose_answer_was_lost_is_still_ours_and_raises_no_alert(project, fake_forge):
+    """gh merged the PR but the connection dropped before it said so: the next poll sees it merged, the issue
+    completes, and the default branch it moved is recorded (pr_merged), never a default_branch_moved alert."""
+    proj = project([{"number": 1, "title": "a"}, {"number": 2, "title": "b", "depends_on": [1]}],
+                   pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake_forge(proj.remote, [PASS], lost_answer=["pr merge"])
+    failed, lines = _run(proj)
+    assert failed == 0, lines
+    events = proj.events()
+    assert [e["action"] for e in events if e.get("issue") == 1].count("merge_failed") == 1
+    merged = [e for e in events if e["action"] == "pr_merged"]
+    assert [e["issue"] for e in merged] == [1, 2] and merged[0]["default_head"]
+    from orchestrator.report import status_document
+
+    assert status_document(open_run())["alerts"] == []

@@ -299,6 +299,8 @@ class Executor:
 
     def do_merge_pr(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        record.pr["merging"] = True  # saved first: a merge that went through but was never answered is ours too
+        self.run.files.save_worker(record)
         try:
             pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
@@ -311,14 +313,15 @@ class Executor:
             else:
                 self.say(f"worker {action.worker}: #{issue.number} merge failed, tried at the next poll: {err}")
             return
-        # Our own merge moved the default branch: recorded here, not alerted.
-        moved = alerts.accept_default_head(self.run.files.root, cfg.repo_for(issue))
-        self.run.files.log_event({"action": "pr_merged", "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project, "url": record.pr.get("url"), "default_head": moved})
         self.do_pr_done(Action("pr_done", action.worker, action.issue, "merged"), record)
 
     def do_pr_done(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        if action.reason == "merged" and record.pr.get("merging"):
+            # Our own merge moved the default branch: recorded here, not alerted.
+            moved = alerts.accept_default_head(self.run.files.root, cfg.repo_for(issue))
+            self.run.files.log_event({"action": "pr_merged", "worker": action.worker, "issue": issue.number,
+                                      "project": cfg.project, "url": record.pr.get("url"), "default_head": moved})
         if action.reason == "merged":
             pulls.save(self.run.state_root, cfg.project, issue.number, state="merged", phase="merged",
                        checks="passing")
