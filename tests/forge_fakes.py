@@ -35,7 +35,7 @@ tool = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
 with open(STATE.with_name("calls.jsonl"), "a") as calls:
     calls.write(json.dumps({"tool": tool, "args": args, "cwd": os.getcwd(),
-                            "env_repo": os.environ.get("GH_REPO")}) + "\n")
+                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR")}) + "\n")
 state = json.loads(STATE.read_text())
 
 

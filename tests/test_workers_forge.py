@@ -83,15 +83,16 @@ def test_merge_uses_a_method_the_repo_allows_and_moves_the_default_branch(pushed
     assert pushed.git("ls-remote", "origin", "main").split()[0] == pushed.git("rev-parse", "HEAD")
 
 
-def test_every_call_names_the_pinned_repository_and_gh_repo_in_the_env_is_ignored(pushed, fake_forge, monkeypatch):
+def test_every_call_names_the_pinned_repository_and_gh_repo_or_git_dir_in_the_env_is_ignored(pushed, fake_forge, monkeypatch):
     fake = fake_forge(pushed.remote, [PASS])
     monkeypatch.setenv("GH_REPO", "evil/elsewhere")
+    monkeypatch.setenv("GIT_DIR", "/elsewhere/.git")  # a git hook's: gh would read another repo's remote
     hub = forge_for(forge_repo("", "git@github.com:org/app.git"), pushed.path)
     pr, _ = hub.find_or_create("feature/issue-1", "main", "t", "b")
     hub.observe(pr.number)
     hub.merge(pr.number)
     records = fake.call_records()
-    assert records and all(r["env_repo"] is None for r in records)
+    assert records and all(r["env_repo"] is None and r["git_dir"] is None for r in records)
     for args in (r["args"] for r in records if r["args"][:2] != ["repo", "view"]):
         assert args[-2:] == ["--repo", "github.com/org/app"], args
     assert ["repo", "view", "github.com/org/app"] == next(r["args"][:3] for r in records
