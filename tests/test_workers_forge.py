@@ -83,7 +83,8 @@ def test_merge_uses_a_method_the_repo_allows_and_moves_the_default_branch(pushed
     assert pushed.git("ls-remote", "origin", "main").split()[0] == pushed.git("rev-parse", "HEAD")
 
 
-def test_every_call_names_the_pinned_repository_and_gh_repo_or_git_dir_in_the_env_is_ignored(pushed, fake_forge, monkeypatch):
+def test_every_call_names_the_pinned_repository_and_gh_repo_or_git_dir_in_the_env_is_ignored(pushed, fake_forge,
+                                                                                            monkeypatch):
     fake = fake_forge(pushed.remote, [PASS])
     monkeypatch.setenv("GH_REPO", "evil/elsewhere")
     monkeypatch.setenv("GIT_DIR", "/elsewhere/.git")  # a git hook's: gh would read another repo's remote

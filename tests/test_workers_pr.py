@@ -278,7 +278,8 @@ def test_cleanup_keeps_the_worktree_of_an_issue_whose_pr_is_open(project, fake_f
 
     report = cleanup(open_run())
     [verdict] = report.verdicts
-    assert verdict.outcome == "kept" and verdict.reasons == ["its pull request is open (https://github.com/org/app/pull/1)"]
+    assert verdict.outcome == "kept"
+    assert verdict.reasons == ["its pull request is open (https://github.com/org/app/pull/1)"]
     assert (proj.root / "worktrees" / "issue-1").is_dir()
 
 

@@ -40,7 +40,8 @@ def render(doc: dict[str, Any]) -> Group:
         finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
         issues = Table(expand=True, show_edge=False)
         with_prs = any(i.get("pr") for i in project["issues"])
-        for column in ("issue", "title", "state", "stage", "wave", "depends on", "usage") + (("pr",) if with_prs else ()):
+        columns = ("issue", "title", "state", "stage", "wave", "depends on", "usage") + (("pr",) if with_prs else ())
+        for column in columns:
             issues.add_column(column, overflow="ellipsis", no_wrap=True)
         for i in project["issues"]:
             issues.add_row(f"#{i['number']}", Text(visible(i["title"].replace("\n", " "))),

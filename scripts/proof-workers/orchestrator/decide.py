@@ -60,7 +60,7 @@ class WorkerView:
 class PrWork:
     """Where an issue's pull-request loop stands (config values included: they are per project)."""
 
-    watching: bool = False  # the PR is open and watched; no try runs ("" stage: the last stage's try ended)
+    watching: bool = False  # the PR is open and watched; no try runs
     in_stage: bool = False  # the running try is a fix_ci or address_review stage
     ci_fixes: int = 0
     review_rounds: int = 0
