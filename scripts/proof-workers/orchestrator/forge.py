@@ -70,8 +70,11 @@ class ForgeRepo:
 
     @property
     def named(self) -> str:
-        """The --repo / -R value: HOST/OWNER/NAME (both CLIs accept it), or "" (the CLI reads cwd's remote)."""
-        return f"{self.host}/{self.path}" if self.path else ""
+        """The --repo / -R value, or "" (the CLI reads cwd's remote): gh takes [HOST/]OWNER/REPO; glab reads
+        HOST/GROUP/REPO as a group path, so it gets the full URL (which it accepts)."""
+        if not self.path:
+            return ""
+        return f"https://{self.host}/{self.path}" if self.platform == "gitlab" else f"{self.host}/{self.path}"
 
 
 def parse_remote(url: str) -> tuple[str, str]:
