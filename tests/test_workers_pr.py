@@ -253,10 +253,11 @@ def test_a_pr_closed_by_a_human_fails_the_issue(project, fake_forge):
 
 def test_cleanup_keeps_the_worktree_of_an_issue_whose_pr_is_open(project, fake_forge):
     """Manual merge: the issue completes with its PR open and green; cleanup keeps its worktree (a later fix or
-    review round works there) even though everything in it is pushed."""
+    review round works there) even though everything in it is pushed; once a human merged it, cleanup removes
+    it (the forge is asked again)."""
     proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
                    review={"open": "pr", "merge": "manual", "poll_seconds": 0.2})
-    fake_forge(proj.remote, [PASS])
+    fake = fake_forge(proj.remote, [PASS])
     failed, lines = _run(proj)
     assert failed == 0, lines
     from orchestrator.report import status_document
@@ -281,6 +282,10 @@ def test_cleanup_keeps_the_worktree_of_an_issue_whose_pr_is_open(project, fake_f
     assert verdict.outcome == "kept"
     assert verdict.reasons == ["its pull request is open (https://github.com/org/app/pull/1)"]
     assert (proj.root / "worktrees" / "issue-1").is_dir()
+    fake.update(prs=[{**pr, "state": "MERGED"} for pr in fake.prs()])  # a human merges it
+    [verdict] = cleanup(open_run()).verdicts
+    assert verdict.outcome == "removed" and not (proj.root / "worktrees" / "issue-1").exists()
+    assert _prs_file(proj)["1"]["state"] == "merged"
 
 
 @pytest.mark.parametrize("platform,auth,path_kept,fix", [

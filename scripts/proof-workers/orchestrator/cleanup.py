@@ -177,7 +177,7 @@ def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None, open_prs: dict[s
             continue
         reasons = doubts(repo, entry.path, pin)
         if entry.branch in open_prs:  # its fix_ci / address_review stages would work there
-            reasons.append(f"its pull request is open ({open_prs[entry.branch]})")
+            reasons.append(open_prs[entry.branch])
         if not reasons:
             worktrees.git(repo.path, "worktree", "remove", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))

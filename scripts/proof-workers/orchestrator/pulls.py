@@ -246,10 +246,23 @@ def pr_states(state_root: Path, project: str, issues: dict[int, str],
 
 
 def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
-    """Branch -> url of this project's PRs still open (cleanup keeps their worktrees)."""
+    """Branch -> why its worktree is kept, for this project's PRs last seen open: each is asked again (bounded;
+    a human may have merged or closed it since); one the forge does not answer for stays kept."""
     out = {}
     for key, entry in load(state_root, cfg.project).items():
         issue = cfg.issue(int(key)) if key.isdigit() else None
-        if issue is not None and entry.get("state") == "open":
-            out[cfg.branch_for(issue)] = str(entry.get("url") or "")
+        if issue is None or entry.get("state") != "open":
+            continue
+        url = str(entry.get("url") or "")
+        try:
+            number = entry.get("number")
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise ForgeError(f"no PR number recorded ({clip(repr(number))})")
+            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number)
+        except (ForgeError, OrchestratorError) as err:
+            out[cfg.branch_for(issue)] = f"its pull request is open ({url}; not asked again: {err})"
+            continue
+        save(state_root, cfg.project, issue.number, state=seen.state)
+        if seen.state == "open":
+            out[cfg.branch_for(issue)] = f"its pull request is open ({url})"
     return out
