@@ -104,6 +104,9 @@ def _tally(value: Any, kind: type) -> float:
     return value if math.isfinite(value) and value >= 0 else 0
 
 
+PR_EVENTS = ("pr_opened", "pr_adopted", "pr_merged")  # the pull-request loop's (review.open "pr")
+
+
 def _worker_events(path: Path) -> list[tuple[str, int, str, int, str]]:
     """(timestamp, line, action, issue, project) of each mark_complete, skip and reassign line of a run's log;
     a line cut by a crash (or not JSON, or not UTF-8) is skipped, as the monitor skips it."""
@@ -122,7 +125,7 @@ def _worker_events(path: Path) -> list[tuple[str, int, str, int, str]]:
             continue
         action = event.get("action")
         number = event.get("new_issue") if action == "reassign" else event.get("issue")
-        if action in ("mark_complete", "skip", "reassign") and isinstance(number, int) \
+        if action in ("mark_complete", "skip", "reassign", *PR_EVENTS) and isinstance(number, int) \
                 and not isinstance(number, bool):
             project = event.get("project")
             out.append((str(doc.get("timestamp") or ""), index, action, number,
@@ -159,7 +162,13 @@ def proof_workers(state_dir: Path) -> str:
         lines += [(at, order, index, action, number, project)
                   for at, index, action, number, project in _worker_events(run_dir / "orchestrator-log.jsonl")]
     state: dict[tuple[str, int], str] = {}
+    prs: dict[tuple[str, int], str] = {}  # where each issue's pull request stands: open, merged
     for _, _, _, action, number, project in sorted(lines):  # a project led one run and joined another: by time
+        if action in PR_EVENTS:
+            prs[(project, number)] = "merged" if action == "pr_merged" else "open"
+            continue
+        if action == "reassign" or (action == "skip" and prs.get((project, number)) == "open"):
+            prs.pop((project, number), None)  # worked again, or failed (a closed PR, rounds used up)
         state[(project, number)] = action
     projects = sorted(set(usage) | {project for project, _ in state})
     if not projects:
@@ -171,8 +180,12 @@ def proof_workers(state_dir: Path) -> str:
         rows.append([name, ends.count("mark_complete"), ends.count("skip"), turns, f"${cost:.4f}"])
     table = markdown_table(rows, ["Project", "Completed", "Failed", "Turns", "Cost"])
     all_turns, all_cost = sum(u[0] for u in usage.values()), sum(u[1] for u in usage.values())
+    pr_line = ""
+    if prs:
+        counts = [f"{list(prs.values()).count(s)} {s}" for s in ("merged", "open")]
+        pr_line = "\n\nPull requests: " + ", ".join(counts) + "."
     return f"Issues completed and failed so far; turns and cost over every try. " \
-           f"Total: {all_turns} turns, ${all_cost:.4f}.\n\n{table}"
+           f"Total: {all_turns} turns, ${all_cost:.4f}.\n\n{table}{pr_line}"
 
 
 def active_tasks(tasks: list[Task], today: date) -> str:

@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, show, tmux, worktree_setup, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, pulls, sandbox, show, tmux, worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
@@ -105,7 +105,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
         configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
     text = (RESUME_PROMPT + continuation if resume else
-            prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
+            prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation,
+                           *((record.stage, str(record.pr.get("task") or "")) if record.stage in configs.PR_STAGES
+                             else ())))
     prompt.write_text(text, encoding="utf-8")
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
@@ -260,6 +262,76 @@ class Executor:
         self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
                                   "project": cfg.project})
         self.say(f"worker {action.worker}: #{issue.number} completed")
+
+    # --- the pull-request loop (orchestrator.pulls does the work) ---------------------------------------------
+
+    def do_open_pr(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        try:
+            created = pulls.open_pr(self.run.state_root, cfg, issue, record, self.run.clock())
+        except OrchestratorError as err:  # the branch stays, pushed: the PR can be opened by hand
+            self.do_skip(Action("skip", action.worker, action.issue, f"pull request not opened: {err}"), record)
+            return
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "pr_opened" if created else "pr_adopted", "worker": action.worker,
+                                  "issue": issue.number, "project": cfg.project, "url": record.pr["url"]})
+        self.say(f"worker {action.worker}: #{issue.number} {'opened' if created else 'adopted'} {record.pr['url']}")
+
+    def do_watch_pr(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        pulls.watch_again(self.run.state_root, cfg, issue, record, self.run.clock())
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "pr_watch", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project})
+
+    def _pr_stage(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        pulls.start_stage(self.run.state_root, cfg, issue, record, action.kind)
+        record.retry_count = record.lost_tries = record.push_failures = 0
+        record.nudged = False
+        record.last_reason = action.reason
+        _next_try(self.run, record)
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": action.kind, "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project, "reason": action.reason})
+        self.say(f"worker {action.worker}: #{issue.number} {action.kind}: {action.reason}")
+        start_try(self.run, record)
+
+    do_fix_ci = do_address_review = _pr_stage
+
+    def do_merge_pr(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        record.pr["merging"] = True  # saved first: a merge that went through but was never answered is ours too
+        self.run.files.save_worker(record)
+        try:
+            pulls.merge(self.run.state_root, cfg, issue, record)
+        except OrchestratorError as err:
+            record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
+            self.run.files.save_worker(record)
+            self.run.files.log_event({"action": "merge_failed", "worker": action.worker, "issue": issue.number,
+                                      "project": cfg.project, "error": str(err)})
+            if record.pr["merge_failures"] >= pulls.MAX_MERGE_ATTEMPTS:
+                self.do_skip(Action("skip", action.worker, action.issue, f"merge failed: {err}"), record)
+            else:
+                self.say(f"worker {action.worker}: #{issue.number} merge failed, tried at the next poll: {err}")
+            return
+        self.do_pr_done(Action("pr_done", action.worker, action.issue, "merged"), record)
+
+    def do_pr_done(self, action: Action, record: WorkerRecord) -> None:
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        if action.reason == "merged" and record.pr.get("merging"):
+            # Our own merge moved the default branch: recorded here, not alerted.
+            moved = alerts.accept_default_head(self.run.files.root, cfg.repo_for(issue))
+            self.run.files.log_event({"action": "pr_merged", "worker": action.worker, "issue": issue.number,
+                                      "project": cfg.project, "url": record.pr.get("url"), "default_head": moved})
+        if action.reason == "merged":
+            pulls.save(self.run.state_root, cfg.project, issue.number, state="merged", phase="merged",
+                       checks="passing")
+        configs.set_issue(cfg.path, issue.number, status="completed")
+        _free(self.run, record)
+        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project, "pr": action.reason})
+        self.say(f"worker {action.worker}: #{issue.number} completed (PR {action.reason})")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]

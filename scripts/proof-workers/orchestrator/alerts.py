@@ -511,3 +511,18 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
         if key in stage_end:
             guarded("default branch", lambda: checks.default_branch(key, snap, stage_end[key]))
     return out, checks.found, checks.changed
+
+
+def accept_default_head(root: Path, repo: RepoConfig) -> str | None:
+    """The orchestrator's own merge moved this repository's default branch: the run's snapshot takes the new
+    head (the caller records the merge; no default_branch_moved alert follows). Returns the new head."""
+    doc = load(root)
+    snap = doc["repos"].get(str(repo.path)) if doc is not None else None
+    if snap is None:
+        return None
+    try:
+        snap["default_head"] = _remote_head(watched_url(snap), snap["default_branch"])
+    except worktrees.GitFailed:
+        snap["default_unknown"] = True  # its next answer becomes the baseline
+    write_json(run_file(root), doc)
+    return snap.get("default_head")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lib import runner
-from orchestrator import pins, tmux, worktrees
+from orchestrator import pins, pulls, tmux, worktrees
 from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
 from orchestrator.pins import Pin
@@ -143,7 +143,9 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
                 if repo.path in seen or not repo.path.is_dir():
                     continue
                 seen.add(repo.path)
-                verdicts.extend(_clean_repo(repo, force, pinned[cfg.project].get(repo.name)))
+                open_prs = {b: u for c in run.configs for b, u in pulls.open_branches(run.state_root, c).items()
+                            if any(r.path == repo.path for r in c.repos.values())}
+                verdicts.extend(_clean_repo(repo, force, pinned[cfg.project].get(repo.name), open_prs))
     return CleanupReport(killed, verdicts)
 
 
@@ -163,7 +165,7 @@ def _monitor_stopped(run: Run, seconds: float = 3.0) -> Iterator[None]:
         yield
 
 
-def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None) -> list[Verdict]:
+def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None, open_prs: dict[str, str]) -> list[Verdict]:
     out = []
     listed = worktrees.registered(repo.path)
     for entry in listed[1:]:  # the first is the main worktree
@@ -174,6 +176,8 @@ def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None) -> list[Verdict]
             out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))
             continue
         reasons = doubts(repo, entry.path, pin)
+        if entry.branch in open_prs:  # its fix_ci / address_review stages would work there
+            reasons.append(open_prs[entry.branch])
         if not reasons:
             worktrees.git(repo.path, "worktree", "remove", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))

@@ -42,6 +42,10 @@ PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its va
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
 INIT_HINT = "python3 -m orchestrator init --repo NAME (or inv workers.init --repo NAME)"
+PR_STAGES = ("fix_ci", "address_review")  # stages the pull-request loop starts (prompts may override them)
+PLATFORMS = ("github", "gitlab")
+# The `review` block of the original's Go rewrite (its own review sessions): loads with a warning, does nothing here.
+GO_REVIEW_KEYS = ("enabled", "parallel_workers", "session_timeout", "post_comments", "strict_mode")
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,19 @@ class RepoConfig:
     default_branch: str
     worktree_base: Path
     branch_prefix: str
-    platform: str = "gitlab"
+    platform: str = ""  # github | gitlab; "": from the pinned url's host (orchestrator.forge.platform_for)
     setup: WorktreeSetup | None = None  # worktree_setup: the repo's own, else the config's top-level one
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """The pull-request loop (`review`): open "none" is the run without it."""
+
+    open: str = "none"  # none | pr
+    merge: str = "manual"  # manual | auto
+    max_ci_fixes: int = 3
+    max_review_rounds: int = 2
+    poll_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class ProjectConfig:
     warnings: tuple[str, ...] = ()  # what loads but deserves a word (launch prints them): `file: field: what`
     max_log_bytes: int = DEFAULT_LOG_CAP  # each try's log: past it, its head, a cut mark and its tail
     on_event: Hook | None = None  # run with one event-log line on stdin (orchestrator.hooks)
+    review: ReviewConfig = ReviewConfig()
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -242,7 +258,7 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
         prefix = check.get(doc, "branch_prefix", "str", "", where)
         branch = check.get(doc, "default_branch", "str", "main", where)
         base_dir = check.get(doc, "worktree_base", "str", "", where)
-        platform = check.get(doc, "platform", "str", "gitlab", where)
+        platform = check.get(doc, "platform", "str", "", where)
         if not path:
             check.bad(f"{where}{path_key}", "missing: the repository's path")
             return None
@@ -434,8 +450,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     sandbox, sandbox_writable = _sandbox(raw, check, agent, repos)
     prompts = check.get(raw, "prompts", "dict", {})
     for stage, template in prompts.items():
-        if stage not in VALID_STAGES:
-            check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES)})")
+        if stage not in VALID_STAGES + PR_STAGES:
+            check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES + PR_STAGES)})")
         elif not isinstance(template, str):
             check.bad(f"prompts.{stage}", "must be a string")
     on_alert = check.get(raw, "on_alert", "str", "warn")
@@ -454,6 +470,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if max_log_bytes < MIN_LOG_CAP:
         check.bad("max_log_bytes", f"must be at least {MIN_LOG_CAP} (64 KiB), got {max_log_bytes}")
     on_event = parse_hook(raw.get("on_event"), check.bad)
+    review = _review(raw, check, repos)
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
@@ -461,7 +478,39 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
         agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
         on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, on_event=on_event,
+        review=review,
         warnings=tuple(check.warnings), max_log_bytes=max_log_bytes, **timings)
+
+
+def _review(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig]) -> ReviewConfig:
+    doc = check.get(raw, "review", "dict", {})
+    known = {"open", "merge", "max_ci_fixes", "max_review_rounds", "poll_seconds"}
+    for key in sorted(set(doc) - known):
+        if key in GO_REVIEW_KEYS:  # the original's Go rewrite: its review sessions are not ours; the file still loads
+            check.warn(f"review.{key}", "a setting of the original's Go rewrite, not used here (see `review` in "
+                                        "the README for this tool's pull-request loop)")
+        else:
+            check.bad(f"review.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    opened = check.get(doc, "open", "str", "none", "review.")
+    if opened not in ("none", "pr"):
+        check.bad("review.open", f"must be \"none\" or \"pr\", got {json.dumps(opened)[:60]}")
+    merge = check.get(doc, "merge", "str", "manual", "review.")
+    if merge not in ("manual", "auto"):
+        check.bad("review.merge", f"must be \"manual\" or \"auto\", got {json.dumps(merge)[:60]}")
+    limits = {key: check.get(doc, key, "int", default, "review.")
+              for key, default in (("max_ci_fixes", 3), ("max_review_rounds", 2))}
+    for key, value in limits.items():
+        if value < 0:
+            check.bad(f"review.{key}", f"must be >= 0, got {value}")
+    poll = check.get(doc, "poll_seconds", "num", 60.0, "review.")
+    if poll <= 0:
+        check.bad("review.poll_seconds", f"must be > 0 seconds, got {poll}")
+    if opened == "pr":
+        for repo in repos.values():
+            if repo.platform and repo.platform not in PLATFORMS:
+                check.bad(f"repos.{repo.name}.platform" if "repos" in raw else "platform",
+                          f"review.open \"pr\" needs github or gitlab, got {repo.platform!r}")
+    return ReviewConfig(opened, merge, limits["max_ci_fixes"], limits["max_review_rounds"], float(poll))
 
 
 def load_config(path: Path) -> ProjectConfig:

@@ -13,10 +13,11 @@ from rich.text import Text
 
 from lib.views import visible
 from orchestrator.heartbeat import monitor_line
-from orchestrator.report import agent_text, alert_line, count_text, paused_line, usage_text
+from orchestrator.report import agent_text, alert_line, count_text, paused_line, pr_text, usage_text
 
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
-               "pending": "white", "waiting": "dim"}
+               "pending": "white", "waiting": "dim", "merged": "green", "pr_open": "cyan", "ci_failed": "red",
+               "changes_requested": "magenta"}
 
 
 def render(doc: dict[str, Any]) -> Group:
@@ -38,12 +39,15 @@ def render(doc: dict[str, Any]) -> Group:
     for project in doc["projects"]:
         finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
         issues = Table(expand=True, show_edge=False)
-        for column in ("issue", "title", "state", "stage", "wave", "depends on", "usage"):
+        with_prs = any(i.get("pr") for i in project["issues"])
+        columns = ("issue", "title", "state", "stage", "wave", "depends on", "usage") + (("pr",) if with_prs else ())
+        for column in columns:
             issues.add_column(column, overflow="ellipsis", no_wrap=True)
         for i in project["issues"]:
             issues.add_row(f"#{i['number']}", Text(visible(i["title"].replace("\n", " "))),
                            Text(i["state"], style=STATE_STYLE.get(i["state"], "")), i["stage"], str(i["wave"]),
-                           ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i))
+                           ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i),
+                           *([Text(visible(pr_text(i.get("pr"))))] if with_prs else []))
         header = Text(f"{project['project']}: {count_text(project)}   pipeline: "
                       + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"]))
                       + "   " + usage_text(project))

@@ -53,6 +53,39 @@ class WorkerView:
     push_failures: int = 0
     start_failures: int = 0
     lost_tries: int = 0
+    pr: PrWork | None = None  # the issue's pull-request loop (review.open "pr"), None without it
+
+
+@dataclass(frozen=True)
+class PrWork:
+    """Where an issue's pull-request loop stands (config values included: they are per project)."""
+
+    watching: bool = False  # the PR is open and watched; no try runs
+    in_stage: bool = False  # the running try is a fix_ci or address_review stage
+    ci_fixes: int = 0
+    review_rounds: int = 0
+    head: str = ""  # the commit we pushed last: checks of another head are not this round's
+    review_seen: str = ""  # the review round already addressed
+    merge: str = "manual"  # manual | auto
+    max_ci_fixes: int = 3
+    max_review_rounds: int = 2
+
+
+@dataclass(frozen=True)
+class PrView:
+    """One poll of a watched PR this cycle (orchestrator.forge.Observation, or why the poll failed)."""
+
+    worker_id: int
+    number: int = 0
+    url: str = ""
+    state: str = ""  # open | merged | closed ("" when the poll failed)
+    head: str = ""
+    checks: str = "none"  # pending | passing | failing | none
+    failed: tuple[str, ...] = ()  # names of the failed checks
+    review: str = ""  # approved | changes_requested | required | ""
+    review_id: str = ""
+    quiet_polls: int = 0  # polls in a row of this head with no check reported
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,11 +109,14 @@ class State:
     workers: tuple[WorkerView, ...]
     issues: tuple[IssueView, ...]
     paused: tuple[Pause, ...] = ()
+    prs: tuple[PrView, ...] = ()  # this cycle's polls of watched PRs
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold
+    # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold; the PR loop:
+    # open_pr, watch_pr, fix_ci, address_review, merge_pr, pr_done
+    kind: str
     worker: int
     issue: IssueRef | None = None
     reason: str = ""
@@ -99,6 +135,7 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
     issues = {i.ref: i for i in state.issues}
     paused_projects = {p.project for p in state.paused if p.issue is None}
     paused_issues = {IssueRef(p.project, p.issue) for p in state.paused if p.issue is not None}
+    polls = {p.worker_id: p for p in state.prs}
 
     def paused(ref: IssueRef) -> bool:
         return ref.project in paused_projects or ref in paused_issues
@@ -111,6 +148,12 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
             free.append((worker.worker_id, False))
             continue
         if paused(worker.issue):
+            continue
+        if worker.pr is not None and worker.pr.watching:
+            judged = _judge_pr(worker, worker.pr, polls.get(worker.worker_id))
+            actions.extend(judged)
+            if any(a.kind in ("pr_done", "skip") for a in judged):
+                free.append((worker.worker_id, True))
             continue
         snapshot = by_worker.get(worker.worker_id)
         if snapshot is None or snapshot.try_id != worker.try_id:
@@ -180,6 +223,10 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                                              "local branch")]
         stages = issue.stage_count if issue else 1
         done = [Action("push", wid, ref, f"{snap.new_commits} new commit(s) in this stage")]
+        if worker.pr is not None and worker.pr.in_stage:
+            return done + [Action("watch_pr", wid, ref, "fix pushed: the PR is watched again")]
+        if worker.pr is not None and worker.stage_index + 1 >= stages:
+            return done + [Action("open_pr", wid, ref, "all pipeline stages done")]
         if worker.stage_index + 1 < stages:
             return done + [Action("advance_stage", wid, ref, f"stage {worker.stage_index + 1}/{stages} verified")]
         return done + [Action("mark_complete", wid, ref, "all pipeline stages done")]
@@ -191,6 +238,39 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     if snap.elapsed_seconds >= settings.wall_clock_timeout:
         return failed_try(f"past wall_clock_timeout ({snap.elapsed_seconds:.0f}s)")
     return []
+
+
+def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Action]:
+    """A watched PR, on this cycle's poll (none: not due yet, nothing to do)."""
+    ref, wid = worker.issue, worker.worker_id
+    if poll is None or poll.error:
+        return []
+    if poll.state == "merged":
+        return [Action("pr_done", wid, ref, "merged")]
+    if poll.state == "closed":
+        return [Action("skip", wid, ref, "pr closed")]
+    if work.head and poll.head and poll.head != work.head:
+        return []  # the forge has not seen our last push yet: these checks are of an older head
+    if poll.checks == "failing":
+        names = ", ".join(poll.failed) or "a check"
+        if work.ci_fixes < work.max_ci_fixes:
+            return [Action("fix_ci", wid, ref, f"checks failed: {names}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
+        return [Action("skip", wid, ref, f"checks still failing ({names}) after {work.ci_fixes} fix round(s) "
+                                         f"(max_ci_fixes {work.max_ci_fixes})")]
+    if poll.review == "changes_requested" and poll.review_id != work.review_seen:
+        if work.review_rounds < work.max_review_rounds:
+            return [Action("address_review", wid, ref, f"review requested changes; round {work.review_rounds + 1}/"
+                                                       f"{work.max_review_rounds}")]
+        return [Action("skip", wid, ref, f"review still requests changes after {work.review_rounds} round(s) "
+                                         f"(max_review_rounds {work.max_review_rounds})")]
+    green = poll.checks == "passing" or (poll.checks == "none" and poll.quiet_polls >= 2)
+    if not green or poll.review == "changes_requested":
+        return []
+    if work.merge == "manual":
+        return [Action("pr_done", wid, ref, "open and green; a human merges")]
+    if poll.review == "required":
+        return []  # the repository wants an approval first
+    return [Action("merge_pr", wid, ref, "checks green" + (", approved" if poll.review == "approved" else ""))]
 
 
 # --- journal form: plain JSON both ways, so a recorded cycle can be replayed ---------------------
@@ -208,9 +288,11 @@ def cycle_to_json(snapshots: Sequence[Snapshot], state: State, settings: Setting
 def cycle_from_json(doc: dict[str, Any]) -> tuple[list[Snapshot], State, Settings, list[Action]]:
     snapshots = [Snapshot(**s) for s in doc["snapshots"]]
     state = State(
-        workers=tuple(WorkerView(**{**w, "issue": _ref(w["issue"])}) for w in doc["state"]["workers"]),
+        workers=tuple(WorkerView(**{**w, "issue": _ref(w["issue"]), "pr": PrWork(**w["pr"]) if w.get("pr") else None})
+                      for w in doc["state"]["workers"]),
         issues=tuple(IssueView(**{**i, "ref": IssueRef(**i["ref"]), "depends_on": tuple(i["depends_on"])})
                      for i in doc["state"]["issues"]),
-        paused=tuple(Pause(**p) for p in doc["state"].get("paused", [])))
+        paused=tuple(Pause(**p) for p in doc["state"].get("paused", [])),
+        prs=tuple(PrView(**{**p, "failed": tuple(p["failed"])}) for p in doc["state"].get("prs", [])))
     actions = [Action(**{**a, "issue": _ref(a["issue"])}) for a in doc["actions"]]
     return snapshots, state, Settings(**doc["settings"]), actions

@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from orchestrator import pins, resume, sandbox, tmux, worktrees
+from orchestrator import pins, pulls, resume, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
@@ -241,6 +241,8 @@ def preflight(run: Run) -> Preflight:
             problems += sandbox.writable_problems(cfg)
         if cfg.sandbox == "bwrap" and bwrap_problem:
             problems.append(f"{cfg.path}: sandbox: \"bwrap\" cannot be used here: {bwrap_problem}")
+        if cfg.review.open == "pr":
+            problems += pulls.preflight_problems(run.state_root, cfg, Paths.from_env().home)
     if problems:
         raise ConfigError(problems)
     return Preflight(agents, bwrap_problem)
@@ -251,7 +253,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     check_repos(run)
     checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
+    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()))
     assignments = []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:

@@ -8,10 +8,10 @@ from typing import Callable
 from lib import runner
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
-from orchestrator import alerts, budgets, hooks, pauses, probe, tmux, worktrees
+from orchestrator import alerts, budgets, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.act import Executor, kill_try, worker_window
-from orchestrator.decide import Pause, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
+from orchestrator.decide import Pause, PrWork, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
@@ -49,11 +49,15 @@ def settings_of(run: Run) -> Settings:
     return Settings(run.lead.max_retries, run.lead.stall_timeout, run.lead.wall_clock_timeout)
 
 
-def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
+def worker_views(records: list[WorkerRecord], run: Run | None = None) -> tuple[WorkerView, ...]:
+    def pr_work(record: WorkerRecord) -> PrWork | None:
+        cfg = next((c for c in run.configs if c.project == record.project), None) if run else None
+        return pulls.work_of(cfg, record) if cfg is not None and record.issue_number is not None else None
+
     return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
                             if r.project and r.issue_number is not None else None,
                             r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
-                            r.start_failures, r.lost_tries)
+                            r.start_failures, r.lost_tries, pr_work(r))
                  for r in records)
 
 
@@ -200,7 +204,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     table = runner.process_table()
     snapshots: list[Snapshot] = []
     for record in records:
-        if record.issue_number is not None:
+        if record.issue_number is not None and not record.pr.get("watching"):  # a watched PR has no try to probe
             try:
                 snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files,
                                                 now))
@@ -214,7 +218,8 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
             run.files.save_worker(record)
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
-    state = State(worker_views(records), issue_views(run, records), active_pauses(run, now))
+    polled = pulls.poll(run.state_root, run.config_of, records, now, run.files.save_worker, say)
+    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled)
     settings = settings_of(run)
     actions = decide(snapshots, state, settings)
     if actions:

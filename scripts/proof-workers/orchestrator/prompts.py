@@ -16,6 +16,11 @@ STAGE_TASKS = {
     "draft": "Draft the document the issue asks for and commit it.",
     "validate": "Check the work on this branch against the issue; fix what is wrong and commit.",
     "review": "Review the changes on this branch against the issue; fix what you find and commit.",
+    # The pull-request loop's stages (review.open "pr"); `{{pr_task}}` holds what the forge said.
+    "fix_ci": "The pull request of this branch has failing checks. Find the cause in the logs below, fix it, run "
+              "the affected tests, and commit the fix on this branch.",
+    "address_review": "A reviewer requested changes on the pull request of this branch. Address every comment "
+                      "below (or say in a commit message why not), and commit on this branch.",
 }
 # A stage with no task of its own above (the Go rewrite's `test`): the stage's name says what to do.
 GENERIC_TASK = ("This is the {stage} stage of the pipeline {pipeline}: do the {stage} work this issue and branch "
@@ -62,15 +67,19 @@ def _context(ctx: dict[str, Any]) -> str:
 
 
 def render(cfg: ProjectConfig, issue: Issue, stage_index: int, worktree: str, branch: str,
-           continuation: str = "") -> str:
-    stage = cfg.pipeline[stage_index]
+           continuation: str = "", pr_stage: str = "", pr_task: str = "") -> str:
+    """The stage's prompt; `pr_stage` (fix_ci, address_review) with `pr_task` (the failed checks and their logs,
+    or the review's comments) for a stage of the pull-request loop."""
+    stage = pr_stage or cfg.pipeline[stage_index]
     prefix = str(cfg.project_context.get("commit_prefix") or "")
     values = {
         "issue.number": str(issue.number), "issue.title": issue.title,
         "issue.description": issue.description or "(no description: work from the title)",
-        "stage": stage, "stage_position": f"{stage_index + 1}/{len(cfg.pipeline)}",
+        "stage": stage, "stage_position": "after all stages" if pr_stage else f"{stage_index + 1}/{len(cfg.pipeline)}",
         "pipeline": " -> ".join(cfg.pipeline), "project": cfg.project, "worktree": worktree, "branch": branch,
-        "task": STAGE_TASKS.get(stage) or GENERIC_TASK.format(stage=stage, pipeline=" -> ".join(cfg.pipeline)),
+        "task": (STAGE_TASKS.get(stage) or GENERIC_TASK.format(stage=stage, pipeline=" -> ".join(cfg.pipeline)))
+                + (f"\n\n{pr_task}" if pr_stage else ""),
+        "pr_task": pr_task,
         "commit_rule": f"Commit messages: `{prefix}: <what> (#{issue.number})`." if prefix else "",
         "project_context": _context(cfg.project_context),
         "rules": RULES.format(branch=branch, worktree=worktree),

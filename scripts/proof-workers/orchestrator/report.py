@@ -8,7 +8,7 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses
+from orchestrator import agents, alerts, heartbeat, pauses, pulls
 from orchestrator.act import agent_log
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
@@ -37,6 +37,8 @@ def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> 
     only while a member carries this run's tag (a pid file can be hours old, its id someone else's)."""
     if record.issue_number is None:
         return "idle", None, None
+    if record.pr.get("watching"):
+        return "watching_pr", None, None  # no try runs: its PR is watched (orchestrator.pulls)
     code = run.files.read_signal(record.worker_id, record.try_id)
     if code is not None:
         try:
@@ -145,6 +147,9 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     usage = usage_totals(run)
     for cfg in run.configs:
         paused = _pauses_of(run, cfg.project, now)
+        prs = pulls.pr_states(run.state_root, cfg.project,
+                              {i.number: by_ref[IssueRef(cfg.project, i.number)].status for i in cfg.issues},
+                              {r.issue_number for r in records if r.project == cfg.project and r.pr})
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
@@ -156,12 +161,13 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
                     state = "waiting"
             resuming_at = cfg.stage_name(issue) if view.resuming else None  # taken first by its worker
+            state, pr = prs.get(issue.number, (state, None))
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "resuming_at": resuming_at,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.stage_name(issue),
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []), "pr": pr,
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
@@ -227,7 +233,8 @@ def paused_line(entries: list[dict[str, Any]]) -> str:
                      + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
 
 
-STATE_ORDER = ("completed", "failed", "blocked", "in_progress", "waiting", "pending")
+STATE_ORDER = ("completed", "merged", "failed", "blocked", "in_progress", "pr_open", "ci_failed", "changes_requested",
+               "waiting", "pending")
 
 
 def count_text(project: dict[str, Any]) -> str:
@@ -235,6 +242,13 @@ def count_text(project: dict[str, Any]) -> str:
     counts = project["counts"]
     order = [s for s in STATE_ORDER if s in counts] + sorted(s for s in counts if s not in STATE_ORDER)
     return ", ".join(f"{counts[s]} {s}" for s in order) + f" of {project['total']}"
+
+
+def pr_text(pr: dict[str, Any] | None) -> str:
+    """An issue's pull request as a cell: `#7 open, checks failing <url>` (- when it has none)."""
+    if not pr:
+        return "-"
+    return f"#{pr.get('number')} {pr.get('state')}, checks {pr.get('checks')} {pr.get('url') or ''}".strip()
 
 
 def usage_text(item: dict[str, Any]) -> str:
@@ -274,8 +288,10 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], state_text(i), i["stage"] or "all done",
                                    i["wave"], i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-",
                                    usage_text(i)]
+                                  + ([pr_text(i.get("pr"))] if any(j.get("pr") for j in project["issues"]) else [])
                                   for i in project["issues"]],
-                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
+                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]
+                                 + (["pr"] if any(j.get("pr") for j in project["issues"]) else [])))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))

@@ -1,0 +1,392 @@
+"""Pull requests on a forge through its CLI (gh for GitHub, glab for GitLab): open or adopt, checks, review, merge.
+
+Every call is an argv (no shell text), in a process group of its own, killed at its timeout, with an env
+that cannot point the CLI at another repository (GH_REPO, GIT_DIR, ...). Results are read from the CLIs'
+JSON forms, never from an exit code alone (`gh pr checks` exits 8 while checks are pending, 1 when one
+failed). Each failure becomes one `ForgeError` line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from lib.errors import OrchestratorError, clip
+from orchestrator.worktrees import clean_env
+
+PLATFORMS = ("github", "gitlab")
+CALL_TIMEOUT_S = 60.0
+MAX_OUTPUT = 4 * 1024 * 1024  # a CLI's output kept (failed logs can be huge): the end is what matters
+# What would make gh or glab act on another repository or host than the one we name, or prompt.
+FORGE_ENV = ("GH_REPO", "GH_HOST", "GITLAB_REPO", "GITLAB_HOST", "GL_HOST", "BROWSER", "GH_BROWSER")
+INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and run `gh auth login`",
+                "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
+LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
+BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
+
+
+class ForgeError(OrchestratorError):
+    """A gh/glab call failed: one line naming the call and what the CLI said."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    url: str
+    state: str  # open | merged | closed
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll of a PR: its state, head, checks and review (what decide reads, journalled as JSON)."""
+
+    number: int
+    url: str
+    state: str  # open | merged | closed
+    head: str = ""  # the commit the forge sees as the PR's head ("" unknown)
+    checks: str = "none"  # pending | passing | failing | none (no check reported)
+    failed: tuple[tuple[str, str], ...] = ()  # (check name, link) of each failed check
+    review: str = ""  # approved | changes_requested | required | ""
+    comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
+    review_id: str = ""  # what identifies this review round (a new one starts another address_review)
+
+
+@dataclass(frozen=True)
+class ForgeRepo:
+    """Where calls go: the platform, and host + path of the repository when the pinned url names one."""
+
+    platform: str
+    host: str = ""
+    path: str = ""  # owner/name (GitHub), group/sub/name (GitLab); "" when the url is a local path
+
+    @property
+    def named(self) -> str:
+        """The --repo / -R value, or "" (the CLI reads cwd's remote): gh takes [HOST/]OWNER/REPO; glab reads
+        HOST/GROUP/REPO as a group path, so it gets the full URL (which it accepts)."""
+        if not self.path:
+            return ""
+        return f"https://{self.host}/{self.path}" if self.platform == "gitlab" else f"{self.host}/{self.path}"
+
+
+def parse_remote(url: str) -> tuple[str, str]:
+    """(host, path without .git) of a forge url; ("", "") for a local path or a url naming no repository.
+
+    >>> parse_remote("git@github.com:org/app.git")
+    ('github.com', 'org/app')
+    >>> parse_remote("https://gitlab.example.com/group/sub/app")
+    ('gitlab.example.com', 'group/sub/app')
+    >>> parse_remote("ssh://git@github.com:22/org/app.git")
+    ('github.com', 'org/app')
+    >>> parse_remote("/srv/git/app.git")
+    ('', '')
+    """
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            return "", ""
+        host, path = parts.hostname or "", parts.path
+    elif re.match(r"^[^/:]+:", url) and ":" in url and not url.startswith("/"):
+        where, path = url.split(":", 1)
+        host = where.rsplit("@", 1)[-1]
+    else:
+        return "", ""
+    path = path.strip("/").removesuffix(".git")
+    if not host or path.count("/") < 1 or any(not p or p.startswith(".") for p in path.split("/")):
+        return "", ""
+    return host.lower(), path
+
+
+def platform_for(configured: str, url: str) -> str:
+    """The config's `platform`; else github for github.com, gitlab otherwise (a GitLab host, and the code's
+    default)."""
+    if configured:
+        return configured
+    host, _ = parse_remote(url)
+    return "github" if host == "github.com" else "gitlab"
+
+
+def forge_repo(configured: str, url: str) -> ForgeRepo:
+    host, path = parse_remote(url)
+    return ForgeRepo(platform_for(configured, url), host, path)
+
+
+def forge_env() -> dict[str, str]:
+    env = {k: v for k, v in clean_env().items() if k not in FORGE_ENV}
+    env.update({"GH_PROMPT_DISABLED": "1", "GH_NO_UPDATE_NOTIFIER": "1", "NO_COLOR": "1", "GH_PAGER": "cat",
+                "PAGER": "cat", "GLAB_PAGER": "cat", "NO_PROMPT": "1", "GLAB_CHECK_UPDATE": "false"})
+    return env
+
+
+@dataclass(frozen=True)
+class Called:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Called:
+    """One gh/glab call, bounded: its own process group, killed (with what it started) at `timeout`."""
+    what = f"{tool} {' '.join(a for a in args[:2])}"
+    try:
+        proc = subprocess.Popen([tool, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=forge_env(), start_new_session=True)
+    except FileNotFoundError:
+        raise ForgeError(f"{tool} is not installed (not on PATH)") from None
+    except OSError as err:
+        raise ForgeError(f"{what}: cannot start: {err}") from None
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+    if timed_out:
+        raise ForgeError(f"{what}: timed out after {timeout:.0f}s")
+    text = out[-MAX_OUTPUT:].decode("utf-8", "replace")
+    return Called(proc.returncode, text, err[-MAX_OUTPUT:].decode("utf-8", "replace"))
+
+
+def _said(called: Called) -> str:
+    lines = [line.strip() for line in (called.err + "\n" + called.out).splitlines() if line.strip()]
+    return clip(" / ".join(lines), 300) or f"exit {called.code}"
+
+
+def _json(what: str, called: Called) -> Any:
+    try:
+        return json.loads(called.out)
+    except (ValueError, RecursionError):
+        raise ForgeError(f"{what}: did not print JSON (exit {called.code}): {_said(called)}") from None
+
+
+class Forge:
+    """One repository on one forge; `cwd` is the local repository (the CLIs read its remote when the pinned
+    url names no forge repository)."""
+
+    tool = ""
+
+    def __init__(self, repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> None:
+        self.repo = repo
+        self.cwd = cwd
+        self.timeout = timeout
+
+    def call(self, args: list[str], named: bool = True) -> Called:
+        extra = [self.repo_flag, self.repo.named] if named and self.repo.named else []
+        return run_cli(self.tool, [*args, *extra], self.cwd, self.timeout)
+
+    def checked(self, args: list[str], named: bool = True) -> Called:
+        called = self.call(args, named)
+        if called.code != 0:
+            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}")
+        return called
+
+    repo_flag = "--repo"
+
+    # The interface; each platform implements the underscored forms. JSON of another shape than documented
+    # (a field missing, a list for an object) is one ForgeError, never a traceback in the monitor.
+    def auth(self) -> None:
+        raise NotImplementedError
+
+    def create(self, head: str, base: str, title: str, body: str) -> None:
+        raise NotImplementedError
+
+    def failed_logs(self, observation: Observation, lines: int = 60) -> str:
+        raise NotImplementedError
+
+    def find(self, head: str) -> PullRequest | None:
+        with _shape(f"{self.tool}: the PR list"):
+            return self._find(head)
+
+    def observe(self, number: int) -> Observation:
+        with _shape(f"{self.tool}: PR {number}"):
+            return self._observe(number)
+
+    def merge(self, number: int) -> None:
+        with _shape(f"{self.tool}: merging PR {number}"):
+            self._merge(number)
+
+    def _find(self, head: str) -> PullRequest | None:
+        raise NotImplementedError
+
+    def _observe(self, number: int) -> Observation:
+        raise NotImplementedError
+
+    def _merge(self, number: int) -> None:
+        raise NotImplementedError
+
+    def find_or_create(self, head: str, base: str, title: str, body: str) -> tuple[PullRequest, bool]:
+        """The PR of `head` (an open one is adopted, never duplicated; else a new one); (pr, created)."""
+        found = self.find(head)
+        if found is not None and found.state == "open":
+            return found, False
+        self.create(head, base, title, body)
+        made = self.find(head)
+        if made is None or made.state != "open":
+            raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found")
+        return made, True
+
+    def auth_problem(self) -> str | None:
+        """None when the CLI is installed and logged in; else one line naming the fix."""
+        try:
+            self.auth()
+        except ForgeError as err:
+            hint = INSTALL_HINT if "not installed" in str(err) else LOGIN_HINT
+            return f"{err}; {hint[self.repo.platform]}"
+        return None
+
+
+@contextmanager
+def _shape(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise ForgeError(f"{what}: unexpected JSON ({clip(f'{type(err).__name__}: {err}')})") from None
+
+
+def _tail_lines(text: str, lines: int) -> str:
+    return "\n".join(clip(line, 400) for line in text.splitlines()[-lines:])
+
+
+class GitHub(Forge):
+    tool = "gh"
+
+    def auth(self) -> None:
+        args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
+        self.checked(args, named=False)
+
+    def _find(self, head: str) -> PullRequest | None:
+        called = self.checked(["pr", "list", "--head", head, "--state", "all", "--json",
+                               "number,url,state,headRefName"])
+        found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head]
+        if not found:
+            return None
+        best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
+        return PullRequest(int(best["number"]), str(best["url"]), str(best["state"]).lower())
+
+    def create(self, head: str, base: str, title: str, body: str) -> None:
+        # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
+        self.checked(["pr", "create", f"--head={head}", f"--base={base}", f"--title={title or head}",
+                      f"--body={body[:BODY_LIMIT]}"])
+
+    def _observe(self, number: int) -> Observation:
+        view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
+                                                 "number,url,state,headRefOid,reviewDecision,reviews"]))
+        checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
+        state, failed = "none", ()
+        if checks.out.strip().startswith("["):
+            rows = [r for r in _json("gh pr checks", checks) if isinstance(r, dict)]
+            buckets = {str(r.get("bucket")) for r in rows}
+            failed = tuple((str(r.get("name")), str(r.get("link") or "")) for r in rows
+                           if r.get("bucket") in ("fail", "cancel"))
+            state = ("failing" if failed else "pending" if "pending" in buckets else
+                     "passing" if rows else "none")
+        elif "no checks reported" not in checks.err:
+            raise ForgeError(f"gh pr checks: {_said(checks)}")
+        reviews = [r for r in view.get("reviews") or [] if isinstance(r, dict)]
+        asked = [r for r in reviews if r.get("state") == "CHANGES_REQUESTED"]
+        comments = tuple(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}" for r in asked
+                         if r.get("body"))
+        decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
+                    "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
+        review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
+        return Observation(int(view["number"]), str(view["url"]), str(view["state"]).lower(),
+                           str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id)
+
+    def failed_logs(self, observation: Observation, lines: int = 60) -> str:
+        runs = sorted({m.group(1) for _, link in observation.failed
+                       if (m := re.search(r"/actions/runs/(\d+)", link))})
+        out = []
+        for run_id in runs[:3]:
+            called = self.call(["run", "view", run_id, "--log-failed"])
+            out.append(_tail_lines(called.out if called.code == 0 else f"(no log: {_said(called)})", lines))
+        return "\n".join(out)
+
+    def _merge(self, number: int) -> None:
+        # Without a method gh refuses when not interactive: the first the repository allows, in GitHub's order.
+        allowed = _json("gh repo view", self.checked(
+            ["repo", "view", *([self.repo.named] if self.repo.named else []), "--json",
+             "mergeCommitAllowed,squashMergeAllowed,rebaseMergeAllowed"], named=False))
+        method = next((flag for key, flag in (("mergeCommitAllowed", "--merge"), ("squashMergeAllowed", "--squash"),
+                                              ("rebaseMergeAllowed", "--rebase")) if allowed.get(key)), "--merge")
+        self.checked(["pr", "merge", str(number), method])
+
+
+class GitLab(Forge):
+    tool = "glab"
+    repo_flag = "-R"
+
+    def auth(self) -> None:
+        args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
+        self.checked(args, named=False)
+
+    def _find(self, head: str) -> PullRequest | None:
+        called = self.checked(["mr", "list", "--source-branch", head, "--all", "--output", "json"])
+        found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head]
+        if not found:
+            return None
+        best = sorted(found, key=lambda m: (m.get("state") != "opened", -int(m.get("iid") or 0)))[0]
+        return PullRequest(int(best["iid"]), str(best["web_url"]), _mr_state(best.get("state")))
+
+    def create(self, head: str, base: str, title: str, body: str) -> None:
+        self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
+                      f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
+
+    def _observe(self, number: int) -> Observation:
+        view = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--output", "json"]))
+        pipeline = view.get("head_pipeline") or {}
+        status = str(pipeline.get("status") or "")
+        failed: tuple[tuple[str, str], ...] = ()
+        if status in ("failed", "canceled"):
+            jobs = _json("glab ci get", self.checked(["ci", "get", "--pipeline-id", str(pipeline.get("id")),
+                                                       "--output", "json"]))
+            failed = tuple((str(j.get("name")), f"job:{j.get('id')}") for j in jobs.get("jobs") or []
+                           if isinstance(j, dict) and j.get("status") in ("failed", "canceled"))
+            failed = failed or (("pipeline", f"pipeline:{pipeline.get('id')}"),)
+        checks = {"success": "passing", "failed": "failing", "canceled": "failing", "": "none",
+                  "skipped": "passing"}.get(status, "pending")
+        merge_status = str(view.get("detailed_merge_status") or "")
+        review = ("changes_requested" if merge_status == "requested_changes" else
+                  "required" if merge_status == "not_approved" else "approved" if view.get("approved") else "")
+        notes = [n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")]
+        comments = tuple(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}" for n in notes)
+        review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
+            ("requested" if review == "changes_requested" else "")
+        return Observation(int(view["iid"]), str(view["web_url"]), _mr_state(view.get("state")),
+                           str(view.get("sha") or ""), checks, failed, review, comments, review_id)
+
+    def failed_logs(self, observation: Observation, lines: int = 60) -> str:
+        out = []
+        for name, link in observation.failed[:3]:
+            if link.startswith("job:"):
+                called = self.call(["ci", "trace", link.removeprefix("job:")])
+                out.append(f"--- {name}\n" + _tail_lines(called.out if called.code == 0 else
+                                                          f"(no log: {_said(called)})", lines))
+        return "\n".join(out)
+
+    def _merge(self, number: int) -> None:
+        self.checked(["mr", "merge", str(number), "--yes"])
+
+
+def _mr_state(state: Any) -> str:
+    return {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}.get(str(state), "open")
+
+
+def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Forge:
+    return (GitHub if repo.platform == "github" else GitLab)(repo, cwd, timeout)
+
+
+def pr_body(description: str, stages: list[str]) -> str:
+    """A PR's body: the issue's description and one line per stage."""
+    return "\n".join([description.strip() or "(no description)", "", *(f"- {stage}: done" for stage in stages)])

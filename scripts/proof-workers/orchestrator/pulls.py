@@ -1,0 +1,268 @@
+"""The pull-request loop's effects: open or adopt the PR, poll it when due, start fix_ci / address_review, merge.
+
+decide() judges (orchestrator.decide._judge_pr); this module does. Where each issue's PR stands is kept in
+`state/<project>/pull-requests.json` (status, dashboard, report and cleanup read it) and, while a worker
+holds the issue, in its record's `pr`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.errors import OrchestratorError, clip
+from lib.statefile import UnreadableFile, locked, read_json, write_json
+from orchestrator import forge, pins, worktrees
+from orchestrator.config import Issue, ProjectConfig
+from orchestrator.decide import PrView, PrWork
+from orchestrator.forge import ForgeError, Observation
+from orchestrator.state import RunFiles, WorkerRecord, now_iso
+
+POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
+POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
+MAX_MERGE_ATTEMPTS = 3
+LOG_LINES = 60
+PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
+
+
+def prs_file(state_root: Path, project: str) -> Path:
+    return RunFiles(state_root / project).root / "pull-requests.json"
+
+
+def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
+    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable."""
+    try:
+        doc = read_json(prs_file(state_root, project), {})
+    except (UnreadableFile, OrchestratorError, OSError):
+        return {}
+    issues = doc.get("issues") if isinstance(doc, dict) else None
+    return {k: v for k, v in issues.items() if isinstance(v, dict)} if isinstance(issues, dict) else {}
+
+
+def save(state_root: Path, project: str, issue: int, **fields: Any) -> None:
+    path = prs_file(state_root, project)
+    with locked(path):
+        issues = load(state_root, project)
+        issues[str(issue)] = {**issues.get(str(issue), {}), **fields, "updated": now_iso()}
+        write_json(path, {"issues": issues})
+
+
+def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Status's `pr`: {url, number, state, checks}."""
+    if not entry or not entry.get("number"):
+        return None
+    return {"url": entry.get("url"), "number": entry.get("number"), "state": entry.get("state"),
+            "checks": entry.get("checks") if entry.get("checks") in ("pending", "passing", "failing") else "pending"}
+
+
+def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
+    """The PR loop's state as decide sees it (None: the project opens no PRs)."""
+    if cfg.review.open != "pr" and not (record.pr.get("watching") or record.pr.get("in_stage")):
+        return None  # (a loop already under way goes on when the config turns PRs off: never left unjudged)
+    pr = record.pr
+    return PrWork(watching=bool(pr.get("watching")), in_stage=bool(pr.get("in_stage")),
+                  ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
+                  head=str(pr.get("head") or ""), review_seen=str(pr.get("review_seen") or ""),
+                  merge=cfg.review.merge, max_ci_fixes=cfg.review.max_ci_fixes,
+                  max_review_rounds=cfg.review.max_review_rounds)
+
+
+def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float = forge.CALL_TIMEOUT_S) -> forge.Forge:
+    """The issue's repository on its forge, named from its pinned push url (never where origin points now)."""
+    repo = cfg.repo_for(issue)
+    pin = pins.pinned(state_root, cfg.project, repo.name)
+    return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout)
+
+
+def preflight_problems(state_root: Path, cfg: ProjectConfig, home: Path) -> list[str]:
+    """With review.open "pr": gh or glab is installed and logged in for each repository's forge (one line naming
+    the fix per problem). The forge is the one of the pinned url, or of the url that would be pinned now."""
+    problems: list[str] = []
+    asked: set[tuple[str, str]] = set()
+    for repo in cfg.repos.values():
+        try:
+            pin = pins.load(pins.pins_file(state_root, cfg.project)).get(repo.name) or pins.target_now(repo, home)
+        except OrchestratorError:
+            continue  # no push target yet: launch's pinning reports it
+        where = forge.forge_repo(repo.platform, pin.url)
+        if (where.platform, where.host) in asked:
+            continue
+        asked.add((where.platform, where.host))
+        problem = forge.forge_for(where, repo.path, POLL_TIMEOUT_S).auth_problem()
+        if problem:
+            problems.append(f"{cfg.path}: review.open \"pr\": {problem}")
+    return problems
+
+
+def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list[WorkerRecord], now: float,
+         save_record: Callable[[WorkerRecord], None], say: Callable[[str], None],
+         timeout: float = POLL_TIMEOUT_S, budget: float = POLL_BUDGET_S) -> tuple[PrView, ...]:
+    """Poll each watched PR whose poll_seconds have passed, the longest waiting first; each call is bounded by
+    `timeout`, and once polls took `budget` seconds this cycle the rest wait for the next one (a slow forge never
+    keeps the monitor from judging the tries for long)."""
+    views = []
+    started = time.monotonic()
+    waiting = [r for r in records if r.pr.get("watching")]
+    for record in sorted(waiting, key=lambda r: r.pr.get("polled_at") if isinstance(r.pr.get("polled_at"),
+                                                                                 (int, float)) else 0.0):
+        if time.monotonic() - started >= budget:
+            break
+        pr = record.pr
+        if not pr.get("watching") or record.issue_number is None or not record.project:
+            continue
+        try:
+            cfg = cfg_of(record.project)
+        except OrchestratorError:
+            continue
+        issue = cfg.issue(record.issue_number)
+        polled_at = pr.get("polled_at")
+        if issue is None or (isinstance(polled_at, (int, float)) and now - polled_at < cfg.review.poll_seconds):
+            continue
+        pr["polled_at"] = now
+        try:
+            number = pr.get("number")
+            if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+                raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
+            seen = forge_of(state_root, cfg, issue, timeout).observe(number)
+        except (ForgeError, OrchestratorError) as err:
+            record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
+            save_record(record)
+            say(f"worker {record.worker_id}: #{issue.number}: PR poll failed, tried again later: {err}")
+            views.append(PrView(record.worker_id, number if isinstance(number, int) else 0,
+                                str(pr.get("url") or ""), error=str(err)))
+            continue
+        if seen.checks != "none":
+            pr["ever_checked"] = True  # a repository with CI: no check reported is never green here
+        pr["quiet_polls"] = int(pr.get("quiet_polls") or 0) + 1 if seen.checks == "none" else 0
+        if pr.get("head") and seen.head and seen.head != pr["head"]:
+            # Someone else pushed to the PR's branch: after 3 polls its head is the one whose checks count.
+            pr["foreign_polls"] = int(pr.get("foreign_polls") or 0) + 1
+            if pr["foreign_polls"] >= 3:
+                say(f"worker {record.worker_id}: #{issue.number}: the PR's head is {seen.head[:12]}, not our "
+                    f"{str(pr['head'])[:12]}: its checks count from now")
+                pr["head"], pr["foreign_polls"] = seen.head, 0
+        else:
+            pr["foreign_polls"] = 0
+        record.last_reason = f"PR {seen.state}, checks {seen.checks}" + (f", review {seen.review}" if seen.review
+                                                                        else "")
+        pr["last"] = {"checks": seen.checks, "failed": [list(f) for f in seen.failed], "review": seen.review,
+                      "comments": list(seen.comments), "review_id": seen.review_id, "head": seen.head}
+        save_record(record)
+        ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
+        save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
+             **({"phase": "merged"} if seen.state == "merged" else {}))
+        views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
+                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id,
+                            0 if pr.get("ever_checked") else int(pr["quiet_polls"])))
+    return tuple(views)
+
+
+def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> bool:
+    """Find or open the PR of the issue's branch and watch it; True when it was opened now (False: adopted).
+    Raises ForgeError with the CLI's words."""
+    repo = cfg.repo_for(issue)
+    branch = record.branch or cfg.branch_for(issue)
+    hub = forge_of(state_root, cfg, issue)
+    found, created = hub.find_or_create(branch, repo.default_branch, issue.title,
+                                        forge.pr_body(issue.description, list(cfg.pipeline)))
+    head = worktrees.branch_head(repo.path, branch) or ""
+    record.pr = {"number": found.number, "url": found.url, "watching": True, "in_stage": False, "ci_fixes": 0,
+                 "review_rounds": 0, "head": head, "review_seen": "", "polled_at": now, "quiet_polls": 0}
+    save(state_root, cfg.project, issue.number, number=found.number, url=found.url, state="open",
+         checks="pending", phase="pr_open", ci_fixes=0, review_rounds=0)
+    return created
+
+
+def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
+    """A fix_ci or address_review stage was pushed: back to watching, this time for the new head."""
+    record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0,
+                     head=worktrees.branch_head(cfg.repo_for(issue).path, record.branch or "") or "")
+    record.stage = cfg.pipeline[record.stage_index]
+    save(state_root, cfg.project, issue.number, checks="pending", phase="pr_open")
+
+
+def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: str) -> str:
+    """What a fix_ci stage (failed checks and their logs' tails) or an address_review stage (the comments) is
+    told; the forge is asked for the logs now (bounded; unavailable logs are said so)."""
+    last = record.pr.get("last") or {}
+    if kind == "fix_ci":
+        failed = [tuple(f) for f in last.get("failed") or []]
+        names = ", ".join(str(f[0]) for f in failed) or "(the forge named none)"
+        observation = Observation(int(record.pr.get("number") or 0), str(record.pr.get("url") or ""), "open",
+                                  failed=tuple((str(a), str(b)) for a, b in failed))
+        try:
+            logs = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).failed_logs(observation, LOG_LINES)
+        except (ForgeError, OrchestratorError) as err:
+            logs = f"(logs unavailable: {err})"
+        links = "\n".join(f"- {name}: {link}" for name, link in failed if link)
+        return (f"Failed checks: {names}\n{links}\n\nTail of their logs:\n```\n{logs or '(no log text)'}\n```")
+    comments = "\n\n".join(f"- {clip(c, 4000)}" for c in last.get("comments") or []) or "(no comment text: " \
+        "read the review on the pull request)"
+    return f"Review comments:\n{comments}"
+
+
+def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: str) -> None:
+    """Turn the record into a fix_ci / address_review stage on the same branch (the caller starts the try)."""
+    task = stage_task(state_root, cfg, issue, record, kind)
+    last = record.pr.get("last") or {}
+    counter = "ci_fixes" if kind == "fix_ci" else "review_rounds"
+    record.pr.update(watching=False, in_stage=True, task=task, **{counter: int(record.pr.get(counter) or 0) + 1})
+    if kind == "address_review":
+        record.pr["review_seen"] = str(last.get("review_id") or "")
+    record.stage = kind
+    record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
+    save(state_root, cfg.project, issue.number, phase="ci_failed" if kind == "fix_ci" else "changes_requested",
+         checks="failing" if kind == "fix_ci" else (last.get("checks") or "pending"),
+         **{counter: record.pr[counter]})
+
+
+def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord) -> None:
+    """Merge with the repository's method; raises ForgeError."""
+    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]))
+    save(state_root, cfg.project, issue.number, state="merged", phase="merged", checks="passing",
+         merged_at=now_iso())
+
+
+def pr_states(state_root: Path, project: str, issues: dict[int, str],
+              held: set[int | None]) -> dict[int, tuple[str, dict[str, Any]]]:
+    """Issue -> (status's state, its `pr`) for issues with a PR: in progress (pr_open, ci_failed,
+    changes_requested; only while a worker holds it in the PR loop: `held`), completed by a merge (merged), or
+    completed / failed with the PR shown. An earlier run's PR of an issue being worked again is not shown."""
+    out = {}
+    for key, entry in load(state_root, project).items():
+        if not key.isdigit() or int(key) not in issues:
+            continue
+        status, phase = issues[int(key)], entry.get("phase")
+        shown = public(entry)
+        if shown is None:
+            continue
+        if status == "in_progress" and phase in PHASES[:3] and int(key) in held:
+            out[int(key)] = (str(phase), shown)
+        elif status == "completed" and phase == "merged":
+            out[int(key)] = ("merged", shown)
+        elif status in ("completed", "failed"):
+            out[int(key)] = (status, shown)
+    return out
+
+
+def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
+    """Branch -> why its worktree is kept, for this project's PRs last seen open: each is asked again (bounded;
+    a human may have merged or closed it since); one the forge does not answer for stays kept."""
+    out = {}
+    for key, entry in load(state_root, cfg.project).items():
+        issue = cfg.issue(int(key)) if key.isdigit() else None
+        if issue is None or entry.get("state") != "open":
+            continue
+        url = str(entry.get("url") or "")
+        try:
+            number = entry.get("number")
+            if not isinstance(number, int) or isinstance(number, bool):
+                raise ForgeError(f"no PR number recorded ({clip(repr(number))})")
+            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number)
+        except (ForgeError, OrchestratorError) as err:
+            out[cfg.branch_for(issue)] = f"its pull request is open ({url}; not asked again: {err})"
+            continue
+        save(state_root, cfg.project, issue.number, state=seen.state)
+        if seen.state == "open":
+            out[cfg.branch_for(issue)] = f"its pull request is open ({url})"
+    return out

@@ -1,0 +1,307 @@
+"""Fake `gh` and `glab`: executables written into tmp_path and put first on PATH, serving a scripted forge.
+
+They follow the real CLIs' documented arguments, JSON output and exit codes for the calls the orchestrator
+makes (gh pr list/create/view/checks/merge, gh run view --log-failed, gh repo view, gh auth status; glab mr
+list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a JSON state file:
+
+- `rounds`: one entry per head commit the PR has had (the first push, then each fix): `checks` (name and
+  bucket: pass | fail | pending), `pending_polls` (polls of that head answered "pending" first), `review`
+  (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
+- `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
+  never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
+  that do their work, then fail as if the connection dropped).
+
+Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
+from the bare remote (`remote` in the state), so a push by the orchestrator is what starts a new round.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FAKE = r'''
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+STATE = Path(__STATE__)
+tool = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+with open(STATE.with_name("calls.jsonl"), "a") as calls:
+    calls.write(json.dumps({"tool": tool, "args": args, "cwd": os.getcwd(),
+                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR")}) + "\n")
+state = json.loads(STATE.read_text())
+
+
+def save():
+    tmp = STATE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, STATE)
+
+
+def opt(name, default=None):
+    """A flag's value, given as `--flag value` or `--flag=value` (pflag reads both)."""
+    for n, arg in enumerate(args):
+        if arg == name and n + 1 < len(args):
+            return args[n + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return default
+
+
+def out(doc, code=0):
+    print(json.dumps(doc))
+    sys.exit(code)
+
+
+def die(text, code=1):
+    print(text, file=sys.stderr)
+    sys.exit(code)
+
+
+key = " ".join(args[:2])
+if key in state.get("hang", []):
+    time.sleep(3600)
+if key in state.get("fail", {}):
+    failure = state["fail"][key]
+    die(failure.get("stderr", "failed"), failure.get("code", 1))
+if args[:2] == ["auth", "status"]:
+    if not state.get("auth", True):
+        die("You are not logged into any GitHub hosts. To log in, run: gh auth login" if tool == "gh" else
+            "x No token found (checked config file, keyring, and environment variables).")
+    print("github.com\n  \u2713 Logged in to github.com account fake (keyring)", file=sys.stderr)
+    sys.exit(0)
+
+
+def head_of(branch):
+    found = subprocess.run(["git", "--git-dir", state["remote"], "rev-parse", "--verify", "-q",
+                            "refs/heads/" + branch], capture_output=True, text=True)
+    return found.stdout.strip()
+
+
+def find(number):
+    for pr in state["prs"]:
+        if pr["number"] == int(number):
+            return pr
+    die(("GraphQL: Could not resolve to a PullRequest with the number of %s." if tool == "gh" else
+         "404 Not Found: merge request %s") % number)
+
+
+def round_of(pr):
+    """The PR's round: which head commit it is at (a new push starts the next round)."""
+    sha = head_of(pr["head"])
+    heads = pr.setdefault("heads", [])
+    if sha and sha not in heads:
+        heads.append(sha)
+    index = heads.index(sha) if sha in heads else 0
+    rounds = state.get("rounds") or [{"checks": []}]
+    polls = pr.setdefault("polls", {})
+    return sha, index, rounds[min(index, len(rounds) - 1)], polls
+
+
+def checks_of(pr, count_poll):
+    sha, index, rnd, polls = round_of(pr)
+    seen = polls.get(sha, 0)
+    if count_poll:
+        polls[sha] = seen + 1
+    rows = []
+    for n, check in enumerate(rnd.get("checks", [])):
+        bucket = "pending" if seen < rnd.get("pending_polls", 0) else check.get("bucket", "pass")
+        rows.append({"name": check["name"], "bucket": bucket,
+                     "state": {"pass": "SUCCESS", "fail": "FAILURE", "pending": "PENDING"}[bucket],
+                     "link": "https://github.com/org/app/actions/runs/%d/job/%d" % (100 + index, 500 + n)})
+    return index, rnd, rows
+
+
+def closing(pr):
+    if state.get("close") and pr["state"] == "OPEN":
+        pr["state"] = "CLOSED"
+
+
+def merge(pr):
+    base_sha, head_sha = head_of(pr["base"]), head_of(pr["head"])
+    ok = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha, head_sha])
+    if ok.returncode != 0:
+        die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
+    subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], head_sha],
+                   check=True)
+    pr["state"] = "MERGED"
+
+
+if tool == "gh":
+    if args[:2] == ["pr", "list"]:
+        head = opt("--head")
+        out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"]}
+             for p in state["prs"] if head in (None, p["head"])])
+    if args[:2] == ["pr", "create"]:
+        head, base = opt("--head"), opt("--base")
+        for p in state["prs"]:
+            if p["head"] == head and p["state"] == "OPEN":
+                die('a pull request for branch "%s" into branch "%s" already exists:\n%s' % (head, base, p["url"]))
+        if not head_of(head):
+            die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
+                "No commits between %s and %s, Head ref must be a branch (createPullRequest)" % (base, head))
+        number = state.get("next_number", 1)
+        state["next_number"] = number + 1
+        url = "https://github.com/org/app/pull/%d" % number
+        state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
+                             "body": opt("--body"), "state": "OPEN"})
+        save()
+        print(url)
+        sys.exit(0)
+    if args[:2] == ["pr", "view"]:
+        pr = find(args[2])
+        closing(pr)
+        sha, index, rnd, _ = round_of(pr)
+        save()
+        reviews = [{"id": "PRR_%d" % index, "author": {"login": "reviewer"}, "body": text,
+                    "state": "CHANGES_REQUESTED", "submittedAt": "2026-01-01T00:00:00Z"}
+                   for text in rnd.get("comments", [])] if rnd.get("review") == "CHANGES_REQUESTED" else []
+        out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
+             "reviewDecision": rnd.get("review", ""), "reviews": reviews})
+    if args[:2] == ["pr", "checks"]:
+        pr = find(args[2])
+        _, _, rows = checks_of(pr, True)
+        save()
+        if not rows:
+            die("no checks reported on the '%s' branch" % pr["head"])
+        buckets = {r["bucket"] for r in rows}
+        out(rows, 1 if "fail" in buckets else 8 if "pending" in buckets else 0)
+    if args[:2] == ["run", "view"] and "--log-failed" in args:
+        index = int(args[2]) - 100
+        rounds = state.get("rounds") or [{}]
+        text = rounds[min(index, len(rounds) - 1)].get("log", "")
+        print("\n".join("build\tRun tests\t" + line for line in text.splitlines()))
+        sys.exit(0)
+    if args[:2] == ["repo", "view"]:
+        out(state.get("repo", {"mergeCommitAllowed": False, "squashMergeAllowed": True,
+                               "rebaseMergeAllowed": True}))
+    if args[:2] == ["pr", "merge"]:
+        if not any(flag in args for flag in ("--merge", "--squash", "--rebase")):
+            die("--merge, --rebase, or --squash required when not running interactively")
+        pr = find(args[2])
+        merge(pr)
+        save()
+        if "pr merge" in state.get("lost_answer", []):  # merged, but the answer never came back
+            die("Post \"https://api.github.com/graphql\": read tcp: connection reset by peer")
+        print("\u2713 Merged pull request #%d" % pr["number"])
+        sys.exit(0)
+else:
+    def mr(pr):
+        return {"iid": pr["number"], "web_url": pr["url"], "source_branch": pr["head"],
+                "target_branch": pr["base"], "state": {"OPEN": "opened", "MERGED": "merged",
+                                                       "CLOSED": "closed"}[pr["state"]]}
+    if args[:2] == ["mr", "list"]:
+        head = opt("--source-branch")
+        out([mr(p) for p in state["prs"] if head in (None, p["head"])])
+    if args[:2] == ["mr", "create"]:
+        head, base = opt("--source-branch"), opt("--target-branch")
+        for p in state["prs"]:
+            if p["head"] == head and p["state"] == "OPEN":
+                die('failed to create merge request. Another open merge request already exists for this source '
+                    'branch: !%d' % p["number"])
+        number = state.get("next_number", 1)
+        state["next_number"] = number + 1
+        url = "https://gitlab.example.com/group/app/-/merge_requests/%d" % number
+        state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
+                             "body": opt("--description"), "state": "OPEN"})
+        save()
+        print("\nCreating merge request for %s into %s in group/app\n\n!%d %s\n%s" % (
+            head, base, number, opt("--title"), url))
+        sys.exit(0)
+    if args[:2] == ["mr", "view"]:
+        pr = find(args[2])
+        closing(pr)
+        index, rnd, rows = checks_of(pr, True)
+        sha = pr["heads"][index] if pr.get("heads") else ""
+        save()
+        buckets = {r["bucket"] for r in rows}
+        status = ("failed" if "fail" in buckets else "running" if "pending" in buckets else
+                  "success" if rows else None)
+        doc = mr(pr)
+        doc.update({"sha": sha, "head_pipeline": {"id": 1000 + index, "status": status} if status else None,
+                    "detailed_merge_status": "requested_changes" if rnd.get("review") == "CHANGES_REQUESTED"
+                    else "mergeable", "approved": rnd.get("review") == "APPROVED"})
+        if "--comments" in args:
+            doc["Notes"] = [{"id": 9000 + index * 10 + n, "body": text, "system": False,
+                             "author": {"username": "reviewer"}}
+                            for n, text in enumerate(rnd.get("comments", []))]
+        out(doc)
+    if args[:2] == ["ci", "get"]:
+        index = int(opt("--pipeline-id")) - 1000
+        rounds = state.get("rounds") or [{}]
+        rnd = rounds[min(index, len(rounds) - 1)]
+        out({"id": 1000 + index, "status": "failed", "jobs": [
+            {"id": 7000 + index * 10 + n, "name": c["name"],
+             "status": "failed" if c.get("bucket") == "fail" else "success"}
+            for n, c in enumerate(rnd.get("checks", []))]})
+    if args[:2] == ["ci", "trace"]:
+        index = (int(args[2]) - 7000) // 10
+        rounds = state.get("rounds") or [{}]
+        print(rounds[min(index, len(rounds) - 1)].get("log", ""))
+        sys.exit(0)
+    if args[:2] == ["mr", "merge"]:
+        pr = find(args[2])
+        merge(pr)
+        save()
+        print("\u2713 Merged!")
+        sys.exit(0)
+die("fake %s: unknown command: %s" % (tool, " ".join(args)), 1)
+'''
+
+
+@dataclass
+class FakeForge:
+    bin_dir: Path
+    state_file: Path
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.state_file.read_text())
+
+    def update(self, **changes: Any) -> None:
+        doc = self.state()
+        doc.update(changes)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.state_file)
+
+    def calls(self, tool: str | None = None) -> list[list[str]]:
+        path = self.state_file.with_name("calls.jsonl")
+        lines = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        return [c["args"] for c in lines if tool in (None, c["tool"])]
+
+    def call_records(self) -> list[dict[str, Any]]:
+        path = self.state_file.with_name("calls.jsonl")
+        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+    def prs(self) -> list[dict[str, Any]]:
+        return self.state()["prs"]
+
+
+@pytest.fixture
+def fake_forge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Factory: fake gh and glab first on PATH, serving `rounds` for the PRs of the bare `remote`."""
+
+    def factory(remote: Path, rounds: list[dict[str, Any]] | None = None, **state: Any) -> FakeForge:
+        root = tmp_path / "forge"
+        bin_dir = root / "bin"
+        bin_dir.mkdir(parents=True)
+        state_file = root / "state.json"
+        state_file.write_text(json.dumps({"remote": str(remote), "auth": True, "prs": [], "next_number": 1,
+                                          "rounds": rounds or [{"checks": [{"name": "build", "bucket": "pass"}]}],
+                                          **state}))
+        script = f"#!{os.path.realpath(sys.executable)}\n" + FAKE.replace("__STATE__", repr(str(state_file)))
+        for tool in ("gh", "glab"):
+            path = bin_dir / tool
+            path.write_text(script)
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        return FakeForge(bin_dir, state_file)
+
+    return factory
