@@ -44,7 +44,8 @@ EXPECTED = {
     "internal/orchestrator/testutil/testdata/config/basic-issues.json": (
         [(1, 1, I, None), (2, 2, I, None)], None, {"pending": 2, "waiting": 1}),
     "internal/orchestrator/testutil/testdata/config/multi-repo-issues.json": (
-        [(1, 10, I, None)], None, {"pending": 1, "waiting": 1}),
+        [(1, 10, I, None)], "review: enabled, parallel_workers, session_timeout, post_comments, strict_mode: "
+                            "settings of the original's Go rewrite, not used here", {"pending": 1, "waiting": 1}),
     "internal/orchestrator/testutil/testdata/config/pipeline-issues.json": (
         [(1, 100, I, None)], None, {"pending": 1, "waiting": 1}),
     # #28 (in_progress on worker 1) first, then the best fresh ones

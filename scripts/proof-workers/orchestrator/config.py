@@ -485,12 +485,12 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
 def _review(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig]) -> ReviewConfig:
     doc = check.get(raw, "review", "dict", {})
     known = {"open", "merge", "max_ci_fixes", "max_review_rounds", "poll_seconds"}
-    for key in sorted(set(doc) - known):
-        if key in GO_REVIEW_KEYS:  # the original's Go rewrite: its review sessions are not ours; the file still loads
-            check.warn(f"review.{key}", "a setting of the original's Go rewrite, not used here (see `review` in "
-                                        "the README for this tool's pull-request loop)")
-        else:
-            check.bad(f"review.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    go_keys = [key for key in GO_REVIEW_KEYS if key in doc]
+    if go_keys:  # the original's Go rewrite: its review sessions are not ours; the file still loads
+        check.warn("review", f"{', '.join(go_keys)}: settings of the original's Go rewrite, not used here (this "
+                             "tool's `review` is the pull-request loop)")
+    for key in sorted(set(doc) - known - set(GO_REVIEW_KEYS)):
+        check.bad(f"review.{key}", f"unknown key (known: {', '.join(sorted(known))})")
     opened = check.get(doc, "open", "str", "none", "review.")
     if opened not in ("none", "pr"):
         check.bad("review.open", f"must be \"none\" or \"pr\", got {json.dumps(opened)[:60]}")
