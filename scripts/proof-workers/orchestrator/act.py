@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
+from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -105,7 +105,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
         configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
-    prompt.write_text(text, encoding="utf-8")
+    followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
+    prompt.write_text(text + commands.followup_text(followups), encoding="utf-8")
+    commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
