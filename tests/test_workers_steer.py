@@ -392,3 +392,23 @@ def test_a_monitor_waits_for_a_verb_that_holds_the_lock_but_refuses_at_once_besi
         out, err = refused.communicate(timeout=30)
     assert refused.returncode == 2 and "another monitor is running for demo" in err, (out, err)
 
+
+
+def test_a_planted_or_malformed_queue_file_is_answered_once_and_never_followed_elsewhere(project):
+    proj = project([{"number": 1, "title": "one", "status": "failed"}], pipeline=["implement"], num_workers=1)
+    queued = proj.state / "commands" / "queued"
+    queued.mkdir(parents=True)
+    planted = {"00000000000000000001-1-aaaaaa": {"id": "00000000000000000001-1-aaaaaa", "verb": "retry",
+                                                 "project": "../../escaped", "issue": 1},
+               "00000000000000000002-1-bbbbbb": {"id": "another-id", "verb": "retry", "project": "demo", "issue": 1},
+               "00000000000000000003-1-cccccc": {"id": "00000000000000000003-1-cccccc", "verb": "retry",
+                                                 "project": "demo", "issue": True}}
+    for name, doc in planted.items():
+        (queued / f"{name}.json").write_text(json.dumps(doc))
+    (queued / "00000000000000000004-1-dddddd.json").write_text("{half")
+    paused = cli("pause")
+    assert paused.returncode == 0 and "paused demo" in paused.stdout, paused.stderr
+    assert queue_left(proj) == [] and proj.issue(1)["status"] == "failed"
+    done = sorted((proj.state / "commands" / "done").glob("0000*.json"))
+    assert [json.loads(p.read_text())["ok"] for p in done] == [False] * 4
+    assert not (proj.home / "escaped").exists() and not (proj.state.parent.parent / "escaped").exists()

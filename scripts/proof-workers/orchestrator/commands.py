@@ -39,6 +39,7 @@ ISSUE_VERBS = ("retry", "kill", "send")
 MAX_TEXT = 20_000  # characters of a follow-up instruction
 ACK_WAIT = 30.0  # seconds a verb waits for a running monitor to apply its command
 POLL = 0.1
+DONE_KEPT = 24 * 3600.0  # seconds an outcome stays in done/
 LOCK_PATIENCE = 10.0  # seconds a starting monitor waits while a verb applying commands holds its lock
 CRASH_ENV = "ORCHESTRATOR_COMMANDS_CRASH_AT"  # test hook: `taken` or `applied` kills the holder there (SIGKILL)
 
@@ -216,22 +217,27 @@ def _queued_lines(run: Run, commands: list[Command]) -> list[str]:
 
 # --- the lock holder's side ---------------------------------------------------------------------------------
 
-def _load(path: Path) -> Command | None:
+def _load(path: Path, project: str) -> Command | None:
+    """The command in `path`, a file of `project`'s queue; None when it is no command of that project (a file
+    naming another project, or an id other than its name, is never followed to another directory)."""
     try:
         doc = read_json(path)
-        return Command(str(doc["id"]), str(doc["verb"]), str(doc["project"]),
-                       None if doc.get("issue") is None else int(doc["issue"]), str(doc.get("text") or ""))
-    except (UnreadableFile, KeyError, TypeError, ValueError):
+        issue = doc.get("issue")
+        if doc.get("project") != project or doc.get("id") != path.stem or isinstance(issue, bool) or \
+                not (issue is None or isinstance(issue, int)) or not isinstance(doc.get("text", ""), str):
+            return None
+        return Command(path.stem, str(doc["verb"]), project, issue, doc.get("text") or "")
+    except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
-def _dirs(run: Run) -> list[Path]:
-    return [queue_dir(run.state_root, cfg.project) for cfg in run.configs]
+def _dirs(run: Run) -> list[tuple[str, Path]]:
+    return [(cfg.project, queue_dir(run.state_root, cfg.project)) for cfg in run.configs]
 
 
 def waiting(run: Run) -> bool:
     """Whether a command is queued for this run (the monitor's sleep ends early for it)."""
-    for directory in _dirs(run):
+    for _, directory in _dirs(run):
         try:
             with os.scandir(directory / "queued") as entries:
                 if any(e.name.endswith(".json") and not e.name.startswith(".") for e in entries):
@@ -256,23 +262,23 @@ def take(run: Run) -> tuple[list[Command], set[str]]:
     (each queued one is written to taken/ before its queued file goes). Only the monitor lock's holder calls this."""
     found: list[Command] = []
     retaken: set[str] = set()
-    for directory in _dirs(run):
+    for project, directory in _dirs(run):
         done = directory / "done"
+        _prune(done)
         for path in sorted((directory / "taken").glob("*.json")):
-            if (done / path.name).exists():
-                path.unlink(missing_ok=True)  # applied; the holder died before it removed this
+            command = None if (done / path.name).exists() else _load(path, project)
+            if command is None:
+                path.unlink(missing_ok=True)  # applied (the holder died before it removed this), or no command
                 continue
-            command = _load(path)
-            if command is not None:
-                found.append(command)
-                retaken.add(command.id)
+            found.append(command)
+            retaken.add(command.id)
         for path in sorted((directory / "queued").glob("*.json")):
             taken = directory / "taken" / path.name
             if not ((done / path.name).exists() or taken.exists()):
-                command = _load(path)
+                command = _load(path, project)
                 if command is None:
-                    write_json(done / path.name, {"ok": False, "lines": [], "error": f"{path}: not a command",
-                                                  "done_at": time.time()})
+                    write_json(done / path.name, {"ok": False, "lines": [], "error": f"{path}: not a command of "
+                                                  f"project {project}", "done_at": time.time()})
                     path.unlink(missing_ok=True)
                     continue
                 write_json(taken, {**asdict(command), "taken_at": time.time(), "by_pid": os.getpid()})
@@ -282,6 +288,18 @@ def take(run: Run) -> tuple[list[Command], set[str]]:
     if found:
         _crash_point("taken")
     return found, retaken
+
+
+def _prune(done: Path) -> None:
+    """Outcomes are read by the verb that waits for them: after a day they go."""
+    cutoff = time.time() - DONE_KEPT
+    try:
+        with os.scandir(done) as entries:
+            old = [e.path for e in entries if e.name.endswith(".json") and e.stat().st_mtime < cutoff]
+    except OSError:
+        return
+    for path in old:
+        Path(path).unlink(missing_ok=True)
 
 
 def finish(run: Run, command: Command, outcome: Outcome) -> None:
