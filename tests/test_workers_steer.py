@@ -311,6 +311,47 @@ def test_send_with_no_monitor_is_stored_and_given_once_to_the_next_try(project, 
     assert prompt.count("use the new API") == 1
 
 
+def test_send_reaches_a_running_claude_that_reads_stream_json_input_and_the_model_sees_it(project, tmp_path):
+    """Claude Code started with --input-format stream-json: its prompt is the first message on stdin, and a
+    follow-up sent while its tool call runs is passed on at once; the model's next call carries it."""
+    import shlex
+
+    import fake_anthropic as fa
+    from agent_fixtures import claude_env, require_claude
+
+    claude = require_claude()
+    go = tmp_path / "go"
+    with fa.FakeAnthropic() as api:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in claude_env(api, tmp_path / "agent-home").items())
+        command = (f"{env} {shlex.quote(str(claude))} -p --input-format stream-json --output-format stream-json "
+                   "--verbose --dangerously-skip-permissions")
+        proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                       agent_command=command, stall_timeout=120)
+        api.queue_for("# Issue #1:", fa.bash(f"until [ -f {go} ]; do sleep 0.1; done; echo 1 > work.txt && "
+                                             "git add work.txt && git commit -q -m 'agent: issue 1'"),
+                      fa.text("Done, and the changelog too."))
+        running = start_monitor(cycle="0.5")
+        try:
+            events = proj.state / "tries" / "worker-1-try-1.events.jsonl"
+            retry_until(lambda: events.exists() and '"tool_use"' in events.read_text(), seconds=120)
+            sent = cli("send", "1", "FOLLOW-UP: also update the changelog")
+            go.touch()
+            assert sent.returncode == 0, sent.stderr
+            assert "delivered to demo#1's running agent (worker 1, try 1)" in sent.stdout
+            assert running.wait(timeout=120) == 0, stop(running)
+        finally:
+            go.touch()
+            stop(running)
+        bodies = [json.dumps(r.get("body")) for r in api.requests if r.get("path", "").startswith("/v1/messages")]
+    assert proj.issue(1)["status"] == "completed"
+    assert sum("FOLLOW-UP: also update the changelog" in b for b in bodies) >= 1
+    assert "FOLLOW-UP" not in bodies[0]  # the first call had the prompt alone
+    assert not (proj.state / "followups.json").exists()  # given to the agent, not kept for a next try
+    delivered = [json.loads(line) for line in (proj.state / "tries" / "worker-1-try-1.delivered.jsonl")
+                 .read_text().splitlines()]
+    assert [d.get("closed", False) for d in delivered] == [False, True]
+
+
 # --- pause and resume ---------------------------------------------------------------------------------------
 
 def test_pause_and_resume_of_one_issue_go_through_a_running_monitor(project):

@@ -128,6 +128,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
                                            prompt)}
+    if commands.streams_input(cfg):  # the prompt goes in as the first message; `send` can add more while it runs
+        spec["input"] = {"prompt": str(prompt), **commands.inbox_paths(files, w, t)}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)

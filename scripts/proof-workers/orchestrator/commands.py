@@ -14,6 +14,7 @@ by time: commands apply in the order they were given.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, read_json, update_json, write_json
+from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
 from orchestrator import config as configs
 from orchestrator import heartbeat, pauses
 from orchestrator.decide import Action, Command
@@ -32,7 +33,7 @@ from orchestrator.decide import Action, Command
 if TYPE_CHECKING:
     from orchestrator.act import Executor
     from orchestrator.run import Run
-    from orchestrator.state import WorkerRecord
+    from orchestrator.state import RunFiles, WorkerRecord
 
 VERBS = ("pause", "resume", "retry", "kill", "send")
 ISSUE_VERBS = ("retry", "kill", "send")
@@ -40,6 +41,7 @@ MAX_TEXT = 20_000  # characters of a follow-up instruction
 ACK_WAIT = 30.0  # seconds a verb waits for a running monitor to apply its command
 POLL = 0.1
 DONE_KEPT = 24 * 3600.0  # seconds an outcome stays in done/
+DELIVERY_WAIT = 10.0  # seconds the monitor waits for a streaming try's wrapper to pass a follow-up on
 LOCK_PATIENCE = 10.0  # seconds a starting monitor waits while a verb applying commands holds its lock
 CRASH_ENV = "ORCHESTRATOR_COMMANDS_CRASH_AT"  # test hook: `taken` or `applied` kills the holder there (SIGKILL)
 
@@ -416,9 +418,91 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
     return Outcome(True, lines)
 
 
+def streams_input(cfg: configs.ProjectConfig) -> bool:
+    """Whether the project's tries take user messages while they run: Claude Code with `--input-format
+    stream-json` (and its prompt not redirected from the file: the wrapper gives it as the first message)."""
+    if cfg.agent != "claude":
+        return False
+    try:
+        _, words = configs.agent_words(cfg.agent_command)
+    except ValueError:
+        return False
+    pairs = list(zip(words, words[1:]))
+    return ("--input-format", "stream-json") in pairs or "--input-format=stream-json" in words
+
+
+def inbox_paths(files: RunFiles, worker: int, try_id: int) -> dict[str, str]:
+    """A streaming try's inbox (follow-ups the monitor appends) and delivered list (what its wrapper passed on)."""
+    stem = files.root / "tries" / files.try_stem(worker, try_id)
+    return {"inbox": f"{stem}.inbox.jsonl", "delivered": f"{stem}.delivered.jsonl"}
+
+
+def _delivered(path: Path) -> tuple[set[str], bool]:
+    """The ids a streaming try's wrapper passed to its agent, and whether the agent's input is closed."""
+    ids, closed = set(), False
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ids, closed
+    for line in text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            closed = closed or doc.get("closed") is True
+            if isinstance(doc.get("id"), str):
+                ids.add(doc["id"])
+    return ids, closed
+
+
+def _stream(run: Run, command: Command, record: WorkerRecord) -> bool:
+    """Give the follow-up to the running try's agent; False when it cannot take it (not a streaming try, its input
+    closed, or its wrapper did not pass it on within DELIVERY_WAIT: then it is withdrawn, never given twice)."""
+    try:
+        spec = read_json(run.files.try_spec(record.worker_id, record.try_id))
+    except UnreadableFile:
+        return False
+    paths = spec.get("input") if isinstance(spec, dict) else None
+    if not isinstance(paths, dict) or not record.launched or \
+            run.files.read_signal(record.worker_id, record.try_id) is not None:
+        return False
+    inbox, delivered = Path(str(paths.get("inbox"))), Path(str(paths.get("delivered")))
+    if not inbox.is_file():
+        return False  # the wrapper has not started the agent yet
+    with locked(inbox):
+        ids, closed = _delivered(delivered)
+        if command.id in ids:
+            return True  # given before a crash
+        if closed:
+            return False
+        with open(inbox, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"id": command.id, "text": command.text}, ensure_ascii=False) + "\n")
+    deadline = time.monotonic() + DELIVERY_WAIT
+    while time.monotonic() < deadline:
+        if command.id in _delivered(delivered)[0]:
+            return True
+        time.sleep(POLL)
+    with locked(inbox):
+        if command.id in _delivered(delivered)[0]:
+            return True
+        with open(inbox, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"withdraw": command.id}) + "\n")
+    return False
+
+
 def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable[[str], None]) -> Outcome:
-    """Keep the instruction for the issue's next try. No try here takes input while it runs (each agent reads its
-    prompt from a file on stdin and then sees end of input), so nothing is typed or faked into a running one."""
+    """Give the instruction to the running agent when its try takes input while it runs (a streaming try), else
+    keep it for the issue's next try. Nothing is ever typed into a pane."""
+    label = f"{command.project}#{command.issue}"
+    running = record is not None and record.issue_number == command.issue and record.launched
+    if running and record is not None and _stream(run, command, record):
+        run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
+                             "id": command.id, "delivered": True, "worker": record.worker_id, "try": record.try_id})
+        say(f"#{command.issue}: follow-up delivered to the running agent")
+        return Outcome(True, [f"delivered to {label}'s running agent (worker {record.worker_id}, try "
+                              f"{record.try_id}): it reads it at its next step"])
+
     def change(doc: Any) -> dict[str, Any]:
         doc = doc if isinstance(doc, dict) and isinstance(doc.get("issues"), dict) else {"issues": {}}
         entries = doc["issues"].setdefault(str(command.issue), [])
@@ -429,10 +513,10 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
         return doc
 
     update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
-    label = f"{command.project}#{command.issue}"
-    running = record is not None and record.issue_number == command.issue and record.launched
-    why = (f"its running try (worker {record.worker_id}, try {record.try_id}) reads its prompt from a file and takes "
-           "no input while it runs" if running and record is not None else "no try of it runs now")
+    streaming = streams_input(run.config_of(command.project))
+    why = ("no try of it runs now" if not running or record is None else
+           f"its running try (worker {record.worker_id}, try {record.try_id}) " +
+           ("no longer takes input" if streaming else "reads its prompt from a file and takes no input while it runs"))
     run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
                          "id": command.id, "delivered": False})
     say(f"#{command.issue}: follow-up stored for its next try")
