@@ -301,7 +301,9 @@ def test_send_with_no_monitor_is_stored_and_given_once_to_the_next_try(project, 
     for args, words in ((["send", "1", ""], "send: the text is empty"),
                         (["send", "2", "x"], "send: #2 is completed: it has no next try"),
                         (["send", "7", "x"], "issue #7 is not in the issue list"),
-                        (["send", "1", "x" * 20_001], "more than 20000")):
+                        (["send", "1", "x" * 20_001], "more than 20000"),
+                        (["send", "1", os.fsdecode(b"caf\xe9")], "send: the text is not valid UTF-8"),
+                        (["pause", "--detail", os.fsdecode(b"\xff")], "pause: the text is not valid UTF-8")):
         one_line_refusal(cli(*args), words)
     sent = inv("workers.send", "1", "use the new API")
     assert sent.code == 0, sent.err

@@ -103,6 +103,10 @@ def check(run: Run, verb: str, project: str, issue: int | None, text: str) -> li
             raise ConfigError("send: the text is empty")
         if len(text) > MAX_TEXT:
             raise ConfigError(f"send: the text has {len(text)} characters, more than {MAX_TEXT}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not decode (argv's surrogate escapes)
+        raise ConfigError(f"{verb}: the text is not valid UTF-8") from None
     chosen = _target(run, project, issue, verb)
     if issue is not None and verb in ISSUE_VERBS:
         status = chosen[0].issue(issue).status  # type: ignore[union-attr]
