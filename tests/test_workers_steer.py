@@ -354,6 +354,43 @@ def test_send_reaches_a_running_claude_that_reads_stream_json_input_and_the_mode
     assert [d.get("closed", False) for d in delivered] == [False, True]
 
 
+def test_a_follow_up_kept_for_a_killed_claude_try_resumes_its_session_after_retry(project, tmp_path):
+    """kill while the agent works, send (kept: a plain Claude try takes no input), retry: the next try continues
+    the killed try's session (--resume) with the follow-up."""
+    import fake_anthropic as fa
+    from agent_fixtures import claude_command, require_claude
+
+    require_claude()
+    go = tmp_path / "go"
+    with fa.FakeAnthropic() as api:
+        proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                       agent_command=claude_command(api, tmp_path / "agent-home"), stall_timeout=120)
+        api.queue_for("# Issue #1:", fa.bash(f"until [ -f {go} ]; do sleep 0.1; done"),
+                      fa.bash("echo 1 > work.txt && git add work.txt && git commit -q -m 'agent: issue 1'"),
+                      fa.text("Done."))
+        running = start_monitor(cycle="0.2")
+        try:
+            usage = proj.state / "usage.json"
+            retry_until(lambda: usage.exists() and (json.loads(usage.read_text())["tries"].get("worker-1-try-1")
+                                                    or {}).get("session_id"), seconds=120)
+            assert cli("kill", "1").returncode == 0
+            assert running.wait(timeout=60) == 1
+        finally:
+            stop(running)
+        session = json.loads((proj.state / "usage.json").read_text())["tries"]["worker-1-try-1"]["session_id"]
+        sent = cli("send", "1", "FOLLOW-UP: use the v2 API")
+        assert sent.returncode == 0 and "stored for demo#1" in sent.stdout, sent.stderr
+        assert cli("retry", "1").returncode == 0
+        assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    spec = json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())
+    assert spec["command"].endswith(f"--resume {session}")
+    prompt = (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert prompt.startswith("Continue the task of this session") and "1. FOLLOW-UP: use the v2 API" in prompt
+    tries = json.loads((proj.state / "usage.json").read_text())["tries"]
+    assert tries["worker-1-try-2"]["session_id"] == session
+
+
 # --- pause and resume ---------------------------------------------------------------------------------------
 
 def test_pause_and_resume_of_one_issue_go_through_a_running_monitor(project):

@@ -101,17 +101,20 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
+    followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
+    before = record.agent or {}
+    if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
+        session, before = commands.last_session(files, cfg.project, issue.number, record.stage)
     resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
         configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
-    followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
     prompt.write_text(text + commands.followup_text(followups), encoding="utf-8")
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
-    record.agent = agents.resumed_state(cfg.agent, record.agent or {}) if resume else agents.new_state(cfg.agent)
+    record.agent = agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent)
     record.events_offset = 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),

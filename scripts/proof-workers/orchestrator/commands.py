@@ -540,6 +540,21 @@ def pending_followups(state_root: Path, project: str, issue: int) -> list[dict[s
             and isinstance(e.get("text"), str)]
 
 
+def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
+    """The session of the issue's last try in `stage` that got somewhere (a turn), and what that session cost
+    over all its tries (so a try resuming it counts only what it adds); ("", {}) when there is none."""
+    from orchestrator.budgets import usage_by_try
+
+    tries = [e for e in usage_by_try(files).values()
+             if e.get("project") == project and e.get("issue") == issue and e.get("stage") == stage]
+    last = next((e for e in reversed(tries) if isinstance(e.get("session_id"), str) and e.get("turns")), None)
+    if last is None:
+        return "", {}
+    cost = sum(e["cost_usd"] for e in tries if e.get("session_id") == last["session_id"]
+               and isinstance(e.get("cost_usd"), (int, float)) and not isinstance(e.get("cost_usd"), bool))
+    return last["session_id"], {"session_id": last["session_id"], "session_cost_usd": cost}
+
+
 def followup_text(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return ""
