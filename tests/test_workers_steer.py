@@ -492,3 +492,11 @@ def test_a_planted_or_malformed_queue_file_is_answered_once_and_never_followed_e
     done = sorted((proj.state / "commands" / "done").glob("0000*.json"))
     assert [json.loads(p.read_text())["ok"] for p in done] == [False] * 4
     assert not (proj.home / "escaped").exists() and not (proj.state.parent.parent / "escaped").exists()
+
+
+def test_a_queue_that_cannot_be_written_is_one_line_and_changes_nothing(project):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    proj.state.mkdir(parents=True)
+    (proj.state / "commands").write_text("a file where the queue belongs")
+    one_line_refusal(cli("pause"), "cannot queue the command")
+    assert not (proj.state / "paused.json").exists()

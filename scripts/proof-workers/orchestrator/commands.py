@@ -144,7 +144,11 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
     from orchestrator.state import MonitorBusy, monitor_lock
 
     for command in commands:
-        enqueue(run.state_root, command)
+        try:
+            enqueue(run.state_root, command)
+        except OSError as err:
+            raise OrchestratorError(f"{queue_dir(run.state_root, command.project)}: cannot queue the command "
+                                    f"({err.strerror or err})") from None
     deadline = time.monotonic() + wait
     while True:
         done = [outcome_of(run.state_root, c) for c in commands]
