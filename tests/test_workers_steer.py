@@ -500,3 +500,20 @@ def test_a_queue_that_cannot_be_written_is_one_line_and_changes_nothing(project)
     (proj.state / "commands").write_text("a file where the queue belongs")
     one_line_refusal(cli("pause"), "cannot queue the command")
     assert not (proj.state / "paused.json").exists()
+
+
+def test_a_follow_up_kept_before_its_holder_was_killed_is_kept_once_whatever_the_issue_did_since(project):
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], pipeline=["implement"],
+                   num_workers=1)
+    for number in (1, 2):  # the second verb applies the first one's command again first, and dies there
+        crashed = cli("send", str(number), f"note {number}", env={"ORCHESTRATOR_COMMANDS_CRASH_AT": "applied"})
+        assert crashed.returncode == -signal.SIGKILL
+    doc = proj.doc()
+    doc["issues"][0]["status"] = "completed"  # #1 finished meanwhile: a new send to it would be refused
+    proj.config.write_text(json.dumps(doc))
+    assert cli("pause").returncode == 0  # the next holder of the lock finishes both
+    assert queue_left(proj) == []
+    outcomes = [json.loads(p.read_text()) for p in sorted((proj.state / "commands" / "done").glob("*.json"))]
+    assert [(o.get("verb"), o["ok"]) for o in outcomes] == [("send", True), ("send", True), ("pause", True)]
+    kept = json.loads((proj.state / "followups.json").read_text())["issues"]
+    assert [e["text"] for e in kept["1"]] == ["note 1"] and [e["text"] for e in kept["2"]] == ["note 2"]

@@ -383,6 +383,9 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
         return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
                               "stopped)"])
+    if command.verb == "send" and any(e.get("id") == command.id for e in pending_followups(
+            run.state_root, command.project, command.issue or 0, given_too=True)):
+        return Outcome(True, [f"stored for {label} (before the monitor that took the command stopped)"])
     return None
 
 
@@ -532,15 +535,15 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
                           "resumes the agent's session where the agent can"])
 
 
-def pending_followups(state_root: Path, project: str, issue: int) -> list[dict[str, Any]]:
-    """The follow-ups of `issue` not yet given to a try (in the order sent)."""
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
     try:
         doc = read_json(followups_file(state_root, project), {"issues": {}})
     except UnreadableFile:
         return []
     entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) and \
         isinstance(doc.get("issues"), dict) else None
-    return [e for e in entries or [] if isinstance(e, dict) and not e.get("given_in")
+    return [e for e in entries or [] if isinstance(e, dict) and (given_too or not e.get("given_in"))
             and isinstance(e.get("text"), str)]
 
 
