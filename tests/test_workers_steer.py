@@ -354,6 +354,34 @@ def test_send_reaches_a_running_claude_that_reads_stream_json_input_and_the_mode
     assert [d.get("closed", False) for d in delivered] == [False, True]
 
 
+def test_a_streaming_claude_try_that_ends_on_an_api_error_before_any_reply_exits_and_is_judged(project, tmp_path):
+    """No reply at all (not logged in): its input still ends at the result, so the CLI exits and the project is
+    paused for auth, as with a prompt file, instead of the try hanging on its open input until a stall."""
+    import shlex
+
+    import fake_anthropic as fa
+    from agent_fixtures import claude_env, require_claude
+
+    claude = require_claude()
+    with fa.FakeAnthropic() as api:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in claude_env(api, tmp_path / "agent-home", 1).items())
+        proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                       stall_timeout=600, max_retries=0,
+                       agent_command=f"{env} {shlex.quote(str(claude))} -p --input-format stream-json "
+                                     "--output-format stream-json --verbose --dangerously-skip-permissions")
+        api.queue(*[fa.status(401)] * 10)
+
+        def held() -> bool:
+            monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+            path = proj.state / "paused.json"
+            return path.exists() and json.loads(path.read_text())["project"] != []
+
+        retry_until(held, seconds=180)
+    [pause] = json.loads((proj.state / "paused.json").read_text())["project"]
+    assert pause["reason"] == "auth"
+    assert [e["action"] for e in proj.events() if e["action"] in ("hold", "restart", "skip")] == ["hold"]
+
+
 def test_a_follow_up_kept_for_a_killed_claude_try_resumes_its_session_after_retry(project, tmp_path):
     """kill while the agent works, send (kept: a plain Claude try takes no input), retry: the next try continues
     the killed try's session (--resume) with the follow-up."""

@@ -186,7 +186,7 @@ class Feeder:
                 self.last_forward = self.events
                 with open(self.delivered, "a", encoding="utf-8") as out:
                     out.write(json.dumps({"id": doc["id"], "at": _stamp()}) + "\n")
-            if close_if_idle and self.last_forward < self.last_reply:
+            if close_if_idle and self.last_forward <= self.last_reply:  # (0, 0): a result with no reply at all
                 self._close()
 
     def _close(self) -> None:
