@@ -150,10 +150,14 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
             raise OrchestratorError(f"{queue_dir(run.state_root, command.project)}: cannot queue the command "
                                     f"({err.strerror or err})") from None
     deadline = time.monotonic() + wait
+    applied_here = False
     while True:
         done = [outcome_of(run.state_root, c) for c in commands]
         if all(o is not None for o in done):
             break
+        if applied_here:  # the queue was applied here and still no outcome: never loop on it
+            raise OrchestratorError(f"{queue_dir(run.state_root, commands[0].project)}: the command was applied "
+                                    "but left no outcome in done/; see the event log")
         try:
             with monitor_lock(run.locks()):
                 marker = _applying_marker(run)
@@ -162,6 +166,7 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
                     apply_queue(run, say)  # no monitor: the verb applies the queue (its own commands among it)
                 finally:
                     marker.unlink(missing_ok=True)
+            applied_here = True
             continue
         except MonitorBusy:
             pass
