@@ -282,6 +282,8 @@ def test_send_with_a_running_monitor_is_kept_for_the_next_try_and_says_so(projec
         assert sent.returncode == 0, sent.stderr
         assert "stored for demo#1: given at the start of its next try (its running try (worker 1, try 1) reads " \
                "its prompt from a file and takes no input while it runs)" in sent.stdout
+        assert "if this try completes #1, no try follows to take it: to act on it now, kill 1, then retry 1" \
+            in sent.stdout
         assert "applied by the running monitor" in sent.stdout
         one_line_refusal(cli("send", "1", "  "), "send: the text is empty")
         assert running.wait(timeout=120) == 0  # the stalled try restarts with the instruction, then completes
@@ -308,6 +310,7 @@ def test_send_with_no_monitor_is_stored_and_given_once_to_the_next_try(project, 
     sent = inv("workers.send", "1", "use the new API")
     assert sent.code == 0, sent.err
     assert "stored for demo#1: given at the start of its next try (no try of it runs now)" in sent.out
+    assert "no try follows" not in sent.out
     assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
     [prompt] = proj.prompts(1)
     assert prompt.count("use the new API") == 1

@@ -536,8 +536,12 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
     run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
                          "id": command.id, "delivered": False})
     say(f"#{command.issue}: follow-up stored for its next try")
-    return Outcome(True, [f"stored for {label}: given at the start of its next try ({why}); a restarted try "
-                          "resumes the agent's session where the agent can"])
+    lines = [f"stored for {label}: given at the start of its next try ({why}); a restarted try resumes the "
+             "agent's session where the agent can"]
+    if running:  # said plainly: a try that completes the issue leaves no next try to give it to
+        lines.append(f"if this try completes #{command.issue}, no try follows to take it: to act on it now, "
+                     f"kill {command.issue}, then retry {command.issue}")
+    return Outcome(True, lines)
 
 
 def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
