@@ -142,9 +142,9 @@ class Feeder:
         self.events = 0  # assistant replies and forwarded messages, in order
         self.last_reply = self.last_forward = 0
         self.mutex = threading.Lock()
+        self.inbox.touch()  # from now on the monitor may append to it
 
     def start(self, prompt: str) -> None:
-        self.inbox.touch()
         self._write(prompt)
         threading.Thread(target=self._poll, daemon=True).start()
 
@@ -167,7 +167,11 @@ class Feeder:
             if self.closed:
                 return
             withdrawn, waiting = set(), []
-            for line in self.inbox.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                lines = self.inbox.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                lines = []  # removed under us (a cleanup): nothing more to pass on
+            for line in lines:
                 try:
                     doc = json.loads(line)
                 except ValueError:
@@ -191,8 +195,11 @@ class Feeder:
 
     def _close(self) -> None:
         self.closed = True
-        with open(self.delivered, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"closed": True, "at": _stamp()}) + "\n")
+        try:
+            with open(self.delivered, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"closed": True, "at": _stamp()}) + "\n")
+        except OSError:
+            pass  # not noted (a full disk): the monitor withdraws what it cannot see delivered, after its wait
         try:
             self.stdin.close()
         except OSError:
@@ -259,14 +266,18 @@ def run(spec: dict[str, Any]) -> int:
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, stop)
             feeder = Feeder(agent.stdin, streamed) if streamed else None
-            if feeder is not None:
-                feeder.start(Path(streamed["prompt"]).read_text(encoding="utf-8"))
             if structured:
                 pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]),
                                                               Path(spec["try_log"]), feeder), daemon=True)
             else:
                 pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
             pump.start()
+            if feeder is not None:  # after the pump: a long prompt never waits on an agent blocked on its output
+                try:
+                    feeder.start(Path(streamed["prompt"]).read_text(encoding="utf-8"))
+                except OSError as err:  # no prompt to give: the agent's input ends, it exits, the try is judged
+                    log.write(f"wrapper: cannot read the prompt: {err}\n".encode())
+                    feeder.end()
             code = agent.wait()
             if feeder is not None:
                 feeder.end()
