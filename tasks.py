@@ -887,9 +887,42 @@ def workers_init(c, repo="", pipeline="", config="", agent_command=""):
                  *(["--agent-command", agent_command] if agent_command else []), config=config)
 
 
+STEER_HELP = {**WORKERS_CONFIG_HELP, "issue": "the issue number",
+              "project": "the issue's project (default: the run's only project)",
+              "wait": "SECONDS to wait for a running monitor to apply it (0: the default, 30)"}
+
+
+def _steer_cli(verb: str, issue: object, *extra: object, project: str = "", wait: float = 0, config: str = "",
+               config_dir: str = "", workers: int = 0, session: str = "") -> None:
+    """A steering verb: options first, then `--` and the issue (and text), so a text starting with `-` is text."""
+    options = [(f, v) for f, v in (("--project", project), ("--wait", wait), ("--config", config),
+                                   ("--config-dir", config_dir), ("--workers", workers), ("--session", session)) if v]
+    _workers_cli(verb, *(x for pair in options for x in pair), "--", issue, *extra)
+
+
+@task(name="retry", help=STEER_HELP)
+def workers_retry(c, issue, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", wait=Seconds(0)):
+    """Put a failed issue back to pending, its retries reset (its branch and commits are kept)."""
+    _steer_cli("retry", issue, project=project, wait=wait, config=config, config_dir=config_dir, workers=workers,
+               session=session)
+
+
+@task(name="kill", help=STEER_HELP)
+def workers_kill(c, issue, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", wait=Seconds(0)):
+    """Stop an issue's running try now; the issue fails with `killed by user` (no automatic retry)."""
+    _steer_cli("kill", issue, project=project, wait=wait, config=config, config_dir=config_dir, workers=workers,
+               session=session)
+
+
+@task(name="send", help={**STEER_HELP, "text": "the instruction (quote it)"})
+def workers_send(c, issue, text, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", wait=Seconds(0)):
+    """Give an issue's agent a follow-up instruction: to the running agent where it takes streaming input, else at
+    the start of the issue's next try."""
+    _steer_cli("send", issue, text, project=project, wait=wait, config=config, config_dir=config_dir,
+               workers=workers, session=session)
+
+
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
                                     workers_cleanup, workers_repin, workers_add_issue, workers_pause,
-                                    workers_resume, workers_attach, workers_logs, workers_diff, workers_init))
-
-
-
+                                    workers_resume, workers_retry, workers_kill, workers_send, workers_attach,
+                                    workers_logs, workers_diff, workers_init))

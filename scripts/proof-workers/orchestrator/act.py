@@ -17,7 +17,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, pauses, pins, prompts, pulls, sandbox, show, tmux, worktree_setup, worktrees
+from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux, worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
@@ -102,17 +102,22 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
+    followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
+    before = record.agent or {}
+    if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
+        session, before = commands.last_session(files, cfg.project, issue.number, record.stage)
     resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
         configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation,
                            *((record.stage, str(record.pr.get("task") or "")) if record.stage in configs.PR_STAGES
                              else ())))
-    prompt.write_text(text, encoding="utf-8")
+    prompt.write_text(text + commands.followup_text(followups), encoding="utf-8")
+    commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
-    record.agent = agents.resumed_state(cfg.agent, record.agent or {}) if resume else agents.new_state(cfg.agent)
+    record.agent = agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent)
     record.events_offset = 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
@@ -130,6 +135,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
                                            prompt)}
+    if commands.streams_input(cfg):  # the prompt goes in as the first message; `send` can add more while it runs
+        spec["input"] = {"prompt": str(prompt), **commands.inbox_paths(files, w, t)}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)

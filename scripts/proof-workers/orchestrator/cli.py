@@ -1,5 +1,5 @@
-"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, repin, attach, logs, diff.
-One-line errors; exit 2 usage/config, 1 work failed."""
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, retry, kill, send, repin,
+attach, logs, diff, init. One-line errors; exit 2 usage/config, 1 work failed."""
 from __future__ import annotations
 
 import argparse
@@ -88,15 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(dash)
     dash.add_argument("--interval", type=_seconds, default=2.0, help="seconds between redraws")
     dash.add_argument("--once", action="store_true", help="draw one frame and exit")
+    # Steering (orchestrator.commands): through the running monitor's command queue, else applied here.
     for verb, what in (("pause", "pause the project(s) or one issue (reason user): no try starts, running ones "
                                  "finish"),
-                       ("resume", "clear the user, alert and auth pauses of the project(s), or of one issue")):
+                       ("resume", "clear the user, alert and auth pauses of the project(s), or of one issue"),
+                       ("retry", "put a failed issue back to pending, its retries reset (branch and commits kept)"),
+                       ("kill", "stop an issue's running try now; the issue fails with `killed by user`"),
+                       ("send", "a follow-up instruction for an issue's agent (given at the start of its next try)")):
         sub = verbs.add_parser(verb, help=what)
         _with_config(sub)
-        sub.add_argument("--project", default="", help="only this project (default: every project of the run)")
-        sub.add_argument("--issue", type=_count, help="only this issue (default: the project and all its issues)")
+        sub.add_argument("--project", default="", help="the issue's project (default: the run's only project; "
+                                                       "pause/resume: every project)")
+        if verb in ("pause", "resume"):
+            sub.add_argument("number", nargs="?", type=_count, metavar="ISSUE",
+                             help="only this issue (default: the project and all its issues)")
+            sub.add_argument("--issue", type=_count, help="only this issue (the same as ISSUE)")
+        else:
+            sub.add_argument("number", type=_count, metavar="ISSUE", help="the issue number")
         if verb == "pause":
             sub.add_argument("--detail", default="", help="why, shown by status")
+        if verb == "send":
+            sub.add_argument("text", metavar="TEXT", help="the instruction, as one argument (quote it)")
+        sub.add_argument("--wait", type=_seconds, default=None,
+                         help="seconds to wait for a running monitor to apply it (default 30)")
     pin = verbs.add_parser("repin", help="pin each repo's push target again: repos.json's remote, else origin's "
                                          "push url now (pushes never follow .git/config by themselves)")
     _with_config(pin)
@@ -219,17 +233,24 @@ def _init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
-def _pause_or_resume(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from orchestrator import pauses
+def _steer(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator import commands
     from orchestrator.run import open_run
 
+    issue = args.number
+    if getattr(args, "issue", None) is not None:
+        if issue is not None and issue != args.issue:
+            raise OrchestratorError(f"{args.verb}: give the issue once (ISSUE or --issue)")
+        issue = args.issue
     run = open_run(args.config, args.config_dir, args.workers, args.session)
-    if args.verb == "pause":
-        lines = pauses.pause(run.state_root, run.configs, args.project, args.issue, args.detail)
-    else:
-        lines = pauses.resume(run.state_root, run.configs, args.project, args.issue)
-    for line in lines:
+    text = getattr(args, "text", "") or getattr(args, "detail", "")
+    given = commands.check(run, args.verb, args.project, issue, text)
+    outcome = commands.give(run, given, lambda _line: None,
+                            commands.ACK_WAIT if args.wait is None else args.wait)
+    for line in outcome.lines:
         out(line)
+    if outcome.error:
+        raise OrchestratorError(outcome.error)
     return 0
 
 
@@ -324,7 +345,7 @@ def _show(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
-    "pause": _pause_or_resume, "resume": _pause_or_resume,
+    "pause": _steer, "resume": _steer, "retry": _steer, "kill": _steer, "send": _steer,
     "repin": _repin,
     "attach": _show, "logs": _show, "diff": _show, "init": _init,
 }

@@ -5,7 +5,7 @@ actions, so a journal of (snapshots, state, settings, actions) replays exactly.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from orchestrator.queue import IssueRef, IssueView, next_issue
@@ -105,17 +105,30 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A user's steering command taken from the queue this cycle (orchestrator.commands): part of decide's input.
+    pause and resume are applied before the pauses are read (they show in `paused`); the others become actions."""
+
+    id: str
+    verb: str  # pause | resume | retry | kill | send
+    project: str
+    issue: int | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class State:
     workers: tuple[WorkerView, ...]
     issues: tuple[IssueView, ...]
     paused: tuple[Pause, ...] = ()
     prs: tuple[PrView, ...] = ()  # this cycle's polls of watched PRs
+    commands: tuple[Command, ...] = ()
 
 
 @dataclass(frozen=True)
 class Action:
-    # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold; the PR loop:
-    # open_pr, watch_pr, fix_ci, address_review, merge_pr, pr_done
+    # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold; steering: retry, send,
+    # refuse; the PR loop: open_pr, watch_pr, fix_ci, address_review, merge_pr, pr_done
     kind: str
     worker: int
     issue: IssueRef | None = None
@@ -123,6 +136,7 @@ class Action:
     continuation: bool = False
     nudge: bool = False
     counted: bool = True  # a restart uses one of max_retries (not when tmux or the machine went away)
+    command: str = ""  # the id of the user's command this action carries out (its outcome is written after it)
 
 
 def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
@@ -141,11 +155,14 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
         return ref.project in paused_projects or ref in paused_issues
 
     claimed = {w.issue for w in state.workers if w.issue is not None} | {i.ref for i in state.issues if paused(i.ref)}
-    actions: list[Action] = []
+    actions, killed, retried = _commands(state)
     free: list[tuple[int, bool]] = []  # (worker, freed this cycle)
     for worker in sorted(state.workers, key=lambda w: w.worker_id):
         if worker.issue is None:
             free.append((worker.worker_id, False))
+            continue
+        if worker.worker_id in killed:
+            free.append((worker.worker_id, True))
             continue
         if paused(worker.issue):
             continue
@@ -165,8 +182,9 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
     # An issue completed in this cycle does not unblock its dependents until the
     # next one: its push may still fail, and then it is not complete.
     ids = [w.worker_id for w in state.workers]
+    views = tuple(replace(i, status="pending") if i.ref in retried else i for i in state.issues)
     for worker_id, freed in free:
-        issue = next_issue(state.issues, claimed, worker_id, ids)
+        issue = next_issue(views, claimed, worker_id, ids)
         if issue is not None:
             claimed.add(issue.ref)
             actions.append(Action("reassign", worker_id, issue.ref,
@@ -176,6 +194,42 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
         elif freed:
             actions.append(Action("idle", worker_id, reason="no eligible issue"))
     return actions
+
+
+def _commands(state: State) -> tuple[list[Action], set[int], set[IssueRef]]:
+    """The user's commands in the order given: (their actions, workers whose try is killed, issues retried).
+
+    kill: the worker holding the issue stops its try and the issue fails (`skip`, no retry used); retry: a failed
+    issue is pending again (a free worker may take it this very cycle); send: to the worker holding the issue,
+    else kept for its next try. An issue not in a state the verb applies to gets a `refuse` with the reason."""
+    status = {i.ref: i.status for i in state.issues}  # as the commands before this one leave it
+    holder = {w.issue: w.worker_id for w in state.workers if w.issue is not None}
+    actions: list[Action] = []
+    killed: set[int] = set()
+    retried: set[IssueRef] = set()
+    for command in state.commands:
+        if command.verb in ("pause", "resume") or command.issue is None:
+            continue
+        ref = IssueRef(command.project, command.issue)
+        now, worker = status.get(ref), holder.get(ref)
+        if command.verb == "kill" and worker is not None:
+            killed.add(worker)
+            del holder[ref]
+            status[ref] = "failed"
+            actions.append(Action("skip", worker, ref, "killed by user", counted=False, command=command.id))
+        elif command.verb == "retry" and now == "failed" and worker is None:
+            retried.add(ref)
+            status[ref] = "pending"
+            actions.append(Action("retry", 0, ref, "retried by user", command=command.id))
+        elif command.verb == "send" and now in ("pending", "in_progress", "failed"):
+            actions.append(Action("send", worker or 0, ref, command=command.id))
+        else:
+            why = {"kill": "no try of it runs", "retry": "only a failed issue is retried",
+                   "send": "it has no next try"}.get(command.verb, f"unknown verb {command.verb!r}")
+            shown = "gone from the issue list" if now is None else \
+                "in_progress, held by no worker" if now == "in_progress" and worker is None else now
+            actions.append(Action("refuse", 0, ref, f"#{command.issue} is {shown}: {why}", command=command.id))
+    return actions, killed, retried
 
 
 def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings: Settings) -> list[Action]:
@@ -293,6 +347,7 @@ def cycle_from_json(doc: dict[str, Any]) -> tuple[list[Snapshot], State, Setting
         issues=tuple(IssueView(**{**i, "ref": IssueRef(**i["ref"]), "depends_on": tuple(i["depends_on"])})
                      for i in doc["state"]["issues"]),
         paused=tuple(Pause(**p) for p in doc["state"].get("paused", [])),
-        prs=tuple(PrView(**{**p, "failed": tuple(p["failed"])}) for p in doc["state"].get("prs", [])))
+        prs=tuple(PrView(**{**p, "failed": tuple(p["failed"])}) for p in doc["state"].get("prs", [])),
+        commands=tuple(Command(**c) for c in doc["state"].get("commands", [])))
     actions = [Action(**{**a, "issue": _ref(a["issue"])}) for a in doc["actions"]]
     return snapshots, state, Settings(**doc["settings"]), actions

@@ -8,14 +8,14 @@ from typing import Callable
 from lib import runner
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
-from orchestrator import alerts, budgets, hooks, pauses, probe, pulls, tmux, worktrees
+from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.act import Executor, kill_try, worker_window
 from orchestrator.decide import Pause, PrWork, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
-from orchestrator.state import WorkerRecord, monitor_lock
+from orchestrator.state import WorkerRecord
 
 
 @dataclass
@@ -219,12 +219,16 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
     polled = pulls.poll(run.state_root, run.config_of, records, now, run.files.save_worker, say)
-    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled)
+    given, retaken = commands.take(run)  # the user's commands: pause/resume now, the others through decide
+    given = commands.apply_pauses(run, given, now)
+    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled,
+                  tuple(given))
     settings = settings_of(run)
     actions = decide(snapshots, state, settings)
     if actions:
         run.files.record_cycle({"cycle": number, **cycle_to_json(snapshots, state, settings, actions)})
-    Executor(run, {r.worker_id: r for r in records}, say).execute(actions)
+    by_worker = {r.worker_id: r for r in records}
+    commands.execute(run, Executor(run, by_worker, say), by_worker, actions, given, retaken, say)
     return CycleResult(len(actions), finished=_finished(run))
 
 
@@ -239,7 +243,8 @@ def _finished(run: Run) -> bool:
     except OrchestratorError:
         return False
     views = issue_views(run, records)
-    return next_issue(views, set()) is None and not pause_holds_run(active_pauses(run, run.clock()), views)
+    return next_issue(views, set()) is None and not pause_holds_run(active_pauses(run, run.clock()), views) \
+        and not commands.waiting(run)
 
 
 def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> bool:
@@ -252,7 +257,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
             say: Callable[[str], None] = print) -> int:
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
     interval = cycle if cycle is not None else run.lead.cycle_interval
-    with monitor_lock(run.locks()):
+    with commands.monitor_lock_after_verbs(run, say):  # a verb applying commands may hold it a moment
         alerts.current(run.files.root, run.configs, run.clock())  # a new run snapshots its repositories now
         beat = Heartbeat.start(run.files.monitor, run.clock())
         code = 1  # what an unexpected exception leaves in the heartbeat
@@ -260,7 +265,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
         try:
             reconcile(run, say)
             if not no_delay and not once:
-                run.sleep(min(interval, 60.0))
+                commands.wait(run, min(interval, 60.0))
             number = 0
             while True:
                 number += 1
@@ -274,7 +279,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                     break
                 if once:
                     break
-                run.sleep(interval)
+                commands.wait(run, interval)  # a steering command ends the wait early
             failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == "failed")
             code = 1 if failed else 0
         except OrchestratorError as err:

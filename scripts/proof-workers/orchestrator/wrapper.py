@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout roo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import logcut, runner  # noqa: E402
+from lib.statefile import locked  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents  # noqa: E402
 
@@ -128,6 +129,97 @@ def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+class Feeder:
+    """A try whose agent reads user messages on stdin (Claude Code's `--input-format stream-json`): the prompt is
+    its first message, each follow-up the monitor appends to the try's inbox is the next, and the input ends at a
+    result when nothing reached the agent after its last reply (the CLI then exits). The inbox and the delivered
+    list are changed under one lock (lib.statefile.locked on the inbox), so the monitor knows for each follow-up
+    whether the agent got it or it must wait for the next try: never both, never neither."""
+
+    def __init__(self, stdin: Any, paths: dict[str, str]) -> None:
+        self.stdin, self.inbox, self.delivered = stdin, Path(paths["inbox"]), Path(paths["delivered"])
+        self.sent: set[str] = set()
+        self.closed = False
+        self.events = 0  # assistant replies and forwarded messages, in order
+        self.last_reply = self.last_forward = 0
+        self.mutex = threading.Lock()
+        self.inbox.touch()  # from now on the monitor may append to it
+
+    def start(self, prompt: str) -> None:
+        self._write(prompt)
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def _write(self, text: str) -> bool:
+        try:
+            self.stdin.write((json.dumps({"type": "user", "message": {"role": "user", "content": text}},
+                                         ensure_ascii=False) + "\n").encode())
+            self.stdin.flush()
+            return True
+        except (OSError, ValueError):  # the agent is gone (a broken pipe) or its input already closed
+            return False
+
+    def _poll(self) -> None:
+        while not self.closed:
+            self.forward()
+            time.sleep(0.2)
+
+    def forward(self, close_if_idle: bool = False) -> None:
+        with self.mutex, locked(self.inbox):
+            if self.closed:
+                return
+            withdrawn, waiting = set(), []
+            try:
+                lines = self.inbox.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError:
+                lines = []  # removed under us (a cleanup): nothing more to pass on
+            for line in lines:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and isinstance(doc.get("withdraw"), str):
+                    withdrawn.add(doc["withdraw"])
+                elif isinstance(doc, dict) and isinstance(doc.get("id"), str) and isinstance(doc.get("text"), str):
+                    waiting.append(doc)
+            for doc in waiting:
+                if doc["id"] in self.sent or doc["id"] in withdrawn:
+                    continue
+                if not self._write(doc["text"]):
+                    break
+                self.sent.add(doc["id"])
+                self.events += 1
+                self.last_forward = self.events
+                with open(self.delivered, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"id": doc["id"], "at": _stamp()}) + "\n")
+            if close_if_idle and self.last_forward <= self.last_reply:  # (0, 0): a result with no reply at all
+                self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        try:
+            with open(self.delivered, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"closed": True, "at": _stamp()}) + "\n")
+        except OSError:
+            pass  # not noted (a full disk): the monitor withdraws what it cannot see delivered, after its wait
+        try:
+            self.stdin.close()
+        except OSError:
+            pass
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "assistant":
+            self.events += 1
+            self.last_reply = self.events
+        elif event.get("type") == "result":
+            self.forward(close_if_idle=True)
+
+    def end(self) -> None:
+        """The agent exited: no follow-up can reach it any more."""
+        with self.mutex, locked(self.inbox):
+            if not self.closed:
+                self._close()
+
+
 def run(spec: dict[str, Any]) -> int:
     log_path, signal_path = Path(spec["log"]), Path(spec["signal"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +249,11 @@ def run(spec: dict[str, Any]) -> int:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
         _note(index, start)
         _note(log, start)
+        streamed = spec.get("input") if structured else None
         try:
             agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as err:
             _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
             code = 127
@@ -178,13 +271,22 @@ def run(spec: dict[str, Any]) -> int:
 
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, stop)
+            feeder = Feeder(agent.stdin, streamed) if streamed else None
             if structured:
-                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]), log),
+                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]), log, feeder),
                                         daemon=True)
             else:
                 pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
             pump.start()
+            if feeder is not None:  # after the pump: a long prompt never waits on an agent blocked on its output
+                try:
+                    feeder.start(Path(streamed["prompt"]).read_text(encoding="utf-8"))
+                except OSError as err:  # no prompt to give: the agent's input ends, it exits, the try is judged
+                    log.write(f"wrapper: cannot read the prompt: {err}\n".encode())
+                    feeder.end()
             code = agent.wait()
+            if feeder is not None:
+                feeder.end()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
             pump.join(timeout=5)
             if leftovers:
@@ -262,22 +364,24 @@ def _tee(source: Any, log: logcut.CappedLog) -> None:
         pass  # the log cannot be written: the agent's output is drained, never left to block it
 
 
-def _events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path) -> None:
+def _events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path,
+            feeder: Feeder | None = None) -> None:
     """Keep the agent's raw event stream (a line that is not JSON becomes a `stdout` event) and write a readable
     line per event to the try's log and the pane."""
     try:
-        _keep_events(source, kind, events_path, log)
+        _keep_events(source, kind, events_path, log, feeder)
     except Exception:  # noqa: BLE001 (a full disk, or an event nothing foresaw: the drain below must still run)
         pass
     for _ in iter(lambda: source.read1(65536), b""):
         pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
 
 
-def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path) -> None:
+def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path,
+                 feeder: Feeder | None = None) -> None:
     if isinstance(log, Path):  # a log of the default cap at that path
         log.parent.mkdir(parents=True, exist_ok=True)
         with logcut.CappedLog(log) as capped:
-            return _keep_events(source, kind, events_path, capped)
+            return _keep_events(source, kind, events_path, capped, feeder)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
     with open(events_path, "ab") as events:
@@ -295,6 +399,8 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
                 else:
                     line += b"\n"
             event, was_json = agents.parse_line(line)
+            if feeder is not None:
+                feeder.on_event(event)
             raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
             if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
                 events.write(raw)

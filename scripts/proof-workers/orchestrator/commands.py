@@ -1,0 +1,619 @@
+"""Steering a run: the command queue under state/<project>/commands/, and how each command is taken and applied.
+
+A verb (pause, resume, retry, kill, send) writes one file, `queued/<id>.json`
+(atomic, through lib.statefile). Whoever holds the monitor lock applies the
+queue: the running monitor at the start of each cycle (it wakes for a new
+command), or, when no monitor runs, the verb itself. Taking a command writes
+`taken/<id>.json` before anything is applied; its outcome is written to
+`done/<id>.json` after, and the taken file removed. A holder killed between
+the two (kill -9) leaves the taken file: the next holder applies it again,
+first, and every application is idempotent (a kill of an issue that already
+failed, a retry of one already pending, a follow-up already stored change
+nothing), so a command is never lost and never applied twice. The ids sort
+by time: commands apply in the order they were given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from lib.errors import ConfigError, OrchestratorError, clip
+from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
+from orchestrator import config as configs
+from orchestrator import heartbeat, pauses
+from orchestrator.decide import Action, Command
+
+if TYPE_CHECKING:
+    from orchestrator.act import Executor
+    from orchestrator.run import Run
+    from orchestrator.state import RunFiles, WorkerRecord
+
+VERBS = ("pause", "resume", "retry", "kill", "send")
+ISSUE_VERBS = ("retry", "kill", "send")
+MAX_TEXT = 20_000  # characters of a follow-up instruction
+ACK_WAIT = 30.0  # seconds a verb waits for a running monitor to apply its command
+POLL = 0.1
+DONE_KEPT = 24 * 3600.0  # seconds an outcome stays in done/
+DELIVERY_WAIT = 10.0  # seconds the monitor waits for a streaming try's wrapper to pass a follow-up on
+LOCK_PATIENCE = 10.0  # seconds a starting monitor waits while a verb applying commands holds its lock
+CRASH_ENV = "ORCHESTRATOR_COMMANDS_CRASH_AT"  # test hook: `taken` or `applied` kills the holder there (SIGKILL)
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    lines: list[str] = field(default_factory=list)
+    error: str = ""  # a refusal: one line, the verb exits 2
+    by_pid: int | None = None  # who applied it (the monitor, or the verb itself)
+
+
+def queue_dir(state_root: Path, project: str) -> Path:
+    return state_root / project / "commands"
+
+
+def followups_file(state_root: Path, project: str) -> Path:
+    """Follow-up instructions kept for an issue's next try (`send` when its running try takes no input)."""
+    return state_root / project / "followups.json"
+
+
+def _crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _new_id() -> str:
+    return f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+# --- the verb's side ----------------------------------------------------------------------------------------
+
+def _target(run: Run, project: str, issue: int | None, verb: str) -> list[configs.ProjectConfig]:
+    """The projects a command is for; an unknown project or issue is a usage error (nothing queued)."""
+    if project:
+        chosen = [c for c in run.configs if c.project == project]
+        if not chosen:
+            raise ConfigError(f"unknown project {clip(project)!r} (known: {', '.join(c.project for c in run.configs)})")
+    elif issue is not None and len(run.configs) > 1:
+        raise ConfigError(f"{verb}: give --project: the run has several projects")
+    else:
+        chosen = list(run.configs)
+    if issue is not None and chosen[0].issue(issue) is None:
+        raise ConfigError(f"{chosen[0].path}: issue #{issue} is not in the issue list")
+    return chosen
+
+
+def check(run: Run, verb: str, project: str, issue: int | None, text: str) -> list[Command]:
+    """The commands a verb gives, checked against the config as it is now (the holder checks again when it
+    applies them: the run may have moved on). Bad input raises a ConfigError (one line, exit 2)."""
+    if verb not in VERBS:
+        raise ConfigError(f"unknown verb {verb!r}")
+    if verb in ISSUE_VERBS and issue is None:
+        raise ConfigError(f"{verb}: give the issue number")
+    if issue is not None and issue <= 0:
+        raise ConfigError(f"{verb}: the issue number must be positive")
+    if verb == "send":
+        if not text.strip():
+            raise ConfigError("send: the text is empty")
+        if len(text) > MAX_TEXT:
+            raise ConfigError(f"send: the text has {len(text)} characters, more than {MAX_TEXT}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's encoding could not decode (argv's surrogate escapes)
+        raise ConfigError(f"{verb}: the text is not valid UTF-8") from None
+    chosen = _target(run, project, issue, verb)
+    if issue is not None and verb in ISSUE_VERBS:
+        status = chosen[0].issue(issue).status  # type: ignore[union-attr]
+        if verb == "retry" and status != "failed":
+            raise ConfigError(f"retry: #{issue} is {status}: only a failed issue is retried")
+        if verb == "kill" and status != "in_progress":
+            raise ConfigError(f"kill: #{issue} is {status}: no try of it runs")
+        if verb == "send" and status == "completed":
+            raise ConfigError(f"send: #{issue} is completed: it has no next try")
+    return [Command(_new_id(), verb, cfg.project, issue, text) for cfg in chosen]
+
+
+def enqueue(state_root: Path, command: Command) -> Path:
+    path = queue_dir(state_root, command.project) / "queued" / f"{command.id}.json"
+    write_json(path, {**asdict(command), "queued_at": time.time(), "by_pid": os.getpid()})
+    return path
+
+
+def outcome_of(state_root: Path, command: Command) -> Outcome | None:
+    """The command's outcome once applied; None before."""
+    try:
+        doc = read_json(queue_dir(state_root, command.project) / "done" / f"{command.id}.json")
+    except UnreadableFile:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    by = doc.get("by_pid")
+    return Outcome(doc.get("ok") is True, [str(x) for x in doc.get("lines") or []], str(doc.get("error") or ""),
+                   by if isinstance(by, int) else None)
+
+
+def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: float = ACK_WAIT) -> Outcome:
+    """Queue the commands and see them applied: by the running monitor (waiting at most `wait` seconds), or here
+    under the monitor's lock when no monitor runs. Returns what was done, or that they are queued."""
+    from orchestrator.state import MonitorBusy, monitor_lock
+
+    for command in commands:
+        try:
+            enqueue(run.state_root, command)
+        except OSError as err:
+            raise OrchestratorError(f"{queue_dir(run.state_root, command.project)}: cannot queue the command "
+                                    f"({err.strerror or err})") from None
+    deadline = time.monotonic() + wait
+    applied_here = False
+    while True:
+        done = [outcome_of(run.state_root, c) for c in commands]
+        if all(o is not None for o in done):
+            break
+        if applied_here:  # the queue was applied here and still no outcome: never loop on it
+            raise OrchestratorError(f"{queue_dir(run.state_root, commands[0].project)}: the command was applied "
+                                    "but left no outcome in done/; see the event log")
+        try:
+            with monitor_lock(run.locks()):
+                marker = _applying_marker(run)
+                write_json(marker, {"pid": os.getpid(), "pid_start": heartbeat.process_start(os.getpid())})
+                try:
+                    apply_queue(run, say)  # no monitor: the verb applies the queue (its own commands among it)
+                finally:
+                    marker.unlink(missing_ok=True)
+            applied_here = True
+            continue
+        except MonitorBusy:
+            pass
+        if time.monotonic() > deadline:
+            return Outcome(True, _queued_lines(run, commands))
+        time.sleep(POLL)
+    outcomes = [o for o in done if o is not None]
+    lines = [line for o in outcomes for line in o.lines]
+    errors = [o.error for o in outcomes if o.error]
+    others = sorted({o.by_pid for o in outcomes if o.by_pid not in (None, os.getpid())})
+    if others:
+        lines.append(f"(applied by the running monitor, pid {', '.join(map(str, others))})")
+    elif commands and commands[0].verb == "retry" and not errors:
+        lines.append("no monitor runs: start it to try the issue (python3 -m orchestrator monitor --no-delay)")
+    return Outcome(not errors, lines, errors[0] if errors else "")
+
+
+def _applying_marker(run: Run) -> Path:
+    return run.files.root / "commands" / "applying.json"
+
+
+def _verb_applying(run: Run) -> bool:
+    """Whether the lock is held by a live verb applying commands (not by a monitor or a launch)."""
+    try:
+        doc = read_json(_applying_marker(run))
+        started = doc.get("pid_start")
+        return started is not None and heartbeat.process_start(int(doc["pid"])) == started
+    except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):  # none there, or not ours
+        return False
+
+
+@contextmanager
+def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[None]:
+    """The monitor lock; while a verb applying commands holds it, wait for it (at most LOCK_PATIENCE seconds),
+    never refuse to start for it. Held by another monitor or a launch: refused at once, as ever."""
+    from orchestrator.state import MonitorBusy, monitor_lock
+
+    deadline = time.monotonic() + LOCK_PATIENCE
+    entered = said = False
+    while True:
+        try:
+            with monitor_lock(run.locks()):
+                entered = True
+                yield
+            return
+        except MonitorBusy:
+            if entered or not _verb_applying(run) or time.monotonic() > deadline:
+                raise
+            if not said:
+                say("a verb is applying commands under the monitor lock: waiting for it")
+                said = True
+            time.sleep(POLL)
+
+
+def _queued_lines(run: Run, commands: list[Command]) -> list[str]:
+    status = heartbeat.monitor_status(run.files.monitor)
+    last = status.get("last_cycle_at")
+    when = f"its last cycle ended at {last}; " if last else ""
+    return [f"queued {c.verb} {c.project}" + (f"#{c.issue}" if c.issue is not None else "") +
+            f" (command {c.id}): the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies "
+            "the command when that cycle ends, at the start of the next one" for c in commands]
+
+
+# --- the lock holder's side ---------------------------------------------------------------------------------
+
+def _load(path: Path, project: str) -> Command | None:
+    """The command in `path`, a file of `project`'s queue; None when it is no command of that project (a file
+    naming another project, or an id other than its name, is never followed to another directory)."""
+    try:
+        doc = read_json(path)
+        issue = doc.get("issue")
+        if doc.get("project") != project or doc.get("id") != path.stem or isinstance(issue, bool) or \
+                not (issue is None or isinstance(issue, int)) or not isinstance(doc.get("text", ""), str):
+            return None
+        return Command(path.stem, str(doc["verb"]), project, issue, doc.get("text") or "")
+    except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _dirs(run: Run) -> list[tuple[str, Path]]:
+    return [(cfg.project, queue_dir(run.state_root, cfg.project)) for cfg in run.configs]
+
+
+def waiting(run: Run) -> bool:
+    """Whether a command is queued for this run (the monitor's sleep ends early for it)."""
+    for _, directory in _dirs(run):
+        try:
+            with os.scandir(directory / "queued") as entries:
+                if any(e.name.endswith(".json") and not e.name.startswith(".") for e in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def wait(run: Run, seconds: float) -> None:
+    """Sleep up to `seconds`, waking as soon as a command is queued."""
+    deadline = time.monotonic() + seconds
+    while not waiting(run):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        run.sleep(min(0.25, left))
+
+
+def take(run: Run) -> tuple[list[Command], set[str]]:
+    """Every command not yet applied, in the order given, and the ids of those a killed holder had taken already
+    (each queued one is written to taken/ before its queued file goes). Only the monitor lock's holder calls this."""
+    found: list[Command] = []
+    retaken: set[str] = set()
+    for project, directory in _dirs(run):
+        done = directory / "done"
+        _prune(done)
+        for path in sorted((directory / "taken").glob("*.json")):
+            command = None if (done / path.name).exists() else _load(path, project)
+            if command is None:
+                path.unlink(missing_ok=True)  # applied (the holder died before it removed this), or no command
+                continue
+            found.append(command)
+            retaken.add(command.id)
+        for path in sorted((directory / "queued").glob("*.json")):
+            taken = directory / "taken" / path.name
+            if not ((done / path.name).exists() or taken.exists()):
+                command = _load(path, project)
+                if command is None:
+                    write_json(done / path.name, {"ok": False, "lines": [], "error": f"{path}: not a command of "
+                                                  f"project {project}", "done_at": time.time()})
+                    path.unlink(missing_ok=True)
+                    continue
+                write_json(taken, {**asdict(command), "taken_at": time.time(), "by_pid": os.getpid()})
+                found.append(command)
+            path.unlink(missing_ok=True)
+    found.sort(key=lambda c: c.id)
+    if found:
+        _crash_point("taken")
+    return found, retaken
+
+
+def _prune(done: Path) -> None:
+    """Outcomes are read by the verb that waits for them: after a day they go."""
+    cutoff = time.time() - DONE_KEPT
+    try:
+        with os.scandir(done) as entries:
+            old = [e.path for e in entries if e.name.endswith(".json") and e.stat().st_mtime < cutoff]
+    except OSError:
+        return
+    for path in old:
+        Path(path).unlink(missing_ok=True)
+
+
+def finish(run: Run, command: Command, outcome: Outcome) -> None:
+    directory = queue_dir(run.state_root, command.project)
+    _crash_point("applied")
+    write_json(directory / "done" / f"{command.id}.json",
+               {**asdict(command), **asdict(outcome), "done_at": time.time(), "by_pid": os.getpid()})
+    (directory / "taken" / f"{command.id}.json").unlink(missing_ok=True)
+    run.files.log_event({"action": "command", "id": command.id, "verb": command.verb, "project": command.project,
+                         "issue": command.issue, "ok": outcome.ok, "error": outcome.error or None})
+
+
+def apply_pauses(run: Run, commands: list[Command], now: float) -> list[Command]:
+    """Apply the pause and resume commands (before the pauses are read for decide); returns the others."""
+    rest = []
+    for command in commands:
+        if command.verb not in ("pause", "resume"):
+            rest.append(command)
+            continue
+        try:
+            if command.verb == "pause":
+                lines = pauses.pause(run.state_root, run.configs, command.project, command.issue,
+                                     command.text, now)
+            else:
+                lines = pauses.resume(run.state_root, run.configs, command.project, command.issue, now)
+            outcome = Outcome(True, lines)
+        except OrchestratorError as err:
+            outcome = Outcome(False, error=str(err))
+        finish(run, command, outcome)
+    return rest
+
+
+def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], actions: list[Action],
+            commands: list[Command], retaken: set[str], say: Callable[[str], None]) -> None:
+    """Carry out a cycle's actions in order: the commands' own (retry, send, refuse) here, the rest by the
+    executor; each command's outcome is written right after its action. A command taken again after its holder
+    was killed is refused by decide when its effect is already there: that is its outcome, applied once."""
+    by_id = {c.id: c for c in commands}
+    for action in actions:
+        command = by_id.pop(action.command, None)
+        before = records.get(action.worker)
+        held = (before.worker_id, before.try_id) if before is not None else None
+        try:
+            if action.kind == "retry" and command is not None:
+                outcome = _retry(run, command, say)
+            elif action.kind == "send" and command is not None:
+                outcome = _send(run, command, records.get(action.worker), say)
+            elif action.kind == "refuse" and command is not None and command.id in retaken and \
+                    (done := _already_applied(run, command)) is not None:
+                outcome = done
+            elif action.kind == "refuse":
+                outcome = Outcome(False, error=f"{command.verb if command else 'command'}: {action.reason}")
+            else:
+                executor.execute([action])
+                outcome = _killed(run, command, held) if command is not None else None
+        except OrchestratorError as err:
+            outcome = Outcome(False, error=f"{action.kind}: {err}")
+        if command is not None and outcome is not None:
+            finish(run, command, outcome)
+    for command in by_id.values():  # decide gave it no action (pause/resume are applied before)
+        finish(run, command, Outcome(False, error=f"{command.verb}: nothing to do"))
+
+
+def _already_applied(run: Run, command: Command) -> Outcome | None:
+    """The outcome of a command its killed holder had applied already (its effect is there), else None."""
+    issue = run.config_of(command.project).issue(command.issue or 0)
+    label = f"{command.project}#{command.issue}"
+    if command.verb == "kill" and issue is not None and issue.status == "failed":
+        return Outcome(True, [f"killed {label}: it fails with `killed by user` (applied before the monitor that took "
+                              "the command stopped)"])
+    if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
+        return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
+                              "stopped)"])
+    if command.verb == "send" and any(e.get("id") == command.id for e in pending_followups(
+            run.state_root, command.project, command.issue or 0, given_too=True)):
+        return Outcome(True, [f"stored for {label} (before the monitor that took the command stopped)"])
+    return None
+
+
+def _killed(run: Run, command: Command, held: tuple[int, int] | None) -> Outcome:
+    run.reload()  # the executor wrote the issue's status into the config file
+    issue = run.config_of(command.project).issue(command.issue or 0)
+    label = f"{command.project}#{command.issue}"
+    if issue is None or issue.status != "failed":
+        return Outcome(False, error=f"kill: {label} did not fail (now {issue.status if issue else 'gone'}); see "
+                                    "the event log")
+    where = f" (worker {held[0]}, try {held[1]})" if held else ""
+    return Outcome(True, [f"killed {label}{where}: its processes are signalled and it fails with `killed by user`; "
+                          f"its branch and commits are kept (retry {command.issue} puts it back)"])
+
+
+def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
+    from orchestrator.queue import blocked
+
+    cfg = run.config_of(command.project)
+    issue = cfg.issue(command.issue or 0)
+    label = f"{command.project}#{command.issue}"
+    if issue is None:
+        return Outcome(False, error=f"retry: {label} is gone from the issue list")
+    if issue.status == "failed":
+        configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
+        run.files.log_event({"action": "retry", "issue": issue.number, "project": cfg.project, "by": "user"})
+        say(f"#{issue.number}: retried by the user: pending again")
+    elif issue.status != "pending":  # pending: this very command was applied before a crash
+        return Outcome(False, error=f"retry: {label} is {issue.status}: only a failed issue is retried")
+    run.reload()
+    from orchestrator.monitor import issue_views
+
+    views = issue_views(run, run.files.load_workers(run.num_workers))
+    freed = [v.ref.number for v in views if v.ref.project == cfg.project and command.issue in v.depends_on
+             and not blocked(v, views) and v.status == "pending"]
+    stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
+    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on "
+             f"{cfg.branch_for(issue)} (branch and commits kept)"]
+    if freed:
+        lines.append("no longer blocked: " + ", ".join(f"#{n}" for n in freed) + f" (they wait for #{issue.number})")
+    return Outcome(True, lines)
+
+
+def streams_input(cfg: configs.ProjectConfig) -> bool:
+    """Whether the project's tries take user messages while they run: Claude Code with `--input-format
+    stream-json` (and its prompt not redirected from the file: the wrapper gives it as the first message)."""
+    if cfg.agent != "claude":
+        return False
+    try:
+        _, words = configs.agent_words(cfg.agent_command)
+    except ValueError:
+        return False
+    pairs = list(zip(words, words[1:]))
+    return ("--input-format", "stream-json") in pairs or "--input-format=stream-json" in words
+
+
+def inbox_paths(files: RunFiles, worker: int, try_id: int) -> dict[str, str]:
+    """A streaming try's inbox (follow-ups the monitor appends) and delivered list (what its wrapper passed on)."""
+    stem = files.root / "tries" / files.try_stem(worker, try_id)
+    return {"inbox": f"{stem}.inbox.jsonl", "delivered": f"{stem}.delivered.jsonl"}
+
+
+def _delivered(path: Path) -> tuple[set[str], bool]:
+    """The ids a streaming try's wrapper passed to its agent, and whether the agent's input is closed."""
+    ids, closed = set(), False
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ids, closed
+    for line in text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            closed = closed or doc.get("closed") is True
+            if isinstance(doc.get("id"), str):
+                ids.add(doc["id"])
+    return ids, closed
+
+
+def _stream(run: Run, command: Command, record: WorkerRecord) -> bool:
+    """Give the follow-up to the running try's agent; False when it cannot take it (not a streaming try, its input
+    closed, or its wrapper did not pass it on within DELIVERY_WAIT: then it is withdrawn, never given twice)."""
+    try:
+        spec = read_json(run.files.try_spec(record.worker_id, record.try_id))
+    except UnreadableFile:
+        return False
+    paths = spec.get("input") if isinstance(spec, dict) else None
+    if not isinstance(paths, dict) or not record.launched or \
+            run.files.read_signal(record.worker_id, record.try_id) is not None:
+        return False
+    inbox, delivered = Path(str(paths.get("inbox"))), Path(str(paths.get("delivered")))
+    if not inbox.is_file():
+        return False  # the wrapper has not started the agent yet
+    with locked(inbox):
+        ids, closed = _delivered(delivered)
+        if command.id in ids:
+            return True  # given before a crash
+        if closed:
+            return False
+        with open(inbox, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"id": command.id, "text": command.text}, ensure_ascii=False) + "\n")
+    deadline = time.monotonic() + DELIVERY_WAIT
+    while time.monotonic() < deadline:
+        if command.id in _delivered(delivered)[0]:
+            return True
+        time.sleep(POLL)
+    with locked(inbox):
+        if command.id in _delivered(delivered)[0]:
+            return True
+        with open(inbox, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"withdraw": command.id}) + "\n")
+    return False
+
+
+def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable[[str], None]) -> Outcome:
+    """Give the instruction to the running agent when its try takes input while it runs (a streaming try), else
+    keep it for the issue's next try. Nothing is ever typed into a pane."""
+    label = f"{command.project}#{command.issue}"
+    running = record is not None and record.issue_number == command.issue and record.launched
+    if running and record is not None and _stream(run, command, record):
+        run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
+                             "id": command.id, "delivered": True, "worker": record.worker_id, "try": record.try_id})
+        say(f"#{command.issue}: follow-up delivered to the running agent")
+        return Outcome(True, [f"delivered to {label}'s running agent (worker {record.worker_id}, try "
+                              f"{record.try_id}): it reads it at its next step"])
+
+    def change(doc: Any) -> dict[str, Any]:
+        doc = doc if isinstance(doc, dict) and isinstance(doc.get("issues"), dict) else {"issues": {}}
+        entries = doc["issues"].setdefault(str(command.issue), [])
+        if not isinstance(entries, list):
+            entries = doc["issues"][str(command.issue)] = []
+        if not any(isinstance(e, dict) and e.get("id") == command.id for e in entries):
+            entries.append({"id": command.id, "text": command.text, "at": time.time(), "given_in": None})
+        return doc
+
+    update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
+    streaming = streams_input(run.config_of(command.project))
+    why = ("no try of it runs now" if not running or record is None else
+           f"its running try (worker {record.worker_id}, try {record.try_id}) " +
+           ("no longer takes input" if streaming else "reads its prompt from a file and takes no input while it runs"))
+    run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
+                         "id": command.id, "delivered": False})
+    say(f"#{command.issue}: follow-up stored for its next try")
+    lines = [f"stored for {label}: given at the start of its next try ({why}); a restarted try resumes the "
+             "agent's session where the agent can"]
+    if running:  # said plainly: a try that completes the issue leaves no next try to give it to
+        lines.append(f"if this try completes #{command.issue}, no try follows to take it: to act on it now, "
+                     f"kill {command.issue}, then retry {command.issue}")
+    return Outcome(True, lines)
+
+
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
+    try:
+        doc = read_json(followups_file(state_root, project), {"issues": {}})
+    except UnreadableFile:
+        return []
+    entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) and \
+        isinstance(doc.get("issues"), dict) else None
+    return [e for e in entries or [] if isinstance(e, dict) and (given_too or not e.get("given_in"))
+            and isinstance(e.get("text"), str)]
+
+
+def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
+    """The session of the issue's last try in `stage` that got somewhere (a turn), and what that session cost
+    over all its tries (so a try resuming it counts only what it adds); ("", {}) when there is none."""
+    from orchestrator.budgets import usage_by_try
+
+    tries = [e for e in usage_by_try(files).values()
+             if e.get("project") == project and e.get("issue") == issue and e.get("stage") == stage]
+    last = next((e for e in reversed(tries) if isinstance(e.get("session_id"), str) and e.get("turns")), None)
+    if last is None:
+        return "", {}
+    cost = sum(e["cost_usd"] for e in tries if e.get("session_id") == last["session_id"]
+               and isinstance(e.get("cost_usd"), (int, float)) and not isinstance(e.get("cost_usd"), bool))
+    return last["session_id"], {"session_id": last["session_id"], "session_cost_usd": cost}
+
+
+def followup_text(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return ""
+    return "\n\n## Follow-up instructions from the user\n" + "\n\n".join(
+        f"{n}. {e['text']}" for n, e in enumerate(entries, 1)) + "\n"
+
+
+def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_stem: str) -> None:
+    """Record that these follow-ups went into a try's prompt (after the prompt is written: a crash between gives
+    them again, never loses them)."""
+    if not ids:
+        return
+
+    def change(doc: Any) -> Any:
+        for entry in doc.get("issues", {}).get(str(issue)) or []:
+            if isinstance(entry, dict) and entry.get("id") in ids:
+                entry["given_in"] = try_stem
+        return doc
+
+    update_json(followups_file(state_root, project), change, {"issues": {}})
+
+
+def apply_queue(run: Run, say: Callable[[str], None]) -> None:
+    """Apply every queued command here (the caller holds the monitor lock and no monitor runs): the same decide
+    and the same executor as a monitor cycle, only the commands' actions, journalled as a `steer` cycle."""
+    from orchestrator.act import Executor
+    from orchestrator.decide import State, cycle_to_json, decide
+    from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
+
+    commands, retaken = take(run)
+    if not commands:
+        return
+    run.reload()  # as the last holder left it (the verb read the config before it queued)
+    rest = apply_pauses(run, commands, run.clock())
+    if not rest:
+        return
+    records = run.files.load_workers(run.num_workers)
+    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()), tuple(rest))
+    settings = settings_of(run)
+    decided = decide([], state, settings)
+    actions = [a for a in decided if a.command]
+    # Journalled whole (it replays), marked: only the commands' actions are applied, the monitor does the rest.
+    run.files.record_cycle({"cycle": "steer", "applied": "commands only", **cycle_to_json([], state, settings,
+                                                                                          decided)})
+    by_worker = {r.worker_id: r for r in records}
+    execute(run, Executor(run, by_worker, say), by_worker, actions, rest, retaken, say)
