@@ -17,6 +17,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
@@ -73,6 +74,15 @@ _stopped: list[int] = []  # one entry per remote command a stop ended (for "inte
 
 class HostUnreachable(Exception):
     """The host could not be reached or refused us; the message says exactly why."""
+
+
+class GivenUp(ConnectionError):
+    """A connection given up (closed, lost, gone silent) was asked to run or transfer something: it never is.
+    `why` says why it was given up."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"{why}; a connection given up is never used again")
 
 
 class HostKeyRefused(Exception):
@@ -154,7 +164,7 @@ def read_only_known_hosts_files(host: Host) -> list[Path]:
 def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     """An open, authenticated fabric.Connection, or HostUnreachable with the exact reason."""
     import paramiko
-    from fabric import Config, Connection
+    from fabric import Config
 
     # lazy: no ~/.fabric.yaml, no ~/.ssh/config; everything comes from hosts.toml.
     config = Config(lazy=True, overrides={"load_ssh_configs": False})
@@ -180,7 +190,8 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
                               f"{err.strerror or err}") from None
     known = host_keys.merged(own, system)
     kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
-    connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
+    connection = _connection_type()(host.host, user=host.user, port=host.port, config=config,
+                                    connect_kwargs=kwargs)
     connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
                                                                    accept_new_host_key))
     try:
@@ -213,6 +224,41 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
     connection.transport.set_keepalive(15)
     return connection
+
+
+@cache
+def _connection_type() -> type:
+    """fabric.Connection, opened once. Fabric opens a closed or lost Connection again on its next use (each
+    call that needs the link calls open() first), so a connection given up as silent would quietly come
+    back, to a host that may be hung, and a stop would wait on it again. Ours refuses (GivenUp) instead."""
+    from fabric import Connection
+
+    class OpenedOnce(Connection):  # type: ignore[misc]
+        given_up: str | None = None  # why, once given up
+
+        def open(self) -> Any:
+            if self.given_up is None and self.transport is not None and not self.is_connected:
+                self.given_up = "the connection was lost"
+            if self.given_up is not None:
+                raise GivenUp(self.given_up)
+            return super().open()
+
+    return OpenedOnce
+
+
+def give_up(connection: Any, why: str = "the connection was given up") -> None:
+    """Close `connection` for good: whatever still waits on it returns, and nothing runs over it again."""
+    if getattr(connection, "given_up", None) is None:
+        connection.given_up = why  # first: another thread must not reopen it while it closes
+    try:
+        connection.close()
+    except Exception:  # a broken transport may fail to close cleanly: it is closed all the same
+        pass
+
+
+def usable(connection: Any) -> bool:
+    """Whether `connection` may still be used: connected and never given up."""
+    return getattr(connection, "given_up", None) is None and connection.is_connected
 
 
 def _agent_answers(timeout: float) -> bool:
@@ -385,8 +431,9 @@ def probe(connection: Any, host: Host, command: str, what: str,
         raise HostStalled(f"host {host.name}: the login shell ended (exit {code}) before running {what}"
                           f"{f': {clip(said[-1])}' if said else ''}")
     if not answers(connection.transport, within):
-        connection.close()  # never used again: what still waits on it returns
-        raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")
+        silent = f"host {host.name}: the connection went silent (no answer for {within:g}s)"
+        give_up(connection, silent)  # what still waits on it returns
+        raise HostStalled(silent)
     if not began:
         raise HostStalled(f"host {host.name}: the login shell did not answer within {within:g} s")
     raise CommandStalled(f"host {host.name}: {what} did not finish within {max(within, timeout or 0.0):g} s")
@@ -490,7 +537,7 @@ def _kill_anywhere(connection: Any, host: Host | None, pgid: int | None, grace: 
                else "its own connection is lost or silent")
     if problem is None or host is None:
         return problem
-    connection.close()  # never used again: the Connections pool drops it
+    give_up(connection, f"host {host.name}: {problem}")  # the Connections pool drops it
     try:
         fresh = connect(host)
     except HostUnreachable as err:
@@ -656,8 +703,8 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, time
         log.write(f"error: {err}\n".encode())
         return outcome("error", reason=str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-        connection.close()  # and never used again: the pool opens a new one for the next repo
         reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+        give_up(connection, reason)  # the pool opens a new one for the next repo
         log.write(f"\nerror: {reason}\n".encode())
         return outcome("error", reason=reason)
 
@@ -833,7 +880,7 @@ class Connections:
 
     def give(self, connection: Any) -> None:
         """Back to the pool; one that was lost or given up (gone silent) is dropped, the next take() opens anew."""
-        if not isinstance(connection, HostUnreachable) and connection.is_connected:
+        if not isinstance(connection, HostUnreachable) and usable(connection):
             with self.lock:
                 self.idle.append(connection)
 

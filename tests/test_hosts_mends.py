@@ -1,0 +1,139 @@
+"""Mends of the build-host code: a connection given up stays given up, a slow command is its repo's failure,
+hosts.toml written as every state file is, one log opener and one kill script.
+
+The "host" is this machine (the sshd fixture): what a run leaves there shows in /proc.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import process_running, wait_gone
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
+from tests.test_sync_host import results
+from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, wait_until
+
+
+@pytest.fixture
+def logins(monkeypatch) -> dict[int, int]:
+    """How many times each SSH client (one per fabric Connection) connected: a reopened connection shows as 2."""
+    import paramiko
+
+    counts: dict[int, int] = {}
+    real = paramiko.SSHClient.connect
+
+    def counted(self, *args, **kwargs):
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", counted)
+    return counts
+
+
+def builder(home, sshd, tmp_path, **fields):
+    from lib.hosts import load_hosts
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir(exist_ok=True)
+    write_hosts(home.path, {"builder": sshd.host_entry(workspace, **fields)})
+    return load_hosts(home.path / "config" / "hosts.toml")["builder"]
+
+
+def test_a_connection_given_up_is_never_opened_again_whatever_runs_or_transfers_over_it(home, sshd, tmp_path,
+                                                                                      logins):
+    """Fabric opens a closed Connection again on its next use; a connection given up must stay given up."""
+    from lib import remote, remote_sync
+
+    host = builder(home, sshd, tmp_path)
+    connection = remote.connect(host)
+    assert remote.capture(connection, "true")[0] == 0
+    connection.close()  # how a silent or lost connection is given up
+    target = tmp_path / "ws" / "put.txt"
+    attempts = {
+        "capture": lambda: remote.capture(connection, "touch ran"),
+        "probe": lambda: remote.probe(connection, host, "touch ran", "touch"),
+        "run_remote": lambda: remote.run_remote(connection, str(tmp_path), "touch ran", {}, io.BytesIO(), 30, host=host),
+        "sftp": lambda: remote_sync._sftp(connection),
+        "put": lambda: connection.put(io.BytesIO(b"x"), str(target)),
+        "get": lambda: connection.get(str(sshd.known_hosts), local=io.BytesIO()),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(remote.GivenUp):
+            attempt()
+        assert not connection.is_connected, name
+    # The kill and the sweep say why they could not, over it.
+    assert "never used again" in remote.kill_remote_group(connection, None, 0, "m")
+    assert list(logins.values()) == [1]
+    assert not (Path.home() / "ran").exists() and not target.exists()
+
+
+def test_give_up_marks_before_it_closes_and_a_lost_connection_is_refused_too(home, sshd, tmp_path, logins):
+    from lib import remote
+
+    host = builder(home, sshd, tmp_path)
+    connection = remote.connect(host)
+    assert remote.usable(connection)
+    remote.give_up(connection, "host builder: the connection went silent (no answer for 15s)")
+    assert not remote.usable(connection)
+    with pytest.raises(remote.GivenUp) as refused:
+        remote.capture(connection, "true")
+    assert refused.value.why == "host builder: the connection went silent (no answer for 15s)"
+    lost = remote.connect(host)
+    lost.transport.close()  # the link dropped under it
+    with pytest.raises(remote.GivenUp, match="the connection was lost"):
+        remote.capture(lost, "true")
+    assert list(logins.values()) == [1, 1]
+
+
+def test_ctrl_c_while_the_sync_connection_is_silent_takes_the_report_over_a_new_connection_never_the_old_one(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, logins):
+    from lib import remote_sync
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
+    shown = threading.Event()
+
+    class Watched(remote_sync.Progress):
+        def finish(self, name, line, failed=False):
+            super().finish(name, line, failed)
+            if name == "fast":
+                shown.set()
+
+    monkeypatch.setattr(remote_sync, "Progress", Watched)
+    stopped: list[int] = []
+
+    def freeze_then_interrupt() -> None:
+        wait_until(lambda: shown.is_set() and pid_file.exists() and pid_file.read_text().strip()
+                   and driver_pids(workspace), what="the fast repo's outcome")
+        stopped.extend(stop_the_sessions(sshd))  # the connection goes silent
+        os.kill(os.getpid(), signal.SIGINT)
+
+    stopper = threading.Thread(target=freeze_then_interrupt)
+    stopper.start()
+    try:
+        result = inv("sync-all", "--host", "builder")
+    finally:
+        stopper.join()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    hung = int(pid_file.read_text().split()[0])
+    try:
+        assert result.code == 130, result.out + result.err
+        assert "Traceback" not in result.err
+        # The frozen connection was never opened again: the kill and the report each came over a new one.
+        assert logins and set(logins.values()) == {1}, logins
+        entry = results(home)["fast"]
+        assert entry["status"] == "updated" and entry["host"] == "builder"
+        assert "outcome: fast: updated" in Path(entry["log"]).read_text()  # copied over the new connection
+        assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))  # its report taken
+        assert wait_gone(hung, 30), "Ctrl-C left the host's fetch running"
+        assert nothing_left_on_the_host(sshd), [Path(f"/proc/{p}/cmdline").read_bytes() for p in host_processes(sshd)]
+    finally:
+        if process_running(hung):
+            os.kill(hung, signal.SIGKILL)
+
