@@ -697,6 +697,9 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, time
         return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
     except (runner.Stopping, LogWriteError):
         raise
+    except CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
+        log.write(f"error: {err}\n".encode())
+        return outcome("error", reason=str(err))
     except HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
         if on_stalled is not None:
             on_stalled(err)

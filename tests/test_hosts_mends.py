@@ -137,3 +137,39 @@ def test_ctrl_c_while_the_sync_connection_is_silent_takes_the_report_over_a_new_
         if process_running(hung):
             os.kill(hung, signal.SIGKILL)
 
+
+def slow_cd_into(sshd, name: str, lock: Path) -> None:
+    """The login shell's `cd` into the repo `name` waits while `lock` exists (a hung automounter, say);
+    the host answers all along."""
+    (sshd.remote_home / ".bashrc").write_text(
+        f'cd() {{ case "$*" in */{name}) while [ -e {lock} ]; do sleep 0.1; done ;; esac; builtin cd "$@"; }}\n')
+
+
+@pytest.mark.parametrize("detected", [False, True], ids=["tool-check", "language-check"])
+def test_a_slow_check_on_a_host_that_answers_fails_that_repo_only(home, make_repo, inv, sshd, tmp_path, detected):
+    """Only a host whose connection went silent is stalled; a check that is slow there is its repo's failure."""
+    from tests.test_hosts_remote import PASSING, clone_to
+
+    ws = tmp_path / "ws"
+    for name in ("slow", "fast", "later"):
+        clone_to(ws, make_repo(name, PASSING))
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    slow_cd_into(sshd, "slow", lock)
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=1, jobs=1)})
+    language = {} if detected else {"language": "make"}
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "host": "b1", **language}
+                      for n in ("slow", "fast", "later")])
+    try:
+        result = inv("workflow-all", "build")
+    finally:
+        lock.unlink()
+    assert result.code == 1, result.out + result.err
+    entries = {e["repo"]: e for e in home.state("build-results.json")["results"]}
+    check = "the language check" if detected else "the check for make"
+    assert entries["slow"]["status"] == "error"
+    assert entries["slow"]["reason"] == f"host b1: {check} did not finish within 3 s", entries["slow"]
+    for name in ("fast", "later"):
+        assert entries[name]["status"] == "passed", entries[name]
+    assert "Traceback" not in result.err
+    assert nothing_left_on_the_host(sshd)
