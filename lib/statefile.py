@@ -110,12 +110,13 @@ def write_json(path: Path, document: Any) -> None:
     write_text(path, json.dumps(document, indent=2) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write `text` atomically: temp file, fsync, rename, fsync the directory."""
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write `text` atomically: temp file, fsync, rename, fsync the directory (until then a crash can undo
+    the rename). `mode`: the file's permission bits (default: a plain file's, 0o666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; state files are plain files
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
@@ -210,13 +211,18 @@ def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = N
 
 
 def _problem_of(path: Path, problem: Callable[[Any], str | None] | None) -> str | None:
+    return _checked(path, problem)[0]
+
+
+def _checked(path: Path, problem: Callable[[Any], str | None] | None) -> tuple[str | None, Any]:
+    """(what is wrong with the state file or None, its document or _ABSENT), from one read."""
     try:
         document = read_json(path, _ABSENT)
     except UnreadableFile as err:
-        return err.why
+        return err.why, _ABSENT
     if document is _ABSENT or problem is None:
-        return None
-    return problem(document)
+        return None, document
+    return problem(document), document
 
 
 def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
@@ -226,10 +232,10 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
     Generated state that no longer parses (or that `problem` rejects) is kept aside; `change` starts afresh.
     """
     with locked(path):
-        if _problem_of(path, problem) is not None:
+        why, current = _checked(path, problem)  # one read: the document checked is the one changed
+        if why is not None:
             _set_aside(path)
-        current = read_json(path, default)
-        document = change(current)
+        document = change(default if why is not None or current is _ABSENT else current)
         write_json(path, document)
         return document
 

@@ -173,3 +173,73 @@ def test_a_slow_check_on_a_host_that_answers_fails_that_repo_only(home, make_rep
         assert entries[name]["status"] == "passed", entries[name]
     assert "Traceback" not in result.err
     assert nothing_left_on_the_host(sshd)
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[tuple[bool, int]]:
+    """Every fsync: (whether it was a directory, its inode)."""
+    import stat
+
+    calls: list[tuple[bool, int]] = []
+    real = os.fsync
+
+    def recorded(fd):
+        info = os.fstat(fd)
+        calls.append((stat.S_ISDIR(info.st_mode), info.st_ino))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    return calls
+
+
+def test_host_add_fsyncs_the_directory_so_a_host_it_reported_survives_a_crash(home, inv, fsynced):
+    """The rename is only durable once the directory is synced: without it, a crash after `added host` can lose it."""
+    path = home.path / "config" / "hosts.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[hosts.old]\nhost = "h"\nworkspace = "w"\n')
+    path.chmod(0o640)  # the user's choice is kept
+    result = inv("host.add", "new", "--host", "10.0.0.5", "--workspace", "/srv/src")
+    assert result.code == 0, result.err
+    assert (True, path.parent.stat().st_ino) in fsynced
+    assert (False, path.stat().st_ino) in fsynced  # the file itself, before its rename
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert 'host = "h"' in path.read_text() and "[hosts.new]" in path.read_text()
+    assert not list(path.parent.glob("*.tmp"))  # no temp file left
+
+
+def test_host_add_makes_a_new_hosts_file_private_as_before(home, inv):
+    assert inv("host.add", "b1", "--host", "h", "--workspace", "src").code == 0
+    assert (home.path / "config" / "hosts.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_update_json_reads_the_file_once_and_changes_what_it_checked(tmp_path, monkeypatch):
+    """A writer that does not take the lock may replace the file at any time: the document checked is the
+    document changed, never a second read of something else (a traceback when that one is cut short)."""
+    from lib import statefile
+
+    path = tmp_path / "state.json"
+    statefile.write_json(path, {"runs": 1})
+    reads = []
+    real = statefile.read_regular
+    monkeypatch.setattr(statefile, "read_regular", lambda p, *a: reads.append(p) or real(p, *a))
+
+    def problem(document):
+        path.write_text('{"runs": ')  # another writer, mid-write, right after our read
+        return None
+
+    updated = statefile.update_json(path, lambda d: {"runs": d["runs"] + 1}, {}, problem)
+    assert reads == [path]
+    assert updated == {"runs": 2} and statefile.read_json(path) == {"runs": 2}
+
+
+def test_update_json_still_sets_a_bad_file_aside_and_starts_afresh(tmp_path):
+    from lib import statefile
+
+    path = tmp_path / "state.json"
+    path.write_text("not json")
+    assert statefile.update_json(path, lambda d: {**d, "n": 1}, {}) == {"n": 1}
+    assert (tmp_path / "state.json.corrupt").read_text() == "not json"
+    statefile.write_json(path, [1])
+    assert statefile.update_json(path, lambda d: {**d, "n": 2}, {},
+                                 lambda d: None if isinstance(d, dict) else "not an object") == {"n": 2}
+    assert (tmp_path / "state.json.corrupt").read_text().split() == ["[", "1", "]"]
