@@ -24,8 +24,7 @@ from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import known_hosts as host_keys
 from lib import runner
-from lib.batch import Outcome, now_iso
-from lib.batch import _claim as claim_log  # one writer per log, here as locally
+from lib.batch import LogUnavailable, Outcome, now_iso, open_log
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
 from lib.errors import clip
 from lib.hosts import Host
@@ -668,14 +667,12 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso(), host.name)
 
-    if plan.log.is_fifo():
-        return outcome("error", reason=f"cannot write log {plan.log}: it is a named pipe (opening it would wait "
-                                       "for a reader)")
     try:
-        plan.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(plan.log, "ab") as log:  # not "wb": emptied only once it is ours, as a local run's
-            if not claim_log(log):
-                return outcome("error", reason=f"log {plan.log} is in use by another run")
+        log = open_log(plan.log)  # one writer per log, here as locally
+    except LogUnavailable as err:
+        return outcome("error", reason=str(err))
+    try:
+        with log:
             return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
     except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
         return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")

@@ -243,3 +243,40 @@ def test_update_json_still_sets_a_bad_file_aside_and_starts_afresh(tmp_path):
     assert statefile.update_json(path, lambda d: {**d, "n": 2}, {},
                                  lambda d: None if isinstance(d, dict) else "not an object") == {"n": 2}
     assert (tmp_path / "state.json.corrupt").read_text().split() == ["[", "1", "]"]
+
+
+@pytest.mark.parametrize("where", ["here", "on-host"])
+def test_a_named_pipe_made_at_the_log_after_the_look_is_an_error_not_a_hang(home, make_repo, inv, sshd, tmp_path,
+                                                                          monkeypatch, where):
+    """One log opener for local and host runs: it never waits for a reader, even for a pipe made after a look."""
+    import pathlib
+
+    from tests.test_hosts_remote import PASSING, only_on_host
+
+    if where == "here":
+        home.add(make_repo("staking", PASSING), language="make")
+        args = ("build", "staking")
+    else:
+        only_on_host(home, sshd, make_repo, tmp_path, "staking", PASSING)
+        args = ("build", "staking", "--host", "builder")
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-staking.log"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir_then_a_pipe_appears(self, *a, **k):  # between the run's look at its log and its opening it
+        real_mkdir(self, *a, **k)
+        if self == log.parent and not os.path.lexists(log):
+            os.mkfifo(log)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_then_a_pipe_appears)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(inv(*args)))
+    thread.start()
+    thread.join(100)  # under pytest-timeout's 120 s: a busy machine gets room, a hang is still caught
+    if thread.is_alive():  # blocked opening the pipe: a reader lets it go on, so the test can end
+        with open(log, "rb") as reader:
+            reader.read()
+        thread.join()
+        pytest.fail("the run waited for a reader of its log")
+    assert results[0].code == 1, results[0].out
+    assert f"BUILD ERROR (cannot write log {log}: it is a named pipe" in results[0].out, results[0].out
+
