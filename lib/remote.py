@@ -513,11 +513,12 @@ class RemoteResult:
 
 
 def kill_remote_group(connection: Any, pgid: int | None, grace: float, marker: str,
-                      within: float = 30.0) -> str | None:
-    """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by its
-    `marker` in /proc); the problem, if it could not be done. Without a pgid, only the marked processes."""
+                      within: float = 30.0, variable: str = runner.STEP_VAR) -> str | None:
+    """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by
+    `variable`=`marker` in its environment); the problem, if it could not be done. Without a pgid, only the
+    marked processes."""
     command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid or 0),
-                                                 _tenths(grace), f"{runner.STEP_VAR}={marker}"])
+                                                 _tenths(grace), f"{variable}={marker}"])
     try:
         code, _, err = capture(connection, command, timeout=grace + within)
     except Exception as error:  # the connection died: the host is out of its reach

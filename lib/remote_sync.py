@@ -46,18 +46,12 @@ MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memo
 MAX_REPORT = 64 * 1024 * 1024
 RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
 PROGRESS_LINE = re.compile(rb"\[\d+/\d+\] ")  # lib.progress's line for a finished repo, printed there too
-# A driver killed before it could stop its gits (they run in sessions of their own) leaves them
-# running: they are found by the run's mark in their environment and killed.
-SWEEP_SCRIPT = """for e in $(grep -lzxF -- "$1" /proc/[0-9]*/environ 2>/dev/null); do
-  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null
-done
-exit 0"""
 # Run by python3 -I -B on the host with one JSON argument (see _driver_args). It checks the cached lib/
 # against the manifest before importing anything from it, then runs lib.sync.run_sync; each line it
 # prints for us starts with a mark made for this run, so nothing else on the host can pass for one.
 DRIVER = """import hashlib, json, os, signal, stat, sys
 args = json.loads(sys.argv[1])
-os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see SWEEP_SCRIPT
+os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see _sweep
 
 
 def say(kind, data):
@@ -356,12 +350,9 @@ def _unanswered(err: BaseException) -> bool:
 
 
 def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
-    """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
-    try:
-        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]),
-                       within)
-    except Exception:  # the connection is gone: nothing more can be done from here
-        pass
+    """Kill what a dead driver left running on the host: its gits run in sessions of their own, and are found
+    by the run's mark in their environment (best effort: the host may be gone too)."""
+    remote.kill_remote_group(connection, None, 0, mark, within, variable=RUN_VAR)
 
 
 def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, Any] | None:

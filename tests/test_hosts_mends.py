@@ -280,3 +280,27 @@ def test_a_named_pipe_made_at_the_log_after_the_look_is_an_error_not_a_hang(home
     assert results[0].code == 1, results[0].out
     assert f"BUILD ERROR (cannot write log {log}: it is a named pipe" in results[0].out, results[0].out
 
+
+def test_the_sweep_kills_what_carries_the_runs_mark_and_nothing_else(home, sshd, tmp_path):
+    """A dead driver's gits (sessions of their own) are found by the run's mark, with remote's one kill script."""
+    import subprocess
+
+    from lib import remote, remote_sync
+
+    host = builder(home, sshd, tmp_path)
+    mark = "orchestrator-sync-0123"
+    ours = subprocess.Popen(["setsid", "sleep", "300"], env={**os.environ, remote_sync.RUN_VAR: mark})
+    other = subprocess.Popen(["sleep", "300"], env={**os.environ, remote_sync.RUN_VAR: f"{mark}-other"})
+    try:
+        connection = remote.connect(host)
+        try:
+            remote_sync._sweep(connection, mark)
+        finally:
+            connection.close()
+        assert ours.wait(timeout=30) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
