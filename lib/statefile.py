@@ -39,27 +39,46 @@ class TooDeep(ValueError):
     """A JSON document nested deeper than MAX_DEPTH (json.loads would raise RecursionError, or a writer later)."""
 
 
+class NotRegular(OSError):
+    """Something other than a regular file where one is opened (errno EINVAL); `kind` names it when known."""
+
+    kind: str | None = None
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
+    """A descriptor for the regular file at `path` (a symlink is followed), or NotRegular: opened without
+    blocking and checked before any use, since a FIFO would block the open or a read until a writer came
+    and a device (/dev/zero) never ends a read. Other OSErrors as os.open raises them."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
+    try:
+        found = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(found):
+        return fd
+    os.close(fd)
+    refused = NotRegular(errno.EINVAL, "not a regular file", str(path))
+    refused.kind = next((kind for is_kind, kind in _KINDS if is_kind(found)), None)
+    raise refused
+
+
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file at `path` (a symlink is followed); None when there is nothing there.
 
-    Anything else is an UnreadableFile, never a hang or a MemoryError: a FIFO
-    would block the read until a writer came, a device (/dev/zero) never ends
-    it. The file is opened without blocking and checked before a byte is read,
-    and at most `limit` bytes are read.
+    Anything else is an UnreadableFile, never a hang or a MemoryError (see
+    open_regular); at most `limit` bytes are read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except NotRegular as err:
+        raise UnreadableFile(path, f"cannot read: it is {err.kind}, not a regular file" if err.kind
+                             else "cannot read: not a regular file") from None
     except OSError as err:
         raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        for is_kind, kind in _KINDS:
-            if is_kind(mode):
-                raise UnreadableFile(path, f"cannot read: it is {kind}, not a regular file")
-        if not stat.S_ISREG(mode):
-            raise UnreadableFile(path, "cannot read: not a regular file")
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
@@ -173,11 +192,10 @@ def locked(path: Path) -> Iterator[None]:
 def open_lock(path: Path) -> int:
     """A descriptor of the lock file at `path` (made if missing) to flock; OSError when something other than
     a regular file is there (opening a FIFO to write would wait for a reader forever)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)")
-    return fd
+    try:
+        return open_regular(path, os.O_RDWR | os.O_CREAT)
+    except NotRegular:
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)") from None
 
 
 def _aside(path: Path) -> Path:
