@@ -857,14 +857,16 @@ class Connections:
         with self.lock:
             if self.stalled is not None:
                 return self.stalled
-            if self.idle:
-                return self.idle.pop()
+            idle = self._idle()
+            if idle is not None:
+                return idle
         # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
         # A host that failed a connection once fails the rest at once, not one connect timeout each.
         with self.opening:
             with self.lock:
-                if self.idle:  # one came back while we waited
-                    return self.idle.pop()
+                idle = self._idle()  # one came back while we waited
+                if idle is not None:
+                    return idle
             if self.failed is not None:
                 return self.failed
             try:
@@ -875,6 +877,15 @@ class Connections:
         with self.lock:
             self.opened.append(connection)
         return connection
+
+    def _idle(self) -> Any:
+        """An idle connection still up, or None; one the host dropped while it waited here is given up."""
+        while self.idle:
+            connection = self.idle.pop()
+            if usable(connection):
+                return connection
+            give_up(connection, f"host {self.host.name}: the connection was lost while idle")
+        return None
 
     def stall(self, err: HostStalled) -> None:
         self.stalled = err

@@ -304,3 +304,26 @@ def test_the_sweep_kills_what_carries_the_runs_mark_and_nothing_else(home, sshd,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_an_idle_pooled_connection_that_dropped_is_replaced_never_reopened(home, sshd, tmp_path, logins):
+    """Between two repos the host dropped a pooled connection (sshd restarted, a NAT timeout): the next repo gets
+    a new connection, not an error, and the dropped one is never opened again."""
+    from lib import remote
+
+    host = builder(home, sshd, tmp_path)
+    first = remote.connect(host)
+    pool = remote.Connections(host, first, False)
+    taken = pool.take()
+    assert taken is first
+    pool.give(taken)
+    first.transport.close()  # dropped while idle in the pool
+    again = pool.take()
+    try:
+        assert again is not first and remote.usable(again)
+        assert remote.capture(again, "true")[0] == 0
+    finally:
+        pool.give(again)
+        pool.close()
+        first.close()
+    assert list(logins.values()) == [1, 1]
