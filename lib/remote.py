@@ -191,6 +191,7 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
     connection = _connection_type()(host.host, user=host.user, port=host.port, config=config,
                                     connect_kwargs=kwargs)
+    connection.lost = lost_reason(host)
     connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
                                                                    accept_new_host_key))
     try:
@@ -234,15 +235,20 @@ def _connection_type() -> type:
 
     class OpenedOnce(Connection):  # type: ignore[misc]
         given_up: str | None = None  # why, once given up
+        lost = "the connection was lost"  # connect() names the host in it
 
         def open(self) -> Any:
             if self.given_up is None and self.transport is not None and not self.is_connected:
-                self.given_up = "the connection was lost"
+                self.given_up = self.lost
             if self.given_up is not None:
                 raise GivenUp(self.given_up)
             return super().open()
 
     return OpenedOnce
+
+
+def lost_reason(host: Host) -> str:
+    return f"host {host.name}: the connection was lost"
 
 
 def give_up(connection: Any, why: str = "the connection was given up") -> None:

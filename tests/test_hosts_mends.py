@@ -327,3 +327,44 @@ def test_an_idle_pooled_connection_that_dropped_is_replaced_never_reopened(home,
         pool.close()
         first.close()
     assert list(logins.values()) == [1, 1]
+
+
+def test_status_on_a_host_whose_connection_drops_says_so_for_every_repo_it_could_not_read(
+        home, make_repo, inv, sshd, tmp_path):
+    """The link drops while a repo is read: that repo and the rest say the connection was lost (no traceback,
+    and the dropped connection is not opened again behind our back for the rest)."""
+    import json
+
+    from tests.conftest import git
+    from tests.test_hosts_remote import clone_to
+    from tests.test_sync_host_robust import children_of_sshd
+
+    ws = tmp_path / "ws"
+    names = ["a-first", "b-next", "c-last"]
+    for name in names:
+        clone_to(ws, make_repo(name))
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    git(ws / "a-first", "config", "core.fsmonitor", str(hook))  # holds the first repo's status open
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+
+    def drop() -> None:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the first repo's status")
+        for pid in children_of_sshd(sshd):
+            os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=drop)
+    thread.start()
+    try:
+        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+    finally:
+        thread.join()
+        if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    errors = {r["name"]: r["error"] for r in json.loads(result.out)["repos"]}
+    assert errors == {n: "host b1: the connection was lost" for n in names}, errors
