@@ -156,7 +156,7 @@ def test_a_slow_check_on_a_host_that_answers_fails_that_repo_only(home, make_rep
     lock = tmp_path / "lock"
     lock.write_text("")
     slow_cd_into(sshd, "slow", lock)
-    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=1, jobs=1)})
+    write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=2, jobs=1)})
     language = {} if detected else {"language": "make"}
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "host": "b1", **language}
                       for n in ("slow", "fast", "later")])
@@ -168,7 +168,7 @@ def test_a_slow_check_on_a_host_that_answers_fails_that_repo_only(home, make_rep
     entries = {e["repo"]: e for e in home.state("build-results.json")["results"]}
     check = "the language check" if detected else "the check for make"
     assert entries["slow"]["status"] == "error"
-    assert entries["slow"]["reason"] == f"host b1: {check} did not finish within 3 s", entries["slow"]
+    assert entries["slow"]["reason"] == f"host b1: {check} did not finish within 6 s", entries["slow"]
     for name in ("fast", "later"):
         assert entries[name]["status"] == "passed", entries[name]
     assert "Traceback" not in result.err
