@@ -262,8 +262,8 @@ def give_up(connection: Any, why: str = "the connection was given up") -> None:
 
 
 def usable(connection: Any) -> bool:
-    """Whether `connection` may still be used: connected and never given up."""
-    return getattr(connection, "given_up", None) is None and connection.is_connected
+    """Whether `connection` may still be used: never given up, and not known to be disconnected."""
+    return getattr(connection, "given_up", None) is None and getattr(connection, "is_connected", True)
 
 
 def _agent_answers(timeout: float) -> bool:
