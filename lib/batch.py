@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -131,16 +132,10 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
 
     if plan.skip_reason and plan.repo.local.is_dir():
         return skipped_without_log(outcome("skipped", reason=plan.skip_reason))
-    if plan.log.is_fifo():
-        return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
-        plan.log.parent.mkdir(parents=True, exist_ok=True)
-        log = open(plan.log, "ab")  # not "wb": truncate only once the log is ours
-    except OSError as err:
-        return log_failed(err.strerror or str(err))
-    if not _claim(log):
-        log.close()
-        return outcome("error", reason=f"log {plan.log} is in use by another run")
+        log = open_log(plan.log)
+    except LogUnavailable as err:
+        return outcome("error", reason=str(err))
     result: Outcome | None = None
     try:
         with log:
@@ -167,17 +162,41 @@ def with_counts(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _claim(log: BinaryIO) -> bool:
-    """Lock the log for this run and empty it; False when another run is writing it (its output stays whole)."""
+class LogUnavailable(Exception):
+    """A run's log cannot be written; the message is the outcome's reason."""
+
+
+PIPE = "it is a named pipe (opening it would wait for a reader)"
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A run's log, local or on a host: opened to append, locked for this run, then emptied (never "wb": the
+    log of a run still writing it stays whole); LogUnavailable (`cannot write log PATH: why`, `log PATH is in
+    use by another run`) when it cannot be ours. Opened without blocking, so a named pipe there, even one
+    made a moment ago, is an error and never a wait for a reader."""
     try:
-        fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                     0o666)
+    except OSError as err:  # ENXIO: a pipe nobody reads
+        why = PIPE if path.is_fifo() else err.strerror or str(err)
+        raise LogUnavailable(f"cannot write log {path}: {why}") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode):  # someone reads it: our output would go to them, not to a log
+        os.close(fd)
+        raise LogUnavailable(f"cannot write log {path}: {PIPE}")
+    os.set_blocking(fd, True)
+    log = open(fd, "ab")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
+        log.close()
+        raise LogUnavailable(f"log {path} is in use by another run") from None
     except OSError:
         pass  # a file system or device without locks: nothing to guard
-    if os.path.isfile(log.name):
+    if stat.S_ISREG(mode):
         log.truncate(0)
-    return True
+    return log
 
 
 def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,

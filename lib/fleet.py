@@ -83,19 +83,29 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
                 if on_done is not None:
                     on_done(outcomes[-1])
             return outcomes
+        slow: dict[str, remote.CommandStalled] = {}  # repo -> its language check that did not finish
+
+        def plan_there(repo: Repo, workspace: str) -> Plan:
+            try:
+                return remote.plan_on_host(workflow, remote.remote_repo(connection, host, repo, workspace), log_dir)
+            except remote.CommandStalled as err:  # the host answers: this repo fails, the others run
+                slow[repo.name] = err
+                return remote.plan_on_host(workflow, repo, log_dir)
+
         try:
             workspace = remote.resolve_workspace(connection, host)
-            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, host, repo, workspace), log_dir)
-                     for repo in repos]
+            plans = [plan_there(repo, workspace) for repo in repos]
         except remote.HostUnreachable as err:  # a hung login shell, say: its own words
             return work(err)
         except Exception as err:  # the host went away while we looked around
             return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
         if len(plans) == 1 and echo is not None:
-            return [remote.execute_remote(plans[0], host, connection, timeout, echo)]
+            return [remote.execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
         connections = remote.Connections(host, connection, accept_new_host_key)
 
         def execute(plan: Plan) -> batch.Outcome:
+            if plan.repo.name in slow:
+                return remote.execute_remote(plan, host, slow[plan.repo.name], timeout)
             taken = connections.take()
             try:
                 return remote.execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -11,7 +11,7 @@ from typing import Any
 from lib.config import NAME_RE
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from lib.statefile import MAX_DEPTH, NESTED, UnreadableFile, locked, nested_deeper_than, read_regular
+from lib.statefile import MAX_DEPTH, NESTED, UnreadableFile, locked, nested_deeper_than, read_regular, write_text
 
 LOCAL = "local"  # the name --hosts uses for this machine; no host may take it
 DEFAULT_JOBS = 2
@@ -191,21 +191,9 @@ def add_host(path: Path, name: str, fields: dict[str, Any]) -> Host:
         table = tomli_w.dumps({"hosts": {name: spec}})
         new_text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text.strip() else "") + table
         hosts = parse_hosts(_parse_toml(new_text, path), path)
-        _write_atomically(path, new_text)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)  # the user's choice is kept
+        except FileNotFoundError:
+            mode = 0o600  # a new file is private, as it always was
+        write_text(path, new_text, mode)  # atomic and durable: `added host` is not undone by a crash
         return hosts[name]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

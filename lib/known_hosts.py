@@ -34,10 +34,11 @@ import hashlib
 import hmac
 import os
 import re
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Iterable, Literal
+
+from lib.statefile import open_regular
 
 Status = Literal["known", "changed", "revoked", "unknown"]
 
@@ -246,19 +247,14 @@ def parse(lines: Iterable[bytes], name: str) -> Known:
     return Known(name, tuple(entries), tuple(revoked))
 
 
-def _open_regular(path: Path, flags: int) -> int:
-    """A descriptor for the file, which must be a regular one: a FIFO or a device would hang or never end."""
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    return fd
-
-
 def read(path: Path, name: str) -> Known:
-    """What the file says about `name`; a missing file knows no host. OSError if it cannot be read."""
+    """What the file says about `name`; a missing file knows no host. OSError if it cannot be read.
+
+    Not statefile.read_regular: ssh reads a known_hosts file of any size (its 16 MiB cap would refuse a host
+    ssh accepts) line by line, and accept_new must parse the very descriptor it holds locked; the opener,
+    which refuses a FIFO or a device, is the same."""
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return Known(name)
     with os.fdopen(fd, "rb") as file:
@@ -306,7 +302,7 @@ def accept_new(path: Path, name: str, key: Any, also: Known | None = None) -> Ve
     if PATTERN_CHARS.search(name):
         raise OSError(errno.EINVAL, f"the name {name!r} would be a pattern there; add its key by hand")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with os.fdopen(_open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as file:
+    with os.fdopen(open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as file:
         fcntl.flock(file, fcntl.LOCK_EX)  # another run accepting at once appends after us, not inside
         decided = verdict(merged(parse(_lines(file), name), also or Known(name)), key)
         if decided.status == "unknown":

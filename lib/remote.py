@@ -17,14 +17,14 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import known_hosts as host_keys
 from lib import runner
-from lib.batch import Outcome, now_iso
-from lib.batch import _claim as claim_log  # one writer per log, here as locally
+from lib.batch import LogUnavailable, Outcome, now_iso, open_log
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
 from lib.errors import clip
 from lib.hosts import Host
@@ -73,6 +73,15 @@ _stopped: list[int] = []  # one entry per remote command a stop ended (for "inte
 
 class HostUnreachable(Exception):
     """The host could not be reached or refused us; the message says exactly why."""
+
+
+class GivenUp(ConnectionError):
+    """A connection given up (closed, lost, gone silent) was asked to run or transfer something: it never is.
+    `why` says why it was given up."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"{why}; a connection given up is never used again")
 
 
 class HostKeyRefused(Exception):
@@ -154,7 +163,7 @@ def read_only_known_hosts_files(host: Host) -> list[Path]:
 def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     """An open, authenticated fabric.Connection, or HostUnreachable with the exact reason."""
     import paramiko
-    from fabric import Config, Connection
+    from fabric import Config
 
     # lazy: no ~/.fabric.yaml, no ~/.ssh/config; everything comes from hosts.toml.
     config = Config(lazy=True, overrides={"load_ssh_configs": False})
@@ -180,7 +189,9 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
                               f"{err.strerror or err}") from None
     known = host_keys.merged(own, system)
     kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
-    connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
+    connection = _connection_type()(host.host, user=host.user, port=host.port, config=config,
+                                    connect_kwargs=kwargs)
+    connection.lost = lost_reason(host)
     connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
                                                                    accept_new_host_key))
     try:
@@ -213,6 +224,46 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
         raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
     connection.transport.set_keepalive(15)
     return connection
+
+
+@cache
+def _connection_type() -> type:
+    """fabric.Connection, opened once. Fabric opens a closed or lost Connection again on its next use (each
+    call that needs the link calls open() first), so a connection given up as silent would quietly come
+    back, to a host that may be hung, and a stop would wait on it again. Ours refuses (GivenUp) instead."""
+    from fabric import Connection
+
+    class OpenedOnce(Connection):  # type: ignore[misc]
+        given_up: str | None = None  # why, once given up
+        lost = "the connection was lost"  # connect() names the host in it
+
+        def open(self) -> Any:
+            if self.given_up is None and self.transport is not None and not self.is_connected:
+                self.given_up = self.lost
+            if self.given_up is not None:
+                raise GivenUp(self.given_up)
+            return super().open()
+
+    return OpenedOnce
+
+
+def lost_reason(host: Host) -> str:
+    return f"host {host.name}: the connection was lost"
+
+
+def give_up(connection: Any, why: str = "the connection was given up") -> None:
+    """Close `connection` for good: whatever still waits on it returns, and nothing runs over it again."""
+    if getattr(connection, "given_up", None) is None:
+        connection.given_up = why  # first: another thread must not reopen it while it closes
+    try:
+        connection.close()
+    except Exception:  # a broken transport may fail to close cleanly: it is closed all the same
+        pass
+
+
+def usable(connection: Any) -> bool:
+    """Whether `connection` may still be used: never given up, and not known to be disconnected."""
+    return getattr(connection, "given_up", None) is None and getattr(connection, "is_connected", True)
 
 
 def _agent_answers(timeout: float) -> bool:
@@ -385,8 +436,9 @@ def probe(connection: Any, host: Host, command: str, what: str,
         raise HostStalled(f"host {host.name}: the login shell ended (exit {code}) before running {what}"
                           f"{f': {clip(said[-1])}' if said else ''}")
     if not answers(connection.transport, within):
-        connection.close()  # never used again: what still waits on it returns
-        raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")
+        silent = f"host {host.name}: the connection went silent (no answer for {within:g}s)"
+        give_up(connection, silent)  # what still waits on it returns
+        raise HostStalled(silent)
     if not began:
         raise HostStalled(f"host {host.name}: the login shell did not answer within {within:g} s")
     raise CommandStalled(f"host {host.name}: {what} did not finish within {max(within, timeout or 0.0):g} s")
@@ -467,11 +519,12 @@ class RemoteResult:
 
 
 def kill_remote_group(connection: Any, pgid: int | None, grace: float, marker: str,
-                      within: float = 30.0) -> str | None:
-    """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by its
-    `marker` in /proc); the problem, if it could not be done. Without a pgid, only the marked processes."""
+                      within: float = 30.0, variable: str = runner.STEP_VAR) -> str | None:
+    """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by
+    `variable`=`marker` in its environment); the problem, if it could not be done. Without a pgid, only the
+    marked processes."""
     command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid or 0),
-                                                 _tenths(grace), f"{runner.STEP_VAR}={marker}"])
+                                                 _tenths(grace), f"{variable}={marker}"])
     try:
         code, _, err = capture(connection, command, timeout=grace + within)
     except Exception as error:  # the connection died: the host is out of its reach
@@ -490,7 +543,7 @@ def _kill_anywhere(connection: Any, host: Host | None, pgid: int | None, grace: 
                else "its own connection is lost or silent")
     if problem is None or host is None:
         return problem
-    connection.close()  # never used again: the Connections pool drops it
+    give_up(connection, f"host {host.name}: {problem}")  # the Connections pool drops it
     try:
         fresh = connect(host)
     except HostUnreachable as err:
@@ -621,14 +674,12 @@ def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | Non
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso(), host.name)
 
-    if plan.log.is_fifo():
-        return outcome("error", reason=f"cannot write log {plan.log}: it is a named pipe (opening it would wait "
-                                       "for a reader)")
     try:
-        plan.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(plan.log, "ab") as log:  # not "wb": emptied only once it is ours, as a local run's
-            if not claim_log(log):
-                return outcome("error", reason=f"log {plan.log} is in use by another run")
+        log = open_log(plan.log)  # one writer per log, here as locally
+    except LogUnavailable as err:
+        return outcome("error", reason=str(err))
+    try:
+        with log:
             return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
     except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
         return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
@@ -650,14 +701,17 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, time
         return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
     except (runner.Stopping, LogWriteError):
         raise
+    except CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
+        log.write(f"error: {err}\n".encode())
+        return outcome("error", reason=str(err))
     except HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
         if on_stalled is not None:
             on_stalled(err)
         log.write(f"error: {err}\n".encode())
         return outcome("error", reason=str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-        connection.close()  # and never used again: the pool opens a new one for the next repo
         reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+        give_up(connection, reason)  # the pool opens a new one for the next repo
         log.write(f"\nerror: {reason}\n".encode())
         return outcome("error", reason=reason)
 
@@ -809,14 +863,16 @@ class Connections:
         with self.lock:
             if self.stalled is not None:
                 return self.stalled
-            if self.idle:
-                return self.idle.pop()
+            idle = self._idle()
+            if idle is not None:
+                return idle
         # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
         # A host that failed a connection once fails the rest at once, not one connect timeout each.
         with self.opening:
             with self.lock:
-                if self.idle:  # one came back while we waited
-                    return self.idle.pop()
+                idle = self._idle()  # one came back while we waited
+                if idle is not None:
+                    return idle
             if self.failed is not None:
                 return self.failed
             try:
@@ -828,12 +884,21 @@ class Connections:
             self.opened.append(connection)
         return connection
 
+    def _idle(self) -> Any:
+        """An idle connection still up, or None; one the host dropped while it waited here is given up."""
+        while self.idle:
+            connection = self.idle.pop()
+            if usable(connection):
+                return connection
+            give_up(connection, f"host {self.host.name}: the connection was lost while idle")
+        return None
+
     def stall(self, err: HostStalled) -> None:
         self.stalled = err
 
     def give(self, connection: Any) -> None:
         """Back to the pool; one that was lost or given up (gone silent) is dropped, the next take() opens anew."""
-        if not isinstance(connection, HostUnreachable) and connection.is_connected:
+        if not isinstance(connection, HostUnreachable) and usable(connection):
             with self.lock:
                 self.idle.append(connection)
 

@@ -125,6 +125,12 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                     return remote_repo_status(connection, host, repo, path)
                 except remote.HostStalled as err:
                     stalled.append(err)
+                except Exception as err:  # the link dropped (GivenUp: another repo's read gave it up)
+                    if not isinstance(err, ConnectionError) and remote.usable(connection):
+                        raise
+                    why = err.why if isinstance(err, remote.GivenUp) else remote.lost_reason(host)
+                    remote.give_up(connection, why)
+                    stalled.append(remote.HostStalled(why))
             return RepoStatus(repo.name, path, False, False, repo.language, error=str(stalled[0]))
 
         return runner.run_each(repos, one, jobs or 8)

@@ -20,10 +20,11 @@ import re
 import shlex
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from time import monotonic
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lib import remote, runner
 from lib.batch import record
@@ -45,18 +46,12 @@ MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memo
 MAX_REPORT = 64 * 1024 * 1024
 RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
 PROGRESS_LINE = re.compile(rb"\[\d+/\d+\] ")  # lib.progress's line for a finished repo, printed there too
-# A driver killed before it could stop its gits (they run in sessions of their own) leaves them
-# running: they are found by the run's mark in their environment and killed.
-SWEEP_SCRIPT = """for e in $(grep -lzxF -- "$1" /proc/[0-9]*/environ 2>/dev/null); do
-  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null
-done
-exit 0"""
 # Run by python3 -I -B on the host with one JSON argument (see _driver_args). It checks the cached lib/
 # against the manifest before importing anything from it, then runs lib.sync.run_sync; each line it
 # prints for us starts with a mark made for this run, so nothing else on the host can pass for one.
 DRIVER = """import hashlib, json, os, signal, stat, sys
 args = json.loads(sys.argv[1])
-os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see SWEEP_SCRIPT
+os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see _sweep
 
 
 def say(kind, data):
@@ -355,12 +350,9 @@ def _unanswered(err: BaseException) -> bool:
 
 
 def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
-    """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
-    try:
-        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]),
-                       within)
-    except Exception:  # the connection is gone: nothing more can be done from here
-        pass
+    """Kill what a dead driver left running on the host: its gits run in sessions of their own, and are found
+    by the run's mark in their environment (best effort: the host may be gone too)."""
+    remote.kill_remote_group(connection, None, 0, mark, within, variable=RUN_VAR)
 
 
 def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, Any] | None:
@@ -462,18 +454,21 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             run.reported[outcome.repo] = data
             show(outcome)
 
-    def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
-        return _in_order(_with_logs(connection, entries, selected, host, log_dir, settings.dry_run, run), repos)
+    def logs_over(over: Any) -> Callable[[Sequence[Any]], list[HostSyncOutcome]]:
+        return lambda entries: _in_order(_with_logs(over, entries, selected, host, log_dir, settings.dry_run, run),
+                                         repos)
 
+    with_logs = logs_over(connection)
     for replaced in (False, True):
         output = _HostOutput(reported)
         try:
             result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
-            report = _take_report(connection, report_file, run) or output.result
-            if report is None and not run.unanswered:
-                _sweep(connection, output.mark)  # killed before it had stopped its gits, maybe
-            _keep_what_was_done(run, host, report, with_logs)
+            with _live(connection, host, run) as live:
+                report = (None if live is None else _take_report(live, report_file, run)) or output.result
+                if report is None and live is not None and not run.unanswered:
+                    _sweep(live, output.mark)  # killed before it had stopped its gits, maybe
+                _keep_what_was_done(run, host, report, logs_over(live))
             raise
         if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
             return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
@@ -503,6 +498,25 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
+
+
+@contextmanager
+def _live(connection: Any, host: Host, run: _HostRun) -> Iterator[Any]:
+    """`connection` while it can be used; once given up (silent, lost), a new one for as long as the block
+    runs, never the old one again; None, with `run.unanswered` saying why, when no new one can be had."""
+    if remote.usable(connection):
+        yield connection
+        return
+    try:
+        fresh = remote.connect(host)
+    except remote.HostUnreachable as err:
+        run.unanswered = run.unanswered or f"no new connection to the host: {clip(str(err))}"
+        yield None
+        return
+    try:
+        yield fresh
+    finally:
+        fresh.close()
 
 
 def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,

@@ -39,27 +39,46 @@ class TooDeep(ValueError):
     """A JSON document nested deeper than MAX_DEPTH (json.loads would raise RecursionError, or a writer later)."""
 
 
+class NotRegular(OSError):
+    """Something other than a regular file where one is opened (errno EINVAL); `kind` names it when known."""
+
+    kind: str | None = None
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
+    """A descriptor for the regular file at `path` (a symlink is followed), or NotRegular: opened without
+    blocking and checked before any use, since a FIFO would block the open or a read until a writer came
+    and a device (/dev/zero) never ends a read. Other OSErrors as os.open raises them."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
+    try:
+        found = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(found):
+        return fd
+    os.close(fd)
+    refused = NotRegular(errno.EINVAL, "not a regular file", str(path))
+    refused.kind = next((kind for is_kind, kind in _KINDS if is_kind(found)), None)
+    raise refused
+
+
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file at `path` (a symlink is followed); None when there is nothing there.
 
-    Anything else is an UnreadableFile, never a hang or a MemoryError: a FIFO
-    would block the read until a writer came, a device (/dev/zero) never ends
-    it. The file is opened without blocking and checked before a byte is read,
-    and at most `limit` bytes are read.
+    Anything else is an UnreadableFile, never a hang or a MemoryError (see
+    open_regular); at most `limit` bytes are read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except NotRegular as err:
+        raise UnreadableFile(path, f"cannot read: it is {err.kind}, not a regular file" if err.kind
+                             else "cannot read: not a regular file") from None
     except OSError as err:
         raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        for is_kind, kind in _KINDS:
-            if is_kind(mode):
-                raise UnreadableFile(path, f"cannot read: it is {kind}, not a regular file")
-        if not stat.S_ISREG(mode):
-            raise UnreadableFile(path, "cannot read: not a regular file")
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
@@ -110,12 +129,13 @@ def write_json(path: Path, document: Any) -> None:
     write_text(path, json.dumps(document, indent=2) + "\n")
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write `text` atomically: temp file, fsync, rename, fsync the directory."""
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write `text` atomically: temp file, fsync, rename, fsync the directory (until then a crash can undo
+    the rename). `mode`: the file's permission bits (default: a plain file's, 0o666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; state files are plain files
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
@@ -172,11 +192,10 @@ def locked(path: Path) -> Iterator[None]:
 def open_lock(path: Path) -> int:
     """A descriptor of the lock file at `path` (made if missing) to flock; OSError when something other than
     a regular file is there (opening a FIFO to write would wait for a reader forever)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)")
-    return fd
+    try:
+        return open_regular(path, os.O_RDWR | os.O_CREAT)
+    except NotRegular:
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)") from None
 
 
 def _aside(path: Path) -> Path:
@@ -210,13 +229,18 @@ def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = N
 
 
 def _problem_of(path: Path, problem: Callable[[Any], str | None] | None) -> str | None:
+    return _checked(path, problem)[0]
+
+
+def _checked(path: Path, problem: Callable[[Any], str | None] | None) -> tuple[str | None, Any]:
+    """(what is wrong with the state file or None, its document or _ABSENT), from one read."""
     try:
         document = read_json(path, _ABSENT)
     except UnreadableFile as err:
-        return err.why
+        return err.why, _ABSENT
     if document is _ABSENT or problem is None:
-        return None
-    return problem(document)
+        return None, document
+    return problem(document), document
 
 
 def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
@@ -226,10 +250,10 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
     Generated state that no longer parses (or that `problem` rejects) is kept aside; `change` starts afresh.
     """
     with locked(path):
-        if _problem_of(path, problem) is not None:
+        why, current = _checked(path, problem)  # one read: the document checked is the one changed
+        if why is not None:
             _set_aside(path)
-        current = read_json(path, default)
-        document = change(current)
+        document = change(default if why is not None or current is _ABSENT else current)
         write_json(path, document)
         return document
 
