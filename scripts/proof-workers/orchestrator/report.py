@@ -150,7 +150,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             view = by_ref[IssueRef(cfg.project, issue.number)]
             state = view.status
             failed_deps = blocked(view, views)
-            if state == "pending":
+            if state == "pending" or view.resuming:  # one left in progress waits on its dependencies too
                 if failed_deps:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
