@@ -47,8 +47,9 @@ def test_an_issue_left_in_progress_behind_an_unfinished_dependency_is_not_shown_
     run = open_run()
     doc = status_document(run)
     left = issue_of(doc, 2)
-    assert (left["status"], left["state"], left["resuming_at"]) == ("in_progress", state, "write_tests")
-    assert f"{state} (resuming at write_tests)" in row_of(doc, 2)
+    # nothing of it is left here: it starts over (see test_status_says_the_stage_the_plan_resumes_an_issue_at)
+    assert (left["status"], left["state"], left["resuming_at"]) == ("in_progress", state, "implement")
+    assert f"{state} (resuming at implement)" in row_of(doc, 2)
     if dependency == "failed":
         assert left["blocked_by"] == [1]
         assert {"issue": 2, "reason": "waits on failed #1"}.items() <= next(
@@ -57,3 +58,42 @@ def test_an_issue_left_in_progress_behind_an_unfinished_dependency_is_not_shown_
     else:
         assert not doc["done"] and not _finished(run)  # #1 still runs first
 
+
+# --- what status says an issue left in progress resumes at ---------------------------------------------------
+
+
+def _left_mid_run(project, where: str):
+    """#1 fresh; #2 in_progress on worker 2 at write_tests; its implement commit in its worktree ("worktree"), only
+    at the remote ("pushed"), or nowhere ("nothing")."""
+    proj = project([{"number": 1, "title": "one"},
+                    {"number": 2, "title": "left", "status": "in_progress", "assigned_worker": 2,
+                     "pipeline_stage": 1}])
+    if where != "nothing":
+        worktree = proj.root / "worktrees" / "issue-2"
+        git(proj.repo, "worktree", "add", "-q", "-b", "feature/issue-2", str(worktree), "origin/main")
+        (worktree / "earlier.txt").write_text("implemented before the restart\n")
+        git(worktree, "add", "-A")
+        git(worktree, "commit", "-q", "-m", "implement #2 (earlier run)")
+        if where == "pushed":
+            git(proj.repo, "push", "-q", "origin", "feature/issue-2")
+            git(proj.repo, "fetch", "-q", "origin")
+            git(proj.repo, "worktree", "remove", str(worktree))
+            git(proj.repo, "branch", "-q", "-D", "feature/issue-2")
+    return proj
+
+
+@pytest.mark.parametrize("where,stage", [("worktree", "write_tests"), ("pushed", "write_tests"),
+                                         ("nothing", "implement")])
+def test_status_says_the_stage_the_plan_resumes_an_issue_at(project, where, stage):
+    """Broke: with neither its worktree nor its branch left, status said `in_progress (resuming at write_tests)`
+    while the plan (and the monitor) start it over at implement."""
+    from orchestrator.report import status_document
+    from orchestrator.run import open_run
+
+    _left_mid_run(project, where)
+    plan = cli("launch", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert [(a["issue"], a["stage"]) for a in json.loads(plan.stdout)["assignments"]] == [(1, "implement"), (2, stage)]
+    doc = status_document(open_run())
+    assert issue_of(doc, 2)["resuming_at"] == stage
+    assert f"in_progress (resuming at {stage})" in row_of(doc, 2)

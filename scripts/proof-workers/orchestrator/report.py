@@ -8,8 +8,9 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses
+from orchestrator import agents, alerts, heartbeat, pauses, resume
 from orchestrator.act import agent_log
+from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.probe import read_pid
@@ -155,7 +156,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
                     state = "waiting"
-            resuming_at = cfg.stage_name(issue) if view.resuming else None  # taken first by its worker
+            resuming_at = _resuming_at(cfg, issue) if view.resuming else None  # taken first by its worker
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "resuming_at": resuming_at,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
@@ -285,6 +286,16 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
     lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def _resuming_at(cfg: ProjectConfig, issue: Issue) -> str | None:
+    """The stage an issue left in progress is resumed at: its own, or the first when neither its worktree nor its
+    branch is left (the dry run's local guess, orchestrator.resume)."""
+    try:
+        source = resume.left_behind(cfg.repo_for(issue), cfg.worktree_for(issue), cfg.branch_for(issue), origin=True)
+    except OrchestratorError:  # its repository is gone or git hangs: what the config says
+        source = None
+    return cfg.pipeline[0] if source == resume.FRESH else cfg.stage_name(issue)
 
 
 def state_text(issue: dict[str, Any]) -> str:
