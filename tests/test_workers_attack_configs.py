@@ -97,3 +97,49 @@ def test_status_says_the_stage_the_plan_resumes_an_issue_at(project, where, stag
     doc = status_document(open_run())
     assert issue_of(doc, 2)["resuming_at"] == stage
     assert f"in_progress (resuming at {stage})" in row_of(doc, 2)
+
+
+# --- worktree_base inside a repository --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["default base beside a subdirectory", "base in another subdirectory"])
+def test_a_worktree_base_inside_the_checkout_that_a_subdirectory_repo_path_lies_in_is_a_config_error(project,
+                                                                                                     layout):
+    """Broke: only repo_path itself was compared, so a repo_path that is a subdirectory of its checkout (a
+    monorepo's service) passed with its default worktree_base `<repo_path>-worktrees`: inside that checkout."""
+    proj = project([{"number": 1, "title": "one"}])
+    service = proj.repo / "services" / "api"
+    service.mkdir(parents=True)
+    doc = proj.doc()
+    doc["repo_path"] = str(service)
+    if layout == "default base beside a subdirectory":
+        doc.pop("worktree_base")
+    else:
+        doc["worktree_base"] = str(proj.repo / "services" / "worktrees")
+    proj.config.write_text(json.dumps(doc))
+
+    result = cli("launch", "--dry-run")
+
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {proj.config}: worktree_base: "), lines
+    assert "untracked" in lines[0] and str(proj.repo) in lines[0], lines
+    assert git(proj.repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_an_inherited_git_dir_neither_fakes_nor_hides_a_nested_worktree_base(project, make_repo):
+    """A git hook's GIT_DIR / GIT_WORK_TREE in our environment must not make another checkout (one that holds
+    everything) the repository's, nor the plan guess what is left of an issue from another repository."""
+    proj = _left_mid_run(project, "worktree")
+    elsewhere = make_repo("elsewhere")
+    hook_env = {"GIT_DIR": str(elsewhere.path / ".git"), "GIT_WORK_TREE": "/"}
+
+    plan = cli("launch", "--dry-run", "--json", env=hook_env)
+
+    assert plan.returncode == 0, plan.stderr
+    assert [(a["issue"], a["resume"]) for a in json.loads(plan.stdout)["assignments"]] == [(1, None), (2, "worktree")]
+    doc = proj.doc()
+    doc["worktree_base"] = str(proj.repo / "wt")
+    proj.config.write_text(json.dumps(doc))
+    nested = cli("launch", "--dry-run", env={"GIT_DIR": str(elsewhere.path / ".git")})
+    assert nested.returncode == 2 and "untracked" in nested.stderr, (nested.stdout, nested.stderr)

@@ -106,7 +106,8 @@ class LaunchPlan:
 def nested_worktree_bases(run: Run) -> list[str]:
     """A worktree_base inside a repository of the run (its own or another's; symlinks resolved): its worktrees
     would show in that checkout as untracked files (and an agent's `git add -A` there would take them)."""
-    checkouts = [(name, os.path.realpath(repo.path)) for cfg in run.configs for name, repo in cfg.repos.items()]
+    checkouts = [(name, checkout) for cfg in run.configs for name, repo in cfg.repos.items()
+                 for checkout in _checkouts(repo.path)]
     problems = []
     for cfg in run.configs:
         for repo in cfg.repos.values():
@@ -118,6 +119,18 @@ def nested_worktree_bases(run: Run) -> list[str]:
                                     "it beside the repository (default: <repo path>-worktrees)")
                     break
     return problems
+
+
+def _checkouts(path: Path) -> list[str]:
+    """The checkout a repo_path lies in (its top level: a repo_path may be a monorepo's subdirectory), and the
+    path itself; symlinks resolved."""
+    top = ""
+    if path.is_dir():
+        try:
+            top = worktrees.git(path, "rev-parse", "--show-toplevel", check=False).strip()
+        except OrchestratorError:
+            pass  # git hangs there: check_repos says what is wrong with it
+    return [os.path.realpath(p) for p in (top, path) if p]
 
 
 def check_repos(run: Run) -> None:
