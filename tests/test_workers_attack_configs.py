@@ -143,3 +143,34 @@ def test_an_inherited_git_dir_neither_fakes_nor_hides_a_nested_worktree_base(pro
     proj.config.write_text(json.dumps(doc))
     nested = cli("launch", "--dry-run", env={"GIT_DIR": str(elsewhere.path / ".git")})
     assert nested.returncode == 2 and "untracked" in nested.stderr, (nested.stdout, nested.stderr)
+
+
+# --- hostile values for assigned_worker and pipeline_stage ------------------------------------------------
+
+BAD_VALUES = [
+    ("assigned_worker 0", {"assigned_worker": 0}, "assigned_worker: must be a worker number (1 or more) or null, got 0"),
+    ("assigned_worker negative", {"assigned_worker": -3},
+     "assigned_worker: must be a worker number (1 or more) or null, got -3"),
+    ("assigned_worker a string", {"assigned_worker": "2"}, "assigned_worker: must be a whole number or null"),
+    ("assigned_worker true", {"assigned_worker": True}, "assigned_worker: must be a whole number or null"),
+    ("pipeline_stage negative", {"pipeline_stage": -1}, "pipeline_stage: must be 0..1 (or 2: all stages done)"),
+    ("pipeline_stage huge", {"pipeline_stage": 10 ** 30}, "pipeline_stage: must be 0..1 (or 2: all stages done)"),
+    ("pipeline_stage a string", {"pipeline_stage": "1"}, "pipeline_stage: must be a whole number"),
+    ("pipeline_stage a fraction", {"pipeline_stage": 1.5}, "pipeline_stage: must be a whole number"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_a_hostile_worker_or_stage_of_an_issue_is_one_error_line(tmp_path, name, change, message):
+    """Broke (assigned_worker 0 or negative): loaded, and an in_progress issue on `worker -3` was resumed first by
+    whichever worker came free. Workers are numbered from 1; null is none."""
+    from lib.errors import ConfigError
+    from orchestrator.config import load_config
+
+    doc = {"project": "p", "repo_path": "/src/p", "branch_prefix": "p-", "pipeline": ["implement", "test"],
+           "issues": [{"number": 1, "title": "a", "status": "in_progress", "assigned_worker": 1, **change}]}
+    path = tmp_path / "p-issues.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert [line for line in err.value.problems if message in line], err.value.problems
