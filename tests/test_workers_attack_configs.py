@@ -174,3 +174,26 @@ def test_a_hostile_worker_or_stage_of_an_issue_is_one_error_line(tmp_path, name,
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert [line for line in err.value.problems if message in line], err.value.problems
+
+
+def test_an_issue_left_in_progress_past_its_last_stage_is_not_said_pending_again(project):
+    """Broke: the monitor's start rewrote such an issue (the original's aisynth-only #2) to pending, dropped its
+    worker, and said `#1: in_progress but held by no worker: pending again`, while it counts as completed and
+    never runs again."""
+    from orchestrator.monitor import monitor
+    from orchestrator.report import status_document
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "all stages done", "status": "in_progress", "assigned_worker": 3,
+                     "pipeline_stage": 1},
+                    {"number": 2, "title": "after it", "depends_on": [1]}], pipeline=["implement"])
+    said: list[str] = []
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=said.append) == 0
+
+    assert not [s for s in said if "#1" in s and "pending" in s], said
+    assert {k: proj.issue(1)[k] for k in ("status", "assigned_worker", "pipeline_stage")} == {
+        "status": "in_progress", "assigned_worker": 3, "pipeline_stage": 1}  # as the original wrote it
+    assert proj.issue(2)["status"] == "completed"
+    assert [i["state"] for i in status_document(open_run())["projects"][0]["issues"]] == ["completed", "completed"]
+    assert not [e for e in proj.events() if e.get("new_issue") == 1 or e.get("issue") == 1]

@@ -159,8 +159,10 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
     held = {(r.project, r.issue_number) for r in records if r.issue_number is not None}
     for cfg in run.configs:
         for issue in cfg.issues:
+            # One on a worker is resumed first, and one past its last stage counts as completed (issue_views):
+            # both are left as the config says.
             if issue.status == "in_progress" and (cfg.project, issue.number) not in held and \
-                    (issue.assigned_worker is None or cfg.stages_done(issue)):  # else resumed first (issue_views)
+                    issue.assigned_worker is None and not cfg.stages_done(issue):
                 configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()
