@@ -197,3 +197,25 @@ def test_an_issue_left_in_progress_past_its_last_stage_is_not_said_pending_again
     assert proj.issue(2)["status"] == "completed"
     assert [i["state"] for i in status_document(open_run())["projects"][0]["issues"]] == ["completed", "completed"]
     assert not [e for e in proj.events() if e.get("new_issue") == 1 or e.get("issue") == 1]
+
+
+def test_status_and_the_monitor_say_why_an_issue_past_its_last_stage_counts_as_completed(project):
+    """Broke: only `launch` printed the warning. A pipeline shortened while #1 waited at its last stage (review,
+    index 2, of implement -> write_tests -> review, now implement -> review) made #1 count as completed: status
+    showed `completed` for an issue whose file says pending and whose review never ran, and the monitor (started by
+    hand, or reloading the edited file) said nothing either."""
+    from orchestrator.monitor import monitor
+    from orchestrator.report import status_document, status_lines
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "at its review", "pipeline_stage": 2},
+                    {"number": 2, "title": "after it", "depends_on": [1]}], pipeline=["implement", "review"])
+    warning = "(#1).pipeline_stage: 2 is past the last stage of the pipeline: all stages are done"
+
+    doc = status_document(open_run())
+    assert issue_of(doc, 1)["state"] == "completed"
+    assert len(doc["warnings"]) == 1 and warning in doc["warnings"][0] and str(proj.config) in doc["warnings"][0]
+    assert [line for line in status_lines(doc) if line.startswith("warning: ")] == [f"warning: {doc['warnings'][0]}"]
+    said: list[str] = []
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=said.append) == 0
+    assert said[0] == f"warning: {doc['warnings'][0]}", said

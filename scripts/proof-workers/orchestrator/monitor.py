@@ -245,6 +245,15 @@ def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> 
     return any(p.issue is None or IssueRef(p.project, p.issue) not in over for p in paused)
 
 
+def say_warnings(run: Run, said: set[str], say: Callable[[str], None]) -> set[str]:
+    """Say the configs' warnings not said yet (a pipeline_stage past the last stage: that issue counts as
+    completed); returns every one said."""
+    for warning in (w for cfg in run.configs for w in cfg.warnings if w not in said):
+        say(f"warning: {warning}")
+        run.files.log_event({"action": "config_warning", "warning": warning})
+    return said | {w for cfg in run.configs for w in cfg.warnings}
+
+
 def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: bool = False,
             say: Callable[[str], None] = print) -> int:
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
@@ -254,6 +263,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
         beat = Heartbeat.start(run.files.monitor, run.clock())
         code = 1  # what an unexpected exception leaves in the heartbeat
         try:
+            said = say_warnings(run, set(), say)
             reconcile(run, say)
             if not no_delay and not once:
                 run.sleep(min(interval, 60.0))
@@ -261,6 +271,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
             while True:
                 number += 1
                 result = run_cycle(run, number, say)
+                said = say_warnings(run, said, say)  # an edited config's new ones
                 beat.cycle(run.files.monitor, run.clock())
                 if result.finished:
                     run.files.log_event({"action": "shutdown", "reason": "all_done"})

@@ -182,6 +182,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                           for v in eligible(views, held | _paused_refs(holding, views))[:5]],
         "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
+        "warnings": [w for cfg in run.configs for w in cfg.warnings],  # the configs' own, as launch prints them
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),
@@ -266,6 +267,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     lines = [visible(f"session {doc['session']}  (state: {doc['state_dir']})"),
              heartbeat.monitor_line(doc["monitor"], time.time()),
              plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "agent", "last log line"])]
+    lines += [visible(f"warning: {w}") for w in doc.get("warnings", [])]
     for project in doc["projects"]:
         lines.append("")
         lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
