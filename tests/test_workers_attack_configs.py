@@ -219,3 +219,65 @@ def test_status_and_the_monitor_say_why_an_issue_past_its_last_stage_counts_as_c
     said: list[str] = []
     assert monitor(open_run(), cycle=0.2, no_delay=True, say=said.append) == 0
     assert said[0] == f"warning: {doc['warnings'][0]}", said
+
+
+# --- what a resume finds in the worktree it was left in ------------------------------------------------------
+
+
+def test_a_resumed_worktree_with_uncommitted_work_keeps_it(project):
+    """The earlier agent's uncommitted edit and new file are still there when the issue resumes in its worktree:
+    the next try works on top of them (here it commits them), nothing is reset or cleaned."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = _left_mid_run(project, "worktree")
+    worktree = proj.root / "worktrees" / "issue-2"
+    (worktree / "earlier.txt").write_text("implemented before the restart\nand edited, never committed\n")
+    (worktree / "untracked.txt").write_text("new, never added\n")
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "completed"]
+    assert proj.remote_commits("feature/issue-2") == ["review #2", "write_tests #2", "implement #2 (earlier run)"]
+    shown = lambda name: git(proj.remote, "show", f"feature/issue-2:{name}")  # noqa: E731 (output stripped)
+    assert shown("earlier.txt") == "implemented before the restart\nand edited, never committed"
+    assert shown("untracked.txt") == "new, never added"
+
+
+@pytest.mark.parametrize("how", ["on another branch", "missing but locked"])
+def test_a_worktree_the_issue_cannot_resume_in_fails_it_with_the_reason_and_keeps_everything(project, how):
+    """A worktree left on another branch (an agent's checkout, with its commit and an uncommitted edit), or
+    registered and locked but gone (a removable disk): the issue fails with the reason, and every commit, branch
+    and edit stays where it was; the other issue runs."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = _left_mid_run(project, "worktree")
+    worktree = proj.root / "worktrees" / "issue-2"
+    issue_head = git(proj.repo, "rev-parse", "feature/issue-2").strip()
+    moved = proj.root / "unplugged"
+    if how == "on another branch":
+        git(worktree, "switch", "-q", "-c", "agent-side-quest")
+        (worktree / "side.txt").write_text("side quest\n")
+        git(worktree, "add", "side.txt")
+        git(worktree, "commit", "-q", "-m", "side quest")
+        (worktree / "earlier.txt").write_text("edited on the side, never committed\n")
+        side_head = git(worktree, "rev-parse", "HEAD").strip()
+    else:
+        git(proj.repo, "worktree", "lock", "--reason", "on a removable disk", str(worktree))
+        worktree.rename(moved)
+    said: list[str] = []
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=said.append) == 1
+
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "failed"]
+    reason = next(s for s in said if "#2 failed" in s)
+    assert ("agent-side-quest" if how == "on another branch" else "locked") in reason, reason
+    assert git(proj.repo, "rev-parse", "feature/issue-2").strip() == issue_head
+    if how == "on another branch":
+        assert git(worktree, "rev-parse", "HEAD").strip() == side_head
+        assert git(worktree, "branch", "--show-current").strip() == "agent-side-quest"
+        assert (worktree / "earlier.txt").read_text() == "edited on the side, never committed\n"
+    else:
+        assert (moved / "earlier.txt").read_text() == "implemented before the restart\n"
+        assert "locked" in git(proj.repo, "worktree", "list", "--porcelain")
