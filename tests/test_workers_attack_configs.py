@@ -281,3 +281,34 @@ def test_a_worktree_the_issue_cannot_resume_in_fails_it_with_the_reason_and_keep
     else:
         assert (moved / "earlier.txt").read_text() == "implemented before the restart\n"
         assert "locked" in git(proj.repo, "worktree", "list", "--porcelain")
+
+
+# --- a pipeline shortened under a running issue ---------------------------------------------------------------
+
+
+def test_a_pipeline_shortened_under_an_issue_at_a_removed_stage_fails_it_and_never_crashes_the_monitor(project):
+    """Broke: with a pipeline_stage past the last stage now loading (the original's files), a pipeline shortened
+    while #1 runs its write_tests stage (index 1 of implement -> write_tests, now only implement) was taken; the
+    next try's prompt then read a stage that no longer exists (IndexError): the monitor died, and died again at
+    every start. Now that try cannot start, said why; after max_retries starts the issue fails, its commits kept."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+    from workers_fixtures import retry_until
+
+    proj = project([{"number": 1, "title": "one"}], script={1: ["ok", "fail"]},
+                   pipeline=["implement", "write_tests"])
+    said: list[str] = []
+
+    def cycle() -> list[dict]:
+        monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=said.append)
+        return proj.events()
+
+    retry_until(lambda: any(e["action"] == "advance_stage" for e in cycle()), seconds=90, interval=0.2)
+    doc = proj.doc()
+    doc["pipeline"] = ["implement"]  # write_tests dropped while #1 runs it
+    proj.config.write_text(json.dumps(doc, indent=2))
+
+    retry_until(lambda: cycle() and proj.issue(1)["status"] == "failed", seconds=90, interval=0.2)
+
+    assert any("past the last stage" in s for s in said), said
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]
