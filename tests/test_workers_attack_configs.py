@@ -312,3 +312,30 @@ def test_a_pipeline_shortened_under_an_issue_at_a_removed_stage_fails_it_and_nev
 
     assert any("past the last stage" in s for s in said), said
     assert proj.remote_commits("feature/issue-1") == ["implement #1"]
+
+
+@pytest.mark.parametrize("how", ["on another branch", "a directory that is no worktree"])
+def test_the_plan_refuses_a_worktree_an_issue_cannot_resume_in_instead_of_promising_it(project, how):
+    """Broke: the dry run planned `(write_tests, resumed in its worktree)` for a worktree left on another branch
+    (or a plain directory at its path), and launch then failed the issue at once. Now launch and its dry run stop
+    with one line saying what to do, before anything is made."""
+    proj = _left_mid_run(project, "worktree" if how == "on another branch" else "nothing")
+    worktree = proj.root / "worktrees" / "issue-2"
+    if how == "on another branch":
+        git(worktree, "switch", "-q", "-c", "agent-side-quest")
+    else:
+        worktree.mkdir(parents=True)
+        (worktree / "notes.txt").write_text("someone's notes\n")
+
+    for args in (["--dry-run"], []):
+        result = cli("launch", *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {proj.config}: ") and "#2" in lines[0], lines
+        assert ("agent-side-quest" if how == "on another branch" else "not a registered worktree") in lines[0]
+    assert not (proj.root / "worktrees" / "issue-1").exists()
+    assert proj.issue(2)["status"] == "in_progress"
+    if how == "on another branch":
+        assert git(worktree, "branch", "--show-current") == "agent-side-quest"
+    else:
+        assert (worktree / "notes.txt").read_text() == "someone's notes\n"

@@ -265,7 +265,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
     state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
-    assignments = []
+    assignments, problems = [], []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:
             continue
@@ -275,9 +275,13 @@ def plan_launch(run: Run) -> LaunchPlan:
         branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
         source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
             if issue.status == "in_progress" else None
+        if source == resume.WORKTREE and (why := resume.unusable(cfg.repo_for(issue), worktree, branch)):
+            problems.append(f"{cfg.path}: #{issue.number}: {why}")  # the monitor would fail it at once
         stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]
         assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, branch, str(worktree),
                                       stage, source))
+    if problems:
+        raise ConfigError(problems)
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
     free = sum(1 for w in state.workers if w.issue is None)
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
