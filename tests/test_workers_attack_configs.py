@@ -369,3 +369,15 @@ def test_commits_made_in_the_stage_before_the_monitor_stopped_count_for_that_sta
     assert after[:3] == ["reassign", "push", "advance_stage"], after
     assert proj.remote_commits("feature/issue-2") == ["review #2", "write_tests #2 (earlier run)",
                                                       "implement #2 (earlier run)"]
+
+
+def test_status_of_an_issue_left_in_progress_in_a_repository_that_is_gone_still_answers(project):
+    """Status reads what is left of a resumed issue with git: a repository moved away is no traceback; it says
+    the config's stage."""
+    from orchestrator.report import status_document
+    from orchestrator.run import open_run
+
+    proj = _left_mid_run(project, "nothing")
+    proj.repo.rename(proj.root / "moved-away")
+    doc = status_document(open_run())
+    assert issue_of(doc, 2)["resuming_at"] == "write_tests"
