@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -381,3 +382,37 @@ def test_status_of_an_issue_left_in_progress_in_a_repository_that_is_gone_still_
     proj.repo.rename(proj.root / "moved-away")
     doc = status_document(open_run())
     assert issue_of(doc, 2)["resuming_at"] == "write_tests"
+
+
+# --- a worktree whose `git worktree add` was stopped half-way ------------------------------------------------
+
+
+def _half_made(proj) -> None:
+    """#2's worktree as a `git worktree add` killed during its checkout leaves it (seen with git 2.39 on 30,000
+    files: registered, on its branch, locked `initializing`, the files not yet written staged as deleted)."""
+    worktree = proj.root / "worktrees" / "issue-2"
+    git(worktree, "rm", "-q", "README.md")
+    common = git(proj.repo, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    (Path(common) / "worktrees" / "issue-2" / "locked").write_text("initializing")
+
+
+def test_a_worktree_whose_add_was_stopped_half_way_is_never_resumed_in(project):
+    """Broke: after a kill (a tmux window closed on the monitor, a power cut) during `git worktree add`, the issue
+    was resumed in that worktree: the next try's `git add -A` committed the deletion of every file not yet checked
+    out, and the push sent it. Now launch refuses it and the monitor fails the issue with the reason; the branch
+    keeps its files."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = _left_mid_run(project, "worktree")
+    _half_made(proj)
+
+    plan = cli("launch", "--dry-run")
+    assert plan.returncode == 2 and "git worktree add" in plan.stderr and "#2" in plan.stderr, plan
+    said: list[str] = []
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=said.append) == 1
+
+    assert [i["status"] for i in proj.doc()["issues"]] == ["completed", "failed"]
+    assert any("#2 failed" in s and "git worktree add" in s for s in said), said
+    assert "README.md" in git(proj.repo, "ls-tree", "--name-only", "feature/issue-2").split()
+    assert git(proj.remote, "branch", "--list", "feature/issue-2") == ""  # nothing of it was pushed

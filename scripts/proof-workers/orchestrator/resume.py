@@ -24,11 +24,13 @@ def left_behind(repo: RepoConfig, worktree: Path, branch: str, origin: bool = Fa
 
 def unusable(repo: RepoConfig, worktree: Path, branch: str) -> str | None:
     """Why the directory at an issue's worktree path cannot be resumed in (None: it can): it is no registered
-    worktree of the repository, or one on another branch (worktrees.ensure_worktree refuses both, and the monitor
-    then fails the issue)."""
+    worktree of the repository, one whose add never finished, or one on another branch (worktrees.ensure_worktree
+    refuses them all, and the monitor then fails the issue)."""
     found = next((r for r in worktrees.registered(repo.path) if r.path.resolve() == worktree.resolve()), None)
     if found is None:
         return f"{worktree} is not a registered worktree of {repo.path}: move it away to resume the issue there"
+    if found.locked == worktrees.UNFINISHED:
+        return worktrees.unfinished(worktree)
     if found.branch != branch:
         return (f"its worktree {worktree} is on {found.branch or 'a detached HEAD'}, not {branch}: switch it back "
                 f"({shlex.join(['git', '-C', str(worktree), 'switch', branch])}) or move it away")
