@@ -416,3 +416,23 @@ def test_a_worktree_whose_add_was_stopped_half_way_is_never_resumed_in(project):
     assert any("#2 failed" in s and "git worktree add" in s for s in said), said
     assert "README.md" in git(proj.repo, "ls-tree", "--name-only", "feature/issue-2").split()
     assert git(proj.remote, "branch", "--list", "feature/issue-2") == ""  # nothing of it was pushed
+
+
+def test_a_retry_never_starts_in_a_worktree_whose_add_was_stopped_half_way(project):
+    """The same half-made worktree under an issue a worker holds (its worktree deleted by the agent, and the
+    monitor killed while it made it again): the retry did not check it and committed the deletions."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+    from workers_fixtures import retry_until
+
+    proj = project([{"number": 2, "title": "held"}], script={2: ["fail", "ok"]}, pipeline=["implement"])
+    said: list[str] = []
+    monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=said.append)  # takes #2; its first try fails
+    _half_made(proj)
+
+    retry_until(lambda: monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=said.append) is not None
+                and proj.issue(2)["status"] in ("completed", "failed"), seconds=90, interval=0.2)
+
+    assert proj.issue(2)["status"] == "failed"
+    assert any("git worktree add" in s for s in said), said
+    assert git(proj.remote, "branch", "--list", "feature/issue-2") == ""

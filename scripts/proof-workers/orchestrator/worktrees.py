@@ -104,6 +104,12 @@ def registered(repo: Path) -> list[Registered]:
     return out
 
 
+def refuse_unfinished(repo: Path, path: Path) -> None:
+    """Raise GitFailed when `path` is a worktree of `repo` whose `git worktree add` never finished."""
+    if any(r.locked == UNFINISHED and r.path.resolve() == path.resolve() for r in registered(repo)):
+        raise GitFailed(unfinished(path))
+
+
 def inside(path: Path, base: Path) -> bool:
     try:
         path.resolve().relative_to(base.resolve())
