@@ -362,7 +362,9 @@ class Executor:
         back from its branch (and set it up again), or put it back on its branch (the other branch is kept for
         inspection). False: the set-up failed and so did the issue."""
         if record.worktree:
-            check_worktree(*self._issue(action.issue), Path(record.worktree))  # type: ignore[arg-type]
+            cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+            check_worktree(cfg, issue, Path(record.worktree))
+            worktrees.refuse_unfinished(cfg.repo_for(issue).path, Path(record.worktree))  # a stopped re-make
         if record.worktree and not Path(record.worktree).is_dir():
             cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
             repo = cfg.repo_for(issue)

@@ -353,6 +353,10 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             check.warn(f"{where}pipeline_stage", f"{stage} is past the last stage of the pipeline: all stages are "
                                                  f"done, so #{number} counts as completed and is not run again "
                                                  "(set its status to completed to silence this)")
+        worker = check.get(doc, "assigned_worker", "int?", None, where)
+        if worker is not None and worker < 1:  # workers are worker-1..N; null is none
+            check.bad(f"{where}assigned_worker", f"must be a worker number (1 or more) or null, got {worker}")
+            worker = None
         issues.append(Issue(
             number=number,
             title=check.get(doc, "title", "str", "", where),
@@ -360,7 +364,7 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             depends_on=tuple(depends),
             wave=check.get(doc, "wave", "int", 1, where),
             status=status,
-            assigned_worker=check.get(doc, "assigned_worker", "int?", None, where),
+            assigned_worker=worker,
             repo=repo,
             pipeline_stage=stage,
             description=check.get(doc, "description", "str", "", where),

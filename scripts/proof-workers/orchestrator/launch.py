@@ -106,7 +106,8 @@ class LaunchPlan:
 def nested_worktree_bases(run: Run) -> list[str]:
     """A worktree_base inside a repository of the run (its own or another's; symlinks resolved): its worktrees
     would show in that checkout as untracked files (and an agent's `git add -A` there would take them)."""
-    checkouts = [(name, os.path.realpath(repo.path)) for cfg in run.configs for name, repo in cfg.repos.items()]
+    checkouts = [(name, checkout) for cfg in run.configs for name, repo in cfg.repos.items()
+                 for checkout in _checkouts(repo.path)]
     problems = []
     for cfg in run.configs:
         for repo in cfg.repos.values():
@@ -118,6 +119,18 @@ def nested_worktree_bases(run: Run) -> list[str]:
                                     "it beside the repository (default: <repo path>-worktrees)")
                     break
     return problems
+
+
+def _checkouts(path: Path) -> list[str]:
+    """The checkout a repo_path lies in (its top level: a repo_path may be a monorepo's subdirectory), and the
+    path itself; symlinks resolved."""
+    top = ""
+    if path.is_dir():
+        try:
+            top = worktrees.git(path, "rev-parse", "--show-toplevel", check=False).strip()
+        except OrchestratorError:
+            pass  # git hangs there: check_repos says what is wrong with it
+    return [os.path.realpath(p) for p in (top, path) if p]
 
 
 def check_repos(run: Run) -> None:
@@ -254,7 +267,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
     state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()))
-    assignments = []
+    assignments, problems = [], []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:
             continue
@@ -264,9 +277,13 @@ def plan_launch(run: Run) -> LaunchPlan:
         branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
         source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
             if issue.status == "in_progress" else None
+        if source == resume.WORKTREE and (why := resume.unusable(cfg.repo_for(issue), worktree, branch)):
+            problems.append(f"{cfg.path}: #{issue.number}: {why}")  # the monitor would fail it at once
         stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]
         assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, branch, str(worktree),
                                       stage, source))
+    if problems:
+        raise ConfigError(problems)
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
     free = sum(1 for w in state.workers if w.issue is None)
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],

@@ -163,8 +163,10 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
     held = {(r.project, r.issue_number) for r in records if r.issue_number is not None}
     for cfg in run.configs:
         for issue in cfg.issues:
+            # One on a worker is resumed first, and one past its last stage counts as completed (issue_views):
+            # both are left as the config says.
             if issue.status == "in_progress" and (cfg.project, issue.number) not in held and \
-                    (issue.assigned_worker is None or cfg.stages_done(issue)):  # else resumed first (issue_views)
+                    issue.assigned_worker is None and not cfg.stages_done(issue):
                 configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()
@@ -253,6 +255,15 @@ def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> 
     return any(p.issue is None or IssueRef(p.project, p.issue) not in over for p in paused)
 
 
+def say_warnings(run: Run, said: set[str], say: Callable[[str], None]) -> set[str]:
+    """Say the configs' warnings not said yet (a pipeline_stage past the last stage: that issue counts as
+    completed); returns every one said."""
+    for warning in (w for cfg in run.configs for w in cfg.warnings if w not in said):
+        say(f"warning: {warning}")
+        run.files.log_event({"action": "config_warning", "warning": warning})
+    return said | {w for cfg in run.configs for w in cfg.warnings}
+
+
 def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: bool = False,
             say: Callable[[str], None] = print) -> int:
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
@@ -263,6 +274,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
         code = 1  # what an unexpected exception leaves in the heartbeat
         events = hooks.Dispatcher(run)  # on_event: in the background, never waited for by a cycle
         try:
+            said = say_warnings(run, set(), say)
             reconcile(run, say)
             if not no_delay and not once:
                 commands.wait(run, min(interval, 60.0))
@@ -270,6 +282,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
             while True:
                 number += 1
                 result = run_cycle(run, number, say)
+                said = say_warnings(run, said, say)  # an edited config's new ones
                 beat.cycle(run.files.monitor, run.clock())
                 events.cycle(run.clock())
                 if result.finished:

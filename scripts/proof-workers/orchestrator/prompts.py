@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from lib.errors import ConfigError
 from orchestrator.config import Issue, ProjectConfig
 
 STAGE_TASKS = {
@@ -70,6 +71,10 @@ def render(cfg: ProjectConfig, issue: Issue, stage_index: int, worktree: str, br
            continuation: str = "", pr_stage: str = "", pr_task: str = "") -> str:
     """The stage's prompt; `pr_stage` (fix_ci, address_review) with `pr_task` (the failed checks and their logs,
     or the review's comments) for a stage of the pull-request loop."""
+    if not 0 <= stage_index < len(cfg.pipeline):  # the pipeline was shortened under a running issue
+        raise ConfigError(f"{cfg.path}: pipeline: #{issue.number} is at stage {stage_index + 1}, past the last stage "
+                          f"of {' -> '.join(cfg.pipeline)}: no try can start there (put the stage back, or set the "
+                          "issue's status)")
     stage = pr_stage or cfg.pipeline[stage_index]
     prefix = str(cfg.project_context.get("commit_prefix") or "")
     values = {

@@ -8,8 +8,9 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses, pulls
+from orchestrator import agents, alerts, heartbeat, pauses, pulls, resume
 from orchestrator.act import agent_log
+from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.probe import read_pid
@@ -155,12 +156,12 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             view = by_ref[IssueRef(cfg.project, issue.number)]
             state = view.status
             failed_deps = blocked(view, views)
-            if state == "pending":
+            if state == "pending" or view.resuming:  # one left in progress waits on its dependencies too
                 if failed_deps:
                     state = "blocked"
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
                     state = "waiting"
-            resuming_at = cfg.stage_name(issue) if view.resuming else None  # taken first by its worker
+            resuming_at = _resuming_at(cfg, issue) if view.resuming else None  # taken first by its worker
             state, pr = prs.get(issue.number, (state, None))
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "resuming_at": resuming_at,
@@ -187,6 +188,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                           for v in eligible(views, held | _paused_refs(holding, views))[:5]],
         "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
+        "warnings": [w for cfg in run.configs for w in cfg.warnings],  # the configs' own, as launch prints them
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),
@@ -279,6 +281,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     lines = [visible(f"session {doc['session']}  (state: {doc['state_dir']})"),
              heartbeat.monitor_line(doc["monitor"], time.time()),
              plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "agent", "last log line"])]
+    lines += [visible(f"warning: {w}") for w in doc.get("warnings", [])]
     for project in doc["projects"]:
         lines.append("")
         lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
@@ -301,6 +304,16 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
     lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def _resuming_at(cfg: ProjectConfig, issue: Issue) -> str | None:
+    """The stage an issue left in progress is resumed at: its own, or the first when neither its worktree nor its
+    branch is left (the dry run's local guess, orchestrator.resume)."""
+    try:
+        source = resume.left_behind(cfg.repo_for(issue), cfg.worktree_for(issue), cfg.branch_for(issue), origin=True)
+    except OrchestratorError:  # its repository is gone or git hangs: what the config says
+        source = None
+    return cfg.pipeline[0] if source == resume.FRESH else cfg.stage_name(issue)
 
 
 def state_text(issue: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 nothing (then it starts over from its first stage)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from orchestrator import worktrees
@@ -19,6 +20,21 @@ def left_behind(repo: RepoConfig, worktree: Path, branch: str, origin: bool = Fa
             repo.path, "rev-parse", "--verify", "-q", f"refs/remotes/origin/{branch}"):
         return BRANCH
     return FRESH
+
+
+def unusable(repo: RepoConfig, worktree: Path, branch: str) -> str | None:
+    """Why the directory at an issue's worktree path cannot be resumed in (None: it can): it is no registered
+    worktree of the repository, one whose add never finished, or one on another branch (worktrees.ensure_worktree
+    refuses them all, and the monitor then fails the issue)."""
+    found = next((r for r in worktrees.registered(repo.path) if r.path.resolve() == worktree.resolve()), None)
+    if found is None:
+        return f"{worktree} is not a registered worktree of {repo.path}: move it away to resume the issue there"
+    if found.locked == worktrees.UNFINISHED:
+        return worktrees.unfinished(worktree)
+    if found.branch != branch:
+        return (f"its worktree {worktree} is on {found.branch or 'a detached HEAD'}, not {branch}: switch it back "
+                f"({shlex.join(['git', '-C', str(worktree), 'switch', branch])}) or move it away")
+    return None
 
 
 def checked_out(repo: RepoConfig, worktree: Path, branch: str, before: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -74,6 +75,19 @@ class Registered:
     branch: str | None  # None: detached
     head: str | None
     prunable: bool
+    locked: str | None = None  # its lock's reason ("" for none); None: not locked
+
+
+# What `git worktree add` locks a new worktree with until its checkout is done: still there, the add was stopped
+# half-way (files not yet written show as deleted; `git add -A` there would commit their deletion).
+UNFINISHED = "initializing"
+
+
+def unfinished(path: Path) -> str:
+    """Why a worktree whose `git worktree add` never finished is not used."""
+    return (f"worktree {path} was never finished (its `git worktree add` was stopped half-way: locked "
+            f"{UNFINISHED!r}); nothing runs there: check it, then remove it "
+            f"({shlex.join(['git', 'worktree', 'remove', '-f', '-f', str(path)])}); its branch stays")
 
 
 def registered(repo: Path) -> list[Registered]:
@@ -85,8 +99,15 @@ def registered(repo: Path) -> list[Registered]:
             continue
         info = {f.split(" ", 1)[0]: (f.split(" ", 1) + [""])[1] for f in fields}
         branch = info.get("branch", "").removeprefix("refs/heads/") or None
-        out.append(Registered(Path(info["worktree"]), branch, info.get("HEAD"), "prunable" in info))
+        out.append(Registered(Path(info["worktree"]), branch, info.get("HEAD"), "prunable" in info,
+                              info.get("locked")))
     return out
+
+
+def refuse_unfinished(repo: Path, path: Path) -> None:
+    """Raise GitFailed when `path` is a worktree of `repo` whose `git worktree add` never finished."""
+    if any(r.locked == UNFINISHED and r.path.resolve() == path.resolve() for r in registered(repo)):
+        raise GitFailed(unfinished(path))
 
 
 def inside(path: Path, base: Path) -> bool:
@@ -118,6 +139,8 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
         raise GitFailed(f"worktree {path} is the main repository")
     existing = {r.path.resolve(): r for r in registered(repo)}
     found = existing.get(path.resolve())
+    if found and found.locked == UNFINISHED:
+        raise GitFailed(unfinished(path))
     if found and path.is_dir():
         if found.branch != branch:
             raise GitFailed(f"worktree {path} is on {found.branch or 'a detached HEAD'}, expected {branch}")
