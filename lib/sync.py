@@ -13,16 +13,18 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from lib import runner
+from lib import gitrefs, runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record
 from lib.config import Repo, Workspace
-from lib.gitstatus import confined_to
+from lib.gitstatus import (STATUS_ARGS, GitResult, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
+                           read_known_commits)
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -59,6 +61,38 @@ class SyncOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ScanRows:
+    """The status rows sync read of the repos it left as they were: the closing scan reuses them.
+
+    Read with the scan's own `git status` after the repo's last step, so a row is what the scan
+    would find; a repo sharing its git store with another synced repo (a worktree) gets none, as
+    that one's fetch or fast-forward may have changed it after its row was read.
+    """
+
+    known: Mapping[str, LastCommit]  # the last scan's commits, as the scan itself uses them
+    rows: dict[str, RepoStatus] = field(default_factory=dict)
+    common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
+
+    def reusable(self) -> dict[str, RepoStatus]:
+        stores = Counter(self.common_dirs.values())
+        return {name: row for name, row in self.rows.items() if stores[self.common_dirs[name]] == 1}
+
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None) -> None:
+        if common_dir is None:
+            return
+        self.common_dirs[repo.name] = common_dir
+        if outcome.status not in ("up to date", "skipped") or outcome.after != outcome.before:
+            return
+        git = subprocess.run(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS],
+                             stdin=subprocess.DEVNULL, capture_output=True, env=confined_to(repo.local, git_env()),
+                             check=False)
+        row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
+        if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known) \
+                and row.error is None:
+            self.rows[repo.name] = row
 
 
 class _Stop(Exception):
@@ -109,10 +143,18 @@ class _Git:
         # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
         self.env = confined_to(path, _env()) if confined else _env()
         self.step_output_at = 0
+        # Set once the repo's files and config were read without doubt (_read_before): refs are then
+        # read from the files, config from this one listing; anything odd still goes to git.
+        self.common_dir: Path | None = None
+        self.listing: gitrefs.Config | None = None
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, errors="replace", env=self.env, check=False)
+
+    def read_bytes(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              env=self.env, check=False)
 
     def out(self, *args: str) -> str:
         result = self.read(*args)
@@ -123,12 +165,32 @@ class _Git:
         return result.stdout.strip()
 
     def rev(self, name: str) -> str | None:
+        """The commit a ref names, as `git rev-parse -q --verify NAME^{commit}` prints it."""
+        if self.common_dir is not None:
+            sha = gitrefs.read_ref(self.common_dir, name)
+            if sha is not None and gitrefs.is_commit(self.common_dir, sha):
+                return sha
         result = self.read("rev-parse", "-q", "--verify", f"{name}^{{commit}}")
         return result.stdout.strip() if result.returncode == 0 else None
 
+    def symref(self, name: str) -> str:
+        """What a symbolic ref names, as `git symbolic-ref -q NAME` prints it ("" for a plain ref)."""
+        if self.common_dir is not None and gitrefs.read_ref(self.common_dir, name) is not None:
+            return ""  # read as a plain sha, loose or packed
+        return self.read("symbolic-ref", "-q", name).stdout.strip()
+
     def config(self, key: str) -> str | None:
+        if self.listing is not None:
+            value = self.listing.last(key)
+            return None if value is None else value.strip()
         result = self.read("config", "--get", key)
         return result.stdout.strip() if result.returncode == 0 else None
+
+    def config_words(self, key: str) -> list[str]:
+        """The words of every value of `key`, as `git config --get-all KEY` output split."""
+        if self.listing is not None:
+            return "\n".join(self.listing.all(key)).split()
+        return self.read("config", "--get-all", key).stdout.split()
 
     def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
         command = " ".join(shlex.quote(a) for a in ["git", *args])
@@ -231,7 +293,7 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-              dry_run: bool = False) -> SyncOutcome:
+              dry_run: bool = False, scan_rows: ScanRows | None = None) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
@@ -258,13 +320,15 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
         else:  # the outcome stands, read from the repo as always
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
+    if scan_rows is not None:
+        scan_rows.read(repo, outcome, state.get("common_dir"))
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
 
 def _tracking_refspecs(git: _Git, remote: str) -> list[str]:
     """The remote's configured fetch refspecs that write only into refs/remotes/<remote>/ (and negative ones)."""
-    configured = git.read("config", "--get-all", f"remote.{remote}.fetch").stdout.split()
+    configured = git.config_words(f"remote.{remote}.fetch")
     own = f"refs/remotes/{remote}/"
     return [spec for spec in configured if spec.startswith("^") or spec.partition(":")[2].startswith(own)]
 
@@ -307,9 +371,39 @@ class _Before:
 
 
 def _read_before(git: _Git, local_ref: str) -> _Before:
-    return _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
+    return _read_before_from_files(git, local_ref) or _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
                    Path(git.out("rev-parse", "--absolute-git-dir")),
                    (git.path / git.out("rev-parse", "--git-common-dir")).resolve(), tuple(git.out("remote").split()))
+
+
+def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
+    """_Before from the git dir's files and one `git config -z --list`, or None when in any doubt (ask git).
+
+    The dirs, HEAD and refs as lib.gitrefs reads them; `git remote`'s list from the config listing.
+    """
+    dirs = gitrefs.git_dirs(git.path)
+    if dirs is None:
+        return None
+    git_dir, common_dir = dirs
+    if any(_listed(common_dir / legacy) for legacy in ("remotes", "branches")):
+        return None  # remotes defined by files, which some gits list too
+    listed = git.read_bytes("config", "-z", "--list", "--show-scope")
+    listing = gitrefs.Config.parse(listed.stdout) if listed.returncode == 0 and not listed.stderr else None
+    remotes = listing.remotes() if listing is not None else None
+    head = gitrefs.read_head(git_dir, common_dir)
+    if listing is None or remotes is None or head is None:
+        return None
+    git.common_dir, git.listing = common_dir, listing
+    return _Before(git.rev(local_ref), head, git_dir, common_dir, remotes)
+
+
+def _listed(directory: Path) -> bool:
+    try:
+        return bool(os.listdir(directory))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str] | None:
@@ -336,10 +430,10 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     git = _Git(path, log, log_path)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
-    if git.read("check-ref-format", local_ref).returncode != 0:
+    if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
         raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
     seen = _read_before(git, local_ref)
-    state["before"], state["checked_out"] = seen.tip, seen.checked_out
+    state["before"], state["checked_out"], state["common_dir"] = seen.tip, seen.checked_out, str(seen.common_dir)
     upstream = _upstream(git, branch, seen.remotes)
     if not dry_run:
         # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
@@ -356,7 +450,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop("skipped", "detached HEAD")
     if seen.tip is None:
         raise _Stop("skipped", f"no local branch {branch!r}")
-    alias = git.read("symbolic-ref", "-q", local_ref).stdout.strip()
+    alias = git.symref(local_ref)
     if alias:  # moving it moves the branch it names, maybe under its own work tree
         raise _Stop("skipped", f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
     if upstream is None:
@@ -371,7 +465,10 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             gone += f"; {remote}'s default branch is now {renamed}"
         raise _Stop("skipped", gone)
     before = seen.tip
-    ahead, behind = (int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
+    counted = gitrefs.ahead_behind(git.common_dir, before, target) if git.common_dir is not None else None
+    if counted is None:
+        counted = tuple(int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
+    ahead, behind = counted
     log.write(f"{branch} {before[:12]}, {tracking} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
@@ -444,11 +541,12 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
-             on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
+             on_done: Callable[[SyncOutcome], None] | None = None,
+             scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows))
         return finished[-1]
 
     try:
@@ -502,11 +600,13 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
+        scan_rows = None if dry_run else ScanRows(read_known_commits(paths.repo_status_file))
         with Progress("syncing", len(repos)) as progress:
             try:
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
                                     on_start=lambda repo: progress.start(repo.name),
-                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
+                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing),
+                                    scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 if not dry_run and stop.results:
                     save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
@@ -514,5 +614,5 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)
         save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
-        scan_and_save(paths, tags=None)
+        scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)
