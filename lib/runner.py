@@ -99,9 +99,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix: bool = False) -> list[int]:
+def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix: bool = False,
+                      born_since: int = 0) -> list[int]:
     """Live processes whose environment has `var`=`marker` (a value starting with it, with `prefix`)
-    and that are not in process group `pgid` (None: in any group)."""
+    and that are not in process group `pgid` (None: in any group).
+
+    `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
+    the marker; one started before it cannot descend from it, so its environment is not read.
+    """
     needle = b"\0" + f"{var}={marker}".encode() + (b"" if prefix else b"\0")
     found = []
     if not os.path.isdir("/proc/self"):
@@ -110,7 +115,7 @@ def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix
         if not entry.name.isdigit():
             continue
         fields = _proc_stat(entry.name)
-        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid:
+        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid or int(fields[19]) < born_since:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as environ:
@@ -132,8 +137,14 @@ def _describe(pid: int) -> str:
 
 def group_alive(pgid: int) -> bool:
     # Zombies still count for killpg(pgid, 0); where no init reaps them, only
-    # /proc tells a finished group from a running one.
+    # /proc tells a finished group from a running one. No process at all: no need to look.
     if os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return bool(group_members(pgid))
     try:
         os.killpg(pgid, 0)
@@ -206,9 +217,18 @@ def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
 
 
-def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
+def _start_tick(pid: int) -> int:
+    """When a process started (clock ticks since boot), 0 when it cannot be read."""
+    fields = _proc_stat(str(pid))
+    try:
+        return int(fields[19]) if fields else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def _stop_step(pgid: int, marker: str, grace: float, born_since: int = 0) -> tuple[str, ...]:
     """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
-    escaped = escaped_processes(marker, pgid)
+    escaped = escaped_processes(marker, pgid, born_since=born_since)
     names = tuple(_describe(pid) for pid in escaped)
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
@@ -373,6 +393,7 @@ def run_in_group(
         )
         pgid = proc.pid
         _active_groups[pgid] = marker
+    born = _start_tick(pgid)  # not reaped yet: readable even if it already ended
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
@@ -390,9 +411,9 @@ def run_in_group(
             elif deadline is not None and monotonic() >= deadline:
                 timed_out = True
                 kill_group(pgid, grace)
-        escaped = _stop_step(pgid, marker, grace)
+        escaped = _stop_step(pgid, marker, grace, born)
     except BaseException:
-        _stop_step(pgid, marker, grace)
+        _stop_step(pgid, marker, grace, born)
         proc.wait()
         raise
     finally:
