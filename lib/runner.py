@@ -356,6 +356,41 @@ class _Copier(threading.Thread):
             self.log_failed.set()
 
 
+class _Waiter:
+    """`waiter(seconds)`: whether the process ended within `seconds`, woken the moment it ends.
+
+    Popen.wait(timeout) polls with growing sleeps, up to 50 ms late: most of a quick
+    git's time. A pidfd (Linux 5.3+) is readable once the process has ended.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        try:
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux, an old kernel, or already reaped
+            self.pidfd = None
+
+    def __call__(self, seconds: float) -> bool:
+        if self.pidfd is None:
+            try:
+                self.proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        if not select.select([self.pidfd], [], [], seconds)[0]:
+            return False
+        try:
+            self.proc.wait(timeout=1.0)  # it has ended: this reaps it at once
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
 def run_in_group(
     command: str,
     cwd: Path,
@@ -399,13 +434,11 @@ def run_in_group(
     copier.start()
     timed_out = False
     deadline = None if timeout is None else started + timeout
+    ended = _Waiter(proc)
     try:
         while True:
-            try:
-                proc.wait(timeout=0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic())))
+            if ended(0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic()))):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if copier.log_failed.is_set():
                 kill_group(pgid, grace)
             elif deadline is not None and monotonic() >= deadline:
@@ -417,6 +450,7 @@ def run_in_group(
         proc.wait()
         raise
     finally:
+        ended.close()
         with _active_lock:
             _active_groups.pop(pgid, None)
         copier.stop()
