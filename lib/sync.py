@@ -68,23 +68,30 @@ class ScanRows:
     """The status rows sync read of the repos it left as they were: the closing scan reuses them.
 
     Read with the scan's own `git status` after the repo's last step, so a row is what the scan
-    would find; a repo sharing its git store with another synced repo (a worktree) gets none, as
-    that one's fetch or fast-forward may have changed it after its row was read.
+    would find then. None is reused for a repo whose status another repo's later steps may have
+    changed since: one sharing its git store (a worktree: that one's fetch moves the shared
+    tracking refs), or one whose work tree holds, or sits in, a repo that was cloned, moved or
+    failed (a submodule's new commit, a new clone shown as untracked).
     """
 
     known: Mapping[str, LastCommit]  # the last scan's commits, as the scan itself uses them
-    rows: dict[str, RepoStatus] = field(default_factory=dict)
+    rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
+    changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
 
     def reusable(self) -> dict[str, RepoStatus]:
         stores = Counter(self.common_dirs.values())
-        return {name: row for name, row in self.rows.items() if stores[self.common_dirs[name]] == 1}
+        return {name: row for name, (row, real) in self.rows.items()
+                if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
     def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None) -> None:
+        left_alone = outcome.status in ("up to date", "skipped") and outcome.after == outcome.before
+        if not left_alone:
+            self.changed.append(os.path.realpath(repo.local))
         if common_dir is None:
             return
         self.common_dirs[repo.name] = common_dir
-        if outcome.status not in ("up to date", "skipped") or outcome.after != outcome.before:
+        if not left_alone or runner.stopping():
             return
         git = subprocess.run(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS],
                              stdin=subprocess.DEVNULL, capture_output=True, env=confined_to(repo.local, git_env()),
@@ -92,7 +99,12 @@ class ScanRows:
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
         if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known) \
                 and row.error is None:
-            self.rows[repo.name] = row
+            self.rows[repo.name] = (row, os.path.realpath(repo.local))
+
+
+def _nested(one: str, other: str) -> bool:
+    """Whether one of two real paths is the other or lies inside it."""
+    return one == other or one.startswith(other.rstrip("/") + "/") or other.startswith(one.rstrip("/") + "/")
 
 
 class _Stop(Exception):

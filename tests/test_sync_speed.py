@@ -308,3 +308,18 @@ def test_a_repo_git_refuses_to_use_fails_as_before(make_repo, tmp_path):
     os.lchown(repo.path, 65534, 65534)
     outcome = sync_repo(Repo("foreign", repo.path), tmp_path / "logs")
     assert outcome.status == "failed" and "safe.directory" in (outcome.reason or ""), outcome.line()  # git says why
+
+
+def test_a_row_read_before_a_clone_lands_in_its_work_tree_is_not_reused(home, make_repo, tmp_path):
+    """The outer repo's row says clean; then --clone-missing clones into its work tree: the scan must see it."""
+    outer = make_repo("outer")
+    inner_source = make_repo("inner-source")
+    inner = outer.path / "inner"
+    home.write_repos([{"name": "outer", "local": str(outer.path)},
+                      {"name": "inner", "local": str(inner), "remote": str(inner_source.remote)}])
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=1, clone_missing=True)
+    assert [o.status for o in report.outcomes] == ["up to date", "cloned"]
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written[0]["untracked"] == 1, "the outer repo's row was read before the clone and reused"
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
