@@ -12,7 +12,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from lib.gitobjects import IDX_V2, IDX_SHAS, OPEN_FLAGS
+from lib.gitobjects import OPEN_FLAGS
 
 SHA1_LINE = re.compile(rb"([0-9a-f]{40})\n")
 SYMREF_LINE = re.compile(rb"ref: (refs/[^\0\n]+)\n")

@@ -384,13 +384,16 @@ class _Before:
 
 
 def _read_before(git: _Git, local_ref: str) -> _Before:
-    return _read_before_from_files(git, local_ref) or _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
+    from_files = _read_before_from_files(git, local_ref)
+    if from_files is not None:
+        return from_files
+    return _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
                    Path(git.out("rev-parse", "--absolute-git-dir")),
                    (git.path / git.out("rev-parse", "--git-common-dir")).resolve(), tuple(git.out("remote").split()))
 
 
 def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
-    """_Before from the git dir's files and one `git config -z --list`, or None when in any doubt (ask git).
+    """_Before from the git dir's files and one config listing, or None when in any doubt (then ask git).
 
     The dirs, HEAD and refs as lib.gitrefs reads them; `git remote`'s list from the config listing.
     """
@@ -480,7 +483,8 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     before = seen.tip
     counted = gitrefs.ahead_behind(git.common_dir, before, target) if git.common_dir is not None else None
     if counted is None:
-        counted = tuple(int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
+        left, right = git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split()
+        counted = int(left), int(right)
     ahead, behind = counted
     log.write(f"{branch} {before[:12]}, {tracking} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),

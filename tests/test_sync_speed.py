@@ -21,7 +21,7 @@ from lib.gitstatus import read_state
 from lib.paths import Paths
 from lib.scan import scan_workspace
 from lib.sync import run_sync, sync_repo
-from tests.conftest import RepoHandle, git
+from tests.conftest import RepoHandle
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
 Setup = Callable[[RepoHandle, Path], dict]
@@ -298,7 +298,7 @@ def test_dry_run_reads_no_rows_and_writes_no_scan(home, make_repo, git_log):
 
 
 def test_a_repo_git_refuses_to_use_fails_as_before(make_repo, tmp_path):
-    """Dubious ownership: git lists no config of the repo (exit 0) and refuses it; the files must not be read instead."""
+    """Dubious ownership: git lists none of the repo's config (exit 0) and refuses it; its files are not read."""
     if os.geteuid() != 0:
         pytest.skip("needs root to give the repo to another user")
     repo = make_repo("foreign")
