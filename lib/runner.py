@@ -377,7 +377,9 @@ class _Waiter:
                 return True
             except subprocess.TimeoutExpired:
                 return False
-        if not select.select([self.pidfd], [], [], seconds)[0]:
+        poller = select.poll()  # not select(): a descriptor number over 1023 is fine here
+        poller.register(self.pidfd, select.POLLIN)
+        if not poller.poll(seconds * 1000):
             return False
         try:
             self.proc.wait(timeout=1.0)  # it has ended: this reaps it at once
