@@ -11,6 +11,7 @@ import stat
 import struct
 import zlib
 from pathlib import Path
+from typing import Generator
 
 from lib.gitobjects import OPEN_FLAGS
 
@@ -209,12 +210,8 @@ def is_commit(common_dir: Path, sha: str) -> bool:
 
     False means "not sure" (a tag to peel, a delta, an alternate, a replace ref): ask git.
     """
-    if not re.fullmatch(r"[0-9a-f]{40}", sha) or os.path.lexists(common_dir / "refs" / "replace"):
-        return False
-    if os.path.lexists(common_dir / "packed-refs"):
-        packed = _small_file(common_dir / "packed-refs", MAX_PACKED_REFS)
-        if packed is None or b" refs/replace/" in packed:
-            return False  # a replaced object's type is the replacement's
+    if not re.fullmatch(r"[0-9a-f]{40}", sha) or _replaced(common_dir):
+        return False  # a replaced object's type is the replacement's
     objects = common_dir / "objects"
     try:
         try:
@@ -298,23 +295,29 @@ def ahead_behind(common_dir: Path, local: str, upstream: str, limit: int = WALK_
     ancestor of the other within `limit` commits; None otherwise (diverged, far apart, or in doubt: ask git)."""
     if local == upstream:
         return 0, 0
-    ahead = _commits_above(common_dir, local, upstream, limit)
-    if ahead is not None:
-        return ahead, 0
-    behind = _commits_above(common_dir, upstream, local, limit)
-    return (0, behind) if behind is not None else None
+    if _replaced(common_dir) or any(os.path.lexists(common_dir / odd) for odd in ("shallow", "info/grafts")):
+        return None  # parents that rev-list would see differently
+    objects = common_dir / "objects"
+    walks = {"ahead": _walk(objects, local, upstream, limit), "behind": _walk(objects, upstream, local, limit)}
+    while walks:  # a commit from each side in turn: the one that descends from the other ends first
+        for side, walk in list(walks.items()):
+            try:
+                next(walk)
+            except StopIteration as end:
+                if end.value is not None:
+                    return (end.value, 0) if side == "ahead" else (0, end.value)
+                del walks[side]
+    return None
 
 
-def _commits_above(common_dir: Path, tip: str, base: str, limit: int) -> int | None:
-    """How many commits `tip` has that `base` lacks, if every path down from `tip` meets `base`, else None.
+def _walk(objects: Path, tip: str, base: str, limit: int) -> Generator[None, None, int | None]:
+    """Yields once per commit read; returns how many commits `tip` has that `base` lacks, if every path
+    down from `tip` meets `base`, else None.
 
     Every commit the walk passes has `base` below it on each of its paths, so none of them
     is an ancestor of `base` (the history has no cycles), and each commit `tip` has that
     `base` lacks is on a path the walk follows: the count is exactly git's.
     """
-    if any(os.path.lexists(common_dir / odd) for odd in ("shallow", "info/grafts", "refs/replace")):
-        return None  # parents that rev-list would see differently
-    objects = common_dir / "objects"
     seen: set[str] = set()
     pending = [tip]
     while pending:
@@ -323,12 +326,23 @@ def _commits_above(common_dir: Path, tip: str, base: str, limit: int) -> int | N
             continue
         if len(seen) >= limit:
             return None
+        yield
         parents = _parents(objects, sha)
         if not parents:  # a root below which `base` is not, or a commit not read for sure
             return None
         seen.add(sha)
         pending.extend(parents)
     return len(seen)
+
+
+def _replaced(common_dir: Path) -> bool:
+    """Whether replace refs may exist (loose or packed): git would see some objects as others."""
+    if os.path.lexists(common_dir / "refs" / "replace"):
+        return True
+    if not os.path.lexists(common_dir / "packed-refs"):
+        return False
+    packed = _small_file(common_dir / "packed-refs", MAX_PACKED_REFS)
+    return packed is None or b" refs/replace/" in packed
 
 
 def _parents(objects: Path, sha: str) -> list[str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -323,3 +324,24 @@ def test_ahead_behind_in_doubt_is_none(repo):
     assert ahead_behind(common, far, right) == git_counts(repo, far, right)
     (common / "shallow").write_text(base + "\n")
     assert ahead_behind(common, far, right) is None
+
+
+def test_replace_refs_packed_or_loose_leave_the_count_to_git(repo):
+    base = git(repo, "rev-parse", "HEAD")
+    tip = commit(repo)
+    common = repo / ".git"
+    git(repo, "replace", "-f", tip, base)
+    assert ahead_behind(common, tip, base) is None
+    git(repo, "pack-refs", "--all")
+    shutil.rmtree(common / "refs" / "replace", ignore_errors=True)  # only the packed entry is left
+    assert " refs/replace/" in (common / "packed-refs").read_text()
+    assert ahead_behind(common, tip, base) is None
+    assert not is_commit(common, tip)
+
+
+def test_a_far_behind_branch_is_counted_without_walking_the_other_side_to_its_root(repo):
+    local = git(repo, "rev-parse", "HEAD")
+    upstream = local
+    for _ in range(40):
+        upstream = commit(repo)
+    assert ahead_behind(repo / ".git", local, upstream, limit=40) == git_counts(repo, local, upstream) == (0, 40)
