@@ -394,7 +394,7 @@ class _Waiter:
 
 
 def run_in_group(
-    command: str,
+    command: str | Sequence[str],
     cwd: Path,
     log: BinaryIO,
     timeout: float | None,
@@ -402,7 +402,7 @@ def run_in_group(
     echo: BinaryIO | None = None,
     grace: float = GRACE_S,
 ) -> ProcessResult:
-    """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
+    """Run `command` with /bin/sh (an argv list: as is) in a new session; output goes to `log` (and `echo`) as bytes.
 
     On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
     command leaves behind, in its group or having left it, are killed when it
@@ -420,7 +420,7 @@ def run_in_group(
         if _stopping.is_set():
             raise Stopping("the run is being stopped")
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            ["/bin/sh", "-c", command] if isinstance(command, str) else list(command),
             cwd=cwd,
             env=step_env,
             stdin=subprocess.DEVNULL,

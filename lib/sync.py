@@ -209,8 +209,8 @@ class _Git:
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
-        # exec: the shell becomes git, one process less per step (dash does not do it by itself)
-        return runner.run_in_group(f"exec {command}", self.path, self.log, timeout, self.env)
+        # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would)
+        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
