@@ -115,7 +115,7 @@ def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix
         if not entry.name.isdigit():
             continue
         fields = _proc_stat(entry.name)
-        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid or int(fields[19]) < born_since:
+        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid or _born_before(fields, born_since):
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as environ:
@@ -124,6 +124,11 @@ def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix
         except OSError:
             continue
     return found
+
+
+def _born_before(fields: list[bytes], tick: int) -> bool:
+    """Whether a process (its /proc stat fields) started before clock tick `tick` (0: not known, never)."""
+    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
 
 
 def _describe(pid: int) -> str:
