@@ -8,10 +8,10 @@ DEMO_DIR ?= demo
 DEMO_HOME = $(abspath $(DEMO_DIR))
 REPO    ?=
 
-# Commands run by the targets (and the repos' own tests) see the venv first.
+# The targets find inv in the venv; the repos' commands get PATH without it (lib.batch.command_env).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo demo-workers test status scan build test-repo test-all sync-all clean report
+.PHONY: setup demo demo-workers demo-workers-claude test status scan build test-repo test-all sync-all clean report
 
 setup: $(STAMP)
 
@@ -68,8 +68,15 @@ demo-workers: setup
 	@echo; echo '$$ $(WORKERS_ENV) inv workers.cleanup'
 	$(WORKERS)cleanup
 
+# The same demo with the real Claude Code CLI (the pinned one .ci/run installs into .tools/) against a stand-in
+# model on 127.0.0.1: a Bash call that commits each stage.
+demo-workers-claude: setup
+	ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(PY) scripts/make_workers_demo.py --claude --wait 300 $(WORKERS_DEMO_DIR)
+
+# Two workers (pytest-xdist): most tests wait on real processes (sshd, tmux, git, timeouts), so two at a
+# time halve the wall time on 2 cores. One at a time: .venv/bin/python -m pytest -q
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 status: setup
 	$(INV) status
@@ -85,8 +92,12 @@ test-repo: setup
 	@test -n "$(REPO)" || { echo "error: usage: make test-repo REPO=name" >&2; exit 2; }
 	$(INV) test $(REPO)
 
+# Extra options for test-all, sync-all and foreach, as typed after the task name:
+# make test-all ARGS='--tag x --junit-xml out.xml'. $(value ARGS) keeps make from
+# expanding what it holds (make functions in it never run); the shell splits it.
+unexport ARGS
 test-all: setup
-	$(INV) test-all
+	$(INV) test-all $(value ARGS)
 
 .PHONY: foreach
 # The command reaches inv through the environment as typed: $(value CMD) keeps its $ signs,
@@ -96,10 +107,10 @@ unexport CMD  # exporting would expand it: make functions in the text would run
 foreach: export ORCH_FOREACH_COMMAND = $(value CMD)
 foreach: setup
 	@test -n "$$ORCH_FOREACH_COMMAND" || { echo "error: usage: make foreach CMD='git status -s'" >&2; exit 2; }
-	$(INV) foreach --command="$$ORCH_FOREACH_COMMAND"
+	$(INV) foreach $(value ARGS) --command="$$ORCH_FOREACH_COMMAND"
 
 sync-all: setup
-	$(INV) sync-all
+	$(INV) sync-all $(value ARGS)
 
 report: setup
 	$(INV) report

@@ -72,17 +72,20 @@ def _interrupted(stop) -> Exit:
         "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
         "jobs": "N: repos checked at once (default: 4 per core)",
-        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>)",
+        "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>); "
+                "`local` is this machine",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
+    from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
     from lib.scan import ScanStopped, scan_workspace
 
+    host = "" if host == LOCAL else host  # this machine, as for build and test
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
@@ -174,7 +177,7 @@ class _TextToBytes:
         self.stream.flush()
 
 
-def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False):
+def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_host_key=False, grace=10.0):
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
@@ -200,12 +203,14 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
         _print_plan(plans[0])
         return
     _warn(check_state(paths, workflow))
-    print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""), flush=True)
+    if on_host is not None or not plans[0].skip_reason:  # a skipped repo writes no log
+        print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""),
+              flush=True)
     try:
         if on_host is not None:
             run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
         else:
-            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream)
+            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
     outcome = run.outcomes[0]
@@ -245,19 +250,23 @@ RUN_HELP = {
             "`local`: here)",
     "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new); "
                            "a changed key is always refused",
+    "grace": "SECONDS a timed-out command has after SIGINT to print where it hung, before SIGTERM "
+             "(then SIGKILL 5 s later); default 10",
 }
 
 
 @task(help=RUN_HELP)
-def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def build(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False, grace=Seconds(10)):
     """Build one repo; prints BUILD PASSED/FAILED, log in the log dir."""
-    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo("build", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(help=RUN_HELP)
-def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False, grace=Seconds(10)):
     """Test one repo; prints TEST PASSED/FAILED, log in the log dir."""
-    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo("test", repo, timeout, dry_run, echo=False, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(
@@ -273,27 +282,40 @@ def test(c, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host
         "hosts": "NAMES: spread the repos over these build hosts of config/hosts.toml, comma-separated; "
                  "`local` is this machine (default: each repo on its `host`, else here)",
         "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+        "json": "print {summary, results} (each result as in state/test-results.json) instead of the table",
+        "changed": "report a repo passed without running it when its HEAD, clean tree, command and host are "
+                   "those of its last passed run",
+        "matrix": "print the selected repos as a CI matrix, {\"include\": [{repo, language, host}]}; run nothing",
+        "grace": RUN_HELP["grace"] + " (repos tested here)",
     },
 )
 def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, only="", failed=False,
-             dry_run=False, hosts="", accept_new_host_key=False):
+             dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False, matrix=False,
+             grace=Seconds(10)):
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
     from lib.fleet import plan_groups, test_all_in_groups
+    from lib.hosts import LOCAL
     from lib.runner import RunInterrupted
-    from lib.testall import plan_test_all
+    from lib.scan import ScanStopped
+    from lib.testall import ci_matrix, plan_test_all, run_test_all
     from lib.views import outcomes_table
 
     try:
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
-        if not dry_run:
+        if not dry_run and not matrix:
             _warn(check_state(paths, "test"))
         plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
         fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
+        if changed and set(groups) - {LOCAL}:
+            raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
     except OrchestratorError as err:
         raise _fail(err) from None
+    if matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
+        print(jsonlib.dumps(ci_matrix(plans, groups)))
+        return
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if failed else ""))
         return
@@ -301,12 +323,21 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         _print_plans(plans, fleet, groups)
         return
     try:
-        report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
-                                    Path(junit_xml) if junit_xml else None, accept_new_host_key)
+        if changed or set(groups) <= {LOCAL}:
+            report = run_test_all(workspace, paths, plans, jobs, timeout or None,
+                                  Path(junit_xml) if junit_xml else None, changed=changed, grace=grace)
+        else:
+            report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
+                                        Path(junit_xml) if junit_xml else None, accept_new_host_key)
     except RunInterrupted as stop:
         raise _interrupted(stop) from None
-    print(outcomes_table(report.outcomes))
-    print(f"{report.summary_line()} -> {report.state_file}")
+    except ScanStopped as stop:  # in the status read before or after the tests (what --changed compares)
+        raise Exit(str(stop), code=stop.exit_code) from None
+    if json:
+        print(jsonlib.dumps(report.to_json(), indent=2))
+    else:
+        print(outcomes_table(report.outcomes))
+        print(f"{report.summary_line()} -> {report.state_file}")
     _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
@@ -320,11 +351,14 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
         "dry_run": "print the rendered commands; run nothing",
         "host": RUN_HELP["host"],
         "accept_new_host_key": RUN_HELP["accept_new_host_key"],
+        "grace": RUN_HELP["grace"],
     },
 )
-def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False):
+def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accept_new_host_key=False,
+             grace=Seconds(10)):
     """Run any workflow of config/workflows.json on one repo, showing its output."""
-    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key)
+    _run_on_repo(name, repo, timeout, dry_run, echo=True, host=host, accept_new_host_key=accept_new_host_key,
+                 grace=grace)
 
 
 @task(
@@ -380,7 +414,8 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
         "clone_missing": "clone repos whose path does not exist from their `remote`",
         "tag": "TAG: only repos with this tag (repeatable)",
         "dry_run": "fetch nothing, change nothing: show what would happen with the refs as they are",
-        "host": "NAME: sync the repos in this build host's workspace (<workspace>/<repo name>), same rules",
+        "host": "NAME: sync the repos in this build host's workspace (<workspace>/<repo name>), same rules; "
+                "`local` is this machine",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
     },
 )
@@ -411,6 +446,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
         raise Exit(str(stop), code=stop.exit_code) from None
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
 
@@ -471,7 +507,7 @@ def host_check(c, name="", accept_new_host_key=False):
     from lib.fleet import Fleet
     from lib.remote import PROBE_TOOLS, check_hosts
     from lib.runner import RunInterrupted
-    from lib.views import plain_table
+    from lib.views import plain_table, visible
 
     try:
         fleet = Fleet.load(Paths.from_env())
@@ -489,11 +525,14 @@ def host_check(c, name="", accept_new_host_key=False):
     for check in checks:
         problems = check.problems
         verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
-        rows.append([check.host.name, check.host.address, verdict, check.workspace or "-"])
-    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "WORKSPACE"]))
+        login = "-" if check.login_s is None else f"{check.login_s:.1f}s"
+        rows.append([check.host.name, check.host.address, verdict, login, check.workspace or "-"])
+    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]))
     for check in checks:
         if check.tools:
-            print(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))
+            # The versions are the host's words: escaped, as in the table.
+            versions = "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS)
+            print(visible(f"{check.host.name}: {versions}"))
     if any(check.problems for check in checks):
         raise Exit(code=1)
 
@@ -748,6 +787,14 @@ def workers_cleanup(c, config="", config_dir="", workers=Count(0), session="", k
                  _flag(json, "--json"), config=config, config_dir=config_dir, workers=workers, session=session)
 
 
+@task(name="repin", help={**WORKERS_CONFIG_HELP, "repo": "only this repo (a name from the config's repos)",
+                          "json": "print what was pinned as JSON"})
+def workers_repin(c, config="", config_dir="", workers=Count(0), session="", repo="", json=False):
+    """Pin each repo's push target again (repos.json remote, else origin's push url now)."""
+    _workers_cli("repin", *(["--repo", repo] if repo else []), _flag(json, "--json"), config=config,
+                 config_dir=config_dir, workers=workers, session=session)
+
+
 @task(name="add-issue", help={"number": "the new issue's number", "title": "its title",
                               "priority": "lower runs first (default 1)", "wave": "wave number (default 1)",
                               "depends_on": "issue numbers it waits for, comma-separated",
@@ -759,5 +806,24 @@ def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depend
                  *(["--description", description] if description else []), config=config)
 
 
+@task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                          "issue": "only this issue (0: the project and all its issues)",
+                          "detail": "why, shown by status"})
+def workers_pause(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0), detail=""):
+    """Pause the project(s) or one issue (reason user): no try starts; running tries finish."""
+    _workers_cli("pause", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
+                 *(["--detail", detail] if detail else []), config=config, config_dir=config_dir, workers=workers,
+                 session=session)
+
+
+@task(name="resume", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                           "issue": "only this issue (0: the project and all its issues)"})
+def workers_resume(c, config="", config_dir="", workers=Count(0), session="", project="", issue=Count(0)):
+    """Clear the user, alert and auth pauses of the project(s), or of one issue."""
+    _workers_cli("resume", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
+                 config=config, config_dir=config_dir, workers=workers, session=session)
+
+
 namespace.add_collection(Collection("workers", workers_launch, workers_monitor, workers_status, workers_dashboard,
-                                    workers_cleanup, workers_add_issue))
+                                    workers_cleanup, workers_repin, workers_add_issue, workers_pause,
+                                    workers_resume))

@@ -2,10 +2,16 @@
 """Benchmark test-all's wall time against the sum of its repos' test times and the slowest one.
 
     python bench/test_all_bench.py [--repos 8] [--jobs 8]
+    python bench/test_all_bench.py --skewed [--jobs 2]
 
 Each generated make repo's `make test` sleeps a different time (0.5 s to 2.5 s,
 I/O-like waiting, as most test suites' network and disk waits are). A serial
 run costs the sum; test-all should approach the slowest repo.
+
+--skewed: seven quick repos (0.5 s) and, last in config order, one slow one
+(3 s), run twice: the first run knows no durations (config order, so the slow
+repo starts last); the second starts the slowest known repo first, so the wall
+time approaches max(slowest, sum / jobs).
 """
 from __future__ import annotations
 
@@ -29,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repos", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--skewed", action="store_true", help="7 quick repos and a slow last one, run twice")
     args = parser.parse_args(argv)
+    if args.skewed:
+        return skewed(args.jobs if args.jobs != 8 else 2)
     durations = [round(0.5 + 2.0 * i / max(1, args.repos - 1), 2) for i in range(args.repos)]
     specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
                       {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
@@ -48,6 +57,26 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([args.repos, jobs, f"{sum(durations):.1f}", f"{max(durations):.1f}", f"{wall:.2f}",
                          f"{wall / max(durations):.2f}"])
     print(plain_table(rows, ["repos", "jobs", "sum s", "slowest s", "wall s", "wall/slowest"]))
+    return 0
+
+
+def skewed(jobs: int) -> int:
+    durations = [0.5] * 7 + [3.0]
+    specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
+                      {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="test-all-bench-") as tmp:
+        home = Path(tmp) / "ws"
+        generate(home, specs)
+        env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_LOG_DIR": str(Path(tmp) / "logs")}
+        for run in ("first (no durations known)", "second (longest first)"):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", str(jobs)],
+                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            rows.append([run, jobs, f"{sum(durations):.1f}", f"{max(max(durations), sum(durations) / jobs):.1f}",
+                         f"{wall:.2f}"])
+    print(plain_table(rows, ["run", "jobs", "sum s", "max(slowest, sum/jobs) s", "wall s"]))
     return 0
 
 

@@ -8,7 +8,9 @@ into spans with exact offsets and a change splices text, never re-renders it.
 A move touches two files. It runs under a lock (tasks/.lock, fcntl) and writes
 a journal (tasks/.move-journal.json: both files' contents before and after)
 before replacing each file atomically. A move that was killed half way is
-finished by the next command that takes the lock (see `_recover`).
+finished by the next command that takes the lock (see `_recover`). Reading
+takes no lock (a read-only tasks/ can be listed): a reader reads everything
+twice and shows a move in progress, or killed, where its journal says it ends.
 """
 from __future__ import annotations
 
@@ -19,13 +21,15 @@ import os
 import re
 import signal
 import tempfile
-from contextlib import contextmanager
+import unicodedata
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Callable, Iterator
 
 from lib.errors import OrchestratorError
+from lib.statefile import MAX_FILE_BYTES, UnreadableFile, loads, open_lock, read_regular
 
 STATES = ("backlog", "active", "completed")
 FILES = {state: f"{state}.md" for state in STATES}
@@ -54,6 +58,8 @@ FIELD_RE = re.compile(r"^[ \t]*[-*][ \t]+\*\*(?P<key>\w+)\*\*:(?P<value>.*)$")  
 ID_NUMBER_RE = re.compile(r"^task-(\d+)$", re.IGNORECASE)
 LONE_CR_RE = re.compile(r"\r(?!\n)")
 MAX_ID_DIGITS = 100
+# A journal holds two files' text after the move, as JSON: each byte is at most 6 characters (\udcff).
+JOURNAL_MAX_BYTES = 2 * 6 * MAX_FILE_BYTES + 64 * 1024
 CONTROL_CHARACTERS = {c: "\ufffd" for c in (*range(0x20), *range(0x7f, 0xa0)) if c != 0x09}
 DATE_FIELDS = ("created", "started", "completed")
 
@@ -107,6 +113,13 @@ class TaskFile:
     tasks: list[Task]
     headings: list[tuple[int, int, str]]  # (offset, level, text) of every heading
     exists: bool = True
+
+
+def same_id(task_id: str) -> str:
+    """The form ids are compared in: `tâche-1` typed composed (NFC) or decomposed (NFD) is one id.
+
+    The files keep whichever bytes the user wrote."""
+    return unicodedata.normalize("NFC", task_id)
 
 
 def readable(text: str) -> str:
@@ -179,9 +192,10 @@ def parse(state: str, path: Path, text: str) -> TaskFile:
                             "(the tasks after it would be hidden); close it")
     seen: dict[str, Task] = {}
     for task in tasks:
-        if task.id in seen:
-            raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} (also at line {seen[task.id].line})")
-        seen[task.id] = task
+        if same_id(task.id) in seen:
+            raise TaskFileError(f"{path}:{task.line}: duplicate task id {task.id} "
+                                f"(also at line {seen[same_id(task.id)].line})")
+        seen[same_id(task.id)] = task
     return TaskFile(state, path, text, tasks, headings)
 
 
@@ -231,28 +245,39 @@ def _task_heading(state: str, path: Path, number: int, level: int, text: str, st
     return None
 
 
-def read_file(tasks_dir: Path, state: str) -> TaskFile:
-    path = tasks_dir / FILES[state]
+def _read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """A regular file's bytes (None: absent); a FIFO, a device or a huge file is a TaskFileError, not a hang."""
     try:
-        text = path.read_bytes().decode(*ENCODING)
-    except FileNotFoundError:
+        return read_regular(path, limit)
+    except UnreadableFile as err:
+        raise TaskFileError(str(err)) from None
+
+
+def read_file(tasks_dir: Path, state: str) -> TaskFile:
+    return _parsed(tasks_dir, state, _read_bytes(tasks_dir / FILES[state]))
+
+
+def _parsed(tasks_dir: Path, state: str, data: bytes | None) -> TaskFile:
+    path = tasks_dir / FILES[state]
+    if data is None:
         return TaskFile(state, path, "", [], [], exists=False)
-    except OSError as err:
-        raise TaskFileError(f"{path}: cannot read: {err.strerror}") from None
-    return parse(state, path, text)
+    return parse(state, path, data.decode(*ENCODING))
 
 
-def read_all(tasks_dir: Path) -> dict[str, TaskFile]:
-    """All three files, checked together: an id may appear only once across them."""
-    files = {state: read_file(tasks_dir, state) for state in STATES}
+def read_all(tasks_dir: Path, contents: dict[str, bytes | None] | None = None) -> dict[str, TaskFile]:
+    """All three files (or `contents`, their bytes as already read), checked together: an id may appear only
+    once across them."""
+    if contents is None:
+        contents = {state: _read_bytes(tasks_dir / FILES[state]) for state in STATES}
+    files = {state: _parsed(tasks_dir, state, contents[state]) for state in STATES}
     seen: dict[str, Task] = {}
     for state in STATES:
         for task in files[state].tasks:
-            if task.id in seen:
-                other = seen[task.id]
+            if same_id(task.id) in seen:
+                other = seen[same_id(task.id)]
                 raise TaskFileError(f"{task.path}:{task.line}: duplicate task id {task.id} "
                                     f"(also in {other.path}:{other.line})")
-            seen[task.id] = task
+            seen[same_id(task.id)] = task
     return files
 
 
@@ -342,7 +367,7 @@ def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] 
     current = Path()
     try:
         for path, text, step in writes:
-            current = path.resolve()
+            current = _real(path)
             staged.append((current, _write_temp(current, text.encode(*ENCODING)), step))
             _crash_point(f"{step}-temp")
         check()
@@ -359,6 +384,12 @@ def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] 
                 os.unlink(tmp)
     for directory in {real.parent for real, _, _ in staged}:
         _fsync_dir(directory)
+
+
+def _real(path: Path) -> Path:
+    """Where a path really leads (symlinks followed). A symlink loop is left for the read to report in one
+    line (Path.resolve raises RuntimeError on it before Python 3.13)."""
+    return Path(os.path.realpath(path))
 
 
 def _write_temp(path: Path, data: bytes) -> str:
@@ -378,7 +409,48 @@ def _write_temp(path: Path, data: bytes) -> str:
 
 
 def _current_text(path: Path) -> str | None:
-    return path.read_bytes().decode(*ENCODING) if path.exists() else None
+    data = _read_bytes(path)
+    return None if data is None else data.decode(*ENCODING)
+
+
+def _journal_entries(journal_path: Path, data: bytes) -> tuple[str, list[tuple[str, str | None, str | None, str]]]:
+    """The moved task's id and (file name, digest before, digest after, text after) of each file it changes."""
+    advice = "check the task files by hand, then delete it"
+    try:
+        journal = loads(data.decode("utf-8"))
+    except ValueError as err:  # not UTF-8, not JSON, nested too deep
+        raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); {advice}") from None
+    try:
+        task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
+                                             for e in journal["files"]]
+    except (KeyError, TypeError):
+        entries, task_id = [("?", None, None, "")], "?"
+    if not isinstance(task_id, str) or any(name not in FILES.values() or not isinstance(after, str)
+                                           for name, _, _, after in entries):
+        raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; {advice}")
+    return task_id, entries
+
+
+def _still_to_write(journal_path: Path, data: bytes,
+                    current: Callable[[str], str | None]) -> list[tuple[str, str, str | None]]:
+    """(file name, text after, digest before) of each file an interrupted move has yet to write.
+
+    A file already as it should be after the move needs nothing; a file still
+    as it was before needs its text after; a file that is neither was edited by
+    hand since: a TaskFileError, for the user to check.
+    """
+    task_id, entries = _journal_entries(journal_path, data)
+    to_write = []
+    for name, before, after_digest, after in entries:  # check every file before writing any
+        now = _digest(current(name))
+        if now == after_digest:
+            continue
+        if now != before:
+            raise TaskFileError(f"{journal_path.parent / name}: changed since an interrupted move of "
+                                f"{readable(task_id)} (journal {journal_path}); check that the task is in exactly "
+                                "one file, then delete the journal")
+        to_write.append((name, after, before))
+    return to_write
 
 
 class TaskStore:
@@ -388,26 +460,76 @@ class TaskStore:
         self.dir = tasks_dir
         self.today = today
 
+    def read(self) -> dict[str, TaskFile]:
+        """The files as they are, or will be once an unfinished move is done; no lock, nothing written.
+
+        Everything (journal and files) is read twice: a move that renamed a
+        file in between shows as a difference, and the reading starts again
+        (once). A journal found both times is a move under way or killed: each
+        file is shown as the journal says it ends up; the next command that
+        writes finishes the move on disk.
+        """
+        if os.path.lexists(self.dir) and not self.dir.is_dir():
+            raise TaskFileError(f"{self.dir}: not a directory (the task files belong in it)")
+        first = self._read_everything()
+        for _ in range(2):
+            second = self._read_everything()
+            if second == first:
+                break
+            first = second
+        else:
+            raise TaskFileError(f"{self.dir}: the task files changed while they were read (a move under way?); "
+                                "run the command again")
+        journal, contents = first
+        if journal is not None:
+            by_name = {FILES[state]: state for state in STATES}
+
+            def text_of(name: str) -> str | None:
+                data = contents[by_name[name]]
+                return None if data is None else data.decode(*ENCODING)
+
+            for name, after, _ in _still_to_write(self._journal_path(), journal, text_of):
+                contents[by_name[name]] = after.encode(*ENCODING)
+        return read_all(self.dir, contents)
+
+    def _read_everything(self) -> tuple[bytes | None, dict[str, bytes | None]]:
+        journal = _read_bytes(self._journal_path(), JOURNAL_MAX_BYTES)
+        return journal, {state: _read_bytes(self.dir / FILES[state]) for state in STATES}
+
     @contextmanager
-    def locked(self, create: bool = True) -> Iterator[dict[str, TaskFile]]:
+    def locked(self) -> Iterator[dict[str, TaskFile]]:
         """Take the lock, finish any interrupted move, and yield the files as they now are.
 
-        Without `create`, a home that has no tasks/ yet is only looked at: no
-        directory and no lock file appear in it (there is no move to finish).
+        The lock sits beside the real files: two homes whose task files are
+        symlinks to one set take turns on it (a `.lock` in each home would let
+        both move at once). Files in several directories: each one's lock, in
+        one order for everyone.
         """
-        if not create and not os.path.lexists(self.dir):
-            yield read_all(self.dir)
-            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.dir / LOCK_NAME, "a")
         except OSError as err:
             raise TaskFileError(f"{self.dir / LOCK_NAME}: cannot take the task lock: {err.strerror}") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with ExitStack() as held:
+            for directory in self._real_dirs():
+                lock_path = directory / LOCK_NAME
+                try:
+                    lock = held.enter_context(os.fdopen(open_lock(lock_path), "w"))
+                except OSError as err:
+                    raise TaskFileError(f"{lock_path}: cannot take the task lock: {err.strerror}") from None
+                fcntl.flock(lock, fcntl.LOCK_EX)
             _crash_point("locked")
             self._recover()
             yield read_all(self.dir)
+
+    def _real_dirs(self) -> list[Path]:
+        """The directories the task files really are in (symlinks followed), sorted."""
+        return sorted({_real(self.dir / name).parent for name in FILES.values()})
+
+    def _journal_path(self) -> Path:
+        """Beside the real files when they are in one directory, so every home sharing them sees a move cut
+        short; files spread over several directories: in this home's tasks/."""
+        directories = self._real_dirs()
+        return directories[0] / JOURNAL_NAME if len(directories) == 1 else self.dir / JOURNAL_NAME
 
     def _recover(self) -> None:
         """Finish a move a crash interrupted; remove temp files a crash left behind.
@@ -419,36 +541,17 @@ class TaskStore:
         the journal stays and the user is told.
         """
         # A symlinked task file is replaced beside the file it points to: look for leftovers there too.
-        for directory in {self.dir, *((self.dir / name).resolve().parent for name in FILES.values())}:
+        for directory in {self.dir, *self._real_dirs()}:
             for leftover in directory.glob(f"{TEMP_PREFIX}*.tmp"):
                 leftover.unlink(missing_ok=True)
-        journal_path = self.dir / JOURNAL_NAME
-        try:
-            journal = json.loads(journal_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        journal_path = self._journal_path()
+        data = _read_bytes(journal_path, JOURNAL_MAX_BYTES)
+        if data is None:
             return
-        except (OSError, ValueError) as err:
-            raise TaskFileError(f"{journal_path}: unreadable move journal ({err}); "
-                                "check the task files by hand, then delete it") from None
-        try:
-            task_id, entries = journal["task"], [(e["name"], e["before_sha256"], e["after_sha256"], e["after"])
-                                                 for e in journal["files"]]
-        except (KeyError, TypeError):
-            entries, task_id = [("?", None, None, None)], "?"
-        to_write = []
-        for name, before, after_digest, after in entries:  # check every file before writing any
-            if name not in FILES.values():
-                raise TaskFileError(f"{journal_path}: not a move journal this tool wrote; "
-                                    "check the task files by hand, then delete it")
-            path = self.dir / name
-            current = _digest(_current_text(path))
-            if current == after_digest:
-                continue
-            if current != before:
-                raise TaskFileError(f"{path}: changed since an interrupted move of {task_id} "
-                                    f"(journal {journal_path}); check that the task is in exactly one file, "
-                                    "then delete the journal")
-            to_write.append((path, after, before))
+        task_id = readable(_journal_entries(journal_path, data)[0])
+        to_write = [(self.dir / name, after, before)
+                    for name, after, before in _still_to_write(journal_path, data,
+                                                               lambda name: _current_text(self.dir / name))]
 
         def still_as_before() -> None:
             for path, _, before in to_write:
@@ -458,15 +561,18 @@ class TaskStore:
 
         _replace_all([(path, after, "recover") for path, after, _ in to_write], still_as_before)
         journal_path.unlink()
-        _fsync_dir(self.dir)
+        _fsync_dir(journal_path.parent)
 
     def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
         """Write changed files: with a journal first when more than one file changes."""
-        journal_path = self.dir / JOURNAL_NAME
-        for file, _ in changes:
+        journal_path = self._journal_path()
+        for file, after in changes:
             if file.exists and not (file.path.stat().st_mode & 0o222 and os.access(file.path, os.W_OK)):
                 raise TaskFileError(f"{file.path}: read-only; nothing was written (make it writable to "
                                     f"change {task_id})")
+            if len(after.encode(*ENCODING)) > MAX_FILE_BYTES:  # it could not be read back
+                raise TaskFileError(f"{file.path}: would grow past {MAX_FILE_BYTES // (1024 * 1024)} MiB, the limit "
+                                    f"for task files; nothing was written (move old tasks to another file first)")
         if len(changes) > 1:
             journal = {"task": task_id, "files": [
                 {"name": f.path.name, "before_sha256": _digest(f.text if f.exists else None),
@@ -486,7 +592,7 @@ class TaskStore:
                      unchanged_since_read)
         if len(changes) > 1:
             journal_path.unlink()
-            _fsync_dir(self.dir)
+            _fsync_dir(journal_path.parent)
         _crash_point("done")
 
     # --- commands ---
@@ -494,15 +600,14 @@ class TaskStore:
     def list(self, state: str = "", repo: str = "") -> list[Task]:
         if state and state not in STATES:
             raise OrchestratorError(f"--state {state!r}: expected one of {', '.join(STATES)}")
-        with self.locked(create=False) as files:
-            return [t for s in STATES if not state or s == state for t in files[s].tasks
-                    if not repo or t.get("repo") == repo]
+        files = self.read()
+        return [t for s in STATES if not state or s == state for t in files[s].tasks
+                if not repo or t.get("repo") == repo]
 
     def show(self, task_id: str) -> tuple[Task, bytes]:
         """The task and its block's bytes exactly as they are in the file."""
-        with self.locked(create=False) as files:
-            task, file = _find(files, task_id)
-            return task, file.text[task.start:task.end].encode(*ENCODING)
+        task, file = _find(self.read(), task_id)
+        return task, file.text[task.start:task.end].encode(*ENCODING)
 
     def move(self, verb: str, task_id: str) -> Task:
         """`start` (backlog -> active) or `complete` (active -> completed), stamping today's date."""
@@ -561,7 +666,7 @@ class TaskStore:
 def _find(files: dict[str, TaskFile], task_id: str) -> tuple[Task, TaskFile]:
     for file in files.values():
         for task in file.tasks:
-            if task.id == task_id:
+            if same_id(task.id) == same_id(task_id):
                 return task, file
     directory = next(iter(files.values())).path.parent
     raise TaskStateError(f"{task_id}: no such task in {directory}/ ({', '.join(FILES.values())})")

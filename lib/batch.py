@@ -1,11 +1,13 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
+import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic
@@ -16,9 +18,10 @@ from lib import runner
 from lib.config import Repo, Workspace
 from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
-from lib.paths import Paths
+from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
 from lib.statefile import read_json, set_aside_if_bad, update_json
+from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 STATUSES = ("passed", "failed", "timeout", "skipped", "error")
@@ -43,17 +46,25 @@ class Outcome:
     exit_code: int | None
     duration_s: float
     command: str
-    log: str
+    log: str | None  # None: nothing ran, no log was written (a skipped repo)
     reason: str | None
     finished_at: str
     host: str = "local"  # a hosts.toml name when it ran on a build host
+    counts: dict[str, int] | None = None  # the test runner's own summary (lib.testcounts), None when it has none
+    cached: bool = False  # test-all --changed: reported from the last passed run, nothing ran
+    last_passed: dict[str, str] | None = None  # {"head", "command", "host", "machine", "at"}: what --changed trusts
+    # Not recorded: the runner was killed (SIGTERM/SIGKILL, not a SIGINT it ended on) before it could say its
+    # summary, so a summary line in its log is an earlier one's (another suite's, a test's print): no counts.
+    killed_untold: bool = field(default=False, repr=False, compare=False)
 
     @property
     def failing(self) -> bool:
         return self.status in FAILING
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        del document["killed_untold"]
+        return document
 
     def line(self) -> str:
         detail = f" ({self.reason})" if self.reason else ""
@@ -65,11 +76,37 @@ class Outcome:
 PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
 
 
+# What our own Python puts in the environment (an activated venv, make's PATH): a repo's
+# `python3` or `pytest` must be its own, never the orchestrator's.
+OUR_PYTHON_VARS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+
+
 def command_env() -> dict[str, str]:
-    """The environment of a repo's commands: ours, minus what belongs to our make or another repo's git."""
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in PARENT_MAKE_VARS}
+    """The environment of a repo's commands: ours, minus what belongs to our make, our Python or another repo's git."""
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
+           if k not in PARENT_MAKE_VARS and k not in OUR_PYTHON_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
+    if "PATH" in env:
+        env["PATH"] = without_our_venv(env["PATH"])
     return env
+
+
+def our_venv_bins() -> set[str]:
+    """Real paths of the bin directories of this tool's virtualenv: the one running us and the checkout's .venv."""
+    bins = {os.path.realpath(CHECKOUT_ROOT / ".venv" / "bin")}
+    if sys.prefix != sys.base_prefix:
+        bins.add(os.path.realpath(os.path.join(sys.prefix, "bin")))
+    return bins
+
+
+def without_our_venv(path: str) -> str:
+    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order.
+
+    A relative entry (`.venv/bin`) is looked up from each repo's directory, so it is the repo's: kept.
+    """
+    ours = our_venv_bins()
+    return os.pathsep.join(entry for entry in path.split(os.pathsep)
+                           if not os.path.isabs(entry) or os.path.realpath(entry) not in ours)
 
 
 def _header(log: BinaryIO, plan: Plan) -> None:
@@ -77,7 +114,7 @@ def _header(log: BinaryIO, plan: Plan) -> None:
 
 
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
-            grace: float = runner.GRACE_S) -> Outcome:
+            grace: float = runner.GRACE_S, interrupt_grace: float | None = None) -> Outcome:
     """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake.
 
     A log that cannot be written (disk full, read-only) is the outcome `error:
@@ -92,6 +129,8 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
         return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
 
+    if plan.skip_reason and plan.repo.local.is_dir():
+        return skipped_without_log(outcome("skipped", reason=plan.skip_reason))
     if plan.log.is_fifo():
         return log_failed("it is a named pipe (opening it would wait for a reader)")
     try:
@@ -105,11 +144,27 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     result: Outcome | None = None
     try:
         with log:
-            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed)
+            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed, interrupt_grace)
     except OSError as err:
         # Closing flushes the last bytes: a full disk can refuse them too.
         return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
-    return result
+    return with_counts(result)
+
+
+def skipped_without_log(outcome: Outcome) -> Outcome:
+    """Nothing ran, so nothing is logged: `log` is null (a log at the usual path is an earlier run's)."""
+    outcome.log = None
+    return outcome
+
+
+def with_counts(outcome: Outcome) -> Outcome:
+    """A command that ran gets its test runner's counts from the end of its log (None: no summary there).
+
+    A runner killed before it could print its summary has none: a summary line in its log is someone else's.
+    """
+    if outcome.status in ("passed", "failed", "timeout") and outcome.log and not outcome.killed_untold:
+        outcome.counts = read_counts(Path(outcome.log))
+    return outcome
 
 
 def _claim(log: BinaryIO) -> bool:
@@ -126,7 +181,8 @@ def _claim(log: BinaryIO) -> bool:
 
 
 def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,
-                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome]) -> Outcome:
+                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome],
+                interrupt_grace: float | None = None) -> Outcome:
     notes: list[str] = []
     try:
         _header(log, plan)
@@ -146,7 +202,7 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                 log.write(f"error: directory does not exist: {command.cwd}\n".encode())
                 return outcome("error", reason=f"directory does not exist: {command.cwd}")
             result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
-                                         echo, grace)
+                                         echo, grace, interrupt_grace)
             if result.log_error:
                 return log_failed(result.log_error, result.exit_code)
             if result.escaped:
@@ -155,11 +211,16 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
                              + ", ".join(result.escaped[:NAMED]) + more)
                 log.write(f"\nnote: {notes[-1]}\n".encode())
             if result.timed_out:
-                log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
-                return outcome("timeout", reason=f"timed out after {timeout:g}s")
+                how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
+                log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
+                stopped = outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped.killed_untold = result.stopped_with != "SIGINT"  # only a SIGINT lets a runner say its end
+                return stopped
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
-                return outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed = outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed.killed_untold = result.killed_by != "SIGINT"
+                return killed
             if result.exit_code != 0:
                 return outcome("failed", result.exit_code, f"exit {result.exit_code}")
         return outcome("passed", 0, "; ".join(notes) or None)
@@ -201,12 +262,16 @@ def results_problem(document: Any) -> str | None:
 def check_state(paths: Paths, workflow: str) -> list[str]:
     """Before a run: set aside a results file that cannot be read or has the wrong shape; one line each."""
     state_file = results_file(paths, workflow)
-    if state_file is None:
-        return []
+    return [] if state_file is None else set_aside_bad_results(state_file)
+
+
+def set_aside_bad_results(state_file: Path) -> list[str]:
+    """Move a results file that cannot be read (not JSON, nested too deep, a FIFO, ...) or has the wrong shape
+    aside, so that the run's outcomes are recorded in a fresh one; a `warning:` line when it did."""
     try:
         note = set_aside_if_bad(state_file, results_problem)
     except OSError:
-        return []  # unreadable or unwritable state is reported when the results are recorded
+        return []  # unwritable state is reported when the results are recorded
     return [f"warning: {note}"] if note else []
 
 
@@ -225,7 +290,10 @@ def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
 
 
 def previously_failing(state_file: Path) -> list[str]:
-    document = read_json(state_file, default={}) or {}
+    try:
+        document = read_json(state_file, default={}) or {}
+    except OrchestratorError:
+        return []  # a results file that cannot be read has no failures to rerun (check_state set it aside)
     if results_problem(document):
         return []
     return [r["repo"] for r in document.get("results", []) if r.get("status") in ("failed", "timeout")]
@@ -268,17 +336,35 @@ def check_report_path(path: Path) -> None:
         raise OrchestratorError(f"--junit-xml {path}: cannot write there: {err.strerror or err}") from None
 
 
-def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all") -> None:
+def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all", wall_s: float | None = None,
+                interrupted: str | None = None, unfinished: bool = False) -> None:
+    """The report: `time` is the run's wall time (`wall_s`; else the sum); `interrupted` names the stop signal.
+
+    `unfinished`: the report a run writes before it starts, replaced by its real one when it ends; a run
+    killed outright (SIGKILL) leaves this one, never an earlier run's green report. Written atomically.
+    """
     failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
     errors = sum(1 for o in outcomes if o.status == "error")
     skipped = sum(1 for o in outcomes if o.status == "skipped")
     root = ElementTree.Element("testsuites")
-    tests = ElementTree.SubElement(root, "testsuite", name=f"orchestrator {suite}", tests=str(len(outcomes)),
+    name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "") \
+        + (" (did not finish)" if unfinished else "")
+    seconds = sum(o.duration_s for o in outcomes) if wall_s is None else wall_s
+    tests = ElementTree.SubElement(root, "testsuite", name=name, tests=str(len(outcomes)),
                                    failures=str(failures), errors=str(errors), skipped=str(skipped),
-                                   time=f"{sum(o.duration_s for o in outcomes):.3f}", timestamp=now_iso())
+                                   time=f"{seconds:.3f}", timestamp=now_iso())
+    if interrupted:
+        suite_properties = ElementTree.SubElement(tests, "properties")
+        ElementTree.SubElement(suite_properties, "property", name="interrupted", value=interrupted)
     for o in outcomes:
         case = ElementTree.SubElement(tests, "testcase", classname=f"orchestrator.{suite}", name=o.repo,
                                       time=f"{o.duration_s:.3f}")
+        if o.counts is not None or o.cached:
+            properties = ElementTree.SubElement(case, "properties")
+            for key, value in (o.counts or {}).items():
+                ElementTree.SubElement(properties, "property", name=key, value=str(value))
+            if o.cached:  # test-all --changed: nothing ran now; the counts are those of the run it trusts
+                ElementTree.SubElement(properties, "property", name="cached", value=o.reason or "cached")
         if o.status in ("failed", "timeout"):
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))
@@ -286,9 +372,20 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
         elif o.status == "skipped":
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
-        ElementTree.SubElement(case, "system-out").text = f"log: {o.log}\ncommand: {o.command}\nhost: {o.host}"
+        ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
+                                                           f"host: {o.host}"
+                                                           + (f"\nnot run: {o.reason}" if o.cached else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
-    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's file is the owner's only)
+        with os.fdopen(fd, "wb") as out:
+            ElementTree.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def results_file(paths: Paths, workflow: str) -> Path | None:
@@ -338,22 +435,34 @@ class BatchRun:
 
 
 def run_with_progress(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int,
-                      timeout: float | None, label: str) -> BatchRun:
+                      timeout: float | None, label: str,
+                      on_start: Callable[[Plan], None] | None = None,
+                      interrupt_grace: float | None = None) -> BatchRun:
     """Run plans on many repos with the live line (terminal) or one line per repo, then record."""
+
+    def started(plan: Plan) -> None:
+        if on_start is not None:
+            on_start(plan)
+        progress.start(plan.repo.name)
+
     with Progress(label, len(plans)) as progress:
         return run_and_record(paths, workspace, plans, jobs or default_jobs(), timeout,
-                              on_start=lambda plan: progress.start(plan.repo.name),
+                              on_start=started, interrupt_grace=interrupt_grace,
                               on_done=lambda o: progress.finish(o.repo, o.line(), o.failing))
 
 
 def run_and_record(paths: Paths, workspace: Workspace, plans: Sequence[Plan], jobs: int, timeout: float | None,
                    on_start: Callable[[Plan], None] | None = None,
                    on_done: Callable[[Outcome], None] | None = None,
-                   echo: BinaryIO | None = None) -> BatchRun:
-    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded."""
+                   echo: BinaryIO | None = None, interrupt_grace: float | None = None) -> BatchRun:
+    """Run and record the outcomes; interrupted (runner.RunInterrupted), the finished repos are recorded.
+
+    `interrupt_grace`: a timeout sends SIGINT first and waits that long (runner.interrupt_first).
+    """
     state_file = results_file(paths, plans[0].workflow) if plans else None
     try:
-        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo), jobs, on_start, on_done)
+        outcomes = runner.run_each(plans, lambda plan: execute(plan, timeout, echo, interrupt_grace=interrupt_grace),
+                                   jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
         stop.notes += keep_results(state_file, stop.results, workspace)
         raise

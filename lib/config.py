@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import ConfigError, UnknownRepoError
+from lib.errors import ConfigError, UnknownRepoError, clip
 from lib.paths import real_paths
+from lib.statefile import NESTED, TooDeep, UnreadableFile, loads, read_regular
 
 LANGUAGES = ("go", "javascript", "python", "rust", "make", "unknown")
 
@@ -37,6 +38,8 @@ REPO_FIELDS: dict[str, tuple[type, str]] = {
     "description": (str, "a string"),
     "host": (str, "a string"),
 }
+# Our per-repo addition beside REPO_FIELDS (not a template variable): {"build": "...", "test": "..."}.
+COMMANDS_FIELD = "commands"
 TOP_LEVEL_FIELDS = {"repositories", "workspace"}
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # used with fullmatch
 
@@ -54,6 +57,11 @@ class Repo:
     tags: tuple[str, ...] = ()
     description: str = ""
     host: str | None = None
+    commands: tuple[tuple[str, str], ...] = ()  # workflow name -> command template, from "commands"
+
+    def command_for(self, workflow: str) -> str | None:
+        """The repo's own command for a workflow (repos.json "commands"), used instead of its run steps."""
+        return dict(self.commands).get(workflow)
 
     def field_value(self, name: str) -> Any:
         """A config field by its repos.json name (for templates and conditions)."""
@@ -145,13 +153,26 @@ def load_workspace(config_file: Path) -> Workspace:
 
 
 def read_config_json(path: Path) -> Any:
-    """A config file's JSON, or a ConfigError naming the file, line and column."""
+    """A config file's JSON, or a ConfigError naming the file, line and column.
+
+    Only a regular file of sane size is read (a FIFO would hang the command), and
+    a document nested deeper than any config needs is refused (never a RecursionError).
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = read_regular(path)
+        if data is None:
+            raise ConfigError(f"{path}: cannot read: not found")
+        return loads(data.decode("utf-8"))
+    except UnreadableFile as err:
+        raise ConfigError(str(err)) from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: invalid JSON: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except TooDeep:
+        raise ConfigError(f"{path}: invalid JSON: {NESTED}") from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
+    except ValueError as err:  # a number of more than 4300 digits
+        raise ConfigError(f"{path}: invalid JSON: {clip(str(err))}") from None
 
 
 def parse_workspace(data: Any, config_file: Path) -> Workspace:
@@ -187,8 +208,10 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
             shown = entry["name"]
             where += f" ({shown})" if NAME_RE.fullmatch(shown) else f" ({shown!r})"
         before = len(problems)
-        for key in sorted(set(entry).difference(REPO_FIELDS)):
-            problem(f"{where}.{key}", f"unknown key (allowed: {', '.join(REPO_FIELDS)})")
+        for key in sorted(set(entry).difference(REPO_FIELDS, {COMMANDS_FIELD})):
+            problem(f"{where}.{key}", f"unknown key (allowed: {', '.join([*REPO_FIELDS, COMMANDS_FIELD])})")
+        if COMMANDS_FIELD in entry:
+            _check_commands(entry[COMMANDS_FIELD], f"{config_file}: {where}.{COMMANDS_FIELD}", problems)
         for key, (kind, described) in REPO_FIELDS.items():
             value = entry.get(key)
             if key in entry and not isinstance(value, kind):
@@ -228,6 +251,22 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
     return Workspace(config_file=config_file, repos=tuple(repos))
 
 
+def _check_commands(value: Any, where: str, problems: list[str]) -> None:
+    """`"commands": {"test": "pytest -q"}`: workflow names to non-empty command templates (workflow rules)."""
+    from lib.workflows import check_template  # only when a repo has commands: the scan never needs it
+
+    if not isinstance(value, dict):
+        problems.append(f"{where}: must be an object like {{\"test\": \"pytest -q\"}}, got {clip(json.dumps(value))}")
+        return
+    for name, command in value.items():
+        if not NAME_RE.fullmatch(name):
+            problems.append(f"{where}: {clip(repr(name))} is not a workflow name (A-Z a-z 0-9 . _ -)")
+        elif not isinstance(command, str) or not command.strip():
+            problems.append(f"{where}.{name}: must be a non-empty string (a shell command)")
+        else:
+            check_template(command, f"{where}.{name}", problems)
+
+
 def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> None:
     """Two entries for one directory (`/x/r` and `/x/r/`, a symlink) would be synced against themselves."""
     seen: dict[str, str] = {}
@@ -258,4 +297,5 @@ def _make_repo(entry: dict[str, Any], workspace_dir: Path) -> Repo:
         tags=tuple(entry.get("tags", ())),
         description=entry.get("description", ""),
         host=entry.get("host"),
+        commands=tuple(sorted(entry.get(COMMANDS_FIELD, {}).items())),
     )

@@ -106,6 +106,8 @@ def make_repo(root: Path, spec: RepoSpec) -> dict[str, object]:
     }
     if spec.declare_language:
         entry["language"] = spec.language
+    if spec.language == "python":  # runs where no pytest is installed: a repo's own command (repos.json "commands")
+        entry["commands"] = {"test": "python3 -m unittest discover -s tests"}
     return entry
 
 
@@ -128,8 +130,10 @@ def _files(language: str, name: str, failing: bool = False) -> dict[str, str]:
         module = name.replace("-", "_")
         files["pyproject.toml"] = f'[project]\nname = "{name}"\nversion = "0.1.0"\n'
         files[f"{module}.py"] = "def add(a, b):\n    return a + b\n"
-        files[f"tests/test_{module}.py"] = (f"import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))\n"
-                                            f"from {module} import add\n\n\ndef test_add():\n    assert add(2, 2) == 4\n")
+        files[f"tests/test_{module}.py"] = (f"import sys, pathlib, unittest\n"
+                                            f"sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))\n"
+                                            f"from {module} import add\n\n\nclass TestAdd(unittest.TestCase):\n"
+                                            f"    def test_add(self):\n        self.assertEqual(add(2, 2), 4)\n")
     elif language == "make":
         check = "exit 1" if failing else "true"
         message = "1 of 3 checks failed: deploy manifest lists a host twice" if failing else "3 checks passed"

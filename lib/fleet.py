@@ -85,8 +85,10 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
             return outcomes
         try:
             workspace = remote.resolve_workspace(connection, host)
-            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, repo, workspace), log_dir)
+            plans = [remote.plan_on_host(workflow, remote.remote_repo(connection, host, repo, workspace), log_dir)
                      for repo in repos]
+        except remote.HostUnreachable as err:  # a hung login shell, say: its own words
+            return work(err)
         except Exception as err:  # the host went away while we looked around
             return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
         if len(plans) == 1 and echo is not None:
@@ -96,7 +98,7 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
         def execute(plan: Plan) -> batch.Outcome:
             taken = connections.take()
             try:
-                return remote.execute_remote(plan, host, taken, timeout)
+                return remote.execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)
             finally:
                 connections.give(taken)
 
@@ -186,11 +188,12 @@ def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan]
     """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
     from time import monotonic
 
-    from lib.testall import TestAllReport, junit_notes, run_test_all
+    from lib.testall import TestAllReport, junit_notes, run_test_all, unfinished_junit
 
     if set(groups) <= {LOCAL}:
         return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
     started = monotonic()
+    notes = unfinished_junit(junit_xml, list(plans))  # what a run killed outright leaves: red, not an old green
     try:
         run = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
                                 "testing")
@@ -198,4 +201,4 @@ def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan]
         stop.notes += junit_notes(junit_xml, stop.results)
         raise
     return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
-                         run.notes + junit_notes(junit_xml, run.outcomes))
+                         notes + run.notes + junit_notes(junit_xml, run.outcomes))

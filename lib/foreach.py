@@ -1,9 +1,9 @@
 """`inv foreach`: one shell command in each selected repo, concurrently, through the same runner as build/test."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,12 @@ from lib.paths import Paths
 from lib.workflows import Command, Plan, render_command
 
 NAME = "foreach"
-# What --json and the blocks carry of a repo's output; the log keeps every byte.
-MAX_OUTPUT_BYTES = 1024 * 1024
+# What --json and the blocks carry of a repo's output: all of it up to 1 MiB, else its first
+# and its last 512 KiB (where a failing command says why) around a mark; the log keeps every byte.
+HEAD_BYTES = TAIL_BYTES = 512 * 1024
+MAX_LOCK_LIST_BYTES = 16 * 1024 * 1024
+# A cut moves to a line's end when one is this close, so the mark gets a line of its own.
+LINE_SLACK = 64 * 1024
 # Every variable a workflow's run step can use, as placeholders: rendering them
 # gives the same ORCH_* environment a workflow step gets (one place builds it).
 ALL_VARIABLES = " ".join(["{{log_dir}}", *(f"{{{{repo.{field}}}}}" for field in REPO_FIELDS)])
@@ -34,7 +38,7 @@ class ForeachResult:
     def to_json(self) -> dict[str, Any]:
         o = self.outcome
         return {"repo": o.repo, "exit_code": o.exit_code, "status": o.status, "duration_s": o.duration_s,
-                "output": self.output, "log": o.log}
+                "reason": None if o.status == "passed" else o.reason, "output": self.output, "log": o.log}
 
 
 @dataclass
@@ -84,23 +88,36 @@ def plan_for(command: str, repo: Repo, log_dir: Path) -> Plan:
 
 
 def command_output(plan: Plan) -> str:
-    """What the command printed: its log after the lines the runner writes before it (at most MAX_OUTPUT_BYTES)."""
+    """What the command printed: its log after the lines the runner writes before it.
+
+    Over HEAD_BYTES + TAIL_BYTES, the middle is left out and a line says how
+    many bytes and where they are: a chatty command's last words are kept.
+    """
     command = plan.commands[0]
+    marker = f"$ cd {command.cwd}\n$ {command.command}\n".encode()
     try:
         with open(plan.log, "rb") as log:
-            head = log.read(MAX_OUTPUT_BYTES + 4096)
-            marker = f"$ cd {command.cwd}\n$ {command.command}\n".encode()
-            start = head.find(marker)
+            start = log.read(len(marker) + 8192).find(marker)
             if start < 0:
                 return ""
-            log.seek(start + len(marker))
-            data = log.read(MAX_OUTPUT_BYTES + 1)
+            start += len(marker)
+            size = os.fstat(log.fileno()).st_size
+            log.seek(start)
+            if size - start <= HEAD_BYTES + TAIL_BYTES:
+                return log.read().decode("utf-8", "replace")
+            head = log.read(HEAD_BYTES)
+            log.seek(size - TAIL_BYTES)
+            tail = log.read(TAIL_BYTES)
     except OSError:
         return ""
-    text = data[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
-    if len(data) > MAX_OUTPUT_BYTES:
-        text += f"\n[output cut at {MAX_OUTPUT_BYTES} bytes; the log has all of it: {plan.log}]\n"
-    return text
+    line_end = head.rfind(b"\n", len(head) - LINE_SLACK)
+    head = head[:line_end + 1] if line_end >= 0 else head
+    line_start = tail.find(b"\n", 0, LINE_SLACK)
+    tail = tail[line_start + 1:] if line_start >= 0 else tail
+    cut = size - start - len(head) - len(tail)
+    mark = f"[... {cut} bytes cut here; the log has all of them: {plan.log}]\n"
+    return head.decode("utf-8", "replace") + ("" if head.endswith(b"\n") else "\n") + mark \
+        + tail.decode("utf-8", "replace")
 
 
 @contextmanager
@@ -109,27 +126,67 @@ def logs_reserved(log_dir: Path, repos: Sequence[Repo]) -> Iterator[None]:
 
     Two runs over one repo would truncate each other's log, and each would show
     the other's output as its own. One lock file per log dir, one byte-range
-    lock per repo (at a hash of its name): one file descriptor however many repos.
+    lock per repo: one file descriptor however many repos. A repo's byte is its
+    line in the file, which lists every name that ever ran there (so two names
+    never share one, as they could share a hash).
     """
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(log_dir / f".orchestrator-{NAME}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(log_dir / f".orchestrator-{NAME}.locks", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield  # no lock where the logs cannot be written either: each repo's outcome says so
         return
     try:
+        try:
+            slots = _slots(fd, [repo.name for repo in repos])
+        except OSError:
+            slots = {}  # a file system without locks, or a full one: nothing to guard with
         busy = []
         for repo in repos:
+            if repo.name not in slots:
+                continue
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(repo.name.encode()))
-            except OSError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + slots[repo.name])
+            except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: held by another run
                 busy.append(repo.name)
+            except OSError:
+                pass  # no locks to be had here (ENOLCK): nothing to guard with
         if busy:
             raise OrchestratorError(f"foreach: already running in {', '.join(busy)} (another `inv foreach`; "
                                     f"its logs in {log_dir} would be overwritten): wait for it or use --only")
         yield
     finally:
         os.close(fd)  # releases every range
+
+
+def _slots(fd: int, names: Sequence[str]) -> dict[str, int]:
+    """Each name's line in the lock file (byte 1 + line is its lock); names not listed yet are added.
+
+    Byte 0 is held while the file is read and added to, so two runs never give two names one line.
+    """
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_LOCK_LIST_BYTES:  # not a list we wrote (a million names): nothing to guard with
+            raise OSError(errno.EFBIG, "lock file too big")
+        listed = os.pread(fd, size, 0).decode("utf-8", "replace").split("\n") if size else []
+        if listed and listed[-1] == "":
+            listed.pop()
+        elif listed:  # a line cut short (a full disk): it keeps its slot, ours start after it
+            os.pwrite(fd, b"\n", size)
+            size += 1
+        slots: dict[str, int] = {}
+        for line, name in enumerate(listed):
+            slots.setdefault(name, line)
+        new = [name for name in dict.fromkeys(names) if name not in slots]
+        if new:
+            added = "".join(f"{name}\n" for name in new).encode()
+            if os.pwrite(fd, added, size) != len(added):
+                raise OSError(errno.ENOSPC, "short write")  # half a list would give a name two lines
+            slots.update((name, len(listed) + i) for i, name in enumerate(new))
+        return slots
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
 
 
 def run_foreach(paths: Paths, repos: Sequence[Repo], command: str, jobs: int = 0, timeout: float | None = None,

@@ -10,20 +10,22 @@ import os
 import shutil
 import select
 import signal
+import stat
 import tempfile
 import warnings
 from collections import deque
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from time import perf_counter
-from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, Sequence
+from time import monotonic, perf_counter, sleep
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
-from lib.gitobjects import read_commit
+from lib.gitobjects import _common_dir, read_commit
 from lib.paths import real_paths
+from lib.statefile import loads, read_regular
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
@@ -146,6 +148,7 @@ class RepoStatus:
     last_commit: LastCommit | None = None
     operation: str | None = None
     index_lock: str | None = None
+    stashes: int | None = None  # entries of `git stash list`, from the stash reflog; None when in doubt
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -237,6 +240,8 @@ class GitResult(NamedTuple):
 
 
 Done = Callable[[GitResult], None]
+# A terminal's Ctrl-C, a `kill`, a closed terminal: what the keeper does not let end it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class GitPool:
@@ -247,8 +252,9 @@ class GitPool:
     the scan together, and threads contend for the interpreter (bench/README.md).
     Each child: stdin /dev/null, stdout a pipe read as it fills, stderr a scratch
     file of its slot (read only when git fails, so nothing can fill up and block),
-    SIGPIPE/SIGXFSZ back at their defaults as subprocess would do, and its own
-    process group (a terminal's Ctrl-C reaches us; `close` stops the groups).
+    SIGPIPE/SIGXFSZ back at their defaults as subprocess would do, and a
+    process group other than ours (a terminal's Ctrl-C reaches us only): the
+    scan's keeper group (see `_start_keeper`), or its own when `group` is 0.
     `done` callbacks run in the loop and may `submit` more work (it queues first).
     """
 
@@ -284,12 +290,14 @@ class GitPool:
         """Stop whatever still runs (an interrupted scan): a status or log writes nothing, so a kill loses nothing.
 
         A git that leads its own process group goes with what it started (a
-        submodule's status, a hook); a helper's gits share the helper's group,
-        which its parent kills whole.
+        submodule's status, a hook); gits in a shared group go with it when
+        its owner kills it (`scan` kills the keeper's group whole).
         """
         for fd, (pid, _, stderr, _) in list(self._live.items()):
             with suppress(OSError):
-                os.killpg(pid, signal.SIGKILL) if self._group == 0 else os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)  # its own group (ESRCH when it joined a shared one)
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
             with suppress(OSError):
                 os.waitpid(pid, 0)
             os.close(fd)
@@ -325,11 +333,13 @@ class GitPool:
             self._free.append(stderr)
             return self._no_descriptors(err, (path, env, args, done))
         try:
-            pid = os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
-                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                               (os.POSIX_SPAWN_DUP2, write_end, 1),
-                                               (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
-                                 setsigdef=_DEFAULT_IN_CHILD, setpgroup=self._group)
+            try:
+                pid = self._posix_spawn(path, args, env, write_end, stderr)
+            except OSError as err:
+                if err.errno != errno.EPERM or not self._group:
+                    raise
+                self._group = 0  # the shared group is gone (its keeper was killed): each git leads its own
+                pid = self._posix_spawn(path, args, env, write_end, stderr)
         except OSError as err:  # E2BIG, EMFILE, git removed meanwhile: this repo's error, not the scan's
             os.close(read_end)
             self._free.append(stderr)
@@ -339,6 +349,14 @@ class GitPool:
             os.close(write_end)
         self._live[read_end] = (pid, [], stderr, done)
         self._poll.register(read_end, select.POLLIN)
+
+    def _posix_spawn(self, path: str, args: tuple[str, ...], env: dict[str, str], stdout: int,
+                     stderr: BinaryIO) -> int:
+        return os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
+                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                            (os.POSIX_SPAWN_DUP2, stdout, 1),
+                                            (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
+                              setsigdef=_DEFAULT_IN_CHILD, setpgroup=self._group)
 
     def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
         """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
@@ -410,8 +428,14 @@ def _scratch_file() -> BinaryIO:
 _DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
-def _first_error_line(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _git_error(result: GitResult) -> str:
+    """A failed git's first line on stderr; a git killed by a signal says so (its stderr may be anyone's noise)."""
+    if result.returncode < 0:
+        try:
+            return f"git killed by {signal.Signals(-result.returncode).name}"
+        except ValueError:
+            return f"git killed by signal {-result.returncode}"
+    lines = [ln.strip() for ln in result.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[0] if lines else "git failed"
 
 
@@ -456,6 +480,44 @@ def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
             return "revert" if first in ("revert", "r") else "cherry-pick"
         return operation
     return None
+
+
+MAX_STASH_LOG = 16 * 1024 * 1024
+
+
+def stash_count(git_dir: Path) -> int | None:
+    """How many entries `git stash list` shows, without starting git: the lines of the stash reflog.
+
+    The stash lives in the common dir (a linked worktree sees its main repo's).
+    No reflog and no refs/stash: 0. Anything odd (a refs/stash without its
+    reflog, a reflog that is no regular file or is huge, a read error): None.
+    """
+    try:
+        common = _common_dir(git_dir)
+        fd = os.open(common / "logs" / "refs" / "stash", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None if os.path.lexists(_common_dir_or(git_dir) / "refs" / "stash") else 0
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STASH_LOG:
+            return None
+        data = b""
+        while chunk := os.read(fd, 1024 * 1024):
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def _common_dir_or(git_dir: Path) -> Path:
+    try:
+        return _common_dir(git_dir)
+    except (OSError, ValueError):
+        return git_dir
 
 
 def _git_running_in(*dirs: Path) -> bool:
@@ -532,7 +594,7 @@ class _RepoScan:
     def on_log(self, result: GitResult) -> None:
         status = self.status
         if result.returncode != 0:
-            status.error = _first_error_line(result.stderr)
+            status.error = _git_error(result)
             status.clean = False
             return self.finish(status)
         status.last_commit = last_commit_of(result.stdout)
@@ -542,7 +604,7 @@ class _RepoScan:
 def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: Mapping[str, LastCommit]) -> bool:
     """Fill a repo's row from its `git <STATUS_ARGS>` result; False when its last commit still needs `git log -1`."""
     if result.returncode != 0:
-        status.error = _first_error_line(result.stderr)
+        status.error = _git_error(result)
         return True
     porcelain = parse_porcelain_v2(result.stdout)
     status.branch = porcelain.branch
@@ -555,6 +617,7 @@ def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: M
     status.dirty = porcelain.dirty
     git_dir = git_dir_of(path)
     status.operation, status.index_lock = operation_and_lock(path, git_dir)
+    status.stashes = stash_count(git_dir) if git_dir is not None else None
     if porcelain.head is None:
         status.error = "no commits yet"
         return True
@@ -606,10 +669,9 @@ def _is_sha(text: str) -> bool:
 def read_state(state_file: Path) -> Any:
     """A previous scan's document, or None when missing, unreadable or not JSON (never an error)."""
     try:
-        if not state_file.is_file():  # a FIFO or a device would hang or never end the read
-            return None
-        return json.loads(state_file.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        data = read_regular(state_file)  # a FIFO or a device would hang or never end the read
+        return None if data is None else loads(data)
+    except (OrchestratorError, ValueError):
         return None
 
 
@@ -685,15 +747,19 @@ def scan(
             os.waitpid(pid, 0)
         helpers.discard(pid)
 
+    keeper: _Keeper | None = None
     try:
-        with GitPool(git, per_process) as pool:
+        with _stop_signals_held():  # a stop lands once the keeper is known, never between its fork and here
+            keeper = _start_keeper() if repos else None
+        with GitPool(git, per_process, keeper.pid if keeper else 0) as pool:
             for share in (repos[i::processes] for i in range(1, processes)):
-                try:
-                    pid, results_fd = _start_helper(share, git, env, known, per_process, pool)
-                except OSError:  # no fork or pipe to be had (a process limit): scanned here below
-                    continue
-                helpers.add(pid)
-                pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid))
+                with _stop_signals_held():  # likewise for each helper
+                    try:
+                        pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper)
+                    except OSError:  # no fork or pipe to be had (a process limit): scanned here below
+                        continue
+                    helpers.add(pid)
+                    pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid))
             _scan_share(repos[0::processes], pool, env, known, finish)
             pool.run()
             missing = [repo for repo in repos if repo.name not in results]
@@ -701,10 +767,15 @@ def scan(
                 _scan_share(missing, pool, env, known, finish)
                 pool.run()
     finally:
+        if keeper:  # done or stopped: the group goes whole (helpers, gits, what they started)
+            keeper.stop()
         for pid in list(helpers):  # interrupted: the helper and every git it started go at once
-            with suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+            if not keeper:
+                with suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
             reap(pid)
+        if keeper:
+            keeper.reap()
     return ScanReport(generated_at, perf_counter() - started, [results[r.name] for r in repos])
 
 
@@ -725,11 +796,12 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
 
 
 def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: Mapping[str, LastCommit],
-                  jobs: int, parent_pool: GitPool) -> tuple[int, int]:
+                  jobs: int, parent_pool: GitPool, keeper: _Keeper | None = None) -> tuple[int, int]:
     """Fork a process that scans `share` and writes one JSON row per repo to the returned fd.
 
-    The helper leads its own process group and puts its gits in it, so the
-    parent stops all of it with one killpg. It touches nothing it shares with
+    The helper joins the keeper's process group and puts its gits in it (with
+    no keeper it leads a group of its own), so the parent stops all of it
+    with one killpg. It touches nothing it shares with
     the parent (no progress, no printing) and leaves by os._exit, never by
     returning into the caller's code: that makes forking from a process with
     other threads (a progress ticker) safe here.
@@ -748,8 +820,12 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
         try:
             os.close(read_end)
             parent_pool.forget_feeds()
-            os.setpgid(0, 0)
-            with open(write_end, "w", encoding="utf-8") as out, GitPool(git, jobs, group=os.getpid()) as pool:
+            if keeper:
+                os.close(keeper.alive_fd)  # only the scan itself may hold the keeper's pipe open
+            os.setpgid(0, keeper.pid if keeper else 0)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent while it forked us
+            with open(write_end, "w", encoding="utf-8") as out, \
+                    GitPool(git, jobs, group=keeper.pid if keeper else os.getpid()) as pool:
                 def send(status: RepoStatus) -> None:
                     out.write(json.dumps(status.to_json()) + "\n")
                     out.flush()
@@ -759,9 +835,106 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
         finally:
             os._exit(code)
     with suppress(OSError):
-        os.setpgid(pid, pid)  # also here: a killpg right after the fork must find the group
+        os.setpgid(pid, keeper.pid if keeper else pid)  # also here: a killpg right after the fork must find it
     os.close(write_end)
     return pid, read_end
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals (they wait, pending) while a process is forked and noted.
+
+    A signal's Python handler runs between any two bytecodes, so a stop could
+    otherwise land after the fork and before its pid is kept: a process no
+    cleanup knows of. Children forked meanwhile start with the signals held.
+    The progress line's ticker thread holds them for good, or the kernel would
+    hand a held signal to it and its handler would run here all the same.
+    """
+    held = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else set()
+    try:
+        yield
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@dataclass
+class _Keeper:
+    """The forked process whose group holds a scan's gits and helpers; `alive_fd` is our end of its pipe."""
+
+    pid: int
+    alive_fd: int
+
+    def stop(self) -> None:
+        """Kill the group whole (the keeper included) and close our end of the pipe."""
+        with suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self.alive_fd >= 0:
+            with suppress(OSError):
+                os.close(self.alive_fd)
+            self.alive_fd = -1
+
+    def reap(self) -> None:
+        """Collect the keeper and every child of ours left in its group (a git whose pid a signal kept from the pool).
+
+        Bounded: a process stuck in the kernel (a dead mount) must not hold the scan's end forever.
+        """
+        with suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        deadline = monotonic() + 2.0
+        while monotonic() < deadline:
+            try:
+                if os.waitpid(-self.pid, os.WNOHANG)[0] == 0:
+                    sleep(0.01)
+            except ChildProcessError:
+                return
+
+
+def _start_keeper() -> _Keeper | None:
+    """Fork the scan's keeper: the process group every git and helper of the scan joins. None if it cannot fork.
+
+    The keeper blocks reading a pipe only the scan writes to (close-on-exec, so
+    no git inherits it; helpers close their copy). End of file means the scan
+    is done or gone, even by SIGKILL or the OOM killer: the keeper then kills
+    its group, itself included, so no git outlives a scan, however it ends.
+    While the scan runs, one killpg stops every git, even one whose pid a
+    signal kept the pool from noting. One fork per scan and nothing per git:
+    each git joins the group in its posix_spawn (`setpgroup`), as it would
+    have made one of its own.
+    """
+    _fill_standard_descriptors()  # else the pipe could be fd 0, 1 or 2, which the keeper points at /dev/null
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads: see _start_helper
+            pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid == 0:
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a stray Ctrl-C must not end the group early
+            os.setpgid(0, 0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # hold no one's terminal or pipe open
+                os.dup2(null, fd)
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+            while os.read(read_end, 64):
+                pass
+        finally:
+            with suppress(OSError):
+                os.killpg(os.getpid(), signal.SIGKILL)  # its own group only, never the scan's
+            os._exit(0)
+    os.close(read_end)
+    with suppress(OSError):
+        os.setpgid(pid, pid)  # also here: a git spawned right after the fork must find the group
+    return _Keeper(pid, write_end)
 
 
 def _status_from_json(line: bytes) -> RepoStatus | None:

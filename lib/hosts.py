@@ -9,9 +9,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lib.config import NAME_RE
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from lib.statefile import locked
+from lib.statefile import MAX_DEPTH, NESTED, UnreadableFile, locked, nested_deeper_than, read_regular
 
 LOCAL = "local"  # the name --hosts uses for this machine; no host may take it
 DEFAULT_JOBS = 2
@@ -62,20 +62,33 @@ def hosts_file(paths: Paths) -> Path:
 
 def load_hosts(path: Path) -> dict[str, Host]:
     """The hosts of a hosts.toml; a missing file means no hosts. Every problem is reported at once."""
+    text = _read(path)
+    return {} if text is None else parse_hosts(_parse_toml(text, path), path)
+
+
+def _read(path: Path) -> str | None:
+    """hosts.toml's text (None: no file); a FIFO, a device or a huge file is a ConfigError, not a hang."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as err:
+        data = read_regular(path)
+        return None if data is None else data.decode("utf-8")
+    except UnreadableFile as err:
+        raise ConfigError(str(err)) from None
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
-    return parse_hosts(_parse_toml(text, path), path)
 
 
 def _parse_toml(text: str, path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except ValueError as err:  # a number of more than 4300 digits
+        raise ConfigError(f"{path}: invalid TOML: {clip(str(err))}") from None
+    except RecursionError:  # tomllib's parser recurses once per nested array or inline table
+        document = None
+    if document is None or nested_deeper_than(document, MAX_DEPTH):
+        raise ConfigError(f"{path}: invalid TOML: {NESTED}")
+    return document
 
 
 def parse_hosts(data: dict[str, Any], source: Path) -> dict[str, Host]:
@@ -170,12 +183,7 @@ def add_host(path: Path, name: str, fields: dict[str, Any]) -> Host:
     import tomli_w
 
     with locked(path):  # two `host.add` at once: each sees the other's host
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            text = ""
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read: {err}") from None
+        text = _read(path) or ""
         existing = parse_hosts(_parse_toml(text, path), path)
         if name in existing:
             raise ConfigError(f"{path}: hosts.{name}: already defined; edit the file to change it")

@@ -35,7 +35,7 @@ import hmac
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Iterable, Literal
 
@@ -66,6 +66,9 @@ MAX_PATTERN = 1022  # ssh's buffer for one pattern of a list
 BASE64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 WHITESPACE = b" \t"
 PATTERN_CHARS = re.compile(r"[*?!,\s\0]|^[|#@]")  # a name with these would be a pattern (or no name) on a line
+# ssh reads these too (GlobalKnownHostsFile), whatever UserKnownHostsFile says: a key recorded for the host
+# there counts like one in the user's file. Read, never written.
+GLOBAL_FILES = (Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Entry:
     line: int
     key_type: str
     blob: bytes
+    source: str | None = None  # the file it is in when that is not the user's known_hosts (a global one)
 
     @property
     def blob_type(self) -> str:
@@ -103,7 +107,8 @@ class Verdict:
 
     def describe_lines(self, limit: int = 5) -> str:
         """`line 3 (ssh-ed25519), line 7 (ssh-rsa)`, the first `limit` of them."""
-        shown = ", ".join(f"line {entry.line} ({entry.key_type})" for entry in self.lines[:limit])
+        shown = ", ".join(f"{f'{entry.source} ' if entry.source else ''}line {entry.line} ({entry.key_type})"
+                          for entry in self.lines[:limit])
         more = len(self.lines) - limit
         return f"{shown} and {more} more" if more > 0 else shown
 
@@ -260,6 +265,23 @@ def read(path: Path, name: str) -> Known:
         return parse(file, name)
 
 
+def read_global(name: str, files: Iterable[Path] | None = None) -> Known:
+    """What ssh's global known_hosts files (GLOBAL_FILES) say about `name`; each entry carries its file.
+    A missing file knows no host; OSError if one cannot be read."""
+    known = Known(name)
+    for path in GLOBAL_FILES if files is None else files:
+        known = merged(known, read(path, name), str(path))
+    return known
+
+
+def merged(known: Known, other: Known, source: str | None = None) -> Known:
+    """`known` with the entries of `other` added (marked with `source` where given)."""
+    def marked(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
+        return tuple(replace(e, source=source) for e in entries) if source else entries
+
+    return Known(known.name, known.entries + marked(other.entries), known.revoked + marked(other.revoked))
+
+
 def verdict(known: Known, key: Any) -> Verdict:
     """Known, changed, revoked or unknown: the presented `key` (a paramiko PKey) against what the file says."""
     blob = key.asbytes()
@@ -274,18 +296,19 @@ def verdict(known: Known, key: Any) -> Verdict:
     return Verdict("unknown", known.name)
 
 
-def accept_new(path: Path, name: str, key: Any) -> Verdict:
+def accept_new(path: Path, name: str, key: Any, also: Known | None = None) -> Verdict:
     """ssh's accept-new: the key is appended when, with the file locked, the host is still unknown.
 
     The verdict is decided again under the lock (another run may have added a key since the first
-    read); anything but `unknown` is returned as it is and nothing is written.
+    read), with the entries of `also` (the global files) counted too; anything but `unknown` is
+    returned as it is and nothing is written.
     """
     if PATTERN_CHARS.search(name):
         raise OSError(errno.EINVAL, f"the name {name!r} would be a pattern there; add its key by hand")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with os.fdopen(_open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as file:
         fcntl.flock(file, fcntl.LOCK_EX)  # another run accepting at once appends after us, not inside
-        decided = verdict(parse(_lines(file), name), key)
+        decided = verdict(merged(parse(_lines(file), name), also or Known(name)), key)
         if decided.status == "unknown":
             _append(file, f"{name} {key.get_name()} {key.get_base64()}\n".encode())
         return decided

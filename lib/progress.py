@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import threading
 from time import monotonic
 from typing import TextIO
+
+from lib.views import visible
 
 # A count-only line (no item lines) is redrawn at most this often: a scan finishes
 # hundreds of repos a second, and a terminal that draws every one slows the scan.
@@ -46,7 +49,9 @@ class Progress:
             self.failed += failed
             if self.item_lines:
                 self._clear()
-                self.stream.write(f"[{self.done}/{self.total}] {line}\n")
+                # A line carries reasons made of git output, config values, a host's report: shown escaped,
+                # as tables show them (a control character there must not drive the terminal).
+                self.stream.write(f"[{self.done}/{self.total}] {visible(line)}\n")
             elif monotonic() - self._drawn_at < REDRAW_EVERY:
                 return
             self._redraw()
@@ -67,6 +72,9 @@ class Progress:
         self.close()
 
     def _tick(self) -> None:
+        # Stop signals go to the main thread, which handles them (and holds them while it forks a scan's helper).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         while not self._stop.wait(0.5):
             with self._lock:
                 self._redraw()

@@ -24,7 +24,9 @@ from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 from lib import known_hosts as host_keys
 from lib import runner
 from lib.batch import Outcome, now_iso
+from lib.batch import _claim as claim_log  # one writer per log, here as locally
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
+from lib.errors import clip
 from lib.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
@@ -33,21 +35,30 @@ CHUNK = 64 * 1024
 PGID_RE = re.compile(rb"orchestrator-pgid (\d+)\n")
 NO_DIR = b"orchestrator-no-such-directory\n"
 BEGIN = b"orchestrator-output-begins\n"  # capture(): what comes before it is the login shell's, not ours
-# Run by /bin/sh on the host inside its own session (setsid): the group id goes
-# to our private stderr channel, the command's stdout and stderr both to stdout.
-WRAPPER = """echo "orchestrator-pgid $$" >&2
+# Run by /bin/sh on the host inside its own session (setsid): the group id goes to our private stderr
+# channel, the command's stdout and stderr both to stdout. Args: cwd, script, grace in tenths, the step's
+# marker (NAME=VALUE), KILL_SCRIPT, then the command's environment. Before the command starts, a watcher
+# leaves the group (setsid) and the command's children (the subshell), and reads the channel's stdin: that
+# ends only when the session does (the command ended, or the connection dropped: inv SIGKILLed, the link
+# cut), and then it kills the group and the processes marked with the step, as a timeout would.
+WRAPPER = """echo "orchestrator-pgid $$" >&2 || exit 1
 cd -- "$1" 2>/dev/null || { echo orchestrator-no-such-directory >&2; exit 1; }
-script=$2; shift 2
-exec env "$@" /bin/sh -c "$script" </dev/null 2>&1"""
+script=$2; exec 3<&0
+( env "$4" setsid /bin/sh -c "$5" watch $$ "$3" "$4" watch <&3 3<&- >/dev/null 2>&1 & )
+shift 5
+exec env "$@" /bin/sh -c "$script" </dev/null 3<&- 2>&1"""
 # Waits for the group to go after SIGTERM (in tenths of a second), then SIGKILLs what is left, and
-# what left the group (setsid, a daemon) but still carries the step's marker in its environment.
+# what left the group (setsid, a daemon) but still carries the step's marker in its environment (the
+# watcher too, unless it is the one running this: with `watch`, it first waits for its stdin to end).
 KILL_SCRIPT = """pg=$1; tenths=$2; marker=$3
-if kill -TERM -$pg 2>/dev/null; then
+if [ "${4-}" = watch ]; then cat >/dev/null 2>&1; fi
+if [ "$pg" -gt 1 ] 2>/dev/null && kill -TERM -$pg 2>/dev/null; then
   while [ "$tenths" -gt 0 ] && kill -0 -$pg 2>/dev/null; do sleep 0.1; tenths=$((tenths - 1)); done
   kill -KILL -$pg 2>/dev/null
 fi
 for e in $(grep -lzxF -- "$marker" /proc/[0-9]*/environ 2>/dev/null); do
-  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null && echo "${p%/environ}"
+  p=${e#/proc/}; p=${p%/environ}
+  [ "$p" != $$ ] && kill -KILL "$p" 2>/dev/null
 done
 exit 0"""
 DRAIN_S = 2.0  # after the command and its group are gone, how long output still held open is read
@@ -70,19 +81,20 @@ class HostKeyRefused(Exception):
 
 def _refusal(verdict: host_keys.Verdict, key: Any, known_hosts: Path) -> HostKeyRefused:
     shown = f"{key.get_name()} {key.fingerprint}"
+    files = " and ".join(dict.fromkeys(entry.source or str(known_hosts) for entry in verdict.lines))
     if verdict.status == "revoked":
-        return HostKeyRefused(f"host key for {verdict.name} ({shown}) is REVOKED in {known_hosts} "
+        return HostKeyRefused(f"host key for {verdict.name} ({shown}) is REVOKED in {files} "
                               f"({verdict.describe_lines()}); refusing to connect")
     if verdict.status == "changed":
         return HostKeyRefused(
-            f"host key CHANGED for {verdict.name} ({shown}; {known_hosts} has another key for it: "
+            f"host key CHANGED for {verdict.name} ({shown}; {files} has another key for it: "
             f"{verdict.describe_lines()}); refusing to connect: if the host really was reinstalled, "
-            f"remove those lines from {known_hosts}")
+            f"remove those lines from {files}")
     return HostKeyRefused(f"unknown host key for {verdict.name} ({shown}), not in {known_hosts}; "
                           "verify it and rerun with --accept-new-host-key, or add it to that file")
 
 
-def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool) -> Any:
+def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_keys.Known, accept_new: bool) -> Any:
     from paramiko import MissingHostKeyPolicy
 
     class CheckHostKey(MissingHostKeyPolicy):
@@ -96,7 +108,7 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool
             verdict = host_keys.verdict(known, key)
             if verdict.status == "unknown" and accept_new:
                 try:
-                    verdict = host_keys.accept_new(known_hosts, known.name, key)
+                    verdict = host_keys.accept_new(known_hosts, known.name, key, also=system)
                 except OSError as err:
                     raise HostKeyRefused(f"cannot add the host key for {known.name} to {known_hosts}: "
                                          f"{err.strerror or err}; refusing to connect") from None
@@ -108,11 +120,10 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, accept_new: bool
     return CheckHostKey()
 
 
-def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any]:
+def _offering_known_key_types_first(known: host_keys.Known, make: Callable[..., Any]) -> Callable[..., Any]:
     """A transport factory for paramiko that, as ssh does, asks the host first for the key types the file
-    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key."""
-    from paramiko import Transport
-
+    knows for it: a host known by its RSA key that also has an Ed25519 one then shows the RSA key.
+    `make` makes the transport (`_transport_factory`: its handshake bounded by connect_timeout)."""
     preferred = known.key_types()
 
     def rank(algorithm: str) -> int:
@@ -120,7 +131,7 @@ def _offering_known_key_types_first(known: host_keys.Known) -> Callable[..., Any
         return preferred.index(key_type) if key_type in preferred else len(preferred)
 
     def factory(sock: Any, **kwargs: Any) -> Any:
-        transport = Transport(sock, **kwargs)
+        transport = make(sock, **kwargs)
         options = transport.get_security_options()
         options.key_types = sorted(options.key_types, key=rank)
         return transport
@@ -132,6 +143,14 @@ def known_hosts_file(host: Host) -> Path:
     return host.known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
 
+def read_only_known_hosts_files(host: Host) -> list[Path]:
+    """The files read besides known_hosts_file, never written: ssh's global ones and, when hosts.toml names no
+    known_hosts, ~/.ssh/known_hosts2 (ssh's default UserKnownHostsFile is `~/.ssh/known_hosts
+    ~/.ssh/known_hosts2`)."""
+    user = [] if host.known_hosts else [Path("~/.ssh/known_hosts2").expanduser()]
+    return [*user, *host_keys.GLOBAL_FILES]
+
+
 def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     """An open, authenticated fabric.Connection, or HostUnreachable with the exact reason."""
     import paramiko
@@ -141,24 +160,37 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
     config = Config(lazy=True, overrides={"load_ssh_configs": False})
     timeout = host.connect_timeout
     kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout,
-                              "channel_timeout": timeout}
+                              "channel_timeout": timeout, "transport_factory": _transport_factory(timeout)}
+    where = f"{host.name} ({host.address})"
     if host.key_file is not None:
         kwargs.update(key_filename=str(host.key_file), look_for_keys=False, allow_agent=False)
+    elif not _agent_answers(timeout):
+        raise HostUnreachable(f"{where}: the SSH agent ({clip(os.environ.get('SSH_AUTH_SOCK', ''))}) did not answer "
+                              f"within {timeout:g}s; fix it, unset SSH_AUTH_SOCK, or give the host a key_file")
     known_hosts = known_hosts_file(host)
-    where = f"{host.name} ({host.address})"
+    name = host_keys.host_name(host.host, host.port)
     try:
-        known = host_keys.read(known_hosts, host_keys.host_name(host.host, host.port))
+        own = host_keys.read(known_hosts, name)
     except OSError as err:
         raise HostUnreachable(f"{where}: cannot read {known_hosts}: {err.strerror or err}") from None
-    kwargs["transport_factory"] = _offering_known_key_types_first(known)
+    try:
+        system = host_keys.read_global(name, read_only_known_hosts_files(host))  # as ssh does
+    except OSError as err:
+        raise HostUnreachable(f"{where}: cannot read {err.filename or 'a global known_hosts file'}: "
+                              f"{err.strerror or err}") from None
+    known = host_keys.merged(own, system)
+    kwargs["transport_factory"] = _offering_known_key_types_first(known, kwargs["transport_factory"])
     connection = Connection(host.host, user=host.user, port=host.port, config=config, connect_kwargs=kwargs)
-    connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, accept_new_host_key))
+    connection.client.set_missing_host_key_policy(_host_key_policy(known_hosts, known, system,
+                                                                   accept_new_host_key))
     try:
         connection.open()
     except HostKeyRefused as err:
         connection.client.close()  # the handshake's transport is still up
         raise HostUnreachable(f"{where}: {err}") from None
     except paramiko.AuthenticationException as err:
+        if str(err) == "Authentication timeout.":  # paramiko's words when the host never answered: no refusal
+            raise HostUnreachable(f"{where}: no answer to the authentication within {timeout:g}s") from None
         raise HostUnreachable(f"{where}: authentication failed"
                               f"{f' with key {host.key_file}' if host.key_file else ''}: {err}") from None
     except paramiko.ssh_exception.NoValidConnectionsError as err:
@@ -174,9 +206,111 @@ def connect(host: Host, accept_new_host_key: bool = False) -> Any:
             # paramiko then reports "No existing session" or the like; the truth is that nothing spoke SSH.
             raise HostUnreachable(f"{where}: no SSH banner within {timeout:g}s (is an SSH server on that port?)") \
                 from None
+        if transport is not None and not transport.initial_kex_done:
+            # Also "No existing session": paramiko gave up waiting for the key exchange without a word.
+            stalled = "then nothing" if transport.kex_engine is None else "then stalled in the key exchange"
+            raise HostUnreachable(f"{where}: host sent its banner, {stalled} for {timeout:g}s") from None
         raise HostUnreachable(f"{where}: {type(err).__name__}: {err or 'connection closed'}") from None
     connection.transport.set_keepalive(15)
     return connection
+
+
+def _agent_answers(timeout: float) -> bool:
+    """False when SSH_AUTH_SOCK names an agent that takes the connection but does not answer a request for its
+    keys within `timeout` (paramiko would wait for it without end). No agent, or one that refuses: True
+    (paramiko then does without it)."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return True
+    with socket.socket(socket.AF_UNIX) as agent:
+        agent.settimeout(timeout)
+        try:
+            agent.connect(path)
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+        try:
+            agent.sendall(b"\0\0\0\1\x0b")  # SSH_AGENTC_REQUEST_IDENTITIES (draft-miller-ssh-agent)
+            agent.recv(5)  # an answer, or the agent hung up: either way, it does not hold paramiko
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        except OSError:
+            return True
+
+
+def _transport_factory(timeout: float) -> Callable[..., Any]:
+    """paramiko's Transport with the whole handshake bounded by `timeout` (its own default: 15 s)."""
+    from paramiko import Transport
+
+    def make(sock: Any, **kwargs: Any) -> Any:
+        transport = Transport(sock, **kwargs)
+        transport.handshake_timeout = timeout
+        return transport
+
+    return make
+
+
+def answer_within(host: Host) -> float:
+    """How long a short command (`pwd`, `command -v make`), or a keepalive, may wait for the host's answer."""
+    return 3 * host.connect_timeout
+
+
+class HostStalled(HostUnreachable):
+    """Connected, but the host stopped answering: a hung login shell, a probe that never ends, a silent link;
+    or a login shell that ends before it runs our command (a start-up file's `exit`)."""
+
+
+class CommandStalled(HostStalled):
+    """The login shell ran the command and the link answers, but the command did not finish in time."""
+
+
+class Pulse:
+    """Asks the host for an answer over the connection every `every` seconds, as ssh's ServerAliveInterval
+    does (paramiko's keepalive asks for none): a connection that stops answering is silent, not idle."""
+
+    def __init__(self, transport: Any, every: float) -> None:
+        self.transport = transport
+        self.every = every
+        self.asked_at: float | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._ask, name="orchestrator-pulse", daemon=True).start()
+
+    def _ask(self) -> None:
+        while not self.done.wait(self.every) and self.transport.is_active():
+            self.asked_at = monotonic()
+            try:  # returns on any answer (OpenSSH refuses the request: an answer) or when the transport closes
+                self.transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception:
+                return
+            if not self.transport.is_active():
+                return
+            self.asked_at = None
+
+    def unanswered(self) -> float:
+        """For how long a question has gone unanswered (0 when none is pending)."""
+        asked = self.asked_at
+        return 0.0 if asked is None else max(0.0, monotonic() - asked)
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def answers(transport: Any, within: float) -> bool:
+    """Whether the host answers a keepalive over this connection within `within` seconds."""
+    done, answered = threading.Event(), []
+
+    def ask() -> None:
+        try:  # returns at once when the transport is (or gets) closed
+            transport.global_request("keepalive@openssh.com", wait=True)
+            answered.append(transport.is_active())
+        except Exception:
+            pass
+        done.set()
+
+    threading.Thread(target=ask, name="orchestrator-ask", daemon=True).start()
+    return done.wait(within) and answered == [True]
 
 
 def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int | None, bytes, bytes]:
@@ -185,19 +319,77 @@ def capture(connection: Any, command: str, timeout: float = 30.0) -> tuple[int |
     What a chatty login shell prints first (a .bashrc `printf` with no newline, say) is cut off at
     a marker the command prints on both streams before anything else.
     """
+    code, out, err, _ = _capture(connection, command, timeout)
+    return code, out, err
+
+
+def _capture(connection: Any, command: str, timeout: float,
+             login_within: float | None = None) -> tuple[int | None, bytes, bytes, bool]:
+    """capture(), and whether the command began (the login shell got as far as running it); given up
+    after `login_within` seconds too when it has not begun by then."""
     begin = BEGIN.decode().strip()
     channel = connection.create_session()
     with channel:
-        channel.exec_command(f"echo {begin}; echo {begin} >&2; {command}")
+        # `|| exit`: a shell that ignores SIGPIPE must not run the command once we have gone.
+        channel.exec_command(f"echo {begin} || exit 1; echo {begin} >&2 || exit 1; {command}")
         out, err = bytearray(), bytearray()
-        deadline = monotonic() + timeout
+        started = monotonic()
+        deadline = started + timeout
+        began = login_within is None
         while not _finished(channel):
-            if monotonic() > deadline:
-                return None, _after_begin(out), _after_begin(err)
+            now = monotonic()
+            began = began or BEGIN in out
+            if now > deadline or not began and now - started > (login_within or 0.0):
+                _signal(channel, "KILL")
+                return None, _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
             select.select([channel], [], [], 0.1)
             _read_ready(channel, out.extend, err.extend)
         _read_ready(channel, out.extend, err.extend)
-        return channel.recv_exit_status(), _after_begin(out), _after_begin(err)
+        # No marker on either stream: the login shell ended (a start-up file's `exit`) before our command.
+        return channel.recv_exit_status(), _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
+
+
+def _signal(channel: Any, name: str) -> None:
+    """Ask sshd to send SIG`name` to the session's process group (RFC 4254 6.9; paramiko has no call for it).
+
+    OpenSSH does it for sessions of users other than root; otherwise the session's processes end when their
+    start-up is over: the channel is closed, so their first write fails and they run nothing of ours.
+    """
+    from paramiko import Message
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+
+    if channel.closed:  # a request on a channel the host has closed would be a protocol error
+        return
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("signal")
+    message.add_boolean(False)
+    message.add_string(name)
+    try:
+        channel.transport._send_user_message(message)
+    except Exception:  # the connection is gone: so is the session
+        pass
+
+
+def probe(connection: Any, host: Host, command: str, what: str,
+          timeout: float | None = None) -> tuple[int, bytes, bytes]:
+    """capture() for a command that answers at once (or within `timeout` seconds once the login shell has
+    run it: a `git status`); HostStalled, saying which part did not, if no answer came."""
+    within = answer_within(host)
+    code, out, err, began = _capture(connection, command, max(within, timeout or 0.0), login_within=within)
+    if code is not None and began:
+        return code, out, err
+    if code is not None:  # its exit code is the login shell's, not the command's: never "not found"
+        said = err.decode("utf-8", "replace").strip().splitlines()
+        raise HostStalled(f"host {host.name}: the login shell ended (exit {code}) before running {what}"
+                          f"{f': {clip(said[-1])}' if said else ''}")
+    if not answers(connection.transport, within):
+        connection.close()  # never used again: what still waits on it returns
+        raise HostStalled(f"host {host.name}: the connection went silent (no answer for {within:g}s)")
+    if not began:
+        raise HostStalled(f"host {host.name}: the login shell did not answer within {within:g} s")
+    raise CommandStalled(f"host {host.name}: {what} did not finish within {max(within, timeout or 0.0):g} s")
 
 
 def _after_begin(data: bytearray) -> bytes:
@@ -225,7 +417,7 @@ def resolve_workspace(connection: Any, host: Host) -> str:
     """The host's workspace as an absolute path (a relative one starts in the login directory)."""
     if host.workspace.startswith("/"):
         return host.workspace
-    code, out, err = capture(connection, "pwd")
+    code, out, err = probe(connection, host, "pwd", "pwd")
     # The last line: a chatty shell start-up file may print before it.
     login_dir = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
     if code != 0 or not login_dir.startswith("/"):
@@ -233,13 +425,14 @@ def resolve_workspace(connection: Any, host: Host) -> str:
     return f"{login_dir.rstrip('/')}/{host.workspace}"
 
 
-def remote_repo(connection: Any, repo: Repo, workspace: str) -> Repo:
+def remote_repo(connection: Any, host: Host, repo: Repo, workspace: str) -> Repo:
     """The repo as it is on the host: its path there, and its language detected there when not configured."""
     path = f"{workspace.rstrip('/')}/{repo.name}"
     language = repo.language
     if repo.language_detected:
         tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
-        code, out, _ = capture(connection, f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}")
+        check = f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}"
+        code, out, _ = probe(connection, host, check, "the language check")
         found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
         language = found if code == 0 and found in LANGUAGES else "unknown"
     return replace(repo, local=Path(path), language=language)
@@ -251,11 +444,17 @@ def plan_on_host(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
     return replace(plan, skip_reason=None if plan.commands else plan.skip_reason)
 
 
-def remote_command(cwd: str, script: str, env: dict[str, str]) -> str:
-    """One line for the login shell: every value a single-quoted word, so nothing in it is parsed as code."""
-    words = ["exec", "setsid", "-w", "/bin/sh", "-c", WRAPPER, "orchestrator", cwd, script,
-             *(f"{k}={v}" for k, v in env.items())]
+def remote_command(cwd: str, script: str, env: dict[str, str], marker: str, grace: float) -> str:
+    """One line for the login shell: every value a single-quoted word, so nothing in it is parsed as code.
+    The command's environment gets the step's `marker`, which finds what left its group."""
+    words = ["exec", "setsid", "-w", "/bin/sh", "-c", WRAPPER, "orchestrator", cwd, script, _tenths(grace),
+             f"{runner.STEP_VAR}={marker}", KILL_SCRIPT,
+             *(f"{k}={v}" for k, v in {**env, runner.STEP_VAR: marker}.items())]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def _tenths(grace: float) -> str:
+    return str(max(0, int(grace * 10)))
 
 
 @dataclass
@@ -263,24 +462,54 @@ class RemoteResult:
     exit_code: int | None
     timed_out: bool = False
     no_directory: bool = False
-    problem: str | None = None  # the wrapper could not start the command (no setsid, say)
+    problem: str | None = None  # the wrapper could not start the command (no setsid, say), or the kill failed
+    lost: str | None = None  # the connection was lost or went silent while the command ran
 
 
-def kill_remote_group(connection: Any, pgid: int, grace: float, marker: str) -> str | None:
+def kill_remote_group(connection: Any, pgid: int | None, grace: float, marker: str,
+                      within: float = 30.0) -> str | None:
     """SIGTERM the group on the host, SIGKILL it after `grace` seconds, and kill what left it (found by its
-    `marker` in /proc); the problem, if it could not be done."""
-    command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid),
-                                                 str(max(0, int(grace * 10))), f"{runner.STEP_VAR}={marker}"])
+    `marker` in /proc); the problem, if it could not be done. Without a pgid, only the marked processes."""
+    command = " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", KILL_SCRIPT, "kill", str(pgid or 0),
+                                                 _tenths(grace), f"{runner.STEP_VAR}={marker}"])
     try:
-        code, _, err = capture(connection, command, timeout=grace + 30)
-    except Exception as error:  # the connection died: the host is out of our reach
+        code, _, err = capture(connection, command, timeout=grace + within)
+    except Exception as error:  # the connection died: the host is out of its reach
         return f"{type(error).__name__}: {error}"
+    if code is None:
+        return f"the kill got no answer within {grace + within:g}s"
     return None if code == 0 else (err.decode("utf-8", "replace").strip() or f"kill exited {code}")
 
 
+def _kill_anywhere(connection: Any, host: Host | None, pgid: int | None, grace: float, marker: str,
+                   healthy: bool) -> str | None:
+    """kill_remote_group over the command's connection, or, when that is lost, silent or fails, over a new one
+    (a dead link must not leave the command running: the host may be fine)."""
+    within = 30.0 if host is None else answer_within(host)
+    problem = (kill_remote_group(connection, pgid, grace, marker, within) if healthy
+               else "its own connection is lost or silent")
+    if problem is None or host is None:
+        return problem
+    connection.close()  # never used again: the Connections pool drops it
+    try:
+        fresh = connect(host)
+    except HostUnreachable as err:
+        return f"{problem}; a new connection failed too: {err}"
+    try:
+        again = kill_remote_group(fresh, pgid, grace, marker, within)
+    finally:
+        fresh.close()
+    return None if again is None else f"{problem}; over a new connection: {again}"
+
+
 def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log: BinaryIO, timeout: float | None,
-               echo: BinaryIO | None = None, grace: float = runner.GRACE_S) -> RemoteResult:
-    """Run one command in its own process group on the host, output streamed to `log` (and `echo`)."""
+               echo: BinaryIO | None = None, grace: float = runner.GRACE_S, host: Host | None = None) -> RemoteResult:
+    """Run one command in its own process group on the host, output streamed to `log` (and `echo`).
+
+    With `host`, the connection is asked for an answer every `connect_timeout` seconds: one silent for
+    `answer_within(host)` is given up, and the command is killed over a new connection, as it is when the
+    connection is lost or a kill over it fails.
+    """
     if _stopping.is_set() or runner.stopping():
         raise runner.Stopping("the run is being stopped")
     try:
@@ -312,40 +541,62 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
             pgid = int(match.group(1))
 
     marker = f"{os.getpid()}-{uuid.uuid4().hex}"
-    with channel:
-        channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env, runner.STEP_VAR: marker}))
-        exited_at: float | None = None
-        reaped = False
-        try:
-            while not _finished(channel):
-                if timeout is not None and monotonic() - started > timeout:
-                    problem = kill_remote_group(connection, pgid, grace, marker) if pgid else "no process group reported"
-                    return RemoteResult(None, timed_out=True, problem=problem)
-                if _stopping.is_set() or runner.stopping():
-                    _stopped.append(pgid or 0)
-                    raise runner.Stopping("the run is being stopped")
-                if channel.exit_status_ready() and pgid is not None and not reaped:
-                    # The command is done but something it started still holds its output: end the group.
-                    exited_at = exited_at or monotonic()
-                    if monotonic() - exited_at > 0.5:
-                        kill_remote_group(connection, pgid, grace, marker)
-                        reaped = True
-                if reaped and monotonic() - (exited_at or 0) > 0.5 + DRAIN_S:
-                    # Something we could not kill (no marker, no /proc) still holds the output: the verdict stands.
+    pulse = None if host is None else Pulse(connection.transport, max(1.0, host.connect_timeout))
+    silent_after = None if host is None else answer_within(host)
+
+    def silent() -> bool:
+        if host is None or pulse is None or silent_after is None or pulse.unanswered() <= silent_after:
+            return False
+        # One more question first: when inv itself was stopped (Ctrl-Z), the answer may be there, unread.
+        return not answers(connection.transport, host.connect_timeout)
+
+    def kill() -> str | None:
+        return _kill_anywhere(connection, host, pgid, grace, marker, connection.is_connected and not silent())
+
+    try:
+        with channel:
+            channel.exec_command(remote_command(cwd, script, {**REMOTE_ENV, **env}, marker, grace))
+            exited_at: float | None = None
+            reaped = False
+            try:
+                while not _finished(channel):
+                    if timeout is not None and monotonic() - started > timeout:
+                        return RemoteResult(None, timed_out=True, problem=kill())
+                    if _stopping.is_set() or runner.stopping():
+                        _stopped.append(pgid or 0)
+                        raise runner.Stopping("the run is being stopped")
+                    if silent():
+                        return RemoteResult(None, lost=f"went silent (no answer for {silent_after:g}s)",
+                                            problem=kill())
+                    if channel.exit_status_ready() and pgid is not None and not reaped:
+                        # The command is done but something it started still holds its output: end the group.
+                        exited_at = exited_at or monotonic()
+                        if monotonic() - exited_at > 0.5:
+                            kill_remote_group(connection, pgid, grace, marker)
+                            reaped = True
+                    if reaped and monotonic() - (exited_at or 0) > 0.5 + DRAIN_S:
+                        # Something we could not kill (no marker, no /proc) still holds the output: the verdict stands.
+                        _read_ready(channel, write, read_private)
+                        write(b"\nwarning: a process the command started still holds its output on the host; "
+                              b"it was not killed and its later output is not logged\n")
+                        break
+                    select.select([channel], [], [], 0.1)
                     _read_ready(channel, write, read_private)
-                    write(b"\nwarning: a process the command started still holds its output on the host; "
-                          b"it was not killed and its later output is not logged\n")
-                    break
-                select.select([channel], [], [], 0.1)
                 _read_ready(channel, write, read_private)
-            _read_ready(channel, write, read_private)
-            if pgid is not None and not reaped:
-                kill_remote_group(connection, pgid, grace, marker)  # nothing it started outlives it, as locally
-        except BaseException:
-            if pgid is not None:
-                kill_remote_group(connection, pgid, grace, marker)
-            raise
-        code = channel.recv_exit_status()
+                if pgid is not None and not reaped:
+                    kill_remote_group(connection, pgid, grace, marker)  # nothing it started outlives it, as locally
+            except ConnectionError:  # lost mid-run: the host may be fine and the command running there
+                problem = kill()
+                if host is None:  # a caller that cannot reconnect hears of it as before
+                    raise
+                return RemoteResult(None, lost="was lost", problem=problem)
+            except BaseException:
+                kill()
+                raise
+            code = channel.recv_exit_status()
+    finally:
+        if pulse is not None:
+            pulse.stop()
     if NO_DIR in private:
         return RemoteResult(None, no_directory=True)
     if pgid is None:
@@ -361,58 +612,76 @@ class LogWriteError(OSError):
 
 
 def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
-                   grace: float = runner.GRACE_S) -> Outcome:
-    """batch.execute's twin for a host: same steps, same outcomes, the log written locally."""
+                   grace: float = runner.GRACE_S, on_stalled: Callable[[HostStalled], None] | None = None) -> Outcome:
+    """batch.execute's twin for a host: same steps, same outcomes, the log written locally.
+    `on_stalled` hears of a host that stopped answering (the pool then spares the next repos the wait)."""
     started = monotonic()
 
     def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso(), host.name)
 
+    if plan.log.is_fifo():
+        return outcome("error", reason=f"cannot write log {plan.log}: it is a named pipe (opening it would wait "
+                                       "for a reader)")
     try:
         plan.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(plan.log, "wb") as log:
-            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome)
+        with open(plan.log, "ab") as log:  # not "wb": emptied only once it is ours, as a local run's
+            if not claim_log(log):
+                return outcome("error", reason=f"log {plan.log} is in use by another run")
+            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
     except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
         return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
 
 
 def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                    echo: BinaryIO | None, grace: float, started: float,
-                    outcome: Callable[..., Outcome]) -> Outcome:
+                    echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., Outcome],
+                    on_stalled: Callable[[HostStalled], None] | None) -> Outcome:
     log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
               f"({host.address})\n".encode())
     if isinstance(connection, HostUnreachable):
-        reason = f"host unreachable: {connection}"
+        reason = str(connection) if isinstance(connection, HostStalled) else f"host unreachable: {connection}"
         log.write(f"error: {reason}\n".encode())
         return outcome("error", reason=reason)
     if plan.skip_reason:
         log.write(f"skipped: {plan.skip_reason}\n".encode())
         return outcome("skipped", reason=plan.skip_reason)
     try:
-        return _run_commands(plan, connection, log, timeout, echo, grace, started, outcome)
+        return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
     except (runner.Stopping, LogWriteError):
         raise
+    except HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
+        if on_stalled is not None:
+            on_stalled(err)
+        log.write(f"error: {err}\n".encode())
+        return outcome("error", reason=str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+        connection.close()  # and never used again: the pool opens a new one for the next repo
         reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
         log.write(f"\nerror: {reason}\n".encode())
         return outcome("error", reason=reason)
 
 
-def _run_commands(plan: Plan, connection: Any, log: BinaryIO, timeout: float | None, echo: BinaryIO | None,
-                  grace: float, started: float, outcome: Callable[..., Outcome]) -> Outcome:
+def _run_commands(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
+                  echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., Outcome]) -> Outcome:
     for command in plan.commands:
         cwd = str(command.cwd)
         tool = first_tool(command.command)
         if tool is not None and "/" not in tool:
-            probe = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
-            if capture(connection, probe)[0] != 0:
+            check = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
+            if probe(connection, host, check, f"the check for {tool}")[0] != 0:
                 reason = f"{tool} not found on PATH on the host"
                 log.write(f"skipped: {reason}\n".encode())
                 return outcome("skipped", reason=reason)
         remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
         log.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n".encode())
-        result = run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace)
+        result = run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace, host)
+        if result.lost is not None:
+            done = ("the command was killed on the host over a new connection" if result.problem is None else
+                    f"could not kill it on the host, it may still run ({result.problem})")
+            reason = f"connection to {host.name} {result.lost}; {done}"
+            log.write(f"\nerror: {reason}\n".encode())
+            return outcome("error", reason=reason)
         if result.no_directory:
             log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
             return outcome("error", reason=f"directory does not exist on the host: {cwd}")
@@ -478,6 +747,7 @@ class HostCheck:
     reason: str | None = None
     workspace: str | None = None
     tools: dict[str, str] | None = None
+    login_s: float | None = None  # from connecting until the login shell ran a command
 
     @property
     def problems(self) -> list[str]:
@@ -489,20 +759,25 @@ class HostCheck:
 
 
 def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
-    """Connect, then report the workspace and the versions of git and the toolchains found there."""
+    """Connect, time a login, then report the workspace and the versions of git and the toolchains found there."""
+    started = monotonic()
     try:
         connection = connect(host, accept_new_host_key)
     except HostUnreachable as err:
         return HostCheck(host, False, str(err))
     try:
+        probe(connection, host, "true", "true")
+        login_s = monotonic() - started
         workspace = resolve_workspace(connection, host)
-        code, out, err = capture(connection, " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", PROBE, "probe",
-                                                                               workspace]))
+        code, out, err = probe(connection, host, " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", PROBE, "probe",
+                                                                                  workspace]), "the tool probe")
         if code != 0:
             return HostCheck(host, True, f"probe failed: {err.decode('utf-8', 'replace').strip() or code}",
-                             workspace)
+                             workspace, login_s=login_s)
         tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
-        return HostCheck(host, True, None, workspace, tools)
+        return HostCheck(host, True, None, workspace, tools, login_s)
+    except HostStalled as err:  # connected, then no answer: the reason is the host's, not a missing tool
+        return HostCheck(host, True, str(err))
     except Exception as err:  # the connection died halfway: as good as unreachable
         return HostCheck(host, False, f"{host.name}: {type(err).__name__}: {err}")
     finally:
@@ -526,10 +801,14 @@ class Connections:
         self.lock = threading.Lock()
         self.opening = threading.Lock()
         self.failed: HostUnreachable | None = None
+        self.stalled: HostStalled | None = None
 
     def take(self) -> Any:
-        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails."""
+        """An idle connection, or a new one; a HostUnreachable (for execute_remote to report) if that fails,
+        or once the host stopped answering (a hung login shell hangs every login: no repo waits for it again)."""
         with self.lock:
+            if self.stalled is not None:
+                return self.stalled
             if self.idle:
                 return self.idle.pop()
         # One at a time: sshd drops connections still authenticating beyond MaxStartups (default 10).
@@ -549,8 +828,12 @@ class Connections:
             self.opened.append(connection)
         return connection
 
+    def stall(self, err: HostStalled) -> None:
+        self.stalled = err
+
     def give(self, connection: Any) -> None:
-        if not isinstance(connection, HostUnreachable):
+        """Back to the pool; one that was lost or given up (gone silent) is dropped, the next take() opens anew."""
+        if not isinstance(connection, HostUnreachable) and connection.is_connected:
             with self.lock:
                 self.idle.append(connection)
 

@@ -1,56 +1,132 @@
 """`inv sync-all --host NAME`: lib.sync itself runs on the build host, so its safety rules are the same code.
 
-The sync path of lib/ is standard library only. Its files are uploaded (SFTP)
-into a private per-user cache on the host, keyed by a hash of their content;
-a generated home (`<workspace>/.orchestrator/`: config/repos.json, state/ with
+The sync path of lib/ is standard library only. Its files are read once, and
+exactly those bytes are uploaded (SFTP) into a private per-user cache on the
+host, named by a hash of their manifest (file name -> sha256); before each run
+the copy there is checked against that manifest and replaced when it differs.
+A generated home (`<workspace>/.orchestrator/`: config/repos.json, state/ with
 the one-sync-per-workspace lock, logs/) sits in the host's workspace, so two
 machines syncing the same host workspace exclude each other. A tiny driver
 calls `lib.sync.run_sync` there in its own process group (remote.run_remote)
-and prints the outcomes as one JSON line; the logs are copied back.
+and prints each repo's outcome as it finishes, then the whole result; a driver
+stopped from here leaves its result in a file for us. The logs are copied back.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import re
 import shlex
 import uuid
-from dataclasses import dataclass, fields
+from collections import deque
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from time import monotonic
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lib import remote, runner
 from lib.batch import record
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError, clip
-from lib.hosts import Host
+from lib.hosts import LOCAL, Host
 from lib.paths import Paths
-from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary
+from lib.progress import Progress
+from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary, run_sync
 
 LIB_DIR = Path(__file__).resolve().parent
 HOST_HOME = ".orchestrator"  # under the host's workspace
 MIN_PYTHON = (3, 11)
-RESULT_MARK = "orchestrator-sync-result "
-# argv: lib root, home, log dir, net jobs, timeout (0: none), clone missing, dry run (1/0).
-DRIVER = f"""import json, sys
+# Stopped, the driver stops its gits (runner.GRACE_S at most) and reports what it finished before it is killed.
+DRIVER_GRACE_S = 3 * runner.GRACE_S
+SFTP_TIMEOUT_S = 60.0  # a host that stops answering must not hang the run (or its Ctrl-C) forever
+PYTHON_CHECK_S = 30.0  # for python3 to print its version once the login shell ran it (a cold start on a busy host)
+MAX_LINE = 64 * 1024 * 1024  # longer "lines" from the host are not kept in memory
+MAX_REPORT = 64 * 1024 * 1024
+RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
+PROGRESS_LINE = re.compile(rb"\[\d+/\d+\] ")  # lib.progress's line for a finished repo, printed there too
+# A driver killed before it could stop its gits (they run in sessions of their own) leaves them
+# running: they are found by the run's mark in their environment and killed.
+SWEEP_SCRIPT = """for e in $(grep -lzxF -- "$1" /proc/[0-9]*/environ 2>/dev/null); do
+  p=${e#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null
+done
+exit 0"""
+# Run by python3 -I -B on the host with one JSON argument (see _driver_args). It checks the cached lib/
+# against the manifest before importing anything from it, then runs lib.sync.run_sync; each line it
+# prints for us starts with a mark made for this run, so nothing else on the host can pass for one.
+DRIVER = """import hashlib, json, os, signal, stat, sys
+args = json.loads(sys.argv[1])
+os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see SWEEP_SCRIPT
+
+
+def say(kind, data):
+    sys.stdout.write(args["mark"] + " " + kind + " " + json.dumps(data) + "\\n")
+    sys.stdout.flush()
+
+
+def damage(lib, manifest):
+    try:
+        names = set(os.listdir(lib))
+    except OSError as err:
+        return [lib + ": " + (err.strerror or str(err))]
+    found = [name + " missing" for name in sorted(set(manifest) - names)]
+    found += [name + " is not ours" for name in sorted(names - set(manifest))]
+    for name in sorted(names & set(manifest)):
+        try:
+            fd = os.open(os.path.join(lib, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            with open(fd, "rb") as file:
+                data = file.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError as err:
+            found.append(name + " unreadable: " + (err.strerror or str(err)))
+            continue
+        if data is None:
+            found.append(name + " is not a file")
+        elif hashlib.sha256(data).hexdigest() != manifest[name]:
+            found.append(name + " differs (" + str(len(data)) + " bytes)")
+    return found
+
+
+problems = damage(os.path.join(args["root"], "lib"), args["manifest"])
+if problems:
+    say("damaged", problems)
+    sys.exit(0)
+sys.path.insert(0, args["root"])
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from lib.config import load_workspace
 from lib.errors import OrchestratorError
 from lib.paths import Paths
 from lib.runner import RunInterrupted
+from lib.scan import ScanStopped
 from lib.sync import run_sync
-paths = Paths(Path(sys.argv[2]), Path(sys.argv[3]))
+paths = Paths(Path(args["home"]), Path(args["home"]) / "logs")
+done = []
+
+
+def finished(outcome):
+    done.append(outcome)
+    say("outcome", outcome.to_json())
+
+
 try:
-    report = run_sync(paths, load_workspace(paths.repos_file), None, int(sys.argv[4]), float(sys.argv[5]) or None,
-                      sys.argv[6] == "1", sys.argv[7] == "1")
-    result = {{"outcomes": [o.to_json() for o in report.outcomes]}}
+    report = run_sync(paths, load_workspace(paths.repos_file), None, args["net_jobs"], args["timeout"],
+                      args["clone_missing"], args["dry_run"], finished)
+    result = {"outcomes": [o.to_json() for o in report.outcomes]}
 except OrchestratorError as err:
-    result = {{"error": str(err)}}
+    result = {"error": str(err)}
 except RunInterrupted as stop:
-    result = {{"outcomes": [o.to_json() for o in stop.results], "interrupted": str(stop)}}
-print({RESULT_MARK!r} + json.dumps(result), flush=True)
+    result = {"outcomes": [o.to_json() for o in stop.results], "signal": stop.signum, "stopped": stop.stopped}
+except ScanStopped as stop:  # every repo was synced and recorded; the closing scan was stopped
+    result = {"outcomes": [o.to_json() for o in done], "signal": stop.signum, "stopped": 0, "scan_stopped": True}
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)  # stopped or not, what was done is reported
+if "signal" in result:  # whoever stopped us may no longer read our output: the result waits in a file too
+    try:
+        with open(args["report"] + ".tmp", "w") as out:
+            json.dump(result, out)
+        os.replace(args["report"] + ".tmp", args["report"])
+    except OSError:
+        pass
+say("result", result)
 """
 PYTHON_VERSION = "python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])'"
 
@@ -61,20 +137,39 @@ class HostSyncOutcome(SyncOutcome):
 
 
 class _HostFailed(Exception):
-    """Nothing was synced on the host: every selected repo fails with this reason."""
+    """The sync on the host could not run (or end) as it should: every repo it did not report fails with this."""
 
 
-def lib_files() -> list[Path]:
-    return sorted(LIB_DIR.glob("*.py"))
+@dataclass(frozen=True)
+class LibSnapshot:
+    """lib/'s files as read once: what is hashed is exactly what is uploaded."""
+
+    files: dict[str, bytes]
+
+    @classmethod
+    def read(cls, directory: Path = LIB_DIR) -> LibSnapshot:
+        return cls({path.name: path.read_bytes() for path in sorted(directory.glob("*.py"))})
+
+    @property
+    def manifest(self) -> dict[str, str]:
+        """name -> sha256 of its bytes: the host's copy is checked against this before each run."""
+        return {name: hashlib.sha256(data).hexdigest() for name, data in self.files.items()}
+
+    @property
+    def key(self) -> str:
+        """Names the copy on the host: one per content of lib/."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def lib_hash(files: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        data = path.read_bytes()
-        digest.update(f"{path.name}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()[:16]
+@dataclass
+class _HostRun:
+    """What one host sync has done so far, kept where a stop (in another thread) can read it."""
+
+    reported: dict[str, Any] = field(default_factory=dict)  # repo -> its outcome, as the host printed it
+    outcomes: list[HostSyncOutcome] = field(default_factory=list)  # the outcomes to record
+    stopped_there: int | None = None  # the host's own count of the commands a stop ended
+    unanswered: str | None = None  # set once the host stops answering: nothing more is asked of it
+    notes: list[str] = field(default_factory=list)
 
 
 def _sh(connection: Any, *words: str, timeout: float = 60.0) -> str:
@@ -98,51 +193,68 @@ def python_problem(found: str, host_name: str) -> str | None:
 
 
 def _check_python(connection: Any, host: Host) -> None:
-    code, out, _ = remote.capture(connection, PYTHON_VERSION)
-    if code is None:
-        raise _HostFailed(f"python3 on host {host.name} did not answer within 30s")
+    """The first command of a sync: a hung login shell or a silent link is remote.HostStalled, as for build."""
+    code, out, _ = remote.probe(connection, host, PYTHON_VERSION, "python3's version", PYTHON_CHECK_S)
     found = (out.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if code == 0 else ""
     problem = python_problem(found, host.name)
     if problem:
         raise _HostFailed(problem)
 
 
-def _upload_lib(connection: Any) -> str:
-    """The directory on the host holding lib/ (this checkout's files): uploaded once per content, then reused."""
-    files = lib_files()
+def _cache_dir(connection: Any) -> str:
+    """The host's private cache directory (made if missing)."""
     # The session's $HOME (SFTP starts in the passwd home, which may differ); private: umask 077, the cache 0700.
     made = _sh(connection, "/bin/sh", "-c", 'umask 077 && c="${XDG_CACHE_HOME:-$HOME/.cache}/orchestrator" && '
                'mkdir -p -- "$c" && chmod 700 -- "$c" && printf "%s\\n" "$c"', "cache")
     cache = (made.strip().splitlines() or [""])[-1]
     if not cache.startswith("/"):
         raise _HostFailed(f"cannot find a cache directory on the host ($HOME is {clip(cache) or 'not set'})")
-    final = f"{cache}/lib-{lib_hash(files)}"
+    return cache
+
+
+def _install_lib(connection: Any, lib: LibSnapshot, cache: str, final: str, replace: bool) -> None:
+    """lib/ into `final` on the host: uploaded whole into a temporary directory, then renamed into place.
+
+    With `replace`, the copy at `final` (found damaged) is moved aside first. Another run's rename may
+    win the race: its copy is then used, and checked like any other before the sync imports it.
+    """
     sftp = _sftp(connection)
-    if _exists(sftp, f"{final}/lib/sync.py"):
-        return final  # made by a rename, so complete
-    temporary = f"{cache}/.tmp-{uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    temporary, aside = f"{cache}/.tmp-{token}", f"{cache}/.damaged-{token}"
     try:
         sftp.mkdir(temporary, 0o700)
         sftp.mkdir(f"{temporary}/lib", 0o700)
-        for path in files:
-            connection.put(str(path), f"{temporary}/lib/{path.name}")
+        for name, data in lib.files.items():
+            sftp.putfo(io.BytesIO(data), f"{temporary}/lib/{name}", file_size=len(data), confirm=True)
+        if replace:
+            try:
+                sftp.posix_rename(final, aside)
+            except OSError:
+                pass  # gone already (another run moved it): ours takes its place
         try:
             sftp.posix_rename(temporary, final)
         except OSError:
-            if not _exists(sftp, f"{final}/lib/sync.py"):  # another run's rename won the race: use its copy
+            if not _exists(sftp, final):
                 raise
+    except (OSError, EOFError) as err:
+        why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise _HostFailed(f"cannot store lib/ in {final} on the host: {clip(why)}") from None
     finally:
-        _sh(connection, "rm", "-rf", "--", temporary)
-    return final
+        try:
+            _sh(connection, "rm", "-rf", "--", temporary, aside)
+        except Exception:  # left-overs in our own cache; the error that matters is the one above
+            pass
 
 
 def _sftp(connection: Any) -> Any:
     from paramiko import SSHException
 
     try:
-        return connection.sftp()
+        sftp = connection.sftp()
     except SSHException as err:
         raise _HostFailed(f"cannot open SFTP on the host (sshd needs its sftp subsystem): {err}") from None
+    sftp.get_channel().settimeout(SFTP_TIMEOUT_S)
+    return sftp
 
 
 def _exists(sftp: Any, path: str) -> bool:
@@ -170,81 +282,310 @@ def _prepare_home(connection: Any, workspace: str, repos: Sequence[Repo]) -> str
     return home
 
 
-def _run_driver(connection: Any, host: Host, lib_root: str, home: str, net_jobs: int, timeout: float | None,
-                clone_missing: bool, dry_run: bool) -> dict[str, Any]:
-    script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, lib_root, home, f"{home}/logs", str(net_jobs),
-                         str(timeout or 0), "1" if clone_missing else "0", "1" if dry_run else "0"])
-    output = io.BytesIO()
-    result = remote.run_remote(connection, home, script, {}, output, None)
-    text = output.getvalue().decode("utf-8", "replace")
-    for line in reversed(text.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    said = [ln for ln in text.splitlines() if ln.strip()][-3:]
-    problem = result.problem or "; ".join(said) or f"exit {result.exit_code}"
-    raise _HostFailed(f"sync on host {host.name} gave no result: {clip(problem)}")
+@dataclass(frozen=True)
+class _Settings:
+    """What the sync on the host is asked to do."""
+
+    net_jobs: int
+    timeout: float | None
+    clone_missing: bool
+    dry_run: bool
 
 
-def _copy_log(connection: Any, remote_log: str, local: Path) -> str | None:
+class _HostOutput:
+    """The driver's output as it arrives (remote.run_remote writes it here): our lines parsed, a short tail kept."""
+
+    def __init__(self, on_outcome: Callable[[Any], None]) -> None:
+        self.mark = f"orchestrator-sync-{uuid.uuid4().hex}"
+        self.on_outcome = on_outcome
+        self.pending = bytearray()
+        self.tail: deque[str] = deque(maxlen=3)
+        self.result: dict[str, Any] | None = None
+        self.damaged: list[str] | None = None
+
+    def write(self, data: bytes) -> int:
+        self.pending += data
+        if b"\n" in data:
+            *lines, rest = bytes(self.pending).split(b"\n")
+            self.pending = bytearray(rest)
+            for line in lines:
+                self._line(line)
+        if len(self.pending) > MAX_LINE:
+            self.pending.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _line(self, line: bytes) -> None:
+        mark = f"{self.mark} ".encode()
+        if not line.startswith(mark):
+            if line.strip() and not PROGRESS_LINE.match(line):  # the tail is for what went wrong
+                self.tail.append(clip(line.decode("utf-8", "replace").strip()))
+            return
+        kind, _, text = line[len(mark):].partition(b" ")
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            return  # a line cut short by a stop: the host's report says what it finished
+        if kind == b"outcome":
+            self.on_outcome(value)
+        elif kind == b"result" and isinstance(value, dict):
+            self.result = value
+        elif kind == b"damaged" and isinstance(value, list):
+            self.damaged = [str(v) for v in value]
+
+
+def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, home: str, report_file: str,
+                settings: _Settings, output: _HostOutput) -> remote.RemoteResult:
+    """The driver on the host; a connection that goes silent or is lost is given up and the driver killed
+    over a new one (RemoteResult.lost, .problem)."""
+    args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "run_var": RUN_VAR,
+            "report": report_file, "net_jobs": settings.net_jobs, "timeout": settings.timeout,
+            "clone_missing": settings.clone_missing, "dry_run": settings.dry_run}
+    script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
+    return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
+
+
+def _unanswered(err: BaseException) -> bool:
+    """The host stopped answering (a timeout, a closed connection): nothing more is asked of it."""
+    from paramiko import SSHException
+
+    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
+
+
+def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
+    """Kill what a dead driver left running on the host (best effort: the host may be gone too)."""
+    try:
+        remote.capture(connection, shlex.join(["/bin/sh", "-c", SWEEP_SCRIPT, "sweep", f"{RUN_VAR}={mark}"]),
+                       within)
+    except Exception:  # the connection is gone: nothing more can be done from here
+        pass
+
+
+def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, Any] | None:
+    """The report a stopped driver left in its file (then removed), or None."""
+    try:
+        sftp = _sftp(connection)
+        with sftp.open(report_file, "rb") as report:
+            data = report.read(MAX_REPORT)
+        sftp.remove(report_file)
+        found = json.loads(data)
+    except Exception as err:  # no file (killed before it wrote one), a lost connection, a cut file: nothing to go by
+        if _unanswered(err):
+            run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(str(err))})"
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("outcomes"), list) else None
+
+
+def _copy_log(connection: Any, remote_log: Any, local: Path, run: _HostRun) -> str | None:
     """The host's log copied to `local` (never through a symlink); the problem, if it could not be."""
     try:
+        if run.unanswered:
+            raise ValueError(run.unanswered)  # after a stop, one wait for a silent host is enough
+        if not isinstance(remote_log, str):
+            raise ValueError("the host named no log")
         local.parent.mkdir(parents=True, exist_ok=True)
         with _open_log(local) as out:
             connection.get(remote_log, local=out)
-    except (OSError, EOFError) as err:
-        return f"log {local} not copied from the host: {err.strerror if isinstance(err, OSError) else err}"
+    except Exception as err:  # a missing file, a lost connection (paramiko's own errors too)
+        why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        if _unanswered(err):
+            run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(why)})"
+        return f"log {local} not copied from the host: {clip(why)}"
     return None
 
 
-def _outcome(data: dict[str, Any], host: Host, log: str) -> HostSyncOutcome:
-    known = {f.name for f in fields(SyncOutcome)}
-    return HostSyncOutcome(**{**{k: v for k, v in data.items() if k in known}, "log": log}, host=host.name)
+def _text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else str(value)
 
 
-def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, net_jobs: int,
-             timeout: float | None, clone_missing: bool, dry_run: bool) -> list[HostSyncOutcome]:
-    _check_python(connection, host)
-    workspace = remote.resolve_workspace(connection, host)
-    lib_root = _upload_lib(connection)
-    home = _prepare_home(connection, workspace, repos)
-    result = _run_driver(connection, host, lib_root, home, net_jobs, timeout, clone_missing, dry_run)
-    if "error" in result:  # the host's own refusal (its sync lock held, say): a usage-level error, as locally
-        lines = str(result["error"]).splitlines() or ["unknown error"]
-        raise OrchestratorError("\n".join(f"on host {host.name}: {clip(line, 1000)}" for line in lines))
-    selected = {r.name: r for r in repos}
-    outcomes = []
-    for data in result.get("outcomes", []):
-        repo = selected.get(data.get("repo"))
-        if repo is None:  # only names we sent are used for local paths
+def _outcome(data: Any, selected: dict[str, Repo], host: Host, log_dir: Path,
+             dry_run: bool) -> HostSyncOutcome | None:
+    """An outcome as the host reported it, its log under the usual local name; None for anything else."""
+    if not isinstance(data, dict) or not isinstance(data.get("repo"), str) or data["repo"] not in selected \
+            or not isinstance(data.get("status"), str):
+        return None
+    known = {f.name for f in fields(SyncOutcome)} - {"repo", "status", "log", "duration_s"}
+    duration = data.get("duration_s")
+    return HostSyncOutcome(data["repo"], data["status"], **{k: _text(data.get(k)) for k in known},
+                           log=str(log_dir / _log_name(selected[data["repo"]], dry_run)),
+                           duration_s=duration if isinstance(duration, (int, float)) else 0.0, host=host.name)
+
+
+def _with_logs(connection: Any, entries: Sequence[Any], selected: dict[str, Repo], host: Host, log_dir: Path,
+               dry_run: bool, run: _HostRun) -> list[HostSyncOutcome]:
+    """The host's outcomes (one per selected repo), each with its log copied back here."""
+    outcomes: dict[str, HostSyncOutcome] = {}
+    for data in entries:
+        outcome = _outcome(data, selected, host, log_dir, dry_run)
+        if outcome is None:
             continue
-        local = log_dir / _log_name(repo, dry_run)
-        problem = _copy_log(connection, str(data["log"]), local)
-        outcome = _outcome(data, host, str(local))
+        problem = _copy_log(connection, data.get("log"), Path(outcome.log), run)
         if problem:
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
-        outcomes.append(outcome)
+        outcomes[outcome.repo] = outcome
+    return list(outcomes.values())
+
+
+def _in_order(outcomes: list[HostSyncOutcome], repos: Sequence[Repo]) -> list[HostSyncOutcome]:
+    order = {r.name: i for i, r in enumerate(repos)}
+    return sorted(outcomes, key=lambda o: order[o.repo])
+
+
+def _unless_stopping() -> None:
+    """Between steps: runner.Stopping once the run is being stopped (Ctrl-C here), so nothing more starts."""
+    if runner.stopping():
+        raise runner.Stopping("the run is being stopped")
+
+
+def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, settings: _Settings,
+             run: _HostRun, show: Callable[[HostSyncOutcome], None]) -> list[HostSyncOutcome]:
+    _check_python(connection, host)
+    workspace = remote.resolve_workspace(connection, host)
+    lib = LibSnapshot.read()
+    _unless_stopping()
+    cache = _cache_dir(connection)
+    lib_root = f"{cache}/lib-{lib.key}"
+    if not _exists(_sftp(connection), lib_root):
+        _unless_stopping()
+        _install_lib(connection, lib, cache, lib_root, replace=False)
+    _unless_stopping()
+    home = _prepare_home(connection, workspace, repos)
+    selected = {r.name: r for r in repos}
+    report_file = f"{home}/state/.host-sync-{uuid.uuid4().hex}.json"
+
+    def reported(data: Any, final: bool = False) -> None:
+        """An outcome the host printed as its repo finished (shown now), or one of its result (the last word)."""
+        outcome = _outcome(data, selected, host, log_dir, settings.dry_run)
+        if outcome is not None and (final or outcome.repo not in run.reported):
+            run.reported[outcome.repo] = data
+            show(outcome)
+
+    def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
+        return _in_order(_with_logs(connection, entries, selected, host, log_dir, settings.dry_run, run), repos)
+
+    for replaced in (False, True):
+        output = _HostOutput(reported)
+        try:
+            result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
+        except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
+            report = _take_report(connection, report_file, run) or output.result
+            if report is None and not run.unanswered:
+                _sweep(connection, output.mark)  # killed before it had stopped its gits, maybe
+            _keep_what_was_done(run, host, report, with_logs)
+            raise
+        if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
+            return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
+                             reported, selected)
+        if output.damaged is None:
+            break
+        if replaced:
+            raise _HostFailed(f"the lib cache {lib_root} on the host still differs from this checkout after "
+                              f"replacing it: {clip(', '.join(output.damaged))}")
+        _install_lib(connection, lib, cache, lib_root, replace=True)
+    if output.result is None:  # it died (killed, out of memory): what it started must not outlive it
+        _sweep(connection, output.mark)
+        problem = result.problem or "; ".join(output.tail) or f"exit {result.exit_code}"
+        return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {clip(problem)}",
+                                     log_dir, settings.dry_run, with_logs)
+    if "error" in output.result:  # the host's own refusal (its sync lock held, say): a usage-level error, as locally
+        lines = str(output.result["error"]).splitlines() or ["unknown error"]
+        raise OrchestratorError("\n".join(f"on host {host.name}: {clip(line, 1000)}" for line in lines))
+    outcomes = output.result.get("outcomes")
+    for data in outcomes if isinstance(outcomes, list) else []:
+        reported(data, final=True)
+    if "signal" in output.result:  # stopped on the host, not from here: its report file is not needed
+        _take_report(connection, report_file, run)
+        signum = output.result["signal"]
+        how = runner.signal_name(signum) if isinstance(signum, int) else clip(str(signum))
+        reason = f"the sync on host {host.name} was stopped there ({how}) before this repo finished"
+    else:
+        reason = f"no outcome from the sync on host {host.name}"
+    return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
+
+
+def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,
+              repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
+              selected: dict[str, Repo]) -> list[HostSyncOutcome]:
+    """The driver's connection went silent or was lost, and is never used again; run_remote killed the driver
+    over a new connection (or says why it could not). Over another new one, what the driver started outside
+    its group is swept and the report a stopped driver leaves is taken: what the host finished is recorded
+    with its log, the rest failed."""
+    done = ("the sync was killed on the host over a new connection" if result.problem is None else
+            f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
+    reason = f"connection to host {host.name} {result.lost}; {done}"
+    try:
+        fresh = remote.connect(host)
+    except remote.HostUnreachable:  # the host is gone too: what it had reported is all there is
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
+    try:
+        _sweep(fresh, mark, remote.answer_within(host))
+        report = _take_report(fresh, report_file, run)
+        outcomes = report.get("outcomes") if report is not None else None
+        for data in outcomes if isinstance(outcomes, list) else []:
+            reported(data, final=True)
+
+        def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
+            return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
+
+        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, with_logs)
+    finally:
+        fresh.close()
+
+
+def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,
+                        with_logs: Callable[[Sequence[Any]], list[HostSyncOutcome]]) -> None:
+    """After a stop here, `run` gets what the driver finished and how many commands the stop ended there.
+
+    `report` is the driver's whole word: the file a stopped driver leaves, or the result it had already
+    printed (it was done when the stop came). Without one, what it had reported is kept.
+    """
+    if report is not None and isinstance(report.get("outcomes"), list):
+        stopped = report.get("stopped", 0)
+        run.stopped_there = stopped if type(stopped) is int and stopped >= 0 else None
+        if report.get("scan_stopped"):
+            run.notes.append(f"on host {host.name} every repo had synced; its closing scan was stopped")
+        run.outcomes = with_logs(report["outcomes"])
+    elif remote.stopped_count():  # it was running, and was killed before it wrote a report
+        run.notes.append(f"the sync on host {host.name} ended before it said what it had finished; "
+                         f"recorded the {len(run.reported)} repo(s) it had reported")
+        run.outcomes = with_logs(list(run.reported.values()))
+
+
+def _reported_then_failed(run: _HostRun, repos: Sequence[Repo], host: Host, reason: str, log_dir: Path,
+                          dry_run: bool, with_logs: Callable[[Sequence[Any]], list[HostSyncOutcome]] | None
+                          ) -> list[HostSyncOutcome]:
+    """What the host reported (logs copied when `with_logs` can), every other repo failed with `reason`."""
+    if with_logs is not None:
+        outcomes = with_logs(list(run.reported.values()))
+    else:  # the connection cannot be trusted: the local log says so, never shows an earlier run's
+        outcomes = [o for o in (_outcome(d, {r.name: r for r in repos}, host, log_dir, dry_run)
+                                for d in run.reported.values()) if o is not None]
+        for outcome in outcomes:
+            problem = f"log {outcome.log} not copied from the host: {reason}"
+            _write_local_log(Path(outcome.log), host, outcome.repo, f"outcome as the host reported it: "
+                             f"{outcome.line()}\n{problem}")
+            outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
     said = {o.repo for o in outcomes}
-    if "interrupted" not in result and said != set(selected):
-        missing = [r for r in repos if r.name not in said]
-        outcomes += _all_failed(missing, host, f"no outcome from the sync on host {host.name}", log_dir, dry_run)
-        order = {r.name: i for i, r in enumerate(repos)}
-        outcomes.sort(key=lambda o: order[o.repo])
-    if "interrupted" in result:
-        raise runner.RunInterrupted(2, outcomes, 0)
-    return outcomes
+    outcomes += _all_failed([r for r in repos if r.name not in said], host, reason, log_dir, dry_run)
+    return _in_order(outcomes, repos)
+
+
+def _write_local_log(local: Path, host: Host, repo: str, text: str) -> None:
+    try:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with _open_log(local) as log:
+            log.write(f"# orchestrator sync {repo} on host {host.name} ({host.address})\n{text}\n".encode())
+    except OSError:
+        pass  # the reason is in the outcome either way
 
 
 def _all_failed(repos: Sequence[Repo], host: Host, reason: str, log_dir: Path, dry_run: bool) -> list[HostSyncOutcome]:
     outcomes = []
     for repo in repos:
         local = log_dir / _log_name(repo, dry_run)
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            with _open_log(local) as log:
-                log.write(f"# orchestrator sync {repo.name} on host {host.name} ({host.address})\n"
-                          f"error: {reason}\n".encode())
-        except OSError:
-            pass  # the reason is in the outcome either way
+        _write_local_log(local, host, repo.name, f"error: {reason}")
         outcomes.append(HostSyncOutcome(repo.name, "failed", reason, repo.default_branch, None, None, str(local),
                                         host=host.name))
     return outcomes
@@ -253,43 +594,70 @@ def _all_failed(repos: Sequence[Repo], host: Host, reason: str, log_dir: Path, d
 def sync_host(paths: Paths, workspace: Workspace, host: Host, tags: list[str] | None = None, net_jobs: int = 4,
               timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False, dry_run: bool = False,
               accept_new_host_key: bool = False) -> SyncReport:
-    """Sync the selected repos in the host's workspace; outcomes recorded in the local state with `host`."""
+    """Sync the selected repos in the host's workspace; each outcome shown as the host reports it, and
+    recorded in the local state with `host` (on a stop too: what the host had finished)."""
+    from paramiko import SSHException
+
     started = monotonic()
     repos = workspace.select(tags=tags)
     known = {r.name for r in workspace.repos}
+    settings = _Settings(net_jobs, timeout, clone_missing, dry_run)
+    run = _HostRun()
+    shown: set[str] = set()
+    remote.reset_stop()
+    with Progress("syncing", len(repos)) as progress:
 
-    def work(connection: Any) -> list[HostSyncOutcome]:
-        if isinstance(connection, remote.HostUnreachable):
-            return _all_failed(repos, host, f"host unreachable: {connection}", paths.log_dir, dry_run)
+        def show(outcome: HostSyncOutcome) -> None:
+            if outcome.repo not in shown:
+                shown.add(outcome.repo)
+                progress.finish(outcome.repo, outcome.line(), outcome.failing)
+
+        def work(connection: Any) -> list[HostSyncOutcome]:
+            if isinstance(connection, remote.HostUnreachable):
+                run.outcomes = _all_failed(repos, host, f"host unreachable: {connection}", paths.log_dir, dry_run)
+                return run.outcomes
+            try:
+                run.outcomes = _sync_on(connection, host, repos, paths.log_dir, settings, run, show)
+            except (_HostFailed, remote.HostUnreachable) as err:
+                run.outcomes = _reported_then_failed(run, repos, host, str(err), paths.log_dir, dry_run, None)
+            except (OSError, EOFError, ValueError, TypeError, KeyError, SSHException) as err:  # SFTP, a lost connection
+                reason = f"sync on host {host.name} failed: {type(err).__name__}: {clip(str(err))}"
+                run.outcomes = _reported_then_failed(run, repos, host, reason, paths.log_dir, dry_run, None)
+            return run.outcomes
+
+        # run_each: Ctrl-C/SIGTERM stop run_remote, which stops the driver there; what it finished is kept.
         try:
-            return _sync_on(connection, host, repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run)
-        except (_HostFailed, remote.HostUnreachable) as err:
-            return _all_failed(repos, host, str(err), paths.log_dir, dry_run)
-        except (OSError, EOFError, ValueError, TypeError, KeyError) as err:  # SFTP, a lost connection, bad JSON
-            reason = f"sync on host {host.name} failed: {type(err).__name__}: {clip(str(err))}"
-            return _all_failed(repos, host, reason, paths.log_dir, dry_run)
-
-    # run_each: Ctrl-C/SIGTERM stop run_remote, which kills the driver's process group on the host.
-    try:
-        outcomes = runner.run_each([host], lambda h: remote.run_on_host(h, work, accept_new_host_key), 1)[0]
-    except runner.RunInterrupted as stop:
-        finished = [o for o in stop.results if isinstance(o, SyncOutcome)]  # what the host's run had finished
-        if not dry_run and finished:
-            record(paths.sync_results_file, finished, known, _summary)
-        raise
+            runner.run_each([host], lambda h: remote.run_on_host(h, work, accept_new_host_key), 1)
+        except runner.RunInterrupted as stop:
+            for outcome in run.outcomes:
+                show(outcome)
+            if not dry_run and run.outcomes:
+                record(paths.sync_results_file, run.outcomes, known, _summary)
+            there = run.stopped_there if run.stopped_there is not None else remote.stopped_count()
+            interrupted = runner.RunInterrupted(stop.signum, list(run.outcomes), stop.stopped + there)
+            interrupted.notes = [*stop.notes, *run.notes]
+            raise interrupted from None
+        for outcome in run.outcomes:
+            show(outcome)
+    outcomes = list(run.outcomes)
     if dry_run:
-        return SyncReport(list(outcomes), monotonic() - started, None)
+        return SyncReport(outcomes, monotonic() - started, None)
     record(paths.sync_results_file, outcomes, known, _summary)
-    return SyncReport(list(outcomes), monotonic() - started, paths.sync_results_file)
+    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)
 
 
 def sync_on_host(paths: Paths, host_name: str, tags: list[str] | None = None, net_jobs: int = 4,
                  timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False, dry_run: bool = False,
                  accept_new_host_key: bool = False) -> SyncReport:
-    """The front doors' entry: config/repos.json and config/hosts.toml loaded, then sync_host."""
+    """The front doors' entry: config/repos.json and config/hosts.toml loaded, then sync_host.
+
+    `local` is this machine, as for build and test: the local sync.
+    """
     from lib.config import load_workspace
     from lib.fleet import Fleet
 
     workspace = load_workspace(paths.repos_file)
+    if host_name == LOCAL:
+        return run_sync(paths, workspace, tags, net_jobs, timeout, clone_missing, dry_run)
     return sync_host(paths, workspace, Fleet.load(paths).get(host_name), tags, net_jobs, timeout, clone_missing,
                      dry_run, accept_new_host_key)

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
+import stat
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.backlog import STATES, Task, TaskStore, readable
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.paths import CHECKOUT_ROOT, Paths
-from lib.statefile import read_json
+from lib.statefile import UnreadableFile, read_json, read_regular
 
 TEMPLATE = Path("templates") / "weekly-status.md"
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
 PERIOD_DAYS = 7
+MAX_WARNINGS = 20  # unknown placeholders named one by one
+MAX_REPORT_CHARS = 64 * 2 ** 20
 MISSING = object()  # a state file that does not exist (a file holding `null` is one of the wrong shape)
 
 
@@ -89,6 +94,87 @@ def test_results(document: Any) -> str:
            f"(run {document.get('generated_at', '?')}).\n\n{table}"
 
 
+WORKER_LOG_LIMIT = 256 * 2 ** 20  # orchestrator-log.jsonl grows with a run; far above any week's log
+
+
+def _tally(value: Any, kind: type) -> float:
+    """A cost or count as the monitor would add it: a negative, NaN, infinite or non-number value adds nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        return 0
+    return value if math.isfinite(value) and value >= 0 else 0
+
+
+def _worker_events(path: Path) -> list[tuple[str, int, str, int, str]]:
+    """(timestamp, line, action, issue, project) of each mark_complete, skip and reassign line of a run's log;
+    a line cut by a crash (or not JSON, or not UTF-8) is skipped, as the monitor skips it."""
+    try:
+        data = read_regular(path, WORKER_LOG_LIMIT)
+    except UnreadableFile as err:
+        raise OrchestratorError(f"{err} (the proof workers' event log)") from None
+    out = []
+    for index, line in enumerate((data or b"").decode("utf-8", "replace").splitlines()):
+        try:
+            doc = json.loads(line)
+        except (ValueError, RecursionError):  # cut by a crash, or nested too deep for json
+            continue
+        event = doc.get("event") if isinstance(doc, dict) else None
+        if not isinstance(event, dict):
+            continue
+        action = event.get("action")
+        number = event.get("new_issue") if action == "reassign" else event.get("issue")
+        if action in ("mark_complete", "skip", "reassign") and isinstance(number, int) \
+                and not isinstance(number, bool):
+            project = event.get("project")
+            out.append((str(doc.get("timestamp") or ""), index, action, number,
+                        project if isinstance(project, str) else path.parent.name))
+    return out
+
+
+def proof_workers(state_dir: Path) -> str:
+    """Per project: issues completed and failed so far, and turns and cost summed over every try (and resumed
+    session), from each run's state/<lead project>/ files (usage.json, orchestrator-log.jsonl); tmux is never
+    asked. A log line naming no project (written by an older monitor) counts for its run's lead project."""
+    try:
+        runs = sorted(p for p in state_dir.iterdir() if p.is_dir())
+    except OSError:
+        runs = []
+    usage: dict[str, list[float]] = {}
+    lines: list[tuple[str, int, int, str, int, str]] = []
+    for order, run_dir in enumerate(runs):
+        path = run_dir / "usage.json"
+        try:
+            document = read_json(path, default=MISSING)
+        except OSError as err:
+            raise OrchestratorError(f"{path}: cannot read: {err.strerror}") from None
+        if document is not MISSING:
+            tries = document.get("tries") if isinstance(document, dict) else None
+            if not isinstance(tries, dict) or not all(isinstance(e, dict) for e in tries.values()):
+                raise OrchestratorError(f"{path}: not the shape the proof workers' monitor writes; "
+                                        "move it away to report without it")
+            for entry in tries.values():
+                if isinstance(entry.get("project"), str) and isinstance(entry.get("issue"), int):
+                    total = usage.setdefault(entry["project"], [0, 0.0])
+                    total[0] += _tally(entry.get("turns"), int)
+                    total[1] += _tally(entry.get("cost_usd"), float)
+        lines += [(at, order, index, action, number, project)
+                  for at, index, action, number, project in _worker_events(run_dir / "orchestrator-log.jsonl")]
+    state: dict[tuple[str, int], str] = {}
+    for _, _, _, action, number, project in sorted(lines):  # a project led one run and joined another: by time
+        state[(project, number)] = action
+    projects = sorted(set(usage) | {project for project, _ in state})
+    if not projects:
+        return "_No proof-worker runs yet._"
+    rows = []
+    for name in projects:
+        turns, cost = usage.get(name, [0, 0.0])
+        ends = [a for (p, _), a in state.items() if p == name]
+        rows.append([name, ends.count("mark_complete"), ends.count("skip"), turns, f"${cost:.4f}"])
+    table = markdown_table(rows, ["Project", "Completed", "Failed", "Turns", "Cost"])
+    all_turns, all_cost = sum(u[0] for u in usage.values()), sum(u[1] for u in usage.values())
+    return f"Issues completed and failed so far; turns and cost over every try. " \
+           f"Total: {all_turns} turns, ${all_cost:.4f}.\n\n{table}"
+
+
 def active_tasks(tasks: list[Task], today: date) -> str:
     if not tasks:
         return "_No active tasks._"
@@ -116,19 +202,31 @@ def find_template(paths: Paths) -> Path:
 def fill(template: str, values: dict[str, Callable[[], str]], where: str) -> tuple[str, list[str]]:
     """Replace every known {{name}}; leave unknown ones as they are and say where each one is."""
     warnings = []
+    unknown, line, counted = 0, 1, 0
     for match in PLACEHOLDER_RE.finditer(template):
         if match.group(1) not in values:
-            line = template.count("\n", 0, match.start()) + 1
-            warnings.append(f"{where}:{line}: unknown placeholder {match.group(0)} left as is "
-                            f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+            unknown += 1
+            if unknown <= MAX_WARNINGS:
+                line += template.count("\n", counted, match.start())  # counted once: linear in the template
+                counted = match.start()
+                warnings.append(f"{where}:{line}: unknown placeholder {clip(match.group(0))} left as is "
+                                f"(known: {', '.join('{{' + k + '}}' for k in values)})")
+    if unknown > MAX_WARNINGS:
+        warnings.append(f"{where}: ... and {unknown - MAX_WARNINGS} more unknown placeholders left as they are")
     cache: dict[str, str] = {}
+    size = len(template)
 
     def replace(match: re.Match[str]) -> str:
+        nonlocal size
         name = match.group(1)
         if name not in values:
             return match.group(0)
         if name not in cache:
             cache[name] = values[name]()
+        size += len(cache[name]) - len(match.group(0))
+        if size > MAX_REPORT_CHARS:  # a placeholder repeated a million times must not fill the memory
+            raise OrchestratorError(f"{where}: the report would be larger than {MAX_REPORT_CHARS // 2 ** 20} M "
+                                    f"characters ({{{{{name}}}}} and others repeated); shorten the template")
         return cache[name]
 
     return PLACEHOLDER_RE.sub(replace, template), warnings
@@ -138,8 +236,13 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
     if since > day:
         raise OrchestratorError(f"--since {since.isoformat()} is after the report date {day.isoformat()}")
     try:
-        template = template_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = read_regular(template_path)  # a FIFO would hang the report, /dev/zero fill the memory
+        if data is None:
+            raise OrchestratorError(f"{template_path}: cannot read the report template: not found")
+        template = data.decode("utf-8")
+    except UnreadableFile as err:
+        raise OrchestratorError(f"{err} (the report template)") from None
+    except UnicodeDecodeError as err:
         raise OrchestratorError(f"{template_path}: cannot read the report template ({err})") from None
     tasks = TaskStore(paths.tasks_dir).list()
     by_state = {state: [t for t in tasks if t.state == state] for state in STATES}
@@ -150,6 +253,7 @@ def build_report(paths: Paths, day: date, since: date, notes: str, template_path
         "completed_tasks": lambda: completed_tasks(by_state["completed"], since, day),
         "test_results": lambda: from_state(paths.test_results_file, test_results,
                                            "_No test run yet: run `inv test-all`._"),
+        "proof_workers": lambda: proof_workers(paths.state_dir),
         "notes": lambda: readable(notes.strip()) or "_No notes._",  # argv bytes that are not UTF-8: U+FFFD
     }
     text, warnings = fill(template, values, str(template_path))
@@ -165,11 +269,17 @@ def _digest(data: bytes) -> str:
 def _edited_by_hand(out: Path, written: Path) -> bool:
     """Whether `out` exists with bytes other than the ones this tool last wrote there (a user's edits)."""
     try:
-        current = _digest(out.read_bytes())
-    except FileNotFoundError:
-        return False
+        if stat.S_ISDIR(out.stat().st_mode):
+            return False  # the write below says what is wrong
     except OSError:
-        return False  # a directory or unreadable file: the write below says what is wrong
+        return False  # absent, or a path that cannot exist (reports/ is a file): the write below says so
+    try:
+        data = read_regular(out)
+    except UnreadableFile:
+        return True  # a FIFO, a device, a huge or unreadable file: not the report this tool wrote
+    if data is None:
+        return False
+    current = _digest(data)
     record = read_json(written, default={})
     return not (isinstance(record, dict) and record.get(out.name) == current)
 

@@ -3,7 +3,8 @@
 Invoke's `c.run(timeout=)` kills only the shell and keeps all output in
 memory; builds and tests need their grandchildren killed and their output on
 disk, whatever its size or encoding. Nothing a step starts outlives it, not
-even what left its group, and a signal to the tool stops every step.
+even what left its group, and a signal to the tool stops every step. Killed
+outright (SIGKILL, the OOM killer), the tool leaves the job to its watchdog.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic, sleep
@@ -38,6 +40,12 @@ _active_lock = threading.Lock()
 _stopping = threading.Event()
 _step_numbers = itertools.count(1)
 _subreaper_set = False
+# The watchdog (see `start_watchdog`): its pipe's write end, and which process it watches (a fork is not it).
+_watchdog_lock = threading.Lock()
+_watchdog_fd: int | None = None
+_watchdog_owner = 0
+_watchdog_process: subprocess.Popen[bytes] | None = None
+_tag = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class ProcessResult:
     signum: int | None = None
     log_error: str | None = None  # the log could not be written (the command was stopped): why
     escaped: tuple[str, ...] = ()  # processes that had left the group, killed with the step ("pid name")
+    stopped_with: str | None = None  # a timeout with interrupt_grace: the signals it took (interrupt_first)
 
     @property
     def killed_by(self) -> str | None:
@@ -87,6 +96,44 @@ def _proc_stat(pid: str) -> list[bytes] | None:
         return None
 
 
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+
+
+def process_table() -> dict[int, Proc]:
+    """Every live (non-zombie) process, from one pass over /proc."""
+    table: dict[int, Proc] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
+    return table
+
+
+def descendants(table: dict[int, Proc], root: int) -> set[int]:
+    """Every process below `root` in the table (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group, read from /proc."""
     members = []
@@ -99,36 +146,47 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def escaped_processes(marker: str, pgid: int | None, var: str = STEP_VAR, prefix: bool = False,
-                      born_since: int = 0) -> list[int]:
-    """Live processes whose environment has `var`=`marker` (a value starting with it, with `prefix`)
-    and that are not in process group `pgid` (None: in any group).
+def processes_tagged(name: str, value: str, prefix: bool = False, born_since: int = 0) -> list[int]:
+    """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
 
+    Read from /proc/PID/environ: the environment a process was started with,
+    which it inherits from whoever started it and keeps across setsid and
+    daemonizing. Processes of other users are not readable and never listed.
     `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
-    the marker; one started before it cannot descend from it, so its environment is not read.
+    the value; one started before it cannot descend from it, so its environment is not read.
     """
-    needle = b"\0" + f"{var}={marker}".encode() + (b"" if prefix else b"\0")
-    found = []
+    needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
+    found: list[int] = []
     if not os.path.isdir("/proc/self"):
         return found
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        fields = _proc_stat(entry.name)
-        if not fields or fields[0] == b"Z" or int(fields[2]) == pgid or _born_before(fields, born_since):
-            continue
+        if born_since:
+            fields = _proc_stat(entry.name)
+            if not fields or _born_before(fields, born_since):
+                continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as environ:
-                if needle in b"\0" + environ.read() + b"\0":
-                    found.append(int(entry.name))
+                if needle not in b"\0" + environ.read() + b"\0":
+                    continue
         except OSError:
             continue
+        fields = _proc_stat(entry.name)
+        if fields and fields[0] != b"Z":
+            found.append(int(entry.name))
     return found
 
 
 def _born_before(fields: list[bytes], tick: int) -> bool:
     """Whether a process (its /proc stat fields) started before clock tick `tick` (0: not known, never)."""
     return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
+
+
+def escaped_processes(marker: str, pgid: int, born_since: int = 0) -> list[int]:
+    """Live processes of the step `marker` that are no longer in its process group `pgid`."""
+    return [pid for pid in processes_tagged(STEP_VAR, marker, born_since=born_since)
+            if (fields := _proc_stat(str(pid))) is not None and int(fields[2]) != pgid]
 
 
 def _describe(pid: int) -> str:
@@ -231,6 +289,20 @@ def _start_tick(pid: int) -> int:
         return 0
 
 
+def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
+    """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
+    what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is
+    left SIGTERM and SIGKILL `grace` later (_stop_step). Returns the signals it took, as the log says them."""
+    if not _signal_ok(pgid, signal.SIGINT, group=True):
+        return "SIGINT"
+    deadline = monotonic() + interrupt_grace
+    while monotonic() < deadline and group_alive(pgid):
+        sleep(0.05)
+    if not group_alive(pgid):
+        return "SIGINT"
+    return f"SIGINT, then SIGTERM after {interrupt_grace:g}s (SIGKILL {grace:g}s later if still running)"
+
+
 def _stop_step(pgid: int, marker: str, grace: float, born_since: int = 0) -> tuple[str, ...]:
     """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
     escaped = escaped_processes(marker, pgid, born_since=born_since)
@@ -238,6 +310,128 @@ def _stop_step(pgid: int, marker: str, grace: float, born_since: int = 0) -> tup
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
     return names
+
+
+def run_tag() -> str:
+    """The start of every ORCHESTRATOR_STEP value this process gives: its pid and a random word.
+
+    The random word keeps a later process that gets the same pid from ever
+    being taken for this one (by the watchdog, for one).
+    """
+    global _tag
+    if not _tag.startswith(f"{os.getpid()}-"):  # first use, or a forked child
+        _tag = f"{os.getpid()}-{os.urandom(4).hex()}-"
+    return _tag
+
+
+def start_watchdog() -> None:
+    """Start, once per process (again if it was killed), the watchdog that kills our steps if we die first.
+
+    SIGKILL, the OOM killer or a hard CI cancel give us no chance to run
+    `terminate_all`, and every step runs in a session of its own, so nothing
+    else would stop them. The watchdog is a small Python process in a session
+    of its own, reading a pipe only we hold open (every other descriptor we
+    make is close-on-exec): each step's process group is announced on it.
+    End of file means we are gone; it then kills the announced groups and
+    every process whose ORCHESTRATOR_STEP is one of ours, as a timeout does
+    (SIGTERM, SIGKILL after GRACE_S). One process per run, not per command.
+    Where it cannot start (no /proc, no process to spare) runs go on without it.
+    """
+    global _watchdog_fd, _watchdog_owner, _watchdog_process
+    with _watchdog_lock:
+        if not os.path.isdir("/proc/self") or not sys.executable:
+            return
+        if _watchdog_owner == os.getpid():
+            if _watchdog_process is None or _watchdog_process.poll() is None:
+                return  # running, or it could not start: one try per process
+            _forget_watchdog()  # killed by someone: another one takes over (it finds the steps by their tag)
+        _watchdog_owner = os.getpid()
+        _watchdog_process = None
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            return
+        try:
+            _watchdog_process = subprocess.Popen(
+                [sys.executable, "-I", "-S", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                start_new_session=True,
+                # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
+                env={k: v for k, v in os.environ.items() if k != STEP_VAR})
+        except OSError:
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)  # a stuck watchdog must never hold up a run
+        _watchdog_fd = write_end
+
+
+def _forget_watchdog() -> None:
+    """Close our end of the pipe: in a forked child (a scan's helper), whose copy would make the
+    watchdog wait for it too, and when the watchdog is gone."""
+    global _watchdog_fd
+    if _watchdog_fd is not None:
+        with suppress(OSError):
+            os.close(_watchdog_fd)
+        _watchdog_fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchdog)
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog_fd is None or _watchdog_owner != os.getpid():
+        return
+    try:
+        os.write(_watchdog_fd, line.encode())
+    except OSError:
+        pass  # gone or not reading: the tagged processes are still found by their environment
+
+
+WATCHDOG_ARG = "--watch-steps-of"
+WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
+
+
+def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
+    """The watchdog's life: note the groups announced on `source` until it ends, then kill what is left of them.
+
+    "+PGID" starts a step's group, "-PGID" ends it. After end of file (the
+    parent is gone, or has finished and left nothing), every announced group
+    and every process whose ORCHESTRATOR_STEP starts with `tag` gets SIGTERM,
+    SIGKILL after `grace`; what they start meanwhile is killed in later rounds.
+    """
+    groups: set[int] = set()
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(source, 4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line[:1] in (b"+", b"-") and line[1:].isdigit():
+                (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    quiet_rounds = 0
+    for _ in range(WATCHDOG_ROUNDS):
+        tagged = processes_tagged(STEP_VAR, tag, prefix=True)
+        live = [pgid for pgid in groups if group_alive(pgid)]
+        if tagged or live:
+            quiet_rounds = 0
+            kill_processes(live, tagged, grace)
+            grace = 0.5  # newcomers (started on the SIGTERM) go sooner
+        else:
+            quiet_rounds += 1
+            if quiet_rounds == 2:  # nothing twice, 0.1 s apart: a command between fork and exec is caught too
+                return
+            sleep(0.1)
+
+
+def _joined(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    return names + tuple(name for name in more if name not in names)
 
 
 class Stopping(Exception):
@@ -406,19 +600,22 @@ def run_in_group(
     env: dict[str, str] | None = None,
     echo: BinaryIO | None = None,
     grace: float = GRACE_S,
+    interrupt_grace: float | None = None,
 ) -> ProcessResult:
     """Run `command` with /bin/sh (an argv list: as is) in a new session; output goes to `log` (and `echo`) as bytes.
 
-    On timeout the group gets SIGTERM, then SIGKILL after `grace`. Processes the
+    On timeout the group gets SIGTERM, then SIGKILL after `grace` (with
+    `interrupt_grace`: SIGINT first, see interrupt_first). Processes the
     command leaves behind, in its group or having left it, are killed when it
     ends, so nothing outlives the step that started it. A log that cannot be
     written stops the command (`log_error`). Raises OSError only when the log
     cannot be written before the command starts.
     """
     become_subreaper()
+    start_watchdog()
     started = monotonic()
     log.flush()
-    marker = f"{os.getpid()}-{next(_step_numbers)}"
+    marker = f"{run_tag()}{next(_step_numbers)}"
     step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
     # Start and register under the lock, so terminate_all() either sees this group or stops it starting.
     with _active_lock:
@@ -435,23 +632,27 @@ def run_in_group(
         )
         pgid = proc.pid
         _active_groups[pgid] = marker
+        _tell_watchdog(f"+{pgid}\n")
     born = _start_tick(pgid)  # not reaped yet: readable even if it already ended
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
+    stopped_with = None
     deadline = None if timeout is None else started + timeout
     ended = _Waiter(proc)
+    escaped: tuple[str, ...] = ()
     try:
         while True:
             if ended(0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic()))):
                 break
-            if copier.log_failed.is_set():
-                kill_group(pgid, grace)
-            elif deadline is not None and monotonic() >= deadline:
-                timed_out = True
-                kill_group(pgid, grace)
-        escaped = _stop_step(pgid, marker, grace, born)
+            timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
+            if timed_out and interrupt_grace is not None and stopped_with is None:
+                stopped_with = interrupt_first(pgid, interrupt_grace, grace)
+            if copier.log_failed.is_set() or timed_out:
+                # The group and what left it, in one grace: one after the other would cost it twice.
+                escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
+        escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
     except BaseException:
         _stop_step(pgid, marker, grace, born)
         proc.wait()
@@ -460,6 +661,7 @@ def run_in_group(
         ended.close()
         with _active_lock:
             _active_groups.pop(pgid, None)
+            _tell_watchdog(f"-{pgid}\n")
         copier.stop()
         # Bounded: a reader of the echo that never reads must not hang the run forever.
         copier.join(timeout=30)
@@ -469,7 +671,7 @@ def run_in_group(
     signum = -code if code is not None and code < 0 else None
     exit_code = None if timed_out else (128 + signum if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
-                         copier.log_error, escaped)
+                         copier.log_error, escaped, stopped_with)
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
@@ -537,3 +739,7 @@ def _catch_stop_signals() -> dict[int, Any]:
         if current is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, stop)
     return previous
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:
+    watch_steps_of(sys.argv[2])

@@ -62,6 +62,19 @@ def _stop_signals_raise() -> Iterator[None]:
                 signal.signal(signum, handler)
 
 
+@contextmanager
+def stoppable_git_reads() -> Iterator[None]:
+    """Git reads that belong to a scan (test-all's check for changes status hides): a stop signal is ScanStopped.
+
+    subprocess.run kills its git when the signal's exception passes through it.
+    """
+    try:
+        with _stop_signals_raise():
+            yield
+    except _Stop as stop:
+        raise ScanStopped(stop.signum) from None
+
+
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
                    previous: Any = None, reuse: Mapping[str, RepoStatus] | None = None) -> ScanReport:
     """Status of the selected repos; `previous` is the last scan's document (read, never written here).

@@ -1,9 +1,11 @@
 """State files under state/: JSON written atomically, read-modify-write under a lock."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -15,6 +17,92 @@ from lib.errors import OrchestratorError
 
 _ABSENT = object()
 _umask_lock = threading.Lock()
+MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any state, config or task file; a stray disk image is refused
+MAX_DEPTH = 64  # levels of JSON nesting; the files this tool writes use a handful
+NESTED = f"nested deeper than {MAX_DEPTH} levels"
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+class UnreadableFile(OrchestratorError):
+    """A state, config or task file that cannot be used: not a regular file, too large, unreadable or malformed.
+
+    `why` is the short reason (a set-aside note shows it); the message adds the detail and what to do.
+    """
+
+    def __init__(self, path: Path, why: str, detail: str = "", advice: str = "") -> None:
+        self.path, self.why = path, why
+        super().__init__(f"{path}: {why}{f' ({detail})' if detail else ''}{f'; {advice}' if advice else ''}")
+
+
+class TooDeep(ValueError):
+    """A JSON document nested deeper than MAX_DEPTH (json.loads would raise RecursionError, or a writer later)."""
+
+
+def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of the regular file at `path` (a symlink is followed); None when there is nothing there.
+
+    Anything else is an UnreadableFile, never a hang or a MemoryError: a FIFO
+    would block the read until a writer came, a device (/dev/zero) never ends
+    it. The file is opened without blocking and checked before a byte is read,
+    and at most `limit` bytes are read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        for is_kind, kind in _KINDS:
+            if is_kind(mode):
+                raise UnreadableFile(path, f"cannot read: it is {kind}, not a regular file")
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile(path, "cannot read: not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise UnreadableFile(path, f"cannot read: larger than {limit // (1024 * 1024)} MiB, "
+                                   "the limit for the files this tool reads")
+    except OSError as err:
+        raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads, except that a document nested deeper than MAX_DEPTH is a TooDeep, never a RecursionError.
+
+    Python's parser gives up at about a thousand levels by raising RecursionError;
+    a document just under that parses, then breaks whatever walks it later
+    (the indented encoder, repr). No file this tool reads needs more than MAX_DEPTH.
+    """
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise TooDeep(NESTED) from None
+    if nested_deeper_than(document, MAX_DEPTH):
+        raise TooDeep(NESTED)
+    return document
+
+
+def nested_deeper_than(document: Any, limit: int) -> bool:
+    """Whether lists and dicts nest more than `limit` levels (walked without recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -59,25 +147,52 @@ def current_umask() -> int:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """A state file's document (`default` when there is none); UnreadableFile when it cannot be one."""
+    data = read_regular(path)
+    if data is None:
         return default
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise OrchestratorError(f"{path}: not valid JSON ({err}); it is generated: delete it and run again") from None
+    advice = "it is generated: delete it and run again"
+    try:
+        return loads(data.decode("utf-8"))
+    except TooDeep:
+        raise UnreadableFile(path, NESTED, advice=advice) from None
+    except ValueError as err:  # not UTF-8, not JSON
+        raise UnreadableFile(path, "not valid JSON", str(err), advice) from None
 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside `path` (two runs updating one state file take turns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
+    with os.fdopen(open_lock(path.parent / f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file at `path` (made if missing) to flock; OSError when something other than
+    a regular file is there (opening a FIFO to write would wait for a reader forever)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device where a lock file belongs)")
+    return fd
+
+
 def _aside(path: Path) -> Path:
     return path.with_name(path.name + ".corrupt")
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename `path` to NAME.corrupt (replacing an older one); a name of its own when that cannot be replaced
+    (a directory at either end)."""
+    aside = _aside(path)
+    try:
+        os.replace(path, aside)
+    except OSError:
+        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")
+        os.replace(path, aside)
+    return aside
 
 
 def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = None) -> str | None:
@@ -90,15 +205,15 @@ def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = N
         why = _problem_of(path, problem)
         if why is None:
             return None
-        os.replace(path, _aside(path))
-        return f"{path}: {why}; set aside as {_aside(path).name}, a fresh one will be written"
+        aside = _set_aside(path)
+        return f"{path}: {why}; set aside as {aside.name}, a fresh one will be written"
 
 
 def _problem_of(path: Path, problem: Callable[[Any], str | None] | None) -> str | None:
     try:
         document = read_json(path, _ABSENT)
-    except OrchestratorError:
-        return "not valid JSON"
+    except UnreadableFile as err:
+        return err.why
     if document is _ABSENT or problem is None:
         return None
     return problem(document)
@@ -112,7 +227,7 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
     """
     with locked(path):
         if _problem_of(path, problem) is not None:
-            os.replace(path, _aside(path))
+            _set_aside(path)
         current = read_json(path, default)
         document = change(current)
         write_json(path, document)
@@ -129,7 +244,7 @@ def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
     """
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(lock_file)
     except OSError as err:
         raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
     with open(fd, "r+", encoding="utf-8") as lock:

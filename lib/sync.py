@@ -21,7 +21,7 @@ from time import monotonic
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 from lib import gitrefs, runner
-from lib.batch import command_env, count_statuses, counts_text, now_iso, record
+from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
 from lib.gitstatus import (STATUS_ARGS, GitResult, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
                            read_known_commits)
@@ -490,7 +490,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
     if behind == 0:
-        return outcome("up to date", f"ahead {ahead}, not pushed" if ahead else None, after=before)
+        return outcome("up to date", _ahead_reason(git, before, ahead, tracking) if ahead else None, after=before)
     if ahead:
         raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
     here = seen.checked_out == branch
@@ -505,6 +505,33 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         return outcome("would update", done, after=target)
     status, reason = _fast_forward(git, local_ref, before, target, seen, done)
     return outcome(status, reason, after=git.rev(local_ref))
+
+
+REFLOG_NAMED = 500  # earlier values of the upstream's remote-tracking ref looked at
+
+
+def _ahead_reason(git: _Git, before: str, ahead: int, tracking: str) -> str:
+    """Why a branch is ahead: `not pushed` only for commits on no remote-tracking ref.
+
+    Commits the upstream held before a force-push rewound it (its reflog has
+    them) were pushed; commits on another remote-tracking ref are there. In
+    doubt (a git read fails) the reason claims nothing.
+    """
+    unpushed = _count(git, before, "--not", "--remotes")
+    if unpushed is None:
+        return f"ahead {ahead}"
+    if unpushed == 0:
+        return f"ahead {ahead}, all on other remote-tracking refs"
+    earlier = git.read("log", "-g", "--format=%H", "-n", str(REFLOG_NAMED), f"refs/remotes/{tracking}")
+    shas = earlier.stdout.split() if earlier.returncode == 0 else []
+    if shas and _count(git, before, "--not", "--remotes", *shas) == 0:
+        return f"ahead {ahead}: pushed, but {tracking} was rewound since"
+    return f"ahead {ahead}, not pushed" if unpushed == ahead else f"ahead {ahead}, {unpushed} not pushed"
+
+
+def _count(git: _Git, *revisions: str) -> int | None:
+    result = git.read("rev-list", "--count", *revisions)
+    return int(result.stdout) if result.returncode == 0 and result.stdout.strip().isdigit() else None
 
 
 def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before, done: str) -> tuple[str, str]:
@@ -592,6 +619,7 @@ class SyncReport:
     outcomes: list[SyncOutcome]
     duration_s: float
     state_file: Path | None
+    notes: list[str] = field(default_factory=list)  # warning lines to print after the table
 
     @property
     def failing(self) -> list[SyncOutcome]:
@@ -607,10 +635,11 @@ class SyncReport:
 
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-             dry_run: bool = False) -> SyncReport:
+             dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
 
     One sync per workspace at a time: two would race for the same refs, logs and state.
+    `on_done` gets each outcome as its repo finishes (sync-all --host streams them back).
     """
     from lib.scan import scan_and_save
 
@@ -618,18 +647,33 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
         scan_rows = None if dry_run else ScanRows(read_known_commits(paths.repo_status_file))
+        # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
+        notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
         with Progress("syncing", len(repos)) as progress:
+
+            def finished(outcome: SyncOutcome) -> None:
+                progress.finish(outcome.repo, outcome.line(), outcome.failing)
+                if on_done is not None:
+                    on_done(outcome)
+
             try:
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name),
-                                    on_done=lambda o: progress.finish(o.repo, o.line(), o.failing),
+                                    on_start=lambda repo: progress.start(repo.name), on_done=finished,
                                     scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
+                stop.notes += notes
                 if not dry_run and stop.results:
-                    save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
+                    try:
+                        save(paths.sync_results_file, stop.results, {r.name for r in workspace.repos})
+                    except OSError as err:  # the stop's exit code and notes stand; say the record failed
+                        stop.notes.append(f"warning: results not recorded in {paths.sync_results_file}: "
+                                          f"{err.strerror or err}")
                 raise
         if dry_run:
             return SyncReport(outcomes, monotonic() - started, None)
-        save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        try:
+            save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
+        except OSError as err:  # the repos are synced: say so in the table, and that the record failed
+            notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
         scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
-    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)
+    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)

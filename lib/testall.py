@@ -1,24 +1,42 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import os
+import shlex
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import monotonic
+from typing import Any
 
 from lib.batch import (
     Outcome,
     check_report_path,
     count_statuses,
     counts_text,
+    keep_results,
+    now_iso,
     plan_workflow,
     previously_failing,
+    results_problem,
     run_with_progress,
+    summarize,
     write_junit,
 )
 from lib.config import Repo, Workspace
+from lib.errors import OrchestratorError
+from lib.gitstatus import confined_to, git_env
+from lib.hosts import LOCAL
 from lib.paths import Paths
-from lib.runner import RunInterrupted
+from lib.runner import RunInterrupted, signal_name
+from lib.scan import scan_workspace, stoppable_git_reads
+from lib.statefile import read_json
 from lib.workflows import Plan
+
+
+# A timeout sends SIGINT first (pytest, go test and node then print where they hung), SIGTERM this much later.
+INTERRUPT_GRACE_S = 10.0
 
 
 @dataclass
@@ -31,6 +49,11 @@ class TestAllReport:
     @property
     def failing(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.failing]
+
+    def to_json(self) -> dict[str, Any]:
+        """What `inv test-all --json` prints: the summary and every outcome as the results file keeps it."""
+        results = [o.to_json() for o in self.outcomes]
+        return {"duration_s": round(self.duration_s, 3), "summary": summarize(results), "results": results}
 
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))
@@ -57,25 +80,224 @@ def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = N
     return plan_workflow(paths, "test", choose_repos(workspace, paths, tags, only, failed))
 
 
+def ci_matrix(plans: list[Plan], groups: dict[str, list[Repo]]) -> dict[str, Any]:
+    """The selected repos as a CI matrix (GitHub's `strategy.matrix` shape): one entry per repo to fan out,
+    with the host it would be tested on (`local`, or a build host: see lib.fleet.plan_groups)."""
+    host_of = {repo.name: host for host, repos in groups.items() for repo in repos}
+    return {"include": [{"repo": p.repo.name, "language": p.repo.language, "host": host_of.get(p.repo.name, LOCAL)}
+                        for p in plans]}
+
+
 def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: int, timeout: float | None,
-                 junit_xml: Path | None = None) -> TestAllReport:
-    """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported."""
+                 junit_xml: Path | None = None, changed: bool = False,
+                 grace: float = INTERRUPT_GRACE_S) -> TestAllReport:
+    """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.
+
+    `changed`: a repo whose HEAD, clean tree, command and host are those of its last
+    passed run is reported passed (`cached`) without running.
+    """
     started = monotonic()
+    notes = unfinished_junit(junit_xml, plans)
+    before = tree_states(workspace, [plan.repo for plan in plans])
+    previous = previous_results(paths.test_results_file)
+    cached: list[Outcome] = []
+    to_run: list[Plan] = []
+    with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+        for plan in plans:
+            since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
+                if changed else None
+            if since is None or hides_changes(plan.repo.local):
+                to_run.append(plan)
+            else:
+                cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    to_run = longest_first(to_run, previous)
+    begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
-        run = run_with_progress(paths, workspace, plans, jobs, timeout, "testing")
+        run = run_with_progress(paths, workspace, to_run, jobs, timeout, "testing",
+                                on_start=lambda plan: begun.setdefault(plan.repo.name, monotonic()),
+                                interrupt_grace=grace)
     except RunInterrupted as stop:
-        stop.notes += junit_notes(junit_xml, stop.results)
+        everything = stopped_outcomes(plans, stop.results + cached, begun)
+        stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    notes = run.notes + junit_notes(junit_xml, run.outcomes)
-    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file, notes)
+    after = tree_states(workspace, [plan.repo for plan in to_run])
+    with stoppable_git_reads():
+        trusted = mark_last_passed(run.outcomes, before, after, {plan.repo.name: command_text(plan) for plan in to_run},
+                                   {plan.repo.name: plan.repo.local for plan in to_run})
+    # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
+    if trusted or cached:
+        run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
+    notes += run.notes
+    outcomes = in_plan_order(plans, run.outcomes + cached)
+    notes += junit_notes(junit_xml, outcomes, monotonic() - started)
+    return TestAllReport(outcomes, monotonic() - started, paths.test_results_file, notes)
 
 
-def junit_notes(junit_xml: Path | None, outcomes: list[Outcome]) -> list[str]:
+def longest_first(plans: list[Plan], previous: dict[str, dict[str, Any]]) -> list[Plan]:
+    """Start order: repos never timed first (they may be the slowest), then by last duration, longest first.
+
+    The slowest repo then never starts last, so the wall time approaches
+    max(slowest repo, sum / jobs). A cached entry's 0 s is not a duration: unknown.
+    """
+    def key(plan: Plan) -> tuple[int, float]:
+        entry = previous.get(plan.repo.name) or {}
+        seconds = entry.get("duration_s")
+        if entry.get("cached") or isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            return (0, 0.0)
+        return (1, -float(seconds))
+
+    return sorted(plans, key=key)  # stable: config order among equals
+
+
+def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str, bool]]:
+    """Repo name -> (HEAD, clean work tree), from one status scan; a repo git cannot read is left out.
+
+    A stop signal during it is lib.scan.ScanStopped (its gits are killed first).
+    """
+    if not repos:
+        return {}
+    report = scan_workspace(Workspace(workspace.config_file, tuple(repos)))
+    return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
+
+
+# What `git status` may be told not to show, yet is code the tests run: a submodule's changes
+# (`ignore` in .gitmodules, `diff.ignoreSubmodules`) and index entries marked assume-unchanged
+# (ls-files -v: a lowercase tag) or skip-worktree (`S`), whose edits git never looks at.
+HIDDEN_CHECK_TIMEOUT_S = 300.0
+
+
+def hides_changes(path: Path) -> bool:
+    """True when git status could call `path` clean while its files differ from HEAD (or git cannot tell)."""
+    env = confined_to(path, git_env())
+
+    def git(*args: str) -> bytes | None:
+        try:
+            result = subprocess.run(["git", "-C", str(path), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                                    env=env, timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    status = git("status", "--porcelain=v2", "-z", "--ignore-submodules=none", "--untracked-files=normal")
+    entries = git("ls-files", "-v", "-z")
+    if status is None or entries is None or status:
+        return True
+    return any(entry[:1].islower() or entry[:1] == b"S" for entry in entries.split(b"\0") if entry)
+
+
+def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
+    """The results file's entries by repo; a file that is missing or malformed has none."""
+    try:
+        document = read_json(state_file, default={}) or {}
+    except (OSError, ValueError, OrchestratorError):
+        return {}
+    if results_problem(document):
+        return {}
+    return {r["repo"]: r for r in document.get("results", [])}
+
+
+def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str, Any] | None) -> str | None:
+    """When the repo's last passed run was, if its HEAD, clean tree, command and host are the same now; else None."""
+    if state is None or entry is None or plan.skip_reason or entry.get("status") != "passed":
+        return None
+    head, clean = state
+    last = entry.get("last_passed")
+    if not clean or not isinstance(last, dict) or not isinstance(last.get("at"), str):
+        return None
+    if (last.get("head"), last.get("command"), last.get("host"), last.get("machine")) != (
+            head, command_text(plan), LOCAL, this_machine()):
+        return None  # "local" is every machine's name for itself: a results file copied from another one runs
+    return last["at"]
+
+
+def this_machine() -> str:
+    """The name of the machine a pass was recorded on (its host name): a cache from another machine never counts."""
+    return socket.gethostname()
+
+
+def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
+    counts = entry.get("counts")
+    log = entry.get("log")
+    return Outcome(plan.repo.name, plan.repo.language, "passed", 0, 0.0, plan.command_line,
+                   log if isinstance(log, str) else None, f"unchanged since {since}", now_iso(), LOCAL,
+                   counts if isinstance(counts, dict) else None, cached=True, last_passed=entry["last_passed"])
+
+
+def command_text(plan: Plan) -> str:
+    """The command text --changed compares: each command, with the directory it runs in when that is not the
+    repo's own (a workflow's `cd` step moves the same command to another suite)."""
+    parts = []
+    for command in plan.commands:
+        where = os.path.relpath(command.cwd, plan.repo.local)
+        parts.append(command.command if where == "." else f"cd {shlex.quote(where)} && {command.command}")
+    return " && ".join(parts)
+
+
+def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
+                     after: dict[str, tuple[str, bool]], commands: dict[str, str],
+                     paths: dict[str, Path]) -> list[Outcome]:
+    """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
+    trusted = []
+    for outcome in outcomes:
+        state = before.get(outcome.repo)
+        held = state is not None and state[1] and after.get(outcome.repo) == state
+        # What git status hides is asked after the run only (a git or two per passed repo, not per repo twice).
+        if outcome.status == "passed" and outcome.host == LOCAL and held and not hides_changes(paths[outcome.repo]):
+            outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
+                                   "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
+            trusted.append(outcome)
+    return trusted
+
+
+def in_plan_order(plans: list[Plan], outcomes: list[Outcome]) -> list[Outcome]:
+    by_repo = {o.repo: o for o in outcomes}
+    return [by_repo[plan.repo.name] for plan in plans if plan.repo.name in by_repo]
+
+
+def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float]) -> list[Outcome]:
+    """Every planned repo of a stopped run, in plan order: its outcome, else `error: interrupted` (killed
+    while running) or `skipped: not run: interrupted` (never started). For the report only, never recorded."""
+    done = {o.repo: o for o in finished}
+    now = monotonic()
+    outcomes = []
+    for plan in plans:
+        if plan.repo.name in done:
+            outcomes.append(done[plan.repo.name])
+            continue
+        status, reason = ("error", "interrupted") if plan.repo.name in begun else ("skipped", "not run: interrupted")
+        ran = round(now - begun[plan.repo.name], 3) if plan.repo.name in begun else 0.0
+        outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
+                                str(plan.log), reason, now_iso()))
+    return outcomes
+
+
+UNFINISHED = "did not finish: the run was killed before it wrote its report"
+
+
+def unfinished_junit(junit_xml: Path | None, plans: list[Plan]) -> list[str]:
+    """Before anything runs: a report whose every repo is an error, which the run's own report replaces.
+
+    A run killed outright (SIGKILL, the OOM killer, a hard CI cancel) then leaves a red report at the path
+    CI reads, never the green one of an earlier run.
+    """
+    if junit_xml is None:
+        return []
+    outcomes = [Outcome(plan.repo.name, plan.repo.language, "error", None, 0.0, plan.command_line, None,
+                        UNFINISHED, now_iso()) for plan in plans]
+    try:
+        write_junit(junit_xml, outcomes, wall_s=0.0, unfinished=True)
+    except OSError as err:
+        return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
+    return []
+
+
+def junit_notes(junit_xml: Path | None, outcomes: list[Outcome], wall_s: float | None = None,
+                interrupted: str | None = None) -> list[str]:
     """Write the JUnit report if asked; a path we cannot write is a line after the table, not a crash."""
     if junit_xml is None:
         return []
     try:
-        write_junit(junit_xml, outcomes)
+        write_junit(junit_xml, outcomes, wall_s=wall_s, interrupted=interrupted)
     except OSError as err:
         return [f"warning: JUnit report not written to {junit_xml}: {err.strerror or err}"]
     return []

@@ -57,6 +57,8 @@ def status_cell(status: RepoStatus) -> str:
         counts = (("staged", status.staged), ("modified", status.modified),
                   ("untracked", status.untracked), ("conflicted", status.conflicted))
         parts.append(", ".join(f"{n} {label}" for label, n in counts if n))
+    if status.stashes:
+        parts.append(f"{status.stashes} stashed")
     if status.index_lock == "stale":
         parts.append("stale index.lock")
     return "; ".join(parts)
@@ -94,7 +96,7 @@ def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str
 
 def outcomes_table(outcomes: Iterable["Outcome"]) -> str:
     outcomes = list(outcomes)
-    rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(o.reason or "", 40), o.log]
+    rows = [[o.repo, o.language, o.status.upper(), f"{o.duration_s:.1f}s", cut(detail_cell(o), 80), o.log or "-"]
             for o in outcomes]
     headers = ["REPO", "LANGUAGE", "STATUS", "TIME", "DETAIL", "LOG"]
     if any(o.host != "local" for o in outcomes):  # a HOST column only when some ran on a build host
@@ -103,15 +105,23 @@ def outcomes_table(outcomes: Iterable["Outcome"]) -> str:
     return plain_table(rows, headers)
 
 
+def detail_cell(outcome: "Outcome") -> str:
+    """The test runner's counts (`2 failed, 615 passed`), then why it did not pass (`exit 1`)."""
+    from lib.testcounts import counts_text
+
+    return "; ".join(part for part in (counts_text(outcome.counts), outcome.reason or "") if part)
+
+
 def headline(workflow: str, outcome: "Outcome") -> str:
-    """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`."""
+    """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`; control characters
+    in the reason (a build host's words) escaped, as in the tables."""
     word = workflow.upper()
     time = f"{outcome.duration_s:.1f}s"
     if outcome.status == "passed":
         return f"{word} PASSED ({time})"
     if outcome.status == "failed":
-        return f"{word} FAILED ({outcome.reason or f'exit {outcome.exit_code}'}, {time})"
-    return f"{word} {outcome.status.upper()} ({outcome.reason}, {time})"
+        return f"{word} FAILED ({visible(outcome.reason or f'exit {outcome.exit_code}')}, {time})"
+    return f"{word} {outcome.status.upper()} ({visible(str(outcome.reason))}, {time})"
 
 
 def sync_table(outcomes: Iterable["SyncOutcome"]) -> str:

@@ -106,6 +106,11 @@ def _check_template(text: str, where: str, in_shell: bool, problems: list[str]) 
         problems.append(f"{where}: unclosed '{{{{' in {clip(repr(text))}")
 
 
+def check_template(command: str, where: str, problems: list[str]) -> None:
+    """A `run` command's placeholders, checked as a workflow's are (repos.json "commands" use it)."""
+    _check_template(command, where, True, problems)
+
+
 def _unsafe_spot(text: str, start: int, end: int) -> str | None:
     """Why a placeholder at text[start:end] would not work as one word, or None.
 
@@ -380,9 +385,13 @@ def missing_tool(command: str) -> str | None:
 
 
 def plan_for(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
+    """The repo's commands for `workflow`: its run steps, or the repo's own command from repos.json (in its directory)."""
     cwd = repo.local
     commands: list[Command] = []
-    for step in workflow.steps:
+    own = repo.command_for(workflow.name)
+    if own is not None:
+        commands.append(render_command(own, repo, log_dir, repo.local))
+    for step in () if own is not None else workflow.steps:
         if step.condition is not None and not evaluate(step.condition, repo.field_value):
             continue
         if step.action == "cd":

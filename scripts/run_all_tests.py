@@ -14,6 +14,7 @@ from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.fleet import plan_groups, test_all_in_groups  # noqa: E402
 from lib.runner import RunInterrupted  # noqa: E402
+from lib.scan import ScanStopped  # noqa: E402
 from lib.testall import plan_test_all  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                                     args.junit_xml, args.accept_new_host_key)
     except RunInterrupted as stop:
         warn([*stop.notes, str(stop)])
+        return stop.exit_code
+    except ScanStopped as stop:  # in the status read before or after the tests
+        warn([str(stop)])
         return stop.exit_code
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")

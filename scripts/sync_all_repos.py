@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clone-missing", action="store_true", help="clone repos whose path does not exist")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="fetch nothing, change nothing")
-    parser.add_argument("--host", default="", help="sync the repos in this build host's workspace instead")
+    parser.add_argument("--host", default="", help="sync the repos in this build host's workspace instead (local: here)")
     parser.add_argument("--accept-new-host-key", action="store_true", help="trust a host key never seen before")
     args = parser.parse_args(argv)
     try:

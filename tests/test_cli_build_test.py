@@ -56,7 +56,8 @@ def test_timeout_kills_the_build_and_its_sigterm_ignoring_grandchild(home, make_
                               f"\t@sh -c 'trap \"\" TERM; echo $$$$ > {pidfile}; while :; do sleep 0.1; done' & sleep 60\n"})
     home.write_repos([{"name": "slow", "local": str(repo.path), "language": "make"}])
     started = time.monotonic()
-    result = inv("build", "slow", "--timeout", "1")
+    # --grace 1: the background grandchild also ignores the SIGINT sent first (sh starts `&` jobs so).
+    result = inv("build", "slow", "--timeout", "1", "--grace", "1")
     assert time.monotonic() - started < 15
     assert result.code == 1 and "BUILD TIMEOUT (timed out after 1s" in result.out
     assert home.state("build-results.json")["results"][0]["status"] == "timeout"

@@ -48,7 +48,7 @@ def test_status_dirty_filter_tag_filter_and_json(home, make_repo, inv):
     assert set(tagged["repos"][0]) == {"name", "path", "exists", "clean", "language", "branch", "detached",
                                        "head", "upstream", "ahead", "behind", "staged", "modified",
                                        "untracked", "conflicted", "dirty", "last_commit", "operation", "index_lock",
-                                       "error"}
+                                       "stashes", "error"}
     assert set(tagged["repos"][0]["last_commit"]) == {"sha", "subject", "author", "date"}
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+import zlib
 
 from tests.conftest import ROOT, wait_gone
 
@@ -49,8 +51,9 @@ def test_json_document_and_the_log_per_repo(home, make_repo, inv):
     assert doc["command"] == 'echo out; echo err >&2; [ "$ORCH_REPO_NAME" = alpha ]'
     assert [r["repo"] for r in doc["results"]] == ["alpha", "gamma"]
     alpha, gamma = doc["results"]
-    assert set(alpha) == {"repo", "exit_code", "status", "duration_s", "output", "log"}
+    assert set(alpha) == {"repo", "exit_code", "status", "duration_s", "output", "log", "reason"}
     assert (alpha["status"], alpha["exit_code"], gamma["status"], gamma["exit_code"]) == ("passed", 0, "failed", 1)
+    assert (alpha["reason"], gamma["reason"]) == (None, "exit 1")
     assert alpha["output"] == "out\nerr\n"  # combined output, without the runner's header lines
     assert alpha["log"].endswith("orchestrator-foreach-alpha.log")
     assert "out\nerr\n" in open(alpha["log"]).read()
@@ -79,7 +82,7 @@ def test_jobs_run_repos_at_the_same_time(home, make_repo, inv, tmp_path):
     spans = tmp_path / "spans"
     spans.mkdir()
     barrier = (f'touch {spans}/"$ORCH_REPO_NAME"; i=0; '
-               f'while [ "$(ls {spans} | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -lt 200 ] || exit 9; sleep 0.05; done')
+               f'while [ "$(ls {spans} | wc -l)" -lt 3 ]; do i=$((i+1)); [ $i -lt 1200 ] || exit 9; sleep 0.05; done')
     assert inv("foreach", "--jobs", "3", "--json", barrier).code == 0
     for started in spans.iterdir():
         started.unlink()
@@ -177,3 +180,54 @@ def test_a_second_foreach_over_the_same_repo_is_refused_not_mixed_into_the_first
         out, _ = first.communicate(timeout=60)
     assert json.loads(out)["results"][0]["output"] == "first\n"
     assert inv("foreach", "echo later").code == 0
+
+
+def test_repos_whose_names_share_a_crc32_do_not_block_each_other(home, make_repo, inv, tmp_path):
+    """`plumless` and `buckeroo` have one CRC32: a lock keyed by it took one for the other."""
+    assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")
+    home.add(make_repo("plumless"), make_repo("buckeroo"))
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold = f"touch {started}; i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.05; done"
+    first = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "foreach", "--only",
+                              "plumless", hold], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        beside = inv("foreach", "--only", "buckeroo", "echo beside")
+        assert beside.code == 0, beside.err
+        again = inv("foreach", "--only", "plumless", "echo again")
+        assert again.code == 2 and "already running in plumless" in again.err, again
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+
+
+def test_a_chatty_failing_commands_last_lines_survive_the_cut_on_screen_and_in_json(home, make_repo, inv):
+    """3 MiB of noise, then the line that says why: the head and the tail are kept, with a mark where the middle was."""
+    home.add(make_repo("alpha"))
+    chatty = "echo first line; yes 'noise noise noise' | head -c 3000000; echo; echo 'error: the real cause'; exit 4"
+    doc = json.loads(inv("foreach", "--json", chatty).out)
+    result = doc["results"][0]
+    output = result["output"]
+    assert (result["status"], result["exit_code"], result["reason"]) == ("failed", 4, "exit 4")
+    assert output.startswith("first line\nnoise noise")
+    assert output.endswith("noise \nerror: the real cause\n")
+    assert len(output.encode()) <= 1024 * 1024 + 200
+    marks = [line for line in output.splitlines() if line.startswith("[... ")]
+    assert len(marks) == 1 and marks[0].endswith(f"bytes cut here; the log has all of them: {result['log']}]")
+    cut = int(marks[0].split()[1])
+    assert len(output.encode()) - len(marks[0]) - 1 + cut == len("first line\n") + 3000000 + len(
+        "\nerror: the real cause\n")  # nothing lost or made up: kept + cut is the whole output
+    screen = inv("foreach", chatty)
+    assert screen.code == 1 and "error: the real cause" in screen.out and "bytes cut here" in screen.out
+
+
+def test_failed_timeout_and_error_results_say_why_in_json(home, make_repo, inv, tmp_path):
+    home.write_repos([{"name": "alpha", "local": str(make_repo("alpha").path)},
+                      {"name": "gone", "local": str(tmp_path / "gone")}])
+    doc = json.loads(inv("foreach", "--json", "--timeout", "1", "sleep 30").out)
+    assert [(r["repo"], r["status"], r["reason"]) for r in doc["results"]] == [
+        ("alpha", "timeout", "timed out after 1s"), ("gone", "error", "path does not exist")]

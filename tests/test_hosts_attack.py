@@ -83,7 +83,7 @@ def one_on_host(home, sshd, make_repo, tmp_path, name, files, **host_fields) -> 
 def test_a_host_that_freezes_mid_command_times_out_and_says_the_kill_failed(home, make_repo, inv, sshd, tmp_path):
     started_file = tmp_path / "started"
     one_on_host(home, sshd, make_repo, tmp_path, "frozen",
-                {"Makefile": f"test:\n\t@touch {started_file}; exec sleep 30\n"}, connect_timeout=1)
+                {"Makefile": f"test:\n\t@touch {started_file}; exec sleep 30\n"}, connect_timeout=2)
     frozen: list[int] = []
 
     def freeze() -> None:
@@ -96,7 +96,7 @@ def test_a_host_that_freezes_mid_command_times_out_and_says_the_kill_failed(home
     thread.start()
     try:
         began = time.monotonic()
-        result = inv("test", "frozen", "--timeout", "2")
+        result = inv("test", "frozen", "--timeout", "3")
         took = time.monotonic() - began
     finally:
         thread.join()
@@ -105,7 +105,7 @@ def test_a_host_that_freezes_mid_command_times_out_and_says_the_kill_failed(home
     assert took < 20, f"a frozen host hung the run for {took:.0f}s"
     assert result.code == 1, result.out
     # The kill could not reach the frozen host: the verdict says so rather than "killed".
-    assert "TEST TIMEOUT (timed out after 2s; may still run on the host (kill failed: " in result.out
+    assert "TEST TIMEOUT (timed out after 3s; may still run on the host (kill failed: " in result.out
     log = (Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-test-frozen.log").read_text()
     assert "killed after" not in log and "could not kill it on the host, it may still run" in log
 

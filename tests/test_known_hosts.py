@@ -138,12 +138,12 @@ def presented(sshd) -> PKey:
     return PKey.from_type_string(key_type, base64.b64decode(encoded))
 
 
-def ssh_verdict(sshd, file: Path, dest: str, alias: str | None) -> str:
+def ssh_verdict(sshd, file: Path, dest: str, alias: str | None, global_file: str = "/dev/null") -> str:
     """What `ssh -o StrictHostKeyChecking=accept-new` decides on the file: known, changed, revoked or unknown
     (it connected and added a line)."""
     before = file.read_bytes()
     command = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-               "-o", f"UserKnownHostsFile={file}", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
+               "-o", f"UserKnownHostsFile={file}", "-o", f"GlobalKnownHostsFile={global_file}", "-o", "UpdateHostKeys=no",
                "-o", "CheckHostIP=no", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=60",
                "-i", str(sshd.client_key), "-p", str(sshd.port), "-l", sshd.user,
                *(["-o", f"HostKeyAlias={alias}"] if alias else []), dest, "true"]
@@ -319,3 +319,42 @@ def test_a_known_hosts_that_is_a_directory_stops_the_host_before_connecting(home
     result = inv("host.check", "--accept-new-host-key")
     assert result.code == 1 and f"cannot read {folder}: not a regular file" in result.out, result.out
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("line,expected", [("* {other}", "changed"), ("[127.0.0.1]:{port} {key}", "known"),
+                                           ("other.example.com {other}", "unknown")],
+                         ids=["another key there", "the key there", "another host there"])
+def test_a_global_known_hosts_file_counts_as_ssh_counts_it(sshd, keys, tmp_path, line, expected):
+    """ssh also reads /etc/ssh/ssh_known_hosts: a key recorded there for the host is known, another is CHANGED."""
+    require_tool("ssh")
+    values = placeholders(sshd, keys)
+    system = tmp_path / "ssh_known_hosts"
+    system.write_text(line.format(**values) + "\n")
+    user = tmp_path / "known_hosts"
+    user.write_text("")
+    name = known_hosts.host_name("127.0.0.1", sshd.port)
+    known = known_hosts.merged(known_hosts.read(user, name), known_hosts.read_global(name, [system]))
+    ours = known_hosts.verdict(known, presented(sshd)).status
+    assert (ours, ssh_verdict(sshd, user, "127.0.0.1", None, str(system))) == (expected, expected)
+
+
+def test_a_host_whose_global_key_differs_is_refused_even_with_accept_new_and_nothing_is_appended(
+        home, make_repo, inv, sshd, keys, tmp_path, monkeypatch):
+    """Before: only the user's file was read, so --accept-new-host-key trusted a host the system file
+    knew by another key (ssh refuses it) and appended the impostor's key."""
+    values = placeholders(sshd, keys)
+    system = tmp_path / "etc" / "ssh_known_hosts"
+    system.parent.mkdir()
+    system.write_text("# fleet\n* {other}\n".format(**values))
+    monkeypatch.setattr(known_hosts, "GLOBAL_FILES", (system, tmp_path / "etc" / "absent"))
+    file = tmp_path / "known_hosts"
+    workspace = only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING, {"known_hosts": str(file)})
+    result = inv("build", "staking", "--host", "builder", "--accept-new-host-key")
+    assert result.code == 1, result.out + result.err
+    assert f"host key CHANGED for [127.0.0.1]:{sshd.port}" in result.out
+    assert f"{system} has another key for it: {system} line 2 (ssh-ed25519)" in result.out
+    assert not (workspace / "ran-on-host").exists() and not file.exists()
+    system.write_text("* {key}\n".format(**values))
+    trusted = inv("build", "staking", "--host", "builder")
+    assert trusted.code == 0, trusted.out + trusted.err
+    assert (workspace / "ran-on-host").exists() and not file.exists()

@@ -92,7 +92,7 @@ def test_the_shipped_template_has_exactly_the_documented_placeholders():
     import re
 
     assert sorted(set(re.findall(r"\{\{(\w+)\}\}", text))) == sorted(
-        ["date", "repo_statuses", "active_tasks", "completed_tasks", "test_results", "notes"])
+        ["date", "repo_statuses", "active_tasks", "completed_tasks", "test_results", "proof_workers", "notes"])
 
 
 def test_default_period_is_the_seven_days_up_to_the_report_date(home, inv):

@@ -1,6 +1,7 @@
 """The scan attacked as a hostile user would: odd paths, signals, concurrent runs. It must never lie or leave things behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -64,13 +65,19 @@ def test_a_stopped_scan_says_so_in_one_line_and_leaves_no_git(home, make_repo, t
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
         text=True, env=env, start_new_session=True,  # as a terminal's Ctrl-C: the signal goes to the whole group
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 10
-    while not (pids.exists() and len(pids.read_text().split()) == 2) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(scanning.pid, signum)
-    out, err = scanning.communicate(timeout=10)
+    try:
+        deadline = time.monotonic() + 60  # generous: a busy machine starts Python and git slowly
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline, "the gits never started"
+            time.sleep(0.02)
+        os.killpg(scanning.pid, signum)
+        out, err = scanning.communicate(timeout=60)
+    finally:
+        if scanning.poll() is None:
+            scanning.kill()
+            scanning.communicate()
     gits = [int(pid) for pid in pids.read_text().split()]
-    assert all(wait_gone(pid, 2) for pid in gits), "a git outlived the stopped scan"
+    assert all(wait_gone(pid, 10) for pid in gits), "a git outlived the stopped scan"
     assert scanning.returncode == 128 + signum, err
     state = home.path / "state" / "repo-status.json"
     unwritten = f"; {state} not written" if writes_state else ""
@@ -184,3 +191,41 @@ def test_a_second_stop_signal_does_not_cut_the_cleanup_of_the_first_short():
             raise lib.scan.ScanStopped(stop.signum) from None
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handlers are back
+
+
+SCAN_WITH_HELPERS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from lib.config import Repo
+from lib.gitstatus import scan
+scan([Repo(name=Path(p).name, local=Path(p)) for p in sys.argv[2:]], jobs=4, processes=2)
+"""
+
+
+@pytest.mark.parametrize("entry", ["helpers", "inv scan"])
+def test_a_scan_killed_outright_leaves_no_git(home, make_repo, tmp_path, entry):
+    """SIGKILL (the OOM killer, a hard CI cancel) runs no cleanup: the scan's gits go anyway, helpers' ones too."""
+    handles = [make_repo(name) for name in ("a", "b", "c", "d")]
+    home.add(*handles)
+    env, pids = hanging_git(tmp_path)
+    command = (INV + ["scan"] if entry == "inv scan"
+               else [sys.executable, "-c", SCAN_WITH_HELPERS, str(ROOT), *(str(h.path) for h in handles)])
+    scanning = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gits: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(gits) < 4:
+            assert time.monotonic() < deadline, "the gits never started"
+            time.sleep(0.05)
+            gits = [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+        scanning.kill()
+        scanning.wait(timeout=30)
+        assert all(wait_gone(pid, 30) for pid in gits), "a git outlived the killed scan"
+    finally:
+        if scanning.poll() is None:
+            scanning.kill()
+            scanning.wait()
+        for pid in gits:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -157,7 +157,7 @@ def test_the_driver_runs_sync_with_the_standard_library_alone(make_repo, tmp_pat
     import subprocess
     import sys
 
-    from lib.remote_sync import DRIVER, RESULT_MARK, host_repos_json
+    from lib.remote_sync import DRIVER, LibSnapshot, host_repos_json
     from lib.config import Repo
     from tests.conftest import ROOT
 
@@ -175,13 +175,19 @@ def test_the_driver_runs_sync_with_the_standard_library_alone(make_repo, tmp_pat
                "        if top != 'lib' and top not in sys.stdlib_module_names:\n"
                "            raise ImportError('blocked third-party import: ' + name)\n"
                "sys.meta_path.insert(0, Block())\n")
-    result = subprocess.run([sys.executable, "-I", "-B", "-c", blocker + DRIVER, str(ROOT), str(home),
-                             str(home / "logs"), "2", "30", "0", "0"], capture_output=True, text=True, cwd=tmp_path)
+    args = {"root": str(ROOT), "manifest": LibSnapshot.read().manifest, "home": str(home), "mark": "MARK",
+            "run_var": "ORCHESTRATOR_SYNC_RUN",
+            "report": str(tmp_path / "report.json"), "net_jobs": 2, "timeout": 30, "clone_missing": False,
+            "dry_run": False}
+    result = subprocess.run([sys.executable, "-I", "-B", "-c", blocker + DRIVER, json.dumps(args)],
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(RESULT_MARK))
-    outcome = json.loads(line[len(RESULT_MARK):])["outcomes"][0]
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("MARK result "))
+    outcome = json.loads(line[len("MARK result "):])["outcomes"][0]
     assert outcome["status"] == "updated" and outcome["after"] == target
     assert ref(workspace / "solo", "refs/heads/main") == target
+    streamed = next(ln for ln in result.stdout.splitlines() if ln.startswith("MARK outcome "))
+    assert json.loads(streamed[len("MARK outcome "):]) == outcome
 
 
 def test_ctrl_c_here_kills_the_sync_running_on_the_host(home, make_repo, sshd, tmp_path):

@@ -247,7 +247,9 @@ def test_an_up_to_date_repo_costs_at_most_three_gits_closing_scan_included(home,
     assert [o.status for o in report.outcomes] == ["up to date"] * len(kinds), [o.line() for o in report.outcomes]
     counts = gits_per_repo(git_log)
     per_repo = {kind: counts[os.path.realpath(repo.path)] for kind, repo in zip(kinds, repos)}
-    assert all(1 <= n <= 3 for n in per_repo.values()), per_repo
+    # An ahead branch's reason says which of its commits were pushed (`rev-list --not --remotes`, the
+    # upstream's reflog, one more count): up to 3 reads more, for that repo only.
+    assert 1 <= per_repo.pop("ahead") <= 6 and all(1 <= n <= 3 for n in per_repo.values()), per_repo
 
 
 def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, make_repo, tmp_path, git_log):

@@ -11,7 +11,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))
 
 from orchestrator import decide as decide_module  # noqa: E402
-from orchestrator.decide import Action, Settings, Snapshot, State, WorkerView, decide  # noqa: E402
+from orchestrator.decide import (Action, Pause, Settings, Snapshot, State, WorkerView, cycle_from_json,  # noqa: E402
+                                 cycle_to_json, decide)
 from orchestrator.queue import IssueRef, IssueView  # noqa: E402
 
 SETTINGS = Settings(max_retries=2, stall_timeout=100, wall_clock_timeout=1000)
@@ -33,9 +34,9 @@ def busy(worker: int = 1, n: int = 1, stage: int = 0, retries: int = 0, nudged: 
 
 def snap(worker: int = 1, try_id: int = 1, pane: bool = True, alive: bool = False, exit_code: int | None = None,
          commits: int = 0, dirty: bool = False, idle: float = 0, elapsed: float = 0,
-         lost: bool | None = None) -> Snapshot:
+         lost: bool | None = None, switched: str = "") -> Snapshot:
     return Snapshot(worker, try_id, pane, alive, exit_code, commits, dirty, idle, elapsed,
-                    pane_lost=not pane if lost is None else lost)
+                    pane_lost=not pane if lost is None else lost, switched_to=switched)
 
 
 def kinds(actions: list[Action]) -> list[tuple[str, int, int | None]]:
@@ -75,6 +76,13 @@ CASES = [
     ("past wall clock: restart", busy(), snap(alive=True, idle=1, elapsed=1000), 3, ["restart"]),
     ("a snapshot of another try never decides", busy(try_id=4), snap(try_id=3, exit_code=0, commits=1), 3, []),
     ("a try prepared but never started is resumed, not counted", busy(launched=False), snap(), 3, ["resume"]),
+    ("exit 0 on another branch: a failed try that says so, never 'without a new commit'", busy(),
+     snap(exit_code=0, switched="rogue"), 3, ["restart"]),
+    ("exit 0 with commits but on another branch: no push", busy(), snap(exit_code=0, commits=1, switched="x"), 3,
+     ["restart"]),
+    ("on another branch at max retries: skip", busy(retries=2), snap(exit_code=0, switched="rogue"), 3,
+     ["skip", "idle"]),
+    ("a running try on another branch is left to finish", busy(), snap(alive=True, switched="rogue"), 3, []),
 ]
 
 
@@ -143,6 +151,10 @@ LOST_CASES = [
      busy(retries=2), snap(lost=True, exit_code=129), [("restart", False)]),
     ("a hang-up in a pane that is still the try's own: a failed try like any other",
      busy(), snap(exit_code=129), [("restart", True)]),
+    ("the machine shut down (the wrapper got SIGTERM, tmux is new after the boot): restarted, not counted",
+     busy(retries=2), snap(lost=True, exit_code=143), [("restart", False)]),
+    ("a SIGTERM in a pane that is still the try's own (someone killed the wrapper): counted",
+     busy(), snap(exit_code=143), [("restart", True)]),
     ("the pane is gone but the try exited 0 with a commit first: its work counts",
      busy(), snap(pane=False, exit_code=0, commits=1), [("push", True), ("advance_stage", True)]),
     ("the pane is gone and the try failed on its own (exit 1): counted",
@@ -157,3 +169,101 @@ LOST_CASES = [
 def test_a_try_lost_to_tmux_or_the_machine_uses_nobodys_retries(name, worker, snapshot, expected):
     state = State((worker,), (issue(1, "in_progress"),))
     assert [(a.kind, a.counted) for a in decide([snapshot], state, SETTINGS)] == expected
+
+
+def test_a_try_that_ended_on_another_branch_says_which_one():
+    state = State((busy(),), (issue(1, "in_progress"),))
+    [action] = decide([snap(exit_code=0, switched="rogue-branch")], state, SETTINGS)
+    assert action.kind == "restart" and "rogue-branch" in action.reason and "without a new commit" not in action.reason
+
+
+PROJECT_PAUSED = (Pause("p", None, "alert"),)
+ISSUE_1_PAUSED = (Pause("p", 1, "user"),)
+PAUSE_CASES = [
+    # (name, paused, worker, snapshot, expected kinds): while paused no try starts and running tries finish
+    ("paused project, try running: nothing", PROJECT_PAUSED, busy(), snap(alive=True, idle=5), []),
+    ("paused project, stalled try: not restarted (no new try while paused)", PROJECT_PAUSED, busy(),
+     snap(alive=True, idle=500), []),
+    ("paused project, try failed: no restart", PROJECT_PAUSED, busy(), snap(exit_code=1), []),
+    ("paused project, stage verified: no push, no next stage until resume", PROJECT_PAUSED, busy(),
+     snap(exit_code=0, commits=1), []),
+    ("paused project, last stage verified: not completed while paused", PROJECT_PAUSED, busy(stage=2),
+     snap(exit_code=0, commits=1), []),
+    ("paused project, prepared try: not started", PROJECT_PAUSED, busy(launched=False), snap(), []),
+    ("paused project, retries exhausted: not even skipped while paused", PROJECT_PAUSED, busy(retries=2),
+     snap(exit_code=1), []),
+    ("paused issue, stage verified: held", ISSUE_1_PAUSED, busy(), snap(exit_code=0, commits=1), []),
+    ("a pause of another issue holds nothing here", (Pause("p", 2, "user"),), busy(),
+     snap(exit_code=0, commits=1), ["push", "advance_stage"]),
+    ("a pause of another project holds nothing here", (Pause("q", None, "alert"),), busy(),
+     snap(exit_code=1), ["restart"]),
+]
+
+
+@pytest.mark.parametrize("name,paused,worker,snapshot,expected", PAUSE_CASES, ids=[c[0] for c in PAUSE_CASES])
+def test_decide_while_paused(name, paused, worker, snapshot, expected):
+    state = State((worker,), (issue(1, "in_progress"),), paused)
+    assert [a.kind for a in decide([snapshot], state, SETTINGS)] == expected
+
+
+def test_free_workers_take_no_issue_of_a_paused_project_or_a_paused_issue():
+    issues = (issue(1), issue(2), IssueView(IssueRef("q", 1), "pending", 1, 5))
+    free = (WorkerView(1), WorkerView(2), WorkerView(3))
+    assert kinds(decide([], State(free, issues, (Pause("p", None, "alert"),)), SETTINGS)) == [("reassign", 1, 1)]
+    taken = decide([], State(free, issues, (Pause("p", 1, "user"), Pause("p", 1, "alert"))), SETTINGS)
+    assert [(a.worker, str(a.issue)) for a in taken] == [(1, "p#2"), (2, "q#1")]
+    assert decide([], State(free, issues, (Pause("p", None, "user"), Pause("q", None, "rate_limit"))),
+                  SETTINGS) == []
+
+
+def test_a_freed_worker_takes_no_paused_issue_and_the_pause_is_replayed_from_the_journal():
+    state = State((busy(1, 1, stage=2), WorkerView(2)), (issue(1, "in_progress"), issue(2)), (Pause("p", 2, "user"),))
+    actions = decide([snap(1, exit_code=0, commits=1)], state, SETTINGS)
+    assert kinds(actions) == [("push", 1, 1), ("mark_complete", 1, 1), ("idle", 1, None)]
+    doc = cycle_to_json([snap(1, exit_code=0, commits=1)], state, SETTINGS, actions)
+    snapshots, replayed_state, settings, recorded = cycle_from_json(doc)
+    assert replayed_state == state and decide(snapshots, replayed_state, settings) == recorded
+    without = {**doc, "state": {k: v for k, v in doc["state"].items() if k != "paused"}}
+    snapshots = [{k: v for k, v in s.items() if k != "switched_to"} for s in doc["snapshots"]]
+    assert cycle_from_json({**without, "snapshots": snapshots})[1].paused == ()  # journals written before pauses
+
+
+AGENT_CASES = [
+    # (name, worker, snapshot, expected (kind, counted)): what the agent's own events say about how a try ended
+    ("ended on a rate limit: hold (pause the project), not a retry", busy(),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="rate_limit"), [("hold", False)]),
+    ("ended on a rate limit with every retry used: still held, never failed", busy(retries=2),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="rate_limit"), [("hold", False)]),
+    ("ended not logged in: hold for auth", busy(),
+     Snapshot(1, 1, True, False, 1, 0, False, 0, 0, agent_stop="auth"), [("hold", False)]),
+    ("exit 0 with a commit but the result is an error: a failed try", busy(),
+     Snapshot(1, 1, True, False, 0, 1, False, 0, 0, agent_stop="error"), [("restart", True)]),
+    ("still running while rate limited: nothing", busy(),
+     Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="rate_limit"), []),
+    ("over its budget while running: stopped, the issue fails (no retry can help)", busy(),
+     Snapshot(1, 1, True, True, None, 0, False, 5, 50, agent_stop="budget", agent_detail="budget: $2.10 of $2.00"),
+     [("skip", True), ("idle", True)]),
+    ("over its budget when it ended, even with a commit: fails", busy(),
+     Snapshot(1, 1, True, False, 0, 1, False, 5, 50, agent_stop="budget", agent_detail="budget: 12 of 10 turns"),
+     [("skip", True), ("idle", True)]),
+]
+
+
+@pytest.mark.parametrize("name,worker,snapshot,expected", AGENT_CASES, ids=[c[0] for c in AGENT_CASES])
+def test_decide_on_what_the_agent_reported(name, worker, snapshot, expected):
+    state = State((worker,), (issue(1, "in_progress"),))
+    actions = decide([snapshot], state, SETTINGS)
+    assert [(a.kind, a.counted) for a in actions] == expected
+    if actions and actions[0].kind == "hold":
+        assert actions[0].reason.startswith(snapshot.agent_stop)
+    if actions and snapshot.agent_stop == "budget":
+        assert actions[0].reason == snapshot.agent_detail
+
+
+def test_an_old_journal_without_agent_fields_replays():
+    doc = cycle_to_json([snap(exit_code=1)], State((busy(),), (issue(1, "in_progress"),)), SETTINGS,
+                        decide([snap(exit_code=1)], State((busy(),), (issue(1, "in_progress"),)), SETTINGS))
+    for s in doc["snapshots"]:
+        s.pop("agent_stop")
+    snapshots, state, settings, actions = cycle_from_json(doc)
+    assert decide(snapshots, state, settings) == actions

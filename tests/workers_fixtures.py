@@ -150,7 +150,10 @@ def project(tmp_path: Path, make_repo, home, tmux_socket) -> Callable[..., Proje
         fake.write_text(FAKE_AGENT)
         script_file = agents / "script.json"
         script_file.write_text(json.dumps({str(k): v for k, v in (script or {}).items()}))
-        command = " ".join([shlex.quote(sys.executable), shlex.quote(str(fake)), shlex.quote(str(script_file)),
+        # The interpreter itself (the fake agent is standard library only), not a venv's link to it: a checkout
+        # under /tmp is hidden from a sandboxed agent by the sandbox's private /tmp.
+        command = " ".join([shlex.quote(os.path.realpath(sys.executable)), shlex.quote(str(fake)),
+                            shlex.quote(str(script_file)),
                             "{{issue.number}}", "{{stage}}", "{{prompt_file}}"])
         doc = {
             "project": "demo", "repo_path": str(handle.path), "worktree_base": str(tmp_path / "worktrees"),

@@ -6,16 +6,18 @@ issue status follows the record (reconcile repairs the gap).
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Callable
 
 from lib import runner
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, OrchestratorError, clip
+from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import prompts, tmux, worktrees
+from orchestrator import agents, alerts, budgets, pauses, pins, prompts, sandbox, tmux, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
 from orchestrator.probe import read_pid
@@ -25,6 +27,10 @@ from orchestrator.state import WorkerRecord
 from orchestrator.wrapper import TRY_VAR
 
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
+RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
+MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
+                 "Finish the work and commit it.\n\n")
 
 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
@@ -44,7 +50,7 @@ def try_tag(run: Run, worker: int, try_id: int) -> str:
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
     """Kill this try's agent process group, as recorded by its wrapper, and every process carrying the try's
     tag (what left the group: `setsid cmd &`, daemons): TERM, then KILL after `grace`."""
-    tagged = runner.escaped_processes(try_tag(run, record.worker_id, record.try_id), None, var=TRY_VAR)
+    tagged = runner.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     # The pid file may be hours old: its group is killed only while a member still carries this try's tag.
     groups = [group] if group is not None and group > 1 and set(runner.group_members(group)) & set(tagged) else []
@@ -54,7 +60,7 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
     """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
-    tagged = runner.escaped_processes(f"{run.files.root}/worker-", None, var=TRY_VAR, prefix=True)
+    tagged = runner.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
     if tagged:
         runner.kill_processes([], tagged, grace)
     return tagged
@@ -69,26 +75,57 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
-    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only)."""
+def agent_log(run: Run, record: WorkerRecord) -> Path:
+    """Where this try's agent output reads as text: its own log (an agent with events), else the worker's log."""
+    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+        return run.files.try_log(record.worker_id, record.try_id, record.issue_number)
+    return run.files.log(record.worker_id)
+
+
+def check_worktree(cfg: ProjectConfig, issue: Issue, worktree: Path) -> None:
+    """Refuse a worktree path an agent has replaced by a symlink (to the main checkout, a sibling): nothing of
+    ours runs there, no branch is switched there, no agent is started there."""
+    base = cfg.repo_for(issue).worktree_base
+    if worktree.is_symlink() or (worktree.exists() and not worktrees.inside(worktree, base)):
+        raise worktrees.GitFailed(f"worktree {worktree} is now a symlink or lies outside {base} (to "
+                                  f"{os.path.realpath(worktree)}): not starting or switching anything there")
+
+
+def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: str = "") -> None:
+    """Write this try's prompt and spec, then start the wrapper in the worker's pane (paths only). With a
+    `session`, the agent continues it and the prompt is only the continuation."""
     cfg = run.config_of(record.project or "")
     issue = cfg.issue(record.issue_number or 0)
     assert issue is not None and record.worktree and record.branch
+    check_worktree(cfg, issue, Path(record.worktree))
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
-    prompt.write_text(prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation),
-                      encoding="utf-8")
+    resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
+        configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
+    text = (RESUME_PROMPT + continuation if resume else
+            prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation))
+    prompt.write_text(text, encoding="utf-8")
     files.signal(w, t).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
+    files.agent_events(w, t).unlink(missing_ok=True)
+    record.agent = agents.resumed_state(cfg.agent, record.agent or {}) if resume else agents.new_state(cfg.agent)
+    record.events_offset = 0
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
+    used = budgets.issue_spent(budgets.usage_by_try(files), cfg.project, issue.number, but=files.try_stem(w, t))
+    command += budgets.agent_flags(cfg, issue, used)
+    if resume:
+        command += " " + shlex.join(resume)
     spec = {"worker": w, "try": t, "issue": issue.number, "stage": record.stage, "command": command,
             "cwd": record.worktree, "log": str(files.log(w)), "signal": str(files.signal(w, t)),
-            "pid_file": str(files.pid_file(w, t)),
+            "pid_file": str(files.pid_file(w, t)), "agent": cfg.agent,
+            "events": str(files.agent_events(w, t)), "try_log": str(files.try_log(w, t, issue.number)),
             "env": {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
-                    "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)}}
+                    "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
+            "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
+                                           prompt)}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)
@@ -97,6 +134,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "") -> None:
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     record.pane = pane.identity
     record.launched = True
+    # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
+    record.started_at = record.last_progress_at = run.clock()
     record.start_failures = 0
     files.save_worker(record)
 
@@ -149,28 +188,51 @@ class Executor:
         return cfg, issue
 
     def do_push(self, action: Action, record: WorkerRecord) -> None:
-        worktree, branch = Path(record.worktree or ""), record.branch or ""
-        head = worktrees.branch_head(worktree, branch)
+        """Push the issue's own branch to its repo's pinned url (never where .git/config points now), then check
+        the url has the local commit. A network error is retried next cycle; any other failure fails the issue."""
+        branch = record.branch or ""
         try:
-            worktrees.check_push_url(worktree, record.push_url)
-            if head and worktrees.remote_head(worktree, branch) == head:
-                return  # already there (a resumed monitor): nothing is pushed twice
-            worktrees.push(worktree, branch)
-        except worktrees.GitFailed as err:
-            self.stopped.add(action.worker)
-            record.push_failures += 1
-            record.last_reason = f"push failed (attempt {record.push_failures}, will retry): {err}"
-            self.run.files.save_worker(record)
-            self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
-                                      "error": str(err)})
-            self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {err}")
+            cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+            repo = cfg.repo_for(issue)
+            if branch != cfg.branch_for(issue):
+                raise worktrees.PushFailed(f"worker holds branch {branch!r}, the issue's is {cfg.branch_for(issue)}",
+                                           retry=False)
+            try:
+                kept_base = not record.stage_base or worktrees.is_ancestor(repo.path, record.stage_base,
+                                                                           f"refs/heads/{branch}")
+            except worktrees.GitFailed as err:
+                raise worktrees.PushFailed(str(err), retry=worktrees.is_network_error(str(err))) from None
+            if not kept_base:
+                # Its commits count from the stage's base, so a replaced history (an orphan branch) would pass.
+                raise worktrees.PushFailed(f"{branch} no longer contains {str(record.stage_base)[:12]}, where this "
+                                           "stage began: its history was replaced or rewritten", retry=False)
+            pin = pins.pinned(self.run.state_root, cfg.project, repo.name)
+            sha, pushed = worktrees.push_pinned(repo.path, branch, pin.url, pin.settings)
+        except (worktrees.PushFailed, ConfigError) as err:
+            retry = getattr(err, "retry", False)  # a pin to fix (ConfigError) will not fix itself
+            self._push_failed(action, record, branch, str(err), retry)
             return
         if record.push_failures:
             record.push_failures = 0
             self.run.files.save_worker(record)
-        self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
-                                  "branch": branch, "sha": head})
-        self.say(f"worker {action.worker}: pushed {branch}")
+        if pushed:
+            self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
+                                      "project": cfg.project, "branch": branch, "sha": sha, "url": pin.url})
+            self.say(f"worker {action.worker}: pushed {branch} to {clip(pin.url)}")
+
+    def _push_failed(self, action: Action, record: WorkerRecord, branch: str, error: str, retry: bool) -> None:
+        self.stopped.add(action.worker)
+        record.push_failures += 1
+        record.last_reason = (f"push failed (attempt {record.push_failures}, will retry): {error}" if retry
+                              else f"push failed: {error}")
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
+                                  "project": action.issue.project if action.issue else None, "error": error,
+                                  "retry": retry})
+        if retry:
+            self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {error}")
+        else:
+            self.do_skip(Action("skip", action.worker, action.issue, f"push failed: {error}"), record)
 
     def do_advance_stage(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -193,7 +255,8 @@ class Executor:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         configs.set_issue(cfg.path, issue.number, status="completed")
         _free(self.run, record)
-        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number})
+        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
+                                  "project": cfg.project})
         self.say(f"worker {action.worker}: #{issue.number} completed")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
@@ -202,7 +265,7 @@ class Executor:
         configs.set_issue(cfg.path, issue.number, status="failed")
         _free(self.run, record)
         self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                  "reason": action.reason})
+                                  "project": cfg.project, "reason": action.reason})
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
 
     def do_idle(self, action: Action, record: WorkerRecord) -> None:
@@ -214,24 +277,51 @@ class Executor:
         start_try(self.run, record)
 
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> None:
-        """An agent may delete its own worktree: bring it back from its branch before the next try."""
+        """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
+        back from its branch, or put it back on its branch (the other branch is kept for inspection)."""
+        if record.worktree:
+            check_worktree(*self._issue(action.issue), Path(record.worktree))  # type: ignore[arg-type]
         if record.worktree and not Path(record.worktree).is_dir():
             cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
             repo = cfg.repo_for(issue)
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
+        elif record.worktree and record.branch:
+            worktree = Path(record.worktree)
+            if record.stage_base and worktrees.branch_head(worktree, record.branch) is None:
+                # The agent deleted its branch: a retry on an unborn branch would commit a root commit, an
+                # unrelated history. Back where the stage began ("" as the old value: only if still absent).
+                worktrees.git(worktree, "update-ref", "-m", "orchestrator: branch deleted by the agent",
+                              f"refs/heads/{record.branch}", record.stage_base, "")
+                self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
+                                          "issue": _num(action.issue), "branch": record.branch, "was_on": None,
+                                          "recreated_at": record.stage_base})
+                self.say(f"worker {action.worker}: {record.branch} was deleted; recreated where its stage began "
+                         f"({record.stage_base[:12]})")
+            was_on = alerts.put_back_on_branch(worktree, record.branch)
+            if was_on is not None:
+                self.run.files.log_event({"action": "branch_restored", "worker": action.worker,
+                                          "issue": _num(action.issue), "branch": record.branch, "was_on": was_on})
+                self.say(f"worker {action.worker}: worktree put back on {record.branch} (it was on {was_on}, "
+                         "which is kept)")
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        # Counted before anything can fail: a restart that breaks halfway still used one retry.
+        kill_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
+        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
+        # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
+        # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
+        # judges the ended try again, so never counts it twice.
         if action.counted:
             record.retry_count += 1
         else:
             record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
         record.nudged = record.nudged or action.nudge
         record.last_reason = action.reason
+        _next_try(self.run, record)
         self.run.files.save_worker(record)
-        kill_try(self.run, record)
         self._restore_worktree(action, record)
         continuation = ""
         if action.continuation:
@@ -240,16 +330,45 @@ class Executor:
                                                              cfg.repo_for(issue).default_branch, record.branch or "")
             except worktrees.GitFailed as err:
                 commits, stat = f"(unavailable: {err})", ""
-            continuation = prompts.continuation_text(action.reason, commits, stat,
-                                                     _log_tail(self.run.files.log(record.worker_id)), action.nudge)
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
+            continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(ended_log),
+                                                     action.nudge)
         self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
                                   "retry_count": record.retry_count, "counted": action.counted,
                                   "reason": action.reason,
-                                  "continuation": action.continuation})
+                                  "continuation": action.continuation, "session": session or None})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
-        start_try(self.run, record, continuation)
+        start_try(self.run, record, continuation, session)
+
+    def do_hold(self, action: Action, record: WorkerRecord) -> None:
+        """The try ended on a rate limit or a missing login: pause the project (rate_limit until the reset the
+        agent gave, else a backoff; auth until resume) and prepare the next try, started once the pause lapses.
+        No retry is used."""
+        cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        now = self.run.clock()
+        path = pauses.pause_file(self.run.state_root, cfg.project)
+        kind = record.agent.get("kind") or cfg.agent
+        if action.reason.startswith("rate_limit"):
+            record.rate_limits += 1
+            reset = agents.reset_at(record.agent)
+            first, longest = RATE_LIMIT_BACKOFF
+            wait = reset - now if reset and 0 < reset - now <= MAX_RESET_WAIT else \
+                min(first * 2 ** (record.rate_limits - 1), longest)
+            until = now + wait
+            pauses.add(path, "rate_limit", f"worker {record.worker_id} #{issue.number}: {action.reason}", now,
+                       until=until)
+            said = f"rate limited: project {cfg.project} paused for {wait:.0f}s"
+        else:
+            until = None
+            pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
+                       now)
+            said = f"agent not logged in: project {cfg.project} paused until resume"
+        record.last_reason = action.reason
+        kill_try(self.run, record)
+        _next_try(self.run, record)  # not launched: decide resumes it when the pause no longer holds
+        self.run.files.save_worker(record)
+        self.run.files.log_event({"action": "hold", "worker": action.worker, "issue": issue.number,
+                                  "reason": action.reason, "until": pauses.stamp(until) if until else None})
+        self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
 
     def do_reassign(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -257,19 +376,29 @@ class Executor:
             self.run.sleep(cfg.stagger_delay)
         repo = cfg.repo_for(issue)
         branch, path = cfg.branch_for(issue), cfg.worktree_for(issue)
+        # Before this issue's agent (or the run's first) starts: later edits of .git/config cannot move the pin.
+        unpinned = pins.ensure(self.run.configs, self.run.state_root, Paths.from_env().home)
+        if (cfg.project, repo.name) in unpinned:
+            # Not this issue's fault: it stays pending (an error each cycle) until the pin can be made or repinned.
+            raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
         try:
-            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch)
+            # A new branch starts where the pinned remote is, not at a tracking ref an agent could have moved.
+            start = pins.start_for(self.run.state_root, cfg, repo, branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, path, branch, start)
         except worktrees.GitFailed as err:
+            if isinstance(err, worktrees.PushFailed) and err.retry or \
+                    not isinstance(err, worktrees.PushFailed) and worktrees.is_network_error(str(err)):
+                raise  # the network (the pinned url's, or origin's fetch): pending, the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
             configs.set_issue(cfg.path, issue.number, status="failed")
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                      "reason": f"worktree: {err}"})
+                                      "project": cfg.project, "reason": f"worktree: {err}"})
             self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
             return
         record.reset()
         record.status, record.project, record.issue_number = "running", cfg.project, issue.number
         record.branch, record.worktree = branch, str(path)
-        record.push_url = worktrees.push_url(repo.path)
+        record.push_url = pins.pinned(self.run.state_root, cfg.project, repo.name).url
         record.stage_index = issue.pipeline_stage
         record.stage = cfg.pipeline[issue.pipeline_stage]
         record.stage_base = worktrees.branch_head(path, branch)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator import tmux, worktrees
 from lib import runner
+from orchestrator import pins, tmux, worktrees
 from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
+from orchestrator.pins import Pin
 from orchestrator.run import Run
 from orchestrator.state import MonitorBusy, monitor_lock
 
@@ -78,8 +79,9 @@ def _ourselves() -> set[int]:
     return found
 
 
-def doubts(repo: RepoConfig, path: Path) -> list[str]:
-    """Every reason this worktree cannot be removed without losing something (empty: safe)."""
+def doubts(repo: RepoConfig, path: Path, pin: Pin | None = None) -> list[str]:
+    """Every reason this worktree cannot be removed without losing something (empty: safe). With the repo's
+    push pin, "pushed" means on the pinned url (where origin points now proves nothing: an agent can set it)."""
     if path.resolve() == repo.path.resolve():
         return ["it is the main repository"]
     if not worktrees.inside(path, repo.worktree_base):
@@ -95,8 +97,9 @@ def doubts(repo: RepoConfig, path: Path) -> list[str]:
         reasons.append(f"cannot read its status: {err}")
     try:
         # --prune: a remote-tracking ref the remote no longer has (stale or forged) proves nothing is pushed.
-        worktrees.git(path, "fetch", "-q", "--prune", "origin")
-        unpushed = worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
+        worktrees.fetch_origin(path, prune=True)
+        unpushed = str(worktrees.unpushed(path, pin.url, pin.settings)) if pin else \
+            worktrees.git(path, "rev-list", "--count", "HEAD", "--not", "--remotes=origin").strip()
         if unpushed != "0":
             reasons.append(f"{unpushed} commit(s) not on the remote")
     except worktrees.GitFailed as err:
@@ -132,13 +135,15 @@ def cleanup(run: Run, keep_worktrees: bool = False, force: bool = False) -> Clea
         kill_run_processes(run)  # what any try of this run left (daemons, setsid): found by its tag
         if keep_worktrees:
             return CleanupReport(killed, verdicts)
+        # Read once everything is killed: a pin file that cannot be read never leaves an agent running.
+        pinned = {cfg.project: pins.load(pins.pins_file(run.state_root, cfg.project)) for cfg in run.configs}
         seen: set[Path] = set()
         for cfg in run.configs:
             for repo in cfg.repos.values():
                 if repo.path in seen or not repo.path.is_dir():
                     continue
                 seen.add(repo.path)
-                verdicts.extend(_clean_repo(repo, force))
+                verdicts.extend(_clean_repo(repo, force, pinned[cfg.project].get(repo.name)))
     return CleanupReport(killed, verdicts)
 
 
@@ -158,7 +163,7 @@ def _monitor_stopped(run: Run, seconds: float = 3.0) -> Iterator[None]:
         yield
 
 
-def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
+def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None) -> list[Verdict]:
     out = []
     listed = worktrees.registered(repo.path)
     for entry in listed[1:]:  # the first is the main worktree
@@ -168,13 +173,14 @@ def _clean_repo(repo: RepoConfig, force: bool) -> list[Verdict]:
             worktrees.git(repo.path, "worktree", "prune")
             out.append(Verdict(str(entry.path), entry.branch, "pruned", ["its directory was gone"]))
             continue
-        reasons = doubts(repo, entry.path)
+        reasons = doubts(repo, entry.path, pin)
         if not reasons:
             worktrees.git(repo.path, "worktree", "remove", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))
         elif force:
             ref = backup(entry.path, entry.branch)
-            busy = [pid for pid in processes_in(entry.path) if pid not in _ourselves()]
+            mine = _ourselves()
+            busy = [pid for pid in processes_in(entry.path) if pid not in mine]
             if busy:  # nothing keeps running in a removed directory
                 runner.kill_processes([], busy, KILL_GRACE_S)
             worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))

@@ -1,4 +1,5 @@
-"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard. One-line errors; exit 2 usage/config, 1 work failed."""
+"""argv -> verb: launch, monitor, status, add-issue, cleanup, dashboard, pause, resume, repin. One-line errors;
+exit 2 usage/config, 1 work failed."""
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(dash)
     dash.add_argument("--interval", type=_seconds, default=2.0, help="seconds between redraws")
     dash.add_argument("--once", action="store_true", help="draw one frame and exit")
+    for verb, what in (("pause", "pause the project(s) or one issue (reason user): no try starts, running ones "
+                                 "finish"),
+                       ("resume", "clear the user, alert and auth pauses of the project(s), or of one issue")):
+        sub = verbs.add_parser(verb, help=what)
+        _with_config(sub)
+        sub.add_argument("--project", default="", help="only this project (default: every project of the run)")
+        sub.add_argument("--issue", type=_count, help="only this issue (default: the project and all its issues)")
+        if verb == "pause":
+            sub.add_argument("--detail", default="", help="why, shown by status")
+    pin = verbs.add_parser("repin", help="pin each repo's push target again: repos.json's remote, else origin's "
+                                         "push url now (pushes never follow .git/config by themselves)")
+    _with_config(pin)
+    pin.add_argument("--repo", help="only this repo (a name from the config's repos)")
+    pin.add_argument("--json", action="store_true", help="print what was pinned as JSON")
     add = verbs.add_parser("add-issue", help="append an issue to the config (a running monitor picks it up)")
     add.add_argument("number", type=_count)
     add.add_argument("--title", required=True)
@@ -146,6 +161,20 @@ def _add_issue(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _pause_or_resume(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from orchestrator import pauses
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    if args.verb == "pause":
+        lines = pauses.pause(run.state_root, run.configs, args.project, args.issue, args.detail)
+    else:
+        lines = pauses.resume(run.state_root, run.configs, args.project, args.issue)
+    for line in lines:
+        out(line)
+    return 0
+
+
 def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from orchestrator.cleanup import cleanup, report_lines
     from orchestrator.run import open_run
@@ -158,6 +187,23 @@ def _cleanup(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         for line in report_lines(report):
             out(line)
     return 1 if report.refused else 0
+
+
+def _repin(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from dataclasses import asdict
+
+    from lib.paths import Paths
+    from orchestrator.pins import repin
+    from orchestrator.run import open_run
+
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    done = repin(run.configs, run.state_root, Paths.from_env().home, args.repo)
+    if args.json:
+        out(json.dumps([{**asdict(r), "new": asdict(r.new)} for r in done], indent=2, ensure_ascii=False))
+    for r in [] if args.json else done:
+        was = "unchanged" if r.old == r.new.url else f"was {r.old}" if r.old else "first pin"
+        out(f"{r.project}: repo {r.repo} pushes to {r.new.url} (from {r.new.source}; {was})")
+    return 0
 
 
 def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -185,6 +231,8 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "launch": _launch, "monitor": _monitor, "status": _status, "add-issue": _add_issue, "cleanup": _cleanup, "dashboard": _dashboard,
+    "pause": _pause_or_resume, "resume": _pause_or_resume,
+    "repin": _repin,
 }
 
 

@@ -2,24 +2,39 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import ConfigError
 from lib.statefile import locked, write_json
+from orchestrator.agents import DEFAULT_COMMANDS, KINDS, RESUMABLE_KINDS
 
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review")
 STATUSES = ("pending", "in_progress", "completed", "failed")
 AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
-# Claude Code in print mode, reading the prompt from its file (never typed, never on a command line).
-DEFAULT_AGENT_COMMAND = "claude -p --dangerously-skip-permissions < {{prompt_file}}"
+# Claude Code in print mode with structured output, reading the prompt from its file (never typed, never on a
+# command line): what runs when the config names neither `agent` nor `agent_command`.
+DEFAULT_AGENT_COMMAND = DEFAULT_COMMANDS["claude"]
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BAD_REF = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|\.lock$|^-")
 MAX_WORKERS = 64
+SANDBOXES = ("none", "bwrap")
+AGENT_KINDS = ("claude", "codex", "gemini")
+# What each known agent writes outside its worktree (its login, settings, sessions): writable in the sandbox.
+AGENT_STATE_PATHS = {
+    "claude": ("~/.claude", "~/.claude.json", "~/.local/state/claude"),
+    "codex": ("~/.codex",),
+    "gemini": ("~/.gemini",),
+}
+PLACEHOLDER_WORD = "\0"  # what agent_words puts where a placeholder was: its value is known only per try
+ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+ON_ALERT = ("warn", "pause")  # what an alert does besides being recorded and shown
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,7 @@ class Issue:
     repo: str = ""
     pipeline_stage: int = 0
     description: str = ""
+    budget: tuple[tuple[str, float], ...] = ()  # (max_cost_usd | max_turns | max_tokens, limit): own or the default
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,13 @@ class ProjectConfig:
     tmux_session: str = "proof-orchestrator"
     tmux_socket: str | None = None
     agent_command: str = DEFAULT_AGENT_COMMAND
+    agent: str = "claude"  # how the try's output reads: claude | codex | gemini (events) or command (text)
     prompts: dict[str, str] = field(default_factory=dict)
+    sandbox: str = "none"
+    sandbox_writable: tuple[Path, ...] = ()
+    on_alert: str = "warn"
+    max_total_cost_usd: float | None = None  # the project's budget: past it the project pauses (reason budget)
+    resume_sessions: bool = True  # a restarted try continues the agent's session (claude --resume)
 
     def issue(self, number: int) -> Issue | None:
         return next((i for i in self.issues if i.number == number), None)
@@ -138,6 +160,59 @@ def _template_problem(template: str, allowed: tuple[str, ...]) -> str | None:
     return None
 
 
+def agent_words(command: str) -> tuple[dict[str, str], list[str]]:
+    """The agent_command's leading `NAME=value` assignments and the words after them (placeholders as words).
+
+    Raises ValueError when the shell could not split it either (an unclosed quote).
+    """
+    words = shlex.split(PLACEHOLDER.sub(PLACEHOLDER_WORD, command))
+    assignments: dict[str, str] = {}
+    while words and ASSIGNMENT.match(words[0]):
+        name, value = words.pop(0).split("=", 1)
+        assignments[name] = value
+    if words[:1] == ["exec"]:
+        words.pop(0)
+    return assignments, words
+
+
+def agent_kind(command: str) -> str | None:
+    """claude, codex or gemini when the agent_command runs that CLI (by its first word's name), else None."""
+    try:
+        words = agent_words(command)[1]
+    except ValueError:
+        return None
+    name = os.path.basename(words[0]) if words else ""
+    return name if name in AGENT_KINDS else None
+
+
+def _sandbox(raw: dict[str, Any], check: _Checker, agent: str, repos: dict[str, RepoConfig]) -> tuple[str, tuple[Path, ...]]:
+    kind = check.get(raw, "sandbox", "str", "none")
+    if kind not in SANDBOXES:
+        check.bad("sandbox", f"unknown sandbox {kind!r} (known: {', '.join(SANDBOXES)})")
+    default = list(AGENT_STATE_PATHS.get(agent_kind(agent) or "", ()))
+    entries = check.get(raw, "sandbox_writable", "list", default)
+    paths: list[Path] = []
+    for index, entry in enumerate(entries):
+        where = f"sandbox_writable[{index}]"
+        if not isinstance(entry, str) or not entry.strip():
+            check.bad(where, f"must be a path, got {json.dumps(entry)[:60]}")
+            continue
+        path = Path(os.path.normpath(Path(entry).expanduser()))
+        if not path.is_absolute():
+            check.bad(where, f"must be an absolute path or start with ~/, got {entry!r}")
+            continue
+        guarded = [(f"repo {r.name}", r.path) for r in repos.values()] + \
+            [(f"repo {r.name}'s worktree_base", r.worktree_base) for r in repos.values()]
+        real = Path(os.path.realpath(path))
+        for what, target in guarded:
+            if real == target or real in target.parents or target in real.parents:
+                check.bad(where, f"{entry!r} would make {what} ({target}) writable to every agent")
+                break
+        else:
+            paths.append(path)
+    return kind, tuple(paths)
+
+
 def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoConfig]:
     def one(name: str, doc: dict[str, Any], where: str, path_key: str) -> RepoConfig | None:
         path = check.get(doc, path_key, "str", "", where)
@@ -176,8 +251,26 @@ def _repos(raw: dict[str, Any], check: _Checker, base: Path) -> dict[str, RepoCo
     return repos
 
 
+BUDGET_KEYS = ("max_cost_usd", "max_turns", "max_tokens")
+
+
+def _budget(doc: dict[str, Any], check: _Checker, where: str = "") -> dict[str, float]:
+    """The budget keys `doc` sets (an issue's own, or the project's default for every issue): positive numbers."""
+    out: dict[str, float] = {}
+    for key in BUDGET_KEYS:
+        value = check.get(doc, key, "num" if key == "max_cost_usd" else "int", None, where)
+        if value is None:
+            continue
+        if value <= 0:
+            check.bad(f"{where}{key}", f"must be > 0, got {value}")
+            continue
+        out[key] = value
+    return out
+
+
 def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], stages: int) -> tuple[Issue, ...]:
     items = check.get(raw, "issues", "list", [])
+    defaults = _budget(raw, check)
     issues: list[Issue] = []
     seen: set[int] = set()
     for index, doc in enumerate(items):
@@ -225,6 +318,7 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             repo=repo,
             pipeline_stage=stage,
             description=check.get(doc, "description", "str", "", where),
+            budget=tuple({**defaults, **_budget(doc, check, where)}.items()),
         ))
     _check_dependencies(issues, check)
     return tuple(issues)
@@ -294,22 +388,45 @@ def parse_config(path: Path, raw: dict[str, Any]) -> ProjectConfig:
     if not NAME.match(session) or "." in session:
         check.bad("tmux_session", f"must be a plain name (letters, digits, _ -), got {session!r}")
     socket = check.get(raw, "tmux_socket", "str", "") or None
-    agent = check.get(raw, "agent_command", "str", DEFAULT_AGENT_COMMAND)
+    kind = check.get(raw, "agent", "str", "claude" if "agent_command" not in raw else "command")
+    if kind not in KINDS:
+        check.bad("agent", f"unknown agent {kind!r} (known: {', '.join(KINDS)})")
+        kind = "command"
+    if kind == "command" and "agent_command" not in raw:
+        check.bad("agent", "\"command\" needs an agent_command")
+    agent = check.get(raw, "agent_command", "str", DEFAULT_COMMANDS.get(kind, DEFAULT_AGENT_COMMAND))
+    if kind == "claude" and agent_kind(agent) == "claude" and "stream-json" not in agent:
+        check.bad("agent_command", "agent \"claude\" reads the CLI's events: add --output-format stream-json "
+                                   "--verbose (or set \"agent\": \"command\" for text output)")
     problem = _template_problem(agent, AGENT_PLACEHOLDERS)
     if problem or not agent.strip():
         check.bad("agent_command", problem or "must not be empty")
+    sandbox, sandbox_writable = _sandbox(raw, check, agent, repos)
     prompts = check.get(raw, "prompts", "dict", {})
     for stage, template in prompts.items():
         if stage not in VALID_STAGES:
             check.bad(f"prompts.{stage}", f"unknown stage (known: {', '.join(VALID_STAGES)})")
         elif not isinstance(template, str):
             check.bad(f"prompts.{stage}", "must be a string")
+    on_alert = check.get(raw, "on_alert", "str", "warn")
+    if on_alert not in ON_ALERT:
+        check.bad("on_alert", f"must be one of {', '.join(ON_ALERT)}, got {on_alert!r}")
+    resume_sessions = raw.get("resume_sessions", kind == "claude")
+    if not isinstance(resume_sessions, bool):
+        check.bad("resume_sessions", f"must be true or false, got {json.dumps(resume_sessions)[:60]}")
+    elif resume_sessions and kind not in RESUMABLE_KINDS:
+        check.bad("resume_sessions",
+                  f"agent {kind!r} cannot resume a session here (only: {', '.join(RESUMABLE_KINDS)})")
+    total = check.get(raw, "max_total_cost_usd", "num", None)
+    if total is not None and total <= 0:
+        check.bad("max_total_cost_usd", f"must be > 0, got {total}")
     if check.problems:
         raise ConfigError(check.problems)
     return ProjectConfig(
         path=path, project=project, repos=repos, pipeline=tuple(pipeline), project_context=context,
         issues=issues, num_workers=workers, max_retries=retries, tmux_session=session, tmux_socket=socket,
-        agent_command=agent, prompts=dict(prompts), **timings)
+        agent_command=agent, agent=kind, prompts=dict(prompts), sandbox=sandbox, sandbox_writable=sandbox_writable,
+        on_alert=on_alert, max_total_cost_usd=total, resume_sessions=resume_sessions is True, **timings)
 
 
 def load_config(path: Path) -> ProjectConfig:
@@ -346,9 +463,33 @@ def load_configs(files: list[Path]) -> list[ProjectConfig]:
         if cfg.project in seen:
             problems.append(f"{cfg.path}: project: {cfg.project!r} is also the project of {seen[cfg.project]}")
         seen[cfg.project] = cfg.path
+    problems += _shared_branches(configs)
     if problems:
         raise ConfigError(problems)
     return configs
+
+
+def _shared_branches(configs: list[ProjectConfig]) -> list[str]:
+    """Issues of two projects that would work on one branch of one repo, or in one worktree (both number from 1):
+    one line per pair of projects."""
+    if len(configs) < 2:
+        return []
+    owners: dict[tuple[str, str], tuple[ProjectConfig, int]] = {}
+    clashes: dict[tuple[str, str], list[str]] = {}
+    real = {p: os.path.realpath(p) for cfg in configs for r in cfg.repos.values() for p in (r.path, r.worktree_base)}
+    for cfg in configs:
+        for issue in cfg.issues:
+            repo, branch, worktree = cfg.repo_for(issue), cfg.branch_for(issue), cfg.worktree_for(issue)
+            for key, what in (((real[repo.path], branch), f"branch {branch} of {repo.path}"),
+                              (("", os.path.join(real[repo.worktree_base], worktree.name)), f"worktree {worktree}")):
+                other, number = owners.setdefault(key, (cfg, issue.number))
+                if other.project != cfg.project:
+                    clashes.setdefault((other.project, cfg.project), []).append(
+                        f"{cfg.path}: issue #{issue.number} would share {what} with project {other.project}'s "
+                        f"#{number}")
+                    break
+    return [f"{found[0]}{f' (and {len(found) - 1} more)' if len(found) > 1 else ''}; give one of the projects "
+            "another branch_prefix and worktree_base" for found in clashes.values()]
 
 
 def update_issues(path: Path, change: Callable[[list[dict[str, Any]]], None]) -> None:

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from lib.views import visible
 from orchestrator.heartbeat import monitor_line
-from orchestrator.report import count_text
+from orchestrator.report import agent_text, alert_line, count_text, paused_line, usage_text
 
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
                "pending": "white", "waiting": "dim"}
@@ -24,34 +24,43 @@ def render(doc: dict[str, Any]) -> Group:
     monitor = doc["monitor"]
     workers = Table(title=Text(f"session {doc['session']}   " + monitor_line(monitor, time.time()),
                                style="" if monitor["running"] else "bold red"), expand=True)
-    for column in ("worker", "issue", "stage", "status", "time", "retries", "last log line"):
-        workers.add_column(column, overflow="ellipsis", no_wrap=column != "last log line")
+    for column in ("worker", "issue", "stage", "status", "time", "retries", "agent", "last log line"):
+        workers.add_column(column, overflow="ellipsis", no_wrap=column not in ("agent", "last log line"))
     for w in doc["workers"]:
         workers.add_row(f"worker-{w['worker']}",
                         Text(visible(f"#{w['issue']} {w['title'] or ''}") if w["issue"] else "-"),
                         w["stage"] or "-", w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-",
-                        str(w["retries"]), Text(visible(w["last_log_line"] or "")))
+                        str(w["retries"]),
+                        Text(visible(agent_text(w.get("agent"))),
+                             style="bold red" if (w.get("agent") or {}).get("rate_limited") else ""),
+                        Text(visible(w["last_log_line"] or "")))
     parts: list[Any] = [workers]
     for project in doc["projects"]:
         finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
         issues = Table(expand=True, show_edge=False)
-        for column in ("issue", "title", "state", "stage", "wave", "depends on"):
+        for column in ("issue", "title", "state", "stage", "wave", "depends on", "usage"):
             issues.add_column(column, overflow="ellipsis", no_wrap=True)
         for i in project["issues"]:
             issues.add_row(f"#{i['number']}", Text(visible(i["title"].replace("\n", " "))),
                            Text(i["state"], style=STATE_STYLE.get(i["state"], "")), i["stage"], str(i["wave"]),
-                           ",".join(f"#{d}" for d in i["depends_on"]) or "-")
+                           ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i))
         header = Text(f"{project['project']}: {count_text(project)}   pipeline: "
-                      + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"])))
+                      + " -> ".join(project["pipeline"]) + "   waves: " + ", ".join(map(str, project["waves"]))
+                      + "   " + usage_text(project))
+        paused = [Text(visible(f"{project['project']} " + paused_line(project["paused"])), style="bold yellow")
+                  ] if project.get("paused") else []
+        paused += [Text(visible(f"#{i['number']} " + paused_line(i["paused"])), style="yellow")
+                   for i in project["issues"] if i.get("paused")]
         # A bare ProgressBar ends without a line break, and the table's header row was drawn over by it.
         bar = Table.grid(expand=True)
         bar.add_row(ProgressBar(total=max(project["total"], 1), completed=finished))
-        parts.append(Panel(Group(header, bar, issues)))
+        parts.append(Panel(Group(header, *paused, bar, issues)))
     if doc["next_eligible"]:
         parts.append(Text("next eligible: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"])))
     for failure in doc["failures"]:
         reason = failure.get("reason") or failure.get("error")
         parts.append(Text(visible(f"failure #{failure.get('issue')}: {reason}"), style="red"))
+    parts += [Text(visible(alert_line(alert)), style="bold red") for alert in doc.get("alerts", [])[-10:]]
     return Group(*parts)
 
 

@@ -17,6 +17,7 @@ MAX_PUSH_ATTEMPTS = 10
 # this many times per stage; past that each loss counts (a pane an agent keeps killing is its fault).
 MAX_LOST_TRIES = 5
 SIGHUP_EXIT = 129  # the wrapper's code when its terminal (the tmux pane) hung up
+SIGTERM_EXIT = 143  # ... when it was terminated: with its pane gone too, the machine shut down
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class Snapshot:
     idle_seconds: float  # since the log or the worktree last changed
     elapsed_seconds: float  # since this try started
     pane_lost: bool = False  # the pane this try was started in is gone or was re-created (tmux died)
+    switched_to: str = ""  # the try ended with the worktree on this other branch ("": on its own branch)
+    # What the agent's own events say stopped it: rate_limit (429/529/usage limit), auth (not logged in, 401),
+    # error (its result says is_error), budget (over max_cost_usd/max_turns/max_tokens), "" (nothing).
+    agent_stop: str = ""
+    agent_detail: str = ""  # the agent's words for it (its result or error text)
 
 
 @dataclass(frozen=True)
@@ -57,14 +63,24 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A pause reason that holds this cycle (the monitor leaves out lapsed ones): under it no try starts."""
+
+    project: str
+    issue: int | None  # None: the whole project
+    reason: str  # user | alert | rate_limit | auth | budget
+
+
+@dataclass(frozen=True)
 class State:
     workers: tuple[WorkerView, ...]
     issues: tuple[IssueView, ...]
+    paused: tuple[Pause, ...] = ()
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume
+    kind: str  # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold
     worker: int
     issue: IssueRef | None = None
     reason: str = ""
@@ -74,15 +90,27 @@ class Action:
 
 
 def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
-    """Actions for this cycle, per worker in id order, then assignments of free workers."""
+    """Actions for this cycle, per worker in id order, then assignments of free workers.
+
+    A paused issue (or an issue of a paused project) starts no try: a free worker does not take it, and the
+    worker holding it is not judged (its running try finishes; its verdict, push included, waits for resume).
+    """
     by_worker = {s.worker_id: s for s in snapshots}
     issues = {i.ref: i for i in state.issues}
-    claimed = {w.issue for w in state.workers if w.issue is not None}
+    paused_projects = {p.project for p in state.paused if p.issue is None}
+    paused_issues = {IssueRef(p.project, p.issue) for p in state.paused if p.issue is not None}
+
+    def paused(ref: IssueRef) -> bool:
+        return ref.project in paused_projects or ref in paused_issues
+
+    claimed = {w.issue for w in state.workers if w.issue is not None} | {i.ref for i in state.issues if paused(i.ref)}
     actions: list[Action] = []
     free: list[tuple[int, bool]] = []  # (worker, freed this cycle)
     for worker in sorted(state.workers, key=lambda w: w.worker_id):
         if worker.issue is None:
             free.append((worker.worker_id, False))
+            continue
+        if paused(worker.issue):
             continue
         snapshot = by_worker.get(worker.worker_id)
         if snapshot is None or snapshot.try_id != worker.try_id:
@@ -118,15 +146,28 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                            continuation=continuation, nudge=nudge)]
         return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
 
-    tmux_went_away = snap.pane_lost and (snap.exit_code == SIGHUP_EXIT or
+    tmux_went_away = snap.pane_lost and (snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or
                                          (snap.exit_code is None and not snap.agent_alive))
     if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:
-        how = "hung up" if snap.exit_code == SIGHUP_EXIT else "gone without an exit code"
+        how = {SIGHUP_EXIT: "hung up", SIGTERM_EXIT: "was terminated"}.get(snap.exit_code or 0,
+                                                                           "gone without an exit code")
         return [Action("restart", wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
                                             "not counted as a retry", continuation=True, counted=False)]
+    if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):
+        return failed_try(f"the try ended with the worktree on {snap.switched_to}, not on its branch (put back for "
+                          "the next try; that branch is kept)")
+    if snap.agent_stop == "budget":
+        return [Action("skip", wid, ref, snap.agent_detail or "budget")]  # more tries would only cost more
+    if snap.exit_code is not None and snap.agent_stop in ("rate_limit", "auth"):
+        # Nobody's fault and no retry's: the project waits (a rate limit until its reset or a backoff, a login
+        # until resume), then the issue is tried again.
+        detail = f": {snap.agent_detail}" if snap.agent_detail else ""
+        return [Action("hold", wid, ref, f"{snap.agent_stop}{detail}", counted=False)]
     if snap.exit_code is not None:
         if snap.exit_code != 0:
             return failed_try(f"exit code {snap.exit_code}")
+        if snap.agent_stop == "error":
+            return failed_try(f"the agent's result is an error{': ' + snap.agent_detail if snap.agent_detail else ''}")
         if snap.new_commits == 0:
             if snap.dirty and not worker.nudged:
                 return failed_try("exit 0 with uncommitted changes and no commit", nudge=True)
@@ -166,6 +207,7 @@ def cycle_from_json(doc: dict[str, Any]) -> tuple[list[Snapshot], State, Setting
     state = State(
         workers=tuple(WorkerView(**{**w, "issue": _ref(w["issue"])}) for w in doc["state"]["workers"]),
         issues=tuple(IssueView(**{**i, "ref": IssueRef(**i["ref"]), "depends_on": tuple(i["depends_on"])})
-                     for i in doc["state"]["issues"]))
+                     for i in doc["state"]["issues"]),
+        paused=tuple(Pause(**p) for p in doc["state"].get("paused", [])))
     actions = [Action(**{**a, "issue": _ref(a["issue"])}) for a in doc["actions"]]
     return snapshots, state, Settings(**doc["settings"]), actions

@@ -29,8 +29,9 @@ def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env={**os.environ, **GIT_ENV})
 
 
-def make_demo(target: Path) -> Path:
-    """Create (or re-create, if this made it) the demo; returns its ORCHESTRATOR_HOME."""
+def make_demo(target: Path, agent_command: str = "", agent: str = "command") -> Path:
+    """Create (or re-create, if this made it) the demo; returns its ORCHESTRATOR_HOME. The agent is the scripted
+    demo agent unless an `agent_command` (and its `agent` kind) is given."""
     target = target.resolve()
     if target.exists():
         if not (target / MARKER).exists():
@@ -47,7 +48,7 @@ def make_demo(target: Path) -> Path:
     _git(repo, "commit", "-q", "-m", "initial")
     _git(repo, "remote", "add", "origin", str(remote))
     _git(repo, "push", "-q", "-u", "origin", "main")
-    command = shlex.join([sys.executable, str(AGENT)]) + " {{prompt_file}} {{stage}} {{issue.number}}"
+    command = agent_command or shlex.join([sys.executable, str(AGENT)]) + " {{prompt_file}} {{stage}} {{issue.number}}"
     config = {
         "project": "staking-demo", "repo_path": str(repo), "worktree_base": str(target / "worktrees"),
         "branch_prefix": "demo/issue-", "default_branch": "main",
@@ -55,6 +56,7 @@ def make_demo(target: Path) -> Path:
         "project_context": {"language": "go", "test_command": "go test ./...", "commit_prefix": "demo"},
         "issues": ISSUES, "num_workers": 3, "cycle_interval": 0.5, "max_retries": 2, "stall_timeout": 60,
         "wall_clock_timeout": 300, "stagger_delay": 0, "tmux_session": "proof-demo", "agent_command": command,
+        "agent": agent,
     }
     (home / "config" / "proof-issues.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return home

@@ -7,14 +7,14 @@ running. A pid alone could be reused: the process's start time (from
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.statefile import write_json
+from lib.errors import OrchestratorError
+from lib.statefile import read_json, write_json
 
 
 def _iso(seconds: float) -> str:
@@ -62,12 +62,13 @@ class Heartbeat:
 
 def read(path: Path) -> Heartbeat | None:
     """The last heartbeat written; None when there is none or it cannot be read (never a traceback)."""
-    try:
-        with open(path, "rb") as handle:
-            doc = json.loads(handle.read(65536))
+    try:  # the shared reader: a FIFO or a huge file planted there is unreadable, never a hang
+        doc = read_json(path)
+        if doc is None:
+            return None
         return Heartbeat(int(doc["pid"]), doc.get("pid_start"), float(doc["since"]), doc.get("last_cycle_at"),
                          doc.get("exited_at"), doc.get("exit_code"))
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    except (OrchestratorError, ValueError, KeyError, TypeError):
         return None
 
 

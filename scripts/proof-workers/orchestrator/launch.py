@@ -3,21 +3,29 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from orchestrator import tmux, worktrees
+from orchestrator import pins, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
+from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import State, decide
-from orchestrator.monitor import issue_views, settings_of, worker_views
+from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
 from orchestrator.state import monitor_lock
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+VERSION_TIMEOUT_S = 30.0
+# Flags that make Claude Code refuse to start as root unless IS_SANDBOX=1.
+CLAUDE_ROOT_REFUSES = ("--dangerously-skip-permissions", "--allow-dangerously-skip-permissions",
+                       "--permission-mode=bypassPermissions")
 
 
 @dataclass(frozen=True)
@@ -31,20 +39,52 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class AgentCheck:
+    project: str
+    kind: str | None  # claude, codex, gemini; None: another command
+    path: str
+    version: str  # what `--version` printed (known kinds only)
+    sandbox: str
+    sandbox_writable: list[str]
+
+    def line(self) -> str:
+        what = f"{self.kind} {self.version} ({self.path})" if self.kind else f"{self.path} (found)"
+        return f"agent ({self.project}): {what}"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    agents: list[AgentCheck]
+    bwrap_problem: str | None  # None: bwrap runs here
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agents": [asdict(a) for a in self.agents], "bwrap_runs": self.bwrap_problem is None,
+                "bwrap_problem": self.bwrap_problem}
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     session: str
     windows: list[str]
     assignments: list[Assignment]
     state_dir: str
     configs: list[str]
+    preflight: Preflight | None = None
+    sandbox_lines: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session, "windows": self.windows, "state_dir": self.state_dir,
-                "configs": self.configs, "assignments": [asdict(a) for a in self.assignments]}
+                "configs": self.configs, "assignments": [asdict(a) for a in self.assignments],
+                "preflight": self.preflight.to_json() if self.preflight else None}
 
     def lines(self) -> list[str]:
         out = [f"session: {self.session}", "windows: " + ", ".join(f"{n}:{w}" for n, w in enumerate(self.windows)),
                f"state: {self.state_dir}"]
+        if self.preflight:
+            out += [a.line() for a in self.preflight.agents]
+            problem = self.preflight.bwrap_problem
+            out.append("bwrap: runs here" if problem is None else f"bwrap: cannot run here: {problem}")
+        out += self.sandbox_lines
         if not self.assignments:
             out.append("nothing eligible to run")
         for a in self.assignments:
@@ -72,11 +112,117 @@ def check_repos(run: Run) -> None:
         raise ConfigError(problems)
 
 
+def _answers_version(path: str, env: dict[str, str]) -> tuple[str | None, str]:
+    """(first line of `path --version`, "") when it answers with exit 0, else (None, why not).
+
+    Output goes to a file, not a pipe: a child it leaves behind holding the output cannot make us wait.
+    """
+    with tempfile.TemporaryFile() as out:
+        try:
+            child = subprocess.Popen([path, "--version"], stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as err:
+            return None, f"cannot run it: {err.strerror or err}"
+        try:
+            code = child.wait(timeout=VERSION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait()
+            return None, f"no answer within {VERSION_TIMEOUT_S:g}s"
+        out.seek(0)
+        text = out.read(4096).decode("utf-8", "replace").strip()
+    first = clip(text.splitlines()[0] if text else "", 100)
+    if code != 0:
+        return None, f"exit {code}" + (f": {first}" if first else "")
+    return first or "(no version printed)", ""
+
+
+def _resolve_command(word: str, env: dict[str, str]) -> str | None:
+    """What /bin/sh would run for this first word (a path, or the name of a builtin), or None."""
+    try:
+        result = subprocess.run(["/bin/sh", "-c", 'command -v -- "$1"', "sh", word], capture_output=True,
+                                text=True, errors="replace", env=env, timeout=VERSION_TIMEOUT_S,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = result.stdout.strip()
+    return found if result.returncode == 0 and found else None
+
+
+def _under_private_tmp(path: str, cfg: ProjectConfig) -> bool:
+    """Whether the sandbox hides this program: under /tmp (as it is named) and in no writable path it binds."""
+    if not path.startswith("/"):
+        return False  # a shell builtin
+    inside = lambda p, base: p == base or p.startswith(base.rstrip("/") + "/")  # noqa: E731
+    return inside(os.path.abspath(path), "/tmp") and not any(
+        inside(os.path.abspath(path), str(w)) for w in cfg.sandbox_writable)
+
+
+def check_agent(cfg: ProjectConfig, problems: list[str]) -> AgentCheck | None:
+    """The agent_command's program is there (and a known agent CLI answers --version); root + claude's
+    skip-permissions flag without IS_SANDBOX=1 is reported with its fix. Problems are appended."""
+    where = f"{cfg.path}: agent_command"
+    try:
+        assignments, words = agent_words(cfg.agent_command)
+    except ValueError as err:
+        problems.append(f"{where}: cannot be split into words ({err})")
+        return None
+    if not words:
+        problems.append(f"{where}: names no program to run")
+        return None
+    if PLACEHOLDER_WORD in words[0]:  # e.g. {{worktree}}/agent.sh: there is nothing to look at before the try
+        return AgentCheck(cfg.project, None, "(" + words[0].replace(PLACEHOLDER_WORD, "{{...}}") + ": not checked)",
+                          "", cfg.sandbox, [str(p) for p in cfg.sandbox_writable])
+    env = worktrees.clean_env(assignments)
+    path = _resolve_command(words[0], env)
+    if path is None:
+        problems.append(f"{where}: {clip(words[0])!r} not found on PATH" if "/" not in words[0]
+                        else f"{where}: {clip(words[0])!r} is not an executable file")
+        return None
+    if cfg.sandbox == "bwrap" and _under_private_tmp(path, cfg):
+        problems.append(f"{where}: {clip(path)} is under /tmp, which the sandbox replaces with a private /tmp: "
+                        "the agent would not be found there; install it (or the virtualenv it is in) elsewhere")
+        return None
+    kind, version = agent_kind(cfg.agent_command), ""
+    if kind:
+        answer, why = _answers_version(path, env)
+        if answer is None:
+            problems.append(f"{where}: `{words[0]} --version` failed ({why}): is {kind} installed and working?")
+            return None
+        version = answer
+    bypass = any(w in CLAUDE_ROOT_REFUSES for w in words) or any(
+        a == "--permission-mode" and b == "bypassPermissions" for a, b in zip(words, words[1:]))
+    if kind == "claude" and bypass and os.geteuid() == 0 and assignments.get("IS_SANDBOX") != "1":
+        problems.append(f"{where}: running as root, claude refuses --dangerously-skip-permissions: start "
+                        "agent_command with IS_SANDBOX=1 (IS_SANDBOX=1 claude -p ...) or run the workers as "
+                        "another user")
+    return AgentCheck(cfg.project, kind, path, version, cfg.sandbox, [str(p) for p in cfg.sandbox_writable])
+
+
+def preflight(run: Run) -> Preflight:
+    """Before any worktree is made: every project's agent can start, and bwrap runs where a project asks for it."""
+    problems: list[str] = []
+    agents = [check for cfg in run.configs if (check := check_agent(cfg, problems))]
+    bwrap_problem = sandbox.bwrap_problem()
+    for cfg in run.configs:
+        if cfg.sandbox != "none":
+            problems += sandbox.writable_problems(cfg)
+        if cfg.sandbox == "bwrap" and bwrap_problem:
+            problems.append(f"{cfg.path}: sandbox: \"bwrap\" cannot be used here: {bwrap_problem}")
+    if problems:
+        raise ConfigError(problems)
+    return Preflight(agents, bwrap_problem)
+
+
 def plan_launch(run: Run) -> LaunchPlan:
     """What launch would do, computed by the same decide the monitor runs (nothing is changed)."""
     check_repos(run)
+    checked = preflight(run)
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records))
+    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()))
     assignments = []
     for action in decide([], state, settings_of(run)):
         if action.kind != "reassign" or action.issue is None:
@@ -87,7 +233,8 @@ def plan_launch(run: Run) -> LaunchPlan:
         assignments.append(Assignment(action.worker, issue.number, cfg.project, issue.title, cfg.branch_for(issue),
                                       str(cfg.worktree_for(issue))))
     windows = ["orchestrator"] + [worker_window(n) for n in range(1, run.num_workers + 1)] + ["dashboard"]
-    return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs])
+    return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
+                      checked, tuple(sandbox.describe(cfg) for cfg in run.configs))
 
 
 def _verb_line(verb: str, run: Run, *extra: str) -> str:
@@ -109,12 +256,16 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
     with monitor_lock(run.locks()):  # refuses while a monitor (or another launch) runs for these projects
         if tmux.session_exists(run.server, run.session):
             raise OrchestratorError(f"tmux session {run.session!r} already exists: attach to it, or run cleanup first")
+        unpinned = pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # before any agent runs
+        if unpinned:
+            raise ConfigError(sorted(set(unpinned.values())))
         for a in plan.assignments:
             cfg = run.config_of(a.project)
             issue = cfg.issue(a.issue)
             assert issue is not None
             repo = cfg.repo_for(issue)
-            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch)
+            worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(a.worktree), a.branch,
+                                      pins.start_for(run.state_root, cfg, repo, a.branch))
         # Every window exists before the monitor starts in window 0 (it would create missing ones itself).
         tmux.create_session(run.server, run.session, "orchestrator", None, str(PACKAGE_DIR))
         tmux.set_keep_dead(run.server, run.session, "orchestrator")

@@ -5,11 +5,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lib import runner
 from lib.errors import OrchestratorError
+from lib.statefile import write_json
+from orchestrator import alerts, budgets, pauses, probe, tmux, worktrees
 from orchestrator import config as configs
-from orchestrator import probe, tmux, worktrees
 from orchestrator.act import Executor, kill_try, worker_window
-from orchestrator.decide import Settings, Snapshot, State, WorkerView, cycle_to_json, decide
+from orchestrator.decide import Pause, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
@@ -44,6 +46,57 @@ def worker_views(records: list[WorkerRecord]) -> tuple[WorkerView, ...]:
                             r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
                             r.start_failures, r.lost_tries)
                  for r in records)
+
+
+def active_pauses(run: Run, now: float) -> tuple[Pause, ...]:
+    """Every pause reason that holds now, per project of the run (decide's input: journalled, replayed)."""
+    out: list[Pause] = []
+    for cfg in run.configs:
+        try:
+            held = pauses.active(pauses.read(pauses.pause_file(run.state_root, cfg.project)), now)
+        except OrchestratorError:
+            out.append(Pause(cfg.project, None, "user"))  # unreadable: held until `resume` starts it afresh
+            continue
+        for issue in sorted(held, key=lambda n: -1 if n is None else n):
+            out.extend(Pause(cfg.project, issue, entry["reason"]) for entry in held[issue])
+    return tuple(out)
+
+
+def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now: float,
+          say: Callable[[str], None]) -> list[Snapshot]:
+    """This cycle's alert checks: each new alert is logged, shown, and pauses its project or issue when that
+    project's on_alert is `pause` (the pause is written first: a kill never leaves an alert that paused nothing)."""
+    def on_error(text: str) -> None:
+        say(text)
+        run.files.log_event({"action": "error", "during": "alert check", "error": text})
+
+    def signal_time(record: WorkerRecord) -> float | None:
+        try:
+            return run.files.signal(record.worker_id, record.try_id).stat().st_mtime
+        except OSError:
+            return None
+
+    try:
+        doc = alerts.current(run.files.root, run.configs, now)
+        snapshots, found, changed = alerts.check(doc, run.configs, records, snapshots, now, signal_time, on_error)
+    except OrchestratorError as err:
+        on_error(f"alert checks skipped this cycle: {err}")
+        return snapshots
+    for alert in found:
+        try:
+            cfg = run.config_of(alert["project"])
+        except OrchestratorError:
+            cfg = None
+        paused = cfg is not None and cfg.on_alert == "pause"
+        if paused:
+            pauses.add(pauses.pause_file(run.state_root, alert["project"]), "alert",
+                       f"{alert['kind']}: {alert['detail']}", now, issue=alert["issue"])
+        run.files.log_event({"action": "alert", **alert, "paused": paused})
+        where = f"#{alert['issue']}" if alert["issue"] is not None else f"project {alert['project']}"
+        say(f"ALERT {alert['kind']} ({where}): {alert['detail']}" + ("; paused until resume" if paused else ""))
+    if changed:
+        write_json(alerts.run_file(run.files.root), doc)
+    return snapshots
 
 
 def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str], None]) -> None:
@@ -134,13 +187,24 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
         say(f"tmux did not answer, cycle skipped: {err}")
         run.files.log_event({"action": "probe_failed", "error": str(err)})
         return CycleResult(0, finished=False)
-    table = probe.process_table()
+    table = runner.process_table()
     snapshots: list[Snapshot] = []
     for record in records:
         if record.issue_number is not None:
-            snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files, now))
+            try:
+                snapshots.append(probe.snapshot(record, panes.get(worker_window(record.worker_id)), table, run.files,
+                                                now))
+            except OrchestratorError as err:
+                # Its git failed (the worktree removed under it, a timeout): this worker is not judged this
+                # cycle (decide never judges without a snapshot), and the monitor goes on for the others.
+                say(f"worker {record.worker_id}: not judged this cycle: {err}")
+                run.files.log_event({"action": "probe_failed", "worker": record.worker_id,
+                                     "issue": record.issue_number, "error": str(err)})
+                continue
             run.files.save_worker(record)
-    state = State(worker_views(records), issue_views(run, records))
+    snapshots = watch(run, records, snapshots, now, say)
+    snapshots = budgets.check(run, records, snapshots, now, say)
+    state = State(worker_views(records), issue_views(run, records), active_pauses(run, now))
     settings = settings_of(run)
     actions = decide(snapshots, state, settings)
     if actions:
@@ -150,7 +214,8 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
 
 
 def _finished(run: Run) -> bool:
-    """Nothing runs and nothing can: every worker idle and no eligible issue."""
+    """Nothing runs and nothing can: every worker idle, no eligible issue, and nothing paused (a paused run waits
+    for resume)."""
     records = run.files.load_workers(run.num_workers)
     if any(r.issue_number is not None for r in records):
         return False
@@ -158,7 +223,14 @@ def _finished(run: Run) -> bool:
         run.reload()
     except OrchestratorError:
         return False
-    return next_issue(issue_views(run, records), set()) is None
+    views = issue_views(run, records)
+    return next_issue(views, set()) is None and not pause_holds_run(active_pauses(run, run.clock()), views)
+
+
+def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> bool:
+    """A paused project, or a paused issue still to finish, keeps the run going (waiting for resume)."""
+    over = {v.ref for v in views if v.status in ("completed", "failed")}
+    return any(p.issue is None or IssueRef(p.project, p.issue) not in over for p in paused)
 
 
 def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: bool = False,
@@ -166,6 +238,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
     """Run until nothing is runnable (or one cycle with `once`); returns the number of failed issues."""
     interval = cycle if cycle is not None else run.lead.cycle_interval
     with monitor_lock(run.locks()):
+        alerts.current(run.files.root, run.configs, run.clock())  # a new run snapshots its repositories now
         beat = Heartbeat.start(run.files.monitor, run.clock())
         code = 1  # what an unexpected exception leaves in the heartbeat
         try:
@@ -179,6 +252,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                 beat.cycle(run.files.monitor, run.clock())
                 if result.finished:
                     run.files.log_event({"action": "shutdown", "reason": "all_done"})
+                    alerts.end(run.files.root)
                     say("nothing left to run: monitor exits")
                     break
                 if once:

@@ -1,56 +1,22 @@
 """Snapshots of every worker: pane exists, agent process alive, progress (three probes, never conflated).
 
 Per cycle: one tmux listing for all panes, one read of /proc for all processes,
-and per busy worker two or three cheap git calls in its worktree.
+per busy worker two or three cheap git calls in its worktree, and the events its
+agent wrote since the last cycle (read from the offset reached, never the whole stream).
 """
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from orchestrator import worktrees
+from lib.runner import Proc, descendants
+from lib.statefile import update_json
+from orchestrator import agents, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    pgid: int
-
-
-def process_table() -> dict[int, Proc]:
-    """Every live (non-zombie) process, from one pass over /proc."""
-    table: dict[int, Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] in (b"Z", b"X"):
-            continue
-        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(table: dict[int, Proc], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def read_pid(path: Path) -> int | None:
@@ -77,14 +43,74 @@ def agent_alive(table: dict[int, Proc], pane: Pane | None, files: RunFiles, reco
     return group is not None and any(p.pgid == group and p.pid in under_pane for p in table.values())
 
 
-def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes: str) -> str:
-    log = files.log(record.worker_id)
+# Read about this much of a try's event stream per cycle (more only to finish a line: the wrapper keeps every
+# line under 4 MiB): a burst of events is taken over a few cycles instead of stalling one.
+MAX_EVENTS_READ = 1024 * 1024
+MAX_EVENT_LINE = 4 * 1024 * 1024
+# Events taken into the tally per worker per cycle (the rest wait for the next cycle): a cycle's cost stays
+# bounded however much an agent wrote since the last one. A try that ended is read to its end at once.
+MAX_EVENTS_PER_CYCLE = 400
+USAGE_KEYS = ("cost_usd", "turns", "tokens_in", "tokens_out", "session_id")
+
+
+def _size_mark(path: Path) -> str:
     try:
-        stat = log.stat()
-        log_part = f"{stat.st_size}:{stat.st_mtime_ns}"
+        stat = path.stat()
     except OSError:
-        log_part = "-"
-    return hashlib.sha1(f"{log_part}|{head}|{changes}".encode()).hexdigest()
+        return "-"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes: str) -> str:
+    """What changes when the try makes progress: its logs (the worker's, and an agent's events and its readable
+    log: growth of either is activity) and the worktree."""
+    parts = [_size_mark(files.log(record.worker_id))]
+    if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
+        parts += [_size_mark(files.agent_events(record.worker_id, record.try_id)),
+                  _size_mark(files.try_log(record.worker_id, record.try_id, record.issue_number))]
+    return hashlib.sha1(f"{'|'.join(parts)}|{head}|{changes}".encode()).hexdigest()
+
+
+def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
+    """Fold the events this try's agent wrote since the last read into `record.agent`; returns how many."""
+    if record.agent.get("kind") not in agents.STRUCTURED:
+        return 0
+    try:
+        with open(files.agent_events(record.worker_id, record.try_id), "rb") as stream:
+            stream.seek(record.events_offset)
+            chunk = stream.read(MAX_EVENTS_READ)
+            if b"\n" not in chunk and len(chunk) == MAX_EVENTS_READ:
+                chunk += stream.read(MAX_EVENT_LINE)
+    except OSError:
+        return 0
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return 0  # nothing new, or a line still being written
+    at = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kind, read, folded = record.agent["kind"], 0, 0
+    for line in chunk[:end + 1].splitlines(keepends=True):
+        if folded >= MAX_EVENTS_PER_CYCLE:
+            break
+        read += 1
+        record.events_offset += len(line)
+        if agents.tallied(kind, line):  # else parsing it would change nothing (a tool's output): skipped unread
+            agents.fold(record.agent, agents.parse_line(line)[0], at)
+            folded += 1
+    return read
+
+
+def record_usage(files: RunFiles, record: WorkerRecord) -> None:
+    """This try's turns, cost and tokens in usage.json (one entry per try: totals sum every try and session)."""
+    entry = {"project": record.project, "issue": record.issue_number, "stage": record.stage,
+             **{key: record.agent.get(key) for key in USAGE_KEYS}}
+    key = files.try_stem(record.worker_id, record.try_id)
+
+    def change(doc: Any) -> dict[str, Any]:
+        doc = doc if isinstance(doc, dict) and isinstance(doc.get("tries"), dict) else {"tries": {}}
+        doc["tries"][key] = entry
+        return doc
+
+    update_json(files.usage, change, {"tries": {}})
 
 
 def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
@@ -105,6 +131,17 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
             changes = ""
         if head and record.stage_base and head != record.stage_base:
             new = worktrees.commits_since(worktree, record.stage_base, record.branch)
+    before = {key: record.agent.get(key) for key in USAGE_KEYS}
+    read = read_events(files, record, now)
+    while exit_code is not None and read:  # the try is over: judge it on every event it wrote
+        read = read_events(files, record, now)
+    if before != {key: record.agent.get(key) for key in USAGE_KEYS}:
+        record_usage(files, record)
+    if record.rate_limits and record.launched and record.agent.get("turns") and not record.agent.get("rate_limited"):
+        # a model call of this try went through: the next limit backs off from the start (a held try not yet
+        # started still shows the last try's tally, whose turns came before its limit)
+        record.rate_limits = 0
+    stop, detail = agents.stop_of(record.agent) if exit_code is not None else ("", "")
     mark = fingerprint(files, record, head, changes)
     if mark != record.last_fingerprint or record.last_progress_at is None:
         record.last_fingerprint = mark
@@ -115,4 +152,5 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
         elapsed_seconds=round(max(0.0, now - started), 3),
-        pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane))
+        pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane),
+        agent_stop=stop, agent_detail=detail[:200])

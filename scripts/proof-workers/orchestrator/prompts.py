@@ -21,12 +21,14 @@ TEMPLATE = """# Issue #{{issue.number}}: {{issue.title}}
 
 Stage: {{stage}} ({{stage_position}} of the pipeline {{pipeline}})
 Project: {{project}}
-Worktree: {{worktree}} (branch {{branch}}; stay inside it)
+Worktree: {{worktree}} (branch {{branch}})
 
 ## Your task
 {{task}}
-Every stage must end with at least one commit on this branch; uncommitted work is lost.
 {{commit_rule}}
+
+## Rules
+{{rules}}
 
 ## Issue
 {{issue.description}}
@@ -35,6 +37,12 @@ Every stage must end with at least one commit on this branch; uncommitted work i
 {{project_context}}
 """
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z_.]+)\s*\}\}")
+RULES = """- Commit on the branch {branch} only: never switch, create, move or delete other branches or tags.
+- Never push: the orchestrator pushes your commits itself.
+- Never change git config (no `git config`, remotes, hooks or credentials).
+- Never write outside your worktree {worktree}: not the main checkout, not other worktrees, not other repos.
+- Work left uncommitted is not lost (it stays in the worktree, and cleanup keeps it), but it does not count: \
+a stage ends only with at least one new commit on this branch."""
 
 
 def _context(ctx: dict[str, Any]) -> str:
@@ -62,9 +70,13 @@ def render(cfg: ProjectConfig, issue: Issue, stage_index: int, worktree: str, br
         "task": STAGE_TASKS.get(stage, STAGE_TASKS["implement"]),
         "commit_rule": f"Commit messages: `{prefix}: <what> (#{issue.number})`." if prefix else "",
         "project_context": _context(cfg.project_context),
+        "rules": RULES.format(branch=branch, worktree=worktree),
     }
+    template = cfg.prompts.get(stage, TEMPLATE)
+    if not any(m.group(1) == "rules" for m in PLACEHOLDER.finditer(template)):
+        template += "\n\n## Rules\n{{rules}}\n"  # a custom prompt never drops them
     # One pass over the template: a value containing `{{...}}` stays as it is.
-    text = PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), cfg.prompts.get(stage, TEMPLATE))
+    text = PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
     if continuation:
         text += "\n## Continue from an earlier try\n" + continuation + "\n"
     return text

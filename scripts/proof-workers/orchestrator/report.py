@@ -5,19 +5,25 @@ import time
 from typing import Any, Callable
 
 from lib import runner
+from lib.errors import OrchestratorError, clip
+from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import heartbeat
-from orchestrator.monitor import issue_views
+from orchestrator import agents, alerts, heartbeat, pauses
+from orchestrator.act import agent_log
+from orchestrator.decide import Pause
+from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
 from orchestrator.probe import read_pid
-from orchestrator.queue import IssueRef, blocked, completed, eligible
+from orchestrator.queue import IssueRef, IssueView, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
 from orchestrator.wrapper import TRY_VAR
 
+MAX_ALERT_LINES = 20
 
-def _last_line(run: Run, worker: int) -> str:
+
+def _last_line(run: Run, record: WorkerRecord) -> str:
     try:
-        with open(run.files.log(worker), "rb") as log:
+        with open(agent_log(run, record), "rb") as log:
             log.seek(max(0, log.seek(0, 2) - 4096))
             lines = [l for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
     except OSError:
@@ -46,6 +52,67 @@ def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> 
     return "gone", None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
 
 
+EVENTS_SHOWN = 20
+
+
+def _last_reasons(names: list[str], events: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[str, Any]]:
+    """(project, issue) -> (reason, at) of its last `skip`, in one pass over the event lines; a line without a
+    project (written before lines named it) counts for every project. When pushes were given up, the reason
+    gets the last push error since the issue was (re)assigned or last pushed."""
+    push_errors: dict[tuple[str, int], str | None] = {}
+    reasons: dict[tuple[str, int], tuple[str, Any]] = {}
+    for line in events:
+        event = line.get("event")
+        if not isinstance(event, dict):
+            continue
+        action = event.get("action")
+        number = event.get("new_issue") if action == "reassign" else event.get("issue")
+        if not isinstance(number, int):
+            continue
+        for key in [(event["project"], number)] if isinstance(event.get("project"), str) else \
+                [(name, number) for name in names]:
+            if action in ("reassign", "push"):
+                push_errors[key] = None
+            elif action == "push_failed":
+                push_errors[key] = str(event.get("error"))
+            elif action == "skip":
+                reason, error = str(event.get("reason") or "failed"), push_errors.get(key)
+                if error and reason.startswith("push failed") and error not in reason:
+                    reason += f" (last push error: {error})"  # decide gave up: say on what
+                reasons[key] = (reason, line.get("timestamp"))
+    return reasons
+
+
+def failures(projects: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One current reason per failed or blocked issue: `{"project", "issue", "state", "reason", "at"}`; a blocked
+    issue names the failed issues it waits on."""
+    reasons = _last_reasons([p["project"] for p in projects], events)
+    out: list[dict[str, Any]] = []
+    for project in projects:
+        name = project["project"]
+        for issue in project["issues"]:
+            if issue["state"] == "failed":
+                reason, at = reasons.get((name, issue["number"]),
+                                         (f"failed (no reason recorded; status set in {project['config']})", None))
+                out.append({"project": name, "issue": issue["number"], "state": "failed", "reason": reason, "at": at})
+    failed_at = {(f["project"], f["issue"]): f["at"] for f in out}
+    for project in projects:
+        for issue in project["issues"]:
+            if issue["state"] == "blocked":
+                deps = issue["blocked_by"] or []
+                times = [t for d in deps if (t := failed_at.get((project["project"], d)))]
+                out.append({"project": project["project"], "issue": issue["number"], "state": "blocked",
+                            "reason": "waits on failed " + ", ".join(f"#{d}" for d in deps),
+                            "at": max(times) if times else None})
+    return out
+
+
+def recent_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The event log's last lines, oldest first: `{"at", "action", ...}`."""
+    return [{"at": line.get("timestamp"), **line["event"]} for line in events[-EVENTS_SHOWN:]
+            if isinstance(line.get("event"), dict)]
+
+
 def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     records = run.files.load_workers(run.num_workers)
@@ -54,8 +121,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     def ours() -> set[int]:
         """Every process of any try of this run, from one pass over /proc, made only if some try needs it."""
         if not tagged:
-            tagged.append(set(runner.escaped_processes(f"{run.files.root}/worker-", None, var=TRY_VAR,
-                                                       prefix=True)))
+            tagged.append(set(runner.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)))
         return tagged[0]
 
     views = issue_views(run, records)
@@ -73,9 +139,12 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "stage_index": r.stage_index if issue else None, "branch": r.branch, "worktree": r.worktree,
             "retries": r.retry_count, "try": r.try_id,
             "seconds": round(max(0.0, until - r.started_at), 1) if r.started_at and issue else None,
-            "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r.worker_id)})
+            "last_reason": r.last_reason or None, "last_log_line": _last_line(run, r),
+            "agent": agents.public(r.agent) if r.agent and issue else None})
     projects: list[dict[str, Any]] = []
+    usage = usage_totals(run)
     for cfg in run.configs:
+        paused = _pauses_of(run, cfg.project, now)
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
@@ -90,24 +159,70 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.pipeline[issue.pipeline_stage],
                            "assigned_worker": issue.assigned_worker,
-                           "blocked_by": failed_deps or None})
+                           "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []),
+                           **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
             counts[item["state"]] = counts.get(item["state"], 0) + 1
         projects.append({"project": cfg.project, "config": str(cfg.path), "pipeline": list(cfg.pipeline),
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
-                         "counts": counts, "issues": issues})
+                         "counts": counts, "issues": issues, "paused": paused.get(None, []),
+                         "cost_usd": round(sum(i["cost_usd"] for i in issues), 6),
+                         "turns": sum(i["turns"] for i in issues)})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
-    failures = [e["event"] for e in read_lines(run.files.events)[-200:]
-                if e.get("event", {}).get("action") in ("skip", "push_failed", "error")]
+    holding = active_pauses(run, now)
+    events = read_lines(run.files.events)
     return {
         "session": run.session, "state_dir": str(run.files.root),
         "monitor": heartbeat.monitor_status(run.files.monitor), "workers": workers, "projects": projects,
-        "next_eligible": [{"project": v.ref.project, "number": v.ref.number} for v in eligible(views, held)[:5]],
-        "failures": failures[-10:],
+        "next_eligible": [{"project": v.ref.project, "number": v.ref.number}
+                          for v in eligible(views, held | _paused_refs(holding, views))[:5]],
+        "failures": failures(projects, events), "events": recent_events(events),
+        "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
-                    for p in projects for i in p["issues"]) and not held,
+                    for p in projects for i in p["issues"]) and not held
+                and not pause_holds_run(holding, views),
     }
+
+
+def usage_totals(run: Run) -> dict[tuple[str, int], dict[str, Any]]:
+    """(project, issue) -> {cost_usd, turns} summed over every try (and resumed session) in usage.json."""
+    try:
+        doc = read_json(run.files.usage, {})
+    except (OSError, OrchestratorError):
+        doc = {}
+    tries = doc.get("tries") if isinstance(doc, dict) else None
+    totals: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in (tries.values() if isinstance(tries, dict) else []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("issue"), int):
+            continue
+        total = totals.setdefault((str(entry.get("project")), entry["issue"]), {"cost_usd": 0.0, "turns": 0})
+        cost, turns = entry.get("cost_usd"), entry.get("turns")
+        total["cost_usd"] = round(total["cost_usd"] + (cost if isinstance(cost, (int, float)) else 0.0), 6)
+        total["turns"] += turns if isinstance(turns, int) else 0
+    return totals
+
+
+def _paused_refs(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> set[IssueRef]:
+    """Issues no worker may take now: of a paused project, or paused themselves."""
+    projects = {p.project for p in paused if p.issue is None}
+    issues = {IssueRef(p.project, p.issue) for p in paused if p.issue is not None}
+    return {v.ref for v in views if v.ref.project in projects or v.ref in issues}
+
+
+def _pauses_of(run: Run, project: str, now: float) -> dict[int | None, list[dict[str, Any]]]:
+    """The reasons that hold now, as {reason, since, until, detail}: None -> the project's, N -> issue N's."""
+    try:
+        held = pauses.active(pauses.read(pauses.pause_file(run.state_root, project)), now)
+    except OrchestratorError as err:
+        return {None: [{"reason": "user", "since": None, "until": None, "detail": str(err)}]}
+    return {key: [{k: e.get(k) for k in ("reason", "since", "until", "detail")} for e in entries]
+            for key, entries in held.items()}
+
+
+def paused_line(entries: list[dict[str, Any]]) -> str:
+    return "; ".join(f"paused: {e['reason']}" + (f" until {e['until']}" if e.get("until") else "")
+                     + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
 
 
 STATE_ORDER = ("completed", "failed", "blocked", "in_progress", "waiting", "pending")
@@ -120,26 +235,56 @@ def count_text(project: dict[str, Any]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order) + f" of {project['total']}"
 
 
+def usage_text(item: dict[str, Any]) -> str:
+    """A project's or an issue's `12 turns $0.4321` so far (every try and resumed session)."""
+    return f"{item.get('turns', 0)} turns ${item.get('cost_usd', 0.0):.4f}"
+
+
+def agent_text(agent: dict[str, Any] | None) -> str:
+    """`3 turns $0.0123 Bash: git commit ...`, led by `RATE LIMITED (attempt 4/10)` while the agent waits."""
+    if not agent or agent.get("kind") == "command":
+        return "-"
+    parts = []
+    limited = agent.get("rate_limited")
+    if limited:
+        parts.append(f"RATE LIMITED (attempt {limited.get('attempt')}/{limited.get('max') or '?'})")
+    parts.append(f"{agent.get('turns') or 0} turns ${agent.get('cost_usd') or 0:.4f}")
+    if agent.get("last_tool"):
+        parts.append(str(agent["last_tool"]))
+    return " ".join(parts)
+
+
 def status_lines(doc: dict[str, Any]) -> list[str]:
     """The status document as text; every table cell and free text shows control characters escaped
     (a title or an agent's log line cannot drive the terminal)."""
     rows = [[f"worker-{w['worker']}", f"#{w['issue']}" if w["issue"] is not None else "-", w["stage"] or "-",
              w["status"], f"{w['seconds']:.0f}s" if w["seconds"] is not None else "-", w["retries"],
-             (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
+             agent_text(w.get("agent"))[:60], (w["last_log_line"] or "")[:60]] for w in doc["workers"]]
     lines = [visible(f"session {doc['session']}  (state: {doc['state_dir']})"),
              heartbeat.monitor_line(doc["monitor"], time.time()),
-             plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "last log line"])]
+             plain_table(rows, ["worker", "issue", "stage", "status", "time", "retries", "agent", "last log line"])]
     for project in doc["projects"]:
         lines.append("")
         lines.append(visible(f"{project['project']}: {count_text(project)}  pipeline: "
-                             + " -> ".join(project["pipeline"])))
+                             + " -> ".join(project["pipeline"]) + f"  {usage_text(project)}"))
+        if project["paused"]:
+            lines.append(visible(paused_line(project["paused"])))
         lines.append(plain_table([[f"#{i['number']}", i["title"][:50], i["state"], i["stage"], i["wave"],
-                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-"]
+                                   i["priority"], ",".join(f"#{d}" for d in i["depends_on"]) or "-", usage_text(i)]
                                   for i in project["issues"]],
-                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on"]))
+                                 ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]))
+        lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
-        reason = failure.get("reason") or failure.get("error")
-        lines.append(visible(f"failure: #{failure.get('issue')}: {reason}"))
+        lines.append(visible(f"{failure['state']}: {failure['project']} #{failure['issue']}: {failure['reason']}"))
+    if len(doc["alerts"]) > MAX_ALERT_LINES:
+        lines.append(f"({len(doc['alerts']) - MAX_ALERT_LINES} earlier alert(s) of this run: status --json)")
+    lines += [visible(alert_line(a)) for a in doc["alerts"][-MAX_ALERT_LINES:]]
     return lines
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    where = f"#{alert.get('issue')}" if alert.get("issue") is not None else str(alert.get("project"))
+    worker = f" worker-{alert['worker']}" if alert.get("worker") is not None else ""
+    return f"alert: {alert.get('kind')} {where}{worker} at {alert.get('at')}: {clip(str(alert.get('detail')), 200)}"

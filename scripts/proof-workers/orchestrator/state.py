@@ -5,7 +5,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +38,9 @@ class WorkerRecord:
     push_url: str | None = None  # origin's push url when the issue was assigned: pushes go there or nowhere
     pane: str | None = None  # the tmux pane this try was started in (server and pane id): a new one means tmux died
     lost_tries: int = 0  # tries of this stage lost to tmux or the machine going away (not retries)
+    agent: dict[str, Any] = field(default_factory=dict)  # this try's agent as its events tell (agents.new_state)
+    events_offset: int = 0  # how far the probe has read this try's event stream
+    rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
 
     def reset(self) -> None:
         """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
@@ -73,6 +76,19 @@ class RunFiles:
     def prompt(self, worker: int, try_id: int) -> Path:
         return self.root / "prompts" / f"{self.try_stem(worker, try_id)}.md"
 
+    def agent_events(self, worker: int, try_id: int) -> Path:
+        """The agent's raw event stream of this try (one JSON object a line), as the wrapper keeps it."""
+        return self.root / "tries" / f"{self.try_stem(worker, try_id)}.events.jsonl"
+
+    def try_log(self, worker: int, try_id: int, issue: int) -> Path:
+        """This try's readable log: a line per agent event (logs/worker-N.log names it in its START line)."""
+        return self.root / "logs" / f"issue-{issue}" / f"{self.try_stem(worker, try_id)}.log"
+
+    @property
+    def usage(self) -> Path:
+        """Each try's turns, cost and tokens (summed per issue and project by status)."""
+        return self.root / "usage.json"
+
     def try_spec(self, worker: int, try_id: int) -> Path:
         return self.root / "tries" / f"{self.try_stem(worker, try_id)}.json"
 
@@ -92,6 +108,11 @@ class RunFiles:
     def monitor(self) -> Path:
         """The monitor's heartbeat: pid, start, last cycle, and how it exited."""
         return self.root / "monitor.json"
+
+    @property
+    def pins(self) -> Path:
+        """Where each repo's work is pushed, pinned before its first agent ran (orchestrator.pins)."""
+        return self.root / "push-pins.json"
 
     def load_worker(self, worker: int) -> WorkerRecord:
         path = self.worker_file(worker)
@@ -155,8 +176,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             out.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
+        except (ValueError, RecursionError):
+            continue  # a line cut by a crash (or nested too deep for json)
     return out
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.gitstatus import REPO_LOCAL_GIT_VARS
 
 SAFE_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "color.ui=false")
@@ -43,7 +47,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def git(cwd: Path | str, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S,
         env: dict[str, str] | None = None) -> str:
     try:
-        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True,
+        result = subprocess.run(["git", *SAFE_GIT, *args], cwd=cwd, capture_output=True, text=True, errors="replace",
                                 env=clean_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git {' '.join(args)} in {cwd}: timed out after {timeout:.0f}s") from None
@@ -99,11 +103,14 @@ def created_by_us(path: Path, base: Path) -> bool:
         and inside(path, base)
 
 
-def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path, branch: str) -> Path:
+def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path, branch: str,
+                    start: str | None = None) -> Path:
     """The issue's worktree on its branch, created from origin/<default> when new; reused when it exists.
 
     Reconciles with what is there: a registered worktree whose directory is gone
     is pruned; a local branch (or one only on the remote) is checked out as it is.
+    With `start` (a sha read from the pinned url: `pinned_start`), a new branch starts
+    exactly there, never at a remote-tracking ref the shared .git/config can forge.
     """
     if not inside(path, base_dir):
         raise GitFailed(f"worktree {path} is not inside worktree_base {base_dir}")
@@ -119,15 +126,45 @@ def ensure_worktree(repo: Path, default_branch: str, base_dir: Path, path: Path,
         git(repo, "worktree", "prune")
     if path.exists():
         raise GitFailed(f"{path} exists but is not a registered worktree of {repo}; move it away")
-    git(repo, "fetch", "-q", "origin")
+    fetch_origin(repo)
     base_dir.mkdir(parents=True, exist_ok=True)
     if ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}"):
         git(repo, "worktree", "add", "-q", str(path), branch)
+    elif start is not None:
+        if not ok(repo, "cat-file", "-e", f"{start}^{{commit}}"):
+            raise GitFailed(f"commit {start[:12]} (where the pinned remote's {branch} or {default_branch} is) is "
+                            f"not in {repo} after fetching origin: does origin still fetch from the pinned url?")
+        git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), start)
     elif ok(repo, "rev-parse", "--verify", "-q", f"refs/remotes/origin/{branch}"):
         git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), f"origin/{branch}")
     else:
         git(repo, "worktree", "add", "-q", "--no-track", "-b", branch, str(path), f"origin/{default_branch}")
     return path
+
+
+def fetch_origin(path: Path, prune: bool = False) -> None:
+    """Fetch origin's branches into refs/remotes/origin/ only: an explicit refspec and an empty --refmap, so a
+    configured `remote.origin.fetch` (an agent's or a user's `+refs/heads/*:refs/heads/*`) can neither move
+    nor, with --prune, delete a local branch; no tags (`remote.origin.tagOpt=--tags` fails the whole fetch on
+    a local tag that differs from origin's)."""
+    git(path, "fetch", "-q", *(["--prune"] if prune else []), "--no-tags", "--refmap=", "--no-recurse-submodules",
+        "origin", "+refs/heads/*:refs/remotes/origin/*")
+
+
+def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
+    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
+    try:
+        result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
+                                capture_output=True, text=True, errors="replace", env=clean_env(),
+                                timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise GitFailed(f"git merge-base: directory {cwd} does not exist") from None
+    if result.returncode in (0, 1):
+        return result.returncode == 0
+    detail = " / ".join(line.strip() for line in result.stderr.splitlines() if line.strip())[-400:]
+    raise GitFailed(f"git merge-base --is-ancestor {ancestor[:12]} {ref} in {cwd}: {detail or 'failed'}")
 
 
 def branch_head(worktree: Path, branch: str) -> str | None:
@@ -145,30 +182,192 @@ def porcelain(worktree: Path) -> str:
     return git(worktree, "status", "--porcelain", "--untracked-files=all")
 
 
-def check_push_url(worktree: Path, expected: str | None) -> None:
-    """Refuse when origin now pushes elsewhere than when the issue was assigned (None: nothing recorded).
-
-    An agent can rewrite the shared .git/config: work pushed to its remote must never count as pushed.
-    """
-    if expected is not None and (now := push_url(worktree)) != expected:
-        raise GitFailed(f"origin's push url changed since the issue was assigned ({expected} -> {now}); "
-                        "not pushing: put it back to resume")
-
-
-def push(worktree: Path, branch: str) -> None:
-    """Push the branch to origin (never forced); raises GitFailed with git's reason."""
-    git(worktree, "push", "-q", "origin", f"refs/heads/{branch}:refs/heads/{branch}")
+def pinned_settings(repo: Path) -> dict[str, list[str]]:
+    """The values of PINNED_SETTINGS that git would use in `repo` now (system, global and local config)."""
+    found = {}
+    for key in PINNED_SETTINGS:
+        values = git(repo, "config", "--get-all", key, check=False).splitlines()
+        if values:
+            found[key] = values
+    return found
 
 
 def push_url(repo: Path) -> str:
-    """Where a push to origin really goes (url, pushurl and insteadOf rewrites applied)."""
+    """Where a push to origin goes now (url, pushurl and insteadOf rewrites applied): what a pin records."""
     return git(repo, "remote", "get-url", "--push", "origin").strip()
 
 
-def remote_head(repo: Path, branch: str) -> str | None:
-    """The branch's commit where pushes go (the push url: a fetch url pointed elsewhere cannot vouch for it)."""
-    out = git(repo, "ls-remote", push_url(repo), f"refs/heads/{branch}", check=False).split()
-    return out[0] if out else None
+# A pinned push reads no git config but its own: no system or global file (an agent can write ~/.gitconfig),
+# and it runs in a throwaway bare repository whose objects are the real one's (alternates), so no
+# url.*.insteadOf, pushInsteadOf, pushurl, core.sshCommand or include in the shared .git/config applies.
+PINNED_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_SYSTEM": os.devnull, "GIT_CONFIG_GLOBAL": os.devnull}
+# How to reach and log in to the remote, taken with the pin (before any agent ran) and given to pinned gits.
+PINNED_SETTINGS = ("core.sshCommand", "credential.helper", "credential.useHttpPath", "http.proxy", "http.sslCAInfo")
+# Failures worth another try: the network, not the remote's answer. Anything else will not change by itself.
+NETWORK_ERROR = re.compile(
+    r"could not resolve (host|hostname)|name or service not known|temporary failure in name resolution|"
+    r"connection refused|connection timed out|operation timed out|timed out after|connection reset|"
+    r"network is unreachable|no route to host|remote end hung up|early eof|failed to connect|"
+    r"returned error: 50[234]", re.IGNORECASE)
+LASTING_ERROR = re.compile(
+    r"\[(remote )?rejected\]|non-fast-forward|fetch first|permission denied|does not appear to be a git repository|"
+    r"repository not found|authentication failed|access denied|hook declined", re.IGNORECASE)
+
+
+def is_network_error(text: str) -> bool:
+    """Whether git's complaint is a network failure that a later try may not meet.
+
+    >>> is_network_error("ssh: connect to host example.com port 22: Connection refused")
+    True
+    >>> is_network_error("fatal: unable to access 'https://x/': Could not resolve host: x")
+    True
+    >>> is_network_error("fatal: the remote end hung up unexpectedly")
+    True
+    >>> is_network_error("! [rejected] feature/issue-1 (non-fast-forward)")
+    False
+    >>> is_network_error("! [remote rejected] b -> b (pre-receive hook declined)")
+    False
+    >>> is_network_error("Permission denied (publickey). fatal: the remote end hung up unexpectedly")
+    False
+    >>> is_network_error("fatal: '/srv/gone.git' does not appear to be a git repository")
+    False
+    """
+    return NETWORK_ERROR.search(text) is not None and LASTING_ERROR.search(text) is None
+
+
+class PushFailed(GitFailed):
+    """A pinned push or its check failed; `retry` says whether another cycle may succeed (a network error)."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@contextmanager
+def _pinned_git_dir(repo: Path | None, settings: dict[str, list[str]] | None = None) -> Iterator[Path]:
+    """A throwaway bare repository with our config only (plus the pin's `settings`); it reads `repo`'s objects
+    when one is given."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-push-") as tmp:
+        shim = Path(tmp) / "pinned.git"
+        (shim / "objects" / "info").mkdir(parents=True)
+        (shim / "refs").mkdir()
+        (shim / "HEAD").write_text("ref: refs/heads/unused\n")
+        config = "[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
+        if repo is not None:
+            common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+            if git(repo, "rev-parse", "--show-object-format").strip() == "sha256":
+                config = "[core]\n\trepositoryformatversion = 1\n\tbare = true\n[extensions]\n\tobjectformat = sha256\n"
+            (shim / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
+        (shim / "config").write_text(config)
+        for key, values in (settings or {}).items():
+            for value in values:
+                git(shim, "config", "--file", str(shim / "config"), "--add", key, value, env=PINNED_ENV)
+        yield shim
+
+
+@contextmanager
+def _push_failures(what: str) -> Iterator[None]:
+    """Everything but PushFailed as PushFailed: the repository itself (gone, not one) will not come back by
+    itself; the temporary directory (a full disk) may next cycle."""
+    try:
+        yield
+    except PushFailed:
+        raise
+    except GitFailed as err:
+        raise PushFailed(str(err), retry=False) from None
+    except OSError as err:
+        raise PushFailed(f"cannot prepare {what}: {err}", retry=True) from None
+
+
+def _run_pinned(shim: Path, what: str, *args: str) -> str:
+    """Run git in the pinned git dir, in a process group of its own (a hung ssh is killed with it, never left
+    holding our pipes); raise PushFailed (retry only on a network error or a timeout) when it fails."""
+    proc = subprocess.Popen(["git", f"--git-dir={shim}", *SAFE_GIT, *args], cwd=shim, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            env=clean_env(PINNED_ENV), start_new_session=True)
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        if proc.returncode is None:  # timed out, or we are being stopped: what git started (ssh) goes with it
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+    if timed_out:
+        raise PushFailed(f"{what}: timed out after {GIT_TIMEOUT_S:.0f}s", retry=True)
+    if proc.returncode != 0:
+        said = [line.strip() for line in (err + "\n" + out).splitlines()
+                if line.strip() and not line.startswith(("hint:", "To ", "Done"))]
+        detail = clip(" / ".join(said), 400) or f"exit {proc.returncode}"
+        raise PushFailed(f"{what}: {detail}", retry=is_network_error(detail))
+    return out
+
+
+def _remote_shas(shim: Path, url: str, *branches: str) -> dict[str, str]:
+    """branch -> commit at `url`, for those of `branches` it has (one ls-remote)."""
+    refs = {f"refs/heads/{b}": b for b in branches}
+    found = {}
+    for line in _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
+        sha, _, name = line.partition("\t")
+        if name in refs:  # a pattern also matches refs/heads/x/refs/heads/<branch>: only exact names count
+            found[refs[name]] = sha
+    return found
+
+
+def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
+    return _remote_shas(shim, url, branch).get(branch)
+
+
+def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str, list[str]] | None = None) -> str:
+    """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
+    with _push_failures(f"the start of {branch}"), _pinned_git_dir(None, settings) as shim:
+        heads = _remote_shas(shim, url, branch, default_branch)
+    found = heads.get(branch) or heads.get(default_branch)
+    if found is None:
+        raise PushFailed(f"{clip(url)} has neither {branch} nor {default_branch}", retry=False)
+    return found
+
+
+def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
+    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
+    with _push_failures(f"reading {branch}"), _pinned_git_dir(None, settings) as shim:
+        return _remote_sha(shim, url, branch)
+
+
+def unpushed(path: Path, url: str, settings: dict[str, list[str]] | None = None) -> int:
+    """Commits of HEAD in `path` that no branch at `url` holds, the url read as pushes read it. A branch
+    commit we do not have here counts for nothing, so in doubt more commits count as unpushed."""
+    with _push_failures(f"the check of {path}"), _pinned_git_dir(None, settings) as shim:
+        listed = _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--heads", "--", url)
+        shas = [line.split("\t", 1)[0] for line in listed.splitlines() if "\t" in line]
+        count = git(path, "rev-list", "--count", "--ignore-missing", "HEAD", "--not", *shas).strip()
+    return int(count)
+
+
+def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]] | None = None) -> tuple[str, bool]:
+    """Push exactly the local branch's commit to `url`'s refs/heads/<branch> (never forced, no config read),
+    then check that `url` has it. Returns (sha, whether a push was needed); raises PushFailed."""
+    with _push_failures(f"the push of {branch}"):
+        sha = branch_head(repo, branch)
+        if sha is None:
+            raise PushFailed(f"branch {branch} is gone from {repo}", retry=False)
+        with _pinned_git_dir(repo, settings) as shim:
+            if _remote_sha(shim, url, branch) == sha:
+                return sha, False  # already there (a resumed monitor): nothing is pushed twice
+            try:
+                _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
+                            f"{sha}:refs/heads/{branch}")
+            except PushFailed:
+                # A push racing ours (a killed monitor's, still running) can land the very commit while ours
+                # is refused: only a url without it makes this a failure.
+                if _remote_sha(shim, url, branch) != sha:
+                    raise
+            there = _remote_sha(shim, url, branch)
+    if there != sha:
+        raise PushFailed(f"pushed {sha[:12]} to {clip(url)}, but its {branch} is {there or 'missing'}", retry=False)
+    return sha, True
 
 
 def continuation_facts(worktree: Path, base_branch: str, branch: str) -> tuple[str, str]:

@@ -18,19 +18,49 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import runner  # noqa: E402
+from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
+from orchestrator import agents  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
 LEFTOVER_GRACE_S = 2.0
-REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-            "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
+# The sandbox: bubblewrap with the root read-only, /dev, /proc and /tmp of its own, no view of other
+# processes, every capability dropped (bwrap keeps them when started by root). The network stays.
+BWRAP_BASE = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+              "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")
+# What would let a sandboxed agent push, or reach the tmux server that drives every pane or the desktop
+# session: not passed in.
+SANDBOX_DROPPED_ENV = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_SSH", "GIT_SSH_COMMAND",
+                       "GH_TOKEN", "GITHUB_TOKEN", "GH_ENTERPRISE_TOKEN", "GITLAB_TOKEN", "GL_TOKEN", "CI_JOB_TOKEN",
+                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "TMUX_TMPDIR", "GPG_AGENT_INFO",
+                       "DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY")
+# Files and directories under $HOME with keys or credentials: hidden (an empty directory, or /dev/null).
+SANDBOX_HIDDEN_HOME = (".ssh", ".gnupg", ".git-credentials", ".config/git/credentials", ".netrc", ".config/gh",
+                       ".config/glab-cli", ".docker", ".aws", ".kube", ".Xauthority")
+# git config for every git the agent starts: no credential helper (an empty value clears the list), no
+# automatic gc or maintenance (they would rewrite the read-only shared parts of the git dir), no signing
+# (the keys are hidden).
+SANDBOX_GIT_CONFIG = (("credential.helper", ""), ("gc.auto", "0"), ("maintenance.auto", "false"),
+                      ("commit.gpgSign", "false"), ("tag.gpgSign", "false"))
+
+
+# An agent with structured output: its raw event stream and the readable log of a try are capped (a runaway
+# agent cannot fill the disk); past the cap the events the monitor judges by (KEPT_PAST_CAP) are still kept.
+EVENTS_CAP = 100 * 1024 * 1024
+TRY_LOG_CAP = 10 * 1024 * 1024
+MAX_EVENT_LINE = 4 * 1024 * 1024  # a longer line (a huge tool result) is left out of the stream, with a note
+# The event types kept past the cap (judged on the parsed event: the real CLI writes "type" late in its result
+# line): Claude's and Gemini's result, init and system events, Codex's turn ends, errors and session start.
+KEPT_PAST_CAP = ("result", "system", "init", "error", "turn.completed", "turn.failed", "thread.started")
 
 
 def _stamp() -> str:
@@ -43,18 +73,86 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The bwrap command line (ending in `--`) for a try spec's `sandbox`, for an agent started with `env`.
+
+    Order matters, later mounts cover earlier ones: the read-only root and a private /tmp; the git dir and
+    the prompt made visible again (they may live under /tmp); the writable parts (the agent's state dirs,
+    then the worktree and what a commit on its branch writes in the git dir); read-only on top of those
+    the files that tie the worktree to its repository; last the secrets, hidden even inside writable parts.
+    """
+    argv = list(BWRAP_BASE)
+    runtime = f"/run/user/{os.getuid()}"  # agent sockets (gpg, ssh, keyrings)
+    if os.path.isdir(runtime):
+        argv += ["--tmpfs", runtime]
+    for path in box.get("visible", []):
+        argv += ["--ro-bind-try", path, path]
+    for path in box.get("state", []):
+        argv += ["--bind-try", path, path]
+    for path in box.get("writable", []):
+        argv += ["--bind", path, path]
+    for path in box.get("read_only", []):
+        argv += ["--ro-bind-try", path, path]
+    home = env.get("HOME", "")
+    hidden = [os.path.join(home, name) for name in SANDBOX_HIDDEN_HOME] if home.startswith("/") else []
+    xdg = env.get("XDG_CONFIG_HOME", "")  # git's credential store and gh read there when it is set
+    if xdg.startswith("/"):
+        hidden += [os.path.join(xdg, name.removeprefix(".config/")) for name in SANDBOX_HIDDEN_HOME
+                   if name.startswith(".config/")]
+    for var in ("SSH_AUTH_SOCK", "TMUX"):  # $TMUX is "socket,pid,session"
+        value = env.get(var, "").split(",")[0]
+        if value.startswith("/"):
+            hidden.append(value)
+    if env.get("TMUX_TMPDIR", "").startswith("/"):
+        hidden.append(os.path.join(env["TMUX_TMPDIR"], f"tmux-{os.getuid()}"))
+    keep = [os.path.realpath(p) for p in (box["worktree"], *box.get("visible", []), *box.get("writable", []))]
+    for path in dict.fromkeys(os.path.realpath(p) for p in hidden):  # where a symlink leads is what to hide
+        if any(k == path or k.startswith(path.rstrip("/") + "/") for k in keep):
+            continue  # never cover the worktree or the git dir (a link from ~/.ssh to a parent of them)
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+        elif os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
+    return argv + ["--chdir", box["worktree"], "--"]
+
+
+def sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment a sandboxed agent gets: no agent sockets, askpass programs, tokens or tmux handles."""
+    env = {k: v for k, v in env.items() if k not in SANDBOX_DROPPED_ENV
+           and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env["GIT_CONFIG_COUNT"] = str(len(SANDBOX_GIT_CONFIG))
+    for index, (key, value) in enumerate(SANDBOX_GIT_CONFIG):
+        env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    env["TMPDIR"] = "/tmp"
+    return env
+
+
 def run(spec: dict[str, Any]) -> int:
     log_path, signal_path = Path(spec["log"]), Path(spec["signal"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     signal_path.parent.mkdir(parents=True, exist_ok=True)
     label = f"worker-{spec['worker']} try {spec['try']} issue #{spec['issue']} stage {spec['stage']}"
-    env = {k: v for k, v in os.environ.items() if k not in REPO_ENV}
+    # Nothing inherited may point the agent's git at another repository, index or config (lib.gitstatus's list).
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
+           if not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
     env.update(spec.get("env", {}))
+    argv = ["/bin/sh", "-c", spec["command"]]
+    # Orphans of the agent's tree (a double fork, `env -i setsid cmd &`: no tag, no group) become our children,
+    # so kill_leftovers finds them by descent when their tag is gone.
+    runner.become_subreaper()
+    box = spec.get("sandbox")
+    if box:
+        argv = sandbox_argv(box, env) + argv  # before sandbox_env drops the sockets it hides
+        env = sandbox_env(env)
+    kind = spec.get("agent", "command")
+    structured = kind in agents.STRUCTURED and spec.get("events") and spec.get("try_log")
+    if structured:
+        label += f" (agent {kind}; log {spec['try_log']})"
     with open(log_path, "ab") as log:
         log.write(f"=== START {label} at {_stamp()} ===\n".encode())
         log.flush()
         try:
-            agent = subprocess.Popen(["/bin/sh", "-c", spec["command"]], cwd=spec["cwd"], env=env,
+            agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         except OSError as err:
@@ -74,7 +172,11 @@ def run(spec: dict[str, Any]) -> int:
 
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(signum, stop)
-            pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
+            if structured:
+                pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]),
+                                                              Path(spec["try_log"])), daemon=True)
+            else:
+                pump = threading.Thread(target=_tee, args=(agent.stdout, log), daemon=True)
             pump.start()
             code = agent.wait()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
@@ -90,10 +192,14 @@ def run(spec: dict[str, Any]) -> int:
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
-    """Kill what is left of the agent's group and every process with this try's tag; returns the tagged ones
-    found outside the group. A group leader that has exited no longer counts its group, hence the tag."""
-    outside = runner.escaped_processes(tag, pgid, var=TRY_VAR) if tag else []
-    if runner.group_alive(pgid) or outside:
+    """Kill what is left of the agent's group, every process with this try's tag and every process still below
+    the wrapper (orphans reparented to it, tag or not); returns those found outside the group. A group leader
+    that has exited no longer counts its group, hence the tag and the descent."""
+    members = set(runner.group_members(pgid))
+    outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
+    outside += [pid for pid in runner.descendants(runner.process_table(), os.getpid())
+                if pid not in outside and pid not in members]
+    if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
     return outside
 
@@ -109,6 +215,60 @@ def _tee(source: Any, log: Any) -> None:
                 screen.flush()
             except OSError:
                 screen = None
+
+
+def _events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+    """Keep the agent's raw event stream (a line that is not JSON becomes a `stdout` event) and write a readable
+    line per event to the try's log and the pane."""
+    try:
+        _keep_events(source, kind, events_path, log_path)
+    except Exception:  # noqa: BLE001 (a full disk, or an event nothing foresaw: the drain below must still run)
+        pass
+    for _ in iter(lambda: source.read1(65536), b""):
+        pass  # the files cannot be written (a full disk): the agent's output is drained, never left to block it
+
+
+def _keep_events(source: Any, kind: str, events_path: Path, log_path: Path) -> None:
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    screen = getattr(sys.stdout, "buffer", None)
+    with open(events_path, "ab") as events, open(log_path, "ab") as log:
+        written, logged, touched = events.tell(), log.tell(), float("-inf")
+        while True:
+            line = source.readline(MAX_EVENT_LINE)
+            if not line:
+                break
+            if not line.endswith(b"\n"):
+                if len(line) >= MAX_EVENT_LINE:  # the rest of an overlong line is read and dropped
+                    while (rest := source.readline(MAX_EVENT_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                    line = json.dumps({"type": "stdout", "text": f"(an event of over {MAX_EVENT_LINE} bytes "
+                                                                  "was left out)"}).encode() + b"\n"
+                else:
+                    line += b"\n"
+            event, was_json = agents.parse_line(line)
+            raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
+            if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
+                events.write(raw)
+                events.flush()
+                written += len(raw)
+            elif time.monotonic() - touched >= 1.0:
+                # dropped past the cap: the file's mtime still moves, so the probe sees activity, not a stall
+                os.utime(events.fileno())
+                touched = time.monotonic()
+            text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
+            if text and logged < TRY_LOG_CAP:
+                log.write(text)
+                if logged + len(text) >= TRY_LOG_CAP:
+                    log.write(b"(log capped: the raw events keep going in the .events.jsonl file)\n")
+                log.flush()
+                logged += len(text)
+            if text and screen is not None:
+                try:
+                    screen.write(text)
+                    screen.flush()
+                except OSError:
+                    screen = None
 
 
 def main(argv: list[str] | None = None) -> int:
