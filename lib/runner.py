@@ -674,6 +674,82 @@ def run_in_group(
                          copier.log_error, escaped, stopped_with)
 
 
+STOPPING_READ_S = 10.0  # a read started while the run is being stopped (reading back what a step did) ends by then
+DRAIN_S = 2.0  # after a read's process ended, how long what it left holding its pipes may keep them
+
+
+def capture(args: Sequence[str], cwd: Path | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a short command (a git read: no shell) and return its exit code, stdout and stderr, killable like a step.
+
+    It runs in a session of its own, registered as a step: a stop (terminate_all) kills it with
+    its group and whatever left the group, and so does the watchdog if we are killed outright.
+    What it leaves behind when it ends is killed too. Once the run is being stopped it still
+    starts (reading back what a killed step did is how outcomes stay true), but is killed after
+    STOPPING_READ_S. Killed by a signal: returncode is minus the signal, as subprocess says it.
+    """
+    become_subreaper()
+    start_watchdog()
+    marker = f"{run_tag()}{next(_step_numbers)}"
+    step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
+    with _active_lock:
+        deadline = monotonic() + STOPPING_READ_S if _stopping.is_set() else None
+        proc = subprocess.Popen(list(args), cwd=cwd, env=step_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        pgid = proc.pid
+        _active_groups[pgid] = marker
+        _tell_watchdog(f"+{pgid}\n")
+    born = _start_tick(pgid)
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    output: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    poller = select.poll()
+    for fd in output:
+        poller.register(fd, select.POLLIN)
+    try:
+        pidfd: int | None = os.pidfd_open(pgid)  # readable once it ends: no polling for its end
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):
+        pidfd = None
+    open_fds = {out_fd, err_fd}
+    ended_at: float | None = None
+    try:
+        while open_fds or ended_at is None:
+            for fd, _ in poller.poll(100 if pidfd is not None or open_fds else 10):
+                if fd == pidfd:
+                    poller.unregister(fd)
+                    continue
+                chunk = os.read(fd, CHUNK)
+                if chunk:
+                    output[fd].append(chunk)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+            now = monotonic()
+            if ended_at is None and proc.poll() is not None:
+                ended_at = now
+                if open_fds:  # something it started holds the pipes: kill what is left of it
+                    _stop_step(pgid, marker, GRACE_S, born)
+            if deadline is not None and now >= deadline and ended_at is None:
+                deadline = None
+                _stop_step(pgid, marker, GRACE_S, born)
+            if ended_at is not None and open_fds and now - ended_at > DRAIN_S:
+                break  # held by a process that dropped our marker: what was read is all there is
+        _stop_step(pgid, marker, GRACE_S, born)
+    except BaseException:
+        _stop_step(pgid, marker, GRACE_S, born)
+        proc.wait()
+        raise
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        with _active_lock:
+            _active_groups.pop(pgid, None)
+            _tell_watchdog(f"-{pgid}\n")
+        proc.stdout.close()
+        proc.stderr.close()
+    return subprocess.CompletedProcess(list(args), proc.wait(), b"".join(output[out_fd]), b"".join(output[err_fd]))
+
+
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
              on_start: Callable[[Item], None] | None = None,
              on_done: Callable[[Result], None] | None = None, grace: float = GRACE_S) -> list[Result]:

@@ -93,13 +93,29 @@ class ScanRows:
         self.common_dirs[repo.name] = common_dir
         if not left_alone or runner.stopping():
             return
-        git = subprocess.run(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS],
-                             stdin=subprocess.DEVNULL, capture_output=True, env=confined_to(repo.local, git_env()),
-                             check=False)
+        # Killable like every git sync starts (a status can hang on an fsmonitor hook or a clean filter):
+        # one the stop killed has no row.
+        try:
+            git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
+                                 confined_to(repo.local, git_env()))
+        except OSError:  # no process to spare: the closing scan reads this repo itself
+            return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
         if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known) \
                 and row.error is None:
             self.rows[repo.name] = (row, os.path.realpath(repo.local))
+
+
+def _read_git(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    result = runner.capture(args, None, env)
+    if result.returncode < 0 and runner.stopping():
+        raise runner.Stopping(f"git {args[3] if len(args) > 3 else ''} was stopped")
+    return result
+
+
+def _text(output: bytes) -> str:
+    """Output as subprocess's text mode gave it: UTF-8 (errors replaced), universal newlines."""
+    return output.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _nested(one: str, other: str) -> bool:
@@ -161,12 +177,13 @@ class _Git:
         self.listing: gitrefs.Config | None = None
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", env=self.env, check=False)
+        result = self.read_bytes(*args)
+        return subprocess.CompletedProcess(result.args, result.returncode, _text(result.stdout), _text(result.stderr))
 
     def read_bytes(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              env=self.env, check=False)
+        """A git read, killable like a step (runner.capture). One the stop killed raises runner.Stopping:
+        no outcome is ever built from what a killed read did not say."""
+        return _read_git(["git", "-C", str(self.path), *args], self.env)
 
     def out(self, *args: str) -> str:
         result = self.read(*args)
@@ -306,8 +323,13 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-              dry_run: bool = False, scan_rows: ScanRows | None = None) -> SyncOutcome:
-    """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
+              dry_run: bool = False, scan_rows: ScanRows | None = None,
+              settled: list[SyncOutcome] | None = None) -> SyncOutcome:
+    """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake.
+
+    `settled` gets the outcome if it was known before any stop of the run (nothing the stop
+    killed went into it), before the status read for `scan_rows`.
+    """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
     state: dict[str, str | None] = {}
@@ -333,6 +355,8 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
         else:  # the outcome stands, read from the repo as always
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
+    if settled is not None and not runner.stopping():
+        settled.append(outcome)
     if scan_rows is not None:
         scan_rows.read(repo, outcome, state.get("common_dir"))
     outcome.duration_s = round(monotonic() - started, 3)
@@ -588,18 +612,20 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              on_done: Callable[[SyncOutcome], None] | None = None,
              scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
+    settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled))
         return finished[-1]
 
     try:
         return runner.run_each(repos, work, net_jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
         # run_each took its results before killing the running steps: a repo whose branch a killed
-        # fast-forward had already moved (read back from the repo since) is recorded too.
+        # fast-forward had already moved (read back from the repo since) is recorded too, and so is
+        # one whose outcome was known before the stop (the stop killed only its status read).
         recorded = {o.repo for o in stop.results}
-        moved = [o for o in finished if o.repo not in recorded and o.after != o.before]
+        moved = [o for o in finished if o.repo not in recorded and (o.after != o.before or o in settled)]
         order = {repo.name: index for index, repo in enumerate(repos)}
         stop.results = sorted([*stop.results, *moved], key=lambda o: order[o.repo])
         raise

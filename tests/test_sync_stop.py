@@ -1,0 +1,82 @@
+"""Every git sync-all starts, its reads too, is killed by a stop (Ctrl-C, SIGTERM) and by the watchdog.
+
+A read (the status sync takes for the closing scan, the dirty check, ...) can hang on an fsmonitor
+hook or a clean filter just as a fetch can hang on the network.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, process_running, stop_when, wait_gone
+from tests.sync_fixtures import full_snapshot, wait_for_file
+
+
+def slow_fsmonitor(repo_path: Path, tmp_path: Path) -> Path:
+    """A core.fsmonitor hook that writes its pid and sleeps: only a `git status` (or an index refresh) runs it."""
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo_path), "config", "core.fsmonitor", str(hook)], check=True)
+    return pid_file
+
+
+def results_of(home) -> dict[str, dict]:
+    return {r["repo"]: r for r in home.state("sync-results.json")["results"]}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_during_syncs_own_status_kills_it_and_records_the_repo(home, make_repo, tmp_path, signum):
+    # The status sync reads of an up-to-date repo (its row for the closing scan) ran as a plain
+    # subprocess: a stop said "stopped 0 running commands" and waited for the hook to end.
+    repo = make_repo("steady")
+    before = full_snapshot(repo.path)
+    pid_file = slow_fsmonitor(repo.path, tmp_path)
+    home.add(repo)
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signum, seconds=90)
+    hook = int(pid_file.read_text().split()[0])
+    try:
+        assert sync.returncode == 128 + signum and "Traceback" not in out, out
+        assert f"interrupted: stopped 1 running command ({signal.Signals(signum).name})" in out, out
+        assert wait_gone(hook, 30), "the fsmonitor hook outlived the sync that started it"
+        # The repo had synced before its status was stopped: its outcome is recorded, nothing changed.
+        entry = results_of(home)["steady"]
+        assert entry["status"] == "up to date" and entry["before"] == entry["after"], entry
+        subprocess.run(["git", "-C", str(repo.path), "config", "--unset", "core.fsmonitor"], check=True)
+        assert full_snapshot(repo.path) == before
+    finally:
+        if process_running(hook):
+            subprocess.run(["kill", "-9", str(hook)], check=False)
+
+
+def test_a_stop_during_the_dirty_check_kills_it_and_moves_nothing(home, make_repo, tmp_path):
+    # The dirty check before a fast-forward is a `git status` too: the hook holds it.
+    repo = make_repo("behind")
+    upstream = repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    pid_file = slow_fsmonitor(repo.path, tmp_path)
+    home.add(repo)
+    main_before = subprocess.run(["git", "-C", str(repo.path), "rev-parse", "refs/heads/main"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGINT, seconds=90)
+    hook = int(pid_file.read_text().split()[0])
+    try:
+        assert sync.returncode == 130 and "Traceback" not in out, out
+        assert "interrupted: stopped 1 running command (SIGINT)" in out, out
+        assert wait_gone(hook, 30), "the fsmonitor hook outlived the sync that started it"
+        after = subprocess.run(["git", "-C", str(repo.path), "rev-parse", "refs/heads/main"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert after == main_before != upstream
+        # Stopped before its outcome was known: no result is made up for it.
+        assert "behind" not in (results_of(home) if (home.path / "state" / "sync-results.json").exists() else {})
+    finally:
+        if process_running(hook):
+            subprocess.run(["kill", "-9", str(hook)], check=False)
