@@ -80,3 +80,20 @@ def test_a_stop_during_the_dirty_check_kills_it_and_moves_nothing(home, make_rep
     finally:
         if process_running(hook):
             subprocess.run(["kill", "-9", str(hook)], check=False)
+
+
+def test_a_sync_killed_outright_during_its_status_leaves_nothing_running(home, make_repo, tmp_path):
+    # SIGKILL gives sync no chance to stop anything: the watchdog kills its reads as it kills its steps.
+    repo = make_repo("steady")
+    pid_file = slow_fsmonitor(repo.path, tmp_path)
+    home.add(repo)
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGKILL, seconds=90)
+    hook = int(pid_file.read_text().split()[0])
+    try:
+        assert sync.returncode == -signal.SIGKILL
+        assert wait_gone(hook, 60), "the fsmonitor hook outlived the sync killed outright"
+    finally:
+        if process_running(hook):
+            subprocess.run(["kill", "-9", str(hook)], check=False)
