@@ -367,6 +367,12 @@ def start_watchdog() -> None:
         _watchdog_fd = write_end
 
 
+def _watchdog_running() -> bool:
+    with _watchdog_lock:
+        return (_watchdog_owner == os.getpid() and _watchdog_fd is not None and _watchdog_process is not None
+                and _watchdog_process.poll() is None)
+
+
 def _forget_watchdog() -> None:
     """Close our end of the pipe: in a forked child (a scan's helper), whose copy would make the
     watchdog wait for it too, and when the watchdog is gone."""
@@ -675,6 +681,7 @@ def run_in_group(
 
 
 STOPPING_READ_S = 10.0  # a read started while the run is being stopped (reading back what a step did) ends by then
+HELD_S = 0.2  # a read's pipes still open this long after it ended: what it left holds them, and is killed
 DRAIN_S = 2.0  # after a read's process ended, how long what it left holding its pipes may keep them
 
 
@@ -683,7 +690,8 @@ def capture(args: Sequence[str], cwd: Path | None, env: dict[str, str] | None = 
 
     It runs in a session of its own, registered as a step: a stop (terminate_all) kills it with
     its group and whatever left the group, and so does the watchdog if we are killed outright.
-    What it leaves behind when it ends is killed too. Once the run is being stopped it still
+    What it leaves in its group is killed when it ends; what left the group, by the watchdog
+    when the run ends (no /proc scan per read). Once the run is being stopped it still
     starts (reading back what a killed step did is how outcomes stay true), but is killed after
     STOPPING_READ_S. Killed by a signal: returncode is minus the signal, as subprocess says it.
     """
@@ -712,6 +720,7 @@ def capture(args: Sequence[str], cwd: Path | None, env: dict[str, str] | None = 
         pidfd = None
     open_fds = {out_fd, err_fd}
     ended_at: float | None = None
+    held = False
     try:
         while open_fds or ended_at is None:
             for fd, _ in poller.poll(100 if pidfd is not None or open_fds else 10):
@@ -727,14 +736,18 @@ def capture(args: Sequence[str], cwd: Path | None, env: dict[str, str] | None = 
             now = monotonic()
             if ended_at is None and proc.poll() is not None:
                 ended_at = now
-                if open_fds:  # something it started holds the pipes: kill what is left of it
-                    _stop_step(pgid, marker, GRACE_S, born)
             if deadline is not None and now >= deadline and ended_at is None:
                 deadline = None
                 _stop_step(pgid, marker, GRACE_S, born)
+            if ended_at is not None and open_fds and now - ended_at > HELD_S and not held:
+                held = True  # something it started holds the pipes: kill what is left of it
+                _stop_step(pgid, marker, GRACE_S, born)
             if ended_at is not None and open_fds and now - ended_at > DRAIN_S:
                 break  # held by a process that dropped our marker: what was read is all there is
-        _stop_step(pgid, marker, GRACE_S, born)
+        # Its group is killed if anything is left in it. What left the group carries our marker:
+        # the watchdog kills it when the run ends. Without a watchdog, look for it now (a /proc scan).
+        if group_alive(pgid) or not _watchdog_running():
+            _stop_step(pgid, marker, GRACE_S, born)
     except BaseException:
         _stop_step(pgid, marker, GRACE_S, born)
         proc.wait()

@@ -97,3 +97,35 @@ def test_a_sync_killed_outright_during_its_status_leaves_nothing_running(home, m
     finally:
         if process_running(hook):
             subprocess.run(["kill", "-9", str(hook)], check=False)
+
+
+def test_a_read_that_leaves_a_process_holding_its_pipes_returns_and_kills_it(tmp_path):
+    from lib.runner import capture
+
+    pid_file = tmp_path / "held.pid"
+    result = capture(["sh", "-c", f"sleep 120 & echo $! > '{pid_file}'; echo done"], None)
+    held = int(pid_file.read_text())
+    try:
+        assert result.returncode == 0 and result.stdout == b"done\n"
+        assert wait_gone(held, 30), "the process holding the read's pipes outlived it"
+    finally:
+        if process_running(held):
+            subprocess.run(["kill", "-9", str(held)], check=False)
+
+
+def test_what_a_read_left_outside_its_group_is_killed_when_the_run_ends(tmp_path):
+    # Not looked for after each read (a /proc scan per git is what made sync slow): the watchdog
+    # kills it, by the marker in its environment, once the process that ran the read is gone.
+    pid_file = tmp_path / "escaped.pid"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from lib.runner import capture; "
+              "print(capture(['sh', '-c', 'setsid sleep 120 </dev/null >/dev/null 2>&1 & echo $! > ' + sys.argv[2]],"
+              " None).returncode)")
+    run = subprocess.run([sys.executable, "-c", script, str(ROOT), str(pid_file)], capture_output=True, text=True,
+                         timeout=60)
+    escaped = int(pid_file.read_text())
+    try:
+        assert run.returncode == 0 and run.stdout.strip() == "0", run.stdout + run.stderr
+        assert wait_gone(escaped, 30), "a read's leftover outlived the run"
+    finally:
+        if process_running(escaped):
+            subprocess.run(["kill", "-9", str(escaped)], check=False)
