@@ -685,7 +685,8 @@ HELD_S = 0.2  # a read's pipes still open this long after it ended: what it left
 DRAIN_S = 2.0  # after a read's process ended, how long what it left holding its pipes may keep them
 
 
-def capture(args: Sequence[str], cwd: Path | None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def capture(args: Sequence[str], cwd: Path | None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a short command (a git read: no shell) and return its exit code, stdout and stderr, killable like a step.
 
     It runs in a session of its own, registered as a step: a stop (terminate_all) kills it with

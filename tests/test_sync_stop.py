@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, process_running, stop_when, wait_gone
+from tests.sshd_fixtures import sshd  # noqa: F401  (a fixture)
 from tests.sync_fixtures import full_snapshot, wait_for_file
 
 
@@ -129,3 +130,35 @@ def test_what_a_read_left_outside_its_group_is_killed_when_the_run_ends(tmp_path
     finally:
         if process_running(escaped):
             subprocess.run(["kill", "-9", str(escaped)], check=False)
+
+
+def test_a_stop_during_the_hosts_own_status_records_the_repo_it_had_synced(home, make_repo, sshd, tmp_path):
+    # The host's sync reads the status of each repo it left as it was: a stop there kills that git on the
+    # host and the repo is recorded here with what the host's sync had found.
+    from tests.test_sync_host import results, setup
+    from tests.test_sync_host_robust import inv_subprocess, wait_until
+
+    handle = make_repo("steady")
+    workspace = setup(home, sshd, tmp_path, [handle])
+    pid_file = slow_fsmonitor(workspace / "steady", tmp_path)
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the host's status")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    hook = int(pid_file.read_text().split()[0])
+    try:
+        err = err_file.read_text()
+        assert proc.returncode == 130 and "Traceback" not in err, out + err
+        assert "interrupted: stopped 1 running command (SIGINT)" in err, err
+        entry = results(home)["steady"]
+        assert entry["status"] == "up to date" and entry["host"] == "builder", entry
+        assert wait_gone(hook, 30), "the hook on the host outlived the sync there"
+    finally:
+        if process_running(hook):
+            subprocess.run(["kill", "-9", str(hook)], check=False)
