@@ -587,36 +587,8 @@ class _RepoScan:
         pool.submit(str(path), self.env, STATUS_ARGS, self.on_status)
 
     def on_status(self, result: GitResult) -> None:
-        status = self.status
-        if result.returncode != 0:
-            status.error = _git_error(result)
-            return self.finish(status)
-        porcelain = parse_porcelain_v2(result.stdout)
-        status.branch = porcelain.branch
-        status.detached = porcelain.branch is None
-        status.head = porcelain.head
-        status.upstream = porcelain.upstream
-        status.ahead, status.behind = porcelain.ahead, porcelain.behind
-        status.staged, status.modified = porcelain.staged, porcelain.modified
-        status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
-        status.dirty = porcelain.dirty
-        git_dir = git_dir_of(self.path)
-        status.operation, status.index_lock = operation_and_lock(self.path, git_dir)
-        status.stashes = stash_count(git_dir) if git_dir is not None else None
-        if porcelain.head is None:
-            status.error = "no commits yet"
-            return self.finish(status)
-        status.clean = status.dirty == 0
-        # A commit never changes: the one recorded for this sha is what `git log -1` would print.
-        known = self.known.get(porcelain.head)
-        if known is not None:
-            status.last_commit = LastCommit(known.sha, known.subject, known.author, known.date)
-            return self.finish(status)
-        # Else read it from the object store (no process); git only when the reader is in any doubt.
-        commit = read_commit(git_dir, porcelain.head) if git_dir is not None else None
-        if commit is not None:
-            status.last_commit = LastCommit(porcelain.head, *commit)
-            return self.finish(status)
+        if fill_from_status(self.status, self.path, result, self.known):
+            return self.finish(self.status)
         self.pool.submit(str(self.path), self.env, LOG_ARGS, self.on_log, first=True)
 
     def on_log(self, result: GitResult) -> None:
@@ -627,6 +599,40 @@ class _RepoScan:
             return self.finish(status)
         status.last_commit = last_commit_of(result.stdout)
         self.finish(status)
+
+
+def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: Mapping[str, LastCommit]) -> bool:
+    """Fill a repo's row from its `git <STATUS_ARGS>` result; False when its last commit still needs `git log -1`."""
+    if result.returncode != 0:
+        status.error = _git_error(result)
+        return True
+    porcelain = parse_porcelain_v2(result.stdout)
+    status.branch = porcelain.branch
+    status.detached = porcelain.branch is None
+    status.head = porcelain.head
+    status.upstream = porcelain.upstream
+    status.ahead, status.behind = porcelain.ahead, porcelain.behind
+    status.staged, status.modified = porcelain.staged, porcelain.modified
+    status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
+    status.dirty = porcelain.dirty
+    git_dir = git_dir_of(path)
+    status.operation, status.index_lock = operation_and_lock(path, git_dir)
+    status.stashes = stash_count(git_dir) if git_dir is not None else None
+    if porcelain.head is None:
+        status.error = "no commits yet"
+        return True
+    status.clean = status.dirty == 0
+    # A commit never changes: the one recorded for this sha is what `git log -1` would print.
+    recorded = known.get(porcelain.head)
+    if recorded is not None:
+        status.last_commit = LastCommit(recorded.sha, recorded.subject, recorded.author, recorded.date)
+        return True
+    # Else read it from the object store (no process); git only when the reader is in any doubt.
+    commit = read_commit(git_dir, porcelain.head) if git_dir is not None else None
+    if commit is not None:
+        status.last_commit = LastCommit(porcelain.head, *commit)
+        return True
+    return False
 
 
 def last_commit_of(log_output: bytes) -> LastCommit | None:

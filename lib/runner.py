@@ -146,12 +146,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def processes_tagged(name: str, value: str, prefix: bool = False) -> list[int]:
+def processes_tagged(name: str, value: str, prefix: bool = False, born_since: int = 0) -> list[int]:
     """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
 
     Read from /proc/PID/environ: the environment a process was started with,
     which it inherits from whoever started it and keeps across setsid and
     daemonizing. Processes of other users are not readable and never listed.
+    `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
+    the value; one started before it cannot descend from it, so its environment is not read.
     """
     needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
     found: list[int] = []
@@ -160,6 +162,10 @@ def processes_tagged(name: str, value: str, prefix: bool = False) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        if born_since:
+            fields = _proc_stat(entry.name)
+            if not fields or _born_before(fields, born_since):
+                continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as environ:
                 if needle not in b"\0" + environ.read() + b"\0":
@@ -172,9 +178,14 @@ def processes_tagged(name: str, value: str, prefix: bool = False) -> list[int]:
     return found
 
 
-def escaped_processes(marker: str, pgid: int) -> list[int]:
+def _born_before(fields: list[bytes], tick: int) -> bool:
+    """Whether a process (its /proc stat fields) started before clock tick `tick` (0: not known, never)."""
+    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
+
+
+def escaped_processes(marker: str, pgid: int, born_since: int = 0) -> list[int]:
     """Live processes of the step `marker` that are no longer in its process group `pgid`."""
-    return [pid for pid in processes_tagged(STEP_VAR, marker)
+    return [pid for pid in processes_tagged(STEP_VAR, marker, born_since=born_since)
             if (fields := _proc_stat(str(pid))) is not None and int(fields[2]) != pgid]
 
 
@@ -189,8 +200,14 @@ def _describe(pid: int) -> str:
 
 def group_alive(pgid: int) -> bool:
     # Zombies still count for killpg(pgid, 0); where no init reaps them, only
-    # /proc tells a finished group from a running one.
+    # /proc tells a finished group from a running one. No process at all: no need to look.
     if os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return bool(group_members(pgid))
     try:
         os.killpg(pgid, 0)
@@ -263,6 +280,15 @@ def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
 
 
+def _start_tick(pid: int) -> int:
+    """When a process started (clock ticks since boot), 0 when it cannot be read."""
+    fields = _proc_stat(str(pid))
+    try:
+        return int(fields[19]) if fields else 0
+    except (IndexError, ValueError):
+        return 0
+
+
 def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
     """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
     what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is
@@ -277,9 +303,9 @@ def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -
     return f"SIGINT, then SIGTERM after {interrupt_grace:g}s (SIGKILL {grace:g}s later if still running)"
 
 
-def _stop_step(pgid: int, marker: str, grace: float) -> tuple[str, ...]:
+def _stop_step(pgid: int, marker: str, grace: float, born_since: int = 0) -> tuple[str, ...]:
     """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
-    escaped = escaped_processes(marker, pgid)
+    escaped = escaped_processes(marker, pgid, born_since=born_since)
     names = tuple(_describe(pid) for pid in escaped)
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
@@ -339,6 +365,12 @@ def start_watchdog() -> None:
             os.close(read_end)
         os.set_blocking(write_end, False)  # a stuck watchdog must never hold up a run
         _watchdog_fd = write_end
+
+
+def _watchdog_running() -> bool:
+    with _watchdog_lock:
+        return (_watchdog_owner == os.getpid() and _watchdog_fd is not None and _watchdog_process is not None
+                and _watchdog_process.poll() is None)
 
 
 def _forget_watchdog() -> None:
@@ -529,8 +561,45 @@ class _Copier(threading.Thread):
             self.log_failed.set()
 
 
+class _Waiter:
+    """`waiter(seconds)`: whether the process ended within `seconds`, woken the moment it ends.
+
+    Popen.wait(timeout) polls with growing sleeps, up to 50 ms late: most of a quick
+    git's time. A pidfd (Linux 5.3+) is readable once the process has ended.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        try:
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux, an old kernel, or already reaped
+            self.pidfd = None
+
+    def __call__(self, seconds: float) -> bool:
+        if self.pidfd is None:
+            try:
+                self.proc.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        poller = select.poll()  # not select(): a descriptor number over 1023 is fine here
+        poller.register(self.pidfd, select.POLLIN)
+        if not poller.poll(seconds * 1000):
+            return False
+        try:
+            self.proc.wait(timeout=1.0)  # it has ended: this reaps it at once
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
 def run_in_group(
-    command: str,
+    command: str | Sequence[str],
     cwd: Path,
     log: BinaryIO,
     timeout: float | None,
@@ -539,7 +608,7 @@ def run_in_group(
     grace: float = GRACE_S,
     interrupt_grace: float | None = None,
 ) -> ProcessResult:
-    """Run `command` with /bin/sh in a new session; output goes to `log` (and `echo`) as bytes.
+    """Run `command` with /bin/sh (an argv list: as is) in a new session; output goes to `log` (and `echo`) as bytes.
 
     On timeout the group gets SIGTERM, then SIGKILL after `grace` (with
     `interrupt_grace`: SIGINT first, see interrupt_first). Processes the
@@ -559,7 +628,7 @@ def run_in_group(
         if _stopping.is_set():
             raise Stopping("the run is being stopped")
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            ["/bin/sh", "-c", command] if isinstance(command, str) else list(command),
             cwd=cwd,
             env=step_env,
             stdin=subprocess.DEVNULL,
@@ -570,32 +639,32 @@ def run_in_group(
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
+    born = _start_tick(pgid)  # not reaped yet: readable even if it already ended
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
     timed_out = False
     stopped_with = None
     deadline = None if timeout is None else started + timeout
+    ended = _Waiter(proc)
     escaped: tuple[str, ...] = ()
     try:
         while True:
-            try:
-                proc.wait(timeout=0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic())))
+            if ended(0.1 if deadline is None else max(0.0, min(0.1, deadline - monotonic()))):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
             if timed_out and interrupt_grace is not None and stopped_with is None:
                 stopped_with = interrupt_first(pgid, interrupt_grace, grace)
             if copier.log_failed.is_set() or timed_out:
                 # The group and what left it, in one grace: one after the other would cost it twice.
-                escaped = _joined(escaped, _stop_step(pgid, marker, grace))
-        escaped = _joined(escaped, _stop_step(pgid, marker, grace))
+                escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
+        escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
     except BaseException:
-        _stop_step(pgid, marker, grace)
+        _stop_step(pgid, marker, grace, born)
         proc.wait()
         raise
     finally:
+        ended.close()
         with _active_lock:
             _active_groups.pop(pgid, None)
             _tell_watchdog(f"-{pgid}\n")
@@ -609,6 +678,90 @@ def run_in_group(
     exit_code = None if timed_out else (128 + signum if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
                          copier.log_error, escaped, stopped_with)
+
+
+STOPPING_READ_S = 10.0  # a read started while the run is being stopped (reading back what a step did) ends by then
+HELD_S = 0.2  # a read's pipes still open this long after it ended: what it left holds them, and is killed
+DRAIN_S = 2.0  # after a read's process ended, how long what it left holding its pipes may keep them
+
+
+def capture(args: Sequence[str], cwd: Path | None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a short command (a git read: no shell) and return its exit code, stdout and stderr, killable like a step.
+
+    It runs in a session of its own, registered as a step: a stop (terminate_all) kills it with
+    its group and whatever left the group, and so does the watchdog if we are killed outright.
+    What it leaves in its group is killed when it ends; what left the group, by the watchdog
+    when the run ends (no /proc scan per read). Once the run is being stopped it still
+    starts (reading back what a killed step did is how outcomes stay true), but is killed after
+    STOPPING_READ_S. Killed by a signal: returncode is minus the signal, as subprocess says it.
+    """
+    become_subreaper()
+    start_watchdog()
+    marker = f"{run_tag()}{next(_step_numbers)}"
+    step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
+    with _active_lock:
+        deadline = monotonic() + STOPPING_READ_S if _stopping.is_set() else None
+        proc = subprocess.Popen(list(args), cwd=cwd, env=step_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        pgid = proc.pid
+        _active_groups[pgid] = marker
+        _tell_watchdog(f"+{pgid}\n")
+    born = _start_tick(pgid)
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    output: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+    poller = select.poll()
+    for fd in output:
+        poller.register(fd, select.POLLIN)
+    try:
+        pidfd: int | None = os.pidfd_open(pgid)  # readable once it ends: no polling for its end
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):
+        pidfd = None
+    open_fds = {out_fd, err_fd}
+    ended_at: float | None = None
+    held = False
+    try:
+        while open_fds or ended_at is None:
+            for fd, _ in poller.poll(100 if pidfd is not None or open_fds else 10):
+                if fd == pidfd:
+                    poller.unregister(fd)
+                    continue
+                chunk = os.read(fd, CHUNK)
+                if chunk:
+                    output[fd].append(chunk)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+            now = monotonic()
+            if ended_at is None and proc.poll() is not None:
+                ended_at = now
+            if deadline is not None and now >= deadline and ended_at is None:
+                deadline = None
+                _stop_step(pgid, marker, GRACE_S, born)
+            if ended_at is not None and open_fds and now - ended_at > HELD_S and not held:
+                held = True  # something it started holds the pipes: kill what is left of it
+                _stop_step(pgid, marker, GRACE_S, born)
+            if ended_at is not None and open_fds and now - ended_at > DRAIN_S:
+                break  # held by a process that dropped our marker: what was read is all there is
+        # Its group is killed if anything is left in it. What left the group carries our marker:
+        # the watchdog kills it when the run ends. Without a watchdog, look for it now (a /proc scan).
+        if group_alive(pgid) or not _watchdog_running():
+            _stop_step(pgid, marker, GRACE_S, born)
+    except BaseException:
+        _stop_step(pgid, marker, GRACE_S, born)
+        proc.wait()
+        raise
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        with _active_lock:
+            _active_groups.pop(pgid, None)
+            _tell_watchdog(f"-{pgid}\n")
+        proc.stdout.close()
+        proc.stderr.close()
+    return subprocess.CompletedProcess(list(args), proc.wait(), b"".join(output[out_fd]), b"".join(output[err_fd]))
 
 
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,

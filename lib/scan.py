@@ -9,10 +9,10 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from lib.config import Workspace, load_workspace
-from lib.gitstatus import ScanReport, known_commits, read_state, scan, state_text
+from lib.gitstatus import RepoStatus, ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import locked, write_text
@@ -76,23 +76,32 @@ def stoppable_git_reads() -> Iterator[None]:
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
-                   previous: Any = None) -> ScanReport:
+                   previous: Any = None, reuse: Mapping[str, RepoStatus] | None = None) -> ScanReport:
     """Status of the selected repos; `previous` is the last scan's document (read, never written here).
 
+    `reuse`: rows already read by the caller (sync-all, for the repos it did not move), by name;
+    a row is taken only for the repo at the same path, the others are scanned.
     Raises ScanStopped when a signal stops the scan (its gits and helpers are stopped first).
     """
     repos = workspace.select(tags=tags)
+    given = {repo.name: reuse[repo.name] for repo in repos
+             if reuse and repo.name in reuse and reuse[repo.name].path == str(repo.local)}
     # One live counter line on a terminal; nothing per repo (500 lines would bury the summary).
     try:
-        with _stop_signals_raise(), Progress("scanning", len(repos), item_lines=False) as progress:
-            return scan(repos, jobs, on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
-                        known=known_commits(previous))
+        with _stop_signals_raise(), Progress("scanning", len(repos) - len(given), item_lines=False) as progress:
+            report = scan([repo for repo in repos if repo.name not in given], jobs,
+                          on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
+                          known=known_commits(previous))
     except _Stop as stop:
         raise ScanStopped(stop.signum) from None
+    if given:
+        scanned = {status.name: status for status in report.repos}
+        report.repos = [given.get(repo.name) or scanned[repo.name] for repo in repos]
+    return report
 
 
-def scan_and_save(paths: Paths, jobs: int = 0,
-                  tags: list[str] | None = None) -> tuple[ScanReport, Path, str | None]:
+def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None,
+                  reuse: Mapping[str, RepoStatus] | None = None) -> tuple[ScanReport, Path, str | None]:
     """Scan and write the state file; the third item says why it could not be written (None: written).
 
     Raises ScanStopped when a signal stops the scan (the state file is not touched).
@@ -103,7 +112,7 @@ def scan_and_save(paths: Paths, jobs: int = 0,
     workspace = load_workspace(paths.repos_file)
     previous = read_state(paths.repo_status_file)
     try:
-        report = scan_workspace(workspace, jobs, tags, previous)
+        report = scan_workspace(workspace, jobs, tags, previous, **({"reuse": reuse} if reuse else {}))
     except ScanStopped as stop:
         raise ScanStopped(stop.signum, paths.repo_status_file) from None
     rows = [status.to_json() for status in report.repos]

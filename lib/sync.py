@@ -13,16 +13,18 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from lib import runner
+from lib import gitrefs, runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
-from lib.gitstatus import confined_to
+from lib.gitstatus import (STATUS_ARGS, GitResult, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
+                           read_known_commits)
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -59,6 +61,66 @@ class SyncOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ScanRows:
+    """The status rows sync read of the repos it left as they were: the closing scan reuses them.
+
+    Read with the scan's own `git status` after the repo's last step, so a row is what the scan
+    would find then. None is reused for a repo whose status another repo's later steps may have
+    changed since: one sharing its git store (a worktree: that one's fetch moves the shared
+    tracking refs), or one whose work tree holds, or sits in, a repo that was cloned, moved or
+    failed (a submodule's new commit, a new clone shown as untracked).
+    """
+
+    known: Mapping[str, LastCommit]  # the last scan's commits, as the scan itself uses them
+    rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
+    common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
+    changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
+
+    def reusable(self) -> dict[str, RepoStatus]:
+        stores = Counter(self.common_dirs.values())
+        return {name: row for name, (row, real) in self.rows.items()
+                if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
+
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None) -> None:
+        left_alone = outcome.status in ("up to date", "skipped") and outcome.after == outcome.before
+        if not left_alone:
+            self.changed.append(os.path.realpath(repo.local))
+        if common_dir is None:
+            return
+        self.common_dirs[repo.name] = common_dir
+        if not left_alone or runner.stopping():
+            return
+        # Killable like every git sync starts (a status can hang on an fsmonitor hook or a clean filter):
+        # one the stop killed has no row.
+        try:
+            git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
+                                 confined_to(repo.local, git_env()))
+        except OSError:  # no process to spare: the closing scan reads this repo itself
+            return
+        row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
+        if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known) \
+                and row.error is None:
+            self.rows[repo.name] = (row, os.path.realpath(repo.local))
+
+
+def _read_git(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    result = runner.capture(args, None, env)
+    if result.returncode < 0 and runner.stopping():
+        raise runner.Stopping(f"git {args[3] if len(args) > 3 else ''} was stopped")
+    return result
+
+
+def _text(output: bytes) -> str:
+    """Output as subprocess's text mode gave it: UTF-8 (errors replaced), universal newlines."""
+    return output.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _nested(one: str, other: str) -> bool:
+    """Whether one of two real paths is the other or lies inside it."""
+    return one == other or one.startswith(other.rstrip("/") + "/") or other.startswith(one.rstrip("/") + "/")
 
 
 class _Stop(Exception):
@@ -109,10 +171,19 @@ class _Git:
         # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
         self.env = confined_to(path, _env()) if confined else _env()
         self.step_output_at = 0
+        # Set once the repo's files and config were read without doubt (_read_before): refs are then
+        # read from the files, config from this one listing; anything odd still goes to git.
+        self.common_dir: Path | None = None
+        self.listing: gitrefs.Config | None = None
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(self.path), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", env=self.env, check=False)
+        result = self.read_bytes(*args)
+        return subprocess.CompletedProcess(result.args, result.returncode, _text(result.stdout), _text(result.stderr))
+
+    def read_bytes(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """A git read, killable like a step (runner.capture). One the stop killed raises runner.Stopping:
+        no outcome is ever built from what a killed read did not say."""
+        return _read_git(["git", "-C", str(self.path), *args], self.env)
 
     def out(self, *args: str) -> str:
         result = self.read(*args)
@@ -123,19 +194,40 @@ class _Git:
         return result.stdout.strip()
 
     def rev(self, name: str) -> str | None:
+        """The commit a ref names, as `git rev-parse -q --verify NAME^{commit}` prints it."""
+        if self.common_dir is not None:
+            sha = gitrefs.read_ref(self.common_dir, name)
+            if sha is not None and gitrefs.is_commit(self.common_dir, sha):
+                return sha
         result = self.read("rev-parse", "-q", "--verify", f"{name}^{{commit}}")
         return result.stdout.strip() if result.returncode == 0 else None
 
+    def symref(self, name: str) -> str:
+        """What a symbolic ref names, as `git symbolic-ref -q NAME` prints it ("" for a plain ref)."""
+        if self.common_dir is not None and gitrefs.read_ref(self.common_dir, name) is not None:
+            return ""  # read as a plain sha, loose or packed
+        return self.read("symbolic-ref", "-q", name).stdout.strip()
+
     def config(self, key: str) -> str | None:
+        if self.listing is not None:
+            value = self.listing.last(key)
+            return None if value is None else value.strip()
         result = self.read("config", "--get", key)
         return result.stdout.strip() if result.returncode == 0 else None
+
+    def config_words(self, key: str) -> list[str]:
+        """The words of every value of `key`, as `git config --get-all KEY` output split."""
+        if self.listing is not None:
+            return "\n".join(self.listing.all(key)).split()
+        return self.read("config", "--get-all", key).stdout.split()
 
     def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
         command = " ".join(shlex.quote(a) for a in ["git", *args])
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
-        return runner.run_in_group(command, self.path, self.log, timeout, self.env)
+        # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would)
+        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
@@ -231,8 +323,13 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-              dry_run: bool = False) -> SyncOutcome:
-    """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake."""
+              dry_run: bool = False, scan_rows: ScanRows | None = None,
+              settled: list[SyncOutcome] | None = None) -> SyncOutcome:
+    """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake.
+
+    `settled` gets the outcome if it was known before any stop of the run (nothing the stop
+    killed went into it), before the status read for `scan_rows`.
+    """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
     state: dict[str, str | None] = {}
@@ -258,13 +355,17 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
         else:  # the outcome stands, read from the repo as always
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
+    if settled is not None and not runner.stopping():
+        settled.append(outcome)
+    if scan_rows is not None:
+        scan_rows.read(repo, outcome, state.get("common_dir"))
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
 
 def _tracking_refspecs(git: _Git, remote: str) -> list[str]:
     """The remote's configured fetch refspecs that write only into refs/remotes/<remote>/ (and negative ones)."""
-    configured = git.read("config", "--get-all", f"remote.{remote}.fetch").stdout.split()
+    configured = git.config_words(f"remote.{remote}.fetch")
     own = f"refs/remotes/{remote}/"
     return [spec for spec in configured if spec.startswith("^") or spec.partition(":")[2].startswith(own)]
 
@@ -307,9 +408,42 @@ class _Before:
 
 
 def _read_before(git: _Git, local_ref: str) -> _Before:
+    from_files = _read_before_from_files(git, local_ref)
+    if from_files is not None:
+        return from_files
     return _Before(git.rev(local_ref), git.read("symbolic-ref", "-q", "HEAD").stdout.strip(),
                    Path(git.out("rev-parse", "--absolute-git-dir")),
                    (git.path / git.out("rev-parse", "--git-common-dir")).resolve(), tuple(git.out("remote").split()))
+
+
+def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
+    """_Before from the git dir's files and one config listing, or None when in any doubt (then ask git).
+
+    The dirs, HEAD and refs as lib.gitrefs reads them; `git remote`'s list from the config listing.
+    """
+    dirs = gitrefs.git_dirs(git.path)
+    if dirs is None:
+        return None
+    git_dir, common_dir = dirs
+    if any(_listed(common_dir / legacy) for legacy in ("remotes", "branches")):
+        return None  # remotes defined by files, which some gits list too
+    listed = git.read_bytes("config", "-z", "--list", "--show-scope")
+    listing = gitrefs.Config.parse(listed.stdout) if listed.returncode == 0 and not listed.stderr else None
+    remotes = listing.remotes() if listing is not None else None
+    head = gitrefs.read_head(git_dir, common_dir)
+    if listing is None or remotes is None or head is None:
+        return None
+    git.common_dir, git.listing = common_dir, listing
+    return _Before(git.rev(local_ref), head, git_dir, common_dir, remotes)
+
+
+def _listed(directory: Path) -> bool:
+    try:
+        return bool(os.listdir(directory))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str] | None:
@@ -336,10 +470,10 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     git = _Git(path, log, log_path)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
-    if git.read("check-ref-format", local_ref).returncode != 0:
+    if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
         raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
     seen = _read_before(git, local_ref)
-    state["before"], state["checked_out"] = seen.tip, seen.checked_out
+    state["before"], state["checked_out"], state["common_dir"] = seen.tip, seen.checked_out, str(seen.common_dir)
     upstream = _upstream(git, branch, seen.remotes)
     if not dry_run:
         # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.
@@ -356,7 +490,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop("skipped", "detached HEAD")
     if seen.tip is None:
         raise _Stop("skipped", f"no local branch {branch!r}")
-    alias = git.read("symbolic-ref", "-q", local_ref).stdout.strip()
+    alias = git.symref(local_ref)
     if alias:  # moving it moves the branch it names, maybe under its own work tree
         raise _Stop("skipped", f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
     if upstream is None:
@@ -371,7 +505,11 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             gone += f"; {remote}'s default branch is now {renamed}"
         raise _Stop("skipped", gone)
     before = seen.tip
-    ahead, behind = (int(n) for n in git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split())
+    counted = gitrefs.ahead_behind(git.common_dir, before, target) if git.common_dir is not None else None
+    if counted is None:
+        left, right = git.out("rev-list", "--left-right", "--count", f"{before}...{target}").split()
+        counted = int(left), int(right)
+    ahead, behind = counted
     log.write(f"{branch} {before[:12]}, {tracking} {target[:12]}: ahead {ahead}, behind {behind}\n".encode())
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
@@ -471,20 +609,23 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
-             on_done: Callable[[SyncOutcome], None] | None = None) -> list[SyncOutcome]:
+             on_done: Callable[[SyncOutcome], None] | None = None,
+             scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
+    settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled))
         return finished[-1]
 
     try:
         return runner.run_each(repos, work, net_jobs, on_start, on_done)
     except runner.RunInterrupted as stop:
         # run_each took its results before killing the running steps: a repo whose branch a killed
-        # fast-forward had already moved (read back from the repo since) is recorded too.
+        # fast-forward had already moved (read back from the repo since) is recorded too, and so is
+        # one whose outcome was known before the stop (the stop killed only its status read).
         recorded = {o.repo for o in stop.results}
-        moved = [o for o in finished if o.repo not in recorded and o.after != o.before]
+        moved = [o for o in finished if o.repo not in recorded and (o.after != o.before or o in settled)]
         order = {repo.name: index for index, repo in enumerate(repos)}
         stop.results = sorted([*stop.results, *moved], key=lambda o: order[o.repo])
         raise
@@ -531,6 +672,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
+        scan_rows = None if dry_run else ScanRows(read_known_commits(paths.repo_status_file))
         # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
         notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
         with Progress("syncing", len(repos)) as progress:
@@ -542,7 +684,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
             try:
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name), on_done=finished)
+                                    on_start=lambda repo: progress.start(repo.name), on_done=finished,
+                                    scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 stop.notes += notes
                 if not dry_run and stop.results:
@@ -558,5 +701,5 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
         except OSError as err:  # the repos are synced: say so in the table, and that the record failed
             notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
-        scan_and_save(paths, tags=None)
+        scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)

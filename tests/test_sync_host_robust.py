@@ -359,6 +359,10 @@ def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, ss
     """Every repo had synced there; the scan after it was stopped: all are recorded here, and it is said."""
     handle = make_repo("steady")
     workspace = setup(home, sshd, tmp_path, [handle])
+    # Its work tree on another branch, main behind: sync moves main with update-ref and never runs a
+    # `git status` there (it reads one of each repo it leaves as it was, for the closing scan to reuse).
+    git(workspace / "steady", "checkout", "-q", "-b", "feature")
+    target = push_new_commit(handle)
     pid_file = tmp_path / "fsmonitor.pid"
     hook = tmp_path / "fsmonitor-hook"
     hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
@@ -379,7 +383,7 @@ def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, ss
     assert "on host builder every repo had synced; its closing scan was stopped" in err, err
     assert "interrupted: stopped 0 running commands (SIGINT)" in err and "Traceback" not in err
     entry = results(home)["steady"]
-    assert entry["status"] == "up to date" and entry["host"] == "builder"
+    assert entry["status"] == "updated" and entry["after"] == target and entry["host"] == "builder", entry
     assert wait_gone(int(pid_file.read_text().split()[0]), 30)
 
 

@@ -1,0 +1,327 @@
+"""sync-all reads refs, HEAD and config from the repo's files: at most 3 gits per up-to-date repo, same outcomes.
+
+Every case runs twice, once as sync reads now and once with the file readers in doubt
+(every read then goes to git, as before): the outcomes must be the same, and on every
+skip path the repo must be left exactly as it was (refs, stashes, index, status).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from lib import gitrefs
+from lib.config import Repo, load_workspace
+from lib.gitstatus import read_state
+from lib.paths import Paths
+from lib.scan import scan_workspace
+from lib.sync import run_sync, sync_repo
+from tests.conftest import RepoHandle
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking
+
+Setup = Callable[[RepoHandle, Path], dict]
+
+
+def behind(repo: RepoHandle, tmp: Path) -> dict:
+    repo.push_from_elsewhere(tmp, {"up.txt": "1"})
+    return {}
+
+
+def ahead(repo: RepoHandle, tmp: Path) -> dict:
+    repo.commit({"mine.txt": "1"}, "unpushed")
+    repo.commit({"mine.txt": "2"}, "unpushed too")
+    return {}
+
+
+def behind_and_dirty(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    (repo.path / "README.md").write_text("edited\n")
+    repo.git("stash", "list")
+    return {}
+
+
+def diverged(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.commit({"mine.txt": "1"}, "mine")
+    return {}
+
+
+def detached(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("checkout", "-q", "--detach")
+    return {}
+
+
+def no_upstream(repo: RepoHandle, tmp: Path) -> dict:
+    repo.git("branch", "--unset-upstream")
+    return {}
+
+
+def upstream_gone(repo: RepoHandle, tmp: Path) -> dict:
+    repo.git("config", "branch.main.merge", "refs/heads/gone")
+    return {}
+
+
+def other_branch_checked_out_behind(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("checkout", "-q", "-b", "feature")
+    return {}
+
+
+def merge_in_progress(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    (repo.path / ".git" / "MERGE_HEAD").write_text(repo.head() + "\n")
+    return {}
+
+
+def alias_branch(repo: RepoHandle, tmp: Path) -> dict:
+    repo.git("symbolic-ref", "refs/heads/trunk", "refs/heads/main")
+    return {"default_branch": "trunk"}
+
+
+def upstream_remote_unknown(repo: RepoHandle, tmp: Path) -> dict:
+    repo.git("config", "branch.main.remote", "nowhere")
+    return {}
+
+
+def no_local_branch(repo: RepoHandle, tmp: Path) -> dict:
+    return {"default_branch": "develop"}
+
+
+def invalid_branch_name(repo: RepoHandle, tmp: Path) -> dict:
+    return {"default_branch": "a..b"}
+
+
+def packed_refs_behind(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("fetch", "-q", "origin")
+    repo.git("pack-refs", "--all")
+    return {}
+
+
+def mirror_refspec_and_stash(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("config", "--add", "remote.origin.fetch", "+refs/heads/*:refs/heads/*")
+    (repo.path / "README.md").write_text("stashed\n")
+    repo.git("stash", "-q")
+    return {}
+
+
+def index_lock(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    (repo.path / ".git" / "index.lock").write_text("")
+    return {}
+
+
+def linked_worktree(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("checkout", "-q", "-b", "side")
+    worktree = repo.path.parent / f"{repo.path.name}-wt"
+    repo.git("worktree", "add", "-q", str(worktree), "main")
+    return {"local": worktree}
+
+
+def remote_odd_to_read(repo: RepoHandle, tmp: Path) -> dict:
+    behind(repo, tmp)
+    repo.git("config", "remote.origin.tagopt", "--no-tags")
+    repo.git("config", "remote.origin.newfangled", "1")  # unknown to gitrefs: every read goes to git
+    return {}
+
+
+CASES: dict[str, Setup] = {
+    "up to date": lambda repo, tmp: {},
+    "ahead": ahead,
+    "behind": behind,
+    "behind and dirty": behind_and_dirty,
+    "diverged": diverged,
+    "detached": detached,
+    "no upstream": no_upstream,
+    "upstream gone": upstream_gone,
+    "other branch checked out, main behind": other_branch_checked_out_behind,
+    "merge in progress": merge_in_progress,
+    "default branch a symbolic ref": alias_branch,
+    "upstream remote not configured": upstream_remote_unknown,
+    "no local branch": no_local_branch,
+    "invalid branch name": invalid_branch_name,
+    "packed refs": packed_refs_behind,
+    "mirror refspec and a stash": mirror_refspec_and_stash,
+    "index.lock": index_lock,
+    "linked worktree": linked_worktree,
+    "remote config gitrefs leaves to git": remote_odd_to_read,
+}
+MOVES = {"behind", "other branch checked out, main behind", "packed refs", "mirror refspec and a stash",
+         "linked worktree", "remote config gitrefs leaves to git"}
+
+
+def sync_case(make_repo, tmp_path: Path, case: str, name: str, dry_run: bool = False) -> tuple[dict, dict, dict]:
+    """(outcome as comparable fields, snapshot before, snapshot after) of one sync of a repo set up as `case`."""
+    repo = make_repo(name)
+    fields = CASES[case](repo, tmp_path)
+    path = Path(fields.pop("local", repo.path))
+    before = outside_remote_tracking(full_snapshot(path))
+    outcome = sync_repo(Repo(name, path, **fields), tmp_path / "logs", dry_run=dry_run)
+    after = outside_remote_tracking(full_snapshot(path))
+    seen = {k: v for k, v in outcome.to_json().items() if k not in ("log", "duration_s", "repo")}
+    seen["reason"] = (seen["reason"] or "").replace(name, "NAME")
+    return seen, before, after
+
+
+def in_doubt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every file reader unsure: sync then asks git for everything, as before gitrefs."""
+    monkeypatch.setattr(gitrefs, "git_dirs", lambda worktree: None)
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["sync", "dry run"])
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_files_read_give_the_outcome_git_reads_give_and_skips_touch_nothing(make_repo, tmp_path, monkeypatch,
+                                                                           git_log, case, dry_run):
+    fast, before, after = sync_case(make_repo, tmp_path, case, "alpha", dry_run)
+    with monkeypatch.context() as patch:
+        in_doubt(patch)
+        slow, _, _ = sync_case(make_repo, tmp_path, case, "bravo", dry_run)
+    gits = {name: sum(n for path, n in gits_per_repo(git_log).items() if f"/{name}" in path)
+            for name in ("alpha", "bravo")}
+    if case == "invalid branch name":
+        assert gits["alpha"] == gits["bravo"], gits  # git judges the name, as before
+    elif case == "remote config gitrefs leaves to git":
+        assert gits["alpha"] == gits["bravo"] + 1, gits  # the config listing, then every read from git
+    else:
+        assert gits["alpha"] < gits["bravo"], gits  # the files were read: fewer gits
+    fast_shape = {k: v for k, v in fast.items() if k not in ("before", "after")}
+    slow_shape = {k: v for k, v in slow.items() if k not in ("before", "after")}
+    assert fast_shape == slow_shape
+    assert (fast["before"] is None) == (slow["before"] is None)
+    if dry_run or case not in MOVES:
+        assert fast["status"] != "updated"
+        assert after == before, "a skip path changed the repo"
+    else:
+        assert fast["status"] == "updated", fast
+
+
+@pytest.fixture
+def git_log(tmp_path, monkeypatch) -> Path:
+    """A `git` first on PATH that logs each call's arguments (one line, NUL-separated) and runs the real one."""
+    binary = shutil.which("git")
+    assert binary is not None
+    wrapper_dir = tmp_path / "wrapper"
+    wrapper_dir.mkdir()
+    log = tmp_path / "git-calls.log"
+    wrapper = wrapper_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> "{log}"\nprintf "\\n" >> "{log}"\nexec "{binary}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def gits_per_repo(log: Path) -> Counter[str]:
+    """How many gits ran with `-C <repo>` (sync's and the scan's; a fetch's own helpers have no -C)."""
+    counts: Counter[str] = Counter()
+    for line in log.read_bytes().splitlines():
+        args = line.decode().split("\0")[:-1]
+        if "-C" in args:
+            counts[os.path.realpath(args[args.index("-C") + 1])] += 1
+    return counts
+
+
+def test_an_up_to_date_repo_costs_at_most_three_gits_closing_scan_included(home, make_repo, tmp_path, git_log):
+    kinds = {"clean": lambda r: None,
+             "ahead": lambda r: r.commit({"mine.txt": "1"}, "unpushed"),
+             "modified": lambda r: (r.path / "README.md").write_text("edited\n"),
+             "untracked": lambda r: (r.path / "new.txt").write_text("new\n"),
+             "feature checked out": lambda r: r.git("checkout", "-q", "-b", "feature"),
+             "packed refs": lambda r: r.git("pack-refs", "--all")}
+    repos = []
+    for kind, setup in kinds.items():
+        repo = make_repo(kind.replace(" ", "-"))
+        setup(repo)
+        repos.append(repo)
+    home.add(*repos)
+    git_log.write_bytes(b"")
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    assert [o.status for o in report.outcomes] == ["up to date"] * len(kinds), [o.line() for o in report.outcomes]
+    counts = gits_per_repo(git_log)
+    per_repo = {kind: counts[os.path.realpath(repo.path)] for kind, repo in zip(kinds, repos)}
+    # An ahead branch's reason says which of its commits were pushed (`rev-list --not --remotes`, the
+    # upstream's reflog, one more count): up to 3 reads more, for that repo only.
+    assert 1 <= per_repo.pop("ahead") <= 6 and all(1 <= n <= 3 for n in per_repo.values()), per_repo
+
+
+def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, make_repo, tmp_path, git_log):
+    still = make_repo("still")
+    (still.path / "new.txt").write_text("untracked\n")
+    moved = make_repo("moved")
+    behind(moved, tmp_path)
+    home.add(still, moved)
+    paths = Paths.from_env()
+    git_log.write_bytes(b"")
+    run_sync(paths, load_workspace(paths.repos_file))
+    statuses = [args for args in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in args]
+    by_repo = Counter(os.path.realpath(line.split(b"\0")[line.split(b"\0").index(b"-C") + 1].decode())
+                      for line in statuses)
+    assert by_repo[os.path.realpath(still.path)] == 1, "the repo sync left alone got a second status"
+    assert by_repo[os.path.realpath(moved.path)] == 1, "the moved repo is scanned at the end, once"
+    written = read_state(paths.repo_status_file)["repos"]
+    fresh = scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
+    assert written == fresh
+    assert written[0]["untracked"] == 1 and written[1]["behind"] == 0
+
+
+def test_repos_sharing_a_git_store_are_scanned_again(home, make_repo, tmp_path, git_log):
+    """A worktree's row is read before the other worktree's fetch may move the shared refs: not reused."""
+    main = make_repo("main-tree")
+    main.git("checkout", "-q", "-b", "side")
+    main.git("push", "-q", "-u", "origin", "side")
+    other = tmp_path / "repos" / "other-tree"
+    main.git("worktree", "add", "-q", str(other), "main")
+    home.write_repos([{"name": "main-tree", "local": str(main.path)}, {"name": "other-tree", "local": str(other)}])
+    behind(main, tmp_path)
+    paths = Paths.from_env()
+    git_log.write_bytes(b"")
+    run_sync(paths, load_workspace(paths.repos_file), net_jobs=1)  # one at a time: both fetch into one store
+    statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in line]
+    assert len(statuses) >= 3, "rows read by sync were reused although the store is shared"
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
+
+
+def test_dry_run_reads_no_rows_and_writes_no_scan(home, make_repo, git_log):
+    repo = make_repo("dry")
+    home.add(repo)
+    paths = Paths.from_env()
+    run_sync(paths, load_workspace(paths.repos_file), dry_run=True)
+    assert not paths.repo_status_file.exists()
+    assert b"\0status\0" not in git_log.read_bytes()
+
+
+def test_a_repo_git_refuses_to_use_fails_as_before(make_repo, tmp_path):
+    """Dubious ownership: git lists none of the repo's config (exit 0) and refuses it; its files are not read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the repo to another user")
+    repo = make_repo("foreign")
+    for root, dirs, files in os.walk(repo.path):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), 65534, 65534)
+    os.lchown(repo.path, 65534, 65534)
+    outcome = sync_repo(Repo("foreign", repo.path), tmp_path / "logs")
+    assert outcome.status == "failed" and "safe.directory" in (outcome.reason or ""), outcome.line()  # git says why
+
+
+def test_a_row_read_before_a_clone_lands_in_its_work_tree_is_not_reused(home, make_repo, tmp_path):
+    """The outer repo's row says clean; then --clone-missing clones into its work tree: the scan must see it."""
+    outer = make_repo("outer")
+    inner_source = make_repo("inner-source")
+    inner = outer.path / "inner"
+    home.write_repos([{"name": "outer", "local": str(outer.path)},
+                      {"name": "inner", "local": str(inner), "remote": str(inner_source.remote)}])
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=1, clone_missing=True)
+    assert [o.status for o in report.outcomes] == ["up to date", "cloned"]
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written[0]["untracked"] == 1, "the outer repo's row was read before the clone and reused"
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
