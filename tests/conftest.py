@@ -12,7 +12,7 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -42,6 +42,16 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("ORCHESTRATOR_LOG_DIR", str(tmp_path_factory.mktemp("logs")))
     monkeypatch.delenv("ORCHESTRATOR_HOME", raising=False)
     monkeypatch.setenv("SHELL", "/bin/sh")
+
+
+@pytest.fixture(autouse=True)
+def no_stop_carried_over() -> Iterator[None]:
+    """A test that stops a run in this process (lib.runner's stop flag stays set until the next run, as it must
+    for the front door's read-backs) must not make the next test's commands refuse to start."""
+    yield
+    runner = sys.modules.get("lib.runner")
+    if runner is not None:
+        runner._stopping.clear()
 
 
 def process_running(pid: int) -> bool:
