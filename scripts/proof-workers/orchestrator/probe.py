@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.runner import Proc, descendants
 from lib.statefile import update_json
-from orchestrator import agents, worktrees
+from orchestrator import agents, worktree_setup, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
@@ -64,7 +64,8 @@ def _size_mark(path: Path) -> str:
 def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes: str) -> str:
     """What changes when the try makes progress: its logs (the worker's, and an agent's events and its readable
     log: growth of either is activity) and the worktree."""
-    parts = [_size_mark(files.log(record.worker_id))]
+    parts = [_size_mark(files.log(record.worker_id)),  # a set-up ending (its state rewritten) is progress too
+             _size_mark(worktree_setup.state_path(files.signal(record.worker_id, record.try_id)))]
     if record.issue_number is not None:  # the try's own log: the agent's output (a cut at its cap changes it too)
         parts.append(_size_mark(files.try_log(record.worker_id, record.try_id, record.issue_number)))
     if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
@@ -120,6 +121,8 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
     alive = agent_alive(table, pane, files, record)
     # Read the signal after the processes: a wrapper seen dead has already written it.
     exit_code = files.read_signal(record.worker_id, record.try_id)
+    setup_file = worktree_setup.state_path(files.signal(record.worker_id, record.try_id))
+    setup = worktree_setup.read_state(setup_file)  # after the signal: the wrapper writes it first
     if not record.launched and (alive or exit_code is not None):
         record.launched = True  # the monitor died after starting this try, before recording it: never start it twice
     worktree = Path(record.worktree or "")
@@ -148,10 +151,17 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         record.last_fingerprint = mark
         record.last_progress_at = now
     started = record.started_at if record.started_at is not None else now
+    if setup.get("state") == "done":  # the agent's wall clock starts when its set-up ended
+        try:
+            started = max(started, setup_file.stat().st_mtime)
+        except OSError:
+            pass
     return Snapshot(
         worker_id=record.worker_id, try_id=record.try_id, pane_exists=pane is not None, agent_alive=alive,
         exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
         elapsed_seconds=round(max(0.0, now - started), 3),
         pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane),
-        agent_stop=stop, agent_detail=detail[:200])
+        agent_stop=stop, agent_detail=detail[:200], setting_up=setup.get("state") == "running",
+        setup_failed=str(setup.get("reason") or "set-up command failed")[:300] if setup.get("state") == "failed"
+        else "")
