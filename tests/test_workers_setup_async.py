@@ -165,3 +165,42 @@ def test_a_monitor_killed_during_a_setup_loses_nothing_and_cleanup_stops_a_setup
     assert process_running(shell)
     cli("cleanup")
     assert wait_gone(shell, 60), "the set-up outlived cleanup"
+
+
+def test_a_wrapper_killed_during_its_setup_leaves_nothing_running_and_the_next_try_sets_up_again(project, tmp_path):
+    """kill -9 of the wrapper: its watchdog kills the set-up, the monitor restarts the try (the pane's process
+    is gone without an exit code) and the new try runs the set-up again, then the agent."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   worktree_setup=waiting_setup(tmp_path))
+    running = start_monitor()
+    try:
+        retry_until(lambda: setup_starts(tmp_path), seconds=120)
+        shell = setup_starts(tmp_path)[0][1]
+        wrapper = int(Path(f"/proc/{shell}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the shell's parent
+        assert b"wrapper.py" in Path(f"/proc/{wrapper}/cmdline").read_bytes()
+        os.kill(wrapper, signal.SIGKILL)
+        assert wait_gone(shell, 60), "the set-up outlived its wrapper"
+        retry_until(lambda: len(setup_starts(tmp_path)) == 2, seconds=120)
+        (tmp_path / "release").touch()
+        assert running.wait(timeout=180) == 0
+    finally:
+        out, err = stop(running)
+    assert proj.issue(1).get("status") == "completed", out + err
+    assert [e["reason"].split(";")[0] for e in proj.events() if e["action"] == "restart"] == \
+        ["agent gone without an exit code"]
+
+
+def test_a_failed_setup_leaves_no_process_even_one_that_dropped_every_tag(project, tmp_path):
+    """`env -i setsid cmd &` loses the step's and the try's tags and its group: the wrapper (a subreaper) still
+    finds it below itself and kills it before the try ends."""
+    pid_file = tmp_path / "daemon.pid"
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, worktree_setup={
+        "run": f"env -i setsid sleep 3600 & echo $! > {pid_file}; echo 'install failed'; exit 4"})
+    running = start_monitor()
+    try:
+        assert running.wait(timeout=180) == 1
+    finally:
+        stop(running)
+    assert proj.issue(1).get("status") == "failed"
+    assert [e["reason"] for e in proj.events() if e["action"] == "skip"] == ["setup failed: install failed"]
+    assert wait_gone(int(pid_file.read_text()), 60), "a process of the failed set-up outlived it"

@@ -348,6 +348,12 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     except _Stopped as err:
         code, outcome = 128 + err.signum, {"state": "stopped", "signal": err.signum}
     finally:
+        for signum in previous:  # from here a signal is noted, never raised into the cleanup below
+            signal.signal(signum, lambda signum, _frame: stopping.append(signum))
+        # What the set-up left, outside its group and without its step tag (`env -i setsid cmd &`), is below us
+        # (we are a subreaper) or carries the try's tag: it never outlives a failed set-up, never joins the agent.
+        runner.stop_watchdog()
+        _kill_below(tag)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
@@ -358,6 +364,15 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
             _note(index, f"=== EXIT code {code} {label}: setup {outcome['state']}"
                          f"{': ' + outcome['reason'] if 'reason' in outcome else ''} at {_stamp()} ===\n".encode())
     return code
+
+
+def _kill_below(tag: str | None) -> list[int]:
+    """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
+    found = runner.processes_tagged(TRY_VAR, tag) if tag else []
+    found += [pid for pid in runner.descendants(runner.process_table(), os.getpid()) if pid not in found]
+    if found:
+        runner.kill_processes([], found, LEFTOVER_GRACE_S)
+    return found
 
 
 def _note(log: Any, line: bytes) -> None:
