@@ -204,3 +204,23 @@ def test_a_failed_setup_leaves_no_process_even_one_that_dropped_every_tag(projec
     assert proj.issue(1).get("status") == "failed"
     assert [e["reason"] for e in proj.events() if e["action"] == "skip"] == ["setup failed: install failed"]
     assert wait_gone(int(pid_file.read_text()), 60), "a process of the failed set-up outlived it"
+
+
+def test_a_pane_killed_during_its_setup_stops_it_and_the_try_is_started_again_without_a_retry(project, tmp_path):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   worktree_setup=waiting_setup(tmp_path))
+    running = start_monitor()
+    try:
+        retry_until(lambda: setup_starts(tmp_path), seconds=120)
+        shell = setup_starts(tmp_path)[0][1]
+        subprocess.run(["tmux", "-L", os.environ["ORCHESTRATOR_TMUX_SOCKET"], "kill-window", "-t",
+                        "=proof-test:=worker-1"], check=True)
+        assert wait_gone(shell, 60), "the set-up outlived its pane"
+        retry_until(lambda: len(setup_starts(tmp_path)) == 2, seconds=120)
+        (tmp_path / "release").touch()
+        assert running.wait(timeout=180) == 0
+    finally:
+        out, err = stop(running)
+    assert proj.issue(1).get("status") == "completed", out + err
+    assert [(e["reason"].split(" (")[0], e["counted"]) for e in proj.events() if e["action"] == "restart"] == \
+        [("tmux went away", False)]

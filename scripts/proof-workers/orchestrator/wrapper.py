@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -322,7 +323,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     state = worktree_setup.state_path(signal_path)
     log_file = Path(setup["log"])
     _write_atomic(state, json.dumps({"state": "running", "log": str(log_file)}) + "\n")
-    with open(index_path, "ab") as index:
+    with suppress(OSError), open(index_path, "ab") as index:
         _note(index, f"=== SETUP {label}: {setup['run']} (setup log {log_file}) at {_stamp()} ===\n".encode())
 
     def stop(signum: int, _frame: Any) -> None:
@@ -360,7 +361,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
         code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
     _write_atomic(state, json.dumps(outcome) + "\n")
     if code is not None:
-        with open(index_path, "ab") as index:
+        with suppress(OSError), open(index_path, "ab") as index:
             _note(index, f"=== EXIT code {code} {label}: setup {outcome['state']}"
                          f"{': ' + outcome['reason'] if 'reason' in outcome else ''} at {_stamp()} ===\n".encode())
     return code
