@@ -224,3 +224,19 @@ def test_a_pane_killed_during_its_setup_stops_it_and_the_try_is_started_again_wi
     assert proj.issue(1).get("status") == "completed", out + err
     assert [(e["reason"].split(" (")[0], e["counted"]) for e in proj.events() if e["action"] == "restart"] == \
         [("tmux went away", False)]
+
+
+def test_a_wrapper_stuck_past_its_setups_timeout_is_no_longer_taken_for_setting_up(tmp_path):
+    """The wrapper kills its set-up at the timeout; a state still `running` well after that is a stuck wrapper,
+    judged as any try (stalled), never waited for forever."""
+    from orchestrator import probe, worktree_setup
+
+    state = worktree_setup.state_path(tmp_path / "worker-1-try-1.exit")
+    state.write_text(json.dumps({"state": "running", "log": "x", "timeout": 600}))
+    written = state.stat().st_mtime
+    doc = worktree_setup.read_state(state)
+    assert probe._setting_up(doc, state, written + 600)
+    assert not probe._setting_up(doc, state, written + 600 + probe.SETUP_GRACE_S)
+    assert not probe._setting_up({"state": "running"}, state, written)  # no timeout: not believed
+    state.write_text("{\"state\": \"runn")  # half-written
+    assert worktree_setup.read_state(state) == {}

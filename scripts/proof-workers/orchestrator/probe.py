@@ -50,6 +50,7 @@ MAX_EVENT_LINE = 4 * 1024 * 1024
 # Events taken into the tally per worker per cycle (the rest wait for the next cycle): a cycle's cost stays
 # bounded however much an agent wrote since the last one. A try that ended is read to its end at once.
 MAX_EVENTS_PER_CYCLE = 400
+SETUP_GRACE_S = 120.0  # past its set-up's timeout, a try still setting up has a wrapper that is stuck
 USAGE_KEYS = ("cost_usd", "turns", "tokens_in", "tokens_out", "session_id")
 
 
@@ -115,6 +116,20 @@ def record_usage(files: RunFiles, record: WorkerRecord) -> None:
     update_json(files.usage, change, {"tries": {}})
 
 
+def _setting_up(setup: dict[str, Any], path: Path, now: float) -> bool:
+    """The try's wrapper runs the set-up command, and is within its timeout (+ a grace for the kill): past that
+    the wrapper itself is stuck, and the try is judged as any other (stalled)."""
+    if setup.get("state") != "running":
+        return False
+    timeout = setup.get("timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        return False
+    try:
+        return now - path.stat().st_mtime < timeout + SETUP_GRACE_S
+    except OSError:
+        return False
+
+
 def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
              now: float) -> Snapshot:
     """Probe one busy worker; updates the record's progress marks (the caller saves it)."""
@@ -162,6 +177,6 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
         elapsed_seconds=round(max(0.0, now - started), 3),
         pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane),
-        agent_stop=stop, agent_detail=detail[:200], setting_up=setup.get("state") == "running",
+        agent_stop=stop, agent_detail=detail[:200], setting_up=_setting_up(setup, setup_file, now),
         setup_failed=str(setup.get("reason") or "set-up command failed")[:300] if setup.get("state") == "failed"
         else "")

@@ -322,7 +322,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     set up, the agent may start; else the try's exit code (1: the set-up failed; 128 + a signal: stopped)."""
     state = worktree_setup.state_path(signal_path)
     log_file = Path(setup["log"])
-    _write_atomic(state, json.dumps({"state": "running", "log": str(log_file)}) + "\n")
+    _write_atomic(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
     with suppress(OSError), open(index_path, "ab") as index:
         _note(index, f"=== SETUP {label}: {setup['run']} (setup log {log_file}) at {_stamp()} ===\n".encode())
 
