@@ -209,8 +209,10 @@ class _Tail:
 
 
 def _say(log: Any, line: str) -> None:
-    log.write(f"=== {line}\n".encode("utf-8", "replace"))
-    log.flush()
+    """A line of ours in the set-up log; one that cannot be written (a full disk) costs the line, not the set-up."""
+    with suppress(OSError, ValueError):
+        log.write(f"=== {line}\n".encode("utf-8", "replace"))
+        log.flush()
 
 
 def _stamp(at: datetime) -> str:
@@ -268,21 +270,25 @@ def command_env_for(repo: Path, worktree: Path, env: dict[str, str]) -> dict[str
 
 
 def run_command(command: str, timeout: float, repo: Path, worktree: Path, log: Any, env: dict[str, str],
-                copies: list[str] | None = None) -> float:
+                copies: list[str] | None = None, echo: Any = None) -> float:
     """Run the set-up command in the worktree (its own process group, killed with its leftovers at the timeout),
-    its output to `log` (anything with write/flush: the wrapper's capped log). Records success in the worktree's
-    git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
+    its output to `log` (anything with write/flush: the wrapper's capped log) and `echo` (the pane). Records
+    success in the worktree's git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
     _say(log, f"run: {command} (timeout {timeout:g}s) at {_stamp(datetime.now(timezone.utc))}")
     out = _Tail(log)
     try:
-        result = runner.run_in_group(command, worktree, out, timeout, env=command_env_for(repo, worktree, env))
+        result = runner.run_in_group(command, worktree, out, timeout, env=command_env_for(repo, worktree, env),
+                                     echo=echo)
     except OSError as err:
         raise SetupFailed(f"cannot run {clip(command)}: {err.strerror or err}") from None
     if out.wrote and not out.last.endswith(b"\n"):
-        log.write(b"\n")
+        with suppress(OSError, ValueError):
+            log.write(b"\n")
     lines = [line for line in out.last.decode("utf-8", "replace").splitlines() if line.strip()]
     last = lines[-1].strip() if out.wrote and lines else ""
-    if result.timed_out:
+    if result.log_error:  # stopped by the runner: the log (a full disk) could not take its output
+        reason = f"cannot write its log: {clip(result.log_error, 200)} (the command was stopped)"
+    elif result.timed_out:
         reason = f"{clip(command)} timed out after {timeout:g}s" + (f" ({clip(last, 200)})" if last else "")
     elif result.exit_code != 0:
         reason = clip(last, 300) if last else f"{clip(command)} exited {result.exit_code}"

@@ -343,7 +343,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
         with log:
             worktree_setup.run_command(setup["run"], float(setup["timeout"]), Path(setup["main_checkout"]),
                                        Path(setup["worktree"]), log, {**setup.get("env", {}), TRY_VAR: tag or ""},
-                                       setup.get("copy"))
+                                       setup.get("copy"), getattr(sys.stdout, "buffer", None))
     except worktree_setup.SetupFailed as err:
         code, outcome = 1, {"state": "failed", "reason": str(err)}
     except _Stopped as err:
