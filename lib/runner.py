@@ -373,6 +373,20 @@ def _watchdog_running() -> bool:
                 and _watchdog_process.poll() is None)
 
 
+def stop_watchdog(timeout: float = 30.0) -> None:
+    """End this process's watchdog now that its steps are over (it kills what is left of them, then exits), so
+    it is not left among our children; a later step starts another."""
+    global _watchdog_owner, _watchdog_process
+    with _watchdog_lock:
+        if _watchdog_owner != os.getpid():
+            return
+        _forget_watchdog()
+        process, _watchdog_process, _watchdog_owner = _watchdog_process, None, 0
+    if process is not None:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+
+
 def _forget_watchdog() -> None:
     """Close our end of the pipe: in a forked child (a scan's helper), whose copy would make the
     watchdog wait for it too, and when the watchdog is gone."""

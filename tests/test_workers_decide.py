@@ -267,3 +267,39 @@ def test_an_old_journal_without_agent_fields_replays():
         s.pop("agent_stop")
     snapshots, state, settings, actions = cycle_from_json(doc)
     assert decide(snapshots, state, settings) == actions
+
+
+def setting_up(**kw) -> Snapshot:
+    return replace_snap(snap(**kw), setting_up=True)
+
+
+def replace_snap(snapshot: Snapshot, **changes) -> Snapshot:
+    from dataclasses import replace
+
+    return replace(snapshot, **changes)
+
+
+SETUP_CASES = [
+    # (name, worker, snapshot, expected (kind, reason, counted) of the first action)
+    ("a try setting up its worktree is neither stalled nor late (the set-up has its own timeout)", busy(),
+     setting_up(alive=True, idle=10_000, elapsed=10_000), []),
+    ("a failed set-up fails the issue: no retry used, whatever the retries left", busy(),
+     replace_snap(snap(exit_code=1), setup_failed="npm ERR! missing script: ci"),
+     [("skip", "setup failed: npm ERR! missing script: ci", False)]),
+    ("a failed set-up on a lost pane still fails the issue (never restarted as tmux's loss)", busy(),
+     replace_snap(snap(pane=False, exit_code=1), setup_failed="x timed out after 600s"),
+     [("skip", "setup failed: x timed out after 600s", False)]),
+    ("a wrapper gone during the set-up is a failed try (its next try sets up again)", busy(),
+     setting_up(alive=False), [("restart", "agent gone without an exit code; retry 1/2", True)]),
+    ("a set-up whose pane hung up is tmux's loss, not counted", busy(),
+     setting_up(pane=False, exit_code=129),
+     [("restart", "tmux went away (its pane is gone or new; the try hung up); not counted as a retry", False)]),
+]
+
+
+@pytest.mark.parametrize("name,worker,snapshot,expected", SETUP_CASES, ids=[c[0] for c in SETUP_CASES])
+def test_decide_on_a_try_setting_up_its_worktree(name, worker, snapshot, expected):
+    state = State((worker,), (issue(1, "in_progress"),))
+    actions = decide([snapshot], state, SETTINGS)
+    assert [(a.kind, a.reason, a.counted) for a in actions if a.kind != "idle"] == expected
+    assert cycle_from_json(cycle_to_json([snapshot], state, SETTINGS, actions))[0] == [snapshot]

@@ -86,7 +86,10 @@ def test_a_failing_setup_fails_the_issue_with_its_last_line_keeps_the_worktree_a
     worktree = tmp_path / "worktrees" / "issue-1"
     assert worktree.is_dir() and git(worktree, "branch", "--show-current") == "feature/issue-1"
     assert not (proj.script.parent / "runs").exists(), "the agent ran although its setup failed"
-    assert not any(e["action"] in ("reassign", "restart") for e in proj.events())
+    # The command ran in the try's pane (a `reassign` started that try), and ended it: no restart, no retry used.
+    assert not any(e["action"] == "restart" for e in proj.events())
+    skip = next(e for e in proj.events() if e["action"] == "skip")
+    assert skip["reason"] == "setup failed: npm ERR! missing script: ci"
     assert "step one\nnpm ERR! missing script: ci\n=== exit 3" in (
         proj.state / "logs" / "issue-1" / "setup.log").read_text()
 

@@ -115,6 +115,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     prompt.write_text(text + commands.followup_text(followups), encoding="utf-8")
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
     files.signal(w, t).unlink(missing_ok=True)
+    worktree_setup.state_path(files.signal(w, t)).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
     record.agent = agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent)
@@ -135,6 +136,13 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
                     "ORCHESTRATOR_STAGE": record.stage, TRY_VAR: try_tag(run, w, t)},
             "sandbox": sandbox.try_sandbox(cfg, cfg.repo_for(issue).path, Path(record.worktree), record.branch,
                                            prompt)}
+    setup = cfg.repo_for(issue).setup
+    if setup is not None and setup.run and not worktree_setup.done(Path(record.worktree)):
+        # Run by the wrapper in the pane, before the agent: a long `npm ci` never holds up the monitor.
+        spec["setup"] = worktree_setup.try_spec(setup, cfg.repo_for(issue).path, Path(record.worktree),
+                                                worktree_setup.log_path(files.root, issue.number),
+                                                {"ORCHESTRATOR_WORKER": str(w), "ORCHESTRATOR_ISSUE": str(issue.number),
+                                                 "ORCHESTRATOR_PROJECT": cfg.project})
     if commands.streams_input(cfg):  # the prompt goes in as the first message; `send` can add more while it runs
         spec["input"] = {"prompt": str(prompt), **commands.inbox_paths(files, w, t)}
     write_json(files.try_spec(w, t), spec)
@@ -395,17 +403,15 @@ class Executor:
         return True
 
     def _set_up(self, action: Action, cfg: ProjectConfig, issue: Issue, path: Path) -> bool:
-        """Run the repo's worktree_setup in a new worktree; a failure fails the issue (no try, no retry used)
-        and keeps the worktree. True when there is nothing to set up or it went well."""
+        """Copy the repo's worktree_setup files into a new worktree (its command, if any, runs in the try's pane
+        before the agent: start_try); a failure fails the issue (no try, no retry used) and keeps the worktree.
+        True when there is nothing to set up or the copies went well."""
         setup = cfg.repo_for(issue).setup
         if setup is None:
             return True
         log = worktree_setup.log_path(self.run.files.root, issue.number)
-        self.say(f"worker {action.worker}: setting up the worktree of #{issue.number} (log {log})")
         try:
-            took = worktree_setup.set_up(setup, cfg.repo_for(issue).path, path, log, {
-                "ORCHESTRATOR_WORKER": str(action.worker), "ORCHESTRATOR_ISSUE": str(issue.number),
-                "ORCHESTRATOR_PROJECT": cfg.project})
+            worktree_setup.copy_files(setup, cfg.repo_for(issue).path, path, log)
         except worktree_setup.SetupFailed as err:
             reason = f"setup failed: {err}"
             configs.set_issue(cfg.path, issue.number, status="failed")
@@ -416,7 +422,10 @@ class Executor:
             return False
         self.run.files.log_event({"action": "setup", "worker": action.worker, "issue": issue.number,
                                   "project": cfg.project, "worktree": str(path), "copied": list(setup.copy),
-                                  "run": setup.run or None, "duration_s": round(took, 1), "setup_log": str(log)})
+                                  "run": setup.run or None, "setup_log": str(log)})
+        if setup.run:
+            self.say(f"worker {action.worker}: #{issue.number}'s worktree is set up by its try, before the agent "
+                     f"(log {log})")
         return True
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:

@@ -39,6 +39,8 @@ class Snapshot:
     # error (its result says is_error), budget (over max_cost_usd/max_turns/max_tokens), "" (nothing).
     agent_stop: str = ""
     agent_detail: str = ""  # the agent's words for it (its result or error text)
+    setting_up: bool = False  # the try's wrapper runs the worktree's set-up command (bounded by its own timeout)
+    setup_failed: str = ""  # ... which failed: its reason (the agent never started)
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,10 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                            continuation=continuation, nudge=nudge)]
         return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
 
+    if snap.setup_failed:  # the worktree's fault, not the agent's: no retry used, the worktree is kept
+        return [Action("skip", wid, ref, f"setup failed: {snap.setup_failed}", counted=False)]
+    if snap.setting_up and snap.agent_alive and snap.exit_code is None and not snap.pane_lost:
+        return []  # neither stalled nor late: the set-up has its own timeout, the agent's timers start after it
     tmux_went_away = snap.pane_lost and (snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or
                                          (snap.exit_code is None and not snap.agent_alive))
     if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:

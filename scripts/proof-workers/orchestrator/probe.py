@@ -13,7 +13,7 @@ from typing import Any
 
 from lib.runner import Proc, descendants
 from lib.statefile import update_json
-from orchestrator import agents, worktrees
+from orchestrator import agents, worktree_setup, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
@@ -50,6 +50,7 @@ MAX_EVENT_LINE = 4 * 1024 * 1024
 # Events taken into the tally per worker per cycle (the rest wait for the next cycle): a cycle's cost stays
 # bounded however much an agent wrote since the last one. A try that ended is read to its end at once.
 MAX_EVENTS_PER_CYCLE = 400
+SETUP_GRACE_S = 120.0  # past its set-up's timeout, a try still setting up has a wrapper that is stuck
 USAGE_KEYS = ("cost_usd", "turns", "tokens_in", "tokens_out", "session_id")
 
 
@@ -64,7 +65,8 @@ def _size_mark(path: Path) -> str:
 def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes: str) -> str:
     """What changes when the try makes progress: its logs (the worker's, and an agent's events and its readable
     log: growth of either is activity) and the worktree."""
-    parts = [_size_mark(files.log(record.worker_id))]
+    parts = [_size_mark(files.log(record.worker_id)),  # a set-up ending (its state rewritten) is progress too
+             _size_mark(worktree_setup.state_path(files.signal(record.worker_id, record.try_id)))]
     if record.issue_number is not None:  # the try's own log: the agent's output (a cut at its cap changes it too)
         parts.append(_size_mark(files.try_log(record.worker_id, record.try_id, record.issue_number)))
     if record.agent.get("kind") in agents.STRUCTURED and record.issue_number is not None:
@@ -114,12 +116,28 @@ def record_usage(files: RunFiles, record: WorkerRecord) -> None:
     update_json(files.usage, change, {"tries": {}})
 
 
+def _setting_up(setup: dict[str, Any], path: Path, now: float) -> bool:
+    """The try's wrapper runs the set-up command, and is within its timeout (+ a grace for the kill): past that
+    the wrapper itself is stuck, and the try is judged as any other (stalled)."""
+    if setup.get("state") != "running":
+        return False
+    timeout = setup.get("timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        return False
+    try:
+        return now - path.stat().st_mtime < timeout + SETUP_GRACE_S
+    except OSError:
+        return False
+
+
 def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
              now: float) -> Snapshot:
     """Probe one busy worker; updates the record's progress marks (the caller saves it)."""
     alive = agent_alive(table, pane, files, record)
     # Read the signal after the processes: a wrapper seen dead has already written it.
     exit_code = files.read_signal(record.worker_id, record.try_id)
+    setup_file = worktree_setup.state_path(files.signal(record.worker_id, record.try_id))
+    setup = worktree_setup.read_state(setup_file)  # after the signal: the wrapper writes it first
     if not record.launched and (alive or exit_code is not None):
         record.launched = True  # the monitor died after starting this try, before recording it: never start it twice
     worktree = Path(record.worktree or "")
@@ -148,10 +166,17 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         record.last_fingerprint = mark
         record.last_progress_at = now
     started = record.started_at if record.started_at is not None else now
+    if setup.get("state") == "done":  # the agent's wall clock starts when its set-up ended
+        try:
+            started = max(started, setup_file.stat().st_mtime)
+        except OSError:
+            pass
     return Snapshot(
         worker_id=record.worker_id, try_id=record.try_id, pane_exists=pane is not None, agent_alive=alive,
         exit_code=exit_code, new_commits=new, dirty=bool(changes.strip()),
         idle_seconds=round(max(0.0, now - record.last_progress_at), 3),
         elapsed_seconds=round(max(0.0, now - started), 3),
         pane_lost=pane is None or (record.pane is not None and pane.identity != record.pane),
-        agent_stop=stop, agent_detail=detail[:200])
+        agent_stop=stop, agent_detail=detail[:200], setting_up=_setting_up(setup, setup_file, now),
+        setup_failed=str(setup.get("reason") or "set-up command failed")[:300] if setup.get("state") == "failed"
+        else "")

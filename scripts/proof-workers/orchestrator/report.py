@@ -8,8 +8,8 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses, pulls, resume
-from orchestrator.act import agent_log
+from orchestrator import agents, alerts, heartbeat, pauses, pulls, resume, worktree_setup
+from orchestrator.act import agent_log, try_tag
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
 from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
@@ -47,6 +47,10 @@ def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> 
         except OSError:
             ended = None
         return "exited", code, ended
+    setup = worktree_setup.read_state(worktree_setup.state_path(run.files.signal(record.worker_id, record.try_id)))
+    if setup.get("state") == "running":  # its wrapper runs the worktree's set-up command, the agent after it
+        alive = runner.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
+        return ("setting_up" if alive else "gone"), None, None
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     if group is None:
         return ("starting" if record.launched else "waiting"), None, None

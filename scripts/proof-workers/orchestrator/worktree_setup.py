@@ -10,12 +10,13 @@ import subprocess
 import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from lib import runner
-from lib.batch import command_env, tail
+from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
 from lib.gitstatus import confined_to
 
@@ -109,6 +110,20 @@ def marker_path(worktree: Path) -> Path | None:
     return (gitdir if gitdir.is_absolute() else worktree / gitdir) / MARKER
 
 
+def state_path(signal: Path) -> Path:
+    """Where a try's wrapper says how the set-up it runs stands: beside the try's exit code."""
+    return signal.with_suffix(".setup")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A try's set-up state ({} when it runs none, or the file is half-written or garbled)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and isinstance(doc.get("state"), str) else {}
+
+
 def done(worktree: Path) -> bool:
     marker = marker_path(worktree)
     return marker is not None and marker.is_file()
@@ -178,22 +193,52 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
     log(f"copy {rel}: copied ({info.st_size} bytes)")
 
 
-def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env: dict[str, str]) -> float:
-    """Copy the listed files, then run the command in the worktree (its own process group, killed with its
-    leftovers at the timeout, git variables of ours scrubbed), appending to `log_file`. Records success in the
-    worktree's git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
-    started = datetime.now(timezone.utc)
+class _Tail:
+    """The log the set-up command writes to, keeping the last bytes it wrote (its last line is the reason shown)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.wrote, self.last = log, 0, b""
+
+    def write(self, data: bytes) -> None:
+        self.log.write(data)
+        self.wrote += len(data)
+        self.last = (self.last + bytes(data))[-4096:]
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def _say(log: Any, line: str) -> None:
+    """A line of ours in the set-up log; one that cannot be written (a full disk) costs the line, not the set-up."""
+    with suppress(OSError, ValueError):
+        log.write(f"=== {line}\n".encode("utf-8", "replace"))
+        log.flush()
+
+
+def _stamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mark_done(worktree: Path, copies: list[str], command: str) -> None:
+    marker = marker_path(worktree)
+    if marker is not None:
+        record = {"at": _stamp(datetime.now(timezone.utc)), "copy": copies, "run": command}
+        with suppress(OSError):  # not recorded: the next worker that takes the issue sets it up again
+            marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def copy_files(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path) -> None:
+    """The monitor's part (fast, local): copy the listed files, appending to `log_file`. Without a command the
+    set-up is then done and recorded in the worktree's git dir; with one, the try's wrapper runs it
+    (`run_command`) before its agent. Raises SetupFailed with the line to show."""
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_file, "a+b")
     except OSError as err:
         raise SetupFailed(f"cannot write its log {log_file}: {err.strerror or err}") from None
     with log:
-        def say(line: str) -> None:
-            log.write(f"=== {line}\n".encode("utf-8", "replace"))
-            log.flush()
-
-        say(f"setup of {worktree} at {started.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        say = partial(_say, log)
+        say(f"setup of {worktree} at {_stamp(datetime.now(timezone.utc))}")
         try:
             for rel in setup.copy:
                 _copy_one(repo, worktree, rel, say)
@@ -204,42 +249,66 @@ def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env
         except SetupFailed as err:
             say(str(err))
             raise
-        took = 0.0
-        if setup.run:
-            say(f"run: {setup.run} (timeout {setup.timeout:g}s)")
-            before = log.tell()
-            from orchestrator.worktrees import REPO_ENV
+        if not setup.run:
+            _mark_done(worktree, list(setup.copy), "")
+            say("setup done")
 
-            step_env = {k: v for k, v in command_env().items() if k not in REPO_ENV}
-            step_env = confined_to(worktree, {**step_env, **env, "ORCHESTRATOR_MAIN_CHECKOUT": str(repo),
-                                              "ORCHESTRATOR_WORKTREE": str(worktree)})
-            try:
-                result = runner.run_in_group(setup.run, worktree, log, setup.timeout, env=step_env)
-            except OSError as err:
-                raise SetupFailed(f"cannot run {clip(setup.run)}: {err.strerror or err}") from None
-            took = result.duration_s
-            log.flush()
-            wrote = log.tell() > before
-            if wrote:
-                log.seek(-1, os.SEEK_END)
-                if log.read(1) != b"\n":  # "a+b": every write still appends
-                    log.write(b"\n")
-            last = tail(log_file, lines=1) if wrote else ""
-            if result.timed_out:
-                reason = f"{clip(setup.run)} timed out after {setup.timeout:g}s" + (f" ({clip(last, 200)})"
-                                                                                  if last else "")
-            elif result.exit_code != 0:
-                reason = clip(last, 300) if last.strip() else f"{clip(setup.run)} exited {result.exit_code}"
-            else:
-                reason = ""
-            say(f"exit {result.exit_code if not result.timed_out else 'timeout'} after {took:.1f}s"
-                + (f"; killed what it left: {', '.join(result.escaped)}" if result.escaped else ""))
-            if reason:
-                raise SetupFailed(reason)
-        marker = marker_path(worktree)
-        if marker is not None:
-            record = {"at": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "copy": list(setup.copy), "run": setup.run}
-            with suppress(OSError):  # not recorded: the next worker that takes the issue sets it up again
-                marker.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        say("setup done")
-    return took
+
+def try_spec(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The `setup` block of a try spec: what the wrapper needs to run the command before the agent."""
+    return {"run": setup.run, "timeout": setup.timeout, "copy": list(setup.copy), "main_checkout": str(repo),
+            "worktree": str(worktree), "log": str(log_file), "env": env}
+
+
+def command_env_for(repo: Path, worktree: Path, env: dict[str, str]) -> dict[str, str]:
+    """The set-up command's environment: ours scrubbed of any repo's git variables, confined to the worktree."""
+    from orchestrator.worktrees import REPO_ENV
+
+    step_env = {k: v for k, v in command_env().items() if k not in REPO_ENV}
+    return confined_to(worktree, {**step_env, **env, "ORCHESTRATOR_MAIN_CHECKOUT": str(repo),
+                                  "ORCHESTRATOR_WORKTREE": str(worktree)})
+
+
+def run_command(command: str, timeout: float, repo: Path, worktree: Path, log: Any, env: dict[str, str],
+                copies: list[str] | None = None, echo: Any = None) -> float:
+    """Run the set-up command in the worktree (its own process group, killed with its leftovers at the timeout),
+    its output to `log` (anything with write/flush: the wrapper's capped log) and `echo` (the pane). Records
+    success in the worktree's git dir. Returns the seconds it took; raises SetupFailed with the line to show."""
+    _say(log, f"run: {command} (timeout {timeout:g}s) at {_stamp(datetime.now(timezone.utc))}")
+    out = _Tail(log)
+    try:
+        result = runner.run_in_group(command, worktree, out, timeout, env=command_env_for(repo, worktree, env),
+                                     echo=echo)
+    except OSError as err:
+        raise SetupFailed(f"cannot run {clip(command)}: {err.strerror or err}") from None
+    if out.wrote and not out.last.endswith(b"\n"):
+        with suppress(OSError, ValueError):
+            log.write(b"\n")
+    lines = [line for line in out.last.decode("utf-8", "replace").splitlines() if line.strip()]
+    last = lines[-1].strip() if out.wrote and lines else ""
+    if result.log_error:  # stopped by the runner: the log (a full disk) could not take its output
+        reason = f"cannot write its log: {clip(result.log_error, 200)} (the command was stopped)"
+    elif result.timed_out:
+        reason = f"{clip(command)} timed out after {timeout:g}s" + (f" ({clip(last, 200)})" if last else "")
+    elif result.exit_code != 0:
+        reason = clip(last, 300) if last else f"{clip(command)} exited {result.exit_code}"
+    else:
+        reason = ""
+    _say(log, f"exit {result.exit_code if not result.timed_out else 'timeout'} after {result.duration_s:.1f}s"
+         + (f"; killed what it left: {', '.join(result.escaped)}" if result.escaped else ""))
+    if reason:
+        _say(log, f"setup failed: {reason}")
+        raise SetupFailed(reason)
+    _mark_done(worktree, list(copies or ()), command)
+    _say(log, "setup done")
+    return result.duration_s
+
+
+def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env: dict[str, str]) -> float:
+    """The whole set-up in this process: the copies, then the command (the monitor splits the two: the command
+    runs in the try's pane). Returns the seconds the command took; raises SetupFailed with the line to show."""
+    copy_files(setup, repo, worktree, log_file)
+    if not setup.run:
+        return 0.0
+    with open(log_file, "a+b") as log:
+        return run_command(setup.run, setup.timeout, repo, worktree, log, env, list(setup.copy))

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-wo
 from lib import logcut, runner  # noqa: E402
 from lib.statefile import locked  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
-from orchestrator import agents  # noqa: E402
+from orchestrator import agents, worktree_setup  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
@@ -245,6 +246,12 @@ def run(spec: dict[str, Any]) -> int:
     label += f" ({f'agent {kind}; ' if structured else ''}log {try_log})"
     try_log.parent.mkdir(parents=True, exist_ok=True)
     cap = spec.get("max_log_bytes") or logcut.DEFAULT_LOG_CAP
+    setup = spec.get("setup")
+    if setup and not worktree_setup.done(Path(setup["worktree"])):
+        code = _set_up(setup, cap, spec.get("env", {}).get(TRY_VAR), signal_path, log_path, label)
+        if code is not None:  # the agent never starts
+            _write_atomic(signal_path, f"{code}\n")
+            return code
     with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
         _note(index, start)
@@ -299,6 +306,74 @@ def run(spec: dict[str, Any]) -> int:
         _note(index, end)
     _write_atomic(signal_path, f"{code}\n")
     return code
+
+
+class _Stopped(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path, index_path: Path,
+            label: str) -> int | None:
+    """Run the worktree's set-up command before the agent (orchestrator.worktree_setup.run_command: its own group,
+    killed with its leftovers at its timeout; output to the issue's setup log, capped). Its outcome goes to the
+    try's setup state file (running, then done, failed with the reason, or stopped) before any exit code. None:
+    set up, the agent may start; else the try's exit code (1: the set-up failed; 128 + a signal: stopped)."""
+    state = worktree_setup.state_path(signal_path)
+    log_file = Path(setup["log"])
+    _write_atomic(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
+    with suppress(OSError), open(index_path, "ab") as index:
+        _note(index, f"=== SETUP {label}: {setup['run']} (setup log {log_file}) at {_stamp()} ===\n".encode())
+
+    def stop(signum: int, _frame: Any) -> None:
+        if not stopping:  # raised once: a second signal never interrupts the killing of the first one's group
+            stopping.append(signum)
+            raise _Stopped(signum)
+
+    stopping: list[int] = []
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    code, outcome = None, {"state": "done"}
+    try:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log = logcut.CappedLog(log_file, cap)
+        except OSError as err:
+            raise worktree_setup.SetupFailed(f"cannot write its log {log_file}: {err.strerror or err}") from None
+        with log:
+            worktree_setup.run_command(setup["run"], float(setup["timeout"]), Path(setup["main_checkout"]),
+                                       Path(setup["worktree"]), log, {**setup.get("env", {}), TRY_VAR: tag or ""},
+                                       setup.get("copy"), getattr(sys.stdout, "buffer", None))
+    except worktree_setup.SetupFailed as err:
+        code, outcome = 1, {"state": "failed", "reason": str(err)}
+    except _Stopped as err:
+        code, outcome = 128 + err.signum, {"state": "stopped", "signal": err.signum}
+    finally:
+        for signum in previous:  # from here a signal is noted, never raised into the cleanup below
+            signal.signal(signum, lambda signum, _frame: stopping.append(signum))
+        # What the set-up left, outside its group and without its step tag (`env -i setsid cmd &`), is below us
+        # (we are a subreaper) or carries the try's tag: it never outlives a failed set-up, never joins the agent.
+        runner.stop_watchdog()
+        _kill_below(tag)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
+        code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
+    _write_atomic(state, json.dumps(outcome) + "\n")
+    if code is not None:
+        with suppress(OSError), open(index_path, "ab") as index:
+            _note(index, f"=== EXIT code {code} {label}: setup {outcome['state']}"
+                         f"{': ' + outcome['reason'] if 'reason' in outcome else ''} at {_stamp()} ===\n".encode())
+    return code
+
+
+def _kill_below(tag: str | None) -> list[int]:
+    """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
+    found = runner.processes_tagged(TRY_VAR, tag) if tag else []
+    found += [pid for pid in runner.descendants(runner.process_table(), os.getpid()) if pid not in found]
+    if found:
+        runner.kill_processes([], found, LEFTOVER_GRACE_S)
+    return found
 
 
 def _note(log: Any, line: bytes) -> None:
