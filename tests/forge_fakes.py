@@ -9,7 +9,10 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
 - `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
-  that do their work, then fail as if the connection dropped).
+  that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
+  a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
+  auto-merge). A PR may carry `cross` (opened from a fork) and its `base` may be changed (retargeted).
+  `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
 Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
 from the bare remote (`remote` in the state), so a push by the orchestrator is what starts a new round.
@@ -124,8 +127,12 @@ def closing(pr):
         pr["state"] = "CLOSED"
 
 
-def merge(pr):
+def merge(pr, expected):
     base_sha, head_sha = head_of(pr["base"]), head_of(pr["head"])
+    if expected and expected != head_sha:
+        die("GraphQL: Head branch was modified. Review and try the merge again. (mergePullRequest)" if tool == "gh"
+            else "PUT merge_requests/%d/merge: 409 {message: SHA does not match HEAD of source branch: %s}"
+            % (pr["number"], head_sha))
     ok = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha, head_sha])
     if ok.returncode != 0:
         die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
@@ -137,12 +144,13 @@ def merge(pr):
 if tool == "gh":
     if args[:2] == ["pr", "list"]:
         head = opt("--head")
-        out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"]}
+        out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"],
+              "baseRefName": p["base"], "isCrossRepository": bool(p.get("cross"))}
              for p in state["prs"] if head in (None, p["head"])])
     if args[:2] == ["pr", "create"]:
         head, base = opt("--head"), opt("--base")
         for p in state["prs"]:
-            if p["head"] == head and p["state"] == "OPEN":
+            if p["head"] == head and p["state"] == "OPEN" and p["base"] == base and not p.get("cross"):
                 die('a pull request for branch "%s" into branch "%s" already exists:\n%s' % (head, base, p["url"]))
         if not head_of(head):
             die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
@@ -164,6 +172,7 @@ if tool == "gh":
                     "state": "CHANGES_REQUESTED", "submittedAt": "2026-01-01T00:00:00Z"}
                    for text in rnd.get("comments", [])] if rnd.get("review") == "CHANGES_REQUESTED" else []
         out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
+             "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
              "reviewDecision": rnd.get("review", ""), "reviews": reviews})
     if args[:2] == ["pr", "checks"]:
         pr = find(args[2])
@@ -186,7 +195,11 @@ if tool == "gh":
         if not any(flag in args for flag in ("--merge", "--squash", "--rebase")):
             die("--merge, --rebase, or --squash required when not running interactively")
         pr = find(args[2])
-        merge(pr)
+        if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
+            print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],
+                                                                                             pr["base"]))
+            sys.exit(0)
+        merge(pr, opt("--match-head-commit"))
         save()
         if "pr merge" in state.get("lost_answer", []):  # merged, but the answer never came back
             die("Post \"https://api.github.com/graphql\": read tcp: connection reset by peer")
@@ -195,6 +208,7 @@ if tool == "gh":
 else:
     def mr(pr):
         return {"iid": pr["number"], "web_url": pr["url"], "source_branch": pr["head"],
+                "source_project_id": 2 if pr.get("cross") else 1, "target_project_id": 1,
                 "target_branch": pr["base"], "state": {"OPEN": "opened", "MERGED": "merged",
                                                        "CLOSED": "closed"}[pr["state"]]}
     if args[:2] == ["mr", "list"]:
@@ -203,7 +217,7 @@ else:
     if args[:2] == ["mr", "create"]:
         head, base = opt("--source-branch"), opt("--target-branch")
         for p in state["prs"]:
-            if p["head"] == head and p["state"] == "OPEN":
+            if p["head"] == head and p["state"] == "OPEN" and p["base"] == base and not p.get("cross"):
                 die('failed to create merge request. Another open merge request already exists for this source '
                     'branch: !%d' % p["number"])
         number = state.get("next_number", 1)
@@ -248,7 +262,13 @@ else:
         sys.exit(0)
     if args[:2] == ["mr", "merge"]:
         pr = find(args[2])
-        merge(pr)
+        _, _, rows = checks_of(pr, False)
+        running = any(r["bucket"] == "pending" for r in rows)
+        if (state.get("merge_queue") or running) and opt("--auto-merge", "true") == "true":
+            # documented: while a pipeline runs, auto-merge is enabled by default (merged later, not now)
+            print("\u2713 Will auto-merge when the pipeline succeeds")
+            sys.exit(0)
+        merge(pr, opt("--sha"))
         save()
         print("\u2713 Merged!")
         sys.exit(0)

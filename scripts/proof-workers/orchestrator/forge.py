@@ -58,6 +58,7 @@ class Observation:
     review: str = ""  # approved | changes_requested | required | ""
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
+    base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
 
 
 @dataclass(frozen=True)
@@ -205,34 +206,44 @@ class Forge:
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         raise NotImplementedError
 
-    def find(self, head: str) -> PullRequest | None:
+    def find(self, head: str, base: str = "") -> PullRequest | None:
+        """The PR from this repository's `head` into `base` ("" any): a fork's PR from a branch of the same
+        name, or one into another branch, is never ours (adopting it would merge someone else's code, or into
+        the wrong branch). An open one first, then the newest."""
         with _shape(f"{self.tool}: the PR list"):
-            return self._find(head)
+            return self._find(head, base)
 
     def observe(self, number: int) -> Observation:
         with _shape(f"{self.tool}: PR {number}"):
             return self._observe(number)
 
-    def merge(self, number: int) -> None:
+    def merge(self, number: int, head: str = "") -> None:
+        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and confirm it
+        merged: a CLI that exits 0 having only queued it (a merge queue, glab's auto-merge while a pipeline runs)
+        or having said an error raises ForgeError, so a PR is never recorded merged before it is."""
         with _shape(f"{self.tool}: merging PR {number}"):
-            self._merge(number)
+            self._merge(number, head)
+        after = self.observe(number)
+        if after.state != "merged":
+            raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted (a merge "
+                             "queue or auto-merge may merge it later)")
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
 
     def _observe(self, number: int) -> Observation:
         raise NotImplementedError
 
-    def _merge(self, number: int) -> None:
+    def _merge(self, number: int, head: str) -> None:
         raise NotImplementedError
 
     def find_or_create(self, head: str, base: str, title: str, body: str) -> tuple[PullRequest, bool]:
         """The PR of `head` (an open one is adopted, never duplicated; else a new one); (pr, created)."""
-        found = self.find(head)
+        found = self.find(head, base)
         if found is not None and found.state == "open":
             return found, False
         self.create(head, base, title, body)
-        made = self.find(head)
+        made = self.find(head, base)
         if made is None or made.state != "open":
             raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found")
         return made, True
@@ -266,10 +277,11 @@ class GitHub(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["pr", "list", "--head", head, "--state", "all", "--json",
-                               "number,url,state,headRefName"])
-        found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head]
+                               "number,url,state,headRefName,baseRefName,isCrossRepository"])
+        found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head
+                 and not p["isCrossRepository"] and (not base or p.get("baseRefName") == base)]
         if not found:
             return None
         best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
@@ -282,7 +294,8 @@ class GitHub(Forge):
 
     def _observe(self, number: int) -> Observation:
         view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
-                                                 "number,url,state,headRefOid,reviewDecision,reviews"]))
+                                                 "number,url,state,headRefOid,baseRefName,reviewDecision,"
+                                                 "reviews"]))
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
         if checks.out.strip().startswith("["):
@@ -302,7 +315,8 @@ class GitHub(Forge):
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
         return Observation(int(view["number"]), str(view["url"]), str(view["state"]).lower(),
-                           str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id)
+                           str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id,
+                           str(view.get("baseRefName") or ""))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -313,14 +327,14 @@ class GitHub(Forge):
             out.append(_tail_lines(called.out if called.code == 0 else f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def _merge(self, number: int) -> None:
+    def _merge(self, number: int, head: str) -> None:
         # Without a method gh refuses when not interactive: the first the repository allows, in GitHub's order.
         allowed = _json("gh repo view", self.checked(
             ["repo", "view", *([self.repo.named] if self.repo.named else []), "--json",
              "mergeCommitAllowed,squashMergeAllowed,rebaseMergeAllowed"], named=False))
         method = next((flag for key, flag in (("mergeCommitAllowed", "--merge"), ("squashMergeAllowed", "--squash"),
                                               ("rebaseMergeAllowed", "--rebase")) if allowed.get(key)), "--merge")
-        self.checked(["pr", "merge", str(number), method])
+        self.checked(["pr", "merge", str(number), method, *([f"--match-head-commit={head}"] if head else [])])
 
 
 class GitLab(Forge):
@@ -331,9 +345,11 @@ class GitLab(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["mr", "list", "--source-branch", head, "--all", "--output", "json"])
-        found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head]
+        found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head
+                 and m["source_project_id"] == m["target_project_id"]
+                 and (not base or m.get("target_branch") == base)]
         if not found:
             return None
         best = sorted(found, key=lambda m: (m.get("state") != "opened", -int(m.get("iid") or 0)))[0]
@@ -364,7 +380,8 @@ class GitLab(Forge):
         review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
             ("requested" if review == "changes_requested" else "")
         return Observation(int(view["iid"]), str(view["web_url"]), _mr_state(view.get("state")),
-                           str(view.get("sha") or ""), checks, failed, review, comments, review_id)
+                           str(view.get("sha") or ""), checks, failed, review, comments, review_id,
+                           str(view.get("target_branch") or ""))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         out = []
@@ -375,8 +392,8 @@ class GitLab(Forge):
                                                           f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def _merge(self, number: int) -> None:
-        self.checked(["mr", "merge", str(number), "--yes"])
+    def _merge(self, number: int, head: str) -> None:
+        self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
 
 
 def _mr_state(state: Any) -> str:

@@ -124,6 +124,11 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
                 raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
             seen = forge_of(state_root, cfg, issue, timeout).observe(number)
+            default = cfg.repo_for(issue).default_branch
+            if seen.base and seen.base != default and seen.state != "closed":
+                # Retargeted by a human: never merged into, nor completed (or shown merged) on another branch.
+                raise ForgeError(f"PR #{number} targets {clip(seen.base)}, not {default}" +
+                                 (f": retarget it to {default}" if seen.state == "open" else " (merged there)"))
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -217,8 +222,9 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
 
 
 def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord) -> None:
-    """Merge with the repository's method; raises ForgeError."""
-    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]))
+    """Merge with the repository's method, only while the PR's head is the one judged green (the forge refuses
+    another) and only recorded once the forge shows it merged; raises ForgeError."""
+    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]), str(record.pr.get("head") or ""))
     save(state_root, cfg.project, issue.number, state="merged", phase="merged", checks="passing",
          merged_at=now_iso())
 

@@ -1,0 +1,109 @@
+"""The pull-request loop attacked: forges that answer otherwise than hoped, people who push, retarget or fork.
+
+Each case asks: can the loop merge what it did not judge green, record a merge that did not happen, adopt a PR
+that is not ours, or pass terminal escapes and huge logs through? Fake gh/glab from tests/forge_fakes.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import git
+from forge_fakes import fake_forge  # noqa: F401
+from workers_fixtures import project, tmux_socket  # noqa: F401
+
+from lib.paths import Paths
+from orchestrator import pins, pulls
+from orchestrator.config import load_config
+from orchestrator.forge import ForgeError, ForgeRepo, forge_for
+from orchestrator.state import WorkerRecord
+
+PASS = {"checks": [{"name": "build", "bucket": "pass"}]}
+
+
+def _setup(project, fake_forge, platform="github", rounds=None, **state):
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform=platform,
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 5})
+    cfg = load_config(proj.config)
+    state_root = proj.home / "state"
+    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, rounds or [PASS], **state)
+    return proj, cfg, state_root, fake
+
+
+def _push(proj, name: str) -> str:
+    git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
+    (proj.repo / name).write_text(name)
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", name)
+    git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
+    return git(proj.repo, "rev-parse", "HEAD")
+
+
+def _opened(proj, cfg, state_root) -> WorkerRecord:
+    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
+    _push(proj, "a")
+    pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
+    return record
+
+
+def _prs_file(proj):
+    return json.loads((proj.state / "pull-requests.json").read_text())["issues"]
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_merge_the_forge_only_queued_is_not_recorded_as_merged(project, fake_forge, platform):
+    """gh with a merge queue, glab with auto-merge: the CLI exits 0 and the PR stays open. Recording it merged
+    would complete the issue (and start its dependents) on code that is not on the default branch."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, platform, merge_queue=True)
+    record = _opened(proj, cfg, state_root)
+    main_before = git(proj.remote, "rev-parse", "main")
+    with pytest.raises(ForgeError, match="still open"):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)
+    assert _prs_file(proj)["1"]["state"] == "open" and _prs_file(proj)["1"].get("phase") != "merged"
+    assert git(proj.remote, "rev-parse", "main") == main_before
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_push_after_the_green_poll_is_never_merged(project, fake_forge, platform):
+    """The checks were green on our head; someone pushes before the merge call: the forge must refuse (gh
+    --match-head-commit, glab --sha), never merge a head nobody judged."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, platform)
+    record = _opened(proj, cfg, state_root)
+    judged = record.pr["head"]
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
+    assert seen.checks == "passing" and seen.head == judged
+    foreign = _push(proj, "sneaky")  # someone else pushes to the PR's branch
+    with pytest.raises(ForgeError):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)
+    contained = subprocess.run(["git", "--git-dir", str(proj.remote), "merge-base", "--is-ancestor", foreign, "main"])
+    assert contained.returncode == 1  # main does not hold the foreign commit
+    assert [p["state"] for p in fake.prs()] == ["OPEN"]
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_fork_pr_or_a_pr_into_another_base_for_the_branch_is_never_adopted(project, fake_forge, platform):
+    """A fork's PR from a branch of the same name, or a PR of our branch into `release`: adopting either would
+    watch (and auto-merge) someone else's code or merge into the wrong branch. Ours is opened beside them."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, platform, next_number=3, prs=[
+        {"number": 1, "url": "https://x/pull/1", "head": "feature/issue-1", "base": "main", "cross": True,
+         "title": "fork", "body": "", "state": "OPEN"},
+        {"number": 2, "url": "https://x/pull/2", "head": "feature/issue-1", "base": "release",
+         "title": "backport", "body": "", "state": "OPEN"}])
+    record = _opened(proj, cfg, state_root)
+    assert record.pr["number"] == 3
+    assert [(p["number"], p["base"]) for p in fake.prs()] == [(1, "main"), (2, "release"), (3, "main")]
+
+
+def test_a_pr_retargeted_to_another_base_is_never_merged_nor_completed(project, fake_forge):
+    """A human retargets the watched PR to `release`: its poll is an error (said, tried again), so decide
+    neither merges it into release nor completes the issue on it."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge)
+    record = _opened(proj, cfg, state_root)
+    fake.update(prs=[{**p, "base": "release"} for p in fake.prs()])
+    said: list[str] = []
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, said.append)
+    assert "release" in seen.error and "main" in seen.error
+    assert "release" in record.last_reason
