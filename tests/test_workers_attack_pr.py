@@ -107,3 +107,46 @@ def test_a_pr_retargeted_to_another_base_is_never_merged_nor_completed(project, 
     [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, said.append)
     assert "release" in seen.error and "main" in seen.error
     assert "release" in record.last_reason
+
+
+def test_check_names_and_review_comments_carry_no_terminal_escapes(project, fake_forge):
+    """A check named with ESC sequences (a workflow anyone can edit) reaches the monitor's lines, status and the
+    agent's prompt: control characters are replaced; a comment keeps its newlines."""
+    rounds = [{"checks": [{"name": "te\x1b]0;owned\x07sts\x1b[2J", "bucket": "fail"}],
+               "review": "CHANGES_REQUESTED", "comments": ["line one\nline\x1b[31m two\r"]}]
+    proj, cfg, state_root, fake = _setup(project, fake_forge, rounds=rounds)
+    record = _opened(proj, cfg, state_root)
+    hub = forge_for(ForgeRepo("github"), proj.repo)
+    seen = hub.observe(record.pr["number"])
+    [(name, _)] = seen.failed
+    assert "\x1b" not in name and "\x07" not in name and name.startswith("te")
+    [comment] = seen.comments
+    assert "\x1b" not in comment and "\r" not in comment and "line one\nline" in comment
+
+
+def test_a_100_mb_failed_log_is_read_as_its_tail_without_holding_it_in_memory(project, fake_forge):
+    import tracemalloc
+
+    from orchestrator.forge import Observation
+
+    big = "x" * 99 + "\n"
+    rounds = [{"checks": [{"name": "tests", "bucket": "fail"}], "log": ""}]
+    proj, cfg, state_root, fake = _setup(project, fake_forge, rounds=rounds)
+    script = (fake.bin_dir / "gh").read_text()
+    # `gh run view --log-failed` prints 100 MB, then the line that matters.
+    script = script.replace('key = " ".join(args[:2])',
+                            'key = " ".join(args[:2])\nif args[:2] == ["run", "view"]:\n'
+                            f'    chunk = {big!r} * 10000\n'
+                            '    for _ in range(100):\n        sys.stdout.write(chunk)\n'
+                            '    print("FAILED the last line"); sys.exit(0)')
+    (fake.bin_dir / "gh").write_text(script)
+    hub = forge_for(ForgeRepo("github"), proj.repo)
+    seen = Observation(1, "u", "open", failed=(("tests", "https://github.com/o/a/actions/runs/100/job/1"),))
+    tracemalloc.start()
+    try:
+        logs = hub.failed_logs(seen, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert logs.splitlines()[-1].endswith("FAILED the last line")
+    assert peak < 32 * 1024 * 1024, peak

@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import subprocess
+import threading
+import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +136,18 @@ class Called:
     err: str
 
 
+def _drain(stream: Any, tail: bytearray) -> None:
+    """Read a pipe to its end keeping only its last MAX_OUTPUT bytes (a 100 MB log never sits in memory)."""
+    with stream:
+        while chunk := stream.read1(1 << 16):
+            tail += chunk
+            if len(tail) > 2 * MAX_OUTPUT:
+                del tail[:-MAX_OUTPUT]
+
+
 def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Called:
-    """One gh/glab call, bounded: its own process group, killed (with what it started) at `timeout`."""
+    """One gh/glab call, bounded: its own process group, killed (with what it started) at `timeout`; of its
+    output only the tail is kept."""
     what = f"{tool} {' '.join(a for a in args[:2])}"
     try:
         proc = subprocess.Popen([tool, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -144,20 +156,29 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
         raise ForgeError(f"{tool} is not installed (not on PATH)") from None
     except OSError as err:
         raise ForgeError(f"{what}: cannot start: {err}") from None
-    timed_out = False
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    readers = [threading.Thread(target=_drain, args=(pipe, tail), daemon=True)
+               for pipe, tail in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    timed_out = True
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        for reader in readers:  # what it started may still hold the pipes: no longer than the timeout
+            reader.join(max(0.0, deadline - time.monotonic()))
+        timed_out = any(reader.is_alive() for reader in readers)
     except subprocess.TimeoutExpired:
-        timed_out = True
+        pass
     finally:
-        if proc.returncode is None:
+        if timed_out:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            proc.wait()
     if timed_out:
         raise ForgeError(f"{what}: timed out after {timeout:.0f}s")
-    text = out[-MAX_OUTPUT:].decode("utf-8", "replace")
-    return Called(proc.returncode, text, err[-MAX_OUTPUT:].decode("utf-8", "replace"))
+    return Called(proc.returncode, bytes(out[-MAX_OUTPUT:]).decode("utf-8", "replace"),
+                  bytes(err[-MAX_OUTPUT:]).decode("utf-8", "replace"))
 
 
 def _said(called: Called) -> str:
@@ -266,8 +287,25 @@ def _shape(what: str) -> Iterator[None]:
         raise ForgeError(f"{what}: unexpected JSON ({clip(f'{type(err).__name__}: {err}')})") from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colour and cursor sequences (CI logs are full of them)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: Any, lines: bool = False) -> str:
+    r"""A forge's text as it may reach a terminal or a prompt: colour sequences dropped, every other control
+    character (ESC, BEL, CR; newline and tab too unless `lines`) shown as U+FFFD.
+
+    >>> plain("te\x1b[31mst\x1b]0;x\x07")
+    'test�]0;x�'
+    >>> plain("a\nb\r", lines=True)
+    'a\nb�'
+    """
+    text = _ANSI.sub("", str(text))
+    return _CONTROL.sub("\ufffd", text) if lines else re.sub(r"[\n\t]", "\ufffd", _CONTROL.sub("\ufffd", text))
+
+
 def _tail_lines(text: str, lines: int) -> str:
-    return "\n".join(clip(line, 400) for line in text.splitlines()[-lines:])
+    return "\n".join(clip(plain(line), 400) for line in text.splitlines()[-lines:])
 
 
 class GitHub(Forge):
@@ -285,7 +323,7 @@ class GitHub(Forge):
         if not found:
             return None
         best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
-        return PullRequest(int(best["number"]), str(best["url"]), str(best["state"]).lower())
+        return PullRequest(int(best["number"]), plain(best["url"]), str(best["state"]).lower())
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
@@ -301,7 +339,7 @@ class GitHub(Forge):
         if checks.out.strip().startswith("["):
             rows = [r for r in _json("gh pr checks", checks) if isinstance(r, dict)]
             buckets = {str(r.get("bucket")) for r in rows}
-            failed = tuple((str(r.get("name")), str(r.get("link") or "")) for r in rows
+            failed = tuple((plain(r.get("name")), plain(r.get("link") or "")) for r in rows
                            if r.get("bucket") in ("fail", "cancel"))
             state = ("failing" if failed else "pending" if "pending" in buckets else
                      "passing" if rows else "none")
@@ -309,12 +347,12 @@ class GitHub(Forge):
             raise ForgeError(f"gh pr checks: {_said(checks)}")
         reviews = [r for r in view.get("reviews") or [] if isinstance(r, dict)]
         asked = [r for r in reviews if r.get("state") == "CHANGES_REQUESTED"]
-        comments = tuple(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}" for r in asked
-                         if r.get("body"))
+        comments = tuple(plain(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}", lines=True)
+                         for r in asked if r.get("body"))
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), str(view["url"]), str(view["state"]).lower(),
+        return Observation(int(view["number"]), plain(view["url"]), str(view["state"]).lower(),
                            str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id,
                            str(view.get("baseRefName") or ""))
 
@@ -353,7 +391,7 @@ class GitLab(Forge):
         if not found:
             return None
         best = sorted(found, key=lambda m: (m.get("state") != "opened", -int(m.get("iid") or 0)))[0]
-        return PullRequest(int(best["iid"]), str(best["web_url"]), _mr_state(best.get("state")))
+        return PullRequest(int(best["iid"]), plain(best["web_url"]), _mr_state(best.get("state")))
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
@@ -367,7 +405,7 @@ class GitLab(Forge):
         if status in ("failed", "canceled"):
             jobs = _json("glab ci get", self.checked(["ci", "get", "--pipeline-id", str(pipeline.get("id")),
                                                        "--output", "json"]))
-            failed = tuple((str(j.get("name")), f"job:{j.get('id')}") for j in jobs.get("jobs") or []
+            failed = tuple((plain(j.get("name")), f"job:{j.get('id')}") for j in jobs.get("jobs") or []
                            if isinstance(j, dict) and j.get("status") in ("failed", "canceled"))
             failed = failed or (("pipeline", f"pipeline:{pipeline.get('id')}"),)
         checks = {"success": "passing", "failed": "failing", "canceled": "failing", "": "none",
@@ -376,10 +414,11 @@ class GitLab(Forge):
         review = ("changes_requested" if merge_status == "requested_changes" else
                   "required" if merge_status == "not_approved" else "approved" if view.get("approved") else "")
         notes = [n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")]
-        comments = tuple(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}" for n in notes)
+        comments = tuple(plain(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}", lines=True)
+                         for n in notes)
         review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
             ("requested" if review == "changes_requested" else "")
-        return Observation(int(view["iid"]), str(view["web_url"]), _mr_state(view.get("state")),
+        return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
                            str(view.get("sha") or ""), checks, failed, review, comments, review_id,
                            str(view.get("target_branch") or ""))
 
