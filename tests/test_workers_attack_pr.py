@@ -150,3 +150,32 @@ def test_a_100_mb_failed_log_is_read_as_its_tail_without_holding_it_in_memory(pr
         tracemalloc.stop()
     assert logs.splitlines()[-1].endswith("FAILED the last line")
     assert peak < 32 * 1024 * 1024, peak
+
+
+def test_our_merge_in_flight_never_raises_default_branch_moved_when_another_stage_ends_first(make_repo, tmp_path):
+    """kill -9 of the monitor between `gh pr merge` and its recording (or an answer lost): the record says a
+    merge of ours is under way until the next poll sees it merged. Another worker's stage ending in the same
+    repository meanwhile checks the default branch: our merge moved it, which is no alert."""
+    from orchestrator import alerts
+    from orchestrator.config import parse_config
+    from orchestrator.decide import Snapshot
+
+    handle = make_repo("app")
+    cfg = parse_config(tmp_path / "p-issues.json", {
+        "project": "p", "repo_path": str(handle.path), "branch_prefix": "f-", "default_branch": "main",
+        "issues": [{"number": 1, "title": "a"}, {"number": 2, "title": "b"}]})
+    doc = alerts.current(tmp_path / "state", [cfg], 1000.0)
+    handle.commit({"merged.txt": "x"}, "Merge pull request #1")  # what our merge did to main
+    handle.git("push", "-q", "origin", "main")
+    ours = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
+                        pr={"watching": True, "merging": True, "number": 1})
+    other = WorkerRecord(2, status="running", project="p", issue_number=2, branch="f-2", try_id=1,
+                         stage="implement")
+    ended = Snapshot(2, 1, True, False, 0, 1, False, 0, 5)
+    _, found, _ = alerts.check(doc, [cfg], [ours, other], [ended], 1010.0, lambda r: 1005.0, lambda _: None)
+    assert "default_branch_moved" not in [a["kind"] for a in found]
+    ours.pr.clear()  # no merge of ours under way: the same move, at the next stage end, is an alert
+    other.try_id = 2
+    _, found, _ = alerts.check(doc, [cfg], [ours, other], [Snapshot(2, 2, True, False, 0, 1, False, 0, 5)],
+                               1020.0, lambda r: 1015.0, lambda _: None)
+    assert "default_branch_moved" in [a["kind"] for a in found]
