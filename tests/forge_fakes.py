@@ -97,8 +97,9 @@ def find(number):
 
 
 def round_of(pr):
-    """The PR's round: which head commit it is at (a new push starts the next round)."""
-    sha = head_of(pr["head"])
+    """The PR's round: which head commit it is at (a new push starts the next round). A merged PR keeps the
+    head it was merged at (GitHub's headRefOid, GitLab's sha): a push to its branch afterwards is not its."""
+    sha = pr.get("merged_sha") or head_of(pr["head"])
     heads = pr.setdefault("heads", [])
     if sha and sha not in heads:
         heads.append(sha)
@@ -138,7 +139,7 @@ def merge(pr, expected):
         die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
     subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], head_sha],
                    check=True)
-    pr["state"] = "MERGED"
+    pr["state"], pr["merged_sha"] = "MERGED", head_sha
 
 
 if tool == "gh":

@@ -179,3 +179,21 @@ def test_our_merge_in_flight_never_raises_default_branch_moved_when_another_stag
     _, found, _ = alerts.check(doc, [cfg], [ours, other], [Snapshot(2, 2, True, False, 0, 1, False, 0, 5)],
                                1020.0, lambda r: 1015.0, lambda _: None)
     assert "default_branch_moved" in [a["kind"] for a in found]
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_pr_merged_before_our_last_push_is_never_shown_merged(project, fake_forge, platform):
+    """The agent of a fix_ci stage runs `gh pr merge` itself (checks failing), then commits its fix, which the
+    monitor pushes: the PR was merged at the old head, the fix is on no default branch. Completing the issue
+    as `merged` would lie; the poll says why instead (and never takes the merged head for ours)."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, platform,
+                                         rounds=[{"checks": [{"name": "tests", "bucket": "fail"}]}])
+    record = _opened(proj, cfg, state_root)
+    hub = forge_for(ForgeRepo(platform), proj.repo)
+    hub._merge(record.pr["number"], "")  # the agent merges its own PR
+    record.pr["head"] = _push(proj, "fix")  # then its fix is pushed
+    said: list[str] = []
+    for now in (100.0, 200.0, 300.0, 400.0):
+        [seen] = pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)
+        assert seen.error and "merged" in seen.error and seen.state != "merged", seen
+    assert _prs_file(proj)["1"].get("phase") != "merged" and _prs_file(proj)["1"]["state"] != "merged"

@@ -6,6 +6,7 @@ holds the issue, in its record's `pr`.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -129,6 +130,12 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                 # Retargeted by a human: never merged into, nor completed (or shown merged) on another branch.
                 raise ForgeError(f"PR #{number} targets {clip(seen.base)}, not {default}" +
                                  (f": retarget it to {default}" if seen.state == "open" else " (merged there)"))
+            ours = str(pr.get("head") or "")
+            if seen.state == "merged" and ours and seen.head != ours and _older(cfg.repo_for(issue).path, seen.head,
+                                                                                ours):
+                # Merged (by the agent itself, say) before our last push: that push is on no default branch.
+                raise ForgeError(f"PR #{number} was merged at {seen.head[:12]}, before our last push {ours[:12]}, "
+                                 f"which {default} does not have")
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -160,6 +167,16 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                             tuple(name for name, _ in seen.failed), seen.review, seen.review_id,
                             0 if pr.get("ever_checked") else int(pr["quiet_polls"])))
     return tuple(views)
+
+
+def _older(repo: Path, merged: str, ours: str) -> bool:
+    """Whether the head a PR was merged at is an ancestor of our last push (a foreign or unknown one is not)."""
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", merged):
+        return False
+    try:
+        return worktrees.is_ancestor(repo, merged, ours)
+    except worktrees.GitFailed:
+        return False
 
 
 def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> bool:
