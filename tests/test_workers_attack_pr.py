@@ -6,6 +6,7 @@ that is not ours, or pass terminal escapes and huge logs through? Fake gh/glab f
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -197,3 +198,18 @@ def test_a_pr_merged_before_our_last_push_is_never_shown_merged(project, fake_fo
         [seen] = pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)
         assert seen.error and "merged" in seen.error and seen.state != "merged", seen
     assert _prs_file(proj)["1"].get("phase") != "merged" and _prs_file(proj)["1"]["state"] != "merged"
+
+
+def test_a_slow_forge_holds_a_poll_or_a_merge_no_longer_than_its_budget(project, fake_forge, monkeypatch):
+    """One poll is two calls (view, checks) and a merge four (repo view, merge, view, checks): each call's own
+    timeout added up would hold the cycle minutes with a hanging gh. The step's budget bounds them all."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge)
+    record = _opened(proj, cfg, state_root)
+    fake.update(hang=["pr checks"])  # the view answers, the checks hang
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None,
+                        timeout=600.0, budget=2.0)
+    assert re.search(r"timed out after [0-2]s", seen.error), seen.error
+    monkeypatch.setattr(pulls, "STEP_BUDGET_S", 2.0)
+    fake.update(hang=["pr merge"])
+    with pytest.raises(ForgeError, match=r"timed out after [0-2]s"):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)

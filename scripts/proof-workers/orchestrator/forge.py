@@ -199,14 +199,20 @@ class Forge:
 
     tool = ""
 
-    def __init__(self, repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> None:
+    def __init__(self, repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S,
+                 budget: float | None = None) -> None:
         self.repo = repo
         self.cwd = cwd
         self.timeout = timeout
+        # All calls of this object end by then (a step of many calls never waits each call's whole timeout).
+        self.deadline = time.monotonic() + budget if budget is not None else None
 
     def call(self, args: list[str], named: bool = True) -> Called:
         extra = [self.repo_flag, self.repo.named] if named and self.repo.named else []
-        return run_cli(self.tool, [*args, *extra], self.cwd, self.timeout)
+        timeout = self.timeout
+        if self.deadline is not None:
+            timeout = min(timeout, max(1.0, self.deadline - time.monotonic()))
+        return run_cli(self.tool, [*args, *extra], self.cwd, timeout)
 
     def checked(self, args: list[str], named: bool = True) -> Called:
         called = self.call(args, named)
@@ -439,8 +445,8 @@ def _mr_state(state: Any) -> str:
     return {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}.get(str(state), "open")
 
 
-def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Forge:
-    return (GitHub if repo.platform == "github" else GitLab)(repo, cwd, timeout)
+def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S, budget: float | None = None) -> Forge:
+    return (GitHub if repo.platform == "github" else GitLab)(repo, cwd, timeout, budget)
 
 
 def pr_body(description: str, stages: list[str]) -> str:

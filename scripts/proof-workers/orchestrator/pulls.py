@@ -21,6 +21,7 @@ from orchestrator.state import RunFiles, WorkerRecord, now_iso
 
 POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
+STEP_BUDGET_S = 30.0  # all calls of one step (open or adopt, merge, a fix_ci stage's logs): the cycle waits no longer
 MAX_MERGE_ATTEMPTS = 3
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
@@ -68,11 +69,14 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
                   max_review_rounds=cfg.review.max_review_rounds)
 
 
-def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float = forge.CALL_TIMEOUT_S) -> forge.Forge:
-    """The issue's repository on its forge, named from its pinned push url (never where origin points now)."""
+def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float = forge.CALL_TIMEOUT_S,
+             budget: float | None = None) -> forge.Forge:
+    """The issue's repository on its forge, named from its pinned push url (never where origin points now); its
+    calls together take at most `budget` seconds (None: STEP_BUDGET_S)."""
     repo = cfg.repo_for(issue)
     pin = pins.pinned(state_root, cfg.project, repo.name)
-    return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout)
+    return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout,
+                           STEP_BUDGET_S if budget is None else budget)
 
 
 def preflight_problems(state_root: Path, cfg: ProjectConfig, home: Path) -> list[str]:
@@ -124,7 +128,8 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
                 raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
-            seen = forge_of(state_root, cfg, issue, timeout).observe(number)
+            seen = forge_of(state_root, cfg, issue, timeout, max(1.0, budget - (time.monotonic() - started))
+                            ).observe(number)
             default = cfg.repo_for(issue).default_branch
             if seen.base and seen.base != default and seen.state != "closed":
                 # Retargeted by a human: never merged into, nor completed (or shown merged) on another branch.
