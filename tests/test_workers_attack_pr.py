@@ -213,3 +213,18 @@ def test_a_slow_forge_holds_a_poll_or_a_merge_no_longer_than_its_budget(project,
     fake.update(hang=["pr merge"])
     with pytest.raises(ForgeError, match=r"timed out after [0-2]s"):
         pulls.merge(state_root, cfg, cfg.issues[0], record)
+
+
+def test_no_check_reported_for_a_few_quick_polls_is_not_green_before_ci_had_time_to_start(project, fake_forge):
+    """poll_seconds small: two polls seconds apart without a check would call a fresh PR green and auto-merge it
+    before its CI even registered. Silence counts as "no CI" only once it lasted QUIET_GREEN_S."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, rounds=[{"checks": []}])
+    record = _opened(proj, cfg, state_root)
+    quiet = []
+    for now in (10.0, 15.0, 20.0, 25.0):  # poll_seconds 5
+        [seen] = pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, lambda _: None)
+        quiet.append(seen.quiet_polls)
+    assert max(quiet) < 2, quiet  # decide would merge at 2
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 10.0 + pulls.QUIET_GREEN_S, lambda r: None,
+                        lambda _: None)
+    assert seen.checks == "none" and seen.quiet_polls >= 2  # a repository without CI, after all

@@ -23,6 +23,7 @@ POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
 STEP_BUDGET_S = 30.0  # all calls of one step (open or adopt, merge, a fix_ci stage's logs): the cycle waits no longer
 MAX_MERGE_ATTEMPTS = 3
+QUIET_GREEN_S = 120.0  # no check reported for this long (and two polls) on a PR that never had one: no CI there
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
 
@@ -151,6 +152,8 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if seen.checks != "none":
             pr["ever_checked"] = True  # a repository with CI: no check reported is never green here
         pr["quiet_polls"] = int(pr.get("quiet_polls") or 0) + 1 if seen.checks == "none" else 0
+        since = pr.get("quiet_since")
+        pr["quiet_since"] = (since if isinstance(since, (int, float)) else now) if seen.checks == "none" else None
         if pr.get("head") and seen.head and seen.head != pr["head"]:
             # Someone else pushed to the PR's branch: after 3 polls its head is the one whose checks count.
             pr["foreign_polls"] = int(pr.get("foreign_polls") or 0) + 1
@@ -168,9 +171,11 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
              **({"phase": "merged"} if seen.state == "merged" else {}))
+        # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
+        quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
+            int(pr["quiet_polls"])
         views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
-                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id,
-                            0 if pr.get("ever_checked") else int(pr["quiet_polls"])))
+                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet))
     return tuple(views)
 
 
@@ -202,7 +207,7 @@ def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRe
 
 def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
     """A fix_ci or address_review stage was pushed: back to watching, this time for the new head."""
-    record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0,
+    record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0, quiet_since=None,
                      head=worktrees.branch_head(cfg.repo_for(issue).path, record.branch or "") or "")
     record.stage = cfg.pipeline[record.stage_index]
     save(state_root, cfg.project, issue.number, checks="pending", phase="pr_open")
