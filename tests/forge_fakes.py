@@ -169,9 +169,11 @@ if tool == "gh":
         closing(pr)
         sha, index, rnd, _ = round_of(pr)
         save()
-        reviews = [{"id": "PRR_%d" % index, "author": {"login": "reviewer"}, "body": text,
-                    "state": "CHANGES_REQUESTED", "submittedAt": "2026-01-01T00:00:00Z"}
-                   for text in rnd.get("comments", [])] if rnd.get("review") == "CHANGES_REQUESTED" else []
+        # gh lists every review the PR ever had (one per round here, its comments as one body), oldest first.
+        reviews = [{"id": "PRR_%d" % n, "author": {"login": "reviewer"}, "body": "\n\n".join(r.get("comments", [])),
+                    "state": r["review"], "submittedAt": "2026-01-01T00:%02d:00Z" % n}
+                   for n, r in enumerate((state.get("rounds") or [])[:index + 1])
+                   if r.get("review") in ("CHANGES_REQUESTED", "APPROVED", "COMMENTED")]
         out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
              "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
              "reviewDecision": rnd.get("review", ""), "reviews": reviews})
