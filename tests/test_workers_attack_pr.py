@@ -228,3 +228,13 @@ def test_no_check_reported_for_a_few_quick_polls_is_not_green_before_ci_had_time
     [seen] = pulls.poll(state_root, lambda _: cfg, [record], 10.0 + pulls.QUIET_GREEN_S, lambda r: None,
                         lambda _: None)
     assert seen.checks == "none" and seen.quiet_polls >= 2  # a repository without CI, after all
+
+
+def test_what_the_cli_says_reaches_an_error_line_without_its_terminal_escapes(project, fake_forge):
+    """gh's own error text (or a proxy's error page) goes into error lines, the monitor's output and status."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, fail={"pr create": {
+        "code": 1, "stderr": "HTTP 502\x1b]0;pwned\x07\x1b[2J: bad gateway"}})
+    hub = forge_for(ForgeRepo("github"), proj.repo)
+    with pytest.raises(ForgeError) as err:
+        hub.find_or_create("feature/issue-1", "main", "t", "b")
+    assert "\x1b" not in str(err.value) and "\x07" not in str(err.value) and "bad gateway" in str(err.value)

@@ -182,7 +182,7 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
 
 
 def _said(called: Called) -> str:
-    lines = [line.strip() for line in (called.err + "\n" + called.out).splitlines() if line.strip()]
+    lines = [plain(line).strip() for line in (called.err + "\n" + called.out).splitlines() if line.strip()]
     return clip(" / ".join(lines), 300) or f"exit {called.code}"
 
 
@@ -358,9 +358,9 @@ class GitHub(Forge):
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), plain(view["url"]), str(view["state"]).lower(),
-                           str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id,
-                           str(view.get("baseRefName") or ""))
+        return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
+                           plain(view.get("headRefOid") or ""), state, failed, decision, comments,
+                           plain(review_id), plain(view.get("baseRefName") or ""))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -425,8 +425,8 @@ class GitLab(Forge):
         review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
             ("requested" if review == "changes_requested" else "")
         return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
-                           str(view.get("sha") or ""), checks, failed, review, comments, review_id,
-                           str(view.get("target_branch") or ""))
+                           plain(view.get("sha") or ""), checks, failed, review, comments, plain(review_id),
+                           plain(view.get("target_branch") or ""))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         out = []
