@@ -11,7 +11,7 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
   that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
-  auto-merge). A PR may carry `cross` (opened from a fork) and its `base` may be changed (retargeted).
+  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after). A PR may carry `cross` (opened from a fork) and its `base` may be changed (retargeted).
   `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
 Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
@@ -167,6 +167,10 @@ if tool == "gh":
     if args[:2] == ["pr", "view"]:
         pr = find(args[2])
         closing(pr)
+        if pr.get("queued") and pr["state"] == "OPEN":  # the merge queue's turn comes
+            pr["queued"][0] -= 1
+            if pr["queued"][0] <= 0:
+                merge(pr, pr.pop("queued")[1])
         sha, index, rnd, _ = round_of(pr)
         save()
         # gh lists every review the PR ever had (one per round here, its comments as one body), oldest first.
@@ -199,6 +203,9 @@ if tool == "gh":
             die("--merge, --rebase, or --squash required when not running interactively")
         pr = find(args[2])
         if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
+            if state["merge_queue"] is not True:
+                pr["queued"] = [int(state["merge_queue"]), opt("--match-head-commit")]
+                save()
             print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],
                                                                                              pr["base"]))
             sys.exit(0)
