@@ -253,9 +253,13 @@ else:
                     "detailed_merge_status": "requested_changes" if rnd.get("review") == "CHANGES_REQUESTED"
                     else "mergeable", "approved": rnd.get("review") == "APPROVED"})
         if "--comments" in args:
-            doc["Notes"] = [{"id": 9000 + index * 10 + n, "body": text, "system": False,
-                             "author": {"username": "reviewer"}}
-                            for n, text in enumerate(rnd.get("comments", []))]
+            # Every note the MR ever had, system notes included (glab marshals them under "Notes"); GitLab's
+            # API lists them newest first unless asked otherwise: `notes_order` "desc" serves them so.
+            notes = [{"id": 9000 + i * 10 + n, "body": text, "system": False, "author": {"username": "reviewer"}}
+                     for i, r in enumerate((state.get("rounds") or [])[:index + 1])
+                     for n, text in enumerate(r.get("comments", []))]
+            notes.insert(0, {"id": 8999, "body": "added 1 commit", "system": True, "author": {"username": "bot"}})
+            doc["Notes"] = notes[::-1] if state.get("notes_order") == "desc" else notes
         out(doc)
     if args[:2] == ["ci", "get"]:
         index = int(opt("--pipeline-id")) - 1000

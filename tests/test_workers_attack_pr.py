@@ -253,3 +253,19 @@ def test_a_pr_in_a_merge_queue_completes_as_merged_when_the_queue_merges_it(proj
     failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
     assert failed == 0 and proj.issue(1)["status"] == "completed"
     assert [p["state"] for p in fake.prs()] == ["MERGED"]
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_gitlab_review_rounds_are_told_apart_whatever_order_the_notes_come_in(project, fake_forge, order):
+    """GitLab lists notes newest first unless asked otherwise: the round's id is its newest note, and the comments
+    read oldest first, in either order (taking the last listed would pin the first round's id forever)."""
+    rounds = [{**PASS, "review": "CHANGES_REQUESTED", "comments": ["first"]},
+              {**PASS, "review": "CHANGES_REQUESTED", "comments": ["second"]}]
+    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab", rounds=rounds, notes_order=order)
+    record = _opened(proj, cfg, state_root)
+    hub = forge_for(ForgeRepo("gitlab"), proj.repo)
+    one = hub.observe(record.pr["number"])
+    _push(proj, "fix")
+    two = hub.observe(record.pr["number"])
+    assert one.review_id != two.review_id and one.review == two.review == "changes_requested"
+    assert two.comments == ("reviewer: first", "reviewer: second")

@@ -419,7 +419,9 @@ class GitLab(Forge):
         merge_status = str(view.get("detailed_merge_status") or "")
         review = ("changes_requested" if merge_status == "requested_changes" else
                   "required" if merge_status == "not_approved" else "approved" if view.get("approved") else "")
-        notes = [n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")]
+        # Oldest first by id, whatever order the API listed them in (newest first unless asked otherwise).
+        notes = sorted((n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")),
+                       key=lambda n: int(n.get("id") or 0))
         comments = tuple(plain(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}", lines=True)
                          for n in notes)
         review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
