@@ -11,10 +11,12 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
   that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
-  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after). A PR may carry `cross` (opened from a fork) and its `base` may be changed (retargeted).
-  `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
+  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after), `notes_order` ("desc": glab
+  lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
+  (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
-Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
+Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd", and the GH_/GITLAB_/GL_
+variables it was given as "env"}). The PR's head is read
 from the bare remote (`remote` in the state), so a push by the orchestrator is what starts a new round.
 """
 from __future__ import annotations
@@ -38,7 +40,9 @@ tool = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
 with open(STATE.with_name("calls.jsonl"), "a") as calls:
     calls.write(json.dumps({"tool": tool, "args": args, "cwd": os.getcwd(),
-                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR")}) + "\n")
+                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR"),
+                            "env": {k: v for k, v in os.environ.items() if k.startswith(("GH_", "GITLAB_", "GL_"))}})
+                + "\n")
 state = json.loads(STATE.read_text())
 
 

@@ -269,3 +269,15 @@ def test_gitlab_review_rounds_are_told_apart_whatever_order_the_notes_come_in(pr
     two = hub.observe(record.pr["number"])
     assert one.review_id != two.review_id and one.review == two.review == "changes_requested"
     assert two.comments == ("reviewer: first", "reviewer: second")
+
+
+@pytest.mark.parametrize("variable", ["GITLAB_HOST", "GL_HOST", "GITLAB_URI", "GITLAB_REPO", "GH_REPO", "GH_HOST"])
+def test_an_inherited_variable_that_points_the_cli_elsewhere_never_reaches_it(project, fake_forge, monkeypatch,
+                                                                             variable):
+    """glab reads GITLAB_URI as an alias of GITLAB_HOST: a shell that exported it for another instance would send
+    every call (and the token) there when the pinned url names no forge repository."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab")
+    monkeypatch.setenv(variable, "https://elsewhere.example.com")
+    forge_for(ForgeRepo("gitlab"), proj.repo).find("feature/issue-1")
+    [record] = fake.call_records()
+    assert variable not in record["env"]

@@ -27,7 +27,7 @@ PLATFORMS = ("github", "gitlab")
 CALL_TIMEOUT_S = 60.0
 MAX_OUTPUT = 4 * 1024 * 1024  # a CLI's output kept (failed logs can be huge): the end is what matters
 # What would make gh or glab act on another repository or host than the one we name, or prompt.
-FORGE_ENV = ("GH_REPO", "GH_HOST", "GITLAB_REPO", "GITLAB_HOST", "GL_HOST", "BROWSER", "GH_BROWSER")
+FORGE_ENV = ("GH_REPO", "GH_HOST", "GITLAB_REPO", "GITLAB_HOST", "GITLAB_URI", "GL_HOST", "BROWSER", "GH_BROWSER")
 INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and run `gh auth login`",
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
