@@ -259,11 +259,14 @@ else:
         if "--comments" in args:
             # Every note the MR ever had, system notes included (glab marshals them under "Notes"); GitLab's
             # API lists them newest first unless asked otherwise: `notes_order` "desc" serves them so.
-            notes = [{"id": 9000 + i * 10 + n, "body": text, "system": False, "author": {"username": "reviewer"}}
+            notes = [{"id": 9000 + i * 1000 + n, "body": text, "system": False, "author": {"username": "reviewer"}}
                      for i, r in enumerate((state.get("rounds") or [])[:index + 1])
                      for n, text in enumerate(r.get("comments", []))]
             notes.insert(0, {"id": 8999, "body": "added 1 commit", "system": True, "author": {"username": "bot"}})
-            doc["Notes"] = notes[::-1] if state.get("notes_order") == "desc" else notes
+            notes = notes[::-1] if state.get("notes_order") == "desc" else notes
+            # glab asks for one page of them: --page (1) and --per-page (default 20), as `glab mr view` does.
+            page, per_page = int(opt("--page", "1")), int(opt("--per-page", "20"))
+            doc["Notes"] = notes[(page - 1) * per_page:page * per_page]
         out(doc)
     if args[:2] == ["ci", "get"]:
         index = int(opt("--pipeline-id")) - 1000

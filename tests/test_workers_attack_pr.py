@@ -281,3 +281,17 @@ def test_an_inherited_variable_that_points_the_cli_elsewhere_never_reaches_it(pr
     forge_for(ForgeRepo("gitlab"), proj.repo).find("feature/issue-1")
     [record] = fake.call_records()
     assert variable not in record["env"]
+
+
+def test_a_gitlab_review_past_the_first_20_notes_is_still_read(project, fake_forge):
+    """`glab mr view --comments` lists the notes oldest first, 20 a page: on a busy MR (every push adds a system
+    note) the newest review would never be seen: the same round forever, the prompt fed the oldest comments."""
+    rounds = [{**PASS, "review": "CHANGES_REQUESTED", "comments": [f"old {n}" for n in range(25)]},
+              {**PASS, "review": "CHANGES_REQUESTED", "comments": ["the newest"]}]
+    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab", rounds=rounds)
+    record = _opened(proj, cfg, state_root)
+    hub = forge_for(ForgeRepo("gitlab"), proj.repo)
+    one = hub.observe(record.pr["number"])
+    _push(proj, "fix")
+    two = hub.observe(record.pr["number"])
+    assert one.review_id != two.review_id and two.comments[-1] == "reviewer: the newest"

@@ -32,6 +32,7 @@ INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and r
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
+NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
 class ForgeError(OrchestratorError):
@@ -404,7 +405,7 @@ class GitLab(Forge):
                       f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
     def _observe(self, number: int) -> Observation:
-        view = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--output", "json"]))
+        view = self._view_with_notes(number)
         pipeline = view.get("head_pipeline") or {}
         status = str(pipeline.get("status") or "")
         failed: tuple[tuple[str, str], ...] = ()
@@ -429,6 +430,21 @@ class GitLab(Forge):
         return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
                            plain(view.get("sha") or ""), checks, failed, review, comments, plain(review_id),
                            plain(view.get("target_branch") or ""))
+
+    def _view_with_notes(self, number: int) -> Any:
+        """The MR with every note (up to NOTES_PAGES pages): `--comments` lists them oldest first, 20 a page by
+        default, so the newest review of a busy MR would be on a page never asked for."""
+        view, notes = None, []
+        for page in range(1, NOTES_PAGES + 1):
+            doc = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--page", str(page),
+                                                      "--per-page", str(NOTES_PAGE), "--output", "json"]))
+            view = view if view is not None else doc
+            got = doc.get("Notes") or []
+            notes.extend(got)
+            if len(got) < NOTES_PAGE:
+                break
+        view["Notes"] = notes
+        return view
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         out = []
