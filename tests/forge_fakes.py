@@ -9,9 +9,14 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
 - `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
-  that do their work, then fail as if the connection dropped).
+  that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
+  a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
+  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after), `notes_order` ("desc": glab
+  lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
+  (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
-Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd"}). The PR's head is read
+Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd", and the GH_/GITLAB_/GL_
+variables it was given as "env"}). The PR's head is read
 from the bare remote (`remote` in the state), so a push by the orchestrator is what starts a new round.
 """
 from __future__ import annotations
@@ -35,7 +40,9 @@ tool = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
 with open(STATE.with_name("calls.jsonl"), "a") as calls:
     calls.write(json.dumps({"tool": tool, "args": args, "cwd": os.getcwd(),
-                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR")}) + "\n")
+                            "env_repo": os.environ.get("GH_REPO"), "git_dir": os.environ.get("GIT_DIR"),
+                            "env": {k: v for k, v in os.environ.items() if k.startswith(("GH_", "GITLAB_", "GL_"))}})
+                + "\n")
 state = json.loads(STATE.read_text())
 
 
@@ -94,8 +101,9 @@ def find(number):
 
 
 def round_of(pr):
-    """The PR's round: which head commit it is at (a new push starts the next round)."""
-    sha = head_of(pr["head"])
+    """The PR's round: which head commit it is at (a new push starts the next round). A merged PR keeps the
+    head it was merged at (GitHub's headRefOid, GitLab's sha): a push to its branch afterwards is not its."""
+    sha = pr.get("merged_sha") or head_of(pr["head"])
     heads = pr.setdefault("heads", [])
     if sha and sha not in heads:
         heads.append(sha)
@@ -124,25 +132,30 @@ def closing(pr):
         pr["state"] = "CLOSED"
 
 
-def merge(pr):
+def merge(pr, expected):
     base_sha, head_sha = head_of(pr["base"]), head_of(pr["head"])
+    if expected and expected != head_sha:
+        die("GraphQL: Head branch was modified. Review and try the merge again. (mergePullRequest)" if tool == "gh"
+            else "PUT merge_requests/%d/merge: 409 {message: SHA does not match HEAD of source branch: %s}"
+            % (pr["number"], head_sha))
     ok = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha, head_sha])
     if ok.returncode != 0:
         die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
     subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], head_sha],
                    check=True)
-    pr["state"] = "MERGED"
+    pr["state"], pr["merged_sha"] = "MERGED", head_sha
 
 
 if tool == "gh":
     if args[:2] == ["pr", "list"]:
         head = opt("--head")
-        out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"]}
+        out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"],
+              "baseRefName": p["base"], "isCrossRepository": bool(p.get("cross"))}
              for p in state["prs"] if head in (None, p["head"])])
     if args[:2] == ["pr", "create"]:
         head, base = opt("--head"), opt("--base")
         for p in state["prs"]:
-            if p["head"] == head and p["state"] == "OPEN":
+            if p["head"] == head and p["state"] == "OPEN" and p["base"] == base and not p.get("cross"):
                 die('a pull request for branch "%s" into branch "%s" already exists:\n%s' % (head, base, p["url"]))
         if not head_of(head):
             die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
@@ -158,12 +171,19 @@ if tool == "gh":
     if args[:2] == ["pr", "view"]:
         pr = find(args[2])
         closing(pr)
+        if pr.get("queued") and pr["state"] == "OPEN":  # the merge queue's turn comes
+            pr["queued"][0] -= 1
+            if pr["queued"][0] <= 0:
+                merge(pr, pr.pop("queued")[1])
         sha, index, rnd, _ = round_of(pr)
         save()
-        reviews = [{"id": "PRR_%d" % index, "author": {"login": "reviewer"}, "body": text,
-                    "state": "CHANGES_REQUESTED", "submittedAt": "2026-01-01T00:00:00Z"}
-                   for text in rnd.get("comments", [])] if rnd.get("review") == "CHANGES_REQUESTED" else []
+        # gh lists every review the PR ever had (one per round here, its comments as one body), oldest first.
+        reviews = [{"id": "PRR_%d" % n, "author": {"login": "reviewer"}, "body": "\n\n".join(r.get("comments", [])),
+                    "state": r["review"], "submittedAt": "2026-01-01T00:%02d:00Z" % n}
+                   for n, r in enumerate((state.get("rounds") or [])[:index + 1])
+                   if r.get("review") in ("CHANGES_REQUESTED", "APPROVED", "COMMENTED")]
         out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
+             "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
              "reviewDecision": rnd.get("review", ""), "reviews": reviews})
     if args[:2] == ["pr", "checks"]:
         pr = find(args[2])
@@ -186,7 +206,14 @@ if tool == "gh":
         if not any(flag in args for flag in ("--merge", "--squash", "--rebase")):
             die("--merge, --rebase, or --squash required when not running interactively")
         pr = find(args[2])
-        merge(pr)
+        if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
+            if state["merge_queue"] is not True:
+                pr["queued"] = [int(state["merge_queue"]), opt("--match-head-commit")]
+                save()
+            print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],
+                                                                                             pr["base"]))
+            sys.exit(0)
+        merge(pr, opt("--match-head-commit"))
         save()
         if "pr merge" in state.get("lost_answer", []):  # merged, but the answer never came back
             die("Post \"https://api.github.com/graphql\": read tcp: connection reset by peer")
@@ -195,6 +222,7 @@ if tool == "gh":
 else:
     def mr(pr):
         return {"iid": pr["number"], "web_url": pr["url"], "source_branch": pr["head"],
+                "source_project_id": 2 if pr.get("cross") else 1, "target_project_id": 1,
                 "target_branch": pr["base"], "state": {"OPEN": "opened", "MERGED": "merged",
                                                        "CLOSED": "closed"}[pr["state"]]}
     if args[:2] == ["mr", "list"]:
@@ -203,7 +231,7 @@ else:
     if args[:2] == ["mr", "create"]:
         head, base = opt("--source-branch"), opt("--target-branch")
         for p in state["prs"]:
-            if p["head"] == head and p["state"] == "OPEN":
+            if p["head"] == head and p["state"] == "OPEN" and p["base"] == base and not p.get("cross"):
                 die('failed to create merge request. Another open merge request already exists for this source '
                     'branch: !%d' % p["number"])
         number = state.get("next_number", 1)
@@ -229,9 +257,16 @@ else:
                     "detailed_merge_status": "requested_changes" if rnd.get("review") == "CHANGES_REQUESTED"
                     else "mergeable", "approved": rnd.get("review") == "APPROVED"})
         if "--comments" in args:
-            doc["Notes"] = [{"id": 9000 + index * 10 + n, "body": text, "system": False,
-                             "author": {"username": "reviewer"}}
-                            for n, text in enumerate(rnd.get("comments", []))]
+            # Every note the MR ever had, system notes included (glab marshals them under "Notes"); GitLab's
+            # API lists them newest first unless asked otherwise: `notes_order` "desc" serves them so.
+            notes = [{"id": 9000 + i * 1000 + n, "body": text, "system": False, "author": {"username": "reviewer"}}
+                     for i, r in enumerate((state.get("rounds") or [])[:index + 1])
+                     for n, text in enumerate(r.get("comments", []))]
+            notes.insert(0, {"id": 8999, "body": "added 1 commit", "system": True, "author": {"username": "bot"}})
+            notes = notes[::-1] if state.get("notes_order") == "desc" else notes
+            # glab asks for one page of them: --page (1) and --per-page (default 20), as `glab mr view` does.
+            page, per_page = int(opt("--page", "1")), int(opt("--per-page", "20"))
+            doc["Notes"] = notes[(page - 1) * per_page:page * per_page]
         out(doc)
     if args[:2] == ["ci", "get"]:
         index = int(opt("--pipeline-id")) - 1000
@@ -248,7 +283,13 @@ else:
         sys.exit(0)
     if args[:2] == ["mr", "merge"]:
         pr = find(args[2])
-        merge(pr)
+        _, _, rows = checks_of(pr, False)
+        running = any(r["bucket"] == "pending" for r in rows)
+        if (state.get("merge_queue") or running) and opt("--auto-merge", "true") == "true":
+            # documented: while a pipeline runs, auto-merge is enabled by default (merged later, not now)
+            print("\u2713 Will auto-merge when the pipeline succeeds")
+            sys.exit(0)
+        merge(pr, opt("--sha"))
         save()
         print("\u2713 Merged!")
         sys.exit(0)

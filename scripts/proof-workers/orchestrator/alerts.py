@@ -505,10 +505,14 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
             quiet[str(ref)] = {"since": now if entry else float(doc.get("started_at", now)), "try": None}
             checks.changed = True
         moved_since(str(repo.path), ref, snap, None, branch_of[ref], "no worker held the issue")
+    # A merge of ours under way (its answer lost, or the monitor killed before recording it): the default branch
+    # it moved is taken in when the next poll sees it merged (orchestrator.pulls), never alerted meanwhile.
+    merging = {str(repo_of[r].path) for r in (IssueRef(w.project, w.issue_number) for w in records
+                                              if w.pr.get("merging") and w.issue_number is not None) if r in repo_of}
     for key, snap in list(doc["repos"].items()):
         guarded("git config", lambda: checks.git_config(key, snap))
         guarded("main checkout", lambda: checks.main_checkout(key, snap, key in ended_in))
-        if key in stage_end:
+        if key in stage_end and key not in merging:
             guarded("default branch", lambda: checks.default_branch(key, snap, stage_end[key]))
     return out, checks.found, checks.changed
 

@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import subprocess
+import threading
+import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,12 @@ PLATFORMS = ("github", "gitlab")
 CALL_TIMEOUT_S = 60.0
 MAX_OUTPUT = 4 * 1024 * 1024  # a CLI's output kept (failed logs can be huge): the end is what matters
 # What would make gh or glab act on another repository or host than the one we name, or prompt.
-FORGE_ENV = ("GH_REPO", "GH_HOST", "GITLAB_REPO", "GITLAB_HOST", "GL_HOST", "BROWSER", "GH_BROWSER")
+FORGE_ENV = ("GH_REPO", "GH_HOST", "GITLAB_REPO", "GITLAB_HOST", "GITLAB_URI", "GL_HOST", "BROWSER", "GH_BROWSER")
 INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and run `gh auth login`",
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
+NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
 class ForgeError(OrchestratorError):
@@ -58,6 +61,7 @@ class Observation:
     review: str = ""  # approved | changes_requested | required | ""
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
+    base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,18 @@ class Called:
     err: str
 
 
+def _drain(stream: Any, tail: bytearray) -> None:
+    """Read a pipe to its end keeping only its last MAX_OUTPUT bytes (a 100 MB log never sits in memory)."""
+    with stream:
+        while chunk := stream.read1(1 << 16):
+            tail += chunk
+            if len(tail) > 2 * MAX_OUTPUT:
+                del tail[:-MAX_OUTPUT]
+
+
 def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Called:
-    """One gh/glab call, bounded: its own process group, killed (with what it started) at `timeout`."""
+    """One gh/glab call, bounded: its own process group, killed (with what it started) at `timeout`; of its
+    output only the tail is kept."""
     what = f"{tool} {' '.join(a for a in args[:2])}"
     try:
         proc = subprocess.Popen([tool, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -143,24 +157,33 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
         raise ForgeError(f"{tool} is not installed (not on PATH)") from None
     except OSError as err:
         raise ForgeError(f"{what}: cannot start: {err}") from None
-    timed_out = False
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    readers = [threading.Thread(target=_drain, args=(pipe, tail), daemon=True)
+               for pipe, tail in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    timed_out = True
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        for reader in readers:  # what it started may still hold the pipes: no longer than the timeout
+            reader.join(max(0.0, deadline - time.monotonic()))
+        timed_out = any(reader.is_alive() for reader in readers)
     except subprocess.TimeoutExpired:
-        timed_out = True
+        pass
     finally:
-        if proc.returncode is None:
+        if timed_out:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            proc.wait()
     if timed_out:
         raise ForgeError(f"{what}: timed out after {timeout:.0f}s")
-    text = out[-MAX_OUTPUT:].decode("utf-8", "replace")
-    return Called(proc.returncode, text, err[-MAX_OUTPUT:].decode("utf-8", "replace"))
+    return Called(proc.returncode, bytes(out[-MAX_OUTPUT:]).decode("utf-8", "replace"),
+                  bytes(err[-MAX_OUTPUT:]).decode("utf-8", "replace"))
 
 
 def _said(called: Called) -> str:
-    lines = [line.strip() for line in (called.err + "\n" + called.out).splitlines() if line.strip()]
+    lines = [plain(line).strip() for line in (called.err + "\n" + called.out).splitlines() if line.strip()]
     return clip(" / ".join(lines), 300) or f"exit {called.code}"
 
 
@@ -177,14 +200,20 @@ class Forge:
 
     tool = ""
 
-    def __init__(self, repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> None:
+    def __init__(self, repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S,
+                 budget: float | None = None) -> None:
         self.repo = repo
         self.cwd = cwd
         self.timeout = timeout
+        # All calls of this object end by then (a step of many calls never waits each call's whole timeout).
+        self.deadline = time.monotonic() + budget if budget is not None else None
 
     def call(self, args: list[str], named: bool = True) -> Called:
         extra = [self.repo_flag, self.repo.named] if named and self.repo.named else []
-        return run_cli(self.tool, [*args, *extra], self.cwd, self.timeout)
+        timeout = self.timeout
+        if self.deadline is not None:
+            timeout = min(timeout, max(1.0, self.deadline - time.monotonic()))
+        return run_cli(self.tool, [*args, *extra], self.cwd, timeout)
 
     def checked(self, args: list[str], named: bool = True) -> Called:
         called = self.call(args, named)
@@ -205,34 +234,44 @@ class Forge:
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         raise NotImplementedError
 
-    def find(self, head: str) -> PullRequest | None:
+    def find(self, head: str, base: str = "") -> PullRequest | None:
+        """The PR from this repository's `head` into `base` ("" any): a fork's PR from a branch of the same
+        name, or one into another branch, is never ours (adopting it would merge someone else's code, or into
+        the wrong branch). An open one first, then the newest."""
         with _shape(f"{self.tool}: the PR list"):
-            return self._find(head)
+            return self._find(head, base)
 
     def observe(self, number: int) -> Observation:
         with _shape(f"{self.tool}: PR {number}"):
             return self._observe(number)
 
-    def merge(self, number: int) -> None:
+    def merge(self, number: int, head: str = "") -> None:
+        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and confirm it
+        merged: a CLI that exits 0 having only queued it (a merge queue, glab's auto-merge while a pipeline runs)
+        or having said an error raises ForgeError, so a PR is never recorded merged before it is."""
         with _shape(f"{self.tool}: merging PR {number}"):
-            self._merge(number)
+            self._merge(number, head)
+        after = self.observe(number)
+        if after.state != "merged":
+            raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted (a merge "
+                             "queue or auto-merge may merge it later)")
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
 
     def _observe(self, number: int) -> Observation:
         raise NotImplementedError
 
-    def _merge(self, number: int) -> None:
+    def _merge(self, number: int, head: str) -> None:
         raise NotImplementedError
 
     def find_or_create(self, head: str, base: str, title: str, body: str) -> tuple[PullRequest, bool]:
         """The PR of `head` (an open one is adopted, never duplicated; else a new one); (pr, created)."""
-        found = self.find(head)
+        found = self.find(head, base)
         if found is not None and found.state == "open":
             return found, False
         self.create(head, base, title, body)
-        made = self.find(head)
+        made = self.find(head, base)
         if made is None or made.state != "open":
             raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found")
         return made, True
@@ -255,8 +294,25 @@ def _shape(what: str) -> Iterator[None]:
         raise ForgeError(f"{what}: unexpected JSON ({clip(f'{type(err).__name__}: {err}')})") from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # colour and cursor sequences (CI logs are full of them)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: Any, lines: bool = False) -> str:
+    r"""A forge's text as it may reach a terminal or a prompt: colour sequences dropped, every other control
+    character (ESC, BEL, CR; newline and tab too unless `lines`) shown as U+FFFD.
+
+    >>> plain("te\x1b[31mst\x1b]0;x\x07")
+    'test�]0;x�'
+    >>> plain("a\nb\r", lines=True)
+    'a\nb�'
+    """
+    text = _ANSI.sub("", str(text))
+    return _CONTROL.sub("\ufffd", text) if lines else re.sub(r"[\n\t]", "\ufffd", _CONTROL.sub("\ufffd", text))
+
+
 def _tail_lines(text: str, lines: int) -> str:
-    return "\n".join(clip(line, 400) for line in text.splitlines()[-lines:])
+    return "\n".join(clip(plain(line), 400) for line in text.splitlines()[-lines:])
 
 
 class GitHub(Forge):
@@ -266,14 +322,15 @@ class GitHub(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["pr", "list", "--head", head, "--state", "all", "--json",
-                               "number,url,state,headRefName"])
-        found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head]
+                               "number,url,state,headRefName,baseRefName,isCrossRepository"])
+        found = [p for p in _json("gh pr list", called) if isinstance(p, dict) and p.get("headRefName") == head
+                 and not p["isCrossRepository"] and (not base or p.get("baseRefName") == base)]
         if not found:
             return None
         best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
-        return PullRequest(int(best["number"]), str(best["url"]), str(best["state"]).lower())
+        return PullRequest(int(best["number"]), plain(best["url"]), str(best["state"]).lower())
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
@@ -282,13 +339,14 @@ class GitHub(Forge):
 
     def _observe(self, number: int) -> Observation:
         view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
-                                                 "number,url,state,headRefOid,reviewDecision,reviews"]))
+                                                 "number,url,state,headRefOid,baseRefName,reviewDecision,"
+                                                 "reviews"]))
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
         if checks.out.strip().startswith("["):
             rows = [r for r in _json("gh pr checks", checks) if isinstance(r, dict)]
             buckets = {str(r.get("bucket")) for r in rows}
-            failed = tuple((str(r.get("name")), str(r.get("link") or "")) for r in rows
+            failed = tuple((plain(r.get("name")), plain(r.get("link") or "")) for r in rows
                            if r.get("bucket") in ("fail", "cancel"))
             state = ("failing" if failed else "pending" if "pending" in buckets else
                      "passing" if rows else "none")
@@ -296,13 +354,14 @@ class GitHub(Forge):
             raise ForgeError(f"gh pr checks: {_said(checks)}")
         reviews = [r for r in view.get("reviews") or [] if isinstance(r, dict)]
         asked = [r for r in reviews if r.get("state") == "CHANGES_REQUESTED"]
-        comments = tuple(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}" for r in asked
-                         if r.get("body"))
+        comments = tuple(plain(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}", lines=True)
+                         for r in asked if r.get("body"))
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), str(view["url"]), str(view["state"]).lower(),
-                           str(view.get("headRefOid") or ""), state, failed, decision, comments, review_id)
+        return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
+                           plain(view.get("headRefOid") or ""), state, failed, decision, comments,
+                           plain(review_id), plain(view.get("baseRefName") or ""))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -313,14 +372,14 @@ class GitHub(Forge):
             out.append(_tail_lines(called.out if called.code == 0 else f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def _merge(self, number: int) -> None:
+    def _merge(self, number: int, head: str) -> None:
         # Without a method gh refuses when not interactive: the first the repository allows, in GitHub's order.
         allowed = _json("gh repo view", self.checked(
             ["repo", "view", *([self.repo.named] if self.repo.named else []), "--json",
              "mergeCommitAllowed,squashMergeAllowed,rebaseMergeAllowed"], named=False))
         method = next((flag for key, flag in (("mergeCommitAllowed", "--merge"), ("squashMergeAllowed", "--squash"),
                                               ("rebaseMergeAllowed", "--rebase")) if allowed.get(key)), "--merge")
-        self.checked(["pr", "merge", str(number), method])
+        self.checked(["pr", "merge", str(number), method, *([f"--match-head-commit={head}"] if head else [])])
 
 
 class GitLab(Forge):
@@ -331,27 +390,29 @@ class GitLab(Forge):
         args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
         self.checked(args, named=False)
 
-    def _find(self, head: str) -> PullRequest | None:
+    def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["mr", "list", "--source-branch", head, "--all", "--output", "json"])
-        found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head]
+        found = [m for m in _json("glab mr list", called) if isinstance(m, dict) and m.get("source_branch") == head
+                 and m["source_project_id"] == m["target_project_id"]
+                 and (not base or m.get("target_branch") == base)]
         if not found:
             return None
         best = sorted(found, key=lambda m: (m.get("state") != "opened", -int(m.get("iid") or 0)))[0]
-        return PullRequest(int(best["iid"]), str(best["web_url"]), _mr_state(best.get("state")))
+        return PullRequest(int(best["iid"]), plain(best["web_url"]), _mr_state(best.get("state")))
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
                       f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
     def _observe(self, number: int) -> Observation:
-        view = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--output", "json"]))
+        view = self._view_with_notes(number)
         pipeline = view.get("head_pipeline") or {}
         status = str(pipeline.get("status") or "")
         failed: tuple[tuple[str, str], ...] = ()
         if status in ("failed", "canceled"):
             jobs = _json("glab ci get", self.checked(["ci", "get", "--pipeline-id", str(pipeline.get("id")),
                                                        "--output", "json"]))
-            failed = tuple((str(j.get("name")), f"job:{j.get('id')}") for j in jobs.get("jobs") or []
+            failed = tuple((plain(j.get("name")), f"job:{j.get('id')}") for j in jobs.get("jobs") or []
                            if isinstance(j, dict) and j.get("status") in ("failed", "canceled"))
             failed = failed or (("pipeline", f"pipeline:{pipeline.get('id')}"),)
         checks = {"success": "passing", "failed": "failing", "canceled": "failing", "": "none",
@@ -359,12 +420,31 @@ class GitLab(Forge):
         merge_status = str(view.get("detailed_merge_status") or "")
         review = ("changes_requested" if merge_status == "requested_changes" else
                   "required" if merge_status == "not_approved" else "approved" if view.get("approved") else "")
-        notes = [n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")]
-        comments = tuple(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}" for n in notes)
+        # Oldest first by id, whatever order the API listed them in (newest first unless asked otherwise).
+        notes = sorted((n for n in view.get("Notes") or [] if isinstance(n, dict) and not n.get("system")),
+                       key=lambda n: int(n.get("id") or 0))
+        comments = tuple(plain(f"{(n.get('author') or {}).get('username', '?')}: {n.get('body', '')}", lines=True)
+                         for n in notes)
         review_id = str(notes[-1].get("id")) if review == "changes_requested" and notes else \
             ("requested" if review == "changes_requested" else "")
-        return Observation(int(view["iid"]), str(view["web_url"]), _mr_state(view.get("state")),
-                           str(view.get("sha") or ""), checks, failed, review, comments, review_id)
+        return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
+                           plain(view.get("sha") or ""), checks, failed, review, comments, plain(review_id),
+                           plain(view.get("target_branch") or ""))
+
+    def _view_with_notes(self, number: int) -> Any:
+        """The MR with every note (up to NOTES_PAGES pages): `--comments` lists them oldest first, 20 a page by
+        default, so the newest review of a busy MR would be on a page never asked for."""
+        view, notes = None, []
+        for page in range(1, NOTES_PAGES + 1):
+            doc = _json("glab mr view", self.checked(["mr", "view", str(number), "--comments", "--page", str(page),
+                                                      "--per-page", str(NOTES_PAGE), "--output", "json"]))
+            view = view if view is not None else doc
+            got = doc.get("Notes") or []
+            notes.extend(got)
+            if len(got) < NOTES_PAGE:
+                break
+        view["Notes"] = notes
+        return view
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         out = []
@@ -375,16 +455,16 @@ class GitLab(Forge):
                                                           f"(no log: {_said(called)})", lines))
         return "\n".join(out)
 
-    def _merge(self, number: int) -> None:
-        self.checked(["mr", "merge", str(number), "--yes"])
+    def _merge(self, number: int, head: str) -> None:
+        self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
 
 
 def _mr_state(state: Any) -> str:
     return {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}.get(str(state), "open")
 
 
-def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S) -> Forge:
-    return (GitHub if repo.platform == "github" else GitLab)(repo, cwd, timeout)
+def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S, budget: float | None = None) -> Forge:
+    return (GitHub if repo.platform == "github" else GitLab)(repo, cwd, timeout, budget)
 
 
 def pr_body(description: str, stages: list[str]) -> str:

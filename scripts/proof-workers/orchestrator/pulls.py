@@ -6,6 +6,7 @@ holds the issue, in its record's `pr`.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +21,9 @@ from orchestrator.state import RunFiles, WorkerRecord, now_iso
 
 POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
+STEP_BUDGET_S = 30.0  # all calls of one step (open or adopt, merge, a fix_ci stage's logs): the cycle waits no longer
 MAX_MERGE_ATTEMPTS = 3
+QUIET_GREEN_S = 120.0  # no check reported for this long (and two polls) on a PR that never had one: no CI there
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
 
@@ -67,11 +70,14 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
                   max_review_rounds=cfg.review.max_review_rounds)
 
 
-def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float = forge.CALL_TIMEOUT_S) -> forge.Forge:
-    """The issue's repository on its forge, named from its pinned push url (never where origin points now)."""
+def forge_of(state_root: Path, cfg: ProjectConfig, issue: Issue, timeout: float = forge.CALL_TIMEOUT_S,
+             budget: float | None = None) -> forge.Forge:
+    """The issue's repository on its forge, named from its pinned push url (never where origin points now); its
+    calls together take at most `budget` seconds (None: STEP_BUDGET_S)."""
     repo = cfg.repo_for(issue)
     pin = pins.pinned(state_root, cfg.project, repo.name)
-    return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout)
+    return forge.forge_for(forge.forge_repo(repo.platform, pin.url), repo.path, timeout,
+                           STEP_BUDGET_S if budget is None else budget)
 
 
 def preflight_problems(state_root: Path, cfg: ProjectConfig, home: Path) -> list[str]:
@@ -123,7 +129,19 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
                 raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
-            seen = forge_of(state_root, cfg, issue, timeout).observe(number)
+            seen = forge_of(state_root, cfg, issue, timeout, max(1.0, budget - (time.monotonic() - started))
+                            ).observe(number)
+            default = cfg.repo_for(issue).default_branch
+            if seen.base and seen.base != default and seen.state != "closed":
+                # Retargeted by a human: never merged into, nor completed (or shown merged) on another branch.
+                raise ForgeError(f"PR #{number} targets {clip(seen.base)}, not {default}" +
+                                 (f": retarget it to {default}" if seen.state == "open" else " (merged there)"))
+            ours = str(pr.get("head") or "")
+            if seen.state == "merged" and ours and seen.head != ours and _older(cfg.repo_for(issue).path, seen.head,
+                                                                                ours):
+                # Merged (by the agent itself, say) before our last push: that push is on no default branch.
+                raise ForgeError(f"PR #{number} was merged at {seen.head[:12]}, before our last push {ours[:12]}, "
+                                 f"which {default} does not have")
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -134,6 +152,8 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if seen.checks != "none":
             pr["ever_checked"] = True  # a repository with CI: no check reported is never green here
         pr["quiet_polls"] = int(pr.get("quiet_polls") or 0) + 1 if seen.checks == "none" else 0
+        since = pr.get("quiet_since")
+        pr["quiet_since"] = (since if isinstance(since, (int, float)) else now) if seen.checks == "none" else None
         if pr.get("head") and seen.head and seen.head != pr["head"]:
             # Someone else pushed to the PR's branch: after 3 polls its head is the one whose checks count.
             pr["foreign_polls"] = int(pr.get("foreign_polls") or 0) + 1
@@ -151,10 +171,22 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
              **({"phase": "merged"} if seen.state == "merged" else {}))
+        # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
+        quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
+            int(pr["quiet_polls"])
         views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
-                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id,
-                            0 if pr.get("ever_checked") else int(pr["quiet_polls"])))
+                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet))
     return tuple(views)
+
+
+def _older(repo: Path, merged: str, ours: str) -> bool:
+    """Whether the head a PR was merged at is an ancestor of our last push (a foreign or unknown one is not)."""
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", merged):
+        return False
+    try:
+        return worktrees.is_ancestor(repo, merged, ours)
+    except worktrees.GitFailed:
+        return False
 
 
 def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> bool:
@@ -175,7 +207,7 @@ def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRe
 
 def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
     """A fix_ci or address_review stage was pushed: back to watching, this time for the new head."""
-    record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0,
+    record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0, quiet_since=None,
                      head=worktrees.branch_head(cfg.repo_for(issue).path, record.branch or "") or "")
     record.stage = cfg.pipeline[record.stage_index]
     save(state_root, cfg.project, issue.number, checks="pending", phase="pr_open")
@@ -217,8 +249,9 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
 
 
 def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord) -> None:
-    """Merge with the repository's method; raises ForgeError."""
-    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]))
+    """Merge with the repository's method, only while the PR's head is the one judged green (the forge refuses
+    another) and only recorded once the forge shows it merged; raises ForgeError."""
+    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]), str(record.pr.get("head") or ""))
     save(state_root, cfg.project, issue.number, state="merged", phase="merged", checks="passing",
          merged_at=now_iso())
 
