@@ -1,0 +1,108 @@
+"""A hostile review of the proof workers' capped try logs and the verbs that show them (`logs`, `diff`, `attach`):
+an agent that plants, deletes, truncates or replaces its own log or the cut's temp file, FIFOs and files where our
+folders and logs go, agent-set git config, closed pipes and odd issue numbers. The question each test asks: can
+it lose work (the tail, the EXIT line, the exit code), hang the monitor or the user, run an agent's program, or
+lie."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from conftest import ROOT
+from workers_fixtures import retry_until  # noqa: F401 (puts the orchestrator package on the path)
+
+WRAPPER = ROOT / "scripts" / "proof-workers" / "orchestrator" / "wrapper.py"
+CAP = 64 * 1024
+EXIT_LINE = re.compile(r"=== EXIT code (\d+) worker-1 try 1 issue #1 stage implement \(log .*\) at \S+ ===\n\Z")
+
+
+def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120) -> tuple[int, Path, Path]:
+    """The real wrapper, as a process of its own (a hang fails the test, never blocks it), running `script` as
+    the agent with $TRY_LOG naming its own log. Returns (the wrapper's exit code, the try log, the logs folder)."""
+    logs = tmp_path / "state" / "logs"
+    try_log = logs / "issue-1" / "worker-1-try-1.log"
+    spec = {"worker": 1, "try": 1, "issue": 1, "stage": "implement", "cwd": str(tmp_path), "command": script,
+            "log": str(logs / "worker-1.log"), "signal": str(tmp_path / "signal"), "pid_file": str(tmp_path / "pid"),
+            "agent": "command", "max_log_bytes": cap, "try_log": str(try_log),
+            "env": {"TRY_LOG": str(try_log), "ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}}
+    (tmp_path / "try.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, str(WRAPPER), str(tmp_path / "try.json")], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=timeout)
+    assert b"Traceback" not in done.stderr, done.stderr.decode()
+    return done.returncode, try_log, logs
+
+
+def lines(count: int, word: str = "out") -> str:
+    """A shell loop printing `count` numbered lines of about 100 bytes."""
+    return f"i=0; while [ $i -lt {count} ]; do echo \"{word} $i {'x' * 80}\"; i=$((i+1)); done; "
+
+
+def assert_whole(try_log: Path, code: int, last: str, cap: int = CAP, started: bool = True) -> str:
+    """The try's log is a regular file within its cap ending with the agent's last line and the EXIT line."""
+    assert try_log.is_file() and not try_log.is_symlink()
+    data = try_log.read_bytes()
+    assert len(data) <= cap
+    text = data.decode("utf-8", "replace")
+    if started:
+        assert text.startswith("=== START worker-1 try 1 issue #1 stage implement"), text[:200]
+    assert text.endswith(f"{last}\n" + text.splitlines()[-1] + "\n"), text[-400:]
+    found = EXIT_LINE.search(text)
+    assert found and int(found.group(1)) == code, text[-400:]
+    return text
+
+
+# --- the capped log against its own agent -------------------------------------------------------------------------
+
+def test_a_directory_the_agent_puts_where_a_cut_is_written_never_stops_the_log(tmp_path):
+    """The cut writes a temp file beside the log and renames it over. An agent that makes a directory (or
+    anything) at that name before the first cut must not stop its log: the tail and the EXIT line still land,
+    within the cap."""
+    script = ('mkdir "$(dirname "$TRY_LOG")/.$(basename "$TRY_LOG").cut"; '
+              + lines(3000) + "echo the last words; exit 5")
+
+    code, try_log, _ = run_try(tmp_path, script)
+
+    assert code == 5 and (tmp_path / "signal").read_text() == "5\n"
+    text = assert_whole(try_log, 5, "the last words")
+    assert "out 2999 " in text
+
+
+def test_an_agent_that_empties_its_own_log_mid_run_still_leaves_its_tail_and_exit_line(tmp_path):
+    """`: > $TRY_LOG` after a cut: the log shrinks under the writer's feet. What the agent prints next is still
+    written, the cap still holds, and the log ends with its last words and the EXIT line."""
+    script = lines(2000, "before") + ': > "$TRY_LOG"; ' + lines(2000, "after") + "echo the last words; exit 0"
+
+    code, try_log, _ = run_try(tmp_path, script)
+
+    assert code == 0
+    text = assert_whole(try_log, 0, "the last words", started=False)  # its head it emptied itself
+    assert "after 1999 " in text
+
+
+def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes_through_nothing(tmp_path):
+    """The agent removes its log, or puts a file of its own, a FIFO, or a symlink to a file of the user's in its
+    place, then prints more (less than the cap: no cut follows). After the try, the log is a regular file with
+    everything the wrapper wrote (before and after), the EXIT line last; the user's file is untouched; nothing
+    hangs."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    for name, swap in (("deleted", 'rm -f "$TRY_LOG"'),
+                       ("forged", 'rm -f "$TRY_LOG"; echo "=== EXIT code 0 all is well ===" > "$TRY_LOG"'),
+                       ("fifo", 'rm -f "$TRY_LOG"; mkfifo "$TRY_LOG"'),
+                       ("symlink", f'rm -f "$TRY_LOG"; ln -s {shlex.quote(str(victim))} "$TRY_LOG"')):
+        folder = tmp_path / name
+        folder.mkdir()
+        script = f"echo printed before; {swap}; echo printed after; exit 3"
+
+        code, try_log, _ = run_try(folder, script)
+
+        assert code == 3, name
+        text = assert_whole(try_log, 3, "printed after")
+        assert "printed before\n" in text and "all is well" not in text, name
+        assert victim.read_text() == "keep me\n"
