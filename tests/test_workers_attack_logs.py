@@ -106,3 +106,28 @@ def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes
         text = assert_whole(try_log, 3, "printed after")
         assert "printed before\n" in text and "all is well" not in text, name
         assert victim.read_text() == "keep me\n"
+
+
+def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):
+    """A FIFO at logs/worker-1.log (opening it to append would wait for a reader forever), a file at
+    logs/issue-1 (no folder can be made there), a symlink at logs/issue-1 to a folder of the user's: the agent
+    runs, the exit code lands, nothing is written through the symlink."""
+    elsewhere = tmp_path / "users-folder"
+    elsewhere.mkdir()
+    for name, plant in (("fifo-index", lambda logs: os.mkfifo(logs / "worker-1.log")),
+                        ("file-folder", lambda logs: (logs / "issue-1").write_text("not a folder\n")),
+                        ("symlink-folder", lambda logs: (logs / "issue-1").symlink_to(elsewhere))):
+        folder = tmp_path / name
+        logs = folder / "state" / "logs"
+        logs.mkdir(parents=True)
+        plant(logs)
+
+        code, try_log, _ = run_try(folder, "echo the agent ran; exit 6", timeout=60)
+
+        assert code == 6 and (folder / "signal").read_text() == "6\n", name
+        assert list(elsewhere.iterdir()) == [], name
+        index = logs / "worker-1.log"
+        if name != "fifo-index":
+            assert index.read_text().count("=== EXIT code 6 ") == 1, name
+        else:
+            assert_whole(try_log, 6, "the agent ran")

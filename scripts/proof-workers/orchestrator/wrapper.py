@@ -13,9 +13,11 @@ is written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -151,9 +153,8 @@ def run(spec: dict[str, Any]) -> int:
     # events a line per event; the worker's log is the index of its tries: START and EXIT lines naming them.
     try_log = Path(spec.get("try_log") or log_path.with_name(f"{log_path.stem}-try-{spec['try']}.log"))
     label += f" ({f'agent {kind}; ' if structured else ''}log {try_log})"
-    try_log.parent.mkdir(parents=True, exist_ok=True)
     cap = spec.get("max_log_bytes") or logcut.DEFAULT_LOG_CAP
-    with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
+    with _open_index(log_path) as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
         _note(index, start)
         _note(log, start)
@@ -195,6 +196,10 @@ def run(spec: dict[str, Any]) -> int:
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
         _note(log, end)
         _note(index, end)
+        try:
+            log.close()  # puts the log back at its path if the agent deleted or replaced it
+        except OSError as err:
+            _note(index, f"wrapper: the try's log {try_log} could not be put back: {err}\n".encode())
     _write_atomic(signal_path, f"{code}\n")
     return code
 
@@ -217,6 +222,9 @@ class _Nowhere:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def __enter__(self) -> _Nowhere:
         return self
 
@@ -226,10 +234,46 @@ class _Nowhere:
 
 def _try_log(path: Path, cap: int, index: Any) -> Any:
     try:
+        _folder(path.parent)
         return logcut.CappedLog(path, cap)
     except OSError as err:
         _note(index, f"wrapper: cannot write the try's log {path}: {err}\n".encode())
         return _Nowhere()
+
+
+def _folder(path: Path) -> None:
+    """A real folder at `path`: a symlink or a file put there (by an agent) is replaced, never followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if path.is_dir() and not path.is_symlink():
+            return
+        path.unlink()
+        path.mkdir()
+
+
+def _open_index(path: Path) -> Any:
+    """The worker's log (the index of its tries) to append to: a FIFO, symlink or other odd file there is
+    replaced (never waited on or written through); one that cannot be made is nowhere, and the try runs."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+                    raise
+                path.unlink()
+                continue
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)
+                return open(fd, "ab", buffering=0)
+            os.close(fd)
+            path.unlink()
+    except OSError:
+        pass
+    return _Nowhere()
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
