@@ -131,3 +131,21 @@ def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_cos
             assert index.read_text().count("=== EXIT code 6 ") == 1, name
         else:
             assert_whole(try_log, 6, "the agent ran")
+
+
+def test_the_monitor_never_waits_on_a_fifo_put_at_a_try_log(tmp_path):
+    """The tail of the try's log goes into the retry's prompt: a FIFO there (the wrapper killed outright, so
+    nothing put a file back) must give no tail, never block the monitor's cycle."""
+    from orchestrator import act
+
+    fifo = tmp_path / "worker-1-try-1.log"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(act._log_tail(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # unblock it, so the test process can end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        raise AssertionError("reading the tail of a FIFO blocked")
+    assert got == [""]
