@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, require_tool
 from workers_fixtures import retry_until  # noqa: F401 (puts the orchestrator package on the path)
 
 WRAPPER = ROOT / "scripts" / "proof-workers" / "orchestrator" / "wrapper.py"
@@ -22,9 +22,11 @@ CAP = 64 * 1024
 EXIT_LINE = re.compile(r"=== EXIT code (\d+) worker-1 try 1 issue #1 stage implement \(log .*\) at \S+ ===\n\Z")
 
 
-def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120) -> tuple[int, Path, Path]:
+def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120,
+            around: tuple[str, ...] = ()) -> tuple[int, Path, Path]:
     """The real wrapper, as a process of its own (a hang fails the test, never blocks it), running `script` as
-    the agent with $TRY_LOG naming its own log. Returns (the wrapper's exit code, the try log, the logs folder)."""
+    the agent with $TRY_LOG naming its own log; `around` runs it (`... "$@"`). Returns (the wrapper's exit code,
+    the try log, the logs folder)."""
     logs = tmp_path / "state" / "logs"
     try_log = logs / "issue-1" / "worker-1-try-1.log"
     spec = {"worker": 1, "try": 1, "issue": 1, "stage": "implement", "cwd": str(tmp_path), "command": script,
@@ -32,7 +34,7 @@ def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120) -
             "agent": "command", "max_log_bytes": cap, "try_log": str(try_log),
             "env": {"TRY_LOG": str(try_log), "ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}}
     (tmp_path / "try.json").write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, str(WRAPPER), str(tmp_path / "try.json")], stdout=subprocess.DEVNULL,
+    done = subprocess.run([*around, sys.executable, str(WRAPPER), str(tmp_path / "try.json")], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=timeout)
     assert b"Traceback" not in done.stderr, done.stderr.decode()
     return done.returncode, try_log, logs
@@ -106,6 +108,31 @@ def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes
         text = assert_whole(try_log, 3, "printed after")
         assert "printed before\n" in text and "all is well" not in text, name
         assert victim.read_text() == "keep me\n"
+
+
+def test_a_full_disk_at_a_cut_still_keeps_the_logs_tail_and_exit_line(tmp_path):
+    """The state folder on a filesystem with no room for the cut's new file (a 96 KiB tmpfs in a mount namespace
+    of the test's own): the cut is made in place, so the log still ends with the agent's last words and the EXIT
+    line, within its cap."""
+    require_tool("unshare")
+    state, kept = tmp_path / "state", tmp_path / "kept"
+    state.mkdir()
+    if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(state)],
+                      capture_output=True).returncode:
+        import pytest
+
+        pytest.skip("no mount namespace here (unshare -m; mount -t tmpfs)")
+    # The tmpfs goes with the namespace: the logs are copied out before it ends.
+    around = ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
+              f'"$@"; code=$?; cp -r {shlex.quote(str(state / "logs"))} {shlex.quote(str(kept))}; exit $code', "-")
+
+    code, _, _ = run_try(tmp_path, lines(3000) + "echo the last words; exit 4", around=around)
+
+    assert code == 4 and (tmp_path / "signal").read_text() == "4\n"
+    text = assert_whole(kept / "issue-1" / "worker-1-try-1.log", 4, "the last words")
+    assert len(re.findall(r"^\[\.\.\. \d+ bytes cut here \(the log's first \d+ bytes", text, re.M)) == 1
+    assert "out 2999 " in text and "out 0 " in text
+    assert (kept / "worker-1.log").read_text().count("=== EXIT code 4 ") == 1
 
 
 def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):
