@@ -112,6 +112,7 @@ class CappedLog:
             os.close(self.folder)
             raise
         self.checked = time.monotonic()
+        self.at_line_start = True  # whether what was written last ends a line (a note of ours needs its own)
         if self._size() > self.cap:  # written with a larger cap before
             self._cut()
 
@@ -120,12 +121,15 @@ class CappedLog:
             if time.monotonic() - self.checked >= 1.0:
                 self._put_back(quietly=True)
             view = memoryview(data)
+            self.at_line_start = self.at_line_start and not view  # part of it may land (a full disk)
             while view:
                 room = self.cap - self._size()
                 if room <= 0:
                     self._cut()
                     continue
                 view = view[self.file.write(view[:room]) or 0:]
+            if data:
+                self.at_line_start = data[-1:] == b"\n"
 
     def flush(self) -> None:
         pass  # every write goes to the file at once (no buffer): a kill loses nothing written

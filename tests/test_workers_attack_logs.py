@@ -135,6 +135,41 @@ def test_a_full_disk_at_a_cut_still_keeps_the_logs_tail_and_exit_line(tmp_path):
     assert (kept / "worker-1.log").read_text().count("=== EXIT code 4 ") == 1
 
 
+def test_output_the_log_could_not_take_on_a_full_disk_is_said_and_what_follows_is_written(tmp_path):
+    """The agent fills the disk (a 96 KiB tmpfs), prints, then frees it: the lines printed while it was full are
+    lost, and the log says how many bytes; the lines after them, the last words and the EXIT line are written."""
+    require_tool("unshare")
+    state, kept = tmp_path / "state", tmp_path / "kept"
+    state.mkdir()
+    if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(state)],
+                      capture_output=True).returncode:
+        import pytest
+
+        pytest.skip("no mount namespace here (unshare -m; mount -t tmpfs)")
+    around = ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
+              f'"$@"; code=$?; cp -r {shlex.quote(str(state / "logs"))} {shlex.quote(str(kept))}; exit $code', "-")
+    filler = shlex.quote(str(state / "filler"))
+    script = (f"echo before; sleep 0.5; head -c 200000 /dev/zero > {filler}; sleep 0.5; " + lines(200, "lost")
+              + f"sleep 0.5; rm -f {filler}; sleep 0.5; " + lines(5, "after") + "echo the last words; exit 0")
+
+    code, _, _ = run_try(tmp_path, script, around=around)
+
+    assert code == 0 and (tmp_path / "signal").read_text() == "0\n"
+    text = assert_whole(kept / "issue-1" / "worker-1-try-1.log", 0, "the last words")
+    assert "before\n" in text and "after 4 " in text
+    said = re.search(r"^wrapper: up to (\d+) bytes of the agent's output could not be written to this log", text,
+                     re.M)
+    assert said and 0 < int(said.group(1)) <= 200 * 100, text[-600:]
+
+
+def test_the_exit_line_starts_a_line_of_its_own_after_output_that_ends_mid_line(tmp_path):
+    """`printf` with no newline last: the EXIT line is still a line of its own (readers look for it there)."""
+    code, try_log, _ = run_try(tmp_path, "printf 'no newline at the end'; exit 2")
+
+    assert code == 2
+    assert_whole(try_log, 2, "no newline at the end")
+
+
 def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):
     """A FIFO at logs/worker-1.log (opening it to append would wait for a reader forever), a file at
     logs/issue-1 (no folder can be made there), a symlink at logs/issue-1 to a folder of the user's: the agent

@@ -194,7 +194,7 @@ def run(spec: dict[str, Any]) -> int:
             # Stopped by a signal: say which (129 is a hang-up: tmux or the terminal went away).
             code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
-        _note(log, end)
+        _note(log, end if getattr(log, "at_line_start", True) else b"\n" + end)  # output may end mid-line
         _note(index, end)
         try:
             log.close()  # puts the log back at its path if the agent deleted or replaced it
@@ -290,20 +290,25 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
 
 
 def _tee(source: Any, log: logcut.CappedLog) -> None:
+    """The agent's output to its log and the pane. Output the log cannot take (a full disk) is drained, never
+    left to block the agent, and said in the log once it can be written again."""
     screen = getattr(sys.stdout, "buffer", None)
-    try:
-        for chunk in iter(lambda: source.read1(65536), b""):
+    lost = 0
+    for chunk in iter(lambda: source.read1(65536), b""):
+        try:
+            if lost:
+                log.write(f"\nwrapper: up to {lost} bytes of the agent's output could not be written to this log "
+                          "(a write failed: a full disk?)\n".encode())
+                lost = 0
             log.write(chunk)
-            if screen is not None:
-                try:
-                    screen.write(chunk)
-                    screen.flush()
-                except OSError:
-                    screen = None
-    except Exception:  # noqa: BLE001 (a full disk: the drain below must still run)
-        pass
-    for _ in iter(lambda: source.read1(65536), b""):
-        pass  # the log cannot be written: the agent's output is drained, never left to block it
+        except Exception:  # noqa: BLE001 (a full disk: the agent's output still flows)
+            lost += len(chunk)
+        if screen is not None:
+            try:
+                screen.write(chunk)
+                screen.flush()
+            except OSError:
+                screen = None
 
 
 def _events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path) -> None:
