@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from conftest import ROOT, require_tool
-from workers_fixtures import retry_until  # noqa: F401 (puts the orchestrator package on the path)
+from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401 (fixtures; the package on the path)
 
 WRAPPER = ROOT / "scripts" / "proof-workers" / "orchestrator" / "wrapper.py"
 CAP = 64 * 1024
@@ -211,3 +211,82 @@ def test_the_monitor_never_waits_on_a_fifo_put_at_a_try_log(tmp_path):
         reader.join(timeout=30)
         raise AssertionError("reading the tail of a FIFO blocked")
     assert got == [""]
+
+
+# --- the verbs: logs, diff, attach ----------------------------------------------------------------------------------
+
+def finished_issue(project, tmp_path: Path, log_bytes: int = 0, change_bytes: int = 0):
+    """A run whose #1 is done: its branch has a commit (a file whose name and text carry escape sequences, and
+    `change_bytes` more of text), the reassign event records its base, its try log holds `log_bytes` of output."""
+    from conftest import git
+
+    proj = project([{"number": 1, "title": "done", "status": "completed"}], pipeline=["implement"])
+    base = git(proj.repo, "rev-parse", "HEAD")
+    git(proj.repo, "checkout", "-q", "-b", "feature/issue-1")
+    (proj.repo / "evil\x1b]0;owned\x07.txt").write_text("\x1b[2Jcleared\n")
+    (proj.repo / "big.txt").write_text("".join(f"changed line {n}\n" for n in range(change_bytes // 20)))
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", "implement #1 \x1b[31mred")
+    git(proj.repo, "checkout", "-q", "main")
+    state = proj.state
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "orchestrator-log.jsonl").write_text(json.dumps({"timestamp": "2026-12-06T10:00:00Z", "event": {
+        "action": "reassign", "worker": 1, "new_issue": 1, "project": "demo", "branch": "feature/issue-1",
+        "resumed": None, "base": base}}) + "\n")
+    log = state / "logs" / "issue-1" / "worker-1-try-1.log"
+    log.parent.mkdir(parents=True)
+    with open(log, "w") as out:
+        out.write("=== START worker-1 try 1 issue #1 stage implement at 2026-12-06T10:00:00Z ===\n")
+        for n in range(log_bytes // 100):
+            out.write(f"output line {n:09d} {'y' * 78}\n")
+    return proj, base
+
+
+def orchestrator(*args: str, **popen) -> subprocess.Popen:
+    from workers_fixtures import monitor_env
+
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=ROOT / "scripts" / "proof-workers",
+                            env=monitor_env(popen.pop("env", None)), **popen)
+
+
+def test_logs_and_diff_into_a_pipe_closed_early_end_quietly(project, tmp_path):
+    """`logs 1 | head -c 100`, `diff 1 | head -c 100`: the reader goes away after a few bytes of megabytes; the
+    verb ends quietly (exit 0, or 141 for SIGPIPE), no traceback, no hang."""
+    finished_issue(project, tmp_path, log_bytes=4 * 1024 * 1024, change_bytes=4 * 1024 * 1024)
+    for verb in (["logs", "1"], ["diff", "1"], ["logs", "1", "--follow"]):
+        child = orchestrator(*verb, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout is not None and child.stderr is not None
+        assert len(child.stdout.read(100)) == 100
+        child.stdout.close()
+        err = child.stderr.read()
+        assert child.wait(timeout=60) in (0, 141, -13), (verb, err)
+        assert b"Traceback" not in err and b"Exception ignored" not in err, (verb, err.decode())
+
+
+def test_diff_ignores_what_an_agent_set_in_the_repos_git_config(project, tmp_path):
+    """An agent without a sandbox can write the repo's .git/config: color always, an external diff program, a
+    textconv driver for every file, a pager, no quoting of names. `diff 1` runs none of those programs, and its
+    output has no raw escape sequence (from colours, a file name or a file's text)."""
+    from conftest import git
+
+    proj, base = finished_issue(project, tmp_path)
+    ran = tmp_path / "ran"
+    program = tmp_path / "agent-program.sh"
+    program.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {shlex.quote(str(ran))}\necho forged\n")
+    program.chmod(0o755)
+    (tmp_path / "attributes").write_text("* diff=agent\n")
+    for key, value in (("color.ui", "always"), ("color.diff", "always"), ("diff.external", str(program)),
+                       ("diff.agent.textconv", str(program)), ("diff.agent.command", str(program)),
+                       ("core.attributesFile", str(tmp_path / "attributes")), ("core.pager", str(program)),
+                       ("pager.diff", str(program)), ("core.quotePath", "false")):
+        git(proj.repo, "config", key, value)
+    for args in (["diff", "1"], ["diff", "1", "--stat"]):
+        child = orchestrator(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert b"\x1b" not in out and b"\x07" not in out and b"forged" not in out, out
+        assert b"\\x1b[" not in out.replace(b"\\x1b]0;owned", b"").replace(b"\\x1b[2J", b""), out  # no colours
+        assert b"evil" in out
+        if "--stat" not in args:
+            assert b"+\\x1b[2Jcleared" in out, out
+    assert not ran.exists(), ran.read_text()

@@ -328,8 +328,10 @@ def show_diff(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     issue = cfg.issue(number)
     assert issue is not None
     repo = cfg.repo_for(issue).path
-    # No external diff or textconv driver: an agent can write the shared .git/config they would be read from.
-    argv = ["git", *worktrees.SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", *(["--stat"] if stat else []),
+    # No external diff or textconv driver, no colour (color.diff outranks SAFE_GIT's color.ui): an agent can write
+    # the shared .git/config they would be read from.
+    argv = ["git", *worktrees.SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
+            *(["--stat"] if stat else []),
             base, f"refs/heads/{branch}", "--"]
     try:
         child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(), stdin=subprocess.DEVNULL,
