@@ -290,3 +290,17 @@ def test_diff_ignores_what_an_agent_set_in_the_repos_git_config(project, tmp_pat
         if "--stat" not in args:
             assert b"+\\x1b[2Jcleared" in out, out
     assert not ran.exists(), ran.read_text()
+
+
+def test_odd_issue_numbers_are_one_short_error_line_and_exit_2(project, tmp_path, capsys):
+    """-1, 0, 1e3, 0x10, a number of 4000 digits, one of 5000: one `error:` line each, short (the value clipped),
+    exit 2, for every verb."""
+    from orchestrator.cli import main
+
+    finished_issue(project, tmp_path)
+    for verb in ("logs", "diff", "attach"):
+        for bad in ("-1", "0", "1e3", "0x10", "9" * 4000, "9" * 5000, ""):
+            assert main([verb, bad]) == 2, (verb, bad[:20])
+            captured = capsys.readouterr()
+            assert captured.out == "" and captured.err.startswith("error: "), captured
+            assert len(captured.err.strip().splitlines()) == 1 and len(captured.err) < 400, (verb, captured.err[:300])

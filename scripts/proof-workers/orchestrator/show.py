@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from lib import logcut, runner
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.statefile import read_regular
 from orchestrator import worktrees
 from orchestrator.config import Issue, ProjectConfig
@@ -68,7 +68,7 @@ def find_issue(run: Run, number: int, project: str = "") -> tuple[ProjectConfig,
                                     f"{', '.join(c.project for c in run.configs)})")
     found = [(cfg, issue) for cfg in configs if (issue := cfg.issue(number)) is not None]
     if not found:
-        raise OrchestratorError(f"issue #{number} is not in {', '.join(str(c.path) for c in configs)}")
+        raise OrchestratorError(f"issue #{clip(str(number), 20)} is not in {', '.join(str(c.path) for c in configs)}")
     if len(found) > 1:
         raise OrchestratorError(f"issue #{number} is in several projects ({', '.join(c.project for c, _ in found)}): "
                                 "give --project")
