@@ -304,3 +304,22 @@ def test_odd_issue_numbers_are_one_short_error_line_and_exit_2(project, tmp_path
             captured = capsys.readouterr()
             assert captured.out == "" and captured.err.startswith("error: "), captured
             assert len(captured.err.strip().splitlines()) == 1 and len(captured.err) < 400, (verb, captured.err[:300])
+
+
+def test_diff_never_hangs_on_git_writing_much_to_stderr(project, tmp_path):
+    """An agent's attributes file of 3000 negative patterns makes git warn 600 KB on stderr before its diff:
+    `diff 1` still ends with the diff (git blocked on a full stderr pipe that nobody read, and the verb on git)."""
+    from conftest import git
+
+    proj, _ = finished_issue(project, tmp_path)
+    (tmp_path / "attributes").write_text("".join(f"!pattern{n} diff\n" for n in range(3000)))
+    git(proj.repo, "config", "core.attributesFile", str(tmp_path / "attributes"))
+    child = orchestrator("diff", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-2000:]
+    assert b"+\\x1b[2Jcleared" in out and len(err) < 4096, err[-2000:]

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,19 +334,23 @@ def show_diff(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     argv = ["git", *worktrees.SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
             *(["--stat"] if stat else []),
             base, f"refs/heads/{branch}", "--"]
-    try:
-        child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as err:
-        raise worktrees.GitFailed(f"git diff in {repo}: {err}") from None
-    assert child.stdout is not None and child.stderr is not None
-    try:
-        _copy(child.stdout, write, codecs.getincrementaldecoder("utf-8")("replace"))  # type: ignore[arg-type]
-    finally:
-        if child.poll() is None:
-            child.stdout.close()
-        error = child.stderr.read(65536).decode("utf-8", "replace")
-        child.wait()
+    # git's stderr goes to a file: a pipe nobody reads while its diff is read fills up (an agent's attributes
+    # file can make git warn for megabytes), and git and this verb would wait on each other forever.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=errors)
+        except OSError as err:
+            raise worktrees.GitFailed(f"git diff in {repo}: {err}") from None
+        assert child.stdout is not None
+        try:
+            _copy(child.stdout, write, codecs.getincrementaldecoder("utf-8")("replace"))  # type: ignore[arg-type]
+        finally:
+            if child.poll() is None:
+                child.stdout.close()
+            child.wait()
+            errors.seek(max(0, errors.seek(0, os.SEEK_END) - 65536))
+            error = errors.read().decode("utf-8", "replace")
     if child.returncode != 0:
         raise worktrees.GitFailed(f"git diff in {repo}: {error.strip().splitlines()[-1] if error.strip() else 'failed'}")
     return "" if recorded else (f"(#{number}: no merge-base was recorded when it was assigned; this is the "
