@@ -323,3 +323,53 @@ def test_diff_never_hangs_on_git_writing_much_to_stderr(project, tmp_path):
             child.wait()
     assert child.returncode == 0, err[-2000:]
     assert b"+\\x1b[2Jcleared" in out and len(err) < 4096, err[-2000:]
+
+
+def test_logs_follow_shows_each_line_once_when_the_agent_deletes_replaces_or_empties_its_log(tmp_path):
+    """`logs --follow` reads the try's log while the agent deletes it (the wrapper puts it back), puts a FIFO or a
+    forged file at its path (put back too), or empties it: every line the wrapper wrote is shown once, in order,
+    and nothing waits on the FIFO; emptied, what follows is still shown, after a line saying so."""
+    from lib import logcut
+    from orchestrator.show import Follower
+
+    def fifo(path: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    def forged(path: Path) -> None:
+        path.unlink()
+        path.write_text("line 0\nforged\n")
+
+    for name, attack in (("deleted", Path.unlink), ("fifo", fifo), ("forged", forged)):
+        path = tmp_path / f"{name}.log"
+        got: list[str] = []
+        follower = Follower(path, logcut.MIN_LOG_CAP, got.append)
+        log = logcut.CappedLog(path, logcut.MIN_LOG_CAP)
+        written = [f"line {n}\n" for n in range(300)]
+        for line in written[:100]:
+            log.write(line.encode())
+        follower.pump()
+        attack(path)
+        follower.pump()
+        for line in written[100:200]:
+            log.write(line.encode())
+        follower.pump()
+        log.close()  # puts the log back at its path
+        follower.pump()
+        with logcut.CappedLog(path, logcut.MIN_LOG_CAP) as again:  # a later writer appends to what is there
+            for line in written[200:]:
+                again.write(line.encode())
+        follower.pump()
+        assert "".join(got) == "".join(written), (name, "".join(got)[-300:])
+
+    path = tmp_path / "emptied.log"
+    got = []
+    follower = Follower(path, logcut.MIN_LOG_CAP, got.append)
+    with logcut.CappedLog(path, logcut.MIN_LOG_CAP) as log:
+        log.write(b"".join(b"before %d\n" % n for n in range(100)))
+        follower.pump()
+        os.truncate(path, 0)
+        log.write(b"after 0\nafter 1\n")
+        follower.pump()
+    text = "".join(got)
+    assert text.endswith("before 99\n(the log was emptied while it was shown: from its start again)\nafter 0\nafter 1\n")

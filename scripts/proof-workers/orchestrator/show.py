@@ -227,24 +227,19 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
 
 
 class Follower:
-    """Reads a capped log as it grows. When the writer cuts it (a new file renamed over it), the old file is read
-    to its end and the new one taken up where the old one stopped, by the count in its mark; what was cut before
-    it could be read shows as the new file's mark."""
+    """Reads a capped log as it grows, each byte once. When the writer cuts it (a new file renamed over it), the
+    old file is read to its end and the new one taken up where the old one stopped, by the count in its mark;
+    what was cut before it could be read shows as the new file's mark. The same holds when the log is put back
+    after an agent deleted or replaced it (nothing but a regular file is read), or cut in place; a log emptied
+    under it is shown from its start again, after a line saying so."""
 
     def __init__(self, path: Path, cap: int, write: Callable[[str], None]) -> None:
         self.path, self.cap, self.write = path, cap, write
         self.file: BinaryIO | None = None
         self.layout: tuple[int, int, int] | None = None
+        self.reached = 0  # how much of everything written is shown (a place in the log as if never cut)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.at_line_start = True
-
-    def _open(self) -> BinaryIO | None:
-        handle = open_regular(self.path)
-        if handle is None:
-            return None
-        self.layout = logcut.read_layout(handle, self.cap)
-        handle.seek(0)
-        return handle
 
     def _logical(self, position: int) -> int:
         """Where `position` of the open file is in everything the agent wrote."""
@@ -252,32 +247,69 @@ class Follower:
             return position - self.layout[1] + self.layout[2]
         return position
 
+    def _read(self) -> None:
+        assert self.file is not None
+        _copy(self.file, self._say, None)
+        self.reached = self._logical(self.file.tell())
+
+    def _take_up(self) -> None:
+        """Read the open file's mark again and go on where `reached` is in it."""
+        assert self.file is not None
+        size = os.fstat(self.file.fileno()).st_size
+        self.layout = logcut.read_layout(self.file, self.cap)
+        if self.layout and self.reached >= self.layout[0]:
+            head_end, mark_length, cut = self.layout
+            tail_from = head_end + cut  # where the file's tail is in everything written
+            if self.reached < tail_from:  # cut before this could read it: said so, in a line of its own
+                self._say(logcut.mark(tail_from - self.reached, " (cut from the log before it could be shown)",
+                                      self.at_line_start))
+            self.file.seek(max(self.reached, tail_from) - cut + mark_length)
+        elif self.reached <= size:
+            self.file.seek(self.reached)
+        else:
+            self._say(("" if self.at_line_start else "\n").encode()
+                      + b"(the log was emptied while it was shown: from its start again)\n")
+            self.layout, self.reached = None, 0
+            self.file.seek(0)
+
     def pump(self) -> None:
         if self.file is None:
-            self.file = self._open()
+            self.file = open_regular(self.path)
             if self.file is None:
                 return
-        _copy(self.file, self._say, None)
+            self._take_up()
+        for _ in range(16):  # a path replaced faster than this is taken up at the next pump
+            self._read()
+            if os.fstat(self.file.fileno()).st_size < self.file.tell():  # emptied, or cut in place
+                self._take_up()
+                self._read()
+            newer = self._successor()
+            if newer is None:
+                return
+            self._read()  # cut and renamed over, or put back: the old file no longer grows
+            self.file.close()
+            self.file = newer
+            self._take_up()
+
+    def _successor(self) -> BinaryIO | None:
+        """The file at the path now, when it is another regular file that goes on from what is shown (a cut's
+        new file, with its mark, or the log put back, at least as long); else None: this one is read on (the
+        path deleted, a FIFO or a shorter file put there by an agent until the wrapper puts the log back)."""
+        assert self.file is not None
         try:
             now = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if now.st_ino == os.fstat(self.file.fileno()).st_ino:
-            return
-        _copy(self.file, self._say, None)  # cut and renamed over: the old file no longer grows
-        reached = self._logical(self.file.tell())
-        self.file.close()
-        self.file = self._open()
-        if self.file is None:
-            return
-        if self.layout:
-            head_end, mark_length, cut = self.layout
-            tail_from = head_end + cut  # where the new file's tail is in everything written
-            if reached < tail_from:  # cut before this could read it: said so, in a line of its own
-                self._say(logcut.mark(tail_from - reached, " (cut from the log before it could be shown)",
-                                      self.at_line_start))
-            self.file.seek(max(reached, tail_from) - cut + mark_length)
-        _copy(self.file, self._say, None)
+        except OSError:
+            return None
+        mine = os.fstat(self.file.fileno())
+        if (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            return None
+        handle = open_regular(self.path)
+        if handle is None:
+            return None
+        if logcut.read_layout(handle, self.cap) is None and os.fstat(handle.fileno()).st_size < self.reached:
+            handle.close()
+            return None
+        return handle
 
     def _say(self, data: bytes) -> None:
         text = self.decoder.decode(data)
