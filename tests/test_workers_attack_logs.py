@@ -23,7 +23,7 @@ EXIT_LINE = re.compile(r"=== EXIT code (\d+) worker-1 try 1 issue #1 stage imple
 
 
 def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120,
-            around: tuple[str, ...] = ()) -> tuple[int, Path, Path]:
+            around: tuple[str, ...] = (), **spec_extra: str) -> tuple[int, Path, Path]:
     """The real wrapper, as a process of its own (a hang fails the test, never blocks it), running `script` as
     the agent with $TRY_LOG naming its own log; `around` runs it (`... "$@"`). Returns (the wrapper's exit code,
     the try log, the logs folder)."""
@@ -32,7 +32,7 @@ def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120,
     spec = {"worker": 1, "try": 1, "issue": 1, "stage": "implement", "cwd": str(tmp_path), "command": script,
             "log": str(logs / "worker-1.log"), "signal": str(tmp_path / "signal"), "pid_file": str(tmp_path / "pid"),
             "agent": "command", "max_log_bytes": cap, "try_log": str(try_log),
-            "env": {"TRY_LOG": str(try_log), "ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}}
+            "env": {"TRY_LOG": str(try_log), "ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}, **spec_extra}
     (tmp_path / "try.json").write_text(json.dumps(spec))
     done = subprocess.run([*around, sys.executable, str(WRAPPER), str(tmp_path / "try.json")], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=timeout)
@@ -110,21 +110,27 @@ def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes
         assert victim.read_text() == "keep me\n"
 
 
-def test_a_full_disk_at_a_cut_still_keeps_the_logs_tail_and_exit_line(tmp_path):
-    """The state folder on a filesystem with no room for the cut's new file (a 96 KiB tmpfs in a mount namespace
-    of the test's own): the cut is made in place, so the log still ends with the agent's last words and the EXIT
-    line, within its cap."""
+def small_disk(tmp_path: Path) -> tuple[str, ...]:
+    """`around` for run_try: the state folder a 96 KiB tmpfs in a mount namespace of the test's own (copied to
+    tmp_path/kept when the wrapper is done: the tmpfs goes with the namespace)."""
     require_tool("unshare")
     state, kept = tmp_path / "state", tmp_path / "kept"
-    state.mkdir()
+    state.mkdir(exist_ok=True)
     if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(state)],
                       capture_output=True).returncode:
         import pytest
 
         pytest.skip("no mount namespace here (unshare -m; mount -t tmpfs)")
-    # The tmpfs goes with the namespace: the logs are copied out before it ends.
-    around = ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
-              f'"$@"; code=$?; cp -r {shlex.quote(str(state / "logs"))} {shlex.quote(str(kept))}; exit $code', "-")
+    return ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
+            f'"$@"; code=$?; cp -r {shlex.quote(str(state))}/. {shlex.quote(str(kept))}; exit $code', "-")
+
+
+def test_a_full_disk_at_a_cut_still_keeps_the_logs_tail_and_exit_line(tmp_path):
+    """The state folder on a filesystem with no room for the cut's new file (a 96 KiB tmpfs in a mount namespace
+    of the test's own): the cut is made in place, so the log still ends with the agent's last words and the EXIT
+    line, within its cap."""
+    around = small_disk(tmp_path)
+    state, kept = tmp_path / "state", tmp_path / "kept" / "logs"
 
     code, _, _ = run_try(tmp_path, lines(3000) + "echo the last words; exit 4", around=around)
 
@@ -138,16 +144,8 @@ def test_a_full_disk_at_a_cut_still_keeps_the_logs_tail_and_exit_line(tmp_path):
 def test_output_the_log_could_not_take_on_a_full_disk_is_said_and_what_follows_is_written(tmp_path):
     """The agent fills the disk (a 96 KiB tmpfs), prints, then frees it: the lines printed while it was full are
     lost, and the log says how many bytes; the lines after them, the last words and the EXIT line are written."""
-    require_tool("unshare")
-    state, kept = tmp_path / "state", tmp_path / "kept"
-    state.mkdir()
-    if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(state)],
-                      capture_output=True).returncode:
-        import pytest
-
-        pytest.skip("no mount namespace here (unshare -m; mount -t tmpfs)")
-    around = ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
-              f'"$@"; code=$?; cp -r {shlex.quote(str(state / "logs"))} {shlex.quote(str(kept))}; exit $code', "-")
+    around = small_disk(tmp_path)
+    state, kept = tmp_path / "state", tmp_path / "kept" / "logs"
     filler = shlex.quote(str(state / "filler"))
     script = (f"echo before; sleep 0.5; head -c 200000 /dev/zero > {filler}; sleep 0.5; " + lines(200, "lost")
               + f"sleep 0.5; rm -f {filler}; sleep 0.5; " + lines(5, "after") + "echo the last words; exit 0")
@@ -168,6 +166,45 @@ def test_the_exit_line_starts_a_line_of_its_own_after_output_that_ends_mid_line(
 
     assert code == 2
     assert_whole(try_log, 2, "no newline at the end")
+
+
+def test_an_agent_with_events_on_a_full_disk_still_leaves_its_result_event_and_line(tmp_path):
+    """Claude-style events; the disk fills while it prints, then frees: the events and lines printed meanwhile
+    are lost (the log says so), the result event the monitor judges the try by still reaches the events file,
+    and the log still ends with the RESULT and EXIT lines."""
+    around = small_disk(tmp_path)
+    filler = tmp_path / "state" / "filler"
+    agent = tmp_path / "events_agent.py"
+    agent.write_text(
+        "import json, os, sys, time\n"
+        "def say(n): print(json.dumps({'type': 'assistant', 'message': {'id': f'm{n}', 'content': [\n"
+        "    {'type': 'text', 'text': f'step {n} ' + 'z' * 100}]}}), flush=True)\n"
+        "say(0)\n"
+        "time.sleep(0.5)\n"
+        "try:\n"
+        f"    open({str(filler)!r}, 'wb').write(b'0' * 200000)  # as much as fits\n"
+        "except OSError:\n"
+        "    pass\n"
+        "time.sleep(0.5)\n"
+        "for n in range(1, 200): say(n)\n"
+        "time.sleep(0.5)\n"
+        f"os.remove({str(filler)!r})\n"
+        "time.sleep(0.5)\n"
+        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 3,\n"
+        "                  'total_cost_usd': 0.25, 'result': 'done'}), flush=True)\n")
+    events = tmp_path / "state" / "tries" / "worker-1-try-1.events.jsonl"
+
+    code, _, _ = run_try(tmp_path, f"{shlex.quote(sys.executable)} {shlex.quote(str(agent))}", around=around,
+                         agent="claude", events=str(events))
+
+    assert code == 0
+    kept = tmp_path / "kept"
+    last = json.loads((kept / "tries" / "worker-1-try-1.events.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "result", last
+    text = (kept / "logs" / "issue-1" / "worker-1-try-1.log").read_text()
+    assert "step 0 " in text and "could not be written" in text, text[-800:]
+    ending = text.splitlines()[-2:]
+    assert "RESULT success" in ending[0] and ending[1].startswith("=== EXIT code 0 worker-1 try 1 issue #1"), ending
 
 
 def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):

@@ -329,8 +329,11 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
             return _keep_events(source, kind, events_path, capped)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
-    with open(events_path, "ab") as events:
-        written, touched = events.tell(), float("-inf")
+    # A write that fails (a full disk) costs that event or line only: the next ones are written when they can
+    # be, so the result event the monitor judges the try by still lands.
+    with open(events_path, "ab", buffering=0) as events:
+        written, touched = events.seek(0, os.SEEK_END), float("-inf")
+        half_line, lost = False, 0
         while True:
             line = source.readline(MAX_EVENT_LINE)
             if not line:
@@ -346,16 +349,28 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
             event, was_json = agents.parse_line(line)
             raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
             if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
-                events.write(raw)
-                events.flush()
-                written += len(raw)
+                try:
+                    if half_line:  # a failed write may have left part of a line: it ends here, unparsed
+                        logcut.write_all(events, b"\n")
+                        half_line = False
+                    logcut.write_all(events, raw)
+                    written += len(raw)
+                except OSError:
+                    half_line = True
             elif time.monotonic() - touched >= 1.0:
                 # dropped past the cap: the file's mtime still moves, so the probe sees activity, not a stall
                 os.utime(events.fileno())
                 touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
             if text:
-                log.write(text)
+                try:
+                    if lost:
+                        log.write(f"\nwrapper: up to {lost} bytes of this log could not be written (a write "
+                                  "failed: a full disk?)\n".encode())
+                        lost = 0
+                    log.write(text)
+                except Exception:  # noqa: BLE001 (a full disk: the events go on)
+                    lost += len(text)
             if text and screen is not None:
                 try:
                     screen.write(text)
