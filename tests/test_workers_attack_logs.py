@@ -410,3 +410,33 @@ def test_logs_follow_shows_each_line_once_when_the_agent_deletes_replaces_or_emp
         follower.pump()
     text = "".join(got)
     assert text.endswith("before 99\n(the log was emptied while it was shown: from its start again)\nafter 0\nafter 1\n")
+
+
+def test_diff_uses_only_the_last_assignments_base_never_an_older_ones(project, tmp_path):
+    """#1 was assigned twice; the second time no merge-base could be recorded. Its diff is against the
+    merge-base now (and says so), never the base of the first assignment, which may be another fork entirely:
+    main moved on and the branch was made again from it."""
+    from conftest import git
+
+    proj, old_base = finished_issue(project, tmp_path)
+    (proj.repo / "later.txt").write_text("on main since\n")
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", "main moves on")
+    git(proj.repo, "push", "-q", "origin", "main")
+    git(proj.repo, "branch", "-D", "-q", "feature/issue-1")
+    git(proj.repo, "checkout", "-q", "-b", "feature/issue-1")
+    (proj.repo / "second.txt").write_text("the second try's work\n")
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", "second try")
+    git(proj.repo, "checkout", "-q", "main")
+    with open(proj.state / "orchestrator-log.jsonl", "a") as events:
+        events.write(json.dumps({"timestamp": "2026-12-06T11:00:00Z", "event": {
+            "action": "reassign", "worker": 2, "new_issue": 1, "project": "demo", "branch": "feature/issue-1",
+            "resumed": None, "base": None}}) + "\n")
+
+    child = orchestrator("diff", "1", "--stat", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+
+    assert child.returncode == 0, err
+    assert b"second.txt" in out and b"later.txt" not in out, out
+    assert b"no merge-base was recorded" in err, err

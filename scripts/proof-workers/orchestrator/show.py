@@ -333,8 +333,9 @@ def diff_base(run: Run, cfg: ProjectConfig, number: int) -> tuple[str, str, bool
     branch = branch or cfg.branch_for(issue)
     if not worktrees.ok(repo.path, "rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"):
         raise NotNow(f"issue #{number}: branch {branch} is not in {repo.path}")
-    base = next((str(e["base"]) for e in reversed(given) if isinstance(e.get("base"), str)
-                 and re.fullmatch(r"[0-9a-f]{40,64}", e["base"])), "")
+    # The last assignment's base only: an older one may be the fork of a branch since made again elsewhere.
+    recorded = given[-1].get("base") if given else None
+    base = recorded if isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{40,64}", recorded) else ""
     if base:
         return base, branch, True
     now = merge_base(repo.path, branch, repo.default_branch)
