@@ -19,6 +19,8 @@ COPY_CHUNK = 1024 * 1024
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
 MIN_LOG_CAP = 64 * 1024
 MARK_ROOM = 256  # a capped log's mark line is shorter than this
+# A cut's new file: `.LOG.PID-RANDOM.cut` (the older `.LOG.cut` too), removed once its writer is gone.
+LEFT_TEMP = re.compile(r"\..+\.log\.(?:(\d+)-[0-9a-f]+\.)?cut")
 # A capped log's mark says where it sits (its first byte is the file's byte N): text an agent printed that
 # looks like one is not taken for it, as it would have to name its own place in the file.
 CAPPED_MARK = re.compile(rb"\[\.\.\. (\d+) bytes cut here \(the log's first (\d+) bytes, then its last ones: "
@@ -243,14 +245,16 @@ class CappedLog:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
     def _remove_left_temps(self) -> None:
-        """New files of cuts a kill stopped halfway (this log's, by their names)."""
-        prefix = f".{self.path.name}."
+        """New files of cuts a kill stopped halfway, of any log in this folder (a try's log is never opened
+        again, the next try's is): those whose writer's process is gone, by the pid in their names."""
         for name in os.listdir(self.folder):
-            if name.startswith(prefix) and name.endswith(".cut"):
-                try:
-                    os.unlink(name, dir_fd=self.folder)
-                except OSError:
-                    pass  # a folder an agent put there: not ours to remove, and never used
+            found = LEFT_TEMP.fullmatch(name)
+            if found is None or (found.group(1) and _alive(int(found.group(1)))):
+                continue
+            try:
+                os.unlink(name, dir_fd=self.folder)
+            except OSError:
+                pass  # a folder an agent put there: not ours to remove, and never used
 
     def _mark(self, cut: int, head_end: int, after_line: bool) -> bytes:
         return mark(cut, f" (the log's first {head_end} bytes, then its last ones: capped at {self.cap} bytes, "
@@ -260,13 +264,23 @@ class CappedLog:
 def _new_temp(name: str, folder: int) -> tuple[str, int]:
     """A file of a fresh name beside the log (made here, never one found there), open to append."""
     for _ in range(100):
-        temp = f".{name}.{secrets.token_hex(6)}.cut"
+        temp = f".{name}.{os.getpid()}-{secrets.token_hex(6)}.cut"
         try:
             return temp, os.open(temp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
                                  dir_fd=folder)
         except FileExistsError:
             continue
     raise FileExistsError(f"no free name for a cut of {name}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _open_log(name: str, folder: int) -> BinaryIO:

@@ -440,3 +440,55 @@ def test_diff_uses_only_the_last_assignments_base_never_an_older_ones(project, t
     assert child.returncode == 0, err
     assert b"second.txt" in out and b"later.txt" not in out, out
     assert b"no merge-base was recorded" in err, err
+
+
+def test_a_wrapper_killed_while_it_cuts_leaves_a_whole_log_and_its_half_made_file_is_removed_later(tmp_path):
+    """kill -9 of the wrapper while a flooding agent's log is cut again and again at the smallest cap: the log
+    is whole (its START line, at most one mark, within the cap). A cut's new file a kill left behind (its writer's
+    process is gone) is removed when the issue's next try opens its log; one whose writer lives stays."""
+    import signal
+
+    from lib import logcut
+    from lib.runner import group_members
+
+    logs = tmp_path / "state" / "logs"
+    try_log = logs / "issue-1" / "worker-1-try-1.log"
+    spec = {"worker": 1, "try": 1, "issue": 1, "stage": "implement", "cwd": str(tmp_path),
+            "command": "yes 'flood of a killed try xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'",
+            "log": str(logs / "worker-1.log"), "signal": str(tmp_path / "signal"), "pid_file": str(tmp_path / "pid"),
+            "agent": "command", "max_log_bytes": logcut.MIN_LOG_CAP, "try_log": str(try_log),
+            "env": {"ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}}
+    (tmp_path / "try.json").write_text(json.dumps(spec))
+    wrapper = subprocess.Popen([sys.executable, str(WRAPPER), str(tmp_path / "try.json")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        retry_until(lambda: try_log.exists() and b"bytes cut here" in try_log.read_bytes()
+                    and (tmp_path / "pid").exists(), seconds=60)
+        group = int((tmp_path / "pid").read_text())
+        wrapper.send_signal(signal.SIGKILL)
+        wrapper.wait(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+        group = int((tmp_path / "pid").read_text()) if (tmp_path / "pid").exists() else 0
+        if group:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            retry_until(lambda: not group_members(group), seconds=30)
+
+    data = try_log.read_bytes()
+    assert len(data) <= logcut.MIN_LOG_CAP and data.startswith(b"=== START worker-1 try 1 issue #1")
+    assert data.count(b"bytes cut here") <= 1
+
+    folder = try_log.parent
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for name in (f".worker-1-try-1.log.{gone.pid}-0a1b2c.cut", ".worker-1-try-1.log.cut",
+                 f".worker-1-try-1.log.{os.getpid()}-0a1b2c.cut"):
+        (folder / name).write_bytes(b"half of a cut\n")
+    with logcut.CappedLog(folder / "worker-1-try-2.log", logcut.MIN_LOG_CAP) as log:
+        log.write(b"the next try\n")
+    assert sorted(p.name for p in folder.glob(".*.cut")) == [f".worker-1-try-1.log.{os.getpid()}-0a1b2c.cut"]
