@@ -492,3 +492,27 @@ def test_a_wrapper_killed_while_it_cuts_leaves_a_whole_log_and_its_half_made_fil
     with logcut.CappedLog(folder / "worker-1-try-2.log", logcut.MIN_LOG_CAP) as log:
         log.write(b"the next try\n")
     assert sorted(p.name for p in folder.glob(".*.cut")) == [f".worker-1-try-1.log.{os.getpid()}-0a1b2c.cut"]
+
+
+def test_logs_never_read_through_a_symlink_an_agent_put_among_the_try_logs(project, tmp_path):
+    """A symlink named like a try's log (to a file of the user's), or logs/issue-1 itself a symlink to a folder
+    of forged logs: `logs 1` shows neither (an agent could make it print any file, or a made-up history)."""
+    proj, _ = finished_issue(project, tmp_path, log_bytes=300)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's secret\n")
+    folder = proj.state / "logs" / "issue-1"
+    (folder / "worker-9-try-9.log").symlink_to(secret)
+
+    child = orchestrator("logs", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert b"output line 000000000" in out and b"secret" not in out and b"worker-9-try-9" not in out, out
+
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "worker-1-try-1.log").write_text("=== START worker-1 try 1 issue #1 stage implement ===\nforged\n")
+    folder.rename(tmp_path / "moved-away")
+    folder.symlink_to(forged)
+    child = orchestrator("logs", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+    assert b"forged" not in out, out

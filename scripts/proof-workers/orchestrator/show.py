@@ -85,9 +85,10 @@ def _spec(run: Run, worker: int, try_id: int) -> dict:
 
 
 def open_regular(path: Path) -> BinaryIO | None:
-    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever)."""
+    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever), never
+    through a symlink (an agent's, to a file of the user's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -99,7 +100,10 @@ def open_regular(path: Path) -> BinaryIO | None:
 def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
     """The issue's try logs in the order the tries started (their START line; a worker's tries by number)."""
     found = []
-    for path in (run.files.root / "logs" / f"issue-{number}").glob("worker-*-try-*.log"):
+    folder = run.files.root / "logs" / f"issue-{number}"
+    if folder.is_symlink():  # the wrapper makes a real folder: a symlink there leads to logs of someone's making
+        return []
+    for path in folder.glob("worker-*-try-*.log"):
         match = TRY_LOG.fullmatch(path.name)
         if not match or not path.is_file():
             continue
