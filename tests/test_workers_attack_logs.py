@@ -516,3 +516,25 @@ def test_logs_never_read_through_a_symlink_an_agent_put_among_the_try_logs(proje
     child = orchestrator("logs", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = child.communicate(timeout=60)
     assert b"forged" not in out, out
+
+
+def test_attach_with_no_tmux_server_or_a_garbage_tmux_variable_is_one_line_and_exit_1(project, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A worker holds #1 but the run's tmux server is gone (or $TMUX names garbage, or nothing): one `error:` line
+    naming the socket, exit 1; no traceback, no tmux client started."""
+    from orchestrator.cli import main
+    from orchestrator.run import open_run
+    from orchestrator.state import WorkerRecord
+
+    finished_issue(project, tmp_path)
+    run = open_run()
+    run.files.save_worker(WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1",
+                                       stage="implement", try_id=1, launched=True))
+    run.server.kill()
+    for tmux in ("", "garbage,,", "/nonexistent/socket,1,0", "\x1b[2J"):
+        monkeypatch.setenv("TMUX", tmux)
+        assert main(["attach", "1"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1, captured
+        assert captured.err.startswith("error: issue #1: the run's tmux session proof-test has no window worker-1 "
+                                       "(socket "), captured.err
