@@ -538,3 +538,30 @@ def test_attach_with_no_tmux_server_or_a_garbage_tmux_variable_is_one_line_and_e
         assert captured.out == "" and len(captured.err.splitlines()) == 1, captured
         assert captured.err.startswith("error: issue #1: the run's tmux session proof-test has no window worker-1 "
                                        "(socket "), captured.err
+
+
+def test_a_fifo_at_a_tries_exit_code_or_pid_file_blocks_neither_the_monitor_nor_logs_follow(tmp_path):
+    """The exit code and pid files of a running try are read each cycle by the monitor and by `logs --follow`
+    (is the try over?): a FIFO an agent put there reads as "no exit code yet" / "no pid", never a wait for a
+    writer that never comes."""
+    from orchestrator.probe import read_pid
+    from orchestrator.state import RunFiles
+
+    files = RunFiles(tmp_path / "state")
+    files.signal(1, 1).parent.mkdir(parents=True)
+    os.mkfifo(files.signal(1, 1))
+    os.mkfifo(tmp_path / "pid")
+    for name, read in (("exit code", lambda: files.read_signal(1, 1)), ("pid", lambda: read_pid(tmp_path / "pid"))):
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.append(read()), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        if reader.is_alive():  # unblock it, so the test process can end
+            for fifo in (files.signal(1, 1), tmp_path / "pid"):
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+            reader.join(timeout=30)
+            raise AssertionError(f"reading the {name} of a FIFO blocked")
+        assert got == [None], name

@@ -20,9 +20,12 @@ from orchestrator.tmux import Pane
 
 
 def read_pid(path: Path) -> int | None:
+    from lib.errors import OrchestratorError
+    from lib.statefile import read_regular
+
     try:
-        text = path.read_text().strip()
-    except OSError:
+        text = (read_regular(path) or b"").decode("ascii", "replace").strip()  # a FIFO there is never waited on
+    except OrchestratorError:
         return None
     return int(text) if text.isdigit() else None
 

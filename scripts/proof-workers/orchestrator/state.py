@@ -139,10 +139,13 @@ class RunFiles:
         return sorted(ids)
 
     def read_signal(self, worker: int, try_id: int) -> int | None:
-        """This try's exit code; a half-written or garbled file reads as no signal yet."""
+        """This try's exit code; a half-written or garbled file, or no regular file (an agent's FIFO: never waited
+        on), reads as no signal yet."""
+        from lib.statefile import read_regular
+
         try:
-            return int(self.signal(worker, try_id).read_text().strip())
-        except (FileNotFoundError, ValueError):
+            return int((read_regular(self.signal(worker, try_id)) or b"").strip())
+        except (OrchestratorError, ValueError):
             return None
 
     def log_event(self, event: dict[str, Any]) -> None:
