@@ -565,3 +565,32 @@ def test_a_fifo_at_a_tries_exit_code_or_pid_file_blocks_neither_the_monitor_nor_
             reader.join(timeout=30)
             raise AssertionError(f"reading the {name} of a FIFO blocked")
         assert got == [None], name
+
+
+def test_a_fifo_at_a_tries_events_file_blocks_neither_the_wrapper_nor_the_monitor(tmp_path):
+    """An agent with events whose events file is a FIFO (put there by an agent): the wrapper replaces it and keeps
+    the events (the result among them); the monitor's read of a FIFO there is nothing new, never a wait."""
+    from orchestrator.probe import read_events
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    files = RunFiles(tmp_path / "state")
+    events = files.agent_events(1, 1)
+    events.parent.mkdir(parents=True)
+    os.mkfifo(events)
+    record = WorkerRecord(1, try_id=1, agent={"kind": "claude"})
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.append(read_events(files, record, 0.0)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():
+        os.close(os.open(events, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        raise AssertionError("the monitor's read of a FIFO events file blocked")
+    assert got == [0]
+
+    result = json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "done"})
+    code, try_log, _ = run_try(tmp_path, f"echo {shlex.quote(result)}", timeout=60, agent="claude",
+                               events=str(events))
+    assert code == 0
+    assert json.loads(events.read_text().splitlines()[-1])["type"] == "result"
+    assert "RESULT success" in try_log.read_text()

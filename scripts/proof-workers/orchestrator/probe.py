@@ -79,8 +79,15 @@ def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
     """Fold the events this try's agent wrote since the last read into `record.agent`; returns how many."""
     if record.agent.get("kind") not in agents.STRUCTURED:
         return 0
+    import os
+    import stat
+
     try:
-        with open(files.agent_events(record.worker_id, record.try_id), "rb") as stream:
+        fd = os.open(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # an agent's FIFO there: never waited on
+            os.close(fd)
+            return 0
+        with open(fd, "rb") as stream:
             stream.seek(record.events_offset)
             chunk = stream.read(MAX_EVENTS_READ)
             if b"\n" not in chunk and len(chunk) == MAX_EVENTS_READ:

@@ -254,26 +254,32 @@ def _folder(path: Path) -> None:
 
 
 def _open_index(path: Path) -> Any:
-    """The worker's log (the index of its tries) to append to: a FIFO, symlink or other odd file there is
-    replaced (never waited on or written through); one that cannot be made is nowhere, and the try runs."""
+    """The worker's log (the index of its tries) to append to; one that cannot be made is nowhere, and the try
+    runs."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-            except OSError as err:
-                if err.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
-                    raise
-                path.unlink()
-                continue
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.set_blocking(fd, True)
-                return open(fd, "ab", buffering=0)
-            os.close(fd)
-            path.unlink()
+        return _open_append(path)
     except OSError:
-        pass
-    return _Nowhere()
+        return _Nowhere()
+
+
+def _open_append(path: Path) -> Any:
+    """A file of ours to append to, unbuffered: a FIFO, symlink or other odd file put there is replaced, never
+    waited on or written through."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+                raise
+            path.unlink()
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return open(fd, "ab", buffering=0)
+        os.close(fd)
+        path.unlink()
+    raise OSError(errno.EEXIST, f"{path} keeps being replaced")
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
@@ -331,7 +337,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
     screen = getattr(sys.stdout, "buffer", None)
     # A write that fails (a full disk) costs that event or line only: the next ones are written when they can
     # be, so the result event the monitor judges the try by still lands.
-    with open(events_path, "ab", buffering=0) as events:
+    with _open_append(events_path) as events:
         written, touched = events.seek(0, os.SEEK_END), float("-inf")
         half_line, lost = False, 0
         while True:
