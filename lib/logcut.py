@@ -98,7 +98,8 @@ class CappedLog:
 
     What the log's own writer (an agent) may do to it is survived: its folder is held open, so a symlink put
     there later is never written through; the size is the file's own (an agent emptying or appending to it);
-    the log deleted or replaced is put back from the file written, within a second and when it is closed.
+    the log deleted or replaced is put back from the file written, at a write a second or more after the last
+    look, and when it is closed.
     """
 
     def __init__(self, path: Path, cap: int = DEFAULT_LOG_CAP) -> None:

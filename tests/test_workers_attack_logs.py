@@ -290,8 +290,15 @@ def test_logs_and_diff_into_a_pipe_closed_early_end_quietly(project, tmp_path):
     """`logs 1 | head -c 100`, `diff 1 | head -c 100`: the reader goes away after a few bytes of megabytes; the
     verb ends quietly (exit 0, or 141 for SIGPIPE), no traceback, no hang."""
     finished_issue(project, tmp_path, log_bytes=4 * 1024 * 1024, change_bytes=4 * 1024 * 1024)
-    for verb in (["logs", "1"], ["diff", "1"], ["logs", "1", "--follow"]):
-        child = orchestrator(*verb, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from workers_fixtures import monitor_env
+
+    for verb in (["logs", "1"], ["diff", "1"], ["logs", "1", "--follow"], ["inv", "workers.logs", "1"],
+                 ["inv", "workers.diff", "1"]):
+        if verb[0] == "inv":  # the other front door, as a user runs it
+            child = subprocess.Popen([sys.executable, "-m", "invoke", *verb[1:]], cwd=ROOT, env=monitor_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        else:
+            child = orchestrator(*verb, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert child.stdout is not None and child.stderr is not None
         assert len(child.stdout.read(100)) == 100
         child.stdout.close()
