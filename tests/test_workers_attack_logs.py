@@ -61,6 +61,31 @@ def assert_whole(try_log: Path, code: int, last: str, cap: int = CAP, started: b
 
 # --- the capped log against its own agent -------------------------------------------------------------------------
 
+def test_an_agent_writing_to_its_log_file_directly_or_100_mb_without_a_newline_keeps_the_cap(tmp_path):
+    """The agent appends a megabyte to its log file itself (not through its output), then prints a line: the log
+    is back within its cap, with the wrapper's last lines. 20 MB printed without one newline: the cap holds, one
+    mark, and the bytes kept plus the bytes it says were cut are all that was printed."""
+    script = 'head -c 1000000 /dev/zero | tr "\\0" "d" >> "$TRY_LOG"; echo; echo the last words; exit 0'
+
+    code, try_log, _ = run_try(tmp_path, script)
+
+    assert code == 0
+    assert_whole(try_log, 0, "the last words")
+
+    from lib import logcut
+
+    path = tmp_path / "no-newline.log"
+    with logcut.CappedLog(path, logcut.MIN_LOG_CAP) as log:
+        for _ in range(20 * 16):
+            log.write(b"z" * 65536)
+    data = path.read_bytes()
+    assert len(data) <= logcut.MIN_LOG_CAP
+    marks = re.findall(rb"\n\[\.\.\. (\d+) bytes cut here \(the log's first \d+ bytes[^\]]*\]\n", data)
+    assert len(marks) == 1
+    kept = len(data) - len(re.search(rb"\n\[\.\.\. \d+ bytes cut here[^\]]*\]\n", data).group(0))
+    assert kept + int(marks[0]) == 20 * 16 * 65536
+
+
 def test_a_directory_the_agent_puts_where_a_cut_is_written_never_stops_the_log(tmp_path):
     """The cut writes a temp file beside the log and renames it over. An agent that makes a directory (or
     anything) at that name before the first cut must not stop its log: the tail and the EXIT line still land,
