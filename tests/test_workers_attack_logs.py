@@ -626,3 +626,28 @@ def test_a_fifo_at_a_tries_events_file_blocks_neither_the_wrapper_nor_the_monito
     assert code == 0
     assert json.loads(events.read_text().splitlines()[-1])["type"] == "result"
     assert "RESULT success" in try_log.read_text()
+
+
+def test_diff_of_a_branch_deleted_or_moved_by_force_says_what_is_there(project, tmp_path, capsys):
+    """The branch deleted: one line saying so, exit 1. Moved by force to another history: the diff is of the
+    branch as it is now against the recorded base (what the branch holds, not what it once did), exit 0."""
+    from conftest import git
+    from orchestrator.cli import main
+
+    proj, base = finished_issue(project, tmp_path)
+    tip = git(proj.repo, "rev-parse", "feature/issue-1")
+    git(proj.repo, "branch", "-D", "-q", "feature/issue-1")
+    assert main(["diff", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: issue #1: branch feature/issue-1 is not in {proj.repo}\n"
+
+    git(proj.repo, "checkout", "-q", "--orphan", "feature/issue-1")
+    git(proj.repo, "rm", "-rq", "--cached", ".")
+    (proj.repo / "unrelated.txt").write_text("another history\n")
+    git(proj.repo, "add", "unrelated.txt")
+    git(proj.repo, "commit", "-q", "-m", "forced")
+    git(proj.repo, "checkout", "-q", "-f", "main")
+    assert main(["diff", "1", "--stat"]) == 0
+    out = capsys.readouterr().out
+    assert "unrelated.txt" in out and "evil" not in out and tip not in out
+    assert out.strip() == git(proj.repo, "diff", "--stat", base, "feature/issue-1").strip()
