@@ -169,10 +169,10 @@ class CappedLog:
     def _put_back(self, quietly: bool) -> None:
         """The file written, at the log's path again when something else is there now (or nothing)."""
         self.checked = time.monotonic()
-        if self._in_place():
-            return
-        size = self._size()
         try:
+            if self._in_place():
+                return
+            size = self._size()
             self._replace(lambda target: copy_range(self.file, target, 0, size))
         except OSError:
             if not quietly:
@@ -239,8 +239,10 @@ class CappedLog:
                 chunk = os.pread(fd, min(COPY_CHUNK, end - tail_start), tail_start)
                 if not chunk:
                     break
-                at += os.pwrite(fd, chunk, at)
                 tail_start += len(chunk)
+                while chunk:
+                    written = os.pwrite(fd, chunk, at)
+                    at, chunk = at + written, chunk[written:]
             os.ftruncate(fd, at)
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
