@@ -651,3 +651,21 @@ def test_diff_of_a_branch_deleted_or_moved_by_force_says_what_is_there(project, 
     out = capsys.readouterr().out
     assert "unrelated.txt" in out and "evil" not in out and tip not in out
     assert out.strip() == git(proj.repo, "diff", "--stat", base, "feature/issue-1").strip()
+
+
+def test_logs_start_each_header_on_a_line_of_its_own_and_show_a_cut_off_character(project, tmp_path):
+    """A try killed mid-line (its log ends without a newline, inside a UTF-8 character): the next try's `==> PATH
+    <==` header still starts a line (it read as part of the agent's output), and the cut-off character shows as
+    U+FFFD, never silently dropped."""
+    proj, _ = finished_issue(project, tmp_path, log_bytes=0)
+    folder = proj.state / "logs" / "issue-1"
+    (folder / "worker-1-try-1.log").write_bytes(
+        b"=== START worker-1 try 1 issue #1 stage implement at 2026-12-06T10:00:00Z ===\nkilled mid-line \xe2\x82")
+    (folder / "worker-1-try-2.log").write_bytes(
+        b"=== START worker-1 try 2 issue #1 stage implement at 2026-12-06T10:05:00Z ===\nsecond\n")
+
+    child = orchestrator("logs", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+
+    assert child.returncode == 0, err
+    assert f"killed mid-line \ufffd\n==> {folder / 'worker-1-try-2.log'} <==\n".encode() in out, out

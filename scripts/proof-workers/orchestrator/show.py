@@ -164,24 +164,36 @@ def show_logs(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     running = None
     if follow and record is not None and run.files.read_signal(record.worker_id, record.try_id) is None:
         running = (record.worker_id, record.try_id)
+    ended_line = [True]
+
+    def say(text: str) -> None:
+        if text:
+            write(text)
+            ended_line[0] = text.endswith("\n")
+
+    def header(text: str) -> None:  # always a line of its own: a try killed mid-line ends its log in one
+        say(("" if ended_line[0] else "\n") + text)
+
     for entry in logs:
         if (entry.worker, entry.try_id) == running:
             continue
         log = open_regular(entry.path)
         if log is None:
             continue
-        write(f"==> {entry.path} <==\n")
+        header(f"==> {entry.path} <==\n")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with log:
-            _copy(log, write, codecs.getincrementaldecoder("utf-8")("replace"))
+            _copy(log, say, decoder)
+        say(shown(decoder.decode(b"", final=True)))  # a character cut off at the end shows as U+FFFD
     if running is None:
         if follow:
-            write(f"(#{number} has no running try: nothing to follow)\n")
+            header(f"(#{number} has no running try: nothing to follow)\n")
         return
     assert record is not None
     path = run.files.try_log(record.worker_id, record.try_id, number)
     spec = _spec(run, record.worker_id, record.try_id)
     cap = spec.get("max_log_bytes") if isinstance(spec.get("max_log_bytes"), int) else cfg.max_log_bytes
-    write(f"==> {path} <== (following until the try ends; Ctrl-C stops)\n")
+    header(f"==> {path} <== (following until the try ends; Ctrl-C stops)\n")
     follower = Follower(path, cap, write)
     ended = _ended(run, record)
     while True:
