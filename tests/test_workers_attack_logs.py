@@ -669,3 +669,26 @@ def test_logs_start_each_header_on_a_line_of_its_own_and_show_a_cut_off_characte
 
     assert child.returncode == 0, err
     assert f"killed mid-line \ufffd\n==> {folder / 'worker-1-try-2.log'} <==\n".encode() in out, out
+
+
+def test_status_never_waits_on_a_fifo_put_at_a_running_tries_log(project, tmp_path):
+    """`status` and the dashboard show each running try's last line from its log: a FIFO there (an agent's) gives
+    no line, never a status that waits for a writer forever."""
+    from orchestrator import report
+    from orchestrator.run import open_run
+    from orchestrator.state import WorkerRecord
+
+    finished_issue(project, tmp_path)
+    run = open_run()
+    record = WorkerRecord(1, status="running", project="demo", issue_number=1, try_id=7, launched=True)
+    fifo = run.files.try_log(1, 7, 1)
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(report._last_line(run, record)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        raise AssertionError("the last line of a FIFO try log blocked status")
+    assert got == [""]
