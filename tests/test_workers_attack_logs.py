@@ -34,8 +34,8 @@ def run_try(tmp_path: Path, script: str, cap: int = CAP, timeout: float = 120,
             "agent": "command", "max_log_bytes": cap, "try_log": str(try_log),
             "env": {"TRY_LOG": str(try_log), "ORCHESTRATOR_TRY": f"{tmp_path}/worker-1/1"}, **spec_extra}
     (tmp_path / "try.json").write_text(json.dumps(spec))
-    done = subprocess.run([*around, sys.executable, str(WRAPPER), str(tmp_path / "try.json")], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=timeout)
+    done = subprocess.run([*around, sys.executable, str(WRAPPER), str(tmp_path / "try.json")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
     assert b"Traceback" not in done.stderr, done.stderr.decode()
     return done.returncode, try_log, logs
 
@@ -441,7 +441,8 @@ def test_logs_follow_shows_each_line_once_when_the_agent_deletes_replaces_or_emp
         log.write(b"after 0\nafter 1\n")
         follower.pump()
     text = "".join(got)
-    assert text.endswith("before 99\n(the log was emptied while it was shown: from its start again)\nafter 0\nafter 1\n")
+    assert text.endswith("before 99\n(the log was emptied while it was shown: from its start again)\n"
+                         "after 0\nafter 1\n")
 
 
 def test_diff_uses_only_the_last_assignments_base_never_an_older_ones(project, tmp_path):

@@ -401,7 +401,8 @@ def show_diff(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
             errors.seek(max(0, errors.seek(0, os.SEEK_END) - 65536))
             error = errors.read().decode("utf-8", "replace")
     if child.returncode != 0:
-        raise worktrees.GitFailed(f"git diff in {repo}: {error.strip().splitlines()[-1] if error.strip() else 'failed'}")
+        last = error.strip().splitlines()[-1] if error.strip() else "failed"
+        raise worktrees.GitFailed(f"git diff in {repo}: {clip(shown(last), 300)}")
     return "" if recorded else (f"(#{number}: no merge-base was recorded when it was assigned; this is the "
                                 f"merge-base with {cfg.repo_for(issue).default_branch} now, {base[:12]})")
 
