@@ -693,3 +693,18 @@ def test_status_never_waits_on_a_fifo_put_at_a_running_tries_log(project, tmp_pa
         reader.join(timeout=30)
         raise AssertionError("the last line of a FIFO try log blocked status")
     assert got == [""]
+
+
+def test_diff_against_a_base_that_is_gone_is_one_line_and_exit_1(project, tmp_path, capsys):
+    """The recorded base no longer exists in the repo (pruned, or a repo made again): one line with git's own
+    reason, exit 1, nothing on stdout."""
+    from orchestrator.cli import main
+
+    proj, base = finished_issue(project, tmp_path)
+    events = proj.state / "orchestrator-log.jsonl"
+    events.write_text(events.read_text().replace(base, "0" * 40))
+
+    assert main(["diff", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured
+    assert captured.err.startswith(f"error: git diff in {proj.repo}: fatal: bad object 0000"), captured.err
