@@ -708,3 +708,28 @@ def test_diff_against_a_base_that_is_gone_is_one_line_and_exit_1(project, tmp_pa
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1, captured
     assert captured.err.startswith(f"error: git diff in {proj.repo}: fatal: bad object 0000"), captured.err
+
+
+def test_diff_never_runs_a_program_through_a_lazy_fetch_an_agent_set_up(project, tmp_path):
+    """An agent makes the repo a partial clone whose promisor remote is reached over ssh with its own
+    core.sshCommand (and allows ssh outright), then commits a tree naming a blob that is not there: git diff would
+    fetch it, running that command. `diff 1` runs nothing: the missing blob is git's error, exit 1."""
+    from conftest import git
+
+    proj, base = finished_issue(project, tmp_path)
+    ran = tmp_path / "ran"
+    tree = subprocess.run(["git", "mktree", "--missing"], cwd=proj.repo, capture_output=True, text=True, check=True,
+                          input=f"100644 blob {'1234567890' * 4}\tmissing.txt\n").stdout.strip()
+    tip = git(proj.repo, "commit-tree", tree, "-p", "feature/issue-1", "-m", "names a blob that is not here")
+    git(proj.repo, "update-ref", "refs/heads/feature/issue-1", tip)
+    for key, value in (("core.repositoryformatversion", "1"), ("extensions.partialClone", "origin"),
+                       ("remote.origin.promisor", "true"), ("remote.origin.url", "ssh://agent.invalid/x"),
+                       ("core.sshCommand", f"touch {shlex.quote(str(ran))}; false"),
+                       ("protocol.ssh.allow", "always"), ("protocol.allow", "always")):
+        git(proj.repo, "config", key, value)
+
+    child = orchestrator("diff", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+
+    assert not ran.exists(), "the agent's ssh command ran"
+    assert child.returncode == 1 and len(err.splitlines()) == 1 and b"error: git diff in" in err, err

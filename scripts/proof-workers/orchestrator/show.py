@@ -27,6 +27,9 @@ from orchestrator.wrapper import TRY_VAR
 TRY_LOG = re.compile(r"worker-(\d+)-try-(\d+)\.log")
 CHUNK = 256 * 1024
 FOLLOW_POLL_S = 0.25
+# A diff never fetches: a partial clone's lazy fetch would start the transport an agent configured (its
+# core.sshCommand). Variables, as config (the agent's protocol.ssh.allow) outranks `-c protocol.allow=never`.
+NO_FETCH_ENV = {"GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": "none"}
 GONE_GRACE_S = 3.0  # a try with no exit code and no process for this long ended without one (a kill -9)
 # What an agent printed never drives the terminal: control characters but tab and newline are shown escaped.
 _SHOWN = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0)) if c not in (0x09, 0x0a)}
@@ -387,7 +390,7 @@ def show_diff(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     # file can make git warn for megabytes), and git and this verb would wait on each other forever.
     with tempfile.TemporaryFile() as errors:
         try:
-            child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(), stdin=subprocess.DEVNULL,
+            child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(NO_FETCH_ENV), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=errors)
         except OSError as err:
             raise worktrees.GitFailed(f"git diff in {repo}: {err}") from None
