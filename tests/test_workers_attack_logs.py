@@ -135,18 +135,18 @@ def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes
         assert victim.read_text() == "keep me\n"
 
 
-def small_disk(tmp_path: Path) -> tuple[str, ...]:
-    """`around` for run_try: the state folder a 96 KiB tmpfs in a mount namespace of the test's own (copied to
+def small_disk(tmp_path: Path, size: str = "96k") -> tuple[str, ...]:
+    """`around` for run_try: the state folder a small tmpfs in a mount namespace of the test's own (copied to
     tmp_path/kept when the wrapper is done: the tmpfs goes with the namespace)."""
     require_tool("unshare")
     state, kept = tmp_path / "state", tmp_path / "kept"
     state.mkdir(exist_ok=True)
-    if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(state)],
+    if subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(state)],
                       capture_output=True).returncode:
         import pytest
 
         pytest.skip("no mount namespace here (unshare -m; mount -t tmpfs)")
-    return ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=96k tmpfs {shlex.quote(str(state))} && '
+    return ("unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(state))} && '
             f'"$@"; code=$?; cp -r {shlex.quote(str(state))}/. {shlex.quote(str(kept))}; exit $code', "-")
 
 
@@ -172,8 +172,11 @@ def test_output_the_log_could_not_take_on_a_full_disk_is_said_and_what_follows_i
     around = small_disk(tmp_path)
     state, kept = tmp_path / "state", tmp_path / "kept" / "logs"
     filler = shlex.quote(str(state / "filler"))
-    script = (f"echo before; sleep 0.5; head -c 200000 /dev/zero > {filler}; sleep 0.5; " + lines(200, "lost")
-              + f"sleep 0.5; rm -f {filler}; sleep 0.5; " + lines(5, "after") + "echo the last words; exit 0")
+    # No sleeps to wait on the wrapper: "before" is in the log before the disk fills; the lost lines are far more
+    # than a pipe holds, so most were read (and failed to be written) before the agent frees the disk.
+    script = (f'echo before; until grep -q before "$TRY_LOG"; do sleep 0.05; done; '
+              f"head -c 200000 /dev/zero > {filler}; " + lines(4000, "lost")
+              + f"rm -f {filler}; " + lines(5, "after") + "echo the last words; exit 0")
 
     code, _, _ = run_try(tmp_path, script, around=around)
 
@@ -182,7 +185,7 @@ def test_output_the_log_could_not_take_on_a_full_disk_is_said_and_what_follows_i
     assert "before\n" in text and "after 4 " in text
     said = re.search(r"^wrapper: up to (\d+) bytes of the agent's output could not be written to this log", text,
                      re.M)
-    assert said and 0 < int(said.group(1)) <= 200 * 100, text[-600:]
+    assert said and 0 < int(said.group(1)) <= 4000 * 100, text[-600:]
 
 
 def test_the_exit_line_starts_a_line_of_its_own_after_output_that_ends_mid_line(tmp_path):
@@ -196,8 +199,9 @@ def test_the_exit_line_starts_a_line_of_its_own_after_output_that_ends_mid_line(
 def test_an_agent_with_events_on_a_full_disk_still_leaves_its_result_event_and_line(tmp_path):
     """Claude-style events; the disk fills while it prints, then frees: the events and lines printed meanwhile
     are lost (the log says so), the result event the monitor judges the try by still reaches the events file,
-    and the log still ends with the RESULT and EXIT lines."""
-    around = small_disk(tmp_path)
+    and the log still ends with the RESULT and EXIT lines. (1 MiB: once freed, room for the events still in the
+    pipe and the result.)"""
+    around = small_disk(tmp_path, "1m")
     filler = tmp_path / "state" / "filler"
     agent = tmp_path / "events_agent.py"
     agent.write_text(
@@ -205,16 +209,14 @@ def test_an_agent_with_events_on_a_full_disk_still_leaves_its_result_event_and_l
         "def say(n): print(json.dumps({'type': 'assistant', 'message': {'id': f'm{n}', 'content': [\n"
         "    {'type': 'text', 'text': f'step {n} ' + 'z' * 100}]}}), flush=True)\n"
         "say(0)\n"
-        "time.sleep(0.5)\n"
+        "while b'step 0 ' not in open(os.environ['TRY_LOG'], 'rb').read():  # in the log before the disk fills\n"
+        "    time.sleep(0.05)\n"
         "try:\n"
-        f"    open({str(filler)!r}, 'wb').write(b'0' * 200000)  # as much as fits\n"
+        f"    open({str(filler)!r}, 'wb').write(b'0' * 4000000)  # as much as fits\n"
         "except OSError:\n"
         "    pass\n"
-        "time.sleep(0.5)\n"
-        "for n in range(1, 200): say(n)\n"
-        "time.sleep(0.5)\n"
+        "for n in range(1, 4000): say(n)  # far more than a pipe holds: most are read while the disk is full\n"
         f"os.remove({str(filler)!r})\n"
-        "time.sleep(0.5)\n"
         "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'num_turns': 3,\n"
         "                  'total_cost_usd': 0.25, 'result': 'done'}), flush=True)\n")
     events = tmp_path / "state" / "tries" / "worker-1-try-1.events.jsonl"
