@@ -443,7 +443,7 @@ def test_logs_follow_shows_each_line_once_when_the_agent_deletes_replaces_or_emp
         log.write(b"after 0\nafter 1\n")
         follower.pump()
     text = "".join(got)
-    assert text.endswith("before 99\n(the log was emptied while it was shown: from its start again)\n"
+    assert text.endswith("before 99\n(the log was emptied or replaced while it was shown: from its start again)\n"
                          "after 0\nafter 1\n")
 
 
@@ -735,3 +735,26 @@ def test_diff_never_runs_a_program_through_a_lazy_fetch_an_agent_set_up(project,
 
     assert not ran.exists(), "the agent's ssh command ran"
     assert child.returncode == 1 and len(err.splitlines()) == 1 and b"error: git diff in" in err, err
+
+
+def test_logs_follow_still_ends_with_the_real_log_after_a_forged_one_longer_than_it(tmp_path):
+    """The agent puts a forged log, longer than the real one, at its path while `--follow` reads it; the
+    wrapper puts the real log back when the try ends. The follow's last read is of the real log: it ends with
+    the real last lines (after a line saying the log was replaced), not with the forgery."""
+    from lib import logcut
+    from orchestrator.show import Follower
+
+    path = tmp_path / "try.log"
+    got: list[str] = []
+    follower = Follower(path, logcut.MIN_LOG_CAP, got.append)
+    log = logcut.CappedLog(path, logcut.MIN_LOG_CAP)
+    log.write(b"real 0\n")
+    follower.pump()
+    path.unlink()
+    path.write_text("forged line\n" * 100)
+    follower.pump()
+    log.write(b"real 1\n=== EXIT code 0 ===\n")
+    log.close()  # the try ends: the real log is put back
+    follower.pump(final=True)
+    assert "".join(got).endswith("(the log was emptied or replaced while it was shown: from its start again)\n"
+                                 "real 0\nreal 1\n=== EXIT code 0 ===\n"), "".join(got)[-300:]

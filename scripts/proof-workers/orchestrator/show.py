@@ -202,7 +202,7 @@ def show_logs(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     while True:
         follower.pump()
         if ended():
-            follower.pump()
+            follower.pump(final=True)
             return
         sleep(FOLLOW_POLL_S)
 
@@ -287,11 +287,13 @@ class Follower:
             self.file.seek(self.reached)
         else:
             self._say(("" if self.at_line_start else "\n").encode()
-                      + b"(the log was emptied while it was shown: from its start again)\n")
+                      + b"(the log was emptied or replaced while it was shown: from its start again)\n")
             self.layout, self.reached = None, 0
             self.file.seek(0)
 
-    def pump(self) -> None:
+    def pump(self, final: bool = False) -> None:
+        """Show what is new. `final`: the try has ended, so the file at the path is the log (the wrapper put it
+        back): it is taken up whatever it holds."""
         if self.file is None:
             self.file = open_regular(self.path)
             if self.file is None:
@@ -302,7 +304,7 @@ class Follower:
             if os.fstat(self.file.fileno()).st_size < self.file.tell():  # emptied, or cut in place
                 self._take_up()
                 self._read()
-            newer = self._successor()
+            newer = self._successor(final)
             if newer is None:
                 return
             self._read()  # cut and renamed over, or put back: the old file no longer grows
@@ -310,7 +312,7 @@ class Follower:
             self.file = newer
             self._take_up()
 
-    def _successor(self) -> BinaryIO | None:
+    def _successor(self, final: bool = False) -> BinaryIO | None:
         """The file at the path now, when it is another regular file that goes on from what is shown (a cut's
         new file, with its mark, or the log put back, at least as long); else None: this one is read on (the
         path deleted, a FIFO or a shorter file put there by an agent until the wrapper puts the log back)."""
@@ -325,7 +327,8 @@ class Follower:
         handle = open_regular(self.path)
         if handle is None:
             return None
-        if logcut.read_layout(handle, self.cap) is None and os.fstat(handle.fileno()).st_size < self.reached:
+        if not final and logcut.read_layout(handle, self.cap) is None \
+                and os.fstat(handle.fileno()).st_size < self.reached:
             handle.close()
             return None
         return handle
