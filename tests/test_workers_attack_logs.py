@@ -234,6 +234,24 @@ def test_an_agent_with_events_on_a_full_disk_still_leaves_its_result_event_and_l
     assert "RESULT success" in ending[0] and ending[1].startswith("=== EXIT code 0 worker-1 try 1 issue #1"), ending
 
 
+def test_the_exit_code_lands_whatever_the_agent_put_where_the_wrapper_writes_it_first(tmp_path):
+    """The exit code is written to a temp file beside the signal file, then renamed over it. The agent knows the
+    temp's name (the wrapper's pid is its shell's $PPID) and puts a folder there, or a symlink to a file of the
+    user's: the exit code still lands, and the user's file is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    for name, plant in (("folder", 'mkdir "$TMP_AT"'), ("symlink", f'ln -s {shlex.quote(str(victim))} "$TMP_AT"')):
+        folder = tmp_path / name
+        folder.mkdir()
+        script = f'TMP_AT={shlex.quote(str(folder))}/.signal.$PPID.tmp; {plant}; echo planted; exit 5'
+
+        code, try_log, _ = run_try(folder, script, timeout=60)
+
+        assert code == 5 and (folder / "signal").read_text() == "5\n", name
+        assert victim.read_text() == "keep me\n"
+        assert_whole(try_log, 5, "planted")
+
+
 def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):
     """A FIFO at logs/worker-1.log (opening it to append would wait for a reader forever), a file at
     logs/issue-1 (no folder can be made there), a symlink at logs/issue-1 to a folder of the user's: the agent

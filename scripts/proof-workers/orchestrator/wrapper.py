@@ -71,9 +71,23 @@ def _stamp() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """`text` as the whole file at `path`, written beside it first under a fresh name (anything an agent put at
+    a name it could guess, a folder or a symlink, is never used or written through), then renamed over it."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            with open(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    raise FileExistsError(f"no free name beside {path}")
 
 
 def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
