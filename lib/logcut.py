@@ -98,8 +98,8 @@ class CappedLog:
 
     What the log's own writer (an agent) may do to it is survived: its folder is held open, so a symlink put
     there later is never written through; the size is the file's own (an agent emptying or appending to it);
-    the log deleted or replaced is put back from the file written, at a write a second or more after the last
-    look, and when it is closed.
+    the log (or its folder) deleted or replaced is put back from the file written, at a write a second or more
+    after the last look, and when it is closed.
     """
 
     def __init__(self, path: Path, cap: int = DEFAULT_LOG_CAP) -> None:
@@ -170,6 +170,7 @@ class CappedLog:
         """The file written, at the log's path again when something else is there now (or nothing)."""
         self.checked = time.monotonic()
         try:
+            self._refolder()
             if self._in_place():
                 return
             size = self._size()
@@ -177,6 +178,18 @@ class CappedLog:
         except OSError:
             if not quietly:
                 raise
+
+    def _refolder(self) -> None:
+        """The log's folder made again when it was deleted (never one a symlink put there leads to)."""
+        if os.fstat(self.folder).st_nlink:
+            return
+        try:
+            os.mkdir(self.path.parent)
+        except FileExistsError:
+            pass
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        os.close(self.folder)
+        self.folder = folder
 
     def _cut(self) -> None:
         try:

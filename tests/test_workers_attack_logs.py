@@ -252,6 +252,18 @@ def test_the_exit_code_lands_whatever_the_agent_put_where_the_wrapper_writes_it_
         assert_whole(try_log, 5, "planted")
 
 
+def test_an_agent_that_deletes_its_logs_folder_still_leaves_its_log(tmp_path):
+    """`rm -rf logs/issue-1` while the try runs: the folder is made again and the log put back in it, with
+    what was printed before and after and the EXIT line."""
+    script = 'echo printed before; rm -rf "$(dirname "$TRY_LOG")"; echo printed after; exit 2'
+
+    code, try_log, _ = run_try(tmp_path, script)
+
+    assert code == 2
+    text = assert_whole(try_log, 2, "printed after")
+    assert "printed before\n" in text
+
+
 def test_a_fifo_or_a_file_where_the_wrapper_writes_its_index_or_folder_never_costs_the_exit_code(tmp_path):
     """A FIFO at logs/worker-1.log (opening it to append would wait for a reader forever), a file at
     logs/issue-1 (no folder can be made there), a symlink at logs/issue-1 to a folder of the user's: the agent
