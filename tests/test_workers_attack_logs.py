@@ -788,3 +788,24 @@ def test_logs_follow_still_ends_with_the_real_log_after_a_forged_one_longer_than
     follower.pump(final=True)
     assert "".join(got).endswith("(the log was emptied or replaced while it was shown: from its start again)\n"
                                  "real 0\nreal 1\n=== EXIT code 0 ===\n"), "".join(got)[-300:]
+
+
+def test_a_fifo_at_a_workers_state_file_is_an_error_line_never_a_wait(project, tmp_path, capsys):
+    """`logs`, `diff` and `attach` look up who holds the issue in workers/worker-N.json (so does the monitor, each
+    cycle): a FIFO put there is one error line naming it, exit 2, never a wait for a writer."""
+    from orchestrator.cli import main
+
+    proj, _ = finished_issue(project, tmp_path)
+    (proj.state / "workers").mkdir(parents=True, exist_ok=True)
+    fifo = proj.state / "workers" / "worker-1.json"
+    os.mkfifo(fifo)
+    codes: list[int] = []
+    reader = threading.Thread(target=lambda: codes.append(main(["logs", "1"])), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=30)
+        raise AssertionError("logs waited on a FIFO worker state file")
+    err = capsys.readouterr().err
+    assert codes == [2] and len(err.splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err

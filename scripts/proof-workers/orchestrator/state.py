@@ -115,11 +115,14 @@ class RunFiles:
         return self.root / "push-pins.json"
 
     def load_worker(self, worker: int) -> WorkerRecord:
+        from lib.statefile import read_regular
+
         path = self.worker_file(worker)
         try:
-            return WorkerRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return WorkerRecord(worker)
+            data = read_regular(path)  # a FIFO there (an agent's) is an error, never a wait for a writer
+            if data is None:
+                return WorkerRecord(worker)
+            return WorkerRecord.from_json(json.loads(data.decode("utf-8")))
         except (ValueError, TypeError) as err:
             raise OrchestratorError(f"{path}: unreadable worker state ({err}); fix or remove it") from None
 
