@@ -2,11 +2,16 @@
 it is written (a capped log). Standard library only: the proof workers' wrapper writes its logs through it."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
+import secrets
+import stat
 import threading
+import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 # A cut moves to a line's end when one is this close, so the mark gets a line of its own.
 LINE_SLACK = 64 * 1024
@@ -14,6 +19,8 @@ COPY_CHUNK = 1024 * 1024
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
 MIN_LOG_CAP = 64 * 1024
 MARK_ROOM = 256  # a capped log's mark line is shorter than this
+# A cut's new file: `.LOG.PID-RANDOM.cut` (the older `.LOG.cut` too), removed once its writer is gone.
+LEFT_TEMP = re.compile(r"\..+\.log\.(?:(\d+)-[0-9a-f]+\.)?cut")
 # A capped log's mark says where it sits (its first byte is the file's byte N): text an agent printed that
 # looks like one is not taken for it, as it would have to name its own place in the file.
 CAPPED_MARK = re.compile(rb"\[\.\.\. (\d+) bytes cut here \(the log's first (\d+) bytes, then its last ones: "
@@ -49,8 +56,15 @@ def copy_range(source: BinaryIO, target: BinaryIO, start: int, end: int) -> None
         chunk = source.read(min(COPY_CHUNK, end - start))
         if not chunk:
             break
-        target.write(chunk)
+        write_all(target, chunk)
         start += len(chunk)
+
+
+def write_all(target: BinaryIO, data: bytes | memoryview) -> None:
+    """Every byte of `data` (an unbuffered file may take part of it per call)."""
+    view = memoryview(data)
+    while view:
+        view = view[target.write(view) or 0:]
 
 
 def head_budget(cap: int) -> int:
@@ -77,9 +91,15 @@ class CappedLog:
     """An append-only log file never over `cap` bytes while it is written, whatever is written to it: past the
     cap it holds its first half (about), a mark saying how many bytes were cut, and its newest bytes.
 
-    Memory stays at one copy buffer. A cut writes the new file beside the log and renames it over the log, so a
-    reader (or a kill) finds the old file or the new one, never half of one; a reader that keeps the old one
-    open reads it to its end, and the mark says where the new one goes on (`read_layout`).
+    Memory stays at one copy buffer. A cut writes the new file beside the log (a fresh name: nothing planted
+    there is used) and renames it over the log, so a reader (or a kill) finds the old file or the new one, never
+    half of one; a reader that keeps the old one open reads it to its end, and the mark says where the new one
+    goes on (`read_layout`). When no new file can be made (a full disk), the cut is made in place.
+
+    What the log's own writer (an agent) may do to it is survived: its folder is held open, so a symlink put
+    there later is never written through; the size is the file's own (an agent emptying or appending to it);
+    the log (or its folder) deleted or replaced is put back from the file written, at a write a second or more
+    after the last look, and when it is closed.
     """
 
     def __init__(self, path: Path, cap: int = DEFAULT_LOG_CAP) -> None:
@@ -87,33 +107,47 @@ class CappedLog:
         self.keep = (self.cap - head_budget(self.cap) - MARK_ROOM) // 2  # the tail a cut keeps: half the room
         self.slack = min(LINE_SLACK, self.cap // 8)
         self.lock = threading.Lock()
-        self.file = _open_log(self.path)
-        self.size = self.file.seek(0, os.SEEK_END)
-        self.layout = read_layout(self.file, self.cap) if self.size > head_budget(self.cap) else None
-        if self.size > self.cap:  # written with a larger cap before
+        self.folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            self._remove_left_temps()
+            self.file = _open_log(self.path.name, self.folder)
+        except BaseException:
+            os.close(self.folder)
+            raise
+        self.checked = time.monotonic()
+        self.at_line_start = True  # whether what was written last ends a line (a note of ours needs its own)
+        if self._size() > self.cap:  # written with a larger cap before
             self._cut()
 
     def write(self, data: bytes) -> None:
         with self.lock:
+            if time.monotonic() - self.checked >= 1.0:
+                self._put_back(quietly=True)
             view = memoryview(data)
+            self.at_line_start = self.at_line_start and not view  # part of it may land (a full disk)
             while view:
-                room = self.cap - self.size
+                room = self.cap - self._size()
                 if room <= 0:
                     self._cut()
                     continue
-                piece = view[:room]
-                self.file.write(piece)
-                self.size += len(piece)
-                view = view[len(piece):]
-            self.file.flush()
+                view = view[self.file.write(view[:room]) or 0:]
+            if data:
+                self.at_line_start = data[-1:] == b"\n"
 
     def flush(self) -> None:
-        with self.lock:
-            self.file.flush()
+        pass  # every write goes to the file at once (no buffer): a kill loses nothing written
 
     def close(self) -> None:
+        """Close the log, put back at its path first when it was deleted or replaced (OSError when it cannot
+        be: the file is closed all the same)."""
         with self.lock:
-            self.file.close()
+            if self.file.closed:
+                return
+            try:
+                self._put_back(quietly=False)
+            finally:
+                self.file.close()
+                os.close(self.folder)
 
     def __enter__(self) -> CappedLog:
         return self
@@ -121,54 +155,165 @@ class CappedLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _cut(self) -> None:
-        self.file.flush()
-        temp = self.path.with_name(f".{self.path.name}.cut")
-        temp.unlink(missing_ok=True)  # a cut killed halfway
+    def _size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+    def _in_place(self) -> bool:
         try:
-            layout = self._write_cut(temp)
-            os.replace(temp, self.path)
+            there = os.stat(self.path.name, dir_fd=self.folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self.file.fileno())
+        return (there.st_ino, there.st_dev) == (mine.st_ino, mine.st_dev)
+
+    def _put_back(self, quietly: bool) -> None:
+        """The file written, at the log's path again when something else is there now (or nothing)."""
+        self.checked = time.monotonic()
+        try:
+            self._refolder()
+            if self._in_place():
+                return
+            size = self._size()
+            self._replace(lambda target: copy_range(self.file, target, 0, size))
+        except OSError:
+            if not quietly:
+                raise
+
+    def _refolder(self) -> None:
+        """The log's folder made again when it was deleted (never one a symlink put there leads to)."""
+        if os.fstat(self.folder).st_nlink:
+            return
+        try:
+            os.mkdir(self.path.parent)
+        except FileExistsError:
+            pass
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        os.close(self.folder)
+        self.folder = folder
+
+    def _cut(self) -> None:
+        try:
+            self._replace(self._write_cut)
+        except OSError:  # no room for a new file (or no name for it): the same cut, made in this file
+            self._cut_in_place()
+
+    def _replace(self, fill: Callable[[BinaryIO], object]) -> None:
+        """A new file, filled by `fill`, renamed over the log; it is the file written from now on."""
+        name, fd = _new_temp(self.path.name, self.folder)
+        target = open(fd, "a+b", buffering=0)
+        try:
+            fill(target)
+            os.replace(name, self.path.name, src_dir_fd=self.folder, dst_dir_fd=self.folder)
         except BaseException:
-            temp.unlink(missing_ok=True)  # a full disk: the log stays as it was, nothing half-made beside it
+            target.close()
+            try:
+                os.unlink(name, dir_fd=self.folder)  # nothing half-made left beside the log
+            except OSError:
+                pass
             raise
         self.file.close()
-        self.file = _open_log(self.path)
-        self.size, self.layout = self.file.seek(0, os.SEEK_END), layout
+        self.file = target
 
-    def _write_cut(self, temp: Path) -> tuple[int, int, int]:
+    def _plan_cut(self, source: BinaryIO) -> tuple[int, int, bytes]:
+        """(head end, tail start, the mark line) of a cut of the file now. The mark is looked for again each
+        time: the writer's own record could be stale (the file emptied by someone else)."""
+        end = os.fstat(source.fileno()).st_size
+        layout = read_layout(source, self.cap) if end > head_budget(self.cap) else None
+        if layout:
+            head_end, mark_length, cut = layout
+            body = head_end + mark_length
+            tail_start = cut_points(source, body, end, 0, self.keep, self.slack)[1]
+            cut += tail_start - body  # the old mark's own bytes are not counted: they were never output
+        else:
+            head_end, tail_start = cut_points(source, 0, end, head_budget(self.cap), self.keep, self.slack)
+            cut = tail_start - head_end
+        source.seek(max(head_end - 1, 0))
+        return head_end, tail_start, self._mark(cut, head_end, head_end == 0 or source.read(1) == b"\n")
+
+    def _write_cut(self, target: BinaryIO) -> None:
         source = self.file  # read through the descriptor written: never whatever the path names now
-        with open(temp, "xb", opener=_no_follow) as target:
-            end = os.fstat(source.fileno()).st_size
-            if self.layout:
-                head_end, mark_length, cut = self.layout
-                body = head_end + mark_length
-                tail_start = cut_points(source, body, end, 0, self.keep, self.slack)[1]
-                cut += tail_start - body  # the old mark's own bytes are not counted: they were never output
-            else:
-                head_end, tail_start = cut_points(source, 0, end, head_budget(self.cap), self.keep, self.slack)
-                cut = tail_start - head_end
-            source.seek(head_end - 1)
-            line = self._mark(cut, head_end, head_end == 0 or source.read(1) == b"\n")
-            copy_range(source, target, 0, head_end)
-            target.write(line)
-            copy_range(source, target, tail_start, end)
-        return head_end, len(line), cut
+        head_end, tail_start, line = self._plan_cut(source)
+        end = os.fstat(source.fileno()).st_size
+        copy_range(source, target, 0, head_end)
+        write_all(target, line)
+        copy_range(source, target, tail_start, end)
+
+    def _cut_in_place(self) -> None:
+        """The cut without a new file: the mark written after the head, the tail moved down behind it, the rest
+        truncated. Needs no room on disk; a reader may see it half done."""
+        fd = self.file.fileno()
+        head_end, tail_start, line = self._plan_cut(self.file)
+        end = self._size()
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_APPEND)  # pwrite appends on an O_APPEND file (Linux)
+        try:
+            at = head_end + os.pwrite(fd, line, head_end)
+            while tail_start < end:
+                chunk = os.pread(fd, min(COPY_CHUNK, end - tail_start), tail_start)
+                if not chunk:
+                    break
+                tail_start += len(chunk)
+                while chunk:
+                    written = os.pwrite(fd, chunk, at)
+                    at, chunk = at + written, chunk[written:]
+            os.ftruncate(fd, at)
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+    def _remove_left_temps(self) -> None:
+        """New files of cuts a kill stopped halfway, of any log in this folder (a try's log is never opened
+        again, the next try's is): those whose writer's process is gone, by the pid in their names."""
+        for name in os.listdir(self.folder):
+            found = LEFT_TEMP.fullmatch(name)
+            if found is None or (found.group(1) and _alive(int(found.group(1)))):
+                continue
+            try:
+                os.unlink(name, dir_fd=self.folder)
+            except OSError:
+                pass  # a folder an agent put there: not ours to remove, and never used
 
     def _mark(self, cut: int, head_end: int, after_line: bool) -> bytes:
         return mark(cut, f" (the log's first {head_end} bytes, then its last ones: capped at {self.cap} bytes, "
                          "max_log_bytes)", after_line)
 
 
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+def _new_temp(name: str, folder: int) -> tuple[str, int]:
+    """A file of a fresh name beside the log (made here, never one found there), open to append."""
+    for _ in range(100):
+        temp = f".{name}.{os.getpid()}-{secrets.token_hex(6)}.cut"
+        try:
+            return temp, os.open(temp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                                 dir_fd=folder)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for a cut of {name}")
 
 
-def _open_log(path: Path) -> BinaryIO:
-    """The log to append to and read from; a symlink put at its path is replaced, never written through."""
+def _alive(pid: int) -> bool:
     try:
-        return open(path, "a+b", opener=_no_follow)
-    except OSError as err:
-        if not path.is_symlink():
-            raise err from None
-    path.unlink()
-    return open(path, "a+b", opener=_no_follow)
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _open_log(name: str, folder: int) -> BinaryIO:
+    """The log to append to and read from (unbuffered); whatever is at its name but a regular file (a symlink,
+    a FIFO, a socket) is replaced, never written through or waited on. A folder there is an OSError."""
+    for _ in range(2):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644,
+                         dir_fd=folder)
+        except OSError as err:
+            if err.errno != errno.ELOOP:  # ELOOP: a symlink (O_NOFOLLOW)
+                raise
+            os.unlink(name, dir_fd=folder)
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return open(fd, "a+b", buffering=0)
+        os.close(fd)
+        os.unlink(name, dir_fd=folder)
+    raise OSError(errno.EEXIST, f"{name} keeps being replaced", name)

@@ -69,7 +69,7 @@ def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
-        with open(path, "rb") as log:
+        with show.open_regular(path) or open(os.devnull, "rb") as log:  # a FIFO there would block the monitor
             log.seek(max(0, log.seek(0, 2) - 8192))
             return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
     except OSError:

@@ -153,9 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _issue_number(text: str) -> int:
-    value = _count(text)
+    from lib.errors import clip
+
+    try:
+        value = int(text)
+    except ValueError:  # not a number, or one of over 4300 digits
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected an issue number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an issue number > 0, got {clip(text, 20)!r}")
     return value
 
 

@@ -20,9 +20,12 @@ from orchestrator.tmux import Pane
 
 
 def read_pid(path: Path) -> int | None:
+    from lib.errors import OrchestratorError
+    from lib.statefile import read_regular
+
     try:
-        text = path.read_text().strip()
-    except OSError:
+        text = (read_regular(path) or b"").decode("ascii", "replace").strip()  # a FIFO there is never waited on
+    except OrchestratorError:
         return None
     return int(text) if text.isdigit() else None
 
@@ -78,8 +81,15 @@ def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
     """Fold the events this try's agent wrote since the last read into `record.agent`; returns how many."""
     if record.agent.get("kind") not in agents.STRUCTURED:
         return 0
+    import os
+    import stat
+
     try:
-        with open(files.agent_events(record.worker_id, record.try_id), "rb") as stream:
+        fd = os.open(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # an agent's FIFO there: never waited on
+            os.close(fd)
+            return 0
+        with open(fd, "rb") as stream:
             stream.seek(record.events_offset)
             chunk = stream.read(MAX_EVENTS_READ)
             if b"\n" not in chunk and len(chunk) == MAX_EVENTS_READ:

@@ -8,13 +8,14 @@ import os
 import re
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from lib import logcut, runner
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 from lib.statefile import read_regular
 from orchestrator import worktrees
 from orchestrator.config import Issue, ProjectConfig
@@ -26,6 +27,9 @@ from orchestrator.wrapper import TRY_VAR
 TRY_LOG = re.compile(r"worker-(\d+)-try-(\d+)\.log")
 CHUNK = 256 * 1024
 FOLLOW_POLL_S = 0.25
+# A diff never fetches: a partial clone's lazy fetch would start the transport an agent configured (its
+# core.sshCommand). Variables, as config (the agent's protocol.ssh.allow) outranks `-c protocol.allow=never`.
+NO_FETCH_ENV = {"GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": "none"}
 GONE_GRACE_S = 3.0  # a try with no exit code and no process for this long ended without one (a kill -9)
 # What an agent printed never drives the terminal: control characters but tab and newline are shown escaped.
 _SHOWN = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0)) if c not in (0x09, 0x0a)}
@@ -68,7 +72,7 @@ def find_issue(run: Run, number: int, project: str = "") -> tuple[ProjectConfig,
                                     f"{', '.join(c.project for c in run.configs)})")
     found = [(cfg, issue) for cfg in configs if (issue := cfg.issue(number)) is not None]
     if not found:
-        raise OrchestratorError(f"issue #{number} is not in {', '.join(str(c.path) for c in configs)}")
+        raise OrchestratorError(f"issue #{clip(str(number), 20)} is not in {', '.join(str(c.path) for c in configs)}")
     if len(found) > 1:
         raise OrchestratorError(f"issue #{number} is in several projects ({', '.join(c.project for c, _ in found)}): "
                                 "give --project")
@@ -84,9 +88,10 @@ def _spec(run: Run, worker: int, try_id: int) -> dict:
 
 
 def open_regular(path: Path) -> BinaryIO | None:
-    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever)."""
+    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever), never
+    through a symlink (an agent's, to a file of the user's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -98,7 +103,10 @@ def open_regular(path: Path) -> BinaryIO | None:
 def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
     """The issue's try logs in the order the tries started (their START line; a worker's tries by number)."""
     found = []
-    for path in (run.files.root / "logs" / f"issue-{number}").glob("worker-*-try-*.log"):
+    folder = run.files.root / "logs" / f"issue-{number}"
+    if folder.is_symlink():  # the wrapper makes a real folder: a symlink there leads to logs of someone's making
+        return []
+    for path in folder.glob("worker-*-try-*.log"):
         match = TRY_LOG.fullmatch(path.name)
         if not match or not path.is_file():
             continue
@@ -159,30 +167,42 @@ def show_logs(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     running = None
     if follow and record is not None and run.files.read_signal(record.worker_id, record.try_id) is None:
         running = (record.worker_id, record.try_id)
+    ended_line = [True]
+
+    def say(text: str) -> None:
+        if text:
+            write(text)
+            ended_line[0] = text.endswith("\n")
+
+    def header(text: str) -> None:  # always a line of its own: a try killed mid-line ends its log in one
+        say(("" if ended_line[0] else "\n") + text)
+
     for entry in logs:
         if (entry.worker, entry.try_id) == running:
             continue
         log = open_regular(entry.path)
         if log is None:
             continue
-        write(f"==> {entry.path} <==\n")
+        header(f"==> {entry.path} <==\n")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         with log:
-            _copy(log, write, codecs.getincrementaldecoder("utf-8")("replace"))
+            _copy(log, say, decoder)
+        say(shown(decoder.decode(b"", final=True)))  # a character cut off at the end shows as U+FFFD
     if running is None:
         if follow:
-            write(f"(#{number} has no running try: nothing to follow)\n")
+            header(f"(#{number} has no running try: nothing to follow)\n")
         return
     assert record is not None
     path = run.files.try_log(record.worker_id, record.try_id, number)
     spec = _spec(run, record.worker_id, record.try_id)
     cap = spec.get("max_log_bytes") if isinstance(spec.get("max_log_bytes"), int) else cfg.max_log_bytes
-    write(f"==> {path} <== (following until the try ends; Ctrl-C stops)\n")
+    header(f"==> {path} <== (following until the try ends; Ctrl-C stops)\n")
     follower = Follower(path, cap, write)
     ended = _ended(run, record)
     while True:
         follower.pump()
         if ended():
-            follower.pump()
+            follower.pump(final=True)
             return
         sleep(FOLLOW_POLL_S)
 
@@ -226,24 +246,19 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
 
 
 class Follower:
-    """Reads a capped log as it grows. When the writer cuts it (a new file renamed over it), the old file is read
-    to its end and the new one taken up where the old one stopped, by the count in its mark; what was cut before
-    it could be read shows as the new file's mark."""
+    """Reads a capped log as it grows, each byte once. When the writer cuts it (a new file renamed over it), the
+    old file is read to its end and the new one taken up where the old one stopped, by the count in its mark;
+    what was cut before it could be read shows as the new file's mark. The same holds when the log is put back
+    after an agent deleted or replaced it (nothing but a regular file is read), or cut in place; a log emptied
+    under it is shown from its start again, after a line saying so."""
 
     def __init__(self, path: Path, cap: int, write: Callable[[str], None]) -> None:
         self.path, self.cap, self.write = path, cap, write
         self.file: BinaryIO | None = None
         self.layout: tuple[int, int, int] | None = None
+        self.reached = 0  # how much of everything written is shown (a place in the log as if never cut)
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.at_line_start = True
-
-    def _open(self) -> BinaryIO | None:
-        handle = open_regular(self.path)
-        if handle is None:
-            return None
-        self.layout = logcut.read_layout(handle, self.cap)
-        handle.seek(0)
-        return handle
 
     def _logical(self, position: int) -> int:
         """Where `position` of the open file is in everything the agent wrote."""
@@ -251,32 +266,72 @@ class Follower:
             return position - self.layout[1] + self.layout[2]
         return position
 
-    def pump(self) -> None:
+    def _read(self) -> None:
+        assert self.file is not None
+        _copy(self.file, self._say, None)
+        self.reached = self._logical(self.file.tell())
+
+    def _take_up(self) -> None:
+        """Read the open file's mark again and go on where `reached` is in it."""
+        assert self.file is not None
+        size = os.fstat(self.file.fileno()).st_size
+        self.layout = logcut.read_layout(self.file, self.cap)
+        if self.layout and self.reached >= self.layout[0]:
+            head_end, mark_length, cut = self.layout
+            tail_from = head_end + cut  # where the file's tail is in everything written
+            if self.reached < tail_from:  # cut before this could read it: said so, in a line of its own
+                self._say(logcut.mark(tail_from - self.reached, " (cut from the log before it could be shown)",
+                                      self.at_line_start))
+            self.file.seek(max(self.reached, tail_from) - cut + mark_length)
+        elif self.reached <= size:
+            self.file.seek(self.reached)
+        else:
+            self._say(("" if self.at_line_start else "\n").encode()
+                      + b"(the log was emptied or replaced while it was shown: from its start again)\n")
+            self.layout, self.reached = None, 0
+            self.file.seek(0)
+
+    def pump(self, final: bool = False) -> None:
+        """Show what is new. `final`: the try has ended, so the file at the path is the log (the wrapper put it
+        back): it is taken up whatever it holds."""
         if self.file is None:
-            self.file = self._open()
+            self.file = open_regular(self.path)
             if self.file is None:
                 return
-        _copy(self.file, self._say, None)
+            self._take_up()
+        for _ in range(16):  # a path replaced faster than this is taken up at the next pump
+            self._read()
+            if os.fstat(self.file.fileno()).st_size < self.file.tell():  # emptied, or cut in place
+                self._take_up()
+                self._read()
+            newer = self._successor(final)
+            if newer is None:
+                return
+            self._read()  # cut and renamed over, or put back: the old file no longer grows
+            self.file.close()
+            self.file = newer
+            self._take_up()
+
+    def _successor(self, final: bool = False) -> BinaryIO | None:
+        """The file at the path now, when it is another regular file that goes on from what is shown (a cut's
+        new file, with its mark, or the log put back, at least as long); else None: this one is read on (the
+        path deleted, a FIFO or a shorter file put there by an agent until the wrapper puts the log back)."""
+        assert self.file is not None
         try:
             now = os.stat(self.path)
-        except FileNotFoundError:
-            return
-        if now.st_ino == os.fstat(self.file.fileno()).st_ino:
-            return
-        _copy(self.file, self._say, None)  # cut and renamed over: the old file no longer grows
-        reached = self._logical(self.file.tell())
-        self.file.close()
-        self.file = self._open()
-        if self.file is None:
-            return
-        if self.layout:
-            head_end, mark_length, cut = self.layout
-            tail_from = head_end + cut  # where the new file's tail is in everything written
-            if reached < tail_from:  # cut before this could read it: said so, in a line of its own
-                self._say(logcut.mark(tail_from - reached, " (cut from the log before it could be shown)",
-                                      self.at_line_start))
-            self.file.seek(max(reached, tail_from) - cut + mark_length)
-        _copy(self.file, self._say, None)
+        except OSError:
+            return None
+        mine = os.fstat(self.file.fileno())
+        if (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            return None
+        handle = open_regular(self.path)
+        if handle is None:
+            return None
+        if not final and logcut.read_layout(handle, self.cap) is None \
+                and os.fstat(handle.fileno()).st_size < self.reached:
+            handle.close()
+            return None
+        return handle
 
     def _say(self, data: bytes) -> None:
         text = self.decoder.decode(data)
@@ -300,8 +355,9 @@ def diff_base(run: Run, cfg: ProjectConfig, number: int) -> tuple[str, str, bool
     branch = branch or cfg.branch_for(issue)
     if not worktrees.ok(repo.path, "rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"):
         raise NotNow(f"issue #{number}: branch {branch} is not in {repo.path}")
-    base = next((str(e["base"]) for e in reversed(given) if isinstance(e.get("base"), str)
-                 and re.fullmatch(r"[0-9a-f]{40,64}", e["base"])), "")
+    # The last assignment's base only: an older one may be the fork of a branch since made again elsewhere.
+    recorded = given[-1].get("base") if given else None
+    base = recorded if isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{40,64}", recorded) else ""
     if base:
         return base, branch, True
     now = merge_base(repo.path, branch, repo.default_branch)
@@ -328,24 +384,31 @@ def show_diff(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     issue = cfg.issue(number)
     assert issue is not None
     repo = cfg.repo_for(issue).path
-    # No external diff or textconv driver: an agent can write the shared .git/config they would be read from.
-    argv = ["git", *worktrees.SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", *(["--stat"] if stat else []),
+    # No external diff or textconv driver, no colour (color.diff outranks SAFE_GIT's color.ui): an agent can write
+    # the shared .git/config they would be read from.
+    argv = ["git", *worktrees.SAFE_GIT, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
+            *(["--stat"] if stat else []),
             base, f"refs/heads/{branch}", "--"]
-    try:
-        child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as err:
-        raise worktrees.GitFailed(f"git diff in {repo}: {err}") from None
-    assert child.stdout is not None and child.stderr is not None
-    try:
-        _copy(child.stdout, write, codecs.getincrementaldecoder("utf-8")("replace"))  # type: ignore[arg-type]
-    finally:
-        if child.poll() is None:
-            child.stdout.close()
-        error = child.stderr.read(65536).decode("utf-8", "replace")
-        child.wait()
+    # git's stderr goes to a file: a pipe nobody reads while its diff is read fills up (an agent's attributes
+    # file can make git warn for megabytes), and git and this verb would wait on each other forever.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            child = subprocess.Popen(argv, cwd=repo, env=worktrees.clean_env(NO_FETCH_ENV), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=errors)
+        except OSError as err:
+            raise worktrees.GitFailed(f"git diff in {repo}: {err}") from None
+        assert child.stdout is not None
+        try:
+            _copy(child.stdout, write, codecs.getincrementaldecoder("utf-8")("replace"))  # type: ignore[arg-type]
+        finally:
+            if child.poll() is None:
+                child.stdout.close()
+            child.wait()
+            errors.seek(max(0, errors.seek(0, os.SEEK_END) - 65536))
+            error = errors.read().decode("utf-8", "replace")
     if child.returncode != 0:
-        raise worktrees.GitFailed(f"git diff in {repo}: {error.strip().splitlines()[-1] if error.strip() else 'failed'}")
+        last = error.strip().splitlines()[-1] if error.strip() else "failed"
+        raise worktrees.GitFailed(f"git diff in {repo}: {clip(shown(last), 300)}")
     return "" if recorded else (f"(#{number}: no merge-base was recorded when it was assigned; this is the "
                                 f"merge-base with {cfg.repo_for(issue).default_branch} now, {base[:12]})")
 

@@ -116,11 +116,14 @@ class RunFiles:
         return self.root / "push-pins.json"
 
     def load_worker(self, worker: int) -> WorkerRecord:
+        from lib.statefile import read_regular
+
         path = self.worker_file(worker)
         try:
-            return WorkerRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            return WorkerRecord(worker)
+            data = read_regular(path)  # a FIFO there (an agent's) is an error, never a wait for a writer
+            if data is None:
+                return WorkerRecord(worker)
+            return WorkerRecord.from_json(json.loads(data.decode("utf-8")))
         except (ValueError, TypeError) as err:
             raise OrchestratorError(f"{path}: unreadable worker state ({err}); fix or remove it") from None
 
@@ -140,10 +143,13 @@ class RunFiles:
         return sorted(ids)
 
     def read_signal(self, worker: int, try_id: int) -> int | None:
-        """This try's exit code; a half-written or garbled file reads as no signal yet."""
+        """This try's exit code; a half-written or garbled file, or no regular file (an agent's FIFO: never waited
+        on), reads as no signal yet."""
+        from lib.statefile import read_regular
+
         try:
-            return int(self.signal(worker, try_id).read_text().strip())
-        except (FileNotFoundError, ValueError):
+            return int((read_regular(self.signal(worker, try_id)) or b"").strip())
+        except (OrchestratorError, ValueError):
             return None
 
     def log_event(self, event: dict[str, Any]) -> None:

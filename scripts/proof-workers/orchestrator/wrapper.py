@@ -13,9 +13,11 @@ is written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -71,9 +73,23 @@ def _stamp() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """`text` as the whole file at `path`, written beside it first under a fresh name (anything an agent put at
+    a name it could guess, a folder or a symlink, is never used or written through), then renamed over it."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            with open(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    raise FileExistsError(f"no free name beside {path}")
 
 
 def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
@@ -244,7 +260,6 @@ def run(spec: dict[str, Any]) -> int:
     # events a line per event; the worker's log is the index of its tries: START and EXIT lines naming them.
     try_log = Path(spec.get("try_log") or log_path.with_name(f"{log_path.stem}-try-{spec['try']}.log"))
     label += f" ({f'agent {kind}; ' if structured else ''}log {try_log})"
-    try_log.parent.mkdir(parents=True, exist_ok=True)
     cap = spec.get("max_log_bytes") or logcut.DEFAULT_LOG_CAP
     setup = spec.get("setup")
     if setup and not worktree_setup.done(Path(setup["worktree"])):
@@ -252,7 +267,7 @@ def run(spec: dict[str, Any]) -> int:
         if code is not None:  # the agent never starts
             _write_atomic(signal_path, f"{code}\n")
             return code
-    with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
+    with _open_index(log_path) as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
         _note(index, start)
         _note(log, start)
@@ -302,8 +317,12 @@ def run(spec: dict[str, Any]) -> int:
             # Stopped by a signal: say which (129 is a hang-up: tmux or the terminal went away).
             code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
-        _note(log, end)
+        _note(log, end if getattr(log, "at_line_start", True) else b"\n" + end)  # output may end mid-line
         _note(index, end)
+        try:
+            log.close()  # puts the log back at its path if the agent deleted or replaced it
+        except OSError as err:
+            _note(index, f"wrapper: the try's log {try_log} could not be put back: {err}\n".encode())
     _write_atomic(signal_path, f"{code}\n")
     return code
 
@@ -394,6 +413,9 @@ class _Nowhere:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def __enter__(self) -> _Nowhere:
         return self
 
@@ -403,10 +425,52 @@ class _Nowhere:
 
 def _try_log(path: Path, cap: int, index: Any) -> Any:
     try:
+        _folder(path.parent)
         return logcut.CappedLog(path, cap)
     except OSError as err:
         _note(index, f"wrapper: cannot write the try's log {path}: {err}\n".encode())
         return _Nowhere()
+
+
+def _folder(path: Path) -> None:
+    """A real folder at `path`: a symlink or a file put there (by an agent) is replaced, never followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if path.is_dir() and not path.is_symlink():
+            return
+        path.unlink()
+        path.mkdir()
+
+
+def _open_index(path: Path) -> Any:
+    """The worker's log (the index of its tries) to append to; one that cannot be made is nowhere, and the try
+    runs."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _open_append(path)
+    except OSError:
+        return _Nowhere()
+
+
+def _open_append(path: Path) -> Any:
+    """A file of ours to append to, unbuffered: a FIFO, symlink or other odd file put there is replaced, never
+    waited on or written through."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+                raise
+            path.unlink()
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return open(fd, "ab", buffering=0)
+        os.close(fd)
+        path.unlink()
+    raise OSError(errno.EEXIST, f"{path} keeps being replaced")
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
@@ -423,20 +487,25 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
 
 
 def _tee(source: Any, log: logcut.CappedLog) -> None:
+    """The agent's output to its log and the pane. Output the log cannot take (a full disk) is drained, never
+    left to block the agent, and said in the log once it can be written again."""
     screen = getattr(sys.stdout, "buffer", None)
-    try:
-        for chunk in iter(lambda: source.read1(65536), b""):
+    lost = 0
+    for chunk in iter(lambda: source.read1(65536), b""):
+        try:
+            if lost:
+                log.write(f"\nwrapper: up to {lost} bytes of the agent's output could not be written to this log "
+                          "(a write failed: a full disk?)\n".encode())
+                lost = 0
             log.write(chunk)
-            if screen is not None:
-                try:
-                    screen.write(chunk)
-                    screen.flush()
-                except OSError:
-                    screen = None
-    except Exception:  # noqa: BLE001 (a full disk: the drain below must still run)
-        pass
-    for _ in iter(lambda: source.read1(65536), b""):
-        pass  # the log cannot be written: the agent's output is drained, never left to block it
+        except Exception:  # noqa: BLE001 (a full disk: the agent's output still flows)
+            lost += len(chunk)
+        if screen is not None:
+            try:
+                screen.write(chunk)
+                screen.flush()
+            except OSError:
+                screen = None
 
 
 def _events(source: Any, kind: str, events_path: Path, log: logcut.CappedLog | Path,
@@ -459,8 +528,11 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
             return _keep_events(source, kind, events_path, capped, feeder)
     events_path.parent.mkdir(parents=True, exist_ok=True)
     screen = getattr(sys.stdout, "buffer", None)
-    with open(events_path, "ab") as events:
-        written, touched = events.tell(), float("-inf")
+    # A write that fails (a full disk) costs that event or line only: the next ones are written when they can
+    # be, so the result event the monitor judges the try by still lands.
+    with _open_append(events_path) as events:
+        written, touched = events.seek(0, os.SEEK_END), float("-inf")
+        half_line, lost = False, 0
         while True:
             line = source.readline(MAX_EVENT_LINE)
             if not line:
@@ -478,16 +550,28 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
                 feeder.on_event(event)
             raw = line if was_json else (json.dumps(event, ensure_ascii=False) + "\n").encode()
             if written < EVENTS_CAP or (was_json and len(raw) < 65536 and event.get("type") in KEPT_PAST_CAP):
-                events.write(raw)
-                events.flush()
-                written += len(raw)
+                try:
+                    if half_line:  # a failed write may have left part of a line: it ends here, unparsed
+                        logcut.write_all(events, b"\n")
+                        half_line = False
+                    logcut.write_all(events, raw)
+                    written += len(raw)
+                except OSError:
+                    half_line = True
             elif time.monotonic() - touched >= 1.0:
                 # dropped past the cap: the file's mtime still moves, so the probe sees activity, not a stall
                 os.utime(events.fileno())
                 touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
             if text:
-                log.write(text)
+                try:
+                    if lost:
+                        log.write(f"\nwrapper: up to {lost} bytes of this log could not be written (a write "
+                                  "failed: a full disk?)\n".encode())
+                        lost = 0
+                    log.write(text)
+                except Exception:  # noqa: BLE001 (a full disk: the events go on)
+                    lost += len(text)
             if text and screen is not None:
                 try:
                     screen.write(text)
