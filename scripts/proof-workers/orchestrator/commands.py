@@ -608,7 +608,8 @@ def apply_queue(run: Run, say: Callable[[str], None]) -> None:
     if not rest:
         return
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records), issue_views(run, records), active_pauses(run, run.clock()), tuple(rest))
+    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()),
+                  commands=tuple(rest))
     settings = settings_of(run)
     decided = decide([], state, settings)
     actions = [a for a in decided if a.command]
