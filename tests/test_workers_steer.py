@@ -548,3 +548,48 @@ def test_a_follow_up_kept_before_its_holder_was_killed_is_kept_once_whatever_the
     assert [(o.get("verb"), o["ok"]) for o in outcomes] == [("send", True), ("send", True), ("pause", True)]
     kept = json.loads((proj.state / "followups.json").read_text())["issues"]
     assert [e["text"] for e in kept["1"]] == ["note 1"] and [e["text"] for e in kept["2"]] == ["note 2"]
+
+
+def test_pause_and_resume_take_the_issue_as_a_word_or_as_issue_in_both_front_doors(project, inv):
+    """`pause 1`, `pause --issue 1` (the same), and no issue (the project) in python3 -m orchestrator and in
+    inv workers.*; the issue given twice, differently, in either order: one line, exit 2, nothing queued."""
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], pipeline=["implement"],
+                   num_workers=1)
+
+    def paused() -> tuple[list[str], dict[str, list[str]]]:
+        doc = json.loads((proj.state / "paused.json").read_text())
+        return ([e["reason"] for e in doc["project"]],
+                {n: [e["reason"] for e in entries] for n, entries in doc["issues"].items() if entries})
+
+    for door in ("inv", "cli"):
+        def verb(*args: str) -> tuple[int, str, str]:
+            if door == "cli":
+                result = cli(*args)
+                return result.returncode, result.stdout, result.stderr
+            done = inv(f"workers.{args[0]}", *args[1:])
+            return done.code, done.out, done.err
+
+        code, out, err = verb("pause", "1")
+        assert code == 0 and "paused demo#1" in out, (door, out, err)
+        assert paused() == ([], {"1": ["user"]})
+        code, out, err = verb("resume", "--issue", "1")
+        assert code == 0 and "resumed demo#1: user" in out, (door, out, err)
+        code, out, err = verb("pause", "--issue", "2")
+        assert code == 0 and "paused demo#2" in out, (door, out, err)
+        code, out, err = verb("resume", "2")
+        assert code == 0 and "resumed demo#2: user" in out, (door, out, err)
+        assert paused() == ([], {})
+        for args in (("pause", "1", "--issue", "2"), ("pause", "--issue", "2", "1"), ("resume", "2", "--issue", "1")):
+            code, out, err = verb(*args)
+            assert code == 2 and err.startswith("error: ") and "give the issue once" in err, (door, args, out, err)
+            assert len(err.strip().splitlines()) == 1 and out == "", (door, args, out, err)
+        assert verb("pause", "1", "--issue", "1")[0] == 0  # the same issue twice is that issue
+        assert paused() == ([], {"1": ["user"]})
+        assert verb("resume", "1")[0] == 0
+        code, out, err = verb("pause")
+        assert code == 0 and out.startswith("paused demo: no try starts"), (door, out, err)
+        assert paused() == (["user"], {})
+        assert verb("resume")[0] == 0 and paused() == ([], {})
+    assert queue_left(proj) == []
+    assert [e["verb"] for e in actions_named(proj, "command")] == \
+        ["pause", "resume", "pause", "resume", "pause", "resume", "pause", "resume"] * 2
