@@ -174,6 +174,8 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
             return Outcome(True, _queued_lines(run, commands))
         time.sleep(POLL)
     outcomes = [o for o in done if o is not None]
+    for command in commands:  # this verb prints them: a status shows none of its refusals again
+        mark_reported(run.state_root, command.project, [command.id])
     lines = [line for o in outcomes for line in o.lines]
     errors = [o.error for o in outcomes if o.error]
     others = sorted({o.by_pid for o in outcomes if o.by_pid not in (None, os.getpid())})
@@ -538,9 +540,13 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
     say(f"#{command.issue}: follow-up stored for its next try")
     lines = [f"stored for {label}: given at the start of its next try ({why}); a restarted try resumes the "
              "agent's session where the agent can"]
-    if running:  # said plainly: a try that completes the issue leaves no next try to give it to
+    pipeline = run.config_of(command.project).pipeline
+    if running and record is not None and record.stage_index < len(pipeline) - 1:
+        lines.append(f"if this try completes its stage, the try of the next one ({pipeline[record.stage_index + 1]}) "
+                     "takes it")
+    elif running:  # said plainly: a try that completes the issue leaves no next try to give it to
         lines.append(f"if this try completes #{command.issue}, no try follows to take it: to act on it now, "
-                     f"kill {command.issue}, then retry {command.issue}")
+                     f"kill {command.issue}, then retry {command.issue}; status shows it kept until a try takes it")
     return Outcome(True, lines)
 
 
@@ -618,3 +624,96 @@ def apply_queue(run: Run, say: Callable[[str], None]) -> None:
                                                                                           decided)})
     by_worker = {r.worker_id: r for r in records}
     execute(run, Executor(run, by_worker, say), by_worker, actions, rest, retaken, say)
+
+
+# --- what waits, for status and the dashboard ---------------------------------------------------------------
+
+FOLLOWUP_WORDS = 60  # characters of a kept follow-up status shows
+
+
+def _iso(seconds: Any) -> str | None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _files(directory: Path) -> list[Path]:
+    """The command files of one queue directory, in the order given (a directory that does not read: none)."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.endswith(".json") and not e.name.startswith(".")
+                          and e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _read_doc(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except UnreadableFile:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dict[str, Any]]]]:
+    """What waits for each issue (None: the project), read from the files alone (status writes nothing here):
+    `commands`: given and not applied yet (`queued`, or `taken` by a holder that has not finished them: a killed
+    one's next holder applies them first), then those the holder refused (`refused`, with `error` and whether a
+    verb or a text status has shown it: `reported`); `followups`: kept for the issue's next try, not yet given."""
+    found: dict[int | None, dict[str, list[dict[str, Any]]]] = {}
+
+    def slot(issue: Any) -> dict[str, list[dict[str, Any]]]:
+        key = issue if isinstance(issue, int) and not isinstance(issue, bool) else None
+        return found.setdefault(key, {"commands": [], "followups": []})
+
+    directory = queue_dir(state_root, project)
+    done = {p.name: p for p in _files(directory / "done")}
+    seen: set[str] = set()
+    for state, stamp in (("taken", "taken_at"), ("queued", "queued_at")):
+        for path in _files(directory / state):
+            doc = _read_doc(path)
+            if doc is None or path.name in done or path.name in seen:
+                continue
+            seen.add(path.name)
+            slot(doc.get("issue"))["commands"].append(
+                {"id": path.stem, "verb": clip(str(doc.get("verb")), 20), "state": state,
+                 "at": _iso(doc.get(stamp) if doc.get(stamp) is not None else doc.get("queued_at")),
+                 "error": None, "reported": None})
+    for name, path in done.items():
+        doc = _read_doc(path)
+        if doc is None or doc.get("ok") is not False:
+            continue
+        slot(doc.get("issue"))["commands"].append(
+            {"id": path.stem, "verb": clip(str(doc.get("verb") or "command"), 20), "state": "refused",
+             "at": _iso(doc.get("done_at")), "error": clip(str(doc.get("error") or ""), 300),
+             "reported": doc.get("reported") is True})
+    for entry in found.values():
+        entry["commands"].sort(key=lambda c: c["id"])
+    try:
+        kept = read_json(followups_file(state_root, project), {"issues": {}})
+    except UnreadableFile:
+        kept = {}
+    issues = kept.get("issues") if isinstance(kept, dict) else None
+    for number in issues if isinstance(issues, dict) else {}:
+        if not number.isdigit():
+            continue
+        for e in pending_followups(state_root, project, int(number)):
+            text = " ".join(e["text"].split())
+            slot(int(number))["followups"].append(
+                {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
+                 "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."})
+    return found
+
+
+def mark_reported(state_root: Path, project: str, ids: list[str]) -> None:
+    """Refusals shown to the user (by the verb that waited for them, or a text status): shown once. Best effort:
+    a done/ file that cannot be rewritten is shown again, never lost."""
+    for command_id in ids:
+        path = queue_dir(state_root, project) / "done" / f"{command_id}.json"
+        doc = _read_doc(path)
+        if doc is None or doc.get("reported") is True:
+            continue
+        try:
+            write_json(path, {**doc, "reported": True})
+        except OSError:
+            pass
