@@ -429,11 +429,28 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
     freed = [v.ref.number for v in views if v.ref.project == cfg.project and command.issue in v.depends_on
              and not blocked(v, views) and v.status == "pending"]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
-    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on "
-             f"{cfg.branch_for(issue)} (branch and commits kept)"]
+    branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
+    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} "
+             + ("(branch and commits kept)" if _branch_left(repo.path, cfg.worktree_for(issue), branch) else
+                f"but its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin has "
+                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")]
     if freed:
         lines.append("no longer blocked: " + ", ".join(f"#{n}" for n in freed) + f" (they wait for #{issue.number})")
     return Outcome(True, lines)
+
+
+def _branch_left(repo: Path, worktree: Path, branch: str) -> bool:
+    """Whether the issue's work is still there for its next try: its worktree, its branch, or origin's copy of it
+    (what ensure_worktree takes, in that order). Read only; a repo git cannot read counts as kept (not ours to
+    judge here: the try says what is wrong)."""
+    from orchestrator.worktrees import ok
+
+    if worktree.is_dir():
+        return True
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        return True
+    return any(ok(repo, "rev-parse", "--verify", "-q", ref)
+               for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"))
 
 
 def streams_input(cfg: configs.ProjectConfig) -> bool:

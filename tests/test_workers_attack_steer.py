@@ -1,0 +1,47 @@
+"""The steering verbs attacked as a hostile or unlucky user would: each test failed before its fix.
+
+Real git with a bare remote, the fake agent of workers_fixtures, the real `python3 -m orchestrator` verbs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, git
+from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+
+from orchestrator.monitor import monitor
+from orchestrator.run import open_run
+
+PACKAGE = ROOT / "scripts" / "proof-workers"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(env),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_retry_of_an_issue_whose_branch_was_deleted_says_its_work_is_gone_instead_of_kept(project):
+    """The user deleted the failed issue's worktree and its branch, here and on origin: retry cannot keep what is
+    gone, and says the next try starts the branch afresh from the default branch."""
+    proj = project([{"number": 1, "title": "one"}], script={1: ["fail"]}, pipeline=["implement"], num_workers=1,
+                   max_retries=0)
+    assert monitor(open_run(), no_delay=True, say=lambda _: None) == 1
+    assert proj.issue(1)["status"] == "failed"
+    cfg = open_run().configs[0]
+    branch = cfg.branch_for(cfg.issue(1))
+    assert git(proj.repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}").strip()
+    git(proj.repo, "worktree", "remove", "--force", str(proj.root / "worktrees" / "issue-1"))
+    git(proj.repo, "branch", "-D", branch)
+    subprocess.run(["git", "push", "-q", str(proj.remote), f":refs/heads/{branch}"], cwd=proj.repo,
+                   capture_output=True)
+    git(proj.repo, "update-ref", "-d", f"refs/remotes/origin/{branch}")
+
+    retried = cli("retry", "1")
+    assert retried.returncode == 0, retried.stderr
+    assert "branch and commits kept" not in retried.stdout, retried.stdout
+    assert f"its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin " \
+        "has it, its next try starts it afresh from" in retried.stdout
+    assert proj.issue(1)["status"] == "pending"
