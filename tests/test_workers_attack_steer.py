@@ -45,3 +45,18 @@ def test_retry_of_an_issue_whose_branch_was_deleted_says_its_work_is_gone_instea
     assert f"its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin " \
         "has it, its next try starts it afresh from" in retried.stdout
     assert proj.issue(1)["status"] == "pending"
+
+
+def test_kill_of_an_issue_whose_try_already_ended_says_so_instead_of_signalling_nothing(project):
+    """The try finished (its exit code is written) but no monitor has judged it yet: kill still fails the issue
+    (the user asked; its branch and commits are kept), and says the try had ended, not that it was signalled."""
+    proj = project([{"number": 1, "title": "one"}], script={1: ["ok"]}, pipeline=["implement"], num_workers=1)
+    assert monitor(open_run(), once=True, say=lambda _: None) == 0  # starts #1's try, then exits
+    files = open_run().files
+    retry_until(lambda: files.read_signal(1, 1) is not None, seconds=90)
+    assert files.read_signal(1, 1) == 0 and proj.issue(1)["status"] == "in_progress"
+    killed = cli("kill", "1")
+    assert killed.returncode == 0, killed.stderr
+    assert "signalled" not in killed.stdout, killed.stdout
+    assert "its try (worker 1, try 1) had already ended (exit 0) before the kill" in killed.stdout, killed.stdout
+    assert proj.issue(1)["status"] == "failed"

@@ -370,8 +370,9 @@ def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], acti
             elif action.kind == "refuse":
                 outcome = Outcome(False, error=f"{command.verb if command else 'command'}: {action.reason}")
             else:
+                ended = run.files.read_signal(*held) if held is not None and command is not None else None
                 executor.execute([action])
-                outcome = _killed(run, command, held) if command is not None else None
+                outcome = _killed(run, command, held, ended) if command is not None else None
         except OrchestratorError as err:
             outcome = Outcome(False, error=f"{action.kind}: {err}")
         if command is not None and outcome is not None:
@@ -396,7 +397,7 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     return None
 
 
-def _killed(run: Run, command: Command, held: tuple[int, int] | None) -> Outcome:
+def _killed(run: Run, command: Command, held: tuple[int, int] | None, ended: int | None = None) -> Outcome:
     run.reload()  # the executor wrote the issue's status into the config file
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
@@ -404,6 +405,10 @@ def _killed(run: Run, command: Command, held: tuple[int, int] | None) -> Outcome
         return Outcome(False, error=f"kill: {label} did not fail (now {issue.status if issue else 'gone'}); see "
                                     "the event log")
     where = f" (worker {held[0]}, try {held[1]})" if held else ""
+    if ended is not None and held is not None:  # nothing was left to signal: its verdict is what the kill replaced
+        return Outcome(True, [f"killed {label}: its try{where} had already ended (exit {ended}) before the kill; it "
+                              "is not judged and the issue fails with `killed by user`; its branch and commits are "
+                              f"kept (retry {command.issue} puts it back)"])
     return Outcome(True, [f"killed {label}{where}: its processes are signalled and it fails with `killed by user`; "
                           f"its branch and commits are kept (retry {command.issue} puts it back)"])
 
