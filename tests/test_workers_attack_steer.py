@@ -60,3 +60,43 @@ def test_kill_of_an_issue_whose_try_already_ended_says_so_instead_of_signalling_
     assert "signalled" not in killed.stdout, killed.stdout
     assert "its try (worker 1, try 1) had already ended (exit 0) before the kill" in killed.stdout, killed.stdout
     assert proj.issue(1)["status"] == "failed"
+
+
+def test_a_verb_waiting_behind_another_verb_says_who_holds_the_queue_not_a_monitor_that_does_not_run(project):
+    """Two shells: one verb applies the queue under the monitor lock (no monitor runs) while another waits past its
+    --wait: the second says its command is queued behind that verb, never that a monitor (pid None) is busy."""
+    from orchestrator import commands, heartbeat
+    from orchestrator.state import monitor_lock
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    run = open_run()
+    with monitor_lock(run.locks()):  # as a verb applying commands holds it
+        marker = proj.state / "commands" / "applying.json"
+        commands.write_json(marker, {"pid": os.getpid(), "pid_start": heartbeat.process_start(os.getpid())})
+        waited = cli("pause", "--wait", "1")
+        marker.unlink()
+    assert waited.returncode == 0, waited.stderr
+    assert "pid None" not in waited.stdout and "busy in a cycle" not in waited.stdout, waited.stdout
+    assert f"another verb (pid {os.getpid()}) is applying commands" in waited.stdout, waited.stdout
+    assert cli("resume").returncode == 0  # the next holder applies the queued pause first, then the resume
+    outcomes = [json.loads(p.read_text()) for p in sorted((proj.state / "commands" / "done").glob("*.json"))]
+    assert [(o["verb"], o["ok"]) for o in outcomes] == [("pause", True), ("resume", True)]
+
+
+def test_a_fifo_where_queue_files_or_follow_ups_belong_never_hangs_a_verb_or_status(project):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    queued = proj.state / "commands" / "queued"
+    queued.mkdir(parents=True)
+    os.mkfifo(queued / "00000000000000000001-1-aaaaaa.json")
+    os.mkfifo(proj.state / "followups.json")
+    shown = cli("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    issue = json.loads(shown.stdout)["projects"][0]["issues"][0]
+    assert issue["commands"] == [] and issue["followups"] == []
+    sent = cli("send", "1", "hello")  # the FIFO is set aside (lib.statefile), the follow-up kept
+    assert sent.returncode == 0 and "stored for demo#1" in sent.stdout, sent
+    assert [f["words"] for f in json.loads(cli("status", "--json").stdout)["projects"][0]["issues"][0]["followups"]
+            ] == ["hello"]
+    paused = cli("pause")
+    assert paused.returncode == 0 and "paused demo" in paused.stdout, paused
+    assert not list(queued.iterdir())

@@ -190,14 +190,14 @@ def _applying_marker(run: Run) -> Path:
     return run.files.root / "commands" / "applying.json"
 
 
-def _verb_applying(run: Run) -> bool:
-    """Whether the lock is held by a live verb applying commands (not by a monitor or a launch)."""
+def _verb_applying(run: Run) -> int | None:
+    """The pid of the live verb applying commands under the lock, if one holds it (not a monitor or a launch)."""
     try:
         doc = read_json(_applying_marker(run))
-        started = doc.get("pid_start")
-        return started is not None and heartbeat.process_start(int(doc["pid"])) == started
+        started, pid = doc.get("pid_start"), int(doc["pid"])
+        return pid if started is not None and heartbeat.process_start(pid) == started else None
     except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):  # none there, or not ours
-        return False
+        return None
 
 
 @contextmanager
@@ -215,7 +215,7 @@ def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[N
                 yield
             return
         except MonitorBusy:
-            if entered or not _verb_applying(run) or time.monotonic() > deadline:
+            if entered or _verb_applying(run) is None or time.monotonic() > deadline:
                 raise
             if not said:
                 say("a verb is applying commands under the monitor lock: waiting for it")
@@ -224,12 +224,23 @@ def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[N
 
 
 def _queued_lines(run: Run, commands: list[Command]) -> list[str]:
+    """Where the commands wait, naming who holds the monitor lock: the running monitor, another verb applying
+    the queue (two shells), or neither known (a launch, a monitor starting)."""
     status = heartbeat.monitor_status(run.files.monitor)
     last = status.get("last_cycle_at")
-    when = f"its last cycle ended at {last}; " if last else ""
+    holder = _verb_applying(run)
+    if holder is not None:
+        why = (f"another verb (pid {holder}) is applying commands under the monitor lock; it, or the next "
+               "verb or monitor to hold the lock, applies this one")
+    elif status.get("running"):
+        when = f"its last cycle ended at {last}; " if last else ""
+        why = (f"the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies the command when that "
+               "cycle ends, at the start of the next one")
+    else:
+        why = ("the monitor lock is held (a launch, or a monitor starting) and no monitor runs yet; the next verb or "
+               "monitor to hold the lock applies it")
     return [f"queued {c.verb} {c.project}" + (f"#{c.issue}" if c.issue is not None else "") +
-            f" (command {c.id}): the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies "
-            "the command when that cycle ends, at the start of the next one" for c in commands]
+            f" (command {c.id}): {why}" for c in commands]
 
 
 # --- the lock holder's side ---------------------------------------------------------------------------------
