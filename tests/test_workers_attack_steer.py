@@ -100,3 +100,23 @@ def test_a_fifo_where_queue_files_or_follow_ups_belong_never_hangs_a_verb_or_sta
     paused = cli("pause")
     assert paused.returncode == 0 and "paused demo" in paused.stdout, paused
     assert not list(queued.iterdir())
+
+
+def test_a_pause_detail_or_follow_up_with_terminal_escapes_or_newlines_never_reaches_the_terminal_raw(project):
+    """A --detail or a follow-up text is the user's (or a script's) text: every line a verb or status prints shows
+    its control characters escaped, and a newline in it never makes a second line."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    nasty = "lunch\x1b]0;pwned\x07\x1b[2J\nerror: fake second line"
+    for args in (("pause", "--detail", nasty), ("pause", "1", "--detail", nasty), ("send", "1", nasty),
+                 ("status",), ("resume", "1"), ("resume",)):
+        result = cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout, (args, result.stdout)
+        assert not any(line.startswith("error: fake") for line in result.stdout.splitlines()), (args, result.stdout)
+    big = cli("send", "1", "\x1b[31m" + "y" * (20_000 - 5))
+    assert big.returncode == 0 and len(big.stdout) < 2000, big.stderr
+    too_big = cli("send", "1", "y" * 20_001)
+    assert too_big.returncode == 2 and "more than 20000" in too_big.stderr and len(too_big.stderr) < 300
+    status = cli("status")
+    assert "\x1b" not in status.stdout and "2 follow-ups kept" in status.stdout, status.stdout
+    assert max(len(line) for line in status.stdout.splitlines()) < 400

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
+from lib.views import visible
 from orchestrator import config as configs
 from orchestrator import heartbeat, pauses
 from orchestrator.decide import Action, Command
@@ -176,8 +177,9 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
     outcomes = [o for o in done if o is not None]
     for command in commands:  # this verb prints them: a status shows none of its refusals again
         mark_reported(run.state_root, command.project, [command.id])
-    lines = [line for o in outcomes for line in o.lines]
-    errors = [o.error for o in outcomes if o.error]
+    # A pause's detail, a path: the user's text is shown with its control characters escaped, each on its line.
+    lines = [visible(line) for o in outcomes for line in o.lines]
+    errors = [visible(o.error) for o in outcomes if o.error]
     others = sorted({o.by_pid for o in outcomes if o.by_pid not in (None, os.getpid())})
     if others:
         lines.append(f"(applied by the running monitor, pid {', '.join(map(str, others))})")
