@@ -120,3 +120,31 @@ def test_a_pause_detail_or_follow_up_with_terminal_escapes_or_newlines_never_rea
     status = cli("status")
     assert "\x1b" not in status.stdout and "2 follow-ups kept" in status.stdout, status.stdout
     assert max(len(line) for line in status.stdout.splitlines()) < 400
+
+
+def test_a_monitor_killed_while_a_verb_waits_for_it_leaves_the_verb_to_apply_its_command(project):
+    """The monitor, busy in a long cycle (stagger_delay), is killed -9 while a verb waits for it: the lock is
+    free again, and the waiting verb applies its command itself, saying so, within its wait."""
+    import signal
+
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], script={1: ["hang"], 2: ["hang"]},
+                   pipeline=["implement"], num_workers=2, stagger_delay=120)
+    running = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "30", "--no-delay"],
+                               cwd=PACKAGE, env=monitor_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        retry_until(lambda: proj.issue(1).get("status") == "in_progress", seconds=90)
+        waiting = subprocess.Popen([sys.executable, "-m", "orchestrator", "pause", "2", "--wait", "300"],
+                                   cwd=PACKAGE, env=monitor_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        retry_until(lambda: list((proj.state / "commands" / "queued").glob("*.json")), seconds=60)
+        running.send_signal(signal.SIGKILL)
+        running.wait(timeout=30)
+        out, err = waiting.communicate(timeout=240)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert waiting.returncode == 0, err
+    assert "paused demo#2" in out and "applied by the running monitor" not in out, out
+    assert json.loads((proj.state / "paused.json").read_text())["issues"]["2"][0]["reason"] == "user"
+    assert cli("kill", "1").returncode == 0
