@@ -17,16 +17,20 @@ from invoke.parser import Argument
 SHORT_FLAGS = {"jobs": "j", "tag": "t", "only": "o", "dirty": "d", "dry_run": "n"}
 
 
-def _in_parser_step(*steps: str) -> bool:
-    """Whether Invoke's parser is in one of these steps of its own (a few frames up)."""
+def _parser_step(*steps: str) -> Any:
+    """The frame of Invoke's parser when it is in one of these steps of its own (a few frames up), else None."""
     frame = sys._getframe(2)
     for _ in range(5):
         if frame is None:
-            return False
+            return None
         if frame.f_code.co_name in steps and frame.f_globals.get("__name__") == "invoke.parser.parser":
-            return True
+            return frame
         frame = frame.f_back
-    return False
+    return None
+
+
+def _in_parser_step(*steps: str) -> bool:
+    return _parser_step(*steps) is not None
 
 
 class Flag(Argument):
@@ -58,8 +62,11 @@ class WordOrFlag(Flag):
 
     @property  # type: ignore[override]
     def value(self) -> Any:
-        if not self.word_taken and _in_parser_step("handle", "see_positional_arg"):
-            return None  # the parser may still give it its word
+        step = None if self.word_taken else _parser_step("handle", "see_positional_arg")
+        if step is not None:
+            machine, token = step.f_locals.get("self"), step.f_locals.get("token")
+            if token is None or token not in getattr(machine, "contexts", {}):
+                return None  # the parser may still give it its word (a task's name is the next task, as ever)
         return self._value if self._value is not None else self.default
 
     @value.setter
