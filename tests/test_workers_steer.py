@@ -647,7 +647,8 @@ def test_status_shows_commands_a_busy_monitor_has_not_taken_its_refusals_once_an
 
 def test_status_with_no_monitor_shows_a_command_its_killed_verb_left_and_follow_ups_kept(project):
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
-    crashed = cli("send", "1", "first words of a long note " + "x" * 300, env={"ORCHESTRATOR_COMMANDS_CRASH_AT": "taken"})
+    crashed = cli("send", "1", "first words of a long note " + "x" * 300,
+                  env={"ORCHESTRATOR_COMMANDS_CRASH_AT": "taken"})
     assert crashed.returncode == -signal.SIGKILL
     one = issue_of(status(), 1)
     assert [(c["verb"], c["state"]) for c in one["commands"]] == [("send", "taken")] and one["followups"] == []
