@@ -105,7 +105,7 @@ def test_a_fifo_where_queue_files_or_follow_ups_belong_never_hangs_a_verb_or_sta
 def test_a_pause_detail_or_follow_up_with_terminal_escapes_or_newlines_never_reaches_the_terminal_raw(project):
     """A --detail or a follow-up text is the user's (or a script's) text: every line a verb or status prints shows
     its control characters escaped, and a newline in it never makes a second line."""
-    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
     nasty = "lunch\x1b]0;pwned\x07\x1b[2J\nerror: fake second line"
     for args in (("pause", "--detail", nasty), ("pause", "1", "--detail", nasty), ("send", "1", nasty),
                  ("status",), ("resume", "1"), ("resume",)):
