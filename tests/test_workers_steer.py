@@ -282,8 +282,8 @@ def test_send_with_a_running_monitor_is_kept_for_the_next_try_and_says_so(projec
         assert sent.returncode == 0, sent.stderr
         assert "stored for demo#1: given at the start of its next try (its running try (worker 1, try 1) reads " \
                "its prompt from a file and takes no input while it runs)" in sent.stdout
-        assert "if this try completes #1, no try follows to take it: to act on it now, kill 1, then retry 1" \
-            in sent.stdout
+        assert "if this try completes #1, no try follows to take it: to act on it now, kill 1, then retry 1; " \
+            "status shows it kept until a try takes it" in sent.stdout
         assert "applied by the running monitor" in sent.stdout
         one_line_refusal(cli("send", "1", "  "), "send: the text is empty")
         assert running.wait(timeout=120) == 0  # the stalled try restarts with the instruction, then completes
@@ -548,3 +548,134 @@ def test_a_follow_up_kept_before_its_holder_was_killed_is_kept_once_whatever_the
     assert [(o.get("verb"), o["ok"]) for o in outcomes] == [("send", True), ("send", True), ("pause", True)]
     kept = json.loads((proj.state / "followups.json").read_text())["issues"]
     assert [e["text"] for e in kept["1"]] == ["note 1"] and [e["text"] for e in kept["2"]] == ["note 2"]
+
+
+def test_pause_and_resume_take_the_issue_as_a_word_or_as_issue_in_both_front_doors(project, inv):
+    """`pause 1`, `pause --issue 1` (the same), and no issue (the project) in python3 -m orchestrator and in
+    inv workers.*; the issue given twice, differently, in either order: one line, exit 2, nothing queued."""
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], pipeline=["implement"],
+                   num_workers=1)
+
+    def paused() -> tuple[list[str], dict[str, list[str]]]:
+        doc = json.loads((proj.state / "paused.json").read_text())
+        return ([e["reason"] for e in doc["project"]],
+                {n: [e["reason"] for e in entries] for n, entries in doc["issues"].items() if entries})
+
+    for door in ("inv", "cli"):
+        def verb(*args: str) -> tuple[int, str, str]:
+            if door == "cli":
+                result = cli(*args)
+                return result.returncode, result.stdout, result.stderr
+            done = inv(f"workers.{args[0]}", *args[1:])
+            return done.code, done.out, done.err
+
+        code, out, err = verb("pause", "1")
+        assert code == 0 and "paused demo#1" in out, (door, out, err)
+        assert paused() == ([], {"1": ["user"]})
+        code, out, err = verb("resume", "--issue", "1")
+        assert code == 0 and "resumed demo#1: user" in out, (door, out, err)
+        code, out, err = verb("pause", "--issue", "2")
+        assert code == 0 and "paused demo#2" in out, (door, out, err)
+        code, out, err = verb("resume", "2")
+        assert code == 0 and "resumed demo#2: user" in out, (door, out, err)
+        assert paused() == ([], {})
+        for args in (("pause", "1", "--issue", "2"), ("pause", "--issue", "2", "1"), ("resume", "2", "--issue", "1")):
+            code, out, err = verb(*args)
+            assert code == 2 and err.startswith("error: ") and "give the issue once" in err, (door, args, out, err)
+            assert len(err.strip().splitlines()) == 1 and out == "", (door, args, out, err)
+        assert verb("pause", "1", "--issue", "1")[0] == 0  # the same issue twice is that issue
+        assert paused() == ([], {"1": ["user"]})
+        assert verb("resume", "1")[0] == 0
+        code, out, err = verb("pause", *(["workers.status"] if door == "inv" else []))  # inv: then the next task
+        assert code == 0 and out.startswith("paused demo: no try starts"), (door, out, err)
+        assert door == "cli" or "paused: user" in out, out
+        assert paused() == (["user"], {})
+        assert verb("resume")[0] == 0 and paused() == ([], {})
+    assert queue_left(proj) == []
+    assert [e["verb"] for e in actions_named(proj, "command")] == \
+        ["pause", "resume", "pause", "resume", "pause", "resume", "pause", "resume"] * 2
+
+
+# --- what waits: status shows queued commands, refusals and kept follow-ups ----------------------------------
+
+def issue_of(doc: dict[str, Any], number: int) -> dict[str, Any]:
+    return next(i for p in doc["projects"] for i in p["issues"] if i["number"] == number)
+
+
+def test_status_shows_commands_a_busy_monitor_has_not_taken_its_refusals_once_and_kept_follow_ups(project):
+    """A monitor busy in a long cycle (stagger_delay between two launches): the verbs past their wait are queued;
+    status shows each queued command under its issue (verb, when), then, once applied, a refusal's reason once in
+    text (always in JSON, with `reported`), and a follow-up kept for a try that is completing the issue."""
+    proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], script={1: ["hang"], 2: ["hang"]},
+                   pipeline=["implement"], num_workers=2, stagger_delay=40)
+    running = start_monitor()
+    try:
+        running_try(proj, 1)
+        for args in (("kill", "1"), ("kill", "1"), ("send", "2", "use the new API \x1b[31mnow\x1b[0m please")):
+            queued = cli(*args, "--wait", "0.5")
+            assert queued.returncode == 0 and queued.stdout.startswith(f"queued {args[0]} demo#{args[1]}"), queued
+        doc = status()  # the monitor sleeps out its stagger_delay of 40 s: nothing is taken yet
+        one, two = issue_of(doc, 1), issue_of(doc, 2)
+        assert [(c["verb"], c["state"]) for c in one["commands"]] == [("kill", "queued"), ("kill", "queued")]
+        assert [(c["verb"], c["state"]) for c in two["commands"]] == [("send", "queued")]
+        assert all(c["at"].endswith("Z") for c in one["commands"]) and two["followups"] == []
+        text = cli("status").stdout
+        assert "#1 waits: kill queued at " in text and "#2 waits: send queued at " in text, text
+        retry_until(lambda: not queue_left(proj), seconds=120)
+        doc = status()
+        one, two = issue_of(doc, 1), issue_of(doc, 2)
+        [refused] = one["commands"]
+        assert refused["state"] == "refused" and "#1 is failed: no try of it runs" in refused["error"]
+        assert refused["reported"] is False
+        assert two["commands"] == [] and [f["chars"] for f in two["followups"]] == [35]
+        assert two["followups"][0]["words"].startswith("use the new API")
+        text = cli("status").stdout
+        assert "\x1b" not in text
+        assert text.count("#1 refused: kill: ") == 1 and "no try of it runs" in text, text
+        assert "#2: 1 follow-up kept for its next try: \"use the new API" in text, text
+        assert "its running try is its last stage: if it completes #2, no try takes it" in text, text
+        again = cli("status").stdout
+        assert "#1 refused" not in again and "#2: 1 follow-up kept" in again  # a refusal is shown once
+        assert issue_of(status(), 1)["commands"][0]["reported"] is True
+        assert cli("kill", "2").returncode == 0
+        assert running.wait(timeout=90) == 1
+    finally:
+        stop(running)
+    text = cli("status").stdout
+    assert "#2: 1 follow-up kept for its next try" in text and "last stage" not in text  # #2 failed: retry takes it
+
+
+def test_status_with_no_monitor_shows_a_command_its_killed_verb_left_and_follow_ups_kept(project):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    crashed = cli("send", "1", "first words of a long note " + "x" * 300,
+                  env={"ORCHESTRATOR_COMMANDS_CRASH_AT": "taken"})
+    assert crashed.returncode == -signal.SIGKILL
+    one = issue_of(status(), 1)
+    assert [(c["verb"], c["state"]) for c in one["commands"]] == [("send", "taken")] and one["followups"] == []
+    assert "#1 waits: send taken at " in cli("status").stdout
+    assert cli("send", "1", "second").returncode == 0  # applies the one left first
+    one = issue_of(status(), 1)
+    assert one["commands"] == [] and [f["chars"] for f in one["followups"]] == [327, 6]
+    assert all(len(f["words"]) <= 60 for f in one["followups"])
+    text = cli("status").stdout
+    assert "#1: 2 follow-ups kept for its next try: \"first words of a long note" in text, text
+    from orchestrator.dashboard import render
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render(status()))
+    assert "#1: 2 follow-ups kept for its next try" in console.export_text()
+
+
+def test_send_to_a_try_before_its_last_stage_says_the_next_stages_try_takes_it(project):
+    proj = project([{"number": 1, "title": "two stages"}], script={1: ["hang", "ok", "ok"]},
+                   pipeline=["implement", "review"], num_workers=1)
+    assert monitor(open_run(), once=True, say=lambda _: None) == 0  # starts #1's implement try, then exits
+    running_try(proj, 1)
+    sent = cli("send", "1", "mind the tests")
+    assert sent.returncode == 0, sent.stderr
+    assert "if this try completes its stage, the try of the next one (review) takes it" in sent.stdout
+    assert "kill 1" not in sent.stdout
+    text = cli("status").stdout
+    assert "#1: 1 follow-up kept for its next try: \"mind the tests\"" in text and "last stage" not in text, text
+    assert cli("kill", "1").returncode == 0

@@ -200,15 +200,19 @@ def _monitor(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _status(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from orchestrator.report import status_document, status_lines
+    from orchestrator.commands import mark_reported
+    from orchestrator.report import status_document, status_lines, unreported_refusals
     from orchestrator.run import open_run
 
-    doc = status_document(open_run(args.config, args.config_dir, args.workers, args.session))
+    run = open_run(args.config, args.config_dir, args.workers, args.session)
+    doc = status_document(run)
     if args.json:
         out(json.dumps(doc, indent=2, ensure_ascii=False))
-    else:
-        for line in status_lines(doc):
-            out(line)
+        return 0
+    for line in status_lines(doc):
+        out(line)
+    for project, ids in unreported_refusals(doc).items():  # a refusal the text showed is shown once
+        mark_reported(run.state_root, project, ids)
     return 0
 
 

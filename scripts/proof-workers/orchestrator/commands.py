@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
+from lib.views import visible
 from orchestrator import config as configs
 from orchestrator import heartbeat, pauses
 from orchestrator.decide import Action, Command
@@ -174,8 +175,11 @@ def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: fl
             return Outcome(True, _queued_lines(run, commands))
         time.sleep(POLL)
     outcomes = [o for o in done if o is not None]
-    lines = [line for o in outcomes for line in o.lines]
-    errors = [o.error for o in outcomes if o.error]
+    for command in commands:  # this verb prints them: a status shows none of its refusals again
+        mark_reported(run.state_root, command.project, [command.id])
+    # A pause's detail, a path: the user's text is shown with its control characters escaped, each on its line.
+    lines = [visible(line) for o in outcomes for line in o.lines]
+    errors = [visible(o.error) for o in outcomes if o.error]
     others = sorted({o.by_pid for o in outcomes if o.by_pid not in (None, os.getpid())})
     if others:
         lines.append(f"(applied by the running monitor, pid {', '.join(map(str, others))})")
@@ -188,14 +192,14 @@ def _applying_marker(run: Run) -> Path:
     return run.files.root / "commands" / "applying.json"
 
 
-def _verb_applying(run: Run) -> bool:
-    """Whether the lock is held by a live verb applying commands (not by a monitor or a launch)."""
+def _verb_applying(run: Run) -> int | None:
+    """The pid of the live verb applying commands under the lock, if one holds it (not a monitor or a launch)."""
     try:
         doc = read_json(_applying_marker(run))
-        started = doc.get("pid_start")
-        return started is not None and heartbeat.process_start(int(doc["pid"])) == started
+        started, pid = doc.get("pid_start"), int(doc["pid"])
+        return pid if started is not None and heartbeat.process_start(pid) == started else None
     except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):  # none there, or not ours
-        return False
+        return None
 
 
 @contextmanager
@@ -213,7 +217,7 @@ def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[N
                 yield
             return
         except MonitorBusy:
-            if entered or not _verb_applying(run) or time.monotonic() > deadline:
+            if entered or _verb_applying(run) is None or time.monotonic() > deadline:
                 raise
             if not said:
                 say("a verb is applying commands under the monitor lock: waiting for it")
@@ -222,12 +226,23 @@ def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[N
 
 
 def _queued_lines(run: Run, commands: list[Command]) -> list[str]:
+    """Where the commands wait, naming who holds the monitor lock: the running monitor, another verb applying
+    the queue (two shells), or neither known (a launch, a monitor starting)."""
     status = heartbeat.monitor_status(run.files.monitor)
     last = status.get("last_cycle_at")
-    when = f"its last cycle ended at {last}; " if last else ""
+    holder = _verb_applying(run)
+    if holder is not None:
+        why = (f"another verb (pid {holder}) is applying commands under the monitor lock; it, or the next "
+               "verb or monitor to hold the lock, applies this one")
+    elif status.get("running"):
+        when = f"its last cycle ended at {last}; " if last else ""
+        why = (f"the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies the command when that "
+               "cycle ends, at the start of the next one")
+    else:
+        why = ("the monitor lock is held (a launch, or a monitor starting) and no monitor runs yet; the next verb or "
+               "monitor to hold the lock applies it")
     return [f"queued {c.verb} {c.project}" + (f"#{c.issue}" if c.issue is not None else "") +
-            f" (command {c.id}): the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies "
-            "the command when that cycle ends, at the start of the next one" for c in commands]
+            f" (command {c.id}): {why}" for c in commands]
 
 
 # --- the lock holder's side ---------------------------------------------------------------------------------
@@ -368,8 +383,9 @@ def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], acti
             elif action.kind == "refuse":
                 outcome = Outcome(False, error=f"{command.verb if command else 'command'}: {action.reason}")
             else:
+                ended = run.files.read_signal(*held) if held is not None and command is not None else None
                 executor.execute([action])
-                outcome = _killed(run, command, held) if command is not None else None
+                outcome = _killed(run, command, held, ended) if command is not None else None
         except OrchestratorError as err:
             outcome = Outcome(False, error=f"{action.kind}: {err}")
         if command is not None and outcome is not None:
@@ -394,7 +410,7 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     return None
 
 
-def _killed(run: Run, command: Command, held: tuple[int, int] | None) -> Outcome:
+def _killed(run: Run, command: Command, held: tuple[int, int] | None, ended: int | None = None) -> Outcome:
     run.reload()  # the executor wrote the issue's status into the config file
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
@@ -402,6 +418,10 @@ def _killed(run: Run, command: Command, held: tuple[int, int] | None) -> Outcome
         return Outcome(False, error=f"kill: {label} did not fail (now {issue.status if issue else 'gone'}); see "
                                     "the event log")
     where = f" (worker {held[0]}, try {held[1]})" if held else ""
+    if ended is not None and held is not None:  # nothing was left to signal: its verdict is what the kill replaced
+        return Outcome(True, [f"killed {label}: its try{where} had already ended (exit {ended}) before the kill; it "
+                              "is not judged and the issue fails with `killed by user`; its branch and commits are "
+                              f"kept (retry {command.issue} puts it back)"])
     return Outcome(True, [f"killed {label}{where}: its processes are signalled and it fails with `killed by user`; "
                           f"its branch and commits are kept (retry {command.issue} puts it back)"])
 
@@ -427,11 +447,28 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
     freed = [v.ref.number for v in views if v.ref.project == cfg.project and command.issue in v.depends_on
              and not blocked(v, views) and v.status == "pending"]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
-    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on "
-             f"{cfg.branch_for(issue)} (branch and commits kept)"]
+    branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
+    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} "
+             + ("(branch and commits kept)" if _branch_left(repo.path, cfg.worktree_for(issue), branch) else
+                f"but its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin has "
+                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")]
     if freed:
         lines.append("no longer blocked: " + ", ".join(f"#{n}" for n in freed) + f" (they wait for #{issue.number})")
     return Outcome(True, lines)
+
+
+def _branch_left(repo: Path, worktree: Path, branch: str) -> bool:
+    """Whether the issue's work is still there for its next try: its worktree, its branch, or origin's copy of it
+    (what ensure_worktree takes, in that order). Read only; a repo git cannot read counts as kept (not ours to
+    judge here: the try says what is wrong)."""
+    from orchestrator.worktrees import ok
+
+    if worktree.is_dir():
+        return True
+    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
+        return True
+    return any(ok(repo, "rev-parse", "--verify", "-q", ref)
+               for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"))
 
 
 def streams_input(cfg: configs.ProjectConfig) -> bool:
@@ -538,9 +575,13 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
     say(f"#{command.issue}: follow-up stored for its next try")
     lines = [f"stored for {label}: given at the start of its next try ({why}); a restarted try resumes the "
              "agent's session where the agent can"]
-    if running:  # said plainly: a try that completes the issue leaves no next try to give it to
+    pipeline = run.config_of(command.project).pipeline
+    if running and record is not None and record.stage_index < len(pipeline) - 1:
+        lines.append(f"if this try completes its stage, the try of the next one ({pipeline[record.stage_index + 1]}) "
+                     "takes it")
+    elif running:  # said plainly: a try that completes the issue leaves no next try to give it to
         lines.append(f"if this try completes #{command.issue}, no try follows to take it: to act on it now, "
-                     f"kill {command.issue}, then retry {command.issue}")
+                     f"kill {command.issue}, then retry {command.issue}; status shows it kept until a try takes it")
     return Outcome(True, lines)
 
 
@@ -618,3 +659,96 @@ def apply_queue(run: Run, say: Callable[[str], None]) -> None:
                                                                                           decided)})
     by_worker = {r.worker_id: r for r in records}
     execute(run, Executor(run, by_worker, say), by_worker, actions, rest, retaken, say)
+
+
+# --- what waits, for status and the dashboard ---------------------------------------------------------------
+
+FOLLOWUP_WORDS = 60  # characters of a kept follow-up status shows
+
+
+def _iso(seconds: Any) -> str | None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _files(directory: Path) -> list[Path]:
+    """The command files of one queue directory, in the order given (a directory that does not read: none)."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.endswith(".json") and not e.name.startswith(".")
+                          and e.is_file(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def _read_doc(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except UnreadableFile:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dict[str, Any]]]]:
+    """What waits for each issue (None: the project), read from the files alone (status writes nothing here):
+    `commands`: given and not applied yet (`queued`, or `taken` by a holder that has not finished them: a killed
+    one's next holder applies them first), then those the holder refused (`refused`, with `error` and whether a
+    verb or a text status has shown it: `reported`); `followups`: kept for the issue's next try, not yet given."""
+    found: dict[int | None, dict[str, list[dict[str, Any]]]] = {}
+
+    def slot(issue: Any) -> dict[str, list[dict[str, Any]]]:
+        key = issue if isinstance(issue, int) and not isinstance(issue, bool) else None
+        return found.setdefault(key, {"commands": [], "followups": []})
+
+    directory = queue_dir(state_root, project)
+    done = {p.name: p for p in _files(directory / "done")}
+    seen: set[str] = set()
+    for state, stamp in (("taken", "taken_at"), ("queued", "queued_at")):
+        for path in _files(directory / state):
+            doc = _read_doc(path)
+            if doc is None or path.name in done or path.name in seen:
+                continue
+            seen.add(path.name)
+            slot(doc.get("issue"))["commands"].append(
+                {"id": path.stem, "verb": clip(str(doc.get("verb")), 20), "state": state,
+                 "at": _iso(doc.get(stamp) if doc.get(stamp) is not None else doc.get("queued_at")),
+                 "error": None, "reported": None})
+    for name, path in done.items():
+        doc = _read_doc(path)
+        if doc is None or doc.get("ok") is not False:
+            continue
+        slot(doc.get("issue"))["commands"].append(
+            {"id": path.stem, "verb": clip(str(doc.get("verb") or "command"), 20), "state": "refused",
+             "at": _iso(doc.get("done_at")), "error": clip(str(doc.get("error") or ""), 300),
+             "reported": doc.get("reported") is True})
+    for entry in found.values():
+        entry["commands"].sort(key=lambda c: c["id"])
+    try:
+        kept = read_json(followups_file(state_root, project), {"issues": {}})
+    except UnreadableFile:
+        kept = {}
+    issues = kept.get("issues") if isinstance(kept, dict) else None
+    for number in issues if isinstance(issues, dict) else {}:
+        if not number.isdigit():
+            continue
+        for e in pending_followups(state_root, project, int(number)):
+            text = " ".join(e["text"].split())
+            slot(int(number))["followups"].append(
+                {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
+                 "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."})
+    return found
+
+
+def mark_reported(state_root: Path, project: str, ids: list[str]) -> None:
+    """Refusals shown to the user (by the verb that waited for them, or a text status): shown once. Best effort:
+    a done/ file that cannot be rewritten is shown again, never lost."""
+    for command_id in ids:
+        path = queue_dir(state_root, project) / "done" / f"{command_id}.json"
+        doc = _read_doc(path)
+        if doc is None or doc.get("reported") is True:
+            continue
+        try:
+            write_json(path, {**doc, "reported": True})
+        except OSError:
+            pass

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from lib.views import visible
 from orchestrator.heartbeat import monitor_line
-from orchestrator.report import agent_text, alert_line, count_text, paused_line, pr_text, usage_text
+from orchestrator.report import agent_text, alert_line, count_text, paused_line, pr_text, usage_text, wait_lines
 
 STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
                "pending": "white", "waiting": "dim", "merged": "green", "pr_open": "cyan", "ci_failed": "red",
@@ -55,6 +55,7 @@ def render(doc: dict[str, Any]) -> Group:
                   ] if project.get("paused") else []
         paused += [Text(visible(f"#{i['number']} " + paused_line(i["paused"])), style="yellow")
                    for i in project["issues"] if i.get("paused")]
+        paused += [Text(visible(line), style="cyan") for line in wait_lines(project)]
         # A bare ProgressBar ends without a line break, and the table's header row was drawn over by it.
         bar = Table.grid(expand=True)
         bar.add_row(ProgressBar(total=max(project["total"], 1), completed=finished))

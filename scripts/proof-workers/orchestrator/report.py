@@ -8,7 +8,7 @@ from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
-from orchestrator import agents, alerts, heartbeat, pauses, pulls, resume, worktree_setup
+from orchestrator import agents, alerts, commands, heartbeat, pauses, pulls, resume, worktree_setup
 from orchestrator.act import agent_log, try_tag
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
@@ -154,6 +154,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     usage = usage_totals(run)
     for cfg in run.configs:
         paused = _pauses_of(run, cfg.project, now)
+        waits = commands.waits(run.state_root, cfg.project)
         prs = pulls.pr_states(run.state_root, cfg.project,
                               {i.number: by_ref[IssueRef(cfg.project, i.number)].status for i in cfg.issues},
                               {r.issue_number for r in records if r.project == cfg.project and r.pr})
@@ -175,6 +176,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.stage_name(issue),
                            "assigned_worker": issue.assigned_worker,
                            "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []), "pr": pr,
+                           **waits.get(issue.number, {"commands": [], "followups": []}),
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
@@ -182,6 +184,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         projects.append({"project": cfg.project, "config": str(cfg.path), "pipeline": list(cfg.pipeline),
                          "waves": sorted({i.wave for i in cfg.issues}), "total": len(issues),
                          "counts": counts, "issues": issues, "paused": paused.get(None, []),
+                         "commands": waits.get(None, {"commands": []})["commands"],
                          "cost_usd": round(sum(i["cost_usd"] for i in issues), 6),
                          "turns": sum(i["turns"] for i in issues)})
     held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
@@ -302,6 +305,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
                                  ["issue", "title", "state", "stage", "wave", "prio", "depends on", "usage"]
                                  + (["pr"] if any(j.get("pr") for j in project["issues"]) else [])))
         lines += [visible(f"#{i['number']} {paused_line(i['paused'])}") for i in project["issues"] if i["paused"]]
+        lines += [visible(line) for line in wait_lines(project)]
     if doc["next_eligible"]:
         lines.append("next: " + ", ".join(f"#{n['number']}" for n in doc["next_eligible"]))
     for failure in doc["failures"]:
@@ -332,3 +336,40 @@ def alert_line(alert: dict[str, Any]) -> str:
     where = f"#{alert.get('issue')}" if alert.get("issue") is not None else str(alert.get("project"))
     worker = f" worker-{alert['worker']}" if alert.get("worker") is not None else ""
     return f"alert: {alert.get('kind')} {where}{worker} at {alert.get('at')}: {clip(str(alert.get('detail')), 200)}"
+
+
+def wait_lines(project: dict[str, Any]) -> list[str]:
+    """What waits, a line each: commands not applied yet (`#3 waits: send queued at T`), a refusal not shown yet
+    (`#3 refused: retry: ...`), follow-ups kept for an issue's next try (and when no try may come to take them)."""
+    lines = []
+    last = len(project["pipeline"]) - 1
+    for where, item in [(project["project"], project)] + [(f"#{i['number']}", i) for i in project["issues"]]:
+        pending = [c for c in item.get("commands") or [] if c["state"] in ("queued", "taken")]
+        if pending:
+            lines.append(f"{where} waits: " + ", ".join(f"{c['verb']} {c['state']} at {c['at']}" for c in pending))
+        lines += [f"{where} refused: {c['error']} (at {c['at']})" for c in item.get("commands") or []
+                  if c["state"] == "refused" and not c["reported"]]
+        kept = item.get("followups") or []
+        if not kept:
+            continue
+        line = (f"{where}: {len(kept)} follow-up{'s' if len(kept) > 1 else ''} kept for its next try: "
+                f"\"{kept[0]['words']}\"" + (f" (+{len(kept) - 1} more)" if len(kept) > 1 else ""))
+        number = item.get("number")
+        if item.get("status") == "completed":
+            line += f"; #{number} completed before a try took them: none will"
+        elif item.get("status") == "in_progress" and item.get("pipeline_stage", 0) >= last:
+            line += (f"; its running try is its last stage: if it completes #{number}, no try takes "
+                     f"{'them' if len(kept) > 1 else 'it'} (kill {number}, then retry {number}, to act on "
+                     f"{'them' if len(kept) > 1 else 'it'} now)")
+        lines.append(line)
+    return lines
+
+
+def unreported_refusals(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """project -> the ids of refused commands a text status shows now (then marked: shown once)."""
+    out: dict[str, list[str]] = {}
+    for project in doc["projects"]:
+        for item in [project, *project["issues"]]:
+            out.setdefault(project["project"], []).extend(
+                c["id"] for c in item.get("commands") or [] if c["state"] == "refused" and not c["reported"])
+    return out
