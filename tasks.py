@@ -831,11 +831,10 @@ def workers_add_issue(c, number, title, priority=Count(1), wave=Count(1), depend
                  config=config, config_dir=config_dir)
 
 
-@task(name="pause", optional_positional=["issue"],
-      help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
-            "issue": "only this issue, as a word (pause 3) or --issue 3 (none, or 0: the project and all its issues)",
-            "detail": "why, shown by status"})
-def workers_pause(c, issue=Count(0), config="", config_dir="", workers=UNSET_WORKERS, session="", project="",
+@task(name="pause", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                          "issue": "only this issue (0: the project and all its issues)",
+                          "detail": "why, shown by status"})
+def workers_pause(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0),
                   detail=""):
     """Pause the project(s) or one issue (reason user): no try starts; running tries finish."""
     _workers_cli("pause", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
@@ -843,10 +842,9 @@ def workers_pause(c, issue=Count(0), config="", config_dir="", workers=UNSET_WOR
                  session=session)
 
 
-@task(name="resume", optional_positional=["issue"],
-      help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
-            "issue": "only this issue, as a word (resume 3) or --issue 3 (none, or 0: the project and all its issues)"})
-def workers_resume(c, issue=Count(0), config="", config_dir="", workers=UNSET_WORKERS, session="", project=""):
+@task(name="resume", help={**WORKERS_CONFIG_HELP, "project": "only this project (default: every project of the run)",
+                           "issue": "only this issue (0: the project and all its issues)"})
+def workers_resume(c, config="", config_dir="", workers=UNSET_WORKERS, session="", project="", issue=Count(0)):
     """Clear the user, alert and auth pauses of the project(s), or of one issue."""
     _workers_cli("resume", *(["--project", project] if project else []), *(["--issue", issue] if issue else []),
                  config=config, config_dir=config_dir, workers=workers, session=session)
