@@ -567,7 +567,8 @@ def test_pause_and_resume_take_the_issue_as_a_word_or_as_issue(project, inv):
             if door == "cli":
                 result = cli(*args)
                 return result.returncode, result.stdout, result.stderr
-            words = [w for a in args[1:] for w in (("--issue", a) if a.isdigit() else (a,))]
+            words = list(args[1:]) if "--issue" in args else \
+                [w for a in args[1:] for w in (("--issue", a) if a.isdigit() else (a,))]
             done = inv(f"workers.{args[0]}", *words)
             return done.code, done.out, done.err
 
