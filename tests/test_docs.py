@@ -1,13 +1,17 @@
-"""The docs cannot drift from the code: every command in README, CLAUDE.md and the playbooks exists.
+"""The docs cannot drift from the code: every command in README, CLAUDE.md, the playbooks and docs/ exists,
+and every task, option and make target that exists is documented.
 
 Each `inv ...`, `make ...` and `python scripts/...` command, in code blocks (fenced or indented)
 (shell sessions, CI YAML) and in inline code, is checked against the real
 thing: Invoke's own parser over tasks.py's collection (task names, flags,
 positional arguments), `make -n` on the Makefile, and each script's argparse
-options (from its `--help`).
+options (from its `--help`). The other way round, every task of that parser
+is named as `inv TASK`, each of its long options appears with it, and every
+target of make's own database is named as `make TARGET`.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -42,7 +46,8 @@ class Command:
 
 
 def doc_files() -> list[Path]:
-    return [ROOT / "README.md", ROOT / "CLAUDE.md", *sorted((ROOT / "playbooks").glob("*.md"))]
+    return [ROOT / "README.md", ROOT / "CLAUDE.md", *sorted((ROOT / "playbooks").glob("*.md")),
+            *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def split_segments(text: str) -> list[list[str]]:
@@ -207,6 +212,59 @@ def check(command: Command) -> str | None:
     return check_script(command.words)
 
 
+# --- the other way round: what exists is documented ---------------------------------------------------------
+
+# A rule line in make's database ("name: prerequisites", "name: VAR = value"), not a variable (`:=`).
+MAKE_RULE_RE = re.compile(r"^([^\s#:=][^\s:=]*):(?!=)")
+
+
+@lru_cache(maxsize=1)
+def make_targets() -> tuple[str, ...]:
+    """The Makefile's own targets, read from make's database (`make -p`).
+
+    A name make lists as "Not a target" (a file a rule only depends on), a special target (`.PHONY`) and a
+    file target (`.venv/.installed`) are left out. The goal asked for does not exist, so nothing is made; the
+    database's headings are read in the C locale, and the environment of a calling make is not passed on.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKEFILES", "MAKELEVEL")}
+    result = subprocess.run(["make", "--no-print-directory", "-pRrq", "-f", "Makefile", ".no-such-goal"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "LC_ALL": "C"})
+    database = result.stdout.split("\n# Files\n", 1)[-1].split("\n# Finished Make data base", 1)[0]
+    targets, previous = set(), ""
+    for line in database.splitlines():
+        rule = MAKE_RULE_RE.match(line)
+        if rule and previous != "# Not a target:" and not rule.group(1).startswith(".") and "/" not in rule.group(1):
+            targets.add(rule.group(1))
+        previous = line
+    return tuple(sorted(targets))
+
+
+def coverage_gaps(commands: list[Command], contexts, targets) -> list[str]:
+    """What the docs leave out: a task never named as `inv TASK`, a long option never shown with its task
+    (in its command, or as a `--flag` span of a table row that starts with `inv TASK`), a make target never
+    named as `make TARGET`. The `--no-...` forms Invoke adds for booleans that default to true are not options
+    of their own."""
+    named, shown, made = set(), set(), set()
+    for command in commands:
+        first, rest = command.words[0], command.words[1:]
+        if first in ("inv", "invoke"):
+            named.add(rest[0])
+            shown.update((rest[0], word.split("=", 1)[0]) for word in rest[1:] if word.startswith("--"))
+        elif first == "make":
+            made.add(rest[0])
+    gaps = []
+    for ctx in contexts:
+        names = {ctx.name, *ctx.aliases}
+        if not names & named:
+            gaps.append(f"inv {ctx.name}: the task is named nowhere in the docs")
+            continue
+        gaps += [f"inv {ctx.name} {flag}: the option is shown nowhere with its task" for flag in ctx.flags
+                 if flag.startswith("--") and flag not in ctx.inverse_flags
+                 and not any((name, flag) in shown for name in names)]
+    gaps += [f"make {target}: the target is named nowhere in the docs" for target in targets if target not in made]
+    return gaps
+
+
 # --- the tests ---------------------------------------------------------------------------------------------
 
 def test_every_documented_command_exists_with_every_flag_it_uses():
@@ -221,6 +279,22 @@ def test_the_docs_cover_the_whole_command_surface():
                      "inv report", "make demo", "make test-all", "python scripts/scan_all_repos.py",
                      "python scripts/run_all_tests.py"):
         assert expected in commands, expected
+
+
+def test_every_task_option_and_make_target_is_documented():
+    assert {"setup", "demo", "test", "test-all", "clean"} <= set(make_targets()), make_targets()
+    commands = [c for path in doc_files() for c in extract_commands(path)]
+    gaps = coverage_gaps(commands, invoke_parser().contexts.values(), make_targets())
+    assert not gaps, "what exists but is not documented:\n" + "\n".join(gaps)
+
+
+def test_the_docs_folder_is_read_once_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert doc_files() == [tmp_path / "README.md", tmp_path / "CLAUDE.md"]  # no docs/ yet: nothing more
+    (tmp_path / "docs").mkdir()
+    for name in ("status.md", "build-hosts.md", "notes.txt"):
+        (tmp_path / "docs" / name).write_text("`inv status`\n")
+    assert doc_files()[2:] == [tmp_path / "docs" / "build-hosts.md", tmp_path / "docs" / "status.md"]
 
 
 def test_every_playbook_is_listed_in_the_playbook_index():
@@ -259,6 +333,40 @@ def test_the_checker_catches_a_made_up_command_or_flag(tmp_path, doc, problem):
     assert commands, "the command was extracted"
     problems = [p for c in commands if (p := check(c))]
     assert problems and problem in problems[0], problems
+
+
+def _contexts(*names: str) -> list:
+    return [ctx for ctx in invoke_parser().contexts.values() if ctx.name in names]
+
+
+@pytest.mark.parametrize("doc, tasks, targets, gap", [
+    ("`inv task.list --state S --repo R` lists tasks.", ["task.list"], [], "inv task.list --json: the option"),
+    ("| list | `inv task.list` (`--state S`, `--json`) |", ["task.list"], [], "inv task.list --repo: the option"),
+    ("`inv task.list --state S --repo R`; `--json` outside a table row", ["task.list"], [], "inv task.list --json"),
+    ("`inv task.list --state S --repo R --json`", ["task.list", "task.show"], [], "inv task.show: the task"),
+    ("`inv task.show --id` and `make status`", [], ["status", "clean"], "make clean: the target"),
+    ("`inv workers.monitor --cycle 5 --once`", ["workers.monitor"], [], "inv workers.monitor --no-delay"),
+    ("`inv build staking` and `inv test --repo staking`", ["build"], [], "inv build --repo: the option"),
+])
+def test_the_checker_catches_an_undocumented_task_option_or_target(tmp_path, doc, tasks, targets, gap):
+    gaps = coverage_gaps(extract_commands(tmp_path / "doc.md", doc), _contexts(*tasks), targets)
+    assert any(g.startswith(gap) for g in gaps), gaps
+
+
+def test_the_coverage_check_passes_a_doc_that_names_everything_and_skips_inverse_flags(tmp_path):
+    from invoke import Collection, task as invoke_task
+
+    @invoke_task
+    def paint(c, colour=True, no_delay=False):
+        """A boolean defaulting to true gets --no-colour from Invoke; --no-delay is an option of its own."""
+
+    paint_ctx = Collection(paint).to_contexts()
+    doc = ("`inv task.list --state S --repo R --json`, `inv paint --colour --no-delay`\n"
+           "| show | `inv task.show <id>` | `--id ID` |\n```sh\nmake status\n```\n")
+    assert coverage_gaps(extract_commands(tmp_path / "doc.md", doc), _contexts("task.list", "task.show") + paint_ctx,
+                         ["status"]) == []
+    assert coverage_gaps(extract_commands(tmp_path / "doc.md", "`inv paint --colour`"), paint_ctx, []) == [
+        "inv paint --no-delay: the option is shown nowhere with its task"]
 
 
 def test_the_extractor_reads_sessions_yaml_continuations_and_chains(tmp_path):
