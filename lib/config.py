@@ -147,7 +147,7 @@ def load_workspace(config_file: Path) -> Workspace:
         raise ConfigError(
             f"{config_file}: not found; create it with "
             '{"repositories": [{"name": "myrepo", "local": "/path/to/myrepo"}]} '
-            "(see README, Configuration) or set ORCHESTRATOR_HOME to a directory that has config/repos.json"
+            "(see docs/config-and-state.md) or set ORCHESTRATOR_HOME to a directory that has config/repos.json"
         )
     return parse_workspace(read_config_json(config_file), config_file)
 

@@ -305,11 +305,10 @@ def test_every_playbook_is_listed_in_the_playbook_index():
 
 
 def test_the_ci_jobs_run_the_scan_and_test_all_and_publish_the_junit_report():
-    readme = (ROOT / "README.md").read_text()
-    ci = readme.split("## In CI", 1)[1].split("\n## ", 1)[0]
+    ci = (ROOT / "docs" / "ci.md").read_text()
     github, gitlab = ci.split("GitLab CI", 1)
     for job in (github, gitlab):
-        commands = [" ".join(c.words) for c in extract_commands(Path("README.md"), job)]
+        commands = [" ".join(c.words) for c in extract_commands(Path("docs/ci.md"), job)]
         assert "python scripts/scan_all_repos.py" in commands
         assert "python scripts/run_all_tests.py --junit-xml reports/junit.xml" in commands
     assert "report_paths: reports/junit.xml" in github and "junit: reports/junit.xml" in gitlab
@@ -378,3 +377,63 @@ def test_the_extractor_reads_sessions_yaml_continuations_and_chains(tmp_path):
         "inv status --json", "make demo", "inv task.list --state active",
         "python scripts/run_all_tests.py --junit-xml x.xml",
         "inv task.add PLACEHOLDER-title --repo R --priority P --type T"]
+
+
+# --- links between the pages -----------------------------------------------------------------------------
+
+LINK_RE = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+
+
+def anchors_of(path: Path) -> set[str]:
+    """GitHub's anchors of a markdown file: each heading's slug (lower case, punctuation dropped, spaces as
+    hyphens) and each explicit `<a id="...">`."""
+    found: set[str] = set()
+    fence = False
+    for line in path.read_text().splitlines():
+        if FENCE_RE.match(line):
+            fence = not fence
+            continue
+        if fence:
+            continue
+        if re.match(r"^#{1,6} ", line):
+            found.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+        found.update(re.findall(r'<a id="([^"]+)">', line))
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    problems = []
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for target in LINK_RE.findall(text):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http:, https:, mailto:: not ours to check here
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part).resolve() if file_part else path
+        if not linked.exists():
+            problems.append(f"{path.relative_to(ROOT)}: {target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors_of(linked):
+            problems.append(f"{path.relative_to(ROOT)}: {target}: no such anchor in {linked.name}")
+    return problems
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    problems = [problem for path in doc_files() for problem in broken_links(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_readme_stays_a_page_for_newcomers_and_links_every_reference_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 220  # the reference lives in docs/
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in readme, page.name
+
+
+def test_the_link_check_catches_a_missing_page_and_a_missing_anchor(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A page\n\n<a id=\"here\"></a>text\n")
+    doc = tmp_path / "README.md"
+    doc.write_text("[ok](docs/a.md#a-page) [ok](docs/a.md#here) [bad](docs/b.md) [bad](docs/a.md#nowhere)\n"
+                   "```\n[not a link](nowhere.md)\n```\n")
+    assert broken_links(doc) == ["README.md: docs/b.md: no such file",
+                                 "README.md: docs/a.md#nowhere: no such anchor in a.md"]

@@ -29,7 +29,7 @@ class Case:
     id: str
     text: str  # the known_hosts file; {here} is "[127.0.0.1]:PORT", {key} the server's key, {other} ... other keys
     ours: str
-    ssh: str | None = None  # where we decide otherwise on purpose (README, "Host keys")
+    ssh: str | None = None  # where we decide otherwise on purpose (docs/build-hosts.md, "Host keys")
     alias: str | None = None  # the name looked up (ssh's HostKeyAlias) instead of [127.0.0.1]:PORT
     hashed: bool = False  # names hashed by ssh-keygen -H before the comparison
     dest: str = "127.0.0.1"

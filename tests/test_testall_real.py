@@ -496,13 +496,12 @@ INV_IN_TEXT = re.compile(r'''(?:^|(?<=[\s"'(\[]))(?:\.venv/bin/)?(inv|make) ((?:
 SCRIPT_IN_TEXT = re.compile(r'''(scripts/\w+\.py)((?:[^"'\n)>]|(?<=\s)"[^"\n]*")*)''')
 
 
-def test_the_readmes_ci_yaml_parses_and_names_only_real_commands_and_options():
+def test_the_ci_pages_yaml_parses_and_names_only_real_commands_and_options():
     import shlex
 
     from tests.test_docs import check_inv, check_make, check_script
 
-    readme = (ROOT / "README.md").read_text()
-    ci = readme.split("## In CI", 1)[1].split("\n## ", 1)[0]
+    ci = (ROOT / "docs" / "ci.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", ci, re.S)
     assert len(blocks) == 4
     parsed = json.loads(subprocess.run(

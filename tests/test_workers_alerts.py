@@ -476,10 +476,10 @@ def test_a_remote_unreachable_at_launch_takes_its_first_answer_as_the_baseline(m
     assert [a["kind"] for a in checks.found] == ["default_branch_moved"]
 
 
-def test_the_readme_names_every_alert_kind_and_pause_reason():
+def test_the_proof_workers_page_names_every_alert_kind_and_pause_reason():
     from orchestrator import alerts, pauses
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "proof-workers.md").read_text()
     assert all(f"`{kind}`" in readme for kind in alerts.KINDS)
     assert all(f"`{reason}`" in readme for reason in pauses.REASONS)
 

@@ -251,7 +251,7 @@ def test_an_origin_that_refuses_the_fetch_at_assignment_keeps_the_issue_pending_
 
 @pytest.mark.xfail(strict=True, reason="the sandbox binds the shared objects/ writable (a commit needs it), so an "
                    "agent can delete or replace any object of the repository: a private object dir per try, "
-                   "imported by the monitor, would be needed (README says so; too large for this review)")
+                   "imported by the monitor, would be needed (docs/proof-workers.md says so; too large for this review)")
 def test_a_sandboxed_agent_cannot_destroy_the_users_unpushed_commits_in_the_shared_object_store(project,
                                                                                                outside_tmp):
     require_tool("bwrap")

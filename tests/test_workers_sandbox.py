@@ -252,12 +252,12 @@ def test_a_monitor_where_bwrap_cannot_run_starts_no_unsandboxed_agent_and_says_w
     assert not (proj.script.parent / "runs").exists(), "an agent ran although its sandbox could not be made"
 
 
-def test_the_readme_lists_everything_the_sandbox_hides_drops_and_sets():
+def test_the_proof_workers_page_lists_everything_the_sandbox_hides_drops_and_sets():
     from conftest import ROOT
     from orchestrator import wrapper
 
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    section = readme[readme.index("*What an agent can reach.*"):readme.index("## Development")]
+    page = " ".join((ROOT / "docs" / "proof-workers.md").read_text().split())
+    section = page[page.index("*What an agent can reach.*"):]
     for name in wrapper.SANDBOX_DROPPED_ENV:
         assert f"`{name}`" in section, name
     for name in wrapper.SANDBOX_HIDDEN_HOME:

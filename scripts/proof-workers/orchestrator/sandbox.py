@@ -103,7 +103,7 @@ def describe(cfg: ProjectConfig) -> str:
     """One line for launch's plan: what an agent of this project can write."""
     if cfg.sandbox == "none":
         return (f"sandbox ({cfg.project}): none: agents can write the main checkout, sibling worktrees, "
-                "the shared .git/config, and push (see README: Proof workers, Safety)")
+                "the shared .git/config, and push (see docs/proof-workers.md, Safety)")
     state = ", ".join(_home_relative(p) for p in cfg.sandbox_writable) or "nothing else"
     return (f"sandbox ({cfg.project}): bwrap: agents write their worktree, the git dir's objects and their "
             f"branch's ref directory, a private /tmp and {state}")
