@@ -11,7 +11,9 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
   that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
-  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after), `notes_order` ("desc": glab
+  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
+  `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
+  isInMergeQueue, glab's merge_when_pipeline_succeeds), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
@@ -132,6 +134,31 @@ def closing(pr):
         pr["state"] = "CLOSED"
 
 
+def queue(pr, expected):
+    """The PR joins the merge queue (or auto-merge is set): `merge_queue` N > 1 merges it at the Nth view after,
+    `True` never; the first `dequeue` times it joins, it leaves the queue unmerged instead."""
+    turns = state["merge_queue"] if type(state.get("merge_queue")) is int else 0
+    pr["queued"] = [turns, expected]
+    save()
+
+
+def queue_turn(pr):
+    """A view of a queued PR: the queue's turn may come (merged at the head queued) or it drops the PR."""
+    if not pr.get("queued") or pr["state"] != "OPEN" or pr["queued"][0] <= 0:
+        return
+    pr["queued"][0] -= 1
+    if pr["queued"][0] > 0:
+        return
+    expected = pr.pop("queued")[1]
+    head = head_of(pr["head"])
+    fits = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", head_of(pr["base"]),
+                           head]).returncode == 0
+    if state.get("dequeue", 0) > 0 or (expected and expected != head) or not fits:
+        state["dequeue"] = max(0, state.get("dequeue", 0) - 1)  # dropped: a push, a conflict, its checks failed
+    else:
+        merge(pr, expected)
+
+
 def merge(pr, expected):
     base_sha, head_sha = head_of(pr["base"]), head_of(pr["head"])
     if expected and expected != head_sha:
@@ -171,10 +198,7 @@ if tool == "gh":
     if args[:2] == ["pr", "view"]:
         pr = find(args[2])
         closing(pr)
-        if pr.get("queued") and pr["state"] == "OPEN":  # the merge queue's turn comes
-            pr["queued"][0] -= 1
-            if pr["queued"][0] <= 0:
-                merge(pr, pr.pop("queued")[1])
+        queue_turn(pr)
         sha, index, rnd, _ = round_of(pr)
         save()
         # gh lists every review the PR ever had (one per round here, its comments as one body), oldest first.
@@ -184,7 +208,8 @@ if tool == "gh":
                    if r.get("review") in ("CHANGES_REQUESTED", "APPROVED", "COMMENTED")]
         out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
              "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
-             "reviewDecision": rnd.get("review", ""), "reviews": reviews})
+             "reviewDecision": rnd.get("review", ""), "reviews": reviews,
+             "isInMergeQueue": bool(pr.get("queued")) and pr["state"] == "OPEN", "autoMergeRequest": None})
     if args[:2] == ["pr", "checks"]:
         pr = find(args[2])
         _, _, rows = checks_of(pr, True)
@@ -207,9 +232,7 @@ if tool == "gh":
             die("--merge, --rebase, or --squash required when not running interactively")
         pr = find(args[2])
         if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
-            if state["merge_queue"] is not True:
-                pr["queued"] = [int(state["merge_queue"]), opt("--match-head-commit")]
-                save()
+            queue(pr, opt("--match-head-commit"))
             print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],
                                                                                              pr["base"]))
             sys.exit(0)
@@ -246,6 +269,7 @@ else:
     if args[:2] == ["mr", "view"]:
         pr = find(args[2])
         closing(pr)
+        queue_turn(pr)
         index, rnd, rows = checks_of(pr, True)
         sha = pr["heads"][index] if pr.get("heads") else ""
         save()
@@ -255,7 +279,8 @@ else:
         doc = mr(pr)
         doc.update({"sha": sha, "head_pipeline": {"id": 1000 + index, "status": status} if status else None,
                     "detailed_merge_status": "requested_changes" if rnd.get("review") == "CHANGES_REQUESTED"
-                    else "mergeable", "approved": rnd.get("review") == "APPROVED"})
+                    else "mergeable", "approved": rnd.get("review") == "APPROVED",
+                    "merge_when_pipeline_succeeds": bool(pr.get("queued")) and pr["state"] == "OPEN"})
         if "--comments" in args:
             # Every note the MR ever had, system notes included (glab marshals them under "Notes"); GitLab's
             # API lists them newest first unless asked otherwise: `notes_order` "desc" serves them so.
@@ -287,6 +312,7 @@ else:
         running = any(r["bucket"] == "pending" for r in rows)
         if (state.get("merge_queue") or running) and opt("--auto-merge", "true") == "true":
             # documented: while a pipeline runs, auto-merge is enabled by default (merged later, not now)
+            queue(pr, opt("--sha"))
             print("\u2713 Will auto-merge when the pipeline succeeds")
             sys.exit(0)
         merge(pr, opt("--sha"))

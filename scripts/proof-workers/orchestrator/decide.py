@@ -68,6 +68,7 @@ class PrWork:
     review_rounds: int = 0
     head: str = ""  # the commit we pushed last: checks of another head are not this round's
     review_seen: str = ""  # the review round already addressed
+    merge_queued: str = ""  # the head our accepted merge left queued (merge queue, auto-merge); "" none
     merge: str = "manual"  # manual | auto
     max_ci_fixes: int = 3
     max_review_rounds: int = 2
@@ -88,6 +89,7 @@ class PrView:
     review_id: str = ""
     quiet_polls: int = 0  # polls in a row of this head with no check reported
     error: str = ""
+    queued: bool = False  # the forge shows it in a merge queue or with auto-merge set
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,18 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
         return [Action("pr_done", wid, ref, "merged")]
     if poll.state == "closed":
         return [Action("skip", wid, ref, "pr closed")]
+    if poll.queued and poll.checks != "failing" and (work.merge == "auto" or work.merge_queued):
+        return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
+    if work.merge_queued:
+        # Our merge was queued and the queue let it go unmerged (its checks failed, a push, someone dequeued it):
+        # a fix round, never another merge call at whatever head it has now.
+        names = ", ".join(poll.failed) if poll.checks == "failing" and poll.failed else ""
+        why = (f"checks failed while queued to merge: {names or 'a check'}" if poll.queued else
+               f"left the merge queue unmerged{f' (checks failed: {names})' if names else ''}")
+        if work.ci_fixes < work.max_ci_fixes:
+            return [Action("fix_ci", wid, ref, f"{why}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
+        return [Action("skip", wid, ref, f"{why} after {work.ci_fixes} fix round(s) (max_ci_fixes "
+                                         f"{work.max_ci_fixes})")]
     if work.head and poll.head and poll.head != work.head:
         return []  # the forge has not seen our last push yet: these checks are of an older head
     if poll.checks == "failing":

@@ -62,6 +62,8 @@ class Observation:
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
     base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
+    queued: bool = False  # in a merge queue, or auto-merge set (gh isInMergeQueue / autoMergeRequest; glab
+    # merge_when_pipeline_succeeds): the forge merges it later unless its checks fail or someone dequeues it
 
 
 @dataclass(frozen=True)
@@ -245,16 +247,19 @@ class Forge:
         with _shape(f"{self.tool}: PR {number}"):
             return self._observe(number)
 
-    def merge(self, number: int, head: str = "") -> None:
-        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and confirm it
-        merged: a CLI that exits 0 having only queued it (a merge queue, glab's auto-merge while a pipeline runs)
-        or having said an error raises ForgeError, so a PR is never recorded merged before it is."""
+    def merge(self, number: int, head: str = "") -> str:
+        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
+        stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
+        while a pipeline runs: the forge merges it later). A PR closed meanwhile, or an error said, raises
+        ForgeError, so a PR is never recorded merged before it is."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         after = self.observe(number)
-        if after.state != "merged":
-            raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted (a merge "
-                             "queue or auto-merge may merge it later)")
+        if after.state == "merged":
+            return "merged"
+        if after.state == "open":
+            return "queued"
+        raise ForgeError(f"{self.tool}: PR {number} is {after.state} after the merge was accepted")
 
     def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
@@ -340,7 +345,7 @@ class GitHub(Forge):
     def _observe(self, number: int) -> Observation:
         view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
                                                  "number,url,state,headRefOid,baseRefName,reviewDecision,"
-                                                 "reviews"]))
+                                                 "reviews,isInMergeQueue,autoMergeRequest"]))
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
         if checks.out.strip().startswith("["):
@@ -361,7 +366,8 @@ class GitHub(Forge):
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
         return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
-                           plain(review_id), plain(view.get("baseRefName") or ""))
+                           plain(review_id), plain(view.get("baseRefName") or ""),
+                           view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -429,7 +435,7 @@ class GitLab(Forge):
             ("requested" if review == "changes_requested" else "")
         return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
                            plain(view.get("sha") or ""), checks, failed, review, comments, plain(review_id),
-                           plain(view.get("target_branch") or ""))
+                           plain(view.get("target_branch") or ""), view.get("merge_when_pipeline_succeeds") is True)
 
     def _view_with_notes(self, number: int) -> Any:
         """The MR with every note (up to NOTES_PAGES pages): `--comments` lists them oldest first, 20 a page by
