@@ -13,7 +13,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
-  isInMergeQueue, glab's merge_when_pipeline_succeeds), `notes_order` ("desc": glab
+  isInMergeQueue, glab's merge_when_pipeline_succeeds), `unknown_fields` (gh pr view --json fields this
+  gh is too old to know: gh's own error), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
@@ -196,6 +197,9 @@ if tool == "gh":
         print(url)
         sys.exit(0)
     if args[:2] == ["pr", "view"]:
+        for field in (opt("--json") or "").split(","):
+            if field in state.get("unknown_fields", []):  # an older gh than the field
+                die('Unknown JSON field: "%s"\nAvailable fields:\n  baseRefName\n  headRefOid\n  number' % field)
         pr = find(args[2])
         closing(pr)
         queue_turn(pr)

@@ -302,6 +302,24 @@ def test_a_queued_merge_whose_answer_was_lost_is_still_watched_as_queued(project
     assert pulls.work_of(cfg, record).merge_queued == record.pr["head"]
 
 
+def test_a_gh_too_old_to_show_the_merge_queue_still_watches_a_queued_pr_until_merged(project, fake_forge):
+    """gh without isInMergeQueue refuses the field (exit 1): the poll reads the rest, and a merge of ours that was
+    queued is waited for, never taken as dropped (nor every poll a failure)."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], merge_queue=5, unknown_fields=["isInMergeQueue"])
+    lines: list[str] = []
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert [p["state"] for p in fake.prs()] == ["MERGED"]
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert "fix_ci" not in kinds and "merge_failed" not in kinds and "merge_queued" in kinds
+    assert not any("poll failed" in line for line in lines)
+
+
 def test_a_queued_pr_closed_by_a_human_fails_the_issue(project, fake_forge):
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
@@ -354,6 +372,9 @@ def _queued_poll(**kw):
     ("queued, the head's checks fail: fix_ci", _queued_work(),
      _queued_poll(checks="failing", failed=("tests",)),
      [("fix_ci", "checks failed while queued to merge: tests; fix 1/3")]),
+    ("an old gh cannot say, ours is queued: wait", _queued_work(), _queued_poll(queued=None), []),
+    ("an old gh cannot say, nothing queued: merge", _queued_work(merge_queued=""), _queued_poll(queued=None),
+     [("merge_pr", "checks green")]),
     ("queued before our answer was recorded: wait, no merge", _queued_work(merge_queued=""), _queued_poll(), []),
     ("manual: a human's auto-merge changes nothing", _queued_work(merge="manual", merge_queued=""), _queued_poll(),
      [("pr_done", "open and green; a human merges")]),

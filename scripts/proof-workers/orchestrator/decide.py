@@ -89,7 +89,7 @@ class PrView:
     review_id: str = ""
     quiet_polls: int = 0  # polls in a row of this head with no check reported
     error: str = ""
-    queued: bool = False  # the forge shows it in a merge queue or with auto-merge set
+    queued: bool | None = False  # the forge shows it in a merge queue or with auto-merge set (None: cannot say)
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,8 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
         return [Action("pr_done", wid, ref, "merged")]
     if poll.state == "closed":
         return [Action("skip", wid, ref, "pr closed")]
-    if poll.queued and poll.checks != "failing" and (work.merge == "auto" or work.merge_queued):
+    if poll.checks != "failing" and (poll.queued and work.merge == "auto" or
+                                     work.merge_queued and poll.queued is not False):
         return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
     if work.merge_queued:
         # Our merge was queued and the queue let it go unmerged (its checks failed, a push, someone dequeued it):

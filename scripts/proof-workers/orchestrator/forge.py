@@ -32,6 +32,7 @@ INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and r
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
+QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a merge waits in a queue
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
@@ -62,8 +63,9 @@ class Observation:
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
     base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
-    queued: bool = False  # in a merge queue, or auto-merge set (gh isInMergeQueue / autoMergeRequest; glab
-    # merge_when_pipeline_succeeds): the forge merges it later unless its checks fail or someone dequeues it
+    # In a merge queue, or auto-merge set (gh isInMergeQueue / autoMergeRequest; glab merge_when_pipeline_succeeds):
+    # the forge merges it later unless its checks fail or someone dequeues it. None: the CLI cannot say (old gh).
+    queued: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -343,9 +345,16 @@ class GitHub(Forge):
                       f"--body={body[:BODY_LIMIT]}"])
 
     def _observe(self, number: int) -> Observation:
-        view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
-                                                 "number,url,state,headRefOid,baseRefName,reviewDecision,"
-                                                 "reviews,isInMergeQueue,autoMergeRequest"]))
+        fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
+        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}"])
+        queue_known = True
+        if called.code != 0 and re.search(r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"",
+                                          called.err, re.I):
+            # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
+            called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
+        if called.code != 0:
+            raise ForgeError(f"gh pr view: {_said(called)}")
+        view = _json("gh pr view", called)
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
         if checks.out.strip().startswith("["):
@@ -367,7 +376,8 @@ class GitHub(Forge):
         return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
                            plain(review_id), plain(view.get("baseRefName") or ""),
-                           view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
+                           (view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
+                           if queue_known else None)
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed

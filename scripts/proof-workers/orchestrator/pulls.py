@@ -171,12 +171,13 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if seen.queued and seen.state == "open" and pr.get("merging") and not pr.get("merge_queued"):
             # Our merge call was accepted but its answer lost (or the monitor killed before recording it).
             pr["merge_queued"] = str(pr.get("head") or "") or "?"
-        if pr.get("merge_queued"):
-            record.last_reason += ", merging (queued)" if seen.queued and seen.state == "open" else ""
+        if pr.get("merge_queued") and seen.state == "open" and seen.queued is not False:
+            record.last_reason += ", merging (queued)" if seen.queued else \
+                ", merging (queued: this gh cannot show whether it is still in the queue)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
-             merge_queued=bool(pr.get("merge_queued")) and seen.queued and seen.state == "open",
+             merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
              **({"phase": "merged"} if seen.state == "merged" else {}))
         # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
         quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
