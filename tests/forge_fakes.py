@@ -7,7 +7,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
 - `rounds`: one entry per head commit the PR has had (the first push, then each fix): `checks` (name and
   bucket: pass | fail | pending), `pending_polls` (polls of that head answered "pending" first), `review`
   (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
-- `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
+- `auth`, `fail` ({"pr create": {"code": 1, "stderr": "...", "times": K}}: a call that fails, its first K
+  times only when `times` is given), `hang` (calls that
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
   that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
@@ -78,8 +79,11 @@ def die(text, code=1):
 key = " ".join(args[:2])
 if key in state.get("hang", []):
     time.sleep(3600)
-if key in state.get("fail", {}):
+if key in state.get("fail", {}) and state["fail"][key].get("times", 1) > 0:
     failure = state["fail"][key]
+    if "times" in failure:  # fails its first `times` calls, then works
+        failure["times"] -= 1
+        save()
     die(failure.get("stderr", "failed"), failure.get("code", 1))
 if args[:2] == ["auth", "status"]:
     if not state.get("auth", True):
@@ -194,6 +198,9 @@ if tool == "gh":
         state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
                              "body": opt("--body"), "state": "OPEN"})
         save()
+        if "pr create" in state.get("lost_answer", []):  # opened, but the answer never came back
+            die("Post \"https://api.github.com/graphql\": read tcp 10.0.0.2:5555->140.82.112.6:443: read: "
+                "connection reset by peer")
         print(url)
         sys.exit(0)
     if args[:2] == ["pr", "view"]:

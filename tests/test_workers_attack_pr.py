@@ -387,3 +387,82 @@ def test_decide_a_pr_left_queued_by_our_merge(name, work, poll, expected):
     state = State((WorkerView(1, ref, pr=work),), (IssueView(ref, "in_progress"),), prs=(poll,))
     actions = decide([], state, Settings(max_retries=2, stall_timeout=100, wall_clock_timeout=1000))
     assert [(a.kind, a.reason) for a in actions if a.kind != "idle"] == expected, name
+
+
+# --- opening the PR: a network failure is tried again, a refusal fails at once -----------------------------------
+
+GH_OFFLINE = "error connecting to api.github.com\ncheck your internet connection or https://githubstatus.com"
+
+
+def _opening_run(project, fake_forge, **state):
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}, {"number": 2, "title": "b", "depends_on": [1]}],
+                   pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], **state)
+    lines: list[str] = []
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    creates = [c for c in fake.calls("gh") if c[:2] == ["pr", "create"] and "--head=feature/issue-1" in c]
+    return proj, fake, failed, lines, creates
+
+
+def test_a_network_failure_opening_the_pr_is_tried_again_at_the_next_poll(project, fake_forge):
+    """gh cannot reach GitHub twice (its own words, exit 1): the PR is opened at the third try, one PR, and the
+    issue goes on to be merged; the dependent waits meanwhile."""
+    proj, fake, failed, lines, creates = _opening_run(
+        project, fake_forge, fail={"pr create": {"code": 1, "stderr": GH_OFFLINE, "times": 2}})
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert len(creates) == 3 and [p["head"] for p in fake.prs()] == ["feature/issue-1", "feature/issue-2"]
+    events = [e for e in proj.events() if e.get("issue") == 1]
+    assert [e["failures"] for e in events if e["action"] == "pr_open_failed"] == [1, 2]
+    assert "error connecting to api.github.com" in next(e for e in events if e["action"] == "pr_open_failed")["error"]
+    assert [e["action"] for e in events].count("pr_opened") == 1
+
+
+def test_a_network_failure_that_lasts_fails_the_issue_after_three_tries_with_ghs_words(project, fake_forge):
+    proj, fake, failed, lines, creates = _opening_run(
+        project, fake_forge, fail={"pr create": {"code": 1, "stderr": GH_OFFLINE}})
+    assert failed == 1 and proj.issue(1)["status"] == "failed" and proj.issue(2).get("status", "pending") == "pending"
+    assert len(creates) == pulls.MAX_OPEN_ATTEMPTS == 3 and fake.prs() == []
+    skip = next(e for e in proj.events() if e["action"] == "skip" and e.get("issue") == 1)
+    assert skip["reason"] == ("pull request not opened: gh pr create: error connecting to api.github.com / check "
+                              "your internet connection or https://githubstatus.com")
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]  # pushed, kept
+
+
+@pytest.mark.parametrize("stderr", [
+    "GraphQL: Resource not accessible by integration (createPullRequest)",
+    "HTTP 404: Not Found (https://api.github.com/repos/org/app)",
+])
+def test_a_refusal_opening_the_pr_fails_the_issue_at_once(project, fake_forge, stderr):
+    proj, fake, failed, lines, creates = _opening_run(project, fake_forge,
+                                                      fail={"pr create": {"code": 1, "stderr": stderr}})
+    assert failed == 1 and proj.issue(1)["status"] == "failed" and len(creates) == 1
+    assert not any(e["action"] == "pr_open_failed" for e in proj.events())
+    skip = next(e for e in proj.events() if e["action"] == "skip" and e.get("issue") == 1)
+    assert skip["reason"] == f"pull request not opened: gh pr create: {stderr}"
+
+
+def test_a_pr_opened_whose_answer_was_lost_is_adopted_at_the_next_try_never_duplicated(project, fake_forge):
+    proj, fake, failed, lines, creates = _opening_run(project, fake_forge, lost_answer=["pr create"])
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert len(creates) == 1 and [p["head"] for p in fake.prs()].count("feature/issue-1") == 1
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert kinds.index("pr_open_failed") < kinds.index("pr_adopted") < kinds.index("pr_merged")
+
+
+def test_decide_a_pr_not_opened_yet():
+    from orchestrator.decide import PrView, PrWork, Settings, State, WorkerView, decide
+    from orchestrator.queue import IssueRef, IssueView
+
+    ref = IssueRef("demo", 1)
+    work = PrWork(watching=True, open_failures=1)
+
+    def actions(*polls):
+        state = State((WorkerView(1, ref, pr=work),), (IssueView(ref, "in_progress"),), prs=polls)
+        return [(a.kind, a.reason) for a in decide([], state, Settings(2, 100, 1000))]
+
+    assert actions() == []  # not due yet
+    assert actions(PrView(1)) == [("open_pr", "opening the pull request again (it failed 1 time(s) on the network)")]

@@ -285,6 +285,13 @@ class Executor:
         try:
             created = pulls.open_pr(self.run.state_root, cfg, issue, record, self.run.clock())
         except OrchestratorError as err:  # the branch stays, pushed: the PR can be opened by hand
+            if pulls.open_failed(record, err, self.run.clock(), cfg.review.poll_seconds):
+                self.run.files.save_worker(record)
+                self.run.files.log_event({"action": "pr_open_failed", "worker": action.worker, "issue": issue.number,
+                                          "project": cfg.project, "error": str(err),
+                                          "failures": record.pr["open_failures"]})
+                self.say(f"worker {action.worker}: #{issue.number} {record.last_reason}")
+                return
             self.do_skip(Action("skip", action.worker, action.issue, f"pull request not opened: {err}"), record)
             return
         self.run.files.save_worker(record)

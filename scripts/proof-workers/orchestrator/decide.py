@@ -69,6 +69,7 @@ class PrWork:
     head: str = ""  # the commit we pushed last: checks of another head are not this round's
     review_seen: str = ""  # the review round already addressed
     merge_queued: str = ""  # the head our accepted merge left queued (merge queue, auto-merge); "" none
+    open_failures: int = 0  # the PR is not open yet: tries of opening it that failed on the network so far
     merge: str = "manual"  # manual | auto
     max_ci_fixes: int = 3
     max_review_rounds: int = 2
@@ -305,6 +306,9 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
 def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Action]:
     """A watched PR, on this cycle's poll (none: not due yet, nothing to do)."""
     ref, wid = worker.issue, worker.worker_id
+    if work.open_failures:  # opening the PR failed on the network: tried again when its poll is due
+        return [] if poll is None else [Action("open_pr", wid, ref, f"opening the pull request again (it failed "
+                                                                     f"{work.open_failures} time(s) on the network)")]
     if poll is None or poll.error:
         return []
     if poll.state == "merged":

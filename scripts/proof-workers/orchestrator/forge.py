@@ -37,9 +37,46 @@ NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a pa
 
 
 class ForgeError(OrchestratorError):
-    """A gh/glab call failed: one line naming the call and what the CLI said."""
+    """A gh/glab call failed: one line naming the call and what the CLI said; `transient` when it looks like the
+    network or the forge's servers failed (the same call may well work a minute later)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
+# to a refusal: gh prints "error connecting to HOST" + "check your internet connection ..." on a DNS failure (exit
+# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)".
+_TRANSIENT = re.compile(
+    r"error connecting to |check your internet connection|connection (refused|reset|timed out)|no such host|"
+    r"network is unreachable|i/o timeout|tls handshake timeout|unexpected eof|broken pipe|"
+    r"temporary failure in name resolution|context deadline exceeded|timeout awaiting response headers|"
+    r"\bhttp (502|503|504)\b|\b(502|503|504):? (bad gateway|service unavailable|gateway time-?out)|"
+    r"something went wrong while executing your query", re.I)
+
+
+def looks_transient(text: str) -> bool:
+    r"""Whether a CLI's error text says the network or the forge's servers failed (worth another try later).
+
+    >>> looks_transient("error connecting to api.github.com\ncheck your internet connection or https://...")
+    True
+    >>> looks_transient('Post "https://api.github.com/graphql": dial tcp 140.82.112.6:443: connect: connection refused')
+    True
+    >>> looks_transient("HTTP 502: Bad Gateway (https://api.github.com/graphql)")
+    True
+    >>> looks_transient("POST https://gitlab.example.com/api/v4/projects/1/merge_requests: 503 Service Unavailable")
+    True
+    >>> looks_transient("GraphQL: Resource not accessible by integration (createPullRequest)")
+    False
+    >>> looks_transient("pull request create failed: GraphQL: Head sha can't be blank (createPullRequest)")
+    False
+    >>> looks_transient("HTTP 404: Not Found (https://api.github.com/repos/org/app)")
+    False
+    """
+    return bool(_TRANSIENT.search(text))
 
 
 @dataclass(frozen=True)
@@ -181,7 +218,7 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if timed_out:
-        raise ForgeError(f"{what}: timed out after {timeout:.0f}s")
+        raise ForgeError(f"{what}: timed out after {timeout:.0f}s", transient=True)
     return Called(proc.returncode, bytes(out[-MAX_OUTPUT:]).decode("utf-8", "replace"),
                   bytes(err[-MAX_OUTPUT:]).decode("utf-8", "replace"))
 
@@ -222,7 +259,8 @@ class Forge:
     def checked(self, args: list[str], named: bool = True) -> Called:
         called = self.call(args, named)
         if called.code != 0:
-            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}")
+            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}",
+                             transient=looks_transient(plain(called.err + "\n" + called.out, lines=True)))
         return called
 
     repo_flag = "--repo"

@@ -23,6 +23,7 @@ POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
 STEP_BUDGET_S = 30.0  # all calls of one step (open or adopt, merge, a fix_ci stage's logs): the cycle waits no longer
 MAX_MERGE_ATTEMPTS = 3
+MAX_OPEN_ATTEMPTS = 3  # a PR that fails to open on the network is tried again at the next polls, this many in all
 QUIET_GREEN_S = 120.0  # no check reported for this long (and two polls) on a PR that never had one: no CI there
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
@@ -67,6 +68,7 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
                   ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
                   head=str(pr.get("head") or ""), review_seen=str(pr.get("review_seen") or ""),
                   merge_queued=str(pr.get("merge_queued") or ""),
+                  open_failures=int(pr.get("open_failures") or 0) if pr.get("opening") else 0,
                   merge=cfg.review.merge, max_ci_fixes=cfg.review.max_ci_fixes,
                   max_review_rounds=cfg.review.max_review_rounds)
 
@@ -126,6 +128,10 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if issue is None or (isinstance(polled_at, (int, float)) and now - polled_at < cfg.review.poll_seconds):
             continue
         pr["polled_at"] = now
+        if pr.get("opening"):  # not open yet (the network failed): due to be opened again, nothing to ask
+            save_record(record)
+            views.append(PrView(record.worker_id))
+            continue
         try:
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
@@ -212,6 +218,18 @@ def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRe
     save(state_root, cfg.project, issue.number, number=found.number, url=found.url, state="open",
          checks="pending", phase="pr_open", ci_fixes=0, review_rounds=0)
     return created
+
+
+def open_failed(record: WorkerRecord, err: OrchestratorError, now: float, poll_seconds: float) -> bool:
+    """Opening the PR failed: True when it is tried again at the next due poll (a network failure, fewer than
+    MAX_OPEN_ATTEMPTS so far; the record waits for it, watching), False when the issue fails now."""
+    failures = (int(record.pr.get("open_failures") or 0) if record.pr.get("opening") else 0) + 1
+    if not getattr(err, "transient", False) or failures >= MAX_OPEN_ATTEMPTS:
+        return False
+    record.pr = {"opening": True, "watching": True, "in_stage": False, "open_failures": failures, "polled_at": now}
+    record.last_reason = (f"pull request not opened ({failures}/{MAX_OPEN_ATTEMPTS}), tried again in "
+                          f"{poll_seconds:g}s: {err}")
+    return True
 
 
 def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
