@@ -69,6 +69,15 @@ def test_a_merge_the_forge_only_queued_is_not_recorded_as_merged(project, fake_f
     assert seen.state == "open" and seen.queued  # gh's isInMergeQueue, glab's merge_when_pipeline_succeeds
 
 
+def test_a_merge_call_that_exits_0_leaving_the_pr_open_in_no_queue_is_a_failed_merge(project, fake_forge):
+    """Neither merged nor queued: never watched as queued (that would wait for a queue that has no PR)."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, merge_noop=True)
+    record = _opened(proj, cfg, state_root)
+    with pytest.raises(ForgeError, match="still open after the merge was accepted and in no merge queue"):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)
+    assert _prs_file(proj)["1"]["state"] == "open" and not _prs_file(proj)["1"].get("merge_queued")
+
+
 @pytest.mark.parametrize("platform", ["github", "gitlab"])
 def test_a_push_after_the_green_poll_is_never_merged(project, fake_forge, platform):
     """The checks were green on our head; someone pushes before the merge call: the forge must refuse (gh
@@ -260,6 +269,7 @@ def test_a_pr_in_a_merge_queue_completes_as_merged_when_the_queue_merges_it(proj
     kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
     assert "merge_failed" not in kinds and kinds.index("merge_queued") < kinds.index("pr_merged")
     assert _prs_file(proj)["1"]["state"] == "merged" and _prs_file(proj)["1"]["merge_queued"] is False
+    _replays(proj)
 
 
 def test_a_pr_the_merge_queue_drops_goes_to_a_fix_ci_round_and_is_merged_after_it(project, fake_forge):
@@ -284,6 +294,19 @@ def test_a_pr_the_merge_queue_drops_goes_to_a_fix_ci_round_and_is_merged_after_i
     prompt = next(p for p in proj.prompts(1) if "Stage: fix_ci" in p)
     assert "left the queue unmerged" in prompt
     assert _prs_file(proj)["1"]["ci_fixes"] == 1
+    _replays(proj)
+
+
+def _replays(proj):
+    """decide stays pure: every journalled cycle gives the same actions again from its recorded input."""
+    from orchestrator.decide import cycle_from_json, decide
+    from orchestrator.state import read_lines
+
+    entries = read_lines(proj.state / "journal.jsonl")
+    assert entries
+    for entry in entries:
+        snapshots, state, settings, actions = cycle_from_json(entry)
+        assert decide(snapshots, state, settings) == actions
 
 
 @pytest.mark.parametrize("platform", ["github", "gitlab"])
@@ -419,6 +442,7 @@ def test_a_network_failure_opening_the_pr_is_tried_again_at_the_next_poll(projec
     assert [e["failures"] for e in events if e["action"] == "pr_open_failed"] == [1, 2]
     assert "error connecting to api.github.com" in next(e for e in events if e["action"] == "pr_open_failed")["error"]
     assert [e["action"] for e in events].count("pr_opened") == 1
+    _replays(proj)
 
 
 def test_a_network_failure_that_lasts_fails_the_issue_after_three_tries_with_ghs_words(project, fake_forge):

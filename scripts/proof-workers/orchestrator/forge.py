@@ -290,16 +290,17 @@ class Forge:
     def merge(self, number: int, head: str = "") -> str:
         """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
         stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
-        while a pipeline runs: the forge merges it later). A PR closed meanwhile, or an error said, raises
-        ForgeError, so a PR is never recorded merged before it is."""
+        while a pipeline runs: the forge shows it queued and merges it later). A PR still open in no queue, closed
+        meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         after = self.observe(number)
         if after.state == "merged":
             return "merged"
-        if after.state == "open":
+        if after.state == "open" and after.queued is not False:
             return "queued"
-        raise ForgeError(f"{self.tool}: PR {number} is {after.state} after the merge was accepted")
+        raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted" +
+                         (" and in no merge queue" if after.state == "open" else ""))
 
     def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
