@@ -7,11 +7,15 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
 - `rounds`: one entry per head commit the PR has had (the first push, then each fix): `checks` (name and
   bucket: pass | fail | pending), `pending_polls` (polls of that head answered "pending" first), `review`
   (gh's reviewDecision), `comments`, `log` (the failed jobs' log text). A head past the list gets the last.
-- `auth`, `fail` ({"pr create": {"code": 1, "stderr": "..."}}: a call that fails), `hang` (calls that
+- `auth`, `fail` ({"pr create": {"code": 1, "stderr": "...", "times": K}}: a call that fails, its first K
+  times only when `times` is given), `hang` (calls that
   never answer), `close` (a human closes the PR without merging at the next view), `lost_answer` (calls
   that do their work, then fail as if the connection dropped), `merge_queue` (gh: the repository merges through
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
-  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after), `notes_order` ("desc": glab
+  auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
+  `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
+  isInMergeQueue, glab's merge_when_pipeline_succeeds), `merge_noop` (gh pr merge exits 0 having done nothing), `unknown_fields` (gh pr view --json fields this
+  gh is too old to know: gh's own error), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
 
@@ -75,8 +79,11 @@ def die(text, code=1):
 key = " ".join(args[:2])
 if key in state.get("hang", []):
     time.sleep(3600)
-if key in state.get("fail", {}):
+if key in state.get("fail", {}) and state["fail"][key].get("times", 1) > 0:
     failure = state["fail"][key]
+    if "times" in failure:  # fails its first `times` calls, then works
+        failure["times"] -= 1
+        save()
     die(failure.get("stderr", "failed"), failure.get("code", 1))
 if args[:2] == ["auth", "status"]:
     if not state.get("auth", True):
@@ -132,6 +139,31 @@ def closing(pr):
         pr["state"] = "CLOSED"
 
 
+def queue(pr, expected):
+    """The PR joins the merge queue (or auto-merge is set): `merge_queue` N > 1 merges it at the Nth view after,
+    `True` never; the first `dequeue` times it joins, it leaves the queue unmerged instead."""
+    turns = state["merge_queue"] if type(state.get("merge_queue")) is int else 0
+    pr["queued"] = [turns, expected]
+    save()
+
+
+def queue_turn(pr):
+    """A view of a queued PR: the queue's turn may come (merged at the head queued) or it drops the PR."""
+    if not pr.get("queued") or pr["state"] != "OPEN" or pr["queued"][0] <= 0:
+        return
+    pr["queued"][0] -= 1
+    if pr["queued"][0] > 0:
+        return
+    expected = pr.pop("queued")[1]
+    head = head_of(pr["head"])
+    fits = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", head_of(pr["base"]),
+                           head]).returncode == 0
+    if state.get("dequeue", 0) > 0 or (expected and expected != head) or not fits:
+        state["dequeue"] = max(0, state.get("dequeue", 0) - 1)  # dropped: a push, a conflict, its checks failed
+    else:
+        merge(pr, expected)
+
+
 def merge(pr, expected):
     base_sha, head_sha = head_of(pr["base"]), head_of(pr["head"])
     if expected and expected != head_sha:
@@ -166,15 +198,18 @@ if tool == "gh":
         state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
                              "body": opt("--body"), "state": "OPEN"})
         save()
+        if "pr create" in state.get("lost_answer", []):  # opened, but the answer never came back
+            die("Post \"https://api.github.com/graphql\": read tcp 10.0.0.2:5555->140.82.112.6:443: read: "
+                "connection reset by peer")
         print(url)
         sys.exit(0)
     if args[:2] == ["pr", "view"]:
+        for field in (opt("--json") or "").split(","):
+            if field in state.get("unknown_fields", []):  # an older gh than the field
+                die('Unknown JSON field: "%s"\nAvailable fields:\n  baseRefName\n  headRefOid\n  number' % field)
         pr = find(args[2])
         closing(pr)
-        if pr.get("queued") and pr["state"] == "OPEN":  # the merge queue's turn comes
-            pr["queued"][0] -= 1
-            if pr["queued"][0] <= 0:
-                merge(pr, pr.pop("queued")[1])
+        queue_turn(pr)
         sha, index, rnd, _ = round_of(pr)
         save()
         # gh lists every review the PR ever had (one per round here, its comments as one body), oldest first.
@@ -184,7 +219,8 @@ if tool == "gh":
                    if r.get("review") in ("CHANGES_REQUESTED", "APPROVED", "COMMENTED")]
         out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
              "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
-             "reviewDecision": rnd.get("review", ""), "reviews": reviews})
+             "reviewDecision": rnd.get("review", ""), "reviews": reviews,
+             "isInMergeQueue": bool(pr.get("queued")) and pr["state"] == "OPEN", "autoMergeRequest": None})
     if args[:2] == ["pr", "checks"]:
         pr = find(args[2])
         _, _, rows = checks_of(pr, True)
@@ -206,10 +242,10 @@ if tool == "gh":
         if not any(flag in args for flag in ("--merge", "--squash", "--rebase")):
             die("--merge, --rebase, or --squash required when not running interactively")
         pr = find(args[2])
+        if state.get("merge_noop"):  # a CLI that says nothing went wrong and did nothing
+            sys.exit(0)
         if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
-            if state["merge_queue"] is not True:
-                pr["queued"] = [int(state["merge_queue"]), opt("--match-head-commit")]
-                save()
+            queue(pr, opt("--match-head-commit"))
             print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],
                                                                                              pr["base"]))
             sys.exit(0)
@@ -246,6 +282,7 @@ else:
     if args[:2] == ["mr", "view"]:
         pr = find(args[2])
         closing(pr)
+        queue_turn(pr)
         index, rnd, rows = checks_of(pr, True)
         sha = pr["heads"][index] if pr.get("heads") else ""
         save()
@@ -255,7 +292,8 @@ else:
         doc = mr(pr)
         doc.update({"sha": sha, "head_pipeline": {"id": 1000 + index, "status": status} if status else None,
                     "detailed_merge_status": "requested_changes" if rnd.get("review") == "CHANGES_REQUESTED"
-                    else "mergeable", "approved": rnd.get("review") == "APPROVED"})
+                    else "mergeable", "approved": rnd.get("review") == "APPROVED",
+                    "merge_when_pipeline_succeeds": bool(pr.get("queued")) and pr["state"] == "OPEN"})
         if "--comments" in args:
             # Every note the MR ever had, system notes included (glab marshals them under "Notes"); GitLab's
             # API lists them newest first unless asked otherwise: `notes_order` "desc" serves them so.
@@ -287,6 +325,7 @@ else:
         running = any(r["bucket"] == "pending" for r in rows)
         if (state.get("merge_queue") or running) and opt("--auto-merge", "true") == "true":
             # documented: while a pipeline runs, auto-merge is enabled by default (merged later, not now)
+            queue(pr, opt("--sha"))
             print("\u2713 Will auto-merge when the pipeline succeeds")
             sys.exit(0)
         merge(pr, opt("--sha"))

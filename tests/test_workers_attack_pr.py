@@ -61,10 +61,21 @@ def test_a_merge_the_forge_only_queued_is_not_recorded_as_merged(project, fake_f
     proj, cfg, state_root, fake = _setup(project, fake_forge, platform, merge_queue=True)
     record = _opened(proj, cfg, state_root)
     main_before = git(proj.remote, "rev-parse", "main")
-    with pytest.raises(ForgeError, match="still open"):
-        pulls.merge(state_root, cfg, cfg.issues[0], record)
-    assert _prs_file(proj)["1"]["state"] == "open" and _prs_file(proj)["1"].get("phase") != "merged"
+    assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
+    entry = _prs_file(proj)["1"]
+    assert entry["state"] == "open" and entry["phase"] == "pr_open" and entry["merge_queued"] is True
     assert git(proj.remote, "rev-parse", "main") == main_before
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
+    assert seen.state == "open" and seen.queued  # gh's isInMergeQueue, glab's merge_when_pipeline_succeeds
+
+
+def test_a_merge_call_that_exits_0_leaving_the_pr_open_in_no_queue_is_a_failed_merge(project, fake_forge):
+    """Neither merged nor queued: never watched as queued (that would wait for a queue that has no PR)."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, merge_noop=True)
+    record = _opened(proj, cfg, state_root)
+    with pytest.raises(ForgeError, match="still open after the merge was accepted and in no merge queue"):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)
+    assert _prs_file(proj)["1"]["state"] == "open" and not _prs_file(proj)["1"].get("merge_queued")
 
 
 @pytest.mark.parametrize("platform", ["github", "gitlab"])
@@ -240,58 +251,242 @@ def test_what_the_cli_says_reaches_an_error_line_without_its_terminal_escapes(pr
     assert "\x1b" not in str(err.value) and "\x07" not in str(err.value) and "bad gateway" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a PR queued by a merge queue is a failed merge; 3 of them (3 polls) fail the "
-                                       "issue while the queue would merge it later: needs act.do_merge_pr to keep "
-                                       "watching a queued PR (others edit act.py)")
-def test_a_pr_in_a_merge_queue_completes_as_merged_when_the_queue_merges_it(project, fake_forge):
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_pr_in_a_merge_queue_completes_as_merged_when_the_queue_merges_it(project, fake_forge, platform):
+    """A queue slower than 3 polls: the PR is watched as queued (never a failed merge, never merged again) until
+    the forge shows it merged."""
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
 
-    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform=platform,
                    review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
     fake = fake_forge(proj.remote, [PASS], merge_queue=6)  # merged at the 6th view after it was queued
     failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
     assert failed == 0 and proj.issue(1)["status"] == "completed"
     assert [p["state"] for p in fake.prs()] == ["MERGED"]
+    tool = {"github": "gh", "gitlab": "glab"}[platform]
+    assert [c[:2] for c in fake.calls(tool)].count(["pr" if tool == "gh" else "mr", "merge"]) == 1
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert "merge_failed" not in kinds and kinds.index("merge_queued") < kinds.index("pr_merged")
+    assert _prs_file(proj)["1"]["state"] == "merged" and _prs_file(proj)["1"]["merge_queued"] is False
+    _replays(proj)
 
 
-@pytest.mark.parametrize("order", ["asc", "desc"])
-def test_gitlab_review_rounds_are_told_apart_whatever_order_the_notes_come_in(project, fake_forge, order):
-    """GitLab lists notes newest first unless asked otherwise: the round's id is its newest note, and the comments
-    read oldest first, in either order (taking the last listed would pin the first round's id forever)."""
-    rounds = [{**PASS, "review": "CHANGES_REQUESTED", "comments": ["first"]},
-              {**PASS, "review": "CHANGES_REQUESTED", "comments": ["second"]}]
-    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab", rounds=rounds, notes_order=order)
+def test_a_pr_the_merge_queue_drops_goes_to_a_fix_ci_round_and_is_merged_after_it(project, fake_forge):
+    """The queue drops the PR unmerged (its checks there failed): a fix_ci stage (counted in max_ci_fixes, told
+    the PR left the queue) commits; its head is judged green and merged anew, never the dropped head again."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS, PASS], merge_queue=3, dequeue=1)
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    assert failed == 0 and proj.issue(1)["status"] == "completed"
+    [pr] = fake.prs()
+    assert pr["state"] == "MERGED" and len(pr["heads"]) == 2 and pr["merged_sha"] == pr["heads"][1]
+    merges = [c for c in fake.calls("gh") if c[:2] == ["pr", "merge"]]
+    assert [m for m in merges if f"--match-head-commit={pr['heads'][0]}" in m] == merges[:1] and len(merges) == 2
+    events = [e for e in proj.events() if e.get("issue") == 1]
+    kinds = [e["action"] for e in events]
+    assert kinds.index("merge_queued") < kinds.index("fix_ci") < kinds.index("pr_merged")
+    assert next(e for e in events if e["action"] == "fix_ci")["reason"] == "left the merge queue unmerged; fix 1/3"
+    prompt = next(p for p in proj.prompts(1) if "Stage: fix_ci" in p)
+    assert "left the queue unmerged" in prompt
+    assert _prs_file(proj)["1"]["ci_fixes"] == 1
+    _replays(proj)
+
+
+def _replays(proj):
+    """decide stays pure: every journalled cycle gives the same actions again from its recorded input."""
+    from orchestrator.decide import cycle_from_json, decide
+    from orchestrator.state import read_lines
+
+    entries = read_lines(proj.state / "journal.jsonl")
+    assert entries
+    for entry in entries:
+        snapshots, state, settings, actions = cycle_from_json(entry)
+        assert decide(snapshots, state, settings) == actions
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_queued_merge_whose_answer_was_lost_is_still_watched_as_queued(project, fake_forge, platform):
+    """The merge call was accepted into the queue but the monitor died before recording it (only `merging` was
+    saved): the next poll sees the PR queued and takes it as our queued merge (its drop is a fix round, never a
+    merge call again)."""
+    proj, cfg, state_root, fake = _setup(project, fake_forge, platform, merge_queue=True)
     record = _opened(proj, cfg, state_root)
-    hub = forge_for(ForgeRepo("gitlab"), proj.repo)
-    one = hub.observe(record.pr["number"])
-    _push(proj, "fix")
-    two = hub.observe(record.pr["number"])
-    assert one.review_id != two.review_id and one.review == two.review == "changes_requested"
-    assert two.comments == ("reviewer: first", "reviewer: second")
+    record.pr["merging"] = True
+    pulls.merge(state_root, cfg, cfg.issues[0], record)  # its answer never recorded in the worker's record
+    assert not record.pr.get("merge_queued")
+    [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
+    assert seen.queued and record.pr["merge_queued"] == record.pr["head"]
+    assert "merging (queued)" in record.last_reason
+    assert pulls.work_of(cfg, record).merge_queued == record.pr["head"]
 
 
-@pytest.mark.parametrize("variable", ["GITLAB_HOST", "GL_HOST", "GITLAB_URI", "GITLAB_REPO", "GH_REPO", "GH_HOST"])
-def test_an_inherited_variable_that_points_the_cli_elsewhere_never_reaches_it(project, fake_forge, monkeypatch,
-                                                                             variable):
-    """glab reads GITLAB_URI as an alias of GITLAB_HOST: a shell that exported it for another instance would send
-    every call (and the token) there when the pinned url names no forge repository."""
-    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab")
-    monkeypatch.setenv(variable, "https://elsewhere.example.com")
-    forge_for(ForgeRepo("gitlab"), proj.repo).find("feature/issue-1")
-    [record] = fake.call_records()
-    assert variable not in record["env"]
+def test_a_gh_too_old_to_show_the_merge_queue_still_watches_a_queued_pr_until_merged(project, fake_forge):
+    """gh without isInMergeQueue refuses the field (exit 1): the poll reads the rest, and a merge of ours that was
+    queued is waited for, never taken as dropped (nor every poll a failure)."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], merge_queue=5, unknown_fields=["isInMergeQueue"])
+    lines: list[str] = []
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert [p["state"] for p in fake.prs()] == ["MERGED"]
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert "fix_ci" not in kinds and "merge_failed" not in kinds and "merge_queued" in kinds
+    assert not any("poll failed" in line for line in lines)
 
 
-def test_a_gitlab_review_past_the_first_20_notes_is_still_read(project, fake_forge):
-    """`glab mr view --comments` lists the notes oldest first, 20 a page: on a busy MR (every push adds a system
-    note) the newest review would never be seen: the same round forever, the prompt fed the oldest comments."""
-    rounds = [{**PASS, "review": "CHANGES_REQUESTED", "comments": [f"old {n}" for n in range(25)]},
-              {**PASS, "review": "CHANGES_REQUESTED", "comments": ["the newest"]}]
-    proj, cfg, state_root, fake = _setup(project, fake_forge, "gitlab", rounds=rounds)
-    record = _opened(proj, cfg, state_root)
-    hub = forge_for(ForgeRepo("gitlab"), proj.repo)
-    one = hub.observe(record.pr["number"])
-    _push(proj, "fix")
-    two = hub.observe(record.pr["number"])
-    assert one.review_id != two.review_id and two.comments[-1] == "reviewer: the newest"
+def test_a_queued_pr_closed_by_a_human_fails_the_issue(project, fake_forge):
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], merge_queue=True)
+
+    def close_once_queued():
+        if any(c[:2] == ["pr", "merge"] for c in fake.calls("gh")):
+            fake.update(close=True)
+        return False
+
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: close_once_queued())
+    assert failed == 1 and proj.issue(1)["status"] == "failed"
+    assert any(e["action"] == "skip" and e["reason"] == "pr closed" for e in proj.events())
+    assert [p["state"] for p in fake.prs()] == ["CLOSED"]
+    assert [c[:2] for c in fake.calls("gh")].count(["pr", "merge"]) == 1
+
+
+def _queued_work(**kw):
+    from orchestrator.decide import PrWork
+
+    return PrWork(**{"watching": True, "head": "h1", "merge": "auto", "merge_queued": "h1", **kw})
+
+
+def _queued_poll(**kw):
+    from orchestrator.decide import PrView
+
+    return PrView(**{"worker_id": 1, "number": 7, "state": "open", "head": "h1", "checks": "passing",
+                     "queued": True, **kw})
+
+
+@pytest.mark.parametrize("name,work,poll,expected", [
+    ("queued, green: wait, never a second merge", _queued_work(), _queued_poll(), []),
+    ("queued, the poll failed: wait", _queued_work(), _queued_poll(state="", error="timed out", queued=False), []),
+    ("queued, checks pending: wait", _queued_work(), _queued_poll(checks="pending"), []),
+    ("queued at a 3rd fix round: waits all the same", _queued_work(ci_fixes=3), _queued_poll(), []),
+    ("the queue merged it", _queued_work(), _queued_poll(state="merged", queued=False), [("pr_done", "merged")]),
+    ("closed while queued", _queued_work(), _queued_poll(state="closed", queued=False), [("skip", "pr closed")]),
+    ("dropped from the queue: fix_ci", _queued_work(), _queued_poll(queued=False),
+     [("fix_ci", "left the merge queue unmerged; fix 1/3")]),
+    ("dropped, its checks failed: fix_ci naming them", _queued_work(),
+     _queued_poll(queued=False, checks="failing", failed=("tests",)),
+     [("fix_ci", "left the merge queue unmerged (checks failed: tests); fix 1/3")]),
+    ("dropped at another head: fix_ci, never a merge there", _queued_work(), _queued_poll(queued=False, head="h2"),
+     [("fix_ci", "left the merge queue unmerged; fix 1/3")]),
+    ("dropped past max_ci_fixes: failed", _queued_work(ci_fixes=3), _queued_poll(queued=False),
+     [("skip", "left the merge queue unmerged after 3 fix round(s) (max_ci_fixes 3)")]),
+    ("queued, the head's checks fail: fix_ci", _queued_work(),
+     _queued_poll(checks="failing", failed=("tests",)),
+     [("fix_ci", "checks failed while queued to merge: tests; fix 1/3")]),
+    ("an old gh cannot say, ours is queued: wait", _queued_work(), _queued_poll(queued=None), []),
+    ("an old gh cannot say, nothing queued: merge", _queued_work(merge_queued=""), _queued_poll(queued=None),
+     [("merge_pr", "checks green")]),
+    ("queued before our answer was recorded: wait, no merge", _queued_work(merge_queued=""), _queued_poll(), []),
+    ("manual: a human's auto-merge changes nothing", _queued_work(merge="manual", merge_queued=""), _queued_poll(),
+     [("pr_done", "open and green; a human merges")]),
+])
+def test_decide_a_pr_left_queued_by_our_merge(name, work, poll, expected):
+    from orchestrator.decide import Settings, State, WorkerView, decide
+    from orchestrator.queue import IssueRef, IssueView
+
+    ref = IssueRef("demo", 1)
+    state = State((WorkerView(1, ref, pr=work),), (IssueView(ref, "in_progress"),), prs=(poll,))
+    actions = decide([], state, Settings(max_retries=2, stall_timeout=100, wall_clock_timeout=1000))
+    assert [(a.kind, a.reason) for a in actions if a.kind != "idle"] == expected, name
+
+
+# --- opening the PR: a network failure is tried again, a refusal fails at once -----------------------------------
+
+GH_OFFLINE = "error connecting to api.github.com\ncheck your internet connection or https://githubstatus.com"
+
+
+def _opening_run(project, fake_forge, **state):
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "a"}, {"number": 2, "title": "b", "depends_on": [1]}],
+                   pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], **state)
+    lines: list[str] = []
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    creates = [c for c in fake.calls("gh") if c[:2] == ["pr", "create"] and "--head=feature/issue-1" in c]
+    return proj, fake, failed, lines, creates
+
+
+def test_a_network_failure_opening_the_pr_is_tried_again_at_the_next_poll(project, fake_forge):
+    """gh cannot reach GitHub twice (its own words, exit 1): the PR is opened at the third try, one PR, and the
+    issue goes on to be merged; the dependent waits meanwhile."""
+    proj, fake, failed, lines, creates = _opening_run(
+        project, fake_forge, fail={"pr create": {"code": 1, "stderr": GH_OFFLINE, "times": 2}})
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert len(creates) == 3 and [p["head"] for p in fake.prs()] == ["feature/issue-1", "feature/issue-2"]
+    events = [e for e in proj.events() if e.get("issue") == 1]
+    assert [e["failures"] for e in events if e["action"] == "pr_open_failed"] == [1, 2]
+    assert "error connecting to api.github.com" in next(e for e in events if e["action"] == "pr_open_failed")["error"]
+    assert [e["action"] for e in events].count("pr_opened") == 1
+    _replays(proj)
+
+
+def test_a_network_failure_that_lasts_fails_the_issue_after_three_tries_with_ghs_words(project, fake_forge):
+    proj, fake, failed, lines, creates = _opening_run(
+        project, fake_forge, fail={"pr create": {"code": 1, "stderr": GH_OFFLINE}})
+    assert failed == 1 and proj.issue(1)["status"] == "failed" and proj.issue(2).get("status", "pending") == "pending"
+    assert len(creates) == pulls.MAX_OPEN_ATTEMPTS == 3 and fake.prs() == []
+    skip = next(e for e in proj.events() if e["action"] == "skip" and e.get("issue") == 1)
+    assert skip["reason"] == ("pull request not opened: gh pr create: error connecting to api.github.com / check "
+                              "your internet connection or https://githubstatus.com")
+    assert proj.remote_commits("feature/issue-1") == ["implement #1"]  # pushed, kept
+
+
+@pytest.mark.parametrize("stderr", [
+    "GraphQL: Resource not accessible by integration (createPullRequest)",
+    "HTTP 404: Not Found (https://api.github.com/repos/org/app)",
+])
+def test_a_refusal_opening_the_pr_fails_the_issue_at_once(project, fake_forge, stderr):
+    proj, fake, failed, lines, creates = _opening_run(project, fake_forge,
+                                                      fail={"pr create": {"code": 1, "stderr": stderr}})
+    assert failed == 1 and proj.issue(1)["status"] == "failed" and len(creates) == 1
+    assert not any(e["action"] == "pr_open_failed" for e in proj.events())
+    skip = next(e for e in proj.events() if e["action"] == "skip" and e.get("issue") == 1)
+    assert skip["reason"] == f"pull request not opened: gh pr create: {stderr}"
+
+
+def test_a_pr_opened_whose_answer_was_lost_is_adopted_at_the_next_try_never_duplicated(project, fake_forge):
+    proj, fake, failed, lines, creates = _opening_run(project, fake_forge, lost_answer=["pr create"])
+    assert failed == 0 and proj.issue(1)["status"] == "completed", lines
+    assert len(creates) == 1 and [p["head"] for p in fake.prs()].count("feature/issue-1") == 1
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert kinds.index("pr_open_failed") < kinds.index("pr_adopted") < kinds.index("pr_merged")
+
+
+def test_decide_a_pr_not_opened_yet():
+    from orchestrator.decide import PrView, PrWork, Settings, State, WorkerView, decide
+    from orchestrator.queue import IssueRef, IssueView
+
+    ref = IssueRef("demo", 1)
+    work = PrWork(watching=True, open_failures=1)
+
+    def actions(*polls):
+        state = State((WorkerView(1, ref, pr=work),), (IssueView(ref, "in_progress"),), prs=polls)
+        return [(a.kind, a.reason) for a in decide([], state, Settings(2, 100, 1000))]
+
+    assert actions() == []  # not due yet
+    assert actions(PrView(1)) == [("open_pr", "opening the pull request again (it failed 1 time(s) on the network)")]

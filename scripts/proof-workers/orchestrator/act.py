@@ -285,6 +285,13 @@ class Executor:
         try:
             created = pulls.open_pr(self.run.state_root, cfg, issue, record, self.run.clock())
         except OrchestratorError as err:  # the branch stays, pushed: the PR can be opened by hand
+            if pulls.open_failed(record, err, self.run.clock(), cfg.review.poll_seconds):
+                self.run.files.save_worker(record)
+                self.run.files.log_event({"action": "pr_open_failed", "worker": action.worker, "issue": issue.number,
+                                          "project": cfg.project, "error": str(err),
+                                          "failures": record.pr["open_failures"]})
+                self.say(f"worker {action.worker}: #{issue.number} {record.last_reason}")
+                return
             self.do_skip(Action("skip", action.worker, action.issue, f"pull request not opened: {err}"), record)
             return
         self.run.files.save_worker(record)
@@ -319,7 +326,7 @@ class Executor:
         record.pr["merging"] = True  # saved first: a merge that went through but was never answered is ours too
         self.run.files.save_worker(record)
         try:
-            pulls.merge(self.run.state_root, cfg, issue, record)
+            outcome = pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
             record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
             self.run.files.save_worker(record)
@@ -329,6 +336,16 @@ class Executor:
                 self.do_skip(Action("skip", action.worker, action.issue, f"merge failed: {err}"), record)
             else:
                 self.say(f"worker {action.worker}: #{issue.number} merge failed, tried at the next poll: {err}")
+            return
+        if outcome == "queued":
+            # A merge queue or auto-merge took it: watched (merging stays set) until the forge shows it merged,
+            # closed, or dropped from the queue; the wait counts against no limit.
+            record.pr.update(merge_queued=str(record.pr.get("head") or "") or "?", merge_failures=0)
+            record.last_reason = "PR open, checks passing, merging (queued)"
+            self.run.files.save_worker(record)
+            self.run.files.log_event({"action": "merge_queued", "worker": action.worker, "issue": issue.number,
+                                      "project": cfg.project, "url": record.pr.get("url")})
+            self.say(f"worker {action.worker}: #{issue.number} merging (queued): {record.pr.get('url')}")
             return
         self.do_pr_done(Action("pr_done", action.worker, action.issue, "merged"), record)
 

@@ -68,6 +68,8 @@ class PrWork:
     review_rounds: int = 0
     head: str = ""  # the commit we pushed last: checks of another head are not this round's
     review_seen: str = ""  # the review round already addressed
+    merge_queued: str = ""  # the head our accepted merge left queued (merge queue, auto-merge); "" none
+    open_failures: int = 0  # the PR is not open yet: tries of opening it that failed on the network so far
     merge: str = "manual"  # manual | auto
     max_ci_fixes: int = 3
     max_review_rounds: int = 2
@@ -88,6 +90,7 @@ class PrView:
     review_id: str = ""
     quiet_polls: int = 0  # polls in a row of this head with no check reported
     error: str = ""
+    queued: bool | None = False  # the forge shows it in a merge queue or with auto-merge set (None: cannot say)
 
 
 @dataclass(frozen=True)
@@ -303,12 +306,28 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
 def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Action]:
     """A watched PR, on this cycle's poll (none: not due yet, nothing to do)."""
     ref, wid = worker.issue, worker.worker_id
+    if work.open_failures:  # opening the PR failed on the network: tried again when its poll is due
+        return [] if poll is None else [Action("open_pr", wid, ref, f"opening the pull request again (it failed "
+                                                                     f"{work.open_failures} time(s) on the network)")]
     if poll is None or poll.error:
         return []
     if poll.state == "merged":
         return [Action("pr_done", wid, ref, "merged")]
     if poll.state == "closed":
         return [Action("skip", wid, ref, "pr closed")]
+    if poll.checks != "failing" and (poll.queued and work.merge == "auto" or
+                                     work.merge_queued and poll.queued is not False):
+        return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
+    if work.merge_queued:
+        # Our merge was queued and the queue let it go unmerged (its checks failed, a push, someone dequeued it):
+        # a fix round, never another merge call at whatever head it has now.
+        names = ", ".join(poll.failed) if poll.checks == "failing" and poll.failed else ""
+        why = (f"checks failed while queued to merge: {names or 'a check'}" if poll.queued else
+               f"left the merge queue unmerged{f' (checks failed: {names})' if names else ''}")
+        if work.ci_fixes < work.max_ci_fixes:
+            return [Action("fix_ci", wid, ref, f"{why}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
+        return [Action("skip", wid, ref, f"{why} after {work.ci_fixes} fix round(s) (max_ci_fixes "
+                                         f"{work.max_ci_fixes})")]
     if work.head and poll.head and poll.head != work.head:
         return []  # the forge has not seen our last push yet: these checks are of an older head
     if poll.checks == "failing":

@@ -32,13 +32,51 @@ INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and r
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
+QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a merge waits in a queue
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
 class ForgeError(OrchestratorError):
-    """A gh/glab call failed: one line naming the call and what the CLI said."""
+    """A gh/glab call failed: one line naming the call and what the CLI said; `transient` when it looks like the
+    network or the forge's servers failed (the same call may well work a minute later)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
+# to a refusal: gh prints "error connecting to HOST" + "check your internet connection ..." on a DNS failure (exit
+# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)".
+_TRANSIENT = re.compile(
+    r"error connecting to |check your internet connection|connection (refused|reset|timed out)|no such host|"
+    r"network is unreachable|i/o timeout|tls handshake timeout|unexpected eof|broken pipe|"
+    r"temporary failure in name resolution|context deadline exceeded|timeout awaiting response headers|"
+    r"\bhttp (502|503|504)\b|\b(502|503|504):? (bad gateway|service unavailable|gateway time-?out)|"
+    r"something went wrong while executing your query", re.I)
+
+
+def looks_transient(text: str) -> bool:
+    r"""Whether a CLI's error text says the network or the forge's servers failed (worth another try later).
+
+    >>> looks_transient("error connecting to api.github.com\ncheck your internet connection or https://...")
+    True
+    >>> looks_transient('Post "https://api.github.com/graphql": dial tcp 140.82.112.6:443: connect: connection refused')
+    True
+    >>> looks_transient("HTTP 502: Bad Gateway (https://api.github.com/graphql)")
+    True
+    >>> looks_transient("POST https://gitlab.example.com/api/v4/projects/1/merge_requests: 503 Service Unavailable")
+    True
+    >>> looks_transient("GraphQL: Resource not accessible by integration (createPullRequest)")
+    False
+    >>> looks_transient("pull request create failed: GraphQL: Head sha can't be blank (createPullRequest)")
+    False
+    >>> looks_transient("HTTP 404: Not Found (https://api.github.com/repos/org/app)")
+    False
+    """
+    return bool(_TRANSIENT.search(text))
 
 
 @dataclass(frozen=True)
@@ -62,6 +100,9 @@ class Observation:
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
     base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
+    # In a merge queue, or auto-merge set (gh isInMergeQueue / autoMergeRequest; glab merge_when_pipeline_succeeds):
+    # the forge merges it later unless its checks fail or someone dequeues it. None: the CLI cannot say (old gh).
+    queued: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +218,7 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if timed_out:
-        raise ForgeError(f"{what}: timed out after {timeout:.0f}s")
+        raise ForgeError(f"{what}: timed out after {timeout:.0f}s", transient=True)
     return Called(proc.returncode, bytes(out[-MAX_OUTPUT:]).decode("utf-8", "replace"),
                   bytes(err[-MAX_OUTPUT:]).decode("utf-8", "replace"))
 
@@ -218,7 +259,8 @@ class Forge:
     def checked(self, args: list[str], named: bool = True) -> Called:
         called = self.call(args, named)
         if called.code != 0:
-            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}")
+            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}",
+                             transient=looks_transient(plain(called.err + "\n" + called.out, lines=True)))
         return called
 
     repo_flag = "--repo"
@@ -245,16 +287,20 @@ class Forge:
         with _shape(f"{self.tool}: PR {number}"):
             return self._observe(number)
 
-    def merge(self, number: int, head: str = "") -> None:
-        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and confirm it
-        merged: a CLI that exits 0 having only queued it (a merge queue, glab's auto-merge while a pipeline runs)
-        or having said an error raises ForgeError, so a PR is never recorded merged before it is."""
+    def merge(self, number: int, head: str = "") -> str:
+        """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
+        stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
+        while a pipeline runs: the forge shows it queued and merges it later). A PR still open in no queue, closed
+        meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         after = self.observe(number)
-        if after.state != "merged":
-            raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted (a merge "
-                             "queue or auto-merge may merge it later)")
+        if after.state == "merged":
+            return "merged"
+        if after.state == "open" and after.queued is not False:
+            return "queued"
+        raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted" +
+                         (" and in no merge queue" if after.state == "open" else ""))
 
     def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
@@ -338,9 +384,16 @@ class GitHub(Forge):
                       f"--body={body[:BODY_LIMIT]}"])
 
     def _observe(self, number: int) -> Observation:
-        view = _json("gh pr view", self.checked(["pr", "view", str(number), "--json",
-                                                 "number,url,state,headRefOid,baseRefName,reviewDecision,"
-                                                 "reviews"]))
+        fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
+        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}"])
+        queue_known = True
+        if called.code != 0 and re.search(r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"",
+                                          called.err, re.I):
+            # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
+            called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
+        if called.code != 0:
+            raise ForgeError(f"gh pr view: {_said(called)}")
+        view = _json("gh pr view", called)
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
         if checks.out.strip().startswith("["):
@@ -361,7 +414,9 @@ class GitHub(Forge):
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
         return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
-                           plain(review_id), plain(view.get("baseRefName") or ""))
+                           plain(review_id), plain(view.get("baseRefName") or ""),
+                           (view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
+                           if queue_known else None)
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -429,7 +484,7 @@ class GitLab(Forge):
             ("requested" if review == "changes_requested" else "")
         return Observation(int(view["iid"]), plain(view["web_url"]), _mr_state(view.get("state")),
                            plain(view.get("sha") or ""), checks, failed, review, comments, plain(review_id),
-                           plain(view.get("target_branch") or ""))
+                           plain(view.get("target_branch") or ""), view.get("merge_when_pipeline_succeeds") is True)
 
     def _view_with_notes(self, number: int) -> Any:
         """The MR with every note (up to NOTES_PAGES pages): `--comments` lists them oldest first, 20 a page by

@@ -23,6 +23,7 @@ POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
 STEP_BUDGET_S = 30.0  # all calls of one step (open or adopt, merge, a fix_ci stage's logs): the cycle waits no longer
 MAX_MERGE_ATTEMPTS = 3
+MAX_OPEN_ATTEMPTS = 3  # a PR that fails to open on the network is tried again at the next polls, this many in all
 QUIET_GREEN_S = 120.0  # no check reported for this long (and two polls) on a PR that never had one: no CI there
 LOG_LINES = 60
 PHASES = ("pr_open", "ci_failed", "changes_requested", "merged")  # status's `state` while a PR is the work
@@ -66,6 +67,8 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
     return PrWork(watching=bool(pr.get("watching")), in_stage=bool(pr.get("in_stage")),
                   ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
                   head=str(pr.get("head") or ""), review_seen=str(pr.get("review_seen") or ""),
+                  merge_queued=str(pr.get("merge_queued") or ""),
+                  open_failures=int(pr.get("open_failures") or 0) if pr.get("opening") else 0,
                   merge=cfg.review.merge, max_ci_fixes=cfg.review.max_ci_fixes,
                   max_review_rounds=cfg.review.max_review_rounds)
 
@@ -125,6 +128,10 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if issue is None or (isinstance(polled_at, (int, float)) and now - polled_at < cfg.review.poll_seconds):
             continue
         pr["polled_at"] = now
+        if pr.get("opening"):  # not open yet (the network failed): due to be opened again, nothing to ask
+            save_record(record)
+            views.append(PrView(record.worker_id))
+            continue
         try:
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
@@ -167,15 +174,23 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                                                                         else "")
         pr["last"] = {"checks": seen.checks, "failed": [list(f) for f in seen.failed], "review": seen.review,
                       "comments": list(seen.comments), "review_id": seen.review_id, "head": seen.head}
+        if seen.queued and seen.state == "open" and pr.get("merging") and not pr.get("merge_queued"):
+            # Our merge call was accepted but its answer lost (or the monitor killed before recording it).
+            pr["merge_queued"] = str(pr.get("head") or "") or "?"
+        if pr.get("merge_queued") and seen.state == "open" and seen.queued is not False:
+            record.last_reason += ", merging (queued)" if seen.queued else \
+                ", merging (queued: this gh cannot show whether it is still in the queue)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
+             merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
              **({"phase": "merged"} if seen.state == "merged" else {}))
         # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
         quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
             int(pr["quiet_polls"])
         views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
-                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet))
+                            tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet,
+                            queued=seen.queued))
     return tuple(views)
 
 
@@ -205,6 +220,18 @@ def open_pr(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRe
     return created
 
 
+def open_failed(record: WorkerRecord, err: OrchestratorError, now: float, poll_seconds: float) -> bool:
+    """Opening the PR failed: True when it is tried again at the next due poll (a network failure, fewer than
+    MAX_OPEN_ATTEMPTS so far; the record waits for it, watching), False when the issue fails now."""
+    failures = (int(record.pr.get("open_failures") or 0) if record.pr.get("opening") else 0) + 1
+    if not getattr(err, "transient", False) or failures >= MAX_OPEN_ATTEMPTS:
+        return False
+    record.pr = {"opening": True, "watching": True, "in_stage": False, "open_failures": failures, "polled_at": now}
+    record.last_reason = (f"pull request not opened ({failures}/{MAX_OPEN_ATTEMPTS}), tried again in "
+                          f"{poll_seconds:g}s: {err}")
+    return True
+
+
 def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
     """A fix_ci or address_review stage was pushed: back to watching, this time for the new head."""
     record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0, quiet_since=None,
@@ -218,7 +245,10 @@ def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Worke
     told; the forge is asked for the logs now (bounded; unavailable logs are said so)."""
     last = record.pr.get("last") or {}
     if kind == "fix_ci":
-        failed = [tuple(f) for f in last.get("failed") or []]
+        failed = [tuple(f) for f in last.get("failed") or []] if last.get("checks") == "failing" else []
+        left = ("The pull request was queued to merge (merge queue or auto-merge) and left the queue unmerged: "
+                "its checks there failed or it was removed. Make it mergeable again.\n\n"
+                if record.pr.get("merge_queued") else "")
         names = ", ".join(str(f[0]) for f in failed) or "(the forge named none)"
         observation = Observation(int(record.pr.get("number") or 0), str(record.pr.get("url") or ""), "open",
                                   failed=tuple((str(a), str(b)) for a, b in failed))
@@ -227,7 +257,7 @@ def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Worke
         except (ForgeError, OrchestratorError) as err:
             logs = f"(logs unavailable: {err})"
         links = "\n".join(f"- {name}: {link}" for name, link in failed if link)
-        return (f"Failed checks: {names}\n{links}\n\nTail of their logs:\n```\n{logs or '(no log text)'}\n```")
+        return (f"{left}Failed checks: {names}\n{links}\n\nTail of their logs:\n```\n{logs or '(no log text)'}\n```")
     comments = "\n\n".join(f"- {clip(c, 4000)}" for c in last.get("comments") or []) or "(no comment text: " \
         "read the review on the pull request)"
     return f"Review comments:\n{comments}"
@@ -238,22 +268,30 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
     task = stage_task(state_root, cfg, issue, record, kind)
     last = record.pr.get("last") or {}
     counter = "ci_fixes" if kind == "fix_ci" else "review_rounds"
-    record.pr.update(watching=False, in_stage=True, task=task, **{counter: int(record.pr.get(counter) or 0) + 1})
+    # A merge left queued is over once a stage starts (the queue dropped it): the next green head is merged anew.
+    record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merging=False,
+                     **{counter: int(record.pr.get(counter) or 0) + 1})
     if kind == "address_review":
         record.pr["review_seen"] = str(last.get("review_id") or "")
     record.stage = kind
     record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
     save(state_root, cfg.project, issue.number, phase="ci_failed" if kind == "fix_ci" else "changes_requested",
-         checks="failing" if kind == "fix_ci" else (last.get("checks") or "pending"),
+         checks="failing" if kind == "fix_ci" else (last.get("checks") or "pending"), merge_queued=False,
          **{counter: record.pr[counter]})
 
 
-def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord) -> None:
+def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord) -> str:
     """Merge with the repository's method, only while the PR's head is the one judged green (the forge refuses
-    another) and only recorded once the forge shows it merged; raises ForgeError."""
-    forge_of(state_root, cfg, issue).merge(int(record.pr["number"]), str(record.pr.get("head") or ""))
-    save(state_root, cfg.project, issue.number, state="merged", phase="merged", checks="passing",
-         merged_at=now_iso())
+    another); "merged" is recorded only once the forge shows it merged, "queued" (a merge queue or auto-merge
+    took it) leaves it open and watched. Raises ForgeError."""
+    outcome = forge_of(state_root, cfg, issue).merge(int(record.pr["number"]), str(record.pr.get("head") or ""))
+    if outcome == "merged":
+        save(state_root, cfg.project, issue.number, state="merged", phase="merged", checks="passing",
+             merge_queued=False, merged_at=now_iso())
+    else:
+        save(state_root, cfg.project, issue.number, state="open", phase="pr_open", checks="passing",
+             merge_queued=True)
+    return outcome
 
 
 def pr_states(state_root: Path, project: str, issues: dict[int, str],
