@@ -26,16 +26,17 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
-from lib import remote, runner
+from lib import runner
 from lib.batch import record
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError, clip
-from lib.hosts import LOCAL, Host
 from lib.paths import Paths
 from lib.progress import Progress
+from lib.remote import connection as remote
+from lib.remote.hosts import LOCAL, Host
 from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary, run_sync
 
-LIB_DIR = Path(__file__).resolve().parent
+LIB_DIR = Path(__file__).resolve().parent.parent  # lib/: its modules, not this package, go to the host
 HOST_HOME = ".orchestrator"  # under the host's workspace
 MIN_PYTHON = (3, 11)
 # Stopped, the driver stops its gits (runner.GRACE_S at most) and reports what it finished before it is killed.
@@ -668,7 +669,7 @@ def sync_on_host(paths: Paths, host_name: str, tags: list[str] | None = None, ne
     `local` is this machine, as for build and test: the local sync.
     """
     from lib.config import load_workspace
-    from lib.fleet import Fleet
+    from lib.remote.fleet import Fleet
 
     workspace = load_workspace(paths.repos_file)
     if host_name == LOCAL:

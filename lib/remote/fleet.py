@@ -5,12 +5,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-from lib import batch, remote, runner
+from lib import batch, runner
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
-from lib.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
 from lib.paths import Paths
 from lib.progress import Progress
+from lib.remote import connection as remote
+from lib.remote.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
 from lib.workflows import Plan, Workflow, get_workflow, load_workflows
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
-from lib import known_hosts as host_keys
 from lib import runner
 from lib.batch import LogUnavailable, Outcome, now_iso, open_log
 from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
 from lib.errors import clip
-from lib.hosts import Host
+from lib.remote import known_hosts as host_keys
+from lib.remote.hosts import Host
 from lib.workflows import Plan, Workflow, first_tool, plan_for
 
 Done = TypeVar("Done")
@@ -107,7 +107,7 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_key
     from paramiko import MissingHostKeyPolicy
 
     class CheckHostKey(MissingHostKeyPolicy):
-        """Judges every server key by lib.known_hosts, right after the handshake and before we authenticate.
+        """Judges every server key by lib.remote.known_hosts, right after the handshake and before we authenticate.
 
         paramiko is given no host keys of its own (its lookup knows neither patterns nor @revoked), so it
         asks this policy for every connection. With accept_new, like ssh's accept-new, a host no line
