@@ -23,7 +23,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 from lib import gitrefs, runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
-from lib.gitstatus import (STATUS_ARGS, GitResult, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
+from lib.gitpool import GitResult
+from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
                            read_known_commits)
 from lib.paths import Paths
 from lib.progress import Progress
