@@ -1,5 +1,7 @@
 """Repo status for many repos at once: one porcelain-v2 `git status` each, and the HEAD commit read, not logged.
 
+Over 500 lines: a repo's status read as git reads it (operations, locks, stashes), and its scan over many repos.
+
 Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
 """
 from __future__ import annotations

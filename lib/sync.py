@@ -1,5 +1,7 @@
 """Sync every repo safely: fetch, then fast-forward the default branch only when nothing can be lost.
 
+Over 500 lines, one job: each skip and update path carries its own checks that nothing is lost.
+
 Never a merge commit, never a reset, never a touched dirty tree. A repo that
 cannot be fast-forwarded safely is skipped with the reason. Every git call runs
 in the configured repo with inherited repo-local variables (GIT_DIR, ...)

@@ -1,15 +1,19 @@
 """`inv sync-all --host NAME`: lib.sync itself runs on the build host, so its safety rules are the same code.
 
-The sync path of lib/ is standard library only. Its files are read once, and
-exactly those bytes are uploaded (SFTP) into a private per-user cache on the
-host, named by a hash of their manifest (file name -> sha256); before each run
-the copy there is checked against that manifest and replaced when it differs.
-A generated home (`<workspace>/.orchestrator/`: config/repos.json, state/ with
-the one-sync-per-workspace lock, logs/) sits in the host's workspace, so two
+Over 500 lines, one job: each way a run there can end (stop, silent or lost link, damaged copy) is recovered.
+
+lib/'s top-level modules (this package stays here; the sync path among them
+is standard library only) are read once, and exactly those bytes are uploaded
+(SFTP) into a private per-user cache on the host, named by a hash of their
+manifest (file name -> sha256); before each run the copy there is checked
+against that manifest and replaced when it differs. A generated home
+(`<workspace>/.orchestrator/`: config/repos.json, state/ with the
+one-sync-per-workspace lock, logs/) sits in the host's workspace, so two
 machines syncing the same host workspace exclude each other. A tiny driver
-calls `lib.sync.run_sync` there in its own process group (remote.run_remote)
-and prints each repo's outcome as it finishes, then the whole result; a driver
-stopped from here leaves its result in a file for us. The logs are copied back.
+calls `lib.sync.run_sync` there in its own process group
+(connection.run_remote) and prints each repo's outcome as it finishes, then
+the whole result; a driver stopped from here leaves its result in a file for
+us. The logs are copied back.
 """
 from __future__ import annotations
 
