@@ -1,6 +1,7 @@
-"""lib/ has no circular imports: every module imports on its own, first, in a fresh interpreter."""
+"""lib/'s modules: none in an import cycle (each imports first in a fresh interpreter), each in CLAUDE.md's map."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -30,3 +31,14 @@ def test_each_lib_module_imports_first_in_a_fresh_interpreter(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_claude_md_maps_every_lib_module_and_no_other():
+    """One line per module in CLAUDE.md's map, named as the code names it (`sync`, `remote.sync`)."""
+    text = (ROOT / "CLAUDE.md").read_text()
+    start = text.index("- One job per module in `lib/`")
+    map_lines = text[start:text.index("\n- ", start + 1)].splitlines()[1:]
+    mapped = [m.group(1) for line in map_lines if (m := re.match(r"\s+- `([\w.]+)`:", line))]
+    modules = [n.removeprefix("lib.") for n in lib_modules() if n not in ("lib", "lib.remote")]
+    assert sorted(mapped) == sorted(modules)
+    assert len(mapped) == len(set(mapped))
