@@ -99,7 +99,7 @@ def _interrupted(stop) -> Exit:
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
-    from lib.hosts import LOCAL
+    from lib.remote.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
     from lib.scan import ScanStopped, scan_workspace
@@ -109,8 +109,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
         paths = Paths.from_env()
         workspace = load_workspace(paths.repos_file)
         if host:
-            from lib.fleet import Fleet
-            from lib.remote_status import scan_host
+            from lib.remote.fleet import Fleet
+            from lib.remote.status import scan_host
 
             report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
         else:
@@ -244,15 +244,15 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
 
 def _host_for(paths, repo, flag):
     """The build host a repo runs on: --host, else the repo's `host` in repos.json; None for here."""
-    from lib.fleet import Fleet
-    from lib.hosts import LOCAL
+    from lib.remote.fleet import Fleet
+    from lib.remote.hosts import LOCAL
 
     name = flag or repo.host or LOCAL
     return None if name == LOCAL else Fleet.load(paths).get(name)
 
 
 def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
-    from lib.fleet import Fleet, run_distributed
+    from lib.remote.fleet import Fleet, run_distributed
 
     try:
         return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1,
@@ -314,8 +314,8 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
-    from lib.fleet import plan_groups, test_all_in_groups
-    from lib.hosts import LOCAL
+    from lib.remote.fleet import plan_groups, test_all_in_groups
+    from lib.remote.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.scan import ScanStopped
     from lib.testall import ci_matrix, plan_test_all, run_test_all
@@ -393,10 +393,10 @@ def workflow(c, name, repo, timeout=Seconds(1800), dry_run=False, host="", accep
 )
 def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, hosts="", accept_new_host_key=False):
     """Run a workflow on every repo, concurrently; a table of outcomes and logs."""
-    from lib import fleet as fleets
+    from lib.remote import fleet as fleets
     from lib.batch import check_state, plan_workflow, run_with_progress
     from lib.config import load_workspace
-    from lib.hosts import LOCAL
+    from lib.remote.hosts import LOCAL
     from lib.runner import RunInterrupted
     from lib.views import outcomes_table
 
@@ -450,7 +450,7 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
     try:
         paths = Paths.from_env()
         if host:
-            from lib.remote_sync import sync_on_host
+            from lib.remote.sync import sync_on_host
 
             report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
                                   accept_new_host_key)
@@ -523,8 +523,8 @@ def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, onl
 )
 def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
-    from lib.fleet import Fleet
-    from lib.remote import PROBE_TOOLS, check_hosts
+    from lib.remote.fleet import Fleet
+    from lib.remote.connection import PROBE_TOOLS, check_hosts
     from lib.runner import RunInterrupted
     from lib.views import plain_table, visible
 
@@ -573,7 +573,7 @@ def host_check(c, name="", accept_new_host_key=False):
 def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", jobs=Count(2), known_hosts="",
              connect_timeout=Seconds(10)):
     """Add a build host to config/hosts.toml (comments and other hosts are kept)."""
-    from lib.hosts import add_host, hosts_file
+    from lib.remote.hosts import add_host, hosts_file
 
     def typed_here(local: str) -> str | None:  # as the user meant it: relative to where they typed it
         return str(Path(local).expanduser().absolute()) if local else None
@@ -593,7 +593,7 @@ def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", job
 @task(name="list")
 def host_list(c):
     """List the build hosts of config/hosts.toml."""
-    from lib.fleet import Fleet
+    from lib.remote.fleet import Fleet
     from lib.views import plain_table
 
     try:

@@ -1,5 +1,7 @@
 """Task files (tasks/backlog.md, active.md, completed.md): parse, move, add; locked, atomic, crash-safe.
 
+Over 500 lines, one job: byte-exact splicing, the lock, the journal and crash recovery are one contract.
+
 The files are the user's: the tool owns only the task blocks it moves and the
 stamp lines it adds. Everything else (preamble, comments, odd headings, blank
 lines, line endings, invalid UTF-8) is kept byte for byte, so a file is parsed

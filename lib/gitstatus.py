@@ -1,29 +1,28 @@
 """Repo status for many repos at once: one porcelain-v2 `git status` each, and the HEAD commit read, not logged.
 
+Over 500 lines: a repo's status read as git reads it (operations, locks, stashes), and its scan over many repos.
+
 Standard library only, so `python3 scripts/scan_all_repos.py` runs before `make setup`.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import select
 import signal
 import stat
-import tempfile
 import warnings
-from collections import deque
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from time import monotonic, perf_counter, sleep
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, NamedTuple, Sequence
+from time import perf_counter
+from typing import Any, Callable, Mapping, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import _common_dir, read_commit
+from lib.gitpool import STOP_SIGNALS, GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
 from lib.statefile import loads, read_regular
 
@@ -231,201 +230,6 @@ def parse_porcelain_v2(data: bytes) -> Porcelain:
             continue  # "!" ignored entries are not shown by default
         status.dirty += 1
     return status
-
-
-class GitResult(NamedTuple):
-    returncode: int
-    stdout: bytes
-    stderr: bytes  # kept only when git failed
-
-
-Done = Callable[[GitResult], None]
-# A terminal's Ctrl-C, a `kill`, a closed terminal: what the keeper does not let end it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class GitPool:
-    """Runs many short gits at once from one thread: `os.posix_spawn` and `poll`, no thread per git.
-
-    A scan starts hundreds of gits whose start-up is most of their cost; Popen's
-    bookkeeping in a thread pool cost more Python time per repo than the rest of
-    the scan together, and threads contend for the interpreter (bench/README.md).
-    Each child: stdin /dev/null, stdout a pipe read as it fills, stderr a scratch
-    file of its slot (read only when git fails, so nothing can fill up and block),
-    SIGPIPE/SIGXFSZ back at their defaults as subprocess would do, and a
-    process group other than ours (a terminal's Ctrl-C reaches us only): the
-    scan's keeper group (see `_start_keeper`), or its own when `group` is 0.
-    `done` callbacks run in the loop and may `submit` more work (it queues first).
-    """
-
-    def __init__(self, git: str, size: int, group: int = 0) -> None:
-        self._git = git
-        self._size = max(1, size)
-        self._group = group  # 0: each git leads its own process group; else the group they join
-        self._queue: deque[tuple[str, dict[str, str], tuple[str, ...], Done]] = deque()
-        self._live: dict[int, tuple[int, list[bytes], BinaryIO, Done]] = {}  # stdout fd -> child
-        self._feeds: dict[int, tuple[bytearray, Callable[[bytes], None], Callable[[], None]]] = {}
-        self._free: list[BinaryIO] = []
-        self._poll = select.poll()
-        _fill_standard_descriptors()
-
-    def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
-        job = (path, env, args, done)
-        self._queue.appendleft(job) if first else self._queue.append(job)
-
-    def watch(self, fd: int, on_line: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
-        """Also read `fd` in the loop, a line at a time, until it ends (a helper's results)."""
-        self._feeds[fd] = (bytearray(), on_line, on_end)
-        self._poll.register(fd, select.POLLIN)
-
-    def run(self) -> None:
-        """Run everything submitted (and whatever the callbacks submit) to the end, and read the feeds out."""
-        while self._queue or self._live or self._feeds:
-            while self._queue and len(self._live) < self._size:
-                self._spawn(*self._queue.popleft())
-            if self._live or self._feeds:
-                self._step()
-
-    def close(self) -> None:
-        """Stop whatever still runs (an interrupted scan): a status or log writes nothing, so a kill loses nothing.
-
-        A git that leads its own process group goes with what it started (a
-        submodule's status, a hook); gits in a shared group go with it when
-        its owner kills it (`scan` kills the keeper's group whole).
-        """
-        for fd, (pid, _, stderr, _) in list(self._live.items()):
-            with suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)  # its own group (ESRCH when it joined a shared one)
-            with suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with suppress(OSError):
-                os.waitpid(pid, 0)
-            os.close(fd)
-            stderr.close()
-        self._live.clear()
-        for fd in self._feeds:
-            os.close(fd)
-        self._feeds.clear()
-        for stderr in self._free:
-            stderr.close()
-        self._free.clear()
-
-    def forget_feeds(self) -> None:
-        """Close the feeds without reading them (a forked helper's copies of its parent's)."""
-        for fd in self._feeds:
-            os.close(fd)
-        self._feeds.clear()
-
-    def __enter__(self) -> GitPool:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def _spawn(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done) -> None:
-        try:
-            stderr = self._free.pop() if self._free else _scratch_file()
-        except OSError as err:
-            return self._no_descriptors(err, (path, env, args, done))
-        try:
-            read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
-        except OSError as err:
-            self._free.append(stderr)
-            return self._no_descriptors(err, (path, env, args, done))
-        try:
-            try:
-                pid = self._posix_spawn(path, args, env, write_end, stderr)
-            except OSError as err:
-                if err.errno != errno.EPERM or not self._group:
-                    raise
-                self._group = 0  # the shared group is gone (its keeper was killed): each git leads its own
-                pid = self._posix_spawn(path, args, env, write_end, stderr)
-        except OSError as err:  # E2BIG, EMFILE, git removed meanwhile: this repo's error, not the scan's
-            os.close(read_end)
-            self._free.append(stderr)
-            done(GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
-            return
-        finally:
-            os.close(write_end)
-        self._live[read_end] = (pid, [], stderr, done)
-        self._poll.register(read_end, select.POLLIN)
-
-    def _posix_spawn(self, path: str, args: tuple[str, ...], env: dict[str, str], stdout: int,
-                     stderr: BinaryIO) -> int:
-        return os.posix_spawn(self._git, [self._git, "--no-optional-locks", "-C", path, *args], env,
-                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                            (os.POSIX_SPAWN_DUP2, stdout, 1),
-                                            (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
-                              setsigdef=_DEFAULT_IN_CHILD, setpgroup=self._group)
-
-    def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
-        """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
-        if err.errno in (errno.EMFILE, errno.ENFILE) and self._live:
-            self._size = len(self._live)
-            self._queue.appendleft(job)
-        else:  # none left even for one git: this repo's error, as when git cannot start
-            job[3](GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
-
-    def _step(self) -> None:
-        for fd, _ in self._poll.poll():
-            if fd in self._feeds:
-                self._read_feed(fd)
-                continue
-            pid, chunks, stderr, done = self._live[fd]
-            chunk = os.read(fd, 65536)
-            if chunk:
-                chunks.append(chunk)
-                continue
-            self._poll.unregister(fd)
-            os.close(fd)
-            del self._live[fd]
-            _, wait_status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wait_status)
-            errors = b""
-            if stderr.tell():  # the child's writes moved the offset this file shares with it
-                if code != 0:
-                    stderr.seek(0)
-                    errors = stderr.read(65536)
-                stderr.seek(0)
-                stderr.truncate()
-            self._free.append(stderr)
-            done(GitResult(code, b"".join(chunks), errors))
-
-    def _read_feed(self, fd: int) -> None:
-        pending, on_line, on_end = self._feeds[fd]
-        chunk = os.read(fd, 65536)
-        pending += chunk
-        *lines, rest = pending.split(b"\n")
-        pending[:] = rest
-        for line in lines:
-            on_line(bytes(line))
-        if not chunk:
-            self._poll.unregister(fd)
-            os.close(fd)
-            del self._feeds[fd]
-            on_end()
-
-
-def _fill_standard_descriptors() -> None:
-    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
-
-    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
-    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output.
-    """
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
-
-
-def _scratch_file() -> BinaryIO:
-    if hasattr(os, "memfd_create"):  # Linux: no file system involved
-        return os.fdopen(os.memfd_create("git-stderr", os.MFD_CLOEXEC), "rb+", buffering=0)
-    return tempfile.TemporaryFile(buffering=0)
-
-
-_DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
 def _git_error(result: GitResult) -> str:
@@ -747,13 +551,13 @@ def scan(
             os.waitpid(pid, 0)
         helpers.discard(pid)
 
-    keeper: _Keeper | None = None
+    keeper: Keeper | None = None
     try:
-        with _stop_signals_held():  # a stop lands once the keeper is known, never between its fork and here
-            keeper = _start_keeper() if repos else None
+        with stop_signals_held():  # a stop lands once the keeper is known, never between its fork and here
+            keeper = start_keeper() if repos else None
         with GitPool(git, per_process, keeper.pid if keeper else 0) as pool:
             for share in (repos[i::processes] for i in range(1, processes)):
-                with _stop_signals_held():  # likewise for each helper
+                with stop_signals_held():  # likewise for each helper
                     try:
                         pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper)
                     except OSError:  # no fork or pipe to be had (a process limit): scanned here below
@@ -796,7 +600,7 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
 
 
 def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: Mapping[str, LastCommit],
-                  jobs: int, parent_pool: GitPool, keeper: _Keeper | None = None) -> tuple[int, int]:
+                  jobs: int, parent_pool: GitPool, keeper: Keeper | None = None) -> tuple[int, int]:
     """Fork a process that scans `share` and writes one JSON row per repo to the returned fd.
 
     The helper joins the keeper's process group and puts its gits in it (with
@@ -838,103 +642,6 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
         os.setpgid(pid, keeper.pid if keeper else pid)  # also here: a killpg right after the fork must find it
     os.close(write_end)
     return pid, read_end
-
-
-@contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold the stop signals (they wait, pending) while a process is forked and noted.
-
-    A signal's Python handler runs between any two bytecodes, so a stop could
-    otherwise land after the fork and before its pid is kept: a process no
-    cleanup knows of. Children forked meanwhile start with the signals held.
-    The progress line's ticker thread holds them for good, or the kernel would
-    hand a held signal to it and its handler would run here all the same.
-    """
-    held = hasattr(signal, "pthread_sigmask")
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if held else set()
-    try:
-        yield
-    finally:
-        if held:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@dataclass
-class _Keeper:
-    """The forked process whose group holds a scan's gits and helpers; `alive_fd` is our end of its pipe."""
-
-    pid: int
-    alive_fd: int
-
-    def stop(self) -> None:
-        """Kill the group whole (the keeper included) and close our end of the pipe."""
-        with suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
-        if self.alive_fd >= 0:
-            with suppress(OSError):
-                os.close(self.alive_fd)
-            self.alive_fd = -1
-
-    def reap(self) -> None:
-        """Collect the keeper and every child of ours left in its group (a git whose pid a signal kept from the pool).
-
-        Bounded: a process stuck in the kernel (a dead mount) must not hold the scan's end forever.
-        """
-        with suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        deadline = monotonic() + 2.0
-        while monotonic() < deadline:
-            try:
-                if os.waitpid(-self.pid, os.WNOHANG)[0] == 0:
-                    sleep(0.01)
-            except ChildProcessError:
-                return
-
-
-def _start_keeper() -> _Keeper | None:
-    """Fork the scan's keeper: the process group every git and helper of the scan joins. None if it cannot fork.
-
-    The keeper blocks reading a pipe only the scan writes to (close-on-exec, so
-    no git inherits it; helpers close their copy). End of file means the scan
-    is done or gone, even by SIGKILL or the OOM killer: the keeper then kills
-    its group, itself included, so no git outlives a scan, however it ends.
-    While the scan runs, one killpg stops every git, even one whose pid a
-    signal kept the pool from noting. One fork per scan and nothing per git:
-    each git joins the group in its posix_spawn (`setpgroup`), as it would
-    have made one of its own.
-    """
-    _fill_standard_descriptors()  # else the pipe could be fd 0, 1 or 2, which the keeper points at /dev/null
-    try:
-        read_end, write_end = os.pipe()
-    except OSError:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads: see _start_helper
-            pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return None
-    if pid == 0:
-        try:
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a stray Ctrl-C must not end the group early
-            os.setpgid(0, 0)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):  # hold no one's terminal or pipe open
-                os.dup2(null, fd)
-            os.closerange(3, read_end)
-            os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
-            while os.read(read_end, 64):
-                pass
-        finally:
-            with suppress(OSError):
-                os.killpg(os.getpid(), signal.SIGKILL)  # its own group only, never the scan's
-            os._exit(0)
-    os.close(read_end)
-    with suppress(OSError):
-        os.setpgid(pid, pid)  # also here: a git spawned right after the fork must find the group
-    return _Keeper(pid, write_end)
 
 
 def _status_from_json(line: bytes) -> RepoStatus | None:

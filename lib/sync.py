@@ -1,5 +1,7 @@
 """Sync every repo safely: fetch, then fast-forward the default branch only when nothing can be lost.
 
+Over 500 lines, one job: each skip and update path carries its own checks that nothing is lost.
+
 Never a merge commit, never a reset, never a touched dirty tree. A repo that
 cannot be fast-forwarded safely is skipped with the reason. Every git call runs
 in the configured repo with inherited repo-local variables (GIT_DIR, ...)
@@ -23,7 +25,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 from lib import gitrefs, runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
-from lib.gitstatus import (STATUS_ARGS, GitResult, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
+from lib.gitpool import GitResult
+from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
                            read_known_commits)
 from lib.paths import Paths
 from lib.progress import Progress

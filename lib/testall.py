@@ -27,8 +27,8 @@ from lib.batch import (
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import confined_to, git_env
-from lib.hosts import LOCAL
 from lib.paths import Paths
+from lib.remote.hosts import LOCAL
 from lib.runner import RunInterrupted, signal_name
 from lib.scan import scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
@@ -82,7 +82,7 @@ def plan_test_all(workspace: Workspace, paths: Paths, tags: list[str] | None = N
 
 def ci_matrix(plans: list[Plan], groups: dict[str, list[Repo]]) -> dict[str, Any]:
     """The selected repos as a CI matrix (GitHub's `strategy.matrix` shape): one entry per repo to fan out,
-    with the host it would be tested on (`local`, or a build host: see lib.fleet.plan_groups)."""
+    with the host it would be tested on (`local`, or a build host: see lib.remote.fleet.plan_groups)."""
     host_of = {repo.name: host for host, repos in groups.items() for repo in repos}
     return {"include": [{"repo": p.repo.name, "language": p.repo.language, "host": host_of.get(p.repo.name, LOCAL)}
                         for p in plans]}

@@ -12,7 +12,7 @@ from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace, split_names  # noqa: E402
 from lib.errors import OrchestratorError, error_lines  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.fleet import plan_groups, test_all_in_groups  # noqa: E402
+from lib.remote.fleet import plan_groups, test_all_in_groups  # noqa: E402
 from lib.runner import RunInterrupted  # noqa: E402
 from lib.scan import ScanStopped  # noqa: E402
 from lib.testall import plan_test_all  # noqa: E402

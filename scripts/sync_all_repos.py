@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = Paths.from_env()
         if args.host:
-            from lib.remote_sync import sync_on_host
+            from lib.remote.sync import sync_on_host
 
             report = sync_on_host(paths, args.host, args.tag, args.net_jobs, args.timeout or None,
                                   args.clone_missing, args.dry_run, args.accept_new_host_key)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lib import known_hosts, remote
-from lib.hosts import Host
-from lib.remote import HostUnreachable
+from lib.remote import connection as remote
+from lib.remote import known_hosts
+from lib.remote.connection import HostUnreachable
+from lib.remote.hosts import Host
 from tests.conftest import require_tool
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_hosts_remote import only_on_host

@@ -134,7 +134,7 @@ def test_sync_on_a_host_whose_login_shell_hangs_names_the_timeout_and_runs_nothi
 def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_read(home, make_repo, inv, sshd,
                                                                                    tmp_path, monkeypatch):
     """The login shell ran it and the link answers: the host is fine, only this repo's git is slow."""
-    from lib import remote_status
+    from lib.remote import status as remote_status
 
     monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 8.0)
     ws = tmp_path / "ws"
@@ -161,7 +161,7 @@ def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_re
 
 def test_status_on_a_host_whose_connection_goes_silent_says_so_for_every_repo_without_a_wait_each(
         home, make_repo, inv, sshd, tmp_path, monkeypatch):
-    from lib import remote_status
+    from lib.remote import status as remote_status
 
     monkeypatch.setattr(remote_status, "STATUS_TIMEOUT_S", 20.0)  # the freeze comes well within it
     ws = tmp_path / "ws"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lib.errors import ConfigError
-from lib.hosts import Host, load_hosts
+from lib.remote.hosts import Host, load_hosts
 from tests.conftest import ROOT
 
 
@@ -126,7 +126,7 @@ def test_host_add_creates_the_file_when_there_is_none(home, inv):
 def test_concurrent_host_adds_lose_no_host(home):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lib.hosts import add_host
+    from lib.remote.hosts import add_host
 
     path = home.path / "config" / "hosts.toml"
     names = [f"b{i}" for i in range(12)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.hosts import load_hosts
+from lib.remote.hosts import load_hosts
 from tests.conftest import ROOT, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_honest_runs import PASSING, hanging_repo, inv_command, start, wait_for
@@ -234,8 +234,8 @@ def test_a_host_with_more_jobs_than_sshd_lets_authenticate_at_once_runs_every_re
 
 
 def test_a_host_that_refused_a_new_connection_fails_the_next_ones_without_trying_again(tmp_path):
-    from lib.hosts import Host
-    from lib.remote import Connections, HostUnreachable
+    from lib.remote.hosts import Host
+    from lib.remote.connection import Connections, HostUnreachable
     from tests.sshd_fixtures import free_port
 
     host = Host("gone", "127.0.0.1", str(tmp_path), port=free_port(), connect_timeout=1,

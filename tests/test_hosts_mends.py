@@ -37,7 +37,7 @@ def logins(monkeypatch) -> dict[int, int]:
 
 
 def builder(home, sshd, tmp_path, **fields):
-    from lib.hosts import load_hosts
+    from lib.remote.hosts import load_hosts
 
     workspace = tmp_path / "ws"
     workspace.mkdir(exist_ok=True)
@@ -48,7 +48,8 @@ def builder(home, sshd, tmp_path, **fields):
 def test_a_connection_given_up_is_never_opened_again_whatever_runs_or_transfers_over_it(home, sshd, tmp_path,
                                                                                       logins):
     """Fabric opens a closed Connection again on its next use; a connection given up must stay given up."""
-    from lib import remote, remote_sync
+    from lib.remote import connection as remote
+    from lib.remote import sync as remote_sync
 
     host = builder(home, sshd, tmp_path)
     connection = remote.connect(host)
@@ -74,7 +75,7 @@ def test_a_connection_given_up_is_never_opened_again_whatever_runs_or_transfers_
 
 
 def test_give_up_marks_before_it_closes_and_a_lost_connection_is_refused_too(home, sshd, tmp_path, logins):
-    from lib import remote
+    from lib.remote import connection as remote
 
     host = builder(home, sshd, tmp_path)
     connection = remote.connect(host)
@@ -93,7 +94,7 @@ def test_give_up_marks_before_it_closes_and_a_lost_connection_is_refused_too(hom
 
 def test_ctrl_c_while_the_sync_connection_is_silent_takes_the_report_over_a_new_connection_never_the_old_one(
         home, make_repo, inv, sshd, tmp_path, monkeypatch, logins):
-    from lib import remote_sync
+    from lib.remote import sync as remote_sync
 
     workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
     shown = threading.Event()
@@ -285,7 +286,8 @@ def test_the_sweep_kills_what_carries_the_runs_mark_and_nothing_else(home, sshd,
     """A dead driver's gits (sessions of their own) are found by the run's mark, with remote's one kill script."""
     import subprocess
 
-    from lib import remote, remote_sync
+    from lib.remote import connection as remote
+    from lib.remote import sync as remote_sync
 
     host = builder(home, sshd, tmp_path)
     mark = "orchestrator-sync-0123"
@@ -309,7 +311,7 @@ def test_the_sweep_kills_what_carries_the_runs_mark_and_nothing_else(home, sshd,
 def test_an_idle_pooled_connection_that_dropped_is_replaced_never_reopened(home, sshd, tmp_path, logins):
     """Between two repos the host dropped a pooled connection (sshd restarted, a NAT timeout): the next repo gets
     a new connection, not an error, and the dropped one is never opened again."""
-    from lib import remote
+    from lib.remote import connection as remote
 
     host = builder(home, sshd, tmp_path)
     first = remote.connect(host)

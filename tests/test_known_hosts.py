@@ -1,4 +1,4 @@
-"""known_hosts read as OpenSSH reads it: every verdict of lib.known_hosts next to the real ssh's on the same file."""
+"""known_hosts read as OpenSSH reads it: every verdict of lib.remote.known_hosts next to the real ssh's on the same file."""
 from __future__ import annotations
 
 import base64
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from paramiko import PKey
 
-from lib import known_hosts
+from lib.remote import known_hosts
 from tests.conftest import require_tool
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_honest_runs import wait_for

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from lib.config import Repo
-from lib.gitstatus import GitPool, GitResult, git_env, scan
+from lib.gitpool import GitPool, GitResult, start_keeper
+from lib.gitstatus import git_env, scan
 from tests.conftest import ROOT, wait_gone
 
 REAL_GIT = shutil.which("git")
@@ -207,7 +208,7 @@ children = []
 
 def fork_then_ctrl_c(*args, **kwargs):
     child = real(*args, **kwargs)
-    children.append(child.pid if forked == "_start_keeper" else child[0])
+    children.append(child.pid if forked == "start_keeper" else child[0])
     os.kill(os.getpid(), signal.SIGINT)
     return child
 
@@ -225,7 +226,7 @@ except ChildProcessError:
 """
 
 
-@pytest.mark.parametrize("forked", ["_start_keeper", "_start_helper"])
+@pytest.mark.parametrize("forked", ["start_keeper", "_start_helper"])
 def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp_path, forked):
     """A Ctrl-C that arrives as the keeper or a helper is forked, before the scan noted it: it must not be lost.
 
@@ -244,11 +245,9 @@ def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp
 
 def test_a_git_that_may_not_be_run_keeps_the_pool_in_the_scans_group(tmp_path):
     """EACCES is this repo's error; only a vanished group (EPERM) makes the gits lead groups of their own."""
-    import lib.gitstatus
-
     not_executable = tmp_path / "git"
     not_executable.write_text("#!/bin/sh\n")
-    keeper = lib.gitstatus._start_keeper()
+    keeper = start_keeper()
     try:
         seen = []
         with GitPool(str(not_executable), 1, keeper.pid) as pool:
@@ -263,10 +262,8 @@ def test_a_git_that_may_not_be_run_keeps_the_pool_in_the_scans_group(tmp_path):
 
 def test_a_killed_keeper_costs_no_repo_its_gits_lead_groups_of_their_own(make_repo):
     """Someone kills the keeper mid-scan: joining its empty group fails (EPERM), so the next git starts a group."""
-    import lib.gitstatus
-
     handle = make_repo("alpha")
-    keeper = lib.gitstatus._start_keeper()
+    keeper = start_keeper()
     keeper.stop()
     keeper.reap()
     seen = []

@@ -167,7 +167,7 @@ def test_a_damaged_lib_cache_on_the_host_is_replaced_and_the_sync_runs(home, mak
 def test_a_lib_cache_that_cannot_be_made_whole_is_named_and_nothing_runs(home, make_repo, inv, sshd, tmp_path,
                                                                          monkeypatch):
     """The manifest is checked on the host: a copy that still differs after a fresh upload fails every repo."""
-    from lib import remote_sync
+    from lib.remote import sync as remote_sync
 
     handle = make_repo("staking")
     workspace = setup(home, sshd, tmp_path, [handle])
@@ -192,9 +192,9 @@ def test_a_lib_cache_that_cannot_be_made_whole_is_named_and_nothing_runs(home, m
 
 def test_what_is_uploaded_is_exactly_what_was_hashed(home, make_repo, sshd, tmp_path):
     """A lib/ file edited after it was read is not stored under the old content's hash."""
-    from lib import remote_sync
-    from lib.hosts import load_hosts
-    from lib.remote import connect
+    from lib.remote import sync as remote_sync
+    from lib.remote.connection import connect
+    from lib.remote.hosts import load_hosts
 
     edited = tmp_path / "lib"
     edited.mkdir()
@@ -437,10 +437,10 @@ def test_a_lost_connection_keeps_what_the_host_reported_and_fails_the_rest(home,
 
 def test_the_hosts_output_is_read_line_by_line_and_only_our_marked_lines_count(monkeypatch):
     """Lines split across reads, lines without this run's mark, cut or odd JSON: none is a traceback or a lie."""
-    from lib import remote_sync
+    from lib.remote import sync as remote_sync
     from lib.config import Repo
-    from lib.hosts import Host
-    from lib.remote_sync import _HostOutput, _outcome
+    from lib.remote.hosts import Host
+    from lib.remote.sync import _HostOutput, _outcome
 
     monkeypatch.setattr(remote_sync, "MAX_LINE", 1024)
 
@@ -478,7 +478,7 @@ def test_a_driver_killed_before_it_reports_keeps_what_it_reported_and_leaves_no_
     """The sync there takes longer to stop than we wait: it is killed, and the git it had not stopped yet too."""
     import threading
 
-    from lib import remote_sync
+    from lib.remote import sync as remote_sync
 
     fast, slow = make_repo("fast"), make_repo("slow")
     workspace = setup(home, sshd, tmp_path, [slow, fast])

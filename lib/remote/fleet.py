@@ -1,17 +1,24 @@
-"""Workflows across build hosts: each repo on its host or here, each host its own bounded pool, one record."""
+"""Workflows across build hosts: each repo on its host or here, each host its own bounded pool, one record.
+
+A plan runs on a host as `batch.execute` runs it here (`execute_remote`): same steps, same outcomes, the
+log written locally; the command itself goes through `lib.remote.connection.run_remote`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
+from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
-from lib import batch, remote, runner
-from lib.config import Repo, Workspace
+from lib import batch, runner
+from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo, Workspace
 from lib.errors import OrchestratorError
-from lib.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.workflows import Plan, Workflow, get_workflow, load_workflows
+from lib.remote import connection as remote
+from lib.remote.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
+from lib.workflows import Plan, Workflow, first_tool, get_workflow, load_workflows, plan_for
 
 
 @dataclass
@@ -67,6 +74,120 @@ def assign(repos: Sequence[Repo], fleet: Fleet, chosen: list[str] | None, local_
     return {name: group for name, group in groups.items() if group}
 
 
+def remote_repo(connection: Any, host: Host, repo: Repo, workspace: str) -> Repo:
+    """The repo as it is on the host: its path there, and its language detected there when not configured."""
+    path = f"{workspace.rstrip('/')}/{repo.name}"
+    language = repo.language
+    if repo.language_detected:
+        tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
+        check = f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}"
+        code, out, _ = remote.probe(connection, host, check, "the language check")
+        found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
+        language = found if code == 0 and found in LANGUAGES else "unknown"
+    return replace(repo, local=Path(path), language=language)
+
+
+def plan_on_host(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
+    """A plan for the repo as it is on the host; whether its tools exist is checked there, when it runs."""
+    plan = plan_for(workflow, repo, log_dir)
+    return replace(plan, skip_reason=None if plan.commands else plan.skip_reason)
+
+
+def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
+                   grace: float = runner.GRACE_S,
+                   on_stalled: Callable[[remote.HostStalled], None] | None = None) -> batch.Outcome:
+    """batch.execute's twin for a host: same steps, same outcomes, the log written locally.
+    `on_stalled` hears of a host that stopped answering (the pool then spares the next repos the wait)."""
+    started = monotonic()
+
+    def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> batch.Outcome:
+        return batch.Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
+                             plan.command_line, str(plan.log), reason, batch.now_iso(), host.name)
+
+    try:
+        log = batch.open_log(plan.log)  # one writer per log, here as locally
+    except batch.LogUnavailable as err:
+        return outcome("error", reason=str(err))
+    try:
+        with log:
+            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
+    except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
+        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
+
+
+def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
+                    echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., batch.Outcome],
+                    on_stalled: Callable[[remote.HostStalled], None] | None) -> batch.Outcome:
+    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {batch.now_iso()} on host {host.name} "
+              f"({host.address})\n".encode())
+    if isinstance(connection, remote.HostUnreachable):
+        reason = str(connection) if isinstance(connection, remote.HostStalled) else f"host unreachable: {connection}"
+        log.write(f"error: {reason}\n".encode())
+        return outcome("error", reason=reason)
+    if plan.skip_reason:
+        log.write(f"skipped: {plan.skip_reason}\n".encode())
+        return outcome("skipped", reason=plan.skip_reason)
+    try:
+        return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
+    except (runner.Stopping, remote.LogWriteError):
+        raise
+    except remote.CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
+        log.write(f"error: {err}\n".encode())
+        return outcome("error", reason=str(err))
+    except remote.HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
+        if on_stalled is not None:
+            on_stalled(err)
+        log.write(f"error: {err}\n".encode())
+        return outcome("error", reason=str(err))
+    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
+        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
+        remote.give_up(connection, reason)  # the pool opens a new one for the next repo
+        log.write(f"\nerror: {reason}\n".encode())
+        return outcome("error", reason=reason)
+
+
+def _run_commands(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
+                  echo: BinaryIO | None, grace: float, started: float,
+                  outcome: Callable[..., batch.Outcome]) -> batch.Outcome:
+    for command in plan.commands:
+        cwd = str(command.cwd)
+        tool = first_tool(command.command)
+        if tool is not None and "/" not in tool:
+            check = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
+            if remote.probe(connection, host, check, f"the check for {tool}")[0] != 0:
+                reason = f"{tool} not found on PATH on the host"
+                log.write(f"skipped: {reason}\n".encode())
+                return outcome("skipped", reason=reason)
+        remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
+        log.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n".encode())
+        result = remote.run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace,
+                                   host)
+        if result.lost is not None:
+            done = ("the command was killed on the host over a new connection" if result.problem is None else
+                    f"could not kill it on the host, it may still run ({result.problem})")
+            reason = f"connection to {host.name} {result.lost}; {done}"
+            log.write(f"\nerror: {reason}\n".encode())
+            return outcome("error", reason=reason)
+        if result.no_directory:
+            log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
+            return outcome("error", reason=f"directory does not exist on the host: {cwd}")
+        if result.timed_out:
+            if result.problem:  # never "killed" when the kill did not reach the host
+                log.write(f"\ntimeout: after {timeout:g}s; could not kill it on the host, it may still run: "
+                          f"{result.problem}\n".encode())
+                return outcome("timeout", reason=f"timed out after {timeout:g}s; may still run on the host "
+                                                 f"(kill failed: {result.problem})")
+            log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
+            return outcome("timeout", reason=f"timed out after {timeout:g}s")
+        if result.problem:
+            log.write(f"error: {result.problem}\n".encode())
+            return outcome("error", reason=result.problem)
+        if result.exit_code != 0:
+            shown = "killed by a signal" if result.exit_code is None else f"exit {result.exit_code}"
+            return outcome("failed", result.exit_code, shown)
+    return outcome("passed", 0)
+
+
 def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_dir: Path, timeout: float | None,
                        accept_new_host_key: bool, on_start: Callable[[Plan], None] | None,
                        on_done: Callable[[batch.Outcome], None] | None,
@@ -74,12 +195,12 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
     def work(connection: Any) -> list[batch.Outcome]:
         if isinstance(connection, remote.HostUnreachable):
             # Every repo of this host fails with the reason; nothing is planned against a host we cannot see.
-            plans = [remote.plan_on_host(workflow, repo, log_dir) for repo in repos]
+            plans = [plan_on_host(workflow, repo, log_dir) for repo in repos]
             outcomes = []
             for plan in plans:
                 if on_start is not None:
                     on_start(plan)
-                outcomes.append(remote.execute_remote(plan, host, connection, timeout))
+                outcomes.append(execute_remote(plan, host, connection, timeout))
                 if on_done is not None:
                     on_done(outcomes[-1])
             return outcomes
@@ -87,10 +208,10 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
 
         def plan_there(repo: Repo, workspace: str) -> Plan:
             try:
-                return remote.plan_on_host(workflow, remote.remote_repo(connection, host, repo, workspace), log_dir)
+                return plan_on_host(workflow, remote_repo(connection, host, repo, workspace), log_dir)
             except remote.CommandStalled as err:  # the host answers: this repo fails, the others run
                 slow[repo.name] = err
-                return remote.plan_on_host(workflow, repo, log_dir)
+                return plan_on_host(workflow, repo, log_dir)
 
         try:
             workspace = remote.resolve_workspace(connection, host)
@@ -100,15 +221,15 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
         except Exception as err:  # the host went away while we looked around
             return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
         if len(plans) == 1 and echo is not None:
-            return [remote.execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
+            return [execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
         connections = remote.Connections(host, connection, accept_new_host_key)
 
         def execute(plan: Plan) -> batch.Outcome:
             if plan.repo.name in slow:
-                return remote.execute_remote(plan, host, slow[plan.repo.name], timeout)
+                return execute_remote(plan, host, slow[plan.repo.name], timeout)
             taken = connections.take()
             try:
-                return remote.execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)
+                return execute_remote(plan, host, taken, timeout, on_stalled=connections.stall)
             finally:
                 connections.give(taken)
 

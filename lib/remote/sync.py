@@ -1,15 +1,19 @@
 """`inv sync-all --host NAME`: lib.sync itself runs on the build host, so its safety rules are the same code.
 
-The sync path of lib/ is standard library only. Its files are read once, and
-exactly those bytes are uploaded (SFTP) into a private per-user cache on the
-host, named by a hash of their manifest (file name -> sha256); before each run
-the copy there is checked against that manifest and replaced when it differs.
-A generated home (`<workspace>/.orchestrator/`: config/repos.json, state/ with
-the one-sync-per-workspace lock, logs/) sits in the host's workspace, so two
+Over 500 lines, one job: each way a run there can end (stop, silent or lost link, damaged copy) is recovered.
+
+lib/'s top-level modules (this package stays here; the sync path among them
+is standard library only) are read once, and exactly those bytes are uploaded
+(SFTP) into a private per-user cache on the host, named by a hash of their
+manifest (file name -> sha256); before each run the copy there is checked
+against that manifest and replaced when it differs. A generated home
+(`<workspace>/.orchestrator/`: config/repos.json, state/ with the
+one-sync-per-workspace lock, logs/) sits in the host's workspace, so two
 machines syncing the same host workspace exclude each other. A tiny driver
-calls `lib.sync.run_sync` there in its own process group (remote.run_remote)
-and prints each repo's outcome as it finishes, then the whole result; a driver
-stopped from here leaves its result in a file for us. The logs are copied back.
+calls `lib.sync.run_sync` there in its own process group
+(connection.run_remote) and prints each repo's outcome as it finishes, then
+the whole result; a driver stopped from here leaves its result in a file for
+us. The logs are copied back.
 """
 from __future__ import annotations
 
@@ -26,16 +30,17 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
-from lib import remote, runner
+from lib import runner
 from lib.batch import record
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError, clip
-from lib.hosts import LOCAL, Host
 from lib.paths import Paths
 from lib.progress import Progress
+from lib.remote import connection as remote
+from lib.remote.hosts import LOCAL, Host
 from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary, run_sync
 
-LIB_DIR = Path(__file__).resolve().parent
+LIB_DIR = Path(__file__).resolve().parent.parent  # lib/: its modules, not this package, go to the host
 HOST_HOME = ".orchestrator"  # under the host's workspace
 MIN_PYTHON = (3, 11)
 # Stopped, the driver stops its gits (runner.GRACE_S at most) and reports what it finished before it is killed.
@@ -668,7 +673,7 @@ def sync_on_host(paths: Paths, host_name: str, tags: list[str] | None = None, ne
     `local` is this machine, as for build and test: the local sync.
     """
     from lib.config import load_workspace
-    from lib.fleet import Fleet
+    from lib.remote.fleet import Fleet
 
     workspace = load_workspace(paths.repos_file)
     if host_name == LOCAL:

@@ -6,10 +6,11 @@ from datetime import datetime, timezone
 from time import perf_counter
 from typing import Any, Sequence
 
-from lib import remote, runner
+from lib import runner
 from lib.config import Repo
 from lib.gitstatus import LOG_ARGS, STATUS_ARGS, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
-from lib.hosts import Host
+from lib.remote import connection as remote
+from lib.remote.hosts import Host
 
 SEPARATOR = b"\n--orchestrator-last-commit--\n"
 STATE_MARK = b"orchestrator-state "

@@ -1,4 +1,6 @@
-"""Run plans on a build host over SSH (Fabric): host keys checked, timeouts bounded, the remote process group killable.
+"""One command on a build host over SSH (Fabric): host keys checked, timeouts bounded, the remote process group killable.
+
+Over 500 lines, one job: most of it is each way a command there can hang or be lost, each handled.
 
 Fabric opens and authenticates the connection. Commands run on a channel of
 that connection (`Connection.create_session`) rather than `Connection.run`,
@@ -16,19 +18,16 @@ import shlex
 import socket
 import threading
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
-from lib import known_hosts as host_keys
 from lib import runner
-from lib.batch import LogUnavailable, Outcome, now_iso, open_log
-from lib.config import LANGUAGE_MARKERS, LANGUAGES, Repo
 from lib.errors import clip
-from lib.hosts import Host
-from lib.workflows import Plan, Workflow, first_tool, plan_for
+from lib.remote import known_hosts as host_keys
+from lib.remote.hosts import Host
 
 Done = TypeVar("Done")
 CHUNK = 64 * 1024
@@ -107,7 +106,7 @@ def _host_key_policy(known_hosts: Path, known: host_keys.Known, system: host_key
     from paramiko import MissingHostKeyPolicy
 
     class CheckHostKey(MissingHostKeyPolicy):
-        """Judges every server key by lib.known_hosts, right after the handshake and before we authenticate.
+        """Judges every server key by lib.remote.known_hosts, right after the handshake and before we authenticate.
 
         paramiko is given no host keys of its own (its lookup knows neither patterns nor @revoked), so it
         asks this policy for every connection. With accept_new, like ssh's accept-new, a host no line
@@ -477,25 +476,6 @@ def resolve_workspace(connection: Any, host: Host) -> str:
     return f"{login_dir.rstrip('/')}/{host.workspace}"
 
 
-def remote_repo(connection: Any, host: Host, repo: Repo, workspace: str) -> Repo:
-    """The repo as it is on the host: its path there, and its language detected there when not configured."""
-    path = f"{workspace.rstrip('/')}/{repo.name}"
-    language = repo.language
-    if repo.language_detected:
-        tests = " || ".join(f"{{ [ -f {shlex.quote(marker)} ] && echo {lang}; }}" for marker, lang in LANGUAGE_MARKERS)
-        check = f"cd -- {shlex.quote(path)} 2>/dev/null && {{ {tests} || echo unknown; }}"
-        code, out, _ = probe(connection, host, check, "the language check")
-        found = (out.decode("utf-8", "replace").strip().splitlines() or ["unknown"])[-1]
-        language = found if code == 0 and found in LANGUAGES else "unknown"
-    return replace(repo, local=Path(path), language=language)
-
-
-def plan_on_host(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
-    """A plan for the repo as it is on the host; whether its tools exist is checked there, when it runs."""
-    plan = plan_for(workflow, repo, log_dir)
-    return replace(plan, skip_reason=None if plan.commands else plan.skip_reason)
-
-
 def remote_command(cwd: str, script: str, env: dict[str, str], marker: str, grace: float) -> str:
     """One line for the login shell: every value a single-quoted word, so nothing in it is parsed as code.
     The command's environment gets the step's `marker`, which finds what left its group."""
@@ -662,98 +642,6 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
 
 class LogWriteError(OSError):
     """The local log refused a write while a remote command ran (the command is then stopped, as locally)."""
-
-
-def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
-                   grace: float = runner.GRACE_S, on_stalled: Callable[[HostStalled], None] | None = None) -> Outcome:
-    """batch.execute's twin for a host: same steps, same outcomes, the log written locally.
-    `on_stalled` hears of a host that stopped answering (the pool then spares the next repos the wait)."""
-    started = monotonic()
-
-    def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
-        return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
-                       plan.command_line, str(plan.log), reason, now_iso(), host.name)
-
-    try:
-        log = open_log(plan.log)  # one writer per log, here as locally
-    except LogUnavailable as err:
-        return outcome("error", reason=str(err))
-    try:
-        with log:
-            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
-    except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
-        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
-
-
-def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                    echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., Outcome],
-                    on_stalled: Callable[[HostStalled], None] | None) -> Outcome:
-    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()} on host {host.name} "
-              f"({host.address})\n".encode())
-    if isinstance(connection, HostUnreachable):
-        reason = str(connection) if isinstance(connection, HostStalled) else f"host unreachable: {connection}"
-        log.write(f"error: {reason}\n".encode())
-        return outcome("error", reason=reason)
-    if plan.skip_reason:
-        log.write(f"skipped: {plan.skip_reason}\n".encode())
-        return outcome("skipped", reason=plan.skip_reason)
-    try:
-        return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
-    except (runner.Stopping, LogWriteError):
-        raise
-    except CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
-        log.write(f"error: {err}\n".encode())
-        return outcome("error", reason=str(err))
-    except HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
-        if on_stalled is not None:
-            on_stalled(err)
-        log.write(f"error: {err}\n".encode())
-        return outcome("error", reason=str(err))
-    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
-        give_up(connection, reason)  # the pool opens a new one for the next repo
-        log.write(f"\nerror: {reason}\n".encode())
-        return outcome("error", reason=reason)
-
-
-def _run_commands(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                  echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., Outcome]) -> Outcome:
-    for command in plan.commands:
-        cwd = str(command.cwd)
-        tool = first_tool(command.command)
-        if tool is not None and "/" not in tool:
-            check = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
-            if probe(connection, host, check, f"the check for {tool}")[0] != 0:
-                reason = f"{tool} not found on PATH on the host"
-                log.write(f"skipped: {reason}\n".encode())
-                return outcome("skipped", reason=reason)
-        remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
-        log.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n".encode())
-        result = run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace, host)
-        if result.lost is not None:
-            done = ("the command was killed on the host over a new connection" if result.problem is None else
-                    f"could not kill it on the host, it may still run ({result.problem})")
-            reason = f"connection to {host.name} {result.lost}; {done}"
-            log.write(f"\nerror: {reason}\n".encode())
-            return outcome("error", reason=reason)
-        if result.no_directory:
-            log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
-            return outcome("error", reason=f"directory does not exist on the host: {cwd}")
-        if result.timed_out:
-            if result.problem:  # never "killed" when the kill did not reach the host
-                log.write(f"\ntimeout: after {timeout:g}s; could not kill it on the host, it may still run: "
-                          f"{result.problem}\n".encode())
-                return outcome("timeout", reason=f"timed out after {timeout:g}s; may still run on the host "
-                                                 f"(kill failed: {result.problem})")
-            log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
-            return outcome("timeout", reason=f"timed out after {timeout:g}s")
-        if result.problem:
-            log.write(f"error: {result.problem}\n".encode())
-            return outcome("error", reason=result.problem)
-        if result.exit_code != 0:
-            shown = "killed by a signal" if result.exit_code is None else f"exit {result.exit_code}"
-            return outcome("failed", result.exit_code, shown)
-    return outcome("passed", 0)
 
 
 def stop_all() -> None:

@@ -1,0 +1,1 @@
+"""Build hosts: hosts.toml, an SSH connection and one command on a host, and what runs there (fleet, status, sync)."""
