@@ -11,9 +11,21 @@ from pathlib import Path
 
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 
+from conftest import ROOT
 from lib import logcut
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
+
+# The wrapper runs as its own process, as in a worker's pane: in this one it would take the test process for the
+# try's (it kills whatever is still below it, and becomes a subreaper), and so the other tests' processes too.
+WRAPPER = ROOT / "scripts" / "proof-workers" / "orchestrator" / "wrapper.py"
+
+
+def run_wrapper(spec_path: Path) -> int:
+    import subprocess
+
+    return subprocess.run([sys.executable, str(WRAPPER), str(spec_path)], stdout=subprocess.DEVNULL,
+                          timeout=300).returncode
 
 MiB = 1024 * 1024
 MARK = re.compile(r"^\[\.\.\. (\d+) bytes cut here \(the log's first (\d+) bytes, then its last ones: capped at "
@@ -504,8 +516,6 @@ def test_a_hostile_try_log_path_is_never_written_through_and_the_exit_code_alway
     cannot be made at all (a directory there) still lets the agent run and its exit code reach the signal file."""
     import json
 
-    from orchestrator import wrapper
-
     victim = tmp_path / "bashrc"
     victim.write_text("keep me\n")
     logs = tmp_path / "state" / "logs"
@@ -524,7 +534,7 @@ def test_a_hostile_try_log_path_is_never_written_through_and_the_exit_code_alway
     for try_id in (1, 2):
         path = tmp_path / f"try-{try_id}.json"
         path.write_text(json.dumps(spec(try_id)))
-        assert wrapper.main([str(path)]) == 4
+        assert run_wrapper(path) == 4
         assert (tmp_path / f"signal-{try_id}").read_text() == "4\n"
     assert victim.read_text() == "keep me\n"
     kept = logs / "issue-1" / "worker-1-try-1.log"
@@ -627,8 +637,6 @@ def test_an_agent_with_events_gets_the_same_capped_try_log_with_its_result_and_e
     tail has the RESULT line and the EXIT line; the raw stream keeps the result event."""
     import json
 
-    from orchestrator import wrapper
-
     agent = tmp_path / "events_agent.py"
     agent.write_text(
         "import json, sys\n"
@@ -646,7 +654,7 @@ def test_an_agent_with_events_gets_the_same_capped_try_log_with_its_result_and_e
             "try_log": str(logs / "issue-7" / "worker-1-try-1.log"), "max_log_bytes": 1024 * 1024}
     (tmp_path / "try.json").write_text(json.dumps(spec))
 
-    assert wrapper.main([str(tmp_path / "try.json")]) == 0
+    assert run_wrapper(tmp_path / "try.json") == 0
 
     log = logs / "issue-7" / "worker-1-try-1.log"
     text = log.read_text()
