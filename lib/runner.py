@@ -23,6 +23,11 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
+if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import signals  # noqa: E402
+from lib.signals import Signalled, signal_name  # noqa: E402
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 GRACE_S = 5.0
@@ -31,8 +36,6 @@ PR_SET_CHILD_SUBREAPER = 36
 # Every step's processes carry this variable (value unique per step): how we find the
 # ones that left its process group (setsid, daemons) to kill them with the step.
 STEP_VAR = "ORCHESTRATOR_STEP"
-# The signals that stop a run over many repos: Ctrl-C, `kill`/CI cancel/docker stop, a closed terminal.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Steps started here and still running (process group -> step marker): an interrupted run kills them.
 _active_groups: dict[int, str] = {}
@@ -63,13 +66,6 @@ class ProcessResult:
     @property
     def killed_by(self) -> str | None:
         return signal_name(self.signum) if self.signum else None
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def become_subreaper() -> None:
@@ -475,29 +471,10 @@ class RunInterrupted(Exception):
         self.signum = signum
         self.results = results
         self.stopped = stopped
-        self.exit_code = 128 + signum
+        self.exit_code = signals.exit_code(signum)
         self.notes: list[str] = []
         super().__init__(f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
                          f"({signal_name(signum)})")
-
-
-class _Signalled(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _ignore_stop_signals() -> dict[int, Any]:
-    """Ignore further stop signals (the run is already being stopped); returns the handlers to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
-        if handler is not None:  # None: a handler not set from Python, which we cannot put back
-            signal.signal(signum, handler)
 
 
 def terminate_all(grace: float = GRACE_S) -> int:
@@ -506,7 +483,7 @@ def terminate_all(grace: float = GRACE_S) -> int:
     The commands run in their own sessions, so a Ctrl-C reaches only us. A
     second signal while this runs is ignored, so no group is left orphaned.
     """
-    previous = _ignore_stop_signals()
+    previous = signals.ignore()
     try:
         with _active_lock:
             _stopping.set()
@@ -515,7 +492,7 @@ def terminate_all(grace: float = GRACE_S) -> int:
         kill_processes(list(steps), escaped, grace)
         return len(steps)
     finally:
-        _restore(previous)
+        signals.restore(previous)
 
 
 class _Copier(threading.Thread):
@@ -799,7 +776,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
         _stopping.clear()  # a new run; a nested run (in a worker thread) must not undo a stop under way
     results: dict[int, Result] = {}
     futures: dict[Future[Result], int] = {}
-    previous = _catch_stop_signals()
+    previous = signals.catch()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {pool.submit(one, item): index for index, item in enumerate(items)}
@@ -807,14 +784,14 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
             results[futures[future]] = future.result()
             if on_done is not None:
                 on_done(results[futures[future]])
-    except (KeyboardInterrupt, _Signalled) as stop:
-        _ignore_stop_signals()
+    except (KeyboardInterrupt, Signalled) as stop:
+        signals.ignore()
         finished = [results[i] for i in sorted(results)]
         for future in futures:
             future.cancel()
         stopped = terminate_all(grace)
         pool.shutdown(wait=True)
-        signum = stop.signum if isinstance(stop, _Signalled) else signal.SIGINT
+        signum = stop.signum if isinstance(stop, Signalled) else signal.SIGINT
         raise RunInterrupted(int(signum), finished, stopped) from None
     except BaseException:
         for future in futures:
@@ -825,24 +802,8 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
         try:
             pool.shutdown(wait=True)
         finally:
-            _restore(previous)
+            signals.restore(previous)
     return [results[i] for i in range(len(items))]
-
-
-def _catch_stop_signals() -> dict[int, Any]:
-    """Turn the stop signals into an exception in the main thread (unless they are ignored, as under nohup)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Signalled(signum)
-
-    previous = {}
-    for signum in STOP_SIGNALS:
-        current = signal.getsignal(signum)
-        if current is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, stop)
-    return previous
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:
