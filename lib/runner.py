@@ -26,6 +26,7 @@ from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import signals  # noqa: E402
+from lib.procs import cmdline, group_members, have_proc, processes_tagged, stat_fields  # noqa: E402
 from lib.signals import Signalled, signal_name  # noqa: E402
 
 Item = TypeVar("Item")
@@ -83,121 +84,24 @@ def become_subreaper() -> None:
         pass
 
 
-def _proc_stat(pid: str) -> list[bytes] | None:
-    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    pgid: int
-
-
-def process_table() -> dict[int, Proc]:
-    """Every live (non-zombie) process, from one pass over /proc."""
-    table: dict[int, Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] in (b"Z", b"X"):
-            continue
-        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(table: dict[int, Proc], root: int) -> set[int]:
-    """Every process below `root` in the table (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, read from /proc."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _proc_stat(entry.name)
-        if fields and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry.name))
-    return members
-
-
-def processes_tagged(name: str, value: str, prefix: bool = False, born_since: int = 0) -> list[int]:
-    """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
-
-    Read from /proc/PID/environ: the environment a process was started with,
-    which it inherits from whoever started it and keeps across setsid and
-    daemonizing. Processes of other users are not readable and never listed.
-    `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
-    the value; one started before it cannot descend from it, so its environment is not read.
-    """
-    needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
-    found: list[int] = []
-    if not os.path.isdir("/proc/self"):
-        return found
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        if born_since:
-            fields = _proc_stat(entry.name)
-            if not fields or _born_before(fields, born_since):
-                continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as environ:
-                if needle not in b"\0" + environ.read() + b"\0":
-                    continue
-        except OSError:
-            continue
-        fields = _proc_stat(entry.name)
-        if fields and fields[0] != b"Z":
-            found.append(int(entry.name))
-    return found
-
-
-def _born_before(fields: list[bytes], tick: int) -> bool:
-    """Whether a process (its /proc stat fields) started before clock tick `tick` (0: not known, never)."""
-    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
-
-
 def escaped_processes(marker: str, pgid: int, born_since: int = 0) -> list[int]:
     """Live processes of the step `marker` that are no longer in its process group `pgid`."""
     return [pid for pid in processes_tagged(STEP_VAR, marker, born_since=born_since)
-            if (fields := _proc_stat(str(pid))) is not None and int(fields[2]) != pgid]
+            if (fields := stat_fields(pid)) is not None and int(fields[2]) != pgid]
 
 
 def _describe(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            words = cmdline.read().split(b"\0")
-        return f"{pid} {b' '.join(w for w in words if w).decode('utf-8', 'replace')[:80]}"
-    except OSError:
+    args = cmdline(pid)
+    if args is None:
         return str(pid)
+    words = b" ".join(word for word in args.split(b"\0") if word)
+    return f"{pid} {words.decode('utf-8', 'replace')[:80]}"
 
 
 def group_alive(pgid: int) -> bool:
     # Zombies still count for killpg(pgid, 0); where no init reaps them, only
     # /proc tells a finished group from a running one. No process at all: no need to look.
-    if os.path.isdir("/proc/self"):
+    if have_proc():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -215,14 +119,14 @@ def group_alive(pgid: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     if fields is not None:
         return fields[0] != b"Z"
-    return not os.path.isdir("/proc/self") and _signal_ok(pid, 0)
+    return not have_proc() and _signal_ok(pid, 0)
 
 
 def _leads_group(pid: int) -> bool:
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     return fields is not None and int(fields[2]) == pid
 
 
@@ -238,7 +142,7 @@ def _reap_orphans(pids: Sequence[int]) -> None:
     """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
     me = os.getpid()
     for pid in pids:
-        fields = _proc_stat(str(pid))
+        fields = stat_fields(pid)
         if fields is None or int(fields[1]) != me:
             continue
         for _ in range(20):
@@ -278,7 +182,7 @@ def kill_group(pgid: int, grace: float = GRACE_S) -> None:
 
 def _start_tick(pid: int) -> int:
     """When a process started (clock ticks since boot), 0 when it cannot be read."""
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     try:
         return int(fields[19]) if fields else 0
     except (IndexError, ValueError):
@@ -335,7 +239,7 @@ def start_watchdog() -> None:
     """
     global _watchdog_fd, _watchdog_owner, _watchdog_process
     with _watchdog_lock:
-        if not os.path.isdir("/proc/self") or not sys.executable:
+        if not have_proc() or not sys.executable:
             return
         if _watchdog_owner == os.getpid():
             if _watchdog_process is None or _watchdog_process.poll() is None:

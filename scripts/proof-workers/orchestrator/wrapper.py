@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
-from lib import logcut, runner  # noqa: E402
+from lib import logcut, procs, runner  # noqa: E402
 from lib.statefile import locked  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
@@ -370,7 +370,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
 def _kill_below(tag: str | None) -> list[int]:
     """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
     found = runner.processes_tagged(TRY_VAR, tag) if tag else []
-    found += [pid for pid in runner.descendants(runner.process_table(), os.getpid()) if pid not in found]
+    found += [pid for pid in procs.descendants(procs.process_table(), os.getpid()) if pid not in found]
     if found:
         runner.kill_processes([], found, LEFTOVER_GRACE_S)
     return found
@@ -415,7 +415,7 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     that has exited no longer counts its group, hence the tag and the descent."""
     members = set(runner.group_members(pgid))
     outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
-    outside += [pid for pid in runner.descendants(runner.process_table(), os.getpid())
+    outside += [pid for pid in procs.descendants(procs.process_table(), os.getpid())
                 if pid not in outside and pid not in members]
     if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
