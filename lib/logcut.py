@@ -122,6 +122,8 @@ class CappedLog:
         self.close()
 
     def _cut(self) -> None:
+        """Replace the log with its head, mark and tail. Not statefile.write_text: the cut streams from the
+        log's descriptor into the temp file, never the whole log in memory; a log needs no fsync."""
         self.file.flush()
         temp = self.path.with_name(f".{self.path.name}.cut")
         temp.unlink(missing_ok=True)  # a cut killed halfway

@@ -53,3 +53,26 @@ def test_update_moves_a_corrupt_file_aside_and_starts_afresh(tmp_path):
     target.write_text("{half")
     assert update_json(target, lambda doc: {**doc, "n": 1}, default={}) == {"n": 1}
     assert (tmp_path / "x.json.corrupt").read_text() == "{half"
+
+
+def _replacers_without_a_reason() -> list[str]:
+    """Functions outside lib/statefile.py that call os.replace and whose docstring does not say why not statefile."""
+    import ast
+    found = []
+    for path in sorted((ROOT / "lib").glob("*.py")) + sorted((ROOT / "scripts").rglob("*.py")):
+        if path.name == "statefile.py" and path.parent.name == "lib":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            calls = [node for node in ast.walk(function) if isinstance(node, ast.Call)
+                     and ast.unparse(node.func) == "os.replace"]
+            if calls and "statefile" not in (ast.get_docstring(function) or ""):
+                found.append(f"{path.relative_to(ROOT)}:{function.name}")
+    return sorted(set(found))
+
+
+def test_every_atomic_write_goes_through_statefile_or_says_why_not():
+    """The workers' wrapper renamed its own unsynced temp files (a crash could lose an exit code it reported)."""
+    assert _replacers_without_a_reason() == []

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout roo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import logcut, procs, runner  # noqa: E402
-from lib.statefile import locked  # noqa: E402
+from lib.statefile import locked, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
 
@@ -68,12 +68,6 @@ KEPT_PAST_CAP = ("result", "system", "init", "error", "turn.completed", "turn.fa
 
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
@@ -250,7 +244,7 @@ def run(spec: dict[str, Any]) -> int:
     if setup and not worktree_setup.done(Path(setup["worktree"])):
         code = _set_up(setup, cap, spec.get("env", {}).get(TRY_VAR), signal_path, log_path, label)
         if code is not None:  # the agent never starts
-            _write_atomic(signal_path, f"{code}\n")
+            write_text(signal_path, f"{code}\n")
             return code
     with open(log_path, "ab") as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
@@ -265,7 +259,7 @@ def run(spec: dict[str, Any]) -> int:
             _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
             code = 127
         else:
-            _write_atomic(Path(spec["pid_file"]), str(agent.pid))
+            write_text(Path(spec["pid_file"]), str(agent.pid))
 
             stopped_by: list[int] = []
 
@@ -304,7 +298,7 @@ def run(spec: dict[str, Any]) -> int:
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
         _note(log, end)
         _note(index, end)
-    _write_atomic(signal_path, f"{code}\n")
+    write_text(signal_path, f"{code}\n")
     return code
 
 
@@ -322,7 +316,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     set up, the agent may start; else the try's exit code (1: the set-up failed; 128 + a signal: stopped)."""
     state = worktree_setup.state_path(signal_path)
     log_file = Path(setup["log"])
-    _write_atomic(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
+    write_text(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
     with suppress(OSError), open(index_path, "ab") as index:
         _note(index, f"=== SETUP {label}: {setup['run']} (setup log {log_file}) at {_stamp()} ===\n".encode())
 
@@ -359,7 +353,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
             signal.signal(signum, handler)
     if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
         code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
-    _write_atomic(state, json.dumps(outcome) + "\n")
+    write_text(state, json.dumps(outcome) + "\n")
     if code is not None:
         with suppress(OSError), open(index_path, "ab") as index:
             _note(index, f"=== EXIT code {code} {label}: setup {outcome['state']}"
