@@ -282,24 +282,34 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
 
 @contextmanager
 def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold `lock_file` for the whole run, or refuse naming the run that holds it.
+    """Hold `lock_file` for the whole run, or refuse naming the run that holds it."""
+    with held_lock(lock_file, what, lambda holder: OrchestratorError(
+            f"{what} is already running in this workspace ({holder}; lock {lock_file}): wait for it to finish")):
+        yield
 
-    flock is released when its holder dies, so a file left by a killed run never
-    blocks. The file is emptied, never removed: removing it would let a third
-    run lock a new file while a second still holds the old one.
+
+@contextmanager
+def held_lock(lock_file: Path, what: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold `lock_file` (non-blocking flock) until the block ends, or raise `busy(holder)`.
+
+    The holder writes `pid N started TIME` in the file; `holder` is that text
+    (at most 200 characters) or "another process". flock is released when its
+    holder dies, so a file left by a killed run never blocks. The file is
+    emptied, never removed: removing it would let a third run lock a new file
+    while a second still holds the old one. A lock that cannot be opened (a
+    FIFO or a directory there, no permission) is an OrchestratorError naming it.
     """
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = open_lock(lock_file)
     except OSError as err:
-        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
-    with open(fd, "r+", encoding="utf-8") as lock:
+        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror or err}") from None
+    with open(fd, "r+", encoding="utf-8", errors="replace") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = lock.read().strip() or "another process"
-            raise OrchestratorError(f"{what} is already running in this workspace ({holder}; lock {lock_file}): "
-                                    "wait for it to finish") from None
+            holder = " ".join(lock.read(200).split()) or "another process"
+            raise busy(holder) from None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         lock.truncate()
         lock.write(f"pid {os.getpid()} started {started}")
