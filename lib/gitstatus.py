@@ -768,7 +768,9 @@ def scan(
 def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known: Mapping[str, LastCommit],
                 finish: Callable[[RepoStatus], None]) -> None:
     """Answer what a stat can, and queue a `git status` for every other repo."""
-    for repo, real in zip(repos, real_paths(repo.local for repo in repos)):
+    reals = ([repo.real for repo in repos] if all(repo.real for repo in repos)
+             else real_paths(repo.local for repo in repos))  # resolved once, when the config was loaded
+    for repo, real in zip(repos, reals):
         try:
             status = _unscannable(repo)
         except OSError as err:  # a stat git could not have done either (EACCES, ...)

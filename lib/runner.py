@@ -364,7 +364,7 @@ def stopping() -> bool:
     return _stopping.is_set()
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(signals.Stopped):
     """A run over many items stopped by a signal: every running command was killed.
 
     `results` are those of the items that finished before the signal, in item
@@ -372,13 +372,10 @@ class RunInterrupted(Exception):
     """
 
     def __init__(self, signum: int, results: list[Any], stopped: int) -> None:
-        self.signum = signum
+        super().__init__(signum, f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
+                                 f"({signal_name(signum)})")
         self.results = results
         self.stopped = stopped
-        self.exit_code = signals.exit_code(signum)
-        self.notes: list[str] = []
-        super().__init__(f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
-                         f"({signal_name(signum)})")
 
 
 def terminate_all(grace: float = GRACE_S) -> int:

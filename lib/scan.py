@@ -17,13 +17,12 @@ from lib.progress import Progress
 from lib.statefile import locked, write_text
 
 
-class ScanStopped(Exception):
+class ScanStopped(signals.Stopped):
     """The scan was stopped by a signal: its gits and helpers are gone and the state file was left as it was."""
 
     def __init__(self, signum: int, state_file: Path | None = None) -> None:
-        self.signum, self.exit_code = signum, signals.exit_code(signum)
         unwritten = f"; {state_file} not written" if state_file is not None else ""
-        super().__init__(f"interrupted: scan stopped ({signals.signal_name(signum)}){unwritten}")
+        super().__init__(signum, f"interrupted: scan stopped ({signals.signal_name(signum)}){unwritten}")
 
 
 @contextmanager

@@ -28,6 +28,17 @@ class Signalled(BaseException):
         self.signum = int(signum)
 
 
+class Stopped(Exception):
+    """A run or a scan a stop signal ended (what it started is gone): front doors print `notes`, then the
+    message, and exit `exit_code`. lib.runner's RunInterrupted and lib.scan's ScanStopped are its kinds."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = exit_code(signum)
+        self.notes: list[str] = []
+
+
 def signal_name(signum: int) -> str:
     """SIGTERM for 15; `signal 99` for a number Python has no name for."""
     try:
