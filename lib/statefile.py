@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 
 _ABSENT = object()
 _umask_lock = threading.Lock()
@@ -293,7 +293,7 @@ def held_lock(lock_file: Path, what: str, busy: Callable[[str], Exception]) -> I
     """Hold `lock_file` (non-blocking flock) until the block ends, or raise `busy(holder)`.
 
     The holder writes `pid N started TIME` in the file; `holder` is that text
-    (at most 200 characters) or "another process". flock is released when its
+    (printable, clipped) or "another process". flock is released when its
     holder dies, so a file left by a killed run never blocks. The file is
     emptied, never removed: removing it would let a third run lock a new file
     while a second still holds the old one. A lock that cannot be opened (a
@@ -308,7 +308,8 @@ def held_lock(lock_file: Path, what: str, busy: Callable[[str], Exception]) -> I
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = " ".join(lock.read(200).split()) or "another process"
+            text = "".join(c if c.isprintable() else "?" for c in " ".join(lock.read(200).split()))
+            holder = clip(text, 80) if text else "another process"
             raise busy(holder) from None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         lock.truncate()

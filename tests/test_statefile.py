@@ -76,3 +76,21 @@ def _replacers_without_a_reason() -> list[str]:
 def test_every_atomic_write_goes_through_statefile_or_says_why_not():
     """The workers' wrapper renamed its own unsynced temp files (a crash could lose an exit code it reported)."""
     assert _replacers_without_a_reason() == []
+
+
+def test_a_lock_files_text_reaches_the_error_line_printable_and_short(tmp_path):
+    """Whoever can write the state dir writes the holder's text: no escape sequence or megabyte reaches the terminal."""
+    import pytest
+
+    from lib.errors import OrchestratorError
+    from lib.statefile import one_run_at_a_time
+
+    lock = tmp_path / "sync.lock"
+    with one_run_at_a_time(lock, "sync-all"):
+        lock.write_bytes(b"pid 1 \x1b[2J\x1b]0;owned\x07 \xff" + b"x" * 5_000_000)
+        with pytest.raises(OrchestratorError) as refused:
+            with one_run_at_a_time(lock, "sync-all"):
+                pass
+    message = str(refused.value)
+    assert message.startswith("sync-all is already running in this workspace (pid 1 ")
+    assert message.isprintable() and len(message) < 500
