@@ -180,3 +180,16 @@ def test_status_resolves_the_repos_paths_once(home, make_repo, inv, monkeypatch)
     result = inv("status")
     assert result.code == 0, result.err
     assert calls == [2]
+
+
+def test_a_status_stopped_by_a_signal_exits_128_plus_it_with_one_line(home, make_repo, inv, monkeypatch):
+    import lib.scan
+
+    home.add(make_repo("one"))
+
+    def stopped(*args, **kwargs):
+        raise lib.scan.ScanStopped(15)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", stopped)
+    result = inv("status")
+    assert result.code == 143 and result.err.strip() == "interrupted: scan stopped (SIGTERM)"
