@@ -100,9 +100,9 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
     """Show each repo's branch, changes, ahead/behind and last commit."""
     from lib.config import load_workspace
     from lib.remote.hosts import LOCAL
-    from lib.runner import RunInterrupted
     from lib.gitstatus import read_state
-    from lib.scan import ScanStopped, scan_workspace
+    from lib.scan import scan_workspace
+    from lib.signals import Stopped  # not lib.runner's RunInterrupted: the runner is imported for --host only
 
     host = "" if host == LOCAL else host  # this machine, as for build and test
     try:
@@ -117,10 +117,8 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
             report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
     except OrchestratorError as err:
         raise _fail(err) from None
-    except RunInterrupted as stop:
+    except Stopped as stop:  # the scan's, or the run's over a host
         raise _interrupted(stop) from None
-    except ScanStopped as stop:
-        raise Exit(str(stop), code=stop.exit_code) from None
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:

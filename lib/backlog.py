@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import tempfile
 import unicodedata
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lib import statefile
 from lib.errors import OrchestratorError
 from lib.statefile import MAX_FILE_BYTES, UnreadableFile, loads, open_lock, read_regular
 
@@ -348,16 +348,11 @@ def _digest(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode(*ENCODING)).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] = lambda: None) -> None:
     """Replace each (path, text, step) atomically: temp file in the same directory, fsync, rename.
+
+    Not `statefile.write_text` per file: its temp files (`statefile.write_temp`) are all written
+    before the first rename, so a failed write or `check` replaces none of the files.
 
     Every temp file is written and fsynced first, then `check` runs (it raises
     to replace nothing), then the renames follow back to back: a file someone
@@ -385,7 +380,7 @@ def _replace_all(writes: list[tuple[Path, str, str]], check: Callable[[], None] 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     for directory in {real.parent for real, _, _ in staged}:
-        _fsync_dir(directory)
+        statefile.fsync_dir(directory)
 
 
 def _real(path: Path) -> Path:
@@ -395,19 +390,13 @@ def _real(path: Path) -> Path:
 
 
 def _write_temp(path: Path, data: bytes) -> str:
-    """A fsynced temp file beside `path`, with its mode; the caller renames or removes it."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent)
+    """A fsynced temp file beside `path`, with its mode (a new file: a plain file's); the caller renames or
+    removes it."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
+        mode: int | None = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = None
+    return statefile.write_temp(path, data, mode, prefix=TEMP_PREFIX)
 
 
 def _current_text(path: Path) -> str | None:
@@ -563,7 +552,7 @@ class TaskStore:
 
         _replace_all([(path, after, "recover") for path, after, _ in to_write], still_as_before)
         journal_path.unlink()
-        _fsync_dir(journal_path.parent)
+        statefile.fsync_dir(journal_path.parent)
 
     def _commit(self, task_id: str, changes: list[tuple[TaskFile, str]]) -> None:
         """Write changed files: with a journal first when more than one file changes."""
@@ -594,7 +583,7 @@ class TaskStore:
                      unchanged_since_read)
         if len(changes) > 1:
             journal_path.unlink()
-            _fsync_dir(journal_path.parent)
+            statefile.fsync_dir(journal_path.parent)
         _crash_point("done")
 
     # --- commands ---

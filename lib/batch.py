@@ -1,7 +1,6 @@
 """Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -21,7 +20,7 @@ from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
-from lib.statefile import read_json, set_aside_if_bad, update_json
+from lib.statefile import read_json, set_aside_if_bad, update_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
@@ -394,17 +393,7 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
         ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
                                                            f"host: {o.host}"
                                                            + (f"\nnot run: {o.reason}" if o.cached else ""))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's file is the owner's only)
-        with os.fdopen(fd, "wb") as out:
-            ElementTree.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_bytes(path, ElementTree.tostring(root, encoding="utf-8", xml_declaration=True), mode=0o644)
 
 
 def results_file(paths: Paths, workflow: str) -> Path | None:

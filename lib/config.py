@@ -58,6 +58,9 @@ class Repo:
     description: str = ""
     host: str | None = None
     commands: tuple[tuple[str, str], ...] = ()  # workflow name -> command template, from "commands"
+    # `local` resolved (symlinks followed) when the config was loaded, for the scan's ceiling; "" when not known.
+    # Not an init field: a copy made with dataclasses.replace (another `local`) starts without it.
+    real: str = field(default="", init=False, compare=False, repr=False)
 
     def command_for(self, workflow: str) -> str | None:
         """The repo's own command for a workflow (repos.json "commands"), used instead of its run steps."""
@@ -244,7 +247,8 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
             continue
         repos.append(_make_repo(entry, workspace_dir))
         wheres.append(where)
-    _same_directory_problems(repos, wheres, problem)
+    for repo, real in zip(repos, _same_directory_problems(repos, wheres, problem)):
+        object.__setattr__(repo, "real", real)  # frozen: set once, before anyone else sees the repo
 
     if problems:
         raise ConfigError(problems)
@@ -267,14 +271,18 @@ def _check_commands(value: Any, where: str, problems: list[str]) -> None:
             check_template(command, f"{where}.{name}", problems)
 
 
-def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> None:
-    """Two entries for one directory (`/x/r` and `/x/r/`, a symlink) would be synced against themselves."""
+def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> list[str]:
+    """Two entries for one directory (`/x/r` and `/x/r/`, a symlink) would be synced against themselves.
+
+    Returns each repo's resolved path."""
     seen: dict[str, str] = {}
-    for repo, where, real in zip(repos, wheres, real_paths(repo.local for repo in repos)):
+    reals = real_paths(repo.local for repo in repos)
+    for where, real in zip(wheres, reals):
         if real in seen:
             problem(f"{where}.local", f"same directory as {seen[real]} ({real}); each repo needs its own entry")
         else:
             seen[real] = where
+    return reals
 
 
 def _make_repo(entry: dict[str, Any], workspace_dir: Path) -> Repo:

@@ -24,6 +24,7 @@ from lib.errors import OrchestratorError
 from lib.gitobjects import _common_dir, read_commit
 from lib.gitpool import STOP_SIGNALS, GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
+from lib.procs import processes_in
 from lib.statefile import loads, read_regular
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
@@ -326,25 +327,10 @@ def _common_dir_or(git_dir: Path) -> Path:
 
 def _git_running_in(*dirs: Path) -> bool:
     """Whether a live git process has its working directory in one of `dirs` (read from /proc)."""
-    roots = [os.path.realpath(d) for d in dirs]
     try:
-        entries = os.scandir("/proc")
+        return bool(processes_in(dirs, name_prefix="git"))
     except OSError:
         return True  # cannot tell: do not call the lock stale
-    with entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as comm:
-                    if not comm.read().startswith("git"):
-                        continue
-                cwd = os.readlink(f"/proc/{entry.name}/cwd")
-            except OSError:
-                continue
-            if any(cwd == root or cwd.startswith(root + "/") for root in roots):
-                return True
-    return False
 
 
 def operation_and_lock(worktree: Path, git_dir: Path | None) -> tuple[str | None, str | None]:
@@ -586,7 +572,9 @@ def scan(
 def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known: Mapping[str, LastCommit],
                 finish: Callable[[RepoStatus], None]) -> None:
     """Answer what a stat can, and queue a `git status` for every other repo."""
-    for repo, real in zip(repos, real_paths(repo.local for repo in repos)):
+    reals = ([repo.real for repo in repos] if all(repo.real for repo in repos)
+             else real_paths(repo.local for repo in repos))  # resolved once, when the config was loaded
+    for repo, real in zip(repos, reals):
         try:
             status = _unscannable(repo)
         except OSError as err:  # a stat git could not have done either (EACCES, ...)

@@ -23,6 +23,12 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
+if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib import signals  # noqa: E402
+from lib.procs import cmdline, group_members, have_proc, processes_tagged, stat_fields  # noqa: E402
+from lib.signals import Signalled, signal_name  # noqa: E402
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 GRACE_S = 5.0
@@ -31,8 +37,6 @@ PR_SET_CHILD_SUBREAPER = 36
 # Every step's processes carry this variable (value unique per step): how we find the
 # ones that left its process group (setsid, daemons) to kill them with the step.
 STEP_VAR = "ORCHESTRATOR_STEP"
-# The signals that stop a run over many repos: Ctrl-C, `kill`/CI cancel/docker stop, a closed terminal.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Steps started here and still running (process group -> step marker): an interrupted run kills them.
 _active_groups: dict[int, str] = {}
@@ -65,13 +69,6 @@ class ProcessResult:
         return signal_name(self.signum) if self.signum else None
 
 
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def become_subreaper() -> None:
     """Orphaned descendants (a `setsid cmd &` whose parent ended) get reparented to us, not to init.
 
@@ -87,121 +84,24 @@ def become_subreaper() -> None:
         pass
 
 
-def _proc_stat(pid: str) -> list[bytes] | None:
-    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    pgid: int
-
-
-def process_table() -> dict[int, Proc]:
-    """Every live (non-zombie) process, from one pass over /proc."""
-    table: dict[int, Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] in (b"Z", b"X"):
-            continue
-        table[int(entry.name)] = Proc(int(entry.name), int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(table: dict[int, Proc], root: int) -> set[int]:
-    """Every process below `root` in the table (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, read from /proc."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fields = _proc_stat(entry.name)
-        if fields and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry.name))
-    return members
-
-
-def processes_tagged(name: str, value: str, prefix: bool = False, born_since: int = 0) -> list[int]:
-    """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
-
-    Read from /proc/PID/environ: the environment a process was started with,
-    which it inherits from whoever started it and keeps across setsid and
-    daemonizing. Processes of other users are not readable and never listed.
-    `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
-    the value; one started before it cannot descend from it, so its environment is not read.
-    """
-    needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
-    found: list[int] = []
-    if not os.path.isdir("/proc/self"):
-        return found
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        if born_since:
-            fields = _proc_stat(entry.name)
-            if not fields or _born_before(fields, born_since):
-                continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as environ:
-                if needle not in b"\0" + environ.read() + b"\0":
-                    continue
-        except OSError:
-            continue
-        fields = _proc_stat(entry.name)
-        if fields and fields[0] != b"Z":
-            found.append(int(entry.name))
-    return found
-
-
-def _born_before(fields: list[bytes], tick: int) -> bool:
-    """Whether a process (its /proc stat fields) started before clock tick `tick` (0: not known, never)."""
-    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
-
-
 def escaped_processes(marker: str, pgid: int, born_since: int = 0) -> list[int]:
     """Live processes of the step `marker` that are no longer in its process group `pgid`."""
     return [pid for pid in processes_tagged(STEP_VAR, marker, born_since=born_since)
-            if (fields := _proc_stat(str(pid))) is not None and int(fields[2]) != pgid]
+            if (fields := stat_fields(pid)) is not None and int(fields[2]) != pgid]
 
 
 def _describe(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            words = cmdline.read().split(b"\0")
-        return f"{pid} {b' '.join(w for w in words if w).decode('utf-8', 'replace')[:80]}"
-    except OSError:
+    args = cmdline(pid)
+    if args is None:
         return str(pid)
+    words = b" ".join(word for word in args.split(b"\0") if word)
+    return f"{pid} {words.decode('utf-8', 'replace')[:80]}"
 
 
 def group_alive(pgid: int) -> bool:
     # Zombies still count for killpg(pgid, 0); where no init reaps them, only
     # /proc tells a finished group from a running one. No process at all: no need to look.
-    if os.path.isdir("/proc/self"):
+    if have_proc():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -219,14 +119,14 @@ def group_alive(pgid: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     if fields is not None:
         return fields[0] != b"Z"
-    return not os.path.isdir("/proc/self") and _signal_ok(pid, 0)
+    return not have_proc() and _signal_ok(pid, 0)
 
 
 def _leads_group(pid: int) -> bool:
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     return fields is not None and int(fields[2]) == pid
 
 
@@ -242,7 +142,7 @@ def _reap_orphans(pids: Sequence[int]) -> None:
     """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
     me = os.getpid()
     for pid in pids:
-        fields = _proc_stat(str(pid))
+        fields = stat_fields(pid)
         if fields is None or int(fields[1]) != me:
             continue
         for _ in range(20):
@@ -282,7 +182,7 @@ def kill_group(pgid: int, grace: float = GRACE_S) -> None:
 
 def _start_tick(pid: int) -> int:
     """When a process started (clock ticks since boot), 0 when it cannot be read."""
-    fields = _proc_stat(str(pid))
+    fields = stat_fields(pid)
     try:
         return int(fields[19]) if fields else 0
     except (IndexError, ValueError):
@@ -339,7 +239,7 @@ def start_watchdog() -> None:
     """
     global _watchdog_fd, _watchdog_owner, _watchdog_process
     with _watchdog_lock:
-        if not os.path.isdir("/proc/self") or not sys.executable:
+        if not have_proc() or not sys.executable:
             return
         if _watchdog_owner == os.getpid():
             if _watchdog_process is None or _watchdog_process.poll() is None:
@@ -464,7 +364,7 @@ def stopping() -> bool:
     return _stopping.is_set()
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(signals.Stopped):
     """A run over many items stopped by a signal: every running command was killed.
 
     `results` are those of the items that finished before the signal, in item
@@ -472,32 +372,10 @@ class RunInterrupted(Exception):
     """
 
     def __init__(self, signum: int, results: list[Any], stopped: int) -> None:
-        self.signum = signum
+        super().__init__(signum, f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
+                                 f"({signal_name(signum)})")
         self.results = results
         self.stopped = stopped
-        self.exit_code = 128 + signum
-        self.notes: list[str] = []
-        super().__init__(f"interrupted: stopped {stopped} running command{'' if stopped == 1 else 's'} "
-                         f"({signal_name(signum)})")
-
-
-class _Signalled(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _ignore_stop_signals() -> dict[int, Any]:
-    """Ignore further stop signals (the run is already being stopped); returns the handlers to restore."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
-        if handler is not None:  # None: a handler not set from Python, which we cannot put back
-            signal.signal(signum, handler)
 
 
 def terminate_all(grace: float = GRACE_S) -> int:
@@ -506,7 +384,7 @@ def terminate_all(grace: float = GRACE_S) -> int:
     The commands run in their own sessions, so a Ctrl-C reaches only us. A
     second signal while this runs is ignored, so no group is left orphaned.
     """
-    previous = _ignore_stop_signals()
+    previous = signals.ignore()
     try:
         with _active_lock:
             _stopping.set()
@@ -515,7 +393,7 @@ def terminate_all(grace: float = GRACE_S) -> int:
         kill_processes(list(steps), escaped, grace)
         return len(steps)
     finally:
-        _restore(previous)
+        signals.restore(previous)
 
 
 class _Copier(threading.Thread):
@@ -799,7 +677,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
         _stopping.clear()  # a new run; a nested run (in a worker thread) must not undo a stop under way
     results: dict[int, Result] = {}
     futures: dict[Future[Result], int] = {}
-    previous = _catch_stop_signals()
+    previous = signals.catch()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {pool.submit(one, item): index for index, item in enumerate(items)}
@@ -807,14 +685,14 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
             results[futures[future]] = future.result()
             if on_done is not None:
                 on_done(results[futures[future]])
-    except (KeyboardInterrupt, _Signalled) as stop:
-        _ignore_stop_signals()
+    except (KeyboardInterrupt, Signalled) as stop:
+        signals.ignore()
         finished = [results[i] for i in sorted(results)]
         for future in futures:
             future.cancel()
         stopped = terminate_all(grace)
         pool.shutdown(wait=True)
-        signum = stop.signum if isinstance(stop, _Signalled) else signal.SIGINT
+        signum = stop.signum if isinstance(stop, Signalled) else signal.SIGINT
         raise RunInterrupted(int(signum), finished, stopped) from None
     except BaseException:
         for future in futures:
@@ -825,24 +703,8 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
         try:
             pool.shutdown(wait=True)
         finally:
-            _restore(previous)
+            signals.restore(previous)
     return [results[i] for i in range(len(items))]
-
-
-def _catch_stop_signals() -> dict[int, Any]:
-    """Turn the stop signals into an exception in the main thread (unless they are ignored, as under nohup)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Signalled(signum)
-
-    previous = {}
-    for signum in STOP_SIGNALS:
-        current = signal.getsignal(signum)
-        if current is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, stop)
-    return previous
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:

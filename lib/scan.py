@@ -5,12 +5,11 @@ there reuses the recorded last commit (a warm scan writes the same document).
 """
 from __future__ import annotations
 
-import signal
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from lib import signals
 from lib.config import Workspace, load_workspace
 from lib.gitstatus import RepoStatus, ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
@@ -18,48 +17,12 @@ from lib.progress import Progress
 from lib.statefile import locked, write_text
 
 
-# What a terminal's Ctrl-C, a `kill`, a CI cancel or a closed terminal sends.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class ScanStopped(Exception):
+class ScanStopped(signals.Stopped):
     """The scan was stopped by a signal: its gits and helpers are gone and the state file was left as it was."""
 
     def __init__(self, signum: int, state_file: Path | None = None) -> None:
-        self.signum, self.exit_code = signum, 128 + signum
         unwritten = f"; {state_file} not written" if state_file is not None else ""
-        super().__init__(f"interrupted: scan stopped ({signal.Signals(signum).name}){unwritten}")
-
-
-class _Stop(BaseException):
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-
-
-@contextmanager
-def _stop_signals_raise() -> Iterator[None]:
-    """Each stop signal becomes an exception, so the scan's cleanup (kill its gits and helpers) runs.
-
-    Left alone, SIGTERM and SIGHUP end the process at once and leave every git
-    it started (each in its own process group) running on.
-    """
-    def stop(signum: int, frame: object) -> None:
-        for other in previous:  # a second Ctrl-C must not cut short the killing of the gits
-            signal.signal(other, signal.SIG_IGN)
-        raise _Stop(signum)
-
-    previous: dict[int, Any] = {}
-    for signum in STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ():
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup) stays ignored
-            previous[signum] = signal.signal(signum, stop)
-    try:
-        yield
-    except KeyboardInterrupt:  # a SIGINT that arrived before the handler was in place
-        raise _Stop(signal.SIGINT) from None
-    finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: a handler not set from Python, which cannot be put back
-                signal.signal(signum, handler)
+        super().__init__(signum, f"interrupted: scan stopped ({signals.signal_name(signum)}){unwritten}")
 
 
 @contextmanager
@@ -69,9 +32,9 @@ def stoppable_git_reads() -> Iterator[None]:
     subprocess.run kills its git when the signal's exception passes through it.
     """
     try:
-        with _stop_signals_raise():
+        with signals.raised():
             yield
-    except _Stop as stop:
+    except signals.Signalled as stop:
         raise ScanStopped(stop.signum) from None
 
 
@@ -88,11 +51,11 @@ def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None =
              if reuse and repo.name in reuse and reuse[repo.name].path == str(repo.local)}
     # One live counter line on a terminal; nothing per repo (500 lines would bury the summary).
     try:
-        with _stop_signals_raise(), Progress("scanning", len(repos) - len(given), item_lines=False) as progress:
+        with signals.raised(), Progress("scanning", len(repos) - len(given), item_lines=False) as progress:
             report = scan([repo for repo in repos if repo.name not in given], jobs,
                           on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
                           known=known_commits(previous))
-    except _Stop as stop:
+    except signals.Signalled as stop:
         raise ScanStopped(stop.signum) from None
     if given:
         scanned = {status.name: status for status in report.repos}

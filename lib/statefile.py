@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lib.errors import OrchestratorError
+from lib.errors import OrchestratorError, clip
 
 _ABSENT = object()
 _umask_lock = threading.Lock()
@@ -132,19 +132,41 @@ def write_json(path: Path, document: Any) -> None:
 def write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Write `text` atomically: temp file, fsync, rename, fsync the directory (until then a crash can undo
     the rename). `mode`: the file's permission bits (default: a plain file's, 0o666 less the umask)."""
+    write_bytes(path, text.encode("utf-8"), mode)
+
+
+def write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """`write_text` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = write_temp(path, data, mode)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def write_temp(path: Path, data: bytes, mode: int | None = None, prefix: str = ".") -> str:
+    """A fsynced temp file beside `path` holding `data` (named PREFIX + the file's name + random + .tmp), with
+    `mode` (default: a plain file's, 0o666 less the umask; mkstemp's own is 0600). The caller renames it over
+    `path` (then `fsync_dir`) or removes it: for several files that must be replaced back to back."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames in `directory` survive a crash."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -202,9 +224,9 @@ def _aside(path: Path) -> Path:
     return path.with_name(path.name + ".corrupt")
 
 
-def _set_aside(path: Path) -> Path:
+def set_aside(path: Path) -> Path:
     """Rename `path` to NAME.corrupt (replacing an older one); a name of its own when that cannot be replaced
-    (a directory at either end)."""
+    (a directory at either end). Not a write: a statefile of its own."""
     aside = _aside(path)
     try:
         os.replace(path, aside)
@@ -224,7 +246,7 @@ def set_aside_if_bad(path: Path, problem: Callable[[Any], str | None] | None = N
         why = _problem_of(path, problem)
         if why is None:
             return None
-        aside = _set_aside(path)
+        aside = set_aside(path)
         return f"{path}: {why}; set aside as {aside.name}, a fresh one will be written"
 
 
@@ -252,7 +274,7 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
     with locked(path):
         why, current = _checked(path, problem)  # one read: the document checked is the one changed
         if why is not None:
-            _set_aside(path)
+            set_aside(path)
         document = change(default if why is not None or current is _ABSENT else current)
         write_json(path, document)
         return document
@@ -260,24 +282,35 @@ def update_json(path: Path, change: Callable[[Any], Any], default: Any = None,
 
 @contextmanager
 def one_run_at_a_time(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold `lock_file` for the whole run, or refuse naming the run that holds it.
+    """Hold `lock_file` for the whole run, or refuse naming the run that holds it."""
+    with held_lock(lock_file, what, lambda holder: OrchestratorError(
+            f"{what} is already running in this workspace ({holder}; lock {lock_file}): wait for it to finish")):
+        yield
 
-    flock is released when its holder dies, so a file left by a killed run never
-    blocks. The file is emptied, never removed: removing it would let a third
-    run lock a new file while a second still holds the old one.
+
+@contextmanager
+def held_lock(lock_file: Path, what: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold `lock_file` (non-blocking flock) until the block ends, or raise `busy(holder)`.
+
+    The holder writes `pid N started TIME` in the file; `holder` is that text
+    (printable, clipped) or "another process". flock is released when its
+    holder dies, so a file left by a killed run never blocks. The file is
+    emptied, never removed: removing it would let a third run lock a new file
+    while a second still holds the old one. A lock that cannot be opened (a
+    FIFO or a directory there, no permission) is an OrchestratorError naming it.
     """
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = open_lock(lock_file)
     except OSError as err:
-        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror}") from None
-    with open(fd, "r+", encoding="utf-8") as lock:
+        raise OrchestratorError(f"{lock_file}: cannot open the {what} lock: {err.strerror or err}") from None
+    with open(fd, "r+", encoding="utf-8", errors="replace") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = lock.read().strip() or "another process"
-            raise OrchestratorError(f"{what} is already running in this workspace ({holder}; lock {lock_file}): "
-                                    "wait for it to finish") from None
+            text = "".join(c if c.isprintable() else "?" for c in " ".join(lock.read(200).split()))
+            holder = clip(text, 80) if text else "another process"
+            raise busy(holder) from None
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         lock.truncate()
         lock.write(f"pid {os.getpid()} started {started}")

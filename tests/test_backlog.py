@@ -397,3 +397,17 @@ def test_show_prints_the_blocks_bytes_exactly(home):
                            env={**os.environ, "ORCHESTRATOR_HOME": str(home.path)}, capture_output=True, timeout=60)
     assert shown.returncode == 0
     assert shown.stdout.split(b"\n", 1)[1] == block(BACKLOG, b"### [task-001]", b"## Medium").rstrip(b"\n") + b"\n"
+
+
+def test_a_task_file_a_move_creates_gets_a_plain_files_mode_not_the_temp_files_0600(home, inv):
+    """completed.md made by the first task.complete was readable by its owner only (mkstemp's mode)."""
+    tasks = write_tasks(home.path)
+    (tasks / "completed.md").unlink()
+    assert inv("task.start", "task-001").code == 0
+    old_mask = os.umask(0o022)
+    os.umask(old_mask)
+    assert inv("task.complete", "task-001").code == 0
+    assert (tasks / "completed.md").stat().st_mode & 0o777 == 0o666 & ~old_mask
+    os.chmod(tasks / "active.md", 0o640)  # a mode the user chose stays
+    assert inv("task.start", "task-002").code == 0
+    assert (tasks / "active.md").stat().st_mode & 0o777 == 0o640

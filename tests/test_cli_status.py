@@ -141,3 +141,55 @@ def test_scan_with_an_unwritable_state_dir_prints_the_summary_then_one_line_exit
     assert script.returncode == 2 and "Traceback" not in script.stderr
     assert "scanned 1 repos" in script.stdout
     assert script.stderr.strip().endswith("the scan was not recorded")
+
+
+STATUS_MODULES = """
+import sys
+from invoke import Collection, Program
+import tasks
+Program(namespace=Collection.from_module(tasks)).run(["inv", "status", "--json"], exit=False)
+print("runner imported" if "lib.runner" in sys.modules else "no runner", file=sys.stderr)
+"""
+
+
+def test_status_without_host_does_not_import_the_runner(home, make_repo):
+    """lib.runner (about 24 ms of imports) is for --host and for runs, not for a local status."""
+    home.add(make_repo("one"))
+    result = subprocess.run([sys.executable, "-c", STATUS_MODULES], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert json.loads(result.stdout)["repos"][0]["name"] == "one", result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "no runner"
+
+
+def test_status_resolves_the_repos_paths_once(home, make_repo, inv, monkeypatch):
+    """load_workspace resolved every repo's path (duplicates check) and the scan resolved them all again."""
+    import lib.config
+    import lib.gitstatus
+    import lib.paths
+
+    home.add(make_repo("one"), make_repo("two"))
+    calls = []
+
+    def counted(paths):
+        paths = list(paths)
+        calls.append(len(paths))
+        return lib.paths.real_paths(paths)
+
+    monkeypatch.setattr(lib.config, "real_paths", counted)
+    monkeypatch.setattr(lib.gitstatus, "real_paths", counted)
+    result = inv("status")
+    assert result.code == 0, result.err
+    assert calls == [2]
+
+
+def test_a_status_stopped_by_a_signal_exits_128_plus_it_with_one_line(home, make_repo, inv, monkeypatch):
+    import lib.scan
+
+    home.add(make_repo("one"))
+
+    def stopped(*args, **kwargs):
+        raise lib.scan.ScanStopped(15)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", stopped)
+    result = inv("status")
+    assert result.code == 143 and result.err.strip() == "interrupted: scan stopped (SIGTERM)"

@@ -337,3 +337,38 @@ def test_the_watchdog_of_a_nested_run_is_not_the_outer_steps_and_ends_with_its_r
     finally:
         child.communicate("", timeout=60)
     assert wait_gone(watchdog, 30), "the watchdog outlived the run it watched"
+
+
+TWO_SIGNALS_RUN = """
+import os, signal, sys, time; sys.path.insert(0, %r)
+from pathlib import Path
+from lib.runner import RunInterrupted, run_each, run_in_group
+tmp = Path(%r)
+def work(i):
+    if i == 0:
+        with open(tmp / "log0", "wb") as log:
+            return run_in_group(f"echo $$ > {tmp}/pid0.tmp; mv {tmp}/pid0.tmp {tmp}/pid0; exec sleep 600", tmp, log, 600)
+    while not (tmp / "pid0").exists():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)  # a `kill` and a closed terminal at once: both pending together
+    os.kill(os.getpid(), signal.SIGHUP)
+try:
+    run_each([0, 1], work, jobs=2, grace=5)
+except RunInterrupted as stop:
+    print("interrupted", stop.signum, stop.stopped)
+"""
+
+
+def test_a_second_stop_signal_right_behind_the_first_is_ignored_and_the_run_stops_cleanly(tmp_path):
+    """A SIGHUP pending with the SIGTERM broke the pool's wait (release unlocked lock): a traceback, no RunInterrupted."""
+    child = subprocess.Popen([sys.executable, "-c", TWO_SIGNALS_RUN % (str(ROOT), str(tmp_path))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    # Python runs pending handlers in signal order: SIGHUP's goes first.
+    assert out.decode() in ("interrupted 1 1\n", "interrupted 15 1\n") and not err, err.decode()[-2000:]
+    assert wait_gone(int((tmp_path / "pid0").read_text()), 10), "the running step survived the stop"

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import lib.scan
+import lib.signals
 from lib.config import Repo, load_workspace
 from lib.gitstatus import scan
 from lib.paths import Paths
@@ -180,14 +181,14 @@ def test_a_second_stop_signal_does_not_cut_the_cleanup_of_the_first_short():
     cleaned = []
     with pytest.raises(lib.scan.ScanStopped):
         try:
-            with lib.scan._stop_signals_raise():
+            with lib.signals.raised():
                 try:
                     os.kill(os.getpid(), signal.SIGTERM)
                     time.sleep(5)  # the scan, waiting on its gits
                 finally:  # GitPool.close and the helpers' killpg run here
                     os.kill(os.getpid(), signal.SIGINT)
                     cleaned.append(True)
-        except lib.scan._Stop as stop:
+        except lib.signals.Signalled as stop:
             raise lib.scan.ScanStopped(stop.signum) from None
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handlers are back

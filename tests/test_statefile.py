@@ -53,3 +53,44 @@ def test_update_moves_a_corrupt_file_aside_and_starts_afresh(tmp_path):
     target.write_text("{half")
     assert update_json(target, lambda doc: {**doc, "n": 1}, default={}) == {"n": 1}
     assert (tmp_path / "x.json.corrupt").read_text() == "{half"
+
+
+def _replacers_without_a_reason() -> list[str]:
+    """Functions outside lib/statefile.py that call os.replace and whose docstring does not say why not statefile."""
+    import ast
+    found = []
+    for path in sorted((ROOT / "lib").glob("*.py")) + sorted((ROOT / "scripts").rglob("*.py")):
+        if path.name == "statefile.py" and path.parent.name == "lib":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            calls = [node for node in ast.walk(function) if isinstance(node, ast.Call)
+                     and ast.unparse(node.func) == "os.replace"]
+            if calls and "statefile" not in (ast.get_docstring(function) or ""):
+                found.append(f"{path.relative_to(ROOT)}:{function.name}")
+    return sorted(set(found))
+
+
+def test_every_atomic_write_goes_through_statefile_or_says_why_not():
+    """The workers' wrapper renamed its own unsynced temp files (a crash could lose an exit code it reported)."""
+    assert _replacers_without_a_reason() == []
+
+
+def test_a_lock_files_text_reaches_the_error_line_printable_and_short(tmp_path):
+    """Whoever can write the state dir writes the holder's text: no escape sequence or megabyte reaches the terminal."""
+    import pytest
+
+    from lib.errors import OrchestratorError
+    from lib.statefile import one_run_at_a_time
+
+    lock = tmp_path / "sync.lock"
+    with one_run_at_a_time(lock, "sync-all"):
+        lock.write_bytes(b"pid 1 \x1b[2J\x1b]0;owned\x07 \xff" + b"x" * 5_000_000)
+        with pytest.raises(OrchestratorError) as refused:
+            with one_run_at_a_time(lock, "sync-all"):
+                pass
+    message = str(refused.value)
+    assert message.startswith("sync-all is already running in this workspace (pid 1 ")
+    assert message.isprintable() and len(message) < 500

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -89,3 +90,43 @@ def test_a_tmux_listing_that_fails_is_an_error_not_an_empty_session():
     for transient in ("lost server", "error connecting to /tmp/tmux-0/s (Resource temporarily unavailable)"):
         with pytest.raises(TmuxFailed, match=transient.split(" (")[0]):
             panes(Server(Result(1, [transient])), "x")
+
+
+FIFO_LOCK = """
+import os, sys; sys.path.insert(0, %r); sys.path.insert(0, %r)
+from pathlib import Path
+from lib.errors import OrchestratorError
+from orchestrator.state import monitor_lock
+os.mkfifo(%r)
+try:
+    with monitor_lock([("alpha", Path(%r))]):
+        print("held")
+except OrchestratorError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_fifo_where_the_monitor_lock_belongs_is_refused_in_one_line_never_waited_on(tmp_path):
+    """open(path, "a+") on a FIFO was a traceback (not seekable) from the monitor, launch and every verb."""
+    import subprocess
+    lock = tmp_path / "state" / "alpha" / "monitor.lock"
+    lock.parent.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", FIFO_LOCK % (str(ROOT), str(ROOT / "scripts" / "proof-workers"),
+                                                               str(lock), str(lock))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        pytest.fail("the monitor lock waited on a FIFO")
+    assert out.startswith("refused:") and "not a regular file" in out and str(lock) in out, (out, err)
+
+
+def test_the_monitor_lock_names_its_holder_and_is_emptied_when_released(tmp_path):
+    lock = tmp_path / "monitor.lock"
+    with monitor_lock([("alpha", lock)]):
+        with pytest.raises(MonitorBusy, match=rf"another monitor is running for alpha \(pid {os.getpid()} started "):
+            with monitor_lock([("alpha", lock)]):
+                pass
+    assert lock.read_text() == ""

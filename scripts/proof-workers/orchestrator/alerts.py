@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import OrchestratorError, clip
-from lib.statefile import read_json, write_json
+from lib.statefile import read_json, set_aside, write_json
 from orchestrator import worktrees
 from orchestrator.config import ProjectConfig, RepoConfig
 from orchestrator.decide import Snapshot
@@ -56,7 +56,7 @@ def current(root: Path, configs: list[ProjectConfig], now: float) -> dict[str, A
     if doc is not None and not doc.get("ended"):
         return doc
     if doc is None and run_file(root).exists():
-        os.replace(run_file(root), run_file(root).with_name("run.json.corrupt"))  # kept for a look
+        set_aside(run_file(root))  # run.json.corrupt, kept for a look
     doc = {"id": f"{now_iso()}-{os.getpid()}", "started": now_iso(), "started_at": now, "ended": None,
            "repos": {}, "alerts": [], "seen": [], "quiet": {}}
     for cfg in configs:

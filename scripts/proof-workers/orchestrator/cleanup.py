@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from lib import runner
+from lib import procs, runner
 from orchestrator import pins, pulls, tmux, worktrees
 from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
@@ -50,35 +50,6 @@ class CleanupReport:
         return {"session_killed": self.session_killed, "worktrees": [asdict(v) for v in self.verdicts]}
 
 
-def processes_in(path: Path) -> list[int]:
-    """Processes whose working directory is inside `path`."""
-    found = []
-    root = str(path.resolve())
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry.name}/cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + "/"):
-            found.append(int(entry.name))
-    return found
-
-
-def _ourselves() -> set[int]:
-    """This process and its ancestors (the user's shell may sit in a worktree): never killed by cleanup."""
-    found, pid = set(), os.getpid()
-    while pid > 1 and pid not in found:
-        found.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-    return found
-
-
 def doubts(repo: RepoConfig, path: Path, pin: Pin | None = None) -> list[str]:
     """Every reason this worktree cannot be removed without losing something (empty: safe). With the repo's
     push pin, "pushed" means on the pinned url (where origin points now proves nothing: an agent can set it)."""
@@ -87,7 +58,7 @@ def doubts(repo: RepoConfig, path: Path, pin: Pin | None = None) -> list[str]:
     if not worktrees.inside(path, repo.worktree_base):
         return [f"it is outside worktree_base {repo.worktree_base}"]
     reasons = []
-    busy = processes_in(path)
+    busy = procs.processes_in([path])
     if busy:
         reasons.append(f"process {', '.join(map(str, busy[:5]))} is running in it")
     try:
@@ -183,8 +154,8 @@ def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None, open_prs: dict[s
             out.append(Verdict(str(entry.path), entry.branch, "removed", []))
         elif force:
             ref = backup(entry.path, entry.branch)
-            mine = _ourselves()
-            busy = [pid for pid in processes_in(entry.path) if pid not in mine]
+            mine = procs.ancestors(os.getpid())  # the user's shell may sit in the worktree: never killed
+            busy = [pid for pid in procs.processes_in([entry.path]) if pid not in mine]
             if busy:  # nothing keeps running in a removed directory
                 runner.kill_processes([], busy, KILL_GRACE_S)
             worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lib import procs
 from lib.errors import OrchestratorError
 from lib.statefile import read_json, write_json
 
@@ -23,14 +24,7 @@ def _iso(seconds: float) -> str:
 
 def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot; None when it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    return procs.start_tick(pid)
 
 
 @dataclass

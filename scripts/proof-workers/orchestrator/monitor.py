@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lib import runner
+from lib import procs
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
@@ -203,7 +203,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
         say(f"tmux did not answer, cycle skipped: {err}")
         run.files.log_event({"action": "probe_failed", "error": str(err)})
         return CycleResult(0, finished=False)
-    table = runner.process_table()
+    table = procs.process_table()
     snapshots: list[Snapshot] = []
     for record in records:
         if record.issue_number is not None and not record.pr.get("watching"):  # a watched PR has no try to probe

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lib.runner import Proc, descendants
+from lib.procs import Proc, cmdline, descendants
 from lib.statefile import update_json
 from orchestrator import agents, worktree_setup, worktrees
 from orchestrator.decide import Snapshot
@@ -36,12 +36,8 @@ def agent_alive(table: dict[int, Proc], pane: Pane | None, files: RunFiles, reco
         return False
     under_pane = descendants(table, pane.pid) | ({pane.pid} if not pane.dead else set())
     spec = str(files.try_spec(record.worker_id, record.try_id)).encode()
-    for pid in under_pane:
-        try:
-            if spec in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-        except OSError:
-            continue
+    if any(spec in (cmdline(pid) or b"") for pid in under_pane):
+        return True
     group = read_pid(files.pid_file(record.worker_id, record.try_id))
     return group is not None and any(p.pgid == group and p.pid in under_pane for p in table.values())
 

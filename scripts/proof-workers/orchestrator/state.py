@@ -1,17 +1,16 @@
 """Run state under state/<project>/: worker records, per-try files, event log, journal, the monitor lock."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from lib.errors import OrchestratorError
-from lib.statefile import write_json
+from lib.statefile import held_lock, write_json
 
 
 @dataclass
@@ -194,25 +193,10 @@ class MonitorBusy(OrchestratorError):
 
 @contextmanager
 def monitor_lock(locks: list[tuple[str, Path]]) -> Iterator[None]:
-    """One monitor per project (and per tmux session): non-blocking flocks, freed by the kernel on kill -9."""
-    handles = []
-    try:
+    """One monitor per project (and per tmux session): `statefile.held_lock` on each, freed by the kernel on
+    kill -9; MonitorBusy names the holder."""
+    with ExitStack() as held:
         for label, path in locks:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                handle.close()
-                raise MonitorBusy(f"another monitor is running for {label} (pid {holder}; lock {path})") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-            handles.append(handle)
+            held.enter_context(held_lock(path, "monitor", lambda holder, label=label, path=path: MonitorBusy(
+                f"another monitor is running for {label} ({holder}; lock {path})")))
         yield
-    finally:
-        for handle in handles:
-            handle.close()

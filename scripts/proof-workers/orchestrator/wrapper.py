@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
-from lib import logcut, runner  # noqa: E402
-from lib.statefile import locked  # noqa: E402
+from lib import logcut, procs, runner  # noqa: E402
+from lib.statefile import locked, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
 
@@ -70,26 +70,6 @@ KEPT_PAST_CAP = ("result", "system", "init", "error", "turn.completed", "turn.fa
 
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """`text` as the whole file at `path`, written beside it first under a fresh name (anything an agent put at
-    a name it could guess, a folder or a symlink, is never used or written through), then renamed over it."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(6).hex()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        except FileExistsError:
-            continue
-        try:
-            with open(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return
-    raise FileExistsError(f"no free name beside {path}")
 
 
 def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
@@ -265,7 +245,7 @@ def run(spec: dict[str, Any]) -> int:
     if setup and not worktree_setup.done(Path(setup["worktree"])):
         code = _set_up(setup, cap, spec.get("env", {}).get(TRY_VAR), signal_path, log_path, label)
         if code is not None:  # the agent never starts
-            _write_atomic(signal_path, f"{code}\n")
+            write_text(signal_path, f"{code}\n")
             return code
     with _open_index(log_path) as index, _try_log(try_log, cap, index) as log:
         start = f"=== START {label} at {_stamp()} ===\n".encode()
@@ -280,7 +260,7 @@ def run(spec: dict[str, Any]) -> int:
             _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
             code = 127
         else:
-            _write_atomic(Path(spec["pid_file"]), str(agent.pid))
+            write_text(Path(spec["pid_file"]), str(agent.pid))
 
             stopped_by: list[int] = []
 
@@ -323,7 +303,7 @@ def run(spec: dict[str, Any]) -> int:
             log.close()  # puts the log back at its path if the agent deleted or replaced it
         except OSError as err:
             _note(index, f"wrapper: the try's log {try_log} could not be put back: {err}\n".encode())
-    _write_atomic(signal_path, f"{code}\n")
+    write_text(signal_path, f"{code}\n")
     return code
 
 
@@ -341,7 +321,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     set up, the agent may start; else the try's exit code (1: the set-up failed; 128 + a signal: stopped)."""
     state = worktree_setup.state_path(signal_path)
     log_file = Path(setup["log"])
-    _write_atomic(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
+    write_text(state, json.dumps({"state": "running", "log": str(log_file), "timeout": setup["timeout"]}) + "\n")
     with suppress(OSError), open(index_path, "ab") as index:
         _note(index, f"=== SETUP {label}: {setup['run']} (setup log {log_file}) at {_stamp()} ===\n".encode())
 
@@ -378,7 +358,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
             signal.signal(signum, handler)
     if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
         code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
-    _write_atomic(state, json.dumps(outcome) + "\n")
+    write_text(state, json.dumps(outcome) + "\n")
     if code is not None:
         with suppress(OSError), open(index_path, "ab") as index:
             _note(index, f"=== EXIT code {code} {label}: setup {outcome['state']}"
@@ -389,7 +369,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
 def _kill_below(tag: str | None) -> list[int]:
     """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
     found = runner.processes_tagged(TRY_VAR, tag) if tag else []
-    found += [pid for pid in runner.descendants(runner.process_table(), os.getpid()) if pid not in found]
+    found += [pid for pid in procs.descendants(procs.process_table(), os.getpid()) if pid not in found]
     if found:
         runner.kill_processes([], found, LEFTOVER_GRACE_S)
     return found
@@ -479,7 +459,7 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     that has exited no longer counts its group, hence the tag and the descent."""
     members = set(runner.group_members(pgid))
     outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
-    outside += [pid for pid in runner.descendants(runner.process_table(), os.getpid())
+    outside += [pid for pid in procs.descendants(procs.process_table(), os.getpid())
                 if pid not in outside and pid not in members]
     if members or outside:
         runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)

@@ -1,0 +1,167 @@
+"""Processes read from /proc: the table, a group's members, a command's leftovers by tag or directory; stdlib only.
+
+The one reader of /proc/PID for the runner (a step's leftovers), the scan
+(a git still running in a repo) and the proof workers (a try's agent, the
+processes that keep a worktree busy). Each lookup is one pass over /proc;
+zombies never count as live, and processes of other users that cannot be
+read are never listed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def have_proc() -> bool:
+    """Whether this system has a /proc to read (Linux); elsewhere every lookup finds nothing."""
+    return os.path.isdir("/proc/self")
+
+
+def stat_fields(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ...; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _live(fields: list[bytes] | None) -> bool:
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def start_tick(pid: int | str) -> int | None:
+    """When a live process started (clock ticks since boot); None when it is gone or a zombie."""
+    fields = stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None and _live(fields) else None
+    except (IndexError, ValueError):
+        return None
+
+
+def born_before(fields: list[bytes], tick: int) -> bool:
+    """Whether a process (its stat fields) started before clock tick `tick` (0: not known, never)."""
+    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
+
+
+def _pids() -> Iterator[str]:
+    """Every pid in /proc, as its directory name; OSError when /proc cannot be listed."""
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                yield entry.name
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    pgid: int
+
+
+def process_table() -> dict[int, Proc]:
+    """Every live (non-zombie) process, from one pass over /proc."""
+    table: dict[int, Proc] = {}
+    for pid in _pids():
+        fields = stat_fields(pid)
+        if fields is not None and _live(fields):
+            table[int(pid)] = Proc(int(pid), int(fields[1]), int(fields[2]))
+    return table
+
+
+def descendants(table: dict[int, Proc], root: int) -> set[int]:
+    """Every process below `root` in the table (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for proc in table.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def ancestors(pid: int) -> set[int]:
+    """`pid` and every process above it up to init (excluded)."""
+    found: set[int] = set()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        fields = stat_fields(pid)
+        try:
+            pid = int(fields[1]) if fields else 0
+        except (IndexError, ValueError):
+            break
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for pid in _pids():
+        fields = stat_fields(pid)
+        if fields and int(fields[2]) == pgid and fields[0] != b"Z":
+            members.append(int(pid))
+    return members
+
+
+def processes_tagged(name: str, value: str, prefix: bool = False, born_since: int = 0) -> list[int]:
+    """Live (not zombie) processes whose environment has `name=value` (`prefix`: a value starting with `value`).
+
+    Read from /proc/PID/environ: the environment a process was started with,
+    which it inherits from whoever started it and keeps across setsid and
+    daemonizing. Processes of other users are not readable and never listed.
+    `born_since`: the start time (clock ticks since boot, /proc/PID/stat) of the process that set
+    the value; one started before it cannot descend from it, so its environment is not read.
+    """
+    needle = b"\0" + f"{name}={value}".encode() + (b"" if prefix else b"\0")
+    found: list[int] = []
+    if not have_proc():
+        return found
+    for pid in _pids():
+        if born_since:
+            fields = stat_fields(pid)
+            if not fields or born_before(fields, born_since):
+                continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if needle not in b"\0" + environ.read() + b"\0":
+                    continue
+        except OSError:
+            continue
+        fields = stat_fields(pid)
+        if fields and fields[0] != b"Z":
+            found.append(int(pid))
+    return found
+
+
+def processes_in(dirs: Iterable[Path | str], name_prefix: str = "") -> list[int]:
+    """Processes whose working directory is one of `dirs` or below (`name_prefix`: only those whose
+    name, /proc/PID/comm, starts with it). Raises OSError when /proc cannot be listed: the caller
+    decides what not knowing means."""
+    roots = [os.path.realpath(d) for d in dirs]
+    found = []
+    for pid in _pids():
+        try:
+            if name_prefix:
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                    if not comm.read().startswith(name_prefix):
+                        continue
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if any(cwd == root or cwd.startswith(root.rstrip("/") + "/") for root in roots):
+            found.append(int(pid))
+    return found
+
+
+def cmdline(pid: int) -> bytes | None:
+    """The process's arguments, NUL-separated as /proc has them; None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as args:
+            return args.read()
+    except OSError:
+        return None
