@@ -198,7 +198,9 @@ class CappedLog:
             self._cut_in_place()
 
     def _replace(self, fill: Callable[[BinaryIO], object]) -> None:
-        """A new file, filled by `fill`, renamed over the log; it is the file written from now on."""
+        """A new file, filled by `fill`, renamed over the log; it is the file written from now on. Not
+        statefile.write_bytes: the new file is filled by streaming from the open log (never the whole log in
+        memory), renamed within the folder descriptor the log was opened in, and kept open; a log needs no fsync."""
         name, fd = _new_temp(self.path.name, self.folder)
         target = open(fd, "a+b", buffering=0)
         try:
