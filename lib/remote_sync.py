@@ -33,7 +33,7 @@ from lib.errors import OrchestratorError, clip
 from lib.hosts import LOCAL, Host
 from lib.paths import Paths
 from lib.progress import Progress
-from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, SyncStatus, _log_name, _open_log, _summary, run_sync
+from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary, run_sync
 
 LIB_DIR = Path(__file__).resolve().parent
 HOST_HOME = ".orchestrator"  # under the host's workspace
@@ -396,13 +396,16 @@ def _outcome(data: Any, selected: dict[str, Repo], host: Host, log_dir: Path,
              dry_run: bool) -> HostSyncOutcome | None:
     """An outcome as the host reported it, its log under the usual local name; None for anything else."""
     if not isinstance(data, dict) or not isinstance(data.get("repo"), str) or data["repo"] not in selected \
-            or not isinstance(data.get("status"), str) or data["status"] not in set(SyncStatus):
+            or not isinstance(data.get("status"), str):
         return None
     known = {f.name for f in fields(SyncOutcome)} - {"repo", "status", "log", "duration_s"}
     duration = data.get("duration_s")
-    return HostSyncOutcome(data["repo"], data["status"], **{k: _text(data.get(k)) for k in known},
-                           log=str(log_dir / _log_name(selected[data["repo"]], dry_run)),
-                           duration_s=duration if isinstance(duration, (int, float)) else 0.0, host=host.name)
+    try:
+        return HostSyncOutcome(data["repo"], data["status"], **{k: _text(data.get(k)) for k in known},
+                               log=str(log_dir / _log_name(selected[data["repo"]], dry_run)),
+                               duration_s=duration if isinstance(duration, (int, float)) else 0.0, host=host.name)
+    except ValueError:  # a status outside sync.SyncStatus: not one our own lib/ there can have said
+        return None
 
 
 def _with_logs(connection: Any, entries: Sequence[Any], selected: dict[str, Repo], host: Host, log_dir: Path,
