@@ -3,13 +3,10 @@ files and JSON say exactly the words they said before."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from lib.batch import Outcome, summarize
-from lib.config import Repo
-from lib.hosts import Host
 from lib.sync import SyncOutcome
 
 RUN_STATUSES = ["passed", "failed", "timeout", "skipped", "error"]
@@ -59,14 +56,3 @@ def test_a_sync_outcome_writes_its_status_as_the_same_word(status):
 def test_a_sync_outcome_with_a_status_outside_the_set_is_refused(status):
     with pytest.raises(ValueError):
         sync_outcome(status)
-
-
-def test_a_host_reporting_a_status_outside_the_set_reports_nothing_for_that_repo():
-    """A host's driver runs our own lib/; a status it cannot have said is not shown, counted or recorded."""
-    from lib.remote_sync import _outcome
-
-    selected = {"api": Repo("api", Path("x"))}
-    host = Host("b1", "h", "ws")
-    assert _outcome({"repo": "api", "status": "pwned"}, selected, host, Path("/logs"), False) is None
-    assert _outcome({"repo": "api", "status": "up to date"}, selected, host, Path("/logs"), False).status \
-        == "up to date"
