@@ -1,5 +1,8 @@
 """Invoke tasks: the orchestrator's front door. Thin: parse arguments, call lib/, print.
 
+A task's body raises OrchestratorError for the user's mistakes and lets a stopped run's
+exception through: lib.cli's task turns each into its lines and exit code.
+
 Heavy imports (tabulate, fabric, libtmux, rich) happen inside the tasks that
 need them, so `inv --list` stays fast.
 """
@@ -13,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Exit
 
 from lib.cli import task
-from lib.errors import OrchestratorError, error_lines
+from lib.errors import OrchestratorError
 from lib.paths import Paths
 
 
@@ -67,21 +70,11 @@ class Seconds(float):
         return super().__new__(cls, number)
 
 
-def _fail(err: OrchestratorError) -> Exit:
-    return Exit(error_lines(err), code=err.exit_code)
-
-
 def _warn(lines: list[str]) -> None:
     import sys
 
     for line in lines:
         print(line, file=sys.stderr)
-
-
-def _interrupted(stop) -> Exit:
-    """A run stopped by Ctrl-C, SIGTERM or SIGHUP: what was recorded is said, exit 128 + the signal."""
-    _warn(stop.notes)
-    return Exit(str(stop), code=stop.exit_code)
 
 
 @task(
@@ -102,23 +95,17 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
     from lib.remote.hosts import LOCAL
     from lib.gitstatus import read_state
     from lib.scan import scan_workspace
-    from lib.signals import Stopped  # not lib.runner's RunInterrupted: the runner is imported for --host only
 
     host = "" if host == LOCAL else host  # this machine, as for build and test
-    try:
-        paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        if host:
-            from lib.remote.fleet import Fleet
-            from lib.remote.status import scan_host
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    if host:
+        from lib.remote.fleet import Fleet
+        from lib.remote.status import scan_host
 
-            report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
-        else:
-            report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
-    except OrchestratorError as err:
-        raise _fail(err) from None
-    except Stopped as stop:  # the scan's, or the run's over a host
-        raise _interrupted(stop) from None
+        report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
+    else:
+        report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
     if dirty:
         report.repos = [r for r in report.repos if r.error or r.dirty]
     if json:
@@ -138,14 +125,9 @@ def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_
 )
 def scan(c, jobs=Count(0), tag=None):
     """Scan every repo and write state/repo-status.json."""
-    from lib.scan import ScanStopped, scan_and_save
+    from lib.scan import scan_and_save
 
-    try:
-        report, state_file, not_written = scan_and_save(Paths.from_env(), jobs, tag)
-    except OrchestratorError as err:
-        raise _fail(err) from None
-    except ScanStopped as stop:
-        raise Exit(str(stop), code=stop.exit_code) from None
+    report, state_file, not_written = scan_and_save(Paths.from_env(), jobs, tag)
     for repo in report.errors:
         print(f"{repo.name}: {repo.error} ({repo.path})")
     print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
@@ -200,17 +182,13 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
 
     from lib.batch import check_state, plan_workflow, run_and_record, tail
     from lib.config import load_workspace
-    from lib.runner import RunInterrupted
     from lib.views import headline
 
-    try:
-        paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        chosen = workspace.get(repo)
-        plans = plan_workflow(paths, workflow, [chosen])
-        on_host = _host_for(paths, chosen, host)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    chosen = workspace.get(repo)
+    plans = plan_workflow(paths, workflow, [chosen])
+    on_host = _host_for(paths, chosen, host)
     stream = (getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout)) if echo else None
     if dry_run and on_host is not None:
         print(f"{chosen.name}: would run {workflow} on host {on_host.name} ({on_host.address}) "
@@ -223,13 +201,10 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
     if on_host is not None or not plans[0].skip_reason:  # a skipped repo writes no log
         print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""),
               flush=True)
-    try:
-        if on_host is not None:
-            run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
-        else:
-            run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
+    if on_host is not None:
+        run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
+    else:
+        run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
     outcome = run.outcomes[0]
     print(headline(workflow, outcome))
     if outcome.failing and not echo:
@@ -252,11 +227,8 @@ def _host_for(paths, repo, flag):
 def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
     from lib.remote.fleet import Fleet, run_distributed
 
-    try:
-        return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1,
-                               timeout or None, accept_new_host_key, echo=echo)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1, timeout or None,
+                           accept_new_host_key, echo=echo)
 
 
 RUN_HELP = {
@@ -314,22 +286,17 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     from lib.config import load_workspace
     from lib.remote.fleet import plan_groups, test_all_in_groups
     from lib.remote.hosts import LOCAL
-    from lib.runner import RunInterrupted
-    from lib.scan import ScanStopped
     from lib.testall import ci_matrix, plan_test_all, run_test_all
     from lib.views import outcomes_table
 
-    try:
-        paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        if not dry_run and not matrix:
-            _warn(check_state(paths, "test"))
-        plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
-        fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
-        if changed and set(groups) - {LOCAL}:
-            raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    if not dry_run and not matrix:
+        _warn(check_state(paths, "test"))
+    plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
+    fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
+    if changed and set(groups) - {LOCAL}:
+        raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
     if matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
         print(jsonlib.dumps(ci_matrix(plans, groups)))
         return
@@ -339,17 +306,12 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     if dry_run:
         _print_plans(plans, fleet, groups)
         return
-    try:
-        if changed or set(groups) <= {LOCAL}:
-            report = run_test_all(workspace, paths, plans, jobs, timeout or None,
-                                  Path(junit_xml) if junit_xml else None, changed=changed, grace=grace)
-        else:
-            report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
-                                        Path(junit_xml) if junit_xml else None, accept_new_host_key)
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
-    except ScanStopped as stop:  # in the status read before or after the tests (what --changed compares)
-        raise Exit(str(stop), code=stop.exit_code) from None
+    if changed or set(groups) <= {LOCAL}:
+        report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None,
+                              changed=changed, grace=grace)
+    else:
+        report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
+                                    Path(junit_xml) if junit_xml else None, accept_new_host_key)
     if json:
         print(jsonlib.dumps(report.to_json(), indent=2))
     else:
@@ -395,28 +357,21 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
     from lib.batch import check_state, plan_workflow, run_with_progress
     from lib.config import load_workspace
     from lib.remote.hosts import LOCAL
-    from lib.runner import RunInterrupted
     from lib.views import outcomes_table
 
-    try:
-        paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        plans = plan_workflow(paths, name, workspace.repos)
-        fleet, groups = fleets.plan_groups(paths, workspace.repos, hosts, jobs)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    plans = plan_workflow(paths, name, workspace.repos)
+    fleet, groups = fleets.plan_groups(paths, workspace.repos, hosts, jobs)
     if dry_run:
         _print_plans(plans, fleet, groups)
         return
     _warn(check_state(paths, name))
-    try:
-        if set(groups) != {LOCAL}:
-            run = fleets.run_with_progress(paths, workspace, name, groups, fleet, jobs, timeout or None,
-                                           accept_new_host_key, name)
-        else:
-            run = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
+    if set(groups) != {LOCAL}:
+        run = fleets.run_with_progress(paths, workspace, name, groups, fleet, jobs, timeout or None,
+                                       accept_new_host_key, name)
+    else:
+        run = run_with_progress(paths, workspace, plans, jobs, timeout or None, name)
     print(outcomes_table(run.outcomes))
     _warn(run.notes)
     if run.failing:
@@ -440,27 +395,18 @@ def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, ta
              accept_new_host_key=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
     from lib.config import load_workspace
-    from lib.runner import RunInterrupted
-    from lib.scan import ScanStopped
     from lib.sync import run_sync
     from lib.views import sync_table
 
-    try:
-        paths = Paths.from_env()
-        if host:
-            from lib.remote.sync import sync_on_host
+    paths = Paths.from_env()
+    if host:
+        from lib.remote.sync import sync_on_host
 
-            report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
-                                  accept_new_host_key)
-        else:
-            report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None,
-                              clone_missing, dry_run)
-    except OrchestratorError as err:
-        raise _fail(err) from None
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
-    except ScanStopped as stop:  # in the scan after the sync, whose results are recorded
-        raise Exit(str(stop), code=stop.exit_code) from None
+        report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
+                              accept_new_host_key)
+    else:
+        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
+                          dry_run)
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     _warn(report.notes)
@@ -485,25 +431,19 @@ def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, onl
     """Run one shell command in every selected repo, concurrently; output per repo in config order."""
     from lib.config import load_workspace
     from lib.foreach import check_command, choose_repos, run_foreach
-    from lib.runner import RunInterrupted
 
     def show(result) -> None:
         print(f"=== {result.outcome.line()} ===")
         print(result.output, end="" if result.output.endswith("\n") or not result.output else "\n", flush=True)
 
-    try:
-        paths = Paths.from_env()
-        command = check_command(command)
-        repos = choose_repos(load_workspace(paths.repos_file), paths, tag, _split(only), dirty)
-        if not repos:
-            why = "no selected repo is dirty" if dirty else "no repo matches both --tag and --only"
-            print(jsonlib.dumps({"command": command, "results": []}) if json else f"nothing to do: {why}")
-            return
-        report = run_foreach(paths, repos, command, jobs, timeout or None, on_result=None if json else show)
-    except OrchestratorError as err:
-        raise _fail(err) from None
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
+    paths = Paths.from_env()
+    command = check_command(command)
+    repos = choose_repos(load_workspace(paths.repos_file), paths, tag, _split(only), dirty)
+    if not repos:
+        why = "no selected repo is dirty" if dirty else "no repo matches both --tag and --only"
+        print(jsonlib.dumps({"command": command, "results": []}) if json else f"nothing to do: {why}")
+        return
+    report = run_foreach(paths, repos, command, jobs, timeout or None, on_result=None if json else show)
     if json:
         print(jsonlib.dumps(report.to_json(), indent=2))
     else:
@@ -523,21 +463,14 @@ def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
     from lib.remote.fleet import Fleet
     from lib.remote.connection import PROBE_TOOLS, check_hosts
-    from lib.runner import RunInterrupted
     from lib.views import plain_table, visible
 
-    try:
-        fleet = Fleet.load(Paths.from_env())
-        hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    fleet = Fleet.load(Paths.from_env())
+    hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
     if not hosts:
         print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
         return
-    try:
-        checks = check_hosts(hosts, accept_new_host_key)
-    except RunInterrupted as stop:
-        raise _interrupted(stop) from None
+    checks = check_hosts(hosts, accept_new_host_key)
     rows = []
     for check in checks:
         problems = check.problems
@@ -580,10 +513,7 @@ def host_add(c, name, host, workspace, user="", port=Count(22), key_file="", job
     fields = {"host": host, "user": user or None, "port": int(port), "key_file": typed_here(key_file),
               "workspace": workspace, "jobs": int(jobs), "known_hosts": typed_here(known_hosts),
               "connect_timeout": float(connect_timeout)}
-    try:
-        added = add_host(path, name, fields)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    added = add_host(path, name, fields)
     print(f"added host {added.name} ({added.address}, workspace {added.workspace}) to {path}; "
           f"try it: inv host.check --name {added.name}")
 
@@ -594,10 +524,7 @@ def host_list(c):
     from lib.remote.fleet import Fleet
     from lib.views import plain_table
 
-    try:
-        fleet = Fleet.load(Paths.from_env())
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    fleet = Fleet.load(Paths.from_env())
     rows = [[h.name, h.address, h.workspace, h.jobs, h.key_file or "agent / ~/.ssh", h.known_hosts or "~/.ssh/known_hosts"]
             for h in fleet.hosts.values()]
     print(plain_table(rows, ["HOST", "ADDRESS", "WORKSPACE", "JOBS", "KEY", "KNOWN HOSTS"]) if rows
@@ -630,10 +557,7 @@ def task_list(c, state="", repo="", json=False):
 
     from lib.views import tasks_table
 
-    try:
-        found = _task_store().list(state, repo)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    found = _task_store().list(state, repo)
     today = date.today()
     if json:
         print(jsonlib.dumps({"tasks": [t.to_json(today) for t in found]}, indent=2))
@@ -642,10 +566,7 @@ def task_list(c, state="", repo="", json=False):
 
 
 def _move(verb: str, task_id: str) -> None:
-    try:
-        moved = _task_store().move(verb, task_id)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    moved = _task_store().move(verb, task_id)
     print(f"{moved.id} {moved.title}: now {moved.state} ({moved.path})")
 
 
@@ -673,10 +594,7 @@ def task_complete(c, id):
 )
 def task_add(c, title, repo="", priority="", type="", description=""):
     """Add a task to backlog.md with the next free task-NNN id across all three files."""
-    try:
-        added = _task_store().add(title, repo, priority, type, description)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    added = _task_store().add(title, repo, priority, type, description)
     print(f"{added.id} {added.title}: added to {added.path}")
 
 
@@ -685,10 +603,7 @@ def task_show(c, id):
     """Print one task's block as it stands in its file, with its state, file and line."""
     import sys
 
-    try:
-        found, text = _task_store().show(id)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    found, text = _task_store().show(id)
     print(f"# {found.state}: {found.path}:{found.line}", flush=True)
     out = getattr(sys.stdout, "buffer", None)
     if out is None:  # a captured stdout without bytes
@@ -716,10 +631,7 @@ def report(c, date="", since="", notes="", force=False):
 
     from lib.report import write_report
 
-    try:
-        path, warnings = write_report(Paths.from_env(), date, since, notes, force=force)
-    except OrchestratorError as err:
-        raise _fail(err) from None
+    path, warnings = write_report(Paths.from_env(), date, since, notes, force=force)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(path)

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
@@ -24,8 +25,23 @@ from lib.statefile import read_json, set_aside_if_bad, update_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
-STATUSES = ("passed", "failed", "timeout", "skipped", "error")
-FAILING = {"failed", "timeout", "error"}
+
+
+class RunStatus(StrEnum):
+    """How a repo's run ended (build, test, workflows, test-all, foreach); the value is what state files and JSON
+    say."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
+STATUSES = tuple(RunStatus)  # the summary's order
+FAILING = {RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ERROR}
+RAN_AND_ENDED = {RunStatus.PASSED, RunStatus.FAILED, RunStatus.TIMEOUT}  # a command ran: its log has its end
+RERUN = {RunStatus.FAILED, RunStatus.TIMEOUT}  # what --failed runs again, and JUnit calls a failure
 # Characters XML 1.0 cannot carry (terminal escapes in a test log, say).
 # A failed run shows its log's last lines: each cut to this many characters (the log keeps every byte).
 TAIL_LINE_CHARS = 500
@@ -42,7 +58,7 @@ def now_iso() -> str:
 class Outcome:
     repo: str
     language: str
-    status: str
+    status: RunStatus  # given as its value too ("passed"): a value outside the set is a ValueError
     exit_code: int | None
     duration_s: float
     command: str
@@ -56,6 +72,9 @@ class Outcome:
     # Not recorded: the runner was killed (SIGTERM/SIGKILL, not a SIGINT it ended on) before it could say its
     # summary, so a summary line in its log is an earlier one's (another suite's, a test's print): no counts.
     killed_untold: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
 
     @property
     def failing(self) -> bool:
@@ -122,26 +141,28 @@ def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
     """
     started = monotonic()
 
-    def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> Outcome:
+    def outcome(status: RunStatus, exit_code: int | None = None, reason: str | None = None) -> Outcome:
         return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
                        plan.command_line, str(plan.log), reason, now_iso())
 
     def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
-        return outcome("error", exit_code, f"cannot write log {plan.log}: {why}")
+        return outcome(RunStatus.ERROR, exit_code, f"cannot write log {plan.log}: {why}")
 
     if plan.skip_reason and plan.repo.local.is_dir():
-        return skipped_without_log(outcome("skipped", reason=plan.skip_reason))
+        return skipped_without_log(outcome(RunStatus.SKIPPED, reason=plan.skip_reason))
     try:
         log = open_log(plan.log)
     except LogUnavailable as err:
-        return outcome("error", reason=str(err))
+        return outcome(RunStatus.ERROR, reason=str(err))
     result: Outcome | None = None
     try:
         with log:
             result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed, interrupt_grace)
     except OSError as err:
         # Closing flushes the last bytes: a full disk can refuse them too.
-        return result if result is not None and result.status == "error" else log_failed(err.strerror or str(err))
+        if result is not None and result.status == RunStatus.ERROR:
+            return result
+        return log_failed(err.strerror or str(err))
     return with_counts(result)
 
 
@@ -156,7 +177,7 @@ def with_counts(outcome: Outcome) -> Outcome:
 
     A runner killed before it could print its summary has none: a summary line in its log is someone else's.
     """
-    if outcome.status in ("passed", "failed", "timeout") and outcome.log and not outcome.killed_untold:
+    if outcome.status in RAN_AND_ENDED and outcome.log and not outcome.killed_untold:
         outcome.counts = read_counts(Path(outcome.log))
     return outcome
 
@@ -208,17 +229,17 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
         problem = None if path.is_dir() else ("path does not exist" if not path.exists() else "path is not a directory")
         if problem:
             log.write(f"error: {problem}: {path}\n".encode())
-            return outcome("error", reason=problem)
+            return outcome(RunStatus.ERROR, reason=problem)
         if plan.skip_reason:
             log.write(f"skipped: {plan.skip_reason}\n".encode())
-            return outcome("skipped", reason=plan.skip_reason)
+            return outcome(RunStatus.SKIPPED, reason=plan.skip_reason)
         env = command_env()
         for command in plan.commands:
             remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
             log.write(f"$ cd {command.cwd}\n$ {command.command}\n".encode())
             if not command.cwd.is_dir():
                 log.write(f"error: directory does not exist: {command.cwd}\n".encode())
-                return outcome("error", reason=f"directory does not exist: {command.cwd}")
+                return outcome(RunStatus.ERROR, reason=f"directory does not exist: {command.cwd}")
             result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
                                          echo, grace, interrupt_grace)
             if result.log_error:
@@ -231,17 +252,17 @@ def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None
             if result.timed_out:
                 how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
                 log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
-                stopped = outcome("timeout", reason=f"timed out after {timeout:g}s")
+                stopped = outcome(RunStatus.TIMEOUT, reason=f"timed out after {timeout:g}s")
                 stopped.killed_untold = result.stopped_with != "SIGINT"  # only a SIGINT lets a runner say its end
                 return stopped
             if result.killed_by:
                 log.write(f"\nkilled by {result.killed_by}\n".encode())
-                killed = outcome("failed", result.exit_code, f"killed by {result.killed_by}")
+                killed = outcome(RunStatus.FAILED, result.exit_code, f"killed by {result.killed_by}")
                 killed.killed_untold = result.killed_by != "SIGINT"
                 return killed
             if result.exit_code != 0:
-                return outcome("failed", result.exit_code, f"exit {result.exit_code}")
-        return outcome("passed", 0, "; ".join(notes) or None)
+                return outcome(RunStatus.FAILED, result.exit_code, f"exit {result.exit_code}")
+        return outcome(RunStatus.PASSED, 0, "; ".join(notes) or None)
     except OSError as err:
         return log_failed(err.strerror or str(err))
 
@@ -314,7 +335,7 @@ def previously_failing(state_file: Path) -> list[str]:
         return []  # a results file that cannot be read has no failures to rerun (check_state set it aside)
     if results_problem(document):
         return []
-    return [r["repo"] for r in document.get("results", []) if r.get("status") in ("failed", "timeout")]
+    return [r["repo"] for r in document.get("results", []) if r.get("status") in RERUN]
 
 
 def cut_line(line: str, limit: int = TAIL_LINE_CHARS) -> str:
@@ -361,9 +382,9 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
     `unfinished`: the report a run writes before it starts, replaced by its real one when it ends; a run
     killed outright (SIGKILL) leaves this one, never an earlier run's green report. Written atomically.
     """
-    failures = sum(1 for o in outcomes if o.status in ("failed", "timeout"))
-    errors = sum(1 for o in outcomes if o.status == "error")
-    skipped = sum(1 for o in outcomes if o.status == "skipped")
+    failures = sum(1 for o in outcomes if o.status in RERUN)
+    errors = sum(1 for o in outcomes if o.status == RunStatus.ERROR)
+    skipped = sum(1 for o in outcomes if o.status == RunStatus.SKIPPED)
     root = ElementTree.Element("testsuites")
     name = f"orchestrator {suite}" + (f" (interrupted by {interrupted})" if interrupted else "") \
         + (" (did not finish)" if unfinished else "")
@@ -383,12 +404,12 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "test-all"
                 ElementTree.SubElement(properties, "property", name=key, value=str(value))
             if o.cached:  # test-all --changed: nothing ran now; the counts are those of the run it trusts
                 ElementTree.SubElement(properties, "property", name="cached", value=o.reason or "cached")
-        if o.status in ("failed", "timeout"):
+        if o.status in RERUN:
             node = ElementTree.SubElement(case, "failure", message=o.reason or o.status, type=o.status)
             node.text = XML_INVALID_RE.sub("\ufffd", tail(Path(o.log)))
-        elif o.status == "error":
+        elif o.status == RunStatus.ERROR:
             ElementTree.SubElement(case, "error", message=o.reason or "error", type="error")
-        elif o.status == "skipped":
+        elif o.status == RunStatus.SKIPPED:
             ElementTree.SubElement(case, "skipped", message=o.reason or "skipped")
         ElementTree.SubElement(case, "system-out").text = (f"log: {o.log or 'none'}\ncommand: {o.command}\n"
                                                            f"host: {o.host}"

@@ -1,4 +1,8 @@
-"""Invoke plumbing for tasks.py: one short flag per meaning in every task, placeholders and defaults in help.
+"""Invoke plumbing for tasks.py: our errors become exit codes in one place, one short flag per meaning in every
+task, placeholders and defaults in help.
+
+A task body just raises OrchestratorError (or lets a stopped run's exception
+through): OrchestratorTask turns it into Invoke's Exit as `lib.errors.exit_for` says.
 
 Invoke gives each task's arguments short flags from their first free letter, so
 `-j` meant `--json` in one task and `--jobs` in another. Here a short flag
@@ -8,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from invoke import Task
+from invoke import Exit, Task
 from invoke import task as invoke_task
 from invoke.parser import Argument
+
+from lib.errors import exit_for
 
 # Long name -> its short flag, the same in every task; anything else is long-only.
 SHORT_FLAGS = {"jobs": "j", "tag": "t", "only": "o", "dirty": "d", "dry_run": "n"}
@@ -34,11 +40,21 @@ class Flag(Argument):
 
 
 class OrchestratorTask(Task):
-    """A Task whose short flags come from SHORT_FLAGS and whose help states each default."""
+    """A Task whose errors become their lines and exit code, whose short flags come from SHORT_FLAGS and whose
+    help states each default."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["auto_shortflags"] = False
         super().__init__(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            failure = exit_for(err)
+            if failure is None:
+                raise
+            raise Exit(failure[0], code=failure[1]) from None
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts = super().arg_opts(name, default, taken_names)

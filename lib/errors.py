@@ -1,5 +1,11 @@
-"""The one exception family that front doors turn into a one-line error and exit code 2."""
+"""The user-error exceptions, and what front doors print and exit with for them and for a stopped run."""
 from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+from lib.signals import Stopped
 
 
 class OrchestratorError(Exception):
@@ -22,6 +28,38 @@ class UnknownRepoError(OrchestratorError):
 
 class UnknownWorkflowError(OrchestratorError):
     """A workflow name that no workflows.json defines."""
+
+
+def exit_for(err: BaseException) -> tuple[str, int] | None:
+    """What a front door prints on stderr for one of our exceptions, and the code it exits with; None for any
+    other (a bug: its traceback shows). The one place that says it: lib.cli's tasks and `script_main` use it.
+
+    A user error is its `error:` lines, exit 2; a run stopped by a signal (runner.RunInterrupted,
+    scan.ScanStopped) is what it recorded (its notes), then its message, exit 128 + the signal.
+    """
+    if isinstance(err, OrchestratorError):
+        return error_lines(err), err.exit_code
+    if isinstance(err, Stopped):  # runner.RunInterrupted, scan.ScanStopped
+        return "\n".join([*err.notes, str(err)]), err.exit_code
+    return None
+
+
+def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """A script's `main` whose errors are printed and exited with as `exit_for` says (the tasks get the same from
+    lib.cli); here, not in lib.cli, because scripts/scan_all_repos.py runs without Invoke."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except Exception as err:
+            failure = exit_for(err)
+            if failure is None:
+                raise
+            print(failure[0], file=sys.stderr)
+            return failure[1]
+
+    return run
 
 
 def error_lines(err: Exception) -> str:

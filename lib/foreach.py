@@ -11,7 +11,7 @@ from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from lib import logcut, runner
-from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute
+from lib.batch import Outcome, RunStatus, count_statuses, counts_text, default_jobs, execute
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import read_known_commits, scan
@@ -36,7 +36,7 @@ class ForeachResult:
     def to_json(self) -> dict[str, Any]:
         o = self.outcome
         return {"repo": o.repo, "exit_code": o.exit_code, "status": o.status, "duration_s": o.duration_s,
-                "reason": None if o.status == "passed" else o.reason, "output": self.output, "log": o.log}
+                "reason": None if o.status == RunStatus.PASSED else o.reason, "output": self.output, "log": o.log}
 
 
 @dataclass

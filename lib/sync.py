@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from time import monotonic
@@ -43,10 +44,22 @@ FILES_NAMED = 3  # a refusal names this many of the files git listed
 STATUS = ("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=none")
 
 
+class SyncStatus(StrEnum):
+    """How a repo's sync ended; the value is what sync-results.json and the table say."""
+
+    UPDATED = "updated"
+    UP_TO_DATE = "up to date"
+    CLONED = "cloned"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    WOULD_UPDATE = "would update"  # --dry-run
+    WOULD_CLONE = "would clone"  # --dry-run
+
+
 @dataclass
 class SyncOutcome:
     repo: str
-    status: str  # updated, up to date, cloned, skipped, failed (with --dry-run: would update, would clone)
+    status: SyncStatus  # given as its value too ("updated"): a value outside the set is a ValueError
     reason: str | None
     branch: str | None  # the default branch, the one sync moves
     before: str | None
@@ -55,9 +68,12 @@ class SyncOutcome:
     duration_s: float = 0.0
     checked_out: str | None = None  # the branch the work tree is on (None: detached or unknown)
 
+    def __post_init__(self) -> None:
+        self.status = SyncStatus(self.status)
+
     @property
     def failing(self) -> bool:
-        return self.status == "failed"
+        return self.status == SyncStatus.FAILED
 
     def line(self) -> str:
         return f"{self.repo}: {self.status}" + (f": {self.reason}" if self.reason else "")
@@ -88,7 +104,7 @@ class ScanRows:
                 if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
     def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None) -> None:
-        left_alone = outcome.status in ("up to date", "skipped") and outcome.after == outcome.before
+        left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
         if not left_alone:
             self.changed.append(os.path.realpath(repo.local))
         if common_dir is None:
@@ -129,7 +145,7 @@ def _nested(one: str, other: str) -> bool:
 class _Stop(Exception):
     """Stop syncing this repo with an outcome (skipped or failed) that `reason` explains."""
 
-    def __init__(self, status: str, reason: str, after: str | None = None) -> None:
+    def __init__(self, status: SyncStatus, reason: str, after: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -193,7 +209,7 @@ class _Git:
         if result.returncode != 0:
             problem = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
             command = next((a for a in args if not a.startswith("-")), args[0])
-            raise _Stop("failed", f"git {command} failed: {problem}")
+            raise _Stop(SyncStatus.FAILED, f"git {command} failed: {problem}")
         return result.stdout.strip()
 
     def rev(self, name: str) -> str | None:
@@ -250,9 +266,9 @@ class _Git:
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
     path = repo.local
     if not repo.remote or repo.remote == "unknown":
-        raise _Stop("failed", f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
+        raise _Stop(SyncStatus.FAILED, f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
     if dry_run:
-        raise _Stop("would clone", f"from {repo.remote}")
+        raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     git = _Git(path.parent, log, log_path, confined=False)  # it asks for the work tree around the clone
@@ -267,12 +283,13 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
                 directory.rmdir()
             except OSError:
                 break
-        raise _Stop("failed", f"clone failed: {problem}")
+        raise _Stop(SyncStatus.FAILED, f"clone failed: {problem}")
     reason = f"from {repo.remote}"
     enclosing = git.read("rev-parse", "--show-toplevel")
     if enclosing.returncode == 0 and enclosing.stdout.strip():
         reason += f"; inside the work tree of {enclosing.stdout.strip()} (it shows there as untracked unless ignored)"
-    return SyncOutcome(repo.name, "cloned", reason, None, None, _Git(path, log, log_path).rev("HEAD"), str(log_path))
+    return SyncOutcome(repo.name, SyncStatus.CLONED, reason, None, None, _Git(path, log, log_path).rev("HEAD"),
+                       str(log_path))
 
 
 def _in_progress(git_dir: Path) -> str | None:
@@ -349,13 +366,13 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
                                       checked_out=state.get("checked_out"))
             except (OSError, ValueError) as err:  # an unreadable repo or log: the run goes on with the next repo
                 log.write(f"error: {err}\n".encode())
-                outcome = SyncOutcome(repo.name, "failed", f"{type(err).__name__}: {err}", repo.default_branch,
+                outcome = SyncOutcome(repo.name, SyncStatus.FAILED, f"{type(err).__name__}: {err}", repo.default_branch,
                                       state.get("before"), state.get("before"), str(log_path))
             log.write(f"outcome: {outcome.line()}\n".encode())
     except OSError as err:  # the log cannot be written (a full disk, a log dir that is a file): say so
         problem = f"log {log_path} not written: {err.strerror or err}"
         if outcome is None:  # nothing ran: the log is opened before any git
-            outcome = SyncOutcome(repo.name, "failed", problem, repo.default_branch, None, None, str(log_path))
+            outcome = SyncOutcome(repo.name, SyncStatus.FAILED, problem, repo.default_branch, None, None, str(log_path))
         else:  # the outcome stands, read from the repo as always
             outcome.reason = f"{outcome.reason}; {problem}" if outcome.reason else problem
     if settled is not None and not runner.stopping():
@@ -383,7 +400,7 @@ def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
     result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
                        f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout)
     if result.exit_code != 0:
-        raise _Stop("failed", f"fetch failed: {git.failure(result, timeout)}")
+        raise _Stop(SyncStatus.FAILED, f"fetch failed: {git.failure(result, timeout)}")
 
 
 def _remote_default_branch(git: _Git, remote: str, timeout: float | None) -> str | None:
@@ -455,7 +472,8 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
     if not remote or not merge:
         return None
     if remote not in remotes or not merge.startswith("refs/heads/"):
-        raise _Stop("skipped", f"{branch}'s upstream ({remote} {merge}) is not a branch of a configured remote")
+        raise _Stop(SyncStatus.SKIPPED,
+                    f"{branch}'s upstream ({remote} {merge}) is not a branch of a configured remote")
     return remote, merge.removeprefix("refs/heads/")
 
 
@@ -464,17 +482,17 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
-            raise _Stop("failed", "path is a broken symlink")
+            raise _Stop(SyncStatus.FAILED, "path is a broken symlink")
         if clone_missing:
             return _clone(repo, log, log_path, timeout, dry_run)
-        raise _Stop("skipped", "path missing (--clone-missing clones it)")
+        raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
-        raise _Stop("failed", "not a git repository")
+        raise _Stop(SyncStatus.FAILED, "not a git repository")
     git = _Git(path, log, log_path)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
-        raise _Stop("failed", f"default_branch {branch!r} is not a valid branch name")
+        raise _Stop(SyncStatus.FAILED, f"default_branch {branch!r} is not a valid branch name")
     seen = _read_before(git, local_ref)
     state["before"], state["checked_out"], state["common_dir"] = seen.tip, seen.checked_out, str(seen.common_dir)
     upstream = _upstream(git, branch, seen.remotes)
@@ -484,20 +502,20 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
             _fetch(git, remote, timeout)
         now = git.rev(local_ref)
         if now != seen.tip:
-            raise _Stop("skipped", f"{branch} moved during the fetch ({_short(seen.tip)} -> {_short(now)}): "
+            raise _Stop(SyncStatus.SKIPPED, f"{branch} moved during the fetch ({_short(seen.tip)} -> {_short(now)}): "
                         "someone else is working here", after=now)
     what = _in_progress(seen.git_dir)
     if what:
-        raise _Stop("skipped", f"{what} is in progress")
+        raise _Stop(SyncStatus.SKIPPED, f"{what} is in progress")
     if not seen.head:
-        raise _Stop("skipped", "detached HEAD")
+        raise _Stop(SyncStatus.SKIPPED, "detached HEAD")
     if seen.tip is None:
-        raise _Stop("skipped", f"no local branch {branch!r}")
+        raise _Stop(SyncStatus.SKIPPED, f"no local branch {branch!r}")
     alias = git.symref(local_ref)
     if alias:  # moving it moves the branch it names, maybe under its own work tree
-        raise _Stop("skipped", f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
+        raise _Stop(SyncStatus.SKIPPED, f"{branch} is a symbolic ref to {alias}: set default_branch to that branch")
     if upstream is None:
-        raise _Stop("skipped", f"{branch} has no upstream")
+        raise _Stop(SyncStatus.SKIPPED, f"{branch} has no upstream")
     remote, upstream_branch = upstream
     tracking = f"{remote}/{upstream_branch}"
     target = git.rev(f"refs/remotes/{tracking}")
@@ -506,7 +524,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         renamed = None if dry_run else _remote_default_branch(git, remote, timeout)
         if renamed and renamed != upstream_branch:
             gone += f"; {remote}'s default branch is now {renamed}"
-        raise _Stop("skipped", gone)
+        raise _Stop(SyncStatus.SKIPPED, gone)
     before = seen.tip
     counted = gitrefs.ahead_behind(git.common_dir, before, target) if git.common_dir is not None else None
     if counted is None:
@@ -517,19 +535,20 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
     if behind == 0:
-        return outcome("up to date", _ahead_reason(git, before, ahead, tracking) if ahead else None, after=before)
+        return outcome(SyncStatus.UP_TO_DATE, _ahead_reason(git, before, ahead, tracking) if ahead else None,
+                       after=before)
     if ahead:
-        raise _Stop("skipped", f"diverged: ahead {ahead}, behind {behind}")
+        raise _Stop(SyncStatus.SKIPPED, f"diverged: ahead {ahead}, behind {behind}")
     here = seen.checked_out == branch
     if here and git.out(*STATUS):
-        raise _Stop("skipped", f"dirty: uncommitted changes on {branch}")
+        raise _Stop(SyncStatus.SKIPPED, f"dirty: uncommitted changes on {branch}")
     elsewhere = _branch_in_use_elsewhere(git, branch, seen.git_dir, seen.common_dir)
     if elsewhere:
-        raise _Stop("skipped", f"{branch} is {elsewhere}")
+        raise _Stop(SyncStatus.SKIPPED, f"{branch} is {elsewhere}")
     how = "fast-forward" if here else f"move {branch} (work tree on {seen.checked_out} untouched)"
     done = f"{how}: {behind} commit(s)"
     if dry_run:
-        return outcome("would update", done, after=target)
+        return outcome(SyncStatus.WOULD_UPDATE, done, after=target)
     status, reason = _fast_forward(git, local_ref, before, target, seen, done)
     return outcome(status, reason, after=git.rev(local_ref))
 
@@ -561,14 +580,15 @@ def _count(git: _Git, *revisions: str) -> int | None:
     return int(result.stdout) if result.returncode == 0 and result.stdout.strip().isdigit() else None
 
 
-def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before, done: str) -> tuple[str, str]:
+def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Before,
+                  done: str) -> tuple[SyncStatus, str]:
     """Move the default branch from `before` to `target`; (status, reason) as read back from the repo."""
     here = seen.checked_out == local_ref.removeprefix("refs/heads/")
     if here:
         if git.read("symbolic-ref", "-q", "HEAD").stdout.strip() != seen.head:
-            raise _Stop("skipped", "HEAD moved to another branch while syncing: left alone")
+            raise _Stop(SyncStatus.SKIPPED, "HEAD moved to another branch while syncing: left alone")
         if (seen.git_dir / "index.lock").exists():
-            raise _Stop("skipped", f"{seen.git_dir / 'index.lock'} exists: another git is running here "
+            raise _Stop(SyncStatus.SKIPPED, f"{seen.git_dir / 'index.lock'} exists: another git is running here "
                         "(or one was killed: then remove it)")
         # --no-overwrite-ignore: an ignored local file (a .env, say) that upstream now
         # tracks makes the merge stop instead of being overwritten.
@@ -588,7 +608,7 @@ def _short(sha: str | None) -> str:
 
 
 def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: str, target: str, done: str,
-               here: bool, git_dir: Path) -> tuple[str, str]:
+               here: bool, git_dir: Path) -> tuple[SyncStatus, str]:
     """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
     branch = local_ref.removeprefix("refs/heads/")
     after = git.rev(local_ref)
@@ -599,14 +619,15 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     if result.exit_code == 0 and after != before:
         # Done; a post-merge hook may still have moved the branch or touched the tree.
         moved = [f"then {branch} moved to {_short(after)}"] if after != target else []
-        return "updated", done + (f" ({'; '.join(moved + left)})" if moved or left else "")
+        return SyncStatus.UPDATED, done + (f" ({'; '.join(moved + left)})" if moved or left else "")
     problem = git.failure(result, None) if result.exit_code != 0 else f"git succeeded but {branch} did not move"
     if after == target and not left:
-        return "updated", f"{done} ({problem} after the fast-forward)"
+        return SyncStatus.UPDATED, f"{done} ({problem} after the fast-forward)"
     if after == before and not left:
-        return "failed", f"fast-forward refused, nothing changed: {problem}"
+        return SyncStatus.FAILED, f"fast-forward refused, nothing changed: {problem}"
     where = f"{branch} at {_short(after)} (was {_short(before)}, upstream {_short(target)})"
-    return "failed", f"fast-forward interrupted ({problem}): {'; '.join([where, *left])}: check `git status` there"
+    return SyncStatus.FAILED, (f"fast-forward interrupted ({problem}): {'; '.join([where, *left])}: "
+                               "check `git status` there")
 
 
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,

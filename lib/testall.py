@@ -12,6 +12,7 @@ from typing import Any
 
 from lib.batch import (
     Outcome,
+    RunStatus,
     check_report_path,
     count_statuses,
     counts_text,
@@ -198,7 +199,7 @@ def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
 
 def unchanged_since(plan: Plan, state: tuple[str, bool] | None, entry: dict[str, Any] | None) -> str | None:
     """When the repo's last passed run was, if its HEAD, clean tree, command and host are the same now; else None."""
-    if state is None or entry is None or plan.skip_reason or entry.get("status") != "passed":
+    if state is None or entry is None or plan.skip_reason or entry.get("status") != RunStatus.PASSED:
         return None
     head, clean = state
     last = entry.get("last_passed")
@@ -218,7 +219,7 @@ def this_machine() -> str:
 def cached_outcome(plan: Plan, entry: dict[str, Any], since: str) -> Outcome:
     counts = entry.get("counts")
     log = entry.get("log")
-    return Outcome(plan.repo.name, plan.repo.language, "passed", 0, 0.0, plan.command_line,
+    return Outcome(plan.repo.name, plan.repo.language, RunStatus.PASSED, 0, 0.0, plan.command_line,
                    log if isinstance(log, str) else None, f"unchanged since {since}", now_iso(), LOCAL,
                    counts if isinstance(counts, dict) else None, cached=True, last_passed=entry["last_passed"])
 
@@ -242,7 +243,8 @@ def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]
         state = before.get(outcome.repo)
         held = state is not None and state[1] and after.get(outcome.repo) == state
         # What git status hides is asked after the run only (a git or two per passed repo, not per repo twice).
-        if outcome.status == "passed" and outcome.host == LOCAL and held and not hides_changes(paths[outcome.repo]):
+        if outcome.status == RunStatus.PASSED and outcome.host == LOCAL and held \
+                and not hides_changes(paths[outcome.repo]):
             outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
                                    "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
             trusted.append(outcome)
@@ -264,7 +266,8 @@ def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str
         if plan.repo.name in done:
             outcomes.append(done[plan.repo.name])
             continue
-        status, reason = ("error", "interrupted") if plan.repo.name in begun else ("skipped", "not run: interrupted")
+        status, reason = (RunStatus.ERROR, "interrupted") if plan.repo.name in begun \
+            else (RunStatus.SKIPPED, "not run: interrupted")
         ran = round(now - begun[plan.repo.name], 3) if plan.repo.name in begun else 0.0
         outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
                                 str(plan.log), reason, now_iso()))
@@ -282,7 +285,7 @@ def unfinished_junit(junit_xml: Path | None, plans: list[Plan]) -> list[str]:
     """
     if junit_xml is None:
         return []
-    outcomes = [Outcome(plan.repo.name, plan.repo.language, "error", None, 0.0, plan.command_line, None,
+    outcomes = [Outcome(plan.repo.name, plan.repo.language, RunStatus.ERROR, None, 0.0, plan.command_line, None,
                         UNFINISHED, now_iso()) for plan in plans]
     try:
         write_junit(junit_xml, outcomes, wall_s=0.0, unfinished=True)

@@ -9,9 +9,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.demo import bench_specs, demo_specs, generate  # noqa: E402
-from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.errors import script_main  # noqa: E402
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dir", type=Path, help="where to create it (replaced if this script made it before)")
@@ -19,11 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed for --repos")
     args = parser.parse_args(argv)
     specs = bench_specs(args.repos, args.seed) if args.repos else demo_specs()
-    try:
-        config = generate(args.dir, specs)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return 2
+    config = generate(args.dir, specs)
     print(f"created {len(specs)} repos with bare remotes in {args.dir.resolve()} (config: {config})")
     return 0
 

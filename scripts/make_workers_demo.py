@@ -12,9 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "proof-workers")]
 
-from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.errors import OrchestratorError, script_main  # noqa: E402
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dir", type=Path, help="the demo directory (replaced if this script made it before)")
@@ -23,30 +24,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claude", action="store_true",
                         help="run the whole demo with the real Claude Code CLI against a stand-in model")
     args = parser.parse_args(argv)
-    try:
-        if args.claude:
-            return run_claude_demo(args.dir, args.wait or 300)
-        if args.wait:
-            from orchestrator.demo import wait_until_done
-            from orchestrator.report import status_document
-            from orchestrator.run import open_run
+    if args.claude:
+        return run_claude_demo(args.dir, args.wait or 300)
+    if args.wait:
+        from orchestrator.demo import wait_until_done
+        from orchestrator.report import status_document
+        from orchestrator.run import open_run
 
-            os.environ["ORCHESTRATOR_HOME"] = str((args.dir / "home").resolve())
-            run = open_run()
+        os.environ["ORCHESTRATOR_HOME"] = str((args.dir / "home").resolve())
+        run = open_run()
 
-            def load() -> dict:
-                run.reload()
-                return status_document(run)
+        def load() -> dict:
+            run.reload()
+            return status_document(run)
 
-            wait_until_done(load, args.wait)
-            print("run finished")
-        else:
-            from orchestrator.demo import make_demo
+        wait_until_done(load, args.wait)
+        print("run finished")
+    else:
+        from orchestrator.demo import make_demo
 
-            print(f"demo created; ORCHESTRATOR_HOME={make_demo(args.dir)}")
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return err.exit_code
+        print(f"demo created; ORCHESTRATOR_HOME={make_demo(args.dir)}")
     return 0
 
 

@@ -10,15 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace, split_names  # noqa: E402
-from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.remote.fleet import plan_groups, test_all_in_groups  # noqa: E402
-from lib.runner import RunInterrupted  # noqa: E402
-from lib.scan import ScanStopped  # noqa: E402
 from lib.testall import plan_test_all  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=0, help="repos tested at once (default: one per core)")
@@ -32,28 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accept-new-host-key", action="store_true",
                         help="trust and remember a host key never seen before; a changed key is always refused")
     args = parser.parse_args(argv)
-    try:
-        paths = Paths.from_env()
-        workspace = load_workspace(paths.repos_file)
-        only = split_names(args.only)
-        warn(check_state(paths, "test"))
-        plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
-        fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return 2
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    only = split_names(args.only)
+    warn(check_state(paths, "test"))
+    plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
+    fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)
     if not plans:
         print("nothing to test" + (" (nothing failed last time)" if args.failed else ""))
         return 0
-    try:
-        report = test_all_in_groups(paths, workspace, plans, fleet, groups, args.jobs, args.timeout or None,
-                                    args.junit_xml, args.accept_new_host_key)
-    except RunInterrupted as stop:
-        warn([*stop.notes, str(stop)])
-        return stop.exit_code
-    except ScanStopped as stop:  # in the status read before or after the tests
-        warn([str(stop)])
-        return stop.exit_code
+    report = test_all_in_groups(paths, workspace, plans, fleet, groups, args.jobs, args.timeout or None,
+                                args.junit_xml, args.accept_new_host_key)
     print(outcomes_table(report.outcomes))
     print(f"{report.summary_line()} -> {report.state_file}")
     warn(report.notes)

@@ -10,24 +10,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.scan import ScanStopped, scan_and_save  # noqa: E402
+from lib.scan import scan_and_save  # noqa: E402
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=0, help="repos scanned at once (default: 4 per core)")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        report, state_file, not_written = scan_and_save(Paths.from_env(), args.jobs, args.tag)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return 2
-    except ScanStopped as stop:
-        print(stop, file=sys.stderr)
-        return stop.exit_code
+    report, state_file, not_written = scan_and_save(Paths.from_env(), args.jobs, args.tag)
     for status in report.errors:
         print(f"{status.name}: {status.error} ({status.path})", file=sys.stderr)
     print(report.summary_line() + ("" if not_written else f" -> {state_file}"))

@@ -9,13 +9,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.config import load_workspace  # noqa: E402
-from lib.errors import OrchestratorError, error_lines  # noqa: E402
+from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.runner import RunInterrupted  # noqa: E402
 from lib.sync import run_sync  # noqa: E402
 from lib.views import sync_table  # noqa: E402
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--net-jobs", type=int, default=4, help="repos fetched at once (default 4)")
@@ -26,22 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="", help="sync the repos in this build host's workspace instead (local: here)")
     parser.add_argument("--accept-new-host-key", action="store_true", help="trust a host key never seen before")
     args = parser.parse_args(argv)
-    try:
-        paths = Paths.from_env()
-        if args.host:
-            from lib.remote.sync import sync_on_host
+    paths = Paths.from_env()
+    if args.host:
+        from lib.remote.sync import sync_on_host
 
-            report = sync_on_host(paths, args.host, args.tag, args.net_jobs, args.timeout or None,
-                                  args.clone_missing, args.dry_run, args.accept_new_host_key)
-        else:
-            report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs,
-                              args.timeout or None, args.clone_missing, args.dry_run)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return 2
-    except RunInterrupted as stop:
-        print("\n".join([*stop.notes, str(stop)]), file=sys.stderr)
-        return stop.exit_code
+        report = sync_on_host(paths, args.host, args.tag, args.net_jobs, args.timeout or None, args.clone_missing,
+                              args.dry_run, args.accept_new_host_key)
+    else:
+        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout or None,
+                          args.clone_missing, args.dry_run)
     print(sync_table(report.outcomes))
     print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
     return 1 if report.failing else 0

@@ -467,7 +467,7 @@ def test_the_hosts_output_is_read_line_by_line_and_only_our_marked_lines_count(m
     assert (made.repo, made.status, made.after, made.host, made.log) == \
         ("api", "updated", "b", "b1", "/logs/orchestrator-sync-api.log")
     for odd in ([1], {"repo": ["api"], "status": "updated"}, {"repo": "other", "status": "updated"},
-                {"repo": "api", "status": 3}, {"repo": "api"}):
+                {"repo": "api", "status": 3}, {"repo": "api"}, {"repo": "api", "status": "pwned"}):
         assert _outcome(odd, selected, host, Path("/logs"), False) is None, odd
     assert _outcome({"repo": "api", "status": "failed", "reason": {"a": 1}, "duration_s": "x"}, selected, host,
                     Path("/logs"), False).reason == "{'a': 1}"

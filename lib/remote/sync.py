@@ -405,9 +405,12 @@ def _outcome(data: Any, selected: dict[str, Repo], host: Host, log_dir: Path,
         return None
     known = {f.name for f in fields(SyncOutcome)} - {"repo", "status", "log", "duration_s"}
     duration = data.get("duration_s")
-    return HostSyncOutcome(data["repo"], data["status"], **{k: _text(data.get(k)) for k in known},
-                           log=str(log_dir / _log_name(selected[data["repo"]], dry_run)),
-                           duration_s=duration if isinstance(duration, (int, float)) else 0.0, host=host.name)
+    try:
+        return HostSyncOutcome(data["repo"], data["status"], **{k: _text(data.get(k)) for k in known},
+                               log=str(log_dir / _log_name(selected[data["repo"]], dry_run)),
+                               duration_s=duration if isinstance(duration, (int, float)) else 0.0, host=host.name)
+    except ValueError:  # a status outside sync.SyncStatus: not one our own lib/ there can have said
+        return None
 
 
 def _with_logs(connection: Any, entries: Sequence[Any], selected: dict[str, Repo], host: Host, log_dir: Path,

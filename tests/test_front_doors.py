@@ -1,0 +1,119 @@
+"""Every front door (each inv task, each script) turns our errors into the same lines and exit codes.
+
+A user error is `error: ...` lines and exit 2; a run stopped by a signal prints
+what was recorded (its notes), then its message, and exits 128 + the signal;
+wherever in the task or script the error comes from.
+"""
+from __future__ import annotations
+
+import importlib.util
+import signal
+
+import pytest
+
+import lib.paths
+from lib.errors import OrchestratorError
+from lib.runner import RunInterrupted
+from lib.scan import ScanStopped
+from tests.conftest import ROOT
+
+
+def user_error() -> Exception:
+    return OrchestratorError("first problem\nsecond problem")
+
+
+def run_stopped() -> Exception:
+    stop = RunInterrupted(signal.SIGTERM, [], 2)
+    stop.notes.append("warning: results not recorded in x.json: No space left on device")
+    return stop
+
+
+def scan_stopped() -> Exception:
+    return ScanStopped(signal.SIGHUP)
+
+
+ERRORS = {
+    "user error": (user_error, 2, "error: first problem\nerror: second problem\n"),
+    "run stopped": (run_stopped, 143, "warning: results not recorded in x.json: No space left on device\n"
+                                      "interrupted: stopped 2 running commands (SIGTERM)\n"),
+    "scan stopped": (scan_stopped, 129, "interrupted: scan stopped (SIGHUP)\n"),
+}
+
+# Every task of tasks.py that works on the workspace, with the arguments it needs (workers.* hand their argv
+# to the orchestrator package's own main).
+TASKS = [
+    ["status"], ["status", "--host", "builder"], ["scan"], ["build", "a"], ["test", "a"], ["test-all"],
+    ["sync-all"], ["sync-all", "--host", "builder"], ["workflow", "build", "a"], ["workflow-all", "build"],
+    ["foreach", "true"], ["report"], ["host.check"], ["host.add", "b", "example.org", "/w"], ["host.list"],
+    ["task.list"], ["task.start", "task-001"], ["task.complete", "task-001"], ["task.add", "title"],
+    ["task.show", "task-001"],
+]
+
+
+def failing_paths(monkeypatch, make_error) -> None:
+    """Every workspace task and script starts from Paths.from_env: make it raise."""
+    def from_env(*args, **kwargs):
+        raise make_error()
+
+    monkeypatch.setattr(lib.paths.Paths, "from_env", staticmethod(from_env))
+
+
+def test_every_workspace_task_is_in_the_table():
+    from invoke import Collection
+
+    import tasks
+    from tests.test_tasks_meta import all_tasks
+
+    names = {name for name, _ in all_tasks(Collection.from_module(tasks)) if not name.startswith("workers.")}
+    assert names == {args[0] for args in TASKS}
+
+
+@pytest.mark.parametrize("error", ERRORS)
+@pytest.mark.parametrize("args", TASKS, ids=" ".join)
+def test_a_task_turns_each_error_into_its_lines_and_exit_code(inv, home, monkeypatch, args, error):
+    make_error, code, err = ERRORS[error]
+    failing_paths(monkeypatch, make_error)
+    result = inv(*args)
+    assert (result.code, result.err, result.out) == (code, err, "")
+
+
+def script_main(name: str):
+    spec = importlib.util.spec_from_file_location(f"front_door_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("error", ERRORS)
+@pytest.mark.parametrize("script", ["scan_all_repos", "sync_all_repos", "run_all_tests"])
+def test_a_script_turns_each_error_into_its_lines_and_exit_code(home, monkeypatch, capsys, script, error):
+    make_error, code, err = ERRORS[error]
+    failing_paths(monkeypatch, make_error)
+    assert script_main(script)([]) == code
+    captured = capsys.readouterr()
+    assert (captured.err, captured.out) == (err, "")
+
+
+def test_the_sync_script_stopped_in_its_closing_scan_says_so_in_one_line(home, make_repo, monkeypatch, capsys):
+    """As `inv sync-all`: the sync is recorded, the stop of the scan after it is one line and 128 + the signal."""
+    import lib.scan
+
+    home.add(make_repo("a"))
+
+    def stopped(*args, **kwargs):
+        raise lib.scan.ScanStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", stopped)
+    assert script_main("sync_all_repos")([]) == 143
+    state = home.path / "state" / "repo-status.json"
+    assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: scan stopped (SIGTERM); {state} not written"
+    assert home.state("sync-results.json")["results"][0]["repo"] == "a"
+
+
+def test_a_bug_in_a_task_or_script_keeps_its_traceback(inv, home, monkeypatch):
+    """Only our errors become lines and exit codes: anything else is a bug and must not pass for a user error."""
+    failing_paths(monkeypatch, lambda: KeyError("a bug"))
+    with pytest.raises(KeyError):
+        inv("scan")
+    with pytest.raises(KeyError):
+        script_main("scan_all_repos")([])
