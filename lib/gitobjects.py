@@ -32,21 +32,31 @@ def read_commit(git_dir: Path, sha: str) -> tuple[str, str, str] | None:
     `git_dir`: a work tree's own git dir. None whenever in doubt (then ask git): not sha1, not found
     (alternates are not searched), a delta, over 1 MiB, corrupt or odd. Replace refs are not applied.
     """
+    try:
+        body = read_commit_body(_common_dir(git_dir) / "objects", sha)
+        return None if body is None else _fields(body)
+    except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
+        return None
+
+
+def read_commit_body(objects: Path, sha: str) -> bytes | None:
+    """The commit `sha` as `git cat-file commit` prints it, from the object store `objects` (loose, or a whole
+    entry in a v2-indexed pack) and checked against its name. None whenever in doubt: not sha1, not found
+    (alternates are not searched), not a commit, a delta, over 1 MiB, corrupt or unreadable."""
     if not isinstance(sha, str) or not SHA1_HEX.fullmatch(sha):
         return None
     import hashlib  # here, not at the top: a warm scan never reads a commit, and hashlib loads OpenSSL
     try:
-        objects = _common_dir(git_dir) / "objects"
         try:
             body = _read_loose(objects / sha[:2] / sha[2:])
         except FileNotFoundError:
             body = _read_packed(objects / "pack", bytes.fromhex(sha))
-        # The name is the content's hash: a corrupt or planted object cannot pass for this commit.
-        if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
-            return None
-        return _fields(body)
     except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
         return None
+    # The name is the content's hash: a corrupt or planted object cannot pass for this commit.
+    if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
+        return None
+    return body
 
 
 @contextmanager

@@ -325,18 +325,10 @@ def _replaced(common_dir: Path) -> bool:
 
 def _parents(objects: Path, sha: str) -> list[str] | None:
     """A commit's parents from the object store (checked against its name), None when not read for sure."""
-    import hashlib
+    from lib.gitobjects import COMMIT_START, read_commit_body
 
-    from lib.gitobjects import COMMIT_START, _read_loose, _read_packed
-
-    try:
-        try:
-            body = _read_loose(objects / sha[:2] / sha[2:])
-        except FileNotFoundError:
-            body = _read_packed(objects / "pack", bytes.fromhex(sha))
-        if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
-            return None
-    except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
+    body = read_commit_body(objects, sha)
+    if body is None:
         return None
     start = COMMIT_START.match(body)
     if start is None or body.startswith(b"parent ", start.end()):
