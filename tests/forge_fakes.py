@@ -364,6 +364,19 @@ class FakeForge:
         return self.state()["prs"]
 
 
+def push_issue_branch(proj: Any, name: str) -> str:
+    """A commit adding the file `name` on feature/issue-1 of the project's repo, force-pushed to its remote (the
+    next round of the PR, or someone else's push); its sha."""
+    from conftest import git
+
+    git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
+    (proj.repo / name).write_text(name)
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", name)
+    git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
+    return git(proj.repo, "rev-parse", "HEAD")
+
+
 @pytest.fixture
 def fake_forge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Factory: fake gh and glab first on PATH, serving `rounds` for the PRs of the bare `remote`."""
