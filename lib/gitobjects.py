@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 import zlib
 from contextlib import contextmanager
@@ -11,9 +10,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
+from lib.statefile import open_regular
+
 MAX_COMMIT = 1 << 20  # a bigger commit goes to git log: never inflate more than this
 READ_CHUNK = 16384
-OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # opening a planted FIFO must not wait for a writer
 SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 IDX_V2 = b"\377tOc\0\0\0\2"
 IDX_SHAS = 8 + 256 * 4  # the sorted names follow the magic, the version and the fanout table
@@ -32,30 +32,39 @@ def read_commit(git_dir: Path, sha: str) -> tuple[str, str, str] | None:
     `git_dir`: a work tree's own git dir. None whenever in doubt (then ask git): not sha1, not found
     (alternates are not searched), a delta, over 1 MiB, corrupt or odd. Replace refs are not applied.
     """
-    if not isinstance(sha, str) or not SHA1_HEX.fullmatch(sha):
-        return None
-    import hashlib  # here, not at the top: a warm scan never reads a commit, and hashlib loads OpenSSL
     try:
-        objects = _common_dir(git_dir) / "objects"
-        try:
-            body = _read_loose(objects / sha[:2] / sha[2:])
-        except FileNotFoundError:
-            body = _read_packed(objects / "pack", bytes.fromhex(sha))
-        # The name is the content's hash: a corrupt or planted object cannot pass for this commit.
-        if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
-            return None
-        return _fields(body)
+        body = read_commit_body(_common_dir(git_dir) / "objects", sha)
+        return None if body is None else _fields(body)
     except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
         return None
 
 
-@contextmanager
-def _regular_file(path: Path) -> Iterator[int]:
-    """A read-only descriptor on `path`, refused unless it is a regular file (a FIFO or device would hang us)."""
-    fd = os.open(path, OPEN_FLAGS)
+def read_commit_body(objects: Path, sha: str) -> bytes | None:
+    """The commit `sha` as `git cat-file commit` prints it, from the object store `objects` (loose, or a whole
+    entry in a v2-indexed pack) and checked against its name. None whenever in doubt: not sha1, not found
+    (alternates are not searched), not a commit, a delta, over 1 MiB, corrupt or unreadable."""
+    if not isinstance(sha, str) or not SHA1_HEX.fullmatch(sha):
+        return None
+    import hashlib  # here, not at the top: a warm scan never reads a commit, and hashlib loads OpenSSL
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path}: not a regular file")
+        try:
+            body = _read_loose(objects / sha[:2] / sha[2:])
+        except FileNotFoundError:
+            body = _read_packed(objects / "pack", bytes.fromhex(sha))
+    except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
+        return None
+    # The name is the content's hash: a corrupt or planted object cannot pass for this commit.
+    if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
+        return None
+    return body
+
+
+@contextmanager
+def regular_file(path: Path) -> Iterator[int]:
+    """A read-only descriptor on `path`; statefile.NotRegular unless it is a regular file (a FIFO or device would
+    hang us)."""
+    fd = open_regular(path, os.O_RDONLY)
+    try:
         yield fd
     finally:
         os.close(fd)
@@ -64,7 +73,7 @@ def _regular_file(path: Path) -> Iterator[int]:
 def _common_dir(git_dir: Path) -> Path:
     """Where the objects live: a linked worktree's git dir names its common dir in `commondir` (as git reads it)."""
     try:
-        with _regular_file(git_dir / "commondir") as fd:
+        with regular_file(git_dir / "commondir") as fd:
             text = os.read(fd, 4096).rstrip(b"\r\n")
     except FileNotFoundError:
         return git_dir
@@ -91,7 +100,7 @@ def _inflate(fd: int, offset: int, limit: int) -> bytes | None:
 
 def _read_loose(path: Path) -> bytes | None:
     """A loose object's body, if its header says it is a commit of exactly that length."""
-    with _regular_file(path) as fd:
+    with regular_file(path) as fd:
         data = _inflate(fd, 0, MAX_COMMIT + 32)
     header, nul, body = (data or b"").partition(b"\0")
     return body if nul and header == b"commit %d" % len(body) else None
@@ -113,7 +122,7 @@ def _read_packed(pack_dir: Path, oid: bytes) -> bytes | None:
 
 def _offset_in_index(path: Path, oid: bytes) -> int | None:
     """Where `oid` starts in the pack: a binary search in a version-2 index, a few small reads (v1 is skipped)."""
-    with _regular_file(path) as fd:
+    with regular_file(path) as fd:
         head = os.pread(fd, IDX_SHAS, 0)
         if head[:8] != IDX_V2 or len(head) != IDX_SHAS:
             return None
@@ -138,7 +147,7 @@ def _offset_in_index(path: Path, oid: bytes) -> int | None:
 
 def _read_pack_entry(path: Path, offset: int) -> bytes | None:
     """A commit stored whole at `offset`; a delta (or any other type) is None: resolving one is git's job."""
-    with _regular_file(path) as fd:
+    with regular_file(path) as fd:
         head = os.pread(fd, 16, offset)
         kind, size, used = head[0] >> 4 & 7, head[0] & 15, 1
         while head[used - 1] & 0x80:  # the size goes on, 7 bits a byte, while the top bit is set

@@ -13,7 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Generator
 
-from lib.gitobjects import OPEN_FLAGS
+from lib.gitobjects import regular_file
+from lib.statefile import read_small
 
 SHA1_LINE = re.compile(rb"([0-9a-f]{40})\n")
 SYMREF_LINE = re.compile(rb"ref: (refs/[^\0\n]+)\n")
@@ -215,15 +216,10 @@ def is_commit(common_dir: Path, sha: str) -> bool:
     objects = common_dir / "objects"
     try:
         try:
-            fd = os.open(objects / sha[:2] / sha[2:], OPEN_FLAGS)
+            with regular_file(objects / sha[:2] / sha[2:]) as fd:
+                head = zlib.decompressobj().decompress(os.pread(fd, 256, 0), 32)
         except FileNotFoundError:
             return _packed_commit(objects / "pack", bytes.fromhex(sha))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
-            head = zlib.decompressobj().decompress(os.pread(fd, 256, 0), 32)
-        finally:
-            os.close(fd)
         return re.match(rb"commit [0-9]+\0", head) is not None
     except (OSError, zlib.error, ValueError, struct.error, IndexError):
         return False
@@ -242,13 +238,8 @@ def _packed_commit(pack_dir: Path, oid: bytes) -> bool:
         offset = _offset_in_index(pack_dir / name, oid)
         if offset is None:
             continue
-        fd = os.open(pack_dir / f"{name[:-4]}.pack", OPEN_FLAGS)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
+        with regular_file(pack_dir / f"{name[:-4]}.pack") as fd:
             first = os.pread(fd, 1, offset)
-        finally:
-            os.close(fd)
         return len(first) == 1 and first[0] >> 4 & 7 == PACK_COMMIT
     return False
 
@@ -273,21 +264,8 @@ def _packed_ref(common_dir: Path, name: str) -> str | None:
 
 
 def _small_file(path: Path, limit: int = MAX_REF_FILE) -> bytes | None:
-    """A regular file's bytes (never a FIFO's wait, never past `limit`), None when missing, odd or too big."""
-    try:
-        fd = os.open(path, OPEN_FLAGS | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        data = os.read(fd, limit + 1)
-        return data if len(data) <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    """A ref-sized regular file's bytes, never through a symlink (git's to follow); None when missing, odd or big."""
+    return read_small(path, limit, follow_symlinks=False)
 
 
 def ahead_behind(common_dir: Path, local: str, upstream: str, limit: int = WALK_LIMIT) -> tuple[int, int] | None:
@@ -347,18 +325,10 @@ def _replaced(common_dir: Path) -> bool:
 
 def _parents(objects: Path, sha: str) -> list[str] | None:
     """A commit's parents from the object store (checked against its name), None when not read for sure."""
-    import hashlib
+    from lib.gitobjects import COMMIT_START, read_commit_body
 
-    from lib.gitobjects import COMMIT_START, _read_loose, _read_packed
-
-    try:
-        try:
-            body = _read_loose(objects / sha[:2] / sha[2:])
-        except FileNotFoundError:
-            body = _read_packed(objects / "pack", bytes.fromhex(sha))
-        if body is None or hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest() != sha:
-            return None
-    except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
+    body = read_commit_body(objects, sha)
+    if body is None:
         return None
     start = COMMIT_START.match(body)
     if start is None or body.startswith(b"parent ", start.end()):

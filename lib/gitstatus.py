@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import warnings
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from lib.gitobjects import _common_dir, read_commit
 from lib.gitpool import STOP_SIGNALS, GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
 from lib.procs import processes_in
-from lib.statefile import loads, read_regular
+from lib.statefile import loads, read_regular, read_small
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's
 # messages parseable; optional locks off so a scan never blocks a user's git.
@@ -299,30 +298,13 @@ def stash_count(git_dir: Path) -> int | None:
     """
     try:
         common = _common_dir(git_dir)
-        fd = os.open(common / "logs" / "refs" / "stash", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None if os.path.lexists(_common_dir_or(git_dir) / "refs" / "stash") else 0
     except (OSError, ValueError):
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STASH_LOG:
-            return None
-        data = b""
-        while chunk := os.read(fd, 1024 * 1024):
-            data += chunk
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    log = common / "logs" / "refs" / "stash"
+    data = read_small(log, MAX_STASH_LOG, follow_symlinks=False)
+    if data is None:  # missing (then refs/stash says whether that is odd), or odd
+        return None if os.path.lexists(log) or os.path.lexists(common / "refs" / "stash") else 0
     return sum(1 for line in data.split(b"\n") if line.strip())
-
-
-def _common_dir_or(git_dir: Path) -> Path:
-    try:
-        return _common_dir(git_dir)
-    except (OSError, ValueError):
-        return git_dir
 
 
 def _git_running_in(*dirs: Path) -> bool:

@@ -79,19 +79,47 @@ def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     except OSError as err:
         raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
     try:
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-        raise UnreadableFile(path, f"cannot read: larger than {limit // (1024 * 1024)} MiB, "
-                                   "the limit for the files this tool reads")
+        data = _read_at_most(fd, limit)
     except OSError as err:
         raise UnreadableFile(path, f"cannot read: {err.strerror or err}") from None
     finally:
         os.close(fd)
+    if data is None:
+        raise UnreadableFile(path, f"cannot read: larger than {limit // (1024 * 1024)} MiB, "
+                                   "the limit for the files this tool reads")
+    return data
+
+
+def read_small(path: Path | str, limit: int = MAX_FILE_BYTES, *, follow_symlinks: bool = True) -> bytes | None:
+    """The bytes of the regular file at `path`, or None: missing, not a regular file, over `limit` bytes, a
+    symlink when not `follow_symlinks`, or any read error. Never a FIFO's wait nor a device's endless read.
+
+    For readers whose None means "in doubt, ask git" (gitrefs, the monitor's alerts); read_regular raises
+    instead. Readers that keep the descriptor (a log's tail or the part after an offset, a copy, a pack's
+    index) use open_regular.
+    """
+    try:
+        fd = open_regular(Path(path), os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
+    except OSError:  # NotRegular, ELOOP for a symlink not followed, ENOENT, EACCES, ...
+        return None
+    try:
+        return None if os.fstat(fd).st_size > limit else _read_at_most(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes | None:
+    """All of `fd` to its end, or None once it holds more than `limit` bytes (a file may grow while read)."""
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 def loads(text: str | bytes) -> Any:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
+
+from lib.statefile import open_regular
 
 KEYS = ("passed", "failed", "skipped", "errors")
 WINDOW = 1024 * 1024  # bytes read from the end of the log
@@ -40,15 +41,12 @@ GO_WORDS = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}
 
 def read_counts(log: Path) -> dict[str, int] | None:
     """The counts of the last test summary in `log`, or None when it has none (or cannot be read)."""
-    try:  # non-blocking and regular files only: a log_file that is a FIFO or a terminal must never hang us
-        fd = os.open(log, os.O_RDONLY | os.O_NONBLOCK)
+    try:  # regular files only: a log_file that is a FIFO or a terminal must never hang us
+        fd = open_regular(log, os.O_RDONLY)  # kept, not read_small: only the log's tail is read
     except OSError:
         return None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        size = info.st_size
+        size = os.fstat(fd).st_size
         data = os.pread(fd, WINDOW + 1, max(0, size - WINDOW - 1))  # one byte more: does a line start there?
     except OSError:
         return None

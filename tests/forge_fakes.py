@@ -107,6 +107,17 @@ def find(number):
          "404 Not Found: merge request %s") % number)
 
 
+def open_pr(url_form, head, base, title, body):
+    """A new open PR, numbered after the last one made; its number and url (`url_form` % number)."""
+    number = state.get("next_number", 1)
+    state["next_number"] = number + 1
+    url = url_form % number
+    state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": title, "body": body,
+                         "state": "OPEN"})
+    save()
+    return number, url
+
+
 def round_of(pr):
     """The PR's round: which head commit it is at (a new push starts the next round). A merged PR keeps the
     head it was merged at (GitHub's headRefOid, GitLab's sha): a push to its branch afterwards is not its."""
@@ -192,12 +203,7 @@ if tool == "gh":
         if not head_of(head):
             die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
                 "No commits between %s and %s, Head ref must be a branch (createPullRequest)" % (base, head))
-        number = state.get("next_number", 1)
-        state["next_number"] = number + 1
-        url = "https://github.com/org/app/pull/%d" % number
-        state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
-                             "body": opt("--body"), "state": "OPEN"})
-        save()
+        number, url = open_pr("https://github.com/org/app/pull/%d", head, base, opt("--title"), opt("--body"))
         if "pr create" in state.get("lost_answer", []):  # opened, but the answer never came back
             die("Post \"https://api.github.com/graphql\": read tcp 10.0.0.2:5555->140.82.112.6:443: read: "
                 "connection reset by peer")
@@ -270,12 +276,8 @@ else:
             if p["head"] == head and p["state"] == "OPEN" and p["base"] == base and not p.get("cross"):
                 die('failed to create merge request. Another open merge request already exists for this source '
                     'branch: !%d' % p["number"])
-        number = state.get("next_number", 1)
-        state["next_number"] = number + 1
-        url = "https://gitlab.example.com/group/app/-/merge_requests/%d" % number
-        state["prs"].append({"number": number, "url": url, "head": head, "base": base, "title": opt("--title"),
-                             "body": opt("--description"), "state": "OPEN"})
-        save()
+        number, url = open_pr("https://gitlab.example.com/group/app/-/merge_requests/%d", head, base, opt("--title"),
+                              opt("--description"))
         print("\nCreating merge request for %s into %s in group/app\n\n!%d %s\n%s" % (
             head, base, number, opt("--title"), url))
         sys.exit(0)
@@ -362,6 +364,19 @@ class FakeForge:
 
     def prs(self) -> list[dict[str, Any]]:
         return self.state()["prs"]
+
+
+def push_issue_branch(proj: Any, name: str) -> str:
+    """A commit adding the file `name` on feature/issue-1 of the project's repo, force-pushed to its remote (the
+    next round of the PR, or someone else's push); its sha."""
+    from conftest import git
+
+    git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
+    (proj.repo / name).write_text(name)
+    git(proj.repo, "add", "-A")
+    git(proj.repo, "commit", "-q", "-m", name)
+    git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
+    return git(proj.repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture

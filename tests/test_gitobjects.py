@@ -300,3 +300,27 @@ def test_version_1_pack_index_is_not_read(repo):
     sha = synthetic_pack(repo, commit_bytes(message=b"old index\n"), entry_type=1, idx_version=1)
     assert git_log_fields(repo, sha)[0] == "old index"
     assert read_commit(repo / ".git", sha) is None
+
+
+def test_commit_body_is_what_git_cat_file_prints_loose_and_packed_and_none_when_forged(repo):
+    """read_commit_body is the one verified read of a commit (read_commit's and gitrefs' ahead/behind walk)."""
+    from lib.gitobjects import read_commit_body
+
+    objects = repo / ".git" / "objects"
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "second")
+    second = git(repo, "rev-parse", "HEAD")
+    cat = subprocess.run(["git", "cat-file", "commit", second], cwd=repo, capture_output=True, check=True).stdout
+    assert read_commit_body(objects, second) == cat
+    pack(repo, first, second)
+    assert read_commit_body(objects, second) == cat
+    blob = write_object(repo, b"commit 5\0hello", kind="blob")
+    forged = write_object(repo, cat.replace(b"second", b"forged"))
+    planted = loose_path(repo, first)  # a valid commit object, at the name of another: not that commit
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(loose_path(repo, forged).read_bytes())
+    assert read_commit_body(objects, first) is None
+    assert read_commit_body(objects, forged) == cat.replace(b"second", b"forged")
+    assert read_commit_body(objects, blob) is None
+    assert read_commit_body(objects, "1" * 40) is None
+    assert read_commit_body(objects, "not a sha") is None

@@ -94,3 +94,27 @@ def test_a_lock_files_text_reaches_the_error_line_printable_and_short(tmp_path):
     message = str(refused.value)
     assert message.startswith("sync-all is already running in this workspace (pid 1 ")
     assert message.isprintable() and len(message) < 500
+
+
+def test_read_small_answers_none_for_anything_but_a_small_regular_file(tmp_path):
+    """One reader for "a small regular file or None": gitrefs and the monitor's alerts ask it, never waiting
+    on a FIFO (nobody writes to it here: a wait would hang the test), never reading a device or past the limit."""
+    import os
+
+    from lib.statefile import read_small
+
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 10)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(small)
+    assert read_small(small, 10) == b"x" * 10
+    assert read_small(small, 9) is None  # over the limit: nothing, not a cut copy
+    assert read_small(tmp_path / "missing", 10) is None
+    assert read_small(fifo, 10) is None
+    assert read_small(tmp_path, 10) is None  # a directory
+    assert read_small(link, 10) == b"x" * 10
+    assert read_small(link, 10, follow_symlinks=False) is None
+    if os.path.exists("/dev/zero"):
+        assert read_small("/dev/zero", 10) is None

@@ -5,10 +5,13 @@ hook or a clean filter just as a fetch can hang on the network.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -27,6 +30,23 @@ def slow_fsmonitor(repo_path: Path, tmp_path: Path) -> Path:
     return pid_file
 
 
+def start_sync(cwd: Path) -> subprocess.Popen:
+    """The sync script as a user runs it (its own process: a stop signal is sent to it, not to the test)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextmanager
+def reaped(pid: int) -> Iterator[None]:
+    """Whatever the test asserts about `pid`, it is not left running after it (SIGKILL on the way out)."""
+    try:
+        yield
+    finally:
+        if process_running(pid):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def results_of(home) -> dict[str, dict]:
     return {r["repo"]: r for r in home.state("sync-results.json")["results"]}
 
@@ -39,11 +59,10 @@ def test_a_stop_during_syncs_own_status_kills_it_and_records_the_repo(home, make
     before = full_snapshot(repo.path)
     pid_file = slow_fsmonitor(repo.path, tmp_path)
     home.add(repo)
-    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sync = start_sync(tmp_path)
     out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signum, seconds=90)
     hook = int(pid_file.read_text().split()[0])
-    try:
+    with reaped(hook):
         assert sync.returncode == 128 + signum and "Traceback" not in out, out
         assert f"interrupted: stopped 1 running command ({signal.Signals(signum).name})" in out, out
         assert wait_gone(hook, 30), "the fsmonitor hook outlived the sync that started it"
@@ -52,9 +71,6 @@ def test_a_stop_during_syncs_own_status_kills_it_and_records_the_repo(home, make
         assert entry["status"] == "up to date" and entry["before"] == entry["after"], entry
         subprocess.run(["git", "-C", str(repo.path), "config", "--unset", "core.fsmonitor"], check=True)
         assert full_snapshot(repo.path) == before
-    finally:
-        if process_running(hook):
-            subprocess.run(["kill", "-9", str(hook)], check=False)
 
 
 def test_a_stop_during_the_dirty_check_kills_it_and_moves_nothing(home, make_repo, tmp_path):
@@ -65,11 +81,10 @@ def test_a_stop_during_the_dirty_check_kills_it_and_moves_nothing(home, make_rep
     home.add(repo)
     main_before = subprocess.run(["git", "-C", str(repo.path), "rev-parse", "refs/heads/main"],
                                  capture_output=True, text=True, check=True).stdout.strip()
-    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sync = start_sync(tmp_path)
     out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGINT, seconds=90)
     hook = int(pid_file.read_text().split()[0])
-    try:
+    with reaped(hook):
         assert sync.returncode == 130 and "Traceback" not in out, out
         assert "interrupted: stopped 1 running command (SIGINT)" in out, out
         assert wait_gone(hook, 30), "the fsmonitor hook outlived the sync that started it"
@@ -78,9 +93,6 @@ def test_a_stop_during_the_dirty_check_kills_it_and_moves_nothing(home, make_rep
         assert after == main_before != upstream
         # Stopped before its outcome was known: no result is made up for it.
         assert "behind" not in (results_of(home) if (home.path / "state" / "sync-results.json").exists() else {})
-    finally:
-        if process_running(hook):
-            subprocess.run(["kill", "-9", str(hook)], check=False)
 
 
 def test_a_sync_killed_outright_during_its_status_leaves_nothing_running(home, make_repo, tmp_path):
@@ -88,16 +100,12 @@ def test_a_sync_killed_outright_during_its_status_leaves_nothing_running(home, m
     repo = make_repo("steady")
     pid_file = slow_fsmonitor(repo.path, tmp_path)
     home.add(repo)
-    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sync = start_sync(tmp_path)
     stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGKILL, seconds=90)
     hook = int(pid_file.read_text().split()[0])
-    try:
+    with reaped(hook):
         assert sync.returncode == -signal.SIGKILL
         assert wait_gone(hook, 60), "the fsmonitor hook outlived the sync killed outright"
-    finally:
-        if process_running(hook):
-            subprocess.run(["kill", "-9", str(hook)], check=False)
 
 
 def test_a_read_that_leaves_a_process_holding_its_pipes_returns_and_kills_it(tmp_path):
@@ -106,12 +114,9 @@ def test_a_read_that_leaves_a_process_holding_its_pipes_returns_and_kills_it(tmp
     pid_file = tmp_path / "held.pid"
     result = capture(["sh", "-c", f"sleep 120 & echo $! > '{pid_file}'; echo done"], None)
     held = int(pid_file.read_text())
-    try:
+    with reaped(held):
         assert result.returncode == 0 and result.stdout == b"done\n"
         assert wait_gone(held, 30), "the process holding the read's pipes outlived it"
-    finally:
-        if process_running(held):
-            subprocess.run(["kill", "-9", str(held)], check=False)
 
 
 def test_what_a_read_left_outside_its_group_is_killed_when_the_run_ends(tmp_path):
@@ -124,12 +129,9 @@ def test_what_a_read_left_outside_its_group_is_killed_when_the_run_ends(tmp_path
     run = subprocess.run([sys.executable, "-c", script, str(ROOT), str(pid_file)], capture_output=True, text=True,
                          timeout=60)
     escaped = int(pid_file.read_text())
-    try:
+    with reaped(escaped):
         assert run.returncode == 0 and run.stdout.strip() == "0", run.stdout + run.stderr
         assert wait_gone(escaped, 30), "a read's leftover outlived the run"
-    finally:
-        if process_running(escaped):
-            subprocess.run(["kill", "-9", str(escaped)], check=False)
 
 
 def test_a_stop_during_the_hosts_own_status_records_the_repo_it_had_synced(home, make_repo, sshd, tmp_path):
@@ -152,13 +154,10 @@ def test_a_stop_during_the_hosts_own_status_records_the_repo_it_had_synced(home,
             proc.kill()
             proc.communicate()
     hook = int(pid_file.read_text().split()[0])
-    try:
+    with reaped(hook):
         err = err_file.read_text()
         assert proc.returncode == 130 and "Traceback" not in err, out + err
         assert "interrupted: stopped 1 running command (SIGINT)" in err, err
         entry = results(home)["steady"]
         assert entry["status"] == "up to date" and entry["host"] == "builder", entry
         assert wait_gone(hook, 30), "the hook on the host outlived the sync there"
-    finally:
-        if process_running(hook):
-            subprocess.run(["kill", "-9", str(hook)], check=False)

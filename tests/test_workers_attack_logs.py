@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 from conftest import ROOT, require_tool
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401 (fixtures; the package on the path)
@@ -133,6 +134,24 @@ def test_an_agent_that_deletes_or_replaces_its_own_log_leaves_no_hole_and_writes
         text = assert_whole(try_log, 3, "printed after")
         assert "printed before\n" in text and "all is well" not in text, name
         assert victim.read_text() == "keep me\n"
+
+
+def read_without_waiting(read: Callable[[], object], what: str, *fifos: Path) -> object:
+    """What `read()` returns; an AssertionError naming `what` when it waits on one of the FIFOs (a writer is
+    then opened on each, so that the reading thread and the test process can end)."""
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(read()), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: that one had no reader
+                pass
+        reader.join(timeout=30)
+        raise AssertionError(f"{what} blocked")
+    return got[0]
 
 
 def small_disk(tmp_path: Path, size: str = "96k") -> tuple[str, ...]:
@@ -296,15 +315,7 @@ def test_the_monitor_never_waits_on_a_fifo_put_at_a_try_log(tmp_path):
 
     fifo = tmp_path / "worker-1-try-1.log"
     os.mkfifo(fifo)
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(act._log_tail(fifo)), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    if reader.is_alive():  # unblock it, so the test process can end
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(timeout=30)
-        raise AssertionError("reading the tail of a FIFO blocked")
-    assert got == [""]
+    assert read_without_waiting(lambda: act._log_tail(fifo), "reading the tail of a FIFO", fifo) == ""
 
 
 # --- the verbs: logs, diff, attach ----------------------------------------------------------------------------------
@@ -617,19 +628,8 @@ def test_a_fifo_at_a_tries_exit_code_or_pid_file_blocks_neither_the_monitor_nor_
     os.mkfifo(files.signal(1, 1))
     os.mkfifo(tmp_path / "pid")
     for name, read in (("exit code", lambda: files.read_signal(1, 1)), ("pid", lambda: read_pid(tmp_path / "pid"))):
-        got: list[object] = []
-        reader = threading.Thread(target=lambda: got.append(read()), daemon=True)
-        reader.start()
-        reader.join(timeout=30)
-        if reader.is_alive():  # unblock it, so the test process can end
-            for fifo in (files.signal(1, 1), tmp_path / "pid"):
-                try:
-                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                except OSError:
-                    pass
-            reader.join(timeout=30)
-            raise AssertionError(f"reading the {name} of a FIFO blocked")
-        assert got == [None], name
+        assert read_without_waiting(read, f"reading the {name} of a FIFO", files.signal(1, 1), tmp_path / "pid") \
+            is None, name
 
 
 def test_a_fifo_at_a_tries_events_file_blocks_neither_the_wrapper_nor_the_monitor(tmp_path):
@@ -643,15 +643,8 @@ def test_a_fifo_at_a_tries_events_file_blocks_neither_the_wrapper_nor_the_monito
     events.parent.mkdir(parents=True)
     os.mkfifo(events)
     record = WorkerRecord(1, try_id=1, agent={"kind": "claude"})
-    got: list[int] = []
-    reader = threading.Thread(target=lambda: got.append(read_events(files, record, 0.0)), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    if reader.is_alive():
-        os.close(os.open(events, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(timeout=30)
-        raise AssertionError("the monitor's read of a FIFO events file blocked")
-    assert got == [0]
+    assert read_without_waiting(lambda: read_events(files, record, 0.0), "the monitor's read of a FIFO events file",
+                                events) == 0
 
     result = json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "done"})
     code, try_log, _ = run_try(tmp_path, f"echo {shlex.quote(result)}", timeout=60, agent="claude",
@@ -716,15 +709,8 @@ def test_status_never_waits_on_a_fifo_put_at_a_running_tries_log(project, tmp_pa
     record = WorkerRecord(1, status="running", project="demo", issue_number=1, try_id=7, launched=True)
     fifo = run.files.try_log(1, 7, 1)
     os.mkfifo(fifo)
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(report._last_line(run, record)), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    if reader.is_alive():
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(timeout=30)
-        raise AssertionError("the last line of a FIFO try log blocked status")
-    assert got == [""]
+    assert read_without_waiting(lambda: report._last_line(run, record), "the last line of a FIFO try log (status)",
+                                fifo) == ""
 
 
 def test_diff_against_a_base_that_is_gone_is_one_line_and_exit_1(project, tmp_path, capsys):
@@ -799,13 +785,6 @@ def test_a_fifo_at_a_workers_state_file_is_an_error_line_never_a_wait(project, t
     (proj.state / "workers").mkdir(parents=True, exist_ok=True)
     fifo = proj.state / "workers" / "worker-1.json"
     os.mkfifo(fifo)
-    codes: list[int] = []
-    reader = threading.Thread(target=lambda: codes.append(main(["logs", "1"])), daemon=True)
-    reader.start()
-    reader.join(timeout=30)
-    if reader.is_alive():
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(timeout=30)
-        raise AssertionError("logs waited on a FIFO worker state file")
+    code = read_without_waiting(lambda: main(["logs", "1"]), "logs on a FIFO worker state file", fifo)
     err = capsys.readouterr().err
-    assert codes == [2] and len(err.splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and str(fifo) in err and "FIFO" in err, err

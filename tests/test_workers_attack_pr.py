@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import git
-from forge_fakes import fake_forge  # noqa: F401
+from forge_fakes import fake_forge, push_issue_branch  # noqa: F401
 from workers_fixtures import project, tmux_socket  # noqa: F401
 
 from lib.paths import Paths
@@ -34,18 +34,9 @@ def _setup(project, fake_forge, platform="github", rounds=None, **state):
     return proj, cfg, state_root, fake
 
 
-def _push(proj, name: str) -> str:
-    git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
-    (proj.repo / name).write_text(name)
-    git(proj.repo, "add", "-A")
-    git(proj.repo, "commit", "-q", "-m", name)
-    git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
-    return git(proj.repo, "rev-parse", "HEAD")
-
-
 def _opened(proj, cfg, state_root) -> WorkerRecord:
     record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
-    _push(proj, "a")
+    push_issue_branch(proj, "a")
     pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
     return record
 
@@ -87,7 +78,7 @@ def test_a_push_after_the_green_poll_is_never_merged(project, fake_forge, platfo
     judged = record.pr["head"]
     [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
     assert seen.checks == "passing" and seen.head == judged
-    foreign = _push(proj, "sneaky")  # someone else pushes to the PR's branch
+    foreign = push_issue_branch(proj, "sneaky")  # someone else pushes to the PR's branch
     with pytest.raises(ForgeError):
         pulls.merge(state_root, cfg, cfg.issues[0], record)
     contained = subprocess.run(["git", "--git-dir", str(proj.remote), "merge-base", "--is-ancestor", foreign, "main"])
@@ -203,7 +194,7 @@ def test_a_pr_merged_before_our_last_push_is_never_shown_merged(project, fake_fo
     record = _opened(proj, cfg, state_root)
     hub = forge_for(ForgeRepo(platform), proj.repo)
     hub._merge(record.pr["number"], "")  # the agent merges its own PR
-    record.pr["head"] = _push(proj, "fix")  # then its fix is pushed
+    record.pr["head"] = push_issue_branch(proj, "fix")  # then its fix is pushed
     said: list[str] = []
     for now in (100.0, 200.0, 300.0, 400.0):
         [seen] = pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from forge_fakes import fake_forge  # noqa: F401
+from forge_fakes import fake_forge, push_issue_branch  # noqa: F401
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 
 from lib.errors import ConfigError
@@ -327,7 +327,6 @@ def test_launch_refuses_without_a_logged_in_cli_in_one_line_naming_the_fix(proje
 
 def test_polls_no_check_on_a_repo_with_ci_is_never_green_and_a_foreign_head_counts_after_three_polls(
         project, fake_forge, tmp_path):
-    from conftest import git
     from lib.paths import Paths
     from orchestrator import pins, pulls
     from orchestrator.config import load_config
@@ -340,16 +339,8 @@ def test_polls_no_check_on_a_repo_with_ci_is_never_green_and_a_foreign_head_coun
     assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
     fake = fake_forge(proj.remote, [PASS, {"checks": []}])
 
-    def push(name: str) -> str:
-        git(proj.repo, "switch", "-q", "-C", "feature/issue-1")
-        (proj.repo / name).write_text(name)
-        git(proj.repo, "add", "-A")
-        git(proj.repo, "commit", "-q", "-m", name)
-        git(proj.repo, "push", "-q", "-f", "origin", "feature/issue-1")
-        return git(proj.repo, "rev-parse", "HEAD")
-
     record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
-    first = push("a")
+    first = push_issue_branch(proj, "a")
     assert pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0) is True  # opened, not adopted
     record.pr["head"] = first
     said: list[str] = []
@@ -360,12 +351,12 @@ def test_polls_no_check_on_a_repo_with_ci_is_never_green_and_a_foreign_head_coun
     assert poll(1.0) == ()  # not due yet: poll_seconds
     [seen] = poll(10.0)
     assert seen.checks == "passing" and seen.head == first
-    record.pr["head"] = push("b")  # our next push: no check reported on it (yet)
+    record.pr["head"] = push_issue_branch(proj, "b")  # our next push: no check reported on it (yet)
     for now in (20.0, 30.0, 40.0):
         [seen] = poll(now)
         assert seen.checks == "none" and seen.quiet_polls == 0  # this PR had checks: never green by silence
     ours = record.pr["head"]
-    foreign = push("c")  # someone else pushes to the PR's branch
+    foreign = push_issue_branch(proj, "c")  # someone else pushes to the PR's branch
     record.pr["head"] = ours
     for now in (50.0, 60.0):
         poll(now)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from conftest import ROOT, process_running, wait_gone
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
@@ -62,6 +63,18 @@ def setup_starts(tmp_path: Path) -> list[tuple[int, int]]:
         if path.exists() else []
 
 
+def project_held_in_setup(project: Callable[..., Any], tmp_path: Path) -> Any:
+    """One issue, one worker, and a set-up that waits until the test creates `release`."""
+    return project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   worktree_setup=waiting_setup(tmp_path))
+
+
+def first_setup_shell(tmp_path: Path) -> int:
+    """The pid of the first set-up's shell, once one has started."""
+    retry_until(lambda: setup_starts(tmp_path), seconds=120)
+    return setup_starts(tmp_path)[0][1]
+
+
 def worker_of(doc: dict, issue: int) -> dict | None:
     return next((w for w in doc["workers"] if w["issue"] == issue), None)
 
@@ -105,12 +118,10 @@ def test_a_long_setup_never_holds_up_the_monitor_another_issue_is_taken_run_and_
 
 
 def test_kill_stops_a_running_setup_with_its_processes_and_fails_the_issue_without_a_retry(project, tmp_path):
-    proj = project([{"number": 1, "title": "setup hangs"}], pipeline=["implement"], num_workers=1,
-                   worktree_setup=waiting_setup(tmp_path))
+    proj = project_held_in_setup(project, tmp_path)
     running = start_monitor()
     try:
-        retry_until(lambda: setup_starts(tmp_path), seconds=120)
-        shell = setup_starts(tmp_path)[0][1]
+        shell = first_setup_shell(tmp_path)
         retry_until(lambda: worker_of(status(), 1)["status"] == "setting_up", seconds=60)
         killed = cli("kill", "1")
         assert killed.returncode == 0, killed.stdout + killed.stderr
@@ -170,12 +181,10 @@ def test_a_monitor_killed_during_a_setup_loses_nothing_and_cleanup_stops_a_setup
 def test_a_wrapper_killed_during_its_setup_leaves_nothing_running_and_the_next_try_sets_up_again(project, tmp_path):
     """kill -9 of the wrapper: its watchdog kills the set-up, the monitor restarts the try (the pane's process
     is gone without an exit code) and the new try runs the set-up again, then the agent."""
-    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
-                   worktree_setup=waiting_setup(tmp_path))
+    proj = project_held_in_setup(project, tmp_path)
     running = start_monitor()
     try:
-        retry_until(lambda: setup_starts(tmp_path), seconds=120)
-        shell = setup_starts(tmp_path)[0][1]
+        shell = first_setup_shell(tmp_path)
         wrapper = int(Path(f"/proc/{shell}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the shell's parent
         assert b"wrapper.py" in Path(f"/proc/{wrapper}/cmdline").read_bytes()
         os.kill(wrapper, signal.SIGKILL)
@@ -207,12 +216,10 @@ def test_a_failed_setup_leaves_no_process_even_one_that_dropped_every_tag(projec
 
 
 def test_a_pane_killed_during_its_setup_stops_it_and_the_try_is_started_again_without_a_retry(project, tmp_path):
-    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
-                   worktree_setup=waiting_setup(tmp_path))
+    proj = project_held_in_setup(project, tmp_path)
     running = start_monitor()
     try:
-        retry_until(lambda: setup_starts(tmp_path), seconds=120)
-        shell = setup_starts(tmp_path)[0][1]
+        shell = first_setup_shell(tmp_path)
         subprocess.run(["tmux", "-L", os.environ["ORCHESTRATOR_TMUX_SOCKET"], "kill-window", "-t",
                         "=proof-test:=worker-1"], check=True)
         assert wait_gone(shell, 60), "the set-up outlived its pane"

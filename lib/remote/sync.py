@@ -52,8 +52,9 @@ MAX_REPORT = 64 * 1024 * 1024
 RUN_VAR = "ORCHESTRATOR_SYNC_RUN"
 PROGRESS_LINE = re.compile(rb"\[\d+/\d+\] ")  # lib.progress's line for a finished repo, printed there too
 # Run by python3 -I -B on the host with one JSON argument (see _driver_args). It checks the cached lib/
-# against the manifest before importing anything from it, then runs lib.sync.run_sync; each line it
-# prints for us starts with a mark made for this run, so nothing else on the host can pass for one.
+# against the manifest before importing anything from it (so it reads those files itself, not through
+# lib.statefile), then runs lib.sync.run_sync; each line it prints for us starts with a mark made for
+# this run, so nothing else on the host can pass for one.
 DRIVER = """import hashlib, json, os, signal, stat, sys
 args = json.loads(sys.argv[1])
 os.environ[args["run_var"]] = args["mark"]  # every git it starts carries it: see _sweep

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import OrchestratorError, clip
-from lib.statefile import read_json, set_aside, write_json
+from lib.statefile import read_json, read_small, set_aside, write_json
 from orchestrator import worktrees
 from orchestrator.config import ProjectConfig, RepoConfig
 from orchestrator.decide import Snapshot
@@ -76,24 +75,6 @@ def end(root: Path) -> None:
 
 # --- reading git state cheaply -------------------------------------------------------------------------------
 
-def _read_bytes(path: Path, limit: int = 16 << 20) -> bytes | None:
-    """A regular file's bytes; None for anything else (an agent's FIFO must not hang the monitor) or too big."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read(limit + 1)[:limit]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def _stat_mark(path: Path) -> str:
     try:
         st = path.stat()
@@ -140,7 +121,7 @@ def _head_file(worktree: Path) -> Path | None:
     dot_git = worktree / ".git"
     if dot_git.is_dir():
         return dot_git / "HEAD"
-    text = (_read_bytes(dot_git) or b"").decode("utf-8", "replace").strip()
+    text = (read_small(dot_git) or b"").decode("utf-8", "replace").strip()
     if not text.startswith("gitdir: "):
         return None
     gitdir = Path(text.removeprefix("gitdir: "))
@@ -153,7 +134,7 @@ def current_branch(worktree: Path) -> str | None:
     Read from the HEAD file (no git started); git answers when the file is not the usual `ref: refs/heads/X`.
     """
     head = _head_file(worktree)
-    data = _read_bytes(head) if head else None
+    data = read_small(head) if head else None
     if data is None:
         return None  # no readable HEAD (gone, or not a file): git would fare no better, or hang on a FIFO
     text = data.decode("utf-8", "replace").strip()
@@ -198,7 +179,7 @@ def _reflog_after(common_dir: Path, branch: str, since: float) -> list[tuple[int
             return []
     except OSError:
         return []
-    text = (_read_bytes(path, 256 << 20) or b"").decode("utf-8", "replace")
+    text = (read_small(path, 256 << 20) or b"").decode("utf-8", "replace")
     found = []
     for line in text.splitlines():
         head, _, message = line.partition("\t")
@@ -214,7 +195,7 @@ def _reflog_after(common_dir: Path, branch: str, since: float) -> list[tuple[int
 def _main_mark(snap: dict[str, Any]) -> str:
     """Stats of what a change of the main checkout's HEAD or index touches (no git started)."""
     git_dir, common = Path(snap["git_dir"]), Path(snap["common_dir"])
-    head = _read_bytes(git_dir / "HEAD") or b""
+    head = read_small(git_dir / "HEAD") or b""
     ref = head.decode("utf-8", "replace").strip().removeprefix("ref: ")
     parts = [_digest(head), _stat_mark(git_dir / "index"), _stat_mark(common / "packed-refs")]
     if ref.startswith("refs/"):
@@ -280,7 +261,7 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig, pinned: str | None =
         url = pinned or _absolute_url(worktrees.push_url(repo.path), repo.path)
         snap: dict[str, Any] = {
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
-            "config": config_entries(config_file), "config_mark": _digest(_read_bytes(config_file)),
+            "config": config_entries(config_file), "config_mark": _digest(read_small(config_file)),
             "exclude": exclude, "url": url}
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
@@ -336,7 +317,7 @@ class Checks:
             return  # unchanged since the last look: not even read
         snap["config_stat"] = stat
         self.changed = True
-        data = _read_bytes(config_file)
+        data = read_small(config_file)
         mark = _digest(data)
         if mark == snap.get("config_seen", snap["config_mark"]):
             return

@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import threading
 import uuid
 from contextlib import suppress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lib import runner
 from lib.errors import OrchestratorError, clip
-from lib.statefile import read_json, write_json
+from lib.statefile import open_regular, read_json, write_json
 
 if TYPE_CHECKING:
     from orchestrator.decide import Pause
@@ -155,13 +153,11 @@ class Dispatcher:
         """Complete lines written since the last read (a line being written waits for the next cycle; one longer
         than READ_AT_MOST is skipped)."""
         try:
-            fd = os.open(self.run.files.events, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never hangs
+            fd = open_regular(self.run.files.events, os.O_RDONLY)  # a FIFO never hangs (read_small: no offset)
         except OSError:
             return []
         with os.fdopen(fd, "rb") as log:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return []
             if info.st_ino != self.inode or info.st_size < self.offset:
                 self.inode, self.offset, self.skipping = info.st_ino, 0, False  # a new or cut log: from its start
             log.seek(self.offset)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.procs import Proc, cmdline, descendants
-from lib.statefile import update_json
+from lib.statefile import open_regular, update_json
 from orchestrator import agents, worktree_setup, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
@@ -78,13 +78,9 @@ def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
     if record.agent.get("kind") not in agents.STRUCTURED:
         return 0
     import os
-    import stat
 
     try:
-        fd = os.open(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY | os.O_NONBLOCK)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # an agent's FIFO there: never waited on
-            os.close(fd)
-            return 0
+        fd = open_regular(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY)  # never a FIFO's wait
         with open(fd, "rb") as stream:
             stream.seek(record.events_offset)
             chunk = stream.read(MAX_EVENTS_READ)

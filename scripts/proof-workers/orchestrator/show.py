@@ -6,7 +6,6 @@ import codecs
 import json
 import os
 import re
-import stat
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ from typing import BinaryIO, Callable
 
 from lib import logcut, runner
 from lib.errors import OrchestratorError, clip
+from lib import statefile
 from lib.statefile import read_regular
 from orchestrator import worktrees
 from orchestrator.config import Issue, ProjectConfig
@@ -91,13 +91,9 @@ def open_regular(path: Path) -> BinaryIO | None:
     """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever), never
     through a symlink (an agent's, to a file of the user's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        return os.fdopen(statefile.open_regular(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError:
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
 
 
 def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:

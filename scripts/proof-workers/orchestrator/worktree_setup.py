@@ -19,6 +19,7 @@ from lib import runner
 from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
 from lib.gitstatus import confined_to
+from lib.statefile import NotRegular, open_regular
 
 DEFAULT_TIMEOUT_S = 600.0
 KEYS = ("copy", "run", "timeout")
@@ -150,16 +151,16 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
     outside = _escapes(repo, rel)
     if outside:
         raise SetupFailed(f"copy {rel}: a symlink in the main checkout leads out of it (to {clip(outside)})")
-    try:  # opened before it is judged (O_NONBLOCK: a FIFO put there never hangs the monitor)
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:  # opened before it is judged (a FIFO put there never hangs the monitor); streamed, so not read_small
+        fd = open_regular(source, os.O_RDONLY)
     except FileNotFoundError:
         raise SetupFailed(f"copy {rel}: not found in the main checkout {repo}") from None
+    except NotRegular:
+        raise SetupFailed(f"copy {rel}: not a regular file in the main checkout") from None
     except OSError as err:
         raise SetupFailed(f"copy {rel}: {err.strerror or err}") from None
     with os.fdopen(fd, "rb") as src:
         info = os.fstat(src.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SetupFailed(f"copy {rel}: not a regular file in the main checkout")
         target = worktree / rel
         # A tracked symlink on the way (config -> /elsewhere) must not carry the copy out of the worktree.
         parent = target.parent
