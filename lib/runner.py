@@ -5,6 +5,8 @@ memory; builds and tests need their grandchildren killed and their output on
 disk, whatever its size or encoding. Nothing a step starts outlives it, not
 even what left its group, and a signal to the tool stops every step. Killed
 outright (SIGKILL, the OOM killer), the tool leaves the job to its watchdog.
+
+Over 500 lines, one job: most of it is the ways a command, or what it started, could outlive a stop.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Every step is written so that a monitor killed between two steps resumes
 correctly: the worker record changes before the pane does, and the config's
 issue status follows the record (reconcile repairs the gap).
+
+Over 500 lines, one job: one method per action kind decide() returns.
 """
 from __future__ import annotations
 

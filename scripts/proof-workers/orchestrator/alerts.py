@@ -7,6 +7,8 @@ and the alerts raised so far. A quiet cycle starts no git: file contents and
 stats are compared first, and git only confirms what changed. The rest is
 checked when a try ends (the main checkout's status, the worktree's branch) or
 a stage ends (`ls-remote` of the default branch).
+
+Over 500 lines, one job: one check per alert kind, each cheap when nothing changed.
 """
 from __future__ import annotations
 

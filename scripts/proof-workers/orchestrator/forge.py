@@ -4,6 +4,8 @@ Every call is an argv (no shell text), in a process group of its own, killed at 
 that cannot point the CLI at another repository (GH_REPO, GIT_DIR, ...). Results are read from the CLIs'
 JSON forms, never from an exit code alone (`gh pr checks` exits 8 while checks are pending, 1 when one
 failed). Each failure becomes one `ForgeError` line.
+
+Over 500 lines, one job: the same operations for two CLIs, each answer's shape checked.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ SIGTERM/SIGHUP to the wrapper takes the group down too, and the exit code
 nothing it started outlives it: its group and every process carrying its
 ORCHESTRATOR_TRY tag (daemons, `setsid cmd &`) are killed before the exit code
 is written.
+
+Over 500 lines, one job: a try's whole life in its pane (set-up, sandbox, streamed input, capped logs,
+leftovers), each part written to survive what an agent does to it.
 """
 from __future__ import annotations
 
