@@ -19,7 +19,8 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
 from orchestrator import config as configs
-from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux, worktree_setup, worktrees
+from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux
+from orchestrator import worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Action
