@@ -303,3 +303,55 @@ def test_decide_on_a_try_setting_up_its_worktree(name, worker, snapshot, expecte
     actions = decide([snapshot], state, SETTINGS)
     assert [(a.kind, a.reason, a.counted) for a in actions if a.kind != "idle"] == expected
     assert cycle_from_json(cycle_to_json([snapshot], state, SETTINGS, actions))[0] == [snapshot]
+
+
+# --- action kinds: one closed set (ActionKind); the journal says the same words it always said -----------------
+
+JOURNAL_WORDS = ["push", "advance_stage", "mark_complete", "reassign", "restart", "skip", "idle", "resume", "hold",
+                 "retry", "send", "refuse", "open_pr", "watch_pr", "fix_ci", "address_review", "merge_pr", "pr_done"]
+
+
+def test_action_kinds_are_one_closed_set_with_the_journal_s_words():
+    from orchestrator.decide import ActionKind
+
+    assert sorted(ActionKind) == sorted(JOURNAL_WORDS) and all(isinstance(k, str) for k in ActionKind)
+    assert Action("push", 1).kind is ActionKind.PUSH, "a kind given as its word is the member"
+    with pytest.raises(ValueError, match="unknown action kind 'pushh'"):
+        Action("pushh", 1)
+
+
+def test_a_journalled_cycle_says_its_kinds_as_plain_words_and_replays_them_as_members():
+    import json
+
+    from orchestrator.decide import ActionKind
+
+    state = State((busy(1, 1, stage=2), WorkerView(2)), (issue(1, "in_progress"), issue(2)))
+    actions = decide([snap(1, exit_code=0, commits=1)], state, SETTINGS)
+    text = json.dumps(cycle_to_json([snap(1, exit_code=0, commits=1)], state, SETTINGS, actions))
+    assert [a["kind"] for a in json.loads(text)["actions"]] == ["push", "mark_complete", "reassign"]
+    assert '"kind": "push"' in text and "ActionKind" not in text
+    replayed = cycle_from_json(json.loads(text))[3]
+    assert replayed == actions and [type(a.kind) for a in replayed] == [ActionKind] * 3
+
+
+@pytest.mark.parametrize("kind", ["pushh", "", "PUSH", "x" * 100_000, None, 3])
+def test_a_journal_with_an_unknown_kind_is_refused_in_one_clear_line(kind):
+    state = State((busy(1, 1),), (issue(1, "in_progress"),))
+    doc = cycle_to_json([snap(1, exit_code=1)], state, SETTINGS, decide([snap(1, exit_code=1)], state, SETTINGS))
+    doc["actions"][0]["kind"] = kind
+    with pytest.raises(ValueError, match=r"^unknown action kind .* \(known: push, advance_stage, ") as err:
+        cycle_from_json(doc)
+    assert len(str(err.value)) < 600 and "\n" not in str(err.value)
+
+
+def test_every_action_kind_has_its_handler_in_act_or_is_carried_out_by_commands():
+    from orchestrator import act, commands
+    from orchestrator.decide import COMMAND_KINDS, ActionKind
+
+    handled = set(act.HANDLERS)
+    assert handled | COMMAND_KINDS == set(ActionKind) and not handled & COMMAND_KINDS
+    assert all(h is getattr(act.Executor, f"do_{k}") for k, h in act.HANDLERS.items()), "kind k runs do_<k>"
+    stale = {name[3:] for name in dir(act.Executor) if name.startswith("do_")} - set(ActionKind)
+    assert not stale, f"handlers of no kind: {stale}"
+    source = inspect.getsource(commands.execute)
+    assert all(f"ActionKind.{k.name}" in source for k in COMMAND_KINDS), "commands.execute carries each one out"

@@ -23,7 +23,7 @@ from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompt
 from orchestrator import worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, ProjectConfig
-from orchestrator.decide import Action
+from orchestrator.decide import Action, ActionKind
 from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef
 from orchestrator.run import Run
@@ -191,7 +191,7 @@ class Executor:
                 continue
             record = self.records[action.worker]
             try:
-                getattr(self, f"do_{action.kind}")(action, record)
+                HANDLERS[action.kind](self, action, record)
             except OrchestratorError as err:
                 self.stopped.add(action.worker)
                 record.last_reason = str(err)
@@ -254,7 +254,7 @@ class Executor:
         if retry:
             self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {error}")
         else:
-            self.do_skip(Action("skip", action.worker, action.issue, f"push failed: {error}"), record)
+            self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue, f"push failed: {error}"), record)
 
     def do_advance_stage(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -295,7 +295,8 @@ class Executor:
                                           "failures": record.pr["open_failures"]})
                 self.say(f"worker {action.worker}: #{issue.number} {record.last_reason}")
                 return
-            self.do_skip(Action("skip", action.worker, action.issue, f"pull request not opened: {err}"), record)
+            self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue, f"pull request not opened: {err}"),
+                         record)
             return
         self.run.files.save_worker(record)
         self.run.files.log_event({"action": "pr_opened" if created else "pr_adopted", "worker": action.worker,
@@ -336,7 +337,7 @@ class Executor:
             self.run.files.log_event({"action": "merge_failed", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "error": str(err)})
             if record.pr["merge_failures"] >= pulls.MAX_MERGE_ATTEMPTS:
-                self.do_skip(Action("skip", action.worker, action.issue, f"merge failed: {err}"), record)
+                self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue, f"merge failed: {err}"), record)
             else:
                 self.say(f"worker {action.worker}: #{issue.number} merge failed, tried at the next poll: {err}")
             return
@@ -350,7 +351,7 @@ class Executor:
                                       "project": cfg.project, "url": record.pr.get("url")})
             self.say(f"worker {action.worker}: #{issue.number} merging (queued): {record.pr.get('url')}")
             return
-        self.do_pr_done(Action("pr_done", action.worker, action.issue, "merged"), record)
+        self.do_pr_done(Action(ActionKind.PR_DONE, action.worker, action.issue, "merged"), record)
 
     def do_pr_done(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
@@ -568,6 +569,18 @@ class Executor:
                                                  f"takes #{issue.number} ({record.stage})"))
         start_try(self.run, record)
         self.launched += 1
+
+
+# Each kind decide returns, to its method; retry, send and refuse (decide.COMMAND_KINDS) are commands.execute's.
+HANDLERS: dict[ActionKind, Callable[[Executor, Action, WorkerRecord], None]] = {
+    ActionKind.PUSH: Executor.do_push, ActionKind.ADVANCE_STAGE: Executor.do_advance_stage,
+    ActionKind.MARK_COMPLETE: Executor.do_mark_complete, ActionKind.REASSIGN: Executor.do_reassign,
+    ActionKind.RESTART: Executor.do_restart, ActionKind.SKIP: Executor.do_skip, ActionKind.IDLE: Executor.do_idle,
+    ActionKind.RESUME: Executor.do_resume, ActionKind.HOLD: Executor.do_hold, ActionKind.OPEN_PR: Executor.do_open_pr,
+    ActionKind.WATCH_PR: Executor.do_watch_pr, ActionKind.FIX_CI: Executor.do_fix_ci,
+    ActionKind.ADDRESS_REVIEW: Executor.do_address_review, ActionKind.MERGE_PR: Executor.do_merge_pr,
+    ActionKind.PR_DONE: Executor.do_pr_done,
+}
 
 
 def _num(ref: IssueRef | None) -> int | None:

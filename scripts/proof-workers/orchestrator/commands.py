@@ -31,7 +31,7 @@ from lib.statefile import UnreadableFile, locked, read_json, update_json, write_
 from lib.views import visible
 from orchestrator import config as configs
 from orchestrator import heartbeat, pauses
-from orchestrator.decide import Action, Command
+from orchestrator.decide import Action, ActionKind, Command
 
 if TYPE_CHECKING:
     from orchestrator.act import Executor
@@ -375,14 +375,14 @@ def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], acti
         before = records.get(action.worker)
         held = (before.worker_id, before.try_id) if before is not None else None
         try:
-            if action.kind == "retry" and command is not None:
+            if action.kind == ActionKind.RETRY and command is not None:
                 outcome = _retry(run, command, say)
-            elif action.kind == "send" and command is not None:
+            elif action.kind == ActionKind.SEND and command is not None:
                 outcome = _send(run, command, records.get(action.worker), say)
-            elif action.kind == "refuse" and command is not None and command.id in retaken and \
+            elif action.kind == ActionKind.REFUSE and command is not None and command.id in retaken and \
                     (done := _already_applied(run, command)) is not None:
                 outcome = done
-            elif action.kind == "refuse":
+            elif action.kind == ActionKind.REFUSE:
                 outcome = Outcome(False, error=f"{command.verb if command else 'command'}: {action.reason}")
             else:
                 ended = run.files.read_signal(*held) if held is not None and command is not None else None

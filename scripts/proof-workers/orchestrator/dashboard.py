@@ -13,11 +13,13 @@ from rich.text import Text
 
 from lib.views import visible
 from orchestrator.heartbeat import monitor_line
-from orchestrator.report import agent_text, alert_line, count_text, paused_line, pr_text, usage_text, wait_lines
+from orchestrator.report import (IssueState, agent_text, alert_line, count_text, paused_line, pr_text, usage_text,
+                                 wait_lines)
 
-STATE_STYLE = {"completed": "green", "failed": "red", "blocked": "red", "in_progress": "yellow",
-               "pending": "white", "waiting": "dim", "merged": "green", "pr_open": "cyan", "ci_failed": "red",
-               "changes_requested": "magenta"}
+STATE_STYLE = {IssueState.COMPLETED: "green", IssueState.FAILED: "red", IssueState.BLOCKED: "red",
+               IssueState.IN_PROGRESS: "yellow", IssueState.PENDING: "white", IssueState.WAITING: "dim",
+               IssueState.MERGED: "green", IssueState.PR_OPEN: "cyan", IssueState.CI_FAILED: "red",
+               IssueState.CHANGES_REQUESTED: "magenta"}
 
 
 def render(doc: dict[str, Any]) -> Group:
@@ -37,7 +39,8 @@ def render(doc: dict[str, Any]) -> Group:
                         Text(visible(w["last_log_line"] or "")))
     parts: list[Any] = [workers]
     for project in doc["projects"]:
-        finished = sum(project["counts"].get(s, 0) for s in ("completed", "failed", "blocked"))
+        finished = sum(project["counts"].get(s, 0) for s in (IssueState.COMPLETED, IssueState.FAILED,
+                                                              IssueState.BLOCKED))
         issues = Table(expand=True, show_edge=False)
         with_prs = any(i.get("pr") for i in project["issues"])
         columns = ("issue", "title", "state", "stage", "wave", "depends on", "usage") + (("pr",) if with_prs else ())

@@ -6,7 +6,10 @@ actions, so a journal of (snapshots, state, settings, actions) replays exactly.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from typing import Any, Sequence
+
+from lib.errors import clip
 
 from orchestrator.queue import IssueRef, IssueView, next_issue
 
@@ -130,11 +133,44 @@ class State:
     commands: tuple[Command, ...] = ()
 
 
+class ActionKind(StrEnum):
+    """What an action does; the value is the word the journal says (act runs `do_<value>`)."""
+
+    PUSH = "push"
+    ADVANCE_STAGE = "advance_stage"
+    MARK_COMPLETE = "mark_complete"
+    REASSIGN = "reassign"
+    RESTART = "restart"
+    SKIP = "skip"
+    IDLE = "idle"
+    RESUME = "resume"
+    HOLD = "hold"
+    RETRY = "retry"  # steering: a user's command
+    SEND = "send"
+    REFUSE = "refuse"
+    OPEN_PR = "open_pr"  # the PR loop
+    WATCH_PR = "watch_pr"
+    FIX_CI = "fix_ci"
+    ADDRESS_REVIEW = "address_review"
+    MERGE_PR = "merge_pr"
+    PR_DONE = "pr_done"
+
+
+# The kinds that carry out a user's command: commands.execute runs them, never act's executor.
+COMMAND_KINDS = frozenset({ActionKind.RETRY, ActionKind.SEND, ActionKind.REFUSE})
+
+
+def action_kind(word: object) -> ActionKind:
+    """The member a word names; a word outside the set is a ValueError of one line."""
+    try:
+        return ActionKind(word)
+    except ValueError:
+        raise ValueError(f"unknown action kind {clip(repr(word), 80)} (known: {', '.join(ActionKind)})") from None
+
+
 @dataclass(frozen=True)
 class Action:
-    # push, advance_stage, mark_complete, reassign, restart, skip, idle, resume, hold; steering: retry, send,
-    # refuse; the PR loop: open_pr, watch_pr, fix_ci, address_review, merge_pr, pr_done
-    kind: str
+    kind: ActionKind  # given as a member or its word; any other word is refused
     worker: int
     issue: IssueRef | None = None
     reason: str = ""
@@ -142,6 +178,9 @@ class Action:
     nudge: bool = False
     counted: bool = True  # a restart uses one of max_retries (not when tmux or the machine went away)
     command: str = ""  # the id of the user's command this action carries out (its outcome is written after it)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", action_kind(self.kind))
 
 
 def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> list[Action]:
@@ -174,7 +213,7 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
         if worker.pr is not None and worker.pr.watching:
             judged = _judge_pr(worker, worker.pr, polls.get(worker.worker_id))
             actions.extend(judged)
-            if any(a.kind in ("pr_done", "skip") for a in judged):
+            if any(a.kind in (ActionKind.PR_DONE, ActionKind.SKIP) for a in judged):
                 free.append((worker.worker_id, True))
             continue
         snapshot = by_worker.get(worker.worker_id)
@@ -182,7 +221,7 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
             continue  # nothing known of this try: never judge it on another try's evidence
         judged = _judge(worker, snapshot, issues.get(worker.issue), settings)
         actions.extend(judged)
-        if any(a.kind in ("mark_complete", "skip") for a in judged):
+        if any(a.kind in (ActionKind.MARK_COMPLETE, ActionKind.SKIP) for a in judged):
             free.append((worker.worker_id, True))
     # An issue completed in this cycle does not unblock its dependents until the
     # next one: its push may still fail, and then it is not complete.
@@ -192,12 +231,12 @@ def decide(snapshots: Sequence[Snapshot], state: State, settings: Settings) -> l
         issue = next_issue(views, claimed, worker_id, ids)
         if issue is not None:
             claimed.add(issue.ref)
-            actions.append(Action("reassign", worker_id, issue.ref,
+            actions.append(Action(ActionKind.REASSIGN, worker_id, issue.ref,
                                   f"resumes #{issue.ref.number} (in_progress on worker {issue.resume_worker} in the "
                                   "config)" if issue.resuming else
                                   f"next eligible (wave {issue.wave}, priority {issue.priority})"))
         elif freed:
-            actions.append(Action("idle", worker_id, reason="no eligible issue"))
+            actions.append(Action(ActionKind.IDLE, worker_id, reason="no eligible issue"))
     return actions
 
 
@@ -221,19 +260,19 @@ def _commands(state: State) -> tuple[list[Action], set[int], set[IssueRef]]:
             killed.add(worker)
             del holder[ref]
             status[ref] = "failed"
-            actions.append(Action("skip", worker, ref, "killed by user", counted=False, command=command.id))
+            actions.append(Action(ActionKind.SKIP, worker, ref, "killed by user", counted=False, command=command.id))
         elif command.verb == "retry" and now == "failed" and worker is None:
             retried.add(ref)
             status[ref] = "pending"
-            actions.append(Action("retry", 0, ref, "retried by user", command=command.id))
+            actions.append(Action(ActionKind.RETRY, 0, ref, "retried by user", command=command.id))
         elif command.verb == "send" and now in ("pending", "in_progress", "failed"):
-            actions.append(Action("send", worker or 0, ref, command=command.id))
+            actions.append(Action(ActionKind.SEND, worker or 0, ref, command=command.id))
         else:
             why = {"kill": "no try of it runs", "retry": "only a failed issue is retried",
                    "send": "it has no next try"}.get(command.verb, f"unknown verb {command.verb!r}")
             shown = "gone from the issue list" if now is None else \
                 "in_progress, held by no worker" if now == "in_progress" and worker is None else now
-            actions.append(Action("refuse", 0, ref, f"#{command.issue} is {shown}: {why}", command=command.id))
+            actions.append(Action(ActionKind.REFUSE, 0, ref, f"#{command.issue} is {shown}: {why}", command=command.id))
     return actions, killed, retried
 
 
@@ -242,17 +281,19 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     wid = worker.worker_id
     if not worker.launched:
         if worker.start_failures >= max(settings.max_retries, 1):
-            return [Action("skip", wid, ref, f"the agent could not be started ({worker.start_failures} attempts)")]
-        return [Action("resume", wid, ref, "this try was prepared but never started")]
+            return [Action(ActionKind.SKIP, wid, ref,
+                           f"the agent could not be started ({worker.start_failures} attempts)")]
+        return [Action(ActionKind.RESUME, wid, ref, "this try was prepared but never started")]
 
     def failed_try(reason: str, continuation: bool = True, nudge: bool = False) -> list[Action]:
         if worker.retry_count < settings.max_retries:
-            return [Action("restart", wid, ref, f"{reason}; retry {worker.retry_count + 1}/{settings.max_retries}",
+            return [Action(ActionKind.RESTART, wid, ref,
+                           f"{reason}; retry {worker.retry_count + 1}/{settings.max_retries}",
                            continuation=continuation, nudge=nudge)]
-        return [Action("skip", wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
+        return [Action(ActionKind.SKIP, wid, ref, f"{reason}; retries exhausted ({settings.max_retries})")]
 
     if snap.setup_failed:  # the worktree's fault, not the agent's: no retry used, the worktree is kept
-        return [Action("skip", wid, ref, f"setup failed: {snap.setup_failed}", counted=False)]
+        return [Action(ActionKind.SKIP, wid, ref, f"setup failed: {snap.setup_failed}", counted=False)]
     if snap.setting_up and snap.agent_alive and snap.exit_code is None and not snap.pane_lost:
         return []  # neither stalled nor late: the set-up has its own timeout, the agent's timers start after it
     tmux_went_away = snap.pane_lost and (snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or
@@ -260,18 +301,18 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
     if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:
         how = {SIGHUP_EXIT: "hung up", SIGTERM_EXIT: "was terminated"}.get(snap.exit_code or 0,
                                                                            "gone without an exit code")
-        return [Action("restart", wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
+        return [Action(ActionKind.RESTART, wid, ref, f"tmux went away (its pane is gone or new; the try {how}); "
                                             "not counted as a retry", continuation=True, counted=False)]
     if snap.switched_to and (snap.exit_code is not None or not snap.agent_alive):
         return failed_try(f"the try ended with the worktree on {snap.switched_to}, not on its branch (put back for "
                           "the next try; that branch is kept)")
     if snap.agent_stop == "budget":
-        return [Action("skip", wid, ref, snap.agent_detail or "budget")]  # more tries would only cost more
+        return [Action(ActionKind.SKIP, wid, ref, snap.agent_detail or "budget")]  # more tries would only cost more
     if snap.exit_code is not None and snap.agent_stop in ("rate_limit", "auth"):
         # Nobody's fault and no retry's: the project waits (a rate limit until its reset or a backoff, a login
         # until resume), then the issue is tried again.
         detail = f": {snap.agent_detail}" if snap.agent_detail else ""
-        return [Action("hold", wid, ref, f"{snap.agent_stop}{detail}", counted=False)]
+        return [Action(ActionKind.HOLD, wid, ref, f"{snap.agent_stop}{detail}", counted=False)]
     if snap.exit_code is not None:
         if snap.exit_code != 0:
             return failed_try(f"exit code {snap.exit_code}")
@@ -282,17 +323,18 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
                 return failed_try("exit 0 with uncommitted changes and no commit", nudge=True)
             return failed_try("exit 0 without a new commit in this stage")
         if worker.push_failures >= MAX_PUSH_ATTEMPTS:
-            return [Action("skip", wid, ref, f"push failed {worker.push_failures} times; the commits stay on the "
-                                             "local branch")]
+            return [Action(ActionKind.SKIP, wid, ref,
+                           f"push failed {worker.push_failures} times; the commits stay on the local branch")]
         stages = issue.stage_count if issue else 1
-        done = [Action("push", wid, ref, f"{snap.new_commits} new commit(s) in this stage")]
+        done = [Action(ActionKind.PUSH, wid, ref, f"{snap.new_commits} new commit(s) in this stage")]
         if worker.pr is not None and worker.pr.in_stage:
-            return done + [Action("watch_pr", wid, ref, "fix pushed: the PR is watched again")]
+            return done + [Action(ActionKind.WATCH_PR, wid, ref, "fix pushed: the PR is watched again")]
         if worker.pr is not None and worker.stage_index + 1 >= stages:
-            return done + [Action("open_pr", wid, ref, "all pipeline stages done")]
+            return done + [Action(ActionKind.OPEN_PR, wid, ref, "all pipeline stages done")]
         if worker.stage_index + 1 < stages:
-            return done + [Action("advance_stage", wid, ref, f"stage {worker.stage_index + 1}/{stages} verified")]
-        return done + [Action("mark_complete", wid, ref, "all pipeline stages done")]
+            return done + [Action(ActionKind.ADVANCE_STAGE, wid, ref,
+                                  f"stage {worker.stage_index + 1}/{stages} verified")]
+        return done + [Action(ActionKind.MARK_COMPLETE, wid, ref, "all pipeline stages done")]
     if not snap.agent_alive:
         where = "" if snap.pane_exists else " (its pane is gone)"
         return failed_try(f"agent gone without an exit code{where}")
@@ -307,14 +349,15 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
     """A watched PR, on this cycle's poll (none: not due yet, nothing to do)."""
     ref, wid = worker.issue, worker.worker_id
     if work.open_failures:  # opening the PR failed on the network: tried again when its poll is due
-        return [] if poll is None else [Action("open_pr", wid, ref, f"opening the pull request again (it failed "
-                                                                     f"{work.open_failures} time(s) on the network)")]
+        return [] if poll is None else [Action(ActionKind.OPEN_PR, wid, ref,
+                                               f"opening the pull request again (it failed {work.open_failures} "
+                                               "time(s) on the network)")]
     if poll is None or poll.error:
         return []
     if poll.state == "merged":
-        return [Action("pr_done", wid, ref, "merged")]
+        return [Action(ActionKind.PR_DONE, wid, ref, "merged")]
     if poll.state == "closed":
-        return [Action("skip", wid, ref, "pr closed")]
+        return [Action(ActionKind.SKIP, wid, ref, "pr closed")]
     if poll.checks != "failing" and (poll.queued and work.merge == "auto" or
                                      work.merge_queued and poll.queued is not False):
         return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
@@ -325,31 +368,32 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
         why = (f"checks failed while queued to merge: {names or 'a check'}" if poll.queued else
                f"left the merge queue unmerged{f' (checks failed: {names})' if names else ''}")
         if work.ci_fixes < work.max_ci_fixes:
-            return [Action("fix_ci", wid, ref, f"{why}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
-        return [Action("skip", wid, ref, f"{why} after {work.ci_fixes} fix round(s) (max_ci_fixes "
+            return [Action(ActionKind.FIX_CI, wid, ref, f"{why}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
+        return [Action(ActionKind.SKIP, wid, ref, f"{why} after {work.ci_fixes} fix round(s) (max_ci_fixes "
                                          f"{work.max_ci_fixes})")]
     if work.head and poll.head and poll.head != work.head:
         return []  # the forge has not seen our last push yet: these checks are of an older head
     if poll.checks == "failing":
         names = ", ".join(poll.failed) or "a check"
         if work.ci_fixes < work.max_ci_fixes:
-            return [Action("fix_ci", wid, ref, f"checks failed: {names}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
-        return [Action("skip", wid, ref, f"checks still failing ({names}) after {work.ci_fixes} fix round(s) "
+            return [Action(ActionKind.FIX_CI, wid, ref,
+                           f"checks failed: {names}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]
+        return [Action(ActionKind.SKIP, wid, ref, f"checks still failing ({names}) after {work.ci_fixes} fix round(s) "
                                          f"(max_ci_fixes {work.max_ci_fixes})")]
     if poll.review == "changes_requested" and poll.review_id != work.review_seen:
         if work.review_rounds < work.max_review_rounds:
-            return [Action("address_review", wid, ref, f"review requested changes; round {work.review_rounds + 1}/"
-                                                       f"{work.max_review_rounds}")]
-        return [Action("skip", wid, ref, f"review still requests changes after {work.review_rounds} round(s) "
+            return [Action(ActionKind.ADDRESS_REVIEW, wid, ref,
+                           f"review requested changes; round {work.review_rounds + 1}/{work.max_review_rounds}")]
+        return [Action(ActionKind.SKIP, wid, ref, f"review still requests changes after {work.review_rounds} round(s) "
                                          f"(max_review_rounds {work.max_review_rounds})")]
     green = poll.checks == "passing" or (poll.checks == "none" and poll.quiet_polls >= 2)
     if not green or poll.review == "changes_requested":
         return []
     if work.merge == "manual":
-        return [Action("pr_done", wid, ref, "open and green; a human merges")]
+        return [Action(ActionKind.PR_DONE, wid, ref, "open and green; a human merges")]
     if poll.review == "required":
         return []  # the repository wants an approval first
-    return [Action("merge_pr", wid, ref, "checks green" + (", approved" if poll.review == "approved" else ""))]
+    return [Action(ActionKind.MERGE_PR, wid, ref, "checks green" + (", approved" if poll.review == "approved" else ""))]
 
 
 # --- journal form: plain JSON both ways, so a recorded cycle can be replayed ---------------------

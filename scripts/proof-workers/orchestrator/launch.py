@@ -16,7 +16,7 @@ from lib.paths import Paths
 from orchestrator import pins, pulls, resume, sandbox, tmux, worktrees
 from orchestrator.act import worker_window
 from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
-from orchestrator.decide import State, decide
+from orchestrator.decide import ActionKind, State, decide
 from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
 from orchestrator.state import monitor_lock
@@ -269,7 +269,7 @@ def plan_launch(run: Run) -> LaunchPlan:
     state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()))
     assignments, problems = [], []
     for action in decide([], state, settings_of(run)):
-        if action.kind != "reassign" or action.issue is None:
+        if action.kind != ActionKind.REASSIGN or action.issue is None:
             continue
         cfg = run.config_of(action.issue.project)
         issue = cfg.issue(action.issue.number)

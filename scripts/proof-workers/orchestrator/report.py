@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Any, Callable
 
 from lib import runner
@@ -22,6 +23,38 @@ from orchestrator.wrapper import TRY_VAR
 MAX_ALERT_LINES = 20
 
 
+class IssueState(StrEnum):
+    """An issue's `state` in the status document: its config status, what it waits on, or its PR's phase; in the
+    order text status counts them (the value is what `status --json` says)."""
+
+    COMPLETED = "completed"
+    MERGED = "merged"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # waits on a failed issue
+    IN_PROGRESS = "in_progress"
+    PR_OPEN = "pr_open"
+    CI_FAILED = "ci_failed"
+    CHANGES_REQUESTED = "changes_requested"
+    WAITING = "waiting"  # waits on an issue not complete yet
+    PENDING = "pending"
+
+
+STATE_ORDER = tuple(IssueState)
+
+
+class WorkerStatus(StrEnum):
+    """What a worker's try is really doing (`_try_state`); the value is what `status --json` says."""
+
+    IDLE = "idle"
+    WAITING = "waiting"  # its try is prepared, not launched yet
+    STARTING = "starting"
+    SETTING_UP = "setting_up"
+    RUNNING = "running"
+    EXITED = "exited"
+    WATCHING_PR = "watching_pr"
+    GONE = "gone"
+
+
 def _last_line(run: Run, record: WorkerRecord) -> str:
     from orchestrator.show import open_regular
 
@@ -34,31 +67,32 @@ def _last_line(run: Run, record: WorkerRecord) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def _try_state(run: Run, record: WorkerRecord, ours: Callable[[], set[int]]) -> tuple[str, int | None, float | None]:
+def _try_state(run: Run, record: WorkerRecord,
+               ours: Callable[[], set[int]]) -> tuple[WorkerStatus, int | None, float | None]:
     """What this worker's try is really doing, from its own files and processes (never the record alone):
     (status, exit code, when it ended). A try with an exit signal is never running; a group is this try's
     only while a member carries this run's tag (a pid file can be hours old, its id someone else's)."""
     if record.issue_number is None:
-        return "idle", None, None
+        return WorkerStatus.IDLE, None, None
     if record.pr.get("watching"):
-        return "watching_pr", None, None  # no try runs: its PR is watched (orchestrator.pulls)
+        return WorkerStatus.WATCHING_PR, None, None  # no try runs: its PR is watched (orchestrator.pulls)
     code = run.files.read_signal(record.worker_id, record.try_id)
     if code is not None:
         try:
             ended = run.files.signal(record.worker_id, record.try_id).stat().st_mtime
         except OSError:
             ended = None
-        return "exited", code, ended
+        return WorkerStatus.EXITED, code, ended
     setup = worktree_setup.read_state(worktree_setup.state_path(run.files.signal(record.worker_id, record.try_id)))
     if setup.get("state") == "running":  # its wrapper runs the worktree's set-up command, the agent after it
         alive = runner.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
-        return ("setting_up" if alive else "gone"), None, None
+        return (WorkerStatus.SETTING_UP if alive else WorkerStatus.GONE), None, None
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     if group is None:
-        return ("starting" if record.launched else "waiting"), None, None
+        return (WorkerStatus.STARTING if record.launched else WorkerStatus.WAITING), None, None
     if set(runner.group_members(group)) & ours():
-        return "running", None, None
-    return "gone", None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
+        return WorkerStatus.RUNNING, None, None
+    return WorkerStatus.GONE, None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
 
 
 EVENTS_SHOWN = 20
@@ -100,17 +134,18 @@ def failures(projects: list[dict[str, Any]], events: list[dict[str, Any]]) -> li
     for project in projects:
         name = project["project"]
         for issue in project["issues"]:
-            if issue["state"] == "failed":
+            if issue["state"] == IssueState.FAILED:
                 reason, at = reasons.get((name, issue["number"]),
                                          (f"failed (no reason recorded; status set in {project['config']})", None))
-                out.append({"project": name, "issue": issue["number"], "state": "failed", "reason": reason, "at": at})
+                out.append({"project": name, "issue": issue["number"], "state": IssueState.FAILED, "reason": reason,
+                            "at": at})
     failed_at = {(f["project"], f["issue"]): f["at"] for f in out}
     for project in projects:
         for issue in project["issues"]:
-            if issue["state"] == "blocked":
+            if issue["state"] == IssueState.BLOCKED:
                 deps = issue["blocked_by"] or []
                 times = [t for d in deps if (t := failed_at.get((project["project"], d)))]
-                out.append({"project": project["project"], "issue": issue["number"], "state": "blocked",
+                out.append({"project": project["project"], "issue": issue["number"], "state": IssueState.BLOCKED,
                             "reason": "waits on failed " + ", ".join(f"#{d}" for d in deps),
                             "at": max(times) if times else None})
     return out
@@ -161,15 +196,16 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
-            state = view.status
+            state = IssueState(view.status)  # the config's status (config.STATUSES)
             failed_deps = blocked(view, views)
-            if state == "pending" or view.resuming:  # one left in progress waits on its dependencies too
+            if state == IssueState.PENDING or view.resuming:  # one left in progress waits on its dependencies too
                 if failed_deps:
-                    state = "blocked"
+                    state = IssueState.BLOCKED
                 elif not all(IssueRef(cfg.project, d) in done for d in issue.depends_on):
-                    state = "waiting"
+                    state = IssueState.WAITING
             resuming_at = _resuming_at(cfg, issue) if view.resuming else None  # taken first by its worker
-            state, pr = prs.get(issue.number, (state, None))
+            phase, pr = prs.get(issue.number, (state, None))  # a PR's phase (pulls.PHASES) or its status
+            state = IssueState(phase)
             issues.append({"number": issue.number, "title": issue.title, "status": view.status, "state": state,
                            "resuming_at": resuming_at,
                            "wave": issue.wave, "priority": issue.priority, "depends_on": list(issue.depends_on),
@@ -198,7 +234,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "warnings": [w for cfg in run.configs for w in cfg.warnings],  # the configs' own, as launch prints them
-        "done": all(i["status"] in ("completed", "failed") or i["state"] == "blocked"
+        "done": all(i["status"] in (IssueState.COMPLETED, IssueState.FAILED) or i["state"] == IssueState.BLOCKED
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),
     }
@@ -242,10 +278,6 @@ def _pauses_of(run: Run, project: str, now: float) -> dict[int | None, list[dict
 def paused_line(entries: list[dict[str, Any]]) -> str:
     return "; ".join(f"paused: {e['reason']}" + (f" until {e['until']}" if e.get("until") else "")
                      + (f" ({clip(str(e['detail']), 100)})" if e.get("detail") else "") for e in entries)
-
-
-STATE_ORDER = ("completed", "merged", "failed", "blocked", "in_progress", "pr_open", "ci_failed", "changes_requested",
-               "waiting", "pending")
 
 
 def count_text(project: dict[str, Any]) -> str:
