@@ -1,0 +1,31 @@
+"""A hostile review of the house refactors (issue 22): what a user sees when things stop, fail or drift."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from tests.conftest import stop_when, wait_gone
+from tests.sync_fixtures import wait_for_file
+from tests.test_sync_stop import reaped, results_of, slow_fsmonitor, start_sync
+
+
+def test_a_stop_in_syncs_closing_scan_still_says_what_the_sync_did_and_its_warnings(home, make_repo, tmp_path):
+    """The repos were synced and recorded; only the scan after it was stopped. The stop's one line came alone:
+    the sync's own warnings (a results file set aside) and what it did were never said (the host path says it)."""
+    repo = make_repo("steady")
+    subprocess.run(["git", "-C", str(repo.path), "checkout", "-q", "-b", "feature"], check=True)
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})  # main behind: moved with update-ref, no status
+    pid_file = slow_fsmonitor(repo.path, tmp_path)  # only the closing scan's `git status` runs it
+    home.add(repo)
+    results = home.path / "state" / "sync-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("{not json")
+    sync = start_sync(tmp_path)
+    out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert sync.returncode == 143 and "Traceback" not in out, out
+        assert "interrupted: scan stopped (SIGTERM)" in out.splitlines()[-1], out
+        assert "set aside as sync-results.json.corrupt" in out, out
+        assert "every repo had synced (synced 1 repos" in out and "1 updated" in out, out
+        assert results_of(home)["steady"]["status"] == "updated"
+        assert wait_gone(int(pid_file.read_text().split()[0]), 30)
