@@ -29,3 +29,36 @@ def test_a_stop_in_syncs_closing_scan_still_says_what_the_sync_did_and_its_warni
         assert "every repo had synced (synced 1 repos" in out and "1 updated" in out, out
         assert results_of(home)["steady"]["status"] == "updated"
         assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+
+
+def test_a_stop_in_test_alls_closing_scan_leaves_the_runs_junit_not_an_all_red_one(home, make_repo, tmp_path):
+    """Every repo was tested and recorded; the status read after the tests (what --changed compares) was
+    stopped. The JUnit file CI reads still said every repo errored ("did not finish"), and the run's own
+    warnings went unsaid: the stop's line came alone."""
+    import sys
+    from xml.etree import ElementTree
+
+    from tests.conftest import ROOT
+
+    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
+    hook = tmp_path / "fsmonitor-hook"  # holds only a `git status` after the tests ran: the closing scan's
+    hook.write_text(f"#!/bin/sh\nif [ -e '{ran}' ]; then echo $$ > '{pid_file}'; exec sleep 120; fi\nexit 1\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    home.add(repo, language="make")
+    bad = home.path / "state" / "test-results.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("{not json")
+    report = tmp_path / "out.xml"
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert run.returncode == 143 and "Traceback" not in out, out
+        assert "interrupted: scan stopped (SIGTERM)" in out.splitlines()[-1], out
+        assert "set aside as test-results.json.corrupt" in out, out
+        suite = ElementTree.parse(report).getroot().find("testsuite")
+        assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "0", "0"), \
+            ElementTree.tostring(suite)
+        assert home.state("test-results.json")["results"][0]["status"] == "passed"
