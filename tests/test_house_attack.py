@@ -77,3 +77,23 @@ def test_no_module_but_lib_signals_lists_the_stop_signals():
     own = sorted(str(path.relative_to(ROOT)) for path in sources
                  if path.name != "signals.py" and listed.search(path.read_text(encoding="utf-8")))
     assert own == []
+
+
+def test_host_add_on_a_symlinked_hosts_toml_writes_the_file_it_points_to(home, inv, tmp_path):
+    """A hosts.toml kept in a dotfiles repo and linked in: the atomic rename replaced the link with a file of
+    its own, so the dotfiles copy never got the host and the link was gone (its mode came from the target)."""
+    import os
+
+    kept = tmp_path / "dotfiles" / "hosts.toml"
+    kept.parent.mkdir()
+    kept.write_text('[hosts.old]\nhost = "h"\nworkspace = "w"\n')
+    kept.chmod(0o640)
+    link = home.path / "config" / "hosts.toml"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(kept)
+    result = inv("host.add", "new", "--host", "10.0.0.5", "--workspace", "/srv/src")
+    assert result.code == 0, result.err
+    assert link.is_symlink() and os.readlink(link) == str(kept)
+    assert "[hosts.new]" in kept.read_text() and "[hosts.old]" in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o640
+    assert inv("host.list").code == 0
