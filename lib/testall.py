@@ -99,18 +99,23 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     """
     started = monotonic()
     notes = unfinished_junit(junit_xml, plans)
-    before = tree_states(workspace, [plan.repo for plan in plans])
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
     to_run: list[Plan] = []
-    with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
-        for plan in plans:
-            since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
-                if changed else None
-            if since is None or hides_changes(plan.repo.local):
-                to_run.append(plan)
-            else:
-                cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    try:
+        before = tree_states(workspace, [plan.repo for plan in plans])
+        with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+            for plan in plans:
+                since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
+                    if changed else None
+                if since is None or hides_changes(plan.repo.local):
+                    to_run.append(plan)
+                else:
+                    cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    except ScanStopped as stop:  # stopped before any test ran: CI's report says so, as for a stopped run
+        stop.notes += notes + junit_notes(junit_xml, stopped_outcomes(plans, [], {}), monotonic() - started,
+                                          signal_name(stop.signum))
+        raise
     to_run = longest_first(to_run, previous)
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:

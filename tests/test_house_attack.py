@@ -97,3 +97,30 @@ def test_host_add_on_a_symlinked_hosts_toml_writes_the_file_it_points_to(home, i
     assert "[hosts.new]" in kept.read_text() and "[hosts.old]" in kept.read_text()
     assert kept.stat().st_mode & 0o777 == 0o640
     assert inv("host.list").code == 0
+
+
+def test_a_stop_in_test_alls_status_read_before_the_tests_says_not_run_interrupted_in_junit(home, make_repo, tmp_path):
+    """Stopped before any test ran: as a run stopped by Ctrl-C (every repo `skipped: not run: interrupted`, the
+    suite `interrupted by SIGTERM`), not the report of a run killed outright (every repo an error)."""
+    import sys
+    from xml.etree import ElementTree
+
+    from tests.conftest import ROOT
+
+    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    home.add(repo, language="make")
+    report = tmp_path / "out.xml"
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert run.returncode == 143 and "Traceback" not in out, out
+        assert not ran.exists()
+        suite = ElementTree.parse(report).getroot().find("testsuite")
+        assert "interrupted by SIGTERM" in suite.get("name"), ElementTree.tostring(suite)
+        assert (suite.get("errors"), suite.get("skipped")) == ("0", "1"), ElementTree.tostring(suite)
