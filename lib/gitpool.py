@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from time import monotonic, sleep
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
+from lib.signals import STOP_SIGNALS  # what the keeper does not let end it
+
 
 class GitResult(NamedTuple):
     returncode: int
@@ -24,8 +26,6 @@ class GitResult(NamedTuple):
 
 
 Done = Callable[[GitResult], None]
-# A terminal's Ctrl-C, a `kill`, a closed terminal: what the keeper does not let end it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class GitPool:

@@ -21,9 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import _common_dir, read_commit
-from lib.gitpool import STOP_SIGNALS, GitPool, GitResult, Keeper, start_keeper, stop_signals_held
+from lib.gitpool import GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
 from lib.procs import processes_in
+from lib.signals import STOP_SIGNALS
 from lib.statefile import loads, read_regular, read_small
 
 # No credential or editor prompt may ever block a scan; C locale keeps git's

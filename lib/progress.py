@@ -8,6 +8,7 @@ import threading
 from time import monotonic
 from typing import TextIO
 
+from lib.signals import STOP_SIGNALS
 from lib.views import visible
 
 # A count-only line (no item lines) is redrawn at most this often: a scan finishes
@@ -74,7 +75,7 @@ class Progress:
     def _tick(self) -> None:
         # Stop signals go to the main thread, which handles them (and holds them while it forks a scan's helper).
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         while not self._stop.wait(0.5):
             with self._lock:
                 self._redraw()

@@ -691,7 +691,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     One sync per workspace at a time: two would race for the same refs, logs and state.
     `on_done` gets each outcome as its repo finishes (sync-all --host streams them back).
     """
-    from lib.scan import scan_and_save
+    from lib.scan import ScanStopped, scan_and_save
 
     started = monotonic()
     repos = workspace.select(tags=tags)
@@ -725,5 +725,10 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
         except OSError as err:  # the repos are synced: say so in the table, and that the record failed
             notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
-        scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
+        try:
+            scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
+        except ScanStopped as stop:  # the sync is done and recorded: its warnings and counts go with the stop
+            done = SyncReport(outcomes, monotonic() - started, paths.sync_results_file).summary_line()
+            stop.notes += [*notes, f"every repo had synced ({done}); the closing scan was stopped"]
+            raise
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)

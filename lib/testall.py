@@ -31,7 +31,7 @@ from lib.gitstatus import confined_to, git_env
 from lib.paths import Paths
 from lib.remote.hosts import LOCAL
 from lib.runner import RunInterrupted, signal_name
-from lib.scan import scan_workspace, stoppable_git_reads
+from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
 from lib.workflows import Plan
 
@@ -99,18 +99,23 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     """
     started = monotonic()
     notes = unfinished_junit(junit_xml, plans)
-    before = tree_states(workspace, [plan.repo for plan in plans])
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
     to_run: list[Plan] = []
-    with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
-        for plan in plans:
-            since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
-                if changed else None
-            if since is None or hides_changes(plan.repo.local):
-                to_run.append(plan)
-            else:
-                cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    try:
+        before = tree_states(workspace, [plan.repo for plan in plans])
+        with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+            for plan in plans:
+                since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
+                    if changed else None
+                if since is None or hides_changes(plan.repo.local):
+                    to_run.append(plan)
+                else:
+                    cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+    except ScanStopped as stop:  # stopped before any test ran: CI's report says so, as for a stopped run
+        stop.notes += notes + junit_notes(junit_xml, stopped_outcomes(plans, [], {}), monotonic() - started,
+                                          signal_name(stop.signum))
+        raise
     to_run = longest_first(to_run, previous)
     begun: dict[str, float] = {}  # repo -> when its tests started (a pool thread writes, we read after the stop)
     try:
@@ -121,10 +126,16 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    after = tree_states(workspace, [plan.repo for plan in to_run])
-    with stoppable_git_reads():
-        trusted = mark_last_passed(run.outcomes, before, after, {plan.repo.name: command_text(plan) for plan in to_run},
-                                   {plan.repo.name: plan.repo.local for plan in to_run})
+    try:
+        after = tree_states(workspace, [plan.repo for plan in to_run])
+        with stoppable_git_reads():
+            trusted = mark_last_passed(run.outcomes, before, after,
+                                       {plan.repo.name: command_text(plan) for plan in to_run},
+                                       {plan.repo.name: plan.repo.local for plan in to_run})
+    except ScanStopped as stop:  # every repo was tested and recorded: CI's report says so, not "did not finish"
+        stop.notes += notes + run.notes + junit_notes(junit_xml, in_plan_order(plans, run.outcomes + cached),
+                                                      monotonic() - started)
+        raise
     # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
     if trusted or cached:
         run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)

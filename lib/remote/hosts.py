@@ -191,9 +191,10 @@ def add_host(path: Path, name: str, fields: dict[str, Any]) -> Host:
         table = tomli_w.dumps({"hosts": {name: spec}})
         new_text = text + ("\n" if text and not text.endswith("\n") else "") + ("\n" if text.strip() else "") + table
         hosts = parse_hosts(_parse_toml(new_text, path), path)
+        target = Path(os.path.realpath(path))  # a linked hosts.toml (dotfiles) stays a link: its file is replaced
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)  # the user's choice is kept
+            mode = stat.S_IMODE(os.stat(target).st_mode)  # the user's choice is kept
         except FileNotFoundError:
             mode = 0o600  # a new file is private, as it always was
-        write_text(path, new_text, mode)  # atomic and durable: `added host` is not undone by a crash
+        write_text(target, new_text, mode)  # atomic and durable: `added host` is not undone by a crash
         return hosts[name]

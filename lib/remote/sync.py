@@ -98,6 +98,7 @@ from lib.errors import OrchestratorError
 from lib.paths import Paths
 from lib.runner import RunInterrupted
 from lib.scan import ScanStopped
+from lib.signals import STOP_SIGNALS
 from lib.sync import run_sync
 paths = Paths(Path(args["home"]), Path(args["home"]) / "logs")
 done = []
@@ -118,7 +119,7 @@ except RunInterrupted as stop:
     result = {"outcomes": [o.to_json() for o in stop.results], "signal": stop.signum, "stopped": stop.stopped}
 except ScanStopped as stop:  # every repo was synced and recorded; the closing scan was stopped
     result = {"outcomes": [o.to_json() for o in done], "signal": stop.signum, "stopped": 0, "scan_stopped": True}
-for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+for signum in STOP_SIGNALS:
     signal.signal(signum, signal.SIG_IGN)  # stopped or not, what was done is reported
 if "signal" in result:  # whoever stopped us may no longer read our output: the result waits in a file too
     try:

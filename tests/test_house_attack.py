@@ -1,0 +1,126 @@
+"""A hostile review of the house refactors (issue 22): what a user sees when things stop, fail or drift."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from tests.conftest import stop_when, wait_gone
+from tests.sync_fixtures import wait_for_file
+from tests.test_sync_stop import reaped, results_of, slow_fsmonitor, start_sync
+
+
+def test_a_stop_in_syncs_closing_scan_still_says_what_the_sync_did_and_its_warnings(home, make_repo, tmp_path):
+    """The repos were synced and recorded; only the scan after it was stopped. The stop's one line came alone:
+    the sync's own warnings (a results file set aside) and what it did were never said (the host path says it)."""
+    repo = make_repo("steady")
+    subprocess.run(["git", "-C", str(repo.path), "checkout", "-q", "-b", "feature"], check=True)
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})  # main behind: moved with update-ref, no status
+    pid_file = slow_fsmonitor(repo.path, tmp_path)  # only the closing scan's `git status` runs it
+    home.add(repo)
+    results = home.path / "state" / "sync-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("{not json")
+    sync = start_sync(tmp_path)
+    out, _ = stop_when(sync, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert sync.returncode == 143 and "Traceback" not in out, out
+        assert "interrupted: scan stopped (SIGTERM)" in out.splitlines()[-1], out
+        assert "set aside as sync-results.json.corrupt" in out, out
+        assert "every repo had synced (synced 1 repos" in out and "1 updated" in out, out
+        assert results_of(home)["steady"]["status"] == "updated"
+        assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+
+
+def test_a_stop_in_test_alls_closing_scan_leaves_the_runs_junit_not_an_all_red_one(home, make_repo, tmp_path):
+    """Every repo was tested and recorded; the status read after the tests (what --changed compares) was
+    stopped. The JUnit file CI reads still said every repo errored ("did not finish"), and the run's own
+    warnings went unsaid: the stop's line came alone."""
+    import sys
+    from xml.etree import ElementTree
+
+    from tests.conftest import ROOT
+
+    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
+    hook = tmp_path / "fsmonitor-hook"  # holds only a `git status` after the tests ran: the closing scan's
+    hook.write_text(f"#!/bin/sh\nif [ -e '{ran}' ]; then echo $$ > '{pid_file}'; exec sleep 120; fi\nexit 1\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    home.add(repo, language="make")
+    bad = home.path / "state" / "test-results.json"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("{not json")
+    report = tmp_path / "out.xml"
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert run.returncode == 143 and "Traceback" not in out, out
+        assert "interrupted: scan stopped (SIGTERM)" in out.splitlines()[-1], out
+        assert "set aside as test-results.json.corrupt" in out, out
+        suite = ElementTree.parse(report).getroot().find("testsuite")
+        assert (suite.get("tests"), suite.get("errors"), suite.get("failures")) == ("1", "0", "0"), \
+            ElementTree.tostring(suite)
+        assert home.state("test-results.json")["results"][0]["status"] == "passed"
+
+
+def test_no_module_but_lib_signals_lists_the_stop_signals():
+    """Issue 22: one handling of the stop signals. The pool that holds them while it forks, the progress
+    ticker that holds them for good and the host's sync driver each kept a list of their own: one more stop
+    signal added to lib.signals would be raised there and still hit a fork half noted."""
+    import re
+
+    from tests.conftest import ROOT
+
+    listed = re.compile(r"\bSIG(INT|TERM|HUP)\b[,\s]+signal\.SIG(INT|TERM|HUP)\b[,\s]+signal\.SIG(INT|TERM|HUP)\b")
+    sources = sorted((ROOT / "lib").rglob("*.py"))
+    own = sorted(str(path.relative_to(ROOT)) for path in sources
+                 if path.name != "signals.py" and listed.search(path.read_text(encoding="utf-8")))
+    assert own == []
+
+
+def test_host_add_on_a_symlinked_hosts_toml_writes_the_file_it_points_to(home, inv, tmp_path):
+    """A hosts.toml kept in a dotfiles repo and linked in: the atomic rename replaced the link with a file of
+    its own, so the dotfiles copy never got the host and the link was gone (its mode came from the target)."""
+    import os
+
+    kept = tmp_path / "dotfiles" / "hosts.toml"
+    kept.parent.mkdir()
+    kept.write_text('[hosts.old]\nhost = "h"\nworkspace = "w"\n')
+    kept.chmod(0o640)
+    link = home.path / "config" / "hosts.toml"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(kept)
+    result = inv("host.add", "new", "--host", "10.0.0.5", "--workspace", "/srv/src")
+    assert result.code == 0, result.err
+    assert link.is_symlink() and os.readlink(link) == str(kept)
+    assert "[hosts.new]" in kept.read_text() and "[hosts.old]" in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o640
+    assert inv("host.list").code == 0
+
+
+def test_a_stop_in_test_alls_status_read_before_the_tests_says_not_run_interrupted_in_junit(home, make_repo, tmp_path):
+    """Stopped before any test ran: as a run stopped by Ctrl-C (every repo `skipped: not run: interrupted`, the
+    suite `interrupted by SIGTERM`), not the report of a run killed outright (every repo an error)."""
+    import sys
+    from xml.etree import ElementTree
+
+    from tests.conftest import ROOT
+
+    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
+    hook = tmp_path / "fsmonitor-hook"
+    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
+    hook.chmod(0o755)
+    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    home.add(repo, language="make")
+    report = tmp_path / "out.xml"
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
+    with reaped(int(pid_file.read_text().split()[0])):
+        assert run.returncode == 143 and "Traceback" not in out, out
+        assert not ran.exists()
+        suite = ElementTree.parse(report).getroot().find("testsuite")
+        assert "interrupted by SIGTERM" in suite.get("name"), ElementTree.tostring(suite)
+        assert (suite.get("errors"), suite.get("skipped")) == ("0", "1"), ElementTree.tostring(suite)
