@@ -255,7 +255,7 @@ def start_watchdog() -> None:
             return
         try:
             _watchdog_process = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
+                [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
                 start_new_session=True,
                 # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
