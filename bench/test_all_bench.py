@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,18 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.skewed:
         return skewed(args.jobs if args.jobs != 8 else 2)
     durations = [round(0.5 + 2.0 * i / max(1, args.repos - 1), 2) for i in range(args.repos)]
-    specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
-                      {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="test-all-bench-") as tmp:
-        home = Path(tmp) / "ws"
-        generate(home, specs)
-        env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_LOG_DIR": str(Path(tmp) / "logs")}
+    with sleeping_suites(durations) as (run_tests, home):
         for jobs in sorted({1, args.jobs}):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", str(jobs)],
-                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wall = time.perf_counter() - start
+            wall = run_tests(jobs)
             results = json.loads((home / "state" / "test-results.json").read_text())["results"]
             assert all(r["status"] == "passed" for r in results)
             rows.append([args.repos, jobs, f"{sum(durations):.1f}", f"{max(durations):.1f}", f"{wall:.2f}",
@@ -62,22 +56,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def skewed(jobs: int) -> int:
     durations = [0.5] * 7 + [3.0]
-    specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
-                      {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="test-all-bench-") as tmp:
-        home = Path(tmp) / "ws"
-        generate(home, specs)
-        env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_LOG_DIR": str(Path(tmp) / "logs")}
+    with sleeping_suites(durations) as (run_tests, _):
         for run in ("first (no durations known)", "second (longest first)"):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", str(jobs)],
-                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wall = time.perf_counter() - start
+            wall = run_tests(jobs)
             rows.append([run, jobs, f"{sum(durations):.1f}", f"{max(max(durations), sum(durations) / jobs):.1f}",
                          f"{wall:.2f}"])
     print(plain_table(rows, ["run", "jobs", "sum s", "max(slowest, sum/jobs) s", "wall s"]))
     return 0
+
+
+@contextmanager
+def sleeping_suites(durations: list[float]) -> Iterator[tuple[Callable[[int], float], Path]]:
+    """A generated workspace of one repo per duration whose test sleeps that long; yields a function that runs
+    test-all with N jobs and returns its wall time, and the workspace's home."""
+    specs = [RepoSpec(f"suite-{i:02d}", "make", "clean",
+                      {"Makefile": f"test:\n\t@sleep {d}; echo ok\n"}) for i, d in enumerate(durations)]
+    with tempfile.TemporaryDirectory(prefix="test-all-bench-") as tmp:
+        home = Path(tmp) / "ws"
+        generate(home, specs)
+        env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "ORCHESTRATOR_LOG_DIR": str(Path(tmp) / "logs")}
+
+        def run_tests(jobs: int) -> float:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--jobs", str(jobs)],
+                           env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+        yield run_tests, home
 
 
 if __name__ == "__main__":
