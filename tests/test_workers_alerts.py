@@ -16,6 +16,7 @@ from typing import Any
 
 from conftest import ROOT, git
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as cli, status_document as status  # noqa: E402
 
 from rich.console import Console
 
@@ -83,17 +84,6 @@ def try_ended(proj, worker: int, try_id: int) -> None:
 def runs(proj, number: int) -> int:
     count = proj.script.parent / "runs" / f"{number}.count"
     return int(count.read_text()) if count.exists() else 0
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=60)
-
-
-def status() -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def logged_alerts(proj) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, git, process_running, require_tool, wait_gone
 from test_workers_alerts import rogue
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as orchestrator  # noqa: E402
 
 from orchestrator import worktrees
 from orchestrator.act import Executor
@@ -25,10 +26,6 @@ from orchestrator.run import open_run
 
 PACKAGE = ROOT / "scripts" / "proof-workers"
 
-
-def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=120)
 
 # An agent that starts a daemon the way `env -i setsid sh -c 'cmd &'` does: the daemon drops the whole
 # environment (so the try's ORCHESTRATOR_TRY tag too), leaves the agent's process group and session, and
@@ -313,7 +310,6 @@ def test_is_ancestor_tells_yes_no_and_cannot_tell_apart(make_repo):
     assert worktrees.is_ancestor(repo, base, "HEAD") and not worktrees.is_ancestor(repo, top, base)
     with pytest.raises(worktrees.GitFailed, match="merge-base"):
         worktrees.is_ancestor(repo, "1" * 40, "HEAD")
-
 
 
 def test_a_file_name_that_is_not_utf8_never_stops_the_monitor_or_cleanup(project):

@@ -3,20 +3,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from conftest import ROOT, git, wait_gone
 from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as orchestrator  # noqa: E402
 
 from orchestrator import worktrees  # noqa: E402
 
 PACKAGE = ROOT / "scripts" / "proof-workers"
-
-
-def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=60)
 
 
 def add_worktree(proj, number: int) -> Path:

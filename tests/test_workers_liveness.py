@@ -2,7 +2,6 @@
 reported dead, a try lost to tmux dying costs no retry. Real tmux on a private socket, real git, scripted agents."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from conftest import ROOT, git, process_running, wait_gone
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as orchestrator, status_document as status  # noqa: E402
 
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
@@ -34,17 +34,6 @@ Path("work.txt").write_text("done\n")
 for args in (["add", "-A"], ["commit", "-q", "-m", "work"]):
     subprocess.run(["git", "-c", "user.name=A", "-c", "user.email=a@example.com", *args], check=True)
 '''
-
-
-def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=60)
-
-
-def status() -> dict:
-    result = orchestrator("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_processes_an_agent_leaves_die_when_its_try_ends_even_outside_its_group(project, tmp_path):

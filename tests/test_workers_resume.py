@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ROOT, git
 from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as cli  # noqa: E402
 
 from orchestrator.decide import Action, Pause, Settings, Snapshot, State, WorkerView, decide  # noqa: E402
 from orchestrator.queue import IssueRef, IssueView  # noqa: E402
@@ -127,11 +128,6 @@ def test_a_real_run_resumes_the_issue_first_on_its_worker_and_keeps_its_commits(
 
 
 # --- item 8: --workers 0, idle workers, worktree_base inside a repository -----------------------------------
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_workers_0_is_a_usage_error_and_no_flag_keeps_the_configs_number_in_both_front_doors(project, inv):

@@ -16,23 +16,13 @@ from typing import Any, Callable
 
 from conftest import ROOT, process_running, wait_gone
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as cli, status_document as status  # noqa: E402
 
 from orchestrator.decide import cycle_from_json, decide
 from orchestrator.run import open_run
 from orchestrator.state import read_lines
 
 PACKAGE = ROOT / "scripts" / "proof-workers"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=120)
-
-
-def status() -> dict:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def start_monitor() -> subprocess.Popen[str]:

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT, git
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as cli, status_document as status  # noqa: E402
 
 from orchestrator.decide import Action, Command, Settings, State, WorkerView, cycle_from_json, decide
 from orchestrator.monitor import monitor
@@ -28,11 +29,6 @@ from orchestrator.state import read_lines
 
 PACKAGE = ROOT / "scripts" / "proof-workers"
 SETTINGS = Settings(max_retries=2, stall_timeout=100, wall_clock_timeout=1000)
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(env),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def start_monitor(env: dict[str, str] | None = None, cycle: str = "30") -> subprocess.Popen[str]:
@@ -73,12 +69,6 @@ def group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != b"Z":
                 return True
     return False
-
-
-def status() -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def failure_of(number: int) -> str:
@@ -508,7 +498,6 @@ def test_a_monitor_waits_for_a_verb_that_holds_the_lock_but_refuses_at_once_besi
         refused = start_monitor(cycle="0.2")
         out, err = refused.communicate(timeout=30)
     assert refused.returncode == 2 and "another monitor is running for demo" in err, (out, err)
-
 
 
 def test_a_planted_or_malformed_queue_file_is_answered_once_and_never_followed_elsewhere(project):

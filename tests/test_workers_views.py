@@ -10,16 +10,12 @@ from rich.console import Console
 
 from conftest import ROOT
 from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as orchestrator  # noqa: E402
 
 from orchestrator.dashboard import render, run_dashboard  # noqa: E402
 
 PACKAGE = ROOT / "scripts" / "proof-workers"
 TITLE = "[bold red]not markup[/] \"q\"; $(x)\nline two ✓"
-
-
-def orchestrator(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=PACKAGE, env=monitor_env(),
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_status_shows_blocked_waiting_and_next_eligible_and_the_dashboard_draws_the_same(project):

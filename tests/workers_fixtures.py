@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -177,3 +178,17 @@ def monitor_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **(extra or {})}
     env.pop("PYTHONPATH", None)
     return env
+
+
+def orchestrator_cli(*args: str, env: dict[str, str] | None = None,
+                     timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python3 -m orchestrator ARGS` as a user runs it, from the package directory, with the test's env."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT / "scripts" / "proof-workers",
+                          env=monitor_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def status_document() -> dict[str, Any]:
+    """`status --json`, which must succeed."""
+    result = orchestrator_cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
