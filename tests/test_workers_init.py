@@ -191,6 +191,22 @@ def test_init_writes_a_starter_config_from_repos_json_that_loads(make_repo, home
     assert not str(cfg.repos["app"].worktree_base).startswith(str(handle.path) + "/")
 
 
+def test_init_writes_a_plain_files_mode_not_a_temp_files(make_repo, home, capsys):
+    """The starter is the user's config: readable as any file they write (0o666 less the umask), not mkstemp's
+    owner-only 0600."""
+    import os
+
+    python_repo(make_repo, home)
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, "init", "--repo", "app")
+    finally:
+        os.umask(old)
+    assert (code, err) == (0, "")
+    assert (home.path / "config" / "proof-issues.json").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in (home.path / "config").iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_init_takes_a_repos_own_commands(make_repo, home, capsys):
     python_repo(make_repo, home, commands={"build": "make -j4", "test": "tox -e py311"})
 

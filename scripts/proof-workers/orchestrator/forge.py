@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 from lib.errors import OrchestratorError, clip
 from orchestrator.worktrees import clean_env
 
-PLATFORMS = ("github", "gitlab")
 CALL_TIMEOUT_S = 60.0
 MAX_OUTPUT = 4 * 1024 * 1024  # a CLI's output kept (failed logs can be huge): the end is what matters
 # What would make gh or glab act on another repository or host than the one we name, or prompt.
@@ -270,7 +269,9 @@ class Forge:
     # The interface; each platform implements the underscored forms. JSON of another shape than documented
     # (a field missing, a list for an object) is one ForgeError, never a traceback in the monitor.
     def auth(self) -> None:
-        raise NotImplementedError
+        """Whether the CLI is logged in (for this host): both CLIs take the same `auth status [--hostname H]`."""
+        args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
+        self.checked(args, named=False)
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         raise NotImplementedError
@@ -366,10 +367,6 @@ def _tail_lines(text: str, lines: int) -> str:
 class GitHub(Forge):
     tool = "gh"
 
-    def auth(self) -> None:
-        args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
-        self.checked(args, named=False)
-
     def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["pr", "list", "--head", head, "--state", "all", "--json",
                                "number,url,state,headRefName,baseRefName,isCrossRepository"])
@@ -442,10 +439,6 @@ class GitHub(Forge):
 class GitLab(Forge):
     tool = "glab"
     repo_flag = "-R"
-
-    def auth(self) -> None:
-        args = ["auth", "status"] + (["--hostname", self.repo.host] if self.repo.host else [])
-        self.checked(args, named=False)
 
     def _find(self, head: str, base: str) -> PullRequest | None:
         called = self.checked(["mr", "list", "--source-branch", head, "--all", "--output", "json"])

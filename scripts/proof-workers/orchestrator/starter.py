@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.paths import Paths
+from lib.statefile import fsync_dir, write_temp
 from orchestrator.config import NAME, VALID_STAGES, ProjectConfig, config_files, load_config, parse_config
 
 
@@ -121,18 +121,20 @@ def init(paths: Paths, repo_name: str, pipeline: str = "", config: Path | None =
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OrchestratorError(f"init: cannot write {path}: {err.strerror or err}") from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        # statefile's temp file: a plain file's mode and fsynced; linked, not renamed, so it never replaces one
+        tmp = write_temp(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         os.link(tmp, path)  # fails if the file appeared meanwhile: never replaced
+        fsync_dir(path.parent)
     except FileExistsError:
         raise OrchestratorError(f"init: {path} exists; not overwriting it (move it away, or give --config "
                                 "another file)") from None
     except OSError as err:
         raise OrchestratorError(f"init: cannot write {path}: {err.strerror or err}") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 

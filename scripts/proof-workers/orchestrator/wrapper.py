@@ -160,7 +160,10 @@ class Feeder:
 
     def _poll(self) -> None:
         while not self.closed:
-            self.forward()
+            try:
+                self.forward()
+            except OSError:
+                pass  # the inbox or its lock unreadable for now (a full disk): the next pass tries again
             time.sleep(0.2)
 
     def forward(self, close_if_idle: bool = False) -> None:
@@ -189,8 +192,11 @@ class Feeder:
                 self.sent.add(doc["id"])
                 self.events += 1
                 self.last_forward = self.events
-                with open(self.delivered, "a", encoding="utf-8") as out:
-                    out.write(json.dumps({"id": doc["id"], "at": _stamp()}) + "\n")
+                try:
+                    with open(self.delivered, "a", encoding="utf-8") as out:
+                        out.write(json.dumps({"id": doc["id"], "at": _stamp()}) + "\n")
+                except OSError:
+                    pass  # not noted (a full disk): never worth the event stream or the forwarding thread
             if close_if_idle and self.last_forward <= self.last_reply:  # (0, 0): a result with no reply at all
                 self._close()
 
