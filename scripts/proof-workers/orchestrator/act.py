@@ -1,8 +1,9 @@
 """Carry out decided actions: worktrees, pushes, issue status, and tries started or killed in tmux panes.
 
 Every step is written so that a monitor killed between two steps resumes
-correctly: the worker record changes before the pane does, and the config's
-issue status follows the record (reconcile repairs the gap).
+correctly: the worker record changes before the pane does (each change one
+transition of orchestrator.worker.Worker), and the config's issue status
+follows the record (reconcile repairs the gap).
 
 Over 500 lines, one job: one method per action kind decide() returns.
 """

@@ -135,7 +135,8 @@ def _setting_up(setup: dict[str, Any], path: Path, now: float) -> bool:
 
 def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
              now: float) -> Snapshot:
-    """Probe one busy worker; updates the record's progress marks (the caller saves it)."""
+    """Probe one busy worker; updates the record's progress marks (the caller saves them). A try found started,
+    or a rate-limit streak found over, is the worker's own transition (orchestrator.worker), saved at once."""
     alive = agent_alive(table, pane, files, record)
     # Read the signal after the processes: a wrapper seen dead has already written it.
     exit_code = files.read_signal(record.worker_id, record.try_id)
