@@ -1,8 +1,9 @@
 """Carry out decided actions: worktrees, pushes, issue status, and tries started or killed in tmux panes.
 
 Every step is written so that a monitor killed between two steps resumes
-correctly: the worker record changes before the pane does, and the config's
-issue status follows the record (reconcile repairs the gap).
+correctly: the worker record changes before the pane does (each change one
+transition of orchestrator.worker.Worker), and the config's issue status
+follows the record (reconcile repairs the gap).
 
 Over 500 lines, one job: one method per action kind decide() returns.
 """
@@ -28,6 +29,7 @@ from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
+from orchestrator.worker import Worker
 from orchestrator.wrapper import TRY_VAR
 
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
@@ -121,8 +123,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     worktree_setup.state_path(files.signal(w, t)).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
-    record.agent = agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent)
-    record.events_offset = 0
+    worker = Worker(record, files)
+    worker.prepare_try(agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent))
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
@@ -154,25 +156,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     pane = tmux.panes(run.server, run.session)[window]
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
-    record.pane = pane.identity
-    record.launched = True
-    # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
-    record.started_at = record.last_progress_at = run.clock()
-    record.start_failures = 0
-    files.save_worker(record)
-
-
-def _next_try(run: Run, record: WorkerRecord) -> None:
-    record.try_id += 1
-    record.launched = False
-    record.started_at = run.clock()
-    record.last_progress_at = run.clock()
-    record.last_fingerprint = ""
-
-
-def _free(run: Run, record: WorkerRecord) -> None:
-    record.reset()
-    run.files.save_worker(record)
+    worker.started(pane.identity, run.clock())
 
 
 class Executor:
@@ -183,7 +167,7 @@ class Executor:
         self.records = records
         self.say = say
         self.stopped: set[int] = set()
-        self.launched = 0
+        self.assigned = 0  # issues taken this cycle (stagger_delay waits between them)
 
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -194,13 +178,13 @@ class Executor:
                 HANDLERS[action.kind](self, action, record)
             except OrchestratorError as err:
                 self.stopped.add(action.worker)
-                record.last_reason = str(err)
-                if record.issue_number is not None and not record.launched:
-                    record.start_failures += 1  # decide stops resuming a try that never starts
-                self.run.files.save_worker(record)
+                self._worker(record).action_failed(str(err))  # decide stops resuming a try that never starts
                 self.run.files.log_event({"action": "error", "worker": action.worker, "issue": _num(action.issue),
                                           "during": action.kind, "error": str(err)})
                 self.say(f"worker {action.worker}: {action.kind} failed: {err}")
+
+    def _worker(self, record: WorkerRecord) -> Worker:
+        return Worker(record, self.run.files)
 
     def _issue(self, ref: IssueRef) -> tuple[ProjectConfig, Issue]:
         cfg = self.run.config_of(ref.project)
@@ -234,9 +218,7 @@ class Executor:
             retry = getattr(err, "retry", False)  # a pin to fix (ConfigError) will not fix itself
             self._push_failed(action, record, branch, str(err), retry)
             return
-        if record.push_failures:
-            record.push_failures = 0
-            self.run.files.save_worker(record)
+        self._worker(record).pushed()
         if pushed:
             self.run.files.log_event({"action": "push", "worker": action.worker, "issue": _num(action.issue),
                                       "project": cfg.project, "branch": branch, "sha": sha, "url": pin.url})
@@ -244,13 +226,7 @@ class Executor:
 
     def _push_failed(self, action: Action, record: WorkerRecord, branch: str, error: str, retry: bool) -> None:
         self.stopped.add(action.worker)
-        record.push_failures += 1
-        record.last_reason = (f"push failed (attempt {record.push_failures}, will retry): {error}" if retry
-                              else f"push failed: {error}")
-        self.run.files.save_worker(record)
-        self.run.files.log_event({"action": "push_failed", "worker": action.worker, "issue": _num(action.issue),
-                                  "project": action.issue.project if action.issue else None, "error": error,
-                                  "retry": retry})
+        self._worker(record).push_failed(error, retry)
         if retry:
             self.say(f"worker {action.worker}: push of {branch} failed, retrying next cycle: {error}")
         else:
@@ -258,27 +234,16 @@ class Executor:
 
     def do_advance_stage(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        record.stage_index += 1
-        record.stage = cfg.pipeline[record.stage_index]
-        record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
-        record.retry_count = 0
-        record.lost_tries = 0
-        record.nudged = False
-        record.push_failures = 0
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
+        base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")  # before: whole or not at all
+        self._worker(record).advance_stage(pipeline=cfg.pipeline, stage_base=base, now=self.run.clock())
         configs.set_issue(cfg.path, issue.number, pipeline_stage=record.stage_index)
-        self.run.files.log_event({"action": "advance_stage", "worker": action.worker, "issue": issue.number,
-                                  "stage": record.stage})
         self.say(f"worker {action.worker}: #{issue.number} advances to {record.stage}")
         start_try(self.run, record)
 
     def do_mark_complete(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         configs.set_issue(cfg.path, issue.number, status="completed")
-        _free(self.run, record)
-        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project})
+        self._worker(record).complete()
         self.say(f"worker {action.worker}: #{issue.number} completed")
 
     # --- the pull-request loop (orchestrator.pulls does the work) ---------------------------------------------
@@ -289,7 +254,7 @@ class Executor:
             created = pulls.open_pr(self.run.state_root, cfg, issue, record, self.run.clock())
         except OrchestratorError as err:  # the branch stays, pushed: the PR can be opened by hand
             if pulls.open_failed(record, err, self.run.clock(), cfg.review.poll_seconds):
-                self.run.files.save_worker(record)
+                self._worker(record).save()
                 self.run.files.log_event({"action": "pr_open_failed", "worker": action.worker, "issue": issue.number,
                                           "project": cfg.project, "error": str(err),
                                           "failures": record.pr["open_failures"]})
@@ -298,7 +263,7 @@ class Executor:
             self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue, f"pull request not opened: {err}"),
                          record)
             return
-        self.run.files.save_worker(record)
+        self._worker(record).save()
         self.run.files.log_event({"action": "pr_opened" if created else "pr_adopted", "worker": action.worker,
                                   "issue": issue.number, "project": cfg.project, "url": record.pr["url"]})
         self.say(f"worker {action.worker}: #{issue.number} {'opened' if created else 'adopted'} {record.pr['url']}")
@@ -306,20 +271,14 @@ class Executor:
     def do_watch_pr(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         pulls.watch_again(self.run.state_root, cfg, issue, record, self.run.clock())
-        self.run.files.save_worker(record)
-        self.run.files.log_event({"action": "pr_watch", "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project})
+        self._worker(record).watch_pr(cfg.pipeline)
 
     def _pr_stage(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
+        base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
         pulls.start_stage(self.run.state_root, cfg, issue, record, action.kind)
-        record.retry_count = record.lost_tries = record.push_failures = 0
-        record.nudged = False
-        record.last_reason = action.reason
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
-        self.run.files.log_event({"action": action.kind, "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project, "reason": action.reason})
+        self._worker(record).enter_pr_stage(kind=action.kind, stage_base=base, reason=action.reason,
+                                            now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {action.kind}: {action.reason}")
         start_try(self.run, record)
 
@@ -328,12 +287,12 @@ class Executor:
     def do_merge_pr(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         record.pr["merging"] = True  # saved first: a merge that went through but was never answered is ours too
-        self.run.files.save_worker(record)
+        self._worker(record).save()
         try:
             outcome = pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
             record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
-            self.run.files.save_worker(record)
+            self._worker(record).save()
             self.run.files.log_event({"action": "merge_failed", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "error": str(err)})
             if record.pr["merge_failures"] >= pulls.MAX_MERGE_ATTEMPTS:
@@ -345,8 +304,7 @@ class Executor:
             # A merge queue or auto-merge took it: watched (merging stays set) until the forge shows it merged,
             # closed, or dropped from the queue; the wait counts against no limit.
             record.pr.update(merge_queued=str(record.pr.get("head") or "") or "?", merge_failures=0)
-            record.last_reason = "PR open, checks passing, merging (queued)"
-            self.run.files.save_worker(record)
+            self._worker(record).note("PR open, checks passing, merging (queued)")
             self.run.files.log_event({"action": "merge_queued", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "url": record.pr.get("url")})
             self.say(f"worker {action.worker}: #{issue.number} merging (queued): {record.pr.get('url')}")
@@ -364,18 +322,14 @@ class Executor:
             pulls.save(self.run.state_root, cfg.project, issue.number, state="merged", phase="merged",
                        checks="passing")
         configs.set_issue(cfg.path, issue.number, status="completed")
-        _free(self.run, record)
-        self.run.files.log_event({"action": "mark_complete", "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project, "pr": action.reason})
+        self._worker(record).complete(pr=action.reason)
         self.say(f"worker {action.worker}: #{issue.number} completed (PR {action.reason})")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         kill_try(self.run, record)
         configs.set_issue(cfg.path, issue.number, status="failed")
-        _free(self.run, record)
-        self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
-                                  "project": cfg.project, "reason": action.reason})
+        self._worker(record).fail(action.reason)
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
 
     def do_idle(self, action: Action, record: WorkerRecord) -> None:
@@ -400,8 +354,8 @@ class Executor:
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
             if not self._set_up(action, cfg, issue, Path(record.worktree)):
-                kill_try(self.run, record)  # the issue failed in _set_up: the worker is free again
-                _free(self.run, record)
+                kill_try(self.run, record)  # the issue failed in _set_up (its skip journalled there)
+                self._worker(record).free()
                 return False
         elif record.worktree and record.branch:
             worktree = Path(record.worktree)
@@ -458,14 +412,8 @@ class Executor:
         # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
         # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
         # judges the ended try again, so never counts it twice.
-        if action.counted:
-            record.retry_count += 1
-        else:
-            record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
-        record.nudged = record.nudged or action.nudge
-        record.last_reason = action.reason
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
+        self._worker(record).restart(counted=action.counted, nudge=action.nudge, reason=action.reason,
+                                     continuation=action.continuation, session=session or None, now=self.run.clock())
         if not self._restore_worktree(action, record):
             return
         continuation = ""
@@ -477,10 +425,6 @@ class Executor:
                 commits, stat = f"(unavailable: {err})", ""
             continuation = prompts.continuation_text(action.reason, commits, stat, _log_tail(ended_log),
                                                      action.nudge)
-        self.run.files.log_event({"action": "restart", "worker": action.worker, "issue": issue.number,
-                                  "retry_count": record.retry_count, "counted": action.counted,
-                                  "reason": action.reason,
-                                  "continuation": action.continuation, "session": session or None})
         self.say(f"worker {action.worker}: restarting #{issue.number}: {action.reason}")
         start_try(self.run, record, continuation, session)
 
@@ -492,12 +436,12 @@ class Executor:
         now = self.run.clock()
         path = pauses.pause_file(self.run.state_root, cfg.project)
         kind = record.agent.get("kind") or cfg.agent
-        if action.reason.startswith("rate_limit"):
-            record.rate_limits += 1
+        rate_limited = action.reason.startswith("rate_limit")
+        if rate_limited:
             reset = agents.reset_at(record.agent)
             first, longest = RATE_LIMIT_BACKOFF
             wait = reset - now if reset and 0 < reset - now <= MAX_RESET_WAIT else \
-                min(first * 2 ** (record.rate_limits - 1), longest)
+                min(first * 2 ** record.rate_limits, longest)  # this limit is the (rate_limits + 1)th in a row
             until = now + wait
             pauses.add(path, "rate_limit", f"worker {record.worker_id} #{issue.number}: {action.reason}", now,
                        until=until)
@@ -507,17 +451,14 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        record.last_reason = action.reason
         kill_try(self.run, record)
-        _next_try(self.run, record)  # not launched: decide resumes it when the pause no longer holds
-        self.run.files.save_worker(record)
-        self.run.files.log_event({"action": "hold", "worker": action.worker, "issue": issue.number,
-                                  "reason": action.reason, "until": pauses.stamp(until) if until else None})
+        self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
+                                  until=pauses.stamp(until) if until else None, now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
 
     def do_reassign(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        if self.launched and cfg.stagger_delay:
+        if self.assigned and cfg.stagger_delay:
             self.run.sleep(cfg.stagger_delay)
         repo = cfg.repo_for(issue)
         branch, path = cfg.branch_for(issue), cfg.worktree_for(issue)
@@ -549,26 +490,20 @@ class Executor:
             return
         if not worktree_setup.done(path) and not self._set_up(action, cfg, issue, path):
             return
-        record.reset()
-        record.status, record.project, record.issue_number = "running", cfg.project, issue.number
-        record.branch, record.worktree = branch, str(path)
-        record.push_url = pins.pinned(self.run.state_root, cfg.project, repo.name).url
-        # A resumed issue with nothing left of it starts over from its first stage.
-        record.stage_index = 0 if source == resume_from.FRESH else issue.pipeline_stage
-        record.stage = cfg.pipeline[record.stage_index]
-        record.stage_base = worktrees.branch_head(path, branch)
-        _next_try(self.run, record)
-        self.run.files.save_worker(record)
-        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker,
-                          pipeline_stage=record.stage_index)
         # Where the branch forked from the default branch, before its agent runs: what `diff ISSUE` shows against.
         base = show.merge_base(repo.path, branch, repo.default_branch)
-        self.run.files.log_event({"action": "reassign", "worker": action.worker, "new_issue": issue.number,
-                                  "project": cfg.project, "branch": branch, "resumed": source, "base": base})
+        self._worker(record).assign(
+            project=cfg.project, issue=issue.number, branch=branch, worktree=str(path),
+            push_url=pins.pinned(self.run.state_root, cfg.project, repo.name).url, pipeline=cfg.pipeline,
+            # A resumed issue with nothing left of it starts over from its first stage.
+            stage_index=0 if source == resume_from.FRESH else issue.pipeline_stage,
+            stage_base=worktrees.branch_head(path, branch), resumed=source, base=base, now=self.run.clock())
+        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker,
+                          pipeline_stage=record.stage_index)
         self.say(f"worker {action.worker}: " + (resume_from.say(issue.number, record.stage, source) if source else
                                                  f"takes #{issue.number} ({record.stage})"))
         start_try(self.run, record)
-        self.launched += 1
+        self.assigned += 1
 
 
 # Each kind decide returns, to its method; retry, send and refuse (decide.COMMAND_KINDS) are commands.execute's.

@@ -16,6 +16,7 @@ from orchestrator.heartbeat import Heartbeat
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
+from orchestrator.worker import Worker
 
 
 @dataclass
@@ -125,10 +126,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
             continue
         kill_try(run, record)
         say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
-        run.files.log_event({"action": "release", "worker": record.worker_id, "issue": record.issue_number,
-                             "status": issue.status if issue else "gone"})
-        record.reset()
-        run.files.save_worker(record)
+        Worker(record, run.files).release(issue.status if issue else "gone")
 
 
 def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
@@ -139,8 +137,7 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
             # A previous run had more workers: stop this one's agent, its issue goes back to the queue.
             kill_try(run, record)
             say(f"worker {extra} is beyond --workers {run.num_workers}: #{record.issue_number} goes back to the queue")
-            record.reset()
-            run.files.save_worker(record)
+            Worker(record, run.files).free()
     records = run.files.load_workers(run.num_workers)
     release_finished(run, records, say)
     for record in records:

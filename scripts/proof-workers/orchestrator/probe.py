@@ -17,6 +17,7 @@ from orchestrator import agents, worktree_setup, worktrees
 from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
+from orchestrator.worker import Worker
 
 
 def read_pid(path: Path) -> int | None:
@@ -134,14 +135,16 @@ def _setting_up(setup: dict[str, Any], path: Path, now: float) -> bool:
 
 def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], files: RunFiles,
              now: float) -> Snapshot:
-    """Probe one busy worker; updates the record's progress marks (the caller saves it)."""
+    """Probe one busy worker; updates the record's progress marks (the caller saves them). A try found started,
+    or a rate-limit streak found over, is the worker's own transition (orchestrator.worker), saved at once."""
     alive = agent_alive(table, pane, files, record)
     # Read the signal after the processes: a wrapper seen dead has already written it.
     exit_code = files.read_signal(record.worker_id, record.try_id)
     setup_file = worktree_setup.state_path(files.signal(record.worker_id, record.try_id))
     setup = worktree_setup.read_state(setup_file)  # after the signal: the wrapper writes it first
-    if not record.launched and (alive or exit_code is not None):
-        record.launched = True  # the monitor died after starting this try, before recording it: never start it twice
+    worker = Worker(record, files)
+    if alive or exit_code is not None:
+        worker.found_started()  # the monitor died after starting this try, before recording it: never start it twice
     worktree = Path(record.worktree or "")
     head, changes, new = None, "", 0
     if record.worktree and worktree.is_dir() and record.branch:
@@ -158,10 +161,10 @@ def snapshot(record: WorkerRecord, pane: Pane | None, table: dict[int, Proc], fi
         read = read_events(files, record, now)
     if before != {key: record.agent.get(key) for key in USAGE_KEYS}:
         record_usage(files, record)
-    if record.rate_limits and record.launched and record.agent.get("turns") and not record.agent.get("rate_limited"):
+    if record.launched and record.agent.get("turns") and not record.agent.get("rate_limited"):
         # a model call of this try went through: the next limit backs off from the start (a held try not yet
         # started still shows the last try's tally, whose turns came before its limit)
-        record.rate_limits = 0
+        worker.model_call_went_through()
     stop, detail = agents.stop_of(record.agent) if exit_code is not None else ("", "")
     mark = fingerprint(files, record, head, changes)
     if mark != record.last_fingerprint or record.last_progress_at is None:

@@ -233,10 +233,10 @@ def open_failed(record: WorkerRecord, err: OrchestratorError, now: float, poll_s
 
 
 def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, now: float) -> None:
-    """A fix_ci or address_review stage was pushed: back to watching, this time for the new head."""
+    """A fix_ci or address_review stage was pushed: back to watching, this time for the new head (the record's
+    stage goes back with orchestrator.worker's watch_pr)."""
     record.pr.update(watching=True, in_stage=False, polled_at=now, quiet_polls=0, quiet_since=None,
                      head=worktrees.branch_head(cfg.repo_for(issue).path, record.branch or "") or "")
-    record.stage = cfg.pipeline[record.stage_index]
     save(state_root, cfg.project, issue.number, checks="pending", phase="pr_open")
 
 
@@ -264,7 +264,8 @@ def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Worke
 
 
 def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: str) -> None:
-    """Turn the record into a fix_ci / address_review stage on the same branch (the caller starts the try)."""
+    """The PR loop's part of a fix_ci / address_review stage on the same branch (the worker's own part and the
+    try: the caller's, orchestrator.worker)."""
     task = stage_task(state_root, cfg, issue, record, kind)
     last = record.pr.get("last") or {}
     counter = "ci_fixes" if kind == "fix_ci" else "review_rounds"
@@ -273,8 +274,6 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
                      **{counter: int(record.pr.get(counter) or 0) + 1})
     if kind == "address_review":
         record.pr["review_seen"] = str(last.get("review_id") or "")
-    record.stage = kind
-    record.stage_base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
     save(state_root, cfg.project, issue.number, phase="ci_failed" if kind == "fix_ci" else "changes_requested",
          checks="failing" if kind == "fix_ci" else (last.get("checks") or "pending"), merge_queued=False,
          **{counter: record.pr[counter]})

@@ -42,10 +42,6 @@ class WorkerRecord:
     rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
     pr: dict[str, Any] = field(default_factory=dict)  # the issue's pull-request loop (orchestrator.pulls)
 
-    def reset(self) -> None:
-        """Back to an idle worker; the try counter keeps growing so no file of an old try is reused."""
-        self.__dict__.update(WorkerRecord(self.worker_id, try_id=self.try_id).__dict__)
-
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}

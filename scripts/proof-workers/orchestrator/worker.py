@@ -1,0 +1,250 @@
+"""One worker's lifecycle: every change of its record, checked, saved, then journalled as the event it always was.
+
+free -> assign -> (prepare_try -> started) -> restart | hold | advance_stage | enter_pr_stage | watch_pr -> ...
+-> complete | fail | release | free. Every value a transition needs is computed by the caller first, so a
+transition either happens whole or (an illegal one: OrchestratorError, one line) not at all: a git call failing
+halfway never leaves a half-changed record to be saved by the error path. decide() never sees a Worker; it
+judges views of the records (monitor.worker_views).
+
+The record's other fields are observations their owners write and this module saves: the probe's progress marks
+(`agent`, `events_offset`, `last_fingerprint`, `last_progress_at`), the PR loop's `pr` (orchestrator.pulls)
+and `last_reason`, the note of whoever judged the worker last. tests/test_workers_lifecycle.py keeps every
+other module from assigning a field of LIFECYCLE_FIELDS.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Sequence
+
+from lib.errors import OrchestratorError
+from orchestrator.config import PR_STAGES
+from orchestrator.state import RunFiles, WorkerRecord
+
+OBSERVATIONS = frozenset({"agent", "events_offset", "last_fingerprint", "last_progress_at", "pr", "last_reason"})
+LIFECYCLE_FIELDS = frozenset(f.name for f in fields(WorkerRecord)) - OBSERVATIONS - {"worker_id"}
+
+
+class IllegalTransition(OrchestratorError):
+    """A transition the worker's state does not allow (a bug, or a record edited by hand): nothing changed."""
+
+
+class Worker:
+    """One worker's record and where it is saved (the run's files); each transition saves it, then journals it."""
+
+    def __init__(self, record: WorkerRecord, files: RunFiles) -> None:
+        self.record = record
+        self.files = files
+
+    @property
+    def busy(self) -> bool:
+        """Holds an issue (as decide sees it: a record naming no project holds nothing)."""
+        return self.record.issue_number is not None and bool(self.record.project)
+
+    def _holding(self, verb: str) -> WorkerRecord:
+        if not self.busy:
+            raise IllegalTransition(f"worker {self.record.worker_id} holds no issue: it cannot {verb}")
+        return self.record
+
+    def _not_started(self, verb: str) -> WorkerRecord:
+        record = self._holding(verb)
+        if record.launched:
+            raise IllegalTransition(f"worker {record.worker_id}: try {record.try_id} of #{record.issue_number} was "
+                                    f"started already: it cannot {verb}")
+        return record
+
+    def _new_try(self, now: float) -> None:
+        """The next try of this worker: its own files (the counter never goes back), not started yet."""
+        record = self.record
+        record.try_id += 1
+        record.launched = False
+        record.started_at = record.last_progress_at = now
+        record.last_fingerprint = ""
+
+    def _new_stage(self) -> None:
+        record = self.record
+        record.retry_count = record.lost_tries = record.push_failures = 0
+        record.nudged = False
+
+    def _reset(self) -> None:
+        """Back to a free worker; the try counter keeps growing so no file of an old try is reused."""
+        self.record.__dict__.update(WorkerRecord(self.record.worker_id, try_id=self.record.try_id).__dict__)
+
+    def _done(self, event: dict[str, Any] | None = None) -> None:
+        self.files.save_worker(self.record)
+        if event is not None:
+            self.files.log_event(event)
+
+    def save(self) -> None:
+        """Save the observations another module wrote into the record (the PR loop's, a note)."""
+        self.files.save_worker(self.record)
+
+    def note(self, reason: str) -> None:
+        self.record.last_reason = reason
+        self._done()
+
+    # --- taking an issue and its tries ------------------------------------------------------------------------
+
+    def assign(self, *, project: str, issue: int, branch: str, worktree: str, push_url: str | None,
+               pipeline: Sequence[str], stage_index: int, stage_base: str | None, resumed: str | None,
+               base: str | None, now: float) -> None:
+        """A free worker takes an issue at `stage_index` of its pipeline; its first try is prepared, not started."""
+        if self.busy:
+            raise IllegalTransition(f"worker {self.record.worker_id} holds #{self.record.issue_number}: it cannot "
+                                    f"take #{issue}")
+        if not 0 <= stage_index < len(pipeline):
+            raise IllegalTransition(f"worker {self.record.worker_id}: #{issue} has no stage {stage_index} (pipeline: "
+                                    f"{', '.join(pipeline)})")
+        self._reset()
+        record = self.record
+        record.status, record.project, record.issue_number = "running", project, issue
+        record.branch, record.worktree, record.push_url = branch, worktree, push_url
+        record.stage_index, record.stage, record.stage_base = stage_index, pipeline[stage_index], stage_base
+        self._new_try(now)
+        self._done({"action": "reassign", "worker": record.worker_id, "new_issue": issue, "project": project,
+                    "branch": branch, "resumed": resumed, "base": base})
+
+    def prepare_try(self, agent: dict[str, Any]) -> None:
+        """The prepared try's agent tally starts afresh (or from the session it resumes), read from offset 0."""
+        record = self._not_started("prepare a try")
+        record.agent = agent
+        record.events_offset = 0
+        self._done()
+
+    def started(self, pane: str, now: float) -> None:
+        """The try runs in `pane` (its identity): timed from now, its start no longer a failure."""
+        record = self._not_started("start it again")
+        record.pane = pane
+        record.launched = True
+        # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
+        record.started_at = record.last_progress_at = now
+        record.start_failures = 0
+        self._done()
+
+    def found_started(self) -> None:
+        """The probe saw this try running or ended: the monitor died after starting it, before recording that.
+        Never started twice."""
+        if self.busy and not self.record.launched:
+            self.record.launched = True
+            self._done()
+
+    def model_call_went_through(self) -> None:
+        """A model call of this try succeeded: the next rate limit backs off from the start again."""
+        if self.record.rate_limits:
+            self.record.rate_limits = 0
+            self._done()
+
+    def action_failed(self, error: str) -> None:
+        """An action on this worker failed; a try that never started counts (decide stops resuming it)."""
+        record = self.record
+        record.last_reason = error
+        if self.busy and not record.launched:
+            record.start_failures += 1
+        self._done()
+
+    # --- how a try ends -----------------------------------------------------------------------------------------
+
+    def restart(self, *, counted: bool, nudge: bool, reason: str, continuation: bool, session: str | None,
+                now: float) -> None:
+        """The ended try is counted (a retry, or a try lost to tmux) and the next one recorded in one save: a
+        monitor killed at any later step never judges the ended try again."""
+        record = self._holding("restart")
+        if counted:
+            record.retry_count += 1
+        else:
+            record.lost_tries += 1  # tmux or the machine went away: nobody's fault, counted apart
+        record.nudged = record.nudged or nudge
+        record.last_reason = reason
+        self._new_try(now)
+        self._done({"action": "restart", "worker": record.worker_id, "issue": record.issue_number,
+                    "retry_count": record.retry_count, "counted": counted, "reason": reason,
+                    "continuation": continuation, "session": session})
+
+    def hold(self, *, reason: str, rate_limited: bool, until: str | None, now: float) -> None:
+        """The try ended on a rate limit or a missing login: the next try is prepared, started once the pause
+        lapses; no retry is used."""
+        record = self._holding("hold")
+        if rate_limited:
+            record.rate_limits += 1
+        record.last_reason = reason
+        self._new_try(now)  # not launched: decide resumes it when the pause no longer holds
+        self._done({"action": "hold", "worker": record.worker_id, "issue": record.issue_number, "reason": reason,
+                    "until": until})
+
+    def pushed(self) -> None:
+        if self.record.push_failures:
+            self.record.push_failures = 0
+            self._done()
+
+    def push_failed(self, error: str, retry: bool) -> None:
+        record = self._holding("fail a push")
+        record.push_failures += 1
+        record.last_reason = (f"push failed (attempt {record.push_failures}, will retry): {error}" if retry
+                              else f"push failed: {error}")
+        self._done({"action": "push_failed", "worker": record.worker_id, "issue": record.issue_number,
+                    "project": record.project, "error": error, "retry": retry})
+
+    # --- stages ---------------------------------------------------------------------------------------------------
+
+    def advance_stage(self, *, pipeline: Sequence[str], stage_base: str | None, now: float) -> None:
+        """The next stage of the pipeline, begun at `stage_base`, with fresh counts and its first try prepared."""
+        record = self._holding("advance")
+        if record.stage_index + 1 >= len(pipeline):
+            raise IllegalTransition(f"worker {record.worker_id}: #{record.issue_number} has no stage after "
+                                    f"{record.stage or record.stage_index} (pipeline: {', '.join(pipeline)})")
+        record.stage_index += 1
+        record.stage = pipeline[record.stage_index]
+        record.stage_base = stage_base
+        self._new_stage()
+        self._new_try(now)
+        self._done({"action": "advance_stage", "worker": record.worker_id, "issue": record.issue_number,
+                    "stage": record.stage})
+
+    def enter_pr_stage(self, *, kind: str, stage_base: str | None, reason: str, now: float) -> None:
+        """A fix_ci / address_review stage on the same branch (the PR loop's `pr` was set by orchestrator.pulls)."""
+        record = self._holding(kind)
+        if kind not in PR_STAGES:
+            raise IllegalTransition(f"worker {record.worker_id}: {kind!r} is no pull-request stage")
+        record.stage, record.stage_base = kind, stage_base
+        self._new_stage()
+        record.last_reason = reason
+        self._new_try(now)
+        self._done({"action": kind, "worker": record.worker_id, "issue": record.issue_number,
+                    "project": record.project, "reason": reason})
+
+    def watch_pr(self, pipeline: Sequence[str]) -> None:
+        """A PR stage's fix was pushed: back to the pipeline's stage, watching the PR."""
+        record = self._holding("watch its pull request")
+        if not 0 <= record.stage_index < len(pipeline):
+            raise IllegalTransition(f"worker {record.worker_id}: #{record.issue_number} has no stage "
+                                    f"{record.stage_index} (pipeline: {', '.join(pipeline)})")
+        record.stage = pipeline[record.stage_index]
+        self._done({"action": "pr_watch", "worker": record.worker_id, "issue": record.issue_number,
+                    "project": record.project})
+
+    # --- letting the issue go -----------------------------------------------------------------------------------
+
+    def _let_go(self, verb: str, event: dict[str, Any] | None) -> None:
+        self._holding(verb)
+        self._reset()
+        self._done(event)
+
+    def complete(self, pr: str | None = None) -> None:
+        record = self._holding("complete")
+        self._let_go("complete", {"action": "mark_complete", "worker": record.worker_id, "issue": record.issue_number,
+                                  "project": record.project, **({"pr": pr} if pr is not None else {})})
+
+    def fail(self, reason: str) -> None:
+        record = self._holding("fail")
+        self._let_go("fail", {"action": "skip", "worker": record.worker_id, "issue": record.issue_number,
+                              "project": record.project, "reason": reason})
+
+    def release(self, status: str) -> None:
+        """The issue was completed, failed or removed behind this worker's back (a crash, a user's edit)."""
+        record = self._holding("release")
+        self._let_go("release", {"action": "release", "worker": record.worker_id, "issue": record.issue_number,
+                                 "status": status})
+
+    def free(self) -> None:
+        """Let the issue go without an event: the caller journalled why (a set-up that failed), or nothing
+        happened to the issue (a worker beyond --workers: it goes back to the queue)."""
+        self._let_go("be freed", None)
