@@ -73,10 +73,11 @@ demo-workers: setup
 demo-workers-claude: setup
 	ORCHESTRATOR_TMUX_SOCKET=$(ORCHESTRATOR_TMUX_SOCKET) $(PY) scripts/make_workers_demo.py --claude --wait 300 $(WORKERS_DEMO_DIR)
 
-# Two workers (pytest-xdist): most tests wait on real processes (sshd, tmux, git, timeouts), so two at a
-# time halve the wall time on 2 cores. One at a time: .venv/bin/python -m pytest -q
+# Four workers (pytest-xdist): most tests wait on real processes (sshd, tmux, git, timeouts; the whole suite
+# uses about 7 minutes of CPU against 20 of waiting), so four at a time fit 2 cores. One at a time:
+# .venv/bin/python -m pytest -q
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 4
 
 status: setup
 	$(INV) status

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, git
-from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import HANG_ON, monitor_env, project, retry_until, tmux_socket  # noqa: F401
 
 from orchestrator.monitor import monitor
 from orchestrator.run import open_run
@@ -128,7 +128,7 @@ def test_a_monitor_killed_while_a_verb_waits_for_it_leaves_the_verb_to_apply_its
     import signal
 
     proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], script={1: ["hang"], 2: ["hang"]},
-                   pipeline=["implement"], num_workers=2, stagger_delay=120)
+                   pipeline=["implement"], num_workers=2, stagger_delay=120, **HANG_ON)
     running = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "30", "--no-delay"],
                                cwd=PACKAGE, env=monitor_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

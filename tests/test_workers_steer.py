@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, git
-from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import HANG_ON, monitor_env, project, retry_until, tmux_socket  # noqa: F401
 from workers_fixtures import orchestrator_cli as cli, status_document as status  # noqa: E402
 
 from orchestrator.decide import Action, Command, Settings, State, WorkerView, cycle_from_json, decide
@@ -147,7 +147,7 @@ def test_a_killed_workers_finished_try_is_not_judged_and_send_goes_to_the_holder
 
 def test_kill_with_a_running_monitor_stops_the_try_at_once_and_fails_the_issue_without_a_retry(project):
     proj = project([{"number": 1, "title": "hangs"}, {"number": 2, "title": "after", "depends_on": [1]}],
-                   script={1: ["hang"]}, pipeline=["implement"], num_workers=1)
+                   script={1: ["hang"]}, pipeline=["implement"], num_workers=1, **HANG_ON)
     running = start_monitor()
     try:
         group = running_try(proj, 1)
@@ -169,7 +169,7 @@ def test_kill_with_a_running_monitor_stops_the_try_at_once_and_fails_the_issue_w
 
 def test_kill_with_no_monitor_acts_under_the_lock_and_refuses_what_it_cannot_kill(project, inv):
     proj = project([{"number": 1, "title": "hangs"}, {"number": 2, "title": "later", "wave": 2}],
-                   script={1: ["hang"]}, pipeline=["implement"], num_workers=1)
+                   script={1: ["hang"]}, pipeline=["implement"], num_workers=1, **HANG_ON)
     assert monitor(open_run(), once=True, say=lambda _: None) == 0  # starts #1's try, then exits
     group = running_try(proj, 1)
     for args, words in ((["kill", "2"], "kill: #2 is pending: no try of it runs"),
@@ -194,7 +194,8 @@ def test_a_monitor_killed_between_taking_and_applying_a_command_loses_it_never_a
     """kill -9 of the monitor right after it wrote the command as taken, or right after it applied it (before its
     outcome): the command stays in taken/ and the next holder of the lock (here the waiting verb itself) applies
     it, or sees it applied, exactly once."""
-    proj = project([{"number": 1, "title": "hangs"}], script={1: ["hang"]}, pipeline=["implement"], num_workers=1)
+    proj = project([{"number": 1, "title": "hangs"}], script={1: ["hang"]}, pipeline=["implement"], num_workers=1,
+                   **HANG_ON)
     running = start_monitor({"ORCHESTRATOR_COMMANDS_CRASH_AT": step})
     try:
         group = running_try(proj, 1)
@@ -218,7 +219,7 @@ def test_retry_with_a_running_monitor_puts_a_failed_issue_back_keeping_its_branc
     proj = project([{"number": 1, "title": "fails in review"}, {"number": 2, "title": "needs 1", "depends_on": [1]},
                     {"number": 3, "title": "keeps the run alive", "priority": 2}],
                    script={1: ["ok", "fail", "fail", "fail", "ok"], 3: ["hang"]},
-                   pipeline=["implement", "review"], num_workers=2, cycle_interval=0.2)
+                   pipeline=["implement", "review"], num_workers=2, cycle_interval=0.2, **HANG_ON)
     running = start_monitor(cycle="0.2")
     try:
         retry_until(lambda: proj.issue(1).get("status") == "failed", seconds=120)
@@ -422,7 +423,7 @@ def test_a_follow_up_kept_for_a_killed_claude_try_resumes_its_session_after_retr
 
 def test_pause_and_resume_of_one_issue_go_through_a_running_monitor(project):
     proj = project([{"number": 1, "title": "hangs"}, {"number": 2, "title": "waits", "priority": 2}],
-                   script={1: ["hang"]}, pipeline=["implement"], num_workers=2)
+                   script={1: ["hang"]}, pipeline=["implement"], num_workers=2, **HANG_ON)
     running = start_monitor()
     try:
         running_try(proj, 1)
@@ -460,7 +461,7 @@ def test_a_verb_past_its_wait_says_its_command_is_queued_and_the_busy_monitor_ap
     """The monitor sleeps stagger_delay between two launches in one cycle: a verb waiting 1 s says where its
     command is and exits 0; the monitor applies it when that cycle ends."""
     proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], script={1: ["hang"], 2: ["hang"]},
-                   pipeline=["implement"], num_workers=2, stagger_delay=8)
+                   pipeline=["implement"], num_workers=2, stagger_delay=8, **HANG_ON)
     running = start_monitor()
     try:
         running_try(proj, 1)
@@ -606,7 +607,7 @@ def test_status_shows_commands_a_busy_monitor_has_not_taken_its_refusals_once_an
     status shows each queued command under its issue (verb, when), then, once applied, a refusal's reason once in
     text (always in JSON, with `reported`), and a follow-up kept for a try that is completing the issue."""
     proj = project([{"number": 1, "title": "one"}, {"number": 2, "title": "two"}], script={1: ["hang"], 2: ["hang"]},
-                   pipeline=["implement"], num_workers=2, stagger_delay=40)
+                   pipeline=["implement"], num_workers=2, stagger_delay=40, **HANG_ON)
     running = start_monitor()
     try:
         running_try(proj, 1)
@@ -668,7 +669,7 @@ def test_status_with_no_monitor_shows_a_command_its_killed_verb_left_and_follow_
 
 def test_send_to_a_try_before_its_last_stage_says_the_next_stages_try_takes_it(project):
     proj = project([{"number": 1, "title": "two stages"}], script={1: ["hang", "ok", "ok"]},
-                   pipeline=["implement", "review"], num_workers=1)
+                   pipeline=["implement", "review"], num_workers=1, **HANG_ON)
     assert monitor(open_run(), once=True, say=lambda _: None) == 0  # starts #1's implement try, then exits
     running_try(proj, 1)
     sent = cli("send", "1", "mind the tests")

@@ -18,6 +18,10 @@ from conftest import ROOT, git, require_tool
 
 sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))
 
+# For a "hang" try a test ends itself (kill, pause): no stall or wall-clock limit may end it first on a busy
+# machine (the project fixture's defaults are 10 s and 60 s).
+HANG_ON = {"stall_timeout": 600, "wall_clock_timeout": 600}
+
 FAKE_AGENT = r'''
 """A fake coding agent: reads its prompt, then behaves as the test's script says for this issue and try."""
 import json, os, signal, subprocess, sys, time
