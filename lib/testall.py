@@ -95,23 +95,26 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.
 
     `changed`: a repo whose HEAD, clean tree, command and host are those of its last
-    passed run is reported passed (`cached`) without running.
+    passed run is reported passed (`cached`) without running, and a pass is recorded
+    as one it may trust. Without it no git runs: the run neither reads nor records that.
     """
     started = monotonic()
     notes = unfinished_junit(junit_xml, plans)
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
-    to_run: list[Plan] = []
+    to_run: list[Plan] = list(plans)
+    before: dict[str, tuple[str, bool]] = {}
     try:
-        before = tree_states(workspace, [plan.repo for plan in plans])
-        with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
-            for plan in plans:
-                since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
-                    if changed else None
-                if since is None or hides_changes(plan.repo.local):
-                    to_run.append(plan)
-                else:
-                    cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+        if changed:
+            before = tree_states(workspace, [plan.repo for plan in plans])
+            to_run = []
+            with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+                for plan in plans:
+                    since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name))
+                    if since is None or hides_changes(plan.repo.local):
+                        to_run.append(plan)
+                    else:
+                        cached.append(cached_outcome(plan, previous[plan.repo.name], since))
     except ScanStopped as stop:  # stopped before any test ran: CI's report says so, as for a stopped run
         stop.notes += notes + junit_notes(junit_xml, stopped_outcomes(plans, [], {}), monotonic() - started,
                                           signal_name(stop.signum))
@@ -126,12 +129,14 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
+    trusted: list[Outcome] = []
     try:
-        after = tree_states(workspace, [plan.repo for plan in to_run])
-        with stoppable_git_reads():
-            trusted = mark_last_passed(run.outcomes, before, after,
-                                       {plan.repo.name: command_text(plan) for plan in to_run},
-                                       {plan.repo.name: plan.repo.local for plan in to_run})
+        if changed:  # what a later --changed may trust: a scan and up to two gits per passed repo
+            after = tree_states(workspace, [plan.repo for plan in to_run])
+            with stoppable_git_reads():
+                trusted = mark_last_passed(run.outcomes, before, after,
+                                           {plan.repo.name: command_text(plan) for plan in to_run},
+                                           {plan.repo.name: plan.repo.local for plan in to_run})
     except ScanStopped as stop:  # every repo was tested and recorded: CI's report says so, not "did not finish"
         stop.notes += notes + run.notes + junit_notes(junit_xml, in_plan_order(plans, run.outcomes + cached),
                                                       monotonic() - started)
