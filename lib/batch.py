@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import stat
 import sys
 import tempfile
@@ -533,6 +534,14 @@ def plan_workflow(paths: Paths, workflow: str, repos: Sequence[Repo]) -> list[Pl
         raise ConfigError(problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
                                                      if len(problems) > MAX_PROBLEMS else []))
     return plans
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """What a dry run says of a plan run here: its commands and log, or why it would be skipped."""
+    if plan.skip_reason:
+        return [f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}"]
+    return [f"{plan.repo.name}: would run {plan.workflow} (log: {plan.log})"] + [
+        f"  cd {shlex.quote(str(command.cwd))} && {command.command}" for command in plan.commands]
 
 
 def default_jobs() -> int:

@@ -1,6 +1,8 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import shlex
 import socket
@@ -29,6 +31,7 @@ from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import confined_to, git_env
 from lib.paths import Paths
+from lib.remote import fleet as fleets
 from lib.remote.hosts import LOCAL
 from lib.runner import RunInterrupted, signal_name
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
@@ -59,6 +62,82 @@ class TestAllReport:
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))
         return f"tested {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
+
+
+@dataclass(frozen=True)
+class TestAllOptions:
+    """What `inv test-all` and scripts/run_all_tests.py take (docs/build-and-test.md), checked here for both."""
+
+    __test__ = False  # not a pytest class
+
+    jobs: int = 0  # 0: one per core
+    timeout: float = 1800.0  # seconds per repo; 0: no limit
+    junit_xml: Path | None = None
+    tags: list[str] | None = None
+    only: list[str] | None = None
+    failed: bool = False
+    changed: bool = False
+    hosts: str = ""
+    accept_new_host_key: bool = False
+    grace: float = INTERRUPT_GRACE_S
+    dry_run: bool = False
+    matrix: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
+            raise OrchestratorError(f"--jobs: expected a whole number >= 0, got {self.jobs!r}")
+        for name in ("timeout", "grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                    or not math.isfinite(value):
+                raise OrchestratorError(f"--{name}: expected a finite number of seconds >= 0, got {value!r}")
+
+
+@dataclass
+class TestAllAnswer:
+    """What the front doors print: `lines` (the CI matrix, a dry run, nothing to test), else the run's report."""
+
+    __test__ = False  # not a pytest class
+
+    lines: list[str]
+    report: TestAllReport | None = None
+
+
+def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> TestAllAnswer:
+    """`inv test-all` and scripts/run_all_tests.py: plan (every config or usage error first, exit 2), then the
+    matrix, the dry run, or the run here (lib.testall's own) or spread over the build hosts."""
+    plans = plan_test_all(workspace, paths, options.tags, options.only, options.failed, options.junit_xml)
+    fleet, groups = fleets.plan_groups(paths, [p.repo for p in plans], options.hosts, options.jobs)
+    if options.changed and set(groups) - {LOCAL}:
+        raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
+    if options.matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
+        return TestAllAnswer([json.dumps(ci_matrix(plans, groups))])
+    if not plans:
+        return TestAllAnswer(["nothing to test" + (" (nothing failed last time)" if options.failed else "")])
+    if options.dry_run:
+        return TestAllAnswer(fleets.dry_run_lines(plans, fleet, groups))
+    timeout = options.timeout or None
+    if set(groups) <= {LOCAL}:
+        return TestAllAnswer([], run_test_all(workspace, paths, plans, options.jobs, timeout, options.junit_xml,
+                                              options.changed, options.grace))
+    return TestAllAnswer([], run_over_hosts(workspace, paths, plans, fleet, groups, options.jobs, timeout,
+                                            options.junit_xml, options.accept_new_host_key))
+
+
+def run_over_hosts(workspace: Workspace, paths: Paths, plans: list[Plan], fleet: fleets.Fleet,
+                   groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
+                   accept_new_host_key: bool = False) -> TestAllReport:
+    """test-all spread over build hosts (and here): one results file, one JUnit report."""
+    started = monotonic()
+    notes = unfinished_junit(junit_xml, plans)  # what a run killed outright leaves: red, not an old green
+    try:
+        run = fleets.run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
+                                       "testing")
+    except RunInterrupted as stop:
+        stop.notes += junit_notes(junit_xml, stop.results)
+        raise
+    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
+                         notes + run.notes + junit_notes(junit_xml, run.outcomes))
 
 
 def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, only: list[str] | None,

@@ -287,21 +287,14 @@ def plan_groups(paths: Paths, repos: Sequence[Repo], hosts_text: str, jobs: int)
     return fleet, assign(repos, fleet, chosen, jobs or batch.default_jobs())
 
 
-def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan], fleet: Fleet,
-                       groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
-                       accept_new_host_key: bool = False) -> Any:
-    """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
-    from lib.testall import TestAllReport, junit_notes, run_test_all, unfinished_junit
-
-    if set(groups) <= {LOCAL}:
-        return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
-    started = monotonic()
-    notes = unfinished_junit(junit_xml, list(plans))  # what a run killed outright leaves: red, not an old green
-    try:
-        run = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
-                                "testing")
-    except runner.RunInterrupted as stop:
-        stop.notes += junit_notes(junit_xml, stop.results)
-        raise
-    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
-                         notes + run.notes + junit_notes(junit_xml, run.outcomes))
+def dry_run_lines(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Repo]]) -> list[str]:
+    """A dry run over many repos: each one's commands here, or the host and directory it would run in."""
+    lines: list[str] = []
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        if where in fleet.hosts:
+            lines.append(f"{plan.repo.name}: would run {plan.workflow} on host {where} in "
+                         f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
+        else:
+            lines += batch.plan_lines(plan)
+    return lines
