@@ -26,7 +26,7 @@ from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
-from lib.statefile import read_json, set_aside_if_bad, update_json, write_bytes
+from lib.statefile import NotRegular, open_regular, read_json, set_aside_if_bad, update_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
@@ -331,30 +331,35 @@ PIPE = "it is a named pipe (opening it would wait for a reader)"
 def open_log(path: Path) -> BinaryIO:
     """A run's log, local or on a host: opened to append, locked for this run, then emptied (never "wb": the
     log of a run still writing it stays whole); LogUnavailable (`cannot write log PATH: why`, `log PATH is in
-    use by another run`) when it cannot be ours. Opened without blocking, so a named pipe there, even one
-    made a moment ago, is an error and never a wait for a reader."""
+    use by another run`) when it cannot be ours. Opened through statefile.open_regular, so a named pipe
+    there, even one made a moment ago, is an error and never a wait for a reader; a character device
+    (/dev/null) is a log too, a disk is not."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                     0o666)
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666, char_device=True)
+    except NotRegular as err:  # a reader holds the pipe open: our output would go to it, not to a log
+        why = PIPE if err.kind == "a named pipe (FIFO)" else f"it is {err.kind or 'not a regular file'}"
+        raise LogUnavailable(f"cannot write log {path}: {why}") from None
     except OSError as err:  # ENXIO: a pipe nobody reads
         why = PIPE if path.is_fifo() else err.strerror or str(err)
         raise LogUnavailable(f"cannot write log {path}: {why}") from None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode):  # someone reads it: our output would go to them, not to a log
-        os.close(fd)
-        raise LogUnavailable(f"cannot write log {path}: {PIPE}")
-    os.set_blocking(fd, True)
     log = open(fd, "ab")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        os.set_blocking(fd, True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogUnavailable(f"log {path} is in use by another run") from None
+        except OSError:
+            pass  # a file system or device without locks: nothing to guard
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            log.truncate(0)  # an append-only file (chattr +a) refuses: EPERM
+    except LogUnavailable:
         log.close()
-        raise LogUnavailable(f"log {path} is in use by another run") from None
-    except OSError:
-        pass  # a file system or device without locks: nothing to guard
-    if stat.S_ISREG(mode):
-        log.truncate(0)
+        raise
+    except OSError as err:
+        log.close()
+        raise LogUnavailable(f"cannot write log {path}: {err.strerror or err}") from None
     return log
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
-from tests.conftest import git
+import pytest
+
+from tests.conftest import git, require_tool
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 
 # name -> (the repo's test command, what the results file must say of it, here and on the host alike)
@@ -64,3 +67,45 @@ def test_the_same_command_ends_in_the_same_outcome_here_and_on_a_host(home, make
         == f"cannot write log {pipe}: it is a named pipe (opening it would wait for a reader)"
     assert logs["local"] == logs["builder"]
     assert pipe.is_fifo()
+
+
+def test_a_runs_log_is_opened_by_the_one_opener_of_regular_files(monkeypatch, tmp_path):
+    # statefile.open_regular refuses what is no file (a FIFO's wait, a disk); the log's opening must not copy it.
+    import lib.batch
+    import lib.statefile
+
+    opened = []
+
+    def spy(path, *args, **kwargs):
+        opened.append(Path(path))
+        return lib.statefile.open_regular(path, *args, **kwargs)
+
+    monkeypatch.setattr(lib.batch, "open_regular", spy)
+    log = tmp_path / "logs" / "run.log"
+    log.parent.mkdir()
+    log.write_text("an earlier run's log\n")
+    with lib.batch.open_log(log) as opened_log:
+        opened_log.write(b"this run\n")
+    assert log.read_text() == "this run\n" and opened == [log]
+    with lib.batch.open_log(Path(os.devnull)) as discarded:  # a character device is a log too: /dev/null
+        discarded.write(b"gone\n")
+
+
+def test_an_append_only_log_is_the_runs_error_not_a_traceback(home, make_repo, inv, tmp_path):
+    # `chattr +a`: it opens for appending, but cannot be emptied for the new run.
+    require_tool("chattr")
+    home.add(make_repo("a", {"Makefile": "test:\n\t@echo ran\n"}), language="make")
+    log = log_dir() / "orchestrator-test-a.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("an earlier run's log\n")
+    if subprocess.run(["chattr", "+a", str(log)], capture_output=True).returncode != 0:
+        pytest.skip("this file system (or user) has no append-only files")
+    try:
+        result = inv("test", "a")
+        assert log.read_text() == "an earlier run's log\n"
+    finally:
+        subprocess.run(["chattr", "-a", str(log)], check=True)
+    assert result.code == 1, result.out + result.err
+    assert f"TEST ERROR (cannot write log {log}: Operation not permitted" in result.out, result.out
+    entry = home.state("test-results.json")["results"][0]
+    assert entry["status"] == "error" and entry["reason"] == f"cannot write log {log}: Operation not permitted"
