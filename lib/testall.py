@@ -33,7 +33,7 @@ from lib.gitstatus import confined_to, git_env
 from lib.paths import Paths
 from lib.remote import fleet as fleets
 from lib.remote.hosts import LOCAL
-from lib.runner import RunInterrupted, signal_name
+from lib.runner import RunInterrupted, signal_name, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
 from lib.workflows import Plan
@@ -130,14 +130,22 @@ def run_over_hosts(workspace: Workspace, paths: Paths, plans: list[Plan], fleet:
     """test-all spread over build hosts (and here): one results file, one JUnit report."""
     started = monotonic()
     notes = unfinished_junit(junit_xml, plans)  # what a run killed outright leaves: red, not an old green
+    begun: dict[str, float] = {}  # as in run_test_all: a stopped run's report names every repo
+
+    def on_start(plan: Plan) -> None:
+        if not stopping():  # a host's pool may still hand out a repo while the stop is under way: not run
+            begun.setdefault(plan.repo.name, monotonic())
+
     try:
         run = fleets.run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
-                                       "testing")
+                                       "testing", on_start=on_start)
     except RunInterrupted as stop:
-        stop.notes += junit_notes(junit_xml, stop.results)
+        host_of = {repo.name: host for host, repos in groups.items() for repo in repos}
+        stop.notes += junit_notes(junit_xml, stopped_outcomes(plans, stop.results, begun, host_of),
+                                  monotonic() - started, signal_name(stop.signum))
         raise
     return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
-                         notes + run.notes + junit_notes(junit_xml, run.outcomes))
+                         notes + run.notes + junit_notes(junit_xml, run.outcomes, monotonic() - started))
 
 
 def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, only: list[str] | None,
@@ -351,9 +359,11 @@ def in_plan_order(plans: list[Plan], outcomes: list[Outcome]) -> list[Outcome]:
     return [by_repo[plan.repo.name] for plan in plans if plan.repo.name in by_repo]
 
 
-def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float]) -> list[Outcome]:
+def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float],
+                     host_of: dict[str, str] | None = None) -> list[Outcome]:
     """Every planned repo of a stopped run, in plan order: its outcome, else `error: interrupted` (killed
-    while running) or `skipped: not run: interrupted` (never started). For the report only, never recorded."""
+    while running) or `skipped: not run: interrupted` (never started), on the host it was given to (`host_of`;
+    else here). For the report only, never recorded."""
     done = {o.repo: o for o in finished}
     now = monotonic()
     outcomes = []
@@ -365,7 +375,7 @@ def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str
             else (RunStatus.SKIPPED, "not run: interrupted")
         ran = round(now - begun[plan.repo.name], 3) if plan.repo.name in begun else 0.0
         outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
-                                str(plan.log), reason, now_iso()))
+                                str(plan.log), reason, now_iso(), (host_of or {}).get(plan.repo.name, LOCAL)))
     return outcomes
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import batch, runner
@@ -270,11 +269,17 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
 
 def run_with_progress(paths: Paths, workspace: Workspace, workflow_name: str, groups: dict[str, list[Repo]],
                       fleet: Fleet, jobs: int, timeout: float | None, accept_new_host_key: bool,
-                      label: str) -> batch.BatchRun:
+                      label: str, on_start: Callable[[Plan], None] | None = None) -> batch.BatchRun:
     total = sum(len(g) for g in groups.values())
+
+    def started(plan: Plan) -> None:
+        if on_start is not None:
+            on_start(plan)
+        progress.start(plan.repo.name)
+
     with Progress(label, total) as progress:
         return run_distributed(paths, workspace, workflow_name, groups, fleet, jobs, timeout, accept_new_host_key,
-                               on_start=lambda plan: progress.start(plan.repo.name),
+                               on_start=started,
                                on_done=lambda o: progress.finish(o.repo, f"{o.line()} [{o.host}]", o.failing))
 
 
