@@ -386,7 +386,7 @@ def test_a_stopped_test_all_over_a_host_names_every_repo_in_its_junit(home, make
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "test-all",
                              "--junit-xml", str(report)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _, err = stop_when(proc, lambda: pidfile.exists() and pidfile.read_text().strip(), signal.SIGTERM)
+    _, err = stop_when(proc, lambda: pidfile.exists() and pidfile.read_text().strip(), signal.SIGTERM, seconds=90)
     assert proc.returncode == 128 + signal.SIGTERM, err
     suite = ElementTree.parse(report).getroot().find("testsuite")
     assert suite.get("name") == "orchestrator test-all (interrupted by SIGTERM)", ElementTree.tostring(suite)
