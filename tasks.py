@@ -144,23 +144,17 @@ def _split(names: str) -> list[str] | None:
 
 
 def _print_plans(plans, fleet, groups) -> None:
-    """Dry run over many repos: each one's commands here, or the host and directory it would run in."""
-    for plan in plans:
-        where = next(name for name, repos in groups.items() if plan.repo in repos)
-        if where in fleet.hosts:
-            print(f"{plan.repo.name}: would run {plan.workflow} on host {where} in "
-                  f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
-        else:
-            _print_plan(plan)
+    from lib.remote.fleet import dry_run_lines
+
+    for line in dry_run_lines(plans, fleet, groups):
+        print(line)
 
 
 def _print_plan(plan) -> None:
-    if plan.skip_reason:
-        print(f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}")
-        return
-    print(f"{plan.repo.name}: would run {plan.workflow} (log: {plan.log})")
-    for command in plan.commands:
-        print(f"  cd {shlex.quote(str(command.cwd))} && {command.command}")
+    from lib.batch import plan_lines
+
+    for line in plan_lines(plan):
+        print(line)
 
 
 class _TextToBytes:
@@ -284,34 +278,21 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     """Test every repo with a known language, concurrently."""
     from lib.batch import check_state
     from lib.config import load_workspace
-    from lib.remote.fleet import plan_groups, test_all_in_groups
-    from lib.remote.hosts import LOCAL
-    from lib.testall import ci_matrix, plan_test_all, run_test_all
+    from lib.testall import TestAllOptions, run_command
     from lib.views import outcomes_table
 
     paths = Paths.from_env()
     workspace = load_workspace(paths.repos_file)
+    options = TestAllOptions(jobs, timeout, Path(junit_xml) if junit_xml else None, tag, _split(only), failed,
+                             changed, hosts, accept_new_host_key, grace, dry_run, matrix)
     if not dry_run and not matrix:
         _warn(check_state(paths, "test"))
-    plans = plan_test_all(workspace, paths, tag, _split(only), failed, Path(junit_xml) if junit_xml else None)
-    fleet, groups = plan_groups(paths, [p.repo for p in plans], hosts, jobs)
-    if changed and set(groups) - {LOCAL}:
-        raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
-    if matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
-        print(jsonlib.dumps(ci_matrix(plans, groups)))
+    answer = run_command(workspace, paths, options)
+    for line in answer.lines:
+        print(line)
+    report = answer.report
+    if report is None:
         return
-    if not plans:
-        print("nothing to test" + (" (nothing failed last time)" if failed else ""))
-        return
-    if dry_run:
-        _print_plans(plans, fleet, groups)
-        return
-    if changed or set(groups) <= {LOCAL}:
-        report = run_test_all(workspace, paths, plans, jobs, timeout or None, Path(junit_xml) if junit_xml else None,
-                              changed=changed, grace=grace)
-    else:
-        report = test_all_in_groups(paths, workspace, plans, fleet, groups, jobs, timeout or None,
-                                    Path(junit_xml) if junit_xml else None, accept_new_host_key)
     if json:
         print(jsonlib.dumps(report.to_json(), indent=2))
     else:

@@ -1,9 +1,14 @@
-"""Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/."""
+"""Run planned workflows on one or many repos; each repo ends with one outcome, recorded in state/.
+
+Over 500 lines, one job: a repo's run from its plan to its recorded outcome (the one Recorder, here and on
+build hosts; the results file; the JUnit report CI reads).
+"""
 from __future__ import annotations
 
 import fcntl
 import os
 import re
+import shlex
 import stat
 import sys
 import tempfile
@@ -21,7 +26,7 @@ from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
-from lib.statefile import read_json, set_aside_if_bad, update_json, write_bytes
+from lib.statefile import NotRegular, open_regular, read_json, set_aside_if_bad, update_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
@@ -128,48 +133,182 @@ def without_our_venv(path: str) -> str:
                            if not os.path.isabs(entry) or os.path.realpath(entry) not in ours)
 
 
-def _header(log: BinaryIO, plan: Plan) -> None:
-    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {now_iso()}\n".encode())
-
-
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
             grace: float = runner.GRACE_S, interrupt_grace: float | None = None) -> Outcome:
-    """Run a plan's commands in order, stopping at the first failure; never raises for the repo's sake.
+    """Run a plan's commands here in order, stopping at the first failure; never raises for the repo's sake.
 
     A log that cannot be written (disk full, read-only) is the outcome `error:
     cannot write log PATH: why`; the command is stopped rather than run blind.
     """
-    started = monotonic()
-
-    def outcome(status: RunStatus, exit_code: int | None = None, reason: str | None = None) -> Outcome:
-        return Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
-                       plan.command_line, str(plan.log), reason, now_iso())
-
-    def log_failed(why: str | None, exit_code: int | None = None) -> Outcome:
-        return outcome(RunStatus.ERROR, exit_code, f"cannot write log {plan.log}: {why}")
-
+    recorder = Recorder(plan)
     if plan.skip_reason and plan.repo.local.is_dir():
-        return skipped_without_log(outcome(RunStatus.SKIPPED, reason=plan.skip_reason))
-    try:
-        log = open_log(plan.log)
-    except LogUnavailable as err:
-        return outcome(RunStatus.ERROR, reason=str(err))
-    result: Outcome | None = None
-    try:
-        with log:
-            result = _run_logged(plan, log, started, timeout, echo, grace, outcome, log_failed, interrupt_grace)
-    except OSError as err:
-        # Closing flushes the last bytes: a full disk can refuse them too.
-        if result is not None and result.status == RunStatus.ERROR:
-            return result
-        return log_failed(err.strerror or str(err))
-    return with_counts(result)
+        return recorder.skipped_without_log(plan.skip_reason)
+    return recorder.run(lambda: _run_commands(plan, recorder, timeout, echo, grace, interrupt_grace))
 
 
-def skipped_without_log(outcome: Outcome) -> Outcome:
-    """Nothing ran, so nothing is logged: `log` is null (a log at the usual path is an earlier run's)."""
-    outcome.log = None
-    return outcome
+def _run_commands(plan: Plan, recorder: Recorder, timeout: float | None, echo: BinaryIO | None, grace: float,
+                  interrupt_grace: float | None) -> Outcome:
+    path = plan.repo.local
+    problem = None if path.is_dir() else ("path does not exist" if not path.exists() else "path is not a directory")
+    if problem:
+        return recorder.error(problem, line=f"{problem}: {path}")
+    if plan.skip_reason:
+        return recorder.skipped(plan.skip_reason)
+    env = command_env()
+    for command in plan.commands:
+        remaining = recorder.remaining(timeout)
+        recorder.write(f"$ cd {command.cwd}\n$ {command.command}\n")
+        if not command.cwd.is_dir():
+            return recorder.error(f"directory does not exist: {command.cwd}")
+        result = runner.run_in_group(command.script, command.cwd, recorder.log, remaining,
+                                     {**env, **dict(command.env)}, echo, grace, interrupt_grace)
+        verdict = recorder.ended(CommandEnd.of_process(result), timeout)
+        if verdict is not None:
+            return verdict
+    return recorder.passed()
+
+
+@dataclass(frozen=True)
+class CommandEnd:
+    """How one command of a plan ended, here (runner.ProcessResult) or on a build host (the host's result, told
+    in these words by lib.remote.fleet): what Recorder.ended judges."""
+
+    exit_code: int | None  # None, neither timed out nor an error: a signal ended it
+    timed_out: bool = False
+    stopped_with: str | None = None  # a timeout that sent SIGINT first: the signals it took ("SIGINT")
+    killed_by: str | None = None  # the signal that ended it, when known
+    escaped: tuple[str, ...] = ()  # processes that had left its group, killed with it ("pid name")
+    log_error: str | None = None  # the log refused a write (the command was stopped): why
+    kill_failed: str | None = None  # a timeout whose kill did not reach the host: why (it may still run there)
+    error: str | None = None  # it could not run, or how it ended is unknown (a lost connection): why
+    ran: bool = True  # False: nothing of it ran, so no output precedes the error's line
+
+    @classmethod
+    def of_process(cls, result: runner.ProcessResult) -> CommandEnd:
+        return cls(result.exit_code, result.timed_out, result.stopped_with, result.killed_by, result.escaped,
+                   result.log_error)
+
+
+class LogWriteFailed(OSError):
+    """The run's log refused a write (a full disk): the repo's error, never a host's or the command's fault."""
+
+
+class Recorder:
+    """One repo's run, here or on a build host, from its log to its outcome.
+
+    The one place that says what counts as passed, failed, timeout, skipped or
+    error, which line the log gets for it, and in which order: the log is opened
+    (one writer: `open_log`) and emptied, headed, written, closed, and only then
+    are the test runner's counts read from it. A run here and a run on a host
+    hand it the same things (a CommandEnd per command) and get the same outcome.
+    """
+
+    def __init__(self, plan: Plan, host: str = "local", where: str = "") -> None:
+        self.plan = plan
+        self.host = host
+        self.where = where  # the header's words after the time: " on host b1 (build1.example.com)"
+        self.started = monotonic()
+        self.notes: list[str] = []
+        self._log: BinaryIO | None = None
+
+    @property
+    def log(self) -> BinaryIO:
+        """The open log, for the command's own output (only inside `run`)."""
+        assert self._log is not None, "the log is open only inside Recorder.run"
+        return self._log
+
+    def remaining(self, timeout: float | None) -> float | None:
+        """What is left of the repo's timeout (it covers all of its commands)."""
+        return None if timeout is None else max(0.0, timeout - (monotonic() - self.started))
+
+    def outcome(self, status: RunStatus, exit_code: int | None = None, reason: str | None = None) -> Outcome:
+        return Outcome(self.plan.repo.name, self.plan.repo.language, status, exit_code,
+                       round(monotonic() - self.started, 3), self.plan.command_line, str(self.plan.log), reason,
+                       now_iso(), self.host)
+
+    def run(self, body: Callable[[], Outcome]) -> Outcome:
+        """Open the log, head it, run `body` (which ends in one of the verdicts below), close the log, read the
+        counts. A log that cannot be opened, written or closed is the outcome `cannot write log PATH: why`."""
+        try:
+            log = open_log(self.plan.log)
+        except LogUnavailable as err:
+            return self.outcome(RunStatus.ERROR, reason=str(err))
+        result: Outcome | None = None
+        try:
+            with log:
+                self._log = log
+                self.write(f"# orchestrator {self.plan.workflow} {self.plan.repo.name} at {now_iso()}"
+                           f"{self.where}\n")
+                result = body()
+        except OSError as err:
+            # Closing flushes the last bytes: a full disk can refuse them too. An error found first stays.
+            if result is not None and result.status == RunStatus.ERROR:
+                return result
+            return self.log_failed(err.strerror or str(err))
+        finally:
+            self._log = None
+        return with_counts(result)
+
+    def write(self, text: str) -> None:
+        try:
+            self.log.write(text.encode())
+        except OSError as err:
+            raise LogWriteFailed(err.errno, err.strerror) from None
+
+    def log_failed(self, why: str | None, exit_code: int | None = None) -> Outcome:
+        return self.outcome(RunStatus.ERROR, exit_code, f"cannot write log {self.plan.log}: {why}")
+
+    def skipped_without_log(self, reason: str) -> Outcome:
+        """Nothing ran, so nothing is logged: `log` is null (a log at the usual path is an earlier run's)."""
+        outcome = self.outcome(RunStatus.SKIPPED, reason=reason)
+        outcome.log = None
+        return outcome
+
+    def skipped(self, reason: str) -> Outcome:
+        self.write(f"skipped: {reason}\n")
+        return self.outcome(RunStatus.SKIPPED, reason=reason)
+
+    def error(self, reason: str, line: str | None = None, after_output: bool = False) -> Outcome:
+        """The repo's error; the log says `error: <line or reason>`, on a line of its own after any output."""
+        self.write(("\n" if after_output else "") + f"error: {line or reason}\n")
+        return self.outcome(RunStatus.ERROR, reason=reason)
+
+    def passed(self) -> Outcome:
+        return self.outcome(RunStatus.PASSED, 0, "; ".join(self.notes) or None)
+
+    def ended(self, end: CommandEnd, timeout: float | None) -> Outcome | None:
+        """The verdict on one command: the outcome that ends the run, or None when it passed (the next runs)."""
+        if end.log_error:
+            return self.log_failed(end.log_error, end.exit_code)
+        if end.error:
+            return self.error(end.error, after_output=end.ran)
+        if end.escaped:
+            more = f" and {len(end.escaped) - NAMED} more" if len(end.escaped) > NAMED else ""
+            self.notes.append(f"killed {len(end.escaped)} process(es) that had left the command's process group: "
+                              + ", ".join(end.escaped[:NAMED]) + more)
+            self.write(f"\nnote: {self.notes[-1]}\n")
+        # Only a SIGINT lets a test runner say its end: killed otherwise, a summary in its log is another's.
+        if end.timed_out:
+            if end.kill_failed:  # never "killed" when the kill did not reach the host
+                self.write(f"\ntimeout: after {timeout:g}s; could not kill it on the host, it may still run: "
+                           f"{end.kill_failed}\n")
+                stopped = self.outcome(RunStatus.TIMEOUT, reason=f"timed out after {timeout:g}s; may still run on "
+                                                                 f"the host (kill failed: {end.kill_failed})")
+            else:
+                how = f"stopped with {end.stopped_with}" if end.stopped_with else "killed"
+                self.write(f"\ntimeout: {how} after {timeout:g}s\n")
+                stopped = self.outcome(RunStatus.TIMEOUT, reason=f"timed out after {timeout:g}s")
+            stopped.killed_untold = end.stopped_with != "SIGINT"
+            return stopped
+        if end.killed_by or end.exit_code is None:
+            signal = end.killed_by or "a signal"
+            self.write(f"\nkilled by {signal}\n")
+            killed = self.outcome(RunStatus.FAILED, end.exit_code, f"killed by {signal}")
+            killed.killed_untold = end.killed_by != "SIGINT"
+            return killed
+        if end.exit_code != 0:
+            return self.outcome(RunStatus.FAILED, end.exit_code, f"exit {end.exit_code}")
+        return None
 
 
 def with_counts(outcome: Outcome) -> Outcome:
@@ -192,79 +331,36 @@ PIPE = "it is a named pipe (opening it would wait for a reader)"
 def open_log(path: Path) -> BinaryIO:
     """A run's log, local or on a host: opened to append, locked for this run, then emptied (never "wb": the
     log of a run still writing it stays whole); LogUnavailable (`cannot write log PATH: why`, `log PATH is in
-    use by another run`) when it cannot be ours. Opened without blocking, so a named pipe there, even one
-    made a moment ago, is an error and never a wait for a reader."""
+    use by another run`) when it cannot be ours. Opened through statefile.open_regular, so a named pipe
+    there, even one made a moment ago, is an error and never a wait for a reader; a character device
+    (/dev/null) is a log too, a disk is not."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                     0o666)
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666, char_device=True)
+    except NotRegular as err:  # a reader holds the pipe open: our output would go to it, not to a log
+        why = PIPE if err.kind == "a named pipe (FIFO)" else f"it is {err.kind or 'not a regular file'}"
+        raise LogUnavailable(f"cannot write log {path}: {why}") from None
     except OSError as err:  # ENXIO: a pipe nobody reads
         why = PIPE if path.is_fifo() else err.strerror or str(err)
         raise LogUnavailable(f"cannot write log {path}: {why}") from None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode):  # someone reads it: our output would go to them, not to a log
-        os.close(fd)
-        raise LogUnavailable(f"cannot write log {path}: {PIPE}")
-    os.set_blocking(fd, True)
     log = open(fd, "ab")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        os.set_blocking(fd, True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LogUnavailable(f"log {path} is in use by another run") from None
+        except OSError:
+            pass  # a file system or device without locks: nothing to guard
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            log.truncate(0)  # an append-only file (chattr +a) refuses: EPERM
+    except LogUnavailable:
         log.close()
-        raise LogUnavailable(f"log {path} is in use by another run") from None
-    except OSError:
-        pass  # a file system or device without locks: nothing to guard
-    if stat.S_ISREG(mode):
-        log.truncate(0)
-    return log
-
-
-def _run_logged(plan: Plan, log: BinaryIO, started: float, timeout: float | None, echo: BinaryIO | None,
-                grace: float, outcome: Callable[..., Outcome], log_failed: Callable[..., Outcome],
-                interrupt_grace: float | None = None) -> Outcome:
-    notes: list[str] = []
-    try:
-        _header(log, plan)
-        path = plan.repo.local
-        problem = None if path.is_dir() else ("path does not exist" if not path.exists() else "path is not a directory")
-        if problem:
-            log.write(f"error: {problem}: {path}\n".encode())
-            return outcome(RunStatus.ERROR, reason=problem)
-        if plan.skip_reason:
-            log.write(f"skipped: {plan.skip_reason}\n".encode())
-            return outcome(RunStatus.SKIPPED, reason=plan.skip_reason)
-        env = command_env()
-        for command in plan.commands:
-            remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
-            log.write(f"$ cd {command.cwd}\n$ {command.command}\n".encode())
-            if not command.cwd.is_dir():
-                log.write(f"error: directory does not exist: {command.cwd}\n".encode())
-                return outcome(RunStatus.ERROR, reason=f"directory does not exist: {command.cwd}")
-            result = runner.run_in_group(command.script, command.cwd, log, remaining, {**env, **dict(command.env)},
-                                         echo, grace, interrupt_grace)
-            if result.log_error:
-                return log_failed(result.log_error, result.exit_code)
-            if result.escaped:
-                more = f" and {len(result.escaped) - NAMED} more" if len(result.escaped) > NAMED else ""
-                notes.append(f"killed {len(result.escaped)} process(es) that had left the command's process group: "
-                             + ", ".join(result.escaped[:NAMED]) + more)
-                log.write(f"\nnote: {notes[-1]}\n".encode())
-            if result.timed_out:
-                how = f"stopped with {result.stopped_with}" if result.stopped_with else "killed"
-                log.write(f"\ntimeout: {how} after {timeout:g}s\n".encode())
-                stopped = outcome(RunStatus.TIMEOUT, reason=f"timed out after {timeout:g}s")
-                stopped.killed_untold = result.stopped_with != "SIGINT"  # only a SIGINT lets a runner say its end
-                return stopped
-            if result.killed_by:
-                log.write(f"\nkilled by {result.killed_by}\n".encode())
-                killed = outcome(RunStatus.FAILED, result.exit_code, f"killed by {result.killed_by}")
-                killed.killed_untold = result.killed_by != "SIGINT"
-                return killed
-            if result.exit_code != 0:
-                return outcome(RunStatus.FAILED, result.exit_code, f"exit {result.exit_code}")
-        return outcome(RunStatus.PASSED, 0, "; ".join(notes) or None)
+        raise
     except OSError as err:
-        return log_failed(err.strerror or str(err))
+        log.close()
+        raise LogUnavailable(f"cannot write log {path}: {err.strerror or err}") from None
+    return log
 
 
 def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
@@ -443,6 +539,14 @@ def plan_workflow(paths: Paths, workflow: str, repos: Sequence[Repo]) -> list[Pl
         raise ConfigError(problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
                                                      if len(problems) > MAX_PROBLEMS else []))
     return plans
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """What a dry run says of a plan run here: its commands and log, or why it would be skipped."""
+    if plan.skip_reason:
+        return [f"{plan.repo.name}: would skip ({plan.skip_reason}); log: {plan.log}"]
+    return [f"{plan.repo.name}: would run {plan.workflow} (log: {plan.log})"] + [
+        f"  cd {shlex.quote(str(command.cwd))} && {command.command}" for command in plan.commands]
 
 
 def default_jobs() -> int:

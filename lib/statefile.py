@@ -45,17 +45,18 @@ class NotRegular(OSError):
     kind: str | None = None
 
 
-def open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
+def open_regular(path: Path, flags: int, mode: int = 0o644, *, char_device: bool = False) -> int:
     """A descriptor for the regular file at `path` (a symlink is followed), or NotRegular: opened without
     blocking and checked before any use, since a FIFO would block the open or a read until a writer came
-    and a device (/dev/zero) never ends a read. Other OSErrors as os.open raises them."""
+    and a device (/dev/zero) never ends a read. Other OSErrors as os.open raises them. `char_device`: a
+    character device is taken too (a run's log may be /dev/null), never a block device (a disk)."""
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, mode)
     try:
         found = os.fstat(fd).st_mode
     except OSError:
         os.close(fd)
         raise
-    if stat.S_ISREG(found):
+    if stat.S_ISREG(found) or (char_device and stat.S_ISCHR(found)):
         return fd
     os.close(fd)
     refused = NotRegular(errno.EINVAL, "not a regular file", str(path))

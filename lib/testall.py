@@ -1,6 +1,8 @@
 """The test-all use case: choose repos, run their tests concurrently, record and report."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import shlex
 import socket
@@ -29,8 +31,9 @@ from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import confined_to, git_env
 from lib.paths import Paths
+from lib.remote import fleet as fleets
 from lib.remote.hosts import LOCAL
-from lib.runner import RunInterrupted, signal_name
+from lib.runner import RunInterrupted, signal_name, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
 from lib.statefile import read_json
 from lib.workflows import Plan
@@ -59,6 +62,90 @@ class TestAllReport:
     def summary_line(self) -> str:
         parts = counts_text(count_statuses(o.status for o in self.outcomes))
         return f"tested {len(self.outcomes)} repos in {self.duration_s:.1f}s: {parts}"
+
+
+@dataclass(frozen=True)
+class TestAllOptions:
+    """What `inv test-all` and scripts/run_all_tests.py take (docs/build-and-test.md), checked here for both."""
+
+    __test__ = False  # not a pytest class
+
+    jobs: int = 0  # 0: one per core
+    timeout: float = 1800.0  # seconds per repo; 0: no limit
+    junit_xml: Path | None = None
+    tags: list[str] | None = None
+    only: list[str] | None = None
+    failed: bool = False
+    changed: bool = False
+    hosts: str = ""
+    accept_new_host_key: bool = False
+    grace: float = INTERRUPT_GRACE_S
+    dry_run: bool = False
+    matrix: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 0:
+            raise OrchestratorError(f"--jobs: expected a whole number >= 0, got {self.jobs!r}")
+        for name in ("timeout", "grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                    or not math.isfinite(value):
+                raise OrchestratorError(f"--{name}: expected a finite number of seconds >= 0, got {value!r}")
+
+
+@dataclass
+class TestAllAnswer:
+    """What the front doors print: `lines` (the CI matrix, a dry run, nothing to test), else the run's report."""
+
+    __test__ = False  # not a pytest class
+
+    lines: list[str]
+    report: TestAllReport | None = None
+
+
+def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> TestAllAnswer:
+    """`inv test-all` and scripts/run_all_tests.py: plan (every config or usage error first, exit 2), then the
+    matrix, the dry run, or the run here (lib.testall's own) or spread over the build hosts."""
+    plans = plan_test_all(workspace, paths, options.tags, options.only, options.failed, options.junit_xml)
+    fleet, groups = fleets.plan_groups(paths, [p.repo for p in plans], options.hosts, options.jobs)
+    if options.changed and set(groups) - {LOCAL}:
+        raise OrchestratorError("--changed: only for repos tested here; leave out --hosts and repos' `host`")
+    if options.matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
+        return TestAllAnswer([json.dumps(ci_matrix(plans, groups))])
+    if not plans:
+        return TestAllAnswer(["nothing to test" + (" (nothing failed last time)" if options.failed else "")])
+    if options.dry_run:
+        return TestAllAnswer(fleets.dry_run_lines(plans, fleet, groups))
+    timeout = options.timeout or None
+    if set(groups) <= {LOCAL}:
+        return TestAllAnswer([], run_test_all(workspace, paths, plans, options.jobs, timeout, options.junit_xml,
+                                              options.changed, options.grace))
+    return TestAllAnswer([], run_over_hosts(workspace, paths, plans, fleet, groups, options.jobs, timeout,
+                                            options.junit_xml, options.accept_new_host_key))
+
+
+def run_over_hosts(workspace: Workspace, paths: Paths, plans: list[Plan], fleet: fleets.Fleet,
+                   groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
+                   accept_new_host_key: bool = False) -> TestAllReport:
+    """test-all spread over build hosts (and here): one results file, one JUnit report."""
+    started = monotonic()
+    notes = unfinished_junit(junit_xml, plans)  # what a run killed outright leaves: red, not an old green
+    begun: dict[str, float] = {}  # as in run_test_all: a stopped run's report names every repo
+
+    def on_start(plan: Plan) -> None:
+        if not stopping():  # a host's pool may still hand out a repo while the stop is under way: not run
+            begun.setdefault(plan.repo.name, monotonic())
+
+    try:
+        run = fleets.run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
+                                       "testing", on_start=on_start)
+    except RunInterrupted as stop:
+        host_of = {repo.name: host for host, repos in groups.items() for repo in repos}
+        stop.notes += junit_notes(junit_xml, stopped_outcomes(plans, stop.results, begun, host_of),
+                                  monotonic() - started, signal_name(stop.signum))
+        raise
+    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
+                         notes + run.notes + junit_notes(junit_xml, run.outcomes, monotonic() - started))
 
 
 def choose_repos(workspace: Workspace, paths: Paths, tags: list[str] | None, only: list[str] | None,
@@ -95,23 +182,26 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
     """Run and record; interrupted (runner.RunInterrupted), the repos that finished are recorded and reported.
 
     `changed`: a repo whose HEAD, clean tree, command and host are those of its last
-    passed run is reported passed (`cached`) without running.
+    passed run is reported passed (`cached`) without running, and a pass is recorded
+    as one it may trust. Without it no git runs: the run neither reads nor records that.
     """
     started = monotonic()
     notes = unfinished_junit(junit_xml, plans)
     previous = previous_results(paths.test_results_file)
     cached: list[Outcome] = []
-    to_run: list[Plan] = []
+    to_run: list[Plan] = list(plans)
+    before: dict[str, tuple[str, bool]] = {}
     try:
-        before = tree_states(workspace, [plan.repo for plan in plans])
-        with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
-            for plan in plans:
-                since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name)) \
-                    if changed else None
-                if since is None or hides_changes(plan.repo.local):
-                    to_run.append(plan)
-                else:
-                    cached.append(cached_outcome(plan, previous[plan.repo.name], since))
+        if changed:
+            before = tree_states(workspace, [plan.repo for plan in plans])
+            to_run = []
+            with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+                for plan in plans:
+                    since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name))
+                    if since is None or hides_changes(plan.repo.local):
+                        to_run.append(plan)
+                    else:
+                        cached.append(cached_outcome(plan, previous[plan.repo.name], since))
     except ScanStopped as stop:  # stopped before any test ran: CI's report says so, as for a stopped run
         stop.notes += notes + junit_notes(junit_xml, stopped_outcomes(plans, [], {}), monotonic() - started,
                                           signal_name(stop.signum))
@@ -126,12 +216,14 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
+    trusted: list[Outcome] = []
     try:
-        after = tree_states(workspace, [plan.repo for plan in to_run])
-        with stoppable_git_reads():
-            trusted = mark_last_passed(run.outcomes, before, after,
-                                       {plan.repo.name: command_text(plan) for plan in to_run},
-                                       {plan.repo.name: plan.repo.local for plan in to_run})
+        if changed:  # what a later --changed may trust: a scan and up to two gits per passed repo
+            after = tree_states(workspace, [plan.repo for plan in to_run])
+            with stoppable_git_reads():
+                trusted = mark_last_passed(run.outcomes, before, after,
+                                           {plan.repo.name: command_text(plan) for plan in to_run},
+                                           {plan.repo.name: plan.repo.local for plan in to_run})
     except ScanStopped as stop:  # every repo was tested and recorded: CI's report says so, not "did not finish"
         stop.notes += notes + run.notes + junit_notes(junit_xml, in_plan_order(plans, run.outcomes + cached),
                                                       monotonic() - started)
@@ -267,9 +359,11 @@ def in_plan_order(plans: list[Plan], outcomes: list[Outcome]) -> list[Outcome]:
     return [by_repo[plan.repo.name] for plan in plans if plan.repo.name in by_repo]
 
 
-def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float]) -> list[Outcome]:
+def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str, float],
+                     host_of: dict[str, str] | None = None) -> list[Outcome]:
     """Every planned repo of a stopped run, in plan order: its outcome, else `error: interrupted` (killed
-    while running) or `skipped: not run: interrupted` (never started). For the report only, never recorded."""
+    while running) or `skipped: not run: interrupted` (never started), on the host it was given to (`host_of`;
+    else here). For the report only, never recorded."""
     done = {o.repo: o for o in finished}
     now = monotonic()
     outcomes = []
@@ -281,7 +375,7 @@ def stopped_outcomes(plans: list[Plan], finished: list[Outcome], begun: dict[str
             else (RunStatus.SKIPPED, "not run: interrupted")
         ran = round(now - begun[plan.repo.name], 3) if plan.repo.name in begun else 0.0
         outcomes.append(Outcome(plan.repo.name, plan.repo.language, status, None, ran, plan.command_line,
-                                str(plan.log), reason, now_iso()))
+                                str(plan.log), reason, now_iso(), (host_of or {}).get(plan.repo.name, LOCAL)))
     return outcomes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -12,8 +13,7 @@ from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace, split_names  # noqa: E402
 from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.remote.fleet import plan_groups, test_all_in_groups  # noqa: E402
-from lib.testall import plan_test_all  # noqa: E402
+from lib.testall import INTERRUPT_GRACE_S, TestAllOptions, run_command  # noqa: E402
 from lib.views import outcomes_table  # noqa: E402
 
 
@@ -22,10 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=0, help="repos tested at once (default: one per core)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per repo (0: no limit)")
+    parser.add_argument("--grace", type=float, default=INTERRUPT_GRACE_S,
+                        help="seconds a timed-out command has after SIGINT to print where it hung, before SIGTERM "
+                             "(then SIGKILL 5 s later; repos tested here); default 10")
     parser.add_argument("--junit-xml", type=Path, help="also write a JUnit XML report here")
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     parser.add_argument("--only", default="", help="only these repos, comma-separated")
     parser.add_argument("--failed", action="store_true", help="rerun only what failed or timed out last time")
+    parser.add_argument("--changed", action="store_true",
+                        help="report a repo passed without running it when its HEAD, clean tree, command and host "
+                             "are those of its last passed run")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="print {summary, results} (each result as in state/test-results.json) instead of the "
+                             "table")
+    parser.add_argument("--matrix", action="store_true",
+                        help="print the selected repos as a CI matrix, {\"include\": [{repo, language, host}]}; "
+                             "run nothing")
     parser.add_argument("--hosts", default="", help="spread the repos over these build hosts of config/hosts.toml, "
                         "comma-separated; `local` is this machine (default: each repo on its `host`, else here)")
     parser.add_argument("--accept-new-host-key", action="store_true",
@@ -33,17 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = Paths.from_env()
     workspace = load_workspace(paths.repos_file)
-    only = split_names(args.only)
-    warn(check_state(paths, "test"))
-    plans = plan_test_all(workspace, paths, args.tag, only, args.failed, args.junit_xml)
-    fleet, groups = plan_groups(paths, [p.repo for p in plans], args.hosts, args.jobs)
-    if not plans:
-        print("nothing to test" + (" (nothing failed last time)" if args.failed else ""))
+    options = TestAllOptions(args.jobs, args.timeout, args.junit_xml, args.tag, split_names(args.only), args.failed,
+                             args.changed, args.hosts, args.accept_new_host_key, args.grace, args.dry_run,
+                             args.matrix)
+    if not args.dry_run and not args.matrix:
+        warn(check_state(paths, "test"))
+    answer = run_command(workspace, paths, options)
+    for line in answer.lines:
+        print(line)
+    report = answer.report
+    if report is None:
         return 0
-    report = test_all_in_groups(paths, workspace, plans, fleet, groups, args.jobs, args.timeout or None,
-                                args.junit_xml, args.accept_new_host_key)
-    print(outcomes_table(report.outcomes))
-    print(f"{report.summary_line()} -> {report.state_file}")
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(outcomes_table(report.outcomes))
+        print(f"{report.summary_line()} -> {report.state_file}")
     warn(report.notes)
     return 1 if report.failing else 0
 

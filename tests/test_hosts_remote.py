@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git, run_script, wait_gone
+from tests.conftest import ROOT, git, run_script, stop_when, wait_gone
 from tests.sshd_fixtures import free_port, sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 
 PASSING = {"Makefile": "all:\n\t@echo built on $$(hostname) in $$(pwd)\ntest:\n\t@echo all tests passed\n"}
@@ -365,3 +365,36 @@ def test_the_test_all_script_spreads_over_hosts_like_inv(home, make_repo, sshd, 
         "there": "builder", "here": "local"}
     bad = run_script("run_all_tests.py", "--hosts", "nope", cwd=tmp_path)
     assert bad.returncode == 2 and "error: unknown host 'nope'" in bad.stderr
+
+
+def test_a_stopped_test_all_over_a_host_names_every_repo_in_its_junit(home, make_repo, sshd, tmp_path):
+    # As a stopped run here: CI's report says the run was interrupted, and which repos never ran or were killed.
+    from xml.etree import ElementTree
+
+    pidfile = tmp_path / "hung.pid"
+    ws = tmp_path / "ws"
+    suites = {"r1": PASSING,
+              "r2": {"Makefile": f"test:\n\t@sh -c 'echo $$$$ > {pidfile}; exec sleep 60'\n"},
+              "r3": PASSING}
+    handles = [make_repo(name, files) for name, files in suites.items()]
+    for handle in handles:
+        clone_to(ws, handle)
+    write_hosts(home.path, {"builder": sshd.host_entry(ws, jobs=1)})
+    home.write_repos([{"name": h.path.name, "local": str(h.path), "language": "make", "host": "builder"}
+                      for h in handles])
+    report = tmp_path / "junit.xml"
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "test-all",
+                             "--junit-xml", str(report)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = stop_when(proc, lambda: pidfile.exists() and pidfile.read_text().strip(), signal.SIGTERM, seconds=90)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    suite = ElementTree.parse(report).getroot().find("testsuite")
+    assert suite.get("name") == "orchestrator test-all (interrupted by SIGTERM)", ElementTree.tostring(suite)
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert list(cases) == ["r1", "r2", "r3"]
+    assert cases["r1"].find("failure") is None and cases["r1"].find("error") is None
+    assert cases["r2"].find("error").get("message") == "interrupted"
+    assert cases["r3"].find("skipped") is not None, ElementTree.tostring(cases["r3"])
+    assert cases["r3"].find("skipped").get("message") == "not run: interrupted"
+    assert all("host: builder" in case.find("system-out").text for case in cases.values())
+    assert wait_gone(int(pidfile.read_text())), "the remote test survived the stop"

@@ -32,7 +32,7 @@ def test_a_stop_in_syncs_closing_scan_still_says_what_the_sync_did_and_its_warni
 
 
 def test_a_stop_in_test_alls_closing_scan_leaves_the_runs_junit_not_an_all_red_one(home, make_repo, tmp_path):
-    """Every repo was tested and recorded; the status read after the tests (what --changed compares) was
+    """Every repo was tested and recorded; the status read after the tests (what --changed records) was
     stopped. The JUnit file CI reads still said every repo errored ("did not finish"), and the run's own
     warnings went unsaid: the stop's line came alone."""
     import sys
@@ -51,8 +51,8 @@ def test_a_stop_in_test_alls_closing_scan_leaves_the_runs_junit_not_an_all_red_o
     bad.parent.mkdir(parents=True, exist_ok=True)
     bad.write_text("{not json")
     report = tmp_path / "out.xml"
-    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--changed", "--junit-xml",
+                            str(report)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
     with reaped(int(pid_file.read_text().split()[0])):
         assert run.returncode == 143 and "Traceback" not in out, out
@@ -115,8 +115,8 @@ def test_a_stop_in_test_alls_status_read_before_the_tests_says_not_run_interrupt
     subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
     home.add(repo, language="make")
     report = tmp_path / "out.xml"
-    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--junit-xml", str(report)],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--changed", "--junit-xml",
+                            str(report)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = stop_when(run, lambda: wait_for_file(pid_file, 60), signal.SIGTERM, seconds=90)
     with reaped(int(pid_file.read_text().split()[0])):
         assert run.returncode == 143 and "Traceback" not in out, out

@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 import pytest
 
 from tests.conftest import ROOT, require_tool
+from tests.test_sync_speed import git_log  # noqa: F401  (a fixture)
 
 ENV_PROBE = {"Makefile": "test:\n\t@echo PATH=$$PATH; echo VIRTUAL_ENV=$${VIRTUAL_ENV-unset}; "
                          "echo PYTHONPATH=$${PYTHONPATH-unset}; echo PYTHONHOME=$${PYTHONHOME-unset}\n"}
@@ -424,11 +425,29 @@ def test_changed_skips_only_what_is_unchanged_since_its_last_passed_run(home, ma
     assert [runs(n) for n in "abcd"] == [3, 3, 5, 2]
 
 
+def test_a_run_without_changed_starts_no_git(home, make_repo, inv, git_log):
+    # --changed's bookkeeping (a status scan before and after the tests, and what git status may hide: two gits
+    # a passed repo, one repo at a time) is for --changed runs only; a plain run records nothing it may trust.
+    suite = {"Makefile": "test:\n\t@echo '1 passed in 0.01s'\n"}
+    a, b = make_repo("a", suite), make_repo("b", suite)
+    home.add(a, b, language="make")
+    git_log.write_bytes(b"")
+    assert inv("test-all").code == 0
+    assert git_log.read_bytes() == b"", "a run without --changed started git"
+    assert [r["last_passed"] for r in home.state("test-results.json")["results"]] == [None, None]
+    assert inv("test-all", "--changed").code == 0  # nothing trusted yet: both run, and are trusted
+    assert git_log.read_bytes(), "the logging git sees no git at all: this test could not fail"
+    result = inv("test-all", "--changed", "--json")
+    assert result.code == 0, result.err
+    assert [r["cached"] for r in json.loads(result.out)["results"]] == [True, True]
+
+
 def test_a_failure_drops_what_changed_trusts(home, make_repo, inv, tmp_path):
     flag = tmp_path / "fail"
     repo = make_repo("r", {"Makefile": f"test:\n\t@test ! -e {flag}\n"})
     home.add(repo, language="make")
-    assert inv("test-all").code == 0
+    assert inv("test-all", "--changed").code == 0
+    assert home.state("test-results.json")["results"][0]["last_passed"] is not None
     flag.touch()  # something outside the repo broke it: the last verdict stands, --changed reruns
     assert inv("test-all").code == 1
     assert home.state("test-results.json")["results"][0]["last_passed"] is None

@@ -1,14 +1,14 @@
 """Workflows across build hosts: each repo on its host or here, each host its own bounded pool, one record.
 
-A plan runs on a host as `batch.execute` runs it here (`execute_remote`): same steps, same outcomes, the
-log written locally; the command itself goes through `lib.remote.connection.run_remote`.
+A plan runs on a host as `batch.execute` runs it here (`execute_remote`): same steps, and the same recorder
+(`batch.Recorder`: the log written locally, the outcome); the command itself goes through
+`lib.remote.connection.run_remote`.
 """
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from time import monotonic
 from typing import Any, BinaryIO, Callable, Sequence
 
 from lib import batch, runner
@@ -96,96 +96,69 @@ def plan_on_host(workflow: Workflow, repo: Repo, log_dir: Path) -> Plan:
 def execute_remote(plan: Plan, host: Host, connection: Any, timeout: float | None, echo: BinaryIO | None = None,
                    grace: float = runner.GRACE_S,
                    on_stalled: Callable[[remote.HostStalled], None] | None = None) -> batch.Outcome:
-    """batch.execute's twin for a host: same steps, same outcomes, the log written locally.
-    `on_stalled` hears of a host that stopped answering (the pool then spares the next repos the wait)."""
-    started = monotonic()
-
-    def outcome(status: str, exit_code: int | None = None, reason: str | None = None) -> batch.Outcome:
-        return batch.Outcome(plan.repo.name, plan.repo.language, status, exit_code, round(monotonic() - started, 3),
-                             plan.command_line, str(plan.log), reason, batch.now_iso(), host.name)
-
-    try:
-        log = batch.open_log(plan.log)  # one writer per log, here as locally
-    except batch.LogUnavailable as err:
-        return outcome("error", reason=str(err))
-    try:
-        with log:
-            return _execute_logged(plan, host, connection, log, timeout, echo, grace, started, outcome, on_stalled)
-    except OSError as err:  # opening, writing or (its last bytes) closing the local log: a full disk, say
-        return outcome("error", reason=f"cannot write log {plan.log}: {err.strerror or err}")
+    """batch.execute's twin for a host: same steps, the same recorder (batch.Recorder: outcomes, the log
+    written locally). `on_stalled` hears of a host that stopped answering (the pool then spares the next repos
+    the wait)."""
+    recorder = batch.Recorder(plan, host.name, f" on host {host.name} ({host.address})")
+    return recorder.run(lambda: _execute_logged(plan, host, connection, recorder, timeout, echo, grace, on_stalled))
 
 
-def _execute_logged(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                    echo: BinaryIO | None, grace: float, started: float, outcome: Callable[..., batch.Outcome],
+def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Recorder, timeout: float | None,
+                    echo: BinaryIO | None, grace: float,
                     on_stalled: Callable[[remote.HostStalled], None] | None) -> batch.Outcome:
-    log.write(f"# orchestrator {plan.workflow} {plan.repo.name} at {batch.now_iso()} on host {host.name} "
-              f"({host.address})\n".encode())
     if isinstance(connection, remote.HostUnreachable):
-        reason = str(connection) if isinstance(connection, remote.HostStalled) else f"host unreachable: {connection}"
-        log.write(f"error: {reason}\n".encode())
-        return outcome("error", reason=reason)
+        return recorder.error(str(connection) if isinstance(connection, remote.HostStalled)
+                              else f"host unreachable: {connection}")
     if plan.skip_reason:
-        log.write(f"skipped: {plan.skip_reason}\n".encode())
-        return outcome("skipped", reason=plan.skip_reason)
+        return recorder.skipped(plan.skip_reason)
     try:
-        return _run_commands(plan, host, connection, log, timeout, echo, grace, started, outcome)
-    except (runner.Stopping, remote.LogWriteError):
+        return _run_commands(plan, host, connection, recorder, timeout, echo, grace)
+    except (runner.Stopping, remote.LogWriteError, batch.LogWriteFailed):
         raise
     except remote.CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
-        log.write(f"error: {err}\n".encode())
-        return outcome("error", reason=str(err))
+        return recorder.error(str(err))
     except remote.HostStalled as err:  # connected, but the host did not answer: never "not found", never a skip
         if on_stalled is not None:
             on_stalled(err)
-        log.write(f"error: {err}\n".encode())
-        return outcome("error", reason=str(err))
+        return recorder.error(str(err))
     except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
         reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
         remote.give_up(connection, reason)  # the pool opens a new one for the next repo
-        log.write(f"\nerror: {reason}\n".encode())
-        return outcome("error", reason=reason)
+        return recorder.error(reason, after_output=True)
 
 
-def _run_commands(plan: Plan, host: Host, connection: Any, log: BinaryIO, timeout: float | None,
-                  echo: BinaryIO | None, grace: float, started: float,
-                  outcome: Callable[..., batch.Outcome]) -> batch.Outcome:
+def _run_commands(plan: Plan, host: Host, connection: Any, recorder: batch.Recorder, timeout: float | None,
+                  echo: BinaryIO | None, grace: float) -> batch.Outcome:
     for command in plan.commands:
         cwd = str(command.cwd)
         tool = first_tool(command.command)
         if tool is not None and "/" not in tool:
             check = f"cd -- {shlex.quote(cwd)} 2>/dev/null; command -v {shlex.quote(tool)} >/dev/null 2>&1"
             if remote.probe(connection, host, check, f"the check for {tool}")[0] != 0:
-                reason = f"{tool} not found on PATH on the host"
-                log.write(f"skipped: {reason}\n".encode())
-                return outcome("skipped", reason=reason)
-        remaining = None if timeout is None else max(0.0, timeout - (monotonic() - started))
-        log.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n".encode())
-        result = remote.run_remote(connection, cwd, command.script, dict(command.env), log, remaining, echo, grace,
-                                   host)
-        if result.lost is not None:
-            done = ("the command was killed on the host over a new connection" if result.problem is None else
-                    f"could not kill it on the host, it may still run ({result.problem})")
-            reason = f"connection to {host.name} {result.lost}; {done}"
-            log.write(f"\nerror: {reason}\n".encode())
-            return outcome("error", reason=reason)
-        if result.no_directory:
-            log.write(f"error: directory does not exist on the host: {cwd}\n".encode())
-            return outcome("error", reason=f"directory does not exist on the host: {cwd}")
-        if result.timed_out:
-            if result.problem:  # never "killed" when the kill did not reach the host
-                log.write(f"\ntimeout: after {timeout:g}s; could not kill it on the host, it may still run: "
-                          f"{result.problem}\n".encode())
-                return outcome("timeout", reason=f"timed out after {timeout:g}s; may still run on the host "
-                                                 f"(kill failed: {result.problem})")
-            log.write(f"\ntimeout: killed after {timeout:g}s\n".encode())
-            return outcome("timeout", reason=f"timed out after {timeout:g}s")
-        if result.problem:
-            log.write(f"error: {result.problem}\n".encode())
-            return outcome("error", reason=result.problem)
-        if result.exit_code != 0:
-            shown = "killed by a signal" if result.exit_code is None else f"exit {result.exit_code}"
-            return outcome("failed", result.exit_code, shown)
-    return outcome("passed", 0)
+                return recorder.skipped(f"{tool} not found on PATH on the host")
+        remaining = recorder.remaining(timeout)
+        recorder.write(f"$ cd {shlex.quote(cwd)}\n$ {command.command}\n")
+        result = remote.run_remote(connection, cwd, command.script, dict(command.env), recorder.log, remaining, echo,
+                                   grace, host)
+        verdict = recorder.ended(command_end(result, host, cwd), timeout)
+        if verdict is not None:
+            return verdict
+    return recorder.passed()
+
+
+def command_end(result: remote.RemoteResult, host: Host, cwd: str) -> batch.CommandEnd:
+    """A command's end on the host, in the words batch.Recorder judges for a run here too."""
+    if result.lost is not None:
+        done = ("the command was killed on the host over a new connection" if result.problem is None else
+                f"could not kill it on the host, it may still run ({result.problem})")
+        return batch.CommandEnd(None, error=f"connection to {host.name} {result.lost}; {done}")
+    if result.no_directory:
+        return batch.CommandEnd(None, error=f"directory does not exist on the host: {cwd}", ran=False)
+    if result.timed_out:  # SIGTERM, then SIGKILL: no SIGINT first on a host
+        return batch.CommandEnd(None, timed_out=True, kill_failed=result.problem)
+    if result.problem:  # the command could not be started there
+        return batch.CommandEnd(None, error=result.problem, ran=False)
+    return batch.CommandEnd(result.exit_code)
 
 
 def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_dir: Path, timeout: float | None,
@@ -296,11 +269,17 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
 
 def run_with_progress(paths: Paths, workspace: Workspace, workflow_name: str, groups: dict[str, list[Repo]],
                       fleet: Fleet, jobs: int, timeout: float | None, accept_new_host_key: bool,
-                      label: str) -> batch.BatchRun:
+                      label: str, on_start: Callable[[Plan], None] | None = None) -> batch.BatchRun:
     total = sum(len(g) for g in groups.values())
+
+    def started(plan: Plan) -> None:
+        if on_start is not None:
+            on_start(plan)
+        progress.start(plan.repo.name)
+
     with Progress(label, total) as progress:
         return run_distributed(paths, workspace, workflow_name, groups, fleet, jobs, timeout, accept_new_host_key,
-                               on_start=lambda plan: progress.start(plan.repo.name),
+                               on_start=started,
                                on_done=lambda o: progress.finish(o.repo, f"{o.line()} [{o.host}]", o.failing))
 
 
@@ -313,23 +292,14 @@ def plan_groups(paths: Paths, repos: Sequence[Repo], hosts_text: str, jobs: int)
     return fleet, assign(repos, fleet, chosen, jobs or batch.default_jobs())
 
 
-def test_all_in_groups(paths: Paths, workspace: Workspace, plans: Sequence[Plan], fleet: Fleet,
-                       groups: dict[str, list[Repo]], jobs: int, timeout: float | None, junit_xml: Path | None,
-                       accept_new_host_key: bool = False) -> Any:
-    """test-all where plan_groups put each repo: all here is lib.testall's run; else spread over the hosts."""
-    from time import monotonic
-
-    from lib.testall import TestAllReport, junit_notes, run_test_all, unfinished_junit
-
-    if set(groups) <= {LOCAL}:
-        return run_test_all(workspace, paths, list(plans), jobs, timeout, junit_xml)
-    started = monotonic()
-    notes = unfinished_junit(junit_xml, list(plans))  # what a run killed outright leaves: red, not an old green
-    try:
-        run = run_with_progress(paths, workspace, "test", groups, fleet, jobs, timeout, accept_new_host_key,
-                                "testing")
-    except runner.RunInterrupted as stop:
-        stop.notes += junit_notes(junit_xml, stop.results)
-        raise
-    return TestAllReport(run.outcomes, monotonic() - started, paths.test_results_file,
-                         notes + run.notes + junit_notes(junit_xml, run.outcomes))
+def dry_run_lines(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Repo]]) -> list[str]:
+    """A dry run over many repos: each one's commands here, or the host and directory it would run in."""
+    lines: list[str] = []
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        if where in fleet.hosts:
+            lines.append(f"{plan.repo.name}: would run {plan.workflow} on host {where} in "
+                         f"{shlex.quote(fleet.get(where).repo_dir(plan.repo.name))}")
+        else:
+            lines += batch.plan_lines(plan)
+    return lines
