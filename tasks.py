@@ -16,7 +16,6 @@ from pathlib import Path
 from invoke import Collection, Exit
 
 from lib.cli import task
-from lib.errors import OrchestratorError
 from lib.paths import Paths
 
 
