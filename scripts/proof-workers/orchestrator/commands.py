@@ -16,18 +16,20 @@ Over 500 lines, one job: each verb's checks, its application and its outcome, an
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
+from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
 from lib.views import visible
 from orchestrator import config as configs
 from orchestrator import heartbeat, pauses
@@ -492,14 +494,20 @@ def inbox_paths(files: RunFiles, worker: int, try_id: int) -> dict[str, str]:
     return {"inbox": f"{stem}.inbox.jsonl", "delivered": f"{stem}.delivered.jsonl"}
 
 
-def _delivered(path: Path) -> tuple[set[str], bool]:
-    """The ids a streaming try's wrapper passed to its agent, and whether the agent's input is closed."""
-    ids, closed = set(), False
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ids, closed
-    for line in text.splitlines():
+class Delivery(StrEnum):
+    """What became of a follow-up given to a streaming try, as its wrapper's notes say."""
+    DELIVERED = "delivered"  # passed to the agent, and noted so
+    KEPT = "kept"  # not passed on (no streaming try, its input closed, withdrawn): the next try takes it
+    UNRECORDED = "unrecorded"  # maybe passed on, with no note saying so (a full disk, a kill): never given again
+
+
+def _notes(path: Path) -> tuple[dict[str, str], bool]:
+    """Each follow-up's last note in a streaming try's delivered list (`passing`, `passed`, `not_passed`; a line
+    of an older wrapper without one: `passed`), and whether the agent's input is closed. A file that does not
+    read (none yet, no regular file) notes nothing."""
+    states: dict[str, str] = {}
+    closed = False
+    for line in (read_small(path) or b"").decode("utf-8", "replace").splitlines():
         try:
             doc = json.loads(line)
         except ValueError:
@@ -507,56 +515,160 @@ def _delivered(path: Path) -> tuple[set[str], bool]:
         if isinstance(doc, dict):
             closed = closed or doc.get("closed") is True
             if isinstance(doc.get("id"), str):
-                ids.add(doc["id"])
-    return ids, closed
+                states[doc["id"]] = str(doc.get("state") or "passed")
+    return states, closed
 
 
-def _stream(run: Run, command: Command, record: WorkerRecord) -> bool:
-    """Give the follow-up to the running try's agent; False when it cannot take it (not a streaming try, its input
-    closed, or its wrapper did not pass it on within DELIVERY_WAIT: then it is withdrawn, never given twice)."""
+def _noted(state: str | None) -> Delivery | None:
+    """A follow-up's delivery from its last note, read under the inbox's lock (the wrapper is not midway);
+    None: not noted at all."""
+    return {None: None, "passed": Delivery.DELIVERED, "not_passed": Delivery.KEPT}.get(state, Delivery.UNRECORDED)
+
+
+@contextmanager
+def _inbox_lock(inbox: Path, seconds: float) -> Iterator[bool]:
+    """The lock lib.statefile.locked(inbox) takes (the wrapper's), waiting at most `seconds`: a wrapper blocked in
+    a write to an agent that does not read its input holds it, and the monitor never hangs on that. Yields
+    whether it is held."""
+    fd = open_lock(inbox.parent / f".{inbox.name}.lock")
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(POLL)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _append_line(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
+    """Append a JSON line to a regular file of ours; returns where it starts and ends. A write that fails midway
+    (a full disk) is cut back off: no part of a line is left for the reader, or for the next line to join."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        return start, start + len(data)
+    finally:
+        os.close(fd)
+
+
+def _withdraw(inbox: Path, command: Command, span: tuple[int, int]) -> bool:
+    """Take a follow-up back from the inbox (the caller holds its lock and the wrapper has not noted it): cut off
+    its line when it is still the inbox's last (no free space needed: it works on a full disk), else append a
+    withdrawal. False when neither could be done: the wrapper may still pass it on."""
+    try:
+        fd = open_regular(inbox, os.O_RDWR)
+    except OSError:
+        return not inbox.exists()  # gone (the try's files cleaned up): nothing left to pass on
+    try:
+        if os.fstat(fd).st_size == span[1] and \
+                _noted_id(os.pread(fd, span[1] - span[0], span[0])) == command.id:
+            os.ftruncate(fd, span[0])
+            return True
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        _append_line(inbox, {"withdraw": command.id})
+        return True
+    except OSError:
+        return False
+
+
+def _noted_id(line: bytes) -> str | None:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None
+
+
+def _stream(run: Run, command: Command, record: WorkerRecord) -> tuple[Delivery, str]:
+    """Give the follow-up to the running try's agent, at most once (see wrapper.Feeder for the notes): DELIVERED;
+    KEPT when it cannot take it (not a streaming try, its input closed, or its wrapper did not pass it on within
+    DELIVERY_WAIT: then it is withdrawn); UNRECORDED, with why, when it may have reached the agent but nothing
+    says so. Every judgement is made under the inbox's lock, so the wrapper is never midway through one."""
     try:
         spec = read_json(run.files.try_spec(record.worker_id, record.try_id))
     except UnreadableFile:
-        return False
+        return Delivery.KEPT, ""
     paths = spec.get("input") if isinstance(spec, dict) else None
     if not isinstance(paths, dict) or not record.launched or \
             run.files.read_signal(record.worker_id, record.try_id) is not None:
-        return False
+        return Delivery.KEPT, ""
     inbox, delivered = Path(str(paths.get("inbox"))), Path(str(paths.get("delivered")))
     if not inbox.is_file():
-        return False  # the wrapper has not started the agent yet
-    with locked(inbox):
-        ids, closed = _delivered(delivered)
-        if command.id in ids:
-            return True  # given before a crash
-        if closed:
-            return False
-        with open(inbox, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"id": command.id, "text": command.text}, ensure_ascii=False) + "\n")
+        return Delivery.KEPT, ""  # the wrapper has not started the agent yet
     deadline = time.monotonic() + DELIVERY_WAIT
-    while time.monotonic() < deadline:
-        if command.id in _delivered(delivered)[0]:
-            return True
+    with _inbox_lock(inbox, DELIVERY_WAIT) as held:
+        if not held:  # nothing appended: the wrapper never sees it
+            return Delivery.KEPT, ""
+        states, closed = _notes(delivered)
+        if (noted := _noted(states.get(command.id))) is not None:
+            return noted, _UNNOTED  # given before a crash (this command is taken again)
+        if closed:
+            return Delivery.KEPT, ""
+        try:
+            span = _append_line(inbox, {"id": command.id, "text": command.text})
+        except OSError:
+            return Delivery.KEPT, ""  # not in the inbox (a full disk): the next try takes it
+    while True:
         time.sleep(POLL)
-    with locked(inbox):
-        if command.id in _delivered(delivered)[0]:
-            return True
-        with open(inbox, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"withdraw": command.id}) + "\n")
-    return False
+        with _inbox_lock(inbox, max(deadline - time.monotonic(), 0.0)) as held:
+            if not held:
+                return Delivery.UNRECORDED, ("its wrapper is still writing to the agent's input (the agent is not "
+                                             "reading it): it may pass it on later")
+            states, closed = _notes(delivered)
+            if (noted := _noted(states.get(command.id))) is not None:
+                return noted, _UNNOTED
+            if closed or time.monotonic() >= deadline:
+                if _withdraw(inbox, command, span):
+                    return Delivery.KEPT, ""
+                return Delivery.UNRECORDED, ("its wrapper had not passed it on yet and it could not be withdrawn "
+                                             "from the try's inbox (a full disk?): the wrapper may still pass it on")
+
+
+_UNNOTED = ("the wrapper noted it was passing it on, but no note says the agent got it (a write failed: a full "
+            "disk?, or the wrapper was killed)")
 
 
 def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable[[str], None]) -> Outcome:
     """Give the instruction to the running agent when its try takes input while it runs (a streaming try), else
-    keep it for the issue's next try. Nothing is ever typed into a pane."""
+    keep it for the issue's next try. Nothing is ever typed into a pane, and nothing is given twice: a follow-up
+    the running agent may have got without a note saying so is said to be so (`not recorded`), and not kept."""
     label = f"{command.project}#{command.issue}"
     running = record is not None and record.issue_number == command.issue and record.launched
-    if running and record is not None and _stream(run, command, record):
+    delivery, why_unrecorded = _stream(run, command, record) if running and record is not None else \
+        (Delivery.KEPT, "")
+    if delivery != Delivery.KEPT and record is not None:
+        delivered = delivery == Delivery.DELIVERED
         run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
-                             "id": command.id, "delivered": True, "worker": record.worker_id, "try": record.try_id})
-        say(f"#{command.issue}: follow-up delivered to the running agent")
-        return Outcome(True, [f"delivered to {label}'s running agent (worker {record.worker_id}, try "
-                              f"{record.try_id}): it reads it at its next step"])
+                             "id": command.id, "delivered": True if delivered else None, "recorded": delivered,
+                             "worker": record.worker_id, "try": record.try_id})
+        where = f"{label}'s running agent (worker {record.worker_id}, try {record.try_id})"
+        if delivered:
+            say(f"#{command.issue}: follow-up delivered to the running agent")
+            return Outcome(True, [f"delivered to {where}: it reads it at its next step"])
+        say(f"#{command.issue}: follow-up delivery not recorded")
+        return Outcome(True, [f"delivery to {where} not recorded: {why_unrecorded}; it may or may not have reached "
+                              "the agent, and it is not kept for a next try (never given twice): see the try's log, "
+                              f"and send it again if the agent did not act on it"])
 
     def change(doc: Any) -> dict[str, Any]:
         doc = doc if isinstance(doc, dict) and isinstance(doc.get("issues"), dict) else {"issues": {}}
