@@ -760,11 +760,12 @@ def apply_queue(run: Run, say: Callable[[str], None]) -> None:
         return
     run.reload()  # as the last holder left it (the verb read the config before it queued)
     rest = apply_pauses(run, commands, run.clock())
+    held = active_pauses(run, run.clock())
+    pauses.journal_changes(run.files, held)  # paused / resumed lines, from the one read decide takes
     if not rest:
         return
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()),
-                  commands=tuple(rest))
+    state = State(worker_views(records, run), issue_views(run, records), held, commands=tuple(rest))
     settings = settings_of(run)
     decided = decide([], state, settings)
     actions = [a for a in decided if a.command]

@@ -23,7 +23,6 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import open_regular, read_json, write_json
 
 if TYPE_CHECKING:
-    from orchestrator.decide import Pause
     from orchestrator.run import Run
 
 KINDS = {"mark_complete": "completed", "skip": "failed", "paused": "paused", "resumed": "resumed", "alert": "alert"}
@@ -76,7 +75,6 @@ class Dispatcher:
         self.run = run
         self.position_file = run.files.root / "hooks.json"
         self.log = run.files.root / "logs" / "hooks.log"
-        self.pauses: set[Pause] | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.lock = threading.Lock()
         self.waiting = 0
@@ -107,19 +105,19 @@ class Dispatcher:
                 return cfg.on_event
         return self.run.lead.on_event
 
-    def cycle(self, now: float) -> None:
+    def cycle(self, now: float | None = None) -> None:
+        """Hand the event log's new lines to their hooks (`now` is unused: the monitor's cycle journals pause
+        changes itself, pauses.journal_changes)."""
         try:
-            self._cycle(now)
+            self._cycle()
         except (OSError, OrchestratorError) as err:  # the monitor goes on; the lines wait for the next cycle
             with suppress(OSError):
                 self.run.files.log_event({"action": "hook_failed", "error": clip(f"on_event: {err}", 300)})
 
-    def _cycle(self, now: float) -> None:
+    def _cycle(self) -> None:
         if not any(cfg.on_event for cfg in self.run.configs):
-            self.pauses = None
             self.inode, self.offset = self._position_at_end()
             return
-        self._log_pause_changes(now)
         for line, event in self._new_lines():
             kind = KINDS.get(str(event.get("action")))
             hook = self._hook_of(event.get("project")) if kind else None
@@ -135,19 +133,6 @@ class Dispatcher:
         except OSError:
             return 0, 0
         return info.st_ino, info.st_size
-
-    def _log_pause_changes(self, now: float) -> None:
-        """A `paused` / `resumed` line when a pause reason starts or stops holding, whatever set or cleared it
-        (a user, an alert, a rate limit and its lapse, a budget, a login)."""
-        from orchestrator.monitor import active_pauses  # the monitor imports this module
-
-        current = set(active_pauses(self.run, now))
-        if self.pauses is not None:
-            for action, changed in (("paused", current - self.pauses), ("resumed", self.pauses - current)):
-                for pause in sorted(changed, key=lambda p: (p.project, p.issue or 0, p.reason)):
-                    self.run.files.log_event({"action": action, "project": pause.project, "issue": pause.issue,
-                                              "reason": pause.reason})
-        self.pauses = current
 
     def _new_lines(self) -> list[tuple[bytes, dict[str, Any]]]:
         """Complete lines written since the last read (a line being written waits for the next cycle; one longer
