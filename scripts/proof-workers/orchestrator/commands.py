@@ -32,7 +32,7 @@ from lib.errors import ConfigError, OrchestratorError, clip
 from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
 from lib.views import visible
 from orchestrator import config as configs
-from orchestrator import heartbeat, pauses
+from orchestrator import heartbeat, pauses, resume, worktrees
 from orchestrator.decide import Action, ActionKind, Command
 
 if TYPE_CHECKING:
@@ -452,27 +452,19 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
              and not blocked(v, views) and v.status == "pending"]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
     branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
-    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} "
-             + ("(branch and commits kept)" if _branch_left(repo.path, cfg.worktree_for(issue), branch) else
+    try:  # what the dry run and status say too; a repository git cannot read is said so, never guessed
+        worktrees.git(repo.path, "rev-parse", "--git-dir")
+        left = resume.left_behind(repo, cfg.worktree_for(issue), branch, origin=True)
+        kept = ("(branch and commits kept)" if left != resume.FRESH else
                 f"but its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin has "
-                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")]
+                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")
+    except OrchestratorError as err:
+        kept = (f"(whether its branch {branch} is left could not be read: {clip(str(err), 300)}; its next try "
+                "says what is wrong)")
+    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} {kept}"]
     if freed:
         lines.append("no longer blocked: " + ", ".join(f"#{n}" for n in freed) + f" (they wait for #{issue.number})")
     return Outcome(True, lines)
-
-
-def _branch_left(repo: Path, worktree: Path, branch: str) -> bool:
-    """Whether the issue's work is still there for its next try: its worktree, its branch, or origin's copy of it
-    (what ensure_worktree takes, in that order). Read only; a repo git cannot read counts as kept (not ours to
-    judge here: the try says what is wrong)."""
-    from orchestrator.worktrees import ok
-
-    if worktree.is_dir():
-        return True
-    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
-        return True
-    return any(ok(repo, "rev-parse", "--verify", "-q", ref)
-               for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"))
 
 
 def streams_input(cfg: configs.ProjectConfig) -> bool:
@@ -699,16 +691,25 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
     return Outcome(True, lines)
 
 
-def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
-    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
+def _kept(state_root: Path, project: str) -> dict[str, Any]:
+    """followups.json's issues (one read; a file that does not read keeps none)."""
     try:
         doc = read_json(followups_file(state_root, project), {"issues": {}})
     except UnreadableFile:
-        return []
-    entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) and \
-        isinstance(doc.get("issues"), dict) else None
-    return [e for e in entries or [] if isinstance(e, dict) and (given_too or not e.get("given_in"))
-            and isinstance(e.get("text"), str)]
+        return {}
+    issues = doc.get("issues") if isinstance(doc, dict) else None
+    return issues if isinstance(issues, dict) else {}
+
+
+def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    entries = issues.get(str(issue))
+    return [e for e in entries if isinstance(e, dict) and (given_too or not e.get("given_in"))
+            and isinstance(e.get("text"), str)] if isinstance(entries, list) else []
+
+
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
+    return _pending(_kept(state_root, project), issue, given_too)
 
 
 def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
@@ -839,15 +840,11 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
              "reported": doc.get("reported") is True})
     for entry in found.values():
         entry["commands"].sort(key=lambda c: c["id"])
-    try:
-        kept = read_json(followups_file(state_root, project), {"issues": {}})
-    except UnreadableFile:
-        kept = {}
-    issues = kept.get("issues") if isinstance(kept, dict) else None
-    for number in issues if isinstance(issues, dict) else {}:
+    issues = _kept(state_root, project)
+    for number in issues:
         if not number.isdigit():
             continue
-        for e in pending_followups(state_root, project, int(number)):
+        for e in _pending(issues, int(number)):
             text = " ".join(e["text"].split())
             slot(int(number))["followups"].append(
                 {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
