@@ -50,6 +50,7 @@ agent = subprocess.Popen([sys.executable, "-c",
 feeder = wrapper.Feeder(agent.stdin, {"inbox": inbox, "delivered": delivered})
 feeder.start("the prompt")
 sys.stdin.read()  # until the test is done
+feeder.forward()  # one last pass: what it would still pass on, now that the disk may have room again
 feeder.end()
 agent.wait()
 '''
@@ -147,6 +148,24 @@ def test_a_follow_up_passed_on_whose_note_then_fails_is_said_not_recorded_and_ne
     assert kept(try_.run) == []
     event = last_event(try_.run)
     assert (event["action"], event["delivered"], event["recorded"]) == ("followup", None, False)
+
+
+def test_a_follow_up_taken_again_after_a_crash_is_withdrawn_whole_and_never_passed_on_later(streaming, tmp_path):
+    """The holder appended the follow-up, then died; the next holder applies the command again. The wrapper could
+    not note it (a full disk), so it is withdrawn and kept: the line the dead holder left is withdrawn too, and
+    once the disk has room the wrapper passes neither on."""
+    delivered = Path(commands.inbox_paths(open_run().files, 1, 1)["delivered"])
+    delivered.mkdir(parents=True)
+    try_ = Try(tmp_path)
+    command = Command(commands._new_id(), "send", "demo", 1, "FOLLOW-UP again")
+    with open(try_.paths["inbox"], "a") as inbox:  # what the killed holder had appended
+        inbox.write(json.dumps({"id": command.id, "text": command.text}) + "\n")
+    outcome = commands._send(try_.run, command, try_.record, lambda _line: None)
+    delivered.rmdir()  # room again: the wrapper's last pass could note and pass on anything not withdrawn
+    try_.end()
+    assert outcome.lines[0].startswith("stored for demo#1"), outcome
+    assert try_.texts() == ["the prompt"]
+    assert kept(try_.run) == ["FOLLOW-UP again"]
 
 
 def test_a_follow_up_whose_first_note_fails_is_passed_on_once_the_disk_has_room_again(streaming, tmp_path):

@@ -559,7 +559,11 @@ def _append_line(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
         os.close(fd)
 
 
-def _withdraw(inbox: Path, command: Command, span: tuple[int, int]) -> bool:
+def _inbox_ids(inbox: Path) -> set[str]:
+    return {i for line in (read_small(inbox) or b"").splitlines() if (i := _noted_id(line)) is not None}
+
+
+def _withdraw(inbox: Path, command: Command, span: tuple[int, int] | None) -> bool:
     """Take a follow-up back from the inbox (the caller holds its lock and the wrapper has not noted it): cut off
     its line when it is still the inbox's last (no free space needed: it works on a full disk), else append a
     withdrawal. False when neither could be done: the wrapper may still pass it on."""
@@ -568,7 +572,7 @@ def _withdraw(inbox: Path, command: Command, span: tuple[int, int]) -> bool:
     except OSError:
         return not inbox.exists()  # gone (the try's files cleaned up): nothing left to pass on
     try:
-        if os.fstat(fd).st_size == span[1] and \
+        if span is not None and os.fstat(fd).st_size == span[1] and \
                 _noted_id(os.pread(fd, span[1] - span[0], span[0])) == command.id:
             os.ftruncate(fd, span[0])
             return True
@@ -588,7 +592,8 @@ def _noted_id(line: bytes) -> str | None:
         doc = json.loads(line)
     except ValueError:
         return None
-    return doc.get("id") if isinstance(doc, dict) else None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def _stream(run: Run, command: Command, record: WorkerRecord) -> tuple[Delivery, str]:
@@ -616,10 +621,12 @@ def _stream(run: Run, command: Command, record: WorkerRecord) -> tuple[Delivery,
             return noted, _UNNOTED  # given before a crash (this command is taken again)
         if closed:
             return Delivery.KEPT, ""
-        try:
-            span = _append_line(inbox, {"id": command.id, "text": command.text})
-        except OSError:
-            return Delivery.KEPT, ""  # not in the inbox (a full disk): the next try takes it
+        span: tuple[int, int] | None = None  # where our line is, to cut it off again
+        if command.id not in _inbox_ids(inbox):  # else appended before a crash: one line, withdrawn by a mark
+            try:
+                span = _append_line(inbox, {"id": command.id, "text": command.text})
+            except OSError:
+                return Delivery.KEPT, ""  # not in the inbox (a full disk): the next try takes it
     while True:
         time.sleep(POLL)
         with _inbox_lock(inbox, max(deadline - time.monotonic(), 0.0)) as held:
