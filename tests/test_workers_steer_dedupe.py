@@ -71,3 +71,17 @@ def test_a_worktree_whose_git_file_an_agent_replaced_by_a_fifo_is_not_set_up_and
         capture_output=True, text=True, timeout=60)
     assert (asked.returncode, asked.stdout) == (0, "False\n"), asked.stderr
 
+
+
+def test_a_follow_up_that_cannot_be_kept_is_one_error_line_saying_it_was_given_to_no_try(project):
+    """followups.json cannot be written (its lock is a directory: an OSError as a full disk gives): the verb says
+    in one line that nothing has the follow-up, instead of a traceback; nothing is kept."""
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    (proj.state / ".followups.json.lock").mkdir(parents=True)
+    sent = cli("send", "1", "use the new API")
+    assert sent.returncode == 2, (sent.stdout, sent.stderr)
+    assert "Traceback" not in sent.stderr
+    [line] = sent.stderr.splitlines()
+    assert line.startswith("error: send: demo#1: the follow-up could not be kept for its next try") and \
+        "it was given to no try: send it again" in line, line
+    assert not (proj.state / "followups.json").exists()

@@ -678,7 +678,12 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
             entries.append({"id": command.id, "text": command.text, "at": time.time(), "given_in": None})
         return doc
 
-    update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
+    try:
+        update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
+    except OSError as err:  # a full disk: said, never a traceback; the running agent did not get it either
+        return Outcome(False, error=f"send: {label}: the follow-up could not be kept for its next try "
+                                    f"({followups_file(run.state_root, command.project)}: {err.strerror or err}); "
+                                    "it was given to no try: send it again")
     streaming = streams_input(run.config_of(command.project))
     why = ("no try of it runs now" if not running or record is None else
            f"its running try (worker {record.worker_id}, try {record.try_id}) " +
