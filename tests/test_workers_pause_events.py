@@ -53,3 +53,18 @@ def test_a_pause_that_lapses_by_itself_is_said_resumed_by_the_cycle_that_reads_i
     (proj.state / "paused.json").write_text(json.dumps(doc))
     one_cycle()
     assert pause_lines(proj) == [("paused", None, "rate_limit"), ("resumed", None, "rate_limit")]
+
+
+def test_a_directory_or_garbage_where_the_journalled_pauses_are_kept_is_set_aside_and_the_change_still_said(project):
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    (proj.state / "pauses-journalled.json").mkdir(parents=True)
+    (proj.state / "pauses-journalled.json" / "x").write_text("planted")
+    assert cli("pause").returncode == 0
+    one_cycle()
+    assert pause_lines(proj) == [("paused", None, "user")]
+    assert (proj.state / "pauses-journalled.json.corrupt" / "x").read_text() == "planted"
+    (proj.state / "pauses-journalled.json").write_text("{not json")
+    one_cycle()
+    assert pause_lines(proj) == [("paused", None, "user")] * 2  # said again, once: never lost
+    one_cycle()
+    assert pause_lines(proj) == [("paused", None, "user")] * 2

@@ -8,12 +8,13 @@ time). While paused no try starts; running tries finish; `resume` clears
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, read_json, update_json, write_json
+from lib.statefile import UnreadableFile, read_json, set_aside, update_json, write_json
 from orchestrator.config import ProjectConfig
 
 if TYPE_CHECKING:
@@ -215,6 +216,8 @@ def journal_changes(files: RunFiles, held: Iterable[Pause]) -> None:
                                                                         not isinstance(i, bool))}
     except (UnreadableFile, TypeError, ValueError):  # unreadable: said afresh (a repeat, never a change lost)
         said = set()
+        with suppress(OSError):
+            set_aside(path)  # NAME.corrupt: a directory or garbage put there never stops a cycle
     now = {(p.project, p.issue, p.reason) for p in held}
     if now == said:
         return
