@@ -91,3 +91,13 @@ def test_a_stop_with_hooks_running_and_waiting_kills_those_running_and_starts_no
     assert len(started) == hooks.MAX_RUNNING
     retry_until(lambda: not any(process_running(p) for p in started), seconds=60)
     assert list((run.files.root / "hooks").glob("*.line")) == []
+
+
+def test_the_event_lines_a_killed_monitor_left_for_its_hooks_are_removed_by_the_next_one(project):
+    proj = project([{"number": 1, "title": "one"}], on_event="true")
+    feeds = proj.state / "hooks"
+    feeds.mkdir(parents=True)
+    (feeds / "0123.line").write_bytes(b'{"event": {}}\n')
+    (feeds / "planted.line").mkdir()  # not ours to remove, and no reason to stop a monitor
+    hooks.Dispatcher(open_run()).close()
+    assert sorted(p.name for p in feeds.iterdir()) == ["planted.line"]

@@ -90,7 +90,8 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.skipping = False  # inside a line longer than READ_AT_MOST
         for left in self.feeds.glob("*.line"):  # a killed monitor's (one monitor at a time: its lock)
-            left.unlink(missing_ok=True)
+            with suppress(OSError):
+                left.unlink()
         self.inode, self.offset = self._position()
         self.saved: tuple[int, int] | None = None
 
