@@ -10,6 +10,8 @@ agent got it) the wrapper's note writer failing as a full disk does.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +48,9 @@ if fail:
     wrapper._append_note = failing
 agent = subprocess.Popen([sys.executable, "-c",
     "import sys\nwith open(sys.argv[1], 'a') as out:\n    for line in sys.stdin:\n        out.write(line); out.flush()",
-    received], stdin=subprocess.PIPE)
+    received], stdin=subprocess.PIPE) if not os.environ.get("DEAF_AGENT") else \
+    subprocess.Popen(["sleep", "3600"], stdin=subprocess.PIPE)  # an agent that never reads its input
+open(received + ".pid", "w").write(str(agent.pid))
 feeder = wrapper.Feeder(agent.stdin, {"inbox": inbox, "delivered": delivered})
 feeder.start("the prompt")
 sys.stdin.read()  # until the test is done
@@ -59,7 +63,7 @@ agent.wait()
 class Try:
     """One streaming try as the monitor sees it: its spec and record; the wrapper's Feeder in a process."""
 
-    def __init__(self, tmp_path: Path, fail_note: str = "") -> None:
+    def __init__(self, tmp_path: Path, fail_note: str = "", deaf: bool = False) -> None:
         self.run = open_run()
         files = self.run.files
         self.paths = commands.inbox_paths(files, 1, 1)
@@ -74,8 +78,12 @@ class Try:
         driver.write_text(DRIVER)
         self.process = subprocess.Popen([sys.executable, str(driver), str(ROOT), self.paths["inbox"],
                                          self.paths["delivered"], str(self.received), fail_note],
-                                        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        retry_until(lambda: "the prompt" in self.texts(), seconds=60)
+                                        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, "DEAF_AGENT": "1" if deaf else ""})
+        pid_file = Path(f"{self.received}.pid")
+        self.agent = int(retry_until(lambda: pid_file.exists() and pid_file.read_text(), seconds=60))
+        if not deaf:
+            retry_until(lambda: "the prompt" in self.texts(), seconds=60)
 
     def texts(self) -> list[str]:
         if not self.received.exists():
@@ -198,3 +206,21 @@ def test_the_monitor_waits_for_the_wrappers_lock_on_the_inbox_and_never_hangs_on
             assert held is False
     with commands._inbox_lock(inbox, 0.3) as held:
         assert held is True
+
+
+def test_a_wrapper_blocked_writing_to_an_agent_that_does_not_read_never_holds_up_the_monitor(streaming, tmp_path,
+                                                                                             monkeypatch):
+    """The agent reads nothing and the follow-up is larger than a pipe holds: the wrapper blocks in its write,
+    holding the inbox's lock. The monitor waits a bounded time and says the delivery is not recorded (never kept:
+    the wrapper may yet pass it on); the agent's end frees the wrapper, which notes it was not passed on."""
+    monkeypatch.setattr(commands, "DELIVERY_WAIT", 15.0)  # ample for the wrapper's next pass to take it up
+    try_ = Try(tmp_path, deaf=True)
+    text = "\U0001F600" * commands.MAX_TEXT  # 80 KB of UTF-8: more than a 64 KiB pipe holds
+    outcome = try_.send(text)
+    os.kill(try_.agent, signal.SIGKILL)
+    try_.end()
+    assert outcome.lines[0].startswith("delivery to demo#1's running agent (worker 1, try 1) not recorded: its "
+                                       "wrapper is still writing to the agent's input"), outcome
+    assert kept(try_.run) == []
+    notes = [json.loads(line) for line in Path(try_.paths["delivered"]).read_text().splitlines()]
+    assert [n.get("state") or "closed" for n in notes] == ["passing", "not_passed", "closed"]
