@@ -224,3 +224,33 @@ def test_a_wrapper_blocked_writing_to_an_agent_that_does_not_read_never_holds_up
     assert kept(try_.run) == []
     notes = [json.loads(line) for line in Path(try_.paths["delivered"]).read_text().splitlines()]
     assert [n.get("state") or "closed" for n in notes] == ["passing", "not_passed", "closed"]
+
+
+@pytest.mark.parametrize("status", ["completed", "pending"])
+@pytest.mark.parametrize(("state", "said"), [("passed", "delivered to demo#1's running agent (worker 1, try 1)"),
+                                             ("passing", "delivery to demo#1's running agent (worker 1, try 1) "
+                                                         "not recorded")])
+def test_a_follow_up_given_before_its_holder_was_killed_is_said_as_given_whatever_the_issue_did_since(
+        project, state, said, status):  # noqa: F811
+    """The holder passed it to the running agent and died before it wrote the outcome; that try ended since (#1
+    completed, or waits for its next try). The next holder takes the command again: it says what the wrapper
+    noted, never a refusal of a follow-up the agent had (`#1 is completed`), and never keeps it to give again."""
+    from dataclasses import asdict
+
+    from lib.statefile import write_json
+    from workers_fixtures import orchestrator_cli as cli
+
+    proj = project([{"number": 1, "title": "one", "status": status}, {"number": 2, "title": "two"}],
+                   pipeline=["implement"], num_workers=1)
+    run = open_run()
+    command = Command(commands._new_id(), "send", "demo", 1, "FOLLOW-UP")
+    write_json(commands.queue_dir(run.state_root, "demo") / "taken" / f"{command.id}.json",
+               {**asdict(command), "taken_at": time.time(), "by_pid": 1})
+    delivered = Path(commands.inbox_paths(run.files, 1, 1)["delivered"])
+    delivered.parent.mkdir(parents=True, exist_ok=True)
+    delivered.write_text(json.dumps({"id": command.id, "state": state}) + "\n")
+    assert cli("pause", "2").returncode == 0  # the next holder of the lock applies it first
+    done = json.loads((commands.queue_dir(run.state_root, "demo") / "done" / f"{command.id}.json").read_text())
+    assert done["ok"] is True and done["lines"][0].startswith(said), done
+    assert kept(run) == []
+    assert not (proj.state / "followups.json").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import time
@@ -379,8 +380,9 @@ def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], acti
         try:
             if action.kind == ActionKind.RETRY and command is not None:
                 outcome = _retry(run, command, say)
-            elif action.kind == ActionKind.SEND and command is not None:
-                outcome = _send(run, command, records.get(action.worker), say)
+            elif action.kind == ActionKind.SEND and command is not None:  # given or kept before a kill: once
+                outcome = (_already_applied(run, command) if command.id in retaken else None) or \
+                    _send(run, command, records.get(action.worker), say)
             elif action.kind == ActionKind.REFUSE and command is not None and command.id in retaken and \
                     (done := _already_applied(run, command)) is not None:
                 outcome = done
@@ -408,6 +410,8 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
         return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
                               "stopped)"])
+    if command.verb == "send" and (given := _given_before(run, command)) is not None:
+        return given
     if command.verb == "send" and any(e.get("id") == command.id for e in pending_followups(
             run.state_root, command.project, command.issue or 0, given_too=True)):
         return Outcome(True, [f"stored for {label} (before the monitor that took the command stopped)"])
@@ -660,14 +664,9 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
         run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
                              "id": command.id, "delivered": True if delivered else None, "recorded": delivered,
                              "worker": record.worker_id, "try": record.try_id})
-        where = f"{label}'s running agent (worker {record.worker_id}, try {record.try_id})"
-        if delivered:
-            say(f"#{command.issue}: follow-up delivered to the running agent")
-            return Outcome(True, [f"delivered to {where}: it reads it at its next step"])
-        say(f"#{command.issue}: follow-up delivery not recorded")
-        return Outcome(True, [f"delivery to {where} not recorded: {why_unrecorded}; it may or may not have reached "
-                              "the agent, and it is not kept for a next try (never given twice): see the try's log, "
-                              f"and send it again if the agent did not act on it"])
+        say(f"#{command.issue}: follow-up " + ("delivered to the running agent" if delivered else
+                                               "delivery not recorded"))
+        return _given(label, record.worker_id, record.try_id, delivery, why_unrecorded)
 
     def change(doc: Any) -> dict[str, Any]:
         doc = doc if isinstance(doc, dict) and isinstance(doc.get("issues"), dict) else {"issues": {}}
@@ -717,6 +716,27 @@ def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> lis
     entries = issues.get(str(issue))
     return [e for e in entries if isinstance(e, dict) and (given_too or not e.get("given_in"))
             and isinstance(e.get("text"), str)] if isinstance(entries, list) else []
+
+
+def _given(label: str, worker: int, try_id: int, delivery: Delivery, why: str, after: str = "") -> Outcome:
+    """What a verb says of a follow-up given to a running try (DELIVERED, or UNRECORDED with why)."""
+    where = f"{label}'s running agent (worker {worker}, try {try_id})"
+    if delivery == Delivery.DELIVERED:
+        return Outcome(True, [f"delivered to {where}{after}: it reads it at its next step"])
+    return Outcome(True, [f"delivery to {where} not recorded{after}: {why}; it may or may not have reached the "
+                          "agent, and it is not kept for a next try (never given twice): see the try's log, and "
+                          "send it again if the agent did not act on it"])
+
+
+def _given_before(run: Run, command: Command) -> Outcome | None:
+    """A follow-up a killed holder had given to a running try, as that try's wrapper noted it; None: none did."""
+    for path in sorted((run.files.root / "tries").glob("worker-*-try-*.delivered.jsonl")):
+        delivery = _noted(_notes(path)[0].get(command.id))
+        found = re.fullmatch(r"worker-(\d+)-try-(\d+)", path.name.removesuffix(".delivered.jsonl"))
+        if found and delivery in (Delivery.DELIVERED, Delivery.UNRECORDED):
+            return _given(f"{command.project}#{command.issue}", int(found[1]), int(found[2]), delivery, _UNNOTED,
+                          " (before the monitor that took the command stopped)")
+    return None
 
 
 def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
