@@ -16,7 +16,7 @@ from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 from lib.errors import ConfigError
 from orchestrator import hooks, pauses
 from orchestrator.config import load_config
-from orchestrator.monitor import monitor
+from orchestrator.monitor import active_pauses, monitor
 from orchestrator.run import open_run
 
 
@@ -67,8 +67,10 @@ def test_pauses_resumes_and_alerts_whatever_made_them_reach_the_hook(project, tm
     pauses.add(pause_file, "user", "lunch", now, issue=1)
     run.files.log_event({"action": "alert", "project": "demo", "issue": 1, "kind": "git_config", "detail": "x"})
     run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
+    pauses.journal_changes(run.files, active_pauses(run, now))  # as a cycle does, from decide's read
     dispatcher.cycle(now)
     pauses.clear(pause_file, issue=1)
+    pauses.journal_changes(run.files, active_pauses(run, now))
     dispatcher.cycle(now)
     dispatcher.close()
 

@@ -196,7 +196,7 @@ def test_a_symlink_seen_only_at_copy_time_fails_the_setup_and_copies_nothing(mak
     worktree = _worktree(repo, tmp_path)
 
     with pytest.raises(worktree_setup.SetupFailed, match="copy .env: a symlink in the main checkout leads out"):
-        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+        worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
     assert not (worktree / ".env").exists() and not worktree_setup.done(worktree)
 
 
@@ -215,7 +215,7 @@ def test_a_tracked_symlink_in_the_worktree_never_carries_a_copy_out_of_it(make_r
     setup = worktree_setup.parse({"copy": ["config/local.yml"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
 
     with pytest.raises(worktree_setup.SetupFailed, match="leads out of the worktree"):
-        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+        worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
     assert list(elsewhere.iterdir()) == []
 
 
@@ -226,7 +226,7 @@ def test_a_file_the_worktree_already_has_is_never_overwritten(make_repo, tmp_pat
     (worktree / ".env").write_text("AGENT=edited\n")
     setup = worktree_setup.parse({"copy": [".env"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
 
-    worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+    worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
 
     assert (worktree / ".env").read_text() == "AGENT=edited\n"
     assert "kept the worktree's own" in (tmp_path / "setup.log").read_text()
@@ -240,7 +240,7 @@ def test_a_fifo_in_the_main_checkout_fails_the_setup_instead_of_hanging_it(make_
     setup = worktree_setup.parse({"copy": [".env"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
 
     with pytest.raises(worktree_setup.SetupFailed, match="copy .env: not a regular file"):
-        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+        worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
 
 
 def test_a_file_git_would_not_ignore_in_the_worktree_is_never_copied(make_repo, tmp_path):
@@ -251,7 +251,7 @@ def test_a_file_git_would_not_ignore_in_the_worktree_is_never_copied(make_repo, 
     setup = worktree_setup.parse({"copy": ["secrets.txt"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
 
     with pytest.raises(worktree_setup.SetupFailed, match="copy secrets.txt: git does not ignore it in the worktree"):
-        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "setup.log", {})
+        worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
     assert not (worktree / "secrets.txt").exists()
 
 
@@ -262,5 +262,5 @@ def test_a_setup_log_that_cannot_be_written_fails_the_setup_not_the_monitor(make
     setup = worktree_setup.parse({"run": "true"}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
 
     with pytest.raises(worktree_setup.SetupFailed, match="cannot write its log"):
-        worktree_setup.set_up(setup, repo.path, worktree, tmp_path / "logs" / "issue-1" / "setup.log", {})
+        worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "logs" / "issue-1" / "setup.log")
     assert not worktree_setup.done(worktree)

@@ -16,21 +16,24 @@ Over 500 lines, one job: each verb's checks, its application and its outcome, an
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, locked, read_json, update_json, write_json
+from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
 from lib.views import visible
 from orchestrator import config as configs
-from orchestrator import heartbeat, pauses
+from orchestrator import heartbeat, pauses, resume, worktrees
 from orchestrator.decide import Action, ActionKind, Command
 
 if TYPE_CHECKING:
@@ -377,8 +380,9 @@ def execute(run: Run, executor: Executor, records: dict[int, WorkerRecord], acti
         try:
             if action.kind == ActionKind.RETRY and command is not None:
                 outcome = _retry(run, command, say)
-            elif action.kind == ActionKind.SEND and command is not None:
-                outcome = _send(run, command, records.get(action.worker), say)
+            elif action.kind == ActionKind.SEND and command is not None:  # given or kept before a kill: once
+                outcome = (_already_applied(run, command) if command.id in retaken else None) or \
+                    _send(run, command, records.get(action.worker), say)
             elif action.kind == ActionKind.REFUSE and command is not None and command.id in retaken and \
                     (done := _already_applied(run, command)) is not None:
                 outcome = done
@@ -406,6 +410,8 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
         return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
                               "stopped)"])
+    if command.verb == "send" and (given := _given_before(run, command)) is not None:
+        return given
     if command.verb == "send" and any(e.get("id") == command.id for e in pending_followups(
             run.state_root, command.project, command.issue or 0, given_too=True)):
         return Outcome(True, [f"stored for {label} (before the monitor that took the command stopped)"])
@@ -450,27 +456,19 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
              and not blocked(v, views) and v.status == "pending"]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
     branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
-    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} "
-             + ("(branch and commits kept)" if _branch_left(repo.path, cfg.worktree_for(issue), branch) else
+    try:  # what the dry run and status say too; a repository git cannot read is said so, never guessed
+        worktrees.git(repo.path, "rev-parse", "--git-dir")
+        left = resume.left_behind(repo, cfg.worktree_for(issue), branch, origin=True)
+        kept = ("(branch and commits kept)" if left != resume.FRESH else
                 f"but its branch {branch} is gone (no local branch, none in origin's last fetch): unless origin has "
-                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")]
+                f"it, its next try starts it afresh from {repo.default_branch}, without the work of earlier tries")
+    except OrchestratorError as err:
+        kept = (f"(whether its branch {branch} is left could not be read: {clip(str(err), 300)}; its next try "
+                "says what is wrong)")
+    lines = [f"retry {label}: pending again, its retries reset; it starts again at stage {stage} on {branch} {kept}"]
     if freed:
         lines.append("no longer blocked: " + ", ".join(f"#{n}" for n in freed) + f" (they wait for #{issue.number})")
     return Outcome(True, lines)
-
-
-def _branch_left(repo: Path, worktree: Path, branch: str) -> bool:
-    """Whether the issue's work is still there for its next try: its worktree, its branch, or origin's copy of it
-    (what ensure_worktree takes, in that order). Read only; a repo git cannot read counts as kept (not ours to
-    judge here: the try says what is wrong)."""
-    from orchestrator.worktrees import ok
-
-    if worktree.is_dir():
-        return True
-    if not (repo / ".git").exists() and not (repo / "HEAD").exists():
-        return True
-    return any(ok(repo, "rev-parse", "--verify", "-q", ref)
-               for ref in (f"refs/heads/{branch}", f"refs/remotes/origin/{branch}"))
 
 
 def streams_input(cfg: configs.ProjectConfig) -> bool:
@@ -492,14 +490,20 @@ def inbox_paths(files: RunFiles, worker: int, try_id: int) -> dict[str, str]:
     return {"inbox": f"{stem}.inbox.jsonl", "delivered": f"{stem}.delivered.jsonl"}
 
 
-def _delivered(path: Path) -> tuple[set[str], bool]:
-    """The ids a streaming try's wrapper passed to its agent, and whether the agent's input is closed."""
-    ids, closed = set(), False
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ids, closed
-    for line in text.splitlines():
+class Delivery(StrEnum):
+    """What became of a follow-up given to a streaming try, as its wrapper's notes say."""
+    DELIVERED = "delivered"  # passed to the agent, and noted so
+    KEPT = "kept"  # not passed on (no streaming try, its input closed, withdrawn): the next try takes it
+    UNRECORDED = "unrecorded"  # maybe passed on, with no note saying so (a full disk, a kill): never given again
+
+
+def _notes(path: Path) -> tuple[dict[str, str], bool]:
+    """Each follow-up's last note in a streaming try's delivered list (`passing`, `passed`, `not_passed`; a line
+    of an older wrapper without one: `passed`), and whether the agent's input is closed. A file that does not
+    read (none yet, no regular file) notes nothing."""
+    states: dict[str, str] = {}
+    closed = False
+    for line in (read_small(path) or b"").decode("utf-8", "replace").splitlines():
         try:
             doc = json.loads(line)
         except ValueError:
@@ -507,56 +511,162 @@ def _delivered(path: Path) -> tuple[set[str], bool]:
         if isinstance(doc, dict):
             closed = closed or doc.get("closed") is True
             if isinstance(doc.get("id"), str):
-                ids.add(doc["id"])
-    return ids, closed
+                states[doc["id"]] = str(doc.get("state") or "passed")
+    return states, closed
 
 
-def _stream(run: Run, command: Command, record: WorkerRecord) -> bool:
-    """Give the follow-up to the running try's agent; False when it cannot take it (not a streaming try, its input
-    closed, or its wrapper did not pass it on within DELIVERY_WAIT: then it is withdrawn, never given twice)."""
+def _noted(state: str | None) -> Delivery | None:
+    """A follow-up's delivery from its last note, read under the inbox's lock (the wrapper is not midway);
+    None: not noted at all."""
+    return {None: None, "passed": Delivery.DELIVERED, "not_passed": Delivery.KEPT}.get(state, Delivery.UNRECORDED)
+
+
+@contextmanager
+def _inbox_lock(inbox: Path, seconds: float) -> Iterator[bool]:
+    """The lock lib.statefile.locked(inbox) takes (the wrapper's), waiting at most `seconds`: a wrapper blocked in
+    a write to an agent that does not read its input holds it, and the monitor never hangs on that. Yields
+    whether it is held."""
+    fd = open_lock(inbox.parent / f".{inbox.name}.lock")
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(POLL)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _append_line(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
+    """Append a JSON line to a regular file of ours; returns where it starts and ends. A write that fails midway
+    (a full disk) is cut back off: no part of a line is left for the reader, or for the next line to join."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        start = os.fstat(fd).st_size
+        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+        return start, start + len(data)
+    finally:
+        os.close(fd)
+
+
+def _inbox_ids(inbox: Path) -> set[str]:
+    return {i for line in (read_small(inbox) or b"").splitlines() if (i := _noted_id(line)) is not None}
+
+
+def _withdraw(inbox: Path, command: Command, span: tuple[int, int] | None) -> bool:
+    """Take a follow-up back from the inbox (the caller holds its lock and the wrapper has not noted it): cut off
+    its line when it is still the inbox's last (no free space needed: it works on a full disk), else append a
+    withdrawal. False when neither could be done: the wrapper may still pass it on."""
+    try:
+        fd = open_regular(inbox, os.O_RDWR)
+    except OSError:
+        return not inbox.exists()  # gone (the try's files cleaned up): nothing left to pass on
+    try:
+        if span is not None and os.fstat(fd).st_size == span[1] and \
+                _noted_id(os.pread(fd, span[1] - span[0], span[0])) == command.id:
+            os.ftruncate(fd, span[0])
+            return True
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        _append_line(inbox, {"withdraw": command.id})
+        return True
+    except OSError:
+        return False
+
+
+def _noted_id(line: bytes) -> str | None:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    found = doc.get("id") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _stream(run: Run, command: Command, record: WorkerRecord) -> tuple[Delivery, str]:
+    """Give the follow-up to the running try's agent, at most once (see wrapper.Feeder for the notes): DELIVERED;
+    KEPT when it cannot take it (not a streaming try, its input closed, or its wrapper did not pass it on within
+    DELIVERY_WAIT: then it is withdrawn); UNRECORDED, with why, when it may have reached the agent but nothing
+    says so. Every judgement is made under the inbox's lock, so the wrapper is never midway through one."""
     try:
         spec = read_json(run.files.try_spec(record.worker_id, record.try_id))
     except UnreadableFile:
-        return False
+        return Delivery.KEPT, ""
     paths = spec.get("input") if isinstance(spec, dict) else None
     if not isinstance(paths, dict) or not record.launched or \
             run.files.read_signal(record.worker_id, record.try_id) is not None:
-        return False
+        return Delivery.KEPT, ""
     inbox, delivered = Path(str(paths.get("inbox"))), Path(str(paths.get("delivered")))
     if not inbox.is_file():
-        return False  # the wrapper has not started the agent yet
-    with locked(inbox):
-        ids, closed = _delivered(delivered)
-        if command.id in ids:
-            return True  # given before a crash
-        if closed:
-            return False
-        with open(inbox, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"id": command.id, "text": command.text}, ensure_ascii=False) + "\n")
+        return Delivery.KEPT, ""  # the wrapper has not started the agent yet
     deadline = time.monotonic() + DELIVERY_WAIT
-    while time.monotonic() < deadline:
-        if command.id in _delivered(delivered)[0]:
-            return True
+    with _inbox_lock(inbox, DELIVERY_WAIT) as held:
+        if not held:  # nothing appended: the wrapper never sees it
+            return Delivery.KEPT, ""
+        states, closed = _notes(delivered)
+        if (noted := _noted(states.get(command.id))) is not None:
+            return noted, _UNNOTED  # given before a crash (this command is taken again)
+        if closed:
+            return Delivery.KEPT, ""
+        span: tuple[int, int] | None = None  # where our line is, to cut it off again
+        if command.id not in _inbox_ids(inbox):  # else appended before a crash: one line, withdrawn by a mark
+            try:
+                span = _append_line(inbox, {"id": command.id, "text": command.text})
+            except OSError:
+                return Delivery.KEPT, ""  # not in the inbox (a full disk): the next try takes it
+    while True:
         time.sleep(POLL)
-    with locked(inbox):
-        if command.id in _delivered(delivered)[0]:
-            return True
-        with open(inbox, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"withdraw": command.id}) + "\n")
-    return False
+        with _inbox_lock(inbox, max(deadline - time.monotonic(), 0.0)) as held:
+            if not held:
+                return Delivery.UNRECORDED, ("its wrapper is still writing to the agent's input (the agent is not "
+                                             "reading it): it may pass it on later")
+            states, closed = _notes(delivered)
+            if (noted := _noted(states.get(command.id))) is not None:
+                return noted, _UNNOTED
+            if closed or time.monotonic() >= deadline:
+                if _withdraw(inbox, command, span):
+                    return Delivery.KEPT, ""
+                return Delivery.UNRECORDED, ("its wrapper had not passed it on yet and it could not be withdrawn "
+                                             "from the try's inbox (a full disk?): the wrapper may still pass it on")
+
+
+_UNNOTED = ("the wrapper noted it was passing it on, but no note says the agent got it (a write failed: a full "
+            "disk?, or the wrapper was killed)")
 
 
 def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable[[str], None]) -> Outcome:
     """Give the instruction to the running agent when its try takes input while it runs (a streaming try), else
-    keep it for the issue's next try. Nothing is ever typed into a pane."""
+    keep it for the issue's next try. Nothing is ever typed into a pane, and nothing is given twice: a follow-up
+    the running agent may have got without a note saying so is said to be so (`not recorded`), and not kept."""
     label = f"{command.project}#{command.issue}"
     running = record is not None and record.issue_number == command.issue and record.launched
-    if running and record is not None and _stream(run, command, record):
+    delivery, why_unrecorded = _stream(run, command, record) if running and record is not None else \
+        (Delivery.KEPT, "")
+    if delivery != Delivery.KEPT and record is not None:
+        delivered = delivery == Delivery.DELIVERED
         run.files.log_event({"action": "followup", "issue": command.issue, "project": command.project,
-                             "id": command.id, "delivered": True, "worker": record.worker_id, "try": record.try_id})
-        say(f"#{command.issue}: follow-up delivered to the running agent")
-        return Outcome(True, [f"delivered to {label}'s running agent (worker {record.worker_id}, try "
-                              f"{record.try_id}): it reads it at its next step"])
+                             "id": command.id, "delivered": True if delivered else None, "recorded": delivered,
+                             "worker": record.worker_id, "try": record.try_id})
+        say(f"#{command.issue}: follow-up " + ("delivered to the running agent" if delivered else
+                                               "delivery not recorded"))
+        return _given(label, record.worker_id, record.try_id, delivery, why_unrecorded)
 
     def change(doc: Any) -> dict[str, Any]:
         doc = doc if isinstance(doc, dict) and isinstance(doc.get("issues"), dict) else {"issues": {}}
@@ -567,7 +677,12 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
             entries.append({"id": command.id, "text": command.text, "at": time.time(), "given_in": None})
         return doc
 
-    update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
+    try:
+        update_json(followups_file(run.state_root, command.project), change, {"issues": {}})
+    except OSError as err:  # a full disk: said, never a traceback; the running agent did not get it either
+        return Outcome(False, error=f"send: {label}: the follow-up could not be kept for its next try "
+                                    f"({followups_file(run.state_root, command.project)}: {err.strerror or err}); "
+                                    "it was given to no try: send it again")
     streaming = streams_input(run.config_of(command.project))
     why = ("no try of it runs now" if not running or record is None else
            f"its running try (worker {record.worker_id}, try {record.try_id}) " +
@@ -587,16 +702,46 @@ def _send(run: Run, command: Command, record: WorkerRecord | None, say: Callable
     return Outcome(True, lines)
 
 
-def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
-    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
+def _kept(state_root: Path, project: str) -> dict[str, Any]:
+    """followups.json's issues (one read; a file that does not read keeps none)."""
     try:
         doc = read_json(followups_file(state_root, project), {"issues": {}})
     except UnreadableFile:
-        return []
-    entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) and \
-        isinstance(doc.get("issues"), dict) else None
-    return [e for e in entries or [] if isinstance(e, dict) and (given_too or not e.get("given_in"))
-            and isinstance(e.get("text"), str)]
+        return {}
+    issues = doc.get("issues") if isinstance(doc, dict) else None
+    return issues if isinstance(issues, dict) else {}
+
+
+def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    entries = issues.get(str(issue))
+    return [e for e in entries if isinstance(e, dict) and (given_too or not e.get("given_in"))
+            and isinstance(e.get("text"), str)] if isinstance(entries, list) else []
+
+
+def _given(label: str, worker: int, try_id: int, delivery: Delivery, why: str, after: str = "") -> Outcome:
+    """What a verb says of a follow-up given to a running try (DELIVERED, or UNRECORDED with why)."""
+    where = f"{label}'s running agent (worker {worker}, try {try_id})"
+    if delivery == Delivery.DELIVERED:
+        return Outcome(True, [f"delivered to {where}{after}: it reads it at its next step"])
+    return Outcome(True, [f"delivery to {where} not recorded{after}: {why}; it may or may not have reached the "
+                          "agent, and it is not kept for a next try (never given twice): see the try's log, and "
+                          "send it again if the agent did not act on it"])
+
+
+def _given_before(run: Run, command: Command) -> Outcome | None:
+    """A follow-up a killed holder had given to a running try, as that try's wrapper noted it; None: none did."""
+    for path in sorted((run.files.root / "tries").glob("worker-*-try-*.delivered.jsonl")):
+        delivery = _noted(_notes(path)[0].get(command.id))
+        found = re.fullmatch(r"worker-(\d+)-try-(\d+)", path.name.removesuffix(".delivered.jsonl"))
+        if found and delivery in (Delivery.DELIVERED, Delivery.UNRECORDED):
+            return _given(f"{command.project}#{command.issue}", int(found[1]), int(found[2]), delivery, _UNNOTED,
+                          " (before the monitor that took the command stopped)")
+    return None
+
+
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
+    return _pending(_kept(state_root, project), issue, given_too)
 
 
 def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
@@ -648,11 +793,12 @@ def apply_queue(run: Run, say: Callable[[str], None]) -> None:
         return
     run.reload()  # as the last holder left it (the verb read the config before it queued)
     rest = apply_pauses(run, commands, run.clock())
+    held = active_pauses(run, run.clock())
+    pauses.journal_changes(run.files, held)  # paused / resumed lines, from the one read decide takes
     if not rest:
         return
     records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, run.clock()),
-                  commands=tuple(rest))
+    state = State(worker_views(records, run), issue_views(run, records), held, commands=tuple(rest))
     settings = settings_of(run)
     decided = decide([], state, settings)
     actions = [a for a in decided if a.command]
@@ -726,15 +872,11 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
              "reported": doc.get("reported") is True})
     for entry in found.values():
         entry["commands"].sort(key=lambda c: c["id"])
-    try:
-        kept = read_json(followups_file(state_root, project), {"issues": {}})
-    except UnreadableFile:
-        kept = {}
-    issues = kept.get("issues") if isinstance(kept, dict) else None
-    for number in issues if isinstance(issues, dict) else {}:
+    issues = _kept(state_root, project)
+    for number in issues:
         if not number.isdigit():
             continue
-        for e in pending_followups(state_root, project, int(number)):
+        for e in _pending(issues, int(number)):
             text = " ".join(e["text"].split())
             slot(int(number))["followups"].append(
                 {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),

@@ -2,28 +2,28 @@
 
 The monitor hands each new line of orchestrator-log.jsonl whose action is one
 of those to the command of its project, in the background: a few at a time,
-each in its own process group, fed that one line on stdin, killed with what it
-started at its timeout. A cycle never waits for one.
+each a lib.runner step (its own process group, killed with what it started at
+its timeout, or when the monitor stops or is killed outright), fed that one
+line on stdin, its output in logs/hooks.log capped at max_log_bytes (head, cut
+mark, tail: lib.logcut). A cycle never waits for one.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import threading
+import time
 import uuid
 from contextlib import suppress
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from lib import runner
+from lib import logcut, runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import open_regular, read_json, write_json
 
 if TYPE_CHECKING:
-    from orchestrator.decide import Pause
     from orchestrator.run import Run
 
 KINDS = {"mark_complete": "completed", "skip": "failed", "paused": "paused", "resumed": "resumed", "alert": "alert"}
@@ -33,6 +33,10 @@ MAX_RUNNING = 4  # hooks at once; more wait their turn
 MAX_WAITING = 100  # past this a hook is not run (and that is logged): a hook slower than the events never piles up
 READ_AT_MOST = 4 * 1024 * 1024  # bytes of new log read per cycle (the rest next cycle)
 KEYS = ("run", "timeout", "events")
+HOOK_VAR = "ORCHESTRATOR_HOOK"  # every process of one monitor's hooks carries its tag: a stop finds them all
+# The hook's command reaches a second shell as an argument, its stdin the event's line from a file: the user's
+# command runs as they wrote it, and the line is never shell text.
+FEED = 'exec /bin/sh -c "$1" <"$2"'
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,19 @@ class Dispatcher:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.position_file = run.files.root / "hooks.json"
-        self.log = run.files.root / "logs" / "hooks.log"
-        self.pauses: set[Pause] | None = None
+        self.log_path = run.files.root / "logs" / "hooks.log"
+        self.log: logcut.CappedLog | None = None  # opened at the first hook, shared by all (it takes turns)
+        self.feeds = run.files.root / "hooks"  # each running hook's event line, its stdin
+        self.tag = f"{os.getpid()}-{uuid.uuid4().hex}"
         self.pool: ThreadPoolExecutor | None = None
+        self.futures: set[Future[None]] = set()
         self.lock = threading.Lock()
         self.waiting = 0
-        self.running: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = threading.Event()
         self.skipping = False  # inside a line longer than READ_AT_MOST
+        for left in self.feeds.glob("*.line"):  # a killed monitor's (one monitor at a time: its lock)
+            with suppress(OSError):
+                left.unlink()
         self.inode, self.offset = self._position()
         self.saved: tuple[int, int] | None = None
 
@@ -107,19 +116,19 @@ class Dispatcher:
                 return cfg.on_event
         return self.run.lead.on_event
 
-    def cycle(self, now: float) -> None:
+    def cycle(self, now: float | None = None) -> None:
+        """Hand the event log's new lines to their hooks (`now` is unused: the monitor's cycle journals pause
+        changes itself, pauses.journal_changes)."""
         try:
-            self._cycle(now)
+            self._cycle()
         except (OSError, OrchestratorError) as err:  # the monitor goes on; the lines wait for the next cycle
             with suppress(OSError):
                 self.run.files.log_event({"action": "hook_failed", "error": clip(f"on_event: {err}", 300)})
 
-    def _cycle(self, now: float) -> None:
+    def _cycle(self) -> None:
         if not any(cfg.on_event for cfg in self.run.configs):
-            self.pauses = None
             self.inode, self.offset = self._position_at_end()
             return
-        self._log_pause_changes(now)
         for line, event in self._new_lines():
             kind = KINDS.get(str(event.get("action")))
             hook = self._hook_of(event.get("project")) if kind else None
@@ -135,19 +144,6 @@ class Dispatcher:
         except OSError:
             return 0, 0
         return info.st_ino, info.st_size
-
-    def _log_pause_changes(self, now: float) -> None:
-        """A `paused` / `resumed` line when a pause reason starts or stops holding, whatever set or cleared it
-        (a user, an alert, a rate limit and its lapse, a budget, a login)."""
-        from orchestrator.monitor import active_pauses  # the monitor imports this module
-
-        current = set(active_pauses(self.run, now))
-        if self.pauses is not None:
-            for action, changed in (("paused", current - self.pauses), ("resumed", self.pauses - current)):
-                for pause in sorted(changed, key=lambda p: (p.project, p.issue or 0, p.reason)):
-                    self.run.files.log_event({"action": action, "project": pause.project, "issue": pause.issue,
-                                              "reason": pause.reason})
-        self.pauses = current
 
     def _new_lines(self) -> list[tuple[bytes, dict[str, Any]]]:
         """Complete lines written since the last read (a line being written waits for the next cycle; one longer
@@ -190,7 +186,8 @@ class Dispatcher:
             self.waiting += 1
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=MAX_RUNNING, thread_name_prefix="on_event")
-        self.pool.submit(self._run_one, hook, kind, project, line)
+        self.futures = {f for f in self.futures if not f.done()}
+        self.futures.add(self.pool.submit(self._run_one, hook, kind, project, line))
 
     def _run_one(self, hook: Hook, kind: str, project: str, line: bytes) -> None:
         try:
@@ -207,50 +204,50 @@ class Dispatcher:
         from lib.batch import command_env
         from orchestrator.worktrees import REPO_ENV
 
-        # Tagged as one of our steps: found and killed with it even outside its group, and by the runner's
-        # watchdog when the monitor itself is killed outright.
-        runner.start_watchdog()
-        tag = f"{runner.run_tag()}hook-{uuid.uuid4().hex}"
         env = {k: v for k, v in command_env().items() if k not in REPO_ENV}
-        env.update({"ORCHESTRATOR_EVENT": kind, "ORCHESTRATOR_PROJECT": project, runner.STEP_VAR: tag})
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            out.write(f"=== on_event {kind} ({project}): {hook.run}\n".encode("utf-8", "replace"))
-            out.flush()
-            proc = subprocess.Popen(["/bin/sh", "-c", hook.run], cwd=self.run.files.root, stdin=subprocess.PIPE,
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            with self.lock:
-                self.running[proc.pid] = proc
-            timed_out = False
-            try:
-                proc.communicate(line, timeout=hook.timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                # The group and whatever left it (setsid, a daemon): nothing of a hook outlives it.
-                left = runner.processes_tagged(runner.STEP_VAR, tag)
-                if left or runner.group_alive(proc.pid):
-                    runner.kill_processes([proc.pid], left, 1.0)
-                proc.wait()
-                with self.lock:
-                    self.running.pop(proc.pid, None)
-        code = proc.returncode
-        if timed_out or code != 0:
-            said = (f"timed out after {hook.timeout:g}s" if timed_out else
-                    f"killed by {runner.signal_name(-code)}" if code < 0 else f"exit {code}")
+        env.update({"ORCHESTRATOR_EVENT": kind, "ORCHESTRATOR_PROJECT": project, HOOK_VAR: self.tag})
+        log = self._log()
+        log.write(f"=== on_event {kind} ({project}): {hook.run}\n".encode("utf-8", "replace"))
+        self.feeds.mkdir(parents=True, exist_ok=True)
+        feed = self.feeds / f"{uuid.uuid4().hex}.line"
+        try:
+            feed.write_bytes(line)
+            # A runner step: tagged, so what leaves its group dies with it, and the runner's watchdog kills it
+            # when the monitor itself is killed outright.
+            result = runner.run_in_group(["/bin/sh", "-c", FEED, "on_event", hook.run, str(feed)],
+                                         self.run.files.root, log, hook.timeout, env=env, grace=1.0)
+        finally:
+            feed.unlink(missing_ok=True)
+        said = (f"timed out after {hook.timeout:g}s" if result.timed_out else
+                f"its output could not be written to {self.log_path}: {result.log_error}" if result.log_error else
+                f"killed by {result.killed_by}" if result.signum else
+                f"exit {result.exit_code}" if result.exit_code != 0 else "")
+        if said:
             self.run.files.log_event({"action": "hook_failed", "project": project, "hook_event": kind,
-                                      "error": f"{clip(hook.run)}: {said}", "log": str(self.log)})
+                                      "error": f"{clip(hook.run)}: {said}", "log": str(self.log_path)})
+
+    def _log(self) -> logcut.CappedLog:
+        """logs/hooks.log, capped at the lead project's max_log_bytes (the log a last monitor left is cut too)."""
+        with self.lock:
+            if self.log is None:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self.log = logcut.CappedLog(self.log_path, self.run.lead.max_log_bytes)
+            return self.log
 
     def close(self, kill: bool = False) -> None:
-        """Let the running hooks finish (each within its timeout), or with `kill` stop them now."""
+        """Let the running hooks finish (each within its timeout), or with `kill` stop them now: every process
+        with this monitor's hook tag, again until no hook runs (one may have been starting)."""
         if kill:
             self.stopping.set()
-            with self.lock:
-                groups = list(self.running)
-            for pgid in groups:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except OSError:
-                    pass
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+            while not all(future.done() for future in self.futures):  # a cancelled one is done
+                left = runner.processes_tagged(HOOK_VAR, self.tag)
+                if left:
+                    runner.kill_processes([], left, 1.0)
+                time.sleep(0.1)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=kill)
+        if self.log is not None:
+            with suppress(OSError):
+                self.log.close()

@@ -222,6 +222,7 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     given = commands.apply_pauses(run, given, now)
     state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled,
                   tuple(given))
+    pauses.journal_changes(run.files, state.paused)  # paused / resumed lines, from decide's own read
     settings = settings_of(run)
     actions = decide(snapshots, state, settings)
     if actions:

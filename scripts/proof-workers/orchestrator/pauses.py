@@ -8,13 +8,18 @@ time). While paused no try starts; running tries finish; `resume` clears
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import read_json, update_json
+from lib.statefile import UnreadableFile, read_json, set_aside, update_json, write_json
 from orchestrator.config import ProjectConfig
+
+if TYPE_CHECKING:
+    from orchestrator.decide import Pause
+    from orchestrator.state import RunFiles
 
 REASONS = ("user", "alert", "rate_limit", "auth", "budget")
 RESUMABLE = ("user", "alert", "auth")
@@ -194,3 +199,29 @@ def pause(state_root: Path, configs: list[ProjectConfig], project: str = "", iss
         else:
             lines.append(f"{label} was already paused by the user")
     return lines
+
+
+def journal_changes(files: RunFiles, held: Iterable[Pause]) -> None:
+    """A `paused` / `resumed` line in the event log for each pause reason that started or stopped holding since
+    the last lines written, whoever set or cleared it (a user, an alert, a rate limit and its lapse, a budget, a
+    login). `held` is what the caller read for decide (the monitor's cycle, or a verb applying the queue, both
+    under the monitor lock): the lines say what was decided on, never a second read. What the lines last said is
+    kept in `pauses-journalled.json`, so a restarted monitor says a change once, and a change made while no
+    monitor ran at its first cycle. The lines go first: a kill before the file is written says them again, never
+    loses them."""
+    path = files.root / "pauses-journalled.json"
+    try:
+        doc = read_json(path, [])
+        said = {(str(p), i, str(r)) for p, i, r in doc if i is None or (isinstance(i, int) and
+                                                                        not isinstance(i, bool))}
+    except (UnreadableFile, TypeError, ValueError):  # unreadable: said afresh (a repeat, never a change lost)
+        said = set()
+        with suppress(OSError):
+            set_aside(path)  # NAME.corrupt: a directory or garbage put there never stops a cycle
+    now = {(p.project, p.issue, p.reason) for p in held}
+    if now == said:
+        return
+    for action, changed in (("resumed", said - now), ("paused", now - said)):
+        for project, issue, reason in sorted(changed, key=lambda p: (p[0], p[1] or 0, p[2])):
+            files.log_event({"action": action, "project": project, "issue": issue, "reason": reason})
+    write_json(path, sorted(([p, i, r] for p, i, r in now), key=lambda e: (e[0], e[1] or 0, e[2])))

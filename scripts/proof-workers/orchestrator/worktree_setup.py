@@ -18,7 +18,7 @@ from typing import Any, Callable
 from lib import runner
 from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
-from lib.gitstatus import confined_to
+from lib.gitstatus import confined_to, git_dir_of
 from lib.statefile import NotRegular, open_regular
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -100,15 +100,16 @@ def log_path(state_dir: Path, issue: int) -> Path:
 
 
 def marker_path(worktree: Path) -> Path | None:
-    """Where the set-up of this very worktree is recorded: a file in its own git dir (None: not a worktree)."""
+    """Where the set-up of this very worktree is recorded: a file in its own git dir (None: no git dir there).
+    A `.git` that is neither a file nor a directory (a FIFO an agent put there) is never opened: no wait."""
     try:
-        text = (worktree / ".git").read_text(encoding="utf-8", errors="replace").strip()
+        kind = os.lstat(worktree / ".git").st_mode
     except OSError:
         return None
-    if not text.startswith("gitdir: "):
+    if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
         return None
-    gitdir = Path(text.removeprefix("gitdir: "))
-    return (gitdir if gitdir.is_absolute() else worktree / gitdir) / MARKER
+    git_dir = git_dir_of(worktree)
+    return None if git_dir is None else git_dir / MARKER
 
 
 def state_path(signal: Path) -> Path:
@@ -303,13 +304,3 @@ def run_command(command: str, timeout: float, repo: Path, worktree: Path, log: A
     _mark_done(worktree, list(copies or ()), command)
     _say(log, "setup done")
     return result.duration_s
-
-
-def set_up(setup: WorktreeSetup, repo: Path, worktree: Path, log_file: Path, env: dict[str, str]) -> float:
-    """The whole set-up in this process: the copies, then the command (the monitor splits the two: the command
-    runs in the try's pane). Returns the seconds the command took; raises SetupFailed with the line to show."""
-    copy_files(setup, repo, worktree, log_file)
-    if not setup.run:
-        return 0.0
-    with open(log_file, "a+b") as log:
-        return run_command(setup.run, setup.timeout, repo, worktree, log, env, list(setup.copy))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout roo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import logcut, procs, runner  # noqa: E402
-from lib.statefile import locked, write_text  # noqa: E402
+from lib.statefile import locked, read_small, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
 
@@ -132,9 +132,15 @@ def sandbox_env(env: dict[str, str]) -> dict[str, str]:
 class Feeder:
     """A try whose agent reads user messages on stdin (Claude Code's `--input-format stream-json`): the prompt is
     its first message, each follow-up the monitor appends to the try's inbox is the next, and the input ends at a
-    result when nothing reached the agent after its last reply (the CLI then exits). The inbox and the delivered
-    list are changed under one lock (lib.statefile.locked on the inbox), so the monitor knows for each follow-up
-    whether the agent got it or it must wait for the next try: never both, never neither."""
+    result when nothing reached the agent after its last reply (the CLI then exits).
+
+    A follow-up is passed on at most once, and never without a record: under the inbox's lock (the one the
+    monitor takes to read the delivered list or withdraw a follow-up) the wrapper notes `passing` in the delivered
+    list, then writes the message to the agent, then notes `passed` (or `not_passed`: the agent's input is gone).
+    A `passing` note that cannot be written (a full disk) passes nothing: the monitor withdraws the follow-up and
+    keeps it for the next try. A `passing` note alone, read under the lock, means the agent may have it but the
+    note after did not land (a full disk, a kill): the monitor says the delivery is not recorded and never gives
+    it again. Noting after writing instead would turn that failure into a follow-up given twice."""
 
     def __init__(self, stdin: Any, paths: dict[str, str]) -> None:
         self.stdin, self.inbox, self.delivered = stdin, Path(paths["inbox"]), Path(paths["delivered"])
@@ -171,10 +177,8 @@ class Feeder:
             if self.closed:
                 return
             withdrawn, waiting = set(), []
-            try:
-                lines = self.inbox.read_text(encoding="utf-8", errors="replace").splitlines()
-            except OSError:
-                lines = []  # removed under us (a cleanup): nothing more to pass on
+            # Removed under us (a cleanup), or no regular file: nothing more to pass on.
+            lines = (read_small(self.inbox) or b"").decode("utf-8", "replace").splitlines()
             for line in lines:
                 try:
                     doc = json.loads(line)
@@ -187,26 +191,31 @@ class Feeder:
             for doc in waiting:
                 if doc["id"] in self.sent or doc["id"] in withdrawn:
                     continue
+                if not self._note({"id": doc["id"], "state": "passing"}):
+                    break  # passed on only once noted: the next pass tries again, or the monitor withdraws it
+                self.sent.add(doc["id"])  # from here never passed on again, whatever the notes below say
                 if not self._write(doc["text"]):
-                    break
-                self.sent.add(doc["id"])
+                    self._note({"id": doc["id"], "state": "not_passed"})
+                    self._close()  # the agent's input is gone (it exited, or closed it)
+                    return
                 self.events += 1
                 self.last_forward = self.events
-                try:
-                    with open(self.delivered, "a", encoding="utf-8") as out:
-                        out.write(json.dumps({"id": doc["id"], "at": _stamp()}) + "\n")
-                except OSError:
-                    pass  # not noted (a full disk): never worth the event stream or the forwarding thread
+                self._note({"id": doc["id"], "state": "passed"})  # lost (a full disk): the monitor says unrecorded
             if close_if_idle and self.last_forward <= self.last_reply:  # (0, 0): a result with no reply at all
                 self._close()
 
+    def _note(self, doc: dict[str, Any]) -> bool:
+        """A line in the delivered list; False when it could not be written (nothing of it is left there)."""
+        try:
+            _append_note(self.delivered, (json.dumps({**doc, "at": _stamp()}) + "\n").encode())
+            return True
+        except OSError:
+            return False
+
     def _close(self) -> None:
         self.closed = True
-        try:
-            with open(self.delivered, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"closed": True, "at": _stamp()}) + "\n")
-        except OSError:
-            pass  # not noted (a full disk): the monitor withdraws what it cannot see delivered, after its wait
+        # Not noted (a full disk): the monitor withdraws what it cannot see passed on, after its wait.
+        self._note({"closed": True})
         try:
             self.stdin.close()
         except OSError:
@@ -460,6 +469,19 @@ def _open_append(path: Path) -> Any:
         os.close(fd)
         path.unlink()
     raise OSError(errno.EEXIST, f"{path} keeps being replaced")
+
+
+def _append_note(path: Path, data: bytes) -> None:
+    """Append one line to a file of ours; a write that fails midway (a full disk) is cut back off, so no part of
+    a line is left for the next one to join."""
+    with _open_append(path) as out:
+        size = os.fstat(out.fileno()).st_size
+        try:
+            logcut.write_all(out, data)
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(out.fileno(), size)
+            raise
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
