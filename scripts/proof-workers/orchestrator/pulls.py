@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import OrchestratorError, clip
-from lib.statefile import UnreadableFile, locked, read_json, write_json
+from lib.statefile import UnreadableFile, locked, read_json, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import PrView, PrWork
@@ -33,22 +34,73 @@ def prs_file(state_root: Path, project: str) -> Path:
     return RunFiles(state_root / project).root / "pull-requests.json"
 
 
-def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
-    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable."""
-    try:
-        doc = read_json(prs_file(state_root, project), {})
-    except (UnreadableFile, OrchestratorError, OSError):
-        return {}
-    issues = doc.get("issues") if isinstance(doc, dict) else None
-    return {k: v for k, v in issues.items() if isinstance(v, dict)} if isinstance(issues, dict) else {}
+@dataclass(frozen=True)
+class Recorded:
+    """pull-requests.json as read: issue number (as text) -> {number, url, state, checks, phase, ...}, and
+    `doubt`: "" when the file is whole, else why PRs may be missing from it (unreadable now, or set aside)."""
+
+    entries: dict[str, dict[str, Any]]
+    doubt: str = ""
 
 
-def save(state_root: Path, project: str, issue: int, **fields: Any) -> None:
+def _shape_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("issues", {}), dict):
+        return "not a pull-request document"
+    if any(not isinstance(entry, dict) for entry in doc.get("issues", {}).values()):
+        return "an issue's entry is not an object"
+    return None
+
+
+def read(state_root: Path, project: str) -> Recorded:
+    """The project's recorded PRs; a damaged file (garbage, a directory, a FIFO) reads as none *with its doubt*,
+    never as a plain "no PR": readers that would remove or forget something ask the forge instead."""
     path = prs_file(state_root, project)
+    try:
+        doc = read_json(path, {})
+    except UnreadableFile as err:
+        return Recorded({}, f"{path}: {err.why} (set aside at the monitor's next write)")
+    problem = _shape_problem(doc)
+    if problem:
+        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write)")
+    aside = doc.get("set_aside")
+    doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
+             f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are not shown; cleanup asks the "
+             "forge about each issue's branch") if isinstance(aside, dict) else ""
+    return Recorded(dict(doc.get("issues", {})), doubt)
+
+
+def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
+    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable (see read)."""
+    return read(state_root, project).entries
+
+
+def warnings(state_root: Path, projects: list[str]) -> list[str]:
+    """Status's lines for the projects whose pull-requests.json is unreadable or was set aside."""
+    return [doubt for project in projects if (doubt := read(state_root, project).doubt)]
+
+
+def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | None:
+    """Update the issue's entry. A damaged file is set aside (NAME.corrupt, kept for a look) and a fresh one
+    that says so is written: returns that one line (also an event), else None."""
+    path = prs_file(state_root, project)
+    note = None
     with locked(path):
-        issues = load(state_root, project)
+        try:
+            doc = read_json(path, {})
+            problem = _shape_problem(doc)
+        except UnreadableFile as err:
+            problem = err.why
+        if problem:
+            aside = set_aside(path)  # inside our lock: set_aside_if_bad would wait on it
+            doc = {"issues": {}, "set_aside": {"file": aside.name, "why": problem, "at": now_iso()}}
+            note = (f"{path}: {problem}; set aside as {aside.name}, a fresh one is written (the PRs it held are "
+                    "not shown; cleanup asks the forge about each issue's branch)")
+            RunFiles(state_root / project).log_event({"action": "state_set_aside", "project": project,
+                                                      "file": str(path), "aside": aside.name, "why": problem})
+        issues = doc.get("issues", {})
         issues[str(issue)] = {**issues.get(str(issue), {}), **fields, "updated": now_iso()}
-        write_json(path, {"issues": issues})
+        write_json(path, {**doc, "issues": issues})
+    return note
 
 
 def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -182,9 +234,14 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                 ", merging (queued: this gh cannot show whether it is still in the queue)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
-        save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
-             merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
-             **({"phase": "merged"} if seen.state == "merged" else {}))
+        # Number, url and phase too: an entry lost with a damaged file is whole again at the next poll.
+        note = save(state_root, cfg.project, issue.number, number=seen.number, url=seen.url, state=seen.state,
+                    checks=seen.checks if ours else "pending",
+                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
+                    **({"phase": "merged"} if seen.state == "merged" else
+                       {"phase": "pr_open"} if seen.state == "open" else {}))
+        if note:
+            say(f"warning: {note}")
         # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
         quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
             int(pr["quiet_polls"])
@@ -318,9 +375,12 @@ def pr_states(state_root: Path, project: str, issues: dict[int, str],
 
 def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
     """Branch -> why its worktree is kept, for this project's PRs last seen open: each is asked again (bounded;
-    a human may have merged or closed it since); one the forge does not answer for stays kept."""
+    a human may have merged or closed it since); one the forge does not answer for stays kept. While the file
+    is damaged or was set aside, every issue's branch without a whole entry is looked up on the forge, and kept
+    when it has an open PR or the forge cannot say (never removed on a forgotten PR)."""
     out = {}
-    for key, entry in load(state_root, cfg.project).items():
+    recorded = read(state_root, cfg.project)
+    for key, entry in recorded.entries.items():
         issue = cfg.issue(int(key)) if key.isdigit() else None
         if issue is None or entry.get("state") != "open":
             continue
@@ -336,4 +396,30 @@ def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
         save(state_root, cfg.project, issue.number, state=seen.state)
         if seen.state == "open":
             out[cfg.branch_for(issue)] = f"its pull request is open ({url})"
+    if recorded.doubt:
+        out.update(_looked_up(state_root, cfg, recorded, set(out)))
+    return out
+
+
+def _looked_up(state_root: Path, cfg: ProjectConfig, recorded: Recorded, known: set[str]) -> dict[str, str]:
+    """Branch -> why kept, for the issues the damaged file may have forgotten: an open PR of the branch into the
+    default branch (as adoption finds it), or a forge that cannot be asked (then no further one is asked)."""
+    out: dict[str, str] = {}
+    given_up = ""
+    for issue in cfg.issues:
+        branch = cfg.branch_for(issue)
+        entry = recorded.entries.get(str(issue.number)) or {}
+        if branch in known or isinstance(entry.get("number"), int) and entry.get("state") in ("open", "merged", "closed"):
+            continue
+        if given_up:
+            out[branch] = f"its pull request may be open ({recorded.doubt}; the forge not asked: {given_up})"
+            continue
+        try:
+            found = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).find(branch, cfg.repo_for(issue).default_branch)
+        except (ForgeError, OrchestratorError) as err:
+            given_up = str(err)
+            out[branch] = f"its pull request may be open ({recorded.doubt}; the forge not asked: {given_up})"
+            continue
+        if found is not None and found.state == "open":
+            out[branch] = f"its pull request is open ({found.url})"
     return out
