@@ -14,7 +14,9 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
-  isInMergeQueue, glab's merge_when_pipeline_succeeds), `merge_noop` (gh pr merge exits 0 having done nothing), `unknown_fields` (gh pr view --json fields this
+  isInMergeQueue, glab's merge_when_pipeline_succeeds), `after_merge_fail` (gh: `fail` entries armed once
+  `gh pr merge` is accepted: a network failure right after the merge), `merge_noop` (gh pr merge exits 0
+  having done nothing), `unknown_fields` (gh pr view --json fields this
   gh is too old to know: gh's own error), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
@@ -250,6 +252,7 @@ if tool == "gh":
         pr = find(args[2])
         if state.get("merge_noop"):  # a CLI that says nothing went wrong and did nothing
             sys.exit(0)
+        state.setdefault("fail", {}).update(state.pop("after_merge_fail", {}))  # armed once a merge is accepted
         if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
             queue(pr, opt("--match-head-commit"))
             print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],

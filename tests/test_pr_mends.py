@@ -1,4 +1,5 @@
-"""The pull-request loop never loses track of work nor lies: a damaged pull-requests.json.
+"""The pull-request loop never loses track of work nor lies: a damaged pull-requests.json, a network failure
+right after an accepted merge.
 
 Real tmux, git and the scripted fake agent; fake gh from tests/forge_fakes.py, never a real forge.
 """
@@ -117,4 +118,54 @@ def test_a_damaged_pr_file_and_a_forge_that_cannot_be_asked_keep_every_worktree(
     assert "not a pull-request document" in verdict.reasons[0] and "HTTP 502" in verdict.reasons[0]
     assert (proj.root / "worktrees" / "issue-1").is_dir()
     assert git(proj.remote, "rev-parse", "main")  # nothing else touched
+
+
+# --- a network failure right after an accepted merge ----------------------------------------------------------
+
+BAD_GATEWAY = "HTTP 502: Bad Gateway (https://api.github.com/graphql)"
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_a_network_failure_right_after_an_accepted_merge_is_neither_a_failed_merge_nor_a_merge(project, fake_forge,
+                                                                                             times):
+    """gh pr merge is accepted, then the view that would show the PR merged answers 502 (once, or for three
+    polls more): no merge attempt is used (no merge_failed), nothing is recorded merged before the forge shows
+    it, the merge is never made twice, and the next poll that works completes the issue as our merge."""
+    proj = project([{"number": 1, "title": "a"}, {"number": 2, "title": "b", "depends_on": [1]}],
+                   pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS],
+                      after_merge_fail={"pr view": {"code": 1, "stderr": BAD_GATEWAY, "times": times}})
+    lines: list[str] = []
+    failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
+    assert failed == 0, lines
+    assert proj.issue(1)["status"] == "completed" and proj.issue(2)["status"] == "completed"
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert "merge_failed" not in kinds and kinds.count("merge_unconfirmed") == 1
+    assert kinds.index("merge_unconfirmed") < kinds.index("pr_merged")
+    [unconfirmed] = [e for e in proj.events() if e["action"] == "merge_unconfirmed"]
+    assert "the merge was accepted" in unconfirmed["error"] and "HTTP 502" in unconfirmed["error"]
+    assert [c[:3] for c in fake.calls("gh")].count(["pr", "merge", "1"]) == 1
+    assert status_document(open_run())["alerts"] == []
+
+
+def test_every_failed_view_of_a_pr_says_whether_it_looks_transient(project, fake_forge):
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.forge import ForgeError, forge_for, forge_repo
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr"})
+    cfg = load_config(proj.config)
+    assert pins.ensure([cfg], proj.home / "state", Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, [PASS], prs=[{"number": 1, "url": "https://github.com/org/app/pull/1",
+                                                 "head": "main", "base": "main", "state": "OPEN"}])
+    hub = forge_for(forge_repo("github", "git@github.com:org/app.git"), proj.repo, 20.0)
+    for call, stderr, transient in [("pr view", BAD_GATEWAY, True),
+                                    ("pr checks", "error connecting to api.github.com", True),
+                                    ("pr view", "HTTP 404: Not Found (https://api.github.com/graphql)", False)]:
+        fake.update(fail={call: {"code": 1, "stderr": stderr}})
+        with pytest.raises(ForgeError) as err:
+            hub.observe(1)
+        assert err.value.transient is transient, (call, stderr)
 

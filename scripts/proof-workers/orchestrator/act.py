@@ -332,6 +332,8 @@ class Executor:
         try:
             outcome = pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
+            if pulls.merge_unconfirmed(err, record, self.run.files, self.say):
+                return
             record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
             self.run.files.save_worker(record)
             self.run.files.log_event({"action": "merge_failed", "worker": action.worker, "issue": issue.number,

@@ -351,6 +351,20 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
     return outcome
 
 
+def merge_unconfirmed(err: Exception, record: WorkerRecord, files: RunFiles, say: Callable[[str], None]) -> bool:
+    """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
+    never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
+    ours; queued: watched as queued; open in no queue: merged again)."""
+    if not isinstance(err, forge.MergeUnconfirmed):
+        return False
+    record.last_reason = f"merge accepted, its outcome seen at the next poll: {err}"
+    files.save_worker(record)
+    files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
+                     "project": record.project, "error": str(err)})
+    say(f"worker {record.worker_id}: #{record.issue_number} {record.last_reason}")
+    return True
+
+
 def pr_states(state_root: Path, project: str, issues: dict[int, str],
               held: set[int | None]) -> dict[int, tuple[str, dict[str, Any]]]:
     """Issue -> (status's state, its `pr`) for issues with a PR: in progress (pr_open, ci_failed,
@@ -409,7 +423,8 @@ def _looked_up(state_root: Path, cfg: ProjectConfig, recorded: Recorded, known: 
     for issue in cfg.issues:
         branch = cfg.branch_for(issue)
         entry = recorded.entries.get(str(issue.number)) or {}
-        if branch in known or isinstance(entry.get("number"), int) and entry.get("state") in ("open", "merged", "closed"):
+        whole = isinstance(entry.get("number"), int) and entry.get("state") in ("open", "merged", "closed")
+        if branch in known or whole:
             continue
         if given_up:
             out[branch] = f"its pull request may be open ({recorded.doubt}; the forge not asked: {given_up})"
