@@ -14,7 +14,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
-  isInMergeQueue, glab's merge_when_pipeline_succeeds), `after_merge_fail` (gh: `fail` entries armed once
+  isInMergeQueue, glab's merge_when_pipeline_succeeds; `merge_method: "merge"`: a base that moved since
+  gets a merge commit, as a queue building on it would, instead of a fast-forward only), `after_merge_fail` (gh: `fail` entries armed once
   `gh pr merge` is accepted: a network failure right after the merge), `merge_noop` (gh pr merge exits 0
   having done nothing), `unknown_fields` (gh pr view --json fields this
   gh is too old to know: gh's own error), `notes_order` ("desc": glab
@@ -169,12 +170,24 @@ def queue_turn(pr):
         return
     expected = pr.pop("queued")[1]
     head = head_of(pr["head"])
-    fits = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", head_of(pr["base"]),
-                           head]).returncode == 0
+    fits = merged_tree(head_of(pr["base"]), head) is not None
     if state.get("dequeue", 0) > 0 or (expected and expected != head) or not fits:
         state["dequeue"] = max(0, state.get("dequeue", 0) - 1)  # dropped: a push, a conflict, its checks failed
     else:
         merge(pr, expected)
+
+
+def merged_tree(base_sha, head_sha):
+    """What merging head into base gives: head itself (a fast-forward), or with `merge_method` "merge" the tree
+    of a merge commit on a base that moved; None when it cannot be made."""
+    if subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha,
+                       head_sha]).returncode == 0:
+        return head_sha
+    if state.get("merge_method") != "merge":
+        return None
+    tree = subprocess.run(["git", "--git-dir", state["remote"], "merge-tree", "--write-tree", base_sha, head_sha],
+                          capture_output=True, text=True)
+    return tree.stdout.split()[0] if tree.returncode == 0 else None
 
 
 def merge(pr, expected):
@@ -183,10 +196,15 @@ def merge(pr, expected):
         die("GraphQL: Head branch was modified. Review and try the merge again. (mergePullRequest)" if tool == "gh"
             else "PUT merge_requests/%d/merge: 409 {message: SHA does not match HEAD of source branch: %s}"
             % (pr["number"], head_sha))
-    ok = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha, head_sha])
-    if ok.returncode != 0:
+    result = merged_tree(base_sha, head_sha)
+    if result is None:
         die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
-    subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], head_sha],
+    if result != head_sha:  # the forge's merge commit, on the base as it is now
+        result = subprocess.run(["git", "--git-dir", state["remote"], "-c", "user.name=GitHub", "-c",
+                                 "user.email=noreply@github.com", "commit-tree", result, "-p", base_sha, "-p",
+                                 head_sha, "-m", "Merge pull request #%d" % pr["number"]],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], result],
                    check=True)
     pr["state"], pr["merged_sha"] = "MERGED", head_sha
 

@@ -1,5 +1,5 @@
 """The pull-request loop never loses track of work nor lies: a damaged pull-requests.json, a network failure
-right after an accepted merge.
+right after an accepted merge, a direct push to the default branch while our merge waits in a queue.
 
 Real tmux, git and the scripted fake agent; fake gh from tests/forge_fakes.py, never a real forge.
 """
@@ -169,3 +169,159 @@ def test_every_failed_view_of_a_pr_says_whether_it_looks_transient(project, fake
             hub.observe(1)
         assert err.value.transient is transient, (call, stderr)
 
+
+# --- a direct push to the default branch while our merge waits -------------------------------------------------
+
+def _clone(tmp_path, handle):
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(handle.remote), str(work))
+    return work
+
+
+def _commit(work, name: str, message: str) -> str:
+    (work / name).write_text(f"{name}\n")
+    git(work, "add", name)
+    git(work, "commit", "-q", "-m", message)
+    return git(work, "rev-parse", "HEAD")
+
+
+def _rebase_onto_main(work, branch: str) -> None:
+    """What a forge's rebase merge does: each commit of the PR made anew on main (new committer date)."""
+    import subprocess
+
+    for sha in git(work, "rev-list", "--reverse", f"main..{branch}").split():
+        subprocess.run(["git", "cherry-pick", "--allow-empty", sha], cwd=work, check=True, capture_output=True,
+                       env={**os.environ, "GIT_COMMITTER_DATE": "2031-01-01T00:00:00Z"})
+
+
+MOVES = {  # how main moves after the snapshot, made in a clone and pushed, as the forge or an agent would
+    "the merge commit of our PR": ["git merge -q --no-ff f-1 -m Merge"],
+    "the squash of our PR": ["git merge -q --squash f-1", "git commit -q -m Squash"],
+    "a fast-forward to our PR": ["git merge -q --ff-only f-1"],
+    "a rebase of our PR's two commits": ["REBASE"],
+    "a direct push": ["ROGUE"],
+    "a direct push, then the merge commit of our PR": ["ROGUE", "git merge -q --no-ff f-1 -m Merge"],
+    "the squash of our PR on top of a direct push": ["ROGUE", "git merge -q --squash f-1", "git commit -q -m Sq"],
+    "a merge commit of our PR with a change of its own": ["git merge -q --no-ff --no-commit f-1", "EXTRA",
+                                                          "git commit -q -m Merge"],
+    "a direct push after the merge commit of our PR": ["git merge -q --no-ff f-1 -m Merge", "ROGUE"],
+}
+OURS = {"the merge commit of our PR", "the squash of our PR", "a fast-forward to our PR",
+        "a rebase of our PR's two commits"}
+
+
+@pytest.mark.parametrize("move", list(MOVES))
+def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(make_repo, tmp_path, move):
+    """Our PR waits in a merge queue (record `merging`); another worker's stage ends in the same repository, which
+    checks the default branch; later the poll sees the PR merged and the snapshot is to take main's new head. Main
+    moved by our merge alone (merge commit, squash, fast-forward, rebase): no alert, the snapshot takes it. Main
+    holding anything else (a direct push before, under or after our merge; a merge commit with changes of its
+    own): default_branch_moved at the stage end, and the merge's landing never swallows it."""
+    import shlex
+    import subprocess
+
+    from orchestrator import alerts
+    from orchestrator.config import parse_config
+    from orchestrator.decide import Snapshot
+    from orchestrator.state import WorkerRecord
+
+    handle = make_repo("app")
+    cfg = parse_config(tmp_path / "p-issues.json", {
+        "project": "p", "repo_path": str(handle.path), "branch_prefix": "f-", "default_branch": "main",
+        "issues": [{"number": 1, "title": "a"}, {"number": 2, "title": "b"}]})
+    root = tmp_path / "state"
+    doc = alerts.current(root, [cfg], 1000.0)
+    old = git(handle.remote, "rev-parse", "main")
+    work = _clone(tmp_path, handle)
+    git(work, "switch", "-q", "-c", "f-1")
+    _commit(work, "one.txt", "one")
+    head = _commit(work, "two.txt", "two")
+    git(work, "push", "-q", "origin", "f-1")
+    git(work, "switch", "-q", "main")
+    handle.git("fetch", "-q", "origin", "f-1")  # our worktree made these commits: the repository has them
+    for step in MOVES[move]:
+        if step == "ROGUE":
+            _commit(work, "rogue.txt", "pushed straight to main")
+        elif step == "EXTRA":
+            (work / "extra.txt").write_text("slipped in\n")
+            git(work, "add", "extra.txt")
+        elif step == "REBASE":
+            _rebase_onto_main(work, "f-1")
+        else:
+            subprocess.run(shlex.split(step), cwd=work, check=True, capture_output=True)
+    git(work, "push", "-q", "origin", "main")
+    new = git(handle.remote, "rev-parse", "main")
+    assert new != old
+
+    ours = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
+                        pr={"watching": True, "merging": True, "merge_queued": head, "number": 1, "head": head})
+    other = WorkerRecord(2, status="running", project="p", issue_number=2, branch="f-2", try_id=1,
+                         stage="implement")
+    errors: list[str] = []
+    _, found, _ = alerts.check(doc, [cfg], [ours, other], [Snapshot(2, 1, True, False, 0, 1, False, 0, 5)],
+                               1010.0, lambda r: 1005.0, errors.append)
+    assert errors == []
+    moved = [a for a in found if a["kind"] == "default_branch_moved"]
+    assert bool(moved) is (move not in OURS), (move, found)
+    alerts.end(root)  # a run whose snapshot is still the old head, for the landing
+    doc = alerts.current(root, [cfg], 2000.0)
+    doc["repos"][str(handle.path)]["default_head"] = old
+    from lib.statefile import write_json
+
+    write_json(alerts.run_file(root), doc)
+    said: list[str] = []
+    accepted = alerts.accept_default_head(root, cfg, cfg.issues[0], head, said.append)
+    assert accepted == (new if move in OURS else None), move
+    landed = [a for a in alerts.load(root)["alerts"] if a["kind"] == "default_branch_moved"]
+    assert bool(landed) is (move not in OURS), move
+    if landed:  # announced as the monitor announces one
+        assert f"our merge of {head[:12]} landed and main holds more than the merge of our PR" in landed[0]["detail"]
+        assert said == [f"ALERT default_branch_moved (project p): {landed[0]['detail']}"]
+        events = [json.loads(line)["event"] for line in (root / "orchestrator-log.jsonl").read_text().splitlines()]
+        assert [e["kind"] for e in events if e["action"] == "alert"] == ["default_branch_moved"]
+    else:
+        assert alerts.load(root)["repos"][str(handle.path)]["default_head"] == new
+
+
+@pytest.mark.parametrize("pushed", [False, True])
+def test_a_direct_push_to_main_while_our_merge_waits_in_the_queue_is_alerted_and_our_merge_alone_is_not(
+        project, fake_forge, tmp_path, pushed):
+    """gh with a merge queue that merges with a merge commit: our PR is queued; meanwhile something pushes
+    straight to main (as a rogue agent would). The queue merges our PR on top of it; seeing it merged completes
+    the issue and, the landed main holding more than our merge, raises default_branch_moved right then (the run
+    ends with this merge: no later check would). Without the push: merged, no alert."""
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], merge_queue=6, merge_method="merge")
+    lines: list[str] = []
+
+    def queued() -> bool:
+        _one_cycle(lines)
+        return any(pr.get("queued") for pr in fake.prs())
+
+    retry_until(queued, seconds=120, interval=0.05)
+    if pushed:
+        work = tmp_path / "rogue"
+        git(tmp_path, "clone", "-q", str(proj.remote), str(work))
+        _commit(work, "rogue.txt", "pushed straight to main")
+        git(work, "push", "-q", "origin", "main")
+
+    def completed() -> bool:
+        _one_cycle(lines)
+        return proj.issue(1).get("status") == "completed"
+
+    retry_until(completed, seconds=120, interval=0.05)
+    assert [pr["state"] for pr in fake.prs()] == ["MERGED"]
+    main = git(proj.remote, "rev-parse", "main")
+    subject = git(proj.remote, "log", "-1", "--format=%s", "main")
+    assert subject == ("Merge pull request #1" if pushed else "implement #1")
+    [merged] = [e for e in proj.events() if e["action"] == "pr_merged"]
+    alerts = status_document(open_run())["alerts"]
+    if pushed:
+        assert merged["default_head"] is None
+        [alert] = alerts
+        assert alert["kind"] == "default_branch_moved" and f"-> {main[:12]}" in alert["detail"]
+        assert any(line.startswith("ALERT default_branch_moved") for line in lines), lines
+        assert [e["kind"] for e in proj.events() if e["action"] == "alert"] == ["default_branch_moved"]
+    else:
+        assert merged["default_head"] == main and alerts == []
