@@ -570,64 +570,80 @@ def announce(root: Path, cfg: ProjectConfig, found: list[dict[str, Any]], say: C
 
 
 MAX_CHAIN = 200  # first-parent steps of a default branch's move that are looked at (a merge adds a few)
+Git = Callable[..., str]  # git run in one directory: git(*args, check=True) -> its output
 
 
 def merges_of_ours(repo: Path, url: str, branch: str, old: str | None, new: str, heads: frozenset[str]) -> bool:
     """Whether all the default branch gained from `old` to `new` is merges of PRs of ours (`heads`, each as the
     forge merged it: a fast-forward to it, a merge commit of it, a squash or a rebase of it: the merged tree
     each time, on the first-parent line from `new` down to `old`). A direct push anywhere in between, a rewound
-    branch, or commits we cannot read make it False. Raises GitFailed when git cannot tell."""
+    branch, or commits that cannot be read make it False. Raises GitFailed when git cannot tell.
+
+    Read in a throwaway git dir over the repository's objects (worktrees' pinned one: none of the repository's
+    config, which an agent may have edited, is read); the forge's commits are fetched into it from `url`, and
+    go with it."""
     if not old or not heads:
         return False
-    if not all(_has_commit(repo, sha) for sha in (old, new, *heads)):
-        # The forge's merge commit is only there: fetched, objects only (no ref written, no config's refspec).
-        worktrees.git(repo, "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--refmap=",
-                      "--no-recurse-submodules", "--", url, f"refs/heads/{branch}")
-    if not _has_commit(repo, old) or not _has_commit(repo, new) or not worktrees.is_ancestor(repo, old, new):
+    try:
+        with worktrees._pinned_git_dir(repo) as shim:  # noqa: SLF001 - the one throwaway git dir of the package
+            def in_shim(*args: str, check: bool = True) -> str:
+                return worktrees.git(shim, f"--git-dir={shim}", *args, check=check)
+
+            return _merges_in(in_shim, url, branch, old, new, heads)
+    except OSError as err:  # the temporary directory (a full disk)
+        raise worktrees.GitFailed(f"cannot prepare a git dir to read {branch}'s move: {err}") from None
+
+
+def _merges_in(in_shim: Git, url: str, branch: str, old: str, new: str, heads: frozenset[str]) -> bool:
+    """merges_of_ours, read through `in_shim` (git in the throwaway git dir)."""
+    if not all(_has_commit(in_shim, sha) for sha in (old, new, *heads)):
+        in_shim("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--", url,
+                f"refs/heads/{branch}")
+    if not _has_commit(in_shim, old) or not _has_commit(in_shim, new) or \
+            in_shim("merge-base", old, new, check=False).strip() != old:
         return False
     at = new
     for _ in range(MAX_CHAIN):
         if at == old:
             return True
         if at in heads:  # a fast-forward to our PR's head: what lies below it is that PR's branch
-            return worktrees.is_ancestor(repo, old, at)
-        parents = worktrees.git(repo, "rev-parse", f"{at}^@").split()
-        if len(parents) == 2 and parents[1] in heads and _tree(repo, at) == _merged_tree(repo, parents[0], parents[1]):
+            return in_shim("merge-base", old, at, check=False).strip() == old
+        parents = in_shim("rev-parse", f"{at}^@").split()
+        if len(parents) == 2 and parents[1] in heads and \
+                _tree(in_shim, at) == _merged_tree(in_shim, parents[0], parents[1]):
             at = parents[0]  # a merge commit of our PR (never one that adds changes of its own)
             continue
         if len(parents) != 1:
             return False
-        base = _squashed_onto(repo, at, old, heads)
+        base = _squashed_onto(in_shim, at, old, heads)
         if base is None:
             return False
         at = base
     return False
 
 
-def _squashed_onto(repo: Path, top: str, old: str, heads: frozenset[str]) -> str | None:
+def _squashed_onto(git: Git, top: str, old: str, heads: frozenset[str]) -> str | None:
     """The commit a squash or a rebase of one of our PRs ending at `top` was made on: the deepest commit of the
     first-parent line below `top` (single-parent commits, down to `old` or a merge) whose tree merged with our
     head's is `top`'s tree; None when there is none (`top` is someone else's commit)."""
-    rows = worktrees.git(repo, "rev-list", "--first-parent", "--parents", f"--max-count={MAX_CHAIN}",
-                         f"{top}^").splitlines()
-    tree, found = _tree(repo, top), None
+    rows = git("rev-list", "--first-parent", "--parents", f"--max-count={MAX_CHAIN}", f"{top}^").splitlines()
+    tree, found = _tree(git, top), None
     for row in (r.split() for r in rows):
-        if any(_merged_tree(repo, row[0], head) == tree for head in heads):
+        if any(_merged_tree(git, row[0], head) == tree for head in heads):
             found = row[0]
         if row[0] == old or len(row) != 2:
             break
     return found
 
 
-def _has_commit(repo: Path, sha: str) -> bool:
-    return worktrees.ok(repo, "cat-file", "-e", f"{sha}^{{commit}}")
+def _has_commit(git: Git, sha: str) -> bool:
+    return bool(git("rev-parse", "--verify", "-q", f"{sha}^{{commit}}", check=False).strip())
 
 
-def _tree(repo: Path, commit: str) -> str:
-    return worktrees.git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
+def _tree(git: Git, commit: str) -> str:
+    return git("rev-parse", f"{commit}^{{tree}}").strip()
 
 
-def _merged_tree(repo: Path, base: str, head: str) -> str:
+def _merged_tree(git: Git, base: str, head: str) -> str:
     """The tree of `head` merged into `base` (git merge-tree --write-tree); "" when they conflict."""
-    return worktrees.git(repo, "merge-tree", "--write-tree", "--no-messages", base, head, check=False
-                         ).split("\n", 1)[0].strip()
+    return git("merge-tree", "--write-tree", "--no-messages", base, head, check=False).split("\n", 1)[0].strip()
