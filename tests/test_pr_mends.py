@@ -325,3 +325,74 @@ def test_a_direct_push_to_main_while_our_merge_waits_in_the_queue_is_alerted_and
         assert [e["kind"] for e in proj.events() if e["action"] == "alert"] == ["default_branch_moved"]
     else:
         assert merged["default_head"] == main and alerts == []
+
+
+# --- someone else force-pushes the PR's branch -------------------------------------------------------------------
+
+def _pr_setup(project, fake_forge, **state):
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.state import WorkerRecord
+
+    from forge_fakes import push_issue_branch
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 5})
+    cfg = load_config(proj.config)
+    state_root = proj.home / "state"
+    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, [PASS], **state)
+    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
+    ours = push_issue_branch(proj, "ours.txt")
+    pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
+    assert record.pr["head"] == ours
+    return proj, cfg, state_root, fake, record, ours
+
+
+def _force_push_from_main(proj, tmp_path, name: str) -> str:
+    """Someone else's clone resets the PR's branch to main plus a commit of theirs, and force-pushes it."""
+    work = tmp_path / f"other-{name}"
+    git(tmp_path, "clone", "-q", str(proj.remote), str(work))
+    git(work, "switch", "-q", "-C", "feature/issue-1", "origin/main")
+    sha = _commit(work, name, "someone else's work")
+    git(work, "push", "-q", "-f", "origin", "feature/issue-1")
+    return sha
+
+
+def test_a_force_push_that_drops_our_commits_is_never_taken_as_the_prs_head_nor_merged(project, fake_forge, tmp_path):
+    """After three polls someone else's head of the PR counts, but only when it holds our last push: one that
+    dropped it (a force-push from main) fails each poll, saying so, and is never merged; a push on top of ours
+    is taken as before."""
+    from orchestrator.decide import PrWork
+
+    proj, cfg, state_root, fake, record, ours = _pr_setup(project, fake_forge)
+    theirs = _force_push_from_main(proj, tmp_path, "theirs.txt")
+    said: list[str] = []
+    views = [pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)[0]
+             for now in (10.0, 20.0, 30.0, 40.0)]
+    assert [v.error for v in views[:2]] == ["", ""] and views[0].head == theirs  # older head: decide waits
+    for view in views[2:]:
+        assert f"PR #1's head {theirs[:12]} does not hold our last push {ours[:12]}" in view.error, view
+    assert record.pr["head"] == ours and "force-pushed" in record.last_reason
+    work = pulls.work_of(cfg, record)
+    assert isinstance(work, PrWork) and work.head == ours
+    assert not any(c[:2] == ["pr", "merge"] for c in fake.calls("gh"))
+    # Our commits pushed back, with theirs on top: their head holds ours and counts from the next poll.
+    git(proj.repo, "switch", "-q", "feature/issue-1")
+    git(proj.repo, "fetch", "-q", "origin", "feature/issue-1")
+    git(proj.repo, "merge", "-q", "--no-edit", "FETCH_HEAD")
+    git(proj.repo, "push", "-q", "origin", "feature/issue-1")
+    both = git(proj.repo, "rev-parse", "HEAD")
+    [view] = pulls.poll(state_root, lambda _: cfg, [record], 50.0, lambda r: None, said.append)
+    assert view.error == "" and record.pr["head"] == both and "its checks count from now" in said[-1]
+
+
+def test_a_pr_merged_by_a_human_after_a_force_push_that_dropped_our_commits_is_never_shown_merged(
+        project, fake_forge, tmp_path):
+    proj, cfg, state_root, fake, record, ours = _pr_setup(project, fake_forge)
+    theirs = _force_push_from_main(proj, tmp_path, "theirs.txt")
+    fake.update(prs=[{**pr, "state": "MERGED", "merged_sha": theirs} for pr in fake.prs()])  # a human merges it
+    [view] = pulls.poll(state_root, lambda _: cfg, [record], 10.0, lambda r: None, lambda _: None)
+    assert f"PR #1 was merged at {theirs[:12]}, which does not hold our last push {ours[:12]}" in view.error
+    assert view.state == "" and json.loads((proj.state / "pull-requests.json").read_text())["issues"]["1"][
+        "state"] == "open"

@@ -201,6 +201,9 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                 # Merged (by the agent itself, say) before our last push: that push is on no default branch.
                 raise ForgeError(f"PR #{number} was merged at {seen.head[:12]}, before our last push {ours[:12]}, "
                                  f"which {default} does not have")
+            if ours and seen.head and seen.head != ours and (
+                    seen.state == "merged" or seen.state == "open" and int(pr.get("foreign_polls") or 0) >= 2):
+                _foreign_head_holds_ours(state_root, cfg, issue, record, seen, ours)
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -249,6 +252,39 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                             tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet,
                             queued=seen.queued))
     return tuple(views)
+
+
+def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord,
+                             seen: Observation, ours: str) -> None:
+    """Someone else's head of the PR (taken as the one whose checks count after 3 polls, or merged) must hold our
+    last push: a force-push that dropped it is never merged nor completed (ForgeError: the poll fails, said, and
+    is tried again until a human sees to it). The head is fetched from the pinned url when we lack it (objects
+    only); a merged head that cannot be read is taken as before, an open one is not taken yet."""
+    repo = cfg.repo_for(issue)
+    where = f"PR #{seen.number}'s head {seen.head[:12]}"
+    try:
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", seen.head):
+            raise worktrees.GitFailed(f"{clip(seen.head)} is not a commit id")
+        pin = pins.pinned(state_root, cfg.project, repo.name)
+        # A throwaway git dir over the repository's objects, as pushes use (none of its config, which an agent
+        # may have edited, is read): the head is fetched into it when we lack it, and goes with it.
+        with worktrees._pinned_git_dir(repo.path, pin.settings) as shim:  # noqa: SLF001
+            if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
+                worktrees._run_pinned(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",  # noqa: SLF001
+                                      "--no-write-fetch-head", "--", pin.url, seen.head)
+            holds = worktrees.is_ancestor(shim, ours, seen.head)
+    except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
+        if seen.state == "merged":
+            return
+        raise ForgeError(f"cannot tell whether {where} (someone else's push) holds our last push {ours[:12]}: "
+                         f"{err}") from None
+    if holds:
+        return
+    if seen.state == "merged":
+        raise ForgeError(f"PR #{seen.number} was merged at {seen.head[:12]}, which does not hold our last push "
+                         f"{ours[:12]} (its branch was force-pushed): {repo.default_branch} does not have it")
+    raise ForgeError(f"{where} does not hold our last push {ours[:12]}: its branch was force-pushed by someone else; "
+                     "neither merged nor completed until a human sees to it (push our commits back, or close the PR)")
 
 
 def _older(repo: Path, merged: str, ours: str) -> bool:
