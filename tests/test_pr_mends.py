@@ -396,3 +396,25 @@ def test_a_pr_merged_by_a_human_after_a_force_push_that_dropped_our_commits_is_n
     assert f"PR #1 was merged at {theirs[:12]}, which does not hold our last push {ours[:12]}" in view.error
     assert view.state == "" and json.loads((proj.state / "pull-requests.json").read_text())["issues"]["1"][
         "state"] == "open"
+
+
+def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_never_read_as_no_pr(tmp_path):
+    """Without a monitor: status's reader says the file is damaged; the first write sets it aside and says so once
+    (its return value and an event); the fresh file keeps the note until the user removes its key."""
+    state_root = tmp_path / "state"
+    path = pulls.prs_file(state_root, "demo")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"issues": {"1": "not an object"}}')
+    recorded = pulls.read(state_root, "demo")
+    assert recorded.entries == {} and "an issue's entry is not an object" in recorded.doubt
+    note = pulls.save(state_root, "demo", 2, number=9, url="u", state="open")
+    assert note and "set aside as pull-requests.json.corrupt" in note
+    assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'
+    assert pulls.save(state_root, "demo", 2, checks="passing") is None  # said once
+    [warning] = pulls.warnings(state_root, ["demo", "other"])
+    assert "remove the file's \"set_aside\" key once you have looked" in warning
+    doc = json.loads(path.read_text())
+    assert doc["issues"]["2"]["number"] == 9 and doc["issues"]["2"]["checks"] == "passing"
+    del doc["set_aside"]
+    path.write_text(json.dumps(doc))
+    assert pulls.warnings(state_root, ["demo"]) == [] and pulls.read(state_root, "demo").doubt == ""

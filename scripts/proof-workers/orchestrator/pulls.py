@@ -65,7 +65,8 @@ def read(state_root: Path, project: str) -> Recorded:
     aside = doc.get("set_aside")
     doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
              f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are not shown; cleanup asks the "
-             "forge about each issue's branch") if isinstance(aside, dict) else ""
+             "forge about each issue's branch (remove the file's \"set_aside\" key once you have looked)"
+             ) if isinstance(aside, dict) else ""
     return Recorded(dict(doc.get("issues", {})), doubt)
 
 
