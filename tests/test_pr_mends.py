@@ -418,3 +418,8 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     del doc["set_aside"]
     path.write_text(json.dumps(doc))
     assert pulls.warnings(state_root, ["demo"]) == [] and pulls.read(state_root, "demo").doubt == ""
+    path.write_text("damaged again")  # the older .corrupt, the only record of PR 1's time, is kept
+    second = pulls.save(state_root, "demo", 3, number=10)
+    [newer] = [p for p in path.parent.iterdir() if p.name.startswith("pull-requests.json.corrupt-")]
+    assert f"set aside as {newer.name}" in second and newer.read_text() == "damaged again"
+    assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'

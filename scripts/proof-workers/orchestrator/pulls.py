@@ -6,9 +6,11 @@ holds the issue, in its record's `pr`.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,7 +94,7 @@ def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | Non
         except UnreadableFile as err:
             problem = err.why
         if problem:
-            aside = set_aside(path)  # inside our lock: set_aside_if_bad would wait on it
+            aside = _set_aside_keeping_older(path)
             doc = {"issues": {}, "set_aside": {"file": aside.name, "why": problem, "at": now_iso()}}
             note = (f"{path}: {problem}; set aside as {aside.name}, a fresh one is written (the PRs it held are "
                     "not shown; cleanup asks the forge about each issue's branch)")
@@ -102,6 +104,17 @@ def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | Non
         issues[str(issue)] = {**issues.get(str(issue), {}), **fields, "updated": now_iso()}
         write_json(path, {**doc, "issues": issues})
     return note
+
+
+def _set_aside_keeping_older(path: Path) -> Path:
+    """statefile.set_aside (called under our own lock: set_aside_if_bad would wait on it), except that an older
+    NAME.corrupt is never replaced: it may hold the only record of PRs opened before the first damage, so this
+    one gets a name of its own (an os.replace of its own for that: statefile's replaces the older one)."""
+    if not os.path.lexists(path.with_name(path.name + ".corrupt")):
+        return set_aside(path)
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")
+    os.replace(path, aside)
+    return aside
 
 
 def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
