@@ -546,8 +546,11 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
         write_json(run_file(root), doc)
         return now
     checks = Checks(doc, [cfg])
-    checks.default_branch(str(repo.path), snap, f"our merge of {head[:12] or 'a PR'} landed and "
-                                                 f"{snap['default_branch']} {why}")
+    try:
+        checks.default_branch(str(repo.path), snap, f"our merge of {head[:12] or 'a PR'} landed and "
+                                                     f"{snap['default_branch']} {why}")
+    except worktrees.GitFailed as err:  # the remote stopped answering: the snapshot keeps the old head (next check)
+        say(f"alert check (default branch) failed: {err}")
     announce(root, cfg, checks.found, say)
     write_json(run_file(root), doc)
     return None
