@@ -423,3 +423,16 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     [newer] = [p for p in path.parent.iterdir() if p.name.startswith("pull-requests.json.corrupt-")]
     assert f"set aside as {newer.name}" in second and newer.read_text() == "damaged again"
     assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'
+
+
+@pytest.mark.parametrize("state", ["DRAFT", None, "open"])
+def test_a_pr_in_a_state_gh_never_prints_is_a_failed_poll_never_judged_open(project, fake_forge, state):
+    """A green PR whose state reads as nothing gh documents is neither merged nor completed as "open and green":
+    the poll fails, saying what came back, and is tried again."""
+    proj, cfg, state_root, fake, record, ours = _pr_setup(project, fake_forge)
+    fake.update(prs=[{**pr, "state": state} for pr in fake.prs()])
+    [view] = pulls.poll(state_root, lambda _: cfg, [record], 10.0, lambda r: None, lambda _: None)
+    assert "unexpected JSON" in view.error and "unknown PR state" in view.error and view.state == ""
+    fake.update(prs=[{**pr, "state": "OPEN"} for pr in fake.prs()])
+    [view] = pulls.poll(state_root, lambda _: cfg, [record], 20.0, lambda r: None, lambda _: None)
+    assert view.error == "" and view.state == "open" and view.checks == "passing"

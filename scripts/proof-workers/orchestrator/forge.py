@@ -395,7 +395,7 @@ class GitHub(Forge):
         if not found:
             return None
         best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
-        return PullRequest(int(best["number"]), plain(best["url"]), str(best["state"]).lower())
+        return PullRequest(int(best["number"]), plain(best["url"]), _pr_state(best["state"]))
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
@@ -431,7 +431,7 @@ class GitHub(Forge):
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
+        return Observation(int(view["number"]), plain(view["url"]), _pr_state(view["state"]),
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
                            plain(review_id), plain(view.get("baseRefName") or ""),
                            (view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
@@ -529,8 +529,21 @@ class GitLab(Forge):
         self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
 
 
+def _pr_state(state: Any) -> str:
+    """gh's OPEN / MERGED / CLOSED; any other answer is a ValueError (one `unexpected JSON` line), never a guess
+    that it is open (a green PR in an unknown state would be completed or merged)."""
+    known = {"OPEN": "open", "MERGED": "merged", "CLOSED": "closed"}
+    if state not in known:
+        raise ValueError(f"unknown PR state {clip(repr(state), 40)}")
+    return known[state]
+
+
 def _mr_state(state: Any) -> str:
-    return {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}.get(str(state), "open")
+    """glab's opened / merged / closed / locked (a locked MR is open); any other answer is a ValueError."""
+    known = {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}
+    if state not in known:
+        raise ValueError(f"unknown merge request state {clip(repr(state), 40)}")
+    return known[state]
 
 
 def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S, budget: float | None = None) -> Forge:
