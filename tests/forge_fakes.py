@@ -15,7 +15,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
   isInMergeQueue, glab's merge_when_pipeline_succeeds; `merge_method: "merge"`: a base that moved since
-  gets a merge commit, as a queue building on it would, instead of a fast-forward only), `after_merge_fail` (gh: `fail` entries armed once
+  gets a merge commit, as a queue building on it would, instead of a fast-forward only), `list_lag` (gh: the
+  first K `gh pr list` calls after a `gh pr create` do not show the new PR yet), `after_merge_fail` (gh: `fail` entries armed once
   `gh pr merge` is accepted: a network failure right after the merge), `merge_noop` (gh pr merge exits 0
   having done nothing), `unknown_fields` (gh pr view --json fields this
   gh is too old to know: gh's own error), `notes_order` ("desc": glab
@@ -212,6 +213,10 @@ def merge(pr, expected):
 if tool == "gh":
     if args[:2] == ["pr", "list"]:
         head = opt("--head")
+        if state.get("lagging", 0) > 0:  # a list that does not show the PR just created yet
+            state["lagging"] -= 1
+            save()
+            out([])
         out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"],
               "baseRefName": p["base"], "isCrossRepository": bool(p.get("cross"))}
              for p in state["prs"] if head in (None, p["head"])])
@@ -224,6 +229,8 @@ if tool == "gh":
             die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
                 "No commits between %s and %s, Head ref must be a branch (createPullRequest)" % (base, head))
         number, url = open_pr("https://github.com/org/app/pull/%d", head, base, opt("--title"), opt("--body"))
+        state["lagging"] = state.get("list_lag", 0)
+        save()
         if "pr create" in state.get("lost_answer", []):  # opened, but the answer never came back
             die("Post \"https://api.github.com/graphql\": read tcp 10.0.0.2:5555->140.82.112.6:443: read: "
                 "connection reset by peer")

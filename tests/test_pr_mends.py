@@ -436,3 +436,20 @@ def test_a_pr_in_a_state_gh_never_prints_is_a_failed_poll_never_judged_open(proj
     fake.update(prs=[{**pr, "state": "OPEN"} for pr in fake.prs()])
     [view] = pulls.poll(state_root, lambda _: cfg, [record], 20.0, lambda r: None, lambda _: None)
     assert view.error == "" and view.state == "open" and view.checks == "passing"
+
+
+def test_a_pr_created_that_the_forges_list_does_not_show_yet_is_adopted_at_the_next_try_never_duplicated(
+        project, fake_forge):
+    """gh pr create worked, but gh pr list does not show the new PR yet: a transient failure (tried again at the
+    next poll, which adopts it), never a failed issue nor a second PR."""
+    proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake = fake_forge(proj.remote, [PASS], list_lag=1)
+    lines: list[str] = []
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append) == 0, lines
+    assert proj.issue(1)["status"] == "completed"
+    assert [(pr["number"], pr["state"]) for pr in fake.prs()] == [(1, "MERGED")]
+    kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
+    assert kinds.index("pr_open_failed") < kinds.index("pr_adopted") < kinds.index("pr_merged")
+    [failure] = [e for e in proj.events() if e["action"] == "pr_open_failed"]
+    assert "was created but cannot be found" in failure["error"]

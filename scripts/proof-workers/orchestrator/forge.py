@@ -342,7 +342,9 @@ class Forge:
         self.create(head, base, title, body)
         made = self.find(head, base)
         if made is None or made.state != "open":
-            raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found")
+            # Listed later (the forge's list lags its writes): transient, so the next try adopts it, never a second.
+            raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found",
+                             transient=True)
         return made, True
 
     def auth_problem(self) -> str | None:
