@@ -453,3 +453,23 @@ def test_a_pr_created_that_the_forges_list_does_not_show_yet_is_adopted_at_the_n
     assert kinds.index("pr_open_failed") < kinds.index("pr_adopted") < kinds.index("pr_merged")
     [failure] = [e for e in proj.events() if e["action"] == "pr_open_failed"]
     assert "was created but cannot be found" in failure["error"]
+
+
+def test_a_pr_branch_rebased_by_someone_else_still_holds_our_work_and_counts_after_three_polls(
+        project, fake_forge, tmp_path):
+    """A human rebases the PR's branch onto a newer main and force-pushes: our commits are there as the same
+    patches, so the new head counts (as a push on top of ours would); nothing is failed."""
+    proj, cfg, state_root, fake, record, ours = _pr_setup(project, fake_forge)
+    work = tmp_path / "rebaser"
+    git(tmp_path, "clone", "-q", str(proj.remote), str(work))
+    _commit(work, "main-moved.txt", "main moved on")
+    git(work, "push", "-q", "origin", "main")
+    git(work, "switch", "-q", "feature/issue-1")
+    git(work, "-c", "user.name=Human", "-c", "user.email=h@example.com", "rebase", "-q", "main")
+    git(work, "push", "-q", "-f", "origin", "feature/issue-1")
+    rebased = git(work, "rev-parse", "HEAD")
+    said: list[str] = []
+    views = [pulls.poll(state_root, lambda _: cfg, [record], now, lambda r: None, said.append)[0]
+             for now in (10.0, 20.0, 30.0)]
+    assert [v.error for v in views] == ["", "", ""] and record.pr["head"] == rebased
+    assert "its checks count from now" in said[-1]

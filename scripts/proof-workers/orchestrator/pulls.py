@@ -271,9 +271,10 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
 def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord,
                              seen: Observation, ours: str) -> None:
     """Someone else's head of the PR (taken as the one whose checks count after 3 polls, or merged) must hold our
-    last push: a force-push that dropped it is never merged nor completed (ForgeError: the poll fails, said, and
-    is tried again until a human sees to it). The head is fetched from the pinned url when we lack it (objects
-    only); a merged head that cannot be read is taken as before, an open one is not taken yet."""
+    last push (its commits, or the same patches rebased): a force-push that dropped it is never merged nor
+    completed (ForgeError: the poll fails, said, and is tried again until a human sees to it). The head is
+    fetched from the pinned url when we lack it (objects only); a merged head that cannot be read is taken as
+    before, an open one is not taken yet."""
     repo = cfg.repo_for(issue)
     where = f"PR #{seen.number}'s head {seen.head[:12]}"
     try:
@@ -286,7 +287,11 @@ def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue,
             if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
                 worktrees._run_pinned(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",  # noqa: SLF001
                                       "--no-write-fetch-head", "--", pin.url, seen.head)
-            holds = worktrees.is_ancestor(shim, ours, seen.head)
+            # Our commits in its history, or each as an equal patch (a rebase of the branch): `git cherry` marks
+            # with "+" a commit of ours that has none.
+            holds = worktrees.is_ancestor(shim, ours, seen.head) or not any(
+                line.startswith("+") for line in worktrees.git(shim, f"--git-dir={shim}", "cherry", seen.head,
+                                                               ours).splitlines())
     except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
         if seen.state == "merged":
             return
