@@ -80,15 +80,19 @@ def test_a_damaged_pr_file_mid_run_forgets_no_open_pr_and_cleanup_keeps_its_work
     [event] = [e for e in proj.events() if e["action"] == "state_set_aside"]
     assert event["aside"] == "pull-requests.json.corrupt" and event["file"] == str(prs_file)
     fresh = json.loads(prs_file.read_text())
-    assert fresh["set_aside"]["file"] == "pull-requests.json.corrupt" and "1" not in fresh["issues"]
+    assert fresh["set_aside"]["file"] == "pull-requests.json.corrupt" and fresh["set_aside"]["recovered"] == 1
+    assert fresh["issues"]["1"]["recovered"] is True  # #1's PR as the event log last told it
     doc = status_document(open_run())
     assert any("was set aside as pull-requests.json.corrupt" in w for w in doc["warnings"]), doc["warnings"]
-    assert doc["projects"][0]["issues"][1]["pr"]["number"] == 2  # the new entry is whole
+    first, second = doc["projects"][0]["issues"]
+    assert first["pr"] == {"url": "https://github.com/org/app/pull/1", "number": 1, "state": "open",
+                           "checks": "pending"}
+    assert second["pr"]["number"] == 2  # the new entry is whole
 
     from orchestrator.cleanup import cleanup
 
     verdicts = {v.branch: v for v in cleanup(open_run()).verdicts}
-    assert verdicts["feature/issue-1"].outcome == "kept", verdicts
+    assert verdicts["feature/issue-1"].outcome == "kept", verdicts  # the forge asked again: still open
     assert verdicts["feature/issue-1"].reasons == ["its pull request is open (https://github.com/org/app/pull/1)"]
     assert verdicts["feature/issue-2"].outcome == "kept"
     assert (proj.root / "worktrees" / "issue-1").is_dir()
@@ -473,3 +477,24 @@ def test_a_pr_branch_rebased_by_someone_else_still_holds_our_work_and_counts_aft
              for now in (10.0, 20.0, 30.0)]
     assert [v.error for v in views] == ["", "", ""] and record.pr["head"] == rebased
     assert "its checks count from now" in said[-1]
+
+
+def test_a_fresh_pr_file_starts_from_what_the_event_log_last_said_of_each_pr(tmp_path):
+    state_root = tmp_path / "state"
+    path = pulls.prs_file(state_root, "demo")
+    path.parent.mkdir(parents=True)
+    events = [{"action": "pr_opened", "issue": 5, "url": "https://github.com/o/a/pull/15"},
+              {"action": "pr_merged", "issue": 5},
+              {"action": "pr_opened", "issue": 6, "url": "https://gitlab.example.com/g/a/-/merge_requests/16"},
+              {"action": "skip", "issue": 6, "reason": "pr closed"},
+              {"action": "pr_adopted", "issue": 7, "url": "https://github.com/o/a/pull/17"},
+              {"action": "pr_opened", "issue": True, "url": "https://github.com/o/a/pull/18"},
+              {"action": "pr_opened", "issue": 8, "url": "https://github.com/o/a/issues/19"}]
+    (path.parent / "orchestrator-log.jsonl").write_text(
+        "".join(json.dumps({"timestamp": "t", "event": e}) + "\n" for e in events) + "{cut by a cra\n[]\n")
+    os.mkfifo(path)
+    assert "set aside as pull-requests.json.corrupt, a fresh one is written with the 3 PR(s)" in pulls.save(
+        state_root, "demo", 9, number=20)
+    entries = pulls.load(state_root, "demo")
+    assert {k: (v.get("number"), v.get("state")) for k, v in entries.items()} == {
+        "5": (15, "merged"), "6": (16, "closed"), "7": (17, "open"), "9": (20, None)}

@@ -6,6 +6,7 @@ holds the issue, in its record's `pr`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import OrchestratorError, clip
-from lib.statefile import UnreadableFile, locked, read_json, set_aside, write_json
+from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import PrView, PrWork
@@ -66,7 +67,8 @@ def read(state_root: Path, project: str) -> Recorded:
         return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write)")
     aside = doc.get("set_aside")
     doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
-             f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are not shown; cleanup asks the "
+             f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are shown as the event log last "
+             "told them; cleanup asks the "
              "forge about each issue's branch (remove the file's \"set_aside\" key once you have looked)"
              ) if isinstance(aside, dict) else ""
     return Recorded(dict(doc.get("issues", {})), doubt)
@@ -95,15 +97,46 @@ def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | Non
             problem = err.why
         if problem:
             aside = _set_aside_keeping_older(path)
-            doc = {"issues": {}, "set_aside": {"file": aside.name, "why": problem, "at": now_iso()}}
-            note = (f"{path}: {problem}; set aside as {aside.name}, a fresh one is written (the PRs it held are "
-                    "not shown; cleanup asks the forge about each issue's branch)")
+            issues = _recovered(state_root, project)
+            doc = {"issues": issues, "set_aside": {"file": aside.name, "why": problem, "at": now_iso(),
+                                                   "recovered": len(issues)}}
+            note = (f"{path}: {problem}; set aside as {aside.name}, a fresh one is written with the "
+                    f"{len(issues)} PR(s) the event log names (cleanup asks the forge about each issue's branch)")
             RunFiles(state_root / project).log_event({"action": "state_set_aside", "project": project,
                                                       "file": str(path), "aside": aside.name, "why": problem})
         issues = doc.get("issues", {})
         issues[str(issue)] = {**issues.get(str(issue), {}), **fields, "updated": now_iso()}
         write_json(path, {**doc, "issues": issues})
     return note
+
+
+def _recovered(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
+    """Each issue's PR as the project's event log last tells it (opened or adopted, merged, closed), for the fresh
+    file that replaces a damaged one: number, url and state, marked `recovered`. Nothing when the log cannot be
+    read (over 64 MiB, not a regular file)."""
+    try:
+        data = read_regular(RunFiles(state_root / project).events, 64 << 20) or b""
+    except UnreadableFile:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            event = json.loads(line).get("event")
+        except (ValueError, RecursionError, AttributeError):
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("issue"), int) or \
+                isinstance(event.get("issue"), bool):
+            continue
+        key, action = str(event["issue"]), event.get("action")
+        found = re.search(r"/(?:pull|merge_requests)/(\d+)/?$", str(event.get("url") or ""))
+        if action in ("pr_opened", "pr_adopted") and found:
+            out[key] = {"number": int(found.group(1)), "url": str(event["url"]), "state": "open",
+                        "checks": "pending", "phase": "pr_open", "recovered": True}
+        elif key in out and action == "pr_merged":
+            out[key].update(state="merged", phase="merged")
+        elif key in out and action == "skip" and event.get("reason") == "pr closed":
+            out[key]["state"] = "closed"
+    return out
 
 
 def _set_aside_keeping_older(path: Path) -> Path:
