@@ -498,3 +498,35 @@ def test_a_fresh_pr_file_starts_from_what_the_event_log_last_said_of_each_pr(tmp
     entries = pulls.load(state_root, "demo")
     assert {k: (v.get("number"), v.get("state")) for k, v in entries.items()} == {
         "5": (15, "merged"), "6": (16, "closed"), "7": (17, "open"), "9": (20, None)}
+
+
+def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_first(make_repo, tmp_path):
+    """A queue lands #1's PR, then #2's on top; the poll sees #2 merged first: both merges are ours (the other
+    merge under way is read from its worker's record), no alert, and main's new head is taken."""
+    from orchestrator import alerts
+    from orchestrator.config import parse_config
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    handle = make_repo("app")
+    cfg = parse_config(tmp_path / "p-issues.json", {
+        "project": "p", "repo_path": str(handle.path), "branch_prefix": "f-", "default_branch": "main",
+        "issues": [{"number": 1, "title": "a"}, {"number": 2, "title": "b"}]})
+    root = tmp_path / "state" / "p"
+    alerts.current(root, [cfg], 1000.0)
+    work = _clone(tmp_path, handle)
+    heads = {}
+    for n in (1, 2):
+        git(work, "switch", "-q", "-c", f"f-{n}", "origin/main")
+        heads[n] = _commit(work, f"{n}.txt", f"work of #{n}")
+        git(work, "push", "-q", "origin", f"f-{n}")
+        handle.git("fetch", "-q", "origin", f"f-{n}")
+    git(work, "switch", "-q", "main")
+    git(work, "merge", "-q", "--no-ff", "f-1", "-m", "Merge #1")
+    git(work, "merge", "-q", "--no-ff", "f-2", "-m", "Merge #2")
+    git(work, "push", "-q", "origin", "main")
+    RunFiles(root).save_worker(WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
+                                            pr={"watching": True, "merging": True, "head": heads[1]}))
+    said: list[str] = []
+    assert alerts.accept_default_head(root, cfg, cfg.issues[1], heads[2], said.append) == \
+        git(handle.remote, "rev-parse", "main")
+    assert said == [] and alerts.load(root)["alerts"] == []

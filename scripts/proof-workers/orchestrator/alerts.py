@@ -533,10 +533,10 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
         snap["landed"] = sorted({*snap.get("landed", []), head} - {""})
         write_json(run_file(root), doc)
         return None
+    heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
     try:
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
-            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now,
-            frozenset({head, *snap.get("landed", [])}) - {""}))
+            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads))
         why = "holds more than the merge of our PR"
     except worktrees.GitFailed as err:
         ours, why = False, f"could not be checked ({clip(str(err), 200)})"
@@ -554,6 +554,24 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
     announce(root, cfg, checks.found, say)
     write_json(run_file(root), doc)
     return None
+
+
+def _merging_heads(root: Path, cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
+    """The heads of the project's other merges under way in `repo`, from the worker records (another PR of ours
+    the queue may have landed below this one)."""
+    from orchestrator.state import RunFiles
+
+    files, heads = RunFiles(root), set()
+    for worker in files.recorded_workers():
+        try:
+            record = files.load_worker(worker)
+        except OrchestratorError:
+            continue
+        issue = cfg.issue(record.issue_number) if record.issue_number is not None else None
+        if issue is not None and record.pr.get("merging") and cfg.repo_for(issue).path == repo.path and \
+                isinstance(record.pr.get("head"), str):
+            heads.add(record.pr["head"])
+    return heads
 
 
 def announce(root: Path, cfg: ProjectConfig, found: list[dict[str, Any]], say: Callable[[str], None]) -> None:
