@@ -666,5 +666,9 @@ def _tree(git: Git, commit: str) -> str:
 
 
 def _merged_tree(git: Git, base: str, head: str) -> str:
-    """The tree of `head` merged into `base` (git merge-tree --write-tree); "" when they conflict."""
-    return git("merge-tree", "--write-tree", "--no-messages", base, head, check=False).split("\n", 1)[0].strip()
+    """The tree of `head` merged into `base` (git merge-tree --write-tree, git 2.38 and later; before it, only a
+    head that holds `base` answers: its own tree); "" when they conflict."""
+    merged = git("merge-tree", "--write-tree", "--no-messages", base, head, check=False).split("\n", 1)[0].strip()
+    if merged or git("merge-base", base, head, check=False).strip() != base:
+        return merged
+    return _tree(git, head)
