@@ -1,5 +1,6 @@
 """The pull-request loop never loses track of work nor lies: a damaged pull-requests.json, a network failure
-right after an accepted merge, a direct push to the default branch while our merge waits in a queue.
+right after an accepted merge, a direct push to the default branch while our merge waits in a queue, someone
+else's force-push or rebase of the PR's branch, answers the forge's CLI never gives.
 
 Real tmux, git and the scripted fake agent; fake gh from tests/forge_fakes.py, never a real forge.
 """
