@@ -3,6 +3,9 @@
 decide() judges (orchestrator.decide._judge_pr); this module does. Where each issue's PR stands is kept in
 `state/<project>/pull-requests.json` (status, dashboard, report and cleanup read it) and, while a worker
 holds the issue, in its record's `pr`.
+
+Over 500 lines, one job: each step of one PR's loop, and the one file that records where each PR stands (a
+damaged one set aside, never read as "no PR").
 """
 from __future__ import annotations
 
