@@ -14,7 +14,11 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
-  isInMergeQueue, glab's merge_when_pipeline_succeeds), `merge_noop` (gh pr merge exits 0 having done nothing), `unknown_fields` (gh pr view --json fields this
+  isInMergeQueue, glab's merge_when_pipeline_succeeds; `merge_method: "merge"`: a base that moved since
+  gets a merge commit, as a queue building on it would, instead of a fast-forward only), `list_lag` (gh: the
+  first K `gh pr list` calls after a `gh pr create` do not show the new PR yet), `after_merge_fail` (gh: `fail` entries armed once
+  `gh pr merge` is accepted: a network failure right after the merge), `merge_noop` (gh pr merge exits 0
+  having done nothing), `unknown_fields` (gh pr view --json fields this
   gh is too old to know: gh's own error), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
@@ -167,12 +171,24 @@ def queue_turn(pr):
         return
     expected = pr.pop("queued")[1]
     head = head_of(pr["head"])
-    fits = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", head_of(pr["base"]),
-                           head]).returncode == 0
+    fits = merged_tree(head_of(pr["base"]), head) is not None
     if state.get("dequeue", 0) > 0 or (expected and expected != head) or not fits:
         state["dequeue"] = max(0, state.get("dequeue", 0) - 1)  # dropped: a push, a conflict, its checks failed
     else:
         merge(pr, expected)
+
+
+def merged_tree(base_sha, head_sha):
+    """What merging head into base gives: head itself (a fast-forward), or with `merge_method` "merge" the tree
+    of a merge commit on a base that moved; None when it cannot be made."""
+    if subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha,
+                       head_sha]).returncode == 0:
+        return head_sha
+    if state.get("merge_method") != "merge":
+        return None
+    tree = subprocess.run(["git", "--git-dir", state["remote"], "merge-tree", "--write-tree", base_sha, head_sha],
+                          capture_output=True, text=True)
+    return tree.stdout.split()[0] if tree.returncode == 0 else None
 
 
 def merge(pr, expected):
@@ -181,10 +197,15 @@ def merge(pr, expected):
         die("GraphQL: Head branch was modified. Review and try the merge again. (mergePullRequest)" if tool == "gh"
             else "PUT merge_requests/%d/merge: 409 {message: SHA does not match HEAD of source branch: %s}"
             % (pr["number"], head_sha))
-    ok = subprocess.run(["git", "--git-dir", state["remote"], "merge-base", "--is-ancestor", base_sha, head_sha])
-    if ok.returncode != 0:
+    result = merged_tree(base_sha, head_sha)
+    if result is None:
         die("Pull request is not mergeable: the merge commit cannot be cleanly created.")
-    subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], head_sha],
+    if result != head_sha:  # the forge's merge commit, on the base as it is now
+        result = subprocess.run(["git", "--git-dir", state["remote"], "-c", "user.name=GitHub", "-c",
+                                 "user.email=noreply@github.com", "commit-tree", result, "-p", base_sha, "-p",
+                                 head_sha, "-m", "Merge pull request #%d" % pr["number"]],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "--git-dir", state["remote"], "update-ref", "refs/heads/" + pr["base"], result],
                    check=True)
     pr["state"], pr["merged_sha"] = "MERGED", head_sha
 
@@ -192,6 +213,10 @@ def merge(pr, expected):
 if tool == "gh":
     if args[:2] == ["pr", "list"]:
         head = opt("--head")
+        if state.get("lagging", 0) > 0:  # a list that does not show the PR just created yet
+            state["lagging"] -= 1
+            save()
+            out([])
         out([{"number": p["number"], "url": p["url"], "state": p["state"], "headRefName": p["head"],
               "baseRefName": p["base"], "isCrossRepository": bool(p.get("cross"))}
              for p in state["prs"] if head in (None, p["head"])])
@@ -204,6 +229,8 @@ if tool == "gh":
             die("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
                 "No commits between %s and %s, Head ref must be a branch (createPullRequest)" % (base, head))
         number, url = open_pr("https://github.com/org/app/pull/%d", head, base, opt("--title"), opt("--body"))
+        state["lagging"] = state.get("list_lag", 0)
+        save()
         if "pr create" in state.get("lost_answer", []):  # opened, but the answer never came back
             die("Post \"https://api.github.com/graphql\": read tcp 10.0.0.2:5555->140.82.112.6:443: read: "
                 "connection reset by peer")
@@ -250,6 +277,7 @@ if tool == "gh":
         pr = find(args[2])
         if state.get("merge_noop"):  # a CLI that says nothing went wrong and did nothing
             sys.exit(0)
+        state.setdefault("fail", {}).update(state.pop("after_merge_fail", {}))  # armed once a merge is accepted
         if state.get("merge_queue"):  # documented: with a merge queue the PR is queued (or auto-merge enabled)
             queue(pr, opt("--match-head-commit"))
             print("\u2713 Pull request #%d will be added to the merge queue for %s when ready" % (pr["number"],

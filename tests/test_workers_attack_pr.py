@@ -168,10 +168,14 @@ def test_our_merge_in_flight_never_raises_default_branch_moved_when_another_stag
         "project": "p", "repo_path": str(handle.path), "branch_prefix": "f-", "default_branch": "main",
         "issues": [{"number": 1, "title": "a"}, {"number": 2, "title": "b"}]})
     doc = alerts.current(tmp_path / "state", [cfg], 1000.0)
-    handle.commit({"merged.txt": "x"}, "Merge pull request #1")  # what our merge did to main
+    handle.git("switch", "-q", "-c", "f-1")
+    head = handle.commit({"merged.txt": "x"}, "the PR's work")
+    handle.git("switch", "-q", "main")
+    handle.git("merge", "-q", "--no-ff", "f-1", "-m", "Merge pull request #1")  # what our merge did to main
     handle.git("push", "-q", "origin", "main")
+    handle.git("reset", "-q", "--hard", "HEAD~1")  # the main checkout as it was (its own check is another alert)
     ours = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
-                        pr={"watching": True, "merging": True, "number": 1})
+                        pr={"watching": True, "merging": True, "number": 1, "head": head})
     other = WorkerRecord(2, status="running", project="p", issue_number=2, branch="f-2", try_id=1,
                          stage="implement")
     ended = Snapshot(2, 1, True, False, 0, 1, False, 0, 5)

@@ -291,6 +291,8 @@ class Executor:
         try:
             outcome = pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
+            if pulls.merge_unconfirmed(err, record, self.run.files, self.say):
+                return
             record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
             self._worker(record).save()
             self.run.files.log_event({"action": "merge_failed", "worker": action.worker, "issue": issue.number,
@@ -315,7 +317,7 @@ class Executor:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         if action.reason == "merged" and record.pr.get("merging"):
             # Our own merge moved the default branch: recorded here, not alerted.
-            moved = alerts.accept_default_head(self.run.files.root, cfg.repo_for(issue))
+            moved = alerts.accept_default_head(self.run.files.root, cfg, issue, record.pr.get("head") or "", self.say)
             self.run.files.log_event({"action": "pr_merged", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "url": record.pr.get("url"), "default_head": moved})
         if action.reason == "merged":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json, read_small, set_aside, write_json
 from orchestrator import worktrees
-from orchestrator.config import ProjectConfig, RepoConfig
+from orchestrator.config import Issue, ProjectConfig, RepoConfig
 from orchestrator.decide import Snapshot
 from orchestrator.queue import IssueRef
 from orchestrator.state import WorkerRecord, now_iso
@@ -360,7 +361,9 @@ class Checks:
             self.raise_once(f"foreign_write:{project}:{key}:{head}:{_digest(status)}", "foreign_write", project,
                             None, None, f"the main checkout {key} changed during the run: " + "; ".join(what))
 
-    def default_branch(self, key: str, snap: dict[str, Any], trigger: str) -> None:
+    def default_branch(self, key: str, snap: dict[str, Any], trigger: str, ours: frozenset[str] = frozenset()) -> None:
+        """Alert when the watched default branch moved since the snapshot, unless all it gained is the merge of a
+        PR of ours under way (`ours`: their heads; the snapshot takes it when the poll sees it merged)."""
         url = watched_url(snap)
         now = _remote_head(url, snap["default_branch"])
         if snap.get("default_unknown"):
@@ -369,11 +372,16 @@ class Checks:
             return
         if now == snap["default_head"]:
             return
+        if ours and now and merges_of_ours(Path(key), url, snap["default_branch"], snap["default_head"], now, ours):
+            return
         for project in self.projects_of(key):
             self.raise_once(f"default_branch_moved:{project}:{key}:{now}", "default_branch_moved", project, None,
                             None, f"{snap['default_branch']} of {url} moved during the run: "
                                   f"{str(snap['default_head'])[:12]} -> {str(now)[:12] if now else 'deleted'} "
                                   f"(seen when {trigger})")
+        # Said: the next move is judged from here (a later merge of ours is then its own, not this one again).
+        snap["default_head"] = now
+        self.changed = True
 
     def worktree_moved(self, key: str, snap: dict[str, Any], ref: IssueRef, worker: int | None, branch: str,
                        entry: dict[str, Any], whose: str) -> None:
@@ -488,28 +496,179 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
             quiet[str(ref)] = {"since": now if entry else float(doc.get("started_at", now)), "try": None}
             checks.changed = True
         moved_since(str(repo.path), ref, snap, None, branch_of[ref], "no worker held the issue")
-    # A merge of ours under way (its answer lost, or the monitor killed before recording it): the default branch
-    # it moved is taken in when the next poll sees it merged (orchestrator.pulls), never alerted meanwhile.
-    merging = {str(repo_of[r].path) for r in (IssueRef(w.project, w.issue_number) for w in records
-                                              if w.pr.get("merging") and w.issue_number is not None) if r in repo_of}
+    # A merge of ours under way (queued, its answer lost, or the monitor killed before recording it): the default
+    # branch may move by it before the next poll sees it merged (then orchestrator.pulls has the snapshot take it).
+    # Meanwhile a move is no alert only when all the branch gained is that merge: a direct push is one.
+    merging: dict[str, frozenset[str]] = {}
+    for w in records:
+        ref = IssueRef(w.project or "", w.issue_number) if w.issue_number is not None else None
+        if w.pr.get("merging") and ref in repo_of and isinstance(w.pr.get("head"), str) and w.pr["head"]:
+            key = str(repo_of[ref].path)  # type: ignore[index]
+            merging[key] = merging.get(key, frozenset()) | {w.pr["head"]}
     for key, snap in list(doc["repos"].items()):
         guarded("git config", lambda: checks.git_config(key, snap))
         guarded("main checkout", lambda: checks.main_checkout(key, snap, key in ended_in))
-        if key in stage_end and key not in merging:
-            guarded("default branch", lambda: checks.default_branch(key, snap, stage_end[key]))
+        if key in stage_end:
+            ours = merging.get(key, frozenset()) | frozenset(snap.get("landed", []))
+            guarded("default branch", lambda: checks.default_branch(key, snap, stage_end[key], ours))
     return out, checks.found, checks.changed
 
 
-def accept_default_head(root: Path, repo: RepoConfig) -> str | None:
-    """The orchestrator's own merge moved this repository's default branch: the run's snapshot takes the new
-    head (the caller records the merge; no default_branch_moved alert follows). Returns the new head."""
+def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
+                        say: Callable[[str], None] = lambda _: None) -> str | None:
+    """Our merge of the issue's PR at `head` was seen merged: the run's snapshot takes the default branch's new
+    head when all it gained since the snapshot is merges of ours (the caller records the merge), and returns it.
+    Anything more (a direct push before, while or after the merge waited in a queue), or a move that cannot be
+    checked, is a default_branch_moved alert now, announced as the monitor announces one (the pause first when
+    on_alert is pause, an event, a line): None. The run may end with this very merge."""
+    repo = cfg.repo_for(issue)
     doc = load(root)
     snap = doc["repos"].get(str(repo.path)) if doc is not None else None
-    if snap is None:
+    if doc is None or snap is None:
         return None
     try:
-        snap["default_head"] = _remote_head(watched_url(snap), snap["default_branch"])
+        now = _remote_head(watched_url(snap), snap["default_branch"])
     except worktrees.GitFailed:
-        snap["default_unknown"] = True  # its next answer becomes the baseline
+        # Not seen now: the next check counts this merge as ours (the snapshot keeps its old head).
+        snap["landed"] = sorted({*snap.get("landed", []), head} - {""})
+        write_json(run_file(root), doc)
+        return None
+    heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
+    try:
+        ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
+            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads))
+        why = "holds more than the merge of our PR"
+    except worktrees.GitFailed as err:
+        ours, why = False, f"could not be checked ({clip(str(err), 200)})"
+    if ours:
+        snap["default_head"], snap["default_unknown"] = now, False
+        snap.pop("landed", None)
+        write_json(run_file(root), doc)
+        return now
+    checks = Checks(doc, [cfg])
+    try:
+        checks.default_branch(str(repo.path), snap, f"our merge of {head[:12] or 'a PR'} landed and "
+                                                     f"{snap['default_branch']} {why}")
+    except worktrees.GitFailed as err:  # the remote stopped answering: the snapshot keeps the old head (next check)
+        say(f"alert check (default branch) failed: {err}")
+    announce(root, cfg, checks.found, say)
     write_json(run_file(root), doc)
-    return snap.get("default_head")
+    return None
+
+
+def _merging_heads(root: Path, cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
+    """The heads of the project's other merges under way in `repo`, from the worker records (another PR of ours
+    the queue may have landed below this one)."""
+    from orchestrator.state import RunFiles
+
+    files, heads = RunFiles(root), set()
+    for worker in files.recorded_workers():
+        try:
+            record = files.load_worker(worker)
+        except OrchestratorError:
+            continue
+        issue = cfg.issue(record.issue_number) if record.issue_number is not None else None
+        if issue is not None and record.pr.get("merging") and cfg.repo_for(issue).path == repo.path and \
+                isinstance(record.pr.get("head"), str):
+            heads.add(record.pr["head"])
+    return heads
+
+
+def announce(root: Path, cfg: ProjectConfig, found: list[dict[str, Any]], say: Callable[[str], None]) -> None:
+    """New alerts of the project, as the monitor's cycle announces them: paused first (on_alert pause), an event,
+    a line."""
+    from orchestrator import pauses
+    from orchestrator.state import RunFiles
+
+    for alert in found:
+        paused = cfg.on_alert == "pause"
+        if paused:
+            pauses.add(pauses.pause_file(root.parent, alert["project"]), "alert",
+                       f"{alert['kind']}: {alert['detail']}", time.time(), issue=alert["issue"])
+        RunFiles(root).log_event({"action": "alert", **alert, "paused": paused})
+        where = f"#{alert['issue']}" if alert["issue"] is not None else f"project {alert['project']}"
+        say(f"ALERT {alert['kind']} ({where}): {alert['detail']}" + ("; paused until resume" if paused else ""))
+
+
+MAX_CHAIN = 200  # first-parent steps of a default branch's move that are looked at (a merge adds a few)
+Git = Callable[..., str]  # git run in one directory: git(*args, check=True) -> its output
+
+
+def merges_of_ours(repo: Path, url: str, branch: str, old: str | None, new: str, heads: frozenset[str]) -> bool:
+    """Whether all the default branch gained from `old` to `new` is merges of PRs of ours (`heads`, each as the
+    forge merged it: a fast-forward to it, a merge commit of it, a squash or a rebase of it: the merged tree
+    each time, on the first-parent line from `new` down to `old`). A direct push anywhere in between, a rewound
+    branch, or commits that cannot be read make it False. Raises GitFailed when git cannot tell.
+
+    Read in a throwaway git dir over the repository's objects (worktrees' pinned one: none of the repository's
+    config, which an agent may have edited, is read); the forge's commits are fetched into it from `url`, and
+    go with it."""
+    if not old or not heads:
+        return False
+    try:
+        with worktrees._pinned_git_dir(repo) as shim:  # noqa: SLF001 - the one throwaway git dir of the package
+            def in_shim(*args: str, check: bool = True) -> str:
+                return worktrees.git(shim, f"--git-dir={shim}", *args, check=check)
+
+            return _merges_in(in_shim, url, branch, old, new, heads)
+    except OSError as err:  # the temporary directory (a full disk)
+        raise worktrees.GitFailed(f"cannot prepare a git dir to read {branch}'s move: {err}") from None
+
+
+def _merges_in(in_shim: Git, url: str, branch: str, old: str, new: str, heads: frozenset[str]) -> bool:
+    """merges_of_ours, read through `in_shim` (git in the throwaway git dir)."""
+    if not all(_has_commit(in_shim, sha) for sha in (old, new, *heads)):
+        in_shim("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--", url,
+                f"refs/heads/{branch}")
+    if not _has_commit(in_shim, old) or not _has_commit(in_shim, new) or \
+            in_shim("merge-base", old, new, check=False).strip() != old:
+        return False
+    at = new
+    for _ in range(MAX_CHAIN):
+        if at == old:
+            return True
+        if at in heads:  # a fast-forward to our PR's head: what lies below it is that PR's branch
+            return in_shim("merge-base", old, at, check=False).strip() == old
+        parents = in_shim("rev-parse", f"{at}^@").split()
+        if len(parents) == 2 and parents[1] in heads and \
+                _tree(in_shim, at) == _merged_tree(in_shim, parents[0], parents[1]):
+            at = parents[0]  # a merge commit of our PR (never one that adds changes of its own)
+            continue
+        if len(parents) != 1:
+            return False
+        base = _squashed_onto(in_shim, at, old, heads)
+        if base is None:
+            return False
+        at = base
+    return False
+
+
+def _squashed_onto(git: Git, top: str, old: str, heads: frozenset[str]) -> str | None:
+    """The commit a squash or a rebase of one of our PRs ending at `top` was made on: the deepest commit of the
+    first-parent line below `top` (single-parent commits, down to `old` or a merge) whose tree merged with our
+    head's is `top`'s tree; None when there is none (`top` is someone else's commit)."""
+    rows = git("rev-list", "--first-parent", "--parents", f"--max-count={MAX_CHAIN}", f"{top}^").splitlines()
+    tree, found = _tree(git, top), None
+    for row in (r.split() for r in rows):
+        if any(_merged_tree(git, row[0], head) == tree for head in heads):
+            found = row[0]
+        if row[0] == old or len(row) != 2:
+            break
+    return found
+
+
+def _has_commit(git: Git, sha: str) -> bool:
+    return bool(git("rev-parse", "--verify", "-q", f"{sha}^{{commit}}", check=False).strip())
+
+
+def _tree(git: Git, commit: str) -> str:
+    return git("rev-parse", f"{commit}^{{tree}}").strip()
+
+
+def _merged_tree(git: Git, base: str, head: str) -> str:
+    """The tree of `head` merged into `base` (git merge-tree --write-tree, git 2.38 and later; before it, only a
+    head that holds `base` answers: its own tree); "" when they conflict."""
+    merged = git("merge-tree", "--write-tree", "--no-messages", base, head, check=False).split("\n", 1)[0].strip()
+    if merged or git("merge-base", base, head, check=False).strip() != base:
+        return merged
+    return _tree(git, head)

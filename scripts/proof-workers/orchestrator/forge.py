@@ -9,6 +9,7 @@ Over 500 lines, one job: the same operations for two CLIs, each answer's shape c
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -46,6 +47,11 @@ class ForgeError(OrchestratorError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class MergeUnconfirmed(ForgeError):
+    """The forge accepted a merge call, but the view that would show what it did failed (the network, a hung or
+    garbled answer): neither a failed merge nor a merge; the next poll tells."""
 
 
 # What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
@@ -198,7 +204,7 @@ def run_cli(tool: str, args: list[str], cwd: Path, timeout: float = CALL_TIMEOUT
     except FileNotFoundError:
         raise ForgeError(f"{tool} is not installed (not on PATH)") from None
     except OSError as err:
-        raise ForgeError(f"{what}: cannot start: {err}") from None
+        raise ForgeError(f"{what}: cannot start: {err}", transient=err.errno in (errno.EAGAIN, errno.ENOMEM)) from None
     deadline = time.monotonic() + timeout
     out, err = bytearray(), bytearray()
     readers = [threading.Thread(target=_drain, args=(pipe, tail), daemon=True)
@@ -229,11 +235,21 @@ def _said(called: Called) -> str:
     return clip(" / ".join(lines), 300) or f"exit {called.code}"
 
 
+def _transient(called: Called) -> bool:
+    return looks_transient(plain(called.err + "\n" + called.out, lines=True))
+
+
+def _failed(what: str, called: Called) -> ForgeError:
+    """A call's failure as one line; transient when what the CLI said looks like the network or the servers."""
+    return ForgeError(f"{what}: {_said(called)}", transient=_transient(called))
+
+
 def _json(what: str, called: Called) -> Any:
     try:
         return json.loads(called.out)
     except (ValueError, RecursionError):
-        raise ForgeError(f"{what}: did not print JSON (exit {called.code}): {_said(called)}") from None
+        raise ForgeError(f"{what}: did not print JSON (exit {called.code}): {_said(called)}",
+                         transient=_transient(called)) from None
 
 
 class Forge:
@@ -260,8 +276,7 @@ class Forge:
     def checked(self, args: list[str], named: bool = True) -> Called:
         called = self.call(args, named)
         if called.code != 0:
-            raise ForgeError(f"{self.tool} {' '.join(args[:2])}: {_said(called)}",
-                             transient=looks_transient(plain(called.err + "\n" + called.out, lines=True)))
+            raise _failed(f"{self.tool} {' '.join(args[:2])}", called)
         return called
 
     repo_flag = "--repo"
@@ -294,10 +309,15 @@ class Forge:
         """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
         stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
         while a pipeline runs: the forge shows it queued and merges it later). A PR still open in no queue, closed
-        meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is."""
+        meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is. A merge
+        accepted whose view then fails raises MergeUnconfirmed (never counted failed, nor merged)."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
-        after = self.observe(number)
+        try:
+            after = self.observe(number)
+        except ForgeError as err:
+            raise MergeUnconfirmed(f"{self.tool}: PR {number}: the merge was accepted, what it did is not seen yet: "
+                                   f"{err}", transient=True) from None
         if after.state == "merged":
             return "merged"
         if after.state == "open" and after.queued is not False:
@@ -322,7 +342,9 @@ class Forge:
         self.create(head, base, title, body)
         made = self.find(head, base)
         if made is None or made.state != "open":
-            raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found")
+            # Listed later (the forge's list lags its writes): transient, so the next try adopts it, never a second.
+            raise ForgeError(f"{self.tool}: the pull request for {head} was created but cannot be found",
+                             transient=True)
         return made, True
 
     def auth_problem(self) -> str | None:
@@ -375,7 +397,7 @@ class GitHub(Forge):
         if not found:
             return None
         best = sorted(found, key=lambda p: (p.get("state") != "OPEN", -int(p.get("number") or 0)))[0]
-        return PullRequest(int(best["number"]), plain(best["url"]), str(best["state"]).lower())
+        return PullRequest(int(best["number"]), plain(best["url"]), _pr_state(best["state"]))
 
     def create(self, head: str, base: str, title: str, body: str) -> None:
         # --flag=VALUE: a title or body that starts with "-" is never read as a flag.
@@ -391,7 +413,7 @@ class GitHub(Forge):
             # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
             called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
         if called.code != 0:
-            raise ForgeError(f"gh pr view: {_said(called)}")
+            raise _failed("gh pr view", called)
         view = _json("gh pr view", called)
         checks = self.call(["pr", "checks", str(number), "--json", "name,state,bucket,link"])
         state, failed = "none", ()
@@ -403,7 +425,7 @@ class GitHub(Forge):
             state = ("failing" if failed else "pending" if "pending" in buckets else
                      "passing" if rows else "none")
         elif "no checks reported" not in checks.err:
-            raise ForgeError(f"gh pr checks: {_said(checks)}")
+            raise _failed("gh pr checks", checks)
         reviews = [r for r in view.get("reviews") or [] if isinstance(r, dict)]
         asked = [r for r in reviews if r.get("state") == "CHANGES_REQUESTED"]
         comments = tuple(plain(f"{(r.get('author') or {}).get('login', '?')}: {r.get('body', '')}", lines=True)
@@ -411,7 +433,7 @@ class GitHub(Forge):
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), plain(view["url"]), plain(view["state"]).lower(),
+        return Observation(int(view["number"]), plain(view["url"]), _pr_state(view["state"]),
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
                            plain(review_id), plain(view.get("baseRefName") or ""),
                            (view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
@@ -509,8 +531,21 @@ class GitLab(Forge):
         self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
 
 
+def _pr_state(state: Any) -> str:
+    """gh's OPEN / MERGED / CLOSED; any other answer is a ValueError (one `unexpected JSON` line), never a guess
+    that it is open (a green PR in an unknown state would be completed or merged)."""
+    known = {"OPEN": "open", "MERGED": "merged", "CLOSED": "closed"}
+    if state not in known:
+        raise ValueError(f"unknown PR state {clip(repr(state), 40)}")
+    return known[state]
+
+
 def _mr_state(state: Any) -> str:
-    return {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}.get(str(state), "open")
+    """glab's opened / merged / closed / locked (a locked MR is open); any other answer is a ValueError."""
+    known = {"opened": "open", "merged": "merged", "closed": "closed", "locked": "open"}
+    if state not in known:
+        raise ValueError(f"unknown merge request state {clip(repr(state), 40)}")
+    return known[state]
 
 
 def forge_for(repo: ForgeRepo, cwd: Path, timeout: float = CALL_TIMEOUT_S, budget: float | None = None) -> Forge:

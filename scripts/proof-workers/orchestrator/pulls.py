@@ -3,16 +3,23 @@
 decide() judges (orchestrator.decide._judge_pr); this module does. Where each issue's PR stands is kept in
 `state/<project>/pull-requests.json` (status, dashboard, report and cleanup read it) and, while a worker
 holds the issue, in its record's `pr`.
+
+Over 500 lines, one job: each step of one PR's loop, and the one file that records where each PR stands (a
+damaged one set aside, never read as "no PR").
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from lib.errors import OrchestratorError, clip
-from lib.statefile import UnreadableFile, locked, read_json, write_json
+from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import PrView, PrWork
@@ -33,22 +40,117 @@ def prs_file(state_root: Path, project: str) -> Path:
     return RunFiles(state_root / project).root / "pull-requests.json"
 
 
-def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
-    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable."""
-    try:
-        doc = read_json(prs_file(state_root, project), {})
-    except (UnreadableFile, OrchestratorError, OSError):
-        return {}
-    issues = doc.get("issues") if isinstance(doc, dict) else None
-    return {k: v for k, v in issues.items() if isinstance(v, dict)} if isinstance(issues, dict) else {}
+@dataclass(frozen=True)
+class Recorded:
+    """pull-requests.json as read: issue number (as text) -> {number, url, state, checks, phase, ...}, and
+    `doubt`: "" when the file is whole, else why PRs may be missing from it (unreadable now, or set aside)."""
+
+    entries: dict[str, dict[str, Any]]
+    doubt: str = ""
 
 
-def save(state_root: Path, project: str, issue: int, **fields: Any) -> None:
+def _shape_problem(doc: Any) -> str | None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("issues", {}), dict):
+        return "not a pull-request document"
+    if any(not isinstance(entry, dict) for entry in doc.get("issues", {}).values()):
+        return "an issue's entry is not an object"
+    return None
+
+
+def read(state_root: Path, project: str) -> Recorded:
+    """The project's recorded PRs; a damaged file (garbage, a directory, a FIFO) reads as none *with its doubt*,
+    never as a plain "no PR": readers that would remove or forget something ask the forge instead."""
     path = prs_file(state_root, project)
+    try:
+        doc = read_json(path, {})
+    except UnreadableFile as err:
+        return Recorded({}, f"{path}: {err.why} (set aside at the monitor's next write)")
+    problem = _shape_problem(doc)
+    if problem:
+        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write)")
+    aside = doc.get("set_aside")
+    doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
+             f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are shown as the event log last "
+             "told them; cleanup asks the "
+             "forge about each issue's branch (remove the file's \"set_aside\" key once you have looked)"
+             ) if isinstance(aside, dict) else ""
+    return Recorded(dict(doc.get("issues", {})), doubt)
+
+
+def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
+    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable (see read)."""
+    return read(state_root, project).entries
+
+
+def warnings(state_root: Path, projects: list[str]) -> list[str]:
+    """Status's lines for the projects whose pull-requests.json is unreadable or was set aside."""
+    return [doubt for project in projects if (doubt := read(state_root, project).doubt)]
+
+
+def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | None:
+    """Update the issue's entry. A damaged file is set aside (NAME.corrupt, kept for a look) and a fresh one
+    that says so is written: returns that one line (also an event), else None."""
+    path = prs_file(state_root, project)
+    note = None
     with locked(path):
-        issues = load(state_root, project)
+        try:
+            doc = read_json(path, {})
+            problem = _shape_problem(doc)
+        except UnreadableFile as err:
+            problem = err.why
+        if problem:
+            aside = _set_aside_keeping_older(path)
+            issues = _recovered(state_root, project)
+            doc = {"issues": issues, "set_aside": {"file": aside.name, "why": problem, "at": now_iso(),
+                                                   "recovered": len(issues)}}
+            note = (f"{path}: {problem}; set aside as {aside.name}, a fresh one is written with the "
+                    f"{len(issues)} PR(s) the event log names (cleanup asks the forge about each issue's branch)")
+            RunFiles(state_root / project).log_event({"action": "state_set_aside", "project": project,
+                                                      "file": str(path), "aside": aside.name, "why": problem})
+        issues = doc.get("issues", {})
         issues[str(issue)] = {**issues.get(str(issue), {}), **fields, "updated": now_iso()}
-        write_json(path, {"issues": issues})
+        write_json(path, {**doc, "issues": issues})
+    return note
+
+
+def _recovered(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
+    """Each issue's PR as the project's event log last tells it (opened or adopted, merged, closed), for the fresh
+    file that replaces a damaged one: number, url and state, marked `recovered`. Nothing when the log cannot be
+    read (over 64 MiB, not a regular file)."""
+    try:
+        data = read_regular(RunFiles(state_root / project).events, 64 << 20) or b""
+    except UnreadableFile:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            event = json.loads(line).get("event")
+        except (ValueError, RecursionError, AttributeError):
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("issue"), int) or \
+                isinstance(event.get("issue"), bool):
+            continue
+        key, action = str(event["issue"]), event.get("action")
+        found = re.search(r"/(?:pull|merge_requests)/(\d+)/?$", str(event.get("url") or ""))
+        if action in ("pr_opened", "pr_adopted") and found:
+            out[key] = {"number": int(found.group(1)), "url": str(event["url"]), "state": "open",
+                        "checks": "pending", "phase": "pr_open", "recovered": True}
+        elif key in out and action == "pr_merged":
+            out[key].update(state="merged", phase="merged")
+        elif key in out and action == "skip" and event.get("reason") == "pr closed":
+            out[key]["state"] = "closed"
+    return out
+
+
+def _set_aside_keeping_older(path: Path) -> Path:
+    """statefile.set_aside (called under our own lock: set_aside_if_bad would wait on it), except that an older
+    NAME.corrupt is never replaced: it may hold the only record of PRs opened before the first damage, so this
+    one gets a name of its own (an os.replace of its own for that: statefile's replaces the older one)."""
+    if not os.path.lexists(path.with_name(path.name + ".corrupt")):
+        return set_aside(path)
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")
+    os.replace(path, aside)
+    return aside
 
 
 def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -149,6 +251,9 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                 # Merged (by the agent itself, say) before our last push: that push is on no default branch.
                 raise ForgeError(f"PR #{number} was merged at {seen.head[:12]}, before our last push {ours[:12]}, "
                                  f"which {default} does not have")
+            if ours and seen.head and seen.head != ours and (
+                    seen.state == "merged" or seen.state == "open" and int(pr.get("foreign_polls") or 0) >= 2):
+                _foreign_head_holds_ours(state_root, cfg, issue, record, seen, ours)
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -182,9 +287,14 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                 ", merging (queued: this gh cannot show whether it is still in the queue)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
-        save(state_root, cfg.project, issue.number, state=seen.state, checks=seen.checks if ours else "pending",
-             merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
-             **({"phase": "merged"} if seen.state == "merged" else {}))
+        # Number, url and phase too: an entry lost with a damaged file is whole again at the next poll.
+        note = save(state_root, cfg.project, issue.number, number=seen.number, url=seen.url, state=seen.state,
+                    checks=seen.checks if ours else "pending",
+                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
+                    **({"phase": "merged"} if seen.state == "merged" else
+                       {"phase": "pr_open"} if seen.state == "open" else {}))
+        if note:
+            say(f"warning: {note}")
         # Silence is "no CI" only once it lasted: CI may take a while to register its first check.
         quiet = 0 if pr.get("ever_checked") or now - (pr["quiet_since"] or now) < QUIET_GREEN_S else \
             int(pr["quiet_polls"])
@@ -192,6 +302,44 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                             tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet,
                             queued=seen.queued))
     return tuple(views)
+
+
+def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord,
+                             seen: Observation, ours: str) -> None:
+    """Someone else's head of the PR (taken as the one whose checks count after 3 polls, or merged) must hold our
+    last push (its commits, or the same patches rebased): a force-push that dropped it is never merged nor
+    completed (ForgeError: the poll fails, said, and is tried again until a human sees to it). The head is
+    fetched from the pinned url when we lack it (objects only); a merged head that cannot be read is taken as
+    before, an open one is not taken yet."""
+    repo = cfg.repo_for(issue)
+    where = f"PR #{seen.number}'s head {seen.head[:12]}"
+    try:
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", seen.head):
+            raise worktrees.GitFailed(f"{clip(seen.head)} is not a commit id")
+        pin = pins.pinned(state_root, cfg.project, repo.name)
+        # A throwaway git dir over the repository's objects, as pushes use (none of its config, which an agent
+        # may have edited, is read): the head is fetched into it when we lack it, and goes with it.
+        with worktrees._pinned_git_dir(repo.path, pin.settings) as shim:  # noqa: SLF001
+            if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
+                worktrees._run_pinned(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",  # noqa: SLF001
+                                      "--no-write-fetch-head", "--", pin.url, seen.head)
+            # Our commits in its history, or each as an equal patch (a rebase of the branch): `git cherry` marks
+            # with "+" a commit of ours that has none.
+            holds = worktrees.is_ancestor(shim, ours, seen.head) or not any(
+                line.startswith("+") for line in worktrees.git(shim, f"--git-dir={shim}", "cherry", seen.head,
+                                                               ours).splitlines())
+    except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
+        if seen.state == "merged":
+            return
+        raise ForgeError(f"cannot tell whether {where} (someone else's push) holds our last push {ours[:12]}: "
+                         f"{err}") from None
+    if holds:
+        return
+    if seen.state == "merged":
+        raise ForgeError(f"PR #{seen.number} was merged at {seen.head[:12]}, which does not hold our last push "
+                         f"{ours[:12]} (its branch was force-pushed): {repo.default_branch} does not have it")
+    raise ForgeError(f"{where} does not hold our last push {ours[:12]}: its branch was force-pushed by someone else; "
+                     "neither merged nor completed until a human sees to it (push our commits back, or close the PR)")
 
 
 def _older(repo: Path, merged: str, ours: str) -> bool:
@@ -293,6 +441,20 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
     return outcome
 
 
+def merge_unconfirmed(err: Exception, record: WorkerRecord, files: RunFiles, say: Callable[[str], None]) -> bool:
+    """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
+    never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
+    ours; queued: watched as queued; open in no queue: merged again)."""
+    if not isinstance(err, forge.MergeUnconfirmed):
+        return False
+    record.last_reason = f"merge accepted, its outcome seen at the next poll: {err}"
+    files.save_worker(record)
+    files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
+                     "project": record.project, "error": str(err)})
+    say(f"worker {record.worker_id}: #{record.issue_number} {record.last_reason}")
+    return True
+
+
 def pr_states(state_root: Path, project: str, issues: dict[int, str],
               held: set[int | None]) -> dict[int, tuple[str, dict[str, Any]]]:
     """Issue -> (status's state, its `pr`) for issues with a PR: in progress (pr_open, ci_failed,
@@ -317,9 +479,12 @@ def pr_states(state_root: Path, project: str, issues: dict[int, str],
 
 def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
     """Branch -> why its worktree is kept, for this project's PRs last seen open: each is asked again (bounded;
-    a human may have merged or closed it since); one the forge does not answer for stays kept."""
+    a human may have merged or closed it since); one the forge does not answer for stays kept. While the file
+    is damaged or was set aside, every issue's branch without a whole entry is looked up on the forge, and kept
+    when it has an open PR or the forge cannot say (never removed on a forgotten PR)."""
     out = {}
-    for key, entry in load(state_root, cfg.project).items():
+    recorded = read(state_root, cfg.project)
+    for key, entry in recorded.entries.items():
         issue = cfg.issue(int(key)) if key.isdigit() else None
         if issue is None or entry.get("state") != "open":
             continue
@@ -335,4 +500,31 @@ def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
         save(state_root, cfg.project, issue.number, state=seen.state)
         if seen.state == "open":
             out[cfg.branch_for(issue)] = f"its pull request is open ({url})"
+    if recorded.doubt:
+        out.update(_looked_up(state_root, cfg, recorded, set(out)))
+    return out
+
+
+def _looked_up(state_root: Path, cfg: ProjectConfig, recorded: Recorded, known: set[str]) -> dict[str, str]:
+    """Branch -> why kept, for the issues the damaged file may have forgotten: an open PR of the branch into the
+    default branch (as adoption finds it), or a forge that cannot be asked (then no further one is asked)."""
+    out: dict[str, str] = {}
+    given_up = ""
+    for issue in cfg.issues:
+        branch = cfg.branch_for(issue)
+        entry = recorded.entries.get(str(issue.number)) or {}
+        whole = isinstance(entry.get("number"), int) and entry.get("state") in ("open", "merged", "closed")
+        if branch in known or whole:
+            continue
+        if given_up:
+            out[branch] = f"its pull request may be open ({recorded.doubt}; the forge not asked: {given_up})"
+            continue
+        try:
+            found = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).find(branch, cfg.repo_for(issue).default_branch)
+        except (ForgeError, OrchestratorError) as err:
+            given_up = str(err)
+            out[branch] = f"its pull request may be open ({recorded.doubt}; the forge not asked: {given_up})"
+            continue
+        if found is not None and found.state == "open":
+            out[branch] = f"its pull request is open ({found.url})"
     return out

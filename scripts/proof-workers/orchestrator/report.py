@@ -233,7 +233,8 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                           for v in eligible(views, held | _paused_refs(holding, views))[:5]],
         "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
-        "warnings": [w for cfg in run.configs for w in cfg.warnings],  # the configs' own, as launch prints them
+        "warnings": [w for cfg in run.configs for w in cfg.warnings]  # the configs' own, as launch prints them
+        + pulls.warnings(run.state_root, [cfg.project for cfg in run.configs]),
         "done": all(i["status"] in (IssueState.COMPLETED, IssueState.FAILED) or i["state"] == IssueState.BLOCKED
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),
