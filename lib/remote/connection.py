@@ -83,6 +83,15 @@ class GivenUp(ConnectionError):
         super().__init__(f"{why}; a connection given up is never used again")
 
 
+def link_error(err: BaseException) -> bool:
+    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection, SSH's
+    own errors), not the command there or our own code: the one test `status --host` and `sync-all --host`
+    use before they say a connection was lost."""
+    from paramiko import SSHException
+
+    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
+
+
 class HostKeyRefused(Exception):
     """The host's key is not trusted (unknown, changed, revoked) or could not be recorded; the message says why."""
 

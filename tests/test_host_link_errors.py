@@ -1,0 +1,101 @@
+"""Only a failing link is called a lost connection: anything else (git there, our own reading of its output)
+is what it is, one line for that repo, whatever state the connection is in.
+
+The "host" is this machine (the sshd fixture).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_hosts_remote import clone_to
+
+ODD_AB = "reading the status failed on host b1: ValueError: not enough values to unpack (expected 2, got 1)"
+
+
+def odd_git_in(sshd, tmp_path: Path, repo: str) -> None:
+    """A git on the host's PATH whose `status` in `repo` says `branch.ab` with one count (a git of its own)."""
+    real = shutil.which("git")
+    fake = tmp_path / "host-bin"
+    fake.mkdir()
+    (fake / "git").write_text(f"""#!/bin/sh
+case $PWD in */{repo}) for a; do [ "$a" = status ] || continue
+  printf '# branch.oid %s\\0# branch.head main\\0# branch.ab +1\\0' "$('{real}' rev-parse HEAD)"; exit 0
+done ;; esac
+exec '{real}' "$@"
+""")
+    (fake / "git").chmod(0o755)
+    (sshd.remote_home / ".bashrc").write_text(f"export PATH='{fake}':$PATH\n")
+
+
+@pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
+def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connection(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, given_up):
+    """given-up-meanwhile: another repo's read gave the connection up while this one's output was parsed."""
+    from lib.remote import connection as remote
+
+    ws = tmp_path / "ws"
+    names = ["a-odd", "b-next"]
+    for name in names:
+        clone_to(ws, make_repo(name))
+    odd_git_in(sshd, tmp_path, "a-odd")
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+    silent = "host b1: the connection went silent (no answer for 15s)"
+    real_probe = remote.probe
+
+    def probe(connection, host, command, what, timeout=None):
+        answer = real_probe(connection, host, command, what, timeout)
+        if given_up and what == "git status":
+            remote.give_up(connection, silent)
+        return answer
+
+    monkeypatch.setattr(remote, "probe", probe)
+    result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    rows = {r["name"]: r for r in json.loads(result.out)["repos"]}
+    assert rows["a-odd"]["error"] == ODD_AB
+    if given_up:
+        assert rows["b-next"]["error"] == silent  # the link's own reason, for the repo it kept from being read
+    else:
+        assert rows["b-next"]["error"] is None and rows["b-next"]["clean"] is True
+
+
+def test_a_workspace_the_host_cannot_name_is_every_repos_error_not_a_traceback(home, make_repo, inv, sshd,
+                                                                            tmp_path):
+    """A relative workspace, and a login shell whose `pwd` says no absolute path."""
+    ws = sshd.remote_home / "ws"
+    clone_to(ws, make_repo("a"))
+    (sshd.remote_home / ".bashrc").write_text("pwd() { echo somewhere; }\n")
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})
+    home.write_repos([{"name": "a", "local": str(tmp_path / "nowhere" / "a")}])
+    result = inv("status", "--host", "b1", "--json")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    [row] = json.loads(result.out)["repos"]
+    assert row["error"].startswith("b1: cannot find the login directory"), row
+
+
+@pytest.mark.parametrize("err, link", [
+    (ConnectionResetError(104, "Connection reset by peer"), True), (EOFError(), True), (socket.timeout(), True),
+    (TimeoutError(), True), ("given-up", True), ("ssh", True), ("no-session", True),
+    (ValueError("not enough values"), False), (KeyError("x"), False), (OSError(28, "No space left on device"), False),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), False), ("unreachable", False),
+], ids=lambda v: v if isinstance(v, (str, bool)) else type(v).__name__)
+def test_link_error_names_the_link_failing_and_nothing_else(err, link):
+    import paramiko
+
+    from lib.remote import connection as remote
+
+    made = {"given-up": remote.GivenUp("host b1: the connection was lost"),
+            "ssh": paramiko.SSHException("SSH session not active"),
+            "no-session": paramiko.ssh_exception.ChannelException(2, "Connect failed"),
+            "unreachable": remote.HostUnreachable("b1: cannot resolve x")}
+    assert remote.link_error(made.get(err, err) if isinstance(err, str) else err) is link
+
