@@ -99,3 +99,52 @@ def test_link_error_names_the_link_failing_and_nothing_else(err, link):
             "unreachable": remote.HostUnreachable("b1: cannot resolve x")}
     assert remote.link_error(made.get(err, err) if isinstance(err, str) else err) is link
 
+
+def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_finished(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """The sync's connection drops; the kill over a new one works, then the host refuses our key: the reason
+    says so (before: only that the connection was lost, as if the host's report had been looked for)."""
+    import os
+    import signal
+    import threading
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_sync_host import results
+    from tests.test_sync_host_robust import children_of_sshd, fast_and_hung_slow, wait_until
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 3:  # the first is the sync's, the second the kill's: now the host refuses us
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+
+    def drop() -> None:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the slow repo's fetch")
+        for pid in children_of_sshd(sshd):
+            os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=drop)
+    thread.start()
+    try:
+        result = inv("sync-all", "--host", "builder")
+    finally:
+        thread.join()
+        hung = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        if hung is not None and process_running(hung):  # not swept: no connection to do it over
+            os.killpg(os.getpgid(hung), signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    assert len(connects) == 3
+    entry = results(home)["slow"]
+    said = "connection to host builder was lost; the sync was killed on the host over a new connection; "
+    assert entry["status"] == "failed" and entry["reason"].startswith(said), entry
+    why = entry["reason"][len(said):]
+    assert why.startswith("no new connection to the host: builder (") and "authentication failed" in why
+    fast = results(home)["fast"]  # reported before the drop or not (its own log says which): never silent on why
+    assert "no new connection to the host: builder (" in fast["reason"], fast

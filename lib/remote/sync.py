@@ -474,8 +474,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
                 _keep_what_was_done(run, host, report, logs_over(live))
             raise
         if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
-            return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
-                             reported, selected)
+            return _given_up(connection, host, result, output.mark, report_file, run, repos, log_dir,
+                             settings.dry_run, reported, selected)
         if output.damaged is None:
             break
         if replaced:
@@ -522,21 +522,20 @@ def _live(connection: Any, host: Host, run: _HostRun) -> Iterator[Any]:
         fresh.close()
 
 
-def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,
-              repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
+def _given_up(connection: Any, host: Host, result: remote.RemoteResult, mark: str, report_file: str,
+              run: _HostRun, repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
               selected: dict[str, Repo]) -> list[HostSyncOutcome]:
     """The driver's connection went silent or was lost, and is never used again; run_remote killed the driver
     over a new connection (or says why it could not). Over another new one, what the driver started outside
     its group is swept and the report a stopped driver leaves is taken: what the host finished is recorded
-    with its log, the rest failed."""
+    with its log, the rest failed; when no new one can be had, the reason says why."""
     done = ("the sync was killed on the host over a new connection" if result.problem is None else
             f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
     reason = f"connection to host {host.name} {result.lost}; {done}"
-    try:
-        fresh = remote.connect(host)
-    except remote.HostUnreachable:  # the host is gone too: what it had reported is all there is
-        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
-    try:
+    remote.give_up(connection, reason)  # whatever run_remote made of it, it is never asked anything again
+    with _live(connection, host, run) as fresh:
+        if fresh is None:  # the host is gone too: what it had reported is all there is
+            return _reported_then_failed(run, repos, host, f"{reason}; {run.unanswered}", log_dir, dry_run, None)
         _sweep(fresh, mark, remote.answer_within(host))
         report = _take_report(fresh, report_file, run)
         outcomes = report.get("outcomes") if report is not None else None
@@ -547,8 +546,6 @@ def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: s
             return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
 
         return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, with_logs)
-    finally:
-        fresh.close()
 
 
 def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,
