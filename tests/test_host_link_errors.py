@@ -106,12 +106,12 @@ def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_
     says so (before: only that the connection was lost, as if the host's report had been looked for)."""
     import os
     import signal
-    import threading
 
     from lib.remote import connection as remote
     from tests.conftest import process_running
+    from tests.test_hosts_mends import link_dropped_once
     from tests.test_sync_host import results
-    from tests.test_sync_host_robust import children_of_sshd, fast_and_hung_slow, wait_until
+    from tests.test_sync_host_robust import fast_and_hung_slow
 
     workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
     real_connect, connects = remote.connect, []
@@ -124,17 +124,10 @@ def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_
 
     monkeypatch.setattr(remote, "connect", connect)
 
-    def drop() -> None:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the slow repo's fetch")
-        for pid in children_of_sshd(sshd):
-            os.kill(pid, signal.SIGKILL)
-
-    thread = threading.Thread(target=drop)
-    thread.start()
     try:
-        result = inv("sync-all", "--host", "builder")
+        with link_dropped_once(sshd, pid_file, "the slow repo's fetch"):
+            result = inv("sync-all", "--host", "builder")
     finally:
-        thread.join()
         hung = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         if hung is not None and process_running(hung):  # not swept: no connection to do it over
             os.killpg(os.getpgid(hung), signal.SIGKILL)
