@@ -82,9 +82,51 @@ def test_a_workspace_the_host_cannot_name_is_every_repos_error_not_a_traceback(h
     assert row["error"].startswith("b1: cannot find the login directory"), row
 
 
+def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_connection(
+        home, make_repo, inv, sshd, tmp_path):
+    """sshd allows 10 sessions on one connection (MaxSessions): `--jobs 12` had the 11th refused, and that was a
+    traceback (or, the connection given up meanwhile, "the connection was lost" for every repo left)."""
+    import threading
+
+    from tests.conftest import git
+    from tests.test_sync_host_robust import wait_until
+
+    ws = tmp_path / "ws"
+    names = [f"r{i:02}" for i in range(12)]
+    started, release = tmp_path / "started", tmp_path / "release"
+    hook = tmp_path / "held-status"  # each repo's `git status` is held open until the test lets them all go
+    hook.write_text(f"#!/bin/sh\necho $$ >> '{started}'\nwhile [ ! -e '{release}' ]; do sleep 0.1; done\nexit 1\n")
+    hook.chmod(0o755)
+    for name in names:
+        git(clone_to(ws, make_repo(name)), "config", "core.fsmonitor", str(hook))
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+    held: list[int] = []
+
+    def let_go() -> None:
+        try:
+            # Eight held, or (read more at once) sshd refused a session: sshd says "no more sessions".
+            wait_until(lambda: started.exists() and len(started.read_text().split()) >= 8
+                       or "no more sessions" in sshd.log.read_text(), 100, "8 reads at once")
+            held.append(len(started.read_text().split()) if started.exists() else 0)
+        finally:
+            release.touch()
+
+    thread = threading.Thread(target=let_go)
+    thread.start()
+    try:
+        result = inv("status", "--host", "b1", "--json", "--jobs", "12")
+    finally:
+        release.touch()
+        thread.join()
+    assert result.code == 0, result.out + result.err
+    assert {r["name"]: r["error"] for r in json.loads(result.out)["repos"]} == {n: None for n in names}
+    assert held == [8]  # none finished before the release: a ninth could not have started
+
+
 @pytest.mark.parametrize("err, link", [
     (ConnectionResetError(104, "Connection reset by peer"), True), (EOFError(), True), (socket.timeout(), True),
-    (TimeoutError(), True), ("given-up", True), ("ssh", True), ("no-session", True),
+    (TimeoutError(), True), ("given-up", True), ("ssh", True), ("session-refused", False),
     (ValueError("not enough values"), False), (KeyError("x"), False), (OSError(28, "No space left on device"), False),
     (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), False), ("unreachable", False),
 ], ids=lambda v: v if isinstance(v, (str, bool)) else type(v).__name__)
@@ -95,7 +137,7 @@ def test_link_error_names_the_link_failing_and_nothing_else(err, link):
 
     made = {"given-up": remote.GivenUp("host b1: the connection was lost"),
             "ssh": paramiko.SSHException("SSH session not active"),
-            "no-session": paramiko.ssh_exception.ChannelException(2, "Connect failed"),
+            "session-refused": paramiko.ChannelException(2, "Connect failed"),  # sshd: "no more sessions"
             "unreachable": remote.HostUnreachable("b1: cannot resolve x")}
     assert remote.link_error(made.get(err, err) if isinstance(err, str) else err) is link
 
@@ -141,3 +183,33 @@ def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_
     assert why.startswith("no new connection to the host: builder (") and "authentication failed" in why
     fast = results(home)["fast"]  # reported before the drop or not (its own log says which): never silent on why
     assert "no new connection to the host: builder (" in fast["reason"], fast
+
+
+def test_a_session_the_host_refuses_is_no_link_error_while_the_connection_works(home, sshd, tmp_path):
+    """sshd refuses the 11th session of a connection (MaxSessions); paramiko says ChannelException, or, when
+    another thread's refusal took that reason first, "Unable to open channel." with the link still up."""
+    import paramiko
+
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    connection = remote.connect(load_hosts(home.path / "config" / "hosts.toml")["b1"])
+    held = []
+    try:
+        for _ in range(10):
+            held.append(connection.create_session())
+            held[-1].exec_command("sleep 60")
+        with pytest.raises(paramiko.ChannelException) as refused:
+            connection.create_session()
+        assert "no more sessions" in sshd.log.read_text()
+        unable = paramiko.SSHException("Unable to open channel.")
+        assert remote.usable(connection)
+        assert not remote.link_error(refused.value, connection) and remote.session_refused(refused.value)
+        assert not remote.link_error(unable, connection) and remote.session_refused(unable, connection)
+        assert remote.link_error(paramiko.SSHException("SSH session not active"), connection)
+    finally:
+        for channel in held:
+            channel.close()
+        connection.close()
+    assert remote.link_error(unable, connection) and remote.link_error(unable)  # gone, or not known to be up

@@ -62,6 +62,7 @@ git --no-optional-locks {shlex.join(LOG_ARGS)} 2>/dev/null
 exit 0"""
 GIT_ENV = ("LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0")
 STATUS_TIMEOUT_S = 30.0  # for one repo's git status once the login shell has run it (a big repo is slow)
+READS_AT_ONCE = 8  # each read is a session of the one connection: sshd allows 10 on one by default (MaxSessions)
 
 
 def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> RepoStatus:
@@ -108,8 +109,10 @@ def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
     return remote.HostStalled(why)
 
 
-def _failed(host: Host, err: Exception, doing: str) -> str:
-    """Anything but the link (git there, our own reading of it): what it is, in one line."""
+def _failed(connection: Any, host: Host, err: Exception, doing: str) -> str:
+    """Anything but the link (git there, our own reading of it, a session refused): what it is, in one line."""
+    if remote.session_refused(err, connection):
+        return f"{doing} failed on host {host.name}: the host refused a new session on the connection (MaxSessions)"
     return f"{doing} failed on host {host.name}: {type(err).__name__}: {clip(' '.join(str(err).split()))}"
 
 
@@ -129,8 +132,8 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
         except remote.HostUnreachable as err:  # HostStalled too
             return failed(str(err))
         except Exception as err:
-            return failed(str(_lost(connection, host, err)) if remote.link_error(err)
-                          else _failed(host, err, "finding the workspace"))
+            return failed(str(_lost(connection, host, err)) if remote.link_error(err, connection)
+                          else _failed(connection, host, err, "finding the workspace"))
         stalled: list[remote.HostStalled] = []  # a hung login shell hangs every login: one wait is enough
 
         def one(repo: Repo) -> RepoStatus:
@@ -143,13 +146,13 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                 except remote.HostStalled as err:
                     stalled.append(err)
                 except Exception as err:
-                    if not remote.link_error(err):  # this repo's error, whatever state the connection is in
+                    if not remote.link_error(err, connection):  # this repo's error, whatever the connection's state
                         return RepoStatus(repo.name, path, False, False, repo.language,
-                                          error=_failed(host, err, "reading the status"))
+                                          error=_failed(connection, host, err, "reading the status"))
                     stalled.append(_lost(connection, host, err))
             return RepoStatus(repo.name, path, False, False, repo.language, error=str(stalled[0]))
 
-        return runner.run_each(repos, one, jobs or 8)
+        return runner.run_each(repos, one, min(jobs or READS_AT_ONCE, READS_AT_ONCE))
 
     # Under run_each, so Ctrl-C or SIGTERM (even while connecting) is runner.RunInterrupted, as everywhere.
     statuses = runner.run_each([host], lambda h: remote.run_on_host(h, work, accept_new_host_key), 1)[0]

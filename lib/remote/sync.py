@@ -364,7 +364,7 @@ def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, 
         sftp.remove(report_file)
         found = json.loads(data)
     except Exception as err:  # no file (killed before it wrote one), a lost connection, a cut file: nothing to go by
-        if remote.link_error(err):  # the host stopped answering: nothing more is asked of it
+        if remote.link_error(err, connection):  # the host stopped answering: nothing more is asked of it
             run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(str(err))})"
         return None
     return found if isinstance(found, dict) and isinstance(found.get("outcomes"), list) else None
@@ -382,7 +382,7 @@ def _copy_log(connection: Any, remote_log: Any, local: Path, run: _HostRun) -> s
             connection.get(remote_log, local=out)
     except Exception as err:  # a missing file, a lost connection (paramiko's own errors too)
         why = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        if remote.link_error(err):  # the host stopped answering: nothing more is asked of it
+        if remote.link_error(err, connection):  # the host stopped answering: nothing more is asked of it
             run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(why)})"
         return f"log {local} not copied from the host: {clip(why)}"
     return None
