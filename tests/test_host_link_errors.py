@@ -124,6 +124,17 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
     assert held == [8]  # none finished before the release: a ninth could not have started
 
 
+def test_host_check_calls_a_host_that_answered_reachable_whatever_else_went_wrong(home, inv, sshd, tmp_path):
+    """The login directory the host cannot name was `unreachable: b1: HostUnreachable: ...`: it answered."""
+    (sshd.remote_home / ".bashrc").write_text("pwd() { echo somewhere; }\n")
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})
+    result = inv("host.check")
+    assert result.code == 1, result.out
+    row = next(line for line in result.out.splitlines() if line.startswith("b1 "))
+    assert "b1: cannot find the login directory" in row and "unreachable" not in row, result.out
+    assert "HostUnreachable" not in row, result.out
+
+
 @pytest.mark.parametrize("err, link", [
     (ConnectionResetError(104, "Connection reset by peer"), True), (EOFError(), True), (socket.timeout(), True),
     (TimeoutError(), True), ("given-up", True), ("ssh", True), ("session-refused", False),

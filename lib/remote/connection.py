@@ -752,10 +752,10 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
                              workspace, login_s=login_s)
         tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
         return HostCheck(host, True, None, workspace, tools, login_s)
-    except HostStalled as err:  # connected, then no answer: the reason is the host's, not a missing tool
+    except HostUnreachable as err:  # connected, then no answer, or one that stops us: the host's, not a tool's
         return HostCheck(host, True, str(err))
-    except Exception as err:  # the connection died halfway: as good as unreachable
-        return HostCheck(host, False, f"{host.name}: {type(err).__name__}: {err}")
+    except Exception as err:  # the connection died halfway (as good as unreachable), or anything else
+        return HostCheck(host, not link_error(err, connection), f"{host.name}: {type(err).__name__}: {err}")
     finally:
         connection.close()
 
