@@ -86,9 +86,8 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
         home, make_repo, inv, sshd, tmp_path):
     """sshd allows 10 sessions on one connection (MaxSessions): `--jobs 12` had the 11th refused, and that was a
     traceback (or, the connection given up meanwhile, "the connection was lost" for every repo left)."""
-    import threading
-
     from tests.conftest import git
+    from tests.test_hosts_mends import meanwhile
     from tests.test_sync_host_robust import wait_until
 
     ws = tmp_path / "ws"
@@ -112,13 +111,11 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
         finally:
             release.touch()
 
-    thread = threading.Thread(target=let_go)
-    thread.start()
-    try:
-        result = inv("status", "--host", "b1", "--json", "--jobs", "12")
-    finally:
-        release.touch()
-        thread.join()
+    with meanwhile(let_go):
+        try:
+            result = inv("status", "--host", "b1", "--json", "--jobs", "12")
+        finally:
+            release.touch()
     assert result.code == 0, result.out + result.err
     assert {r["name"]: r["error"] for r in json.loads(result.out)["repos"]} == {n: None for n in names}
     assert held == [8]  # none finished before the release: a ninth could not have started

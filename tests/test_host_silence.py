@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
 from tests.conftest import process_running, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking, slow_fsmonitor
+from tests.test_hosts_mends import meanwhile
 from tests.test_hosts_remote import clone_to
 from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import push_new_commit, results, setup
@@ -149,12 +149,10 @@ def test_status_on_a_host_whose_connection_goes_silent_says_so_for_every_repo_wi
         wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the first repo's status")
         stopped.extend(stop_the_sessions(sshd))
 
-    thread = threading.Thread(target=go_silent)
-    thread.start()
     try:
-        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+        with meanwhile(go_silent):
+            result = inv("status", "--host", "b1", "--json", "--jobs", "1")
     finally:
-        thread.join()
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):

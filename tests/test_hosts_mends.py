@@ -11,7 +11,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -327,7 +327,17 @@ def test_an_idle_pooled_connection_that_dropped_is_replaced_never_reopened(home,
 
 
 @contextmanager
-def link_dropped_once(sshd, written: Path, what: str) -> Iterator[None]:
+def meanwhile(action: Callable[[], object]) -> Iterator[None]:
+    """`action` in a thread while the block runs (it waits for what it needs itself); joined on the way out."""
+    thread = threading.Thread(target=action)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def link_dropped_once(sshd, written: Path, what: str):
     """While the block runs: once a pid is `written` (the host is at the step `what`), every session of the
     host is killed: the connection drops."""
 
@@ -336,12 +346,7 @@ def link_dropped_once(sshd, written: Path, what: str) -> Iterator[None]:
         for pid in children_of_sshd(sshd):
             os.kill(pid, signal.SIGKILL)
 
-    thread = threading.Thread(target=drop)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
+    return meanwhile(drop)
 
 
 def test_status_on_a_host_whose_connection_drops_says_so_for_every_repo_it_could_not_read(
