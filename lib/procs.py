@@ -129,15 +129,17 @@ def processes_tagged(name: str, value: str, prefix: bool = False, born_since: in
     if not have_proc():
         return found
     for pid in _pids():
-        fields = stat_fields(pid)  # the one read: alive, and born since the tag was set
-        if fields is None or not _live(fields) or born_before(fields, born_since):
+        fields = stat_fields(pid) if born_since else None  # with born_since, read first: it spares most environs
+        if born_since and (fields is None or not _live(fields) or born_before(fields, born_since)):
             continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
-                if needle in b"\0" + environ.read() + b"\0":  # a zombie's reads empty
-                    found.append(int(pid))
+                if needle not in b"\0" + environ.read() + b"\0":
+                    continue
         except OSError:
             continue
+        if _live(fields if fields is not None else stat_fields(pid)):  # each stat read once
+            found.append(int(pid))
     return found
 
 

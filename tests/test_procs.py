@@ -75,7 +75,7 @@ def test_processes_tagged_reads_each_processes_stat_once(monkeypatch):
         assert reads[str(child.pid)] == 1 and max(reads.values()) == 1, {p: n for p, n in reads.items() if n > 1}
         reads.clear()
         assert procs.processes_tagged("ORCH_TEST_TAG", tag) == [child.pid]
-        assert max(reads.values()) == 1
+        assert reads == {str(child.pid): 1}  # without born_since, only a tagged process's stat is read
     finally:
         child.kill()
         child.wait()
