@@ -221,3 +221,51 @@ def test_a_session_the_host_refuses_is_no_link_error_while_the_connection_works(
             channel.close()
         connection.close()
     assert remote.link_error(unable, connection) and remote.link_error(unable)  # gone, or not known to be up
+
+
+def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_not_be_checked(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """The sync's connection goes silent, Ctrl-C, and the host refuses every new connection: nothing could
+    kill the sync there or take its report; the stop said nothing of it (the kill's problem was dropped)."""
+    import os
+    import signal
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_hosts_mends import meanwhile
+    from tests.test_hosts_robust import stop_the_sessions
+    from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, wait_until
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 2:  # every connection after the sync's own is refused
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+    stopped: list[int] = []
+
+    def freeze_then_interrupt() -> None:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and driver_pids(workspace),
+                   what="the slow repo's fetch")
+        stopped.extend(stop_the_sessions(sshd))  # the connection goes silent
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with meanwhile(freeze_then_interrupt):
+            result = inv("sync-all", "--host", "builder")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        for pid in [*driver_pids(workspace), *([int(pid_file.read_text().split()[0])] if pid_file.exists() else [])]:
+            if process_running(pid):  # nothing could reach them: the test's own clean-up
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert result.code == 130, result.out + result.err
+    assert "Traceback" not in result.err
+    said = [line for line in result.err.splitlines() if "could not be checked" in line]
+    assert len(said) == 1, result.err
+    assert said[0].startswith("on host builder: no new connection to the host: builder ("), said
+    assert "authentication failed" in said[0] and "the sync there may still run" in said[0], said

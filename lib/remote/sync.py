@@ -468,6 +468,9 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
             with _live(connection, host, run) as live:
+                if live is None and output.result is None:
+                    run.notes.append(f"on host {host.name}: {run.unanswered}; what the sync there finished could "
+                                     "not be checked, and the sync there may still run")
                 report = (None if live is None else _take_report(live, report_file, run)) or output.result
                 if report is None and live is not None and not run.unanswered:
                     _sweep(live, output.mark)  # killed before it had stopped its gits, maybe
