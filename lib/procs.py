@@ -32,18 +32,25 @@ def _live(fields: list[bytes] | None) -> bool:
     return fields is not None and fields[0] not in (b"Z", b"X")
 
 
-def start_tick(pid: int | str) -> int | None:
-    """When a live process started (clock ticks since boot); None when it is gone or a zombie."""
-    fields = stat_fields(pid)
+def _tick(fields: list[bytes]) -> int | None:
+    """The start time in a process's stat fields (clock ticks since boot), None when they have none."""
     try:
-        return int(fields[19]) if fields is not None and _live(fields) else None
+        return int(fields[19])
     except (IndexError, ValueError):
         return None
 
 
+def start_tick(pid: int | str, even_a_zombie: bool = False) -> int | None:
+    """When a live process started (clock ticks since boot); None when it is gone or, unless `even_a_zombie`
+    (a child not reaped yet: the runner reads its step's start even if it already ended), a zombie."""
+    fields = stat_fields(pid)
+    return _tick(fields) if fields is not None and (even_a_zombie or _live(fields)) else None
+
+
 def born_before(fields: list[bytes], tick: int) -> bool:
     """Whether a process (its stat fields) started before clock tick `tick` (0: not known, never)."""
-    return tick > 0 and len(fields) > 19 and int(fields[19]) < tick
+    started = _tick(fields) if tick > 0 else None
+    return started is not None and started < tick
 
 
 def _pids() -> Iterator[str]:
@@ -122,18 +129,16 @@ def processes_tagged(name: str, value: str, prefix: bool = False, born_since: in
     if not have_proc():
         return found
     for pid in _pids():
-        if born_since:
-            fields = stat_fields(pid)
-            if not fields or born_before(fields, born_since):
-                continue
+        fields = stat_fields(pid) if born_since else None  # with born_since, read first: it spares most environs
+        if born_since and (fields is None or not _live(fields) or born_before(fields, born_since)):
+            continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
                 if needle not in b"\0" + environ.read() + b"\0":
                     continue
         except OSError:
             continue
-        fields = stat_fields(pid)
-        if fields and fields[0] != b"Z":
+        if _live(fields if fields is not None else stat_fields(pid)):  # each stat read once
             found.append(int(pid))
     return found
 

@@ -28,7 +28,7 @@ from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib import signals  # noqa: E402
-from lib.procs import cmdline, group_members, have_proc, processes_tagged, stat_fields  # noqa: E402
+from lib.procs import cmdline, group_members, have_proc, processes_tagged, start_tick, stat_fields  # noqa: E402
 from lib.signals import Signalled, signal_name  # noqa: E402
 
 Item = TypeVar("Item")
@@ -180,15 +180,6 @@ def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float 
 
 def kill_group(pgid: int, grace: float = GRACE_S) -> None:
     kill_processes([pgid], (), grace)
-
-
-def _start_tick(pid: int) -> int:
-    """When a process started (clock ticks since boot), 0 when it cannot be read."""
-    fields = stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else 0
-    except (IndexError, ValueError):
-        return 0
 
 
 def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
@@ -533,7 +524,7 @@ def run_in_group(
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
-    born = _start_tick(pgid)  # not reaped yet: readable even if it already ended
+    born = start_tick(pgid, even_a_zombie=True) or 0  # not reaped yet: readable even if it already ended
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     copier.start()
@@ -601,7 +592,7 @@ def capture(args: Sequence[str], cwd: Path | None,
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
-    born = _start_tick(pgid)
+    born = start_tick(pgid, even_a_zombie=True) or 0
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     output: dict[int, list[bytes]] = {out_fd: [], err_fd: []}

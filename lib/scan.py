@@ -75,7 +75,7 @@ def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None,
     workspace = load_workspace(paths.repos_file)
     previous = read_state(paths.repo_status_file)
     try:
-        report = scan_workspace(workspace, jobs, tags, previous, **({"reuse": reuse} if reuse else {}))
+        report = scan_workspace(workspace, jobs, tags, previous, reuse)
     except ScanStopped as stop:
         raise ScanStopped(stop.signum, paths.repo_status_file) from None
     rows = [status.to_json() for status in report.repos]

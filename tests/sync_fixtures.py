@@ -59,6 +59,20 @@ def add_hook(path: Path, name: str, body: str) -> None:
     hook.chmod(0o755)
 
 
+def slow_fsmonitor(repo_path: Path, tmp_path: Path, once: Path | None = None) -> Path:
+    """A core.fsmonitor hook that writes its pid (to the file returned) and sleeps: only a `git status` (or an
+    index refresh) runs it. With `once`, it holds only once that file exists; before, it answers at once."""
+    pid_file = tmp_path / "fsmonitor.pid"
+    hook = tmp_path / "fsmonitor-hook"
+    hold = f"echo $$ > '{pid_file}'; exec sleep 120"
+    if once is not None:
+        hold = f"if [ -e '{once}' ]; then {hold}; fi\nexit 1"
+    hook.write_text(f"#!/bin/sh\n{hold}\n")
+    hook.chmod(0o755)
+    _git(repo_path, "config", "core.fsmonitor", str(hook))
+    return pid_file
+
+
 def wait_for_file(path: Path, seconds: float = 20.0) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -132,22 +132,47 @@ def test_a_run_on_a_host_does_not_truncate_the_log_of_a_run_still_writing_it(hom
     assert not (workspace / "ran-on-host").exists()
 
 
-def test_a_named_pipe_as_the_log_of_a_run_on_a_host_is_an_error_not_a_hang(home, make_repo, inv, sshd, tmp_path):
+@pytest.fixture
+def inv_unless_it_hangs(inv):
+    """`inv(*args)` in a thread, given 100 s (under pytest-timeout's 120 s: a busy machine gets room, a hang is
+    still caught). Still running then, the test fails with `hang`; `release` first lets the run go on so the
+    test can end (without it, a fixture's end must: the run is left to it)."""
+
+    def run(*args, hang, release=None):
+        results = []
+        thread = threading.Thread(target=lambda: results.append(inv(*args)))
+        thread.start()
+        thread.join(100)
+        if thread.is_alive():
+            if release is not None:
+                release()
+                thread.join()
+            pytest.fail(hang)
+        return results[0]
+
+    return run
+
+
+def read_pipe(path: Path):
+    """A release for inv_unless_it_hangs: a run blocked opening the named pipe `path` goes on once it has a reader."""
+
+    def release() -> None:
+        with open(path, "rb") as reader:
+            reader.read()
+
+    return release
+
+
+def test_a_named_pipe_as_the_log_of_a_run_on_a_host_is_an_error_not_a_hang(home, make_repo, inv_unless_it_hangs,
+                                                                             sshd, tmp_path):
     only_on_host(home, sshd, make_repo, tmp_path, "staking", TOUCHING)
     log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-staking.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(log)
-    results = []
-    thread = threading.Thread(target=lambda: results.append(inv("build", "staking", "--host", "builder")))
-    thread.start()
-    thread.join(100)  # under pytest-timeout's 120 s: a busy machine gets room, a hang is still caught
-    if thread.is_alive():  # blocked opening the pipe: a reader lets it go on, so the test can end
-        with open(log, "rb") as reader:
-            reader.read()
-        thread.join()
-        pytest.fail("the run waited for a reader of its log")
-    assert results[0].code == 1, results[0].out
-    assert "BUILD ERROR (cannot write log " in results[0].out and "named pipe" in results[0].out, results[0].out
+    result = inv_unless_it_hangs("build", "staking", "--host", "builder", hang="the run waited for a reader of its log",
+                                 release=read_pipe(log))
+    assert result.code == 1, result.out
+    assert "BUILD ERROR (cannot write log " in result.out and "named pipe" in result.out, result.out
 
 
 @pytest.fixture
@@ -173,8 +198,9 @@ def mute_agent(tmp_path):
         peer.close()
 
 
-def test_an_ssh_agent_that_never_answers_costs_the_connect_timeout_not_forever(home, make_repo, inv, sshd, tmp_path,
-                                                                               mute_agent, monkeypatch):
+def test_an_ssh_agent_that_never_answers_costs_the_connect_timeout_not_forever(home, make_repo, inv_unless_it_hangs,
+                                                                               sshd, tmp_path, mute_agent,
+                                                                               monkeypatch):
     """An inherited SSH_AUTH_SOCK whose agent never answers hung every connection of a host without key_file:
     paramiko asks the agent with no timeout at all."""
     monkeypatch.setenv("SSH_AUTH_SOCK", str(mute_agent))
@@ -182,14 +208,11 @@ def test_an_ssh_agent_that_never_answers_costs_the_connect_timeout_not_forever(h
     entry = sshd.host_entry(workspace, connect_timeout=2)
     del entry["key_file"]
     write_hosts(home.path, {"builder": entry})
-    results = []
-    thread = threading.Thread(target=lambda: results.append(inv("build", "staking", "--host", "builder")))
-    thread.start()
-    thread.join(100)  # under pytest-timeout's 120 s: a busy machine gets room, a hang is still caught
-    if thread.is_alive():  # the fixture's end closes the agent's connections, and lets it go on
-        pytest.fail("the connection waited for the agent without end")
-    assert results[0].code == 1, results[0].out
-    assert f"the SSH agent ({mute_agent}) did not answer within 2s" in results[0].out, results[0].out
+    # Hung, the mute_agent fixture's end closes the agent's connections, and lets it go on.
+    result = inv_unless_it_hangs("build", "staking", "--host", "builder",
+                                 hang="the connection waited for the agent without end")
+    assert result.code == 1, result.out
+    assert f"the SSH agent ({mute_agent}) did not answer within 2s" in result.out, result.out
     assert not (workspace / "ran-on-host").exists()
 
 

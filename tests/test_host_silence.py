@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
-from tests.conftest import git, process_running, wait_gone
+from tests.conftest import process_running, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
-from tests.sync_fixtures import full_snapshot, outside_remote_tracking
+from tests.sync_fixtures import full_snapshot, outside_remote_tracking, slow_fsmonitor
+from tests.test_hosts_mends import meanwhile
 from tests.test_hosts_remote import clone_to
 from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import push_new_commit, results, setup
@@ -56,30 +56,6 @@ def test_a_sync_whose_connection_goes_silent_is_killed_over_a_new_one_and_keeps_
     assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))  # its report taken, removed
     assert outside_remote_tracking(full_snapshot(workspace / "slow")) == before
     assert nothing_left_on_the_host(sshd)
-
-
-def test_ctrl_c_while_the_sync_connection_is_silent_kills_the_sync_over_a_new_one(home, make_repo, sshd, tmp_path):
-    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
-    err_file = tmp_path / "stderr.txt"
-    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
-    stopped: list[int] = []
-    try:
-        until_fast_is_done(err_file, pid_file, workspace)
-        stopped = stop_the_sessions(sshd)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
-        assert wait_gone(int(pid_file.read_text().split()[0]), 30), "Ctrl-C left the host's fetch running"
-        assert nothing_left_on_the_host(sshd), [Path(f"/proc/{p}/cmdline").read_bytes() for p in host_processes(sshd)]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
-    err = err_file.read_text()
-    assert proc.returncode == 130, out + err
-    assert "Traceback" not in err
-    assert results(home)["fast"]["status"] == "updated"
 
 
 def hang_logins_counted(sshd, lock: Path, logins: Path) -> None:
@@ -140,11 +116,7 @@ def test_a_slow_git_status_on_a_host_is_that_repos_error_and_the_next_repo_is_re
     ws = tmp_path / "ws"
     for name in ("a-slow", "b-quick"):
         clone_to(ws, make_repo(name))
-    pid_file = tmp_path / "fsmonitor.pid"
-    hook = tmp_path / "fsmonitor-hook"
-    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
-    hook.chmod(0o755)
-    git(ws / "a-slow", "config", "core.fsmonitor", str(hook))  # `git status` runs it and waits
+    pid_file = slow_fsmonitor(ws / "a-slow", tmp_path)  # `git status` runs it and waits
     write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=2)})
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in ("a-slow", "b-quick")])
     try:
@@ -168,11 +140,7 @@ def test_status_on_a_host_whose_connection_goes_silent_says_so_for_every_repo_wi
     names = ["a-first", "b-next", "c-last"]
     for name in names:
         clone_to(ws, make_repo(name))
-    pid_file = tmp_path / "fsmonitor.pid"
-    hook = tmp_path / "fsmonitor-hook"
-    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
-    hook.chmod(0o755)
-    git(ws / "a-first", "config", "core.fsmonitor", str(hook))  # holds the first repo's status open
+    pid_file = slow_fsmonitor(ws / "a-first", tmp_path)  # holds the first repo's status open
     write_hosts(home.path, {"b1": sshd.host_entry(ws, connect_timeout=2)})
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
     stopped: list[int] = []
@@ -181,12 +149,10 @@ def test_status_on_a_host_whose_connection_goes_silent_says_so_for_every_repo_wi
         wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the first repo's status")
         stopped.extend(stop_the_sessions(sshd))
 
-    thread = threading.Thread(target=go_silent)
-    thread.start()
     try:
-        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+        with meanwhile(go_silent):
+            result = inv("status", "--host", "b1", "--json", "--jobs", "1")
     finally:
-        thread.join()
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):

@@ -9,15 +9,18 @@ import io
 import os
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
 from tests.conftest import process_running, wait_gone
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_attack_hosts2 import inv_unless_it_hangs, read_pipe  # noqa: F401  (a fixture)
 from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import results
-from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, wait_until
+from tests.test_sync_host_robust import children_of_sshd, driver_pids, fast_and_hung_slow, wait_until
 
 
 @pytest.fixture
@@ -247,8 +250,8 @@ def test_update_json_still_sets_a_bad_file_aside_and_starts_afresh(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["here", "on-host"])
-def test_a_named_pipe_made_at_the_log_after_the_look_is_an_error_not_a_hang(home, make_repo, inv, sshd, tmp_path,
-                                                                          monkeypatch, where):
+def test_a_named_pipe_made_at_the_log_after_the_look_is_an_error_not_a_hang(home, make_repo, inv_unless_it_hangs,
+                                                                          sshd, tmp_path, monkeypatch, where):
     """One log opener for local and host runs: it never waits for a reader, even for a pipe made after a look."""
     import pathlib
 
@@ -269,17 +272,9 @@ def test_a_named_pipe_made_at_the_log_after_the_look_is_an_error_not_a_hang(home
             os.mkfifo(log)
 
     monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_then_a_pipe_appears)
-    results = []
-    thread = threading.Thread(target=lambda: results.append(inv(*args)))
-    thread.start()
-    thread.join(100)  # under pytest-timeout's 120 s: a busy machine gets room, a hang is still caught
-    if thread.is_alive():  # blocked opening the pipe: a reader lets it go on, so the test can end
-        with open(log, "rb") as reader:
-            reader.read()
-        thread.join()
-        pytest.fail("the run waited for a reader of its log")
-    assert results[0].code == 1, results[0].out
-    assert f"BUILD ERROR (cannot write log {log}: it is a named pipe" in results[0].out, results[0].out
+    result = inv_unless_it_hangs(*args, hang="the run waited for a reader of its log", release=read_pipe(log))
+    assert result.code == 1, result.out
+    assert f"BUILD ERROR (cannot write log {log}: it is a named pipe" in result.out, result.out
 
 
 def test_the_sweep_kills_what_carries_the_runs_mark_and_nothing_else(home, sshd, tmp_path):
@@ -331,39 +326,50 @@ def test_an_idle_pooled_connection_that_dropped_is_replaced_never_reopened(home,
     assert list(logins.values()) == [1, 1]
 
 
+@contextmanager
+def meanwhile(action: Callable[[], object]) -> Iterator[None]:
+    """`action` in a thread while the block runs (it waits for what it needs itself); joined on the way out."""
+    thread = threading.Thread(target=action)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def link_dropped_once(sshd, written: Path, what: str):
+    """While the block runs: once a pid is `written` (the host is at the step `what`), every session of the
+    host is killed: the connection drops."""
+
+    def drop() -> None:
+        wait_until(lambda: written.exists() and written.read_text().strip(), what=what)
+        for pid in children_of_sshd(sshd):
+            os.kill(pid, signal.SIGKILL)
+
+    return meanwhile(drop)
+
+
 def test_status_on_a_host_whose_connection_drops_says_so_for_every_repo_it_could_not_read(
         home, make_repo, inv, sshd, tmp_path):
     """The link drops while a repo is read: that repo and the rest say the connection was lost (no traceback,
     and the dropped connection is not opened again behind our back for the rest)."""
     import json
 
-    from tests.conftest import git
+    from tests.sync_fixtures import slow_fsmonitor
     from tests.test_hosts_remote import clone_to
-    from tests.test_sync_host_robust import children_of_sshd
 
     ws = tmp_path / "ws"
     names = ["a-first", "b-next", "c-last"]
     for name in names:
         clone_to(ws, make_repo(name))
-    pid_file = tmp_path / "fsmonitor.pid"
-    hook = tmp_path / "fsmonitor-hook"
-    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
-    hook.chmod(0o755)
-    git(ws / "a-first", "config", "core.fsmonitor", str(hook))  # holds the first repo's status open
+    pid_file = slow_fsmonitor(ws / "a-first", tmp_path)  # holds the first repo's status open
     write_hosts(home.path, {"b1": sshd.host_entry(ws)})
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
 
-    def drop() -> None:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the first repo's status")
-        for pid in children_of_sshd(sshd):
-            os.kill(pid, signal.SIGKILL)
-
-    thread = threading.Thread(target=drop)
-    thread.start()
     try:
-        result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+        with link_dropped_once(sshd, pid_file, "the first repo's status"):
+            result = inv("status", "--host", "b1", "--json", "--jobs", "1")
     finally:
-        thread.join()
         if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert result.code == 1, result.out + result.err

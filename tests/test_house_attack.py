@@ -5,8 +5,8 @@ import signal
 import subprocess
 
 from tests.conftest import stop_when, wait_gone
-from tests.sync_fixtures import wait_for_file
-from tests.test_sync_stop import reaped, results_of, slow_fsmonitor, start_sync
+from tests.sync_fixtures import slow_fsmonitor, wait_for_file
+from tests.test_sync_stop import reaped, results_of, start_sync
 
 
 def test_a_stop_in_syncs_closing_scan_still_says_what_the_sync_did_and_its_warnings(home, make_repo, tmp_path):
@@ -40,12 +40,9 @@ def test_a_stop_in_test_alls_closing_scan_leaves_the_runs_junit_not_an_all_red_o
 
     from tests.conftest import ROOT
 
-    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    ran = tmp_path / "tests-ran"
     repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
-    hook = tmp_path / "fsmonitor-hook"  # holds only a `git status` after the tests ran: the closing scan's
-    hook.write_text(f"#!/bin/sh\nif [ -e '{ran}' ]; then echo $$ > '{pid_file}'; exec sleep 120; fi\nexit 1\n")
-    hook.chmod(0o755)
-    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    pid_file = slow_fsmonitor(repo.path, tmp_path, once=ran)  # holds only the status read after the tests
     home.add(repo, language="make")
     bad = home.path / "state" / "test-results.json"
     bad.parent.mkdir(parents=True, exist_ok=True)
@@ -107,12 +104,9 @@ def test_a_stop_in_test_alls_status_read_before_the_tests_says_not_run_interrupt
 
     from tests.conftest import ROOT
 
-    ran, pid_file = tmp_path / "tests-ran", tmp_path / "fsmonitor.pid"
+    ran = tmp_path / "tests-ran"
     repo = make_repo("r", {"Makefile": f"test:\n\t@touch '{ran}'; echo '1 passed in 0.01s'\n"})
-    hook = tmp_path / "fsmonitor-hook"
-    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
-    hook.chmod(0o755)
-    subprocess.run(["git", "-C", str(repo.path), "config", "core.fsmonitor", str(hook)], check=True)
+    pid_file = slow_fsmonitor(repo.path, tmp_path)
     home.add(repo, language="make")
     report = tmp_path / "out.xml"
     run = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run_all_tests.py"), "--changed", "--junit-xml",

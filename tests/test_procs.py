@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from lib import procs
 from tests.conftest import ROOT, wait_gone
@@ -54,3 +55,43 @@ def test_start_tick_of_a_process_that_ended_is_none():
     child.kill()
     child.wait()
     assert wait_gone(child.pid) and procs.start_tick(child.pid) is None
+
+
+def test_processes_tagged_reads_each_processes_stat_once(monkeypatch):
+    """Born since a tick and not a zombie: both come from one read of /proc/PID/stat."""
+    tag = f"{os.getpid()}-once"
+    tick = procs.start_tick(os.getpid())
+    child = subprocess.Popen(["sleep", "600"], env={**os.environ, "ORCH_TEST_TAG": tag})
+    reads: dict[str, int] = {}
+    real = procs.stat_fields
+
+    def counted(pid):
+        reads[str(pid)] = reads.get(str(pid), 0) + 1
+        return real(pid)
+
+    monkeypatch.setattr(procs, "stat_fields", counted)
+    try:
+        assert procs.processes_tagged("ORCH_TEST_TAG", tag, born_since=tick) == [child.pid]
+        assert reads[str(child.pid)] == 1 and max(reads.values()) == 1, {p: n for p, n in reads.items() if n > 1}
+        reads.clear()
+        assert procs.processes_tagged("ORCH_TEST_TAG", tag) == [child.pid]
+        assert reads == {str(child.pid): 1}  # without born_since, only a tagged process's stat is read
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_start_tick_of_a_child_not_reaped_yet_is_read_only_when_asked_for():
+    """The runner reads its step's start right after starting it, even if it has already ended (a zombie)."""
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 60
+        while (procs.stat_fields(child.pid) or [b"?"])[0] != b"Z":
+            assert time.monotonic() < deadline, "the child never ended"
+            time.sleep(0.05)
+        assert procs.start_tick(child.pid) is None
+        tick = procs.start_tick(child.pid, even_a_zombie=True)
+        assert tick and tick == int(procs.stat_fields(child.pid)[19])
+    finally:
+        child.wait()
+    assert procs.start_tick(child.pid, even_a_zombie=True) is None

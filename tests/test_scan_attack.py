@@ -98,8 +98,8 @@ def test_two_tag_scans_at_once_keep_each_others_fresh_rows(home, make_repo, monk
     beta.commit({"b": "1"}, "beta moved")
     real_scan = lib.scan.scan_workspace
 
-    def scan_while_the_other_one_saves(workspace, jobs, tags, previous):
-        report = real_scan(workspace, jobs, tags, previous)
+    def scan_while_the_other_one_saves(workspace, jobs, tags, previous, reuse):
+        report = real_scan(workspace, jobs, tags, previous, reuse)
         if tags == ["x"]:  # the y scan writes its rows after ours read the old file
             lib.scan.scan_and_save(paths, tags=["y"])
         return report

@@ -17,17 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, process_running, stop_when, wait_gone
 from tests.sshd_fixtures import sshd  # noqa: F401  (a fixture)
-from tests.sync_fixtures import full_snapshot, wait_for_file
-
-
-def slow_fsmonitor(repo_path: Path, tmp_path: Path) -> Path:
-    """A core.fsmonitor hook that writes its pid and sleeps: only a `git status` (or an index refresh) runs it."""
-    pid_file = tmp_path / "fsmonitor.pid"
-    hook = tmp_path / "fsmonitor-hook"
-    hook.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 120\n")
-    hook.chmod(0o755)
-    subprocess.run(["git", "-C", str(repo_path), "config", "core.fsmonitor", str(hook)], check=True)
-    return pid_file
+from tests.sync_fixtures import full_snapshot, slow_fsmonitor, wait_for_file
 
 
 def start_sync(cwd: Path) -> subprocess.Popen:

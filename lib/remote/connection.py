@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import runner
@@ -81,6 +81,28 @@ class GivenUp(ConnectionError):
     def __init__(self, why: str) -> None:
         self.why = why
         super().__init__(f"{why}; a connection given up is never used again")
+
+
+def link_error(err: BaseException, connection: Any = None) -> bool:
+    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection, SSH's
+    own errors), not the command there, the host refusing a session, or our own code: the one test
+    `status --host` and `sync-all --host` use before they say a connection was lost."""
+    from paramiko import SSHException
+
+    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException)) \
+        and not session_refused(err, connection)
+
+
+def session_refused(err: BaseException, connection: Any = None) -> bool:
+    """The host refused a new session over a link that works (sshd's MaxSessions, 10 by default): paramiko
+    raises ChannelException, or, when another thread's refusal took that reason first, its "Unable to open
+    channel." with the connection still up."""
+    from paramiko import ChannelException, SSHException
+
+    if isinstance(err, ChannelException):
+        return True
+    return type(err) is SSHException and str(err) == "Unable to open channel." and connection is not None \
+        and usable(connection)
 
 
 class HostKeyRefused(Exception):
@@ -378,12 +400,12 @@ def _capture(connection: Any, command: str, timeout: float,
     """capture(), and whether the command began (the login shell got as far as running it); given up
     after `login_within` seconds too when it has not begun by then."""
     begin = BEGIN.decode().strip()
-    channel = connection.create_session()
+    started = monotonic()
+    channel = _open_session(connection, started + (login_within or timeout))
     with channel:
         # `|| exit`: a shell that ignores SIGPIPE must not run the command once we have gone.
         channel.exec_command(f"echo {begin} || exit 1; echo {begin} >&2 || exit 1; {command}")
         out, err = bytearray(), bytearray()
-        started = monotonic()
         deadline = started + timeout
         began = login_within is None
         while not _finished(channel):
@@ -397,6 +419,18 @@ def _capture(connection: Any, command: str, timeout: float,
         _read_ready(channel, out.extend, err.extend)
         # No marker on either stream: the login shell ended (a start-up file's `exit`) before our command.
         return channel.recv_exit_status(), _after_begin(out), _after_begin(err), BEGIN in out or BEGIN in err
+
+
+def _open_session(connection: Any, until: float) -> Any:
+    """A new session; one the host refuses (MaxSessions: a slot frees once sshd has reaped an ended session)
+    is asked for again until `until` (monotonic), then the refusal stands."""
+    while True:
+        try:
+            return connection.create_session()
+        except Exception as err:
+            if not session_refused(err, connection) or monotonic() >= until or runner.stopping():
+                raise
+        sleep(0.1)
 
 
 def _signal(channel: Any, name: str) -> None:
@@ -718,10 +752,10 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
                              workspace, login_s=login_s)
         tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
         return HostCheck(host, True, None, workspace, tools, login_s)
-    except HostStalled as err:  # connected, then no answer: the reason is the host's, not a missing tool
+    except HostUnreachable as err:  # connected, then no answer, or one that stops us: the host's, not a tool's
         return HostCheck(host, True, str(err))
-    except Exception as err:  # the connection died halfway: as good as unreachable
-        return HostCheck(host, False, f"{host.name}: {type(err).__name__}: {err}")
+    except Exception as err:  # the connection died halfway (as good as unreachable), or anything else
+        return HostCheck(host, not link_error(err, connection), f"{host.name}: {type(err).__name__}: {err}")
     finally:
         connection.close()
 

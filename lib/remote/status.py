@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from lib import runner
 from lib.config import Repo
+from lib.errors import clip
 from lib.gitstatus import LOG_ARGS, STATUS_ARGS, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
 from lib.remote import connection as remote
 from lib.remote.hosts import Host
@@ -61,6 +62,7 @@ git --no-optional-locks {shlex.join(LOG_ARGS)} 2>/dev/null
 exit 0"""
 GIT_ENV = ("LC_ALL=C", "GIT_OPTIONAL_LOCKS=0", "GIT_TERMINAL_PROMPT=0")
 STATUS_TIMEOUT_S = 30.0  # for one repo's git status once the login shell has run it (a big repo is slow)
+READS_AT_ONCE = 8  # each read is a session of the one connection: sshd allows 10 on one by default (MaxSessions)
 
 
 def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> RepoStatus:
@@ -100,6 +102,20 @@ def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> Re
     return status
 
 
+def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
+    """A link failure: the connection is given up (GivenUp: another repo's read gave it up), and this says why."""
+    why = err.why if isinstance(err, remote.GivenUp) else remote.lost_reason(host)
+    remote.give_up(connection, why)
+    return remote.HostStalled(why)
+
+
+def _failed(connection: Any, host: Host, err: Exception, doing: str) -> str:
+    """Anything but the link (git there, our own reading of it, a session refused): what it is, in one line."""
+    if remote.session_refused(err, connection):
+        return f"{doing} failed on host {host.name}: the host refused a new session on the connection (MaxSessions)"
+    return f"{doing} failed on host {host.name}: {type(err).__name__}: {clip(' '.join(str(err).split()))}"
+
+
 def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
     """Every repo's status under the host's workspace; an unreachable host is one error per repo."""
     started = perf_counter()
@@ -113,8 +129,11 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
             return failed(f"host unreachable: {connection}")
         try:
             workspace = remote.resolve_workspace(connection, host)
-        except remote.HostStalled as err:
+        except remote.HostUnreachable as err:  # HostStalled too
             return failed(str(err))
+        except Exception as err:
+            return failed(str(_lost(connection, host, err)) if remote.link_error(err, connection)
+                          else _failed(connection, host, err, "finding the workspace"))
         stalled: list[remote.HostStalled] = []  # a hung login shell hangs every login: one wait is enough
 
         def one(repo: Repo) -> RepoStatus:
@@ -126,15 +145,14 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                     return remote_repo_status(connection, host, repo, path)
                 except remote.HostStalled as err:
                     stalled.append(err)
-                except Exception as err:  # the link dropped (GivenUp: another repo's read gave it up)
-                    if not isinstance(err, ConnectionError) and remote.usable(connection):
-                        raise
-                    why = err.why if isinstance(err, remote.GivenUp) else remote.lost_reason(host)
-                    remote.give_up(connection, why)
-                    stalled.append(remote.HostStalled(why))
+                except Exception as err:
+                    if not remote.link_error(err, connection):  # this repo's error, whatever the connection's state
+                        return RepoStatus(repo.name, path, False, False, repo.language,
+                                          error=_failed(connection, host, err, "reading the status"))
+                    stalled.append(_lost(connection, host, err))
             return RepoStatus(repo.name, path, False, False, repo.language, error=str(stalled[0]))
 
-        return runner.run_each(repos, one, jobs or 8)
+        return runner.run_each(repos, one, min(jobs or READS_AT_ONCE, READS_AT_ONCE))
 
     # Under run_each, so Ctrl-C or SIGTERM (even while connecting) is runner.RunInterrupted, as everywhere.
     statuses = runner.run_each([host], lambda h: remote.run_on_host(h, work, accept_new_host_key), 1)[0]

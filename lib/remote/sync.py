@@ -349,13 +349,6 @@ def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, ho
     return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
 
 
-def _unanswered(err: BaseException) -> bool:
-    """The host stopped answering (a timeout, a closed connection): nothing more is asked of it."""
-    from paramiko import SSHException
-
-    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException))
-
-
 def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
     """Kill what a dead driver left running on the host: its gits run in sessions of their own, and are found
     by the run's mark in their environment (best effort: the host may be gone too)."""
@@ -371,7 +364,7 @@ def _take_report(connection: Any, report_file: str, run: _HostRun) -> dict[str, 
         sftp.remove(report_file)
         found = json.loads(data)
     except Exception as err:  # no file (killed before it wrote one), a lost connection, a cut file: nothing to go by
-        if _unanswered(err):
+        if remote.link_error(err, connection):  # the host stopped answering: nothing more is asked of it
             run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(str(err))})"
         return None
     return found if isinstance(found, dict) and isinstance(found.get("outcomes"), list) else None
@@ -389,7 +382,7 @@ def _copy_log(connection: Any, remote_log: Any, local: Path, run: _HostRun) -> s
             connection.get(remote_log, local=out)
     except Exception as err:  # a missing file, a lost connection (paramiko's own errors too)
         why = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        if _unanswered(err):
+        if remote.link_error(err, connection):  # the host stopped answering: nothing more is asked of it
             run.unanswered = f"the host stopped answering ({type(err).__name__}: {clip(why)})"
         return f"log {local} not copied from the host: {clip(why)}"
     return None
@@ -475,14 +468,17 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
             result = _run_driver(connection, host, lib, lib_root, home, report_file, settings, output)
         except runner.Stopping:  # stopped here: what the driver finished is kept before the stop goes on
             with _live(connection, host, run) as live:
+                if live is None and output.result is None:
+                    run.notes.append(f"on host {host.name}: {run.unanswered}; what the sync there finished could "
+                                     "not be checked, and the sync there may still run")
                 report = (None if live is None else _take_report(live, report_file, run)) or output.result
                 if report is None and live is not None and not run.unanswered:
                     _sweep(live, output.mark)  # killed before it had stopped its gits, maybe
                 _keep_what_was_done(run, host, report, logs_over(live))
             raise
         if result.lost is not None:  # never asked anything again: a new connection sweeps and ends it
-            return _given_up(host, result, output.mark, report_file, run, repos, log_dir, settings.dry_run,
-                             reported, selected)
+            return _given_up(connection, host, result, output.mark, report_file, run, repos, log_dir,
+                             settings.dry_run, reported, selected)
         if output.damaged is None:
             break
         if replaced:
@@ -529,21 +525,20 @@ def _live(connection: Any, host: Host, run: _HostRun) -> Iterator[Any]:
         fresh.close()
 
 
-def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: str, run: _HostRun,
-              repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
+def _given_up(connection: Any, host: Host, result: remote.RemoteResult, mark: str, report_file: str,
+              run: _HostRun, repos: Sequence[Repo], log_dir: Path, dry_run: bool, reported: Callable[..., None],
               selected: dict[str, Repo]) -> list[HostSyncOutcome]:
     """The driver's connection went silent or was lost, and is never used again; run_remote killed the driver
     over a new connection (or says why it could not). Over another new one, what the driver started outside
     its group is swept and the report a stopped driver leaves is taken: what the host finished is recorded
-    with its log, the rest failed."""
+    with its log, the rest failed; when no new one can be had, the reason says why."""
     done = ("the sync was killed on the host over a new connection" if result.problem is None else
             f"could not kill the sync on the host, it may still run ({clip(result.problem)})")
     reason = f"connection to host {host.name} {result.lost}; {done}"
-    try:
-        fresh = remote.connect(host)
-    except remote.HostUnreachable:  # the host is gone too: what it had reported is all there is
-        return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, None)
-    try:
+    remote.give_up(connection, reason)  # whatever run_remote made of it, it is never asked anything again
+    with _live(connection, host, run) as fresh:
+        if fresh is None:  # the host is gone too: what it had reported is all there is
+            return _reported_then_failed(run, repos, host, f"{reason}; {run.unanswered}", log_dir, dry_run, None)
         _sweep(fresh, mark, remote.answer_within(host))
         report = _take_report(fresh, report_file, run)
         outcomes = report.get("outcomes") if report is not None else None
@@ -554,8 +549,6 @@ def _given_up(host: Host, result: remote.RemoteResult, mark: str, report_file: s
             return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
 
         return _reported_then_failed(run, repos, host, reason, log_dir, dry_run, with_logs)
-    finally:
-        fresh.close()
 
 
 def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None,

@@ -1,0 +1,271 @@
+"""Only a failing link is called a lost connection: anything else (git there, our own reading of its output)
+is what it is, one line for that repo, whatever state the connection is in.
+
+The "host" is this machine (the sshd fixture).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_hosts_remote import clone_to
+
+ODD_AB = "reading the status failed on host b1: ValueError: not enough values to unpack (expected 2, got 1)"
+
+
+def odd_git_in(sshd, tmp_path: Path, repo: str) -> None:
+    """A git on the host's PATH whose `status` in `repo` says `branch.ab` with one count (a git of its own)."""
+    real = shutil.which("git")
+    fake = tmp_path / "host-bin"
+    fake.mkdir()
+    (fake / "git").write_text(f"""#!/bin/sh
+case $PWD in */{repo}) for a; do [ "$a" = status ] || continue
+  printf '# branch.oid %s\\0# branch.head main\\0# branch.ab +1\\0' "$('{real}' rev-parse HEAD)"; exit 0
+done ;; esac
+exec '{real}' "$@"
+""")
+    (fake / "git").chmod(0o755)
+    (sshd.remote_home / ".bashrc").write_text(f"export PATH='{fake}':$PATH\n")
+
+
+@pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
+def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connection(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, given_up):
+    """given-up-meanwhile: another repo's read gave the connection up while this one's output was parsed."""
+    from lib.remote import connection as remote
+
+    ws = tmp_path / "ws"
+    names = ["a-odd", "b-next"]
+    for name in names:
+        clone_to(ws, make_repo(name))
+    odd_git_in(sshd, tmp_path, "a-odd")
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+    silent = "host b1: the connection went silent (no answer for 15s)"
+    real_probe = remote.probe
+
+    def probe(connection, host, command, what, timeout=None):
+        answer = real_probe(connection, host, command, what, timeout)
+        if given_up and what == "git status":
+            remote.give_up(connection, silent)
+        return answer
+
+    monkeypatch.setattr(remote, "probe", probe)
+    result = inv("status", "--host", "b1", "--json", "--jobs", "1")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    rows = {r["name"]: r for r in json.loads(result.out)["repos"]}
+    assert rows["a-odd"]["error"] == ODD_AB
+    if given_up:
+        assert rows["b-next"]["error"] == silent  # the link's own reason, for the repo it kept from being read
+    else:
+        assert rows["b-next"]["error"] is None and rows["b-next"]["clean"] is True
+
+
+def test_a_workspace_the_host_cannot_name_is_every_repos_error_not_a_traceback(home, make_repo, inv, sshd,
+                                                                            tmp_path):
+    """A relative workspace, and a login shell whose `pwd` says no absolute path."""
+    ws = sshd.remote_home / "ws"
+    clone_to(ws, make_repo("a"))
+    (sshd.remote_home / ".bashrc").write_text("pwd() { echo somewhere; }\n")
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})
+    home.write_repos([{"name": "a", "local": str(tmp_path / "nowhere" / "a")}])
+    result = inv("status", "--host", "b1", "--json")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    [row] = json.loads(result.out)["repos"]
+    assert row["error"].startswith("b1: cannot find the login directory"), row
+
+
+def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_connection(
+        home, make_repo, inv, sshd, tmp_path):
+    """sshd allows 10 sessions on one connection (MaxSessions): `--jobs 12` had the 11th refused, and that was a
+    traceback (or, the connection given up meanwhile, "the connection was lost" for every repo left)."""
+    from tests.conftest import git
+    from tests.test_hosts_mends import meanwhile
+    from tests.test_sync_host_robust import wait_until
+
+    ws = tmp_path / "ws"
+    names = [f"r{i:02}" for i in range(12)]
+    started, release = tmp_path / "started", tmp_path / "release"
+    hook = tmp_path / "held-status"  # each repo's `git status` is held open until the test lets them all go
+    hook.write_text(f"#!/bin/sh\necho $$ >> '{started}'\nwhile [ ! -e '{release}' ]; do sleep 0.1; done\nexit 1\n")
+    hook.chmod(0o755)
+    for name in names:
+        git(clone_to(ws, make_repo(name)), "config", "core.fsmonitor", str(hook))
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
+    held: list[int] = []
+
+    def let_go() -> None:
+        try:
+            # Eight held, or (read more at once) sshd refused a session: sshd says "no more sessions".
+            wait_until(lambda: started.exists() and len(started.read_text().split()) >= 8
+                       or "no more sessions" in sshd.log.read_text(), 100, "8 reads at once")
+            held.append(len(started.read_text().split()) if started.exists() else 0)
+        finally:
+            release.touch()
+
+    with meanwhile(let_go):
+        try:
+            result = inv("status", "--host", "b1", "--json", "--jobs", "12")
+        finally:
+            release.touch()
+    assert result.code == 0, result.out + result.err
+    assert {r["name"]: r["error"] for r in json.loads(result.out)["repos"]} == {n: None for n in names}
+    assert held == [8]  # none finished before the release: a ninth could not have started
+
+
+def test_host_check_calls_a_host_that_answered_reachable_whatever_else_went_wrong(home, inv, sshd, tmp_path):
+    """The login directory the host cannot name was `unreachable: b1: HostUnreachable: ...`: it answered."""
+    (sshd.remote_home / ".bashrc").write_text("pwd() { echo somewhere; }\n")
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})
+    result = inv("host.check")
+    assert result.code == 1, result.out
+    row = next(line for line in result.out.splitlines() if line.startswith("b1 "))
+    assert "b1: cannot find the login directory" in row and "unreachable" not in row, result.out
+    assert "HostUnreachable" not in row, result.out
+
+
+@pytest.mark.parametrize("err, link", [
+    (ConnectionResetError(104, "Connection reset by peer"), True), (EOFError(), True), (socket.timeout(), True),
+    (TimeoutError(), True), ("given-up", True), ("ssh", True), ("session-refused", False),
+    (ValueError("not enough values"), False), (KeyError("x"), False), (OSError(28, "No space left on device"), False),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), False), ("unreachable", False),
+], ids=lambda v: v if isinstance(v, (str, bool)) else type(v).__name__)
+def test_link_error_names_the_link_failing_and_nothing_else(err, link):
+    import paramiko
+
+    from lib.remote import connection as remote
+
+    made = {"given-up": remote.GivenUp("host b1: the connection was lost"),
+            "ssh": paramiko.SSHException("SSH session not active"),
+            "session-refused": paramiko.ChannelException(2, "Connect failed"),  # sshd: "no more sessions"
+            "unreachable": remote.HostUnreachable("b1: cannot resolve x")}
+    assert remote.link_error(made.get(err, err) if isinstance(err, str) else err) is link
+
+
+def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_finished(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """The sync's connection drops; the kill over a new one works, then the host refuses our key: the reason
+    says so (before: only that the connection was lost, as if the host's report had been looked for)."""
+    import os
+    import signal
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_hosts_mends import link_dropped_once
+    from tests.test_sync_host import results
+    from tests.test_sync_host_robust import fast_and_hung_slow
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 3:  # the first is the sync's, the second the kill's: now the host refuses us
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+
+    try:
+        with link_dropped_once(sshd, pid_file, "the slow repo's fetch"):
+            result = inv("sync-all", "--host", "builder")
+    finally:
+        hung = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        if hung is not None and process_running(hung):  # not swept: no connection to do it over
+            os.killpg(os.getpgid(hung), signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    assert len(connects) == 3
+    entry = results(home)["slow"]
+    said = "connection to host builder was lost; the sync was killed on the host over a new connection; "
+    assert entry["status"] == "failed" and entry["reason"].startswith(said), entry
+    why = entry["reason"][len(said):]
+    assert why.startswith("no new connection to the host: builder (") and "authentication failed" in why
+    fast = results(home)["fast"]  # reported before the drop or not (its own log says which): never silent on why
+    assert "no new connection to the host: builder (" in fast["reason"], fast
+
+
+def test_a_session_the_host_refuses_is_no_link_error_while_the_connection_works(home, sshd, tmp_path):
+    """sshd refuses the 11th session of a connection (MaxSessions); paramiko says ChannelException, or, when
+    another thread's refusal took that reason first, "Unable to open channel." with the link still up."""
+    import paramiko
+
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    connection = remote.connect(load_hosts(home.path / "config" / "hosts.toml")["b1"])
+    held = []
+    try:
+        for _ in range(10):
+            held.append(connection.create_session())
+            held[-1].exec_command("sleep 60")
+        with pytest.raises(paramiko.ChannelException) as refused:
+            connection.create_session()
+        assert "no more sessions" in sshd.log.read_text()
+        unable = paramiko.SSHException("Unable to open channel.")
+        assert remote.usable(connection)
+        assert not remote.link_error(refused.value, connection) and remote.session_refused(refused.value)
+        assert not remote.link_error(unable, connection) and remote.session_refused(unable, connection)
+        assert remote.link_error(paramiko.SSHException("SSH session not active"), connection)
+    finally:
+        for channel in held:
+            channel.close()
+        connection.close()
+    assert remote.link_error(unable, connection) and remote.link_error(unable)  # gone, or not known to be up
+
+
+def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_not_be_checked(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """The sync's connection goes silent, Ctrl-C, and the host refuses every new connection: nothing could
+    kill the sync there or take its report; the stop said nothing of it (the kill's problem was dropped)."""
+    import os
+    import signal
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_hosts_mends import meanwhile
+    from tests.test_hosts_robust import stop_the_sessions
+    from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, wait_until
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 2:  # every connection after the sync's own is refused
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+    stopped: list[int] = []
+
+    def freeze_then_interrupt() -> None:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() and driver_pids(workspace),
+                   what="the slow repo's fetch")
+        stopped.extend(stop_the_sessions(sshd))  # the connection goes silent
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with meanwhile(freeze_then_interrupt):
+            result = inv("sync-all", "--host", "builder")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        for pid in [*driver_pids(workspace), *([int(pid_file.read_text().split()[0])] if pid_file.exists() else [])]:
+            if process_running(pid):  # nothing could reach them: the test's own clean-up
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert result.code == 130, result.out + result.err
+    assert "Traceback" not in result.err
+    said = [line for line in result.err.splitlines() if "could not be checked" in line]
+    assert len(said) == 1, result.err
+    assert said[0].startswith("on host builder: no new connection to the host: builder ("), said
+    assert "authentication failed" in said[0] and "the sync there may still run" in said[0], said
