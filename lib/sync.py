@@ -240,13 +240,18 @@ class _Git:
             return "\n".join(self.listing.all(key)).split()
         return self.read("config", "--get-all", key).stdout.split()
 
-    def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
+    def step(self, args: list[str], timeout: float | None, network: bool = False) -> runner.ProcessResult:
+        """A step that may change the repo. A `network` one (a fetch, an ls-remote: tracking refs at most) leaves
+        what left its group (a detached `gc --auto`, an ssh master) to the watchdog, killed when the run ends:
+        no scan of every process on the machine after it. A local step's leftovers die when it ends (a hook's
+        child must not touch the work tree after sync read it back)."""
         command = " ".join(shlex.quote(a) for a in ["git", *args])
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
         # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would)
-        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env)
+        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+                                   leftovers_at_run_end=network)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
@@ -398,14 +403,15 @@ def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
     # Tags follow as usual but are never pruned; submodules are not fetched (their own refspecs could
     # move their branches).
     result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
-                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout)
+                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout,
+                      network=True)
     if result.exit_code != 0:
         raise _Stop(SyncStatus.FAILED, f"fetch failed: {git.failure(result, timeout)}")
 
 
 def _remote_default_branch(git: _Git, remote: str, timeout: float | None) -> str | None:
     """The branch the remote's HEAD names now (one ls-remote), or None when that cannot be told."""
-    result = git.step(["ls-remote", "--symref", remote, "HEAD"], timeout)
+    result = git.step(["ls-remote", "--symref", remote, "HEAD"], timeout, network=True)
     if result.exit_code != 0:
         return None
     found = re.findall(r"^ref: refs/heads/(\S+)\s+HEAD$", git.step_output(), re.MULTILINE)

@@ -325,3 +325,20 @@ def test_a_row_read_before_a_clone_lands_in_its_work_tree_is_not_reused(home, ma
     written = read_state(paths.repo_status_file)["repos"]
     assert written[0]["untracked"] == 1, "the outer repo's row was read before the clone and reused"
     assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
+
+
+def test_a_fetch_that_leaves_nothing_behind_costs_no_process_table_scan(home, make_repo, monkeypatch):
+    """What left a fetch's group is the watchdog's to kill when the run ends (as for every read): no /proc
+    scan of every process on the machine after each fetch (about 0.35 s of CPU per 100 repos with 500
+    processes running). tests/test_sync_stop.py checks that such a leftover still dies with the run."""
+    from lib import runner
+
+    repos = [make_repo(name) for name in ("one", "two", "three")]
+    home.add(*repos)
+    scans = []
+    real = runner.escaped_processes
+    monkeypatch.setattr(runner, "escaped_processes", lambda *args, **kw: scans.append(args) or real(*args, **kw))
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    assert [o.status for o in report.outcomes] == ["up to date"] * 3, [o.line() for o in report.outcomes]
+    assert scans == [], f"{len(scans)} process table scans for 3 fetches"
