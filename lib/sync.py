@@ -28,7 +28,7 @@ from lib.batch import command_env, count_statuses, counts_text, now_iso, record,
 from lib.config import Repo, Workspace
 from lib.gitpool import GitResult
 from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
-                           read_known_commits)
+                           known_commits, read_state)
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -702,7 +702,9 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
-        scan_rows = None if dry_run else ScanRows(read_known_commits(paths.repo_status_file))
+        # The last scan's document, read once: its commits serve sync's rows and the closing scan.
+        last_scan = None if dry_run else read_state(paths.repo_status_file)
+        scan_rows = None if dry_run else ScanRows(known_commits(last_scan))
         # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
         notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
         with Progress("syncing", len(repos)) as progress:
@@ -732,7 +734,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
         except OSError as err:  # the repos are synced: say so in the table, and that the record failed
             notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
         try:
-            scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
+            scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None,
+                          previous={} if last_scan is None else last_scan)
         except ScanStopped as stop:  # the sync is done and recorded: its warnings and counts go with the stop
             done = SyncReport(outcomes, monotonic() - started, paths.sync_results_file).summary_line()
             stop.notes += [*notes, f"every repo had synced ({done}); the closing scan was stopped"]

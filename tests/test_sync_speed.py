@@ -342,3 +342,19 @@ def test_a_fetch_that_leaves_nothing_behind_costs_no_process_table_scan(home, ma
     report = run_sync(paths, load_workspace(paths.repos_file))
     assert [o.status for o in report.outcomes] == ["up to date"] * 3, [o.line() for o in report.outcomes]
     assert scans == [], f"{len(scans)} process table scans for 3 fetches"
+
+
+def test_sync_reads_the_last_scans_state_file_once(home, make_repo, monkeypatch):
+    """The last scan's commits serve both sync's rows and the closing scan: one read of the file, not two."""
+    from lib import gitstatus
+
+    repo = make_repo("steady")
+    home.add(repo)
+    paths = Paths.from_env()
+    run_sync(paths, load_workspace(paths.repos_file))  # writes the state file the next run reads
+    reads = []
+    real = gitstatus.read_regular
+    monkeypatch.setattr(gitstatus, "read_regular", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    assert [o.status for o in report.outcomes] == ["up to date"]
+    assert reads.count(paths.repo_status_file) == 1, reads
