@@ -97,6 +97,7 @@ class ScanRows:
     rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
     changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
+    env: dict[str, str] = field(default_factory=git_env)  # the status reads' env, built once per run
 
     def reusable(self) -> dict[str, RepoStatus]:
         stores = Counter(self.common_dirs.values())
@@ -116,7 +117,7 @@ class ScanRows:
         # one the stop killed has no row.
         try:
             git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
-                                 confined_to(repo.local, git_env()))
+                                 confined_to(repo.local, self.env))
         except OSError:  # no process to spare: the closing scan reads this repo itself
             return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
@@ -183,12 +184,14 @@ def _git_says(output: str) -> str:
 class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
-    def __init__(self, path: Path, log: BinaryIO, log_path: Path, confined: bool = True) -> None:
+    def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
+                 confined: bool = True) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
+        base = _env() if env is None else env  # the run's: built once (every PATH entry is resolved)
         # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
-        self.env = confined_to(path, _env()) if confined else _env()
+        self.env = confined_to(path, base) if confined else dict(base)
         self.step_output_at = 0
         # Set once the repo's files and config were read without doubt (_read_before): refs are then
         # read from the files, config from this one listing; anything odd still goes to git.
@@ -268,7 +271,8 @@ class _Git:
         return _git_says(self.step_output())
 
 
-def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
+def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool,
+           env: Mapping[str, str]) -> SyncOutcome:
     path = repo.local
     if not repo.remote or repo.remote == "unknown":
         raise _Stop(SyncStatus.FAILED, f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
@@ -276,7 +280,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    git = _Git(path.parent, log, log_path, confined=False)  # it asks for the work tree around the clone
+    git = _Git(path.parent, log, log_path, env, confined=False)  # it asks for the work tree around the clone
     result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
@@ -293,7 +297,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
     enclosing = git.read("rev-parse", "--show-toplevel")
     if enclosing.returncode == 0 and enclosing.stdout.strip():
         reason += f"; inside the work tree of {enclosing.stdout.strip()} (it shows there as untracked unless ignored)"
-    return SyncOutcome(repo.name, SyncStatus.CLONED, reason, None, None, _Git(path, log, log_path).rev("HEAD"),
+    return SyncOutcome(repo.name, SyncStatus.CLONED, reason, None, None, _Git(path, log, log_path, env).rev("HEAD"),
                        str(log_path))
 
 
@@ -349,11 +353,12 @@ def _open_log(path: Path) -> BinaryIO:
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False, scan_rows: ScanRows | None = None,
-              settled: list[SyncOutcome] | None = None) -> SyncOutcome:
+              settled: list[SyncOutcome] | None = None, env: Mapping[str, str] | None = None) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake.
 
     `settled` gets the outcome if it was known before any stop of the run (nothing the stop
-    killed went into it), before the status read for `scan_rows`.
+    killed went into it), before the status read for `scan_rows`. `env`: the run's env for git
+    (`_env()`, built once by sync_all), else built here.
     """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
@@ -364,7 +369,8 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
         with _open_log(log_path) as log:
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
-                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
+                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state,
+                                _env() if env is None else env)
             except _Stop as stop:
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
@@ -484,17 +490,17 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
 
 
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool, state: dict[str, str | None]) -> SyncOutcome:
+          dry_run: bool, state: dict[str, str | None], env: Mapping[str, str]) -> SyncOutcome:
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
             raise _Stop(SyncStatus.FAILED, "path is a broken symlink")
         if clone_missing:
-            return _clone(repo, log, log_path, timeout, dry_run)
+            return _clone(repo, log, log_path, timeout, dry_run, env)
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path)
+    git = _Git(path, log, log_path, env)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -643,9 +649,10 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
+    env = _env()  # one clean env for every repo's gits
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, env))
         return finished[-1]
 
     try:

@@ -358,3 +358,22 @@ def test_sync_reads_the_last_scans_state_file_once(home, make_repo, monkeypatch)
     report = run_sync(paths, load_workspace(paths.repos_file))
     assert [o.status for o in report.outcomes] == ["up to date"]
     assert reads.count(paths.repo_status_file) == 1, reads
+
+
+def test_the_env_of_syncs_gits_is_built_once_per_run(home, make_repo, monkeypatch):
+    """Each repo's gits get the same clean env (repo-local variables and our venv dropped): built from
+    os.environ once per run, not once per repo (every PATH entry resolved each time: ~0.5 ms a repo)."""
+    from lib import gitstatus, sync
+
+    repos = [make_repo(name) for name in ("one", "two", "three")]
+    home.add(*repos)
+    builds = []
+    for module, name in ((sync, "command_env"), (sync, "git_env"), (gitstatus, "git_env")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda real=real, name=name: builds.append(name) or real())
+    monkeypatch.setenv("GIT_DIR", "/nowhere")  # inherited from a hook: must still be dropped
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    assert [o.status for o in report.outcomes] == ["up to date"] * 3, [o.line() for o in report.outcomes]
+    # One for sync's gits, one for its status rows (the closing scan reuses them all: it starts no git).
+    assert sorted(builds) == ["command_env", "git_env"], builds
