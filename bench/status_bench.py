@@ -42,7 +42,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed, cpu = time.perf_counter() - start, children_cpu() - cpu_start
     if result.returncode not in (0, 1):
-        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()}")
+        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()[-2000:]}")
     return elapsed, cpu
 
 

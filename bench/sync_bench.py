@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.status_bench import timed  # noqa: E402
 from lib.demo import bench_specs, generate  # noqa: E402
 from lib.views import plain_table  # noqa: E402
 
@@ -37,21 +36,6 @@ ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull
        "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
        "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 WRAPPER = '#!/bin/sh\necho x >> "$GIT_CALLS"\nexec "{git}" "$@"\n'
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one run; CPU counts every process it waited for, git included."""
-    start, cpu_start = time.perf_counter(), children_cpu()
-    result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed, cpu = time.perf_counter() - start, children_cpu() - cpu_start
-    if result.returncode not in (0, 1):
-        raise SystemExit(f"{argv[0]} failed: {result.stderr.decode()[-2000:]}")
-    return elapsed, cpu
 
 
 def push_behind(remotes: list[Path], round_: int) -> None:

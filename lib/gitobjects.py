@@ -26,14 +26,15 @@ UTF8_NAME = re.compile(rb"utf-?8", re.IGNORECASE)  # git's same_utf_encoding: no
 EPOCH = datetime(1970, 1, 1)
 
 
-def read_commit(git_dir: Path, sha: str) -> tuple[str, str, str] | None:
+def read_commit(common_dir: Path, sha: str) -> tuple[str, str, str] | None:
     """(subject, author name, committer date) as `git log -1 --format=%s%x00%an%x00%cI <sha>` prints them.
 
-    `git_dir`: a work tree's own git dir. None whenever in doubt (then ask git): not sha1, not found
-    (alternates are not searched), a delta, over 1 MiB, corrupt or odd. Replace refs are not applied.
+    `common_dir`: the repo's common git dir, where its objects live (lib.gitrefs.git_dirs finds it). None
+    whenever in doubt (then ask git): not sha1, not found (alternates are not searched), a delta, over 1 MiB,
+    corrupt or odd. Replace refs are not applied.
     """
     try:
-        body = read_commit_body(_common_dir(git_dir) / "objects", sha)
+        body = read_commit_body(common_dir / "objects", sha)
         return None if body is None else _fields(body)
     except (OSError, zlib.error, ValueError, struct.error, IndexError, OverflowError):
         return None
@@ -70,18 +71,6 @@ def regular_file(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _common_dir(git_dir: Path) -> Path:
-    """Where the objects live: a linked worktree's git dir names its common dir in `commondir` (as git reads it)."""
-    try:
-        with regular_file(git_dir / "commondir") as fd:
-            text = os.read(fd, 4096).rstrip(b"\r\n")
-    except FileNotFoundError:
-        return git_dir
-    if not text:
-        raise ValueError("empty commondir")
-    return git_dir / os.fsdecode(text)
-
-
 def _inflate(fd: int, offset: int, limit: int) -> bytes | None:
     """The zlib stream starting at `offset`; None if it inflates to more than `limit` bytes or is cut short."""
     inflater = zlib.decompressobj()
@@ -108,6 +97,12 @@ def _read_loose(path: Path) -> bytes | None:
 
 def _read_packed(pack_dir: Path, oid: bytes) -> bytes | None:
     """The commit's body from the first pack whose index lists it."""
+    found = packed_entry(pack_dir, oid)
+    return None if found is None else _read_pack_entry(*found)
+
+
+def packed_entry(pack_dir: Path, oid: bytes) -> tuple[Path, int] | None:
+    """(pack file, offset of the entry) of the first pack, by name, whose v2 index lists `oid`; None if none does."""
     try:
         names = sorted(os.listdir(pack_dir))
     except FileNotFoundError:
@@ -116,7 +111,7 @@ def _read_packed(pack_dir: Path, oid: bytes) -> bytes | None:
         if name.endswith(".idx"):
             offset = _offset_in_index(pack_dir / name, oid)
             if offset is not None:
-                return _read_pack_entry(pack_dir / f"{name[:-4]}.pack", offset)
+                return pack_dir / f"{name[:-4]}.pack", offset
     return None
 
 

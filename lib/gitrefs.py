@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Generator
 
-from lib.gitobjects import regular_file
+from lib.gitobjects import PACK_COMMIT, packed_entry, regular_file
 from lib.statefile import read_small
 
 SHA1_LINE = re.compile(rb"([0-9a-f]{40})\n")
@@ -25,7 +25,6 @@ PACKED_LINE = re.compile(rb"([0-9a-f]{40}) (refs/[^\0\n]+)")
 PEELED_LINE = re.compile(rb"\^[0-9a-f]{40}")
 MAX_REF_FILE = 4096
 MAX_PACKED_REFS = 1 << 20  # bigger: git (mmap and a binary search) reads it faster than a line scan here
-PACK_COMMIT = 1
 WALK_LIMIT = 128  # commits read to count ahead/behind before git's rev-list is asked
 # What `git remote` (remote.c) accepts under remote.<name>.*: strings, and booleans it parses
 # (dying on a bad one). Any other key, or a value-less string, is git's to judge.
@@ -226,22 +225,13 @@ def is_commit(common_dir: Path, sha: str) -> bool:
 
 
 def _packed_commit(pack_dir: Path, oid: bytes) -> bool:
-    from lib.gitobjects import _offset_in_index
-
-    try:
-        names = sorted(os.listdir(pack_dir))
-    except FileNotFoundError:
+    """Whether the entry git would read for `oid` (gitobjects finds it as it finds a commit to read) is a whole commit."""
+    found = packed_entry(pack_dir, oid)
+    if found is None:
         return False
-    for name in names:
-        if not name.endswith(".idx"):
-            continue
-        offset = _offset_in_index(pack_dir / name, oid)
-        if offset is None:
-            continue
-        with regular_file(pack_dir / f"{name[:-4]}.pack") as fd:
-            first = os.pread(fd, 1, offset)
-        return len(first) == 1 and first[0] >> 4 & 7 == PACK_COMMIT
-    return False
+    with regular_file(found[0]) as fd:
+        first = os.pread(fd, 1, found[1])
+    return len(first) == 1 and first[0] >> 4 & 7 == PACK_COMMIT
 
 
 def _packed_ref(common_dir: Path, name: str) -> str | None:

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lib.config import Repo
 from lib.errors import OrchestratorError
-from lib.gitobjects import _common_dir, read_commit
+from lib.gitobjects import read_commit
+from lib.gitrefs import git_dirs
 from lib.gitpool import GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
 from lib.procs import processes_in
@@ -244,24 +245,6 @@ def _git_error(result: GitResult) -> str:
     return lines[0] if lines else "git failed"
 
 
-def git_dir_of(worktree: Path) -> Path | None:
-    """The repo's own git dir without starting git: `.git` itself, or where a `.git` file points.
-
-    Linked worktrees and submodules have a `.git` file (`gitdir: ...`); their
-    per-worktree state (MERGE_HEAD, index.lock, ...) lives there.
-    """
-    dot_git = worktree / ".git"
-    if dot_git.is_dir():
-        return dot_git
-    try:
-        first = dot_git.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
-    except OSError:
-        return None
-    if not first.startswith("gitdir: "):
-        return None
-    return worktree / first[len("gitdir: "):].strip()
-
-
 def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
     """The operation under way in a work tree's own git dir (`entries`: its listing, if already read)."""
     if entries is None:
@@ -290,17 +273,13 @@ def operation_in(git_dir: Path, entries: set[str] | None = None) -> str | None:
 MAX_STASH_LOG = 16 * 1024 * 1024
 
 
-def stash_count(git_dir: Path) -> int | None:
+def stash_count(common: Path) -> int | None:
     """How many entries `git stash list` shows, without starting git: the lines of the stash reflog.
 
     The stash lives in the common dir (a linked worktree sees its main repo's).
     No reflog and no refs/stash: 0. Anything odd (a refs/stash without its
     reflog, a reflog that is no regular file or is huge, a read error): None.
     """
-    try:
-        common = _common_dir(git_dir)
-    except (OSError, ValueError):
-        return None
     log = common / "logs" / "refs" / "stash"
     data = read_small(log, MAX_STASH_LOG, follow_symlinks=False)
     if data is None:  # missing (then refs/stash says whether that is odd), or odd
@@ -388,9 +367,11 @@ def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: M
     status.staged, status.modified = porcelain.staged, porcelain.modified
     status.untracked, status.conflicted = porcelain.untracked, porcelain.conflicted
     status.dirty = porcelain.dirty
-    git_dir = git_dir_of(path)
+    # The git dirs as git finds them (lib.gitrefs, the one reader of `.git` and `commondir`); in doubt
+    # the operation, the lock and the stashes are unknown and the commit is git's to read.
+    git_dir, common_dir = git_dirs(path) or (None, None)
     status.operation, status.index_lock = operation_and_lock(path, git_dir)
-    status.stashes = stash_count(git_dir) if git_dir is not None else None
+    status.stashes = stash_count(common_dir) if common_dir is not None else None
     if porcelain.head is None:
         status.error = "no commits yet"
         return True
@@ -401,7 +382,7 @@ def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: M
         status.last_commit = LastCommit(recorded.sha, recorded.subject, recorded.author, recorded.date)
         return True
     # Else read it from the object store (no process); git only when the reader is in any doubt.
-    commit = read_commit(git_dir, porcelain.head) if git_dir is not None else None
+    commit = read_commit(common_dir, porcelain.head) if common_dir is not None else None
     if commit is not None:
         status.last_commit = LastCommit(porcelain.head, *commit)
         return True

@@ -492,6 +492,7 @@ def run_in_group(
     echo: BinaryIO | None = None,
     grace: float = GRACE_S,
     interrupt_grace: float | None = None,
+    leftovers_at_run_end: bool = False,
 ) -> ProcessResult:
     """Run `command` with /bin/sh (an argv list: as is) in a new session; output goes to `log` (and `echo`) as bytes.
 
@@ -500,7 +501,9 @@ def run_in_group(
     command leaves behind, in its group or having left it, are killed when it
     ends, so nothing outlives the step that started it. A log that cannot be
     written stops the command (`log_error`). Raises OSError only when the log
-    cannot be written before the command starts.
+    cannot be written before the command starts. `leftovers_at_run_end`: once
+    the group is gone, what left it is the watchdog's to kill when the run ends
+    (capture's policy: no /proc scan per step; such leftovers are not named).
     """
     become_subreaper()
     start_watchdog()
@@ -543,7 +546,8 @@ def run_in_group(
             if copier.log_failed.is_set() or timed_out:
                 # The group and what left it, in one grace: one after the other would cost it twice.
                 escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
-        escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
+        if not leftovers_at_run_end or group_alive(pgid) or not _watchdog_running():
+            escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
     except BaseException:
         _stop_step(pgid, marker, grace, born)
         proc.wait()

@@ -64,8 +64,12 @@ def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None =
 
 
 def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None,
-                  reuse: Mapping[str, RepoStatus] | None = None) -> tuple[ScanReport, Path, str | None]:
+                  reuse: Mapping[str, RepoStatus] | None = None,
+                  previous: Any = None) -> tuple[ScanReport, Path, str | None]:
     """Scan and write the state file; the third item says why it could not be written (None: written).
+
+    `previous`: the last scan's document when the caller has read it (sync-all, once for its rows and
+    this scan; `{}` when there was none), else None and it is read here.
 
     Raises ScanStopped when a signal stops the scan (the state file is not touched).
 
@@ -73,7 +77,7 @@ def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None,
     repos' rows from the last scan, as a `--tag` sync keeps their results.
     """
     workspace = load_workspace(paths.repos_file)
-    previous = read_state(paths.repo_status_file)
+    previous = read_state(paths.repo_status_file) if previous is None else previous
     try:
         report = scan_workspace(workspace, jobs, tags, previous, reuse)
     except ScanStopped as stop:

@@ -28,7 +28,7 @@ from lib.batch import command_env, count_statuses, counts_text, now_iso, record,
 from lib.config import Repo, Workspace
 from lib.gitpool import GitResult
 from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
-                           read_known_commits)
+                           known_commits, read_state)
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import one_run_at_a_time
@@ -97,6 +97,7 @@ class ScanRows:
     rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
     changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
+    env: dict[str, str] = field(default_factory=git_env)  # the status reads' env, built once per run
 
     def reusable(self) -> dict[str, RepoStatus]:
         stores = Counter(self.common_dirs.values())
@@ -116,7 +117,7 @@ class ScanRows:
         # one the stop killed has no row.
         try:
             git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
-                                 confined_to(repo.local, git_env()))
+                                 confined_to(repo.local, self.env))
         except OSError:  # no process to spare: the closing scan reads this repo itself
             return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
@@ -183,12 +184,14 @@ def _git_says(output: str) -> str:
 class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
-    def __init__(self, path: Path, log: BinaryIO, log_path: Path, confined: bool = True) -> None:
+    def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
+                 confined: bool = True) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
+        base = _env() if env is None else env  # the run's: built once (every PATH entry is resolved)
         # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
-        self.env = confined_to(path, _env()) if confined else _env()
+        self.env = confined_to(path, base) if confined else dict(base)
         self.step_output_at = 0
         # Set once the repo's files and config were read without doubt (_read_before): refs are then
         # read from the files, config from this one listing; anything odd still goes to git.
@@ -240,13 +243,18 @@ class _Git:
             return "\n".join(self.listing.all(key)).split()
         return self.read("config", "--get-all", key).stdout.split()
 
-    def step(self, args: list[str], timeout: float | None) -> runner.ProcessResult:
+    def step(self, args: list[str], timeout: float | None, network: bool = False) -> runner.ProcessResult:
+        """A step that may change the repo. A `network` one (a fetch, an ls-remote: tracking refs at most) leaves
+        what left its group (a detached `gc --auto`, an ssh master) to the watchdog, killed when the run ends:
+        no scan of every process on the machine after it. A local step's leftovers die when it ends (a hook's
+        child must not touch the work tree after sync read it back)."""
         command = " ".join(shlex.quote(a) for a in ["git", *args])
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
         # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would)
-        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env)
+        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+                                   leftovers_at_run_end=network)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
@@ -263,7 +271,8 @@ class _Git:
         return _git_says(self.step_output())
 
 
-def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool) -> SyncOutcome:
+def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool,
+           env: Mapping[str, str]) -> SyncOutcome:
     path = repo.local
     if not repo.remote or repo.remote == "unknown":
         raise _Stop(SyncStatus.FAILED, f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
@@ -271,7 +280,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    git = _Git(path.parent, log, log_path, confined=False)  # it asks for the work tree around the clone
+    git = _Git(path.parent, log, log_path, env, confined=False)  # it asks for the work tree around the clone
     result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
@@ -288,7 +297,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
     enclosing = git.read("rev-parse", "--show-toplevel")
     if enclosing.returncode == 0 and enclosing.stdout.strip():
         reason += f"; inside the work tree of {enclosing.stdout.strip()} (it shows there as untracked unless ignored)"
-    return SyncOutcome(repo.name, SyncStatus.CLONED, reason, None, None, _Git(path, log, log_path).rev("HEAD"),
+    return SyncOutcome(repo.name, SyncStatus.CLONED, reason, None, None, _Git(path, log, log_path, env).rev("HEAD"),
                        str(log_path))
 
 
@@ -344,11 +353,12 @@ def _open_log(path: Path) -> BinaryIO:
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False, scan_rows: ScanRows | None = None,
-              settled: list[SyncOutcome] | None = None) -> SyncOutcome:
+              settled: list[SyncOutcome] | None = None, env: Mapping[str, str] | None = None) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake.
 
     `settled` gets the outcome if it was known before any stop of the run (nothing the stop
-    killed went into it), before the status read for `scan_rows`.
+    killed went into it), before the status read for `scan_rows`. `env`: the run's env for git
+    (`_env()`, built once by sync_all), else built here.
     """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
@@ -359,7 +369,8 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
         with _open_log(log_path) as log:
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
-                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state)
+                outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state,
+                                _env() if env is None else env)
             except _Stop as stop:
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
@@ -398,14 +409,15 @@ def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
     # Tags follow as usual but are never pruned; submodules are not fetched (their own refspecs could
     # move their branches).
     result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
-                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout)
+                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout,
+                      network=True)
     if result.exit_code != 0:
         raise _Stop(SyncStatus.FAILED, f"fetch failed: {git.failure(result, timeout)}")
 
 
 def _remote_default_branch(git: _Git, remote: str, timeout: float | None) -> str | None:
     """The branch the remote's HEAD names now (one ls-remote), or None when that cannot be told."""
-    result = git.step(["ls-remote", "--symref", remote, "HEAD"], timeout)
+    result = git.step(["ls-remote", "--symref", remote, "HEAD"], timeout, network=True)
     if result.exit_code != 0:
         return None
     found = re.findall(r"^ref: refs/heads/(\S+)\s+HEAD$", git.step_output(), re.MULTILINE)
@@ -478,17 +490,17 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
 
 
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool, state: dict[str, str | None]) -> SyncOutcome:
+          dry_run: bool, state: dict[str, str | None], env: Mapping[str, str]) -> SyncOutcome:
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
             raise _Stop(SyncStatus.FAILED, "path is a broken symlink")
         if clone_missing:
-            return _clone(repo, log, log_path, timeout, dry_run)
+            return _clone(repo, log, log_path, timeout, dry_run, env)
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path)
+    git = _Git(path, log, log_path, env)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -637,9 +649,10 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
+    env = _env()  # one clean env for every repo's gits
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, env))
         return finished[-1]
 
     try:
@@ -696,7 +709,9 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
-        scan_rows = None if dry_run else ScanRows(read_known_commits(paths.repo_status_file))
+        # The last scan's document, read once: its commits serve sync's rows and the closing scan.
+        last_scan = None if dry_run else read_state(paths.repo_status_file)
+        scan_rows = None if dry_run else ScanRows(known_commits(last_scan))
         # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
         notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
         with Progress("syncing", len(repos)) as progress:
@@ -726,7 +741,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
         except OSError as err:  # the repos are synced: say so in the table, and that the record failed
             notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
         try:
-            scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None)
+            scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None,
+                          previous={} if last_scan is None else last_scan)
         except ScanStopped as stop:  # the sync is done and recorded: its warnings and counts go with the stop
             done = SyncReport(outcomes, monotonic() - started, paths.sync_results_file).summary_line()
             stop.notes += [*notes, f"every repo had synced ({done}); the closing scan was stopped"]

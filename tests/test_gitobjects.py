@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lib.gitobjects import read_commit
-from lib.gitstatus import git_dir_of
+from lib.gitrefs import git_dirs
 from tests.conftest import git
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -111,12 +111,13 @@ def test_linked_worktree_reads_the_common_object_store(repo, tmp_path):
     git(repo, "worktree", "add", "-q", "-b", "side", str(linked))
     git(linked, "commit", "-q", "--allow-empty", "-m", "made in the linked worktree")
     sha = git(linked, "rev-parse", "HEAD")
-    assert (git_dir_of(linked) / "commondir").is_file()
-    assert read_commit(git_dir_of(linked), sha) == git_log_fields(linked, sha)
+    git_dir, common_dir = git_dirs(linked)
+    assert (git_dir / "commondir").is_file() and common_dir == (repo / ".git").resolve()
+    assert read_commit(common_dir, sha) == git_log_fields(linked, sha)
     git(repo, "gc", "-q")
     assert not loose_path(repo, sha).exists()
-    assert read_commit(git_dir_of(linked), sha) == git_log_fields(linked, sha)
-    assert read_commit(git_dir_of(linked), sha)[:2] == ("made in the linked worktree", "Test User")
+    assert read_commit(common_dir, sha) == git_log_fields(linked, sha)
+    assert read_commit(common_dir, sha)[:2] == ("made in the linked worktree", "Test User")
 
 
 GIT_WOULD_DIFFER = {

@@ -103,6 +103,30 @@ def test_git_dirs_in_doubt_is_none(repo, tmp_path, odd):
     assert git_dirs(repo) is None
 
 
+def test_the_scans_stash_count_and_commit_read_use_the_git_dir_git_uses(repo, tmp_path):
+    """One reader of `.git` and `commondir` for sync and the scan: the scan's reader took `gitdir: X \n` as `X`
+    (git keeps the blank: it strips only line ends), missed the stash there and said 0 stashes."""
+    from lib.config import Repo
+    from lib.gitstatus import scan
+
+    (repo / "f.txt").write_text("1\n")
+    git(repo, "add", "f.txt")
+    git(repo, "commit", "-q", "-m", "f")
+    (repo / "f.txt").write_text("2\n")
+    git(repo, "stash", "-q")
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(worktree))
+    admin = repo / ".git" / "worktrees" / "wt"
+    admin.rename(admin.with_name("wt "))
+    (worktree / ".git").write_text(f"gitdir: {admin.with_name('wt ')}\n")
+    assert run(worktree, "rev-parse", "--absolute-git-dir").stdout == f"{admin} \n"  # git keeps the blank
+    assert len(git(worktree, "stash", "list").splitlines()) == 1
+    row = scan([Repo("wt", worktree)]).repos[0]
+    assert row.error is None and row.branch == "side", row
+    assert row.stashes in (1, None), f"the scan says {row.stashes} stashes, git lists 1"
+    assert git_dirs(worktree) in (None, git_says_dirs(worktree))
+
+
 # --- HEAD ----------------------------------------------------------------------------------------------------
 
 def git_says_head(path: Path) -> str:
@@ -210,6 +234,26 @@ def test_is_commit_loose_packed_and_other_types(repo):
     assert not is_commit(common, "0" * 40)
     git(repo, "replace", "-f", loose, git(repo, "rev-parse", "HEAD~1"))
     assert not is_commit(common, loose)  # a replace ref: git's to apply
+
+
+def test_is_commit_finds_a_packed_object_where_the_commit_reader_does(repo):
+    """One lookup of a packed object (gitobjects.packed_entry) for the type check and the commit read:
+    a commit in the second of two packs, and a pack whose data file is gone (in doubt: git's)."""
+    from lib.gitobjects import read_commit_body
+
+    common = repo / ".git"
+    first = git(repo, "rev-parse", "HEAD")
+    second = commit(repo)
+    for sha in (first, second):
+        subprocess.run(["git", "pack-objects", "-q", str(common / "objects" / "pack" / "pack")], cwd=repo,
+                       input=f"{sha}\n", text=True, check=True, capture_output=True)
+        git(repo, "prune-packed")
+    assert len(list((common / "objects" / "pack").glob("*.idx"))) == 2
+    for sha in (first, second):
+        assert is_commit(common, sha) and read_commit_body(common / "objects", sha) is not None
+    for data in (common / "objects" / "pack").glob("*.pack"):
+        data.unlink()
+    assert not is_commit(common, second) and read_commit_body(common / "objects", second) is None
 
 
 # --- config --------------------------------------------------------------------------------------------------

@@ -151,3 +151,25 @@ def test_a_stop_during_the_hosts_own_status_records_the_repo_it_had_synced(home,
         entry = results(home)["steady"]
         assert entry["status"] == "up to date" and entry["host"] == "builder", entry
         assert wait_gone(hook, 30), "the hook on the host outlived the sync there"
+
+
+@pytest.mark.parametrize("holding", ["", "its stderr"], ids=["detached", "holding the fetch's stderr"])
+def test_what_a_fetch_left_outside_its_group_is_killed_when_the_sync_ends(home, make_repo, tmp_path, holding):
+    # A fetch's leftovers (a detached `gc --auto`, an ssh ControlPersist master) are not looked for after
+    # each fetch: the watchdog kills them, by the marker in their environment, when sync-all ends. One
+    # that keeps the fetch's output pipe open does not hold the sync up.
+    repo = make_repo("steady")
+    pid_file = tmp_path / "escaped.pid"
+    upload_pack = tmp_path / "upload-pack"
+    redirects = "</dev/null >/dev/null" + ("" if holding else " 2>&1")
+    upload_pack.write_text(f"#!/bin/sh\nsetsid sleep 120 {redirects} &\necho $! > '{pid_file}'\n"
+                           'exec git-upload-pack "$@"\n')
+    upload_pack.chmod(0o755)
+    repo.git("config", "remote.origin.uploadpack", str(upload_pack))
+    home.add(repo)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    escaped = int(pid_file.read_text())
+    with reaped(escaped):
+        assert run.returncode == 0 and "up to date" in run.stdout, run.stdout + run.stderr
+        assert wait_gone(escaped, 30), "a fetch's leftover outlived the sync"
