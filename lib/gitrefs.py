@@ -131,9 +131,21 @@ def plain_refspec(spec: str) -> bool:
 
 
 def git_dirs(worktree: Path) -> tuple[Path, Path] | None:
+    """(git dir, common dir) of a repo whose refs we can read: `locate`'s, except a reftable store (git's own)."""
+    dirs = locate(worktree)
+    return dirs if dirs is not None and files_refs(dirs[1]) else None
+
+
+def files_refs(common_dir: Path) -> bool:
+    """Whether refs (and reflogs, the stash's included) are plain files we can read, not a reftable store."""
+    return not os.path.lexists(common_dir / "reftable") and os.path.isdir(common_dir / "refs")
+
+
+def locate(worktree: Path) -> tuple[Path, Path] | None:
     """(git dir, common dir), as `git rev-parse --absolute-git-dir` and `--git-common-dir` (resolved) name them.
 
-    None when in doubt: `.git` neither a directory nor a one-line `gitdir:` file, no HEAD there, an odd commondir.
+    None when in doubt: `.git` neither a directory nor a one-line `gitdir:` file (a FIFO there is never opened),
+    no HEAD there, an odd commondir.
     """
     dot_git = worktree / ".git"
     try:
@@ -157,8 +169,6 @@ def git_dirs(worktree: Path) -> tuple[Path, Path] | None:
             if match is None:
                 return None
             common = Path(os.path.realpath(git_dir / os.fsdecode(match.group(1))))
-        if os.path.lexists(common / "reftable") or not os.path.isdir(common / "refs"):
-            return None
         return git_dir, common
     except (OSError, ValueError):
         return None

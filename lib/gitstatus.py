@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import read_commit
-from lib.gitrefs import git_dirs
+from lib.gitrefs import files_refs, locate
 from lib.gitpool import GitPool, GitResult, Keeper, start_keeper, stop_signals_held
 from lib.paths import real_paths
 from lib.procs import processes_in
@@ -369,9 +369,9 @@ def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: M
     status.dirty = porcelain.dirty
     # The git dirs as git finds them (lib.gitrefs, the one reader of `.git` and `commondir`); in doubt
     # the operation, the lock and the stashes are unknown and the commit is git's to read.
-    git_dir, common_dir = git_dirs(path) or (None, None)
+    git_dir, common_dir = locate(path) or (None, None)
     status.operation, status.index_lock = operation_and_lock(path, git_dir)
-    status.stashes = stash_count(common_dir) if common_dir is not None else None
+    status.stashes = stash_count(common_dir) if common_dir is not None and files_refs(common_dir) else None
     if porcelain.head is None:
         status.error = "no commits yet"
         return True

@@ -127,6 +127,28 @@ def test_the_scans_stash_count_and_commit_read_use_the_git_dir_git_uses(repo, tm
     assert git_dirs(worktree) in (None, git_says_dirs(worktree))
 
 
+def test_a_reftable_store_keeps_the_scans_operation_and_lock_and_leaves_only_the_stash_count_unknown(repo):
+    """Refs in a reftable store are git's to read (sync asks git), but the git dir is still where git keeps an
+    operation under way and the index lock: the scan never says "no merge" for a repo mid-merge because its refs
+    are not plain files, and never counts stashes from a reflog git does not keep there."""
+    from lib.config import Repo
+    from lib.gitrefs import locate
+    from lib.gitstatus import scan
+
+    (repo / "f.txt").write_text("1\n")
+    git(repo, "add", "f.txt")
+    git(repo, "commit", "-q", "-m", "f")
+    git(repo, "checkout", "-q", "-b", "side", "HEAD~1")
+    (repo / "f.txt").write_text("2\n")
+    git(repo, "add", "f.txt")
+    git(repo, "commit", "-q", "-m", "side f")
+    assert run(repo, "merge", "-q", "main").returncode != 0  # a conflict: MERGE_HEAD left
+    (repo / ".git" / "reftable").mkdir()
+    assert git_dirs(repo) is None and locate(repo) == git_says_dirs(repo)
+    row = scan([Repo("r", repo)]).repos[0]
+    assert row.operation == "merge" and row.stashes is None, row
+
+
 # --- HEAD ----------------------------------------------------------------------------------------------------
 
 def git_says_head(path: Path) -> str:

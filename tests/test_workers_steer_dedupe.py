@@ -50,7 +50,7 @@ def test_status_reads_the_kept_follow_ups_once_whatever_the_number_of_issues(pro
 
 
 def test_a_worktree_whose_git_file_an_agent_replaced_by_a_fifo_is_not_set_up_and_nothing_waits(tmp_path):
-    """worktree_setup reads a worktree's git dir through lib.gitstatus.git_dir_of, and never opens a FIFO there
+    """worktree_setup reads a worktree's git dir through lib.gitrefs.locate, and never opens a FIFO there
     (the monitor and the wrapper ask whether a worktree was set up before each try)."""
     import os
     import subprocess
@@ -60,8 +60,10 @@ def test_a_worktree_whose_git_file_an_agent_replaced_by_a_fifo_is_not_set_up_and
 
     worktree = tmp_path / "wt"
     worktree.mkdir()
+    (tmp_path / "git-dir").mkdir()
+    (tmp_path / "git-dir" / "HEAD").write_text("ref: refs/heads/main\n")
     (worktree / ".git").write_text("gitdir: ../git-dir\n")
-    assert worktree_setup.marker_path(worktree) == worktree / "../git-dir" / "orchestrator-setup.json"
+    assert worktree_setup.marker_path(worktree) == tmp_path.resolve() / "git-dir" / "orchestrator-setup.json"
     (worktree / ".git").unlink()
     os.mkfifo(worktree / ".git")
     asked = subprocess.run(

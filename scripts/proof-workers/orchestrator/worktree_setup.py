@@ -18,7 +18,8 @@ from typing import Any, Callable
 from lib import runner
 from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
-from lib.gitstatus import confined_to, git_dir_of
+from lib.gitrefs import locate
+from lib.gitstatus import confined_to
 from lib.statefile import NotRegular, open_regular
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -101,15 +102,10 @@ def log_path(state_dir: Path, issue: int) -> Path:
 
 def marker_path(worktree: Path) -> Path | None:
     """Where the set-up of this very worktree is recorded: a file in its own git dir (None: no git dir there).
-    A `.git` that is neither a file nor a directory (a FIFO an agent put there) is never opened: no wait."""
-    try:
-        kind = os.lstat(worktree / ".git").st_mode
-    except OSError:
-        return None
-    if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
-        return None
-    git_dir = git_dir_of(worktree)
-    return None if git_dir is None else git_dir / MARKER
+    A `.git` that is neither a file nor a directory (a FIFO an agent put there) is never opened: no wait
+    (lib.gitrefs.locate, the one reader of `.git`)."""
+    dirs = locate(worktree)
+    return None if dirs is None else dirs[0] / MARKER
 
 
 def state_path(signal: Path) -> Path:
