@@ -215,17 +215,31 @@ OURS = {"the merge commit of our PR", "the squash of our PR", "a fast-forward to
         "a rebase of our PR's two commits"}
 
 
+@pytest.mark.parametrize("git_version", ["2.38 or later", "before 2.38"])
 @pytest.mark.parametrize("move", list(MOVES))
-def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(make_repo, tmp_path, move):
+def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(make_repo, tmp_path, monkeypatch,
+                                                                                move, git_version):
     """Our PR waits in a merge queue (record `merging`); another worker's stage ends in the same repository, which
     checks the default branch; later the poll sees the PR merged and the snapshot is to take main's new head. Main
     moved by our merge alone (merge commit, squash, fast-forward, rebase): no alert, the snapshot takes it. Main
     holding anything else (a direct push before, under or after our merge; a merge commit with changes of its
-    own): default_branch_moved at the stage end, and the merge's landing never swallows it."""
+    own): default_branch_moved at the stage end, and the merge's landing never swallows it. The same on a git
+    without `merge-tree --write-tree` (before 2.38: forced here by giving git an option it does not know, as
+    such a git answers it), whose fallback reads a PR head that holds the base as its own merged tree."""
     import shlex
     import subprocess
 
-    from orchestrator import alerts
+    from orchestrator import alerts, worktrees
+
+    if git_version == "before 2.38":
+        real_git = worktrees.git
+
+        def old_git(cwd, *args, **kwargs):
+            if "merge-tree" in args:  # what git 2.37 answers: usage, exit 129, nothing on stdout
+                args = tuple("--no-such-option-before-2.38" if a == "--write-tree" else a for a in args)
+            return real_git(cwd, *args, **kwargs)
+
+        monkeypatch.setattr(worktrees, "git", old_git)
     from orchestrator.config import parse_config
     from orchestrator.decide import Snapshot
     from orchestrator.state import WorkerRecord
