@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,20 +60,26 @@ def _shape_problem(doc: Any) -> str | None:
 
 def read(state_root: Path, project: str) -> Recorded:
     """The project's recorded PRs; a damaged file (garbage, a directory, a FIFO) reads as none *with its doubt*,
-    never as a plain "no PR": readers that would remove or forget something ask the forge instead."""
+    never as a plain "no PR": readers that would remove or forget something ask the forge instead. The doubt says
+    exactly what ends it (nothing clears it by itself: a project that opens no PRs may never write the file)."""
     path = prs_file(state_root, project)
+    force = "or remove the worktrees anyway with `cleanup --force` (their work saved on backup refs first)"
     try:
         doc = read_json(path, {})
     except UnreadableFile as err:
-        return Recorded({}, f"{path}: {err.why} (set aside at the monitor's next write)")
-    problem = _shape_problem(doc)
+        problem = err.why
+    else:
+        problem = _shape_problem(doc)
     if problem:
-        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write)")
+        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write of a PR; until then cleanup "
+                            "keeps each worktree whose PR the forge cannot rule out: look at it, then move it away "
+                            f"yourself: {shlex.join(['mv', str(path), f'{path}.corrupt'])}; {force})")
     aside = doc.get("set_aside")
     doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
              f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are shown as the event log last "
-             "told them; cleanup asks the "
-             "forge about each issue's branch (remove the file's \"set_aside\" key once you have looked)"
+             "told them, and cleanup keeps each worktree whose PR the forge cannot rule out; once you have looked "
+             f"at {path.parent / clip(str(aside.get('file')), 80)}, remove the \"set_aside\" key from {path} "
+             f"(its \"issues\" stay; nothing removes it by itself), {force}"
              ) if isinstance(aside, dict) else ""
     return Recorded(dict(doc.get("issues", {})), doubt)
 
