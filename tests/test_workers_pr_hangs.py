@@ -134,6 +134,34 @@ def test_a_default_branch_check_on_a_remote_that_never_answers_ends_in_its_budge
     assert "default_recheck" not in snap
 
 
+def test_the_default_branch_checks_of_many_repositories_share_one_budget_per_cycle(make_repo, tmp_path, monkeypatch,
+                                                                                    hanging_ssh):
+    """Stages end in two repositories whose remotes both hang: the cycle spends one budget in all, not one per
+    repository. The first check is given up when it is spent; the second is not even started (no second line,
+    no alert) and waits for the next cycle, which checks it first thing."""
+    monkeypatch.setattr(alerts, "REMOTE_BUDGET_S", 3.0)
+    configs, records = [], []
+    for worker, name in ((2, "app"), (3, "lib")):
+        handle = make_repo(name)
+        configs.append(parse_config(tmp_path / f"{name}-issues.json", {
+            "project": name, "repo_path": str(handle.path), "branch_prefix": "f-", "default_branch": "main",
+            "issues": [{"number": 2, "title": "b"}]}))
+        records.append(WorkerRecord(worker, status="running", project=name, issue_number=2, branch="f-2", try_id=1,
+                                    stage="implement"))
+    doc = alerts.current(tmp_path / "state", configs, 1000.0)
+    for snap in doc["repos"].values():
+        snap["url"] = HANG_URL
+    errors: list[str] = []
+    ended = [Snapshot(w, 1, True, False, 0, 1, False, 0, 5) for w in (2, 3)]
+    _, found, _ = _within(GENEROUS_S, lambda: alerts.check(doc, configs, records, ended, 1010.0, lambda r: 1005.0,
+                                                           errors.append))
+    assert found == [] and len(errors) == 1 and "timed out" in errors[0], errors
+    first, second = doc["repos"].values()
+    assert first["default_recheck"] and first["recheck_at"] == 1070.0
+    assert second["default_recheck"] and "recheck_at" not in second  # due at the very next cycle
+    retry_until(lambda: _all_gone(hanging_ssh), GENEROUS_S)
+
+
 def test_the_fetch_of_our_merges_on_a_remote_that_never_answers_is_could_not_check(make_repo, tmp_path, monkeypatch,
                                                                                    hanging_ssh):
     """Our merge is under way and main moved: the commits are fetched to tell whether all it gained is our merge.

@@ -33,8 +33,9 @@ KINDS = ("git_config_changed", "default_branch_moved", "branch_switched", "forei
 # Keys git itself writes in ordinary work (`push -u`, `checkout --track`): not a redirection of anything.
 IGNORED_CONFIG_PREFIXES = ("branch.",)
 ROGUE_REFS = "refs/orchestrator-rogue"
-# The remote calls of one default-branch check (ls-remote, then a fetch of the forge's commits) together: each a
-# lib.runner step, killed with what it started (a hung ssh or credential helper) once this is spent.
+# The remote calls of a cycle's default-branch checks (ls-remote, then a fetch of the forge's commits) together, and
+# of the check when our merge is seen: each a lib.runner step, killed with what it started (a hung ssh or
+# credential helper) once this is spent; a repository whose check did not fit is checked next cycle.
 REMOTE_BUDGET_S = 20.0
 RECHECK_S = 60.0  # a default-branch check that could not be made is made again this long after (not every cycle)
 
@@ -527,17 +528,24 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
         if w.pr.get("merging") and ref in repo_of and isinstance(w.pr.get("head"), str) and w.pr["head"]:
             key = str(repo_of[ref].path)  # type: ignore[index]
             merging[key] = merging.get(key, frozenset()) | {w.pr["head"]}
+    remote_deadline = time.monotonic() + REMOTE_BUDGET_S  # the default-branch checks of all repositories together
     for key, snap in list(doc["repos"].items()):
         guarded("git config", lambda: checks.git_config(key, snap))
         guarded("main checkout", lambda: checks.main_checkout(key, snap, key in ended_in))
         # A check that could not be made (the remote did not answer in time) is made again next cycle: never
         # taken as "fine" because the stage end that asked for it has passed.
-        trigger = stage_end.get(key) or (snap.get("default_recheck") if now >= float(snap.get("recheck_at") or 0)
-                                         else None)
-        if trigger:
+        due = snap.get("recheck_at")
+        due = now >= due if isinstance(due, (int, float)) else True
+        trigger = stage_end.get(key) or (snap.get("default_recheck") if due else None)
+        if trigger and time.monotonic() >= remote_deadline:  # this cycle's remote budget is spent: the next one
+            if snap.get("default_recheck") != trigger or "recheck_at" in snap:
+                snap["default_recheck"] = str(trigger)
+                snap.pop("recheck_at", None)
+                checks.changed = True
+        elif trigger:
             ours = merging.get(key, frozenset()) | frozenset(snap.get("landed", []))
             try:
-                checks.default_branch(key, snap, trigger, ours)
+                checks.default_branch(key, snap, trigger, ours, remote_deadline - time.monotonic())
             except worktrees.GitFailed as err:
                 on_error(f"alert check (default branch) could not check, checked again in {RECHECK_S:g}s: {err}")
                 snap["default_recheck"], snap["recheck_at"] = str(trigger), now + RECHECK_S

@@ -308,14 +308,15 @@ def git_in_group(cwd: Path | str, *args: str, timeout: float | None = None,
     """Run git as a lib.runner step: a process group of its own, killed whole with what it started (a hung ssh,
     a credential helper) at `timeout`, at a stop, or by the watchdog if we are killed outright; never left
     holding our pipes (`timeout` None: GIT_TIMEOUT_S). Returns (exit code, None when it timed out; its stdout
-    and stderr, interleaved)."""
+    and stderr, interleaved). Not started (the run is being stopped, no git, no such directory): PushFailed,
+    `retry` set, as after a timeout."""
     timeout = GIT_TIMEOUT_S if timeout is None else timeout
     output = io.BytesIO()
     try:
         result = runner.run_in_group(["git", *SAFE_GIT, *args], Path(cwd), output, max(0.1, timeout),
                                      env=clean_env(env), grace=1.0)
-    except runner.Stopping:
-        return None, "not started: the monitor is being stopped"
+    except (runner.Stopping, OSError) as err:
+        raise PushFailed(f"git {clip(' '.join(args), 200)} not started: {err}", retry=True) from None
     text = output.getvalue().decode("utf-8", "replace")
     return (None, text) if result.timed_out else (result.exit_code, text)
 
