@@ -252,3 +252,24 @@ def test_our_merge_seen_while_the_remote_cannot_be_read_is_remembered_and_judged
     assert errors == []
     assert [a["kind"] for a in found] == ([] if then == "our merge alone" else ["default_branch_moved"])
     assert "default_recheck" not in snap
+
+
+def test_a_monitor_killed_outright_during_a_hung_remote_check_leaves_no_ssh_behind(tmp_path, hanging_ssh):
+    """The monitor is SIGKILLed while its ls-remote waits on an ssh that never answers: the runner's watchdog kills
+    the git, the ssh and the ssh's children (the one that left its group too); nothing is left holding on."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "from orchestrator import alerts\n"
+            f"alerts._remote_head({HANG_URL!r}, 'main', 3600.0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(root / "scripts" / "proof-workers")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        retry_until(lambda: hanging_ssh.exists() and len(hanging_ssh.read_text().split()) == 3, GENEROUS_S)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    retry_until(lambda: _all_gone(hanging_ssh), GENEROUS_S)
