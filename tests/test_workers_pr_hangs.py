@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from conftest import git, process_running
 from workers_fixtures import retry_until
 
 from lib.statefile import write_json
@@ -44,17 +44,9 @@ def hanging_ssh(tmp_path, monkeypatch):
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _all_gone(pids: Path) -> bool:
     started = [int(p) for p in pids.read_text().split()] if pids.exists() else []
-    return bool(started) and not any(_alive(p) for p in started)
+    return bool(started) and not any(process_running(p) for p in started)
 
 
 def _within(limit: float, work):
