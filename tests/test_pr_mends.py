@@ -125,6 +125,45 @@ def test_a_damaged_pr_file_and_a_forge_that_cannot_be_asked_keep_every_worktree(
     assert git(proj.remote, "rev-parse", "main")  # nothing else touched
 
 
+@pytest.mark.parametrize("damage", ["garbage", "set aside"])
+def test_a_damaged_pr_file_in_a_project_that_opens_no_prs_says_exactly_how_cleanup_removes_its_worktrees(
+        project, damage):
+    """review.open "none": the monitor never writes pull-requests.json, so a damaged one is never set aside by
+    itself, and one set aside keeps its note. Cleanup keeps the worktree (the forge cannot be asked) and its reason
+    says exactly what to do; doing it (the `mv` it names, or removing the key it names) lets cleanup remove the
+    clean, pushed worktree."""
+    proj = project([{"number": 1, "title": "first"}], pipeline=["implement"])
+    lines: list[str] = []
+
+    def done() -> bool:
+        _one_cycle(lines)
+        return proj.issue(1).get("status") == "completed"
+
+    retry_until(done, seconds=120, interval=0.05)
+    path = proj.state / "pull-requests.json"
+    if damage == "garbage":
+        path.write_text("not json")
+    else:
+        path.write_text(json.dumps({"issues": {}, "set_aside": {"file": "pull-requests.json.corrupt", "why": "x",
+                                                                "at": "2031-01-01T00:00:00Z", "recovered": 0}}))
+    from orchestrator.cleanup import cleanup
+
+    [verdict] = cleanup(open_run()).verdicts
+    assert verdict.outcome == "kept" and (proj.root / "worktrees" / "issue-1").is_dir()
+    [why] = verdict.reasons
+    assert "`cleanup --force`" in why
+    if damage == "garbage":
+        assert f"move it away yourself: mv {path} {path}.corrupt" in why, why
+        path.rename(f"{path}.corrupt")
+    else:
+        assert f"remove the \"set_aside\" key from {path}" in why, why
+        doc = json.loads(path.read_text())
+        del doc["set_aside"]
+        path.write_text(json.dumps(doc))
+    [verdict] = cleanup(open_run()).verdicts
+    assert verdict.outcome == "removed" and not (proj.root / "worktrees" / "issue-1").exists()
+
+
 # --- a network failure right after an accepted merge ----------------------------------------------------------
 
 BAD_GATEWAY = "HTTP 502: Bad Gateway (https://api.github.com/graphql)"
@@ -215,17 +254,31 @@ OURS = {"the merge commit of our PR", "the squash of our PR", "a fast-forward to
         "a rebase of our PR's two commits"}
 
 
+@pytest.mark.parametrize("git_version", ["2.38 or later", "before 2.38"])
 @pytest.mark.parametrize("move", list(MOVES))
-def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(make_repo, tmp_path, move):
+def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(make_repo, tmp_path, monkeypatch,
+                                                                                move, git_version):
     """Our PR waits in a merge queue (record `merging`); another worker's stage ends in the same repository, which
     checks the default branch; later the poll sees the PR merged and the snapshot is to take main's new head. Main
     moved by our merge alone (merge commit, squash, fast-forward, rebase): no alert, the snapshot takes it. Main
     holding anything else (a direct push before, under or after our merge; a merge commit with changes of its
-    own): default_branch_moved at the stage end, and the merge's landing never swallows it."""
+    own): default_branch_moved at the stage end, and the merge's landing never swallows it. The same on a git
+    without `merge-tree --write-tree` (before 2.38: forced here by giving git an option it does not know, as
+    such a git answers it), whose fallback reads a PR head that holds the base as its own merged tree."""
     import shlex
     import subprocess
 
-    from orchestrator import alerts
+    from orchestrator import alerts, worktrees
+
+    if git_version == "before 2.38":
+        real_git = worktrees.git
+
+        def old_git(cwd, *args, **kwargs):
+            if "merge-tree" in args:  # what git 2.37 answers: usage, exit 129, nothing on stdout
+                args = tuple("--no-such-option-before-2.38" if a == "--write-tree" else a for a in args)
+            return real_git(cwd, *args, **kwargs)
+
+        monkeypatch.setattr(worktrees, "git", old_git)
     from orchestrator.config import parse_config
     from orchestrator.decide import Snapshot
     from orchestrator.state import WorkerRecord
@@ -417,7 +470,9 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'
     assert pulls.save(state_root, "demo", 2, checks="passing") is None  # said once
     [warning] = pulls.warnings(state_root, ["demo", "other"])
-    assert "remove the file's \"set_aside\" key once you have looked" in warning
+    assert f"once you have looked at {path.with_name('pull-requests.json.corrupt')}, remove the \"set_aside\" key " \
+           f"from {path} (its \"issues\" stay; nothing removes it by itself), or remove the worktrees anyway with " \
+           "`cleanup --force`" in warning
     doc = json.loads(path.read_text())
     assert doc["issues"]["2"]["number"] == 9 and doc["issues"]["2"]["checks"] == "passing"
     del doc["set_aside"]

@@ -33,6 +33,11 @@ KINDS = ("git_config_changed", "default_branch_moved", "branch_switched", "forei
 # Keys git itself writes in ordinary work (`push -u`, `checkout --track`): not a redirection of anything.
 IGNORED_CONFIG_PREFIXES = ("branch.",)
 ROGUE_REFS = "refs/orchestrator-rogue"
+# The remote calls of a cycle's default-branch checks (ls-remote, then a fetch of the forge's commits) together, and
+# of the check when our merge is seen: each a lib.runner step, killed with what it started (a hung ssh or
+# credential helper) once this is spent; a repository whose check did not fit is checked next cycle.
+REMOTE_BUDGET_S = 20.0
+RECHECK_S = 60.0  # a default-branch check that could not be made is made again this long after (not every cycle)
 
 
 def run_file(root: Path) -> Path:
@@ -244,9 +249,22 @@ def _absolute_url(url: str, repo: Path) -> str:
     return str((repo / url).resolve())
 
 
-def _remote_head(url: str, branch: str) -> str | None:
-    out = worktrees.git(Path("/"), "ls-remote", "--", url, f"refs/heads/{branch}").split()
-    return out[0] if out else None
+def _remote_head(url: str, branch: str, timeout: float | None = None) -> str | None:
+    """The branch's commit at `url` (None: it has none); raises GitFailed when the remote could not be read (an
+    error, or no answer within `timeout`, REMOTE_BUDGET_S by default: the ls-remote and what it started are
+    killed)."""
+    timeout = REMOTE_BUDGET_S if timeout is None else timeout
+    code, out = worktrees.git_in_group(Path("/"), "ls-remote", "--", url, f"refs/heads/{branch}", timeout=timeout)
+    if code is None:
+        raise worktrees.GitFailed(f"ls-remote {clip(url)}: no answer, timed out after {timeout:.0f}s")
+    if code != 0:
+        said = " / ".join(line.strip() for line in out.splitlines() if line.strip())
+        raise worktrees.GitFailed(f"ls-remote {clip(url)}: {clip(said, 400) or f'exit {code}'}")
+    for line in out.splitlines():  # stderr is interleaved: only the answer's own line counts
+        found = re.fullmatch(r"([0-9a-f]{40}|[0-9a-f]{64})\trefs/heads/(.+)", line)
+        if found and found.group(2) == branch:
+            return found.group(1)
+    return None
 
 
 def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig, pinned: str | None = None) -> dict[str, Any] | None:
@@ -361,18 +379,23 @@ class Checks:
             self.raise_once(f"foreign_write:{project}:{key}:{head}:{_digest(status)}", "foreign_write", project,
                             None, None, f"the main checkout {key} changed during the run: " + "; ".join(what))
 
-    def default_branch(self, key: str, snap: dict[str, Any], trigger: str, ours: frozenset[str] = frozenset()) -> None:
+    def default_branch(self, key: str, snap: dict[str, Any], trigger: str, ours: frozenset[str] = frozenset(),
+                       budget: float | None = None) -> None:
         """Alert when the watched default branch moved since the snapshot, unless all it gained is the merge of a
-        PR of ours under way (`ours`: their heads; the snapshot takes it when the poll sees it merged)."""
+        PR of ours under way (`ours`: their heads; the snapshot takes it when the poll sees it merged). Its
+        remote calls take `budget` seconds at most (None: REMOTE_BUDGET_S); GitFailed when they could not."""
         url = watched_url(snap)
-        now = _remote_head(url, snap["default_branch"])
+        budget = REMOTE_BUDGET_S if budget is None else budget
+        started = time.monotonic()
+        now = _remote_head(url, snap["default_branch"], budget)
         if snap.get("default_unknown"):
             snap["default_head"], snap["default_unknown"] = now, False
             self.changed = True
             return
         if now == snap["default_head"]:
             return
-        if ours and now and merges_of_ours(Path(key), url, snap["default_branch"], snap["default_head"], now, ours):
+        if ours and now and merges_of_ours(Path(key), url, snap["default_branch"], snap["default_head"], now, ours,
+                                           budget - (time.monotonic() - started)):
             return
         for project in self.projects_of(key):
             self.raise_once(f"default_branch_moved:{project}:{key}:{now}", "default_branch_moved", project, None,
@@ -505,12 +528,32 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
         if w.pr.get("merging") and ref in repo_of and isinstance(w.pr.get("head"), str) and w.pr["head"]:
             key = str(repo_of[ref].path)  # type: ignore[index]
             merging[key] = merging.get(key, frozenset()) | {w.pr["head"]}
+    remote_deadline = time.monotonic() + REMOTE_BUDGET_S  # the default-branch checks of all repositories together
     for key, snap in list(doc["repos"].items()):
         guarded("git config", lambda: checks.git_config(key, snap))
         guarded("main checkout", lambda: checks.main_checkout(key, snap, key in ended_in))
-        if key in stage_end:
+        # A check that could not be made (the remote did not answer in time) is made again next cycle: never
+        # taken as "fine" because the stage end that asked for it has passed.
+        due = snap.get("recheck_at")
+        due = now >= due if isinstance(due, (int, float)) else True
+        trigger = stage_end.get(key) or (snap.get("default_recheck") if due else None)
+        if trigger and time.monotonic() >= remote_deadline:  # this cycle's remote budget is spent: the next one
+            if snap.get("default_recheck") != trigger or "recheck_at" in snap:
+                snap["default_recheck"] = str(trigger)
+                snap.pop("recheck_at", None)
+                checks.changed = True
+        elif trigger:
             ours = merging.get(key, frozenset()) | frozenset(snap.get("landed", []))
-            guarded("default branch", lambda: checks.default_branch(key, snap, stage_end[key], ours))
+            try:
+                checks.default_branch(key, snap, trigger, ours, remote_deadline - time.monotonic())
+            except worktrees.GitFailed as err:
+                on_error(f"alert check (default branch) could not check, checked again in {RECHECK_S:g}s: {err}")
+                snap["default_recheck"], snap["recheck_at"] = str(trigger), now + RECHECK_S
+                checks.changed = True
+            else:
+                if snap.pop("default_recheck", None) is not None:
+                    snap.pop("recheck_at", None)
+                    checks.changed = True
     return out, checks.found, checks.changed
 
 
@@ -518,28 +561,38 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
                         say: Callable[[str], None] = lambda _: None) -> str | None:
     """Our merge of the issue's PR at `head` was seen merged: the run's snapshot takes the default branch's new
     head when all it gained since the snapshot is merges of ours (the caller records the merge), and returns it.
-    Anything more (a direct push before, while or after the merge waited in a queue), or a move that cannot be
-    checked, is a default_branch_moved alert now, announced as the monitor announces one (the pause first when
-    on_alert is pause, an event, a line): None. The run may end with this very merge."""
+    Anything more (a direct push before, while or after the merge waited in a queue) is a default_branch_moved
+    alert now, announced as the monitor announces one (the pause first when on_alert is pause, an event, a line):
+    None. A remote that does not answer (in REMOTE_BUDGET_S) is no verdict: the merge is remembered as ours
+    (`landed`), the check is made again next cycle (`default_recheck`), a line says so: None. The run may end
+    with this very merge."""
     repo = cfg.repo_for(issue)
     doc = load(root)
     snap = doc["repos"].get(str(repo.path)) if doc is not None else None
     if doc is None or snap is None:
         return None
-    try:
-        now = _remote_head(watched_url(snap), snap["default_branch"])
-    except worktrees.GitFailed:
-        # Not seen now: the next check counts this merge as ours (the snapshot keeps its old head).
+    started = time.monotonic()  # its remote calls together take REMOTE_BUDGET_S at most
+
+    def left() -> float:
+        return REMOTE_BUDGET_S - (time.monotonic() - started)
+
+    trigger = f"our merge of {head[:12] or 'a PR'} landed"
+
+    def not_now(err: worktrees.GitFailed) -> None:
+        # Not seen now: the next checks count this merge as ours (the snapshot keeps its old head).
         snap["landed"] = sorted({*snap.get("landed", []), head} - {""})
+        snap["default_recheck"] = trigger
         write_json(run_file(root), doc)
-        return None
-    heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
+        say(f"alert check (default branch) could not check, checked again at the next cycle: {err}")
+
     try:
+        now = _remote_head(watched_url(snap), snap["default_branch"], left())
+        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
-            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads))
-        why = "holds more than the merge of our PR"
+            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left()))
     except worktrees.GitFailed as err:
-        ours, why = False, f"could not be checked ({clip(str(err), 200)})"
+        not_now(err)
+        return None
     if ours:
         snap["default_head"], snap["default_unknown"] = now, False
         snap.pop("landed", None)
@@ -547,10 +600,11 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
         return now
     checks = Checks(doc, [cfg])
     try:
-        checks.default_branch(str(repo.path), snap, f"our merge of {head[:12] or 'a PR'} landed and "
-                                                     f"{snap['default_branch']} {why}")
+        checks.default_branch(str(repo.path), snap, f"{trigger} and {snap['default_branch']} holds more than the "
+                                                    "merge of our PR", budget=left())
     except worktrees.GitFailed as err:  # the remote stopped answering: the snapshot keeps the old head (next check)
-        say(f"alert check (default branch) failed: {err}")
+        not_now(err)
+        return None
     announce(root, cfg, checks.found, say)
     write_json(run_file(root), doc)
     return None
@@ -594,32 +648,45 @@ MAX_CHAIN = 200  # first-parent steps of a default branch's move that are looked
 Git = Callable[..., str]  # git run in one directory: git(*args, check=True) -> its output
 
 
-def merges_of_ours(repo: Path, url: str, branch: str, old: str | None, new: str, heads: frozenset[str]) -> bool:
+def merges_of_ours(repo: Path, url: str, branch: str, old: str | None, new: str, heads: frozenset[str],
+                   timeout: float | None = None) -> bool:
     """Whether all the default branch gained from `old` to `new` is merges of PRs of ours (`heads`, each as the
     forge merged it: a fast-forward to it, a merge commit of it, a squash or a rebase of it: the merged tree
     each time, on the first-parent line from `new` down to `old`). A direct push anywhere in between, a rewound
     branch, or commits that cannot be read make it False. Raises GitFailed when git cannot tell.
 
     Read in a throwaway git dir over the repository's objects (worktrees' pinned one: none of the repository's
-    config, which an agent may have edited, is read); the forge's commits are fetched into it from `url`, and
+    config, which an agent may have edited, is read); the forge's commits are fetched into it from `url` (a
+    lib.runner step killed with what it started after `timeout` seconds, REMOTE_BUDGET_S by default: then
+    GitFailed, nothing judged), and
     go with it."""
     if not old or not heads:
         return False
+    timeout = REMOTE_BUDGET_S if timeout is None else timeout
     try:
-        with worktrees._pinned_git_dir(repo) as shim:  # noqa: SLF001 - the one throwaway git dir of the package
+        with worktrees.throwaway_git_dir(repo) as shim:
             def in_shim(*args: str, check: bool = True) -> str:
                 return worktrees.git(shim, f"--git-dir={shim}", *args, check=check)
 
-            return _merges_in(in_shim, url, branch, old, new, heads)
+            def fetch() -> None:
+                code, out = worktrees.git_in_group(
+                    shim, f"--git-dir={shim}", "fetch", "-q", "--no-tags", "--no-write-fetch-head",
+                    "--no-recurse-submodules", "--", url, f"refs/heads/{branch}", timeout=timeout)
+                if code != 0:
+                    said = f"no answer, timed out after {max(0.0, timeout):.0f}s" if code is None else \
+                        clip(" / ".join(line.strip() for line in out.splitlines() if line.strip()), 400)
+                    raise worktrees.GitFailed(f"fetch of {branch} from {clip(url)}: {said or f'exit {code}'}")
+
+            return _merges_in(in_shim, fetch, old, new, heads)
     except OSError as err:  # the temporary directory (a full disk)
         raise worktrees.GitFailed(f"cannot prepare a git dir to read {branch}'s move: {err}") from None
 
 
-def _merges_in(in_shim: Git, url: str, branch: str, old: str, new: str, heads: frozenset[str]) -> bool:
-    """merges_of_ours, read through `in_shim` (git in the throwaway git dir)."""
+def _merges_in(in_shim: Git, fetch: Callable[[], None], old: str, new: str, heads: frozenset[str]) -> bool:
+    """merges_of_ours, read through `in_shim` (git in the throwaway git dir); `fetch` brings the branch's
+    commits from the remote."""
     if not all(_has_commit(in_shim, sha) for sha in (old, new, *heads)):
-        in_shim("fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--", url,
-                f"refs/heads/{branch}")
+        fetch()
     if not _has_commit(in_shim, old) or not _has_commit(in_shim, new) or \
             in_shim("merge-base", old, new, check=False).strip() != old:
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,20 +60,26 @@ def _shape_problem(doc: Any) -> str | None:
 
 def read(state_root: Path, project: str) -> Recorded:
     """The project's recorded PRs; a damaged file (garbage, a directory, a FIFO) reads as none *with its doubt*,
-    never as a plain "no PR": readers that would remove or forget something ask the forge instead."""
+    never as a plain "no PR": readers that would remove or forget something ask the forge instead. The doubt says
+    exactly what ends it (nothing clears it by itself: a project that opens no PRs may never write the file)."""
     path = prs_file(state_root, project)
+    force = "or remove the worktrees anyway with `cleanup --force` (their work saved on backup refs first)"
     try:
         doc = read_json(path, {})
     except UnreadableFile as err:
-        return Recorded({}, f"{path}: {err.why} (set aside at the monitor's next write)")
-    problem = _shape_problem(doc)
+        problem = err.why
+    else:
+        problem = _shape_problem(doc)
     if problem:
-        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write)")
+        return Recorded({}, f"{path}: {problem} (set aside at the monitor's next write of a PR; until then cleanup "
+                            "keeps each worktree whose PR the forge cannot rule out: look at it, then move it away "
+                            f"yourself: {shlex.join(['mv', str(path), f'{path}.corrupt'])}; {force})")
     aside = doc.get("set_aside")
     doubt = (f"{path} was set aside as {clip(str(aside.get('file')), 80)} at {clip(str(aside.get('at')), 40)} "
              f"({clip(str(aside.get('why')), 120)}): PRs recorded before then are shown as the event log last "
-             "told them; cleanup asks the "
-             "forge about each issue's branch (remove the file's \"set_aside\" key once you have looked)"
+             "told them, and cleanup keeps each worktree whose PR the forge cannot rule out; once you have looked "
+             f"at {path.parent / clip(str(aside.get('file')), 80)}, remove the \"set_aside\" key from {path} "
+             f"(its \"issues\" stay; nothing removes it by itself), {force}"
              ) if isinstance(aside, dict) else ""
     return Recorded(dict(doc.get("issues", {})), doubt)
 
@@ -253,7 +260,8 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                                  f"which {default} does not have")
             if ours and seen.head and seen.head != ours and (
                     seen.state == "merged" or seen.state == "open" and int(pr.get("foreign_polls") or 0) >= 2):
-                _foreign_head_holds_ours(state_root, cfg, issue, record, seen, ours)
+                _foreign_head_holds_ours(state_root, cfg, issue, record, seen, ours,
+                                         max(1.0, budget - (time.monotonic() - started)))
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
             save_record(record)
@@ -305,12 +313,14 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
 
 
 def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord,
-                             seen: Observation, ours: str) -> None:
+                             seen: Observation, ours: str, budget: float = POLL_BUDGET_S) -> None:
     """Someone else's head of the PR (taken as the one whose checks count after 3 polls, or merged) must hold our
     last push (its commits, or the same patches rebased): a force-push that dropped it is never merged nor
     completed (ForgeError: the poll fails, said, and is tried again until a human sees to it). The head is
-    fetched from the pinned url when we lack it (objects only); a merged head that cannot be read is taken as
-    before, an open one is not taken yet."""
+    fetched from the pinned url when we lack it (objects only; the fetch is killed with what it started after
+    `budget` seconds, what is left of the poll's). A merged head the url does not give is taken as before; one
+    that could not be read for now (a timeout, the network) and an open one that cannot be read are not taken
+    yet: the poll fails and the next one checks again."""
     repo = cfg.repo_for(issue)
     where = f"PR #{seen.number}'s head {seen.head[:12]}"
     try:
@@ -319,17 +329,17 @@ def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue,
         pin = pins.pinned(state_root, cfg.project, repo.name)
         # A throwaway git dir over the repository's objects, as pushes use (none of its config, which an agent
         # may have edited, is read): the head is fetched into it when we lack it, and goes with it.
-        with worktrees._pinned_git_dir(repo.path, pin.settings) as shim:  # noqa: SLF001
+        with worktrees.throwaway_git_dir(repo.path, pin.settings) as shim:
             if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
-                worktrees._run_pinned(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",  # noqa: SLF001
-                                      "--no-write-fetch-head", "--", pin.url, seen.head)
+                worktrees.run_in_throwaway(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",
+                                           "--no-write-fetch-head", "--", pin.url, seen.head, timeout=budget)
             # Our commits in its history, or each as an equal patch (a rebase of the branch): `git cherry` marks
             # with "+" a commit of ours that has none.
             holds = worktrees.is_ancestor(shim, ours, seen.head) or not any(
                 line.startswith("+") for line in worktrees.git(shim, f"--git-dir={shim}", "cherry", seen.head,
                                                                ours).splitlines())
     except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
-        if seen.state == "merged":
+        if seen.state == "merged" and not getattr(err, "retry", False) and not isinstance(err, OSError):
             return
         raise ForgeError(f"cannot tell whether {where} (someone else's push) holds our last push {ours[:12]}: "
                          f"{err}") from None

@@ -7,17 +7,18 @@ os.environ and cannot unset an inherited GIT_DIR.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
-import signal
 import subprocess
 import tempfile
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from lib import runner
 from lib.errors import OrchestratorError, clip
 from lib.gitstatus import REPO_LOCAL_GIT_VARS
 
@@ -267,7 +268,7 @@ class PushFailed(GitFailed):
 
 
 @contextmanager
-def _pinned_git_dir(repo: Path | None, settings: dict[str, list[str]] | None = None) -> Iterator[Path]:
+def throwaway_git_dir(repo: Path | None, settings: dict[str, list[str]] | None = None) -> Iterator[Path]:
     """A throwaway bare repository with our config only (plus the pin's `settings`); it reads `repo`'s objects
     when one is given."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-push-") as tmp:
@@ -302,28 +303,36 @@ def _push_failures(what: str) -> Iterator[None]:
         raise PushFailed(f"cannot prepare {what}: {err}", retry=True) from None
 
 
-def _run_pinned(shim: Path, what: str, *args: str) -> str:
-    """Run git in the pinned git dir, in a process group of its own (a hung ssh is killed with it, never left
-    holding our pipes); raise PushFailed (retry only on a network error or a timeout) when it fails."""
-    proc = subprocess.Popen(["git", f"--git-dir={shim}", *SAFE_GIT, *args], cwd=shim, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                            env=clean_env(PINNED_ENV), start_new_session=True)
-    timed_out = False
+def git_in_group(cwd: Path | str, *args: str, timeout: float | None = None,
+                 env: dict[str, str] | None = None) -> tuple[int | None, str]:
+    """Run git as a lib.runner step: a process group of its own, killed whole with what it started (a hung ssh,
+    a credential helper) at `timeout`, at a stop, or by the watchdog if we are killed outright; never left
+    holding our pipes (`timeout` None: GIT_TIMEOUT_S). Returns (exit code, None when it timed out; its stdout
+    and stderr, interleaved). Not started (the run is being stopped, no git, no such directory): PushFailed,
+    `retry` set, as after a timeout."""
+    timeout = GIT_TIMEOUT_S if timeout is None else timeout
+    output = io.BytesIO()
     try:
-        out, err = proc.communicate(timeout=GIT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        if proc.returncode is None:  # timed out, or we are being stopped: what git started (ssh) goes with it
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-    if timed_out:
-        raise PushFailed(f"{what}: timed out after {GIT_TIMEOUT_S:.0f}s", retry=True)
-    if proc.returncode != 0:
-        said = [line.strip() for line in (err + "\n" + out).splitlines()
+        result = runner.run_in_group(["git", *SAFE_GIT, *args], Path(cwd), output, max(0.1, timeout),
+                                     env=clean_env(env), grace=1.0)
+    except (runner.Stopping, OSError) as err:
+        raise PushFailed(f"git {clip(' '.join(args), 200)} not started: {err}", retry=True) from None
+    text = output.getvalue().decode("utf-8", "replace")
+    return (None, text) if result.timed_out else (result.exit_code, text)
+
+
+def run_in_throwaway(shim: Path, what: str, *args: str, timeout: float | None = None) -> str:
+    """Run git in a throwaway git dir (`throwaway_git_dir`) reading no config but its own, as a lib.runner step
+    (git_in_group); raise PushFailed (retry only on a network error or a timeout) when it fails. Its output
+    is stdout and stderr interleaved: readers take only the lines they look for."""
+    timeout = GIT_TIMEOUT_S if timeout is None else timeout
+    code, out = git_in_group(shim, f"--git-dir={shim}", *args, timeout=timeout, env=PINNED_ENV)
+    if code is None:
+        raise PushFailed(f"{what}: timed out after {timeout:.0f}s", retry=True)
+    if code != 0:
+        said = [line.strip() for line in out.splitlines()
                 if line.strip() and not line.startswith(("hint:", "To ", "Done"))]
-        detail = clip(" / ".join(said), 400) or f"exit {proc.returncode}"
+        detail = clip(" / ".join(said), 400) or f"exit {code}"
         raise PushFailed(f"{what}: {detail}", retry=is_network_error(detail))
     return out
 
@@ -332,7 +341,7 @@ def _remote_shas(shim: Path, url: str, *branches: str) -> dict[str, str]:
     """branch -> commit at `url`, for those of `branches` it has (one ls-remote)."""
     refs = {f"refs/heads/{b}": b for b in branches}
     found = {}
-    for line in _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
+    for line in run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
         sha, _, name = line.partition("\t")
         if name in refs:  # a pattern also matches refs/heads/x/refs/heads/<branch>: only exact names count
             found[refs[name]] = sha
@@ -345,7 +354,7 @@ def _remote_sha(shim: Path, url: str, branch: str) -> str | None:
 
 def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str, list[str]] | None = None) -> str:
     """Where a new issue branch starts: the pinned url's `branch` if it has one, else its default branch."""
-    with _push_failures(f"the start of {branch}"), _pinned_git_dir(None, settings) as shim:
+    with _push_failures(f"the start of {branch}"), throwaway_git_dir(None, settings) as shim:
         heads = _remote_shas(shim, url, branch, default_branch)
     found = heads.get(branch) or heads.get(default_branch)
     if found is None:
@@ -355,16 +364,17 @@ def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str,
 
 def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
     """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
-    with _push_failures(f"reading {branch}"), _pinned_git_dir(None, settings) as shim:
+    with _push_failures(f"reading {branch}"), throwaway_git_dir(None, settings) as shim:
         return _remote_sha(shim, url, branch)
 
 
 def unpushed(path: Path, url: str, settings: dict[str, list[str]] | None = None) -> int:
     """Commits of HEAD in `path` that no branch at `url` holds, the url read as pushes read it. A branch
     commit we do not have here counts for nothing, so in doubt more commits count as unpushed."""
-    with _push_failures(f"the check of {path}"), _pinned_git_dir(None, settings) as shim:
-        listed = _run_pinned(shim, f"ls-remote {clip(url)}", "ls-remote", "--heads", "--", url)
-        shas = [line.split("\t", 1)[0] for line in listed.splitlines() if "\t" in line]
+    with _push_failures(f"the check of {path}"), throwaway_git_dir(None, settings) as shim:
+        listed = run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--heads", "--", url)
+        shas = [found.group(1) for line in listed.splitlines()
+                if (found := re.fullmatch(r"([0-9a-f]{40}|[0-9a-f]{64})\trefs/heads/.+", line))]
         count = git(path, "rev-list", "--count", "--ignore-missing", "HEAD", "--not", *shas).strip()
     return int(count)
 
@@ -376,11 +386,11 @@ def push_pinned(repo: Path, branch: str, url: str, settings: dict[str, list[str]
         sha = branch_head(repo, branch)
         if sha is None:
             raise PushFailed(f"branch {branch} is gone from {repo}", retry=False)
-        with _pinned_git_dir(repo, settings) as shim:
+        with throwaway_git_dir(repo, settings) as shim:
             if _remote_sha(shim, url, branch) == sha:
                 return sha, False  # already there (a resumed monitor): nothing is pushed twice
             try:
-                _run_pinned(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
+                run_in_throwaway(shim, f"push to {clip(url)}", "push", "--porcelain", "--no-verify", "--", url,
                             f"{sha}:refs/heads/{branch}")
             except PushFailed:
                 # A push racing ours (a killed monitor's, still running) can land the very commit while ours
