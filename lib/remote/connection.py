@@ -28,6 +28,7 @@ from lib import runner
 from lib.errors import clip
 from lib.remote import known_hosts as host_keys
 from lib.remote.hosts import Host
+from lib.signals import signal_name
 
 Done = TypeVar("Done")
 CHUNK = 64 * 1024
@@ -530,6 +531,7 @@ class RemoteResult:
     no_directory: bool = False
     problem: str | None = None  # the wrapper could not start the command (no setsid, say), or the kill failed
     lost: str | None = None  # the connection was lost or went silent while the command ran
+    killed_by: str | None = None  # the signal that killed the command ("SIGKILL"); exit_code is then 128 + it
 
 
 def kill_remote_group(connection: Any, pgid: int | None, grace: float, marker: str,
@@ -670,8 +672,34 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         stray = private.decode("utf-8", "replace").strip()
         return RemoteResult(None, problem=f"could not start the command on the host (needs /bin/sh and setsid): "
                                           f"{stray or f'exit {code}'}")
-    # A command killed by a signal reports no exit status over ssh (paramiko: -1).
+    signum = killed_by_signal(private, pgid, code)
+    if signum is not None:  # as runner.ProcessResult says it here: 128 + the signal, and which one
+        return RemoteResult(128 + signum, killed_by=signal_name(signum))
+    # setsid itself killed by a signal reports no exit status over ssh (paramiko: -1): "killed by a signal".
     return RemoteResult(None if code == -1 else code)
+
+
+def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | None:
+    """The signal that killed the command, or None when it exited. `setsid -w` (util-linux) exits with the bare
+    wait status of its child (the command: its pid is the group's id) when a signal killed it (SIGKILL: 9, as
+    `exit 9` would) and says so on our private stream, `setsid: child PID did not exit normally: ...` (in the
+    host's language: the pid and setsid's name are what is matched). Nothing of the command reaches that
+    stream (its stderr goes to stdout), so a summary line it prints cannot forge it.
+
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 41 did not exit normally: Success\\n", 41, 9)
+    9
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 41 did not exit normally\\n", 41, 139)  # core
+    11
+    >>> killed_by_signal(b"orchestrator-pgid 41\\n", 41, 9) is None  # its own `exit 9`
+    True
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 410 did not exit normally\\n", 41, 9) is None
+    True
+    """
+    _, found, after = bytes(private).partition(b"orchestrator-pgid %d\n" % pgid)
+    if not found or not 0 < code < 256 or not re.search(rb"^setsid: .*\b%d\b" % pgid, after, re.MULTILINE):
+        return None
+    signum = code & 0x7F  # 0x80: it dumped core
+    return signum if 0 < signum < 0x7F else None
 
 
 class LogWriteError(OSError):

@@ -158,7 +158,7 @@ def command_end(result: remote.RemoteResult, host: Host, cwd: str) -> batch.Comm
         return batch.CommandEnd(None, timed_out=True, kill_failed=result.problem)
     if result.problem:  # the command could not be started there
         return batch.CommandEnd(None, error=result.problem, ran=False)
-    return batch.CommandEnd(result.exit_code)
+    return batch.CommandEnd(result.exit_code, killed_by=result.killed_by)
 
 
 def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_dir: Path, timeout: float | None,
