@@ -61,8 +61,11 @@ def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connecti
     assert "Traceback" not in result.err
     rows = {r["name"]: r for r in json.loads(result.out)["repos"]}
     assert rows["a-odd"]["error"] == ODD_AB
+    # Not read is never "does not exist": `exists` is false only for a path seen missing (as the local scan).
+    assert rows["a-odd"]["exists"] is True and rows["a-odd"]["clean"] is False
     if given_up:
         assert rows["b-next"]["error"] == silent  # the link's own reason, for the repo it kept from being read
+        assert rows["b-next"]["exists"] is True and rows["b-next"]["clean"] is False
     else:
         assert rows["b-next"]["error"] is None and rows["b-next"]["clean"] is True
 
