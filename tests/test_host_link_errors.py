@@ -272,3 +272,51 @@ def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_no
     assert len(said) == 1, result.err
     assert said[0].startswith("on host builder: no new connection to the host: builder ("), said
     assert "authentication failed" in said[0] and "the sync there may still run" in said[0], said
+
+
+def test_ctrl_c_when_the_kill_cannot_reach_the_host_says_the_command_there_may_still_run(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """A test on a host, its connection frozen, Ctrl-C, and the host refuses every new connection: the kill
+    reached nothing; the stop said nothing of it (the kill's problem was dropped) and counted it stopped."""
+    import os
+    import signal
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_hosts_mends import meanwhile
+    from tests.test_hosts_robust import hanging_on_host, stop_the_sessions
+    from tests.test_sync_host_robust import wait_until
+
+    pidfile = hanging_on_host(home, sshd, make_repo, tmp_path, connect_timeout=2)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 2:  # every connection after the run's own is refused
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+    stopped: list[int] = []
+
+    def freeze_then_interrupt() -> None:
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the hanging test")
+        stopped.extend(stop_the_sessions(sshd))  # the connection goes silent
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with meanwhile(freeze_then_interrupt):
+            result = inv("test", "hang")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if pidfile.exists() and pidfile.read_text().strip() and process_running(int(pidfile.read_text())):
+            os.killpg(os.getpgid(int(pidfile.read_text())), signal.SIGKILL)  # nothing could reach it
+    assert result.code == 130, result.out + result.err
+    assert "Traceback" not in result.err
+    assert "interrupted: stopped 0 running commands (SIGINT)" in result.err, result.err
+    said = [line for line in result.err.splitlines() if "may still run" in line]
+    assert len(said) == 1, result.err
+    assert said[0].startswith(f"on host h1: could not kill the command in {tmp_path / 'ws' / 'hang'}, it may "
+                              "still run there ("), said
+    assert "a new connection failed too: h1 (" in said[0] and "authentication failed" in said[0], said

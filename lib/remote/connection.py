@@ -69,6 +69,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _stopping = threading.Event()
 _stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")
+_unkilled: list[str] = []  # of those, one line each for the ones the kill did not reach (they may still run)
 
 
 class HostUnreachable(Exception):
@@ -659,8 +660,14 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 if host is None:  # a caller that cannot reconnect hears of it as before
                     raise
                 return RemoteResult(None, lost="was lost", problem=problem)
-            except BaseException:
-                kill()
+            except BaseException as err:
+                problem = kill()
+                if isinstance(err, runner.Stopping) and problem is not None:
+                    _unkilled.append(f"on host {host.name if host else connection.host}: could not kill the "
+                                     f"command in {cwd}, it may still run there ({problem})")
+                elif isinstance(err, LogWriteError) and problem is not None:  # the outcome's reason says it
+                    raise LogWriteError(err.errno, f"{err.strerror}; could not kill the command on the host, "
+                                                   f"it may still run ({problem})") from None
                 raise
             code = channel.recv_exit_status()
     finally:
@@ -714,11 +721,18 @@ def stop_all() -> None:
 def reset_stop() -> None:
     _stopping.clear()
     _stopped.clear()
+    _unkilled.clear()
 
 
 def stopped_count() -> int:
-    """How many running remote commands the stop ended since reset_stop()."""
+    """How many running remote commands the stop came to since reset_stop() (unkilled_notes: those it could
+    not kill)."""
     return len(_stopped)
+
+
+def unkilled_notes() -> list[str]:
+    """One line per running remote command the stop could not kill since reset_stop() (it may still run)."""
+    return list(_unkilled)
 
 
 def run_on_host(host: Host, work: Callable[[Any], Sequence[Done]], accept_new_host_key: bool) -> list[Done]:

@@ -256,9 +256,10 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
         remote.stop_all()
         # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
         # and the remote commands the stop ended are counted with the local ones.
+        unkilled = remote.unkilled_notes()  # never counted stopped: they may still run there
         interrupted = runner.RunInterrupted(stop.signum, in_config_order([finished]),
-                                            stop.stopped + remote.stopped_count())
-        interrupted.notes = stop.notes + batch.keep_results(state_file, interrupted.results, workspace)
+                                            stop.stopped + remote.stopped_count() - len(unkilled))
+        interrupted.notes = stop.notes + unkilled + batch.keep_results(state_file, interrupted.results, workspace)
         raise interrupted from None
     except BaseException:
         remote.stop_all()
