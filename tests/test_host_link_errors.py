@@ -320,3 +320,31 @@ def test_ctrl_c_when_the_kill_cannot_reach_the_host_says_the_command_there_may_s
     assert said[0].startswith(f"on host h1: could not kill the command in {tmp_path / 'ws' / 'hang'}, it may "
                               "still run there ("), said
     assert "a new connection failed too: h1 (" in said[0] and "authentication failed" in said[0], said
+
+
+@pytest.mark.parametrize("step", ["pwd", "the check for make"], ids=["planning", "running"])
+def test_a_run_on_a_host_calls_only_a_failing_link_unreachable_or_a_failed_connection(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, step):
+    """Our own code failing on a host that answers (here: a probe's answer it cannot take) is what it is, one
+    line per repo, never `host unreachable` nor `connection to b1 failed` (connection.link_error decides)."""
+    from lib.remote import connection as remote
+
+    ws = sshd.remote_home / "ws"
+    for name in ("a", "b"):
+        clone_to(ws, make_repo(name, {"Makefile": "test:\n\t@echo ok\n"}))
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})  # relative: planning asks the host's `pwd`
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"} for n in "ab"])
+    real_probe = remote.probe
+
+    def probe(connection, host, command, what, timeout=None):
+        if what == step:
+            raise ValueError("an answer we cannot take")
+        return real_probe(connection, host, command, what, timeout)
+
+    monkeypatch.setattr(remote, "probe", probe)
+    result = inv("test-all", "--hosts", "b1", "--json")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    doing = "planning the run" if step == "pwd" else "running the test"
+    reasons = {r["repo"]: r["reason"] for r in json.loads(result.out)["results"]}
+    assert reasons == dict.fromkeys("ab", f"{doing} failed on host b1: ValueError: an answer we cannot take")

@@ -95,6 +95,17 @@ def link_error(err: BaseException, connection: Any = None) -> bool:
         and not session_refused(err, connection)
 
 
+def failure(err: BaseException, connection: Any, host: Host, doing: str) -> str:
+    """What went wrong on a host when it is not the link (link_error): our own reading of an answer, a session
+    the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a kill that
+    could not reach the command)."""
+    if session_refused(err, connection):
+        what = "the host refused a new session on the connection (MaxSessions)"
+    else:
+        what = f"{type(err).__name__}: {clip(' '.join(str(err).split()))}"
+    return "; ".join([f"{doing} failed on host {host.name}: {what}", *getattr(err, "__notes__", [])])
+
+
 def session_refused(err: BaseException, connection: Any = None) -> bool:
     """The host refused a new session over a link that works (sshd's MaxSessions, 10 by default): paramiko
     raises ChannelException, or, when another thread's refusal took that reason first, its "Unable to open
@@ -668,6 +679,8 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 elif isinstance(err, LogWriteError) and problem is not None:  # the outcome's reason says it
                     raise LogWriteError(err.errno, f"{err.strerror}; could not kill the command on the host, "
                                                    f"it may still run ({problem})") from None
+                elif isinstance(err, Exception) and problem is not None:  # connection.failure says it
+                    err.add_note(f"could not kill the command on the host, it may still run ({problem})")
                 raise
             code = channel.recv_exit_status()
     finally:

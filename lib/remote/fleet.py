@@ -21,6 +21,11 @@ from lib.remote.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
 from lib.workflows import Plan, Workflow, first_tool, get_workflow, load_workflows, plan_for
 
 
+class NotPlanned(remote.HostUnreachable):
+    """The host answered, but looking at its repos failed for a reason that is not the link (connection.failure):
+    every repo's error, said as what it is, never `host unreachable`."""
+
+
 @dataclass
 class Fleet:
     """The hosts of hosts.toml and the file they came from (for error messages)."""
@@ -107,7 +112,7 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
                     echo: BinaryIO | None, grace: float,
                     on_stalled: Callable[[remote.HostStalled], None] | None) -> batch.Outcome:
     if isinstance(connection, remote.HostUnreachable):
-        return recorder.error(str(connection) if isinstance(connection, remote.HostStalled)
+        return recorder.error(str(connection) if isinstance(connection, (remote.HostStalled, NotPlanned))
                               else f"host unreachable: {connection}")
     if plan.skip_reason:
         return recorder.skipped(plan.skip_reason)
@@ -121,9 +126,13 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
         if on_stalled is not None:
             on_stalled(err)
         return recorder.error(str(err))
-    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
-        remote.give_up(connection, reason)  # the pool opens a new one for the next repo
+    except Exception as err:  # this repo's outcome, not a crash
+        if not remote.link_error(err, connection):  # our reading of an answer, a session refused: as it is
+            return recorder.error(remote.failure(err, connection, host, f"running the {plan.workflow}"),
+                                  after_output=True)
+        reason = "; ".join([f"connection to {host.name} failed: {type(err).__name__}: {err}",
+                            *getattr(err, "__notes__", [])])
+        remote.give_up(connection, reason)  # the link broke halfway: the pool opens a new one for the next repo
         return recorder.error(reason, after_output=True)
 
 
@@ -191,8 +200,10 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
             plans = [plan_there(repo, workspace) for repo in repos]
         except remote.HostUnreachable as err:  # a hung login shell, say: its own words
             return work(err)
-        except Exception as err:  # the host went away while we looked around
-            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
+        except Exception as err:
+            if not remote.link_error(err, connection):  # our reading of an answer, a session refused: as it is
+                return work(NotPlanned(remote.failure(err, connection, host, "planning the run")))
+            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))  # the host went away
         if len(plans) == 1 and echo is not None:
             return [execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
         connections = remote.Connections(host, connection, accept_new_host_key)

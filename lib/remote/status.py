@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 from lib import runner
 from lib.config import Repo
-from lib.errors import clip
 from lib.gitstatus import LOG_ARGS, STATUS_ARGS, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
 from lib.remote import connection as remote
 from lib.remote.hosts import Host
@@ -120,9 +119,7 @@ def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
 
 def _failed(connection: Any, host: Host, err: Exception, doing: str) -> str:
     """Anything but the link (git there, our own reading of it, a session refused): what it is, in one line."""
-    if remote.session_refused(err, connection):
-        return f"{doing} failed on host {host.name}: the host refused a new session on the connection (MaxSessions)"
-    return f"{doing} failed on host {host.name}: {type(err).__name__}: {clip(' '.join(str(err).split()))}"
+    return remote.failure(err, connection, host, doing)
 
 
 def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
