@@ -124,6 +124,15 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
     assert held == [8]  # none finished before the release: a ninth could not have started
 
 
+def test_status_jobs_help_and_the_commands_page_say_a_host_is_read_8_at_most_at_once(inv):
+    from lib.remote.status import READS_AT_ONCE
+
+    shown = " ".join(inv("--help", "status").out.split())
+    assert f"with --host, at most {READS_AT_ONCE} at once" in shown, shown
+    page = " ".join((Path(__file__).parents[1] / "docs" / "commands.md").read_text().split())
+    assert f"`--jobs N` (with `--host`, at most {READS_AT_ONCE})" in page
+
+
 def test_host_check_calls_a_host_that_answered_reachable_whatever_else_went_wrong(home, inv, sshd, tmp_path):
     """The login directory the host cannot name was `unreachable: b1: HostUnreachable: ...`: it answered."""
     (sshd.remote_home / ".bashrc").write_text("pwd() { echo somewhere; }\n")
