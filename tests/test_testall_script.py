@@ -29,6 +29,16 @@ def test_the_script_takes_every_option_of_inv_test_all():
     assert script_flags() == task_flags()
 
 
+def test_the_script_takes_the_short_flags_of_inv_test_all_with_the_same_meaning():
+    import tasks
+
+    result = run_script("run_all_tests.py", "--help", cwd=ROOT)
+    script = dict(re.findall(r"(?<![\w-])-([a-z])(?: [A-Z_]+)?, (--[a-z][\w-]*)", result.stdout))
+    task = {short: f"--{long}" for long, *shorts in (a.names for a in tasks.test_all.get_arguments())
+            for short in shorts}
+    assert task and {k: v for k, v in script.items() if k != "h"} == task
+
+
 def test_the_script_reports_unchanged_repos_from_their_last_pass_like_inv(home, make_repo, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
