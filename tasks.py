@@ -288,6 +288,9 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     if not dry_run and not matrix:
         _warn(check_state(paths, "test"))
     answer = run_command(workspace, paths, options)
+    if json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        print(jsonlib.dumps(answer.document, indent=2))
+        return
     for line in answer.lines:
         print(line)
     report = answer.report

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not args.matrix:
         warn(check_state(paths, "test"))
     answer = run_command(workspace, paths, options)
+    if args.json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        print(json.dumps(answer.document, indent=2))
+        return 0
     for line in answer.lines:
         print(line)
     report = answer.report

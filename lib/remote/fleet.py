@@ -315,3 +315,14 @@ def dry_run_lines(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Re
         else:
             lines += batch.plan_lines(plan)
     return lines
+
+
+def dry_run_document(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Repo]]) -> dict[str, Any]:
+    """dry_run_lines for --json: `{"dry_run": [...]}`, a repo here as batch.plan_document says it, one on a
+    host as `{repo, host, directory, log}` (its commands are planned there, when it runs)."""
+    entries: list[dict[str, Any]] = []
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        entries.append({"repo": plan.repo.name, "host": where, "directory": fleet.get(where).repo_dir(plan.repo.name),
+                        "log": str(plan.log)} if where in fleet.hosts else batch.plan_document(plan))
+    return {"dry_run": entries}
