@@ -82,7 +82,8 @@ def _warn(lines: list[str]) -> None:
         "json": "print the status document (same shape as state/repo-status.json) instead of a table",
         "tag": "TAG: only repos with this tag (repeatable)",
         "dirty": "only repos with uncommitted changes (and repos with errors)",
-        "jobs": "N: repos checked at once (default: 4 per core)",
+        "jobs": "N: repos checked at once (default: 4 per core; with --host, at most 8 at once: sshd allows 10 "
+                "sessions per connection)",
         "host": "NAME: the repos' status on this build host of config/hosts.toml (<workspace>/<repo name>); "
                 "`local` is this machine",
         "accept_new_host_key": "trust and remember a host key never seen before (like ssh's accept-new)",
@@ -287,6 +288,9 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
     if not dry_run and not matrix:
         _warn(check_state(paths, "test"))
     answer = run_command(workspace, paths, options)
+    if json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        print(jsonlib.dumps(answer.document, indent=2))
+        return
     for line in answer.lines:
         print(line)
     report = answer.report

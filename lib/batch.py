@@ -549,6 +549,13 @@ def plan_lines(plan: Plan) -> list[str]:
         f"  cd {shlex.quote(str(command.cwd))} && {command.command}" for command in plan.commands]
 
 
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """plan_lines for --json: `{repo, host: "local", skip, log, commands: [{cwd, command}]}`."""
+    return {"repo": plan.repo.name, "host": "local", "skip": plan.skip_reason, "log": str(plan.log),
+            "commands": [] if plan.skip_reason else [{"cwd": str(c.cwd), "command": c.command}
+                                                      for c in plan.commands]}
+
+
 def default_jobs() -> int:
     """Builds and tests are CPU work: one repo per core."""
     return os.cpu_count() or 2

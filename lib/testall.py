@@ -101,6 +101,7 @@ class TestAllAnswer:
 
     lines: list[str]
     report: TestAllReport | None = None
+    document: dict[str, Any] | None = None  # what --json prints instead of `lines` (nothing to test, a dry run)
 
 
 def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> TestAllAnswer:
@@ -113,9 +114,12 @@ def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> 
     if options.matrix:  # one line: what a CI step puts in $GITHUB_OUTPUT
         return TestAllAnswer([json.dumps(ci_matrix(plans, groups))])
     if not plans:
-        return TestAllAnswer(["nothing to test" + (" (nothing failed last time)" if options.failed else "")])
+        nothing = "nothing to test" + (" (nothing failed last time)" if options.failed else "")
+        return TestAllAnswer([nothing], document={**TestAllReport([], 0, paths.test_results_file).to_json(),
+                                                  "note": nothing})
     if options.dry_run:
-        return TestAllAnswer(fleets.dry_run_lines(plans, fleet, groups))
+        return TestAllAnswer(fleets.dry_run_lines(plans, fleet, groups),
+                             document=fleets.dry_run_document(plans, fleet, groups))
     timeout = options.timeout or None
     if set(groups) <= {LOCAL}:
         return TestAllAnswer([], run_test_all(workspace, paths, plans, options.jobs, timeout, options.junit_xml,

@@ -20,19 +20,20 @@ from lib.views import outcomes_table  # noqa: E402
 @script_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=0, help="repos tested at once (default: one per core)")
+    # The short flags are inv test-all's (lib.cli.SHORT_FLAGS; tests/test_testall_script.py compares them).
+    parser.add_argument("-j", "--jobs", type=int, default=0, help="repos tested at once (default: one per core)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per repo (0: no limit)")
     parser.add_argument("--grace", type=float, default=INTERRUPT_GRACE_S,
                         help="seconds a timed-out command has after SIGINT to print where it hung, before SIGTERM "
                              "(then SIGKILL 5 s later; repos tested here); default 10")
     parser.add_argument("--junit-xml", type=Path, help="also write a JUnit XML report here")
-    parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
-    parser.add_argument("--only", default="", help="only these repos, comma-separated")
+    parser.add_argument("-t", "--tag", action="append", default=[], help="only repos with this tag (repeatable)")
+    parser.add_argument("-o", "--only", default="", help="only these repos, comma-separated")
     parser.add_argument("--failed", action="store_true", help="rerun only what failed or timed out last time")
     parser.add_argument("--changed", action="store_true",
                         help="report a repo passed without running it when its HEAD, clean tree, command and host "
                              "are those of its last passed run")
-    parser.add_argument("--dry-run", action="store_true", help="print what would run; run nothing")
+    parser.add_argument("-n", "--dry-run", action="store_true", help="print what would run; run nothing")
     parser.add_argument("--json", action="store_true",
                         help="print {summary, results} (each result as in state/test-results.json) instead of the "
                              "table")
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not args.matrix:
         warn(check_state(paths, "test"))
     answer = run_command(workspace, paths, options)
+    if args.json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        print(json.dumps(answer.document, indent=2))
+        return 0
     for line in answer.lines:
         print(line)
     report = answer.report

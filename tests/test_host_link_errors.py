@@ -61,8 +61,11 @@ def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connecti
     assert "Traceback" not in result.err
     rows = {r["name"]: r for r in json.loads(result.out)["repos"]}
     assert rows["a-odd"]["error"] == ODD_AB
+    # Not read is never "does not exist": `exists` is false only for a path seen missing (as the local scan).
+    assert rows["a-odd"]["exists"] is True and rows["a-odd"]["clean"] is False
     if given_up:
         assert rows["b-next"]["error"] == silent  # the link's own reason, for the repo it kept from being read
+        assert rows["b-next"]["exists"] is True and rows["b-next"]["clean"] is False
     else:
         assert rows["b-next"]["error"] is None and rows["b-next"]["clean"] is True
 
@@ -119,6 +122,15 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
     assert result.code == 0, result.out + result.err
     assert {r["name"]: r["error"] for r in json.loads(result.out)["repos"]} == {n: None for n in names}
     assert held == [8]  # none finished before the release: a ninth could not have started
+
+
+def test_status_jobs_help_and_the_commands_page_say_a_host_is_read_8_at_most_at_once(inv):
+    from lib.remote.status import READS_AT_ONCE
+
+    shown = " ".join(inv("--help", "status").out.split())
+    assert f"with --host, at most {READS_AT_ONCE} at once" in shown, shown
+    page = " ".join((Path(__file__).parents[1] / "docs" / "commands.md").read_text().split())
+    assert f"`--jobs N` (with `--host`, at most {READS_AT_ONCE})" in page
 
 
 def test_host_check_calls_a_host_that_answered_reachable_whatever_else_went_wrong(home, inv, sshd, tmp_path):
@@ -269,3 +281,79 @@ def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_no
     assert len(said) == 1, result.err
     assert said[0].startswith("on host builder: no new connection to the host: builder ("), said
     assert "authentication failed" in said[0] and "the sync there may still run" in said[0], said
+
+
+def test_ctrl_c_when_the_kill_cannot_reach_the_host_says_the_command_there_may_still_run(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
+    """A test on a host, its connection frozen, Ctrl-C, and the host refuses every new connection: the kill
+    reached nothing; the stop said nothing of it (the kill's problem was dropped) and counted it stopped."""
+    import os
+    import signal
+
+    from lib.remote import connection as remote
+    from tests.conftest import process_running
+    from tests.test_hosts_mends import meanwhile
+    from tests.test_hosts_robust import hanging_on_host, stop_the_sessions
+    from tests.test_sync_host_robust import wait_until
+
+    pidfile = hanging_on_host(home, sshd, make_repo, tmp_path, connect_timeout=2)
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 2:  # every connection after the run's own is refused
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+    stopped: list[int] = []
+
+    def freeze_then_interrupt() -> None:
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the hanging test")
+        stopped.extend(stop_the_sessions(sshd))  # the connection goes silent
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with meanwhile(freeze_then_interrupt):
+            result = inv("test", "hang")
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        if pidfile.exists() and pidfile.read_text().strip() and process_running(int(pidfile.read_text())):
+            os.killpg(os.getpgid(int(pidfile.read_text())), signal.SIGKILL)  # nothing could reach it
+    assert result.code == 130, result.out + result.err
+    assert "Traceback" not in result.err
+    assert "interrupted: stopped 0 running commands (SIGINT)" in result.err, result.err
+    said = [line for line in result.err.splitlines() if "may still run" in line]
+    assert len(said) == 1, result.err
+    assert said[0].startswith(f"on host h1: could not kill the command in {tmp_path / 'ws' / 'hang'}, it may "
+                              "still run there ("), said
+    assert "a new connection failed too: h1 (" in said[0] and "authentication failed" in said[0], said
+
+
+@pytest.mark.parametrize("step", ["pwd", "the check for make"], ids=["planning", "running"])
+def test_a_run_on_a_host_calls_only_a_failing_link_unreachable_or_a_failed_connection(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, step):
+    """Our own code failing on a host that answers (here: a probe's answer it cannot take) is what it is, one
+    line per repo, never `host unreachable` nor `connection to b1 failed` (connection.link_error decides)."""
+    from lib.remote import connection as remote
+
+    ws = sshd.remote_home / "ws"
+    for name in ("a", "b"):
+        clone_to(ws, make_repo(name, {"Makefile": "test:\n\t@echo ok\n"}))
+    write_hosts(home.path, {"b1": sshd.host_entry(Path("ws"))})  # relative: planning asks the host's `pwd`
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "language": "make"} for n in "ab"])
+    real_probe = remote.probe
+
+    def probe(connection, host, command, what, timeout=None):
+        if what == step:
+            raise ValueError("an answer we cannot take")
+        return real_probe(connection, host, command, what, timeout)
+
+    monkeypatch.setattr(remote, "probe", probe)
+    result = inv("test-all", "--hosts", "b1", "--json")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    doing = "planning the run" if step == "pwd" else "running the test"
+    reasons = {r["repo"]: r["reason"] for r in json.loads(result.out)["results"]}
+    assert reasons == dict.fromkeys("ab", f"{doing} failed on host b1: ValueError: an answer we cannot take")

@@ -200,9 +200,10 @@ def test_status_on_a_host_reads_the_repos_there(home, make_repo, inv, sshd, tmp_
     behind.push_from_elsewhere(tmp_path, {"up.txt": "1"})
     git(ws / "behind-one", "fetch", "-q")
     (ws / "plain").mkdir()
+    (ws / "a-file").write_text("no repo\n")
     write_hosts(home.path, {"builder": sshd.host_entry(ws)})
     home.write_repos([{"name": n, "local": str(tmp_path / "here" / n)}
-                      for n in ("clean-one", "dirty-one", "behind-one", "plain", "gone")])
+                      for n in ("clean-one", "dirty-one", "behind-one", "plain", "gone", "a-file")])
     result = inv("status", "--host", "builder", "--json")
     assert result.code == 1  # plain and gone are errors, as locally
     doc = json.loads(result.out)
@@ -215,6 +216,8 @@ def test_status_on_a_host_reads_the_repos_there(home, make_repo, inv, sshd, tmp_
     assert repos["behind-one"]["last_commit"]["subject"] == "initial"
     assert repos["plain"]["error"] == "not a git repository (no .git)"
     assert repos["gone"]["error"] == "path does not exist" and not repos["gone"]["exists"]
+    # as the local scan says it: there, only not a directory
+    assert repos["a-file"]["error"] == "path is not a directory" and repos["a-file"]["exists"] is True
     table = inv("status", "--host", "builder")
     assert "1 modified, 1 untracked" in table.out and "+0/-1" in table.out and "(on host builder)" in table.out
 
@@ -224,6 +227,8 @@ def test_status_on_an_unreachable_host_is_an_error_per_repo(home, inv, sshd, tmp
     home.write_repos([{"name": "r1", "local": str(tmp_path / "r1")}])
     result = inv("status", "--host", "down")
     assert result.code == 1 and "error: host unreachable: down (" in result.out
+    [row] = json.loads(inv("status", "--host", "down", "--json").out)["repos"]
+    assert row["error"].startswith("host unreachable: down (") and row["exists"] is True  # not read, not missing
 
 
 def test_a_host_with_more_jobs_than_sshd_sessions_per_connection_runs_them_all(home, make_repo, inv, sshd, tmp_path):

@@ -23,6 +23,14 @@ CASES = {
                    {"status": "failed", "exit_code": 1, "reason": "exit 1", "counts": None}),
     "hangs": ("sh -c 'echo started; sleep 60'",
               {"status": "timeout", "exit_code": None, "reason": "timed out after 10s", "counts": None}),
+    # the OOM killer, say: the summary in its log is not this run's; on a host, setsid -w says the signal
+    "killed": ('echo "5 passed in 0.01s"; kill -9 $$',
+               {"status": "failed", "exit_code": 137, "reason": "killed by SIGKILL", "counts": None}),
+    "group-killed": ('echo "5 passed in 0.01s"; kill -9 0',
+                     {"status": "failed", "exit_code": 137, "reason": "killed by SIGKILL", "counts": None}),
+    "exits-9": ('echo "5 passed in 0.01s"; exit 9',  # an exit code that is a signal's number is no signal
+                {"status": "failed", "exit_code": 9, "reason": "exit 9",
+                 "counts": {"passed": 5, "failed": 0, "skipped": 0, "errors": 0}}),
     "pipe-log": ("sh -c 'echo never runs'",  # a named pipe where the log goes: an error, never a wait
                  {"status": "error", "exit_code": None, "counts": None}),
 }
@@ -67,6 +75,15 @@ def test_the_same_command_ends_in_the_same_outcome_here_and_on_a_host(home, make
         == f"cannot write log {pipe}: it is a named pipe (opening it would wait for a reader)"
     assert logs["local"] == logs["builder"]
     assert pipe.is_fifo()
+
+
+def test_setsids_word_of_a_signal_is_told_from_a_commands_own_exit():
+    # run_remote's reading of `setsid -w` (bare wait status, a line on our private stream): its doctests.
+    import doctest
+
+    import lib.remote.connection
+
+    assert doctest.testmod(lib.remote.connection).failed == 0
 
 
 def test_a_runs_log_is_opened_by_the_one_opener_of_regular_files(monkeypatch, tmp_path):

@@ -29,6 +29,16 @@ def test_the_script_takes_every_option_of_inv_test_all():
     assert script_flags() == task_flags()
 
 
+def test_the_script_takes_the_short_flags_of_inv_test_all_with_the_same_meaning():
+    import tasks
+
+    result = run_script("run_all_tests.py", "--help", cwd=ROOT)
+    script = dict(re.findall(r"(?<![\w-])-([a-z])(?: [A-Z_]+)?, (--[a-z][\w-]*)", result.stdout))
+    task = {short: f"--{long}" for long, *shorts in (a.names for a in tasks.test_all.get_arguments())
+            for short in shorts}
+    assert task and {k: v for k, v in script.items() if k != "h"} == task
+
+
 def test_the_script_reports_unchanged_repos_from_their_last_pass_like_inv(home, make_repo, tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -76,3 +86,42 @@ def test_changed_over_hosts_is_a_usage_error_for_the_script_too(home, make_repo,
     result = run_script("run_all_tests.py", "--changed", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr == "error: --changed: only for repos tested here; leave out --hosts and repos' `host`\n"
+
+
+@pytest.mark.parametrize("door", ["inv", "script"])
+def test_with_json_every_answer_is_one_json_document_through_both_front_doors(home, make_repo, inv, tmp_path, door):
+    """Nothing to test, --failed with nothing to rerun and a dry run printed plain text under --json."""
+    import os
+    from pathlib import Path
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    repo = make_repo("a", {"Makefile": SUITE.format(runs=runs)})
+    home.add(repo, language="make")
+
+    def run(*args: str):
+        if door == "inv":
+            result = inv("test-all", "--json", *args)
+            return result.code, result.out
+        done = run_script("run_all_tests.py", "--json", *args, cwd=tmp_path)
+        return done.returncode, done.stdout
+
+    nothing = {"duration_s": 0, "summary": {"total": 0, "passed": 0, "failed": 0, "timeout": 0, "skipped": 0,
+                                            "error": 0}, "results": []}
+    code, out = run("--dry-run")
+    assert code == 0, out
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-test-a.log"
+    assert json.loads(out) == {"dry_run": [{"repo": "a", "host": "local", "skip": None, "log": str(log),
+                                            "commands": [{"cwd": str(repo.path), "command": "make test"}]}]}
+    (home.path / "config" / "hosts.toml").write_text('[hosts.b1]\nhost = "127.0.0.1"\nworkspace = "/srv/ws"\n')
+    code, out = run("--dry-run", "--hosts", "b1")  # a dry run connects to no host
+    assert code == 0, out
+    assert json.loads(out) == {"dry_run": [{"repo": "a", "host": "b1", "directory": "/srv/ws/a", "log": str(log)}]}
+    code, out = run("--failed")  # nothing failed last time (nothing ran yet)
+    assert code == 0, out
+    assert json.loads(out) == {**nothing, "note": "nothing to test (nothing failed last time)"}
+    home.write_repos([{"name": "plain", "local": str(make_repo("plain").path)}])  # no language known
+    code, out = run()
+    assert code == 0, out
+    assert json.loads(out) == {**nothing, "note": "nothing to test"}
+    assert not list(runs.iterdir())

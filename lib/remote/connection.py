@@ -28,6 +28,7 @@ from lib import runner
 from lib.errors import clip
 from lib.remote import known_hosts as host_keys
 from lib.remote.hosts import Host
+from lib.signals import signal_name
 
 Done = TypeVar("Done")
 CHUNK = 64 * 1024
@@ -68,6 +69,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _stopping = threading.Event()
 _stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")
+_unkilled: list[str] = []  # of those, one line each for the ones the kill did not reach (they may still run)
 
 
 class HostUnreachable(Exception):
@@ -91,6 +93,17 @@ def link_error(err: BaseException, connection: Any = None) -> bool:
 
     return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException)) \
         and not session_refused(err, connection)
+
+
+def failure(err: BaseException, connection: Any, host: Host, doing: str) -> str:
+    """What went wrong on a host when it is not the link (link_error): our own reading of an answer, a session
+    the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a kill that
+    could not reach the command)."""
+    if session_refused(err, connection):
+        what = "the host refused a new session on the connection (MaxSessions)"
+    else:
+        what = f"{type(err).__name__}: {clip(' '.join(str(err).split()))}"
+    return "; ".join([f"{doing} failed on host {host.name}: {what}", *getattr(err, "__notes__", [])])
 
 
 def session_refused(err: BaseException, connection: Any = None) -> bool:
@@ -530,6 +543,7 @@ class RemoteResult:
     no_directory: bool = False
     problem: str | None = None  # the wrapper could not start the command (no setsid, say), or the kill failed
     lost: str | None = None  # the connection was lost or went silent while the command ran
+    killed_by: str | None = None  # the signal that killed the command ("SIGKILL"); exit_code is then 128 + it
 
 
 def kill_remote_group(connection: Any, pgid: int | None, grace: float, marker: str,
@@ -657,8 +671,16 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 if host is None:  # a caller that cannot reconnect hears of it as before
                     raise
                 return RemoteResult(None, lost="was lost", problem=problem)
-            except BaseException:
-                kill()
+            except BaseException as err:
+                problem = kill()
+                if isinstance(err, runner.Stopping) and problem is not None:
+                    _unkilled.append(f"on host {host.name if host else connection.host}: could not kill the "
+                                     f"command in {cwd}, it may still run there ({problem})")
+                elif isinstance(err, LogWriteError) and problem is not None:  # the outcome's reason says it
+                    raise LogWriteError(err.errno, f"{err.strerror}; could not kill the command on the host, "
+                                                   f"it may still run ({problem})") from None
+                elif isinstance(err, Exception) and problem is not None:  # connection.failure says it
+                    err.add_note(f"could not kill the command on the host, it may still run ({problem})")
                 raise
             code = channel.recv_exit_status()
     finally:
@@ -670,8 +692,34 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         stray = private.decode("utf-8", "replace").strip()
         return RemoteResult(None, problem=f"could not start the command on the host (needs /bin/sh and setsid): "
                                           f"{stray or f'exit {code}'}")
-    # A command killed by a signal reports no exit status over ssh (paramiko: -1).
+    signum = killed_by_signal(private, pgid, code)
+    if signum is not None:  # as runner.ProcessResult says it here: 128 + the signal, and which one
+        return RemoteResult(128 + signum, killed_by=signal_name(signum))
+    # setsid itself killed by a signal reports no exit status over ssh (paramiko: -1): "killed by a signal".
     return RemoteResult(None if code == -1 else code)
+
+
+def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | None:
+    """The signal that killed the command, or None when it exited. `setsid -w` (util-linux) exits with the bare
+    wait status of its child (the command: its pid is the group's id) when a signal killed it (SIGKILL: 9, as
+    `exit 9` would) and says so on our private stream, `setsid: child PID did not exit normally: ...` (in the
+    host's language: the pid and setsid's name are what is matched). Nothing of the command reaches that
+    stream (its stderr goes to stdout), so a summary line it prints cannot forge it.
+
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 41 did not exit normally: Success\\n", 41, 9)
+    9
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 41 did not exit normally\\n", 41, 139)  # core
+    11
+    >>> killed_by_signal(b"orchestrator-pgid 41\\n", 41, 9) is None  # its own `exit 9`
+    True
+    >>> killed_by_signal(b"orchestrator-pgid 41\\nsetsid: child 410 did not exit normally\\n", 41, 9) is None
+    True
+    """
+    _, found, after = bytes(private).partition(b"orchestrator-pgid %d\n" % pgid)
+    if not found or not 0 < code < 256 or not re.search(rb"^setsid: .*\b%d\b" % pgid, after, re.MULTILINE):
+        return None
+    signum = code & 0x7F  # 0x80: it dumped core
+    return signum if 0 < signum < 0x7F else None
 
 
 class LogWriteError(OSError):
@@ -686,11 +734,18 @@ def stop_all() -> None:
 def reset_stop() -> None:
     _stopping.clear()
     _stopped.clear()
+    _unkilled.clear()
 
 
 def stopped_count() -> int:
-    """How many running remote commands the stop ended since reset_stop()."""
+    """How many running remote commands the stop came to since reset_stop() (unkilled_notes: those it could
+    not kill)."""
     return len(_stopped)
+
+
+def unkilled_notes() -> list[str]:
+    """One line per running remote command the stop could not kill since reset_stop() (it may still run)."""
+    return list(_unkilled)
 
 
 def run_on_host(host: Host, work: Callable[[Any], Sequence[Done]], accept_new_host_key: bool) -> list[Done]:

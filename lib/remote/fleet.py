@@ -21,6 +21,11 @@ from lib.remote.hosts import LOCAL, Host, get_host, hosts_file, load_hosts
 from lib.workflows import Plan, Workflow, first_tool, get_workflow, load_workflows, plan_for
 
 
+class NotPlanned(remote.HostUnreachable):
+    """The host answered, but looking at its repos failed for a reason that is not the link (connection.failure):
+    every repo's error, said as what it is, never `host unreachable`."""
+
+
 @dataclass
 class Fleet:
     """The hosts of hosts.toml and the file they came from (for error messages)."""
@@ -107,7 +112,7 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
                     echo: BinaryIO | None, grace: float,
                     on_stalled: Callable[[remote.HostStalled], None] | None) -> batch.Outcome:
     if isinstance(connection, remote.HostUnreachable):
-        return recorder.error(str(connection) if isinstance(connection, remote.HostStalled)
+        return recorder.error(str(connection) if isinstance(connection, (remote.HostStalled, NotPlanned))
                               else f"host unreachable: {connection}")
     if plan.skip_reason:
         return recorder.skipped(plan.skip_reason)
@@ -121,9 +126,13 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
         if on_stalled is not None:
             on_stalled(err)
         return recorder.error(str(err))
-    except Exception as err:  # the connection broke halfway: this repo's outcome, not a crash
-        reason = f"connection to {host.name} failed: {type(err).__name__}: {err}"
-        remote.give_up(connection, reason)  # the pool opens a new one for the next repo
+    except Exception as err:  # this repo's outcome, not a crash
+        if not remote.link_error(err, connection):  # our reading of an answer, a session refused: as it is
+            return recorder.error(remote.failure(err, connection, host, f"running the {plan.workflow}"),
+                                  after_output=True)
+        reason = "; ".join([f"connection to {host.name} failed: {type(err).__name__}: {err}",
+                            *getattr(err, "__notes__", [])])
+        remote.give_up(connection, reason)  # the link broke halfway: the pool opens a new one for the next repo
         return recorder.error(reason, after_output=True)
 
 
@@ -158,7 +167,7 @@ def command_end(result: remote.RemoteResult, host: Host, cwd: str) -> batch.Comm
         return batch.CommandEnd(None, timed_out=True, kill_failed=result.problem)
     if result.problem:  # the command could not be started there
         return batch.CommandEnd(None, error=result.problem, ran=False)
-    return batch.CommandEnd(result.exit_code)
+    return batch.CommandEnd(result.exit_code, killed_by=result.killed_by)
 
 
 def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_dir: Path, timeout: float | None,
@@ -191,8 +200,10 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
             plans = [plan_there(repo, workspace) for repo in repos]
         except remote.HostUnreachable as err:  # a hung login shell, say: its own words
             return work(err)
-        except Exception as err:  # the host went away while we looked around
-            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))
+        except Exception as err:
+            if not remote.link_error(err, connection):  # our reading of an answer, a session refused: as it is
+                return work(NotPlanned(remote.failure(err, connection, host, "planning the run")))
+            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))  # the host went away
         if len(plans) == 1 and echo is not None:
             return [execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
         connections = remote.Connections(host, connection, accept_new_host_key)
@@ -256,9 +267,10 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
         remote.stop_all()
         # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
         # and the remote commands the stop ended are counted with the local ones.
+        unkilled = remote.unkilled_notes()  # never counted stopped: they may still run there
         interrupted = runner.RunInterrupted(stop.signum, in_config_order([finished]),
-                                            stop.stopped + remote.stopped_count())
-        interrupted.notes = stop.notes + batch.keep_results(state_file, interrupted.results, workspace)
+                                            stop.stopped + remote.stopped_count() - len(unkilled))
+        interrupted.notes = stop.notes + unkilled + batch.keep_results(state_file, interrupted.results, workspace)
         raise interrupted from None
     except BaseException:
         remote.stop_all()
@@ -303,3 +315,14 @@ def dry_run_lines(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Re
         else:
             lines += batch.plan_lines(plan)
     return lines
+
+
+def dry_run_document(plans: Sequence[Plan], fleet: Fleet, groups: dict[str, list[Repo]]) -> dict[str, Any]:
+    """dry_run_lines for --json: `{"dry_run": [...]}`, a repo here as batch.plan_document says it, one on a
+    host as `{repo, host, directory, log}` (its commands are planned there, when it runs)."""
+    entries: list[dict[str, Any]] = []
+    for plan in plans:
+        where = next(name for name, repos in groups.items() if plan.repo in repos)
+        entries.append({"repo": plan.repo.name, "host": where, "directory": fleet.get(where).repo_dir(plan.repo.name),
+                        "log": str(plan.log)} if where in fleet.hosts else batch.plan_document(plan))
+    return {"dry_run": entries}

@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 from lib import runner
 from lib.config import Repo
-from lib.errors import clip
 from lib.gitstatus import LOG_ARGS, STATUS_ARGS, RepoStatus, ScanReport, last_commit_of, parse_porcelain_v2
 from lib.remote import connection as remote
 from lib.remote.hosts import Host
@@ -51,7 +50,9 @@ printf 'orchestrator-state %s %s\n' "${op:--}" "${lock:--}"
 # so the separator, split from the right, cannot be forged by a commit). The same git arguments
 # as the local scan's, and git confined to the repo as there (a parent with a `:` cannot be
 # listed in GIT_CEILING_DIRECTORIES: see ceiling_for).
-STATUS_SCRIPT = f"""cd -- "$1" 2>/dev/null || {{ echo "path does not exist" >&2; exit 3; }}
+STATUS_SCRIPT = f"""cd -- "$1" 2>/dev/null || {{ if [ ! -e "$1" ]; then echo "path does not exist" >&2
+  elif [ ! -d "$1" ]; then echo "path is not a directory" >&2; else echo "cannot enter the directory" >&2; fi
+  exit 3; }}
 [ -e .git ] || {{ echo "not a git repository (no .git)" >&2; exit 3; }}
 here=$(pwd -P) && parent=${{here%/*}}
 case $parent in *:*) parent=/proc/self/cwd/.. ;; "") parent=/ ;; esac
@@ -102,6 +103,13 @@ def remote_repo_status(connection: Any, host: Host, repo: Repo, path: str) -> Re
     return status
 
 
+def unread(repo: Repo, path: str, reason: str) -> RepoStatus:
+    """A repo whose status was not read (the host unreachable or silent, its git or our reading failing): its
+    error says why, and, as the local scan's unreadable repo, it is not said missing (`exists` is false only
+    for a path seen missing there)."""
+    return RepoStatus(repo.name, path, True, False, repo.language, error=reason)
+
+
 def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
     """A link failure: the connection is given up (GivenUp: another repo's read gave it up), and this says why."""
     why = err.why if isinstance(err, remote.GivenUp) else remote.lost_reason(host)
@@ -111,9 +119,7 @@ def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
 
 def _failed(connection: Any, host: Host, err: Exception, doing: str) -> str:
     """Anything but the link (git there, our own reading of it, a session refused): what it is, in one line."""
-    if remote.session_refused(err, connection):
-        return f"{doing} failed on host {host.name}: the host refused a new session on the connection (MaxSessions)"
-    return f"{doing} failed on host {host.name}: {type(err).__name__}: {clip(' '.join(str(err).split()))}"
+    return remote.failure(err, connection, host, doing)
 
 
 def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
@@ -122,7 +128,7 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
     generated_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def failed(reason: str) -> list[RepoStatus]:
-        return [RepoStatus(r.name, host.repo_dir(r.name), False, False, r.language, error=reason) for r in repos]
+        return [unread(r, host.repo_dir(r.name), reason) for r in repos]
 
     def work(connection: Any) -> list[RepoStatus]:
         if isinstance(connection, remote.HostUnreachable):
@@ -147,10 +153,9 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                     stalled.append(err)
                 except Exception as err:
                     if not remote.link_error(err, connection):  # this repo's error, whatever the connection's state
-                        return RepoStatus(repo.name, path, False, False, repo.language,
-                                          error=_failed(connection, host, err, "reading the status"))
+                        return unread(repo, path, _failed(connection, host, err, "reading the status"))
                     stalled.append(_lost(connection, host, err))
-            return RepoStatus(repo.name, path, False, False, repo.language, error=str(stalled[0]))
+            return unread(repo, path, str(stalled[0]))
 
         return runner.run_each(repos, one, min(jobs or READS_AT_ONCE, READS_AT_ONCE))
 
