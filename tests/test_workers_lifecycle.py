@@ -9,6 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
+from forge_fakes import fake_forge  # noqa: F401
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 
 from conftest import ROOT
@@ -179,3 +180,90 @@ def test_a_worktree_gone_during_the_push_leaves_the_stage_whole_and_the_issue_st
     assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
     assert proj.issue(1)["status"] == "completed"
     assert proj.remote_commits("feature/issue-1") == ["review #1", "implement #1"]
+
+
+CHECKS_FAIL = {"checks": [{"name": "build", "bucket": "pass"}, {"name": "tests", "bucket": "fail"}],
+               "log": "FAILED test_app.py::test_add - assert 3 == 4"}
+CHECKS_PASS = {"checks": [{"name": "build", "bucket": "pass"}, {"name": "tests", "bucket": "pass"}]}
+
+
+class CyclesOver(Exception):
+    pass
+
+
+def monitor_until(monkeypatch, over, cycles: int = 120) -> int:
+    """One monitor, stopped once `over()` holds or after `cycles` cycles (a loop that never ends shows as the
+    count); returns the cycles run."""
+    from orchestrator import monitor as monitor_module
+    from orchestrator.run import open_run
+
+    real_cycle, count = monitor_module.run_cycle, [0]
+
+    def bounded_cycle(run, number, say):
+        if over() or count[0] >= cycles:
+            raise CyclesOver()
+        count[0] += 1
+        return real_cycle(run, number, say)
+
+    monkeypatch.setattr(monitor_module, "run_cycle", bounded_cycle)
+    try:
+        monitor_module.monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
+    except CyclesOver:
+        pass
+    return count[0]
+
+
+def open_then(monkeypatch, change) -> None:
+    """Once the PR is opened (and watched, no try running), `change()` happens to the issue's worktree."""
+    from orchestrator import pulls
+
+    real_open = pulls.open_pr
+
+    def open_and_change(*args, **kwargs):
+        answer = real_open(*args, **kwargs)
+        change()
+        return answer
+
+    monkeypatch.setattr(pulls, "open_pr", open_and_change)
+
+
+def test_a_watched_pr_whose_worktree_vanished_is_fixed_within_one_monitor(project, fake_forge, monkeypatch):
+    """The worktree removed while the PR is watched (no try runs to notice): its fix_ci stage brings it back
+    from the branch first, as any try does. Before: branch_head failed first, the same fix_ci failed at every
+    poll and nothing ever restored the worktree."""
+    proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake_forge(proj.remote, [{**CHECKS_FAIL, "pending_polls": 1}, CHECKS_PASS])
+    worktree = proj.root / "worktrees" / "issue-1"
+    open_then(monkeypatch, lambda: shutil.rmtree(worktree))
+    monitor_until(monkeypatch, lambda: proj.issue(1).get("status") in ("completed", "failed"))
+    assert proj.issue(1).get("status") == "completed", [e for e in proj.events() if e["action"] == "error"][:1]
+    assert [e for e in proj.events() if e["action"] == "error"] == []
+    assert [e["action"] for e in proj.events() if e["action"] in ("fix_ci", "pr_watch", "pr_merged")] == \
+        ["fix_ci", "pr_watch", "pr_merged"]
+    from conftest import git
+
+    assert worktree.is_dir() and git(proj.remote, "log", "-1", "--format=%s", "main") == "fix_ci #1"
+
+
+def test_a_pr_stage_that_cannot_begin_fails_the_issue_after_max_retries_never_each_poll_forever(
+        project, fake_forge, monkeypatch):
+    """A file where the worktree was (nothing of ours may replace it): each fix_ci fails to begin; the
+    max_retries-th fails the issue with the reason, and the file is left as it was."""
+    proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake_forge(proj.remote, [CHECKS_FAIL] * 50)
+    worktree = proj.root / "worktrees" / "issue-1"
+
+    def replace_by_a_file() -> None:
+        shutil.rmtree(worktree)
+        worktree.write_text("a user's notes\n")
+
+    open_then(monkeypatch, replace_by_a_file)
+    monitor_until(monkeypatch, lambda: proj.issue(1).get("status") in ("completed", "failed"))
+    assert proj.issue(1)["status"] == "failed"
+    errors = [e for e in proj.events() if e["action"] == "error"]
+    assert [e["during"] for e in errors] == ["fix_ci"]  # max_retries 2: one error, then the issue fails
+    skip = next(e for e in proj.events() if e["action"] == "skip")
+    assert skip["reason"].startswith("fix_ci could not begin (2 attempts): ") and "move it away" in skip["reason"]
+    assert worktree.read_text() == "a user's notes\n"

@@ -133,11 +133,12 @@ class Worker:
             self.record.rate_limits = 0
             self._done()
 
-    def action_failed(self, error: str) -> None:
-        """An action on this worker failed; a try that never started counts (decide stops resuming it)."""
+    def action_failed(self, error: str, starting: bool = False) -> None:
+        """An action on this worker failed; a try that never started counts (decide stops resuming it), as does
+        an action `starting` the next try that could not begin (a PR stage: act fails the issue at the limit)."""
         record = self.record
         record.last_reason = error
-        if self.busy and not record.launched:
+        if self.busy and (starting or not record.launched):
             record.start_failures += 1
         self._done()
 
