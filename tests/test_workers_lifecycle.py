@@ -267,3 +267,21 @@ def test_a_pr_stage_that_cannot_begin_fails_the_issue_after_max_retries_never_ea
     skip = next(e for e in proj.events() if e["action"] == "skip")
     assert skip["reason"].startswith("fix_ci could not begin (2 attempts): ") and "move it away" in skip["reason"]
     assert worktree.read_text() == "a user's notes\n"
+
+
+def test_a_record_naming_an_issue_but_no_project_is_freed_and_never_stops_the_monitor(project, monkeypatch):
+    """A record edited by hand (or cut) names an issue but no project. Beyond --workers, reconcile frees any
+    record naming an issue: free() refused it (holding needs a project too), so the monitor could not start.
+    Within --workers, nothing let it go: the monitor waited for it forever once every issue was done."""
+    proj = project([{"number": 1, "title": "one", "status": "completed"},
+                    {"number": 2, "title": "two", "status": "completed"}], pipeline=["implement"], num_workers=1)
+    workers = proj.state / "workers"
+    workers.mkdir(parents=True, exist_ok=True)
+    for worker, issue in ((1, 2), (2, 1)):
+        (workers / f"worker-{worker}.json").write_text(json.dumps({"worker_id": worker, "issue_number": issue,
+                                                                   "project": None, "try_id": 3}))
+    cycles = monitor_until(monkeypatch, lambda: False, cycles=60)
+    assert cycles < 60  # it ended by itself: nothing left to run
+    for worker in (1, 2):
+        record = json.loads((workers / f"worker-{worker}.json").read_text())
+        assert record["issue_number"] is None and record["try_id"] >= 3, record

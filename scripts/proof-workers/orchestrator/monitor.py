@@ -116,7 +116,12 @@ def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now:
 def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str], None]) -> None:
     """Free workers whose issue was completed, failed or removed behind their back (a crash, a user's edit)."""
     for record in records:
-        if record.issue_number is None or not record.project:
+        if record.issue_number is None:
+            continue
+        if not record.project:  # edited by hand: decide sees a free worker, so nothing else lets it go
+            kill_try(run, record)
+            say(f"worker {record.worker_id}: its record names #{record.issue_number} of no project: freed")
+            Worker(record, run.files).free()
             continue
         try:
             issue = run.config_of(record.project).issue(record.issue_number)

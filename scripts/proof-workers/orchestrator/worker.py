@@ -224,7 +224,7 @@ class Worker:
 
     # --- letting the issue go -----------------------------------------------------------------------------------
 
-    def _let_go(self, verb: str, event: dict[str, Any] | None) -> None:
+    def _let_go(self, verb: str, event: dict[str, Any]) -> None:
         self._holding(verb)
         self._reset()
         self._done(event)
@@ -247,5 +247,9 @@ class Worker:
 
     def free(self) -> None:
         """Let the issue go without an event: the caller journalled why (a set-up that failed), or nothing
-        happened to the issue (a worker beyond --workers: it goes back to the queue)."""
-        self._let_go("be freed", None)
+        happened to the issue (a worker beyond --workers: it goes back to the queue; a record naming an issue
+        of no project, edited by hand: decide takes it for free, so nothing else would ever let it go)."""
+        if self.record.issue_number is None:
+            raise IllegalTransition(f"worker {self.record.worker_id} holds no issue: it cannot be freed")
+        self._reset()
+        self._done()
