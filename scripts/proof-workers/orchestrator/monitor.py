@@ -219,10 +219,10 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
                 run.files.log_event({"action": "probe_failed", "worker": record.worker_id,
                                      "issue": record.issue_number, "error": str(err)})
                 continue
-            run.files.save_worker(record)
+            Worker(record, run.files).save()  # the probe's marks
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
-    polled = pulls.poll(run.state_root, run.config_of, records, now, run.files.save_worker, say)
+    polled = pulls.poll(run.state_root, run.config_of, records, now, lambda r: Worker(r, run.files).save(), say)
     given, retaken = commands.take(run)  # the user's commands: pause/resume now, the others through decide
     given = commands.apply_pauses(run, given, now)
     state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled,

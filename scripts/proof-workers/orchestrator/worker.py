@@ -8,8 +8,9 @@ judges views of the records (monitor.worker_views).
 
 The record's other fields are observations their owners write and this module saves: the probe's progress marks
 (`agent`, `events_offset`, `last_fingerprint`, `last_progress_at`), the PR loop's `pr` (orchestrator.pulls)
-and `last_reason`, the note of whoever judged the worker last. tests/test_workers_lifecycle.py keeps every
-other module from assigning a field of LIFECYCLE_FIELDS.
+and `last_reason`, the note of whoever judged the worker last; they are saved through `save` / `note`.
+tests/test_workers_lifecycle.py keeps every other module from changing a field of LIFECYCLE_FIELDS and from
+saving a record itself (RunFiles.save_worker, worker_file).
 """
 from __future__ import annotations
 
