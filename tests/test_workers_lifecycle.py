@@ -364,3 +364,64 @@ def test_a_record_naming_an_issue_but_no_project_is_freed_and_never_stops_the_mo
     for worker in (1, 2):
         record = json.loads((workers / f"worker-{worker}.json").read_text())
         assert record["issue_number"] is None and record["try_id"] >= 3, record
+
+
+class Killed(BaseException):
+    """kill -9 at the record's save: nothing after it runs."""
+
+
+@pytest.mark.parametrize("name, transition, journalled", [
+    ("restart", lambda w: w.restart(counted=True, nudge=False, reason="exit 1", continuation=False, session=None,
+                                    now=2.0), False),
+    ("hold", lambda w: w.hold(reason="rate_limit", rate_limited=True, until=None, now=2.0), False),
+    ("advance_stage", lambda w: w.advance_stage(pipeline=["implement", "review"], stage_base="def", now=2.0), False),
+    ("enter_pr_stage", lambda w: w.enter_pr_stage(kind="fix_ci", stage_base="def", reason="red", now=2.0), False),
+    ("push_failed", lambda w: w.push_failed("no route", True), False),
+    ("complete", lambda w: w.complete(), True),
+    ("fail", lambda w: w.fail("exit 1; retries exhausted"), True),
+    ("release", lambda w: w.release("completed"), True),
+])
+def test_a_kill_at_the_save_never_leaves_a_line_the_record_lacks_nor_loses_a_let_go(tmp_path, monkeypatch, name,
+                                                                                    transition, journalled):
+    """Taking or moving an issue is told by the record: saved, then journalled (a kill between loses the line,
+    never writes one the record lacks). Letting it go follows the config, written first: journalled, then saved
+    (a kill between leaves a record holding a finished issue, which the next monitor releases again: one line
+    more, never one missing). Before, release was saved first: a kill between lost its line for good."""
+    worker, files = assigned(tmp_path)
+    on_disk, lines = files.worker_file(1).read_bytes(), len(read_lines(files.events))
+
+    def killed(record):
+        raise Killed()
+
+    monkeypatch.setattr(files, "save_worker", killed)
+    with pytest.raises(Killed):
+        transition(worker)
+    assert files.worker_file(1).read_bytes() == on_disk
+    assert [e["event"]["action"] for e in read_lines(files.events)[lines:]] == \
+        ([{"complete": "mark_complete", "fail": "skip"}.get(name, name)] if journalled else [])
+
+
+def test_a_restart_is_saved_then_journalled_before_its_worktree_is_restored(project, monkeypatch):
+    """The restart line tells the ended try counted and the next one prepared, once the record says so and
+    before anything can fail: restoring the worktree (a fetch, a set-up) comes after it, and a set-up failing
+    there adds its own skip line."""
+    from orchestrator.act import Executor
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "one"}], script={1: ["fail", "ok"]}, pipeline=["implement"],
+                   num_workers=1)
+    files = open_run().files
+    seen: list[tuple[str, dict]] = []
+    real_restore = Executor._restore_worktree
+
+    def restore(self, action, record):
+        if action.kind == "restart":
+            seen.append((proj.events()[-1]["action"], asdict(files.load_worker(1))))
+        return real_restore(self, action, record)
+
+    monkeypatch.setattr(Executor, "_restore_worktree", restore)
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    [(last, saved)] = seen
+    assert last == "restart" and (saved["try_id"], saved["retry_count"], saved["launched"]) == (2, 1, False)
+

@@ -1,10 +1,21 @@
-"""One worker's lifecycle: every change of its record, checked, saved, then journalled as the event it always was.
+"""One worker's lifecycle: every change of its record, checked, saved and journalled as the event it always was.
 
 free -> assign -> (prepare_try -> started) -> restart | hold | advance_stage | enter_pr_stage | watch_pr -> ...
 -> complete | fail | release | free. Every value a transition needs is computed by the caller first, so a
 transition either happens whole or (an illegal one: OrchestratorError, one line) not at all: a git call failing
 halfway never leaves a half-changed record to be saved by the error path. decide() never sees a Worker; it
 judges views of the records (monitor.worker_views).
+
+The journal never tells what did not happen, and loses only what a kill -9 in the microseconds between a save
+and its line can lose. Taking or moving an issue (assign, restart, hold, advance_stage, enter_pr_stage,
+watch_pr, push_failed) is told by the record: saved, then journalled, so a line never tells what the record
+lacks; the config follows the record (act writes it after, reconcile from the record), so these lines do not
+wait for it. restart's line tells the ended try counted and the next one prepared, before the worktree is
+restored (a fetch, a set-up): a set-up failing then adds its own `skip`. Letting an issue go (complete, fail,
+release) follows the config, which the caller (or a user) wrote first: journalled, then the freed record saved,
+so a kill between leaves a record holding a finished issue, which the next monitor releases (one `release` line
+more, never one missing; a kill right after the caller's config write shows as that `release` line alone).
+`free` has no line (its caller's tells why).
 
 The record's other fields are observations their owners write and this module saves: the probe's progress marks
 (`agent`, `events_offset`, `last_fingerprint`, `last_progress_at`), the PR loop's `pr` (orchestrator.pulls)
@@ -226,9 +237,11 @@ class Worker:
     # --- letting the issue go -----------------------------------------------------------------------------------
 
     def _let_go(self, verb: str, event: dict[str, Any]) -> None:
+        """Journalled first, then saved free (the journal rule above: the config already says the issue is over)."""
         self._holding(verb)
+        self.files.log_event(event)
         self._reset()
-        self._done(event)
+        self._done()
 
     def complete(self, pr: str | None = None) -> None:
         record = self._holding("complete")
