@@ -425,3 +425,56 @@ def test_a_restart_is_saved_then_journalled_before_its_worktree_is_restored(proj
     [(last, saved)] = seen
     assert last == "restart" and (saved["try_id"], saved["retry_count"], saved["launched"]) == (2, 1, False)
 
+
+def test_a_pr_watch_the_pipeline_no_longer_allows_changes_neither_the_pr_nor_pull_requests_json(project):
+    """The pipeline was cut to one stage while a fix_ci stage of stage 2 ran: going back to watching is
+    illegal. Before, the PR loop's part ran first (the record's pr watching again, pull-requests.json written)
+    and the error path saved that half: checked first, then changed."""
+    from orchestrator import pulls
+    from orchestrator.act import Executor
+    from orchestrator.decide import Action, ActionKind
+    from orchestrator.queue import IssueRef
+    from orchestrator.run import open_run
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement", "review"], num_workers=1)
+    run = open_run()
+    record = WorkerRecord(1)
+    Worker(record, run.files).assign(project="demo", issue=1, branch="feature/issue-1",
+                                     worktree=str(proj.root / "worktrees" / "issue-1"), push_url=None,
+                                     pipeline=["implement", "review"], stage_index=1, stage_base=None, resumed=None,
+                                     base=None, now=1.0)
+    Worker(record, run.files).enter_pr_stage(kind="fix_ci", stage_base=None, reason="checks failed", now=2.0)
+    Worker(record, run.files).started("srv:%1", 3.0)  # the fix ran and was pushed
+    record.pr = {"number": 7, "url": "https://forge/pr/7", "watching": False, "in_stage": True, "ci_fixes": 1}
+    Worker(record, run.files).save()
+    doc = proj.doc()
+    doc["pipeline"] = ["implement"]
+    proj.config.write_text(json.dumps(doc))
+    run.reload()
+    before = saved(run.files, 1)
+
+    Executor(run, {1: record}, lambda _: None).execute([Action(ActionKind.WATCH_PR, 1, IssueRef("demo", 1), "fix")])
+    error = proj.events()[-1]
+    assert error["action"] == "error" and "has no stage 1" in error["error"]
+    assert {k: v for k, v in saved(run.files, 1).items() if k != "last_reason"} == \
+        {k: v for k, v in before.items() if k != "last_reason"}
+    assert not pulls.prs_file(run.state_root, "demo").exists()
+
+
+def test_the_pr_loops_part_of_a_transition_runs_once_it_is_legal_and_is_undone_when_it_fails(tmp_path):
+    worker, files = assigned(tmp_path)
+    worker.record.pr = {"number": 7, "watching": True}
+    on_disk, record = files.worker_file(1).read_bytes(), asdict(worker.record)
+    ran: list[str] = []
+
+    def part() -> None:
+        ran.append("pr")
+        worker.record.pr.update(watching=False, in_stage=True)
+        raise OrchestratorError("pull-requests.json: cannot write")
+
+    with pytest.raises(IllegalTransition):
+        worker.enter_pr_stage(kind="deploy", stage_base=None, reason="r", now=1.0, pr_part=part)
+    assert ran == []
+    with pytest.raises(OrchestratorError, match="cannot write"):
+        worker.enter_pr_stage(kind="fix_ci", stage_base=None, reason="r", now=1.0, pr_part=part)
+    assert ran == ["pr"] and asdict(worker.record) == record and files.worker_file(1).read_bytes() == on_disk

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -272,8 +273,8 @@ class Executor:
 
     def do_watch_pr(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        pulls.watch_again(self.run.state_root, cfg, issue, record, self.run.clock())
-        self._worker(record).watch_pr(cfg.pipeline)
+        self._worker(record).watch_pr(cfg.pipeline, pr_part=partial(pulls.watch_again, self.run.state_root, cfg,
+                                                                     issue, record, self.run.clock()))
 
     def _pr_stage(self, action: Action, record: WorkerRecord) -> None:
         """A fix_ci / address_review stage: its worktree brought back first (removed while the PR was watched, no
@@ -291,9 +292,9 @@ class Executor:
             self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue,
                                 f"{action.kind} could not begin ({attempts} attempts): {err}"), record)
             return
-        pulls.start_stage(self.run.state_root, cfg, issue, record, action.kind)
-        self._worker(record).enter_pr_stage(kind=action.kind, stage_base=base, reason=action.reason,
-                                            now=self.run.clock())
+        self._worker(record).enter_pr_stage(
+            kind=action.kind, stage_base=base, reason=action.reason, now=self.run.clock(),
+            pr_part=partial(pulls.start_stage, self.run.state_root, cfg, issue, record, action.kind))
         self.say(f"worker {action.worker}: #{issue.number} {action.kind}: {action.reason}")
         start_try(self.run, record)
 

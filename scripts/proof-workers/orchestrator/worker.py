@@ -3,8 +3,11 @@
 free -> assign -> (prepare_try -> started) -> restart | hold | advance_stage | enter_pr_stage | watch_pr -> ...
 -> complete | fail | release | free. Every value a transition needs is computed by the caller first, so a
 transition either happens whole or (an illegal one: OrchestratorError, one line) not at all: a git call failing
-halfway never leaves a half-changed record to be saved by the error path. decide() never sees a Worker; it
-judges views of the records (monitor.worker_views).
+halfway never leaves a half-changed record to be saved by the error path. The PR loop's part of enter_pr_stage
+and watch_pr (`pr_part`: the record's `pr` and pull-requests.json) runs only once the transition is known legal,
+and `pr` is put back when it fails; pull-requests.json, the status's copy, is written last in it, so only a kill
+between it and the record's save leaves that file a step ahead (the next stage or watch writes it again).
+decide() never sees a Worker; it judges views of the records (monitor.worker_views).
 
 The journal never tells what did not happen, and loses only what a kill -9 in the microseconds between a save
 and its line can lose. Taking or moving an issue (assign, restart, hold, advance_stage, enter_pr_stage,
@@ -25,8 +28,9 @@ saving a record itself (RunFiles.save_worker, worker_file).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lib.errors import OrchestratorError
 from orchestrator.config import PR_STAGES
@@ -212,11 +216,24 @@ class Worker:
         self._done({"action": "advance_stage", "worker": record.worker_id, "issue": record.issue_number,
                     "stage": record.stage})
 
-    def enter_pr_stage(self, *, kind: str, stage_base: str | None, reason: str, now: float) -> None:
-        """A fix_ci / address_review stage on the same branch (the PR loop's `pr` was set by orchestrator.pulls)."""
+    def _pr_loop(self, part: Callable[[], None]) -> None:
+        """The PR loop's part of a transition known legal (orchestrator.pulls: `pr`, pull-requests.json, written
+        last there); when it fails, `pr` is put back, so the error path saves nothing half-changed."""
+        before = copy.deepcopy(self.record.pr)
+        try:
+            part()
+        except BaseException:
+            self.record.pr = before
+            raise
+
+    def enter_pr_stage(self, *, kind: str, stage_base: str | None, reason: str, now: float,
+                       pr_part: Callable[[], None] = lambda: None) -> None:
+        """A fix_ci / address_review stage on the same branch; `pr_part` (pulls.start_stage) sets the PR loop's
+        `pr` once the stage is known legal."""
         record = self._holding(kind)
         if kind not in PR_STAGES:
             raise IllegalTransition(f"worker {record.worker_id}: {kind!r} is no pull-request stage")
+        self._pr_loop(pr_part)
         record.stage, record.stage_base = kind, stage_base
         self._new_stage()
         record.last_reason = reason
@@ -224,12 +241,14 @@ class Worker:
         self._done({"action": kind, "worker": record.worker_id, "issue": record.issue_number,
                     "project": record.project, "reason": reason})
 
-    def watch_pr(self, pipeline: Sequence[str]) -> None:
-        """A PR stage's fix was pushed: back to the pipeline's stage, watching the PR."""
+    def watch_pr(self, pipeline: Sequence[str], pr_part: Callable[[], None] = lambda: None) -> None:
+        """A PR stage's fix was pushed: back to the pipeline's stage, watching the PR (`pr_part`,
+        pulls.watch_again, once this is known legal)."""
         record = self._holding("watch its pull request")
         if not 0 <= record.stage_index < len(pipeline):
             raise IllegalTransition(f"worker {record.worker_id}: #{record.issue_number} has no stage "
                                     f"{record.stage_index} (pipeline: {', '.join(pipeline)})")
+        self._pr_loop(pr_part)
         record.stage = pipeline[record.stage_index]
         self._done({"action": "pr_watch", "worker": record.worker_id, "issue": record.issue_number,
                     "project": record.project})
