@@ -116,7 +116,8 @@ def test_no_module_but_worker_changes_a_lifecycle_field_of_a_worker_record():
     "record.try_id += 1", "r.stage, r.stage_base = a, b", "setattr(r, 'launched', True)", "r.__dict__.update({})",
     "record.reset()", "object.__setattr__(record, 'try_id', 1)", "record.__setattr__('launched', True)",
     "vars(record)['stage'] = 'review'", "vars(record).update(stage='review')",
-    "for record.retry_count in range(3): pass", "[0 for r.try_id in range(3)]", "with open(p) as record.stage: pass", "a, *r.stage = x", "del record.launched",
+    "for record.retry_count in range(3): pass", "[0 for r.try_id in range(3)]",
+    "with open(p) as record.stage: pass", "a, *r.stage = x", "del record.launched",
     "name = 'issue_number'\nsetattr(record, name, None)", "setattr(*args)",
     "record = dataclasses.replace(record, try_id=0)", "record = replace(record, **changes)",
     "files.save_worker(WorkerRecord(record.worker_id))  # a reset, written whole",
@@ -276,7 +277,7 @@ def monitor_until(monkeypatch, over, cycles: int = 120) -> int:
     from orchestrator import monitor as monitor_module
     from orchestrator.run import open_run
 
-    real_cycle, count = monitor_module.run_cycle, [0]
+    real_cycle, count = getattr(monitor_module.run_cycle, "real", monitor_module.run_cycle), [0]
 
     def bounded_cycle(run, number, say):
         if over() or count[0] >= cycles:
@@ -284,6 +285,7 @@ def monitor_until(monkeypatch, over, cycles: int = 120) -> int:
         count[0] += 1
         return real_cycle(run, number, say)
 
+    bounded_cycle.real = real_cycle  # type: ignore[attr-defined]  # a second monitor bounds the real one
     monkeypatch.setattr(monitor_module, "run_cycle", bounded_cycle)
     try:
         monitor_module.monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)
@@ -478,3 +480,31 @@ def test_the_pr_loops_part_of_a_transition_runs_once_it_is_legal_and_is_undone_w
     with pytest.raises(OrchestratorError, match="cannot write"):
         worker.enter_pr_stage(kind="fix_ci", stage_base=None, reason="r", now=1.0, pr_part=part)
     assert ran == ["pr"] and asdict(worker.record) == record and files.worker_file(1).read_bytes() == on_disk
+
+
+def test_a_pr_stage_that_cannot_begin_for_the_network_waits_for_it_and_counts_no_attempt(project, fake_forge,
+                                                                                          monkeypatch):
+    """origin cannot be reached while the watched PR's worktree is brought back (its fetch): an error at every
+    due poll, never counted, as a new issue waits for the network; once it is back the fix goes on."""
+    from conftest import git
+
+    proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
+    fake_forge(proj.remote, [{**CHECKS_FAIL, "pending_polls": 1}, CHECKS_PASS])
+    worktree = proj.root / "worktrees" / "issue-1"
+
+    def vanish_offline() -> None:
+        shutil.rmtree(worktree)
+        git(proj.repo, "remote", "set-url", "origin", "http://127.0.0.1:9/app.git")  # connection refused
+
+    open_then(monkeypatch, vanish_offline)
+
+    def errors() -> list[dict]:
+        return [e for e in proj.events() if e["action"] == "error" and e.get("during") == "fix_ci"]
+
+    monitor_until(monkeypatch, lambda: len(errors()) >= 4 or proj.issue(1).get("status") == "failed")
+    assert proj.issue(1)["status"] == "in_progress" and len(errors()) >= 4, proj.events()[-3:]
+    assert "Connection refused" in errors()[-1]["error"] or "connect" in errors()[-1]["error"]
+    git(proj.repo, "remote", "set-url", "origin", str(proj.remote))
+    monitor_until(monkeypatch, lambda: proj.issue(1).get("status") in ("completed", "failed"))
+    assert proj.issue(1)["status"] == "completed" and worktree.is_dir()

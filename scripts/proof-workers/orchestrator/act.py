@@ -181,7 +181,9 @@ class Executor:
             except OrchestratorError as err:
                 self.stopped.add(action.worker)
                 # decide stops resuming a try that never starts; a PR stage that cannot begin counts as one
-                self._worker(record).action_failed(str(err), starting=action.kind in PR_STAGE_KINDS)
+                # (not for want of the network: a new issue waits for it too)
+                self._worker(record).action_failed(str(err), starting=action.kind in PR_STAGE_KINDS and
+                                                   not worktrees.is_network_error(str(err)))
                 self.run.files.log_event({"action": "error", "worker": action.worker, "issue": _num(action.issue),
                                           "during": action.kind, "error": str(err)})
                 self.say(f"worker {action.worker}: {action.kind} failed: {err}")
@@ -287,8 +289,8 @@ class Executor:
             base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
         except OrchestratorError as err:
             attempts = record.start_failures + 1
-            if attempts < max(self.run.lead.max_retries, 1):
-                raise  # counted by execute's action_failed; tried again at the next poll
+            if attempts < max(self.run.lead.max_retries, 1) or worktrees.is_network_error(str(err)):
+                raise  # counted by execute's action_failed (the network's never: it waits); tried at the next poll
             self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue,
                                 f"{action.kind} could not begin ({attempts} attempts): {err}"), record)
             return
