@@ -6,6 +6,7 @@ import ast
 import json
 import re
 import shutil
+import socket
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -487,15 +488,20 @@ def test_a_pr_stage_that_cannot_begin_for_the_network_waits_for_it_and_counts_no
     """origin cannot be reached while the watched PR's worktree is brought back (its fetch): an error at every
     due poll, never counted, as a new issue waits for the network; once it is back the fix goes on."""
     from conftest import git
+    from orchestrator import worktrees
 
     proj = project([{"number": 1, "title": "Add feature"}], pipeline=["implement"], platform="github",
                    review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
     fake_forge(proj.remote, [{**CHECKS_FAIL, "pending_polls": 1}, CHECKS_PASS])
     worktree = proj.root / "worktrees" / "issue-1"
 
+    with socket.socket() as closed:  # a port nobody listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+
     def vanish_offline() -> None:
         shutil.rmtree(worktree)
-        git(proj.repo, "remote", "set-url", "origin", "http://127.0.0.1:9/app.git")  # connection refused
+        git(proj.repo, "remote", "set-url", "origin", f"http://127.0.0.1:{port}/app.git")
 
     open_then(monkeypatch, vanish_offline)
 
@@ -504,7 +510,7 @@ def test_a_pr_stage_that_cannot_begin_for_the_network_waits_for_it_and_counts_no
 
     monitor_until(monkeypatch, lambda: len(errors()) >= 4 or proj.issue(1).get("status") == "failed")
     assert proj.issue(1)["status"] == "in_progress" and len(errors()) >= 4, proj.events()[-3:]
-    assert "Connection refused" in errors()[-1]["error"] or "connect" in errors()[-1]["error"]
+    assert worktrees.is_network_error(errors()[-1]["error"])
     git(proj.repo, "remote", "set-url", "origin", str(proj.remote))
     monitor_until(monkeypatch, lambda: proj.issue(1).get("status") in ("completed", "failed"))
     assert proj.issue(1)["status"] == "completed" and worktree.is_dir()
