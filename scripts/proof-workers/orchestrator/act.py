@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,7 @@ from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
 from orchestrator.wrapper import TRY_VAR
 
+PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
@@ -178,7 +180,10 @@ class Executor:
                 HANDLERS[action.kind](self, action, record)
             except OrchestratorError as err:
                 self.stopped.add(action.worker)
-                self._worker(record).action_failed(str(err))  # decide stops resuming a try that never starts
+                # decide stops resuming a try that never starts; a PR stage that cannot begin counts as one
+                # (not for want of the network: a new issue waits for it too)
+                self._worker(record).action_failed(str(err), starting=action.kind in PR_STAGE_KINDS and
+                                                   not worktrees.is_network_error(str(err)))
                 self.run.files.log_event({"action": "error", "worker": action.worker, "issue": _num(action.issue),
                                           "during": action.kind, "error": str(err)})
                 self.say(f"worker {action.worker}: {action.kind} failed: {err}")
@@ -270,15 +275,28 @@ class Executor:
 
     def do_watch_pr(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        pulls.watch_again(self.run.state_root, cfg, issue, record, self.run.clock())
-        self._worker(record).watch_pr(cfg.pipeline)
+        self._worker(record).watch_pr(cfg.pipeline, pr_part=partial(pulls.watch_again, self.run.state_root, cfg,
+                                                                     issue, record, self.run.clock()))
 
     def _pr_stage(self, action: Action, record: WorkerRecord) -> None:
+        """A fix_ci / address_review stage: its worktree brought back first (removed while the PR was watched, no
+        try ran to notice), as before any try. A stage that cannot begin counts as a try that could not start:
+        the max_retries-th fails the issue with the reason (never the same error at every poll)."""
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
-        pulls.start_stage(self.run.state_root, cfg, issue, record, action.kind)
-        self._worker(record).enter_pr_stage(kind=action.kind, stage_base=base, reason=action.reason,
-                                            now=self.run.clock())
+        try:
+            if not self._restore_worktree(action, record):
+                return  # its set-up failed, and so did the issue
+            base = worktrees.branch_head(Path(record.worktree or ""), record.branch or "")
+        except OrchestratorError as err:
+            attempts = record.start_failures + 1
+            if attempts < max(self.run.lead.max_retries, 1) or worktrees.is_network_error(str(err)):
+                raise  # counted by execute's action_failed (the network's never: it waits); tried at the next poll
+            self.do_skip(Action(ActionKind.SKIP, action.worker, action.issue,
+                                f"{action.kind} could not begin ({attempts} attempts): {err}"), record)
+            return
+        self._worker(record).enter_pr_stage(
+            kind=action.kind, stage_base=base, reason=action.reason, now=self.run.clock(),
+            pr_part=partial(pulls.start_stage, self.run.state_root, cfg, issue, record, action.kind))
         self.say(f"worker {action.worker}: #{issue.number} {action.kind}: {action.reason}")
         start_try(self.run, record)
 

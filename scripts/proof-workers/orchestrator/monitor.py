@@ -116,7 +116,12 @@ def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now:
 def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str], None]) -> None:
     """Free workers whose issue was completed, failed or removed behind their back (a crash, a user's edit)."""
     for record in records:
-        if record.issue_number is None or not record.project:
+        if record.issue_number is None:
+            continue
+        if not record.project:  # edited by hand: decide sees a free worker, so nothing else lets it go
+            kill_try(run, record)
+            say(f"worker {record.worker_id}: its record names #{record.issue_number} of no project: freed")
+            Worker(record, run.files).free()
             continue
         try:
             issue = run.config_of(record.project).issue(record.issue_number)
@@ -214,10 +219,10 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
                 run.files.log_event({"action": "probe_failed", "worker": record.worker_id,
                                      "issue": record.issue_number, "error": str(err)})
                 continue
-            run.files.save_worker(record)
+            Worker(record, run.files).save()  # the probe's marks
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
-    polled = pulls.poll(run.state_root, run.config_of, records, now, run.files.save_worker, say)
+    polled = pulls.poll(run.state_root, run.config_of, records, now, lambda r: Worker(r, run.files).save(), say)
     given, retaken = commands.take(run)  # the user's commands: pause/resume now, the others through decide
     given = commands.apply_pauses(run, given, now)
     state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled,

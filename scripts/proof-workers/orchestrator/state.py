@@ -33,7 +33,7 @@ class WorkerRecord:
     last_progress_at: float | None = None
     last_reason: str = ""
     push_failures: int = 0  # consecutive failed pushes of this stage's verified work
-    start_failures: int = 0  # consecutive tries that could not even be started (tmux, worktree, files)
+    start_failures: int = 0  # consecutive tries (or PR stages) that could not even begin (tmux, worktree, files)
     push_url: str | None = None  # origin's push url when the issue was assigned: pushes go there or nowhere
     pane: str | None = None  # the tmux pane this try was started in (server and pane id): a new one means tmux died
     lost_tries: int = 0  # tries of this stage lost to tmux or the machine going away (not retries)

@@ -1,20 +1,36 @@
-"""One worker's lifecycle: every change of its record, checked, saved, then journalled as the event it always was.
+"""One worker's lifecycle: every change of its record, checked, saved and journalled as the event it always was.
 
 free -> assign -> (prepare_try -> started) -> restart | hold | advance_stage | enter_pr_stage | watch_pr -> ...
 -> complete | fail | release | free. Every value a transition needs is computed by the caller first, so a
 transition either happens whole or (an illegal one: OrchestratorError, one line) not at all: a git call failing
-halfway never leaves a half-changed record to be saved by the error path. decide() never sees a Worker; it
-judges views of the records (monitor.worker_views).
+halfway never leaves a half-changed record to be saved by the error path. The PR loop's part of enter_pr_stage
+and watch_pr (`pr_part`: the record's `pr` and pull-requests.json) runs only once the transition is known legal,
+and `pr` is put back when it fails; pull-requests.json, the status's copy, is written last in it, so only a kill
+between it and the record's save leaves that file a step ahead (the next stage or watch writes it again).
+decide() never sees a Worker; it judges views of the records (monitor.worker_views).
+
+The journal never tells what did not happen, and loses only what a kill -9 in the microseconds between a save
+and its line can lose. Taking or moving an issue (assign, restart, hold, advance_stage, enter_pr_stage,
+watch_pr, push_failed) is told by the record: saved, then journalled, so a line never tells what the record
+lacks; the config follows the record (act writes it after, reconcile from the record), so these lines do not
+wait for it. restart's line tells the ended try counted and the next one prepared, before the worktree is
+restored (a fetch, a set-up): a set-up failing then adds its own `skip`. Letting an issue go (complete, fail,
+release) follows the config, which the caller (or a user) wrote first: journalled, then the freed record saved,
+so a kill between leaves a record holding a finished issue, which the next monitor releases (one `release` line
+more, never one missing; a kill right after the caller's config write shows as that `release` line alone).
+`free` has no line (its caller's tells why).
 
 The record's other fields are observations their owners write and this module saves: the probe's progress marks
 (`agent`, `events_offset`, `last_fingerprint`, `last_progress_at`), the PR loop's `pr` (orchestrator.pulls)
-and `last_reason`, the note of whoever judged the worker last. tests/test_workers_lifecycle.py keeps every
-other module from assigning a field of LIFECYCLE_FIELDS.
+and `last_reason`, the note of whoever judged the worker last; they are saved through `save` / `note`.
+tests/test_workers_lifecycle.py keeps every other module from changing a field of LIFECYCLE_FIELDS and from
+saving a record itself (RunFiles.save_worker, worker_file).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lib.errors import OrchestratorError
 from orchestrator.config import PR_STAGES
@@ -133,11 +149,12 @@ class Worker:
             self.record.rate_limits = 0
             self._done()
 
-    def action_failed(self, error: str) -> None:
-        """An action on this worker failed; a try that never started counts (decide stops resuming it)."""
+    def action_failed(self, error: str, starting: bool = False) -> None:
+        """An action on this worker failed; a try that never started counts (decide stops resuming it), as does
+        an action `starting` the next try that could not begin (a PR stage: act fails the issue at the limit)."""
         record = self.record
         record.last_reason = error
-        if self.busy and not record.launched:
+        if self.busy and (starting or not record.launched):
             record.start_failures += 1
         self._done()
 
@@ -199,11 +216,24 @@ class Worker:
         self._done({"action": "advance_stage", "worker": record.worker_id, "issue": record.issue_number,
                     "stage": record.stage})
 
-    def enter_pr_stage(self, *, kind: str, stage_base: str | None, reason: str, now: float) -> None:
-        """A fix_ci / address_review stage on the same branch (the PR loop's `pr` was set by orchestrator.pulls)."""
+    def _pr_loop(self, part: Callable[[], None]) -> None:
+        """The PR loop's part of a transition known legal (orchestrator.pulls: `pr`, pull-requests.json, written
+        last there); when it fails, `pr` is put back, so the error path saves nothing half-changed."""
+        before = copy.deepcopy(self.record.pr)
+        try:
+            part()
+        except BaseException:
+            self.record.pr = before
+            raise
+
+    def enter_pr_stage(self, *, kind: str, stage_base: str | None, reason: str, now: float,
+                       pr_part: Callable[[], None] = lambda: None) -> None:
+        """A fix_ci / address_review stage on the same branch; `pr_part` (pulls.start_stage) sets the PR loop's
+        `pr` once the stage is known legal."""
         record = self._holding(kind)
         if kind not in PR_STAGES:
             raise IllegalTransition(f"worker {record.worker_id}: {kind!r} is no pull-request stage")
+        self._pr_loop(pr_part)
         record.stage, record.stage_base = kind, stage_base
         self._new_stage()
         record.last_reason = reason
@@ -211,22 +241,26 @@ class Worker:
         self._done({"action": kind, "worker": record.worker_id, "issue": record.issue_number,
                     "project": record.project, "reason": reason})
 
-    def watch_pr(self, pipeline: Sequence[str]) -> None:
-        """A PR stage's fix was pushed: back to the pipeline's stage, watching the PR."""
+    def watch_pr(self, pipeline: Sequence[str], pr_part: Callable[[], None] = lambda: None) -> None:
+        """A PR stage's fix was pushed: back to the pipeline's stage, watching the PR (`pr_part`,
+        pulls.watch_again, once this is known legal)."""
         record = self._holding("watch its pull request")
         if not 0 <= record.stage_index < len(pipeline):
             raise IllegalTransition(f"worker {record.worker_id}: #{record.issue_number} has no stage "
                                     f"{record.stage_index} (pipeline: {', '.join(pipeline)})")
+        self._pr_loop(pr_part)
         record.stage = pipeline[record.stage_index]
         self._done({"action": "pr_watch", "worker": record.worker_id, "issue": record.issue_number,
                     "project": record.project})
 
     # --- letting the issue go -----------------------------------------------------------------------------------
 
-    def _let_go(self, verb: str, event: dict[str, Any] | None) -> None:
+    def _let_go(self, verb: str, event: dict[str, Any]) -> None:
+        """Journalled first, then saved free (the journal rule above: the config already says the issue is over)."""
         self._holding(verb)
+        self.files.log_event(event)
         self._reset()
-        self._done(event)
+        self._done()
 
     def complete(self, pr: str | None = None) -> None:
         record = self._holding("complete")
@@ -246,5 +280,9 @@ class Worker:
 
     def free(self) -> None:
         """Let the issue go without an event: the caller journalled why (a set-up that failed), or nothing
-        happened to the issue (a worker beyond --workers: it goes back to the queue)."""
-        self._let_go("be freed", None)
+        happened to the issue (a worker beyond --workers: it goes back to the queue; a record naming an issue
+        of no project, edited by hand: decide takes it for free, so nothing else would ever let it go)."""
+        if self.record.issue_number is None:
+            raise IllegalTransition(f"worker {self.record.worker_id} holds no issue: it cannot be freed")
+        self._reset()
+        self._done()
