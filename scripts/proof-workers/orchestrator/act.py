@@ -309,7 +309,7 @@ class Executor:
         try:
             outcome = pulls.merge(self.run.state_root, cfg, issue, record)
         except OrchestratorError as err:
-            if pulls.merge_unconfirmed(err, record, self.run.files, self.say):
+            if pulls.merge_unconfirmed(err, self._worker(record), self.say):
                 return
             record.pr["merge_failures"] = int(record.pr.get("merge_failures") or 0) + 1
             self._worker(record).save()

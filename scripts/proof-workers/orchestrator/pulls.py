@@ -26,6 +26,7 @@ from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
+from orchestrator.worker import Worker
 
 POLL_TIMEOUT_S = 20.0  # one gh/glab call of a poll
 POLL_BUDGET_S = 20.0  # polls of one cycle: past it the other due PRs are polled next cycle
@@ -451,16 +452,16 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
     return outcome
 
 
-def merge_unconfirmed(err: Exception, record: WorkerRecord, files: RunFiles, say: Callable[[str], None]) -> bool:
+def merge_unconfirmed(err: Exception, worker: Worker, say: Callable[[str], None]) -> bool:
     """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
     never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
     ours; queued: watched as queued; open in no queue: merged again)."""
     if not isinstance(err, forge.MergeUnconfirmed):
         return False
-    record.last_reason = f"merge accepted, its outcome seen at the next poll: {err}"
-    files.save_worker(record)
-    files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
-                     "project": record.project, "error": str(err)})
+    record = worker.record
+    worker.note(f"merge accepted, its outcome seen at the next poll: {err}")
+    worker.files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
+                            "project": record.project, "error": str(err)})
     say(f"worker {record.worker_id}: #{record.issue_number} {record.last_reason}")
     return True
 
