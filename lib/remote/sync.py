@@ -120,7 +120,11 @@ def leave(result):
 
 
 def before_scan(outcomes):  # in the file before the scan starts: a driver killed in it (no time to say) loses none
-    leave({"outcomes": [o.to_json() for o in outcomes], "scanning": True})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a stop now waits until the file is there
+    try:
+        leave({"outcomes": [o.to_json() for o in outcomes], "scanning": True})
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 try:
