@@ -698,11 +698,14 @@ class SyncReport:
 
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
-             dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None) -> SyncReport:
+             dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None,
+             before_scan: Callable[[list[SyncOutcome]], None] | None = None) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
 
     One sync per workspace at a time: two would race for the same refs, logs and state.
-    `on_done` gets each outcome as its repo finishes (sync-all --host streams them back).
+    `on_done` gets each outcome as its repo finishes (sync-all --host streams them back);
+    `before_scan` gets them all once every repo is done, before the closing scan starts
+    (the host's driver leaves them in its report file, so a kill in the scan loses nothing).
     """
     from lib.scan import ScanStopped, scan_and_save
 
@@ -740,6 +743,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             save(paths.sync_results_file, outcomes, {r.name for r in workspace.repos})
         except OSError as err:  # the repos are synced: say so in the table, and that the record failed
             notes.append(f"warning: results not recorded in {paths.sync_results_file}: {err.strerror or err}")
+        if before_scan is not None:
+            before_scan(outcomes)
         try:
             scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None,
                           previous={} if last_scan is None else last_scan)

@@ -355,8 +355,11 @@ def test_a_sync_stopped_on_the_host_records_what_it_finished_and_fails_the_rest(
     assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
 
 
-def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, sshd, tmp_path):
-    """Every repo had synced there; the scan after it was stopped: all are recorded here, and it is said."""
+def closing_scan_stopped(home, make_repo, sshd, tmp_path: Path, how: str) -> tuple[int, str, str, Path]:
+    """Every repo syncs on the host, whose closing scan hangs in an fsmonitor hook; then `how`: "stop", Ctrl-C
+    here; "frozen", the driver SIGSTOPped first, so it cannot handle the Ctrl-C and is SIGKILLed after its
+    grace (as on a machine too busy to run it); "killed", the driver SIGKILLed on the host, no stop here.
+    Returns (exit code, stderr, the synced commit, the host's workspace)."""
     handle = make_repo("steady")
     workspace = setup(home, sshd, tmp_path, [handle])
     # Its work tree on another branch, main behind: sync moves main with update-ref and never runs a
@@ -370,21 +373,66 @@ def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, ss
     git(workspace / "steady", "config", "core.fsmonitor", str(hook))  # only `git status` runs it: the scan's
     err_file = tmp_path / "stderr.txt"
     proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    frozen_pids: list[int] = []
     try:
         wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the host's closing scan")
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=90)
+        if how != "stop":
+            wait_until(lambda: driver_pids(workspace), what="the host's driver")
+            frozen_pids = driver_pids(workspace)
+            for pid in frozen_pids:
+                os.kill(pid, signal.SIGSTOP if how == "frozen" else signal.SIGKILL)
+        if how != "killed":
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        for pid in frozen_pids:  # the stop SIGKILLs it; a failed test must not leave it stopped
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     err = err_file.read_text()
-    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+    return proc.returncode, out + err, target, workspace
+
+
+def test_a_stop_in_the_hosts_closing_scan_records_every_repo(home, make_repo, sshd, tmp_path):
+    """Every repo had synced there; the scan after it was stopped: all are recorded here, and it is said."""
+    code, err, target, workspace = closing_scan_stopped(home, make_repo, sshd, tmp_path, "stop")
+    assert code == 130, err
     assert "on host builder every repo had synced; its closing scan was stopped" in err, err
-    assert "interrupted: stopped 0 running commands (SIGINT)" in err and "Traceback" not in err
+    assert "interrupted: stopped 0 running commands (SIGINT)" in err
     entry = results(home)["steady"]
     assert entry["status"] == "updated" and entry["after"] == target and entry["host"] == "builder", entry
-    assert wait_gone(int(pid_file.read_text().split()[0]), 30)
+    assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
+
+
+def test_a_driver_killed_in_its_closing_scan_still_says_every_repo_had_synced(home, make_repo, sshd, tmp_path):
+    """The driver cannot handle the stop in time (frozen, then SIGKILLed after its grace): the report it wrote
+    before its closing scan still says every repo had synced, and every repo is recorded."""
+    code, err, target, workspace = closing_scan_stopped(home, make_repo, sshd, tmp_path, "frozen")
+    assert code == 130, err
+    assert "on host builder every repo had synced; its closing scan was stopped" in err, err
+    assert "ended before it said what it had finished" not in err, err
+    assert "interrupted: stopped 1 running command (SIGINT)" in err, err
+    entry = results(home)["steady"]
+    assert entry["status"] == "updated" and entry["after"] == target and entry["host"] == "builder", entry
+    assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
+
+
+def test_a_driver_killed_on_the_host_in_its_closing_scan_says_every_repo_had_synced(home, make_repo, sshd,
+                                                                                   tmp_path):
+    """No stop here: the driver is killed there in its closing scan; its report from before the scan is the
+    host's word, every repo is recorded as synced, and the note says the scan did not finish."""
+    code, err, target, workspace = closing_scan_stopped(home, make_repo, sshd, tmp_path, "killed")
+    assert code == 0, err
+    assert "on host builder every repo had synced; its closing scan did not finish" in err, err
+    entry = results(home)["steady"]
+    assert entry["status"] == "updated" and entry["after"] == target and entry["host"] == "builder", entry
+    assert not list((workspace / ".orchestrator" / "state").glob(".host-sync-*"))
 
 
 def children_of_sshd(sshd) -> list[int]:

@@ -13,7 +13,9 @@ machines syncing the same host workspace exclude each other. A tiny driver
 calls `lib.sync.run_sync` there in its own process group
 (connection.run_remote) and prints each repo's outcome as it finishes, then
 the whole result; a driver stopped from here leaves its result in a file for
-us. The logs are copied back.
+us, and writes one as soon as every repo has synced, before its closing scan
+(a driver killed in that scan before it can answer a stop loses nothing). The
+logs are copied back.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ from lib.paths import Paths
 from lib.runner import RunInterrupted
 from lib.scan import ScanStopped
 from lib.signals import STOP_SIGNALS
+from lib.statefile import write_text
 from lib.sync import run_sync
 paths = Paths(Path(args["home"]), Path(args["home"]) / "logs")
 done = []
@@ -109,9 +112,24 @@ def finished(outcome):
     say("outcome", outcome.to_json())
 
 
+def leave(result):
+    try:
+        write_text(Path(args["report"]), json.dumps(result))
+    except OSError:
+        pass
+
+
+def before_scan(outcomes):  # in the file before the scan starts: a driver killed in it (no time to say) loses none
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a stop now waits until the file is there
+    try:
+        leave({"outcomes": [o.to_json() for o in outcomes], "scanning": True})
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 try:
     report = run_sync(paths, load_workspace(paths.repos_file), None, args["net_jobs"], args["timeout"],
-                      args["clone_missing"], args["dry_run"], finished)
+                      args["clone_missing"], args["dry_run"], finished, before_scan)
     result = {"outcomes": [o.to_json() for o in report.outcomes]}
 except OrchestratorError as err:
     result = {"error": str(err)}
@@ -122,10 +140,10 @@ except ScanStopped as stop:  # every repo was synced and recorded; the closing s
 for signum in STOP_SIGNALS:
     signal.signal(signum, signal.SIG_IGN)  # stopped or not, what was done is reported
 if "signal" in result:  # whoever stopped us may no longer read our output: the result waits in a file too
+    leave(result)  # replaces the one written before the scan
+else:  # ended on its own: the result below is the whole word, and the file before the scan goes
     try:
-        with open(args["report"] + ".tmp", "w") as out:
-            json.dump(result, out)
-        os.replace(args["report"] + ".tmp", args["report"])
+        os.unlink(args["report"])
     except OSError:
         pass
 say("result", result)
@@ -487,6 +505,7 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         _install_lib(connection, lib, cache, lib_root, replace=True)
     if output.result is None:  # it died (killed, out of memory): what it started must not outlive it
         _sweep(connection, output.mark)
+        _scan_was_under_way(run, host, _take_report(connection, report_file, run), "did not finish", reported)
         problem = result.problem or "; ".join(output.tail) or f"exit {result.exit_code}"
         return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {clip(problem)}",
                                      log_dir, settings.dry_run, with_logs)
@@ -544,6 +563,7 @@ def _given_up(connection: Any, host: Host, result: remote.RemoteResult, mark: st
         outcomes = report.get("outcomes") if report is not None else None
         for data in outcomes if isinstance(outcomes, list) else []:
             reported(data, final=True)
+        _scan_was_under_way(run, host, report, "did not finish", None)
 
         def with_logs(entries: Sequence[Any]) -> list[HostSyncOutcome]:
             return _in_order(_with_logs(fresh, entries, selected, host, log_dir, dry_run, run), repos)
@@ -559,15 +579,28 @@ def _keep_what_was_done(run: _HostRun, host: Host, report: dict[str, Any] | None
     printed (it was done when the stop came). Without one, what it had reported is kept.
     """
     if report is not None and isinstance(report.get("outcomes"), list):
-        stopped = report.get("stopped", 0)
+        # The file written before the closing scan counts nothing: the driver was killed in it (counted here).
+        stopped = report.get("stopped", None if report.get("scanning") else 0)
         run.stopped_there = stopped if type(stopped) is int and stopped >= 0 else None
         if report.get("scan_stopped"):
             run.notes.append(f"on host {host.name} every repo had synced; its closing scan was stopped")
+        _scan_was_under_way(run, host, report, "was stopped", None)
         run.outcomes = with_logs(report["outcomes"])
     elif remote.stopped_count():  # it was running, and was killed before it wrote a report
         run.notes.append(f"the sync on host {host.name} ended before it said what it had finished; "
                          f"recorded the {len(run.reported)} repo(s) it had reported")
         run.outcomes = with_logs(list(run.reported.values()))
+
+
+def _scan_was_under_way(run: _HostRun, host: Host, report: dict[str, Any] | None, how: str,
+                        reported: Callable[..., None] | None) -> None:
+    """A report the driver left before its closing scan (it never wrote a later one): every repo had synced,
+    said in `run.notes`; with `reported`, its outcomes are the host's last word on each repo."""
+    if report is None or not report.get("scanning") or report.get("scan_stopped"):
+        return
+    run.notes.append(f"on host {host.name} every repo had synced; its closing scan {how}")
+    for data in report["outcomes"] if reported is not None else []:
+        reported(data, final=True)
 
 
 def _reported_then_failed(run: _HostRun, repos: Sequence[Repo], host: Host, reason: str, log_dir: Path,
@@ -658,9 +691,9 @@ def sync_host(paths: Paths, workspace: Workspace, host: Host, tags: list[str] | 
             show(outcome)
     outcomes = list(run.outcomes)
     if dry_run:
-        return SyncReport(outcomes, monotonic() - started, None)
+        return SyncReport(outcomes, monotonic() - started, None, list(run.notes))
     record(paths.sync_results_file, outcomes, known, _summary)
-    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file)
+    return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, list(run.notes))
 
 
 def sync_on_host(paths: Paths, host_name: str, tags: list[str] | None = None, net_jobs: int = 4,
