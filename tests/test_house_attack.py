@@ -118,3 +118,49 @@ def test_a_stop_in_test_alls_status_read_before_the_tests_says_not_run_interrupt
         suite = ElementTree.parse(report).getroot().find("testsuite")
         assert "interrupted by SIGTERM" in suite.get("name"), ElementTree.tostring(suite)
         assert (suite.get("errors"), suite.get("skipped")) == ("0", "1"), ElementTree.tostring(suite)
+
+
+def _interrupted() -> BaseException:
+    return KeyboardInterrupt()
+
+
+def test_the_workers_main_turns_each_error_and_a_ctrl_c_into_its_lines_and_exit_code(monkeypatch, capsys):
+    """Gap 2: the orchestrator's main mapped errors by hand and let a stopped run (signals.Stopped) end in a
+    traceback; a Ctrl-C was exit 130 without a word. Every error goes through lib.errors.script_main."""
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_front_doors import ERRORS
+
+    package = str(ROOT / "scripts" / "proof-workers")
+    if package not in sys.path:
+        sys.path.insert(0, package)
+    from orchestrator import cli
+
+    cases = {**ERRORS, "ctrl-c": (_interrupted, 130, "interrupted (SIGINT)\n")}
+    for name, (make_error, code, err) in cases.items():
+        def verb(args, out, make_error=make_error):
+            raise make_error()
+
+        monkeypatch.setitem(cli.VERBS, "status", verb)
+        assert cli.main(["status"]) == code, name
+        captured = capsys.readouterr()
+        assert (captured.err, captured.out) == (err, ""), name
+    assert cli.main(["no-such-verb"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_script_stopped_by_ctrl_c_outside_its_run_says_so_in_one_line(home, monkeypatch, capsys):
+    """A Ctrl-C before a script's run begins (loading the config) is one line and 130, never a traceback."""
+    import pytest
+
+    from tests.test_front_doors import failing_paths, script_main
+
+    for script in ("scan_all_repos", "sync_all_repos", "run_all_tests"):
+        failing_paths(monkeypatch, _interrupted)
+        try:
+            code = script_main(script)([])
+        except KeyboardInterrupt:
+            pytest.fail(f"{script}: the Ctrl-C escaped main")
+        assert code == 130, script
+        assert capsys.readouterr().err == "interrupted (SIGINT)\n", script

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import OrchestratorError, error_lines
+from lib.errors import OrchestratorError, script_main
 
 
 class _Parser(argparse.ArgumentParser):
@@ -360,15 +360,10 @@ VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
 }
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     def out(line: str) -> None:
         print(line, flush=True)
 
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        return VERBS[args.verb](args, out)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return VERBS[args.verb](args, out)
