@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from lib import logcut, runner
+from lib import logcut, procs
 from lib.errors import OrchestratorError, clip
 from lib import statefile
 from lib.statefile import read_regular
@@ -231,7 +231,7 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
             return False  # the process table is read at most once a second
         looked[0] = time.monotonic()
         group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
-        alive = runner.processes_tagged(TRY_VAR, tag) or (group is not None and runner.group_members(group))
+        alive = procs.processes_tagged(TRY_VAR, tag) or (group is not None and procs.group_members(group))
         if alive or not now.launched:
             gone_since.clear()
             return False

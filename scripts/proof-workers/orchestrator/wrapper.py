@@ -386,7 +386,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
 
 def _kill_below(tag: str | None) -> list[int]:
     """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
-    found = runner.processes_tagged(TRY_VAR, tag) if tag else []
+    found = procs.processes_tagged(TRY_VAR, tag) if tag else []
     found += [pid for pid in procs.descendants(procs.process_table(), os.getpid()) if pid not in found]
     if found:
         runner.kill_processes([], found, LEFTOVER_GRACE_S)
@@ -488,8 +488,8 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     """Kill what is left of the agent's group, every process with this try's tag and every process still below
     the wrapper (orphans reparented to it, tag or not); returns those found outside the group. A group leader
     that has exited no longer counts its group, hence the tag and the descent."""
-    members = set(runner.group_members(pgid))
-    outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
+    members = set(procs.group_members(pgid))
+    outside = [p for p in procs.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
     outside += [pid for pid in procs.descendants(procs.process_table(), os.getpid())
                 if pid not in outside and pid not in members]
     if members or outside:
