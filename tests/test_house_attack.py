@@ -192,3 +192,39 @@ def test_no_module_reaches_lib_procs_or_lib_signals_through_lib_runner():
                 found += [f"{where}:{node.lineno}: from lib.runner import {alias.name}"
                           for alias in node.names if alias.name in elsewhere]
     assert found == []
+
+
+def test_the_workers_front_door_starts_no_process_and_builds_no_tmux_text():
+    """Gap 3: `attach` ran its tmux commands from cli.py and `launch` composed the socket flags of its
+    `launched: tmux ... attach` line there, beside show.socket_args' own copy of the same rule."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    tree = ast.parse((ROOT / "scripts" / "proof-workers" / "orchestrator" / "cli.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert not imported & {"subprocess", "orchestrator.tmux"} and "SOCKET_ENV" not in named
+
+
+def test_launch_names_the_attach_command_with_the_socket_attach_itself_uses(monkeypatch, tmp_path):
+    """The `launched:` line and `attach` read the socket by one rule: a path is -S, a name -L, none the default;
+    a path with a blank is quoted so the line can be pasted."""
+    import sys
+    from types import SimpleNamespace
+
+    from tests.conftest import ROOT
+
+    package = str(ROOT / "scripts" / "proof-workers")
+    if package not in sys.path:
+        sys.path.insert(0, package)
+    from orchestrator import show
+
+    monkeypatch.delenv("ORCHESTRATOR_TMUX_SOCKET", raising=False)
+    run = SimpleNamespace(session="proof-x", lead=SimpleNamespace(tmux_socket=None))
+    assert show.attach_command(run) == "tmux attach -t proof-x"
+    run.lead.tmux_socket = "proof-workers"
+    assert show.attach_command(run) == "tmux -L proof-workers attach -t proof-x"
+    monkeypatch.setenv("ORCHESTRATOR_TMUX_SOCKET", str(tmp_path / "my sockets" / "s"))
+    assert show.attach_command(run) == f"tmux -S '{tmp_path}/my sockets/s' attach -t proof-x"

@@ -6,6 +6,7 @@ import codecs
 import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import time
@@ -422,6 +423,25 @@ def socket_args(run: Run) -> tuple[list[str], str]:
     if chosen:
         return ["-L", chosen], str(folder / chosen)
     return [], str(folder / "default")
+
+
+def attach_command(run: Run) -> str:
+    """The command line that attaches a terminal to the run's session, as `launch` tells it (quoted to paste)."""
+    return shlex.join(["tmux", *socket_args(run)[0], "attach", "-t", run.session])
+
+
+def attach(run: Run, cfg: ProjectConfig, number: int) -> int:
+    """Show the issue's window in this terminal (`attach_plan`'s commands in order); tmux's exit code: 0 once
+    the client detaches."""
+    plan = attach_plan(run, cfg, number)
+    for command in plan.commands:
+        try:
+            code = subprocess.call(command, env=plan.env)
+        except OSError as err:  # tmux gone from PATH since the session was read, or not runnable
+            raise NotNow(f"issue #{number}: cannot start tmux: {clip(err.strerror or str(err))}") from None
+        if code:
+            return code
+    return 0
 
 
 def attach_plan(run: Run, cfg: ProjectConfig, number: int, environ: dict[str, str] | None = None) -> Attach:
