@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
-from lib import logcut, procs, runner  # noqa: E402
+from lib import logcut, procs, runner, signals  # noqa: E402
 from lib.statefile import locked, read_small, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
@@ -289,7 +289,7 @@ def run(spec: dict[str, Any]) -> int:
                 except ProcessLookupError:
                     pass
 
-            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            for signum in signals.STOP_SIGNALS:
                 signal.signal(signum, stop)
             feeder = Feeder(agent.stdin, streamed) if streamed else None
             if structured:
@@ -313,7 +313,7 @@ def run(spec: dict[str, Any]) -> int:
                 _note(log, f"wrapper: killed {len(leftovers)} process(es) the agent left behind: "
                            f"{', '.join(map(str, leftovers[:10]))}\n".encode())
             # Stopped by a signal: say which (129 is a hang-up: tmux or the terminal went away).
-            code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
+            code = signals.exit_code(stopped_by[0]) if stopped_by else code if code >= 0 else signals.exit_code(-code)
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
         _note(log, end if getattr(log, "at_line_start", True) else b"\n" + end)  # output may end mid-line
         _note(index, end)
@@ -349,7 +349,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
             raise _Stopped(signum)
 
     stopping: list[int] = []
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, stop) for signum in signals.STOP_SIGNALS}
     code, outcome = None, {"state": "done"}
     try:
         try:
@@ -364,7 +364,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     except worktree_setup.SetupFailed as err:
         code, outcome = 1, {"state": "failed", "reason": str(err)}
     except _Stopped as err:
-        code, outcome = 128 + err.signum, {"state": "stopped", "signal": err.signum}
+        code, outcome = signals.exit_code(err.signum), {"state": "stopped", "signal": err.signum}
     finally:
         for signum in previous:  # from here a signal is noted, never raised into the cleanup below
             signal.signal(signum, lambda signum, _frame: stopping.append(signum))
@@ -375,7 +375,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
-        code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
+        code, outcome = signals.exit_code(stopping[0]), {"state": "stopped", "signal": stopping[0]}
     write_text(state, json.dumps(outcome) + "\n")
     if code is not None:
         with suppress(OSError), open(index_path, "ab") as index:
