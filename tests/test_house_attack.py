@@ -249,3 +249,53 @@ def test_launch_names_the_attach_command_with_the_socket_attach_itself_uses(monk
     monkeypatch.setenv("ORCHESTRATOR_TMUX_SOCKET", str(tmp_path / "my sockets" / "s"))
     assert show.attach_command(run) == f"tmux -S '{tmp_path}/my sockets/s' attach -t proof-x"
 
+
+def test_repo_local_git_vars_include_the_numbered_config_pairs_and_no_caller_filters_them_itself():
+    """Gap 11: the wrapper (twice) and the workers' worktrees each filtered GIT_CONFIG_KEY_n/VALUE_n on their
+    own, while lib's git env kept them: a build that sets GIT_CONFIG_COUNT for its own pair then also took an
+    inherited GIT_CONFIG_KEY_1 (say core.hooksPath) that nobody meant for it."""
+    from lib.gitstatus import git_env, without_repo_local_git_vars
+    from tests.conftest import ROOT
+
+    inherited = {"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": "/evil",
+                 "GIT_CONFIG_KEY_1": "a.b", "GIT_CONFIG_VALUE_1": "c", "GIT_DIR": "/elsewhere", "HOME": "/h",
+                 "GIT_CONFIG_GLOBAL": "/g", "GIT_CONFIG_KEYS": "not numbered, not git's"}
+    assert without_repo_local_git_vars(inherited) == {"HOME": "/h", "GIT_CONFIG_GLOBAL": "/g",
+                                                       "GIT_CONFIG_KEYS": "not numbered, not git's"}
+    import os
+    os.environ["GIT_CONFIG_KEY_7"] = "x.y"
+    try:
+        assert "GIT_CONFIG_KEY_7" not in git_env()
+    finally:
+        del os.environ["GIT_CONFIG_KEY_7"]
+    copies = sorted(str(path.relative_to(ROOT)) for path in [*(ROOT / "lib").rglob("*.py"),
+                                                             *(ROOT / "scripts").rglob("*.py")]
+                    if path.name != "gitstatus.py" and '"GIT_CONFIG_KEY_"' in path.read_text(encoding="utf-8"))
+    assert copies == []
+
+
+def test_no_module_but_lib_procs_opens_a_file_under_proc():
+    """Gap 11: statefile read /proc/self/status (the umask) itself; tests/test_procs.py only looked for
+    /proc/PID paths, so a read of /proc/self slipped by."""
+    import re
+
+    from tests.conftest import ROOT
+
+    opened = re.compile(r"""open\(\s*f?["']/proc/""")
+    found = sorted(str(path.relative_to(ROOT)) for path in [*(ROOT / "lib").rglob("*.py"),
+                                                            *(ROOT / "scripts").rglob("*.py")]
+                   if path.name != "procs.py" and opened.search(path.read_text(encoding="utf-8")))
+    assert found == []
+
+
+def test_the_umask_read_from_proc_is_the_process_umask():
+    """statefile's new files get the umask's mode: the value lib.procs reads is the one os.umask sets."""
+    import os
+
+    from lib import procs, statefile
+
+    old = os.umask(0o027)
+    try:
+        assert procs.umask() == 0o027 == statefile.current_umask()
+    finally:
+        os.umask(old)

@@ -120,8 +120,7 @@ def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
 
 def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     """The environment a sandboxed agent gets: no agent sockets, askpass programs, tokens or tmux handles."""
-    env = {k: v for k, v in env.items() if k not in SANDBOX_DROPPED_ENV
-           and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env = {k: v for k, v in without_repo_local_git_vars(env).items() if k not in SANDBOX_DROPPED_ENV}
     env["GIT_CONFIG_COUNT"] = str(len(SANDBOX_GIT_CONFIG))
     for index, (key, value) in enumerate(SANDBOX_GIT_CONFIG):
         env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
@@ -241,8 +240,7 @@ def run(spec: dict[str, Any]) -> int:
     signal_path.parent.mkdir(parents=True, exist_ok=True)
     label = f"worker-{spec['worker']} try {spec['try']} issue #{spec['issue']} stage {spec['stage']}"
     # Nothing inherited may point the agent's git at another repository, index or config (lib.gitstatus's list).
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
-           if not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env = without_repo_local_git_vars(os.environ)
     env.update(spec.get("env", {}))
     argv = ["/bin/sh", "-c", spec["command"]]
     # Orphans of the agent's tree (a double fork, `env -i setsid cmd &`: no tag, no group) become our children,
