@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from typing import Callable
 
-from lib.signals import Stopped
+from lib.signals import Stopped, exit_code
 
 
 class OrchestratorError(Exception):
@@ -46,12 +47,16 @@ def exit_for(err: BaseException) -> tuple[str, int] | None:
 
 def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """A script's `main` whose errors are printed and exited with as `exit_for` says (the tasks get the same from
-    lib.cli); here, not in lib.cli, because scripts/scan_all_repos.py runs without Invoke."""
+    lib.cli); here, not in lib.cli, because scripts/scan_all_repos.py runs without Invoke. A Ctrl-C outside a
+    run's own handling of the stop signals (loading the config, say) is one line and 130, never a traceback."""
 
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            print("interrupted (SIGINT)", file=sys.stderr)
+            return exit_code(signal.SIGINT)
         except Exception as err:
             failure = exit_for(err)
             if failure is None:

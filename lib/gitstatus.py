@@ -52,9 +52,14 @@ REPO_LOCAL_GIT_VARS = (
 )
 
 
+# GIT_CONFIG_COUNT's numbered pairs: without the count they are inert, but a command that sets a count of
+# its own for its own pairs would also take inherited ones it never meant.
+REPO_LOCAL_GIT_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+
+
 def without_repo_local_git_vars(env: Mapping[str, str]) -> dict[str, str]:
     """`env` minus the variables that would redirect git (or a build's git) away from the repo it runs in."""
-    return {k: v for k, v in env.items() if k not in REPO_LOCAL_GIT_VARS}
+    return {k: v for k, v in env.items() if k not in REPO_LOCAL_GIT_VARS and not k.startswith(REPO_LOCAL_GIT_PREFIXES)}
 
 
 def git_env() -> dict[str, str]:

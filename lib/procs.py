@@ -163,6 +163,19 @@ def processes_in(dirs: Iterable[Path | str], name_prefix: str = "") -> list[int]
     return found
 
 
+def umask() -> int | None:
+    """This process's umask from /proc/self/status (os.umask() would set it, racing other threads); None when
+    it cannot be read (no /proc, a kernel before 4.7)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cmdline(pid: int) -> bytes | None:
     """The process's arguments, NUL-separated as /proc has them; None when it is gone or unreadable."""
     try:

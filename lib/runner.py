@@ -564,7 +564,7 @@ def run_in_group(
             proc.stdout.close()
     code = proc.returncode
     signum = -code if code is not None and code < 0 else None
-    exit_code = None if timed_out else (128 + signum if signum else code)
+    exit_code = None if timed_out else (signals.exit_code(signum) if signum else code)
     return ProcessResult(exit_code, timed_out, monotonic() - started, None if timed_out else signum,
                          copier.log_error, escaped, stopped_with)
 

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lib import procs
 from lib.errors import OrchestratorError, clip
 
 _ABSENT = object()
@@ -204,13 +205,9 @@ def fsync_dir(directory: Path) -> None:
 
 def current_umask() -> int:
     """The process umask, read without changing it (os.umask() sets it, racing other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    mask = procs.umask()
+    if mask is not None:
+        return mask
     with _umask_lock:
         mask = os.umask(0o022)
         os.umask(mask)

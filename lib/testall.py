@@ -33,8 +33,9 @@ from lib.gitstatus import confined_to, git_env
 from lib.paths import Paths
 from lib.remote import fleet as fleets
 from lib.remote.hosts import LOCAL
-from lib.runner import RunInterrupted, signal_name, stopping
+from lib.runner import RunInterrupted, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
+from lib.signals import signal_name
 from lib.statefile import read_json
 from lib.workflows import Plan
 

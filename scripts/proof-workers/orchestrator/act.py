@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from lib import runner
+from lib import procs, runner
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
@@ -58,17 +58,17 @@ def try_tag(run: Run, worker: int, try_id: int) -> str:
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
     """Kill this try's agent process group, as recorded by its wrapper, and every process carrying the try's
     tag (what left the group: `setsid cmd &`, daemons): TERM, then KILL after `grace`."""
-    tagged = runner.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
+    tagged = procs.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     # The pid file may be hours old: its group is killed only while a member still carries this try's tag.
-    groups = [group] if group is not None and group > 1 and set(runner.group_members(group)) & set(tagged) else []
+    groups = [group] if group is not None and group > 1 and set(procs.group_members(group)) & set(tagged) else []
     if groups or tagged:
         runner.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
     """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
-    tagged = runner.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
+    tagged = procs.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
     if tagged:
         runner.kill_processes([], tagged, grace)
     return tagged

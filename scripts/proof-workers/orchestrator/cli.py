@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import OrchestratorError, error_lines
+from lib.errors import OrchestratorError, script_main
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,13 +178,9 @@ def _launch(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if not args.dry_run:
         apply_launch(run, plan)
         if not args.json:
-            import os
+            from orchestrator.show import attach_command
 
-            from orchestrator.tmux import SOCKET_ENV
-
-            chosen = os.environ.get(SOCKET_ENV) or run.lead.tmux_socket
-            socket = (f" -S {chosen}" if "/" in chosen else f" -L {chosen}") if chosen else ""
-            out(f"launched: tmux{socket} attach -t {run.session}")
+            out(f"launched: {attach_command(run)}")
     return 0
 
 
@@ -318,21 +314,13 @@ def _dashboard(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _show(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    import subprocess
-
     from orchestrator import show
     from orchestrator.run import open_run
 
     run = open_run(args.config, args.config_dir, args.workers, args.session)
     cfg, _ = show.find_issue(run, args.issue, args.project)
     if args.verb == "attach":
-        plan = show.attach_plan(run, cfg, args.issue)
-        code = 0
-        for command in plan.commands:
-            code = subprocess.call(command, env=plan.env)
-            if code:
-                break
-        return code
+        return show.attach(run, cfg, args.issue)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -360,15 +348,10 @@ VERBS: dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
 }
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     def out(line: str) -> None:
         print(line, flush=True)
 
-    try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        return VERBS[args.verb](args, out)
-    except OrchestratorError as err:
-        print(error_lines(err), file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return VERBS[args.verb](args, out)

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from lib import logcut, runner
+from lib import logcut, procs, runner
 from lib.errors import OrchestratorError, clip
 from lib.statefile import open_regular, read_json, write_json
 
@@ -242,7 +242,7 @@ class Dispatcher:
             if self.pool is not None:
                 self.pool.shutdown(wait=False, cancel_futures=True)
             while not all(future.done() for future in self.futures):  # a cancelled one is done
-                left = runner.processes_tagged(HOOK_VAR, self.tag)
+                left = procs.processes_tagged(HOOK_VAR, self.tag)
                 if left:
                     runner.kill_processes([], left, 1.0)
                 time.sleep(0.1)

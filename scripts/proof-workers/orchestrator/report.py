@@ -5,7 +5,7 @@ import time
 from enum import StrEnum
 from typing import Any, Callable
 
-from lib import runner
+from lib import procs
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
@@ -85,12 +85,12 @@ def _try_state(run: Run, record: WorkerRecord,
         return WorkerStatus.EXITED, code, ended
     setup = worktree_setup.read_state(worktree_setup.state_path(run.files.signal(record.worker_id, record.try_id)))
     if setup.get("state") == "running":  # its wrapper runs the worktree's set-up command, the agent after it
-        alive = runner.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
+        alive = procs.processes_tagged(TRY_VAR, try_tag(run, record.worker_id, record.try_id))
         return (WorkerStatus.SETTING_UP if alive else WorkerStatus.GONE), None, None
     group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
     if group is None:
         return (WorkerStatus.STARTING if record.launched else WorkerStatus.WAITING), None, None
-    if set(runner.group_members(group)) & ours():
+    if set(procs.group_members(group)) & ours():
         return WorkerStatus.RUNNING, None, None
     return WorkerStatus.GONE, None, None  # no exit code and no process: the wrapper died (tmux, the machine, a kill)
 
@@ -165,7 +165,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
     def ours() -> set[int]:
         """Every process of any try of this run, from one pass over /proc, made only if some try needs it."""
         if not tagged:
-            tagged.append(set(runner.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)))
+            tagged.append(set(procs.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)))
         return tagged[0]
 
     views = issue_views(run, records)

@@ -6,6 +6,7 @@ import codecs
 import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from lib import logcut, runner
+from lib import logcut, procs
 from lib.errors import OrchestratorError, clip
 from lib import statefile
 from lib.statefile import read_regular
@@ -231,7 +232,7 @@ def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
             return False  # the process table is read at most once a second
         looked[0] = time.monotonic()
         group = read_pid(run.files.pid_file(record.worker_id, record.try_id))
-        alive = runner.processes_tagged(TRY_VAR, tag) or (group is not None and runner.group_members(group))
+        alive = procs.processes_tagged(TRY_VAR, tag) or (group is not None and procs.group_members(group))
         if alive or not now.launched:
             gone_since.clear()
             return False
@@ -422,6 +423,25 @@ def socket_args(run: Run) -> tuple[list[str], str]:
     if chosen:
         return ["-L", chosen], str(folder / chosen)
     return [], str(folder / "default")
+
+
+def attach_command(run: Run) -> str:
+    """The command line that attaches a terminal to the run's session, as `launch` tells it (quoted to paste)."""
+    return shlex.join(["tmux", *socket_args(run)[0], "attach", "-t", run.session])
+
+
+def attach(run: Run, cfg: ProjectConfig, number: int) -> int:
+    """Show the issue's window in this terminal (`attach_plan`'s commands in order); tmux's exit code: 0 once
+    the client detaches."""
+    plan = attach_plan(run, cfg, number)
+    for command in plan.commands:
+        try:
+            code = subprocess.call(command, env=plan.env)
+        except OSError as err:  # tmux gone from PATH since the session was read, or not runnable
+            raise NotNow(f"issue #{number}: cannot start tmux: {clip(err.strerror or str(err))}") from None
+        if code:
+            return code
+    return 0
 
 
 def attach_plan(run: Run, cfg: ProjectConfig, number: int, environ: dict[str, str] | None = None) -> Attach:

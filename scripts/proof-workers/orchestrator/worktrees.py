@@ -20,7 +20,7 @@ from typing import Iterator
 
 from lib import runner
 from lib.errors import OrchestratorError, clip
-from lib.gitstatus import REPO_LOCAL_GIT_VARS
+from lib.gitstatus import REPO_LOCAL_GIT_VARS, without_repo_local_git_vars
 
 SAFE_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "color.ui=false")
 # Variables that would point our git (or an agent's) at another repository, index or config:
@@ -37,8 +37,7 @@ class GitFailed(OrchestratorError):
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in REPO_ENV and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items() if k not in REPO_ENV}
     # GIT_OPTIONAL_LOCKS=0: our `git status` must not take the worktree's index.lock to refresh the
     # index, or the agent's own `git add`/`git commit` at that moment fails ("index.lock exists").
     env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"})

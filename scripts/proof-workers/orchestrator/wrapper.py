@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout root, for lib/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
-from lib import logcut, procs, runner  # noqa: E402
+from lib import logcut, procs, runner, signals  # noqa: E402
 from lib.statefile import locked, read_small, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
@@ -120,8 +120,7 @@ def sandbox_argv(box: dict[str, Any], env: dict[str, str]) -> list[str]:
 
 def sandbox_env(env: dict[str, str]) -> dict[str, str]:
     """The environment a sandboxed agent gets: no agent sockets, askpass programs, tokens or tmux handles."""
-    env = {k: v for k, v in env.items() if k not in SANDBOX_DROPPED_ENV
-           and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env = {k: v for k, v in without_repo_local_git_vars(env).items() if k not in SANDBOX_DROPPED_ENV}
     env["GIT_CONFIG_COUNT"] = str(len(SANDBOX_GIT_CONFIG))
     for index, (key, value) in enumerate(SANDBOX_GIT_CONFIG):
         env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
@@ -241,8 +240,7 @@ def run(spec: dict[str, Any]) -> int:
     signal_path.parent.mkdir(parents=True, exist_ok=True)
     label = f"worker-{spec['worker']} try {spec['try']} issue #{spec['issue']} stage {spec['stage']}"
     # Nothing inherited may point the agent's git at another repository, index or config (lib.gitstatus's list).
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
-           if not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))}
+    env = without_repo_local_git_vars(os.environ)
     env.update(spec.get("env", {}))
     argv = ["/bin/sh", "-c", spec["command"]]
     # Orphans of the agent's tree (a double fork, `env -i setsid cmd &`: no tag, no group) become our children,
@@ -289,7 +287,7 @@ def run(spec: dict[str, Any]) -> int:
                 except ProcessLookupError:
                     pass
 
-            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            for signum in signals.STOP_SIGNALS:
                 signal.signal(signum, stop)
             feeder = Feeder(agent.stdin, streamed) if streamed else None
             if structured:
@@ -313,7 +311,7 @@ def run(spec: dict[str, Any]) -> int:
                 _note(log, f"wrapper: killed {len(leftovers)} process(es) the agent left behind: "
                            f"{', '.join(map(str, leftovers[:10]))}\n".encode())
             # Stopped by a signal: say which (129 is a hang-up: tmux or the terminal went away).
-            code = 128 + stopped_by[0] if stopped_by else code if code >= 0 else 128 - code
+            code = signals.exit_code(stopped_by[0]) if stopped_by else code if code >= 0 else signals.exit_code(-code)
         end = f"=== EXIT code {code} {label} at {_stamp()} ===\n".encode()
         _note(log, end if getattr(log, "at_line_start", True) else b"\n" + end)  # output may end mid-line
         _note(index, end)
@@ -349,7 +347,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
             raise _Stopped(signum)
 
     stopping: list[int] = []
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, stop) for signum in signals.STOP_SIGNALS}
     code, outcome = None, {"state": "done"}
     try:
         try:
@@ -364,7 +362,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
     except worktree_setup.SetupFailed as err:
         code, outcome = 1, {"state": "failed", "reason": str(err)}
     except _Stopped as err:
-        code, outcome = 128 + err.signum, {"state": "stopped", "signal": err.signum}
+        code, outcome = signals.exit_code(err.signum), {"state": "stopped", "signal": err.signum}
     finally:
         for signum in previous:  # from here a signal is noted, never raised into the cleanup below
             signal.signal(signum, lambda signum, _frame: stopping.append(signum))
@@ -375,7 +373,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stopping and code is None:  # stopped after the command ended well: still stopped, no agent
-        code, outcome = 128 + stopping[0], {"state": "stopped", "signal": stopping[0]}
+        code, outcome = signals.exit_code(stopping[0]), {"state": "stopped", "signal": stopping[0]}
     write_text(state, json.dumps(outcome) + "\n")
     if code is not None:
         with suppress(OSError), open(index_path, "ab") as index:
@@ -386,7 +384,7 @@ def _set_up(setup: dict[str, Any], cap: int, tag: str | None, signal_path: Path,
 
 def _kill_below(tag: str | None) -> list[int]:
     """Kill every process still below the wrapper and every one with this try's tag; returns their pids."""
-    found = runner.processes_tagged(TRY_VAR, tag) if tag else []
+    found = procs.processes_tagged(TRY_VAR, tag) if tag else []
     found += [pid for pid in procs.descendants(procs.process_table(), os.getpid()) if pid not in found]
     if found:
         runner.kill_processes([], found, LEFTOVER_GRACE_S)
@@ -488,8 +486,8 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     """Kill what is left of the agent's group, every process with this try's tag and every process still below
     the wrapper (orphans reparented to it, tag or not); returns those found outside the group. A group leader
     that has exited no longer counts its group, hence the tag and the descent."""
-    members = set(runner.group_members(pgid))
-    outside = [p for p in runner.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
+    members = set(procs.group_members(pgid))
+    outside = [p for p in procs.processes_tagged(TRY_VAR, tag) if p not in members] if tag else []
     outside += [pid for pid in procs.descendants(procs.process_table(), os.getpid())
                 if pid not in outside and pid not in members]
     if members or outside:
