@@ -28,7 +28,7 @@ from lib import runner
 from lib.errors import clip
 from lib.remote import known_hosts as host_keys
 from lib.remote.hosts import Host
-from lib.signals import signal_name
+from lib.signals import exit_code, signal_name
 
 Done = TypeVar("Done")
 CHUNK = 64 * 1024
@@ -694,7 +694,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                                           f"{stray or f'exit {code}'}")
     signum = killed_by_signal(private, pgid, code)
     if signum is not None:  # as runner.ProcessResult says it here: 128 + the signal, and which one
-        return RemoteResult(128 + signum, killed_by=signal_name(signum))
+        return RemoteResult(exit_code(signum), killed_by=signal_name(signum))
     # setsid itself killed by a signal reports no exit status over ssh (paramiko: -1): "killed by a signal".
     return RemoteResult(None if code == -1 else code)
 

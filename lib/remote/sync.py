@@ -40,7 +40,8 @@ from lib.paths import Paths
 from lib.progress import Progress
 from lib.remote import connection as remote
 from lib.remote.hosts import LOCAL, Host
-from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, _log_name, _open_log, _summary, run_sync
+from lib.signals import signal_name
+from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, SyncStatus, _log_name, _open_log, _summary, run_sync
 
 LIB_DIR = Path(__file__).resolve().parent.parent  # lib/: its modules, not this package, go to the host
 HOST_HOME = ".orchestrator"  # under the host's workspace
@@ -518,7 +519,7 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     if "signal" in output.result:  # stopped on the host, not from here: its report file is not needed
         _take_report(connection, report_file, run)
         signum = output.result["signal"]
-        how = runner.signal_name(signum) if isinstance(signum, int) else clip(str(signum))
+        how = signal_name(signum) if isinstance(signum, int) else clip(str(signum))
         reason = f"the sync on host {host.name} was stopped there ({how}) before this repo finished"
     else:
         reason = f"no outcome from the sync on host {host.name}"
@@ -636,8 +637,8 @@ def _all_failed(repos: Sequence[Repo], host: Host, reason: str, log_dir: Path, d
     for repo in repos:
         local = log_dir / _log_name(repo, dry_run)
         _write_local_log(local, host, repo.name, f"error: {reason}")
-        outcomes.append(HostSyncOutcome(repo.name, "failed", reason, repo.default_branch, None, None, str(local),
-                                        host=host.name))
+        outcomes.append(HostSyncOutcome(repo.name, SyncStatus.FAILED, reason, repo.default_branch, None, None,
+                                        str(local), host=host.name))
     return outcomes
 
 
