@@ -378,21 +378,13 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
 def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False, host="",
              accept_new_host_key=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
-    from lib.config import load_workspace
-    from lib.sync import run_sync
+    from lib.sync import run_command
     from lib.views import sync_table
 
-    paths = Paths.from_env()
-    if host:
-        from lib.remote.sync import sync_on_host
-
-        report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
-                              accept_new_host_key)
-    else:
-        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
-                          dry_run)
+    report = run_command(Paths.from_env(), tag, net_jobs, timeout or None, clone_missing, dry_run, host,
+                         accept_new_host_key)
     print(sync_table(report.outcomes))
-    print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    print(report.closing_line())
     _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
