@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import math
-import shlex
 from pathlib import Path
 
 from invoke import Collection, Exit
@@ -150,13 +149,6 @@ def _print_plans(plans, fleet, groups) -> None:
         print(line)
 
 
-def _print_plan(plan) -> None:
-    from lib.batch import plan_lines
-
-    for line in plan_lines(plan):
-        print(line)
-
-
 class _TextToBytes:
     """A binary view of a text stream that has no .buffer (a captured stdout)."""
 
@@ -174,31 +166,21 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
-    from lib.batch import check_state, plan_workflow, run_and_record, tail
-    from lib.config import load_workspace
+    from lib.batch import check_state, tail
+    from lib.onerepo import plan_one
     from lib.views import headline
 
     paths = Paths.from_env()
-    workspace = load_workspace(paths.repos_file)
-    chosen = workspace.get(repo)
-    plans = plan_workflow(paths, workflow, [chosen])
-    on_host = _host_for(paths, chosen, host)
+    one = plan_one(paths, workflow, repo, host)
     stream = (getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout)) if echo else None
-    if dry_run and on_host is not None:
-        print(f"{chosen.name}: would run {workflow} on host {on_host.name} ({on_host.address}) "
-              f"in {shlex.quote(on_host.repo_dir(chosen.name))}")
-        return
     if dry_run:
-        _print_plan(plans[0])
+        for line in one.dry_run_lines():
+            print(line)
         return
     _warn(check_state(paths, workflow))
-    if on_host is not None or not plans[0].skip_reason:  # a skipped repo writes no log
-        print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""),
-              flush=True)
-    if on_host is not None:
-        run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
-    else:
-        run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
+    if one.log_line():
+        print(one.log_line(), flush=True)
+    run = one.run(timeout or None, stream, accept_new_host_key, grace)
     outcome = run.outcomes[0]
     print(headline(workflow, outcome))
     if outcome.failing and not echo:
@@ -207,22 +189,6 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
     _warn(run.notes)
     if outcome.failing:
         raise Exit(code=1)
-
-
-def _host_for(paths, repo, flag):
-    """The build host a repo runs on: --host, else the repo's `host` in repos.json; None for here."""
-    from lib.remote.fleet import Fleet
-    from lib.remote.hosts import LOCAL
-
-    name = flag or repo.host or LOCAL
-    return None if name == LOCAL else Fleet.load(paths).get(name)
-
-
-def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
-    from lib.remote.fleet import Fleet, run_distributed
-
-    return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1, timeout or None,
-                           accept_new_host_key, echo=echo)
 
 
 RUN_HELP = {
