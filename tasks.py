@@ -90,23 +90,9 @@ def _warn(lines: list[str]) -> None:
 )
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
-    from lib.config import load_workspace
-    from lib.remote.hosts import LOCAL
-    from lib.gitstatus import read_state
-    from lib.scan import scan_workspace
+    from lib.scan import status_command
 
-    host = "" if host == LOCAL else host  # this machine, as for build and test
-    paths = Paths.from_env()
-    workspace = load_workspace(paths.repos_file)
-    if host:
-        from lib.remote.fleet import Fleet
-        from lib.remote.status import scan_host
-
-        report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
-    else:
-        report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
-    if dirty:
-        report.repos = [r for r in report.repos if r.error or r.dirty]
+    report, host = status_command(Paths.from_env(), tag, dirty, jobs, host, accept_new_host_key)
     if json:
         print(jsonlib.dumps({**report.to_json(), **({"host": host} if host else {})}, indent=2))
     else:
@@ -404,8 +390,8 @@ def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, onl
 def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
     from lib.remote.fleet import Fleet
-    from lib.remote.connection import PROBE_TOOLS, check_hosts
-    from lib.views import plain_table, visible
+    from lib.remote.connection import check_hosts
+    from lib.views import host_check_table, host_versions_lines
 
     fleet = Fleet.load(Paths.from_env())
     hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
@@ -413,18 +399,9 @@ def host_check(c, name="", accept_new_host_key=False):
         print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
         return
     checks = check_hosts(hosts, accept_new_host_key)
-    rows = []
-    for check in checks:
-        problems = check.problems
-        verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
-        login = "-" if check.login_s is None else f"{check.login_s:.1f}s"
-        rows.append([check.host.name, check.host.address, verdict, login, check.workspace or "-"])
-    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]))
-    for check in checks:
-        if check.tools:
-            # The versions are the host's words: escaped, as in the table.
-            versions = "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS)
-            print(visible(f"{check.host.name}: {versions}"))
+    print(host_check_table(checks))
+    for line in host_versions_lines(checks):
+        print(line)
     if any(check.problems for check in checks):
         raise Exit(code=1)
 
