@@ -6,7 +6,7 @@ exception through: lib.cli's task turns each into its lines and exit code.
 Heavy imports (tabulate, fabric, libtmux, rich) happen inside the tasks that
 need them, so `inv --list` stays fast.
 
-Over 500 lines, one job: declaring the command line. Each of the 34 tasks is
+Over 500 lines, one job: declaring the command line. Each task is
 its `@task` help text (every argument's, tests/test_tasks_meta.py), its
 signature and a few lines that call one function in lib/ or the proof-workers
 package and print; splitting them over files would only scatter `inv --list`.
