@@ -116,11 +116,13 @@ def detail_cell(outcome: "Outcome") -> str:
 def headline(workflow: str, outcome: "Outcome") -> str:
     """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`; control characters
     in the reason (a build host's words) escaped, as in the tables."""
+    from lib.batch import RunStatus  # lazily, as tabulate: the scan's path (progress -> views) stays small
+
     word = workflow.upper()
     time = f"{outcome.duration_s:.1f}s"
-    if outcome.status == "passed":
+    if outcome.status == RunStatus.PASSED:
         return f"{word} PASSED ({time})"
-    if outcome.status == "failed":
+    if outcome.status == RunStatus.FAILED:
         return f"{word} FAILED ({visible(outcome.reason or f'exit {outcome.exit_code}')}, {time})"
     return f"{word} {outcome.status.upper()} ({visible(str(outcome.reason))}, {time})"
 
