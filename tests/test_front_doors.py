@@ -135,6 +135,7 @@ def test_both_sync_doors_print_the_sync_warnings(home, make_repo, inv, capsys, d
         out, err = capsys.readouterr()
     assert code == 0, out + err
     warning = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warning) == 1 and str(results) in warning[0] and "set aside as sync-results.json.corrupt" in warning[0], err
+    assert len(warning) == 1 and str(results) in warning[0], err
+    assert "set aside as sync-results.json.corrupt" in warning[0], err
     assert home.state("sync-results.json")["results"][0]["repo"] == "a"
     assert (results.parent / "sync-results.json.corrupt").read_text() == "{not json"

@@ -26,4 +26,5 @@ def test_every_module_over_500_lines_says_why_it_is_one_job():
         lines = text.count("\n")
         if lines > LIMIT and "Over 500 lines" not in (ast.get_docstring(ast.parse(text)) or ""):
             unexplained.append(f"{path.relative_to(ROOT)} ({lines} lines)")
-    assert not unexplained, "add an 'Over 500 lines, one job: ...' paragraph to the docstring of " + ", ".join(unexplained)
+    assert not unexplained, ("add an 'Over 500 lines, one job: ...' paragraph to the docstring of "
+                             + ", ".join(unexplained))

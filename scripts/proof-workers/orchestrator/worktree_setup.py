@@ -5,6 +5,7 @@ import errno
 import filecmp
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +25,7 @@ from lib.gitstatus import confined_to
 from lib.statefile import NotRegular, fsync_dir, open_regular
 
 DEFAULT_TIMEOUT_S = 600.0
+TEMP_SUFFIX = ".setup"  # a copy's temp file: .NAME.XXXXXXXX.setup beside it
 KEYS = ("copy", "run", "timeout")
 MARKER = "orchestrator-setup.json"  # in the worktree's own git dir: gone with the worktree, so a new one sets up
 
@@ -177,6 +179,7 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
         check_parent()  # before mkdir makes anything through a symlink, and after (a race)
         parent.mkdir(parents=True, exist_ok=True)
         check_parent()
+        _remove_killed_copies(parent, target.name)
         if target.is_symlink() or (target.exists() and not target.is_file()):
             raise SetupFailed(f"copy {rel}: the worktree has a symlink or a directory there; not writing through it")
         if not _ignored(worktree, rel):
@@ -185,7 +188,7 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
         if target.is_file():
             _say_kept(source, target, rel, log)
             return
-        fd_out, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".setup")
+        fd_out, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd_out, "wb") as out:
                 shutil.copyfileobj(src, out)
@@ -204,6 +207,19 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
         finally:
             Path(tmp).unlink(missing_ok=True)
     log(f"copy {rel}: copied ({info.st_size} bytes)")
+
+
+def _remove_killed_copies(parent: Path, name: str) -> None:
+    """Remove the temp copies of `name` a killed set-up left (mkstemp's `.NAME.XXXXXXXX.setup`): git does not
+    ignore them, so an agent's commit could take a secret in one. The set-up runs again after a kill (no done
+    mark yet), so this runs before the agent starts."""
+    ours = re.compile(re.escape(f".{name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    with os.scandir(parent) as entries:
+        leftovers = [entry.path for entry in entries
+                     if ours.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)]
+    for path in leftovers:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _link_or_rename(tmp: str, target: Path) -> None:
