@@ -5,12 +5,16 @@ exception through: lib.cli's task turns each into its lines and exit code.
 
 Heavy imports (tabulate, fabric, libtmux, rich) happen inside the tasks that
 need them, so `inv --list` stays fast.
+
+Over 500 lines, one job: declaring the command line. Each task is
+its `@task` help text (every argument's, tests/test_tasks_meta.py), its
+signature and a few lines that call one function in lib/ or the proof-workers
+package and print; splitting them over files would only scatter `inv --list`.
 """
 from __future__ import annotations
 
 import json as jsonlib
 import math
-import shlex
 from pathlib import Path
 
 from invoke import Collection, Exit
@@ -91,23 +95,9 @@ def _warn(lines: list[str]) -> None:
 )
 def status(c, json=False, tag=None, dirty=False, jobs=Count(0), host="", accept_new_host_key=False):
     """Show each repo's branch, changes, ahead/behind and last commit."""
-    from lib.config import load_workspace
-    from lib.remote.hosts import LOCAL
-    from lib.gitstatus import read_state
-    from lib.scan import scan_workspace
+    from lib.scan import status_command
 
-    host = "" if host == LOCAL else host  # this machine, as for build and test
-    paths = Paths.from_env()
-    workspace = load_workspace(paths.repos_file)
-    if host:
-        from lib.remote.fleet import Fleet
-        from lib.remote.status import scan_host
-
-        report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tag), jobs, accept_new_host_key)
-    else:
-        report = scan_workspace(workspace, jobs, tag, read_state(paths.repo_status_file))
-    if dirty:
-        report.repos = [r for r in report.repos if r.error or r.dirty]
+    report, host = status_command(Paths.from_env(), tag, dirty, jobs, host, accept_new_host_key)
     if json:
         print(jsonlib.dumps({**report.to_json(), **({"host": host} if host else {})}, indent=2))
     else:
@@ -150,13 +140,6 @@ def _print_plans(plans, fleet, groups) -> None:
         print(line)
 
 
-def _print_plan(plan) -> None:
-    from lib.batch import plan_lines
-
-    for line in plan_lines(plan):
-        print(line)
-
-
 class _TextToBytes:
     """A binary view of a text stream that has no .buffer (a captured stdout)."""
 
@@ -174,31 +157,21 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
     """Run one workflow on one repo, print the original's verdict, exit 1 unless it passed or skipped."""
     import sys
 
-    from lib.batch import check_state, plan_workflow, run_and_record, tail
-    from lib.config import load_workspace
+    from lib.batch import check_state, tail
+    from lib.onerepo import plan_one
     from lib.views import headline
 
     paths = Paths.from_env()
-    workspace = load_workspace(paths.repos_file)
-    chosen = workspace.get(repo)
-    plans = plan_workflow(paths, workflow, [chosen])
-    on_host = _host_for(paths, chosen, host)
+    one = plan_one(paths, workflow, repo, host)
     stream = (getattr(sys.stdout, "buffer", None) or _TextToBytes(sys.stdout)) if echo else None
-    if dry_run and on_host is not None:
-        print(f"{chosen.name}: would run {workflow} on host {on_host.name} ({on_host.address}) "
-              f"in {shlex.quote(on_host.repo_dir(chosen.name))}")
-        return
     if dry_run:
-        _print_plan(plans[0])
+        for line in one.dry_run_lines():
+            print(line)
         return
     _warn(check_state(paths, workflow))
-    if on_host is not None or not plans[0].skip_reason:  # a skipped repo writes no log
-        print(f"log: {plans[0].log}" + (f" (host: {on_host.name}, {on_host.address})" if on_host else ""),
-              flush=True)
-    if on_host is not None:
-        run = _run_on_host(paths, workspace, workflow, chosen, on_host, timeout, stream, accept_new_host_key)
-    else:
-        run = run_and_record(paths, workspace, plans, 1, timeout or None, echo=stream, interrupt_grace=grace)
+    if one.log_line():
+        print(one.log_line(), flush=True)
+    run = one.run(timeout or None, stream, accept_new_host_key, grace)
     outcome = run.outcomes[0]
     print(headline(workflow, outcome))
     if outcome.failing and not echo:
@@ -207,22 +180,6 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
     _warn(run.notes)
     if outcome.failing:
         raise Exit(code=1)
-
-
-def _host_for(paths, repo, flag):
-    """The build host a repo runs on: --host, else the repo's `host` in repos.json; None for here."""
-    from lib.remote.fleet import Fleet
-    from lib.remote.hosts import LOCAL
-
-    name = flag or repo.host or LOCAL
-    return None if name == LOCAL else Fleet.load(paths).get(name)
-
-
-def _run_on_host(paths, workspace, workflow, repo, host, timeout, echo, accept_new_host_key):
-    from lib.remote.fleet import Fleet, run_distributed
-
-    return run_distributed(paths, workspace, workflow, {host.name: [repo]}, Fleet.load(paths), 1, timeout or None,
-                           accept_new_host_key, echo=echo)
 
 
 RUN_HELP = {
@@ -378,21 +335,13 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
 def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False, host="",
              accept_new_host_key=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
-    from lib.config import load_workspace
-    from lib.sync import run_sync
+    from lib.sync import run_command
     from lib.views import sync_table
 
-    paths = Paths.from_env()
-    if host:
-        from lib.remote.sync import sync_on_host
-
-        report = sync_on_host(paths, host, tag, net_jobs, timeout or None, clone_missing, dry_run,
-                              accept_new_host_key)
-    else:
-        report = run_sync(paths, load_workspace(paths.repos_file), tag, net_jobs, timeout or None, clone_missing,
-                          dry_run)
+    report = run_command(Paths.from_env(), tag, net_jobs, timeout or None, clone_missing, dry_run, host,
+                         accept_new_host_key)
     print(sync_table(report.outcomes))
-    print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    print(report.closing_line())
     _warn(report.notes)
     if report.failing:
         raise Exit(code=1)
@@ -446,8 +395,8 @@ def foreach(c, command=None, jobs=Count(0), timeout=Seconds(1800), tag=None, onl
 def host_check(c, name="", accept_new_host_key=False):
     """Connect to each build host: reachable or the exact reason, and git/toolchain versions there."""
     from lib.remote.fleet import Fleet
-    from lib.remote.connection import PROBE_TOOLS, check_hosts
-    from lib.views import plain_table, visible
+    from lib.remote.connection import check_hosts
+    from lib.views import host_check_table, host_versions_lines
 
     fleet = Fleet.load(Paths.from_env())
     hosts = [fleet.get(name)] if name else list(fleet.hosts.values())
@@ -455,18 +404,9 @@ def host_check(c, name="", accept_new_host_key=False):
         print(f"no hosts defined in {fleet.source} (add one with `inv host.add`)")
         return
     checks = check_hosts(hosts, accept_new_host_key)
-    rows = []
-    for check in checks:
-        problems = check.problems
-        verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
-        login = "-" if check.login_s is None else f"{check.login_s:.1f}s"
-        rows.append([check.host.name, check.host.address, verdict, login, check.workspace or "-"])
-    print(plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"]))
-    for check in checks:
-        if check.tools:
-            # The versions are the host's words: escaped, as in the table.
-            versions = "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS)
-            print(visible(f"{check.host.name}: {versions}"))
+    print(host_check_table(checks))
+    for line in host_versions_lines(checks):
+        print(line)
     if any(check.problems for check in checks):
         raise Exit(code=1)
 

@@ -104,3 +104,27 @@ def _merged(workspace: Workspace, fresh: list[dict[str, Any]], previous: Any) ->
     # A row is kept only for the repo it describes: same name, same path (a moved repo waits for a full scan).
     return [by_name[repo.name] for repo in workspace.repos
             if repo.name in by_name and by_name[repo.name].get("path") == str(repo.local)]
+
+
+def status_command(paths: Paths, tags: list[str] | None = None, dirty: bool = False, jobs: int = 0, host: str = "",
+                   accept_new_host_key: bool = False) -> tuple[ScanReport, str]:
+    """`inv status`: the selected repos' status here, or on build host `host` (`local`: here), nothing written;
+    with `dirty`, only repos with uncommitted changes or an error. Returns the report and the host read ("": here).
+
+    lib.remote (fabric) is imported only for a host: the scan here stays standard library only.
+    """
+    workspace = load_workspace(paths.repos_file)
+    if host:
+        from lib.remote.hosts import LOCAL
+
+        host = "" if host == LOCAL else host
+    if host:
+        from lib.remote.fleet import Fleet
+        from lib.remote.status import scan_host
+
+        report = scan_host(Fleet.load(paths).get(host), workspace.select(tags=tags), jobs, accept_new_host_key)
+    else:
+        report = scan_workspace(workspace, jobs, tags, read_state(paths.repo_status_file))
+    if dirty:
+        report.repos = [r for r in report.repos if r.error or r.dirty]
+    return report, host

@@ -1,4 +1,4 @@
-"""Tables and lines the front doors print: status, run outcomes, sync outcomes."""
+"""Tables and lines the front doors print: status, run outcomes, sync outcomes, host checks, tasks."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from lib.backlog import Task
     from lib.batch import Outcome
+    from lib.remote.connection import HostCheck
     from lib.sync import SyncOutcome
 
 
@@ -115,11 +116,13 @@ def detail_cell(outcome: "Outcome") -> str:
 def headline(workflow: str, outcome: "Outcome") -> str:
     """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`; control characters
     in the reason (a build host's words) escaped, as in the tables."""
+    from lib.batch import RunStatus  # lazily, as tabulate: the scan's path (progress -> views) stays small
+
     word = workflow.upper()
     time = f"{outcome.duration_s:.1f}s"
-    if outcome.status == "passed":
+    if outcome.status == RunStatus.PASSED:
         return f"{word} PASSED ({time})"
-    if outcome.status == "failed":
+    if outcome.status == RunStatus.FAILED:
         return f"{word} FAILED ({visible(outcome.reason or f'exit {outcome.exit_code}')}, {time})"
     return f"{word} {outcome.status.upper()} ({visible(str(outcome.reason))}, {time})"
 
@@ -141,3 +144,23 @@ def tasks_table(tasks: Iterable["Task"], today: "date") -> str:
         rows.append([t.id, cut(t.title, 50), t.get("repo") or "-", t.get("priority") or "-", t.state,
                      "-" if age is None else f"{age}d"])
     return plain_table(rows, ["ID", "TITLE", "REPO", "PRIORITY", "STATE", "AGE"])
+
+
+def host_check_table(checks: Sequence["HostCheck"]) -> str:
+    """`inv host.check`'s table: each host's verdict (`ok`, or its problems; `unreachable: ` first when the host
+    did not answer), its login time and workspace."""
+    rows = []
+    for check in checks:
+        problems = check.problems
+        verdict = "ok" if not problems else ("unreachable: " if not check.reachable else "") + "; ".join(problems)
+        login = "-" if check.login_s is None else f"{check.login_s:.1f}s"
+        rows.append([check.host.name, check.host.address, verdict, login, check.workspace or "-"])
+    return plain_table(rows, ["HOST", "ADDRESS", "CHECK", "LOGIN", "WORKSPACE"])
+
+
+def host_versions_lines(checks: Sequence["HostCheck"]) -> list[str]:
+    """One line per host that answered: its tools' versions, in the host's words, escaped as in the table."""
+    from lib.remote.connection import PROBE_TOOLS
+
+    return [visible(f"{check.host.name}: " + "; ".join(f"{t} {check.tools.get(t, '?')}" for t in PROBE_TOOLS))
+            for check in checks if check.tools]

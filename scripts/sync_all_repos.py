@@ -8,10 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.config import load_workspace  # noqa: E402
 from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.sync import run_sync  # noqa: E402
+from lib.sync import run_command  # noqa: E402
 from lib.views import sync_table  # noqa: E402
 
 
@@ -26,17 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="", help="sync the repos in this build host's workspace instead (local: here)")
     parser.add_argument("--accept-new-host-key", action="store_true", help="trust a host key never seen before")
     args = parser.parse_args(argv)
-    paths = Paths.from_env()
-    if args.host:
-        from lib.remote.sync import sync_on_host
-
-        report = sync_on_host(paths, args.host, args.tag, args.net_jobs, args.timeout or None, args.clone_missing,
-                              args.dry_run, args.accept_new_host_key)
-    else:
-        report = run_sync(paths, load_workspace(paths.repos_file), args.tag, args.net_jobs, args.timeout or None,
-                          args.clone_missing, args.dry_run)
+    report = run_command(Paths.from_env(), args.tag, args.net_jobs, args.timeout or None, args.clone_missing,
+                         args.dry_run, args.host, args.accept_new_host_key)
     print(sync_table(report.outcomes))
-    print(report.summary_line() + (f" -> {report.state_file}" if report.state_file else " (dry run)"))
+    print(report.closing_line())
+    for line in report.notes:
+        print(line, file=sys.stderr)
     return 1 if report.failing else 0
 
 

@@ -117,3 +117,25 @@ def test_a_bug_in_a_task_or_script_keeps_its_traceback(inv, home, monkeypatch):
         inv("scan")
     with pytest.raises(KeyError):
         script_main("scan_all_repos")([])
+
+
+@pytest.mark.parametrize("door", ["inv", "script"])
+def test_both_sync_doors_print_the_sync_warnings(home, make_repo, inv, capsys, door):
+    """A results file that cannot be read is set aside: `inv sync-all` and its script both say so (the script
+    once dropped the report's notes, so a set-aside or an unrecorded result went unsaid)."""
+    home.add(make_repo("a"))
+    results = home.path / "state" / "sync-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("{not json")
+    if door == "inv":
+        result = inv("sync-all")
+        code, out, err = result.code, result.out, result.err
+    else:
+        code = script_main("sync_all_repos")([])
+        out, err = capsys.readouterr()
+    assert code == 0, out + err
+    warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and str(results) in warning[0], err
+    assert "set aside as sync-results.json.corrupt" in warning[0], err
+    assert home.state("sync-results.json")["results"][0]["repo"] == "a"
+    assert (results.parent / "sync-results.json.corrupt").read_text() == "{not json"

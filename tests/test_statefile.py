@@ -56,10 +56,11 @@ def test_update_moves_a_corrupt_file_aside_and_starts_afresh(tmp_path):
 
 
 def _replacers_without_a_reason() -> list[str]:
-    """Functions outside lib/statefile.py that call os.replace and whose docstring does not say why not statefile."""
+    """Functions outside lib/statefile.py that call os.replace or os.rename and whose docstring does not say why not
+    statefile (every module of lib/, its packages too, and of scripts/)."""
     import ast
     found = []
-    for path in sorted((ROOT / "lib").glob("*.py")) + sorted((ROOT / "scripts").rglob("*.py")):
+    for path in sorted((ROOT / "lib").rglob("*.py")) + sorted((ROOT / "scripts").rglob("*.py")):
         if path.name == "statefile.py" and path.parent.name == "lib":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -67,7 +68,7 @@ def _replacers_without_a_reason() -> list[str]:
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             calls = [node for node in ast.walk(function) if isinstance(node, ast.Call)
-                     and ast.unparse(node.func) == "os.replace"]
+                     and ast.unparse(node.func) in ("os.replace", "os.rename")]
             if calls and "statefile" not in (ast.get_docstring(function) or ""):
                 found.append(f"{path.relative_to(ROOT)}:{function.name}")
     return sorted(set(found))
@@ -76,6 +77,15 @@ def _replacers_without_a_reason() -> list[str]:
 def test_every_atomic_write_goes_through_statefile_or_says_why_not():
     """The workers' wrapper renamed its own unsynced temp files (a crash could lose an exit code it reported)."""
     assert _replacers_without_a_reason() == []
+
+
+def test_the_guard_sees_lib_packages_and_os_rename():
+    """lib/remote/ was skipped (a flat glob), and os.rename was not looked for: both are seen."""
+    assert "lib/remote/sync.py" in {p.relative_to(ROOT).as_posix() for p in (ROOT / "lib").rglob("*.py")}
+    import ast
+
+    call = ast.parse("os.rename(a, b)").body[0].value
+    assert ast.unparse(call.func) in ("os.replace", "os.rename")
 
 
 def test_a_lock_files_text_reaches_the_error_line_printable_and_short(tmp_path):

@@ -23,7 +23,7 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, ProjectConfig
-from orchestrator.decide import PrView, PrWork
+from orchestrator.decide import ActionKind, PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
 from orchestrator.worker import Worker
@@ -399,11 +399,17 @@ def watch_again(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
     save(state_root, cfg.project, issue.number, checks="pending", phase="pr_open")
 
 
-def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: str) -> str:
+PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)
+
+
+def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: ActionKind) -> str:
     """What a fix_ci stage (failed checks and their logs' tails) or an address_review stage (the comments) is
-    told; the forge is asked for the logs now (bounded; unavailable logs are said so)."""
+    told; the forge is asked for the logs now (bounded; unavailable logs are said so). Another kind is a
+    ValueError (never told as a review)."""
+    if kind not in PR_STAGE_KINDS:
+        raise ValueError(f"{kind!r} is no pull-request stage (fix_ci, address_review)")
     last = record.pr.get("last") or {}
-    if kind == "fix_ci":
+    if kind == ActionKind.FIX_CI:
         failed = [tuple(f) for f in last.get("failed") or []] if last.get("checks") == "failing" else []
         left = ("The pull request was queued to merge (merge queue or auto-merge) and left the queue unmerged: "
                 "its checks there failed or it was removed. Make it mergeable again.\n\n"
@@ -422,19 +428,20 @@ def stage_task(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Worke
     return f"Review comments:\n{comments}"
 
 
-def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: str) -> None:
+def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord, kind: ActionKind) -> None:
     """The PR loop's part of a fix_ci / address_review stage on the same branch (the worker's own part and the
     try: the caller's, orchestrator.worker)."""
     task = stage_task(state_root, cfg, issue, record, kind)
     last = record.pr.get("last") or {}
-    counter = "ci_fixes" if kind == "fix_ci" else "review_rounds"
+    counter = "ci_fixes" if kind == ActionKind.FIX_CI else "review_rounds"
     # A merge left queued is over once a stage starts (the queue dropped it): the next green head is merged anew.
     record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merging=False,
                      **{counter: int(record.pr.get(counter) or 0) + 1})
-    if kind == "address_review":
+    if kind == ActionKind.ADDRESS_REVIEW:
         record.pr["review_seen"] = str(last.get("review_id") or "")
-    save(state_root, cfg.project, issue.number, phase="ci_failed" if kind == "fix_ci" else "changes_requested",
-         checks="failing" if kind == "fix_ci" else (last.get("checks") or "pending"), merge_queued=False,
+    fixing_ci = kind == ActionKind.FIX_CI
+    save(state_root, cfg.project, issue.number, phase="ci_failed" if fixing_ci else "changes_requested",
+         checks="failing" if fixing_ci else (last.get("checks") or "pending"), merge_queued=False,
          **{counter: record.pr[counter]})
 
 

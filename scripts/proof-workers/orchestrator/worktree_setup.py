@@ -1,9 +1,11 @@
 """worktree_setup: copy the main checkout's ignored files into a new worktree, then run its set-up command."""
 from __future__ import annotations
 
+import errno
 import filecmp
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -20,9 +22,10 @@ from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
 from lib.gitrefs import locate
 from lib.gitstatus import confined_to
-from lib.statefile import NotRegular, open_regular
+from lib.statefile import NotRegular, fsync_dir, open_regular
 
 DEFAULT_TIMEOUT_S = 600.0
+TEMP_SUFFIX = ".setup"  # a copy's temp file: .NAME.XXXXXXXX.setup beside it
 KEYS = ("copy", "run", "timeout")
 MARKER = "orchestrator-setup.json"  # in the worktree's own git dir: gone with the worktree, so a new one sets up
 
@@ -144,6 +147,13 @@ def _ignored(worktree: Path, rel: str) -> bool:
 
 
 def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) -> None:
+    """Copy one file into the worktree, never over a file the worktree has.
+
+    Not statefile.write_bytes: the copy is streamed (a file of any size, never held whole), and it must never
+    replace what it finds, even a file that appears while it streams, so the fsynced temp file is linked into
+    place (EEXIST: the worktree's own is kept), not renamed over it (`_link_or_rename`); then the directory is fsynced
+    (statefile.fsync_dir), so a crash never leaves an empty copy that a later set-up would keep as the worktree's.
+    """
     source = repo / rel
     outside = _escapes(repo, rel)
     if outside:
@@ -169,26 +179,66 @@ def _copy_one(repo: Path, worktree: Path, rel: str, log: Callable[[str], None]) 
         check_parent()  # before mkdir makes anything through a symlink, and after (a race)
         parent.mkdir(parents=True, exist_ok=True)
         check_parent()
+        _remove_killed_copies(parent, target.name)
         if target.is_symlink() or (target.exists() and not target.is_file()):
             raise SetupFailed(f"copy {rel}: the worktree has a symlink or a directory there; not writing through it")
         if not _ignored(worktree, rel):
             raise SetupFailed(f"copy {rel}: git does not ignore it in the worktree, so the agent's commits could "
                               "take it (and push it): ignore it in .gitignore or drop it from copy")
         if target.is_file():
-            same = filecmp.cmp(source, target, shallow=False)
-            log(f"copy {rel}: " + ("already there" if same else
-                                   "kept the worktree's own (it differs; not overwritten)"))
+            _say_kept(source, target, rel, log)
             return
-        fd_out, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".setup")
+        fd_out, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
         try:
             with os.fdopen(fd_out, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.chmod(tmp, stat.S_IMODE(info.st_mode))
-            os.rename(tmp, target)
-        except BaseException:
+                os.fchmod(out.fileno(), stat.S_IMODE(info.st_mode))
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                _link_or_rename(tmp, target)
+            except FileExistsError:  # the worktree got its own while the copy streamed
+                if target.is_symlink() or not target.is_file():
+                    raise SetupFailed(f"copy {rel}: the worktree has a symlink or a directory there; "
+                                      "not writing through it") from None
+                _say_kept(source, target, rel, log)
+                return
+            fsync_dir(parent)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
     log(f"copy {rel}: copied ({info.st_size} bytes)")
+
+
+def _remove_killed_copies(parent: Path, name: str) -> None:
+    """Remove the temp copies of `name` a killed set-up left (mkstemp's `.NAME.XXXXXXXX.setup`): git does not
+    ignore them, so an agent's commit could take a secret in one. The set-up runs again after a kill (no done
+    mark yet), so this runs before the agent starts."""
+    ours = re.compile(re.escape(f".{name}.") + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    with os.scandir(parent) as entries:
+        leftovers = [entry.path for entry in entries
+                     if ours.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)]
+    for path in leftovers:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _link_or_rename(tmp: str, target: Path) -> None:
+    """Put `tmp` at `target` unless something is there (FileExistsError): not statefile's os.replace, which would
+    replace it. A file system without hard links (EPERM, ENOTSUP) gets a rename after a last look: only a file
+    landing between the two can then be replaced."""
+    try:
+        os.link(tmp, target)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.rename(tmp, target)
+
+
+def _say_kept(source: Path, target: Path, rel: str, log: Callable[[str], None]) -> None:
+    same = filecmp.cmp(source, target, shallow=False)
+    log(f"copy {rel}: " + ("already there" if same else "kept the worktree's own (it differs; not overwritten)"))
 
 
 class _Tail:
