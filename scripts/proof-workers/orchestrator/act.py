@@ -31,6 +31,7 @@ from orchestrator.queue import IssueRef
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
+from orchestrator.windows import try_tag, worker_window
 from orchestrator.wrapper import TRY_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
@@ -44,15 +45,6 @@ RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
     """The agent_command with every placeholder replaced by its shell-quoted value (data, never code)."""
     return configs.PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), template)
-
-
-def worker_window(worker: int) -> str:
-    return f"worker-{worker}"
-
-
-def try_tag(run: Run, worker: int, try_id: int) -> str:
-    """The value of ORCHESTRATOR_TRY in every process of this try: unique to the run (its state dir)."""
-    return f"{run.files.root}/worker-{worker}/try-{try_id}"
 
 
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:

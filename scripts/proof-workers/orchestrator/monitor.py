@@ -10,12 +10,14 @@ from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
-from orchestrator.act import Executor, kill_try, worker_window
-from orchestrator.decide import Pause, PrWork, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
+from orchestrator.act import Executor, kill_try
+from orchestrator.decide import Pause, Snapshot, State, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
+from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
+from orchestrator.windows import ensure_dashboard, worker_window
 from orchestrator.worker import Worker
 
 
@@ -23,57 +25,6 @@ from orchestrator.worker import Worker
 class CycleResult:
     actions: int
     finished: bool
-
-
-def issue_views(run: Run, records: list[WorkerRecord]) -> tuple[IssueView, ...]:
-    """Issues as decide sees them: an in_progress issue no worker holds is resumed first by the worker the config
-    names (queue.IssueView.resume_worker), or is pending again when it names none (no issue lost)."""
-    held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
-    views = []
-    for cfg in run.configs:
-        for issue in cfg.issues:
-            ref = IssueRef(cfg.project, issue.number)
-            status, resume_worker = issue.status, None
-            if status == "in_progress" and ref not in held:
-                if issue.assigned_worker is not None and not cfg.stages_done(issue):
-                    resume_worker = issue.assigned_worker
-                else:
-                    status = "pending"
-            if status == "pending" and cfg.stages_done(issue):
-                status = "completed"  # pipeline_stage past the last stage: every stage is done (a config warning)
-            views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline),
-                                   resume_worker))
-    return tuple(views)
-
-
-def settings_of(run: Run) -> Settings:
-    return Settings(run.lead.max_retries, run.lead.stall_timeout, run.lead.wall_clock_timeout)
-
-
-def worker_views(records: list[WorkerRecord], run: Run | None = None) -> tuple[WorkerView, ...]:
-    def pr_work(record: WorkerRecord) -> PrWork | None:
-        cfg = next((c for c in run.configs if c.project == record.project), None) if run else None
-        return pulls.work_of(cfg, record) if cfg is not None and record.issue_number is not None else None
-
-    return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
-                            if r.project and r.issue_number is not None else None,
-                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
-                            r.start_failures, r.lost_tries, pr_work(r))
-                 for r in records)
-
-
-def active_pauses(run: Run, now: float) -> tuple[Pause, ...]:
-    """Every pause reason that holds now, per project of the run (decide's input: journalled, replayed)."""
-    out: list[Pause] = []
-    for cfg in run.configs:
-        try:
-            held = pauses.active(pauses.read(pauses.pause_file(run.state_root, cfg.project)), now)
-        except OrchestratorError:
-            out.append(Pause(cfg.project, None, "user"))  # unreadable: held until `resume` starts it afresh
-            continue
-        for issue in sorted(held, key=lambda n: -1 if n is None else n):
-            out.extend(Pause(cfg.project, issue, entry["reason"]) for entry in held[issue])
-    return tuple(out)
 
 
 def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now: float,
@@ -182,8 +133,6 @@ def ensure_session(run: Run) -> None:
         tmux.create_session(run.server, run.session, "orchestrator", None)
     for n in range(1, run.num_workers + 1):
         tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
-    from orchestrator.launch import ensure_dashboard  # launch imports this module
-
     ensure_dashboard(run)
 
 

@@ -10,14 +10,16 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
 from orchestrator import agents, alerts, commands, heartbeat, pauses, pulls, resume, worktree_setup
-from orchestrator.act import agent_log, try_tag
+from orchestrator.act import agent_log
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
-from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
+from orchestrator.inputs import active_pauses, issue_views
+from orchestrator.monitor import pause_holds_run
 from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef, IssueView, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
+from orchestrator.windows import try_tag
 from orchestrator.wrapper import TRY_VAR
 
 MAX_ALERT_LINES = 20
