@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
 from orchestrator import config as configs
+from orchestrator.config import IssueStatus
 from orchestrator import heartbeat, pauses, resume, worktrees
 from orchestrator.decide import Action, ActionKind, Command
 
@@ -115,11 +116,11 @@ def check(run: Run, verb: str, project: str, issue: int | None, text: str) -> li
     chosen = _target(run, project, issue, verb)
     if issue is not None and verb in ISSUE_VERBS:
         status = chosen[0].issue(issue).status  # type: ignore[union-attr]
-        if verb == "retry" and status != "failed":
+        if verb == "retry" and status != IssueStatus.FAILED:
             raise ConfigError(f"retry: #{issue} is {status}: only a failed issue is retried")
-        if verb == "kill" and status != "in_progress":
+        if verb == "kill" and status != IssueStatus.IN_PROGRESS:
             raise ConfigError(f"kill: #{issue} is {status}: no try of it runs")
-        if verb == "send" and status == "completed":
+        if verb == "send" and status == IssueStatus.COMPLETED:
             raise ConfigError(f"send: #{issue} is completed: it has no next try")
     return [Command(_new_id(), verb, cfg.project, issue, text) for cfg in chosen]
 
@@ -334,10 +335,10 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     """The outcome of a command its killed holder had applied already (its effect is there), else None."""
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
-    if command.verb == "kill" and issue is not None and issue.status == "failed":
+    if command.verb == "kill" and issue is not None and issue.status == IssueStatus.FAILED:
         return Outcome(True, [f"killed {label}: it fails with `killed by user` (applied before the monitor that took "
                               "the command stopped)"])
-    if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
+    if command.verb == "retry" and issue is not None and issue.status in (IssueStatus.PENDING, IssueStatus.IN_PROGRESS):
         return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
                               "stopped)"])
     if command.verb == "send" and (given := _given_before(run, command)) is not None:
@@ -352,7 +353,7 @@ def _killed(run: Run, command: Command, held: tuple[int, int] | None, ended: int
     run.reload()  # the executor wrote the issue's status into the config file
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
-    if issue is None or issue.status != "failed":
+    if issue is None or issue.status != IssueStatus.FAILED:
         return Outcome(False, error=f"kill: {label} did not fail (now {issue.status if issue else 'gone'}); see "
                                     "the event log")
     where = f" (worker {held[0]}, try {held[1]})" if held else ""
@@ -372,18 +373,18 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
     label = f"{command.project}#{command.issue}"
     if issue is None:
         return Outcome(False, error=f"retry: {label} is gone from the issue list")
-    if issue.status == "failed":
-        configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
+    if issue.status == IssueStatus.FAILED:
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.PENDING, assigned_worker=None)
         run.files.log_event({"action": "retry", "issue": issue.number, "project": cfg.project, "by": "user"})
         say(f"#{issue.number}: retried by the user: pending again")
-    elif issue.status != "pending":  # pending: this very command was applied before a crash
+    elif issue.status != IssueStatus.PENDING:  # pending: this very command was applied before a crash
         return Outcome(False, error=f"retry: {label} is {issue.status}: only a failed issue is retried")
     run.reload()
     from orchestrator.inputs import issue_views
 
     views = issue_views(run, run.files.load_workers(run.num_workers))
     freed = [v.ref.number for v in views if v.ref.project == cfg.project and command.issue in v.depends_on
-             and not blocked(v, views) and v.status == "pending"]
+             and not blocked(v, views) and v.status == IssueStatus.PENDING]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
     branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
     try:  # what the dry run and status say too; a repository git cannot read is said so, never guessed

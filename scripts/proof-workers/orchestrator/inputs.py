@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from lib.errors import OrchestratorError
 from orchestrator import pauses, pulls
+from orchestrator.config import IssueStatus
 from orchestrator.decide import Pause, PrWork, Settings, WorkerView
 from orchestrator.queue import IssueRef, IssueView
 from orchestrator.run import Run
@@ -21,13 +22,13 @@ def issue_views(run: Run, records: list[WorkerRecord]) -> tuple[IssueView, ...]:
         for issue in cfg.issues:
             ref = IssueRef(cfg.project, issue.number)
             status, resume_worker = issue.status, None
-            if status == "in_progress" and ref not in held:
+            if status == IssueStatus.IN_PROGRESS and ref not in held:
                 if issue.assigned_worker is not None and not cfg.stages_done(issue):
                     resume_worker = issue.assigned_worker
                 else:
-                    status = "pending"
-            if status == "pending" and cfg.stages_done(issue):
-                status = "completed"  # pipeline_stage past the last stage: every stage is done (a config warning)
+                    status = IssueStatus.PENDING
+            if status == IssueStatus.PENDING and cfg.stages_done(issue):
+                status = IssueStatus.COMPLETED  # pipeline_stage past the last stage: all stages done (a config warning)
             views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline),
                                    resume_worker))
     return tuple(views)

@@ -12,7 +12,7 @@ from typing import Any
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from orchestrator import pins, pulls, resume, sandbox, tmux, worktrees
-from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
+from orchestrator.config import PLACEHOLDER_WORD, IssueStatus, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import ActionKind, State, decide
 from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
@@ -273,7 +273,7 @@ def plan_launch(run: Run) -> LaunchPlan:
         assert issue is not None
         branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
         source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
-            if issue.status == "in_progress" else None
+            if issue.status == IssueStatus.IN_PROGRESS else None
         if source == resume.WORKTREE and (why := resume.unusable(cfg.repo_for(issue), worktree, branch)):
             problems.append(f"{cfg.path}: #{issue.number}: {why}")  # the monitor would fail it at once
         stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]

@@ -10,6 +10,7 @@ from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
+from orchestrator.config import IssueStatus
 from orchestrator.act import Executor, kill_try
 from orchestrator.decide import Pause, Snapshot, State, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
@@ -78,7 +79,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
             issue = run.config_of(record.project).issue(record.issue_number)
         except OrchestratorError:
             issue = None
-        if issue is not None and issue.status not in ("completed", "failed"):
+        if issue is not None and issue.status not in (IssueStatus.COMPLETED, IssueStatus.FAILED):
             continue
         kill_try(run, record)
         say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
@@ -102,9 +103,9 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         cfg = run.config_of(record.project)
         issue = cfg.issue(record.issue_number)
         assert issue is not None
-        if issue.status != "in_progress" or issue.assigned_worker != record.worker_id or \
+        if issue.status != IssueStatus.IN_PROGRESS or issue.assigned_worker != record.worker_id or \
                 issue.pipeline_stage != record.stage_index:
-            configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=record.worker_id,
+            configs.set_issue(cfg.path, issue.number, status=IssueStatus.IN_PROGRESS, assigned_worker=record.worker_id,
                               pipeline_stage=record.stage_index)
         if record.worktree and record.branch:
             repo = cfg.repo_for(issue)
@@ -118,9 +119,9 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         for issue in cfg.issues:
             # One on a worker is resumed first, and one past its last stage counts as completed (issue_views):
             # both are left as the config says.
-            if issue.status == "in_progress" and (cfg.project, issue.number) not in held and \
+            if issue.status == IssueStatus.IN_PROGRESS and (cfg.project, issue.number) not in held and \
                     issue.assigned_worker is None and not cfg.stages_done(issue):
-                configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
+                configs.set_issue(cfg.path, issue.number, status=IssueStatus.PENDING, assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()
     ensure_session(run)
@@ -203,7 +204,7 @@ def _finished(run: Run) -> bool:
 
 def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> bool:
     """A paused project, or a paused issue still to finish, keeps the run going (waiting for resume)."""
-    over = {v.ref for v in views if v.status in ("completed", "failed")}
+    over = {v.ref for v in views if v.status in (IssueStatus.COMPLETED, IssueStatus.FAILED)}
     return any(p.issue is None or IssueRef(p.project, p.issue) not in over for p in paused)
 
 
@@ -245,7 +246,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                 if once:
                     break
                 commands.wait(run, interval)  # a steering command ends the wait early
-            failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == "failed")
+            failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == IssueStatus.FAILED)
             code = 1 if failed else 0
         except OrchestratorError as err:
             code = err.exit_code

@@ -198,7 +198,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
-            state = IssueState(view.status)  # the config's status (config.STATUSES)
+            state = IssueState(view.status)  # the config's status (config.IssueStatus)
             failed_deps = blocked(view, views)
             if state == IssueState.PENDING or view.resuming:  # one left in progress waits on its dependencies too
                 if failed_deps:

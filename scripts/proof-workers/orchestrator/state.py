@@ -6,6 +6,7 @@ import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,10 +14,17 @@ from lib.errors import OrchestratorError
 from lib.statefile import held_lock, write_json
 
 
+class RecordStatus(StrEnum):
+    """A worker record's status; the value is the word its JSON says."""
+
+    IDLE = "idle"
+    RUNNING = "running"  # holds an issue
+
+
 @dataclass
 class WorkerRecord:
     worker_id: int
-    status: str = "idle"  # idle | running
+    status: RecordStatus = RecordStatus.IDLE
     project: str | None = None
     issue_number: int | None = None
     branch: str | None = None
@@ -41,6 +49,9 @@ class WorkerRecord:
     events_offset: int = 0  # how far the probe has read this try's event stream
     rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
     pr: dict[str, Any] = field(default_factory=dict)  # the issue's pull-request loop (orchestrator.pulls)
+
+    def __post_init__(self) -> None:
+        self.status = RecordStatus(self.status)  # a word outside the set: ValueError (load_worker says so)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:

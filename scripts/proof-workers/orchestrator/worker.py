@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from lib.errors import OrchestratorError
 from orchestrator.config import PR_STAGES
-from orchestrator.state import RunFiles, WorkerRecord
+from orchestrator.state import RecordStatus, RunFiles, WorkerRecord
 
 OBSERVATIONS = frozenset({"agent", "events_offset", "last_fingerprint", "last_progress_at", "pr", "last_reason"})
 LIFECYCLE_FIELDS = frozenset(f.name for f in fields(WorkerRecord)) - OBSERVATIONS - {"worker_id"}
@@ -112,7 +112,7 @@ class Worker:
                                     f"{', '.join(pipeline)})")
         self._reset()
         record = self.record
-        record.status, record.project, record.issue_number = "running", project, issue
+        record.status, record.project, record.issue_number = RecordStatus.RUNNING, project, issue
         record.branch, record.worktree, record.push_url = branch, worktree, push_url
         record.stage_index, record.stage, record.stage_base = stage_index, pipeline[stage_index], stage_base
         self._new_try(now)
