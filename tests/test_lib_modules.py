@@ -85,10 +85,21 @@ def _imports(module: str, path: Path, known: set[str]) -> list[tuple[str, bool, 
                 continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 found.extend((target, in_function, child.lineno) for target in targets(child))
+            elif dynamic := _dynamic_import(child):  # importlib.import_module("x") / __import__("x") hide one too
+                as_import = ast.Import([ast.alias(dynamic)])
+                found.extend((target, in_function, child.lineno) for target in targets(as_import))
             visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(ast.parse(path.read_text(), str(path)), False)
     return found
+
+
+def _dynamic_import(node: ast.AST) -> str | None:
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)):
+        return None
+    name = ast.unparse(node.func)
+    return node.args[0].value if name in ("importlib.import_module", "import_module", "__import__") else None
 
 
 def function_level_cycles() -> list[str]:
@@ -135,12 +146,15 @@ def test_the_cycle_finder_sees_a_lazy_cycle(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "one.py").write_text("from lib import two\n")
     (pkg / "two.py").write_text("def f():\n    from lib.one import x\n")
+    (pkg / "three.py").write_text("from lib import four\n")
+    (pkg / "four.py").write_text("import importlib\n\ndef f():\n    return importlib.import_module('lib.three')\n")
     files = {dotted(p, tmp_path): p for p in pkg.rglob("*.py")}
     imports = _imports("lib.two", files["lib.two"], set(files))
     assert ("lib.one", True, 2) in imports
     monkeypatch.setattr(sys.modules[__name__], "module_files", lambda: files)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert function_level_cycles() == ["lib/two.py:2: lib.two -> lib.one -> lib.two"]
+    assert function_level_cycles() == ["lib/four.py:4: lib.four -> lib.three -> lib.four",
+                                       "lib/two.py:2: lib.two -> lib.one -> lib.two"]
 
 
 def test_claude_md_maps_every_lib_module_and_no_other():

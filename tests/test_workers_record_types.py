@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from workers_fixtures import monitor_env, project, tmux_socket  # noqa: F401
+from workers_fixtures import project, tmux_socket  # noqa: F401
 
 sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))
 
@@ -38,7 +38,7 @@ def test_an_unknown_issue_status_is_still_the_one_config_error(project):  # noqa
 
 def test_a_worker_records_status_is_a_record_status_and_its_json_the_same_words(tmp_path):
     from lib.errors import OrchestratorError
-    from orchestrator.state import RecordStatus, RunFiles, WorkerRecord
+    from orchestrator.state import RecordStatus, RunFiles
     from orchestrator.worker import Worker
 
     assert [s.value for s in RecordStatus] == ["idle", "running"]

@@ -3,7 +3,7 @@
 A verb (pause, resume, retry, kill, send) writes one file, `queued/<id>.json`
 (atomic, through lib.statefile). Whoever holds the monitor lock applies the
 queue: the running monitor at the start of each cycle (it wakes for a new
-command), or, when no monitor runs, the verb itself. Taking a command writes
+command), or, when no monitor runs, the verb itself (steer.give). Taking a command writes
 `taken/<id>.json` before anything is applied; its outcome is written to
 `done/<id>.json` after, and the taken file removed. A holder killed between
 the two (kill -9) leaves the taken file: the next holder applies it again,
