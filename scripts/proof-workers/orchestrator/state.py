@@ -50,13 +50,13 @@ class WorkerRecord:
     rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
     pr: dict[str, Any] = field(default_factory=dict)  # the pull-request loop (orchestrator.pulls)
 
-    def __post_init__(self) -> None:
-        self.status = RecordStatus(self.status)  # a word outside the set: ValueError (load_worker says so)
-
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        values = {k: v for k, v in doc.items() if k in known}
+        if "status" in values:
+            values["status"] = RecordStatus(values["status"])  # a word outside the set: ValueError (load_worker)
+        return cls(**values)
 
 
 class RunFiles:
