@@ -11,6 +11,7 @@ from typing import Any, Callable
 from lib.errors import ConfigError, UnknownRepoError, clip
 from lib.paths import real_paths
 from lib.statefile import NESTED, TooDeep, UnreadableFile, loads, read_regular
+from lib.templates import check_template
 
 LANGUAGES = ("go", "javascript", "python", "rust", "make", "unknown")
 
@@ -257,8 +258,6 @@ def parse_workspace(data: Any, config_file: Path) -> Workspace:
 
 def _check_commands(value: Any, where: str, problems: list[str]) -> None:
     """`"commands": {"test": "pytest -q"}`: workflow names to non-empty command templates (workflow rules)."""
-    from lib.workflows import check_template  # only when a repo has commands: the scan never needs it
-
     if not isinstance(value, dict):
         problems.append(f"{where}: must be an object like {{\"test\": \"pytest -q\"}}, got {clip(json.dumps(value))}")
         return
@@ -268,7 +267,7 @@ def _check_commands(value: Any, where: str, problems: list[str]) -> None:
         elif not isinstance(command, str) or not command.strip():
             problems.append(f"{where}.{name}: must be a non-empty string (a shell command)")
         else:
-            check_template(command, f"{where}.{name}", problems)
+            check_template(command, f"{where}.{name}", problems, REPO_FIELDS)
 
 
 def _same_directory_problems(repos: list[Repo], wheres: list[str], problem: Callable[[str, str], None]) -> list[str]:

@@ -16,7 +16,8 @@ from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 from lib.errors import ConfigError
 from orchestrator import hooks, pauses
 from orchestrator.config import load_config
-from orchestrator.monitor import active_pauses, monitor
+from orchestrator.inputs import active_pauses
+from orchestrator.monitor import monitor
 from orchestrator.run import open_run
 
 

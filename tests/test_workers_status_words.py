@@ -17,12 +17,12 @@ WORKER_STATUSES = ["idle", "waiting", "starting", "setting_up", "running", "exit
 
 def test_issue_states_and_worker_statuses_are_closed_sets_of_the_words_status_always_said():
     from orchestrator import pulls
-    from orchestrator.config import STATUSES
+    from orchestrator.config import IssueStatus
     from orchestrator.report import STATE_ORDER, IssueState, WorkerStatus
 
     assert sorted(IssueState) == sorted(ISSUE_STATES) and sorted(WorkerStatus) == sorted(WORKER_STATUSES)
     assert sorted(STATE_ORDER) == sorted(IssueState), "text status counts every state in its order"
-    assert set(STATUSES) | set(pulls.PHASES) <= set(IssueState), "a config status or a PR phase is a state"
+    assert set(IssueStatus) | set(pulls.PHASES) <= set(IssueState), "a config status or a PR phase is a state"
 
 
 def test_the_dashboard_styles_every_issue_state():

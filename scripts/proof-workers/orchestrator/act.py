@@ -24,13 +24,14 @@ from orchestrator import config as configs
 from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux
 from orchestrator import worktree_setup, worktrees
 from orchestrator import resume as resume_from
-from orchestrator.config import Issue, ProjectConfig
+from orchestrator.config import Issue, IssueStatus, ProjectConfig
 from orchestrator.decide import Action, ActionKind
 from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
+from orchestrator.windows import try_tag, worker_window
 from orchestrator.wrapper import TRY_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
@@ -44,15 +45,6 @@ RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules 
 def render_agent_command(template: str, values: dict[str, str]) -> str:
     """The agent_command with every placeholder replaced by its shell-quoted value (data, never code)."""
     return configs.PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(1)]), template)
-
-
-def worker_window(worker: int) -> str:
-    return f"worker-{worker}"
-
-
-def try_tag(run: Run, worker: int, try_id: int) -> str:
-    """The value of ORCHESTRATOR_TRY in every process of this try: unique to the run (its state dir)."""
-    return f"{run.files.root}/worker-{worker}/try-{try_id}"
 
 
 def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
@@ -247,7 +239,7 @@ class Executor:
 
     def do_mark_complete(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        configs.set_issue(cfg.path, issue.number, status="completed")
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.COMPLETED)
         self._worker(record).complete()
         self.say(f"worker {action.worker}: #{issue.number} completed")
 
@@ -341,14 +333,14 @@ class Executor:
         if action.reason == "merged":
             pulls.save(self.run.state_root, cfg.project, issue.number, state="merged", phase="merged",
                        checks="passing")
-        configs.set_issue(cfg.path, issue.number, status="completed")
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.COMPLETED)
         self._worker(record).complete(pr=action.reason)
         self.say(f"worker {action.worker}: #{issue.number} completed (PR {action.reason})")
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         kill_try(self.run, record)
-        configs.set_issue(cfg.path, issue.number, status="failed")
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.FAILED)
         self._worker(record).fail(action.reason)
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
 
@@ -409,7 +401,7 @@ class Executor:
             worktree_setup.copy_files(setup, cfg.repo_for(issue).path, path, log)
         except worktree_setup.SetupFailed as err:
             reason = f"setup failed: {err}"
-            configs.set_issue(cfg.path, issue.number, status="failed")
+            configs.set_issue(cfg.path, issue.number, status=IssueStatus.FAILED)
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "reason": reason, "setup_log": str(log),
                                       "worktree": str(path)})
@@ -488,7 +480,7 @@ class Executor:
             # Not this issue's fault: it stays pending (an error each cycle) until the pin can be made or repinned.
             raise ConfigError(f"push target: {unpinned[(cfg.project, repo.name)]}")
         # An issue the config says is in_progress (a restart) continues from what is left of it (orchestrator.resume).
-        source = resume_from.left_behind(repo, path, branch) if issue.status == "in_progress" else None
+        source = resume_from.left_behind(repo, path, branch) if issue.status == IssueStatus.IN_PROGRESS else None
         if source == resume_from.FRESH and issue.pipeline_stage:
             # Said first: a monitor killed once the worktree exists must not take that new worktree for the
             # earlier work and run only the later stages on it.
@@ -503,7 +495,7 @@ class Executor:
                     not isinstance(err, worktrees.PushFailed) and worktrees.is_network_error(str(err)):
                 raise  # the network (the pinned url's, or origin's fetch): pending, the next cycle tries again
             # Never retried blindly every cycle: the issue fails with the reason, its dependents wait.
-            configs.set_issue(cfg.path, issue.number, status="failed")
+            configs.set_issue(cfg.path, issue.number, status=IssueStatus.FAILED)
             self.run.files.log_event({"action": "skip", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "reason": f"worktree: {err}"})
             self.say(f"worker {action.worker}: #{issue.number} failed: cannot create its worktree: {err}")
@@ -518,7 +510,7 @@ class Executor:
             # A resumed issue with nothing left of it starts over from its first stage.
             stage_index=0 if source == resume_from.FRESH else issue.pipeline_stage,
             stage_base=worktrees.branch_head(path, branch), resumed=source, base=base, now=self.run.clock())
-        configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=action.worker,
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.IN_PROGRESS, assigned_worker=action.worker,
                           pipeline_stage=record.stage_index)
         self.say(f"worker {action.worker}: " + (resume_from.say(issue.number, record.stage, source) if source else
                                                  f"takes #{issue.number} ({record.stage})"))

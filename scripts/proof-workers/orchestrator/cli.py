@@ -239,7 +239,7 @@ def _init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _steer(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from orchestrator import commands
+    from orchestrator import commands, steer
     from orchestrator.run import open_run
 
     issue = args.number
@@ -250,8 +250,8 @@ def _steer(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     run = open_run(args.config, args.config_dir, args.workers, args.session)
     text = getattr(args, "text", "") or getattr(args, "detail", "")
     given = commands.check(run, args.verb, args.project, issue, text)
-    outcome = commands.give(run, given, lambda _line: None,
-                            commands.ACK_WAIT if args.wait is None else args.wait)
+    outcome = steer.give(run, given, lambda _line: None,
+                         commands.ACK_WAIT if args.wait is None else args.wait)
     for line in outcome.lines:
         out(line)
     if outcome.error:

@@ -3,7 +3,7 @@
 A verb (pause, resume, retry, kill, send) writes one file, `queued/<id>.json`
 (atomic, through lib.statefile). Whoever holds the monitor lock applies the
 queue: the running monitor at the start of each cycle (it wakes for a new
-command), or, when no monitor runs, the verb itself. Taking a command writes
+command), or, when no monitor runs, the verb itself (steer.give). Taking a command writes
 `taken/<id>.json` before anything is applied; its outcome is written to
 `done/<id>.json` after, and the taken file removed. A holder killed between
 the two (kill -9) leaves the taken file: the next holder applies it again,
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
-from lib.views import visible
 from orchestrator import config as configs
+from orchestrator.config import IssueStatus
 from orchestrator import heartbeat, pauses, resume, worktrees
 from orchestrator.decide import Action, ActionKind, Command
 
@@ -116,11 +116,11 @@ def check(run: Run, verb: str, project: str, issue: int | None, text: str) -> li
     chosen = _target(run, project, issue, verb)
     if issue is not None and verb in ISSUE_VERBS:
         status = chosen[0].issue(issue).status  # type: ignore[union-attr]
-        if verb == "retry" and status != "failed":
+        if verb == "retry" and status != IssueStatus.FAILED:
             raise ConfigError(f"retry: #{issue} is {status}: only a failed issue is retried")
-        if verb == "kill" and status != "in_progress":
+        if verb == "kill" and status != IssueStatus.IN_PROGRESS:
             raise ConfigError(f"kill: #{issue} is {status}: no try of it runs")
-        if verb == "send" and status == "completed":
+        if verb == "send" and status == IssueStatus.COMPLETED:
             raise ConfigError(f"send: #{issue} is completed: it has no next try")
     return [Command(_new_id(), verb, cfg.project, issue, text) for cfg in chosen]
 
@@ -144,63 +144,14 @@ def outcome_of(state_root: Path, command: Command) -> Outcome | None:
                    by if isinstance(by, int) else None)
 
 
-def give(run: Run, commands: list[Command], say: Callable[[str], None], wait: float = ACK_WAIT) -> Outcome:
-    """Queue the commands and see them applied: by the running monitor (waiting at most `wait` seconds), or here
-    under the monitor's lock when no monitor runs. Returns what was done, or that they are queued."""
-    from orchestrator.state import MonitorBusy, monitor_lock
-
-    for command in commands:
-        try:
-            enqueue(run.state_root, command)
-        except OSError as err:
-            raise OrchestratorError(f"{queue_dir(run.state_root, command.project)}: cannot queue the command "
-                                    f"({err.strerror or err})") from None
-    deadline = time.monotonic() + wait
-    applied_here = False
-    while True:
-        done = [outcome_of(run.state_root, c) for c in commands]
-        if all(o is not None for o in done):
-            break
-        if applied_here:  # the queue was applied here and still no outcome: never loop on it
-            raise OrchestratorError(f"{queue_dir(run.state_root, commands[0].project)}: the command was applied "
-                                    "but left no outcome in done/; see the event log")
-        try:
-            with monitor_lock(run.locks()):
-                marker = _applying_marker(run)
-                write_json(marker, {"pid": os.getpid(), "pid_start": heartbeat.process_start(os.getpid())})
-                try:
-                    apply_queue(run, say)  # no monitor: the verb applies the queue (its own commands among it)
-                finally:
-                    marker.unlink(missing_ok=True)
-            applied_here = True
-            continue
-        except MonitorBusy:
-            pass
-        if time.monotonic() > deadline:
-            return Outcome(True, _queued_lines(run, commands))
-        time.sleep(POLL)
-    outcomes = [o for o in done if o is not None]
-    for command in commands:  # this verb prints them: a status shows none of its refusals again
-        mark_reported(run.state_root, command.project, [command.id])
-    # A pause's detail, a path: the user's text is shown with its control characters escaped, each on its line.
-    lines = [visible(line) for o in outcomes for line in o.lines]
-    errors = [visible(o.error) for o in outcomes if o.error]
-    others = sorted({o.by_pid for o in outcomes if o.by_pid not in (None, os.getpid())})
-    if others:
-        lines.append(f"(applied by the running monitor, pid {', '.join(map(str, others))})")
-    elif commands and commands[0].verb == "retry" and not errors:
-        lines.append("no monitor runs: start it to try the issue (python3 -m orchestrator monitor --no-delay)")
-    return Outcome(not errors, lines, errors[0] if errors else "")
-
-
-def _applying_marker(run: Run) -> Path:
+def applying_marker(run: Run) -> Path:
     return run.files.root / "commands" / "applying.json"
 
 
-def _verb_applying(run: Run) -> int | None:
+def verb_applying(run: Run) -> int | None:
     """The pid of the live verb applying commands under the lock, if one holds it (not a monitor or a launch)."""
     try:
-        doc = read_json(_applying_marker(run))
+        doc = read_json(applying_marker(run))
         started, pid = doc.get("pid_start"), int(doc["pid"])
         return pid if started is not None and heartbeat.process_start(pid) == started else None
     except (UnreadableFile, AttributeError, KeyError, TypeError, ValueError):  # none there, or not ours
@@ -222,32 +173,12 @@ def monitor_lock_after_verbs(run: Run, say: Callable[[str], None]) -> Iterator[N
                 yield
             return
         except MonitorBusy:
-            if entered or _verb_applying(run) is None or time.monotonic() > deadline:
+            if entered or verb_applying(run) is None or time.monotonic() > deadline:
                 raise
             if not said:
                 say("a verb is applying commands under the monitor lock: waiting for it")
                 said = True
             time.sleep(POLL)
-
-
-def _queued_lines(run: Run, commands: list[Command]) -> list[str]:
-    """Where the commands wait, naming who holds the monitor lock: the running monitor, another verb applying
-    the queue (two shells), or neither known (a launch, a monitor starting)."""
-    status = heartbeat.monitor_status(run.files.monitor)
-    last = status.get("last_cycle_at")
-    holder = _verb_applying(run)
-    if holder is not None:
-        why = (f"another verb (pid {holder}) is applying commands under the monitor lock; it, or the next "
-               "verb or monitor to hold the lock, applies this one")
-    elif status.get("running"):
-        when = f"its last cycle ended at {last}; " if last else ""
-        why = (f"the monitor (pid {status.get('pid')}) is busy in a cycle; {when}it applies the command when that "
-               "cycle ends, at the start of the next one")
-    else:
-        why = ("the monitor lock is held (a launch, or a monitor starting) and no monitor runs yet; the next verb or "
-               "monitor to hold the lock applies it")
-    return [f"queued {c.verb} {c.project}" + (f"#{c.issue}" if c.issue is not None else "") +
-            f" (command {c.id}): {why}" for c in commands]
 
 
 # --- the lock holder's side ---------------------------------------------------------------------------------
@@ -404,10 +335,10 @@ def _already_applied(run: Run, command: Command) -> Outcome | None:
     """The outcome of a command its killed holder had applied already (its effect is there), else None."""
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
-    if command.verb == "kill" and issue is not None and issue.status == "failed":
+    if command.verb == "kill" and issue is not None and issue.status == IssueStatus.FAILED:
         return Outcome(True, [f"killed {label}: it fails with `killed by user` (applied before the monitor that took "
                               "the command stopped)"])
-    if command.verb == "retry" and issue is not None and issue.status in ("pending", "in_progress"):
+    if command.verb == "retry" and issue is not None and issue.status in (IssueStatus.PENDING, IssueStatus.IN_PROGRESS):
         return Outcome(True, [f"retry {label}: pending again (applied before the monitor that took the command "
                               "stopped)"])
     if command.verb == "send" and (given := _given_before(run, command)) is not None:
@@ -422,7 +353,7 @@ def _killed(run: Run, command: Command, held: tuple[int, int] | None, ended: int
     run.reload()  # the executor wrote the issue's status into the config file
     issue = run.config_of(command.project).issue(command.issue or 0)
     label = f"{command.project}#{command.issue}"
-    if issue is None or issue.status != "failed":
+    if issue is None or issue.status != IssueStatus.FAILED:
         return Outcome(False, error=f"kill: {label} did not fail (now {issue.status if issue else 'gone'}); see "
                                     "the event log")
     where = f" (worker {held[0]}, try {held[1]})" if held else ""
@@ -442,18 +373,18 @@ def _retry(run: Run, command: Command, say: Callable[[str], None]) -> Outcome:
     label = f"{command.project}#{command.issue}"
     if issue is None:
         return Outcome(False, error=f"retry: {label} is gone from the issue list")
-    if issue.status == "failed":
-        configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
+    if issue.status == IssueStatus.FAILED:
+        configs.set_issue(cfg.path, issue.number, status=IssueStatus.PENDING, assigned_worker=None)
         run.files.log_event({"action": "retry", "issue": issue.number, "project": cfg.project, "by": "user"})
         say(f"#{issue.number}: retried by the user: pending again")
-    elif issue.status != "pending":  # pending: this very command was applied before a crash
+    elif issue.status != IssueStatus.PENDING:  # pending: this very command was applied before a crash
         return Outcome(False, error=f"retry: {label} is {issue.status}: only a failed issue is retried")
     run.reload()
-    from orchestrator.monitor import issue_views
+    from orchestrator.inputs import issue_views
 
     views = issue_views(run, run.files.load_workers(run.num_workers))
     freed = [v.ref.number for v in views if v.ref.project == cfg.project and command.issue in v.depends_on
-             and not blocked(v, views) and v.status == "pending"]
+             and not blocked(v, views) and v.status == IssueStatus.PENDING]
     stage = cfg.pipeline[min(issue.pipeline_stage, len(cfg.pipeline) - 1)]
     branch, repo = cfg.branch_for(issue), cfg.repo_for(issue)
     try:  # what the dry run and status say too; a repository git cannot read is said so, never guessed
@@ -779,34 +710,6 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
         return doc
 
     update_json(followups_file(state_root, project), change, {"issues": {}})
-
-
-def apply_queue(run: Run, say: Callable[[str], None]) -> None:
-    """Apply every queued command here (the caller holds the monitor lock and no monitor runs): the same decide
-    and the same executor as a monitor cycle, only the commands' actions, journalled as a `steer` cycle."""
-    from orchestrator.act import Executor
-    from orchestrator.decide import State, cycle_to_json, decide
-    from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
-
-    commands, retaken = take(run)
-    if not commands:
-        return
-    run.reload()  # as the last holder left it (the verb read the config before it queued)
-    rest = apply_pauses(run, commands, run.clock())
-    held = active_pauses(run, run.clock())
-    pauses.journal_changes(run.files, held)  # paused / resumed lines, from the one read decide takes
-    if not rest:
-        return
-    records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records, run), issue_views(run, records), held, commands=tuple(rest))
-    settings = settings_of(run)
-    decided = decide([], state, settings)
-    actions = [a for a in decided if a.command]
-    # Journalled whole (it replays), marked: only the commands' actions are applied, the monitor does the rest.
-    run.files.record_cycle({"cycle": "steer", "applied": "commands only", **cycle_to_json([], state, settings,
-                                                                                          decided)})
-    by_worker = {r.worker_id: r for r in records}
-    execute(run, Executor(run, by_worker, say), by_worker, actions, rest, retaken, say)
 
 
 # --- what waits, for status and the dashboard ---------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,16 @@ from orchestrator.worktree_setup import parse as parse_setup
 # The original's stages, and the Go rewrite's `test` (a stage without a built-in prompt gets a generic one).
 VALID_STAGES = ("implement", "optimize", "write_tests", "run_tests_fix", "document", "research", "draft",
                 "validate", "review", "test")
-STATUSES = ("pending", "in_progress", "completed", "failed")
+
+class IssueStatus(StrEnum):
+    """An issue's status in the config; the value is the word proof-issues.json says (the original's four)."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 AGENT_PLACEHOLDERS = ("prompt_file", "worktree", "issue.number", "stage")
 # Claude Code in print mode with structured output, reading the prompt from its file (never typed, never on a
 # command line): what runs when the config names neither `agent` nor `agent_command`.
@@ -80,7 +90,7 @@ class Issue:
     priority: int = 1
     depends_on: tuple[int, ...] = ()
     wave: int = 1
-    status: str = "pending"
+    status: IssueStatus = IssueStatus.PENDING
     assigned_worker: int | None = None
     repo: str = ""
     pipeline_stage: int = 0
@@ -338,10 +348,12 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in depends):
             check.bad(f"{where}depends_on", "must be a list of issue numbers")
             depends = []
-        status = check.get(doc, "status", "str", "pending", where)
-        if status not in STATUSES:
-            check.bad(f"{where}status", f"unknown status {status!r} (known: {', '.join(STATUSES)})")
-            status = "pending"
+        word = check.get(doc, "status", "str", IssueStatus.PENDING.value, where)
+        try:
+            status = IssueStatus(word)
+        except ValueError:
+            check.bad(f"{where}status", f"unknown status {word!r} (known: {', '.join(IssueStatus)})")
+            status = IssueStatus.PENDING
         repo = check.get(doc, "repo", "str", "", where)
         if repo and repo not in repos and repos:
             check.bad(f"{where}repo", f"unknown repo {repo!r} (known: {', '.join(repos)})")
@@ -352,7 +364,7 @@ def _issues(raw: dict[str, Any], check: _Checker, repos: dict[str, RepoConfig], 
             check.bad(f"{where}pipeline_stage", f"must be 0..{max(stages, 1) - 1} (or {max(stages, 1)}: all stages "
                                                 f"done), got {stage}")
             stage = 0
-        elif stage == stages and status in ("pending", "in_progress"):
+        elif stage == stages and status in (IssueStatus.PENDING, IssueStatus.IN_PROGRESS):
             check.warn(f"{where}pipeline_stage", f"{stage} is past the last stage of the pipeline: all stages are "
                                                  f"done, so #{number} counts as completed and is not run again "
                                                  "(set its status to completed to silence this)")
@@ -612,7 +624,7 @@ def add_issue(path: Path, number: int, title: str, priority: int = 1, wave: int 
         if any(isinstance(doc, dict) and doc.get("number") == number for doc in issues):
             raise ConfigError(f"{path}: issue #{number} already exists")
         doc: dict[str, Any] = {"number": number, "title": title, "priority": priority,
-                               "depends_on": list(depends_on or []), "wave": wave, "status": "pending",
+                               "depends_on": list(depends_on or []), "wave": wave, "status": IssueStatus.PENDING,
                                "assigned_worker": None}
         if description:
             doc["description"] = description

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,14 +12,13 @@ from typing import Any
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from orchestrator import pins, pulls, resume, sandbox, tmux, worktrees
-from orchestrator.act import worker_window
-from orchestrator.config import PLACEHOLDER_WORD, ProjectConfig, agent_kind, agent_words
+from orchestrator.config import PLACEHOLDER_WORD, IssueStatus, ProjectConfig, agent_kind, agent_words
 from orchestrator.decide import ActionKind, State, decide
-from orchestrator.monitor import active_pauses, issue_views, settings_of, worker_views
+from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.run import Run
 from orchestrator.state import monitor_lock
+from orchestrator.windows import PACKAGE_DIR, ensure_dashboard, verb_line, window_env, worker_window
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
 VERSION_TIMEOUT_S = 30.0
 # Flags that make Claude Code refuse to start as root unless IS_SANDBOX=1.
 CLAUDE_ROOT_REFUSES = ("--dangerously-skip-permissions", "--allow-dangerously-skip-permissions",
@@ -276,7 +273,7 @@ def plan_launch(run: Run) -> LaunchPlan:
         assert issue is not None
         branch, worktree = cfg.branch_for(issue), cfg.worktree_for(issue)
         source = resume.left_behind(cfg.repo_for(issue), worktree, branch, origin=True) \
-            if issue.status == "in_progress" else None
+            if issue.status == IssueStatus.IN_PROGRESS else None
         if source == resume.WORKTREE and (why := resume.unusable(cfg.repo_for(issue), worktree, branch)):
             problems.append(f"{cfg.path}: #{issue.number}: {why}")  # the monitor would fail it at once
         stage = cfg.pipeline[0 if source == resume.FRESH else issue.pipeline_stage]
@@ -289,19 +286,6 @@ def plan_launch(run: Run) -> LaunchPlan:
     return LaunchPlan(run.session, windows, assignments, str(run.files.root), [str(c.path) for c in run.configs],
                       checked, tuple(sandbox.describe(cfg) for cfg in run.configs),
                       tuple(w for cfg in run.configs for w in cfg.warnings), free - len(assignments))
-
-
-def _verb_line(verb: str, run: Run, *extra: str) -> str:
-    args = [sys.executable, "-m", "orchestrator", verb]
-    if len(run.sources) == 1:
-        args += ["--config", str(run.sources[0])]
-    else:
-        args += ["--config-dir", str(run.sources[0].parent)]
-    if run.workers_override:
-        args += ["--workers", str(run.workers_override)]
-    if run.session_override:
-        args += ["--session", run.session_override]
-    return "exec " + shlex.join([*args, *extra])
 
 
 def apply_launch(run: Run, plan: LaunchPlan) -> None:
@@ -328,18 +312,5 @@ def apply_launch(run: Run, plan: LaunchPlan) -> None:
             tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
         ensure_dashboard(run)
     monitor_pane = tmux.panes(run.server, run.session)["orchestrator"]
-    tmux.respawn(run.server, monitor_pane.pane_id, _verb_line("monitor", run, "--no-delay"), cwd=str(PACKAGE_DIR),
-                 env=_window_env())
-
-
-def _window_env() -> dict[str, str]:
-    env = {"ORCHESTRATOR_HOME": str(Paths.from_env().home)}
-    if os.environ.get(tmux.SOCKET_ENV):
-        env[tmux.SOCKET_ENV] = os.environ[tmux.SOCKET_ENV]
-    return env
-
-
-def ensure_dashboard(run: Run) -> None:
-    """The dashboard window, running the dashboard verb (created when missing: a session re-made after tmux died)."""
-    tmux.ensure_window(run.server, run.session, "dashboard", _verb_line("dashboard", run), cwd=str(PACKAGE_DIR),
-                       env=_window_env(), keep_dead=True)
+    tmux.respawn(run.server, monitor_pane.pane_id, verb_line("monitor", run, "--no-delay"), cwd=str(PACKAGE_DIR),
+                 env=window_env())

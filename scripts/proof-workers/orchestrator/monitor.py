@@ -10,12 +10,15 @@ from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
-from orchestrator.act import Executor, kill_try, worker_window
-from orchestrator.decide import Pause, PrWork, Settings, Snapshot, State, WorkerView, cycle_to_json, decide
+from orchestrator.config import IssueStatus
+from orchestrator.act import Executor, kill_try
+from orchestrator.decide import Pause, Snapshot, State, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
+from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.queue import IssueRef, IssueView, next_issue
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
+from orchestrator.windows import ensure_dashboard, worker_window
 from orchestrator.worker import Worker
 
 
@@ -23,57 +26,6 @@ from orchestrator.worker import Worker
 class CycleResult:
     actions: int
     finished: bool
-
-
-def issue_views(run: Run, records: list[WorkerRecord]) -> tuple[IssueView, ...]:
-    """Issues as decide sees them: an in_progress issue no worker holds is resumed first by the worker the config
-    names (queue.IssueView.resume_worker), or is pending again when it names none (no issue lost)."""
-    held = {IssueRef(r.project, r.issue_number) for r in records if r.project and r.issue_number is not None}
-    views = []
-    for cfg in run.configs:
-        for issue in cfg.issues:
-            ref = IssueRef(cfg.project, issue.number)
-            status, resume_worker = issue.status, None
-            if status == "in_progress" and ref not in held:
-                if issue.assigned_worker is not None and not cfg.stages_done(issue):
-                    resume_worker = issue.assigned_worker
-                else:
-                    status = "pending"
-            if status == "pending" and cfg.stages_done(issue):
-                status = "completed"  # pipeline_stage past the last stage: every stage is done (a config warning)
-            views.append(IssueView(ref, status, issue.wave, issue.priority, issue.depends_on, len(cfg.pipeline),
-                                   resume_worker))
-    return tuple(views)
-
-
-def settings_of(run: Run) -> Settings:
-    return Settings(run.lead.max_retries, run.lead.stall_timeout, run.lead.wall_clock_timeout)
-
-
-def worker_views(records: list[WorkerRecord], run: Run | None = None) -> tuple[WorkerView, ...]:
-    def pr_work(record: WorkerRecord) -> PrWork | None:
-        cfg = next((c for c in run.configs if c.project == record.project), None) if run else None
-        return pulls.work_of(cfg, record) if cfg is not None and record.issue_number is not None else None
-
-    return tuple(WorkerView(r.worker_id, IssueRef(r.project, r.issue_number)
-                            if r.project and r.issue_number is not None else None,
-                            r.stage_index, r.retry_count, r.nudged, r.launched, r.try_id, r.push_failures,
-                            r.start_failures, r.lost_tries, pr_work(r))
-                 for r in records)
-
-
-def active_pauses(run: Run, now: float) -> tuple[Pause, ...]:
-    """Every pause reason that holds now, per project of the run (decide's input: journalled, replayed)."""
-    out: list[Pause] = []
-    for cfg in run.configs:
-        try:
-            held = pauses.active(pauses.read(pauses.pause_file(run.state_root, cfg.project)), now)
-        except OrchestratorError:
-            out.append(Pause(cfg.project, None, "user"))  # unreadable: held until `resume` starts it afresh
-            continue
-        for issue in sorted(held, key=lambda n: -1 if n is None else n):
-            out.extend(Pause(cfg.project, issue, entry["reason"]) for entry in held[issue])
-    return tuple(out)
 
 
 def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now: float,
@@ -127,7 +79,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
             issue = run.config_of(record.project).issue(record.issue_number)
         except OrchestratorError:
             issue = None
-        if issue is not None and issue.status not in ("completed", "failed"):
+        if issue is not None and issue.status not in (IssueStatus.COMPLETED, IssueStatus.FAILED):
             continue
         kill_try(run, record)
         say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
@@ -151,9 +103,9 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         cfg = run.config_of(record.project)
         issue = cfg.issue(record.issue_number)
         assert issue is not None
-        if issue.status != "in_progress" or issue.assigned_worker != record.worker_id or \
+        if issue.status != IssueStatus.IN_PROGRESS or issue.assigned_worker != record.worker_id or \
                 issue.pipeline_stage != record.stage_index:
-            configs.set_issue(cfg.path, issue.number, status="in_progress", assigned_worker=record.worker_id,
+            configs.set_issue(cfg.path, issue.number, status=IssueStatus.IN_PROGRESS, assigned_worker=record.worker_id,
                               pipeline_stage=record.stage_index)
         if record.worktree and record.branch:
             repo = cfg.repo_for(issue)
@@ -167,9 +119,9 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         for issue in cfg.issues:
             # One on a worker is resumed first, and one past its last stage counts as completed (issue_views):
             # both are left as the config says.
-            if issue.status == "in_progress" and (cfg.project, issue.number) not in held and \
+            if issue.status == IssueStatus.IN_PROGRESS and (cfg.project, issue.number) not in held and \
                     issue.assigned_worker is None and not cfg.stages_done(issue):
-                configs.set_issue(cfg.path, issue.number, status="pending", assigned_worker=None)
+                configs.set_issue(cfg.path, issue.number, status=IssueStatus.PENDING, assigned_worker=None)
                 say(f"#{issue.number}: in_progress but held by no worker: pending again")
     run.reload()
     ensure_session(run)
@@ -182,8 +134,6 @@ def ensure_session(run: Run) -> None:
         tmux.create_session(run.server, run.session, "orchestrator", None)
     for n in range(1, run.num_workers + 1):
         tmux.ensure_window(run.server, run.session, worker_window(n), keep_dead=True)
-    from orchestrator.launch import ensure_dashboard  # launch imports this module
-
     ensure_dashboard(run)
 
 
@@ -254,7 +204,7 @@ def _finished(run: Run) -> bool:
 
 def pause_holds_run(paused: tuple[Pause, ...], views: tuple[IssueView, ...]) -> bool:
     """A paused project, or a paused issue still to finish, keeps the run going (waiting for resume)."""
-    over = {v.ref for v in views if v.status in ("completed", "failed")}
+    over = {v.ref for v in views if v.status in (IssueStatus.COMPLETED, IssueStatus.FAILED)}
     return any(p.issue is None or IssueRef(p.project, p.issue) not in over for p in paused)
 
 
@@ -296,7 +246,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                 if once:
                     break
                 commands.wait(run, interval)  # a steering command ends the wait early
-            failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == "failed")
+            failed = sum(1 for cfg in run.configs for i in cfg.issues if i.status == IssueStatus.FAILED)
             code = 1 if failed else 0
         except OrchestratorError as err:
             code = err.exit_code

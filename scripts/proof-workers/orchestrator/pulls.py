@@ -22,7 +22,7 @@ from typing import Any, Callable
 from lib.errors import OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
-from orchestrator.config import Issue, ProjectConfig
+from orchestrator.config import Issue, IssueStatus, ProjectConfig
 from orchestrator.decide import ActionKind, PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
@@ -486,11 +486,11 @@ def pr_states(state_root: Path, project: str, issues: dict[int, str],
         shown = public(entry)
         if shown is None:
             continue
-        if status == "in_progress" and phase in PHASES[:3] and int(key) in held:
+        if status == IssueStatus.IN_PROGRESS and phase in PHASES[:3] and int(key) in held:
             out[int(key)] = (str(phase), shown)
-        elif status == "completed" and phase == "merged":
+        elif status == IssueStatus.COMPLETED and phase == "merged":
             out[int(key)] = ("merged", shown)
-        elif status in ("completed", "failed"):
+        elif status in (IssueStatus.COMPLETED, IssueStatus.FAILED):
             out[int(key)] = (status, shown)
     return out
 

@@ -10,14 +10,16 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json
 from lib.views import plain_table, visible
 from orchestrator import agents, alerts, commands, heartbeat, pauses, pulls, resume, worktree_setup
-from orchestrator.act import agent_log, try_tag
+from orchestrator.act import agent_log
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.decide import Pause
-from orchestrator.monitor import active_pauses, issue_views, pause_holds_run
+from orchestrator.inputs import active_pauses, issue_views
+from orchestrator.monitor import pause_holds_run
 from orchestrator.probe import read_pid
 from orchestrator.queue import IssueRef, IssueView, blocked, completed, eligible
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
+from orchestrator.windows import try_tag
 from orchestrator.wrapper import TRY_VAR
 
 MAX_ALERT_LINES = 20
@@ -196,7 +198,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         issues: list[dict[str, Any]] = []
         for issue in cfg.issues:
             view = by_ref[IssueRef(cfg.project, issue.number)]
-            state = IssueState(view.status)  # the config's status (config.STATUSES)
+            state = IssueState(view.status)  # the config's status (config.IssueStatus)
             failed_deps = blocked(view, views)
             if state == IssueState.PENDING or view.resuming:  # one left in progress waits on its dependencies too
                 if failed_deps:

@@ -23,6 +23,7 @@ from orchestrator.config import Issue, ProjectConfig
 from orchestrator.probe import read_pid
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord, read_lines
+from orchestrator.windows import try_tag, worker_window
 from orchestrator.wrapper import TRY_VAR
 
 TRY_LOG = re.compile(r"worker-(\d+)-try-(\d+)\.log")
@@ -216,8 +217,6 @@ def _copy(log: BinaryIO, write: Callable, decoder: codecs.IncrementalDecoder | N
 def _ended(run: Run, record: WorkerRecord) -> Callable[[], bool]:
     """Whether the try has ended: its exit code is written, the worker moved on, or no process of it is left
     (its wrapper was killed outright) for GONE_GRACE_S."""
-    from orchestrator.act import try_tag  # act records assignments through this module: imported when used
-
     tag = try_tag(run, record.worker_id, record.try_id)
     gone_since: list[float] = []
     looked = [0.0]
@@ -449,7 +448,6 @@ def attach_plan(run: Run, cfg: ProjectConfig, number: int, environ: dict[str, st
     client to it when called inside a pane of the same tmux server ($TMUX); inside another server, a nested
     client (its $TMUX unset)."""
     from orchestrator import tmux
-    from orchestrator.act import worker_window
 
     env = dict(os.environ if environ is None else environ)
     record = holder(run, cfg, number)

@@ -6,6 +6,7 @@ import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,10 +14,17 @@ from lib.errors import OrchestratorError
 from lib.statefile import held_lock, write_json
 
 
+class RecordStatus(StrEnum):
+    """A worker record's status; the value is the word its JSON says."""
+
+    IDLE = "idle"
+    RUNNING = "running"  # holds an issue
+
+
 @dataclass
 class WorkerRecord:
     worker_id: int
-    status: str = "idle"  # idle | running
+    status: RecordStatus = RecordStatus.IDLE
     project: str | None = None
     issue_number: int | None = None
     branch: str | None = None
@@ -45,7 +53,10 @@ class WorkerRecord:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkerRecord:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        values = {k: v for k, v in doc.items() if k in known}
+        if "status" in values:
+            values["status"] = RecordStatus(values["status"])  # a word outside the set: ValueError (load_worker)
+        return cls(**values)
 
 
 class RunFiles:

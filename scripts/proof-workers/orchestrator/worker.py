@@ -7,7 +7,7 @@ halfway never leaves a half-changed record to be saved by the error path. The PR
 and watch_pr (`pr_part`: the record's `pr` and pull-requests.json) runs only once the transition is known legal,
 and `pr` is put back when it fails; pull-requests.json, the status's copy, is written last in it, so only a kill
 between it and the record's save leaves that file a step ahead (the next stage or watch writes it again).
-decide() never sees a Worker; it judges views of the records (monitor.worker_views).
+decide() never sees a Worker; it judges views of the records (inputs.worker_views).
 
 The journal never tells what did not happen, and loses only what a kill -9 in the microseconds between a save
 and its line can lose. Taking or moving an issue (assign, restart, hold, advance_stage, enter_pr_stage,
@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from lib.errors import OrchestratorError
 from orchestrator.config import PR_STAGES
-from orchestrator.state import RunFiles, WorkerRecord
+from orchestrator.state import RecordStatus, RunFiles, WorkerRecord
 
 OBSERVATIONS = frozenset({"agent", "events_offset", "last_fingerprint", "last_progress_at", "pr", "last_reason"})
 LIFECYCLE_FIELDS = frozenset(f.name for f in fields(WorkerRecord)) - OBSERVATIONS - {"worker_id"}
@@ -112,7 +112,7 @@ class Worker:
                                     f"{', '.join(pipeline)})")
         self._reset()
         record = self.record
-        record.status, record.project, record.issue_number = "running", project, issue
+        record.status, record.project, record.issue_number = RecordStatus.RUNNING, project, issue
         record.branch, record.worktree, record.push_url = branch, worktree, push_url
         record.stage_index, record.stage, record.stage_base = stage_index, pipeline[stage_index], stage_base
         self._new_try(now)
