@@ -335,7 +335,7 @@ def workflow_all(c, name, jobs=Count(0), timeout=Seconds(1800), dry_run=False, h
 def sync_all(c, net_jobs=Count(4), timeout=Seconds(300), clone_missing=False, tag=None, dry_run=False, host="",
              accept_new_host_key=False):
     """Fetch every repo and fast-forward its default branch when that is safe."""
-    from lib.sync import run_command
+    from lib.syncall import run_command
     from lib.views import sync_table
 
     report = run_command(Paths.from_env(), tag, net_jobs, timeout or None, clone_missing, dry_run, host,

@@ -14,7 +14,6 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from enum import StrEnum
 from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
@@ -26,21 +25,11 @@ from lib.errors import ConfigError, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
+from lib.runstatus import RunStatus
 from lib.statefile import NotRegular, open_regular, read_json, set_aside_if_bad, update_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
-
-
-class RunStatus(StrEnum):
-    """How a repo's run ended (build, test, workflows, test-all, foreach); the value is what state files and JSON
-    say."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    SKIPPED = "skipped"
-    ERROR = "error"
 
 
 STATUSES = tuple(RunStatus)  # the summary's order

@@ -50,7 +50,7 @@ class OrchestratorTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:  # a Ctrl-C outside a run: 130, never Invoke's silent 1
             failure = exit_for(err)
             if failure is None:
                 raise

@@ -36,8 +36,11 @@ def exit_for(err: BaseException) -> tuple[str, int] | None:
     other (a bug: its traceback shows). The one place that says it: lib.cli's tasks and `script_main` use it.
 
     A user error is its `error:` lines, exit 2; a run stopped by a signal (runner.RunInterrupted,
-    scan.ScanStopped) is what it recorded (its notes), then its message, exit 128 + the signal.
+    scan.ScanStopped) is what it recorded (its notes), then its message, exit 128 + the signal; a Ctrl-C outside
+    a run's own handling of the stop signals (loading the config, importing fabric) is one line and 130.
     """
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (SIGINT)", exit_code(signal.SIGINT)
     if isinstance(err, OrchestratorError):
         return error_lines(err), err.exit_code
     if isinstance(err, Stopped):  # runner.RunInterrupted, scan.ScanStopped
@@ -47,17 +50,13 @@ def exit_for(err: BaseException) -> tuple[str, int] | None:
 
 def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """A script's `main` whose errors are printed and exited with as `exit_for` says (the tasks get the same from
-    lib.cli); here, not in lib.cli, because scripts/scan_all_repos.py runs without Invoke. A Ctrl-C outside a
-    run's own handling of the stop signals (loading the config, say) is one line and 130, never a traceback."""
+    lib.cli); here, not in lib.cli, because scripts/scan_all_repos.py runs without Invoke."""
 
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
-        except KeyboardInterrupt:
-            print("interrupted (SIGINT)", file=sys.stderr)
-            return exit_code(signal.SIGINT)
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:
             failure = exit_for(err)
             if failure is None:
                 raise

@@ -11,7 +11,8 @@ from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from lib import logcut, runner
-from lib.batch import Outcome, RunStatus, count_statuses, counts_text, default_jobs, execute
+from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute
+from lib.runstatus import RunStatus
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import read_known_commits, scan

@@ -757,21 +757,3 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             stop.notes += [*notes, f"every repo had synced ({done}); the closing scan was stopped"]
             raise
     return SyncReport(outcomes, monotonic() - started, paths.sync_results_file, notes)
-
-
-def run_command(paths: Paths, tags: list[str] | None = None, net_jobs: int = 4,
-                timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False, dry_run: bool = False,
-                host: str = "", accept_new_host_key: bool = False) -> SyncReport:
-    """`inv sync-all` and scripts/sync_all_repos.py: the sync here, or in a build host's workspace (`host`).
-
-    Both doors print the report's table, its `closing_line` and then its `notes` (warnings such as a results
-    file set aside or not recorded). lib.remote is imported here only: it is never uploaded to a host, while
-    this module is, and the copy there runs `run_sync`, never this.
-    """
-    if host:
-        from lib.remote.sync import sync_on_host
-
-        return sync_on_host(paths, host, tags, net_jobs, timeout, clone_missing, dry_run, accept_new_host_key)
-    from lib.config import load_workspace
-
-    return run_sync(paths, load_workspace(paths.repos_file), tags, net_jobs, timeout, clone_missing, dry_run)

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from lib.gitstatus import RepoStatus
+from lib.runstatus import RunStatus
 
 if TYPE_CHECKING:
     from datetime import date
@@ -116,8 +117,6 @@ def detail_cell(outcome: "Outcome") -> str:
 def headline(workflow: str, outcome: "Outcome") -> str:
     """The original's one-line verdict: `BUILD PASSED (1.2s)`, `BUILD FAILED (exit 2, 3.4s)`; control characters
     in the reason (a build host's words) escaped, as in the tables."""
-    from lib.batch import RunStatus  # lazily, as tabulate: the scan's path (progress -> views) stays small
-
     word = workflow.upper()
     time = f"{outcome.duration_s:.1f}s"
     if outcome.status == RunStatus.PASSED:

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.sync import run_command  # noqa: E402
+from lib.syncall import run_command  # noqa: E402
 from lib.views import sync_table  # noqa: E402
 
 

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from lib.batch import Outcome, RunStatus
+from lib.batch import Outcome
+from lib.runstatus import RunStatus
 from lib.views import headline
 
 sys.path.insert(0, str(ROOT / "scripts" / "proof-workers"))

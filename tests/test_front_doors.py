@@ -37,6 +37,9 @@ ERRORS = {
     "run stopped": (run_stopped, 143, "warning: results not recorded in x.json: No space left on device\n"
                                       "interrupted: stopped 2 running commands (SIGTERM)\n"),
     "scan stopped": (scan_stopped, 129, "interrupted: scan stopped (SIGHUP)\n"),
+    # Ctrl-C before a run handles the stop signals (loading the config, importing fabric): Invoke alone exits 1
+    # without a word, which says "a repo failed".
+    "ctrl-c outside a run": (KeyboardInterrupt, 130, "interrupted (SIGINT)\n"),
 }
 
 # Every task of tasks.py that works on the workspace, with the arguments it needs (workers.* hand their argv
