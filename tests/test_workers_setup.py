@@ -302,3 +302,25 @@ def test_a_setup_log_that_cannot_be_written_fails_the_setup_not_the_monitor(make
     with pytest.raises(worktree_setup.SetupFailed, match="cannot write its log"):
         worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "logs" / "issue-1" / "setup.log")
     assert not worktree_setup.done(worktree)
+
+
+@pytest.mark.parametrize("refusal", ["ENOSYS", "EACCES", "EPERM", "ENOTSUP"])
+def test_a_worktree_on_a_file_system_that_refuses_hard_links_still_gets_its_copy(make_repo, tmp_path, monkeypatch,
+                                                                                 refusal):
+    """The copy links a finished temp file into place (never replacing what the worktree has); a file system that
+    refuses links, whatever errno it picks (FUSE mounts say ENOSYS), gets a rename after a last look instead of a
+    set-up that fails on every try."""
+    import errno
+
+    repo = make_repo("app")
+    (repo.path / ".env").write_text("MAIN=1\n")
+    worktree = _worktree(repo, tmp_path)
+    setup = worktree_setup.parse({"copy": [".env"]}, repo.path, lambda *a: pytest.fail(str(a)), "ws")
+
+    def no_link(*args, **kwargs):
+        raise OSError(getattr(errno, refusal), os.strerror(getattr(errno, refusal)))
+
+    monkeypatch.setattr(worktree_setup.os, "link", no_link)
+    worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
+    assert (worktree / ".env").read_text() == "MAIN=1\n"
+    assert not [p for p in worktree.iterdir() if p.name.endswith(".setup")]

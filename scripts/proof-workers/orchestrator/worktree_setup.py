@@ -224,13 +224,14 @@ def _remove_killed_copies(parent: Path, name: str) -> None:
 
 def _link_or_rename(tmp: str, target: Path) -> None:
     """Put `tmp` at `target` unless something is there (FileExistsError): not statefile's os.replace, which would
-    replace it. A file system without hard links (EPERM, ENOTSUP) gets a rename after a last look: only a file
-    landing between the two can then be replaced."""
+    replace it. Any other refusal of the link (a file system without hard links says EPERM, ENOTSUP, ENOSYS,
+    EACCES, ... as it likes) gets a rename after a last look: only a file landing between the two can then be
+    replaced; an error the rename shares (a full or read-only disk) is then the rename's."""
     try:
         os.link(tmp, target)
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
+    except FileExistsError:
+        raise
+    except OSError:
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
         os.rename(tmp, target)
