@@ -34,6 +34,21 @@ exec '{real}' "$@"
 
 
 @pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
+
+def refuse_every_connection_after_the_first(monkeypatch, sshd) -> None:
+    """The run's own connection is made; the host then refuses our key on every new one (a kill, a report)."""
+    from lib.remote import connection as remote
+
+    real_connect, connects = remote.connect, []
+
+    def connect(host, accept_new_host_key=False):
+        connects.append(host.name)
+        if len(connects) == 2:
+            (sshd.root / "authorized_keys").write_text("")
+        return real_connect(host, accept_new_host_key)
+
+    monkeypatch.setattr(remote, "connect", connect)
+
 def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connection(
         home, make_repo, inv, sshd, tmp_path, monkeypatch, given_up):
     """given-up-meanwhile: another repo's read gave the connection up while this one's output was parsed."""
@@ -242,22 +257,13 @@ def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_no
     import os
     import signal
 
-    from lib.remote import connection as remote
     from tests.conftest import process_running
     from tests.test_hosts_mends import meanwhile
     from tests.test_hosts_robust import stop_the_sessions
     from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, wait_until
 
     workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
-    real_connect, connects = remote.connect, []
-
-    def connect(host, accept_new_host_key=False):
-        connects.append(host.name)
-        if len(connects) == 2:  # every connection after the sync's own is refused
-            (sshd.root / "authorized_keys").write_text("")
-        return real_connect(host, accept_new_host_key)
-
-    monkeypatch.setattr(remote, "connect", connect)
+    refuse_every_connection_after_the_first(monkeypatch, sshd)
     stopped: list[int] = []
 
     def freeze_then_interrupt() -> None:
@@ -290,22 +296,13 @@ def test_ctrl_c_when_the_kill_cannot_reach_the_host_says_the_command_there_may_s
     import os
     import signal
 
-    from lib.remote import connection as remote
     from tests.conftest import process_running
     from tests.test_hosts_mends import meanwhile
     from tests.test_hosts_robust import hanging_on_host, stop_the_sessions
     from tests.test_sync_host_robust import wait_until
 
     pidfile = hanging_on_host(home, sshd, make_repo, tmp_path, connect_timeout=2)
-    real_connect, connects = remote.connect, []
-
-    def connect(host, accept_new_host_key=False):
-        connects.append(host.name)
-        if len(connects) == 2:  # every connection after the run's own is refused
-            (sshd.root / "authorized_keys").write_text("")
-        return real_connect(host, accept_new_host_key)
-
-    monkeypatch.setattr(remote, "connect", connect)
+    refuse_every_connection_after_the_first(monkeypatch, sshd)
     stopped: list[int] = []
 
     def freeze_then_interrupt() -> None:

@@ -15,16 +15,21 @@ from orchestrator.run import open_run
 CAP = 64 * 1024
 
 
-def test_a_hook_printing_megabytes_leaves_a_log_within_max_log_bytes_with_its_head_and_tail(project):
-    proj = project([{"number": 1, "title": "one"}], max_log_bytes=CAP,
-                   on_event={"run": "echo FIRST-LINE; head -c 5000000 /dev/zero | tr '\\0' x; echo; echo LAST-LINE",
-                             "timeout": 120})
+def one_event_through_a_monitors_hooks() -> None:
+    """What a monitor's hook dispatcher does with one event, from its start to its close."""
     run = open_run()
     dispatcher = hooks.Dispatcher(run)
     dispatcher.cycle()
     run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
     dispatcher.cycle()
     dispatcher.close()
+
+
+def test_a_hook_printing_megabytes_leaves_a_log_within_max_log_bytes_with_its_head_and_tail(project):
+    proj = project([{"number": 1, "title": "one"}], max_log_bytes=CAP,
+                   on_event={"run": "echo FIRST-LINE; head -c 5000000 /dev/zero | tr '\\0' x; echo; echo LAST-LINE",
+                             "timeout": 120})
+    one_event_through_a_monitors_hooks()
     log = proj.state / "logs" / "hooks.log"
     data = log.read_bytes()
     assert len(data) <= CAP
@@ -39,12 +44,7 @@ def test_a_second_monitor_keeps_the_same_log_within_the_cap(project):
     proj = project([{"number": 1, "title": "one"}], max_log_bytes=CAP,
                    on_event={"run": "head -c 50000 /dev/zero | tr '\\0' y; echo", "timeout": 120})
     for _ in range(3):
-        run = open_run()
-        dispatcher = hooks.Dispatcher(run)
-        dispatcher.cycle()
-        run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
-        dispatcher.cycle()
-        dispatcher.close()
+        one_event_through_a_monitors_hooks()
     assert len((proj.state / "logs" / "hooks.log").read_bytes()) <= CAP
 
 
