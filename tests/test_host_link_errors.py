@@ -33,8 +33,6 @@ exec '{real}' "$@"
     (sshd.remote_home / ".bashrc").write_text(f"export PATH='{fake}':$PATH\n")
 
 
-@pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
-
 def refuse_every_connection_after_the_first(monkeypatch, sshd) -> None:
     """The run's own connection is made; the host then refuses our key on every new one (a kill, a report)."""
     from lib.remote import connection as remote
@@ -49,6 +47,8 @@ def refuse_every_connection_after_the_first(monkeypatch, sshd) -> None:
 
     monkeypatch.setattr(remote, "connect", connect)
 
+
+@pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
 def test_a_status_our_code_cannot_read_is_that_repos_error_never_a_lost_connection(
         home, make_repo, inv, sshd, tmp_path, monkeypatch, given_up):
     """given-up-meanwhile: another repo's read gave the connection up while this one's output was parsed."""
