@@ -495,20 +495,27 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     return outside
 
 
+def _log_or_count(log: logcut.CappedLog, data: bytes, lost: int, what: str) -> int:
+    """Write `data` to the log, saying first how much could not be written before; returns what is lost now.
+    A write that fails (a full disk) is counted, never raised: the agent's output and events go on."""
+    try:
+        if lost:
+            log.write(f"\nwrapper: up to {lost} bytes of {what} could not be written to this log (a write failed: "
+                      "a full disk?)\n".encode())
+            lost = 0
+        log.write(data)
+        return 0
+    except Exception:  # noqa: BLE001 (a full disk)
+        return lost + len(data)
+
+
 def _tee(source: Any, log: logcut.CappedLog) -> None:
     """The agent's output to its log and the pane. Output the log cannot take (a full disk) is drained, never
     left to block the agent, and said in the log once it can be written again."""
     screen = getattr(sys.stdout, "buffer", None)
     lost = 0
     for chunk in iter(lambda: source.read1(65536), b""):
-        try:
-            if lost:
-                log.write(f"\nwrapper: up to {lost} bytes of the agent's output could not be written to this log "
-                          "(a write failed: a full disk?)\n".encode())
-                lost = 0
-            log.write(chunk)
-        except Exception:  # noqa: BLE001 (a full disk: the agent's output still flows)
-            lost += len(chunk)
+        lost = _log_or_count(log, chunk, lost, "the agent's output")
         if screen is not None:
             try:
                 screen.write(chunk)
@@ -573,14 +580,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
                 touched = time.monotonic()
             text = "".join(f"{_stamp()} {one}\n" for one in agents.describe(kind, event)).encode("utf-8", "replace")
             if text:
-                try:
-                    if lost:
-                        log.write(f"\nwrapper: up to {lost} bytes of this log could not be written (a write "
-                                  "failed: a full disk?)\n".encode())
-                        lost = 0
-                    log.write(text)
-                except Exception:  # noqa: BLE001 (a full disk: the events go on)
-                    lost += len(text)
+                lost = _log_or_count(log, text, lost, "the agent's events")
             if text and screen is not None:
                 try:
                     screen.write(text)
