@@ -20,7 +20,7 @@ from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixt
 from tests.test_attack_hosts2 import inv_unless_it_hangs, read_pipe  # noqa: F401  (a fixture)
 from tests.test_hosts_robust import host_processes, nothing_left_on_the_host, stop_the_sessions
 from tests.test_sync_host import results
-from tests.test_sync_host_robust import children_of_sshd, driver_pids, fast_and_hung_slow, wait_until
+from tests.test_sync_host_robust import children_of_sshd, driver_pids, fast_and_hung_slow, outcome_shown, wait_until
 
 
 @pytest.fixture
@@ -97,18 +97,9 @@ def test_give_up_marks_before_it_closes_and_a_lost_connection_is_refused_too(hom
 
 def test_ctrl_c_while_the_sync_connection_is_silent_takes_the_report_over_a_new_connection_never_the_old_one(
         home, make_repo, inv, sshd, tmp_path, monkeypatch, logins):
-    from lib.remote import sync as remote_sync
 
     workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path, connect_timeout=2)
-    shown = threading.Event()
-
-    class Watched(remote_sync.Progress):
-        def finish(self, name, line, failed=False):
-            super().finish(name, line, failed)
-            if name == "fast":
-                shown.set()
-
-    monkeypatch.setattr(remote_sync, "Progress", Watched)
+    shown = outcome_shown(monkeypatch, "fast")
     stopped: list[int] = []
 
     def freeze_then_interrupt() -> None:

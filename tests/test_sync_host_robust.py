@@ -537,15 +537,7 @@ def test_a_driver_killed_before_it_reports_keeps_what_it_reported_and_leaves_no_
     git(workspace / "slow", "config", "remote.origin.uploadpack",
         f"trap '' TERM HUP INT; echo $$ > '{pid_file}'; exec sleep 120 #")
     monkeypatch.setattr(remote_sync, "DRIVER_GRACE_S", 0.5)  # we wait less than that
-    shown = threading.Event()
-
-    class Watched(remote_sync.Progress):
-        def finish(self, name, line, failed=False):
-            super().finish(name, line, failed)
-            if name == "fast":
-                shown.set()
-
-    monkeypatch.setattr(remote_sync, "Progress", Watched)
+    shown = outcome_shown(monkeypatch, "fast")
 
     def interrupt_when_ready() -> None:
         wait_until(lambda: shown.is_set() and pid_file.exists() and pid_file.read_text().strip(),
@@ -597,3 +589,21 @@ def test_a_driver_killed_on_the_host_keeps_what_it_reported_and_leaves_no_git_be
     finally:
         if process_running(hung):
             os.kill(hung, signal.SIGKILL)
+
+
+def outcome_shown(monkeypatch, repo: str):
+    """An event set once sync-all --host has shown `repo`'s outcome here (its progress line)."""
+    import threading
+
+    from lib.remote import sync as remote_sync
+
+    shown = threading.Event()
+
+    class Watched(remote_sync.Progress):
+        def finish(self, name, line, failed=False):
+            super().finish(name, line, failed)
+            if name == repo:
+                shown.set()
+
+    monkeypatch.setattr(remote_sync, "Progress", Watched)
+    return shown
