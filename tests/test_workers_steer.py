@@ -679,3 +679,27 @@ def test_send_to_a_try_before_its_last_stage_says_the_next_stages_try_takes_it(p
     text = cli("status").stdout
     assert "#1: 1 follow-up kept for its next try: \"mind the tests\"" in text and "last stage" not in text, text
     assert cli("kill", "1").returncode == 0
+
+
+def test_a_follow_up_folded_into_a_try_whose_pane_never_started_is_kept_for_the_next_try(project, monkeypatch):
+    """The follow-up goes into the try's prompt; the pane then cannot start (tmux refuses): the agent never read
+    it, so it stays kept, and the next try gets it (it was marked given before the start, and lost)."""
+    from lib.errors import OrchestratorError
+    from orchestrator import tmux
+
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    real_respawn = tmux.respawn
+
+    def refuse(*args, **kwargs):
+        raise OrchestratorError("tmux: respawn-pane failed")
+
+    monkeypatch.setattr(tmux, "respawn", refuse)
+    monitor(open_run(), once=True, say=lambda _: None)
+    kept = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry.get("given_in") for entry in kept] == [None], kept
+    monkeypatch.setattr(tmux, "respawn", real_respawn)
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert "mind the changelog" in proj.prompts(1)[-1]
+    given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry["given_in"] for entry in given] != [None]

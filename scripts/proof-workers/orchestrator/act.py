@@ -112,7 +112,6 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
                            *((record.stage, str(record.pr.get("task") or "")) if record.stage in configs.PR_STAGES
                              else ())))
     prompt.write_text(text + commands.followup_text(followups), encoding="utf-8")
-    commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
     files.signal(w, t).unlink(missing_ok=True)
     worktree_setup.state_path(files.signal(w, t)).unlink(missing_ok=True)
     files.pid_file(w, t).unlink(missing_ok=True)
@@ -151,6 +150,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     worker.started(pane.identity, run.clock())
+    # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
+    # lines gives them again, never loses them).
+    commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
 
 
 class Executor:
