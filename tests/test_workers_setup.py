@@ -324,3 +324,21 @@ def test_a_worktree_on_a_file_system_that_refuses_hard_links_still_gets_its_copy
     worktree_setup.copy_files(setup, repo.path, worktree, tmp_path / "setup.log")
     assert (worktree / ".env").read_text() == "MAIN=1\n"
     assert not [p for p in worktree.iterdir() if p.name.endswith(".setup")]
+
+
+def test_a_fifo_where_a_tries_set_up_state_belongs_is_read_as_no_state_without_a_wait(tmp_path):
+    """The monitor reads each try's set-up state every cycle; an agent can put a FIFO there (its own try's files
+    sit beside the worktree's): that must never hang the monitor."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    fifo = tmp_path / "worker-1-try-1.setup"
+    os.mkfifo(fifo)
+    asked = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from orchestrator import worktree_setup; "
+                               "print(worktree_setup.read_state(Path(sys.argv[1])))", str(fifo)],
+        cwd=ROOT / "scripts" / "proof-workers", env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60)
+    assert (asked.returncode, asked.stdout) == (0, "{}\n"), asked.stderr

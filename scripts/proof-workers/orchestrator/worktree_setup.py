@@ -22,7 +22,7 @@ from lib.batch import command_env
 from lib.errors import OrchestratorError, clip
 from lib.gitrefs import locate
 from lib.gitstatus import confined_to
-from lib.statefile import NotRegular, fsync_dir, open_regular
+from lib.statefile import NotRegular, fsync_dir, open_regular, read_small
 
 DEFAULT_TIMEOUT_S = 600.0
 TEMP_SUFFIX = ".setup"  # a copy's temp file: .NAME.XXXXXXXX.setup beside it
@@ -117,9 +117,10 @@ def state_path(signal: Path) -> Path:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """A try's set-up state ({} when it runs none, or the file is half-written or garbled)."""
+    """A try's set-up state ({} when it runs none, or the file is half-written, garbled or not a regular file: the
+    monitor reads it each cycle, and a FIFO an agent put there is never waited on)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_small(path) or b"")
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) and isinstance(doc.get("state"), str) else {}
