@@ -178,10 +178,6 @@ def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float 
     _reap_orphans(list(pids))
 
 
-def kill_group(pgid: int, grace: float = GRACE_S) -> None:
-    kill_processes([pgid], (), grace)
-
-
 def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
     """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
     what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is

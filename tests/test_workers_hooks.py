@@ -62,17 +62,17 @@ def test_pauses_resumes_and_alerts_whatever_made_them_reach_the_hook(project, tm
     run = open_run()
     dispatcher = hooks.Dispatcher(run)
     now = time.time()
-    dispatcher.cycle(now)
+    dispatcher.cycle()
     pause_file = pauses.pause_file(run.state_root, "demo")
 
     pauses.add(pause_file, "user", "lunch", now, issue=1)
     run.files.log_event({"action": "alert", "project": "demo", "issue": 1, "kind": "git_config", "detail": "x"})
     run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
     pauses.journal_changes(run.files, active_pauses(run, now))  # as a cycle does, from decide's read
-    dispatcher.cycle(now)
+    dispatcher.cycle()
     pauses.clear(pause_file, issue=1)
     pauses.journal_changes(run.files, active_pauses(run, now))
-    dispatcher.cycle(now)
+    dispatcher.cycle()
     dispatcher.close()
 
     delivered = _delivered(out)
@@ -155,12 +155,12 @@ def test_a_giant_event_line_is_skipped_and_holds_up_none_after_it(project, tmp_p
     proj = project([{"number": 1, "title": "one"}], on_event='cat > "$HOOK_OUT/$ORCHESTRATOR_EVENT-$$.json"')
     run = open_run()
     dispatcher = hooks.Dispatcher(run)
-    dispatcher.cycle(time.time())
+    dispatcher.cycle()
 
     run.files.log_event({"action": "alert", "project": "demo", "detail": "x" * (hooks.READ_AT_MOST + 10)})
     run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 1})
     for _ in range(3):
-        dispatcher.cycle(time.time())
+        dispatcher.cycle()
     dispatcher.close()
 
     delivered = _delivered(out)
@@ -203,13 +203,13 @@ def test_a_restarted_monitor_delivers_what_was_logged_while_none_ran_and_a_first
     run = open_run()
     run.files.log_event({"action": "skip", "project": "demo", "issue": 1, "reason": "an earlier run's"})
     first = hooks.Dispatcher(run)
-    first.cycle(time.time())
+    first.cycle()
     first.close()
     assert _delivered(out) == []
 
     run.files.log_event({"action": "mark_complete", "project": "demo", "issue": 2})  # no monitor runs
     second = hooks.Dispatcher(open_run())
-    second.cycle(time.time())
+    second.cycle()
     second.close()
 
     assert [json.loads(line)["event"]["issue"] for _, line in _delivered(out)] == [2]

@@ -117,11 +117,6 @@ def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
     return remote.HostStalled(why)
 
 
-def _failed(connection: Any, host: Host, err: Exception, doing: str) -> str:
-    """Anything but the link (git there, our own reading of it, a session refused): what it is, in one line."""
-    return remote.failure(err, connection, host, doing)
-
-
 def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
     """Every repo's status under the host's workspace; an unreachable host is one error per repo."""
     started = perf_counter()
@@ -139,7 +134,7 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
             return failed(str(err))
         except Exception as err:
             return failed(str(_lost(connection, host, err)) if remote.link_error(err, connection)
-                          else _failed(connection, host, err, "finding the workspace"))
+                          else remote.failure(err, connection, host, "finding the workspace"))
         stalled: list[remote.HostStalled] = []  # a hung login shell hangs every login: one wait is enough
 
         def one(repo: Repo) -> RepoStatus:
@@ -153,7 +148,7 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                     stalled.append(err)
                 except Exception as err:
                     if not remote.link_error(err, connection):  # this repo's error, whatever the connection's state
-                        return unread(repo, path, _failed(connection, host, err, "reading the status"))
+                        return unread(repo, path, remote.failure(err, connection, host, "reading the status"))
                     stalled.append(_lost(connection, host, err))
             return unread(repo, path, str(stalled[0]))
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lib.errors import OrchestratorError, script_main
+from lib.errors import OrchestratorError, clip, script_main
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _issue_number(text: str) -> int:
-    from lib.errors import clip
-
     try:
         value = int(text)
     except ValueError:  # not a number, or one of over 4300 digits

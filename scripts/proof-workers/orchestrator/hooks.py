@@ -116,9 +116,9 @@ class Dispatcher:
                 return cfg.on_event
         return self.run.lead.on_event
 
-    def cycle(self, now: float | None = None) -> None:
-        """Hand the event log's new lines to their hooks (`now` is unused: the monitor's cycle journals pause
-        changes itself, pauses.journal_changes)."""
+    def cycle(self) -> None:
+        """Hand the event log's new lines to their hooks (pause changes are journalled by the monitor's cycle,
+        pauses.journal_changes, hook or not)."""
         try:
             self._cycle()
         except (OSError, OrchestratorError) as err:  # the monitor goes on; the lines wait for the next cycle

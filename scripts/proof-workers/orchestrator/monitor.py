@@ -237,7 +237,7 @@ def monitor(run: Run, cycle: float | None = None, once: bool = False, no_delay: 
                 result = run_cycle(run, number, say)
                 said = say_warnings(run, said, say)  # an edited config's new ones
                 beat.cycle(run.files.monitor, run.clock())
-                events.cycle(run.clock())
+                events.cycle()
                 if result.finished:
                     run.files.log_event({"action": "shutdown", "reason": "all_done"})
                     alerts.end(run.files.root)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lib.errors import OrchestratorError
-from lib.statefile import held_lock, write_json
+from lib.statefile import held_lock, read_regular, write_json
 
 
 class RecordStatus(StrEnum):
@@ -122,8 +122,6 @@ class RunFiles:
         return self.root / "push-pins.json"
 
     def load_worker(self, worker: int) -> WorkerRecord:
-        from lib.statefile import read_regular
-
         path = self.worker_file(worker)
         try:
             data = read_regular(path)  # a FIFO there (an agent's) is an error, never a wait for a writer
@@ -151,8 +149,6 @@ class RunFiles:
     def read_signal(self, worker: int, try_id: int) -> int | None:
         """This try's exit code; a half-written or garbled file, or no regular file (an agent's FIFO: never waited
         on), reads as no signal yet."""
-        from lib.statefile import read_regular
-
         try:
             return int((read_regular(self.signal(worker, try_id)) or b"").strip())
         except (OrchestratorError, ValueError):
