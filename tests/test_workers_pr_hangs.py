@@ -8,7 +8,6 @@ children that keep its pipes open, one of them in a session of its own.
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -188,9 +187,8 @@ def test_the_force_push_checks_fetch_on_a_remote_that_never_answers_ends_in_the_
     _pin(root, cfg, HANG_URL)
     ours = git(handle.path, "rev-parse", "HEAD")
     seen = Observation(7, "https://forge/pull/7", state, head="f" * 40)
-    record = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1")
     with pytest.raises(ForgeError, match="cannot tell whether PR #7's head .* timed out after 3s"):
-        _within(GENEROUS_S, lambda: pulls._foreign_head_holds_ours(root, cfg, cfg.issues[0], record, seen, ours,
+        _within(GENEROUS_S, lambda: pulls._foreign_head_holds_ours(root, cfg, cfg.issues[0], seen, ours,
                                                                    3.0))
     retry_until(lambda: _all_gone(hanging_ssh), GENEROUS_S)
 
@@ -203,8 +201,7 @@ def test_a_merged_head_the_pinned_url_does_not_have_is_still_taken_as_before(mak
     _pin(root, cfg, str(handle.remote))
     ours = git(handle.path, "rev-parse", "HEAD")
     seen = Observation(7, "https://forge/pull/7", "merged", head="f" * 40)
-    record = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1")
-    assert pulls._foreign_head_holds_ours(root, cfg, cfg.issues[0], record, seen, ours, 20.0) is None
+    assert pulls._foreign_head_holds_ours(root, cfg, cfg.issues[0], seen, ours, 20.0) is None
 
 
 @pytest.mark.parametrize("then", ["our merge alone", "a direct push after our merge"])

@@ -261,7 +261,7 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
                                  f"which {default} does not have")
             if ours and seen.head and seen.head != ours and (
                     seen.state == "merged" or seen.state == "open" and int(pr.get("foreign_polls") or 0) >= 2):
-                _foreign_head_holds_ours(state_root, cfg, issue, record, seen, ours,
+                _foreign_head_holds_ours(state_root, cfg, issue, seen, ours,
                                          max(1.0, budget - (time.monotonic() - started)))
         except (ForgeError, OrchestratorError) as err:
             record.last_reason = f"PR poll failed (tried again in {cfg.review.poll_seconds:g}s): {err}"
@@ -313,8 +313,8 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
     return tuple(views)
 
 
-def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerRecord,
-                             seen: Observation, ours: str, budget: float = POLL_BUDGET_S) -> None:
+def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue, seen: Observation, ours: str,
+                             budget: float = POLL_BUDGET_S) -> None:
     """Someone else's head of the PR (taken as the one whose checks count after 3 polls, or merged) must hold our
     last push (its commits, or the same patches rebased): a force-push that dropped it is never merged nor
     completed (ForgeError: the poll fails, said, and is tried again until a human sees to it). The head is
