@@ -605,7 +605,7 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
     except worktrees.GitFailed as err:  # the remote stopped answering: the snapshot keeps the old head (next check)
         not_now(err)
         return None
-    announce(root, cfg, checks.found, say)
+    announce(root, checks.found, lambda _: cfg.on_alert == "pause", time.time(), say)
     write_json(run_file(root), doc)
     return None
 
@@ -628,17 +628,18 @@ def _merging_heads(root: Path, cfg: ProjectConfig, repo: RepoConfig) -> set[str]
     return heads
 
 
-def announce(root: Path, cfg: ProjectConfig, found: list[dict[str, Any]], say: Callable[[str], None]) -> None:
-    """New alerts of the project, as the monitor's cycle announces them: paused first (on_alert pause), an event,
-    a line."""
+def announce(root: Path, found: list[dict[str, Any]], pausing: Callable[[str], bool], now: float,
+             say: Callable[[str], None]) -> None:
+    """New alerts, as the monitor's cycle and a merge's check announce them: paused first when the project's
+    `on_alert` says so (`pausing(project)`), then the event, then the line."""
     from orchestrator import pauses
     from orchestrator.state import RunFiles
 
     for alert in found:
-        paused = cfg.on_alert == "pause"
+        paused = pausing(alert["project"])
         if paused:
             pauses.add(pauses.pause_file(root.parent, alert["project"]), "alert",
-                       f"{alert['kind']}: {alert['detail']}", time.time(), issue=alert["issue"])
+                       f"{alert['kind']}: {alert['detail']}", now, issue=alert["issue"])
         RunFiles(root).log_event({"action": "alert", **alert, "paused": paused})
         where = f"#{alert['issue']}" if alert["issue"] is not None else f"project {alert['project']}"
         say(f"ALERT {alert['kind']} ({where}): {alert['detail']}" + ("; paused until resume" if paused else ""))

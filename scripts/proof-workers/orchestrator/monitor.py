@@ -48,18 +48,14 @@ def watch(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], now:
     except OrchestratorError as err:
         on_error(f"alert checks skipped this cycle: {err}")
         return snapshots
-    for alert in found:
+
+    def pausing(project: str) -> bool:
         try:
-            cfg = run.config_of(alert["project"])
+            return run.config_of(project).on_alert == "pause"
         except OrchestratorError:
-            cfg = None
-        paused = cfg is not None and cfg.on_alert == "pause"
-        if paused:
-            pauses.add(pauses.pause_file(run.state_root, alert["project"]), "alert",
-                       f"{alert['kind']}: {alert['detail']}", now, issue=alert["issue"])
-        run.files.log_event({"action": "alert", **alert, "paused": paused})
-        where = f"#{alert['issue']}" if alert["issue"] is not None else f"project {alert['project']}"
-        say(f"ALERT {alert['kind']} ({where}): {alert['detail']}" + ("; paused until resume" if paused else ""))
+            return False
+
+    alerts.announce(run.files.root, found, pausing, now, say)
     if changed:
         write_json(alerts.run_file(run.files.root), doc)
     return snapshots
