@@ -250,11 +250,14 @@ def _aside(path: Path) -> Path:
     return path.with_name(path.name + ".corrupt")
 
 
-def set_aside(path: Path) -> Path:
-    """Rename `path` to NAME.corrupt (replacing an older one); a name of its own when that cannot be replaced
-    (a directory at either end). Not a write: a statefile of its own."""
+def set_aside(path: Path, keep_older: bool = False) -> Path:
+    """Rename `path` to NAME.corrupt (replacing an older one, unless `keep_older`: for a file whose older damaged
+    copy may hold the only record of something); a name of its own when that cannot be replaced (a directory at
+    either end) or is kept. Not a write: a statefile of its own."""
     aside = _aside(path)
     try:
+        if keep_older and os.path.lexists(aside):
+            raise FileExistsError(str(aside))
         os.replace(path, aside)
     except OSError:
         aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")

@@ -10,12 +10,10 @@ damaged one set aside, never read as "no PR").
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,7 +105,7 @@ def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | Non
         except UnreadableFile as err:
             problem = err.why
         if problem:
-            aside = _set_aside_keeping_older(path)
+            aside = set_aside(path, keep_older=True)
             issues = _recovered(state_root, project)
             doc = {"issues": issues, "set_aside": {"file": aside.name, "why": problem, "at": now_iso(),
                                                    "recovered": len(issues)}}
@@ -148,17 +146,6 @@ def _recovered(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
         elif key in out and action == "skip" and event.get("reason") == "pr closed":
             out[key]["state"] = "closed"
     return out
-
-
-def _set_aside_keeping_older(path: Path) -> Path:
-    """statefile.set_aside (called under our own lock: set_aside_if_bad would wait on it), except that an older
-    NAME.corrupt is never replaced: it may hold the only record of PRs opened before the first damage, so this
-    one gets a name of its own (an os.replace of its own for that: statefile's replaces the older one)."""
-    if not os.path.lexists(path.with_name(path.name + ".corrupt")):
-        return set_aside(path)
-    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}")
-    os.replace(path, aside)
-    return aside
 
 
 def public(entry: dict[str, Any] | None) -> dict[str, Any] | None:
