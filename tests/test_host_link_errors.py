@@ -33,19 +33,21 @@ exec '{real}' "$@"
     (sshd.remote_home / ".bashrc").write_text(f"export PATH='{fake}':$PATH\n")
 
 
-def refuse_every_connection_after_the_first(monkeypatch, sshd) -> None:
-    """The run's own connection is made; the host then refuses our key on every new one (a kill, a report)."""
+def refuse_every_connection_after_the_first(monkeypatch, sshd, first: int = 1) -> list[str]:
+    """The run's own connection (and `first` - 1 more) are made; the host then refuses our key on every new one
+    (a kill, a report). Returns the hosts of every connection asked for."""
     from lib.remote import connection as remote
 
     real_connect, connects = remote.connect, []
 
     def connect(host, accept_new_host_key=False):
         connects.append(host.name)
-        if len(connects) == 2:
+        if len(connects) == first + 1:
             (sshd.root / "authorized_keys").write_text("")
         return real_connect(host, accept_new_host_key)
 
     monkeypatch.setattr(remote, "connect", connect)
+    return connects
 
 
 @pytest.mark.parametrize("given_up", [False, True], ids=["link-up", "given-up-meanwhile"])
@@ -184,22 +186,14 @@ def test_a_sync_given_up_says_why_no_new_connection_could_collect_what_the_host_
     import os
     import signal
 
-    from lib.remote import connection as remote
     from tests.conftest import process_running
     from tests.test_hosts_mends import link_dropped_once
     from tests.test_sync_host import results
     from tests.test_sync_host_robust import fast_and_hung_slow
 
     workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
-    real_connect, connects = remote.connect, []
-
-    def connect(host, accept_new_host_key=False):
-        connects.append(host.name)
-        if len(connects) == 3:  # the first is the sync's, the second the kill's: now the host refuses us
-            (sshd.root / "authorized_keys").write_text("")
-        return real_connect(host, accept_new_host_key)
-
-    monkeypatch.setattr(remote, "connect", connect)
+    # The first is the sync's, the second the kill's: then the host refuses us.
+    connects = refuse_every_connection_after_the_first(monkeypatch, sshd, first=2)
 
     try:
         with link_dropped_once(sshd, pid_file, "the slow repo's fetch"):
