@@ -339,9 +339,10 @@ class _RepoScan:
     """One repo through the pool: `git status`, then the last commit (recorded, read, or `git log -1`)."""
 
     def __init__(self, status: RepoStatus, path: Path, pool: GitPool, env: dict[str, str],
-                 known: Mapping[str, LastCommit], finish: Callable[[RepoStatus], None]) -> None:
+                 known: Mapping[str, LastCommit], finish: Callable[[RepoStatus], None],
+                 status_args: tuple[str, ...] = STATUS_ARGS) -> None:
         self.status, self.path, self.pool, self.env, self.known, self.finish = status, path, pool, env, known, finish
-        pool.submit(str(path), self.env, STATUS_ARGS, self.on_status)
+        pool.submit(str(path), self.env, status_args, self.on_status)
 
     def on_status(self, result: GitResult) -> None:
         if fill_from_status(self.status, self.path, result, self.known):
@@ -477,6 +478,7 @@ def scan(
     processes: int = 0,
     git_timeout: float = GIT_TIMEOUT_S,
     helper_silence: float | None = None,
+    status_args: tuple[str, ...] = STATUS_ARGS,
 ) -> ScanReport:
     """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
 
@@ -490,6 +492,8 @@ def scan(
     and HELPER_SLACK_S) is killed, its unsent repos rows that say they were not read.
     Forks only as the process's one thread (lib.gitpool.forking: the progress ticker
     pauses); else no helper and no keeper, its gits each lead a group of their own.
+    `status_args`: STATUS_ARGS and options that only add entries (test-all --changed's
+    `--ignore-submodules=none`).
     """
     git = git or find_git()
     env = env if env is not None else git_env()
@@ -539,13 +543,13 @@ def scan(
                 for share in (repos[i::processes] for i in range(1, processes) if alone):
                     try:
                         pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper,
-                                                        git_timeout)
+                                                        git_timeout, status_args)
                     except OSError:  # no fork or pipe to be had (a process limit): scanned here below
                         continue
                     helpers.add(pid)
                     pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid), silence,
                                lambda pid=pid, share=share: silent(pid, share))
-            _scan_share(repos[0::processes], pool, env, known, finish)
+            _scan_share(repos[0::processes], pool, env, known, finish, status_args)
             pool.run()
             for repo in repos:
                 if repo.name in silenced and repo.name not in results:
@@ -554,7 +558,7 @@ def scan(
                                             "killed"))
             missing = [repo for repo in repos if repo.name not in results]
             if missing:  # a helper that died before sending these, or never started
-                _scan_share(missing, pool, env, known, finish)
+                _scan_share(missing, pool, env, known, finish, status_args)
                 pool.run()
     finally:
         if keeper:  # done or stopped: the group goes whole (helpers, gits, what they started)
@@ -570,7 +574,7 @@ def scan(
 
 
 def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known: Mapping[str, LastCommit],
-                finish: Callable[[RepoStatus], None]) -> None:
+                finish: Callable[[RepoStatus], None], status_args: tuple[str, ...] = STATUS_ARGS) -> None:
     """Answer what a stat can, and queue a `git status` for every other repo."""
     reals = ([repo.real for repo in repos] if all(repo.real for repo in repos)
              else real_paths(repo.local for repo in repos))  # resolved once, when the config was loaded
@@ -584,12 +588,13 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
         else:
             # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
             confined = {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real)}
-            _RepoScan(status, repo.local, pool, confined, known, finish)
+            _RepoScan(status, repo.local, pool, confined, known, finish, status_args)
 
 
 def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: Mapping[str, LastCommit],
                   jobs: int, parent_pool: GitPool, keeper: Keeper | None = None,
-                  git_timeout: float = GIT_TIMEOUT_S) -> tuple[int, int]:
+                  git_timeout: float = GIT_TIMEOUT_S,
+                  status_args: tuple[str, ...] = STATUS_ARGS) -> tuple[int, int]:
     """Fork a process that scans `share` and writes one JSON row per repo to the returned fd.
 
     Called inside `lib.gitpool.forking()` as the process's one thread: a lock another
@@ -623,7 +628,7 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
                 def send(status: RepoStatus) -> None:
                     out.write(json.dumps(status.to_json()) + "\n")
                     out.flush()
-                _scan_share(share, pool, env, known, send)
+                _scan_share(share, pool, env, known, send, status_args)
                 pool.run()
             code = 0
         finally:
