@@ -16,6 +16,7 @@ from lib.batch import (
     Outcome,
     RunStatus,
     check_report_path,
+    check_state,
     count_statuses,
     counts_text,
     keep_results,
@@ -37,6 +38,7 @@ from lib.runner import RunInterrupted, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
 from lib.signals import signal_name
 from lib.statefile import read_json
+from lib.views import outcomes_table
 from lib.workflows import Plan
 
 
@@ -103,6 +105,37 @@ class TestAllAnswer:
     lines: list[str]
     report: TestAllReport | None = None
     document: dict[str, Any] | None = None  # what --json prints instead of `lines` (nothing to test, a dry run)
+
+
+@dataclass
+class Printout:
+    """What a front door prints: `out` on stdout, then `err` on stderr, and exits `code`."""
+
+    out: list[str]
+    err: list[str] = field(default_factory=list)
+    code: int = 0
+
+
+def state_warnings(paths: Paths, options: TestAllOptions) -> list[str]:
+    """Before a run: a results file that cannot be read is set aside, a `warning:` line each (none for a dry run
+    or a matrix, which write nothing)."""
+    return [] if options.dry_run or options.matrix else check_state(paths, "test")
+
+
+def printout(answer: TestAllAnswer, as_json: bool) -> Printout:
+    """`inv test-all`'s and scripts/run_all_tests.py's output for `answer`: its document (--json) or lines, else
+    the run's table (or JSON) and summary, its notes on stderr; exit 1 when a repo failed."""
+    if as_json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        return Printout([json.dumps(answer.document, indent=2)])
+    out = list(answer.lines)
+    report = answer.report
+    if report is None:
+        return Printout(out)
+    if as_json:
+        out.append(json.dumps(report.to_json(), indent=2))
+    else:
+        out += [outcomes_table(report.outcomes), f"{report.summary_line()} -> {report.state_file}"]
+    return Printout(out, list(report.notes), 1 if report.failing else 0)
 
 
 def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> TestAllAnswer:
