@@ -55,7 +55,9 @@ class GitPool:
     scan's keeper group (see `start_keeper`), or its own when `group` is 0.
     `done` callbacks run in the loop and may `submit` more work (it queues first).
     A git still running `limit` seconds after it started (a hook or a filter that
-    never returns) is killed and done with TIMED_OUT and a line saying so.
+    never returns) is killed and done with TIMED_OUT and a line saying so; one that
+    exited while something it started holds its stdout open (a hook's daemon) is
+    done then with what it wrote.
     """
 
     def __init__(self, git: str, size: int, group: int = 0, limit: float | None = None) -> None:
@@ -194,18 +196,26 @@ class GitPool:
             os.close(fd)
             del self._live[fd]
             _, wait_status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wait_status)
-            errors = b""
-            if stderr.tell():  # the child's writes moved the offset this file shares with it
-                if code != 0:
-                    stderr.seek(0)
-                    errors = stderr.read(65536)
-                stderr.seek(0)
-                stderr.truncate()
-            self._free.append(stderr)
-            done(GitResult(code, b"".join(chunks), errors))
+            self._complete(chunks, stderr, done, wait_status)
 
         self._give_up_overdue()
+
+    def _complete(self, chunks: list[bytes], stderr: BinaryIO, done: Done, wait_status: int,
+                  reuse: bool = True) -> None:
+        """A git's result to its `done`; its stderr file back to the free ones (`reuse`), else closed."""
+        code = os.waitstatus_to_exitcode(wait_status)
+        errors = b""
+        if stderr.tell():  # the child's writes moved the offset this file shares with it
+            if code != 0:
+                stderr.seek(0)
+                errors = stderr.read(65536)
+            stderr.seek(0)
+            stderr.truncate()
+        if reuse:
+            self._free.append(stderr)
+        else:
+            stderr.close()
+        done(GitResult(code, b"".join(chunks), errors))
 
     def _wait_ms(self) -> int | None:
         """How long poll may wait: until the next git's limit or feed's silence runs out (None: no end)."""
@@ -217,15 +227,27 @@ class GitPool:
     def _give_up_overdue(self) -> None:
         """Kill the gits past their limit and give up the feeds silent too long (each `done` or `on_end` once)."""
         now = monotonic()
-        for fd, (pid, _, stderr, done, deadline, verb) in list(self._live.items()):
+        for fd, (pid, chunks, stderr, done, deadline, verb) in list(self._live.items()):
             if now < deadline:
                 continue
             self._poll.unregister(fd)
-            os.close(fd)
             del self._live[fd]
-            _kill(pid, own_group=not self._group)
-            self._dying.append(pid)
-            stderr.close()  # never reused: what the git started (the hook, in a shared group) may still write to it
+            # Its stderr file is never reused: what it started (a hook, in a shared group) may still write to it.
+            try:
+                exited, wait_status = os.waitpid(pid, os.WNOHANG)
+                ours = True
+            except ChildProcessError:  # not ours to wait for, nor to kill (its pid may be another's now)
+                exited, wait_status, ours = 0, 0, False
+            if exited:  # git is done; something it started holds its stdout open (a hook's daemon)
+                chunks.append(_available(fd))
+                os.close(fd)
+                self._complete(chunks, stderr, done, wait_status, reuse=False)
+                continue
+            os.close(fd)
+            if ours:
+                _kill(pid, own_group=not self._group)
+                self._dying.append(pid)
+            stderr.close()
             done(GitResult(TIMED_OUT, b"", f"git {verb} did not finish within {self._limit:g} s: killed".encode()))
         self._dying = [pid for pid in self._dying if not _reaped(pid)]
         for fd, feed in list(self._feeds.items()):
@@ -251,6 +273,16 @@ class GitPool:
         self._poll.unregister(fd)
         os.close(fd)
         self._feeds.pop(fd).on_end()
+
+
+def _available(fd: int) -> bytes:
+    """What a pipe holds now, read without waiting for its end."""
+    os.set_blocking(fd, False)
+    chunks = []
+    with suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _verb(args: tuple[str, ...]) -> str:

@@ -15,6 +15,9 @@ from lib.gitstatus import scan
 from tests.conftest import ROOT, wait_gone
 from tests.test_scan_pool import mixed_repos, repo_of, rows, wrapper
 
+# A test's limit for one git: far above what a healthy git in a small repo takes on a busy machine.
+LIMIT = 8
+
 
 def hanging_hook(tmp_path, name: str) -> tuple[str, object]:
     """(an fsmonitor hook that records its pid and never answers, its pid file)."""
@@ -50,10 +53,10 @@ def test_a_git_that_hangs_is_killed_at_the_limit_and_its_repo_is_an_error_row_ne
     repos = [repo_of(handle) for handle in handles]
     pid_file = hang(handles[1], tmp_path)
     expected = rows(scan([r for r in repos if r.name != "r01"], jobs=2, processes=1))
-    report = scan(repos, jobs=2, processes=processes, git_timeout=2)
+    report = scan(repos, jobs=2, processes=processes, git_timeout=LIMIT)
     row = report.repos[1]
     assert row.name == "r01" and not row.clean
-    assert row.error == "git status did not finish within 2 s: killed"
+    assert row.error == f"git status did not finish within {LIMIT} s: killed"
     assert [r for r in rows(report) if r["name"] != "r01"] == expected
     assert pid_file.exists() and wait_gone(int(pid_file.read_text())), "the hung hook outlived the scan"
 
@@ -140,3 +143,16 @@ def test_with_another_thread_running_the_scan_forks_nothing_and_reads_every_repo
         release.set()
         other.join()
     assert forks == [] and rows(report) == expected
+
+
+def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_called_hung(make_repo, tmp_path):
+    """git exits, but a process it started keeps its stdout open: its status is complete, never 'did not finish'."""
+    daemons = tmp_path / "daemons"
+    holder = wrapper(tmp_path, f'case "$PWD $*" in *held*status*) sleep 300 & echo $! >> "{daemons}";; esac')
+    handles = [make_repo("held"), make_repo("other")]
+    (handles[0].path / "README.md").write_text("edited\n")
+    repos = [repo_of(handle) for handle in handles]
+    report = scan(repos, jobs=2, processes=1, git=holder, git_timeout=LIMIT)
+    assert rows(report) == rows(scan(repos, jobs=2, processes=1))
+    assert report.repos[0].modified == 1 and report.repos[0].error is None
+    assert all(wait_gone(int(pid)) for pid in daemons.read_text().split())
