@@ -55,9 +55,10 @@ class GitPool:
     scan's keeper group (see `start_keeper`), or its own when `group` is 0.
     `done` callbacks run in the loop and may `submit` more work (it queues first).
     A git still running `limit` seconds after it started (a hook or a filter that
-    never returns) is killed and done with TIMED_OUT and a line saying so; one that
-    exited while something it started holds its stdout open (a hook's daemon) is
-    done then with what it wrote.
+    never returns) with nothing more to read is killed and done with TIMED_OUT and a
+    line saying so (one with output waiting gets another `limit`); one that exited
+    while something it started holds its stdout open (a hook's daemon) is done then
+    with what it wrote.
     """
 
     def __init__(self, git: str, size: int, group: int = 0, limit: float | None = None) -> None:
@@ -238,10 +239,16 @@ class GitPool:
                 ours = True
             except ChildProcessError:  # not ours to wait for, nor to kill (its pid may be another's now)
                 exited, wait_status, ours = 0, 0, False
+            more = _available(fd)
             if exited:  # git is done; something it started holds its stdout open (a hook's daemon)
-                chunks.append(_available(fd))
+                chunks.append(more)
                 os.close(fd)
                 self._complete(chunks, stderr, done, wait_status, reuse=False)
+                continue
+            if more:  # still writing (its output waited in a full pipe while this loop was held up): more time
+                chunks.append(more)
+                self._live[fd] = (pid, chunks, stderr, done, now + (self._limit or 0.0), verb)
+                self._poll.register(fd, select.POLLIN)
                 continue
             os.close(fd)
             if ours:

@@ -8,6 +8,7 @@ import pty
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -156,3 +157,23 @@ def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_c
     assert rows(report) == rows(scan(repos, jobs=2, processes=1))
     assert report.repos[0].modified == 1 and report.repos[0].error is None
     assert all(wait_gone(int(pid)) for pid in daemons.read_text().split())
+
+
+def test_a_git_whose_output_waited_while_the_scan_was_held_up_is_read_whole_not_killed(make_repo):
+    """The scan's loop held up past the limit (a progress line on a frozen terminal, here a slow callback) while a
+    git's output filled its pipe: that git is writing, not hung."""
+    big = make_repo("big")
+    for i in range(1500):  # about 150 KB of porcelain: more than a pipe holds, so this git waits for the scan
+        (big.path / f"untracked-file-with-a-long-name-{i:05d}-{'x' * 40}").write_text("")
+    small = make_repo("a-small")
+    held_up = []
+
+    def slow_callback(status):
+        if not held_up:
+            held_up.append(status.name)
+            time.sleep(LIMIT + 2)  # the stall under test, not a wait for something to happen
+
+    report = scan([repo_of(small), repo_of(big)], jobs=2, processes=1, git_timeout=LIMIT, on_result=slow_callback)
+    assert held_up == ["a-small"]
+    row = report.repos[1]
+    assert row.error is None and row.untracked == 1500, row.error
