@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lib.gitstatus import scan
+from lib.gitstatus import GIT_TIMEOUT_S, HELPER_SLACK_S, scan
 from tests.conftest import ROOT, wait_gone
 from tests.test_scan_pool import mixed_repos, repo_of, rows, wrapper
 
@@ -177,3 +177,46 @@ def test_a_git_whose_output_waited_while_the_scan_was_held_up_is_read_whole_not_
     assert held_up == ["a-small"]
     row = report.repos[1]
     assert row.error is None and row.untracked == 1500, row.error
+
+
+def test_the_docs_state_the_limits_the_scan_has():
+    text = " ".join((ROOT / "docs" / "status-and-scan.md").read_text().split())
+    assert f"did not finish within {GIT_TIMEOUT_S:g} s: killed" in text
+    assert f"sent nothing for {2 * GIT_TIMEOUT_S + HELPER_SLACK_S:g} s: killed" in text
+
+
+class FrozenTerminal:
+    """A live line's stream whose writes block until released (a terminal stopped with Ctrl-S)."""
+
+    def __init__(self) -> None:
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.released.wait(120)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_ticker_stuck_writing_to_a_frozen_terminal_makes_the_scan_fork_nothing_not_hang(make_repo, monkeypatch):
+    from lib.progress import Progress
+
+    repos = mixed_repos(make_repo, 6)
+    expected = rows(scan(repos, jobs=2, processes=1))
+    forks = []
+    real_fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+    terminal = FrozenTerminal()
+    progress = Progress("scanning", 6, stream=terminal, live=True)
+    try:
+        assert terminal.entered.wait(60), "the ticker never drew"
+        report = scan(repos, jobs=2, processes=3)
+    finally:
+        terminal.released.set()
+        progress.close()
+    assert forks == [] and rows(report) == expected
