@@ -113,12 +113,7 @@ class GitPool:
             os.close(fd)
             stderr.close()
         self._live.clear()
-        deadline = monotonic() + 1.0  # bounded, as in `_reaped`
-        while True:
-            self._dying = [pid for pid in self._dying if not _reaped(pid)]
-            if not self._dying or monotonic() >= deadline:
-                break
-            sleep(0.01)
+        self._dying = [pid for pid in self._dying if not reaped_within(pid, 1.0)]
         for fd in self._feeds:
             os.close(fd)
         self._feeds.clear()
@@ -319,6 +314,17 @@ def _reaped(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] != 0
     except ChildProcessError:
         return True
+
+
+def reaped_within(pid: int, seconds: float) -> bool:
+    """Reap a child that has ended or is ending (a helper, a killed git); False if it is still there after
+    `seconds` (stuck in the kernel: a blocking wait would hang the scan with it)."""
+    deadline = monotonic() + seconds
+    while not _reaped(pid):
+        if monotonic() >= deadline:
+            return False
+        sleep(0.01)
+    return True
 
 
 def _fill_standard_descriptors() -> None:

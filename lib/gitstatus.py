@@ -22,7 +22,7 @@ from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import read_commit
 from lib.gitrefs import files_refs, locate
-from lib.gitpool import GitPool, GitResult, Keeper, forking, start_keeper
+from lib.gitpool import GitPool, GitResult, Keeper, forking, reaped_within, start_keeper
 from lib.paths import real_paths
 from lib.procs import processes_in
 from lib.signals import STOP_SIGNALS
@@ -521,9 +521,8 @@ def scan(
     silenced: set[str] = set()  # the repos of helpers killed for their silence: not read, never scanned again
 
     def reap(pid: int) -> None:
-        with suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        helpers.discard(pid)
+        if reaped_within(pid, 2.0):  # a helper stuck in the kernel (a dead mount) stays for the keeper's reap
+            helpers.discard(pid)
 
     def silent(pid: int, share: Sequence[Repo]) -> None:
         with suppress(OSError):  # stopped or hung; its gits go with the keeper's group at the end, else with its own
