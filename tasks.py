@@ -233,34 +233,20 @@ def test_all(c, jobs=Count(0), timeout=Seconds(1800), junit_xml="", tag=None, on
              dry_run=False, hosts="", accept_new_host_key=False, json=False, changed=False, matrix=False,
              grace=Seconds(10)):
     """Test every repo with a known language, concurrently."""
-    from lib.batch import check_state
     from lib.config import load_workspace
-    from lib.testall import TestAllOptions, run_command
-    from lib.views import outcomes_table
+    from lib.testall import TestAllOptions, printout, run_command, state_warnings
 
     paths = Paths.from_env()
     workspace = load_workspace(paths.repos_file)
     options = TestAllOptions(jobs, timeout, Path(junit_xml) if junit_xml else None, tag, _split(only), failed,
                              changed, hosts, accept_new_host_key, grace, dry_run, matrix)
-    if not dry_run and not matrix:
-        _warn(check_state(paths, "test"))
-    answer = run_command(workspace, paths, options)
-    if json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
-        print(jsonlib.dumps(answer.document, indent=2))
-        return
-    for line in answer.lines:
+    _warn(state_warnings(paths, options))
+    shown = printout(run_command(workspace, paths, options), json)
+    for line in shown.out:
         print(line)
-    report = answer.report
-    if report is None:
-        return
-    if json:
-        print(jsonlib.dumps(report.to_json(), indent=2))
-    else:
-        print(outcomes_table(report.outcomes))
-        print(f"{report.summary_line()} -> {report.state_file}")
-    _warn(report.notes)
-    if report.failing:
-        raise Exit(code=1)
+    _warn(shown.err)
+    if shown.code:
+        raise Exit(code=shown.code)
 
 
 @task(

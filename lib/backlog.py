@@ -16,7 +16,6 @@ twice and shows a move in progress, or killed, where its journal says it ends.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from typing import Callable, Iterator
 
 from lib import statefile
 from lib.errors import OrchestratorError
-from lib.statefile import MAX_FILE_BYTES, UnreadableFile, loads, open_lock, read_regular
+from lib.statefile import MAX_FILE_BYTES, UnreadableFile, loads, lock_held, read_regular
 
 STATES = ("backlog", "active", "completed")
 FILES = {state: f"{state}.md" for state in STATES}
@@ -504,10 +503,9 @@ class TaskStore:
             for directory in self._real_dirs():
                 lock_path = directory / LOCK_NAME
                 try:
-                    lock = held.enter_context(os.fdopen(open_lock(lock_path), "w"))
+                    held.enter_context(lock_held(lock_path))
                 except OSError as err:
                     raise TaskFileError(f"{lock_path}: cannot take the task lock: {err.strerror}") from None
-                fcntl.flock(lock, fcntl.LOCK_EX)
             _crash_point("locked")
             self._recover()
             yield read_all(self.dir)

@@ -9,9 +9,10 @@ import os
 import select
 import signal
 import tempfile
+import threading
 import warnings
 from collections import deque
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from time import monotonic, sleep
 from typing import BinaryIO, Callable, Iterator, NamedTuple
@@ -26,6 +27,19 @@ class GitResult(NamedTuple):
 
 
 Done = Callable[[GitResult], None]
+TIMED_OUT = 124  # a git the pool killed at its limit (as timeout(1) exits); its stderr says so
+
+
+@dataclass
+class _Feed:
+    """A helper's results read in the loop: the partial line, the callbacks, and how long it may stay silent."""
+
+    on_line: Callable[[bytes], None]
+    on_end: Callable[[], None]
+    silence: float | None
+    on_silent: Callable[[], None] | None
+    heard_at: float
+    pending: bytearray
 
 
 class GitPool:
@@ -40,15 +54,23 @@ class GitPool:
     process group other than ours (a terminal's Ctrl-C reaches us only): the
     scan's keeper group (see `start_keeper`), or its own when `group` is 0.
     `done` callbacks run in the loop and may `submit` more work (it queues first).
+    A git still running `limit` seconds after it started (a hook or a filter that
+    never returns) with nothing more to read is killed and done with TIMED_OUT and a
+    line saying so (one with output waiting gets another `limit`); one that exited
+    while something it started holds its stdout open (a hook's daemon) is done then
+    with what it wrote.
     """
 
-    def __init__(self, git: str, size: int, group: int = 0) -> None:
+    def __init__(self, git: str, size: int, group: int = 0, limit: float | None = None) -> None:
         self._git = git
         self._size = max(1, size)
         self._group = group  # 0: each git leads its own process group; else the group they join
+        self._limit = limit
         self._queue: deque[tuple[str, dict[str, str], tuple[str, ...], Done]] = deque()
-        self._live: dict[int, tuple[int, list[bytes], BinaryIO, Done]] = {}  # stdout fd -> child
-        self._feeds: dict[int, tuple[bytearray, Callable[[bytes], None], Callable[[], None]]] = {}
+        # stdout fd -> (pid, output so far, stderr file, done, when it is killed, what it runs)
+        self._live: dict[int, tuple[int, list[bytes], BinaryIO, Done, float, str]] = {}
+        self._feeds: dict[int, _Feed] = {}
+        self._dying: list[int] = []  # gits killed at their limit, not reaped yet (stuck in the kernel a while)
         self._free: list[BinaryIO] = []
         self._poll = select.poll()
         _fill_standard_descriptors()
@@ -57,9 +79,13 @@ class GitPool:
         job = (path, env, args, done)
         self._queue.appendleft(job) if first else self._queue.append(job)
 
-    def watch(self, fd: int, on_line: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
-        """Also read `fd` in the loop, a line at a time, until it ends (a helper's results)."""
-        self._feeds[fd] = (bytearray(), on_line, on_end)
+    def watch(self, fd: int, on_line: Callable[[bytes], None], on_end: Callable[[], None],
+              silence: float | None = None, on_silent: Callable[[], None] | None = None) -> None:
+        """Also read `fd` in the loop, a line at a time, until it ends (a helper's results).
+
+        A feed that sends nothing for `silence` seconds is given up: `on_silent`, then closed and `on_end`.
+        """
+        self._feeds[fd] = _Feed(on_line, on_end, silence, on_silent, monotonic(), bytearray())
         self._poll.register(fd, select.POLLIN)
 
     def run(self) -> None:
@@ -77,7 +103,7 @@ class GitPool:
         submodule's status, a hook); gits in a shared group go with it when
         its owner kills it (`gitstatus.scan` kills the keeper's group whole).
         """
-        for fd, (pid, _, stderr, _) in list(self._live.items()):
+        for fd, (pid, _, stderr, *_) in list(self._live.items()):
             with suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # its own group (ESRCH when it joined a shared one)
             with suppress(OSError):
@@ -87,6 +113,7 @@ class GitPool:
             os.close(fd)
             stderr.close()
         self._live.clear()
+        self._dying = [pid for pid in self._dying if not reaped_within(pid, 1.0)]
         for fd in self._feeds:
             os.close(fd)
         self._feeds.clear()
@@ -131,7 +158,8 @@ class GitPool:
             return
         finally:
             os.close(write_end)
-        self._live[read_end] = (pid, [], stderr, done)
+        deadline = monotonic() + self._limit if self._limit is not None else float("inf")
+        self._live[read_end] = (pid, [], stderr, done, deadline, _verb(args))
         self._poll.register(read_end, select.POLLIN)
 
     def _posix_spawn(self, path: str, args: tuple[str, ...], env: dict[str, str], stdout: int,
@@ -151,11 +179,11 @@ class GitPool:
             job[3](GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))
 
     def _step(self) -> None:
-        for fd, _ in self._poll.poll():
+        for fd, _ in self._poll.poll(self._wait_ms()):
             if fd in self._feeds:
                 self._read_feed(fd)
                 continue
-            pid, chunks, stderr, done = self._live[fd]
+            pid, chunks, stderr, done, *_ = self._live[fd]
             chunk = os.read(fd, 65536)
             if chunk:
                 chunks.append(chunk)
@@ -164,30 +192,139 @@ class GitPool:
             os.close(fd)
             del self._live[fd]
             _, wait_status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(wait_status)
-            errors = b""
-            if stderr.tell():  # the child's writes moved the offset this file shares with it
-                if code != 0:
-                    stderr.seek(0)
-                    errors = stderr.read(65536)
+            self._complete(chunks, stderr, done, wait_status)
+
+        self._give_up_overdue()
+
+    def _complete(self, chunks: list[bytes], stderr: BinaryIO, done: Done, wait_status: int,
+                  reuse: bool = True) -> None:
+        """A git's result to its `done`; its stderr file back to the free ones (`reuse`), else closed."""
+        code = os.waitstatus_to_exitcode(wait_status)
+        errors = b""
+        if stderr.tell():  # the child's writes moved the offset this file shares with it
+            if code != 0:
                 stderr.seek(0)
-                stderr.truncate()
+                errors = stderr.read(65536)
+            stderr.seek(0)
+            stderr.truncate()
+        if reuse:
             self._free.append(stderr)
-            done(GitResult(code, b"".join(chunks), errors))
+        else:
+            stderr.close()
+        done(GitResult(code, b"".join(chunks), errors))
+
+    def _wait_ms(self) -> int | None:
+        """How long poll may wait: until the next git's limit or feed's silence runs out (None: no end)."""
+        ends = [deadline for *_, deadline, _ in self._live.values()]
+        ends += [feed.heard_at + feed.silence for feed in self._feeds.values() if feed.silence is not None]
+        end = min(ends, default=float("inf"))
+        return None if end == float("inf") else max(0, int((end - monotonic()) * 1000) + 1)
+
+    def _give_up_overdue(self) -> None:
+        """Kill the gits past their limit and give up the feeds silent too long (each `done` or `on_end` once)."""
+        now = monotonic()
+        for fd, (pid, chunks, stderr, done, deadline, verb) in list(self._live.items()):
+            if now < deadline:
+                continue
+            self._poll.unregister(fd)
+            del self._live[fd]
+            # Its stderr file is never reused: what it started (a hook, in a shared group) may still write to it.
+            try:
+                exited, wait_status = os.waitpid(pid, os.WNOHANG)
+                ours = True
+            except ChildProcessError:  # not ours to wait for, nor to kill (its pid may be another's now)
+                exited, wait_status, ours = 0, 0, False
+            more = _available(fd)
+            if exited:  # git is done; something it started holds its stdout open (a hook's daemon)
+                chunks.append(more)
+                os.close(fd)
+                self._complete(chunks, stderr, done, wait_status, reuse=False)
+                continue
+            if more:  # still writing (its output waited in a full pipe while this loop was held up): more time
+                chunks.append(more)
+                self._live[fd] = (pid, chunks, stderr, done, now + (self._limit or 0.0), verb)
+                self._poll.register(fd, select.POLLIN)
+                continue
+            os.close(fd)
+            if ours:
+                _kill(pid, own_group=not self._group)
+                self._dying.append(pid)
+            stderr.close()
+            done(GitResult(TIMED_OUT, b"", f"git {verb} did not finish within {self._limit:g} s: killed".encode()))
+        self._dying = [pid for pid in self._dying if not _reaped(pid)]
+        for fd, feed in list(self._feeds.items()):
+            if feed.silence is None or now < feed.heard_at + feed.silence:
+                continue
+            if feed.on_silent is not None:
+                feed.on_silent()
+            self._end_feed(fd)
 
     def _read_feed(self, fd: int) -> None:
-        pending, on_line, on_end = self._feeds[fd]
+        feed = self._feeds[fd]
         chunk = os.read(fd, 65536)
-        pending += chunk
-        *lines, rest = pending.split(b"\n")
-        pending[:] = rest
+        feed.heard_at = monotonic()
+        feed.pending += chunk
+        *lines, rest = feed.pending.split(b"\n")
+        feed.pending[:] = rest
         for line in lines:
-            on_line(bytes(line))
+            feed.on_line(bytes(line))
         if not chunk:
-            self._poll.unregister(fd)
-            os.close(fd)
-            del self._feeds[fd]
-            on_end()
+            self._end_feed(fd)
+
+    def _end_feed(self, fd: int) -> None:
+        self._poll.unregister(fd)
+        os.close(fd)
+        self._feeds.pop(fd).on_end()
+
+
+def _available(fd: int) -> bytes:
+    """What a pipe holds now, read without waiting for its end."""
+    os.set_blocking(fd, False)
+    chunks = []
+    with suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _verb(args: tuple[str, ...]) -> str:
+    """The git command `args` run (`status`, `log`): the first word that is no option (nor `-c`'s value)."""
+    words = iter(args)
+    for word in words:
+        if word == "-c":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return "command"
+
+
+def _kill(pid: int, own_group: bool) -> None:
+    """SIGKILL a git, with its group when it leads one (in a shared group, what it started goes with the group)."""
+    with suppress(OSError):
+        if own_group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _reaped(pid: int) -> bool:
+    """Whether a killed child is reaped now (never waited for: one stuck in the kernel, a dead mount, outlives
+    SIGKILL a while; the keeper's reap collects what is left at the scan's end)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
+
+
+def reaped_within(pid: int, seconds: float) -> bool:
+    """Reap a child that has ended or is ending (a helper, a killed git); False if it is still there after
+    `seconds` (stuck in the kernel: a blocking wait would hang the scan with it)."""
+    deadline = monotonic() + seconds
+    while not _reaped(pid):
+        if monotonic() >= deadline:
+            return False
+        sleep(0.01)
+    return True
 
 
 def _fill_standard_descriptors() -> None:
@@ -229,6 +366,29 @@ def stop_signals_held() -> Iterator[None]:
     finally:
         if held:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# The pauses of our own threads that could hold a lock a forked child needs (the progress line's ticker,
+# mid-write to stderr): `forking` enters each, so no fork copies a lock some thread holds.
+_fork_pauses: list[Callable[[], AbstractContextManager[object]]] = []
+
+
+def pause_for_forks(pause: Callable[[], AbstractContextManager[object]]) -> Callable[[], None]:
+    """Register a thread's pause, entered around every fork of a scan; returns what unregisters it."""
+    _fork_pauses.append(pause)
+    return lambda: _fork_pauses.remove(pause) if pause in _fork_pauses else None
+
+
+@contextmanager
+def forking() -> Iterator[bool]:
+    """Around a scan's forks: the stop signals held and the registered threads paused. Yields whether this
+    is now the process's one thread: only then may it fork (a lock another thread holds stays held in the
+    child for good; the one thread is the main thread, here at a bytecode boundary)."""
+    with ExitStack() as stack:
+        stack.enter_context(stop_signals_held())
+        for pause in list(_fork_pauses):
+            stack.enter_context(pause())
+        yield threading.active_count() == 1
 
 
 @dataclass

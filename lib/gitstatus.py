@@ -22,7 +22,7 @@ from lib.config import Repo
 from lib.errors import OrchestratorError
 from lib.gitobjects import read_commit
 from lib.gitrefs import files_refs, locate
-from lib.gitpool import GitPool, GitResult, Keeper, start_keeper, stop_signals_held
+from lib.gitpool import GitPool, GitResult, Keeper, forking, reaped_within, start_keeper
 from lib.paths import real_paths
 from lib.procs import processes_in
 from lib.signals import STOP_SIGNALS
@@ -339,9 +339,10 @@ class _RepoScan:
     """One repo through the pool: `git status`, then the last commit (recorded, read, or `git log -1`)."""
 
     def __init__(self, status: RepoStatus, path: Path, pool: GitPool, env: dict[str, str],
-                 known: Mapping[str, LastCommit], finish: Callable[[RepoStatus], None]) -> None:
+                 known: Mapping[str, LastCommit], finish: Callable[[RepoStatus], None],
+                 status_args: tuple[str, ...] = STATUS_ARGS) -> None:
         self.status, self.path, self.pool, self.env, self.known, self.finish = status, path, pool, env, known, finish
-        pool.submit(str(path), self.env, STATUS_ARGS, self.on_status)
+        pool.submit(str(path), self.env, status_args, self.on_status)
 
     def on_status(self, result: GitResult) -> None:
         if fill_from_status(self.status, self.path, result, self.known):
@@ -448,6 +449,12 @@ def find_git() -> str:
 
 # Repos per process before another process starts gits too: a fork is cheap, but not free.
 MIN_SHARE = 32
+# One git of the scan may take this long (as a repo's status on a build host: lib.remote.status), then it is
+# killed and its repo is an error row: a hook or a filter that never returns must not hang the scan.
+GIT_TIMEOUT_S = 30.0
+# A helper whose rows stop coming is killed, its unsent repos rows saying so: a repo's two gits (status, log)
+# at their limit, and time to spare for a busy machine.
+HELPER_SLACK_S = 15.0
 
 
 def scan_processes(repos: int, jobs: int) -> int:
@@ -469,6 +476,9 @@ def scan(
     git: str | None = None,
     env: dict[str, str] | None = None,
     processes: int = 0,
+    git_timeout: float = GIT_TIMEOUT_S,
+    helper_silence: float | None = None,
+    status_args: tuple[str, ...] = STATUS_ARGS,
 ) -> ScanReport:
     """Status of every repo, concurrently, in config order; one bad repo never stops the scan.
 
@@ -477,6 +487,13 @@ def scan(
     `processes` (default: `scan_processes`) splits the repos between this process
     and forked helpers, which send their rows back one line of JSON each; a row a
     helper never sent (it died) is scanned here, so a helper can lose nothing.
+    Bounded: a git is killed after `git_timeout` seconds (its repo: an error row), and
+    a helper that sends nothing for `helper_silence` seconds (default: two gits' limit
+    and HELPER_SLACK_S) is killed, its unsent repos rows that say they were not read.
+    Forks only as the process's one thread (lib.gitpool.forking: the progress ticker
+    pauses); else no helper and no keeper, its gits each lead a group of their own.
+    `status_args`: STATUS_ARGS and options that only add entries (test-all --changed's
+    `--ignore-submodules=none`).
     """
     git = git or find_git()
     env = env if env is not None else git_env()
@@ -499,31 +516,48 @@ def scan(
     jobs = jobs or default_jobs()
     processes = processes or scan_processes(len(repos), jobs)
     per_process = -(-jobs // processes)  # jobs / processes, rounded up
+    silence = helper_silence if helper_silence is not None else 2 * git_timeout + HELPER_SLACK_S
     helpers: set[int] = set()  # started and not reaped yet: only these may be killed (a reaped pid is reused)
+    silenced: set[str] = set()  # the repos of helpers killed for their silence: not read, never scanned again
 
     def reap(pid: int) -> None:
-        with suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        helpers.discard(pid)
+        if reaped_within(pid, 2.0):  # a helper stuck in the kernel (a dead mount) stays for the keeper's reap
+            helpers.discard(pid)
+
+    def silent(pid: int, share: Sequence[Repo]) -> None:
+        with suppress(OSError):  # stopped or hung; its gits go with the keeper's group at the end, else with its own
+            if keeper:
+                os.kill(pid, signal.SIGKILL)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        silenced.update(repo.name for repo in share)
 
     keeper: Keeper | None = None
     try:
-        with stop_signals_held():  # a stop lands once the keeper is known, never between its fork and here
-            keeper = start_keeper() if repos else None
-        with GitPool(git, per_process, keeper.pid if keeper else 0) as pool:
-            for share in (repos[i::processes] for i in range(1, processes)):
-                with stop_signals_held():  # likewise for each helper
+        # A stop lands once each forked process is noted, never between its fork and here.
+        with forking() as alone:
+            keeper = start_keeper() if repos and alone else None
+        with GitPool(git, per_process, keeper.pid if keeper else 0, git_timeout) as pool:
+            with forking() as alone:
+                for share in (repos[i::processes] for i in range(1, processes) if alone):
                     try:
-                        pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper)
+                        pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper,
+                                                        git_timeout, status_args)
                     except OSError:  # no fork or pipe to be had (a process limit): scanned here below
                         continue
                     helpers.add(pid)
-                    pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid))
-            _scan_share(repos[0::processes], pool, env, known, finish)
+                    pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid), silence,
+                               lambda pid=pid, share=share: silent(pid, share))
+            _scan_share(repos[0::processes], pool, env, known, finish, status_args)
             pool.run()
+            for repo in repos:
+                if repo.name in silenced and repo.name not in results:
+                    finish(RepoStatus(repo.name, str(repo.local), True, False, repo.language,
+                                      error=f"not read: the scan's helper process sent nothing for {silence:g} s: "
+                                            "killed"))
             missing = [repo for repo in repos if repo.name not in results]
             if missing:  # a helper that died before sending these, or never started
-                _scan_share(missing, pool, env, known, finish)
+                _scan_share(missing, pool, env, known, finish, status_args)
                 pool.run()
     finally:
         if keeper:  # done or stopped: the group goes whole (helpers, gits, what they started)
@@ -539,7 +573,7 @@ def scan(
 
 
 def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known: Mapping[str, LastCommit],
-                finish: Callable[[RepoStatus], None]) -> None:
+                finish: Callable[[RepoStatus], None], status_args: tuple[str, ...] = STATUS_ARGS) -> None:
     """Answer what a stat can, and queue a `git status` for every other repo."""
     reals = ([repo.real for repo in repos] if all(repo.real for repo in repos)
              else real_paths(repo.local for repo in repos))  # resolved once, when the config was loaded
@@ -553,24 +587,27 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
         else:
             # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
             confined = {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real)}
-            _RepoScan(status, repo.local, pool, confined, known, finish)
+            _RepoScan(status, repo.local, pool, confined, known, finish, status_args)
 
 
 def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: Mapping[str, LastCommit],
-                  jobs: int, parent_pool: GitPool, keeper: Keeper | None = None) -> tuple[int, int]:
+                  jobs: int, parent_pool: GitPool, keeper: Keeper | None = None,
+                  git_timeout: float = GIT_TIMEOUT_S,
+                  status_args: tuple[str, ...] = STATUS_ARGS) -> tuple[int, int]:
     """Fork a process that scans `share` and writes one JSON row per repo to the returned fd.
 
+    Called inside `lib.gitpool.forking()` as the process's one thread: a lock another
+    thread held (the progress ticker's, mid-write to stderr) would stay held in the child.
     The helper joins the keeper's process group and puts its gits in it (with
     no keeper it leads a group of its own), so the parent stops all of it
     with one killpg. It touches nothing it shares with
     the parent (no progress, no printing) and leaves by os._exit, never by
-    returning into the caller's code: that makes forking from a process with
-    other threads (a progress ticker) safe here.
+    returning into the caller's code. Its gits have the parent's limit.
     """
     read_end, write_end = os.pipe()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns of threads: see above
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns of threads; forking() paused ours
             pid = os.fork()
     except OSError:
         os.close(read_end)
@@ -586,11 +623,11 @@ def _start_helper(share: Sequence[Repo], git: str, env: dict[str, str], known: M
             os.setpgid(0, keeper.pid if keeper else 0)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the parent while it forked us
             with open(write_end, "w", encoding="utf-8") as out, \
-                    GitPool(git, jobs, group=keeper.pid if keeper else os.getpid()) as pool:
+                    GitPool(git, jobs, keeper.pid if keeper else os.getpid(), git_timeout) as pool:
                 def send(status: RepoStatus) -> None:
                     out.write(json.dumps(status.to_json()) + "\n")
                     out.flush()
-                _scan_share(share, pool, env, known, send)
+                _scan_share(share, pool, env, known, send, status_args)
                 pool.run()
             code = 0
         finally:

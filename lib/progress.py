@@ -5,15 +5,20 @@ import shutil
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from time import monotonic
-from typing import TextIO
+from typing import Callable, Iterator, TextIO
 
+from lib.gitpool import pause_for_forks
 from lib.signals import STOP_SIGNALS
 from lib.views import visible
 
 # A count-only line (no item lines) is redrawn at most this often: a scan finishes
 # hundreds of repos a second, and a terminal that draws every one slows the scan.
 REDRAW_EVERY = 0.1
+# How long a scan's fork waits for the ticker to step aside; one stuck writing to a terminal that reads
+# nothing (Ctrl-S) stays, and the scan then forks nothing (lib.gitpool.forking).
+PAUSE_WAIT_S = 1.0
 
 
 class Progress:
@@ -34,9 +39,11 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._unregister: Callable[[], None] | None = None
         if self.live and total:
-            self._ticker = threading.Thread(target=self._tick, daemon=True)
-            self._ticker.start()
+            self._start_ticker()
+            self._unregister = pause_for_forks(self._paused)
 
     def start(self, name: str) -> None:
         with self._lock:
@@ -60,6 +67,9 @@ class Progress:
 
     def close(self) -> None:
         self._stop.set()
+        self._ticker_stop.set()
+        if self._unregister is not None:
+            self._unregister()
         if self._ticker is not None:
             self._ticker.join()
         with self._lock:
@@ -72,12 +82,35 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tick(self) -> None:
+    def _start_ticker(self) -> None:
+        self._ticker_stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, args=(self._ticker_stop,), daemon=True)
+        self._ticker.start()
+
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        """No ticker thread while a scan forks (a fork copies the locks it holds, held for good in the child);
+        a new one ticks after."""
+        ticker = self._ticker
+        if ticker is None or self._stop.is_set():
+            yield
+            return
+        self._ticker_stop.set()
+        ticker.join(PAUSE_WAIT_S)
+        try:
+            yield
+        finally:
+            if not self._stop.is_set():
+                self._start_ticker()
+
+    def _tick(self, stop: threading.Event) -> None:
         # Stop signals go to the main thread, which handles them (and holds them while it forks a scan's helper).
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        while not self._stop.wait(0.5):
+        while not stop.wait(0.5):
             with self._lock:
+                if stop.is_set():  # paused while it waited for the lock
+                    break
                 self._redraw()
                 self.stream.flush()
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping
 
 from lib import signals
 from lib.config import Workspace, load_workspace
-from lib.gitstatus import RepoStatus, ScanReport, known_commits, read_state, scan, state_text
+from lib.gitstatus import STATUS_ARGS, RepoStatus, ScanReport, known_commits, read_state, scan, state_text
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.statefile import locked, write_text
@@ -39,8 +39,10 @@ def stoppable_git_reads() -> Iterator[None]:
 
 
 def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None = None,
-                   previous: Any = None, reuse: Mapping[str, RepoStatus] | None = None) -> ScanReport:
+                   previous: Any = None, reuse: Mapping[str, RepoStatus] | None = None,
+                   status_args: tuple[str, ...] = STATUS_ARGS) -> ScanReport:
     """Status of the selected repos; `previous` is the last scan's document (read, never written here).
+    `status_args`: gitstatus.scan's (test-all --changed sees submodules whatever their config says).
 
     `reuse`: rows already read by the caller (sync-all, for the repos it did not move), by name;
     a row is taken only for the repo at the same path, the others are scanned.
@@ -54,7 +56,7 @@ def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None =
         with signals.raised(), Progress("scanning", len(repos) - len(given), item_lines=False) as progress:
             report = scan([repo for repo in repos if repo.name not in given], jobs,
                           on_result=lambda s: progress.finish(s.name, s.name, failed=bool(s.error)),
-                          known=known_commits(previous))
+                          known=known_commits(previous), status_args=status_args)
     except signals.Signalled as stop:
         raise ScanStopped(stop.signum) from None
     if given:

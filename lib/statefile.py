@@ -232,7 +232,14 @@ def read_json(path: Path, default: Any = None) -> Any:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside `path` (two runs updating one state file take turns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with os.fdopen(open_lock(path.parent / f".{path.name}.lock"), "w") as lock:
+    with lock_held(path.parent / f".{path.name}.lock"):
+        yield
+
+
+@contextmanager
+def lock_held(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_file` (made if missing), waiting for its holder; OSError as `open_lock`'s."""
+    with os.fdopen(open_lock(lock_file), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -16,6 +16,7 @@ from lib.batch import (
     Outcome,
     RunStatus,
     check_report_path,
+    check_state,
     count_statuses,
     counts_text,
     keep_results,
@@ -29,7 +30,7 @@ from lib.batch import (
 )
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError
-from lib.gitstatus import confined_to, git_env
+from lib.gitstatus import STATUS_ARGS, confined_to, git_env
 from lib.paths import Paths
 from lib.remote import fleet as fleets
 from lib.remote.hosts import LOCAL
@@ -37,6 +38,7 @@ from lib.runner import RunInterrupted, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads
 from lib.signals import signal_name
 from lib.statefile import read_json
+from lib.views import outcomes_table
 from lib.workflows import Plan
 
 
@@ -103,6 +105,37 @@ class TestAllAnswer:
     lines: list[str]
     report: TestAllReport | None = None
     document: dict[str, Any] | None = None  # what --json prints instead of `lines` (nothing to test, a dry run)
+
+
+@dataclass
+class Printout:
+    """What a front door prints: `out` on stdout, then `err` on stderr, and exits `code`."""
+
+    out: list[str]
+    err: list[str] = field(default_factory=list)
+    code: int = 0
+
+
+def state_warnings(paths: Paths, options: TestAllOptions) -> list[str]:
+    """Before a run: a results file that cannot be read is set aside, a `warning:` line each (none for a dry run
+    or a matrix, which write nothing)."""
+    return [] if options.dry_run or options.matrix else check_state(paths, "test")
+
+
+def printout(answer: TestAllAnswer, as_json: bool) -> Printout:
+    """`inv test-all`'s and scripts/run_all_tests.py's output for `answer`: its document (--json) or lines, else
+    the run's table (or JSON) and summary, its notes on stderr; exit 1 when a repo failed."""
+    if as_json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
+        return Printout([json.dumps(answer.document, indent=2)])
+    out = list(answer.lines)
+    report = answer.report
+    if report is None:
+        return Printout(out)
+    if as_json:
+        out.append(json.dumps(report.to_json(), indent=2))
+    else:
+        out += [outcomes_table(report.outcomes), f"{report.summary_line()} -> {report.state_file}"]
+    return Printout(out, list(report.notes), 1 if report.failing else 0)
 
 
 def run_command(workspace: Workspace, paths: Paths, options: TestAllOptions) -> TestAllAnswer:
@@ -258,40 +291,40 @@ def longest_first(plans: list[Plan], previous: dict[str, dict[str, Any]]) -> lis
     return sorted(plans, key=key)  # stable: config order among equals
 
 
+# A submodule's changes are code the tests run, whatever `ignore` in .gitmodules or `diff.ignoreSubmodules`
+# tells git status: the scan --changed trusts reads them (its one status per repo).
+TREE_STATUS_ARGS = (*STATUS_ARGS, "--ignore-submodules=none")
+
+
 def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str, bool]]:
-    """Repo name -> (HEAD, clean work tree), from one status scan; a repo git cannot read is left out.
+    """Repo name -> (HEAD, clean work tree, submodules included), from one status scan; a repo git cannot
+    read is left out.
 
     A stop signal during it is lib.scan.ScanStopped (its gits are killed first).
     """
     if not repos:
         return {}
-    report = scan_workspace(Workspace(workspace.config_file, tuple(repos)))
+    report = scan_workspace(Workspace(workspace.config_file, tuple(repos)), status_args=TREE_STATUS_ARGS)
     return {s.name: (s.head, bool(s.clean)) for s in report.repos if s.head and not s.error}
 
 
-# What `git status` may be told not to show, yet is code the tests run: a submodule's changes
-# (`ignore` in .gitmodules, `diff.ignoreSubmodules`) and index entries marked assume-unchanged
-# (ls-files -v: a lowercase tag) or skip-worktree (`S`), whose edits git never looks at.
+# What `git status` never looks at, yet is code the tests run: index entries marked assume-unchanged
+# (ls-files -v: a lowercase tag) or skip-worktree (`S`). The status itself is tree_states' scan.
 HIDDEN_CHECK_TIMEOUT_S = 300.0
 
 
 def hides_changes(path: Path) -> bool:
-    """True when git status could call `path` clean while its files differ from HEAD (or git cannot tell)."""
-    env = confined_to(path, git_env())
-
-    def git(*args: str) -> bytes | None:
-        try:
-            result = subprocess.run(["git", "-C", str(path), *args], stdin=subprocess.DEVNULL, capture_output=True,
-                                    env=env, timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return result.stdout if result.returncode == 0 else None
-
-    status = git("status", "--porcelain=v2", "-z", "--ignore-submodules=none", "--untracked-files=normal")
-    entries = git("ls-files", "-v", "-z")
-    if status is None or entries is None or status:
+    """True when the index keeps git status from seeing edits in `path` (or git cannot tell); asked only of a
+    repo tree_states found clean, so no second status."""
+    try:
+        result = subprocess.run(["git", "-C", str(path), "ls-files", "-v", "-z"], stdin=subprocess.DEVNULL,
+                                capture_output=True, env=confined_to(path, git_env()),
+                                timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired):
         return True
-    return any(entry[:1].islower() or entry[:1] == b"S" for entry in entries.split(b"\0") if entry)
+    if result.returncode != 0:
+        return True
+    return any(entry[:1].islower() or entry[:1] == b"S" for entry in result.stdout.split(b"\0") if entry)
 
 
 def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:

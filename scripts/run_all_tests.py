@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.batch import check_state  # noqa: E402
 from lib.config import load_workspace, split_names  # noqa: E402
 from lib.errors import script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
-from lib.testall import INTERRUPT_GRACE_S, TestAllOptions, run_command  # noqa: E402
-from lib.views import outcomes_table  # noqa: E402
+from lib.testall import INTERRUPT_GRACE_S, TestAllOptions, printout, run_command, state_warnings  # noqa: E402
 
 
 @script_main
@@ -50,24 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     options = TestAllOptions(args.jobs, args.timeout, args.junit_xml, args.tag, split_names(args.only), args.failed,
                              args.changed, args.hosts, args.accept_new_host_key, args.grace, args.dry_run,
                              args.matrix)
-    if not args.dry_run and not args.matrix:
-        warn(check_state(paths, "test"))
-    answer = run_command(workspace, paths, options)
-    if args.json and answer.document is not None:  # nothing to test, a dry run: one JSON document too
-        print(json.dumps(answer.document, indent=2))
-        return 0
-    for line in answer.lines:
+    warn(state_warnings(paths, options))
+    shown = printout(run_command(workspace, paths, options), args.json)
+    for line in shown.out:
         print(line)
-    report = answer.report
-    if report is None:
-        return 0
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(outcomes_table(report.outcomes))
-        print(f"{report.summary_line()} -> {report.state_file}")
-    warn(report.notes)
-    return 1 if report.failing else 0
+    warn(shown.err)
+    return shown.code
 
 
 def warn(lines: list[str]) -> None:
