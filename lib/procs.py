@@ -9,6 +9,7 @@ read are never listed.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -183,3 +184,21 @@ def cmdline(pid: int) -> bytes | None:
             return args.read()
     except OSError:
         return None
+
+
+# Signals a child gets back at their defaults, as subprocess does (Python ignores them for itself).
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def fill_standard_descriptors() -> None:
+    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
+
+    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
+    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output. Before any posix_spawn
+    (Popen does this itself).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
