@@ -120,13 +120,13 @@ def repo_listing(base: list[Entry], git_dir: Path, common_dir: Path, worktree: P
         return None
     try:
         if any(os.stat(path).st_uid != uid for path in (worktree, git_dir, common_dir)) \
-                or os.lstat(worktree / ".git").st_uid != uid:
+                or os.lstat(f"{worktree}/.git").st_uid != uid:
             return None
-        if not stat.S_ISREG(os.lstat(common_dir / "config").st_mode):
+        if not stat.S_ISREG(os.lstat(f"{common_dir}/config").st_mode):
             return None
     except OSError:
         return None
-    data = read_small(common_dir / "config", MAX_CONFIG, follow_symlinks=False)
+    data = read_small(f"{common_dir}/config", MAX_CONFIG, follow_symlinks=False)
     own = None if data is None else parse_file(data)
     if own is None:
         return None

@@ -328,7 +328,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
 
 def _in_progress(git_dir: Path) -> str | None:
     for marker, what in IN_PROGRESS:
-        if (git_dir / marker).exists():
+        if os.path.exists(f"{git_dir}/{marker}"):
             return what
     return None
 
@@ -484,7 +484,7 @@ def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
     if dirs is None:
         return None
     git_dir, common_dir = dirs
-    if any(_listed(common_dir / legacy) for legacy in ("remotes", "branches")):
+    if any(_listed(f"{common_dir}/{legacy}") for legacy in ("remotes", "branches")):
         return None  # remotes defined by files, which some gits list too
     listing = _own_listing(git, git_dir, common_dir)
     remotes = listing.remotes() if listing is not None else None
@@ -506,7 +506,7 @@ def _own_listing(git: _Git, git_dir: Path, common_dir: Path) -> gitrefs.Config |
     return gitrefs.Config.parse(listed.stdout) if listed.returncode == 0 and not listed.stderr else None
 
 
-def _listed(directory: Path) -> bool:
+def _listed(directory: str) -> bool:
     try:
         return bool(os.listdir(directory))
     except FileNotFoundError:
