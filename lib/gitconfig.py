@@ -38,6 +38,8 @@ KEY = re.compile(r"([A-Za-z][A-Za-z0-9-]*)[ \t]*(=|$)")
 # Bytes left to git anywhere: control characters but tab and newline (a carriage return, a NUL), DEL, and
 # backslashes (escapes, continued lines). A quote is read only around a header's subsection.
 ODD_BYTES = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f\\]")
+# Where git finds the system and global config: relative values are taken from the directory git runs in.
+RELATIVE_TO_REPO = ("HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM")
 Entry = tuple[str, str, "str | None"]  # (scope, key, value): None for a key without `=`
 
 
@@ -82,8 +84,12 @@ def run_listing(env: Mapping[str, str], read: Callable[[list[str], Mapping[str, 
     when a repo's listing could differ from it plus the repo's file (an includeIf, another scope).
 
     `read(argv, env)` runs git and gives (exit code, stdout, stderr). Git runs in a new empty directory with
-    discovery stopped there (GIT_CEILING_DIRECTORIES), so no repo around it adds its config.
+    discovery stopped there (GIT_CEILING_DIRECTORIES), so no repo around it adds its config. None too when
+    HOME, XDG_CONFIG_HOME, GIT_CONFIG_GLOBAL or GIT_CONFIG_SYSTEM is a relative path (git takes it from the
+    repo it runs in). OSError when git or the directory cannot be made at all.
     """
+    if any(env.get(name) and not os.path.isabs(env[name]) for name in RELATIVE_TO_REPO):
+        return None  # git reads these from the repo's top directory: each repo's listing may differ
     with tempfile.TemporaryDirectory(prefix="orchestrator-config-") as empty:
         ceiling = os.path.dirname(os.path.realpath(empty))
         code, out, err = read(["git", "-C", empty, "config", "-z", "--list", "--show-scope"],
@@ -133,4 +139,6 @@ def repo_listing(base: list[Entry], git_dir: Path, common_dir: Path, worktree: P
     versions = [value for key, value in own if key == "core.repositoryformatversion"]
     if versions and versions[-1] not in ("0", "1"):
         return None
+    if any(key.startswith("extensions.") for key, _ in own):
+        return None  # a worktree config (extensions.worktreeConfig), another object format: git's to list
     return [*base, *(("local", key, value) for key, value in own)]

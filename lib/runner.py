@@ -26,21 +26,16 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
-if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import signals  # noqa: E402
-from lib.procs import (DEFAULT_IN_CHILD, cmdline, fill_standard_descriptors, group_members, have_proc,  # noqa: E402
-                       processes_tagged, start_tick, stat_fields)
-from lib.signals import Signalled, signal_name  # noqa: E402
+from lib import signals, watchdog
+from lib.procs import (DEFAULT_IN_CHILD, GRACE_S, STEP_VAR, cmdline, fill_standard_descriptors, group_alive,
+                       have_proc, kill_processes, processes_tagged, signal_ok, start_tick, stat_fields)
+from lib.signals import Signalled, signal_name
+from lib.watchdog import WATCHDOG_ARG
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-GRACE_S = 5.0
 CHUNK = 64 * 1024
 PR_SET_CHILD_SUBREAPER = 36
-# Every step's processes carry this variable (value unique per step): how we find the
-# ones that left its process group (setsid, daemons) to kill them with the step.
-STEP_VAR = "ORCHESTRATOR_STEP"
 
 # Steps started here and still running (process group -> step marker): an interrupted run kills them.
 _active_groups: dict[int, str] = {}
@@ -102,89 +97,11 @@ def _describe(pid: int) -> str:
     return f"{pid} {words.decode('utf-8', 'replace')[:80]}"
 
 
-def group_alive(pgid: int) -> bool:
-    # Zombies still count for killpg(pgid, 0); where no init reaps them, only
-    # /proc tells a finished group from a running one. No process at all: no need to look.
-    if have_proc():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return bool(group_members(pgid))
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _alive(pid: int) -> bool:
-    fields = stat_fields(pid)
-    if fields is not None:
-        return fields[0] != b"Z"
-    return not have_proc() and _signal_ok(pid, 0)
-
-
-def _leads_group(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is not None and int(fields[2]) == pid
-
-
-def _signal_ok(pid: int, signum: int, group: bool = False) -> bool:
-    try:
-        (os.killpg if group else os.kill)(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _reap_orphans(pids: Sequence[int]) -> None:
-    """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
-    me = os.getpid()
-    for pid in pids:
-        fields = stat_fields(pid)
-        if fields is None or int(fields[1]) != me:
-            continue
-        for _ in range(20):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            sleep(0.01)
-
-
-def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float = GRACE_S) -> None:
-    """SIGTERM every group and process at once, give them `grace` seconds together, then SIGKILL what is left.
-
-    `pids` are processes that left their group; a session leader among them takes its own group along.
-    """
-    groups = list(pgids) + [pid for pid in pids if _leads_group(pid)]
-    singles = [pid for pid in pids if pid not in groups]
-
-    def send(signum: int) -> None:
-        for pgid in groups:
-            _signal_ok(pgid, signum, group=True)
-        for pid in singles:
-            _signal_ok(pid, signum)
-
-    send(signal.SIGTERM)
-    deadline = monotonic() + grace
-    while monotonic() < deadline and (any(group_alive(g) for g in groups) or any(_alive(p) for p in singles)):
-        sleep(0.05)
-    send(signal.SIGKILL)
-    _reap_orphans(list(pids))
-
-
 def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
     """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
     what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is
     left SIGTERM and SIGKILL `grace` later (_stop_step). Returns the signals it took, as the log says them."""
-    if not _signal_ok(pgid, signal.SIGINT, group=True):
+    if not signal_ok(pgid, signal.SIGINT, group=True):
         return "SIGINT"
     deadline = monotonic() + interrupt_grace
     while monotonic() < deadline and group_alive(pgid):
@@ -244,7 +161,7 @@ def start_watchdog() -> None:
             return
         try:
             _watchdog_process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
+                [sys.executable, "-I", "-S", "-B", os.path.abspath(watchdog.__file__), WATCHDOG_ARG, run_tag()],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
                 start_new_session=True,
                 # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
@@ -299,46 +216,6 @@ def _tell_watchdog(line: str) -> None:
         os.write(_watchdog_fd, line.encode())
     except OSError:
         pass  # gone or not reading: the tagged processes are still found by their environment
-
-
-WATCHDOG_ARG = "--watch-steps-of"
-WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
-
-
-def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
-    """The watchdog's life: note the groups announced on `source` until it ends, then kill what is left of them.
-
-    "+PGID" starts a step's group, "-PGID" ends it. After end of file (the
-    parent is gone, or has finished and left nothing), every announced group
-    and every process whose ORCHESTRATOR_STEP starts with `tag` gets SIGTERM,
-    SIGKILL after `grace`; what they start meanwhile is killed in later rounds.
-    """
-    groups: set[int] = set()
-    pending = b""
-    while True:
-        try:
-            chunk = os.read(source, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            if line[:1] in (b"+", b"-") and line[1:].isdigit():
-                (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-    quiet_rounds = 0
-    for _ in range(WATCHDOG_ROUNDS):
-        tagged = processes_tagged(STEP_VAR, tag, prefix=True)
-        live = [pgid for pgid in groups if group_alive(pgid)]
-        if tagged or live:
-            quiet_rounds = 0
-            kill_processes(live, tagged, grace)
-            grace = 0.5  # newcomers (started on the SIGTERM) go sooner
-        else:
-            quiet_rounds += 1
-            if quiet_rounds == 2:  # nothing twice, 0.1 s apart: a command between fork and exec is caught too
-                return
-            sleep(0.1)
 
 
 def _joined(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
@@ -545,7 +422,9 @@ class _Spawned:
 def _program(args: Sequence[str], cwd: Path | None, env: dict[str, str]) -> str | None:
     """The program to posix_spawn for `args`, or None when Popen must start it: a directory to change to
     (posix_spawn cannot, before Python 3.13), a PATH entry that is relative (looked up from that directory),
-    a program not found (Popen then raises as it always did)."""
+    a program not found (Popen then raises as it always did). A descriptor a C library opens without
+    close-on-exec in another thread, between `_close_inherited_on_exec` and the spawn, would be inherited:
+    nothing in this tool does that (Python's own descriptors are close-on-exec)."""
     if cwd is not None or not args or not hasattr(os, "posix_spawn"):
         return None
     name = args[0]
@@ -588,9 +467,7 @@ def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
     posix_spawn where it can, else by Popen; both raise OSError when the program cannot start."""
     program = _program(args, cwd, env)
     if program is None or not _close_inherited_on_exec():
-        return subprocess.Popen(list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
-                                start_new_session=True)
+        return _popen(args, cwd, env, stderr_to_stdout)
     out_read, out_write = os.pipe()
     err_read, err_write = (None, out_write) if stderr_to_stdout else os.pipe()
     try:
@@ -599,6 +476,14 @@ def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
                                            (os.POSIX_SPAWN_DUP2, out_write, 1),
                                            (os.POSIX_SPAWN_DUP2, err_write, 2)],
                              setsigdef=DEFAULT_IN_CHILD, setsid=True)
+    except OSError:
+        # Not startable as found (removed since, not executable after all, another architecture...): Popen
+        # searches PATH on as it always did (past an entry that fails), and raises if nothing starts.
+        _programs.pop((args[0], env.get("PATH", os.defpath)), None)
+        for fd in (out_read, err_read):
+            if fd is not None:
+                os.close(fd)
+        return _popen(args, cwd, env, stderr_to_stdout)
     except BaseException:
         for fd in (out_read, err_read):
             if fd is not None:
@@ -609,6 +494,13 @@ def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
         if err_write != out_write:
             os.close(err_write)
     return _Spawned(list(args), pid, out_read, err_read)
+
+
+def _popen(args: Sequence[str], cwd: Path | None, env: dict[str, str],
+           stderr_to_stdout: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
+                            start_new_session=True)
 
 
 class _Waiter:
@@ -651,6 +543,8 @@ class _Waiter:
                 if copier.ended:
                     poller.unregister(copier.fd)
                     pumped = False
+            if monotonic() >= until:
+                return False  # output faster than the log takes it must not hold off the caller's checks
         try:
             self.proc.wait(timeout=1.0)  # it has ended: this reaps it at once
             return True
@@ -882,5 +776,3 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     return [results[i] for i in range(len(items))]
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:
-    watch_steps_of(sys.argv[2])

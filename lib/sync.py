@@ -160,9 +160,9 @@ def _env() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RunGit:
-    """What every repo of one run shares, built once: git's clean env (every PATH entry resolved) and the
-    config every repo lists before its own (system and global: lib.gitconfig), None when each repo's
-    config must be listed by git."""
+    """What every repo of one run shares, built once: git's clean env (`command_env` resolves every PATH entry
+    to drop our venv's) and the config every repo lists before its own (system and global: lib.gitconfig),
+    None when each repo's config must be listed by git (git cannot even start: each repo then fails on its own)."""
 
     env: dict[str, str]
     config_base: list[gitconfig.Entry] | None
@@ -175,7 +175,10 @@ class RunGit:
             result = _read_git(args, dict(read_env))
             return result.returncode, result.stdout, result.stderr
 
-        return cls(env, gitconfig.run_listing(env, read))
+        try:
+            return cls(env, gitconfig.run_listing(env, read))
+        except OSError:  # git missing, no temp dir: every repo asks git itself, and says why it failed
+            return cls(env, None)
 
 
 def _git_says(output: str) -> str:
@@ -218,6 +221,8 @@ class _Git:
         self.common_dir: Path | None = None
         self.listing: gitrefs.Config | None = None
         self.config_base = config_base  # the run's listing: the repo's own config file is then read here
+        # A relative PATH entry is looked up from the repo (its `.venv/bin`, say): then steps run there, not by -C.
+        self.relative_path = any(not os.path.isabs(entry) for entry in self.env.get("PATH", "").split(os.pathsep))
         self.commits: set[str] = set()  # shas read as commits of this store (gitrefs.is_commit)
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -278,6 +283,9 @@ class _Git:
         self.step_output_at = self.log.tell()
         # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would);
         # `-C` instead of a working directory, so the runner can posix_spawn it
+        if self.relative_path:
+            return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+                                       leftovers_at_run_end=network)
         return runner.run_in_group(["git", "-C", str(self.path), *args], None, self.log, timeout, self.env,
                                    leftovers_at_run_end=network)
 

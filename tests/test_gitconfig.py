@@ -145,3 +145,24 @@ def test_generated_files_read_as_git_reads_them_or_left_to_git(tmp_path):
     # About 30% of these files are ones git reads, and the parser reads about 40% of those: enough of
     # its accepting paths are compared with git (and the clean configs git writes are read: above).
     assert read >= 80, f"the parser read only {read} of 1000 files: the comparison would prove little"
+
+
+@pytest.mark.parametrize("name", gitconfig.RELATIVE_TO_REPO)
+def test_a_config_location_relative_to_the_repo_leaves_every_listing_to_git(name):
+    """git takes a relative XDG_CONFIG_HOME (GIT_CONFIG_GLOBAL, ...) from the repo it runs in: one listing
+    made elsewhere would miss what each repo's git reads."""
+    def read(args, env):
+        raise AssertionError("no listing is made for the run")
+
+    assert gitconfig.run_listing({**ENV, name: "."}, read) is None
+
+
+def test_a_repo_with_extensions_is_listed_by_git(tmp_path):
+    """extensions.worktreeConfig adds config.worktree, which the file reader does not read: git lists it."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], env=ENV, check=True)
+    git_dir = repo / ".git"
+    base = []
+    assert gitconfig.repo_listing(base, git_dir, git_dir, repo, ENV) is not None
+    subprocess.run(["git", "-C", str(repo), "config", "extensions.worktreeConfig", "true"], env=ENV, check=True)
+    assert gitconfig.repo_listing(base, git_dir, git_dir, repo, ENV) is None

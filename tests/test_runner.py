@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.runner import group_members, processes_tagged, run_in_group
+from lib.procs import group_members, processes_tagged
+from lib.runner import run_in_group
 from tests.conftest import ROOT, process_running, wait_gone
 
 
@@ -418,3 +419,38 @@ def test_a_step_spawned_without_popen_streams_huge_output_without_a_thread_and_k
     assert result.exit_code == 0 and not result.timed_out
     assert out == b"".join(b"%d\n" % n for n in range(1, 300001))
     assert threading.active_count() == before
+
+
+class SlowLog(io.RawIOBase):
+    """A log on slow storage (a network disk): each write takes 10 ms."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        time.sleep(0.01)
+        return len(data)
+
+
+def test_a_step_flooding_a_slow_log_still_times_out(tmp_path):
+    """The waiting thread copies the output: output faster than the log takes it must not keep it from the
+    timeout (it pumped as long as the pipe had data, and never looked at the clock)."""
+    started = time.monotonic()
+    result = run_in_group(["/bin/sh", "-c", "yes & yes & exec yes"], None, SlowLog(), 1.0, grace=0.5)
+    assert result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 30, "the timeout was held off by the output"
+
+
+def test_a_program_on_path_that_cannot_run_is_passed_over_as_popen_does(tmp_path):
+    """Popen tries every PATH entry past one that fails to exec (not a program, another architecture):
+    posix_spawn of the first one found must not fail where Popen ran the next."""
+    from lib import runner
+
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    (bad / "git").write_text("not a program\n")
+    (bad / "git").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bad}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):  # the second time through the cache of programs found
+        result = runner.capture(["git", "--version"], None, env)
+        assert result.returncode == 0 and result.stdout.startswith(b"git version"), result

@@ -387,3 +387,40 @@ def test_the_env_of_syncs_gits_is_built_once_per_run(home, make_repo, monkeypatc
     assert [o.status for o in report.outcomes] == ["up to date"] * 3, [o.line() for o in report.outcomes]
     # One for sync's gits, one for its status rows (the closing scan reuses them all: it starts no git).
     assert sorted(builds) == ["command_env", "git_env"], builds
+
+
+def test_a_relative_path_entry_still_finds_the_repos_own_git_for_a_step(make_repo, tmp_path, monkeypatch):
+    """A relative PATH entry is the repo's (its `tools/git` wrapper, say): steps run in the repo, not by -C from
+    wherever sync-all was started."""
+    repo = make_repo("wrapped")
+    behind(repo, tmp_path)
+    tools = repo.path / "tools"
+    tools.mkdir()
+    calls = tmp_path / "wrapper-calls"
+    real = shutil.which("git")
+    (tools / "git").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\nexec "{real}" "$@"\n')
+    (tools / "git").chmod(0o755)
+    (repo.path / ".git" / "info" / "exclude").write_text("tools/\n")
+    monkeypatch.setenv("PATH", f"tools{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    outcome = sync_repo(Repo("wrapped", repo.path), tmp_path / "logs")
+    assert outcome.status == "updated", outcome.line()
+    steps = calls.read_text().splitlines()
+    assert any(line.startswith("fetch ") for line in steps) and any(line.startswith("merge ") for line in steps), steps
+
+
+def test_git_that_cannot_start_fails_each_repo_and_the_run_goes_on(home, make_repo, tmp_path, monkeypatch):
+    """No git on PATH: the run's one config listing cannot start either; each repo fails with the reason,
+    as before, and the results are recorded (no traceback, no lost run)."""
+    repos = [make_repo(name) for name in ("one", "two")]
+    home.add(*repos)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    monkeypatch.setenv("PATH", str(empty))
+    from lib.sync import sync_all
+
+    outcomes = sync_all(workspace.repos, tmp_path / "logs")
+    assert [o.status for o in outcomes] == ["failed", "failed"], [o.line() for o in outcomes]
+    assert all("git" in (o.reason or "") for o in outcomes), [o.line() for o in outcomes]
