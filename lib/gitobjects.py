@@ -61,7 +61,7 @@ def read_commit_body(objects: Path, sha: str) -> bytes | None:
 
 
 @contextmanager
-def regular_file(path: Path) -> Iterator[int]:
+def regular_file(path: Path | str) -> Iterator[int]:
     """A read-only descriptor on `path`; statefile.NotRegular unless it is a regular file (a FIFO or device would
     hang us)."""
     fd = open_regular(path, os.O_RDONLY)

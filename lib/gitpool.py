@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from time import monotonic, sleep
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
+from lib.procs import DEFAULT_IN_CHILD, fill_standard_descriptors
 from lib.signals import STOP_SIGNALS  # what the keeper does not let end it
 
 
@@ -73,7 +74,7 @@ class GitPool:
         self._dying: list[int] = []  # gits killed at their limit, not reaped yet (stuck in the kernel a while)
         self._free: list[BinaryIO] = []
         self._poll = select.poll()
-        _fill_standard_descriptors()
+        fill_standard_descriptors()
 
     def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
         job = (path, env, args, done)
@@ -168,7 +169,7 @@ class GitPool:
                               file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                                             (os.POSIX_SPAWN_DUP2, stdout, 1),
                                             (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)],
-                              setsigdef=_DEFAULT_IN_CHILD, setpgroup=self._group)
+                              setsigdef=DEFAULT_IN_CHILD, setpgroup=self._group)
 
     def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
         """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
@@ -327,26 +328,12 @@ def reaped_within(pid: int, seconds: float) -> bool:
     return True
 
 
-def _fill_standard_descriptors() -> None:
-    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
-
-    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
-    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output.
-    """
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
-
-
 def _scratch_file() -> BinaryIO:
     if hasattr(os, "memfd_create"):  # Linux: no file system involved
         return os.fdopen(os.memfd_create("git-stderr", os.MFD_CLOEXEC), "rb+", buffering=0)
     return tempfile.TemporaryFile(buffering=0)
 
 
-_DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
 @contextmanager
@@ -435,7 +422,7 @@ def start_keeper() -> Keeper | None:
     each git joins the group in its posix_spawn (`setpgroup`), as it would
     have made one of its own.
     """
-    _fill_standard_descriptors()  # else the pipe could be fd 0, 1 or 2, which the keeper points at /dev/null
+    fill_standard_descriptors()  # else the pipe could be fd 0, 1 or 2, which the keeper points at /dev/null
     try:
         read_end, write_end = os.pipe()
     except OSError:

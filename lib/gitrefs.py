@@ -138,7 +138,7 @@ def git_dirs(worktree: Path) -> tuple[Path, Path] | None:
 
 def files_refs(common_dir: Path) -> bool:
     """Whether refs (and reflogs, the stash's included) are plain files we can read, not a reftable store."""
-    return not os.path.lexists(common_dir / "reftable") and os.path.isdir(common_dir / "refs")
+    return not os.path.lexists(f"{common_dir}/reftable") and os.path.isdir(f"{common_dir}/refs")
 
 
 def locate(worktree: Path) -> tuple[Path, Path] | None:
@@ -147,7 +147,7 @@ def locate(worktree: Path) -> tuple[Path, Path] | None:
     None when in doubt: `.git` neither a directory nor a one-line `gitdir:` file (a FIFO there is never opened),
     no HEAD there, an odd commondir.
     """
-    dot_git = worktree / ".git"
+    dot_git = f"{worktree}/.git"  # strings, not Paths, on sync's per-repo path: pathlib was most of its Python
     try:
         mode = os.lstat(dot_git).st_mode
         if stat.S_ISDIR(mode):
@@ -157,18 +157,18 @@ def locate(worktree: Path) -> tuple[Path, Path] | None:
             match = re.fullmatch(rb"gitdir: ([^\0\n]+)\n", text or b"")
             if match is None:
                 return None
-            git_dir = Path(os.path.realpath(worktree / os.fsdecode(match.group(1))))
+            git_dir = Path(os.path.realpath(os.path.join(worktree, os.fsdecode(match.group(1)))))
         else:
             return None
-        if not os.path.isfile(git_dir / "HEAD"):
+        if not os.path.isfile(f"{git_dir}/HEAD"):
             return None
         common = git_dir
-        if os.path.lexists(git_dir / "commondir"):
-            text = _small_file(git_dir / "commondir")
+        if os.path.lexists(f"{git_dir}/commondir"):
+            text = _small_file(f"{git_dir}/commondir")
             match = re.fullmatch(rb"([^\0\n]+)\n?", text or b"")
             if match is None:
                 return None
-            common = Path(os.path.realpath(git_dir / os.fsdecode(match.group(1))))
+            common = Path(os.path.realpath(os.path.join(git_dir, os.fsdecode(match.group(1)))))
         return git_dir, common
     except (OSError, ValueError):
         return None
@@ -179,7 +179,7 @@ def read_head(git_dir: Path, common_dir: Path) -> str | None:
 
     A HEAD on a branch that is itself a symbolic ref is git's to follow.
     """
-    text = _small_file(git_dir / "HEAD")
+    text = _small_file(f"{git_dir}/HEAD")
     if text is None:
         return None
     if SHA1_LINE.fullmatch(text):
@@ -189,19 +189,19 @@ def read_head(git_dir: Path, common_dir: Path) -> str | None:
     if not target.startswith("refs/heads/") or not plain_refname(target):
         return None
     try:
-        mode = os.lstat(common_dir / target).st_mode
+        mode = os.lstat(f"{common_dir}/{target}").st_mode
     except FileNotFoundError:
         return target  # an unborn or packed branch: a packed ref is never symbolic
     except OSError:
         return None
-    return target if stat.S_ISREG(mode) and SHA1_LINE.fullmatch(_small_file(common_dir / target) or b"") else None
+    return target if stat.S_ISREG(mode) and SHA1_LINE.fullmatch(_small_file(f"{common_dir}/{target}") or b"") else None
 
 
 def read_ref(common_dir: Path, name: str) -> str | None:
     """The sha a branch or remote-tracking ref holds (loose, else packed), None when missing, symbolic or odd."""
     if not plain_refname(name) or not name.startswith(("refs/heads/", "refs/remotes/")):
         return None
-    path = common_dir / name
+    path = f"{common_dir}/{name}"
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -225,7 +225,7 @@ def is_commit(common_dir: Path, sha: str) -> bool:
     objects = common_dir / "objects"
     try:
         try:
-            with regular_file(objects / sha[:2] / sha[2:]) as fd:
+            with regular_file(f"{objects}/{sha[:2]}/{sha[2:]}") as fd:
                 head = zlib.decompressobj().decompress(os.pread(fd, 256, 0), 32)
         except FileNotFoundError:
             return _packed_commit(objects / "pack", bytes.fromhex(sha))
@@ -245,7 +245,7 @@ def _packed_commit(pack_dir: Path, oid: bytes) -> bool:
 
 
 def _packed_ref(common_dir: Path, name: str) -> str | None:
-    text = _small_file(common_dir / "packed-refs", MAX_PACKED_REFS)
+    text = _small_file(f"{common_dir}/packed-refs", MAX_PACKED_REFS)
     if text is None:
         return None
     wanted = name.encode()
@@ -263,7 +263,7 @@ def _packed_ref(common_dir: Path, name: str) -> str | None:
     return found
 
 
-def _small_file(path: Path, limit: int = MAX_REF_FILE) -> bytes | None:
+def _small_file(path: Path | str, limit: int = MAX_REF_FILE) -> bytes | None:
     """A ref-sized regular file's bytes, never through a symlink (git's to follow); None when missing, odd or big."""
     return read_small(path, limit, follow_symlinks=False)
 
@@ -273,7 +273,7 @@ def ahead_behind(common_dir: Path, local: str, upstream: str, limit: int = WALK_
     ancestor of the other within `limit` commits; None otherwise (diverged, far apart, or in doubt: ask git)."""
     if local == upstream:
         return 0, 0
-    if _replaced(common_dir) or any(os.path.lexists(common_dir / odd) for odd in ("shallow", "info/grafts")):
+    if _replaced(common_dir) or any(os.path.lexists(f"{common_dir}/{odd}") for odd in ("shallow", "info/grafts")):
         return None  # parents that rev-list would see differently
     objects = common_dir / "objects"
     walks = {"ahead": _walk(objects, local, upstream, limit), "behind": _walk(objects, upstream, local, limit)}
@@ -315,11 +315,11 @@ def _walk(objects: Path, tip: str, base: str, limit: int) -> Generator[None, Non
 
 def _replaced(common_dir: Path) -> bool:
     """Whether replace refs may exist (loose or packed): git would see some objects as others."""
-    if os.path.lexists(common_dir / "refs" / "replace"):
+    if os.path.lexists(f"{common_dir}/refs/replace"):
         return True
-    if not os.path.lexists(common_dir / "packed-refs"):
+    if not os.path.lexists(f"{common_dir}/packed-refs"):
         return False
-    packed = _small_file(common_dir / "packed-refs", MAX_PACKED_REFS)
+    packed = _small_file(f"{common_dir}/packed-refs", MAX_PACKED_REFS)
     return packed is None or b" refs/replace/" in packed
 
 

@@ -1,4 +1,5 @@
-"""Processes read from /proc: the table, a group's members, a command's leftovers by tag or directory; stdlib only.
+"""Processes read from /proc (the table, a group's members, a command's leftovers by tag or directory) and
+killed (a grace, then SIGKILL); stdlib only.
 
 The one reader of /proc/PID for the runner (a step's leftovers), the scan
 (a git still running in a repo) and the proof workers (a try's agent, the
@@ -9,9 +10,17 @@ read are never listed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+import signal
+from time import monotonic, sleep
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+GRACE_S = 5.0  # between SIGTERM and SIGKILL
+# Every step's processes carry this variable (value unique per step): how we find the
+# ones that left its process group (setsid, daemons) to kill them with the step.
+STEP_VAR = "ORCHESTRATOR_STEP"
 
 
 def have_proc() -> bool:
@@ -61,8 +70,7 @@ def _pids() -> Iterator[str]:
                 yield entry.name
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(NamedTuple):  # not a dataclass: the watchdog imports this module, and dataclasses costs it 10 ms
     pid: int
     ppid: int
     pgid: int
@@ -183,3 +191,100 @@ def cmdline(pid: int) -> bytes | None:
             return args.read()
     except OSError:
         return None
+
+
+# Signals a child gets back at their defaults, as subprocess does (Python ignores them for itself).
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def fill_standard_descriptors() -> None:
+    """Put /dev/null on whichever of fds 0-2 is closed (started with `>&-`, or from a daemon).
+
+    Else a git's pipe or stderr file could be one of them, and the spawn's dup2s onto
+    0, 1 and 2 would cross them: git's stderr in its stdout, read as status output. Before any posix_spawn
+    (Popen does this itself).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+
+
+def group_alive(pgid: int) -> bool:
+    # Zombies still count for killpg(pgid, 0); where no init reaps them, only
+    # /proc tells a finished group from a running one. No process at all: no need to look.
+    if have_proc():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return bool(group_members(pgid))
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    if fields is not None:
+        return fields[0] != b"Z"
+    return not have_proc() and signal_ok(pid, 0)
+
+
+def _leads_group(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and int(fields[2]) == pid
+
+
+def signal_ok(pid: int, signum: int, group: bool = False) -> bool:
+    """Whether the signal was sent (to the process, or its group): False when it is gone or not ours."""
+    try:
+        (os.killpg if group else os.kill)(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap_orphans(pids: Sequence[int]) -> None:
+    """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
+    me = os.getpid()
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields is None or int(fields[1]) != me:
+            continue
+        for _ in range(20):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            sleep(0.01)
+
+
+def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float = GRACE_S) -> None:
+    """SIGTERM every group and process at once, give them `grace` seconds together, then SIGKILL what is left.
+
+    `pids` are processes that left their group; a session leader among them takes its own group along.
+    """
+    groups = list(pgids) + [pid for pid in pids if _leads_group(pid)]
+    singles = [pid for pid in pids if pid not in groups]
+
+    def send(signum: int) -> None:
+        for pgid in groups:
+            signal_ok(pgid, signum, group=True)
+        for pid in singles:
+            signal_ok(pid, signum)
+
+    send(signal.SIGTERM)
+    deadline = monotonic() + grace
+    while monotonic() < deadline and (any(group_alive(g) for g in groups) or any(_alive(p) for p in singles)):
+        sleep(0.05)
+    send(signal.SIGKILL)
+    _reap_orphans(list(pids))

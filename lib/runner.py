@@ -14,6 +14,7 @@ import ctypes
 import itertools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,20 +26,16 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
-if __name__ == "__main__":  # the watchdog runs this file isolated (-I): no path to the package but this one
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib import signals  # noqa: E402
-from lib.procs import cmdline, group_members, have_proc, processes_tagged, start_tick, stat_fields  # noqa: E402
-from lib.signals import Signalled, signal_name  # noqa: E402
+from lib import signals, watchdog
+from lib.procs import (DEFAULT_IN_CHILD, GRACE_S, STEP_VAR, cmdline, fill_standard_descriptors, group_alive,
+                       have_proc, kill_processes, processes_tagged, signal_ok, start_tick, stat_fields)
+from lib.signals import Signalled, signal_name
+from lib.watchdog import WATCHDOG_ARG
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-GRACE_S = 5.0
 CHUNK = 64 * 1024
 PR_SET_CHILD_SUBREAPER = 36
-# Every step's processes carry this variable (value unique per step): how we find the
-# ones that left its process group (setsid, daemons) to kill them with the step.
-STEP_VAR = "ORCHESTRATOR_STEP"
 
 # Steps started here and still running (process group -> step marker): an interrupted run kills them.
 _active_groups: dict[int, str] = {}
@@ -100,89 +97,11 @@ def _describe(pid: int) -> str:
     return f"{pid} {words.decode('utf-8', 'replace')[:80]}"
 
 
-def group_alive(pgid: int) -> bool:
-    # Zombies still count for killpg(pgid, 0); where no init reaps them, only
-    # /proc tells a finished group from a running one. No process at all: no need to look.
-    if have_proc():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return bool(group_members(pgid))
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _alive(pid: int) -> bool:
-    fields = stat_fields(pid)
-    if fields is not None:
-        return fields[0] != b"Z"
-    return not have_proc() and _signal_ok(pid, 0)
-
-
-def _leads_group(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is not None and int(fields[2]) == pid
-
-
-def _signal_ok(pid: int, signum: int, group: bool = False) -> bool:
-    try:
-        (os.killpg if group else os.kill)(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _reap_orphans(pids: Sequence[int]) -> None:
-    """Collect the exit status of killed orphans reparented to us (we are their subreaper)."""
-    me = os.getpid()
-    for pid in pids:
-        fields = stat_fields(pid)
-        if fields is None or int(fields[1]) != me:
-            continue
-        for _ in range(20):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            sleep(0.01)
-
-
-def kill_processes(pgids: Sequence[int], pids: Sequence[int] = (), grace: float = GRACE_S) -> None:
-    """SIGTERM every group and process at once, give them `grace` seconds together, then SIGKILL what is left.
-
-    `pids` are processes that left their group; a session leader among them takes its own group along.
-    """
-    groups = list(pgids) + [pid for pid in pids if _leads_group(pid)]
-    singles = [pid for pid in pids if pid not in groups]
-
-    def send(signum: int) -> None:
-        for pgid in groups:
-            _signal_ok(pgid, signum, group=True)
-        for pid in singles:
-            _signal_ok(pid, signum)
-
-    send(signal.SIGTERM)
-    deadline = monotonic() + grace
-    while monotonic() < deadline and (any(group_alive(g) for g in groups) or any(_alive(p) for p in singles)):
-        sleep(0.05)
-    send(signal.SIGKILL)
-    _reap_orphans(list(pids))
-
-
 def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -> str:
     """A timeout that lets the command say where it hung: SIGINT to the group (pytest, go test and node print
     what ran and what passed) and up to `interrupt_grace` seconds for it to end; the caller then gives what is
     left SIGTERM and SIGKILL `grace` later (_stop_step). Returns the signals it took, as the log says them."""
-    if not _signal_ok(pgid, signal.SIGINT, group=True):
+    if not signal_ok(pgid, signal.SIGINT, group=True):
         return "SIGINT"
     deadline = monotonic() + interrupt_grace
     while monotonic() < deadline and group_alive(pgid):
@@ -242,7 +161,7 @@ def start_watchdog() -> None:
             return
         try:
             _watchdog_process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), WATCHDOG_ARG, run_tag()],
+                [sys.executable, "-I", "-S", "-B", os.path.abspath(watchdog.__file__), WATCHDOG_ARG, run_tag()],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
                 start_new_session=True,
                 # Not part of an outer run's step (inv inside a step): its end is ours, not that step's.
@@ -299,46 +218,6 @@ def _tell_watchdog(line: str) -> None:
         pass  # gone or not reading: the tagged processes are still found by their environment
 
 
-WATCHDOG_ARG = "--watch-steps-of"
-WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
-
-
-def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
-    """The watchdog's life: note the groups announced on `source` until it ends, then kill what is left of them.
-
-    "+PGID" starts a step's group, "-PGID" ends it. After end of file (the
-    parent is gone, or has finished and left nothing), every announced group
-    and every process whose ORCHESTRATOR_STEP starts with `tag` gets SIGTERM,
-    SIGKILL after `grace`; what they start meanwhile is killed in later rounds.
-    """
-    groups: set[int] = set()
-    pending = b""
-    while True:
-        try:
-            chunk = os.read(source, 4096)
-        except InterruptedError:
-            continue
-        if not chunk:
-            break
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            if line[:1] in (b"+", b"-") and line[1:].isdigit():
-                (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-    quiet_rounds = 0
-    for _ in range(WATCHDOG_ROUNDS):
-        tagged = processes_tagged(STEP_VAR, tag, prefix=True)
-        live = [pgid for pgid in groups if group_alive(pgid)]
-        if tagged or live:
-            quiet_rounds = 0
-            kill_processes(live, tagged, grace)
-            grace = 0.5  # newcomers (started on the SIGTERM) go sooner
-        else:
-            quiet_rounds += 1
-            if quiet_rounds == 2:  # nothing twice, 0.1 s apart: a command between fork and exec is caught too
-                return
-            sleep(0.1)
-
-
 def _joined(names: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
     return names + tuple(name for name in more if name not in names)
 
@@ -393,6 +272,11 @@ class _Copier(threading.Thread):
     echo stream (`| head`) stops the echo, never the logging. A log that
     cannot be written (disk full) sets `log_error` and the pipe keeps being
     drained, so the command never blocks on a full pipe.
+
+    Without an echo the step's own thread copies while it waits (`_Waiter` pumps
+    the pipe: a thread per step was most of a quick step's cost); the thread
+    takes over (`take_over`) before anything waits without pumping, as a kill's
+    grace does, and copies from then on.
     """
 
     def __init__(self, source: IO[bytes], log: BinaryIO, echo: BinaryIO | None) -> None:
@@ -404,31 +288,73 @@ class _Copier(threading.Thread):
         self.log_failed = threading.Event()
         self.stopping = threading.Event()
         self.drain_until = 0.0
+        self.ended = False  # the pipe's end was read
+        self.threaded = False  # the thread copies (else the step's own thread, through pump())
+
+    def take_over(self) -> None:
+        """From now on the thread copies: the caller is about to wait without pumping (a kill's grace)."""
+        if not self.threaded:
+            self.threaded = True
+            self.start()
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Read until the pipe is empty (for `drain_s` at most), then return even if it stays open."""
         self.drain_until = monotonic() + drain_s
         self.stopping.set()
 
+    def finish(self, drain_s: float = 10.0) -> None:
+        """The step is over: read until the pipe is empty (for `drain_s` at most), whoever copies."""
+        if self.threaded:
+            self.stop(drain_s)
+            # Bounded: a reader of the echo that never reads must not hang the run forever.
+            self.join(timeout=30)
+            return
+        until = monotonic() + drain_s
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while not self.ended and poller.poll(100) and monotonic() <= until:
+            self.pump()
+
+    def pump_ready(self, most: int = 64) -> None:
+        """Copy what the pipe holds now, without waiting (its end too, once every writer is gone)."""
+        if self.threaded:
+            return
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        for _ in range(most):
+            if self.ended or not poller.poll(0):
+                return
+            self.pump()
+
+    def finished(self) -> bool:
+        """Whether nobody copies any more (the pipe may be closed)."""
+        return not self.is_alive()
+
     def run(self) -> None:
-        while True:
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if not ready:
+        poller = select.poll()  # not select(): a descriptor number over 1023 is fine here
+        poller.register(self.fd, select.POLLIN)
+        while not self.ended:
+            if not poller.poll(100):
                 if self.stopping.is_set():
                     return  # the group is gone and the pipe is empty: all output is in
                 continue
             if self.stopping.is_set() and monotonic() > self.drain_until:
                 return  # something outside the group keeps writing: stop listening
-            chunk = os.read(self.fd, CHUNK)
-            if not chunk:
-                return
-            self._to_log(chunk)  # the log first: a slow or closed echo never costs the log
-            if self.echo is not None:
-                try:
-                    self.echo.write(chunk)
-                    self.echo.flush()
-                except (BrokenPipeError, ValueError, OSError):
-                    self.echo = None
+            self.pump()
+
+    def pump(self) -> None:
+        """Copy one read of the pipe to the log, then the echo (a slow or closed echo never costs the log)."""
+        chunk = os.read(self.fd, CHUNK)
+        if not chunk:
+            self.ended = True
+            return
+        self._to_log(chunk)
+        if self.echo is not None:
+            try:
+                self.echo.write(chunk)
+                self.echo.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.echo = None
 
     def _to_log(self, chunk: bytes) -> None:
         if self.log is None:
@@ -442,6 +368,141 @@ class _Copier(threading.Thread):
             self.log_failed.set()
 
 
+_programs: dict[tuple[str, str], str | None] = {}  # (name, PATH) -> the program posix_spawn starts
+_standard_fds_filled = 0  # the pid in which fds 0-2 were checked (a posix_spawn's dup2s need them taken)
+CLOSE_RANGE_CLOEXEC = 4  # linux/close_range.h
+try:
+    _close_range = ctypes.CDLL(None, use_errno=True).close_range  # glibc 2.34+ (Linux 5.11+ runs it)
+except (AttributeError, OSError):
+    _close_range = None
+
+
+class _Spawned:
+    """A child started by `os.posix_spawn`, with the part of Popen's interface the runner uses.
+
+    Popen costs about 0.3 ms of our CPU per start (the env encoded in Python, its error pipe,
+    its bookkeeping): most of what a sync costs per repo besides git itself (bench/README.md).
+    """
+
+    def __init__(self, args: list[str], pid: int, stdout: int, stderr: int | None) -> None:
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = os.fdopen(stdout, "rb", buffering=0)
+        self.stderr = None if stderr is None else os.fdopen(stderr, "rb", buffering=0)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._reap(os.WNOHANG)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            while self.returncode is None:
+                self._reap(0)
+            return self.returncode
+        deadline = monotonic() + timeout
+        while self.poll() is None:
+            if monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # reaped elsewhere: Popen says 0 then too
+            self.returncode = 0
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _program(args: Sequence[str], cwd: Path | None, env: dict[str, str]) -> str | None:
+    """The program to posix_spawn for `args`, or None when Popen must start it: a directory to change to
+    (posix_spawn cannot, before Python 3.13), a PATH entry that is relative (looked up from that directory),
+    a program not found (Popen then raises as it always did). A descriptor a C library opens without
+    close-on-exec in another thread, between `_close_inherited_on_exec` and the spawn, would be inherited:
+    nothing in this tool does that (Python's own descriptors are close-on-exec)."""
+    if cwd is not None or not args or not hasattr(os, "posix_spawn"):
+        return None
+    name = args[0]
+    if "/" in name:
+        return name if os.path.isabs(name) else None
+    search = env.get("PATH", os.defpath)
+    key = (name, search)
+    if key not in _programs:
+        relative = any(not os.path.isabs(entry) for entry in search.split(os.pathsep))
+        _programs[key] = None if relative else shutil.which(name, path=search)
+    return _programs[key]
+
+
+def _close_inherited_on_exec() -> bool:
+    """Make every descriptor above 2 close-on-exec before a posix_spawn, which does not close them as Popen's
+    close_fds does; False when that cannot be done (then Popen starts it). Ours are close-on-exec already
+    (PEP 446) but for what a parent passed down (a make jobserver's pipe, a CI runner's) or an `os.dup2`.
+    One `close_range` call where the kernel has it, else a look at /proc/self/fd."""
+    global _standard_fds_filled
+    if _standard_fds_filled != os.getpid():
+        fill_standard_descriptors()  # else a pipe could be fd 0-2, and the spawn's dup2s would cross them
+        _standard_fds_filled = os.getpid()
+    if _close_range is not None and _close_range(3, 0xFFFFFFFF, CLOSE_RANGE_CLOEXEC) == 0:
+        return True
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return False
+    for fd in descriptors:
+        if fd > 2:
+            with suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+    return True
+
+
+def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
+           stderr_to_stdout: bool) -> subprocess.Popen[bytes] | _Spawned:
+    """Start `args` in a session of its own, stdin /dev/null, stdout (and stderr, or into stdout) a pipe: by
+    posix_spawn where it can, else by Popen; both raise OSError when the program cannot start."""
+    program = _program(args, cwd, env)
+    if program is None or not _close_inherited_on_exec():
+        return _popen(args, cwd, env, stderr_to_stdout)
+    out_read, out_write = os.pipe()
+    err_read, err_write = (None, out_write) if stderr_to_stdout else os.pipe()
+    try:
+        pid = os.posix_spawn(program, list(args), env,
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                           (os.POSIX_SPAWN_DUP2, out_write, 1),
+                                           (os.POSIX_SPAWN_DUP2, err_write, 2)],
+                             setsigdef=DEFAULT_IN_CHILD, setsid=True)
+    except OSError:
+        # Not startable as found (removed since, not executable after all, another architecture...): Popen
+        # searches PATH on as it always did (past an entry that fails), and raises if nothing starts.
+        _programs.pop((args[0], env.get("PATH", os.defpath)), None)
+        for fd in (out_read, err_read):
+            if fd is not None:
+                os.close(fd)
+        return _popen(args, cwd, env, stderr_to_stdout)
+    except BaseException:
+        for fd in (out_read, err_read):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        os.close(out_write)
+        if err_write != out_write:
+            os.close(err_write)
+    return _Spawned(list(args), pid, out_read, err_read)
+
+
+def _popen(args: Sequence[str], cwd: Path | None, env: dict[str, str],
+           stderr_to_stdout: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.PIPE,
+                            start_new_session=True)
+
+
 class _Waiter:
     """`waiter(seconds)`: whether the process ended within `seconds`, woken the moment it ends.
 
@@ -449,8 +510,9 @@ class _Waiter:
     git's time. A pidfd (Linux 5.3+) is readable once the process has ended.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | _Spawned, copier: _Copier | None = None) -> None:
         self.proc = proc
+        self.copier = copier  # pumped while waiting, until its thread takes over
         try:
             self.pidfd: int | None = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):  # not Linux, an old kernel, or already reaped
@@ -465,8 +527,24 @@ class _Waiter:
                 return False
         poller = select.poll()  # not select(): a descriptor number over 1023 is fine here
         poller.register(self.pidfd, select.POLLIN)
-        if not poller.poll(seconds * 1000):
-            return False
+        copier = self.copier
+        pumped = copier is not None and not copier.threaded and not copier.ended
+        if pumped:
+            poller.register(copier.fd, select.POLLIN)
+        until = monotonic() + seconds
+        while True:
+            events = dict(poller.poll(max(0.0, until - monotonic()) * 1000))
+            if self.pidfd in events:
+                break
+            if not events:
+                return False
+            if pumped:
+                copier.pump()
+                if copier.ended:
+                    poller.unregister(copier.fd)
+                    pumped = False
+            if monotonic() >= until:
+                return False  # output faster than the log takes it must not hold off the caller's checks
         try:
             self.proc.wait(timeout=1.0)  # it has ended: this reaps it at once
             return True
@@ -481,7 +559,7 @@ class _Waiter:
 
 def run_in_group(
     command: str | Sequence[str],
-    cwd: Path,
+    cwd: Path | None,
     log: BinaryIO,
     timeout: float | None,
     env: dict[str, str] | None = None,
@@ -491,6 +569,8 @@ def run_in_group(
     leftovers_at_run_end: bool = False,
 ) -> ProcessResult:
     """Run `command` with /bin/sh (an argv list: as is) in a new session; output goes to `log` (and `echo`) as bytes.
+
+    `cwd` None: where we are (an argv list is then started by posix_spawn, cheaper than Popen).
 
     On timeout the group gets SIGTERM, then SIGKILL after `grace` (with
     `interrupt_grace`: SIGINT first, see interrupt_first). Processes the
@@ -511,26 +591,19 @@ def run_in_group(
     with _active_lock:
         if _stopping.is_set():
             raise Stopping("the run is being stopped")
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command] if isinstance(command, str) else list(command),
-            cwd=cwd,
-            env=step_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = _start(["/bin/sh", "-c", command] if isinstance(command, str) else command, cwd, step_env, True)
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
     born = start_tick(pgid, even_a_zombie=True) or 0  # not reaped yet: readable even if it already ended
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
-    copier.start()
     timed_out = False
     stopped_with = None
     deadline = None if timeout is None else started + timeout
-    ended = _Waiter(proc)
+    ended = _Waiter(proc, copier)
+    if echo is not None or ended.pidfd is None:
+        copier.take_over()  # an echo may block on its reader; without a pidfd the wait cannot pump
     escaped: tuple[str, ...] = ()
     try:
         while True:
@@ -538,13 +611,19 @@ def run_in_group(
                 break
             timed_out = timed_out or (deadline is not None and monotonic() >= deadline)
             if timed_out and interrupt_grace is not None and stopped_with is None:
+                copier.take_over()
                 stopped_with = interrupt_first(pgid, interrupt_grace, grace)
             if copier.log_failed.is_set() or timed_out:
                 # The group and what left it, in one grace: one after the other would cost it twice.
+                copier.take_over()
                 escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
         if not leftovers_at_run_end or group_alive(pgid) or not _watchdog_running():
+            copier.pump_ready()
+            if not copier.ended:
+                copier.take_over()  # what is left of it may still write while it is killed
             escaped = _joined(escaped, _stop_step(pgid, marker, grace, born))
     except BaseException:
+        copier.take_over()
         _stop_step(pgid, marker, grace, born)
         proc.wait()
         raise
@@ -553,10 +632,8 @@ def run_in_group(
         with _active_lock:
             _active_groups.pop(pgid, None)
             _tell_watchdog(f"-{pgid}\n")
-        copier.stop()
-        # Bounded: a reader of the echo that never reads must not hang the run forever.
-        copier.join(timeout=30)
-        if not copier.is_alive():
+        copier.finish()
+        if copier.finished():
             proc.stdout.close()
     code = proc.returncode
     signum = -code if code is not None and code < 0 else None
@@ -587,8 +664,7 @@ def capture(args: Sequence[str], cwd: Path | None,
     step_env = {**(os.environ if env is None else env), STEP_VAR: marker}
     with _active_lock:
         deadline = monotonic() + STOPPING_READ_S if _stopping.is_set() else None
-        proc = subprocess.Popen(list(args), cwd=cwd, env=step_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = _start(args, cwd, step_env, False)
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
@@ -700,5 +776,3 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     return [results[i] for i in range(len(items))]
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WATCHDOG_ARG:
-    watch_steps_of(sys.argv[2])

@@ -46,7 +46,7 @@ class NotRegular(OSError):
     kind: str | None = None
 
 
-def open_regular(path: Path, flags: int, mode: int = 0o644, *, char_device: bool = False) -> int:
+def open_regular(path: Path | str, flags: int, mode: int = 0o644, *, char_device: bool = False) -> int:
     """A descriptor for the regular file at `path` (a symlink is followed), or NotRegular: opened without
     blocking and checked before any use, since a FIFO would block the open or a read until a writer came
     and a device (/dev/zero) never ends a read. Other OSErrors as os.open raises them. `char_device`: a
@@ -101,7 +101,7 @@ def read_small(path: Path | str, limit: int = MAX_FILE_BYTES, *, follow_symlinks
     index) use open_regular.
     """
     try:
-        fd = open_regular(Path(path), os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
+        fd = open_regular(path, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
     except OSError:  # NotRegular, ELOOP for a symlink not followed, ENOENT, EACCES, ...
         return None
     try:

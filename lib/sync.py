@@ -23,7 +23,7 @@ from pathlib import Path
 from time import monotonic
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
-from lib import gitrefs, runner
+from lib import gitconfig, gitrefs, runner
 from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.config import Repo, Workspace
 from lib.gitpool import GitResult
@@ -158,6 +158,29 @@ def _env() -> dict[str, str]:
     return {**command_env(), **NO_PROMPT_ENV}
 
 
+@dataclass(frozen=True)
+class RunGit:
+    """What every repo of one run shares, built once: git's clean env (`command_env` resolves every PATH entry
+    to drop our venv's) and the config every repo lists before its own (system and global: lib.gitconfig),
+    None when each repo's config must be listed by git (git cannot even start: each repo then fails on its own)."""
+
+    env: dict[str, str]
+    config_base: list[gitconfig.Entry] | None
+
+    @classmethod
+    def build(cls) -> RunGit:
+        env = _env()
+
+        def read(args: list[str], read_env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
+            result = _read_git(args, dict(read_env))
+            return result.returncode, result.stdout, result.stderr
+
+        try:
+            return cls(env, gitconfig.run_listing(env, read))
+        except OSError:  # git missing, no temp dir: every repo asks git itself, and says why it failed
+            return cls(env, None)
+
+
 def _git_says(output: str) -> str:
     """Git's reason for a failure: its first error/fatal line (with the files it listed), else its last line."""
     lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()]
@@ -185,7 +208,7 @@ class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
     def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
-                 confined: bool = True) -> None:
+                 confined: bool = True, config_base: list[gitconfig.Entry] | None = None) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
@@ -197,6 +220,10 @@ class _Git:
         # read from the files, config from this one listing; anything odd still goes to git.
         self.common_dir: Path | None = None
         self.listing: gitrefs.Config | None = None
+        self.config_base = config_base  # the run's listing: the repo's own config file is then read here
+        # A relative PATH entry is looked up from the repo (its `.venv/bin`, say): then steps run there, not by -C.
+        self.relative_path = any(not os.path.isabs(entry) for entry in self.env.get("PATH", "").split(os.pathsep))
+        self.commits: set[str] = set()  # shas read as commits of this store (gitrefs.is_commit)
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = self.read_bytes(*args)
@@ -219,7 +246,9 @@ class _Git:
         """The commit a ref names, as `git rev-parse -q --verify NAME^{commit}` prints it."""
         if self.common_dir is not None:
             sha = gitrefs.read_ref(self.common_dir, name)
-            if sha is not None and gitrefs.is_commit(self.common_dir, sha):
+            # An object once read as a commit of this store stays one: read it once per repo, not per ref.
+            if sha is not None and (sha in self.commits or gitrefs.is_commit(self.common_dir, sha)):
+                self.commits.add(sha)
                 return sha
         result = self.read("rev-parse", "-q", "--verify", f"{name}^{{commit}}")
         return result.stdout.strip() if result.returncode == 0 else None
@@ -252,8 +281,12 @@ class _Git:
         self.log.write(f"$ {command}\n".encode())
         self.log.flush()
         self.step_output_at = self.log.tell()
-        # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would)
-        return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+        # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would);
+        # `-C` instead of a working directory, so the runner can posix_spawn it
+        if self.relative_path:
+            return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+                                       leftovers_at_run_end=network)
+        return runner.run_in_group(["git", "-C", str(self.path), *args], None, self.log, timeout, self.env,
                                    leftovers_at_run_end=network)
 
     def step_output(self) -> str:
@@ -303,7 +336,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
 
 def _in_progress(git_dir: Path) -> str | None:
     for marker, what in IN_PROGRESS:
-        if (git_dir / marker).exists():
+        if os.path.exists(f"{git_dir}/{marker}"):
             return what
     return None
 
@@ -353,12 +386,12 @@ def _open_log(path: Path) -> BinaryIO:
 
 def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
               dry_run: bool = False, scan_rows: ScanRows | None = None,
-              settled: list[SyncOutcome] | None = None, env: Mapping[str, str] | None = None) -> SyncOutcome:
+              settled: list[SyncOutcome] | None = None, run: RunGit | None = None) -> SyncOutcome:
     """Fetch and fast-forward one repo; returns its outcome, never raises for the repo's sake.
 
     `settled` gets the outcome if it was known before any stop of the run (nothing the stop
-    killed went into it), before the status read for `scan_rows`. `env`: the run's env for git
-    (`_env()`, built once by sync_all), else built here.
+    killed went into it), before the status read for `scan_rows`. `run`: what the run's repos share
+    (built once by sync_all), else built here.
     """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
@@ -370,7 +403,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
                 outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state,
-                                _env() if env is None else env)
+                                RunGit.build() if run is None else run)
             except _Stop as stop:
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
@@ -408,8 +441,10 @@ def _fetch(git: _Git, remote: str, timeout: float | None) -> None:
     # ones that write there (pull request refs, say) are fetched too, so the prune keeps what still exists.
     # Tags follow as usual but are never pruned; submodules are not fetched (their own refspecs could
     # move their branches).
-    result = git.step(["fetch", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules", remote,
-                       f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout,
+    # No automatic gc after it (`git maintenance run --auto`: one more git per repo, and a gc it detaches would be
+    # killed when sync-all ends): git's own commands in the repo still run it, and `git maintenance start` too.
+    result = git.step(["fetch", "--no-auto-gc", "--prune", "--no-prune-tags", "--refmap=", "--no-recurse-submodules",
+                       remote, f"+refs/heads/*:refs/remotes/{remote}/*", *_tracking_refspecs(git, remote)], timeout,
                       network=True)
     if result.exit_code != 0:
         raise _Stop(SyncStatus.FAILED, f"fetch failed: {git.failure(result, timeout)}")
@@ -457,10 +492,9 @@ def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
     if dirs is None:
         return None
     git_dir, common_dir = dirs
-    if any(_listed(common_dir / legacy) for legacy in ("remotes", "branches")):
+    if any(_listed(f"{common_dir}/{legacy}") for legacy in ("remotes", "branches")):
         return None  # remotes defined by files, which some gits list too
-    listed = git.read_bytes("config", "-z", "--list", "--show-scope")
-    listing = gitrefs.Config.parse(listed.stdout) if listed.returncode == 0 and not listed.stderr else None
+    listing = _own_listing(git, git_dir, common_dir)
     remotes = listing.remotes() if listing is not None else None
     head = gitrefs.read_head(git_dir, common_dir)
     if listing is None or remotes is None or head is None:
@@ -469,7 +503,18 @@ def _read_before_from_files(git: _Git, local_ref: str) -> _Before | None:
     return _Before(git.rev(local_ref), head, git_dir, common_dir, remotes)
 
 
-def _listed(directory: Path) -> bool:
+def _own_listing(git: _Git, git_dir: Path, common_dir: Path) -> gitrefs.Config | None:
+    """The repo's config as `git config -z --list --show-scope` lists it: the run's listing and the repo's file
+    read here (lib.gitconfig), else that one git; None when in doubt."""
+    if git.config_base is not None:
+        entries = gitconfig.repo_listing(git.config_base, git_dir, common_dir, git.path, git.env)
+        if entries is not None:
+            return gitrefs.Config(entries)
+    listed = git.read_bytes("config", "-z", "--list", "--show-scope")
+    return gitrefs.Config.parse(listed.stdout) if listed.returncode == 0 and not listed.stderr else None
+
+
+def _listed(directory: str) -> bool:
     try:
         return bool(os.listdir(directory))
     except FileNotFoundError:
@@ -490,17 +535,17 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
 
 
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool, state: dict[str, str | None], env: Mapping[str, str]) -> SyncOutcome:
+          dry_run: bool, state: dict[str, str | None], run: RunGit) -> SyncOutcome:
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
             raise _Stop(SyncStatus.FAILED, "path is a broken symlink")
         if clone_missing:
-            return _clone(repo, log, log_path, timeout, dry_run, env)
+            return _clone(repo, log, log_path, timeout, dry_run, run.env)
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, env)
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -649,10 +694,10 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
-    env = _env()  # one clean env for every repo's gits
+    run = RunGit.build()  # one clean env and one listing of the shared config for every repo's gits
 
     def work(repo: Repo) -> SyncOutcome:
-        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, env))
+        finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, run))
         return finished[-1]
 
     try:

@@ -11,37 +11,47 @@ from pathlib import Path
 
 import pytest
 
-from lib.runner import group_members, processes_tagged, run_in_group
+from lib.procs import group_members, processes_tagged
+from lib.runner import run_in_group
 from tests.conftest import ROOT, process_running, wait_gone
 
 
-def run(command: str, tmp_path: Path, timeout: float | None = 10, grace: float = 0.5, echo=None):
+def run(command: str, tmp_path: Path, timeout: float | None = 10, grace: float = 0.5, echo=None,
+        started_by: str = "Popen"):
+    """`started_by` posix_spawn: no directory to change to, so the runner starts it without Popen (and, without
+    an echo, copies its output in the waiting thread)."""
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
-        result = run_in_group(command, tmp_path, log, timeout, grace=grace, echo=echo)
+        result = run_in_group(command, tmp_path if started_by == "Popen" else None, log, timeout, grace=grace,
+                              echo=echo)
     return result, log_path.read_bytes()
 
 
-def test_exit_code_and_output_go_to_the_log(tmp_path):
-    result, out = run("echo hello; echo oops >&2; exit 3", tmp_path)
+@pytest.fixture(params=["Popen", "posix_spawn"])
+def started_by(request) -> str:
+    return request.param
+
+
+def test_exit_code_and_output_go_to_the_log(tmp_path, started_by):
+    result, out = run("echo hello; echo oops >&2; exit 3", tmp_path, started_by=started_by)
     assert result.exit_code == 3 and not result.timed_out
     assert out == b"hello\noops\n"
 
 
-def test_timeout_kills_the_whole_group_even_a_grandchild_that_ignores_sigterm(tmp_path):
+def test_timeout_kills_the_whole_group_even_a_grandchild_that_ignores_sigterm(tmp_path, started_by):
     pidfile = tmp_path / "grandchild.pid"
     command = (f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; while :; do sleep 0.1; done' & "
                "sleep 60")
     started = time.monotonic()
-    result, out = run(command, tmp_path, timeout=1, grace=0.5)
+    result, out = run(command, tmp_path, timeout=1, grace=0.5, started_by=started_by)
     assert result.timed_out and result.exit_code is None
     assert time.monotonic() - started < 50, "the run waited for the 60 s sleep"
     assert wait_gone(int(pidfile.read_text())), "a grandchild survived the timeout"
 
 
-def test_background_leftovers_do_not_outlive_the_command(tmp_path):
+def test_background_leftovers_do_not_outlive_the_command(tmp_path, started_by):
     pidfile = tmp_path / "bg.pid"
-    result, _ = run(f"sleep 30 & echo $! > {pidfile}", tmp_path, grace=0.5)
+    result, _ = run(f"sleep 30 & echo $! > {pidfile}", tmp_path, grace=0.5, started_by=started_by)
     assert result.exit_code == 0
     assert wait_gone(int(pidfile.read_text()), 1.0)
 
@@ -58,7 +68,7 @@ def test_echo_copies_output_to_the_terminal_stream_and_the_log(tmp_path):
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["to-log", "to-log-and-echo"])
-def test_huge_output_streams_without_growing_memory(tmp_path, echo):
+def test_huge_output_streams_without_growing_memory(tmp_path, echo, started_by):
     """200 MB of output: the parent's peak memory stays small (measured in a fresh process, as VmHWM: getrusage's
     ru_maxrss keeps the high-water mark of the process it was forked from, a test worker grown past 100 MB)."""
     code = (
@@ -67,11 +77,11 @@ def test_huge_output_streams_without_growing_memory(tmp_path, echo):
         "from lib.runner import run_in_group\n"
         "log = open(%r, 'wb')\n"
         "sink = open('/dev/null', 'wb') if %r else None\n"
-        "r = run_in_group('head -c 200000000 /dev/zero', Path(%r), log, 60, echo=sink)\n"
+        "r = run_in_group('head -c 200000000 /dev/zero', %s, log, 60, echo=sink)\n"
         "log.close()\n"
         "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]\n"
         "print(r.exit_code, hwm)\n"
-    ) % (str(ROOT), str(tmp_path / "big.log"), echo, str(tmp_path))
+    ) % (str(ROOT), str(tmp_path / "big.log"), echo, f"Path({str(tmp_path)!r})" if started_by == "Popen" else "None")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     exit_code, peak_kb = out.stdout.split()
     assert exit_code == "0", out.stderr
@@ -79,22 +89,22 @@ def test_huge_output_streams_without_growing_memory(tmp_path, echo):
     assert int(peak_kb) < 100_000, f"peak RSS {peak_kb} kB"
 
 
-def test_no_group_members_left_after_a_normal_run(tmp_path):
+def test_no_group_members_left_after_a_normal_run(tmp_path, started_by):
     pidfile = tmp_path / "pgid"
-    result, _ = run(f"echo $$ > {pidfile}; sleep 0.2", tmp_path)
+    result, _ = run(f"echo $$ > {pidfile}; sleep 0.2", tmp_path, started_by=started_by)
     assert result.exit_code == 0
     assert group_members(int(pidfile.read_text())) == []
 
 
 @pytest.mark.parametrize("echo", [None, io.BytesIO()], ids=["to-log", "to-log-and-echo"])
-def test_a_process_that_left_the_group_is_killed_with_the_step_and_named(tmp_path, echo):
+def test_a_process_that_left_the_group_is_killed_with_the_step_and_named(tmp_path, echo, started_by):
     """`setsid sleep 1000 &` must neither outlive the step nor hold the run hostage."""
     pidfile = tmp_path / "daemon.pid"
     # The command waits for the daemon to have left the group, so the group kill cannot race it.
     result, out = run(f"setsid sh -c 'echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; "
                       f"while :; do echo still here; sleep 0.1; done' & "
                       f"while [ ! -s {pidfile} ]; do sleep 0.05; done; echo started", tmp_path,
-                      timeout=20, echo=echo)
+                      timeout=20, echo=echo, started_by=started_by)
     daemon = int(pidfile.read_text())
     try:
         assert result.exit_code == 0 and not result.timed_out  # held hostage, it would have timed out
@@ -134,17 +144,18 @@ def test_leftovers_of_other_concurrent_steps_are_not_touched(tmp_path):
     assert wait_gone(int(pidfile.read_text()), 2), "the other step's escaped process outlived it"
 
 
-def test_killed_by_a_signal_is_128_plus_the_signal(tmp_path):
-    result, _ = run("kill -9 $$", tmp_path)
+def test_killed_by_a_signal_is_128_plus_the_signal(tmp_path, started_by):
+    result, _ = run("kill -9 $$", tmp_path, started_by=started_by)
     assert result.exit_code == 137 and result.signum == signal.SIGKILL and result.killed_by == "SIGKILL"
     assert not result.timed_out
 
 
 @pytest.mark.parametrize("echo", [None, io.BytesIO()], ids=["to-log", "to-log-and-echo"])
-def test_a_log_that_cannot_be_written_stops_the_command_with_the_reason(tmp_path, echo):
+def test_a_log_that_cannot_be_written_stops_the_command_with_the_reason(tmp_path, echo, started_by):
     started = time.monotonic()
     with open("/dev/full", "wb", buffering=0) as log:
-        result = run_in_group("echo first; sleep 30", tmp_path, log, 60, grace=0.5, echo=echo)
+        result = run_in_group("echo first; sleep 30", tmp_path if started_by == "Popen" else None, log, 60, grace=0.5,
+                              echo=echo)
     assert time.monotonic() - started < 25, "the command ran on (its 30 s sleep) although nothing could be logged"
     assert result.log_error == "No space left on device"
 
@@ -374,3 +385,72 @@ def test_a_second_stop_signal_right_behind_the_first_is_ignored_and_the_run_stop
     # Python runs pending handlers in signal order: SIGHUP's goes first.
     assert out.decode() in ("interrupted 1 1\n", "interrupted 15 1\n") and not err, err.decode()[-2000:]
     assert wait_gone(int((tmp_path / "pid0").read_text()), 10), "the running step survived the stop"
+
+
+def test_a_descriptor_made_inheritable_is_not_inherited_by_what_the_runner_spawns(tmp_path):
+    """posix_spawn closes nothing (Popen's close_fds does): every descriptor above 2 is made close-on-exec before
+    each spawn, also one made inheritable after the first (a make jobserver's pipe, an os.dup2)."""
+    code = (
+        "import os, sys; sys.path.insert(0, %r)\n"
+        "from lib import runner\n"
+        "runner.capture(['/bin/true'], None)\n"
+        "read_end, write_end = os.pipe()\n"
+        "os.set_inheritable(write_end, True)\n"
+        "listed = runner.capture(['/bin/sh', '-c', 'ls /proc/$$/fd'], None).stdout.decode().split()\n"
+        "with open(%r, 'wb') as log:\n"
+        "    runner.run_in_group(['/bin/sh', '-c', 'ls /proc/$$/fd'], None, log, 30)\n"
+        "print(write_end, *listed)\n"
+    ) % (str(ROOT), str(tmp_path / "step.log"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    write_end, *seen_by_read = out.stdout.split()
+    seen_by_step = (tmp_path / "step.log").read_text().split()
+    assert write_end not in seen_by_read and write_end not in seen_by_step, (write_end, seen_by_read, seen_by_step)
+    assert {"0", "1", "2"} <= set(seen_by_read), seen_by_read  # the listing itself worked
+
+
+def test_a_step_spawned_without_popen_streams_huge_output_without_a_thread_and_keeps_it_all(tmp_path):
+    """Without an echo the waiting thread copies the pipe: a step printing far more than a pipe holds must not
+    block, and everything reaches the log in order."""
+    import threading
+
+    before = threading.active_count()
+    result, out = run("seq 1 300000", tmp_path, timeout=60, started_by="posix_spawn")
+    assert result.exit_code == 0 and not result.timed_out
+    assert out == b"".join(b"%d\n" % n for n in range(1, 300001))
+    assert threading.active_count() == before
+
+
+class SlowLog(io.RawIOBase):
+    """A log on slow storage (a network disk): each write takes 10 ms."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        time.sleep(0.01)
+        return len(data)
+
+
+def test_a_step_flooding_a_slow_log_still_times_out(tmp_path):
+    """The waiting thread copies the output: output faster than the log takes it must not keep it from the
+    timeout (it pumped as long as the pipe had data, and never looked at the clock)."""
+    started = time.monotonic()
+    result = run_in_group(["/bin/sh", "-c", "yes & yes & exec yes"], None, SlowLog(), 1.0, grace=0.5)
+    assert result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 30, "the timeout was held off by the output"
+
+
+def test_a_program_on_path_that_cannot_run_is_passed_over_as_popen_does(tmp_path):
+    """Popen tries every PATH entry past one that fails to exec (not a program, another architecture):
+    posix_spawn of the first one found must not fail where Popen ran the next."""
+    from lib import runner
+
+    bad = tmp_path / "bin"
+    bad.mkdir()
+    (bad / "git").write_text("not a program\n")
+    (bad / "git").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bad}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):  # the second time through the cache of programs found
+        result = runner.capture(["git", "--version"], None, env)
+        assert result.returncode == 0 and result.stdout.startswith(b"git version"), result

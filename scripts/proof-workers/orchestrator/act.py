@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from lib import procs, runner
+from lib import procs
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
 from lib.statefile import write_json
@@ -55,14 +55,14 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
     # The pid file may be hours old: its group is killed only while a member still carries this try's tag.
     groups = [group] if group is not None and group > 1 and set(procs.group_members(group)) & set(tagged) else []
     if groups or tagged:
-        runner.kill_processes(groups, [p for p in tagged if p not in groups], grace)
+        procs.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
     """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
     tagged = procs.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
     if tagged:
-        runner.kill_processes([], tagged, grace)
+        procs.kill_processes([], tagged, grace)
     return tagged
 
 

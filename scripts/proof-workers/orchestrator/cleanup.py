@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from lib import procs, runner
+from lib import procs
 from orchestrator import pins, pulls, tmux, worktrees
 from orchestrator.act import kill_run_processes, kill_try
 from orchestrator.config import RepoConfig
@@ -157,7 +157,7 @@ def _clean_repo(repo: RepoConfig, force: bool, pin: Pin | None, open_prs: dict[s
             mine = procs.ancestors(os.getpid())  # the user's shell may sit in the worktree: never killed
             busy = [pid for pid in procs.processes_in([entry.path]) if pid not in mine]
             if busy:  # nothing keeps running in a removed directory
-                runner.kill_processes([], busy, KILL_GRACE_S)
+                procs.kill_processes([], busy, KILL_GRACE_S)
             worktrees.git(repo.path, "worktree", "remove", "--force", str(entry.path))
             out.append(Verdict(str(entry.path), entry.branch, "removed after backup", reasons, ref))
         else:

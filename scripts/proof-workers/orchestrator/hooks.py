@@ -244,7 +244,7 @@ class Dispatcher:
             while not all(future.done() for future in self.futures):  # a cancelled one is done
                 left = procs.processes_tagged(HOOK_VAR, self.tag)
                 if left:
-                    runner.kill_processes([], left, 1.0)
+                    procs.kill_processes([], left, 1.0)
                 time.sleep(0.1)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=kill)

@@ -387,7 +387,7 @@ def _kill_below(tag: str | None) -> list[int]:
     found = procs.processes_tagged(TRY_VAR, tag) if tag else []
     found += [pid for pid in procs.descendants(procs.process_table(), os.getpid()) if pid not in found]
     if found:
-        runner.kill_processes([], found, LEFTOVER_GRACE_S)
+        procs.kill_processes([], found, LEFTOVER_GRACE_S)
     return found
 
 
@@ -491,7 +491,7 @@ def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
     outside += [pid for pid in procs.descendants(procs.process_table(), os.getpid())
                 if pid not in outside and pid not in members]
     if members or outside:
-        runner.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
+        procs.kill_processes([pgid], outside, LEFTOVER_GRACE_S)
     return outside
 
 
