@@ -285,6 +285,15 @@ def lost_reason(host: Host) -> str:
     return f"host {host.name}: the connection was lost"
 
 
+def lost(connection: Any, host: Host, err: BaseException, doing: str | None = None) -> HostStalled:
+    """A link failure (`link_error`) said as one: the connection is given up for good, and the HostStalled says
+    why (GivenUp: whatever gave it up first, say another repo's read); `doing`, what was under way and what it
+    means for what ran there ("planning the run; no command of the build had started there")."""
+    why = err.why if isinstance(err, GivenUp) else lost_reason(host)
+    give_up(connection, why)
+    return HostStalled(why if doing is None else f"{why} while {doing}")
+
+
 def give_up(connection: Any, why: str = "the connection was given up") -> None:
     """Close `connection` for good: whatever still waits on it returns, and nothing runs over it again."""
     if getattr(connection, "given_up", None) is None:

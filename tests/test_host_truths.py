@@ -1,0 +1,49 @@
+"""A build host's run says what happened there: a link lost while planning is lost, not unreachable; a command
+a signal killed names the signal; a refused session is asked for again before it fails a repo.
+
+The "host" is this machine (the sshd fixture).
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import process_running
+from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
+from tests.test_hosts_mends import link_dropped_once
+from tests.test_hosts_remote import PASSING, clone_to
+
+
+def test_a_link_lost_while_planning_says_it_was_lost_and_that_nothing_of_the_run_started(
+        home, make_repo, inv, sshd, tmp_path):
+    """The host answered (pwd, a first language check), then its connection dropped during the next language
+    check: every repo said `host unreachable: b1: ConnectionError: ...`, a lie about a host that was reached."""
+    ws = tmp_path / "ws"
+    names = ("a-first", "b-held", "c-last")
+    for name in names:
+        clone_to(ws, make_repo(name, PASSING))
+    pid_file, lock = tmp_path / "held.pid", tmp_path / "lock"
+    lock.write_text("")
+    # The login shell's `cd` into b-held (its language check) writes its pid and waits: the link drops meanwhile.
+    (sshd.remote_home / ".bashrc").write_text(
+        f'cd() {{ case "$*" in */b-held) echo $$ > {pid_file}; while [ -e {lock} ]; do sleep 0.1; done ;; esac; '
+        'builtin cd "$@"; }\n')
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "host": "b1"} for n in names])
+    try:
+        with link_dropped_once(sshd, pid_file, "the language check of b-held"):
+            result = inv("workflow-all", "build")
+    finally:
+        lock.unlink()
+        if pid_file.exists() and pid_file.read_text().strip() and process_running(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    entries = {e["repo"]: e for e in home.state("build-results.json")["results"]}
+    said = "host b1: the connection was lost while planning the run; no command of the build had started there"
+    assert {n: (e["status"], e["reason"]) for n, e in entries.items()} == dict.fromkeys(names, ("error", said))
+    assert "unreachable" not in result.out
+    log = (Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-c-last.log").read_text()
+    assert f"error: {said}\n" in log, log
+
