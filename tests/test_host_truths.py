@@ -47,3 +47,35 @@ def test_a_link_lost_while_planning_says_it_was_lost_and_that_nothing_of_the_run
     log = (Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-build-c-last.log").read_text()
     assert f"error: {said}\n" in log, log
 
+
+def test_a_sync_driver_a_signal_killed_on_the_host_names_the_signal_not_the_shells_words(
+        home, make_repo, sshd, tmp_path):
+    """The OOM killer's SIGKILL to the driver there: its repos said `gave no result: Killed` (the words /bin/sh
+    prints for a child it lost), where a run here says `killed by SIGKILL`."""
+    from tests.conftest import wait_gone
+    from tests.test_sync_host import results
+    from tests.test_sync_host_robust import driver_pids, fast_and_hung_slow, inv_subprocess, until_fast_is_done
+
+    workspace, pid_file = fast_and_hung_slow(home, make_repo, sshd, tmp_path)
+    err_file = tmp_path / "stderr.txt"
+    proc = inv_subprocess(tmp_path, "sync-all", "--host", "builder", stderr=err_file)
+    try:
+        until_fast_is_done(err_file, pid_file, workspace)
+        for pid in driver_pids(workspace):
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    hung = int(pid_file.read_text().split()[0])
+    try:
+        assert proc.returncode == 1, out + err_file.read_text()
+        entries = results(home)
+        assert entries["fast"]["status"] == "updated", entries["fast"]
+        assert (entries["slow"]["status"], entries["slow"]["reason"]) == (
+            "failed", "sync on host builder gave no result: killed by SIGKILL"), entries["slow"]
+        assert wait_gone(hung, 30), "the host's fetch outlived the sync that started it"
+    finally:
+        if process_running(hung):
+            os.kill(hung, signal.SIGKILL)
