@@ -79,3 +79,48 @@ def test_a_sync_driver_a_signal_killed_on_the_host_names_the_signal_not_the_shel
     finally:
         if process_running(hung):
             os.kill(hung, signal.SIGKILL)
+
+
+def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_session_frees(home, sshd, tmp_path):
+    """sshd refuses an 11th session on one connection (MaxSessions); short commands asked again
+    (connection._open_session), while run_remote failed its repo at the first refusal."""
+    import io
+    import threading
+
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+    from tests.test_sync_host_robust import wait_until
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
+    connection = remote.connect(host)
+    held, done, log = [], [], io.BytesIO()
+    refusals = sshd.log.read_text().count("no more sessions")
+    try:
+        for _ in range(10):
+            held.append(connection.create_session())
+            held[-1].exec_command("cat")  # ends at the end of its input: sshd frees the session once it is reaped
+
+        def run() -> None:
+            try:
+                done.append(remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log, 60, host=host))
+            except Exception as err:  # the refusal, before the fix
+                done.append(err)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_until(lambda: done or sshd.log.read_text().count("no more sessions") > refusals, 60,
+                       "a refused session")
+            freed = held.pop()
+            freed.shutdown_write()  # a slot frees
+            freed.recv_exit_status()
+            freed.close()
+        finally:
+            thread.join(120)
+    finally:
+        for channel in held:
+            channel.close()
+        connection.close()
+    assert len(done) == 1 and isinstance(done[0], remote.RemoteResult), done
+    assert done[0].exit_code == 0 and b"ran here" in log.getvalue(), (done, log.getvalue())

@@ -450,7 +450,8 @@ def _open_session(connection: Any, until: float) -> Any:
         try:
             return connection.create_session()
         except Exception as err:
-            if not session_refused(err, connection) or monotonic() >= until or runner.stopping():
+            if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
+                    or _stopping.is_set():
                 raise
         sleep(0.1)
 
@@ -607,7 +608,8 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     except OSError as err:
         raise LogWriteError(err.errno, err.strerror) from None
     started = monotonic()
-    channel = connection.create_session()
+    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
+    channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
     private = bytearray()
     pgid: int | None = None
 
