@@ -124,3 +124,25 @@ def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_sessio
         connection.close()
     assert len(done) == 1 and isinstance(done[0], remote.RemoteResult), done
     assert done[0].exit_code == 0 and b"ran here" in log.getvalue(), (done, log.getvalue())
+
+
+def test_a_log_that_refuses_a_write_while_a_command_runs_on_a_host_is_the_recorders_own_log_failure(
+        home, sshd, tmp_path):
+    """One type says a run's log refused a write, here or on a host: the Recorder's batch.LogWriteFailed (the
+    host's run had its own twin, connection.LogWriteError, which every catch had to name too)."""
+    import pytest
+
+    from lib import batch
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
+    connection = remote.connect(host)
+    try:
+        with open("/dev/full", "wb", buffering=0) as full, pytest.raises(batch.LogWriteFailed) as refused:
+            remote.run_remote(connection, str(tmp_path), "echo some output", {}, full, 60, host=host)
+    finally:
+        connection.close()
+    assert refused.value.strerror == "No space left on device"
+    assert not hasattr(remote, "LogWriteError")

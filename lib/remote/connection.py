@@ -25,7 +25,7 @@ from time import monotonic, sleep
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import runner
-from lib.errors import clip
+from lib.errors import LogWriteFailed, clip
 from lib.remote import known_hosts as host_keys
 from lib.remote.hosts import Host
 from lib.signals import exit_code, signal_name
@@ -606,7 +606,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     try:
         log.flush()
     except OSError as err:
-        raise LogWriteError(err.errno, err.strerror) from None
+        raise LogWriteFailed(err.errno, err.strerror) from None
     started = monotonic()
     # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
     channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
@@ -617,7 +617,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         try:
             log.write(data)
         except OSError as err:
-            raise LogWriteError(err.errno, err.strerror) from None
+            raise LogWriteFailed(err.errno, err.strerror) from None
         if echo is not None:
             try:
                 echo.write(data)
@@ -687,8 +687,8 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 if isinstance(err, runner.Stopping) and problem is not None:
                     _unkilled.append(f"on host {host.name if host else connection.host}: could not kill the "
                                      f"command in {cwd}, it may still run there ({problem})")
-                elif isinstance(err, LogWriteError) and problem is not None:  # the outcome's reason says it
-                    raise LogWriteError(err.errno, f"{err.strerror}; could not kill the command on the host, "
+                elif isinstance(err, LogWriteFailed) and problem is not None:  # the outcome's reason says it
+                    raise LogWriteFailed(err.errno, f"{err.strerror}; could not kill the command on the host, "
                                                    f"it may still run ({problem})") from None
                 elif isinstance(err, Exception) and problem is not None:  # connection.failure says it
                     err.add_note(f"could not kill the command on the host, it may still run ({problem})")
@@ -731,10 +731,6 @@ def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | 
         return None
     signum = code & 0x7F  # 0x80: it dumped core
     return signum if 0 < signum < 0x7F else None
-
-
-class LogWriteError(OSError):
-    """The local log refused a write while a remote command ran (the command is then stopped, as locally)."""
 
 
 def stop_all() -> None:

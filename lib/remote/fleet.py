@@ -118,7 +118,7 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
         return recorder.skipped(plan.skip_reason)
     try:
         return _run_commands(plan, host, connection, recorder, timeout, echo, grace)
-    except (runner.Stopping, remote.LogWriteError, batch.LogWriteFailed):
+    except (runner.Stopping, batch.LogWriteFailed):
         raise
     except remote.CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
         return recorder.error(str(err))
