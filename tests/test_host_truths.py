@@ -6,6 +6,7 @@ The "host" is this machine (the sshd fixture).
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -146,3 +147,25 @@ def test_a_log_that_refuses_a_write_while_a_command_runs_on_a_host_is_the_record
         connection.close()
     assert refused.value.strerror == "No space left on device"
     assert not hasattr(remote, "LogWriteError")
+
+
+def test_host_check_says_a_link_lost_after_the_host_answered_was_lost_never_unreachable(home, inv, sshd, tmp_path):
+    """The host answered (a login, `true`), then the link dropped during the tool probe: the row said
+    `unreachable: b1: ConnectionError: ...` of a host it had just logged in to."""
+    pid_file, lock = tmp_path / "held.pid", tmp_path / "lock"
+    lock.write_text("")
+    (sshd.remote_home / ".bashrc").write_text(
+        f'case "$BASH_EXECUTION_STRING" in *"for tool in"*) echo $$ > {pid_file}; '
+        f'while [ -e {lock} ]; do sleep 0.1; done ;; esac\n')
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    try:
+        with link_dropped_once(sshd, pid_file, "the tool probe"):
+            result = inv("host.check")
+    finally:
+        lock.unlink()
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    row = next(line for line in result.out.splitlines() if line.startswith("b1 "))
+    assert "host b1: the connection was lost while checking the host" in row, result.out
+    assert "unreachable" not in row and "ConnectionError" not in row, result.out
+    assert re.search(r" \d+\.\ds ", row), result.out  # the login it took before the drop is still shown

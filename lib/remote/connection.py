@@ -803,6 +803,8 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         connection = connect(host, accept_new_host_key)
     except HostUnreachable as err:
         return HostCheck(host, False, str(err))
+    login_s: float | None = None
+    workspace: str | None = None
     try:
         probe(connection, host, "true", "true")
         login_s = monotonic() - started
@@ -815,9 +817,11 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
         return HostCheck(host, True, None, workspace, tools, login_s)
     except HostUnreachable as err:  # connected, then no answer, or one that stops us: the host's, not a tool's
-        return HostCheck(host, True, str(err))
-    except Exception as err:  # the connection died halfway (as good as unreachable), or anything else
-        return HostCheck(host, not link_error(err, connection), f"{host.name}: {type(err).__name__}: {err}")
+        return HostCheck(host, True, str(err), workspace, login_s=login_s)
+    except Exception as err:  # it was reached: a link that dropped since is lost, never unreachable
+        reason = str(lost(connection, host, err, "checking the host")) if link_error(err, connection) \
+            else f"{host.name}: {type(err).__name__}: {err}"
+        return HostCheck(host, True, reason, workspace, login_s=login_s)
     finally:
         connection.close()
 
