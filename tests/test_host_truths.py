@@ -169,3 +169,47 @@ def test_host_check_says_a_link_lost_after_the_host_answered_was_lost_never_unre
     assert "host b1: the connection was lost while checking the host" in row, result.out
     assert "unreachable" not in row and "ConnectionError" not in row, result.out
     assert re.search(r" \d+\.\ds ", row), result.out  # the login it took before the drop is still shown
+
+
+def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_refusal(home, sshd, tmp_path):
+    """Ctrl-C in a multi-host run (connection.stop_all) while run_remote asks again for a session sshd refuses:
+    the command never started, and the stop says so (runner.Stopping), never `the host refused a new session`."""
+    import io
+    import threading
+
+    from lib import runner
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+    from tests.test_sync_host_robust import wait_until
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
+    connection = remote.connect(host)
+    held, done = [], []
+    refusals = sshd.log.read_text().count("no more sessions")
+    remote.reset_stop()
+    try:
+        for _ in range(10):
+            held.append(connection.create_session())
+            held[-1].exec_command("cat")
+
+        def run() -> None:
+            try:
+                done.append(remote.run_remote(connection, str(tmp_path), "echo ran", {}, io.BytesIO(), 60, host=host))
+            except BaseException as err:
+                done.append(err)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_until(lambda: done or sshd.log.read_text().count("no more sessions") > refusals, 60,
+                       "a refused session")
+            remote.stop_all()
+        finally:
+            thread.join(120)
+    finally:
+        remote.reset_stop()
+        for channel in held:
+            channel.close()
+        connection.close()
+    assert len(done) == 1 and isinstance(done[0], runner.Stopping), done

@@ -609,7 +609,12 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         raise LogWriteFailed(err.errno, err.strerror) from None
     started = monotonic()
     # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
-    channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
+    try:
+        channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
+    except Exception:
+        if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
+            raise runner.Stopping("the run is being stopped") from None
+        raise
     private = bytearray()
     pgid: int | None = None
 
