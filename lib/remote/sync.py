@@ -531,6 +531,9 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         signum = output.result["signal"]
         how = signal_name(signum) if isinstance(signum, int) else clip(str(signum))
         reason = f"the sync on host {host.name} was stopped there ({how}) before this repo finished"
+        if result.exit_code is None:  # no exit status: setsid, which waited for it, was killed; we ended the rest
+            reason = (f"setsid, which ran the sync on host {host.name}, was killed by a signal; the sync was then "
+                      f"stopped ({how}) before this repo finished")
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
