@@ -189,6 +189,32 @@ def test_a_wrapper_killed_during_its_setup_leaves_nothing_running_and_the_next_t
         ["agent gone without an exit code"]
 
 
+def test_a_follow_up_in_the_prompt_of_a_try_whose_wrapper_died_in_its_setup_goes_to_the_next_try_once(
+        project, tmp_path):
+    """`send` before the run: the follow-up is in the first try's prompt, but its wrapper is killed (-9) during the
+    set-up, so that agent never starts. The restarted try's agent gets it, once (it was lost: marked given in the
+    first try), and the event log says it was given back."""
+    proj = project_held_in_setup(project, tmp_path)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    running = start_monitor()
+    try:
+        shell = first_setup_shell(tmp_path)
+        wrapper = int(Path(f"/proc/{shell}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the shell's parent
+        assert b"wrapper.py" in Path(f"/proc/{wrapper}/cmdline").read_bytes()
+        os.kill(wrapper, signal.SIGKILL)
+        retry_until(lambda: len(setup_starts(tmp_path)) == 2, seconds=120)
+        (tmp_path / "release").touch()
+        assert running.wait(timeout=180) == 0
+    finally:
+        out, err = stop(running)
+    assert proj.issue(1).get("status") == "completed", out + err
+    [prompt] = proj.prompts(1)
+    assert prompt.count("mind the changelog") == 1, prompt
+    given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry["given_in"] for entry in given] == ["worker-1-try-2"], given
+    assert [e.get("given_back") for e in proj.events() if e["action"] == "followup"] == [None, "worker-1-try-1"]
+
+
 def test_a_failed_setup_leaves_no_process_even_one_that_dropped_every_tag(project, tmp_path):
     """`env -i setsid cmd &` loses the step's and the try's tags and its group: the wrapper (a subreaper) still
     finds it below itself and kills it before the try ends."""

@@ -703,3 +703,27 @@ def test_a_follow_up_folded_into_a_try_whose_pane_never_started_is_kept_for_the_
     assert "mind the changelog" in proj.prompts(1)[-1]
     given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
     assert [entry["given_in"] for entry in given] != [None]
+
+
+def test_a_follow_up_in_the_prompt_of_a_try_whose_set_up_failed_goes_to_the_next_try_exactly_once(project, tmp_path):
+    """The follow-up goes into the first try's prompt, but that try's set-up command fails (exit 1): its agent
+    never starts, the issue fails, and the follow-up stays kept (status shows it). After `retry`, the next try's
+    agent gets it, once; before, it was marked given in the failed try and lost."""
+    ready = tmp_path / "deps-ready"
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   worktree_setup={"run": f"test -e {ready} || {{ echo 'install failed'; exit 1; }}"})
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 1
+    assert proj.issue(1)["status"] == "failed" and proj.prompts(1) == []  # the agent never ran
+    assert [e["reason"] for e in actions_named(proj, "skip")] == ["setup failed: install failed"]
+    kept = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry.get("given_in") for entry in kept] == [None], kept
+    assert "#1: 1 follow-up kept for its next try: \"mind the changelog\"" in cli("status").stdout
+    ready.touch()
+    assert cli("retry", "1").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    [prompt] = proj.prompts(1)
+    assert prompt.count("mind the changelog") == 1, prompt
+    given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry["given_in"] for entry in given] == ["worker-1-try-2"], given
+    assert "follow-up" not in cli("status").stdout

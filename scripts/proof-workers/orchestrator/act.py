@@ -58,6 +58,20 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
         runner.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
+def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
+    """The try is over: kill what is left of it (kill_try); the follow-ups in its prompt count as given only when
+    its agent started (the wrapper wrote the agent's pid file, past the set-up), else they are kept again for the
+    issue's next try."""
+    kill_try(run, record, grace)
+    if record.issue_number is None or not record.project or \
+            run.files.pid_file(record.worker_id, record.try_id).exists():
+        return
+    stem = run.files.try_stem(record.worker_id, record.try_id)
+    for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
+        run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
+                             "id": command_id, "delivered": False, "given_back": stem})
+
+
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
     """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
     tagged = procs.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
@@ -151,7 +165,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     worker.started(pane.identity, run.clock())
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
-    # lines gives them again, never loses them).
+    # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
 
 
@@ -341,7 +355,7 @@ class Executor:
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        kill_try(self.run, record)
+        end_try(self.run, record)  # before the issue fails: a kill between repeats the skip, loses nothing
         configs.set_issue(cfg.path, issue.number, status=IssueStatus.FAILED)
         self._worker(record).fail(action.reason)
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
@@ -419,7 +433,7 @@ class Executor:
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        kill_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        end_try(self.run, record)  # the old try's own files and tag: before try_id moves on
         ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
         # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
         session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
@@ -465,7 +479,7 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        kill_try(self.run, record)
+        end_try(self.run, record)
         self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
                                   until=pauses.stamp(until) if until else None, now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")

@@ -712,6 +712,32 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
     update_json(followups_file(state_root, project), change, {"issues": {}})
 
 
+def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
+    """The follow-ups marked given in a try whose agent never started (its set-up failed or was stopped, its wrapper
+    or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
+    write. A file that cannot be written (a full disk) is an OrchestratorError: the caller's step is tried again,
+    and the follow-ups are never lost."""
+    if not any(e.get("given_in") == try_stem for e in _pending(_kept(state_root, project), issue, given_too=True)):
+        return []
+    back: list[str] = []
+
+    def change(doc: Any) -> Any:
+        entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("given_in") == try_stem:
+                entry["given_in"] = None
+                back.append(str(entry.get("id")))
+        return doc
+
+    path = followups_file(state_root, project)
+    try:
+        update_json(path, change, {"issues": {}})
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never "
+                                f"got ({err.strerror or err})") from None
+    return back
+
+
 # --- what waits, for status and the dashboard ---------------------------------------------------------------
 
 FOLLOWUP_WORDS = 60  # characters of a kept follow-up status shows

@@ -11,7 +11,7 @@ from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.config import IssueStatus
-from orchestrator.act import Executor, kill_try
+from orchestrator.act import Executor, end_try
 from orchestrator.decide import Pause, Snapshot, State, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
@@ -67,7 +67,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
         if record.issue_number is None:
             continue
         if not record.project:  # edited by hand: decide sees a free worker, so nothing else lets it go
-            kill_try(run, record)
+            end_try(run, record)
             say(f"worker {record.worker_id}: its record names #{record.issue_number} of no project: freed")
             Worker(record, run.files).free()
             continue
@@ -77,7 +77,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
             issue = None
         if issue is not None and issue.status not in (IssueStatus.COMPLETED, IssueStatus.FAILED):
             continue
-        kill_try(run, record)
+        end_try(run, record)
         say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
         Worker(record, run.files).release(issue.status if issue else "gone")
 
@@ -88,7 +88,7 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         record = run.files.load_worker(extra)
         if record.issue_number is not None:
             # A previous run had more workers: stop this one's agent, its issue goes back to the queue.
-            kill_try(run, record)
+            end_try(run, record)
             say(f"worker {extra} is beyond --workers {run.num_workers}: #{record.issue_number} goes back to the queue")
             Worker(record, run.files).free()
     records = run.files.load_workers(run.num_workers)
