@@ -8,7 +8,7 @@ import os
 import stat
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -64,6 +64,21 @@ def open_regular(path: Path, flags: int, mode: int = 0o644, *, char_device: bool
     refused.kind = next((kind for is_kind, kind in _KINDS if is_kind(found)), None)
     raise refused
 
+
+def append_whole(fd: int, data: bytes) -> tuple[int, int]:
+    """Append `data` (a line) to the file open at `fd` with O_APPEND (its writers share a lock): all of it, or
+    none: a write that fails midway (a full disk) is cut back off, so no part of a line is left for a reader, or
+    for the next line to join. Returns where it starts and ends."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        with suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+    return start, start + len(data)
 
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file at `path` (a symlink is followed); None when there is nothing there.

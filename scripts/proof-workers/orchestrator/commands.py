@@ -23,14 +23,15 @@ import re
 import secrets
 import signal
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
+from lib.statefile import (UnreadableFile, append_whole, open_lock, open_regular, read_json, read_small, update_json,
+                           write_json)
 from orchestrator import config as configs
 from orchestrator.config import IssueStatus
 from orchestrator import heartbeat, pauses, resume, worktrees
@@ -475,21 +476,11 @@ def _inbox_lock(inbox: Path, seconds: float) -> Iterator[bool]:
 
 
 def _append_line(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
-    """Append a JSON line to a regular file of ours; returns where it starts and ends. A write that fails midway
-    (a full disk) is cut back off: no part of a line is left for the reader, or for the next line to join."""
+    """Append a JSON line to a regular file of ours, whole or not at all (statefile.append_whole); returns where it
+    starts and ends."""
     fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
     try:
-        start = os.fstat(fd).st_size
-        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError:
-            with suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
-        return start, start + len(data)
+        return append_whole(fd, (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8"))
     finally:
         os.close(fd)
 
