@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lib import procs
 from lib.errors import OrchestratorError, clip
@@ -64,6 +64,14 @@ def open_regular(path: Path, flags: int, mode: int = 0o644, *, char_device: bool
     refused.kind = next((kind for is_kind, kind in _KINDS if is_kind(found)), None)
     raise refused
 
+
+def open_regular_file(path: Path) -> BinaryIO | None:
+    """The regular file at `path` opened to read, never through a symlink (an agent's, to a file of the user's);
+    None when nothing is there or something else is (a FIFO would block the read forever)."""
+    try:
+        return os.fdopen(open_regular(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError:
+        return None
 
 def append_whole(fd: int, data: bytes) -> tuple[int, int]:
     """Append `data` (a line) to the file open at `fd` with O_APPEND (its writers share a lock): all of it, or

@@ -19,7 +19,7 @@ from typing import Callable
 from lib import procs, runner
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from lib.statefile import write_json
+from lib.statefile import open_regular_file, write_json
 from orchestrator import config as configs
 from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux
 from orchestrator import worktree_setup, worktrees
@@ -82,7 +82,7 @@ def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
-        with show.open_regular(path) or open(os.devnull, "rb") as log:  # a FIFO there would block the monitor
+        with open_regular_file(path) or open(os.devnull, "rb") as log:  # a FIFO there would block the monitor
             log.seek(max(0, log.seek(0, 2) - 8192))
             return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
     except OSError:
