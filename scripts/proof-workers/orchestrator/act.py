@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import time
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -38,6 +41,7 @@ PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins t
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
 
@@ -59,17 +63,41 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
 
 
 def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
-    """The try is over: kill what is left of it (kill_try); the follow-ups in its prompt count as given only when
-    its agent started (the wrapper wrote the agent's pid file, past the set-up), else they are kept again for the
+    """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
+    never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
+    as given only when its agent started (the wrapper wrote the agent's pid file); else they are kept for the
     issue's next try."""
+    pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    stopped = not pid_file.exists() and _wrapper_stopped(run, record)
     kill_try(run, record, grace)
-    if record.issue_number is None or not record.project or \
-            run.files.pid_file(record.worker_id, record.try_id).exists():
-        return
+    if not stopped or pid_file.exists() or record.issue_number is None or not record.project:
+        return  # its agent started, or may still: given (never twice)
     stem = run.files.try_stem(record.worker_id, record.try_id)
     for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
         run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
                              "id": command_id, "delivered": False, "given_back": stem})
+
+
+def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
+    """SIGTERM to this try's wrapper while it has not started its agent (in its set-up it stops it, and starts no
+    agent), and a wait for it to end; True once no wrapper of the try runs and it started no agent."""
+    spec = os.fsencode(run.files.try_spec(record.worker_id, record.try_id))
+    pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    deadline = time.monotonic() + WRAPPER_STOP_WAIT
+    signalled: set[int] = set()
+    while not pid_file.exists():
+        running = [pid for pid in procs.process_table()
+                   if (spec in (args := (procs.cmdline(pid) or b"").split(b"\0"))) and os.fsencode(WRAPPER) in args]
+        if not running:
+            return True
+        if time.monotonic() > deadline:
+            return False  # stuck: it may still start its agent
+        for pid in set(running) - signalled:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        signalled.update(running)
+        time.sleep(0.1)
+    return False
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
