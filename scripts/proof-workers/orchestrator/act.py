@@ -79,23 +79,27 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
 
 
 def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
-    """SIGTERM to this try's wrapper while it has not started its agent (in its set-up it stops it, and starts no
-    agent), and a wait for it to end; True once no wrapper of the try runs and it started no agent."""
+    """Stop this try's wrapper while it has not started its agent: SIGTERM (in its set-up it stops the set-up and
+    starts no agent), SIGKILL if it has not ended within WRAPPER_STOP_WAIT (stuck; its watchdog kills the set-up).
+    True once no wrapper of the try runs and none started an agent."""
     spec = os.fsencode(run.files.try_spec(record.worker_id, record.try_id))
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
-    deadline = time.monotonic() + WRAPPER_STOP_WAIT
-    signalled: set[int] = set()
+    term_until = time.monotonic() + WRAPPER_STOP_WAIT
+    sent: set[tuple[int, int]] = set()
     while not pid_file.exists():
         running = [pid for pid in procs.process_table()
                    if (spec in (args := (procs.cmdline(pid) or b"").split(b"\0"))) and os.fsencode(WRAPPER) in args]
         if not running:
             return True
-        if time.monotonic() > deadline:
-            return False  # stuck: it may still start its agent
-        for pid in set(running) - signalled:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        signalled.update(running)
+        now = time.monotonic()
+        if now > term_until + WRAPPER_STOP_WAIT:
+            return False  # not even SIGKILL ends it (a process stuck in the kernel): it may still start its agent
+        signum = signal.SIGTERM if now <= term_until else signal.SIGKILL
+        for pid in running:
+            if (pid, signum) not in sent:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+                sent.add((pid, signum))
         time.sleep(0.1)
     return False
 
