@@ -73,6 +73,7 @@ def open_regular_file(path: Path) -> BinaryIO | None:
     except OSError:
         return None
 
+
 def append_whole(fd: int, data: bytes) -> tuple[int, int]:
     """Append `data` (a line) to the file open at `fd` with O_APPEND (its writers share a lock): all of it, or
     none: a write that fails midway (a full disk) is cut back off, so no part of a line is left for a reader, or
@@ -87,6 +88,7 @@ def append_whole(fd: int, data: bytes) -> tuple[int, int]:
             os.ftruncate(fd, start)
         raise
     return start, start + len(data)
+
 
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the regular file at `path` (a symlink is followed); None when there is nothing there.

@@ -706,8 +706,8 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
 def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
     """The follow-ups marked given in a try whose agent never started (its set-up failed or was stopped, its wrapper
     or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
-    write. A file that cannot be written (a full disk) is an OrchestratorError: the caller's step is tried again,
-    and the follow-ups are never lost."""
+    write. A file that cannot be written (a full disk) is an OrchestratorError (one line): the caller goes no
+    further (the try is not let go, so it is ended again later) and the follow-ups are never lost."""
     if not any(e.get("given_in") == try_stem for e in _pending(_kept(state_root, project), issue, given_too=True)):
         return []
     back: list[str] = []
