@@ -82,13 +82,11 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
     """Stop this try's wrapper while it has not started its agent: SIGTERM (in its set-up it stops the set-up and
     starts no agent), SIGKILL if it has not ended within WRAPPER_STOP_WAIT (stuck; its watchdog kills the set-up).
     True once no wrapper of the try runs and none started an agent."""
-    spec = os.fsencode(run.files.try_spec(record.worker_id, record.try_id))
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
     term_until = time.monotonic() + WRAPPER_STOP_WAIT
     sent: set[tuple[int, int]] = set()
     while not pid_file.exists():
-        running = [pid for pid in procs.process_table()
-                   if (spec in (args := (procs.cmdline(pid) or b"").split(b"\0"))) and os.fsencode(WRAPPER) in args]
+        running = [pid for pid in procs.process_table() if _runs_wrapper(procs.cmdline(pid) or b"", run, record)]
         if not running:
             return True
         now = time.monotonic()
@@ -102,6 +100,13 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
                 sent.add((pid, signum))
         time.sleep(0.1)
     return False
+
+
+def _runs_wrapper(cmdline: bytes, run: Run, record: WorkerRecord) -> bool:
+    """Whether a process's arguments end as this try's wrapper's do in its pane: the wrapper, then the try's spec
+    (exact paths: another try's spec, or a file merely naming one, is not it)."""
+    args = cmdline.removesuffix(b"\0").split(b"\0")
+    return args[-2:] == [os.fsencode(WRAPPER), os.fsencode(run.files.try_spec(record.worker_id, record.try_id))]
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
