@@ -8,10 +8,10 @@ import os
 import stat
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lib import procs
 from lib.errors import OrchestratorError, clip
@@ -63,6 +63,31 @@ def open_regular(path: Path | str, flags: int, mode: int = 0o644, *, char_device
     refused = NotRegular(errno.EINVAL, "not a regular file", str(path))
     refused.kind = next((kind for is_kind, kind in _KINDS if is_kind(found)), None)
     raise refused
+
+
+def open_regular_file(path: Path) -> BinaryIO | None:
+    """The regular file at `path` opened to read, never through a symlink (an agent's, to a file of the user's);
+    None when nothing is there or something else is (a FIFO would block the read forever)."""
+    try:
+        return os.fdopen(open_regular(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except OSError:
+        return None
+
+
+def append_whole(fd: int, data: bytes) -> tuple[int, int]:
+    """Append `data` (a line) to the file open at `fd` with O_APPEND (its writers share a lock): all of it, or
+    none: a write that fails midway (a full disk) is cut back off, so no part of a line is left for a reader, or
+    for the next line to join. Returns where it starts and ends."""
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        with suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+    return start, start + len(data)
 
 
 def read_regular(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:

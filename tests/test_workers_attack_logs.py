@@ -316,6 +316,11 @@ def test_the_monitor_never_waits_on_a_fifo_put_at_a_try_log(tmp_path):
     fifo = tmp_path / "worker-1-try-1.log"
     os.mkfifo(fifo)
     assert read_without_waiting(lambda: act._log_tail(fifo), "reading the tail of a FIFO", fifo) == ""
+    # Nor is a symlink an agent put there followed to a file of the user's (its text never reaches a prompt).
+    secret, link = tmp_path / "users-notes.txt", tmp_path / "worker-1-try-2.log"
+    secret.write_text("the user's secret\n")
+    link.symlink_to(secret)
+    assert act._log_tail(link) == "" and act._log_tail(secret) == "the user's secret"
 
 
 # --- the verbs: logs, diff, attach ----------------------------------------------------------------------------------

@@ -69,6 +69,18 @@ def worker_of(doc: dict, issue: int) -> dict | None:
     return next((w for w in doc["workers"] if w["issue"] == issue), None)
 
 
+def wrappers_of(proj: Any) -> list[int]:
+    """The wrappers still running a try of this project (others' tests run theirs meanwhile)."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"wrapper.py" in args and str(proj.state).encode() in args:
+            found.append(int(pid))
+    return found
+
 def test_a_long_setup_never_holds_up_the_monitor_another_issue_is_taken_run_and_completed_meanwhile(
         project, tmp_path):
     """While #1's set-up waits, #2 is taken, run and completed, the heartbeat moves on, status shows worker 1
@@ -187,6 +199,68 @@ def test_a_wrapper_killed_during_its_setup_leaves_nothing_running_and_the_next_t
     assert proj.issue(1).get("status") == "completed", out + err
     assert [e["reason"].split(";")[0] for e in proj.events() if e["action"] == "restart"] == \
         ["agent gone without an exit code"]
+
+
+def test_a_follow_up_in_the_prompt_of_a_try_whose_wrapper_died_in_its_setup_goes_to_the_next_try_once(
+        project, tmp_path):
+    """`send` before the run: the follow-up is in the first try's prompt, but its wrapper is killed (-9) during the
+    set-up, so that agent never starts. The restarted try's agent gets it, once (it was lost: marked given in the
+    first try), and the event log says it was given back."""
+    proj = project_held_in_setup(project, tmp_path)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    running = start_monitor()
+    try:
+        shell = first_setup_shell(tmp_path)
+        wrapper = int(Path(f"/proc/{shell}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the shell's parent
+        assert b"wrapper.py" in Path(f"/proc/{wrapper}/cmdline").read_bytes()
+        os.kill(wrapper, signal.SIGKILL)
+        retry_until(lambda: len(setup_starts(tmp_path)) == 2, seconds=120)
+        (tmp_path / "release").touch()
+        assert running.wait(timeout=180) == 0
+    finally:
+        out, err = stop(running)
+    assert proj.issue(1).get("status") == "completed", out + err
+    [prompt] = proj.prompts(1)
+    assert prompt.count("mind the changelog") == 1, prompt
+    given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry["given_in"] for entry in given] == ["worker-1-try-2"], given
+    assert [e.get("given_back") for e in proj.events() if e["action"] == "followup"] == [None, "worker-1-try-1"]
+
+
+def test_kill_during_a_setup_that_ends_well_on_sigterm_starts_no_agent_and_keeps_the_follow_up_once(
+        project, tmp_path):
+    """A set-up that exits 0 when it gets SIGTERM: `kill` signals it, and its wrapper took that for a set-up done
+    and started the agent of a failed issue, with the follow-up in its prompt (given back as well: twice). The
+    wrapper of a try ending before its agent is stopped first: no agent starts, the follow-up is kept once, and
+    the try after `retry` gets it."""
+    release, started = tmp_path / "release", tmp_path / "setup-started"
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, worktree_setup={
+        "run": f"trap 'echo interrupted, all fine; exit 0' TERM; echo $$ >> {started}; "
+               f"while [ ! -e {release} ]; do sleep 0.1; done", "timeout": 3600})
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    running = start_monitor()
+    try:
+        retry_until(lambda: started.exists() and started.read_text(), seconds=120)
+        retry_until(lambda: worker_of(status(), 1)["status"] == "setting_up", seconds=60)
+        killed = cli("kill", "1")
+        assert killed.returncode == 0, killed.stdout + killed.stderr
+        assert running.wait(timeout=60) == 1
+    finally:
+        stop(running)
+    assert proj.issue(1).get("status") == "failed"
+    retry_until(lambda: not wrappers_of(proj), seconds=60)  # whatever the wrapper was going to start, it has
+    assert proj.prompts(1) == [], "an agent started for the killed issue"
+    kept = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry.get("given_in") for entry in kept] == [None], kept
+    release.touch()
+    assert cli("retry", "1").returncode == 0
+    again = start_monitor()
+    try:
+        assert again.wait(timeout=180) == 0
+    finally:
+        out, err = stop(again)
+    [prompt] = proj.prompts(1)
+    assert prompt.count("mind the changelog") == 1, out + err
 
 
 def test_a_failed_setup_leaves_no_process_even_one_that_dropped_every_tag(project, tmp_path):

@@ -703,3 +703,64 @@ def test_a_follow_up_folded_into_a_try_whose_pane_never_started_is_kept_for_the_
     assert "mind the changelog" in proj.prompts(1)[-1]
     given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
     assert [entry["given_in"] for entry in given] != [None]
+
+
+def test_a_follow_up_in_the_prompt_of_a_try_whose_set_up_failed_goes_to_the_next_try_exactly_once(project, tmp_path):
+    """The follow-up goes into the first try's prompt, but that try's set-up command fails (exit 1): its agent
+    never starts, the issue fails, and the follow-up stays kept (status shows it). After `retry`, the next try's
+    agent gets it, once; before, it was marked given in the failed try and lost."""
+    ready = tmp_path / "deps-ready"
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1,
+                   worktree_setup={"run": f"test -e {ready} || {{ echo 'install failed'; exit 1; }}"})
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 1
+    assert proj.issue(1)["status"] == "failed" and proj.prompts(1) == []  # the agent never ran
+    assert [e["reason"] for e in actions_named(proj, "skip")] == ["setup failed: install failed"]
+    kept = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry.get("given_in") for entry in kept] == [None], kept
+    assert "#1: 1 follow-up kept for its next try: \"mind the changelog\"" in cli("status").stdout
+    ready.touch()
+    assert cli("retry", "1").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    [prompt] = proj.prompts(1)
+    assert prompt.count("mind the changelog") == 1, prompt
+    given = json.loads((proj.state / "followups.json").read_text())["issues"]["1"]
+    assert [entry["given_in"] for entry in given] == ["worker-1-try-2"], given
+    assert "follow-up" not in cli("status").stdout
+
+
+def test_a_try_ended_while_its_wrapper_is_stuck_before_its_agent_gives_its_follow_ups_back_once_it_is_killed(
+        project, monkeypatch):
+    """A wrapper that does not end on SIGTERM before starting its agent (stuck) is killed outright, and only then
+    are the follow-ups of its prompt kept again: a restart's next try gets them, and the stuck wrapper never
+    starts an agent with them later. (It was left running, and the follow-ups lost with its try.)"""
+    from orchestrator import act, commands as steering
+    from orchestrator.state import WorkerRecord
+
+    project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"],
+            num_workers=1)
+    run = open_run()
+    (run.state_root / "demo").mkdir(parents=True, exist_ok=True)
+    (run.state_root / "demo" / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+    stuck = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\nsignal.signal(signal.SIGTERM, "
+                              "signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(3600)", str(act.WRAPPER),
+                              str(run.files.try_spec(1, 1))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stuck.stdout.readline() == "ready\n"
+        monkeypatch.setattr(act, "WRAPPER_STOP_WAIT", 1.0)
+        record = WorkerRecord(1, status="running", project="demo", issue_number=1, stage="implement", try_id=1,
+                              launched=True)
+        act.end_try(run, record)
+        assert stuck.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+        stuck.wait()
+    assert [e["text"] for e in steering.pending_followups(run.state_root, "demo", 1)] == ["mind the changelog"]
+    assert [(e["id"], e["given_back"]) for e in actions_named_in(run)] == [("f1", "worker-1-try-1")]
+
+
+def actions_named_in(run) -> list[dict[str, Any]]:
+    return [json.loads(line)["event"] for line in run.files.events.read_text().splitlines()
+            if json.loads(line)["event"]["action"] == "followup"]

@@ -254,3 +254,47 @@ def test_a_follow_up_given_before_its_holder_was_killed_is_said_as_given_whateve
     assert done["ok"] is True and done["lines"][0].startswith(said), done
     assert kept(run) == []
     assert not (proj.state / "followups.json").exists()
+
+
+# Both writers of the inbox and delivered list (the monitor's _append_line, the wrapper's _append_note) append
+# through statefile.append_whole; a file size limit makes a write stop midway, as a full disk does.
+FULL_DISK = r'''
+import json, resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1] + "/scripts/proof-workers")
+from pathlib import Path
+from orchestrator import commands, wrapper
+
+inbox, delivered = Path(sys.argv[2]), Path(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+said = {}
+for name, write in (("inbox", lambda doc: commands._append_line(inbox, doc)),
+                    ("delivered", lambda doc: wrapper._append_note(delivered, (json.dumps(doc) + "\n").encode()))):
+    try:
+        write({"id": "long", "text": "x" * 150})
+        said[name + " long"] = "written"
+    except OSError as err:
+        said[name + " long"] = err.errno
+    said[name + " short"] = write({"id": "short"}) or "written"
+print(json.dumps(said))
+'''
+
+
+def test_a_line_that_fits_only_in_part_is_cut_back_off_by_both_writers_and_the_next_line_starts_clean(tmp_path):
+    import errno
+
+    inbox, delivered = tmp_path / "t.inbox.jsonl", tmp_path / "t.delivered.jsonl"
+    before = json.dumps({"id": "first", "text": "y" * 60}) + "\n"
+    for path in (inbox, delivered):
+        path.write_text(before)
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    result = subprocess.run([sys.executable, str(script), str(ROOT), str(inbox), str(delivered)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    start = len(before.encode())
+    assert json.loads(result.stdout) == {"inbox long": errno.EFBIG, "inbox short": [start, start + 16],
+                                         "delivered long": errno.EFBIG, "delivered short": "written"}
+    for path in (inbox, delivered):
+        assert path.read_text() == before + '{"id": "short"}\n'

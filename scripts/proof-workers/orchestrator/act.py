@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import time
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -19,7 +22,7 @@ from typing import Callable
 from lib import procs
 from lib.errors import ConfigError, OrchestratorError, clip
 from lib.paths import Paths
-from lib.statefile import write_json
+from lib.statefile import open_regular_file, write_json
 from orchestrator import config as configs
 from orchestrator import agents, alerts, budgets, commands, pauses, pins, prompts, pulls, sandbox, show, tmux
 from orchestrator import worktree_setup, worktrees
@@ -38,6 +41,7 @@ PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins t
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
 
@@ -58,6 +62,53 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
         procs.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
+def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
+    """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
+    never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
+    as given only when its agent started (the wrapper wrote the agent's pid file); else they are kept for the
+    issue's next try."""
+    pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    stopped = not pid_file.exists() and _wrapper_stopped(run, record)
+    kill_try(run, record, grace)
+    if not stopped or pid_file.exists() or record.issue_number is None or not record.project:
+        return  # its agent started, or may still: given (never twice)
+    stem = run.files.try_stem(record.worker_id, record.try_id)
+    for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
+        run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
+                             "id": command_id, "delivered": False, "given_back": stem})
+
+
+def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
+    """Stop this try's wrapper while it has not started its agent: SIGTERM (in its set-up it stops the set-up and
+    starts no agent), SIGKILL if it has not ended within WRAPPER_STOP_WAIT (stuck; its watchdog kills the set-up).
+    True once no wrapper of the try runs and none started an agent."""
+    pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    term_until = time.monotonic() + WRAPPER_STOP_WAIT
+    sent: set[tuple[int, int]] = set()
+    while not pid_file.exists():
+        running = [pid for pid in procs.process_table() if _runs_wrapper(procs.cmdline(pid) or b"", run, record)]
+        if not running:
+            return True
+        now = time.monotonic()
+        if now > term_until + WRAPPER_STOP_WAIT:
+            return False  # not even SIGKILL ends it (a process stuck in the kernel): it may still start its agent
+        signum = signal.SIGTERM if now <= term_until else signal.SIGKILL
+        for pid in running:
+            if (pid, signum) not in sent:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+                sent.add((pid, signum))
+        time.sleep(0.1)
+    return False
+
+
+def _runs_wrapper(cmdline: bytes, run: Run, record: WorkerRecord) -> bool:
+    """Whether a process's arguments end as this try's wrapper's do in its pane: the wrapper, then the try's spec
+    (exact paths: another try's spec, or a file merely naming one, is not it)."""
+    args = cmdline.removesuffix(b"\0").split(b"\0")
+    return args[-2:] == [os.fsencode(WRAPPER), os.fsencode(run.files.try_spec(record.worker_id, record.try_id))]
+
+
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
     """Kill every process left by any try of this run (found by the tag's prefix); returns their pids."""
     tagged = procs.processes_tagged(TRY_VAR, f"{run.files.root}/worker-", prefix=True)
@@ -68,7 +119,7 @@ def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
-        with show.open_regular(path) or open(os.devnull, "rb") as log:  # a FIFO there would block the monitor
+        with open_regular_file(path) or open(os.devnull, "rb") as log:  # a FIFO there would block the monitor
             log.seek(max(0, log.seek(0, 2) - 8192))
             return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
     except OSError:
@@ -151,7 +202,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
     worker.started(pane.identity, run.clock())
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
-    # lines gives them again, never loses them).
+    # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
 
 
@@ -341,7 +392,7 @@ class Executor:
 
     def do_skip(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        kill_try(self.run, record)
+        end_try(self.run, record)  # before the issue fails: a kill between repeats the skip, loses nothing
         configs.set_issue(cfg.path, issue.number, status=IssueStatus.FAILED)
         self._worker(record).fail(action.reason)
         self.say(f"worker {action.worker}: #{issue.number} failed: {action.reason}")
@@ -419,7 +470,7 @@ class Executor:
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        kill_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        end_try(self.run, record)  # the old try's own files and tag: before try_id moves on
         ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
         # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
         session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
@@ -465,7 +516,7 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        kill_try(self.run, record)
+        end_try(self.run, record)
         self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
                                   until=pauses.stamp(until) if until else None, now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")

@@ -23,14 +23,15 @@ import re
 import secrets
 import signal
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from lib.errors import ConfigError, OrchestratorError, clip
-from lib.statefile import UnreadableFile, open_lock, open_regular, read_json, read_small, update_json, write_json
+from lib.statefile import (UnreadableFile, append_whole, open_lock, open_regular, read_json, read_small, update_json,
+                           write_json)
 from orchestrator import config as configs
 from orchestrator.config import IssueStatus
 from orchestrator import heartbeat, pauses, resume, worktrees
@@ -475,21 +476,11 @@ def _inbox_lock(inbox: Path, seconds: float) -> Iterator[bool]:
 
 
 def _append_line(path: Path, doc: dict[str, Any]) -> tuple[int, int]:
-    """Append a JSON line to a regular file of ours; returns where it starts and ends. A write that fails midway
-    (a full disk) is cut back off: no part of a line is left for the reader, or for the next line to join."""
+    """Append a JSON line to a regular file of ours, whole or not at all (statefile.append_whole); returns where it
+    starts and ends."""
     fd = open_regular(path, os.O_WRONLY | os.O_APPEND)
     try:
-        start = os.fstat(fd).st_size
-        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError:
-            with suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
-        return start, start + len(data)
+        return append_whole(fd, (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8"))
     finally:
         os.close(fd)
 
@@ -710,6 +701,32 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
         return doc
 
     update_json(followups_file(state_root, project), change, {"issues": {}})
+
+
+def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
+    """The follow-ups marked given in a try whose agent never started (its set-up failed or was stopped, its wrapper
+    or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
+    write. A file that cannot be written (a full disk) is an OrchestratorError (one line): the caller goes no
+    further (the try is not let go, so it is ended again later) and the follow-ups are never lost."""
+    if not any(e.get("given_in") == try_stem for e in _pending(_kept(state_root, project), issue, given_too=True)):
+        return []
+    back: list[str] = []
+
+    def change(doc: Any) -> Any:
+        entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("given_in") == try_stem:
+                entry["given_in"] = None
+                back.append(str(entry.get("id")))
+        return doc
+
+    path = followups_file(state_root, project)
+    try:
+        update_json(path, change, {"issues": {}})
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never "
+                                f"got ({err.strerror or err})") from None
+    return back
 
 
 # --- what waits, for status and the dashboard ---------------------------------------------------------------

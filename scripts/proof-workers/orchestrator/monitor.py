@@ -11,8 +11,8 @@ from lib.statefile import write_json
 from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls, tmux, worktrees
 from orchestrator import config as configs
 from orchestrator.config import IssueStatus
-from orchestrator.act import Executor, kill_try
-from orchestrator.decide import Pause, Snapshot, State, cycle_to_json, decide
+from orchestrator.act import Executor, end_try
+from orchestrator.decide import Command, Pause, PrView, Snapshot, State, cycle_to_json, decide
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.queue import IssueRef, IssueView, next_issue
@@ -67,7 +67,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
         if record.issue_number is None:
             continue
         if not record.project:  # edited by hand: decide sees a free worker, so nothing else lets it go
-            kill_try(run, record)
+            end_try(run, record)
             say(f"worker {record.worker_id}: its record names #{record.issue_number} of no project: freed")
             Worker(record, run.files).free()
             continue
@@ -77,7 +77,7 @@ def release_finished(run: Run, records: list[WorkerRecord], say: Callable[[str],
             issue = None
         if issue is not None and issue.status not in (IssueStatus.COMPLETED, IssueStatus.FAILED):
             continue
-        kill_try(run, record)
+        end_try(run, record)
         say(f"worker {record.worker_id}: releases #{record.issue_number} (now {issue.status if issue else 'gone'})")
         Worker(record, run.files).release(issue.status if issue else "gone")
 
@@ -88,7 +88,7 @@ def reconcile(run: Run, say: Callable[[str], None]) -> list[WorkerRecord]:
         record = run.files.load_worker(extra)
         if record.issue_number is not None:
             # A previous run had more workers: stop this one's agent, its issue goes back to the queue.
-            kill_try(run, record)
+            end_try(run, record)
             say(f"worker {extra} is beyond --workers {run.num_workers}: #{record.issue_number} goes back to the queue")
             Worker(record, run.files).free()
     records = run.files.load_workers(run.num_workers)
@@ -169,18 +169,46 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
     polled = pulls.poll(run.state_root, run.config_of, records, now, lambda r: Worker(r, run.files).save(), say)
-    given, retaken = commands.take(run)  # the user's commands: pause/resume now, the others through decide
+    steered = steering(run, now)
+    done = decide_and_apply(run, records, snapshots, polled, steered, number, say)
+    return CycleResult(done, finished=_finished(run))
+
+
+@dataclass
+class Steered:
+    """A cycle's commands, taken: the ones for decide (pause and resume are applied already), the ids a killed
+    holder had taken before, and the pauses that hold after them."""
+    given: list[Command]
+    retaken: set[str]
+    held: tuple[Pause, ...]
+
+
+def steering(run: Run, now: float) -> Steered:
+    """Take the user's commands (the lock's holder only): pause and resume applied at once, before the pauses are
+    read; the paused / resumed lines are journalled from that same read, the one decide takes."""
+    given, retaken = commands.take(run)
     given = commands.apply_pauses(run, given, now)
-    state = State(worker_views(records, run), issue_views(run, records), active_pauses(run, now), polled,
-                  tuple(given))
-    pauses.journal_changes(run.files, state.paused)  # paused / resumed lines, from decide's own read
+    held = active_pauses(run, now)
+    pauses.journal_changes(run.files, held)
+    return Steered(given, retaken, held)
+
+
+def decide_and_apply(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot], polled: tuple[PrView, ...],
+                     steered: Steered, cycle: int | str, say: Callable[[str], None],
+                     commands_only: bool = False) -> int:
+    """decide on the cycle's input, journal it (it replays) and carry out its actions, each command's outcome
+    written after its own; returns how many were carried out. With `commands_only` (a verb applying the queue,
+    no monitor running) only the commands' own actions are, and the journal says so: the monitor does the rest."""
+    state = State(worker_views(records, run), issue_views(run, records), steered.held, polled, tuple(steered.given))
     settings = settings_of(run)
-    actions = decide(snapshots, state, settings)
-    if actions:
-        run.files.record_cycle({"cycle": number, **cycle_to_json(snapshots, state, settings, actions)})
+    decided = decide(snapshots, state, settings)
+    actions = [a for a in decided if a.command] if commands_only else decided
+    if decided:
+        only = {"applied": "commands only"} if commands_only else {}
+        run.files.record_cycle({"cycle": cycle, **only, **cycle_to_json(snapshots, state, settings, decided)})
     by_worker = {r.worker_id: r for r in records}
-    commands.execute(run, Executor(run, by_worker, say), by_worker, actions, given, retaken, say)
-    return CycleResult(len(actions), finished=_finished(run))
+    commands.execute(run, Executor(run, by_worker, say), by_worker, actions, steered.given, steered.retaken, say)
+    return len(actions)
 
 
 def _finished(run: Run) -> bool:

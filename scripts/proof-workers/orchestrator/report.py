@@ -58,10 +58,10 @@ class WorkerStatus(StrEnum):
 
 
 def _last_line(run: Run, record: WorkerRecord) -> str:
-    from orchestrator.show import open_regular
+    from lib.statefile import open_regular_file
 
     try:
-        with open_regular(agent_log(run, record)) or open("/dev/null", "rb") as log:  # a FIFO there: no wait
+        with open_regular_file(agent_log(run, record)) or open("/dev/null", "rb") as log:  # a FIFO there: no wait
             log.seek(max(0, log.seek(0, 2) - 4096))
             lines = [l for l in log.read().decode("utf-8", "replace").splitlines() if l.strip()]
     except OSError:

@@ -16,8 +16,7 @@ from typing import BinaryIO, Callable
 
 from lib import logcut, procs
 from lib.errors import OrchestratorError, clip
-from lib import statefile
-from lib.statefile import read_regular
+from lib.statefile import open_regular_file, read_regular
 from orchestrator import worktrees
 from orchestrator.config import Issue, ProjectConfig
 from orchestrator.probe import read_pid
@@ -89,15 +88,6 @@ def _spec(run: Run, worker: int, try_id: int) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
-def open_regular(path: Path) -> BinaryIO | None:
-    """The file at `path` to read, when it is a regular file (a FIFO put there would block the read forever), never
-    through a symlink (an agent's, to a file of the user's)."""
-    try:
-        return os.fdopen(statefile.open_regular(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-    except OSError:
-        return None
-
-
 def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
     """The issue's try logs in the order the tries started (their START line; a worker's tries by number)."""
     found = []
@@ -119,7 +109,7 @@ def try_logs(run: Run, cfg: ProjectConfig, number: int) -> list[TryLog]:
 
 def _started(path: Path) -> str:
     """The START line's time (ISO, sorts as text); a log without one sorts by its own time."""
-    log = open_regular(path)
+    log = open_regular_file(path)
     with log or open(os.devnull, "rb") as source:
         first = source.readline(4096).decode("utf-8", "replace")
     found = re.search(r" at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", first)
@@ -178,7 +168,7 @@ def show_logs(run: Run, cfg: ProjectConfig, number: int, write: Callable[[str], 
     for entry in logs:
         if (entry.worker, entry.try_id) == running:
             continue
-        log = open_regular(entry.path)
+        log = open_regular_file(entry.path)
         if log is None:
             continue
         header(f"==> {entry.path} <==\n")
@@ -291,7 +281,7 @@ class Follower:
         """Show what is new. `final`: the try has ended, so the file at the path is the log (the wrapper put it
         back): it is taken up whatever it holds."""
         if self.file is None:
-            self.file = open_regular(self.path)
+            self.file = open_regular_file(self.path)
             if self.file is None:
                 return
             self._take_up()
@@ -320,7 +310,7 @@ class Follower:
         mine = os.fstat(self.file.fileno())
         if (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
             return None
-        handle = open_regular(self.path)
+        handle = open_regular_file(self.path)
         if handle is None:
             return None
         if not final and logcut.read_layout(handle, self.cap) is None \

@@ -9,12 +9,10 @@ from typing import Callable
 from lib.errors import OrchestratorError
 from lib.statefile import write_json
 from lib.views import visible
-from orchestrator import heartbeat, pauses
-from orchestrator.act import Executor
-from orchestrator.commands import (ACK_WAIT, POLL, Command, Outcome, applying_marker, apply_pauses, enqueue, execute,
-                                   mark_reported, outcome_of, queue_dir, take, verb_applying)
-from orchestrator.decide import State, cycle_to_json, decide
-from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
+from orchestrator import heartbeat
+from orchestrator.commands import (ACK_WAIT, POLL, Command, Outcome, applying_marker, enqueue, mark_reported, outcome_of,
+                                   queue_dir, verb_applying)
+from orchestrator.monitor import decide_and_apply, steering
 from orchestrator.run import Run
 from orchestrator.state import MonitorBusy, monitor_lock
 
@@ -87,24 +85,11 @@ def queued_lines(run: Run, commands: list[Command]) -> list[str]:
 
 
 def apply_queue(run: Run, say: Callable[[str], None]) -> None:
-    """Apply every queued command here (the caller holds the monitor lock and no monitor runs): the same decide
-    and the same executor as a monitor cycle, only the commands' actions, journalled as a `steer` cycle."""
-    commands, retaken = take(run)
-    if not commands:
-        return
+    """Apply every queued command here (the caller holds the monitor lock and no monitor runs): the monitor's own
+    cycle pieces (steering, decide_and_apply) with no probe, only the commands' actions, journalled as a `steer`
+    cycle."""
     run.reload()  # as the last holder left it (the verb read the config before it queued)
-    rest = apply_pauses(run, commands, run.clock())
-    held = active_pauses(run, run.clock())
-    pauses.journal_changes(run.files, held)  # paused / resumed lines, from the one read decide takes
-    if not rest:
-        return
-    records = run.files.load_workers(run.num_workers)
-    state = State(worker_views(records, run), issue_views(run, records), held, commands=tuple(rest))
-    settings = settings_of(run)
-    decided = decide([], state, settings)
-    actions = [a for a in decided if a.command]
-    # Journalled whole (it replays), marked: only the commands' actions are applied, the monitor does the rest.
-    run.files.record_cycle({"cycle": "steer", "applied": "commands only", **cycle_to_json([], state, settings,
-                                                                                          decided)})
-    by_worker = {r.worker_id: r for r in records}
-    execute(run, Executor(run, by_worker, say), by_worker, actions, rest, retaken, say)
+    steered = steering(run, run.clock())
+    if steered.given:  # pause and resume only: applied already
+        decide_and_apply(run, run.files.load_workers(run.num_workers), [], (), steered, "steer", say,
+                         commands_only=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the checkout roo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/proof-workers, for orchestrator.agents
 
 from lib import logcut, procs, runner, signals  # noqa: E402
-from lib.statefile import locked, read_small, write_text  # noqa: E402
+from lib.statefile import append_whole, locked, read_small, write_text  # noqa: E402
 from lib.gitstatus import without_repo_local_git_vars  # noqa: E402
 from orchestrator import agents, worktree_setup  # noqa: E402
 
@@ -470,16 +470,9 @@ def _open_append(path: Path) -> Any:
 
 
 def _append_note(path: Path, data: bytes) -> None:
-    """Append one line to a file of ours; a write that fails midway (a full disk) is cut back off, so no part of
-    a line is left for the next one to join."""
+    """Append one line to a file of ours, whole or not at all (statefile.append_whole)."""
     with _open_append(path) as out:
-        size = os.fstat(out.fileno()).st_size
-        try:
-            logcut.write_all(out, data)
-        except OSError:
-            with suppress(OSError):
-                os.ftruncate(out.fileno(), size)
-            raise
+        append_whole(out.fileno(), data)
 
 
 def kill_leftovers(pgid: int, tag: str | None) -> list[int]:
