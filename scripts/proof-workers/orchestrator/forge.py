@@ -51,7 +51,8 @@ class ForgeError(OrchestratorError):
 
 class MergeUnconfirmed(ForgeError):
     """The forge accepted a merge call, but the view that would show what it did failed (the network, a hung or
-    garbled answer): neither a failed merge nor a merge; the next poll tells."""
+    garbled answer), or shows the PR still open where the CLI cannot say whether it waits in a merge queue (a gh
+    too old for the queue fields): neither a failed merge nor a merge, and never "queued"; the polls tell."""
 
 
 # What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
@@ -310,7 +311,8 @@ class Forge:
         stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
         while a pipeline runs: the forge shows it queued and merges it later). A PR still open in no queue, closed
         meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is. A merge
-        accepted whose view then fails raises MergeUnconfirmed (never counted failed, nor merged)."""
+        accepted whose view then fails, or leaves the PR open where the CLI cannot show a queue (queued None),
+        raises MergeUnconfirmed (never counted failed, nor merged, nor queued)."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         try:
@@ -320,8 +322,12 @@ class Forge:
                                    f"{err}", transient=True) from None
         if after.state == "merged":
             return "merged"
-        if after.state == "open" and after.queued is not False:
+        if after.state == "open" and after.queued:
             return "queued"
+        if after.state == "open" and after.queued is None:
+            raise MergeUnconfirmed(f"{self.tool}: PR {number} is still open after the merge was accepted, and this "
+                                   f"{self.tool} cannot show whether it waits in a merge queue (too old for "
+                                   f"{QUEUE_FIELDS}): not merged, or not yet")
         raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted" +
                          (" and in no merge queue" if after.state == "open" else ""))
 

@@ -21,7 +21,7 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, IssueStatus, ProjectConfig
-from orchestrator.decide import ActionKind, PrView, PrWork
+from orchestrator.decide import MAX_UNSEEN_POLLS, ActionKind, PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
 from orchestrator.worker import Worker
@@ -164,7 +164,7 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
     return PrWork(watching=bool(pr.get("watching")), in_stage=bool(pr.get("in_stage")),
                   ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
                   head=str(pr.get("head") or ""), review_seen=str(pr.get("review_seen") or ""),
-                  merge_queued=str(pr.get("merge_queued") or ""),
+                  merge_queued=str(pr.get("merge_queued") or ""), merge_unseen=int(pr.get("merge_unseen") or 0),
                   open_failures=int(pr.get("open_failures") or 0) if pr.get("opening") else 0,
                   merge=cfg.review.merge, max_ci_fixes=cfg.review.max_ci_fixes,
                   max_review_rounds=cfg.review.max_review_rounds)
@@ -278,15 +278,20 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if seen.queued and seen.state == "open" and pr.get("merging") and not pr.get("merge_queued"):
             # Our merge call was accepted but its answer lost (or the monitor killed before recording it).
             pr["merge_queued"] = str(pr.get("head") or "") or "?"
-        if pr.get("merge_queued") and seen.state == "open" and seen.queued is not False:
-            record.last_reason += ", merging (queued)" if seen.queued else \
-                ", merging (queued: this gh cannot show whether it is still in the queue)"
+        # Our accepted merge left it open and this CLI cannot show a queue: counted, so the wait has an end (decide).
+        unseen = seen.state == "open" and seen.queued is None and bool(pr.get("merge_unseen") or pr.get("merge_queued"))
+        pr["merge_unseen"] = int(pr.get("merge_unseen") or 0) + 1 if unseen else 0
+        if unseen:
+            record.last_reason += (f", merge not seen yet (poll {pr['merge_unseen']} of {MAX_UNSEEN_POLLS}): this gh "
+                                   "cannot show whether it waits in a merge queue")
+        elif pr.get("merge_queued") and seen.state == "open" and seen.queued:
+            record.last_reason += ", merging (queued)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         # Number, url and phase too: an entry lost with a damaged file is whole again at the next poll.
         note = save(state_root, cfg.project, issue.number, number=seen.number, url=seen.url, state=seen.state,
                     checks=seen.checks if ours else "pending",
-                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
+                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is True and seen.state == "open",
                     **({"phase": "merged"} if seen.state == "merged" else
                        {"phase": "pr_open"} if seen.state == "open" else {}))
         if note:
@@ -422,7 +427,7 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
     last = record.pr.get("last") or {}
     counter = "ci_fixes" if kind == ActionKind.FIX_CI else "review_rounds"
     # A merge left queued is over once a stage starts (the queue dropped it): the next green head is merged anew.
-    record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merging=False,
+    record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merge_unseen=0, merging=False,
                      **{counter: int(record.pr.get(counter) or 0) + 1})
     if kind == ActionKind.ADDRESS_REVIEW:
         record.pr["review_seen"] = str(last.get("review_id") or "")
@@ -449,11 +454,13 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
 def merge_unconfirmed(err: Exception, worker: Worker, say: Callable[[str], None]) -> bool:
     """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
     never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
-    ours; queued: watched as queued; open in no queue: merged again)."""
+    ours; queued: watched as queued; open in no queue: merged again; open where the CLI cannot show a queue: waited
+    for at most decide.MAX_UNSEEN_POLLS polls, `merge_unseen` counting them, then failed saying so)."""
     if not isinstance(err, forge.MergeUnconfirmed):
         return False
     record = worker.record
-    worker.note(f"merge accepted, its outcome seen at the next poll: {err}")
+    record.pr["merge_unseen"] = int(record.pr.get("merge_unseen") or 0) + 1
+    worker.note(f"merge accepted, not seen merged: {err}")
     worker.files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
                             "project": record.project, "error": str(err)})
     say(f"worker {record.worker_id}: #{record.issue_number} {record.last_reason}")
