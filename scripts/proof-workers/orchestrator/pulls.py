@@ -323,14 +323,14 @@ def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue,
         # A throwaway git dir over the repository's objects, as pushes use (none of its config, which an agent
         # may have edited, is read): the head is fetched into it when we lack it, and goes with it.
         with worktrees.throwaway_git_dir(repo.path, pin.settings) as shim:
-            if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
+            if not worktrees.in_throwaway(shim, "rev-parse", "--verify", "-q", f"{seen.head}^{{commit}}",
+                                          check=False).strip():
                 worktrees.run_in_throwaway(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",
                                            "--no-write-fetch-head", "--", pin.url, seen.head, timeout=budget)
             # Our commits in its history, or each as an equal patch (a rebase of the branch): `git cherry` marks
             # with "+" a commit of ours that has none.
-            holds = worktrees.is_ancestor(shim, ours, seen.head) or not any(
-                line.startswith("+") for line in worktrees.git(shim, f"--git-dir={shim}", "cherry", seen.head,
-                                                               ours).splitlines())
+            holds = worktrees.is_ancestor(shim, ours, seen.head, throwaway=True) or not any(
+                line.startswith("+") for line in worktrees.in_throwaway(shim, "cherry", seen.head, ours).splitlines())
     except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
         if seen.state == "merged" and not getattr(err, "retry", False) and not isinstance(err, OSError):
             return

@@ -174,11 +174,16 @@ def fetch_origin(path: Path, prune: bool = False) -> None:
         "origin", "+refs/heads/*:refs/remotes/origin/*")
 
 
-def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
-    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
+def is_ancestor(cwd: Path, ancestor: str, ref: str, throwaway: bool = False) -> bool:
+    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit). With
+    `throwaway`, `cwd` is a throwaway git dir (`throwaway_git_dir`): named by --git-dir (a user's
+    safe.bareRepository=explicit refuses a bare repository found from the working directory), no config but its
+    own."""
+    named = [f"--git-dir={cwd}"] if throwaway else []
     try:
-        result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
-                                capture_output=True, text=True, errors="replace", env=clean_env(),
+        result = subprocess.run(["git", *SAFE_GIT, *named, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
+                                capture_output=True, text=True, errors="replace",
+                                env=clean_env(PINNED_ENV if throwaway else None),
                                 timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
@@ -318,6 +323,13 @@ def git_in_group(cwd: Path | str, *args: str, timeout: float | None = None,
         raise PushFailed(f"git {clip(' '.join(args), 200)} not started: {err}", retry=True) from None
     text = output.getvalue().decode("utf-8", "replace")
     return (None, text) if result.timed_out else (result.exit_code, text)
+
+
+def in_throwaway(shim: Path, *args: str, check: bool = True) -> str:
+    """A local git read in a throwaway git dir (`throwaway_git_dir`): named by --git-dir (never found from the
+    working directory, which a user's safe.bareRepository=explicit refuses for a bare repository), reading no
+    config but its own."""
+    return git(shim, f"--git-dir={shim}", *args, check=check, env=PINNED_ENV)
 
 
 def run_in_throwaway(shim: Path, what: str, *args: str, timeout: float | None = None) -> str:
