@@ -348,11 +348,12 @@ def run_in_throwaway(shim: Path, what: str, *args: str, timeout: float | None = 
     return out
 
 
-def _remote_shas(shim: Path, url: str, *branches: str) -> dict[str, str]:
-    """branch -> commit at `url`, for those of `branches` it has (one ls-remote)."""
+def _remote_shas(shim: Path, url: str, *branches: str, timeout: float | None = None) -> dict[str, str]:
+    """branch -> commit at `url`, for those of `branches` it has (one ls-remote, killed after `timeout` seconds)."""
     refs = {f"refs/heads/{b}": b for b in branches}
     found = {}
-    for line in run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
+    for line in run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs,
+                                 timeout=timeout).splitlines():
         sha, _, name = line.partition("\t")
         if name in refs:  # a pattern also matches refs/heads/x/refs/heads/<branch>: only exact names count
             found[refs[name]] = sha
@@ -373,10 +374,13 @@ def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str,
     return found
 
 
-def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
-    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
+def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None,
+                timeout: float | None = None) -> str | None:
+    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent. The
+    ls-remote is a lib.runner step killed with what it started (a hung ssh) after `timeout` seconds (None:
+    GIT_TIMEOUT_S); PushFailed when the url could not be read (`retry` on a network error or a timeout)."""
     with _push_failures(f"reading {branch}"), throwaway_git_dir(None, settings) as shim:
-        return _remote_sha(shim, url, branch)
+        return _remote_shas(shim, url, branch, timeout=None if timeout is None else max(0.1, timeout)).get(branch)
 
 
 def unpushed(path: Path, url: str, settings: dict[str, list[str]] | None = None) -> int:
