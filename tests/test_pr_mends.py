@@ -328,7 +328,7 @@ def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(
 
     write_json(alerts.run_file(root), doc)
     said: list[str] = []
-    accepted = alerts.accept_default_head(root, cfg, cfg.issues[0], head, said.append)
+    accepted = alerts.accept_default_head(root, cfg, cfg.issues[0], head, [], said.append)
     assert accepted == (new if move in OURS else None), move
     landed = [a for a in alerts.load(root)["alerts"] if a["kind"] == "default_branch_moved"]
     assert bool(landed) is (move not in OURS), move
@@ -556,9 +556,11 @@ def test_a_fresh_pr_file_starts_from_what_the_event_log_last_said_of_each_pr(tmp
         "5": (15, "merged"), "6": (16, "closed"), "7": (17, "open"), "9": (20, None)}
 
 
-def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_first(make_repo, tmp_path):
+def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_first(make_repo, tmp_path,
+                                                                                    monkeypatch):
     """A queue lands #1's PR, then #2's on top; the poll sees #2 merged first: both merges are ours (the other
-    merge under way is read from its worker's record), no alert, and main's new head is taken."""
+    merge under way is in its worker's record, as the caller holds it: no record is read again), no alert, and
+    main's new head is taken."""
     from orchestrator import alerts
     from orchestrator.config import parse_config
     from orchestrator.state import RunFiles, WorkerRecord
@@ -580,9 +582,14 @@ def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_fi
     git(work, "merge", "-q", "--no-ff", "f-1", "-m", "Merge #1")
     git(work, "merge", "-q", "--no-ff", "f-2", "-m", "Merge #2")
     git(work, "push", "-q", "origin", "main")
-    RunFiles(root).save_worker(WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
-                                            pr={"watching": True, "merging": True, "head": heads[1]}))
+    other = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
+                         pr={"watching": True, "merging": True, "head": heads[1]})
+    RunFiles(root).save_worker(other)
+    read: list[int] = []
+    monkeypatch.setattr(RunFiles, "load_worker", lambda self, n: read.append(n) or other)
+    monkeypatch.setattr(RunFiles, "recorded_workers", lambda self: read.append(0) or [1])
     said: list[str] = []
-    assert alerts.accept_default_head(root, cfg, cfg.issues[1], heads[2], said.append) == \
+    assert alerts.accept_default_head(root, cfg, cfg.issues[1], heads[2], [other], said.append) == \
         git(handle.remote, "rev-parse", "main")
     assert said == [] and alerts.load(root)["alerts"] == []
+    assert read == []  # the caller's records: none read again

@@ -229,7 +229,7 @@ def test_our_merge_seen_while_the_remote_cannot_be_read_is_remembered_and_judged
     write_json(alerts.run_file(root), doc)
 
     said: list[str] = []
-    assert alerts.accept_default_head(root, cfg, cfg.issues[0], head, said.append) is None
+    assert alerts.accept_default_head(root, cfg, cfg.issues[0], head, [], said.append) is None
     doc = alerts.load(root)
     snap = doc["repos"][key]
     assert doc["alerts"] == [] and snap["default_head"] == old and snap["landed"] == [head]

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json, read_small, set_aside, write_json
@@ -558,10 +558,11 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
     return out, checks.found, checks.changed
 
 
-def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
+def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str, records: Iterable[WorkerRecord],
                         say: Callable[[str], None] = lambda _: None) -> str | None:
     """Our merge of the issue's PR at `head` was seen merged: the run's snapshot takes the default branch's new
-    head when all it gained since the snapshot is merges of ours (the caller records the merge), and returns it.
+    head when all it gained since the snapshot is merges of ours (this one, and the others under way in the
+    caller's worker `records`; the caller records the merge), and returns it.
     Anything more (a direct push before, while or after the merge waited in a queue) is a default_branch_moved
     alert now, announced as the monitor announces one (the pause first when on_alert is pause, an event, a line):
     None. A remote that does not answer (in REMOTE_BUDGET_S) is no verdict: the merge is remembered as ours
@@ -588,7 +589,7 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
 
     try:
         now = _default_head(str(repo.path), snap, left())
-        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
+        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(records, cfg, repo)}) - {""}
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
             repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left(),
             reach(str(repo.path), snap)))
@@ -612,16 +613,12 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
     return None
 
 
-def _merging_heads(root: Path, cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
+def _merging_heads(records: Iterable[WorkerRecord], cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
     """The heads of the project's other merges under way in `repo`, from the worker records (another PR of ours
     the queue may have landed below this one)."""
-    from orchestrator.state import RunFiles
-
-    files, heads = RunFiles(root), set()
-    for worker in files.recorded_workers():
-        try:
-            record = files.load_worker(worker)
-        except OrchestratorError:
+    heads = set()
+    for record in records:
+        if record.project != cfg.project:
             continue
         issue = cfg.issue(record.issue_number) if record.issue_number is not None else None
         if issue is not None and record.pr.get("merging") and cfg.repo_for(issue).path == repo.path and \
