@@ -467,13 +467,14 @@ def merge_unconfirmed(err: Exception, worker: Worker, say: Callable[[str], None]
     return True
 
 
-def pr_states(state_root: Path, project: str, issues: dict[int, str],
+def pr_states(recorded: Recorded, issues: dict[int, str],
               held: set[int | None]) -> dict[int, tuple[str, dict[str, Any]]]:
-    """Issue -> (status's state, its `pr`) for issues with a PR: in progress (pr_open, ci_failed,
-    changes_requested; only while a worker holds it in the PR loop: `held`), completed by a merge (merged), or
-    completed / failed with the PR shown. An earlier run's PR of an issue being worked again is not shown."""
+    """Issue -> (status's state, its `pr`) for issues with a PR in the project's `recorded` file (`read`, whose
+    doubt the caller shows too): in progress (pr_open, ci_failed, changes_requested; only while a worker holds it
+    in the PR loop: `held`), completed by a merge (merged), or completed / failed with the PR shown. An earlier
+    run's PR of an issue being worked again is not shown."""
     out = {}
-    for key, entry in load(state_root, project).items():
+    for key, entry in recorded.entries.items():
         if not key.isdigit() or int(key) not in issues:
             continue
         status, phase = issues[int(key)], entry.get("phase")
