@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -36,6 +37,22 @@ LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
 QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a merge waits in a queue
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
+
+
+# The gh binaries (path, device, inode, mtime, size) that refused QUEUE_FIELDS as unknown: asked without them from
+# then on (one view a poll, not a refused one and another). A fact about one binary, never a setting: another gh
+# in its place (an upgrade) is a new key and is asked with them again.
+_NO_QUEUE_FIELDS: set[tuple[str, int, int, int, int]] = set()
+
+
+def _cli_identity(tool: str) -> tuple[str, int, int, int, int] | None:
+    """Which binary `tool` is on our PATH now (None: none found, or it cannot be stat'ed)."""
+    found = shutil.which(tool, path=forge_env().get("PATH"))
+    try:
+        st = os.stat(found) if found else None
+    except OSError:
+        return None
+    return (os.path.realpath(found), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) if found and st else None
 
 
 class ForgeError(OrchestratorError):
@@ -412,11 +429,14 @@ class GitHub(Forge):
 
     def _observe(self, number: int) -> Observation:
         fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
-        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}"])
-        queue_known = True
-        if called.code != 0 and re.search(r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"",
-                                          called.err, re.I):
+        cli = _cli_identity(self.tool)
+        queue_known = cli is None or cli not in _NO_QUEUE_FIELDS
+        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}" if queue_known else fields])
+        if queue_known and called.code != 0 and re.search(
+                r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"", called.err, re.I):
             # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
+            if cli is not None:
+                _NO_QUEUE_FIELDS.add(cli)
             called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
         if called.code != 0:
             raise _failed("gh pr view", called)
