@@ -17,12 +17,11 @@ from workers_fixtures import project, tmux_socket  # noqa: F401
 from lib.paths import Paths
 from orchestrator import pins, pulls
 from orchestrator.config import load_config
-from orchestrator.decide import ActionKind, PrView, PrWork, _judge_pr
+from orchestrator.decide import MAX_UNSEEN_POLLS, ActionKind, PrView, PrWork, _judge_pr
 from orchestrator.forge import MergeUnconfirmed
 from orchestrator.queue import IssueRef
 from orchestrator.state import WorkerRecord
 
-MAX_UNSEEN_POLLS = getattr(__import__("orchestrator.decide").decide, "MAX_UNSEEN_POLLS", 20)
 PASS = {"checks": [{"name": "build", "bucket": "pass"}]}
 OLD_GH = {"unknown_fields": ["isInMergeQueue", "autoMergeRequest"]}
 

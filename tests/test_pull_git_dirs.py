@@ -57,3 +57,28 @@ def test_a_force_push_that_dropped_our_work_is_still_told_under_safe_bare_reposi
              for now in (10.0, 20.0, 30.0)]
     assert f"PR #1's head {theirs[:12]} does not hold our last push {ours[:12]}" in views[2].error, views[2]
     assert "cannot tell" not in views[2].error
+
+
+def test_our_merge_is_told_from_a_direct_push_under_safe_bare_repository_explicit(make_repo, tmp_path,
+                                                                                  explicit_bare_only):
+    """The alerts' read of the default branch's move (alerts.merges_of_ours, its own throwaway git dir, the forge's
+    commits fetched into it) names its git dir too: our merge is ours, a direct push is not, whatever the user's
+    global config says."""
+    from orchestrator import alerts
+    from test_workers_pr_hangs import _commit as commit_in
+
+    handle = make_repo("app")
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(handle.remote), str(work))
+    old = git(work, "rev-parse", "HEAD")
+    git(work, "switch", "-q", "-c", "f-1")
+    ours = commit_in(work, "one.txt")
+    git(work, "switch", "-q", "main")
+    git(work, "merge", "-q", "--no-ff", "f-1", "-m", "Merge #1")
+    merged = git(work, "push", "-q", "origin", "main") or git(work, "rev-parse", "HEAD")
+    explicit_bare_only()
+    url = str(handle.remote)
+    assert alerts.merges_of_ours(handle.path, url, "main", old, merged, frozenset({ours}), 20.0) is True
+    pushed = commit_in(work, "direct.txt")
+    git(work, "push", "-q", "origin", "main")
+    assert alerts.merges_of_ours(handle.path, url, "main", old, pushed, frozenset({ours}), 20.0) is False
