@@ -469,7 +469,8 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     assert note and "set aside as pull-requests.json.corrupt" in note
     assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'
     assert pulls.save(state_root, "demo", 2, checks="passing") is None  # said once
-    [warning] = pulls.warnings(state_root, ["demo", "other"])
+    warning = pulls.read(state_root, "demo").doubt
+    assert pulls.read(state_root, "other").doubt == ""
     assert f"once you have looked at {path.with_name('pull-requests.json.corrupt')}, remove the \"set_aside\" key " \
            f"from {path} (its \"issues\" stay; nothing removes it by itself), or remove the worktrees anyway with " \
            "`cleanup --force`" in warning
@@ -477,7 +478,7 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     assert doc["issues"]["2"]["number"] == 9 and doc["issues"]["2"]["checks"] == "passing"
     del doc["set_aside"]
     path.write_text(json.dumps(doc))
-    assert pulls.warnings(state_root, ["demo"]) == [] and pulls.read(state_root, "demo").doubt == ""
+    assert pulls.read(state_root, "demo").doubt == ""
     path.write_text("damaged again")  # the older .corrupt, the only record of PR 1's time, is kept
     second = pulls.save(state_root, "demo", 3, number=10)
     [newer] = [p for p in path.parent.iterdir() if p.name.startswith("pull-requests.json.corrupt-")]
@@ -551,7 +552,7 @@ def test_a_fresh_pr_file_starts_from_what_the_event_log_last_said_of_each_pr(tmp
     os.mkfifo(path)
     assert "set aside as pull-requests.json.corrupt, a fresh one is written with the 3 PR(s)" in pulls.save(
         state_root, "demo", 9, number=20)
-    entries = pulls.load(state_root, "demo")
+    entries = pulls.read(state_root, "demo").entries
     assert {k: (v.get("number"), v.get("state")) for k, v in entries.items()} == {
         "5": (15, "merged"), "6": (16, "closed"), "7": (17, "open"), "9": (20, None)}
 

@@ -83,16 +83,6 @@ def read(state_root: Path, project: str) -> Recorded:
     return Recorded(dict(doc.get("issues", {})), doubt)
 
 
-def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
-    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable (see read)."""
-    return read(state_root, project).entries
-
-
-def warnings(state_root: Path, projects: list[str]) -> list[str]:
-    """Status's lines for the projects whose pull-requests.json is unreadable or was set aside."""
-    return [doubt for project in projects if (doubt := read(state_root, project).doubt)]
-
-
 def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | None:
     """Update the issue's entry. A damaged file is set aside (NAME.corrupt, kept for a look) and a fresh one
     that says so is written: returns that one line (also an event), else None."""
