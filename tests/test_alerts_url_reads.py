@@ -59,3 +59,21 @@ def test_the_alerts_read_the_default_branch_through_the_one_remote_head_reader(m
     checks.default_branch(str(handle.path), doc["repos"][str(handle.path)], "a stage ended", budget=5.0)
     assert [(u, b, s) for u, b, s, _ in asked] == [(str(handle.remote), "main", settings)] * 2
     assert asked[1][3] is not None and asked[1][3] <= 5.0 and checks.found == []
+
+
+def test_an_unpinned_repositorys_check_never_takes_how_to_reach_the_url_from_the_repositorys_own_config(
+        make_repo, tmp_path, monkeypatch):
+    """A repository snapshotted mid-run without a pin (or a snapshot from before settings were kept): how its url
+    is reached comes from the user's config (system, global), never from its .git/config, which an agent may have
+    edited (a core.sshCommand there would run the agent's command on every check)."""
+    handle, cfg, work = _setup(make_repo, tmp_path)
+    user = tmp_path / "user-gitconfig"
+    user.write_text("[credential]\n\thelper = cache\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(user))
+    marker = tmp_path / "agent-ran"
+    git(handle.path, "config", "core.sshCommand", f"touch {marker}; ssh")
+    doc = {"repos": {}}
+    snap = alerts._ensure_snapshot(doc, cfg.repos["default"])
+    assert snap is not None and snap["settings"] == {"credential.helper": ["cache"]}
+    del snap["settings"]  # as a run.json written before the settings were kept
+    assert alerts.reach(snap) == {"credential.helper": ["cache"]}

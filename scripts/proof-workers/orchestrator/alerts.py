@@ -247,22 +247,22 @@ def _absolute_url(url: str, repo: Path) -> str:
     return str((repo / url).resolve())
 
 
-def reach(key: str, snap: dict[str, Any]) -> dict[str, list[str]]:
+def reach(snap: dict[str, Any]) -> dict[str, list[str]]:
     """How the watched url is reached (worktrees.PINNED_SETTINGS, read with it as pushes read it: no git config
     but these): the snapshot's; a snapshot from before it kept them, or one edited into another shape, takes
-    what git would use in the repository now."""
+    the user's (worktrees.user_settings: never the repository's, which an agent may have edited)."""
     settings = snap.get("settings")
     if isinstance(settings, dict) and set(settings) <= set(worktrees.PINNED_SETTINGS) and all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in settings.values()):
         return settings
-    return worktrees.pinned_settings(Path(key))
+    return worktrees.user_settings()
 
 
-def _default_head(key: str, snap: dict[str, Any], timeout: float | None = None) -> str | None:
+def _default_head(snap: dict[str, Any], timeout: float | None = None) -> str | None:
     """The watched default branch's commit now (None: it has none), read as pushes read the url (worktrees.
     remote_head); GitFailed when it could not be read within `timeout` (REMOTE_BUDGET_S by default: the ls-remote
     and what it started are killed)."""
-    return worktrees.remote_head(watched_url(snap), snap["default_branch"], reach(key, snap),
+    return worktrees.remote_head(watched_url(snap), snap["default_branch"], reach(snap),
                                  REMOTE_BUDGET_S if timeout is None else timeout)
 
 
@@ -284,12 +284,12 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig,
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
             "config": config_entries(config_file), "config_mark": _digest(read_small(config_file)),
             "exclude": exclude, "url": url,
-            "settings": pinned.settings if pinned else worktrees.pinned_settings(repo.path)}
+            "settings": pinned.settings if pinned else worktrees.user_settings()}
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
         snap["main_mark"] = _main_mark(snap)
         try:
-            snap["default_head"] = _default_head(key, snap)
+            snap["default_head"] = _default_head(snap)
         except worktrees.GitFailed:
             snap["default_unknown"] = True  # remote unreachable now: its first answer becomes the baseline
             snap["default_head"] = None
@@ -388,7 +388,7 @@ class Checks:
         url = watched_url(snap)
         budget = REMOTE_BUDGET_S if budget is None else budget
         started = time.monotonic()
-        now = _default_head(key, snap, budget)
+        now = _default_head(snap, budget)
         if snap.get("default_unknown"):
             snap["default_head"], snap["default_unknown"] = now, False
             self.changed = True
@@ -396,7 +396,7 @@ class Checks:
         if now == snap["default_head"]:
             return
         if ours and now and merges_of_ours(Path(key), url, snap["default_branch"], snap["default_head"], now, ours,
-                                           budget - (time.monotonic() - started), reach(key, snap)):
+                                           budget - (time.monotonic() - started), reach(snap)):
             return
         for project in self.projects_of(key):
             self.raise_once(f"default_branch_moved:{project}:{key}:{now}", "default_branch_moved", project, None,
@@ -588,11 +588,11 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
         say(f"alert check (default branch) could not check, checked again at the next cycle: {err}")
 
     try:
-        now = _default_head(str(repo.path), snap, left())
+        now = _default_head(snap, left())
         heads = frozenset({head, *snap.get("landed", []), *_merging_heads(records, cfg, repo)}) - {""}
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
             repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left(),
-            reach(str(repo.path), snap)))
+            reach(snap)))
     except worktrees.GitFailed as err:
         not_now(err)
         return None

@@ -220,6 +220,18 @@ def pinned_settings(repo: Path) -> dict[str, list[str]]:
     return found
 
 
+def user_settings() -> dict[str, list[str]]:
+    """The values of PINNED_SETTINGS in the user's config alone (system, then global): no repository's, which an
+    agent may have edited since the run began."""
+    found = {}
+    for key in PINNED_SETTINGS:
+        values = [v for scope in ("--system", "--global")
+                  for v in git(Path("/"), "config", scope, "--get-all", key, check=False).splitlines()]
+        if values:
+            found[key] = values
+    return found
+
+
 def push_url(repo: Path) -> str:
     """Where a push to origin goes now (url, pushurl and insteadOf rewrites applied): what a pin records."""
     return git(repo, "remote", "get-url", "--push", "origin").strip()
