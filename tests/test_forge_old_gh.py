@@ -42,3 +42,17 @@ def test_a_gh_upgraded_in_place_is_asked_for_the_queue_fields_again(project, fak
     os.utime(gh, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     assert _poll(cfg, state_root, record, 20.0).queued is False
     assert "isInMergeQueue" in " ".join(_views(fake)[-1])
+
+
+def test_a_gh_that_stays_the_same_file_is_asked_for_the_queue_fields_again_once_the_time_is_up(
+        project, fake_forge, monkeypatch):
+    """A version manager's shim stays the same file while the gh behind it is upgraded: the refusal is remembered
+    for forge.QUEUE_FIELDS_RECHECK_S, not for the monitor's whole life."""
+    from orchestrator import forge
+
+    proj, cfg, state_root, fake, record = _opened(project, fake_forge, **OLD_GH)
+    assert _poll(cfg, state_root, record, 10.0).queued is None
+    fake.update(unknown_fields=[])  # the gh behind the shim was upgraded; the shim itself did not change
+    assert _poll(cfg, state_root, record, 20.0).queued is None  # still remembered
+    monkeypatch.setattr(forge, "QUEUE_FIELDS_RECHECK_S", 0.0)
+    assert _poll(cfg, state_root, record, 30.0).queued is False

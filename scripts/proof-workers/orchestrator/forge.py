@@ -39,10 +39,12 @@ QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
-# The gh binaries (path, device, inode, mtime, size) that refused QUEUE_FIELDS as unknown: asked without them from
-# then on (one view a poll, not a refused one and another). A fact about one binary, never a setting: another gh
-# in its place (an upgrade) is a new key and is asked with them again.
-_NO_QUEUE_FIELDS: set[tuple[str, int, int, int, int]] = set()
+# The gh binaries (path, device, inode, mtime, size) that refused QUEUE_FIELDS as unknown, and when (monotonic):
+# asked without them for QUEUE_FIELDS_RECHECK_S (one view a poll, not a refused one and another). A fact about one
+# binary, never a setting: another gh in its place (an upgrade) is a new key and is asked with them again; a shim
+# that stays the same file (a version manager's) is asked again once the time is up.
+_NO_QUEUE_FIELDS: dict[tuple[str, int, int, int, int], float] = {}
+QUEUE_FIELDS_RECHECK_S = 3600.0
 
 
 def _cli_identity(tool: str) -> tuple[str, int, int, int, int] | None:
@@ -430,13 +432,14 @@ class GitHub(Forge):
     def _observe(self, number: int) -> Observation:
         fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
         cli = _cli_identity(self.tool)
-        queue_known = cli is None or cli not in _NO_QUEUE_FIELDS
+        refused_at = _NO_QUEUE_FIELDS.get(cli) if cli is not None else None
+        queue_known = refused_at is None or time.monotonic() - refused_at >= QUEUE_FIELDS_RECHECK_S
         called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}" if queue_known else fields])
         if queue_known and called.code != 0 and re.search(
                 r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"", called.err, re.I):
             # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
             if cli is not None:
-                _NO_QUEUE_FIELDS.add(cli)
+                _NO_QUEUE_FIELDS[cli] = time.monotonic()
             called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
         if called.code != 0:
             raise _failed("gh pr view", called)
