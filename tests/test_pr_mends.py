@@ -328,7 +328,7 @@ def test_while_our_merge_is_under_way_only_its_own_move_of_main_raises_no_alert(
 
     write_json(alerts.run_file(root), doc)
     said: list[str] = []
-    accepted = alerts.accept_default_head(root, cfg, cfg.issues[0], head, said.append)
+    accepted = alerts.accept_default_head(root, cfg, cfg.issues[0], head, [], said.append)
     assert accepted == (new if move in OURS else None), move
     landed = [a for a in alerts.load(root)["alerts"] if a["kind"] == "default_branch_moved"]
     assert bool(landed) is (move not in OURS), move
@@ -469,7 +469,8 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     assert note and "set aside as pull-requests.json.corrupt" in note
     assert path.with_name("pull-requests.json.corrupt").read_text() == '{"issues": {"1": "not an object"}}'
     assert pulls.save(state_root, "demo", 2, checks="passing") is None  # said once
-    [warning] = pulls.warnings(state_root, ["demo", "other"])
+    warning = pulls.read(state_root, "demo").doubt
+    assert pulls.read(state_root, "other").doubt == ""
     assert f"once you have looked at {path.with_name('pull-requests.json.corrupt')}, remove the \"set_aside\" key " \
            f"from {path} (its \"issues\" stay; nothing removes it by itself), or remove the worktrees anyway with " \
            "`cleanup --force`" in warning
@@ -477,7 +478,7 @@ def test_a_set_aside_note_lasts_until_the_user_removes_it_and_a_damaged_file_is_
     assert doc["issues"]["2"]["number"] == 9 and doc["issues"]["2"]["checks"] == "passing"
     del doc["set_aside"]
     path.write_text(json.dumps(doc))
-    assert pulls.warnings(state_root, ["demo"]) == [] and pulls.read(state_root, "demo").doubt == ""
+    assert pulls.read(state_root, "demo").doubt == ""
     path.write_text("damaged again")  # the older .corrupt, the only record of PR 1's time, is kept
     second = pulls.save(state_root, "demo", 3, number=10)
     [newer] = [p for p in path.parent.iterdir() if p.name.startswith("pull-requests.json.corrupt-")]
@@ -551,14 +552,16 @@ def test_a_fresh_pr_file_starts_from_what_the_event_log_last_said_of_each_pr(tmp
     os.mkfifo(path)
     assert "set aside as pull-requests.json.corrupt, a fresh one is written with the 3 PR(s)" in pulls.save(
         state_root, "demo", 9, number=20)
-    entries = pulls.load(state_root, "demo")
+    entries = pulls.read(state_root, "demo").entries
     assert {k: (v.get("number"), v.get("state")) for k, v in entries.items()} == {
         "5": (15, "merged"), "6": (16, "closed"), "7": (17, "open"), "9": (20, None)}
 
 
-def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_first(make_repo, tmp_path):
+def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_first(make_repo, tmp_path,
+                                                                                    monkeypatch):
     """A queue lands #1's PR, then #2's on top; the poll sees #2 merged first: both merges are ours (the other
-    merge under way is read from its worker's record), no alert, and main's new head is taken."""
+    merge under way is in its worker's record, as the caller holds it: no record is read again), no alert, and
+    main's new head is taken."""
     from orchestrator import alerts
     from orchestrator.config import parse_config
     from orchestrator.state import RunFiles, WorkerRecord
@@ -580,9 +583,14 @@ def test_two_merges_of_ours_landing_together_raise_no_alert_whichever_is_seen_fi
     git(work, "merge", "-q", "--no-ff", "f-1", "-m", "Merge #1")
     git(work, "merge", "-q", "--no-ff", "f-2", "-m", "Merge #2")
     git(work, "push", "-q", "origin", "main")
-    RunFiles(root).save_worker(WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
-                                            pr={"watching": True, "merging": True, "head": heads[1]}))
+    other = WorkerRecord(1, status="running", project="p", issue_number=1, branch="f-1",
+                         pr={"watching": True, "merging": True, "head": heads[1]})
+    RunFiles(root).save_worker(other)
+    read: list[int] = []
+    monkeypatch.setattr(RunFiles, "load_worker", lambda self, n: read.append(n) or other)
+    monkeypatch.setattr(RunFiles, "recorded_workers", lambda self: read.append(0) or [1])
     said: list[str] = []
-    assert alerts.accept_default_head(root, cfg, cfg.issues[1], heads[2], said.append) == \
+    assert alerts.accept_default_head(root, cfg, cfg.issues[1], heads[2], [other], said.append) == \
         git(handle.remote, "rev-parse", "main")
     assert said == [] and alerts.load(root)["alerts"] == []
+    assert read == []  # the caller's records: none read again

@@ -320,9 +320,10 @@ def test_a_queued_merge_whose_answer_was_lost_is_still_watched_as_queued(project
     assert pulls.work_of(cfg, record).merge_queued == record.pr["head"]
 
 
-def test_a_gh_too_old_to_show_the_merge_queue_still_watches_a_queued_pr_until_merged(project, fake_forge):
-    """gh without isInMergeQueue refuses the field (exit 1): the poll reads the rest, and a merge of ours that was
-    queued is waited for, never taken as dropped (nor every poll a failure)."""
+def test_a_gh_too_old_to_show_the_merge_queue_still_sees_a_queue_that_merges_within_its_bound(project, fake_forge):
+    """gh without isInMergeQueue refuses the field (exit 1): the poll reads the rest. A merge of ours left open is
+    neither a failure nor "queued" (this gh cannot tell): it is waited for (decide.MAX_UNSEEN_POLLS polls at
+    most), and a queue that merges it meanwhile completes the issue; never a second merge call."""
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
 
@@ -334,8 +335,9 @@ def test_a_gh_too_old_to_show_the_merge_queue_still_watches_a_queued_pr_until_me
     assert failed == 0 and proj.issue(1)["status"] == "completed", lines
     assert [p["state"] for p in fake.prs()] == ["MERGED"]
     kinds = [e["action"] for e in proj.events() if e.get("issue") == 1]
-    assert "fix_ci" not in kinds and "merge_failed" not in kinds and "merge_queued" in kinds
-    assert not any("poll failed" in line for line in lines)
+    assert "fix_ci" not in kinds and "merge_failed" not in kinds and "merge_queued" not in kinds
+    assert "merge_unconfirmed" in kinds and [c[:2] for c in fake.calls("gh")].count(["pr", "merge"]) == 1
+    assert not any("poll failed" in line or "merging (queued)" in line for line in lines)
 
 
 def test_a_queued_pr_closed_by_a_human_fails_the_issue(project, fake_forge):

@@ -229,7 +229,7 @@ def test_our_merge_seen_while_the_remote_cannot_be_read_is_remembered_and_judged
     write_json(alerts.run_file(root), doc)
 
     said: list[str] = []
-    assert alerts.accept_default_head(root, cfg, cfg.issues[0], head, said.append) is None
+    assert alerts.accept_default_head(root, cfg, cfg.issues[0], head, [], said.append) is None
     doc = alerts.load(root)
     snap = doc["repos"][key]
     assert doc["alerts"] == [] and snap["default_head"] == old and snap["landed"] == [head]
@@ -252,8 +252,8 @@ def test_a_monitor_killed_outright_during_a_hung_remote_check_leaves_no_ssh_behi
 
     root = Path(__file__).resolve().parent.parent
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "from orchestrator import alerts\n"
-            f"alerts._remote_head({HANG_URL!r}, 'main', 3600.0)\n")
+            "from orchestrator import worktrees\n"
+            f"worktrees.remote_head({HANG_URL!r}, 'main', None, 3600.0)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(root / "scripts" / "proof-workers")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

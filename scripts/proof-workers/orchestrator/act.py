@@ -380,7 +380,8 @@ class Executor:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
         if action.reason == "merged" and record.pr.get("merging"):
             # Our own merge moved the default branch: recorded here, not alerted.
-            moved = alerts.accept_default_head(self.run.files.root, cfg, issue, record.pr.get("head") or "", self.say)
+            moved = alerts.accept_default_head(self.run.files.root, cfg, issue, record.pr.get("head") or "",
+                                               self.records.values(), self.say)
             self.run.files.log_event({"action": "pr_merged", "worker": action.worker, "issue": issue.number,
                                       "project": cfg.project, "url": record.pr.get("url"), "default_head": moved})
         if action.reason == "merged":

@@ -19,11 +19,11 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from lib.errors import OrchestratorError, clip
 from lib.statefile import read_json, read_small, set_aside, write_json
-from orchestrator import worktrees
+from orchestrator import pins, worktrees
 from orchestrator.config import Issue, ProjectConfig, RepoConfig
 from orchestrator.decide import Snapshot
 from orchestrator.queue import IssueRef
@@ -68,7 +68,7 @@ def current(root: Path, configs: list[ProjectConfig], now: float) -> dict[str, A
            "repos": {}, "alerts": [], "seen": [], "quiet": {}}
     for cfg in configs:
         for repo in cfg.repos.values():
-            _ensure_snapshot(doc, repo, _pinned_url(root, repo, configs))
+            _ensure_snapshot(doc, repo, _pin_of(root, repo, configs))
     write_json(run_file(root), doc)
     return doc
 
@@ -225,10 +225,8 @@ def watched_url(snap: dict[str, Any]) -> str:
     return str(snap["url"])
 
 
-def _pinned_url(root: Path, repo: RepoConfig, configs: list[ProjectConfig]) -> str | None:
-    """The push url pinned for this repository by a project of the run (None: not pinned, or unreadable)."""
-    from orchestrator import pins
-
+def _pin_of(root: Path, repo: RepoConfig, configs: list[ProjectConfig]) -> pins.Pin | None:
+    """The push target pinned for this repository by a project of the run (None: not pinned, or unreadable)."""
     for cfg in configs:
         for name, candidate in cfg.repos.items():
             if candidate.path == repo.path:
@@ -237,7 +235,7 @@ def _pinned_url(root: Path, repo: RepoConfig, configs: list[ProjectConfig]) -> s
                 except OrchestratorError:
                     continue
                 if pin is not None:
-                    return pin.url
+                    return pin
     return None
 
 
@@ -249,25 +247,27 @@ def _absolute_url(url: str, repo: Path) -> str:
     return str((repo / url).resolve())
 
 
-def _remote_head(url: str, branch: str, timeout: float | None = None) -> str | None:
-    """The branch's commit at `url` (None: it has none); raises GitFailed when the remote could not be read (an
-    error, or no answer within `timeout`, REMOTE_BUDGET_S by default: the ls-remote and what it started are
-    killed)."""
-    timeout = REMOTE_BUDGET_S if timeout is None else timeout
-    code, out = worktrees.git_in_group(Path("/"), "ls-remote", "--", url, f"refs/heads/{branch}", timeout=timeout)
-    if code is None:
-        raise worktrees.GitFailed(f"ls-remote {clip(url)}: no answer, timed out after {timeout:.0f}s")
-    if code != 0:
-        said = " / ".join(line.strip() for line in out.splitlines() if line.strip())
-        raise worktrees.GitFailed(f"ls-remote {clip(url)}: {clip(said, 400) or f'exit {code}'}")
-    for line in out.splitlines():  # stderr is interleaved: only the answer's own line counts
-        found = re.fullmatch(r"([0-9a-f]{40}|[0-9a-f]{64})\trefs/heads/(.+)", line)
-        if found and found.group(2) == branch:
-            return found.group(1)
-    return None
+def reach(snap: dict[str, Any]) -> dict[str, list[str]]:
+    """How the watched url is reached (worktrees.PINNED_SETTINGS, read with it as pushes read it: no git config
+    but these): the snapshot's; a snapshot from before it kept them, or one edited into another shape, takes
+    the user's (worktrees.user_settings: never the repository's, which an agent may have edited)."""
+    settings = snap.get("settings")
+    if isinstance(settings, dict) and set(settings) <= set(worktrees.PINNED_SETTINGS) and all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in settings.values()):
+        return settings
+    return worktrees.user_settings()
 
 
-def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig, pinned: str | None = None) -> dict[str, Any] | None:
+def _default_head(snap: dict[str, Any], timeout: float | None = None) -> str | None:
+    """The watched default branch's commit now (None: it has none), read as pushes read the url (worktrees.
+    remote_head); GitFailed when it could not be read within `timeout` (REMOTE_BUDGET_S by default: the ls-remote
+    and what it started are killed)."""
+    return worktrees.remote_head(watched_url(snap), snap["default_branch"], reach(snap),
+                                 REMOTE_BUDGET_S if timeout is None else timeout)
+
+
+def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig,
+                     pinned: pins.Pin | None = None) -> dict[str, Any] | None:
     key = str(repo.path)
     if key in doc["repos"]:
         return doc["repos"][key]
@@ -279,16 +279,17 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig, pinned: str | None =
         exclude = None
         if worktrees.inside(repo.worktree_base, repo.path):
             exclude = str(repo.worktree_base.resolve().relative_to(repo.path.resolve()))
-        url = pinned or _absolute_url(worktrees.push_url(repo.path), repo.path)
+        url = pinned.url if pinned else _absolute_url(worktrees.push_url(repo.path), repo.path)
         snap: dict[str, Any] = {
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
             "config": config_entries(config_file), "config_mark": _digest(read_small(config_file)),
-            "exclude": exclude, "url": url}
+            "exclude": exclude, "url": url,
+            "settings": pinned.settings if pinned else worktrees.user_settings()}
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
         snap["main_mark"] = _main_mark(snap)
         try:
-            snap["default_head"] = _remote_head(url, repo.default_branch)
+            snap["default_head"] = _default_head(snap)
         except worktrees.GitFailed:
             snap["default_unknown"] = True  # remote unreachable now: its first answer becomes the baseline
             snap["default_head"] = None
@@ -387,7 +388,7 @@ class Checks:
         url = watched_url(snap)
         budget = REMOTE_BUDGET_S if budget is None else budget
         started = time.monotonic()
-        now = _remote_head(url, snap["default_branch"], budget)
+        now = _default_head(snap, budget)
         if snap.get("default_unknown"):
             snap["default_head"], snap["default_unknown"] = now, False
             self.changed = True
@@ -395,7 +396,7 @@ class Checks:
         if now == snap["default_head"]:
             return
         if ours and now and merges_of_ours(Path(key), url, snap["default_branch"], snap["default_head"], now, ours,
-                                           budget - (time.monotonic() - started)):
+                                           budget - (time.monotonic() - started), reach(snap)):
             return
         for project in self.projects_of(key):
             self.raise_once(f"default_branch_moved:{project}:{key}:{now}", "default_branch_moved", project, None,
@@ -557,10 +558,11 @@ def check(doc: dict[str, Any], configs: list[ProjectConfig], records: list[Worke
     return out, checks.found, checks.changed
 
 
-def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
+def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str, records: Iterable[WorkerRecord],
                         say: Callable[[str], None] = lambda _: None) -> str | None:
     """Our merge of the issue's PR at `head` was seen merged: the run's snapshot takes the default branch's new
-    head when all it gained since the snapshot is merges of ours (the caller records the merge), and returns it.
+    head when all it gained since the snapshot is merges of ours (this one, and the others under way in the
+    caller's worker `records`; the caller records the merge), and returns it.
     Anything more (a direct push before, while or after the merge waited in a queue) is a default_branch_moved
     alert now, announced as the monitor announces one (the pause first when on_alert is pause, an event, a line):
     None. A remote that does not answer (in REMOTE_BUDGET_S) is no verdict: the merge is remembered as ours
@@ -586,10 +588,11 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
         say(f"alert check (default branch) could not check, checked again at the next cycle: {err}")
 
     try:
-        now = _remote_head(watched_url(snap), snap["default_branch"], left())
-        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(root, cfg, repo)}) - {""}
+        now = _default_head(snap, left())
+        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(records, cfg, repo)}) - {""}
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
-            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left()))
+            repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left(),
+            reach(snap)))
     except worktrees.GitFailed as err:
         not_now(err)
         return None
@@ -610,16 +613,12 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
     return None
 
 
-def _merging_heads(root: Path, cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
+def _merging_heads(records: Iterable[WorkerRecord], cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
     """The heads of the project's other merges under way in `repo`, from the worker records (another PR of ours
     the queue may have landed below this one)."""
-    from orchestrator.state import RunFiles
-
-    files, heads = RunFiles(root), set()
-    for worker in files.recorded_workers():
-        try:
-            record = files.load_worker(worker)
-        except OrchestratorError:
+    heads = set()
+    for record in records:
+        if record.project != cfg.project:
             continue
         issue = cfg.issue(record.issue_number) if record.issue_number is not None else None
         if issue is not None and record.pr.get("merging") and cfg.repo_for(issue).path == repo.path and \
@@ -650,33 +649,28 @@ Git = Callable[..., str]  # git run in one directory: git(*args, check=True) -> 
 
 
 def merges_of_ours(repo: Path, url: str, branch: str, old: str | None, new: str, heads: frozenset[str],
-                   timeout: float | None = None) -> bool:
+                   timeout: float | None = None, settings: dict[str, list[str]] | None = None) -> bool:
     """Whether all the default branch gained from `old` to `new` is merges of PRs of ours (`heads`, each as the
     forge merged it: a fast-forward to it, a merge commit of it, a squash or a rebase of it: the merged tree
     each time, on the first-parent line from `new` down to `old`). A direct push anywhere in between, a rewound
     branch, or commits that cannot be read make it False. Raises GitFailed when git cannot tell.
 
-    Read in a throwaway git dir over the repository's objects (worktrees' pinned one: none of the repository's
-    config, which an agent may have edited, is read); the forge's commits are fetched into it from `url` (a
-    lib.runner step killed with what it started after `timeout` seconds, REMOTE_BUDGET_S by default: then
-    GitFailed, nothing judged), and
-    go with it."""
+    Read in a throwaway git dir over the repository's objects (worktrees' pinned one: no git config is read but
+    its own and `settings`, how the url is reached; never the repository's, which an agent may have edited); the
+    forge's commits are fetched into it from `url` (a lib.runner step killed with what it started after `timeout`
+    seconds, REMOTE_BUDGET_S by default: then GitFailed, nothing judged), and go with it."""
     if not old or not heads:
         return False
-    timeout = REMOTE_BUDGET_S if timeout is None else timeout
+    timeout = max(0.1, REMOTE_BUDGET_S if timeout is None else timeout)
     try:
-        with worktrees.throwaway_git_dir(repo) as shim:
+        with worktrees.throwaway_git_dir(repo, settings) as shim:
             def in_shim(*args: str, check: bool = True) -> str:
-                return worktrees.git(shim, f"--git-dir={shim}", *args, check=check)
+                return worktrees.in_throwaway(shim, *args, check=check)
 
             def fetch() -> None:
-                code, out = worktrees.git_in_group(
-                    shim, f"--git-dir={shim}", "fetch", "-q", "--no-tags", "--no-write-fetch-head",
-                    "--no-recurse-submodules", "--", url, f"refs/heads/{branch}", timeout=timeout)
-                if code != 0:
-                    said = f"no answer, timed out after {max(0.0, timeout):.0f}s" if code is None else \
-                        clip(" / ".join(line.strip() for line in out.splitlines() if line.strip()), 400)
-                    raise worktrees.GitFailed(f"fetch of {branch} from {clip(url)}: {said or f'exit {code}'}")
+                worktrees.run_in_throwaway(shim, f"fetch of {branch} from {clip(url)}", "fetch", "-q", "--no-tags",
+                                           "--no-write-fetch-head", "--no-recurse-submodules", "--", url,
+                                           f"refs/heads/{branch}", timeout=timeout)
 
             return _merges_in(in_shim, fetch, old, new, heads)
     except OSError as err:  # the temporary directory (a full disk)

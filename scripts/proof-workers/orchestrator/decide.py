@@ -19,6 +19,9 @@ MAX_PUSH_ATTEMPTS = 10
 # A try lost because tmux or the machine went away is started again without using a retry,
 # this many times per stage; past that each loss counts (a pane an agent keeps killing is its fault).
 MAX_LOST_TRIES = 5
+# Polls of a PR left open by our accepted merge call while the forge's CLI cannot show whether it waits in a merge
+# queue (a gh too old for the queue fields): past this many the issue fails, saying so (never watched without end).
+MAX_UNSEEN_POLLS = 20
 SIGHUP_EXIT = 129  # the wrapper's code when its terminal (the tmux pane) hung up
 SIGTERM_EXIT = 143  # ... when it was terminated: with its pane gone too, the machine shut down
 
@@ -72,6 +75,8 @@ class PrWork:
     head: str = ""  # the commit we pushed last: checks of another head are not this round's
     review_seen: str = ""  # the review round already addressed
     merge_queued: str = ""  # the head our accepted merge left queued (merge queue, auto-merge); "" none
+    # Polls so far of the PR left open by our accepted merge where the CLI cannot show a queue (0: none such).
+    merge_unseen: int = 0
     open_failures: int = 0  # the PR is not open yet: tries of opening it that failed on the network so far
     merge: str = "manual"  # manual | auto
     max_ci_fixes: int = 3
@@ -358,14 +363,22 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
         return [Action(ActionKind.PR_DONE, wid, ref, "merged")]
     if poll.state == "closed":
         return [Action(ActionKind.SKIP, wid, ref, "pr closed")]
-    if poll.checks != "failing" and (poll.queued and work.merge == "auto" or
-                                     work.merge_queued and poll.queued is not False):
+    if poll.checks != "failing" and poll.queued is None and (work.merge_unseen or work.merge_queued):
+        # Our merge call was accepted, the PR is still open, and the CLI cannot show a queue: maybe queued, maybe
+        # nothing happened. Never taken as queued: waited for a bounded number of polls, then said.
+        if work.merge_unseen < MAX_UNSEEN_POLLS:
+            return []
+        return [Action(ActionKind.SKIP, wid, ref, f"merge not seen: the PR is still open {work.merge_unseen} polls "
+                                         "after our merge call was accepted, and this gh cannot show whether it waits "
+                                         "in a merge queue (too old for isInMergeQueue); the PR is left as it is")]
+    if poll.checks != "failing" and (poll.queued and work.merge == "auto" or work.merge_queued and poll.queued):
         return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
     if work.merge_queued:
         # Our merge was queued and the queue let it go unmerged (its checks failed, a push, someone dequeued it):
         # a fix round, never another merge call at whatever head it has now.
         names = ", ".join(poll.failed) if poll.checks == "failing" and poll.failed else ""
         why = (f"checks failed while queued to merge: {names or 'a check'}" if poll.queued else
+               f"checks failed after our merge call: {names or 'a check'}" if poll.queued is None else
                f"left the merge queue unmerged{f' (checks failed: {names})' if names else ''}")
         if work.ci_fixes < work.max_ci_fixes:
             return [Action(ActionKind.FIX_CI, wid, ref, f"{why}; fix {work.ci_fixes + 1}/{work.max_ci_fixes}")]

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -38,6 +39,24 @@ QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 
 
+# The gh binaries (path, device, inode, mtime, size) that refused QUEUE_FIELDS as unknown, and when (monotonic):
+# asked without them for QUEUE_FIELDS_RECHECK_S (one view a poll, not a refused one and another). A fact about one
+# binary, never a setting: another gh in its place (an upgrade) is a new key and is asked with them again; a shim
+# that stays the same file (a version manager's) is asked again once the time is up.
+_NO_QUEUE_FIELDS: dict[tuple[str, int, int, int, int], float] = {}
+QUEUE_FIELDS_RECHECK_S = 3600.0
+
+
+def _cli_identity(tool: str) -> tuple[str, int, int, int, int] | None:
+    """Which binary `tool` is on our PATH now (None: none found, or it cannot be stat'ed)."""
+    found = shutil.which(tool, path=forge_env().get("PATH"))
+    try:
+        st = os.stat(found) if found else None
+    except OSError:
+        return None
+    return (os.path.realpath(found), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) if found and st else None
+
+
 class ForgeError(OrchestratorError):
     """A gh/glab call failed: one line naming the call and what the CLI said; `transient` when it looks like the
     network or the forge's servers failed (the same call may well work a minute later)."""
@@ -51,7 +70,8 @@ class ForgeError(OrchestratorError):
 
 class MergeUnconfirmed(ForgeError):
     """The forge accepted a merge call, but the view that would show what it did failed (the network, a hung or
-    garbled answer): neither a failed merge nor a merge; the next poll tells."""
+    garbled answer), or shows the PR still open where the CLI cannot say whether it waits in a merge queue (a gh
+    too old for the queue fields): neither a failed merge nor a merge, and never "queued"; the polls tell."""
 
 
 # What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
@@ -310,7 +330,8 @@ class Forge:
         stands: "merged", or "queued" when the CLI exited 0 having only queued it (a merge queue, glab's auto-merge
         while a pipeline runs: the forge shows it queued and merges it later). A PR still open in no queue, closed
         meanwhile, or an error said raises ForgeError, so a PR is never recorded merged before it is. A merge
-        accepted whose view then fails raises MergeUnconfirmed (never counted failed, nor merged)."""
+        accepted whose view then fails, or leaves the PR open where the CLI cannot show a queue (queued None),
+        raises MergeUnconfirmed (never counted failed, nor merged, nor queued)."""
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         try:
@@ -320,8 +341,12 @@ class Forge:
                                    f"{err}", transient=True) from None
         if after.state == "merged":
             return "merged"
-        if after.state == "open" and after.queued is not False:
+        if after.state == "open" and after.queued:
             return "queued"
+        if after.state == "open" and after.queued is None:
+            raise MergeUnconfirmed(f"{self.tool}: PR {number} is still open after the merge was accepted, and this "
+                                   f"{self.tool} cannot show whether it waits in a merge queue (too old for "
+                                   f"{QUEUE_FIELDS}): not merged, or not yet")
         raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted" +
                          (" and in no merge queue" if after.state == "open" else ""))
 
@@ -406,11 +431,15 @@ class GitHub(Forge):
 
     def _observe(self, number: int) -> Observation:
         fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
-        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}"])
-        queue_known = True
-        if called.code != 0 and re.search(r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"",
-                                          called.err, re.I):
+        cli = _cli_identity(self.tool)
+        refused_at = _NO_QUEUE_FIELDS.get(cli) if cli is not None else None
+        queue_known = refused_at is None or time.monotonic() - refused_at >= QUEUE_FIELDS_RECHECK_S
+        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}" if queue_known else fields])
+        if queue_known and called.code != 0 and re.search(
+                r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"", called.err, re.I):
             # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
+            if cli is not None:
+                _NO_QUEUE_FIELDS[cli] = time.monotonic()
             called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
         if called.code != 0:
             raise _failed("gh pr view", called)

@@ -21,7 +21,7 @@ from lib.errors import OrchestratorError, clip
 from lib.statefile import UnreadableFile, locked, read_json, read_regular, set_aside, write_json
 from orchestrator import forge, pins, worktrees
 from orchestrator.config import Issue, IssueStatus, ProjectConfig
-from orchestrator.decide import ActionKind, PrView, PrWork
+from orchestrator.decide import MAX_UNSEEN_POLLS, ActionKind, PrView, PrWork
 from orchestrator.forge import ForgeError, Observation
 from orchestrator.state import RunFiles, WorkerRecord, now_iso
 from orchestrator.worker import Worker
@@ -81,16 +81,6 @@ def read(state_root: Path, project: str) -> Recorded:
              f"(its \"issues\" stay; nothing removes it by itself), {force}"
              ) if isinstance(aside, dict) else ""
     return Recorded(dict(doc.get("issues", {})), doubt)
-
-
-def load(state_root: Path, project: str) -> dict[str, dict[str, Any]]:
-    """Issue number (as text) -> {number, url, state, checks, phase, ...}; {} when none or unreadable (see read)."""
-    return read(state_root, project).entries
-
-
-def warnings(state_root: Path, projects: list[str]) -> list[str]:
-    """Status's lines for the projects whose pull-requests.json is unreadable or was set aside."""
-    return [doubt for project in projects if (doubt := read(state_root, project).doubt)]
 
 
 def save(state_root: Path, project: str, issue: int, **fields: Any) -> str | None:
@@ -164,7 +154,7 @@ def work_of(cfg: ProjectConfig, record: WorkerRecord) -> PrWork | None:
     return PrWork(watching=bool(pr.get("watching")), in_stage=bool(pr.get("in_stage")),
                   ci_fixes=int(pr.get("ci_fixes") or 0), review_rounds=int(pr.get("review_rounds") or 0),
                   head=str(pr.get("head") or ""), review_seen=str(pr.get("review_seen") or ""),
-                  merge_queued=str(pr.get("merge_queued") or ""),
+                  merge_queued=str(pr.get("merge_queued") or ""), merge_unseen=int(pr.get("merge_unseen") or 0),
                   open_failures=int(pr.get("open_failures") or 0) if pr.get("opening") else 0,
                   merge=cfg.review.merge, max_ci_fixes=cfg.review.max_ci_fixes,
                   max_review_rounds=cfg.review.max_review_rounds)
@@ -278,15 +268,20 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         if seen.queued and seen.state == "open" and pr.get("merging") and not pr.get("merge_queued"):
             # Our merge call was accepted but its answer lost (or the monitor killed before recording it).
             pr["merge_queued"] = str(pr.get("head") or "") or "?"
-        if pr.get("merge_queued") and seen.state == "open" and seen.queued is not False:
-            record.last_reason += ", merging (queued)" if seen.queued else \
-                ", merging (queued: this gh cannot show whether it is still in the queue)"
+        # Our accepted merge left it open and this CLI cannot show a queue: counted, so the wait has an end (decide).
+        unseen = seen.state == "open" and seen.queued is None and bool(pr.get("merge_unseen") or pr.get("merge_queued"))
+        pr["merge_unseen"] = int(pr.get("merge_unseen") or 0) + 1 if unseen else 0
+        if unseen:
+            record.last_reason += (f", merge not seen yet (poll {pr['merge_unseen']} of {MAX_UNSEEN_POLLS}): this gh "
+                                   "cannot show whether it waits in a merge queue")
+        elif pr.get("merge_queued") and seen.state == "open" and seen.queued:
+            record.last_reason += ", merging (queued)"
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         # Number, url and phase too: an entry lost with a damaged file is whole again at the next poll.
         note = save(state_root, cfg.project, issue.number, number=seen.number, url=seen.url, state=seen.state,
                     checks=seen.checks if ours else "pending",
-                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is not False and seen.state == "open",
+                    merge_queued=bool(pr.get("merge_queued")) and seen.queued is True and seen.state == "open",
                     **({"phase": "merged"} if seen.state == "merged" else
                        {"phase": "pr_open"} if seen.state == "open" else {}))
         if note:
@@ -318,14 +313,14 @@ def _foreign_head_holds_ours(state_root: Path, cfg: ProjectConfig, issue: Issue,
         # A throwaway git dir over the repository's objects, as pushes use (none of its config, which an agent
         # may have edited, is read): the head is fetched into it when we lack it, and goes with it.
         with worktrees.throwaway_git_dir(repo.path, pin.settings) as shim:
-            if not worktrees.ok(shim, "cat-file", "-e", f"{seen.head}^{{commit}}"):
+            if not worktrees.in_throwaway(shim, "rev-parse", "--verify", "-q", f"{seen.head}^{{commit}}",
+                                          check=False).strip():
                 worktrees.run_in_throwaway(shim, f"fetch from {clip(pin.url)}", "fetch", "-q", "--no-tags",
                                            "--no-write-fetch-head", "--", pin.url, seen.head, timeout=budget)
             # Our commits in its history, or each as an equal patch (a rebase of the branch): `git cherry` marks
             # with "+" a commit of ours that has none.
-            holds = worktrees.is_ancestor(shim, ours, seen.head) or not any(
-                line.startswith("+") for line in worktrees.git(shim, f"--git-dir={shim}", "cherry", seen.head,
-                                                               ours).splitlines())
+            holds = worktrees.is_ancestor(shim, ours, seen.head, throwaway=True) or not any(
+                line.startswith("+") for line in worktrees.in_throwaway(shim, "cherry", seen.head, ours).splitlines())
     except (worktrees.GitFailed, OrchestratorError, OSError) as err:  # OSError: the temporary git dir
         if seen.state == "merged" and not getattr(err, "retry", False) and not isinstance(err, OSError):
             return
@@ -422,7 +417,7 @@ def start_stage(state_root: Path, cfg: ProjectConfig, issue: Issue, record: Work
     last = record.pr.get("last") or {}
     counter = "ci_fixes" if kind == ActionKind.FIX_CI else "review_rounds"
     # A merge left queued is over once a stage starts (the queue dropped it): the next green head is merged anew.
-    record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merging=False,
+    record.pr.update(watching=False, in_stage=True, task=task, merge_queued="", merge_unseen=0, merging=False,
                      **{counter: int(record.pr.get(counter) or 0) + 1})
     if kind == ActionKind.ADDRESS_REVIEW:
         record.pr["review_seen"] = str(last.get("review_id") or "")
@@ -449,24 +444,27 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
 def merge_unconfirmed(err: Exception, worker: Worker, say: Callable[[str], None]) -> bool:
     """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
     never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
-    ours; queued: watched as queued; open in no queue: merged again)."""
+    ours; queued: watched as queued; open in no queue: merged again; open where the CLI cannot show a queue: waited
+    for at most decide.MAX_UNSEEN_POLLS polls, `merge_unseen` counting them, then failed saying so)."""
     if not isinstance(err, forge.MergeUnconfirmed):
         return False
     record = worker.record
-    worker.note(f"merge accepted, its outcome seen at the next poll: {err}")
+    record.pr["merge_unseen"] = int(record.pr.get("merge_unseen") or 0) + 1
+    worker.note(f"merge accepted, not seen merged: {err}")
     worker.files.log_event({"action": "merge_unconfirmed", "worker": record.worker_id, "issue": record.issue_number,
                             "project": record.project, "error": str(err)})
     say(f"worker {record.worker_id}: #{record.issue_number} {record.last_reason}")
     return True
 
 
-def pr_states(state_root: Path, project: str, issues: dict[int, str],
+def pr_states(recorded: Recorded, issues: dict[int, str],
               held: set[int | None]) -> dict[int, tuple[str, dict[str, Any]]]:
-    """Issue -> (status's state, its `pr`) for issues with a PR: in progress (pr_open, ci_failed,
-    changes_requested; only while a worker holds it in the PR loop: `held`), completed by a merge (merged), or
-    completed / failed with the PR shown. An earlier run's PR of an issue being worked again is not shown."""
+    """Issue -> (status's state, its `pr`) for issues with a PR in the project's `recorded` file (`read`, whose
+    doubt the caller shows too): in progress (pr_open, ci_failed, changes_requested; only while a worker holds it
+    in the PR loop: `held`), completed by a merge (merged), or completed / failed with the PR shown. An earlier
+    run's PR of an issue being worked again is not shown."""
     out = {}
-    for key, entry in load(state_root, project).items():
+    for key, entry in recorded.entries.items():
         if not key.isdigit() or int(key) not in issues:
             continue
         status, phase = issues[int(key)], entry.get("phase")

@@ -189,10 +189,13 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
             "agent": agents.public(r.agent) if r.agent and issue else None})
     projects: list[dict[str, Any]] = []
     usage = usage_totals(run)
+    pr_doubts: list[str] = []  # each project's pull-requests.json is read once: its PRs and its warning
     for cfg in run.configs:
         paused = _pauses_of(run, cfg.project, now)
         waits = commands.waits(run.state_root, cfg.project)
-        prs = pulls.pr_states(run.state_root, cfg.project,
+        recorded = pulls.read(run.state_root, cfg.project)
+        pr_doubts += [recorded.doubt] if recorded.doubt else []
+        prs = pulls.pr_states(recorded,
                               {i.number: by_ref[IssueRef(cfg.project, i.number)].status for i in cfg.issues},
                               {r.issue_number for r in records if r.project == cfg.project and r.pr})
         issues: list[dict[str, Any]] = []
@@ -236,7 +239,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
         "failures": failures(projects, events), "events": recent_events(events),
         "alerts": (alerts.load(run.files.root) or {}).get("alerts", []),
         "warnings": [w for cfg in run.configs for w in cfg.warnings]  # the configs' own, as launch prints them
-        + pulls.warnings(run.state_root, [cfg.project for cfg in run.configs]),
+        + pr_doubts,
         "done": all(i["status"] in (IssueState.COMPLETED, IssueState.FAILED) or i["state"] == IssueState.BLOCKED
                     for p in projects for i in p["issues"]) and not held
                 and not pause_holds_run(holding, views),

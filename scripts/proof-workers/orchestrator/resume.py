@@ -2,9 +2,12 @@
 nothing (then it starts over from its first stage)."""
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
+from lib import gitrefs
+from lib.statefile import read_small
 from orchestrator import worktrees
 from orchestrator.config import RepoConfig
 
@@ -13,13 +16,35 @@ WORKTREE, BRANCH, FRESH = "worktree", "branch", "fresh"
 
 def left_behind(repo: RepoConfig, worktree: Path, branch: str, origin: bool = False) -> str:
     """WORKTREE (its directory is there), BRANCH (the branch is, here or, with `origin`, as origin's last fetched
-    state: the worktree is made again on it) or FRESH. Local reads only (the dry run's guess)."""
+    state: the worktree is made again on it) or FRESH. Local reads only (the dry run's guess; status and each
+    dashboard tick ask it too): the ref files first, git only when they do not settle it."""
     if worktree.is_dir():
         return WORKTREE
-    if worktrees.branch_head(repo.path, branch) or origin and worktrees.ok(
-            repo.path, "rev-parse", "--verify", "-q", f"refs/remotes/origin/{branch}"):
-        return BRANCH
-    return FRESH
+    names = [f"refs/heads/{branch}"] + ([f"refs/remotes/origin/{branch}"] if origin else [])
+    return BRANCH if any(_has_ref(repo.path, name) for name in names) else FRESH
+
+
+def _has_ref(repo: Path, name: str) -> bool:
+    """Whether `git rev-parse --verify -q NAME` finds the ref: read from the files when they settle it (a plain
+    loose or packed ref; or surely none: no loose file, no packed-refs line naming it), else git answers (a
+    symbolic ref, a reftable store, a name git must judge, an odd or big packed-refs). GitFailed when the
+    repository is gone."""
+    dirs = gitrefs.git_dirs(repo)
+    if dirs is not None and gitrefs.plain_refname(name):
+        common = dirs[1]
+        if gitrefs.read_ref(common, name):
+            return True
+        try:
+            os.lstat(common / name)
+        except FileNotFoundError:
+            packed = common / "packed-refs"
+            data = b"" if not os.path.lexists(packed) else read_small(packed, 1 << 20, follow_symlinks=False)
+            line_end = f" {name}\n".encode()
+            if data is not None and line_end not in data and not data.endswith(line_end[:-1]):
+                return False
+        except OSError:
+            pass  # a file where a directory of the name is (git's to judge)
+    return bool(worktrees.git(repo, "rev-parse", "--verify", "-q", name, check=False).strip())  # GitFailed: no repo
 
 
 def unusable(repo: RepoConfig, worktree: Path, branch: str) -> str | None:

@@ -174,11 +174,16 @@ def fetch_origin(path: Path, prune: bool = False) -> None:
         "origin", "+refs/heads/*:refs/remotes/origin/*")
 
 
-def is_ancestor(cwd: Path, ancestor: str, ref: str) -> bool:
-    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit)."""
+def is_ancestor(cwd: Path, ancestor: str, ref: str, throwaway: bool = False) -> bool:
+    """Whether `ancestor` is in `ref`'s history; raises GitFailed when git cannot tell (a missing commit). With
+    `throwaway`, `cwd` is a throwaway git dir (`throwaway_git_dir`): named by --git-dir (a user's
+    safe.bareRepository=explicit refuses a bare repository found from the working directory), no config but its
+    own."""
+    named = [f"--git-dir={cwd}"] if throwaway else []
     try:
-        result = subprocess.run(["git", *SAFE_GIT, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
-                                capture_output=True, text=True, errors="replace", env=clean_env(),
+        result = subprocess.run(["git", *SAFE_GIT, *named, "merge-base", "--is-ancestor", ancestor, ref], cwd=cwd,
+                                capture_output=True, text=True, errors="replace",
+                                env=clean_env(PINNED_ENV if throwaway else None),
                                 timeout=GIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitFailed(f"git merge-base --is-ancestor in {cwd}: timed out after {GIT_TIMEOUT_S:.0f}s") from None
@@ -210,6 +215,18 @@ def pinned_settings(repo: Path) -> dict[str, list[str]]:
     found = {}
     for key in PINNED_SETTINGS:
         values = git(repo, "config", "--get-all", key, check=False).splitlines()
+        if values:
+            found[key] = values
+    return found
+
+
+def user_settings() -> dict[str, list[str]]:
+    """The values of PINNED_SETTINGS in the user's config alone (system, then global): no repository's, which an
+    agent may have edited since the run began."""
+    found = {}
+    for key in PINNED_SETTINGS:
+        values = [v for scope in ("--system", "--global")
+                  for v in git(Path("/"), "config", scope, "--get-all", key, check=False).splitlines()]
         if values:
             found[key] = values
     return found
@@ -320,6 +337,13 @@ def git_in_group(cwd: Path | str, *args: str, timeout: float | None = None,
     return (None, text) if result.timed_out else (result.exit_code, text)
 
 
+def in_throwaway(shim: Path, *args: str, check: bool = True) -> str:
+    """A local git read in a throwaway git dir (`throwaway_git_dir`): named by --git-dir (never found from the
+    working directory, which a user's safe.bareRepository=explicit refuses for a bare repository), reading no
+    config but its own."""
+    return git(shim, f"--git-dir={shim}", *args, check=check, env=PINNED_ENV)
+
+
 def run_in_throwaway(shim: Path, what: str, *args: str, timeout: float | None = None) -> str:
     """Run git in a throwaway git dir (`throwaway_git_dir`) reading no config but its own, as a lib.runner step
     (git_in_group); raise PushFailed (retry only on a network error or a timeout) when it fails. Its output
@@ -336,11 +360,12 @@ def run_in_throwaway(shim: Path, what: str, *args: str, timeout: float | None = 
     return out
 
 
-def _remote_shas(shim: Path, url: str, *branches: str) -> dict[str, str]:
-    """branch -> commit at `url`, for those of `branches` it has (one ls-remote)."""
+def _remote_shas(shim: Path, url: str, *branches: str, timeout: float | None = None) -> dict[str, str]:
+    """branch -> commit at `url`, for those of `branches` it has (one ls-remote, killed after `timeout` seconds)."""
     refs = {f"refs/heads/{b}": b for b in branches}
     found = {}
-    for line in run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs).splitlines():
+    for line in run_in_throwaway(shim, f"ls-remote {clip(url)}", "ls-remote", "--", url, *refs,
+                                 timeout=timeout).splitlines():
         sha, _, name = line.partition("\t")
         if name in refs:  # a pattern also matches refs/heads/x/refs/heads/<branch>: only exact names count
             found[refs[name]] = sha
@@ -361,10 +386,13 @@ def pinned_start(url: str, default_branch: str, branch: str, settings: dict[str,
     return found
 
 
-def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None) -> str | None:
-    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent."""
+def remote_head(url: str, branch: str, settings: dict[str, list[str]] | None = None,
+                timeout: float | None = None) -> str | None:
+    """The branch's commit at `url`, read with no git config but the pin's settings; None when absent. The
+    ls-remote is a lib.runner step killed with what it started (a hung ssh) after `timeout` seconds (None:
+    GIT_TIMEOUT_S); PushFailed when the url could not be read (`retry` on a network error or a timeout)."""
     with _push_failures(f"reading {branch}"), throwaway_git_dir(None, settings) as shim:
-        return _remote_sha(shim, url, branch)
+        return _remote_shas(shim, url, branch, timeout=None if timeout is None else max(0.1, timeout)).get(branch)
 
 
 def unpushed(path: Path, url: str, settings: dict[str, list[str]] | None = None) -> int:
