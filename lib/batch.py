@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 
 from lib import runner
 from lib.config import Repo, Workspace
-from lib.errors import ConfigError, OrchestratorError
+from lib.errors import ConfigError, LogWriteFailed, OrchestratorError
 from lib.gitstatus import without_repo_local_git_vars
 from lib.paths import CHECKOUT_ROOT, Paths
 from lib.progress import Progress
@@ -176,10 +176,6 @@ class CommandEnd:
     def of_process(cls, result: runner.ProcessResult) -> CommandEnd:
         return cls(result.exit_code, result.timed_out, result.stopped_with, result.killed_by, result.escaped,
                    result.log_error)
-
-
-class LogWriteFailed(OSError):
-    """The run's log refused a write (a full disk): the repo's error, never a host's or the command's fault."""
 
 
 class Recorder:

@@ -31,6 +31,12 @@ class UnknownWorkflowError(OrchestratorError):
     """A workflow name that no workflows.json defines."""
 
 
+class LogWriteFailed(OSError):
+    """A run's log refused a write (a full disk), here or while a command ran on a build host (the command is
+    then stopped): the repo's error, never a host's or the command's fault. Here, a leaf, so that the recorder
+    (lib.batch) and the host's command (lib.remote.connection) raise the one type without importing each other."""
+
+
 def exit_for(err: BaseException) -> tuple[str, int] | None:
     """What a front door prints on stderr for one of our exceptions, and the code it exits with; None for any
     other (a bug: its traceback shows). The one place that says it: lib.cli's tasks and `script_main` use it.

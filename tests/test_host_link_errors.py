@@ -103,9 +103,16 @@ def test_a_workspace_the_host_cannot_name_is_every_repos_error_not_a_traceback(h
 
 
 def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_connection(
-        home, make_repo, inv, sshd, tmp_path):
+        home, make_repo, inv, sshd, tmp_path, monkeypatch):
     """sshd allows 10 sessions on one connection (MaxSessions): `--jobs 12` had the 11th refused, and that was a
-    traceback (or, the connection given up meanwhile, "the connection was lost" for every repo left)."""
+    traceback (or, the connection given up meanwhile, "the connection was lost" for every repo left).
+
+    Every read is held until 8 are held on the host, so exactly 8 readers are at work then; a ninth reader (a
+    limit of 9) has its own thread and takes its repo before any read ends: what the threads did tells it, where
+    a count of the reads held on the host, taken once 8 were, could miss one still on its way."""
+    import threading
+
+    from lib.remote import connection as remote
     from tests.conftest import git
     from tests.test_hosts_mends import meanwhile
     from tests.test_sync_host_robust import wait_until
@@ -121,6 +128,23 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
     write_hosts(home.path, {"b1": sshd.host_entry(ws)})
     home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n)} for n in names])
     held: list[int] = []
+    lock, readers, reading, most = threading.Lock(), set(), [0], [0]  # threads that read; reads under way; peak
+    real_probe = remote.probe
+
+    def probe(connection, host, command, what, timeout=None):
+        if what != "git status":
+            return real_probe(connection, host, command, what, timeout)
+        with lock:
+            readers.add(threading.get_ident())
+            reading[0] += 1
+            most[0] = max(most[0], reading[0])
+        try:
+            return real_probe(connection, host, command, what, timeout)
+        finally:
+            with lock:
+                reading[0] -= 1
+
+    monkeypatch.setattr(remote, "probe", probe)
 
     def let_go() -> None:
         try:
@@ -138,7 +162,8 @@ def test_status_on_a_host_with_many_jobs_reads_at_most_8_repos_at_once_over_its_
             release.touch()
     assert result.code == 0, result.out + result.err
     assert {r["name"]: r["error"] for r in json.loads(result.out)["repos"]} == {n: None for n in names}
-    assert held == [8]  # none finished before the release: a ninth could not have started
+    assert held == [8]  # none finished before the release: 8 at once
+    assert (len(readers), most[0]) == (8, 8), (readers, most)  # and never more, by as few as one
 
 
 def test_status_jobs_help_and_the_commands_page_say_a_host_is_read_8_at_most_at_once(inv):

@@ -25,7 +25,7 @@ from time import monotonic, sleep
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from lib import runner
-from lib.errors import clip
+from lib.errors import LogWriteFailed, clip
 from lib.remote import known_hosts as host_keys
 from lib.remote.hosts import Host
 from lib.signals import exit_code, signal_name
@@ -285,6 +285,15 @@ def lost_reason(host: Host) -> str:
     return f"host {host.name}: the connection was lost"
 
 
+def lost(connection: Any, host: Host, err: BaseException, doing: str | None = None) -> HostStalled:
+    """A link failure (`link_error`) said as one: the connection is given up for good, and the HostStalled says
+    why (GivenUp: whatever gave it up first, say another repo's read); `doing`, what was under way and what it
+    means for what ran there ("planning the run; no command of the build had started there")."""
+    why = err.why if isinstance(err, GivenUp) else lost_reason(host)
+    give_up(connection, why)
+    return HostStalled(why if doing is None else f"{why} while {doing}")
+
+
 def give_up(connection: Any, why: str = "the connection was given up") -> None:
     """Close `connection` for good: whatever still waits on it returns, and nothing runs over it again."""
     if getattr(connection, "given_up", None) is None:
@@ -441,7 +450,8 @@ def _open_session(connection: Any, until: float) -> Any:
         try:
             return connection.create_session()
         except Exception as err:
-            if not session_refused(err, connection) or monotonic() >= until or runner.stopping():
+            if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
+                    or _stopping.is_set():
                 raise
         sleep(0.1)
 
@@ -596,9 +606,15 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     try:
         log.flush()
     except OSError as err:
-        raise LogWriteError(err.errno, err.strerror) from None
+        raise LogWriteFailed(err.errno, err.strerror) from None
     started = monotonic()
-    channel = connection.create_session()
+    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
+    try:
+        channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
+    except Exception:
+        if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
+            raise runner.Stopping("the run is being stopped") from None
+        raise
     private = bytearray()
     pgid: int | None = None
 
@@ -606,7 +622,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         try:
             log.write(data)
         except OSError as err:
-            raise LogWriteError(err.errno, err.strerror) from None
+            raise LogWriteFailed(err.errno, err.strerror) from None
         if echo is not None:
             try:
                 echo.write(data)
@@ -676,8 +692,8 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 if isinstance(err, runner.Stopping) and problem is not None:
                     _unkilled.append(f"on host {host.name if host else connection.host}: could not kill the "
                                      f"command in {cwd}, it may still run there ({problem})")
-                elif isinstance(err, LogWriteError) and problem is not None:  # the outcome's reason says it
-                    raise LogWriteError(err.errno, f"{err.strerror}; could not kill the command on the host, "
+                elif isinstance(err, LogWriteFailed) and problem is not None:  # the outcome's reason says it
+                    raise LogWriteFailed(err.errno, f"{err.strerror}; could not kill the command on the host, "
                                                    f"it may still run ({problem})") from None
                 elif isinstance(err, Exception) and problem is not None:  # connection.failure says it
                     err.add_note(f"could not kill the command on the host, it may still run ({problem})")
@@ -720,10 +736,6 @@ def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | 
         return None
     signum = code & 0x7F  # 0x80: it dumped core
     return signum if 0 < signum < 0x7F else None
-
-
-class LogWriteError(OSError):
-    """The local log refused a write while a remote command ran (the command is then stopped, as locally)."""
 
 
 def stop_all() -> None:
@@ -796,6 +808,8 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         connection = connect(host, accept_new_host_key)
     except HostUnreachable as err:
         return HostCheck(host, False, str(err))
+    login_s: float | None = None
+    workspace: str | None = None
     try:
         probe(connection, host, "true", "true")
         login_s = monotonic() - started
@@ -808,9 +822,11 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         tools = dict(line.partition("=")[::2] for line in out.decode("utf-8", "replace").splitlines() if "=" in line)
         return HostCheck(host, True, None, workspace, tools, login_s)
     except HostUnreachable as err:  # connected, then no answer, or one that stops us: the host's, not a tool's
-        return HostCheck(host, True, str(err))
-    except Exception as err:  # the connection died halfway (as good as unreachable), or anything else
-        return HostCheck(host, not link_error(err, connection), f"{host.name}: {type(err).__name__}: {err}")
+        return HostCheck(host, True, str(err), workspace, login_s=login_s)
+    except Exception as err:  # it was reached: a link that dropped since is lost, never unreachable
+        reason = str(lost(connection, host, err, "checking the host")) if link_error(err, connection) \
+            else f"{host.name}: {type(err).__name__}: {err}"
+        return HostCheck(host, True, reason, workspace, login_s=login_s)
     finally:
         connection.close()
 

@@ -118,7 +118,7 @@ def _execute_logged(plan: Plan, host: Host, connection: Any, recorder: batch.Rec
         return recorder.skipped(plan.skip_reason)
     try:
         return _run_commands(plan, host, connection, recorder, timeout, echo, grace)
-    except (runner.Stopping, remote.LogWriteError, batch.LogWriteFailed):
+    except (runner.Stopping, batch.LogWriteFailed):
         raise
     except remote.CommandStalled as err:  # the host answers; only this command was slow: this repo's failure
         return recorder.error(str(err))
@@ -203,7 +203,9 @@ def _run_group_on_host(host: Host, workflow: Workflow, repos: list[Repo], log_di
         except Exception as err:
             if not remote.link_error(err, connection):  # our reading of an answer, a session refused: as it is
                 return work(NotPlanned(remote.failure(err, connection, host, "planning the run")))
-            return work(remote.HostUnreachable(f"{host.name}: {type(err).__name__}: {err}"))  # the host went away
+            # It was reached: the link went while we looked at its repos, before any command of the run.
+            return work(remote.lost(connection, host, err, f"planning the run; no command of the {workflow.name} "
+                                                           "had started there"))
         if len(plans) == 1 and echo is not None:
             return [execute_remote(plans[0], host, slow.get(plans[0].repo.name, connection), timeout, echo)]
         connections = remote.Connections(host, connection, accept_new_host_key)

@@ -110,13 +110,6 @@ def unread(repo: Repo, path: str, reason: str) -> RepoStatus:
     return RepoStatus(repo.name, path, True, False, repo.language, error=reason)
 
 
-def _lost(connection: Any, host: Host, err: Exception) -> remote.HostStalled:
-    """A link failure: the connection is given up (GivenUp: another repo's read gave it up), and this says why."""
-    why = err.why if isinstance(err, remote.GivenUp) else remote.lost_reason(host)
-    remote.give_up(connection, why)
-    return remote.HostStalled(why)
-
-
 def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_key: bool = False) -> ScanReport:
     """Every repo's status under the host's workspace; an unreachable host is one error per repo."""
     started = perf_counter()
@@ -133,7 +126,7 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
         except remote.HostUnreachable as err:  # HostStalled too
             return failed(str(err))
         except Exception as err:
-            return failed(str(_lost(connection, host, err)) if remote.link_error(err, connection)
+            return failed(str(remote.lost(connection, host, err)) if remote.link_error(err, connection)
                           else remote.failure(err, connection, host, "finding the workspace"))
         stalled: list[remote.HostStalled] = []  # a hung login shell hangs every login: one wait is enough
 
@@ -149,7 +142,7 @@ def scan_host(host: Host, repos: Sequence[Repo], jobs: int = 0, accept_new_host_
                 except Exception as err:
                     if not remote.link_error(err, connection):  # this repo's error, whatever the connection's state
                         return unread(repo, path, remote.failure(err, connection, host, "reading the status"))
-                    stalled.append(_lost(connection, host, err))
+                    stalled.append(remote.lost(connection, host, err))
             return unread(repo, path, str(stalled[0]))
 
         return runner.run_each(repos, one, min(jobs or READS_AT_ONCE, READS_AT_ONCE))

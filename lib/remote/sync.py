@@ -364,8 +364,18 @@ def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, ho
     args = {"root": lib_root, "manifest": lib.manifest, "home": home, "mark": output.mark, "run_var": RUN_VAR,
             "report": report_file, "net_jobs": settings.net_jobs, "timeout": settings.timeout,
             "clone_missing": settings.clone_missing, "dry_run": settings.dry_run}
-    script = shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
+    # exec: the driver is the command setsid waits for, so a signal that kills it is told by name (a shell
+    # between them would say `Killed` and exit 137, as if it had exited).
+    script = "exec " + shlex.join(["python3", "-I", "-B", "-c", DRIVER, json.dumps(args)])
     return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
+
+
+def _driver_end(result: remote.RemoteResult, output: _HostOutput) -> str:
+    """How a driver that gave no result ended, as a run here says it: `killed by SIGKILL` (setsid itself killed:
+    `killed by a signal`), then its last lines of output; one that exited: those lines, else `exit N`."""
+    if result.killed_by is None and result.exit_code is not None:
+        return "; ".join(output.tail) or f"exit {result.exit_code}"
+    return "; ".join([f"killed by {result.killed_by or 'a signal'}", *output.tail])
 
 
 def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
@@ -507,7 +517,7 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     if output.result is None:  # it died (killed, out of memory): what it started must not outlive it
         _sweep(connection, output.mark)
         _scan_was_under_way(run, host, _take_report(connection, report_file, run), "did not finish", reported)
-        problem = result.problem or "; ".join(output.tail) or f"exit {result.exit_code}"
+        problem = result.problem or _driver_end(result, output)
         return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {clip(problem)}",
                                      log_dir, settings.dry_run, with_logs)
     if "error" in output.result:  # the host's own refusal (its sync lock held, say): a usage-level error, as locally
@@ -521,6 +531,9 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
         signum = output.result["signal"]
         how = signal_name(signum) if isinstance(signum, int) else clip(str(signum))
         reason = f"the sync on host {host.name} was stopped there ({how}) before this repo finished"
+        if result.exit_code is None:  # no exit status: setsid, which waited for it, was killed; we ended the rest
+            reason = (f"setsid, which ran the sync on host {host.name}, was killed by a signal; the sync was then "
+                      f"stopped ({how}) before this repo finished")
     else:
         reason = f"no outcome from the sync on host {host.name}"
     return _reported_then_failed(run, repos, host, reason, log_dir, settings.dry_run, with_logs)
