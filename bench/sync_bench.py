@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.status_bench import timed  # noqa: E402
+from bench.status_bench import become_subreaper, timed  # noqa: E402
 from lib.demo import bench_specs, generate  # noqa: E402
 from lib.views import plain_table  # noqa: E402
 
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="build the workspaces here and keep them (reused when there)")
     parser.add_argument("--other", type=Path, help="another checkout of this project whose sync-all gets a row")
     args = parser.parse_args(argv)
+    become_subreaper()
     with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp:
         workdir = args.keep or Path(tmp)
         rows = [row for size in args.sizes for row in bench(size, args.runs, workdir, args.other)]

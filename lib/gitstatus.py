@@ -359,8 +359,12 @@ class _RepoScan:
         self.finish(status)
 
 
-def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: Mapping[str, LastCommit]) -> bool:
-    """Fill a repo's row from its `git <STATUS_ARGS>` result; False when its last commit still needs `git log -1`."""
+def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: Mapping[str, LastCommit],
+                     dirs: tuple[Path, Path] | None = None) -> bool:
+    """Fill a repo's row from its `git <STATUS_ARGS>` result; False when its last commit still needs `git log -1`.
+
+    `dirs`: (git dir, common dir) as `gitrefs.locate` gave them for this repo, when the caller has them (sync).
+    """
     if result.returncode != 0:
         status.error = _git_error(result)
         return True
@@ -375,7 +379,7 @@ def fill_from_status(status: RepoStatus, path: Path, result: GitResult, known: M
     status.dirty = porcelain.dirty
     # The git dirs as git finds them (lib.gitrefs, the one reader of `.git` and `commondir`); in doubt
     # the operation, the lock and the stashes are unknown and the commit is git's to read.
-    git_dir, common_dir = locate(path) or (None, None)
+    git_dir, common_dir = dirs or locate(path) or (None, None)
     status.operation, status.index_lock = operation_and_lock(path, git_dir)
     status.stashes = stash_count(common_dir) if common_dir is not None and files_refs(common_dir) else None
     if porcelain.head is None:

@@ -104,7 +104,8 @@ class ScanRows:
         return {name: row for name, (row, real) in self.rows.items()
                 if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
-    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None) -> None:
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None) -> None:
+        """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None."""
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
         if not left_alone:
             self.changed.append(os.path.realpath(repo.local))
@@ -121,7 +122,8 @@ class ScanRows:
         except OSError:  # no process to spare: the closing scan reads this repo itself
             return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
-        if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known) \
+        dirs = (Path(git_dir), Path(common_dir)) if git_dir else None
+        if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known, dirs) \
                 and row.error is None:
             self.rows[repo.name] = (row, os.path.realpath(repo.local))
 
@@ -343,6 +345,8 @@ def _in_progress(git_dir: Path) -> str | None:
 
 def _branch_in_use_elsewhere(git: _Git, branch: str, git_dir: Path, common_dir: Path) -> str | None:
     """Another worktree that has `branch` checked out, or is rebasing or bisecting it."""
+    if git_dir == common_dir and not _listed(f"{common_dir}/worktrees"):
+        return None  # the main worktree, and git knows no other (`git worktree list` reads that directory)
     own = os.path.realpath(git.path)
     path = None
     for line in git.out("worktree", "list", "--porcelain").splitlines():
@@ -422,7 +426,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     if settled is not None and not runner.stopping():
         settled.append(outcome)
     if scan_rows is not None:
-        scan_rows.read(repo, outcome, state.get("common_dir"))
+        scan_rows.read(repo, outcome, state.get("common_dir"), state.get("git_dir"))
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
@@ -552,6 +556,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop(SyncStatus.FAILED, f"default_branch {branch!r} is not a valid branch name")
     seen = _read_before(git, local_ref)
     state["before"], state["checked_out"], state["common_dir"] = seen.tip, seen.checked_out, str(seen.common_dir)
+    state["git_dir"] = str(seen.git_dir) if git.common_dir is not None else None  # read as the scan reads them
     upstream = _upstream(git, branch, seen.remotes)
     if not dry_run:
         # Fetching only updates remote-tracking refs: safe in any state, so every repo gets it.

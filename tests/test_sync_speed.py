@@ -424,3 +424,19 @@ def test_git_that_cannot_start_fails_each_repo_and_the_run_goes_on(home, make_re
     outcomes = sync_all(workspace.repos, tmp_path / "logs")
     assert [o.status for o in outcomes] == ["failed", "failed"], [o.line() for o in outcomes]
     assert all("git" in (o.reason or "") for o in outcomes), [o.line() for o in outcomes]
+
+
+def test_a_behind_repo_with_no_linked_worktree_starts_no_worktree_listing(make_repo, tmp_path, git_log):
+    """`git worktree list` reads the store's `worktrees/` directory: none there, no other worktree to ask about."""
+    repo = make_repo("alone")
+    behind(repo, tmp_path)
+    git_log.write_bytes(b"")
+    outcome = sync_repo(Repo("alone", repo.path), tmp_path / "logs")
+    assert outcome.status == "updated", outcome.line()
+    assert b"\0worktree\0" not in git_log.read_bytes()
+    other = make_repo("shared")
+    behind(other, tmp_path)
+    other.git("checkout", "-q", "-b", "side")
+    other.git("worktree", "add", "-q", str(tmp_path / "shared-main"), "main")
+    outcome = sync_repo(Repo("shared", other.path), tmp_path / "logs")
+    assert outcome.status == "skipped" and "checked out in worktree" in (outcome.reason or ""), outcome.line()

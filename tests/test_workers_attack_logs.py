@@ -530,7 +530,7 @@ def test_a_wrapper_killed_while_it_cuts_leaves_a_whole_log_and_its_half_made_fil
     import signal
 
     from lib import logcut
-    from lib.runner import group_members
+    from lib.procs import group_members
 
     logs = tmp_path / "state" / "logs"
     try_log = logs / "issue-1" / "worker-1-try-1.log"

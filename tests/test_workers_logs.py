@@ -601,7 +601,7 @@ def test_logs_follow_without_a_monitor_ends_when_the_try_is_killed_outright(proj
     import signal
     import subprocess
 
-    from lib import runner
+    from lib import procs
 
     proj = flood_project(project, tmp_path, ["wait"], mb=0, pipeline=["implement"])
     monitor = _monitor()
@@ -619,7 +619,7 @@ def test_logs_follow_without_a_monitor_ends_when_the_try_is_killed_outright(proj
             group = int((proj.state / "signals" / "worker-1-try-1.pid").read_text())
             os.kill(pane_pid, signal.SIGKILL)  # the wrapper: it never writes the exit code now
             os.killpg(group, signal.SIGKILL)
-            retry_until(lambda: not runner.group_members(group), seconds=30)
+            retry_until(lambda: not procs.group_members(group), seconds=30)
             _, err = follower.communicate(timeout=60)
         finally:
             if follower.poll() is None:
