@@ -445,14 +445,22 @@ def _capture(connection: Any, command: str, timeout: float,
 
 def _open_session(connection: Any, until: float) -> Any:
     """A new session; one the host refuses (MaxSessions: a slot frees once sshd has reaped an ended session)
-    is asked for again until `until` (monotonic), then the refusal stands."""
+    is asked for again until `until` (monotonic), then the refusal stands; so it does when a session opens
+    only after `until` (the caller's time spent on refusals): that one is closed unused."""
+    refused: Exception | None = None
     while True:
         try:
-            return connection.create_session()
+            channel = connection.create_session()
         except Exception as err:
             if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
                     or _stopping.is_set():
                 raise
+            refused = err
+        else:
+            if refused is None or monotonic() < until:
+                return channel
+            channel.close()
+            raise refused
         sleep(0.1)
 
 
@@ -608,13 +616,18 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     except OSError as err:
         raise LogWriteFailed(err.errno, err.strerror) from None
     started = monotonic()
-    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
+    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take, and
+    # never past the command's own time: then the refusal stands, and nothing is started there.
+    until = started + (30.0 if host is None else answer_within(host))
     try:
-        channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
+        channel = _open_session(connection, until if timeout is None else min(until, started + timeout))
     except Exception:
         if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
             raise runner.Stopping("the run is being stopped") from None
         raise
+    if timeout is not None and monotonic() - started >= timeout:  # no time left (the repo's, say): never started
+        channel.close()
+        return RemoteResult(None, timed_out=True)
     private = bytearray()
     pgid: int | None = None
 
