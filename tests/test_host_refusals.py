@@ -6,9 +6,13 @@ The "host" is this machine (the sshd fixture).
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 
+import pytest
+
+from tests.conftest import require_tool
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_sync_host_robust import wait_until
 
@@ -97,3 +101,89 @@ def test_a_command_with_no_time_left_is_not_started_on_the_host(home, sshd, tmp_
     assert result.timed_out and result.problem is None, result
     assert not (tmp_path / "ran").exists()
     assert "orchestrator-pgid" not in (given.read_text() if given.exists() else "")
+
+
+def out_of_files_once_connected(monkeypatch, sshd) -> list:
+    """Every connection made: its sshd processes then have no descriptor left (`prlimit --nofile` at what they
+    hold), so sshd refuses to start a command over a link that works (its log: `do_exec_no_pty: pipe in: Too
+    many open files`; paramiko: SSHException('Channel closed.') with the transport still active)."""
+    import subprocess
+
+    from lib import procs
+    from lib.remote import connection as remote
+
+    require_tool("prlimit")
+    connect, made = remote.connect, []
+    listener = int((sshd.root / "sshd.pid").read_text())
+
+    def connect_then_starve(*args, **kwargs):
+        connection = connect(*args, **kwargs)
+        made.append(connection)
+        for pid in procs.descendants(procs.process_table(), listener):
+            try:
+                held = len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+            subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={held}:"], check=False, capture_output=True)
+        return connection
+
+    monkeypatch.setattr(remote, "connect", connect_then_starve)
+    return made
+
+
+REFUSED = "the host refused to start the command (it closed the session; the connection still works)"
+
+
+@pytest.mark.parametrize("door", ["status", "host.check", "build"])
+def test_a_host_that_refuses_to_start_a_command_over_a_working_link_says_so_never_lost(
+        home, make_repo, inv, sshd, tmp_path, monkeypatch, door):
+    """sshd at its descriptor limit refuses each command (`Channel closed.`) while the link answers: every repo
+    said `host b1: the connection was lost` and host.check `... lost while checking the host`, and the live
+    connection was given up."""
+    import json
+
+    from tests.test_hosts_remote import clone_to
+
+    ws = tmp_path / "ws"
+    names = ["a-first", "b-next"]
+    for name in names:
+        clone_to(ws, make_repo(name))
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    made = out_of_files_once_connected(monkeypatch, sshd)
+    home.write_repos([{"name": n, "local": str(tmp_path / "nowhere" / n), "host": "b1"} for n in names])
+    result = {"status": lambda: inv("status", "--host", "b1", "--json"), "host.check": lambda: inv("host.check"),
+              "build": lambda: inv("workflow-all", "build")}[door]()
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    assert "Too many open files" in sshd.log.read_text()
+    assert len(made) == 1 and made[0].given_up is None  # the link worked: never given up
+    if door == "status":
+        errors = {r["name"]: r["error"] for r in json.loads(result.out)["repos"]}
+        assert errors == dict.fromkeys(names, f"reading the status failed on host b1: {REFUSED}"), errors
+    elif door == "build":  # the language checks of the planning: refused there
+        entries = {e["repo"]: (e["status"], e["reason"]) for e in home.state("build-results.json")["results"]}
+        said = f"planning the run failed on host b1: {REFUSED}"
+        assert entries == dict.fromkeys(names, ("error", said)), entries
+    else:
+        row = next(line for line in result.out.splitlines() if line.startswith("b1 "))
+        assert f"checking the host failed on host b1: {REFUSED}" in row, result.out
+        assert "lost" not in row and "unreachable" not in row, result.out
+
+
+def test_a_paramiko_error_is_a_lost_link_only_when_the_link_does_not_answer(home, sshd, tmp_path):
+    """connection.link_error: SSHException('Channel closed.') over a link that answers is the host's refusal;
+    the same once the connection is closed or given up is the link."""
+    import paramiko
+
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+
+    write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
+    connection = remote.connect(load_hosts(home.path / "config" / "hosts.toml")["b1"])
+    closed = paramiko.SSHException("Channel closed.")
+    try:
+        assert not remote.link_error(closed, connection)
+        assert remote.link_error(EOFError(), connection) and remote.link_error(TimeoutError(), connection)
+    finally:
+        connection.close()
+    assert remote.link_error(closed, connection) and remote.link_error(closed)

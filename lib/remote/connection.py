@@ -86,21 +86,40 @@ class GivenUp(ConnectionError):
 
 
 def link_error(err: BaseException, connection: Any = None) -> bool:
-    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection, SSH's
-    own errors), not the command there, the host refusing a session, or our own code: the one test
-    `status --host` and `sync-all --host` use before they say a connection was lost."""
+    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection), not
+    the command there, the host refusing a session or a command, or our own code: the one test `status
+    --host` and `sync-all --host` use before they say a connection was lost. One of SSH's own errors is the
+    link only when the link does not work (`link_works`): over one that answers, it is the host refusing
+    something (sshd out of processes or files closes the session it cannot start a command in)."""
     from paramiko import SSHException
 
-    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException)) \
-        and not session_refused(err, connection)
+    if isinstance(err, (TimeoutError, EOFError, ConnectionError)):
+        return True
+    if not isinstance(err, SSHException) or session_refused(err, connection):
+        return False
+    return connection is None or not link_works(connection)
+
+
+def link_works(connection: Any) -> bool:
+    """The connection is not given up, its transport is active, and the host answers a keepalive over it
+    within its connect timeout (a transport that is going down says so at once)."""
+    transport = getattr(connection, "transport", None)
+    if not usable(connection) or transport is None or not transport.is_active():
+        return False
+    within = getattr(connection, "connect_kwargs", {}).get("timeout") or 10.0
+    return answers(transport, float(within))
 
 
 def failure(err: BaseException, connection: Any, host: Host, doing: str) -> str:
     """What went wrong on a host when it is not the link (link_error): our own reading of an answer, a session
-    the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a kill that
-    could not reach the command)."""
+    or a command the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a
+    kill that could not reach the command)."""
+    from paramiko import SSHException
+
     if session_refused(err, connection):
         what = "the host refused a new session on the connection (MaxSessions)"
+    elif type(err) is SSHException and str(err) == "Channel closed.":  # paramiko's words for a refused exec
+        what = "the host refused to start the command (it closed the session; the connection still works)"
     else:
         what = f"{type(err).__name__}: {clip(' '.join(str(err).split()))}"
     return "; ".join([f"{doing} failed on host {host.name}: {what}", *getattr(err, "__notes__", [])])
@@ -838,7 +857,7 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         return HostCheck(host, True, str(err), workspace, login_s=login_s)
     except Exception as err:  # it was reached: a link that dropped since is lost, never unreachable
         reason = str(lost(connection, host, err, "checking the host")) if link_error(err, connection) \
-            else f"{host.name}: {type(err).__name__}: {err}"
+            else failure(err, connection, host, "checking the host")
         return HostCheck(host, True, reason, workspace, login_s=login_s)
     finally:
         connection.close()
