@@ -187,3 +187,45 @@ def test_a_paramiko_error_is_a_lost_link_only_when_the_link_does_not_answer(home
     finally:
         connection.close()
     assert remote.link_error(closed, connection) and remote.link_error(closed)
+
+
+def test_a_sync_whose_home_on_the_host_vanished_before_the_driver_started_says_so_not_a_signal(
+        home, make_repo, inv, sshd, tmp_path):
+    """The sync's home there (<workspace>/.orchestrator) is gone when the driver's `cd` runs (another machine's
+    clean-up, say): every repo said `gave no result: killed by a signal`, though nothing was killed."""
+    import shlex
+
+    from tests.test_sync_host import results, setup
+
+    handles = [make_repo("alpha"), make_repo("beta")]
+    workspace = setup(home, sshd, tmp_path, handles)
+    sync_home = workspace / ".orchestrator"
+    # The login shell that is given the driver moves the home away first.
+    (sshd.remote_home / ".bashrc").write_text(
+        f'case "$BASH_EXECUTION_STRING" in *orchestrator-no-such-directory*python3*) '
+        f'mv -- {shlex.quote(str(sync_home))} {shlex.quote(str(workspace / "moved-away"))} ;; esac\n')
+    result = inv("sync-all", "--host", "builder")
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    assert (workspace / "moved-away").is_dir()
+    said = (f"sync on host builder gave no result: its home {sync_home} on the host could not be entered "
+            "(removed, or no longer ours, since it was prepared); nothing of the sync ran there")
+    assert {n: (e["status"], e["reason"]) for n, e in results(home).items()} == dict.fromkeys(
+        ["alpha", "beta"], ("failed", said)), results(home)
+
+
+@pytest.mark.parametrize("result, said", [
+    ({"no_directory": True}, "its home /ws/.orchestrator on the host could not be entered (removed, or no longer "
+                             "ours, since it was prepared); nothing of the sync ran there"),
+    ({"lost": "was lost"}, "its connection was lost"),
+    ({"timed_out": True}, "it timed out"),
+    ({"killed_by": "SIGKILL", "exit_code": 137}, "killed by SIGKILL"),
+    ({}, "killed by a signal"),  # setsid itself killed: no exit status
+    ({"exit_code": 3}, "exit 3"),
+], ids=["no-directory", "lost", "timed-out", "signal", "setsid-killed", "exited"])
+def test_a_driver_that_gave_no_result_is_said_as_it_ended(result, said):
+    from lib.remote import connection as remote
+    from lib.remote.sync import _driver_end, _HostOutput
+
+    ended = remote.RemoteResult(**{"exit_code": None, **result})
+    assert _driver_end(ended, _HostOutput(lambda data: None), "/ws/.orchestrator") == said
