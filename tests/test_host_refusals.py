@@ -229,3 +229,51 @@ def test_a_driver_that_gave_no_result_is_said_as_it_ended(result, said):
 
     ended = remote.RemoteResult(**{"exit_code": None, **result})
     assert _driver_end(ended, _HostOutput(lambda data: None), "/ws/.orchestrator") == said
+
+
+def test_a_run_that_ended_in_an_error_leaves_no_stop_behind_for_the_next_one_in_this_process(
+        home, make_repo, sshd, tmp_path, monkeypatch):
+    """run_distributed ends in an error (here its display's) and raises the remote stop on its way out; the flag
+    stayed raised for the rest of the process, so a later host check whose session sshd refused for a moment
+    was never asked for again (it failed at once), as if that check were being stopped."""
+    from lib.config import load_workspace
+    from lib.paths import Paths
+    from lib.remote import connection as remote
+    from lib.remote.fleet import plan_groups, run_distributed
+    from lib.remote.hosts import load_hosts
+    from tests.test_hosts_remote import PASSING, clone_to
+
+    ws = tmp_path / "ws"
+    clone_to(ws, make_repo("alpha", PASSING))
+    write_hosts(home.path, {"b1": sshd.host_entry(ws)})
+    home.write_repos([{"name": "alpha", "local": str(tmp_path / "nowhere" / "alpha"), "host": "b1"}])
+    paths = Paths.from_env()
+    workspace = load_workspace(paths.repos_file)
+    fleet, groups = plan_groups(paths, workspace.repos, "", 1)
+
+    def display_fails(outcome) -> None:
+        raise RuntimeError("the display failed")
+
+    with pytest.raises(RuntimeError, match="the display failed"):
+        run_distributed(paths, workspace, "build", groups, fleet, 1, 60, on_done=display_fails)
+
+    # The check's connection has every session taken; one frees once sshd has refused the check's.
+    connect, freeing = remote.connect, []
+
+    def connect_full(*args, **kwargs):
+        connection = connect(*args, **kwargs)
+        held, refusals = hold_every_session(connection), sshd.log.read_text().count("no more sessions")
+
+        def free_after_a_refusal() -> None:
+            wait_until(lambda: sshd.log.read_text().count("no more sessions") > refusals, 60, "a refused session")
+            free_one(held)
+
+        freeing.append(threading.Thread(target=free_after_a_refusal, daemon=True))
+        freeing[-1].start()
+        return connection
+
+    monkeypatch.setattr(remote, "connect", connect_full)
+    [checked] = remote.check_hosts([load_hosts(home.path / "config" / "hosts.toml")["b1"]])
+    for thread in freeing:
+        thread.join(60)
+    assert checked.reason is None and checked.tools is not None, checked.reason

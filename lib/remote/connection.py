@@ -18,11 +18,12 @@ import shlex
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from time import monotonic, sleep
-from typing import Any, BinaryIO, Callable, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 from lib import runner
 from lib.errors import LogWriteFailed, clip
@@ -779,6 +780,18 @@ def reset_stop() -> None:
     _stopping.clear()
     _stopped.clear()
     _unkilled.clear()
+
+
+@contextmanager
+def one_run() -> Iterator[None]:
+    """A run over hosts (a build, a sync): reset_stop() as it starts, and its stop (stop_all) lowered as it
+    ends, however it ends, so no later call in this process finds it raised (a check would give up a session
+    the host refuses for a moment at once, as if stopped); what it counted stays readable until the next run."""
+    reset_stop()
+    try:
+        yield
+    finally:
+        _stopping.clear()
 
 
 def stopped_count() -> int:

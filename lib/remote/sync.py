@@ -677,8 +677,7 @@ def sync_host(paths: Paths, workspace: Workspace, host: Host, tags: list[str] | 
     settings = _Settings(net_jobs, timeout, clone_missing, dry_run)
     run = _HostRun()
     shown: set[str] = set()
-    remote.reset_stop()
-    with Progress("syncing", len(repos)) as progress:
+    with remote.one_run(), Progress("syncing", len(repos)) as progress:
 
         def show(outcome: HostSyncOutcome) -> None:
             if outcome.repo not in shown:
