@@ -261,12 +261,12 @@ def test_a_session_the_host_refuses_is_no_link_error_while_the_connection_works(
         assert remote.usable(connection)
         assert not remote.link_error(refused.value, connection) and remote.session_refused(refused.value)
         assert not remote.link_error(unable, connection) and remote.session_refused(unable, connection)
-        assert remote.link_error(paramiko.SSHException("SSH session not active"), connection)
     finally:
         for channel in held:
             channel.close()
         connection.close()
     assert remote.link_error(unable, connection) and remote.link_error(unable)  # gone, or not known to be up
+    assert remote.link_error(paramiko.SSHException("SSH session not active"), connection)
 
 
 def test_ctrl_c_while_silent_with_no_new_connection_says_the_sync_there_could_not_be_checked(

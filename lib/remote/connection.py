@@ -18,11 +18,12 @@ import shlex
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from time import monotonic, sleep
-from typing import Any, BinaryIO, Callable, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 from lib import runner
 from lib.errors import LogWriteFailed, clip
@@ -86,21 +87,40 @@ class GivenUp(ConnectionError):
 
 
 def link_error(err: BaseException, connection: Any = None) -> bool:
-    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection, SSH's
-    own errors), not the command there, the host refusing a session, or our own code: the one test
-    `status --host` and `sync-all --host` use before they say a connection was lost."""
+    """Whether `err` is the link to the host failing (a timeout, a closed, lost or given-up connection), not
+    the command there, the host refusing a session or a command, or our own code: the one test `status
+    --host` and `sync-all --host` use before they say a connection was lost. One of SSH's own errors is the
+    link only when the link does not work (`link_works`): over one that answers, it is the host refusing
+    something (sshd out of processes or files closes the session it cannot start a command in)."""
     from paramiko import SSHException
 
-    return isinstance(err, (TimeoutError, EOFError, ConnectionError, SSHException)) \
-        and not session_refused(err, connection)
+    if isinstance(err, (TimeoutError, EOFError, ConnectionError)):
+        return True
+    if not isinstance(err, SSHException) or session_refused(err, connection):
+        return False
+    return connection is None or not link_works(connection)
+
+
+def link_works(connection: Any) -> bool:
+    """The connection is not given up, its transport is active, and the host answers a keepalive over it
+    within its connect timeout (a transport that is going down says so at once)."""
+    transport = getattr(connection, "transport", None)
+    if not usable(connection) or transport is None or not transport.is_active():
+        return False
+    within = getattr(connection, "connect_kwargs", {}).get("timeout") or 10.0
+    return answers(transport, float(within))
 
 
 def failure(err: BaseException, connection: Any, host: Host, doing: str) -> str:
     """What went wrong on a host when it is not the link (link_error): our own reading of an answer, a session
-    the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a kill that
-    could not reach the command)."""
+    or a command the host refused; one line, `DOING failed on host NAME: ...`, with what run_remote added (a
+    kill that could not reach the command)."""
+    from paramiko import SSHException
+
     if session_refused(err, connection):
         what = "the host refused a new session on the connection (MaxSessions)"
+    elif type(err) is SSHException and str(err) == "Channel closed.":  # paramiko's words for a refused exec
+        what = "the host refused to start the command (it closed the session; the connection still works)"
     else:
         what = f"{type(err).__name__}: {clip(' '.join(str(err).split()))}"
     return "; ".join([f"{doing} failed on host {host.name}: {what}", *getattr(err, "__notes__", [])])
@@ -445,14 +465,22 @@ def _capture(connection: Any, command: str, timeout: float,
 
 def _open_session(connection: Any, until: float) -> Any:
     """A new session; one the host refuses (MaxSessions: a slot frees once sshd has reaped an ended session)
-    is asked for again until `until` (monotonic), then the refusal stands."""
+    is asked for again until `until` (monotonic), then the refusal stands; so it does when a session opens
+    only after `until` (the caller's time spent on refusals): that one is closed unused."""
+    refused: Exception | None = None
     while True:
         try:
-            return connection.create_session()
+            channel = connection.create_session()
         except Exception as err:
             if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
                     or _stopping.is_set():
                 raise
+            refused = err
+        else:
+            if refused is None or monotonic() < until:
+                return channel
+            channel.close()
+            raise refused
         sleep(0.1)
 
 
@@ -608,13 +636,18 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     except OSError as err:
         raise LogWriteFailed(err.errno, err.strerror) from None
     started = monotonic()
-    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take.
+    # A session the host refuses (MaxSessions) is asked for again while a short command's answer may take, and
+    # never past the command's own time: then the refusal stands, and nothing is started there.
+    until = started + (30.0 if host is None else answer_within(host))
     try:
-        channel = _open_session(connection, started + (30.0 if host is None else answer_within(host)))
+        channel = _open_session(connection, until if timeout is None else min(until, started + timeout))
     except Exception:
         if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
             raise runner.Stopping("the run is being stopped") from None
         raise
+    if timeout is not None and monotonic() - started >= timeout:  # no time left (the repo's, say): never started
+        channel.close()
+        return RemoteResult(None, timed_out=True)
     private = bytearray()
     pgid: int | None = None
 
@@ -749,6 +782,18 @@ def reset_stop() -> None:
     _unkilled.clear()
 
 
+@contextmanager
+def one_run() -> Iterator[None]:
+    """A run over hosts (a build, a sync): reset_stop() as it starts, and its stop (stop_all) lowered as it
+    ends, however it ends, so no later call in this process finds it raised (a check would give up a session
+    the host refuses for a moment at once, as if stopped); what it counted stays readable until the next run."""
+    reset_stop()
+    try:
+        yield
+    finally:
+        _stopping.clear()
+
+
 def stopped_count() -> int:
     """How many running remote commands the stop came to since reset_stop() (unkilled_notes: those it could
     not kill)."""
@@ -825,7 +870,7 @@ def check_host(host: Host, accept_new_host_key: bool = False) -> HostCheck:
         return HostCheck(host, True, str(err), workspace, login_s=login_s)
     except Exception as err:  # it was reached: a link that dropped since is lost, never unreachable
         reason = str(lost(connection, host, err, "checking the host")) if link_error(err, connection) \
-            else f"{host.name}: {type(err).__name__}: {err}"
+            else failure(err, connection, host, "checking the host")
         return HostCheck(host, True, reason, workspace, login_s=login_s)
     finally:
         connection.close()

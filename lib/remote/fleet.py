@@ -254,7 +254,6 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
         return _run_group_on_host(fleet.get(name), workflow, repos, paths.log_dir, timeout, accept_new_host_key,
                                   on_start, done, echo)
 
-    remote.reset_stop()
     state_file = batch.results_file(paths, workflow_name)
     order = {repo.name: i for i, repo in enumerate(workspace.repos)}
 
@@ -263,20 +262,21 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
 
     # One thread per group under runner.run_each, so a signal is handled as in a local run: every
     # command (local groups and, through remote.stop_all, remote ones) is stopped and what finished is kept.
-    try:
-        per_group = runner.run_each(list(groups), run_group, max(1, len(groups)))
-    except runner.RunInterrupted as stop:
-        remote.stop_all()
-        # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
-        # and the remote commands the stop ended are counted with the local ones.
-        unkilled = remote.unkilled_notes()  # never counted stopped: they may still run there
-        interrupted = runner.RunInterrupted(stop.signum, in_config_order([finished]),
-                                            stop.stopped + remote.stopped_count() - len(unkilled))
-        interrupted.notes = stop.notes + unkilled + batch.keep_results(state_file, interrupted.results, workspace)
-        raise interrupted from None
-    except BaseException:
-        remote.stop_all()
-        raise
+    with remote.one_run():  # its stop never outlives it
+        try:
+            per_group = runner.run_each(list(groups), run_group, max(1, len(groups)))
+        except runner.RunInterrupted as stop:
+            remote.stop_all()
+            # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
+            # and the remote commands the stop ended are counted with the local ones.
+            unkilled = remote.unkilled_notes()  # never counted stopped: they may still run there
+            interrupted = runner.RunInterrupted(stop.signum, in_config_order([finished]),
+                                                stop.stopped + remote.stopped_count() - len(unkilled))
+            interrupted.notes = stop.notes + unkilled + batch.keep_results(state_file, interrupted.results, workspace)
+            raise interrupted from None
+        except BaseException:
+            remote.stop_all()
+            raise
     outcomes = in_config_order(per_group)
     return batch.BatchRun(outcomes, state_file, batch.keep_results(state_file, outcomes, workspace))
 

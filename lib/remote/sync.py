@@ -370,12 +370,21 @@ def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, ho
     return remote.run_remote(connection, home, script, {}, output, None, grace=DRIVER_GRACE_S, host=host)
 
 
-def _driver_end(result: remote.RemoteResult, output: _HostOutput) -> str:
-    """How a driver that gave no result ended, as a run here says it: `killed by SIGKILL` (setsid itself killed:
-    `killed by a signal`), then its last lines of output; one that exited: those lines, else `exit N`."""
+def _driver_end(result: remote.RemoteResult, output: _HostOutput, home: str) -> str:
+    """How a driver that gave no result ended, as a run here says it: never started (its `home` could not be
+    entered), its connection lost, timed out; `killed by SIGKILL` (setsid itself killed: `killed by a
+    signal`), then its last lines of output; one that exited: those lines, else `exit N`. Clipped as a whole,
+    the home alone when it is named."""
+    if result.no_directory:
+        return (f"its home {clip(home)} on the host could not be entered (removed, or no longer ours, since it was "
+                "prepared); nothing of the sync ran there")
+    if result.lost is not None:
+        return f"its connection {result.lost}"
+    if result.timed_out:
+        return "it timed out"
     if result.killed_by is None and result.exit_code is not None:
-        return "; ".join(output.tail) or f"exit {result.exit_code}"
-    return "; ".join([f"killed by {result.killed_by or 'a signal'}", *output.tail])
+        return clip("; ".join(output.tail) or f"exit {result.exit_code}")
+    return clip("; ".join([f"killed by {result.killed_by or 'a signal'}", *output.tail]))
 
 
 def _sweep(connection: Any, mark: str, within: float = 30.0) -> None:
@@ -517,8 +526,8 @@ def _sync_on(connection: Any, host: Host, repos: Sequence[Repo], log_dir: Path, 
     if output.result is None:  # it died (killed, out of memory): what it started must not outlive it
         _sweep(connection, output.mark)
         _scan_was_under_way(run, host, _take_report(connection, report_file, run), "did not finish", reported)
-        problem = result.problem or _driver_end(result, output)
-        return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {clip(problem)}",
+        problem = clip(result.problem) if result.problem else _driver_end(result, output, home)
+        return _reported_then_failed(run, repos, host, f"sync on host {host.name} gave no result: {problem}",
                                      log_dir, settings.dry_run, with_logs)
     if "error" in output.result:  # the host's own refusal (its sync lock held, say): a usage-level error, as locally
         lines = str(output.result["error"]).splitlines() or ["unknown error"]
@@ -668,8 +677,7 @@ def sync_host(paths: Paths, workspace: Workspace, host: Host, tags: list[str] | 
     settings = _Settings(net_jobs, timeout, clone_missing, dry_run)
     run = _HostRun()
     shown: set[str] = set()
-    remote.reset_stop()
-    with Progress("syncing", len(repos)) as progress:
+    with remote.one_run(), Progress("syncing", len(repos)) as progress:
 
         def show(outcome: HostSyncOutcome) -> None:
             if outcome.repo not in shown:
