@@ -32,7 +32,9 @@ from bench.status_bench import become_subreaper, timed  # noqa: E402
 from lib.demo import bench_specs, generate  # noqa: E402
 from lib.views import plain_table  # noqa: E402
 
-ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
+# Python's bytecode cache as a user has it (see status_bench.ENV).
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+       "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
        "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
        "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 WRAPPER = '#!/bin/sh\necho x >> "$GIT_CALLS"\nexec "{git}" "$@"\n'

@@ -66,13 +66,13 @@ def git_env() -> dict[str, str]:
     return {**without_repo_local_git_vars(os.environ), **GIT_ENV_OVERRIDES}
 
 
-def confined_to(path: Path, env: Mapping[str, str]) -> dict[str, str]:
+def confined_to(path: Path, env: Mapping[str, str], real: str | None = None) -> dict[str, str]:
     """`env` for git run in `path` only: git never walks up from it to an enclosing repo.
 
     A `.git` that is no repository (an empty directory, say) would otherwise make git
-    use the repo around `path`, and report or move that one.
+    use the repo around `path`, and report or move that one. `real`: `path`'s realpath, when known.
     """
-    return {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(os.path.realpath(path))}
+    return {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real or os.path.realpath(path))}
 
 
 def ceiling_for(real_path: str) -> str:

@@ -111,9 +111,26 @@ def interrupt_first(pgid: int, interrupt_grace: float, grace: float = GRACE_S) -
     return f"SIGINT, then SIGTERM after {interrupt_grace:g}s (SIGKILL {grace:g}s later if still running)"
 
 
-def _stop_step(pgid: int, marker: str, grace: float, born_since: int = 0) -> tuple[str, ...]:
+class _Born:
+    """A step's start (clock ticks since boot), read only when a kill needs it (most steps never do: reading
+    /proc/PID/stat of a process being exec'd cost more than the rest of a quick step's bookkeeping). Read
+    only while the process is not yet reaped, so its pid still names it; after, 0 (every process's
+    environment is then looked at: the same answer, found more slowly)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes] | _Spawned) -> None:
+        self.proc = proc
+        self.tick: int | None = None
+
+    def __int__(self) -> int:
+        if self.tick is None:
+            reaped = self.proc.returncode is not None
+            self.tick = 0 if reaped else (start_tick(self.proc.pid, even_a_zombie=True) or 0)
+        return self.tick
+
+
+def _stop_step(pgid: int, marker: str, grace: float, born_since: int | _Born = 0) -> tuple[str, ...]:
     """Kill what is left of a step: its group and the processes that left it; returns the latter ("pid command")."""
-    escaped = escaped_processes(marker, pgid, born_since=born_since)
+    escaped = escaped_processes(marker, pgid, born_since=int(born_since))
     names = tuple(_describe(pid) for pid in escaped)
     if escaped or group_alive(pgid):
         kill_processes([pgid], escaped, grace)
@@ -595,7 +612,7 @@ def run_in_group(
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
-    born = start_tick(pgid, even_a_zombie=True) or 0  # not reaped yet: readable even if it already ended
+    born = _Born(proc)
     assert proc.stdout is not None
     copier = _Copier(proc.stdout, log, echo)
     timed_out = False
@@ -668,7 +685,7 @@ def capture(args: Sequence[str], cwd: Path | None,
         pgid = proc.pid
         _active_groups[pgid] = marker
         _tell_watchdog(f"+{pgid}\n")
-    born = start_tick(pgid, even_a_zombie=True) or 0
+    born = _Born(proc)
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     output: dict[int, list[bytes]] = {out_fd: [], err_fd: []}

@@ -107,8 +107,9 @@ class ScanRows:
     def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None) -> None:
         """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None."""
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
+        real = os.path.realpath(repo.local)
         if not left_alone:
-            self.changed.append(os.path.realpath(repo.local))
+            self.changed.append(real)
         if common_dir is None:
             return
         self.common_dirs[repo.name] = common_dir
@@ -118,14 +119,14 @@ class ScanRows:
         # one the stop killed has no row.
         try:
             git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
-                                 confined_to(repo.local, self.env))
+                                 confined_to(repo.local, self.env, real))
         except OSError:  # no process to spare: the closing scan reads this repo itself
             return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
         dirs = (Path(git_dir), Path(common_dir)) if git_dir else None
         if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known, dirs) \
                 and row.error is None:
-            self.rows[repo.name] = (row, os.path.realpath(repo.local))
+            self.rows[repo.name] = (row, real)
 
 
 def _read_git(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
