@@ -453,9 +453,10 @@ def find_git() -> str:
 
 # Repos per process before another process starts gits too: a fork is cheap, but not free.
 MIN_SHARE = 32
-# One git of the scan may take this long (as a repo's status on a build host: lib.remote.status), then it is
-# killed and its repo is an error row: a hook or a filter that never returns must not hang the scan.
-GIT_TIMEOUT_S = 30.0
+# One git of the scan may take this long (sync's network timeout), then it is killed and its repo is an error
+# row: a hook or a filter that never returns must not hang the scan. Generous on purpose: a slow but healthy
+# git (a big or cold repo, an fsmonitor hook on a loaded machine) is read, never called an error.
+GIT_TIMEOUT_S = 300.0
 # A helper whose rows stop coming is killed, its unsent repos rows saying so: a repo's two gits (status, log)
 # at their limit, and time to spare for a busy machine.
 HELPER_SLACK_S = 15.0

@@ -220,3 +220,16 @@ def test_a_ticker_stuck_writing_to_a_frozen_terminal_makes_the_scan_fork_nothing
         terminal.released.set()
         progress.close()
     assert forks == [] and rows(report) == expected
+
+
+def test_a_slow_but_healthy_git_is_read_with_the_default_limits_never_called_an_error(make_repo, tmp_path):
+    """An fsmonitor hook that answers after 32 s (watchman on a big, cold tree; a loaded machine): the limit is
+    there so a scan never hangs, not to make a slow repo an error. Its edit is shown, as plain git shows it."""
+    handle = make_repo("slow")
+    (handle.path / "README.md").write_text("edited\n")
+    hook = tmp_path / "slow-hook"
+    hook.write_text("#!/bin/sh\nsleep 32\nexit 1\n")  # then "don't know": git looks at every file itself
+    hook.chmod(0o755)
+    handle.git("config", "core.fsmonitor", str(hook))
+    row = scan([repo_of(handle)], jobs=2, processes=1).repos[0]
+    assert row.error is None and row.modified == 1 and not row.clean
