@@ -157,7 +157,9 @@ def barrier_git(tmp_path, count: int, seconds: int = 20) -> tuple[str, object]:
 case " $* " in *" status "*) ;; *) exec {REAL_GIT} "$@";; esac
 touch "{arrived}/$$" "{flight}/$$"
 waited=0
-while [ "$(ls "{arrived}" | wc -l)" -lt {count} ] && [ $waited -lt {seconds * 20} ]; do sleep 0.05; waited=$((waited + 1)); done
+while [ "$(ls "{arrived}" | wc -l)" -lt {count} ] && [ $waited -lt {seconds * 20} ]; do
+    sleep 0.05; waited=$((waited + 1))
+done
 ls "{flight}" | wc -l >> "{seen}"
 {REAL_GIT} "$@"; code=$?
 rm -f "{flight}/$$"
