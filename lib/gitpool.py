@@ -76,6 +76,10 @@ class GitPool:
         self._poll = select.poll()
         fill_standard_descriptors()
 
+    def resize(self, size: int) -> None:
+        """Run up to `size` gits at once from now on (a scan's own share, once it knows which helpers started)."""
+        self._size = max(1, size)
+
     def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
         job = (path, env, args, done)
         self._queue.appendleft(job) if first else self._queue.append(job)

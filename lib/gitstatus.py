@@ -453,9 +453,10 @@ def find_git() -> str:
 
 # Repos per process before another process starts gits too: a fork is cheap, but not free.
 MIN_SHARE = 32
-# One git of the scan may take this long (as a repo's status on a build host: lib.remote.status), then it is
-# killed and its repo is an error row: a hook or a filter that never returns must not hang the scan.
-GIT_TIMEOUT_S = 30.0
+# One git of the scan may take this long (sync's network timeout), then it is killed and its repo is an error
+# row: a hook or a filter that never returns must not hang the scan. Generous on purpose: a slow but healthy
+# git (a big or cold repo, an fsmonitor hook on a loaded machine) is read, never called an error.
+GIT_TIMEOUT_S = 300.0
 # A helper whose rows stop coming is killed, its unsent repos rows saying so: a repo's two gits (status, log)
 # at their limit, and time to spare for a busy machine.
 HELPER_SLACK_S = 15.0
@@ -519,7 +520,7 @@ def scan(
 
     jobs = jobs or default_jobs()
     processes = processes or scan_processes(len(repos), jobs)
-    per_process = -(-jobs // processes)  # jobs / processes, rounded up
+    per_process = -(-jobs // processes)  # a helper's share of jobs: jobs / processes, rounded up
     silence = helper_silence if helper_silence is not None else 2 * git_timeout + HELPER_SLACK_S
     helpers: set[int] = set()  # started and not reaped yet: only these may be killed (a reaped pid is reused)
     silenced: set[str] = set()  # the repos of helpers killed for their silence: not read, never scanned again
@@ -541,26 +542,34 @@ def scan(
         # A stop lands once each forked process is noted, never between its fork and here.
         with forking() as alone:
             keeper = start_keeper() if repos and alone else None
-        with GitPool(git, per_process, keeper.pid if keeper else 0, git_timeout) as pool:
+        with GitPool(git, jobs, keeper.pid if keeper else 0, git_timeout) as pool:
+            handed: set[int] = set()  # the shares (i of repos[i::processes]) a helper started with
             with forking() as alone:
-                for share in (repos[i::processes] for i in range(1, processes) if alone):
+                for i in range(1, processes) if alone else ():
+                    share = repos[i::processes]
                     try:
                         pid, results_fd = _start_helper(share, git, env, known, per_process, pool, keeper,
                                                         git_timeout, status_args)
-                    except OSError:  # no fork or pipe to be had (a process limit): scanned here below
+                    except OSError:  # no fork or pipe to be had (a process limit): scanned here
                         continue
                     helpers.add(pid)
+                    handed.add(i)
                     pool.watch(results_fd, from_helper, lambda pid=pid: reap(pid), silence,
                                lambda pid=pid, share=share: silent(pid, share))
-            _scan_share(repos[0::processes], pool, env, known, finish, status_args)
+            # What no helper started with, this process runs now, with the jobs the helpers do not have: all of
+            # --jobs when none started (another thread alive, no fork to be had).
+            pool.resize(jobs - per_process * len(handed))
+            _scan_share([repo for k, repo in enumerate(repos) if k % processes not in handed], pool, env, known,
+                        finish, status_args)
             pool.run()
+            pool.resize(jobs)  # the helpers are done: what they left is this process's alone
             for repo in repos:
                 if repo.name in silenced and repo.name not in results:
                     finish(RepoStatus(repo.name, str(repo.local), True, False, repo.language,
                                       error=f"not read: the scan's helper process sent nothing for {silence:g} s: "
                                             "killed"))
             missing = [repo for repo in repos if repo.name not in results]
-            if missing:  # a helper that died before sending these, or never started
+            if missing:  # a helper that died before sending these
                 _scan_share(missing, pool, env, known, finish, status_args)
                 pool.run()
     finally:

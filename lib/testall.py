@@ -233,10 +233,10 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         if changed:
             before = tree_states(workspace, [plan.repo for plan in plans])
             to_run = []
-            with stoppable_git_reads():  # hides_changes: asked only of a repo that would otherwise be cached
+            with stoppable_git_reads():  # why_not_cacheable: asked only of a repo that would otherwise be cached
                 for plan in plans:
                     since = unchanged_since(plan, before.get(plan.repo.name), previous.get(plan.repo.name))
-                    if since is None or hides_changes(plan.repo.local):
+                    if since is None or why_not_cacheable(plan.repo.local):
                         to_run.append(plan)
                     else:
                         cached.append(cached_outcome(plan, previous[plan.repo.name], since))
@@ -254,21 +254,22 @@ def run_test_all(workspace: Workspace, paths: Paths, plans: list[Plan], jobs: in
         everything = stopped_outcomes(plans, stop.results + cached, begun)
         stop.notes += junit_notes(junit_xml, everything, monotonic() - started, signal_name(stop.signum))
         raise
-    trusted: list[Outcome] = []
+    marked: list[Outcome] = []
     try:
-        if changed:  # what a later --changed may trust: a scan and up to two gits per passed repo
+        if changed:  # what a later --changed may trust: a scan and up to one git per passed repo
             after = tree_states(workspace, [plan.repo for plan in to_run])
             with stoppable_git_reads():
-                trusted = mark_last_passed(run.outcomes, before, after,
+                marked = mark_last_passed(run.outcomes, before, after,
                                            {plan.repo.name: command_text(plan) for plan in to_run},
                                            {plan.repo.name: plan.repo.local for plan in to_run})
     except ScanStopped as stop:  # every repo was tested and recorded: CI's report says so, not "did not finish"
         stop.notes += notes + run.notes + junit_notes(junit_xml, in_plan_order(plans, run.outcomes + cached),
                                                       monotonic() - started)
         raise
-    # Recorded again with what --changed trusts (a run where every repo was cached recorded nothing yet).
-    if trusted or cached:
-        run.notes += keep_results(paths.test_results_file, trusted + cached, workspace)
+    # Recorded again with what --changed trusts or why it may not (a run where every repo was cached recorded
+    # nothing yet).
+    if marked or cached:
+        run.notes += keep_results(paths.test_results_file, marked + cached, workspace)
     notes += run.notes
     outcomes = in_plan_order(plans, run.outcomes + cached)
     notes += junit_notes(junit_xml, outcomes, monotonic() - started)
@@ -311,20 +312,41 @@ def tree_states(workspace: Workspace, repos: list[Repo]) -> dict[str, tuple[str,
 # What `git status` never looks at, yet is code the tests run: index entries marked assume-unchanged
 # (ls-files -v: a lowercase tag) or skip-worktree (`S`). The status itself is tree_states' scan.
 HIDDEN_CHECK_TIMEOUT_S = 300.0
+NOT_CACHEABLE = "not cacheable by --changed"
+GITLINK_MODE = b"160000"
 
 
-def hides_changes(path: Path) -> bool:
-    """True when the index keeps git status from seeing edits in `path` (or git cannot tell); asked only of a
-    repo tree_states found clean, so no second status."""
+def why_not_cacheable(path: Path) -> str | None:
+    """Why a repo tree_states found clean must run all the same (None: nothing hidden): its index keeps git status
+    from seeing edits, it has submodules, or git cannot tell. One `git ls-files`, no second status.
+
+    A submodule (a gitlink in the index, or a .gitmodules file) hides edits no look at this repo sees: marks in
+    its own index, a nested submodule its .gitmodules ignores. Proving every one unchanged, recursively, would
+    be a scan of its own: such a repo runs its tests every time instead.
+    """
     try:
-        result = subprocess.run(["git", "-C", str(path), "ls-files", "-v", "-z"], stdin=subprocess.DEVNULL,
+        result = subprocess.run(["git", "-C", str(path), "ls-files", "-v", "-s", "-z"], stdin=subprocess.DEVNULL,
                                 capture_output=True, env=confined_to(path, git_env()),
                                 timeout=HIDDEN_CHECK_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return True
+    except subprocess.TimeoutExpired:
+        return f"{NOT_CACHEABLE}: git ls-files did not finish within {HIDDEN_CHECK_TIMEOUT_S:g} s"
+    except OSError as err:
+        return f"{NOT_CACHEABLE}: cannot run git: {err.strerror or err}"
     if result.returncode != 0:
-        return True
-    return any(entry[:1].islower() or entry[:1] == b"S" for entry in result.stdout.split(b"\0") if entry)
+        return f"{NOT_CACHEABLE}: git ls-files failed"
+    hidden = submodules = False
+    for entry in result.stdout.split(b"\0"):
+        if not entry:
+            continue
+        fields, _, name = entry.partition(b"\t")  # `<tag> <mode> <object> <stage>\t<path>`
+        tag, _, rest = fields.partition(b" ")
+        hidden = hidden or tag.islower() or tag == b"S"
+        submodules = submodules or rest.startswith(GITLINK_MODE + b" ") or name == b".gitmodules"
+    if submodules or os.path.lexists(path / ".gitmodules"):
+        return f"{NOT_CACHEABLE}: it has submodules"
+    if hidden:
+        return f"{NOT_CACHEABLE}: files marked assume-unchanged or skip-worktree"
+    return None
 
 
 def previous_results(state_file: Path) -> dict[str, dict[str, Any]]:
@@ -378,18 +400,23 @@ def command_text(plan: Plan) -> str:
 def mark_last_passed(outcomes: list[Outcome], before: dict[str, tuple[str, bool]],
                      after: dict[str, tuple[str, bool]], commands: dict[str, str],
                      paths: dict[str, Path]) -> list[Outcome]:
-    """Passed repos whose HEAD and clean tree held from before the run to after it: what --changed may trust."""
-    trusted = []
+    """Mark each passed repo whose HEAD and clean tree held from before the run to after it: `last_passed`, what
+    --changed may trust, or, when it may not all the same (why_not_cacheable), why in its reason. Returns them."""
+    marked = []
     for outcome in outcomes:
         state = before.get(outcome.repo)
         held = state is not None and state[1] and after.get(outcome.repo) == state
-        # What git status hides is asked after the run only (a git or two per passed repo, not per repo twice).
-        if outcome.status == RunStatus.PASSED and outcome.host == LOCAL and held \
-                and not hides_changes(paths[outcome.repo]):
+        if outcome.status != RunStatus.PASSED or outcome.host != LOCAL or not held:
+            continue
+        # What git status hides is asked after the run only (a git per passed repo, not per repo twice).
+        why_not = why_not_cacheable(paths[outcome.repo])
+        if why_not:
+            outcome.reason = "; ".join(filter(None, (outcome.reason, why_not)))
+        else:
             outcome.last_passed = {"head": state[0], "command": commands.get(outcome.repo, outcome.command),
                                    "host": LOCAL, "machine": this_machine(), "at": outcome.finished_at}
-            trusted.append(outcome)
-    return trusted
+        marked.append(outcome)
+    return marked
 
 
 def in_plan_order(plans: list[Plan], outcomes: list[Outcome]) -> list[Outcome]:

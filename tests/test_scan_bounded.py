@@ -14,7 +14,7 @@ import pytest
 
 from lib.gitstatus import GIT_TIMEOUT_S, HELPER_SLACK_S, scan
 from tests.conftest import ROOT, wait_gone
-from tests.test_scan_pool import mixed_repos, repo_of, rows, wrapper
+from tests.test_scan_pool import REAL_GIT, mixed_repos, repo_of, rows, wrapper
 
 # A test's limit for one git: far above what a healthy git in a small repo takes on a busy machine.
 LIMIT = 8
@@ -146,6 +146,67 @@ def test_with_another_thread_running_the_scan_forks_nothing_and_reads_every_repo
     assert forks == [] and rows(report) == expected
 
 
+def barrier_git(tmp_path, count: int, seconds: int = 20) -> tuple[str, object]:
+    """(a `git` whose status waits until `count` of them have started (`seconds` at most), then notes how many
+    run at that moment; that note's file). It counts the gits in flight: no timing is asserted."""
+    arrived, flight, seen = tmp_path / "arrived", tmp_path / "in-flight", tmp_path / "seen"
+    arrived.mkdir()
+    flight.mkdir()
+    script = tmp_path / "barrier-git"
+    script.write_text(f"""#!/bin/sh
+case " $* " in *" status "*) ;; *) exec {REAL_GIT} "$@";; esac
+touch "{arrived}/$$" "{flight}/$$"
+waited=0
+while [ "$(ls "{arrived}" | wc -l)" -lt {count} ] && [ $waited -lt {seconds * 20} ]; do
+    sleep 0.05; waited=$((waited + 1))
+done
+ls "{flight}" | wc -l >> "{seen}"
+{REAL_GIT} "$@"; code=$?
+rm -f "{flight}/$$"
+exit $code
+""")
+    script.chmod(0o755)
+    return str(script), seen
+
+
+def another_thread_alive(monkeypatch):
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    return lambda: (release.set(), other.join())
+
+
+def no_fork_to_be_had(monkeypatch):
+    def refused():
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", refused)
+    return lambda: None
+
+
+@pytest.mark.parametrize("no_helper", [another_thread_alive, no_fork_to_be_had])
+def test_a_scan_that_forks_no_helper_runs_its_whole_jobs_itself(make_repo, tmp_path, monkeypatch, no_helper):
+    """--jobs 8 over two processes, but no helper could be forked: the 8 gits all run here, not half of them."""
+    repos = mixed_repos(make_repo, 8)
+    expected = rows(scan(repos, jobs=2, processes=1))
+    git, seen = barrier_git(tmp_path, 8)
+    done = no_helper(monkeypatch)
+    try:
+        report = scan(repos, jobs=8, processes=2, git=git)
+    finally:
+        done()
+    assert rows(report) == expected
+    assert max(int(n) for n in seen.read_text().split()) == 8, "fewer gits ran at once than --jobs allows"
+
+
+def test_with_helpers_the_scan_runs_its_jobs_in_all_and_never_more(make_repo, tmp_path):
+    """--jobs 8 over three processes: 3 + 3 in the helpers and 2 here, never 3 each (9 gits at once)."""
+    repos = mixed_repos(make_repo, 12)
+    git, seen = barrier_git(tmp_path, 9, seconds=10)  # a ninth git, if one may start, gets 10 s to show
+    report = scan(repos, jobs=8, processes=3, git=git)
+    assert all(row.error is None for row in report.repos)
+    assert max(int(n) for n in seen.read_text().split()) == 8
+
+
 def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_called_hung(make_repo, tmp_path):
     """git exits, but a process it started keeps its stdout open: its status is complete, never 'did not finish'."""
     daemons = tmp_path / "daemons"
@@ -220,3 +281,16 @@ def test_a_ticker_stuck_writing_to_a_frozen_terminal_makes_the_scan_fork_nothing
         terminal.released.set()
         progress.close()
     assert forks == [] and rows(report) == expected
+
+
+def test_a_slow_but_healthy_git_is_read_with_the_default_limits_never_called_an_error(make_repo, tmp_path):
+    """An fsmonitor hook that answers after 32 s (watchman on a big, cold tree; a loaded machine): the limit is
+    there so a scan never hangs, not to make a slow repo an error. Its edit is shown, as plain git shows it."""
+    handle = make_repo("slow")
+    (handle.path / "README.md").write_text("edited\n")
+    hook = tmp_path / "slow-hook"
+    hook.write_text("#!/bin/sh\nsleep 32\nexit 1\n")  # then "don't know": git looks at every file itself
+    hook.chmod(0o755)
+    handle.git("config", "core.fsmonitor", str(hook))
+    row = scan([repo_of(handle)], jobs=2, processes=1).repos[0]
+    assert row.error is None and row.modified == 1 and not row.clean
