@@ -41,6 +41,7 @@ PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins t
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+EVENT_LINE_MAX = 4 * 1024 * 1024  # the wrapper keeps every event line shorter (wrapper.MAX_EVENT_LINE)
 WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
@@ -62,20 +63,52 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
         procs.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
-def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
+def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = False) -> None:
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
-    as given only when its agent started (the wrapper wrote the agent's pid file); else they are kept for the
-    issue's next try."""
+    as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
+    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold)."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
     stopped = not pid_file.exists() and _wrapper_stopped(run, record)
     kill_try(run, record, grace)
-    if not stopped or pid_file.exists() or record.issue_number is None or not record.project:
-        return  # its agent started, or may still: given (never twice)
+    if record.issue_number is None or not record.project:
+        return
+    if pid_file.exists():
+        if agent_worked(run, record, held):
+            return  # given (never twice)
+    elif not stopped:
+        return  # its wrapper may still start its agent
     stem = run.files.try_stem(record.worker_id, record.try_id)
     for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
         run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
                              "id": command_id, "delivered": False, "given_back": stem})
+
+
+def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> bool:
+    """Whether the ended try's agent (it started) took its prompt and worked on it. Not when the try was held (not
+    logged in, rate limited: it could do nothing; a turn cut short by a limit is taken up by the next try, which
+    resumes the session where it can); an agent with events: when they show a turn (its tally, or the events the
+    probe has not read yet); a plain command says nothing of it: it ran, so yes."""
+    if held:
+        return False
+    kind = record.agent.get("kind")
+    if kind not in agents.STRUCTURED:
+        return True
+    if record.agent.get("turns"):
+        return True
+    state = dict(record.agent)
+    try:
+        with open_regular_file(run.files.agent_events(record.worker_id, record.try_id)) or \
+                open(os.devnull, "rb") as events:
+            events.seek(record.events_offset)
+            for line in iter(lambda: events.readline(EVENT_LINE_MAX), b""):  # a longer one is read in parts
+                if agents.tallied(kind, line):
+                    agents.fold(state, agents.parse_line(line)[0], "")
+                    if state.get("turns"):
+                        return True
+    except OSError:
+        pass
+    return False
 
 
 def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
@@ -517,7 +550,7 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        end_try(self.run, record)
+        end_try(self.run, record, held=True)
         self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
                                   until=pauses.stamp(until) if until else None, now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
