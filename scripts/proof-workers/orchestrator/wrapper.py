@@ -268,27 +268,48 @@ def run(spec: dict[str, Any]) -> int:
         _note(index, start)
         _note(log, start)
         streamed = spec.get("input") if structured else None
+        stopped_by: list[int] = []
+        started: list[subprocess.Popen[bytes]] = []
+
+        def stop(signum: int, _frame: Any) -> None:
+            stopped_by.append(signum)
+            for one in started:
+                with suppress(ProcessLookupError):
+                    os.killpg(one.pid, signal.SIGKILL)
+
+        # Before the agent starts: a stop at any moment after never kills the wrapper alone, leaving its agent
+        # running on unsupervised.
+        for signum in signals.STOP_SIGNALS:
+            signal.signal(signum, stop)
+        agent, code = None, 127
         try:
-            agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
-                                     stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            if not stopped_by:
+                agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
+                                         stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as err:
             _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
-            code = 127
+        if agent is None:
+            code = signals.exit_code(stopped_by[0]) if stopped_by else code
         else:
-            write_text(Path(spec["pid_file"]), str(agent.pid))
-
-            stopped_by: list[int] = []
-
-            def stop(signum: int, _frame: Any) -> None:
-                stopped_by.append(signum)
-                try:
-                    os.killpg(agent.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-            for signum in signals.STOP_SIGNALS:
-                signal.signal(signum, stop)
+            # A stop from here on is held back until the agent counts as started (its pid file) or is killed: it
+            # is never started without one or the other.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, signals.STOP_SIGNALS)
+            try:
+                started.append(agent)
+                if stopped_by:  # stopped while it was being started: it never runs on, never counts as started
+                    with suppress(ProcessLookupError):
+                        os.killpg(agent.pid, signal.SIGKILL)
+                else:
+                    try:
+                        write_text(Path(spec["pid_file"]), str(agent.pid))
+                    except OSError as err:  # (a full disk) no agent runs that the monitor cannot find and stop
+                        _note(log, f"wrapper: cannot write the agent's pid file: {err}: the agent is killed\n"
+                                   .encode())
+                        with suppress(ProcessLookupError):
+                            os.killpg(agent.pid, signal.SIGKILL)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             feeder = Feeder(agent.stdin, streamed) if streamed else None
             if structured:
                 pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]), log, feeder),
