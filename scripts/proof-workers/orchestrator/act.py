@@ -35,7 +35,7 @@ from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
 from orchestrator.windows import try_tag, worker_window
-from orchestrator.wrapper import TRY_VAR
+from orchestrator.wrapper import TRY_VAR, WRAPPER_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
@@ -116,10 +116,11 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
     starts no agent), SIGKILL if it has not ended within WRAPPER_STOP_WAIT (stuck; its watchdog kills the set-up).
     True once no wrapper of the try runs and none started an agent."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    in_pane = _wrapper_in_pane(run, record)
     term_until = time.monotonic() + WRAPPER_STOP_WAIT
     sent: set[tuple[int, int]] = set()
     while not pid_file.exists():
-        running = [pid for pid in procs.process_table() if _runs_wrapper(procs.cmdline(pid) or b"", run, record)]
+        running = _try_wrappers(run, record, in_pane)
         if not running:
             return True
         now = time.monotonic()
@@ -135,11 +136,33 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
     return False
 
 
-def _runs_wrapper(cmdline: bytes, run: Run, record: WorkerRecord) -> bool:
-    """Whether a process's arguments end as this try's wrapper's do in its pane: the wrapper, then the try's spec
-    (exact paths: another try's spec, or a file merely naming one, is not it)."""
-    args = cmdline.removesuffix(b"\0").split(b"\0")
-    return args[-2:] == [os.fsencode(WRAPPER), os.fsencode(run.files.try_spec(record.worker_id, record.try_id))]
+def _try_wrappers(run: Run, record: WorkerRecord, in_pane: int | None) -> list[int]:
+    """The live processes of this try's wrapper: those carrying its WRAPPER_VAR tag (set on the pane's command at
+    respawn; the wrapper passes it on to nothing it starts), and the worker's pane's own process while it still runs
+    this try's spec (a wrapper of a version without the tag). Never a process whose arguments merely name the
+    wrapper or the spec (`tail -f`, an editor): neither can be faked by a command's arguments."""
+    found = procs.processes_tagged(WRAPPER_VAR, try_tag(run, record.worker_id, record.try_id))
+    if in_pane is not None and in_pane not in found and _runs_spec(in_pane, run, record):
+        found.append(in_pane)
+    return found
+
+
+def _wrapper_in_pane(run: Run, record: WorkerRecord) -> int | None:
+    """The pid of the worker's pane's process when it runs this try's spec (the pane's command is `exec python
+    wrapper.py SPEC`, from whichever checkout started it); None otherwise, or when tmux does not answer."""
+    try:
+        pane = tmux.panes(run.server, run.session).get(worker_window(record.worker_id))
+    except OrchestratorError:
+        return None
+    if pane is None or pane.dead or pane.pid is None or not _runs_spec(pane.pid, run, record):
+        return None
+    return pane.pid
+
+
+def _runs_spec(pid: int, run: Run, record: WorkerRecord) -> bool:
+    """Whether a process's last argument is exactly this try's spec (another try's, or a file naming it, is not)."""
+    args = (procs.cmdline(pid) or b"").removesuffix(b"\0").split(b"\0")
+    return len(args) >= 2 and args[-1] == os.fsencode(run.files.try_spec(record.worker_id, record.try_id))
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
@@ -232,7 +255,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)
     pane = tmux.panes(run.server, run.session)[window]
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
-    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
+    # The tag names this try's wrapper alone (it passes it on to nothing): end_try finds it by it, never by its
+    # arguments, which any command naming the same files has too.
+    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree, env={WRAPPER_VAR: try_tag(run, w, t)})
     worker.started(pane.identity, run.clock())
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).

@@ -40,6 +40,9 @@ from orchestrator import agents, worktree_setup  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
+# The wrapper alone carries WRAPPER_VAR=<the same tag> (set on its pane's command; dropped before it starts
+# anything): how the monitor tells the try's wrapper from any process naming the same files.
+WRAPPER_VAR = "ORCHESTRATOR_WRAPPER"
 LEFTOVER_GRACE_S = 2.0
 # The sandbox: bubblewrap with the root read-only, /dev, /proc and /tmp of its own, no view of other
 # processes, every capability dropped (bwrap keeps them when started by root). The network stays.
@@ -604,6 +607,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.pop(WRAPPER_VAR, None)  # ours alone: the set-up and the agent never carry it
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: wrapper.py TRY.json", file=sys.stderr)
