@@ -106,3 +106,43 @@ def test_an_untagged_wrapper_in_the_workers_pane_is_stopped_before_its_follow_up
     retry_until(lambda: tmux.panes(run.server, run.session)[window].dead, seconds=60)
     assert kept(run) == ["mind the changelog"]
 
+
+def test_a_wrapper_that_survives_sigkill_leaves_its_follow_up_given_and_says_so_in_the_event_log_and_status(
+        project, monkeypatch):
+    """A wrapper that not even SIGKILL ends (stuck in the kernel; here its signals are dropped) may still start its
+    agent with the follow-up: it stays given to that try, never given twice. That was silent; now a `followup`
+    event says so, and status shows it, so the user can send it again."""
+    import os
+
+    from workers_fixtures import orchestrator_cli as cli, status_document
+
+    run, record = one_try_given_a_follow_up(project)
+    monkeypatch.setattr(act, "WRAPPER_STOP_WAIT", 0.5)
+    stuck = subprocess.Popen([sys.executable, "-c", STUCK, str(act.WRAPPER), str(run.files.try_spec(1, 1))],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, WRAPPER_VAR: try_tag(run, 1, 1)})
+    real_kill, dropped = os.kill, []
+
+    def kill(pid: int, signum: int) -> None:
+        if pid == stuck.pid:
+            dropped.append(signum)  # the signal does not end it
+            return
+        real_kill(pid, signum)
+
+    try:
+        assert stuck.stdout.readline() == "ready\n"
+        monkeypatch.setattr(os, "kill", kill)
+        act.end_try(run, record)
+        act.end_try(run, record)  # ended again (a repeated skip): said once
+        monkeypatch.setattr(os, "kill", real_kill)
+        assert stuck.poll() is None and signal.SIGKILL in dropped
+    finally:
+        stuck.kill()
+        stuck.wait()
+    assert kept(run) == []
+    events = [json.loads(line)["event"] for line in run.files.events.read_text().splitlines()]
+    assert [(e["id"], e["delivered"], e.get("wrapper_unstopped")) for e in events if e["action"] == "followup"] == \
+        [("f1", None, "worker-1-try-1")]
+    [issue] = status_document()["projects"][0]["issues"]
+    assert [(f["id"], f["given_in"]) for f in issue["followups_in_doubt"]] == [("f1", "worker-1-try-1")]
+    text = cli("status").stdout
+    assert '#1: 1 follow-up given to worker-1-try-1, whose wrapper could not be stopped' in text, text

@@ -76,8 +76,12 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     if pid_file.exists():
         if agent_worked(run, record, held):
             return  # given (never twice)
-    elif not stopped:
-        return  # its wrapper may still start its agent
+    elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
+        stem = run.files.try_stem(record.worker_id, record.try_id)
+        for command_id in commands.mark_in_doubt(run.state_root, record.project, record.issue_number, stem):
+            run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
+                                 "id": command_id, "delivered": None, "wrapper_unstopped": stem})
+        return
     stem = run.files.try_stem(record.worker_id, record.try_id)
     for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
         run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
