@@ -42,6 +42,7 @@ WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
 EVENT_LINE_MAX = 4 * 1024 * 1024  # the wrapper keeps every event line shorter (wrapper.MAX_EVENT_LINE)
+WRAPPER_EXIT_WAIT = 10.0  # seconds an ended try's wrapper has to write its agent's last events (wrapper: 5 s)
 WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
@@ -100,6 +101,12 @@ def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> bool:
         return True
     if record.agent.get("turns"):
         return True
+    # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
+    # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
+    deadline = time.monotonic() + WRAPPER_EXIT_WAIT
+    while run.files.read_signal(record.worker_id, record.try_id) is None and time.monotonic() < deadline and \
+            _try_wrappers(run, record, None):
+        time.sleep(0.1)
     state = dict(record.agent)
     try:
         with open_regular_file(run.files.agent_events(record.worker_id, record.try_id)) or \
