@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 from workers_fixtures import orchestrator_cli as cli
 
 from orchestrator.monitor import monitor

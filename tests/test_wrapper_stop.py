@@ -7,10 +7,8 @@ from inside the step named, through the wrapper module's own helpers.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
