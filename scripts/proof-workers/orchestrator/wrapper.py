@@ -327,6 +327,7 @@ def run(spec: dict[str, Any]) -> int:
                     log.write(f"wrapper: cannot read the prompt: {err}\n".encode())
                     feeder.end()
             code = agent.wait()
+            started.clear()  # reaped: its pid may be another process's group now (kill_leftovers ends what is left)
             if feeder is not None:
                 feeder.end()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
