@@ -77,7 +77,10 @@ def open_regular_file(path: Path) -> BinaryIO | None:
 def append_whole(fd: int, data: bytes) -> tuple[int, int]:
     """Append `data` (a line) to the file open at `fd` with O_APPEND (its writers share a lock): all of it, or
     none: a write that fails midway (a full disk) is cut back off, so no part of a line is left for a reader, or
-    for the next line to join. Returns where it starts and ends."""
+    for the next line to join. Returns where it starts and ends. A descriptor without O_APPEND is a ValueError
+    (a caller's mistake, nothing written): its writes would land at its offset, not at the end."""
+    if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+        raise ValueError(f"append_whole: descriptor {fd} is not open with O_APPEND")
     start = os.fstat(fd).st_size
     view = memoryview(data)
     try:

@@ -128,3 +128,29 @@ def test_read_small_answers_none_for_anything_but_a_small_regular_file(tmp_path)
     assert read_small(link, 10, follow_symlinks=False) is None
     if os.path.exists("/dev/zero"):
         assert read_small("/dev/zero", 10) is None
+
+
+def test_append_whole_refuses_a_descriptor_opened_without_o_append_and_writes_nothing(tmp_path):
+    """Without O_APPEND the line would land at the descriptor's offset (here over the file's first bytes), not at
+    the end it reports, and a failed write could not be cut back: refused, nothing written."""
+    import os
+
+    import pytest
+
+    from lib.statefile import append_whole
+
+    path = tmp_path / "inbox.jsonl"
+    path.write_bytes(b'{"id": "first"}\n')
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(ValueError, match="O_APPEND"):
+            append_whole(fd, b'{"id": "second"}\n')
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b'{"id": "first"}\n'
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        assert append_whole(fd, b'{"id": "second"}\n') == (16, 33)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b'{"id": "first"}\n{"id": "second"}\n'

@@ -736,6 +736,8 @@ def test_a_try_ended_while_its_wrapper_is_stuck_before_its_agent_gives_its_follo
     starts an agent with them later. (It was left running, and the follow-ups lost with its try.)"""
     from orchestrator import act, commands as steering
     from orchestrator.state import WorkerRecord
+    from orchestrator.windows import try_tag
+    from orchestrator.wrapper import WRAPPER_VAR
 
     project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"],
             num_workers=1)
@@ -745,7 +747,8 @@ def test_a_try_ended_while_its_wrapper_is_stuck_before_its_agent_gives_its_follo
         {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
     stuck = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\nsignal.signal(signal.SIGTERM, "
                               "signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(3600)", str(act.WRAPPER),
-                              str(run.files.try_spec(1, 1))], stdout=subprocess.PIPE, text=True)
+                              str(run.files.try_spec(1, 1))], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, WRAPPER_VAR: try_tag(run, 1, 1)})  # as its pane's command has
     try:
         assert stuck.stdout.readline() == "ready\n"
         monkeypatch.setattr(act, "WRAPPER_STOP_WAIT", 1.0)

@@ -35,12 +35,14 @@ from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
 from orchestrator.windows import try_tag, worker_window
-from orchestrator.wrapper import TRY_VAR
+from orchestrator.wrapper import TRY_VAR, WRAPPER_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
+EVENT_LINE_MAX = 4 * 1024 * 1024  # the wrapper keeps every event line shorter (wrapper.MAX_EVENT_LINE)
+WRAPPER_EXIT_WAIT = 10.0  # seconds an ended try's wrapper has to write its agent's last events (wrapper: 5 s)
 WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
@@ -62,20 +64,62 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
         procs.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
-def end_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
+def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = False) -> None:
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
-    as given only when its agent started (the wrapper wrote the agent's pid file); else they are kept for the
-    issue's next try."""
+    as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
+    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold)."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
     stopped = not pid_file.exists() and _wrapper_stopped(run, record)
     kill_try(run, record, grace)
-    if not stopped or pid_file.exists() or record.issue_number is None or not record.project:
-        return  # its agent started, or may still: given (never twice)
+    if record.issue_number is None or not record.project:
+        return
+    if pid_file.exists():
+        if agent_worked(run, record, held):
+            return  # given (never twice)
+    elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
+        stem = run.files.try_stem(record.worker_id, record.try_id)
+        for command_id in commands.mark_in_doubt(run.state_root, record.project, record.issue_number, stem):
+            run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
+                                 "id": command_id, "delivered": None, "wrapper_unstopped": stem})
+        return
     stem = run.files.try_stem(record.worker_id, record.try_id)
     for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
         run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
                              "id": command_id, "delivered": False, "given_back": stem})
+
+
+def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> bool:
+    """Whether the ended try's agent (it started) took its prompt and worked on it. Not when the try was held (not
+    logged in, rate limited: it could do nothing; a turn cut short by a limit is taken up by the next try, which
+    resumes the session where it can); an agent with events: when they show a turn (its tally, or the events the
+    probe has not read yet); a plain command says nothing of it: it ran, so yes."""
+    if held:
+        return False
+    kind = record.agent.get("kind")
+    if kind not in agents.STRUCTURED:
+        return True
+    if record.agent.get("turns"):
+        return True
+    # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
+    # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
+    deadline = time.monotonic() + WRAPPER_EXIT_WAIT
+    while run.files.read_signal(record.worker_id, record.try_id) is None and time.monotonic() < deadline and \
+            _try_wrappers(run, record, None):
+        time.sleep(0.1)
+    state = dict(record.agent)
+    try:
+        with open_regular_file(run.files.agent_events(record.worker_id, record.try_id)) or \
+                open(os.devnull, "rb") as events:
+            events.seek(record.events_offset)
+            for line in iter(lambda: events.readline(EVENT_LINE_MAX), b""):  # a longer one is read in parts
+                if agents.tallied(kind, line):
+                    agents.fold(state, agents.parse_line(line)[0], "")
+                    if state.get("turns"):
+                        return True
+    except OSError:
+        pass
+    return False
 
 
 def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
@@ -83,10 +127,11 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
     starts no agent), SIGKILL if it has not ended within WRAPPER_STOP_WAIT (stuck; its watchdog kills the set-up).
     True once no wrapper of the try runs and none started an agent."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
+    in_pane = _wrapper_in_pane(run, record)
     term_until = time.monotonic() + WRAPPER_STOP_WAIT
     sent: set[tuple[int, int]] = set()
     while not pid_file.exists():
-        running = [pid for pid in procs.process_table() if _runs_wrapper(procs.cmdline(pid) or b"", run, record)]
+        running = _try_wrappers(run, record, in_pane)
         if not running:
             return True
         now = time.monotonic()
@@ -102,11 +147,33 @@ def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
     return False
 
 
-def _runs_wrapper(cmdline: bytes, run: Run, record: WorkerRecord) -> bool:
-    """Whether a process's arguments end as this try's wrapper's do in its pane: the wrapper, then the try's spec
-    (exact paths: another try's spec, or a file merely naming one, is not it)."""
-    args = cmdline.removesuffix(b"\0").split(b"\0")
-    return args[-2:] == [os.fsencode(WRAPPER), os.fsencode(run.files.try_spec(record.worker_id, record.try_id))]
+def _try_wrappers(run: Run, record: WorkerRecord, in_pane: int | None) -> list[int]:
+    """The live processes of this try's wrapper: those carrying its WRAPPER_VAR tag (set on the pane's command at
+    respawn; the wrapper passes it on to nothing it starts), and the worker's pane's own process while it still runs
+    this try's spec (a wrapper of a version without the tag). Never a process whose arguments merely name the
+    wrapper or the spec (`tail -f`, an editor): neither can be faked by a command's arguments."""
+    found = procs.processes_tagged(WRAPPER_VAR, try_tag(run, record.worker_id, record.try_id))
+    if in_pane is not None and in_pane not in found and _runs_spec(in_pane, run, record):
+        found.append(in_pane)
+    return found
+
+
+def _wrapper_in_pane(run: Run, record: WorkerRecord) -> int | None:
+    """The pid of the worker's pane's process when it runs this try's spec (the pane's command is `exec python
+    wrapper.py SPEC`, from whichever checkout started it); None otherwise, or when tmux does not answer."""
+    try:
+        pane = tmux.panes(run.server, run.session).get(worker_window(record.worker_id))
+    except OrchestratorError:
+        return None
+    if pane is None or pane.dead or pane.pid is None or not _runs_spec(pane.pid, run, record):
+        return None
+    return pane.pid
+
+
+def _runs_spec(pid: int, run: Run, record: WorkerRecord) -> bool:
+    """Whether a process's last argument is exactly this try's spec (another try's, or a file naming it, is not)."""
+    args = (procs.cmdline(pid) or b"").removesuffix(b"\0").split(b"\0")
+    return len(args) >= 2 and args[-1] == os.fsencode(run.files.try_spec(record.worker_id, record.try_id))
 
 
 def kill_run_processes(run: Run, grace: float = 1.0) -> list[int]:
@@ -199,7 +266,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     tmux.ensure_window(run.server, run.session, window, keep_dead=True)
     pane = tmux.panes(run.server, run.session)[window]
     line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
-    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree)
+    # The tag names this try's wrapper alone (it passes it on to nothing): end_try finds it by it, never by its
+    # arguments, which any command naming the same files has too.
+    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree, env={WRAPPER_VAR: try_tag(run, w, t)})
     worker.started(pane.identity, run.clock())
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
@@ -517,7 +586,7 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        end_try(self.run, record)
+        end_try(self.run, record, held=True)
         self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
                                   until=pauses.stamp(until) if until else None, now=self.run.clock())
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")

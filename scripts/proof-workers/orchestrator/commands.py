@@ -717,6 +717,7 @@ def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict) and entry.get("given_in") == try_stem:
                 entry["given_in"] = None
+                entry.pop("in_doubt", None)
                 back.append(str(entry.get("id")))
         return doc
 
@@ -727,6 +728,32 @@ def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list
         raise OrchestratorError(f"{path}: cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never "
                                 f"got ({err.strerror or err})") from None
     return back
+
+
+def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
+    """The follow-ups given in a try whose wrapper could not be stopped before its agent (not even by SIGKILL) stay
+    given there (it may still start its agent with them: never given twice), marked `in_doubt` for status; returns
+    the ids marked now (none twice). A file that cannot be written is an OrchestratorError (one line)."""
+    if not any(e.get("given_in") == try_stem and not e.get("in_doubt")
+               for e in _pending(_kept(state_root, project), issue, given_too=True)):
+        return []
+    marked: list[str] = []
+
+    def change(doc: Any) -> Any:
+        entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("given_in") == try_stem and not entry.get("in_doubt"):
+                entry["in_doubt"] = True
+                marked.append(str(entry.get("id")))
+        return doc
+
+    path = followups_file(state_root, project)
+    try:
+        update_json(path, change, {"issues": {}})
+    except OSError as err:
+        raise OrchestratorError(f"{path}: cannot note that {try_stem}'s wrapper may still give #{issue}'s follow-ups "
+                                f"to its agent ({err.strerror or err})") from None
+    return marked
 
 
 # --- what waits, for status and the dashboard ---------------------------------------------------------------
@@ -762,12 +789,13 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
     """What waits for each issue (None: the project), read from the files alone (status writes nothing here):
     `commands`: given and not applied yet (`queued`, or `taken` by a holder that has not finished them: a killed
     one's next holder applies them first), then those the holder refused (`refused`, with `error` and whether a
-    verb or a text status has shown it: `reported`); `followups`: kept for the issue's next try, not yet given."""
+    verb or a text status has shown it: `reported`); `followups`: kept for the issue's next try, not yet given;
+    `followups_in_doubt`: given to a try whose wrapper could not be stopped (its agent may or may not get them)."""
     found: dict[int | None, dict[str, list[dict[str, Any]]]] = {}
 
     def slot(issue: Any) -> dict[str, list[dict[str, Any]]]:
         key = issue if isinstance(issue, int) and not isinstance(issue, bool) else None
-        return found.setdefault(key, {"commands": [], "followups": []})
+        return found.setdefault(key, no_waits())
 
     directory = queue_dir(state_root, project)
     done = {p.name: p for p in _files(directory / "done")}
@@ -796,12 +824,20 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
     for number in issues:
         if not number.isdigit():
             continue
-        for e in _pending(issues, int(number)):
+        for e in _pending(issues, int(number), given_too=True):
             text = " ".join(e["text"].split())
-            slot(int(number))["followups"].append(
-                {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
-                 "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."})
+            shown = {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
+                     "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."}
+            if not e.get("given_in"):
+                slot(int(number))["followups"].append(shown)
+            elif e.get("in_doubt") is True:
+                slot(int(number))["followups_in_doubt"].append({**shown, "given_in": str(e["given_in"])})
     return found
+
+
+def no_waits() -> dict[str, list[dict[str, Any]]]:
+    """What waits for an issue when nothing does (waits' keys, each empty)."""
+    return {"commands": [], "followups": [], "followups_in_doubt": []}
 
 
 def mark_reported(state_root: Path, project: str, ids: list[str]) -> None:

@@ -217,7 +217,7 @@ def status_document(run: Run, now: float | None = None) -> dict[str, Any]:
                            "pipeline_stage": issue.pipeline_stage, "stage": cfg.stage_name(issue),
                            "assigned_worker": issue.assigned_worker,
                            "blocked_by": failed_deps or None, "paused": paused.get(issue.number, []), "pr": pr,
-                           **waits.get(issue.number, {"commands": [], "followups": []}),
+                           **waits.get(issue.number, commands.no_waits()),
                            **usage.get((cfg.project, issue.number), {"cost_usd": 0.0, "turns": 0})})
         counts: dict[str, int] = {}
         for item in issues:
@@ -387,6 +387,9 @@ def wait_lines(project: dict[str, Any]) -> list[str]:
             lines.append(f"{where} waits: " + ", ".join(f"{c['verb']} {c['state']} at {c['at']}" for c in pending))
         lines += [f"{where} refused: {c['error']} (at {c['at']})" for c in item.get("commands") or []
                   if c["state"] == "refused" and not c["reported"]]
+        lines += [f"{where}: 1 follow-up given to {f['given_in']}, whose wrapper could not be stopped: its agent may "
+                  f"or may not get it (send it again if no agent acts on it): \"{f['words']}\""
+                  for f in item.get("followups_in_doubt") or []]
         kept = item.get("followups") or []
         if not kept:
             continue

@@ -40,6 +40,9 @@ from orchestrator import agents, worktree_setup  # noqa: E402
 
 # Every process of a try carries TRY_VAR=<project>/<worker>/<try> (set in its spec's env).
 TRY_VAR = "ORCHESTRATOR_TRY"
+# The wrapper alone carries WRAPPER_VAR=<the same tag> (set on its pane's command; dropped before it starts
+# anything): how the monitor tells the try's wrapper from any process naming the same files.
+WRAPPER_VAR = "ORCHESTRATOR_WRAPPER"
 LEFTOVER_GRACE_S = 2.0
 # The sandbox: bubblewrap with the root read-only, /dev, /proc and /tmp of its own, no view of other
 # processes, every capability dropped (bwrap keeps them when started by root). The network stays.
@@ -268,27 +271,48 @@ def run(spec: dict[str, Any]) -> int:
         _note(index, start)
         _note(log, start)
         streamed = spec.get("input") if structured else None
+        stopped_by: list[int] = []
+        started: list[subprocess.Popen[bytes]] = []
+
+        def stop(signum: int, _frame: Any) -> None:
+            stopped_by.append(signum)
+            for one in started:
+                with suppress(ProcessLookupError):
+                    os.killpg(one.pid, signal.SIGKILL)
+
+        # Before the agent starts: a stop at any moment after never kills the wrapper alone, leaving its agent
+        # running on unsupervised.
+        for signum in signals.STOP_SIGNALS:
+            signal.signal(signum, stop)
+        agent, code = None, 127
         try:
-            agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
-                                     stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            if not stopped_by:
+                agent = subprocess.Popen(argv, cwd=spec["cwd"], env=env,
+                                         stdin=subprocess.PIPE if streamed else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as err:
             _note(log, f"wrapper: cannot start the agent: {err}\n".encode())
-            code = 127
+        if agent is None:
+            code = signals.exit_code(stopped_by[0]) if stopped_by else code
         else:
-            write_text(Path(spec["pid_file"]), str(agent.pid))
-
-            stopped_by: list[int] = []
-
-            def stop(signum: int, _frame: Any) -> None:
-                stopped_by.append(signum)
-                try:
-                    os.killpg(agent.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-            for signum in signals.STOP_SIGNALS:
-                signal.signal(signum, stop)
+            # A stop from here on is held back until the agent counts as started (its pid file) or is killed: it
+            # is never started without one or the other.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, signals.STOP_SIGNALS)
+            try:
+                started.append(agent)
+                if stopped_by:  # stopped while it was being started: it never runs on, never counts as started
+                    with suppress(ProcessLookupError):
+                        os.killpg(agent.pid, signal.SIGKILL)
+                else:
+                    try:
+                        write_text(Path(spec["pid_file"]), str(agent.pid))
+                    except OSError as err:  # (a full disk) no agent runs that the monitor cannot find and stop
+                        _note(log, f"wrapper: cannot write the agent's pid file: {err}: the agent is killed\n"
+                                   .encode())
+                        with suppress(ProcessLookupError):
+                            os.killpg(agent.pid, signal.SIGKILL)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             feeder = Feeder(agent.stdin, streamed) if streamed else None
             if structured:
                 pump = threading.Thread(target=_events, args=(agent.stdout, kind, Path(spec["events"]), log, feeder),
@@ -303,6 +327,7 @@ def run(spec: dict[str, Any]) -> int:
                     log.write(f"wrapper: cannot read the prompt: {err}\n".encode())
                     feeder.end()
             code = agent.wait()
+            started.clear()  # reaped: its pid may be another process's group now (kill_leftovers ends what is left)
             if feeder is not None:
                 feeder.end()
             leftovers = kill_leftovers(agent.pid, env.get(TRY_VAR))
@@ -583,6 +608,7 @@ def _keep_events(source: Any, kind: str, events_path: Path, log: logcut.CappedLo
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.pop(WRAPPER_VAR, None)  # ours alone: the set-up and the agent never carry it
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: wrapper.py TRY.json", file=sys.stderr)
