@@ -493,7 +493,7 @@ def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
                                            (os.POSIX_SPAWN_DUP2, out_write, 1),
                                            (os.POSIX_SPAWN_DUP2, err_write, 2)],
                              setsigdef=DEFAULT_IN_CHILD, setsid=True)
-    except OSError:
+    except (OSError, NotImplementedError):  # NotImplementedError: no POSIX_SPAWN_SETSID in this libc
         # Not startable as found (removed since, not executable after all, another architecture...): Popen
         # searches PATH on as it always did (past an entry that fails), and raises if nothing starts.
         _programs.pop((args[0], env.get("PATH", os.defpath)), None)
