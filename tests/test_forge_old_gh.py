@@ -1,15 +1,18 @@
-"""A gh too old for the merge-queue fields costs one `gh pr view` per poll, not two: its refusal (`Unknown JSON
-field`) is remembered for that very gh binary; another one in its place (an upgrade) is asked with them again.
+"""An old gh (2.4, Ubuntu 22.04's package: no autoMergeRequest in `gh pr view --json`) costs one `gh pr view` per
+poll, never a refused one: the view asks only fields every gh 2 offers, and the merge queue and auto-merge are read
+through `gh api graphql`, which the server answers whatever gh's version. Nothing about a gh is remembered, so a
+version manager's shim that picks gh per directory (gh runs in the repository) gets the same questions everywhere.
 """
 from __future__ import annotations
-
-import os
 
 from forge_fakes import fake_forge  # noqa: F401
 from workers_fixtures import project, tmux_socket  # noqa: F401
 
-from orchestrator import pulls
-from test_merge_queue_unknown import OLD_GH, _opened
+from orchestrator import forge, pulls
+from test_forge_merge_queue import _opened
+
+OLD_GH = {"unknown_fields": ["autoMergeRequest", "fullDatabaseId", "projectItems"]}
+GH_2_FIELDS = {"number", "url", "state", "headRefOid", "baseRefName", "reviewDecision", "reviews"}
 
 
 def _views(fake) -> list[list[str]]:
@@ -22,37 +25,20 @@ def _poll(cfg, state_root, record, now: float):
     return seen
 
 
-def test_an_old_gh_is_asked_once_per_poll_after_its_first_refusal(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, **OLD_GH)
+def test_an_old_gh_is_asked_one_view_a_poll_and_still_shows_the_queue(project, fake_forge):
+    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_queue=True, **OLD_GH)
     before = len(_views(fake))
-    seen = [_poll(cfg, state_root, record, now) for now in (10.0, 20.0, 30.0, 40.0)]
-    assert [s.queued for s in seen] == [None] * 4 and all(s.checks == "passing" for s in seen)
+    assert [_poll(cfg, state_root, record, now).queued for now in (10.0, 20.0)] == [False, False]
+    record.pr["merging"] = True
+    assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
+    record.pr["merge_queued"] = record.pr["head"]
+    assert _poll(cfg, state_root, record, 30.0).queued is True
     asked = _views(fake)[before:]
-    assert len(asked) == 5, asked  # the one refusal, then one view a poll
-    assert all("isInMergeQueue" not in " ".join(a) for a in asked[-3:])
+    assert len(asked) == 4, asked  # 3 polls and the merge's view: none refused, none asked twice
+    assert all(set(a[a.index("--json") + 1].split(",")) <= GH_2_FIELDS for a in asked)
 
 
-def test_a_gh_upgraded_in_place_is_asked_for_the_queue_fields_again(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, **OLD_GH)
-    assert _poll(cfg, state_root, record, 10.0).queued is None
-    fake.update(unknown_fields=[])  # a newer gh installed over the old one
-    gh = fake.bin_dir / "gh"
-    gh.write_text(gh.read_text())
-    stat = gh.stat()
-    os.utime(gh, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
-    assert _poll(cfg, state_root, record, 20.0).queued is False
-    assert "isInMergeQueue" in " ".join(_views(fake)[-1])
-
-
-def test_a_gh_that_stays_the_same_file_is_asked_for_the_queue_fields_again_once_the_time_is_up(
-        project, fake_forge, monkeypatch):
-    """A version manager's shim stays the same file while the gh behind it is upgraded: the refusal is remembered
-    for forge.QUEUE_FIELDS_RECHECK_S, not for the monitor's whole life."""
-    from orchestrator import forge
-
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, **OLD_GH)
-    assert _poll(cfg, state_root, record, 10.0).queued is None
-    fake.update(unknown_fields=[])  # the gh behind the shim was upgraded; the shim itself did not change
-    assert _poll(cfg, state_root, record, 20.0).queued is None  # still remembered
-    monkeypatch.setattr(forge, "QUEUE_FIELDS_RECHECK_S", 0.0)
-    assert _poll(cfg, state_root, record, 30.0).queued is False
+def test_no_refusal_of_a_gh_is_remembered():
+    """The memory of refusals keyed by the gh binary is gone with the fields it served (a shim is one file for
+    several gh versions, picked per directory)."""
+    assert not any(name.startswith(("_NO_QUEUE", "QUEUE_FIELDS")) for name in vars(forge))
