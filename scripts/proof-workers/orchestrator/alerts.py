@@ -255,7 +255,7 @@ def reach(snap: dict[str, Any]) -> dict[str, list[str]]:
     if isinstance(settings, dict) and set(settings) <= set(worktrees.PINNED_SETTINGS) and all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in settings.values()):
         return settings
-    return worktrees.user_settings()
+    return worktrees.user_settings(Path(snap["git_dir"]) if isinstance(snap.get("git_dir"), str) else None)
 
 
 def _default_head(snap: dict[str, Any], timeout: float | None = None) -> str | None:
@@ -284,7 +284,7 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig,
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
             "config": config_entries(config_file), "config_mark": _digest(read_small(config_file)),
             "exclude": exclude, "url": url,
-            "settings": pinned.settings if pinned else worktrees.user_settings()}
+            "settings": pinned.settings if pinned else worktrees.user_settings(repo.path)}
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
         snap["main_mark"] = _main_mark(snap)
