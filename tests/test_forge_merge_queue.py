@@ -133,3 +133,16 @@ def test_a_project_that_merges_by_hand_asks_no_queue(project, fake_forge):
     seen = _poll(cfg, state_root, record, 10.0)
     assert seen.error == "" and seen.checks == "passing"
     assert _graphql(fake) == []
+
+
+@pytest.mark.parametrize("said", [
+    "gh: API rate limit exceeded for user ID 1234. If you reach out to GitHub Support for help, please include the "
+    "request ID ABCD:1234:5678.",
+    "gh: You have exceeded a secondary rate limit. Please wait a few minutes before you try again."])
+def test_a_rate_limited_queue_query_fails_the_poll_and_never_counts_toward_the_bound(project, fake_forge, said):
+    """A rate limit passes: a slow queue watched through one must never fail its issue as "merge not seen"."""
+    proj, cfg, state_root, fake, record = _opened(project, fake_forge, fail={"api graphql": {"code": 1,
+                                                                                           "stderr": said}})
+    record.pr.update(merging=True, merge_queued=record.pr["head"])
+    seen = _poll(cfg, state_root, record, 10.0)
+    assert "rate limit" in seen.error and not record.pr.get("merge_unseen")

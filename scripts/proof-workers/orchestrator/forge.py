@@ -65,13 +65,14 @@ class MergeUnconfirmed(ForgeError):
 
 # What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
 # to a refusal: gh prints "error connecting to HOST" + "check your internet connection ..." on a DNS failure (exit
-# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)".
+# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)"; GitHub's rate
+# limits (primary and secondary) pass too.
 _TRANSIENT = re.compile(
     r"error connecting to |check your internet connection|connection (refused|reset|timed out)|no such host|"
     r"network is unreachable|i/o timeout|tls handshake timeout|unexpected eof|broken pipe|"
     r"temporary failure in name resolution|context deadline exceeded|timeout awaiting response headers|"
     r"\bhttp (502|503|504)\b|\b(502|503|504):? (bad gateway|service unavailable|gateway time-?out)|"
-    r"something went wrong while executing your query", re.I)
+    r"something went wrong while executing your query|rate limit (already )?exceeded|secondary rate limit", re.I)
 
 
 def looks_transient(text: str) -> bool:
@@ -84,6 +85,8 @@ def looks_transient(text: str) -> bool:
     >>> looks_transient("HTTP 502: Bad Gateway (https://api.github.com/graphql)")
     True
     >>> looks_transient("POST https://gitlab.example.com/api/v4/projects/1/merge_requests: 503 Service Unavailable")
+    True
+    >>> looks_transient("gh: API rate limit exceeded for user ID 1234.")
     True
     >>> looks_transient("GraphQL: Resource not accessible by integration (createPullRequest)")
     False
