@@ -14,7 +14,8 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   a queue: `gh pr merge` exits 0 and the PR stays open; glab does the same by default while a pipeline runs:
   auto-merge; `merge_queue: N` > 1: the queue merges it at the Nth view after, at the head it was queued at;
   `dequeue: K`: the first K times it leaves the queue unmerged instead; a queued PR shows as gh's
-  isInMergeQueue, glab's merge_when_pipeline_succeeds; `merge_method: "merge"`: a base that moved since
+  isInMergeQueue (through `gh api graphql`, below), glab's merge_when_pipeline_succeeds; the Nth view is the
+  Nth `gh pr view` / `glab mr view`; `merge_method: "merge"`: a base that moved since
   gets a merge commit, as a queue building on it would, instead of a fast-forward only), `list_lag` (gh: the
   first K `gh pr list` calls after a `gh pr create` do not show the new PR yet), `after_merge_fail` (gh: `fail` entries armed once
   `gh pr merge` is accepted: a network failure right after the merge), `merge_noop` (gh pr merge exits 0
@@ -22,6 +23,14 @@ list/create/view/merge, glab ci get/trace, glab auth status). The test scripts a
   gh is too old to know: gh's own error), `notes_order` ("desc": glab
   lists notes newest first). A PR may carry `cross` (opened from a fork) and its `base` may be changed
   (retargeted). `gh pr merge --match-head-commit` and `glab mr merge --sha` refuse a PR whose head moved.
+- gh's `pr view --json` takes only the fields of gh's PullRequestFields (api/query_builder.go; `isInMergeQueue` is
+  none of them: gh reads it only inside `gh pr merge`), less `unknown_fields`, and prints only those asked; another
+  is gh's own refusal (`Unknown JSON field: "X"`, the available fields listed, exit 1). The queue is read as real
+  gh can: `gh api graphql` (`-f query=...`, `-F number=N`, `-f owner= -f name=` or gh's `{owner}`/`{repo}`
+  placeholders, `--hostname`) answers PullRequest's `isInMergeQueue`, `mergeQueueEntry { state position }`,
+  `autoMergeRequest`, `state`, `number`; `graphql_unknown_fields` are fields the server's schema lacks (an older
+  GitHub Enterprise): GitHub's `Field 'X' doesn't exist on type 'PullRequest'` (the body on stdout, `gh: ...` on
+  stderr, exit 1). `auto_merge`: a human enabled auto-merge on every open PR (gh's autoMergeRequest).
 
 Every call is appended to `calls.jsonl` beside the state ({"tool", "args", "cwd", and the GH_/GITLAB_/GL_
 variables it was given as "env"}). The PR's head is read
@@ -40,7 +49,7 @@ from typing import Any
 import pytest
 
 FAKE = r'''
-import json, os, subprocess, sys, time
+import json, os, re, subprocess, sys, time
 from pathlib import Path
 
 STATE = Path(__STATE__)
@@ -149,6 +158,22 @@ def checks_of(pr, count_poll):
     return index, rnd, rows
 
 
+# gh's PullRequestFields (api/query_builder.go, gh 2.29 and later): what `gh pr view --json` takes.
+GH_PR_FIELDS = ("additions", "assignees", "author", "autoMergeRequest", "baseRefName", "body", "changedFiles",
+                "closed", "closedAt", "comments", "commits", "createdAt", "deletions", "files", "fullDatabaseId",
+                "headRefName", "headRefOid", "headRepository", "headRepositoryOwner", "id", "isCrossRepository",
+                "isDraft", "labels", "latestReviews", "maintainerCanModify", "mergeCommit", "mergeStateStatus",
+                "mergeable", "mergedAt", "mergedBy", "milestone", "number", "potentialMergeCommit", "projectCards",
+                "projectItems", "reactionGroups", "reviewDecision", "reviewRequests", "reviews", "state",
+                "statusCheckRollup", "title", "updatedAt", "url")
+
+
+def auto_merge(pr):
+    """gh's autoMergeRequest: set on an open PR where a human enabled auto-merge (`auto_merge`), else null."""
+    return {"enabledAt": "2026-01-01T00:00:00Z", "mergeMethod": "MERGE"} \
+        if state.get("auto_merge") and pr["state"] == "OPEN" else None
+
+
 def closing(pr):
     if state.get("close") and pr["state"] == "OPEN":
         pr["state"] = "CLOSED"
@@ -237,9 +262,11 @@ if tool == "gh":
         print(url)
         sys.exit(0)
     if args[:2] == ["pr", "view"]:
-        for field in (opt("--json") or "").split(","):
-            if field in state.get("unknown_fields", []):  # an older gh than the field
-                die('Unknown JSON field: "%s"\nAvailable fields:\n  baseRefName\n  headRefOid\n  number' % field)
+        asked = (opt("--json") or "").split(",")
+        known = sorted(f for f in GH_PR_FIELDS if f not in state.get("unknown_fields", []))
+        for field in asked:
+            if field not in known:  # gh's own check (cmdutil.AddJSONFlags), before any request
+                die('Unknown JSON field: "%s"\nAvailable fields:\n  %s' % (field, "\n  ".join(known)))
         pr = find(args[2])
         closing(pr)
         queue_turn(pr)
@@ -250,10 +277,34 @@ if tool == "gh":
                     "state": r["review"], "submittedAt": "2026-01-01T00:%02d:00Z" % n}
                    for n, r in enumerate((state.get("rounds") or [])[:index + 1])
                    if r.get("review") in ("CHANGES_REQUESTED", "APPROVED", "COMMENTED")]
-        out({"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
-             "baseRefName": pr["base"], "isCrossRepository": bool(pr.get("cross")),
-             "reviewDecision": rnd.get("review", ""), "reviews": reviews,
-             "isInMergeQueue": bool(pr.get("queued")) and pr["state"] == "OPEN", "autoMergeRequest": None})
+        doc = {"number": pr["number"], "url": pr["url"], "state": pr["state"], "headRefOid": sha,
+               "baseRefName": pr["base"], "headRefName": pr["head"], "isCrossRepository": bool(pr.get("cross")),
+               "reviewDecision": rnd.get("review", ""), "reviews": reviews, "autoMergeRequest": auto_merge(pr)}
+        out({field: doc.get(field) for field in asked if field})  # gh prints the fields asked, no other
+    if args[:2] == ["api", "graphql"]:
+        fields = {}
+        for n, arg in enumerate(args):
+            if arg in ("-f", "-F", "--raw-field", "--field") and n + 1 < len(args) and "=" in args[n + 1]:
+                key, value = args[n + 1].split("=", 1)
+                if arg in ("-F", "--field"):  # gh's magic: integers, and {owner}/{repo} from the current repository
+                    value = int(value) if value.isdigit() else {"{owner}": "org", "{repo}": "app"}.get(value, value)
+                fields[key] = value
+        query = str(fields.pop("query", ""))
+        if not query or type(fields.get("number")) is not int or not fields.get("owner") or not fields.get("name"):
+            die("gh: Variable $number of type Int! was provided invalid value (HTTP 200)")
+        lacking = [f for f in state.get("graphql_unknown_fields", []) if re.search(r"\b%s\b" % f, query)]
+        if lacking:  # the server's schema lacks them: GitHub's validation errors, no data
+            errors = ["Field '%s' doesn't exist on type 'PullRequest'" % f for f in lacking]
+            print(json.dumps({"errors": [{"message": e, "extensions": {"code": "undefinedField",
+                                                                       "typeName": "PullRequest"}} for e in errors]}))
+            die("gh: " + "\n".join(errors))
+        pr = find(fields["number"])
+        queued = bool(pr.get("queued")) and pr["state"] == "OPEN"
+        answer = {"number": pr["number"], "state": pr["state"], "isInMergeQueue": queued,
+                  "mergeQueueEntry": {"state": "AWAITING_CHECKS", "position": 1} if queued else None,
+                  "autoMergeRequest": auto_merge(pr)}
+        out({"data": {"repository": {"pullRequest": {k: v for k, v in answer.items()
+                                                       if re.search(r"\b%s\b" % k, query)}}}})
     if args[:2] == ["pr", "checks"]:
         pr = find(args[2])
         _, _, rows = checks_of(pr, True)

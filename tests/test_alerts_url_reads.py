@@ -77,3 +77,23 @@ def test_an_unpinned_repositorys_check_never_takes_how_to_reach_the_url_from_the
     assert snap is not None and snap["settings"] == {"credential.helper": ["cache"]}
     del snap["settings"]  # as a run.json written before the settings were kept
     assert alerts.reach(snap) == {"credential.helper": ["cache"]}
+
+
+def test_the_users_settings_follow_the_includes_of_the_users_config_as_git_does(make_repo, tmp_path, monkeypatch):
+    """~/.gitconfig often keeps its credential helper in an included file ([include], or [includeIf "gitdir:..."]
+    for work repositories): the settings an unpinned check reaches the url with are the ones git would use there."""
+    handle, cfg, work = _setup(make_repo, tmp_path)
+    (tmp_path / "creds.cfg").write_text("[credential]\n\thelper = store\n")
+    (tmp_path / "work-repos.cfg").write_text("[core]\n\tsshCommand = ssh -i work-key\n")
+    user = tmp_path / "user-gitconfig"
+    user.write_text(f"[include]\n\tpath = {tmp_path / 'creds.cfg'}\n"
+                    f"[includeIf \"gitdir:{handle.path.resolve()}/\"]\n\tpath = {tmp_path / 'work-repos.cfg'}\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(user))
+    assert worktrees.user_settings() == {"credential.helper": ["store"]}
+    expected = {"credential.helper": ["store"], "core.sshCommand": ["ssh -i work-key"]}
+    assert worktrees.user_settings(handle.path) == expected
+    assert git(handle.path, "config", "--get", "core.sshCommand") == "ssh -i work-key"  # as git itself reads it there
+    snap = alerts._ensure_snapshot({"repos": {}}, cfg.repos["default"])
+    assert snap is not None and snap["settings"] == expected
+    del snap["settings"]  # as a run.json written before the settings were kept
+    assert alerts.reach(snap) == expected

@@ -57,7 +57,7 @@ def test_a_merge_the_forge_only_queued_is_not_recorded_as_merged(project, fake_f
     assert entry["state"] == "open" and entry["phase"] == "pr_open" and entry["merge_queued"] is True
     assert git(proj.remote, "rev-parse", "main") == main_before
     [seen] = pulls.poll(state_root, lambda _: cfg, [record], 100.0, lambda r: None, lambda _: None)
-    assert seen.state == "open" and seen.queued  # gh's isInMergeQueue, glab's merge_when_pipeline_succeeds
+    assert seen.state == "open" and seen.queued  # GitHub's isInMergeQueue, glab's merge_when_pipeline_succeeds
 
 
 def test_a_merge_call_that_exits_0_leaving_the_pr_open_in_no_queue_is_a_failed_merge(project, fake_forge):
@@ -320,16 +320,18 @@ def test_a_queued_merge_whose_answer_was_lost_is_still_watched_as_queued(project
     assert pulls.work_of(cfg, record).merge_queued == record.pr["head"]
 
 
-def test_a_gh_too_old_to_show_the_merge_queue_still_sees_a_queue_that_merges_within_its_bound(project, fake_forge):
-    """gh without isInMergeQueue refuses the field (exit 1): the poll reads the rest. A merge of ours left open is
-    neither a failure nor "queued" (this gh cannot tell): it is waited for (decide.MAX_UNSEEN_POLLS polls at
+def test_a_forge_that_will_not_show_the_merge_queue_still_sees_a_queue_that_merges_within_its_bound(
+        project, fake_forge):
+    """The forge refuses the queue question (`gh api graphql`, exit 1): the poll reads the rest. A merge of ours left
+    open is neither a failure nor "queued" (nothing tells): it is waited for (decide.MAX_UNSEEN_POLLS polls at
     most), and a queue that merges it meanwhile completes the issue; never a second merge call."""
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
 
     proj = project([{"number": 1, "title": "a"}], pipeline=["implement"], platform="github",
                    review={"open": "pr", "merge": "auto", "poll_seconds": 0.2})
-    fake = fake_forge(proj.remote, [PASS], merge_queue=5, unknown_fields=["isInMergeQueue"])
+    fake = fake_forge(proj.remote, [PASS], merge_queue=5,
+                      fail={"api graphql": {"code": 1, "stderr": "gh: Resource not accessible by integration"}})
     lines: list[str] = []
     failed = monitor(open_run(), cycle=0.2, no_delay=True, say=lines.append)
     assert failed == 0 and proj.issue(1)["status"] == "completed", lines
@@ -392,8 +394,8 @@ def _queued_poll(**kw):
     ("queued, the head's checks fail: fix_ci", _queued_work(),
      _queued_poll(checks="failing", failed=("tests",)),
      [("fix_ci", "checks failed while queued to merge: tests; fix 1/3")]),
-    ("an old gh cannot say, ours is queued: wait", _queued_work(), _queued_poll(queued=None), []),
-    ("an old gh cannot say, nothing queued: merge", _queued_work(merge_queued=""), _queued_poll(queued=None),
+    ("the forge would not say, ours is queued: wait", _queued_work(), _queued_poll(queued=None), []),
+    ("the forge would not say, nothing queued: merge", _queued_work(merge_queued=""), _queued_poll(queued=None),
      [("merge_pr", "checks green")]),
     ("queued before our answer was recorded: wait, no merge", _queued_work(merge_queued=""), _queued_poll(), []),
     ("manual: a human's auto-merge changes nothing", _queued_work(merge="manual", merge_queued=""), _queued_poll(),

@@ -93,8 +93,10 @@ def test_every_call_names_the_pinned_repository_and_gh_repo_or_git_dir_in_the_en
     hub.merge(pr.number)
     records = fake.call_records()
     assert records and all(r["env_repo"] is None and r["git_dir"] is None for r in records)
-    for args in (r["args"] for r in records if r["args"][:2] != ["repo", "view"]):
+    for args in (r["args"] for r in records if r["args"][:2] not in (["repo", "view"], ["api", "graphql"])):
         assert args[-2:] == ["--repo", "github.com/org/app"], args
+    asked = [r["args"] for r in records if r["args"][:2] == ["api", "graphql"]]  # gh api takes no --repo
+    assert asked and all(a[2:8] == ["--hostname", "github.com", "-f", "owner=org", "-f", "name=app"] for a in asked)
     assert ["repo", "view", "github.com/org/app"] == next(r["args"][:3] for r in records
                                                           if r["args"][:2] == ["repo", "view"])
 

@@ -255,7 +255,7 @@ def reach(snap: dict[str, Any]) -> dict[str, list[str]]:
     if isinstance(settings, dict) and set(settings) <= set(worktrees.PINNED_SETTINGS) and all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in settings.values()):
         return settings
-    return worktrees.user_settings()
+    return worktrees.user_settings(Path(snap["git_dir"]) if isinstance(snap.get("git_dir"), str) else None)
 
 
 def _default_head(snap: dict[str, Any], timeout: float | None = None) -> str | None:
@@ -284,7 +284,7 @@ def _ensure_snapshot(doc: dict[str, Any], repo: RepoConfig,
             "git_dir": str(git_dir), "common_dir": str(common), "default_branch": repo.default_branch,
             "config": config_entries(config_file), "config_mark": _digest(read_small(config_file)),
             "exclude": exclude, "url": url,
-            "settings": pinned.settings if pinned else worktrees.user_settings()}
+            "settings": pinned.settings if pinned else worktrees.user_settings(repo.path)}
         snap["head"], status = _main_state(repo.path, exclude)
         snap["status"] = _digest(status)
         snap["main_mark"] = _main_mark(snap)
@@ -562,7 +562,8 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
                         say: Callable[[str], None] = lambda _: None) -> str | None:
     """Our merge of the issue's PR at `head` was seen merged: the run's snapshot takes the default branch's new
     head when all it gained since the snapshot is merges of ours (this one, and the others under way in the
-    caller's worker `records`; the caller records the merge), and returns it.
+    caller's worker `records`, of every project: two may share the repository; the caller records the merge), and
+    returns it.
     Anything more (a direct push before, while or after the merge waited in a queue) is a default_branch_moved
     alert now, announced as the monitor announces one (the pause first when on_alert is pause, an event, a line):
     None. A remote that does not answer (in REMOTE_BUDGET_S) is no verdict: the merge is remembered as ours
@@ -589,7 +590,7 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
 
     try:
         now = _default_head(snap, left())
-        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(records, cfg, repo)}) - {""}
+        heads = frozenset({head, *snap.get("landed", []), *_merging_heads(records)}) - {""}
         ours = now == snap.get("default_head") or snap.get("default_unknown") or bool(now and merges_of_ours(
             repo.path, watched_url(snap), snap["default_branch"], snap.get("default_head"), now, heads, left(),
             reach(snap)))
@@ -613,18 +614,12 @@ def accept_default_head(root: Path, cfg: ProjectConfig, issue: Issue, head: str,
     return None
 
 
-def _merging_heads(records: Iterable[WorkerRecord], cfg: ProjectConfig, repo: RepoConfig) -> set[str]:
-    """The heads of the project's other merges under way in `repo`, from the worker records (another PR of ours
-    the queue may have landed below this one)."""
-    heads = set()
-    for record in records:
-        if record.project != cfg.project:
-            continue
-        issue = cfg.issue(record.issue_number) if record.issue_number is not None else None
-        if issue is not None and record.pr.get("merging") and cfg.repo_for(issue).path == repo.path and \
-                isinstance(record.pr.get("head"), str):
-            heads.add(record.pr["head"])
-    return heads
+def _merging_heads(records: Iterable[WorkerRecord]) -> set[str]:
+    """The heads of the other merges under way, from the caller's worker `records`, whatever their project (another
+    PR of ours the queue may have landed below this one; two projects may share a repository). A head of another
+    repository is never in this one's history, so it can match nothing here: no record needs its project's config."""
+    heads = (record.pr.get("head") for record in records if record.pr.get("merging"))
+    return {head for head in heads if isinstance(head, str) and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head)}
 
 
 def announce(root: Path, found: list[dict[str, Any]], pausing: Callable[[str], bool], now: float,

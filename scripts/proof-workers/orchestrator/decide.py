@@ -19,8 +19,9 @@ MAX_PUSH_ATTEMPTS = 10
 # A try lost because tmux or the machine went away is started again without using a retry,
 # this many times per stage; past that each loss counts (a pane an agent keeps killing is its fault).
 MAX_LOST_TRIES = 5
-# Polls of a PR left open by our accepted merge call while the forge's CLI cannot show whether it waits in a merge
-# queue (a gh too old for the queue fields): past this many the issue fails, saying so (never watched without end).
+# Polls of a PR left open by our accepted merge call while the forge will not say whether it waits in a merge queue
+# (its GraphQL refused the question): past this many the issue fails, saying so (never watched without end). A queue
+# the forge shows holding the PR is watched without a limit.
 MAX_UNSEEN_POLLS = 20
 SIGHUP_EXIT = 129  # the wrapper's code when its terminal (the tmux pane) hung up
 SIGTERM_EXIT = 143  # ... when it was terminated: with its pane gone too, the machine shut down
@@ -99,6 +100,7 @@ class PrView:
     quiet_polls: int = 0  # polls in a row of this head with no check reported
     error: str = ""
     queued: bool | None = False  # the forge shows it in a merge queue or with auto-merge set (None: cannot say)
+    queue_doubt: str = ""  # why `queued` is None (the forge's refusal)
 
 
 @dataclass(frozen=True)
@@ -364,13 +366,14 @@ def _judge_pr(worker: WorkerView, work: PrWork, poll: PrView | None) -> list[Act
     if poll.state == "closed":
         return [Action(ActionKind.SKIP, wid, ref, "pr closed")]
     if poll.checks != "failing" and poll.queued is None and (work.merge_unseen or work.merge_queued):
-        # Our merge call was accepted, the PR is still open, and the CLI cannot show a queue: maybe queued, maybe
-        # nothing happened. Never taken as queued: waited for a bounded number of polls, then said.
+        # Our merge call was accepted, the PR is still open, and the forge will not say whether a queue holds it:
+        # maybe queued, maybe nothing happened. Never taken as queued: waited for a bounded number of polls, then said.
         if work.merge_unseen < MAX_UNSEEN_POLLS:
             return []
+        why = f" ({clip(poll.queue_doubt, 200)})" if poll.queue_doubt else ""
         return [Action(ActionKind.SKIP, wid, ref, f"merge not seen: the PR is still open {work.merge_unseen} polls "
-                                         "after our merge call was accepted, and this gh cannot show whether it waits "
-                                         "in a merge queue (too old for isInMergeQueue); the PR is left as it is")]
+                                         "after our merge call was accepted, and the forge would not say whether it "
+                                         f"waits in a merge queue{why}; the PR is left as it is")]
     if poll.checks != "failing" and (poll.queued and work.merge == "auto" or work.merge_queued and poll.queued):
         return []  # a merge queue or auto-merge holds it (ours, or one set before our answer was recorded)
     if work.merge_queued:

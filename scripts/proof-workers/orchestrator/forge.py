@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -35,26 +34,16 @@ INSTALL_HINT = {"github": "install the GitHub CLI (https://cli.github.com) and r
                 "gitlab": "install the GitLab CLI (https://gitlab.com/gitlab-org/cli) and run `glab auth login`"}
 LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"}
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
-QUEUE_FIELDS = "isInMergeQueue,autoMergeRequest"  # gh pr view's fields saying a merge waits in a queue
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
-
-
-# The gh binaries (path, device, inode, mtime, size) that refused QUEUE_FIELDS as unknown, and when (monotonic):
-# asked without them for QUEUE_FIELDS_RECHECK_S (one view a poll, not a refused one and another). A fact about one
-# binary, never a setting: another gh in its place (an upgrade) is a new key and is asked with them again; a shim
-# that stays the same file (a version manager's) is asked again once the time is up.
-_NO_QUEUE_FIELDS: dict[tuple[str, int, int, int, int], float] = {}
-QUEUE_FIELDS_RECHECK_S = 3600.0
-
-
-def _cli_identity(tool: str) -> tuple[str, int, int, int, int] | None:
-    """Which binary `tool` is on our PATH now (None: none found, or it cannot be stat'ed)."""
-    found = shutil.which(tool, path=forge_env().get("PATH"))
-    try:
-        st = os.stat(found) if found else None
-    except OSError:
-        return None
-    return (os.path.realpath(found), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) if found and st else None
+# Where a GitHub PR stands in a merge queue, or whether auto-merge is set: GraphQL's PullRequest fields, asked through
+# `gh api graphql` (`gh pr view --json` offers no isInMergeQueue in any gh: gh reads it only inside `gh pr merge`;
+# autoMergeRequest only from gh 2.29). A server whose schema lacks one (an older GitHub Enterprise) lacks the
+# feature: it is asked again without it.
+QUEUE_GRAPHQL = {"isInMergeQueue": "isInMergeQueue", "mergeQueueEntry": "mergeQueueEntry { state position }",
+                 "autoMergeRequest": "autoMergeRequest { enabledAt }"}
+QUEUE_QUERY = ("query($owner: String!, $name: String!, $number: Int!) { repository(owner: $owner, name: $name) { "
+               "pullRequest(number: $number) { %s } } }")
+_UNDEFINED_FIELD = re.compile(r"Field '(\w+)' doesn't exist on type 'PullRequest'")
 
 
 class ForgeError(OrchestratorError):
@@ -70,19 +59,20 @@ class ForgeError(OrchestratorError):
 
 class MergeUnconfirmed(ForgeError):
     """The forge accepted a merge call, but the view that would show what it did failed (the network, a hung or
-    garbled answer), or shows the PR still open where the CLI cannot say whether it waits in a merge queue (a gh
-    too old for the queue fields): neither a failed merge nor a merge, and never "queued"; the polls tell."""
+    garbled answer), or shows the PR still open where the forge would not say whether it waits in a merge queue (its
+    GraphQL refused the question): neither a failed merge nor a merge, and never "queued"; the polls tell."""
 
 
 # What gh and glab (Go's net/http, the forge's gateways) print when the network or the servers failed, as opposed
 # to a refusal: gh prints "error connecting to HOST" + "check your internet connection ..." on a DNS failure (exit
-# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)".
+# 1), Go's dialer "dial tcp ...: connection refused", gh's HTTP errors "HTTP 502: Bad Gateway (URL)"; GitHub's rate
+# limits (primary and secondary) pass too.
 _TRANSIENT = re.compile(
     r"error connecting to |check your internet connection|connection (refused|reset|timed out)|no such host|"
     r"network is unreachable|i/o timeout|tls handshake timeout|unexpected eof|broken pipe|"
     r"temporary failure in name resolution|context deadline exceeded|timeout awaiting response headers|"
     r"\bhttp (502|503|504)\b|\b(502|503|504):? (bad gateway|service unavailable|gateway time-?out)|"
-    r"something went wrong while executing your query", re.I)
+    r"something went wrong while executing your query|rate limit (already )?exceeded|secondary rate limit", re.I)
 
 
 def looks_transient(text: str) -> bool:
@@ -95,6 +85,8 @@ def looks_transient(text: str) -> bool:
     >>> looks_transient("HTTP 502: Bad Gateway (https://api.github.com/graphql)")
     True
     >>> looks_transient("POST https://gitlab.example.com/api/v4/projects/1/merge_requests: 503 Service Unavailable")
+    True
+    >>> looks_transient("gh: API rate limit exceeded for user ID 1234.")
     True
     >>> looks_transient("GraphQL: Resource not accessible by integration (createPullRequest)")
     False
@@ -127,9 +119,12 @@ class Observation:
     comments: tuple[str, ...] = ()  # review comments, "author: text", newest last
     review_id: str = ""  # what identifies this review round (a new one starts another address_review)
     base: str = ""  # the branch it would merge into ("" unknown); a human may retarget it
-    # In a merge queue, or auto-merge set (gh isInMergeQueue / autoMergeRequest; glab merge_when_pipeline_succeeds):
-    # the forge merges it later unless its checks fail or someone dequeues it. None: the CLI cannot say (old gh).
+    # In a merge queue, or auto-merge set (GitHub's isInMergeQueue / mergeQueueEntry / autoMergeRequest; glab's
+    # merge_when_pipeline_succeeds): the forge merges it later unless its checks fail or someone dequeues it. None:
+    # not known, `queue_doubt` says why (the forge refused the question, or it was not asked).
     queued: bool | None = False
+    queue_doubt: str = ""
+    queue_entry: str = ""  # where it stands in the queue, in words ("position 2, awaiting checks"; "" none or unknown)
 
 
 @dataclass(frozen=True)
@@ -321,9 +316,11 @@ class Forge:
         with _shape(f"{self.tool}: the PR list"):
             return self._find(head, base)
 
-    def observe(self, number: int) -> Observation:
+    def observe(self, number: int, queue: bool = True) -> Observation:
+        """One poll of the PR; `queue`: whether to learn if it waits in a merge queue or for auto-merge (GitHub: one
+        more call; not asked, `queued` is None)."""
         with _shape(f"{self.tool}: PR {number}"):
-            return self._observe(number)
+            return self._observe(number, queue)
 
     def merge(self, number: int, head: str = "") -> str:
         """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
@@ -344,16 +341,16 @@ class Forge:
         if after.state == "open" and after.queued:
             return "queued"
         if after.state == "open" and after.queued is None:
-            raise MergeUnconfirmed(f"{self.tool}: PR {number} is still open after the merge was accepted, and this "
-                                   f"{self.tool} cannot show whether it waits in a merge queue (too old for "
-                                   f"{QUEUE_FIELDS}): not merged, or not yet")
+            raise MergeUnconfirmed(f"{self.tool}: PR {number} is still open after the merge was accepted, and the "
+                                   f"forge would not say whether it waits in a merge queue ({after.queue_doubt}): "
+                                   "not merged, or not yet")
         raise ForgeError(f"{self.tool}: PR {number} is still {after.state} after the merge was accepted" +
                          (" and in no merge queue" if after.state == "open" else ""))
 
     def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
 
-    def _observe(self, number: int) -> Observation:
+    def _observe(self, number: int, queue: bool) -> Observation:
         raise NotImplementedError
 
     def _merge(self, number: int, head: str) -> None:
@@ -429,18 +426,12 @@ class GitHub(Forge):
         self.checked(["pr", "create", f"--head={head}", f"--base={base}", f"--title={title or head}",
                       f"--body={body[:BODY_LIMIT]}"])
 
-    def _observe(self, number: int) -> Observation:
-        fields = "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"
-        cli = _cli_identity(self.tool)
-        refused_at = _NO_QUEUE_FIELDS.get(cli) if cli is not None else None
-        queue_known = refused_at is None or time.monotonic() - refused_at >= QUEUE_FIELDS_RECHECK_S
-        called = self.call(["pr", "view", str(number), "--json", f"{fields},{QUEUE_FIELDS}" if queue_known else fields])
-        if queue_known and called.code != 0 and re.search(
-                r"unknown JSON field: \"(isInMergeQueue|autoMergeRequest)\"", called.err, re.I):
-            # A gh too old to say whether the PR is queued: the rest is read, queued stays unknown (None).
-            if cli is not None:
-                _NO_QUEUE_FIELDS[cli] = time.monotonic()
-            called, queue_known = self.call(["pr", "view", str(number), "--json", fields]), False
+    def _observe(self, number: int, queue: bool) -> Observation:
+        # The queue first: a PR the view then shows open was open when the queue was read (one merged in between is
+        # shown merged, never "open and left the queue").
+        queued, doubt, entry = self._queue_state(number) if queue else (None, "not asked", "")
+        called = self.call(["pr", "view", str(number), "--json",
+                            "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"])
         if called.code != 0:
             raise _failed("gh pr view", called)
         view = _json("gh pr view", called)
@@ -462,11 +453,49 @@ class GitHub(Forge):
         decision = {"APPROVED": "approved", "CHANGES_REQUESTED": "changes_requested",
                     "REVIEW_REQUIRED": "required"}.get(str(view.get("reviewDecision") or ""), "")
         review_id = str(asked[-1].get("id") or asked[-1].get("submittedAt") or len(asked)) if asked else ""
-        return Observation(int(view["number"]), plain(view["url"]), _pr_state(view["state"]),
+        pr_state = _pr_state(view["state"])
+        return Observation(int(view["number"]), plain(view["url"]), pr_state,
                            plain(view.get("headRefOid") or ""), state, failed, decision, comments,
                            plain(review_id), plain(view.get("baseRefName") or ""),
-                           (view.get("isInMergeQueue") is True or bool(view.get("autoMergeRequest")))
-                           if queue_known else None)
+                           queued and pr_state == "open" if queued is not None else None, doubt, entry)
+
+    def _queue_state(self, number: int) -> tuple[bool | None, str, str]:
+        """(queued, doubt, entry) of PR `number` from GitHub's GraphQL: in a merge queue or with auto-merge set
+        (True / False), or None with why not known (the forge refused the question). A field the server's schema
+        lacks (GitHub Enterprise before merge queues) is a feature it lacks: asked again without it. A failure of
+        the network or the servers raises ForgeError (the poll is tried again)."""
+        owner, _, name = self.repo.path.partition("/")
+        # No forge path in the pinned url (a local remote): gh fills {owner} and {repo} from cwd's repository.
+        where = ["-f", f"owner={owner}", "-f", f"name={name}"] if owner and name else \
+            ["-F", "owner={owner}", "-F", "name={repo}"]
+        fields = list(QUEUE_GRAPHQL)
+        while fields:
+            called = self.call(["api", "graphql", *(["--hostname", self.repo.host] if self.repo.host else []), *where,
+                                "-F", f"number={number}", "-f",
+                                "query=" + QUEUE_QUERY % " ".join(QUEUE_GRAPHQL[f] for f in fields)], named=False)
+            lacking = set(_UNDEFINED_FIELD.findall(called.err + "\n" + called.out)) & set(fields)
+            if called.code != 0 and lacking:
+                fields = [f for f in fields if f not in lacking]
+                continue
+            if called.code != 0 and _transient(called):
+                raise _failed("gh api graphql", called)
+            if called.code != 0:  # gh prints the response's body too: its "gh: ..." line says it
+                told = Called(called.code, "", called.err) if called.err.strip() else called
+                return None, f"gh api graphql: {_said(told)}", ""
+            try:
+                pr = json.loads(called.out)["data"]["repository"]["pullRequest"]
+                entry = pr.get("mergeQueueEntry")
+                queued = pr.get("isInMergeQueue") is True or isinstance(entry, dict) or \
+                    isinstance(pr.get("autoMergeRequest"), dict)
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+                return None, f"gh api graphql: unexpected answer: {_said(called)}", ""
+            words = ""
+            if isinstance(entry, dict):
+                words = ", ".join(w for w in (f"position {entry['position']}" if isinstance(entry.get("position"), int)
+                                              else "", plain(entry.get("state") or "").lower().replace("_", " "))
+                                  if w)
+            return queued, "", clip(words, 80)
+        return False, "", ""  # a server with none of these features: nothing merges a PR later
 
     def failed_logs(self, observation: Observation, lines: int = 60) -> str:
         runs = sorted({m.group(1) for _, link in observation.failed
@@ -505,7 +534,7 @@ class GitLab(Forge):
         self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
                       f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
-    def _observe(self, number: int) -> Observation:
+    def _observe(self, number: int, queue: bool) -> Observation:
         view = self._view_with_notes(number)
         pipeline = view.get("head_pipeline") or {}
         status = str(pipeline.get("status") or "")

@@ -223,8 +223,10 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             number = pr.get("number")
             if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
                 raise ForgeError(f"worker {record.worker_id}'s record names no PR number ({clip(repr(number))})")
+            # Whether a queue holds it matters only to a merge of ours (auto, or one under way): else not asked.
+            wanted = cfg.review.merge == "auto" or any(pr.get(k) for k in ("merging", "merge_queued", "merge_unseen"))
             seen = forge_of(state_root, cfg, issue, timeout, max(1.0, budget - (time.monotonic() - started))
-                            ).observe(number)
+                            ).observe(number, queue=wanted)
             default = cfg.repo_for(issue).default_branch
             if seen.base and seen.base != default and seen.state != "closed":
                 # Retargeted by a human: never merged into, nor completed (or shown merged) on another branch.
@@ -272,10 +274,10 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
         unseen = seen.state == "open" and seen.queued is None and bool(pr.get("merge_unseen") or pr.get("merge_queued"))
         pr["merge_unseen"] = int(pr.get("merge_unseen") or 0) + 1 if unseen else 0
         if unseen:
-            record.last_reason += (f", merge not seen yet (poll {pr['merge_unseen']} of {MAX_UNSEEN_POLLS}): this gh "
-                                   "cannot show whether it waits in a merge queue")
+            record.last_reason += (f", merge not seen yet (poll {pr['merge_unseen']} of {MAX_UNSEEN_POLLS}): the forge "
+                                   f"would not say whether it waits in a merge queue ({seen.queue_doubt})")
         elif pr.get("merge_queued") and seen.state == "open" and seen.queued:
-            record.last_reason += ", merging (queued)"
+            record.last_reason += ", merging (queued)" + (f": {seen.queue_entry}" if seen.queue_entry else "")
         save_record(record)
         ours = not pr.get("head") or not seen.head or seen.head == pr.get("head")
         # Number, url and phase too: an entry lost with a damaged file is whole again at the next poll.
@@ -291,7 +293,7 @@ def poll(state_root: Path, cfg_of: Callable[[str], ProjectConfig], records: list
             int(pr["quiet_polls"])
         views.append(PrView(record.worker_id, seen.number, seen.url, seen.state, seen.head, seen.checks,
                             tuple(name for name, _ in seen.failed), seen.review, seen.review_id, quiet,
-                            queued=seen.queued))
+                            queued=seen.queued, queue_doubt=seen.queue_doubt if seen.queued is None else ""))
     return tuple(views)
 
 
@@ -444,8 +446,9 @@ def merge(state_root: Path, cfg: ProjectConfig, issue: Issue, record: WorkerReco
 def merge_unconfirmed(err: Exception, worker: Worker, say: Callable[[str], None]) -> bool:
     """A merge the forge accepted whose outcome could not be seen (forge.MergeUnconfirmed): True when handled so,
     never a failed attempt nor a merge; the record stays `merging` and the next poll tells (merged: completed as
-    ours; queued: watched as queued; open in no queue: merged again; open where the CLI cannot show a queue: waited
-    for at most decide.MAX_UNSEEN_POLLS polls, `merge_unseen` counting them, then failed saying so)."""
+    ours; queued: watched as queued; open in no queue: merged again; open where the forge would not say whether a
+    queue holds it: waited for at most decide.MAX_UNSEEN_POLLS polls, `merge_unseen` counting them, then failed
+    saying so)."""
     if not isinstance(err, forge.MergeUnconfirmed):
         return False
     record = worker.record
@@ -496,7 +499,7 @@ def open_branches(state_root: Path, cfg: ProjectConfig) -> dict[str, str]:
             number = entry.get("number")
             if not isinstance(number, int) or isinstance(number, bool):
                 raise ForgeError(f"no PR number recorded ({clip(repr(number))})")
-            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number)
+            seen = forge_of(state_root, cfg, issue, POLL_TIMEOUT_S).observe(number, queue=False)
         except (ForgeError, OrchestratorError) as err:
             out[cfg.branch_for(issue)] = f"its pull request is open ({url}; not asked again: {err})"
             continue

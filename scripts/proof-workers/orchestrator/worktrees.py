@@ -220,13 +220,17 @@ def pinned_settings(repo: Path) -> dict[str, list[str]]:
     return found
 
 
-def user_settings() -> dict[str, list[str]]:
-    """The values of PINNED_SETTINGS in the user's config alone (system, then global): no repository's, which an
-    agent may have edited since the run began."""
+def user_settings(repo: Path | None = None) -> dict[str, list[str]]:
+    """The values of PINNED_SETTINGS in the user's config alone (system, then global, with the files they include,
+    as git reads them: `--includes`; read in `repo` when given, so an `includeIf "gitdir:..."` matches as it does
+    there): no repository's own config, which an agent may have edited since the run began."""
+    where = Path("/")
+    if repo is not None and ok(repo, "rev-parse", "--git-dir"):
+        where = repo
     found = {}
     for key in PINNED_SETTINGS:
         values = [v for scope in ("--system", "--global")
-                  for v in git(Path("/"), "config", scope, "--get-all", key, check=False).splitlines()]
+                  for v in git(where, "config", scope, "--includes", "--get-all", key, check=False).splitlines()]
         if values:
             found[key] = values
     return found
