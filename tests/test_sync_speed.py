@@ -220,7 +220,9 @@ def git_log(tmp_path, monkeypatch) -> Path:
     wrapper_dir.mkdir()
     log = tmp_path / "git-calls.log"
     wrapper = wrapper_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\0" "$PWD" "$@" >> "{log}"\nprintf "\\n" >> "{log}"\nexec "{binary}" "$@"\n')
+    # One printf, so one write per call: gits running at once never interleave their lines.
+    wrapper.write_text('#!/bin/sh\nformat=%s\\\\0\nfor arg in "$@"; do format="$format%s\\\\0"; done\n'
+                       f'printf "$format\\\\n" "$PWD" "$@" >> "{log}"\nexec "{binary}" "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}")
     return log
