@@ -708,52 +708,51 @@ def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list
     or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
     write. A file that cannot be written (a full disk) is an OrchestratorError (one line): the caller goes no
     further (the try is not let go, so it is ended again later) and the follow-ups are never lost."""
-    if not any(e.get("given_in") == try_stem for e in _pending(_kept(state_root, project), issue, given_too=True)):
-        return []
-    back: list[str] = []
-
-    def change(doc: Any) -> Any:
-        entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("given_in") == try_stem:
-                entry["given_in"] = None
-                entry.pop("in_doubt", None)
-                back.append(str(entry.get("id")))
-        return doc
-
-    path = followups_file(state_root, project)
-    try:
-        update_json(path, change, {"issues": {}})
-    except OSError as err:
-        raise OrchestratorError(f"{path}: cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never "
-                                f"got ({err.strerror or err})") from None
-    return back
+    return _update_given(state_root, project, issue, try_stem, lambda entry: True, _given_back,
+                         f"cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never got")
 
 
 def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
     """The follow-ups given in a try whose wrapper could not be stopped before its agent (not even by SIGKILL) stay
     given there (it may still start its agent with them: never given twice), marked `in_doubt` for status; returns
     the ids marked now (none twice). A file that cannot be written is an OrchestratorError (one line)."""
-    if not any(e.get("given_in") == try_stem and not e.get("in_doubt")
+    return _update_given(state_root, project, issue, try_stem, lambda entry: not entry.get("in_doubt"), _in_doubt,
+                         f"cannot note that {try_stem}'s wrapper may still give #{issue}'s follow-ups to its agent")
+
+
+def _given_back(entry: dict[str, Any]) -> None:
+    entry["given_in"] = None
+    entry.pop("in_doubt", None)
+
+
+def _in_doubt(entry: dict[str, Any]) -> None:
+    entry["in_doubt"] = True
+
+
+def _update_given(state_root: Path, project: str, issue: int, try_stem: str, applies: Callable[[dict[str, Any]], bool],
+                  apply: Callable[[dict[str, Any]], None], failure: str) -> list[str]:
+    """`apply` to every follow-up of `issue` given in `try_stem` that it `applies` to, in one update of
+    followups.json (nothing read twice, nothing written when none applies); returns their ids. A file that
+    cannot be written is an OrchestratorError: `failure`, then why."""
+    if not any(e.get("given_in") == try_stem and applies(e)
                for e in _pending(_kept(state_root, project), issue, given_too=True)):
         return []
-    marked: list[str] = []
+    changed: list[str] = []
 
     def change(doc: Any) -> Any:
         entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
         for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("given_in") == try_stem and not entry.get("in_doubt"):
-                entry["in_doubt"] = True
-                marked.append(str(entry.get("id")))
+            if isinstance(entry, dict) and entry.get("given_in") == try_stem and applies(entry):
+                apply(entry)
+                changed.append(str(entry.get("id")))
         return doc
 
     path = followups_file(state_root, project)
     try:
         update_json(path, change, {"issues": {}})
     except OSError as err:
-        raise OrchestratorError(f"{path}: cannot note that {try_stem}'s wrapper may still give #{issue}'s follow-ups "
-                                f"to its agent ({err.strerror or err})") from None
-    return marked
+        raise OrchestratorError(f"{path}: {failure} ({err.strerror or err})") from None
+    return changed
 
 
 # --- what waits, for status and the dashboard ---------------------------------------------------------------
