@@ -3,6 +3,7 @@ and its repos are reported as not read (an error row), never as clean. No fork w
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pty
 import subprocess
@@ -62,20 +63,37 @@ def test_a_git_that_hangs_is_killed_at_the_limit_and_its_repo_is_an_error_row_ne
     assert pid_file.exists() and wait_gone(int(pid_file.read_text())), "the hung hook outlived the scan"
 
 
+STOPPED_HELPER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from lib.config import Repo
+from lib.gitstatus import scan
+os.environ["SCAN_PID"] = str(os.getpid())  # the git wrapper stops only a helper, never this process
+report = scan([Repo(name=Path(p).name, local=Path(p)) for p in sys.argv[3:]], jobs=2, processes=2, git=sys.argv[2],
+              helper_silence=3)
+print(json.dumps([status.to_json() for status in report.repos]))
+"""
+
+
 def test_a_stopped_helper_is_killed_after_its_silence_and_its_repos_are_not_read_never_clean(make_repo, tmp_path):
-    """A helper stopped (SIGSTOP) by the first git it starts: it sends nothing more. The parent's own share is read."""
+    """A helper stopped (SIGSTOP) by the first git it starts: it sends nothing more. The parent's own share is read.
+    The scan runs in a fresh interpreter: a thread another test left in this one would forbid the fork."""
     repos = mixed_repos(make_repo, 6)
     helpers = tmp_path / "helpers"
-    stopper = wrapper(tmp_path, f'[ "$PPID" != "{os.getpid()}" ] && echo $PPID >> "{helpers}" && kill -STOP $PPID')
-    report = scan(repos, jobs=2, processes=2, git=stopper, helper_silence=3)
-    by_name = {r.name: r for r in report.repos}
+    stopper = wrapper(tmp_path, f'[ "$PPID" != "$SCAN_PID" ] && echo $PPID >> "{helpers}" && kill -STOP $PPID')
+    out = subprocess.run([sys.executable, "-c", STOPPED_HELPER, str(ROOT), stopper, *(str(r.local) for r in repos)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    by_name = {row["name"]: row for row in json.loads(out.stdout)}
+    assert helpers.exists(), "no helper was forked: the test could not test a stopped one"
     helper_share = {r.name for r in repos[1::2]}
     expected = {row["name"]: row for row in rows(scan(repos, jobs=2, processes=1))}
     for name, row in by_name.items():
         if name in helper_share:
-            assert not row.clean and row.error == "not read: the scan's helper process sent nothing for 3 s: killed"
+            assert not row["clean"] and row["error"] == "not read: the scan's helper process sent nothing for 3 s: killed"
         else:
-            assert row.to_json() == expected[name]
+            assert row == expected[name]
     pid = int(helpers.read_text().split()[0])
     assert wait_gone(pid), "the stopped helper outlived the scan"
 
