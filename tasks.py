@@ -169,8 +169,8 @@ def _run_on_repo(workflow, repo, timeout, dry_run, echo, host="", accept_new_hos
             print(line)
         return
     _warn(check_state(paths, workflow))
-    if one.log_line():
-        print(one.log_line(), flush=True)
+    if line := one.log_line():
+        print(line, flush=True)
     run = one.run(timeout or None, stream, accept_new_host_key, grace)
     outcome = run.outcomes[0]
     print(headline(workflow, outcome))

@@ -12,7 +12,6 @@ file of the scan before it). Start-up is included: ours runs as
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import resource
 import statistics
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lib.demo import bench_specs, generate  # noqa: E402
+from lib.runner import become_subreaper  # noqa: E402  (what a command leaves is reparented to us)
 from lib.views import plain_table  # noqa: E402
 
 # Python's bytecode cache as a user has it: an inherited PYTHONDONTWRITEBYTECODE (set on some CI and sandbox
@@ -37,15 +37,6 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def become_subreaper() -> None:
-    """What a measured command leaves running when it exits (its runner's watchdog, a detached gc) is
-    reparented to us, so its CPU is counted with the command's (Linux; elsewhere a no-op)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
 
 
 def reap_leftovers(limit_s: float = 30.0) -> None:

@@ -28,8 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.status_bench import become_subreaper, timed  # noqa: E402
+from bench.status_bench import timed  # noqa: E402
 from lib.demo import bench_specs, generate  # noqa: E402
+from lib.runner import become_subreaper  # noqa: E402
 from lib.views import plain_table  # noqa: E402
 
 # Python's bytecode cache as a user has it (see status_bench.ENV).

@@ -94,22 +94,28 @@ def run_listing(env: Mapping[str, str], read: Callable[[list[str], Mapping[str, 
         ceiling = os.path.dirname(os.path.realpath(empty))
         code, out, err = read(["git", "-C", empty, "config", "-z", "--list", "--show-scope"],
                               {**env, "GIT_CEILING_DIRECTORIES": ceiling})
-    if code != 0 or err or (out and not out.endswith(b"\0")):
+    entries = parse_listing(out) if code == 0 and not err else None
+    if entries is None or any(scope not in ("system", "global") or key.startswith("includeif.")
+                              for scope, key, _ in entries):
         return None
-    fields = out.split(b"\0")[:-1]
+    return entries
+
+
+def parse_listing(data: bytes) -> list[Entry] | None:
+    """The entries of a `git config -z --list --show-scope` output: `scope`, then `key\nvalue` or a bare `key`
+    (no value), all UTF-8; None when it is anything else."""
+    if data and not data.endswith(b"\0"):
+        return None
+    fields = data.split(b"\0")[:-1]
     if len(fields) % 2:
         return None
     entries: list[Entry] = []
-    for scope_bytes, raw in zip(fields[0::2], fields[1::2]):
-        key_bytes, newline, value_bytes = raw.partition(b"\n")
+    for scope, raw in zip(fields[0::2], fields[1::2]):
+        key, newline, value = raw.partition(b"\n")
         try:
-            scope, key = scope_bytes.decode(), key_bytes.decode()
-            value = value_bytes.decode() if newline else None
+            entries.append((scope.decode(), key.decode(), value.decode() if newline else None))
         except UnicodeDecodeError:
             return None
-        if scope not in ("system", "global") or key.startswith("includeif."):
-            return None
-        entries.append((scope, key, value))
     return entries
 
 

@@ -118,7 +118,8 @@ class GitPool:
             os.close(fd)
             stderr.close()
         self._live.clear()
-        self._dying = [pid for pid in self._dying if not reaped_within(pid, 1.0)]
+        until = monotonic() + 1.0  # one second for them all, not one each: a dead mount can hold dozens
+        self._dying = [pid for pid in self._dying if not reaped_within(pid, max(0.0, until - monotonic()))]
         for fd in self._feeds:
             os.close(fd)
         self._feeds.clear()

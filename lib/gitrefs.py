@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Generator
 
+from lib.gitconfig import parse_listing
 from lib.gitobjects import PACK_COMMIT, packed_entry, regular_file
 from lib.statefile import read_small
 
@@ -48,18 +49,9 @@ class Config:
     def parse(cls, data: bytes) -> Config | None:
         """None unless every entry is `scope`, then `key\nvalue` or a bare `key`, all UTF-8, and one of them is
         the repo's own (git ignores a repo it cannot use, and lists the rest all the same)."""
-        if data and not data.endswith(b"\0"):
+        entries = parse_listing(data)
+        if entries is None:
             return None
-        fields = data.split(b"\0")[:-1]
-        if len(fields) % 2:
-            return None
-        entries: list[tuple[str, str, str | None]] = []
-        for scope, raw in zip(fields[0::2], fields[1::2]):
-            key, newline, value = raw.partition(b"\n")
-            try:
-                entries.append((scope.decode(), key.decode(), value.decode() if newline else None))
-            except UnicodeDecodeError:
-                return None
         config = cls(entries)
         return config if "local" in config.scopes else None
 

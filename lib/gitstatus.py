@@ -598,8 +598,8 @@ def _scan_share(repos: Sequence[Repo], pool: GitPool, env: dict[str, str], known
         if status.error:
             finish(status)
         else:
-            # Confined as `confined_to` does, with the parents' realpaths resolved once for all repos.
-            confined = {**env, "GIT_CEILING_DIRECTORIES": ceiling_for(real)}
+            # The parents' realpaths resolved once for all repos.
+            confined = confined_to(repo.local, env, real)
             _RepoScan(status, repo.local, pool, confined, known, finish, status_args)
 
 

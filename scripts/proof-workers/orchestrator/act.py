@@ -17,7 +17,7 @@ import time
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lib import procs
 from lib.errors import ConfigError, OrchestratorError, clip
@@ -64,43 +64,50 @@ def kill_try(run: Run, record: WorkerRecord, grace: float = 1.0) -> None:
         procs.kill_processes(groups, [p for p in tagged if p not in groups], grace)
 
 
-def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = False) -> None:
+def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = False) -> dict[str, Any] | None:
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
     as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
-    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold)."""
+    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold). Returns the agent's
+    state with what it did (agent_worked: its turns and session, events the probe had not read included) when
+    it worked, else None."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
     stopped = not pid_file.exists() and _wrapper_stopped(run, record)
     kill_try(run, record, grace)
     if record.issue_number is None or not record.project:
-        return
-    if pid_file.exists():
-        if agent_worked(run, record, held):
-            return  # given (never twice)
-    elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
-        stem = run.files.try_stem(record.worker_id, record.try_id)
-        for command_id in commands.mark_in_doubt(run.state_root, record.project, record.issue_number, stem):
-            run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
-                                 "id": command_id, "delivered": None, "wrapper_unstopped": stem})
-        return
+        return None
     stem = run.files.try_stem(record.worker_id, record.try_id)
-    for command_id in commands.give_back(run.state_root, record.project, record.issue_number, stem):
+    if pid_file.exists():
+        worked = agent_worked(run, record, held)
+        if worked is not None:
+            return worked  # given (never twice)
+    elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
+        _followup_events(run, record, commands.mark_in_doubt(run.state_root, record.project, record.issue_number,
+                                                             stem), None, {"wrapper_unstopped": stem})
+        return None
+    _followup_events(run, record, commands.give_back(run.state_root, record.project, record.issue_number, stem),
+                     False, {"given_back": stem})
+    return None
+
+
+def _followup_events(run: Run, record: WorkerRecord, ids: list[str], delivered: bool | None,
+                     more: dict[str, str]) -> None:
+    for command_id in ids:
         run.files.log_event({"action": "followup", "issue": record.issue_number, "project": record.project,
-                             "id": command_id, "delivered": False, "given_back": stem})
+                             "id": command_id, "delivered": delivered, **more})
 
 
-def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> bool:
-    """Whether the ended try's agent (it started) took its prompt and worked on it. Not when the try was held (not
-    logged in, rate limited: it could do nothing; a turn cut short by a limit is taken up by the next try, which
-    resumes the session where it can); an agent with events: when they show a turn (its tally, or the events the
-    probe has not read yet); a plain command says nothing of it: it ran, so yes."""
+def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> dict[str, Any] | None:
+    """The ended try's agent state when its agent (it started) took its prompt and worked on it, else None. Not
+    when the try was held (not logged in, rate limited: it could do nothing; a turn cut short by a limit is taken
+    up by the next try, which resumes the session where it can); an agent with events: when they show a turn (its
+    tally, or with the events the probe has not read yet folded in: the state returned has them); a plain command
+    says nothing of it: it ran, so yes."""
     if held:
-        return False
+        return None
     kind = record.agent.get("kind")
-    if kind not in agents.STRUCTURED:
-        return True
-    if record.agent.get("turns"):
-        return True
+    if kind not in agents.STRUCTURED or record.agent.get("turns"):
+        return dict(record.agent)
     # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
     # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
     deadline = time.monotonic() + WRAPPER_EXIT_WAIT
@@ -116,10 +123,10 @@ def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> bool:
                 if agents.tallied(kind, line):
                     agents.fold(state, agents.parse_line(line)[0], "")
                     if state.get("turns"):
-                        return True
+                        return state
     except OSError:
         pass
-    return False
+    return None
 
 
 def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
@@ -540,10 +547,12 @@ class Executor:
 
     def do_restart(self, action: Action, record: WorkerRecord) -> None:
         cfg, issue = self._issue(action.issue)  # type: ignore[arg-type]
-        end_try(self.run, record)  # the old try's own files and tag: before try_id moves on
+        # The old try's own files and tag: before try_id moves on. What its agent did, with the events the probe
+        # had not read yet: a follow-up counted as given there must go on in that session.
+        agent = end_try(self.run, record) or record.agent
         ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
         # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
-        session = record.agent.get("session_id") or "" if action.continuation and record.agent.get("turns") else ""
+        session = agent.get("session_id") or "" if action.continuation and agent.get("turns") else ""
         # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
         # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
         # judges the ended try again, so never counts it twice.
