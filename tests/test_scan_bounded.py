@@ -173,7 +173,7 @@ def barrier_git(tmp_path, count: int, seconds: int = 20) -> tuple[str, object]:
     script = tmp_path / "barrier-git"
     script.write_text(f"""#!/bin/sh
 case " $* " in *" status "*) ;; *) exec {REAL_GIT} "$@";; esac
-touch "{arrived}/$$" "{flight}/$$"
+touch "{flight}/$$" "{arrived}/$$"  # in flight before it counts as arrived: the count never misses it
 waited=0
 while [ "$(ls "{arrived}" | wc -l)" -lt {count} ] && [ $waited -lt {seconds * 20} ]; do
     sleep 0.05; waited=$((waited + 1))
