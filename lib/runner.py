@@ -26,7 +26,7 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import IO, Any, BinaryIO, Callable, Sequence, TypeVar
 
-from lib import signals, watchdog
+from lib import signals, spawn, watchdog
 from lib.procs import (DEFAULT_IN_CHILD, GRACE_S, STEP_VAR, cmdline, fill_standard_descriptors, group_alive,
                        have_proc, kill_processes, processes_tagged, signal_ok, start_tick, stat_fields)
 from lib.signals import Signalled, signal_name
@@ -488,11 +488,14 @@ def _start(args: Sequence[str], cwd: Path | None, env: dict[str, str],
     out_read, out_write = os.pipe()
     err_read, err_write = (None, out_write) if stderr_to_stdout else os.pipe()
     try:
-        pid = os.posix_spawn(program, list(args), env,
-                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                                           (os.POSIX_SPAWN_DUP2, out_write, 1),
-                                           (os.POSIX_SPAWN_DUP2, err_write, 2)],
-                             setsigdef=DEFAULT_IN_CHILD, setsid=True)
+        if spawn.available():  # the global lock released while the child starts
+            pid = spawn.spawn(program, args, env, out_write, err_write, DEFAULT_IN_CHILD)
+        else:
+            pid = os.posix_spawn(program, list(args), env,
+                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                               (os.POSIX_SPAWN_DUP2, out_write, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_write, 2)],
+                                 setsigdef=DEFAULT_IN_CHILD, setsid=True)
     except (OSError, NotImplementedError):  # NotImplementedError: no POSIX_SPAWN_SETSID in this libc
         # Not startable as found (removed since, not executable after all, another architecture...): Popen
         # searches PATH on as it always did (past an entry that fails), and raises if nothing starts.
