@@ -16,6 +16,9 @@ from lib.procs import GRACE_S, STEP_VAR, group_alive, kill_processes, processes_
 
 WATCHDOG_ARG = "--watch-steps-of"
 WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
+# Between reads: the announcements of a busy run are taken in batches, not one wakeup (and one process switch on
+# the run's cores) per git started and ended. Far below what fills the pipe (64 KiB, about 8 bytes a line).
+BATCH_S = 0.05
 
 
 def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
@@ -39,6 +42,7 @@ def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
         for line in lines:
             if line[:1] in (b"+", b"-") and line[1:].isdigit():
                 (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+        sleep(BATCH_S)
     quiet_rounds = 0
     for _ in range(WATCHDOG_ROUNDS):
         tagged = processes_tagged(STEP_VAR, tag, prefix=True)
