@@ -10,29 +10,27 @@ import os
 import re
 import shlex
 import stat
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 from xml.etree import ElementTree
 
 from lib import runner
 from lib.config import Repo, Workspace
 from lib.errors import ConfigError, LogWriteFailed, OrchestratorError
-from lib.gitstatus import without_repo_local_git_vars
-from lib.paths import CHECKOUT_ROOT, Paths
+from lib.commandenv import command_env
+from lib.paths import Paths
 from lib.progress import Progress
 from lib.runstatus import RunStatus
-from lib.statefile import NotRegular, open_regular, read_json, set_aside_if_bad, update_json, write_bytes
+from lib.results import now_iso, record, results_problem, set_aside_bad_results
+from lib.statefile import NotRegular, open_regular, read_json, write_bytes
 from lib.testcounts import read_counts
 from lib.workflows import Plan, get_workflow, load_workflows, plan_for
 
 
 
-STATUSES = tuple(RunStatus)  # the summary's order
 FAILING = {RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ERROR}
 RAN_AND_ENDED = {RunStatus.PASSED, RunStatus.FAILED, RunStatus.TIMEOUT}  # a command ran: its log has its end
 RERUN = {RunStatus.FAILED, RunStatus.TIMEOUT}  # what --failed runs again, and JUnit calls a failure
@@ -42,10 +40,6 @@ TAIL_LINE_CHARS = 500
 MAX_PROBLEMS = 20
 NAMED = 5  # leftover processes named in an outcome
 XML_INVALID_RE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -82,44 +76,6 @@ class Outcome:
     def line(self) -> str:
         detail = f" ({self.reason})" if self.reason else ""
         return f"{self.repo}: {self.status}{detail} in {self.duration_s:.1f}s"
-
-
-# Set when we run under `make test-all`; a repo's own make must not inherit our
-# make's level or jobserver (it would print "make[1]: ..." or warn about it).
-PARENT_MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
-
-
-# What our own Python puts in the environment (an activated venv, make's PATH): a repo's
-# `python3` or `pytest` must be its own, never the orchestrator's.
-OUR_PYTHON_VARS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
-
-
-def command_env() -> dict[str, str]:
-    """The environment of a repo's commands: ours, minus what belongs to our make, our Python or another repo's git."""
-    env = {k: v for k, v in without_repo_local_git_vars(os.environ).items()
-           if k not in PARENT_MAKE_VARS and k not in OUR_PYTHON_VARS}
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    if "PATH" in env:
-        env["PATH"] = without_our_venv(env["PATH"])
-    return env
-
-
-def our_venv_bins() -> set[str]:
-    """Real paths of the bin directories of this tool's virtualenv: the one running us and the checkout's .venv."""
-    bins = {os.path.realpath(CHECKOUT_ROOT / ".venv" / "bin")}
-    if sys.prefix != sys.base_prefix:
-        bins.add(os.path.realpath(os.path.join(sys.prefix, "bin")))
-    return bins
-
-
-def without_our_venv(path: str) -> str:
-    """PATH without this tool's virtualenv (`make` puts it first); every other entry, in order.
-
-    A relative entry (`.venv/bin`) is looked up from each repo's directory, so it is the repo's: kept.
-    """
-    ours = our_venv_bins()
-    return os.pathsep.join(entry for entry in path.split(os.pathsep)
-                           if not os.path.isabs(entry) or os.path.realpath(entry) not in ours)
 
 
 def execute(plan: Plan, timeout: float | None, echo: BinaryIO | None = None,
@@ -348,65 +304,10 @@ def open_log(path: Path) -> BinaryIO:
     return log
 
 
-def count_statuses(statuses: Iterable[str]) -> dict[str, int]:
-    """How many of each status, in order of first appearance."""
-    counts: dict[str, int] = {}
-    for status in statuses:
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "nothing to do"
-
-
-def summarize(results: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """The state files' summary: a total and a count for every status, zeros included."""
-    return {"total": len(results), **dict.fromkeys(STATUSES, 0), **count_statuses(r["status"] for r in results)}
-
-
-def results_problem(document: Any) -> str | None:
-    """What makes a results file unusable (wrong shape), or None: `{"results": [{"repo": ...}, ...]}`."""
-    if not isinstance(document, dict):
-        return f"not a results document (top level is {type(document).__name__}, not an object)"
-    results = document.get("results", [])
-    if not isinstance(results, list):
-        return "not a results document (\"results\" is not a list)"
-    for index, result in enumerate(results):
-        if not isinstance(result, dict) or not isinstance(result.get("repo"), str) \
-                or not isinstance(result.get("status", ""), str):
-            return f"not a results document (results[{index}] has no repo name or status)"
-    return None
-
-
 def check_state(paths: Paths, workflow: str) -> list[str]:
     """Before a run: set aside a results file that cannot be read or has the wrong shape; one line each."""
     state_file = results_file(paths, workflow)
     return [] if state_file is None else set_aside_bad_results(state_file)
-
-
-def set_aside_bad_results(state_file: Path) -> list[str]:
-    """Move a results file that cannot be read (not JSON, nested too deep, a FIFO, ...) or has the wrong shape
-    aside, so that the run's outcomes are recorded in a fresh one; a `warning:` line when it did."""
-    try:
-        note = set_aside_if_bad(state_file, results_problem)
-    except OSError:
-        return []  # unwritable state is reported when the results are recorded
-    return [f"warning: {note}"] if note else []
-
-
-def record(state_file: Path, outcomes: Sequence[Any], known_repos: set[str],
-           summary: Callable[[Sequence[dict[str, Any]]], dict[str, int]] = summarize) -> dict[str, Any]:
-    """Merge outcomes (anything with `repo` and `to_json()`) into a results file by repo (a rerun replaces its repo's entry)."""
-
-    def merge(document: Any) -> dict[str, Any]:
-        previous = document.get("results", []) if isinstance(document, dict) else []
-        by_repo = {r["repo"]: r for r in previous if isinstance(r, dict) and r.get("repo") in known_repos}
-        by_repo.update({o.repo: o.to_json() for o in outcomes})
-        results = sorted(by_repo.values(), key=lambda r: r["repo"])
-        return {"generated_at": now_iso(), "summary": summary(results), "results": results}
-
-    return update_json(state_file, merge, default={}, problem=results_problem)
 
 
 def previously_failing(state_file: Path) -> list[str]:

@@ -11,12 +11,13 @@ from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from lib import logcut, runner
-from lib.batch import Outcome, count_statuses, counts_text, default_jobs, execute
+from lib.batch import Outcome, default_jobs, execute
 from lib.runstatus import RunStatus
 from lib.config import REPO_FIELDS, Repo, Workspace
 from lib.errors import OrchestratorError
 from lib.gitstatus import read_known_commits, scan
 from lib.paths import Paths
+from lib.results import count_statuses, counts_text
 from lib.workflows import Command, Plan, render_command
 
 NAME = "foreach"

@@ -24,13 +24,14 @@ from time import monotonic
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 from lib import gitconfig, gitrefs, runner
-from lib.batch import command_env, count_statuses, counts_text, now_iso, record, set_aside_bad_results
+from lib.commandenv import command_env
 from lib.config import Repo, Workspace
 from lib.gitpool import GitResult
 from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
                            known_commits, read_state)
 from lib.paths import Paths
 from lib.progress import Progress
+from lib.results import count_statuses, counts_text, now_iso, record, set_aside_bad_results
 from lib.statefile import one_run_at_a_time
 
 NET_TIMEOUT_S = 300.0

@@ -17,15 +17,10 @@ from lib.batch import (
     RunStatus,
     check_report_path,
     check_state,
-    count_statuses,
-    counts_text,
     keep_results,
-    now_iso,
     plan_workflow,
     previously_failing,
-    results_problem,
     run_with_progress,
-    summarize,
     write_junit,
 )
 from lib.config import Repo, Workspace
@@ -33,6 +28,7 @@ from lib.errors import OrchestratorError
 from lib.gitstatus import STATUS_ARGS, confined_to, git_env
 from lib.paths import Paths
 from lib.remote import fleet as fleets
+from lib.results import count_statuses, counts_text, now_iso, results_problem, summarize
 from lib.remote.hosts import LOCAL
 from lib.runner import RunInterrupted, stopping
 from lib.scan import ScanStopped, scan_workspace, stoppable_git_reads

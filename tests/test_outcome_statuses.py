@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lib.batch import Outcome, summarize
+from lib.batch import Outcome
+from lib.results import summarize
 from lib.sync import SyncOutcome
 
 RUN_STATUSES = ["passed", "failed", "timeout", "skipped", "error"]

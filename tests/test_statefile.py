@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 RECORDER = """
 import sys; sys.path.insert(0, %r)
 from pathlib import Path
-from lib.batch import Outcome, record
+from lib.batch import Outcome
+from lib.results import record
 state, worker = Path(sys.argv[1]), sys.argv[2]
 names = {f"w{w}-r{i}" for w in range(4) for i in range(15)}
 for i in range(15):

@@ -491,7 +491,7 @@ def test_matrix_prints_the_selected_repos_for_ci_and_runs_nothing(home, make_rep
 
 def yaml_python() -> str:
     """A Python with PyYAML (a system package; never a dependency of ours), else the test is skipped."""
-    from lib.batch import without_our_venv
+    from lib.commandenv import without_our_venv
 
     candidates = ["/usr/bin/python3", shutil.which("python3", path=without_our_venv(os.environ["PATH"]))]
     for python in filter(None, candidates):

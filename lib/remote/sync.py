@@ -33,13 +33,13 @@ from time import monotonic
 from typing import Any, Callable, Iterator, Sequence
 
 from lib import runner
-from lib.batch import record
 from lib.config import Repo, Workspace
 from lib.errors import OrchestratorError, clip
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.remote import connection as remote
 from lib.remote.hosts import LOCAL, Host
+from lib.results import record
 from lib.signals import signal_name
 from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, SyncStatus, _log_name, _open_log, _summary, run_sync
 
