@@ -67,18 +67,19 @@ def scan_workspace(workspace: Workspace, jobs: int = 0, tags: list[str] | None =
 
 def scan_and_save(paths: Paths, jobs: int = 0, tags: list[str] | None = None,
                   reuse: Mapping[str, RepoStatus] | None = None,
-                  previous: Any = None) -> tuple[ScanReport, Path, str | None]:
+                  previous: Any = None, workspace: Workspace | None = None) -> tuple[ScanReport, Path, str | None]:
     """Scan and write the state file; the third item says why it could not be written (None: written).
 
     `previous`: the last scan's document when the caller has read it (sync-all, once for its rows and
-    this scan; `{}` when there was none), else None and it is read here.
+    this scan; `{}` when there was none), else None and it is read here. `workspace`: repos.json as the
+    caller loaded it (sync-all's), else loaded here.
 
     Raises ScanStopped when a signal stops the scan (the state file is not touched).
 
     A `--tag` scan refreshes its repos' rows and keeps the other configured
     repos' rows from the last scan, as a `--tag` sync keeps their results.
     """
-    workspace = load_workspace(paths.repos_file)
+    workspace = load_workspace(paths.repos_file) if workspace is None else workspace
     previous = read_state(paths.repo_status_file) if previous is None else previous
     try:
         report = scan_workspace(workspace, jobs, tags, previous, reuse)

@@ -16,7 +16,7 @@ import shlex
 import shutil
 import subprocess
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -80,7 +80,7 @@ class SyncOutcome:
         return f"{self.repo}: {self.status}" + (f": {self.reason}" if self.reason else "")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # as asdict gives it: every field is flat
 
 
 @dataclass
@@ -803,7 +803,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             before_scan(outcomes)
         try:
             scan_and_save(paths, tags=None, reuse=scan_rows.reusable() if scan_rows else None,
-                          previous={} if last_scan is None else last_scan)
+                          previous={} if last_scan is None else last_scan, workspace=workspace)
         except ScanStopped as stop:  # the sync is done and recorded: its warnings and counts go with the stop
             done = SyncReport(outcomes, monotonic() - started, paths.sync_results_file).summary_line()
             stop.notes += [*notes, f"every repo had synced ({done}); the closing scan was stopped"]

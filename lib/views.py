@@ -87,6 +87,20 @@ def status_table(statuses: Iterable[RepoStatus], now: datetime | None = None, wi
     return plain_table(rows, ["REPO", "BRANCH", "STATUS", "AHEAD/BEHIND", "LAST COMMIT"])
 
 
+def load_tables_meanwhile() -> None:
+    """Import tabulate in a thread of its own while a long run works, so the run's table at its end does not
+    wait for it (about 15 ms: it imports importlib.metadata). `plain_table` waits for that import if it is
+    still under way (Python's import lock), or imports it itself if the thread could not start."""
+    import importlib
+    import threading
+
+    try:
+        threading.Thread(target=importlib.import_module, args=("tabulate",), name="load-tabulate",
+                         daemon=True).start()
+    except RuntimeError:  # no thread to spare: imported when the table is printed
+        pass
+
+
 def plain_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     """A simple table that shows every cell as given (a branch `1.10` stays `1.10`, a repo `007` stays `007`),
     control characters escaped (a commit subject cannot drive the terminal)."""

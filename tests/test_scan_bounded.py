@@ -238,7 +238,7 @@ def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_c
     assert all(wait_gone(int(pid)) for pid in daemons.read_text().split())
 
 
-def test_a_git_whose_output_waited_while_the_scan_was_held_up_is_read_whole_not_killed(make_repo):
+def test_a_git_whose_output_waited_while_the_scan_was_held_up_is_read_whole_not_killed(make_repo, tmp_path):
     """The scan's loop held up past the limit (a progress line on a frozen terminal, here a slow callback) while a
     git's output filled its pipe: that git is writing, not hung."""
     big = make_repo("big")
@@ -246,13 +246,19 @@ def test_a_git_whose_output_waited_while_the_scan_was_held_up_is_read_whole_not_
         (big.path / f"untracked-file-with-a-long-name-{i:05d}-{'x' * 40}").write_text("")
     small = make_repo("a-small")
     held_up = []
+    stalled = tmp_path / "stalled"
+    # The big repo's status starts once the scan is held up, so it is the one whose output waits (on a busy
+    # machine it could otherwise be read whole before the small one's ends).
+    gated = wrapper(tmp_path, f'case "$*" in *"{big.path}"*status*) until [ -e "{stalled}" ]; do sleep 0.05; done;; esac')
 
     def slow_callback(status):
         if not held_up:
             held_up.append(status.name)
+            stalled.touch()
             time.sleep(LIMIT + 2)  # the stall under test, not a wait for something to happen
 
-    report = scan([repo_of(small), repo_of(big)], jobs=2, processes=1, git_timeout=LIMIT, on_result=slow_callback)
+    report = scan([repo_of(small), repo_of(big)], jobs=2, processes=1, git_timeout=LIMIT, on_result=slow_callback,
+                  git=gated)
     assert held_up == ["a-small"]
     row = report.repos[1]
     assert row.error is None and row.untracked == 1500, row.error
