@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import cache
 from time import monotonic, sleep
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
@@ -23,8 +24,10 @@ GRACE_S = 5.0  # between SIGTERM and SIGKILL
 STEP_VAR = "ORCHESTRATOR_STEP"
 
 
+@cache
 def have_proc() -> bool:
-    """Whether this system has a /proc to read (Linux); elsewhere every lookup finds nothing."""
+    """Whether this system has a /proc to read (Linux); elsewhere every lookup finds nothing. Looked at once:
+    every step asks."""
     return os.path.isdir("/proc/self")
 
 

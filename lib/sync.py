@@ -105,10 +105,12 @@ class ScanRows:
         return {name: row for name, (row, real) in self.rows.items()
                 if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
-    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None) -> None:
-        """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None."""
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None,
+             real: str | None = None) -> None:
+        """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None.
+        `real`: the repo's realpath, when known."""
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
-        real = os.path.realpath(repo.local)
+        real = os.path.realpath(repo.local) if real is None else real
         if not left_alone:
             self.changed.append(real)
         if common_dir is None:
@@ -212,13 +214,14 @@ class _Git:
     """git in one repo: reads are captured, steps that change things are logged and run in their own group."""
 
     def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
-                 confined: bool = True, config_base: list[gitconfig.Entry] | None = None) -> None:
+                 confined: bool = True, config_base: list[gitconfig.Entry] | None = None,
+                 real: str | None = None) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
         base = _env() if env is None else env  # the run's: built once (every PATH entry is resolved)
         # Confined: a `.git` that is no repository fails instead of git using the repo around `path`.
-        self.env = confined_to(path, base) if confined else dict(base)
+        self.env = confined_to(path, base, real) if confined else dict(base)  # real: path's realpath, if known
         self.step_output_at = 0
         # Set once the repo's files and config were read without doubt (_read_before): refs are then
         # read from the files, config from this one listing; anything odd still goes to git.
@@ -401,6 +404,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     """
     started = monotonic()
     log_path = log_dir / _log_name(repo, dry_run)
+    real = os.path.realpath(repo.local)  # once: git's confinement and the scan row's nesting check share it
     state: dict[str, str | None] = {}
     outcome: SyncOutcome | None = None
     try:
@@ -409,7 +413,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
                 outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state,
-                                RunGit.build() if run is None else run)
+                                RunGit.build() if run is None else run, real)
             except _Stop as stop:
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
@@ -428,7 +432,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     if settled is not None and not runner.stopping():
         settled.append(outcome)
     if scan_rows is not None:
-        scan_rows.read(repo, outcome, state.get("common_dir"), state.get("git_dir"))
+        scan_rows.read(repo, outcome, state.get("common_dir"), state.get("git_dir"), real)
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
@@ -541,7 +545,7 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
 
 
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool, state: dict[str, str | None], run: RunGit) -> SyncOutcome:
+          dry_run: bool, state: dict[str, str | None], run: RunGit, real: str) -> SyncOutcome:
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
@@ -551,7 +555,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, run.env, config_base=run.config_base)
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
