@@ -15,7 +15,9 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import partial
@@ -35,6 +37,7 @@ from lib.results import count_statuses, counts_text, now_iso, record, set_aside_
 from lib.statefile import one_run_at_a_time
 
 NET_TIMEOUT_S = 300.0
+LOCAL_BESIDE = 2  # see local_beside
 # An unattended sync must fail fast instead of waiting for a password.
 NO_PROMPT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GCM_INTERACTIVE": "never", "SSH_ASKPASS_REQUIRE": "never",
                  "LC_ALL": "C"}
@@ -167,24 +170,31 @@ def _env() -> dict[str, str]:
 @dataclass(frozen=True)
 class RunGit:
     """What every repo of one run shares, built once: git's clean env (`command_env` resolves every PATH entry
-    to drop our venv's) and the config every repo lists before its own (system and global: lib.gitconfig),
-    None when each repo's config must be listed by git (git cannot even start: each repo then fails on its own)."""
+    to drop our venv's), the config every repo lists before its own (system and global: lib.gitconfig),
+    None when each repo's config must be listed by git (git cannot even start: each repo then fails on its own),
+    and the run's network slots (`net_jobs` of them; None: no limit, one repo)."""
 
     env: dict[str, str]
     config_base: list[gitconfig.Entry] | None
+    network: threading.BoundedSemaphore | None = None
 
     @classmethod
-    def build(cls) -> RunGit:
+    def build(cls, net_jobs: int | None = None) -> RunGit:
         env = _env()
+        slots = None if net_jobs is None else threading.BoundedSemaphore(max(1, net_jobs))
 
         def read(args: list[str], read_env: Mapping[str, str]) -> tuple[int, bytes, bytes]:
             result = _read_git(args, dict(read_env))
             return result.returncode, result.stdout, result.stderr
 
         try:
-            return cls(env, gitconfig.run_listing(env, read))
+            return cls(env, gitconfig.run_listing(env, read), slots)
         except OSError:  # git missing, no temp dir: every repo asks git itself, and says why it failed
-            return cls(env, None)
+            return cls(env, None, slots)
+
+    def on_the_network(self) -> AbstractContextManager[object]:
+        """Held while a repo talks to its remote (fetch, ls-remote, clone): at most `net_jobs` at once."""
+        return self.network if self.network is not None else nullcontext()
 
 
 def _git_says(output: str) -> str:
@@ -215,7 +225,7 @@ class _Git:
 
     def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
                  confined: bool = True, config_base: list[gitconfig.Entry] | None = None,
-                 real: str | None = None) -> None:
+                 real: str | None = None, network: threading.BoundedSemaphore | None = None) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
@@ -228,6 +238,7 @@ class _Git:
         self.common_dir: Path | None = None
         self.listing: gitrefs.Config | None = None
         self.config_base = config_base  # the run's listing: the repo's own config file is then read here
+        self.network = network  # the run's network slots, held by a `network` step
         # A relative PATH entry is looked up from the repo (its `.venv/bin`, say): then steps run there, not by -C.
         self.relative_path = any(not os.path.isabs(entry) for entry in self.env.get("PATH", "").split(os.pathsep))
         self.commits: set[str] = set()  # shas read as commits of this store (gitrefs.is_commit)
@@ -290,11 +301,12 @@ class _Git:
         self.step_output_at = self.log.tell()
         # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would);
         # `-C` instead of a working directory, so the runner can posix_spawn it
-        if self.relative_path:
-            return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+        with self.network if network and self.network is not None else nullcontext():
+            if self.relative_path:
+                return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
+                                           leftovers_at_run_end=network)
+            return runner.run_in_group(["git", "-C", str(self.path), *args], None, self.log, timeout, self.env,
                                        leftovers_at_run_end=network)
-        return runner.run_in_group(["git", "-C", str(self.path), *args], None, self.log, timeout, self.env,
-                                   leftovers_at_run_end=network)
 
     def step_output(self) -> str:
         """What the last step printed (it writes straight into the log file)."""
@@ -312,7 +324,7 @@ class _Git:
 
 
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool,
-           env: Mapping[str, str]) -> SyncOutcome:
+           run: RunGit) -> SyncOutcome:
     path = repo.local
     if not repo.remote or repo.remote == "unknown":
         raise _Stop(SyncStatus.FAILED, f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
@@ -320,8 +332,10 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
     created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
+    env = run.env
     git = _Git(path.parent, log, log_path, env, confined=False)  # it asks for the work tree around the clone
-    result = git.step(["clone", "--", repo.remote, str(path)], timeout)
+    with run.on_the_network():
+        result = git.step(["clone", "--", repo.remote, str(path)], timeout)
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
         # Only what did not exist before is removed: the clone's own directory and the parents made for it.
@@ -551,11 +565,11 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         if os.path.lexists(path):
             raise _Stop(SyncStatus.FAILED, "path is a broken symlink")
         if clone_missing:
-            return _clone(repo, log, log_path, timeout, dry_run, run.env)
+            return _clone(repo, log, log_path, timeout, dry_run, run)
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real)
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=run.network)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -698,6 +712,13 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
                                "check `git status` there")
 
 
+def local_beside(net_jobs: int) -> int:
+    """Repos synced beside the `net_jobs` that may talk to their remotes at once: while those fetch, these do
+    their local work (reading the repo, the fast-forward, the closing scan's status), so the cores are not left
+    idle between fetches. None beside a one-at-a-time run (`--net-jobs 1`: one repo at a time, as asked)."""
+    return min(LOCAL_BESIDE, max(0, net_jobs - 1))
+
+
 def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: float | None = NET_TIMEOUT_S,
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
@@ -705,14 +726,15 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
-    run = RunGit.build()  # one clean env and one listing of the shared config for every repo's gits
+    # One clean env and one listing of the shared config for every repo's gits, and `net_jobs` network slots.
+    run = RunGit.build(net_jobs)
 
     def work(repo: Repo) -> SyncOutcome:
         finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, run))
         return finished[-1]
 
     try:
-        return runner.run_each(repos, work, net_jobs, on_start, on_done)
+        return runner.run_each(repos, work, net_jobs + local_beside(net_jobs), on_start, on_done)
     except runner.RunInterrupted as stop:
         # run_each took its results before killing the running steps: a repo whose branch a killed
         # fast-forward had already moved (read back from the repo since) is recorded too, and so is

@@ -442,3 +442,50 @@ def test_a_behind_repo_with_no_linked_worktree_starts_no_worktree_listing(make_r
     other.git("worktree", "add", "-q", str(tmp_path / "shared-main"), "main")
     outcome = sync_repo(Repo("shared", other.path), tmp_path / "logs")
     assert outcome.status == "skipped" and "checked out in worktree" in (outcome.reason or ""), outcome.line()
+
+
+def git_first_on_path(tmp_path, monkeypatch, body: str) -> None:
+    """A `git` first on PATH that runs `body` (sh) before the real git, with the same arguments."""
+    wrapper_dir = tmp_path / "git-wrapper"
+    wrapper_dir.mkdir()
+    wrapper = wrapper_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\n{body}\nexec "{shutil.which("git")}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_at_most_net_jobs_repos_fetch_at_once(home, make_repo, tmp_path, monkeypatch):
+    """--net-jobs 2 syncs 3 repos at once (one beside), never 3 fetches: each fetch waits for a third (3 s at
+    most), then notes how many were fetching."""
+    flight, seen = tmp_path / "in-flight", tmp_path / "seen"
+    flight.mkdir()
+    git_first_on_path(tmp_path, monkeypatch, f"""case " $* " in *" fetch "*)
+    touch "{flight}/$$"; waited=0
+    while [ "$(ls "{flight}" | wc -l)" -lt 3 ] && [ $waited -lt 60 ]; do sleep 0.05; waited=$((waited + 1)); done
+    ls "{flight}" | wc -l >> "{seen}"; rm "{flight}/$$";;
+esac""")
+    home.add(*[make_repo(f"r{i}") for i in range(4)])
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=2)
+    assert [o.status for o in report.outcomes] == ["up to date"] * 4
+    assert max(int(n) for n in seen.read_text().split()) == 2
+
+
+def test_a_repo_beside_the_fetching_ones_does_its_local_work_meanwhile(home, make_repo, tmp_path, monkeypatch):
+    """Both network slots are held by fetches that wait for a status read (30 s at most): the repo beside them,
+    which has no remote to fetch, reads its status meanwhile."""
+    ran, waited_out = tmp_path / "status-ran", tmp_path / "waited-out"
+    git_first_on_path(tmp_path, monkeypatch, f"""case " $* " in
+  *" fetch "*) waited=0
+    while [ ! -e "{ran}" ] && [ $waited -lt 600 ]; do sleep 0.05; waited=$((waited + 1)); done
+    [ -e "{ran}" ] || touch "{waited_out}";;
+  *" status "*) touch "{ran}";;
+esac""")
+    fetching = [make_repo("a"), make_repo("b")]
+    local = make_repo("local")
+    local.git("remote", "remove", "origin")
+    home.add(*fetching, local)
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=2)
+    assert [o.status for o in report.outcomes] == ["up to date", "up to date", "skipped"]
+    assert not waited_out.exists(), "the fetches held every thread: nothing ran beside them"
