@@ -225,7 +225,8 @@ class _Git:
 
     def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
                  confined: bool = True, config_base: list[gitconfig.Entry] | None = None,
-                 real: str | None = None, network: threading.BoundedSemaphore | None = None) -> None:
+                 real: str | None = None,
+                 network: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
@@ -238,7 +239,7 @@ class _Git:
         self.common_dir: Path | None = None
         self.listing: gitrefs.Config | None = None
         self.config_base = config_base  # the run's listing: the repo's own config file is then read here
-        self.network = network  # the run's network slots, held by a `network` step
+        self.network = network  # held by a `network` step: the run's slots (RunGit.on_the_network)
         # A relative PATH entry is looked up from the repo (its `.venv/bin`, say): then steps run there, not by -C.
         self.relative_path = any(not os.path.isabs(entry) for entry in self.env.get("PATH", "").split(os.pathsep))
         self.commits: set[str] = set()  # shas read as commits of this store (gitrefs.is_commit)
@@ -301,7 +302,7 @@ class _Git:
         self.step_output_at = self.log.tell()
         # git itself, no shell: a process less per step (and git is looked up on the env's PATH, as a shell would);
         # `-C` instead of a working directory, so the runner can posix_spawn it
-        with self.network if network and self.network is not None else nullcontext():
+        with self.network() if network else nullcontext():
             if self.relative_path:
                 return runner.run_in_group(["git", *args], self.path, self.log, timeout, self.env,
                                            leftovers_at_run_end=network)
@@ -569,7 +570,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=run.network)
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=run.on_the_network)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
