@@ -724,11 +724,12 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
              clone_missing: bool = False, dry_run: bool = False,
              on_start: Callable[[Repo], None] | None = None,
              on_done: Callable[[SyncOutcome], None] | None = None,
-             scan_rows: ScanRows | None = None) -> list[SyncOutcome]:
+             scan_rows: ScanRows | None = None, run: RunGit | None = None) -> list[SyncOutcome]:
+    """`run`: RunGit.build(net_jobs), when the caller built it."""
     finished: list[SyncOutcome] = []  # kept by the workers themselves, so a stopped run still has them
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
     # One clean env and one listing of the shared config for every repo's gits, and `net_jobs` network slots.
-    run = RunGit.build(net_jobs)
+    run = RunGit.build(net_jobs) if run is None else run
 
     def work(repo: Repo) -> SyncOutcome:
         finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, run))
@@ -745,6 +746,32 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
         order = {repo.name: index for index, repo in enumerate(repos)}
         stop.results = sorted([*stop.results, *moved], key=lambda o: order[o.repo])
         raise
+
+
+def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
+    """RunGit.build(net_jobs) in a thread of its own while the run takes its lock and reads its state files (its
+    config listing is a git the first fetch waits for); the function returned waits for it."""
+    built: list[RunGit | BaseException] = []
+
+    def build() -> None:
+        try:
+            built.append(RunGit.build(net_jobs))
+        except BaseException as err:  # raised where the run waits for it
+            built.append(err)
+
+    thread = threading.Thread(target=build, name="sync-setup", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # no thread to spare: built when it is needed
+        return partial(RunGit.build, net_jobs)
+
+    def wait() -> RunGit:
+        thread.join()
+        if isinstance(built[0], BaseException):
+            raise built[0]
+        return built[0]
+
+    return wait
 
 
 def _summary(results: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -794,6 +821,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
     started = monotonic()
     repos = workspace.select(tags=tags)
+    shared = _build_meanwhile(net_jobs)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
         # The last scan's document, read once: its commits serve sync's rows and the closing scan.
         last_scan = None if dry_run else read_state(paths.repo_status_file)
@@ -809,7 +837,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
             try:
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name), on_done=finished,
+                                    on_start=lambda repo: progress.start(repo.name), on_done=finished, run=shared(),
                                     scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 stop.notes += notes
