@@ -22,7 +22,7 @@ from lib.paths import Paths
 from lib.scan import scan_workspace
 from lib.sync import run_sync, sync_repo
 from tests.conftest import RepoHandle
-from tests.sync_fixtures import full_snapshot, outside_remote_tracking
+from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking
 
 Setup = Callable[[RepoHandle, Path], dict]
 
@@ -277,11 +277,41 @@ def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, 
     by_repo = Counter(os.path.realpath(line.split(b"\0")[line.split(b"\0").index(b"-C") + 1].decode())
                       for line in statuses)
     assert by_repo[os.path.realpath(still.path)] == 1, "the repo sync left alone got a second status"
-    assert by_repo[os.path.realpath(moved.path)] == 1, "the moved repo is scanned at the end, once"
+    assert by_repo[os.path.realpath(moved.path)] == 1, "the moved repo got a second status"
     written = read_state(paths.repo_status_file)["repos"]
     fresh = scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
     assert written == fresh
     assert written[0]["untracked"] == 1 and written[1]["behind"] == 0
+
+
+def test_a_moved_repos_row_is_read_after_its_fast_forward_hooks_included(home, make_repo, tmp_path, git_log,
+                                                                          monkeypatch):
+    """The fast-forward's post-merge hook edits a tracked file: the row sync reads after that step shows it, as a
+    fresh scan does, and the closing scan reuses it (no second status, none left for the end)."""
+    import lib.scan
+
+    moved = make_repo("moved")
+    behind(moved, tmp_path)
+    add_hook(moved.path, "post-merge", 'echo "edited by the hook" >> README.md')
+    home.add(moved)
+    paths = Paths.from_env()
+    git_log.write_bytes(b"")
+    reused = []
+    scan_workspace_now = lib.scan.scan_workspace
+
+    def scan_workspace(workspace, jobs=0, tags=None, previous=None, reuse=None):
+        reused.append(dict(reuse or {}))
+        return scan_workspace_now(workspace, jobs, tags, previous, reuse)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    assert [o.status for o in report.outcomes] == ["updated"], report.outcomes[0].line()
+    assert list(reused[0]) == ["moved"], "the moved repo's row was left for the closing scan"
+    statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in line]
+    assert len(statuses) == 1
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
+    assert written[0]["modified"] == 1 and written[0]["behind"] == 0
 
 
 def test_repos_sharing_a_git_store_are_scanned_again(home, make_repo, tmp_path, git_log):
