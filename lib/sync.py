@@ -103,9 +103,12 @@ class ScanRows:
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
     # (name, realpath) of each repo sync did not leave as it was
     changed: list[tuple[str, str]] = field(default_factory=list)
+    shared_files: tuple[str, ...] = ()  # real paths of files git reads for every repo (_files_every_repo_reads)
     env: dict[str, str] = field(default_factory=git_env)  # the status reads' env, built once per run
 
     def reusable(self) -> dict[str, RepoStatus]:
+        if any(shared.startswith(real.rstrip("/") + "/") for _, real in self.changed for shared in self.shared_files):
+            return {}  # a repo this run moved holds a file git reads for every repo (a dotfiles repo): none stands
         stores = Counter(self.common_dirs.values())
         return {name: row for name, (row, real) in self.rows.items()
                 if stores[self.common_dirs[name]] == 1
@@ -136,6 +139,22 @@ class ScanRows:
         if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known, dirs) \
                 and row.error is None:
             self.rows[repo.name] = (row, real)
+
+
+def _files_every_repo_reads(env: Mapping[str, str], base: list[gitconfig.Entry] | None) -> tuple[str, ...]:
+    """Real paths of the files git reads for every repo: the user's and the system's config and what they include,
+    the global excludes and attributes, an fsmonitor hook, the hooks directory. A repo sync moves that holds one (a
+    dotfiles repo that ~/.config/git/ignore links into) may change every other repo's status."""
+    home = env.get("HOME", "")
+    xdg = env.get("XDG_CONFIG_HOME") or (os.path.join(home, ".config") if home else "")
+    found = [env.get(name, "") for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM")]
+    found += [os.path.join(home, ".gitconfig")] if home else []
+    found += [os.path.join(xdg, "git", name) for name in ("config", "ignore", "attributes")] if xdg else []
+    for _, key, value in base or []:
+        if value and key in ("core.excludesfile", "core.attributesfile", "include.path", "core.fsmonitor",
+                             "core.hookspath"):
+            found.append(home + value[1:] if value.startswith("~/") and home else os.path.join(home, value))
+    return tuple(os.path.realpath(name) for name in found if os.path.isabs(name))
 
 
 def _read_git(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
@@ -327,6 +346,17 @@ class _Git:
         return _git_says(self.step_output())
 
 
+def _remove_made(path: Path, created: list[Path]) -> None:
+    """Only what did not exist before a clone is removed: its own directory and the parents made for it."""
+    if path in created and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    for directory in created[1:]:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
+
+
 def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry_run: bool,
            run: RunGit) -> SyncOutcome:
     path = repo.local
@@ -334,22 +364,19 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop(SyncStatus.FAILED, f"path missing and no remote to clone from (remote: {repo.remote or 'none'})")
     if dry_run:
         raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
-    created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
-    path.parent.mkdir(parents=True, exist_ok=True)
     env = run.env
     git = _Git(path.parent, log, log_path, env, confined=False)  # it asks for the work tree around the clone
-    with run.on_the_network():
-        result = git.step(["clone", "--", repo.remote, str(path)], timeout)
+    with run.on_the_network():  # the folders are made once the clone can start: a stop meanwhile leaves none
+        created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            result = git.step(["clone", "--", repo.remote, str(path)], timeout)
+        except BaseException:  # stopped before it started (runner.Stopping), a log that failed...
+            _remove_made(path, created)
+            raise
     if result.exit_code != 0:
         problem = git.failure(result, timeout)
-        # Only what did not exist before is removed: the clone's own directory and the parents made for it.
-        if path in created and path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        for directory in created[1:]:
-            try:
-                directory.rmdir()
-            except OSError:
-                break
+        _remove_made(path, created)
         raise _Stop(SyncStatus.FAILED, f"clone failed: {problem}")
     reason = f"from {repo.remote}"
     enclosing = git.read("rev-parse", "--show-toplevel")
@@ -684,8 +711,10 @@ def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Be
         # descends from it: ahead is 0). The work tree is not involved.
         args = ["update-ref", "-m", "orchestrator sync: fast-forward", local_ref, target, before]
     # A local step is not bound by the network timeout: a slow hook or checkout filter
-    # (git-lfs) must finish, or the branch moves while the work tree is half checked out.
-    result = git.step(args, None)
+    # (git-lfs) must finish, or the branch moves while the work tree is half checked out. It holds a network
+    # slot all the same: such a filter or hook may well fetch (git-lfs downloads the new objects).
+    with git.network():
+        result = git.step(args, None)
     return _read_back(git, result, local_ref, before, target, done, here, seen.git_dir)
 
 
@@ -733,6 +762,8 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
     settled: list[SyncOutcome] = []  # those known before the stop, whatever the reads after them
     # One clean env and one listing of the shared config for every repo's gits, and `net_jobs` network slots.
     run = RunGit.build(net_jobs) if run is None else run
+    if scan_rows is not None:
+        scan_rows.shared_files = _files_every_repo_reads(run.env, run.config_base)
 
     def work(repo: Repo) -> SyncOutcome:
         finished.append(sync_repo(repo, log_dir, timeout, clone_missing, dry_run, scan_rows, settled, run))
@@ -752,8 +783,8 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
 
 
 def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
-    """RunGit.build(net_jobs) in a thread of its own while the run takes its lock and reads its state files (its
-    config listing is a git the first fetch waits for); the function returned waits for it."""
+    """RunGit.build(net_jobs) in a thread of its own while the run reads its state files (its config listing is a
+    git the first fetch waits for); the function returned waits for it."""
     built: list[RunGit | BaseException] = []
 
     def build() -> None:
@@ -824,8 +855,8 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
     started = monotonic()
     repos = workspace.select(tags=tags)
-    shared = _build_meanwhile(net_jobs)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
+        shared = _build_meanwhile(net_jobs)
         # The last scan's document, read once: its commits serve sync's rows and the closing scan.
         last_scan = None if dry_run else read_state(paths.repo_status_file)
         scan_rows = None if dry_run else ScanRows(known_commits(last_scan))

@@ -519,3 +519,62 @@ esac""")
     report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=2)
     assert [o.status for o in report.outcomes] == ["up to date", "up to date", "skipped"]
     assert not waited_out.exists(), "the fetches held every thread: nothing ran beside them"
+
+
+def test_no_row_is_reused_once_a_moved_repo_holds_a_file_git_reads_for_every_repo(home, make_repo, tmp_path,
+                                                                                 monkeypatch):
+    """A dotfiles repo that ~/.config/git/ignore links into is fast-forwarded after another repo's row was read:
+    its upstream now ignores *.log everywhere, so that row (an untracked build.log) is stale; the closing scan
+    must read every repo again."""
+    user_home = tmp_path / "userhome"
+    (user_home / ".config" / "git").mkdir(parents=True)
+    app = make_repo("a-app")
+    dotfiles = make_repo("z-dotfiles", files={"ignore": "# nothing yet\n"})
+    os.symlink(dotfiles.path / "ignore", user_home / ".config" / "git" / "ignore")
+    app.git("checkout", "-q", "-b", "feat")  # its main is behind: moved by update-ref, the work tree untouched
+    (app.path / "build.log").write_text("x\n")
+    app.push_from_elsewhere(tmp_path, {"new.txt": "n\n"})
+    dotfiles.push_from_elsewhere(tmp_path, {"ignore": "*.log\n"})
+    home.add(app, dotfiles)
+    monkeypatch.setenv("HOME", str(user_home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(user_home / ".config"))
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=1)  # the app first, then the dotfiles
+    assert [o.status for o in report.outcomes] == ["updated", "updated"], [o.line() for o in report.outcomes]
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
+    assert written[0]["untracked"] == 0 and written[0]["clean"]
+
+
+def test_a_clone_stopped_while_it_waits_for_a_network_slot_leaves_no_folders(make_repo, tmp_path):
+    """Every slot is taken; the run is stopped meanwhile: the clone, once it gets a slot, makes nothing."""
+    import threading
+
+    from lib import runner
+    from lib.sync import RunGit, _clone
+
+    source = make_repo("source")
+    target = tmp_path / "deep" / "a" / "b" / "clone"
+    run = RunGit.build(net_jobs=1)
+    assert run.network is not None
+    run.network.acquire()  # the one slot, held by a fetch that has not ended
+    raised: list[BaseException] = []
+
+    def clone() -> None:
+        with open(tmp_path / "clone.log", "wb") as log:
+            try:
+                _clone(Repo("clone", target, remote=str(source.remote)), log, tmp_path / "clone.log", 60, False, run)
+            except BaseException as err:  # noqa: B036 - what the worker would raise
+                raised.append(err)
+
+    worker = threading.Thread(target=clone)
+    worker.start()
+    try:
+        runner._stopping.set()
+        run.network.release()
+        worker.join(60)
+    finally:
+        runner._stopping.clear()
+    assert not worker.is_alive()
+    assert raised and isinstance(raised[0], runner.Stopping), raised
+    assert not (tmp_path / "deep").exists()
