@@ -54,8 +54,11 @@ def _attributes(default_signals: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]
     if default_signals not in _attrs:
         attr = ctypes.create_string_buffer(_OPAQUE)
         signals = ctypes.create_string_buffer(_OPAQUE)
-        if _libc.posix_spawnattr_init(attr) or _libc.sigemptyset(signals):
-            raise OSError(ctypes.get_errno(), "posix_spawnattr_init failed")
+        failed = _libc.posix_spawnattr_init(attr)  # the error number itself, as every posix_spawn* call returns
+        if failed:
+            raise OSError(failed, os.strerror(failed))
+        if _libc.sigemptyset(signals):  # -1 and errno, as signal functions do
+            raise OSError(ctypes.get_errno(), "sigemptyset failed")
         for signum in default_signals:
             if _libc.sigaddset(signals, signum):
                 raise OSError(ctypes.get_errno(), f"sigaddset({signum}) failed")
@@ -70,7 +73,7 @@ def _attributes(default_signals: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]
 def _entry(item: tuple[str, str]) -> bytes:
     """`KEY=value` as C wants it, checked as os.posix_spawn checks it."""
     key, value = os.fsencode(item[0]), os.fsencode(item[1])
-    if not key or b"=" in key:
+    if not key or b"=" in key[1:]:  # as os.posix_spawn: a leading `=` passes (Windows-style names)
         raise ValueError("illegal environment variable name")
     if b"\0" in key or b"\0" in value:
         raise ValueError("embedded null byte")
@@ -97,8 +100,9 @@ def spawn(program: str, args: Sequence[str], env: dict[str, str], stdout: int, s
     argv = (ctypes.c_char_p * (len(words) + 1))(*words, None)
     envp = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
     actions = ctypes.create_string_buffer(_OPAQUE)
-    if _libc.posix_spawn_file_actions_init(actions):
-        raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
+    failed = _libc.posix_spawn_file_actions_init(actions)
+    if failed:
+        raise OSError(failed, os.strerror(failed))
     try:
         for failed in (_libc.posix_spawn_file_actions_addopen(actions, 0, os.fsencode(stdin), os.O_RDONLY, 0),
                        _libc.posix_spawn_file_actions_adddup2(actions, stdout, 1),

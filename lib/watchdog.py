@@ -17,8 +17,10 @@ from lib.procs import GRACE_S, STEP_VAR, group_alive, kill_processes, processes_
 WATCHDOG_ARG = "--watch-steps-of"
 WATCHDOG_ROUNDS = 50  # bounded: a process stuck in the kernel (state D) must not keep the watchdog forever
 # Between reads: the announcements of a busy run are taken in batches, not one wakeup (and one process switch on
-# the run's cores) per git started and ended. Far below what fills the pipe (64 KiB, about 8 bytes a line).
+# the run's cores) per git started and ended. Each read takes all a pipe holds (64 KiB, 8 bytes a line): the
+# run's writes (non-blocking) would have to pass 1 MiB/s to find the pipe full and lose a line.
 BATCH_S = 0.05
+READ_BYTES = 1 << 16
 
 
 def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
@@ -33,7 +35,7 @@ def watch_steps_of(tag: str, source: int = 0, grace: float = GRACE_S) -> None:
     pending = b""
     while True:
         try:
-            chunk = os.read(source, 4096)
+            chunk = os.read(source, READ_BYTES)
         except InterruptedError:
             continue
         if not chunk:
