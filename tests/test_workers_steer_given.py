@@ -200,3 +200,24 @@ def test_a_held_sessions_follow_up_is_given_again_when_the_config_no_longer_resu
     assert seen.read_text().count("mind the changelog") == 1
     assert given_in(proj) == ["worker-1-try-2"]
     assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_follow_up_in_the_prompt_of_a_codex_turn_that_failed_before_any_reply_goes_to_the_restarted_try(
+        project, tmp_path):
+    """codex exec --json: the turn started, then failed before the agent replied or the turn completed (the stream
+    dropped). Its follow-up was not worked on: the restarted try's prompt carries it, once. Before, the started turn
+    counted as a turn: the follow-up stayed given to the failed try, and codex sessions are not resumed: lost."""
+    events = [{"type": "thread.started", "thread_id": "th-1"}, {"type": "turn.started"},
+              {"type": "error", "message": "stream disconnected before completion"},
+              {"type": "turn.failed", "error": {"message": "stream disconnected before completion"}}]
+    failing = "; ".join(f"echo '{json.dumps(e)}'" for e in events)
+    command, seen = agent_script(tmp_path, f"{failing}; exit 1", "codex")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="codex",
+                   agent_command=f"{command} exec --json", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    assert "mind the changelog" in (proj.state / "prompts" / "worker-1-try-1.md").read_text()
+    assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]

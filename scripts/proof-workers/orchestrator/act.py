@@ -120,10 +120,11 @@ def _followup_events(run: Run, record: WorkerRecord, ids: list[str], delivered: 
 
 def agent_worked(run: Run, record: WorkerRecord) -> dict[str, Any] | None:
     """The ended try's agent state when its agent (it started) took its prompt and worked on it, else None. An
-    agent with events: when they show a turn (its tally, or with the events the probe has not read yet folded in:
-    the state returned has them); a plain command says nothing of it: it ran, so yes."""
+    agent with events: when they show it did (agents.worked: a turn; codex's a completed turn or a reply), in its
+    tally or with the events the probe has not read yet folded in (the state returned has them); a plain command
+    says nothing of it: it ran, so yes."""
     kind = record.agent.get("kind")
-    if kind not in agents.STRUCTURED or record.agent.get("turns"):
+    if kind not in agents.STRUCTURED or agents.worked(record.agent):
         return dict(record.agent)
     # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
     # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
@@ -139,7 +140,7 @@ def agent_worked(run: Run, record: WorkerRecord) -> dict[str, Any] | None:
             for line in iter(lambda: events.readline(EVENT_LINE_MAX), b""):  # a longer one is read in parts
                 if agents.tallied(kind, line):
                     agents.fold(state, agents.parse_line(line)[0], "")
-                    if state.get("turns"):
+                    if agents.worked(state):
                         return state
     except OSError:
         pass
