@@ -149,7 +149,7 @@ def test_a_follow_up_worked_on_before_a_rate_limit_goes_on_in_the_resumed_sessio
     prompt = (proj.state / "prompts" / "worker-1-try-2.md").read_text()
     assert prompt.startswith("Continue the task of this session") and "FOLLOW-UP" not in prompt
     assert json.dumps(calls[-1]["body"]["messages"]).count("FOLLOW-UP: mind the changelog") == 1
-    assert given_in(proj) == ["worker-1-try-1"]
+    assert given_in(proj) == ["worker-1-try-2"]  # it went on in the session try 2 continued
     assert [e.get("given_back") for e in followup_events(proj)] == [None]
 
 
@@ -221,3 +221,39 @@ def test_a_follow_up_in_the_prompt_of_a_codex_turn_that_failed_before_any_reply_
     assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
     assert given_in(proj) == ["worker-1-try-2"]
     assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_held_sessions_follow_up_comes_back_when_resuming_that_session_fails_at_once(project, tmp_path):
+    """Held in a session that goes on, so the follow-up stayed given there; the try after the hold resumes it, but
+    the resume fails at once (no turn: the session is gone). The follow-up rode on that try: it comes back, and the
+    fresh try after it gets it, once (before: it stayed given to the held try's session, which nothing continued)."""
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
+    limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                          "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
+    gone = json.dumps({"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 0,
+                       "result": "No conversation found with session ID: s-held"})
+    count, seen, agent = tmp_path / "count", tmp_path / "seen", tmp_path / "bin" / "claude"
+    agent.parent.mkdir()
+    agent.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+case $n in
+  0) echo '{init}'; echo '{TURN}'; echo '{limited}'; exit 1;;
+  1) echo '{gone}'; exit 1;;
+esac
+cat "$1" >> {seen}
+{COMMIT}
+""")
+    agent.chmod(0o755)
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{agent} {{{{prompt_file}}}} --output-format stream-json --verbose", max_retries=1)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    shift[0] = 61.0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-3"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-2"]

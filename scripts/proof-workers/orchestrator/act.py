@@ -246,6 +246,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     prompt.parent.mkdir(parents=True, exist_ok=True)
     followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
     before = record.agent or {}
+    continues_last_try = bool(session)  # the ended try's session (a restart, the try after a hold)
     if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
         session, before = commands.last_session(files, cfg.project, issue.number, record.stage)
     resume = resume_args(cfg, session)
@@ -297,6 +298,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
+    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try
+        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
 
 
 class Executor:
