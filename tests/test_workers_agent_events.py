@@ -79,6 +79,10 @@ def test_codex_events_from_its_documented_exec_json_stream():
                                             {"type": "turn.failed", "error": {"message": "429 Too Many Requests"}}])
     assert failed["rate_limited"]["status"] == 429 and failed["error_status"] == 429
     assert failed["result"]["is_error"] is True
+    # Worked on its input: a completed turn or a reply; a turn that only started (and failed) did nothing with it.
+    assert agents.worked(state) and not agents.worked(failed) and failed["turns"] == 1
+    replied, _ = _fold("codex", CODEX[:2] + [CODEX[4], {"type": "turn.failed", "error": {"message": "x"}}])
+    assert agents.worked(replied)
     lines = [line for event in CODEX for line in agents.describe("codex", event)]
     assert "tool shell: bash -lc 'git commit'" in lines and "assistant: Committed." in lines
 

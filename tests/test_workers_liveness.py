@@ -2,6 +2,7 @@
 reported dead, a try lost to tmux dying costs no retry. Real tmux on a private socket, real git, scripted agents."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -10,6 +11,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT, git, process_running, wait_gone
 from workers_fixtures import monitor_env, project, retry_until, tmux_socket  # noqa: F401
@@ -134,28 +137,78 @@ def test_a_monitor_that_finished_says_how_it_exited(project):
     assert "monitor: NOT RUNNING (since " in orchestrator("status").stdout
 
 
+@pytest.mark.timeout(400)  # the deadlines below, one after the other, on a busy machine
 def test_a_try_lost_because_tmux_died_uses_no_retry_and_the_session_comes_back_whole(project, tmux_socket):
     """max_retries 0: before, killing the tmux server under a running try failed the issue."""
     proj = project([{"number": 1, "title": "survives tmux"}], script={1: ["hang", "ok"]}, pipeline=["implement"],
                    max_retries=0, stall_timeout=600, wall_clock_timeout=600)
     result: list[int] = []
+    said: list[str] = []
     thread = threading.Thread(target=lambda: result.append(
-        monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None)))
+        monitor(open_run(), cycle=0.2, no_delay=True, say=said.append)))
     thread.start()
     try:
-        retry_until(lambda: status()["workers"][0]["status"] == "running", seconds=60)
+        # Running, and its agent took its scripted step: killed sooner, the next try would be the one that hangs.
+        retry_until(lambda: status()["workers"][0]["status"] == "running" and _hangs(proj), seconds=120)
         tmux_socket.kill()
-        thread.join(timeout=120)
-        assert not thread.is_alive() and result == [0]
+        thread.join(timeout=240)
+        assert not thread.is_alive() and result == [0], _what_the_monitor_did(proj, result, said)
     finally:
         if thread.is_alive():
             orchestrator("cleanup", "--keep-worktrees")
             thread.join(timeout=30)
+    _came_back_whole(proj, tmux_socket)
+
+
+def test_tmux_dying_between_the_monitors_listing_and_its_probe_still_costs_no_retry(project, tmux_socket,
+                                                                                  monkeypatch):
+    """A cycle lists the panes, then tmux dies and the try's wrapper writes its hang-up (129) before the probe reads
+    it. Before: the try was judged on the listing from before tmux died (its pane still there) as a failure of its
+    own, and with max_retries 0 the issue failed (what the test above met, now and then, on a busy machine). The
+    interleaving is made exact here: the listing that first shows the running try kills the server and waits for
+    the try's exit code before it returns."""
+    proj = project([{"number": 1, "title": "survives tmux"}], script={1: ["hang", "ok"]}, pipeline=["implement"],
+                   max_retries=0, stall_timeout=600, wall_clock_timeout=600)
+    from orchestrator import tmux
+
+    run = open_run()
+    listing = tmux.panes
+    killed: list[bool] = []
+
+    def tmux_dies_after_listing(srv, session):  # type: ignore[no-untyped-def]
+        found = listing(srv, session)
+        if not killed and "worker-1" in found and run.files.pid_file(1, 1).exists() and _hangs(proj):
+            killed.append(True)
+            tmux_socket.kill()
+            retry_until(lambda: run.files.read_signal(1, 1) == 128 + signal.SIGHUP, seconds=60)
+        return found
+
+    monkeypatch.setattr(tmux, "panes", tmux_dies_after_listing)
+    said: list[str] = []
+    code = monitor(run, cycle=0.2, no_delay=True, say=said.append)
+    assert killed and code == 0, _what_the_monitor_did(proj, [code], said)
+    _came_back_whole(proj, tmux_socket)
+
+
+def _hangs(proj) -> bool:  # type: ignore[no-untyped-def]
+    """The fake agent of #1's first try has taken its scripted step ("hang"): it counts a try only once it runs, so
+    a try killed before that leaves "hang" to the next one, which then hangs until stall_timeout (the monitor waits
+    on it, rightly: what this test once met as a timeout on a busy machine)."""
+    return (proj.script.parent / "runs" / "1-0.prompt").exists()
+
+
+def _what_the_monitor_did(proj, result: list[int], said: list[str]) -> str:  # type: ignore[no-untyped-def]
+    events = "\n".join(json.dumps(e)[:300] for e in proj.events())
+    return f"monitor result {result}; it said:\n" + "\n".join(said) + f"\nits events:\n{events}"
+
+
+def _came_back_whole(proj, server) -> None:  # type: ignore[no-untyped-def]
+    """The issue completed on its next try, the lost one counted as no retry, the session's windows re-made."""
     assert proj.issue(1)["status"] == "completed"
     restart = [e for e in proj.events() if e["action"] == "restart"]
     assert len(restart) == 1 and restart[0]["counted"] is False and restart[0]["retry_count"] == 0
     assert "tmux went away" in restart[0]["reason"]
-    windows = tmux_socket.cmd("list-windows", "-t", "=proof-test", "-F", "#{window_name}").stdout
+    windows = server.cmd("list-windows", "-t", "=proof-test", "-F", "#{window_name}").stdout
     assert "dashboard" in windows and "worker-1" in windows
 
 

@@ -1,6 +1,7 @@
 """When a follow-up folded into a try's prompt counts as given: only once the try's agent took the prompt and worked
 on it (it had a turn). A try whose agent starts but gets nothing done (not logged in, rate limited, dead at once)
-gives its follow-ups back to the issue's next try.
+gives its follow-ups back to the issue's next try. A held try (rate limited, not logged in) that worked keeps them
+given only when its session goes on in the try after the hold; else that try starts afresh and gets them again.
 
 Real tmux on a private socket, real git with a bare remote, a real monitor in this process (the wrapper and the
 agent run in the pane, as subprocesses); the agents are small shell scripts that speak Claude's event format.
@@ -23,10 +24,13 @@ TURN = json.dumps({"type": "assistant", "message": {"id": "m1", "role": "assista
                                                      "content": [{"type": "text", "text": "on it"}]}})
 
 
-def agent_script(tmp_path: Path, first_try: str) -> tuple[str, Path]:
+def agent_script(tmp_path: Path, first_try: str, name: str = "agent.sh") -> tuple[str, Path]:
     """An agent command whose first try runs `first_try`; every later try copies its prompt to `seen` (appended,
-    one copy per try) and commits."""
-    mark, seen, agent = tmp_path / "first-done", tmp_path / "prompts-after-the-first", tmp_path / "agent.sh"
+    one copy per try) and commits. Named `claude`, it is taken for the CLI (a session of it can be resumed: the
+    flags appended are ignored)."""
+    mark, seen = tmp_path / "first-done", tmp_path / "prompts-after-the-first"
+    agent = tmp_path / "bin" / name
+    agent.parent.mkdir(exist_ok=True)
     agent.write_text(f"""#!/bin/sh
 if [ ! -e {mark} ]; then touch {mark}; {first_try}; fi
 cat "$1" >> {seen}; echo '=== end of prompt ===' >> {seen}
@@ -99,3 +103,157 @@ def test_a_follow_up_the_agent_took_a_turn_on_stays_given_when_its_try_then_fail
     assert "mind the changelog" not in seen.read_text()
     assert given_in(proj) == ["worker-1-try-1"]
     assert [e.get("given_back") for e in followup_events(proj)] == [None]
+
+
+def _cycles_until(check: Any, shift: list[float], seconds: float = 180.0) -> Any:
+    """Monitor cycles, each on a clock `shift[0]` seconds ahead (a pause lapses without waiting), until `check()`."""
+    import time
+
+    def step() -> Any:
+        run = open_run()
+        run.clock = lambda: time.time() + shift[0]
+        monitor(run, cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+        return check()
+
+    return retry_until(step, seconds=seconds, interval=0.1)
+
+
+def test_a_follow_up_worked_on_before_a_rate_limit_goes_on_in_the_resumed_session_and_is_never_given_twice(
+        project, tmp_path):
+    """The real CLI takes a turn on the prompt that carries the follow-up, then the API rate-limits it: the project
+    is held. The try after the hold resumes that session (--resume): the follow-up stays given there and is not
+    appended to the continuation. Before: the hold gave it back, and the try after it resumed the session with the
+    follow-up appended again: the model read it twice."""
+    import fake_anthropic as fa
+    from agent_fixtures import claude_command, require_claude
+
+    require_claude()
+    with fa.FakeAnthropic() as api:
+        proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                       max_retries=0, agent_command=claude_command(api, tmp_path / "agent-home", max_retries=1))
+        assert cli("send", "1", "FOLLOW-UP: mind the changelog").returncode == 0
+        api.queue_for("# Issue #1:", fa.bash("echo looking around"), fa.status(429, retry_after=0),
+                      fa.status(429, retry_after=0), fa.bash(COMMIT.replace("; exit 0", "")), fa.text("Done."))
+        shift = [0.0]
+        _cycles_until(lambda: (proj.state / "paused.json").exists() and
+                      json.loads((proj.state / "paused.json").read_text())["project"], shift)
+        session = json.loads((proj.state / "usage.json").read_text())["tries"]["worker-1-try-1"]["session_id"]
+        hold = next(e for e in proj.events() if e["action"] == "hold")
+        assert hold["session"] == session
+        assert given_in(proj) == ["worker-1-try-1"]
+        shift[0] = 61.0  # the pause (60 s: no reset time given) lapses
+        _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+        calls = api.model_calls()
+    spec = json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())
+    assert spec["command"].endswith(f"--resume {session}")
+    prompt = (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert prompt.startswith("Continue the task of this session") and "FOLLOW-UP" not in prompt
+    assert json.dumps(calls[-1]["body"]["messages"]).count("FOLLOW-UP: mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]  # it went on in the session try 2 continued
+    assert [e.get("given_back") for e in followup_events(proj)] == [None]
+
+
+def test_a_follow_up_worked_on_before_a_rate_limit_in_a_session_that_cannot_go_on_is_given_again_once(
+        project, tmp_path):
+    """The agent took a turn on the prompt, then hit a rate limit, but its events named no session: the try after
+    the hold cannot resume it and starts afresh. The follow-up is given back at the hold and its prompt carries it,
+    once (kept as given in the held try, it would have been lost)."""
+    limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                          "api_error_status": 429, "result": "API Error: 429 rate_limit_error"})
+    command, seen = agent_script(tmp_path, f"echo '{TURN}'; echo '{limited}'; exit 1")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=command, max_retries=0)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    assert next(e for e in proj.events() if e["action"] == "hold")["session"] is None
+    assert given_in(proj) == [None]
+    shift[0] = 61.0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    prompt = (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert not prompt.startswith("Continue") and prompt.count("mind the changelog") == 1
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_held_sessions_follow_up_is_given_again_when_the_config_no_longer_resumes_it_by_the_next_try(
+        project, tmp_path):
+    """Held in a session that can go on, so the follow-up stayed given there; then resume_sessions is turned off
+    before the pause lapses: the try after the hold starts afresh, and gets the follow-up back, once."""
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
+    limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                          "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
+    command, seen = agent_script(tmp_path, f"echo '{init}'; echo '{TURN}'; echo '{limited}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} --output-format stream-json --verbose", max_retries=0)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    assert next(e for e in proj.events() if e["action"] == "hold")["session"] == "s-held"
+    assert given_in(proj) == ["worker-1-try-1"]
+    proj.config.write_text(json.dumps({**proj.doc(), "resume_sessions": False}))
+    shift[0] = 61.0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    spec = json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())
+    assert "--resume" not in spec["command"]
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_follow_up_in_the_prompt_of_a_codex_turn_that_failed_before_any_reply_goes_to_the_restarted_try(
+        project, tmp_path):
+    """codex exec --json: the turn started, then failed before the agent replied or the turn completed (the stream
+    dropped). Its follow-up was not worked on: the restarted try's prompt carries it, once. Before, the started turn
+    counted as a turn: the follow-up stayed given to the failed try, and codex sessions are not resumed: lost."""
+    events = [{"type": "thread.started", "thread_id": "th-1"}, {"type": "turn.started"},
+              {"type": "error", "message": "stream disconnected before completion"},
+              {"type": "turn.failed", "error": {"message": "stream disconnected before completion"}}]
+    failing = "; ".join(f"echo '{json.dumps(e)}'" for e in events)
+    command, seen = agent_script(tmp_path, f"{failing}; exit 1", "codex")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="codex",
+                   agent_command=f"{command} exec --json", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+    assert proj.issue(1)["status"] == "completed"
+    assert "mind the changelog" in (proj.state / "prompts" / "worker-1-try-1.md").read_text()
+    assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_held_sessions_follow_up_comes_back_when_resuming_that_session_fails_at_once(project, tmp_path):
+    """Held in a session that goes on, so the follow-up stayed given there; the try after the hold resumes it, but
+    the resume fails at once (no turn: the session is gone). The follow-up rode on that try: it comes back, and the
+    fresh try after it gets it, once (before: it stayed given to the held try's session, which nothing continued)."""
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
+    limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                          "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
+    gone = json.dumps({"type": "result", "subtype": "error_during_execution", "is_error": True, "num_turns": 0,
+                       "result": "No conversation found with session ID: s-held"})
+    count, seen, agent = tmp_path / "count", tmp_path / "seen", tmp_path / "bin" / "claude"
+    agent.parent.mkdir()
+    agent.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+case $n in
+  0) echo '{init}'; echo '{TURN}'; echo '{limited}'; exit 1;;
+  1) echo '{gone}'; exit 1;;
+esac
+cat "$1" >> {seen}
+{COMMIT}
+""")
+    agent.chmod(0o755)
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{agent} {{{{prompt_file}}}} --output-format stream-json --verbose", max_retries=1)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    shift[0] = 61.0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-3"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-2"]

@@ -68,9 +68,11 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
     as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
-    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold). Returns the agent's
-    state with what it did (agent_worked: its turns and session, events the probe had not read included) when
-    it worked, else None."""
+    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold): they count as given only
+    when its session also goes on in the try after the hold (it cannot without a session id, or when this config
+    cannot resume it: that try starts afresh, and gets them again). Returns the agent's state with what it did
+    (agent_worked: its turns and session, events the probe had not read included) when they count as given, else
+    None."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
     stopped = not pid_file.exists() and _wrapper_stopped(run, record)
     kill_try(run, record, grace)
@@ -78,16 +80,35 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
         return None
     stem = run.files.try_stem(record.worker_id, record.try_id)
     if pid_file.exists():
-        worked = agent_worked(run, record, held)
-        if worked is not None:
+        worked = agent_worked(run, record)
+        if worked is not None and (not held or _session_goes_on(run, record, worked)):
             return worked  # given (never twice)
     elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
         _followup_events(run, record, commands.mark_in_doubt(run.state_root, record.project, record.issue_number,
                                                              stem), None, {"wrapper_unstopped": stem})
         return None
-    _followup_events(run, record, commands.give_back(run.state_root, record.project, record.issue_number, stem),
-                     False, {"given_back": stem})
+    give_back(run, record, stem)
     return None
+
+
+def give_back(run: Run, record: WorkerRecord, stem: str) -> None:
+    """The follow-ups given in try `stem` of the record's issue are kept again for its next try, each said."""
+    _followup_events(run, record, commands.give_back(run.state_root, record.project or "", record.issue_number or 0,
+                                                     stem), False, {"given_back": stem})
+
+
+def resume_args(cfg: ProjectConfig, session: str) -> list[str]:
+    """The flags that continue `session` with this config's agent; [] when it cannot go on here (no session id, a
+    kind that cannot resume, resume_sessions off, an agent_command flags cannot be appended to)."""
+    return agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
+        configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
+
+
+def _session_goes_on(run: Run, record: WorkerRecord, agent: dict[str, Any]) -> bool:
+    try:
+        return bool(resume_args(run.config_of(record.project or ""), str(agent.get("session_id") or "")))
+    except ConfigError:
+        return False
 
 
 def _followup_events(run: Run, record: WorkerRecord, ids: list[str], delivered: bool | None,
@@ -97,16 +118,13 @@ def _followup_events(run: Run, record: WorkerRecord, ids: list[str], delivered: 
                              "id": command_id, "delivered": delivered, **more})
 
 
-def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> dict[str, Any] | None:
-    """The ended try's agent state when its agent (it started) took its prompt and worked on it, else None. Not
-    when the try was held (not logged in, rate limited: it could do nothing; a turn cut short by a limit is taken
-    up by the next try, which resumes the session where it can); an agent with events: when they show a turn (its
-    tally, or with the events the probe has not read yet folded in: the state returned has them); a plain command
+def agent_worked(run: Run, record: WorkerRecord) -> dict[str, Any] | None:
+    """The ended try's agent state when its agent (it started) took its prompt and worked on it, else None. An
+    agent with events: when they show it did (agents.worked: a turn; codex's a completed turn or a reply), in its
+    tally or with the events the probe has not read yet folded in (the state returned has them); a plain command
     says nothing of it: it ran, so yes."""
-    if held:
-        return None
     kind = record.agent.get("kind")
-    if kind not in agents.STRUCTURED or record.agent.get("turns"):
+    if kind not in agents.STRUCTURED or agents.worked(record.agent):
         return dict(record.agent)
     # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
     # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
@@ -122,7 +140,7 @@ def agent_worked(run: Run, record: WorkerRecord, held: bool = False) -> dict[str
             for line in iter(lambda: events.readline(EVENT_LINE_MAX), b""):  # a longer one is read in parts
                 if agents.tallied(kind, line):
                     agents.fold(state, agents.parse_line(line)[0], "")
-                    if state.get("turns"):
+                    if agents.worked(state):
                         return state
     except OSError:
         pass
@@ -228,10 +246,10 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     prompt.parent.mkdir(parents=True, exist_ok=True)
     followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
     before = record.agent or {}
+    continues_last_try = bool(session)  # the ended try's session (a restart, the try after a hold)
     if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
         session, before = commands.last_session(files, cfg.project, issue.number, record.stage)
-    resume = agents.resume_flags(cfg.agent, session) if session and cfg.resume_sessions and \
-        configs.agent_kind(cfg.agent_command) == cfg.agent and agents.plain_command(cfg.agent_command) else []
+    resume = resume_args(cfg, session)
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation,
                            *((record.stage, str(record.pr.get("task") or "")) if record.stage in configs.PR_STAGES
@@ -280,6 +298,8 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
+    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try
+        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
 
 
 class Executor:
@@ -479,8 +499,14 @@ class Executor:
 
     def do_resume(self, action: Action, record: WorkerRecord) -> None:
         self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
-        if self._restore_worktree(action, record):
-            start_try(self.run, record)
+        if not self._restore_worktree(action, record):
+            return
+        session = record.resume_session or ""  # a held try's, whose follow-ups went on there
+        if session and not resume_args(self.run.config_of(record.project or ""), session):
+            # The config no longer resumes it (edited since the hold): this try starts afresh and gets them again.
+            give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1))
+            session = ""
+        start_try(self.run, record, session=session)
 
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> bool:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
@@ -595,9 +621,12 @@ class Executor:
             pauses.add(path, "auth", f"agent not logged in: {agents.LOGIN_HINTS.get(kind, 'log the agent in')}",
                        now)
             said = f"agent not logged in: project {cfg.project} paused until resume"
-        end_try(self.run, record, held=True)
+        # Its session goes on in the try after the hold when it can (its follow-ups stay given there), else they
+        # are given back and that try starts afresh with them.
+        worked = end_try(self.run, record, held=True)
         self._worker(record).hold(reason=action.reason, rate_limited=rate_limited,
-                                  until=pauses.stamp(until) if until else None, now=self.run.clock())
+                                  until=pauses.stamp(until) if until else None, now=self.run.clock(),
+                                  session=str(worked["session_id"]) if worked else None)
         self.say(f"worker {action.worker}: #{issue.number} {said} (not counted as a retry)")
 
     def do_reassign(self, action: Action, record: WorkerRecord) -> None:

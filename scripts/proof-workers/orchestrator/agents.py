@@ -291,7 +291,9 @@ def _fold_codex(state: dict[str, Any], event: dict[str, Any]) -> None:
         state["last_tool"] = _tool(item.get("tool"), item.get("arguments"))
     elif kind_of == "item.completed" and item.get("type") == "agent_message":
         state["rate_limited"] = None
+        state["replied"] = True
     elif kind_of == "turn.completed":
+        state["replied"] = True  # a turn that completed worked on its input, reply or not
         usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
         state["tokens_in"] += _int(usage.get("input_tokens"))
         state["tokens_out"] += _int(usage.get("output_tokens"))
@@ -339,6 +341,15 @@ def _fold_gemini(state: dict[str, Any], event: dict[str, Any]) -> None:
             state["error_status"] = _limit_text(text) or state.get("error_status")
         state["result"] = {"subtype": event.get("status"), "is_error": failed,
                            "terminal_reason": "error" if failed else "completed"}
+
+
+def worked(state: dict[str, Any]) -> bool:
+    """Whether the agent worked on its input, as its events tell: a turn (Claude: a reply; Gemini: a reply); Codex:
+    a turn that completed or a reply (its turn.started comes before any model call: a turn that then failed did
+    nothing with it)."""
+    if state.get("kind") == "codex":
+        return bool(state.get("replied"))
+    return bool(state.get("turns"))
 
 
 def stop_of(state: dict[str, Any]) -> tuple[str, str]:

@@ -720,6 +720,17 @@ def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> 
                          f"cannot note that {try_stem}'s wrapper may still give #{issue}'s follow-ups to its agent")
 
 
+def carry_given(state_root: Path, project: str, issue: int, try_stem: str, to_stem: str) -> list[str]:
+    """The follow-ups given in `try_stem` go on in `to_stem`, a try that continues its session (they are in it):
+    given there from now, so a continuation that gets nothing done gives them back; returns their ids. One in doubt
+    stays where it is. A file that cannot be written is an OrchestratorError (one line)."""
+    def carry(entry: dict[str, Any]) -> None:
+        entry["given_in"] = to_stem
+
+    return _update_given(state_root, project, issue, try_stem, lambda entry: not entry.get("in_doubt"), carry,
+                         f"cannot note that {to_stem} continues the session #{issue}'s follow-ups were given in")
+
+
 def _given_back(entry: dict[str, Any]) -> None:
     entry["given_in"] = None
     entry.pop("in_doubt", None)

@@ -283,6 +283,12 @@ def _commands(state: State) -> tuple[list[Action], set[int], set[IssueRef]]:
     return actions, killed, retried
 
 
+def ended_as_when_tmux_dies(snap: Snapshot) -> bool:
+    """The try ended as one does when its pane goes away (hung up, terminated, or gone without an exit code): lost
+    to tmux, no retry used, when its pane is gone or new (`pane_lost`), else its own failure."""
+    return snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or (snap.exit_code is None and not snap.agent_alive)
+
+
 def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings: Settings) -> list[Action]:
     ref = worker.issue
     wid = worker.worker_id
@@ -303,8 +309,7 @@ def _judge(worker: WorkerView, snap: Snapshot, issue: IssueView | None, settings
         return [Action(ActionKind.SKIP, wid, ref, f"setup failed: {snap.setup_failed}", counted=False)]
     if snap.setting_up and snap.agent_alive and snap.exit_code is None and not snap.pane_lost:
         return []  # neither stalled nor late: the set-up has its own timeout, the agent's timers start after it
-    tmux_went_away = snap.pane_lost and (snap.exit_code in (SIGHUP_EXIT, SIGTERM_EXIT) or
-                                         (snap.exit_code is None and not snap.agent_alive))
+    tmux_went_away = snap.pane_lost and ended_as_when_tmux_dies(snap)
     if tmux_went_away and worker.lost_tries < MAX_LOST_TRIES:
         how = {SIGHUP_EXIT: "hung up", SIGTERM_EXIT: "was terminated"}.get(snap.exit_code or 0,
                                                                            "gone without an exit code")

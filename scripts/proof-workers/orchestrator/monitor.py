@@ -1,7 +1,7 @@
 """The monitor: reconcile with reality, then per cycle probe -> decide -> journal -> act, until nothing is runnable."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +12,8 @@ from orchestrator import alerts, budgets, commands, hooks, pauses, probe, pulls,
 from orchestrator import config as configs
 from orchestrator.config import IssueStatus
 from orchestrator.act import Executor, end_try
-from orchestrator.decide import Command, Pause, PrView, Snapshot, State, cycle_to_json, decide
+from orchestrator.decide import Command, Pause, PrView, Snapshot, State, cycle_to_json, decide, \
+    ended_as_when_tmux_dies
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.inputs import active_pauses, issue_views, settings_of, worker_views
 from orchestrator.queue import IssueRef, IssueView, next_issue
@@ -166,12 +167,41 @@ def run_cycle(run: Run, number: int, say: Callable[[str], None]) -> CycleResult:
                                      "issue": record.issue_number, "error": str(err)})
                 continue
             Worker(record, run.files).save()  # the probe's marks
+    snapshots = confirm_panes(run, records, snapshots, say)
     snapshots = watch(run, records, snapshots, now, say)
     snapshots = budgets.check(run, records, snapshots, now, say)
     polled = pulls.poll(run.state_root, run.config_of, records, now, lambda r: Worker(r, run.files).save(), say)
     steered = steering(run, now)
     done = decide_and_apply(run, records, snapshots, polled, steered, number, say)
     return CycleResult(done, finished=_finished(run))
+
+
+def confirm_panes(run: Run, records: list[WorkerRecord], snapshots: list[Snapshot],
+                  say: Callable[[str], None]) -> list[Snapshot]:
+    """A try that ended as one does when tmux dies, while the cycle's listing showed its pane: tmux may have died
+    after that listing, before the probe read the try's end. A second listing, taken after the probe, tells (a
+    try's end never comes before what caused it): its pane gone or new is a try lost to tmux, no retry used, and
+    the session is re-made first; when tmux does not answer, that worker is not judged this cycle."""
+    doubtful = {s.worker_id for s in snapshots if not s.pane_lost and ended_as_when_tmux_dies(s)}
+    if not doubtful:
+        return snapshots
+    try:
+        panes = tmux.panes(run.server, run.session)
+        if len(panes) <= run.num_workers:
+            ensure_session(run)
+    except OrchestratorError as err:
+        for worker in sorted(doubtful):
+            say(f"worker {worker}: not judged this cycle: tmux did not answer: {err}")
+            run.files.log_event({"action": "probe_failed", "worker": worker, "error": str(err)})
+        return [s for s in snapshots if s.worker_id not in doubtful]
+    started_in = {r.worker_id: r.pane for r in records}
+
+    def lost(worker: int) -> bool:  # as the probe judges it: the pane gone, or another than the try started in
+        pane = panes.get(worker_window(worker))
+        return pane is None or started_in.get(worker) not in (None, pane.identity)
+
+    return [replace(s, pane_exists=worker_window(s.worker_id) in panes, pane_lost=True)
+            if s.worker_id in doubtful and lost(s.worker_id) else s for s in snapshots]
 
 
 @dataclass

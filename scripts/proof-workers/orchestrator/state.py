@@ -48,6 +48,7 @@ class WorkerRecord:
     agent: dict[str, Any] = field(default_factory=dict)  # this try's agent as its events tell (agents.new_state)
     events_offset: int = 0  # how far the probe has read this try's event stream
     rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
+    resume_session: str | None = None  # the held try's session the prepared try continues (its follow-ups go on there)
     pr: dict[str, Any] = field(default_factory=dict)  # the pull-request loop (orchestrator.pulls)
 
     @classmethod

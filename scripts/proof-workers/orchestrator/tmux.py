@@ -1,4 +1,5 @@
-"""tmux through libtmux on an injected Server: exact targets only, one listing call per monitor cycle."""
+"""tmux through libtmux on an injected Server: exact targets only, one listing call per monitor cycle (a second
+only to confirm a try lost to tmux: monitor.confirm_panes)."""
 from __future__ import annotations
 
 import os

@@ -75,6 +75,7 @@ class Worker:
         record.launched = False
         record.started_at = record.last_progress_at = now
         record.last_fingerprint = ""
+        record.resume_session = None
 
     def _new_stage(self) -> None:
         record = self.record
@@ -176,16 +177,18 @@ class Worker:
                     "retry_count": record.retry_count, "counted": counted, "reason": reason,
                     "continuation": continuation, "session": session})
 
-    def hold(self, *, reason: str, rate_limited: bool, until: str | None, now: float) -> None:
+    def hold(self, *, reason: str, rate_limited: bool, until: str | None, now: float,
+             session: str | None = None) -> None:
         """The try ended on a rate limit or a missing login: the next try is prepared, started once the pause
-        lapses; no retry is used."""
+        lapses (continuing `session`, the held try's, when given); no retry is used."""
         record = self._holding("hold")
         if rate_limited:
             record.rate_limits += 1
         record.last_reason = reason
         self._new_try(now)  # not launched: decide resumes it when the pause no longer holds
+        record.resume_session = session
         self._done({"action": "hold", "worker": record.worker_id, "issue": record.issue_number, "reason": reason,
-                    "until": until})
+                    "until": until, "session": session})
 
     def pushed(self) -> None:
         if self.record.push_failures:
