@@ -88,31 +88,29 @@ class SyncOutcome:
 
 @dataclass
 class ScanRows:
-    """The status rows sync read of its repos: the closing scan reuses them.
+    """The status rows sync read of the repos it left as they were: the closing scan reuses them.
 
-    Read with the scan's own `git status` after the repo's last step (a fast-forward's too), so a row
-    is what the scan would find then. None is reused for a repo whose status another repo's later
-    steps may have changed since: one sharing its git store (a worktree: that one's fetch moves the
-    shared tracking refs), or one whose work tree holds, or sits in, another repo that was cloned,
-    moved or failed (a submodule's new commit, a new clone shown as untracked). A clone's own row
-    is the closing scan's to read.
+    Read with the scan's own `git status` after the repo's last step, so a row is what the scan
+    would find then. None is reused for a repo whose status another repo's later steps may have
+    changed since: one sharing its git store (a worktree: that one's fetch moves the shared
+    tracking refs), or one whose work tree holds, or sits in, a repo that was cloned, moved or
+    failed (a submodule's new commit, a new clone shown as untracked); and none at all once a
+    repo sync moved holds a file git reads for every repo (_files_every_repo_reads).
     """
 
     known: Mapping[str, LastCommit]  # the last scan's commits, as the scan itself uses them
     rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
-    # (name, realpath) of each repo sync did not leave as it was
-    changed: list[tuple[str, str]] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
     shared_files: tuple[str, ...] = ()  # real paths of files git reads for every repo (_files_every_repo_reads)
     env: dict[str, str] = field(default_factory=git_env)  # the status reads' env, built once per run
 
     def reusable(self) -> dict[str, RepoStatus]:
-        if any(shared.startswith(real.rstrip("/") + "/") for _, real in self.changed for shared in self.shared_files):
+        if any(shared.startswith(real.rstrip("/") + "/") for real in self.changed for shared in self.shared_files):
             return {}  # a repo this run moved holds a file git reads for every repo (a dotfiles repo): none stands
         stores = Counter(self.common_dirs.values())
         return {name: row for name, (row, real) in self.rows.items()
-                if stores[self.common_dirs[name]] == 1
-                and not any(_nested(real, other) for changed, other in self.changed if changed != name)}
+                if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
     def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None,
              real: str | None = None) -> None:
@@ -121,11 +119,11 @@ class ScanRows:
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
         real = os.path.realpath(repo.local) if real is None else real
         if not left_alone:
-            self.changed.append((repo.name, real))
+            self.changed.append(real)
         if common_dir is None:
             return
         self.common_dirs[repo.name] = common_dir
-        if runner.stopping():
+        if not left_alone or runner.stopping():
             return
         # Killable like every git sync starts (a status can hang on an fsmonitor hook or a clean filter):
         # one the stop killed has no row.

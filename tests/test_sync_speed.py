@@ -277,17 +277,17 @@ def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, 
     by_repo = Counter(os.path.realpath(line.split(b"\0")[line.split(b"\0").index(b"-C") + 1].decode())
                       for line in statuses)
     assert by_repo[os.path.realpath(still.path)] == 1, "the repo sync left alone got a second status"
-    assert by_repo[os.path.realpath(moved.path)] == 1, "the moved repo got a second status"
+    assert by_repo[os.path.realpath(moved.path)] == 1, "the moved repo is scanned at the end, once"
     written = read_state(paths.repo_status_file)["repos"]
     fresh = scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
     assert written == fresh
     assert written[0]["untracked"] == 1 and written[1]["behind"] == 0
 
 
-def test_a_moved_repos_row_is_read_after_its_fast_forward_hooks_included(home, make_repo, tmp_path, git_log,
-                                                                          monkeypatch):
-    """The fast-forward's post-merge hook edits a tracked file: the row sync reads after that step shows it, as a
-    fresh scan does, and the closing scan reuses it (no second status, none left for the end)."""
+def test_a_moved_repos_row_is_read_by_the_closing_scan_after_its_hooks(home, make_repo, tmp_path, git_log,
+                                                                       monkeypatch):
+    """The fast-forward's post-merge hook edits a tracked file: the closing scan reads the moved repo (sync reuses
+    rows only of repos it left as they were) and shows the edit, as a fresh scan does; one status in all."""
     import lib.scan
 
     moved = make_repo("moved")
@@ -306,7 +306,7 @@ def test_a_moved_repos_row_is_read_after_its_fast_forward_hooks_included(home, m
     monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
     report = run_sync(paths, load_workspace(paths.repos_file))
     assert [o.status for o in report.outcomes] == ["updated"], report.outcomes[0].line()
-    assert list(reused[0]) == ["moved"], "the moved repo's row was left for the closing scan"
+    assert list(reused[0]) == [], "a moved repo's row was reused"
     statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in line]
     assert len(statuses) == 1
     written = read_state(paths.repo_status_file)["repos"]
@@ -523,24 +523,22 @@ esac""")
 
 def test_no_row_is_reused_once_a_moved_repo_holds_a_file_git_reads_for_every_repo(home, make_repo, tmp_path,
                                                                                  monkeypatch):
-    """A dotfiles repo that ~/.config/git/ignore links into is fast-forwarded after another repo's row was read:
-    its upstream now ignores *.log everywhere, so that row (an untracked build.log) is stale; the closing scan
-    must read every repo again."""
+    """A dotfiles repo that ~/.config/git/ignore links into is fast-forwarded after another repo's row was read
+    (that repo left as it was): its upstream now ignores *.log everywhere, so that row (an untracked build.log) is
+    stale; the closing scan must read every repo again."""
     user_home = tmp_path / "userhome"
     (user_home / ".config" / "git").mkdir(parents=True)
     app = make_repo("a-app")
     dotfiles = make_repo("z-dotfiles", files={"ignore": "# nothing yet\n"})
     os.symlink(dotfiles.path / "ignore", user_home / ".config" / "git" / "ignore")
-    app.git("checkout", "-q", "-b", "feat")  # its main is behind: moved by update-ref, the work tree untouched
-    (app.path / "build.log").write_text("x\n")
-    app.push_from_elsewhere(tmp_path, {"new.txt": "n\n"})
+    (app.path / "build.log").write_text("x\n")  # up to date: left as it was, its row read by sync
     dotfiles.push_from_elsewhere(tmp_path, {"ignore": "*.log\n"})
     home.add(app, dotfiles)
     monkeypatch.setenv("HOME", str(user_home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(user_home / ".config"))
     paths = Paths.from_env()
     report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=1)  # the app first, then the dotfiles
-    assert [o.status for o in report.outcomes] == ["updated", "updated"], [o.line() for o in report.outcomes]
+    assert [o.status for o in report.outcomes] == ["up to date", "updated"], [o.line() for o in report.outcomes]
     written = read_state(paths.repo_status_file)["repos"]
     assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
     assert written[0]["untracked"] == 0 and written[0]["clean"]
