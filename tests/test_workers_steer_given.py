@@ -226,7 +226,8 @@ def test_a_follow_up_in_the_prompt_of_a_codex_turn_that_failed_before_any_reply_
 def test_a_held_sessions_follow_up_comes_back_when_resuming_that_session_fails_at_once(project, tmp_path):
     """Held in a session that goes on, so the follow-up stayed given there; the try after the hold resumes it, but
     the resume fails at once (no turn: the session is gone). The follow-up rode on that try: it comes back, and the
-    fresh try after it gets it, once (before: it stayed given to the held try's session, which nothing continued)."""
+    fresh try after it gets it, once (before: it stayed given to the held try's session, which nothing continued),
+    in a new session: the stage's last one already has it (resumed with it appended, it would read it twice)."""
     init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
     limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
                           "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
@@ -254,6 +255,33 @@ cat "$1" >> {seen}
     assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
         "--resume s-held")
     assert "mind the changelog" not in (proj.state / "prompts" / "worker-1-try-2.md").read_text()
+    assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-3.json").read_text())["command"]
     assert seen.read_text().count("mind the changelog") == 1
     assert given_in(proj) == ["worker-1-try-3"]
     assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-2"]
+
+
+def test_a_cycle_during_a_hold_lists_tmux_once(project, tmp_path, monkeypatch):
+    """The try after a hold is prepared, not launched: it has not ended, so a cycle does not list tmux a second time
+    to confirm it was lost to tmux (one listing per cycle, as before)."""
+    import time
+
+    import orchestrator.tmux as tmux
+    from orchestrator.monitor import run_cycle
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
+    limited = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                          "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
+    command, _ = agent_script(tmp_path, f"echo '{init}'; echo '{TURN}'; echo '{limited}'; exit 1", name="claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} --output-format stream-json --verbose", max_retries=1)
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    listings: list[int] = []
+    listed = tmux.panes
+    monkeypatch.setattr(tmux, "panes", lambda *a, **k: listings.append(1) or listed(*a, **k))
+    run = open_run()
+    run.clock = time.time
+    run_cycle(run, 1, lambda _: None)
+    assert len(listings) == 1
+    assert not [e for e in proj.events() if e["action"] == "probe_failed"]

@@ -82,6 +82,9 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     if pid_file.exists():
         worked = agent_worked(run, record)
         if worked is not None and (not held or _session_goes_on(run, record, worked)):
+            if isinstance(worked.get("session_id"), str) and worked["session_id"]:
+                commands.note_session(run.state_root, record.project or "", record.issue_number or 0, stem,
+                                      worked["session_id"])  # so that session never gets them again
             return worked  # given (never twice)
     elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
         _followup_events(run, record, commands.mark_in_doubt(run.state_root, record.project, record.issue_number,
@@ -249,6 +252,10 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     continues_last_try = bool(session)  # the ended try's session (a restart, the try after a hold)
     if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
         session, before = commands.last_session(files, cfg.project, issue.number, record.stage)
+        if session and commands.in_session(followups, session):
+            # One of them is in that session already (given back by a try that resumed it and got nothing done):
+            # a fresh session gets them once, never that one twice.
+            session, before = "", record.agent or {}
     resume = resume_args(cfg, session)
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation,

@@ -720,6 +720,23 @@ def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> 
                          f"cannot note that {try_stem}'s wrapper may still give #{issue}'s follow-ups to its agent")
 
 
+def note_session(state_root: Path, project: str, issue: int, try_stem: str, session: str) -> list[str]:
+    """The follow-ups given in `try_stem` are in agent session `session` (the try worked on them there): a later
+    try never resumes that session with them appended again (act.start_try). Returns their ids. A file that cannot
+    be written is an OrchestratorError (one line)."""
+    def note(entry: dict[str, Any]) -> None:
+        entry["sessions"] = [*(s for s in entry.get("sessions") or [] if s != session), session]
+
+    return _update_given(state_root, project, issue, try_stem,
+                         lambda entry: session not in (entry.get("sessions") or []), note,
+                         f"cannot note that #{issue}'s follow-ups given in {try_stem} are in session {session}")
+
+
+def in_session(entries: list[dict[str, Any]], session: str) -> bool:
+    """Whether any of these follow-ups is already in agent session `session` (note_session)."""
+    return any(session in (e.get("sessions") or []) for e in entries if isinstance(e.get("sessions"), list))
+
+
 def carry_given(state_root: Path, project: str, issue: int, try_stem: str, to_stem: str) -> list[str]:
     """The follow-ups given in `try_stem` go on in `to_stem`, a try that continues its session (they are in it):
     given there from now, so a continuation that gets nothing done gives them back; returns their ids. One in doubt

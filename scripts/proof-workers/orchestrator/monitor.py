@@ -182,7 +182,9 @@ def confirm_panes(run: Run, records: list[WorkerRecord], snapshots: list[Snapsho
     after that listing, before the probe read the try's end. A second listing, taken after the probe, tells (a
     try's end never comes before what caused it): its pane gone or new is a try lost to tmux, no retry used, and
     the session is re-made first; when tmux does not answer, that worker is not judged this cycle."""
-    doubtful = {s.worker_id for s in snapshots if not s.pane_lost and ended_as_when_tmux_dies(s)}
+    launched = {r.worker_id for r in records if r.launched}  # a prepared try (after a hold) has not ended: no doubt
+    doubtful = {s.worker_id for s in snapshots
+                if s.worker_id in launched and not s.pane_lost and ended_as_when_tmux_dies(s)}
     if not doubtful:
         return snapshots
     try:
