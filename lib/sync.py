@@ -102,12 +102,15 @@ class ScanRows:
     rows: dict[str, tuple[RepoStatus, str]] = field(default_factory=dict)  # repo -> (row, its realpath)
     common_dirs: dict[str, str] = field(default_factory=dict)  # every repo sync read -> its git store
     changed: list[str] = field(default_factory=list)  # realpaths of the repos sync did not leave as they were
-    shared_files: tuple[str, ...] = ()  # real paths of files git reads for every repo (_files_every_repo_reads)
+    # Real paths of the files git reads for every repo (_files_every_repo_reads); None: not known (then no row is
+    # reused once a repo moved).
+    shared_files: tuple[str, ...] | None = ()
     env: dict[str, str] = field(default_factory=git_env)  # the status reads' env, built once per run
 
     def reusable(self) -> dict[str, RepoStatus]:
-        if any(shared.startswith(real.rstrip("/") + "/") for real in self.changed for shared in self.shared_files):
-            return {}  # a repo this run moved holds a file git reads for every repo (a dotfiles repo): none stands
+        if self.changed and (self.shared_files is None or any(
+                shared.startswith(real.rstrip("/") + "/") for real in self.changed for shared in self.shared_files)):
+            return {}  # a repo this run moved holds (or may hold) a file git reads for every repo: none stands
         stores = Counter(self.common_dirs.values())
         return {name: row for name, (row, real) in self.rows.items()
                 if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
@@ -139,19 +142,29 @@ class ScanRows:
             self.rows[repo.name] = (row, real)
 
 
-def _files_every_repo_reads(env: Mapping[str, str], base: list[gitconfig.Entry] | None) -> tuple[str, ...]:
+def _files_every_repo_reads(env: Mapping[str, str], base: list[gitconfig.Entry] | None) -> tuple[str, ...] | None:
     """Real paths of the files git reads for every repo: the user's and the system's config and what they include,
     the global excludes and attributes, an fsmonitor hook, the hooks directory. A repo sync moves that holds one (a
-    dotfiles repo that ~/.config/git/ignore links into) may change every other repo's status."""
+    dotfiles repo that ~/.config/git/ignore links into) may change every other repo's status. None when they
+    cannot be told: no listing of the shared config (an includeIf there), or a path in it relative to something
+    other than HOME (an include is relative to the file including it, an excludesFile to each repo)."""
+    if base is None:
+        return None
     home = env.get("HOME", "")
     xdg = env.get("XDG_CONFIG_HOME") or (os.path.join(home, ".config") if home else "")
     found = [env.get(name, "") for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM")]
     found += [os.path.join(home, ".gitconfig")] if home else []
     found += [os.path.join(xdg, "git", name) for name in ("config", "ignore", "attributes")] if xdg else []
-    for _, key, value in base or []:
+    for _, key, value in base:
         if value and key in ("core.excludesfile", "core.attributesfile", "include.path", "core.fsmonitor",
                              "core.hookspath"):
-            found.append(home + value[1:] if value.startswith("~/") and home else os.path.join(home, value))
+            if key == "core.fsmonitor" and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+                continue  # git's own fsmonitor daemon, no hook file
+            if value.startswith("~/") and home:
+                value = home + value[1:]
+            if not os.path.isabs(value):
+                return None
+            found.append(value)
     return tuple(os.path.realpath(name) for name in found if os.path.isabs(name))
 
 

@@ -521,8 +521,9 @@ esac""")
     assert not waited_out.exists(), "the fetches held every thread: nothing ran beside them"
 
 
+@pytest.mark.parametrize("how", ["linked", "excludesFile", "excludesFile with an includeIf"])
 def test_no_row_is_reused_once_a_moved_repo_holds_a_file_git_reads_for_every_repo(home, make_repo, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, how):
     """A dotfiles repo that ~/.config/git/ignore links into is fast-forwarded after another repo's row was read
     (that repo left as it was): its upstream now ignores *.log everywhere, so that row (an untracked build.log) is
     stale; the closing scan must read every repo again."""
@@ -530,7 +531,13 @@ def test_no_row_is_reused_once_a_moved_repo_holds_a_file_git_reads_for_every_rep
     (user_home / ".config" / "git").mkdir(parents=True)
     app = make_repo("a-app")
     dotfiles = make_repo("z-dotfiles", files={"ignore": "# nothing yet\n"})
-    os.symlink(dotfiles.path / "ignore", user_home / ".config" / "git" / "ignore")
+    if how == "linked":
+        os.symlink(dotfiles.path / "ignore", user_home / ".config" / "git" / "ignore")
+    else:  # named in the user's config; with an includeIf, that config is not listed once for the run
+        config = tmp_path / "gitconfig"
+        config.write_text(f"[core]\n\texcludesFile = {dotfiles.path / 'ignore'}\n" +
+                          ('[includeIf "gitdir:/nonexistent/"]\n\tpath = /nonexistent/x\n' if "includeIf" in how else ""))
+        monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
     (app.path / "build.log").write_text("x\n")  # up to date: left as it was, its row read by sync
     dotfiles.push_from_elsewhere(tmp_path, {"ignore": "*.log\n"})
     home.add(app, dotfiles)

@@ -285,3 +285,19 @@ def test_a_cycle_during_a_hold_lists_tmux_once(project, tmp_path, monkeypatch):
     run_cycle(run, 1, lambda _: None)
     assert len(listings) == 1
     assert not [e for e in proj.events() if e["action"] == "probe_failed"]
+
+
+def test_a_follow_ups_sessions_that_are_not_a_list_of_names_are_none(tmp_path):
+    """followups.json edited by hand (or damaged): `sessions` 5, a string, a list with a number: noting a session
+    neither crashes nor takes a substring for a session, and the entry counts as in that session afterwards."""
+    from orchestrator import commands
+
+    for odd in (5, True, "xx-S-yy", ["S-other", 7]):
+        path = commands.followups_file(tmp_path, "p")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"issues": {"1": [{"id": "f1", "text": "mind it", "given_in": "worker-1-try-1",
+                                                      "sessions": odd}]}}))
+        entries = commands.pending_followups(tmp_path, "p", 1, given_too=True)
+        assert not commands.in_session(entries, "S")
+        assert commands.note_session(tmp_path, "p", 1, "worker-1-try-1", "S") == ["f1"]
+        assert commands.in_session(commands.pending_followups(tmp_path, "p", 1, given_too=True), "S")

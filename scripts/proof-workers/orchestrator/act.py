@@ -81,10 +81,9 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     stem = run.files.try_stem(record.worker_id, record.try_id)
     if pid_file.exists():
         worked = agent_worked(run, record)
+        if worked is not None:
+            _note_session(run, record, stem, worked)
         if worked is not None and (not held or _session_goes_on(run, record, worked)):
-            if isinstance(worked.get("session_id"), str) and worked["session_id"]:
-                commands.note_session(run.state_root, record.project or "", record.issue_number or 0, stem,
-                                      worked["session_id"])  # so that session never gets them again
             return worked  # given (never twice)
     elif not stopped:  # not even SIGKILL ended its wrapper: it may still start its agent with them (never twice)
         _followup_events(run, record, commands.mark_in_doubt(run.state_root, record.project, record.issue_number,
@@ -92,6 +91,20 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
         return None
     give_back(run, record, stem)
     return None
+
+
+def _note_session(run: Run, record: WorkerRecord, stem: str, worked: dict[str, Any]) -> None:
+    """The try's follow-ups are in the session it worked in (even one given back: a hold its config could not go
+    on from), so that session is never resumed with them again (start_try). A safeguard: a note that cannot be
+    written is an `error` event, not the end of the try's judgement."""
+    session = worked.get("session_id")
+    if not isinstance(session, str) or not session:
+        return
+    try:
+        commands.note_session(run.state_root, record.project or "", record.issue_number or 0, stem, session)
+    except OrchestratorError as err:
+        run.files.log_event({"action": "error", "worker": record.worker_id, "issue": record.issue_number,
+                             "during": "noting a follow-up's session", "error": str(err)})
 
 
 def give_back(run: Run, record: WorkerRecord, stem: str) -> None:

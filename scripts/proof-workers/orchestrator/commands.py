@@ -725,16 +725,21 @@ def note_session(state_root: Path, project: str, issue: int, try_stem: str, sess
     try never resumes that session with them appended again (act.start_try). Returns their ids. A file that cannot
     be written is an OrchestratorError (one line)."""
     def note(entry: dict[str, Any]) -> None:
-        entry["sessions"] = [*(s for s in entry.get("sessions") or [] if s != session), session]
+        entry["sessions"] = [*(s for s in _sessions(entry) if s != session), session]
 
-    return _update_given(state_root, project, issue, try_stem,
-                         lambda entry: session not in (entry.get("sessions") or []), note,
+    return _update_given(state_root, project, issue, try_stem, lambda entry: session not in _sessions(entry), note,
                          f"cannot note that #{issue}'s follow-ups given in {try_stem} are in session {session}")
+
+
+def _sessions(entry: dict[str, Any]) -> list[str]:
+    """The sessions a follow-up is in (note_session): a value that is not a list of strings (a hand edit) is none."""
+    sessions = entry.get("sessions")
+    return [s for s in sessions if isinstance(s, str)] if isinstance(sessions, list) else []
 
 
 def in_session(entries: list[dict[str, Any]], session: str) -> bool:
     """Whether any of these follow-ups is already in agent session `session` (note_session)."""
-    return any(session in (e.get("sessions") or []) for e in entries if isinstance(e.get("sessions"), list))
+    return any(session in _sessions(e) for e in entries)
 
 
 def carry_given(state_root: Path, project: str, issue: int, try_stem: str, to_stem: str) -> list[str]:
