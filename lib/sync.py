@@ -226,7 +226,8 @@ class RunGit:
             return cls(env, None, slots)
 
     def on_the_network(self) -> AbstractContextManager[object]:
-        """Held while a repo talks to its remote (fetch, ls-remote, clone): at most `net_jobs` at once."""
+        """Held while a repo talks to its remote (fetch, ls-remote, clone, and the fast-forward, whose hooks and
+        filters may fetch): at most `net_jobs` at once."""
         return self.network if self.network is not None else nullcontext()
 
 
@@ -758,8 +759,8 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
 
 def local_beside(net_jobs: int) -> int:
     """Repos synced beside the `net_jobs` that may talk to their remotes at once: while those fetch, these do
-    their local work (reading the repo, the fast-forward, the closing scan's status), so the cores are not left
-    idle between fetches. None beside a one-at-a-time run (`--net-jobs 1`: one repo at a time, as asked)."""
+    their local work (reading the repo, the closing scan's status), so the cores are not left idle between
+    fetches. None beside a one-at-a-time run (`--net-jobs 1`: one repo at a time, as asked)."""
     return min(LOCAL_BESIDE, max(0, net_jobs - 1))
 
 
