@@ -458,6 +458,26 @@ def push_issue_branch(proj: Any, name: str) -> str:
     return git(proj.repo, "rev-parse", "HEAD")
 
 
+def opened_pr(project: Any, fake_forge: Any, merge: str = "auto", **state: Any) -> tuple[Any, Any, Path, Any, Any]:
+    """A github project whose issue #1's PR is open on a fake forge whose checks pass (`state`: the forge's
+    scripted state, as fake_forge takes it): (project, its config, state root, the forge, the worker record)."""
+    from lib.paths import Paths
+    from orchestrator import pins, pulls
+    from orchestrator.config import load_config
+    from orchestrator.state import WorkerRecord
+
+    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
+                   review={"open": "pr", "merge": merge, "poll_seconds": 5})
+    cfg = load_config(proj.config)
+    state_root = proj.home / "state"
+    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
+    fake = fake_forge(proj.remote, [{"checks": [{"name": "build", "bucket": "pass"}]}], **state)
+    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
+    push_issue_branch(proj, "a")
+    pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
+    return proj, cfg, state_root, fake, record
+
+
 @pytest.fixture
 def fake_forge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Factory: fake gh and glab first on PATH, serving `rounds` for the PRs of the bare `remote`."""

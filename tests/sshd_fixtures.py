@@ -11,10 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import tomli_w
@@ -137,3 +138,41 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hold_every_session(connection, n: int = 10) -> list:
+    """sshd's MaxSessions (10 by default) used up on `connection`: each held session runs `cat`, which ends once
+    its input does (then sshd frees its slot)."""
+    held = []
+    for _ in range(n):
+        held.append(connection.create_session())
+        held[-1].exec_command("cat")
+    return held
+
+
+def free_one(held: list) -> None:
+    """One held session's slot freed: its `cat` ends at the end of its input, and sshd reaps it."""
+    freed = held.pop()
+    freed.shutdown_write()
+    freed.recv_exit_status()
+    freed.close()
+
+
+def refusals(sshd: Sshd) -> int:
+    """How many sessions sshd has refused so far (MaxSessions: its log says `no more sessions`)."""
+    return sshd.log.read_text().count("no more sessions")
+
+
+def in_a_thread(call: Callable[[], object]) -> tuple[threading.Thread, list]:
+    """`call()` started in a thread of its own; the list gets what it returned or raised (one item, once it ends)."""
+    done: list = []
+
+    def run() -> None:
+        try:
+            done.append(call())
+        except BaseException as err:  # the refusal or the stop under test
+            done.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done

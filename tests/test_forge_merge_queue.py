@@ -12,32 +12,16 @@ import subprocess
 
 import pytest
 
-from forge_fakes import fake_forge, push_issue_branch  # noqa: F401
+from forge_fakes import fake_forge, opened_pr, push_issue_branch  # noqa: F401
 from workers_fixtures import project, tmux_socket  # noqa: F401
 
-from lib.paths import Paths
-from orchestrator import pins, pulls
-from orchestrator.config import load_config
+from orchestrator import pulls
 from orchestrator.decide import MAX_UNSEEN_POLLS
 from orchestrator.forge import ForgeError, MergeUnconfirmed
-from orchestrator.state import WorkerRecord
 
 PASS = {"checks": [{"name": "build", "bucket": "pass"}]}
 NO_QUEUE_SCHEMA = {"graphql_unknown_fields": ["isInMergeQueue", "mergeQueueEntry"]}  # GitHub Enterprise before 3.8
 REFUSED = {"fail": {"api graphql": {"code": 1, "stderr": "gh: Resource not accessible by integration"}}}
-
-
-def _opened(project, fake_forge, merge: str = "auto", **state):
-    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
-                   review={"open": "pr", "merge": merge, "poll_seconds": 5})
-    cfg = load_config(proj.config)
-    state_root = proj.home / "state"
-    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
-    fake = fake_forge(proj.remote, [PASS], **state)
-    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
-    push_issue_branch(proj, "a")
-    pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
-    return proj, cfg, state_root, fake, record
 
 
 def _graphql(fake) -> list[list[str]]:
@@ -61,7 +45,7 @@ def test_the_fake_gh_refuses_isInMergeQueue_in_pr_view_as_real_gh_does(project, 
 
 
 def test_a_queued_pr_is_seen_queued_through_graphql(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_queue=True)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True)
     record.pr["merging"] = True
     assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
     record.pr["merge_queued"] = record.pr["head"]
@@ -95,7 +79,7 @@ def test_a_server_without_merge_queues_says_not_queued_and_a_merge_left_open_is_
         project, fake_forge):
     """An older GitHub Enterprise has no isInMergeQueue in its schema, and so no merge queue to wait in (gh itself
     drops the field there): known, not queued; asked again without those fields, so auto-merge is still read."""
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_noop=True, **NO_QUEUE_SCHEMA)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_noop=True, **NO_QUEUE_SCHEMA)
     seen = _poll(cfg, state_root, record, 10.0)
     assert seen.error == "" and seen.queued is False
     with pytest.raises(ForgeError, match="in no merge queue") as raised:
@@ -107,7 +91,7 @@ def test_a_server_without_merge_queues_says_not_queued_and_a_merge_left_open_is_
 
 
 def test_a_refused_queue_query_leaves_the_state_unknown_and_says_why(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_noop=True, **REFUSED)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_noop=True, **REFUSED)
     seen = _poll(cfg, state_root, record, 10.0)
     assert seen.error == "" and seen.queued is None and seen.checks == "passing"
     assert "Resource not accessible by integration" in seen.queue_doubt
@@ -119,7 +103,7 @@ def test_a_refused_queue_query_leaves_the_state_unknown_and_says_why(project, fa
 
 
 def test_a_queue_query_that_fails_on_the_network_fails_the_poll_for_a_later_one(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, fail={"api graphql": {
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, fail={"api graphql": {
         "code": 1, "stderr": "error connecting to api.github.com\ncheck your internet connection or "
                              "https://githubstatus.com", "times": 1}})
     first = _poll(cfg, state_root, record, 10.0)
@@ -129,7 +113,7 @@ def test_a_queue_query_that_fails_on_the_network_fails_the_poll_for_a_later_one(
 
 
 def test_a_project_that_merges_by_hand_asks_no_queue(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge="manual", merge_queue=True)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge="manual", merge_queue=True)
     seen = _poll(cfg, state_root, record, 10.0)
     assert seen.error == "" and seen.checks == "passing"
     assert _graphql(fake) == []
@@ -141,7 +125,7 @@ def test_a_project_that_merges_by_hand_asks_no_queue(project, fake_forge):
     "gh: You have exceeded a secondary rate limit. Please wait a few minutes before you try again."])
 def test_a_rate_limited_queue_query_fails_the_poll_and_never_counts_toward_the_bound(project, fake_forge, said):
     """A rate limit passes: a slow queue watched through one must never fail its issue as "merge not seen"."""
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, fail={"api graphql": {"code": 1,
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, fail={"api graphql": {"code": 1,
                                                                                            "stderr": said}})
     record.pr.update(merging=True, merge_queued=record.pr["head"])
     seen = _poll(cfg, state_root, record, 10.0)

@@ -13,25 +13,9 @@ import time
 import pytest
 
 from tests.conftest import require_tool
+from tests.sshd_fixtures import free_one, hold_every_session, in_a_thread, refusals
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_sync_host_robust import wait_until
-
-
-def hold_every_session(connection, n: int = 10) -> list:
-    """sshd's MaxSessions (10 by default) used up on `connection`: each held session runs `cat`, which ends once
-    its input does (then sshd frees its slot)."""
-    held = []
-    for _ in range(n):
-        held.append(connection.create_session())
-        held[-1].exec_command("cat")
-    return held
-
-
-def free_one(held: list) -> None:
-    freed = held.pop()
-    freed.shutdown_write()
-    freed.recv_exit_status()
-    freed.close()
 
 
 def test_a_session_refused_for_longer_than_the_commands_time_is_the_refusal_and_nothing_runs(home, sshd, tmp_path):
@@ -46,25 +30,17 @@ def test_a_session_refused_for_longer_than_the_commands_time_is_the_refusal_and_
     host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
     connection = remote.connect(host)
     given = tmp_path / "commands-given"
-    done, log = [], io.BytesIO()
-    refusals = sshd.log.read_text().count("no more sessions")
+    log = io.BytesIO()
+    refused = refusals(sshd)
     budget, held = 2.0, []
     try:
         held += hold_every_session(connection)
         (sshd.remote_home / ".bashrc").write_text(f'printf "%s\\n" "$BASH_EXECUTION_STRING" >> {given}\n')
         started = time.monotonic()
-
-        def run() -> None:
-            try:
-                done.append(remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log, budget, host=host))
-            except Exception as err:
-                done.append(err)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log,
+                                                             budget, host=host))
         try:
-            wait_until(lambda: done or sshd.log.read_text().count("no more sessions") > refusals, 60,
-                       "a refused session")
+            wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
             # A slot frees only after the command's time is spent (it may have given up already: as it should).
             wait_until(lambda: done or time.monotonic() - started > budget + 1, 60, "the command's time spent")
             free_one(held)
@@ -262,10 +238,10 @@ def test_a_run_that_ended_in_an_error_leaves_no_stop_behind_for_the_next_one_in_
 
     def connect_full(*args, **kwargs):
         connection = connect(*args, **kwargs)
-        held, refusals = hold_every_session(connection), sshd.log.read_text().count("no more sessions")
+        held, refused = hold_every_session(connection), refusals(sshd)
 
         def free_after_a_refusal() -> None:
-            wait_until(lambda: sshd.log.read_text().count("no more sessions") > refusals, 60, "a refused session")
+            wait_until(lambda: refusals(sshd) > refused, 60, "a refused session")
             free_one(held)
 
         freeing.append(threading.Thread(target=free_after_a_refusal, daemon=True))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import process_running
+from tests.sshd_fixtures import free_one, hold_every_session, in_a_thread, refusals  # noqa: E402
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_hosts_mends import link_dropped_once
 from tests.test_hosts_remote import PASSING, clone_to
@@ -102,7 +103,6 @@ def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_sessio
     """sshd refuses an 11th session on one connection (MaxSessions); short commands asked again
     (connection._open_session), while run_remote failed its repo at the first refusal."""
     import io
-    import threading
 
     from lib.remote import connection as remote
     from lib.remote.hosts import load_hosts
@@ -111,28 +111,15 @@ def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_sessio
     write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
     host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
     connection = remote.connect(host)
-    held, done, log = [], [], io.BytesIO()
-    refusals = sshd.log.read_text().count("no more sessions")
+    held, log = [], io.BytesIO()
+    refused = refusals(sshd)
     try:
-        for _ in range(10):
-            held.append(connection.create_session())
-            held[-1].exec_command("cat")  # ends at the end of its input: sshd frees the session once it is reaped
-
-        def run() -> None:
-            try:
-                done.append(remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log, 60, host=host))
-            except Exception as err:  # the refusal, before the fix
-                done.append(err)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        held += hold_every_session(connection)
+        thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log, 60,
+                                                             host=host))
         try:
-            wait_until(lambda: done or sshd.log.read_text().count("no more sessions") > refusals, 60,
-                       "a refused session")
-            freed = held.pop()
-            freed.shutdown_write()  # a slot frees
-            freed.recv_exit_status()
-            freed.close()
+            wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
+            free_one(held)
         finally:
             thread.join(120)
     finally:
@@ -191,7 +178,6 @@ def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_re
     """Ctrl-C in a multi-host run (connection.stop_all) while run_remote asks again for a session sshd refuses:
     the command never started, and the stop says so (runner.Stopping), never `the host refused a new session`."""
     import io
-    import threading
 
     from lib import runner
     from lib.remote import connection as remote
@@ -201,25 +187,15 @@ def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_re
     write_hosts(home.path, {"b1": sshd.host_entry(tmp_path)})
     host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
     connection = remote.connect(host)
-    held, done = [], []
-    refusals = sshd.log.read_text().count("no more sessions")
+    held = []
+    refused = refusals(sshd)
     remote.reset_stop()
     try:
-        for _ in range(10):
-            held.append(connection.create_session())
-            held[-1].exec_command("cat")
-
-        def run() -> None:
-            try:
-                done.append(remote.run_remote(connection, str(tmp_path), "echo ran", {}, io.BytesIO(), 60, host=host))
-            except BaseException as err:
-                done.append(err)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        held += hold_every_session(connection)
+        thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran", {}, io.BytesIO(),
+                                                             60, host=host))
         try:
-            wait_until(lambda: done or sshd.log.read_text().count("no more sessions") > refusals, 60,
-                       "a refused session")
+            wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
             remote.stop_all()
         finally:
             thread.join(120)

@@ -12,16 +12,13 @@ import time
 
 import pytest
 
-from forge_fakes import fake_forge, push_issue_branch  # noqa: F401
+from forge_fakes import fake_forge, opened_pr, push_issue_branch  # noqa: F401
 from workers_fixtures import project, tmux_socket  # noqa: F401
 
-from lib.paths import Paths
-from orchestrator import pins, pulls
-from orchestrator.config import load_config
+from orchestrator import pulls
 from orchestrator.decide import MAX_UNSEEN_POLLS, ActionKind, PrView, PrWork, _judge_pr
 from orchestrator.forge import MergeUnconfirmed
 from orchestrator.queue import IssueRef
-from orchestrator.state import WorkerRecord
 
 PASS = {"checks": [{"name": "build", "bucket": "pass"}]}
 REFUSED = {"fail": {"api graphql": {"code": 1, "stderr": "gh: Resource not accessible by integration"}}}
@@ -31,23 +28,10 @@ class WatchedWithoutLimit(Exception):
     pass
 
 
-def _opened(project, fake_forge, **state):
-    proj = project([{"number": 1, "title": "t"}], pipeline=["implement"], platform="github",
-                   review={"open": "pr", "merge": "auto", "poll_seconds": 5})
-    cfg = load_config(proj.config)
-    state_root = proj.home / "state"
-    assert pins.ensure([cfg], state_root, Paths.from_env().home) == {}
-    fake = fake_forge(proj.remote, [PASS], **state)
-    record = WorkerRecord(1, status="running", project="demo", issue_number=1, branch="feature/issue-1")
-    push_issue_branch(proj, "a")
-    pulls.open_pr(state_root, cfg, cfg.issues[0], record, 0.0)
-    return proj, cfg, state_root, fake, record
-
-
 def test_a_merge_call_that_did_nothing_where_the_queue_cannot_be_read_is_never_taken_as_queued(project, fake_forge):
     """gh exits 0 having done nothing; the PR is still open and the forge will not say whether a queue holds it: not
     "queued" (which would be watched as a merge under way), but a merge not seen, said so."""
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_noop=True, **REFUSED)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_noop=True, **REFUSED)
     with pytest.raises(MergeUnconfirmed, match="still open after the merge was accepted.*would not say whether "
                                                "it waits in a merge queue.*Resource not accessible"):
         pulls.merge(state_root, cfg, cfg.issues[0], record)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, git
-from workers_fixtures import HANG_ON, monitor_env, project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import HANG_ON, monitor_env, one_try_given_a_follow_up  # noqa: F401
+from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 from workers_fixtures import orchestrator_cli as cli, status_document as status  # noqa: E402
 
 from orchestrator.decide import Action, Command, Settings, State, WorkerView, cycle_from_json, decide
@@ -735,16 +736,10 @@ def test_a_try_ended_while_its_wrapper_is_stuck_before_its_agent_gives_its_follo
     are the follow-ups of its prompt kept again: a restart's next try gets them, and the stuck wrapper never
     starts an agent with them later. (It was left running, and the follow-ups lost with its try.)"""
     from orchestrator import act, commands as steering
-    from orchestrator.state import WorkerRecord
     from orchestrator.windows import try_tag
     from orchestrator.wrapper import WRAPPER_VAR
 
-    project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"],
-            num_workers=1)
-    run = open_run()
-    (run.state_root / "demo").mkdir(parents=True, exist_ok=True)
-    (run.state_root / "demo" / "followups.json").write_text(json.dumps({"issues": {"1": [
-        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+    run, record = one_try_given_a_follow_up(project)
     stuck = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\nsignal.signal(signal.SIGTERM, "
                               "signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(3600)", str(act.WRAPPER),
                               str(run.files.try_spec(1, 1))], stdout=subprocess.PIPE, text=True,
@@ -752,8 +747,6 @@ def test_a_try_ended_while_its_wrapper_is_stuck_before_its_agent_gives_its_follo
     try:
         assert stuck.stdout.readline() == "ready\n"
         monkeypatch.setattr(act, "WRAPPER_STOP_WAIT", 1.0)
-        record = WorkerRecord(1, status="running", project="demo", issue_number=1, stage="implement", try_id=1,
-                              launched=True)
         act.end_try(run, record)
         assert stuck.wait(timeout=60) == -signal.SIGKILL
     finally:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import one_try_given_a_follow_up, project, retry_until, tmux_socket  # noqa: F401
 
 from orchestrator import act, tmux
 from orchestrator import commands as steering
@@ -27,21 +27,6 @@ from orchestrator.wrapper import WRAPPER_VAR
 # A wrapper stuck before its agent: SIGTERM is not heeded.
 STUCK = "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n" \
         "time.sleep(3600)"
-
-
-def one_try_given_a_follow_up(project: Any) -> tuple[Any, WorkerRecord]:
-    """Issue #1 in progress on worker 1, its try 1 given the follow-up f1, and that try's spec on disk."""
-    project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"],
-            num_workers=1)
-    run = open_run()
-    (run.state_root / "demo").mkdir(parents=True, exist_ok=True)
-    (run.state_root / "demo" / "followups.json").write_text(json.dumps({"issues": {"1": [
-        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
-    spec = run.files.try_spec(1, 1)
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text("{}\n")
-    return run, WorkerRecord(1, status="running", project="demo", issue_number=1, stage="implement", try_id=1,
-                             launched=True)
 
 
 def kept(run: Any) -> list[str]:

@@ -196,3 +196,22 @@ def status_document() -> dict[str, Any]:
     result = orchestrator_cli("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def one_try_given_a_follow_up(project: Any) -> tuple[Any, Any]:
+    """Issue #1 in progress on worker 1, its try 1 given the follow-up f1, and that try's spec on disk: (the run,
+    the worker's record)."""
+    from orchestrator.run import open_run
+    from orchestrator.state import WorkerRecord
+
+    project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}], pipeline=["implement"],
+            num_workers=1)
+    run = open_run()
+    (run.state_root / "demo").mkdir(parents=True, exist_ok=True)
+    (run.state_root / "demo" / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+    spec = run.files.try_spec(1, 1)
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text("{}\n")
+    return run, WorkerRecord(1, status="running", project="demo", issue_number=1, stage="implement", try_id=1,
+                             launched=True)
