@@ -519,8 +519,9 @@ def scan(
             finish(status)
 
     jobs = jobs or default_jobs()
-    processes = processes or scan_processes(len(repos), jobs)
-    per_process = -(-jobs // processes)  # a helper's share of jobs: jobs / processes, rounded up
+    processes = min(processes or scan_processes(len(repos), jobs), jobs)  # each process runs one git at least
+    # A helper's share of jobs, rounded down: this process keeps the rest, at least as many (never over --jobs).
+    per_process = jobs // processes
     silence = helper_silence if helper_silence is not None else 2 * git_timeout + HELPER_SLACK_S
     helpers: set[int] = set()  # started and not reaped yet: only these may be killed (a reaped pid is reused)
     silenced: set[str] = set()  # the repos of helpers killed for their silence: not read, never scanned again

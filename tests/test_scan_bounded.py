@@ -216,13 +216,16 @@ def test_a_scan_that_forks_no_helper_runs_its_whole_jobs_itself(make_repo, tmp_p
     assert max(int(n) for n in seen.read_text().split()) == 8, "fewer gits ran at once than --jobs allows"
 
 
-def test_with_helpers_the_scan_runs_its_jobs_in_all_and_never_more(make_repo, tmp_path):
-    """--jobs 8 over three processes: 3 + 3 in the helpers and 2 here, never 3 each (9 gits at once)."""
-    repos = mixed_repos(make_repo, 12)
-    git, seen = barrier_git(tmp_path, 9, seconds=10)  # a ninth git, if one may start, gets 10 s to show
-    report = scan(repos, jobs=8, processes=3, git=git)
+@pytest.mark.parametrize("jobs, processes, count, wait", [(8, 3, 12, 10), (5, 4, 16, 3)])
+def test_with_helpers_the_scan_runs_its_jobs_in_all_and_never_more(make_repo, tmp_path, jobs, processes, count,
+                                                                    wait):
+    """--jobs 8 over three processes: 2 + 2 in the helpers and 4 here, never 3 each (9 gits at once); --jobs 5
+    over four: 1 + 1 + 1 and 2 here, never 2 each (7: each share rounded up)."""
+    repos = mixed_repos(make_repo, count)
+    git, seen = barrier_git(tmp_path, jobs + 1, seconds=wait)  # one git more, if one may start, gets `wait` s to show
+    report = scan(repos, jobs=jobs, processes=processes, git=git)
     assert all(row.error is None for row in report.repos)
-    assert max(int(n) for n in seen.read_text().split()) == 8
+    assert max(int(n) for n in seen.read_text().split()) == jobs
 
 
 def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_called_hung(make_repo, tmp_path):
