@@ -28,15 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.status_bench import timed  # noqa: E402
+from bench.status_bench import ENV as STATUS_ENV, timed  # noqa: E402
 from lib.demo import bench_specs, generate  # noqa: E402
 from lib.runner import become_subreaper  # noqa: E402
 from lib.views import plain_table  # noqa: E402
 
-# Python's bytecode cache as a user has it (see status_bench.ENV).
-ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-       "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
-       "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+# status_bench's (Python's bytecode cache as a user has it, no system or global git config), with an author.
+ENV = {**STATUS_ENV, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
        "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 WRAPPER = '#!/bin/sh\necho x >> "$GIT_CALLS"\nexec "{git}" "$@"\n'
 

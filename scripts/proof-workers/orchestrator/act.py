@@ -35,13 +35,12 @@ from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
 from orchestrator.windows import try_tag, worker_window
-from orchestrator.wrapper import TRY_VAR, WRAPPER_VAR
+from orchestrator.wrapper import MAX_EVENT_LINE, TRY_VAR, WRAPPER_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
-EVENT_LINE_MAX = 4 * 1024 * 1024  # the wrapper keeps every event line shorter (wrapper.MAX_EVENT_LINE)
 WRAPPER_EXIT_WAIT = 10.0  # seconds an ended try's wrapper has to write its agent's last events (wrapper: 5 s)
 WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
@@ -153,7 +152,7 @@ def agent_worked(run: Run, record: WorkerRecord) -> dict[str, Any] | None:
         with open_regular_file(run.files.agent_events(record.worker_id, record.try_id)) or \
                 open(os.devnull, "rb") as events:
             events.seek(record.events_offset)
-            for line in iter(lambda: events.readline(EVENT_LINE_MAX), b""):  # a longer one is read in parts
+            for line in iter(lambda: events.readline(MAX_EVENT_LINE), b""):  # a longer one is read in parts
                 if agents.tallied(kind, line):
                     agents.fold(state, agents.parse_line(line)[0], "")
                     if agents.worked(state):

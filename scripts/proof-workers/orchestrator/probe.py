@@ -18,6 +18,7 @@ from orchestrator.decide import Snapshot
 from orchestrator.state import RunFiles, WorkerRecord
 from orchestrator.tmux import Pane
 from orchestrator.worker import Worker
+from orchestrator.wrapper import MAX_EVENT_LINE
 
 
 def read_pid(path: Path) -> int | None:
@@ -46,7 +47,6 @@ def agent_alive(table: dict[int, Proc], pane: Pane | None, files: RunFiles, reco
 # Read about this much of a try's event stream per cycle (more only to finish a line: the wrapper keeps every
 # line under 4 MiB): a burst of events is taken over a few cycles instead of stalling one.
 MAX_EVENTS_READ = 1024 * 1024
-MAX_EVENT_LINE = 4 * 1024 * 1024
 # Events taken into the tally per worker per cycle (the rest wait for the next cycle): a cycle's cost stays
 # bounded however much an agent wrote since the last one. A try that ended is read to its end at once.
 MAX_EVENTS_PER_CYCLE = 400
