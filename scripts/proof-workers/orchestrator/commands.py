@@ -765,7 +765,7 @@ def _in_doubt(entry: dict[str, Any]) -> None:
 def _update_given(state_root: Path, project: str, issue: int, try_stem: str, applies: Callable[[dict[str, Any]], bool],
                   apply: Callable[[dict[str, Any]], None], failure: str) -> list[str]:
     """`apply` to every follow-up of `issue` given in `try_stem` that it `applies` to, in one update of
-    followups.json (nothing read twice, nothing written when none applies); returns their ids. A file that
+    followups.json (nothing written when none applies: a read first tells); returns their ids. A file that
     cannot be written is an OrchestratorError: `failure`, then why."""
     if not any(e.get("given_in") == try_stem and applies(e)
                for e in _pending(_kept(state_root, project), issue, given_too=True)):
