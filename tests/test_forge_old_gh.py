@@ -5,11 +5,10 @@ version manager's shim that picks gh per directory (gh runs in the repository) g
 """
 from __future__ import annotations
 
-from forge_fakes import fake_forge  # noqa: F401
+from forge_fakes import fake_forge, opened_pr  # noqa: F401
 from workers_fixtures import project, tmux_socket  # noqa: F401
 
 from orchestrator import pulls
-from test_forge_merge_queue import _opened
 
 OLD_GH = {"unknown_fields": ["autoMergeRequest", "fullDatabaseId"]}
 GH_2_18_FIELDS = {"number", "url", "state", "headRefOid", "baseRefName", "reviewDecision", "reviews"}
@@ -26,7 +25,7 @@ def _poll(cfg, state_root, record, now: float):
 
 
 def test_an_old_gh_is_asked_one_view_a_poll_and_still_shows_the_queue(project, fake_forge):
-    proj, cfg, state_root, fake, record = _opened(project, fake_forge, merge_queue=True, **OLD_GH)
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True, **OLD_GH)
     before = len(_views(fake))
     assert [_poll(cfg, state_root, record, now).queued for now in (10.0, 20.0)] == [False, False]
     record.pr["merging"] = True
