@@ -454,3 +454,64 @@ def test_a_program_on_path_that_cannot_run_is_passed_over_as_popen_does(tmp_path
     for _ in range(2):  # the second time through the cache of programs found
         result = runner.capture(["git", "--version"], None, env)
         assert result.returncode == 0 and result.stdout.startswith(b"git version"), result
+
+
+def test_run_each_gives_results_in_item_order_and_on_done_in_the_calling_thread():
+    import threading
+
+    from lib.runner import run_each
+
+    caller = threading.current_thread()
+    started, done = [], []
+    release = threading.Event()
+
+    def work(item: int) -> int:
+        if item == 0:
+            release.wait(30)  # item 0 ends last: results still come back in item order
+        return item * 10
+
+    def on_done(result: int) -> None:
+        assert threading.current_thread() is caller
+        done.append(result)
+        if len(done) == 4:
+            release.set()
+
+    assert run_each(list(range(5)), work, 3, on_start=started.append, on_done=on_done) == [0, 10, 20, 30, 40]
+    assert sorted(started) == list(range(5)) and done[-1] == 0 and sorted(done) == [0, 10, 20, 30, 40]
+
+
+def test_run_each_goes_on_with_the_threads_it_could_start_and_raises_when_none_starts(monkeypatch):
+    import threading
+
+    from lib.runner import run_each
+
+    real_start = threading.Thread.start
+    started = []
+
+    def start_once(thread: threading.Thread) -> None:
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once)
+    assert run_each(list(range(6)), lambda item: item + 1, 4) == [1, 2, 3, 4, 5, 6]  # all on the one thread
+    started.append(None)  # now none starts
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        run_each([1, 2], lambda item: item, 2)
+
+
+def test_run_each_raises_a_works_error_in_the_caller_and_starts_no_more_items():
+    from lib.runner import run_each
+
+    ran = []
+
+    def work(item: int) -> int:
+        ran.append(item)
+        if item == 1:
+            raise ValueError("bad item")
+        return item
+
+    with pytest.raises(ValueError, match="bad item"):
+        run_each(list(range(50)), work, 1)
+    assert ran == [0, 1]  # one thread: the items after the failing one never started
