@@ -515,3 +515,36 @@ def test_run_each_raises_a_works_error_in_the_caller_and_starts_no_more_items():
     with pytest.raises(ValueError, match="bad item"):
         run_each(list(range(50)), work, 1)
     assert ran == [0, 1]  # one thread: the items after the failing one never started
+
+
+SIG_IGN_SCRIPT = r"""
+import os, sys; sys.path.insert(0, %r)
+from lib import runner, signals
+previous = signals.ignore()  # as during a stop: a read-back started now must still be killable by SIGTERM
+try:
+    result = runner.capture(["sh", "-c", "grep '^SigIgn' /proc/self/status"], None, dict(os.environ))
+finally:
+    signals.restore(previous)
+print(result.stdout.decode().split()[1])
+"""
+
+
+@pytest.mark.parametrize("ignored_by_parent", [False, True])
+def test_a_read_started_during_a_stop_gets_the_stop_signals_at_their_defaults(tmp_path, ignored_by_parent):
+    """The stop ignores SIGINT, SIGTERM and SIGHUP for itself; a git it starts meanwhile (reading back what a
+    killed step did) must not inherit that, or the kill's SIGTERM is ignored and it lives out the grace. One
+    ignored by our own parent (nohup's SIGHUP) stays ignored in what we start, as it always was."""
+    import signal
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+
+    def parent_ignores() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    out = subprocess.run([sys.executable, "-c", SIG_IGN_SCRIPT % str(ROOT)], capture_output=True, text=True,
+                         timeout=60, preexec_fn=parent_ignores if ignored_by_parent else None)
+    assert out.returncode == 0, out.stderr
+    mask = int(out.stdout.strip(), 16)
+    ignored = {signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if mask >> (signum - 1) & 1}
+    assert ignored == ({signal.SIGHUP} if ignored_by_parent else set())
