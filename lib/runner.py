@@ -786,7 +786,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     previous = signals.catch()
     try:
         for _ in range(min(max(1, jobs), len(items))):
-            thread = threading.Thread(target=worker, name=f"run_each-{len(threads)}", daemon=True)
+            thread = threading.Thread(target=worker, name=f"run_each-{len(threads)}")  # joined at exit, as a pool's
             try:
                 thread.start()
             except RuntimeError:  # no thread to spare: the ones started share the items
