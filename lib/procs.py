@@ -197,11 +197,11 @@ def cmdline(pid: int) -> bytes | None:
 
 
 # Signals a child gets back at their defaults: those Python ignores for itself, as subprocess does, and the stop
-# signals (SIGINT, SIGTERM, SIGHUP) unless our own parent had them ignored (nohup's SIGHUP stays ignored). A stop
-# ignores those for itself while it kills what runs; a git it starts meanwhile (reading back what a killed step
-# did) must still die of the SIGTERM that kills it, not live out the grace until the SIGKILL.
-DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + tuple(
-    signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(signum) != signal.SIG_IGN)
+# signals (SIGINT, SIGTERM, SIGHUP) even when our parent had them ignored (nohup, a script's `&`): what we start
+# runs in a session or group of its own, which no terminal signals, so only our own stops and timeouts reach it,
+# and they must work.
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def fill_standard_descriptors() -> None:

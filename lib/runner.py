@@ -769,9 +769,9 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     dropped = threading.Event()  # no item is started once set
 
     def worker() -> None:
-        while not dropped.is_set():
+        while True:
             with taking:
-                index, item = next(queued, (-1, None))
+                index, item = (-1, None) if dropped.is_set() else next(queued, (-1, None))
             if index < 0:
                 return
             try:
@@ -787,13 +787,14 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
     try:
         for _ in range(min(max(1, jobs), len(items))):
             thread = threading.Thread(target=worker, name=f"run_each-{len(threads)}")  # joined at exit, as a pool's
+            threads.append(thread)  # before it starts: a stop landing in start() still waits for it
             try:
                 thread.start()
             except RuntimeError:  # no thread to spare: the ones started share the items
+                threads.pop()
                 if not threads:
                     raise
                 break
-            threads.append(thread)
         while len(results) < len(items):
             index, result, error = ended.get()
             if error is not None:
@@ -803,6 +804,11 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
                 on_done(results[index])
     except (KeyboardInterrupt, Signalled) as stop:
         signals.ignore()
+        with suppress(queue.Empty):  # what finished before the stop but was not taken yet is finished too
+            while True:
+                index, result, error = ended.get_nowait()
+                if error is None:
+                    results[index] = result  # type: ignore[assignment]
         finished = [results[i] for i in sorted(results)]
         dropped.set()
         stopped = terminate_all(grace)
@@ -824,6 +830,7 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
 
 def _join(threads: list[threading.Thread]) -> None:
     for thread in threads:
-        thread.join()
+        with suppress(RuntimeError):  # a stop cut its start() short before it ran: nothing to wait for
+            thread.join()
 
 

@@ -235,13 +235,14 @@ class RunGit:
         if self.network is None:
             yield
             return
-        if not self.network.acquire(blocking=False):
+        waited = not self.network.acquire(blocking=False)
+        if waited:
             if self.waiting is not None:
                 self.waiting(repo, True)
             self.network.acquire()
-            if self.waiting is not None:
+        try:  # from here the slot is released whatever happens, the progress line's redraw failing included
+            if waited and self.waiting is not None:
                 self.waiting(repo, False)
-        try:
             yield
         finally:
             self.network.release()

@@ -520,20 +520,25 @@ def test_run_each_raises_a_works_error_in_the_caller_and_starts_no_more_items():
 SIG_IGN_SCRIPT = r"""
 import os, sys; sys.path.insert(0, %r)
 from lib import runner, signals
+env = dict(os.environ)
+if sys.argv[1] == "popen":  # a relative PATH entry: the runner starts it with Popen, not posix_spawn
+    env["PATH"] = "node_modules/.bin" + os.pathsep + env["PATH"]
 previous = signals.ignore()  # as during a stop: a read-back started now must still be killable by SIGTERM
 try:
-    result = runner.capture(["sh", "-c", "grep '^SigIgn' /proc/self/status"], None, dict(os.environ))
+    result = runner.capture(["sh", "-c", "grep '^SigIgn' /proc/self/status"], None, env)
 finally:
     signals.restore(previous)
 print(result.stdout.decode().split()[1])
 """
 
 
-@pytest.mark.parametrize("ignored_by_parent", [False, True])
-def test_a_read_started_during_a_stop_gets_the_stop_signals_at_their_defaults(tmp_path, ignored_by_parent):
+@pytest.mark.parametrize("started_by, ignored_by_parent", [("spawn", False), ("spawn", True), ("popen", False)])
+def test_a_read_started_during_a_stop_gets_the_stop_signals_at_their_defaults(tmp_path, started_by,
+                                                                             ignored_by_parent):
     """The stop ignores SIGINT, SIGTERM and SIGHUP for itself; a git it starts meanwhile (reading back what a
-    killed step did) must not inherit that, or the kill's SIGTERM is ignored and it lives out the grace. One
-    ignored by our own parent (nohup's SIGHUP) stays ignored in what we start, as it always was."""
+    killed step did) must not inherit that, or the kill's SIGTERM is ignored and it lives out the grace. What
+    posix_spawn starts gets them at their defaults even when our own parent ignored one (nohup's SIGHUP): it
+    runs in a session of its own, which only our stops and timeouts signal."""
     import signal
 
     if not Path("/proc/self/status").exists():
@@ -542,9 +547,40 @@ def test_a_read_started_during_a_stop_gets_the_stop_signals_at_their_defaults(tm
     def parent_ignores() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    out = subprocess.run([sys.executable, "-c", SIG_IGN_SCRIPT % str(ROOT)], capture_output=True, text=True,
-                         timeout=60, preexec_fn=parent_ignores if ignored_by_parent else None)
+    out = subprocess.run([sys.executable, "-c", SIG_IGN_SCRIPT % str(ROOT), started_by], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, preexec_fn=parent_ignores if ignored_by_parent else None)
     assert out.returncode == 0, out.stderr
     mask = int(out.stdout.strip(), 16)
-    ignored = {signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if mask >> (signum - 1) & 1}
-    assert ignored == ({signal.SIGHUP} if ignored_by_parent else set())
+    assert [signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if mask >> (signum - 1) & 1] == []
+
+
+FINISHED_BEFORE_THE_STOP = r"""
+import os, signal, sys, threading, time; sys.path.insert(0, %r)
+from pathlib import Path
+from lib.runner import RunInterrupted, run_each, run_in_group
+tmp = Path(%r)
+second_done = threading.Event()
+def work(i):
+    if i == 1:
+        second_done.set()
+    if i == 2:
+        with open(tmp / "log", "wb") as log:
+            run_in_group(["sleep", "60"], None, log, 600)
+    return i * 10
+def on_done(result):
+    if result == 0:  # the calling thread is busy here while item 1 finishes; the stop comes before it is taken
+        second_done.wait(30)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+try:
+    run_each([0, 1, 2], work, 3, on_done=on_done, grace=5)
+except RunInterrupted as stop:
+    print(stop.results)
+"""
+
+
+def test_a_stop_keeps_the_results_that_finished_before_it_even_those_not_taken_yet(tmp_path):
+    out = subprocess.run([sys.executable, "-c", FINISHED_BEFORE_THE_STOP % (str(ROOT), str(tmp_path))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[0, 10]", (out.stdout, out.stderr)

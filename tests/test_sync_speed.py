@@ -625,3 +625,36 @@ def test_a_clone_stopped_while_it_waits_for_a_network_slot_leaves_no_folders(mak
     assert not worker.is_alive()
     assert raised and isinstance(raised[0], runner.Stopping), raised
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_network_slot_is_given_back_when_the_progress_line_fails_to_redraw():
+    """The callback telling the progress line that a waiting repo has its slot raises (a terminal write failed):
+    the slot goes back all the same, or the repos after it would wait for it forever."""
+    import threading
+
+    from lib.sync import RunGit
+
+    told_to_wait, errors = threading.Event(), []
+
+    def waiting(repo: str, waits: bool) -> None:
+        if waits:
+            told_to_wait.set()
+        else:
+            raise OSError("the terminal went away")
+
+    run = RunGit({}, None, threading.BoundedSemaphore(1), waiting)
+
+    def second() -> None:
+        try:
+            with run.on_the_network("second"):
+                pass
+        except OSError as err:
+            errors.append(err)
+
+    with run.on_the_network("first"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert told_to_wait.wait(30), "the second repo was never told to wait"
+    thread.join(30)
+    assert [str(err) for err in errors] == ["the terminal went away"]
+    assert run.network is not None and run.network.acquire(blocking=False), "the slot was never given back"
