@@ -196,8 +196,12 @@ def cmdline(pid: int) -> bytes | None:
         return None
 
 
-# Signals a child gets back at their defaults, as subprocess does (Python ignores them for itself).
-DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+# Signals a child gets back at their defaults: those Python ignores for itself, as subprocess does, and the stop
+# signals (SIGINT, SIGTERM, SIGHUP) even when our parent had them ignored (nohup, a script's `&`): what we start
+# runs in a session or group of its own, which no terminal signals, so only our own stops and timeouts reach it,
+# and they must work.
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def fill_standard_descriptors() -> None:

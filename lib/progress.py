@@ -34,6 +34,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.running: dict[str, float] = {}
+        self.waiting: set[str] = set()  # started, but waiting for a turn (sync's network slots): not running
         self.started_at = monotonic()
         self._drawn_at = 0.0
         self._lock = threading.Lock()
@@ -46,13 +47,23 @@ class Progress:
             self._unregister = pause_for_forks(self._paused)
 
     def start(self, name: str) -> None:
+        """`name` runs (again, after `wait`: its time counts from now)."""
         with self._lock:
+            self.waiting.discard(name)
             self.running[name] = monotonic()
+            self._redraw()
+
+    def wait(self, name: str) -> None:
+        """`name` waits for its turn (a network slot): counted apart, not shown as running, until `start`."""
+        with self._lock:
+            self.running.pop(name, None)
+            self.waiting.add(name)
             self._redraw()
 
     def finish(self, name: str, line: str, failed: bool = False) -> None:
         with self._lock:
             self.running.pop(name, None)
+            self.waiting.discard(name)
             self.done += 1
             self.failed += failed
             if self.item_lines:
@@ -127,6 +138,8 @@ class Progress:
         line = f"{self.label} {self.done}/{self.total}{failed} ({now - self.started_at:.0f}s)"
         if running:
             line += f" running: {running}"
+        if self.waiting:
+            line += f" ({len(self.waiting)} waiting for the network)"
         self.stream.write("\r\x1b[K" + line[: self._width()])
 
     @staticmethod

@@ -13,13 +13,13 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import queue
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -748,51 +748,89 @@ def capture(args: Sequence[str], cwd: Path | None,
 def run_each(items: Sequence[Item], work: Callable[[Item], Result], jobs: int,
              on_start: Callable[[Item], None] | None = None,
              on_done: Callable[[Result], None] | None = None, grace: float = GRACE_S) -> list[Result]:
-    """`work(item)` for every item on a pool of `jobs` threads; results in item order.
+    """`work(item)` for every item on `jobs` threads (fewer when no more can start); results in item order.
 
-    On SIGINT, SIGTERM or SIGHUP queued items are cancelled, every running
-    process group (and what left it) is killed, and RunInterrupted carries
-    the results of the items that had finished. They run in their own
-    sessions, so the terminal's SIGINT reaches only us. On any other error
-    the same kill happens and the error goes on.
+    `on_start(item)` runs in the worker thread before the work, `on_done(result)` in the calling thread as
+    each item finishes. On SIGINT, SIGTERM or SIGHUP the items not started are dropped, every running
+    process group (and what left it) is killed, and RunInterrupted carries the results of the items that
+    had finished. They run in their own sessions, so the terminal's SIGINT reaches only us. On an error
+    raised by `work` or `on_start` no further item starts, the same kill happens and the error goes on.
+
+    Plain threads taking the next item, not concurrent.futures: its futures, waiters and notifications
+    cost a sync-all of 200 repos more Python time than the rest of its pool work, and its import
+    (with logging) lay on every run's start.
     """
-
-    def one(item: Item) -> Result:
-        if on_start is not None:
-            on_start(item)
-        return work(item)
-
     if threading.current_thread() is threading.main_thread():
         _stopping.clear()  # a new run; a nested run (in a worker thread) must not undo a stop under way
     results: dict[int, Result] = {}
-    futures: dict[Future[Result], int] = {}
+    ended: queue.SimpleQueue[tuple[int, Result | None, BaseException | None]] = queue.SimpleQueue()
+    queued = iter(enumerate(items))
+    taking = threading.Lock()
+    dropped = threading.Event()  # no item is started once set
+
+    def worker() -> None:
+        while True:
+            with taking:
+                index, item = (-1, None) if dropped.is_set() else next(queued, (-1, None))
+            if index < 0:
+                return
+            try:
+                if on_start is not None:
+                    on_start(item)  # type: ignore[arg-type]
+                ended.put((index, work(item), None))  # type: ignore[arg-type]
+            except BaseException as err:  # raised in the calling thread; no item starts after it
+                dropped.set()
+                ended.put((index, None, err))
+
+    threads: list[threading.Thread] = []
     previous = signals.catch()
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        futures = {pool.submit(one, item): index for index, item in enumerate(items)}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
+        for _ in range(min(max(1, jobs), len(items))):
+            thread = threading.Thread(target=worker, name=f"run_each-{len(threads)}")  # joined at exit, as a pool's
+            threads.append(thread)  # before it starts: a stop landing in start() still waits for it
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to spare: the ones started share the items
+                threads.pop()
+                if not threads:
+                    raise
+                break
+        while len(results) < len(items):
+            index, result, error = ended.get()
+            if error is not None:
+                raise error
+            results[index] = result  # type: ignore[assignment]
             if on_done is not None:
-                on_done(results[futures[future]])
+                on_done(results[index])
     except (KeyboardInterrupt, Signalled) as stop:
         signals.ignore()
+        with suppress(queue.Empty):  # what finished before the stop but was not taken yet is finished too
+            while True:
+                index, result, error = ended.get_nowait()
+                if error is None:
+                    results[index] = result  # type: ignore[assignment]
         finished = [results[i] for i in sorted(results)]
-        for future in futures:
-            future.cancel()
+        dropped.set()
         stopped = terminate_all(grace)
-        pool.shutdown(wait=True)
+        _join(threads)
         signum = stop.signum if isinstance(stop, Signalled) else signal.SIGINT
         raise RunInterrupted(int(signum), finished, stopped) from None
     except BaseException:
-        for future in futures:
-            future.cancel()
+        dropped.set()
         terminate_all(grace)
         raise
     finally:
         try:
-            pool.shutdown(wait=True)
+            dropped.set()
+            _join(threads)
         finally:
             signals.restore(previous)
     return [results[i] for i in range(len(items))]
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        with suppress(RuntimeError):  # a stop cut its start() short before it ran: nothing to wait for
+            thread.join()
 
 

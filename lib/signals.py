@@ -82,10 +82,19 @@ def catch() -> Handlers:
 
 
 def ignore() -> Handlers:
-    """Ignore the stop signals (a stop is already under way); returns the handlers to `restore`."""
+    """Ignore the stop signals (a stop is already under way); returns the handlers to `restore`.
+
+    By a handler that does nothing, not SIG_IGN: what we start meanwhile (reading back what a killed step did)
+    would inherit SIG_IGN through exec and live out a kill's grace. A signal ignored on entry stays ignored.
+    """
     if not _main_thread():
         return {}
-    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    return {signum: signal.signal(signum, _already_stopping) for signum in STOP_SIGNALS
+            if signal.getsignal(signum) is not signal.SIG_IGN}
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    """A stop signal while a stop is under way: nothing more to do."""
 
 
 def restore(handlers: Handlers) -> None:

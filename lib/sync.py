@@ -17,13 +17,13 @@ import shutil
 import subprocess
 import threading
 from collections import Counter
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, fields
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from time import monotonic
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
 
 from lib import gitconfig, gitrefs, runner
 from lib.commandenv import command_env
@@ -210,6 +210,9 @@ class RunGit:
     env: dict[str, str]
     config_base: list[gitconfig.Entry] | None
     network: threading.BoundedSemaphore | None = None
+    # Told (repo, True) when a repo must wait for a network slot, (repo, False) once it has one: the progress
+    # line does not show a waiting repo as running.
+    waiting: Callable[[str, bool], None] | None = None
 
     @classmethod
     def build(cls, net_jobs: int | None = None) -> RunGit:
@@ -225,10 +228,24 @@ class RunGit:
         except OSError:  # git missing, no temp dir: every repo asks git itself, and says why it failed
             return cls(env, None, slots)
 
-    def on_the_network(self) -> AbstractContextManager[object]:
-        """Held while a repo talks to its remote (fetch, ls-remote, clone, and the fast-forward, whose hooks and
+    @contextmanager
+    def on_the_network(self, repo: str = "") -> Iterator[None]:
+        """Held while `repo` talks to its remote (fetch, ls-remote, clone, and the fast-forward, whose hooks and
         filters may fetch): at most `net_jobs` at once."""
-        return self.network if self.network is not None else nullcontext()
+        if self.network is None:
+            yield
+            return
+        waited = not self.network.acquire(blocking=False)
+        if waited:
+            if self.waiting is not None:
+                self.waiting(repo, True)
+            self.network.acquire()
+        try:  # from here the slot is released whatever happens, the progress line's redraw failing included
+            if waited and self.waiting is not None:
+                self.waiting(repo, False)
+            yield
+        finally:
+            self.network.release()
 
 
 def _git_says(output: str) -> str:
@@ -378,7 +395,7 @@ def _clone(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, dry
         raise _Stop(SyncStatus.WOULD_CLONE, f"from {repo.remote}")
     env = run.env
     git = _Git(path.parent, log, log_path, env, confined=False)  # it asks for the work tree around the clone
-    with run.on_the_network():  # the folders are made once the clone can start: a stop meanwhile leaves none
+    with run.on_the_network(repo.name):  # the folders are made once the clone can start: a stop meanwhile leaves none
         created = [p for p in [path, *path.parents] if not os.path.lexists(p)]  # what we make, deepest first
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -612,7 +629,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=run.on_the_network)
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=partial(run.on_the_network, repo.name))
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -882,9 +899,12 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
                     on_done(outcome)
 
             try:
+                def waiting(repo: str, waits: bool) -> None:
+                    (progress.wait if waits else progress.start)(repo)
+
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
-                                    on_start=lambda repo: progress.start(repo.name), on_done=finished, run=shared(),
-                                    scan_rows=scan_rows)
+                                    on_start=lambda repo: progress.start(repo.name), on_done=finished,
+                                    run=replace(shared(), waiting=waiting), scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 stop.notes += notes
                 if not dry_run and stop.results:

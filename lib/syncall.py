@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lib.config import load_workspace
 from lib.paths import Paths
-from lib.sync import NET_TIMEOUT_S, SyncReport, run_sync
+from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, run_sync
 from lib.views import load_tables_meanwhile
 
 
@@ -21,5 +21,14 @@ def run_command(paths: Paths, tags: list[str] | None = None, net_jobs: int = 4,
         from lib.remote.sync import sync_on_host  # lazily: a sync here never loads paramiko (start-up time)
 
         return sync_on_host(paths, host, tags, net_jobs, timeout, clone_missing, dry_run, accept_new_host_key)
-    load_tables_meanwhile()  # both doors print the outcomes' table at the end
-    return run_sync(paths, load_workspace(paths.repos_file), tags, net_jobs, timeout, clone_missing, dry_run)
+    loading: list[bool] = []
+
+    def first_done(outcome: SyncOutcome) -> None:
+        # Both doors print the outcomes' table at the end: its library is imported meanwhile, once the repos
+        # are under way (before, it held up the start of the first fetch).
+        if not loading:
+            loading.append(True)
+            load_tables_meanwhile()
+
+    return run_sync(paths, load_workspace(paths.repos_file), tags, net_jobs, timeout, clone_missing, dry_run,
+                    on_done=first_done)

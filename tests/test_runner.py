@@ -454,3 +454,133 @@ def test_a_program_on_path_that_cannot_run_is_passed_over_as_popen_does(tmp_path
     for _ in range(2):  # the second time through the cache of programs found
         result = runner.capture(["git", "--version"], None, env)
         assert result.returncode == 0 and result.stdout.startswith(b"git version"), result
+
+
+def test_run_each_gives_results_in_item_order_and_on_done_in_the_calling_thread():
+    import threading
+
+    from lib.runner import run_each
+
+    caller = threading.current_thread()
+    started, done = [], []
+    release = threading.Event()
+
+    def work(item: int) -> int:
+        if item == 0:
+            release.wait(30)  # item 0 ends last: results still come back in item order
+        return item * 10
+
+    def on_done(result: int) -> None:
+        assert threading.current_thread() is caller
+        done.append(result)
+        if len(done) == 4:
+            release.set()
+
+    assert run_each(list(range(5)), work, 3, on_start=started.append, on_done=on_done) == [0, 10, 20, 30, 40]
+    assert sorted(started) == list(range(5)) and done[-1] == 0 and sorted(done) == [0, 10, 20, 30, 40]
+
+
+def test_run_each_goes_on_with_the_threads_it_could_start_and_raises_when_none_starts(monkeypatch):
+    import threading
+
+    from lib.runner import run_each
+
+    real_start = threading.Thread.start
+    started = []
+
+    def start_once(thread: threading.Thread) -> None:
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once)
+    assert run_each(list(range(6)), lambda item: item + 1, 4) == [1, 2, 3, 4, 5, 6]  # all on the one thread
+    started.append(None)  # now none starts
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        run_each([1, 2], lambda item: item, 2)
+
+
+def test_run_each_raises_a_works_error_in_the_caller_and_starts_no_more_items():
+    from lib.runner import run_each
+
+    ran = []
+
+    def work(item: int) -> int:
+        ran.append(item)
+        if item == 1:
+            raise ValueError("bad item")
+        return item
+
+    with pytest.raises(ValueError, match="bad item"):
+        run_each(list(range(50)), work, 1)
+    assert ran == [0, 1]  # one thread: the items after the failing one never started
+
+
+SIG_IGN_SCRIPT = r"""
+import os, sys; sys.path.insert(0, %r)
+from lib import runner, signals
+env = dict(os.environ)
+if sys.argv[1] == "popen":  # a relative PATH entry: the runner starts it with Popen, not posix_spawn
+    env["PATH"] = "node_modules/.bin" + os.pathsep + env["PATH"]
+previous = signals.ignore()  # as during a stop: a read-back started now must still be killable by SIGTERM
+try:
+    result = runner.capture(["sh", "-c", "grep '^SigIgn' /proc/self/status"], None, env)
+finally:
+    signals.restore(previous)
+print(result.stdout.decode().split()[1])
+"""
+
+
+@pytest.mark.parametrize("started_by, ignored_by_parent", [("spawn", False), ("spawn", True), ("popen", False)])
+def test_a_read_started_during_a_stop_gets_the_stop_signals_at_their_defaults(tmp_path, started_by,
+                                                                             ignored_by_parent):
+    """The stop ignores SIGINT, SIGTERM and SIGHUP for itself; a git it starts meanwhile (reading back what a
+    killed step did) must not inherit that, or the kill's SIGTERM is ignored and it lives out the grace. What
+    posix_spawn starts gets them at their defaults even when our own parent ignored one (nohup's SIGHUP): it
+    runs in a session of its own, which only our stops and timeouts signal."""
+    import signal
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+
+    def parent_ignores() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    out = subprocess.run([sys.executable, "-c", SIG_IGN_SCRIPT % str(ROOT), started_by], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, preexec_fn=parent_ignores if ignored_by_parent else None)
+    assert out.returncode == 0, out.stderr
+    mask = int(out.stdout.strip(), 16)
+    assert [signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if mask >> (signum - 1) & 1] == []
+
+
+FINISHED_BEFORE_THE_STOP = r"""
+import os, signal, sys, threading, time; sys.path.insert(0, %r)
+from pathlib import Path
+from lib.runner import RunInterrupted, run_each, run_in_group
+tmp = Path(%r)
+second_done = threading.Event()
+def work(i):
+    if i == 1:
+        second_done.set()
+    if i == 2:
+        with open(tmp / "log", "wb") as log:
+            run_in_group(["sleep", "60"], None, log, 600)
+    return i * 10
+def on_done(result):
+    if result == 0:  # the calling thread is busy here while item 1 finishes; the stop comes before it is taken
+        second_done.wait(30)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+try:
+    run_each([0, 1, 2], work, 3, on_done=on_done, grace=5)
+except RunInterrupted as stop:
+    print(stop.results)
+"""
+
+
+def test_a_stop_keeps_the_results_that_finished_before_it_even_those_not_taken_yet(tmp_path):
+    out = subprocess.run([sys.executable, "-c", FINISHED_BEFORE_THE_STOP % (str(ROOT), str(tmp_path))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[0, 10]", (out.stdout, out.stderr)

@@ -521,6 +521,48 @@ esac""")
     assert not waited_out.exists(), "the fetches held every thread: nothing ran beside them"
 
 
+def test_a_repo_waiting_for_a_network_slot_is_not_shown_as_running(home, make_repo, tmp_path, monkeypatch):
+    """--net-jobs 2, three repos at once: both fetches wait (30 s at most) until the third repo is told to wait
+    for a slot; meanwhile the live line counts it as waiting, not running, and once it has a slot it runs again."""
+    import io
+
+    import lib.sync
+    from lib.progress import Progress
+
+    told = tmp_path / "told-to-wait"
+    git_first_on_path(tmp_path, monkeypatch, f"""case " $* " in *" fetch "*) waited=0
+    while [ ! -e "{told}" ] && [ $waited -lt 600 ]; do sleep 0.05; waited=$((waited + 1)); done;;
+esac""")
+    lines: list[str] = []
+    calls: list[tuple[str, str]] = []
+
+    class Recorded(Progress):
+        def __init__(self, label: str, total: int) -> None:
+            super().__init__(label, total, io.StringIO(), live=True)
+
+        def start(self, name: str) -> None:
+            calls.append(("start", name))
+            super().start(name)
+
+        def wait(self, name: str) -> None:
+            calls.append(("wait", name))
+            super().wait(name)
+            with self._lock:
+                self._redraw()
+                lines.append(self.stream.getvalue().rsplit("\r\x1b[K", 1)[-1])
+            told.touch()
+
+    monkeypatch.setattr(lib.sync, "Progress", Recorded)
+    home.add(*[make_repo(f"r{i}") for i in range(3)])
+    paths = Paths.from_env()
+    report = run_sync(paths, load_workspace(paths.repos_file), net_jobs=2)
+    assert [o.status for o in report.outcomes] == ["up to date"] * 3
+    waited = [name for how, name in calls if how == "wait"]
+    assert len(waited) == 1, calls
+    assert "(1 waiting for the network)" in lines[0] and f"{waited[0]} " not in lines[0].split("running:")[1], lines
+    assert calls.index(("wait", waited[0])) < len(calls) - 1 - calls[::-1].index(("start", waited[0])), calls
+
+
 @pytest.mark.parametrize("how", ["linked", "excludesFile", "excludesFile with an includeIf"])
 def test_no_row_is_reused_once_a_moved_repo_holds_a_file_git_reads_for_every_repo(home, make_repo, tmp_path,
                                                                                  monkeypatch, how):
@@ -583,3 +625,36 @@ def test_a_clone_stopped_while_it_waits_for_a_network_slot_leaves_no_folders(mak
     assert not worker.is_alive()
     assert raised and isinstance(raised[0], runner.Stopping), raised
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_network_slot_is_given_back_when_the_progress_line_fails_to_redraw():
+    """The callback telling the progress line that a waiting repo has its slot raises (a terminal write failed):
+    the slot goes back all the same, or the repos after it would wait for it forever."""
+    import threading
+
+    from lib.sync import RunGit
+
+    told_to_wait, errors = threading.Event(), []
+
+    def waiting(repo: str, waits: bool) -> None:
+        if waits:
+            told_to_wait.set()
+        else:
+            raise OSError("the terminal went away")
+
+    run = RunGit({}, None, threading.BoundedSemaphore(1), waiting)
+
+    def second() -> None:
+        try:
+            with run.on_the_network("second"):
+                pass
+        except OSError as err:
+            errors.append(err)
+
+    with run.on_the_network("first"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert told_to_wait.wait(30), "the second repo was never told to wait"
+    thread.join(30)
+    assert [str(err) for err in errors] == ["the terminal went away"]
+    assert run.network is not None and run.network.acquire(blocking=False), "the slot was never given back"
