@@ -67,7 +67,8 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
     as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
-    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold): they count as given only
+    issue's next try, and so are those of the ended try whose session it was to continue (`resume_session`: after
+    a hold or a restart; a prepared try killed before it started, say) when they were not carried to it yet. `held`: the try ended on a missing login or a rate limit (do_hold): they count as given only
     when its session also goes on in the try after the hold (it cannot without a session id, or when this config
     cannot resume it: that try starts afresh, and gets them again). Returns the agent's state with what it did
     (agent_worked: its turns and session, events the probe had not read included) when they count as given, else
@@ -89,6 +90,8 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
                                                              stem), None, {"wrapper_unstopped": stem})
         return None
     give_back(run, record, stem)
+    if record.resume_session:  # it was to go on in the ended try's session: what rode on that comes back too
+        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1))
     return None
 
 
