@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_workers_steer_given import TURN, _cycles_until, agent_script, followup_events, given_in
 from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
 from workers_fixtures import orchestrator_cli as cli
@@ -46,3 +48,45 @@ def test_a_follow_up_held_in_a_rate_limited_session_reaches_the_try_after_kill_a
     assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
     assert given_in(proj) == ["worker-1-try-3"]
     assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+@pytest.mark.parametrize("odd", [5, 1.5, True, ["s-held"], {"id": "s-held"}, ""],
+                         ids=["number", "float", "bool", "list", "object", "empty"])
+def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and_never_ends_the_monitor(
+        project, tmp_path, odd):
+    """A worker record left by a crash (a try prepared, not started), its `resume_session` edited by hand to a
+    number, a list, an object: it names no session, so the monitor starts the try afresh (no --resume), gives it
+    back the follow-up that rode on the session it was to continue, and the run completes. Before: a TypeError ended
+    the monitor at every start."""
+    from conftest import git
+
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    command, seen = agent_script(tmp_path, "true", "claude")
+    proj = project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}],
+                   pipeline=["implement"], num_workers=1, agent="claude", agent_command=f"{command} {STREAM}",
+                   max_retries=0)
+    files = RunFiles(proj.home / "state" / "demo")
+    run = open_run()
+    pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # as the crashed monitor's assignment did
+    base = git(proj.repo, "rev-parse", "origin/main")
+    git(proj.repo, "branch", "feature/issue-1", "main")
+    files.save_worker(WorkerRecord(1, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
+                                   0, "implement", try_id=2, launched=False, stage_base=base, started_at=0))
+    doc = json.loads(files.worker_file(1).read_text())
+    files.worker_file(1).write_text(json.dumps({**doc, "resume_session": odd}))
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"]
+    assert not [e for e in proj.events() if e["action"] == "error"]
+    # It was to go on in the ended try's session, which it cannot: what rode on it comes back to it, once.
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]

@@ -90,7 +90,7 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
                                                              stem), None, {"wrapper_unstopped": stem})
         return None
     give_back(run, record, stem)
-    if record.resume_session:  # it was to go on in the ended try's session: what rode on that comes back too
+    if record.resume_session is not None:  # it was to go on in the ended try's session: what rode on it comes back
         give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1))
     return None
 
@@ -523,12 +523,13 @@ class Executor:
         self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
         if not self._restore_worktree(action, record):
             return
-        session = record.resume_session or ""  # a held try's, whose follow-ups went on there
-        if session and not resume_args(self.run.config_of(record.project or ""), session):
-            # The config no longer resumes it (edited since the hold): this try starts afresh and gets them again.
+        session = record.resume_session  # the ended try's (a hold's, a restart's), whose follow-ups went on there
+        if session is not None and not resume_args(self.run.config_of(record.project or ""), session):
+            # The config no longer resumes it (edited since), or no session is named (a hand edit): this try starts
+            # afresh and gets them again.
             give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1))
             session = ""
-        start_try(self.run, record, session=session)
+        start_try(self.run, record, session=session or "")
 
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> bool:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
