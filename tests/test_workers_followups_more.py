@@ -90,3 +90,144 @@ def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and
     # It was to go on in the ended try's session, which it cannot: what rode on it comes back to it, once.
     assert seen.read_text().count("mind the changelog") == 1
     assert given_in(proj) == ["worker-1-try-2"]
+
+
+# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2: then
+# SIGKILL, the way a kill -9 right after that step stops it.
+KILLED_AFTER = """
+import os, signal, sys, time
+sys.path[:0] = [os.getcwd(), os.path.dirname(os.path.dirname(os.getcwd()))]  # the package, and lib/
+from orchestrator.monitor import monitor
+from orchestrator.run import open_run
+from orchestrator.worker import Worker
+
+step = sys.argv[1]
+saved = getattr(Worker, step)
+
+def then_die(self, *args, **kwargs):
+    saved(self, *args, **kwargs)
+    if self.record.try_id >= 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(Worker, step, then_die)
+deadline = time.monotonic() + 240
+while time.monotonic() < deadline:
+    monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+    time.sleep(0.1)
+sys.exit(3)
+"""
+
+
+def killed_after(step: str) -> None:
+    """Monitor cycles in a process of its own, SIGKILLed right after Worker.<step> for try 2."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER, step], cwd=ROOT / "scripts" / "proof-workers",
+                            env=monitor_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+
+
+def test_a_monitor_killed_between_a_restart_and_the_next_try_continues_the_session_its_follow_up_is_in(
+        project, tmp_path):
+    """The agent took a turn on the prompt carrying the follow-up in session s-held, then failed: the monitor
+    restarts the try to continue that session, and is SIGKILLed once that restart is saved, before the next try
+    starts. The next monitor starts that try in session s-held (the follow-up goes on there, counted in it, never
+    appended twice). Before: the session was kept only in the killed monitor's memory; the try started afresh and
+    the follow-up, given to the ended session, reached it never."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("restart")
+    restart = next(e for e in proj.events() if e["action"] == "restart")
+    assert restart["session"] == "s-held"
+    assert not (proj.state / "tries" / "worker-1-try-2.json").exists()  # killed before the try started
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in seen.read_text()  # in the session already: not appended again
+    assert given_in(proj) == ["worker-1-try-2"]  # it went on in the session try 2 continued
+    assert [e.get("given_back") for e in followup_events(proj)] == [None]
+
+
+def test_a_follow_up_held_in_a_session_comes_back_when_the_try_after_the_hold_fails_its_set_up(project, tmp_path):
+    """Held in a session that can go on, the follow-up stays given there. While a monitor waits out the pause, the
+    agent's worktree goes and the config gains a file to copy into a new one that is missing: on `resume` the
+    worktree is made again, its set-up fails, and so does the issue, before the try after the hold starts. The
+    follow-up comes back (status shows it kept) and the try after `retry` gets it once. Before: it stayed given to
+    the held try, lost."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; echo '{LIMITED}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=0)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    assert given_in(proj) == ["worker-1-try-1"]
+    # A real monitor with a long cycle: it reconciles (the worktree is still there), runs a cycle (paused: nothing
+    # starts) and waits, until the `resume` below wakes it.
+    monitor = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "30", "--no-delay"],
+                               cwd=ROOT / "scripts" / "proof-workers", env=monitor_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        beat = proj.state / "monitor.json"
+        retry_until(lambda: beat.exists() and json.loads(beat.read_text()).get("last_cycle_at")
+                    and json.loads(beat.read_text())["pid"] == monitor.pid, seconds=120)
+        shutil.rmtree(tmp_path / "worktrees" / "issue-1")
+        proj.config.write_text(json.dumps({**proj.doc(), "worktree_setup": {"copy": ["missing.env"]}}))
+        assert cli("resume").returncode == 0
+        assert monitor.wait(timeout=120) == 1  # the issue failed: nothing left to run
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        monitor.communicate(timeout=60)
+    assert proj.issue(1)["status"] == "failed"
+    assert "setup failed" in next(e for e in proj.events() if e["action"] == "skip")["reason"]
+    assert given_in(proj) == [None]
+    assert "1 follow-up kept for its next try" in cli("status").stdout
+    proj.config.write_text(json.dumps({k: v for k, v in proj.doc().items() if k != "worktree_setup"}))
+    assert cli("retry", "1").returncode == 0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_monitor_killed_right_after_starting_a_try_that_continues_a_session_has_its_follow_up_given_there(
+        project, tmp_path):
+    """The restarted try continues session s-held, whose follow-up it carries; the monitor is SIGKILLed right after
+    recording that try started. The follow-up is counted in that try (given_in names it), as without the kill, so a
+    try that continues it and gets nothing done gives it back. Before: it was carried only after the start was
+    recorded, so it stayed given to the ended try."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("started")
+    assert given_in(proj) == ["worker-1-try-2"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in seen.read_text()
+    assert given_in(proj) == ["worker-1-try-2"]

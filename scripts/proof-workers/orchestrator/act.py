@@ -283,6 +283,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.agent_events(w, t).unlink(missing_ok=True)
     worker = Worker(record, files)
     worker.prepare_try(agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent))
+    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try,
+        # before its pane runs it (a kill at any later step leaves them given here: given back if it never starts)
+        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
@@ -320,8 +323,6 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
-    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try
-        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
 
 
 class Executor:
@@ -545,7 +546,9 @@ class Executor:
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
             if not self._set_up(action, cfg, issue, Path(record.worktree)):
-                kill_try(self.run, record)  # the issue failed in _set_up (its skip journalled there)
+                # The issue failed in _set_up (its skip journalled there); the follow-ups riding on the session this
+                # try was to continue come back for the try after `retry` (end_try).
+                end_try(self.run, record)
                 self._worker(record).free()
                 return False
         elif record.worktree and record.branch:
@@ -600,11 +603,13 @@ class Executor:
         # had not read yet: a follow-up counted as given there must go on in that session.
         agent = end_try(self.run, record) or record.agent
         ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
-        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
-        session = agent.get("session_id") or "" if action.continuation and agent.get("turns") else ""
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh) and
+        # this config can resume it.
+        session = agent.get("session_id") if action.continuation and agent.get("turns") else ""
+        session = session if isinstance(session, str) and resume_args(cfg, session) else ""
         # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
-        # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
-        # judges the ended try again, so never counts it twice.
+        # halfway still used one retry (its try is then resumed, in that session: resume_session), and a monitor
+        # killed at any step never judges the ended try again, so never counts it twice.
         self._worker(record).restart(counted=action.counted, nudge=action.nudge, reason=action.reason,
                                      continuation=action.continuation, session=session or None, now=self.run.clock())
         if not self._restore_worktree(action, record):
