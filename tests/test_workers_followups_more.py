@@ -231,3 +231,91 @@ def test_a_monitor_killed_right_after_starting_a_try_that_continues_a_session_ha
         "--resume s-held")
     assert "mind the changelog" not in seen.read_text()
     assert given_in(proj) == ["worker-1-try-2"]
+
+
+# --- what an ended try's agent did: read as the probe reads it ----------------------------------------------------
+
+def _ended_try(project, events: bytes | None = None) -> tuple[object, object]:
+    """one_try_given_a_follow_up's try 1 (claude, with events), its agent started (a pid file) and its wrapper ended
+    (the exit code written); its events file holds `events` when given."""
+    from workers_fixtures import one_try_given_a_follow_up
+
+    from orchestrator import agents
+
+    run, record = one_try_given_a_follow_up(project)
+    record.agent = agents.new_state("claude")
+    signals = run.files.pid_file(1, 1).parent
+    signals.mkdir(parents=True, exist_ok=True)
+    run.files.pid_file(1, 1).write_text("999999999\n")
+    run.files.signal(1, 1).write_text("1\n")
+    if events is not None:
+        run.files.agent_events(1, 1).write_bytes(events)
+    return run, record
+
+
+def test_an_ended_tries_events_file_that_is_a_symlink_is_read_by_neither_the_probe_nor_the_follow_up_judgement(
+        project, tmp_path):
+    """The agent replaced its events file by a link to a file of turns (one of the user's, or its own forgery): the
+    probe and end_try read nothing through it, so the follow-up is given back (its agent never showed a turn in its
+    own stream). Before: the probe followed the link and counted its turns."""
+    from orchestrator import probe
+    from orchestrator.act import end_try
+
+    run, record = _ended_try(project)
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(TURN + "\n")
+    run.files.agent_events(1, 1).symlink_to(forged)
+
+    assert probe.read_events(run.files, record, 0.0) == 0 and not record.agent["turns"]
+    assert end_try(run, record) is None
+    assert given_in_of(run) == [None]
+
+
+def test_a_half_written_last_event_is_not_taken_for_a_turn_by_the_follow_up_judgement(project):
+    """The ended try's stream ends with a whole event and, after it, a turn whose line has no end (cut by a kill
+    mid-write): as the probe, end_try takes only whole lines, so that turn does not count and the follow-up comes
+    back. Before: end_try took the cut line for a turn (the probe never would)."""
+    from orchestrator import probe
+    from orchestrator.act import end_try
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN).encode())
+
+    assert end_try(run, record) is None
+    assert given_in_of(run) == [None]
+    assert probe.read_events(run.files, record, 0.0) == 1 and not record.agent["turns"]
+
+
+def test_waiting_for_an_ended_tries_wrapper_scans_the_process_table_once(project, monkeypatch):
+    """The try's agent is gone but its wrapper still runs (stuck, its exit code never written): end_try waits for it
+    a bounded while, looking for it in every process's environment once, then only at the wrapper itself. Before:
+    every process's environment was read ten times a second for 10 s, holding up the monitor's cycle."""
+    import os
+    import subprocess
+
+    from lib import procs
+    from orchestrator import act
+    from orchestrator.windows import try_tag
+    from orchestrator.wrapper import WRAPPER_VAR
+
+    run, record = _ended_try(project)
+    run.files.signal(1, 1).unlink()
+    wrapper = subprocess.Popen(["sleep", "600"], env={**os.environ, WRAPPER_VAR: try_tag(run, 1, 1)})
+    scans: list[str] = []
+    tagged = procs.processes_tagged
+    monkeypatch.setattr(procs, "processes_tagged", lambda name, *a, **k: scans.append(name) or tagged(name, *a, **k))
+    monkeypatch.setattr(act, "WRAPPER_EXIT_WAIT", 1.0)
+    try:
+        retry_until(lambda: wrapper.pid in tagged(WRAPPER_VAR, try_tag(run, 1, 1)), seconds=30)
+        assert act.end_try(run, record) is None
+    finally:
+        wrapper.kill()
+        wrapper.wait(timeout=60)
+    assert scans.count(WRAPPER_VAR) == 1, scans
+    assert given_in_of(run) == [None]
+
+
+def given_in_of(run) -> list[str | None]:
+    from orchestrator import commands
+
+    return [e.get("given_in") for e in commands.pending_followups(run.state_root, "demo", 1, given_too=True)]
