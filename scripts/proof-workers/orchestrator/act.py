@@ -9,12 +9,14 @@ Over 500 lines, one job: one method per action kind decide() returns.
 """
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import signal
 import sys
 import time
 from contextlib import suppress
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -29,19 +31,19 @@ from orchestrator import worktree_setup, worktrees
 from orchestrator import resume as resume_from
 from orchestrator.config import Issue, IssueStatus, ProjectConfig
 from orchestrator.decide import Action, ActionKind
-from orchestrator.probe import read_pid
+from orchestrator.probe import read_events, read_pid
 from orchestrator.queue import IssueRef
 from orchestrator.run import Run
 from orchestrator.state import WorkerRecord
 from orchestrator.worker import Worker
 from orchestrator.windows import try_tag, worker_window
-from orchestrator.wrapper import MAX_EVENT_LINE, TRY_VAR, WRAPPER_VAR
+from orchestrator.wrapper import TRY_VAR, WRAPPER_VAR
 
 PR_STAGE_KINDS = (ActionKind.FIX_CI, ActionKind.ADDRESS_REVIEW)  # each begins the worker's next try
 WRAPPER = Path(__file__).resolve().with_name("wrapper.py")
 RATE_LIMIT_BACKOFF = (60.0, 1800.0)  # first pause, longest pause (seconds) when the agent gave no reset time
 MAX_RESET_WAIT = 24 * 3600.0  # a reset time further away than this is not believed
-WRAPPER_EXIT_WAIT = 10.0  # seconds an ended try's wrapper has to write its agent's last events (wrapper: 5 s)
+WRAPPER_EXIT_WAIT = 5.0  # seconds an ended try's wrapper has to write its agent's last events (its own wait)
 WRAPPER_STOP_WAIT = 15.0  # seconds a try's wrapper, stopped before its agent, has to end (its set-up's kill)
 RESUME_PROMPT = ("Continue the task of this session where it stopped. The rules given at its start still hold. "
                  "Finish the work and commit it.\n\n")
@@ -67,9 +69,11 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
     """The try is over: its wrapper stopped if it has not started its agent yet (a set-up that exits 0 on SIGTERM
     never starts one after a kill), then what is left of it killed (kill_try). The follow-ups in its prompt count
     as given only when its agent took the prompt and worked on it (agent_worked); else they are kept again for the
-    issue's next try. `held`: the try ended on a missing login or a rate limit (do_hold): they count as given only
-    when its session also goes on in the try after the hold (it cannot without a session id, or when this config
-    cannot resume it: that try starts afresh, and gets them again). Returns the agent's state with what it did
+    issue's next try, and so are those of the ended try whose session it was to continue (`resume_session`: after
+    a hold or a restart; a prepared try killed before it started, say) when they were not carried to it yet.
+    `held`: the try ended on a missing login or a rate limit (do_hold): they count as given only when its session
+    also goes on in the try after the hold (it cannot without a session id, or when this config cannot resume it:
+    that try starts afresh, and gets them again). Returns the agent's state with what it did
     (agent_worked: its turns and session, events the probe had not read included) when they count as given, else
     None."""
     pid_file = run.files.pid_file(record.worker_id, record.try_id)
@@ -89,6 +93,8 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
                                                              stem), None, {"wrapper_unstopped": stem})
         return None
     give_back(run, record, stem)
+    if record.resume_session is not None:  # it was to go on in the ended try's session: what rode on it comes back
+        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1))
     return None
 
 
@@ -136,30 +142,30 @@ def _followup_events(run: Run, record: WorkerRecord, ids: list[str], delivered: 
 def agent_worked(run: Run, record: WorkerRecord) -> dict[str, Any] | None:
     """The ended try's agent state when its agent (it started) took its prompt and worked on it, else None. An
     agent with events: when they show it did (agents.worked: a turn; codex's a completed turn or a reply), in its
-    tally or with the events the probe has not read yet folded in (the state returned has them); a plain command
-    says nothing of it: it ran, so yes."""
-    kind = record.agent.get("kind")
-    if kind not in agents.STRUCTURED or agents.worked(record.agent):
+    tally or with the events the probe has not read yet folded in, read as the probe reads them (whole lines, never
+    through a symlink; the state returned has them); a plain command says nothing of it: it ran, so yes."""
+    if record.agent.get("kind") not in agents.STRUCTURED or agents.worked(record.agent):
         return dict(record.agent)
-    # The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
-    # read them once the wrapper has ended (its exit code), or WRAPPER_EXIT_WAIT at most.
-    deadline = time.monotonic() + WRAPPER_EXIT_WAIT
-    while run.files.read_signal(record.worker_id, record.try_id) is None and time.monotonic() < deadline and \
-            _try_wrappers(run, record, None):
-        time.sleep(0.1)
-    state = dict(record.agent)
-    try:
-        with open_regular_file(run.files.agent_events(record.worker_id, record.try_id)) or \
-                open(os.devnull, "rb") as events:
-            events.seek(record.events_offset)
-            for line in iter(lambda: events.readline(MAX_EVENT_LINE), b""):  # a longer one is read in parts
-                if agents.tallied(kind, line):
-                    agents.fold(state, agents.parse_line(line)[0], "")
-                    if agents.worked(state):
-                        return state
-    except OSError:
+    _wait_for_wrapper(run, record)
+    seen = replace(record, agent=copy.deepcopy(record.agent))  # read on a copy: the record's marks stay the probe's
+    while not agents.worked(seen.agent) and read_events(run.files, seen, run.clock()):
         pass
-    return None
+    return seen.agent if agents.worked(seen.agent) else None
+
+
+def _wait_for_wrapper(run: Run, record: WorkerRecord) -> None:
+    """The agent is killed, but its wrapper may still be writing the last events it printed (a reply among them):
+    wait until the wrapper has ended (or written its exit code), WRAPPER_EXIT_WAIT at most. Its processes are looked
+    for in every process's environment once; then only they are looked at (a stat each), never the whole table."""
+    signal_written = partial(run.files.read_signal, record.worker_id, record.try_id)
+    if signal_written() is not None:
+        return
+    deadline = time.monotonic() + WRAPPER_EXIT_WAIT
+    running = {pid: procs.start_tick(pid) for pid in _try_wrappers(run, record, None)}
+    while running and signal_written() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        # A pid now naming another process (its start differs) is no wrapper of this try.
+        running = {pid: tick for pid, tick in running.items() if tick is not None and procs.start_tick(pid) == tick}
 
 
 def _wrapper_stopped(run: Run, record: WorkerRecord) -> bool:
@@ -280,6 +286,9 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.agent_events(w, t).unlink(missing_ok=True)
     worker = Worker(record, files)
     worker.prepare_try(agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent))
+    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try,
+        # before its pane runs it (a kill at any later step leaves them given here: given back if it never starts)
+        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
@@ -317,8 +326,6 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
     # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
     commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
-    if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try
-        commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
 
 
 class Executor:
@@ -520,12 +527,13 @@ class Executor:
         self.say(f"worker {action.worker}: starting try {record.try_id} again ({action.reason})")
         if not self._restore_worktree(action, record):
             return
-        session = record.resume_session or ""  # a held try's, whose follow-ups went on there
-        if session and not resume_args(self.run.config_of(record.project or ""), session):
-            # The config no longer resumes it (edited since the hold): this try starts afresh and gets them again.
+        session = record.resume_session  # the ended try's (a hold's, a restart's), whose follow-ups went on there
+        if session is not None and not resume_args(self.run.config_of(record.project or ""), session):
+            # The config no longer resumes it (edited since), or no session is named (a hand edit): this try starts
+            # afresh and gets them again.
             give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1))
             session = ""
-        start_try(self.run, record, session=session)
+        start_try(self.run, record, session=session or "")
 
     def _restore_worktree(self, action: Action, record: WorkerRecord) -> bool:
         """An agent may delete its own worktree, or switch it to another branch: before the next try, bring it
@@ -541,7 +549,9 @@ class Executor:
             worktrees.ensure_worktree(repo.path, repo.default_branch, repo.worktree_base, Path(record.worktree),
                                       record.branch or cfg.branch_for(issue))
             if not self._set_up(action, cfg, issue, Path(record.worktree)):
-                kill_try(self.run, record)  # the issue failed in _set_up (its skip journalled there)
+                # The issue failed in _set_up (its skip journalled there); the follow-ups riding on the session this
+                # try was to continue come back for the try after `retry` (end_try).
+                end_try(self.run, record)
                 self._worker(record).free()
                 return False
         elif record.worktree and record.branch:
@@ -596,11 +606,13 @@ class Executor:
         # had not read yet: a follow-up counted as given there must go on in that session.
         agent = end_try(self.run, record) or record.agent
         ended_log = agent_log(self.run, record)  # the ended try's: its tail goes into the continuation
-        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh).
-        session = agent.get("session_id") or "" if action.continuation and agent.get("turns") else ""
+        # The session goes on only if the try got somewhere in it (a resume that failed at once starts afresh) and
+        # this config can resume it.
+        session = agent.get("session_id") if action.continuation and agent.get("turns") else ""
+        session = session if isinstance(session, str) and resume_args(cfg, session) else ""
         # Counted and the next try recorded in one save, before anything can fail: a restart that breaks
-        # halfway still used one retry (its try is then resumed), and a monitor killed at any step never
-        # judges the ended try again, so never counts it twice.
+        # halfway still used one retry (its try is then resumed, in that session: resume_session), and a monitor
+        # killed at any step never judges the ended try again, so never counts it twice.
         self._worker(record).restart(counted=action.counted, nudge=action.nudge, reason=action.reason,
                                      continuation=action.continuation, session=session or None, now=self.run.clock())
         if not self._restore_worktree(action, record):

@@ -75,13 +75,15 @@ def fingerprint(files: RunFiles, record: WorkerRecord, head: str | None, changes
 
 
 def read_events(files: RunFiles, record: WorkerRecord, now: float) -> int:
-    """Fold the events this try's agent wrote since the last read into `record.agent`; returns how many."""
+    """Fold the events this try's agent wrote since the last read into `record.agent`; returns how many. Whole lines
+    only (one still being written waits for its end), never through a symlink: what act.end_try reads too."""
     if record.agent.get("kind") not in agents.STRUCTURED:
         return 0
     import os
 
     try:
-        fd = open_regular(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY)  # never a FIFO's wait
+        # Never a FIFO's wait, never through a symlink (an agent's, to a file of turns it did not take).
+        fd = open_regular(files.agent_events(record.worker_id, record.try_id), os.O_RDONLY | os.O_NOFOLLOW)
         with open(fd, "rb") as stream:
             stream.seek(record.events_offset)
             chunk = stream.read(MAX_EVENTS_READ)

@@ -48,7 +48,9 @@ class WorkerRecord:
     agent: dict[str, Any] = field(default_factory=dict)  # this try's agent as its events tell (agents.new_state)
     events_offset: int = 0  # how far the probe has read this try's event stream
     rate_limits: int = 0  # tries in a row that ended on a rate limit (the pause backs off: 60 s doubling to 30 min)
-    resume_session: str | None = None  # the held try's session the prepared try continues (its follow-ups go on there)
+    # The ended try's session the prepared try continues (after a hold or a restart: its follow-ups go on there);
+    # "": it was to continue one that cannot be named (a hand edit): it starts afresh. None: it continues none.
+    resume_session: str | None = None
     pr: dict[str, Any] = field(default_factory=dict)  # the pull-request loop (orchestrator.pulls)
 
     @classmethod
@@ -57,6 +59,10 @@ class WorkerRecord:
         values = {k: v for k, v in doc.items() if k in known}
         if "status" in values:
             values["status"] = RecordStatus(values["status"])  # a word outside the set: ValueError (load_worker)
+        if values.get("resume_session") is not None and not isinstance(values["resume_session"], str):
+            # A hand edit (a number, a list): the try was to go on in a session this names not: "", none to resume
+            # (the try starts afresh and what rode on that session is given back to it: act.do_resume).
+            values["resume_session"] = ""
         return cls(**values)
 
 

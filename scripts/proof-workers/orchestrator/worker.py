@@ -164,7 +164,8 @@ class Worker:
     def restart(self, *, counted: bool, nudge: bool, reason: str, continuation: bool, session: str | None,
                 now: float) -> None:
         """The ended try is counted (a retry, or a try lost to tmux) and the next one recorded in one save: a
-        monitor killed at any later step never judges the ended try again."""
+        monitor killed at any later step never judges the ended try again, and starts the next one continuing
+        `session`, the ended try's (its follow-ups go on there), as this one would have."""
         record = self._holding("restart")
         if counted:
             record.retry_count += 1
@@ -173,6 +174,7 @@ class Worker:
         record.nudged = record.nudged or nudge
         record.last_reason = reason
         self._new_try(now)
+        record.resume_session = session
         self._done({"action": "restart", "worker": record.worker_id, "issue": record.issue_number,
                     "retry_count": record.retry_count, "counted": counted, "reason": reason,
                     "continuation": continuation, "session": session})

@@ -1,0 +1,321 @@
+"""Follow-ups never lost and never given twice across the user's kill and retry, a monitor killed mid-restart, and a
+worker record edited by hand.
+
+Real tmux on a private socket, real git with a bare remote, a real monitor (in this process, or in a subprocess
+where it is killed with SIGKILL); the agents are small shell scripts that speak Claude's event format
+(test_workers_steer_given's).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_workers_steer_given import TURN, _cycles_until, agent_script, followup_events, given_in
+from workers_fixtures import project, retry_until, tmux_socket  # noqa: F401
+from workers_fixtures import orchestrator_cli as cli
+
+INIT = json.dumps({"type": "system", "subtype": "init", "session_id": "s-held", "model": "m"})
+LIMITED = json.dumps({"type": "result", "subtype": "success", "is_error": True, "num_turns": 1,
+                      "session_id": "s-held", "api_error_status": 429, "result": "API Error: 429"})
+STREAM = "--output-format stream-json --verbose"
+
+
+def test_a_follow_up_held_in_a_rate_limited_session_reaches_the_try_after_kill_and_retry_once(project, tmp_path):
+    """The agent took a turn on the prompt carrying the follow-up, then hit a rate limit: held, the follow-up stays
+    given to the held session, which the try after the hold was to continue. The user kills the issue during the
+    hold, then retries it: that prepared try never ran, so the held session went on nowhere and the follow-up comes
+    back; the retried try gets it once, in a fresh session (the held one has it already). Before: it stayed given
+    to the held try and the retried try never got it (lost)."""
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; echo '{LIMITED}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=0)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    assert given_in(proj) == ["worker-1-try-1"]
+    killed = cli("kill", "1")
+    assert killed.returncode == 0, killed.stderr
+    assert proj.issue(1)["status"] == "failed"
+    assert given_in(proj) == [None]  # kept again for the issue's next try: status shows it
+    assert "1 follow-up kept for its next try" in cli("status").stdout
+    retried = cli("retry", "1")
+    assert retried.returncode == 0, retried.stderr
+    shift[0] = 61.0  # the pause (60 s) lapses
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    spec = json.loads((proj.state / "tries" / "worker-1-try-3.json").read_text())
+    assert "--resume" not in spec["command"]
+    assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
+    assert given_in(proj) == ["worker-1-try-3"]
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+@pytest.mark.parametrize("odd", [5, 1.5, True, ["s-held"], {"id": "s-held"}, ""],
+                         ids=["number", "float", "bool", "list", "object", "empty"])
+def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and_never_ends_the_monitor(
+        project, tmp_path, odd):
+    """A worker record left by a crash (a try prepared, not started), its `resume_session` edited by hand to a
+    number, a list, an object: it names no session, so the monitor starts the try afresh (no --resume), gives it
+    back the follow-up that rode on the session it was to continue, and the run completes. Before: a TypeError ended
+    the monitor at every start."""
+    from conftest import git
+
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    command, seen = agent_script(tmp_path, "true", "claude")
+    proj = project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}],
+                   pipeline=["implement"], num_workers=1, agent="claude", agent_command=f"{command} {STREAM}",
+                   max_retries=0)
+    files = RunFiles(proj.home / "state" / "demo")
+    run = open_run()
+    pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # as the crashed monitor's assignment did
+    base = git(proj.repo, "rev-parse", "origin/main")
+    git(proj.repo, "branch", "feature/issue-1", "main")
+    files.save_worker(WorkerRecord(1, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
+                                   0, "implement", try_id=2, launched=False, stage_base=base, started_at=0))
+    doc = json.loads(files.worker_file(1).read_text())
+    files.worker_file(1).write_text(json.dumps({**doc, "resume_session": odd}))
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"]
+    assert not [e for e in proj.events() if e["action"] == "error"]
+    # It was to go on in the ended try's session, which it cannot: what rode on it comes back to it, once.
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+
+
+# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2: then
+# SIGKILL, the way a kill -9 right after that step stops it.
+KILLED_AFTER = """
+import os, signal, sys, time
+sys.path[:0] = [os.getcwd(), os.path.dirname(os.path.dirname(os.getcwd()))]  # the package, and lib/
+from orchestrator.monitor import monitor
+from orchestrator.run import open_run
+from orchestrator.worker import Worker
+
+step = sys.argv[1]
+saved = getattr(Worker, step)
+
+def then_die(self, *args, **kwargs):
+    saved(self, *args, **kwargs)
+    if self.record.try_id >= 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(Worker, step, then_die)
+deadline = time.monotonic() + 240
+while time.monotonic() < deadline:
+    monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
+    time.sleep(0.1)
+sys.exit(3)
+"""
+
+
+def killed_after(step: str) -> None:
+    """Monitor cycles in a process of its own, SIGKILLed right after Worker.<step> for try 2."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER, step], cwd=ROOT / "scripts" / "proof-workers",
+                            env=monitor_env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+
+
+def test_a_monitor_killed_between_a_restart_and_the_next_try_continues_the_session_its_follow_up_is_in(
+        project, tmp_path):
+    """The agent took a turn on the prompt carrying the follow-up in session s-held, then failed: the monitor
+    restarts the try to continue that session, and is SIGKILLed once that restart is saved, before the next try
+    starts. The next monitor starts that try in session s-held (the follow-up goes on there, counted in it, never
+    appended twice). Before: the session was kept only in the killed monitor's memory; the try started afresh and
+    the follow-up, given to the ended session, reached it never."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("restart")
+    restart = next(e for e in proj.events() if e["action"] == "restart")
+    assert restart["session"] == "s-held"
+    assert not (proj.state / "tries" / "worker-1-try-2.json").exists()  # killed before the try started
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in seen.read_text()  # in the session already: not appended again
+    assert given_in(proj) == ["worker-1-try-2"]  # it went on in the session try 2 continued
+    assert [e.get("given_back") for e in followup_events(proj)] == [None]
+
+
+def test_a_follow_up_held_in_a_session_comes_back_when_the_try_after_the_hold_fails_its_set_up(project, tmp_path):
+    """Held in a session that can go on, the follow-up stays given there. While a monitor waits out the pause, the
+    agent's worktree goes and the config gains a file to copy into a new one that is missing: on `resume` the
+    worktree is made again, its set-up fails, and so does the issue, before the try after the hold starts. The
+    follow-up comes back (status shows it kept) and the try after `retry` gets it once. Before: it stayed given to
+    the held try, lost."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from workers_fixtures import monitor_env
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; echo '{LIMITED}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=0)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    shift = [0.0]
+    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
+    assert given_in(proj) == ["worker-1-try-1"]
+    # A real monitor with a long cycle: it reconciles (the worktree is still there), runs a cycle (paused: nothing
+    # starts) and waits, until the `resume` below wakes it.
+    monitor = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "30", "--no-delay"],
+                               cwd=ROOT / "scripts" / "proof-workers", env=monitor_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        beat = proj.state / "monitor.json"
+        retry_until(lambda: beat.exists() and json.loads(beat.read_text()).get("last_cycle_at")
+                    and json.loads(beat.read_text())["pid"] == monitor.pid, seconds=120)
+        shutil.rmtree(tmp_path / "worktrees" / "issue-1")
+        proj.config.write_text(json.dumps({**proj.doc(), "worktree_setup": {"copy": ["missing.env"]}}))
+        assert cli("resume").returncode == 0
+        assert monitor.wait(timeout=120) == 1  # the issue failed: nothing left to run
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        monitor.communicate(timeout=60)
+    assert proj.issue(1)["status"] == "failed"
+    assert "setup failed" in next(e for e in proj.events() if e["action"] == "skip")["reason"]
+    assert given_in(proj) == [None]
+    assert "1 follow-up kept for its next try" in cli("status").stdout
+    proj.config.write_text(json.dumps({k: v for k, v in proj.doc().items() if k != "worktree_setup"}))
+    assert cli("retry", "1").returncode == 0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", shift)
+    assert seen.read_text().count("mind the changelog") == 1, seen.read_text()
+    assert [e.get("given_back") for e in followup_events(proj)] == [None, "worker-1-try-1"]
+
+
+def test_a_monitor_killed_right_after_starting_a_try_that_continues_a_session_has_its_follow_up_given_there(
+        project, tmp_path):
+    """The restarted try continues session s-held, whose follow-up it carries; the monitor is SIGKILLed right after
+    recording that try started. The follow-up is counted in that try (given_in names it), as without the kill, so a
+    try that continues it and gets nothing done gives it back. Before: it was carried only after the start was
+    recorded, so it stayed given to the ended try."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("started")
+    assert given_in(proj) == ["worker-1-try-2"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert "mind the changelog" not in seen.read_text()
+    assert given_in(proj) == ["worker-1-try-2"]
+
+
+# --- what an ended try's agent did: read as the probe reads it ----------------------------------------------------
+
+def _ended_try(project, events: bytes | None = None) -> tuple[object, object]:
+    """one_try_given_a_follow_up's try 1 (claude, with events), its agent started (a pid file) and its wrapper ended
+    (the exit code written); its events file holds `events` when given."""
+    from workers_fixtures import one_try_given_a_follow_up
+
+    from orchestrator import agents
+
+    run, record = one_try_given_a_follow_up(project)
+    record.agent = agents.new_state("claude")
+    signals = run.files.pid_file(1, 1).parent
+    signals.mkdir(parents=True, exist_ok=True)
+    run.files.pid_file(1, 1).write_text("999999999\n")
+    run.files.signal(1, 1).write_text("1\n")
+    if events is not None:
+        run.files.agent_events(1, 1).write_bytes(events)
+    return run, record
+
+
+def test_an_ended_tries_events_file_that_is_a_symlink_is_read_by_neither_the_probe_nor_the_follow_up_judgement(
+        project, tmp_path):
+    """The agent replaced its events file by a link to a file of turns (one of the user's, or its own forgery): the
+    probe and end_try read nothing through it, so the follow-up is given back (its agent never showed a turn in its
+    own stream). Before: the probe followed the link and counted its turns."""
+    from orchestrator import probe
+    from orchestrator.act import end_try
+
+    run, record = _ended_try(project)
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(TURN + "\n")
+    run.files.agent_events(1, 1).symlink_to(forged)
+
+    assert probe.read_events(run.files, record, 0.0) == 0 and not record.agent["turns"]
+    assert end_try(run, record) is None
+    assert given_in_of(run) == [None]
+
+
+def test_a_half_written_last_event_is_not_taken_for_a_turn_by_the_follow_up_judgement(project):
+    """The ended try's stream ends with a whole event and, after it, a turn whose line has no end (cut by a kill
+    mid-write): as the probe, end_try takes only whole lines, so that turn does not count and the follow-up comes
+    back. Before: end_try took the cut line for a turn (the probe never would)."""
+    from orchestrator import probe
+    from orchestrator.act import end_try
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN).encode())
+
+    assert end_try(run, record) is None
+    assert given_in_of(run) == [None]
+    assert probe.read_events(run.files, record, 0.0) == 1 and not record.agent["turns"]
+
+
+def test_waiting_for_an_ended_tries_wrapper_scans_the_process_table_once(project, monkeypatch):
+    """The try's agent is gone but its wrapper still runs (stuck, its exit code never written): end_try waits for it
+    a bounded while, looking for it in every process's environment once, then only at the wrapper itself. Before:
+    every process's environment was read ten times a second for 10 s, holding up the monitor's cycle."""
+    import os
+    import subprocess
+
+    from lib import procs
+    from orchestrator import act
+    from orchestrator.windows import try_tag
+    from orchestrator.wrapper import WRAPPER_VAR
+
+    run, record = _ended_try(project)
+    run.files.signal(1, 1).unlink()
+    wrapper = subprocess.Popen(["sleep", "600"], env={**os.environ, WRAPPER_VAR: try_tag(run, 1, 1)})
+    scans: list[str] = []
+    tagged = procs.processes_tagged
+    monkeypatch.setattr(procs, "processes_tagged", lambda name, *a, **k: scans.append(name) or tagged(name, *a, **k))
+    monkeypatch.setattr(act, "WRAPPER_EXIT_WAIT", 1.0)
+    try:
+        retry_until(lambda: wrapper.pid in tagged(WRAPPER_VAR, try_tag(run, 1, 1)), seconds=30)
+        assert act.end_try(run, record) is None
+    finally:
+        wrapper.kill()
+        wrapper.wait(timeout=60)
+    assert scans.count(WRAPPER_VAR) == 1, scans
+    assert given_in_of(run) == [None]
+
+
+def given_in_of(run) -> list[str | None]:
+    from orchestrator import commands
+
+    return [e.get("given_in") for e in commands.pending_followups(run.state_root, "demo", 1, given_too=True)]
