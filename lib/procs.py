@@ -15,6 +15,8 @@ from functools import cache
 from time import monotonic, sleep
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
+from lib.signals import STOP_SIGNALS
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -200,8 +202,7 @@ def cmdline(pid: int) -> bytes | None:
 # signals (SIGINT, SIGTERM, SIGHUP) even when our parent had them ignored (nohup, a script's `&`): what we start
 # runs in a session or group of its own, which no terminal signals, so only our own stops and timeouts reach it,
 # and they must work.
-DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + (
-    signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + STOP_SIGNALS
 
 
 def fill_standard_descriptors() -> None:
