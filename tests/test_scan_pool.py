@@ -1,6 +1,7 @@
 """The scan's process pool: many gits from one thread, whatever they print, fail at or hang on."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -272,3 +273,48 @@ def test_a_killed_keeper_costs_no_repo_its_gits_lead_groups_of_their_own(make_re
         pool.run()
         assert pool._group == 0
     assert (seen[0].returncode, seen[0].stdout.strip()) == (0, handle.head().encode())
+
+
+REFUSED_DESCRIPTORS = """
+import errno, json, os, resource, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from lib.config import Repo
+from lib.gitstatus import scan
+
+refused = []  # this process's descriptor requests the kernel refused (EMFILE); a forked helper counts its own
+
+
+def counted(call):
+    def asked(*args):
+        try:
+            return call(*args)
+        except OSError as err:
+            if err.errno == errno.EMFILE:
+                refused.append(call.__name__)
+            raise
+    return asked
+
+
+os.pipe, os.memfd_create = counted(os.pipe), counted(os.memfd_create)
+os.environ["SCAN_PID"] = str(os.getpid())
+repos = [Repo(name=Path(p).name, local=Path(p)) for p in json.loads(sys.argv[2])]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 12, hard))
+report = scan(repos, jobs=100, processes=2, git=sys.argv[3])
+print(json.dumps({"refused": len(refused),
+                  "rows": [[r.error, r.last_commit and r.last_commit.subject] for r in report.repos]}))
+"""
+
+
+def test_a_descriptor_limit_the_pool_ran_into_holds_for_the_rest_of_the_scan(make_repo, tmp_path):
+    """`--jobs 100` under a small `ulimit -n`, and a helper that dies: its repos, scanned here once the helpers are
+    done, start no more gits at once than the descriptors allowed before (the pool hit the limit once, not again)."""
+    repos = [make_repo(f"r{i:02d}").path for i in range(16)]
+    killer = wrapper(tmp_path, '[ "$PPID" != "$SCAN_PID" ] && kill -9 $PPID; sleep 0.2')
+    done = subprocess.run([sys.executable, "-c", REFUSED_DESCRIPTORS, str(ROOT), json.dumps([str(p) for p in repos]),
+                           killer], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["rows"] == [[None, "initial"]] * 16
+    assert outcome["refused"] == 1
