@@ -149,7 +149,7 @@ class GitPool:
         try:
             read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
         except OSError as err:
-            self._free.append(stderr)
+            stderr.close()  # kept, it would hold a descriptor the gits that fit need: they would run out again
             return self._no_descriptors(err, (path, env, args, done))
         try:
             try:
