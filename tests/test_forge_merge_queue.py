@@ -91,15 +91,27 @@ def test_a_server_without_merge_queues_says_not_queued_and_a_merge_left_open_is_
 
 
 def test_a_server_without_merge_queues_costs_one_query_a_poll_once_known(project, fake_forge):
-    """The first poll learns the schema has no merge queue (two calls: refused, then asked without it); the monitor
-    keeps that for its life, so each later poll asks once, and asks only what it reads."""
+    """The first poll learns the schema has no merge queue (refused, asked without mergeQueueEntry, then without
+    isInMergeQueue too); the monitor keeps that for its life, so each later poll asks once, only for auto-merge."""
     proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, **NO_QUEUE_SCHEMA)
     seen = [_poll(cfg, state_root, record, now) for now in (10.0, 20.0, 30.0)]
     assert [(s.error, s.queued) for s in seen] == [("", False)] * 3
     asked = [c[-1] for c in _graphql(fake)]
-    assert len(asked) == 4, asked
-    assert all("isInMergeQueue" not in a for a in asked)  # mergeQueueEntry says it already (null: in no queue)
-    assert all("mergeQueueEntry" not in a and "autoMergeRequest" in a for a in asked[1:])
+    assert len(asked) == 5, asked
+    assert "mergeQueueEntry" in asked[0] and "isInMergeQueue" not in asked[0]  # the entry says it already
+    assert all("mergeQueueEntry" not in a and "isInMergeQueue" not in a and "autoMergeRequest" in a
+               for a in asked[2:])
+
+
+def test_a_server_with_isInMergeQueue_but_no_mergeQueueEntry_still_shows_a_queue(project, fake_forge):
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True,
+                                                    graphql_unknown_fields=["mergeQueueEntry"])
+    record.pr["merging"] = True
+    assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
+    record.pr["merge_queued"] = record.pr["head"]
+    assert [_poll(cfg, state_root, record, now).queued for now in (10.0, 20.0)] == [True, True]
+    asked = [c[-1] for c in _graphql(fake)]
+    assert len(asked) == 2 + 1 + 1 and all("isInMergeQueue" in a for a in asked[1:])  # the merge's view learns
 
 
 def test_a_merge_asks_the_whole_question_again_and_sees_a_queue_the_server_gained(project, fake_forge):

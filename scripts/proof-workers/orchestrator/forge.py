@@ -38,10 +38,11 @@ NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a pa
 # Where a GitHub PR stands in a merge queue, or whether auto-merge is set: GraphQL's PullRequest fields, asked through
 # `gh api graphql` (`gh pr view --json` offers no merge queue field in any gh: gh reads isInMergeQueue only inside
 # `gh pr merge`; autoMergeRequest only from gh 2.29). mergeQueueEntry is null unless the PR is in a queue, so it says
-# what isInMergeQueue would, and where. A server whose schema lacks one (an older GitHub Enterprise) lacks the
-# feature: it is asked again without it, and so from then on (`_SCHEMA_LACKS`).
+# what isInMergeQueue would, and where: isInMergeQueue is asked only of a schema without mergeQueueEntry. A server
+# whose schema lacks one (an older GitHub Enterprise) lacks the feature: it is asked again without it, and so from
+# then on (`_SCHEMA_LACKS`).
 QUEUE_GRAPHQL = {"mergeQueueEntry": "mergeQueueEntry { state position }",
-                 "autoMergeRequest": "autoMergeRequest { enabledAt }"}
+                 "autoMergeRequest": "autoMergeRequest { enabledAt }", "isInMergeQueue": "isInMergeQueue"}
 QUEUE_QUERY = ("query($owner: String!, $name: String!, $number: Int!) { repository(owner: $owner, name: $name) { "
                "pullRequest(number: $number) { %s } } }")
 _UNDEFINED_FIELD = re.compile(r"Field '(\w+)' doesn't exist on type 'PullRequest'")
@@ -476,19 +477,18 @@ class GitHub(Forge):
         where = ["-f", f"owner={owner}", "-f", f"name={name}"] if owner and name else \
             ["-F", "owner={owner}", "-F", "name={repo}"]
         server = self.repo.host or str(self.cwd)
-        lacks = frozenset() if recheck else _SCHEMA_LACKS.get(server, frozenset())
-        fields = [f for f in QUEUE_GRAPHQL if f not in lacks]
-        while fields:
+        lacks = set() if recheck else set(_SCHEMA_LACKS.get(server, ()))
+        while fields := _queue_fields(lacks):
             called = self.call(["api", "graphql", *(["--hostname", self.repo.host] if self.repo.host else []), *where,
                                 "-F", f"number={number}", "-f",
                                 "query=" + QUEUE_QUERY % " ".join(QUEUE_GRAPHQL[f] for f in fields)], named=False)
             lacking = set(_UNDEFINED_FIELD.findall(called.err + "\n" + called.out)) & set(fields)
             if called.code != 0 and lacking:
-                fields = [f for f in fields if f not in lacking]
-                _SCHEMA_LACKS[server] = frozenset(QUEUE_GRAPHQL) - set(fields)
+                lacks |= lacking
+                _SCHEMA_LACKS[server] = frozenset(lacks)
                 continue
-            if called.code == 0 and recheck:  # asked in full: what the schema has now is known again
-                _SCHEMA_LACKS[server] = frozenset(QUEUE_GRAPHQL) - set(fields)
+            if called.code == 0 and recheck:  # asked in full: what the schema lacks now is known afresh
+                _SCHEMA_LACKS[server] = frozenset(lacks)
             if called.code != 0 and _transient(called):
                 raise _failed("gh api graphql", called)
             if called.code != 0:  # gh prints the response's body too: its "gh: ..." line says it
@@ -497,7 +497,8 @@ class GitHub(Forge):
             try:
                 pr = json.loads(called.out)["data"]["repository"]["pullRequest"]
                 entry = pr.get("mergeQueueEntry")
-                queued = isinstance(entry, dict) or isinstance(pr.get("autoMergeRequest"), dict)
+                queued = isinstance(entry, dict) or pr.get("isInMergeQueue") is True or \
+                    isinstance(pr.get("autoMergeRequest"), dict)
             except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
                 return None, f"gh api graphql: unexpected answer: {_said(called)}", ""
             words = ""
@@ -598,6 +599,16 @@ class GitLab(Forge):
 
     def _merge(self, number: int, head: str) -> None:
         self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
+
+
+def _queue_fields(lacks: set[str]) -> list[str]:
+    """The QUEUE_GRAPHQL fields to ask of a schema that lacks `lacks`: isInMergeQueue only without mergeQueueEntry.
+
+    >>> _queue_fields(set()), _queue_fields({"mergeQueueEntry"})
+    (['mergeQueueEntry', 'autoMergeRequest'], ['autoMergeRequest', 'isInMergeQueue'])
+    """
+    fields = [f for f in QUEUE_GRAPHQL if f not in lacks]
+    return [f for f in fields if f != "isInMergeQueue" or "mergeQueueEntry" not in fields]
 
 
 def _pr_state(state: Any) -> str:
