@@ -65,6 +65,7 @@ class GitPool:
     def __init__(self, git: str, size: int, group: int = 0, limit: float | None = None) -> None:
         self._git = git
         self._size = max(1, size)
+        self._fits: int | None = None  # the most gits at once our descriptors allowed, once they ran out (EMFILE)
         self._group = group  # 0: each git leads its own process group; else the group they join
         self._limit = limit
         self._queue: deque[tuple[str, dict[str, str], tuple[str, ...], Done]] = deque()
@@ -77,8 +78,9 @@ class GitPool:
         fill_standard_descriptors()
 
     def resize(self, size: int) -> None:
-        """Run up to `size` gits at once from now on (a scan's own share, once it knows which helpers started)."""
-        self._size = max(1, size)
+        """Run up to `size` gits at once from now on (a scan's own share, once it knows which helpers started),
+        never more than the descriptors were found to allow: running out again would only cost a failed try."""
+        self._size = max(1, min(size, self._fits or size))
 
     def submit(self, path: str, env: dict[str, str], args: tuple[str, ...], done: Done, first: bool = False) -> None:
         job = (path, env, args, done)
@@ -147,7 +149,7 @@ class GitPool:
         try:
             read_end, write_end = os.pipe()  # close-on-exec; the child's fd 1 is a dup2, so it stays open there
         except OSError as err:
-            self._free.append(stderr)
+            stderr.close()  # kept, it would hold a descriptor the gits that fit need: they would run out again
             return self._no_descriptors(err, (path, env, args, done))
         try:
             try:
@@ -179,7 +181,7 @@ class GitPool:
     def _no_descriptors(self, err: OSError, job: tuple[str, dict[str, str], tuple[str, ...], Done]) -> None:
         """Out of descriptors (more jobs than `ulimit -n` allows): fewer gits at once, this one when a git ends."""
         if err.errno in (errno.EMFILE, errno.ENFILE) and self._live:
-            self._size = len(self._live)
+            self._size = self._fits = len(self._live)
             self._queue.appendleft(job)
         else:  # none left even for one git: this repo's error, as when git cannot start
             job[3](GitResult(127, b"", f"cannot run {self._git}: {err.strerror or err}".encode()))

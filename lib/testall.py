@@ -337,8 +337,9 @@ def why_not_cacheable(path: Path) -> str | None:
         fields, _, name = entry.partition(b"\t")  # `<tag> <mode> <object> <stage>\t<path>`
         tag, _, rest = fields.partition(b" ")
         hidden = hidden or tag.islower() or tag == b"S"
+        # A tracked .gitmodules: the file may be absent from the work tree (a sparse checkout's skip-worktree).
         submodules = submodules or rest.startswith(GITLINK_MODE + b" ") or name == b".gitmodules"
-    if submodules or os.path.lexists(path / ".gitmodules"):
+    if submodules or os.path.lexists(path / ".gitmodules"):  # an untracked one too (ignored: status shows none)
         return f"{NOT_CACHEABLE}: it has submodules"
     if hidden:
         return f"{NOT_CACHEABLE}: files marked assume-unchanged or skip-worktree"

@@ -54,7 +54,7 @@ def test_a_queued_pr_is_seen_queued_through_graphql(project, fake_forge):
     assert "merging (queued): position 1, awaiting checks" in record.last_reason
     assert not any("isInMergeQueue" in " ".join(c) for c in fake.calls("gh") if c[:2] == ["pr", "view"])
     [asked, *_] = _graphql(fake)
-    assert "number=1" in asked and any("isInMergeQueue" in a and "mergeQueueEntry" in a for a in asked)
+    assert "number=1" in asked and any("mergeQueueEntry" in a and "autoMergeRequest" in a for a in asked)
 
 
 def test_a_queue_slower_than_the_unseen_bound_merges_and_completes_the_issue(project, fake_forge):
@@ -88,6 +88,43 @@ def test_a_server_without_merge_queues_says_not_queued_and_a_merge_left_open_is_
     fake.update(auto_merge=True)  # a human enabled auto-merge: that server has it
     assert _poll(cfg, state_root, record, 20.0).queued is True
     assert any("autoMergeRequest" in " ".join(c) and "isInMergeQueue" not in " ".join(c) for c in _graphql(fake))
+
+
+def test_a_server_without_merge_queues_costs_one_query_a_poll_once_known(project, fake_forge):
+    """The first poll learns the schema has no merge queue (refused, asked without mergeQueueEntry, then without
+    isInMergeQueue too); the monitor keeps that for its life, so each later poll asks once, only for auto-merge."""
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, **NO_QUEUE_SCHEMA)
+    seen = [_poll(cfg, state_root, record, now) for now in (10.0, 20.0, 30.0)]
+    assert [(s.error, s.queued) for s in seen] == [("", False)] * 3
+    asked = [c[-1] for c in _graphql(fake)]
+    assert len(asked) == 5, asked
+    assert "mergeQueueEntry" in asked[0] and "isInMergeQueue" not in asked[0]  # the entry says it already
+    assert all("mergeQueueEntry" not in a and "isInMergeQueue" not in a and "autoMergeRequest" in a
+               for a in asked[2:])
+
+
+def test_a_server_with_isInMergeQueue_but_no_mergeQueueEntry_still_shows_a_queue(project, fake_forge):
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True,
+                                                    graphql_unknown_fields=["mergeQueueEntry"])
+    record.pr["merging"] = True
+    assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
+    record.pr["merge_queued"] = record.pr["head"]
+    assert [_poll(cfg, state_root, record, now).queued for now in (10.0, 20.0)] == [True, True]
+    asked = [c[-1] for c in _graphql(fake)]
+    assert len(asked) == 2 + 1 + 1 and all("isInMergeQueue" in a for a in asked[1:])  # the merge's view learns
+
+
+def test_a_merge_asks_the_whole_question_again_and_sees_a_queue_the_server_gained(project, fake_forge):
+    """A server upgraded while the monitor runs (merge queues now in its schema): the merge's own view asks again,
+    so a PR our merge put in a queue is seen queued, never a failed merge "in no merge queue"."""
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True, **NO_QUEUE_SCHEMA)
+    assert _poll(cfg, state_root, record, 10.0).queued is False
+    fake.update(graphql_unknown_fields=[])
+    record.pr["merging"] = True
+    assert pulls.merge(state_root, cfg, cfg.issues[0], record) == "queued"
+    record.pr["merge_queued"] = record.pr["head"]
+    seen = _poll(cfg, state_root, record, 20.0)
+    assert seen.error == "" and seen.queued is True and "merging (queued): position 1" in record.last_reason
 
 
 def test_a_refused_queue_query_leaves_the_state_unknown_and_says_why(project, fake_forge):

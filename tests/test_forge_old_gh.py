@@ -57,7 +57,9 @@ if args[:2] == ["pr", "view"]:
 elif args[:2] == ["pr", "checks"]:
     print(json.dumps([{"name": "b", "state": "SUCCESS", "bucket": "pass", "link": ""}]))
 elif args[:2] == ["api", "graphql"]:
-    print(json.dumps({"data": {"repository": {"pullRequest": {"isInMergeQueue": True, "mergeQueueEntry": None,
+    # In a queue, as GitHub says it: isInMergeQueue and its mergeQueueEntry.
+    entry = {"state": "QUEUED", "position": 1}
+    print(json.dumps({"data": {"repository": {"pullRequest": {"isInMergeQueue": True, "mergeQueueEntry": entry,
                                                                 "autoMergeRequest": None}}}}))
 else:
     sys.exit(1)

@@ -1,6 +1,7 @@
 """The scan's process pool: many gits from one thread, whatever they print, fail at or hang on."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -272,3 +273,85 @@ def test_a_killed_keeper_costs_no_repo_its_gits_lead_groups_of_their_own(make_re
         pool.run()
         assert pool._group == 0
     assert (seen[0].returncode, seen[0].stdout.strip()) == (0, handle.head().encode())
+
+
+COUNTING_REFUSALS = """
+import errno, json, os, resource, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+
+refused = []  # this process's descriptor requests the kernel refused (EMFILE); a forked helper counts its own
+
+
+def counted(call):
+    def asked(*args):
+        try:
+            return call(*args)
+        except OSError as err:
+            if err.errno == errno.EMFILE:
+                refused.append(call.__name__)
+            raise
+    return asked
+
+
+os.pipe, os.memfd_create = counted(os.pipe), counted(os.memfd_create)
+
+
+def spare_descriptors(count):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1 + count,
+                                                resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+"""
+
+SCAN_WITH_SPARE_DESCRIPTORS = COUNTING_REFUSALS + """
+from lib.config import Repo
+from lib.gitstatus import scan
+
+os.environ["SCAN_PID"] = str(os.getpid())
+repos = [Repo(name=Path(p).name, local=Path(p)) for p in json.loads(sys.argv[2])]
+spare_descriptors(int(sys.argv[4]))
+report = scan(repos, jobs=100, processes=2, git=sys.argv[3])
+print(json.dumps({"refused": len(refused),
+                  "rows": [[r.error, r.last_commit and r.last_commit.subject] for r in report.repos]}))
+"""
+
+
+@pytest.mark.parametrize("spare", [12, 13])  # an odd or an even number of descriptors left when gits take two each
+def test_a_descriptor_limit_the_pool_ran_into_holds_for_the_rest_of_the_scan(make_repo, tmp_path, spare):
+    """`--jobs 100` under a small `ulimit -n`, and a helper that dies: its repos, scanned here once the helpers are
+    done, start no more gits at once than the descriptors allowed before (the pool hit the limit once, not again)."""
+    repos = [make_repo(f"r{i:02d}").path for i in range(16)]
+    killer = wrapper(tmp_path, '[ "$PPID" != "$SCAN_PID" ] && kill -9 $PPID; sleep 0.2')
+    done = subprocess.run([sys.executable, "-c", SCAN_WITH_SPARE_DESCRIPTORS, str(ROOT),
+                           json.dumps([str(p) for p in repos]), killer, str(spare)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["rows"] == [[None, "initial"]] * 16
+    assert outcome["refused"] == 1
+
+
+POOL_WITH_SPARE_DESCRIPTORS = COUNTING_REFUSALS + """
+from lib.gitpool import GitPool
+from lib.gitstatus import git_env
+
+results = []
+with GitPool(sys.argv[2], 50) as pool:
+    for _ in range(12):
+        pool.submit(sys.argv[3], git_env(), ("rev-parse", "--git-dir"), results.append)
+    spare_descriptors(int(sys.argv[4]))
+    pool.run()
+print(json.dumps({"refused": len(refused), "codes": [r.returncode for r in results]}))
+"""
+
+
+@pytest.mark.parametrize("spare", [8, 9, 10, 11])
+def test_the_pool_runs_out_of_descriptors_once_whatever_number_is_left(make_repo, spare):
+    """Each git holds two descriptors (its stdout pipe and stderr file) and its start takes one more: as many gits
+    as fitted when a start ran out keep fitting (a stderr file made for the start that failed is not kept)."""
+    repo = make_repo("r")
+    done = subprocess.run([sys.executable, "-c", POOL_WITH_SPARE_DESCRIPTORS, str(ROOT), REAL_GIT, str(repo.path),
+                           str(spare)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["codes"] == [0] * 12
+    assert outcome["refused"] == 1

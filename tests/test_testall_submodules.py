@@ -106,7 +106,15 @@ def only_a_gitmodules_file(repo, _other) -> None:
     git(repo, "commit", "-qm", "gitmodules")
 
 
-@pytest.mark.parametrize("submodule", [only_a_gitlink, only_a_gitmodules_file])
+def a_gitmodules_file_a_sparse_checkout_leaves_out(repo, other) -> None:
+    """Tracked, but not in the work tree (skip-worktree): only the index shows it, and git status shows nothing."""
+    only_a_gitmodules_file(repo, other)
+    git(repo, "sparse-checkout", "set", "--no-cone", "/*", "!/.gitmodules")
+    assert not (repo / ".gitmodules").exists()
+
+
+@pytest.mark.parametrize("submodule", [only_a_gitlink, only_a_gitmodules_file,
+                                       a_gitmodules_file_a_sparse_checkout_leaves_out])
 def test_a_gitlink_alone_or_a_gitmodules_file_alone_is_a_repo_with_submodules(home, inv, make_repo, tmp_path,
                                                                              submodule):
     runs = tmp_path / "runs"

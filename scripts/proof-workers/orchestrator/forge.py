@@ -36,14 +36,20 @@ LOGIN_HINT = {"github": "run `gh auth login`", "gitlab": "run `glab auth login`"
 BODY_LIMIT = 60000  # characters of a PR body passed as one argv word
 NOTES_PAGE, NOTES_PAGES = 100, 10  # glab lists an MR's notes oldest first, a page at a time: the newest are last
 # Where a GitHub PR stands in a merge queue, or whether auto-merge is set: GraphQL's PullRequest fields, asked through
-# `gh api graphql` (`gh pr view --json` offers no isInMergeQueue in any gh: gh reads it only inside `gh pr merge`;
-# autoMergeRequest only from gh 2.29). A server whose schema lacks one (an older GitHub Enterprise) lacks the
-# feature: it is asked again without it.
-QUEUE_GRAPHQL = {"isInMergeQueue": "isInMergeQueue", "mergeQueueEntry": "mergeQueueEntry { state position }",
-                 "autoMergeRequest": "autoMergeRequest { enabledAt }"}
+# `gh api graphql` (`gh pr view --json` offers no merge queue field in any gh: gh reads isInMergeQueue only inside
+# `gh pr merge`; autoMergeRequest only from gh 2.29). mergeQueueEntry is null unless the PR is in a queue, so it says
+# what isInMergeQueue would, and where: isInMergeQueue is asked only of a schema without mergeQueueEntry. A server
+# whose schema lacks one (an older GitHub Enterprise) lacks the feature: it is asked again without it, and so from
+# then on (`_SCHEMA_LACKS`).
+QUEUE_GRAPHQL = {"mergeQueueEntry": "mergeQueueEntry { state position }",
+                 "autoMergeRequest": "autoMergeRequest { enabledAt }", "isInMergeQueue": "isInMergeQueue"}
 QUEUE_QUERY = ("query($owner: String!, $name: String!, $number: Int!) { repository(owner: $owner, name: $name) { "
                "pullRequest(number: $number) { %s } } }")
 _UNDEFINED_FIELD = re.compile(r"Field '(\w+)' doesn't exist on type 'PullRequest'")
+# The QUEUE_GRAPHQL fields each server's schema was found to lack, for this process's life (a monitor polling an
+# older GitHub Enterprise asks once a poll, not twice; a merge asks the whole question again: `recheck`). Keyed by
+# host, or by the repository when the pinned url names none (gh then picks the host).
+_SCHEMA_LACKS: dict[str, frozenset[str]] = {}
 
 
 class ForgeError(OrchestratorError):
@@ -316,11 +322,12 @@ class Forge:
         with _shape(f"{self.tool}: the PR list"):
             return self._find(head, base)
 
-    def observe(self, number: int, queue: bool = True) -> Observation:
+    def observe(self, number: int, queue: bool = True, recheck: bool = False) -> Observation:
         """One poll of the PR; `queue`: whether to learn if it waits in a merge queue or for auto-merge (GitHub: one
-        more call; not asked, `queued` is None)."""
+        more call; not asked, `queued` is None); `recheck`: ask that whatever the server was found to lack before
+        (a merge's view: a server upgraded since must not make a queued PR look left open)."""
         with _shape(f"{self.tool}: PR {number}"):
-            return self._observe(number, queue)
+            return self._observe(number, queue, recheck)
 
     def merge(self, number: int, head: str = "") -> str:
         """Merge the PR if its head is still `head` (the commit whose checks were judged; "" any), and see where it
@@ -332,7 +339,7 @@ class Forge:
         with _shape(f"{self.tool}: merging PR {number}"):
             self._merge(number, head)
         try:
-            after = self.observe(number)
+            after = self.observe(number, recheck=True)
         except ForgeError as err:
             raise MergeUnconfirmed(f"{self.tool}: PR {number}: the merge was accepted, what it did is not seen yet: "
                                    f"{err}", transient=True) from None
@@ -350,7 +357,7 @@ class Forge:
     def _find(self, head: str, base: str) -> PullRequest | None:
         raise NotImplementedError
 
-    def _observe(self, number: int, queue: bool) -> Observation:
+    def _observe(self, number: int, queue: bool, recheck: bool) -> Observation:
         raise NotImplementedError
 
     def _merge(self, number: int, head: str) -> None:
@@ -426,10 +433,10 @@ class GitHub(Forge):
         self.checked(["pr", "create", f"--head={head}", f"--base={base}", f"--title={title or head}",
                       f"--body={body[:BODY_LIMIT]}"])
 
-    def _observe(self, number: int, queue: bool) -> Observation:
+    def _observe(self, number: int, queue: bool, recheck: bool) -> Observation:
         # The queue first: a PR the view then shows open was open when the queue was read (one merged in between is
         # shown merged, never "open and left the queue").
-        queued, doubt, entry = self._queue_state(number) if queue else (None, "not asked", "")
+        queued, doubt, entry = self._queue_state(number, recheck) if queue else (None, "not asked", "")
         called = self.call(["pr", "view", str(number), "--json",
                             "number,url,state,headRefOid,baseRefName,reviewDecision,reviews"])
         if called.code != 0:
@@ -459,24 +466,29 @@ class GitHub(Forge):
                            plain(review_id), plain(view.get("baseRefName") or ""),
                            queued and pr_state == "open" if queued is not None else None, doubt, entry)
 
-    def _queue_state(self, number: int) -> tuple[bool | None, str, str]:
+    def _queue_state(self, number: int, recheck: bool = False) -> tuple[bool | None, str, str]:
         """(queued, doubt, entry) of PR `number` from GitHub's GraphQL: in a merge queue or with auto-merge set
         (True / False), or None with why not known (the forge refused the question). A field the server's schema
-        lacks (GitHub Enterprise before merge queues) is a feature it lacks: asked again without it. A failure of
-        the network or the servers raises ForgeError (the poll is tried again)."""
+        lacks (GitHub Enterprise before merge queues) is a feature it lacks: asked again without it, and not asked
+        of that server again unless `recheck`. A failure of the network or the servers raises ForgeError (the poll
+        is tried again)."""
         owner, _, name = self.repo.path.partition("/")
         # No forge path in the pinned url (a local remote): gh fills {owner} and {repo} from cwd's repository.
         where = ["-f", f"owner={owner}", "-f", f"name={name}"] if owner and name else \
             ["-F", "owner={owner}", "-F", "name={repo}"]
-        fields = list(QUEUE_GRAPHQL)
-        while fields:
+        server = self.repo.host or str(self.cwd)
+        lacks = set() if recheck else set(_SCHEMA_LACKS.get(server, ()))
+        while fields := _queue_fields(lacks):
             called = self.call(["api", "graphql", *(["--hostname", self.repo.host] if self.repo.host else []), *where,
                                 "-F", f"number={number}", "-f",
                                 "query=" + QUEUE_QUERY % " ".join(QUEUE_GRAPHQL[f] for f in fields)], named=False)
             lacking = set(_UNDEFINED_FIELD.findall(called.err + "\n" + called.out)) & set(fields)
             if called.code != 0 and lacking:
-                fields = [f for f in fields if f not in lacking]
+                lacks |= lacking
+                _SCHEMA_LACKS[server] = frozenset(lacks)
                 continue
+            if called.code == 0 and recheck:  # asked in full: what the schema lacks now is known afresh
+                _SCHEMA_LACKS[server] = frozenset(lacks)
             if called.code != 0 and _transient(called):
                 raise _failed("gh api graphql", called)
             if called.code != 0:  # gh prints the response's body too: its "gh: ..." line says it
@@ -485,7 +497,7 @@ class GitHub(Forge):
             try:
                 pr = json.loads(called.out)["data"]["repository"]["pullRequest"]
                 entry = pr.get("mergeQueueEntry")
-                queued = pr.get("isInMergeQueue") is True or isinstance(entry, dict) or \
+                queued = isinstance(entry, dict) or pr.get("isInMergeQueue") is True or \
                     isinstance(pr.get("autoMergeRequest"), dict)
             except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
                 return None, f"gh api graphql: unexpected answer: {_said(called)}", ""
@@ -534,7 +546,7 @@ class GitLab(Forge):
         self.checked(["mr", "create", f"--source-branch={head}", f"--target-branch={base}",
                       f"--title={title or head}", f"--description={body[:BODY_LIMIT]}", "--yes"])
 
-    def _observe(self, number: int, queue: bool) -> Observation:
+    def _observe(self, number: int, queue: bool, recheck: bool) -> Observation:
         view = self._view_with_notes(number)
         pipeline = view.get("head_pipeline") or {}
         status = str(pipeline.get("status") or "")
@@ -587,6 +599,16 @@ class GitLab(Forge):
 
     def _merge(self, number: int, head: str) -> None:
         self.checked(["mr", "merge", str(number), "--yes", *([f"--sha={head}"] if head else [])])
+
+
+def _queue_fields(lacks: set[str]) -> list[str]:
+    """The QUEUE_GRAPHQL fields to ask of a schema that lacks `lacks`: isInMergeQueue only without mergeQueueEntry.
+
+    >>> _queue_fields(set()), _queue_fields({"mergeQueueEntry"})
+    (['mergeQueueEntry', 'autoMergeRequest'], ['autoMergeRequest', 'isInMergeQueue'])
+    """
+    fields = [f for f in QUEUE_GRAPHQL if f not in lacks]
+    return [f for f in fields if f != "isInMergeQueue" or "mergeQueueEntry" not in fields]
 
 
 def _pr_state(state: Any) -> str:
