@@ -442,8 +442,8 @@ def _capture(connection: Any, command: str, timeout: float,
     """capture(), and whether the command began (the login shell got as far as running it); given up
     after `login_within` seconds too when it has not begun by then."""
     begin = BEGIN.decode().strip()
-    started = monotonic()
-    channel = _open_session(connection, started + (login_within or timeout))
+    channel = _open_session(connection, monotonic() + (login_within or timeout))
+    started = monotonic()  # the login shell's wait and the command's time count from the session's opening
     with channel:
         # `|| exit`: a shell that ignores SIGPIPE must not run the command once we have gone.
         channel.exec_command(f"echo {begin} || exit 1; echo {begin} >&2 || exit 1; {command}")
@@ -465,22 +465,16 @@ def _capture(connection: Any, command: str, timeout: float,
 
 def _open_session(connection: Any, until: float) -> Any:
     """A new session; one the host refuses (MaxSessions: a slot frees once sshd has reaped an ended session)
-    is asked for again until `until` (monotonic), then the refusal stands; so it does when a session opens
-    only after `until` (the caller's time spent on refusals): that one is closed unused."""
-    refused: Exception | None = None
+    is asked for again until `until` (monotonic), then the refusal stands. A session that opened is returned,
+    even after `until` (asked for before it, answered after it: a slow link): the caller's own clocks say
+    whether there is time left to use it."""
     while True:
         try:
-            channel = connection.create_session()
+            return connection.create_session()
         except Exception as err:
             if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
                     or _stopping.is_set():
                 raise
-            refused = err
-        else:
-            if refused is None or monotonic() < until:
-                return channel
-            channel.close()
-            raise refused
         sleep(0.1)
 
 
