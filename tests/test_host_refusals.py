@@ -262,9 +262,10 @@ def test_a_driver_that_gave_no_result_is_said_as_it_ended(result, said):
 
 def test_a_run_that_ended_in_an_error_leaves_no_stop_behind_for_the_next_one_in_this_process(
         home, make_repo, sshd, tmp_path, monkeypatch):
-    """run_distributed ends in an error (here its display's) and raises the remote stop on its way out; the flag
-    stayed raised for the rest of the process, so a later host check whose session sshd refused for a moment
-    was never asked for again (it failed at once), as if that check were being stopped."""
+    """run_distributed ends in an error (here its display's), and the stop it raised on its way out (then its
+    own flag in lib.remote.connection; now the runner's, from run_each's terminate_all) must not outlive it: a
+    later host check whose session sshd refused for a moment was never asked for again (it failed at once),
+    as if that check were being stopped."""
     from lib.config import load_workspace
     from lib.paths import Paths
     from lib.remote import connection as remote

@@ -175,8 +175,9 @@ def test_host_check_says_a_link_lost_after_the_host_answered_was_lost_never_unre
 
 
 def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_refusal(home, sshd, tmp_path):
-    """Ctrl-C in a multi-host run (connection.stop_all) while run_remote asks again for a session sshd refuses:
-    the command never started, and the stop says so (runner.Stopping), never `the host refused a new session`."""
+    """Ctrl-C in a multi-host run (run_each's terminate_all raises the runner's stop) while run_remote asks again
+    for a session sshd refuses: the command never started, and the stop says so (runner.Stopping), never `the
+    host refused a new session`."""
     import io
 
     from lib import runner
@@ -189,18 +190,17 @@ def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_re
     connection = remote.connect(host)
     held = []
     refused = refusals(sshd)
-    remote.reset_stop()
     try:
         held += hold_every_session(connection)
         thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran", {}, io.BytesIO(),
                                                              60, host=host))
         try:
             wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
-            remote.stop_all()
+            runner.terminate_all()
         finally:
             thread.join(120)
     finally:
-        remote.reset_stop()
+        runner._stopping.clear()
         for channel in held:
             channel.close()
         connection.close()

@@ -68,7 +68,6 @@ REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
 # last resort); the reason reaches the user once, as one line of ours.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-_stopping = threading.Event()
 _stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")
 _unkilled: list[str] = []  # of those, one line each for the ones the kill did not reach (they may still run)
 
@@ -472,8 +471,7 @@ def _open_session(connection: Any, until: float) -> Any:
         try:
             return connection.create_session()
         except Exception as err:
-            if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
-                    or _stopping.is_set():
+            if not session_refused(err, connection) or monotonic() >= until or runner.stopping():
                 raise
         sleep(0.1)
 
@@ -623,7 +621,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     `answer_within(host)` is given up, and the command is killed over a new connection, as it is when the
     connection is lost or a kill over it fails.
     """
-    if _stopping.is_set() or runner.stopping():
+    if runner.stopping():
         raise runner.Stopping("the run is being stopped")
     try:
         log.flush()
@@ -636,7 +634,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     try:
         channel = _open_session(connection, until if timeout is None else min(until, started + timeout))
     except Exception:
-        if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
+        if runner.stopping():  # nothing started there: the stop is the news, not the refusal
             raise runner.Stopping("the run is being stopped") from None
         raise
     if timeout is not None and monotonic() - started >= timeout:  # no time left (the repo's, say): never started
@@ -686,7 +684,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 while not _finished(channel):
                     if timeout is not None and monotonic() - started > timeout:
                         return RemoteResult(None, timed_out=True, problem=kill())
-                    if _stopping.is_set() or runner.stopping():
+                    if runner.stopping():
                         _stopped.append(pgid or 0)
                         raise runner.Stopping("the run is being stopped")
                     if silent():
@@ -765,37 +763,24 @@ def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | 
     return signum if 0 < signum < 0x7F else None
 
 
-def stop_all() -> None:
-    """Ctrl-C in a multi-host run: every remote command kills its group and stops."""
-    _stopping.set()
-
-
-def reset_stop() -> None:
-    _stopping.clear()
-    _stopped.clear()
-    _unkilled.clear()
-
-
 @contextmanager
 def one_run() -> Iterator[None]:
-    """A run over hosts (a build, a sync): reset_stop() as it starts, and its stop (stop_all) lowered as it
-    ends, however it ends, so no later call in this process finds it raised (a check would give up a session
-    the host refuses for a moment at once, as if stopped); what it counted stays readable until the next run."""
-    reset_stop()
-    try:
-        yield
-    finally:
-        _stopping.clear()
+    """A run over hosts (a build, a sync): what its stop comes to (stopped_count, unkilled_notes) counts from
+    zero, and stays readable until the next run. The stop itself is the runner's (runner.stopping(), raised
+    by run_each's terminate_all), which run_remote checks while a command runs."""
+    _stopped.clear()
+    _unkilled.clear()
+    yield
 
 
 def stopped_count() -> int:
-    """How many running remote commands the stop came to since reset_stop() (unkilled_notes: those it could
-    not kill)."""
+    """How many running remote commands the stop came to in this run (unkilled_notes: those it could not
+    kill)."""
     return len(_stopped)
 
 
 def unkilled_notes() -> list[str]:
-    """One line per running remote command the stop could not kill since reset_stop() (it may still run)."""
+    """One line per running remote command the stop could not kill in this run (it may still run)."""
     return list(_unkilled)
 
 
