@@ -192,6 +192,7 @@ class Relay:
         self.known_hosts = sshd.root / f"known_hosts-{self.port}"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {sshd.host_key_pub}\n")
         self._holding = False
+        self.held = False  # something we sent is being held
         self._ended = False
         self._changed = threading.Condition()
         self._sockets: list[socket.socket] = [self._listener]
@@ -230,7 +231,9 @@ class Relay:
         try:
             while data := client.recv(65536):
                 with self._changed:
+                    self.held = self._holding
                     self._changed.wait_for(lambda: not self._holding or self._ended)
+                    self.held = False
                     if self._ended:
                         return
                 server.sendall(data)

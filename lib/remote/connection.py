@@ -637,6 +637,9 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
         if runner.stopping():  # nothing started there: the stop is the news, not the refusal
             raise runner.Stopping("the run is being stopped") from None
         raise
+    if runner.stopping():  # stopped while the session opened: nothing is started there, nothing counted stopped
+        channel.close()
+        raise runner.Stopping("the run is being stopped")
     if timeout is not None and monotonic() - started >= timeout:  # no time left (the repo's, say): never started
         channel.close()
         return RemoteResult(None, timed_out=True)
