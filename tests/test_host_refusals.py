@@ -58,8 +58,8 @@ def test_a_session_refused_for_longer_than_the_commands_time_is_the_refusal_and_
 
 @pytest.mark.parametrize("call", ["run_remote", "probe"])
 def test_a_session_the_host_opens_after_the_refusals_wait_is_used_not_thrown_away(home, sshd, tmp_path, call):
-    """sshd refuses the command's session (MaxSessions), and it is asked for again for 24 s (3 x connect_timeout).
-    The link stalls (a relay holds what we send) just before those 24 s are over, with a request for the session
+    """sshd refuses the command's session (MaxSessions), and it is asked for again for 30 s (3 x connect_timeout).
+    The link stalls (a relay holds what we send) 5 s before those 30 s are over, with a request for the session
     under way; a slot frees, and the link comes back after them: the session opened, and was closed unused and
     the refusal reported, for a command with no timeout of its own (it never ran) and for a probe. Now a session
     that opened is used: the command runs, and a probe's login shell gets its whole wait from the session's
@@ -72,9 +72,9 @@ def test_a_session_the_host_opens_after_the_refusals_wait_is_used_not_thrown_awa
     log = io.BytesIO()
     with relay(sshd) as link:
         write_hosts(home.path, {"b1": sshd.host_entry(tmp_path, port=link.port, known_hosts=str(link.known_hosts),
-                                                      connect_timeout=8)})
+                                                      connect_timeout=10)})
         host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
-        within = remote.answer_within(host)  # 24 s; a session request is answered within 8 s (channel_timeout)
+        within = remote.answer_within(host)  # 30 s; a session request waits 10 s for its answer (channel_timeout)
         connection = remote.connect(host)
         refused, held = refusals(sshd), []
         try:
@@ -91,10 +91,10 @@ def test_a_session_the_host_opens_after_the_refusals_wait_is_used_not_thrown_awa
             try:
                 wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
                 first_refusal = time.monotonic()  # the wait for a session began before it
-                wait_until(lambda: done or time.monotonic() > first_refusal + within - 4, 60, "4 s of the wait left")
+                wait_until(lambda: done or time.monotonic() > first_refusal + within - 5, 60, "5 s of the wait left")
                 link.hold()  # the next request for the session waits in the relay
                 os.kill(int(sleeper.read_text()), 9)  # its slot frees
-                wait_until(lambda: done or time.monotonic() > first_refusal + within + 2, 60, "the wait over")
+                wait_until(lambda: done or time.monotonic() > first_refusal + within + 1, 60, "the wait over")
                 link.send_held()  # the request reaches sshd, which opens the session
                 wait_until(lambda: done or ran.exists(), 120, "the command run")
             finally:
