@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -176,3 +177,83 @@ def in_a_thread(call: Callable[[], object]) -> tuple[threading.Thread, list]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, done
+
+
+
+class Relay:
+    """A TCP relay to the sshd fixture (one connection) that can hold back what the client sends (`hold`,
+    then `send_held`), as a link that stalls one way would: the server, not reached, answers nothing meanwhile.
+    `known_hosts` names the server's key at the relay's port."""
+
+    def __init__(self, sshd: Sshd) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sshd_port = sshd.port
+        self.known_hosts = sshd.root / f"known_hosts-{self.port}"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {sshd.host_key_pub}\n")
+        self._holding = False
+        self.held = False  # something we sent is being held
+        self._ended = False
+        self._changed = threading.Condition()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        with self._changed:
+            self._holding = True
+
+    def send_held(self) -> None:
+        with self._changed:
+            self._holding = False
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+            server = socket.create_connection(("127.0.0.1", self._sshd_port))
+        except OSError:
+            return
+        self._sockets += [client, server]
+        threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                with self._changed:
+                    self.held = self._holding
+                    self._changed.wait_for(lambda: not self._holding or self._ended)
+                    self.held = False
+                    if self._ended:
+                        return
+                server.sendall(data)
+            server.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _down(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                client.sendall(data)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+@contextmanager
+def relay(sshd: Sshd) -> Iterator[Relay]:
+    link = Relay(sshd)
+    try:
+        yield link
+    finally:
+        link.close()

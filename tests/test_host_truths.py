@@ -175,8 +175,9 @@ def test_host_check_says_a_link_lost_after_the_host_answered_was_lost_never_unre
 
 
 def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_refusal(home, sshd, tmp_path):
-    """Ctrl-C in a multi-host run (connection.stop_all) while run_remote asks again for a session sshd refuses:
-    the command never started, and the stop says so (runner.Stopping), never `the host refused a new session`."""
+    """Ctrl-C in a multi-host run (run_each's terminate_all raises the runner's stop) while run_remote asks again
+    for a session sshd refuses: the command never started, and the stop says so (runner.Stopping), never `the
+    host refused a new session`."""
     import io
 
     from lib import runner
@@ -189,19 +190,59 @@ def test_a_stop_while_the_host_refuses_the_commands_session_is_a_stop_not_the_re
     connection = remote.connect(host)
     held = []
     refused = refusals(sshd)
-    remote.reset_stop()
     try:
         held += hold_every_session(connection)
         thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran", {}, io.BytesIO(),
                                                              60, host=host))
         try:
             wait_until(lambda: done or refusals(sshd) > refused, 60, "a refused session")
-            remote.stop_all()
+            runner.terminate_all()
         finally:
             thread.join(120)
     finally:
-        remote.reset_stop()
+        runner._stopping.clear()
         for channel in held:
             channel.close()
         connection.close()
     assert len(done) == 1 and isinstance(done[0], runner.Stopping), done
+
+
+def test_a_stop_while_the_commands_session_opens_starts_nothing_there(home, sshd, tmp_path):
+    """The run is stopped while the host has not yet answered the request for the command's session (a relay
+    holds it); the session then opens. run_remote exec'd the command and killed it at once: it may have done a
+    part of its work, and the stop counted it among the commands it stopped. Now nothing is started there:
+    runner.Stopping, the login shell never given our command, nothing counted stopped."""
+    import io
+
+    from lib import runner
+    from lib.remote import connection as remote
+    from lib.remote.hosts import load_hosts
+    from tests.sshd_fixtures import relay
+    from tests.test_sync_host_robust import wait_until
+
+    given = tmp_path / "commands-given"
+    (sshd.remote_home / ".bashrc").write_text(f'printf "%s\\n" "$BASH_EXECUTION_STRING" >> {given}\n')
+    with relay(sshd) as link:
+        write_hosts(home.path, {"b1": sshd.host_entry(tmp_path, port=link.port, known_hosts=str(link.known_hosts),
+                                                      connect_timeout=20)})
+        host = load_hosts(home.path / "config" / "hosts.toml")["b1"]
+        connection = remote.connect(host)
+        try:
+            with remote.one_run():
+                link.hold()
+                thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran", {},
+                                                                     io.BytesIO(), 60, host=host))
+                try:
+                    wait_until(lambda: done or link.held, 60, "the request for the session held")
+                    runner.terminate_all()
+                    link.send_held()
+                finally:
+                    thread.join(120)
+                counted = remote.stopped_count()
+            remote.probe(connection, host, "true", "true")  # over the same connection: anything exec'd is in
+        finally:
+            runner._stopping.clear()
+            connection.close()
+    assert len(done) == 1 and isinstance(done[0], runner.Stopping), done
+    assert counted == 0
+    assert "orchestrator-pgid" not in (given.read_text() if given.exists() else "")

@@ -68,7 +68,6 @@ REMOTE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
 # last resort); the reason reaches the user once, as one line of ours.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-_stopping = threading.Event()
 _stopped: list[int] = []  # one entry per remote command a stop ended (for "interrupted: stopped N ...")
 _unkilled: list[str] = []  # of those, one line each for the ones the kill did not reach (they may still run)
 
@@ -442,8 +441,8 @@ def _capture(connection: Any, command: str, timeout: float,
     """capture(), and whether the command began (the login shell got as far as running it); given up
     after `login_within` seconds too when it has not begun by then."""
     begin = BEGIN.decode().strip()
-    started = monotonic()
-    channel = _open_session(connection, started + (login_within or timeout))
+    channel = _open_session(connection, monotonic() + (login_within or timeout))
+    started = monotonic()  # the login shell's wait and the command's time count from the session's opening
     with channel:
         # `|| exit`: a shell that ignores SIGPIPE must not run the command once we have gone.
         channel.exec_command(f"echo {begin} || exit 1; echo {begin} >&2 || exit 1; {command}")
@@ -465,22 +464,15 @@ def _capture(connection: Any, command: str, timeout: float,
 
 def _open_session(connection: Any, until: float) -> Any:
     """A new session; one the host refuses (MaxSessions: a slot frees once sshd has reaped an ended session)
-    is asked for again until `until` (monotonic), then the refusal stands; so it does when a session opens
-    only after `until` (the caller's time spent on refusals): that one is closed unused."""
-    refused: Exception | None = None
+    is asked for again until `until` (monotonic), then the refusal stands. A session that opened is returned,
+    even after `until` (asked for before it, answered after it: a slow link): the caller's own clocks say
+    whether there is time left to use it."""
     while True:
         try:
-            channel = connection.create_session()
+            return connection.create_session()
         except Exception as err:
-            if not session_refused(err, connection) or monotonic() >= until or runner.stopping() \
-                    or _stopping.is_set():
+            if not session_refused(err, connection) or monotonic() >= until or runner.stopping():
                 raise
-            refused = err
-        else:
-            if refused is None or monotonic() < until:
-                return channel
-            channel.close()
-            raise refused
         sleep(0.1)
 
 
@@ -629,7 +621,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     `answer_within(host)` is given up, and the command is killed over a new connection, as it is when the
     connection is lost or a kill over it fails.
     """
-    if _stopping.is_set() or runner.stopping():
+    if runner.stopping():
         raise runner.Stopping("the run is being stopped")
     try:
         log.flush()
@@ -642,9 +634,12 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
     try:
         channel = _open_session(connection, until if timeout is None else min(until, started + timeout))
     except Exception:
-        if _stopping.is_set() or runner.stopping():  # nothing started there: the stop is the news, not the refusal
+        if runner.stopping():  # nothing started there: the stop is the news, not the refusal
             raise runner.Stopping("the run is being stopped") from None
         raise
+    if runner.stopping():  # stopped while the session opened: nothing is started there, nothing counted stopped
+        channel.close()
+        raise runner.Stopping("the run is being stopped")
     if timeout is not None and monotonic() - started >= timeout:  # no time left (the repo's, say): never started
         channel.close()
         return RemoteResult(None, timed_out=True)
@@ -692,7 +687,7 @@ def run_remote(connection: Any, cwd: str, script: str, env: dict[str, str], log:
                 while not _finished(channel):
                     if timeout is not None and monotonic() - started > timeout:
                         return RemoteResult(None, timed_out=True, problem=kill())
-                    if _stopping.is_set() or runner.stopping():
+                    if runner.stopping():
                         _stopped.append(pgid or 0)
                         raise runner.Stopping("the run is being stopped")
                     if silent():
@@ -771,37 +766,24 @@ def killed_by_signal(private: bytes | bytearray, pgid: int, code: int) -> int | 
     return signum if 0 < signum < 0x7F else None
 
 
-def stop_all() -> None:
-    """Ctrl-C in a multi-host run: every remote command kills its group and stops."""
-    _stopping.set()
-
-
-def reset_stop() -> None:
-    _stopping.clear()
-    _stopped.clear()
-    _unkilled.clear()
-
-
 @contextmanager
 def one_run() -> Iterator[None]:
-    """A run over hosts (a build, a sync): reset_stop() as it starts, and its stop (stop_all) lowered as it
-    ends, however it ends, so no later call in this process finds it raised (a check would give up a session
-    the host refuses for a moment at once, as if stopped); what it counted stays readable until the next run."""
-    reset_stop()
-    try:
-        yield
-    finally:
-        _stopping.clear()
+    """A run over hosts (a build, a sync): what its stop comes to (stopped_count, unkilled_notes) counts from
+    zero, and stays readable until the next run. The stop itself is the runner's (runner.stopping(), raised
+    by run_each's terminate_all), which run_remote checks while a command runs."""
+    _stopped.clear()
+    _unkilled.clear()
+    yield
 
 
 def stopped_count() -> int:
-    """How many running remote commands the stop came to since reset_stop() (unkilled_notes: those it could
-    not kill)."""
+    """How many running remote commands the stop came to in this run (unkilled_notes: those it could not
+    kill)."""
     return len(_stopped)
 
 
 def unkilled_notes() -> list[str]:
-    """One line per running remote command the stop could not kill since reset_stop() (it may still run)."""
+    """One line per running remote command the stop could not kill in this run (it may still run)."""
     return list(_unkilled)
 
 

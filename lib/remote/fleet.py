@@ -261,12 +261,11 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
         return sorted((o for group in per_group for o in group), key=lambda o: order.get(o.repo, len(order)))
 
     # One thread per group under runner.run_each, so a signal is handled as in a local run: every
-    # command (local groups and, through remote.stop_all, remote ones) is stopped and what finished is kept.
-    with remote.one_run():  # its stop never outlives it
+    # command (local groups and, through runner.stopping(), remote ones) is stopped and what finished is kept.
+    with remote.one_run():  # what its stop ended on hosts counts from zero
         try:
             per_group = runner.run_each(list(groups), run_group, max(1, len(groups)))
         except runner.RunInterrupted as stop:
-            remote.stop_all()
             # The groups' threads are done: what finished in every group (not only in whole groups) is kept,
             # and the remote commands the stop ended are counted with the local ones.
             unkilled = remote.unkilled_notes()  # never counted stopped: they may still run there
@@ -274,9 +273,6 @@ def run_distributed(paths: Paths, workspace: Workspace, workflow_name: str, grou
                                                 stop.stopped + remote.stopped_count() - len(unkilled))
             interrupted.notes = stop.notes + unkilled + batch.keep_results(state_file, interrupted.results, workspace)
             raise interrupted from None
-        except BaseException:
-            remote.stop_all()
-            raise
     outcomes = in_config_order(per_group)
     return batch.BatchRun(outcomes, state_file, batch.keep_results(state_file, outcomes, workspace))
 

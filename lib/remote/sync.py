@@ -372,16 +372,12 @@ def _run_driver(connection: Any, host: Host, lib: LibSnapshot, lib_root: str, ho
 
 def _driver_end(result: remote.RemoteResult, output: _HostOutput, home: str) -> str:
     """How a driver that gave no result ended, as a run here says it: never started (its `home` could not be
-    entered), its connection lost, timed out; `killed by SIGKILL` (setsid itself killed: `killed by a
-    signal`), then its last lines of output; one that exited: those lines, else `exit N`. Clipped as a whole,
-    the home alone when it is named."""
+    entered); `killed by SIGKILL` (setsid itself killed: `killed by a signal`), then its last lines of output;
+    one that exited: those lines, else `exit N`. Clipped as a whole, the home alone when it is named. (A lost
+    or silent connection never gets here, _given_up says it; nor a timeout: the driver runs with none.)"""
     if result.no_directory:
         return (f"its home {clip(home)} on the host could not be entered (removed, or no longer ours, since it was "
                 "prepared); nothing of the sync ran there")
-    if result.lost is not None:
-        return f"its connection {result.lost}"
-    if result.timed_out:
-        return "it timed out"
     if result.killed_by is None and result.exit_code is not None:
         return clip("; ".join(output.tail) or f"exit {result.exit_code}")
     return clip("; ".join([f"killed by {result.killed_by or 'a signal'}", *output.tail]))
