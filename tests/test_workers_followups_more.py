@@ -319,3 +319,169 @@ def given_in_of(run) -> list[str | None]:
     from orchestrator import commands
 
     return [e.get("given_in") for e in commands.pending_followups(run.state_root, "demo", 1, given_too=True)]
+
+
+# --- a continuing try prepared twice; hand-edited state -----------------------------------------------------------
+
+def _result(total: float) -> str:
+    return json.dumps({"type": "result", "subtype": "success", "is_error": False, "num_turns": 1,
+                       "session_id": "s-held", "total_cost_usd": total})
+
+
+def test_a_continuing_try_prepared_twice_counts_only_what_its_session_added(project, tmp_path):
+    """Try 1 works in session s-held (2.5 USD) and fails; the restart continues s-held, and the monitor is SIGKILLed
+    right after preparing try 2, before its pane runs it. The next monitor prepares try 2 again: the session's
+    earlier cost is still its base, so try 2 counts 0.5 of the 3.0 its result reports. Before: the second
+    preparation took the first one's tally for the ended try's, lost the base, and counted all 3.0 again."""
+    from test_workers_steer_given import COMMIT
+
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    mark = tmp_path / "first-done"
+    agent = tmp_path / "bin" / "claude"
+    agent.parent.mkdir(exist_ok=True)
+    agent.write_text(f"""#!/bin/sh
+echo '{INIT}'; echo '{TURN}'
+if [ ! -e {mark} ]; then touch {mark}; echo '{_result(2.5)}'; exit 1; fi
+echo '{_result(3.0)}'
+{COMMIT}
+""")
+    agent.chmod(0o755)
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{agent} {{{{prompt_file}}}} {STREAM}", max_retries=2)
+    killed_after("prepare_try")
+    assert not json.loads((proj.state / "workers" / "worker-1.json").read_text())["launched"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    usage = json.loads((proj.state / "usage.json").read_text())["tries"]
+    assert [usage[f"worker-1-try-{n}"]["cost_usd"] for n in (1, 2)] == [2.5, 0.5]
+
+
+def _prepared_try(project, tmp_path, first_try: str = "true", **record: object) -> tuple[object, object, object]:
+    """A worker record left by a crash: #1's try 2 prepared, not started, its JSON given `record`'s values (a hand
+    edit); the agent (claude's event format) copies each prompt to `seen`. (the project, seen, the run files)."""
+    from conftest import git
+
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.run import open_run
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    command, seen = agent_script(tmp_path, first_try, "claude")
+    proj = project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}],
+                   pipeline=["implement"], num_workers=1, agent="claude", agent_command=f"{command} {STREAM}",
+                   max_retries=0)
+    files = RunFiles(proj.home / "state" / "demo")
+    run = open_run()
+    pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # as the crashed monitor's assignment did
+    base = git(proj.repo, "rev-parse", "origin/main")
+    git(proj.repo, "branch", "feature/issue-1", "main")
+    files.save_worker(WorkerRecord(1, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
+                                   0, "implement", try_id=2, launched=False, stage_base=base, started_at=0))
+    doc = json.loads(files.worker_file(1).read_text())
+    files.worker_file(1).write_text(json.dumps({**doc, **record}))
+    return proj, seen, files
+
+
+@pytest.mark.parametrize("record", [{"agent": [1]}, {"agent": "claude"}, {"agent": 3}, {"started_at": "soon"}],
+                         ids=["agent-list", "agent-text", "agent-number", "started-text"])
+def test_a_hand_edited_agent_tally_or_mark_of_another_kind_counts_as_none_and_never_ends_the_monitor(
+        project, tmp_path, record):
+    """A worker record's `agent` (the try's tally) edited by hand to a list, a text, or a time that is no number: it
+    counts as none, the monitor goes on and the run completes. Before: an AttributeError or a TypeError in the
+    probe ended the monitor, at every start."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, _ = _prepared_try(project, tmp_path, **record)
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert not [e for e in proj.events() if e["action"] == "error"]
+
+
+@pytest.mark.parametrize("offset", [-1, "0", None, 1.0], ids=["negative", "text", "null", "float"])
+def test_an_ended_tries_turn_is_read_whatever_its_hand_edited_events_offset(project, offset):
+    """The ended try's stream holds its turn, its record's `events_offset` was edited by hand (negative, a text):
+    the offset counts as none, the stream is read from its start, the turn is seen and the follow-up stays given
+    there. Before: a negative offset read nothing, ever (the follow-up was given back and given again); a text one
+    ended the monitor with a TypeError."""
+    from dataclasses import asdict
+
+    from orchestrator.act import end_try
+    from orchestrator.state import WorkerRecord
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN + "\n").encode())
+    record = WorkerRecord.from_json(json.loads(json.dumps({**asdict(record), "events_offset": offset})))
+
+    assert end_try(run, record) is not None
+    assert given_in_of(run) == ["worker-1-try-1"]
+
+
+def test_a_hand_edited_try_or_count_of_another_kind_stops_the_monitor_with_one_line_naming_the_file(
+        project, tmp_path):
+    """A worker record's `try_id` edited by hand to a text: taken for a number it could reuse an old try's files, so
+    the record is unreadable: the monitor stops at once with one `error:` line naming the file and the field, exit
+    2, and starts nothing. Before: a TypeError's traceback once the try was to start."""
+    proj, seen, files = _prepared_try(project, tmp_path, try_id="2")
+
+    ran = cli("monitor", "--once", "--no-delay")
+
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        f"error: {files.worker_file(1)}: unreadable worker state (try_id: '2' is no int); fix or remove it"]
+    assert not seen.exists() and json.loads(files.worker_file(1).read_text())["try_id"] == "2"
+
+
+def test_a_hand_edited_tally_member_of_another_kind_counts_as_none_when_the_probe_reads_the_try(project):
+    """The try's tally edited by hand (`turns` a text, `rate_limited` a text, `tokens_in` a list): each such member
+    counts as none, and the probe folds the try's events into the tally as ever. Before: a TypeError in the probe
+    ended the monitor."""
+    from dataclasses import asdict
+
+    from orchestrator import probe
+    from orchestrator.state import WorkerRecord
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN + "\n").encode())
+    odd = {**record.agent, "turns": "many", "tokens_in": [1], "rate_limited": "yes", "result": 5, "cost_base": "x"}
+    record = WorkerRecord.from_json(json.loads(json.dumps({**asdict(record), "agent": odd})))
+
+    assert probe.read_events(run.files, record, 0.0) == 2
+    assert record.agent["turns"] == 1 and record.agent["session_id"] == "s-1" and record.agent["rate_limited"] is None
+    assert "cost_base" not in record.agent
+
+
+@pytest.mark.parametrize("odd", [{"text": "no id"}, {"id": 7, "text": "a number"}, {"id": "", "text": "empty"},
+                                 {"id": "f0"}, "just text", None],
+                         ids=["no-id", "number-id", "empty-id", "no-text", "text", "null"])
+def test_a_hand_edited_follow_up_without_an_id_or_text_is_skipped_with_a_warning_and_the_others_are_given(
+        project, tmp_path, odd):
+    """followups.json edited by hand: next to a good follow-up sits an entry with no id (or no text, or none at
+    all). The entry is skipped with a warning event naming it (it stays in the file as it is); the good follow-up
+    is given once and the run completes. Before: a KeyError after the pane had started ended the monitor, and again
+    at every later start."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, files = _prepared_try(project, tmp_path)
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        odd, {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": None}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert "no id" not in seen.read_text() and "a number" not in seen.read_text()
+    kept = json.loads((files.root / "followups.json").read_text())["issues"]["1"]
+    assert kept[0] == odd and kept[1]["given_in"] == "worker-1-try-2"
+    warnings = [e for e in proj.events() if e["action"] == "followup_skipped"]
+    assert warnings and all(e["issue"] == 1 and "followups.json" in e["warning"] for e in warnings), warnings
+    assert not [e for e in proj.events() if e["action"] == "error"]

@@ -266,6 +266,10 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
     followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
+    for place in commands.unusable_followups(run.state_root, cfg.project, issue.number):
+        files.log_event({"action": "followup_skipped", "issue": issue.number, "project": cfg.project,
+                         "warning": f"{commands.followups_file(run.state_root, cfg.project)}: #{issue.number}'s entry "
+                                    f"{place} has no id or no text (a hand edit?): given to no try; fix or remove it"})
     before = record.agent or {}
     continues_last_try = bool(session)  # the ended try's session (a restart, the try after a hold)
     if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
@@ -285,7 +289,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
     worker = Worker(record, files)
-    worker.prepare_try(agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent))
+    worker.prepare_try(agents.resumed_state(cfg.agent, before, session) if resume else agents.new_state(cfg.agent))
     if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try,
         # before its pane runs it (a kill at any later step leaves them given here: given back if it never starts)
         commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))

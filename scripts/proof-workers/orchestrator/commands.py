@@ -634,10 +634,23 @@ def _kept(state_root: Path, project: str) -> dict[str, Any]:
     return issues if isinstance(issues, dict) else {}
 
 
+def _usable(entry: Any) -> bool:
+    """A follow-up that can be given and followed: an object with a text and an id (a text, not empty)."""
+    return isinstance(entry, dict) and isinstance(entry.get("id"), str) and bool(entry["id"]) \
+        and isinstance(entry.get("text"), str)
+
+
 def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> list[dict[str, Any]]:
     entries = issues.get(str(issue))
-    return [e for e in entries if isinstance(e, dict) and (given_too or not e.get("given_in"))
-            and isinstance(e.get("text"), str)] if isinstance(entries, list) else []
+    return [e for e in entries if _usable(e) and (given_too or not e.get("given_in"))] \
+        if isinstance(entries, list) else []
+
+
+def unusable_followups(state_root: Path, project: str, issue: int) -> list[int]:
+    """Where (from 1) `issue`'s list in followups.json holds an entry that is no follow-up (a hand edit: no id, no
+    text): never given, never changed, left as it is."""
+    entries = _kept(state_root, project).get(str(issue))
+    return [n for n, e in enumerate(entries, 1) if not _usable(e)] if isinstance(entries, list) else []
 
 
 def _given(label: str, worker: int, try_id: int, delivery: Delivery, why: str, after: str = "") -> Outcome:
@@ -696,7 +709,7 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
 
     def change(doc: Any) -> Any:
         for entry in doc.get("issues", {}).get(str(issue)) or []:
-            if isinstance(entry, dict) and entry.get("id") in ids:
+            if _usable(entry) and entry.get("id") in ids:
                 entry["given_in"] = try_stem
         return doc
 
@@ -775,7 +788,7 @@ def _update_given(state_root: Path, project: str, issue: int, try_stem: str, app
     def change(doc: Any) -> Any:
         entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
         for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("given_in") == try_stem and applies(entry):
+            if _usable(entry) and entry.get("given_in") == try_stem and applies(entry):
                 apply(entry)
                 changed.append(str(entry.get("id")))
         return doc
