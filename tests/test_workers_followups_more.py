@@ -485,3 +485,50 @@ def test_a_hand_edited_follow_up_without_an_id_or_text_is_skipped_with_a_warning
     warnings = [e for e in proj.events() if e["action"] == "followup_skipped"]
     assert warnings and all(e["issue"] == 1 and "followups.json" in e["warning"] for e in warnings), warnings
     assert not [e for e in proj.events() if e["action"] == "error"]
+
+
+# --- resume_session once the continuing try runs; in-doubt follow-ups of the ended try ----------------------------
+
+def test_a_continuing_try_once_started_no_longer_gives_back_what_the_ended_try_kept(project, tmp_path):
+    """Try 2 continues session s-held and has started (the monitor SIGKILLed right after recording that): its record
+    no longer names a session to continue. It then ends having done nothing: only what rode on it (the follow-up
+    carried to it) comes back; what stays given to try 1 (here one hand-edited in) stays there. Before:
+    `resume_session` stayed set, and every end of try 2 gave back try 1's follow-ups too."""
+    from orchestrator.act import end_try
+    from orchestrator.run import open_run
+
+    command, _ = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("started")
+    run = open_run()
+    record = run.files.load_worker(1)
+    assert record.try_id == 2 and record.launched and record.resume_session is None
+    doc = json.loads((proj.state / "followups.json").read_text())
+    doc["issues"]["1"].insert(0, {"id": "f0", "text": "keep it short", "at": 0.5, "given_in": "worker-1-try-1"})
+    (proj.state / "followups.json").write_text(json.dumps(doc))
+
+    assert end_try(run, record) is None  # its agent prints no event: no turn
+
+    assert given_in(proj) == ["worker-1-try-1", None]
+
+
+def test_a_prepared_try_that_never_starts_gives_back_the_ended_tries_follow_ups_but_not_those_in_doubt(
+        project, tmp_path):
+    """Try 2 was to continue try 1's session (prepared, not started) when the issue is killed: the follow-up that
+    rode on that session comes back; one marked in doubt (try 1's wrapper could not be stopped: it may still give
+    it to its agent) stays given to try 1, in doubt, never given twice. Before: it came back too."""
+    from orchestrator.act import end_try
+    from orchestrator.run import open_run
+
+    proj, _, files = _prepared_try(project, tmp_path, resume_session="s-held")
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f0", "text": "keep it short", "at": 0.5, "given_in": "worker-1-try-1", "in_doubt": True},
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+    run = open_run()
+
+    assert end_try(run, files.load_worker(1)) is None
+
+    kept = json.loads((files.root / "followups.json").read_text())["issues"]["1"]
+    assert [(e["given_in"], e.get("in_doubt")) for e in kept] == [("worker-1-try-1", True), (None, None)]

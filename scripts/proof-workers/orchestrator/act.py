@@ -94,7 +94,7 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
         return None
     give_back(run, record, stem)
     if record.resume_session is not None:  # it was to go on in the ended try's session: what rode on it comes back
-        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1))
+        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1), in_doubt_too=False)
     return None
 
 
@@ -112,10 +112,11 @@ def _note_session(run: Run, record: WorkerRecord, stem: str, worked: dict[str, A
                              "during": "noting a follow-up's session", "error": str(err)})
 
 
-def give_back(run: Run, record: WorkerRecord, stem: str) -> None:
-    """The follow-ups given in try `stem` of the record's issue are kept again for its next try, each said."""
+def give_back(run: Run, record: WorkerRecord, stem: str, in_doubt_too: bool = True) -> None:
+    """The follow-ups given in try `stem` of the record's issue are kept again for its next try, each said; without
+    `in_doubt_too`, not those in doubt (a try ended earlier, whose wrapper may still give them to its agent)."""
     _followup_events(run, record, commands.give_back(run.state_root, record.project or "", record.issue_number or 0,
-                                                     stem), False, {"given_back": stem})
+                                                     stem, in_doubt_too), False, {"given_back": stem})
 
 
 def resume_args(cfg: ProjectConfig, session: str) -> list[str]:
@@ -535,7 +536,8 @@ class Executor:
         if session is not None and not resume_args(self.run.config_of(record.project or ""), session):
             # The config no longer resumes it (edited since), or no session is named (a hand edit): this try starts
             # afresh and gets them again.
-            give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1))
+            give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1),
+                      in_doubt_too=False)
             session = ""
         start_try(self.run, record, session=session or "")
 

@@ -716,12 +716,14 @@ def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_s
     update_json(followups_file(state_root, project), change, {"issues": {}})
 
 
-def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
+def give_back(state_root: Path, project: str, issue: int, try_stem: str, in_doubt_too: bool = True) -> list[str]:
     """The follow-ups marked given in a try whose agent never started (its set-up failed or was stopped, its wrapper
-    or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
+    or pane died first) are kept again for the issue's next try; returns their ids. Without `in_doubt_too`, those
+    in doubt stay (that try's wrapper may still give them to its agent). Nothing given in that try: no
     write. A file that cannot be written (a full disk) is an OrchestratorError (one line): the caller goes no
     further (the try is not let go, so it is ended again later) and the follow-ups are never lost."""
-    return _update_given(state_root, project, issue, try_stem, lambda entry: True, _given_back,
+    return _update_given(state_root, project, issue, try_stem,
+                         lambda entry: in_doubt_too or not entry.get("in_doubt"), _given_back,
                          f"cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never got")
 
 
