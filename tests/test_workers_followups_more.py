@@ -92,8 +92,8 @@ def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and
     assert given_in(proj) == ["worker-1-try-2"]
 
 
-# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2: then
-# SIGKILL, the way a kill -9 right after that step stops it.
+# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2 (or
+# commands.mark_given of a follow-up to it): then SIGKILL, the way a kill -9 right after that step stops it.
 KILLED_AFTER = """
 import os, signal, sys, time
 sys.path[:0] = [os.getcwd(), os.path.dirname(os.path.dirname(os.getcwd()))]  # the package, and lib/
@@ -101,15 +101,18 @@ from orchestrator.monitor import monitor
 from orchestrator.run import open_run
 from orchestrator.worker import Worker
 
-step = sys.argv[1]
-saved = getattr(Worker, step)
+from orchestrator import commands
 
-def then_die(self, *args, **kwargs):
-    saved(self, *args, **kwargs)
-    if self.record.try_id >= 2:
+step = sys.argv[1]
+owner = commands if step == "mark_given" else Worker  # a follow-up's mark: commands.mark_given(..., try_stem)
+saved = getattr(owner, step)
+
+def then_die(*args, **kwargs):
+    saved(*args, **kwargs)
+    if args[-1].endswith("-try-2") if owner is commands else args[0].record.try_id >= 2:
         os.kill(os.getpid(), signal.SIGKILL)
 
-setattr(Worker, step, then_die)
+setattr(owner, step, then_die)
 deadline = time.monotonic() + 240
 while time.monotonic() < deadline:
     monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
@@ -532,3 +535,101 @@ def test_a_prepared_try_that_never_starts_gives_back_the_ended_tries_follow_ups_
 
     kept = json.loads((files.root / "followups.json").read_text())["issues"]["1"]
     assert [(e["given_in"], e.get("in_doubt")) for e in kept] == [("worker-1-try-1", True), (None, None)]
+
+
+# --- a new follow-up in a continuing try's prompt, the monitor killed around its start ----------------------------
+
+def _sent_while_try_1_ran(project, tmp_path) -> tuple[object, object]:
+    """Try 1 works in session s-held and fails; while it ran, follow-up f2 was stored for the next try (as `send`
+    stores it). The restarted try 2 continues s-held with f2 in its prompt. (the project, seen)"""
+    followups = tmp_path / "home" / "state" / "demo" / "followups.json"
+    store = ("import json, sys; p = sys.argv[1]; d = json.load(open(p)) if __import__('os').path.exists(p) else "
+             "{'issues': {}}; d['issues'].setdefault('1', []).append({'id': 'f2', 'text': 'mind the changelog', "
+             "'at': 2.0, 'given_in': None}); json.dump(d, open(p, 'w'))")
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; python3 -c \"{store}\" {followups}; "
+                                           "exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert proj.state == followups.parent
+    return proj, seen
+
+
+def test_a_new_follow_up_in_a_started_tries_prompt_is_given_there_when_the_monitor_is_killed_right_after_the_start(
+        project, tmp_path):
+    """The monitor is SIGKILLed right after recording that try 2 (whose prompt carries the new follow-up) started:
+    the follow-up is given to try 2 all the same, never kept for another try (which would append it to the same
+    session again). Before: it was marked given only after the start was recorded, so it stayed kept."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("started")
+    assert given_in(proj) == ["worker-1-try-2"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert "kept for its next try" not in cli("status").stdout
+
+
+def test_a_new_follow_up_marked_for_a_try_that_never_started_goes_into_that_tries_prompt_when_it_is_started_again(
+        project, tmp_path):
+    """The monitor is SIGKILLed right after marking the new follow-up given to try 2, before try 2's pane ran: the
+    next monitor prepares try 2 again and its prompt carries the follow-up (it is given there, once). Marked before
+    the pane runs, it is never lost."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("mark_given")
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert not json.loads((proj.state / "workers" / "worker-1.json").read_text())["launched"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+
+
+def test_a_new_follow_up_marked_for_a_try_killed_before_it_started_comes_back_for_the_try_after_retry(
+        project, tmp_path):
+    """Marked given to try 2, which never started (the monitor SIGKILLed before its pane ran it), and then the user
+    kills the issue: the follow-up comes back (kept for its next try), and the try after `retry` gets it once."""
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("mark_given")
+    killed = cli("kill", "1")
+    assert killed.returncode == 0, killed.stderr
+    assert given_in(proj) == [None]
+    assert "1 follow-up kept for its next try" in cli("status").stdout
+    assert cli("retry", "1").returncode == 0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", [0.0])
+    assert seen.read_text().count("mind the changelog") == 1
+
+
+def test_a_follow_up_carried_to_a_try_prepared_again_without_its_session_reaches_that_try(project, tmp_path):
+    """The follow-up rode on session s-held and was carried to try 2, prepared to continue it; the monitor is
+    SIGKILLed before try 2's pane ran. The config is then edited to resume no session: try 2 starts afresh, and its
+    prompt carries the follow-up (the fresh session never had it). Before: it stayed given to try 2, out of its
+    prompt: lost."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("mark_given")
+    assert given_in(proj) == ["worker-1-try-2"]  # carried to it
+    proj.config.write_text(json.dumps({**proj.doc(), "resume_sessions": False}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"]
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]

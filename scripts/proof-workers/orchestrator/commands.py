@@ -640,9 +640,10 @@ def _usable(entry: Any) -> bool:
         and isinstance(entry.get("text"), str)
 
 
-def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+def _pending(issues: dict[str, Any], issue: int, given_too: bool = False, again_for: str = "") -> list[dict[str, Any]]:
     entries = issues.get(str(issue))
-    return [e for e in entries if _usable(e) and (given_too or not e.get("given_in"))] \
+    return [e for e in entries if _usable(e) and (given_too or not e.get("given_in") or again_for and
+                                                  e.get("given_in") == again_for == e.get("in_prompt"))] \
         if isinstance(entries, list) else []
 
 
@@ -674,9 +675,11 @@ def _given_before(run: Run, command: Command) -> Outcome | None:
     return None
 
 
-def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
-    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
-    return _pending(_kept(state_root, project), issue, given_too)
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False,
+                      again_for: str = "") -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent), and those marked for the prompt of try
+    `again_for` (mark_given: a try prepared again, its pane never ran it); with `given_too`, all of them."""
+    return _pending(_kept(state_root, project), issue, given_too, again_for)
 
 
 def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
@@ -702,15 +705,16 @@ def followup_text(entries: list[dict[str, Any]]) -> str:
 
 
 def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_stem: str) -> None:
-    """Record that these follow-ups went into a try's prompt (after the prompt is written: a crash between gives
-    them again, never loses them)."""
+    """Record that these follow-ups went into a try's prompt (`in_prompt`), before its pane runs it: that try
+    prepared again puts them in its prompt again (pending_followups' `again_for`), one that never starts gives them
+    back (give_back)."""
     if not ids:
         return
 
     def change(doc: Any) -> Any:
         for entry in doc.get("issues", {}).get(str(issue)) or []:
             if _usable(entry) and entry.get("id") in ids:
-                entry["given_in"] = try_stem
+                entry["given_in"] = entry["in_prompt"] = try_stem
         return doc
 
     update_json(followups_file(state_root, project), change, {"issues": {}})
@@ -725,6 +729,14 @@ def give_back(state_root: Path, project: str, issue: int, try_stem: str, in_doub
     return _update_given(state_root, project, issue, try_stem,
                          lambda entry: in_doubt_too or not entry.get("in_doubt"), _given_back,
                          f"cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never got")
+
+
+def unmark_given(state_root: Path, project: str, issue: int, ids: list[str], try_stem: str) -> list[str]:
+    """These follow-ups, marked for try `try_stem`'s prompt, are kept again: its pane could not start it. Those
+    carried to it (in its session already) stay. A file that cannot be written is an OrchestratorError (one line)."""
+    return _update_given(state_root, project, issue, try_stem,
+                         lambda entry: entry.get("id") in ids and entry.get("in_prompt") == try_stem, _given_back,
+                         f"cannot keep again the follow-ups of #{issue} that {try_stem} could not be started with")
 
 
 def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
@@ -771,6 +783,7 @@ def carry_given(state_root: Path, project: str, issue: int, try_stem: str, to_st
 def _given_back(entry: dict[str, Any]) -> None:
     entry["given_in"] = None
     entry.pop("in_doubt", None)
+    entry.pop("in_prompt", None)
 
 
 def _in_doubt(entry: dict[str, Any]) -> None:
