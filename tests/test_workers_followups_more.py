@@ -633,3 +633,21 @@ def test_a_follow_up_carried_to_a_try_prepared_again_without_its_session_reaches
     assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"]
     assert seen.read_text().count("mind the changelog") == 1
     assert given_in(proj) == ["worker-1-try-2"]
+
+
+@pytest.mark.parametrize("odd", [5, ["worker-1-try-1"], True], ids=["number", "list", "bool"])
+def test_a_hand_edited_given_in_that_names_no_try_counts_as_not_given(project, tmp_path, odd):
+    """A follow-up's `given_in` edited by hand to something that names no try (a number, a list): it counts as not
+    given, so the next try gets it, once. Before: it counted as given to a try none is, never given, kept by none."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, files = _prepared_try(project, tmp_path)
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": odd}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]

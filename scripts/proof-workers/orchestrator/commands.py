@@ -642,9 +642,15 @@ def _usable(entry: Any) -> bool:
 
 def _pending(issues: dict[str, Any], issue: int, given_too: bool = False, again_for: str = "") -> list[dict[str, Any]]:
     entries = issues.get(str(issue))
-    return [e for e in entries if _usable(e) and (given_too or not e.get("given_in") or again_for and
+    return [e for e in entries if _usable(e) and (given_too or not _given_to(e) or again_for and
                                                   e.get("given_in") == again_for == e.get("in_prompt"))] \
         if isinstance(entries, list) else []
+
+
+def _given_to(entry: dict[str, Any]) -> str:
+    """The try a follow-up was given in; "" for none, or for a value that names no try (a hand edit)."""
+    given = entry.get("given_in")
+    return given if isinstance(given, str) else ""
 
 
 def unusable_followups(state_root: Path, project: str, issue: int) -> list[int]:
@@ -888,7 +894,7 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
             text = " ".join(e["text"].split())
             shown = {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
                      "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."}
-            if not e.get("given_in"):
+            if not _given_to(e):
                 slot(int(number))["followups"].append(shown)
             elif e.get("in_doubt") is True:
                 slot(int(number))["followups_in_doubt"].append({**shown, "given_in": str(e["given_in"])})
