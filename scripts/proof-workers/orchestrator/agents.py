@@ -420,10 +420,10 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 def resumed_state(kind: str, before: dict[str, Any], session: str | None = None) -> dict[str, Any]:
-    """A new try's agent that resumes `session` (by default the session of `before`), whose tally so far is `before` (the last try's agent, or that of
-    this try prepared already, its agent never started): it knows what the session had cost, so that the session
-    total its result reports is not counted twice. A try prepared again keeps the base it was given: its own
-    tally has no cost of that session yet."""
+    """A new try's agent that resumes `session` (by default `before`'s), whose tally so far is `before` (the last
+    try's agent, or that of this try prepared already, its agent never started): it knows what the session had
+    cost, so that the session total its result reports is not counted twice. A try prepared again keeps the base it
+    was given: its own tally has no cost of that session yet."""
     state, session = new_state(kind), before.get("session_id") if session is None else session
     prior = _num(before.get("cost_base")) if before.get("base_session") == session else 0.0
     spent = _num(before.get("session_cost_usd")) if before.get("session_id") == session else 0.0

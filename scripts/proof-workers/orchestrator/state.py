@@ -64,8 +64,9 @@ class WorkerRecord:
             # A hand edit (a number, a list): the try was to go on in a session this names not: "", none to resume
             # (the try starts afresh and what rode on that session is given back to it: act.do_resume).
             values["resume_session"] = ""
-        # The probe's marks, edited by hand: a tally that is none (or members of another kind) counts as none; an
-        # offset that is no place in the stream reads it again from its start, into a tally that counts again.
+        # Hand edits: a field of another kind counts as none when it is a mark taken again (SOFT_FIELDS), else the
+        # record is unreadable; a tally that is none (or members of another kind) counts as none; an offset that is
+        # no place in the stream reads it again from its start, into a tally that counts again.
         for f in fields(cls):
             if f.name in values and f.name not in ("status", "resume_session", "agent", "events_offset") and \
                     not _holds(str(f.type), values[f.name]):
