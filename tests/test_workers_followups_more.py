@@ -92,8 +92,8 @@ def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and
     assert given_in(proj) == ["worker-1-try-2"]
 
 
-# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2: then
-# SIGKILL, the way a kill -9 right after that step stops it.
+# One monitor cycle after another, in a process of its own, until it has done Worker.<argv[1]> for try 2 (or
+# commands.mark_given of a follow-up to it): then SIGKILL, the way a kill -9 right after that step stops it.
 KILLED_AFTER = """
 import os, signal, sys, time
 sys.path[:0] = [os.getcwd(), os.path.dirname(os.path.dirname(os.getcwd()))]  # the package, and lib/
@@ -101,15 +101,18 @@ from orchestrator.monitor import monitor
 from orchestrator.run import open_run
 from orchestrator.worker import Worker
 
-step = sys.argv[1]
-saved = getattr(Worker, step)
+from orchestrator import commands
 
-def then_die(self, *args, **kwargs):
-    saved(self, *args, **kwargs)
-    if self.record.try_id >= 2:
+step = sys.argv[1]
+owner = commands if step == "mark_given" else Worker  # a follow-up's mark: commands.mark_given(..., try_stem)
+saved = getattr(owner, step)
+
+def then_die(*args, **kwargs):
+    saved(*args, **kwargs)
+    if args[-1].endswith("-try-2") if owner is commands else args[0].record.try_id >= 2:
         os.kill(os.getpid(), signal.SIGKILL)
 
-setattr(Worker, step, then_die)
+setattr(owner, step, then_die)
 deadline = time.monotonic() + 240
 while time.monotonic() < deadline:
     monitor(open_run(), cycle=0.2, once=True, no_delay=True, say=lambda _: None)
@@ -319,3 +322,332 @@ def given_in_of(run) -> list[str | None]:
     from orchestrator import commands
 
     return [e.get("given_in") for e in commands.pending_followups(run.state_root, "demo", 1, given_too=True)]
+
+
+# --- a continuing try prepared twice; hand-edited state -----------------------------------------------------------
+
+def _result(total: float) -> str:
+    return json.dumps({"type": "result", "subtype": "success", "is_error": False, "num_turns": 1,
+                       "session_id": "s-held", "total_cost_usd": total})
+
+
+def test_a_continuing_try_prepared_twice_counts_only_what_its_session_added(project, tmp_path):
+    """Try 1 works in session s-held (2.5 USD) and fails; the restart continues s-held, and the monitor is SIGKILLed
+    right after preparing try 2, before its pane runs it. The next monitor prepares try 2 again: the session's
+    earlier cost is still its base, so try 2 counts 0.5 of the 3.0 its result reports. Before: the second
+    preparation took the first one's tally for the ended try's, lost the base, and counted all 3.0 again."""
+    from test_workers_steer_given import COMMIT
+
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    mark = tmp_path / "first-done"
+    agent = tmp_path / "bin" / "claude"
+    agent.parent.mkdir(exist_ok=True)
+    agent.write_text(f"""#!/bin/sh
+echo '{INIT}'; echo '{TURN}'
+if [ ! -e {mark} ]; then touch {mark}; echo '{_result(2.5)}'; exit 1; fi
+echo '{_result(3.0)}'
+{COMMIT}
+""")
+    agent.chmod(0o755)
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{agent} {{{{prompt_file}}}} {STREAM}", max_retries=2)
+    killed_after("prepare_try")
+    assert not json.loads((proj.state / "workers" / "worker-1.json").read_text())["launched"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    usage = json.loads((proj.state / "usage.json").read_text())["tries"]
+    assert [usage[f"worker-1-try-{n}"]["cost_usd"] for n in (1, 2)] == [2.5, 0.5]
+
+
+def _prepared_try(project, tmp_path, first_try: str = "true", **record: object) -> tuple[object, object, object]:
+    """A worker record left by a crash: #1's try 2 prepared, not started, its JSON given `record`'s values (a hand
+    edit); the agent (claude's event format) copies each prompt to `seen`. (the project, seen, the run files)."""
+    from conftest import git
+
+    from lib.paths import Paths
+    from orchestrator import pins
+    from orchestrator.run import open_run
+    from orchestrator.state import RunFiles, WorkerRecord
+
+    command, seen = agent_script(tmp_path, first_try, "claude")
+    proj = project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}],
+                   pipeline=["implement"], num_workers=1, agent="claude", agent_command=f"{command} {STREAM}",
+                   max_retries=0)
+    files = RunFiles(proj.home / "state" / "demo")
+    run = open_run()
+    pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # as the crashed monitor's assignment did
+    base = git(proj.repo, "rev-parse", "origin/main")
+    git(proj.repo, "branch", "feature/issue-1", "main")
+    files.save_worker(WorkerRecord(1, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
+                                   0, "implement", try_id=2, launched=False, stage_base=base, started_at=0))
+    doc = json.loads(files.worker_file(1).read_text())
+    files.worker_file(1).write_text(json.dumps({**doc, **record}))
+    return proj, seen, files
+
+
+@pytest.mark.parametrize("record", [{"agent": [1]}, {"agent": "claude"}, {"agent": 3}, {"started_at": "soon"}],
+                         ids=["agent-list", "agent-text", "agent-number", "started-text"])
+def test_a_hand_edited_agent_tally_or_mark_of_another_kind_counts_as_none_and_never_ends_the_monitor(
+        project, tmp_path, record):
+    """A worker record's `agent` (the try's tally) edited by hand to a list, a text, or a time that is no number: it
+    counts as none, the monitor goes on and the run completes. Before: an AttributeError or a TypeError in the
+    probe ended the monitor, at every start."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, _ = _prepared_try(project, tmp_path, **record)
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert not [e for e in proj.events() if e["action"] == "error"]
+
+
+@pytest.mark.parametrize("offset", [-1, "0", None, 1.0], ids=["negative", "text", "null", "float"])
+def test_an_ended_tries_turn_is_read_whatever_its_hand_edited_events_offset(project, offset):
+    """The ended try's stream holds its turn, its record's `events_offset` was edited by hand (negative, a text):
+    the offset counts as none, the stream is read from its start, the turn is seen and the follow-up stays given
+    there. Before: a negative offset read nothing, ever (the follow-up was given back and given again); a text one
+    ended the monitor with a TypeError."""
+    from dataclasses import asdict
+
+    from orchestrator.act import end_try
+    from orchestrator.state import WorkerRecord
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN + "\n").encode())
+    record = WorkerRecord.from_json(json.loads(json.dumps({**asdict(record), "events_offset": offset})))
+
+    assert end_try(run, record) is not None
+    assert given_in_of(run) == ["worker-1-try-1"]
+
+
+def test_a_hand_edited_try_or_count_of_another_kind_stops_the_monitor_with_one_line_naming_the_file(
+        project, tmp_path):
+    """A worker record's `try_id` edited by hand to a text: taken for a number it could reuse an old try's files, so
+    the record is unreadable: the monitor stops at once with one `error:` line naming the file and the field, exit
+    2, and starts nothing. Before: a TypeError's traceback once the try was to start."""
+    proj, seen, files = _prepared_try(project, tmp_path, try_id="2")
+
+    ran = cli("monitor", "--once", "--no-delay")
+
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.strip().splitlines() == [
+        f"error: {files.worker_file(1)}: unreadable worker state (try_id: '2' is no int); fix or remove it"]
+    assert not seen.exists() and json.loads(files.worker_file(1).read_text())["try_id"] == "2"
+
+
+def test_a_hand_edited_tally_member_of_another_kind_counts_as_none_when_the_probe_reads_the_try(project):
+    """The try's tally edited by hand (`turns` a text, `rate_limited` a text, `tokens_in` a list): each such member
+    counts as none, and the probe folds the try's events into the tally as ever. Before: a TypeError in the probe
+    ended the monitor."""
+    from dataclasses import asdict
+
+    from orchestrator import probe
+    from orchestrator.state import WorkerRecord
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN + "\n").encode())
+    odd = {**record.agent, "turns": "many", "tokens_in": [1], "rate_limited": "yes", "result": 5, "cost_base": "x"}
+    record = WorkerRecord.from_json(json.loads(json.dumps({**asdict(record), "agent": odd})))
+
+    assert probe.read_events(run.files, record, 0.0) == 2
+    assert record.agent["turns"] == 1 and record.agent["session_id"] == "s-1" and record.agent["rate_limited"] is None
+    assert "cost_base" not in record.agent
+
+
+@pytest.mark.parametrize("odd", [{"text": "no id"}, {"id": 7, "text": "a number"}, {"id": "", "text": "empty"},
+                                 {"id": "f0"}, "just text", None],
+                         ids=["no-id", "number-id", "empty-id", "no-text", "text", "null"])
+def test_a_hand_edited_follow_up_without_an_id_or_text_is_skipped_with_a_warning_and_the_others_are_given(
+        project, tmp_path, odd):
+    """followups.json edited by hand: next to a good follow-up sits an entry with no id (or no text, or none at
+    all). The entry is skipped with a warning event naming it (it stays in the file as it is); the good follow-up
+    is given once and the run completes. Before: a KeyError after the pane had started ended the monitor, and again
+    at every later start."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, files = _prepared_try(project, tmp_path)
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        odd, {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": None}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert "no id" not in seen.read_text() and "a number" not in seen.read_text()
+    kept = json.loads((files.root / "followups.json").read_text())["issues"]["1"]
+    assert kept[0] == odd and kept[1]["given_in"] == "worker-1-try-2"
+    warnings = [e for e in proj.events() if e["action"] == "followup_skipped"]
+    assert warnings and all(e["issue"] == 1 and "followups.json" in e["warning"] for e in warnings), warnings
+    assert not [e for e in proj.events() if e["action"] == "error"]
+
+
+# --- resume_session once the continuing try runs; in-doubt follow-ups of the ended try ----------------------------
+
+def test_a_continuing_try_once_started_no_longer_gives_back_what_the_ended_try_kept(project, tmp_path):
+    """Try 2 continues session s-held and has started (the monitor SIGKILLed right after recording that): its record
+    no longer names a session to continue. It then ends having done nothing: only what rode on it (the follow-up
+    carried to it) comes back; what stays given to try 1 (here one hand-edited in) stays there. Before:
+    `resume_session` stayed set, and every end of try 2 gave back try 1's follow-ups too."""
+    from orchestrator.act import end_try
+    from orchestrator.run import open_run
+
+    command, _ = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("started")
+    run = open_run()
+    record = run.files.load_worker(1)
+    assert record.try_id == 2 and record.launched and record.resume_session is None
+    doc = json.loads((proj.state / "followups.json").read_text())
+    doc["issues"]["1"].insert(0, {"id": "f0", "text": "keep it short", "at": 0.5, "given_in": "worker-1-try-1"})
+    (proj.state / "followups.json").write_text(json.dumps(doc))
+
+    assert end_try(run, record) is None  # its agent prints no event: no turn
+
+    assert given_in(proj) == ["worker-1-try-1", None]
+
+
+def test_a_prepared_try_that_never_starts_gives_back_the_ended_tries_follow_ups_but_not_those_in_doubt(
+        project, tmp_path):
+    """Try 2 was to continue try 1's session (prepared, not started) when the issue is killed: the follow-up that
+    rode on that session comes back; one marked in doubt (try 1's wrapper could not be stopped: it may still give
+    it to its agent) stays given to try 1, in doubt, never given twice. Before: it came back too."""
+    from orchestrator.act import end_try
+    from orchestrator.run import open_run
+
+    proj, _, files = _prepared_try(project, tmp_path, resume_session="s-held")
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f0", "text": "keep it short", "at": 0.5, "given_in": "worker-1-try-1", "in_doubt": True},
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
+    run = open_run()
+
+    assert end_try(run, files.load_worker(1)) is None
+
+    kept = json.loads((files.root / "followups.json").read_text())["issues"]["1"]
+    assert [(e["given_in"], e.get("in_doubt")) for e in kept] == [("worker-1-try-1", True), (None, None)]
+
+
+# --- a new follow-up in a continuing try's prompt, the monitor killed around its start ----------------------------
+
+def _sent_while_try_1_ran(project, tmp_path) -> tuple[object, object]:
+    """Try 1 works in session s-held and fails; while it ran, follow-up f2 was stored for the next try (as `send`
+    stores it). The restarted try 2 continues s-held with f2 in its prompt. (the project, seen)"""
+    followups = tmp_path / "home" / "state" / "demo" / "followups.json"
+    store = ("import json, sys; p = sys.argv[1]; d = json.load(open(p)) if __import__('os').path.exists(p) else "
+             "{'issues': {}}; d['issues'].setdefault('1', []).append({'id': 'f2', 'text': 'mind the changelog', "
+             "'at': 2.0, 'given_in': None}); json.dump(d, open(p, 'w'))")
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; python3 -c \"{store}\" {followups}; "
+                                           "exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert proj.state == followups.parent
+    return proj, seen
+
+
+def test_a_new_follow_up_in_a_started_tries_prompt_is_given_there_when_the_monitor_is_killed_right_after_the_start(
+        project, tmp_path):
+    """The monitor is SIGKILLed right after recording that try 2 (whose prompt carries the new follow-up) started:
+    the follow-up is given to try 2 all the same, never kept for another try (which would append it to the same
+    session again). Before: it was marked given only after the start was recorded, so it stayed kept."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("started")
+    assert given_in(proj) == ["worker-1-try-2"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert "kept for its next try" not in cli("status").stdout
+
+
+def test_a_new_follow_up_marked_for_a_try_that_never_started_goes_into_that_tries_prompt_when_it_is_started_again(
+        project, tmp_path):
+    """The monitor is SIGKILLed right after marking the new follow-up given to try 2, before try 2's pane ran: the
+    next monitor prepares try 2 again and its prompt carries the follow-up (it is given there, once). Marked before
+    the pane runs, it is never lost."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("mark_given")
+    assert given_in(proj) == ["worker-1-try-2"]
+    assert not json.loads((proj.state / "workers" / "worker-1.json").read_text())["launched"]
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"].endswith(
+        "--resume s-held")
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+
+
+def test_a_new_follow_up_marked_for_a_try_killed_before_it_started_comes_back_for_the_try_after_retry(
+        project, tmp_path):
+    """Marked given to try 2, which never started (the monitor SIGKILLed before its pane ran it), and then the user
+    kills the issue: the follow-up comes back (kept for its next try), and the try after `retry` gets it once."""
+    proj, seen = _sent_while_try_1_ran(project, tmp_path)
+    killed_after("mark_given")
+    killed = cli("kill", "1")
+    assert killed.returncode == 0, killed.stderr
+    assert given_in(proj) == [None]
+    assert "1 follow-up kept for its next try" in cli("status").stdout
+    assert cli("retry", "1").returncode == 0
+    _cycles_until(lambda: proj.issue(1)["status"] == "completed", [0.0])
+    assert seen.read_text().count("mind the changelog") == 1
+
+
+def test_a_follow_up_carried_to_a_try_prepared_again_without_its_session_reaches_that_try(project, tmp_path):
+    """The follow-up rode on session s-held and was carried to try 2, prepared to continue it; the monitor is
+    SIGKILLed before try 2's pane ran. The config is then edited to resume no session: try 2 starts afresh, and its
+    prompt carries the follow-up (the fresh session never had it). Before: it stayed given to try 2, out of its
+    prompt: lost."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; exit 1", "claude")
+    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
+                   agent_command=f"{command} {STREAM}", max_retries=2)
+    assert cli("send", "1", "mind the changelog").returncode == 0
+    killed_after("mark_given")
+    assert given_in(proj) == ["worker-1-try-2"]  # carried to it
+    proj.config.write_text(json.dumps({**proj.doc(), "resume_sessions": False}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert "--resume" not in json.loads((proj.state / "tries" / "worker-1-try-2.json").read_text())["command"]
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]
+
+
+@pytest.mark.parametrize("odd", [5, ["worker-1-try-1"], True], ids=["number", "list", "bool"])
+def test_a_hand_edited_given_in_that_names_no_try_counts_as_not_given(project, tmp_path, odd):
+    """A follow-up's `given_in` edited by hand to something that names no try (a number, a list): it counts as not
+    given, so the next try gets it, once. Before: it counted as given to a try none is, never given, kept by none."""
+    from orchestrator.monitor import monitor
+    from orchestrator.run import open_run
+
+    proj, seen, files = _prepared_try(project, tmp_path)
+    (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
+        {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": odd}]}}))
+
+    assert monitor(open_run(), cycle=0.2, no_delay=True, say=lambda _: None) == 0
+
+    assert proj.issue(1)["status"] == "completed"
+    assert seen.read_text().count("mind the changelog") == 1
+    assert given_in(proj) == ["worker-1-try-2"]

@@ -94,7 +94,7 @@ def end_try(run: Run, record: WorkerRecord, grace: float = 1.0, held: bool = Fal
         return None
     give_back(run, record, stem)
     if record.resume_session is not None:  # it was to go on in the ended try's session: what rode on it comes back
-        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1))
+        give_back(run, record, run.files.try_stem(record.worker_id, record.try_id - 1), in_doubt_too=False)
     return None
 
 
@@ -112,10 +112,11 @@ def _note_session(run: Run, record: WorkerRecord, stem: str, worked: dict[str, A
                              "during": "noting a follow-up's session", "error": str(err)})
 
 
-def give_back(run: Run, record: WorkerRecord, stem: str) -> None:
-    """The follow-ups given in try `stem` of the record's issue are kept again for its next try, each said."""
+def give_back(run: Run, record: WorkerRecord, stem: str, in_doubt_too: bool = True) -> None:
+    """The follow-ups given in try `stem` of the record's issue are kept again for its next try, each said; without
+    `in_doubt_too`, not those in doubt (a try ended earlier, whose wrapper may still give them to its agent)."""
     _followup_events(run, record, commands.give_back(run.state_root, record.project or "", record.issue_number or 0,
-                                                     stem), False, {"given_back": stem})
+                                                     stem, in_doubt_too), False, {"given_back": stem})
 
 
 def resume_args(cfg: ProjectConfig, session: str) -> list[str]:
@@ -265,7 +266,12 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files, w, t = run.files, record.worker_id, record.try_id
     prompt = files.prompt(w, t)
     prompt.parent.mkdir(parents=True, exist_ok=True)
-    followups = commands.pending_followups(run.state_root, cfg.project, issue.number)  # `send` while none ran
+    # `send` while none ran; and those this try's prompt had already, when it is prepared again (never ran)
+    followups = commands.pending_followups(run.state_root, cfg.project, issue.number, again_for=files.try_stem(w, t))
+    for place in commands.unusable_followups(run.state_root, cfg.project, issue.number):
+        files.log_event({"action": "followup_skipped", "issue": issue.number, "project": cfg.project,
+                         "warning": f"{commands.followups_file(run.state_root, cfg.project)}: #{issue.number}'s entry "
+                                    f"{place} has no id or no text (a hand edit?): given to no try; fix or remove it"})
     before = record.agent or {}
     continues_last_try = bool(session)  # the ended try's session (a restart, the try after a hold)
     if followups and not session:  # a follow-up goes on in the stage's last session (a try after `retry`)
@@ -285,10 +291,14 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
     files.pid_file(w, t).unlink(missing_ok=True)
     files.agent_events(w, t).unlink(missing_ok=True)
     worker = Worker(record, files)
-    worker.prepare_try(agents.resumed_state(cfg.agent, before) if resume else agents.new_state(cfg.agent))
+    worker.prepare_try(agents.resumed_state(cfg.agent, before, session) if resume else agents.new_state(cfg.agent))
     if resume and continues_last_try:  # what the ended try was given goes on in its session: counted in this try,
         # before its pane runs it (a kill at any later step leaves them given here: given back if it never starts)
         commands.carry_given(run.state_root, cfg.project, issue.number, files.try_stem(w, t - 1), files.try_stem(w, t))
+    # Given here before its pane runs it (a kill at any later step leaves them given here: in its prompt when it is
+    # prepared again, given back if it never starts: end_try), never given twice.
+    given = [e["id"] for e in followups]
+    commands.mark_given(run.state_root, cfg.project, issue.number, given, files.try_stem(w, t))
     command = render_agent_command(cfg.agent_command, {
         "prompt_file": str(prompt), "worktree": record.worktree, "issue.number": str(issue.number),
         "stage": record.stage})
@@ -316,16 +326,20 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
         spec["input"] = {"prompt": str(prompt), **commands.inbox_paths(files, w, t)}
     write_json(files.try_spec(w, t), spec)
     window = worker_window(w)
-    tmux.ensure_window(run.server, run.session, window, keep_dead=True)
-    pane = tmux.panes(run.server, run.session)[window]
-    line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
-    # The tag names this try's wrapper alone (it passes it on to nothing): end_try finds it by it, never by its
-    # arguments, which any command naming the same files has too.
-    tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree, env={WRAPPER_VAR: try_tag(run, w, t)})
+    try:
+        tmux.ensure_window(run.server, run.session, window, keep_dead=True)
+        pane = tmux.panes(run.server, run.session)[window]
+        line = "exec " + shlex.join([sys.executable, str(WRAPPER), str(files.try_spec(w, t))])
+        # The tag names this try's wrapper alone (it passes it on to nothing): end_try finds it by it, never by its
+        # arguments, which any command naming the same files has too.
+        tmux.respawn(run.server, pane.pane_id, line, cwd=record.worktree, env={WRAPPER_VAR: try_tag(run, w, t)})
+    except OrchestratorError:
+        # tmux refused: kept again for the next start (status shows them kept); a mark that cannot be undone
+        # stays, and the next start of this try has them in its prompt all the same.
+        with suppress(OrchestratorError):
+            commands.unmark_given(run.state_root, cfg.project, issue.number, given, files.try_stem(w, t))
+        raise
     worker.started(pane.identity, run.clock())
-    # Given once the pane runs the try: a start that failed keeps them for the next try (a kill between the two
-    # lines gives them again, never loses them); a try whose agent then never starts gives them back (end_try).
-    commands.mark_given(run.state_root, cfg.project, issue.number, [e["id"] for e in followups], files.try_stem(w, t))
 
 
 class Executor:
@@ -530,8 +544,9 @@ class Executor:
         session = record.resume_session  # the ended try's (a hold's, a restart's), whose follow-ups went on there
         if session is not None and not resume_args(self.run.config_of(record.project or ""), session):
             # The config no longer resumes it (edited since), or no session is named (a hand edit): this try starts
-            # afresh and gets them again.
-            give_back(self.run, record, self.run.files.try_stem(record.worker_id, record.try_id - 1))
+            # afresh and gets them again, those carried to it already (a preparation its pane never ran) too.
+            for stem in (self.run.files.try_stem(record.worker_id, n) for n in (record.try_id, record.try_id - 1)):
+                give_back(self.run, record, stem, in_doubt_too=False)
             session = ""
         start_try(self.run, record, session=session or "")
 

@@ -35,6 +35,39 @@ def new_state(kind: str) -> dict[str, Any]:
             "error_status": None, "error_text": None, "last_message": None}
 
 
+# What each member of a tally holds (new_state's, resumed_state's, codex's `replied`), None aside.
+MEMBER_KINDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "session_id": (str,), "turns": (int,), "cost_usd": (int, float), "tokens_in": (int,),
+    "tokens_out": (int,), "last_event_at": (str,), "last_tool": (str,), "rate_limited": (dict,), "result": (dict,),
+    "error_status": (int,), "error_text": (str,), "last_message": (str,), "replied": (bool,),
+    "cost_base": (int, float), "base_session": (str,), "session_cost_usd": (int, float)}
+# Members the events add to (a re-read of the stream from its start counts them again).
+COUNTED = {"turns": 0, "tokens_in": 0, "tokens_out": 0, "last_message": None}
+
+
+def sane_state(value: Any) -> dict[str, Any]:
+    """A tally as a worker record kept it, its members of another kind (a hand edit) as none: a value that is no
+    tally is {}, a member that holds what it never does is its new_state value (dropped when it has none)."""
+    if not isinstance(value, dict):
+        return {}
+    state = dict(value)
+    blank = new_state(str(state.get("kind")))
+    for key, kinds in MEMBER_KINDS.items():
+        member = state.get(key)
+        if member is not None and (not isinstance(member, kinds) or isinstance(member, bool) and bool not in kinds):
+            if key in blank:
+                state[key] = blank[key]
+            else:
+                del state[key]
+    return state
+
+
+def recounted(state: dict[str, Any]) -> dict[str, Any]:
+    """The tally to fold a try's whole event stream into again: what the events add to starts over, what they set
+    (its session and the cost base it resumed from, a result) stays."""
+    return {**state, **COUNTED} if state else state
+
+
 PUBLIC_KEYS = ("kind", "session_id", "turns", "cost_usd", "tokens_in", "tokens_out", "last_event_at", "last_tool",
                "rate_limited", "result")
 
@@ -304,7 +337,7 @@ def _fold_codex(state: dict[str, Any], event: dict[str, Any]) -> None:
         state["error_text"] = _one_line(text, 300)
         state["error_status"] = _limit_text(text) or state.get("error_status")
         if state["error_status"] in RATE_STATUSES and kind_of == "error":
-            state["rate_limited"] = {"attempt": (state["rate_limited"] or {}).get("attempt", 0) + 1, "max": None,
+            state["rate_limited"] = {"attempt": _int((state["rate_limited"] or {}).get("attempt")) + 1, "max": None,
                                      "status": 429, "retry_in_s": None}
         if kind_of == "turn.failed":
             state["result"] = {"subtype": "error", "is_error": True, "terminal_reason": "turn_failed"}
@@ -328,7 +361,7 @@ def _fold_gemini(state: dict[str, Any], event: dict[str, Any]) -> None:
         state["error_text"] = _one_line(text, 300)
         state["error_status"] = _limit_text(text) or state.get("error_status")
         if state["error_status"] in RATE_STATUSES:
-            state["rate_limited"] = {"attempt": (state["rate_limited"] or {}).get("attempt", 0) + 1, "max": None,
+            state["rate_limited"] = {"attempt": _int((state["rate_limited"] or {}).get("attempt")) + 1, "max": None,
                                      "status": 429, "retry_in_s": None}
     elif kind_of == "result":
         stats = event.get("stats") if isinstance(event.get("stats"), dict) else {}
@@ -386,12 +419,15 @@ def plain_command(command: str) -> bool:
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
-def resumed_state(kind: str, before: dict[str, Any]) -> dict[str, Any]:
-    """A new try's agent that resumes the session of `before` (the last try's agent): it knows what the session
-    had cost, so that the session total its result reports is not counted twice."""
-    state, session = new_state(kind), before.get("session_id")
+def resumed_state(kind: str, before: dict[str, Any], session: str | None = None) -> dict[str, Any]:
+    """A new try's agent that resumes `session` (by default `before`'s), whose tally so far is `before` (the last
+    try's agent, or that of this try prepared already, its agent never started): it knows what the session had
+    cost, so that the session total its result reports is not counted twice. A try prepared again keeps the base it
+    was given: its own tally has no cost of that session yet."""
+    state, session = new_state(kind), before.get("session_id") if session is None else session
     prior = _num(before.get("cost_base")) if before.get("base_session") == session else 0.0
-    state["cost_base"], state["base_session"] = max(prior, _num(before.get("session_cost_usd"))), session
+    spent = _num(before.get("session_cost_usd")) if before.get("session_id") == session else 0.0
+    state["cost_base"], state["base_session"] = max(prior, spent), session
     return state
 
 

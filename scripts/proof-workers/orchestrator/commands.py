@@ -634,10 +634,30 @@ def _kept(state_root: Path, project: str) -> dict[str, Any]:
     return issues if isinstance(issues, dict) else {}
 
 
-def _pending(issues: dict[str, Any], issue: int, given_too: bool = False) -> list[dict[str, Any]]:
+def _usable(entry: Any) -> bool:
+    """A follow-up that can be given and followed: an object with a text and an id (a text, not empty)."""
+    return isinstance(entry, dict) and isinstance(entry.get("id"), str) and bool(entry["id"]) \
+        and isinstance(entry.get("text"), str)
+
+
+def _pending(issues: dict[str, Any], issue: int, given_too: bool = False, again_for: str = "") -> list[dict[str, Any]]:
     entries = issues.get(str(issue))
-    return [e for e in entries if isinstance(e, dict) and (given_too or not e.get("given_in"))
-            and isinstance(e.get("text"), str)] if isinstance(entries, list) else []
+    return [e for e in entries if _usable(e) and (given_too or not _given_to(e) or again_for and
+                                                  e.get("given_in") == again_for == e.get("in_prompt"))] \
+        if isinstance(entries, list) else []
+
+
+def _given_to(entry: dict[str, Any]) -> str:
+    """The try a follow-up was given in; "" for none, or for a value that names no try (a hand edit)."""
+    given = entry.get("given_in")
+    return given if isinstance(given, str) else ""
+
+
+def unusable_followups(state_root: Path, project: str, issue: int) -> list[int]:
+    """Where (from 1) `issue`'s list in followups.json holds an entry that is no follow-up (a hand edit: no id, no
+    text): never given, never changed, left as it is."""
+    entries = _kept(state_root, project).get(str(issue))
+    return [n for n, e in enumerate(entries, 1) if not _usable(e)] if isinstance(entries, list) else []
 
 
 def _given(label: str, worker: int, try_id: int, delivery: Delivery, why: str, after: str = "") -> Outcome:
@@ -661,9 +681,11 @@ def _given_before(run: Run, command: Command) -> Outcome | None:
     return None
 
 
-def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False) -> list[dict[str, Any]]:
-    """The follow-ups of `issue` not yet given to a try (in the order sent); with `given_too`, all of them."""
-    return _pending(_kept(state_root, project), issue, given_too)
+def pending_followups(state_root: Path, project: str, issue: int, given_too: bool = False,
+                      again_for: str = "") -> list[dict[str, Any]]:
+    """The follow-ups of `issue` not yet given to a try (in the order sent), and those marked for the prompt of try
+    `again_for` (mark_given: a try prepared again, its pane never ran it); with `given_too`, all of them."""
+    return _pending(_kept(state_root, project), issue, given_too, again_for)
 
 
 def last_session(files: RunFiles, project: str, issue: int, stage: str) -> tuple[str, dict[str, Any]]:
@@ -689,27 +711,38 @@ def followup_text(entries: list[dict[str, Any]]) -> str:
 
 
 def mark_given(state_root: Path, project: str, issue: int, ids: list[str], try_stem: str) -> None:
-    """Record that these follow-ups went into a try's prompt (after the prompt is written: a crash between gives
-    them again, never loses them)."""
+    """Record that these follow-ups went into a try's prompt (`in_prompt`), before its pane runs it: that try
+    prepared again puts them in its prompt again (pending_followups' `again_for`), one that never starts gives them
+    back (give_back)."""
     if not ids:
         return
 
     def change(doc: Any) -> Any:
         for entry in doc.get("issues", {}).get(str(issue)) or []:
-            if isinstance(entry, dict) and entry.get("id") in ids:
-                entry["given_in"] = try_stem
+            if _usable(entry) and entry.get("id") in ids:
+                entry["given_in"] = entry["in_prompt"] = try_stem
         return doc
 
     update_json(followups_file(state_root, project), change, {"issues": {}})
 
 
-def give_back(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
+def give_back(state_root: Path, project: str, issue: int, try_stem: str, in_doubt_too: bool = True) -> list[str]:
     """The follow-ups marked given in a try whose agent never started (its set-up failed or was stopped, its wrapper
-    or pane died first) are kept again for the issue's next try; returns their ids. Nothing given in that try: no
+    or pane died first) are kept again for the issue's next try; returns their ids. Without `in_doubt_too`, those
+    in doubt stay (that try's wrapper may still give them to its agent). Nothing given in that try: no
     write. A file that cannot be written (a full disk) is an OrchestratorError (one line): the caller goes no
     further (the try is not let go, so it is ended again later) and the follow-ups are never lost."""
-    return _update_given(state_root, project, issue, try_stem, lambda entry: True, _given_back,
+    return _update_given(state_root, project, issue, try_stem,
+                         lambda entry: in_doubt_too or not entry.get("in_doubt"), _given_back,
                          f"cannot keep again the follow-ups of #{issue} that {try_stem}'s agent never got")
+
+
+def unmark_given(state_root: Path, project: str, issue: int, ids: list[str], try_stem: str) -> list[str]:
+    """These follow-ups, marked for try `try_stem`'s prompt, are kept again: its pane could not start it. Those
+    carried to it (in its session already) stay. A file that cannot be written is an OrchestratorError (one line)."""
+    return _update_given(state_root, project, issue, try_stem,
+                         lambda entry: entry.get("id") in ids and entry.get("in_prompt") == try_stem, _given_back,
+                         f"cannot keep again the follow-ups of #{issue} that {try_stem} could not be started with")
 
 
 def mark_in_doubt(state_root: Path, project: str, issue: int, try_stem: str) -> list[str]:
@@ -756,6 +789,7 @@ def carry_given(state_root: Path, project: str, issue: int, try_stem: str, to_st
 def _given_back(entry: dict[str, Any]) -> None:
     entry["given_in"] = None
     entry.pop("in_doubt", None)
+    entry.pop("in_prompt", None)
 
 
 def _in_doubt(entry: dict[str, Any]) -> None:
@@ -775,7 +809,7 @@ def _update_given(state_root: Path, project: str, issue: int, try_stem: str, app
     def change(doc: Any) -> Any:
         entries = doc.get("issues", {}).get(str(issue)) if isinstance(doc, dict) else None
         for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("given_in") == try_stem and applies(entry):
+            if _usable(entry) and entry.get("given_in") == try_stem and applies(entry):
                 apply(entry)
                 changed.append(str(entry.get("id")))
         return doc
@@ -860,7 +894,7 @@ def waits(state_root: Path, project: str) -> dict[int | None, dict[str, list[dic
             text = " ".join(e["text"].split())
             shown = {"id": str(e.get("id")), "at": _iso(e.get("at")), "chars": len(e["text"]),
                      "words": text if len(text) <= FOLLOWUP_WORDS else text[:FOLLOWUP_WORDS - 3].rstrip() + "..."}
-            if not e.get("given_in"):
+            if not _given_to(e):
                 slot(int(number))["followups"].append(shown)
             elif e.get("in_doubt") is True:
                 slot(int(number))["followups_in_doubt"].append({**shown, "given_in": str(e["given_in"])})

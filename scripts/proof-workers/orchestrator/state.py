@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from lib.errors import OrchestratorError
 from lib.statefile import held_lock, read_regular, write_json
+from orchestrator import agents
 
 
 class RecordStatus(StrEnum):
@@ -63,7 +64,37 @@ class WorkerRecord:
             # A hand edit (a number, a list): the try was to go on in a session this names not: "", none to resume
             # (the try starts afresh and what rode on that session is given back to it: act.do_resume).
             values["resume_session"] = ""
+        # Hand edits: a field of another kind counts as none when it is a mark taken again (SOFT_FIELDS), else the
+        # record is unreadable; a tally that is none (or members of another kind) counts as none; an offset that is
+        # no place in the stream reads it again from its start, into a tally that counts again.
+        for f in fields(cls):
+            if f.name in values and f.name not in ("status", "resume_session", "agent", "events_offset") and \
+                    not _holds(str(f.type), values[f.name]):
+                if f.name not in SOFT_FIELDS:  # load_worker: one line naming the file, "fix or remove it"
+                    raise ValueError(f"{f.name}: {values[f.name]!r} is no {f.type}")
+                del values[f.name]  # a mark that is none is taken again: its default
+        if "agent" in values:
+            values["agent"] = agents.sane_state(values["agent"])
+        offset = values.get("events_offset", 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            values["events_offset"] = 0
+            values["agent"] = agents.recounted(values.get("agent") or {})
         return cls(**values)
+
+
+# Fields a hand edit may leave of another kind that count as none (their default): the probe's and the PR loop's
+# marks, taken again. Any other field of another kind makes the record unreadable (its try, issue, counts).
+SOFT_FIELDS = frozenset({"last_fingerprint", "last_progress_at", "last_reason", "pr", "started_at"})
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,), "float": (int, float), "bool": (bool,),
+                                       "None": (type(None),), "dict": (dict,)}
+
+
+def _holds(annotation: str, value: Any) -> bool:
+    """Whether `value` is of a field's annotated kind (`int`, `str | None`, `dict[str, Any]`); a bool is no number."""
+    kinds = [part.strip().split("[")[0] for part in annotation.split("|")]
+    if isinstance(value, bool):
+        return "bool" in kinds
+    return any(isinstance(value, _KINDS.get(kind, ())) for kind in kinds)
 
 
 class RunFiles:

@@ -135,13 +135,17 @@ class Worker:
         # Timed from its real start: a try prepared before a pause (a rate limit, a login) waited without running.
         record.started_at = record.last_progress_at = now
         record.start_failures = 0
+        # What rode on the session it continues was carried to it before its pane ran it (act.start_try): from
+        # here on, what it ends with is its own, never the ended try's again.
+        record.resume_session = None
         self._done()
 
     def found_started(self) -> None:
         """The probe saw this try running or ended: the monitor died after starting it, before recording that.
-        Never started twice."""
+        Never started twice; what rode on the session it continues is its own from now on (started)."""
         if self.busy and not self.record.launched:
             self.record.launched = True
+            self.record.resume_session = None
             self._done()
 
     def model_call_went_through(self) -> None:
