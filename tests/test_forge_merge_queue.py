@@ -127,6 +127,23 @@ def test_a_merge_asks_the_whole_question_again_and_sees_a_queue_the_server_gaine
     assert seen.error == "" and seen.queued is True and "merging (queued): position 1" in record.last_reason
 
 
+def test_a_refused_merge_forgets_what_the_server_was_found_to_lack(project, fake_forge):
+    """A server upgraded while the monitor runs: a PR someone queued meanwhile reads as in no queue (the polls no
+    longer ask about queues), and an older gh refuses to merge a queued PR. The refusal makes the next poll ask the
+    whole question again, so the queue is seen, never merged at again until the issue fails."""
+    proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_queue=True, **NO_QUEUE_SCHEMA)
+    assert _poll(cfg, state_root, record, 10.0).queued is False
+    fake.update(graphql_unknown_fields=[],
+                fail={"pr merge": {"code": 1, "stderr": "GraphQL: Pull request is already queued to merge"}})
+    record.pr["merging"] = True
+    with pytest.raises(ForgeError):
+        pulls.merge(state_root, cfg, cfg.issues[0], record)
+    before = len(_graphql(fake))
+    _poll(cfg, state_root, record, 20.0)
+    asked = [c[-1] for c in _graphql(fake)][before:]
+    assert asked and "mergeQueueEntry" in asked[0], asked
+
+
 def test_a_refused_queue_query_leaves_the_state_unknown_and_says_why(project, fake_forge):
     proj, cfg, state_root, fake, record = opened_pr(project, fake_forge, merge_noop=True, **REFUSED)
     seen = _poll(cfg, state_root, record, 10.0)

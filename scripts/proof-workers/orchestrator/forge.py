@@ -337,7 +337,13 @@ class Forge:
         accepted whose view then fails, or leaves the PR open where the CLI cannot show a queue (queued None),
         raises MergeUnconfirmed (never counted failed, nor merged, nor queued)."""
         with _shape(f"{self.tool}: merging PR {number}"):
-            self._merge(number, head)
+            try:
+                self._merge(number, head)
+            except ForgeError:
+                # Refused: maybe a PR already queued on a server upgraded since it was found to lack merge
+                # queues (an older gh refuses to merge a queued PR). The next poll asks the whole question again.
+                _SCHEMA_LACKS.pop(self.repo.host or str(self.cwd), None)
+                raise
         try:
             after = self.observe(number, recheck=True)
         except ForgeError as err:
