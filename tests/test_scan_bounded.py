@@ -81,7 +81,10 @@ def test_a_stopped_helper_is_killed_after_its_silence_and_its_repos_are_not_read
     The scan runs in a fresh interpreter: a thread another test left in this one would forbid the fork."""
     repos = mixed_repos(make_repo, 6)
     helpers = tmp_path / "helpers"
-    stopper = wrapper(tmp_path, f'[ "$PPID" != "$SCAN_PID" ] && echo $PPID >> "{helpers}" && kill -STOP $PPID')
+    # Only a helper, a child of the scan (a git whose helper is gone may have our own process as its parent).
+    stopper = wrapper(tmp_path, f'[ "$PPID" != "$SCAN_PID" ] && '
+                                f'[ "$(sed "s/.*) //" /proc/$PPID/stat | cut -d" " -f2)" = "$SCAN_PID" ] && '
+                                f'echo $PPID >> "{helpers}" && kill -STOP $PPID')
     out = subprocess.run([sys.executable, "-c", STOPPED_HELPER, str(ROOT), stopper, *(str(r.local) for r in repos)],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr

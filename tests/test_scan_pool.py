@@ -320,7 +320,11 @@ def test_a_descriptor_limit_the_pool_ran_into_holds_for_the_rest_of_the_scan(mak
     """`--jobs 100` under a small `ulimit -n`, and a helper that dies: its repos, scanned here once the helpers are
     done, start no more gits at once than the descriptors allowed before (the pool hit the limit once, not again)."""
     repos = [make_repo(f"r{i:02d}").path for i in range(16)]
-    killer = wrapper(tmp_path, '[ "$PPID" != "$SCAN_PID" ] && kill -9 $PPID; sleep 0.2')
+    # Only a helper, a child of the scan: a git whose helper died first may find its parent is already our own
+    # process (a subreaper), which it must never kill.
+    killer = wrapper(tmp_path, '[ "$PPID" != "$SCAN_PID" ] && '
+                               '[ "$(sed "s/.*) //" /proc/$PPID/stat | cut -d" " -f2)" = "$SCAN_PID" ] && '
+                               'kill -9 $PPID; sleep 0.2')
     done = subprocess.run([sys.executable, "-c", SCAN_WITH_SPARE_DESCRIPTORS, str(ROOT),
                            json.dumps([str(p) for p in repos]), killer, str(spare)],
                           capture_output=True, text=True, timeout=300)
