@@ -151,6 +151,17 @@ def hold_every_session(connection, n: int = 10) -> list:
     return held
 
 
+@contextmanager
+def closing_all(connection, held: list) -> Iterator[None]:
+    """At the end, whatever the test did: the held sessions closed, then `connection`."""
+    try:
+        yield
+    finally:
+        for channel in held:
+            channel.close()
+        connection.close()
+
+
 def free_one(held: list) -> None:
     """One held session's slot freed: its `cat` ends at the end of its input, and sshd reaps it."""
     freed = held.pop()

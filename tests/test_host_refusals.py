@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import require_tool
-from tests.sshd_fixtures import free_one, hold_every_session, in_a_thread, refusals, relay
+from tests.sshd_fixtures import closing_all, free_one, hold_every_session, in_a_thread, refusals, relay
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_sync_host_robust import wait_until
 
@@ -33,7 +33,7 @@ def test_a_session_refused_for_longer_than_the_commands_time_is_the_refusal_and_
     log = io.BytesIO()
     refused = refusals(sshd)
     budget, held = 2.0, []
-    try:
+    with closing_all(connection, held):
         held += hold_every_session(connection)
         (sshd.remote_home / ".bashrc").write_text(f'printf "%s\\n" "$BASH_EXECUTION_STRING" >> {given}\n')
         started = time.monotonic()
@@ -46,10 +46,6 @@ def test_a_session_refused_for_longer_than_the_commands_time_is_the_refusal_and_
             free_one(held)
         finally:
             thread.join(120)
-    finally:
-        for channel in held:
-            channel.close()
-        connection.close()
     assert len(done) == 1 and isinstance(done[0], Exception), (done, log.getvalue())
     assert remote.session_refused(done[0]), done
     assert log.getvalue() == b""
@@ -77,7 +73,7 @@ def test_a_session_the_host_opens_after_the_refusals_wait_is_used_not_thrown_awa
         within = remote.answer_within(host)  # 30 s; a session request waits 10 s for its answer (channel_timeout)
         connection = remote.connect(host)
         refused, held = refusals(sshd), []
-        try:
+        with closing_all(connection, held):
             held += hold_every_session(connection, 9)
             # The tenth slot: a session closed on our side whose command lives on (sshd keeps its slot until the
             # command ends, and then frees it with no word from us: the relay may be holding our words then).
@@ -99,10 +95,6 @@ def test_a_session_the_host_opens_after_the_refusals_wait_is_used_not_thrown_awa
                 wait_until(lambda: done or ran.exists(), 120, "the command run")
             finally:
                 thread.join(120)
-        finally:
-            for channel in held:
-                channel.close()
-            connection.close()
     assert len(done) == 1, done
     if call == "run_remote":
         assert isinstance(done[0], remote.RemoteResult) and done[0].exit_code == 0, (done, log.getvalue())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import process_running
-from tests.sshd_fixtures import free_one, hold_every_session, in_a_thread, refusals  # noqa: E402
+from tests.sshd_fixtures import closing_all, free_one, hold_every_session, in_a_thread, refusals  # noqa: E402
 from tests.sshd_fixtures import sshd, write_hosts  # noqa: F401  (sshd is a fixture)
 from tests.test_hosts_mends import link_dropped_once
 from tests.test_hosts_remote import PASSING, clone_to
@@ -113,7 +113,7 @@ def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_sessio
     connection = remote.connect(host)
     held, log = [], io.BytesIO()
     refused = refusals(sshd)
-    try:
+    with closing_all(connection, held):
         held += hold_every_session(connection)
         thread, done = in_a_thread(lambda: remote.run_remote(connection, str(tmp_path), "echo ran here", {}, log, 60,
                                                              host=host))
@@ -122,10 +122,6 @@ def test_a_command_whose_session_the_host_refuses_for_a_while_runs_once_a_sessio
             free_one(held)
         finally:
             thread.join(120)
-    finally:
-        for channel in held:
-            channel.close()
-        connection.close()
     assert len(done) == 1 and isinstance(done[0], remote.RemoteResult), done
     assert done[0].exit_code == 0 and b"ran here" in log.getvalue(), (done, log.getvalue())
 

@@ -58,27 +58,10 @@ def test_a_hand_edited_resume_session_that_is_no_session_name_counts_as_none_and
     number, a list, an object: it names no session, so the monitor starts the try afresh (no --resume), gives it
     back the follow-up that rode on the session it was to continue, and the run completes. Before: a TypeError ended
     the monitor at every start."""
-    from conftest import git
-
-    from lib.paths import Paths
-    from orchestrator import pins
     from orchestrator.monitor import monitor
     from orchestrator.run import open_run
-    from orchestrator.state import RunFiles, WorkerRecord
 
-    command, seen = agent_script(tmp_path, "true", "claude")
-    proj = project([{"number": 1, "title": "one", "status": "in_progress", "assigned_worker": 1}],
-                   pipeline=["implement"], num_workers=1, agent="claude", agent_command=f"{command} {STREAM}",
-                   max_retries=0)
-    files = RunFiles(proj.home / "state" / "demo")
-    run = open_run()
-    pins.ensure(run.configs, run.state_root, Paths.from_env().home)  # as the crashed monitor's assignment did
-    base = git(proj.repo, "rev-parse", "origin/main")
-    git(proj.repo, "branch", "feature/issue-1", "main")
-    files.save_worker(WorkerRecord(1, "running", "demo", 1, "feature/issue-1", str(proj.root / "worktrees" / "issue-1"),
-                                   0, "implement", try_id=2, launched=False, stage_base=base, started_at=0))
-    doc = json.loads(files.worker_file(1).read_text())
-    files.worker_file(1).write_text(json.dumps({**doc, "resume_session": odd}))
+    proj, seen, files = _prepared_try(project, tmp_path, resume_session=odd)
     (files.root / "followups.json").write_text(json.dumps({"issues": {"1": [
         {"id": "f1", "text": "mind the changelog", "at": 1.0, "given_in": "worker-1-try-1"}]}}))
 
