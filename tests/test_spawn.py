@@ -20,8 +20,12 @@ import os, sys, threading, time
 sys.path.insert(0, {root!r})
 from lib import spawn
 fifo = {fifo!r}
+marker = fifo + ".started"
 
 def writer():
+    if {use_os!r}:  # opened only once the child has started: from then on os.posix_spawn holds the global lock,
+        while not os.path.exists(marker):  # so this thread cannot even return from its look (never a race)
+            time.sleep(0.01)
     while True:
         try:
             fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
@@ -35,8 +39,11 @@ def writer():
 threading.Thread(target=writer, daemon=True).start()
 read_end, write_end = os.pipe()
 if {use_os!r}:
-    pid = os.posix_spawn("/bin/cat", ["cat"], {{}}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0),
-                                                                 (os.POSIX_SPAWN_DUP2, write_end, 1)])
+    # The child makes the marker, then waits on the FIFO.
+    pid = os.posix_spawn("/bin/cat", ["cat"], {{}},
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 3, marker, os.O_WRONLY | os.O_CREAT, 0o600),
+                                       (os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0),
+                                       (os.POSIX_SPAWN_DUP2, write_end, 1)])
 else:
     pid = spawn.spawn("/bin/cat", ["cat"], {{}}, write_end, write_end, (), stdin=fifo)
 os.close(write_end)
@@ -60,7 +67,9 @@ def test_other_threads_run_while_a_child_starts(tmp_path):
 
 
 def test_os_posix_spawn_holds_every_other_thread_while_a_child_starts(tmp_path):
-    """Why lib.spawn exists: the same child by os.posix_spawn never gets its writer (the test above can fail)."""
+    """Why lib.spawn exists: the same child by os.posix_spawn never gets its writer (the test above can fail).
+    The writer looks for the FIFO only once the child has started (a marker it makes first): a writer already
+    inside its open when the child began would meet it without the lock (a busy machine made that happen)."""
     with pytest.raises(subprocess.TimeoutExpired):
         fifo_child(tmp_path, use_os=True, timeout=5)
 
