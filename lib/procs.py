@@ -202,7 +202,8 @@ def cmdline(pid: int) -> bytes | None:
 # signals (SIGINT, SIGTERM, SIGHUP) even when our parent had them ignored (nohup, a script's `&`): what we start
 # runs in a session or group of its own, which no terminal signals, so only our own stops and timeouts reach it,
 # and they must work.
-DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)) + STOP_SIGNALS
+DEFAULT_IN_CHILD = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
+                         if hasattr(signal, name)) + STOP_SIGNALS
 
 
 def fill_standard_descriptors() -> None:

@@ -115,12 +115,10 @@ class ScanRows:
         return {name: row for name, (row, real) in self.rows.items()
                 if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
 
-    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None = None,
-             real: str | None = None) -> None:
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None, real: str) -> None:
         """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None.
-        `real`: the repo's realpath, when known."""
+        `real`: the repo's realpath (sync_repo's)."""
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
-        real = os.path.realpath(repo.local) if real is None else real
         if not left_alone:
             self.changed.append(real)
         if common_dir is None:
@@ -629,7 +627,8 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
         raise _Stop(SyncStatus.SKIPPED, "path missing (--clone-missing clones it)")
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
-    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real, network=partial(run.on_the_network, repo.name))
+    git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real,
+               network=partial(run.on_the_network, repo.name))
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:

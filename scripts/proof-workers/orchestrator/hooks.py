@@ -201,7 +201,7 @@ class Dispatcher:
                 self.waiting -= 1
 
     def _run(self, hook: Hook, kind: str, project: str, line: bytes) -> None:
-        from lib.batch import command_env
+        from lib.commandenv import command_env
         from orchestrator.worktrees import REPO_ENV
 
         env = {k: v for k, v in command_env().items() if k not in REPO_ENV}

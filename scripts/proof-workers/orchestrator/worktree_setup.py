@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from lib import runner
-from lib.batch import command_env
+from lib.commandenv import command_env
 from lib.errors import OrchestratorError, clip
 from lib.gitrefs import locate
 from lib.gitstatus import confined_to
