@@ -21,12 +21,9 @@ LIMITED = json.dumps({"type": "result", "subtype": "success", "is_error": True, 
 STREAM = "--output-format stream-json --verbose"
 
 
-def test_a_follow_up_held_in_a_rate_limited_session_reaches_the_try_after_kill_and_retry_once(project, tmp_path):
-    """The agent took a turn on the prompt carrying the follow-up, then hit a rate limit: held, the follow-up stays
-    given to the held session, which the try after the hold was to continue. The user kills the issue during the
-    hold, then retries it: that prepared try never ran, so the held session went on nowhere and the follow-up comes
-    back; the retried try gets it once, in a fresh session (the held one has it already). Before: it stayed given
-    to the held try and the retried try never got it (lost)."""
+def _held_with_a_follow_up(project, tmp_path) -> tuple[object, object, list[float]]:
+    """#1's first try (claude) takes a turn on the prompt carrying the follow-up "mind the changelog", then is
+    rate-limited: held, the follow-up given to the held session. (the project, the prompts seen, the clock shift)"""
     command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; echo '{LIMITED}'; exit 1", "claude")
     proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
                    agent_command=f"{command} {STREAM}", max_retries=0)
@@ -34,6 +31,16 @@ def test_a_follow_up_held_in_a_rate_limited_session_reaches_the_try_after_kill_a
     shift = [0.0]
     _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
     assert given_in(proj) == ["worker-1-try-1"]
+    return proj, seen, shift
+
+
+def test_a_follow_up_held_in_a_rate_limited_session_reaches_the_try_after_kill_and_retry_once(project, tmp_path):
+    """The agent took a turn on the prompt carrying the follow-up, then hit a rate limit: held, the follow-up stays
+    given to the held session, which the try after the hold was to continue. The user kills the issue during the
+    hold, then retries it: that prepared try never ran, so the held session went on nowhere and the follow-up comes
+    back; the retried try gets it once, in a fresh session (the held one has it already). Before: it stayed given
+    to the held try and the retried try never got it (lost)."""
+    proj, seen, shift = _held_with_a_follow_up(project, tmp_path)
     killed = cli("kill", "1")
     assert killed.returncode == 0, killed.stderr
     assert proj.issue(1)["status"] == "failed"
@@ -159,13 +166,7 @@ def test_a_follow_up_held_in_a_session_comes_back_when_the_try_after_the_hold_fa
     from conftest import ROOT
     from workers_fixtures import monitor_env
 
-    command, seen = agent_script(tmp_path, f"echo '{INIT}'; echo '{TURN}'; echo '{LIMITED}'; exit 1", "claude")
-    proj = project([{"number": 1, "title": "one"}], pipeline=["implement"], num_workers=1, agent="claude",
-                   agent_command=f"{command} {STREAM}", max_retries=0)
-    assert cli("send", "1", "mind the changelog").returncode == 0
-    shift = [0.0]
-    _cycles_until(lambda: any(e["action"] == "hold" for e in proj.events()), shift)
-    assert given_in(proj) == ["worker-1-try-1"]
+    proj, seen, shift = _held_with_a_follow_up(project, tmp_path)
     # A real monitor with a long cycle: it reconciles (the worktree is still there), runs a cycle (paused: nothing
     # starts) and waits, until the `resume` below wakes it.
     monitor = subprocess.Popen([sys.executable, "-m", "orchestrator", "monitor", "--cycle", "30", "--no-delay"],

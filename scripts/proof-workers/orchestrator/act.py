@@ -279,7 +279,7 @@ def start_try(run: Run, record: WorkerRecord, continuation: str = "", session: s
         if session and commands.in_session(followups, session):
             # One of them is in that session already (given back by a try that resumed it and got nothing done):
             # a fresh session gets them once, never that one twice.
-            session, before = "", record.agent or {}
+            session = ""
     resume = resume_args(cfg, session)
     text = (RESUME_PROMPT + continuation if resume else
             prompts.render(cfg, issue, record.stage_index, record.worktree, record.branch, continuation,

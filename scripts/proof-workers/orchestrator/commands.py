@@ -642,8 +642,8 @@ def _usable(entry: Any) -> bool:
 
 def _pending(issues: dict[str, Any], issue: int, given_too: bool = False, again_for: str = "") -> list[dict[str, Any]]:
     entries = issues.get(str(issue))
-    return [e for e in entries if _usable(e) and (given_too or not _given_to(e) or again_for and
-                                                  e.get("given_in") == again_for == e.get("in_prompt"))] \
+    return [e for e in entries if _usable(e) and (given_too or not _given_to(e) or (
+        again_for and e.get("given_in") == again_for == e.get("in_prompt")))] \
         if isinstance(entries, list) else []
 
 
