@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
-from typing import Callable
+from contextlib import suppress
+from typing import Callable, NoReturn
 
 from lib.signals import Stopped, exit_code
 
@@ -70,6 +72,29 @@ def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] 
             return failure[1]
 
     return run
+
+
+def leave(main: Callable[[], int]) -> NoReturn:
+    """A script's `__main__`: `main()`, what it printed flushed, then the process ends with its code by os._exit.
+
+    That skips the interpreter's teardown, which frees every object one by one: 15-20 ms after a sync or a scan
+    of a few hundred repos, serial time at the end of every run. Only for scripts that leave nothing to it:
+    their state files closed and fsynced, nothing registered at exit, every thread that matters joined (a bug's
+    exception still leaves the usual way, traceback included). A reader that left (`| head`) makes it 1 without
+    a traceback (the state is already written); stdout on a full disk is one line and 1.
+    """
+    try:
+        code = main()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that descriptor closed (`>&-`)
+                stream.flush()
+    except BrokenPipeError:
+        code = 1
+    except OSError as err:
+        with suppress(OSError):
+            os.write(2, f"error: cannot print the summary: {err.strerror or err}\n".encode())
+        code = 1
+    os._exit(code)
 
 
 def error_lines(err: Exception) -> str:

@@ -810,9 +810,9 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
         raise
 
 
-def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
-    """RunGit.build(net_jobs) in a thread of its own while the run reads its state files (its config listing is a
-    git the first fetch waits for); the function returned waits for it."""
+def build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
+    """RunGit.build(net_jobs) in a thread of its own while the run loads its config and reads its state files (its
+    config listing is a git the first fetch waits for); the function returned waits for it."""
     built: list[RunGit | BaseException] = []
 
     def build() -> None:
@@ -871,20 +871,22 @@ class SyncReport:
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
              dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None,
-             before_scan: Callable[[list[SyncOutcome]], None] | None = None) -> SyncReport:
+             before_scan: Callable[[list[SyncOutcome]], None] | None = None,
+             shared: Callable[[], RunGit] | None = None) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
 
     One sync per workspace at a time: two would race for the same refs, logs and state.
     `on_done` gets each outcome as its repo finishes (sync-all --host streams them back);
     `before_scan` gets them all once every repo is done, before the closing scan starts
     (the host's driver leaves them in its report file, so a kill in the scan loses nothing).
+    `shared`: what build_meanwhile(net_jobs) returned, when the caller started it (before loading the config).
     """
     from lib.scan import ScanStopped, scan_and_save
 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
-        shared = _build_meanwhile(net_jobs)
+        shared = build_meanwhile(net_jobs) if shared is None else shared
         # The last scan's document, read once: its commits serve sync's rows and the closing scan.
         last_scan = None if dry_run else read_state(paths.repo_status_file)
         scan_rows = None if dry_run else ScanRows(known_commits(last_scan))

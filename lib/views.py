@@ -89,8 +89,8 @@ def status_table(statuses: Iterable[RepoStatus], now: datetime | None = None, wi
 
 def load_tables_meanwhile() -> None:
     """Import tabulate in a thread of its own while a long run works, so the run's table at its end does not
-    wait for it (about 15 ms: it imports importlib.metadata). `plain_table` waits for that import if it is
-    still under way (Python's import lock), or imports it itself if the thread could not start."""
+    wait for it (about 5 ms). `plain_table` waits for that import if it is still under way (Python's import
+    lock), or imports it itself if the thread could not start."""
     import importlib
     import threading
 

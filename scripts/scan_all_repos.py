@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.errors import script_main  # noqa: E402
+from lib.errors import leave, script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.scan import scan_and_save  # noqa: E402
 
@@ -32,18 +30,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: started with that descriptor closed (`>&-`)
-                stream.flush()
-    except BrokenPipeError:  # `| head`: the reader left (the state file is already written)
-        code = 1
-    except OSError as err:  # stdout on a full disk, say: the state file is already written
-        with suppress(OSError):
-            os.write(2, f"error: cannot print the summary: {err.strerror or err}\n".encode())
-        code = 1
-    # Skip the interpreter's teardown: it frees the scan's objects one by one, ~20 ms
-    # after 500 repos (a tenth of a warm scan's own Python time), and this script needs
-    # none of it (the state file is closed and fsynced, nothing registered at exit).
-    os._exit(code)
+    leave(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.errors import script_main  # noqa: E402
+from lib.errors import leave, script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.syncall import run_command  # noqa: E402
 from lib.views import sync_table  # noqa: E402
@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave(main)

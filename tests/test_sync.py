@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from tests.conftest import git, run_script
+from tests.conftest import ROOT, git, run_script
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
 
@@ -257,3 +258,30 @@ def test_sync_script_runs_from_another_directory(home, make_repo, tmp_path):
     result = run_script("sync_all_repos.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert repo.head() == upstream and "1 updated" in result.stdout
+
+
+def test_sync_script_into_a_closed_pipe_records_the_sync_and_exits_1_without_a_traceback(home, make_repo, tmp_path):
+    """`sync_all_repos.py | head -0`: the reader is gone before the table is printed; the sync is done and
+    recorded, and the script ends as the scan script does (it skips the interpreter's teardown)."""
+    repo = make_repo("behind")
+    upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    home.add(repo)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "wb") as closed_pipe:
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                                stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert repo.head() == upstream
+    assert home.state("sync-results.json")["results"][0]["status"] == "updated"
+    assert home.state("repo-status.json")["repos"][0]["name"] == "behind"
+
+
+def test_sync_script_with_stdout_on_a_full_disk_says_so_in_one_line_and_exits_1(home, make_repo, tmp_path):
+    home.add(make_repo("a"))
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: cannot print the summary: No space left on device"
+    assert home.state("sync-results.json")["results"][0]["repo"] == "a"
