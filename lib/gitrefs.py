@@ -27,6 +27,9 @@ PEELED_LINE = re.compile(rb"\^[0-9a-f]{40}")
 MAX_REF_FILE = 4096
 MAX_PACKED_REFS = 1 << 20  # bigger: git (mmap and a binary search) reads it faster than a line scan here
 WALK_LIMIT = 128  # commits read to count ahead/behind before git's rev-list is asked
+REMOTE_TIPS_LIMIT = 64  # remote-tracking refs read to tell a branch's commits are on none of them
+MAX_REFLOG = 256 * 1024
+REFLOG_LINE = re.compile(rb"[0-9a-f]{40} ([0-9a-f]{40}) [^\n]*")
 # What `git remote` (remote.c) accepts under remote.<name>.*: strings, and booleans it parses
 # (dying on a bad one). Any other key, or a value-less string, is git's to judge.
 REMOTE_STRINGS = {"url", "pushurl", "push", "fetch", "receivepack", "uploadpack", "tagopt", "proxy",
@@ -237,22 +240,8 @@ def _packed_commit(pack_dir: Path, oid: bytes) -> bool:
 
 
 def _packed_ref(common_dir: Path, name: str) -> str | None:
-    text = _small_file(f"{common_dir}/packed-refs", MAX_PACKED_REFS)
-    if text is None:
-        return None
-    wanted = name.encode()
-    found = None
-    for number, line in enumerate(text.split(b"\n")[:-1] if text.endswith(b"\n") else [b"odd"]):
-        if number == 0 and line.startswith(PACKED_HEADER):
-            continue
-        match = PACKED_LINE.fullmatch(line)
-        if match is None:
-            if PEELED_LINE.fullmatch(line) and number > 0:
-                continue
-            return None  # a line git might read otherwise
-        if match.group(2) == wanted:
-            found = match.group(1).decode()
-    return found
+    packed = _packed_refs(common_dir)
+    return None if packed is None else packed.get(name)
 
 
 def _small_file(path: Path | str, limit: int = MAX_REF_FILE) -> bytes | None:
@@ -303,6 +292,115 @@ def _walk(objects: Path, tip: str, base: str, limit: int) -> Generator[None, Non
         seen.add(sha)
         pending.extend(parents)
     return len(seen)
+
+
+def remote_tips(common_dir: Path) -> set[str] | None:
+    """The commits the remote-tracking refs hold (where `git rev-list --remotes` starts), None when in doubt.
+
+    Loose refs under refs/remotes/ and the packed ones no loose ref hides. A symbolic ref (origin/HEAD) counts
+    when it names one of them; anything odd (a symlink, a name or line git might read otherwise, a dangling
+    symbolic ref, more than REMOTE_TIPS_LIMIT refs) is git's to read.
+    """
+    root = f"{common_dir}/refs/remotes"
+    tips: dict[str, str] = {}
+    symbolic: dict[str, str] = {}
+    try:
+        if os.path.lexists(root) and not stat.S_ISDIR(os.lstat(root).st_mode):
+            return None
+        for directory, _, files in os.walk(root, onerror=_raise) if os.path.lexists(root) else ():
+            for file in files:
+                name = os.path.relpath(f"{directory}/{file}", common_dir)
+                text = _small_file(f"{directory}/{file}")
+                if text is None or not plain_refname(name) or len(tips) + len(symbolic) >= REMOTE_TIPS_LIMIT:
+                    return None
+                sha, symref = SHA1_LINE.fullmatch(text), SYMREF_LINE.fullmatch(text)
+                if sha is not None:
+                    tips[name] = sha.group(1).decode()
+                elif symref is not None:
+                    symbolic[name] = symref.group(1).decode("ascii", "replace")
+                else:
+                    return None
+    except OSError:
+        return None
+    packed = _packed_refs(common_dir)
+    if packed is None:
+        return None
+    for name, sha in packed.items():
+        if name.startswith("refs/remotes/") and name not in tips and name not in symbolic:
+            tips[name] = sha
+    if len(tips) + len(symbolic) > REMOTE_TIPS_LIMIT or any(target not in tips for target in symbolic.values()):
+        return None
+    return set(tips.values())
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def _packed_refs(common_dir: Path) -> dict[str, str] | None:
+    """Every packed ref -> its sha ({} when there is no packed-refs file), None when in doubt (a line git might
+    read otherwise)."""
+    if not os.path.lexists(f"{common_dir}/packed-refs"):
+        return {}
+    text = _small_file(f"{common_dir}/packed-refs", MAX_PACKED_REFS)
+    if text is None or (text and not text.endswith(b"\n")):
+        return None
+    found: dict[str, str] = {}
+    for number, line in enumerate(text.split(b"\n")[:-1]):
+        if number == 0 and line.startswith(PACKED_HEADER):
+            continue
+        match = PACKED_LINE.fullmatch(line)
+        if match is None:
+            if PEELED_LINE.fullmatch(line) and number > 0:
+                continue
+            return None
+        found[match.group(2).decode("ascii", "replace")] = match.group(1).decode()
+    return found
+
+
+def reflog_values(common_dir: Path, name: str, count: int) -> list[str] | None:
+    """The commits the newest `count` entries of a remote-tracking ref's reflog recorded, as
+    `git log -g --format=%H -n COUNT NAME` names them ([] without a reflog); None when in doubt."""
+    if not plain_refname(name) or not name.startswith("refs/remotes/"):
+        return None
+    path = f"{common_dir}/logs/{name}"
+    if not os.path.lexists(path):
+        return []
+    text = _small_file(path, MAX_REFLOG)
+    if text is None or (text and not text.endswith(b"\n")):
+        return None
+    values = []
+    for line in text.split(b"\n")[:-1][-count:] if count > 0 else []:
+        match = REFLOG_LINE.fullmatch(line)
+        if match is None or match.group(1) == b"0" * 40:
+            return None
+        values.append(match.group(1).decode())
+    return values
+
+
+def all_below(common_dir: Path, tip: str, shas: set[str], limit: int = WALK_LIMIT) -> bool:
+    """True when every commit in `shas` is `tip` or one of its ancestors, met within `limit` commits of a walk
+    down from `tip`; False when not met (then git must say: a commit elsewhere, far below, or not read)."""
+    wanted = set(shas) - {tip}
+    if not wanted:
+        return True
+    if _replaced(common_dir) or any(os.path.lexists(f"{common_dir}/{odd}") for odd in ("shallow", "info/grafts")):
+        return False
+    objects = common_dir / "objects"
+    seen = {tip}
+    pending = [tip]
+    while pending and len(seen) <= limit:
+        parents = _parents(objects, pending.pop(0))
+        if parents is None:
+            return False
+        for parent in parents:
+            wanted.discard(parent)
+            if parent not in seen:
+                seen.add(parent)
+                pending.append(parent)
+        if not wanted:
+            return True
+    return False
 
 
 def _replaced(common_dir: Path) -> bool:

@@ -676,7 +676,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     outcome = partial(SyncOutcome, repo.name, branch=branch, before=before, log=str(log_path),
                       checked_out=seen.checked_out)
     if behind == 0:
-        return outcome(SyncStatus.UP_TO_DATE, _ahead_reason(git, before, ahead, tracking) if ahead else None,
+        return outcome(SyncStatus.UP_TO_DATE, _ahead_reason(git, before, ahead, tracking, target) if ahead else None,
                        after=before)
     if ahead:
         raise _Stop(SyncStatus.SKIPPED, f"diverged: ahead {ahead}, behind {behind}")
@@ -697,13 +697,22 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
 REFLOG_NAMED = 500  # earlier values of the upstream's remote-tracking ref looked at
 
 
-def _ahead_reason(git: _Git, before: str, ahead: int, tracking: str) -> str:
+def _ahead_reason(git: _Git, before: str, ahead: int, tracking: str, target: str) -> str:
     """Why a branch is ahead: `not pushed` only for commits on no remote-tracking ref.
 
     Commits the upstream held before a force-push rewound it (its reflog has
     them) were pushed; commits on another remote-tracking ref are there. In
     doubt (a git read fails) the reason claims nothing.
+
+    Read from the files when every remote-tracking ref and every value the reflog names is the upstream
+    (`target`) or below it: then none holds a commit the branch has beyond the upstream, as git would count.
     """
+    if git.common_dir is not None:
+        tips = gitrefs.remote_tips(git.common_dir)
+        earlier = gitrefs.reflog_values(git.common_dir, f"refs/remotes/{tracking}", REFLOG_NAMED)
+        if tips is not None and target in tips and earlier is not None \
+                and gitrefs.all_below(git.common_dir, target, tips | set(earlier)):
+            return f"ahead {ahead}, not pushed"
     unpushed = _count(git, before, "--not", "--remotes")
     if unpushed is None:
         return f"ahead {ahead}"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.gitrefs import Config, ahead_behind, git_dirs, is_commit, plain_refname, read_head, read_ref
+from lib.gitrefs import (Config, ahead_behind, all_below, git_dirs, is_commit, plain_refname, read_head, read_ref,
+                         reflog_values, remote_tips)
 from tests.conftest import git
 
 
@@ -411,3 +412,92 @@ def test_a_far_behind_branch_is_counted_without_walking_the_other_side_to_its_ro
     for _ in range(40):
         upstream = commit(repo)
     assert ahead_behind(repo / ".git", local, upstream, limit=40) == git_counts(repo, local, upstream) == (0, 40)
+
+
+# --- remote-tracking tips, reflog values, "all below": what `git rev-list --remotes` and `git log -g` see ----
+
+
+def git_remote_tips(repo: Path) -> set[str]:
+    return set(git(repo, "rev-parse", "--remotes").split())
+
+
+def test_remote_tips_loose_packed_and_a_symbolic_head_are_the_ones_git_starts_from(repo):
+    first = git(repo, "rev-parse", "HEAD")
+    second = commit(repo)
+    git(repo, "update-ref", "refs/remotes/origin/main", second)
+    git(repo, "update-ref", "refs/remotes/origin/old", first)
+    git(repo, "pack-refs", "--all")
+    third = commit(repo)
+    git(repo, "update-ref", "refs/remotes/origin/main", third)  # loose now, hiding its packed line
+    git(repo, "symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main")
+    git(repo, "update-ref", "refs/remotes/up/feature/x", first)
+    common = repo / ".git"
+    assert remote_tips(common) == git_remote_tips(repo) == {first, third}
+    git(repo, "update-ref", "-d", "refs/remotes/origin/old")
+    assert remote_tips(common) == git_remote_tips(repo) == {first, third}
+    git(repo, "update-ref", "-d", "refs/remotes/up/feature/x")
+    assert remote_tips(common) == git_remote_tips(repo) == {third}
+
+
+def test_no_remote_tracking_ref_is_an_empty_set(repo):
+    assert remote_tips(repo / ".git") == git_remote_tips(repo) == set()
+
+
+@pytest.mark.parametrize("odd", ["dangling symbolic", "symlink", "odd line", "odd name", "too many", "not a dir"])
+def test_remote_tips_in_doubt_are_none(repo, odd):
+    common = repo / ".git"
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "update-ref", "refs/remotes/origin/main", head)
+    remotes = common / "refs" / "remotes"
+    if odd == "dangling symbolic":
+        (remotes / "origin" / "HEAD").write_text("ref: refs/remotes/origin/gone\n")
+    elif odd == "symlink":
+        (remotes / "origin" / "link").symlink_to(remotes / "origin" / "main")
+    elif odd == "odd line":
+        (remotes / "origin" / "x").write_text(head + " trailing\n")
+    elif odd == "odd name":
+        (remotes / "origin" / "a b").write_text(head + "\n")
+    elif odd == "too many":
+        for i in range(70):
+            (remotes / "origin" / f"pr-{i}").write_text(head + "\n")
+    else:
+        shutil.rmtree(remotes)
+        remotes.write_text("")
+    assert remote_tips(common) is None
+
+
+def test_reflog_values_are_the_commits_git_log_g_names(repo):
+    values = [git(repo, "rev-parse", "HEAD")]
+    git(repo, "update-ref", "-m", "fetch", "refs/remotes/origin/main", values[0])
+    for _ in range(4):
+        values.append(commit(repo))
+        git(repo, "update-ref", "-m", "fetch", "refs/remotes/origin/main", values[-1])
+    common = repo / ".git"
+
+    def git_log_g(count: int) -> list[str]:
+        return git(repo, "log", "-g", "--format=%H", "-n", str(count), "refs/remotes/origin/main").split()
+
+    assert sorted(reflog_values(common, "refs/remotes/origin/main", 500)) == sorted(git_log_g(500))
+    assert sorted(reflog_values(common, "refs/remotes/origin/main", 2)) == sorted(git_log_g(2)) == sorted(values[-2:])
+    assert reflog_values(common, "refs/remotes/origin/none", 500) == []
+    log = common / "logs" / "refs" / "remotes" / "origin" / "main"
+    log.write_text(log.read_text() + "not a reflog line\n")
+    assert reflog_values(common, "refs/remotes/origin/main", 500) is None
+    log.write_text(f"{values[0]} {'0' * 40} x <x@y> 1 +0000\tdeleted\n")
+    assert reflog_values(common, "refs/remotes/origin/main", 500) is None
+
+
+def test_all_below_only_when_each_commit_is_the_tip_or_met_below_it(repo):
+    base = git(repo, "rev-parse", "HEAD")
+    middle = commit(repo)
+    tip = commit(repo)
+    git(repo, "checkout", "-q", "-b", "side", base)
+    side = commit(repo)
+    common = repo / ".git"
+    assert all_below(common, tip, {tip, middle, base})
+    assert all_below(common, tip, set())
+    assert not all_below(common, tip, {side})  # elsewhere
+    assert not all_below(common, middle, {tip})  # above
+    assert not all_below(common, tip, {base}, limit=1)  # further down than the walk goes: git's to say
+    (common / "shallow").write_text(middle + "\n")
+    assert not all_below(common, tip, {middle})
