@@ -735,7 +735,8 @@ def _fast_forward(git: _Git, local_ref: str, before: str, target: str, seen: _Be
     """Move the default branch from `before` to `target`; (status, reason) as read back from the repo."""
     here = seen.checked_out == local_ref.removeprefix("refs/heads/")
     if here:
-        if git.read("symbolic-ref", "-q", "HEAD").stdout.strip() != seen.head:
+        head = gitrefs.read_head(seen.git_dir, seen.common_dir) if git.common_dir is not None else None
+        if (git.read("symbolic-ref", "-q", "HEAD").stdout.strip() if head is None else head) != seen.head:
             raise _Stop(SyncStatus.SKIPPED, "HEAD moved to another branch while syncing: left alone")
         if (seen.git_dir / "index.lock").exists():
             raise _Stop(SyncStatus.SKIPPED, f"{seen.git_dir / 'index.lock'} exists: another git is running here "

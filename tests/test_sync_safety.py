@@ -433,3 +433,31 @@ def test_broken_symlink_as_local_path_is_not_cloned_through(home, make_repo, inv
     assert inv("sync-all", "--clone-missing").code == 1
     assert outcome_of(home, "linked")["reason"] == "path is a broken symlink"
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["loose branches", "packed branches"])
+def test_head_switched_to_another_branch_during_the_sync_is_left_alone(home, make_repo, tmp_path, packed):
+    """An agent switches the work tree's branch while sync looks at it (here: the fsmonitor hook of the dirty
+    check, the last git before the fast-forward): the branch is not fast-forwarded under the other branch's work
+    tree, and nothing is touched."""
+    repo = make_repo("switched")
+    repo.git("branch", "side")
+    if packed:
+        repo.git("pack-refs", "--all")
+    before = repo.head()
+    repo.push_from_elsewhere(tmp_path, {"new.txt": "1"})
+    marker = tmp_path / "switched-once"
+    hook = tmp_path / "switching-fsmonitor"
+    hook.write_text(f"#!/bin/sh\n[ -e '{marker}' ] || {{ touch '{marker}'; "
+                    f"git --git-dir='{repo.path / '.git'}' symbolic-ref HEAD refs/heads/side; }}\nexit 1\n")
+    hook.chmod(0o755)
+    repo.git("config", "core.fsmonitor", str(hook))
+    home.add(repo)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marker.exists(), "the hook never ran: the test proves nothing"
+    o = outcome_of(home, "switched")
+    assert o["status"] == "skipped" and o["reason"] == "HEAD moved to another branch while syncing: left alone", o
+    assert repo.git("rev-parse", "refs/heads/main") == before
+    assert repo.git("symbolic-ref", "HEAD") == "refs/heads/side"

@@ -460,13 +460,15 @@ def test_git_that_cannot_start_fails_each_repo_and_the_run_goes_on(home, make_re
 
 
 def test_a_behind_repo_with_no_linked_worktree_starts_no_worktree_listing(make_repo, tmp_path, git_log):
-    """`git worktree list` reads the store's `worktrees/` directory: none there, no other worktree to ask about."""
+    """`git worktree list` reads the store's `worktrees/` directory: none there, no other worktree to ask about.
+    Nor is HEAD asked of git before the fast-forward: read from its file (tests/test_sync_safety.py switches it)."""
     repo = make_repo("alone")
     behind(repo, tmp_path)
     git_log.write_bytes(b"")
     outcome = sync_repo(Repo("alone", repo.path), tmp_path / "logs")
     assert outcome.status == "updated", outcome.line()
     assert b"\0worktree\0" not in git_log.read_bytes()
+    assert b"\0symbolic-ref\0" not in git_log.read_bytes()
     other = make_repo("shared")
     behind(other, tmp_path)
     other.git("checkout", "-q", "-b", "side")
