@@ -30,7 +30,7 @@ from lib.commandenv import command_env
 from lib.config import Repo, Workspace
 from lib.gitpool import GitResult
 from lib.gitstatus import (STATUS_ARGS, LastCommit, RepoStatus, confined_to, fill_from_status, git_env,
-                           known_commits, read_state)
+                           known_commits, parse_porcelain_v2, read_state)
 from lib.paths import Paths
 from lib.progress import Progress
 from lib.results import count_statuses, counts_text, now_iso, record, set_aside_bad_results
@@ -88,12 +88,15 @@ class SyncOutcome:
 
 @dataclass
 class ScanRows:
-    """The status rows sync read of the repos it left as they were: the closing scan reuses them.
+    """The status rows sync read of the repos it left as they were, and of those it fast-forwarded in their
+    work tree: the closing scan reuses them.
 
-    Read with the scan's own `git status` after the repo's last step, so a row is what the scan
-    would find then. None is reused for a repo whose status another repo's later steps may have
+    Read with the scan's own `git status` after the repo's last step (for a fast-forward in the work
+    tree, that status is its read-back: one read serves both), so a row is what the scan would find
+    then. A branch moved without its work tree (update-ref) or a fast-forward that failed is the
+    closing scan's to read. None is reused for a repo whose status another repo's later steps may have
     changed since: one sharing its git store (a worktree: that one's fetch moves the shared
-    tracking refs), or one whose work tree holds, or sits in, a repo that was cloned, moved or
+    tracking refs), or one whose work tree holds, or sits in, another repo that was cloned, moved or
     failed (a submodule's new commit, a new clone shown as untracked); and none at all once a
     repo sync moved holds a file git reads for every repo (_files_every_repo_reads).
     """
@@ -113,24 +116,30 @@ class ScanRows:
             return {}  # a repo this run moved holds (or may hold) a file git reads for every repo: none stands
         stores = Counter(self.common_dirs.values())
         return {name: row for name, (row, real) in self.rows.items()
-                if stores[self.common_dirs[name]] == 1 and not any(_nested(real, other) for other in self.changed)}
+                if stores[self.common_dirs[name]] == 1
+                and not any(_nested(real, other) for other in self.changed if other != real)}
 
-    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None, real: str) -> None:
+    def status(self, repo: Repo, real: str) -> subprocess.CompletedProcess[bytes]:
+        """The scan's own `git status` of `repo` (`real`: its realpath), killable like every git sync starts (a
+        status can hang on an fsmonitor hook or a clean filter). OSError: no process to spare."""
+        return runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
+                              confined_to(repo.local, self.env, real))
+
+    def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None, real: str,
+             read_back: subprocess.CompletedProcess[bytes] | None = None) -> None:
         """`git_dir`: known when sync read the dirs from the files as the scan does (gitrefs), else None.
-        `real`: the repo's realpath (sync_repo's)."""
+        `real`: the repo's realpath (sync_repo's). `read_back`: the `status` a fast-forward in the work tree was
+        read back with, its last step."""
         left_alone = outcome.status in (SyncStatus.UP_TO_DATE, SyncStatus.SKIPPED) and outcome.after == outcome.before
         if not left_alone:
             self.changed.append(real)
         if common_dir is None:
             return
         self.common_dirs[repo.name] = common_dir
-        if not left_alone or runner.stopping():
-            return
-        # Killable like every git sync starts (a status can hang on an fsmonitor hook or a clean filter):
-        # one the stop killed has no row.
+        if runner.stopping() or not (left_alone or (read_back is not None and outcome.status == SyncStatus.UPDATED)):
+            return  # one the stop killed has no row
         try:
-            git = runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
-                                 confined_to(repo.local, self.env, real))
+            git = self.status(repo, real) if read_back is None else read_back
         except OSError:  # no process to spare: the closing scan reads this repo itself
             return
         row = RepoStatus(name=repo.name, path=str(repo.local), exists=True, clean=False, language=repo.language)
@@ -275,7 +284,8 @@ class _Git:
     def __init__(self, path: Path, log: BinaryIO, log_path: Path, env: Mapping[str, str] | None = None,
                  confined: bool = True, config_base: list[gitconfig.Entry] | None = None,
                  real: str | None = None,
-                 network: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
+                 network: Callable[[], AbstractContextManager[object]] = nullcontext,
+                 scan_status: Callable[[], subprocess.CompletedProcess[bytes]] | None = None) -> None:
         self.path = path
         self.log = log
         self.log_path = log_path
@@ -292,6 +302,7 @@ class _Git:
         # A relative PATH entry is looked up from the repo (its `.venv/bin`, say): then steps run there, not by -C.
         self.relative_path = any(not os.path.isabs(entry) for entry in self.env.get("PATH", "").split(os.pathsep))
         self.commits: set[str] = set()  # shas read as commits of this store (gitrefs.is_commit)
+        self.scan_status = scan_status  # the closing scan's status of this repo, when the run has one (ScanRows)
 
     def read(self, *args: str) -> subprocess.CompletedProcess[str]:
         result = self.read_bytes(*args)
@@ -301,6 +312,18 @@ class _Git:
         """A git read, killable like a step (runner.capture). One the stop killed raises runner.Stopping:
         no outcome is ever built from what a killed read did not say."""
         return _read_git(["git", "-C", str(self.path), *args], self.env)
+
+    def changed_paths(self) -> int:
+        """How many paths `git status` lists (changed, staged, untracked, in conflict): the scan's own status when
+        the run has one (ScanRows.status: the row then needs no second read), else one here. A read the stop
+        killed raises runner.Stopping, as `read_bytes`; one that fails lists none."""
+        if self.scan_status is None:
+            result = self.read_bytes("--no-optional-locks", *STATUS_ARGS)
+        else:
+            result = self.scan_status()
+            if result.returncode < 0 and runner.stopping():
+                raise runner.Stopping("git status was stopped")
+        return parse_porcelain_v2(result.stdout).dirty if result.returncode == 0 else 0
 
     def out(self, *args: str) -> str:
         result = self.read(*args)
@@ -478,6 +501,13 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     log_path = log_dir / _log_name(repo, dry_run)
     real = os.path.realpath(repo.local)  # once: git's confinement and the scan row's nesting check share it
     state: dict[str, str | None] = {}
+    read_back: list[subprocess.CompletedProcess[bytes]] = []  # the scan's status a fast-forward was read back with
+
+    def scan_status() -> subprocess.CompletedProcess[bytes]:
+        assert scan_rows is not None
+        read_back[:] = [scan_rows.status(repo, real)]
+        return read_back[0]
+
     outcome: SyncOutcome | None = None
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -485,7 +515,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
             log.write(f"# orchestrator sync {repo.name} at {now_iso()}{' (dry run)' if dry_run else ''}\n".encode())
             try:
                 outcome = _sync(repo, log, log_path, timeout, clone_missing, dry_run, state,
-                                RunGit.build() if run is None else run, real)
+                                RunGit.build() if run is None else run, real, None if scan_rows is None else scan_status)
             except _Stop as stop:
                 outcome = SyncOutcome(repo.name, stop.status, stop.reason, repo.default_branch, state.get("before"),
                                       stop.after or state.get("before"), str(log_path),
@@ -504,7 +534,8 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
     if settled is not None and not runner.stopping():
         settled.append(outcome)
     if scan_rows is not None:
-        scan_rows.read(repo, outcome, state.get("common_dir"), state.get("git_dir"), real)
+        scan_rows.read(repo, outcome, state.get("common_dir"), state.get("git_dir"), real,
+                       read_back[0] if read_back else None)
     outcome.duration_s = round(monotonic() - started, 3)
     return outcome
 
@@ -617,7 +648,8 @@ def _upstream(git: _Git, branch: str, remotes: Sequence[str]) -> tuple[str, str]
 
 
 def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clone_missing: bool,
-          dry_run: bool, state: dict[str, str | None], run: RunGit, real: str) -> SyncOutcome:
+          dry_run: bool, state: dict[str, str | None], run: RunGit, real: str,
+          scan_status: Callable[[], subprocess.CompletedProcess[bytes]] | None = None) -> SyncOutcome:
     path = repo.local
     if not path.exists():
         if os.path.lexists(path):
@@ -628,7 +660,7 @@ def _sync(repo: Repo, log: BinaryIO, log_path: Path, timeout: float | None, clon
     if not (path / ".git").exists():
         raise _Stop(SyncStatus.FAILED, "not a git repository")
     git = _Git(path, log, log_path, run.env, config_base=run.config_base, real=real,
-               network=partial(run.on_the_network, repo.name))
+               network=partial(run.on_the_network, repo.name), scan_status=scan_status)
     branch = repo.default_branch
     local_ref = f"refs/heads/{branch}"
     if not gitrefs.plain_refname(local_ref) and git.read("check-ref-format", local_ref).returncode != 0:
@@ -765,9 +797,9 @@ def _read_back(git: _Git, result: runner.ProcessResult, local_ref: str, before: 
     """The outcome (status, reason) of a fast-forward step, from what the repo holds now, not from git's exit."""
     branch = local_ref.removeprefix("refs/heads/")
     after = git.rev(local_ref)
-    changed = git.read(*STATUS).stdout.splitlines() if here else []
+    changed = git.changed_paths() if here else 0
     lock = git_dir / "index.lock"
-    left = [f"{len(changed)} path(s) differ from HEAD"] if changed else []
+    left = [f"{changed} path(s) differ from HEAD"] if changed else []
     left += [f"{lock} left behind"] if here and lock.exists() else []
     if result.exit_code == 0 and after != before:
         # Done; a post-merge hook may still have moved the branch or touched the tree.

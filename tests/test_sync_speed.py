@@ -285,10 +285,11 @@ def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, 
     assert written[0]["untracked"] == 1 and written[1]["behind"] == 0
 
 
-def test_a_moved_repos_row_is_read_by_the_closing_scan_after_its_hooks(home, make_repo, tmp_path, git_log,
-                                                                       monkeypatch):
-    """The fast-forward's post-merge hook edits a tracked file: the closing scan reads the moved repo (sync reuses
-    rows only of repos it left as they were) and shows the edit, as a fresh scan does; one status in all."""
+def test_a_repo_fast_forwarded_in_its_work_tree_is_read_back_with_the_scans_status_hooks_included(
+        home, make_repo, tmp_path, git_log, monkeypatch):
+    """The fast-forward's post-merge hook edits a tracked file: the status that reads the fast-forward back (the
+    scan's own, run after the merge and its hooks) shows the edit, as a fresh scan does, and the closing scan
+    reuses it: one status in all, besides the dirty check before the merge."""
     import lib.scan
 
     moved = make_repo("moved")
@@ -307,12 +308,47 @@ def test_a_moved_repos_row_is_read_by_the_closing_scan_after_its_hooks(home, mak
     monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
     report = run_sync(paths, load_workspace(paths.repos_file))
     assert [o.status for o in report.outcomes] == ["updated"], report.outcomes[0].line()
-    assert list(reused[0]) == [], "a moved repo's row was reused"
-    statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in line]
-    assert len(statuses) == 1
+    assert report.outcomes[0].reason == "fast-forward: 1 commit(s) (1 path(s) differ from HEAD)"
+    assert list(reused[0]) == ["moved"], "the read-back's row was not reused"
+    statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0" in line]
+    assert len(statuses) == 2 and b"\0--porcelain=v2\0" in statuses[1], statuses
     written = read_state(paths.repo_status_file)["repos"]
     assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
     assert written[0]["modified"] == 1 and written[0]["behind"] == 0
+
+
+@pytest.mark.parametrize("how", ["branch moved without its work tree", "fast-forward refused"])
+def test_a_repo_moved_without_a_read_back_or_failed_is_read_by_the_closing_scan(home, make_repo, tmp_path,
+                                                                                git_log, monkeypatch, how):
+    """No status reads an update-ref back (the work tree is not involved), and a failed fast-forward's state is
+    not taken for the scan's: the closing scan reads those repos itself, and writes what a fresh scan finds."""
+    import lib.scan
+
+    if how == "fast-forward refused":  # an ignored local file upstream now tracks: the merge keeps it
+        repo = make_repo("moved", {".gitignore": "secret.env\n"})
+        (repo.path / "secret.env").write_text("MY LOCAL SECRET\n")
+        repo.push_from_elsewhere(tmp_path, {".gitignore": "", "secret.env": "UPSTREAM VERSION\n"})
+    else:
+        repo = make_repo("moved")
+        repo.git("checkout", "-q", "-b", "feature")
+        behind(repo, tmp_path)
+    home.add(repo)
+    paths = Paths.from_env()
+    git_log.write_bytes(b"")
+    reused = []
+    scan_workspace_now = lib.scan.scan_workspace
+
+    def scan_workspace(workspace, jobs=0, tags=None, previous=None, reuse=None):
+        reused.append(dict(reuse or {}))
+        return scan_workspace_now(workspace, jobs, tags, previous, reuse)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    expected = "failed" if how == "fast-forward refused" else "updated"
+    assert [o.status for o in report.outcomes] == [expected], report.outcomes[0].line()
+    assert reused == [{}]
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
 
 
 def test_repos_sharing_a_git_store_are_scanned_again(home, make_repo, tmp_path, git_log):
