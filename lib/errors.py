@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from contextlib import suppress
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from lib.signals import Stopped, exit_code
 
@@ -74,26 +74,60 @@ def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] 
     return run
 
 
+def print_report(out: Sequence[str], err: Sequence[str], code: int, err_first: Sequence[str] = ()) -> int:
+    """A script's last words and its exit code: `err_first` lines on stderr, then `out` on stdout (the table,
+    the summary), then `err` (warnings), whatever became of stdout. The code is `code`, and at least 1 when
+    stdout could not take the lines: a reader that left (`| head`), or a full disk, said in one line. Stderr is
+    written as far as it goes: a warning it cannot take changes nothing else."""
+    for line in err_first:
+        _say(line)
+    try:
+        for line in out:
+            print(line)
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`): print wrote nothing
+            sys.stdout.flush()
+    except BrokenPipeError:
+        code = max(code, 1)
+    except OSError as problem:
+        _say(f"error: cannot print the summary: {problem.strerror or problem}")
+        code = max(code, 1)
+    for line in err:
+        _say(line)
+    return code
+
+
+def _say(line: str) -> None:
+    with suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def leave(main: Callable[[], int]) -> NoReturn:
-    """A script's `__main__`: `main()`, what it printed flushed, then the process ends with its code by os._exit.
+    """A script's `__main__`: `main()` (which prints through `print_report`), what it printed flushed, then the
+    process ends with its code by os._exit.
 
     That skips the interpreter's teardown, which frees every object one by one: 15-20 ms after a sync or a scan
-    of a few hundred repos, serial time at the end of every run. Only for scripts that leave nothing to it:
-    their state files closed and fsynced, nothing registered at exit, every thread that matters joined (a bug's
-    exception still leaves the usual way, traceback included). A reader that left (`| head`) makes it 1 without
-    a traceback (the state is already written); stdout on a full disk is one line and 1.
+    of a few hundred repos, serial time at the end of every run. Only for scripts whose state files are closed
+    and fsynced and whose threads that matter are joined when `main` returns; an exit handler (paramiko's,
+    after `--host`) has nothing left to do then: its connections are closed. A bug's exception leaves the
+    usual way, traceback included. Argparse's exits (`--help`, a usage error) keep their codes; a reader that
+    left (`| head`) before the last flush makes the code at least 1.
     """
     try:
         code = main()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: started with that descriptor closed (`>&-`)
+    except SystemExit as done:  # argparse: it printed its help or its error already
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:  # a message: Python would print it and exit 1
+            _say(str(done.code))
+            code = 1
+    except BrokenPipeError:  # the reader left while main printed on its own (argparse's usage, say)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
                 stream.flush()
-    except BrokenPipeError:
-        code = 1
-    except OSError as err:
-        with suppress(OSError):
-            os.write(2, f"error: cannot print the summary: {err.strerror or err}\n".encode())
-        code = 1
+        except (OSError, ValueError):
+            code = max(code, 1)
     os._exit(code)
 
 

@@ -22,14 +22,20 @@ PAUSE_WAIT_S = 1.0
 
 
 class Progress:
-    """Thread-safe: workers call start() and finish(); the live line redraws itself."""
+    """Thread-safe: workers call start() and finish(); the live line redraws itself.
+
+    Best effort: a stream that fails (a reader that left `2>&1 | head`, a full disk, stderr closed) silences
+    the progress and never the work it reports on. Before, the error reached the run, which killed the
+    fast-forwards under way mid-checkout and recorded nothing.
+    """
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None,
                  live: bool | None = None, item_lines: bool = True) -> None:
         self.label = label
         self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        self.stream = stream if stream is not None else sys.stderr  # None: started with stderr closed (`2>&-`)
+        self._broken = self.stream is None
+        self.live = bool(not self._broken and self._isatty()) if live is None else live
         self.item_lines = item_lines
         self.done = 0
         self.failed = 0
@@ -70,11 +76,11 @@ class Progress:
                 self._clear()
                 # A line carries reasons made of git output, config values, a host's report: shown escaped,
                 # as tables show them (a control character there must not drive the terminal).
-                self.stream.write(f"[{self.done}/{self.total}] {visible(line)}\n")
+                self._write(f"[{self.done}/{self.total}] {visible(line)}\n")
             elif monotonic() - self._drawn_at < REDRAW_EVERY:
                 return
             self._redraw()
-            self.stream.flush()
+            self._write("", flush=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -85,7 +91,7 @@ class Progress:
             self._ticker.join()
         with self._lock:
             self._clear()
-            self.stream.flush()
+            self._write("", flush=True)
 
     def __enter__(self) -> Progress:
         return self
@@ -123,11 +129,28 @@ class Progress:
                 if stop.is_set():  # paused while it waited for the lock
                     break
                 self._redraw()
+                self._write("", flush=True)
+
+    def _isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):  # a closed stream
+            return False
+
+    def _write(self, text: str, flush: bool = False) -> None:
+        if self._broken:
+            return
+        try:
+            if text:
+                self.stream.write(text)
+            if flush:
                 self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError, ENOSPC, a closed stream: no more progress
+            self._broken = True
 
     def _clear(self) -> None:
         if self.live:
-            self.stream.write("\r\x1b[K")
+            self._write("\r\x1b[K")
 
     def _redraw(self) -> None:
         if not self.live or self._stop.is_set():
@@ -140,7 +163,7 @@ class Progress:
             line += f" running: {running}"
         if self.waiting:
             line += f" ({len(self.waiting)} waiting for the network)"
-        self.stream.write("\r\x1b[K" + line[: self._width()])
+        self._write("\r\x1b[K" + line[: self._width()])
 
     @staticmethod
     def _width() -> int:

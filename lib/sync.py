@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import threading
 from collections import Counter
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from functools import partial
@@ -852,9 +852,10 @@ def sync_all(repos: Sequence[Repo], log_dir: Path, net_jobs: int = 4, timeout: f
         raise
 
 
-def build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
-    """RunGit.build(net_jobs) in a thread of its own while the run loads its config and reads its state files (its
-    config listing is a git the first fetch waits for); the function returned waits for it."""
+def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
+    """RunGit.build(net_jobs) in a thread of its own while the run reads its state files (its config listing is a
+    git the first fetch waits for); the function returned waits for it, and must be called on every path (its
+    git runs in a temporary directory that only its end removes)."""
     built: list[RunGit | BaseException] = []
 
     def build() -> None:
@@ -913,27 +914,31 @@ class SyncReport:
 def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, net_jobs: int = 4,
              timeout: float | None = NET_TIMEOUT_S, clone_missing: bool = False,
              dry_run: bool = False, on_done: Callable[[SyncOutcome], None] | None = None,
-             before_scan: Callable[[list[SyncOutcome]], None] | None = None,
-             shared: Callable[[], RunGit] | None = None) -> SyncReport:
+             before_scan: Callable[[list[SyncOutcome]], None] | None = None) -> SyncReport:
     """Sync the selected repos, record state/sync-results.json, then refresh the scan state.
 
     One sync per workspace at a time: two would race for the same refs, logs and state.
     `on_done` gets each outcome as its repo finishes (sync-all --host streams them back);
     `before_scan` gets them all once every repo is done, before the closing scan starts
     (the host's driver leaves them in its report file, so a kill in the scan loses nothing).
-    `shared`: what build_meanwhile(net_jobs) returned, when the caller started it (before loading the config).
     """
     from lib.scan import ScanStopped, scan_and_save
 
     started = monotonic()
     repos = workspace.select(tags=tags)
     with one_run_at_a_time(paths.state_dir / "sync.lock", "sync-all"):
-        shared = build_meanwhile(net_jobs) if shared is None else shared
-        # The last scan's document, read once: its commits serve sync's rows and the closing scan.
-        last_scan = None if dry_run else read_state(paths.repo_status_file)
-        scan_rows = None if dry_run else ScanRows(known_commits(last_scan))
-        # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
-        notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
+        shared = _build_meanwhile(net_jobs)
+        try:
+            # The last scan's document, read once: its commits serve sync's rows and the closing scan.
+            last_scan = None if dry_run else read_state(paths.repo_status_file)
+            scan_rows = None if dry_run else ScanRows(known_commits(last_scan))
+            # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
+            notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
+        except BaseException:
+            with suppress(Exception):
+                shared()
+            raise
+        run = shared()
         with Progress("syncing", len(repos)) as progress:
 
             def finished(outcome: SyncOutcome) -> None:
@@ -947,7 +952,7 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
 
                 outcomes = sync_all(repos, paths.log_dir, net_jobs, timeout, clone_missing, dry_run,
                                     on_start=lambda repo: progress.start(repo.name), on_done=finished,
-                                    run=replace(shared(), waiting=waiting), scan_rows=scan_rows)
+                                    run=replace(run, waiting=waiting), scan_rows=scan_rows)
             except runner.RunInterrupted as stop:  # keep what the repos that finished did
                 stop.notes += notes
                 if not dry_run and stop.results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lib.config import load_workspace
 from lib.paths import Paths
-from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, build_meanwhile, run_sync
+from lib.sync import NET_TIMEOUT_S, SyncOutcome, SyncReport, run_sync
 from lib.views import load_tables_meanwhile
 
 
@@ -21,7 +21,6 @@ def run_command(paths: Paths, tags: list[str] | None = None, net_jobs: int = 4,
         from lib.remote.sync import sync_on_host  # lazily: a sync here never loads paramiko (start-up time)
 
         return sync_on_host(paths, host, tags, net_jobs, timeout, clone_missing, dry_run, accept_new_host_key)
-    shared = build_meanwhile(net_jobs)  # its git runs while the config loads
     loading: list[bool] = []
 
     def first_done(outcome: SyncOutcome) -> None:
@@ -32,4 +31,4 @@ def run_command(paths: Paths, tags: list[str] | None = None, net_jobs: int = 4,
             load_tables_meanwhile()
 
     return run_sync(paths, load_workspace(paths.repos_file), tags, net_jobs, timeout, clone_missing, dry_run,
-                    on_done=first_done, shared=shared)
+                    on_done=first_done)

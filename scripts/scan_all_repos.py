@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.errors import leave, script_main  # noqa: E402
+from lib.errors import leave, print_report, script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.scan import scan_and_save  # noqa: E402
 
@@ -20,13 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], help="only repos with this tag (repeatable)")
     args = parser.parse_args(argv)
     report, state_file, not_written = scan_and_save(Paths.from_env(), args.jobs, args.tag)
-    for status in report.errors:
-        print(f"{status.name}: {status.error} ({status.path})", file=sys.stderr)
-    print(report.summary_line() + ("" if not_written else f" -> {state_file}"))
-    if not_written:
-        print(not_written, file=sys.stderr)
-        return 2
-    return 1 if report.errors else 0
+    return print_report([report.summary_line() + ("" if not_written else f" -> {state_file}")],
+                        [not_written] if not_written else [], 2 if not_written else 1 if report.errors else 0,
+                        err_first=[f"{status.name}: {status.error} ({status.path})" for status in report.errors])
 
 
 if __name__ == "__main__":

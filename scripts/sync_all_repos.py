@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.errors import leave, script_main  # noqa: E402
+from lib.errors import leave, print_report, script_main  # noqa: E402
 from lib.paths import Paths  # noqa: E402
 from lib.syncall import run_command  # noqa: E402
 from lib.views import sync_table  # noqa: E402
@@ -27,11 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = run_command(Paths.from_env(), args.tag, args.net_jobs, args.timeout or None, args.clone_missing,
                          args.dry_run, args.host, args.accept_new_host_key)
-    print(sync_table(report.outcomes))
-    print(report.closing_line())
-    for line in report.notes:
-        print(line, file=sys.stderr)
-    return 1 if report.failing else 0
+    return print_report([sync_table(report.outcomes), report.closing_line()], report.notes,
+                        1 if report.failing else 0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ wherever in the task or script the error comes from.
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -142,3 +145,58 @@ def test_both_sync_doors_print_the_sync_warnings(home, make_repo, inv, capsys, d
     assert "set aside as sync-results.json.corrupt" in warning[0], err
     assert home.state("sync-results.json")["results"][0]["repo"] == "a"
     assert (results.parent / "sync-results.json.corrupt").read_text() == "{not json"
+
+
+def _into_closed_pipe(args: list[str], cwd, unbuffered: bool = True) -> subprocess.CompletedProcess[str]:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(write_end, "wb") as closed_pipe:
+        return subprocess.run(args, cwd=cwd, stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**env, "PYTHONUNBUFFERED": "1"} if unbuffered else env)
+
+
+def test_the_sync_scripts_warnings_are_said_when_stdout_fails(home, make_repo, tmp_path):
+    """A full disk takes the table: the warnings after it (a results file set aside) are still said, and the
+    code says the summary could not be printed."""
+    home.add(make_repo("a"))
+    results = home.path / "state" / "sync-results.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("{not json")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "error: cannot print the summary: No space left on device" in lines, lines
+    assert "set aside as sync-results.json.corrupt" in lines[-1], lines
+    assert home.state("sync-results.json")["results"][0]["repo"] == "a"
+
+
+def test_the_scan_script_not_recorded_into_a_closed_pipe_is_still_exit_2_and_says_why(home, make_repo, tmp_path):
+    home.add(make_repo("a"))
+    (home.path / "state").write_text("a file where the state directory should be")
+    done = _into_closed_pipe([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().endswith("the scan was not recorded"), done.stderr
+
+
+@pytest.mark.parametrize("script", ["scan_all_repos", "sync_all_repos"])
+def test_a_scripts_help_into_a_closed_pipe_and_a_usage_error_keep_honest_codes(home, tmp_path, script):
+    """argparse's exits pass through `leave`: `--help | head -c0` (the help still in stdout's buffer) is 1
+    without Python's 'Exception ignored' noise; a usage error keeps argparse's 2."""
+    path = str(ROOT / "scripts" / f"{script}.py")
+    done = _into_closed_pipe([sys.executable, path, "--help"], tmp_path, unbuffered=False)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    usage = subprocess.run([sys.executable, path, "--bogus"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert usage.returncode == 2 and "unrecognized arguments: --bogus" in usage.stderr, usage.stderr
+
+
+def test_leave_keeps_a_bugs_traceback(tmp_path):
+    """Only a failed print of the summary is a line: any other OSError from the run is a bug and shows as one."""
+    done = subprocess.run([sys.executable, "-c", "from lib.errors import leave\n"
+                           "def main():\n    raise OSError(5, 'Input/output error')\nleave(main)\n"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "cannot print" not in done.stderr, done.stderr

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, git, run_script
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
@@ -285,3 +287,40 @@ def test_sync_script_with_stdout_on_a_full_disk_says_so_in_one_line_and_exits_1(
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1] == "error: cannot print the summary: No space left on device"
     assert home.state("sync-results.json")["results"][0]["repo"] == "a"
+
+
+@pytest.mark.parametrize("stderr", ["a closed pipe", "closed"])
+def test_sync_script_whose_stderr_fails_still_syncs_every_repo_and_records_it(home, make_repo, tmp_path, stderr):
+    """`sync_all_repos.py 2>&1 | head -1` (the progress lines go into a pipe nobody reads) and `2>&-`: the
+    progress falls silent, the work does not. Before, the progress line's BrokenPipeError reached the run,
+    which killed the fast-forwards under way mid-checkout and recorded nothing; with stderr closed, nothing ran."""
+    repos = [make_repo(f"r{i}") for i in range(3)]
+    tips = [repo.push_from_elsewhere(tmp_path, {f"f{n}.txt": f"{n}\n" for n in range(20)}) for repo in repos]
+    home.add(*repos)
+    script = [sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")]
+    if stderr == "closed":
+        result = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *script], cwd=tmp_path, stdout=subprocess.PIPE,
+                                text=True, timeout=120)
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        with open(write_end, "wb") as closed_pipe:
+            result = subprocess.run(script, cwd=tmp_path, stdout=subprocess.PIPE, stderr=closed_pipe, text=True,
+                                    timeout=120)
+    assert result.returncode == 0 and "3 updated" in result.stdout, result.stdout
+    assert [repo.head() for repo in repos] == tips
+    assert all(repo.git("status", "--porcelain") == "" for repo in repos)
+    assert [r["status"] for r in home.state("sync-results.json")["results"]] == ["updated"] * 3
+    assert [r["behind"] for r in home.state("repo-status.json")["repos"]] == [0, 0, 0]
+
+
+def test_sync_script_refusing_its_input_leaves_no_temporary_directory(home, make_repo, tmp_path):
+    """An unknown tag is exit 2 before anything starts: no git of the run's set-up (it lists the shared config in
+    a temporary directory, which the script's fast exit would leave behind)."""
+    home.add(make_repo("a"))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    for _ in range(3):
+        result = run_script("sync_all_repos.py", "--tag", "nosuch", cwd=tmp_path, env={"TMPDIR": str(temp)})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert list(temp.iterdir()) == []
