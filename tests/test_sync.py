@@ -324,3 +324,20 @@ def test_sync_script_refusing_its_input_leaves_no_temporary_directory(home, make
         result = run_script("sync_all_repos.py", "--tag", "nosuch", cwd=tmp_path, env={"TMPDIR": str(temp)})
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert list(temp.iterdir()) == []
+
+
+def test_a_repos_log_holds_only_the_last_runs_lines(home, make_repo, tmp_path):
+    """The log is written over, not truncated to nothing first: the shorter second run's log must not keep the
+    tail of the first (the fast-forward's lines), nor the one before it, a longer planted file."""
+    repo = make_repo("behind")
+    repo.push_from_elsewhere(tmp_path, {"x": "1"})
+    home.add(repo)
+    log = Path(os.environ["ORCHESTRATOR_LOG_DIR"]) / "orchestrator-sync-behind.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("stale line from long ago\n" * 1000)
+    for expected in ("behind: updated", "behind: up to date"):
+        assert run_script("sync_all_repos.py", cwd=tmp_path).returncode == 0
+        lines = log.read_text().splitlines()
+        assert lines[0].startswith("# orchestrator sync behind at ") and lines[-1].startswith(f"outcome: {expected}")
+        assert sum(line.startswith("# orchestrator sync") for line in lines) == 1 and "stale" not in log.read_text()
+    assert not any("merge" in line for line in lines), "the first run's fast-forward lines were left"
