@@ -68,7 +68,7 @@ def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] 
             failure = exit_for(err)
             if failure is None:
                 raise
-            print(failure[0], file=sys.stderr)
+            _say(failure[0])  # a stderr that fails must not turn exit 2 or 130 into 1
             return failure[1]
 
     return run

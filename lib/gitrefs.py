@@ -29,7 +29,9 @@ MAX_PACKED_REFS = 1 << 20  # bigger: git (mmap and a binary search) reads it fas
 WALK_LIMIT = 128  # commits read to count ahead/behind before git's rev-list is asked
 REMOTE_TIPS_LIMIT = 64  # remote-tracking refs read to tell a branch's commits are on none of them
 MAX_REFLOG = 256 * 1024
-REFLOG_LINE = re.compile(rb"[0-9a-f]{40} ([0-9a-f]{40}) [^\n]*")
+# A reflog entry as git writes it (old, new, `Name <email>`, a timestamp, a zone, a tab and the message); git skips
+# an entry it cannot parse, so a file with any other line is git's to read.
+REFLOG_LINE = re.compile(rb"[0-9a-f]{40} ([0-9a-f]{40}) [^\n<>]*<[^\n<>]*> [1-9][0-9]* [+-][0-9]{4}(?:\t[^\n]*)?")
 # What `git remote` (remote.c) accepts under remote.<name>.*: strings, and booleans it parses
 # (dying on a bad one). Any other key, or a value-less string, is git's to judge.
 REMOTE_STRINGS = {"url", "pushurl", "push", "fetch", "receivepack", "uploadpack", "tagopt", "proxy",
@@ -307,7 +309,9 @@ def remote_tips(common_dir: Path) -> set[str] | None:
     try:
         if os.path.lexists(root) and not stat.S_ISDIR(os.lstat(root).st_mode):
             return None
-        for directory, _, files in os.walk(root, onerror=_raise) if os.path.lexists(root) else ():
+        for directory, subdirectories, files in os.walk(root, onerror=_raise) if os.path.lexists(root) else ():
+            if any(os.path.islink(f"{directory}/{sub}") for sub in subdirectories):
+                return None  # a symlinked directory: git follows it, os.walk does not
             for file in files:
                 name = os.path.relpath(f"{directory}/{file}", common_dir)
                 text = _small_file(f"{directory}/{file}")
@@ -370,12 +374,12 @@ def reflog_values(common_dir: Path, name: str, count: int) -> list[str] | None:
     if text is None or (text and not text.endswith(b"\n")):
         return None
     values = []
-    for line in text.split(b"\n")[:-1][-count:] if count > 0 else []:
+    for line in text.split(b"\n")[:-1]:  # every line: one git skips moves which entries are the newest `count`
         match = REFLOG_LINE.fullmatch(line)
         if match is None or match.group(1) == b"0" * 40:
             return None
         values.append(match.group(1).decode())
-    return values
+    return values[-count:] if count > 0 else []
 
 
 def all_below(common_dir: Path, tip: str, shas: set[str], limit: int = WALK_LIMIT) -> bool:

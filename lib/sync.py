@@ -46,6 +46,9 @@ IN_PROGRESS = (("MERGE_HEAD", "a merge"), ("rebase-merge", "a rebase"), ("rebase
 FILES_NAMED = 3  # a refusal names this many of the files git listed
 # What "dirty" means here, whatever status.showUntrackedFiles or a submodule's `ignore` say.
 STATUS = ("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal", "--ignore-submodules=none")
+# The read-back of a fast-forward is the scan's status, submodules shown whatever the config ignores (as STATUS
+# shows them): a fast-forward that moved a gitlink says the submodule's work tree was left behind.
+READ_BACK_MORE = ("--ignore-submodules=none",)
 
 
 class SyncStatus(StrEnum):
@@ -119,10 +122,11 @@ class ScanRows:
                 if stores[self.common_dirs[name]] == 1
                 and not any(_nested(real, other) for other in self.changed if other != real)}
 
-    def status(self, repo: Repo, real: str) -> subprocess.CompletedProcess[bytes]:
+    def status(self, repo: Repo, real: str, *more: str) -> subprocess.CompletedProcess[bytes]:
         """The scan's own `git status` of `repo` (`real`: its realpath), killable like every git sync starts (a
-        status can hang on an fsmonitor hook or a clean filter). OSError: no process to spare."""
-        return runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS], None,
+        status can hang on an fsmonitor hook or a clean filter). OSError: no process to spare. `more`: options
+        added (the read-back's READ_BACK_MORE)."""
+        return runner.capture(["git", "--no-optional-locks", "-C", str(repo.local), *STATUS_ARGS, *more], None,
                               confined_to(repo.local, self.env, real))
 
     def read(self, repo: Repo, outcome: SyncOutcome, common_dir: str | None, git_dir: str | None, real: str,
@@ -136,8 +140,9 @@ class ScanRows:
         if common_dir is None:
             return
         self.common_dirs[repo.name] = common_dir
-        if runner.stopping() or not (left_alone or (read_back is not None and outcome.status == SyncStatus.UPDATED)):
-            return  # one the stop killed has no row
+        if runner.stopping() or not (left_alone or (read_back is not None and outcome.status == SyncStatus.UPDATED
+                                                    and not _lists_a_submodule(read_back.stdout))):
+            return  # one the stop killed has no row; nor a read-back the scan's own status might list otherwise
         try:
             git = self.status(repo, real) if read_back is None else read_back
         except OSError:  # no process to spare: the closing scan reads this repo itself
@@ -147,6 +152,13 @@ class ScanRows:
         if fill_from_status(row, repo.local, GitResult(git.returncode, git.stdout, git.stderr), self.known, dirs) \
                 and row.error is None:
             self.rows[repo.name] = (row, real)
+
+
+def _lists_a_submodule(status: bytes) -> bool:
+    """Whether a `git status --porcelain=v2 -z` output lists a submodule: with READ_BACK_MORE it may, where the
+    scan's own status (which follows `diff.ignoreSubmodules`, `submodule.<name>.ignore`) would not."""
+    records = status.split(b"\0")
+    return any(record[:1] in (b"1", b"2", b"u") and record.split(b" ", 3)[2:3] != [b"N..."] for record in records)
 
 
 def _files_every_repo_reads(env: Mapping[str, str], base: list[gitconfig.Entry] | None) -> tuple[str, ...] | None:
@@ -318,7 +330,7 @@ class _Git:
         the run has one (ScanRows.status: the row then needs no second read), else one here. A read the stop
         killed raises runner.Stopping, as `read_bytes`; one that fails lists none."""
         if self.scan_status is None:
-            result = self.read_bytes("--no-optional-locks", *STATUS_ARGS)
+            result = self.read_bytes("--no-optional-locks", *STATUS_ARGS, *READ_BACK_MORE)
         else:
             result = self.scan_status()
             if result.returncode < 0 and runner.stopping():
@@ -508,7 +520,7 @@ def sync_repo(repo: Repo, log_dir: Path, timeout: float | None = NET_TIMEOUT_S, 
 
     def scan_status() -> subprocess.CompletedProcess[bytes]:
         assert scan_rows is not None
-        read_back[:] = [scan_rows.status(repo, real)]
+        read_back[:] = [scan_rows.status(repo, real, *READ_BACK_MORE)]
         return read_back[0]
 
     outcome: SyncOutcome | None = None
@@ -861,12 +873,17 @@ def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
     git the first fetch waits for); the function returned waits for it, and must be called on every path (its
     git runs in a temporary directory that only its end removes)."""
     built: list[RunGit | BaseException] = []
+    # An event, not Thread.join: a join a Ctrl-C interrupted marks the thread ended (CPython 3.11's
+    # _wait_for_tstate_lock), so the join after it returned at once, its temporary directory still there.
+    ended = threading.Event()
 
     def build() -> None:
         try:
             built.append(RunGit.build(net_jobs))
         except BaseException as err:  # raised where the run waits for it
             built.append(err)
+        finally:
+            ended.set()
 
     thread = threading.Thread(target=build, name="sync-setup", daemon=True)
     try:
@@ -875,7 +892,7 @@ def _build_meanwhile(net_jobs: int) -> Callable[[], RunGit]:
         return partial(RunGit.build, net_jobs)
 
     def wait() -> RunGit:
-        thread.join()
+        ended.wait()
         if isinstance(built[0], BaseException):
             raise built[0]
         return built[0]
@@ -938,11 +955,11 @@ def run_sync(paths: Paths, workspace: Workspace, tags: list[str] | None = None, 
             scan_rows = None if dry_run else ScanRows(known_commits(last_scan))
             # A results file that cannot be read is set aside now, so the outcomes of the sync are recorded.
             notes = [] if dry_run else set_aside_bad_results(paths.sync_results_file)
-        except BaseException:
+            run = shared()
+        except BaseException:  # a stop while it waited too: its git and temporary directory end before we do
             with suppress(Exception):
                 shared()
             raise
-        run = shared()
         with Progress("syncing", len(repos)) as progress:
 
             def finished(outcome: SyncOutcome) -> None:

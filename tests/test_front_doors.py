@@ -200,3 +200,15 @@ def test_leave_keeps_a_bugs_traceback(tmp_path):
                            "def main():\n    raise OSError(5, 'Input/output error')\nleave(main)\n"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" in done.stderr and "cannot print" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("script", ["scan_all_repos", "sync_all_repos"])
+def test_a_config_error_with_stderr_gone_keeps_exit_2(home, tmp_path, script):
+    """The error line cannot be said (stderr is a pipe nobody reads): the code still says what happened."""
+    home.write_repos([], raw="{not json")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "wb") as closed_pipe:
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=closed_pipe, timeout=120)
+    assert done.returncode == 2

@@ -443,7 +443,8 @@ def test_no_remote_tracking_ref_is_an_empty_set(repo):
     assert remote_tips(repo / ".git") == git_remote_tips(repo) == set()
 
 
-@pytest.mark.parametrize("odd", ["dangling symbolic", "symlink", "odd line", "odd name", "too many", "not a dir"])
+@pytest.mark.parametrize("odd", ["dangling symbolic", "symlink", "odd line", "odd name", "too many", "not a dir",
+                                 "symlinked directory"])
 def test_remote_tips_in_doubt_are_none(repo, odd):
     common = repo / ".git"
     head = git(repo, "rev-parse", "HEAD")
@@ -457,6 +458,12 @@ def test_remote_tips_in_doubt_are_none(repo, odd):
         (remotes / "origin" / "x").write_text(head + " trailing\n")
     elif odd == "odd name":
         (remotes / "origin" / "a b").write_text(head + "\n")
+    elif odd == "symlinked directory":  # git follows it (a fork's refs kept elsewhere); os.walk would not
+        elsewhere = repo.parent / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "main").write_text(head + "\n")
+        (remotes / "fork").symlink_to(elsewhere)
+        assert "refs/remotes/fork/main" in git(repo, "for-each-ref", "refs/remotes")
     elif odd == "too many":
         for i in range(70):
             (remotes / "origin" / f"pr-{i}").write_text(head + "\n")
@@ -485,6 +492,10 @@ def test_reflog_values_are_the_commits_git_log_g_names(repo):
     assert reflog_values(common, "refs/remotes/origin/main", 500) is None
     log.write_text(f"{values[0]} {'0' * 40} x <x@y> 1 +0000\tdeleted\n")
     assert reflog_values(common, "refs/remotes/origin/main", 500) is None
+    # An entry git cannot parse (no identity, a zero timestamp) is one it skips: which are the newest is git's.
+    for odd in (f"{values[0]} {values[1]} junk", f"{values[0]} {values[1]} x <x@y> 0 +0000\tfetch"):
+        log.write_text(f"{values[0]} {values[1]} x <x@y> 1 +0000\tfetch\n{odd}\n")
+        assert reflog_values(common, "refs/remotes/origin/main", 500) is None, odd
 
 
 def test_all_below_only_when_each_commit_is_the_tip_or_met_below_it(repo):

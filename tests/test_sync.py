@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -341,3 +342,33 @@ def test_a_repos_log_holds_only_the_last_runs_lines(home, make_repo, tmp_path):
         assert lines[0].startswith("# orchestrator sync behind at ") and lines[-1].startswith(f"outcome: {expected}")
         assert sum(line.startswith("# orchestrator sync") for line in lines) == 1 and "stale" not in log.read_text()
     assert not any("merge" in line for line in lines), "the first run's fast-forward lines were left"
+
+
+def test_sync_script_stopped_while_its_set_up_runs_leaves_no_temporary_directory(home, make_repo, tmp_path):
+    """Ctrl-C while the run waits for its set-up (the shared config listing, slowed here): the listing's
+    temporary directory is removed before the script ends (it ends by os._exit, which removes nothing)."""
+    home.add(make_repo("a"))
+    temp, wrapper_dir, listing = tmp_path / "temp", tmp_path / "wrapper", tmp_path / "listing-started"
+    temp.mkdir()
+    wrapper_dir.mkdir()
+    wrapper = wrapper_dir / "git"
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True).stdout.strip()
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *"config -z --list"*) touch "{listing}"; sleep 3;; esac\n'
+                       f'exec "{real_git}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "TMPDIR": str(temp), "PATH": f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}"}
+    sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not listing.exists() and time.monotonic() < deadline and sync.poll() is None:
+            time.sleep(0.05)
+        assert listing.exists(), "the set-up's listing never started"
+        sync.send_signal(signal.SIGINT)
+        out, err = sync.communicate(timeout=60)
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.wait()
+    assert sync.returncode == 130 and "Traceback" not in err, err
+    assert list(temp.iterdir()) == [], err

@@ -21,7 +21,7 @@ from lib.gitstatus import read_state
 from lib.paths import Paths
 from lib.scan import scan_workspace
 from lib.sync import run_sync, sync_repo
-from tests.conftest import RepoHandle
+from tests.conftest import RepoHandle, git
 from tests.sync_fixtures import add_hook, full_snapshot, outside_remote_tracking
 
 Setup = Callable[[RepoHandle, Path], dict]
@@ -697,3 +697,34 @@ def test_a_network_slot_is_given_back_when_the_progress_line_fails_to_redraw():
     thread.join(30)
     assert [str(err) for err in errors] == ["the terminal went away"]
     assert run.network is not None and run.network.acquire(blocking=False), "the slot was never given back"
+
+
+def test_a_fast_forward_that_leaves_a_submodule_behind_says_so_whatever_the_config_ignores(home, make_repo,
+                                                                                         tmp_path, git_log):
+    """Upstream moved the submodule's commit; the fast-forward does not check it out, and the user's
+    diff.ignoreSubmodules hides it from `git status`: the read-back shows submodules anyway (as the dirty check
+    does), and that row, which the scan's own status would read otherwise, is the closing scan's to read."""
+    inner = make_repo("inner")
+    outer = make_repo("outer")
+    git(outer.path, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner.remote), "inner")
+    git(outer.path, "commit", "-qm", "submodule")
+    git(outer.path, "push", "-q", "origin", "main")
+    newer = inner.commit({"lib.py": "X = 2\n"}, "newer")
+    inner.git("push", "-q", "origin", "main")
+    colleague = tmp_path / "colleague-outer"
+    git(tmp_path, "clone", "-q", str(outer.remote), str(colleague))
+    git(colleague, "update-index", "--cacheinfo", f"160000,{newer},inner")
+    git(colleague, "commit", "-qm", "bump inner")
+    git(colleague, "push", "-q", "origin", "HEAD")
+    git(outer.path, "config", "diff.ignoreSubmodules", "all")
+    home.add(outer)
+    paths = Paths.from_env()
+    git_log.write_bytes(b"")
+    report = run_sync(paths, load_workspace(paths.repos_file))
+    statuses = [line for line in git_log.read_bytes().splitlines() if b"\0status\0--porcelain=v2\0" in line]
+    assert [o.status for o in report.outcomes] == ["updated"], report.outcomes[0].line()
+    assert report.outcomes[0].reason == "fast-forward: 1 commit(s) (1 path(s) differ from HEAD)"
+    assert git(outer.path, "status", "--porcelain", "--ignore-submodules=none") == "M inner"
+    assert len(statuses) == 2, "the closing scan did not read the repo again"
+    written = read_state(paths.repo_status_file)["repos"]
+    assert written == scan_workspace(load_workspace(paths.repos_file)).to_json()["repos"]
