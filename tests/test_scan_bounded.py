@@ -15,7 +15,7 @@ import pytest
 
 from lib.gitstatus import GIT_TIMEOUT_S, HELPER_SLACK_S, scan
 from tests.conftest import ROOT, wait_gone
-from tests.test_scan_pool import REAL_GIT, mixed_repos, repo_of, rows, wrapper
+from tests.test_scan_pool import REAL_GIT, mixed_repos, repo_of, rows, scan_in_a_fresh_process, wrapper
 
 # A test's limit for one git: far above what a healthy git in a small repo takes on a busy machine.
 LIMIT = 8
@@ -232,15 +232,16 @@ def test_with_helpers_the_scan_runs_its_jobs_in_all_and_never_more(make_repo, tm
 
 
 def test_a_git_whose_output_a_hooks_daemon_holds_open_is_read_at_the_limit_not_called_hung(make_repo, tmp_path):
-    """git exits, but a process it started keeps its stdout open: its status is complete, never 'did not finish'."""
+    """git exits, but a process it started keeps its stdout open: its status is complete, never 'did not finish'.
+    The scan runs in a fresh interpreter: its keeper, whose group the scan kills at its end, is forked only there."""
     daemons = tmp_path / "daemons"
     holder = wrapper(tmp_path, f'case "$PWD $*" in *held*status*) sleep 300 & echo $! >> "{daemons}";; esac')
     handles = [make_repo("held"), make_repo("other")]
     (handles[0].path / "README.md").write_text("edited\n")
     repos = [repo_of(handle) for handle in handles]
-    report = scan(repos, jobs=2, processes=1, git=holder, git_timeout=LIMIT)
-    assert rows(report) == rows(scan(repos, jobs=2, processes=1))
-    assert report.repos[0].modified == 1 and report.repos[0].error is None
+    held = scan_in_a_fresh_process(repos, jobs=2, processes=1, git=holder, more={"git_timeout": LIMIT})["rows"]
+    assert held == rows(scan(repos, jobs=2, processes=1))
+    assert held[0]["modified"] == 1 and held[0]["error"] is None
     assert all(wait_gone(int(pid)) for pid in daemons.read_text().split())
 
 
