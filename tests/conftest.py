@@ -206,6 +206,19 @@ def inv():
     return run
 
 
+def into_closed_pipe(args: list[str], cwd: Path, stream: str = "stdout", unbuffered: bool = True,
+                     ) -> subprocess.CompletedProcess[str]:
+    """Run `args` with `stream` ("stdout" or "stderr") a pipe whose reader already left (`| head -0`), the other
+    captured; PYTHONUNBUFFERED as asked (buffered, a write fails only at the flush)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(write_end, "wb") as closed_pipe:
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: closed_pipe}
+        return subprocess.run(args, cwd=cwd, text=True, timeout=120, **streams,
+                              env={**env, "PYTHONUNBUFFERED": "1"} if unbuffered else env)
+
+
 def run_script(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run scripts/SCRIPT as a user would: a subprocess, from another directory."""

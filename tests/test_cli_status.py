@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, into_closed_pipe, run_script
 
 
 def test_status_table_shows_each_repo_and_exit_0_even_when_dirty(home, make_repo, inv, tmp_path):
@@ -120,11 +120,7 @@ def test_scan_script_exit_codes(home, tmp_path):
 def test_scan_script_into_a_closed_pipe_records_the_scan_and_exits_1_without_a_traceback(home, make_repo, tmp_path):
     """`scan_all_repos.py | head -0`: the reader is gone before the summary line is printed."""
     home.add(make_repo("a"))
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    with open(write_end, "wb") as closed_pipe:
-        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], cwd=tmp_path,
-                                stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=60)
+    result = into_closed_pipe([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert home.state("repo-status.json")["repos"][0]["name"] == "a"
 

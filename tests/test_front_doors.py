@@ -18,7 +18,7 @@ import lib.paths
 from lib.errors import OrchestratorError
 from lib.runner import RunInterrupted
 from lib.scan import ScanStopped
-from tests.conftest import ROOT
+from tests.conftest import ROOT, into_closed_pipe
 
 
 def user_error() -> Exception:
@@ -147,15 +147,6 @@ def test_both_sync_doors_print_the_sync_warnings(home, make_repo, inv, capsys, d
     assert (results.parent / "sync-results.json.corrupt").read_text() == "{not json"
 
 
-def _into_closed_pipe(args: list[str], cwd, unbuffered: bool = True) -> subprocess.CompletedProcess[str]:
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    with open(write_end, "wb") as closed_pipe:
-        return subprocess.run(args, cwd=cwd, stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=120,
-                              env={**env, "PYTHONUNBUFFERED": "1"} if unbuffered else env)
-
-
 def test_the_sync_scripts_warnings_are_said_when_stdout_fails(home, make_repo, tmp_path):
     """A full disk takes the table: the warnings after it (a results file set aside) are still said, and the
     code says the summary could not be printed."""
@@ -177,7 +168,7 @@ def test_the_sync_scripts_warnings_are_said_when_stdout_fails(home, make_repo, t
 def test_the_scan_script_not_recorded_into_a_closed_pipe_is_still_exit_2_and_says_why(home, make_repo, tmp_path):
     home.add(make_repo("a"))
     (home.path / "state").write_text("a file where the state directory should be")
-    done = _into_closed_pipe([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], tmp_path)
+    done = into_closed_pipe([sys.executable, str(ROOT / "scripts" / "scan_all_repos.py")], tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().endswith("the scan was not recorded"), done.stderr
 
@@ -187,7 +178,7 @@ def test_a_scripts_help_into_a_closed_pipe_and_a_usage_error_keep_honest_codes(h
     """argparse's exits pass through `leave`: `--help | head -c0` (the help still in stdout's buffer) is 1
     without Python's 'Exception ignored' noise; a usage error keeps argparse's 2."""
     path = str(ROOT / "scripts" / f"{script}.py")
-    done = _into_closed_pipe([sys.executable, path, "--help"], tmp_path, unbuffered=False)
+    done = into_closed_pipe([sys.executable, path, "--help"], tmp_path, unbuffered=False)
     assert done.returncode == 1 and done.stderr == "", done.stderr
     usage = subprocess.run([sys.executable, path, "--bogus"], cwd=tmp_path, capture_output=True, text=True,
                            timeout=120)
@@ -206,9 +197,5 @@ def test_leave_keeps_a_bugs_traceback(tmp_path):
 def test_a_config_error_with_stderr_gone_keeps_exit_2(home, tmp_path, script):
     """The error line cannot be said (stderr is a pipe nobody reads): the code still says what happened."""
     home.write_repos([], raw="{not json")
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    with open(write_end, "wb") as closed_pipe:
-        done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py")], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=closed_pipe, timeout=120)
+    done = into_closed_pipe([sys.executable, str(ROOT / "scripts" / f"{script}.py")], tmp_path, stream="stderr")
     assert done.returncode == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git, run_script
+from tests.conftest import ROOT, git, into_closed_pipe, run_script, stop_when
 from tests.sync_fixtures import full_snapshot, outside_remote_tracking
 
 
@@ -269,11 +269,7 @@ def test_sync_script_into_a_closed_pipe_records_the_sync_and_exits_1_without_a_t
     repo = make_repo("behind")
     upstream = repo.push_from_elsewhere(tmp_path, {"x": "1"})
     home.add(repo)
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    with open(write_end, "wb") as closed_pipe:
-        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path,
-                                stdout=closed_pipe, stderr=subprocess.PIPE, text=True, timeout=120)
+    result = into_closed_pipe([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert repo.head() == upstream
     assert home.state("sync-results.json")["results"][0]["status"] == "updated"
@@ -303,11 +299,7 @@ def test_sync_script_whose_stderr_fails_still_syncs_every_repo_and_records_it(ho
         result = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *script], cwd=tmp_path, stdout=subprocess.PIPE,
                                 text=True, timeout=120)
     else:
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        with open(write_end, "wb") as closed_pipe:
-            result = subprocess.run(script, cwd=tmp_path, stdout=subprocess.PIPE, stderr=closed_pipe, text=True,
-                                    timeout=120)
+        result = into_closed_pipe(script, tmp_path, stream="stderr")
     assert result.returncode == 0 and "3 updated" in result.stdout, result.stdout
     assert [repo.head() for repo in repos] == tips
     assert all(repo.git("status", "--porcelain") == "" for repo in repos)
@@ -359,16 +351,6 @@ def test_sync_script_stopped_while_its_set_up_runs_leaves_no_temporary_directory
     env = {**os.environ, "TMPDIR": str(temp), "PATH": f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}"}
     sync = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sync_all_repos.py")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not listing.exists() and time.monotonic() < deadline and sync.poll() is None:
-            time.sleep(0.05)
-        assert listing.exists(), "the set-up's listing never started"
-        sync.send_signal(signal.SIGINT)
-        out, err = sync.communicate(timeout=60)
-    finally:
-        if sync.poll() is None:
-            sync.kill()
-            sync.wait()
+    _, err = stop_when(sync, listing.exists, signal.SIGINT, seconds=60)
     assert sync.returncode == 130 and "Traceback" not in err, err
     assert list(temp.iterdir()) == [], err

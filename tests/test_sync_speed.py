@@ -285,27 +285,33 @@ def test_closing_scan_reuses_sync_rows_and_writes_what_a_fresh_scan_finds(home, 
     assert written[0]["untracked"] == 1 and written[1]["behind"] == 0
 
 
+def reuse_recorded(monkeypatch) -> list[dict]:
+    """The rows each closing scan was given to reuse, one dict per scan (lib.scan.scan_workspace recorded)."""
+    import lib.scan
+
+    reused: list[dict] = []
+    scan_workspace_now = lib.scan.scan_workspace
+
+    def recorded(workspace, jobs=0, tags=None, previous=None, reuse=None):
+        reused.append(dict(reuse or {}))
+        return scan_workspace_now(workspace, jobs, tags, previous, reuse)
+
+    monkeypatch.setattr(lib.scan, "scan_workspace", recorded)
+    return reused
+
+
 def test_a_repo_fast_forwarded_in_its_work_tree_is_read_back_with_the_scans_status_hooks_included(
         home, make_repo, tmp_path, git_log, monkeypatch):
     """The fast-forward's post-merge hook edits a tracked file: the status that reads the fast-forward back (the
     scan's own, run after the merge and its hooks) shows the edit, as a fresh scan does, and the closing scan
     reuses it: one status in all, besides the dirty check before the merge."""
-    import lib.scan
-
     moved = make_repo("moved")
     behind(moved, tmp_path)
     add_hook(moved.path, "post-merge", 'echo "edited by the hook" >> README.md')
     home.add(moved)
     paths = Paths.from_env()
     git_log.write_bytes(b"")
-    reused = []
-    scan_workspace_now = lib.scan.scan_workspace
-
-    def scan_workspace(workspace, jobs=0, tags=None, previous=None, reuse=None):
-        reused.append(dict(reuse or {}))
-        return scan_workspace_now(workspace, jobs, tags, previous, reuse)
-
-    monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
+    reused = reuse_recorded(monkeypatch)
     report = run_sync(paths, load_workspace(paths.repos_file))
     assert [o.status for o in report.outcomes] == ["updated"], report.outcomes[0].line()
     assert report.outcomes[0].reason == "fast-forward: 1 commit(s) (1 path(s) differ from HEAD)"
@@ -322,8 +328,6 @@ def test_a_repo_moved_without_a_read_back_or_failed_is_read_by_the_closing_scan(
                                                                                 git_log, monkeypatch, how):
     """No status reads an update-ref back (the work tree is not involved), and a failed fast-forward's state is
     not taken for the scan's: the closing scan reads those repos itself, and writes what a fresh scan finds."""
-    import lib.scan
-
     if how == "fast-forward refused":  # an ignored local file upstream now tracks: the merge keeps it
         repo = make_repo("moved", {".gitignore": "secret.env\n"})
         (repo.path / "secret.env").write_text("MY LOCAL SECRET\n")
@@ -335,14 +339,7 @@ def test_a_repo_moved_without_a_read_back_or_failed_is_read_by_the_closing_scan(
     home.add(repo)
     paths = Paths.from_env()
     git_log.write_bytes(b"")
-    reused = []
-    scan_workspace_now = lib.scan.scan_workspace
-
-    def scan_workspace(workspace, jobs=0, tags=None, previous=None, reuse=None):
-        reused.append(dict(reuse or {}))
-        return scan_workspace_now(workspace, jobs, tags, previous, reuse)
-
-    monkeypatch.setattr(lib.scan, "scan_workspace", scan_workspace)
+    reused = reuse_recorded(monkeypatch)
     report = run_sync(paths, load_workspace(paths.repos_file))
     expected = "failed" if how == "fast-forward refused" else "updated"
     assert [o.status for o in report.outcomes] == [expected], report.outcomes[0].line()
