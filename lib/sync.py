@@ -188,9 +188,16 @@ def _files_every_repo_reads(env: Mapping[str, str], base: list[gitconfig.Entry] 
 
 
 def _read_git(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    result = runner.capture(args, None, env)
+    return _unless_stopped(runner.capture(args, None, env))
+
+
+def _unless_stopped(result: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
+    """A git read's result, or runner.Stopping when the stop killed it: no outcome is built from what it did
+    not say."""
     if result.returncode < 0 and runner.stopping():
-        raise runner.Stopping(f"git {args[3] if len(args) > 3 else ''} was stopped")
+        args = list(result.args)
+        after_dir = args[args.index("-C") + 2:] if "-C" in args else args[1:]
+        raise runner.Stopping(f"git {next((a for a in after_dir if not a.startswith('-')), '')} was stopped")
     return result
 
 
@@ -329,12 +336,8 @@ class _Git:
         """How many paths `git status` lists (changed, staged, untracked, in conflict): the scan's own status when
         the run has one (ScanRows.status: the row then needs no second read), else one here. A read the stop
         killed raises runner.Stopping, as `read_bytes`; one that fails lists none."""
-        if self.scan_status is None:
-            result = self.read_bytes("--no-optional-locks", *STATUS_ARGS, *READ_BACK_MORE)
-        else:
-            result = self.scan_status()
-            if result.returncode < 0 and runner.stopping():
-                raise runner.Stopping("git status was stopped")
+        result = (self.read_bytes("--no-optional-locks", *STATUS_ARGS, *READ_BACK_MORE) if self.scan_status is None
+                  else _unless_stopped(self.scan_status()))
         return parse_porcelain_v2(result.stdout).dirty if result.returncode == 0 else 0
 
     def out(self, *args: str) -> str:
