@@ -106,16 +106,7 @@ def sleeping_gits(tmp_path):
         lines = pids.read_text().splitlines() if pids.exists() else []
         return [int(pid) for line in lines if line.split()[0] == kind for pid in line.split()[1:]]
 
-    def interrupt_once_sleeping(count: int):
-        """A progress callback that waits until `count` slow repos sleep, then acts as a Ctrl-C."""
-        def interrupt(_status):
-            deadline = time.monotonic() + 60  # generous: a busy machine starts gits slowly
-            while len(recorded("sleep")) < count and time.monotonic() < deadline:
-                time.sleep(0.01)
-            raise KeyboardInterrupt
-        return interrupt
-
-    return git, recorded, interrupt_once_sleeping
+    return git, recorded
 
 
 @pytest.mark.parametrize("processes, slow", [(1, 3), (3, 5)])
@@ -124,7 +115,7 @@ def test_an_interrupted_scan_leaves_no_process(make_repo, tmp_path, processes, s
 
     With helpers, each runs in its own process group with its gits: the parent kills each group whole.
     """
-    git, recorded, _ = sleeping_gits(tmp_path)
+    git, recorded = sleeping_gits(tmp_path)
     repos = [repo_of(make_repo("fast"))] + [repo_of(make_repo(f"slow{i}")) for i in range(slow)]
     started = time.monotonic()
     assert scan_in_a_fresh_process(repos, jobs=slow + 1, processes=processes, git=git, pids=str(tmp_path / "pids"),
@@ -208,7 +199,7 @@ def test_a_stop_right_after_a_git_started_still_kills_it(make_repo, tmp_path, mo
 
     Under load that window is wide enough for a Ctrl-C to land in it: the git must not outlive the stopped scan.
     """
-    git, recorded, _ = sleeping_gits(tmp_path)
+    git, recorded = sleeping_gits(tmp_path)
     spawned = []
     real_spawn = os.posix_spawn
 
@@ -272,7 +263,7 @@ def test_a_stop_right_after_a_fork_still_finds_the_forked_process(make_repo, tmp
 
     In a fresh process with a live progress line, whose ticker thread the signal could be delivered to.
     """
-    git, recorded, _ = sleeping_gits(tmp_path)
+    git, recorded = sleeping_gits(tmp_path)
     repos = [make_repo("slow0").path, make_repo("slow1").path]
     done = subprocess.run([sys.executable, "-c", FORK_THEN_CTRL_C, str(ROOT), forked, git, *map(str, repos)],
                           capture_output=True, text=True, timeout=120)

@@ -635,3 +635,21 @@ def test_a_hand_edited_given_in_that_names_no_try_counts_as_not_given(project, t
     assert proj.issue(1)["status"] == "completed"
     assert seen.read_text().count("mind the changelog") == 1
     assert given_in(proj) == ["worker-1-try-2"]
+
+
+def test_an_ended_tries_turn_is_read_whatever_members_its_hand_edited_tally_lacks(project):
+    """The record's tally was cut down by hand to its kind and session: the members it lacks count from nothing,
+    the ended try's turn is read, and the follow-up stays given there. Before: the first event's fold raised
+    KeyError ('turns') and ended the monitor."""
+    from dataclasses import asdict
+
+    from orchestrator.act import end_try
+    from orchestrator.state import WorkerRecord
+
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s-1", "model": "m"})
+    run, record = _ended_try(project, (init + "\n" + TURN + "\n").encode())
+    cut = {"kind": record.agent["kind"], "session_id": "s-1"}
+    record = WorkerRecord.from_json(json.loads(json.dumps({**asdict(record), "agent": cut, "events_offset": 0})))
+
+    assert end_try(run, record) is not None
+    assert given_in_of(run) == ["worker-1-try-1"]

@@ -47,11 +47,13 @@ COUNTED = {"turns": 0, "tokens_in": 0, "tokens_out": 0, "last_message": None}
 
 def sane_state(value: Any) -> dict[str, Any]:
     """A tally as a worker record kept it, its members of another kind (a hand edit) as none: a value that is no
-    tally is {}, a member that holds what it never does is its new_state value (dropped when it has none)."""
+    tally is {}, a member that holds what it never does, or is missing from a tally of a known kind, is its
+    new_state value (dropped when it has none): the folds add to every member new_state has."""
     if not isinstance(value, dict):
         return {}
-    state = dict(value)
-    blank = new_state(str(state.get("kind")))
+    kind = value.get("kind")
+    blank = new_state(kind) if isinstance(kind, str) else {}
+    state = {**blank, **value}
     for key, kinds in MEMBER_KINDS.items():
         member = state.get(key)
         if member is not None and (not isinstance(member, kinds) or isinstance(member, bool) and bool not in kinds):
